@@ -1,0 +1,16 @@
+"""The block-sparsity engine: views, block grids, couplings and their thresholding."""
+
+from ..errors import CouplingError, ShapeMismatchError, SparseKitError
+from .block import BlockSpec, SparseBlock
+from .coupling import BlockCoupling
+from .view import View
+
+__all__ = [
+    "BlockCoupling",
+    "BlockSpec",
+    "CouplingError",
+    "ShapeMismatchError",
+    "SparseBlock",
+    "SparseKitError",
+    "View",
+]

@@ -1,0 +1,342 @@
+"""Block grids over parameters: the common interface and the single-tensor ``BlockSpec``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from ..errors import CouplingError, ShapeMismatchError, SparseKitError
+from . import prox
+from .view import View, interleave
+
+__all__ = ["BlockSpec", "SparseBlock", "Values"]
+
+Values = Union[Tensor, Mapping[Any, Tensor], None]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One spec seen through a coupling: its grid permuted by ``order``, then reshaped."""
+
+    spec: BlockSpec
+    order: tuple[int, ...]
+    grid: tuple[int, ...]  # the owning block's grid_shape
+
+    def to_grid(self, t: Tensor) -> Tensor:
+        """Spec-grid tensor -> block-grid tensor."""
+        return t.permute(self.order).reshape(self.grid)
+
+    def from_grid(self, t: Tensor) -> Tensor:
+        """Block-grid tensor -> spec-grid tensor."""
+        permuted = tuple(self.spec.grid_shape[i] for i in self.order)
+        inverse = tuple(sorted(range(len(self.order)), key=self.order.__getitem__))
+        return t.reshape(permuted).permute(inverse)
+
+    def rows(self, t: Tensor, dtype: torch.dtype | None = torch.float32) -> Tensor:
+        """View-shaped tensor -> (numblk, numel_per_block) in block order (a copy)."""
+        spec = self.spec
+        nd = len(spec.shape)
+        iv = interleave(t, spec.shape).permute(*(2 * i for i in self.order), *range(1, 2 * nd, 2))
+        rows = iv.reshape(math.prod(self.grid), spec.numel_per_block())
+        return rows if dtype is None else rows.to(dtype)
+
+    def write_rows(self, rows: Tensor) -> None:
+        """Inverse of ``rows`` on the live parameter."""
+        spec = self.spec
+        nd = len(spec.shape)
+        iv = interleave(spec.data, spec.shape).permute(*(2 * i for i in self.order), *range(1, 2 * nd, 2))
+        iv.copy_(rows.view(iv.shape))
+
+
+class SparseBlock:
+    """Common interface of ``BlockSpec`` and ``BlockCoupling``: a grid of blocks.
+
+    Every method runs without autograd. Grid-shaped arguments (masks, thresholds,
+    multipliers) may also be given flat, ``(numblk,)``, in row-major grid order.
+    """
+
+    name: str | None
+
+    # -- implemented by subclasses -------------------------------------------------
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def specs(self) -> list[BlockSpec]:
+        raise NotImplementedError
+
+    def _parts(self) -> list[_Part]:
+        raise NotImplementedError
+
+    def _values(self, values: Values) -> dict[BlockSpec, Tensor]:
+        raise NotImplementedError
+
+    # -- sizes ---------------------------------------------------------------------
+    def numblk(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def numel_per_block(self) -> int:
+        return sum(math.prod(s.shape) for s in self.specs)
+
+    def numel(self) -> int:
+        return self.numblk() * self.numel_per_block()
+
+    def parameters(self) -> list[View]:
+        return [s.view for s in self.specs]
+
+    @torch.no_grad()
+    def nnz(self, eps: float = 1e-8) -> int:
+        """Elements with absolute value above ``eps``."""
+        return sum(int((s.data.abs() > eps).sum()) for s in self.specs)
+
+    # -- reductions ----------------------------------------------------------------
+    @torch.no_grad()
+    def norms(self, values: Values = None, p: float = 2) -> Tensor:
+        """Lp norm of every block, shaped like ``grid_shape`` (float32 at least)."""
+        resolved = self._values(values)
+        if p == math.inf:
+            return self._combine(resolved, lambda s, t: s.block_reduce(t, "amax", absolute=True), torch.maximum)
+        partial = self._combine(resolved, lambda s, t: s.block_reduce(t, "norm", p=p) ** p, torch.add)
+        return partial.pow_(1.0 / p)
+
+    @torch.no_grad()
+    def min(self, values: Values = None) -> Tensor:
+        """Smallest element of every block."""
+        return self._combine(self._values(values), lambda s, t: s.block_reduce(t, "amin"), torch.minimum)
+
+    @torch.no_grad()
+    def max(self, values: Values = None) -> Tensor:
+        """Largest element of every block."""
+        return self._combine(self._values(values), lambda s, t: s.block_reduce(t, "amax"), torch.maximum)
+
+    @torch.no_grad()
+    def reduce(self, values: Values, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Apply ``fn`` to ``block_view(values, merge=True)``; ``fn`` reduces the last dim."""
+        return fn(self.block_view(values, merge=True)).reshape(self.grid_shape)
+
+    def _combine(
+        self,
+        resolved: Mapping[BlockSpec, Tensor],
+        per_spec: Callable[[BlockSpec, Tensor], Tensor],
+        merge: Callable[[Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        out: Tensor | None = None
+        for part in self._parts():
+            t = part.to_grid(per_spec(part.spec, resolved[part.spec]))
+            out = t if out is None else merge(out, t)
+        assert out is not None
+        return out
+
+    def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
+        """Blocks of ``values``; see ``BlockSpec.block_view`` and ``BlockCoupling.block_view``."""
+        raise NotImplementedError
+
+    # -- writes ----------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_multiplier(self, multiplier: Tensor) -> None:
+        """Multiply every element of block ``i`` by ``multiplier[i]``."""
+        m = self._grid_arg(multiplier, "multiplier")
+        for part in self._parts():
+            part.spec.scale_blocks(part.from_grid(m))
+
+    @torch.no_grad()
+    def apply_mask(self, mask: Tensor) -> None:
+        """Zero every block where ``mask`` is True."""
+        m = self._grid_arg(mask, "mask")
+        if m.dtype != torch.bool:
+            raise SparseKitError(f"{self._label()}: mask must be a bool tensor, got {m.dtype}")
+        for part in self._parts():
+            part.spec.scale_blocks((~part.from_grid(m)).to(part.spec.data.dtype))
+
+    @torch.no_grad()
+    def get_masks(self, block_mask: Tensor) -> dict[BlockSpec, Tensor]:
+        """Element masks, one per spec in ``specs``, each shaped like that spec's view."""
+        m = self._grid_arg(block_mask, "block_mask")
+        return {p.spec: p.spec.expand_blocks(p.from_grid(m)) for p in self._parts()}
+
+    @torch.no_grad()
+    def hard_threshold(self, thresholds: Tensor, values: Values = None) -> None:
+        """Zero every block whose norm (of ``values``, default the weights) is below its threshold."""
+        t = self._grid_arg(thresholds, "thresholds")
+        self.apply_mask(self.norms(values) < t)
+
+    @torch.no_grad()
+    def soft_threshold(
+        self,
+        block_thresholds: Tensor,
+        conditioners: Values = None,
+        *,
+        max_iter: int = 50,
+        atol: float = 0.0,
+        eps: float | None = None,
+        rtol: float = 1e-7,
+    ) -> None:
+        """Proximal step of ``tau_g * ||w_g||`` on every block, in place.
+
+        Without ``conditioners``: the Euclidean prox ``w <- max(0, 1 - tau/||w||) w``. With
+        them (``h > 0``, shaped like the views, e.g. Adam's ``sqrt(v) + eps``): the prox in the
+        metric ``diag(h)``, solved by a safeguarded Newton iteration until the relative change
+        of every block's multiplier is below ``rtol`` (or below ``atol`` absolute).
+
+        Args:
+            block_thresholds: ``tau`` per block, shaped like ``grid_shape`` or flat.
+            conditioners: A tensor (spec) or mapping spec -> tensor (coupling).
+            max_iter: Newton iterations at most.
+            atol: Absolute tolerance on the multiplier ``mu`` (0 = relative only).
+            eps: Norms at or below ``eps`` count as zero (default: 0).
+            rtol: Relative tolerance on ``1/mu``.
+        """
+        tau = self._grid_arg(block_thresholds, "block_thresholds").float().reshape(-1)
+        if bool((tau < 0).any()):
+            raise SparseKitError(f"{self._label()}: block_thresholds must be non-negative")
+        floor = 0.0 if eps is None else float(eps)
+        if conditioners is None:
+            norms = self.norms().reshape(-1)
+            keep = norms > tau + floor
+            scale = torch.where(keep, 1 - tau / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+            self.apply_multiplier(scale.reshape(self.grid_shape))
+            return
+        resolved = self._values(conditioners)
+        parts = self._parts()
+        rows = prox.conditioned(
+            [p.rows(p.spec.data) for p in parts],
+            [p.rows(resolved[p.spec]) for p in parts],
+            tau,
+            max_iter=max_iter,
+            rtol=rtol,
+            atol=atol,
+            floor=floor,
+            label=self._label(),
+        )
+        for p, r in zip(parts, rows):
+            p.write_rows(r)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _grid_arg(self, t: Tensor, what: str) -> Tensor:
+        if not isinstance(t, Tensor):
+            raise SparseKitError(f"{self._label()}: {what} must be a tensor, got {type(t).__name__}")
+        grid = self.grid_shape
+        if tuple(t.shape) == grid:
+            return t
+        if tuple(t.shape) == (math.prod(grid),):
+            return t.reshape(grid)
+        raise ShapeMismatchError(grid, tuple(t.shape), f"{self._label()}: {what}")
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
+
+
+class BlockSpec(SparseBlock):
+    """Tiles a view into a grid of equal blocks.
+
+    Args:
+        view_or_param: A ``View`` or a tensor (viewed whole).
+        shape: Block shape, one entry per dim; ``-1`` or ``0`` means the whole dim; empty
+            means all ones.
+        name: Optional label used in errors and reprs.
+    """
+
+    def __init__(self, view_or_param: View | Tensor, shape: Sequence[int] = (), name: str | None = None) -> None:
+        self.view = View.of(view_or_param)
+        self.name = name
+        dims = self.view.shape
+        shape = tuple(int(b) for b in shape) or (1,) * len(dims)
+        if len(shape) != len(dims):
+            raise ShapeMismatchError(
+                (len(dims),), (len(shape),), f"{self._label()}: block shape {shape} needs one entry per dim of view {dims}"
+            )
+        self.shape = tuple(n if b <= 0 else b for n, b in zip(dims, shape))
+        for dim, (n, b) in enumerate(zip(dims, self.shape)):
+            if n % b:
+                raise ShapeMismatchError(
+                    (n,), (b,), f"{self._label()}: dim {dim} of size {n} is not divisible by block size {b}"
+                )
+        self._grid = tuple(n // b for n, b in zip(dims, self.shape))
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return self._grid
+
+    @property
+    def specs(self) -> list[BlockSpec]:
+        return [self]
+
+    @property
+    def ndim(self) -> int:
+        return self.view.ndim
+
+    @property
+    def data(self) -> Tensor:
+        """The live view tensor."""
+        return self.view.data
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.view.key, self.shape)
+
+    def _parts(self) -> list[_Part]:
+        return [_Part(self, tuple(range(len(self._grid))), self._grid)]
+
+    def _values(self, values: Values) -> dict[BlockSpec, Tensor]:
+        if values is None:
+            return {self: self.data}
+        if isinstance(values, Mapping):
+            if self not in values:
+                raise CouplingError(f"{self._label()}: values mapping has no entry for this spec")
+            values = values[self]
+        if not isinstance(values, Tensor):
+            raise SparseKitError(f"{self._label()}: values must be a tensor or a mapping of tensors")
+        if tuple(values.shape) == self.view.shape:
+            return {self: values}
+        if values.shape == self.view.param.shape:
+            return {self: self.view.window(values)}
+        raise ShapeMismatchError(self.view.shape, tuple(values.shape), f"{self._label()}: values")
+
+    def block_reduce(self, t: Tensor, how: str, p: float = 2, absolute: bool = False) -> Tensor:
+        """Reduce each block of the view-shaped ``t`` to one number -> grid-shaped float32."""
+        iv = interleave(t, self.shape)
+        dims = tuple(range(1, 2 * len(self.shape), 2))
+        if how == "norm":
+            out = torch.linalg.vector_norm(iv, ord=p, dim=dims, dtype=torch.float32 if t.dtype != torch.float64 else None)
+        else:
+            src = iv.abs() if absolute else iv
+            out = getattr(torch, how)(src, dim=dims).float()
+        return out.reshape(self._grid)
+
+    def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
+        t = self._values(values)[self]
+        iv = interleave(t, self.shape)
+        if not (reorder or merge):
+            return iv
+        nd = len(self.shape)
+        iv = iv.permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2))
+        return iv.reshape(*self._grid, -1) if merge else iv
+
+    def expand_blocks(self, grid_values: Tensor) -> Tensor:
+        """Grid-shaped tensor -> view-shaped tensor, each block filled with its value."""
+        t = grid_values.reshape(self._grid)
+        for i, b in enumerate(self.shape):
+            t = t.repeat_interleave(b, dim=i) if b > 1 else t
+        return t
+
+    def scale_blocks(self, grid_values: Tensor) -> None:
+        """Multiply the live view in place, block ``i`` by ``grid_values[i]``."""
+        iv = interleave(self.data, self.shape)
+        m = grid_values.reshape(self._grid).to(self.data.dtype)
+        iv.mul_(m.reshape([d for g in self._grid for d in (g, 1)]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockSpec) and self.key == other.key and self.view == other.view
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"BlockSpec(shape={self.shape}, grid_shape={self._grid}, name={self.name!r})"
+
