@@ -80,7 +80,7 @@ class BlockCoupling(SparseBlock):
         out: dict[BlockSpec, Tensor] = {}
         for s in self._specs:
             if s not in values:
-                raise CouplingError(f"{self._label()}: no tensor given for spec {s.name or s!r}")
+                raise CouplingError(f"{self._label()}: no tensor given for spec {s.name or repr(s)}")
             out.update(s._values(values[s]))
         return out
 

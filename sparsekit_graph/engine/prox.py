@@ -1,12 +1,17 @@
 """The diagonally conditioned group-lasso prox, solved for every block at once.
 
 For a block with weights ``w`` and conditioner ``h > 0`` the prox of ``tau ||x||`` in the
-metric ``diag(h)`` is zero when ``||h w|| <= tau`` and otherwise ``x = h w / (h + mu)``,
-where ``mu > 0`` solves ``mu ||h w / (h + mu)|| = tau``. We solve for ``t = 1 / mu``:
-``r(t) = psi(t)^{-1/2} - 1/tau = 0`` with ``psi(t) = sum (h w)^2 / (1 + h t)^2``, which is
-increasing in ``t`` and exactly linear when ``h`` is constant, so Newton's method converges
-in a few steps. Each step needs ``psi`` and ``psi'`` only: one sweep over the block.
-A bracket from the known bounds on ``mu`` guards every step (bisection when Newton leaves it).
+metric ``diag(h)`` is zero when ``||y|| <= tau`` (``y = h w``) and otherwise
+``x = w h t / (1 + h t)``, where ``t = 1/mu > 0`` solves
+
+    psi(t) = sum y^2 u^2 = tau^2,        u = 1 / (1 + h t).
+
+``psi`` is convex and decreasing, so Newton's method started below the root (at the known
+lower bound of ``t``) climbs to it monotonically. When a block is shrunk hard
+(``tau^2 >= ||y||^2 / 2``) the same equation is solved in the complementary form
+``sum y^2 (1 - u^2) = ||y||^2 - tau^2`` (concave, increasing), whose residual has no
+cancellation there. Each step needs two sums over the block (float64 accumulators),
+one sweep of elementwise work; a bracket guards every step.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ def conditioned(
         conditioners: Same shapes as ``weights``, strictly positive.
         tau: ``(B,)`` non-negative thresholds.
         max_iter: Newton iterations at most.
-        rtol: Stop when every block's ``t`` moved by at most ``rtol * t``.
-        atol: Or when ``mu = 1/t`` moved by at most ``atol`` (0 disables).
+        rtol: Stop when Newton's step for every block is at most ``rtol * t``.
+        atol: Or when it changes ``mu = 1/t`` by at most ``atol`` (0 disables).
         floor: Blocks with ``||h w|| <= tau + floor`` are zeroed.
         label: Names the block in errors.
 
@@ -51,47 +56,82 @@ def conditioned(
         if w.shape != h.shape:
             raise SparseKitError(f"{label}: conditioner rows {tuple(h.shape)} do not match weights {tuple(w.shape)}")
     y2 = [(h * w).square_() for w, h in zip(weights, conditioners)]
-    norm_hw = torch.stack([y.sum(1) for y in y2]).sum(0).sqrt_()
+    norm2 = sum(y.sum(1, dtype=torch.float64) for y in y2)
     h_min = torch.stack([h.amin(1) for h in conditioners]).amin(0)
     h_max = torch.stack([h.amax(1) for h in conditioners]).amax(0)
     if bool((h_min <= 0).any()) or not bool(torch.isfinite(h_max).all()):
         raise SparseKitError(f"{label}: conditioners must be finite and strictly positive")
 
-    survive = norm_hw > tau + floor
+    norm = norm2.sqrt()
+    tau64 = tau.double()
+    survive = norm > tau64 + floor
     solve = survive & (tau > 0)
-    gap = (norm_hw - tau).clamp_min(_TINY)
-    tau_safe = tau.clamp_min(_TINY)
-    lo = gap / (tau_safe * h_max)  # t = 1/mu lies in [lo, hi]
-    hi = gap / (tau_safe * h_min)
-    inv_tau = 1.0 / tau_safe
-    t = lo.clone()
-    for _ in range(max_iter):
-        s2 = torch.zeros_like(t)
-        s3 = torch.zeros_like(t)
-        for y, h in zip(y2, conditioners):
-            u = torch.addcmul(torch.ones_like(h), h, t[:, None]).reciprocal_()  # 1 / (1 + h t)
-            a = y * u * u
-            s2 += a.sum(1)
-            s3 += (a.mul_(h).mul_(u)).sum(1)
-        s2.clamp_min_(_TINY)
-        r = s2.rsqrt() - inv_tau  # increasing in t; root at the solution
-        dr = s3 * s2.pow(-1.5)
-        lo = torch.where(r < 0, t, lo)
-        hi = torch.where(r > 0, t, hi)
-        step = t - r / dr.clamp_min(_TINY)
-        outside = (step < lo) | (step > hi) | ~torch.isfinite(step)
-        new_t = torch.where(outside, 0.5 * (lo + hi), step)
-        moved = (new_t - t).abs()
-        done = moved <= rtol * new_t
-        if atol > 0:
-            done |= (1.0 / new_t - 1.0 / t).abs() <= atol
-        t = torch.where(solve, new_t, t)
-        if bool((done | ~solve).all()):
-            break
-
+    t = torch.zeros_like(tau)
+    for heavy in (True, False):
+        rows = (solve & ((2 * tau64 * tau64 >= norm2) == heavy)).nonzero().squeeze(1)
+        if rows.numel():
+            sub_norm = norm[rows]
+            if heavy:  # ||y||^2 - tau^2 cancels: recompute ||y|| from float64 products
+                sub_norm = sum((h[rows].double() * w[rows].double()).square().sum(1) for w, h in zip(weights, conditioners)).sqrt()
+            t[rows] = _newton(
+                [y[rows] for y in y2],
+                [h[rows] for h in conditioners],
+                tau64[rows],
+                sub_norm,
+                h_min[rows],
+                h_max[rows],
+                heavy=heavy,
+                max_iter=max_iter,
+                rtol=rtol,
+                atol=atol,
+            )
     out = []
     for w, h in zip(weights, conditioners):
         ht = h * t[:, None]
         scale = torch.where(solve[:, None], ht / (1 + ht), 1.0)
         out.append(torch.where(survive[:, None], w * scale, 0.0))
     return out
+
+
+def _newton(
+    y2: list[Tensor],
+    h: list[Tensor],
+    tau: Tensor,
+    norm: Tensor,
+    h_min: Tensor,
+    h_max: Tensor,
+    *,
+    heavy: bool,
+    max_iter: int,
+    rtol: float,
+    atol: float,
+) -> Tensor:
+    """Safeguarded Newton for ``t`` on surviving blocks of one regime (float64 tau, norm)."""
+    gap = (norm - tau).float().clamp_min(_TINY)
+    tau32 = tau.float().clamp_min(_TINY)
+    lo = gap / (tau32 * h_max)  # t = 1/mu lies in [lo, hi]
+    hi = gap / (tau32 * h_min)
+    target = (norm - tau) * (norm + tau) if heavy else tau * tau
+    t = lo.clone()
+    for _ in range(max_iter):
+        value = torch.zeros_like(tau)
+        slope = torch.zeros_like(tau)
+        for yy, hh in zip(y2, h):
+            z = hh * t[:, None]
+            u = (1 + z).reciprocal_()
+            a = yy * u * u  # y^2 u^2
+            value += (a * z * (2 + z) if heavy else a).sum(1, dtype=torch.float64)
+            slope += a.mul_(hh).mul_(u).sum(1, dtype=torch.float64)
+        # Newton on value(t) = target; value increases (heavy) or decreases (light) in t.
+        residual = (target - value) if heavy else (value - target)
+        step = t + (residual / (2 * slope).clamp_min(_TINY)).float()
+        done = (step - t).abs() <= rtol * step
+        if atol > 0:
+            done |= (1.0 / step - 1.0 / t).abs() <= atol
+        lo = torch.where(residual > 0, t, lo)
+        hi = torch.where(residual < 0, t, hi)
+        outside = ((step < lo) | (step > hi) | ~torch.isfinite(step)) & ~done
+        t = torch.where(outside, 0.5 * (lo + hi), step)
+        if bool(done.all()):
+            break
+    return t
