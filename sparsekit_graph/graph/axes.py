@@ -1,0 +1,80 @@
+"""The axis graph: which indices of which tensor axes move together.
+
+Nodes are tensor axes: ``("v", value, axis)`` for an activation (``value`` is a node name,
+or ``"name.i"`` for element ``i`` of a tuple-valued node) and ``("p", qualified_name, axis)``
+for a parameter or buffer. Node attributes: ``size``, ``pins`` (reasons the axis may not be
+pruned) and ``mixes`` (reasons zeroing a channel is not the same as removing it).
+A multigraph edge ``(a, b)`` carries an index map: ``ia``/``ib`` (index arrays of equal length,
+``None`` meaning ``arange(size)``) and ``kind`` (``identity``, ``offset``, ``tie``, ``block``);
+index ``ia[k]`` of ``a`` moves with index ``ib[k]`` of ``b``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from torch import Tensor
+
+__all__ = ["AxisGraph", "AxisId", "param_axis", "value_axis"]
+
+AxisId = tuple[str, str, int]
+
+
+def value_axis(value: str, axis: int) -> AxisId:
+    return ("v", value, axis)
+
+
+def param_axis(name: str, axis: int) -> AxisId:
+    return ("p", name, axis)
+
+
+@dataclass
+class AxisGraph:
+    """A networkx multigraph of tensor axes plus the bookkeeping the planner needs."""
+
+    g: nx.MultiGraph = field(default_factory=nx.MultiGraph)
+    order: dict[str, int] = field(default_factory=dict)  # parameter name -> first use in graph order
+    rule_applications: int = 0
+
+    def add_axis(self, axis: AxisId, size: int) -> AxisId:
+        if axis not in self.g:
+            self.g.add_node(axis, size=int(size), pins=[], mixes=[])
+        return axis
+
+    def add_value(self, value: str, t: Tensor) -> list[AxisId]:
+        """Axes of an activation (created on first use)."""
+        return [self.add_axis(value_axis(value, i), n) for i, n in enumerate(t.shape)]
+
+    def add_param(self, name: str, t: Tensor, axes: tuple[int, ...] | None = None) -> list[AxisId]:
+        """Axes of a parameter or buffer; ``axes`` limits which dims can carry channels."""
+        self.order.setdefault(name, len(self.order))
+        dims = range(t.ndim) if axes is None else axes
+        return [self.add_axis(param_axis(name, i), t.shape[i]) for i in dims]
+
+    def size(self, axis: AxisId) -> int:
+        return int(self.g.nodes[axis]["size"])
+
+    def link(self, a: AxisId, b: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
+        """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index)."""
+        if a == b and ia is None and ib is None:
+            return
+        if ia is None and ib is None and self.size(a) != self.size(b):
+            raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
+        self.g.add_edge(a, b, ia=_arr(ia), ib=_arr(ib), kind=kind)
+
+    def pin(self, axis: AxisId, reason: str) -> None:
+        pins = self.g.nodes[axis]["pins"]
+        if reason not in pins:
+            pins.append(reason)
+
+    def mix(self, axis: AxisId, reason: str) -> None:
+        mixes = self.g.nodes[axis]["mixes"]
+        if reason not in mixes:
+            mixes.append(reason)
+
+
+def _arr(x: Any) -> np.ndarray | None:
+    return None if x is None else np.asarray(x, dtype=np.int64)

@@ -1,0 +1,157 @@
+"""Trace a model with torch.fx and give every node its shape from a meta-tensor pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ..errors import TraceError
+
+__all__ = ["Inputs", "normalize_inputs", "trace"]
+
+Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+META = "skg.value"  # node.meta key: the node's value computed on the meta device
+
+
+def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Tensor, tuple/list or dict of tensors -> (args, kwargs)."""
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    raise TraceError(f"example_inputs must be a tensor, tuple or dict of tensors, got {type(example_inputs).__name__}")
+
+
+@contextmanager
+def _mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """Put every submodule in train/eval mode and restore each one's own flag after."""
+    flags = {m: m.training for m in model.modules()}
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
+    """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
+
+    Every node gets ``node.meta["skg.value"]``: its output as meta tensors (or a structure
+    of them, or a plain Python value). The model's weights are never read.
+
+    Args:
+        model: The model; left unchanged (its train/eval flags are restored).
+        example_inputs: Real or meta tensors: a tensor, a tuple or a dict of keyword inputs.
+        train: Trace the training-mode forward (auxiliary heads, stochastic depth).
+        shapes: Propagate shapes (skip to only compare graph structure).
+
+    Raises:
+        TraceError: The model cannot be traced, or the inputs do not fit it; the message
+            names the failing node or layer.
+    """
+    args, kwargs = normalize_inputs(example_inputs)
+    concrete = _concrete_args(model, args, kwargs)
+    with _mode(model, train):
+        try:
+            gm = fx.symbolic_trace(model, concrete_args=concrete)
+        except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
+            raise TraceError(
+                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
+                "Make the data-dependent part a leaf module, or register a rule for it."
+            ) from e
+        if shapes:
+            _propagate(gm, model, args, kwargs)
+    return gm
+
+
+def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Fix the forward parameters the caller does not pass (e.g. HF's many optional kwargs)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    passed = {p.name for p in params[: len(args)]} | set(kwargs)
+    fixed = {
+        p.name: p.default
+        for p in params
+        if p.name not in passed and p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return fixed or None
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.to("meta") if x.device.type != "meta" else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+class _MetaRunner(fx.Interpreter):
+    """Runs the graph on meta tensors; modules run with meta copies of their own state."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.model = model
+        self._state: dict[str, dict[str, Tensor]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except TraceError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            where = f"layer {n.target}" if n.op == "call_module" else f"node {n.name} ({_describe(n)})"
+            raise TraceError(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
+        n.meta[META] = out
+        return out
+
+    def placeholder(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        return _to_meta(super().placeholder(target, args, kwargs))
+
+    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        return _to_meta(super().get_attr(target, args, kwargs))
+
+    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        mod = self.fetch_attr(target)
+        state = self._state.get(target)
+        if state is None:
+            state = {k: _to_meta(v) for k, v in (*mod.named_parameters(), *mod.named_buffers())}
+            self._state[target] = state
+        return torch.func.functional_call(mod, state, args, kwargs, tie_weights=False, strict=False)
+
+
+def _describe(n: fx.Node) -> str:
+    target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", repr(n.target))
+    return f"{n.op} {target}"
+
+
+def _propagate(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    flat: list[Any] = list(args)
+    for n in placeholders[len(args) :]:
+        if n.target in kwargs:
+            flat.append(kwargs[n.target])
+        elif n.args:
+            flat.append(n.args[0])
+        else:
+            raise TraceError(f"no example input for model input {n.target!r}")
+    unknown = set(kwargs) - {n.target for n in placeholders}
+    if unknown:
+        raise TraceError(f"example inputs {sorted(unknown)} are not inputs of the model's forward")
+    if len(flat) > len(placeholders):
+        raise TraceError(f"{len(flat)} example inputs given, the model's forward takes {len(placeholders)}")
+    with torch.no_grad():
+        _MetaRunner(gm, model).run(*flat)

@@ -1,0 +1,39 @@
+"""Does a plan fit a model? Names, axes, slices, and no element owned twice."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from ..errors import PlanError
+from .layout import strided_layout
+from .schema import Plan
+
+__all__ = ["check_plan"]
+
+
+def check_plan(plan: Plan, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"check needs an nn.Module, got {type(model).__name__}")
+    tensors = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
+    owned: dict[tuple[str, int], np.ndarray] = {}
+    for g in plan.groups:
+        for m in g.members:
+            where = f"group {g.name!r} member {m.param} axis {m.axis}"
+            t = tensors.get(m.param)
+            if t is None:
+                raise PlanError(f"{where}: the model has no parameter or buffer {m.param!r}")
+            if m.axis >= t.ndim:
+                raise PlanError(f"{where}: axis out of range for shape {tuple(t.shape)}")
+            if m.stop > t.shape[m.axis]:
+                raise PlanError(f"{where}: slice {m.start}:{m.stop} exceeds axis size {t.shape[m.axis]}")
+            layout = strided_layout(m.positions())
+            if layout is None:
+                raise PlanError(f"{where}: indices are not a strided pattern the engine can view")
+            if len(m.order) != 3 + len(layout.sizes):
+                raise PlanError(f"{where}: order {m.order} has the wrong length for its view")
+            mask = owned.setdefault((m.param, m.axis), np.zeros(t.shape[m.axis], dtype=bool))
+            idx = (np.asarray(m.positions())[:, None] * m.block + np.arange(m.block)).ravel()
+            if mask[idx].any():
+                raise PlanError(f"{where}: overlaps a slice owned by another member")
+            mask[idx] = True

@@ -1,0 +1,206 @@
+"""From a model to a Plan: trace, build the axis graph, resolve channel groups."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from torch import nn
+
+from ..errors import PlanError
+from ..graph.axes import AxisGraph, AxisId
+from ..graph.build import add_traced_graph
+from ..graph.trace import Inputs, trace
+from .layout import strided_layout, view_order
+from .schema import Group, Member, Plan
+
+__all__ = ["build_axis_graph", "plan"]
+
+
+def plan(model: nn.Module, example_inputs: Inputs, *, ignore: Iterable[str] = (), train_graph: bool = True) -> Plan:
+    """Infer every coupling group of ``model``.
+
+    Args:
+        model: Any ``nn.Module`` (real or meta weights); it is not modified.
+        example_inputs: A tensor, tuple or dict of tensors (real or meta) for ``forward``.
+        ignore: Module or parameter names whose axes must never be pruned.
+        train_graph: Also trace the training-mode forward (e.g. auxiliary heads) and couple
+            what it uses.
+
+    Raises:
+        TraceError: The model cannot be traced with these inputs.
+        PlanError: A name in ``ignore`` is not in the model.
+    """
+    graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
+    _pin_ignored(graph, model, list(ignore))
+    return Plan(model=type(model).__name__, groups=resolve_groups(graph))
+
+
+def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True) -> AxisGraph:
+    """The axis graph of the eval forward, plus the train forward where it differs."""
+    graph = AxisGraph()
+    gm = trace(model, example_inputs, train=False)
+    add_traced_graph(graph, gm, model)
+    if train_graph:
+        gm_train = trace(model, example_inputs, train=True, shapes=False)
+        if _calls(gm_train) != _calls(gm):
+            gm_train = trace(model, example_inputs, train=True)
+            add_traced_graph(graph, gm_train, model, prefix="train:")
+    return graph
+
+
+def _calls(gm: nn.Module) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in gm.graph.nodes]  # type: ignore[union-attr]
+
+
+def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
+    tensors = [n for n, _ in (*model.named_parameters(), *model.named_buffers())]
+    modules = {n for n, _ in model.named_modules()}
+    for name in names:
+        hits = [t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))]
+        if not hits:
+            raise PlanError(f"ignore: {name!r} is neither a module nor a parameter of {type(model).__name__}")
+        for node in graph.g.nodes:
+            if node[0] == "p" and node[1] in hits:
+                graph.pin(node, f"ignored by user ({name})")
+                graph.mix(node, f"ignored by user ({name})")
+
+
+@dataclass
+class _Channels:
+    """Channels that share one signature: which parameter axes they touch, and how often."""
+
+    params: tuple[int, ...]  # parameter node index per occurrence, sorted
+    pin: str | None
+    mix: str | None
+    positions: list[list[int]]  # per channel, positions matching ``params``
+
+
+def resolve_groups(graph: AxisGraph) -> list[Group]:
+    """Connected components of the axis graph -> channel groups, one per signature."""
+    found: list[tuple[tuple[int, int], Group]] = []
+    for component in nx.connected_components(graph.g):
+        nodes = sorted(component)
+        if not any(n[0] == "p" for n in nodes):
+            continue
+        for ch in _channels(graph, nodes):
+            found.append(_group(graph, nodes, ch))
+    found.sort(key=lambda x: x[0])
+    names: dict[str, int] = defaultdict(int)
+    groups = []
+    for _, g in found:
+        names[g.name] += 1
+        groups.append(g if names[g.name] == 1 else g.model_copy(update={"name": f"{g.name}#{names[g.name]}"}))
+    return groups
+
+
+def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
+    g = graph.g
+    params = [i for i, n in enumerate(nodes) if n[0] == "p"]
+    pin = next((r for n in nodes for r in g.nodes[n]["pins"]), None)
+    mix = next((r for n in nodes for r in g.nodes[n]["mixes"]), None)
+    sub = g.subgraph(nodes)
+    if all(d["ia"] is None and d["ib"] is None for _, _, d in sub.edges(data=True)):
+        size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
+        return [_Channels(tuple(params), pin, mix, [[q] * len(params) for q in range(size)])]
+    return _slot_channels(graph, nodes, params)
+
+
+def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> list[_Channels]:
+    """Union every index that moves together; a channel is one connected set of indices."""
+    g = graph.g
+    index = {n: i for i, n in enumerate(nodes)}
+    sizes = np.array([g.nodes[n]["size"] for n in nodes], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(sizes)])
+    rows, cols = [], []
+    for a, b, d in g.subgraph(nodes).edges(data=True):
+        ia = np.arange(sizes[index[a]]) if d["ia"] is None else d["ia"]
+        ib = np.arange(sizes[index[b]]) if d["ib"] is None else d["ib"]
+        rows.append(offset[index[a]] + ia)
+        cols.append(offset[index[b]] + ib)
+    total = int(offset[-1])
+    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64),) * 2
+    adj = sp.coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
+    _, label = connected_components(adj, directed=False)
+
+    def flag(key: str) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for i, n in enumerate(nodes):
+            for reason in g.nodes[n][key][:1]:
+                for lab in np.unique(label[offset[i] : offset[i + 1]]):
+                    out.setdefault(int(lab), reason)
+        return out
+
+    pins, mixes = flag("pins"), flag("mixes")
+    lab = np.concatenate([label[offset[i] : offset[i + 1]] for i in params])
+    nid = np.concatenate([np.full(sizes[i], i) for i in params])
+    pos = np.concatenate([np.arange(sizes[i]) for i in params])
+    order = np.lexsort((pos, nid, lab))
+    lab, nid, pos = lab[order], nid[order], pos[order]
+    cuts = np.flatnonzero(np.diff(lab)) + 1
+    by_key: dict[tuple, _Channels] = {}
+    for l_arr, n_arr, p_arr in zip(np.split(lab, cuts), np.split(nid, cuts), np.split(pos, cuts)):
+        channel = int(l_arr[0])
+        key = (tuple(n_arr.tolist()), pins.get(channel), mixes.get(channel))
+        if key not in by_key:
+            by_key[key] = _Channels(key[0], key[1], key[2], [])
+        by_key[key].positions.append(p_arr.tolist())
+    return list(by_key.values())
+
+
+def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[int, int], Group]:
+    """Members of one channel signature, channels ordered along the primary member."""
+    occurrences: dict[int, list[int]] = defaultdict(list)  # node -> columns in positions
+    for col, n in enumerate(ch.params):
+        occurrences[n].append(col)
+    order_of = lambda n: (graph.order[nodes[n][1]], nodes[n][2])  # noqa: E731
+    producers = [n for n in occurrences if nodes[n][2] == 0]
+    primary = min(producers or list(occurrences), key=order_of)
+    pos = np.asarray(ch.positions, dtype=np.int64)  # (channels, occurrences)
+    pos = pos[np.argsort(pos[:, occurrences[primary][0]], kind="stable")]
+    members = []
+    for n in sorted(occurrences, key=lambda n: (n != primary, order_of(n))):
+        members += _members(nodes[n], pos[:, occurrences[n]])
+    param, axis = nodes[primary][1], nodes[primary][2]
+    module, _, attr = param.rpartition(".")
+    name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
+    group = Group(
+        name=name,
+        size=len(pos),
+        prunable=ch.pin is None,
+        reason=ch.pin,
+        zero_invariant=ch.mix is None,
+        members=members,
+    )
+    return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group
+
+
+def _members(node: AxisId, p: np.ndarray) -> list[Member]:
+    """Columns of ``p`` (channels x occurrences) -> members; consecutive runs become blocks."""
+    k = p.shape[1]
+    if k > 1 and np.array_equal(p, p[:, :1] + np.arange(k)) and not (p[:, 0] % k).any():
+        runs: Sequence[tuple[np.ndarray, int]] = [(p[:, 0] // k, k)]
+    else:
+        runs = [(p[:, r], 1) for r in range(k)]
+    out = []
+    for q, block in runs:
+        lo = int(q.min())
+        rel = q - lo
+        layout = strided_layout(q.tolist())
+        out.append(
+            Member(
+                param=node[1],
+                axis=node[2],
+                start=lo * block,
+                stop=(int(q.max()) + 1) * block,
+                block=block,
+                indices=None if np.array_equal(rel, np.arange(len(q))) else rel.tolist(),
+                order=view_order(len(layout.sizes) if layout else 1),
+            )
+        )
+    return out

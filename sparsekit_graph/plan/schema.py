@@ -1,0 +1,144 @@
+"""The declarative plan: pydantic models, JSON in and out, and a check against a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import PlanError
+
+__all__ = ["SCHEMA_VERSION", "Group", "Member", "Plan"]
+
+SCHEMA_VERSION = 1
+NonNeg = Annotated[int, Field(ge=0, le=2**40)]
+Positive = Annotated[int, Field(ge=1, le=2**40)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Member(_Frozen):
+    """The slice of one parameter (or buffer) axis that a group owns.
+
+    Channel ``i`` of the group owns elements ``[start + q*block, start + (q+1)*block)`` of
+    ``axis``, where ``q = indices[i]`` if ``indices`` is given, else ``q = i``.
+    ``order`` is the BlockCoupling order of the member's bound view
+    ``(pre, *channel_axes, block, post)``: channel axes first.
+    """
+
+    param: str = Field(min_length=1)
+    axis: NonNeg
+    start: NonNeg
+    stop: Positive
+    block: Positive = 1
+    indices: list[NonNeg] | None = None
+    order: list[NonNeg]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Member:
+        if self.stop <= self.start:
+            raise ValueError(f"member {self.param}: stop {self.stop} must exceed start {self.start}")
+        if (self.stop - self.start) % self.block:
+            raise ValueError(f"member {self.param}: slice {self.start}:{self.stop} is not a whole number of blocks")
+        if sorted(self.order) != list(range(len(self.order))) or len(self.order) < 4:
+            raise ValueError(f"member {self.param}: order {self.order} is not a permutation of its view's axes")
+        if self.indices is not None:
+            slots = (self.stop - self.start) // self.block
+            if len(set(self.indices)) != len(self.indices) or max(self.indices, default=0) >= slots:
+                raise ValueError(f"member {self.param}: indices must be distinct and below {slots}")
+        return self
+
+    @property
+    def channels(self) -> int:
+        """How many channels this member describes."""
+        return len(self.indices) if self.indices is not None else (self.stop - self.start) // self.block
+
+    def positions(self) -> list[int]:
+        """Block position along the axis of each channel, in channel order."""
+        base = self.start // self.block
+        return [base + q for q in (self.indices if self.indices is not None else range(self.channels))]
+
+
+class Group(_Frozen):
+    """A channel space: slices of parameters that must be pruned together."""
+
+    name: str = Field(min_length=1)
+    size: Positive
+    prunable: bool
+    reason: str | None = None
+    zero_invariant: bool
+    members: list[Member] = Field(min_length=1)
+    ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    keep: Positive | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Group:
+        for m in self.members:
+            if m.channels != self.size:
+                raise ValueError(f"group {self.name}: member {m.param} axis {m.axis} has {m.channels} channels, group size is {self.size}")
+        if self.keep is not None and self.keep > self.size:
+            raise ValueError(f"group {self.name}: keep {self.keep} exceeds size {self.size}")
+        if not self.prunable and not self.reason:
+            raise ValueError(f"group {self.name}: a pinned group needs a reason")
+        return self
+
+
+class Plan(_Frozen):
+    """Every coupling group of a model, with why some are pinned.
+
+    Save with ``save(path)`` and read back with ``Plan.load(path)``; ``check(model)`` before use.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    model: str = ""
+    groups: list[Group] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
+        seen: set[str] = set()
+        for g in self.groups:
+            if g.name in seen:
+                raise ValueError(f"duplicate group name {g.name!r}")
+            seen.add(g.name)
+        return self
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise PlanError(f"plan has no group named {name!r}")
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise PlanError(f"cannot read plan file {path}: {e}") from e
+        return cls.from_json(text)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "plan"
+            raise PlanError(f"invalid plan: {where}: {first['msg']}") from e
+
+    def check(self, model: object) -> None:
+        """Raise ``PlanError`` naming the first group/member that does not fit ``model``."""
+        from .check import check_plan
+
+        check_plan(self, model)
