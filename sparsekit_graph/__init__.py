@@ -1,12 +1,37 @@
 """sparsekit-graph: structured pruning that understands the model's graph."""
 
 from .errors import CouplingError, PlanError, ShapeMismatchError, SparseKitError, TraceError
+from .graph.rules import RuleContext, register_function_rule, register_method_rule, register_module_rule
+from .graph.trace import trace
+from .plan.bind import bind
+from .plan.planner import plan
+from .plan.schema import Group, InputSpec, Member, Plan
+from .prune.api import PruneReport, PruneResult, prune
+from .prune.io import load_pruned, save_pruned
+from .prune.surgery import register_resizer
 
 __all__ = [
     "CouplingError",
+    "Group",
+    "InputSpec",
+    "Member",
+    "Plan",
     "PlanError",
+    "PruneReport",
+    "PruneResult",
+    "RuleContext",
     "ShapeMismatchError",
     "SparseKitError",
     "TraceError",
+    "bind",
+    "load_pruned",
+    "plan",
+    "prune",
+    "register_function_rule",
+    "register_method_rule",
+    "register_module_rule",
+    "register_resizer",
+    "save_pruned",
+    "trace",
 ]
 __version__ = "0.1.0"

@@ -10,14 +10,14 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
-from ..graph.trace import Inputs, trace
+from ..graph.trace import Inputs, normalize_inputs, trace
 from .layout import strided_layout, view_order
-from .schema import Group, Member, Plan
+from .schema import Group, InputSpec, Member, Plan
 
 __all__ = ["build_axis_graph", "plan"]
 
@@ -38,7 +38,17 @@ def plan(model: nn.Module, example_inputs: Inputs, *, ignore: Iterable[str] = ()
     """
     graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
     _pin_ignored(graph, model, list(ignore))
-    return Plan(model=type(model).__name__, groups=resolve_groups(graph))
+    return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=resolve_groups(graph))
+
+
+def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
+    args, kwargs = normalize_inputs(example_inputs)
+    specs = [(f"input{i}", t, False) for i, t in enumerate(args)] + [(k, t, True) for k, t in kwargs.items()]
+    return [
+        InputSpec(name=n, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."), keyword=kw)
+        for n, t, kw in specs
+        if isinstance(t, Tensor)
+    ]
 
 
 def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True) -> AxisGraph:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import PlanError
 
-__all__ = ["SCHEMA_VERSION", "Group", "Member", "Plan"]
+__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan"]
 
 SCHEMA_VERSION = 1
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
@@ -86,6 +86,23 @@ class Group(_Frozen):
         return self
 
 
+class InputSpec(_Frozen):
+    """Shape and dtype of one example input the plan was made with."""
+
+    name: str
+    shape: list[NonNeg]
+    dtype: str
+    keyword: bool = False
+
+    def meta(self) -> Any:
+        import torch
+
+        dtype = getattr(torch, self.dtype.removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            raise PlanError(f"input {self.name}: unknown dtype {self.dtype!r}")
+        return torch.empty(self.shape, dtype=dtype, device="meta")
+
+
 class Plan(_Frozen):
     """Every coupling group of a model, with why some are pinned.
 
@@ -94,6 +111,7 @@ class Plan(_Frozen):
 
     schema_version: int = SCHEMA_VERSION
     model: str = ""
+    inputs: list[InputSpec] = Field(default_factory=list)
     groups: list[Group] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -112,6 +130,12 @@ class Plan(_Frozen):
             if g.name == name:
                 return g
         raise PlanError(f"plan has no group named {name!r}")
+
+    def example_inputs(self) -> tuple[Any, ...] | dict[str, Any]:
+        """Meta tensors shaped like the inputs the plan was made with."""
+        if any(i.keyword for i in self.inputs):
+            return {i.name: i.meta() for i in self.inputs}
+        return tuple(i.meta() for i in self.inputs)
 
     @property
     def prunable(self) -> list[Group]:

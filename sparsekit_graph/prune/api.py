@@ -1,0 +1,152 @@
+"""``prune``: importance -> masks -> surgery, checked and transactional."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from ..errors import PlanError, SparseKitError, TraceError
+from ..graph.trace import trace
+from ..plan.bind import bind
+from ..plan.schema import Plan
+from .importance import channel_scores, masks_from_scores
+from .macs import count_macs, count_params
+from .surgery import remove_channels
+
+__all__ = ["PruneReport", "PruneResult", "prune"]
+
+
+class PruneReport(BaseModel):
+    """What pruning did: sizes before and after, channels kept per group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    kept: dict[str, int]
+    sizes: dict[str, int]
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / max(self.params_before, 1)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / max(self.macs_before, 1)
+
+
+@dataclass
+class PruneResult:
+    """The smaller model, the masks applied (True = removed), and the report."""
+
+    model: nn.Module
+    masks: dict[str, Tensor]
+    report: PruneReport
+    plan: Plan
+
+
+def prune(
+    model: nn.Module,
+    plan: Plan,
+    *,
+    ratio: float | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    importance: str = "l2",
+    inplace: bool = False,
+    global_ranking: bool = False,
+    round_to: int | None = None,
+    seed: int = 0,
+) -> PruneResult:
+    """Remove channels from ``model`` following ``plan``.
+
+    Args:
+        model: The model the plan was made for.
+        plan: Its plan (checked against the model first).
+        ratio: Fraction of each prunable group's channels to remove (a group's own
+            ``ratio``/``keep`` override it). Ignored when ``masks`` is given.
+        masks: Explicit masks by group name (``True`` = remove), applied exactly; groups
+            not named keep every channel.
+        importance: ``"l2"``, ``"l1"`` or ``"random"`` (seeded by ``seed``).
+        inplace: Modify ``model`` itself (only once everything succeeded).
+        global_ranking: Rank channels across groups instead of per group.
+        round_to: Keep a multiple of this many channels per group.
+
+    Returns:
+        ``PruneResult`` with the pruned model (``model`` itself if ``inplace``).
+
+    Raises:
+        PlanError: The plan does not fit, or masks/ratio are invalid. The model is unchanged.
+    """
+    plan.check(model)
+    if masks is None:
+        if ratio is None or not 0.0 <= ratio < 1.0:
+            raise PlanError(f"ratio must be in [0, 1), got {ratio!r}")
+        if round_to is not None and round_to < 1:
+            raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
+        couplings = bind(plan, model, check=False)
+        gen = torch.Generator().manual_seed(seed)
+        scores = {g.name: channel_scores(couplings[g.name], importance, gen).cpu() for g in plan.prunable}
+        chosen = masks_from_scores(plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking)
+    else:
+        chosen = _checked_masks(plan, masks)
+    inputs = plan.example_inputs()
+    before_gm = trace(model, inputs)
+    work = copy.deepcopy(model)
+    remove_channels(work, plan, chosen)
+    try:
+        after_gm = trace(work, inputs)
+        trace(work, inputs, train=True)
+    except TraceError as e:
+        raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
+    _same_outputs(before_gm, after_gm)
+    report = PruneReport(
+        params_before=count_params(model),
+        params_after=count_params(work),
+        macs_before=count_macs(before_gm, model),
+        macs_after=count_macs(after_gm, work),
+        kept={g.name: g.size - int(chosen[g.name].sum()) if g.name in chosen else g.size for g in plan.groups},
+        sizes={g.name: g.size for g in plan.groups},
+    )
+    if inplace:
+        model.__dict__.clear()
+        model.__dict__.update(work.__dict__)
+        work = model
+    full = {g.name: chosen.get(g.name, torch.zeros(g.size, dtype=torch.bool)) for g in plan.groups}
+    return PruneResult(model=work, masks=full, report=report, plan=plan)
+
+
+def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    names = {g.name: g for g in plan.groups}
+    out = {}
+    for name, mask in masks.items():
+        g = names.get(name)
+        if g is None:
+            raise PlanError(f"masks: plan has no group named {name!r}")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (g.size,):
+            raise PlanError(f"masks[{name!r}]: expected a bool tensor of shape ({g.size},)")
+        if bool(mask.any()) and not g.prunable:
+            raise PlanError(f"masks[{name!r}]: group is pinned ({g.reason})")
+        if bool(mask.all()):
+            raise PlanError(f"masks[{name!r}]: would remove every channel")
+        out[name] = mask.cpu()
+    return out
+
+
+def _same_outputs(before: torch.fx.GraphModule, after: torch.fx.GraphModule) -> None:
+    from ..graph.trace import META
+
+    def shapes(gm: torch.fx.GraphModule) -> list[tuple[int, ...]]:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        found: list[tuple[int, ...]] = []
+        torch.fx.node.map_arg(out.args, lambda n: found.append(tuple(n.meta[META].shape)) or n if isinstance(n.meta.get(META), Tensor) else n)
+        return found
+
+    if shapes(before) != shapes(after):
+        raise SparseKitError(f"pruning changed the output shapes {shapes(before)} -> {shapes(after)}; nothing was changed")

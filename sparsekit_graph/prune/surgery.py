@@ -1,0 +1,119 @@
+"""Physically remove channels: slice parameters and buffers, then resize their layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..plan.schema import Plan
+
+__all__ = ["register_resizer", "remove_channels"]
+
+Resizer = Callable[[nn.Module], None]
+_RESIZERS: dict[type, Resizer] = {}
+
+
+def register_resizer(*types: type) -> Callable[[Resizer], Resizer]:
+    """Register how a layer updates its attributes after its parameters were sliced."""
+
+    def deco(fn: Resizer) -> Resizer:
+        for t in types:
+            _RESIZERS[t] = fn
+        return fn
+
+    return deco
+
+
+def removed_elements(plan: Plan, masks: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], np.ndarray]:
+    """(tensor name, axis) -> boolean array of removed indices along that axis."""
+    drop: dict[tuple[str, int], np.ndarray] = {}
+    for g in plan.groups:
+        mask = masks.get(g.name)
+        if mask is None or not bool(mask.any()):
+            continue
+        channels = np.flatnonzero(mask.cpu().numpy())
+        for m in g.members:
+            pos = np.asarray(m.positions())[channels]
+            idx = (pos[:, None] * m.block + np.arange(m.block)).ravel()
+            key = (m.param, m.axis)
+            if key not in drop:
+                drop[key] = np.zeros(shapes[m.param][m.axis], dtype=bool)
+            drop[key][idx] = True
+    return drop
+
+
+def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
+    """Slice every member of every masked group out of ``model``, in place, then resize layers."""
+    tensors = {n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))}
+    drop = removed_elements(plan, masks, {n: tuple(t.shape) for n, t in tensors.items()})
+    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for (name, axis), removed in drop.items():
+        by_tensor.setdefault(name, []).append((axis, removed))
+    replaced: dict[int, Tensor] = {}  # id(old tensor) -> new tensor (tied weights share one)
+    for name, cuts in by_tensor.items():
+        old = tensors[name]
+        new = old.detach()
+        for axis, removed in cuts:
+            new = new.index_select(axis, torch.as_tensor(np.flatnonzero(~removed), device=old.device))
+        replaced[id(old)] = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for attr, t in store.items():
+                if t is not None and id(t) in replaced:
+                    store[attr] = replaced[id(t)]
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            if cls in _RESIZERS:
+                _RESIZERS[cls](module)
+                break
+
+
+@register_resizer(nn.modules.conv._ConvNd)
+def _conv(m: nn.Module) -> None:
+    w, g = m.weight, m.groups
+    if not m.transposed and g > 1 and m.in_channels == g:  # depthwise: groups follow the channels
+        multiplier = m.out_channels // g
+        m.groups = w.shape[0] // multiplier
+        m.in_channels = m.groups
+        m.out_channels = w.shape[0]
+    elif m.transposed:
+        m.in_channels, m.out_channels = w.shape[0], w.shape[1] * g
+    else:
+        m.in_channels, m.out_channels = w.shape[1] * g, w.shape[0]
+
+
+@register_resizer(nn.Linear)
+def _linear(m: nn.Module) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+@register_resizer(nn.modules.batchnorm._NormBase)
+def _norm(m: nn.Module) -> None:
+    ref = m.weight if m.weight is not None else m.running_mean
+    if ref is not None:
+        m.num_features = ref.shape[0]
+
+
+@register_resizer(nn.GroupNorm)
+def _group_norm(m: nn.Module) -> None:
+    if m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+
+
+@register_resizer(nn.LayerNorm, nn.RMSNorm)
+def _layer_norm(m: nn.Module) -> None:
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+@register_resizer(nn.Embedding)
+def _embedding(m: nn.Module) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@register_resizer(nn.PReLU)
+def _prelu(m: nn.Module) -> None:
+    m.num_parameters = m.weight.numel()
