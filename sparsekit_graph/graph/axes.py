@@ -4,7 +4,7 @@ Nodes are tensor axes: ``("v", value, axis)`` for an activation (``value`` is a 
 or ``"name.i"`` for element ``i`` of a tuple-valued node) and ``("p", qualified_name, axis)``
 for a parameter or buffer. Node attributes: ``size``, ``pins`` (reasons the axis may not be
 pruned) and ``mixes`` (reasons zeroing a channel is not the same as removing it).
-A multigraph edge ``(a, b)`` carries an index map: ``ia``/``ib`` (index arrays of equal length,
+A multigraph edge ``(a, b)`` carries an index map: ``a`` (which end ``ia`` indexes), ``ia``/``ib`` (index arrays of equal length,
 ``None`` meaning ``arange(size)``) and ``kind`` (``identity``, ``offset``, ``tie``, ``block``);
 index ``ia[k]`` of ``a`` moves with index ``ib[k]`` of ``b``.
 """
@@ -37,6 +37,7 @@ class AxisGraph:
 
     g: nx.MultiGraph = field(default_factory=nx.MultiGraph)
     order: dict[str, int] = field(default_factory=dict)  # parameter name -> first use in graph order
+    ndim: dict[str, int] = field(default_factory=dict)  # parameter name -> number of dims
     rule_applications: int = 0
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
@@ -51,6 +52,7 @@ class AxisGraph:
     def add_param(self, name: str, t: Tensor, axes: tuple[int, ...] | None = None) -> list[AxisId]:
         """Axes of a parameter or buffer; ``axes`` limits which dims can carry channels."""
         self.order.setdefault(name, len(self.order))
+        self.ndim[name] = t.ndim
         dims = range(t.ndim) if axes is None else axes
         return [self.add_axis(param_axis(name, i), t.shape[i]) for i in dims]
 
@@ -63,7 +65,7 @@ class AxisGraph:
             return
         if ia is None and ib is None and self.size(a) != self.size(b):
             raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
-        self.g.add_edge(a, b, ia=_arr(ia), ib=_arr(ib), kind=kind)
+        self.g.add_edge(a, b, a=a, ia=_arr(ia), ib=_arr(ib), kind=kind)
 
     def pin(self, axis: AxisId, reason: str) -> None:
         pins = self.g.nodes[axis]["pins"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import Tensor, nn
 
-from . import ops_layers, ops_tensor  # noqa: F401  (registers the built-in rules)
+from . import ops_layers, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .rules import RuleContext, find_rule
 from .trace import META

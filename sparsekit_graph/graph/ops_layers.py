@@ -52,18 +52,19 @@ def conv(ctx: RuleContext) -> None:
     ctx.same(x[:cx], out[:co])  # batch
     g = m.groups
     in_axis, out_axis = (0, 1) if m.transposed else (1, 0)
-    w_in, w_out = ctx.param("weight", (in_axis,))[0], ctx.param("weight", (out_axis,))[0]
+    w_out = ctx.param("weight", (out_axis,))[0]
     if m.bias is not None:
         ctx.same(ctx.param("bias"), [out[co]])
     c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
     per_in, per_out = c_in // g, c_out // g
+    if per_in == 1 and g > 1 and not m.transposed:  # depthwise, channel multiplier per_out
+        ctx.graph.link(w_out, out[co])
+        ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
+        return
+    w_in = ctx.param("weight", (in_axis,))[0]
     if g == 1:
         ctx.graph.link(x[cx], w_in)
         ctx.graph.link(w_out, out[co])
-    elif per_in == 1 and not m.transposed:  # depthwise, channel multiplier per_out
-        ctx.graph.link(w_out, out[co])
-        ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
-        ctx.pin([w_in], f"depthwise kernel axis of {ctx.where()}")
     else:
         ctx.graph.link(x[cx], w_in, np.arange(c_in), np.arange(c_in) % ctx.graph.size(w_in), kind="tie")
         ctx.graph.link(w_out, out[co], np.arange(c_out) % ctx.graph.size(w_out), np.arange(c_out), kind="tie")

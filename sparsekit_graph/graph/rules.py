@@ -67,6 +67,11 @@ def register_method_rule(*names: str) -> Callable[[F], F]:
     return deco
 
 
+def has_own_module_rule(module: nn.Module) -> bool:
+    """A rule was registered for exactly this module type (it is then traced as a leaf)."""
+    return type(module) in _MODULE_RULES
+
+
 def find_rule(node: fx.Node, module: nn.Module | None) -> Rule | None:
     """The registered rule for a node, or None (the op is unknown)."""
     if node.op == "call_module" and module is not None:

@@ -61,7 +61,9 @@ def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shap
     concrete = _concrete_args(model, args, kwargs)
     with _mode(model, train):
         try:
-            gm = fx.symbolic_trace(model, concrete_args=concrete)
+            tracer = _Tracer()
+            graph = tracer.trace(model, concrete_args=concrete)
+            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
             raise TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
@@ -70,6 +72,15 @@ def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shap
         if shapes:
             _propagate(gm, model, args, kwargs)
     return gm
+
+
+class _Tracer(fx.Tracer):
+    """torch.nn layers and every layer type with a registered rule stay leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .rules import has_own_module_rule
+
+        return super().is_leaf_module(m, qualname) or has_own_module_rule(m)
 
 
 def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:

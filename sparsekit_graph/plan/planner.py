@@ -128,7 +128,8 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
     sizes = np.array([g.nodes[n]["size"] for n in nodes], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(sizes)])
     rows, cols = [], []
-    for a, b, d in g.subgraph(nodes).edges(data=True):
+    for u, v, d in g.subgraph(nodes).edges(data=True):
+        a, b = (u, v) if d["a"] == u else (v, u)
         ia = np.arange(sizes[index[a]]) if d["ia"] is None else d["ia"]
         ib = np.arange(sizes[index[b]]) if d["ib"] is None else d["ib"]
         rows.append(offset[index[a]] + ia)
@@ -169,8 +170,9 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     for col, n in enumerate(ch.params):
         occurrences[n].append(col)
     order_of = lambda n: (graph.order[nodes[n][1]], nodes[n][2])  # noqa: E731
-    producers = [n for n in occurrences if nodes[n][2] == 0]
-    primary = min(producers or list(occurrences), key=order_of)
+    rows = [n for n in occurrences if nodes[n][2] == 0 and graph.ndim[nodes[n][1]] > 1]
+    producers = rows or [n for n in occurrences if nodes[n][2] == 0] or list(occurrences)
+    primary = min(producers, key=order_of)
     pos = np.asarray(ch.positions, dtype=np.int64)  # (channels, occurrences)
     pos = pos[np.argsort(pos[:, occurrences[primary][0]], kind="stable")]
     members = []

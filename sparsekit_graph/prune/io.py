@@ -46,12 +46,10 @@ def load_pruned(fresh_model: nn.Module, directory: str | Path) -> nn.Module:
         mask[idx] = True
         masks[g.name] = mask
     remove_channels(fresh_model, plan, masks)
-    state = load_file(str(d / "model.safetensors"))
-    own = fresh_model.state_dict()
-    missing = [k for k in own if k not in state and k in _tied_names(own)]
-    for k in missing:
-        state[k] = own[k]
-    fresh_model.load_state_dict(state, strict=False)
+    try:
+        fresh_model.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
+    except (OSError, RuntimeError) as e:
+        raise PlanError(f"cannot load weights from {d / 'model.safetensors'}: {e}") from e
     return fresh_model
 
 
@@ -65,6 +63,3 @@ def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(ptr)
     return out
 
-
-def _tied_names(state: dict[str, torch.Tensor]) -> set[str]:
-    return set(state)

@@ -1,0 +1,89 @@
+"""The DESIGN.md correctness oracle, shared by the model tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+
+def realistic_bn(model: nn.Module, x: Tensor, seed: int = 0) -> None:
+    """Random BN affine parameters and running statistics measured on ``x`` (one train pass)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in bns:
+            if m.affine:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        model(x)
+        for m in bns:
+            m.momentum = 0.1
+    model.eval()
+
+
+def first_tensor(out: object) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return first_tensor(out[0])
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict):
+        return first_tensor(next(iter(out.values())))
+    raise TypeError(type(out))
+
+
+def assert_close_rel(a: Tensor, b: Tensor, rtol: float = 1e-4) -> None:
+    scale = a.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= rtol * scale + 1e-6, f"max abs error {err:.3g} vs output scale {scale:.3g}"
+
+
+def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float = 0.05) -> skg.PruneResult:
+    """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness."""
+    realistic_bn(model, x)
+    plan = skg.plan(model, x)
+    plan.save(tmp_path / "plan.json")
+    assert skg.Plan.load(tmp_path / "plan.json") == plan
+    plan.check(model)
+    assert plan.prunable, "nothing prunable"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    result = skg.prune(model, plan, ratio=0.5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), "input model changed"
+    small = result.model.eval()
+    with torch.no_grad():
+        dense_out, small_out = first_tensor(model(x)), first_tensor(small(x))
+    assert small_out.shape == dense_out.shape
+    after = sum(p.numel() for p in small.parameters())
+    assert result.report.params_after == after
+    assert after <= (1 - min_drop) * result.report.params_before
+    small.train()
+    with torch.no_grad():
+        small(x)
+
+    # Exactness on every zero-invariant group at once: masked dense == pruned.
+    gen = torch.Generator().manual_seed(1)
+    masks = {}
+    for g in plan.prunable:
+        if g.zero_invariant and g.size > 1:
+            m = torch.rand(g.size, generator=gen) < 0.4
+            m[0] = False
+            masks[g.name] = m
+    assert masks, "no zero-invariant group"
+    dense = copy.deepcopy(model).eval()
+    couplings = skg.bind(plan, dense)
+    for name, m in masks.items():
+        couplings[name].apply_mask(m)
+    pruned = skg.prune(model, plan, masks=masks).model.eval()
+    with torch.no_grad():
+        assert_close_rel(first_tensor(dense(x)), first_tensor(pruned(x)))
+    return result
