@@ -17,6 +17,7 @@ def check_plan(plan: Plan, model: object) -> None:
         raise PlanError(f"check needs an nn.Module, got {type(model).__name__}")
     tensors = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
     owned: dict[tuple[str, int], np.ndarray] = {}
+    first: dict[tuple[str, int], str] = {}
     for g in plan.groups:
         for m in g.members:
             where = f"group {g.name!r} member {m.param} axis {m.axis}"
@@ -37,3 +38,10 @@ def check_plan(plan: Plan, model: object) -> None:
             if mask[idx].any():
                 raise PlanError(f"{where}: overlaps a slice owned by another member")
             mask[idx] = True
+            first.setdefault((m.param, m.axis), where)
+    for key, mask in owned.items():
+        if not mask.all():
+            raise PlanError(
+                f"{first[key]}: the plan covers {int(mask.sum())} of {mask.size} indices of this axis "
+                "(is it a plan for another model?)"
+            )

@@ -22,7 +22,7 @@ def save_pruned(result: PruneResult, directory: str | Path) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     result.plan.save(d / "plan.json")
-    masks = {name: torch.flatnonzero(m).tolist() for name, m in result.masks.items() if bool(m.any())}
+    masks = {name: torch.nonzero(m).flatten().tolist() for name, m in result.masks.items() if bool(m.any())}
     (d / "masks.json").write_text(json.dumps({"removed": masks}, indent=1))
     state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
     save_file(_untied(state), str(d / "model.safetensors"))
