@@ -61,11 +61,14 @@ class AxisGraph:
 
     def link(self, a: AxisId, b: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
         """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index)."""
+        ia, ib = _arr(ia), _arr(ib)
+        if ia is not None and ib is not None and _is_range(ia, self.size(a)) and _is_range(ib, self.size(b)):
+            ia = ib = None  # an explicit identity
         if a == b and ia is None and ib is None:
             return
         if ia is None and ib is None and self.size(a) != self.size(b):
             raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
-        self.g.add_edge(a, b, a=a, ia=_arr(ia), ib=_arr(ib), kind=kind)
+        self.g.add_edge(a, b, a=a, ia=ia, ib=ib, kind=kind if ia is not None else "identity")
 
     def pin(self, axis: AxisId, reason: str) -> None:
         pins = self.g.nodes[axis]["pins"]
@@ -80,3 +83,7 @@ class AxisGraph:
 
 def _arr(x: Any) -> np.ndarray | None:
     return None if x is None else np.asarray(x, dtype=np.int64)
+
+
+def _is_range(x: np.ndarray, n: int) -> bool:
+    return len(x) == n and bool((x == np.arange(n)).all())

@@ -137,11 +137,28 @@ class _MetaRunner(fx.Interpreter):
 
     def call_module(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
         mod = self.fetch_attr(target)
+        if isinstance(mod, _SAME_SHAPE) and len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+            _check_channels(mod, args[0], target)
+            return torch.empty_like(args[0])
         state = self._state.get(target)
         if state is None:
             state = {k: _to_meta(v) for k, v in (*mod.named_parameters(), *mod.named_buffers())}
             self._state[target] = state
         return torch.func.functional_call(mod, state, args, kwargs, tie_weights=False, strict=False)
+
+
+# Layers whose output has their input's shape: no need to run them, even on meta.
+_SAME_SHAPE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+    nn.Hardtanh, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.modules.batchnorm._BatchNorm,
+)  # fmt: skip
+
+
+def _check_channels(mod: nn.Module, x: Tensor, target: str) -> None:
+    """What running a BatchNorm would have checked: its channel count."""
+    n = getattr(mod, "num_features", None)
+    if n is not None and (x.ndim < 2 or x.shape[1] != n):
+        raise TraceError(f"shape propagation failed at layer {target}: expected {n} channels, got input {tuple(x.shape)}")
 
 
 def _describe(n: fx.Node) -> str:

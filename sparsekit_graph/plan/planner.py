@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import CodeType
 
 import networkx as nx
 import numpy as np
@@ -56,12 +57,35 @@ def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: b
     graph = AxisGraph()
     gm = trace(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
-    if train_graph:
+    if train_graph and _reads_training(model):
         gm_train = trace(model, example_inputs, train=True, shapes=False)
         if _calls(gm_train) != _calls(gm):
             gm_train = trace(model, example_inputs, train=True)
             add_traced_graph(graph, gm_train, model, prefix="train:")
     return graph
+
+
+def _reads_training(model: nn.Module) -> bool:
+    """Could the traced graph depend on train/eval mode? True if any method of a non-torch.nn
+    layer class reads an attribute named ``training`` (torch.nn layers are leaves)."""
+    seen: set[type] = set()
+    for m in model.modules():
+        cls = type(m)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("torch.nn") or klass is object:
+                continue
+            for fn in vars(klass).values():
+                code = getattr(fn, "__code__", None)
+                if code is not None and _code_reads(code, "training"):
+                    return True
+    return False
+
+
+def _code_reads(code: CodeType, name: str) -> bool:
+    return name in code.co_names or any(isinstance(c, CodeType) and _code_reads(c, name) for c in code.co_consts)
 
 
 def _calls(gm: nn.Module) -> list[tuple[str, str]]:
@@ -114,8 +138,7 @@ def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
     params = [i for i, n in enumerate(nodes) if n[0] == "p"]
     pin = next((r for n in nodes for r in g.nodes[n]["pins"]), None)
     mix = next((r for n in nodes for r in g.nodes[n]["mixes"]), None)
-    sub = g.subgraph(nodes)
-    if all(d["ia"] is None and d["ib"] is None for _, _, d in sub.edges(data=True)):
+    if all(d["ia"] is None and d["ib"] is None for _, _, d in g.edges(nodes, data=True)):
         size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
         return [_Channels(tuple(params), pin, mix, [[q] * len(params) for q in range(size)])]
     return _slot_channels(graph, nodes, params)
@@ -128,7 +151,7 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
     sizes = np.array([g.nodes[n]["size"] for n in nodes], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(sizes)])
     rows, cols = [], []
-    for u, v, d in g.subgraph(nodes).edges(data=True):
+    for u, v, d in g.edges(nodes, data=True):
         a, b = (u, v) if d["a"] == u else (v, u)
         ia = np.arange(sizes[index[a]]) if d["ia"] is None else d["ia"]
         ib = np.arange(sizes[index[b]]) if d["ib"] is None else d["ib"]
@@ -181,13 +204,15 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     param, axis = nodes[primary][1], nodes[primary][2]
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
-    group = Group(
+    group = Group.model_construct(  # built from a consistent graph: validation is the loader's job
         name=name,
         size=len(pos),
         prunable=ch.pin is None,
         reason=ch.pin,
         zero_invariant=ch.mix is None,
         members=members,
+        ratio=None,
+        keep=None,
     )
     return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group
 
@@ -203,15 +228,16 @@ def _members(node: AxisId, p: np.ndarray) -> list[Member]:
     for q, block in runs:
         lo = int(q.min())
         rel = q - lo
-        layout = strided_layout(q.tolist())
+        contiguous = np.array_equal(rel, np.arange(len(q)))
+        layout = None if contiguous else strided_layout(q.tolist())
         out.append(
-            Member(
+            Member.model_construct(
                 param=node[1],
                 axis=node[2],
                 start=lo * block,
                 stop=(int(q.max()) + 1) * block,
                 block=block,
-                indices=None if np.array_equal(rel, np.arange(len(q))) else rel.tolist(),
+                indices=None if contiguous else rel.tolist(),
                 order=view_order(len(layout.sizes) if layout else 1),
             )
         )
