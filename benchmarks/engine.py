@@ -41,7 +41,11 @@ def _ours(pairs: list) -> list[BlockCoupling]:
     out = []
     for prod, cons in pairs:
         (s1, st1, b1), (s2, st2, b2) = _views(prod, cons)
-        out.append(BlockCoupling([BlockSpec(View(prod, s1, st1), b1), BlockSpec(View(cons, s2, st2), b2)], [(0, 1, 2), (1, 0, 2)]))
+        out.append(
+            BlockCoupling(
+                [BlockSpec(View(prod, s1, st1), b1), BlockSpec(View(cons, s2, st2), b2)], [(0, 1, 2), (1, 0, 2)]
+            )
+        )
     return out
 
 
@@ -88,7 +92,10 @@ def main() -> None:
     conds = [{s: s.view.window(opt.state[s.view.param]["exp_avg_sq"].sqrt().add(1e-8)) for s in c.specs} for c in ours]
     # Thresholds that zero about a fifth of the blocks, the rest shrink (Euclidean and Adam metric).
     taus = [c.norms().quantile(0.2) * torch.ones(c.grid_shape) for c in ours]
-    ctaus = [c.norms({s: h[s] * s.data for s in c.specs}).quantile(0.2) * torch.ones(c.grid_shape) for c, h in zip(ours, conds)]
+    ctaus = [
+        c.norms({s: h[s] * s.data for s in c.specs}).quantile(0.2) * torch.ones(c.grid_shape)
+        for c, h in zip(ours, conds)
+    ]
     snapshot = [p.detach().clone() for p in params]
 
     def restore() -> None:
@@ -101,6 +108,7 @@ def main() -> None:
             for c, tau, h in zip(couplings, ctaus if conditioned else taus, conds):
                 hh = {rs: h[os_] for rs, os_ in zip(c.specs, h)} if conditioned else None
                 c.soft_threshold(tau, hh, **kw) if conditioned else c.soft_threshold(tau)
+
         return go
 
     adam = _median(opt.step, args.repeats)
@@ -117,7 +125,10 @@ def main() -> None:
         restore()
     rows += [("ours: Euclidean prox", ours_e, ref_e), ("ours: conditioned prox (rel 1e-6)", ours_c, ref_c)]
     if ref is not None:
-        rows += [("reference: Euclidean prox", ref_e, None), ("reference: conditioned prox (20 bisections)", ref_c, None)]
+        rows += [
+            ("reference: Euclidean prox", ref_e, None),
+            ("reference: conditioned prox (20 bisections)", ref_c, None),
+        ]
     print(f"ResNet-50, {len(ours)} couplings, {args.threads} threads, median of {args.repeats}")
     print(f"{'what':46s} {'ms':>9s} {'x Adam':>8s} {'ref/ours':>9s}")
     for name, t, other in rows:

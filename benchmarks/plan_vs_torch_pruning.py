@@ -53,7 +53,9 @@ def _tp_prune(model: nn.Module, x: torch.Tensor) -> float:
     model = copy.deepcopy(model)
     before = sum(p.numel() for p in model.parameters())
     head = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=head)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=head
+    )
     pruner.step()
     model(x)
     return sum(p.numel() for p in model.parameters()) / before

@@ -12,7 +12,8 @@ from rich.table import Table
 from .errors import SparseKitError
 from .plan.planner import plan as make_plan
 from .plan.schema import Plan
-from .prune.api import PruneReport, prune as prune_model
+from .prune.api import PruneReport
+from .prune.api import prune as prune_model
 from .prune.io import save_pruned
 from .zoo import load_spec
 
@@ -39,7 +40,9 @@ def plan(
     except SparseKitError as e:
         _fail(e)
     p.save(out)
-    console.print(f"planned {spec} in {time.perf_counter() - t0:.3f}s: {len(p.groups)} groups, {len(p.prunable)} prunable -> {out}")
+    console.print(
+        f"planned {spec} in {time.perf_counter() - t0:.3f}s: {len(p.groups)} groups, {len(p.prunable)} prunable -> {out}"
+    )
 
 
 @app.command()
@@ -53,7 +56,14 @@ def show(path: Path = typer.Argument(..., help="A plan.json")) -> None:
     for col in ("group", "size", "prunable", "zero-inv", "members", "reason"):
         table.add_column(col)
     for g in p.groups:
-        table.add_row(g.name, str(g.size), "yes" if g.prunable else "no", "yes" if g.zero_invariant else "no", str(len(g.members)), g.reason or "")
+        table.add_row(
+            g.name,
+            str(g.size),
+            "yes" if g.prunable else "no",
+            "yes" if g.zero_invariant else "no",
+            str(len(g.members)),
+            g.reason or "",
+        )
     console.print(table)
 
 
@@ -83,7 +93,9 @@ def prune(
         model, inputs = load_spec(spec)
         t0 = time.perf_counter()
         p = Plan.load(plan_path) if plan_path else make_plan(model, inputs)
-        result = prune_model(model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to)
+        result = prune_model(
+            model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to
+        )
     except SparseKitError as e:
         _fail(e)
     seconds = time.perf_counter() - t0

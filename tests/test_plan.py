@@ -13,7 +13,9 @@ import sparsekit_graph as skg
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
 
 
 @pytest.fixture
@@ -49,7 +51,10 @@ HOSTILE = {
     "huge": (lambda p: _edit(p, lambda d: d["groups"][1]["members"][0].update(stop=10**15)), r"members\.0\.stop"),
     "size-mismatch": (lambda p: _edit(p, lambda d: d["groups"][1].update(size=5)), "has 8 channels, group size is 5"),
     "duplicate-name": (lambda p: _edit(p, lambda d: d["groups"][2].update(name="0:out")), "duplicate group name"),
-    "order-not-permutation": (lambda p: _edit(p, lambda d: d["groups"][1]["members"][0].update(order=[0, 0, 1, 2])), "not a permutation"),
+    "order-not-permutation": (
+        lambda p: _edit(p, lambda d: d["groups"][1]["members"][0].update(order=[0, 0, 1, 2])),
+        "not a permutation",
+    ),
     "pinned-without-reason": (lambda p: _edit(p, lambda d: d["groups"][1].update(prunable=False)), "needs a reason"),
 }
 
@@ -64,8 +69,14 @@ def test_hostile_plan_files_raise_plan_error(planned, case: str) -> None:
 
 
 CHECKS = {
-    "missing-param": (lambda d: d["groups"][1]["members"][0].update(param="nope.weight"), "no parameter or buffer 'nope.weight'"),
-    "axis-out-of-range": (lambda d: d["groups"][1]["members"][1].update(axis=3, order=[1, 0, 2, 3]), "axis out of range"),
+    "missing-param": (
+        lambda d: d["groups"][1]["members"][0].update(param="nope.weight"),
+        "no parameter or buffer 'nope.weight'",
+    ),
+    "axis-out-of-range": (
+        lambda d: d["groups"][1]["members"][1].update(axis=3, order=[1, 0, 2, 3]),
+        "axis out of range",
+    ),
     "slice-beyond-axis": (lambda d: d["groups"][1]["members"][0].update(start=4, stop=12), "exceeds axis size 8"),
     "overlap": (lambda d: d["groups"][2]["members"].append(dict(d["groups"][1]["members"][0])), "overlaps"),
 }
@@ -79,7 +90,9 @@ def test_check_names_the_first_bad_member(planned, case: str) -> None:
         _edit(path, lambda d: d["groups"][2].update(size=8))
     _edit(path, edit)
     if case == "overlap":  # 3:out has 4 channels; give it a member of 8 to collide instead
-        _edit(path, lambda d: d["groups"][2].update(size=4, members=[dict(d["groups"][1]["members"][0], start=0, stop=4)]))
+        _edit(
+            path, lambda d: d["groups"][2].update(size=4, members=[dict(d["groups"][1]["members"][0], start=0, stop=4)])
+        )
     plan = skg.Plan.load(path)
     with pytest.raises(skg.PlanError, match=match):
         plan.check(model)
@@ -91,7 +104,9 @@ def test_check_names_the_first_bad_member(planned, case: str) -> None:
 
 def test_plan_for_another_model_fails_check(planned) -> None:
     _, plan, _ = planned
-    other = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(), nn.Linear(64, 2))
+    other = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(), nn.Linear(64, 2)
+    )
     with pytest.raises(skg.PlanError, match="group '0:out' member 0.weight axis 0"):
         plan.check(other)
 
@@ -127,7 +142,9 @@ def test_prune_options_and_report(planned) -> None:
     assert r.report.macs_after < r.report.macs_before
     g = skg.prune(model, plan, ratio=0.5, global_ranking=True)
     assert sum(g.report.kept[n] for n in ("0:out", "3:out")) == 12 - 6
-    custom = plan.model_copy(update={"groups": [grp.model_copy(update={"keep": 2}) if grp.name == "0:out" else grp for grp in plan.groups]})
+    custom = plan.model_copy(
+        update={"groups": [grp.model_copy(update={"keep": 2}) if grp.name == "0:out" else grp for grp in plan.groups]}
+    )
     assert skg.prune(model, custom, ratio=0.5).report.kept["0:out"] == 2
     for importance in ("l1", "random"):
         assert skg.prune(model, plan, ratio=0.25, importance=importance).report.kept["0:out"] == 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from .view import View, interleave
 
 __all__ = ["BlockSpec", "SparseBlock", "Values"]
 
-Values = Union[Tensor, Mapping[Any, Tensor], None]
+Values = Tensor | Mapping[Any, Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,9 @@ class BlockSpec(SparseBlock):
         shape = tuple(int(b) for b in shape) or (1,) * len(dims)
         if len(shape) != len(dims):
             raise ShapeMismatchError(
-                (len(dims),), (len(shape),), f"{self._label()}: block shape {shape} needs one entry per dim of view {dims}"
+                (len(dims),),
+                (len(shape),),
+                f"{self._label()}: block shape {shape} needs one entry per dim of view {dims}",
             )
         self.shape = tuple(n if b <= 0 else b for n, b in zip(dims, shape))
         for dim, (n, b) in enumerate(zip(dims, self.shape)):
@@ -351,7 +353,6 @@ class BlockSpec(SparseBlock):
 
     def __repr__(self) -> str:
         return f"BlockSpec(shape={self.shape}, grid_shape={self._grid}, name={self.name!r})"
-
 
 
 def _coalesce(t: Tensor, reduced: list[bool]) -> tuple[Tensor, list[bool]]:

@@ -72,7 +72,9 @@ def conditioned(
         if rows.numel():
             sub_norm = norm[rows]
             if heavy:  # ||y||^2 - tau^2 cancels: recompute ||y|| from float64 products
-                sub_norm = sum((h[rows].double() * w[rows].double()).square().sum(1) for w, h in zip(weights, conditioners)).sqrt()
+                sub_norm = sum(
+                    (h[rows].double() * w[rows].double()).square().sum(1) for w, h in zip(weights, conditioners)
+                ).sqrt()
             t[rows] = _newton(
                 [y[rows] for y in y2],
                 [h[rows] for h in conditioners],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from .ops_tensor import flatten, pointwise, reshape_axes
+from .ops_tensor import pointwise, reshape_axes
 from .rules import RuleContext, register_module_rule
 
 _POINTWISE_MODULES = (
@@ -191,6 +191,3 @@ def embedding(ctx: RuleContext) -> None:
     ctx.same(ids or [], out[:-1])
     ctx.graph.link(ctx.param("weight", (1,))[0], out[-1])
     ctx.pin(ctx.param("weight", (0,)), f"vocabulary of {ctx.where()}")
-
-
-__all__ = ["flatten"]

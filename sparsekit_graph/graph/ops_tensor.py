@@ -293,7 +293,9 @@ def getitem(ctx: RuleContext) -> None:
     src, out = ctx.axes(src_node), ctx.out()
     assert src is not None
     items = list(index) if isinstance(index, tuple) else [index]
-    if any(isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items):
+    if any(
+        isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items
+    ):
         ctx.pin(src + out, f"indexing at {ctx.where()}")
         return
     if Ellipsis in items:
@@ -366,13 +368,19 @@ def _spatial_dims(ctx: RuleContext) -> int:
 
 
 @register_function_rule(
-    builtins.getattr, torch.Tensor.size, torch.Tensor.dim, torch.empty, torch.zeros, torch.ones, torch.rand,
-    torch.randn, torch.full, torch.arange,
+    builtins.getattr,
+    torch.Tensor.size,
+    torch.Tensor.dim,
+    torch.empty,
+    torch.zeros,
+    torch.ones,
+    torch.rand,
+    torch.randn,
+    torch.full,
+    torch.arange,
 )
 @register_method_rule("size", "dim", "numel", "new_zeros", "new_ones", "new_empty", "new_full")
 def no_coupling(ctx: RuleContext) -> None:
     """Ops whose result carries no channel of its inputs (shapes, fresh tensors)."""
     for axes in ctx.outputs():
         ctx.pin(axes, f"fresh tensor from {ctx.where()}")
-
-

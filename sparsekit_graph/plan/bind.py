@@ -50,4 +50,3 @@ def member_spec(m: Member, p: Tensor) -> BlockSpec:
     view = View(p, view_shape, stride, offset=layout.base * m.block * post)
     block = (-1, *(1 for _ in layout.sizes), -1, -1)
     return BlockSpec(view, block, name=f"{m.param}[axis {m.axis}]")
-

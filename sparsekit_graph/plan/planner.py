@@ -10,6 +10,7 @@ from types import CodeType
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
+import torch.fx as fx
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
@@ -88,8 +89,8 @@ def _code_reads(code: CodeType, name: str) -> bool:
     return name in code.co_names or any(isinstance(c, CodeType) and _code_reads(c, name) for c in code.co_consts)
 
 
-def _calls(gm: nn.Module) -> list[tuple[str, str]]:
-    return [(n.op, str(n.target)) for n in gm.graph.nodes]  # type: ignore[union-attr]
+def _calls(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in gm.graph.nodes]
 
 
 def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:

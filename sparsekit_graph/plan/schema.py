@@ -78,7 +78,9 @@ class Group(_Frozen):
     def _consistent(self) -> Group:
         for m in self.members:
             if m.channels != self.size:
-                raise ValueError(f"group {self.name}: member {m.param} axis {m.axis} has {m.channels} channels, group size is {self.size}")
+                raise ValueError(
+                    f"group {self.name}: member {m.param} axis {m.axis} has {m.channels} channels, group size is {self.size}"
+                )
         if self.keep is not None and self.keep > self.size:
             raise ValueError(f"group {self.name}: keep {self.keep} exceeds size {self.size}")
         if not self.prunable and not self.reason:

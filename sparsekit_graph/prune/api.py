@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.fx as fx
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
-from ..graph.trace import trace
+from ..graph.trace import META, trace
 from ..plan.bind import bind
 from ..plan.schema import Plan
 from .importance import channel_scores, masks_from_scores
@@ -139,14 +140,15 @@ def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]
     return out
 
 
+def _output_shapes(gm: torch.fx.GraphModule) -> list[tuple[int, ...]]:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    found: list[fx.Node] = []
+    fx.node.map_arg(out.args, found.append)
+    return [tuple(n.meta[META].shape) for n in found if isinstance(n.meta.get(META), Tensor)]
+
+
 def _same_outputs(before: torch.fx.GraphModule, after: torch.fx.GraphModule) -> None:
-    from ..graph.trace import META
-
-    def shapes(gm: torch.fx.GraphModule) -> list[tuple[int, ...]]:
-        out = next(n for n in gm.graph.nodes if n.op == "output")
-        found: list[tuple[int, ...]] = []
-        torch.fx.node.map_arg(out.args, lambda n: found.append(tuple(n.meta[META].shape)) or n if isinstance(n.meta.get(META), Tensor) else n)
-        return found
-
-    if shapes(before) != shapes(after):
-        raise SparseKitError(f"pruning changed the output shapes {shapes(before)} -> {shapes(after)}; nothing was changed")
+    if _output_shapes(before) != _output_shapes(after):
+        raise SparseKitError(
+            f"pruning changed the output shapes {_output_shapes(before)} -> {_output_shapes(after)}; nothing was changed"
+        )

@@ -13,10 +13,12 @@ from ..graph.trace import META
 __all__ = ["count_macs", "count_params"]
 
 _COUNTERS: dict[type, Callable[[nn.Module, Tensor], int]] = {
-    nn.modules.conv._ConvNd: lambda m, out: out.numel()
-    * (m.in_channels if not m.transposed else m.out_channels)  # type: ignore[attr-defined]
-    // m.groups  # type: ignore[attr-defined]
-    * math.prod(m.kernel_size),  # type: ignore[attr-defined]
+    nn.modules.conv._ConvNd: lambda m, out: (
+        out.numel()
+        * (m.in_channels if not m.transposed else m.out_channels)  # type: ignore[attr-defined]
+        // m.groups  # type: ignore[attr-defined]
+        * math.prod(m.kernel_size)
+    ),  # type: ignore[attr-defined]
     nn.Linear: lambda m, out: out.numel() * m.in_features,  # type: ignore[attr-defined]
 }
 

@@ -27,7 +27,9 @@ def register_resizer(*types: type) -> Callable[[Resizer], Resizer]:
     return deco
 
 
-def removed_elements(plan: Plan, masks: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], np.ndarray]:
+def removed_elements(
+    plan: Plan, masks: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]
+) -> dict[tuple[str, int], np.ndarray]:
     """(tensor name, axis) -> boolean array of removed indices along that axis."""
     drop: dict[tuple[str, int], np.ndarray] = {}
     for g in plan.groups:
@@ -47,7 +49,9 @@ def removed_elements(plan: Plan, masks: dict[str, Tensor], shapes: dict[str, tup
 
 def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
     """Slice every member of every masked group out of ``model``, in place, then resize layers."""
-    tensors = {n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))}
+    tensors = {
+        n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
+    }
     drop = removed_elements(plan, masks, {n: tuple(t.shape) for n, t in tensors.items()})
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (name, axis), removed in drop.items():
@@ -58,7 +62,9 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
         new = old.detach()
         for axis, removed in cuts:
             new = new.index_select(axis, torch.as_tensor(np.flatnonzero(~removed), device=old.device))
-        replaced[id(old)] = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        replaced[id(old)] = (
+            nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        )
     for module in model.modules():
         for store in (module._parameters, module._buffers):
             for attr, t in store.items():
