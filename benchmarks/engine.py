@@ -42,9 +42,7 @@ def _ours(pairs: list) -> list[BlockCoupling]:
     for prod, cons in pairs:
         (s1, st1, b1), (s2, st2, b2) = _views(prod, cons)
         out.append(
-            BlockCoupling(
-                [BlockSpec(View(prod, s1, st1), b1), BlockSpec(View(cons, s2, st2), b2)], [(0, 1, 2), (1, 0, 2)]
-            )
+            BlockCoupling([BlockSpec(View(prod, s1, st1), b1), BlockSpec(View(cons, s2, st2), b2)], [(0, 1, 2), (1, 0, 2)])
         )
     return out
 
@@ -92,10 +90,7 @@ def main() -> None:
     conds = [{s: s.view.window(opt.state[s.view.param]["exp_avg_sq"].sqrt().add(1e-8)) for s in c.specs} for c in ours]
     # Thresholds that zero about a fifth of the blocks, the rest shrink (Euclidean and Adam metric).
     taus = [c.norms().quantile(0.2) * torch.ones(c.grid_shape) for c in ours]
-    ctaus = [
-        c.norms({s: h[s] * s.data for s in c.specs}).quantile(0.2) * torch.ones(c.grid_shape)
-        for c, h in zip(ours, conds)
-    ]
+    ctaus = [c.norms({s: h[s] * s.data for s in c.specs}).quantile(0.2) * torch.ones(c.grid_shape) for c, h in zip(ours, conds)]
     snapshot = [p.detach().clone() for p in params]
 
     def restore() -> None:

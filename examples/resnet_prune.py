@@ -47,9 +47,7 @@ def main() -> None:
     for batch in (1, 16):
         xb = torch.randn(batch, 3, 224, 224)
         before, after = latency(model, xb, 5 if batch > 1 else 10), latency(small, xb, 5 if batch > 1 else 10)
-        print(
-            f"CPU latency batch {batch:2d}: {before * 1e3:7.1f} ms -> {after * 1e3:7.1f} ms ({before / after:.2f}x faster)"
-        )
+        print(f"CPU latency batch {batch:2d}: {before * 1e3:7.1f} ms -> {after * 1e3:7.1f} ms ({before / after:.2f}x faster)")
 
     # Exactness: zeroing the members of random channels == removing them.
     masks = {g.name: torch.rand(g.size) < 0.5 for g in plan.prunable if g.zero_invariant}

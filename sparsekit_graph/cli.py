@@ -93,9 +93,7 @@ def prune(
         model, inputs = load_spec(spec)
         t0 = time.perf_counter()
         p = Plan.load(plan_path) if plan_path else make_plan(model, inputs)
-        result = prune_model(
-            model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to
-        )
+        result = prune_model(model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to)
     except SparseKitError as e:
         _fail(e)
     seconds = time.perf_counter() - t0

@@ -47,9 +47,7 @@ def assert_close_rel(a: Tensor, b: Tensor, rtol: float = 1e-4) -> None:
     assert err <= rtol * scale + 1e-6, f"max abs error {err:.3g} vs output scale {scale:.3g}"
 
 
-def check_oracle(
-    model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float = 0.05, require: bool = True
-) -> skg.PruneResult:
+def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float = 0.05, require: bool = True) -> skg.PruneResult:
     """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness.
 
     ``require=False`` (random nets) accepts a net with nothing to prune, e.g. when a channel

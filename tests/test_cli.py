@@ -20,9 +20,7 @@ def test_plan_show_prune(tmp_path: Path) -> None:
     assert plan.exists() and "prunable" in r.output
     r = runner.invoke(app, ["show", str(plan)])
     assert r.exit_code == 0 and "layer1.0.conv1:out" in r.output
-    r = runner.invoke(
-        app, ["prune", "torchvision:resnet18", "--ratio", "0.5", "--plan", str(plan), "-o", str(tmp_path / "out")]
-    )
+    r = runner.invoke(app, ["prune", "torchvision:resnet18", "--ratio", "0.5", "--plan", str(plan), "-o", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     assert "parameters" in r.output and (tmp_path / "out" / "model.safetensors").exists()
 

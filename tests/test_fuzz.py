@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import check_oracle
 from hypothesis import HealthCheck, given, settings
-from random_nets import NetSpec, Op, random_nets
-
+from random_nets import NetSpec, random_nets
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

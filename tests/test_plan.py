@@ -90,9 +90,7 @@ def test_check_names_the_first_bad_member(planned, case: str) -> None:
         _edit(path, lambda d: d["groups"][2].update(size=8))
     _edit(path, edit)
     if case == "overlap":  # 3:out has 4 channels; give it a member of 8 to collide instead
-        _edit(
-            path, lambda d: d["groups"][2].update(size=4, members=[dict(d["groups"][1]["members"][0], start=0, stop=4)])
-        )
+        _edit(path, lambda d: d["groups"][2].update(size=4, members=[dict(d["groups"][1]["members"][0], start=0, stop=4)]))
     plan = skg.Plan.load(path)
     with pytest.raises(skg.PlanError, match=match):
         plan.check(model)
@@ -104,9 +102,7 @@ def test_check_names_the_first_bad_member(planned, case: str) -> None:
 
 def test_plan_for_another_model_fails_check(planned) -> None:
     _, plan, _ = planned
-    other = nn.Sequential(
-        nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(), nn.Linear(64, 2)
-    )
+    other = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.Flatten(), nn.Linear(64, 2))
     with pytest.raises(skg.PlanError, match="group '0:out' member 0.weight axis 0"):
         plan.check(other)
 

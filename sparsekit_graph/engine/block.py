@@ -256,9 +256,7 @@ class BlockSpec(SparseBlock):
         self.shape = tuple(n if b <= 0 else b for n, b in zip(dims, shape))
         for dim, (n, b) in enumerate(zip(dims, self.shape)):
             if n % b:
-                raise ShapeMismatchError(
-                    (n,), (b,), f"{self._label()}: dim {dim} of size {n} is not divisible by block size {b}"
-                )
+                raise ShapeMismatchError((n,), (b,), f"{self._label()}: dim {dim} of size {n} is not divisible by block size {b}")
         self._grid = tuple(n // b for n, b in zip(dims, self.shape))
 
     @property

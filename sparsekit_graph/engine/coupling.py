@@ -108,9 +108,7 @@ def _normalize_order(order: Sequence[int] | None, spec: BlockSpec, label: str) -
         return tuple(range(nd))
     o = tuple(int(i) % nd if -nd <= int(i) < nd else int(i) for i in order)
     if sorted(o) != list(range(nd)):
-        raise CouplingError(
-            f"{label}: order {tuple(order)} of spec {spec.name or '<unnamed>'} is not a permutation of {nd} axes"
-        )
+        raise CouplingError(f"{label}: order {tuple(order)} of spec {spec.name or '<unnamed>'} is not a permutation of {nd} axes")
     return o
 
 

@@ -43,16 +43,12 @@ class View:
         self.stride = tuple(int(s) for s in (param.stride() if stride is None else stride))
         self.offset = int(offset)
         if len(self.shape) != len(self.stride):
-            raise ShapeMismatchError(
-                (len(self.shape),), (len(self.stride),), "view: stride must have one entry per dim"
-            )
+            raise ShapeMismatchError((len(self.shape),), (len(self.stride),), "view: stride must have one entry per dim")
         if any(s < 0 for s in self.shape) or any(s < 0 for s in self.stride) or self.offset < 0:
             raise SparseKitError(f"view: negative shape/stride/offset {self.shape}/{self.stride}/{offset}")
         reach = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride) if n > 0)
         if self.numel() > 0 and reach >= _extent(param):
-            raise ShapeMismatchError(
-                (_extent(param),), (reach + 1,), "view: window reaches past the end of the parameter"
-            )
+            raise ShapeMismatchError((_extent(param),), (reach + 1,), "view: window reaches past the end of the parameter")
 
     @classmethod
     def of(cls, source: Tensor | View) -> View:

@@ -38,6 +38,8 @@ class AxisGraph:
     g: nx.MultiGraph = field(default_factory=nx.MultiGraph)
     order: dict[str, int] = field(default_factory=dict)  # parameter name -> first use in graph order
     ndim: dict[str, int] = field(default_factory=dict)  # parameter name -> number of dims
+    canonical: dict[int, str] = field(default_factory=dict)  # id(tensor) -> its first name (tied weights)
+    slots_resolved: int = 0  # indices resolved one by one (work counter)
     rule_applications: int = 0
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:

@@ -20,7 +20,12 @@ def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, pre
     training and evaluation traces of one model share parameter axes.
     """
     params = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
-    aliases = {n.name: str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and str(n.target) in params}
+    for n, t in params.items():
+        graph.canonical.setdefault(id(t), n)
+    every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
+    aliases = {
+        n.name: graph.canonical[id(every[str(n.target)])] for n in gm.graph.nodes if n.op == "get_attr" and str(n.target) in every
+    }
     modules = dict(model.named_modules())
     for node in gm.graph.nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import nn
 
 from .ops_tensor import pointwise, reshape_axes
-from .rules import RuleContext, register_module_rule
+from .rules import RuleContext, register_function_rule, register_module_rule
 
 _POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -92,6 +93,18 @@ def channel_norm(ctx: RuleContext) -> None:
     for attr in ("weight", "bias", "running_mean", "running_var"):
         if getattr(ctx.module, attr, None) is not None:
             ctx.same(ctx.param(attr), channel)
+
+
+@register_function_rule(F.batch_norm, F.instance_norm)
+def batch_norm_function(ctx: RuleContext) -> None:
+    """Functional batch/instance norm (e.g. timm's BatchNormAct2d): 1-D tensors follow axis 1."""
+    x, out = ctx.axes(ctx.arg(0)), ctx.out()
+    assert x is not None
+    ctx.same(x, out)
+    for n in ctx.tensor_args()[1:]:
+        axes = ctx.axes(n)
+        if axes is not None and len(axes) == 1:
+            ctx.same(axes, [out[1]])
 
 
 @register_module_rule(nn.GroupNorm)

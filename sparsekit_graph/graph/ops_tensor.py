@@ -293,9 +293,7 @@ def getitem(ctx: RuleContext) -> None:
     src, out = ctx.axes(src_node), ctx.out()
     assert src is not None
     items = list(index) if isinstance(index, tuple) else [index]
-    if any(
-        isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items
-    ):
+    if any(isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items):
         ctx.pin(src + out, f"indexing at {ctx.where()}")
         return
     if Ellipsis in items:

@@ -137,7 +137,7 @@ class RuleContext:
         assert self.module is not None
         t = getattr(self.module, attr)
         name = f"{self.module_name}.{attr}" if self.module_name else attr
-        return self.graph.add_param(name, t, axes)
+        return self.graph.add_param(self.graph.canonical.get(id(t), name), t, axes)
 
     def tensor_args(self) -> list[fx.Node]:
         """Every argument (positional, keyword, nested) whose value is a tensor."""
@@ -176,7 +176,7 @@ class RuleContext:
             for attr, t in (*self.module.named_parameters(recurse=True), *self.module.named_buffers(recurse=True)):
                 name = f"{self.module_name}.{attr}" if self.module_name else attr
                 if t.ndim:
-                    self.pin(self.graph.add_param(name, t), reason)
+                    self.pin(self.graph.add_param(self.graph.canonical.get(id(t), name), t), reason)
 
     def where(self) -> str:
         """Human-readable location of the node for pin reasons."""

@@ -95,9 +95,7 @@ def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     fixed = {
         p.name: p.default
         for p in params
-        if p.name not in passed
-        and p.default is not inspect.Parameter.empty
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if p.name not in passed and p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
     return fixed or None
 
@@ -160,9 +158,7 @@ def _check_channels(mod: nn.Module, x: Tensor, target: str) -> None:
     """What running a BatchNorm would have checked: its channel count."""
     n = getattr(mod, "num_features", None)
     if n is not None and (x.ndim < 2 or x.shape[1] != n):
-        raise TraceError(
-            f"shape propagation failed at layer {target}: expected {n} channels, got input {tuple(x.shape)}"
-        )
+        raise TraceError(f"shape propagation failed at layer {target}: expected {n} channels, got input {tuple(x.shape)}")
 
 
 def _describe(n: fx.Node) -> str:

@@ -159,6 +159,7 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
         rows.append(offset[index[a]] + ia)
         cols.append(offset[index[b]] + ib)
     total = int(offset[-1])
+    graph.slots_resolved += total
     r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64),) * 2
     adj = sp.coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
     _, label = connected_components(adj, directed=False)

@@ -49,9 +49,7 @@ def removed_elements(
 
 def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
     """Slice every member of every masked group out of ``model``, in place, then resize layers."""
-    tensors = {
-        n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
-    }
+    tensors = {n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))}
     drop = removed_elements(plan, masks, {n: tuple(t.shape) for n, t in tensors.items()})
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (name, axis), removed in drop.items():
