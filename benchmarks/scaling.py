@@ -47,18 +47,15 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         print(json.dumps(_one(sys.argv[2])))
         return
-    print(
-        f"{'case':>12s} {'plan s':>8s} {'s/1k nodes':>10s} {'peak RSS MB':>12s} {'axis nodes':>10s} {'edges':>8s} {'groups':>7s}"
-    )
+    cols = ("case", "plan s", "s/1k nodes", "peak RSS MB", "axis nodes", "edges", "groups")
+    print(" ".join(f"{c:>12s}" for c in cols))
     for case in ("100", "400", "1600", "densenet201"):
         out = subprocess.run([sys.executable, __file__, "--one", case], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         per = r["seconds"] / r["axis_nodes"] * 1000
         label = f"{case} layers" if case.isdigit() else case
-        print(
-            f"{label:>12s} {r['seconds']:8.3f} {per:10.4f} {r['peak_rss_mb']:12.0f} {r['axis_nodes']:10d} {r['axis_edges']:8d} {r['groups']:7d}",
-            flush=True,
-        )
+        cells = (f"{r['seconds']:.3f}", f"{per:.4f}", f"{r['peak_rss_mb']:.0f}", r["axis_nodes"], r["axis_edges"], r["groups"])
+        print(f"{label:>12s} " + " ".join(f"{c:>12}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
