@@ -68,8 +68,10 @@ def register_method_rule(*names: str) -> Callable[[F], F]:
 
 
 def has_own_module_rule(module: nn.Module) -> bool:
-    """A rule was registered for exactly this module type (it is then traced as a leaf)."""
-    return type(module) in _MODULE_RULES
+    """A rule applies to this layer as it is: registered for its exact type, or for a base
+    class whose ``forward`` it does not override. Such layers are traced as leaves."""
+    cls = type(module)
+    return any(k in _MODULE_RULES and cls.forward is k.forward for k in cls.__mro__)
 
 
 def find_rule(node: fx.Node, module: nn.Module | None) -> Rule | None:
