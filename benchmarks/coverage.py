@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
+import resource
 import sys
 import tempfile
 import time
@@ -83,6 +85,30 @@ def _torch_pruning(model: nn.Module, x: torch.Tensor) -> str:
     return "ok"
 
 
+def _isolated(fn: Callable[[], str], seconds: int = 120, memory_gb: int = 8) -> str:
+    """Run ``fn`` in a forked process with a time and memory limit (Torch-Pruning can hang or
+    grow without bound on some graphs)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child() -> None:
+        limit = memory_gb * 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            queue.put(fn())
+        except BaseException as e:  # noqa: BLE001
+            queue.put(f"crash ({type(e).__name__})")
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    proc.join(seconds)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return f"timeout (> {seconds} s)"
+    return queue.get() if not queue.empty() else f"crash (exit {proc.exitcode})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("docs/coverage.md"))
@@ -99,11 +125,8 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - every failure is reported
             mine = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:80]}"
             traceback.print_exc(limit=2)
-        try:
-            other = _torch_pruning(build(), x[:1])
-            theirs += 1
-        except Exception as e:  # noqa: BLE001
-            other = f"crash ({type(e).__name__})"
+        other = _isolated(lambda b=build, xx=x: _torch_pruning(b(), xx[:1]))
+        theirs += other == "ok"
         rows.append(f"| {family} | {name} | {mine} | {other} |")
         print(rows[-1], f"{time.perf_counter() - t0:.1f}s", flush=True)
     total = len(rows)

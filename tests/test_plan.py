@@ -55,6 +55,10 @@ HOSTILE = {
         lambda p: _edit(p, lambda d: d["groups"][1]["members"][0].update(order=[0, 0, 1, 2])),
         "not a permutation",
     ),
+    "indices-not-distinct": (
+        lambda p: _edit(p, lambda d: d["groups"][1]["members"][0].update(indices=[0, 0, 1, 2, 3, 4, 5, 6])),
+        "indices must be distinct",
+    ),
     "pinned-without-reason": (lambda p: _edit(p, lambda d: d["groups"][1].update(prunable=False)), "needs a reason"),
 }
 
@@ -178,3 +182,23 @@ def test_bind_channel_index_matches_masks(planned) -> None:
     mask[3] = True
     c.apply_mask(mask)
     assert model[0].weight[3].eq(0).all() and model[1].weight[3] == 0 and model[3].weight[:, 3].eq(0).all()
+
+
+def test_failed_surgery_leaves_the_model_unchanged(planned) -> None:
+    """A hand-edited plan that forgets the BatchNorm: the pruned model cannot run, nothing changes."""
+    model, plan, _ = planned
+    group = plan.group("0:out")
+    edited = plan.model_copy(
+        update={
+            "groups": [
+                g.model_copy(update={"members": [m for m in g.members if not m.param.startswith("1.")]}) if g is group else g
+                for g in plan.groups
+            ]
+        }
+    )
+    edited.check(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(skg.SparseKitError, match="does not run.*layer 1"):
+        skg.prune(model, edited, ratio=0.5, inplace=True)
+    assert model[0].out_channels == 8 and model[1].num_features == 8
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
