@@ -10,6 +10,7 @@ For every model: does sparsekit-graph pass the oracle (plan, JSON round trip, ch
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import multiprocessing
 import resource
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ TIMM_CNNS = (
     "resnest14d", "selecsls42b", "tinynet_a", "lcnet_050", "repvgg_a0", "res2net50_14w_8s",
 )  # fmt: skip
 
-Case = tuple[str, str, Callable[[], nn.Module], torch.Tensor]
+Case = tuple[str, str, tuple[int, ...]]  # (source, model name, input shape)
 
 
 def cases(only: set[str]) -> Iterator[Case]:
@@ -46,22 +47,33 @@ def cases(only: set[str]) -> Iterator[Case]:
     if "classification" in only:
         for name in tvm.list_models(module=tvm):
             if name.startswith(CNN_FAMILIES):
-                kw = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
                 size = 299 if name == "inception_v3" else 64
-                yield "torchvision", name, lambda n=name, k=kw: tvm.get_model(n, weights=None, **k), torch.randn(2, 3, size, size)
+                yield "torchvision", name, (2, 3, size, size)
     if "segmentation" in only:
         for name in tvm.list_models(module=tvm.segmentation):
-            kw = {"weights_backbone": None, "aux_loss": True} if "lraspp" not in name else {"weights_backbone": None}
-            yield "segmentation", name, lambda n=name, k=kw: tvm.get_model(n, weights=None, **k), torch.randn(2, 3, 64, 64)
+            yield "segmentation", name, (2, 3, 64, 64)
     if "video" in only:
         for name in ("r3d_18", "mc3_18", "r2plus1d_18", "s3d"):
-            size = (2, 3, 16, 224, 224) if name == "s3d" else (2, 3, 8, 32, 32)
-            yield "video", name, lambda n=name: tvm.get_model(n, weights=None), torch.randn(*size)
+            yield "video", name, (2, 3, 16, 224, 224) if name == "s3d" else (2, 3, 8, 32, 32)
     if "timm" in only:
+        for name in TIMM_CNNS:
+            yield "timm", name, (2, 3, 64, 64)
+
+
+def build(source: str, name: str) -> nn.Module:
+    """A randomly initialised model (no download)."""
+    import torchvision
+
+    tvm = torchvision.models
+    torch.manual_seed(0)
+    if source == "timm":
         import timm
 
-        for name in TIMM_CNNS:
-            yield "timm", name, lambda n=name: timm.create_model(n, pretrained=False), torch.randn(2, 3, 64, 64)
+        return timm.create_model(name, pretrained=False)
+    kw: dict[str, object] = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    if source == "segmentation":
+        kw = {"weights_backbone": None} | ({} if "lraspp" in name else {"aux_loss": True})
+    return tvm.get_model(name, weights=None, **kw)
 
 
 def _torch_pruning(model: nn.Module, x: torch.Tensor) -> str:
@@ -85,28 +97,29 @@ def _torch_pruning(model: nn.Module, x: torch.Tensor) -> str:
     return "ok"
 
 
-def _isolated(fn: Callable[[], str], seconds: int = 120, memory_gb: int = 8) -> str:
-    """Run ``fn`` in a forked process with a time and memory limit (Torch-Pruning can hang or
-    grow without bound on some graphs)."""
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
+def _tp_child(source: str, name: str, shape: tuple[int, ...], memory_gb: int) -> str:
+    limit = memory_gb * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    torch.set_num_threads(2)
+    try:
+        return _torch_pruning(build(source, name), torch.randn(1, *shape[1:]))
+    except BaseException as e:  # noqa: BLE001
+        return f"crash ({type(e).__name__})"
 
-    def child() -> None:
-        limit = memory_gb * 2**30
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+def _torch_pruning_isolated(source: str, name: str, shape: tuple[int, ...], seconds: int = 180) -> str:
+    """Torch-Pruning in a fresh process with time and memory limits (it can hang or grow without
+    bound on some graphs)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_tp_child, source, name, shape, 8)
         try:
-            queue.put(fn())
-        except BaseException as e:  # noqa: BLE001
-            queue.put(f"crash ({type(e).__name__})")
-
-    proc = ctx.Process(target=child)
-    proc.start()
-    proc.join(seconds)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return f"timeout (> {seconds} s)"
-    return queue.get() if not queue.empty() else f"crash (exit {proc.exitcode})"
+            return future.result(timeout=seconds)
+        except concurrent.futures.TimeoutError:
+            for proc in pool._processes.values():  # a hung child must not keep the pool open
+                proc.kill()
+            return f"timeout (> {seconds} s)"
+        except concurrent.futures.process.BrokenProcessPool:
+            return "crash (killed: out of memory?)"
 
 
 def main() -> None:
@@ -116,16 +129,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows, ours, theirs = [], 0, 0
-    for family, name, build, x in cases(set(args.only.split(","))):
+    for family, name, shape in cases(set(args.only.split(","))):
         t0 = time.perf_counter()
         try:
-            result = check_oracle(build(), x, Path(tempfile.mkdtemp()))
+            result = check_oracle(build(family, name), torch.randn(*shape), Path(tempfile.mkdtemp()))
             mine = f"pass ({result.report.params_ratio:.0%} params kept)"
             ours += 1
         except Exception as e:  # noqa: BLE001 - every failure is reported
             mine = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:80]}"
             traceback.print_exc(limit=2)
-        other = _isolated(lambda b=build, xx=x: _torch_pruning(b(), xx[:1]))
+        other = _torch_pruning_isolated(family, name, shape)
         theirs += other == "ok"
         rows.append(f"| {family} | {name} | {mine} | {other} |")
         print(rows[-1], f"{time.perf_counter() - t0:.1f}s", flush=True)
