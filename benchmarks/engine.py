@@ -9,12 +9,11 @@ Prints medians over ``--repeats`` runs, all measured in this one process.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from timing import median_seconds
 
 from sparsekit_graph.engine import BlockCoupling, BlockSpec
 
@@ -61,16 +60,6 @@ def _reference(pairs: list) -> list | None:
     return out
 
 
-def _median(fn: Callable[[], None], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
@@ -106,17 +95,17 @@ def main() -> None:
 
         return go
 
-    adam = _median(opt.step, args.repeats)
+    adam = median_seconds(opt.step, args.repeats)
     rows = [("Adam(foreach) step, whole model", adam, None)]
-    ours_e = _median(run(ours, False), args.repeats)
+    ours_e = median_seconds(run(ours, False), args.repeats)
     restore()
-    ours_c = _median(run(ours, True), args.repeats)
+    ours_c = median_seconds(run(ours, True), args.repeats)
     restore()
     ref_e = ref_c = None
     if ref is not None:
-        ref_e = _median(run(ref, False), args.repeats)
+        ref_e = median_seconds(run(ref, False), args.repeats)
         restore()
-        ref_c = _median(run(ref, True, max_iter=20), args.repeats)
+        ref_c = median_seconds(run(ref, True, max_iter=20), args.repeats)
         restore()
     rows += [("ours: Euclidean prox", ours_e, ref_e), ("ours: conditioned prox (rel 1e-6)", ours_c, ref_c)]
     if ref is not None:
