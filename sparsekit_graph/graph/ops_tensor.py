@@ -332,7 +332,7 @@ def reduce(ctx: RuleContext) -> None:
     keep = bool(ctx.arg(2, "keepdim", False))
     nd = len(src)
     dims = set(range(nd)) if dim is None else {d % nd for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
-    mixing = ctx.node.target not in (torch.sum, "sum", torch.amax, "amax")
+    mixing = ctx.node.target not in (torch.sum, "sum")  # a zero adds nothing; it can change a max or mean
     for d in dims:
         if mixing:
             ctx.graph.mix(src[d], f"{getattr(ctx.node.target, '__name__', ctx.node.target)} over axis at {ctx.where()}")
