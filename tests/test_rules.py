@@ -239,3 +239,19 @@ def test_train_only_branch_is_traced() -> None:
     result = skg.prune(model, plan, ratio=0.5)
     result.model.train()(torch.randn(1, 3, 4, 4))
     assert result.model.aux.in_channels == 4
+
+
+def test_functional_linear_with_parameters(tmp_path: Path) -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1, self.b1 = nn.Parameter(torch.randn(8, 5)), nn.Parameter(torch.randn(8))
+            self.w2 = nn.Parameter(torch.randn(3, 8))
+
+        def forward(self, x):
+            return F.linear(torch.relu(F.linear(x, self.w1, self.b1)), self.w2)
+
+    plan = skg.plan(Functional(), torch.randn(2, 5))
+    group = plan.group("w1:0")
+    assert group.prunable and {(m.param, m.axis) for m in group.members} == {("w1", 0), ("b1", 0), ("w2", 1)}
+    check_oracle(Functional(), torch.randn(4, 5), tmp_path, min_drop=0.0)

@@ -84,6 +84,21 @@ def linear(ctx: RuleContext) -> None:
         ctx.same(ctx.param("bias"), [out[-1]])
 
 
+@register_function_rule(F.linear)
+def linear_function(ctx: RuleContext) -> None:
+    """``F.linear(x, weight, bias)`` with parameters fetched by ``get_attr`` (e.g. timm's Linear)."""
+    x, w, out = ctx.axes(ctx.arg(0)), ctx.axes(ctx.arg(1, "weight")), ctx.out()
+    b = ctx.axes(ctx.arg(2, "bias"))
+    if x is None or w is None or len(w) != 2:
+        ctx.pin_everything(f"linear with a computed weight at {ctx.where()}")
+        return
+    ctx.same(x[:-1], out[:-1])
+    ctx.graph.link(x[-1], w[1])
+    ctx.graph.link(w[0], out[-1])
+    if b is not None:
+        ctx.same(b, out[-1:])
+
+
 @register_module_rule(nn.modules.batchnorm._NormBase)
 def channel_norm(ctx: RuleContext) -> None:
     """BatchNorm / InstanceNorm: per-channel statistics and affine parameters on axis 1."""
