@@ -178,14 +178,15 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
     pos = np.concatenate([np.arange(sizes[i]) for i in params])
     order = np.lexsort((pos, nid, lab))
     lab, nid, pos = lab[order], nid[order], pos[order]
-    cuts = np.flatnonzero(np.diff(lab)) + 1
+    cuts = (np.flatnonzero(np.diff(lab)) + 1).tolist()
+    starts, ends = [0, *cuts], [*cuts, len(lab)]
+    nid_list, pos_list = nid.tolist(), pos.tolist()
     by_key: dict[tuple, _Channels] = {}
-    for l_arr, n_arr, p_arr in zip(np.split(lab, cuts), np.split(nid, cuts), np.split(pos, cuts)):
-        channel = int(l_arr[0])
-        key = (tuple(n_arr.tolist()), pins.get(channel), mixes.get(channel))
+    for channel, a, b in zip(lab[starts].tolist(), starts, ends):
+        key = (tuple(nid_list[a:b]), pins.get(channel), mixes.get(channel))
         if key not in by_key:
             by_key[key] = _Channels(key[0], key[1], key[2], [])
-        by_key[key].positions.append(p_arr.tolist())
+        by_key[key].positions.append(pos_list[a:b])
     return list(by_key.values())
 
 
@@ -200,9 +201,17 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     primary = min(producers, key=order_of)
     pos = np.asarray(ch.positions, dtype=np.int64)  # (channels, occurrences)
     pos = pos[np.argsort(pos[:, occurrences[primary][0]], kind="stable")]
+    # Per column: first and last position, and whether the column is a contiguous range.
+    lo, hi = pos.min(0), pos.max(0)
+    contiguous = (pos - lo == np.arange(len(pos))[:, None]).all(0)
     members = []
     for n in sorted(occurrences, key=lambda n: (n != primary, order_of(n))):
-        members += _members(nodes[n], pos[:, occurrences[n]])
+        cols = occurrences[n]
+        if len(cols) == 1 and contiguous[cols[0]]:  # the common case, without per-member numpy work
+            c = cols[0]
+            members.append(_member(nodes[n], int(lo[c]), int(hi[c]) + 1, 1, None, 1))
+        else:
+            members += _members(nodes[n], pos[:, cols])
     param, axis = nodes[primary][1], nodes[primary][2]
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
@@ -232,15 +241,12 @@ def _members(node: AxisId, p: np.ndarray) -> list[Member]:
         rel = q - lo
         contiguous = np.array_equal(rel, np.arange(len(q)))
         layout = None if contiguous else strided_layout(q.tolist())
-        out.append(
-            Member.model_construct(
-                param=node[1],
-                axis=node[2],
-                start=lo * block,
-                stop=(int(q.max()) + 1) * block,
-                block=block,
-                indices=None if contiguous else rel.tolist(),
-                order=view_order(len(layout.sizes) if layout else 1),
-            )
-        )
+        indices = None if contiguous else rel.tolist()
+        out.append(_member(node, lo * block, (int(q.max()) + 1) * block, block, indices, len(layout.sizes) if layout else 1))
     return out
+
+
+def _member(node: AxisId, start: int, stop: int, block: int, indices: list[int] | None, channel_axes: int) -> Member:
+    return Member.model_construct(  # consistent by construction: validation is the loader's job
+        param=node[1], axis=node[2], start=start, stop=stop, block=block, indices=indices, order=view_order(channel_axes)
+    )
