@@ -255,3 +255,22 @@ def test_functional_linear_with_parameters(tmp_path: Path) -> None:
     group = plan.group("w1:0")
     assert group.prunable and {(m.param, m.axis) for m in group.members} == {("w1", 0), ("b1", 0), ("w2", 1)}
     check_oracle(Functional(), torch.randn(4, 5), tmp_path, min_drop=0.0)
+
+
+def test_negative_tuple_index_is_the_same_element(tmp_path: Path) -> None:
+    """Res2Net-style: split with a literal width pins every piece, also the one taken as parts[-1]."""
+
+    class SplitLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+            self.b = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            parts = torch.split(self.a(x), 4, 1)
+            return self.c(torch.cat([self.b(parts[0]), F.avg_pool2d(parts[-1], 1)], 1))
+
+    plan = skg.plan(SplitLast(), torch.randn(1, 3, 4, 4))
+    tail = [g for g in plan.groups if any(m.param == "c.weight" and m.start == 4 for m in g.members)]
+    assert len(tail) == 1 and not tail[0].prunable and "split" in tail[0].reason
+    check_oracle(SplitLast(), torch.randn(2, 3, 4, 4), tmp_path, min_drop=0.0)

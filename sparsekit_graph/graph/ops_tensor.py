@@ -284,6 +284,7 @@ def getitem(ctx: RuleContext) -> None:
     src_node, index = ctx.arg(0), ctx.arg(1)
     value = ctx.meta(src_node)
     if isinstance(value, (tuple, list)) and isinstance(index, int):
+        index %= len(value)  # x[-1] is the same element as x[n - 1]
         if isinstance(value[index], Tensor) and isinstance(src_node, fx.Node):
             element = ctx.graph.add_value(f"{ctx.prefix}{src_node.name}.{index}", value[index])
             ctx.same(element, ctx.out())
