@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,13 +18,15 @@ __all__ = ["BlockSpec", "SparseBlock", "Values"]
 Values = Tensor | Mapping[Any, Tensor] | None
 
 
-@dataclass(frozen=True)
 class _Part:
     """One spec seen through a coupling: its grid permuted by ``order``, then reshaped."""
 
-    spec: BlockSpec
-    order: tuple[int, ...]
-    grid: tuple[int, ...]  # the owning block's grid_shape
+    __slots__ = ("grid", "inverse", "order", "permuted", "spec")
+
+    def __init__(self, spec: BlockSpec, order: tuple[int, ...], grid: tuple[int, ...]) -> None:
+        self.spec, self.order, self.grid = spec, order, grid  # grid: the owning block's grid_shape
+        self.permuted = tuple(spec.grid_shape[i] for i in order)
+        self.inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
 
     def to_grid(self, t: Tensor) -> Tensor:
         """Spec-grid tensor -> block-grid tensor."""
@@ -33,9 +34,7 @@ class _Part:
 
     def from_grid(self, t: Tensor) -> Tensor:
         """Block-grid tensor -> spec-grid tensor."""
-        permuted = tuple(self.spec.grid_shape[i] for i in self.order)
-        inverse = tuple(sorted(range(len(self.order)), key=self.order.__getitem__))
-        return t.reshape(permuted).permute(inverse)
+        return t.reshape(self.permuted).permute(self.inverse)
 
     def rows(self, t: Tensor, dtype: torch.dtype | None = torch.float32) -> Tensor:
         """View-shaped tensor -> (numblk, numel_per_block) in block order (a copy)."""
@@ -101,9 +100,9 @@ class SparseBlock:
         """Lp norm of every block, shaped like ``grid_shape`` (float32 at least)."""
         resolved = self._values(values)
         if p == math.inf:
-            return self._combine(resolved, lambda s, t: s.block_reduce(t, "amax", absolute=True), torch.maximum)
-        partial = self._combine(resolved, lambda s, t: s.block_reduce(t, "norm", p=p) ** p, torch.add)
-        return partial.pow_(1.0 / p)
+            return self._combine(resolved, lambda s, t: s.block_reduce(t, "absmax"), torch.maximum)
+        partial = self._combine(resolved, lambda s, t: s.block_reduce(t, "powsum", p=p), torch.add)
+        return partial.sqrt_() if p == 2 else partial.pow_(1.0 / p)
 
     @torch.no_grad()
     def min(self, values: Values = None) -> Tensor:
@@ -200,7 +199,8 @@ class SparseBlock:
             norms = self.norms().reshape(-1)
             keep = norms > tau + floor
             scale = torch.where(keep, 1 - tau / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-            self.apply_multiplier(scale.reshape(self.grid_shape))
+            for part in self._parts():
+                part.spec.scale_blocks(part.from_grid(scale.reshape(self.grid_shape)))
             return
         resolved = self._values(conditioners)
         parts = self._parts()
@@ -258,6 +258,8 @@ class BlockSpec(SparseBlock):
             if n % b:
                 raise ShapeMismatchError((n,), (b,), f"{self._label()}: dim {dim} of size {n} is not divisible by block size {b}")
         self._grid = tuple(n // b for n, b in zip(dims, self.shape))
+        self._reduced = [i % 2 == 1 for i in range(2 * len(dims))]
+        self._scale_shape = [d for g in self._grid for d in (g, 1)]  # grid values against interleave()
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -298,27 +300,29 @@ class BlockSpec(SparseBlock):
             return {self: self.view.window(values)}
         raise ShapeMismatchError(self.view.shape, tuple(values.shape), f"{self._label()}: values")
 
-    def block_reduce(self, t: Tensor, how: str, p: float = 2, absolute: bool = False) -> Tensor:
+    def block_reduce(self, t: Tensor, how: str, p: float = 2) -> Tensor:
         """Reduce each block of the view-shaped ``t`` to one number -> grid-shaped float32.
 
-        ``how`` is ``"norm"`` (Lp norm), ``"amin"`` or ``"amax"``. Dims are coalesced first and
-        reduced one at a time, outermost first: one multi-dim strided reduction is several
-        times slower on CPU than a chain of single-dim ones.
+        ``how``: ``"powsum"`` (sum of ``|x|^p``), ``"amin"``, ``"amax"`` or ``"absmax"``. Dims are
+        coalesced and reduced one at a time, outermost first: one multi-dim strided reduction is
+        several times slower on CPU than a chain of single-dim ones.
         """
-        x, reduced = _coalesce(interleave(t, self.shape), [i % 2 == 1 for i in range(2 * len(self.shape))])
+        x, reduced = _coalesce(interleave(t, self.shape), self._reduced)
         wide = torch.float32 if t.dtype != torch.float64 else t.dtype
-        if how == "norm" and reduced == [False, True]:  # (blocks, contiguous block elements)
-            return torch.linalg.vector_norm(x, ord=p, dim=1, dtype=wide).reshape(self._grid)
-        if how == "norm":
-            x = x.to(wide).abs().pow_(p) if p != 2 else x.to(wide).square()
+        if how == "powsum":
+            if reduced == [False, True]:  # (blocks, contiguous block elements): one fused kernel
+                return torch.linalg.vector_norm(x, ord=p, dim=1, dtype=wide).pow_(p).reshape(self._grid)
+            x = x.to(wide).square() if p == 2 else x.to(wide).abs().pow_(p)
+            if reduced[:2] == [True, False] and x.is_contiguous():  # columns: a GEMV sums the rows fastest
+                rows = x.shape[0]
+                x = (x.new_ones(1, rows) @ x.reshape(rows, -1)).reshape(x.shape[1:])
+                reduced = reduced[1:]
             fn = torch.sum
         else:
-            x = x.abs() if absolute else x
-            fn = getattr(torch, how)
+            x = x.abs() if how == "absmax" else x
+            fn = torch.amin if how == "amin" else torch.amax
         for k, dim in enumerate(d for d, r in enumerate(reduced) if r):
             x = fn(x, dim=dim - k)
-        if how == "norm":
-            x = x.pow_(1.0 / p)
         return x.float().reshape(self._grid)
 
     def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
@@ -339,9 +343,8 @@ class BlockSpec(SparseBlock):
 
     def scale_blocks(self, grid_values: Tensor) -> None:
         """Multiply the live view in place, block ``i`` by ``grid_values[i]``."""
-        iv = interleave(self.data, self.shape)
-        m = grid_values.reshape(self._grid).to(self.data.dtype)
-        iv.mul_(m.reshape([d for g in self._grid for d in (g, 1)]))
+        data = self.data
+        interleave(data, self.shape).mul_(grid_values.reshape(self._scale_shape).to(data.dtype))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BlockSpec) and self.key == other.key and self.view == other.view
