@@ -16,6 +16,7 @@ from .view import View, interleave
 __all__ = ["BlockSpec", "SparseBlock", "Values"]
 
 Values = Tensor | Mapping[Any, Tensor] | None
+_TINY = torch.finfo(torch.float32).tiny
 
 
 class _Part:
@@ -191,17 +192,14 @@ class SparseBlock:
             eps: Norms at or below ``eps`` count as zero (default: 0).
             rtol: Relative tolerance on ``1/mu``.
         """
-        tau = self._grid_arg(block_thresholds, "block_thresholds").float().reshape(-1)
-        if bool((tau < 0).any()):
+        tau = self._grid_arg(block_thresholds, "block_thresholds").float()
+        if bool(tau.min() < 0):
             raise SparseKitError(f"{self._label()}: block_thresholds must be non-negative")
         floor = 0.0 if eps is None else float(eps)
         if conditioners is None:
-            norms = self.norms().reshape(-1)
-            keep = norms > tau + floor
-            scale = torch.where(keep, 1 - tau / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-            for part in self._parts():
-                part.spec.scale_blocks(part.from_grid(scale.reshape(self.grid_shape)))
+            self._euclidean_prox(tau, floor)
             return
+        tau = tau.reshape(-1)
         resolved = self._values(conditioners)
         parts = self._parts()
         rows = prox.conditioned(
@@ -216,6 +214,19 @@ class SparseBlock:
         )
         for p, r in zip(parts, rows):
             p.write_rows(r)
+
+    def _euclidean_prox(self, tau: Tensor, floor: float) -> None:
+        """``w <- max(0, 1 - tau/||w||) w`` from per-spec sums of squares (a hot path: few ops)."""
+        sumsq: Tensor | None = None
+        for part in self._parts():
+            t = part.to_grid(part.spec.block_reduce(part.spec.data, "powsum"))
+            sumsq = t if sumsq is None else sumsq.add_(t)
+        assert sumsq is not None
+        scale = (1 - tau * sumsq.clamp_min(_TINY).rsqrt_()).clamp_(min=0)
+        if floor > 0:
+            scale = torch.where(sumsq.sqrt() > tau + floor, scale, 0.0)
+        for part in self._parts():
+            part.spec.scale_blocks(part.from_grid(scale))
 
     # -- helpers ---------------------------------------------------------------------
     def _grid_arg(self, t: Tensor, what: str) -> Tensor:
