@@ -21,8 +21,8 @@ class ShapeMismatchError(SparseKitError):
     def __init__(self, expected: tuple[int, ...], got: tuple[int, ...], context: str = "") -> None:
         self.expected = tuple(expected)
         self.got = tuple(got)
-        msg = f"shape mismatch: expected {self.expected}, got {self.got}"
-        super().__init__(f"{context}: {msg}" if context else msg)
+        detail = f"shape mismatch: expected {self.expected}, got {self.got}"
+        super().__init__(": ".join(part for part in (context, detail) if part))
 
 
 class CouplingError(SparseKitError):

@@ -13,9 +13,9 @@ from ..errors import CouplingError, ShapeMismatchError, SparseKitError
 from . import prox
 from .view import View, interleave
 
-__all__ = ["BlockSpec", "SparseBlock", "Values"]
+__all__ = ["BlockSpec", "SparseBlock", "BlockValues"]
 
-Values = Tensor | Mapping[Any, Tensor] | None
+BlockValues = Tensor | Mapping[Any, Tensor] | None
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -74,7 +74,7 @@ class SparseBlock:
     def _parts(self) -> list[_Part]:
         raise NotImplementedError
 
-    def _values(self, values: Values) -> dict[BlockSpec, Tensor]:
+    def _values(self, values: BlockValues) -> dict[BlockSpec, Tensor]:
         raise NotImplementedError
 
     # -- sizes ---------------------------------------------------------------------
@@ -85,7 +85,7 @@ class SparseBlock:
         return sum(math.prod(s.shape) for s in self.specs)
 
     def numel(self) -> int:
-        return self.numblk() * self.numel_per_block()
+        return self.numel_per_block() * self.numblk()
 
     def parameters(self) -> list[View]:
         return [s.view for s in self.specs]
@@ -97,7 +97,7 @@ class SparseBlock:
 
     # -- reductions ----------------------------------------------------------------
     @torch.no_grad()
-    def norms(self, values: Values = None, p: float = 2) -> Tensor:
+    def norms(self, values: BlockValues = None, p: float = 2) -> Tensor:
         """Lp norm of every block, shaped like ``grid_shape`` (float32 at least)."""
         resolved = self._values(values)
         if p == math.inf:
@@ -106,17 +106,17 @@ class SparseBlock:
         return partial.sqrt_() if p == 2 else partial.pow_(1.0 / p)
 
     @torch.no_grad()
-    def min(self, values: Values = None) -> Tensor:
+    def min(self, values: BlockValues = None) -> Tensor:
         """Smallest element of every block."""
         return self._combine(self._values(values), lambda s, t: s.block_reduce(t, "amin"), torch.minimum)
 
     @torch.no_grad()
-    def max(self, values: Values = None) -> Tensor:
+    def max(self, values: BlockValues = None) -> Tensor:
         """Largest element of every block."""
         return self._combine(self._values(values), lambda s, t: s.block_reduce(t, "amax"), torch.maximum)
 
     @torch.no_grad()
-    def reduce(self, values: Values, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def reduce(self, values: BlockValues, fn: Callable[[Tensor], Tensor]) -> Tensor:
         """Apply ``fn`` to ``block_view(values, merge=True)``; ``fn`` reduces the last dim."""
         return fn(self.block_view(values, merge=True)).reshape(self.grid_shape)
 
@@ -133,7 +133,7 @@ class SparseBlock:
         assert out is not None
         return out
 
-    def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
+    def block_view(self, values: BlockValues = None, reorder: bool = True, merge: bool = False) -> Tensor:
         """Blocks of ``values``; see ``BlockSpec.block_view`` and ``BlockCoupling.block_view``."""
         raise NotImplementedError
 
@@ -161,7 +161,7 @@ class SparseBlock:
         return {p.spec: p.spec.expand_blocks(p.from_grid(m)) for p in self._parts()}
 
     @torch.no_grad()
-    def hard_threshold(self, thresholds: Tensor, values: Values = None) -> None:
+    def hard_threshold(self, thresholds: Tensor, values: BlockValues = None) -> None:
         """Zero every block whose norm (of ``values``, default the weights) is below its threshold."""
         t = self._grid_arg(thresholds, "thresholds")
         self.apply_mask(self.norms(values) < t)
@@ -170,7 +170,7 @@ class SparseBlock:
     def soft_threshold(
         self,
         block_thresholds: Tensor,
-        conditioners: Values = None,
+        conditioners: BlockValues = None,
         *,
         max_iter: int = 50,
         atol: float = 0.0,
@@ -296,7 +296,7 @@ class BlockSpec(SparseBlock):
     def _parts(self) -> list[_Part]:
         return [_Part(self, tuple(range(len(self._grid))), self._grid)]
 
-    def _values(self, values: Values) -> dict[BlockSpec, Tensor]:
+    def _values(self, values: BlockValues) -> dict[BlockSpec, Tensor]:
         if values is None:
             return {self: self.data}
         if isinstance(values, Mapping):
@@ -336,7 +336,7 @@ class BlockSpec(SparseBlock):
             x = fn(x, dim=dim - k)
         return x.float().reshape(self._grid)
 
-    def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
+    def block_view(self, values: BlockValues = None, reorder: bool = True, merge: bool = False) -> Tensor:
         t = self._values(values)[self]
         iv = interleave(t, self.shape)
         if not (reorder or merge):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CouplingError
-from .block import BlockSpec, SparseBlock, Values, _Part
+from .block import BlockSpec, BlockValues, SparseBlock, _Part
 
 __all__ = ["BlockCoupling"]
 
@@ -72,7 +72,7 @@ class BlockCoupling(SparseBlock):
     def _parts(self) -> list[_Part]:
         return self._part_list
 
-    def _values(self, values: Values) -> dict[BlockSpec, Tensor]:
+    def _values(self, values: BlockValues) -> dict[BlockSpec, Tensor]:
         if values is None:
             return {s: s.data for s in self._specs}
         if not isinstance(values, Mapping):
@@ -85,7 +85,7 @@ class BlockCoupling(SparseBlock):
         return out
 
     @torch.no_grad()
-    def block_view(self, values: Values = None, reorder: bool = True, merge: bool = False) -> Tensor:
+    def block_view(self, values: BlockValues = None, reorder: bool = True, merge: bool = False) -> Tensor:
         """(grid..., numel_per_block): every spec's block elements concatenated (a copy)."""
         resolved = self._values(values)
         rows = [p.rows(resolved[p.spec], dtype=None) for p in self._part_list]
