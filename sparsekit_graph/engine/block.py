@@ -270,7 +270,6 @@ class BlockSpec(SparseBlock):
                 raise ShapeMismatchError((n,), (b,), f"{self._label()}: dim {dim} of size {n} is not divisible by block size {b}")
         self._grid = tuple(n // b for n, b in zip(dims, self.shape))
         self._reduced = [i % 2 == 1 for i in range(2 * len(dims))]
-        self._scale_shape = [d for g in self._grid for d in (g, 1)]  # grid values against interleave()
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -355,7 +354,13 @@ class BlockSpec(SparseBlock):
     def scale_blocks(self, grid_values: Tensor) -> None:
         """Multiply the live view in place, block ``i`` by ``grid_values[i]``."""
         data = self.data
-        interleave(data, self.shape).mul_(grid_values.reshape(self._scale_shape).to(data.dtype))
+        x, roles = _coalesce(interleave(data, self.shape), self._reduced)
+        m = grid_values.to(data.dtype).reshape([1 if block else n for n, block in zip(x.shape, roles)])
+        if len(roles) > 1 and roles[-1] and x.shape[-1] <= 64:
+            # A short contiguous block (e.g. a 3x3 kernel): spell the multiplier out along it so
+            # the inner loop vectorises instead of broadcasting one scalar per 9 elements.
+            m = m.expand(*m.shape[:-1], x.shape[-1]).contiguous()
+        x.mul_(m)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BlockSpec) and self.key == other.key and self.view == other.view
