@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -135,11 +136,20 @@ class _MetaRunner(fx.Interpreter):
     def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
         return _to_meta(super().get_attr(target, args, kwargs))
 
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        fast = _broadcast_only(target, args, kwargs)
+        return fast if fast is not None else super().call_function(target, args, kwargs)
+
+    def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        fast = _broadcast_only(target, args, kwargs)
+        return fast if fast is not None else super().call_method(target, args, kwargs)
+
     def call_module(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
         mod = self.fetch_attr(target)
-        if isinstance(mod, _SAME_SHAPE) and len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
-            _check_channels(mod, args[0], target)
-            return torch.empty_like(args[0])
+        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+            fast = _shape_only(mod, args[0], target)
+            if fast is not None:
+                return fast
         state = self._state.get(target)
         if state is None:
             state = {k: _to_meta(v) for k, v in (*mod.named_parameters(), *mod.named_buffers())}
@@ -154,11 +164,55 @@ _SAME_SHAPE = (
 )  # fmt: skip
 
 
-def _check_channels(mod: nn.Module, x: Tensor, target: str) -> None:
-    """What running a BatchNorm would have checked: its channel count."""
-    n = getattr(mod, "num_features", None)
-    if n is not None and (x.ndim < 2 or x.shape[1] != n):
-        raise TraceError(f"shape propagation failed at layer {target}: expected {n} channels, got input {tuple(x.shape)}")
+# Arithmetic whose result is just the broadcast of its operands: meta kernels for these run
+# through Python reference implementations (slow); the shape and dtype are all we need.
+_BROADCAST_OPS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, "add", "sub", "mul"}
+_BROADCAST_INPLACE = {operator.iadd, operator.isub, operator.imul, "add_", "sub_", "mul_"}
+
+
+def _broadcast_only(target: Any, args: Any, kwargs: Any) -> Tensor | None:
+    """The result of a broadcasting add/sub/mul on meta tensors, without running it (or None)."""
+    try:
+        kind = "out" if target in _BROADCAST_OPS else "inplace" if target in _BROADCAST_INPLACE else None
+    except TypeError:  # unhashable target
+        return None
+    if kind is None or kwargs or len(args) != 2 or not isinstance(args[0], Tensor):
+        return None
+    a, b = args
+    if not isinstance(b, (Tensor, int, float)) or isinstance(b, bool):
+        return None
+    shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, Tensor) else a.shape
+    if kind == "inplace":
+        return a if shape == a.shape else None
+    return torch.empty(shape, dtype=torch.result_type(a, b), device="meta")
+
+
+def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
+    """The output of common layers from shapes alone, checking what the layer would check."""
+    if isinstance(mod, nn.Linear):
+        if x.shape[-1:] != mod.weight.shape[1:]:
+            raise TraceError(
+                f"shape propagation failed at layer {target}: expected {mod.weight.shape[1]} features, got input {tuple(x.shape)}"
+            )
+        return x.new_empty((*x.shape[:-1], mod.weight.shape[0]))
+    if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+        width = tuple(mod.weight.shape)
+        fits = tuple(x.shape[-len(width) :]) == width if type(mod) is nn.LayerNorm else x.ndim > 1 and (x.shape[1],) == width
+        if not fits:
+            raise TraceError(
+                f"shape propagation failed at layer {target}: normalised shape {width} does not fit input {tuple(x.shape)}"
+            )
+        return torch.empty_like(x)
+    if isinstance(mod, _SAME_SHAPE):
+        n = getattr(mod, "num_features", None)
+        if n is not None and (x.ndim < 2 or x.shape[1] != n):
+            raise _layer_error(target, f"expected {n} channels, got input {tuple(x.shape)}")
+        return torch.empty_like(x)
+    return None
+
+
+def _layer_error(target: str, detail: str) -> TraceError:
+    return TraceError(f"shape propagation failed at layer {target}: {detail}")
 
 
 def _describe(n: fx.Node) -> str:
