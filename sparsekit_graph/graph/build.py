@@ -19,10 +19,9 @@ def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, pre
     Values are named ``prefix + node name``; parameters by their qualified names, so the
     training and evaluation traces of one model share parameter axes.
     """
-    params = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
-    for n, t in params.items():
-        graph.canonical.setdefault(id(t), n)
     every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
+    for n, t in every.items():  # a tied tensor keeps its first name
+        graph.canonical.setdefault(id(t), n)
     aliases = {
         n.name: graph.canonical[id(every[str(n.target)])] for n in gm.graph.nodes if n.op == "get_attr" and str(n.target) in every
     }
