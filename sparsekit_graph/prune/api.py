@@ -93,7 +93,12 @@ def prune(
             raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
         couplings = bind(plan, model, check=False)
         gen = torch.Generator().manual_seed(seed)
-        scores = {g.name: channel_scores(couplings[g.name], importance, gen).cpu() for g in plan.prunable}
+        scores = {  # a group of buffers only (no coupling) has nothing to rank: keep its first channels
+            g.name: channel_scores(couplings[g.name], importance, gen).cpu()
+            if g.name in couplings
+            else -torch.arange(g.size, dtype=torch.float32)
+            for g in plan.prunable
+        }
         chosen = masks_from_scores(plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking)
     else:
         chosen = _checked_masks(plan, masks)
