@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..registry import by_type, registrar
 from .axes import AxisGraph, AxisId
 from .trace import META
 
@@ -27,44 +28,18 @@ __all__ = [
 ]
 
 Rule = Callable[["RuleContext"], None]
-F = TypeVar("F", bound=Rule)
 
 _MODULE_RULES: dict[type, Rule] = {}
 _FUNCTION_RULES: dict[Any, Rule] = {}
 _METHOD_RULES: dict[str, Rule] = {}
 
 
-def register_module_rule(*types: type) -> Callable[[F], F]:
-    """Register a rule for module types (subclasses inherit it unless they have their own)."""
-
-    def deco(fn: F) -> F:
-        for t in types:
-            _MODULE_RULES[t] = fn
-        return fn
-
-    return deco
-
-
-def register_function_rule(*fns: Any) -> Callable[[F], F]:
-    """Register a rule for ``call_function`` targets such as ``torch.cat`` or ``operator.add``."""
-
-    def deco(fn: F) -> F:
-        for f in fns:
-            _FUNCTION_RULES[f] = fn
-        return fn
-
-    return deco
-
-
-def register_method_rule(*names: str) -> Callable[[F], F]:
-    """Register a rule for tensor methods (``call_method`` nodes) by method name."""
-
-    def deco(fn: F) -> F:
-        for n in names:
-            _METHOD_RULES[n] = fn
-        return fn
-
-    return deco
+register_module_rule = registrar(_MODULE_RULES)
+register_module_rule.__doc__ = "Register a rule for module types (subclasses inherit it unless they have their own)."
+register_function_rule = registrar(_FUNCTION_RULES)
+register_function_rule.__doc__ = "Register a rule for ``call_function`` targets such as ``torch.cat`` or ``operator.add``."
+register_method_rule = registrar(_METHOD_RULES)
+register_method_rule.__doc__ = "Register a rule for tensor methods (``call_method`` nodes) by method name."
 
 
 def has_own_module_rule(module: nn.Module) -> bool:
@@ -77,10 +52,7 @@ def has_own_module_rule(module: nn.Module) -> bool:
 def find_rule(node: fx.Node, module: nn.Module | None) -> Rule | None:
     """The registered rule for a node, or None (the op is unknown)."""
     if node.op == "call_module" and module is not None:
-        for cls in type(module).__mro__:
-            if cls in _MODULE_RULES:
-                return _MODULE_RULES[cls]
-        return None
+        return by_type(_MODULE_RULES, module)
     if node.op == "call_function":
         try:
             return _FUNCTION_RULES.get(node.target)

@@ -9,6 +9,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..graph.trace import META
+from ..registry import by_type
 
 __all__ = ["count_macs", "count_params"]
 
@@ -31,10 +32,9 @@ def count_macs(gm: fx.GraphModule, model: nn.Module) -> int:
         if node.op != "call_module":
             continue
         m, out = modules[str(node.target)], node.meta.get(META)
-        for cls in type(m).__mro__:
-            if cls in _COUNTERS and isinstance(out, Tensor):
-                total += _COUNTERS[cls](m, out)
-                break
+        count = by_type(_COUNTERS, m)
+        if count is not None and isinstance(out, Tensor):
+            total += count(m, out)
     return total
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..plan.schema import Plan
+from ..registry import by_type, registrar
 
 __all__ = ["register_resizer", "remove_channels"]
 
@@ -16,15 +17,8 @@ Resizer = Callable[[nn.Module], None]
 _RESIZERS: dict[type, Resizer] = {}
 
 
-def register_resizer(*types: type) -> Callable[[Resizer], Resizer]:
-    """Register how a layer updates its attributes after its parameters were sliced."""
-
-    def deco(fn: Resizer) -> Resizer:
-        for t in types:
-            _RESIZERS[t] = fn
-        return fn
-
-    return deco
+register_resizer = registrar(_RESIZERS)
+register_resizer.__doc__ = "Register how a layer updates its attributes after its parameters were sliced."
 
 
 def removed_elements(
@@ -69,10 +63,9 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
     for module in model.modules():
-        for cls in type(module).__mro__:
-            if cls in _RESIZERS:
-                _RESIZERS[cls](module)
-                break
+        resize = by_type(_RESIZERS, module)
+        if resize is not None:
+            resize(module)
 
 
 @register_resizer(nn.modules.conv._ConvNd)
