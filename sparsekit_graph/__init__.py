@@ -1,7 +1,8 @@
 """sparsekit-graph: structured pruning that understands the model's graph."""
 
 from .errors import CouplingError, PlanError, ShapeMismatchError, SparseKitError, TraceError
-from .graph.rules import RuleContext, register_function_rule, register_method_rule, register_module_rule
+from .graph.context import RuleContext
+from .graph.rules import register_function_rule, register_method_rule, register_module_rule
 from .graph.trace import trace
 from .plan.bind import bind
 from .plan.planner import plan

@@ -1,4 +1,4 @@
-"""Walk a traced graph and apply each node's rule to build the axis graph."""
+"""Walk a traced graph and apply each node's rule to build the axis graph, failing closed."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ from torch import Tensor, nn
 
 from . import ops_layers, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
-from .rules import RuleContext, find_rule
-from .trace import META
+from .context import RuleContext
+from .meta import META
+from .rules import find_rule
 
-__all__ = ["add_traced_graph"]
+__all__ = ["HARMLESS_ARGUMENTS", "add_traced_graph"]
+
+# Arguments that never change which channels move together.
+HARMLESS_ARGUMENTS = frozenset(
+    {"dtype", "memory_format", "non_blocking", "copy", "device", "layout", "pin_memory", "requires_grad", "inplace",
+     "_stacklevel", "generator", "eps", "training", "momentum"}
+)  # fmt: skip
 
 
 def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, prefix: str = "") -> None:
@@ -28,13 +35,14 @@ def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, pre
     modules = dict(model.named_modules())
     for node in gm.graph.nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
-        ctx = RuleContext(graph, node, prefix, module, str(node.target) if module is not None else "", aliases)
+        name = str(node.target) if module is not None else ""
+        ctx = RuleContext(graph, node, prefix, module, name, aliases, modules)
         if node.op == "placeholder":
             for axes in ctx.outputs():
                 ctx.pin(axes, "model input")
         elif node.op == "output":
-            for n in ctx.tensor_args():
-                ctx.pin(ctx.axes(n) or [], "model output")
+            for axes in ctx.tensor_axes():
+                ctx.pin(axes, "model output")
         elif node.op == "get_attr":
             if node.name not in aliases:
                 for axes in ctx.outputs():
@@ -46,12 +54,26 @@ def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, pre
 
 
 def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
+    """Run the node's rule, then enforce what every rule must guarantee (see ``RuleContext``)."""
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
     if rule is None:
         ctx.pin_everything(f"unknown op {ctx.where()}")
         return
+    label = getattr(rule, "__name__", "rule")
+    if not ctx.call.bound:
+        ctx.pin_everything(f"arguments of {ctx.where()} could not be read")
+        return
     try:
         rule(ctx)
     except Exception as e:  # noqa: BLE001 - a rule that cannot handle a case falls back to pinning
-        ctx.pin_everything(f"rule for {ctx.where()} failed ({type(e).__name__}: {e})")
+        ctx.pin_everything(f"rule {label} failed at {ctx.where()} ({type(e).__name__}: {e})")
+        return
+    unread = sorted(k for k in ctx.call.passed - ctx.read if k not in HARMLESS_ARGUMENTS)
+    if unread:
+        ctx.pin_everything(f"rule {label} does not model argument(s) {', '.join(unread)} of {ctx.where()}")
+    g = ctx.graph
+    for axes in ctx.outputs():
+        for i, a in enumerate(axes):
+            if g.size(a) > 1 and not g.g.degree(a) and not g.g.nodes[a]["pins"] and a not in ctx.fresh_axes:
+                ctx.pin([a], f"rule {label} left axis {i} of {ctx.where()} unlinked")

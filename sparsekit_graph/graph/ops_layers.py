@@ -6,10 +6,16 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from .ops_tensor import pointwise, reshape_axes
-from .rules import RuleContext, register_function_rule, register_module_rule
+from .axes import AxisId
+from .context import RuleContext
+from .ops_tensor import _offset_link, pointwise, reshape_axes, spatial_axes
+from .rules import register_function_rule, register_module_rule
 
-_POINTWISE_MODULES = (
+__all__ = ["SAME_SHAPE_MODULES"]
+
+# Layers whose output has their input's shape and whose channels pass straight through.
+# The tracer computes their output shape without running them; their rule is ``activation``.
+SAME_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
     nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Tanhshrink, nn.Softsign, nn.LogSigmoid,
     nn.Threshold, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
@@ -17,7 +23,7 @@ _POINTWISE_MODULES = (
 )  # fmt: skip
 
 
-@register_module_rule(*_POINTWISE_MODULES)
+@register_module_rule(*SAME_SHAPE_MODULES)
 def activation(ctx: RuleContext) -> None:
     pointwise(ctx)
 
@@ -25,8 +31,9 @@ def activation(ctx: RuleContext) -> None:
 @register_module_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin)
 def softmax_module(ctx: RuleContext) -> None:
     pointwise(ctx)
-    dim = ctx.module.dim if ctx.module.dim is not None else -1  # type: ignore[union-attr]
-    ctx.graph.mix(ctx.out()[dim], f"softmax at {ctx.where()}")
+    dim = ctx.module.dim  # type: ignore[union-attr]
+    out = ctx.out()
+    ctx.mix(out if dim is None else [out[dim]], f"softmax at {ctx.where()}")
 
 
 @register_module_rule(nn.PReLU)
@@ -36,70 +43,100 @@ def prelu(ctx: RuleContext) -> None:
         ctx.same(ctx.param("weight"), [ctx.out()[1 if ctx.out_value.ndim > 1 else 0]])
 
 
-@register_module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-def conv(ctx: RuleContext) -> None:
-    """Channels of a (possibly grouped) convolution.
+def link_conv(
+    ctx: RuleContext, x: list[AxisId], w: list[AxisId], out: list[AxisId], *, spatial: int, groups: int, transposed: bool
+) -> int:
+    """Couple a (possibly grouped) convolution; returns the output channel axis.
 
-    Plain: input channels ~ weight columns, weight rows ~ output channels. Depthwise-like
-    (one input channel per group): input channel ``j`` ~ output channels
+    Plain: input channels ~ weight columns, weight rows produce output channels.
+    Depthwise-like (one input channel per group): input channel ``j`` ~ output channels
     ``[j*m, (j+1)*m)``. Grouped: pruning must keep the groups equal, so position ``k``
     within every group is one channel, on the input and the output side alike.
+    Spatial output axes are pinned. ``w`` holds the weight's first two axes.
     """
+    cx, co = len(x) - spatial - 1, len(out) - spatial - 1
+    ctx.same(x[:cx], out[:co])  # batch
+    ctx.pin(out[co + 1 :], f"spatial axis of {ctx.where()}")
+    w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
+    c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
+    per_in, per_out = c_in // groups, c_out // groups
+    if per_in == 1 and groups > 1 and not transposed:  # depthwise, channel multiplier per_out
+        ctx.produce(w_out, out[co])
+        ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
+        ctx.pin([w_in], f"depthwise weight of {ctx.where()}") if ctx.graph.size(w_in) > 1 else None
+        return co
+    if groups == 1:
+        ctx.graph.link(x[cx], w_in)
+        ctx.produce(w_out, out[co])
+        return co
+    ctx.graph.link(x[cx], w_in, np.arange(c_in), np.arange(c_in) % ctx.graph.size(w_in), kind="tie")
+    ctx.produce(w_out, out[co], np.arange(c_out) % ctx.graph.size(w_out), np.arange(c_out), kind="tie")
+    ctx.graph.link(x[cx], x[cx], np.arange(c_in), np.arange(c_in) % per_in, kind="tie")
+    ctx.graph.link(out[co], out[co], np.arange(c_out), np.arange(c_out) % per_out, kind="tie")
+    return co
+
+
+@register_module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv(ctx: RuleContext) -> None:
     m = ctx.module
     assert isinstance(m, nn.modules.conv._ConvNd)
-    x, out = ctx.axes(ctx.arg(0)), ctx.out()
-    assert x is not None
-    cx, co = len(x) - len(m.kernel_size) - 1, len(out) - len(m.kernel_size) - 1
-    ctx.same(x[:cx], out[:co])  # batch
-    g = m.groups
-    in_axis, out_axis = (0, 1) if m.transposed else (1, 0)
-    w_out = ctx.param("weight", (out_axis,))[0]
+    x, out = ctx.axes(ctx.input), ctx.out()
+    ctx.arg("output_size")
+    if x is None:
+        ctx.pin_everything(f"{ctx.where()} without a tensor input")
+        return
+    w = ctx.param("weight", (0, 1))
+    co = link_conv(ctx, x, w, out, spatial=len(m.kernel_size), groups=m.groups, transposed=m.transposed)
     if m.bias is not None:
         ctx.same(ctx.param("bias"), [out[co]])
-    c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
-    per_in, per_out = c_in // g, c_out // g
-    if per_in == 1 and g > 1 and not m.transposed:  # depthwise, channel multiplier per_out
-        ctx.graph.link(w_out, out[co])
-        ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
+
+
+@register_function_rule(F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+def conv_function(ctx: RuleContext) -> None:
+    """``F.conv2d(x, weight, bias, ...)`` with a weight fetched or computed in ``forward``."""
+    ctx.read_all()
+    x, w, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("weight")), ctx.out()
+    groups = ctx.arg("groups", 1)
+    if x is None or w is None or not isinstance(groups, int):
+        ctx.pin_everything(f"convolution with unreadable arguments at {ctx.where()}")
         return
-    w_in = ctx.param("weight", (in_axis,))[0]
-    if g == 1:
-        ctx.graph.link(x[cx], w_in)
-        ctx.graph.link(w_out, out[co])
-    else:
-        ctx.graph.link(x[cx], w_in, np.arange(c_in), np.arange(c_in) % ctx.graph.size(w_in), kind="tie")
-        ctx.graph.link(w_out, out[co], np.arange(c_out) % ctx.graph.size(w_out), np.arange(c_out), kind="tie")
-        ctx.graph.link(x[cx], x[cx], np.arange(c_in), np.arange(c_in) % per_in, kind="tie")
-        ctx.graph.link(out[co], out[co], np.arange(c_out), np.arange(c_out) % per_out, kind="tie")
+    transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+    ctx.pin(w[2:], f"kernel axis of {ctx.where()}")
+    co = link_conv(ctx, x, w, out, spatial=len(w) - 2, groups=groups, transposed=transposed)
+    b = ctx.axes(ctx.arg("bias"))
+    if b is not None:
+        ctx.same(b, [out[co]])
 
 
 @register_module_rule(nn.Linear)
 def linear(ctx: RuleContext) -> None:
-    x, out = ctx.axes(ctx.arg(0)), ctx.out()
-    assert x is not None
+    x, out = ctx.axes(ctx.input), ctx.out()
+    if x is None:
+        ctx.pin_everything(f"{ctx.where()} without a tensor input")
+        return
     ctx.same(x[:-1], out[:-1])
     ctx.graph.link(x[-1], ctx.param("weight", (1,))[0])
-    ctx.graph.link(ctx.param("weight", (0,))[0], out[-1])
+    ctx.produce(ctx.param("weight", (0,))[0], out[-1])
     if ctx.module.bias is not None:  # type: ignore[union-attr]
         ctx.same(ctx.param("bias"), [out[-1]])
 
 
 @register_function_rule(F.linear)
 def linear_function(ctx: RuleContext) -> None:
-    """``F.linear(x, weight, bias)`` with parameters fetched by ``get_attr`` (e.g. timm's Linear)."""
-    x, w, out = ctx.axes(ctx.arg(0)), ctx.axes(ctx.arg(1, "weight")), ctx.out()
-    b = ctx.axes(ctx.arg(2, "bias"))
+    """``F.linear(x, weight, bias)``: the weight may be a parameter or a view of one (``w.T``)."""
+    x, w, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("weight")), ctx.out()
+    b = ctx.axes(ctx.arg("bias"))
     if x is None or w is None or len(w) != 2:
         ctx.pin_everything(f"linear with a computed weight at {ctx.where()}")
         return
     ctx.same(x[:-1], out[:-1])
     ctx.graph.link(x[-1], w[1])
-    ctx.graph.link(w[0], out[-1])
+    ctx.produce(w[0], out[-1])
     if b is not None:
         ctx.same(b, out[-1:])
 
 
-@register_module_rule(nn.modules.batchnorm._NormBase)
+@register_module_rule(nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm, nn.modules.instancenorm._InstanceNorm)
 def channel_norm(ctx: RuleContext) -> None:
     """BatchNorm / InstanceNorm: per-channel statistics and affine parameters on axis 1."""
     pointwise(ctx)
@@ -113,11 +150,13 @@ def channel_norm(ctx: RuleContext) -> None:
 @register_function_rule(F.batch_norm, F.instance_norm)
 def batch_norm_function(ctx: RuleContext) -> None:
     """Functional batch/instance norm (e.g. timm's BatchNormAct2d): 1-D tensors follow axis 1."""
-    x, out = ctx.axes(ctx.arg(0)), ctx.out()
-    assert x is not None
+    ctx.read_all()
+    x, out = ctx.axes(ctx.input), ctx.out()
+    if x is None:
+        return
     ctx.same(x, out)
-    for n in ctx.tensor_args()[1:]:
-        axes = ctx.axes(n)
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        axes = ctx.axes(ctx.arg(name))
         if axes is not None and len(axes) == 1:
             ctx.same(axes, [out[1]])
 
@@ -141,14 +180,26 @@ def layer_norm(ctx: RuleContext) -> None:
     out = ctx.out()
     k = len(ctx.module.normalized_shape)  # type: ignore[union-attr]
     trailing = out[len(out) - k :]
-    for a in trailing:
-        ctx.graph.mix(a, f"normalised by {ctx.where()}")
+    ctx.mix(trailing, f"normalised by {ctx.where()}")
     if getattr(ctx.module, "weight", None) is None:
         ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
         return
     for attr in ("weight", "bias"):
         if getattr(ctx.module, attr, None) is not None:
             ctx.same(ctx.param(attr), trailing)
+
+
+@register_function_rule(F.layer_norm, F.rms_norm, F.group_norm)
+def layer_norm_function(ctx: RuleContext) -> None:
+    """Functional norms: their ``normalized_shape`` (or group count) is a literal: those axes pin."""
+    pointwise(ctx)
+    out = ctx.out()
+    if ctx.call.op is F.group_norm:
+        ctx.pin([out[1]], f"channel groups of {ctx.where()}")
+        return
+    shape = ctx.arg("normalized_shape")
+    k = len(shape) if isinstance(shape, (tuple, list)) else 1
+    ctx.pin(out[len(out) - k :], f"literal normalized_shape at {ctx.where()}")
 
 
 @register_module_rule(nn.LocalResponseNorm)
@@ -160,31 +211,45 @@ def local_response_norm(ctx: RuleContext) -> None:
 _SPATIAL = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
     nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
-    nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.LPPool1d: 1, nn.LPPool2d: 2, nn.ZeroPad2d: 2,
-    nn.ConstantPad1d: 1, nn.ConstantPad2d: 2, nn.ConstantPad3d: 3, nn.ReflectionPad1d: 1, nn.ReflectionPad2d: 2,
-    nn.ReplicationPad1d: 1, nn.ReplicationPad2d: 2, nn.ReplicationPad3d: 3, nn.Upsample: -1,
-    nn.UpsamplingNearest2d: 2, nn.UpsamplingBilinear2d: 2, nn.PixelShuffle: 0, nn.PixelUnshuffle: 0,
+    nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.LPPool1d: 1, nn.LPPool2d: 2, nn.ReflectionPad1d: 1,
+    nn.ReflectionPad2d: 2, nn.ReflectionPad3d: 3, nn.ReplicationPad1d: 1, nn.ReplicationPad2d: 2,
+    nn.ReplicationPad3d: 3, nn.CircularPad1d: 1, nn.CircularPad2d: 2, nn.CircularPad3d: 3, nn.Upsample: -1,
+    nn.UpsamplingNearest2d: 2, nn.UpsamplingBilinear2d: 2,
 }  # fmt: skip
 
 
 @register_module_rule(*_SPATIAL)
 def spatial(ctx: RuleContext) -> None:
-    """Pooling, padding, upsampling: the leading (batch, channel) axes pass through."""
-    x, out = ctx.axes(ctx.arg(0)), ctx.out()
-    assert x is not None
-    k = _SPATIAL[type(ctx.module)] if type(ctx.module) in _SPATIAL else -1
-    if k == 0:  # pixel (un)shuffle mixes channels with space
-        ctx.pin(x + out, f"{ctx.where()} moves channels into space")
-        return
-    k = len(x) - 2 if k < 0 else k
-    ctx.same(x[: len(x) - k], out[: len(out) - k])
+    """Pooling, non-constant padding, upsampling: leading (batch, channel) axes pass through."""
+    k = next(v for t, v in _SPATIAL.items() if isinstance(ctx.module, t))
+    spatial_axes(ctx, k if k > 0 else max(ctx.meta(ctx.input).ndim - 2, 0))
+
+
+@register_module_rule(nn.modules.padding._ConstantPadNd)
+def constant_pad(ctx: RuleContext) -> None:
+    """Constant padding of any axis, channels included (the CIFAR ResNet shortcut)."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    assert src is not None
+    amounts = list(ctx.module.padding)  # type: ignore[union-attr]
+    nd = len(src)
+    padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
+    for d in range(nd):
+        before, after = padded.get(d, (0, 0))
+        if (before, after) == (0, 0):
+            ctx.same([src[d]], [out[d]])
+        else:
+            _offset_link(ctx, src[d], out[d], before, d)
+
+
+@register_module_rule(nn.PixelShuffle, nn.PixelUnshuffle)
+def pixel_shuffle(ctx: RuleContext) -> None:
+    ctx.pin_everything(f"{ctx.where()} moves channels into space")
 
 
 @register_module_rule(nn.Flatten)
 def flatten_module(ctx: RuleContext) -> None:
-    x = ctx.meta(ctx.arg(0))
+    nd = ctx.meta(ctx.input).ndim
     m = ctx.module
-    nd = x.ndim
     start, end = m.start_dim % nd, m.end_dim % nd  # type: ignore[union-attr]
     reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=[(list(range(start, end + 1)), [start])])
 
@@ -192,7 +257,7 @@ def flatten_module(ctx: RuleContext) -> None:
 @register_module_rule(nn.Unflatten)
 def unflatten_module(ctx: RuleContext) -> None:
     m = ctx.module
-    nd = ctx.meta(ctx.arg(0)).ndim
+    nd = ctx.meta(ctx.input).ndim
     dim = m.dim % nd  # type: ignore[union-attr]
     k = len(m.unflattened_size)  # type: ignore[union-attr]
     literal = [False] * dim + [s != -1 for s in m.unflattened_size] + [False] * (nd - dim - 1)  # type: ignore[union-attr]
@@ -204,7 +269,7 @@ def unflatten_module(ctx: RuleContext) -> None:
 @register_module_rule(nn.ChannelShuffle)
 def channel_shuffle(ctx: RuleContext) -> None:
     """Output channel ``b*g + a`` is input channel ``a*(C/g) + b``; position ``b`` is the channel."""
-    x, out = ctx.axes(ctx.arg(0)), ctx.out()
+    x, out = ctx.axes(ctx.input), ctx.out()
     assert x is not None
     ctx.same(x[:1] + x[2:], out[:1] + out[2:])
     c, g = ctx.graph.size(x[1]), ctx.module.groups  # type: ignore[union-attr]
@@ -215,7 +280,7 @@ def channel_shuffle(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.Embedding)
 def embedding(ctx: RuleContext) -> None:
-    ids, out = ctx.axes(ctx.arg(0)), ctx.out()
+    ids, out = ctx.axes(ctx.input), ctx.out()
     ctx.same(ids or [], out[:-1])
-    ctx.graph.link(ctx.param("weight", (1,))[0], out[-1])
+    ctx.produce(ctx.param("weight", (1,))[0], out[-1])
     ctx.pin(ctx.param("weight", (0,)), f"vocabulary of {ctx.where()}")

@@ -1,4 +1,7 @@
-"""Rules for tensor functions and methods: pointwise, shape, concat/split and reductions."""
+"""Rules for tensor functions and methods: pointwise, layout, concat/split, indexing, reductions.
+
+Rules read arguments by torch's names (see ``normalize.py``), so each covers every spelling.
+"""
 
 from __future__ import annotations
 
@@ -13,128 +16,151 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rules import RuleContext, register_function_rule, register_method_rule
+from .context import RuleContext
+from .rules import register_function_rule, register_method_rule
+from .zeros import zero_breaker
 
 # -- pointwise -----------------------------------------------------------------------------
 
 _POINTWISE_FUNCTIONS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pos,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow, operator.abs,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide, torch.true_divide,
-    torch.neg, torch.abs, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.pow, torch.sigmoid, torch.tanh,
-    torch.relu, torch.clamp, torch.clip, torch.where, torch.maximum, torch.minimum, torch.erf, torch.sin,
-    torch.cos, torch.square, torch.reciprocal, torch.sign, torch.lerp, torch.addcmul, torch.addcdiv,
-    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
-    F.selu, F.celu, F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, F.logsigmoid, F.softsign, F.relu_, F.threshold,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow, operator.abs, operator.mod,
+    torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
+    torch.pow, torch.sigmoid, torch.tanh, torch.relu, torch.clamp, torch.where, torch.maximum, torch.minimum,
+    torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal, torch.sign, torch.lerp, torch.addcmul,
+    torch.addcdiv, torch.masked_fill, torch.log1p, torch.expm1, torch.exp2, torch.floor, torch.ceil, torch.round,
+    torch.trunc, torch.frac, torch.fmod, torch.remainder, torch.nan_to_num, torch.sinh, torch.cosh, torch.atan,
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
+    F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
+    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.prelu,
 ]  # fmt: skip
-_POINTWISE_METHODS = [
-    "add", "sub", "mul", "div", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "pow", "sigmoid", "tanh", "relu",
-    "clamp", "clip", "square", "reciprocal", "sign", "add_", "sub_", "mul_", "div_", "relu_", "clamp_",
-    "sigmoid_", "tanh_", "masked_fill", "masked_fill_", "where", "maximum", "minimum", "lerp", "addcmul",
-    "exp_", "pow_", "sqrt_", "neg_", "abs_",
-]  # fmt: skip
-_UNARY_METHODS = [
+_POINTWISE_METHODS = ["masked_fill", "fill_", "zero_", "bernoulli", "uniform_", "normal_", "float_power"]
+_SAME_SHAPE_METHODS = [
     "contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "type", "type_as", "cpu",
-    "cuda", "requires_grad_", "bernoulli_", "fill_", "zero_", "uniform_", "normal_", "bernoulli", "float_",
+    "cuda", "requires_grad_", "view_as_real_if_complex",
 ]  # fmt: skip
 
 
-@register_function_rule(*_POINTWISE_FUNCTIONS)
-@register_method_rule(*_POINTWISE_METHODS)
+@register_function_rule(*_POINTWISE_FUNCTIONS, torch.Tensor.data)
+@register_method_rule(*_POINTWISE_METHODS, *_SAME_SHAPE_METHODS)
 def pointwise(ctx: RuleContext) -> None:
     """Broadcasting elementwise op: axes aligned from the right couple unless one has size 1."""
+    ctx.read_all()
     out = ctx.outputs()
     if not out:
         return
-    for n in ctx.tensor_args():
-        ctx.same(reversed(ctx.axes(n) or []), reversed(out[0]))
+    for axes in ctx.tensor_axes():
+        ctx.same(reversed(axes), reversed(out[0]))
 
 
-@register_method_rule(*_UNARY_METHODS, "expand", "expand_as", "repeat")
-@register_function_rule(torch.clone, torch.Tensor.contiguous)
-def unary(ctx: RuleContext) -> None:
-    """Output follows the first input axis for axis (right-aligned; other tensor args ignored)."""
-    src = ctx.axes(ctx.arg(0))
-    out = ctx.outputs()
-    if src is not None and out:
-        if ctx.node.target == "repeat":
-            reps = ctx.node.args[1:]
-            if any(not isinstance(r, int) or r != 1 for r in reps):
-                ctx.pin(src + out[0], f"repeat at {ctx.where()}")
-                return
-        ctx.same(reversed(src), reversed(out[0]))
+@register_method_rule("expand", "expand_as", "broadcast_to")
+@register_function_rule(torch.broadcast_to)
+def expand(ctx: RuleContext) -> None:
+    """Axes kept, or new ones broadcast from size 1: fresh when their size follows the model
+    (``x.size(1)``, ``expand_as``), pinned when it is a literal of the call."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    other = ctx.axes(ctx.arg("other"))
+    sizes = ctx.arg("size", ctx.arg("shape"))
+    lead = len(out) - len(src or [])
+    for j, o in enumerate(out):
+        i = j - lead
+        if src is not None and i >= 0 and ctx.graph.size(src[i]) == ctx.graph.size(o):
+            ctx.same([src[i]], [o])
+        elif other is not None:
+            ctx.same([other[j]], [o])
+        elif isinstance(sizes, (tuple, list)) and isinstance(sizes[j], int):
+            ctx.pin([o], f"expand to a constant size at {ctx.where()}")
+        else:
+            ctx.fresh([o])
 
 
-@register_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
-@register_method_rule("softmax", "log_softmax")
+@register_method_rule("repeat")
+def repeat(ctx: RuleContext) -> None:
+    src, out = ctx.axes(ctx.input), ctx.out()
+    reps = ctx.arg("repeats")
+    if src is None or not isinstance(reps, (tuple, list)) or any(r != 1 for r in reps) or len(reps) != len(src):
+        ctx.pin_everything(f"repeat at {ctx.where()}")
+        return
+    ctx.same(src, out)
+
+
+@register_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.softmin)
 def softmax(ctx: RuleContext) -> None:
     """Identity on every axis; the softmax axis mixes its entries."""
     pointwise(ctx)
-    dim = ctx.arg(1, "dim")
+    dim = ctx.arg("dim")
     out = ctx.out()
-    if isinstance(dim, int):
-        ctx.graph.mix(out[dim], f"softmax at {ctx.where()}")
+    ctx.mix(out if dim is None else [out[dim]], f"softmax at {ctx.where()}")
 
 
-# -- shapes --------------------------------------------------------------------------------
+# -- layout --------------------------------------------------------------------------------
+
+
+def _linked_permutation(ctx: RuleContext, perm: Sequence[int]) -> None:
+    """Output axis ``i`` is input axis ``perm[i]``."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    if src is None or sorted(p % len(src) for p in perm) != list(range(len(src))):
+        ctx.pin_everything(f"unreadable permutation {list(perm)} at {ctx.where()}")
+        return
+    ctx.same([src[p % len(src)] for p in perm], out)
 
 
 @register_function_rule(torch.permute)
-@register_method_rule("permute")
 def permute(ctx: RuleContext) -> None:
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
-    dims = ctx.node.args[1:] if ctx.node.op == "call_method" else (ctx.arg(1, "dims"),)
-    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-        dims = tuple(dims[0])
-    if src is None:
-        return
-    for i, d in enumerate(dims):
-        ctx.same([src[d % len(src)]], [out[i]])
+    _linked_permutation(ctx, list(ctx.arg("dims")))
 
 
-@register_function_rule(torch.transpose, torch.swapaxes)
-@register_method_rule("transpose", "swapaxes", "t")
+@register_function_rule(torch.transpose, torch.t, torch.Tensor.mT, torch.Tensor.mH)
 def transpose(ctx: RuleContext) -> None:
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
-    if src is None:
-        return
-    nd = len(src)
-    a, b = (ctx.arg(1, "dim0", 0), ctx.arg(2, "dim1", 1)) if nd > 1 else (0, 0)
+    nd = ctx.meta(ctx.input).ndim
+    if ctx.call.op in (torch.t, torch.Tensor.mT, torch.Tensor.mH):
+        a, b = (nd - 2, nd - 1) if nd >= 2 else (0, 0)
+    else:
+        a, b = ctx.arg("dim0"), ctx.arg("dim1")
     perm = list(range(nd))
-    perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
-    ctx.same([src[p] for p in perm], out)
+    if nd:
+        perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
+    _linked_permutation(ctx, perm)
+
+
+@register_function_rule(torch.Tensor.T, torch.Tensor.H)
+def reverse_axes(ctx: RuleContext) -> None:
+    _linked_permutation(ctx, list(range(ctx.meta(ctx.input).ndim))[::-1])
 
 
 @register_function_rule(torch.flatten)
-@register_method_rule("flatten")
 def flatten(ctx: RuleContext) -> None:
-    x = ctx.meta(ctx.arg(0))
-    nd = x.ndim
-    start, end = ctx.arg(1, "start_dim", 0) % max(nd, 1), ctx.arg(2, "end_dim", -1) % max(nd, 1)
-    out_shape = list(ctx.out_value.shape)
-    reshape_axes(ctx, literal=[False] * len(out_shape), groups=[(list(range(start, end + 1)), [start])])
+    nd = max(ctx.meta(ctx.input).ndim, 1)
+    start, end = ctx.arg("start_dim", 0) % nd, ctx.arg("end_dim", -1) % nd
+    reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=[(list(range(start, end + 1)), [start])])
 
 
 @register_function_rule(torch.reshape)
-@register_method_rule("view", "reshape")
+@register_method_rule("view", "view_as", "reshape_as")
 def view(ctx: RuleContext) -> None:
     """Reshape: axes are matched by equal products; the literal sizes in the call are pinned."""
-    if ctx.node.target in ("view",) and len(ctx.node.args) == 2 and not _is_shape_arg(ctx.node.args[1]):
+    if ctx.arg("dtype") is not None:
         ctx.pin_everything(f"view as dtype at {ctx.where()}")
         return
-    raw = ctx.node.args[1:] if ctx.node.op == "call_method" else (ctx.arg(1, "shape"),)
-    if len(raw) == 1 and isinstance(raw[0], (tuple, list, fx.Node)):
-        raw = raw[0]
-        if isinstance(raw, fx.Node):  # a whole torch.Size from .size(): every entry is dynamic
-            raw = [None] * ctx.out_value.ndim
+    raw = ctx.arg("shape", ctx.arg("size"))
+    if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
+        raw = [None] * ctx.out_value.ndim
+    if not isinstance(raw, (tuple, list)):
+        raw = [raw]
     literal = [isinstance(s, int) and s != -1 for s in raw]
-    in_shape, out_shape = list(ctx.meta(ctx.arg(0)).shape), list(ctx.out_value.shape)
+    in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
     reshape_axes(ctx, literal=literal, groups=_factor_groups(in_shape, out_shape))
 
 
-def _is_shape_arg(x: object) -> bool:
-    return isinstance(x, (int, tuple, list, fx.Node, torch.Size))
+@register_function_rule(torch.unflatten)
+def unflatten(ctx: RuleContext) -> None:
+    nd = ctx.meta(ctx.input).ndim
+    dim, sizes = ctx.arg("dim") % nd, list(ctx.arg("sizes"))
+    k = len(sizes)
+    literal = [False] * dim + [isinstance(s, int) and s != -1 for s in sizes] + [False] * (nd - dim - 1)
+    groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
+    groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
+    reshape_axes(ctx, literal=literal, groups=groups)
 
 
 def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
@@ -161,12 +187,13 @@ def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], 
 def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[int], list[int]]]) -> None:
     """Couple input and output axes of a reshape, group by group.
 
-    In each group the outermost non-unit input axis carries the channels into the outermost
-    non-unit output axis whose size is not a literal of the call; the other axes of the
-    group are pinned (they are head_dim, spatial or literal group counts). Output axes
-    given as literal sizes are pinned: the call would not follow a pruned size.
+    In each group one non-unit input axis carries the channels into the outermost non-unit
+    output axis whose size is not a literal of the call: the outermost input axis that is not
+    already pinned (channels-last layouts carry the channel axis, not a spatial one). The
+    other axes of the group are pinned (head_dim, spatial or literal group counts). Output
+    axes given as literal sizes are pinned: the call would not follow a pruned size.
     """
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
+    src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
     where = ctx.where()
@@ -184,7 +211,8 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
         if not carriers_b:
             ctx.pin([src[d] for d in big_a], f"reshape with constant size at {where}")
             continue
-        ca, cb = big_a[0], carriers_b[0]
+        free_a = [d for d in big_a if not ctx.graph.g.nodes[src[d]]["pins"]]
+        ca, cb = (free_a or big_a)[0], carriers_b[0]
         ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
         ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
         if len(big_a) == 1 and len(big_b) == 1:
@@ -205,37 +233,34 @@ def _digit_pairs(sa: list[int], ka: int, sb: list[int], kb: int) -> tuple[np.nda
 
 
 @register_function_rule(torch.unsqueeze)
-@register_method_rule("unsqueeze")
 def unsqueeze(ctx: RuleContext) -> None:
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
+    src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
-    d = ctx.arg(1, "dim") % len(out)
+    d = ctx.arg("dim") % len(out)
     ctx.same(src, out[:d] + out[d + 1 :])
 
 
 @register_function_rule(torch.squeeze)
-@register_method_rule("squeeze")
 def squeeze(ctx: RuleContext) -> None:
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
+    src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
-    kept = [a for a in src if ctx.graph.size(a) != 1]
-    ctx.same(kept, [a for a in out if ctx.graph.size(a) != 1])
+    ctx.arg("dim")  # whichever dims are squeezed, they have size 1 and never couple
+    ctx.same([a for a in src if ctx.graph.size(a) != 1], [a for a in out if ctx.graph.size(a) != 1])
 
 
-# -- concat and split ----------------------------------------------------------------------
+# -- concat, pad and split -----------------------------------------------------------------
 
 
-@register_function_rule(torch.cat, torch.concat, torch.concatenate)
+@register_function_rule(torch.cat)
 def cat(ctx: RuleContext) -> None:
     """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis."""
     out = ctx.out()
-    dim = ctx.arg(1, "dim", 0) % len(out)
+    dim = ctx.arg("dim", 0) % len(out)
     offset = 0
-    for n in ctx.arg(0, "tensors"):
-        axes = ctx.axes(n)
-        if axes is None:
+    for axes in ctx.tensor_axes("tensors"):
+        if len(axes) != len(out):  # legacy: empty 1-D tensors are skipped by torch.cat
             continue
         size = ctx.graph.size(axes[dim])
         ctx.same(axes[:dim] + axes[dim + 1 :], out[:dim] + out[dim + 1 :])
@@ -247,47 +272,95 @@ def cat(ctx: RuleContext) -> None:
 @register_function_rule(torch.stack)
 def stack(ctx: RuleContext) -> None:
     out = ctx.out()
-    dim = ctx.arg(1, "dim", 0) % len(out)
+    dim = ctx.arg("dim", 0) % len(out)
     ctx.pin([out[dim]], f"stack axis at {ctx.where()}")
-    for n in ctx.arg(0, "tensors"):
-        ctx.same(ctx.axes(n) or [], out[:dim] + out[dim + 1 :])
+    for axes in ctx.tensor_axes("tensors"):
+        ctx.same(axes, out[:dim] + out[dim + 1 :])
+
+
+@register_function_rule(F.pad)
+def pad(ctx: RuleContext) -> None:
+    """Constant padding is a concat with constants: input index ``i`` lands at ``before + i``,
+    the padded slots are pinned constants. Other modes copy data into the padding: pinned."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    amounts, mode = list(ctx.arg("pad")), ctx.arg("mode", "constant")
+    ctx.arg("value")
+    if src is None or len(amounts) % 2 or any(not isinstance(p, int) for p in amounts):
+        ctx.pin_everything(f"padding by computed amounts at {ctx.where()}")
+        return
+    nd = len(src)
+    padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
+    for d in range(nd):
+        before, after = padded.get(d, (0, 0))
+        if (before, after) == (0, 0):
+            ctx.same([src[d]], [out[d]])
+        elif mode != "constant":
+            ctx.pin([src[d], out[d]], f"{mode} padding at {ctx.where()}")
+        else:
+            _offset_link(ctx, src[d], out[d], before, d)
+
+
+def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d: int) -> None:
+    """Input index ``i`` is output index ``before + i`` (negative ``before`` crops); the
+    output slots that no input index fills are constants, pinned slot by slot."""
+    n_in, n_out = ctx.graph.size(src), ctx.graph.size(out)  # type: ignore[arg-type]
+    i = np.arange(n_in)
+    o = i + before
+    keep = (o >= 0) & (o < n_out)
+    if keep.any():
+        ctx.graph.link(src, out, i[keep], o[keep], kind="offset")  # type: ignore[arg-type]
+    if not keep.all():
+        ctx.pin([src], f"cropping at {ctx.where()}")  # type: ignore[list-item]
+    filled = np.zeros(n_out, dtype=bool)
+    filled[o[keep]] = True
+    if not filled.all():
+        const = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:constant", d), int((~filled).sum()))
+        ctx.pin([const], f"constant padding at {ctx.where()}")
+        ctx.graph.link(const, out, np.arange(int((~filled).sum())), np.flatnonzero(~filled), kind="offset")
 
 
 @register_function_rule(torch.chunk, torch.split, torch.tensor_split)
-@register_method_rule("chunk", "split", "tensor_split")
 def split(ctx: RuleContext) -> None:
     """Output ``k`` is a slice of the input. ``chunk(n)`` recomputes equal parts after pruning,
     so position ``p`` of every part is tied together; literal split sizes pin the axis."""
-    src = ctx.axes(ctx.arg(0))
+    src = ctx.axes(ctx.input)
     if src is None:
         return
     parts = ctx.outputs()
-    dim = ctx.arg(2, "dim", 0) % len(src)
-    how = ctx.arg(1)
-    is_chunk = ctx.node.target in (torch.chunk, "chunk")
+    dim = ctx.arg("dim", 0) % len(src)
+    how = ctx.arg("chunks") if ctx.call.op is torch.chunk else ctx.arg("split_size", ctx.arg("sections", ctx.arg("indices")))
+    ctx.arg("tensor_indices_or_sections")
     for part in parts:
         ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
     sizes = [ctx.graph.size(p[dim]) for p in parts]
+    is_chunk = ctx.call.op is torch.chunk
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
     offset = 0
     for part, size in zip(parts, sizes):
         ctx.graph.link(src[dim], part[dim], offset + np.arange(size), np.arange(size), kind="offset")
-        if parts and part is not parts[0] and is_chunk:
+        if part is not parts[0] and is_chunk:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
 
 
 @register_function_rule(operator.getitem)
 def getitem(ctx: RuleContext) -> None:
-    """Element of a tuple, or tensor indexing (full slices keep axes; anything else pins)."""
-    src_node, index = ctx.arg(0), ctx.arg(1)
+    """Elements of a tuple, or tensor indexing (full slices keep axes; anything else pins)."""
+    src_node, index = ctx.input, ctx.arg("index")
     value = ctx.meta(src_node)
-    if isinstance(value, (tuple, list)) and isinstance(index, int):
-        index %= len(value)  # x[-1] is the same element as x[n - 1]
-        if isinstance(value[index], Tensor) and isinstance(src_node, fx.Node):
-            element = ctx.graph.add_value(f"{ctx.prefix}{src_node.name}.{index}", value[index])
-            ctx.same(element, ctx.out())
+    if isinstance(value, (tuple, list)):
+        if isinstance(index, int):
+            element = ctx.element_axes(src_node, index % len(value))
+            if element is not None:
+                ctx.same(element, ctx.out())
+        elif isinstance(index, slice):
+            for k, i in enumerate(range(len(value))[index]):
+                element = ctx.element_axes(src_node, i)
+                if element is not None:
+                    ctx.same(element, ctx.out(k))
+        else:
+            ctx.pin_everything(f"indexing a tuple at {ctx.where()}")
         return
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
         return
@@ -318,68 +391,173 @@ def getitem(ctx: RuleContext) -> None:
             oi += 1
 
 
-# -- reductions and resampling ------------------------------------------------------------
+# -- reductions ----------------------------------------------------------------------------
 
-
-@register_function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp)
-@register_method_rule("mean", "sum", "amax", "amin", "std", "var", "logsumexp")
-def reduce(ctx: RuleContext) -> None:
-    """Kept axes map to the output; reduced axes vanish (a mean or std mixes its entries)."""
-    src = ctx.axes(ctx.arg(0))
-    if src is None:
-        return
-    out = ctx.outputs()[0] if ctx.outputs() else []
-    dim = ctx.arg(1, "dim")
-    keep = bool(ctx.arg(2, "keepdim", False))
-    nd = len(src)
-    dims = set(range(nd)) if dim is None else {d % nd for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
-    mixing = ctx.node.target not in (torch.sum, "sum")  # a zero adds nothing; it can change a max or mean
-    for d in dims:
-        if mixing:
-            ctx.graph.mix(src[d], f"{getattr(ctx.node.target, '__name__', ctx.node.target)} over axis at {ctx.where()}")
-    kept = [src[d] for d in range(nd) if d not in dims]
-    ctx.same(kept, [out[d] for d in range(nd) if d not in dims] if keep else out)
+_SUMS = {torch.sum, torch.nansum}
+_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm}
 
 
 @register_function_rule(
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate,
-    F.pad, torch.nn.functional.upsample,
+    torch.mean, torch.sum, torch.nansum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp, torch.prod,
+    torch.max, torch.min, torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.nanmean, torch.median,
+    torch.argmax, torch.argmin, torch.all, torch.any, torch.count_nonzero,
 )  # fmt: skip
-def leading_axes(ctx: RuleContext) -> None:
-    """Ops on the trailing (spatial) axes only: the leading axes pass through."""
-    src, out = ctx.axes(ctx.arg(0)), ctx.out()
+def reduce(ctx: RuleContext) -> None:
+    """Kept axes map to the output; reduced axes vanish.
+
+    Only a sum, or a vector norm with ``p > 0``, of values that are zero where the channels'
+    members are zero is zero-invariant over a channel axis: a mean, variance, max, product
+    or logsumexp changes when a zero is added, and a sum of ``sigmoid(h)`` gets 0.5 per
+    removed channel.
+    """
+    if ctx.arg("other") is not None:  # torch.max(a, b): elementwise
+        pointwise(ctx)
+        return
+    src = ctx.axes(ctx.input)
     if src is None:
         return
-    spatial = _spatial_dims(ctx)
-    ctx.same(src[: len(src) - spatial], out[: len(out) - spatial])
+    ctx.read_all()
+    outs = ctx.outputs()
+    nd = len(src)
+    dim = ctx.arg("dim")
+    if dim is None or dim == [] or dim == ():
+        dims = set(range(nd))
+    else:
+        dims = {d % max(nd, 1) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+    keep = bool(ctx.arg("keepdim", False))
+    for d in dims:
+        reason = _reduction_mix(ctx, d)
+        if reason:
+            ctx.mix([src[d]], reason)
+    kept = [src[d] for d in range(nd) if d not in dims]
+    for out in outs:
+        ctx.same(kept, [out[d] for d in range(nd) if d not in dims] if keep else out)
 
 
-def _spatial_dims(ctx: RuleContext) -> int:
-    target = ctx.node.target
-    if target is F.pad:
-        return len(ctx.arg(1, "pad")) // 2
-    name = getattr(target, "__name__", "") if not isinstance(target, str) else target
-    for k in (1, 2, 3):
-        if name.endswith(f"{k}d"):
-            return k
-    return max(ctx.meta(ctx.arg(0)).ndim - 2, 0)
+def _reduction_mix(ctx: RuleContext, d: int) -> str | None:
+    op = ctx.call.op
+    label = getattr(op, "__name__", str(op))
+    if op in _NORMS:
+        p = ctx.arg("p", ctx.arg("ord", 2))
+        if not (p is None or p == "fro" or (isinstance(p, (int, float)) and p > 0)):
+            return f"{label} with p={p} over an axis at {ctx.where()}"
+    elif op not in _SUMS:
+        return f"{label} over an axis at {ctx.where()}"
+    breaker = zero_breaker(ctx.input, d, ctx.modules)
+    if breaker is not None:
+        return f"{label} over an axis at {ctx.where()} of values not zero for removed channels (at {breaker})"
+    return None
+
+
+@register_function_rule(F.normalize)
+def normalize_vectors(ctx: RuleContext) -> None:
+    """``x / ||x||_p`` along ``dim``: zero-invariant there like the norm itself."""
+    pointwise(ctx)
+    d = ctx.arg("dim", 1) % ctx.meta(ctx.input).ndim
+    reason = _reduction_mix(ctx, d)
+    if reason:
+        ctx.mix([ctx.out()[d]], reason)
+
+
+# -- spatial ops ---------------------------------------------------------------------------
+
+_SPATIAL_FUNCTIONS = {
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
+    F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3,
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.interpolate: -1,
+    F.upsample: -1, F.upsample_nearest: -1, F.upsample_bilinear: -1,
+}  # fmt: skip
+
+
+@register_function_rule(*_SPATIAL_FUNCTIONS)
+def spatial_function(ctx: RuleContext) -> None:
+    """Ops on the trailing (spatial) axes only: the leading axes pass through."""
+    ctx.read_all()
+    k = _SPATIAL_FUNCTIONS[ctx.call.op]
+    spatial_axes(ctx, k if k > 0 else max(ctx.meta(ctx.input).ndim - 2, 0))
+
+
+def spatial_axes(ctx: RuleContext, k: int) -> None:
+    """Leading axes pass through; the ``k`` trailing (spatial) output axes are pinned."""
+    src = ctx.axes(ctx.input)
+    if src is None:
+        return
+    for out in ctx.outputs():
+        ctx.same(src[: len(src) - k], out[: len(out) - k])
+        ctx.pin(out[len(out) - k :], f"spatial axis of {ctx.where()}")
+
+
+# -- sizes and fresh tensors ----------------------------------------------------------------
+
+_SHAPE_ARGS = {"size", "shape", "split_size", "chunks", "sizes", "repeats", "normalized_shape", "output_size", "dims"}
+
+
+@register_function_rule(torch.Tensor.size, torch.Tensor.shape, torch.numel)
+@register_method_rule("numel")
+def axis_lengths(ctx: RuleContext) -> None:
+    """Reading an axis length is harmless where it only shapes tensors (``view(B, -1)``);
+    a length used as a value (``h.sum(1) / h.size(1)``) changes when channels are removed."""
+    src = ctx.axes(ctx.input)
+    if src is None:
+        return
+    dim = ctx.arg("dim")
+    nd = len(src)
+    reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd)]
+    for user, axes in reads:
+        ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")
+
+
+def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[fx.Node, list[int]]]:
+    """(tensor-valued node using a length as a value, which axes' lengths) pairs."""
+    found: list[tuple[fx.Node, list[int]]] = []
+    todo: list[tuple[fx.Node, list[int]]] = [(node, axes if axes is not None else list(range(nd)))]
+    seen: set[fx.Node] = set()
+    while todo:
+        n, read = todo.pop()
+        for user in n.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            chosen = read
+            if n is node and axes is None and user.target is operator.getitem:  # x.shape[1], x.size()[2:]
+                index = user.args[1]
+                chosen = [index % nd] if isinstance(index, int) else list(range(nd))[index] if isinstance(index, slice) else read
+            value = user.meta.get("skg.value")
+            if user.op == "output":
+                found.append((user, chosen))
+            elif not isinstance(value, Tensor):
+                todo.append((user, chosen))
+            elif user.op == "call_module" or not _only_shapes(user, n):
+                found.append((user, chosen))
+    return found
+
+
+def _only_shapes(user: fx.Node, length: fx.Node) -> bool:
+    from .normalize import normalize
+
+    call = normalize(user)
+    uses = [k for k, v in call.args.items() if _contains(v, length)]
+    return call.bound and all(k in _SHAPE_ARGS for k in uses)
+
+
+def _contains(v: object, node: fx.Node) -> bool:
+    if v is node:
+        return True
+    if isinstance(v, (tuple, list)):
+        return any(_contains(e, node) for e in v)
+    if isinstance(v, dict):
+        return any(_contains(e, node) for e in v.values())
+    return False
 
 
 @register_function_rule(
-    builtins.getattr,
-    torch.Tensor.size,
-    torch.Tensor.dim,
-    torch.empty,
-    torch.zeros,
-    torch.ones,
-    torch.rand,
-    torch.randn,
-    torch.full,
-    torch.arange,
-)
-@register_method_rule("size", "dim", "numel", "new_zeros", "new_ones", "new_empty", "new_full")
-def no_coupling(ctx: RuleContext) -> None:
-    """Ops whose result carries no channel of its inputs (shapes, fresh tensors)."""
+    builtins.getattr, torch.Tensor.dim, torch.Tensor.ndim, torch.Tensor.dtype, torch.Tensor.device, torch.empty,
+    torch.zeros, torch.ones, torch.rand, torch.randn, torch.full, torch.arange, torch.zeros_like, torch.ones_like,
+    torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like, torch.tensor, torch.linspace,
+)  # fmt: skip
+@register_method_rule("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")
+def fresh_tensor(ctx: RuleContext) -> None:
+    """Ops whose result carries no channel of its inputs (shapes, fresh tensors): pinned."""
+    ctx.read_all()
     for axes in ctx.outputs():
         ctx.pin(axes, f"fresh tensor from {ctx.where()}")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
+from .context import RuleContext
+from .ops_layers import link_conv
 from .ops_tensor import pointwise
-from .rules import RuleContext, register_function_rule, register_module_rule
+from .rules import register_function_rule, register_module_rule
 
 
 def channels_first_norm(ctx: RuleContext) -> None:
     """LayerNorm over the channel axis 1 of (B, C, H, W): per-channel affine, channels mix."""
     pointwise(ctx)
     channel = [ctx.out()[1]]
-    ctx.graph.mix(channel[0], f"normalised by {ctx.where()}")
+    ctx.mix(channel, f"normalised by {ctx.where()}")
     for attr in ("weight", "bias"):
         if getattr(ctx.module, attr, None) is not None:
             ctx.same(ctx.param(attr), channel)
@@ -20,26 +20,26 @@ def channels_first_norm(ctx: RuleContext) -> None:
         ctx.pin(channel, f"{ctx.where()} has no affine parameters to resize")
 
 
-@register_function_rule(F.layer_norm, F.rms_norm)
-def layer_norm_function(ctx: RuleContext) -> None:
-    """Functional layer norm: its ``normalized_shape`` is a literal, so the normalised axes pin."""
-    pointwise(ctx)
-    shape = ctx.arg(1, "normalized_shape")
-    out = ctx.out()
-    k = len(shape) if isinstance(shape, (tuple, list)) else 1
-    ctx.pin(out[len(out) - k :], f"literal normalized_shape at {ctx.where()}")
+def standardized_conv(ctx: RuleContext) -> None:
+    """timm's weight-standardised convolutions (NFNet, BiT): each output row is standardised
+    over its fan-in. A zeroed row stays zero, so output channels are exact; removing an input
+    channel changes every row's mean and variance, so input channels are not zero-invariant."""
+    m = ctx.module
+    x, out = ctx.axes(ctx.input), ctx.out()
+    assert x is not None and m is not None
+    w = ctx.param("weight", (0, 1))
+    co = link_conv(ctx, x, w, out, spatial=len(m.kernel_size), groups=m.groups, transposed=False)  # type: ignore[arg-type]
+    ctx.mix([w[1]], f"weight standardisation over the fan-in of {ctx.where()}")
+    for attr in ("bias", "gain"):
+        if getattr(m, attr, None) is not None:
+            ctx.same(ctx.param(attr, (0,)), [out[co]])
 
 
 def _register_optional() -> None:
     try:
         import torchvision.ops
 
-        from .ops_tensor import unary
-
-        register_function_rule(torchvision.ops.stochastic_depth)(unary)
-    except ImportError:
-        pass
-    try:
+        register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
         from torchvision.models.convnext import LayerNorm2d as TvLayerNorm2d
 
         register_module_rule(TvLayerNorm2d)(channels_first_norm)
@@ -47,8 +47,10 @@ def _register_optional() -> None:
         pass
     try:
         from timm.layers import LayerNorm2d as TimmLayerNorm2d
+        from timm.layers.std_conv import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 
         register_module_rule(TimmLayerNorm2d)(channels_first_norm)
+        register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
     except ImportError:
         pass
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -12,11 +13,16 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import TraceError
+from .meta import META
+from .ops_layers import SAME_SHAPE_MODULES
+from .rules import inherits_forward, module_rule
+
+# Layers whose output has their input's shape: no need to run them, even on meta.
+_SAME_SHAPE = (*SAME_SHAPE_MODULES, nn.modules.batchnorm._BatchNorm)
 
 __all__ = ["Inputs", "normalize_inputs", "trace"]
 
 Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
-META = "skg.value"  # node.meta key: the node's value computed on the meta device
 
 
 def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -79,9 +85,7 @@ class _Tracer(fx.Tracer):
     """torch.nn layers and every layer type with a registered rule stay leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .rules import has_own_module_rule
-
-        return super().is_leaf_module(m, qualname) or has_own_module_rule(m)
+        return super().is_leaf_module(m, qualname) or module_rule(m) is not None
 
 
 def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -157,13 +161,6 @@ class _MetaRunner(fx.Interpreter):
         return torch.func.functional_call(mod, state, args, kwargs, tie_weights=False, strict=False)
 
 
-# Layers whose output has their input's shape: no need to run them, even on meta.
-_SAME_SHAPE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
-    nn.Hardtanh, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.modules.batchnorm._BatchNorm,
-)  # fmt: skip
-
-
 # Arithmetic whose result is just the broadcast of its operands: meta kernels for these run
 # through Python reference implementations (slow); the shape and dtype are all we need.
 _BROADCAST_OPS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, "add", "sub", "mul"}
@@ -189,26 +186,31 @@ def _broadcast_only(target: Any, args: Any, kwargs: Any) -> Tensor | None:
 
 def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
     """The output of common layers from shapes alone, checking what the layer would check."""
-    if isinstance(mod, nn.Linear):
+    cls = type(mod)
+    if inherits_forward(cls, nn.Linear):
         if x.shape[-1:] != mod.weight.shape[1:]:
             raise TraceError(
                 f"shape propagation failed at layer {target}: expected {mod.weight.shape[1]} features, got input {tuple(x.shape)}"
             )
         return x.new_empty((*x.shape[:-1], mod.weight.shape[0]))
-    if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+    if inherits_forward(cls, nn.LayerNorm) and mod.weight is not None:
         width = tuple(mod.weight.shape)
-        fits = tuple(x.shape[-len(width) :]) == width if type(mod) is nn.LayerNorm else x.ndim > 1 and (x.shape[1],) == width
-        if not fits:
+        if tuple(x.shape[-len(width) :]) != width:
             raise TraceError(
                 f"shape propagation failed at layer {target}: normalised shape {width} does not fit input {tuple(x.shape)}"
             )
         return torch.empty_like(x)
-    if isinstance(mod, _SAME_SHAPE):
+    if _same_shape(cls):
         n = getattr(mod, "num_features", None)
         if n is not None and (x.ndim < 2 or x.shape[1] != n):
             raise _layer_error(target, f"expected {n} channels, got input {tuple(x.shape)}")
         return torch.empty_like(x)
     return None
+
+
+@lru_cache(maxsize=None)
+def _same_shape(cls: type) -> bool:
+    return any(inherits_forward(cls, k) for k in _SAME_SHAPE)
 
 
 def _layer_error(target: str, detail: str) -> TraceError:

@@ -111,6 +111,7 @@ class _Channels:
     """Channels that share one signature: which parameter axes they touch, and how often."""
 
     params: tuple[int, ...]  # parameter node index per occurrence, sorted
+    produced: bool  # some parameter (or weight) produces these channels
     pin: str | None
     mix: str | None
     positions: list[list[int]]  # per channel, positions matching ``params``
@@ -121,7 +122,7 @@ def resolve_groups(graph: AxisGraph) -> list[Group]:
     found: list[tuple[tuple[int, int], Group]] = []
     for component in nx.connected_components(graph.g):
         nodes = sorted(component)
-        if not any(n[0] == "p" for n in nodes):
+        if not any(n[0] == "p" for n in nodes) or all(graph.size(n) <= 1 for n in nodes):
             continue
         for ch in _channels(graph, nodes):
             found.append(_group(graph, nodes, ch))
@@ -141,7 +142,8 @@ def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
     mix = next((r for n in nodes for r in g.nodes[n]["mixes"]), None)
     if all(d["ia"] is None and d["ib"] is None for _, _, d in g.edges(nodes, data=True)):
         size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
-        return [_Channels(tuple(params), pin, mix, [[q] * len(params) for q in range(size)])]
+        produced = any(g.nodes[n].get("producer", False) for n in nodes)
+        return [_Channels(tuple(params), produced, pin, mix, [[q] * len(params) for q in range(size)])]
     return _slot_channels(graph, nodes, params)
 
 
@@ -173,6 +175,9 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
         return out
 
     pins, mixes = flag("pins"), flag("mixes")
+    produced = {
+        int(lab) for i, n in enumerate(nodes) if g.nodes[n].get("producer", False) for lab in label[offset[i] : offset[i + 1]]
+    }
     lab = np.concatenate([label[offset[i] : offset[i + 1]] for i in params])
     nid = np.concatenate([np.full(sizes[i], i) for i in params])
     pos = np.concatenate([np.arange(sizes[i]) for i in params])
@@ -183,9 +188,9 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
     nid_list, pos_list = nid.tolist(), pos.tolist()
     by_key: dict[tuple, _Channels] = {}
     for channel, a, b in zip(lab[starts].tolist(), starts, ends):
-        key = (tuple(nid_list[a:b]), pins.get(channel), mixes.get(channel))
+        key = (tuple(nid_list[a:b]), channel in produced, pins.get(channel), mixes.get(channel))
         if key not in by_key:
-            by_key[key] = _Channels(key[0], key[1], key[2], [])
+            by_key[key] = _Channels(*key, [])
         by_key[key].positions.append(pos_list[a:b])
     return list(by_key.values())
 
@@ -218,8 +223,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     group = Group.model_construct(  # built from a consistent graph: validation is the loader's job
         name=name,
         size=len(pos),
-        prunable=ch.pin is None,
-        reason=ch.pin,
+        prunable=ch.pin is None and ch.produced,
+        reason=ch.pin if ch.pin is not None or ch.produced else "no parameter produces these channels",
         zero_invariant=ch.mix is None,
         members=members,
         ratio=None,

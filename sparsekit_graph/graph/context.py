@@ -1,0 +1,173 @@
+"""What a rule sees: the node in one spelling, its module, and helpers to reach and link axes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .axes import AxisGraph, AxisId
+from .meta import META
+from .normalize import Call, normalize
+
+__all__ = ["RuleContext"]
+
+
+@dataclass
+class RuleContext:
+    """The node under a rule, with its normalised arguments and the axis graph.
+
+    Rules read arguments by torch's names (``ctx.arg("dim")``; the primary tensor is
+    ``ctx.input``). The planner checks afterwards that every argument the call passed was
+    read (or is harmless), and that every output axis was linked to an input or parameter
+    axis, marked ``fresh``, or pinned; anything else is pinned, naming the rule.
+    """
+
+    graph: AxisGraph
+    node: fx.Node
+    prefix: str
+    module: nn.Module | None = None
+    module_name: str = ""
+    aliases: dict[str, str] | None = None  # get_attr node name -> parameter name
+    modules: dict[str, nn.Module] = field(default_factory=dict)  # the model's modules by name
+    read: set[str] = field(default_factory=set)
+    fresh_axes: set[AxisId] = field(default_factory=set)
+
+    # -- arguments -------------------------------------------------------------------
+    @property
+    def call(self) -> Call:
+        return normalize(self.node, self.module)
+
+    def arg(self, name: str | int, default: Any = None) -> Any:
+        """Argument ``name`` of the call (torch's name; ``"input"`` for the primary tensor),
+        or the ``name``-th argument in signature order."""
+        args = self.call.args
+        if isinstance(name, int):
+            keys = list(args)
+            if name >= len(keys):
+                return default
+            name = keys[name]
+        self.read.add(name)
+        return args.get(name, default)
+
+    @property
+    def input(self) -> Any:
+        return self.arg("input")
+
+    def read_all(self) -> None:
+        """Declare every argument understood (e.g. scalars of a pointwise op)."""
+        self.read.update(self.call.args)
+
+    def meta(self, x: Any) -> Any:
+        """The meta value of an argument (a node's traced value, or the literal itself)."""
+        return x.meta.get(META) if isinstance(x, fx.Node) else x
+
+    @property
+    def out_value(self) -> Any:
+        return self.node.meta.get(META)
+
+    # -- axes ------------------------------------------------------------------------
+    def axes(self, x: Any) -> list[AxisId] | None:
+        """Axes of a tensor-valued argument (None if it is not a tensor)."""
+        if not isinstance(x, fx.Node) or not isinstance(x.meta.get(META), Tensor):
+            return None
+        if self.aliases and x.name in self.aliases:
+            return self.graph.add_param(self.aliases[x.name], x.meta[META])
+        return self.graph.add_value(self.prefix + x.name, x.meta[META])
+
+    def out(self, i: int | None = None) -> list[AxisId]:
+        """Axes of the node's output, or of element ``i`` of a tuple output."""
+        value = self.out_value if i is None else self.out_value[i]
+        name = self.prefix + self.node.name + ("" if i is None else f".{i}")
+        return self.graph.add_value(name, value)
+
+    def param(self, attr: str, axes: tuple[int, ...] | None = None) -> list[AxisId]:
+        """Axes of the module's parameter/buffer ``attr`` (only ``axes`` if given)."""
+        if self.module is None:
+            raise ValueError(f"{self.where()} has no module")
+        t = getattr(self.module, attr)
+        name = f"{self.module_name}.{attr}" if self.module_name else attr
+        return self.graph.add_param(self.graph.canonical.get(id(t), name), t, axes)
+
+    def element_axes(self, x: Any, i: int) -> list[AxisId] | None:
+        """Axes of element ``i`` of a tuple-valued node (e.g. a part of ``chunk``)."""
+        value = self.meta(x)
+        if not isinstance(x, fx.Node) or not isinstance(value, (tuple, list)) or not isinstance(value[i], Tensor):
+            return None
+        return self.graph.add_value(f"{self.prefix}{x.name}.{i}", value[i])
+
+    def tensor_axes(self, name: str | None = None) -> list[list[AxisId]]:
+        """Axes of every tensor in argument ``name`` (or in all arguments): tensors, lists of
+        them, and the elements of tuple-valued nodes."""
+        if name is not None:
+            self.read.add(name)
+        found: list[fx.Node] = []
+        where = self.call.args.get(name) if name is not None else (self.node.args, self.node.kwargs)
+        fx.node.map_arg(where, lambda n: found.append(n) or n)
+        out: list[list[AxisId]] = []
+        for n in found:
+            value = n.meta.get(META)
+            if isinstance(value, Tensor):
+                out.append(self.axes(n))  # type: ignore[arg-type]
+            elif isinstance(value, (tuple, list)):
+                out += [a for i in range(len(value)) if (a := self.element_axes(n, i)) is not None]
+        return out
+
+    def outputs(self) -> list[list[AxisId]]:
+        """Axes of every tensor in the output (one entry per tensor)."""
+        v = self.out_value
+        if isinstance(v, Tensor):
+            return [self.out()]
+        if isinstance(v, (tuple, list)):
+            return [self.out(i) for i, t in enumerate(v) if isinstance(t, Tensor)]
+        return []
+
+    # -- edits -----------------------------------------------------------------------
+    def same(self, a: Iterable[AxisId], b: Iterable[AxisId]) -> None:
+        """Identity-link axes pairwise (skipping size-1 axes, which never couple)."""
+        for x, y in zip(a, b):
+            if self.graph.size(x) == self.graph.size(y) and self.graph.size(x) > 1:
+                self.graph.link(x, y)
+
+    def produce(self, source: AxisId, out: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
+        """``source`` (a parameter axis, or a weight passed in) determines output axis ``out``:
+        its channels are produced here. A group with no producer is never prunable."""
+        self.graph.link(source, out, ia, ib, kind=kind)
+        self.graph.g.nodes[source]["producer"] = True
+
+    def fresh(self, axes: Iterable[AxisId]) -> None:
+        """Output axes that follow no input on purpose (broadcast by ``expand``: size 1 -> n)."""
+        self.fresh_axes.update(axes)
+
+    def pin(self, axes: Iterable[AxisId], reason: str) -> None:
+        for a in axes:
+            self.graph.pin(a, reason)
+            self.graph.mix(a, reason)
+
+    def mix(self, axes: Iterable[AxisId], reason: str) -> None:
+        """Zeroing these axes' channels is not the same as removing them."""
+        for a in axes:
+            self.graph.mix(a, reason)
+
+    def pin_everything(self, reason: str) -> None:
+        """The safe default: no axis this op touches (or its module owns) may be pruned."""
+        for axes in self.tensor_axes():
+            self.pin(axes, reason)
+        for axes in self.outputs():
+            self.pin(axes, reason)
+        if self.module is not None:
+            for attr, t in (*self.module.named_parameters(recurse=True), *self.module.named_buffers(recurse=True)):
+                name = f"{self.module_name}.{attr}" if self.module_name else attr
+                if t.ndim:
+                    self.pin(self.graph.add_param(self.graph.canonical.get(id(t), name), t), reason)
+
+    def where(self) -> str:
+        """Human-readable location of the node for pin reasons."""
+        if self.node.op == "call_module":
+            return f"{type(self.module).__name__} {self.module_name}"
+        op = self.call.op
+        label = op if isinstance(op, str) else getattr(op, "__name__", None) or repr(op)
+        return f"{label} (node {self.node.name})"

@@ -1,0 +1,8 @@
+"""Keys of the analyses stored on ``node.meta`` (the ShapeProp idiom)."""
+
+from __future__ import annotations
+
+__all__ = ["CALL", "META"]
+
+META = "skg.value"  # the node's value computed on the meta device
+CALL = "skg.call"  # the node's normalised Call (see normalize.py)

@@ -1,0 +1,277 @@
+"""One spelling per op: every call bound to one canonical op and torch's own argument names.
+
+``x.mean(axis=(2, 3), keepdims=True)``, ``torch.mean(input=x, dim=(2, 3), keepdim=True)`` and
+``torch.mean(x, (2, 3), True)`` all become ``Call(torch.mean, {"input": x, "dim": (2, 3),
+"keepdim": True, ...})``. Methods map to their torch functions, numpy aliases to torch names
+(``axis``/``dim``, ``keepdims``/``keepdim``, ``x``/``a``/``x1``/``self``/``input``,
+``x2``/``other``), in-place variants (``add_``) to their op with ``inplace=True``, and tensor
+attributes read through ``getattr`` (``x.T``, ``x.shape``) to ``torch.Tensor.<attr>``.
+Arguments are bound against the Python signature where torch has one, else against the
+operator schemas, choosing the overload whose argument types fit the traced values; the
+plan for each spelling is cached. The primary tensor is always called ``input``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import operator
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .meta import CALL, META
+
+__all__ = ["CALL", "Call", "canonical_op", "normalize"]
+
+
+
+_KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
+_PRIMARY = ("input", "self", "tensor", "x", "a", "x1")  # names the primary tensor goes by
+_RENAME = {"self": "input", "split_size_or_sections": "split_size", "axis0": "dim0", "axis1": "dim1"}
+# Spellings of one op that torch exposes under several names.
+_OP_ALIASES: dict[Any, Any] = {
+    torch.concat: torch.cat, torch.concatenate: torch.cat, torch.swapaxes: torch.transpose,
+    torch.swapdims: torch.transpose, torch.subtract: torch.sub, torch.multiply: torch.mul,
+    torch.divide: torch.div, torch.true_divide: torch.div, torch.clip: torch.clamp, torch.absolute: torch.abs,
+    torch.negative: torch.neg, torch.nn.functional.sigmoid: torch.sigmoid, torch.nn.functional.tanh: torch.tanh,
+}  # fmt: skip
+_OPERATOR_NAMES = {operator.getitem: ("input", "index"), operator.setitem: ("input", "index", "value")}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A node's op and arguments in one spelling.
+
+    Attributes:
+        op: The canonical op: a torch function (``torch.cat``), a tensor method or attribute
+            (``torch.Tensor.view``, ``torch.Tensor.T``), an ``operator`` function, the module
+            type for ``call_module`` nodes, or the raw target when nothing is known about it.
+        args: Canonical argument name -> value (``fx.Node`` or literal), defaults filled in.
+        passed: The names the call gave explicitly.
+        inplace: The call mutates its input (``x.add_(y)``, ``x.relu_()``).
+        bound: False when the arguments could not be matched to any signature of ``op``.
+    """
+
+    op: Hashable
+    args: Mapping[str, Any] = field(default_factory=dict)
+    passed: frozenset[str] = frozenset()
+    inplace: bool = False
+    bound: bool = True
+
+
+def normalize(node: fx.Node, module: torch.nn.Module | None = None) -> Call:
+    """The node's ``Call`` (cached on ``node.meta["skg.call"]``)."""
+    call = node.meta.get(CALL)
+    if call is None:
+        call = _normalize(node, module)
+        node.meta[CALL] = call
+    return call
+
+
+def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None, bool]:
+    """(canonical op, what to bind arguments against, in-place?) for a call target or method name."""
+    if isinstance(target, str):  # a method name
+        inplace = target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target[:-1])
+        base = target[:-1] if inplace else target
+        fn = getattr(torch, base, None)
+        op = _OP_ALIASES.get(fn, fn) if callable(fn) and not isinstance(fn, type) else getattr(Tensor, base, target)
+        return op, getattr(Tensor, target, None) or target, inplace
+    method = getattr(Tensor, getattr(target, "__name__", ""), None)
+    if method is not None and method is target:  # torch.Tensor.contiguous called as a function
+        return canonical_op(target.__name__)
+    try:
+        return _OP_ALIASES.get(target, target), target, False
+    except TypeError:  # unhashable target
+        return target, target, False
+
+
+def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
+    if node.op == "call_module" and module is not None:
+        return _bind_python(type(module), module.forward, node.args, node.kwargs, first_is_input=True)
+    if node.op == "call_function" and node.target is builtins.getattr and len(node.args) == 2:
+        obj, attr = node.args
+        if isinstance(attr, str) and isinstance(_value(obj), Tensor) and hasattr(Tensor, attr):
+            return Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
+        return Call(builtins.getattr, {"input": obj, "name": attr}, frozenset({"input", "name"}))
+    if node.op not in ("call_function", "call_method"):
+        return Call(node.target, {}, frozenset(), bound=False)
+    op, against, inplace = canonical_op(node.target)
+    if node.target in _OPERATOR_NAMES or getattr(node.target, "__module__", None) == "_operator":
+        names = _OPERATOR_NAMES.get(node.target, ("input", "other", "third"))
+        args = dict(zip(names, node.args))
+        inplace = str(getattr(node.target, "__name__", "")).startswith("i") and node.target not in _OPERATOR_NAMES
+        return Call(op, args, frozenset(args), inplace)
+    call = _bind(op, against, node.args, dict(node.kwargs))
+    return Call(call.op, call.args, call.passed, inplace, call.bound)
+
+
+def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    kwargs = {_KW_ALIASES.get(k, k): v for k, v in kwargs.items()}
+    fn = against if callable(against) else None
+    if fn is not None and _python_signature(fn) is not None:
+        return _bind_python(op, fn, args, kwargs)
+    name = getattr(fn, "__name__", against if isinstance(against, str) else None)
+    if name:
+        for schema in _schemas(name):
+            bound = _bind_schema(schema, args, kwargs)
+            if bound is not None:
+                values, passed = bound
+                return Call(op, values, passed)
+    return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
+
+
+@lru_cache(maxsize=None)
+def _python_signature(fn: Any) -> inspect.Signature | None:
+    """The signature of a Python-level function (``F.pad``, ``Tensor.split``), or None for builtins."""
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+        return None
+    dispatched = torch._jit_internal.boolean_dispatched.get(fn)  # F.max_pool2d and friends
+    if dispatched is not None:
+        fn = dispatched["if_false"]
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    kinds = {p.kind for p in sig.parameters.values()}
+    return None if kinds == {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} else sig
+
+
+def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, first_is_input: bool = False) -> Call:
+    sig = _python_signature(fn)
+    if sig is None:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
+    params = list(sig.parameters.values())
+    first = params[0].name if params else None
+    kwargs = {_KW_ALIASES.get(k, k): v for k, v in kwargs.items()}
+    if first is not None:
+        kwargs = {(first if k in _PRIMARY and k not in sig.parameters else k): v for k, v in kwargs.items()}
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
+    passed = set(bound.arguments)
+    bound.apply_defaults()
+    values: dict[str, Any] = {}
+    for i, (k, v) in enumerate(bound.arguments.items()):
+        canon = "input" if i == 0 and (k in _PRIMARY or first_is_input) else _RENAME.get(k, k)
+        values[canon] = v
+        if k in passed:
+            passed.discard(k)
+            passed.add(canon)
+    return Call(op, values, frozenset(passed))
+
+
+# -- operator schemas -------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _schemas(name: str) -> tuple[Any, ...]:
+    """Overloads of ``aten::name`` without ``out=`` arguments or named dimensions."""
+    try:
+        found = torch._C._jit_get_schemas_for_operator(f"aten::{name}")
+    except RuntimeError:
+        return ()
+    keep = []
+    for s in found:
+        if any(a.is_out for a in s.arguments) or "Dimname" in str(s):
+            continue
+        keep.append(s)
+    return tuple(keep)
+
+
+def _bind_schema(schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]] | None:
+    params = list(schema.arguments)
+    positional = [p for p in params if not p.kwarg_only]
+    names = [p.name for p in params]
+    args = _pack_varargs(positional, args)
+    if args is None:
+        return None
+    given: dict[str, Any] = {p.name: v for p, v in zip(positional, args)}
+    for k, v in kwargs.items():
+        key = k if k in names else (names[0] if k in _PRIMARY and names and names[0] in _PRIMARY else None)
+        if key is None or key in given:
+            return None
+        given[key] = v
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.name in given:
+            if not _fits(p, given[p.name]):
+                return None
+            values[p.name] = given[p.name]
+        elif p.has_default_value():
+            values[p.name] = p.default_value
+        else:
+            return None
+    out = {("input" if i == 0 and k in _PRIMARY else _RENAME.get(k, k)): v for i, (k, v) in enumerate(values.items())}
+    passed = frozenset(("input" if names.index(k) == 0 and k in _PRIMARY else _RENAME.get(k, k)) for k in given)
+    return out, passed
+
+
+def _pack_varargs(positional: list[Any], args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``x.view(2, 3)`` / ``x.permute(0, 2, 1)``: trailing ints fill one list argument."""
+    if len(args) <= len(positional):
+        return args
+    for k, p in enumerate(positional):
+        if str(p.real_type).startswith("List["):
+            if len(positional) == k + 1 and all(_is_int(a) for a in args[k:]):
+                return (*args[:k], tuple(args[k:]))
+            return None
+    return None
+
+
+def _value(x: Any) -> Any:
+    return x.meta.get(META) if isinstance(x, fx.Node) else x
+
+
+def _is_int(x: Any) -> bool:
+    v = _value(x)
+    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, torch.SymInt)
+
+
+def _fits(param: Any, x: Any) -> bool:
+    """Could this traced value be passed for a schema argument?"""
+    t = str(param.real_type)
+    if t.startswith("Optional["):
+        if x is None:
+            return True
+        t = t[len("Optional[") : -1]
+    if t.startswith("List["):
+        elem = t[len("List[") : -1]
+        v = _value(x)
+        if isinstance(v, torch.Size):
+            return elem in ("int", "SymInt")
+        if isinstance(x, (tuple, list)):
+            return all(_fits_type(elem, e) for e in x)
+        return param.N is not None and elem in ("int", "SymInt") and _is_int(x)  # int[1] also takes an int
+    return _fits_type(t, x)
+
+
+def _fits_type(t: str, x: Any) -> bool:
+    v = _value(x)
+    if t == "Tensor":
+        return isinstance(v, Tensor)
+    if isinstance(v, Tensor):
+        return False
+    checks: dict[str, Callable[[Any], bool]] = {
+        "int": lambda _: _is_int(x),
+        "SymInt": lambda _: _is_int(x),
+        "bool": lambda v: isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float, bool, complex)),
+        "ScalarType": lambda v: isinstance(v, torch.dtype),
+        "str": lambda v: isinstance(v, str),
+        "MemoryFormat": lambda v: isinstance(v, torch.memory_format),
+        "Layout": lambda v: isinstance(v, torch.layout),
+        "Device": lambda v: isinstance(v, (torch.device, str, int)),
+    }
+    check = checks.get(t)
+    return check(v) if check is not None else True

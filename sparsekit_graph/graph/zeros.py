@@ -1,0 +1,122 @@
+"""Where zeroing a group's parameters makes a value zero: the condition for exact reductions.
+
+A reduction over a channel axis (``sum``, a vector norm) is zero-invariant only if a removed
+channel contributes exactly nothing: the reduced value must be zero wherever the group's
+members are zero. ``zero_breaker(node, axis)`` walks the producers of a value and returns
+the first node that breaks this (``sigmoid``, an added constant, an unknown op), or None.
+The walk is conservative: anything it does not know breaks zeros.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .meta import META
+from .normalize import normalize
+
+__all__ = ["zero_breaker"]
+
+# f(0) == 0 elementwise, one tensor operand.
+_ZERO_UNARY = {
+    torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
+    F.hardtanh, torch.tanh, torch.neg, torch.abs, torch.sin, torch.sqrt, torch.square, torch.erf, torch.sign,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone, torch.Tensor.contiguous,
+    torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double,
+    torch.Tensor.type_as, torch.Tensor.detach, torch.Tensor.data, operator.neg, operator.pos, operator.abs, torch.tanh,
+}  # fmt: skip
+_ZERO_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh,
+    nn.Hardtanh, nn.Tanhshrink, nn.Softsign, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
+)  # fmt: skip
+# Outputs whose channels are made by parameters that the group zeroes (rows and bias).
+_PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_ADDITIVE = {torch.add, torch.sub, operator.add, operator.sub, operator.iadd, operator.isub}
+_PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
+_PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT}
+
+
+def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int = 0) -> str | None:
+    """None if ``node``'s entries along ``axis`` are zero where the channel's members are; else
+    the name of the first node on the way that breaks it."""
+    if depth > 64:
+        return node.name
+    value = node.meta.get(META)
+    if not isinstance(value, Tensor):
+        return None  # a Python scalar: multiplies or divides, handled by the caller
+    if node.op == "get_attr":
+        return None  # a parameter on this axis is a member of the group: zeroed with it
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if isinstance(m, _PRODUCERS):
+            channel = value.ndim - 1 if isinstance(m, nn.Linear) else min(1, value.ndim - 1)
+            if axis % value.ndim == channel and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine):
+                return None
+            return node.name
+        if isinstance(m, _ZERO_MODULES):
+            return _walk(node.args[0], axis, modules, depth)
+        return node.name
+    if node.op not in ("call_function", "call_method"):
+        return node.name
+    call = normalize(node)
+    if any(u is not node and _mutates(u, node) for u in node.users):
+        return node.name
+    src = call.args.get("input")
+    if call.op in _ZERO_UNARY:
+        return _walk(src, axis, modules, depth)
+    if call.op in _PERMUTES:
+        return _walk(src, _permuted_source(call, axis, value.ndim), modules, depth)
+    if call.op in _ADDITIVE or call.op in _PRODUCT:
+        operands = [call.args.get("input"), call.args.get("other")]
+        reasons = [_operand(x, axis, value, modules, depth) for x in operands]
+        if call.op in _PRODUCT and call.op not in (torch.div, operator.truediv, operator.itruediv):
+            return None if None in reasons else reasons[0]
+        if call.op in _PRODUCT:  # a / b: zero where a is
+            return reasons[0]
+        return next((r for r in reasons if r is not None), None)
+    return node.name
+
+
+def _operand(x: object, axis: int, out: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:
+    if not isinstance(x, fx.Node) or not isinstance(x.meta.get(META), Tensor):
+        return "a constant" if x not in (0, 0.0) else None
+    v = x.meta[META]
+    k = axis % out.ndim - (out.ndim - v.ndim)  # right-aligned broadcasting
+    if k < 0 or v.shape[k] != out.shape[axis % out.ndim]:
+        return x.name  # broadcast along the axis: the same value lands on every channel
+    return zero_breaker(x, k, modules, depth + 1)
+
+
+def _walk(x: object, axis: int | None, modules: dict[str, nn.Module], depth: int) -> str | None:
+    if axis is None or not isinstance(x, fx.Node):
+        return "an unknown operand"
+    return zero_breaker(x, axis, modules, depth + 1)
+
+
+def _permuted_source(call: object, axis: int, ndim: int) -> int | None:
+    op, args = call.op, call.args  # type: ignore[attr-defined]
+    axis %= ndim
+    if op is torch.permute:
+        dims = args.get("dims")
+        return dims[axis] % ndim if isinstance(dims, (tuple, list)) and len(dims) == ndim else None
+    if op is torch.Tensor.T:
+        return ndim - 1 - axis
+    if op in (torch.transpose, torch.t, torch.Tensor.mT):
+        a, b = (args.get("dim0"), args.get("dim1")) if op is torch.transpose else (ndim - 2, ndim - 1)
+        if ndim < 2 or not isinstance(a, int) or not isinstance(b, int):
+            return axis
+        a, b = a % ndim, b % ndim
+        return b if axis == a else a if axis == b else axis
+    return None
+
+
+def _mutates(user: fx.Node, node: fx.Node) -> bool:
+    """``user`` changes ``node`` in place with an op that could break zeros."""
+    if user.op not in ("call_function", "call_method"):
+        return False
+    call = normalize(user)
+    return call.inplace and call.args.get("input") is node and call.op not in _ZERO_UNARY and call.op not in _PRODUCT
