@@ -77,6 +77,19 @@ class AxisGraph:
         if reason not in pins:
             pins.append(reason)
 
+    def pinned(self, axis: AxisId) -> bool:
+        """Is this axis, or one identity-linked to it so far, pinned?"""
+        seen, todo = {axis}, [axis]
+        while todo:
+            a = todo.pop()
+            if self.g.nodes[a]["pins"]:
+                return True
+            for _, b, d in self.g.edges(a, data=True):
+                if d["ia"] is None and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        return False
+
     def mix(self, axis: AxisId, reason: str) -> None:
         mixes = self.g.nodes[axis]["mixes"]
         if reason not in mixes:

@@ -8,7 +8,7 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .ops_tensor import _offset_link, pointwise, reshape_axes, spatial_axes
+from .ops_tensor import _offset_link, flatten_axes, pointwise, reshape_axes, spatial_axes
 from .rules import register_function_rule, register_module_rule
 
 __all__ = ["SAME_SHAPE_MODULES"]
@@ -248,10 +248,7 @@ def pixel_shuffle(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.Flatten)
 def flatten_module(ctx: RuleContext) -> None:
-    nd = ctx.meta(ctx.input).ndim
-    m = ctx.module
-    start, end = m.start_dim % nd, m.end_dim % nd  # type: ignore[union-attr]
-    reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=[(list(range(start, end + 1)), [start])])
+    flatten_axes(ctx, ctx.module.start_dim, ctx.module.end_dim)  # type: ignore[union-attr]
 
 
 @register_module_rule(nn.Unflatten)

@@ -130,9 +130,16 @@ def reverse_axes(ctx: RuleContext) -> None:
 
 @register_function_rule(torch.flatten)
 def flatten(ctx: RuleContext) -> None:
+    flatten_axes(ctx, ctx.arg("start_dim", 0), ctx.arg("end_dim", -1))
+
+
+def flatten_axes(ctx: RuleContext, start: int, end: int) -> None:
+    """Axes ``start..end`` merge into one; the others pass through."""
     nd = max(ctx.meta(ctx.input).ndim, 1)
-    start, end = ctx.arg("start_dim", 0) % nd, ctx.arg("end_dim", -1) % nd
-    reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=[(list(range(start, end + 1)), [start])])
+    start, end = start % nd, end % nd
+    groups = [([d], [d]) for d in range(start)] + [(list(range(start, end + 1)), [start])]
+    groups += [([d], [d - (end - start)]) for d in range(end + 1, nd)]
+    reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=groups)
 
 
 @register_function_rule(torch.reshape)
@@ -211,7 +218,7 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
         if not carriers_b:
             ctx.pin([src[d] for d in big_a], f"reshape with constant size at {where}")
             continue
-        free_a = [d for d in big_a if not ctx.graph.g.nodes[src[d]]["pins"]]
+        free_a = [d for d in big_a if not ctx.graph.pinned(src[d])] if len(big_a) > 1 else big_a
         ca, cb = (free_a or big_a)[0], carriers_b[0]
         ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
         ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
@@ -394,7 +401,7 @@ def getitem(ctx: RuleContext) -> None:
 # -- reductions ----------------------------------------------------------------------------
 
 _SUMS = {torch.sum, torch.nansum}
-_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm}
+_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, F.normalize}
 
 
 @register_function_rule(

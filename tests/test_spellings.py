@@ -1,0 +1,241 @@
+"""Models written the ways strangers write PyTorch: every one is exact or pinned, never wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import check_oracle
+from torch import nn
+
+import sparsekit_graph as skg
+
+
+class ConvBlock(nn.Module):
+    """conv-BN-ReLU -> ``body`` -> 1x1 conv -> head; ``body`` is the spelling under test."""
+
+    def __init__(self, body, c: int = 8) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.b = nn.Conv2d(c, 4, 1)
+        self.body = body
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.a(x)))
+        return self.b(self.body(h))
+
+
+SPELLINGS = {
+    "permute_dims_kw": lambda h: h.permute(dims=(0, 2, 3, 1)).permute(0, 3, 1, 2),
+    "permute_varargs": lambda h: h.permute(0, 2, 3, 1).permute(*(0, 3, 1, 2)),
+    "torch_permute": lambda h: torch.permute(h, (0, 2, 3, 1)).permute([0, 3, 1, 2]),
+    "cat_axis": lambda h: torch.cat([h, h], axis=1)[:, : h.shape[1]] if False else torch.cat([h, h], axis=1).chunk(2, 1)[0],
+    "concat_dim": lambda h: torch.concat((h, h), dim=1).chunk(2, dim=1)[1],
+    "reshape_kw": lambda h: h.reshape(shape=(h.shape[0], h.shape[1], -1)).reshape(h.shape),
+    "view_varargs": lambda h: h.view(h.size(0), h.size(1), -1).view(h.size()),
+    "transpose_swap": lambda h: torch.swapaxes(h.transpose(1, 2), 2, 1),
+    "T_T": lambda h: h.T.T,
+    "mT": lambda h: h.mT.mT,
+    "data_detach": lambda h: h.data + h.detach(),
+    "contiguous_fn": lambda h: torch.Tensor.contiguous(h) if False else h.contiguous().clone(),
+    "inplace": lambda h: h.mul_(2).relu_(),
+    "mul_kw": lambda h: torch.mul(input=h, other=h),
+    "add_alpha": lambda h: torch.add(h, h, alpha=2),
+    "sigmoid_gate": lambda h: h * torch.sigmoid(h.mean(axis=(2, 3), keepdims=True)),
+    "mean_input_kw": lambda h: h * torch.mean(input=h, dim=(2, 3), keepdim=True),
+    "chunk_slice_cat": lambda h: torch.cat(torch.cat([h, h, h, h], 1).chunk(4, 1)[1:], 1).chunk(3, 1)[0],
+    "split_list": lambda h: torch.cat(h.split([3, 5], dim=1), dim=1),
+    "pad_channels": lambda h: F.pad(h, (0, 0, 0, 0, 2, 2))[:, 2:-2] if False else F.pad(h, (1, 1, 1, 1))[..., 1:-1, 1:-1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPELLINGS))
+def test_spelling_is_exact(name: str, tmp_path: Path) -> None:
+    model = ConvBlock(_Fn(SPELLINGS[name]))
+    check_oracle(model, torch.randn(2, 3, 6, 6), tmp_path, min_drop=0.0, require=False)
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h):
+        return self.fn(h)
+
+
+def _plan(body, c: int = 8) -> skg.Plan:
+    return skg.plan(ConvBlock(_Fn(body), c), torch.randn(2, 3, 6, 6))
+
+
+def _key(plan: skg.Plan) -> list[tuple]:
+    return [(g.size, g.prunable, g.zero_invariant, tuple((m.param, m.axis, m.start, m.stop) for m in g.members)) for g in plan.groups]
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (lambda h: h.permute(0, 2, 3, 1).permute(0, 3, 1, 2), lambda h: h.permute(dims=(0, 2, 3, 1)).permute(dims=[0, 3, 1, 2])),
+        (lambda h: h.mean((2, 3), True) * h, lambda h: h.mean(axis=(2, 3), keepdims=True) * h),
+        (lambda h: torch.mean(h, (2, 3), True) * h, lambda h: torch.mean(input=h, dim=(2, 3), keepdim=True) * h),
+        (lambda h: torch.cat([h, h], 1).chunk(2, 1)[0], lambda h: torch.cat(tensors=[h, h], axis=1).chunk(chunks=2, dim=1)[0]),
+        (lambda h: h.sum(1, keepdim=True) * h, lambda h: torch.sum(h, axis=1, keepdims=True) * h),
+        (lambda h: h.transpose(1, 3).transpose(1, 3), lambda h: torch.swapaxes(torch.transpose(h, 3, 1), 1, 3)),
+    ],
+    ids=["permute", "mean_method", "mean_function", "cat_chunk", "sum", "transpose"],
+)
+def test_two_spellings_give_one_plan(a, b) -> None:
+    assert _key(_plan(a)) == _key(_plan(b))
+
+
+def test_sum_of_sigmoid_is_not_zero_invariant() -> None:
+    """A removed channel adds sigmoid(0) = 0.5 to the sum."""
+    plan = _plan(lambda h: h * torch.sigmoid(h).sum(1, keepdim=True))
+    assert not plan.group("a:out").zero_invariant
+    plan = _plan(lambda h: h * torch.relu(h).sum(1, keepdim=True))
+    assert plan.group("a:out").zero_invariant
+
+
+def test_sum_over_size_is_not_zero_invariant() -> None:
+    """``h.sum(1) / h.size(1)`` is a mean: the divisor changes with the channel count."""
+    assert not _plan(lambda h: h * (h.sum(1, keepdim=True) / h.size(1))).group("a:out").zero_invariant
+    assert not _plan(lambda h: h * (h.sum(1, keepdim=True) / h.shape[1])).group("a:out").zero_invariant
+    assert _plan(lambda h: h.view(h.size(0), h.size(1), -1).view(h.shape)).group("a:out").zero_invariant
+
+
+def test_l2_norm_over_channels_is_zero_invariant(tmp_path: Path) -> None:
+    model = ConvBlock(_Fn(lambda h: F.normalize(h, dim=1) + h / (h.norm(dim=1, keepdim=True) + 1e-3)))
+    plan = skg.plan(model, torch.randn(2, 3, 6, 6))
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant
+    check_oracle(model, torch.randn(2, 3, 6, 6), tmp_path, min_drop=0.0)
+
+
+class OptionA(nn.Module):
+    """The CIFAR ResNet "option A" shortcut: subsample and zero-pad the channel axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.pad3d = nn.ConstantPad3d((0, 0, 0, 0, 2, 2), 0.0)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        short = F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4), "constant", 0)
+        y = torch.relu(self.conv(h) + short)
+        z = self.pad3d(y)
+        return self.head(z.mean((2, 3)))
+
+
+def test_channel_padding_is_modelled(tmp_path: Path) -> None:
+    model = OptionA()
+    plan = skg.plan(model, torch.randn(2, 3, 8, 8))
+    stem = plan.group("stem:out")
+    assert stem.prunable, stem.reason
+    check_oracle(model, torch.randn(2, 3, 8, 8), tmp_path, min_drop=0.0)
+
+
+class TransposedWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 10)
+        self.w = nn.Parameter(torch.randn(4, 10))  # used as w.T
+
+    def forward(self, x):
+        return F.linear(torch.relu(self.fc(x)), self.w.T.T) + 0 * F.linear(torch.relu(self.fc(x)).T.T, self.w)
+
+
+def test_parameter_through_transpose(tmp_path: Path) -> None:
+    model = TransposedWeight()
+    plan = skg.plan(model, torch.randn(3, 6))
+    assert plan.group("fc:out").prunable
+    check_oracle(model, torch.randn(3, 6), tmp_path, min_drop=0.0)
+
+
+class FlattenSpatial(nn.Module):
+    """A 1-channel conv, or a channels-last permute, flattened into a Linear."""
+
+    def __init__(self, channels_last: bool, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.fc = nn.Linear(c * 16, 5)
+        self.channels_last = channels_last
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if self.channels_last:
+            h = h.permute(0, 2, 3, 1)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("channels_last, c", [(False, 1), (True, 4), (True, 1)])
+def test_spatial_axes_never_become_groups(channels_last: bool, c: int, tmp_path: Path) -> None:
+    model = FlattenSpatial(channels_last, c)
+    x = torch.randn(2, 3, 4, 4)
+    plan = skg.plan(model, x)
+    for g in plan.prunable:
+        assert any(m.param == "conv.weight" and m.axis == 0 for m in g.members), g
+    if c > 1:
+        assert plan.group("conv:out").prunable  # channels-last: the channel axis carries through flatten
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+class MyLN(nn.LayerNorm):
+    pass
+
+
+class MyLinear(nn.Linear):
+    pass
+
+
+class SeqLN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.ln, self.fc2, self.fc3 = MyLinear(8, 16), MyLN(16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):  # (B, L, C)
+        return self.fc3(F.gelu(self.fc2(self.ln(self.fc1(x)))))
+
+
+def test_layer_subclasses_use_their_parents_rules(tmp_path: Path) -> None:
+    model = SeqLN()
+    x = torch.randn(2, 5, 8)
+    plan = skg.plan(model, x)
+    assert {m.param for m in plan.group("fc1:out").members} >= {"fc1.weight", "ln.weight", "fc2.weight"}
+    assert not plan.group("fc1:out").zero_invariant
+    assert plan.group("fc2:out").zero_invariant
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+class Unknown(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)
+
+
+def test_unknown_op_pins_and_says_so() -> None:
+    plan = _plan(lambda h: torch.cumsum(h, dim=1))
+    g = plan.group("a:out")
+    assert not g.prunable and "cumsum" in (g.reason or "")
+
+
+def test_unmodelled_argument_pins() -> None:
+    """``F.pad`` with reflect mode on channels cannot be pruned; nor can a rule's unread argument."""
+
+    @skg.register_function_rule(torch.roll)
+    def _roll(ctx: skg.RuleContext) -> None:  # reads only the input: shifts/dims unmodelled
+        ctx.same(ctx.axes(ctx.input), ctx.out())
+
+    g = _plan(lambda h: torch.roll(h, 1, 1)).group("a:out")
+    assert not g.prunable and "shifts" in (g.reason or "")
+
+
+def test_rule_leaving_an_axis_unlinked_pins() -> None:
+    @skg.register_function_rule(torch.flip)
+    def _flip(ctx: skg.RuleContext) -> None:  # forgets to link anything
+        ctx.axes(ctx.input), ctx.arg("dims")
+
+    g = _plan(lambda h: torch.flip(h, [1])).group("a:out")
+    assert not g.prunable and "unlinked" in (g.reason or "")
