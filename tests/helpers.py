@@ -47,6 +47,23 @@ def assert_close_rel(a: Tensor, b: Tensor, rtol: float = 1e-4) -> None:
     assert err <= rtol * scale + 1e-6, f"max abs error {err:.3g} vs output scale {scale:.3g}"
 
 
+def fingerprint(model: nn.Module) -> tuple:
+    """Everything plan/prune must leave alone: tensors (bitwise), flags, hooks, requires_grad."""
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    flags = [(n, m.training, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()]
+    grads = [(n, p.requires_grad) for n, p in model.named_parameters()]
+    return state, flags, grads
+
+
+def assert_untouched(model: nn.Module, before: tuple, when: str) -> None:
+    state, flags, grads = fingerprint(model)
+    assert state.keys() == before[0].keys(), f"{when}: state_dict keys changed"
+    changed = [k for k, v in before[0].items() if not torch.equal(v, state[k])]
+    assert not changed, f"{when}: changed {changed[:5]}"
+    assert flags == before[1], f"{when}: training flags or hooks changed"
+    assert grads == before[2], f"{when}: requires_grad changed"
+
+
 def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float = 0.05, require: bool = True) -> skg.PruneResult:
     """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness.
 
@@ -54,15 +71,15 @@ def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float
     shuffle ties every channel into one.
     """
     realistic_bn(model, x)
+    before = fingerprint(model)
     plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
     plan.save(tmp_path / "plan.json")
     assert skg.Plan.load(tmp_path / "plan.json") == plan
     plan.check(model)
     assert plan.prunable or not require, "nothing prunable"
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-
     result = skg.prune(model, plan, ratio=0.5)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), "input model changed"
+    assert_untouched(model, before, "prune")
     small = result.model.eval()
     with torch.no_grad():
         dense_out, small_out = first_tensor(model(x)), first_tensor(small(x))

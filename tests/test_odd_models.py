@@ -97,3 +97,66 @@ def test_tied_weights_keep_one_name_and_stay_tied() -> None:
     result = skg.prune(model, plan, ratio=0.5)
     assert result.model.h.weight is result.model.h2.weight
     assert result.model(torch.randn(2, 4)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "resnet10t"])
+def test_timm_models_stay_untouched(name: str, tmp_path: Path) -> None:
+    """timm's BatchNormAct2d reads ``self.training`` and counts batches while being traced."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    model.train()  # a user's model mid-training: the train-mode trace must not count a batch
+    check_oracle(model, torch.randn(2, 3, 64, 64), tmp_path)
+
+
+class WeightNormed(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        wrap = {
+            "weight_norm": nn.utils.parametrizations.weight_norm,
+            "spectral_norm": nn.utils.parametrizations.spectral_norm,
+        }[how]
+        self.a, self.b = wrap(nn.Conv2d(3, 8, 3, padding=1)), wrap(nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+
+def test_weight_norm_is_planned_through(tmp_path: Path) -> None:
+    model = WeightNormed("weight_norm")
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    group = plan.group("a.parametrizations.weight.original1:0")
+    assert group.prunable and not group.zero_invariant  # a zeroed row divides by a zero norm
+    params = {m.param for m in group.members}
+    assert {"a.parametrizations.weight.original0", "b.parametrizations.weight.original1", "a.bias"} <= params
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert small.a.out_channels == 4 and small.a.weight.shape == (4, 3, 3, 3)
+    assert small(x).shape == (2, 2)
+
+
+def test_other_parametrizations_pin_with_the_reason() -> None:
+    plan = skg.plan(WeightNormed("spectral_norm"), torch.randn(2, 3, 6, 6))
+    assert not plan.prunable
+    assert any("_SpectralNorm" in (g.reason or "") for g in plan.groups)
+
+
+def test_weight_standardised_convolutions(tmp_path: Path) -> None:
+    """timm StdConv2d / ScaledStdConv2d (BiT, NFNet): rows exact, fan-in not zero-invariant."""
+    std_conv = pytest.importorskip("timm.layers.std_conv")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = std_conv.StdConv2d(3, 8, 3, padding=1), std_conv.ScaledStdConv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+    model, x = Net(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    a, b = plan.group("a:out"), plan.group("b:out")
+    assert a.prunable and not a.zero_invariant  # the fan-in statistics of b change
+    assert b.prunable and b.zero_invariant and "b.gain" in {m.param for m in b.members}
+    check_oracle(model, x, tmp_path, min_drop=0.0)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
 
 from .axes import AxisGraph, AxisId
 from .meta import META
@@ -85,12 +87,37 @@ class RuleContext:
         return self.graph.add_value(name, value)
 
     def param(self, attr: str, axes: tuple[int, ...] | None = None) -> list[AxisId]:
-        """Axes of the module's parameter/buffer ``attr`` (only ``axes`` if given)."""
-        if self.module is None:
+        """Axes of the module's parameter/buffer ``attr`` (only ``axes`` if given).
+
+        A weight-normed parameter (``torch.nn.utils.parametrizations.weight_norm``) stands for
+        its direction ``original1`` with the magnitude ``original0`` on its norm axis; any other
+        parametrization, or a tensor the module computes itself, raises (the rule then pins).
+        """
+        m = self.module
+        if m is None:
             raise ValueError(f"{self.where()} has no module")
-        t = getattr(self.module, attr)
-        name = f"{self.module_name}.{attr}" if self.module_name else attr
-        return self.graph.add_param(self.graph.canonical.get(id(t), name), t, axes)
+        prefix = f"{self.module_name}." if self.module_name else ""
+        if parametrize.is_parametrized(m, attr):
+            return self._parametrized(attr, prefix, axes)
+        t = getattr(m, attr)
+        if id(t) not in self.graph.canonical:
+            raise ValueError(f"{prefix}{attr} is computed by the layer, not a parameter or buffer")
+        return self.graph.add_param(self.graph.canonical[id(t)], t, axes)
+
+    def _parametrized(self, attr: str, prefix: str, axes: tuple[int, ...] | None) -> list[AxisId]:
+        plist = self.module.parametrizations[attr]  # type: ignore[union-attr, index]
+        norm = plist[0] if len(plist) == 1 else None
+        if not isinstance(norm, _WeightNorm) or norm.dim is None:
+            kinds = ", ".join(type(p).__name__ for p in plist)
+            raise ValueError(f"parametrization {kinds} of {prefix}{attr} is not modelled")
+        g, v = plist.original0, plist.original1
+        base = f"{prefix}parametrizations.{attr}"
+        direction = self.graph.add_param(self.graph.canonical.get(id(v), f"{base}.original1"), v)
+        magnitude = self.graph.add_param(self.graph.canonical.get(id(g), f"{base}.original0"), g, (norm.dim % v.ndim,))
+        row = direction[norm.dim % v.ndim]
+        self.same(magnitude, [row])
+        self.graph.mix(row, f"weight norm of {prefix}{attr}: a zeroed row divides by a zero norm")
+        return direction if axes is None else [direction[a] for a in axes]
 
     def element_axes(self, x: Any, i: int) -> list[AxisId] | None:
         """Axes of element ``i`` of a tuple-valued node (e.g. a part of ``chunk``)."""

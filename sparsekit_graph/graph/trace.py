@@ -38,14 +38,21 @@ def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str,
 
 @contextmanager
 def _mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Put every submodule in train/eval mode and restore each one's own flag after."""
+    """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
+    buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
+    while its Python code runs under the tracer)."""
     flags = {m: m.training for m in model.modules()}
+    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
     model.train(train)
     try:
         yield
     finally:
         for m, flag in flags.items():
             m.training = flag
+        with torch.no_grad():
+            for b, version, saved in buffers:
+                if b._version != version:
+                    b.copy_(saved)
 
 
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
