@@ -42,8 +42,11 @@ class AxisGraph:
     slots_resolved: int = 0  # indices resolved one by one (work counter)
     rule_applications: int = 0
 
+    sizes: dict[AxisId, int] = field(default_factory=dict)  # every axis and its size
+
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
-        if axis not in self.g:
+        if axis not in self.sizes:
+            self.sizes[axis] = int(size)
             self.g.add_node(axis, size=int(size), pins=[], mixes=[])
         return axis
 
@@ -59,7 +62,7 @@ class AxisGraph:
         return [self.add_axis(param_axis(name, i), t.shape[i]) for i in dims]
 
     def size(self, axis: AxisId) -> int:
-        return int(self.g.nodes[axis]["size"])
+        return self.sizes[axis]
 
     def link(self, a: AxisId, b: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
         """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index)."""

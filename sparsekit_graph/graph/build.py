@@ -20,20 +20,21 @@ HARMLESS_ARGUMENTS = frozenset(
 )  # fmt: skip
 
 
-def add_traced_graph(graph: AxisGraph, gm: fx.GraphModule, model: nn.Module, prefix: str = "") -> None:
+def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model: nn.Module, prefix: str = "") -> None:
     """Add the axes and couplings of one traced forward to ``graph``.
 
     Values are named ``prefix + node name``; parameters by their qualified names, so the
     training and evaluation traces of one model share parameter axes.
     """
+    nodes = traced.graph.nodes if isinstance(traced, fx.GraphModule) else traced.nodes
     every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
     for n, t in every.items():  # a tied tensor keeps its first name
         graph.canonical.setdefault(id(t), n)
     aliases = {
-        n.name: graph.canonical[id(every[str(n.target)])] for n in gm.graph.nodes if n.op == "get_attr" and str(n.target) in every
+        n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every
     }
     modules = dict(model.named_modules())
-    for node in gm.graph.nodes:
+    for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = str(node.target) if module is not None else ""
         ctx = RuleContext(graph, node, prefix, module, name, aliases, modules)

@@ -93,7 +93,7 @@ def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None
 
 def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
     if node.op == "call_module" and module is not None:
-        return _bind_python(type(module), module.forward, node.args, node.kwargs, first_is_input=True)
+        return _bind_module(type(module), node.args, node.kwargs)
     if node.op == "call_function" and node.target is builtins.getattr and len(node.args) == 2:
         obj, attr = node.args
         if isinstance(attr, str) and isinstance(_value(obj), Tensor) and hasattr(Tensor, attr):
@@ -129,8 +129,11 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
 @lru_cache(maxsize=None)
 def _python_signature(fn: Any) -> inspect.Signature | None:
     """The signature of a Python-level function (``F.pad``, ``Tensor.split``), or None for builtins."""
-    if not (inspect.isfunction(fn) or inspect.ismethod(fn)):
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, _MethodOf)):
         return None
+    if isinstance(fn, _MethodOf):
+        sig = inspect.signature(fn.fn)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
     dispatched = torch._jit_internal.boolean_dispatched.get(fn)  # F.max_pool2d and friends
     if dispatched is not None:
         fn = dispatched["if_false"]
@@ -140,6 +143,30 @@ def _python_signature(fn: Any) -> inspect.Signature | None:
         return None
     kinds = {p.kind for p in sig.parameters.values()}
     return None if kinds == {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} else sig
+
+
+def _bind_module(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    """A module call: the common ``forward(x)`` without inspecting anything, else bound."""
+    if not kwargs and len(args) == 1 and _single_input(cls):
+        return Call(cls, {"input": args[0]}, frozenset({"input"}))
+    return _bind_python(cls, _MethodOf(cls.forward), args, kwargs, first_is_input=True)
+
+
+@lru_cache(maxsize=None)
+def _single_input(cls: type) -> bool:
+    """``cls.forward(self, x)`` takes exactly one required argument and nothing else."""
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class _MethodOf:
+    """An unbound ``forward`` whose signature drops ``self`` (hashable for the signature cache)."""
+
+    fn: Callable[..., Any]
 
 
 def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, first_is_input: bool = False) -> Call:

@@ -12,6 +12,7 @@ every axis it touches, and the plan says why.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
@@ -27,6 +28,7 @@ __all__ = [
     "find_rule",
     "inherits_forward",
     "module_rule",
+    "module_rule_for",
     "register_function_rule",
     "register_method_rule",
     "register_module_rule",
@@ -44,6 +46,7 @@ def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
     def deco(rule: Rule) -> Rule:
         for t in types:
             _MODULE_RULES[t] = rule
+        module_rule_for.cache_clear()
         return rule
 
     return deco
@@ -76,7 +79,12 @@ def inherits_forward(cls: type, base: type) -> bool:
 def module_rule(module: nn.Module) -> Rule | None:
     """The rule that applies to this layer as it is: registered for its type, or for the
     nearest base class whose ``forward`` it does not override. Such layers are traced as leaves."""
-    cls = type(module)
+    return module_rule_for(type(module))
+
+
+@lru_cache(maxsize=None)
+def module_rule_for(cls: type) -> Rule | None:
+    """``module_rule`` by class."""
     for klass in cls.__mro__:
         if klass in _MODULE_RULES and (klass is cls or inherits_forward(cls, klass)):
             return _MODULE_RULES[klass]

@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from ..errors import TraceError
 from .meta import META
 from .ops_layers import SAME_SHAPE_MODULES
-from .rules import inherits_forward, module_rule
+from .rules import inherits_forward, module_rule_for
 
 # Layers whose output has their input's shape: no need to run them, even on meta.
 _SAME_SHAPE = (*SAME_SHAPE_MODULES, nn.modules.batchnorm._BatchNorm)
 
-__all__ = ["Inputs", "normalize_inputs", "trace"]
+__all__ = ["Inputs", "normalize_inputs", "trace", "trace_graph"]
 
 Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
@@ -41,14 +41,15 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
     """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
     buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
     while its Python code runs under the tracer)."""
-    flags = {m: m.training for m in model.modules()}
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
     buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
     model.train(train)
     try:
         yield
     finally:
-        for m, flag in flags.items():
-            m.training = flag
+        for m, flag in zip(modules, flags):
+            object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
         with torch.no_grad():
             for b, version, saved in buffers:
                 if b._version != version:
@@ -56,6 +57,11 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
 
 
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
+    """``trace_graph`` as a runnable ``GraphModule`` over ``model``."""
+    return fx.GraphModule(model, trace_graph(model, example_inputs, train=train, shapes=shapes), type(model).__name__)
+
+
+def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
     Every node gets ``node.meta["skg.value"]``: its output as meta tensors (or a structure
@@ -77,22 +83,21 @@ def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shap
         try:
             tracer = _Tracer()
             graph = tracer.trace(model, concrete_args=concrete)
-            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
             raise TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
                 "Make the data-dependent part a leaf module, or register a rule for it."
             ) from e
         if shapes:
-            _propagate(gm, model, args, kwargs)
-    return gm
+            _propagate(graph, model, args, kwargs)
+    return graph
 
 
 class _Tracer(fx.Tracer):
     """torch.nn layers and every layer type with a registered rule stay leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return super().is_leaf_module(m, qualname) or module_rule(m) is not None
+        return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
 
 
 def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -125,8 +130,8 @@ def _to_meta(x: Any) -> Any:
 class _MetaRunner(fx.Interpreter):
     """Runs the graph on meta tensors; modules run with meta copies of their own state."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module) -> None:
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(model, garbage_collect_values=False, graph=graph)
         self.model = model
         self._state: dict[str, dict[str, Tensor]] = {}
 
@@ -194,6 +199,8 @@ def _broadcast_only(target: Any, args: Any, kwargs: Any) -> Tensor | None:
 def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
     """The output of common layers from shapes alone, checking what the layer would check."""
     cls = type(mod)
+    if cls in _PLAIN_CONVS or any(inherits_forward(cls, c) for c in _PLAIN_CONVS):
+        return _conv_shape(mod, x, target)  # type: ignore[arg-type]
     if inherits_forward(cls, nn.Linear):
         if x.shape[-1:] != mod.weight.shape[1:]:
             raise TraceError(
@@ -220,6 +227,27 @@ def _same_shape(cls: type) -> bool:
     return any(inherits_forward(cls, k) for k in _SAME_SHAPE)
 
 
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_shape(mod: nn.modules.conv._ConvNd, x: Tensor, target: str) -> Tensor:
+    """A convolution's output from its hyperparameters, with the checks the layer makes."""
+    k = len(mod.kernel_size)
+    if x.ndim not in (k + 1, k + 2) or x.shape[-k - 1] != mod.in_channels:
+        raise _layer_error(target, f"expected {mod.in_channels} input channels, got input {tuple(x.shape)}")
+    spatial = []
+    for i, n in enumerate(x.shape[-k:]):
+        span = mod.dilation[i] * (mod.kernel_size[i] - 1) + 1
+        if mod.padding == "same":
+            spatial.append(n)
+            continue
+        pad = 0 if mod.padding == "valid" else 2 * mod.padding[i]  # type: ignore[index]
+        if n + pad < span:
+            raise _layer_error(target, f"input {tuple(x.shape)} is smaller than the kernel")
+        spatial.append((n + pad - span) // mod.stride[i] + 1)
+    return x.new_empty((*x.shape[: -k - 1], mod.out_channels, *spatial))
+
+
 def _layer_error(target: str, detail: str) -> TraceError:
     return TraceError(f"shape propagation failed at layer {target}: {detail}")
 
@@ -229,8 +257,8 @@ def _describe(n: fx.Node) -> str:
     return f"{n.op} {target}"
 
 
-def _propagate(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+def _propagate(graph: fx.Graph, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     flat: list[Any] = list(args)
     for n in placeholders[len(args) :]:
         if n.target in kwargs:
@@ -245,4 +273,4 @@ def _propagate(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...], kwar
     if len(flat) > len(placeholders):
         raise TraceError(f"{len(flat)} example inputs given, the model's forward takes {len(placeholders)}")
     with torch.no_grad():
-        _MetaRunner(gm, model).run(*flat)
+        _MetaRunner(model, graph).run(*flat)

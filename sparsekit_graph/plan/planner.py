@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
-from ..graph.trace import Inputs, normalize_inputs, trace
+from ..graph.trace import Inputs, normalize_inputs, trace_graph
 from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan
 
@@ -56,12 +56,12 @@ def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
 def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True) -> AxisGraph:
     """The axis graph of the eval forward, plus the train forward where it differs."""
     graph = AxisGraph()
-    gm = trace(model, example_inputs, train=False)
+    gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
     if train_graph and _reads_training(model):
-        gm_train = trace(model, example_inputs, train=True, shapes=False)
+        gm_train = trace_graph(model, example_inputs, train=True, shapes=False)
         if _calls(gm_train) != _calls(gm):
-            gm_train = trace(model, example_inputs, train=True)
+            gm_train = trace_graph(model, example_inputs, train=True)
             add_traced_graph(graph, gm_train, model, prefix="train:")
     return graph
 
@@ -89,8 +89,8 @@ def _code_reads(code: CodeType, name: str) -> bool:
     return name in code.co_names or any(isinstance(c, CodeType) and _code_reads(c, name) for c in code.co_consts)
 
 
-def _calls(gm: fx.GraphModule) -> list[tuple[str, str]]:
-    return [(n.op, str(n.target)) for n in gm.graph.nodes]
+def _calls(graph: fx.Graph) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in graph.nodes]
 
 
 def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
@@ -114,7 +114,7 @@ class _Channels:
     produced: bool  # some parameter (or weight) produces these channels
     pin: str | None
     mix: str | None
-    positions: list[list[int]]  # per channel, positions matching ``params``
+    positions: list[list[int]] | np.ndarray  # (channels, len(params)): positions matching ``params``
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:
@@ -143,7 +143,8 @@ def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
     if all(d["ia"] is None and d["ib"] is None for _, _, d in g.edges(nodes, data=True)):
         size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
         produced = any(g.nodes[n].get("producer", False) for n in nodes)
-        return [_Channels(tuple(params), produced, pin, mix, [[q] * len(params) for q in range(size)])]
+        positions = np.repeat(np.arange(size, dtype=np.int64)[:, None], len(params), axis=1)
+        return [_Channels(tuple(params), produced, pin, mix, positions)]
     return _slot_channels(graph, nodes, params)
 
 
