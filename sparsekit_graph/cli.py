@@ -28,7 +28,7 @@ def _fail(e: SparseKitError) -> None:
 
 @app.command()
 def plan(
-    spec: str = typer.Argument(..., help="torchvision:resnet18, timm:NAME, hf:NAME or file.py:factory"),
+    spec: str = typer.Argument(..., help="torchvision:resnet18, timm:NAME or file.py:factory"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="Where to write the plan (JSON)."),
     ignore: list[str] = typer.Option([], "--ignore", help="Module or parameter names to pin."),
 ) -> None:

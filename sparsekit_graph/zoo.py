@@ -1,5 +1,5 @@
 """Model specs for the CLI and examples: ``torchvision:resnet18``, ``timm:convnext_tiny``,
-``hf:gpt2`` (built from its config, never downloaded), ``path/to/file.py:factory``."""
+``path/to/file.py:factory``."""
 
 from __future__ import annotations
 
@@ -28,10 +28,12 @@ def load_spec(spec: str, *, batch: int = 1, image_size: int | None = None, seed:
     if kind == "timm":
         return _timm(name, batch, image_size)
     if kind == "hf":
-        return _hf(name, batch)
+        raise SparseKitError(
+            f"model spec {spec!r}: Hugging Face models cannot be planned yet (they need torch.export tracing)"
+        )
     if kind.endswith(".py"):
         return _file(Path(kind), name, batch)
-    raise SparseKitError(f"model spec {spec!r}: unknown source {kind!r} (torchvision, timm, hf or a .py file)")
+    raise SparseKitError(f"model spec {spec!r}: unknown source {kind!r} (torchvision, timm or a .py file)")
 
 
 def _torchvision(name: str, batch: int, image_size: int | None) -> tuple[nn.Module, Any]:
@@ -56,18 +58,6 @@ def _timm(name: str, batch: int, image_size: int | None) -> tuple[nn.Module, Any
         raise SparseKitError(f"timm has no model {name!r}") from e
     size = image_size or model.default_cfg.get("input_size", (3, 224, 224))[-1]
     return model.eval(), torch.randn(batch, 3, size, size)
-
-
-def _hf(name: str, batch: int) -> tuple[nn.Module, Any]:
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        config = AutoConfig.for_model(name)
-    except ValueError as e:
-        raise SparseKitError(f"transformers has no model type {name!r}") from e
-    model = AutoModel.from_config(config)
-    ids = torch.randint(0, getattr(config, "vocab_size", 1000), (batch, 16))
-    return model.eval(), {"input_ids": ids}
 
 
 def _file(path: Path, factory: str, batch: int) -> tuple[nn.Module, Any]:
