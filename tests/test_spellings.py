@@ -239,3 +239,56 @@ def test_rule_leaving_an_axis_unlinked_pins() -> None:
 
     g = _plan(lambda h: torch.flip(h, [1])).group("a:out")
     assert not g.prunable and "unlinked" in (g.reason or "")
+
+
+class Products(nn.Module):
+    """The same layer as ``nn.Linear``, ``F.linear``, ``@`` with ``.T``, ``torch.matmul`` or ``addmm``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(6, 8), nn.Linear(5, 2)
+        self.w, self.b = nn.Parameter(torch.randn(5, 8)), nn.Parameter(torch.randn(5))
+        self.how = how
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        y = {
+            "linear": lambda: F.linear(h, self.w, self.b),
+            "matmul_T": lambda: h @ self.w.T + self.b,
+            "matmul_fn": lambda: torch.matmul(h, self.w.t()) + self.b,
+            "addmm": lambda: torch.addmm(self.b, h, self.w.mT),
+        }[self.how]()
+        return self.head(torch.relu(y))
+
+
+@pytest.mark.parametrize("how", ["matmul_T", "matmul_fn", "addmm"])
+def test_products_are_linear_layers(how: str, tmp_path: Path) -> None:
+    x = torch.randn(4, 6)
+    model = Products(how)
+    assert _key(skg.plan(model, x)) == _key(skg.plan(Products("linear"), x))
+    assert skg.plan(model, x).group("w:0").prunable
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+class Attention(nn.Module):
+    def __init__(self, gate: bool) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(8, 6), nn.Linear(8, 6), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.gate = gate
+
+    def forward(self, x):  # (B, L, 8)
+        q, k = self.q(x), self.k(x)
+        if self.gate:
+            q, k = torch.sigmoid(q), torch.sigmoid(k)
+        a = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return self.o(a @ self.v(x))
+
+
+def test_contraction_of_activations(tmp_path: Path) -> None:
+    """q @ k^T sums over the q/k channels: exact if zeros survive to the product, not after sigmoid."""
+    x = torch.randn(2, 5, 8)
+    plan = skg.plan(Attention(gate=False), x)
+    qk = plan.group("q:out")
+    assert qk.prunable and qk.zero_invariant and {"q.weight", "k.weight"} <= {m.param for m in qk.members}
+    assert not skg.plan(Attention(gate=True), x).group("q:out").zero_invariant
+    check_oracle(Attention(gate=False), x, tmp_path, min_drop=0.0)

@@ -41,6 +41,10 @@ _OP_ALIASES: dict[Any, Any] = {
     torch.divide: torch.div, torch.true_divide: torch.div, torch.clip: torch.clamp, torch.absolute: torch.abs,
     torch.negative: torch.neg, torch.nn.functional.sigmoid: torch.sigmoid, torch.nn.functional.tanh: torch.tanh,
 }  # fmt: skip
+_OPERATOR_INPLACE = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod, operator.ipow,
+    operator.iand, operator.ior, operator.ixor, operator.imatmul, operator.ilshift, operator.irshift,
+}  # fmt: skip
 _OPERATOR_NAMES = {operator.getitem: ("input", "index"), operator.setitem: ("input", "index", "value")}
 
 
@@ -105,7 +109,7 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
     if node.target in _OPERATOR_NAMES or getattr(node.target, "__module__", None) == "_operator":
         names = _OPERATOR_NAMES.get(node.target, ("input", "other", "third"))
         args = dict(zip(names, node.args))
-        inplace = str(getattr(node.target, "__name__", "")).startswith("i") and node.target not in _OPERATOR_NAMES
+        inplace = node.target in _OPERATOR_INPLACE
         return Call(op, args, frozenset(args), inplace)
     call = _bind(op, against, node.args, dict(node.kwargs))
     return Call(call.op, call.args, call.passed, inplace, call.bound)
@@ -288,17 +292,19 @@ def _fits_type(t: str, x: Any) -> bool:
         return isinstance(v, Tensor)
     if isinstance(v, Tensor):
         return False
-    checks: dict[str, Callable[[Any], bool]] = {
-        "int": lambda _: _is_int(x),
-        "SymInt": lambda _: _is_int(x),
-        "bool": lambda v: isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, (int, float, bool, complex)),
-        "ScalarType": lambda v: isinstance(v, torch.dtype),
-        "str": lambda v: isinstance(v, str),
-        "MemoryFormat": lambda v: isinstance(v, torch.memory_format),
-        "Layout": lambda v: isinstance(v, torch.layout),
-        "Device": lambda v: isinstance(v, (torch.device, str, int)),
-    }
-    check = checks.get(t)
+    if t in ("int", "SymInt"):
+        return _is_int(x)
+    check = _SCALAR_CHECKS.get(t)
     return check(v) if check is not None else True
+
+
+_SCALAR_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "bool": lambda v: isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float, bool, complex)),
+    "ScalarType": lambda v: isinstance(v, torch.dtype),
+    "str": lambda v: isinstance(v, str),
+    "MemoryFormat": lambda v: isinstance(v, torch.memory_format),
+    "Layout": lambda v: isinstance(v, torch.layout),
+    "Device": lambda v: isinstance(v, (torch.device, str, int)),
+}
