@@ -28,9 +28,7 @@ def load_spec(spec: str, *, batch: int = 1, image_size: int | None = None, seed:
     if kind == "timm":
         return _timm(name, batch, image_size)
     if kind == "hf":
-        raise SparseKitError(
-            f"model spec {spec!r}: Hugging Face models cannot be planned yet (they need torch.export tracing)"
-        )
+        raise SparseKitError(f"model spec {spec!r}: Hugging Face models cannot be planned yet (they need torch.export tracing)")
     if kind.endswith(".py"):
         return _file(Path(kind), name, batch)
     raise SparseKitError(f"model spec {spec!r}: unknown source {kind!r} (torchvision, timm or a .py file)")

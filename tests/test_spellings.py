@@ -71,7 +71,8 @@ def _plan(body, c: int = 8) -> skg.Plan:
 
 
 def _key(plan: skg.Plan) -> list[tuple]:
-    return [(g.size, g.prunable, g.zero_invariant, tuple((m.param, m.axis, m.start, m.stop) for m in g.members)) for g in plan.groups]
+    members = lambda g: tuple((m.param, m.axis, m.start, m.stop) for m in g.members)  # noqa: E731
+    return [(g.size, g.prunable, g.zero_invariant, members(g)) for g in plan.groups]
 
 
 @pytest.mark.parametrize(
@@ -292,3 +293,19 @@ def test_contraction_of_activations(tmp_path: Path) -> None:
     assert qk.prunable and qk.zero_invariant and {"q.weight", "k.weight"} <= {m.param for m in qk.members}
     assert not skg.plan(Attention(gate=True), x).group("q:out").zero_invariant
     check_oracle(Attention(gate=False), x, tmp_path, min_drop=0.0)
+
+
+def test_function_form_inplace_ops_share_the_rule(tmp_path: Path) -> None:
+    plan = _plan(lambda h: torch.relu_(torch.sigmoid_(h.clone())) * h)
+    assert plan.group("a:out").prunable
+    check_oracle(ConvBlock(_Fn(lambda h: torch.relu_(h * 1.0) + h)), torch.randn(2, 3, 6, 6), tmp_path, min_drop=0.0)
+
+
+def test_slice_assignment_is_refused_by_name() -> None:
+    def write(h):
+        out = torch.zeros_like(h)
+        out[:, :4] = h[:, :4]
+        return out
+
+    with pytest.raises(skg.TraceError, match="item assignment"):
+        _plan(write)

@@ -30,9 +30,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
     for n, t in every.items():  # a tied tensor keeps its first name
         graph.canonical.setdefault(id(t), n)
-    aliases = {
-        n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every
-    }
+    aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
     modules = dict(model.named_modules())
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None

@@ -18,7 +18,7 @@ import inspect
 import operator
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -28,7 +28,6 @@ from torch import Tensor
 from .meta import CALL, META
 
 __all__ = ["CALL", "Call", "canonical_op", "normalize"]
-
 
 
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
@@ -86,9 +85,13 @@ def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None
         fn = getattr(torch, base, None)
         op = _OP_ALIASES.get(fn, fn) if callable(fn) and not isinstance(fn, type) else getattr(Tensor, base, target)
         return op, getattr(Tensor, target, None) or target, inplace
-    method = getattr(Tensor, getattr(target, "__name__", ""), None)
+    name = getattr(target, "__name__", "")
+    method = getattr(Tensor, name, None) if isinstance(name, str) else None
     if method is not None and method is target:  # torch.Tensor.contiguous called as a function
         return canonical_op(target.__name__)
+    if isinstance(name, str) and name.endswith("_") and getattr(torch, name, None) is target:
+        if callable(getattr(torch, name[:-1], None)):
+            return canonical_op(name[:-1])[0], target, True  # torch.relu_(x): in place
     try:
         return _OP_ALIASES.get(target, target), target, False
     except TypeError:  # unhashable target
@@ -130,7 +133,7 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
     return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _python_signature(fn: Any) -> inspect.Signature | None:
     """The signature of a Python-level function (``F.pad``, ``Tensor.split``), or None for builtins."""
     if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, _MethodOf)):
@@ -156,7 +159,7 @@ def _bind_module(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Ca
     return _bind_python(cls, _MethodOf(cls.forward), args, kwargs, first_is_input=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _single_input(cls: type) -> bool:
     """``cls.forward(self, x)`` takes exactly one required argument and nothing else."""
     try:
@@ -204,7 +207,7 @@ def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
 # -- operator schemas -------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schemas(name: str) -> tuple[Any, ...]:
     """Overloads of ``aten::name`` without ``out=`` arguments or named dimensions."""
     try:

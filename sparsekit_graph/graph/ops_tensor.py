@@ -602,7 +602,7 @@ def link_matmul(ctx: RuleContext, a_node: object, b_node: object, out: list) -> 
     ctx.graph.link(ka, kb)
     rows, cols = va[-2], vb[-1]
     tail = [x for x in (rows, cols) if x is not None]
-    for operand, axis, node in ((a, rows, a_node), (b, cols, b_node)):
+    for axis, node in ((rows, a_node), (cols, b_node)):
         if axis is None:
             continue
         target = out[len(out) - len(tail) + tail.index(axis)]
@@ -632,3 +632,9 @@ def addmm(ctx: RuleContext) -> None:
     bias = ctx.axes(ctx.input)
     if bias is not None:
         ctx.same(reversed(bias), reversed(out))
+
+
+@register_function_rule(operator.setitem)
+def setitem(ctx: RuleContext) -> None:
+    """``out[:, a:b] = y`` writes through a view: nothing it touches may be pruned."""
+    ctx.pin_everything(f"slice assignment at {ctx.where()}")

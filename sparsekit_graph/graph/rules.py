@@ -12,7 +12,7 @@ every axis it touches, and the plan says why.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
@@ -82,7 +82,7 @@ def module_rule(module: nn.Module) -> Rule | None:
     return module_rule_for(type(module))
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_rule_for(cls: type) -> Rule | None:
     """``module_rule`` by class."""
     for klass in cls.__mro__:

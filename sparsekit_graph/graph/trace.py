@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -222,7 +222,7 @@ def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _same_shape(cls: type) -> bool:
     return any(inherits_forward(cls, k) for k in _SAME_SHAPE)
 

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from torch import nn
 
 from ..errors import PlanError
 from .layout import strided_layout
-from .schema import Plan
+
+if TYPE_CHECKING:  # schema imports this module for ``Plan.check``; no runtime import back
+    from .schema import Plan
 
 __all__ = ["check_plan"]
 
 
 def check_plan(plan: Plan, model: object) -> None:
+    """Raise ``PlanError`` naming the first group/member that does not fit ``model``.
+
+    Args:
+        plan: The plan (public entry point: ``Plan.check(model)``).
+        model: The module it should describe.
+
+    Raises:
+        PlanError: A member names a missing tensor, an axis or slice out of range, indices the
+            engine cannot view, overlapping slices, or an axis the plan does not cover fully.
+    """
     if not isinstance(model, nn.Module):
         raise PlanError(f"check needs an nn.Module, got {type(model).__name__}")
     tensors = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import PlanError
+from .check import check_plan
 
 __all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan"]
 
@@ -165,6 +166,4 @@ class Plan(_Frozen):
 
     def check(self, model: object) -> None:
         """Raise ``PlanError`` naming the first group/member that does not fit ``model``."""
-        from .check import check_plan
-
         check_plan(self, model)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
-from ..graph.trace import META, trace
+from ..graph.meta import META
+from ..graph.trace import trace
 from ..plan.bind import bind
 from ..plan.schema import Plan
 from .importance import channel_scores, masks_from_scores
@@ -75,7 +76,11 @@ def prune(
         masks: Explicit masks by group name (``True`` = remove), applied exactly; groups
             not named keep every channel.
         importance: ``"l2"``, ``"l1"`` or ``"random"`` (seeded by ``seed``).
-        inplace: Modify ``model`` itself (only once everything succeeded).
+        inplace: Prune ``model`` itself, once a copy was pruned and checked. Every module
+            object is kept (a reference such as ``layer = model.layer1[0].conv1`` sees the
+            smaller layer afterwards); the pruned parameters and buffers are new tensors, so
+            an optimizer built on the old parameters must be rebuilt. If any step fails,
+            nothing of ``model`` changes.
         global_ranking: Rank channels across groups instead of per group.
         round_to: Keep a multiple of this many channels per group.
 
@@ -84,6 +89,8 @@ def prune(
 
     Raises:
         PlanError: The plan does not fit, or masks/ratio are invalid. The model is unchanged.
+        SparseKitError: The pruned model would not run or changes the output shapes. The
+            model is unchanged.
     """
     plan.check(model)
     if masks is None:
@@ -121,11 +128,37 @@ def prune(
         sizes={g.name: g.size for g in plan.groups},
     )
     if inplace:
-        model.__dict__.clear()
-        model.__dict__.update(work.__dict__)
+        _remove_channels_transactionally(model, plan, chosen, expected=work)
         work = model
     full = {g.name: chosen.get(g.name, torch.zeros(g.size, dtype=torch.bool)) for g in plan.groups}
     return PruneResult(model=work, masks=full, report=report, plan=plan)
+
+
+def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[str, Tensor], *, expected: nn.Module) -> None:
+    """Repeat on ``model`` the surgery checked on its copy ``expected``; undo it all on failure.
+
+    Surgery rebinds tensors in ``_parameters``/``_buffers`` and sets layer attributes; a shallow
+    snapshot of every module's ``__dict__`` and tensor stores is enough to put them back.
+    """
+    snapshot = [(m, dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in model.modules()]
+    try:
+        remove_channels(model, plan, masks)
+        got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+        if got != want:
+            bad = next(k for k in want if got.get(k) != want[k])
+            raise SparseKitError(f"inplace surgery gave {bad} shape {got.get(bad)}, its checked copy {want[bad]}")
+    except Exception as e:
+        for m, params, buffers, attrs in snapshot:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+        if isinstance(e, SparseKitError):
+            raise SparseKitError(f"{e}; nothing was changed") from e
+        raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

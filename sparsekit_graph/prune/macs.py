@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ..graph.trace import META
+from ..graph.meta import META
 from ..registry import by_type
 
 __all__ = ["count_macs", "count_params"]
