@@ -11,14 +11,18 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic.py lives with the tests
+
 
 def _one(case: str) -> dict[str, float]:
+    from synthetic import deep_cnn
+
     import sparsekit_graph as skg
     from sparsekit_graph.plan.planner import build_axis_graph
-    from sparsekit_graph.synthetic import deep_cnn
 
     torch.set_num_threads(2)
     if case == "densenet201":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from synthetic import deep_cnn
+
 import sparsekit_graph as skg
 from sparsekit_graph.plan.planner import build_axis_graph, resolve_groups
-from sparsekit_graph.synthetic import deep_cnn
 
 
 def _work(layers: int) -> dict[str, int]:
