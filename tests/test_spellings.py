@@ -309,3 +309,89 @@ def test_slice_assignment_is_refused_by_name() -> None:
 
     with pytest.raises(skg.TraceError, match="item assignment"):
         _plan(write)
+
+
+# -- found by attacking the planner as a stranger would ------------------------------------
+
+
+class LinearIntoLength(nn.Module):
+    """A Linear makes the length axis of a Conv1d or a pool: that axis is spatial, never a group."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.lin, self.conv, self.pool = nn.Linear(6, 10), nn.Conv1d(3, 4, 1), pool
+
+    def forward(self, x):  # (B, 3, 6)
+        h = self.lin(x)
+        return self.conv(F.max_pool1d(h, 1) if self.pool else h)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_length_axes_of_convs_and_pools_are_pinned(pool: bool) -> None:
+    model = LinearIntoLength(pool)
+    plan = skg.plan(model, torch.randn(2, 3, 6))
+    assert not plan.group("lin:out").prunable and "spatial" in (plan.group("lin:out").reason or "")
+    skg.prune(model, plan, ratio=0.5)
+
+
+def _sum_after(body, c: int = 8) -> skg.Plan:
+    """conv -> relu -> body(h) -> h.sum(1) -> 1x1 conv: zero-invariant only if ``body`` keeps zeros."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.o = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(1, 4, 1)
+            self.register_buffer("shift", torch.rand(1, c, 1, 1))
+            self.clip = nn.Hardtanh(0.5, 2.0, inplace=True)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            h = body(self, h)
+            return self.o(h.sum(1, keepdim=True))
+
+    return skg.plan(Net(), torch.randn(2, 3, 6, 6))
+
+
+def _augmented(self, h):
+    g = h
+    g += 1
+    return h
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda self, h: (h - self.shift).abs(),  # a buffer is not zeroed by masking
+        _augmented,  # g += 1 on an alias of h
+        lambda self, h: (h.permute(0, 2, 3, 1).exp_(), h)[1],  # in place through a view
+        lambda self, h: (h.data.add_(1), h)[1],  # in place through .data
+        lambda self, h: (self.clip(h), h)[1],  # a layer with inplace=True and f(0) != 0
+        lambda self, h: F.hardtanh(h, 0.5, 2.0),
+    ],
+    ids=["buffer", "augmented", "view-inplace", "data-inplace", "module-inplace", "hardtanh-bounds"],
+)
+def test_zero_breakers_found(body) -> None:
+    assert not _sum_after(body).group("a:out").zero_invariant
+    assert _sum_after(lambda self, h: (h.relu_(), h)[1]).group("a:out").zero_invariant
+
+
+def test_forward_hooks_pin_the_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model[2].register_forward_pre_hook(lambda mod, i: (i[0].flip(1),))
+    plan = skg.plan(model, torch.randn(2, 3, 6, 6))
+    assert not plan.group("0:out").prunable and "hooks" in (plan.group("0:out").reason or "")
+    assert plan.group("2:out").prunable is False  # the hooked layer's own channels are pinned too
+
+
+def test_unviewable_channel_orders_pin_and_check(tmp_path: Path) -> None:
+    model = ConvBlock(_Fn(lambda h: torch.cat(h.split(4, 1)[::-1], 1)))
+    plan = skg.plan(model, torch.randn(2, 3, 6, 6))
+    plan.check(model)
+    skg.prune(model, plan, ratio=0.5)
+
+
+def test_cat_of_a_chunk_tuple_is_read(tmp_path: Path) -> None:
+    """``torch.cat(h.chunk(2, 1), 1)`` and ``torch.cat([c[0], c[1]], 1)`` are one plan."""
+    a = _plan(lambda h: torch.cat(h.chunk(2, 1), 1))
+    b = _plan(lambda h: (lambda c: torch.cat([c[0], c[1]], 1))(h.chunk(2, 1)))
+    assert _key(a) == _key(b) and a.group("a:out").prunable

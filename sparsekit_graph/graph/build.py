@@ -10,6 +10,7 @@ from .axes import AxisGraph
 from .context import RuleContext
 from .meta import META
 from .rules import find_rule
+from .trace import has_hooks
 
 __all__ = ["HARMLESS_ARGUMENTS", "add_traced_graph"]
 
@@ -56,6 +57,9 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
     """Run the node's rule, then enforce what every rule must guarantee (see ``RuleContext``)."""
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
+    if module is not None and has_hooks(module):
+        ctx.pin_everything(f"forward hooks of {ctx.where()} are not traced")
+        return
     if rule is None:
         ctx.pin_everything(f"unknown op {ctx.where()}")
         return

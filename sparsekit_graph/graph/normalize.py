@@ -285,6 +285,8 @@ def _fits(param: Any, x: Any) -> bool:
             return elem in ("int", "SymInt")
         if isinstance(x, (tuple, list)):
             return all(_fits_type(elem, e) for e in x)
+        if isinstance(v, (tuple, list)):  # a node holding a tuple, e.g. the parts of chunk()
+            return all(_fits_type(elem, e) for e in v)
         return param.N is not None and elem in ("int", "SymInt") and _is_int(x)  # int[1] also takes an int
     return _fits_type(t, x)
 

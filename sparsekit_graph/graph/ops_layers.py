@@ -56,7 +56,7 @@ def link_conv(
     """
     cx, co = len(x) - spatial - 1, len(out) - spatial - 1
     ctx.same(x[:cx], out[:co])  # batch
-    ctx.pin(out[co + 1 :], f"spatial axis of {ctx.where()}")
+    ctx.pin(out[co + 1 :] + x[cx + 1 :], f"spatial axis of {ctx.where()}")
     w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
     c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
     per_in, per_out = c_in // groups, c_out // groups

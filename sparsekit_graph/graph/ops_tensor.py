@@ -485,10 +485,11 @@ def spatial_function(ctx: RuleContext) -> None:
 
 
 def spatial_axes(ctx: RuleContext, k: int) -> None:
-    """Leading axes pass through; the ``k`` trailing (spatial) output axes are pinned."""
+    """Leading axes pass through; the ``k`` trailing (spatial) axes, in and out, are pinned."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
+    ctx.pin(src[len(src) - k :], f"spatial axis of {ctx.where()}")
     for out in ctx.outputs():
         ctx.same(src[: len(src) - k], out[: len(out) - k])
         ctx.pin(out[len(out) - k :], f"spatial axis of {ctx.where()}")

@@ -20,7 +20,7 @@ from .rules import inherits_forward, module_rule_for
 # Layers whose output has their input's shape: no need to run them, even on meta.
 _SAME_SHAPE = (*SAME_SHAPE_MODULES, nn.modules.batchnorm._BatchNorm)
 
-__all__ = ["Inputs", "normalize_inputs", "trace", "trace_graph"]
+__all__ = ["Inputs", "has_hooks", "normalize_inputs", "trace", "trace_graph"]
 
 Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
@@ -97,7 +97,14 @@ class _Tracer(fx.Tracer):
     """torch.nn layers and every layer type with a registered rule stay leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+        return has_hooks(m) or module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Forward hooks change what a layer returns, and torch.fx does not trace them."""
+    from torch.nn.modules import module as _module
+
+    return bool(m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:

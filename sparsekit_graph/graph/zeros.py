@@ -48,8 +48,9 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     value = node.meta.get(META)
     if not isinstance(value, Tensor):
         return None  # a Python scalar: multiplies or divides, handled by the caller
-    if node.op == "get_attr":
-        return None  # a parameter on this axis is a member of the group: zeroed with it
+    if node.op == "get_attr":  # a parameter on this axis is a member, zeroed with it; a buffer is not
+        owner, _, attr = str(node.target).rpartition(".")
+        return None if isinstance(getattr(modules.get(owner), attr, None), nn.Parameter) else node.name
     if node.op == "call_module":
         m = modules.get(str(node.target))
         if isinstance(m, _PRODUCERS):
@@ -57,15 +58,18 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
             if axis % value.ndim == channel and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine):
                 return None
             return node.name
-        if isinstance(m, _ZERO_MODULES):
+        if _keeps_zeros(m):
             return _walk(node.args[0], axis, modules, depth)
         return node.name
     if node.op not in ("call_function", "call_method"):
         return node.name
     call = normalize(node)
-    if any(u is not node and _mutates(u, node) for u in node.users):
-        return node.name
+    changed = _changed_in_place(node, modules)
+    if changed is not None:
+        return changed
     src = call.args.get("input")
+    if call.op is F.hardtanh and not call.args.get("min_val", -1.0) <= 0 <= call.args.get("max_val", 1.0):
+        return node.name
     if call.op in _ZERO_UNARY:
         return _walk(src, axis, modules, depth)
     if call.op in _PERMUTES:
@@ -114,9 +118,45 @@ def _permuted_source(call: object, axis: int, ndim: int) -> int | None:
     return None
 
 
-def _mutates(user: fx.Node, node: fx.Node) -> bool:
-    """``user`` changes ``node`` in place with an op that could break zeros."""
-    if user.op not in ("call_function", "call_method"):
-        return False
-    call = normalize(user)
-    return call.inplace and call.args.get("input") is node and call.op not in _ZERO_UNARY and call.op not in _PRODUCT
+# Ops whose result shares storage with their input: writing into the result changes the input.
+_VIEWS = {
+    torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT, torch.Tensor.data, torch.Tensor.detach,
+    torch.Tensor.view, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.Tensor.expand,
+    torch.Tensor.expand_as, torch.Tensor.contiguous, torch.Tensor.to, operator.getitem, torch.chunk, torch.split,
+    torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as,
+}  # fmt: skip
+# ``g = h; g += 1`` is traced as an out-of-place add whose result nobody uses: assume it was in place.
+_AUGMENTED = {operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow}
+
+
+def _keeps_zeros(m: nn.Module | None) -> bool:
+    """An activation layer with ``f(0) == 0``."""
+    if isinstance(m, nn.Hardtanh):  # ReLU6 included
+        return m.min_val <= 0 <= m.max_val
+    return isinstance(m, _ZERO_MODULES)
+
+
+def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The first node that may write into ``node``'s storage with something that breaks zeros
+    (directly, through a view, or through a layer with ``inplace=True``), or None."""
+    todo, seen = [node], {node}
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u.op == "call_module":
+                m = modules.get(str(u.target))
+                if getattr(m, "inplace", False) and u.args and u.args[0] is n and not _keeps_zeros(m):
+                    return u.name
+                continue
+            if u.op not in ("call_function", "call_method"):
+                continue
+            call = normalize(u)
+            if call.args.get("input") is not n:
+                continue
+            if call.inplace or (call.op in _AUGMENTED and not u.users):
+                if call.op not in _ZERO_UNARY and call.op not in _PRODUCT:
+                    return u.name
+            if call.op in _VIEWS and u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return None

@@ -18,13 +18,16 @@ def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> dict[str, Block
     """One coupling per group, keyed by group name; ``numblk() == group.size``.
 
     Buffers (e.g. BatchNorm running statistics) are pruned by surgery but are not part of
-    the couplings: thresholding acts on trainable parameters only.
+    the couplings: thresholding acts on trainable parameters only. A pinned group whose
+    channels no strided view can express (e.g. ``cat(h.split(4, 1)[::-1])``) has no coupling.
     """
     if check:
         plan.check(model)
     params = dict(model.named_parameters())
     out = {}
     for g in plan.groups:
+        if not g.prunable and any(strided_layout(m.positions()) is None for m in g.members if m.indices is not None):
+            continue  # a pinned group whose channel order no strided view expresses: nothing to bind
         specs, orders = [], []
         for m in g.members:
             if m.param in params:

@@ -43,9 +43,9 @@ def check_plan(plan: Plan, model: object) -> None:
             if m.stop > t.shape[m.axis]:
                 raise PlanError(f"{where}: slice {m.start}:{m.stop} exceeds axis size {t.shape[m.axis]}")
             layout = strided_layout(m.positions())
-            if layout is None:
+            if layout is None and g.prunable:
                 raise PlanError(f"{where}: indices are not a strided pattern the engine can view")
-            if len(m.order) != 3 + len(layout.sizes):
+            if layout is not None and len(m.order) != 3 + len(layout.sizes):
                 raise PlanError(f"{where}: order {m.order} has the wrong length for its view")
             mask = owned.setdefault((m.param, m.axis), np.zeros(t.shape[m.axis], dtype=bool))
             idx = (np.asarray(m.positions())[:, None] * m.block + np.arange(m.block)).ravel()

@@ -218,14 +218,19 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
             members.append(_member(nodes[n], int(lo[c]), int(hi[c]) + 1, 1, None, 1))
         else:
             members += _members(nodes[n], pos[:, cols])
+    prunable = ch.pin is None and ch.produced
+    reason = ch.pin if ch.pin is not None or ch.produced else "no parameter produces these channels"
+    odd = next((m for m in members if m.indices is not None and strided_layout(m.positions()) is None), None)
+    if odd is not None and prunable:
+        prunable, reason = False, f"channel order of {odd.param} axis {odd.axis} is not a strided view"
     param, axis = nodes[primary][1], nodes[primary][2]
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
     group = Group.model_construct(  # built from a consistent graph: validation is the loader's job
         name=name,
         size=len(pos),
-        prunable=ch.pin is None and ch.produced,
-        reason=ch.pin if ch.pin is not None or ch.produced else "no parameter produces these channels",
+        prunable=prunable,
+        reason=reason,
         zero_invariant=ch.mix is None,
         members=members,
         ratio=None,
