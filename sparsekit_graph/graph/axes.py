@@ -43,6 +43,7 @@ class AxisGraph:
     rule_applications: int = 0
 
     sizes: dict[AxisId, int] = field(default_factory=dict)  # every axis and its size
+    values: dict[str, list[AxisId]] = field(default_factory=dict)  # activation name -> its axes
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:
@@ -52,7 +53,10 @@ class AxisGraph:
 
     def add_value(self, value: str, t: Tensor) -> list[AxisId]:
         """Axes of an activation (created on first use)."""
-        return [self.add_axis(value_axis(value, i), n) for i, n in enumerate(t.shape)]
+        axes = self.values.get(value)
+        if axes is None:
+            axes = self.values[value] = [self.add_axis(value_axis(value, i), n) for i, n in enumerate(t.shape)]
+        return list(axes)
 
     def add_param(self, name: str, t: Tensor, axes: tuple[int, ...] | None = None) -> list[AxisId]:
         """Axes of a parameter or buffer; ``axes`` limits which dims can carry channels."""

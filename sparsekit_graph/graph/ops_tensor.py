@@ -49,8 +49,9 @@ def pointwise(ctx: RuleContext) -> None:
     out = ctx.outputs()
     if not out:
         return
-    for axes in ctx.tensor_axes():
-        ctx.same(reversed(axes), reversed(out[0]))
+    operands = [ctx.axes(ctx.input)] if ctx.node.op == "call_module" else ctx.tensor_axes()
+    for axes in operands:
+        ctx.same(reversed(axes or []), reversed(out[0]))
 
 
 @register_method_rule("expand", "expand_as", "broadcast_to")

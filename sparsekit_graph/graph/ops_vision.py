@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .context import RuleContext
 from .ops_layers import link_conv
 from .ops_tensor import pointwise
@@ -35,24 +37,37 @@ def standardized_conv(ctx: RuleContext) -> None:
             ctx.same(ctx.param(attr, (0,)), [out[co]])
 
 
-def _register_optional() -> None:
-    try:
-        import torchvision.ops
+def _torchvision_rules() -> None:
+    import torchvision.ops
+    from torchvision.models.convnext import LayerNorm2d
 
-        register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
-        from torchvision.models.convnext import LayerNorm2d as TvLayerNorm2d
-
-        register_module_rule(TvLayerNorm2d)(channels_first_norm)
-    except ImportError:
-        pass
-    try:
-        from timm.layers import LayerNorm2d as TimmLayerNorm2d
-        from timm.layers.std_conv import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
-
-        register_module_rule(TimmLayerNorm2d)(channels_first_norm)
-        register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
-    except ImportError:
-        pass
+    register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
+    register_module_rule(LayerNorm2d)(channels_first_norm)
 
 
-_register_optional()
+def _timm_rules() -> None:
+    from timm.layers import LayerNorm2d
+    from timm.layers.std_conv import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+    register_module_rule(LayerNorm2d)(channels_first_norm)
+    register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
+
+
+_PENDING = {"torchvision": _torchvision_rules, "timm": _timm_rules}
+
+
+def register_library_rules() -> None:
+    """Register the rules for torchvision's and timm's layers once those libraries are in use.
+
+    Never imports them: a model built from them has imported them already, and importing timm
+    for nothing would cost every user its import time (and every trace: fx patches
+    ``nn.Module`` methods, which costs more the more layer classes exist).
+    """
+    for name in [n for n in _PENDING if n in sys.modules]:
+        try:
+            _PENDING.pop(name)()
+        except ImportError:
+            pass
+
+
+register_library_rules()

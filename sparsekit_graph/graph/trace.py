@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..errors import TraceError
 from .meta import META
 from .ops_layers import SAME_SHAPE_MODULES
+from .ops_vision import register_library_rules
 from .rules import inherits_forward, module_rule_for
 
 # Layers whose output has their input's shape: no need to run them, even on meta.
@@ -77,6 +78,7 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
             names the failing node or layer.
     """
+    register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
     concrete = _concrete_args(model, args, kwargs)
     with _mode(model, train):
