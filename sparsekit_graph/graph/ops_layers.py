@@ -8,7 +8,7 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .ops_tensor import _offset_link, flatten_axes, pointwise, reshape_axes, spatial_axes
+from .ops_tensor import flatten_axes, link_padding, pointwise, reshape_axes, spatial_axes
 from .rules import register_function_rule, register_module_rule
 
 __all__ = ["SAME_SHAPE_MODULES"]
@@ -230,15 +230,7 @@ def constant_pad(ctx: RuleContext) -> None:
     """Constant padding of any axis, channels included (the CIFAR ResNet shortcut)."""
     src, out = ctx.axes(ctx.input), ctx.out()
     assert src is not None
-    amounts = list(ctx.module.padding)  # type: ignore[union-attr]
-    nd = len(src)
-    padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
-    for d in range(nd):
-        before, after = padded.get(d, (0, 0))
-        if (before, after) == (0, 0):
-            ctx.same([src[d]], [out[d]])
-        else:
-            _offset_link(ctx, src[d], out[d], before, d)
+    link_padding(ctx, src, out, list(ctx.module.padding), "constant")  # type: ignore[union-attr]
 
 
 @register_module_rule(nn.PixelShuffle, nn.PixelUnshuffle)

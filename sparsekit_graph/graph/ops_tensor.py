@@ -296,6 +296,11 @@ def pad(ctx: RuleContext) -> None:
     if src is None or len(amounts) % 2 or any(not isinstance(p, int) for p in amounts):
         ctx.pin_everything(f"padding by computed amounts at {ctx.where()}")
         return
+    link_padding(ctx, src, out, amounts, mode)
+
+
+def link_padding(ctx: RuleContext, src: list, out: list, amounts: Sequence[int], mode: str) -> None:
+    """``amounts`` as ``F.pad`` takes them (last axis first, before/after pairs)."""
     nd = len(src)
     padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
     for d in range(nd):
