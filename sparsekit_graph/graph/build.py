@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch.fx as fx
-from torch import Tensor, nn
+from torch import nn
 
 from . import ops_layers, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .context import RuleContext
-from .meta import META
 from .rules import find_rule
 from .trace import has_hooks
 
@@ -31,6 +30,8 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
     for n, t in every.items():  # a tied tensor keeps its first name
         graph.canonical.setdefault(id(t), n)
+    for n in every:  # members are listed in the model's own order, whatever order ops use them in
+        graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
     aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
     modules = dict(model.named_modules())
     for node in nodes:
@@ -43,12 +44,10 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         elif node.op == "output":
             for axes in ctx.tensor_axes():
                 ctx.pin(axes, "model output")
-        elif node.op == "get_attr":
+        elif node.op == "get_attr":  # a parameter's axes appear where an op uses them
             if node.name not in aliases:
                 for axes in ctx.outputs():
                     ctx.pin(axes, f"constant tensor {node.target}")
-            elif isinstance(node.meta.get(META), Tensor):
-                ctx.axes(node)
         else:
             _apply(ctx, module)
 

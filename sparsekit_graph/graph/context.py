@@ -17,6 +17,9 @@ from .normalize import Call, normalize
 
 __all__ = ["RuleContext"]
 
+# Arguments that only ever name axes: a value computed for them in forward is a constant.
+_STATIC_INTS = frozenset({"dim", "dim0", "dim1", "start_dim", "end_dim", "source", "destination"})
+
 
 @dataclass
 class RuleContext:
@@ -53,7 +56,10 @@ class RuleContext:
                 return default
             name = keys[name]
         self.read.add(name)
-        return args.get(name, default)
+        value = args.get(name, default)
+        if name in _STATIC_INTS and isinstance(value, fx.Node) and isinstance(value.meta.get(META), int):
+            return value.meta[META]  # a dim computed in forward (``1 - g.dim()``) is a constant of the graph
+        return value
 
     @property
     def input(self) -> Any:
@@ -118,6 +124,14 @@ class RuleContext:
         self.same(magnitude, [row])
         self.graph.mix(row, f"weight norm of {prefix}{attr}: a zeroed row divides by a zero norm")
         return direction if axes is None else [direction[a] for a in axes]
+
+    def weight_axes(self, x: Any, dims: tuple[int, ...]) -> list[AxisId] | None:
+        """Axes ``dims`` of a weight passed in: only those of a parameter are created (its
+        kernel axes stay out of the plan); all of a computed tensor's."""
+        if isinstance(x, fx.Node) and self.aliases and x.name in self.aliases and isinstance(x.meta.get(META), Tensor):
+            return self.graph.add_param(self.aliases[x.name], x.meta[META], dims)
+        axes = self.axes(x)
+        return None if axes is None else [axes[d] for d in dims]
 
     def element_axes(self, x: Any, i: int) -> list[AxisId] | None:
         """Axes of element ``i`` of a tuple-valued node (e.g. a part of ``chunk``)."""

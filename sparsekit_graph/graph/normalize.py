@@ -130,6 +130,8 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
             if bound is not None:
                 values, passed = bound
                 return Call(op, values, passed)
+    if len(args) == 1 and not kwargs:  # x.float(): nothing to bind but the tensor itself
+        return Call(op, {"input": args[0]}, frozenset({"input"}))
     return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
 
 

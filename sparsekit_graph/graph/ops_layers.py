@@ -95,14 +95,14 @@ def conv(ctx: RuleContext) -> None:
 def conv_function(ctx: RuleContext) -> None:
     """``F.conv2d(x, weight, bias, ...)`` with a weight fetched or computed in ``forward``."""
     ctx.read_all()
-    x, w, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("weight")), ctx.out()
+    x, w, out = ctx.axes(ctx.input), ctx.weight_axes(ctx.arg("weight"), (0, 1)), ctx.out()
     groups = ctx.arg("groups", 1)
     if x is None or w is None or not isinstance(groups, int):
         ctx.pin_everything(f"convolution with unreadable arguments at {ctx.where()}")
         return
     transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-    ctx.pin(w[2:], f"kernel axis of {ctx.where()}")
-    co = link_conv(ctx, x, w, out, spatial=len(w) - 2, groups=groups, transposed=transposed)
+    spatial = ctx.meta(ctx.arg("weight")).ndim - 2
+    co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed)
     b = ctx.axes(ctx.arg("bias"))
     if b is not None:
         ctx.same(b, [out[co]])

@@ -32,7 +32,8 @@ _POINTWISE_FUNCTIONS = [
     torch.trunc, torch.frac, torch.fmod, torch.remainder, torch.nan_to_num, torch.sinh, torch.cosh, torch.atan,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
     F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
-    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.prelu,
+    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.prelu, F.leaky_relu_,
+    F.elu_, F.hardtanh_, F.rrelu_, torch.special.expit, torch.special.erf, torch.special.exp2, torch.special.expm1,
 ]  # fmt: skip
 _POINTWISE_METHODS = ["masked_fill", "fill_", "zero_", "bernoulli", "uniform_", "normal_", "float_power"]
 _SAME_SHAPE_METHODS = [
@@ -111,16 +112,28 @@ def permute(ctx: RuleContext) -> None:
     _linked_permutation(ctx, list(ctx.arg("dims")))
 
 
-@register_function_rule(torch.transpose, torch.t, torch.Tensor.mT, torch.Tensor.mH)
+@register_function_rule(torch.transpose, torch.t, torch.Tensor.mT, torch.Tensor.mH, torch.adjoint)
 def transpose(ctx: RuleContext) -> None:
     nd = ctx.meta(ctx.input).ndim
-    if ctx.call.op in (torch.t, torch.Tensor.mT, torch.Tensor.mH):
+    if ctx.call.op in (torch.t, torch.Tensor.mT, torch.Tensor.mH, torch.adjoint):
         a, b = (nd - 2, nd - 1) if nd >= 2 else (0, 0)
     else:
         a, b = ctx.arg("dim0"), ctx.arg("dim1")
     perm = list(range(nd))
     if nd:
         perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
+    _linked_permutation(ctx, perm)
+
+
+@register_function_rule(torch.movedim, torch.moveaxis)
+def movedim(ctx: RuleContext) -> None:
+    """``movedim(x, source, destination)``: the permutation it describes."""
+    nd = ctx.meta(ctx.input).ndim
+    src, dst = ctx.arg("source"), ctx.arg("destination")
+    src, dst = ([src], [dst]) if isinstance(src, int) else (list(src), list(dst))
+    src, dst = [s % nd for s in src], [d % nd for d in dst]
+    rest = iter(d for d in range(nd) if d not in src)
+    perm = [src[dst.index(i)] if i in dst else next(rest) for i in range(nd)]
     _linked_permutation(ctx, perm)
 
 
@@ -261,11 +274,13 @@ def squeeze(ctx: RuleContext) -> None:
 # -- concat, pad and split -----------------------------------------------------------------
 
 
-@register_function_rule(torch.cat)
+@register_function_rule(torch.cat, torch.hstack)
 def cat(ctx: RuleContext) -> None:
-    """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis."""
+    """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis
+    (``hstack``: axis 1, or 0 for 1-D tensors)."""
     out = ctx.out()
-    dim = ctx.arg("dim", 0) % len(out)
+    default = (1 if len(out) > 1 else 0) if ctx.call.op is torch.hstack else 0
+    dim = ctx.arg("dim", default) % len(out)
     offset = 0
     for axes in ctx.tensor_axes("tensors"):
         if len(axes) != len(out):  # legacy: empty 1-D tensors are skipped by torch.cat
@@ -286,7 +301,7 @@ def stack(ctx: RuleContext) -> None:
         ctx.same(axes, out[:dim] + out[dim + 1 :])
 
 
-@register_function_rule(F.pad)
+@register_function_rule(F.pad, torch.constant_pad_nd)
 def pad(ctx: RuleContext) -> None:
     """Constant padding is a concat with constants: input index ``i`` lands at ``before + i``,
     the padded slots are pinned constants. Other modes copy data into the padding: pinned."""
@@ -478,7 +493,8 @@ _SPATIAL_FUNCTIONS = {
     F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
     F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3,
     F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.interpolate: -1,
-    F.upsample: -1, F.upsample_nearest: -1, F.upsample_bilinear: -1,
+    F.upsample: -1, F.upsample_nearest: -1, F.upsample_bilinear: -1, torch.max_pool1d: 1, torch.max_pool2d: 2,
+    torch.max_pool3d: 3, torch.avg_pool1d: 1, torch.adaptive_avg_pool1d: 1, torch.adaptive_max_pool1d: 1,
 }  # fmt: skip
 
 

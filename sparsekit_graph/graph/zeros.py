@@ -28,6 +28,7 @@ _ZERO_UNARY = {
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone, torch.Tensor.contiguous,
     torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double,
     torch.Tensor.type_as, torch.Tensor.detach, torch.Tensor.data, operator.neg, operator.pos, operator.abs, torch.tanh,
+    torch.detach,
 }  # fmt: skip
 _ZERO_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh,
@@ -72,6 +73,20 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
         return node.name
     if call.op in _ZERO_UNARY:
         return _walk(src, axis, modules, depth)
+    if call.op in (torch.pow, operator.pow):  # x ** p with p > 0 keeps zeros
+        p = call.args.get("exponent", call.args.get("other"))
+        return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
+    if call.op in _SHAPED:
+        return _walk(src, _shaped_source(call, axis, value, src), modules, depth)
+    if call.op in _PRODUCED:  # rows made by a weight the group zeroes, plus its bias
+        weight = call.args.get("weight", call.args.get("other", call.args.get("mat2")))
+        bias = call.args.get("bias")
+        last = axis % value.ndim == value.ndim - 1
+        exact = last and _is_parameter(weight, modules) and (bias is None or _is_parameter(bias, modules))
+        return None if exact else node.name
+    if call.op is F.batch_norm:  # zeroed weight and bias give zero, whatever the statistics
+        affine = all(_is_parameter(call.args.get(k), modules) for k in ("weight", "bias"))
+        return None if affine and axis % value.ndim == 1 else node.name
     if call.op in _PERMUTES:
         return _walk(src, _permuted_source(call, axis, value.ndim), modules, depth)
     if call.op in _ADDITIVE or call.op in _PRODUCT:
@@ -83,6 +98,42 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
             return reasons[0]
         return next((r for r in reasons if r is not None), None)
     return node.name
+
+
+_PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm}
+_SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem}
+
+
+def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
+    """A parameter, possibly through views (``w.T``): masking zeroes it."""
+    while isinstance(x, fx.Node) and x.op in ("call_function", "call_method"):
+        call = normalize(x)
+        if call.op not in _PERMUTES and call.op not in _ZERO_UNARY:
+            return False
+        x = call.args.get("input")
+    if not isinstance(x, fx.Node) or x.op != "get_attr":
+        return False
+    owner, _, attr = str(x.target).rpartition(".")
+    return isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)
+
+
+def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
+    """The input axis that output ``axis`` of an unsqueeze/squeeze/full-slice getitem comes from."""
+    before = src.meta.get(META) if isinstance(src, fx.Node) else None
+    if not isinstance(before, Tensor):
+        return None
+    op, args = call.op, call.args  # type: ignore[attr-defined]
+    axis %= out.ndim
+    if op is operator.getitem:
+        index = args.get("index")
+        items = index if isinstance(index, tuple) else (index,)
+        full = all(i == slice(None) or i is Ellipsis for i in items)
+        return axis if full and before.ndim == out.ndim else None
+    big_in = [d for d in range(before.ndim) if before.shape[d] != 1]
+    big_out = [d for d in range(out.ndim) if out.shape[d] != 1]
+    if out.shape[axis] == 1 or len(big_in) != len(big_out):
+        return None
+    return big_in[big_out.index(axis)]
 
 
 def _operand(x: object, axis: int, out: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:

@@ -189,9 +189,10 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
     nid_list, pos_list = nid.tolist(), pos.tolist()
     by_key: dict[tuple, _Channels] = {}
     for channel, a, b in zip(lab[starts].tolist(), starts, ends):
-        key = (tuple(nid_list[a:b]), channel in produced, pins.get(channel), mixes.get(channel))
+        pin, mix = pins.get(channel), mixes.get(channel)
+        key = (tuple(nid_list[a:b]), channel in produced, pin is None, mix is None)  # reasons do not split groups
         if key not in by_key:
-            by_key[key] = _Channels(*key, [])
+            by_key[key] = _Channels(key[0], key[1], pin, mix, [])
         by_key[key].positions.append(pos_list[a:b])
     return list(by_key.values())
 
