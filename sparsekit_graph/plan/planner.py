@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
 
@@ -38,9 +40,24 @@ def plan(model: nn.Module, example_inputs: Inputs, *, ignore: Iterable[str] = ()
         TraceError: The model cannot be traced with these inputs.
         PlanError: A name in ``ignore`` is not in the model.
     """
-    graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
-    _pin_ignored(graph, model, list(ignore))
-    return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=resolve_groups(graph))
+    with _collector_paused():
+        graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
+        _pin_ignored(graph, model, list(ignore))
+        return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=resolve_groups(graph))
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Planning allocates many small containers that all stay alive: a cyclic garbage
+    collection in the middle only walks the user's whole heap for nothing (~10% of planning
+    ResNet-18). The collector's state is restored afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
