@@ -10,8 +10,10 @@ used through views, and ops without a rule (which must pin). Two properties:
    itself) and the same plan (sizes, flags and members of every group).
 2. Any spelling: ``skg.plan`` passes the DESIGN.md oracle (``check_oracle``).
 
-Spellings known to give a different plan are kept out of the strategies; each is an explicit,
-strictly-xfailed regression in ``test_known_divergent_spelling``.
+Spellings known to give a different plan are kept out of property 1's strategy (property 2 draws
+every spelling); each root cause is an explicit case in ``test_known_divergent_spelling``, a
+strict xfail until fixed, then listed in ``_FIXED``. Ops whose result never reaches the output
+are not run (fx cannot tell a dead ``a + b`` from ``a += b``: ``test_dead_add_operand_order``).
 """
 
 from __future__ import annotations
@@ -285,7 +287,7 @@ SPELL: dict[str, list[Spelling]] = {
         ("h.transpose(1,2).mT.permute(0,3,1,2)", lambda c: c.h.transpose(1, 2).mT.permute(0, 3, 1, 2)),
     ],
     "view": [
-        ("h.view(B, C, -1).view(h.shape)", lambda c: c.h.view(c.h.size(0), c.h.size(1), -1).view(c.h.shape)),
+        ("h.contiguous().view(B, C, -1).view(h.shape)", lambda c: c.h.contiguous().view(c.h.size(0), c.h.size(1), -1).view(c.h.shape)),
         ("h.reshape(shape=(B, C, -1)).reshape(h.shape)", lambda c: c.h.reshape(shape=(c.h.shape[0], c.h.shape[1], -1)).reshape(c.h.shape)),
         ("h.flatten(2).view_as(h)", lambda c: c.h.flatten(2).view_as(c.h)),
         ("h.flatten(start_dim=2).unflatten(2, (H, W))", lambda c: c.h.flatten(start_dim=2).unflatten(2, (c.h.size(2), c.h.size(3)))),
@@ -293,13 +295,13 @@ SPELL: dict[str, list[Spelling]] = {
             "torch.reshape(h, (B, -1, H*W)).reshape(h.size())",
             lambda c: torch.reshape(c.h, (c.h.size(0), -1, c.h.size(2) * c.h.size(3))).reshape(c.h.size()),
         ),
-        ("h.view(size=(B, C, -1)).reshape_as(h)", lambda c: c.h.view(size=(c.h.size(0), c.h.size(1), -1)).reshape_as(c.h)),
+        ("h.contiguous().view(size=(B, C, -1)).reshape_as(h)", lambda c: c.h.contiguous().view(size=(c.h.size(0), c.h.size(1), -1)).reshape_as(c.h)),
         ("torch.reshape(input=h, shape=...)", lambda c: torch.reshape(input=torch.reshape(input=c.h, shape=(c.h.size(0), c.h.size(1), -1)), shape=c.h.shape)),
         (
-            "h.view(-1, C, H*W).view(B, C, H, W)",
-            lambda c: c.h.view(-1, c.h.size(1), c.h.size(2) * c.h.size(3)).view(c.h.size(0), c.h.size(1), c.h.size(2), c.h.size(3)),
+            "h.contiguous().view(-1, C, H*W).view(B, C, H, W)",
+            lambda c: c.h.contiguous().view(-1, c.h.size(1), c.h.size(2) * c.h.size(3)).view(c.h.size(0), c.h.size(1), c.h.size(2), c.h.size(3)),
         ),
-        ("h.view(B, C, -1).view(*h.shape)", lambda c: c.h.view(c.h.size(0), c.h.size(1), -1).view(*c.h.shape)),
+        ("h.contiguous().view(B, C, -1).view(*h.shape)", lambda c: c.h.contiguous().view(c.h.size(0), c.h.size(1), -1).view(*c.h.shape)),
     ],
     "ident": [
         ("h", lambda c: c.h),
@@ -361,7 +363,7 @@ SPELL: dict[str, list[Spelling]] = {
         ("h.flatten(1)", lambda c: c.h.flatten(1)),
         ("h.flatten(start_dim=1)", lambda c: c.h.flatten(start_dim=1)),
         ("torch.flatten(input=h, start_dim=1, end_dim=-1)", lambda c: torch.flatten(input=c.h, start_dim=1, end_dim=-1)),
-        ("h.view(h.size(0), -1)", lambda c: c.h.view(c.h.size(0), -1)),
+        ("h.contiguous().view(h.size(0), -1)", lambda c: c.h.contiguous().view(c.h.size(0), -1)),
         ("h.reshape(h.shape[0], -1)", lambda c: c.h.reshape(c.h.shape[0], -1)),
         ("nn.Flatten()(h)", lambda c: c.aux["flatten"](c.h)),
         ("h.contiguous().view(-1, C*H*W)", lambda c: c.h.contiguous().view(-1, c.h.size(1) * c.h.size(2) * c.h.size(3))),
@@ -545,13 +547,20 @@ class SpellNet(nn.Module):
         self.spell_fns = [_spellings(op)[s % len(_spellings(op))][1] for op, s in zip(ops, spells)]
         self.layers = nn.ModuleDict()
         self.aux = nn.ModuleDict()
+        # Ops whose result never reaches the output are skipped (their layers still exist): fx
+        # cannot tell a dead ``a + b`` from ``a += b``, see ``test_dead_add_operand_order``.
+        self.live = {len(ops)}
+        for i in reversed(range(len(ops))):
+            if i + 1 in self.live:
+                self.live |= {ops[i].src, ops[i].other} - {-1}
         chans = [in_ch]
         uses = [0] * (len(ops) + 1)
         for i, op in enumerate(ops):
             c = chans[op.src]
-            uses[op.src] += 1
-            if op.other >= 0:
-                uses[op.other] += 1
+            if i + 1 in self.live:
+                uses[op.src] += 1
+                if op.other >= 0:
+                    uses[op.other] += 1
             if op.kind == "conv":
                 self.layers[str(i)] = nn.Conv2d(c, op.out, op.k, padding=op.k // 2, groups=op.arg[0], bias=op.arg[1])
             elif op.kind == "bn":
@@ -576,7 +585,7 @@ class SpellNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         ts = [x]
         for i, fn in enumerate(self.spell_fns):
-            ts.append(fn(_C(self, i, ts)))
+            ts.append(fn(_C(self, i, ts)) if i + 1 in self.live else None)
         return ts[-1]
 
 
@@ -647,8 +656,8 @@ def architectures(draw: st.DrawFn, max_conv_ops: int = 8, max_mlp_ops: int = 3) 
                 add(Op("cat", src, other=o), c + shapes[o][0], s)
             elif kind == "chunk" and c % 2 == 0 and c >= 4:
                 add(Op("chunk", src, k=draw(st.integers(0, 1))), c // 2, s)
-            elif kind == "split" and c >= 3:
-                a = draw(st.integers(1, c - 1))
+            elif kind == "split" and c >= 4:  # no 1-channel parts: see ``one-channel-pad-transposed``
+                a = draw(st.integers(2, c - 2))
                 k = draw(st.integers(0, 1))
                 add(Op("split", src, k=k, arg=(a, c - a)), (a, c - a)[k], s)
             elif kind in ("perm", "transp", "view", "ident", "t2", "scale", "gate_sp", "l2norm"):
@@ -665,7 +674,7 @@ def architectures(draw: st.DrawFn, max_conv_ops: int = 8, max_mlp_ops: int = 3) 
             elif kind == "norule":
                 d = 1 if s == 0 else draw(st.sampled_from([1, 2]))
                 add(Op("norule", src, k=d, var=draw(st.sampled_from(sorted(_NORULE)))), c, s)
-            elif kind == "pool" and s >= 2:
+            elif kind == "pool" and s >= 2 and s % 2 == 0:  # F.adaptive_avg_pool2d(h, H // 2) differs on odd sizes
                 add(Op("pool", src, var=draw(st.sampled_from(["max", "avg"]))), c, s // 2)
             elif kind in ("cl_linear", "fc"):
                 add(Op(kind, src), draw(st.sampled_from(_WIDTHS)), s)
@@ -695,42 +704,35 @@ def _allowed(op: Op, zero_sensitive: bool) -> list[int]:
 # pinned or fewer zero-invariant groups, never a wrong one): kept out of property 1's strategy,
 # each root cause a strict xfail in ``test_known_divergent_spelling``. Property 2 draws them all.
 _DIVERGENT_PATTERNS: tuple[str, ...] = (
-    "F.conv2d(", "m._conv_forward", "torch.conv2d(", "F.leaky_relu_(", "torch.hstack", "tensor_split(2",
-    "h.split(h.size(1) // 2", "split_with_sizes", "h[:, :a]", "narrow", "movedim", "moveaxis", "*h.shape", "h.float()",
-    "pow(2)", "** 2", "constant_pad_nd", "1 - g.dim()", "torch.max_pool2d", "adjoint", "expit",
+    "tensor_split(2", "h.split(h.size(1) // 2", "split_with_sizes", "h[:, :a]", "narrow", "*h.shape",
+    "F.conv2d(h, w.detach()", "F.conv2d(h, w.transpose(0,1)",
 )  # fmt: skip
 # ... and those that only lose zero-invariance where a channel sum / L2 norm follows them.
 _ZERO_WALK_PATTERNS: tuple[str, ...] = (
-    "F.linear(", "@ w.T", "torch.matmul(", "torch.addmm(", "F.batch_norm(", "h.detach()", "h[:, :]", "h[...]",
-    "h.unsqueeze(0).squeeze(0)", "a.add_(b)",
+    "a.add_(b)", "F.conv2d(", "m._conv_forward", "torch.conv2d(", "movedim", "moveaxis", "F.leaky_relu_(", "torch.addmm(",
+    "F.normalize(",
 )  # fmt: skip
 
 
 # -- properties ----------------------------------------------------------------------------
 
 
-def _key(plan: skg.Plan, strict: bool = True) -> list[tuple]:
-    """Every group's size, flags and members; ``strict=False`` compares pinned channels as one
-    set (which pinned groups they fall in depends on fx node names: see ``pin-reason-order``)."""
-    keys: list[tuple] = []
-    pinned: set[tuple] = set()
+def _key(plan: skg.Plan) -> list[tuple]:
+    """Every group's size, flags and members (names aside), in a canonical order."""
+    keys = []
     for g in plan.groups:
         members = tuple(
             (m.param, m.axis, m.start, m.stop, m.block, None if m.indices is None else tuple(m.indices)) for m in g.members
         )
-        if strict or g.prunable:
-            keys.append((g.size, g.prunable, g.zero_invariant, members))
-        else:
-            pinned |= {(m.param, m.axis, i) for m in g.members for i in range(m.start, m.stop)}
-    return sorted(keys, key=repr) + [("pinned", tuple(sorted(pinned)))]
+        keys.append((g.size, g.prunable, g.zero_invariant, members))
+    return sorted(keys, key=repr)
 
 
-def _names(plan: skg.Plan, prunable_only: bool = False) -> list[tuple]:
-    groups = [g for g in plan.groups if g.prunable or not prunable_only]
-    return sorted((g.name, g.size, tuple((m.param, m.axis, m.start) for m in g.members)) for g in groups)
+def _names(plan: skg.Plan) -> list[tuple]:
+    return sorted((g.name, g.size, tuple((m.param, m.axis, m.start) for m in g.members)) for g in plan.groups)
 
 
-def _same_plan(spec: NetSpec, s1: tuple[int, ...], s2: tuple[int, ...], strict: bool = False) -> None:
+def _same_plan(spec: NetSpec, s1: tuple[int, ...], s2: tuple[int, ...]) -> None:
     m1, x = spec.build(s1)
     m2, _ = spec.build(s2)
     m1.eval(), m2.eval()
@@ -738,15 +740,12 @@ def _same_plan(spec: NetSpec, s1: tuple[int, ...], s2: tuple[int, ...], strict: 
         y1, y2 = m1(x.clone()), m2(x.clone())
     assert_close_rel(y1, y2)  # the two spellings compute the same function (the fuzzer's own check)
     p1, p2 = skg.plan(m1, x), skg.plan(m2, x)
-    k1, k2 = _key(p1, strict), _key(p2, strict)
+    k1, k2 = _key(p1), _key(p2)
     assert k1 == k2, "\n".join(
         ["plans differ", *spec.describe(s1), "vs", *spec.describe(s2), "only in 1:", *map(str, [k for k in k1 if k not in k2])]
         + ["only in 2:", *map(str, [k for k in k2 if k not in k1])]
     )
-    if strict:
-        assert _names(p1) == _names(p2), f"group names differ: {[g.name for g in p1.groups]} vs {[g.name for g in p2.groups]}"
-    else:
-        assert _names(p1, True) == _names(p2, True), f"names differ: {[g.name for g in p1.groups]} vs {[g.name for g in p2.groups]}"
+    assert _names(p1) == _names(p2), f"group names differ: {[g.name for g in p1.groups]} vs {[g.name for g in p2.groups]}"
 
 
 def _oracle(spec: NetSpec, spells: tuple[int, ...]) -> None:
@@ -789,16 +788,16 @@ def test_spelled_nets_pass_the_oracle(case) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=600, **SETTINGS)
+@settings(max_examples=2000, **SETTINGS)
 @given(two_spellings())
-def test_two_spellings_give_one_plan_600(case) -> None:
+def test_two_spellings_give_one_plan_2000(case) -> None:
     _same_plan(*case)
 
 
 @pytest.mark.slow
-@settings(max_examples=500, **SETTINGS)
+@settings(max_examples=1500, **SETTINGS)
 @given(spelled_nets())
-def test_spelled_nets_pass_the_oracle_500(case) -> None:
+def test_spelled_nets_pass_the_oracle_1500(case) -> None:
     _oracle(*case)
 
 
@@ -857,6 +856,35 @@ _KNOWN = [
          Op("gpool", 3, out=3), Op("norule", 4, out=3, k=1, var="cumsum"), Op("fc", 5, out=5)),
         3, "h.mean((2, 3))", "pinned channels grouped by their first pin reason in node-name order",
     ),  # fmt: skip
+    ("conv-weight-detach", _four(Op("conv", 3, out=6, k=3, arg=(1, True))), 3, "F.conv2d(h, w.detach()", "kernel axes listed as groups"),
+    (
+        "conv-weight-transpose",
+        _four(Op("conv", 3, out=6, k=3, arg=(1, True))),
+        3, "F.conv2d(h, w.transpose(0,1)", "kernel axes listed as groups",
+    ),  # fmt: skip
+    (
+        "F.conv2d-then-sum",
+        _four(Op("conv", 3, out=6, k=1, arg=(1, True)), Op("gate_ch", 4, out=6, var="relu:sum")),
+        3, "F.conv2d(h, w, b", "zero walk stops at F.conv2d",
+    ),  # fmt: skip
+    ("movedim-then-sum", _four(Op("perm", 3, out=8), Op("gate_ch", 4, out=8, var="relu:sum")), 3, "h.movedim", "zero walk stops at movedim"),
+    (
+        "leaky_relu_-then-sum",
+        (_PRE[0], Op("act", 1, out=8, var="leaky"), Op("gate_ch", 2, out=8, var="relu:sum"), Op("gpool", 3, out=8), Op("fc", 4, out=5)),
+        1, "F.leaky_relu_(", "zero walk stops at F.leaky_relu_",
+    ),  # fmt: skip
+    ("addmm-then-l2", (*_MLP, Op("l2norm", 5, out=6), Op("fc", 6, out=5)), 4, "torch.addmm", "zero walk stops at addmm"),
+    (
+        "normalize-then-sum",
+        _four(Op("l2norm", 3, out=8), Op("gate_ch", 4, out=8, var="identity:sum")),
+        3, "F.normalize(h, dim=1", "zero walk stops at F.normalize",
+    ),  # fmt: skip
+    (
+        "one-channel-pad-transposed",
+        (Op("conv", 0, out=4, k=1, arg=(1, True)), Op("split", 1, out=1, k=0, arg=(1, 3)), Op("conv", 2, out=1, k=3, arg=(1, False)),
+         Op("pad_ch", 3, out=3, arg=(1, 1)), Op("gpool", 4, out=3), Op("fc", 5, out=5)),
+        3, "F.pad(h.transpose(1,3)", "a size-1 channel axis is not linked through a permutation: group lost",
+    ),  # fmt: skip
     ("add_-then-sum", _four(Op("add", 3, other=1, out=8), Op("gate_ch", 4, out=8, var="relu:sum")), 3, "a.add_(b)", "in-place add breaks zeros"),
 ]
 
@@ -885,7 +913,7 @@ def test_known_divergent_spelling(ops: tuple[Op, ...], target: int, spelling: st
     index = next(i for i, n in enumerate(names) if spelling in n)
     spells = [0] * len(ops)
     spells[target] = index
-    _same_plan(NetSpec(ops), (0,) * len(ops), tuple(spells), strict=True)
+    _same_plan(NetSpec(ops), (0,) * len(ops), tuple(spells))
 
 
 @pytest.mark.parametrize("ops, target, spelling", [pytest.param(ops, t, n, id=i) for i, ops, t, n, _ in _KNOWN])
@@ -895,3 +923,25 @@ def test_known_divergent_spelling_is_still_exact(ops: tuple[Op, ...], target: in
     spells = [0] * len(ops)
     spells[target] = next(i for i, n in enumerate(names) if spelling in n)
     _oracle(NetSpec(ops), tuple(spells))
+
+
+class _DeadAdd(nn.Module):
+    """An unused ``h + g`` vs ``g + h``: fx traces ``g += h`` as an unused ``operator.add``, so
+    the planner takes any unused ``a + b`` for an in-place write into ``a``."""
+
+    def __init__(self, swap: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.swap = nn.Conv2d(3, 4, 1), nn.Linear(4, 5), swap
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        g = h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+        _ = g + h if self.swap else h + g  # dead
+        g = g / torch.clamp(g.norm(dim=1, keepdim=True), min=1e-3)
+        return self.fc(g.mean((2, 3)))
+
+
+@pytest.mark.xfail(strict=True, reason="an unused a + b is taken for a += b: zero-invariance depends on operand order")
+def test_dead_add_operand_order() -> None:
+    x = torch.randn(2, 3, 6, 6)
+    assert _key(skg.plan(_DeadAdd(False), x)) == _key(skg.plan(_DeadAdd(True), x))
