@@ -43,6 +43,7 @@ class AxisGraph:
     rule_applications: int = 0
 
     sizes: dict[AxisId, int] = field(default_factory=dict)  # every axis and its size
+    size_refs: dict[AxisId, set[Any]] = field(default_factory=dict)  # axis -> SizeSources of its literal sizes
     values: dict[str, list[AxisId]] = field(default_factory=dict)  # activation name -> its axes
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:

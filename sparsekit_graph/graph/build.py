@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from . import ops_layers, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
+from . import ops_attention, ops_layers, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .context import RuleContext
 from .rules import find_rule
@@ -16,7 +16,7 @@ __all__ = ["HARMLESS_ARGUMENTS", "add_traced_graph"]
 # Arguments that never change which channels move together.
 HARMLESS_ARGUMENTS = frozenset(
     {"dtype", "memory_format", "non_blocking", "copy", "device", "layout", "pin_memory", "requires_grad", "inplace",
-     "_stacklevel", "generator", "eps", "training", "momentum"}
+     "_stacklevel", "generator", "eps", "training", "momentum", "cudnn_enable", "implicit", "train"}
 )  # fmt: skip
 
 

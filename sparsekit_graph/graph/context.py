@@ -14,6 +14,7 @@ from torch.nn.utils.parametrizations import _WeightNorm
 from .axes import AxisGraph, AxisId
 from .meta import META
 from .normalize import Call, normalize
+from .sizes import size_sources
 
 __all__ = ["RuleContext"]
 
@@ -182,6 +183,14 @@ class RuleContext:
     def fresh(self, axes: Iterable[AxisId]) -> None:
         """Output axes that follow no input on purpose (broadcast by ``expand``: size 1 -> n)."""
         self.fresh_axes.update(axes)
+
+    def size_follows_model(self, axis: AxisId, value: Any) -> bool:
+        """Is ``value``, a literal size shaping ``axis``, an attribute of the layer or model?
+        If so it is recorded on the axis (surgery rewrites it) and the axis may be pruned."""
+        sources = size_sources(self.node, value, self.modules)
+        if sources:
+            self.graph.size_refs.setdefault(axis, set()).update(sources)
+        return bool(sources)
 
     def pin(self, axes: Iterable[AxisId], reason: str) -> None:
         for a in axes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "META"]
+__all__ = ["CALL", "EXPORTED", "META"]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
+EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export

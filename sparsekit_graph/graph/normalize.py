@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from .aten import aten_op, is_aten
 from .meta import CALL, META
 
 __all__ = ["CALL", "Call", "canonical_op", "normalize"]
@@ -32,7 +33,7 @@ __all__ = ["CALL", "Call", "canonical_op", "normalize"]
 
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
 _PRIMARY = ("input", "self", "tensor", "x", "a", "x1")  # names the primary tensor goes by
-_RENAME = {"self": "input", "split_size_or_sections": "split_size", "axis0": "dim0", "axis1": "dim1"}
+_RENAME = {"self": "input", "split_size_or_sections": "split_size", "split_sizes": "split_size", "axis0": "dim0", "axis1": "dim1"}
 # Spellings of one op that torch exposes under several names.
 _OP_ALIASES: dict[Any, Any] = {
     torch.concat: torch.cat, torch.concatenate: torch.cat, torch.swapaxes: torch.transpose,
@@ -108,6 +109,12 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         return Call(builtins.getattr, {"input": obj, "name": attr}, frozenset({"input", "name"}))
     if node.op not in ("call_function", "call_method"):
         return Call(node.target, {}, frozenset(), bound=False)
+    if is_aten(node.target):
+        op, inplace = aten_op(node.target)
+        bound = _bind_schema(node.target._schema, node.args, dict(node.kwargs), check_types=False)
+        if bound is None:
+            return Call(op, {"input": node.args[0]} if node.args else {}, frozenset(), inplace, bound=False)
+        return Call(op, bound[0], bound[1], inplace)
     op, against, inplace = canonical_op(node.target)
     if node.target in _OPERATOR_NAMES or getattr(node.target, "__module__", None) == "_operator":
         names = _OPERATOR_NAMES.get(node.target, ("input", "other", "third"))
@@ -224,7 +231,11 @@ def _schemas(name: str) -> tuple[Any, ...]:
     return tuple(keep)
 
 
-def _bind_schema(schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]] | None:
+def _bind_schema(
+    schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, check_types: bool = True
+) -> tuple[dict[str, Any], frozenset[str]] | None:
+    """Arguments by the schema's names, or None if they do not fit it (``check_types``: also
+    the argument types, to choose among overloads; an ATen node's overload is already chosen)."""
     params = list(schema.arguments)
     positional = [p for p in params if not p.kwarg_only]
     names = [p.name for p in params]
@@ -240,7 +251,7 @@ def _bind_schema(schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     values: dict[str, Any] = {}
     for p in params:
         if p.name in given:
-            if not _fits(p, given[p.name]):
+            if check_types and not _fits(p, given[p.name]):
                 return None
             values[p.name] = given[p.name]
         elif p.has_default_value():

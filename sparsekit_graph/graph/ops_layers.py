@@ -191,7 +191,8 @@ def layer_norm(ctx: RuleContext) -> None:
 
 @register_function_rule(F.layer_norm, F.rms_norm, F.group_norm)
 def layer_norm_function(ctx: RuleContext) -> None:
-    """Functional norms: their ``normalized_shape`` (or group count) is a literal: those axes pin."""
+    """Functional norms mix the normalised axes; a ``normalized_shape`` that is no size attribute
+    of the layer or model (or a group count) is a literal: those axes pin."""
     pointwise(ctx)
     out = ctx.out()
     if ctx.call.op is F.group_norm:
@@ -199,7 +200,10 @@ def layer_norm_function(ctx: RuleContext) -> None:
         return
     shape = ctx.arg("normalized_shape")
     k = len(shape) if isinstance(shape, (tuple, list)) else 1
-    ctx.pin(out[len(out) - k :], f"literal normalized_shape at {ctx.where()}")
+    trailing = out[len(out) - k :]
+    ctx.mix(trailing, f"normalised by {ctx.where()}")
+    if k != 1 or ctx.arg("weight") is None or not ctx.size_follows_model(trailing[0], shape):
+        ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
 
 
 @register_module_rule(nn.LocalResponseNorm)

@@ -34,6 +34,10 @@ _POINTWISE_FUNCTIONS = [
     F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
     F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.prelu, F.leaky_relu_,
     F.elu_, F.hardtanh_, F.rrelu_, torch.special.expit, torch.special.erf, torch.special.exp2, torch.special.expm1,
+    torch.rsub, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or,
+    torch.logical_not, torch.logical_xor, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not, torch.bitwise_xor,
+    operator.and_, operator.or_, operator.xor, operator.invert, operator.eq, operator.ne, operator.lt, operator.le,
+    operator.gt, operator.ge, torch.isnan, torch.isinf, torch.isfinite,
 ]  # fmt: skip
 _POINTWISE_METHODS = ["masked_fill", "fill_", "zero_", "bernoulli", "uniform_", "normal_", "float_power"]
 _SAME_SHAPE_METHODS = [
@@ -70,7 +74,7 @@ def expand(ctx: RuleContext) -> None:
             ctx.same([src[i]], [o])
         elif other is not None:
             ctx.same([other[j]], [o])
-        elif isinstance(sizes, (tuple, list)) and isinstance(sizes[j], int):
+        elif isinstance(sizes, (tuple, list)) and _constant_size(ctx, o, sizes[j]):
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
@@ -168,9 +172,15 @@ def view(ctx: RuleContext) -> None:
         raw = [None] * ctx.out_value.ndim
     if not isinstance(raw, (tuple, list)):
         raw = [raw]
-    literal = [isinstance(s, int) and s != -1 for s in raw]
+    out = ctx.out()
+    literal = [_constant_size(ctx, out[j], s) for j, s in enumerate(raw)]
     in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
     reshape_axes(ctx, literal=literal, groups=_factor_groups(in_shape, out_shape))
+
+
+def _constant_size(ctx: RuleContext, axis: tuple, size: object) -> bool:
+    """A literal size in the call that is no size attribute of the layer or model."""
+    return isinstance(size, int) and size not in (-1, 1) and not ctx.size_follows_model(axis, size)
 
 
 @register_function_rule(torch.unflatten)
@@ -178,7 +188,8 @@ def unflatten(ctx: RuleContext) -> None:
     nd = ctx.meta(ctx.input).ndim
     dim, sizes = ctx.arg("dim") % nd, list(ctx.arg("sizes"))
     k = len(sizes)
-    literal = [False] * dim + [isinstance(s, int) and s != -1 for s in sizes] + [False] * (nd - dim - 1)
+    out = ctx.out()
+    literal = [False] * dim + [_constant_size(ctx, out[dim + j], s) for j, s in enumerate(sizes)] + [False] * (nd - dim - 1)
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
     reshape_axes(ctx, literal=literal, groups=groups)
@@ -349,8 +360,9 @@ def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d:
 
 @register_function_rule(torch.chunk, torch.split, torch.tensor_split)
 def split(ctx: RuleContext) -> None:
-    """Output ``k`` is a slice of the input. ``chunk(n)`` recomputes equal parts after pruning,
-    so position ``p`` of every part is tied together; literal split sizes pin the axis."""
+    """Output ``k`` is a slice of the input. ``chunk(n)``, or ``split`` by a size attribute of the
+    model, gives equal parts after pruning too, so position ``p`` of every part is tied
+    together; other literal split sizes pin the axis."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
@@ -361,7 +373,9 @@ def split(ctx: RuleContext) -> None:
     for part in parts:
         ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
     sizes = [ctx.graph.size(p[dim]) for p in parts]
-    is_chunk = ctx.call.op is torch.chunk
+    is_chunk = ctx.call.op is torch.chunk or (
+        isinstance(how, int) and not isinstance(how, bool) and all(not _constant_size(ctx, p[dim], how) for p in parts)
+    )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
     offset = 0

@@ -13,7 +13,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import TraceError
-from .meta import META
+from .export import export_graph
+from .meta import EXPORTED, META
 from .ops_layers import SAME_SHAPE_MODULES
 from .ops_vision import register_library_rules
 from .rules import inherits_forward, module_rule_for
@@ -21,7 +22,7 @@ from .rules import inherits_forward, module_rule_for
 # Layers whose output has their input's shape: no need to run them, even on meta.
 _SAME_SHAPE = (*SAME_SHAPE_MODULES, nn.modules.batchnorm._BatchNorm)
 
-__all__ = ["Inputs", "has_hooks", "normalize_inputs", "trace", "trace_graph"]
+__all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
 Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
@@ -83,16 +84,43 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     concrete = _concrete_args(model, args, kwargs)
     with _mode(model, train):
         try:
-            tracer = _Tracer()
-            graph = tracer.trace(model, concrete_args=concrete)
-        except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
-            raise TraceError(
-                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
-                "Make the data-dependent part a leaf module, or register a rule for it."
-            ) from e
+            graph = _Tracer().trace(model, concrete_args=concrete)
+        except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
+            return _exported(model, args, kwargs, fx_error)
         if shapes:
             _propagate(graph, model, args, kwargs)
     return graph
+
+
+def is_exported(graph: fx.Graph) -> bool:
+    """Was this graph traced by ``torch.export`` (ATen ops, eval forward only)?"""
+    return any(n.op == "output" and n.meta.get(EXPORTED) for n in reversed(graph.nodes))
+
+
+def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception) -> fx.Graph:
+    """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
+    try:
+        with torch.no_grad():
+            if _on_meta(model):
+                args, kwargs = _to_meta(args), _to_meta(kwargs)
+            graph = export_graph(model, args, kwargs)
+    except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
+        raise TraceError(
+            f"could not trace {type(model).__name__}: torch.fx: {type(fx_error).__name__}: {_first_line(fx_error)}; "
+            f"torch.export: {type(e).__name__}: {_first_line(e)}. "
+            "Make the data-dependent part a leaf module, or register a rule for it."
+        ) from e
+    next(n for n in reversed(graph.nodes) if n.op == "output").meta[EXPORTED] = True
+    return graph
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class _Tracer(fx.Tracer):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
-from ..graph.trace import Inputs, normalize_inputs, trace_graph
+from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan
 
@@ -71,11 +71,12 @@ def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
 
 
 def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True) -> AxisGraph:
-    """The axis graph of the eval forward, plus the train forward where it differs."""
+    """The axis graph of the eval forward, plus the train forward where it differs (graphs
+    from ``torch.export`` trace the eval forward only)."""
     graph = AxisGraph()
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
-    if train_graph and _reads_training(model):
+    if train_graph and not is_exported(gm) and _reads_training(model):
         gm_train = trace_graph(model, example_inputs, train=True, shapes=False)
         if _calls(gm_train) != _calls(gm):
             gm_train = trace_graph(model, example_inputs, train=True)

@@ -1,0 +1,52 @@
+"""ATen operators (graphs from ``torch.export``) in the spelling rules are written for.
+
+``aten.linear.default`` becomes ``F.linear``, ``aten.view.default`` ``torch.Tensor.view``,
+``aten.add_.Tensor`` ``torch.add`` in place: the overload's package name is looked up in
+``torch.nn.functional``, ``torch`` and ``torch.Tensor``, in that order, after a short table of
+names that differ. Arguments are bound against the overload's own schema, so a rule reads
+``ctx.arg("dim")`` whichever graph the node came from. Ops without a torch-level name keep
+their overload packet (``torch.ops.aten.slice``) as their canonical op.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Hashable
+from functools import cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["NO_EFFECT_OPS", "aten_op", "is_aten"]
+
+_ATEN_NAMES: dict[str, Hashable] = {
+    "_to_copy": Tensor.to, "alias": Tensor.clone, "lift_fresh_copy": Tensor.clone, "sym_size": Tensor.size,
+    "sym_numel": Tensor.numel, "__and__": operator.and_, "__or__": operator.or_, "__xor__": operator.xor,
+    "split_with_sizes": torch.split, "view_copy": Tensor.view, "_unsafe_view": Tensor.view,
+}  # fmt: skip
+# Checks that export records in the graph; they compute nothing.
+NO_EFFECT_OPS = ("_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range_for_size")
+
+
+def is_aten(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload)
+
+
+@cache
+def aten_op(target: torch._ops.OpOverload) -> tuple[Hashable, bool]:
+    """(canonical op, in place?) of an ATen overload."""
+    from .normalize import _OP_ALIASES
+
+    name = target.overloadpacket.__name__
+    inplace = name.endswith("_") and not name.startswith("_") and not name.endswith("__")
+    base = name[:-1] if inplace else name
+    if base in _ATEN_NAMES:
+        return _ATEN_NAMES[base], inplace
+    for namespace in (F, torch):
+        fn: Callable[..., Any] | None = getattr(namespace, base, None)
+        if callable(fn) and not isinstance(fn, type):
+            return _OP_ALIASES.get(fn, fn), inplace
+    method = getattr(Tensor, base, None)
+    return (method if method is not None else target.overloadpacket), inplace

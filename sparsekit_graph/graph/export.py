@@ -1,0 +1,104 @@
+"""Trace with ``torch.export`` where ``symbolic_trace`` fails (e.g. Hugging Face models).
+
+The exported ATen graph is rewritten into the form the rest of the planner reads: parameters
+and buffers become ``get_attr`` nodes named by their qualified names, every node gets its value
+as meta tensors on ``node.meta["skg.value"]``, and the output lists the user outputs only.
+Batch and sequence axes are exported as dynamic dimensions, so a literal size left in the graph
+(``view(b, s, 4, 16)``) is a size of the model, never the example's batch or length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .meta import META
+
+__all__ = ["export_graph"]
+
+
+def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.Graph:
+    """The model's forward as an ATen-level ``fx.Graph`` over ``model``'s own parameters.
+
+    Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``.
+    """
+    kwargs = {**kwargs, **_no_cache(model, kwargs)}
+    try:
+        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
+    except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
+        ep = torch.export.export(model, args, kwargs, strict=False)
+    return _as_model_graph(ep)
+
+
+def _no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``use_cache=False`` for models whose forward takes it (no KV cache in the graph)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params and "use_cache" not in kwargs else {}
+
+
+def _dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Dynamic batch axis for every tensor input, and dynamic length for integer inputs
+    (token ids, attention masks); ``Dim.AUTO`` lets export keep a size static where the model
+    needs it."""
+
+    def spec(x: Any) -> Any:
+        if not isinstance(x, Tensor) or x.ndim == 0:
+            return None
+        dims = [0] + ([1] if x.ndim >= 2 and not x.is_floating_point() else [])
+        return {d: torch.export.Dim.AUTO for d in dims}
+
+    positional = tuple(spec(a) for a in args)
+    if kwargs:
+        return {**{f"arg{i}": s for i, s in enumerate(positional)}, **{k: spec(v) for k, v in kwargs.items()}} if not args else None
+    return positional
+
+
+def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
+    sig = ep.graph_signature
+    qualified = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    user_outputs = [
+        i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
+    ]
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in ep.graph_module.graph.nodes:
+        if node.op == "placeholder" and node.name in qualified:
+            new = graph.get_attr(qualified[node.name])
+        elif node.op == "placeholder" and node.name in sig.inputs_to_lifted_tensor_constants:
+            new = graph.get_attr(f"<constant {sig.inputs_to_lifted_tensor_constants[node.name]}>")
+        elif node.op == "output":
+            outs = node.args[0]
+            graph.output(tuple(env[outs[i]] if isinstance(outs[i], fx.Node) else outs[i] for i in user_outputs))
+            continue
+        else:
+            new = graph.node_copy(node, lambda n: env[n])
+        new.meta = dict(node.meta)
+        new.meta[META] = _meta_value(node.meta.get("val"))
+        env[node] = new
+    return graph
+
+
+def _meta_value(v: Any) -> Any:
+    """A fake value as meta tensors with concrete sizes (symbolic sizes take their example's)."""
+    if isinstance(v, Tensor):
+        return torch.empty([_int(s) for s in v.shape], dtype=v.dtype, device="meta")
+    if isinstance(v, (tuple, list)):
+        return type(v)(_meta_value(x) for x in v)
+    if isinstance(v, torch.SymInt):
+        return _int(v)
+    return v
+
+
+def _int(s: Any) -> int:
+    if isinstance(s, torch.SymInt):
+        hint = s.node.hint
+        return int(hint) if hint is not None else int(s)
+    return int(s)

@@ -1,0 +1,116 @@
+"""Rules for the ops transformers are made of, in torch and ATen spellings: attention,
+embeddings, slicing and selecting, and the checks ``torch.export`` leaves in a graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .aten import NO_EFFECT_OPS, aten_op
+from .context import RuleContext
+from .rules import register_function_rule
+
+# -- attention -----------------------------------------------------------------------------
+
+
+@register_function_rule(F.scaled_dot_product_attention)
+def attention(ctx: RuleContext) -> None:
+    """``(..., H, L, E) x (..., Hk, S, E) x (..., Hk, S, Ev) -> (..., H, L, Ev)``.
+
+    Query heads pass to the output; key/value heads are the query heads themselves, or with
+    ``enable_gqa`` each of ``Hk`` heads serves ``H / Hk`` consecutive query heads (index map
+    ``h -> h // (H / Hk)``), so a key/value head and its query heads form one channel. The
+    head dimensions pin: the default scale ``1/sqrt(E)`` and rotary embeddings depend on them.
+    """
+    q, k, v = ctx.axes(ctx.arg("query")), ctx.axes(ctx.arg("key")), ctx.axes(ctx.arg("value"))
+    out = ctx.out()
+    mask = ctx.axes(ctx.arg("attn_mask"))
+    ctx.arg("dropout_p"), ctx.arg("is_causal"), ctx.arg("scale")
+    gqa = bool(ctx.arg("enable_gqa", False))
+    if q is None or k is None or v is None or min(len(q), len(k), len(v)) < 3:
+        ctx.pin_everything(f"attention with unreadable operands at {ctx.where()}")
+        return
+    for x in (q, k, v):
+        ctx.same(reversed(x[:-3]), reversed(out[:-3]))
+    heads, kv_heads = ctx.graph.size(q[-3]), ctx.graph.size(k[-3])
+    ctx.same([q[-3], q[-2], v[-1]], [out[-3], out[-2], out[-1]])
+    ctx.same([k[-3], k[-2]], [v[-3], v[-2]])
+    if kv_heads == heads:
+        ctx.same([k[-3]], [q[-3]])
+    elif kv_heads > 1 and gqa and heads % kv_heads == 0:
+        h = np.arange(heads)
+        ctx.graph.link(k[-3], q[-3], h // (heads // kv_heads), h, kind="repeat")
+    elif kv_heads > 1:
+        ctx.pin([q[-3], k[-3], v[-3], out[-3]], f"{heads} query heads and {kv_heads} key heads at {ctx.where()}")
+    ctx.same([q[-1]], [k[-1]])
+    ctx.pin([q[-1], v[-1]], f"head_dim at {ctx.where()}: the attention scale and rotary embeddings depend on it")
+    ctx.mix([k[-2]], f"softmax over keys at {ctx.where()}")
+    if mask is not None:
+        scores = [*out[:-3], q[-3], q[-2], k[-2]]  # (..., H, L, S)
+        ctx.same(reversed(mask), reversed(scores))
+
+
+# -- embeddings ----------------------------------------------------------------------------
+
+
+@register_function_rule(F.embedding)
+def embedding_function(ctx: RuleContext) -> None:
+    """``F.embedding(ids, weight)`` / ``aten.embedding(weight, indices)``: rows are looked up
+    (the vocabulary pins), columns produce the output's last axis."""
+    ids = ctx.axes(ctx.arg("indices") if "indices" in ctx.call.args else ctx.input)
+    w, out = ctx.axes(ctx.arg("weight")), ctx.out()
+    for harmless in ("padding_idx", "scale_grad_by_freq", "sparse"):
+        ctx.arg(harmless)
+    if ctx.arg("max_norm") is not None or w is None or len(w) != 2:
+        ctx.pin_everything(f"embedding with a computed or renormalised weight at {ctx.where()}")
+        return
+    ctx.same(ids or [], out[:-1])
+    ctx.produce(w[1], out[-1])
+    ctx.pin([w[0]], f"vocabulary of {ctx.where()}")
+
+
+# -- slicing -------------------------------------------------------------------------------
+
+
+@register_function_rule(torch.ops.aten.slice)
+def slice_axis(ctx: RuleContext) -> None:
+    """``x[..., start:end:step]`` on one axis: a whole slice keeps the axis, a part pins it."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    if src is None:
+        return
+    d = ctx.arg("dim", 0) % len(src)
+    start, end, step = ctx.arg("start"), ctx.arg("end"), ctx.arg("step", 1)
+    size = ctx.graph.size(src[d])
+    whole = (start in (None, 0)) and step == 1 and (end is None or (isinstance(end, int) and end >= size))
+    ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
+    if whole:
+        ctx.same([src[d]], [out[d]])
+    else:
+        ctx.pin([src[d], out[d]], f"slicing at {ctx.where()}")
+
+
+@register_function_rule(torch.select)
+def select(ctx: RuleContext) -> None:
+    """``x.select(dim, i)``: one index of an axis (pinned); the other axes pass through."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    if src is None:
+        return
+    d = ctx.arg("dim") % len(src)
+    ctx.arg("index")
+    ctx.pin([src[d]], f"indexing at {ctx.where()}")
+    ctx.same(src[:d] + src[d + 1 :], out)
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def no_effect(ctx: RuleContext) -> None:
+    """Runtime checks that ``torch.export`` records: they compute nothing."""
+    ctx.read_all()
+
+
+for _name in NO_EFFECT_OPS:
+    _packet = getattr(torch.ops.aten, _name, None)
+    if _packet is not None:
+        register_function_rule(*(aten_op(getattr(_packet, o))[0] for o in _packet.overloads()))(no_effect)

@@ -1,0 +1,84 @@
+"""Where a literal size in a graph comes from: the module or config attribute it equals.
+
+Models reshape with their own attributes (``view(b, s, self.num_heads, self.head_dim)``,
+``split(self.split_size)``), and under ``torch.export`` every size is a literal. A literal
+that shapes a channel axis is matched to an attribute named in ``SIZE_ATTRIBUTES``: first of
+the innermost module running the op, then of its parents, then of the model's config. A match
+means the size follows the model (surgery rewrites the attribute); a literal that matches
+nothing pins its axis, since the code would not follow a pruned size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+__all__ = ["SIZE_ATTRIBUTES", "SizeSource", "register_size_attribute", "size_sources"]
+
+SIZE_ATTRIBUTES: set[str] = {
+    "num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
+    "head_dim", "attention_head_size", "head_size", "hidden_size", "embed_dim", "n_embd", "d_model",
+    "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
+    "normalized_shape", "num_key_value_groups", "kv_heads",
+}  # fmt: skip
+
+
+def register_size_attribute(*names: str) -> None:
+    """Declare attributes (of layers or configs) that hold sizes a forward reshapes with."""
+    SIZE_ATTRIBUTES.update(names)
+
+
+@dataclass(frozen=True)
+class SizeSource:
+    """Attribute ``attr`` of the module at ``owner`` (``"config"``: the model's config)."""
+
+    owner: str
+    attr: str
+
+
+def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> list[SizeSource]:
+    """The attributes ``value`` (an int, or a tuple of ints) equals, innermost owner first;
+    empty when nothing explains it."""
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
+        return []
+    value = tuple(value) if isinstance(value, list) else value
+    root = modules.get("")
+    configs: list[tuple[str, Any]] = []
+    for path in reversed(_module_stack(node)):
+        module = modules.get(path)
+        if module is None:
+            continue
+        hits = _equal_attributes(module, value)
+        if hits:
+            return [SizeSource(path, a) for a in hits]
+        config = getattr(module, "config", None)
+        if config is not None and not isinstance(config, nn.Module):
+            shared = root is not None and getattr(root, "config", None) is config
+            configs.append(("config" if shared else f"{path}.config", config))
+    if root is not None and getattr(root, "config", None) is not None:
+        configs.append(("config", root.config))
+    for owner, config in configs:
+        hits = _equal_attributes(config, value)
+        if hits:
+            return [SizeSource(owner, a) for a in hits]
+    return []
+
+
+def _equal_attributes(obj: Any, value: int | tuple[int, ...]) -> list[str]:
+    out = []
+    for attr in sorted(SIZE_ATTRIBUTES):
+        v = getattr(obj, attr, None)
+        v = tuple(v) if isinstance(v, (list, tuple)) else v
+        if v == value and not isinstance(v, bool):
+            out.append(attr)
+    return out
+
+
+def _module_stack(node: fx.Node) -> list[str]:
+    """Qualified names of the modules running ``node``, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [str(v[0]) for v in stack.values()] + ([str(node.target)] if node.op == "call_module" else [])
+    return [p.removeprefix("L['self'].").removeprefix("L['self']") for p in paths]
