@@ -21,7 +21,7 @@ from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .layout import strided_layout, view_order
-from .schema import Group, InputSpec, Member, Plan
+from .schema import Group, InputSpec, Member, Plan, SizeRef
 
 __all__ = ["build_axis_graph", "plan"]
 
@@ -133,6 +133,8 @@ class _Channels:
     pin: str | None
     mix: str | None
     positions: list[list[int]] | np.ndarray  # (channels, len(params)): positions matching ``params``
+    labels: list[int] | None = None  # the channels' labels in the component's index union (slot path)
+    counts: dict[int, np.ndarray] | None = None  # node index -> its indices per channel, for sized axes
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:
@@ -210,8 +212,16 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
         pin, mix = pins.get(channel), mixes.get(channel)
         key = (tuple(nid_list[a:b]), channel in produced, pin is None, mix is None)  # reasons do not split groups
         if key not in by_key:
-            by_key[key] = _Channels(key[0], key[1], pin, mix, [])
+            by_key[key] = _Channels(key[0], key[1], pin, mix, [], [])
         by_key[key].positions.append(pos_list[a:b])
+        by_key[key].labels.append(channel)  # type: ignore[union-attr]
+    sized = {
+        i: np.bincount(label[offset[i] : offset[i + 1]], minlength=int(label.max()) + 1)
+        for i, n in enumerate(nodes)
+        if n in graph.size_refs
+    }
+    for ch in by_key.values():
+        ch.counts = {i: c[ch.labels] for i, c in sized.items()}
     return list(by_key.values())
 
 
@@ -237,8 +247,9 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
             members.append(_member(nodes[n], int(lo[c]), int(hi[c]) + 1, 1, None, 1))
         else:
             members += _members(nodes[n], pos[:, cols])
-    prunable = ch.pin is None and ch.produced
-    reason = ch.pin if ch.pin is not None or ch.produced else "no parameter produces these channels"
+    sizes, uneven = _size_refs(graph, nodes, ch, len(pos))
+    prunable = ch.pin is None and ch.produced and uneven is None
+    reason = ch.pin or uneven if ch.pin is not None or uneven or ch.produced else "no parameter produces these channels"
     odd = next((m for m in members if m.indices is not None and strided_layout(m.positions()) is None), None)
     if odd is not None and prunable:
         prunable, reason = False, f"channel order of {odd.param} axis {odd.axis} is not a strided view"
@@ -252,10 +263,31 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         reason=reason,
         zero_invariant=ch.mix is None,
         members=members,
+        sizes=sizes,
         ratio=None,
         keep=None,
     )
     return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group
+
+
+def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: int) -> tuple[list[SizeRef], str | None]:
+    """The size attributes that count these channels: an attribute shaping an axis changes by
+    the axis's indices per channel for every channel removed (None if it counts them unevenly)."""
+    per: dict[tuple[str, str], int] = {}
+    for i, n in enumerate(nodes):
+        sources = graph.size_refs.get(n)
+        if not sources:
+            continue
+        counts = np.ones(channels, dtype=np.int64) if ch.counts is None else ch.counts.get(i)
+        if counts is None or not counts.any():
+            continue
+        if (counts != counts[0]).any():
+            return [], f"size attribute {sorted(sources, key=str)[0].attr} counts these channels unevenly"
+        for src in sources:
+            key = (src.owner, src.attr)
+            if per.setdefault(key, int(counts[0])) != int(counts[0]):
+                return [], f"size attribute {src.owner}.{src.attr} counts these channels unevenly"
+    return [SizeRef(owner=o, attr=a, per_channel=c) for (o, a), c in sorted(per.items())], None
 
 
 def _members(node: AxisId, p: np.ndarray) -> list[Member]:

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import PlanError
 from .check import check_plan
 
-__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan"]
+__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan", "SizeRef"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
 Positive = Annotated[int, Field(ge=1, le=2**40)]
 
@@ -63,6 +63,16 @@ class Member(_Frozen):
         return [base + q for q in (self.indices if self.indices is not None else range(self.channels))]
 
 
+class SizeRef(_Frozen):
+    """A layer or config attribute that counts a group's channels (``owner``: the module's
+    qualified name, or ``"config"``): removing ``k`` channels lowers it by ``k * per_channel``.
+    Surgery rewrites it, e.g. ``model.layers.0.self_attn`` ``num_heads``."""
+
+    owner: str
+    attr: str = Field(min_length=1)
+    per_channel: Positive
+
+
 class Group(_Frozen):
     """A channel space: slices of parameters that must be pruned together."""
 
@@ -72,6 +82,7 @@ class Group(_Frozen):
     reason: str | None = None
     zero_invariant: bool
     members: list[Member] = Field(min_length=1)
+    sizes: list[SizeRef] = Field(default_factory=list)
     ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     keep: Positive | None = None
 
@@ -119,7 +130,7 @@ class Plan(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in (1, SCHEMA_VERSION):  # version 1 had no size attributes
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
         seen: set[str] = set()
         for g in self.groups:

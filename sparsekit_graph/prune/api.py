@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.meta import META
-from ..graph.trace import trace
+from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
 from .importance import channel_scores, masks_from_scores
+from .hf import fit_config
 from .macs import count_macs, count_params
 from .surgery import remove_channels
 
@@ -34,6 +35,7 @@ class PruneReport(BaseModel):
     macs_after: int
     kept: dict[str, int]
     sizes: dict[str, int]
+    reloadable: bool | None = None  # a Hugging Face model: its config describes the pruned shapes
 
     @property
     def params_ratio(self) -> float:
@@ -110,15 +112,17 @@ def prune(
     else:
         chosen = _checked_masks(plan, masks)
     inputs = plan.example_inputs()
-    before_gm = trace(model, inputs)
+    before_gm = trace_graph(model, inputs)
     work = copy.deepcopy(model)
     remove_channels(work, plan, chosen)
     try:
-        after_gm = trace(work, inputs)
-        trace(work, inputs, train=True)
+        after_gm = trace_graph(work, inputs)
+        if not is_exported(after_gm):
+            trace_graph(work, inputs, train=True)
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_outputs(before_gm, after_gm)
+    reloadable = fit_config(model, work)
     report = PruneReport(
         params_before=count_params(model),
         params_after=count_params(work),
@@ -126,6 +130,7 @@ def prune(
         macs_after=count_macs(after_gm, work),
         kept={g.name: g.size - int(chosen[g.name].sum()) if g.name in chosen else g.size for g in plan.groups},
         sizes={g.name: g.size for g in plan.groups},
+        reloadable=reloadable,
     )
     if inplace:
         _remove_channels_transactionally(model, plan, chosen, expected=work)
@@ -178,14 +183,14 @@ def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]
     return out
 
 
-def _output_shapes(gm: torch.fx.GraphModule) -> list[tuple[int, ...]]:
-    out = next(n for n in gm.graph.nodes if n.op == "output")
+def _output_shapes(graph: fx.Graph) -> list[tuple[int, ...]]:
+    out = next(n for n in graph.nodes if n.op == "output")
     found: list[fx.Node] = []
     fx.node.map_arg(out.args, found.append)
     return [tuple(n.meta[META].shape) for n in found if isinstance(n.meta.get(META), Tensor)]
 
 
-def _same_outputs(before: torch.fx.GraphModule, after: torch.fx.GraphModule) -> None:
+def _same_outputs(before: fx.Graph, after: fx.Graph) -> None:
     if _output_shapes(before) != _output_shapes(after):
         raise SparseKitError(
             f"pruning changed the output shapes {_output_shapes(before)} -> {_output_shapes(after)}; nothing was changed"

@@ -62,10 +62,46 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
             for attr, t in store.items():
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
+    _rewrite_sizes(model, plan, masks)
     for module in model.modules():
         resize = by_type(_RESIZERS, module)
         if resize is not None:
             resize(module)
+
+
+def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
+    """Lower every layer attribute that counts removed channels (``SizeRef``). A config shared
+    by the whole model is rewritten only where every group counted by an attribute agrees on
+    its new value (``fit_config`` checks it against the pruned shapes)."""
+    modules = dict(model.named_modules())
+    lowered: dict[tuple[str, str], int] = {}
+    proposals: dict[str, set[int]] = {}
+    for g in plan.groups:
+        mask = masks.get(g.name)
+        removed = int(mask.sum()) if mask is not None else 0
+        for ref in g.sizes:
+            if ref.owner == "config":
+                old = getattr(getattr(model, "config", None), ref.attr, None)
+                if isinstance(old, int):
+                    proposals.setdefault(ref.attr, set()).add(old - ref.per_channel * removed)
+            elif removed:
+                key = (ref.owner, ref.attr)
+                lowered[key] = lowered.get(key, 0) + ref.per_channel * removed
+    for (owner, attr), by in lowered.items():
+        holder = _owner(model, modules, owner)
+        old = getattr(holder, attr)
+        setattr(holder, attr, (old[0] - by, *old[1:]) if isinstance(old, tuple) else old - by)
+    config = getattr(model, "config", None)
+    for attr, values in proposals.items():
+        if len(values) == 1 and config is not None:
+            setattr(config, attr, values.pop())
+
+
+def _owner(model: nn.Module, modules: dict[str, nn.Module], owner: str) -> object:
+    if owner in modules:
+        return modules[owner]
+    path, _, attr = owner.rpartition(".")  # "layers.0.attn.config": a config a layer holds
+    return getattr(modules[path], attr)
 
 
 @register_resizer(nn.modules.conv._ConvNd)
