@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["by_type", "registrar"]
+__all__ = ["RESIZERS", "by_type", "registrar"]
 
 V = TypeVar("V")
+
+# Layer type -> how it updates its own attributes after its parameters were sliced.
+RESIZERS: dict[type, Callable[[Any], None]] = {}
 
 
 def registrar(table: dict[Any, V]) -> Callable[..., Callable[[V], V]]:

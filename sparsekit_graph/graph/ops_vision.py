@@ -1,4 +1,5 @@
-"""Rules for layers of torchvision and timm that the tracer should keep as leaves."""
+"""Rules for layers of torchvision and timm that the tracer should keep as leaves, and how
+layers of transformers resize themselves after surgery."""
 
 from __future__ import annotations
 
@@ -53,11 +54,22 @@ def _timm_rules() -> None:
     register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
 
 
-_PENDING = {"torchvision": _torchvision_rules, "timm": _timm_rules}
+def _transformers_layers() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    from ..prune.surgery import register_resizer
+
+    @register_resizer(Conv1D)
+    def _conv1d(m: Conv1D) -> None:  # GPT-2's transposed linear: weight (nx, nf)
+        m.nx, m.nf = m.weight.shape
+
+
+_PENDING = {"torchvision": _torchvision_rules, "timm": _timm_rules, "transformers": _transformers_layers}
 
 
 def register_library_rules() -> None:
-    """Register the rules for torchvision's and timm's layers once those libraries are in use.
+    """Register the rules for torchvision's, timm's and transformers' layers once those
+    libraries are in use.
 
     Never imports them: a model built from them has imported them already, and importing timm
     for nothing would cost every user its import time (and every trace: fx patches

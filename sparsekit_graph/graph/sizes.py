@@ -3,7 +3,9 @@
 Models reshape with their own attributes (``view(b, s, self.num_heads, self.head_dim)``,
 ``split(self.split_size)``), and under ``torch.export`` every size is a literal. A literal
 that shapes a channel axis is matched to an attribute named in ``SIZE_ATTRIBUTES``: first of
-the innermost module running the op, then of its parents, then of the model's config. A match
+the innermost module running the op, then of its parents, then of the model's config. A
+layer with a resizer (``register_resizer``) explains its own sizes: surgery recomputes them
+from its weights (GPT-2's ``Conv1D`` views by its ``nf``). A match
 means the size follows the model (surgery rewrites the attribute); a literal that matches
 nothing pins its axis, since the code would not follow a pruned size.
 """
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch.fx as fx
 from torch import nn
+
+from ..registry import RESIZERS, by_type
 
 __all__ = ["SIZE_ATTRIBUTES", "SizeSource", "register_size_attribute", "size_sources"]
 
@@ -33,7 +37,8 @@ def register_size_attribute(*names: str) -> None:
 
 @dataclass(frozen=True)
 class SizeSource:
-    """Attribute ``attr`` of the module at ``owner`` (``"config"``: the model's config)."""
+    """Attribute ``attr`` of the module at ``owner`` (``"config"``: the model's config); an
+    empty ``attr`` names a layer that resizes itself (a registered resizer)."""
 
     owner: str
     attr: str
@@ -47,7 +52,11 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     value = tuple(value) if isinstance(value, list) else value
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
-    for path in reversed(_module_stack(node)):
+    stack = _module_stack(node)
+    innermost = modules.get(stack[-1]) if stack else None
+    if innermost is not None and by_type(RESIZERS, innermost) is not None and _own_size(innermost, value):
+        return [SizeSource(stack[-1], "")]  # the layer resizes itself from its weights
+    for path in reversed(stack):
         module = modules.get(path)
         if module is None:
             continue
@@ -65,6 +74,12 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         if hits:
             return [SizeSource(owner, a) for a in hits]
     return []
+
+
+def _own_size(module: nn.Module, value: int | tuple[int, ...]) -> bool:
+    """Is ``value`` the size of an axis of one of the layer's own parameters?"""
+    sizes = {n for p in module.parameters(recurse=False) for n in p.shape}
+    return value in sizes if isinstance(value, int) else len(value) == 1 and value[0] in sizes
 
 
 def _equal_attributes(obj: Any, value: int | tuple[int, ...]) -> list[str]:

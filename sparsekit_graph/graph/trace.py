@@ -101,9 +101,8 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], f
     """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
     try:
         with torch.no_grad():
-            if _on_meta(model):
-                args, kwargs = _to_meta(args), _to_meta(kwargs)
-            graph = export_graph(model, args, kwargs)
+            place = _to_meta if _on_meta(model) else _materialize
+            graph = export_graph(model, place(args), place(kwargs))
     except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
         raise TraceError(
             f"could not trace {type(model).__name__}: torch.fx: {type(fx_error).__name__}: {_first_line(fx_error)}; "
@@ -112,6 +111,17 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], f
         ) from e
     next(n for n in reversed(graph.nodes) if n.op == "output").meta[EXPORTED] = True
     return graph
+
+
+def _materialize(x: Any) -> Any:
+    """Meta inputs as zeros beside real weights (export runs on fake copies of both)."""
+    if isinstance(x, Tensor):
+        return torch.zeros(x.shape, dtype=x.dtype) if x.device.type == "meta" else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_materialize(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _materialize(v) for k, v in x.items()}
+    return x
 
 
 def _on_meta(model: nn.Module) -> bool:

@@ -284,6 +284,8 @@ def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: i
         if (counts != counts[0]).any():
             return [], f"size attribute {sorted(sources, key=str)[0].attr} counts these channels unevenly"
         for src in sources:
+            if not src.attr:  # a layer that resizes itself
+                continue
             key = (src.owner, src.attr)
             if per.setdefault(key, int(counts[0])) != int(counts[0]):
                 return [], f"size attribute {src.owner}.{src.attr} counts these channels unevenly"

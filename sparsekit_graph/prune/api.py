@@ -122,7 +122,7 @@ def prune(
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_outputs(before_gm, after_gm)
-    reloadable = fit_config(model, work)
+    reloadable = fit_config(model, work, inputs)
     report = PruneReport(
         params_before=count_params(model),
         params_after=count_params(work),

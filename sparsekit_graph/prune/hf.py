@@ -24,8 +24,13 @@ __all__ = ["fit_config"]
 _MAX_BUILDS = 256
 
 
-def fit_config(original: nn.Module, pruned: nn.Module) -> bool | None:
-    """Set ``pruned.config`` to values under which ``type(pruned)`` builds the pruned shapes.
+def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | None:
+    """Set ``pruned.config`` to values under which ``type(pruned)`` builds the pruned model.
+
+    A candidate must build every parameter and buffer with its pruned shape and, when the
+    weights are real, give the pruned model's outputs on random ``inputs`` (shaped like the
+    example inputs) with the pruned weights: shapes alone cannot tell 4 heads of 8 from 2
+    heads of 16.
 
     Returns None for a model without a Hugging Face config, True when such values exist (the
     config is rewritten), False when none do (the config is left describing the original
@@ -43,7 +48,8 @@ def fit_config(original: nn.Module, pruned: nn.Module) -> bool | None:
         trial = copy.deepcopy(config)
         for a, v in zip(attrs, values):
             setattr(trial, a, v)
-        if _builds(type(pruned), trial) == want:
+        built = _build(type(pruned), trial)
+        if built is not None and _shapes(built) == want and _same_function(pruned, built, inputs):
             for a, v in zip(attrs, values):
                 setattr(config, a, v)
             return True
@@ -71,10 +77,60 @@ def _candidates(current: int, original: int | None, before: dict, after: dict) -
     return found
 
 
-def _builds(cls: type, config: Any) -> dict[str, tuple[int, ...]] | None:
+def _build(cls: type, config: Any) -> nn.Module | None:
     try:
         with torch.device("meta"):
-            model = cls(config)
+            return cls(config).eval()
     except Exception:  # noqa: BLE001 - a config the class rejects builds nothing
         return None
-    return _shapes(model)
+
+
+def _same_function(pruned: nn.Module, built: nn.Module, inputs: Any) -> bool:
+    """Does ``built``, given the pruned weights (shared, not copied), compute what ``pruned`` does?"""
+    if any(t.device.type == "meta" for t in pruned.state_dict().values()):
+        return True  # nothing to run: shapes are all there is
+    built.load_state_dict(pruned.state_dict(), assign=True)
+    persistent = set(pruned.state_dict())
+    for name, b in pruned.named_buffers():
+        if name not in persistent:
+            holder, _, attr = name.rpartition(".")
+            built.get_submodule(holder).register_buffer(attr, b, persistent=False)
+    args, kwargs = _random_like(inputs)
+    was = pruned.training
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            a, b = _first(pruned(*args, **kwargs)), _first(built(*args, **kwargs))
+    except Exception:  # noqa: BLE001 - a candidate that does not run is not the model
+        return False
+    finally:
+        pruned.train(was)
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-6))
+
+
+def _random_like(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Real tensors shaped like the (meta) example inputs: floats ~ N(0, 1); integers 0 or 1
+    with every row's first entry 1 (valid token ids, type ids and attention masks)."""
+    g = torch.Generator().manual_seed(0)
+
+    def real(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=g, dtype=t.dtype)
+        x = torch.randint(0, 2, t.shape, generator=g, dtype=t.dtype)
+        if x.ndim:
+            x[..., 0] = 1
+        return x
+
+    if isinstance(inputs, dict):
+        return (), {k: real(v) for k, v in inputs.items()}
+    return tuple(real(v) for v in inputs), {}
+
+
+def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "values"):
+        return _first(next(iter(out.values())))
+    return _first(out[0])

@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from ..plan.schema import Plan
-from ..registry import by_type, registrar
+from ..registry import RESIZERS, by_type, registrar
 
 __all__ = ["register_resizer", "remove_channels"]
 
 Resizer = Callable[[nn.Module], None]
-_RESIZERS: dict[type, Resizer] = {}
+_RESIZERS: dict[type, Resizer] = RESIZERS
 
 
 register_resizer = registrar(_RESIZERS)
