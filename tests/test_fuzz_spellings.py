@@ -835,7 +835,7 @@ _KNOWN = [
     ("constant_pad_nd", _four(Op("pad_ch", 3, out=10, arg=(1, 1))), 3, "torch.constant_pad_nd", "no rule for constant_pad_nd"),
     ("torch.max_pool2d", _four(Op("pool", 3, out=8, var="max")), 3, "torch.max_pool2d", "no rule for torch.max_pool2d"),
     ("adjoint", (*_MLP, Op("act", 5, out=6, var="relu"), Op("t2", 6, out=6), Op("fc", 7, out=5)), 6, "adjoint", "no rule for adjoint"),
-    ("view-*shape", _four(Op("view", 3, out=8)), 3, "*h.shape", "TraceError: fx cannot unpack a Proxy; no torch.export fallback"),
+    ("view-*shape", _four(Op("view", 3, out=8)), 3, "*h.shape", "TraceError: fx cannot unpack a Proxy (fixed: torch.export fallback)"),
     ("F.linear-then-l2", (*_MLP, Op("l2norm", 5, out=6), Op("fc", 6, out=5)), 4, "F.linear(h, w, b)", "zero walk stops at F.linear"),
     ("matmul-then-l2", (*_MLP, Op("l2norm", 5, out=6), Op("fc", 6, out=5)), 4, "h @ w.T + b", "zero walk stops at matmul"),
     (
@@ -893,7 +893,7 @@ _KNOWN = [
 _FIXED = {
     "conv-functional", "float", "dim-from-g.dim()", "l2-pow", "l2-**2", "expit", "leaky_relu_", "hstack", "movedim", "moveaxis",
     "constant_pad_nd", "torch.max_pool2d", "adjoint", "F.linear-then-l2", "matmul-then-l2", "F.batch_norm-then-sum",
-    "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order",
+    "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order", "view-*shape",
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from . import ops_attention, ops_layers, ops_tensor, ops_vision  # noqa: F401  (
 from .axes import AxisGraph
 from .context import RuleContext
 from .rules import find_rule
-from .trace import has_hooks
+from .trace import has_hooks, is_exported
 
 __all__ = ["HARMLESS_ARGUMENTS", "add_traced_graph"]
 
@@ -34,10 +34,11 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
     aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
     modules = dict(model.named_modules())
+    exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = str(node.target) if module is not None else ""
-        ctx = RuleContext(graph, node, prefix, module, name, aliases, modules)
+        ctx = RuleContext(graph, node, prefix, module, name, aliases, modules, exported=exported)
         if node.op == "placeholder":
             for axes in ctx.outputs():
                 ctx.pin(axes, "model input")

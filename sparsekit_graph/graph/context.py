@@ -39,6 +39,7 @@ class RuleContext:
     module_name: str = ""
     aliases: dict[str, str] | None = None  # get_attr node name -> parameter name
     modules: dict[str, nn.Module] = field(default_factory=dict)  # the model's modules by name
+    exported: bool = False  # the graph comes from torch.export (ATen ops, sizes as literals)
     read: set[str] = field(default_factory=set)
     fresh_axes: set[AxisId] = field(default_factory=set)
 

@@ -173,9 +173,13 @@ def view(ctx: RuleContext) -> None:
     if not isinstance(raw, (tuple, list)):
         raw = [raw]
     out = ctx.out()
-    literal = [_constant_size(ctx, out[j], s) for j, s in enumerate(raw)]
     in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
-    reshape_axes(ctx, literal=literal, groups=_factor_groups(in_shape, out_shape))
+    groups = _factor_groups(in_shape, out_shape)
+    # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps
+    # an input axis as it is follows that axis, whatever the source said.
+    kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
+    literal = [_constant_size(ctx, out[j], s) and j not in kept for j, s in enumerate(raw)]
+    reshape_axes(ctx, literal=literal, groups=groups)
 
 
 def _constant_size(ctx: RuleContext, axis: tuple, size: object) -> bool:
