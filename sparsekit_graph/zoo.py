@@ -1,4 +1,5 @@
 """Model specs for the CLI and examples: ``torchvision:resnet18``, ``timm:convnext_tiny``,
+``hf:llama`` (a small config, built, never downloaded; ``hf:llama@eager`` for eager attention),
 ``path/to/file.py:factory``."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 from .errors import SparseKitError
 
-__all__ = ["load_spec"]
+__all__ = ["HF_MODELS", "hf_model", "load_spec"]
 
 _INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "swin_t": 224}
 
@@ -28,7 +29,8 @@ def load_spec(spec: str, *, batch: int = 1, image_size: int | None = None, seed:
     if kind == "timm":
         return _timm(name, batch, image_size)
     if kind == "hf":
-        raise SparseKitError(f"model spec {spec!r}: Hugging Face models cannot be planned yet (they need torch.export tracing)")
+        arch, _, attn = name.partition("@")
+        return hf_model(arch, attention=attn or "sdpa", batch=batch)
     if kind.endswith(".py"):
         return _file(Path(kind), name, batch)
     raise SparseKitError(f"model spec {spec!r}: unknown source {kind!r} (torchvision, timm or a .py file)")
@@ -72,3 +74,42 @@ def _file(path: Path, factory: str, batch: int) -> tuple[nn.Module, Any]:
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module)):
         raise SparseKitError(f"{path}:{factory}() must return (model, example_inputs)")
     return out
+
+
+# Small configs of each family (2 layers, hidden 64, 4 heads, GQA with 2 key/value heads).
+_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _DECODER),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _DECODER),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_DECODER, "head_dim": 16}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _DECODER),
+    "bert": ("BertConfig", "BertForSequenceClassification", {**_ENCODER, "vocab_size": 128, "max_position_embeddings": 64}),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
+    ),
+    "vit": ("ViTConfig", "ViTForImageClassification", {**_ENCODER, "image_size": 32, "patch_size": 8, "num_labels": 10}),
+}
+
+
+def hf_model(name: str, *, attention: str = "sdpa", batch: int = 2, seq: int = 8) -> tuple[nn.Module, dict[str, Any]]:
+    """A small Hugging Face model of family ``name`` (random weights, eval mode) and keyword
+    inputs for it: token ids with an attention mask that pads the last row, or pixels."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise SparseKitError("Hugging Face models need the transformers package (pip install transformers)") from e
+    if name not in HF_MODELS:
+        raise SparseKitError(f"hf:{name}: unknown model family; known: {', '.join(sorted(HF_MODELS))}")
+    config_cls, model_cls, sizes = HF_MODELS[name]
+    config = getattr(transformers, config_cls)(**sizes, attn_implementation=attention)
+    model = getattr(transformers, model_cls)(config).eval()
+    if name == "vit":
+        return model, {"pixel_values": torch.randn(batch, 3, config.image_size, config.image_size)}
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, : seq // 4] = 0  # left padding in the last row
+    return model, {"input_ids": ids, "attention_mask": mask}

@@ -11,6 +11,11 @@ from torch import Tensor, nn
 import sparsekit_graph as skg
 
 
+def call(model: nn.Module, x: object) -> object:
+    """``model(x)``, or ``model(**x)`` for a dict of keyword inputs (Hugging Face models)."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
 def realistic_bn(model: nn.Module, x: Tensor, seed: int = 0) -> None:
     """Random BN affine parameters and running statistics measured on ``x`` (one train pass)."""
     g = torch.Generator().manual_seed(seed)
@@ -22,8 +27,11 @@ def realistic_bn(model: nn.Module, x: Tensor, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
             m.reset_running_stats()
             m.momentum = None
+        if not bns:
+            model.eval()
+            return
         model.train()
-        model(x)
+        call(model, x)
         for m in bns:
             m.momentum = 0.1
     model.eval()
@@ -64,7 +72,9 @@ def assert_untouched(model: nn.Module, before: tuple, when: str) -> None:
     assert grads == before[2], f"{when}: requires_grad changed"
 
 
-def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float = 0.05, require: bool = True) -> skg.PruneResult:
+def check_oracle(
+    model: nn.Module, x: Tensor | dict[str, Tensor], tmp_path: Path, *, min_drop: float = 0.05, require: bool = True
+) -> skg.PruneResult:
     """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness.
 
     ``require=False`` (random nets) accepts a net with nothing to prune, e.g. when a channel
@@ -82,14 +92,14 @@ def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float
     assert_untouched(model, before, "prune")
     small = result.model.eval()
     with torch.no_grad():
-        dense_out, small_out = first_tensor(model(x)), first_tensor(small(x))
+        dense_out, small_out = first_tensor(call(model, x)), first_tensor(call(small, x))
     assert small_out.shape == dense_out.shape
     after = sum(p.numel() for p in small.parameters())
     assert result.report.params_after == after
     assert after <= (1 - min_drop) * result.report.params_before
     small.train()
     with torch.no_grad():
-        small(x)
+        call(small, x)
 
     # Exactness on every zero-invariant group at once: masked dense == pruned.
     gen = torch.Generator().manual_seed(1)
@@ -108,5 +118,5 @@ def check_oracle(model: nn.Module, x: Tensor, tmp_path: Path, *, min_drop: float
         couplings[name].apply_mask(m)
     pruned = skg.prune(model, plan, masks=masks).model.eval()
     with torch.no_grad():
-        assert_close_rel(first_tensor(dense(x)), first_tensor(pruned(x)))
+        assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(pruned, x)))
     return result

@@ -55,18 +55,15 @@ def _dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         dims = [0] + ([1] if x.ndim >= 2 and not x.is_floating_point() else [])
         return {d: torch.export.Dim.AUTO for d in dims}
 
-    positional = tuple(spec(a) for a in args)
-    if kwargs:
-        return {**{f"arg{i}": s for i, s in enumerate(positional)}, **{k: spec(v) for k, v in kwargs.items()}} if not args else None
-    return positional
+    if args and kwargs:
+        return None  # export names dynamic shapes by forward's parameters: keep this mix static
+    return {k: spec(v) for k, v in kwargs.items()} if kwargs else tuple(spec(a) for a in args)
 
 
 def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
     sig = ep.graph_signature
     qualified = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
-    user_outputs = [
-        i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
-    ]
+    user_outputs = [i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in ep.graph_module.graph.nodes:

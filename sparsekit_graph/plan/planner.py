@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
@@ -293,12 +293,17 @@ def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: i
 
 
 def _members(node: AxisId, p: np.ndarray) -> list[Member]:
-    """Columns of ``p`` (channels x occurrences) -> members; consecutive runs become blocks."""
-    k = p.shape[1]
-    if k > 1 and np.array_equal(p, p[:, :1] + np.arange(k)) and not (p[:, 0] % k).any():
-        runs: Sequence[tuple[np.ndarray, int]] = [(p[:, 0] // k, k)]
-    else:
-        runs = [(p[:, r], 1) for r in range(k)]
+    """Columns of ``p`` (channels x occurrences) -> members; each run of columns that are
+    consecutive positions in every channel becomes one member of that block size (a head's
+    rows; GPT-2's fused q|k|v gives three), when the run starts on a block boundary."""
+    breaks = [0, *(np.flatnonzero((np.diff(p, axis=1) != 1).any(0)) + 1).tolist(), p.shape[1]]
+    runs: list[tuple[np.ndarray, int]] = []
+    for a, b in zip(breaks, breaks[1:]):
+        block = b - a
+        if block > 1 and not (p[:, a] % block).any():
+            runs.append((p[:, a] // block, block))
+        else:
+            runs += [(p[:, r], 1) for r in range(a, b)]
     out = []
     for q, block in runs:
         lo = int(q.min())

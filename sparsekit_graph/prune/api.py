@@ -16,8 +16,8 @@ from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
-from .importance import channel_scores, masks_from_scores
 from .hf import fit_config
+from .importance import channel_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels
 
@@ -66,6 +66,7 @@ def prune(
     inplace: bool = False,
     global_ranking: bool = False,
     round_to: int | None = None,
+    uniform: bool = False,
     seed: int = 0,
 ) -> PruneResult:
     """Remove channels from ``model`` following ``plan``.
@@ -85,6 +86,10 @@ def prune(
             nothing of ``model`` changes.
         global_ranking: Rank channels across groups instead of per group.
         round_to: Keep a multiple of this many channels per group.
+        uniform: Snap like groups (the same layer in every block: same size and member
+            layout) to one kept count, each keeping its own best channels. With a per-group
+            ``ratio`` counts are uniform already; with ``global_ranking`` this is what lets a
+            Hugging Face config describe the pruned model (``report.reloadable``).
 
     Returns:
         ``PruneResult`` with the pruned model (``model`` itself if ``inplace``).
@@ -108,7 +113,9 @@ def prune(
             else -torch.arange(g.size, dtype=torch.float32)
             for g in plan.prunable
         }
-        chosen = masks_from_scores(plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking)
+        chosen = masks_from_scores(
+            plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking, uniform=uniform
+        )
     else:
         chosen = _checked_masks(plan, masks)
     inputs = plan.example_inputs()

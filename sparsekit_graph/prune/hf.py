@@ -28,9 +28,9 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
     """Set ``pruned.config`` to values under which ``type(pruned)`` builds the pruned model.
 
     A candidate must build every parameter and buffer with its pruned shape and, when the
-    weights are real, give the pruned model's outputs on random ``inputs`` (shaped like the
-    example inputs) with the pruned weights: shapes alone cannot tell 4 heads of 8 from 2
-    heads of 16.
+    weights are real, compute what the pruned model computes (both given the same random
+    weights and random ``inputs`` shaped like the example inputs): shapes alone cannot tell
+    4 heads of 8 from 2 heads of 16.
 
     Returns None for a model without a Hugging Face config, True when such values exist (the
     config is rewritten), False when none do (the config is left describing the original
@@ -52,8 +52,19 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         if built is not None and _shapes(built) == want and _same_function(pruned, built, inputs):
             for a, v in zip(attrs, values):
                 setattr(config, a, v)
+            _adopt_sizes(pruned, built)
             return True
     return False
+
+
+def _adopt_sizes(pruned: nn.Module, built: nn.Module) -> None:
+    """Layer size attributes the forward never read (e.g. BERT's ``num_attention_heads``)
+    still say the original sizes: take them from the verified rebuild."""
+    for mine, theirs in zip(pruned.modules(), built.modules()):
+        for attr in SIZE_ATTRIBUTES:
+            new = getattr(theirs, attr, None)
+            if _is_size(new) and _is_size(getattr(mine, attr, None)) and type(mine) is type(theirs):
+                setattr(mine, attr, new)
 
 
 def _is_size(v: Any) -> bool:
@@ -86,26 +97,49 @@ def _build(cls: type, config: Any) -> nn.Module | None:
 
 
 def _same_function(pruned: nn.Module, built: nn.Module, inputs: Any) -> bool:
-    """Does ``built``, given the pruned weights (shared, not copied), compute what ``pruned`` does?"""
+    """Do ``built`` and ``pruned`` compute one function? Both get the same random weights of
+    unit-scale activations (the model's own small init can hide a wrong head size: near-zero
+    attention logits make every scaling look alike) and random inputs."""
     if any(t.device.type == "meta" for t in pruned.state_dict().values()):
         return True  # nothing to run: shapes are all there is
-    built.load_state_dict(pruned.state_dict(), assign=True)
-    persistent = set(pruned.state_dict())
+    g = torch.Generator().manual_seed(0)
+    saved = pruned.state_dict()
+    ties: dict[int, list[str]] = {}  # one tensor under several names (tied embeddings)
+    for name, t in (*pruned.named_parameters(remove_duplicate=False), *pruned.named_buffers(remove_duplicate=False)):
+        if name in saved:
+            ties.setdefault(id(t), []).append(name)
+    state = {}
+    for names in ties.values():
+        w = _random_weight(saved[names[0]], g)
+        state.update(dict.fromkeys(names, w))
+    twin = copy.deepcopy(pruned).eval()
+    twin.load_state_dict(state)
+    built.load_state_dict(state, assign=True)
+    for first, *others in ties.values():
+        for name in others:
+            holder, _, attr = name.rpartition(".")
+            store = built.get_submodule(holder)
+            store._parameters[attr] = built.get_parameter(first)
+    persistent = set(state)
     for name, b in pruned.named_buffers():
         if name not in persistent:
             holder, _, attr = name.rpartition(".")
-            built.get_submodule(holder).register_buffer(attr, b, persistent=False)
+            built.get_submodule(holder).register_buffer(attr, b.clone(), persistent=False)
     args, kwargs = _random_like(inputs)
-    was = pruned.training
-    pruned.eval()
     try:
         with torch.no_grad():
-            a, b = _first(pruned(*args, **kwargs)), _first(built(*args, **kwargs))
+            a, b = _first(twin(*args, **kwargs)), _first(built(*args, **kwargs))
     except Exception:  # noqa: BLE001 - a candidate that does not run is not the model
         return False
-    finally:
-        pruned.train(was)
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-6))
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-6))
+
+
+def _random_weight(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t.clone()
+    if t.ndim < 2:
+        return 1 + 0.5 * torch.randn(t.shape, generator=g).to(t.dtype)
+    return (torch.randn(t.shape, generator=g) / t.shape[-1] ** 0.5).to(t.dtype)
 
 
 def _random_like(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

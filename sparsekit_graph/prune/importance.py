@@ -41,10 +41,18 @@ def keep_count(group: Group, ratio: float, round_to: int | None) -> int:
 
 
 def masks_from_scores(
-    groups: list[Group], scores: dict[str, Tensor], ratio: float, *, round_to: int | None, global_ranking: bool
+    groups: list[Group],
+    scores: dict[str, Tensor],
+    ratio: float,
+    *,
+    round_to: int | None,
+    global_ranking: bool,
+    uniform: bool = False,
 ) -> dict[str, Tensor]:
-    """``True`` = removed. Uniform: each group drops its lowest channels. Global: the lowest
-    channels across all groups without an override, each group keeping at least one."""
+    """``True`` = removed. Per group: each group drops its lowest channels. Global: the lowest
+    channels across all groups without an override, each group keeping at least one.
+    ``uniform``: groups of one shape (the same layer in every block) then keep one count, the
+    rounded mean of theirs, each its own best channels (so a config can describe the model)."""
     keep = {g.name: keep_count(g, ratio, round_to) for g in groups}
     if global_ranking:
         free = [g for g in groups if g.keep is None and g.ratio is None]
@@ -62,6 +70,8 @@ def masks_from_scores(
                     budget -= 1
             for g, n in zip(free, left):
                 keep[g.name] = keep_count(g.model_copy(update={"keep": n}), 0.0, round_to)
+    if uniform:
+        keep.update(_snapped(groups, keep))
     masks = {}
     for g in groups:
         mask = torch.zeros(g.size, dtype=torch.bool)
@@ -70,3 +80,17 @@ def masks_from_scores(
             mask[torch.argsort(scores[g.name], stable=True)[:drop]] = True
         masks[g.name] = mask
     return masks
+
+
+def _snapped(groups: list[Group], keep: dict[str, int]) -> dict[str, int]:
+    """One count per class of like groups (same size and member layout), overrides aside."""
+    classes: dict[tuple, list[Group]] = {}
+    for g in groups:
+        if g.keep is None and g.ratio is None:
+            shape = tuple(sorted((m.axis, m.block, m.stop - m.start) for m in g.members))
+            classes.setdefault((g.size, shape), []).append(g)
+    out = {}
+    for like in classes.values():
+        n = max(1, round(sum(keep[g.name] for g in like) / len(like)))
+        out.update({g.name: n for g in like})
+    return out

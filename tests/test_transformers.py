@@ -1,0 +1,210 @@
+"""Hugging Face transformers through torch.export: the oracle, reload, generate, and the rules
+for heads, GQA, RoPE, fused qkv, tied weights and q_norm/k_norm (small configs, no download)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from helpers import assert_close_rel, call, check_oracle, first_tensor  # noqa: E402
+
+import sparsekit_graph as skg  # noqa: E402
+from sparsekit_graph.zoo import hf_model  # noqa: E402
+
+MODELS = ["llama", "llama@eager", "qwen2", "qwen3", "mistral@eager", "bert", "gpt2", "vit"]
+_PLANS: dict[str, skg.Plan] = {}
+
+
+def _build(spec: str) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    name, _, attn = spec.partition("@")
+    return hf_model(name, attention=attn or "sdpa")
+
+
+def _plan(spec: str) -> tuple[torch.nn.Module, dict, skg.Plan]:
+    model, x = _build(spec)
+    if spec not in _PLANS:
+        _PLANS[spec] = skg.plan(model, x)
+    return model, x, _PLANS[spec]
+
+
+def _attention_layers(model: torch.nn.Module) -> list[str]:
+    return [
+        n
+        for n, m in model.named_modules()
+        if type(m).__name__.endswith(("Attention", "SelfAttention")) and "Sdpa" not in type(m).__name__
+    ]
+
+
+def _head_groups(plan: skg.Plan, model: torch.nn.Module) -> dict[str, skg.Group]:
+    """The prunable head group of each attention layer (a member with block > 1 inside it)."""
+    found = {}
+    for layer in _attention_layers(model):
+        for g in plan.prunable:
+            if any(m.param.startswith(layer + ".") and m.block > 1 for m in g.members):
+                found[layer] = g
+    return found
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_oracle(spec: str, tmp_path: Path) -> None:
+    """Plan, round trip, prune at 0.5 (<= 60% kept), exactness on zero-invariant groups,
+    untouched input model, and a head group in every attention layer."""
+    model, x = _build(spec)
+    result = check_oracle(model, x, tmp_path)
+    assert result.report.params_after <= 0.6 * result.report.params_before
+    heads = _head_groups(result.plan, model)
+    assert set(heads) == set(_attention_layers(model)) and heads, f"head groups: {sorted(heads)}"
+    assert all(g.zero_invariant for g in heads.values())
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_pruned_model_reloads_with_from_pretrained(spec: str, tmp_path: Path) -> None:
+    model, x, plan = _plan(spec)
+    result = skg.prune(model, plan, ratio=0.5)
+    assert result.report.reloadable is True
+    small = result.model
+    assert type(small) is type(model)
+    small.save_pretrained(tmp_path)
+    attn = small.config._attn_implementation
+    again = type(model).from_pretrained(tmp_path, attn_implementation=attn).eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(small, x)), first_tensor(call(again, x)))
+    assert sum(p.numel() for p in again.parameters()) == result.report.params_after
+
+
+@pytest.mark.parametrize("spec", ["llama", "gpt2", "qwen3"])
+def test_generate_before_and_after(spec: str) -> None:
+    """The pruned causal LM keeps its class and generates with its KV cache; greedy decoding
+    with the cache equals the full forward's argmax."""
+    model, x, plan = _plan(spec)
+    small = skg.prune(model, plan, ratio=0.5).model
+    ids = x["input_ids"][:1, :5]
+    for m in (model, small):
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 9)
+        with torch.no_grad():
+            logits = m(input_ids=out[:, :-1]).logits
+        assert torch.equal(logits[0, 4:].argmax(-1), out[0, 5:])
+
+
+def test_uniform_snaps_global_ranking_so_the_model_reloads(tmp_path: Path) -> None:
+    model, x, plan = _plan("llama")
+    ragged = skg.prune(model, plan, ratio=0.5, global_ranking=True, importance="random", seed=3)
+    even = skg.prune(model, plan, ratio=0.5, global_ranking=True, importance="random", seed=3, uniform=True)
+    mlp = [g.name for g in plan.prunable if g.size == 128]
+    assert len({ragged.report.kept[n] for n in mlp}) > 1, "the test needs a ragged global ranking"
+    assert len({even.report.kept[n] for n in mlp}) == 1
+    assert even.report.reloadable is True and ragged.report.reloadable is False
+    skg.save_pruned(ragged, tmp_path)  # what from_pretrained cannot express still saves
+    again = skg.load_pruned(_build("llama")[0], tmp_path)
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(ragged.model, x)), first_tensor(call(again, x)))
+
+
+def test_gqa_key_value_head_with_its_query_heads() -> None:
+    """4 query heads share 2 key/value heads: a channel is a KV head with its 2 query heads."""
+    model, _, plan = _plan("llama")
+    g = _head_groups(plan, model)["model.layers.0.self_attn"]
+    blocks = {m.param.rsplit(".", 2)[-2]: (m.axis, m.block) for m in g.members}
+    assert g.size == 2
+    assert blocks == {"q_proj": (0, 32), "k_proj": (0, 16), "v_proj": (0, 16), "o_proj": (1, 32)}
+    refs = {(r.owner, r.attr): r.per_channel for r in g.sizes}
+    assert refs == {("config", "num_attention_heads"): 2}
+
+
+@pytest.mark.parametrize("spec", ["llama", "llama@eager", "qwen3"])
+def test_head_dim_is_pinned_with_its_reason(spec: str) -> None:
+    """RoPE (rotate_half's slices, inv_freq) and the attention scale depend on head_dim."""
+    _, _, plan = _plan(spec)
+    rope = next(g for g in plan.groups if any("inv_freq" in m.param or "q_norm" in m.param for m in g.members))
+    assert not rope.prunable and ("head_dim" in rope.reason or "slicing" in rope.reason)
+
+
+def test_qwen3_q_norm_and_k_norm_act_per_head_on_head_dim() -> None:
+    _, _, plan = _plan("qwen3")
+    norms = [g for g in plan.groups if any(m.param.endswith(("q_norm.weight", "k_norm.weight")) for m in g.members)]
+    assert norms and all(not g.prunable for g in norms)
+    covered: dict[str, int] = {}
+    for m in (m for g in norms for m in g.members if m.param.endswith("norm.weight")):
+        covered[m.param] = covered.get(m.param, 0) + m.stop - m.start
+    assert set(covered.values()) == {16}, covered  # each norm spans head_dim (RoPE ties its halves)
+
+
+def test_gpt2_fused_qkv_and_tied_embedding() -> None:
+    """``c_attn`` is q|k|v: each head owns three slices of its output; ``lm_head`` is ``wte``."""
+    model, _, plan = _plan("gpt2")
+    g = _head_groups(plan, model)["transformer.h.0.attn"]
+    c_attn = sorted(m.start for m in g.members if m.param == "transformer.h.0.attn.c_attn.weight" and m.axis == 1)
+    assert c_attn == [0, 64, 128] and g.size == 4
+    assert {(r.attr, r.per_channel) for r in g.sizes} >= {("split_size", 16)}
+    hidden = next(g for g in plan.prunable if any(m.param == "transformer.wte.weight" for m in g.members))
+    assert not hidden.zero_invariant  # LayerNorms span the residual stream
+    assert not any(m.param == "lm_head.weight" for g in plan.groups for m in g.members)  # tied: one name
+
+
+def test_hidden_size_is_one_group_across_layers() -> None:
+    model, _, plan = _plan("llama")
+    hidden = next(g for g in plan.prunable if any(m.param == "model.embed_tokens.weight" for m in g.members))
+    params = {m.param for m in hidden.members}
+    assert {"model.norm.weight", "lm_head.weight", "model.layers.1.mlp.down_proj.weight"} <= params
+    assert not hidden.zero_invariant
+    pinned = skg.plan(model, _build("llama")[1], ignore=["model.embed_tokens"])
+    assert not any(m.param == "model.norm.weight" for g in pinned.prunable for m in g.members)
+
+
+def test_meta_plan_equals_the_real_plan() -> None:
+    model, x, plan = _plan("llama")
+    with torch.device("meta"):
+        meta_model = type(model)(copy.deepcopy(model.config))
+    meta_inputs = {k: v.to("meta") for k, v in x.items()}
+    assert skg.plan(meta_model, meta_inputs).groups == plan.groups
+
+
+def test_bfloat16_prunes_like_float32() -> None:
+    model, x, plan = _plan("llama")
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    r32, r16 = skg.prune(model, plan, ratio=0.5), skg.prune(half, plan, ratio=0.5)
+    assert r16.report.params_after == r32.report.params_after
+    assert all(p.dtype == torch.bfloat16 for p in r16.model.parameters())
+    with torch.no_grad():
+        assert_close_rel(first_tensor(call(r32.model, x)), first_tensor(call(r16.model, x)).float(), rtol=5e-2)
+
+
+def test_bind_heads_and_mask_matches_pruning() -> None:
+    """Masking one KV group through bind() zeroes exactly what pruning it removes."""
+    model, x, plan = _plan("qwen2")
+    g = _head_groups(plan, model)["model.layers.1.self_attn"]
+    dense = copy.deepcopy(model)
+    coupling = skg.bind(plan, dense)[g.name]
+    assert coupling.numblk() == g.size
+    mask = torch.tensor([True, False])
+    coupling.apply_mask(mask)
+    assert dense.model.layers[1].self_attn.q_proj.weight[:32].abs().sum() == 0
+    small = skg.prune(model, plan, masks={g.name: mask}).model
+    with torch.no_grad():
+        assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(small, x)))
+
+
+def test_a_hard_coded_head_count_pins_the_heads() -> None:
+    """A literal head count no attribute explains must not be taken for a model size."""
+
+    class Attn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.proj = torch.nn.Linear(32, 96), torch.nn.Linear(32, 32)
+
+        def forward(self, x):  # (B, N, 32)
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.proj(y.transpose(1, 2).reshape(b, n, 32))
+
+    plan = skg.plan(Attn(), torch.randn(2, 5, 32))
+    qkv = [g for g in plan.groups if any(m.param == "qkv.weight" and m.axis == 0 for m in g.members)]
+    assert qkv and not any(g.prunable for g in qkv)
+    assert any("constant size" in (g.reason or "") for g in qkv)
