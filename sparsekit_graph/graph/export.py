@@ -47,13 +47,13 @@ def _no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
 def _dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Dynamic batch axis for every tensor input, and dynamic length for integer inputs
     (token ids, attention masks); ``Dim.AUTO`` lets export keep a size static where the model
-    needs it."""
+    needs it. An example size of 1 stays static (export specialises it)."""
 
     def spec(x: Any) -> Any:
         if not isinstance(x, Tensor) or x.ndim == 0:
             return None
         dims = [0] + ([1] if x.ndim >= 2 and not x.is_floating_point() else [])
-        return {d: torch.export.Dim.AUTO for d in dims}
+        return {d: torch.export.Dim.AUTO for d in dims if x.shape[d] > 1}  # size 1 would specialise anyway
 
     if args and kwargs:
         return None  # export names dynamic shapes by forward's parameters: keep this mix static

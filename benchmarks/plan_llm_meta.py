@@ -1,0 +1,78 @@
+"""Plan LLaMA-2-7B- and Llama-3-8B-sized models on the meta device: time and peak RSS.
+
+Each config runs in its own process (peak RSS is per process), built from a config under
+``torch.device("meta")``: no weights exist anywhere. Prints one line per config and checks
+that every layer has a prunable head group and a prunable MLP group.
+
+    python benchmarks/plan_llm_meta.py [--configs llama2-7b llama3-8b] [--seq 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+
+CONFIGS = {
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                      rope_theta=500000.0),
+}  # fmt: skip
+
+
+def _run(name: str, seq: int, out: mp.Queue) -> None:
+    import torch
+    import transformers
+
+    import sparsekit_graph as skg
+
+    cfg = transformers.LlamaConfig(**CONFIGS[name])
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    built = time.perf_counter() - t0
+    ids = torch.zeros(1, seq, dtype=torch.long, device="meta")
+    t0 = time.perf_counter()
+    plan = skg.plan(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    seconds = time.perf_counter() - t0
+    layers = cfg.num_hidden_layers
+    heads = {m.param.split(".")[2] for g in plan.prunable for m in g.members if m.param.endswith("q_proj.weight") and m.axis == 0}
+    mlp = {m.param.split(".")[2] for g in plan.prunable for m in g.members if m.param.endswith("gate_proj.weight") and m.axis == 0}
+    kv = next(g.size for g in plan.prunable if any(m.param.endswith("layers.0.self_attn.k_proj.weight") for m in g.members))
+    params = sum(p.numel() for p in model.parameters())
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out.put(dict(config=name, params_b=params / 1e9, build_s=built, plan_s=seconds, peak_rss_gb=rss_gb,
+                 groups=len(plan.groups), prunable=len(plan.prunable), layers_with_heads=len(heads),
+                 layers_with_mlp=len(mlp), layers=layers, kv_groups_per_layer=kv))  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--seq", type=int, default=16)
+    args = ap.parse_args()
+    ctx = mp.get_context("spawn")
+    ok = True
+    for name in args.configs:
+        q: mp.Queue = ctx.Queue()
+        p = ctx.Process(target=_run, args=(name, args.seq, q))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            print(json.dumps({"config": name, "error": f"exit code {p.exitcode}"}))
+            ok = False
+            continue
+        r = q.get()
+        r["meets_bar"] = r["plan_s"] < 20 and r["peak_rss_gb"] < 3 and r["layers_with_heads"] == r["layers_with_mlp"] == r["layers"]
+        ok &= r["meets_bar"]
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
