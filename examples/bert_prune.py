@@ -63,7 +63,8 @@ def main() -> None:
         result.model.save_pretrained(d)
         again = transformers.BertForSequenceClassification.from_pretrained(d).eval()
     with torch.no_grad():
-        print("  save_pretrained -> from_pretrained identical:", torch.equal(result.model(**inputs).logits, again(**inputs).logits))
+        same = torch.equal(result.model(**inputs).logits, again(**inputs).logits)
+    print("  save_pretrained -> from_pretrained identical:", same)
 
     # Exactness of the zero-invariant groups (heads and MLP channels).
     masks = {g.name: torch.rand(g.size) < 0.5 for g in plan.prunable if g.zero_invariant}

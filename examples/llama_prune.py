@@ -43,7 +43,8 @@ def main() -> None:
 
     # Heads and MLP channels at 0.5; the hidden size is kept (ignore= would pin it in the plan).
     hidden = next(g for g in plan.prunable if any(m.param == "model.embed_tokens.weight" for m in g.members))
-    keep_hidden = plan.model_copy(update={"groups": [g.model_copy(update={"ratio": 0.0}) if g is hidden else g for g in plan.groups]})
+    groups = [g.model_copy(update={"ratio": 0.0}) if g is hidden else g for g in plan.groups]
+    keep_hidden = plan.model_copy(update={"groups": groups})
     result = skg.prune(model, keep_hidden, ratio=0.5)
     r = result.report
     print(f"parameters {r.params_before:,} -> {r.params_after:,} ({r.params_ratio:.1%}); reloadable: {r.reloadable}")

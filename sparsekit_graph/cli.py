@@ -18,7 +18,7 @@ from .prune.io import save_pruned
 from .zoo import load_spec
 
 app = typer.Typer(add_completion=False, help="Structured pruning that understands the model's graph.")
-console = Console()
+console = Console(emoji=False)  # "hf:llama:" is a model spec, not an emoji code
 
 
 def _fail(e: SparseKitError) -> None:
@@ -87,19 +87,28 @@ def prune(
     importance: str = typer.Option("l2", help="l2, l1 or random."),
     global_ranking: bool = typer.Option(False, "--global", help="Rank channels across groups."),
     round_to: int | None = typer.Option(None, "--round-to", help="Keep multiples of this many channels."),
+    uniform: bool = typer.Option(False, "--uniform", help="One kept count for like groups (HF models reload)."),
 ) -> None:
-    """Prune a model and save it (plan.json, masks.json, model.safetensors)."""
+    """Prune a model and save it (plan.json, masks.json, model.safetensors; a Hugging Face model
+    whose config describes the result also as save_pretrained in DIR/hf)."""
     try:
         model, inputs = load_spec(spec)
         t0 = time.perf_counter()
         p = Plan.load(plan_path) if plan_path else make_plan(model, inputs)
-        result = prune_model(model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to)
+        result = prune_model(
+            model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to, uniform=uniform
+        )
     except SparseKitError as e:
         _fail(e)
     seconds = time.perf_counter() - t0
     save_pruned(result, out)
     console.print(_report_table(spec, result.report, seconds))
     console.print(f"{len(p.prunable)} of {len(p.groups)} groups pruned; saved to {out}/")
+    if result.report.reloadable:
+        result.model.save_pretrained(out / "hf")  # type: ignore[operator]
+        console.print(f"Hugging Face model saved with save_pretrained to {out}/hf (from_pretrained reloads it)")
+    elif result.report.reloadable is False:
+        console.print("per-layer counts differ: no config describes the model (try --uniform); load it with load_pruned")
 
 
 @app.command()

@@ -208,3 +208,35 @@ def test_a_hard_coded_head_count_pins_the_heads() -> None:
     qkv = [g for g in plan.groups if any(m.param == "qkv.weight" and m.axis == 0 for m in g.members)]
     assert qkv and not any(g.prunable for g in qkv)
     assert any("constant size" in (g.reason or "") for g in qkv)
+
+
+class EinsumAttention(torch.nn.Module):
+    """Attention as a stranger writes it: einsum, and views by its own attributes."""
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, head_dim
+        width = heads * head_dim
+        self.q, self.k, self.v = (torch.nn.Linear(16, width) for _ in range(3))
+        self.o = torch.nn.Linear(width, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (f(x).view(b, n, self.num_heads, self.head_dim) for f in (self.q, self.k, self.v))
+        a = torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1)
+        return self.o(torch.einsum("bhqk,bkhd->bqhd", a, v).reshape(b, n, -1))
+
+
+def test_einsum_attention_with_attribute_sizes_prunes_heads(tmp_path: Path) -> None:
+    model = EinsumAttention(4, 8)
+    result = check_oracle(model, torch.randn(2, 5, 16), tmp_path, min_drop=0.0)
+    heads = next(g for g in result.plan.prunable if any(m.param == "q.weight" for m in g.members))
+    assert heads.size == 4 and heads.zero_invariant
+    assert [(r.owner, r.attr, r.per_channel) for r in heads.sizes] == [("", "num_heads", 1)]
+    assert result.model.num_heads == 2 and result.model.head_dim == 8
+
+
+def test_a_size_shared_by_heads_and_head_dim_pins() -> None:
+    """4 heads of 4: a literal 4 could be either attribute, so neither axis may follow it."""
+    plan = skg.plan(EinsumAttention(4, 4), torch.randn(2, 5, 16))
+    assert not any(m.param == "q.weight" for g in plan.prunable for m in g.members)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .context import RuleContext
+from .ops_tensor import _is_weight
 from .rules import register_function_rule
 
 # -- attention -----------------------------------------------------------------------------
@@ -49,6 +50,42 @@ def attention(ctx: RuleContext) -> None:
     if mask is not None:
         scores = [*out[:-3], q[-3], q[-2], k[-2]]  # (..., H, L, S)
         ctx.same(reversed(mask), reversed(scores))
+
+
+@register_function_rule(torch.einsum)
+def einsum(ctx: RuleContext) -> None:
+    """``einsum("bhqd,bhkd->bhqk", q, k)``: an index kept in the output links every operand's
+    axis of that index to it (produced there by a weight's axis); a contracted index links the
+    operands' axes with each other. Repeated indices in one operand (diagonals) or an ellipsis
+    pin everything. A contraction of activations alone is zero-invariant only if one keeps zeros."""
+    if "args" in ctx.call.args:  # torch.einsum(equation, *operands) or (equation, [operands])
+        equation, *operands = ctx.arg("args")
+    else:  # aten.einsum(equation, tensors, path)
+        equation, operands, _ = ctx.arg("equation"), ctx.arg("tensors"), ctx.arg("path")
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = list(operands[0])
+    if not isinstance(equation, str) or "..." in equation or "->" not in equation:
+        ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
+        return
+    inputs, result = equation.replace(" ", "").split("->")
+    terms = inputs.split(",")
+    axes = [ctx.axes(x) for x in operands]
+    out = ctx.out()
+    if len(terms) != len(axes) or any(a is None or len(a) != len(t) or len(set(t)) != len(t) for a, t in zip(axes, terms)):
+        ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
+        return
+    weights = [_is_weight(ctx, x) for x in operands]
+    for letter in dict.fromkeys(inputs.replace(",", "")):
+        found = [(a[t.index(letter)], w) for a, t, w in zip(axes, terms, weights) if letter in t]  # type: ignore[index]
+        if letter in result:
+            target = out[result.index(letter)]
+            for axis, weight in found:
+                if ctx.graph.size(axis) == ctx.graph.size(target) > 1:
+                    (ctx.produce if weight else ctx.graph.link)(axis, target)
+        else:
+            ctx.same([found[0][0]] * (len(found) - 1), [a for a, _ in found[1:]])
+            if not any(weights) and len(found) > 1:
+                ctx.mix([found[0][0]], f"einsum of activations at {ctx.where()} contracts {letter!r}")
 
 
 # -- embeddings ----------------------------------------------------------------------------

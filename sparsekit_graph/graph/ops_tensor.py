@@ -178,7 +178,12 @@ def view(ctx: RuleContext) -> None:
     # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps
     # an input axis as it is follows that axis, whatever the source said.
     kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
-    literal = [_constant_size(ctx, out[j], s) and j not in kept for j, s in enumerate(raw)]
+    # One value on two axes (4 heads of 4): no attribute can say which axis it shapes.
+    twice = {s for s in raw if isinstance(s, int) and s > 1 and raw.count(s) > 1}
+    literal = [
+        (s in twice or _constant_size(ctx, out[j], s)) and j not in kept if isinstance(s, int) and s > 1 else False
+        for j, s in enumerate(raw)
+    ]
     reshape_axes(ctx, literal=literal, groups=groups)
 
 

@@ -96,4 +96,5 @@ def _module_stack(node: fx.Node) -> list[str]:
     """Qualified names of the modules running ``node``, outermost first."""
     stack = node.meta.get("nn_module_stack") or {}
     paths = [str(v[0]) for v in stack.values()] + ([str(node.target)] if node.op == "call_module" else [])
-    return [p.removeprefix("L['self'].").removeprefix("L['self']") for p in paths]
+    paths = [p.removeprefix("L['self'].").removeprefix("L['self']") for p in paths]
+    return [""] + [p for p in paths if p]  # the model's own forward runs everything
