@@ -3,10 +3,11 @@
 from .errors import CouplingError, PlanError, ShapeMismatchError, SparseKitError, TraceError
 from .graph.context import RuleContext
 from .graph.rules import register_function_rule, register_method_rule, register_module_rule
+from .graph.sizes import register_size_attribute
 from .graph.trace import trace
 from .plan.bind import bind
 from .plan.planner import plan
-from .plan.schema import Group, InputSpec, Member, Plan
+from .plan.schema import Group, InputSpec, Member, Plan, SizeRef
 from .prune.api import PruneReport, PruneResult, prune
 from .prune.io import load_pruned, save_pruned
 from .prune.surgery import register_resizer
@@ -22,6 +23,7 @@ __all__ = [
     "PruneResult",
     "RuleContext",
     "ShapeMismatchError",
+    "SizeRef",
     "SparseKitError",
     "TraceError",
     "bind",
@@ -32,6 +34,7 @@ __all__ = [
     "register_method_rule",
     "register_module_rule",
     "register_resizer",
+    "register_size_attribute",
     "save_pruned",
     "trace",
 ]
