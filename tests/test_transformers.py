@@ -240,3 +240,10 @@ def test_a_size_shared_by_heads_and_head_dim_pins() -> None:
     """4 heads of 4: a literal 4 could be either attribute, so neither axis may follow it."""
     plan = skg.plan(EinsumAttention(4, 4), torch.randn(2, 5, 16))
     assert not any(m.param == "q.weight" for g in plan.prunable for m in g.members)
+
+
+def test_gqa_policy_is_validated() -> None:
+    model, x = _build("llama")
+    assert skg.plan(model, x, gqa="kv_groups").groups == _plan("llama")[2].groups
+    with pytest.raises(skg.PlanError, match="gqa='query_heads'"):
+        skg.plan(model, x, gqa="query_heads")

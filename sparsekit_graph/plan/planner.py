@@ -26,7 +26,14 @@ from .schema import Group, InputSpec, Member, Plan, SizeRef
 __all__ = ["build_axis_graph", "plan"]
 
 
-def plan(model: nn.Module, example_inputs: Inputs, *, ignore: Iterable[str] = (), train_graph: bool = True) -> Plan:
+def plan(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    ignore: Iterable[str] = (),
+    train_graph: bool = True,
+    gqa: str = "kv_groups",
+) -> Plan:
     """Infer every coupling group of ``model``.
 
     Args:
@@ -35,11 +42,15 @@ def plan(model: nn.Module, example_inputs: Inputs, *, ignore: Iterable[str] = ()
         ignore: Module or parameter names whose axes must never be pruned.
         train_graph: Also trace the training-mode forward (e.g. auxiliary heads) and couple
             what it uses.
+        gqa: How grouped-query attention is pruned: ``"kv_groups"`` (a key/value head with its
+            query heads is one channel). ``"query_heads"`` is not supported yet.
 
     Raises:
         TraceError: The model cannot be traced with these inputs.
-        PlanError: A name in ``ignore`` is not in the model.
+        PlanError: A name in ``ignore`` is not in the model, or ``gqa`` is not a policy.
     """
+    if gqa != "kv_groups":
+        raise PlanError(f"gqa={gqa!r}: only 'kv_groups' is supported (query-head pruning within KV groups is not yet)")
     with _collector_paused():
         graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
         _pin_ignored(graph, model, list(ignore))
