@@ -247,3 +247,69 @@ def test_gqa_policy_is_validated() -> None:
     assert skg.plan(model, x, gqa="kv_groups").groups == _plan("llama")[2].groups
     with pytest.raises(skg.PlanError, match="gqa='query_heads'"):
         skg.plan(model, x, gqa="query_heads")
+
+
+_BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+VARIANTS = {
+    "llama-bias-tied": ("Llama", "ForCausalLM", dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
+    "llama-mqa": ("Llama", "ForCausalLM", dict(num_key_value_heads=1)),
+    "llama-mha": ("Llama", "ForCausalLM", dict(num_key_value_heads=4)),
+    "llama-rope-llama3": ("Llama", "ForCausalLM", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32})),  # fmt: skip
+    "llama-head-dim-32": ("Llama", "ForCausalLM", dict(head_dim=32)),
+    "llama-classifier": ("Llama", "ForSequenceClassification", dict(pad_token_id=0)),
+    "qwen2-tied": ("Qwen2", "ForCausalLM", dict(tie_word_embeddings=True)),
+    "mistral-sliding-window": ("Mistral", "ForCausalLM", dict(sliding_window=4)),
+}
+
+
+def _variant(name: str) -> tuple[torch.nn.Module, dict]:
+    family, head, extra = VARIANTS[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{family}Config")(**{**_BASE, **extra})
+    model = getattr(transformers, f"{family}{head}")(config).eval()
+    ids = torch.randint(1, 128, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    return model, {"input_ids": ids, "attention_mask": mask}
+
+
+_DEFAULT_VARIANTS = ("llama-bias-tied", "llama-mqa")  # the rest under -m slow
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in _DEFAULT_VARIANTS else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS]
+)
+def test_llama_family_variants(name: str, tmp_path: Path) -> None:
+    """Biases, tied heads, MQA and MHA, llama3 RoPE scaling, an explicit head_dim, a classifier
+    head, sliding windows: the oracle, a head group per layer, and an exact reload."""
+    model, x = _variant(name)
+    result = check_oracle(model, x, tmp_path)
+    assert result.report.params_after <= 0.6 * result.report.params_before
+    assert len(_head_groups(result.plan, model)) == len(_attention_layers(model))
+    assert result.report.reloadable is True
+    result.model.save_pretrained(tmp_path / "hf")
+    again = type(model).from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(result.model, x)), first_tensor(call(again, x)))
+
+
+def test_reloadable_is_never_claimed_when_the_config_cannot_say_it(tmp_path: Path) -> None:
+    """Gemma scales embeddings by sqrt(hidden_size), a buffer its class recomputes: pruning the
+    hidden size keeps the original scale in the pruned model, which no config reproduces."""
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(**_BASE, head_dim=16)
+    model = transformers.GemmaForCausalLM(config).eval()
+    x = {"input_ids": torch.randint(1, 128, (2, 8))}
+    plan = skg.plan(model, x)
+    assert skg.prune(model, plan, ratio=0.5).report.reloadable is False
+    hidden = next(g for g in plan.prunable if any(m.param == "model.embed_tokens.weight" for m in g.members))
+    kept = plan.model_copy(update={"groups": [g.model_copy(update={"ratio": 0.0}) if g is hidden else g for g in plan.groups]})
+    result = skg.prune(model, kept, ratio=0.5)
+    assert result.report.reloadable is True
+    result.model.save_pretrained(tmp_path)
+    again = transformers.GemmaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(result.model(**x).logits, again(**x).logits)
