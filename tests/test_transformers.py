@@ -313,3 +313,31 @@ def test_reloadable_is_never_claimed_when_the_config_cannot_say_it(tmp_path: Pat
     again = transformers.GemmaForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(result.model(**x).logits, again(**x).logits)
+
+
+class SdpaGqa(torch.nn.Module):
+    """GQA through ``F.scaled_dot_product_attention(..., enable_gqa=True)``: 6 query heads,
+    2 key/value heads, sizes from attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = 6, 2, 4
+        self.q, self.k, self.v = torch.nn.Linear(16, 24), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+        self.o = torch.nn.Linear(24, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_sdpa_enable_gqa_groups_a_kv_head_with_its_query_heads(tmp_path: Path) -> None:
+    result = check_oracle(SdpaGqa(), torch.randn(2, 5, 16), tmp_path, min_drop=0.0)
+    g = next(g for g in result.plan.prunable if any(m.param == "k.weight" for m in g.members))
+    blocks = {m.param: m.block for m in g.members if m.param.endswith("weight")}
+    assert g.size == 2 and blocks == {"q.weight": 12, "k.weight": 4, "v.weight": 4, "o.weight": 12}
+    assert {(r.attr, r.per_channel) for r in g.sizes} == {("num_heads", 3), ("num_kv_heads", 1)}
+    assert (result.model.num_heads, result.model.num_kv_heads) == (3, 1)
