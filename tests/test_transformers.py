@@ -255,9 +255,19 @@ VARIANTS = {
     "llama-bias-tied": ("Llama", "ForCausalLM", dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
     "llama-mqa": ("Llama", "ForCausalLM", dict(num_key_value_heads=1)),
     "llama-mha": ("Llama", "ForCausalLM", dict(num_key_value_heads=4)),
-    "llama-rope-llama3": ("Llama", "ForCausalLM", dict(rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32})),  # fmt: skip
+    "llama-rope-llama3": (
+        "Llama",
+        "ForCausalLM",
+        dict(
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            }
+        ),
+    ),  # fmt: skip
     "llama-head-dim-32": ("Llama", "ForCausalLM", dict(head_dim=32)),
     "llama-classifier": ("Llama", "ForSequenceClassification", dict(pad_token_id=0)),
     "qwen2-tied": ("Qwen2", "ForCausalLM", dict(tie_word_embeddings=True)),
@@ -279,9 +289,7 @@ def _variant(name: str) -> tuple[torch.nn.Module, dict]:
 _DEFAULT_VARIANTS = ("llama-bias-tied", "llama-mqa")  # the rest under -m slow
 
 
-@pytest.mark.parametrize(
-    "name", [n if n in _DEFAULT_VARIANTS else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS]
-)
+@pytest.mark.parametrize("name", [n if n in _DEFAULT_VARIANTS else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS])
 def test_llama_family_variants(name: str, tmp_path: Path) -> None:
     """Biases, tied heads, MQA and MHA, llama3 RoPE scaling, an explicit head_dim, a classifier
     head, sliding windows: the oracle, a head group per layer, and an exact reload."""
@@ -341,3 +349,31 @@ def test_sdpa_enable_gqa_groups_a_kv_head_with_its_query_heads(tmp_path: Path) -
     assert g.size == 2 and blocks == {"q.weight": 12, "k.weight": 4, "v.weight": 4, "o.weight": 12}
     assert {(r.attr, r.per_channel) for r in g.sizes} == {("num_heads", 3), ("num_kv_heads", 1)}
     assert (result.model.num_heads, result.model.num_kv_heads) == (3, 1)
+
+
+class WidthFromInput(torch.nn.Module):
+    """timm's spelling: heads merged back with the width read off the block's input,
+    ``reshape(B, N, C)`` with ``B, N, C = x.shape``: the heads' width is the residual width."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.inp, self.qkv = torch.nn.Linear(8, dim), torch.nn.Linear(dim, 3 * dim)
+        self.proj, self.fc = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.fc(x + self.proj(y.transpose(1, 2).reshape(b, n, c)))
+
+
+def test_a_width_read_off_another_tensor_couples_the_two(tmp_path: Path) -> None:
+    """Pruning heads alone would make ``reshape(b, n, c)`` fail: the read length ties the heads'
+    width to the input's, so they are one group (a head with its slice of the residual)."""
+    result = check_oracle(WidthFromInput(), torch.randn(2, 5, 8), tmp_path, min_drop=0.0)
+    g = next(g for g in result.plan.prunable if any(m.param == "qkv.weight" for m in g.members))
+    params = {m.param for m in g.members}
+    assert {"inp.weight", "proj.weight", "fc.weight"} <= params and g.size == 4
+    assert result.model.num_heads == 2

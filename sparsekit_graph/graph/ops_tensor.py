@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .context import RuleContext
+from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
 from .zeros import zero_breaker
 
@@ -168,11 +169,12 @@ def view(ctx: RuleContext) -> None:
         ctx.pin_everything(f"view as dtype at {ctx.where()}")
         return
     raw = ctx.arg("shape", ctx.arg("size"))
+    out = ctx.out()
+    _link_read_lengths(ctx, ctx.arg("other") if ctx.arg("other") is not None else raw, out)
     if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
         raw = [None] * ctx.out_value.ndim
     if not isinstance(raw, (tuple, list)):
         raw = [raw]
-    out = ctx.out()
     in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
     groups = _factor_groups(in_shape, out_shape)
     # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps
@@ -185,6 +187,45 @@ def view(ctx: RuleContext) -> None:
         for j, s in enumerate(raw)
     ]
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
+    """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
+    output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
+    of attention heads by the input's width ties the heads' width to the residual stream)."""
+    if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
+        read: list = list(ctx.axes(sizes) or [])
+    elif isinstance(sizes, (tuple, list)):
+        read = [_read_axis(ctx, s) for s in sizes]
+    else:
+        read = _read_axes(ctx, sizes) or []
+    for a, o in zip(read, out):
+        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1:
+            ctx.graph.link(a, o)
+
+
+def _read_axes(ctx: RuleContext, x: object) -> list | None:
+    """Axes of ``t`` for ``t.shape`` / ``t.size()``."""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(x)
+    if call.op in (torch.Tensor.shape, torch.Tensor.size) and call.args.get("dim") is None:
+        return ctx.axes(call.args.get("input"))
+    return None
+
+
+def _read_axis(ctx: RuleContext, x: object) -> tuple | None:
+    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(x)
+    if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
+        axes = ctx.axes(call.args.get("input"))
+        return axes[call.args["dim"]] if axes else None
+    if call.op is operator.getitem and isinstance(call.args.get("index"), int):
+        axes = _read_axes(ctx, call.args.get("input"))
+        return axes[call.args["index"]] if axes and -len(axes) <= call.args["index"] < len(axes) else None
+    return None
 
 
 def _constant_size(ctx: RuleContext, axis: tuple, size: object) -> bool:
@@ -586,7 +627,6 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
 
 
 def _only_shapes(user: fx.Node, length: fx.Node) -> bool:
-    from .normalize import normalize
 
     call = normalize(user)
     uses = [k for k, v in call.args.items() if _contains(v, length)]
@@ -624,7 +664,6 @@ _WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torc
 
 def _is_weight(ctx: RuleContext, x: object) -> bool:
     """A parameter, or a view of one (``w.T``): its axes are members, zeroed with the group."""
-    from .normalize import normalize
 
     while isinstance(x, fx.Node):
         if x.op == "get_attr":
