@@ -377,3 +377,16 @@ def test_a_width_read_off_another_tensor_couples_the_two(tmp_path: Path) -> None
     params = {m.param for m in g.members}
     assert {"inp.weight", "proj.weight", "fc.weight"} <= params and g.size == 4
     assert result.model.num_heads == 2
+
+
+def test_inplace_prune_leaves_a_model_that_reloads(tmp_path: Path) -> None:
+    model, x, plan = _plan("bert")
+    target = copy.deepcopy(model)
+    layer = target.bert.encoder.layer[0].attention.self
+    result = skg.prune(target, plan, ratio=0.5, inplace=True)
+    assert result.model is target and target.bert.encoder.layer[0].attention.self is layer
+    assert result.report.reloadable and target.config.num_attention_heads == 2 and layer.num_attention_heads == 2
+    target.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(target, x)), first_tensor(call(again, x)))

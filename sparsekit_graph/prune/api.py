@@ -16,7 +16,7 @@ from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
-from .hf import fit_config
+from .hf import adopt_sizes, fit_config
 from .importance import channel_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels
@@ -141,6 +141,8 @@ def prune(
     )
     if inplace:
         _remove_channels_transactionally(model, plan, chosen, expected=work)
+        if reloadable:
+            adopt_sizes(model, work)  # the fitted config and the layer sizes it implies
         work = model
     full = {g.name: chosen.get(g.name, torch.zeros(g.size, dtype=torch.bool)) for g in plan.groups}
     return PruneResult(model=work, masks=full, report=report, plan=plan)

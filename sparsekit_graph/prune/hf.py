@@ -19,7 +19,7 @@ from torch import nn
 
 from ..graph.sizes import SIZE_ATTRIBUTES
 
-__all__ = ["fit_config"]
+__all__ = ["adopt_sizes", "fit_config"]
 
 _MAX_BUILDS = 256
 
@@ -56,18 +56,23 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         if built is not None and _same_function(pruned, built, inputs):
             for a, v in zip(attrs, values):
                 setattr(config, a, v)
-            _adopt_sizes(pruned, built)
+            adopt_sizes(pruned, built)
             return True
     return False
 
 
-def _adopt_sizes(pruned: nn.Module, built: nn.Module) -> None:
-    """Layer size attributes the forward never read (e.g. BERT's ``num_attention_heads``)
-    still say the original sizes: take them from the verified rebuild."""
-    for mine, theirs in zip(pruned.modules(), built.modules()):
+def adopt_sizes(target: nn.Module, source: nn.Module) -> None:
+    """Give ``target`` the size attributes of ``source``, a model of the same structure: its
+    config's and every layer's. After a fit, layer attributes the forward never read (BERT's
+    ``num_attention_heads``) no longer say the original sizes; ``prune(inplace=True)`` hands
+    the fitted config to the user's model this way too."""
+    configs = [(getattr(target, "config", None), getattr(source, "config", None))]
+    for mine, theirs in [*configs, *zip(target.modules(), source.modules())]:
+        if mine is None or theirs is None or type(mine) is not type(theirs):
+            continue
         for attr in SIZE_ATTRIBUTES:
             new = getattr(theirs, attr, None)
-            if _is_size(new) and _is_size(getattr(mine, attr, None)) and type(mine) is type(theirs):
+            if _is_size(new) and _is_size(getattr(mine, attr, None)):
                 setattr(mine, attr, new)
 
 
