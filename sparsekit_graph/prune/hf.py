@@ -5,13 +5,15 @@ class from that config and loads the weights into it, so the pruned model reload
 some config builds every parameter with its pruned shape. That holds when every layer kept
 the same counts (``prune(..., uniform=True)``, or a uniform ratio), and the head size the
 config implies did not change. ``fit_config`` searches the config's size attributes for such
-values, checking each candidate by building the model on the meta device.
+values, fewest changes first: a candidate's shapes are checked on the meta device, then what
+it computes on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,8 +45,7 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
     before = _shapes(original)
     attrs = sorted(a for a in SIZE_ATTRIBUTES if _is_size(getattr(config, a, None)))
     options = [_candidates(getattr(config, a), getattr(original.config, a, None), before, want) for a in attrs]
-    assignments = sorted(itertools.product(*options), key=lambda vals: sum(v != o[0] for v, o in zip(vals, options)))
-    for values in assignments[:_MAX_BUILDS]:
+    for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
         trial = copy.deepcopy(config)
         for a, v in zip(attrs, values):
             setattr(trial, a, v)
@@ -59,6 +60,19 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
             adopt_sizes(pruned, built)
             return True
     return False
+
+
+def _fewest_changes_first(options: list[list[int]]) -> Iterator[tuple[int, ...]]:
+    """Every choice of one value per attribute (the first is its current value), those that
+    change fewer attributes first, generated lazily."""
+    current = tuple(o[0] for o in options)
+    for k in range(len(options) + 1):
+        for changed in itertools.combinations(range(len(options)), k):
+            for values in itertools.product(*(options[i][1:] for i in changed)):
+                trial = list(current)
+                for i, v in zip(changed, values):
+                    trial[i] = v
+                yield tuple(trial)
 
 
 def adopt_sizes(target: nn.Module, source: nn.Module) -> None:
