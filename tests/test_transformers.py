@@ -390,3 +390,145 @@ def test_inplace_prune_leaves_a_model_that_reloads(tmp_path: Path) -> None:
     again = type(model).from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(first_tensor(call(target, x)), first_tensor(call(again, x)))
+
+
+# -- found by attacking the transformer path as a stranger would ---------------------------
+
+
+class LiteralHeads(torch.nn.Module):
+    """``view(b, n, 4, -1)``: a literal head count beside an unused ``self.num_heads = 4``."""
+
+    def __init__(self, divide: bool = False) -> None:
+        super().__init__()
+        self.num_heads, self.divide = 4, divide
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        if self.divide:  # the attribute also used as a number
+            split = [f(x).view(b, n, self.num_heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v)]
+        else:
+            split = [f(x).view(b, n, 4, -1).transpose(1, 2) for f in (self.q, self.k, self.v)]
+        y = torch.nn.functional.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, n, -1)
+        return self.o(y / self.num_heads if self.divide else y)
+
+
+def test_a_literal_that_only_equals_an_attribute_fails_loudly_at_prune() -> None:
+    model, x = LiteralHeads(), torch.randn(2, 5, 32)
+    before = [p.clone() for p in model.parameters()]
+    plan = skg.plan(model, x)
+    with pytest.raises(skg.SparseKitError, match="did not follow in the model's code"):
+        skg.prune(model, plan, ratio=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and model.num_heads == 4
+
+
+def test_a_size_attribute_used_as_a_number_is_not_zero_invariant(tmp_path: Path) -> None:
+    result = check_oracle(LiteralHeads(divide=True), torch.randn(2, 5, 32), tmp_path, min_drop=0.0, require=False)
+    heads = next(g for g in result.plan.prunable if any(m.param == "q.weight" for m in g.members))
+    assert not heads.zero_invariant and [r.attr for r in heads.sizes] == ["num_heads"]
+
+
+class _Cfg:
+    n_embd, n_head = 32, 4
+
+
+class SharedConfigBlock(torch.nn.Module):
+    """nanoGPT's spelling: every block holds one config object and reads ``config.n_head``."""
+
+    def __init__(self, config: _Cfg) -> None:
+        super().__init__()
+        self.config = config
+        self.qkv, self.proj = torch.nn.Linear(32, 96), torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p.view(b, t, self.config.n_head, -1).transpose(1, 2) for p in self.qkv(x).chunk(3, dim=-1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)
+        return x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_config_object_shared_by_blocks_changes_only_where_they_agree(tmp_path: Path) -> None:
+    config = _Cfg()
+    model = torch.nn.Sequential(SharedConfigBlock(config), SharedConfigBlock(config)).eval()
+    x = torch.randn(2, 8, 32)
+    plan = skg.plan(model, x)
+    heads = [g for g in plan.prunable if any(m.param.endswith("qkv.weight") and m.block == 8 for m in g.members)]
+    assert len(heads) == 2 and {r.attr for g in heads for r in g.sizes} == {"n_head"}
+    ragged = {heads[0].name: torch.tensor([True, False, False, False])}
+    with pytest.raises(skg.SparseKitError, match="did not follow"):
+        skg.prune(model, plan, masks=ragged)
+    assert config.n_head == 4
+    even = {g.name: torch.tensor([True, False, True, False]) for g in heads}
+    small = skg.prune(model, plan, masks=even).model
+    assert small[0].config.n_head == 2 and small[0].config is small[1].config
+    dense = copy.deepcopy(model)
+    couplings = skg.bind(plan, dense)
+    for name, mask in even.items():
+        couplings[name].apply_mask(mask)
+    with torch.no_grad():
+        assert_close_rel(dense(x), small(x))
+
+
+class FxBreaks(torch.nn.Module):
+    """A Python branch on a shape: torch.fx fails, torch.export traces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        if x.shape[1] > 0:
+            x = x + 1
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h) + h.sum(-1, keepdim=True) / h.shape[-1]  # a mean written by hand
+
+
+def test_under_export_a_length_used_as_a_number_costs_zero_invariance(tmp_path: Path) -> None:
+    result = check_oracle(FxBreaks(), torch.randn(2, 8, 32), tmp_path, min_drop=0.0, require=False)
+    fc1 = next(g for g in result.plan.groups if any(m.param == "fc1.weight" and m.axis == 0 for m in g.members))
+    assert fc1.prunable and not fc1.zero_invariant and "used as a value" in _mix_reason(FxBreaks(), "fc1.weight")
+
+
+def _mix_reason(model: torch.nn.Module, param: str) -> str:
+    from sparsekit_graph.plan.planner import build_axis_graph
+
+    graph = build_axis_graph(model, torch.randn(2, 8, 32))
+    return " ".join(r for n, d in graph.g.nodes(data=True) for r in d["mixes"])
+
+
+class RepeatInterleaveGqa(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = 4, 2, 8
+        self.q, self.o = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+        self.k, self.v = torch.nn.Linear(32, 16), torch.nn.Linear(32, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (f(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2) for f in (self.k, self.v))
+        rep = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_gqa_by_repeat_interleave(tmp_path: Path) -> None:
+    result = check_oracle(RepeatInterleaveGqa(), torch.randn(2, 5, 32), tmp_path, min_drop=0.0)
+    g = next(g for g in result.plan.prunable if any(m.param == "k.weight" for m in g.members))
+    assert g.size == 2 and g.zero_invariant
+    assert (result.model.num_heads, result.model.num_kv_heads) == (2, 1)
+
+
+def test_falcon_prunes_or_says_why_and_meta_weights_need_masks() -> None:
+    torch.manual_seed(0)
+    config = transformers.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    model = transformers.FalconForCausalLM(config).eval()
+    x = {"input_ids": torch.randint(0, 128, (2, 8))}
+    result = skg.prune(model, skg.plan(model, x), ratio=0.5)  # read-only config properties are left alone
+    assert result.report.params_after <= result.report.params_before
+    with torch.device("meta"):
+        meta = transformers.LlamaForCausalLM(_build("llama")[0].config)
+    plan = skg.plan(meta, {"input_ids": torch.zeros(2, 8, dtype=torch.long, device="meta")})
+    with pytest.raises(skg.PlanError, match="needs real weights"):
+        skg.prune(meta, plan, ratio=0.5)

@@ -44,6 +44,8 @@ class AxisGraph:
 
     sizes: dict[AxisId, int] = field(default_factory=dict)  # every axis and its size
     size_refs: dict[AxisId, set[Any]] = field(default_factory=dict)  # axis -> SizeSources of its literal sizes
+    size_values: dict[Any, int] = field(default_factory=dict)  # SizeSource -> the value it matched
+    numbers: list[tuple[int, Any]] = field(default_factory=list)  # (whole number, fx node) scaling a tensor
     values: dict[str, list[AxisId]] = field(default_factory=dict)  # activation name -> its axes
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:

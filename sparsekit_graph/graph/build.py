@@ -51,6 +51,19 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
                     ctx.pin(axes, f"constant tensor {node.target}")
         else:
             _apply(ctx, module)
+    if exported:
+        _lengths_as_numbers(graph)
+
+
+def _lengths_as_numbers(graph: AxisGraph) -> None:
+    """torch.export writes a length used as a value (``h.sum(-1) / h.shape[-1]``) as a literal:
+    a whole number that scales a tensor may be the length of any axis of that size, whose
+    channels then do not vanish with their members (not zero-invariant). Conservative: a
+    constant that happens to equal an axis's length costs that axis its zero-invariance."""
+    used = {n: node.name for n, node in graph.numbers}
+    for axis, size in graph.sizes.items():
+        if axis[0] == "v" and size in used:
+            graph.mix(axis, f"the number {size} at node {used[size]} may be this axis's length used as a value")
 
 
 def _apply(ctx: RuleContext, module: nn.Module | None) -> None:

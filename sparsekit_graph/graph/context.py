@@ -191,6 +191,8 @@ class RuleContext:
         sources = size_sources(self.node, value, self.modules)
         if sources:
             self.graph.size_refs.setdefault(axis, set()).update(sources)
+            for src in sources:
+                self.graph.size_values[src] = value if isinstance(value, int) else value[0]
         return bool(sources)
 
     def pin(self, axes: Iterable[AxisId], reason: str) -> None:

@@ -139,6 +139,34 @@ def select(ctx: RuleContext) -> None:
     ctx.same(src[:d] + src[d + 1 :], out)
 
 
+@register_function_rule(torch.unbind)
+def unbind(ctx: RuleContext) -> None:
+    """``x.unbind(dim)``: part ``k`` is ``x.select(dim, k)`` (the unbound axis pins)."""
+    src = ctx.axes(ctx.input)
+    if src is None:
+        return
+    d = ctx.arg("dim", 0) % len(src)
+    ctx.pin([src[d]], f"unbinding at {ctx.where()}")
+    for part in ctx.outputs():
+        ctx.same(src[:d] + src[d + 1 :], part)
+
+
+@register_function_rule(torch.repeat_interleave)
+def repeat_interleave(ctx: RuleContext) -> None:
+    """``x.repeat_interleave(r, dim)``: output index ``i`` is input index ``i // r`` (GQA's
+    key/value heads repeated for their query heads); a tensor of repeats pins."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    r, d = ctx.arg("repeats"), ctx.arg("dim")
+    ctx.arg("output_size")
+    if src is None or d is None or not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        ctx.pin_everything(f"repeat_interleave with computed repeats or no dim at {ctx.where()}")
+        return
+    d %= len(src)
+    ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
+    i = np.arange(ctx.graph.size(out[d]))
+    ctx.graph.link(src[d], out[d], i // r, i, kind="repeat")
+
+
 # -- checks ---------------------------------------------------------------------------------
 
 

@@ -47,14 +47,22 @@ _SAME_SHAPE_METHODS = [
 ]  # fmt: skip
 
 
+_SCALINGS = {torch.mul, torch.div, operator.mul, operator.truediv, operator.floordiv, operator.imul, operator.itruediv}
+
+
 @register_function_rule(*_POINTWISE_FUNCTIONS, torch.Tensor.data)
 @register_method_rule(*_POINTWISE_METHODS, *_SAME_SHAPE_METHODS)
 def pointwise(ctx: RuleContext) -> None:
-    """Broadcasting elementwise op: axes aligned from the right couple unless one has size 1."""
+    """Broadcasting elementwise op: axes aligned from the right couple unless one has size 1.
+    A whole number that multiplies or divides is noted: it may be a size used as a value."""
     ctx.read_all()
     out = ctx.outputs()
     if not out:
         return
+    if ctx.call.op in _SCALINGS:
+        for v in ctx.call.args.values():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 2 and float(v).is_integer():
+                ctx.graph.numbers.append((int(v), ctx.node))
     operands = [ctx.axes(ctx.input)] if ctx.node.op == "call_module" else ctx.tensor_axes()
     for axes in operands:
         ctx.same(reversed(axes or []), reversed(out[0]))

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 
-__all__ = ["SIZE_ATTRIBUTES", "SizeSource", "register_size_attribute", "size_sources"]
+__all__ = ["SIZE_ATTRIBUTES", "SizeSource", "module_stack", "register_size_attribute", "size_sources"]
 
 SIZE_ATTRIBUTES: set[str] = {
     "num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
@@ -52,7 +52,7 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     value = tuple(value) if isinstance(value, list) else value
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
-    stack = _module_stack(node)
+    stack = module_stack(node)
     innermost = modules.get(stack[-1]) if stack else None
     if innermost is not None and by_type(RESIZERS, innermost) is not None and _own_size(innermost, value):
         return [SizeSource(stack[-1], "")]  # the layer resizes itself from its weights
@@ -92,7 +92,7 @@ def _equal_attributes(obj: Any, value: int | tuple[int, ...]) -> list[str]:
     return out
 
 
-def _module_stack(node: fx.Node) -> list[str]:
+def module_stack(node: fx.Node) -> list[str]:
     """Qualified names of the modules running ``node``, outermost first."""
     stack = node.meta.get("nn_module_stack") or {}
     paths = [str(v[0]) for v in stack.values()] + ([str(node.target)] if node.op == "call_module" else [])

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
+from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan, SizeRef
@@ -259,6 +260,7 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         else:
             members += _members(nodes[n], pos[:, cols])
     sizes, uneven = _size_refs(graph, nodes, ch, len(pos))
+    as_number = _size_used_as_number(graph, sizes) if graph.numbers and sizes else None
     prunable = ch.pin is None and ch.produced and uneven is None
     reason = ch.pin or uneven if ch.pin is not None or uneven or ch.produced else "no parameter produces these channels"
     odd = next((m for m in members if m.indices is not None and strided_layout(m.positions()) is None), None)
@@ -272,7 +274,7 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         size=len(pos),
         prunable=prunable,
         reason=reason,
-        zero_invariant=ch.mix is None,
+        zero_invariant=ch.mix is None and as_number is None,
         members=members,
         sizes=sizes,
         ratio=None,
@@ -301,6 +303,18 @@ def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: i
             if per.setdefault(key, int(counts[0])) != int(counts[0]):
                 return [], f"size attribute {src.owner}.{src.attr} counts these channels unevenly"
     return [SizeRef(owner=o, attr=a, per_channel=c) for (o, a), c in sorted(per.items())], None
+
+
+def _size_used_as_number(graph: AxisGraph, refs: list[SizeRef]) -> str | None:
+    """A size attribute whose value also scales a tensor inside its owner (``y / self.num_heads``):
+    rewriting it changes what the model computes, so its channels are not zero-invariant."""
+    for ref in refs:
+        value = graph.size_values.get(SizeSource(ref.owner, ref.attr))
+        for n, node in graph.numbers:
+            inside = ref.owner in ("", "config") or ref.owner in module_stack(node)
+            if n == value and inside:
+                return f"size attribute {ref.owner or 'model'}.{ref.attr} = {n} is used as a value at node {node.name}"
+    return None
 
 
 def _members(node: AxisId, p: np.ndarray) -> list[Member]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,9 +13,12 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
+from ..graph.axes import AxisGraph
+from ..graph.build import add_traced_graph
 from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
+from ..plan.planner import resolve_groups
 from ..plan.schema import Plan
 from .hf import adopt_sizes, fit_config
 from .importance import channel_scores, masks_from_scores
@@ -105,6 +109,8 @@ def prune(
             raise PlanError(f"ratio must be in [0, 1), got {ratio!r}")
         if round_to is not None and round_to < 1:
             raise PlanError(f"round_to must be a positive integer, got {round_to!r}")
+        if importance != "random" and any(t.device.type == "meta" for t in model.parameters()):
+            raise PlanError(f"importance {importance!r} needs real weights: the model is on the meta device (use masks=)")
         couplings = bind(plan, model, check=False)
         gen = torch.Generator().manual_seed(seed)
         scores = {  # a group of buffers only (no coupling) has nothing to rank: keep its first channels
@@ -129,6 +135,7 @@ def prune(
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_outputs(before_gm, after_gm)
+    _same_structure(plan, chosen, after_gm, work)
     reloadable = fit_config(model, work, inputs)
     report = PruneReport(
         params_before=count_params(model),
@@ -173,6 +180,30 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
         if isinstance(e, SparseKitError):
             raise SparseKitError(f"{e}; nothing was changed") from e
         raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
+
+
+def _same_structure(plan: Plan, masks: dict[str, Tensor], graph: fx.Graph, pruned: nn.Module) -> None:
+    """The pruned model must cut its parameters into channels as the plan did: a head of 8 rows
+    stays a head of 8 rows. A size the plan took for an attribute that the code does not read
+    (a literal ``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``), or an attribute
+    several layers share while they kept different counts, shows up here as a changed block."""
+    after = AxisGraph()
+    add_traced_graph(after, graph, pruned)
+    blocks: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for g in resolve_groups(after):
+        for m in g.members:
+            blocks[(m.param, m.axis)].add(m.block)
+    for g in plan.groups:
+        kept = g.size - int(masks[g.name].sum()) if g.name in masks else g.size
+        for m in g.members:
+            found = blocks.get((m.param, m.axis))
+            if kept > 1 and found and m.block not in found:
+                follows = ", ".join(f"{r.owner or 'model'}.{r.attr}" for r in g.sizes) or "none"
+                raise SparseKitError(
+                    f"after pruning, {m.param} axis {m.axis} is cut into blocks of {sorted(found)}, where group "
+                    f"{g.name} has blocks of {m.block}: a size the plan follows ({follows}) did not follow in the "
+                    "model's code; nothing was changed"
+                )
 
 
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

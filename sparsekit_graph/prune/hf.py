@@ -43,7 +43,7 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         return None
     want = _shapes(pruned)
     before = _shapes(original)
-    attrs = sorted(a for a in SIZE_ATTRIBUTES if _is_size(getattr(config, a, None)))
+    attrs = sorted(a for a in SIZE_ATTRIBUTES if _is_size(getattr(config, a, None)) and _settable(config, a))
     options = [_candidates(getattr(config, a), getattr(original.config, a, None), before, want) for a in attrs]
     for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
         trial = copy.deepcopy(config)
@@ -86,8 +86,14 @@ def adopt_sizes(target: nn.Module, source: nn.Module) -> None:
             continue
         for attr in SIZE_ATTRIBUTES:
             new = getattr(theirs, attr, None)
-            if _is_size(new) and _is_size(getattr(mine, attr, None)):
+            if _is_size(new) and _is_size(getattr(mine, attr, None)) and new != getattr(mine, attr) and _settable(mine, attr):
                 setattr(mine, attr, new)
+
+
+def _settable(obj: Any, attr: str) -> bool:
+    """Not a read-only property (Falcon's ``head_dim`` is computed from the other sizes)."""
+    prop = getattr(type(obj), attr, None)
+    return not isinstance(prop, property) or prop.fset is not None
 
 
 def _is_size(v: Any) -> bool:

@@ -70,34 +70,31 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
 
 
 def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
-    """Lower every layer attribute that counts removed channels (``SizeRef``). A config shared
-    by the whole model is rewritten only where every group counted by an attribute agrees on
-    its new value (``fit_config`` checks it against the pruned shapes)."""
+    """Set every attribute that counts channels (``SizeRef``) to its new value: its value less
+    ``per_channel`` for each channel its group removed. An attribute several groups count (a
+    config shared by all layers, or one object several blocks hold) changes only where they
+    all agree on the new value; otherwise it keeps its value and ``prune``'s structure check
+    decides whether the model still computes what the plan says."""
     modules = dict(model.named_modules())
-    lowered: dict[tuple[str, str], int] = {}
-    proposals: dict[str, set[int]] = {}
+    proposals: dict[tuple[int, str], tuple[object, set]] = {}
     for g in plan.groups:
         mask = masks.get(g.name)
         removed = int(mask.sum()) if mask is not None else 0
         for ref in g.sizes:
-            if ref.owner == "config":
-                old = getattr(getattr(model, "config", None), ref.attr, None)
-                if isinstance(old, int):
-                    proposals.setdefault(ref.attr, set()).add(old - ref.per_channel * removed)
-            elif removed:
-                key = (ref.owner, ref.attr)
-                lowered[key] = lowered.get(key, 0) + ref.per_channel * removed
-    for (owner, attr), by in lowered.items():
-        holder = _owner(model, modules, owner)
-        old = getattr(holder, attr)
-        setattr(holder, attr, (old[0] - by, *old[1:]) if isinstance(old, tuple) else old - by)
-    config = getattr(model, "config", None)
-    for attr, values in proposals.items():
-        if len(values) == 1 and config is not None:
-            setattr(config, attr, values.pop())
+            holder = _owner(model, modules, ref.owner)
+            old = getattr(holder, ref.attr, None)
+            by = ref.per_channel * removed
+            new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
+            if new is not None:
+                proposals.setdefault((id(holder), ref.attr), (holder, set()))[1].add(new)
+    for (_, attr), (holder, values) in proposals.items():
+        if len(values) == 1:
+            setattr(holder, attr, values.pop())
 
 
 def _owner(model: nn.Module, modules: dict[str, nn.Module], owner: str) -> object:
+    """The object holding a ``SizeRef``'s attribute: a layer, the model's config, or a config
+    a layer holds (``"layers.0.attn.config"``)."""
     if owner in modules:
         return modules[owner]
     path, _, attr = owner.rpartition(".")  # "layers.0.attn.config": a config a layer holds
