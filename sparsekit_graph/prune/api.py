@@ -183,8 +183,9 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
 
 
 def _same_structure(plan: Plan, masks: dict[str, Tensor], graph: fx.Graph, pruned: nn.Module) -> None:
-    """The pruned model must cut its parameters into channels as the plan did: a head of 8 rows
-    stays a head of 8 rows. A size the plan took for an attribute that the code does not read
+    """Where the plan follows size attributes, the pruned model must cut its parameters into
+    channels as the plan did: a head of 8 rows stays a head of 8 rows. A size the plan took for
+    an attribute that the code does not read
     (a literal ``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``), or an attribute
     several layers share while they kept different counts, shows up here as a changed block."""
     after = AxisGraph()
@@ -195,9 +196,11 @@ def _same_structure(plan: Plan, masks: dict[str, Tensor], graph: fx.Graph, prune
             blocks[(m.param, m.axis)].add(m.block)
     for g in plan.groups:
         kept = g.size - int(masks[g.name].sum()) if g.name in masks else g.size
+        if not g.sizes or kept < 2:  # other blocks may legitimately merge (a grouped conv turned depthwise)
+            continue
         for m in g.members:
             found = blocks.get((m.param, m.axis))
-            if kept > 1 and found and m.block not in found:
+            if found and m.block not in found:
                 follows = ", ".join(f"{r.owner or 'model'}.{r.attr}" for r in g.sizes) or "none"
                 raise SparseKitError(
                     f"after pruning, {m.param} axis {m.axis} is cut into blocks of {sorted(found)}, where group "
