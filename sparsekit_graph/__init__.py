@@ -11,6 +11,7 @@ from .plan.schema import Group, InputSpec, Member, Plan, SizeRef
 from .prune.api import PruneReport, PruneResult, prune
 from .prune.io import load_pruned, save_pruned
 from .prune.surgery import register_resizer
+from .train import ProximalStep
 
 __all__ = [
     "CouplingError",
@@ -19,6 +20,7 @@ __all__ = [
     "Member",
     "Plan",
     "PlanError",
+    "ProximalStep",
     "PruneReport",
     "PruneResult",
     "RuleContext",
