@@ -417,7 +417,7 @@ def test_a_literal_that_only_equals_an_attribute_fails_loudly_at_prune() -> None
     model, x = LiteralHeads(), torch.randn(2, 5, 32)
     before = [p.clone() for p in model.parameters()]
     plan = skg.plan(model, x)
-    with pytest.raises(skg.SparseKitError, match="did not follow in the model's code"):
+    with pytest.raises(skg.SparseKitError, match="did not size it in the model's code"):
         skg.prune(model, plan, ratio=0.5)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and model.num_heads == 4
 
@@ -455,7 +455,7 @@ def test_a_config_object_shared_by_blocks_changes_only_where_they_agree(tmp_path
     heads = [g for g in plan.prunable if any(m.param.endswith("qkv.weight") and m.block == 8 for m in g.members)]
     assert len(heads) == 2 and {r.attr for g in heads for r in g.sizes} == {"n_head"}
     ragged = {heads[0].name: torch.tensor([True, False, False, False])}
-    with pytest.raises(skg.SparseKitError, match="did not follow"):
+    with pytest.raises(skg.SparseKitError, match="did not size it"):
         skg.prune(model, plan, masks=ragged)
     assert config.n_head == 4
     even = {g.name: torch.tensor([True, False, True, False]) for g in heads}

@@ -287,6 +287,7 @@ def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: i
     """The size attributes that count these channels: an attribute shaping an axis changes by
     the axis's indices per channel for every channel removed (None if it counts them unevenly)."""
     per: dict[tuple[str, str], int] = {}
+    uses: dict[tuple[str, str], set[str]] = defaultdict(set)
     for i, n in enumerate(nodes):
         sources = graph.size_refs.get(n)
         if not sources:
@@ -302,7 +303,10 @@ def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: i
             key = (src.owner, src.attr)
             if per.setdefault(key, int(counts[0])) != int(counts[0]):
                 return [], f"size attribute {src.owner}.{src.attr} counts these channels unevenly"
-    return [SizeRef(owner=o, attr=a, per_channel=c) for (o, a), c in sorted(per.items())], None
+            if n[0] == "v" and ":" not in n[1]:  # an activation of the eval trace
+                uses[key].add(f"{n[1]}:{n[2]}")
+    refs = [SizeRef(owner=o, attr=a, per_channel=c, uses=sorted(uses[(o, a)])) for (o, a), c in sorted(per.items())]
+    return refs, None
 
 
 def _size_used_as_number(graph: AxisGraph, refs: list[SizeRef]) -> str | None:

@@ -66,11 +66,13 @@ class Member(_Frozen):
 class SizeRef(_Frozen):
     """A layer or config attribute that counts a group's channels (``owner``: the module's
     qualified name, or ``"config"``): removing ``k`` channels lowers it by ``k * per_channel``.
-    Surgery rewrites it, e.g. ``model.layers.0.self_attn`` ``num_heads``."""
+    Surgery rewrites it, e.g. ``model.layers.0.self_attn`` ``num_heads``; ``uses`` names the
+    traced axes it sized (``"view_3:2"``), which ``prune`` checks shrank by as much."""
 
     owner: str
     attr: str = Field(min_length=1)
     per_channel: Positive
+    uses: list[str] = Field(default_factory=list)  # "node:axis" of the traced axes it sized
 
 
 class Group(_Frozen):

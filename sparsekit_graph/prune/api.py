@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,12 +12,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
-from ..graph.axes import AxisGraph
-from ..graph.build import add_traced_graph
 from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
-from ..plan.planner import resolve_groups
 from ..plan.schema import Plan
 from .hf import adopt_sizes, fit_config
 from .importance import channel_scores, masks_from_scores
@@ -135,7 +131,7 @@ def prune(
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_outputs(before_gm, after_gm)
-    _same_structure(plan, chosen, after_gm, work)
+    _sizes_followed(plan, chosen, before_gm, after_gm)
     reloadable = fit_config(model, work, inputs)
     report = PruneReport(
         params_before=count_params(model),
@@ -182,31 +178,27 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
         raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
-def _same_structure(plan: Plan, masks: dict[str, Tensor], graph: fx.Graph, pruned: nn.Module) -> None:
-    """Where the plan follows size attributes, the pruned model must cut its parameters into
-    channels as the plan did: a head of 8 rows stays a head of 8 rows. A size the plan took for
-    an attribute that the code does not read
-    (a literal ``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``), or an attribute
-    several layers share while they kept different counts, shows up here as a changed block."""
-    after = AxisGraph()
-    add_traced_graph(after, graph, pruned)
-    blocks: dict[tuple[str, int], set[int]] = defaultdict(set)
-    for g in resolve_groups(after):
-        for m in g.members:
-            blocks[(m.param, m.axis)].add(m.block)
+def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after: fx.Graph) -> None:
+    """Every axis a size attribute shaped must have shrunk by that attribute's share of the
+    removed channels (a head count 4 -> 2 makes ``view_3``'s axis 2 go 4 -> 2). A literal that
+    only equalled an attribute (``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``),
+    or one config object that blocks read while they kept different counts, fails here."""
+    old = {n.name: n.meta.get(META) for n in before.nodes}
+    new = {n.name: n.meta.get(META) for n in after.nodes}
     for g in plan.groups:
-        kept = g.size - int(masks[g.name].sum()) if g.name in masks else g.size
-        if not g.sizes or kept < 2:  # other blocks may legitimately merge (a grouped conv turned depthwise)
-            continue
-        for m in g.members:
-            found = blocks.get((m.param, m.axis))
-            if found and m.block not in found:
-                follows = ", ".join(f"{r.owner or 'model'}.{r.attr}" for r in g.sizes) or "none"
-                raise SparseKitError(
-                    f"after pruning, {m.param} axis {m.axis} is cut into blocks of {sorted(found)}, where group "
-                    f"{g.name} has blocks of {m.block}: a size the plan follows ({follows}) did not follow in the "
-                    "model's code; nothing was changed"
-                )
+        removed = int(masks[g.name].sum()) if g.name in masks else 0
+        for ref in g.sizes:
+            for use in ref.uses:
+                node, _, axis = use.rpartition(":")
+                a, b = old.get(node), new.get(node)
+                if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
+                    continue
+                want = a.shape[int(axis)] - ref.per_channel * removed
+                if b.shape[int(axis)] != want:
+                    raise SparseKitError(
+                        f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
+                        f"{want}: {ref.owner or 'model'}.{ref.attr} did not size it in the model's code; nothing was changed"
+                    )
 
 
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
