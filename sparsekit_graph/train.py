@@ -132,13 +132,28 @@ class _Segment:
         return per_channel if self.slots is None else per_channel[self.slots]
 
     def sumsq(self) -> Tensor:
-        raise NotImplementedError
+        """``(size,)`` float64 partial sums of squares per channel (float64: shards sum in any order)."""
+        x = self.data()
+        per_row = x.new_zeros(x.shape[1], dtype=torch.float64)
+        for c in _chunks(x):
+            per_row[c[1]] += _sumsq(x[c].double())
+        return self.sums(per_row)
 
     def absmax(self) -> Tensor:
-        raise NotImplementedError
+        """``(size,)`` largest absolute value per channel (0 where the segment has none)."""
+        x = self.data()
+        per_row = x.abs().amax(dim=(0, 2)).float() if x.numel() else x.new_zeros(x.shape[1], dtype=torch.float32)
+        if self.slots is None:
+            return per_row
+        return per_row.new_zeros(self.size).scatter_reduce_(0, self.slots, per_row, "amax")
 
     def scale(self, m: Tensor) -> None:
-        raise NotImplementedError
+        """Multiply channel ``i`` by ``m[i]``, in place."""
+        x = self.data()
+        mult = self.spread(m).to(x.dtype)[None, :, None]
+        for c in _chunks(x):
+            x[c] *= mult[:, c[1]]
+        self.commit(x)
 
     def data(self, t: Tensor | None = None) -> Tensor:
         """``(A, R, P)``: row ``r`` of the segment is ``[:, r, :]``; a live view where possible, else a copy."""
@@ -167,15 +182,6 @@ class _PartSegment(_Segment):
     def _window(self, t: Tensor) -> Tensor:
         return self.spec.view.window(_local(t))
 
-    def sumsq(self) -> Tensor:
-        return self.part.to_grid(self.spec.block_reduce(self.spec.data, "powsum")).reshape(-1)
-
-    def absmax(self) -> Tensor:
-        return self.part.to_grid(self.spec.block_reduce(self.spec.data, "absmax")).reshape(-1)
-
-    def scale(self, m: Tensor) -> None:
-        self.spec.scale_blocks(self.part.from_grid(m.reshape(self.part.grid)))
-
     def data(self, t: Tensor | None = None) -> Tensor:
         if self.natural is not None:
             return self.natural.data if t is None else self.natural.window(_local(t))
@@ -203,27 +209,10 @@ class _RowSegment(_Segment):
 
     def _2d(self, t: Tensor | None) -> Tensor:
         local = _local(self.param if t is None else t)
-        return local.reshape(local.shape[0], -1) if local.ndim else local.reshape(1, 1)
+        return local.reshape(local.shape[0], math.prod(local.shape[1:])) if local.ndim else local.reshape(1, 1)
 
     def _sel(self, t2d: Tensor) -> Tensor:
         return t2d[self.span[0] : self.span[1]] if self.span is not None else t2d.index_select(0, self.idx)
-
-    def sumsq(self) -> Tensor:
-        x = self._sel(self._2d(None))
-        return self.sums(torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).square_())
-
-    def absmax(self) -> Tensor:
-        x = self._sel(self._2d(None)).abs().amax(1).float()
-        return x.new_zeros(self.size).index_reduce_(0, self.slots, x, "amax")
-
-    def scale(self, m: Tensor) -> None:
-        t2d = self._2d(None)
-        x = self._sel(t2d)
-        mult = self.spread(m).to(x.dtype)[:, None]
-        if self.span is not None:
-            x.mul_(mult)
-        else:
-            t2d.index_copy_(0, self.idx, x * mult)
 
     def data(self, t: Tensor | None = None) -> Tensor:
         return self._sel(self._2d(t)).unsqueeze(0)
@@ -602,12 +591,12 @@ class ProximalStep:
 
     def _euclidean(self, g: _Group, tau: Tensor) -> Tensor:
         """``w <- max(0, 1 - tau/||w||) w``; returns the channels it killed."""
-        sumsq = torch.zeros(g.size, device=tau.device)
+        sumsq = torch.zeros(g.size, device=tau.device, dtype=torch.float64)
         for s in g.segments:
             if s.counted:
                 sumsq += s.sumsq()
         g.reduce(sumsq)
-        scale = (1 - tau * sumsq.clamp_min(_TINY).rsqrt()).clamp_(min=0)
+        scale = (1 - tau / sumsq.sqrt().clamp_min(_TINY)).clamp_(min=0)
         for s in g.segments:
             s.scale(scale)
         return (scale == 0) & (sumsq > 0)
