@@ -117,6 +117,7 @@ class _Segment:
     """
 
     param: Tensor  # the optimizer's parameter
+    name: str  # the parameter's name, for errors
     slots: Tensor | None  # (R,) channel of each row; None: row i is channel i
     counted: bool  # adds to the partial sums (a replicated member counts on one rank only)
     size: int
@@ -175,8 +176,8 @@ class _PartSegment(_Segment):
     the part's rows are copied out and written back.
     """
 
-    def __init__(self, part: _Part, param: Tensor, counted: bool = True, natural: View | None = None) -> None:
-        self.part, self.spec, self.param, self.counted, self.natural = part, part.spec, param, counted, natural
+    def __init__(self, part: _Part, param: Tensor, name: str, counted: bool = True, natural: View | None = None) -> None:
+        self.part, self.spec, self.param, self.name, self.counted, self.natural = part, part.spec, param, name, counted, natural
         self.slots, self.size = None, math.prod(part.grid)
 
     def _window(self, t: Tensor) -> Tensor:
@@ -200,8 +201,8 @@ class _PartSegment(_Segment):
 class _RowSegment(_Segment):
     """A member on the sharded axis 0 of an FSDP2 parameter: its local rows, each mapped to a channel."""
 
-    def __init__(self, param: Tensor, rows: Tensor, slots: Tensor, size: int, counted: bool = True) -> None:
-        self.param, self.slots, self.size, self.counted = param, slots, size, counted
+    def __init__(self, param: Tensor, name: str, rows: Tensor, slots: Tensor, size: int) -> None:
+        self.param, self.name, self.slots, self.size, self.counted = param, name, slots, size, True
         self.idx = rows  # local row indices, ascending
         n = rows.numel()
         first = int(rows[0]) if n else 0
@@ -243,12 +244,6 @@ class _Group:
         if self.pg is not None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op, group=self.pg)
         return t
-
-    def params(self) -> list[Tensor]:
-        out: dict[int, Tensor] = {}
-        for s in self.segments:
-            out.setdefault(id(s.param), s.param)
-        return list(out.values())
 
 
 # -- the groups of a plan (or of engine couplings) on this rank ------------------------------------
@@ -298,7 +293,7 @@ def _plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[_Segmen
     if not groups:  # every parameter whole on this rank (single process, DDP): one engine coupling
         coupling = BlockCoupling([member_spec(m, params[m.param]) for m in members], [m.order for m in members], name=g.name)
         return [
-            _PartSegment(part, params[m.param], natural=_natural(m, params[m.param]))
+            _PartSegment(part, params[m.param], m.param, natural=_natural(m, params[m.param]))
             for m, part in zip(members, coupling._parts())
         ], None
     if len(groups) > 1:
@@ -315,10 +310,10 @@ def _plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[_Segmen
             keep = (rows >= 0) & (rows < local.shape[0])
             rows, slots = rows[keep], slots[keep]
             order = rows.argsort()
-            out.append(_RowSegment(p, rows[order], slots[order], g.size))
+            out.append(_RowSegment(p, m.param, rows[order], slots[order], g.size))
         elif local.numel():  # every channel, over this rank's rows (or a whole replicated parameter)
             part = BlockCoupling([member_spec(m, local)], [m.order], name=g.name)._parts()[0]
-            out.append(_PartSegment(part, p, counted=info is not None or rank == 0, natural=_natural(m, local)))
+            out.append(_PartSegment(part, p, m.param, counted=info is not None or rank == 0, natural=_natural(m, local)))
     return out, pg
 
 
@@ -406,7 +401,8 @@ class ProximalStep:
     ) -> None:
         if not isinstance(plan, Plan):
             raise SparseKitError(f"plan must be a Plan, got {type(plan).__name__} (engine couplings: use from_couplings)")
-        model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         plan.check(model)
         params = dict(model.named_parameters())
         groups = []
@@ -446,7 +442,10 @@ class ProximalStep:
         for name, c in couplings.items():
             if not hasattr(c, "_parts"):
                 raise SparseKitError(f"couplings[{name!r}]: expected a BlockCoupling, got {type(c).__name__}")
-            segments: list[_Segment] = [_PartSegment(part, part.spec.view.param) for part in c._parts()]
+            segments: list[_Segment] = [
+                _PartSegment(part, part.spec.view.param, part.spec.name or f"<spec {i} of {name}>")
+                for i, part in enumerate(c._parts())
+            ]
             groups.append(_Group(name, c.numblk(), segments, torch.full((c.numblk(),), math.sqrt(c.numel_per_block())), None))
         self = cls.__new__(cls)
         self._setup(groups, optimizer, lam, weights, schedule, reset_state, lambda name: None)
@@ -470,7 +469,7 @@ class ProximalStep:
         owner = {id(p): pg for pg in optimizer.param_groups for p in pg["params"]}
         for g in groups:
             for s in g.segments:
-                where = f"group {g.name!r}: param {_name_of(s)}"
+                where = f"group {g.name!r}: param {s.name!r}"
                 if id(s.param) not in owner:
                     raise SparseKitError(f"{where} is not in the optimizer")
                 if not s.param.requires_grad:
@@ -607,7 +606,7 @@ class ProximalStep:
         for s in g.segments:
             state = self._optimizer.state.get(s.param, {})
             if "exp_avg_sq" not in state:
-                raise SparseKitError(f"group {g.name!r}: param {_name_of(s)} has no adam state yet (no gradient so far?)")
+                raise SparseKitError(f"group {g.name!r}: param {s.name!r} has no adam state yet (no gradient so far?)")
             pg = self._owner[id(s.param)]
             bias_sqrt = math.sqrt(1 - float(pg["betas"][1]) ** float(state["step"]))
             w, v = s.data(), s.data(state["exp_avg_sq"])
@@ -617,11 +616,6 @@ class ProximalStep:
             w_rows.append(w)
             h_rows.append(h)
         return _solve(g, tau, w_rows, h_rows)
-
-
-def _name_of(s: _Segment) -> str:
-    spec = getattr(s, "spec", None)
-    return repr(spec.name.split("[")[0]) if spec is not None and spec.name else f"of shape {tuple(s.param.shape)}"
 
 
 def _solve(g: _Group, tau: Tensor, w_rows: list[Tensor], h_rows: list[Tensor]) -> Tensor:
