@@ -685,8 +685,12 @@ def _solve(g: _Group, tau: Tensor, w_rows: list[Tensor], h_rows: list[Tensor]) -
             for c in _chunks(w):
                 w[c] = w[c] * (h[c] / h[c].add(m[:, c[1]]))  # h / (h + mu): exactly 1 where mu = 0
         else:
-            for c in _chunks(w):
-                w[c] = torch.div(y[c], h[c].add(m[:, c[1]]))  # x = y / (h + mu)
+            for c in _chunks(w):  # x = y / (h + mu), straight into the parameter where dtypes allow
+                target, d = w[c], h[c].add_(m[:, c[1]])
+                if target.dtype == y.dtype:
+                    torch.div(y[c], d, out=target)
+                else:
+                    target.copy_(y[c] / d)
         if saved is not None:
             w[:, keep] = saved
         if bool(dead.any()):
