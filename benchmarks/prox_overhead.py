@@ -54,7 +54,7 @@ def _zeroed(prox: skg.ProximalStep, setup: Callable[[], object]) -> float:
 def _calibrate(prox: skg.ProximalStep, setup: Callable[[], object], target: float) -> float:
     """A ``lam`` (log-bisected) whose single call zeroes about ``target`` of the channels."""
     lo, hi = 1e-8, 1e4
-    for _ in range(18):
+    for _ in range(12):
         prox.lam = (lo * hi) ** 0.5
         if _zeroed(prox, setup) < target:
             lo = prox.lam

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from .engine import BlockCoupling, View
+from .engine import BlockCoupling, SparseBlock, View
 from .engine.block import _Part
 from .errors import SparseKitError
 from .plan.bind import member_spec
@@ -368,10 +368,10 @@ class ProximalStep:
     ``diag(sqrt(v_hat) + eps)`` (bias-corrected ``v``, per parameter), with the same threshold, i.e.
     the exact proximal step of the preconditioned update, solved by Newton to relative 1e-6.
 
-    A channel driven to zero is recorded as dead and (``reset_state=True``) its slice of the
-    optimizer's momentum (SGD ``momentum_buffer``, Adam ``exp_avg``) is zeroed too: its gradient is
-    zero, so it then stays exactly zero. Under DDP every rank applies the same step; under FSDP2
-    (``fully_shard``) each rank works on its local shard and all-reduces per-channel sums.
+    When a channel is driven to zero (``reset_state=True``) its slice of the optimizer's momentum
+    (SGD ``momentum_buffer``, Adam ``exp_avg``) is zeroed too: its gradient is zero, so it then stays
+    exactly zero. Under DDP every rank applies the same step; under FSDP2 (``fully_shard``) each rank
+    works on its local shard and all-reduces per-channel sums.
 
     Args:
         plan: The model's plan (made before sharding; names as in ``model.named_parameters()``).
@@ -440,7 +440,7 @@ class ProximalStep:
         """
         groups = []
         for name, c in couplings.items():
-            if not hasattr(c, "_parts"):
+            if not isinstance(c, SparseBlock):
                 raise SparseKitError(f"couplings[{name!r}]: expected a BlockCoupling, got {type(c).__name__}")
             segments: list[_Segment] = [
                 _PartSegment(part, part.spec.view.param, part.spec.name or f"<spec {i} of {name}>")
@@ -461,8 +461,6 @@ class ProximalStep:
         reset_state: bool,
         why_not: Callable[[str], str | None],
     ) -> None:
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-            raise SparseKitError(f"lam must be a non-negative finite number, got {lam!r}")
         if schedule is not None and not (isinstance(schedule, LamSchedule) or callable(schedule)):
             raise SparseKitError(f"schedule must be a LamSchedule or a callable, got {type(schedule).__name__}")
         self._kind = _optimizer_kind(optimizer)
@@ -480,12 +478,22 @@ class ProximalStep:
             device = _local(g.segments[0].param).device if g.segments else torch.device("cpu")
             g.weight = g.weight.to(device)
         self._groups, self._optimizer, self._owner = groups, optimizer, owner
-        self.lam, self.schedule, self.reset_state = float(lam), schedule, reset_state
+        self.lam, self.schedule, self.reset_state = lam, schedule, reset_state
         self._steps, self._last_lam, self._pending = 0, 0.0, False
-        self._dead: dict[str, Tensor] = {}
         self._handle = optimizer.register_step_post_hook(_on_step(weakref.ref(self)))
 
     # -- public API ------------------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        """Penalty strength before the schedule; may be changed between steps."""
+        return self._lam
+
+    @lam.setter
+    def lam(self, lam: float) -> None:
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+            raise SparseKitError(f"lam must be a non-negative finite number, got {lam!r}")
+        self._lam = float(lam)
+
     @property
     def steps(self) -> int:
         """Optimizer steps seen (steps a GradScaler skipped are not counted)."""
