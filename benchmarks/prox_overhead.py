@@ -85,6 +85,8 @@ def main() -> None:
         f"ResNet-50, {args.size}x{args.size}, batch {args.batch}, {torch.get_num_threads()} threads, "
         f"{args.repeats} repeats (median), torch {torch.__version__}"
     )
+    header = f"{'prox':26s} {'regime':7s} {'lam':>9s} {'zeroed':>7s} {'train step':>11s} {'prox':>9s} {'prox/train':>11s}"
+    print(header, flush=True)
     rows = []
     for label, make in (
         ("euclidean (SGD)", lambda: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)),
@@ -118,12 +120,11 @@ def main() -> None:
                 prox_t.append(_timed(lambda prox=prox: prox.step(force=True), restore))
             t_train, t_prox = statistics.median(train_t), statistics.median(prox_t)
             rows.append((label, regime, lam, zeroed, t_train, t_prox, t_prox / t_train))
+            ratio = t_prox / t_train
+            print(f"{label:26s} {regime:7s} {lam:9.2e} {zeroed:7.1%} {t_train:10.3f}s {t_prox:8.3f}s {ratio:10.1%}", flush=True)
         prox.remove()
         restore()
 
-    print(f"{'prox':26s} {'regime':7s} {'lam':>9s} {'zeroed':>7s} {'train step':>11s} {'prox':>9s} {'prox/train':>11s}")
-    for label, regime, lam, zeroed, t_train, t_prox, ratio in rows:
-        print(f"{label:26s} {regime:7s} {lam:9.2e} {zeroed:7.1%} {t_train:10.3f}s {t_prox:8.3f}s {ratio:10.1%}")
     worst = max(r[-1] for r in rows if r[0].startswith("adam"))
     verdict = "met" if worst <= BAR else "NOT met"
     print(f"bar: adam-conditioned prox <= {BAR:.0%} of a training step: worst {worst:.1%} -> {verdict}")
