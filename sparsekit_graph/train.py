@@ -304,9 +304,9 @@ def _plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[_Segmen
         p, info = params[m.param], shards[m.param]
         local = _local(p)
         if info is not None and m.axis == 0:  # channels split across ranks: local rows, each to its channel
-            pos = torch.tensor(m.positions(), dtype=torch.long)
-            rows = (pos[:, None] * m.block + torch.arange(m.block)).reshape(-1) - info[2]
-            slots = torch.arange(g.size).repeat_interleave(m.block)
+            pos = torch.tensor(m.positions(), dtype=torch.long, device=local.device)
+            rows = (pos[:, None] * m.block + torch.arange(m.block, device=local.device)).reshape(-1) - info[2]
+            slots = torch.arange(g.size, device=local.device).repeat_interleave(m.block)
             keep = (rows >= 0) & (rows < local.shape[0])
             rows, slots = rows[keep], slots[keep]
             order = rows.argsort()
@@ -684,10 +684,11 @@ def _solve(g: _Group, tau: Tensor, w_rows: list[Tensor], h_rows: list[Tensor]) -
         survive = torch.where(heavy, g.reduce(norm2).sqrt() > t, survive)
         mu = _newton(fine, g, t, mu, lower, ~(heavy & survive))
     untouched = survive & ~active  # tau = 0: left exactly as they are
+    any_untouched, any_dead = bool(untouched.any()), not bool(survive.all())  # one host sync each, per group
     for s, w, h, y in zip(segs, w_rows, h_rows, y_rows):
         m = s.spread(mu).to(h.dtype)[None, :, None]
         keep, dead = s.spread(untouched), s.spread(~survive)
-        saved = w[:, keep].clone() if bool(keep.any()) and not g.overlap else None
+        saved = w[:, keep].clone() if any_untouched and not g.overlap else None
         if g.overlap:  # an element in two blocks is shrunk by both: multiply what earlier segments wrote
             w = s.data()
             for c in _chunks(w):
@@ -701,15 +702,18 @@ def _solve(g: _Group, tau: Tensor, w_rows: list[Tensor], h_rows: list[Tensor]) -
                     target.copy_(y[c] / d)
         if saved is not None:
             w[:, keep] = saved
-        if bool(dead.any()):
+        if any_dead:
             w[:, dead] = 0
         s.commit(w)
     return ~survive & (sums[1] > 0)
 
 
 def _chunks(x: Tensor) -> list[tuple[slice, slice]]:
-    """Index pairs cutting an ``(A, R, P)`` tensor into pieces of about ``_CHUNK`` elements."""
+    """Index pairs cutting an ``(A, R, P)`` tensor into pieces of about ``_CHUNK`` elements (CPU caches;
+    on an accelerator one piece: many small kernels cost more than the memory traffic they save)."""
     outer, rows, inner = x.shape
+    if x.device.type != "cpu":
+        return [(slice(None), slice(None))]
     if outer > 1:
         step = max(1, _CHUNK // max(1, rows * inner))
         return [(slice(a, min(a + step, outer)), slice(None)) for a in range(0, outer, step)]
