@@ -195,6 +195,11 @@ class RuleContext:
                 self.graph.size_values[src] = value if isinstance(value, int) else value[0]
         return bool(sources)
 
+    def constant_size(self, axis: AxisId, size: Any) -> bool:
+        """A literal size in the call (not ``-1`` or ``1``) that is no size attribute of the
+        layer or model: the code would not follow a pruned size there."""
+        return isinstance(size, int) and size not in (-1, 1) and not self.size_follows_model(axis, size)
+
     def pin(self, axes: Iterable[AxisId], reason: str) -> None:
         for a in axes:
             self.graph.pin(a, reason)

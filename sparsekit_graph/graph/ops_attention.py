@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .context import RuleContext
-from .ops_tensor import _is_weight
+from .ops_tensor import is_weight
 from .rules import register_function_rule
 
 # -- attention -----------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def einsum(ctx: RuleContext) -> None:
     if len(terms) != len(axes) or any(a is None or len(a) != len(t) or len(set(t)) != len(t) for a, t in zip(axes, terms)):
         ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
         return
-    weights = [_is_weight(ctx, x) for x in operands]
+    weights = [is_weight(ctx, x) for x in operands]
     for letter in dict.fromkeys(inputs.replace(",", "")):
         found = [(a[t.index(letter)], w) for a, t, w in zip(axes, terms, weights) if letter in t]  # type: ignore[index]
         if letter in result:

@@ -8,7 +8,8 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .ops_tensor import flatten_axes, link_padding, pointwise, reshape_axes, spatial_axes
+from .ops_reshape import flatten_axes, reshape_axes
+from .ops_tensor import link_padding, pointwise, spatial_axes
 from .rules import register_function_rule, register_module_rule
 
 __all__ = ["SAME_SHAPE_MODULES"]

@@ -6,7 +6,6 @@ Rules read arguments by torch's names (see ``normalize.py``), so each covers eve
 from __future__ import annotations
 
 import builtins
-import math
 import operator
 from collections.abc import Sequence
 
@@ -83,7 +82,7 @@ def expand(ctx: RuleContext) -> None:
             ctx.same([src[i]], [o])
         elif other is not None:
             ctx.same([other[j]], [o])
-        elif isinstance(sizes, (tuple, list)) and _constant_size(ctx, o, sizes[j]):
+        elif isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]):
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
@@ -153,173 +152,6 @@ def movedim(ctx: RuleContext) -> None:
 @register_function_rule(torch.Tensor.T, torch.Tensor.H)
 def reverse_axes(ctx: RuleContext) -> None:
     _linked_permutation(ctx, list(range(ctx.meta(ctx.input).ndim))[::-1])
-
-
-@register_function_rule(torch.flatten)
-def flatten(ctx: RuleContext) -> None:
-    flatten_axes(ctx, ctx.arg("start_dim", 0), ctx.arg("end_dim", -1))
-
-
-def flatten_axes(ctx: RuleContext, start: int, end: int) -> None:
-    """Axes ``start..end`` merge into one; the others pass through."""
-    nd = max(ctx.meta(ctx.input).ndim, 1)
-    start, end = start % nd, end % nd
-    groups = [([d], [d]) for d in range(start)] + [(list(range(start, end + 1)), [start])]
-    groups += [([d], [d - (end - start)]) for d in range(end + 1, nd)]
-    reshape_axes(ctx, literal=[False] * ctx.out_value.ndim, groups=groups)
-
-
-@register_function_rule(torch.reshape)
-@register_method_rule("view", "view_as", "reshape_as")
-def view(ctx: RuleContext) -> None:
-    """Reshape: axes are matched by equal products; the literal sizes in the call are pinned."""
-    if ctx.arg("dtype") is not None:
-        ctx.pin_everything(f"view as dtype at {ctx.where()}")
-        return
-    raw = ctx.arg("shape", ctx.arg("size"))
-    out = ctx.out()
-    _link_read_lengths(ctx, ctx.arg("other") if ctx.arg("other") is not None else raw, out)
-    if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
-        raw = [None] * ctx.out_value.ndim
-    if not isinstance(raw, (tuple, list)):
-        raw = [raw]
-    in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
-    groups = _factor_groups(in_shape, out_shape)
-    # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps
-    # an input axis as it is follows that axis, whatever the source said.
-    kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
-    # One value on two axes (4 heads of 4): no attribute can say which axis it shapes.
-    twice = {s for s in raw if isinstance(s, int) and s > 1 and raw.count(s) > 1}
-    literal = [
-        (s in twice or _constant_size(ctx, out[j], s)) and j not in kept if isinstance(s, int) and s > 1 else False
-        for j, s in enumerate(raw)
-    ]
-    reshape_axes(ctx, literal=literal, groups=groups)
-
-
-def _link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
-    """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
-    output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
-    of attention heads by the input's width ties the heads' width to the residual stream)."""
-    if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
-        read: list = list(ctx.axes(sizes) or [])
-    elif isinstance(sizes, (tuple, list)):
-        read = [_read_axis(ctx, s) for s in sizes]
-    else:
-        read = _read_axes(ctx, sizes) or []
-    for a, o in zip(read, out):
-        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1:
-            ctx.graph.link(a, o)
-
-
-def _read_axes(ctx: RuleContext, x: object) -> list | None:
-    """Axes of ``t`` for ``t.shape`` / ``t.size()``."""
-    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
-        return None
-    call = normalize(x)
-    if call.op in (torch.Tensor.shape, torch.Tensor.size) and call.args.get("dim") is None:
-        return ctx.axes(call.args.get("input"))
-    return None
-
-
-def _read_axis(ctx: RuleContext, x: object) -> tuple | None:
-    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
-    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
-        return None
-    call = normalize(x)
-    if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
-        axes = ctx.axes(call.args.get("input"))
-        return axes[call.args["dim"]] if axes else None
-    if call.op is operator.getitem and isinstance(call.args.get("index"), int):
-        axes = _read_axes(ctx, call.args.get("input"))
-        return axes[call.args["index"]] if axes and -len(axes) <= call.args["index"] < len(axes) else None
-    return None
-
-
-def _constant_size(ctx: RuleContext, axis: tuple, size: object) -> bool:
-    """A literal size in the call that is no size attribute of the layer or model."""
-    return isinstance(size, int) and size not in (-1, 1) and not ctx.size_follows_model(axis, size)
-
-
-@register_function_rule(torch.unflatten)
-def unflatten(ctx: RuleContext) -> None:
-    nd = ctx.meta(ctx.input).ndim
-    dim, sizes = ctx.arg("dim") % nd, list(ctx.arg("sizes"))
-    k = len(sizes)
-    out = ctx.out()
-    literal = [False] * dim + [_constant_size(ctx, out[dim + j], s) for j, s in enumerate(sizes)] + [False] * (nd - dim - 1)
-    groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
-    groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
-    reshape_axes(ctx, literal=literal, groups=groups)
-
-
-def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """Split two shapes into runs of dims with equal products: ([dims of a], [dims of b])."""
-    groups: list[tuple[list[int], list[int]]] = []
-    i = j = 0
-    while i < len(a) or j < len(b):
-        ga, gb = ([i], a[i]) if i < len(a) else ([], 1), ([j], b[j]) if j < len(b) else ([], 1)
-        (da, pa), (db, pb) = ga, gb
-        i, j = i + len(da), j + len(db)
-        while pa != pb and (i < len(a) or j < len(b)):
-            if (pa < pb and i < len(a)) or j >= len(b):
-                da.append(i)
-                pa *= a[i]
-                i += 1
-            else:
-                db.append(j)
-                pb *= b[j]
-                j += 1
-        groups.append((da, db))
-    return groups
-
-
-def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[int], list[int]]]) -> None:
-    """Couple input and output axes of a reshape, group by group.
-
-    In each group one non-unit input axis carries the channels into the outermost non-unit
-    output axis whose size is not a literal of the call: the outermost input axis that is not
-    already pinned (channels-last layouts carry the channel axis, not a spatial one). The
-    other axes of the group are pinned (head_dim, spatial or literal group counts). Output
-    axes given as literal sizes are pinned: the call would not follow a pruned size.
-    """
-    src, out = ctx.axes(ctx.input), ctx.out()
-    if src is None:
-        return
-    where = ctx.where()
-    in_shape = [ctx.graph.size(a) for a in src]
-    out_shape = [ctx.graph.size(a) for a in out]
-    for j, lit in enumerate(literal):
-        if lit and j < len(out):
-            ctx.pin([out[j]], f"reshape with constant size at {where}")
-    for ga, gb in groups:
-        big_a = [d for d in ga if in_shape[d] > 1]
-        big_b = [d for d in gb if out_shape[d] > 1]
-        if not big_a or not big_b:
-            continue
-        carriers_b = [d for d in big_b if not (d < len(literal) and literal[d])]
-        if not carriers_b:
-            ctx.pin([src[d] for d in big_a], f"reshape with constant size at {where}")
-            continue
-        free_a = [d for d in big_a if not ctx.graph.pinned(src[d])] if len(big_a) > 1 else big_a
-        ca, cb = (free_a or big_a)[0], carriers_b[0]
-        ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
-        ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
-        if len(big_a) == 1 and len(big_b) == 1:
-            ctx.graph.link(src[ca], out[cb])
-            continue
-        ia, ib = _digit_pairs([in_shape[d] for d in ga], ga.index(ca), [out_shape[d] for d in gb], gb.index(cb))
-        ctx.graph.link(src[ca], out[cb], ia, ib, kind="block")
-
-
-def _digit_pairs(sa: list[int], ka: int, sb: list[int], kb: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (digit ka of flat index in sa, digit kb of the same index in sb) pairs."""
-    n = math.prod(sa)
-    flat = np.arange(n, dtype=np.int64)
-    da = flat // math.prod(sa[ka + 1 :]) % sa[ka]
-    db = flat // math.prod(sb[kb + 1 :]) % sb[kb]
-    pairs = np.unique(da * sb[kb] + db)
-    return pairs // sb[kb], pairs % sb[kb]
 
 
 @register_function_rule(torch.unsqueeze)
@@ -432,7 +264,7 @@ def split(ctx: RuleContext) -> None:
         ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
     sizes = [ctx.graph.size(p[dim]) for p in parts]
     is_chunk = ctx.call.op is torch.chunk or (
-        isinstance(how, int) and not isinstance(how, bool) and all(not _constant_size(ctx, p[dim], how) for p in parts)
+        isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts)
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
@@ -670,7 +502,7 @@ _WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torc
                  torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.to}  # fmt: skip
 
 
-def _is_weight(ctx: RuleContext, x: object) -> bool:
+def is_weight(ctx: RuleContext, x: object) -> bool:
     """A parameter, or a view of one (``w.T``): its axes are members, zeroed with the group."""
 
     while isinstance(x, fx.Node):
@@ -699,12 +531,12 @@ def link_matmul(ctx: RuleContext, a_node: object, b_node: object, out: list) -> 
         if axis is None:
             continue
         target = out[len(out) - len(tail) + tail.index(axis)]
-        (ctx.produce if _is_weight(ctx, node) else ctx.graph.link)(axis, target)
+        (ctx.produce if is_weight(ctx, node) else ctx.graph.link)(axis, target)
     batch_a, batch_b = va[:-2], vb[:-2]
     batch_out = out[: len(out) - len(tail)]
     ctx.same(reversed(batch_a), reversed(batch_out))
     ctx.same(reversed(batch_b), reversed(batch_out))
-    if not (_is_weight(ctx, a_node) or _is_weight(ctx, b_node)):
+    if not (is_weight(ctx, a_node) or is_weight(ctx, b_node)):
         da, db = ctx.meta(a_node).ndim - 1, max(ctx.meta(b_node).ndim - 2, 0)
         breaks = [zero_breaker(a_node, da, ctx.modules), zero_breaker(b_node, db, ctx.modules)]  # type: ignore[arg-type]
         if None not in breaks:
