@@ -26,7 +26,8 @@ SIZE_ATTRIBUTES: set[str] = {
     "num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
     "head_dim", "attention_head_size", "head_size", "hidden_size", "embed_dim", "n_embd", "d_model",
     "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
-    "normalized_shape", "num_key_value_groups", "kv_heads",
+    "normalized_shape", "num_key_value_groups", "kv_heads", "hidden_dim", "dim", "word_embed_proj_dim",
+    "embedding_size",
 }  # fmt: skip
 
 
