@@ -9,6 +9,8 @@ from .plan.bind import bind
 from .plan.planner import plan
 from .plan.schema import Group, InputSpec, Member, Plan, SizeRef
 from .prune.api import PruneReport, PruneResult, prune
+from .prune.data_importance import InputStats, register_input_features
+from .prune.importance import ImportanceContext, register_importance
 from .prune.io import load_pruned, save_pruned
 from .prune.surgery import register_resizer
 from .train import ProximalStep
@@ -16,7 +18,9 @@ from .train import ProximalStep
 __all__ = [
     "CouplingError",
     "Group",
+    "ImportanceContext",
     "InputSpec",
+    "InputStats",
     "Member",
     "Plan",
     "PlanError",
@@ -33,6 +37,8 @@ __all__ = [
     "plan",
     "prune",
     "register_function_rule",
+    "register_importance",
+    "register_input_features",
     "register_method_rule",
     "register_module_rule",
     "register_resizer",

@@ -14,6 +14,7 @@ from .plan.planner import plan as make_plan
 from .plan.schema import Plan
 from .prune.api import PruneReport
 from .prune.api import prune as prune_model
+from .prune.calibrate import load_calibration
 from .prune.io import save_pruned
 from .zoo import load_spec
 
@@ -84,7 +85,10 @@ def prune(
     ratio: float = typer.Option(0.5, "--ratio", help="Fraction of channels removed per group."),
     plan_path: Path | None = typer.Option(None, "--plan", help="Use this plan instead of planning."),
     out: Path = typer.Option(Path("pruned"), "-o", "--out", help="Directory for plan, masks and weights."),
-    importance: str = typer.Option("l2", help="l2, l1 or random."),
+    importance: str = typer.Option("l2", help="l2, l1, random, taylor or activation (these two need --calibration)."),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="file.py:factory returning batches, or (batches, loss_fn) for taylor."
+    ),
     global_ranking: bool = typer.Option(False, "--global", help="Rank channels across groups."),
     round_to: int | None = typer.Option(None, "--round-to", help="Keep multiples of this many channels."),
     uniform: bool = typer.Option(False, "--uniform", help="One kept count for like groups (HF models reload)."),
@@ -95,8 +99,17 @@ def prune(
         model, inputs = load_spec(spec)
         t0 = time.perf_counter()
         p = Plan.load(plan_path) if plan_path else make_plan(model, inputs)
+        batches, loss_fn = load_calibration(calibration) if calibration else (None, None)
         result = prune_model(
-            model, p, ratio=ratio, importance=importance, global_ranking=global_ranking, round_to=round_to, uniform=uniform
+            model,
+            p,
+            ratio=ratio,
+            importance=importance,
+            calibration=batches,
+            loss_fn=loss_fn,
+            global_ranking=global_ranking,
+            round_to=round_to,
+            uniform=uniform,
         )
     except SparseKitError as e:
         _fail(e)

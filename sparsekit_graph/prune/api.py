@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -16,8 +17,10 @@ from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
+from ..plan.ties import check_tied_masks, snap_tied
+from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
 from .hf import adopt_sizes, fit_config
-from .importance import channel_scores, masks_from_scores
+from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels
 
@@ -62,7 +65,9 @@ def prune(
     *,
     ratio: float | None = None,
     masks: Mapping[str, Tensor] | None = None,
-    importance: str = "l2",
+    importance: str | Criterion = "l2",
+    calibration: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], Tensor] | None = None,
     inplace: bool = False,
     global_ranking: bool = False,
     round_to: int | None = None,
@@ -78,7 +83,13 @@ def prune(
             ``ratio``/``keep`` override it). Ignored when ``masks`` is given.
         masks: Explicit masks by group name (``True`` = remove), applied exactly; groups
             not named keep every channel.
-        importance: ``"l2"``, ``"l1"`` or ``"random"`` (seeded by ``seed``).
+        importance: A registered criterion (``"l2"``, ``"l1"``, ``"random"`` seeded by ``seed``,
+            ``"taylor"``, ``"activation"``; see ``register_importance``) or a callable
+            ``ImportanceContext -> {group: scores}``.
+        calibration: Batches for data-driven criteria: model inputs (tensor, tuple or dict),
+            or ``(inputs, target)`` pairs when ``loss_fn`` is given. The model is left exactly
+            as it was (eval mode inside; no ``.grad`` written; BatchNorm statistics unchanged).
+        loss_fn: ``loss_fn(output, target) -> scalar tensor``, needed by ``"taylor"``.
         inplace: Prune ``model`` itself, once a copy was pruned and checked. Every module
             object is kept (a reference such as ``layer = model.layer1[0].conv1`` sees the
             smaller layer afterwards); the pruned parameters and buffers are new tensors, so
@@ -108,18 +119,16 @@ def prune(
         if importance != "random" and any(t.device.type == "meta" for t in model.parameters()):
             raise PlanError(f"importance {importance!r} needs real weights: the model is on the meta device (use masks=)")
         couplings = bind(plan, model, check=False)
-        gen = torch.Generator().manual_seed(seed)
-        scores = {  # a group of buffers only (no coupling) has nothing to rank: keep its first channels
-            g.name: channel_scores(couplings[g.name], importance, gen).cpu()
-            if g.name in couplings
-            else -torch.arange(g.size, dtype=torch.float32)
-            for g in plan.prunable
-        }
+        prunable = {g.name: couplings[g.name] for g in plan.prunable if g.name in couplings}
+        ctx = ImportanceContext(model, plan, prunable, calibration, loss_fn, torch.Generator().manual_seed(seed))
+        scores = group_scores(importance, ctx)  # a group of buffers only (no coupling): its first channels
         chosen = masks_from_scores(
             plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking, uniform=uniform
         )
+        chosen = snap_tied(plan, chosen, scores)  # tied parts (experts, query heads per KV group) lose equally
     else:
         chosen = _checked_masks(plan, masks)
+    check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     before_gm = trace_graph(model, inputs)
     work = copy.deepcopy(model)
@@ -193,7 +202,7 @@ def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, afte
                 a, b = old.get(node), new.get(node)
                 if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
                     continue
-                want = a.shape[int(axis)] - ref.per_channel * removed
+                want = a.shape[int(axis)] - ref.lowered_by(removed)
                 if b.shape[int(axis)] != want:
                     raise SparseKitError(
                         f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "

@@ -1,31 +1,110 @@
-"""Channel importance and the masks a pruning ratio gives."""
+"""Channel importance: a registry of criteria, and the masks a pruning ratio gives.
+
+A criterion maps an ``ImportanceContext`` (the model, its plan, the prunable groups' couplings,
+optional calibration data) to one score per channel for each group it ranks: higher = keep.
+``l2``, ``l1`` and ``random`` read the weights; ``taylor`` and ``activation`` (in
+``prune/data_importance.py``) read calibration batches. Register your own with
+``@register_importance("name")``.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..engine import BlockCoupling
 from ..errors import PlanError
-from ..plan.schema import Group
+from ..plan.schema import Group, Plan
+from ..registry import registrar
 
-__all__ = ["IMPORTANCE", "channel_scores", "masks_from_scores"]
+__all__ = [
+    "IMPORTANCE",
+    "Criterion",
+    "ImportanceContext",
+    "group_scores",
+    "masks_from_scores",
+    "register_importance",
+]
 
-IMPORTANCE = ("l2", "l1", "random")
+
+@dataclass(frozen=True)
+class ImportanceContext:
+    """What a criterion may read. ``couplings`` holds the bound prunable groups (a group of
+    buffers only has none); ``calibration`` and ``loss_fn`` are the user's, as given to ``prune``."""
+
+    model: nn.Module
+    plan: Plan
+    couplings: Mapping[str, BlockCoupling]
+    calibration: Iterable[Any] | None = None
+    loss_fn: Callable[[Any, Any], Tensor] | None = None
+    generator: torch.Generator | None = None
 
 
-def channel_scores(coupling: BlockCoupling, importance: str, generator: torch.Generator | None = None) -> Tensor:
-    """One score per channel, comparable across groups (per-element scale)."""
-    n = coupling.numel_per_block()
-    if importance == "l2":
-        return coupling.norms(p=2).reshape(-1) / math.sqrt(n)
-    if importance == "l1":
-        return coupling.norms(p=1).reshape(-1) / n
-    if importance == "random":
-        return torch.rand(coupling.numblk(), generator=generator)
-    raise PlanError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+Criterion = Callable[[ImportanceContext], Mapping[str, Tensor]]
+"""Group name -> scores ``(size,)`` (higher = keep); groups left out keep their first channels."""
+
+IMPORTANCE: dict[str, Criterion] = {}
+register_importance = registrar(IMPORTANCE)
+"""``@register_importance("name")`` adds a criterion that ``prune(importance="name")`` uses."""
+
+
+def _per_coupling(fn: Callable[[BlockCoupling, ImportanceContext], Tensor]) -> Criterion:
+    def criterion(ctx: ImportanceContext) -> dict[str, Tensor]:
+        return {name: fn(c, ctx).reshape(-1) for name, c in ctx.couplings.items()}
+
+    return criterion
+
+
+@register_importance("l2")
+@_per_coupling
+def _l2(c: BlockCoupling, ctx: ImportanceContext) -> Tensor:
+    """Weight L2 norm per channel over every member, per element (comparable across groups)."""
+    return c.norms(p=2) / math.sqrt(c.numel_per_block())
+
+
+@register_importance("l1")
+@_per_coupling
+def _l1(c: BlockCoupling, ctx: ImportanceContext) -> Tensor:
+    return c.norms(p=1) / c.numel_per_block()
+
+
+@register_importance("random")
+@_per_coupling
+def _random(c: BlockCoupling, ctx: ImportanceContext) -> Tensor:
+    return torch.rand(c.numblk(), generator=ctx.generator)
+
+
+def group_scores(importance: str | Criterion, ctx: ImportanceContext) -> dict[str, Tensor]:
+    """Scores for every prunable group of ``ctx.plan`` (CPU, float32), checked.
+
+    A group the criterion leaves out keeps its first channels (descending scores).
+    """
+    if callable(importance):
+        criterion, label = importance, getattr(importance, "__name__", repr(importance))
+    else:
+        criterion = IMPORTANCE.get(importance)  # type: ignore[assignment]
+        label = importance
+        if criterion is None:
+            raise PlanError(f"importance must be one of {sorted(IMPORTANCE)} or a callable, got {importance!r}")
+    got = criterion(ctx)
+    out = {}
+    for g in ctx.plan.prunable:
+        s = got.get(g.name)
+        if s is None:
+            out[g.name] = -torch.arange(g.size, dtype=torch.float32)
+            continue
+        if not isinstance(s, Tensor) or s.numel() != g.size:
+            raise PlanError(f"importance {label!r}: group {g.name} needs {g.size} scores, got {getattr(s, 'shape', s)!r}")
+        s = s.detach().reshape(-1).float().cpu()
+        if not bool(torch.isfinite(s).all()):
+            raise PlanError(f"importance {label!r}: group {g.name} has non-finite scores (check the calibration loss)")
+        out[g.name] = s
+    return out
 
 
 def keep_count(group: Group, ratio: float, round_to: int | None) -> int:
