@@ -17,9 +17,8 @@ from ..graph.meta import META
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
-from ..plan.ties import check_tied_masks, snap_tied
-from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
 from .hf import adopt_sizes, fit_config
+from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels
@@ -125,10 +124,8 @@ def prune(
         chosen = masks_from_scores(
             plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking, uniform=uniform
         )
-        chosen = snap_tied(plan, chosen, scores)  # tied parts (experts, query heads per KV group) lose equally
     else:
         chosen = _checked_masks(plan, masks)
-    check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     before_gm = trace_graph(model, inputs)
     work = copy.deepcopy(model)
@@ -202,7 +199,7 @@ def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, afte
                 a, b = old.get(node), new.get(node)
                 if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
                     continue
-                want = a.shape[int(axis)] - ref.lowered_by(removed)
+                want = a.shape[int(axis)] - ref.per_channel * removed
                 if b.shape[int(axis)] != want:
                     raise SparseKitError(
                         f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
