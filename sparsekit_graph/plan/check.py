@@ -8,6 +8,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import PlanError
+from .edits import check_edits
 from .layout import strided_layout
 
 if TYPE_CHECKING:  # schema imports this module for ``Plan.check``; no runtime import back
@@ -25,10 +26,13 @@ def check_plan(plan: Plan, model: object) -> None:
 
     Raises:
         PlanError: A member names a missing tensor, an axis or slice out of range, indices the
-            engine cannot view, overlapping slices, or an axis the plan does not cover fully.
+            engine cannot view, overlapping slices, or an axis the plan does not cover fully;
+            or an edit that cannot be applied (a planner pin lifted, ``ratio``/``keep`` on a
+            pinned group, ``ratio`` and ``keep`` that disagree).
     """
     if not isinstance(model, nn.Module):
         raise PlanError(f"check needs an nn.Module, got {type(model).__name__}")
+    check_edits(plan)
     tensors = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
     owned: dict[tuple[str, int], np.ndarray] = {}
     first: dict[tuple[str, int], str] = {}
