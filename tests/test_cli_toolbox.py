@@ -63,7 +63,8 @@ def test_show_and_prune_json(planned: Path, tmp_path: Path) -> None:
     edited = _edited(edited, "layer3.0.conv1:out", ratio=0.25)
     path = tmp_path / "edited.json"
     edited.save(path)
-    args = ["prune", SPEC, "--plan", str(path), "--ratio", "0.5", "--round-to", "2", "--importance", "l1", "-o", str(tmp_path / "out")]
+    args = ["prune", SPEC, "--plan", str(path), "--ratio", "0.5", "--round-to", "2", "--importance", "l1"]
+    args += ["-o", str(tmp_path / "out")]
     r = runner.invoke(app, [*args, "--json", "--quiet"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -94,7 +95,12 @@ def test_check_rejects_edits_naming_group_and_field(planned: Path, tmp_path: Pat
     with pytest.raises(PlanError, match=r"group 'fc:out' field prunable"):
         check_against(sneaky, plan)
     with pytest.raises(PlanError, match=r"group 'conv1:out' field size"):
-        check_against(_edited(plan, "conv1:out", size=32, members=[m.model_copy(update={"stop": 32}) for m in plan.group("conv1:out").members]), plan)  # noqa: E501
+        check_against(
+            _edited(
+                plan, "conv1:out", size=32, members=[m.model_copy(update={"stop": 32}) for m in plan.group("conv1:out").members]
+            ),
+            plan,
+        )  # noqa: E501
     good = tmp_path / "good.json"
     _edited(plan, "layer1.0.conv1:out", keep=8).save(good)
     r = runner.invoke(app, ["check", str(good), SPEC])
