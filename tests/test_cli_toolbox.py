@@ -133,3 +133,12 @@ def test_view_writes_a_self_contained_page(planned: Path, tmp_path: Path) -> Non
     assert r.exit_code == 0, r.output
     html = out.read_text()
     assert "layer1.0.conv1:out" in html and "<script src" not in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_no_pickle_in_the_package() -> None:
+    import sparsekit_graph
+
+    root = Path(sparsekit_graph.__file__).parent
+    banned = ("import pickle", "pickle.", "torch.save(", "torch.load(", "import dill", "cloudpickle")
+    hits = [(p.name, b) for p in root.rglob("*.py") for b in banned if b in p.read_text()]
+    assert hits == []
