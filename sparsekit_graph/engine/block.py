@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CouplingError, ShapeMismatchError, SparseKitError
-from . import prox
+from . import solve
 from .view import View, interleave
 
 __all__ = ["BlockSpec", "SparseBlock", "BlockValues"]
@@ -45,12 +45,52 @@ class _Part:
         rows = iv.reshape(math.prod(self.grid), spec.numel_per_block())
         return rows if dtype is None else rows.to(dtype)
 
+    def arp(self, t: Tensor) -> Tensor | None:
+        """View-shaped ``t`` as ``(A, R, P)`` without a copy: row ``r`` (``[:, r, :]``) holds block
+        ``r``'s elements in the order of ``rows``; None when the layout does not allow it."""
+        spec = self.spec
+        grid_axes = [a for a in self.order if spec.grid_shape[a] > 1]
+        if grid_axes != sorted(grid_axes):  # permuted grid axes: rows are not a strided walk
+            return None
+        iv = interleave(t, spec.shape)
+        runs: list[list[int]] = []  # [role, size, stride]; role 0 = block before the grid, 1 = grid, 2 = after
+        for i, (n, st) in enumerate(zip(iv.shape, iv.stride())):
+            if n == 1:
+                continue
+            role = 1 if i % 2 == 0 else (2 if any(r[0] == 1 for r in runs) else 0)
+            if runs and runs[-1][0] == role and runs[-1][2] == st * n:
+                runs[-1][1:] = [runs[-1][1] * n, st]
+            elif runs and runs[-1][0] == role or (runs and runs[-1][0] > role):
+                return None  # two strided runs of one role, or a block axis between grid axes
+            else:
+                runs.append([role, n, st])
+        out = {role: (n, st) for role, n, st in runs}
+        sizes = [out.get(r, (1, 0))[0] for r in range(3)]
+        return t.as_strided(sizes, [out.get(r, (1, 0))[1] for r in range(3)], t.storage_offset())
+
     def write_rows(self, rows: Tensor) -> None:
         """Inverse of ``rows`` on the live parameter."""
         spec = self.spec
         nd = len(spec.shape)
         iv = interleave(spec.data, spec.shape).permute(*(2 * i for i in self.order), *range(1, 2 * nd, 2))
         iv.copy_(rows.view(iv.shape))
+
+
+def _piece(part: _Part, h: Tensor | None = None) -> solve.Piece:
+    """One part's blocks for the prox kernels: in place where the layout allows, else a copy."""
+    w = part.arp(part.spec.data)
+    hv = None if h is None or w is None else part.arp(h)
+    if w is not None and (h is None or hv is not None):
+        return solve.Piece(w, hv)
+
+    def fetch() -> Tensor:
+        return part.rows(part.spec.data, dtype=None).contiguous().unsqueeze(0)
+
+    def write(x: Tensor) -> None:
+        part.write_rows(x[0])
+
+    hr = None if h is None else part.rows(h, dtype=None).contiguous().unsqueeze(0)
+    return solve.Piece(fetch(), hr, fetch=fetch, write=write)
 
 
 class SparseBlock:
@@ -201,32 +241,27 @@ class SparseBlock:
             return
         tau = tau.reshape(-1)
         resolved = self._values(conditioners)
+        for p in self._parts():
+            lo, hi = torch.aminmax(resolved[p.spec])
+            if not (bool(lo > 0) and bool(torch.isfinite(hi))):
+                raise SparseKitError(f"{self._label()}: conditioners must be finite and strictly positive")
         parts = self._parts()
-        rows = prox.conditioned(
-            [p.rows(p.spec.data) for p in parts],
-            [p.rows(resolved[p.spec]) for p in parts],
+        overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
+        solve.conditioned(
+            [_piece(p, resolved[p.spec]) for p in parts],
             tau,
-            max_iter=max_iter,
+            overlap=overlap,
             rtol=rtol,
             atol=atol,
+            max_iter=max_iter,
             floor=floor,
-            label=self._label(),
         )
-        for p, r in zip(parts, rows):
-            p.write_rows(r)
 
     def _euclidean_prox(self, tau: Tensor, floor: float) -> None:
-        """``w <- max(0, 1 - tau/||w||) w`` from per-spec sums of squares (a hot path: few ops)."""
-        sumsq: Tensor | None = None
-        for part in self._parts():
-            t = part.to_grid(part.spec.block_reduce(part.spec.data, "powsum"))
-            sumsq = t if sumsq is None else sumsq.add_(t)
-        assert sumsq is not None
-        scale = (1 - tau * sumsq.clamp_min(_TINY).rsqrt_()).clamp_(min=0)
-        if floor > 0:
-            scale = torch.where(sumsq.sqrt() > tau + floor, scale, 0.0)
-        for part in self._parts():
-            part.spec.scale_blocks(part.from_grid(scale))
+        """``w <- max(0, 1 - tau/||w||) w``, the shared kernel over every part's rows."""
+        parts = self._parts()
+        overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
+        solve.euclidean([_piece(p) for p in parts], tau.reshape(-1), overlap=overlap, floor=floor)
 
     # -- helpers ---------------------------------------------------------------------
     def _grid_arg(self, t: Tensor, what: str) -> Tensor:

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from ..engine import View
 from ..engine.block import _Part
-from .solve import cache_chunks, sum_squares
 
 __all__ = ["PartSegment", "ProxGroup", "RowSegment", "Segment", "is_dtensor", "local_tensor", "shares_storage"]
 
@@ -58,14 +57,6 @@ class Segment:
         """(size,) -> (R,)."""
         return per_channel if self.slots is None else per_channel[self.slots]
 
-    def sumsq(self) -> Tensor:
-        """``(size,)`` float64 partial sums of squares per channel (float64: shards sum in any order)."""
-        x = self.data()
-        per_row = x.new_zeros(x.shape[1], dtype=torch.float64)
-        for c in cache_chunks(x):
-            per_row[c[1]] += sum_squares(x[c].double())
-        return self.sums(per_row)
-
     def absmax(self) -> Tensor:
         """``(size,)`` largest absolute value per channel (0 where the segment has none)."""
         x = self.data()
@@ -73,14 +64,6 @@ class Segment:
         if self.slots is None:
             return per_row
         return per_row.new_zeros(self.size).scatter_reduce_(0, self.slots, per_row, "amax")
-
-    def scale(self, m: Tensor) -> None:
-        """Multiply channel ``i`` by ``m[i]``, in place."""
-        x = self.data()
-        mult = self.spread(m).to(x.dtype)[None, :, None]
-        for c in cache_chunks(x):
-            x[c] *= mult[:, c[1]]
-        self.commit(x)
 
     def data(self, t: Tensor | None = None) -> Tensor:
         """``(A, R, P)``: row ``r`` of the segment is ``[:, r, :]``; a live view where possible, else a copy."""

@@ -11,17 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..engine import BlockCoupling, SparseBlock
+from ..engine import BlockCoupling, SparseBlock, solve
 from ..errors import SparseKitError
 from ..plan.schema import Plan
+from .conditioner import adam_denominators
 from .layout import member_numel, plan_segments
 from .schedule import LamSchedule, ProxStats
 from .segments import PartSegment, ProxGroup, Segment, local_tensor
-from .solve import cache_chunks, solve_conditioned
 
 __all__ = ["ProximalStep"]
 
-_TINY = torch.finfo(torch.float32).tiny
 _STATE_VERSION = 1
 
 
@@ -230,11 +229,12 @@ class ProximalStep:
         if lam == 0:
             return True
         with torch.no_grad():
-            for g in self._groups:
-                tau = g.weight.double() * (lam * self._lr(g))
+            taus = [g.weight.double() * (lam * self._lr(g)) for g in self._groups]
+            denoms = {} if self._kind == "sgd" else adam_denominators(self._groups, self._optimizer.state, self._owner)
+            for g, tau in zip(self._groups, taus):
                 if not bool(tau.any()):
                     continue
-                dead = self._euclidean(g, tau) if self._kind == "sgd" else self._conditioned(g, tau)
+                dead = self._euclidean(g, tau) if self._kind == "sgd" else self._conditioned(g, tau, denoms)
                 if dead is not None and self.reset_state and bool(dead.any()):
                     key = "momentum_buffer" if self._kind == "sgd" else "exp_avg"
                     for s in g.segments:
@@ -306,29 +306,13 @@ class ProximalStep:
 
     def _euclidean(self, g: ProxGroup, tau: Tensor) -> Tensor:
         """``w <- max(0, 1 - tau/||w||) w``; returns the channels it killed."""
-        sumsq = torch.zeros(g.size, device=tau.device, dtype=torch.float64)
-        for s in g.segments:
-            if s.counted:
-                sumsq += s.sumsq()
-        g.reduce(sumsq)
-        scale = (1 - tau / sumsq.sqrt().clamp_min(_TINY)).clamp_(min=0)
-        for s in g.segments:
-            s.scale(scale)
-        return (scale == 0) & (sumsq > 0)
+        pieces = [solve.Piece(s.data(), slots=s.slots, counted=s.counted, fetch=s.data, write=s.commit) for s in g.segments]
+        return solve.euclidean(pieces, tau, reduce=g.reduce, overlap=g.overlap)
 
-    def _conditioned(self, g: ProxGroup, tau: Tensor) -> Tensor | None:
-        """Prox in Adam's metric; returns the channels it killed."""
-        w_rows, h_rows = [], []
-        for s in g.segments:
-            state = self._optimizer.state.get(s.param, {})
-            if "exp_avg_sq" not in state:
-                raise SparseKitError(f"group {g.name!r}: param {s.name!r} has no adam state yet (no gradient so far?)")
-            pg = self._owner[id(s.param)]
-            bias_sqrt = math.sqrt(1 - float(pg["betas"][1]) ** float(state["step"]))
-            w, v = s.data(), s.data(state["exp_avg_sq"])
-            h = torch.empty(v.shape, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32, device=v.device)
-            for c in cache_chunks(v):  # Adam's denominator: sqrt(v / (1 - beta2^t)) + eps
-                torch.sqrt(v[c], out=h[c]).div_(bias_sqrt).add_(float(pg["eps"]))
-            w_rows.append(w)
-            h_rows.append(h)
-        return solve_conditioned(g, tau, w_rows, h_rows)
+    def _conditioned(self, g: ProxGroup, tau: Tensor, denoms: Mapping[int, Tensor]) -> Tensor:
+        """Prox in Adam's metric ``sqrt(v / (1 - beta2^t)) + eps``; returns the channels it killed."""
+        pieces = [
+            solve.Piece(s.data(), s.data(denoms[id(s.param)]), s.slots, s.counted, fetch=s.data, write=s.commit)
+            for s in g.segments
+        ]
+        return solve.conditioned(pieces, tau, reduce=g.reduce, overlap=g.overlap)

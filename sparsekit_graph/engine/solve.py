@@ -1,0 +1,328 @@
+"""The group prox kernels every caller shares: Euclidean and diagonally conditioned.
+
+A group's blocks are handed over as ``Piece``s: tensors laid out ``(A, R, P)`` where row ``r``
+(``[:, r, :]``) belongs to block ``slots[r]`` (or block ``r``). Sums over rows are float32 pieces
+combined per block in float64, then passed through ``reduce`` (an all-reduce across the shards of a
+distributed group), so the same code serves ``SparseBlock.soft_threshold`` and ``ProximalStep``.
+
+Conditioned prox of one block with elements ``w``, conditioner ``h > 0``, ``y = h w``: zero if
+``||y|| <= tau``, else ``x = y / (h + mu)`` where ``mu > 0`` solves ``mu ||y / (h + mu)|| = tau``.
+Newton runs on the secular form ``phi(mu) = 1/||y/(h + mu)|| - mu/tau`` (concave, nearly linear:
+exact in one step when ``h`` is constant); its first step comes from ``mu = 0`` with sums the setup
+pass computes anyway. A step is accepted without another pass once its quadratic error bound is
+below ``rtol``. Blocks near death (``||y|| < 2 tau``, where the root amplifies rounding) are then
+re-solved from there in float64.
+
+Speed: the work is memory-bound. No full-size temporary is made: every pass reads ``w`` and ``h``
+in cache-sized chunks into two reused buffers (``y = h w`` is recomputed there rather than stored
+and read back), one sweep gives Newton's value and slope, and the last pass multiplies ``w`` in
+place by ``h / (h + mu)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["Piece", "conditioned", "euclidean"]
+
+_TINY = torch.finfo(torch.float32).tiny
+_CHUNK = 1 << 17  # elements per chunk on CPU: a few such buffers stay in a core's L2 cache
+
+Reduce = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Piece:
+    """Rows of one group's blocks, ``(A, R, P)``: row ``r`` is ``[:, r, :]``.
+
+    Attributes:
+        w: The weights, written in place (a live view, or a copy that ``write`` stores back).
+        h: The conditioner laid out like ``w`` (read only).
+        slots: ``(R,)`` block of each row; None: row ``r`` is block ``r``.
+        counted: Adds to the sums (False for a replica that another rank counts).
+        fetch: Re-reads ``w`` (blocks that share elements: an earlier piece wrote them).
+        write: Stores a changed copy back into the parameter.
+    """
+
+    w: Tensor
+    h: Tensor | None = None
+    slots: Tensor | None = None
+    counted: bool = True
+    fetch: Callable[[], Tensor] | None = None
+    write: Callable[[Tensor], None] | None = None
+    _buf: list[Tensor] = field(default_factory=list, repr=False)
+
+    def spread(self, per_block: Tensor) -> Tensor:
+        """``(blocks,)`` -> ``(R,)``."""
+        return per_block if self.slots is None else per_block[self.slots]
+
+    def to_blocks(self, per_row: Tensor, size: int) -> Tensor:
+        """``(k, R)`` per-row sums -> ``(k, size)`` per-block sums."""
+        if self.slots is None:
+            return per_row
+        return per_row.new_zeros(per_row.shape[0], size).index_add_(1, self.slots, per_row)
+
+    def commit(self) -> None:
+        if self.write is not None:
+            self.write(self.w)
+
+
+def _noop(t: Tensor) -> Tensor:
+    return t
+
+
+# -- chunked elementwise work ----------------------------------------------------------------------
+def _chunks(x: Tensor) -> list[tuple[slice, slice]]:
+    """Index pairs cutting ``(A, R, P)`` into pieces of about ``_CHUNK`` elements (CPU caches; on an
+    accelerator one piece: many small kernels cost more than the memory traffic they save)."""
+    outer, rows, inner = x.shape
+    if x.device.type != "cpu":
+        return [(slice(None), slice(None))]
+    if outer > 1:
+        step = max(1, _CHUNK // max(1, rows * inner))
+        return [(slice(a, min(a + step, outer)), slice(None)) for a in range(0, outer, step)]
+    step = max(1, _CHUNK // max(1, inner))
+    return [(slice(None), slice(a, min(a + step, rows))) for a in range(0, rows, step)]
+
+
+def _buffers(p: Piece, dtype: torch.dtype) -> list[Tensor]:
+    """Three flat scratch buffers of one chunk's size, reused by every pass over ``p``."""
+    if not p._buf or p._buf[0].dtype != dtype:
+        outer, rows, inner = p.w.shape
+        n = p.w.numel() if p.w.device.type != "cpu" else min(p.w.numel(), max(_CHUNK, rows * inner if outer > 1 else inner))
+        p._buf = [torch.empty(n, dtype=dtype, device=p.w.device) for _ in range(2)]
+    return p._buf
+
+
+def _walk(p: Piece, dtype: torch.dtype) -> Iterator[tuple[tuple[slice, slice], Tensor, Tensor, Tensor, Tensor]]:
+    """Per chunk ``c``: ``(c, w[c], h[c], scratch, scratch)``, all in ``dtype`` and shaped like the
+    chunk; ``w[c]`` and ``h[c]`` are read-only."""
+    bufs = _buffers(p, dtype)
+    for c in _chunks(p.w):
+        wc = p.w[c]
+        shape, n = wc.shape, wc.numel()
+        s1, s2 = bufs[0][:n].view(shape), bufs[1][:n].view(shape)
+        hc = p.h[c] if p.h.dtype == dtype else p.h[c].to(dtype)
+        yield c, wc if wc.dtype == dtype else wc.to(dtype), hc, s1, s2
+
+
+def _sumsq(x: Tensor) -> Tensor:
+    """``(a, r, p) -> (r,)``: sums of squares over dims 0 and 2."""
+    return torch.linalg.vector_norm(x[0], dim=1).square_() if x.shape[0] == 1 else _sum02(x * x)
+
+
+def _dot(x: Tensor, z: Tensor) -> Tensor:
+    """``(a, r, p), (a, r, p) -> (r,)``: sums of products over dims 0 and 2."""
+    return torch.linalg.vecdot(x[0], z[0], dim=1) if x.shape[0] == 1 else _sum02(x * z)
+
+
+def _sum02(x: Tensor) -> Tensor:
+    """``(a, r, p) -> (r,)`` for a contiguous ``x``: a GEMV over dim 0 (a strided sum is far slower), then dim 2."""
+    a, r, p = x.shape
+    rows = (x.new_ones(1, a) @ x.reshape(a, r * p)).reshape(r, p)
+    return rows.sum(1) if p > 1 else rows.reshape(r)
+
+
+def _work_dtype(p: Piece) -> torch.dtype:
+    return torch.float64 if p.w.dtype == torch.float64 or (p.h is not None and p.h.dtype == torch.float64) else torch.float32
+
+
+# -- Euclidean ---------------------------------------------------------------------------------------
+def euclidean(pieces: list[Piece], tau: Tensor, *, reduce: Reduce = _noop, overlap: bool = False, floor: float = 0.0) -> Tensor:
+    """``w <- max(0, 1 - tau/||w||) w`` for every block; returns the blocks it zeroed.
+
+    Args:
+        pieces: The group's rows (``h`` unused).
+        tau: ``(blocks,)`` thresholds.
+        reduce: Sums partial ``(blocks,)`` float64 sums across shards (identity by default).
+        overlap: Pieces share elements: each piece's scaling multiplies what earlier ones wrote.
+        floor: Blocks with ``||w|| <= tau + floor`` are zeroed.
+    """
+    size, f64 = tau.numel(), torch.float64
+    sumsq = tau.new_zeros(size, dtype=f64)
+    for p in pieces:
+        if p.counted and p.w.numel():
+            x = p.w
+            per_row = x.new_zeros(x.shape[1], dtype=f64)
+            for c in _chunks(x):
+                per_row[c[1]] += _sumsq(x[c] if x.dtype == torch.float64 else x[c].float())
+            sumsq += p.to_blocks(per_row[None], size)[0]
+    reduce(sumsq)
+    norm = sumsq.sqrt()
+    scale = (1 - tau.double() / norm.clamp_min(_TINY)).clamp_(min=0)
+    if floor > 0:
+        scale = torch.where(norm > tau + floor, scale, 0.0)
+    for p in pieces:
+        if p.fetch is not None and overlap:
+            p.w = p.fetch()
+        x, mult = p.w, p.spread(scale).to(p.w.dtype)[None, :, None]
+        for c in _chunks(x):
+            x[c] *= mult[:, c[1]]
+        p.commit()
+    return (scale == 0) & (sumsq > 0)
+
+
+# -- conditioned -------------------------------------------------------------------------------------
+def conditioned(
+    pieces: list[Piece],
+    tau: Tensor,
+    *,
+    reduce: Reduce = _noop,
+    overlap: bool = False,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    max_iter: int = 50,
+    floor: float = 0.0,
+) -> Tensor:
+    """The conditioned prox of every block at once, written into the pieces; returns the zeroed blocks.
+
+    Args:
+        pieces: The group's rows and conditioners.
+        tau: ``(blocks,)`` non-negative thresholds.
+        reduce: Sums partial ``(k, blocks)`` float64 sums across shards (identity by default).
+        overlap: Pieces share elements (one parameter on two axes): each piece's shrink
+            ``h / (h + mu)`` multiplies what earlier pieces wrote.
+        rtol: Relative accuracy of every block's ``mu`` (and so of ``x``).
+        atol: Or an absolute accuracy of ``mu`` (0: relative only).
+        max_iter: Newton steps at most.
+        floor: Blocks with ``||h w|| <= tau + floor`` are zeroed.
+    """
+    size = tau.numel()
+    t = tau.double()
+    sums = t.new_zeros(3, size)
+    for p in pieces:
+        if not (p.counted and p.w.numel()):
+            continue
+        part = t.new_zeros(3, p.w.shape[1])
+        for c, wc, hc, s1, _ in _walk(p, _work_dtype(p)):
+            part[1, c[1]] += _sumsq(wc)  # ||w||^2
+            part[2, c[1]] += _dot(wc, torch.div(wc, hc, out=s1))  # sum w^2 / h
+            part[0, c[1]] += _sumsq(torch.mul(hc, wc, out=s1))  # ||y||^2
+        sums += p.to_blocks(part, size)
+    reduce(sums)
+    norm = sums[0].sqrt()
+    survive = norm > t + floor
+    active = survive & (t > 0)
+    q0 = sums[1].sqrt().clamp_min(_TINY)
+    lower = torch.where(active, t / q0, 0.0)  # mu >= tau / ||w||
+    start = (1 / q0) / (1 / t - sums[2] / q0**3)  # Newton from mu = 0 (phi = 1/||w||), for free
+    start = torch.where(active & (start > lower) & torch.isfinite(start), start, lower)
+    tol = _Tolerance(rtol, atol, max_iter)
+    mu = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
+    heavy = active & (norm < 2 * t)
+    if bool(heavy.any()):
+        mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
+    mu = torch.where(active, mu, 0.0)  # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is
+    any_dead = not bool(survive.all())  # one host sync
+    for p in pieces:
+        _write(p, mu, p.spread(~survive) if any_dead else None, overlap)
+    for p in pieces:
+        p._buf = []
+    return ~survive & (sums[1] > 0)
+
+
+@dataclass(frozen=True)
+class _Tolerance:
+    rtol: float
+    atol: float
+    max_iter: int
+
+
+def _fused_pass(p: Piece, mu_rows: Tensor) -> Tensor:
+    """``(2, R)``: per row ``sum y^2/(h+mu)^2`` and ``sum y^2/(h+mu)^3``, one sweep over the chunk."""
+    part = mu_rows.new_zeros(2, p.w.shape[1], dtype=torch.float64)
+    for c, wc, hc, s1, s2 in _walk(p, _work_dtype(p)):
+        d = torch.add(hc, mu_rows[c[1]].to(hc.dtype)[None, :, None], out=s2)  # h + mu
+        u = torch.mul(hc, wc, out=s1).div_(d)  # y / (h + mu)
+        part[0, c[1]] += _sumsq(u)
+        part[1, c[1]] += _dot(u, torch.div(u, d, out=s2))  # y^2 / (h + mu)^3
+    return part
+
+
+def _newton(
+    pieces: list[Piece],
+    sweep: Callable[[Piece, Tensor], Tensor],
+    t: Tensor,
+    mu: Tensor,
+    lo: Tensor,
+    done: Tensor,
+    reduce: Reduce,
+    tol: _Tolerance,
+) -> Tensor:
+    """Safeguarded Newton on ``phi`` for the blocks not ``done``, from ``mu`` (``lo``: a lower bound).
+
+    A Newton step ``delta`` (relative) leaves an error of at most ``c delta^2`` with
+    ``c = 3 rho / (2 (1 - rho))``, ``rho = tau T / q^3 in [0, 1)`` (``mu |phi''| <= 3 T / q^3`` and
+    ``|phi'| = (1 - rho) / tau``): a step is accepted without another pass once ``c delta^2`` is
+    8x below ``rtol``, or when ``delta <= rtol`` (or its absolute change is below ``atol``).
+    """
+    size = t.numel()
+    lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
+    for _ in range(tol.max_iter):
+        if bool(done.all()):
+            break
+        st = t.new_zeros(2, size)
+        for p in pieces:
+            if p.counted and p.w.numel():
+                st += p.to_blocks(sweep(p, p.spread(mu)), size)
+        reduce(st)
+        q = st[0].sqrt()
+        phi = 1 / q - mu / t
+        slope = st[1] / (st[0] * q) - 1 / t  # d/dmu 1/q = sum y^2 / (h + mu)^3 / q^3
+        step = mu - phi / slope
+        lo = torch.where(phi > 0, mu, lo)
+        hi = torch.where(phi < 0, mu, hi)
+        fallback = torch.where(torch.isinf(hi), 2 * lo, 0.5 * (lo + hi))
+        newton = (step > lo) & (step < hi)  # also false for nan
+        step = torch.where(newton, step, fallback)
+        change = (step - mu).abs()
+        delta = change / step
+        rho = (t * st[1] / (st[0] * q)).clamp(0.0, 1.0)
+        c = 1.5 * rho / (1 - rho).clamp_min(_TINY)
+        converged = (delta <= tol.rtol) | (newton & (delta <= 1e-2) & (8 * c * delta * delta <= tol.rtol))
+        if tol.atol > 0:
+            converged |= change <= tol.atol
+        mu = torch.where(done, mu, step)
+        done |= converged
+    return mu
+
+
+def _refine(
+    pieces: list[Piece], heavy: Tensor, survive: Tensor, t: Tensor, mu: Tensor, lower: Tensor, reduce: Reduce, tol: _Tolerance
+) -> tuple[Tensor, Tensor]:
+    """Blocks near death re-solved in float64 from ``mu`` (their rows copied out)."""
+    ids = heavy.nonzero().squeeze(1)
+    fine = []
+    norm2 = t.new_zeros(t.numel())
+    for p in pieces:
+        rows = p.spread(heavy)
+        h = p.h[:, rows].double()
+        w = p.w[:, rows].double()
+        slots = ids if p.slots is None else p.slots[rows]
+        fine.append(Piece(w, h, slots, p.counted))
+        if p.counted and w.numel():
+            norm2.index_add_(0, slots, (h * w).square().sum((0, 2)))
+    survive = torch.where(heavy, reduce(norm2).sqrt() > t, survive)
+    return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol), survive
+
+
+def _write(p: Piece, mu: Tensor, dead: Tensor | None, overlap: bool) -> None:
+    """``w <- w h / (h + mu)`` (exactly ``w`` where ``mu = 0``; rows ``dead`` zero), in place."""
+    if p.fetch is not None and overlap:
+        p.w = p.fetch()
+    w, m_rows, dtype = p.w, p.spread(mu), _work_dtype(p)
+    for c, wc, hc, s1, _ in _walk(p, dtype):
+        shrink = torch.div(hc, torch.add(hc, m_rows[c[1]].to(dtype)[None, :, None], out=s1), out=s1)
+        target = w[c]
+        if target.dtype == dtype:
+            target.mul_(shrink)
+        else:
+            target.copy_(wc * shrink)
+    if dead is not None:
+        w[:, dead] = 0
+    p.commit()
