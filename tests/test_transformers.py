@@ -245,8 +245,8 @@ def test_a_size_shared_by_heads_and_head_dim_pins() -> None:
 def test_gqa_policy_is_validated() -> None:
     model, x = _build("llama")
     assert skg.plan(model, x, gqa="kv_groups").groups == _plan("llama")[2].groups
-    with pytest.raises(skg.PlanError, match="gqa='query_heads'"):
-        skg.plan(model, x, gqa="query_heads")
+    with pytest.raises(skg.PlanError, match="gqa='heads'"):
+        skg.plan(model, x, gqa="heads")
 
 
 _BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -47,6 +47,12 @@ class AxisGraph:
     size_values: dict[Any, int] = field(default_factory=dict)  # SizeSource -> the value it matched
     numbers: list[tuple[int, Any]] = field(default_factory=list)  # (whole number, fx node) scaling a tensor
     values: dict[str, list[AxisId]] = field(default_factory=dict)  # activation name -> its axes
+    divert_repeats: bool = False  # gqa="query_heads": repeat links are recorded, not made
+    repeats: list[tuple[AxisId, AxisId, np.ndarray, np.ndarray]] = field(default_factory=list)  # (src, dst, ia, ib)
+    diverted: set[AxisId] = field(default_factory=set)  # targets of diverted repeat links
+    repeat_factors: dict[AxisId, list[AxisId]] = field(default_factory=dict)  # dst -> broadcast factor axes
+    domains: dict[str, AxisId] = field(default_factory=dict)  # integer activation -> the axis its values index
+    gathered: dict[str, AxisId] = field(default_factory=dict)  # parameter gathered on axis 0 by indices of that axis
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:
@@ -72,8 +78,14 @@ class AxisGraph:
         return self.sizes[axis]
 
     def link(self, a: AxisId, b: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
-        """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index)."""
+        """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index).
+        A ``repeat`` link (``b[i]`` copies ``a[ia[i]]``: GQA's key/value heads) is only recorded
+        when ``divert_repeats`` is set; the planner then keeps ``a`` and ties ``b``'s copies."""
         ia, ib = _arr(ia), _arr(ib)
+        if kind == "repeat" and self.divert_repeats and ia is not None and ib is not None:
+            self.repeats.append((a, b, ia, ib))
+            self.diverted.add(b)
+            return
         if ia is not None and ib is not None and _is_range(ia, self.size(a)) and _is_range(ib, self.size(b)):
             ia = ib = None  # an explicit identity
         if a == b and ia is None and ib is None:

@@ -167,7 +167,26 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
             ctx.graph.link(src[ca], out[cb])
             continue
         ia, ib = _digit_pairs([in_shape[d] for d in ga], ga.index(ca), [out_shape[d] for d in gb], gb.index(cb))
-        ctx.graph.link(src[ca], out[cb], ia, ib, kind="block")
+        copies = _merges_copies(ctx, src, ca, big_a, big_b)
+        if copies:
+            ctx.graph.repeat_factors[out[cb]] = [src[d] for d in big_a[1:]]
+        ctx.graph.link(src[ca], out[cb], ia, ib, kind="repeat" if copies else "block")
+
+
+def _merges_copies(ctx: RuleContext, src: list, ca: int, big_a: list[int], big_b: list[int]) -> bool:
+    """``expand(b, Hk, r, s, d).reshape(b, Hk * r, s, d)`` (eager GQA's ``repeat_kv``): the
+    output's index ``i`` is a copy of the carrier's ``i // r`` when every inner factor was
+    broadcast by the ``expand`` just before (fresh: linked to nothing)."""
+    producer = ctx.input.target if hasattr(ctx.input, "target") else None
+    return (
+        producer in _EXPANDS
+        and len(big_b) == 1
+        and ca == big_a[0]
+        and all(ctx.graph.g.degree(src[d]) == 0 for d in big_a[1:])
+    )
+
+
+_EXPANDS = (torch.ops.aten.expand.default, "expand", torch.broadcast_to)
 
 
 def _digit_pairs(sa: list[int], ka: int, sb: list[int], kb: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,9 +22,12 @@ from ..graph.build import add_traced_graph
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .layout import strided_layout, view_order
-from .schema import Group, InputSpec, Member, Plan, SizeRef
+from .experts import split_experts
+from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart
 
-__all__ = ["build_axis_graph", "plan"]
+__all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
+
+GQA_POLICIES = ("kv_groups", "query_heads")
 
 
 def plan(
@@ -44,18 +47,20 @@ def plan(
         train_graph: Also trace the training-mode forward (e.g. auxiliary heads) and couple
             what it uses.
         gqa: How grouped-query attention is pruned: ``"kv_groups"`` (a key/value head with its
-            query heads is one channel). ``"query_heads"`` is not supported yet.
+            query heads is one channel) or ``"query_heads"`` (key/value heads stay; a channel
+            is one query head, and a tie makes every key/value group lose as many).
 
     Raises:
         TraceError: The model cannot be traced with these inputs.
         PlanError: A name in ``ignore`` is not in the model, or ``gqa`` is not a policy.
     """
-    if gqa != "kv_groups":
-        raise PlanError(f"gqa={gqa!r}: only 'kv_groups' is supported (query-head pruning within KV groups is not yet)")
+    if gqa not in GQA_POLICIES:
+        raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
     with _collector_paused():
-        graph = build_axis_graph(model, example_inputs, train_graph=train_graph)
+        graph = build_axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa)
         _pin_ignored(graph, model, list(ignore))
-        return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=resolve_groups(graph))
+        groups, ties = resolve(graph)
+        return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=groups, ties=ties)
 
 
 @contextmanager
@@ -82,10 +87,10 @@ def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
     ]
 
 
-def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True) -> AxisGraph:
+def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True, gqa: str = "kv_groups") -> AxisGraph:
     """The axis graph of the eval forward, plus the train forward where it differs (graphs
     from ``torch.export`` trace the eval forward only)."""
-    graph = AxisGraph()
+    graph = AxisGraph(divert_repeats=gqa == "query_heads")
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
     if train_graph and not is_exported(gm) and _reads_training(model):
@@ -147,27 +152,78 @@ class _Channels:
     positions: list[list[int]] | np.ndarray  # (channels, len(params)): positions matching ``params``
     labels: list[int] | None = None  # the channels' labels in the component's index union (slot path)
     counts: dict[int, np.ndarray] | None = None  # node index -> its indices per channel, for sized axes
+    at: dict[int, np.ndarray] | None = None  # node index -> its first index per channel, for repeat targets
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:
     """Connected components of the axis graph -> channel groups, one per signature."""
-    found: list[tuple[tuple[int, int], Group]] = []
+    return resolve(graph)[0]
+
+
+def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
+    """Connected components of the axis graph -> channel groups, one per signature, and the
+    count ties between them (query heads per key/value group, experts of a stacked tensor)."""
+    targets = _divert_repeats(graph)
+    found: list[tuple[tuple[int, int], Group, list[list[int]]]] = []
     for component in nx.connected_components(graph.g):
         nodes = sorted(component)
         if not any(n[0] == "p" for n in nodes) or all(graph.size(n) <= 1 for n in nodes):
             continue
-        for ch in _channels(graph, nodes):
-            found.append(_group(graph, nodes, ch))
+        for ch in _channels(graph, nodes, targets):
+            found.append(_tied_group(graph, nodes, ch, targets))
     found.sort(key=lambda x: x[0])
     names: dict[str, int] = defaultdict(int)
-    groups = []
-    for _, g in found:
+    groups, ties = [], []
+    for _, g, parts in found:
         names[g.name] += 1
-        groups.append(g if names[g.name] == 1 else g.model_copy(update={"name": f"{g.name}#{names[g.name]}"}))
-    return groups
+        g = g if names[g.name] == 1 else g.model_copy(update={"name": f"{g.name}#{names[g.name]}"})
+        groups.append(g)
+        if g.prunable and len(parts) > 1:
+            reason = "gqa='query_heads': every key/value group keeps as many query heads"
+            ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
+    groups, expert_ties = split_experts(graph, groups)
+    return groups, ties + expert_ties
 
 
-def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
+def _divert_repeats(graph: AxisGraph) -> dict[AxisId, np.ndarray]:
+    """``gqa="query_heads"``: the source of every diverted repeat link (key/value heads) is
+    kept; each target index's part is the source index it copies."""
+    targets: dict[AxisId, np.ndarray] = {}
+    for a, b, ia, ib in graph.repeats:
+        graph.pin(a, "gqa='query_heads': key/value heads are kept, query heads are pruned within each group")
+        part = np.full(graph.size(b), -1, dtype=np.int64)
+        part[ib] = ia
+        targets[b] = part
+    return targets
+
+
+def _tied_group(
+    graph: AxisGraph, nodes: list[AxisId], ch: _Channels, targets: dict[AxisId, np.ndarray]
+) -> tuple[tuple[int, int], Group, list[list[int]]]:
+    """``_group``, plus the parts of its channels a repeat target splits them into (each
+    part: the channels copying one source index); a group whose channels do not split into
+    equal parts that way is pinned."""
+    key, group, perm = _group(graph, nodes, ch)
+    hits = [i for i in (ch.at or {}) if nodes[i] in targets]
+    if not hits:
+        return key, group, []
+    i = hits[0]
+    at = ch.at[i][perm]  # type: ignore[index]
+    part = np.where(at >= 0, targets[nodes[i]][np.maximum(at, 0)], -1)
+    labels = sorted(set(part.tolist()))
+    parts = [np.flatnonzero(part == p).tolist() for p in labels]
+    if -1 in labels or len({len(p) for p in parts}) > 1:
+        reason = "gqa='query_heads': query heads do not split evenly into key/value groups"
+        return key, group.model_copy(update={"prunable": False, "reason": group.reason or reason}), []
+    sizes = list(group.sizes)
+    for f in graph.repeat_factors.get(nodes[i], []):
+        for src in sorted(graph.size_refs.get(f, ()), key=str):
+            uses = [f"{f[1]}:{f[2]}"] if f[0] == "v" and ":" not in f[1] else []
+            sizes.append(SizeRef(owner=src.owner, attr=src.attr, per_channel=1, every=len(parts), uses=uses))
+    return key, group.model_copy(update={"sizes": sizes}), parts
+
+
+def _channels(graph: AxisGraph, nodes: list[AxisId], targets: dict[AxisId, np.ndarray] | None = None) -> list[_Channels]:
     g = graph.g
     params = [i for i, n in enumerate(nodes) if n[0] == "p"]
     pin = next((r for n in nodes for r in g.nodes[n]["pins"]), None)
@@ -176,11 +232,12 @@ def _channels(graph: AxisGraph, nodes: list[AxisId]) -> list[_Channels]:
         size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
         produced = any(g.nodes[n].get("producer", False) for n in nodes)
         positions = np.repeat(np.arange(size, dtype=np.int64)[:, None], len(params), axis=1)
-        return [_Channels(tuple(params), produced, pin, mix, positions)]
-    return _slot_channels(graph, nodes, params)
+        at = {i: np.arange(size) for i, n in enumerate(nodes) if targets and n in targets}
+        return [_Channels(tuple(params), produced, pin, mix, positions, at=at)]
+    return _slot_channels(graph, nodes, params, targets or {})
 
 
-def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> list[_Channels]:
+def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int], targets: dict[AxisId, np.ndarray]) -> list[_Channels]:
     """Union every index that moves together; a channel is one connected set of indices."""
     g = graph.g
     index = {n: i for i, n in enumerate(nodes)}
@@ -232,13 +289,21 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int]) -> 
         for i, n in enumerate(nodes)
         if n in graph.size_refs
     }
+    first = {}
+    for i, n in enumerate(nodes):
+        if n in targets:
+            f = np.full(int(label.max()) + 1, -1, dtype=np.int64)
+            f[label[offset[i] : offset[i + 1]][::-1]] = np.arange(sizes[i])[::-1]  # the lowest index wins
+            first[i] = f
     for ch in by_key.values():
         ch.counts = {i: c[ch.labels] for i, c in sized.items()}
+        ch.at = {i: f[ch.labels] for i, f in first.items()}
     return list(by_key.values())
 
 
-def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[int, int], Group]:
-    """Members of one channel signature, channels ordered along the primary member."""
+def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[int, int], Group, np.ndarray]:
+    """Members of one channel signature, channels ordered along the primary member (and that
+    order, as a permutation of ``ch``'s channels)."""
     occurrences: dict[int, list[int]] = defaultdict(list)  # node -> columns in positions
     for col, n in enumerate(ch.params):
         occurrences[n].append(col)
@@ -247,7 +312,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     producers = rows or [n for n in occurrences if nodes[n][2] == 0] or list(occurrences)
     primary = min(producers, key=order_of)
     pos = np.asarray(ch.positions, dtype=np.int64)  # (channels, occurrences)
-    pos = pos[np.argsort(pos[:, occurrences[primary][0]], kind="stable")]
+    perm = np.argsort(pos[:, occurrences[primary][0]], kind="stable")
+    pos = pos[perm]
     # Per column: first and last position, and whether the column is a contiguous range.
     lo, hi = pos.min(0), pos.max(0)
     contiguous = (pos - lo == np.arange(len(pos))[:, None]).all(0)
@@ -280,7 +346,7 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         ratio=None,
         keep=None,
     )
-    return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group
+    return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group, perm
 
 
 def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: int) -> tuple[list[SizeRef], str | None]:

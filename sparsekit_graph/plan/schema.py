@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import PlanError
 from .check import check_plan
+from .ties import check_tied_overrides, validate_ties
 
-__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan", "SizeRef"]
+__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: count ties, members fixed to one expert; 2: size attributes
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
 Positive = Annotated[int, Field(ge=1, le=2**40)]
 
@@ -27,7 +28,9 @@ class Member(_Frozen):
     Channel ``i`` of the group owns elements ``[start + q*block, start + (q+1)*block)`` of
     ``axis``, where ``q = indices[i]`` if ``indices`` is given, else ``q = i``.
     ``order`` is the BlockCoupling order of the member's bound view
-    ``(pre, *channel_axes, block, post)``: channel axes first.
+    ``(pre, *channel_axes, block, post)``: channel axes first. ``fix`` holds ``(axis, index)``
+    pairs of leading axes held at one index: the member lives in ``param[index]`` (one expert
+    of a stacked expert tensor ``(E, 2I, H)``), and ``axis`` still counts the full tensor's axes.
     """
 
     param: str = Field(min_length=1)
@@ -37,9 +40,14 @@ class Member(_Frozen):
     block: Positive = 1
     indices: list[NonNeg] | None = None
     order: list[NonNeg]
+    fix: list[tuple[NonNeg, NonNeg]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Member:
+        if self.fix is not None and sorted(a for a, _ in self.fix) != list(range(len(self.fix))):
+            raise ValueError(f"member {self.param}: fixed axes {self.fix} must be the leading axes")
+        if self.fix is not None and self.axis < len(self.fix):
+            raise ValueError(f"member {self.param}: axis {self.axis} is one of its fixed axes")
         if self.stop <= self.start:
             raise ValueError(f"member {self.param}: stop {self.stop} must exceed start {self.start}")
         if (self.stop - self.start) % self.block:
@@ -73,6 +81,11 @@ class SizeRef(_Frozen):
     attr: str = Field(min_length=1)
     per_channel: Positive
     uses: list[str] = Field(default_factory=list)  # "node:axis" of the traced axes it sized
+    every: Positive = 1  # lowered by per_channel for every ``every`` channels removed (a tie's parts)
+
+    def lowered_by(self, removed: int) -> int:
+        """How much the attribute drops when the group loses ``removed`` channels."""
+        return self.per_channel * (removed // self.every)
 
 
 class Group(_Frozen):
@@ -102,6 +115,23 @@ class Group(_Frozen):
         return self
 
 
+class TiePart(_Frozen):
+    """Channels of one group (``channels``: their indices; None: all of them)."""
+
+    group: str = Field(min_length=1)
+    channels: list[NonNeg] | None = None
+
+
+class Tie(_Frozen):
+    """Parts that must lose equal numbers of channels: the experts of one stacked tensor (each
+    expert's width is a group; the tensor stays rectangular), or the query heads of each
+    key/value group (``gqa="query_heads"``). ``prune`` keeps them equal and rejects masks
+    that break them; ``check`` rejects overrides (``ratio``/``keep``) that would."""
+
+    parts: list[TiePart] = Field(min_length=2)
+    reason: str = Field(min_length=1)
+
+
 class InputSpec(_Frozen):
     """Shape and dtype of one example input the plan was made with."""
 
@@ -129,16 +159,18 @@ class Plan(_Frozen):
     model: str = ""
     inputs: list[InputSpec] = Field(default_factory=list)
     groups: list[Group] = Field(default_factory=list)
+    ties: list[Tie] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.schema_version not in (1, SCHEMA_VERSION):  # version 1 had no size attributes
+        if self.schema_version not in (1, 2, SCHEMA_VERSION):  # 1: no size attributes; 2: no ties
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
-        seen: set[str] = set()
+        seen: dict[str, Group] = {}
         for g in self.groups:
             if g.name in seen:
                 raise ValueError(f"duplicate group name {g.name!r}")
-            seen.add(g.name)
+            seen[g.name] = g
+        validate_ties(self.ties, seen)
         return self
 
     def group(self, name: str) -> Group:
@@ -178,5 +210,7 @@ class Plan(_Frozen):
             raise PlanError(f"invalid plan: {where}: {first['msg']}") from e
 
     def check(self, model: object) -> None:
-        """Raise ``PlanError`` naming the first group/member that does not fit ``model``."""
+        """Raise ``PlanError`` naming the first group/member that does not fit ``model``, or
+        the groups of a tie whose overrides would break it."""
         check_plan(self, model)
+        check_tied_overrides(self)

@@ -14,11 +14,13 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.meta import META
+from ..graph.sizes import module_stack
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
-from .hf import adopt_sizes, fit_config
+from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
+from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels
@@ -124,8 +126,10 @@ def prune(
         chosen = masks_from_scores(
             plan.prunable, scores, ratio, round_to=round_to, global_ranking=global_ranking, uniform=uniform
         )
+        chosen = snap_tied(plan, chosen, scores)  # tied parts (experts, query heads per KV group) lose equally
     else:
         chosen = _checked_masks(plan, masks)
+    check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     before_gm = trace_graph(model, inputs)
     work = copy.deepcopy(model)
@@ -191,20 +195,31 @@ def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, afte
     or one config object that blocks read while they kept different counts, fails here."""
     old = {n.name: n.meta.get(META) for n in before.nodes}
     new = {n.name: n.meta.get(META) for n in after.nodes}
+    moved = {n.name for n in after.nodes} - {n.name for n in _same_sites(before, after)}
     for g in plan.groups:
         removed = int(masks[g.name].sum()) if g.name in masks else 0
         for ref in g.sizes:
             for use in ref.uses:
                 node, _, axis = use.rpartition(":")
-                a, b = old.get(node), new.get(node)
+                a, b = old.get(node), new.get(node) if node not in moved else None  # a code path gone (n_rep 1)
                 if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
                     continue
-                want = a.shape[int(axis)] - ref.per_channel * removed
+                want = a.shape[int(axis)] - ref.lowered_by(removed)
                 if b.shape[int(axis)] != want:
                     raise SparseKitError(
                         f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
                         f"{want}: {ref.owner or 'model'}.{ref.attr} did not size it in the model's code; nothing was changed"
                     )
+
+
+def _same_sites(before: fx.Graph, after: fx.Graph) -> list[fx.Node]:
+    """Nodes of ``after`` that are the same op at the same source line as ``before``'s node
+    of that name (a pruned size can drop a code path: ``repeat_kv`` returns early at 1)."""
+    def where(n: fx.Node) -> tuple:
+        return n.target, n.meta.get("stack_trace"), tuple(module_stack(n))
+
+    site = {n.name: where(n) for n in before.nodes}
+    return [n for n in after.nodes if site.get(n.name) == where(n)]
 
 
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

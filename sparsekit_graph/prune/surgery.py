@@ -83,7 +83,7 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
         for ref in g.sizes:
             holder = _owner(model, modules, ref.owner)
             old = getattr(holder, ref.attr, None)
-            by = ref.per_channel * removed
+            by = ref.lowered_by(removed)
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
             if new is not None:
                 proposals.setdefault((id(holder), ref.attr), (holder, set()))[1].add(new)
