@@ -147,11 +147,7 @@ def euclidean(pieces: list[Piece], tau: Tensor, *, reduce: Reduce = _noop, overl
     sumsq = tau.new_zeros(size, dtype=f64)
     for p in pieces:
         if p.counted and p.w.numel():
-            x = p.w
-            per_row = x.new_zeros(x.shape[1], dtype=f64)
-            for c in _chunks(x):
-                per_row[c[1]] += _sumsq(x[c] if x.dtype == torch.float64 else x[c].float())
-            sumsq += p.to_blocks(per_row[None], size)[0]
+            sumsq += p.to_blocks(_row_sumsq(p.w)[None], size)[0]
     reduce(sumsq)
     norm = sumsq.sqrt()
     scale = (1 - tau.double() / norm.clamp_min(_TINY)).clamp_(min=0)
@@ -160,11 +156,27 @@ def euclidean(pieces: list[Piece], tau: Tensor, *, reduce: Reduce = _noop, overl
     for p in pieces:
         if p.fetch is not None and overlap:
             p.w = p.fetch()
-        x, mult = p.w, p.spread(scale).to(p.w.dtype)[None, :, None]
-        for c in _chunks(x):
-            x[c] *= mult[:, c[1]]
+        _scale_rows(p.w, p.spread(scale))
         p.commit()
     return (scale == 0) & (sumsq > 0)
+
+
+def _row_sumsq(x: Tensor) -> Tensor:
+    """``(A, R, P) -> (R,)`` float64 sums of squares (float32 pieces: shards sum in any order)."""
+    if x.shape[0] == 1 and x.dtype != torch.float64:  # one fused reduction, no temporary
+        return torch.linalg.vector_norm(x[0], dim=1, dtype=torch.float32).double().square_()
+    per_row = x.new_zeros(x.shape[1], dtype=torch.float64)
+    for c in _chunks(x):
+        per_row[c[1]] += _sumsq(x[c] if x.dtype == torch.float64 else x[c].float())
+    return per_row
+
+
+def _scale_rows(x: Tensor, m: Tensor) -> None:
+    """Multiply row ``r`` of ``(A, R, P)`` by ``m[r]``, in place."""
+    mult = m.to(x.dtype)[None, :, None]
+    if 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, the loop vectorises
+        mult = mult.expand(1, *x.shape[1:]).contiguous()
+    x.mul_(mult)
 
 
 # -- conditioned -------------------------------------------------------------------------------------
@@ -217,10 +229,10 @@ def conditioned(
     heavy = active & (norm < 2 * t)
     if bool(heavy.any()):
         mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
-    mu = torch.where(active, mu, 0.0)  # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is
-    any_dead = not bool(survive.all())  # one host sync
+    # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
+    mu = torch.where(active, mu, torch.where(survive, 0.0, math.inf))
     for p in pieces:
-        _write(p, mu, p.spread(~survive) if any_dead else None, overlap)
+        _write(p, mu, overlap)
     for p in pieces:
         p._buf = []
     return ~survive & (sums[1] > 0)
@@ -237,7 +249,7 @@ def _fused_pass(p: Piece, mu_rows: Tensor) -> Tensor:
     """``(2, R)``: per row ``sum y^2/(h+mu)^2`` and ``sum y^2/(h+mu)^3``, one sweep over the chunk."""
     part = mu_rows.new_zeros(2, p.w.shape[1], dtype=torch.float64)
     for c, wc, hc, s1, s2 in _walk(p, _work_dtype(p)):
-        d = torch.add(hc, mu_rows[c[1]].to(hc.dtype)[None, :, None], out=s2)  # h + mu
+        d = torch.add(hc, _per_row(mu_rows[c[1]], hc), out=s2)  # h + mu
         u = torch.mul(hc, wc, out=s1).div_(d)  # y / (h + mu)
         part[0, c[1]] += _sumsq(u)
         part[1, c[1]] += _dot(u, torch.div(u, d, out=s2))  # y^2 / (h + mu)^3
@@ -261,11 +273,14 @@ def _newton(
     ``|phi'| = (1 - rho) / tau``): a step is accepted without another pass once ``c delta^2`` is
     8x below ``rtol``, or when ``delta <= rtol`` (or its absolute change is below ``atol``).
     """
-    size = t.numel()
+    size, full = t.numel(), pieces
     lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
     for _ in range(tol.max_iter):
-        if bool(done.all()):
+        pending = int((~done).sum())
+        if pending == 0:
             break
+        if 4 * pending <= min(size, sum(p.w.shape[1] for p in pieces)):  # a few rows left: iterate on copies of them
+            pieces = [_subset(p, ~done) for p in full]
         st = t.new_zeros(2, size)
         for p in pieces:
             if p.counted and p.w.numel():
@@ -292,6 +307,13 @@ def _newton(
     return mu
 
 
+def _subset(p: Piece, blocks: Tensor) -> Piece:
+    """A copy of the rows of ``p`` that belong to ``blocks`` (a ``(size,)`` mask)."""
+    rows = p.spread(blocks)
+    slots = blocks.nonzero().squeeze(1) if p.slots is None else p.slots[rows]
+    return Piece(p.w[:, rows], p.h[:, rows], slots, p.counted)
+
+
 def _refine(
     pieces: list[Piece], heavy: Tensor, survive: Tensor, t: Tensor, mu: Tensor, lower: Tensor, reduce: Reduce, tol: _Tolerance
 ) -> tuple[Tensor, Tensor]:
@@ -311,18 +333,23 @@ def _refine(
     return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol), survive
 
 
-def _write(p: Piece, mu: Tensor, dead: Tensor | None, overlap: bool) -> None:
-    """``w <- w h / (h + mu)`` (exactly ``w`` where ``mu = 0``; rows ``dead`` zero), in place."""
+def _per_row(m: Tensor, x: Tensor) -> Tensor:
+    """``(R,)`` -> broadcastable over an ``(A, R, P)`` chunk ``x`` (spelled out along a short ``P``
+    when ``A > 1``: a 3x3 kernel's inner loop then vectorises)."""
+    m = m.to(x.dtype)[None, :, None]
+    return m.expand(1, *x.shape[1:]).contiguous() if x.shape[0] > 1 and 1 < x.shape[2] <= 64 else m
+
+
+def _write(p: Piece, mu: Tensor, overlap: bool) -> None:
+    """``w <- w h / (h + mu)`` in place: exactly ``w`` where ``mu = 0``, zero where ``mu = inf``."""
     if p.fetch is not None and overlap:
         p.w = p.fetch()
     w, m_rows, dtype = p.w, p.spread(mu), _work_dtype(p)
     for c, wc, hc, s1, _ in _walk(p, dtype):
-        shrink = torch.div(hc, torch.add(hc, m_rows[c[1]].to(dtype)[None, :, None], out=s1), out=s1)
+        shrink = torch.div(hc, torch.add(hc, _per_row(m_rows[c[1]], hc), out=s1), out=s1)
         target = w[c]
         if target.dtype == dtype:
             target.mul_(shrink)
         else:
             target.copy_(wc * shrink)
-    if dead is not None:
-        w[:, dead] = 0
     p.commit()
