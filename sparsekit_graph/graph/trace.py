@@ -174,41 +174,60 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
-class _MetaRunner(fx.Interpreter):
-    """Runs the graph on meta tensors; modules run with meta copies of their own state."""
+class _MetaRunner:
+    """Runs the graph on meta tensors; modules run with meta copies of their own state.
+
+    A plain loop over the nodes: ``fx.Interpreter`` also indexes every submodule and enters two
+    context managers per node, which cost more than the meta work on a ResNet."""
 
     def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
-        super().__init__(model, garbage_collect_values=False, graph=graph)
         self.model = model
+        self.graph = graph
         self._state: dict[str, dict[str, Tensor]] = {}
 
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            out = super().run_node(n)
-        except TraceError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            where = f"layer {n.target}" if n.op == "call_module" else f"node {n.name} ({_describe(n)})"
-            raise TraceError(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
-        n.meta[META] = out
-        return out
+    def run(self, *inputs: Any) -> None:
+        env: dict[fx.Node, Any] = {}
+        given = list(inputs)
+        for n in self.graph.nodes:
+            try:
+                out = self._node(n, env, given)
+            except TraceError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                where = f"layer {n.target}" if n.op == "call_module" else f"node {n.name} ({_describe(n)})"
+                raise TraceError(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
+            n.meta[META] = out
+            env[n] = out
 
-    def placeholder(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
-        return _to_meta(super().placeholder(target, args, kwargs))
+    def _node(self, n: fx.Node, env: dict[fx.Node, Any], given: list[Any]) -> Any:
+        if n.op == "placeholder":
+            if str(n.target).startswith("*"):  # *args: everything left
+                rest, given[:] = tuple(given), []
+                return _to_meta(rest)
+            return _to_meta(given.pop(0))
+        if n.op == "get_attr":
+            return _to_meta(self._attr(str(n.target)))
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
+        if n.op == "call_function":
+            fast = _broadcast_only(n.target, args, kwargs)
+            return fast if fast is not None else n.target(*args, **kwargs)
+        if n.op == "call_method":
+            fast = _broadcast_only(n.target, args, kwargs)
+            return fast if fast is not None else getattr(args[0], n.target)(*args[1:], **kwargs)
+        if n.op == "call_module":
+            return self._module(str(n.target), args, kwargs)
+        return args[0]  # output
 
-    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
-        return _to_meta(super().get_attr(target, args, kwargs))
+    def _attr(self, target: str) -> Any:
+        obj: Any = self.model
+        for atom in target.split("."):
+            if not hasattr(obj, atom):
+                raise TraceError(f"shape propagation failed: the model has no attribute {target!r}")
+            obj = getattr(obj, atom)
+        return obj
 
-    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
-        fast = _broadcast_only(target, args, kwargs)
-        return fast if fast is not None else super().call_function(target, args, kwargs)
-
-    def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
-        fast = _broadcast_only(target, args, kwargs)
-        return fast if fast is not None else super().call_method(target, args, kwargs)
-
-    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
-        mod = self.fetch_attr(target)
+    def _module(self, target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mod = self._attr(target)
         if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
             fast = _shape_only(mod, args[0], target)
             if fast is not None:
