@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.plan.ties import snap_tied
 
 
 def call(model: nn.Module, x: object) -> object:
@@ -110,6 +111,7 @@ def check_oracle(
             m[0] = False
             masks[g.name] = m
     assert masks or not require, "no zero-invariant group"
+    masks = snap_tied(plan, masks, {n: torch.rand(len(m), generator=gen) for n, m in masks.items()})  # tied counts
     if not masks:
         return result
     dense = copy.deepcopy(model).eval()

@@ -7,6 +7,7 @@ from torch import nn
 
 from . import ops_attention, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
+from .ops_moe import follow_domains
 from .context import RuleContext
 from .rules import find_rule
 from .trace import has_hooks, is_exported
@@ -51,6 +52,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
                     ctx.pin(axes, f"constant tensor {node.target}")
         else:
             _apply(ctx, module)
+            follow_domains(ctx)
     if exported:
         _lengths_as_numbers(graph)
 

@@ -9,6 +9,8 @@ Batch and sequence axes are exported as dynamic dimensions, so a literal size le
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,11 +28,29 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``.
     """
     kwargs = {**kwargs, **_no_cache(model, kwargs)}
-    try:
-        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
-    except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
-        ep = torch.export.export(model, args, kwargs, strict=False)
+    with _batched_experts(model):
+        try:
+            ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
+        except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
+            ep = torch.export.export(model, args, kwargs, strict=False)
     return _as_model_graph(ep)
+
+
+@contextmanager
+def _batched_experts(model: nn.Module) -> Iterator[None]:
+    """Hugging Face mixture-of-experts layers read ``config._experts_implementation`` at every
+    call. The eager loop (``nonzero`` over routed tokens) and ``grouped_mm`` (offsets) do not
+    export as plain tensor algebra; ``batched_mm`` gathers each token's expert weights
+    (``gate_up_proj[expert_ids]``), which rules can read. Every config is restored after."""
+    configs = {id(c): c for m in model.modules() if hasattr(c := getattr(m, "config", None), "_experts_implementation_internal")}
+    saved = {k: c._experts_implementation_internal for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._experts_implementation_internal = "batched_mm"
+        yield
+    finally:
+        for k, c in configs.items():
+            c._experts_implementation_internal = saved[k]
 
 
 def _no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:

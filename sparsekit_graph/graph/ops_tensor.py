@@ -499,7 +499,8 @@ def fresh_tensor(ctx: RuleContext) -> None:
 # -- products ------------------------------------------------------------------------------
 
 _WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torch.permute, torch.Tensor.data,
-                 torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.to}  # fmt: skip
+                 torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.to,
+                 torch.Tensor.index}  # fmt: skip  (index: stacked experts gathered per token)
 
 
 def is_weight(ctx: RuleContext, x: object) -> bool:

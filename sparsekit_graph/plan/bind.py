@@ -46,10 +46,13 @@ def member_spec(m: Member, p: Tensor) -> BlockSpec:
     if layout is None:
         raise CouplingError(f"member {m.param}: indices are not a strided pattern")
     shape = tuple(p.shape)
-    pre, post = math.prod(shape[: m.axis]), math.prod(shape[m.axis + 1 :])
+    lead = len(m.fix or ())  # leading axes held at one index (one expert): a contiguous sub-tensor
+    base = sum(i * p.stride(a) for a, i in m.fix or ())
+    pre, post = math.prod(shape[lead : m.axis]), math.prod(shape[m.axis + 1 :])
     size = shape[m.axis]
     view_shape = (pre, *layout.sizes, m.block, post)
     stride = (size * post, *(s * m.block * post for s in layout.strides), post, 1)
-    view = View(p, view_shape, stride, offset=layout.base * m.block * post)
+    view = View(p, view_shape, stride, offset=base + layout.base * m.block * post)
     block = (-1, *(1 for _ in layout.sizes), -1, -1)
-    return BlockSpec(view, block, name=f"{m.param}[axis {m.axis}]")
+    at = "".join(f"[{i}]" for _, i in m.fix or ())
+    return BlockSpec(view, block, name=f"{m.param}{at}[axis {m.axis}]")

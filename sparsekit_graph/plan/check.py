@@ -34,8 +34,9 @@ def check_plan(plan: Plan, model: object) -> None:
         raise PlanError(f"check needs an nn.Module, got {type(model).__name__}")
     check_edits(plan)
     tensors = {n: t for n, t in (*model.named_parameters(), *model.named_buffers())}
-    owned: dict[tuple[str, int], np.ndarray] = {}
-    first: dict[tuple[str, int], str] = {}
+    owned: dict[tuple, np.ndarray] = {}
+    first: dict[tuple, str] = {}
+    fixed: dict[tuple[str, int], set[tuple]] = {}  # (param, axis) -> the fixed indices members cover
     for g in plan.groups:
         for m in g.members:
             where = f"group {g.name!r} member {m.param} axis {m.axis}"
@@ -51,12 +52,22 @@ def check_plan(plan: Plan, model: object) -> None:
                 raise PlanError(f"{where}: indices are not a strided pattern the engine can view")
             if layout is not None and len(m.order) != 3 + len(layout.sizes):
                 raise PlanError(f"{where}: order {m.order} has the wrong length for its view")
-            mask = owned.setdefault((m.param, m.axis), np.zeros(t.shape[m.axis], dtype=bool))
+            fix = tuple(tuple(f) for f in m.fix or ())
+            if any(i >= t.shape[a] for a, i in fix):
+                raise PlanError(f"{where}: fixed index {fix} out of range for shape {tuple(t.shape)}")
+            if fix:
+                fixed.setdefault((m.param, m.axis), set()).add(tuple(i for _, i in fix))
+            key = (m.param, m.axis, fix)
+            mask = owned.setdefault(key, np.zeros(t.shape[m.axis], dtype=bool))
             idx = (np.asarray(m.positions())[:, None] * m.block + np.arange(m.block)).ravel()
             if mask[idx].any():
                 raise PlanError(f"{where}: overlaps a slice owned by another member")
             mask[idx] = True
-            first.setdefault((m.param, m.axis), where)
+            first.setdefault(key, where)
+    for (name, axis), seen in fixed.items():
+        want = int(np.prod(tensors[name].shape[: len(next(iter(seen)))]))
+        if len(seen) != want or (name, axis, ()) in owned:
+            raise PlanError(f"member {name} axis {axis}: members fixed to single experts cover {len(seen)} of {want}")
     for key, mask in owned.items():
         if not mask.all():
             raise PlanError(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph.ops_moe import EXPERT_COUNT_ATTRIBUTES
 from ..graph.sizes import SIZE_ATTRIBUTES
 
 __all__ = ["adopt_sizes", "fit_config"]
@@ -43,7 +44,7 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         return None
     want = _shapes(pruned)
     before = _shapes(original)
-    attrs = sorted(a for a in SIZE_ATTRIBUTES if _is_size(getattr(config, a, None)) and _settable(config, a))
+    attrs = sorted(a for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES if _is_size(getattr(config, a, None)) and _settable(config, a))
     options = [_candidates(getattr(config, a), getattr(original.config, a, None), before, want) for a in attrs]
     for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
         trial = copy.deepcopy(config)
@@ -84,7 +85,7 @@ def adopt_sizes(target: nn.Module, source: nn.Module) -> None:
     for mine, theirs in [*configs, *zip(target.modules(), source.modules())]:
         if mine is None or theirs is None or type(mine) is not type(theirs):
             continue
-        for attr in SIZE_ATTRIBUTES:
+        for attr in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES:
             new = getattr(theirs, attr, None)
             if _is_size(new) and _is_size(getattr(mine, attr, None)) and new != getattr(mine, attr) and _settable(mine, attr):
                 setattr(mine, attr, new)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import SparseKitError
 from ..plan.schema import Plan
 from ..registry import RESIZERS, by_type, registrar
 
@@ -23,9 +24,10 @@ register_resizer.__doc__ = "Register how a layer updates its attributes after it
 
 def removed_elements(
     plan: Plan, masks: dict[str, Tensor], shapes: dict[str, tuple[int, ...]]
-) -> dict[tuple[str, int], np.ndarray]:
-    """(tensor name, axis) -> boolean array of removed indices along that axis."""
-    drop: dict[tuple[str, int], np.ndarray] = {}
+) -> dict[tuple[str, int, tuple[int, ...]], np.ndarray]:
+    """(tensor name, axis, fixed leading indices) -> boolean array of removed indices along
+    that axis (fixed indices: the member's expert, ``()`` for a whole axis)."""
+    drop: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
     for g in plan.groups:
         mask = masks.get(g.name)
         if mask is None or not bool(mask.any()):
@@ -34,7 +36,7 @@ def removed_elements(
         for m in g.members:
             pos = np.asarray(m.positions())[channels]
             idx = (pos[:, None] * m.block + np.arange(m.block)).ravel()
-            key = (m.param, m.axis)
+            key = (m.param, m.axis, tuple(i for _, i in m.fix or ()))
             if key not in drop:
                 drop[key] = np.zeros(shapes[m.param][m.axis], dtype=bool)
             drop[key][idx] = True
@@ -45,14 +47,14 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
     """Slice every member of every masked group out of ``model``, in place, then resize layers."""
     tensors = {n: t for n, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))}
     drop = removed_elements(plan, masks, {n: tuple(t.shape) for n, t in tensors.items()})
-    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for (name, axis), removed in drop.items():
-        by_tensor.setdefault(name, []).append((axis, removed))
+    by_tensor: dict[str, list[tuple[int, tuple[int, ...], np.ndarray]]] = {}
+    for (name, axis, fix), removed in drop.items():
+        by_tensor.setdefault(name, []).append((axis, fix, removed))
     replaced: dict[int, Tensor] = {}  # id(old tensor) -> new tensor (tied weights share one)
     for name, cuts in by_tensor.items():
         old = tensors[name]
-        new = old.detach()
-        for axis, removed in cuts:
+        new = _cut_per_expert(name, old.detach(), [c for c in cuts if c[1]])
+        for axis, _, removed in (c for c in cuts if not c[1]):  # whole axes after per-expert cuts
             new = new.index_select(axis, torch.as_tensor(np.flatnonzero(~removed), device=old.device))
         replaced[id(old)] = (
             nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
@@ -67,6 +69,23 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
         resize = by_type(_RESIZERS, module)
         if resize is not None:
             resize(module)
+
+
+def _cut_per_expert(name: str, t: Tensor, cuts: list[tuple[int, tuple[int, ...], np.ndarray]]) -> Tensor:
+    """Remove each expert's own indices from a stacked tensor (``(E, 2I, H)``, one cut per
+    expert and axis); every expert must keep as many, or the tensor would not be rectangular."""
+    if not cuts:
+        return t
+    lead = len(cuts[0][1])
+    flat = t.reshape(-1, *t.shape[lead:])
+    experts = {i: flat[int(np.ravel_multi_index(i, t.shape[:lead]))] for i in np.ndindex(*t.shape[:lead])}
+    for axis, fix, removed in cuts:
+        keep = torch.as_tensor(np.flatnonzero(~removed), device=t.device)
+        experts[fix] = experts[fix].index_select(axis - lead, keep)
+    shapes = {tuple(e.shape) for e in experts.values()}
+    if len(shapes) != 1:
+        raise SparseKitError(f"{name}: experts would keep unequal sizes {sorted(shapes)}; a stacked tensor must stay rectangular")
+    return torch.stack(list(experts.values())).reshape(*t.shape[:lead], *shapes.pop())
 
 
 def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
