@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from .aten import NO_EFFECT_OPS, aten_op
+from .axes import AxisId
 from .context import RuleContext
 from .ops_tensor import is_weight
 from .rules import register_function_rule
+from .sizes import product_sources
 
 # -- attention -----------------------------------------------------------------------------
 
@@ -112,7 +114,16 @@ def embedding_function(ctx: RuleContext) -> None:
 
 @register_function_rule(torch.ops.aten.slice)
 def slice_axis(ctx: RuleContext) -> None:
-    """``x[..., start:end:step]`` on one axis: a whole slice keeps the axis, a part pins it."""
+    """``x[..., start:end:step]`` on one axis: a whole slice keeps the axis.
+
+    Under ``torch.export`` a contiguous part as long as a head count times the head size
+    (Phi-3's ``qkv[..., :q_pos]``, ``[q_pos:kv_pos]``) is an offset map: the parts of a fused
+    projection become members of its heads' groups, and the count attribute follows them.
+    Literals downstream (the heads of a later ``view``) are size attributes ``prune`` checks
+    after surgery, so a bound that does not follow fails loudly. Any other part pins, as does
+    every part under torch.fx, which keeps literals as written: a hard-coded bound cannot be
+    told from a computed one.
+    """
     src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
@@ -123,8 +134,26 @@ def slice_axis(ctx: RuleContext) -> None:
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
     if whole:
         ctx.same([src[d]], [out[d]])
-    else:
+    elif not (ctx.exported and step == 1 and isinstance(start, int) and _heads_part(ctx, src[d], out[d], start)):
         ctx.pin([src[d], out[d]], f"slicing at {ctx.where()}")
+
+
+def _heads_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
+    """A part as long as ``count * head_dim`` (Phi-3's ``num_key_value_heads * head_dim``):
+    output index ``i`` is input index ``start + i``, and the part's heads are a factor axis
+    (``i // head_dim``) sized by the count, which surgery rewrites. False if no such count."""
+    length, size = ctx.graph.size(out), ctx.graph.size(src)
+    sources, unit = product_sources(ctx.node, length, ctx.modules)
+    if not sources or not 0 < length < size:
+        return False
+    i = np.arange(length)
+    ctx.graph.link(src, out, (start % size) + i, i, kind="offset")
+    heads = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:heads", out[2]), length // unit)
+    ctx.graph.link(out, heads, i, i // unit, kind="block")
+    ctx.graph.size_refs.setdefault(heads, set()).update(sources)
+    for s in sources:
+        ctx.graph.size_values[s] = length // unit
+    return True
 
 
 @register_function_rule(torch.select)

@@ -20,15 +20,33 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 
-__all__ = ["SIZE_ATTRIBUTES", "SizeSource", "module_stack", "register_size_attribute", "size_sources"]
+__all__ = [
+    "COUNT_ATTRIBUTES",
+    "SIZE_ATTRIBUTES",
+    "UNIT_ATTRIBUTES",
+    "SizeSource",
+    "module_stack",
+    "product_sources",
+    "register_size_attribute",
+    "size_sources",
+]
 
 SIZE_ATTRIBUTES: set[str] = {
     "num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
     "head_dim", "attention_head_size", "head_size", "hidden_size", "embed_dim", "n_embd", "d_model",
     "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
     "normalized_shape", "num_key_value_groups", "kv_heads", "hidden_dim", "dim", "word_embed_proj_dim",
-    "embedding_size",
+    "embedding_size", "ffn_hidden_size",
 }  # fmt: skip
+
+
+# A literal may be a count times a unit (``num_key_value_heads * head_dim``: Phi-3's bounds of
+# its fused ``qkv_proj``); the count follows the channels, the unit never changes.
+COUNT_ATTRIBUTES: tuple[str, ...] = (
+    "num_attention_heads", "num_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
+    "kv_heads",
+)  # fmt: skip
+UNIT_ATTRIBUTES: tuple[str, ...] = ("head_dim", "attention_head_size", "head_size", "d_kv")
 
 
 def register_size_attribute(*names: str) -> None:
@@ -75,6 +93,38 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         if hits:
             return [SizeSource(owner, a) for a in hits]
     return []
+
+
+def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> tuple[list[SizeSource], int]:
+    """``value`` as ``count * unit``: the unit is the innermost running module's head size
+    (``UNIT_ATTRIBUTES``), the counts are ``COUNT_ATTRIBUTES`` of the innermost owner that has
+    one matching (modules, then the model's config). Returns the counts and the unit, or
+    ``([], 1)`` when nothing explains it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        return [], 1
+    running = [(p, m) for p in reversed(module_stack(node)) if (m := modules.get(p)) is not None]
+    unit = next((u for _, m in running for a in UNIT_ATTRIBUTES if _is_count(u := getattr(m, a, None))), None)
+    if unit is None or unit >= value or value % unit:
+        return [], 1
+    root = modules.get("")
+    shared = getattr(root, "config", None) if root is not None else None
+    owners: list[tuple[str, Any]] = []
+    for path, module in running:
+        owners.append((path, module))
+        config = getattr(module, "config", None)
+        if config is not None and not isinstance(config, nn.Module):
+            owners.append(("config" if config is shared else f"{path}.config", config))
+    if shared is not None and not isinstance(shared, nn.Module):
+        owners.append(("config", shared))
+    for owner, obj in owners:
+        hits = [a for a in COUNT_ATTRIBUTES if _is_count(c := getattr(obj, a, None)) and c * unit == value]
+        if hits:
+            return [SizeSource(owner, a) for a in hits], unit
+    return [], 1
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _own_size(module: nn.Module, value: int | tuple[int, ...]) -> bool:
