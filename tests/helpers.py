@@ -74,12 +74,20 @@ def assert_untouched(model: nn.Module, before: tuple, when: str) -> None:
 
 
 def check_oracle(
-    model: nn.Module, x: Tensor | dict[str, Tensor], tmp_path: Path, *, min_drop: float = 0.05, require: bool = True
+    model: nn.Module,
+    x: Tensor | dict[str, Tensor],
+    tmp_path: Path,
+    *,
+    min_drop: float = 0.05,
+    require: bool = True,
+    equal_counts: bool = False,
 ) -> skg.PruneResult:
     """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness.
 
     ``require=False`` (random nets) accepts a net with nothing to prune, e.g. when a channel
-    shuffle ties every channel into one.
+    shuffle ties every channel into one. ``equal_counts=True``: the random masks remove the
+    same number of channels from groups of one size (a model whose layers read one shared
+    count, Phi-3's ``config.num_attention_heads``, cannot hold per-layer counts).
     """
     realistic_bn(model, x)
     before = fingerprint(model)
@@ -108,6 +116,9 @@ def check_oracle(
     for g in plan.prunable:
         if g.zero_invariant and g.size > 1:
             m = torch.rand(g.size, generator=gen) < 0.4
+            if equal_counts:  # remove round(0.4 * size) channels, at random positions
+                m = torch.zeros(g.size, dtype=torch.bool)
+                m[torch.randperm(g.size - 1, generator=gen)[: max(1, round(0.4 * g.size))] + 1] = True
             m[0] = False
             masks[g.name] = m
     assert masks or not require, "no zero-invariant group"

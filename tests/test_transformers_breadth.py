@@ -150,3 +150,128 @@ def test_saved_pruned_vit_loads_on_a_fresh_model(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(call(result.model, x), call(again, x))
     assert first_tensor(call(again, x)).shape == (2, 10)
+
+
+# -- Hugging Face families from small configs -----------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+
+_LM = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+           max_position_embeddings=64)  # fmt: skip
+_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+# name -> (config class, model class, config kwargs, pixel inputs?)
+HF_CASES: dict[str, tuple[str, str, dict, bool]] = {
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_LM, "num_key_value_heads": 2, "pad_token_id": 0}, False),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        dict(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=64, word_embed_proj_dim=64),
+        False,
+    ),  # fmt: skip
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", _LM, False),
+    "falcon": (
+        "FalconConfig",
+        "FalconForCausalLM",
+        dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=False),
+        False,
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        dict(vocab_size=128, dim=64, hidden_dim=128, n_layers=2, n_heads=4, max_position_embeddings=64),
+        False,
+    ),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_LM, "max_position_embeddings": 70, "pad_token_id": 1}, False),
+    "t5_encoder": (
+        "T5Config",
+        "T5EncoderModel",
+        dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+        False,
+    ),
+    "clip_vision": ("CLIPConfig", "CLIPForImageClassification", dict(vision_config=_VISION, num_labels=10), True),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_LM, "num_key_value_heads": 2, "head_dim": 16}, False),
+}
+_DEFAULT_HF = ("clip_vision",)  # the rest under -m slow (each exports three times; Phi-3 is tested below)
+_EQUAL_COUNTS = {"phi3"}  # reads config.num_attention_heads in forward: one count for all layers
+_NOT_RELOADABLE = {"gemma"}  # embed_scale = sqrt(hidden_size), see test_transformers.py
+
+
+def _hf(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config_cls, model_cls, kwargs, pixels = HF_CASES[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).eval()
+    if pixels:
+        return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
+    ids = torch.randint(2, 128, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    return model, {"input_ids": ids, "attention_mask": mask}
+
+
+def _attention_modules(model: nn.Module) -> list[str]:
+    """Modules that own the q/k/v (or fused qkv) projections of one attention layer."""
+    return [n for n, m in model.named_modules() if type(m).__name__.endswith(("Attention", "SelfAttention", "MultiHeadSelfAttention"))
+            and any(isinstance(c, nn.Linear) for c in m.children())]  # fmt: skip
+
+
+def _params() -> list[pytest.ParameterSet]:
+    return [pytest.param(n, marks=() if n in _DEFAULT_HF else pytest.mark.slow) for n in HF_CASES]
+
+
+@pytest.mark.parametrize("name", _params())
+def test_hf_family_oracle_heads_and_reload(name: str, tmp_path: Path) -> None:
+    """The oracle; <= 60% kept at 0.5 with a prunable, zero-invariant head group in every
+    attention layer; ``save_pretrained`` -> ``from_pretrained`` gives identical outputs."""
+    model, x = _hf(name)
+    result = check_oracle(model, x, tmp_path, equal_counts=name in _EQUAL_COUNTS)
+    assert _kept(result) <= 0.6, f"{name} keeps {_kept(result):.1%}"
+    layers = _attention_modules(model)
+    with_heads = {
+        layer for layer in layers for g in result.plan.prunable
+        if g.zero_invariant and any(m.param.startswith(layer + ".") and m.block > 1 for m in g.members)
+    }  # fmt: skip
+    assert layers and with_heads == set(layers), f"layers without a head group: {sorted(set(layers) - with_heads)}"
+    if name in _NOT_RELOADABLE:
+        assert result.report.reloadable is False
+        return
+    assert result.report.reloadable is True
+    small = result.model
+    small.save_pretrained(tmp_path / "hf")
+    again = type(model).from_pretrained(tmp_path / "hf", attn_implementation=small.config._attn_implementation).eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(small, x)), first_tensor(call(again, x)))
+
+
+def test_phi3_fused_qkv_parts_follow_head_counts() -> None:
+    """Phi-3 slices ``qkv_proj`` at ``num_attention_heads * head_dim`` and
+    ``num_key_value_heads * head_dim``: each KV group owns its query heads' rows, its key and
+    value rows, and the counts are rewritten on the config and the layer."""
+    model, x = _hf("phi3")
+    plan = skg.plan(model, x)
+    g = next(g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members))
+    parts = sorted((m.start, m.stop, m.block) for m in g.members if m.param.endswith("qkv_proj.weight"))
+    assert g.size == 2 and parts == [(0, 64, 32), (64, 96, 16), (96, 128, 16)]
+    assert {(r.owner, r.attr, r.per_channel) for r in g.sizes} >= {
+        ("config", "num_attention_heads", 2),
+        ("model.layers.0.self_attn", "num_key_value_heads", 1),
+    }
+    mask = {h.name: torch.tensor([True, False]) for h in plan.prunable if h.size == 2 and h.sizes}
+    small = skg.prune(model, plan, masks=mask).model
+    assert small.config.num_attention_heads == 2 and small.model.layers[1].self_attn.num_key_value_heads == 1
+    dense = copy.deepcopy(model)
+    for name, m in mask.items():
+        skg.bind(plan, dense)[name].apply_mask(m)
+    with torch.no_grad():
+        assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(small, x)))
+
+
+@pytest.mark.slow
+def test_phi3_heads_pruned_in_one_layer_only_fail_loudly() -> None:
+    """Every layer reads ``config.num_attention_heads``: a per-layer count cannot be said."""
+    model, x = _hf("phi3")
+    plan = skg.plan(model, x)
+    g = next(g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members))
+    with pytest.raises(skg.SparseKitError, match="nothing was changed"):
+        skg.prune(model, plan, masks={g.name: torch.tensor([True, False])})
+    assert model.config.num_attention_heads == 4

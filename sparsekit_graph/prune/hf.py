@@ -44,23 +44,39 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         return None
     want = _shapes(pruned)
     before = _shapes(original)
-    attrs = sorted(a for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES if _is_size(getattr(config, a, None)) and _settable(config, a))
-    options = [_candidates(getattr(config, a), getattr(original.config, a, None), before, want) for a in attrs]
-    for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
-        trial = copy.deepcopy(config)
-        for a, v in zip(attrs, values):
-            setattr(trial, a, v)
-        built = _build(type(pruned), trial, "meta")
-        if built is None or _shapes(built) != want:
-            continue
-        if not _on_meta(pruned):
-            built = _build(type(pruned), trial, "cpu")  # non-persistent buffers as from_pretrained makes them
-        if built is not None and _same_function(pruned, built, inputs):
+    for sub in ["", *_sub_configs(config)]:  # the config itself, then each nested one (CLIP's vision_config)
+        holder, was = _at(config, sub), _at(original.config, sub)
+        attrs = sorted(
+            a for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES if _is_size(getattr(holder, a, None)) and _settable(holder, a)
+        )
+        options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
+        for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
+            trial = copy.deepcopy(config)
             for a, v in zip(attrs, values):
-                setattr(config, a, v)
-            adopt_sizes(pruned, built)
-            return True
+                setattr(_at(trial, sub), a, v)
+            built = _build(type(pruned), trial, "meta")
+            if built is None or _shapes(built) != want:
+                continue
+            if not _on_meta(pruned):
+                built = _build(type(pruned), trial, "cpu")  # non-persistent buffers as from_pretrained makes them
+            if built is not None and _same_function(pruned, built, inputs):
+                for a, v in zip(attrs, values):
+                    setattr(holder, a, v)
+                adopt_sizes(pruned, built)
+                return True
     return False
+
+
+def _sub_configs(config: Any) -> list[str]:
+    """Attributes holding nested configs (``vision_config``, ``text_config``), searched one at
+    a time after the config itself."""
+    from transformers import PretrainedConfig
+
+    return sorted(k for k, v in vars(config).items() if isinstance(v, PretrainedConfig))
+
+
+def _at(config: Any, sub: str) -> Any:
+    return getattr(config, sub) if sub else config
 
 
 def _fewest_changes_first(options: list[list[int]]) -> Iterator[tuple[int, ...]]:
@@ -82,6 +98,8 @@ def adopt_sizes(target: nn.Module, source: nn.Module) -> None:
     ``num_attention_heads``) no longer say the original sizes; ``prune(inplace=True)`` hands
     the fitted config to the user's model this way too."""
     configs = [(getattr(target, "config", None), getattr(source, "config", None))]
+    if configs[0][0] is not None and configs[0][1] is not None:
+        configs += [(getattr(configs[0][0], k), getattr(configs[0][1], k, None)) for k in _sub_configs(configs[0][0])]
     for mine, theirs in [*configs, *zip(target.modules(), source.modules())]:
         if mine is None or theirs is None or type(mine) is not type(theirs):
             continue
