@@ -92,6 +92,35 @@ HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
         dict(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
     ),
     "vit": ("ViTConfig", "ViTForImageClassification", {**_ENCODER, "image_size": 32, "patch_size": 8, "num_labels": 10}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_DECODER, "pad_token_id": 0}),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        dict(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=64, word_embed_proj_dim=64),
+    ),  # fmt: skip
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_ENCODER, "vocab_size": 128, "max_position_embeddings": 64}),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                                          num_attention_heads=4, multi_query=False)),  # fmt: skip
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        dict(vocab_size=128, dim=64, hidden_dim=128, n_layers=2, n_heads=4, max_position_embeddings=64),
+    ),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_ENCODER, "vocab_size": 128,
+                                                                       "max_position_embeddings": 70, "pad_token_id": 1}),  # fmt: skip
+    "t5_encoder": ("T5Config", "T5EncoderModel", dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)),
+    "clip_vision": (
+        "CLIPConfig",
+        "CLIPForImageClassification",
+        dict(vision_config={**_ENCODER, "image_size": 32, "patch_size": 8}, num_labels=10),
+    ),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_DECODER, "head_dim": 16}),
+    "swin": (
+        "SwinConfig",
+        "SwinForImageClassification",
+        dict(image_size=32, patch_size=4, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=10),
+    ),
 }
 
 
@@ -107,8 +136,9 @@ def hf_model(name: str, *, attention: str = "sdpa", batch: int = 2, seq: int = 8
     config_cls, model_cls, sizes = HF_MODELS[name]
     config = getattr(transformers, config_cls)(**sizes, attn_implementation=attention)
     model = getattr(transformers, model_cls)(config).eval()
-    if name == "vit":
-        return model, {"pixel_values": torch.randn(batch, 3, config.image_size, config.image_size)}
+    if model.main_input_name == "pixel_values":
+        size = getattr(config, "image_size", None) or config.vision_config.image_size
+        return model, {"pixel_values": torch.randn(batch, 3, size, size)}
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[-1, : seq // 4] = 0  # left padding in the last row

@@ -16,6 +16,7 @@ from helpers import assert_close_rel, call, check_oracle, first_tensor
 
 import sparsekit_graph as skg
 from sparsekit_graph.prune.mha import PrunedMultiheadAttention
+from sparsekit_graph.zoo import hf_model
 
 tv = pytest.importorskip("torchvision")
 
@@ -156,57 +157,15 @@ def test_saved_pruned_vit_loads_on_a_fresh_model(tmp_path: Path) -> None:
 
 transformers = pytest.importorskip("transformers")
 
-_LM = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-           max_position_embeddings=64)  # fmt: skip
-_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
-# name -> (config class, model class, config kwargs, pixel inputs?)
-HF_CASES: dict[str, tuple[str, str, dict, bool]] = {
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_LM, "num_key_value_heads": 2, "pad_token_id": 0}, False),
-    "opt": (
-        "OPTConfig",
-        "OPTForCausalLM",
-        dict(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=64, word_embed_proj_dim=64),
-        False,
-    ),  # fmt: skip
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", _LM, False),
-    "falcon": (
-        "FalconConfig",
-        "FalconForCausalLM",
-        dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=False),
-        False,
-    ),
-    "distilbert": (
-        "DistilBertConfig",
-        "DistilBertForSequenceClassification",
-        dict(vocab_size=128, dim=64, hidden_dim=128, n_layers=2, n_heads=4, max_position_embeddings=64),
-        False,
-    ),
-    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_LM, "max_position_embeddings": 70, "pad_token_id": 1}, False),
-    "t5_encoder": (
-        "T5Config",
-        "T5EncoderModel",
-        dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
-        False,
-    ),
-    "clip_vision": ("CLIPConfig", "CLIPForImageClassification", dict(vision_config=_VISION, num_labels=10), True),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_LM, "num_key_value_heads": 2, "head_dim": 16}, False),
-}
+HF_FAMILIES = ("phi3", "opt", "gpt_neox", "falcon", "distilbert", "roberta", "t5_encoder", "clip_vision", "gemma")
 _DEFAULT_HF = ("clip_vision",)  # the rest under -m slow (each exports three times; Phi-3 is tested below)
 _EQUAL_COUNTS = {"phi3"}  # reads config.num_attention_heads in forward: one count for all layers
 _NOT_RELOADABLE = {"gemma"}  # embed_scale = sqrt(hidden_size), see test_transformers.py
 
 
 def _hf(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    config_cls, model_cls, kwargs, pixels = HF_CASES[name]
     torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).eval()
-    if pixels:
-        return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
-    ids = torch.randint(2, 128, (2, 8))
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    return model, {"input_ids": ids, "attention_mask": mask}
+    return hf_model(name)
 
 
 def _attention_modules(model: nn.Module) -> list[str]:
@@ -216,7 +175,7 @@ def _attention_modules(model: nn.Module) -> list[str]:
 
 
 def _params() -> list[pytest.ParameterSet]:
-    return [pytest.param(n, marks=() if n in _DEFAULT_HF else pytest.mark.slow) for n in HF_CASES]
+    return [pytest.param(n, marks=() if n in _DEFAULT_HF else pytest.mark.slow) for n in HF_FAMILIES]
 
 
 @pytest.mark.parametrize("name", _params())
