@@ -248,6 +248,7 @@ class _Tolerance:
 def _fused_pass(p: Piece, mu_rows: Tensor) -> Tensor:
     """``(2, R)``: per row ``sum y^2/(h+mu)^2`` and ``sum y^2/(h+mu)^3``, one sweep over the chunk."""
     part = mu_rows.new_zeros(2, p.w.shape[1], dtype=torch.float64)
+    mu_rows = mu_rows.to(_work_dtype(p))
     for c, wc, hc, s1, s2 in _walk(p, _work_dtype(p)):
         d = torch.add(hc, _per_row(mu_rows[c[1]], hc), out=s2)  # h + mu
         u = torch.mul(hc, wc, out=s1).div_(d)  # y / (h + mu)
@@ -273,14 +274,14 @@ def _newton(
     ``|phi'| = (1 - rho) / tau``): a step is accepted without another pass once ``c delta^2`` is
     8x below ``rtol``, or when ``delta <= rtol`` (or its absolute change is below ``atol``).
     """
-    size, full = t.numel(), pieces
+    size = blocks = t.numel()
     lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
     for _ in range(tol.max_iter):
         pending = int((~done).sum())
         if pending == 0:
             break
-        if 4 * pending <= min(size, sum(p.w.shape[1] for p in pieces)):  # a few rows left: iterate on copies of them
-            pieces = [_subset(p, ~done) for p in full]
+        if 4 * pending <= blocks:  # a few blocks left: iterate on copies of their rows
+            pieces, blocks = [_subset(p, ~done) for p in pieces], pending
         st = t.new_zeros(2, size)
         for p in pieces:
             if p.counted and p.w.numel():
@@ -336,7 +337,7 @@ def _refine(
 def _per_row(m: Tensor, x: Tensor) -> Tensor:
     """``(R,)`` -> broadcastable over an ``(A, R, P)`` chunk ``x`` (spelled out along a short ``P``
     when ``A > 1``: a 3x3 kernel's inner loop then vectorises)."""
-    m = m.to(x.dtype)[None, :, None]
+    m = m[None, :, None]
     return m.expand(1, *x.shape[1:]).contiguous() if x.shape[0] > 1 and 1 < x.shape[2] <= 64 else m
 
 
@@ -344,7 +345,8 @@ def _write(p: Piece, mu: Tensor, overlap: bool) -> None:
     """``w <- w h / (h + mu)`` in place: exactly ``w`` where ``mu = 0``, zero where ``mu = inf``."""
     if p.fetch is not None and overlap:
         p.w = p.fetch()
-    w, m_rows, dtype = p.w, p.spread(mu), _work_dtype(p)
+    dtype = _work_dtype(p)
+    w, m_rows = p.w, p.spread(mu).to(dtype)
     for c, wc, hc, s1, _ in _walk(p, dtype):
         shrink = torch.div(hc, torch.add(hc, _per_row(m_rows[c[1]], hc), out=s1), out=s1)
         target = w[c]
