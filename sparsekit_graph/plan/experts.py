@@ -30,9 +30,7 @@ def split_experts(graph: AxisGraph, groups: list[Group]) -> tuple[list[Group], l
             continue
         experts = graph.size(domains.pop())  # type: ignore[arg-type]
         parts = [
-            g.model_copy(
-                update={"name": f"{g.name}@{e}", "members": [m.model_copy(update={"fix": [(0, e)]}) for m in g.members]}
-            )
+            g.model_copy(update={"name": f"{g.name}@{e}", "members": [m.model_copy(update={"fix": [(0, e)]}) for m in g.members]})
             for e in range(experts)
         ]
         out += parts

@@ -21,8 +21,8 @@ from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
-from .layout import strided_layout, view_order
 from .experts import split_experts
+from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
@@ -237,7 +237,9 @@ def _channels(graph: AxisGraph, nodes: list[AxisId], targets: dict[AxisId, np.nd
     return _slot_channels(graph, nodes, params, targets or {})
 
 
-def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int], targets: dict[AxisId, np.ndarray]) -> list[_Channels]:
+def _slot_channels(
+    graph: AxisGraph, nodes: list[AxisId], params: list[int], targets: dict[AxisId, np.ndarray]
+) -> list[_Channels]:
     """Union every index that moves together; a channel is one connected set of indices."""
     g = graph.g
     index = {n: i for i, n in enumerate(nodes)}

@@ -62,9 +62,7 @@ def check_tied_overrides(plan: Plan) -> None:
         for g in tied:
             parts = sum(1 for p in tie.parts if p.group == g.name)
             if g.keep is not None and parts > 1 and (g.size - g.keep) % parts:
-                raise PlanError(
-                    f"group {g.name}: keep {g.keep} cannot remove equally from its {parts} tied parts ({tie.reason})"
-                )
+                raise PlanError(f"group {g.name}: keep {g.keep} cannot remove equally from its {parts} tied parts ({tie.reason})")
         if len({g.prunable for g in tied}) > 1:
             raise PlanError(f"tie of groups {_names(tie)} ({tie.reason}): some are pinned, some prunable")
 
