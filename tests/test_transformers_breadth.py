@@ -195,7 +195,7 @@ def test_hf_family_oracle_heads_and_reload(name: str, tmp_path: Path) -> None:
         assert result.report.reloadable is False
         return
     assert result.report.reloadable is True
-    small = result.model
+    small = result.model.eval()  # the oracle left it in train mode
     small.save_pretrained(tmp_path / "hf")
     again = type(model).from_pretrained(tmp_path / "hf", attn_implementation=small.config._attn_implementation).eval()
     with torch.no_grad():
