@@ -137,6 +137,29 @@ def test_block_size_one_reduces_to_euclidean_on_tau_over_h() -> None:
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("conditioned", [False, True], ids=["euclidean", "conditioned"])
+def test_copied_and_in_place_parts_give_the_same_prox(conditioned: bool) -> None:
+    """A permuted 2-d grid is solved on copied rows, its transpose in place: same result."""
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(6, 4, 5, generator=g)
+    h = torch.rand(6, 4, 5, generator=g) + 0.05
+    permuted = BlockSpec(w.clone(), (1, 1, -1))  # grid (6, 4), coupled as (4, 6)
+    assert permuted._parts()[0].arp(w) is not None
+    copied = BlockCoupling([permuted], [(1, 0, 2)])
+    assert copied._parts()[0].arp(permuted.data) is None
+    plain_w = w.transpose(0, 1).contiguous()
+    plain = BlockSpec(plain_w, (1, 1, -1))
+    tau = plain.norms() * torch.rand(4, 6, 1, generator=g) * 1.4
+    if conditioned:
+        copied.soft_threshold(tau, {permuted: h})
+        plain.soft_threshold(tau, h.transpose(0, 1).contiguous())
+    else:
+        copied.soft_threshold(tau)
+        plain.soft_threshold(tau)
+    torch.testing.assert_close(permuted.data.transpose(0, 1), plain_w, rtol=1e-6, atol=1e-7)
+    assert (plain_w.flatten(0, 1).norm(dim=1) == 0).any()
+
+
 def test_hard_threshold_zeroes_small_blocks() -> None:
     w = torch.tensor([[3.0, 4.0], [0.3, 0.4], [1.0, 0.0]])
     BlockSpec(w, (1, -1)).hard_threshold(torch.tensor([[1.0], [1.0], [1.5]]))
