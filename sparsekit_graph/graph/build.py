@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from . import ops_attention, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
+from . import ops_attention, ops_index, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .ops_moe import follow_domains
 from .context import RuleContext

@@ -132,11 +132,12 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
         return _bind_python(op, fn, args, kwargs)
     name = getattr(fn, "__name__", against if isinstance(against, str) else None)
     if name:
-        for schema in _schemas(name):
-            bound = _bind_schema(schema, args, kwargs)
-            if bound is not None:
-                values, passed = bound
-                return Call(op, values, passed)
+        for lenient in (False, True):  # x.flip(1): an int for a list only where nothing else fits
+            for schema in _schemas(name):
+                bound = _bind_schema(schema, args, kwargs, lenient=lenient)
+                if bound is not None:
+                    values, passed = bound
+                    return Call(op, values, passed)
     if len(args) == 1 and not kwargs:  # x.float(): nothing to bind but the tensor itself
         return Call(op, {"input": args[0]}, frozenset({"input"}))
     return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
@@ -232,14 +233,14 @@ def _schemas(name: str) -> tuple[Any, ...]:
 
 
 def _bind_schema(
-    schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, check_types: bool = True
+    schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, check_types: bool = True, lenient: bool = False
 ) -> tuple[dict[str, Any], frozenset[str]] | None:
     """Arguments by the schema's names, or None if they do not fit it (``check_types``: also
     the argument types, to choose among overloads; an ATen node's overload is already chosen)."""
     params = list(schema.arguments)
     positional = [p for p in params if not p.kwarg_only]
     names = [p.name for p in params]
-    args = _pack_varargs(positional, args)
+    args = _pack_varargs(positional, args, lenient)
     if args is None:
         return None
     given: dict[str, Any] = {p.name: v for p, v in zip(positional, args)}
@@ -263,9 +264,15 @@ def _bind_schema(
     return out, passed
 
 
-def _pack_varargs(positional: list[Any], args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """``x.view(2, 3)`` / ``x.permute(0, 2, 1)``: trailing ints fill one list argument."""
+def _pack_varargs(positional: list[Any], args: tuple[Any, ...], lenient: bool = False) -> tuple[Any, ...] | None:
+    """``x.view(2, 3)`` / ``x.permute(0, 2, 1)``: trailing ints fill one list argument.
+    ``lenient``: ``x.view(-1)`` / ``x.flip(1)``, a lone int last is that list of one."""
     if len(args) <= len(positional):
+        k = len(args) - 1
+        if lenient and k >= 1 and _is_int(args[k]):
+            p = positional[k]
+            if str(p.real_type) in ("List[int]", "List[SymInt]") and p.N is None:
+                return (*args[:k], (args[k],))
         return args
     for k, p in enumerate(positional):
         if str(p.real_type).startswith("List["):

@@ -45,7 +45,15 @@ def prelu(ctx: RuleContext) -> None:
 
 
 def link_conv(
-    ctx: RuleContext, x: list[AxisId], w: list[AxisId], out: list[AxisId], *, spatial: int, groups: int, transposed: bool
+    ctx: RuleContext,
+    x: list[AxisId],
+    w: list[AxisId],
+    out: list[AxisId],
+    *,
+    spatial: int,
+    groups: int,
+    transposed: bool,
+    fixed_groups: bool = False,
 ) -> int:
     """Couple a (possibly grouped) convolution; returns the output channel axis.
 
@@ -54,6 +62,8 @@ def link_conv(
     ``[j*m, (j+1)*m)``. Grouped: pruning must keep the groups equal, so position ``k``
     within every group is one channel, on the input and the output side alike.
     Spatial output axes are pinned. ``w`` holds the weight's first two axes.
+    ``fixed_groups``: the group count is a literal of the call (``F.conv2d(x, w, groups=8)``)
+    that would not follow pruned channels: even a depthwise conv keeps its groups, by position.
     """
     cx, co = len(x) - spatial - 1, len(out) - spatial - 1
     ctx.same(x[:cx], out[:co])  # batch
@@ -61,7 +71,7 @@ def link_conv(
     w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
     c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
     per_in, per_out = c_in // groups, c_out // groups
-    if per_in == 1 and groups > 1 and not transposed:  # depthwise, channel multiplier per_out
+    if per_in == 1 and groups > 1 and not transposed and not fixed_groups:  # depthwise, channel multiplier per_out
         ctx.produce(w_out, out[co])
         ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
         ctx.pin([w_in], f"depthwise weight of {ctx.where()}") if ctx.graph.size(w_in) > 1 else None
@@ -103,7 +113,9 @@ def conv_function(ctx: RuleContext) -> None:
         return
     transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
     spatial = ctx.meta(ctx.arg("weight")).ndim - 2
-    co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed)
+    cx = len(x) - spatial - 1
+    fixed = groups > 1 and ctx.constant_size(x[cx], groups)
+    co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
     b = ctx.axes(ctx.arg("bias"))
     if b is not None:
         ctx.same(b, [out[co]])
@@ -236,11 +248,6 @@ def constant_pad(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     assert src is not None
     link_padding(ctx, src, out, list(ctx.module.padding), "constant")  # type: ignore[union-attr]
-
-
-@register_module_rule(nn.PixelShuffle, nn.PixelUnshuffle)
-def pixel_shuffle(ctx: RuleContext) -> None:
-    ctx.pin_everything(f"{ctx.where()} moves channels into space")
 
 
 @register_module_rule(nn.Flatten)

@@ -1,0 +1,258 @@
+"""Small models written the ways strangers write PyTorch: exact, pinned or refused, never wrong.
+
+Each model goes through the DESIGN.md oracle (``check_oracle``: plan, round trip, prune at
+0.5, masked dense == pruned on every zero-invariant group, the model bitwise untouched);
+``plan`` may refuse only with a ``SparseKitError``. Pairs of spellings of one op must give
+one plan.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_untouched, check_oracle, fingerprint
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+C = 8  # channels of the block under test
+X4 = (2, 3, 6, 6)  # (B, 3, H, W)
+X3 = (2, 5, 6)  # (B, L, 6)
+
+
+class Body(nn.Module):
+    """conv-BN-ReLU (group ``a:out``, 8 channels) -> ``fn(self, h)`` -> 1x1 conv head.
+
+    ``fn`` is the spelling under test; the head's width is read off a dry run of ``fn``.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)
+        for k, v in extra.items():
+            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
+                self.register_buffer(k, v)
+            else:
+                setattr(self, k, v)
+        self.fn = fn
+        with torch.no_grad():
+            width = fn(self, torch.relu(self.bn(self.a(torch.randn(*X4))))).shape[1]
+        self.b = nn.Conv2d(width, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))  # (B, C, H, W)
+        return self.b(self.fn(self, h))
+
+
+class Seq(nn.Module):
+    """Linear-GELU (group ``fc:out``, 8 channels) -> ``fn(self, h)`` -> Linear head, on (B, L, 6)."""
+
+    def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, C)
+        for k, v in extra.items():
+            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
+                self.register_buffer(k, v)
+            else:
+                setattr(self, k, v)
+        self.fn = fn
+        with torch.no_grad():
+            width = fn(self, torch.relu(self.fc(torch.randn(*X3)))).shape[-1]
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, C)
+        return self.head(self.fn(self, h))
+
+
+def _inplace_mul(self, h):
+    g = h.clone()
+    g.mul_(self.s.view(1, -1, 1, 1))
+    return g
+
+
+def _slice_write(self, h):
+    out = h.new_zeros(h.shape)
+    out[:, : h.shape[1] // 2] = h[:, : h.shape[1] // 2]
+    return out + h
+
+
+def _chunk_residual(self, h):
+    a, b = h.chunk(2, dim=1)
+    return torch.cat([a + b, b], dim=1)
+
+
+def _var_mean(self, h):
+    v, m = torch.var_mean(h, dim=1, keepdim=True)
+    return (h - m) / (v + 1e-3).sqrt()
+
+
+def _max_values(self, h):
+    return h * h.max(dim=1, keepdim=True).values
+
+
+def _topk(self, h):
+    return h * h.topk(2, dim=1).values.sum(1, keepdim=True)
+
+
+leaky = functools.partial(F.leaky_relu, negative_slope=0.2)
+
+
+BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
+    # layout
+    "cat_tensors_kw_dim_neg3": (lambda s, h: torch.cat(tensors=[h, h * 2], dim=-3), {}),
+    "transpose_neg_axes": (lambda s, h: h.transpose(-1, -3).transpose(-3, -1), {}),
+    "swapaxes_method": (lambda s, h: h.swapaxes(1, 3).swapaxes(3, 1), {}),
+    "swapdims_method": (lambda s, h: h.swapdims(1, -1).swapdims(-1, 1), {}),
+    "moveaxis_method": (lambda s, h: h.moveaxis(1, -1).moveaxis(-1, 1), {}),
+    "movedim_fn_kw": (lambda s, h: torch.movedim(h, source=1, destination=3).movedim(3, 1), {}),
+    "none_index_squeeze": (lambda s, h: h[:, :, None].squeeze(2), {}),
+    "unsqueeze_neg_squeeze": (lambda s, h: h.unsqueeze(-1).squeeze(-1), {}),
+    "stride_slice_spatial": (lambda s, h: h[..., ::2], {}),
+    "stride_slice_channels": (lambda s, h: h[:, ::2], {}),
+    "narrow_channels": (lambda s, h: torch.narrow(h, 1, 0, 4), {}),
+    "stack_then_sum": (lambda s, h: torch.stack([h, 2 * h], dim=1).sum(1), {}),
+    "stack_then_flatten": (lambda s, h: torch.stack([h, h], dim=2).flatten(1, 2), {}),
+    "chunk_residual": (_chunk_residual, {}),
+    "unfold_channels": (lambda s, h: h.unfold(1, 2, 2).sum(-1), {}),
+    "expand_as_gate": (lambda s, h: h * h.mean((2, 3), keepdim=True).expand_as(h), {}),
+    "repeat_channels": (lambda s, h: h.repeat(1, 2, 1, 1), {}),
+    "tile_channels": (lambda s, h: h.tile((1, 2, 1, 1)), {}),
+    "repeat_interleave_channels": (lambda s, h: h.repeat_interleave(2, dim=1), {}),
+    "roll_channels": (lambda s, h: torch.roll(h, 1, 1), {}),
+    "roll_spatial": (lambda s, h: torch.roll(h, shifts=1, dims=-1), {}),
+    "flip_channels": (lambda s, h: torch.flip(h, [1]), {}),
+    "flip_spatial": (lambda s, h: h.flip(-1), {}),
+    "index_select_channels": (lambda s, h: h.index_select(1, torch.tensor([0, 2, 4])), {}),
+    # pointwise and gates
+    "where_relu": (lambda s, h: torch.where(h > 0.5, h, torch.zeros_like(h)), {}),
+    "where_scalar": (lambda s, h: torch.where(h > 0.5, h, 0.0), {}),
+    "addcmul_value": (lambda s, h: torch.addcmul(h, h, h, value=0.5), {}),
+    "mul_inplace_param": (_inplace_mul, {"s": nn.Parameter(torch.rand(C) + 0.5)}),
+    "slice_assignment": (_slice_write, {}),
+    "partial_leaky": (lambda s, h: leaky(h - 0.5), {}),
+    "clamp_min_kw": (lambda s, h: h.clamp(min=0.1) + h.clamp_min(0.2), {}),
+    "scale_none_index": (lambda s, h: h * s.g[None, :, None, None], {"g": nn.Parameter(torch.rand(C))}),
+    "scale_view": (
+        lambda s, h: h * s.g.view(1, -1, 1, 1) + s.bias.reshape(-1, 1, 1),
+        {"g": nn.Parameter(torch.rand(C)), "bias": nn.Parameter(torch.rand(C))},
+    ),
+    "scale_unsqueeze": (lambda s, h: h + s.bias.unsqueeze(-1).unsqueeze(-1), {"bias": nn.Parameter(torch.rand(C))}),
+    # reductions over the channel axis
+    "sum_dim_list": (lambda s, h: h * h.sum(dim=[1], keepdim=True), {}),
+    "amax_channels": (lambda s, h: h * h.amax(1, keepdim=True), {}),
+    "max_values": (_max_values, {}),
+    "topk_channels": (_topk, {}),
+    "norm_dim1": (lambda s, h: h / (h.norm(dim=1, keepdim=True) + 1e-3), {}),
+    "vector_norm_dim1": (lambda s, h: h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1e-3), {}),
+    "normalize_p1": (lambda s, h: F.normalize(h, p=1.0, dim=1), {}),
+    "normalize_kw_input": (lambda s, h: F.normalize(input=h, dim=-3), {}),
+    "cumsum_channels": (lambda s, h: torch.cumsum(h, dim=1), {}),
+    "softmax_channels_method": (lambda s, h: h.softmax(1), {}),
+    "softmax_channels_fn": (lambda s, h: F.softmax(h, dim=-3), {}),
+    "log_softmax_channels": (lambda s, h: h.log_softmax(dim=1), {}),
+    "std_channels": (lambda s, h: h / (h.std(1, keepdim=True) + 1e-3), {}),
+    "var_mean_channels": (_var_mean, {}),
+    "glu_channels": (lambda s, h: F.glu(h, dim=1), {}),
+    "logsumexp_channels": (lambda s, h: h - torch.logsumexp(h, dim=1, keepdim=True), {}),
+    "abs_sum_channels": (lambda s, h: h * h.abs().sum(1, keepdim=True), {}),
+    "square_sum_sqrt": (lambda s, h: h / (torch.square(h).sum(1, keepdim=True).sqrt() + 1e-3), {}),
+    "exp_sum_channels": (lambda s, h: h * h.exp().sum(1, keepdim=True), {}),
+    "mean_over_size": (lambda s, h: h * (h.sum(1, keepdim=True).div(h.shape[-3])), {}),
+    # layers
+    "groupnorm_2": (lambda s, h: s.gn(h), {"gn": nn.GroupNorm(2, C)}),
+    "groupnorm_8": (lambda s, h: s.gn(h), {"gn": nn.GroupNorm(C, C)}),
+    "groupnorm_1": (lambda s, h: s.gn(h), {"gn": nn.GroupNorm(1, C)}),
+    "instancenorm_affine": (lambda s, h: s.inorm(h), {"inorm": nn.InstanceNorm2d(C, affine=True)}),
+    "instancenorm_plain": (lambda s, h: s.inorm(h), {"inorm": nn.InstanceNorm2d(C)}),
+    "pixel_shuffle": (lambda s, h: s.ps(h), {"ps": nn.PixelShuffle(2)}),
+    "pixel_unshuffle": (lambda s, h: s.pu(h), {"pu": nn.PixelUnshuffle(2)}),
+    "upsample_module": (lambda s, h: s.up(h), {"up": nn.Upsample(scale_factor=2)}),
+    "interpolate_kw": (lambda s, h: F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False), {}),
+    "prelu_channels": (lambda s, h: s.pr(h - 0.5), {"pr": nn.PReLU(num_parameters=C)}),
+    "prelu_one": (lambda s, h: s.pr(h - 0.5), {"pr": nn.PReLU()}),
+    "softmax2d": (lambda s, h: s.sm(h), {"sm": nn.Softmax2d()}),
+    "conv_groups_param": (
+        lambda s, h: F.conv2d(h, s.w, s.wb, padding=1, groups=2),
+        {"w": nn.Parameter(torch.randn(C, C // 2, 3, 3) * 0.2), "wb": nn.Parameter(torch.randn(C))},
+    ),
+    "conv_depthwise_param": (lambda s, h: F.conv2d(h, s.w, groups=C), {"w": nn.Parameter(torch.randn(2 * C, 1, 1, 1))}),
+    "conv_buffer_weight": (lambda s, h: F.conv2d(h, s.wbuf), {"wbuf": torch.randn(6, C, 1, 1)}),
+    "sequential_subclass": (lambda s, h: s.seq(h), {"seq": type("MySeq", (nn.Sequential,), {})(nn.Conv2d(C, C, 1), nn.ReLU())}),
+    "module_dict": (
+        lambda s, h: s.md["act"](s.md["conv"](h)),
+        {"md": nn.ModuleDict({"conv": nn.Conv2d(C, 6, 1), "act": nn.ReLU()})},
+    ),
+    "module_list_loop": (
+        lambda s, h: functools.reduce(lambda t, m: m(t), s.ml, h),
+        {"ml": nn.ModuleList([nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, 6, 1)])},
+    ),
+    "conv_twice": (lambda s, h: s.twice(torch.relu(s.twice(h))), {"twice": nn.Conv2d(C, C, 3, padding=1)}),
+    "orthogonal_param": (lambda s, h: s.oc(h), {"oc": nn.utils.parametrizations.orthogonal(nn.Conv2d(C, C, 1))}),
+    "weight_norm_dim_none": (lambda s, h: s.wn(h), {"wn": nn.utils.parametrizations.weight_norm(nn.Conv2d(C, 6, 1), dim=None)}),
+    "einsum_param": (lambda s, h: torch.einsum("bchw,oc->bohw", h, s.w), {"w": nn.Parameter(torch.randn(6, C))}),
+}
+
+
+def _lstm(self, h):
+    out, _ = self.rnn(h)
+    return out
+
+
+def _bmm_param(self, h):
+    return torch.bmm(h, self.w.expand(h.shape[0], -1, -1))
+
+
+SEQ_BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
+    "matmul_param": (lambda s, h: torch.matmul(h, s.w), {"w": nn.Parameter(torch.randn(C, 5))}),
+    "at_param_T": (lambda s, h: h @ s.w.T, {"w": nn.Parameter(torch.randn(5, C))}),
+    "bmm_param": (_bmm_param, {"w": nn.Parameter(torch.randn(1, C, 5))}),
+    "bilinear": (lambda s, h: s.bil(h, h), {"bil": nn.Bilinear(C, C, 4)}),
+    "lstm": (_lstm, {"rnn": nn.LSTM(C, 6, batch_first=True)}),
+    "gru": (_lstm, {"rnn": nn.GRU(C, 6, batch_first=True)}),
+    "shared_param_two_layers": (
+        lambda s, h: F.linear(torch.relu(F.linear(h, s.w)), s.w),
+        {"w": nn.Parameter(torch.randn(C, C) * 0.3)},
+    ),
+    "linear_sliced_weight": (lambda s, h: F.linear(h, s.w[:4]), {"w": nn.Parameter(torch.randn(6, C))}),
+    "layernorm_channels_last": (lambda s, h: s.ln(h), {"ln": nn.LayerNorm(C)}),
+    "layernorm_no_affine": (lambda s, h: s.ln(h), {"ln": nn.LayerNorm(C, elementwise_affine=False)}),
+    "conv1d_permuted": (lambda s, h: s.conv(h.transpose(1, 2)).transpose(1, 2), {"conv": nn.Conv1d(C, 6, 3, padding=1)}),
+    "softmax_last": (lambda s, h: h.softmax(-1), {}),
+    "mean_last_keepdim": (lambda s, h: h - h.mean(-1, keepdims=True), {}),
+    "rms_by_hand": (lambda s, h: h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6), {}),
+    "flatten_all_but_batch": (lambda s, h: h.flatten(start_dim=1), {}),
+    "reshape_heads": (lambda s, h: h.reshape(h.shape[0], h.shape[1], 2, -1).transpose(1, 2).transpose(1, 2).reshape(h.shape), {}),
+    "sequence_pool_cat": (lambda s, h: torch.cat([h.mean(1, keepdim=True), h], dim=1), {}),
+    "cumsum_sequence": (lambda s, h: h.cumsum(dim=1), {}),
+    "roll_sequence": (lambda s, h: h.roll(1, 1), {}),
+    "linear_on_sequence": (lambda s, h: s.mix(h.transpose(-1, -2)).transpose(-1, -2), {"mix": nn.Linear(5, 5)}),
+}
+
+
+def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
+    """The oracle, or a clean refusal that leaves the model untouched."""
+    before = fingerprint(model)
+    try:
+        skg.plan(model, x)
+    except skg.SparseKitError:
+        assert_untouched(model, before, "refused plan")
+        return
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+def test_conv_spellings(name: str, tmp_path: Path) -> None:
+    fn, extra = BODIES[name]
+    _run(Body(fn, **extra), torch.randn(*X4), tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(SEQ_BODIES))
+def test_sequence_spellings(name: str, tmp_path: Path) -> None:
+    fn, extra = SEQ_BODIES[name]
+    _run(Seq(fn, **extra), torch.randn(*X3), tmp_path)
