@@ -191,3 +191,19 @@ def test_cli_calibration(tmp_path: Path) -> None:
         assert (out / "masks.json").exists()
     r = runner.invoke(app, ["prune", f"{model_file}:build", "--importance", "taylor", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "calibration" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["quality_digits", "quality_tiny_lm"])
+def test_quality_scripts_quick(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quality studies run end to end in their CI mode and print their table."""
+    pytest.importorskip("sklearn" if script == "quality_digits" else "transformers")
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(script, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| removed | method |" in out and "| taylor |" in out and "| activation |" in out
