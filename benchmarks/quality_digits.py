@@ -253,13 +253,13 @@ def run_seed(seed: int, args: argparse.Namespace, emit: Callable[[dict], None]) 
         targeted = {lam: group_lasso_train(copy.deepcopy(init), fit, E, lam, seed, ratio) for lam in args.lams}
         for method, trained in (("group-lasso", lasso), ("group-lasso-targeted", targeted)):
             pruned = {lam: ours_prune(t[0] if isinstance(t, tuple) else t, ratio, "l2", calib) for lam, t in trained.items()}
-            lam = max(pruned, key=lambda k: accuracy(pruned[k], val))
+            val_by_lam = {k: accuracy(v, val) for k, v in pruned.items()}  # one-shot, before fine-tuning
+            lam = max(val_by_lam, key=val_by_lam.__getitem__)
             m = pruned[lam]
             one = accuracy(m, test)
             before = trained[lam][1] if isinstance(trained[lam], tuple) else accuracy(trained[lam], test)
             train(m, fit, FT, 1e-3, seed + 1)
-            record(method, ratio, m, one, {"lam": lam, "trained": before,
-                                           "val_by_lam": {str(k): accuracy(v, val) for k, v in pruned.items()}})  # fmt: skip
+            record(method, ratio, m, one, {"lam": lam, "trained": before, "val_by_lam": {str(k): v for k, v in val_by_lam.items()}})
 
         m = copy.deepcopy(base)
         tp_prune(m, ratio, fit[0][:2], tp.pruner.MagnitudePruner).step()
@@ -272,11 +272,12 @@ def run_seed(seed: int, args: argparse.Namespace, emit: Callable[[dict], None]) 
             m = copy.deepcopy(trained)
             tp_prune(m, ratio, fit[0][:2], tp.pruner.GroupNormPruner, reg=reg).step()
             cands[reg] = m
-        reg = max(cands, key=lambda k: accuracy(cands[k], val))
+        val_by_reg = {k: accuracy(v, val) for k, v in cands.items()}
+        reg = max(val_by_reg, key=val_by_reg.__getitem__)
         m = cands[reg]
         one = accuracy(m, test)
         train(m, fit, FT, 1e-3, seed + 1)
-        record("tp-groupnorm", ratio, m, one, {"reg": reg})
+        record("tp-groupnorm", ratio, m, one, {"reg": reg, "val_by_reg": {str(k): v for k, v in val_by_reg.items()}})
 
 
 METHODS = ("dense", "l2", "taylor", "activation", "group-lasso", "group-lasso-targeted", "tp-magnitude", "tp-groupnorm")
