@@ -259,7 +259,8 @@ def run_seed(seed: int, args: argparse.Namespace, emit: Callable[[dict], None]) 
             one = accuracy(m, test)
             before = trained[lam][1] if isinstance(trained[lam], tuple) else accuracy(trained[lam], test)
             train(m, fit, FT, 1e-3, seed + 1)
-            record(method, ratio, m, one, {"lam": lam, "trained": before, "val_by_lam": {str(k): v for k, v in val_by_lam.items()}})
+            extra = {"lam": lam, "trained": before, "val_by_lam": {str(k): v for k, v in val_by_lam.items()}}
+            record(method, ratio, m, one, extra)
 
         m = copy.deepcopy(base)
         tp_prune(m, ratio, fit[0][:2], tp.pruner.MagnitudePruner).step()
