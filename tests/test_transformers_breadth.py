@@ -153,6 +153,39 @@ def test_saved_pruned_vit_loads_on_a_fresh_model(tmp_path: Path) -> None:
     assert first_tensor(call(again, x)).shape == (2, 10)
 
 
+# -- Swin ----------------------------------------------------------------------------------
+
+
+def _small_swin() -> tuple[nn.Module, torch.Tensor]:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10
+    )
+    return model.eval(), torch.randn(2, 3, 32, 32)
+
+
+def test_torchvision_swin_prunes_heads_with_their_residual_channels(tmp_path: Path) -> None:
+    """torchvision's shifted_window_attention splits qkv by the input width: a head is
+    ``head_dim`` residual channels with its q/k/v rows, proj columns and bias-table column."""
+    model, x = _small_swin()
+    result = check_oracle(model, x, tmp_path)
+    assert _kept(result) <= 0.6
+    g = next(g for g in result.plan.prunable if any(m.param == "features.1.0.attn.qkv.weight" for m in g.members))
+    table = [m for m in g.members if m.param == "features.1.0.attn.relative_position_bias_table"]
+    assert g.size == 2 and table and table[0].axis == 1
+    assert {(r.attr, r.per_channel) for r in g.sizes} == {("num_heads", 1)}
+    assert result.model.features[1][0].attn.num_heads == 1
+
+
+@pytest.mark.slow
+def test_torchvision_swin_t_full_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = check_oracle(tv.models.swin_t(weights=None).eval(), torch.randn(1, 3, 224, 224), tmp_path)
+    assert _kept(result) <= 0.6
+
+
 # -- Hugging Face families from small configs -----------------------------------------------
 
 transformers = pytest.importorskip("transformers")

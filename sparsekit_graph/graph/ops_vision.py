@@ -7,6 +7,7 @@ import sys
 
 from .context import RuleContext
 from .ops_layers import link_conv
+from .ops_swin import register_swin_rules
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
 
@@ -44,6 +45,7 @@ def _torchvision_rules() -> None:
 
     register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
     register_module_rule(LayerNorm2d)(channels_first_norm)
+    register_swin_rules()
 
 
 def _timm_rules() -> None:
