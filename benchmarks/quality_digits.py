@@ -348,10 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 seed, 2+1 epochs, one lam/reg (CI smoke run)")
     p.add_argument("--json", type=Path, default=None, help="Write the runs here (one JSON object per line).")
+    p.add_argument("--report", type=Path, default=None, help="Only print the table (and plot) of a saved run's JSON lines.")
     p.add_argument("--plot", type=Path, default=None, help="Write the accuracy-vs-size PNG here.")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.ft_epochs, args.lams, args.regs = 1, 2, 1, [3e-3], [1e-3]
+    if args.report:
+        rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.startswith("{")]
+        print(f"{len({r['seed'] for r in rows})} seeds\n\n{table(rows)}")
+        if args.plot:
+            plot(rows, args.plot)
+        return 0
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
 

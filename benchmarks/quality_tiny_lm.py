@@ -218,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tp", action="store_true", help="Also run Torch-Pruning (slow to build its groups here, see docs).")
     p.add_argument("--quick", action="store_true", help="1 seed, 20 training steps (CI smoke run)")
     p.add_argument("--json", type=Path, default=None, help="Write the runs here (one JSON object per line).")
+    p.add_argument("--report", type=Path, default=None, help="Only print the table (and plot) of a saved run's JSON lines.")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.train_steps, args.ft_steps, args.calib_batches, args.eval_windows = 1, 20, 2, 2, 32
+    if args.report:
+        rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.startswith("{")]
+        print(f"{len({r['seed'] for r in rows})} seeds\n\n{table(rows)}")
+        return 0
     torch.set_num_threads(args.threads)
     data = corpus()
     print(f"corpus: {len(data[0]):,} training bytes, {len(data[1]):,} held-out bytes", flush=True)
