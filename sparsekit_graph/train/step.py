@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..engine import BlockCoupling, SparseBlock, solve
 from ..errors import SparseKitError
 from ..plan.schema import Plan
-from .conditioner import adam_denominators
+from .conditioner import AdamDenominators
 from .layout import member_numel, plan_segments
 from .schedule import LamSchedule, ProxStats
 from .segments import PartSegment, ProxGroup, Segment, local_tensor
@@ -230,11 +230,13 @@ class ProximalStep:
             return True
         with torch.no_grad():
             taus = [g.weight.double() * (lam * self._lr(g)) for g in self._groups]
-            denoms = {} if self._kind == "sgd" else adam_denominators(self._groups, self._optimizer.state, self._owner)
+            denoms = None if self._kind == "sgd" else AdamDenominators(self._groups, self._optimizer.state, self._owner)
             for g, tau in zip(self._groups, taus):
                 if not bool(tau.any()):
+                    if denoms is not None:
+                        denoms.release(g)
                     continue
-                dead = self._euclidean(g, tau) if self._kind == "sgd" else self._conditioned(g, tau, denoms)
+                dead = self._euclidean(g, tau) if denoms is None else self._conditioned(g, tau, denoms)
                 if dead is not None and self.reset_state and bool(dead.any()):
                     key = "momentum_buffer" if self._kind == "sgd" else "exp_avg"
                     for s in g.segments:
@@ -309,10 +311,11 @@ class ProximalStep:
         pieces = [solve.Piece(s.data(), slots=s.slots, counted=s.counted, fetch=s.data, write=s.commit) for s in g.segments]
         return solve.euclidean(pieces, tau, reduce=g.reduce, overlap=g.overlap)
 
-    def _conditioned(self, g: ProxGroup, tau: Tensor, denoms: Mapping[int, Tensor]) -> Tensor:
+    def _conditioned(self, g: ProxGroup, tau: Tensor, denoms: AdamDenominators) -> Tensor:
         """Prox in Adam's metric ``sqrt(v / (1 - beta2^t)) + eps``; returns the channels it killed."""
         pieces = [
-            solve.Piece(s.data(), s.data(denoms[id(s.param)]), s.slots, s.counted, fetch=s.data, write=s.commit)
-            for s in g.segments
+            solve.Piece(s.data(), s.data(denoms(s.param)), s.slots, s.counted, fetch=s.data, write=s.commit) for s in g.segments
         ]
-        return solve.conditioned(pieces, tau, reduce=g.reduce, overlap=g.overlap)
+        dead = solve.conditioned(pieces, tau, reduce=g.reduce, overlap=g.overlap)
+        denoms.release(g)
+        return dead
