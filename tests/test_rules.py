@@ -210,6 +210,34 @@ def test_custom_rule_registration() -> None:
     assert skg.plan(Net(), torch.randn(1, 3, 4, 4)).group("a:out").prunable
 
 
+def test_every_op_has_one_built_in_rule() -> None:
+    """No built-in rule silently replaces another (a later registration would win unseen)."""
+    from sparsekit_graph.graph.rules import rule_clashes
+
+    built_in = [c for c in rule_clashes() if c[1].startswith("sparsekit_graph.") and c[2].startswith("sparsekit_graph.")]
+    assert not built_in, f"ops with two built-in rules: {built_in}"
+
+
+def test_a_second_rule_for_an_op_warns_unless_replace_is_said() -> None:
+    from sparsekit_graph.graph.rules import find_rule, rule_clashes
+
+    def op(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def first(ctx: skg.RuleContext) -> None: ...
+
+    def second(ctx: skg.RuleContext) -> None: ...
+
+    skg.register_function_rule(op)(first)
+    with pytest.warns(UserWarning, match="replaces rule .*first.*replace=True"):
+        skg.register_function_rule(op)(second)
+    assert rule_clashes()[-1][0] is op
+    skg.register_function_rule(op, replace=True)(first)  # meant: no warning, no clash recorded
+    assert sum(c[0] is op for c in rule_clashes()) == 1
+    node = torch.fx.symbolic_trace(nn.Identity()).graph.create_node("call_function", op, ())
+    assert find_rule(node, None) is first
+
+
 def test_ignore_pins_and_unknown_names_fail() -> None:
     model = Residual()
     assert skg.plan(model, torch.randn(1, 3, 8, 8)).group("stem:out").prunable

@@ -222,10 +222,23 @@ def test_unknown_op_pins_and_says_so() -> None:
     assert not g.prunable and "sort" in (g.reason or "")
 
 
-def test_unmodelled_argument_pins() -> None:
+@pytest.fixture
+def own_rules() -> object:
+    """Rules a test replaces on purpose are put back afterwards (the registry is global)."""
+    from sparsekit_graph.graph import rules
+
+    saved = dict(rules._OP_RULES), dict(rules._MODULE_RULES)
+    yield
+    for table, old in zip((rules._OP_RULES, rules._MODULE_RULES), saved):
+        table.clear()
+        table.update(old)
+    rules.module_rule_for.cache_clear()
+
+
+def test_unmodelled_argument_pins(own_rules: object) -> None:
     """``F.pad`` with reflect mode on channels cannot be pruned; nor can a rule's unread argument."""
 
-    @skg.register_function_rule(torch.roll)
+    @skg.register_function_rule(torch.roll, replace=True)
     def _roll(ctx: skg.RuleContext) -> None:  # reads only the input: shifts/dims unmodelled
         ctx.same(ctx.axes(ctx.input), ctx.out())
 
@@ -233,8 +246,8 @@ def test_unmodelled_argument_pins() -> None:
     assert not g.prunable and "shifts" in (g.reason or "")
 
 
-def test_rule_leaving_an_axis_unlinked_pins() -> None:
-    @skg.register_function_rule(torch.flip)
+def test_rule_leaving_an_axis_unlinked_pins(own_rules: object) -> None:
+    @skg.register_function_rule(torch.flip, replace=True)
     def _flip(ctx: skg.RuleContext) -> None:  # forgets to link anything
         ctx.axes(ctx.input), ctx.arg("dims")
 

@@ -6,11 +6,14 @@ a torch function (``torch.cat``), a tensor method name (``"view"``) or an ``oper
 function. Ops are keyed by their canonical form (see ``normalize.py``), so a rule registered
 for ``torch.permute`` also serves ``x.permute(...)`` and ``torch.Tensor.permute``. Users add
 rules for their own layers with the ``register_*`` decorators. An op without a rule pins
-every axis it touches, and the plan says why.
+every axis it touches, and the plan says why. One rule per key: registering a second rule
+for a key warns and is recorded (``rule_clashes``) unless ``replace=True`` says it is meant;
+a rule that extends another calls it (compose), it does not shadow it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -32,43 +35,62 @@ __all__ = [
     "register_function_rule",
     "register_method_rule",
     "register_module_rule",
+    "rule_clashes",
 ]
 
 Rule = Callable[["RuleContext"], None]
 
 _MODULE_RULES: dict[type, Rule] = {}
 _OP_RULES: dict[Hashable, Rule] = {}
+_CLASHES: list[tuple[Hashable, Rule, Rule]] = []  # (key, the rule replaced, the rule that replaced it)
 
 
-def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
-    """Register a rule for module types (subclasses that keep ``forward`` inherit it)."""
+def register_module_rule(*types: type, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule for module types (subclasses that keep ``forward`` inherit it).
+    ``replace=True``: replacing an existing rule is meant (no warning)."""
 
     def deco(rule: Rule) -> Rule:
-        for t in types:
-            _MODULE_RULES[t] = rule
+        _store(_MODULE_RULES, types, rule, replace)
         module_rule_for.cache_clear()
         return rule
 
     return deco
 
 
-def register_function_rule(*targets: Any) -> Callable[[Rule], Rule]:
-    """Register a rule for ``call_function`` targets such as ``torch.cat`` or ``operator.add``."""
-    return _register_ops([canonical_op(t)[0] for t in targets])
+def register_function_rule(*targets: Any, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule for ``call_function`` targets such as ``torch.cat`` or ``operator.add``.
+    ``replace=True``: replacing an existing rule is meant (no warning)."""
+    keys = [canonical_op(t)[0] for t in targets]
+    return lambda rule: _store(_OP_RULES, keys, rule, replace)
 
 
-def register_method_rule(*names: str) -> Callable[[Rule], Rule]:
-    """Register a rule for tensor methods by name (``"view"``); in-place variants share it."""
-    return _register_ops([canonical_op(n)[0] for n in names])
+def register_method_rule(*names: str, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Register a rule for tensor methods by name (``"view"``); in-place variants share it.
+    ``replace=True``: replacing an existing rule is meant (no warning)."""
+    keys = [canonical_op(n)[0] for n in names]
+    return lambda rule: _store(_OP_RULES, keys, rule, replace)
 
 
-def _register_ops(keys: list[Hashable]) -> Callable[[Rule], Rule]:
-    def deco(rule: Rule) -> Rule:
-        for k in keys:
-            _OP_RULES[k] = rule
-        return rule
+def _store(table: dict, keys: Any, rule: Rule, replace: bool) -> Rule:
+    for k in keys:
+        old = table.get(k)
+        if old is not None and old is not rule and not replace:
+            _CLASHES.append((k, old, rule))
+            warnings.warn(
+                f"rule {_label(rule)} replaces rule {_label(old)} for {k!r}: compose them, or pass replace=True",
+                stacklevel=3,
+            )
+        table[k] = rule
+    return rule
 
-    return deco
+
+def _label(rule: Rule) -> str:
+    return f"{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', repr(rule))}"
+
+
+def rule_clashes() -> list[tuple[Hashable, str, str]]:
+    """Keys registered twice without ``replace=True``: (key, replaced rule, replacing rule)."""
+    return [(k, _label(old), _label(new)) for k, old, new in _CLASHES]
 
 
 def inherits_forward(cls: type, base: type) -> bool:
