@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="Run only this seed (seeds in parallel processes; merge their --json files with --report).")
     p.add_argument("--tp", action="store_true", help="Also run Torch-Pruning (slow to build its groups here, see docs).")
     p.add_argument("--quick", action="store_true", help="1 seed, 20 training steps (CI smoke run)")
     p.add_argument("--json", type=Path, default=None, help="Write the runs here (one JSON object per line).")
@@ -236,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     t0 = time.perf_counter()
-    for seed in range(args.seeds):
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    for seed in seeds:
         run_seed(seed, args, emit, data)
-    print(f"\n{args.seeds} seeds in {time.perf_counter() - t0:.0f}s (torch threads {args.threads})\n")
+    print(f"\n{len(seeds)} seeds in {time.perf_counter() - t0:.0f}s (torch threads {args.threads})\n")
     print(table(rows))
     if args.json:
         args.json.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
