@@ -53,6 +53,10 @@ class AxisGraph:
     repeat_factors: dict[AxisId, list[AxisId]] = field(default_factory=dict)  # dst -> broadcast factor axes
     domains: dict[str, AxisId] = field(default_factory=dict)  # integer activation -> the axis its values index
     gathered: dict[str, AxisId] = field(default_factory=dict)  # parameter gathered on axis 0 by indices of that axis
+    head_dim: bool = False  # plan(head_dim=True): inner reshape factors are recorded (factors), not pinned
+    factors: list[tuple[AxisId, AxisId, np.ndarray, np.ndarray]] = field(default_factory=list)  # (whole, factor, iw, if)
+    scales: dict[AxisId, list[Any]] = field(default_factory=dict)  # query head_dim axis -> AttentionScale sites
+    follows: dict[AxisId, str] = field(default_factory=dict)  # axis whose literal size must follow -> "node:axis"
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:

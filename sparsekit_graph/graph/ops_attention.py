@@ -3,6 +3,8 @@ embeddings, slicing and selecting, and the checks ``torch.export`` leaves in a g
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
 from .context import RuleContext
+from .head_dim import attention_scale, half_slice
 from .ops_tensor import is_weight
 from .rules import register_function_rule
 from .sizes import product_sources
@@ -24,12 +27,13 @@ def attention(ctx: RuleContext) -> None:
     Query heads pass to the output; key/value heads are the query heads themselves, or with
     ``enable_gqa`` each of ``Hk`` heads serves ``H / Hk`` consecutive query heads (index map
     ``h -> h // (H / Hk)``), so a key/value head and its query heads form one channel. The
-    head dimensions pin: the default scale ``1/sqrt(E)`` and rotary embeddings depend on them.
+    head dimensions pin: the default scale ``1/sqrt(E)`` and rotary embeddings depend on them,
+    unless ``plan(head_dim=True)`` and the scale can be compensated (see ``_head_dim``).
     """
     q, k, v = ctx.axes(ctx.arg("query")), ctx.axes(ctx.arg("key")), ctx.axes(ctx.arg("value"))
     out = ctx.out()
     mask = ctx.axes(ctx.arg("attn_mask"))
-    ctx.arg("dropout_p"), ctx.arg("is_causal"), ctx.arg("scale")
+    ctx.arg("dropout_p"), ctx.arg("is_causal")
     gqa = bool(ctx.arg("enable_gqa", False))
     if q is None or k is None or v is None or min(len(q), len(k), len(v)) < 3:
         ctx.pin_everything(f"attention with unreadable operands at {ctx.where()}")
@@ -47,11 +51,28 @@ def attention(ctx: RuleContext) -> None:
     elif kv_heads > 1:
         ctx.pin([q[-3], k[-3], v[-3], out[-3]], f"{heads} query heads and {kv_heads} key heads at {ctx.where()}")
     ctx.same([q[-1]], [k[-1]])
-    ctx.pin([q[-1], v[-1]], f"head_dim at {ctx.where()}: the attention scale and rotary embeddings depend on it")
+    _head_dim(ctx, q[-1], v[-1], ctx.arg("scale"))
     ctx.mix([k[-2]], f"softmax over keys at {ctx.where()}")
     if mask is not None:
         scores = [*out[:-3], q[-3], q[-2], k[-2]]  # (..., H, L, S)
         ctx.same(reversed(mask), reversed(scores))
+
+
+def _head_dim(ctx: RuleContext, qd: AxisId, vd: AxisId, scale: Any) -> None:
+    """``head_dim=True``: the query/key head size is prunable where the scale it sets can be
+    compensated (``head_dim.attention_scale``); the value head size then shares its channels
+    when it is as long (one ``head_dim`` attribute sizes q, k, v and o_proj's input)."""
+    where = ctx.where()
+    if not ctx.graph.head_dim:
+        ctx.pin([qd, vd], f"head_dim at {where}: the attention scale and rotary embeddings depend on it")
+        return
+    site, why = attention_scale(ctx, ctx.arg("query"), scale, ctx.graph.size(qd))
+    if site is None:
+        ctx.pin([qd], f"head_dim at {where}: {why}")
+        return
+    ctx.graph.scales.setdefault(qd, []).append(site)
+    if ctx.graph.size(vd) == ctx.graph.size(qd):
+        ctx.graph.link(vd, qd)
 
 
 @register_function_rule(torch.einsum)
@@ -134,6 +155,8 @@ def slice_axis(ctx: RuleContext) -> None:
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
     if whole:
         ctx.same([src[d]], [out[d]])
+    elif ctx.graph.head_dim and step == 1 and isinstance(start, int) and half_slice(ctx, src[d], out[d], start, end):
+        pass  # rotate_half's halves: channel i pairs with i + n/2
     elif not (ctx.exported and step == 1 and isinstance(start, int) and _heads_part(ctx, src[d], out[d], start)):
         ctx.pin([src[d], out[d]], f"slicing at {ctx.where()}")
 

@@ -14,6 +14,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .context import RuleContext
+from .factors import record_factor
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
 
@@ -161,8 +162,9 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
             continue
         free_a = [d for d in big_a if not ctx.graph.pinned(src[d])] if len(big_a) > 1 else big_a
         ca, cb = (free_a or big_a)[0], carriers_b[0]
-        ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
-        ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
+        if not record_factor(ctx, src, out, (ga, ca, big_a), (gb, cb, big_b)):
+            ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
+            ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
         if len(big_a) == 1 and len(big_b) == 1:
             ctx.graph.link(src[ca], out[cb])
             continue

@@ -57,7 +57,7 @@ def check_plan(plan: Plan, model: object) -> None:
                 raise PlanError(f"{where}: fixed index {fix} out of range for shape {tuple(t.shape)}")
             if fix:
                 fixed.setdefault((m.param, m.axis), set()).add(tuple(i for _, i in fix))
-            key = (m.param, m.axis, fix)
+            key = (m.param, m.axis, fix, m.factor)  # an inner factor (head_dim) overlaps its axis's members
             mask = owned.setdefault(key, np.zeros(t.shape[m.axis], dtype=bool))
             idx = (np.asarray(m.positions())[:, None] * m.block + np.arange(m.block)).ravel()
             if mask[idx].any():
@@ -66,7 +66,7 @@ def check_plan(plan: Plan, model: object) -> None:
             first.setdefault(key, where)
     for (name, axis), seen in fixed.items():
         want = int(np.prod(tensors[name].shape[: len(next(iter(seen)))]))
-        if len(seen) != want or (name, axis, ()) in owned:
+        if len(seen) != want or (name, axis, (), 0) in owned:
             raise PlanError(f"member {name} axis {axis}: members fixed to single experts cover {len(seen)} of {want}")
     for key, mask in owned.items():
         if not mask.all():

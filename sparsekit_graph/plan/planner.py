@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
+from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .experts import split_experts
+from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart
 
@@ -37,6 +39,7 @@ def plan(
     ignore: Iterable[str] = (),
     train_graph: bool = True,
     gqa: str = "kv_groups",
+    head_dim: bool = False,
 ) -> Plan:
     """Infer every coupling group of ``model``.
 
@@ -49,15 +52,22 @@ def plan(
         gqa: How grouped-query attention is pruned: ``"kv_groups"`` (a key/value head with its
             query heads is one channel) or ``"query_heads"`` (key/value heads stay; a channel
             is one query head, and a tie makes every key/value group lose as many).
+        head_dim: Also prune the head size where that is exact: rotary embeddings pair channel
+            ``i`` with ``i + d/2``, query/key (and value, when as long) share it, and the
+            attention scale ``1/sqrt(head_dim)`` is compensated by scaling the query
+            projection. Where the graph cannot prove this, head_dim stays pinned with the reason.
 
     Raises:
         TraceError: The model cannot be traced with these inputs.
-        PlanError: A name in ``ignore`` is not in the model, or ``gqa`` is not a policy.
+        PlanError: A name in ``ignore`` is not in the model, ``gqa`` is not a policy, or
+            ``head_dim`` is not a bool.
     """
     if gqa not in GQA_POLICIES:
         raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
+    if not isinstance(head_dim, bool):
+        raise PlanError(f"head_dim={head_dim!r}: expected True or False")
     with _collector_paused():
-        graph = build_axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa)
+        graph = build_axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
         _pin_ignored(graph, model, list(ignore))
         groups, ties = resolve(graph)
         return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=groups, ties=ties)
@@ -87,10 +97,12 @@ def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
     ]
 
 
-def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True, gqa: str = "kv_groups") -> AxisGraph:
+def build_axis_graph(
+    model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True, gqa: str = "kv_groups", head_dim: bool = False
+) -> AxisGraph:
     """The axis graph of the eval forward, plus the train forward where it differs (graphs
     from ``torch.export`` trace the eval forward only)."""
-    graph = AxisGraph(divert_repeats=gqa == "query_heads")
+    graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
     if train_graph and not is_exported(gm) and _reads_training(model):
@@ -98,6 +110,7 @@ def build_axis_graph(model: nn.Module, example_inputs: Inputs, *, train_graph: b
         if _calls(gm_train) != _calls(gm):
             gm_train = trace_graph(model, example_inputs, train=True)
             add_traced_graph(graph, gm_train, model, prefix="train:")
+    add_factor_shadows(graph)
     return graph
 
 
@@ -289,7 +302,7 @@ def _slot_channels(
     sized = {
         i: np.bincount(label[offset[i] : offset[i + 1]], minlength=int(label.max()) + 1)
         for i, n in enumerate(nodes)
-        if n in graph.size_refs
+        if n in graph.size_refs or n in graph.scales or n in graph.follows
     }
     first = {}
     for i, n in enumerate(nodes):
@@ -328,6 +341,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         else:
             members += _members(nodes[n], pos[:, cols])
     sizes, uneven = _size_refs(graph, nodes, ch, len(pos))
+    scales, follows, split = head_dim_parts(graph, nodes, ch.counts, perm)
+    uneven = uneven or split
     as_number = _size_used_as_number(graph, sizes) if graph.numbers and sizes else None
     prunable = ch.pin is None and ch.produced and uneven is None
     reason = ch.pin or uneven if ch.pin is not None or uneven or ch.produced else "no parameter produces these channels"
@@ -337,6 +352,7 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     param, axis = nodes[primary][1], nodes[primary][2]
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
+    name += ":head_dim" if len(nodes[primary]) > 3 else ""  # a shadow: the head size inside the rows
     group = Group.model_construct(  # built from a consistent graph: validation is the loader's job
         name=name,
         size=len(pos),
@@ -345,6 +361,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         zero_invariant=ch.mix is None and as_number is None,
         members=members,
         sizes=sizes,
+        scales=scales,
+        follows=follows,
         ratio=None,
         keep=None,
     )
@@ -414,5 +432,6 @@ def _members(node: AxisId, p: np.ndarray) -> list[Member]:
 
 def _member(node: AxisId, start: int, stop: int, block: int, indices: list[int] | None, channel_axes: int) -> Member:
     return Member.model_construct(  # consistent by construction: validation is the loader's job
-        param=node[1], axis=node[2], start=start, stop=stop, block=block, indices=indices, order=view_order(channel_axes)
+        param=node[1], axis=node[2], start=start, stop=stop, block=block, indices=indices, order=view_order(channel_axes),
+        fix=None, factor=FACTOR if len(node) > 3 else 0,
     )

@@ -11,9 +11,9 @@ from ..errors import PlanError
 from .check import check_plan
 from .ties import check_tied_overrides, validate_ties
 
-__all__ = ["SCHEMA_VERSION", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
+__all__ = ["SCHEMA_VERSION", "AttentionScale", "AxisFollow", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
 
-SCHEMA_VERSION = 3  # 3: count ties, members fixed to one expert; 2: size attributes
+SCHEMA_VERSION = 4  # 4: head_dim (factor members, attention scales, followed axes); 3: ties, fixed members; 2: sizes
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
 Positive = Annotated[int, Field(ge=1, le=2**40)]
 
@@ -31,6 +31,8 @@ class Member(_Frozen):
     ``(pre, *channel_axes, block, post)``: channel axes first. ``fix`` holds ``(axis, index)``
     pairs of leading axes held at one index: the member lives in ``param[index]`` (one expert
     of a stacked expert tensor ``(E, 2I, H)``), and ``axis`` still counts the full tensor's axes.
+    ``factor`` 1 marks a member of an axis's inner factor (head_dim inside ``heads x head_dim``
+    rows): it may overlap members of the axis itself; surgery removes the union of both.
     """
 
     param: str = Field(min_length=1)
@@ -41,6 +43,7 @@ class Member(_Frozen):
     indices: list[NonNeg] | None = None
     order: list[NonNeg]
     fix: list[tuple[NonNeg, NonNeg]] | None = None
+    factor: Annotated[int, Field(ge=0, le=1)] = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> Member:
@@ -88,6 +91,34 @@ class SizeRef(_Frozen):
         return self.per_channel * (removed // self.every)
 
 
+class AttentionScale(_Frozen):
+    """An attention whose scale ``1/sqrt(head_dim)`` counts a group's channels (``per_channel``
+    elements of ``head_dim`` each). Pruning to ``d`` elements multiplies the ``query`` tensors
+    (the query projection's weight and bias) by ``sqrt(d / head_dim)`` and sets ``owner.attr``
+    (the scale the model passes, if it passes one) to ``d ** -0.5``: the scores stay the same,
+    in the pruned model and in one rebuilt from its config."""
+
+    head_dim: Positive
+    per_channel: Positive
+    query: list[str] = Field(min_length=1)
+    owner: str | None = None
+    attr: str | None = None
+
+    def factor(self, removed: int) -> tuple[int, float]:
+        """The pruned head size and the factor the query is multiplied by."""
+        d = self.head_dim - self.per_channel * removed
+        return d, (d / self.head_dim) ** 0.5
+
+
+class AxisFollow(_Frozen):
+    """A traced axis the model sizes from the group's channels in code torch.export writes as
+    a literal (``x[..., : x.shape[-1] // 2]`` of rotary embeddings): ``prune`` checks it lost
+    ``per_channel`` elements for each channel removed."""
+
+    use: str = Field(min_length=3)  # "node:axis"
+    per_channel: Positive = 1
+
+
 class Group(_Frozen):
     """A channel space: slices of parameters that must be pruned together."""
 
@@ -98,6 +129,8 @@ class Group(_Frozen):
     zero_invariant: bool
     members: list[Member] = Field(min_length=1)
     sizes: list[SizeRef] = Field(default_factory=list)
+    scales: list[AttentionScale] = Field(default_factory=list)
+    follows: list[AxisFollow] = Field(default_factory=list)
     ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     keep: Positive | None = None
 
@@ -163,7 +196,7 @@ class Plan(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.schema_version not in (1, 2, SCHEMA_VERSION):  # 1: no size attributes; 2: no ties
+        if self.schema_version not in (1, 2, 3, SCHEMA_VERSION):  # 1: no size attributes; 2: no ties; 3: no head_dim
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
         seen: dict[str, Group] = {}
         for g in self.groups:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..errors import SparseKitError
 from ..plan.schema import Plan
 from ..registry import RESIZERS, by_type, registrar
+from .scales import rescale_queries
 
 __all__ = ["register_resizer", "remove_channels"]
 
@@ -65,6 +66,7 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
     _rewrite_sizes(model, plan, masks)
+    rescale_queries(model, plan, masks)
     for module in model.modules():
         resize = by_type(_RESIZERS, module)
         if resize is not None:

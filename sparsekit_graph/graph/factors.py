@@ -1,0 +1,106 @@
+"""Factored axes: the head_dim inside a projection's ``heads x head_dim`` rows.
+
+A reshape that splits one axis into ``(heads, head_dim)`` (or merges them back) carries the
+heads as the channels of the whole axis (a block map). With ``plan(head_dim=True)`` the inner
+factor is not pinned there: the reshape records it (``record_factor``), and once the graph is
+complete ``add_factor_shadows`` gives every parameter axis identity-linked to the whole axis a
+*shadow* node ``(*axis, 1)`` whose index ``r`` moves with head_dim index ``digit(r)``. The
+shadow's members are ``Member(factor=1)``: they overlap the heads' members of the same rows,
+and surgery removes the union (kept rows are kept heads x kept head_dim indices).
+
+A factor is released only where an attention rule proved what head_dim pruning needs (the
+attention scale compensated: ``AxisGraph.scales``); anywhere else it pins as before.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+
+from .axes import AxisGraph, AxisId
+
+if TYPE_CHECKING:
+    from .context import RuleContext
+
+__all__ = ["FACTOR", "add_factor_shadows", "record_factor"]
+
+FACTOR = 1  # the last element of a shadow node: ``(kind, name, axis, FACTOR)``
+
+Run = tuple[list[int], int, list[int]]  # (dims of the run, carrier dim, dims longer than 1)
+
+
+def record_factor(ctx: RuleContext, src: list[AxisId], out: list[AxisId], a: Run, b: Run) -> bool:
+    """One run of a reshape that splits an axis into ``(carrier, factor)`` or merges them: with
+    ``head_dim`` on, record ``(whole axis, factor axis, whole index, factor index)`` and return
+    True (the factor is not pinned); False for any other run (the caller pins as before)."""
+    graph = ctx.graph
+    (ga, ca, big_a), (gb, cb, big_b) = a, b
+    if not graph.head_dim:
+        return False
+    shape_a = [graph.size(src[d]) for d in ga]
+    shape_b = [graph.size(out[d]) for d in gb]
+    if len(big_a) == 1 and len(big_b) == 2 and big_b[0] == cb:  # split: (.., H*D) -> (.., H, D)
+        whole, factor = src[ca], out[big_b[1]]
+        iw, ifac = _digits(shape_b, gb.index(big_b[1]))
+        ctx.fresh([factor])
+    elif len(big_b) == 1 and len(big_a) == 2 and big_a[0] == ca:  # merge: (.., H, D) -> (.., H*D)
+        whole, factor = out[cb], src[big_a[1]]
+        iw, ifac = _digits(shape_a, ga.index(big_a[1]))
+    else:
+        return False
+    graph.factors.append((whole, factor, iw, ifac))
+    return True
+
+
+def _digits(shape: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat index over ``shape`` and its digit ``k`` (the factor's index)."""
+    flat = np.arange(math.prod(shape), dtype=np.int64)
+    return flat, flat // math.prod(shape[k + 1 :]) % shape[k]
+
+
+def add_factor_shadows(graph: AxisGraph) -> None:
+    """Release the recorded factors an attention vouched for: shadow every node identity-linked
+    to the whole axis and link the shadow to the factor; pin the rest with the reason."""
+    if not graph.factors:
+        return
+    component = {n: i for i, c in enumerate(nx.connected_components(graph.g)) for n in c}
+    vouched = {component[a] for a in graph.scales if a in component}
+    carriers = {w for w, *_ in graph.factors}
+    for whole, factor, iw, ifac in graph.factors:
+        if component.get(factor) not in vouched:
+            graph.pin(factor, f"reshape factor at {factor[1]} (head_dim=True: no attention proved its scale here)")
+            graph.mix(factor, "reshape factor")
+            continue
+        closure, odd = _identity_closure(graph, whole, carriers)
+        if odd is not None:
+            graph.pin(factor, f"head_dim: axis {odd[2]} of {odd[1]} is also sliced or tiled, not only split into heads")
+            graph.mix(factor, "head_dim")
+            continue
+        for node in closure:
+            shadow = graph.add_axis((*node, FACTOR), graph.size(node))  # type: ignore[arg-type]
+            attrs, own = graph.g.nodes[shadow], graph.g.nodes[node]
+            attrs["pins"][:] = own["pins"]
+            attrs["mixes"][:] = own["mixes"]
+            if own.get("producer"):
+                attrs["producer"] = True
+            graph.link(shadow, factor, iw, ifac, kind="block")
+
+
+def _identity_closure(graph: AxisGraph, whole: AxisId, carriers: set[AxisId]) -> tuple[list[AxisId], AxisId | None]:
+    """Nodes identity-linked to ``whole``, and the first of them with another index map than a
+    heads carrier's block map (None if none): its rows would not factor as ``heads x head_dim``."""
+    seen, todo = {whole}, [whole]
+    odd = None
+    while todo:
+        a = todo.pop()
+        for _, b, d in graph.g.edges(a, data=True):
+            if d["ia"] is None:
+                if b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+            elif d["kind"] != "block" or not ({a, b} & carriers):
+                odd = odd or a
+    return sorted(seen), odd

@@ -1,0 +1,187 @@
+"""What head_dim pruning must prove at an attention (``plan(head_dim=True)``).
+
+The scores ``q k^T * scale`` sum over head_dim, and ``scale = 1/sqrt(head_dim)`` changes when
+head_dim does. Pruning stays exact if the query is multiplied by ``sqrt(d_new / d_old)``: the
+parameters to multiply are found by walking back from the attention's query through ops that
+are homogeneous of degree one in it (views, transposes, slices, ``cat``, ``neg``, sums of such
+terms, products with tensors that do not depend on it: RoPE's ``q*cos + rotate_half(q)*sin``)
+to the projection that made it. A scale passed as a number must equal ``head_dim ** -0.5`` and
+an attribute of a running module (rewritten with the new head_dim). Rotary embeddings pair
+channel ``i`` with ``i + d/2``: a slice that is one half of an axis (``rotate_half``) is an
+offset map whose size prune checks afterwards (``half_slice``).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .aten import NO_EFFECT_OPS
+from .axes import AxisId
+from .meta import META
+from .normalize import canonical_op, normalize
+from .sizes import module_stack
+
+if TYPE_CHECKING:
+    from .context import RuleContext
+
+__all__ = ["ScaleSite", "attention_scale", "half_slice"]
+
+
+def _ops(*targets: Any) -> frozenset:
+    return frozenset(canonical_op(t)[0] for t in targets)
+
+
+# Ops whose output is a rearrangement (or negation) of their tensor input: q -> c q passes through.
+_REARRANGE = _ops(
+    "view", torch.reshape, torch.transpose, torch.permute, "contiguous", torch.clone, "to", torch.unsqueeze,
+    torch.squeeze, "expand", torch.ops.aten.slice, torch.neg, torch.select, torch.cat,
+)  # fmt: skip
+_SUMS = _ops(torch.add, torch.sub, operator.add, operator.sub)
+_PRODUCTS = _ops(torch.mul, operator.mul, torch.div, operator.truediv)
+_LINEAR = _ops(F.linear)
+
+
+@dataclass(frozen=True)
+class ScaleSite:
+    """One attention's scale: the query parameters to multiply, the attribute holding the
+    scale it passes (None: the default ``1/sqrt(head_dim)``) and head_dim before pruning."""
+
+    query: tuple[str, ...]
+    owner: str | None
+    attr: str | None
+    head_dim: int
+
+
+def attention_scale(ctx: RuleContext, query: Any, scale: Any, head_dim: int) -> tuple[ScaleSite | None, str]:
+    """The site that compensates this attention's scale when head_dim shrinks, or None and why."""
+    owner = attr = None
+    if scale is not None:
+        if not isinstance(scale, float) or not np.isclose(scale, head_dim**-0.5, rtol=1e-6):
+            return None, f"the attention scale {scale!r} is not 1/sqrt({head_dim})"
+        found = _scale_attribute(ctx, scale)
+        if found is None:
+            return None, f"the attention scale {scale!r} is no attribute of a running module"
+        owner, attr = found
+    params = _query_parameters(ctx, query)
+    if not params:
+        return None, "no projection found whose scaling scales the query (a norm or a nonlinear op between)"
+    return ScaleSite(tuple(params), owner, attr, head_dim), ""
+
+
+def _scale_attribute(ctx: RuleContext, value: float) -> tuple[str, str] | None:
+    """The innermost running module with a float attribute equal to ``value`` (``scaling``)."""
+    for path in reversed(module_stack(ctx.node)):
+        module = ctx.modules.get(path)
+        if module is None:
+            continue
+        for attr, v in vars(module).items():
+            if isinstance(v, float) and not attr.startswith("_") and v == value:
+                return path, attr
+    return None
+
+
+def _query_parameters(ctx: RuleContext, query: Any) -> list[str]:
+    """Parameters (projection weight and bias) that scale the query linearly, in a chain whose
+    values nothing else reads; empty if there is none."""
+    path: set[fx.Node] = set()
+    found: list[str] = []
+    if not isinstance(query, fx.Node) or not _walk(ctx, query, path, found):
+        return []
+    if any(u not in path and u is not ctx.node for n in path for u in n.users if not _no_effect(u)):
+        return []  # the projection's output (or a step of the chain) is read elsewhere too
+    return sorted(set(found))
+
+
+def _walk(ctx: RuleContext, n: fx.Node, path: set[fx.Node], found: list[str]) -> bool:
+    """Is ``n`` homogeneous of degree one in some projections' parameters? Collects them."""
+    if n in path:
+        return True
+    params = _projection(ctx, n)
+    if params is not None:
+        path.add(n)
+        found += params
+        return True
+    if n.op not in ("call_function", "call_method"):
+        return False
+    call = normalize(n)
+    tensors = [v for v in _tensor_args(call.args) if v is not None]
+    if call.op in _REARRANGE or call.op in _SUMS:
+        ok = bool(tensors) and all(_walk(ctx, t, path, found) for t in tensors)
+    elif call.op in _PRODUCTS:
+        scaled = [t for t in tensors if _walk(ctx, t, set(path), [])]
+        if len(scaled) != 1 or (len(tensors) == 2 and _depends(tensors[tensors.index(scaled[0]) - 1], path | {scaled[0]})):
+            return False
+        if len(tensors) == 2 and call.op in _ops(torch.div, operator.truediv) and tensors[1] is scaled[0]:
+            return False  # 1 / q is not linear in q
+        ok = _walk(ctx, scaled[0], path, found)
+    else:
+        return False
+    if ok:
+        path.add(n)
+    return ok
+
+
+def _projection(ctx: RuleContext, n: fx.Node) -> list[str] | None:
+    """``F.linear(x, W, b)`` with parameters W (and b), or an ``nn.Linear`` layer: their names."""
+    if n.op == "call_module":
+        m = ctx.modules.get(str(n.target))
+        if type(m) is nn.Linear:
+            return [f"{n.target}.{k}" for k, p in m.named_parameters(recurse=False) if p is not None]
+        return None
+    if n.op != "call_function" or normalize(n).op not in _LINEAR:
+        return None
+    args = normalize(n).args
+    names = [_param_name(ctx, args.get(k)) for k in ("weight", "bias") if args.get(k) is not None]
+    return names if names and None not in names else None  # type: ignore[return-value]
+
+
+def _param_name(ctx: RuleContext, x: Any) -> str | None:
+    if isinstance(x, fx.Node) and x.op == "get_attr" and ctx.aliases and x.name in ctx.aliases:
+        return ctx.aliases[x.name]
+    return None
+
+
+def _tensor_args(args: dict[str, Any]) -> list[fx.Node | None]:
+    out: list[fx.Node | None] = []
+    fx.node.map_arg(tuple(args.values()), lambda a: out.append(a if isinstance(a.meta.get(META), Tensor) else None) or a)
+    return out
+
+
+def _depends(n: fx.Node, on: set[fx.Node]) -> bool:
+    """Does ``n`` read any node of ``on`` (transitively)?"""
+    seen, todo = set(), [n]
+    while todo:
+        x = todo.pop()
+        if x in on:
+            return True
+        if x not in seen:
+            seen.add(x)
+            todo += [a for a in x.all_input_nodes]
+    return False
+
+
+def _no_effect(n: fx.Node) -> bool:
+    return n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0] in NO_EFFECT_OPS
+
+
+def half_slice(ctx: RuleContext, src: AxisId, out: AxisId, start: int, end: Any) -> bool:
+    """``x[..., : n/2]`` or ``x[..., n/2 :]`` (RoPE's ``rotate_half``): output index ``i`` is input
+    index ``start + i``; the output's size must follow the axis (checked by prune). False for any
+    other part."""
+    n = ctx.graph.size(src)
+    half = n // 2
+    stop = n if end is None or (isinstance(end, int) and end >= n) else end
+    if n % 2 or (start, stop) not in ((0, half), (half, n)):
+        return False
+    i = np.arange(half)
+    ctx.graph.link(src, out, start + i, i, kind="offset")
+    ctx.graph.follows[out] = f"{ctx.prefix}{ctx.node.name}:{out[2]}"
+    return True
