@@ -280,7 +280,7 @@ def _newton(
         pending = int((~done).sum())
         if pending == 0:
             break
-        if 4 * pending <= blocks:  # a few blocks left: iterate on copies of their rows
+        if 2 * pending <= blocks:  # half the blocks or fewer left: iterate on copies of their rows
             pieces, blocks = [_subset(p, ~done) for p in pieces], pending
         st = t.new_zeros(2, size)
         for p in pieces:

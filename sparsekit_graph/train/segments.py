@@ -103,6 +103,10 @@ class PartSegment(Segment):
             self.part.write_rows(x[0])
 
     def zero(self, t: Tensor, mask: Tensor) -> None:
+        rows = self.part.arp(self._window(t)) if self.natural is None else self.natural.window(local_tensor(t))
+        if rows is not None:  # only the dead rows are touched
+            rows.index_fill_(1, mask.nonzero().squeeze(1), 0)
+            return
         elements = self.spec.expand_blocks(self.part.from_grid(mask.reshape(self.part.grid)))
         self._window(t).masked_fill_(elements, 0)
 
