@@ -256,3 +256,251 @@ def test_conv_spellings(name: str, tmp_path: Path) -> None:
 def test_sequence_spellings(name: str, tmp_path: Path) -> None:
     fn, extra = SEQ_BODIES[name]
     _run(Seq(fn, **extra), torch.randn(*X3), tmp_path)
+
+
+# -- whole models --------------------------------------------------------------------------
+
+
+class Flat(nn.Module):
+    """conv-ReLU (8 channels, 4x4) -> ``how`` -> Linear: every spelling of flattening."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.fc, self.flat, self.how = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C * 16, 5), nn.Flatten(), how
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x))  # (B, 8, 4, 4)
+        flat = {
+            "flatten_start_dim": lambda: h.flatten(start_dim=1),
+            "torch_flatten": lambda: torch.flatten(h, 1),
+            "flatten_module": lambda: self.flat(h),
+            "view_size0": lambda: h.view(h.size(0), -1),
+            "reshape_shape0": lambda: h.reshape(h.shape[0], -1),
+            "view_literal_chw": lambda: h.view(-1, C * 16),
+            "reshape_len": lambda: h.reshape(len(h), -1),
+            "flatten_channels_last": lambda: h.permute(0, 2, 3, 1).flatten(1),
+            "movedim_flatten": lambda: h.movedim(1, -1).reshape(h.shape[0], -1),
+        }[self.how]()
+        return self.fc(flat)
+
+
+FLATS = ["flatten_start_dim", "torch_flatten", "flatten_module", "view_size0", "reshape_shape0", "view_literal_chw",
+         "reshape_len", "flatten_channels_last", "movedim_flatten"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", FLATS)
+def test_flatten_into_linear(how: str, tmp_path: Path) -> None:
+    model, x = Flat(how), torch.randn(2, 3, 4, 4)
+    plan = skg.plan(model, x)
+    for g in plan.prunable:  # only the conv's channels, never a spatial position
+        assert any(m.param == "conv.weight" and m.axis == 0 for m in g.members), g
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+class Pooled(nn.Module):
+    """conv-ReLU -> a spatial reduction -> Linear."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.fc, self.how = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 5), how
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x))
+        pooled = {
+            "sum_dim_list": lambda: h.sum(dim=[2, 3]),
+            "sum_neg": lambda: torch.sum(h, dim=(-1, -2)),
+            "sum_twice": lambda: h.sum(-1).sum(-1),
+            "mean_axis": lambda: h.mean(axis=(2, 3)),
+            "amax": lambda: h.amax(dim=(2, 3)),
+            "amax_fn": lambda: torch.amax(h, (-2, -1)),
+            "adaptive_view": lambda: F.adaptive_avg_pool2d(h, 1).view(h.size(0), -1),
+            "adaptive_squeeze": lambda: F.adaptive_avg_pool2d(h, (1, 1)).squeeze(-1).squeeze(-1),
+            "max_values": lambda: h.flatten(2).max(dim=-1).values,
+            "logsumexp": lambda: torch.logsumexp(h.flatten(2), -1),
+        }[self.how]()
+        return self.fc(pooled)
+
+
+POOLS = ["sum_dim_list", "sum_neg", "sum_twice", "mean_axis", "amax", "amax_fn", "adaptive_view", "adaptive_squeeze",
+         "max_values", "logsumexp"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", POOLS)
+def test_spatial_reductions_keep_channels(how: str, tmp_path: Path) -> None:
+    model, x = Pooled(how), torch.randn(2, 3, 4, 4)
+    group = skg.plan(model, x).group("conv:out")
+    assert group.prunable and group.zero_invariant, group.reason
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+class Embed(nn.Module):
+    def __init__(self, padding_idx: int | None) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, C, padding_idx=padding_idx)
+        self.fc, self.head = nn.Linear(C, C), nn.Linear(C, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:  # (B, L) int64
+        return self.head(torch.relu(self.fc(self.emb(ids))))
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_padding_idx(padding_idx: int | None, tmp_path: Path) -> None:
+    model, ids = Embed(padding_idx), torch.randint(0, 20, (2, 5))
+    plan = skg.plan(model, ids)
+    assert plan.group("fc:out").prunable
+    assert all(m.axis == 1 for g in plan.prunable for m in g.members if m.param == "emb.weight")  # never the vocabulary
+    check_oracle(model, ids, tmp_path, min_drop=0.0)
+
+
+class KwargsNet(nn.Module):
+    """``forward(x, *, scale=None, **extra)`` called with a dict of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, **extra: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if scale is not None:
+            h = h * scale
+        return self.b(h + extra["shift"])
+
+
+class DictNet(nn.Module):
+    """``forward(batch)`` taking a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.b(torch.relu(self.a(batch["x"])) * batch["mask"])
+
+
+def test_keyword_inputs(tmp_path: Path) -> None:
+    x = {"x": torch.randn(2, 6), "scale": torch.rand(2, 1), "shift": torch.zeros(2, 1)}
+    check_oracle(KwargsNet(), x, tmp_path, min_drop=0.0)
+    model = DictNet()
+    before = fingerprint(model)
+    batch = {"x": torch.randn(2, 6), "mask": torch.ones(2, 1)}
+    try:
+        plan = skg.plan(model, (batch,))
+    except skg.SparseKitError as e:  # a refusal names what it cannot read
+        assert_untouched(model, before, "refused plan")
+        assert "input0" in str(e) and "dict" in str(e), e
+        return
+    assert_untouched(model, before, "plan")
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert small(batch).shape == (2, 3)
+
+
+# -- one op, two spellings, one plan --------------------------------------------------------
+
+PAIRS: dict[str, list[Callable[..., Tensor]]] = {
+    "transpose": [
+        lambda s, h: h.transpose(-1, -3).transpose(-3, -1),
+        lambda s, h: h.swapaxes(1, 3).swapaxes(3, 1),
+        lambda s, h: torch.swapdims(h, 3, 1).transpose(dim0=1, dim1=3),
+    ],
+    "movedim": [
+        lambda s, h: h.moveaxis(1, -1).moveaxis(-1, 1),
+        lambda s, h: torch.movedim(h, source=(1,), destination=(3,)).permute(0, 3, 1, 2),
+        lambda s, h: h.permute(dims=[0, 2, 3, 1]).movedim(-1, -3),
+    ],
+    "cat": [
+        lambda s, h: torch.cat(tensors=[h, 2 * h], dim=-3),
+        lambda s, h: torch.concatenate((h, 2 * h), axis=1),
+        lambda s, h: torch.cat([h, h.mul(2)], 1),
+    ],
+    "repeat": [
+        lambda s, h: h.repeat(1, 2, 1, 1),
+        lambda s, h: h.tile((1, 2, 1, 1)),
+        lambda s, h: h.tile(1, 2, 1, 1),
+        lambda s, h: torch.cat([h, h], dim=1),
+    ],
+    "flip_spatial": [
+        lambda s, h: h.flip(-1),
+        lambda s, h: torch.flip(h, dims=(3,)),
+        lambda s, h: h.flip([-1]),
+    ],
+    "sum_channels": [
+        lambda s, h: h * h.sum(dim=[1], keepdim=True),
+        lambda s, h: h * torch.sum(h, axis=1, keepdims=True),
+        lambda s, h: h * h.sum(-3)[:, None],
+        lambda s, h: h * h.sum(1).unsqueeze(1),
+    ],
+    "norm_channels": [
+        lambda s, h: h / (h.norm(dim=1, keepdim=True) + 1e-3),
+        lambda s, h: h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1e-3),
+        lambda s, h: h / (torch.norm(h, p=2, dim=1, keepdim=True) + 1e-3),
+    ],
+    "softmax_channels": [
+        lambda s, h: h.softmax(1),
+        lambda s, h: F.softmax(h, dim=-3),
+        lambda s, h: torch.softmax(h, 1),
+        lambda s, h: nn.Softmax2d()(h),
+    ],
+    "std_channels": [
+        lambda s, h: h / (h.std(1, keepdim=True) + 1e-3),
+        lambda s, h: h / (torch.std(h, dim=1, keepdim=True) + 1e-3),
+        lambda s, h: h / (torch.std_mean(h, 1, keepdim=True)[0] + 1e-3),
+    ],
+    "gate_where": [
+        lambda s, h: torch.where(h > 0.5, h, 0.0),
+        lambda s, h: torch.where(h > 0.5, h, torch.zeros_like(h)),
+        lambda s, h: h.masked_fill(h <= 0.5, 0.0),
+        lambda s, h: h * (h > 0.5),
+    ],
+    "glu": [
+        lambda s, h: F.glu(h, dim=1),
+        lambda s, h: F.glu(h, -3),
+        lambda s, h: h.chunk(2, 1)[0] * torch.sigmoid(h.chunk(2, 1)[1]),
+    ],
+    "leaky": [
+        lambda s, h: leaky(h),
+        lambda s, h: F.leaky_relu(h, 0.2),
+        lambda s, h: nn.LeakyReLU(0.2)(h),
+        lambda s, h: F.leaky_relu(input=h, negative_slope=0.2),
+    ],
+    "inplace_scale": [
+        lambda s, h: h.clone().mul_(2.0),
+        lambda s, h: h * 2.0,
+        lambda s, h: torch.mul(h, 2.0),
+    ],
+    "cumsum": [
+        lambda s, h: torch.cumsum(h, dim=1),
+        lambda s, h: h.cumsum(1),
+        lambda s, h: h.cumsum(dim=-3),
+    ],
+    "pixel_shuffle": [
+        lambda s, h: F.pixel_shuffle(h, 2),
+        lambda s, h: nn.PixelShuffle(2)(h),
+        lambda s, h: F.pixel_shuffle(h, upscale_factor=2),
+    ],
+    "upsample": [
+        lambda s, h: F.interpolate(h, scale_factor=2),
+        lambda s, h: nn.Upsample(scale_factor=2)(h),
+        lambda s, h: F.interpolate(input=h, scale_factor=2.0, mode="nearest"),
+    ],
+    "spatial_view": [
+        lambda s, h: h.view(h.size(0), h.size(1), -1).view(h.shape),
+        lambda s, h: h.reshape(h.shape[0], h.shape[1], h.shape[2] * h.shape[3]).reshape(h.size()),
+        lambda s, h: h.flatten(2).unflatten(2, h.shape[2:]),
+        lambda s, h: h.flatten(start_dim=2).view_as(h),
+    ],
+}
+
+
+def _key(plan: skg.Plan) -> list[tuple]:
+    members = lambda g: sorted((m.param, m.axis, m.start, m.stop, m.block) for m in g.members)  # noqa: E731
+    return sorted((g.size, g.prunable, g.zero_invariant, members(g)) for g in plan.groups if "model" not in (g.reason or ""))
+
+
+@pytest.mark.parametrize("op", sorted(PAIRS))
+def test_spellings_give_one_plan(op: str) -> None:
+    x = torch.randn(*X4)
+    keys = []
+    for fn in PAIRS[op]:
+        torch.manual_seed(0)
+        keys.append(_key(skg.plan(Body(fn), x)))
+    assert all(k == keys[0] for k in keys[1:]), keys

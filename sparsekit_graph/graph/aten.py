@@ -2,7 +2,7 @@
 
 ``aten.linear.default`` becomes ``F.linear``, ``aten.view.default`` ``torch.Tensor.view``,
 ``aten.add_.Tensor`` ``torch.add`` in place: the overload's package name is looked up in
-``torch.nn.functional``, ``torch`` and ``torch.Tensor``, in that order, after a short table of
+``torch.nn.functional``, ``torch``, ``torch._C._nn`` and ``torch.Tensor``, in that order, after a short table of
 names that differ. Arguments are bound against the overload's own schema, so a rule reads
 ``ctx.arg("dim")`` whichever graph the node came from. Ops without a torch-level name keep
 their overload packet (``torch.ops.aten.slice``) as their canonical op.
@@ -45,7 +45,7 @@ def aten_op(target: torch._ops.OpOverload) -> tuple[Hashable, bool]:
     base = name[:-1] if inplace else name
     if base in _ATEN_NAMES:
         return _ATEN_NAMES[base], inplace
-    for namespace in (F, torch):
+    for namespace in (F, torch, torch._C._nn):  # _nn: upsample_nearest2d and kin, what F.interpolate calls
         fn: Callable[..., Any] | None = getattr(namespace, base, None)
         if callable(fn) and not isinstance(fn, type):
             return _OP_ALIASES.get(fn, fn), inplace

@@ -5,7 +5,8 @@
 "keepdim": True, ...})``. Methods map to their torch functions, numpy aliases to torch names
 (``axis``/``dim``, ``keepdims``/``keepdim``, ``x``/``a``/``x1``/``self``/``input``,
 ``x2``/``other``), in-place variants (``add_``) to their op with ``inplace=True``, and tensor
-attributes read through ``getattr`` (``x.T``, ``x.shape``) to ``torch.Tensor.<attr>``.
+attributes read through ``getattr`` (``x.T``, ``x.shape``) to ``torch.Tensor.<attr>``; a named
+element of a returned tuple (``x.max(1).values``) is ``getitem`` by its position.
 Arguments are bound against the Python signature where torch has one, else against the
 operator schemas, choosing the overload whose argument types fit the traced values; the
 plan for each spelling is cached. The primary tensor is always called ``input``.
@@ -106,6 +107,9 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         obj, attr = node.args
         if isinstance(attr, str) and isinstance(_value(obj), Tensor) and hasattr(Tensor, attr):
             return Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
+        fields = getattr(type(_value(obj)), "__match_args__", ())  # x.max(1).values: a named element
+        if isinstance(_value(obj), tuple) and attr in fields:
+            return Call(operator.getitem, {"input": obj, "index": fields.index(attr)}, frozenset({"input", "index"}))
         return Call(builtins.getattr, {"input": obj, "name": attr}, frozenset({"input", "name"}))
     if node.op not in ("call_function", "call_method"):
         return Call(node.target, {}, frozenset(), bound=False)

@@ -42,7 +42,7 @@ def view(ctx: RuleContext) -> None:
         return
     raw = ctx.arg("shape", ctx.arg("size"))
     out = ctx.out()
-    _link_read_lengths(ctx, ctx.arg("other") if ctx.arg("other") is not None else raw, out)
+    link_read_lengths(ctx, ctx.arg("other") if ctx.arg("other") is not None else raw, out)
     if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
         raw = [None] * ctx.out_value.ndim
     if not isinstance(raw, (tuple, list)):
@@ -61,7 +61,7 @@ def view(ctx: RuleContext) -> None:
     reshape_axes(ctx, literal=literal, groups=groups)
 
 
-def _link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
+def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
     """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
     output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
     of attention heads by the input's width ties the heads' width to the residual stream)."""
@@ -103,10 +103,16 @@ def _read_axis(ctx: RuleContext, x: object) -> tuple | None:
 @register_function_rule(torch.unflatten)
 def unflatten(ctx: RuleContext) -> None:
     nd = ctx.meta(ctx.input).ndim
-    dim, sizes = ctx.arg("dim") % nd, list(ctx.arg("sizes"))
-    k = len(sizes)
+    raw = ctx.arg("sizes")
     out = ctx.out()
-    literal = [False] * dim + [ctx.constant_size(out[dim + j], s) for j, s in enumerate(sizes)] + [False] * (nd - dim - 1)
+    dim = ctx.arg("dim") % nd
+    read = isinstance(raw, fx.Node)  # sizes read off a tensor (``x.shape[2:]``) follow the model
+    sizes = list(ctx.meta(raw)) if read else list(raw)
+    k = len(sizes)
+    if read:
+        link_read_lengths(ctx, raw, out[dim : dim + k])
+    literal = [False] * dim + [not read and ctx.constant_size(out[dim + j], s) for j, s in enumerate(sizes)]
+    literal += [False] * (nd - dim - 1)
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
     reshape_axes(ctx, literal=literal, groups=groups)

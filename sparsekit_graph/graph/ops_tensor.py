@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .context import RuleContext
 from .normalize import normalize
+from .ops_reshape import link_read_lengths
 from .rules import register_function_rule, register_method_rule
 from .zeros import zero_breaker
 
@@ -86,16 +87,6 @@ def expand(ctx: RuleContext) -> None:
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
-
-
-@register_method_rule("repeat")
-def repeat(ctx: RuleContext) -> None:
-    src, out = ctx.axes(ctx.input), ctx.out()
-    reps = ctx.arg("repeats")
-    if src is None or not isinstance(reps, (tuple, list)) or any(r != 1 for r in reps) or len(reps) != len(src):
-        ctx.pin_everything(f"repeat at {ctx.where()}")
-        return
-    ctx.same(src, out)
 
 
 @register_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.softmin)
@@ -294,6 +285,10 @@ def getitem(ctx: RuleContext) -> None:
         else:
             ctx.pin_everything(f"indexing a tuple at {ctx.where()}")
         return
+    if isinstance(value, dict):  # forward(batch) / forward(**extra): an input of the model
+        for axes in ctx.outputs():
+            ctx.pin(axes, f"model input {ctx.where()}")
+        return
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
         return
     src, out = ctx.axes(src_node), ctx.out()
@@ -399,6 +394,12 @@ _SPATIAL_FUNCTIONS = {
     F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.interpolate: -1,
     F.upsample: -1, F.upsample_nearest: -1, F.upsample_bilinear: -1, torch.max_pool1d: 1, torch.max_pool2d: 2,
     torch.max_pool3d: 3, torch.avg_pool1d: 1, torch.adaptive_avg_pool1d: 1, torch.adaptive_max_pool1d: 1,
+    # what F.interpolate calls when traced through (an nn.Upsample built inside forward)
+    torch._C._nn.upsample_nearest1d: 1, torch._C._nn.upsample_nearest2d: 2, torch._C._nn.upsample_nearest3d: 3,
+    torch._C._nn._upsample_nearest_exact1d: 1, torch._C._nn._upsample_nearest_exact2d: 2,
+    torch._C._nn._upsample_nearest_exact3d: 3, torch._C._nn.upsample_linear1d: 1, torch._C._nn.upsample_bilinear2d: 2,
+    torch._C._nn.upsample_trilinear3d: 3, torch._C._nn.upsample_bicubic2d: 2, torch._C._nn._upsample_bilinear2d_aa: 2,
+    torch._C._nn._upsample_bicubic2d_aa: 2,
 }  # fmt: skip
 
 
@@ -484,16 +485,36 @@ def _contains(v: object, node: fx.Node) -> bool:
 
 
 @register_function_rule(
-    builtins.getattr, torch.Tensor.dim, torch.Tensor.ndim, torch.Tensor.dtype, torch.Tensor.device, torch.empty,
-    torch.zeros, torch.ones, torch.rand, torch.randn, torch.full, torch.arange, torch.zeros_like, torch.ones_like,
-    torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like, torch.tensor, torch.linspace,
+    builtins.getattr, torch.Tensor.dim, torch.Tensor.ndim, torch.Tensor.dtype, torch.Tensor.device, torch.arange,
+    torch.tensor, torch.linspace,
 )  # fmt: skip
-@register_method_rule("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")
+@register_method_rule("new_tensor")
 def fresh_tensor(ctx: RuleContext) -> None:
     """Ops whose result carries no channel of its inputs (shapes, fresh tensors): pinned."""
     ctx.read_all()
     for axes in ctx.outputs():
         ctx.pin(axes, f"fresh tensor from {ctx.where()}")
+
+
+@register_function_rule(
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
+    torch.randint_like,
+)  # fmt: skip
+def like(ctx: RuleContext) -> None:
+    """``zeros_like(x)``: a tensor shaped like ``x`` whatever ``x``'s channels become."""
+    ctx.read_all()
+    ctx.same(ctx.axes(ctx.input) or [], ctx.out())
+
+
+@register_function_rule(torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full)
+@register_method_rule("new_zeros", "new_ones", "new_empty", "new_full")
+def sized_tensor(ctx: RuleContext) -> None:
+    """``torch.zeros(x.shape)`` / ``x.new_zeros(b, x.size(1))``: an axis whose length is read off
+    another tensor's axis follows it; an axis of literal length is pinned."""
+    ctx.read_all()
+    out = ctx.out()
+    link_read_lengths(ctx, ctx.call.args.get("size"), out)
+    ctx.pin([o for o in out if not ctx.graph.g.degree(o)], f"fresh tensor from {ctx.where()}")
 
 
 # -- products ------------------------------------------------------------------------------

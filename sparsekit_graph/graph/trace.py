@@ -201,6 +201,8 @@ class _MetaRunner:
 
     def _node(self, n: fx.Node, env: dict[fx.Node, Any], given: list[Any]) -> Any:
         if n.op == "placeholder":
+            if str(n.target).startswith("**"):  # **kwargs: the dict _propagate gathered
+                return _to_meta(given.pop(0))
             if str(n.target).startswith("*"):  # *args: everything left
                 rest, given[:] = tuple(given), []
                 return _to_meta(rest)
@@ -330,15 +332,19 @@ def _describe(n: fx.Node) -> str:
 
 def _propagate(graph: fx.Graph, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    named = {n.target for n in placeholders}
     flat: list[Any] = list(args)
     for n in placeholders[len(args) :]:
         if n.target in kwargs:
             flat.append(kwargs[n.target])
+        elif str(n.target).startswith("**"):  # forward(x, **extra): the keyword inputs no parameter takes
+            flat.append({k: v for k, v in kwargs.items() if k not in named})
+            named |= set(kwargs)
         elif n.args:
             flat.append(n.args[0])
         else:
             raise TraceError(f"no example input for model input {n.target!r}")
-    unknown = set(kwargs) - {n.target for n in placeholders}
+    unknown = set(kwargs) - named
     if unknown:
         raise TraceError(f"example inputs {sorted(unknown)} are not inputs of the model's forward")
     if len(flat) > len(placeholders):

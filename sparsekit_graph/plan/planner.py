@@ -66,11 +66,12 @@ def plan(
         raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
     if not isinstance(head_dim, bool):
         raise PlanError(f"head_dim={head_dim!r}: expected True or False")
+    inputs = _input_specs(example_inputs)
     with _collector_paused():
         graph = build_axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
         _pin_ignored(graph, model, list(ignore))
         groups, ties = resolve(graph)
-        return Plan(model=type(model).__name__, inputs=_input_specs(example_inputs), groups=groups, ties=ties)
+        return Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
 
 
 @contextmanager
@@ -90,11 +91,25 @@ def _collector_paused() -> Iterator[None]:
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
     args, kwargs = normalize_inputs(example_inputs)
     specs = [(f"input{i}", t, False) for i, t in enumerate(args)] + [(k, t, True) for k, t in kwargs.items()]
+    for name, t, _ in specs:  # the plan records tensors only: prune could not rebuild a nested input
+        if not isinstance(t, Tensor) and any(isinstance(v, Tensor) for v in _leaves(t)):
+            raise PlanError(
+                f"example input {name} is a {type(t).__name__} holding tensors: pass its tensors as separate "
+                "inputs (a tuple) or keyword inputs (a dict)"
+            )
     return [
         InputSpec(name=n, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."), keyword=kw)
         for n, t, kw in specs
         if isinstance(t, Tensor)
     ]
+
+
+def _leaves(x: object) -> list[object]:
+    if isinstance(x, dict):
+        return [v for e in x.values() for v in _leaves(e)]
+    if isinstance(x, (tuple, list)):
+        return [v for e in x for v in _leaves(e)]
+    return [x]
 
 
 def build_axis_graph(
