@@ -17,6 +17,7 @@ from .context import RuleContext
 from .factors import record_factor
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
+from .sizes import size_sources
 
 
 @register_function_rule(torch.flatten)
@@ -53,12 +54,23 @@ def view(ctx: RuleContext) -> None:
     # an input axis as it is follows that axis, whatever the source said.
     kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
     # One value on two axes (4 heads of 4): no attribute can say which axis it shapes.
-    twice = {s for s in raw if isinstance(s, int) and s > 1 and raw.count(s) > 1}
+    # One value on two axes: with 4 heads of 4 no attribute can say which axis it shapes (both
+    # pin). With one attribute of that value, timm's ``reshape(B, N, 3, num_heads, head_dim)``
+    # of 3 heads, the attribute is the later one (the q/k/v split comes first); a wrong guess
+    # cannot pass silently: that axis is then pinned by the ``unbind`` of q, k and v, or
+    # ``prune`` finds it did not shrink.
+    twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and raw.count(s) > 1}
+    twice -= {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
     literal = [
-        (s in twice or ctx.constant_size(out[j], s)) and j not in kept if isinstance(s, int) and s > 1 else False
+        (j in twice or ctx.constant_size(out[j], s)) and j not in kept if isinstance(s, int) and s > 1 else False
         for j, s in enumerate(raw)
     ]
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _one_attribute(ctx: RuleContext, value: int) -> bool:
+    """Does ``value`` equal exactly one size attribute (by name) of the layer or model?"""
+    return len({src.attr for src in size_sources(ctx.node, value, ctx.modules)}) == 1
 
 
 def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:

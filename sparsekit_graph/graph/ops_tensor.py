@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .context import RuleContext
+from .ops_gather import gather_by_index
 from .normalize import normalize
 from .ops_reshape import link_read_lengths
 from .rules import register_function_rule, register_method_rule
@@ -200,17 +201,28 @@ def pad(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     amounts, mode = list(ctx.arg("pad")), ctx.arg("mode", "constant")
     ctx.arg("value")
-    if src is None or len(amounts) % 2 or any(not isinstance(p, int) for p in amounts):
+    if src is None or len(amounts) % 2 or len(amounts) // 2 > len(src):
         ctx.pin_everything(f"padding by computed amounts at {ctx.where()}")
+        return
+    computed = [len(src) - 1 - k for k in range(len(amounts) // 2) if not all(isinstance(p, int) for p in amounts[2 * k : 2 * k + 2])]
+    if computed:  # ``F.pad(x, (0, 0, 0, pad_r, 0, pad_b))``: only the axes padded by computed amounts pin
+        ctx.pin([src[d] for d in computed] + [out[d] for d in computed], f"padding by computed amounts at {ctx.where()}")
+        amounts = [p if isinstance(p, int) else 0 for p in amounts]
+        link_padding(ctx, src, out, amounts, mode, skip=set(computed))
         return
     link_padding(ctx, src, out, amounts, mode)
 
 
-def link_padding(ctx: RuleContext, src: list, out: list, amounts: Sequence[int], mode: str) -> None:
-    """``amounts`` as ``F.pad`` takes them (last axis first, before/after pairs)."""
+def link_padding(
+    ctx: RuleContext, src: list, out: list, amounts: Sequence[int], mode: str, skip: set[int] | frozenset[int] = frozenset()
+) -> None:
+    """``amounts`` as ``F.pad`` takes them (last axis first, before/after pairs); axes in
+    ``skip`` are left alone (pinned by the caller)."""
     nd = len(src)
     padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
     for d in range(nd):
+        if d in skip:
+            continue
         before, after = padded.get(d, (0, 0))
         if (before, after) == (0, 0):
             ctx.same([src[d]], [out[d]])
@@ -291,6 +303,8 @@ def getitem(ctx: RuleContext) -> None:
         return
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
         return
+    if gather_by_index(ctx):  # table[index]: one integer index tensor
+        return
     src, out = ctx.axes(src_node), ctx.out()
     assert src is not None
     items = list(index) if isinstance(index, tuple) else [index]
@@ -312,7 +326,10 @@ def getitem(ctx: RuleContext) -> None:
         else:
             if it == slice(None):
                 ctx.same([src[si]], [out[oi]])
-            else:
+            else:  # which indices it takes (as split does), pinned: the bounds would not follow
+                picked = np.arange(ctx.graph.size(src[si]))[it]
+                if len(picked):
+                    ctx.graph.link(src[si], out[oi], picked, np.arange(len(picked)), kind="offset")
                 ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
             si += 1
             oi += 1
@@ -521,7 +538,8 @@ def sized_tensor(ctx: RuleContext) -> None:
 
 _WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torch.permute, torch.Tensor.data,
                  torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.to,
-                 torch.Tensor.index}  # fmt: skip  (index: stacked experts gathered per token)
+                 torch.Tensor.index, torch.Tensor.expand, torch.Tensor.expand_as,
+                 torch.broadcast_to}  # fmt: skip  (index: stacked experts gathered per token)
 
 
 def is_weight(ctx: RuleContext, x: object) -> bool:
