@@ -245,9 +245,7 @@ transformers = pytest.importorskip("transformers")
 HF_FAMILIES = ("phi3", "opt", "gpt_neox", "falcon", "distilbert", "roberta", "t5_encoder", "clip_vision", "gemma", "swin")
 _DEFAULT_HF = ()  # each exports three times (slow); Phi-3's rule is tested below in the default run
 _EQUAL_COUNTS = {"phi3"}  # reads config.num_attention_heads in forward: one count for all layers
-# Gemma: embed_scale = sqrt(hidden_size) (see test_transformers.py); Swin: num_heads is a list
-# per stage, which the config fit does not search. Both say so (reloadable=False).
-_NOT_RELOADABLE = {"gemma", "swin"}
+_NOT_RELOADABLE = {"gemma"}  # embed_scale = sqrt(hidden_size), see test_transformers.py (reloadable=False)
 
 
 def _hf(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:

@@ -47,7 +47,9 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
     for sub in ["", *_sub_configs(config)]:  # the config itself, then each nested one (CLIP's vision_config)
         holder, was = _at(config, sub), _at(original.config, sub)
         attrs = sorted(
-            a for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES if _is_size(getattr(holder, a, None)) and _settable(holder, a)
+            a
+            for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES
+            if (_is_size(getattr(holder, a, None)) or _is_sizes(getattr(holder, a, None))) and _settable(holder, a)
         )
         options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
         for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
@@ -123,9 +125,30 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _candidates(current: int, original: int | None, before: dict, after: dict) -> list[int]:
+def _is_sizes(v: Any) -> bool:
+    """A size per stage (Swin's ``num_heads = [3, 6, 12, 24]``)."""
+    return isinstance(v, (list, tuple)) and bool(v) and all(_is_size(x) or x == 1 for x in v)
+
+
+def _scaled(current: list | tuple, original: Any, before: dict, after: dict) -> list:
+    """A per-stage list first as it is, then as it was, then scaled by each ratio that pruning
+    shrank an axis by (every stage alike: what a uniform ratio gives)."""
+    base = original if _is_sizes(original) else current
+    found = [current] + ([original] if _is_sizes(original) and original != current else [])
+    ratios = {(s, n) for name, old in before.items() for s, n in zip(old, after.get(name, old)) if s != n}
+    for s, n in sorted(ratios):
+        if all((v * n) % s == 0 and v * n >= s for v in base):
+            scaled = type(base)(v * n // s for v in base)
+            if scaled not in found:
+                found.append(scaled)
+    return found
+
+
+def _candidates(current: Any, original: Any, before: dict, after: dict) -> list:
     """The attribute's current value first, then its original value and every value it
     would take if it scaled with an axis that pruning shrank."""
+    if _is_sizes(current):
+        return _scaled(current, original, before, after)
     found = [current] + ([original] if isinstance(original, int) and original != current else [])
     v = original if isinstance(original, int) else current
     for name, old in before.items():
