@@ -1063,7 +1063,7 @@ _KNOWN = [
 _FIXED = {
     "conv-functional", "float", "dim-from-g.dim()", "l2-pow", "l2-**2", "expit", "leaky_relu_", "hstack", "movedim", "moveaxis",
     "constant_pad_nd", "torch.max_pool2d", "adjoint", "F.linear-then-l2", "matmul-then-l2", "F.batch_norm-then-sum",
-    "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order", "view-*shape",
+    "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order", "view-*shape", "slice", "narrow",
 }  # fmt: skip
 
 

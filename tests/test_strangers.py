@@ -235,6 +235,22 @@ SEQ_BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
 }
 
 
+# The default run checks these (the models that found bugs, one per family of ops); the
+# rest run with ``-m slow``, to keep the default step short.
+QUICK = {
+    "conv_depthwise_param", "conv_groups_param", "where_relu", "glu_channels", "repeat_channels", "tile_channels",
+    "flip_channels", "roll_channels", "pixel_shuffle", "cumsum_channels", "exp_sum_channels", "norm_dim1",
+    "var_mean_channels", "mul_inplace_param", "slice_assignment", "groupnorm_2", "prelu_channels", "stack_then_sum",
+    "chunk_residual", "module_dict", "scale_none_index", "unfold_channels", "narrow_channels", "softmax2d",
+    "bmm_param", "bilinear", "lstm", "linear_sliced_weight", "conv1d_permuted", "reshape_heads", "rms_by_hand",
+    "view_literal_chw", "flatten_channels_last", "view_size0", "max_values", "adaptive_view", "sum_twice",
+}  # fmt: skip
+
+
+def _cases(names: list[str]) -> list:
+    return [pytest.param(n, id=n, marks=() if n in QUICK else pytest.mark.slow) for n in names]
+
+
 def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
     """The oracle, or a clean refusal that leaves the model untouched."""
     before = fingerprint(model)
@@ -246,13 +262,13 @@ def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
     check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
 
 
-@pytest.mark.parametrize("name", sorted(BODIES))
+@pytest.mark.parametrize("name", _cases(sorted(BODIES)))
 def test_conv_spellings(name: str, tmp_path: Path) -> None:
     fn, extra = BODIES[name]
     _run(Body(fn, **extra), torch.randn(*X4), tmp_path)
 
 
-@pytest.mark.parametrize("name", sorted(SEQ_BODIES))
+@pytest.mark.parametrize("name", _cases(sorted(SEQ_BODIES)))
 def test_sequence_spellings(name: str, tmp_path: Path) -> None:
     fn, extra = SEQ_BODIES[name]
     _run(Seq(fn, **extra), torch.randn(*X3), tmp_path)
@@ -288,7 +304,7 @@ FLATS = ["flatten_start_dim", "torch_flatten", "flatten_module", "view_size0", "
          "reshape_len", "flatten_channels_last", "movedim_flatten"]  # fmt: skip
 
 
-@pytest.mark.parametrize("how", FLATS)
+@pytest.mark.parametrize("how", _cases(FLATS))
 def test_flatten_into_linear(how: str, tmp_path: Path) -> None:
     model, x = Flat(how), torch.randn(2, 3, 4, 4)
     plan = skg.plan(model, x)
@@ -325,7 +341,7 @@ POOLS = ["sum_dim_list", "sum_neg", "sum_twice", "mean_axis", "amax", "amax_fn",
          "max_values", "logsumexp"]  # fmt: skip
 
 
-@pytest.mark.parametrize("how", POOLS)
+@pytest.mark.parametrize("how", _cases(POOLS))
 def test_spatial_reductions_keep_channels(how: str, tmp_path: Path) -> None:
     model, x = Pooled(how), torch.randn(2, 3, 4, 4)
     group = skg.plan(model, x).group("conv:out")
@@ -504,3 +520,19 @@ def test_spellings_give_one_plan(op: str) -> None:
         torch.manual_seed(0)
         keys.append(_key(skg.plan(Body(fn), x)))
     assert all(k == keys[0] for k in keys[1:]), keys
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_group_norm_keeps_its_groups(groups: int, tmp_path: Path) -> None:
+    """GroupNorm (module or function): groups lose channels equally, never zero-invariant."""
+    module = Body(lambda s, h: s.gn(h), gn=nn.GroupNorm(groups, C))
+    function = Body(lambda s, h: F.group_norm(h, groups, s.gn.weight, s.gn.bias), gn=nn.GroupNorm(groups, C))
+    x = torch.randn(*X4)
+    group = skg.plan(module, x).group("a:out")
+    assert _key(skg.plan(module, x)) == _key(skg.plan(function, x))
+    if groups == C:
+        assert not group.prunable and "one channel per group" in (group.reason or "")
+        return
+    assert group.prunable and not group.zero_invariant
+    result = check_oracle(module, x, tmp_path, min_drop=0.0, require=False)
+    assert result.model.gn.num_groups == groups and result.model.gn.num_channels == result.model.a.out_channels

@@ -121,6 +121,9 @@ class RuleContext:
         g, v = plist.original0, plist.original1
         base = f"{prefix}parametrizations.{attr}"
         direction = self.graph.add_param(self.graph.canonical.get(id(v), f"{base}.original1"), v)
+        if g.ndim == 0:  # weight_norm(dim=None): one norm over the whole weight
+            self.mix(direction, f"weight norm of {prefix}{attr} over the whole weight: every channel changes it")
+            return direction if axes is None else [direction[a] for a in axes]
         magnitude = self.graph.add_param(self.graph.canonical.get(id(g), f"{base}.original0"), g, (norm.dim % v.ndim,))
         row = direction[norm.dim % v.ndim]
         self.same(magnitude, [row])

@@ -118,7 +118,13 @@ def select_along(ctx: RuleContext) -> None:
     if whole:
         _each_axis(ctx, [], None)
         return
-    _each_axis(ctx, [d], lambda a, o, _: ctx.pin([a, o], f"selecting by position at {ctx.where()}"))
+
+    def pick(a: AxisId, o: AxisId, _: int) -> None:
+        if ctx.call.op is torch.narrow and isinstance(start, int) and isinstance(length, int):  # as split does
+            ctx.graph.link(a, o, start % ctx.graph.size(a) + np.arange(length), np.arange(length), kind="offset")
+        ctx.pin([a, o], f"selecting by position at {ctx.where()}")
+
+    _each_axis(ctx, [d], pick)
 
 
 @register_method_rule("unfold")

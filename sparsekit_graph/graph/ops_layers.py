@@ -134,6 +134,24 @@ def linear(ctx: RuleContext) -> None:
         ctx.same(ctx.param("bias"), [out[-1]])
 
 
+@register_module_rule(nn.Bilinear)
+def bilinear(ctx: RuleContext) -> None:
+    """``y_o = x1 W_o x2 + b_o``: ``x1``'s features ~ weight axis 1, ``x2``'s ~ axis 2, axis 0
+    produces the output. A zeroed feature of either input (or its weight slice) adds nothing."""
+    x1, x2, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("input2")), ctx.out()
+    if x1 is None or x2 is None:
+        ctx.pin_everything(f"{ctx.where()} without tensor inputs")
+        return
+    w = ctx.param("weight")
+    ctx.same(x1[:-1], out[:-1])
+    ctx.same(x2[:-1], out[:-1])
+    ctx.graph.link(x1[-1], w[1])
+    ctx.graph.link(x2[-1], w[2])
+    ctx.produce(w[0], out[-1])
+    if ctx.module.bias is not None:  # type: ignore[union-attr]
+        ctx.same(ctx.param("bias"), out[-1:])
+
+
 @register_function_rule(F.linear)
 def linear_function(ctx: RuleContext) -> None:
     """``F.linear(x, weight, bias)``: the weight may be a parameter or a view of one (``w.T``)."""
@@ -176,13 +194,25 @@ def batch_norm_function(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.GroupNorm)
 def group_norm(ctx: RuleContext) -> None:
-    """GroupNorm normalises groups of channels together: channels stay, pinned."""
     pointwise(ctx)
-    out = ctx.out()
-    for attr in ("weight", "bias"):
-        if getattr(ctx.module, attr, None) is not None:
-            ctx.same(ctx.param(attr), [out[1]])
-    ctx.pin([out[1]], f"channel groups of {ctx.where()}")
+    m = ctx.module
+    affine = [ctx.param(attr) for attr in ("weight", "bias") if getattr(m, attr, None) is not None]
+    link_group_norm(ctx, ctx.out(), m.num_groups, affine)  # type: ignore[union-attr]
+
+
+def link_group_norm(ctx: RuleContext, out: list[AxisId], groups: int, affine: list[list[AxisId]]) -> None:
+    """GroupNorm keeps its group count: channel ``k`` of every group is one channel (groups lose
+    equally, like a grouped conv's). Its statistics change (not zero-invariant); with one
+    channel per group the count would have to change: pinned."""
+    for axes in affine:
+        ctx.same(axes, [out[1]])
+    c = ctx.graph.size(out[1])
+    if groups > 1 and c // groups == 1:
+        ctx.pin([out[1]], f"one channel per group of {ctx.where()}")
+        return
+    ctx.mix([out[1]], f"normalised by {ctx.where()}")
+    if groups > 1:
+        ctx.graph.link(out[1], out[1], np.arange(c), np.arange(c) % (c // groups), kind="tie")
 
 
 @register_module_rule(nn.LayerNorm, nn.RMSNorm)
@@ -206,11 +236,18 @@ def layer_norm(ctx: RuleContext) -> None:
 def layer_norm_function(ctx: RuleContext) -> None:
     """Functional norms mix the normalised axes; a ``normalized_shape`` that is no size attribute
     of the layer or model (or a group count) is a literal: those axes pin."""
-    pointwise(ctx)
     out = ctx.out()
     if ctx.call.op is F.group_norm:
-        ctx.pin([out[1]], f"channel groups of {ctx.where()}")
+        ctx.read_all()
+        ctx.same(ctx.axes(ctx.input) or [], out)
+        affine = [a for k in ("weight", "bias") if (a := ctx.axes(ctx.arg(k))) is not None]
+        groups = ctx.arg("num_groups")
+        if not isinstance(groups, int) or any(len(a) != 1 for a in affine):
+            ctx.pin_everything(f"group norm with unreadable arguments at {ctx.where()}")
+            return
+        link_group_norm(ctx, out, groups, affine)
         return
+    pointwise(ctx)
     shape = ctx.arg("normalized_shape")
     k = len(shape) if isinstance(shape, (tuple, list)) else 1
     trailing = out[len(out) - k :]

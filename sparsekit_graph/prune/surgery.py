@@ -141,6 +141,11 @@ def _linear(m: nn.Module) -> None:
     m.out_features, m.in_features = m.weight.shape
 
 
+@register_resizer(nn.Bilinear)
+def _bilinear(m: nn.Module) -> None:
+    m.out_features, m.in1_features, m.in2_features = m.weight.shape
+
+
 @register_resizer(nn.modules.batchnorm._NormBase)
 def _norm(m: nn.Module) -> None:
     ref = m.weight if m.weight is not None else m.running_mean
