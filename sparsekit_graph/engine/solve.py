@@ -76,6 +76,32 @@ def _noop(t: Tensor) -> Tensor:
     return t
 
 
+_SMALL = 1 << 14  # pieces up to this many elements are solved together (per-piece overhead dominates them)
+
+
+def _merge_small(pieces: list[Piece]) -> list[Piece]:
+    """Small one-slice pieces with the same rows (BatchNorm scales and shifts, biases) as one copied
+    piece whose rows are theirs side by side, written back to each; the rest as they are."""
+    small = [
+        p for p in pieces if p.w.shape[0] == 1 and p.w.numel() <= _SMALL and p.slots is None and p.w.dtype == pieces[0].w.dtype
+    ]
+    keys = {(p.w.shape[1], p.counted, p.w.device, None if p.h is None else p.h.dtype) for p in small}
+    if len(small) < 2 or len(keys) != 1:
+        return pieces
+
+    def write(x: Tensor) -> None:
+        start = 0
+        for p in small:
+            width = p.w.shape[2]
+            p.w.copy_(x[:, :, start : start + width])
+            p.commit()
+            start += width
+
+    h = None if small[0].h is None else torch.cat([p.h for p in small], dim=2)
+    merged = Piece(torch.cat([p.w for p in small], dim=2), h, None, small[0].counted, write=write)
+    return [p for p in pieces if all(p is not q for q in small)] + [merged]
+
+
 # -- chunked elementwise work ----------------------------------------------------------------------
 def _chunks(x: Tensor) -> list[tuple[slice, slice]]:
     """Index pairs cutting ``(A, R, P)`` into pieces of about ``_CHUNK`` elements (CPU caches; on an
@@ -144,6 +170,7 @@ def euclidean(pieces: list[Piece], tau: Tensor, *, reduce: Reduce = _noop, overl
         floor: Blocks with ``||w|| <= tau + floor`` are zeroed.
     """
     size, f64 = tau.numel(), torch.float64
+    pieces = pieces if overlap else _merge_small(pieces)
     sumsq = tau.new_zeros(size, dtype=f64)
     for p in pieces:
         if p.counted and p.w.numel():
@@ -205,6 +232,7 @@ def conditioned(
         floor: Blocks with ``||h w|| <= tau + floor`` are zeroed.
     """
     size = tau.numel()
+    pieces = pieces if overlap else _merge_small(pieces)
     t = tau.double()
     sums = t.new_zeros(3, size)
     for p in pieces:
