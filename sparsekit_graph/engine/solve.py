@@ -192,10 +192,8 @@ def _row_sumsq(x: Tensor) -> Tensor:
     """``(A, R, P) -> (R,)`` float64 sums of squares (float32 pieces: shards sum in any order)."""
     if x.shape[0] == 1 and x.dtype != torch.float64:  # one fused reduction, no temporary
         return torch.linalg.vector_norm(x[0], dim=1, dtype=torch.float32).double().square_()
-    per_row = x.new_zeros(x.shape[1], dtype=torch.float64)
-    for c in _chunks(x):
-        per_row[c[1]] += _sumsq(x[c] if x.dtype == torch.float64 else x[c].float())
-    return per_row
+    wide = x if x.dtype == torch.float64 else x.float()
+    return _sum02(wide * wide).double()  # one temporary, one GEMV: fewer kernels beat cache reuse here
 
 
 def _scale_rows(x: Tensor, m: Tensor) -> None:
