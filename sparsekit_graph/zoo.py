@@ -110,6 +110,11 @@ HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_ENCODER, "vocab_size": 128,
                                                                        "max_position_embeddings": 70, "pad_token_id": 1}),  # fmt: skip
     "t5_encoder": ("T5Config", "T5EncoderModel", dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)),
+    "t5": (
+        "T5Config",
+        "T5ForConditionalGeneration",
+        dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0),
+    ),
     "clip_vision": (
         "CLIPConfig",
         "CLIPForImageClassification",
@@ -142,4 +147,6 @@ def hf_model(name: str, *, attention: str = "sdpa", batch: int = 2, seq: int = 8
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[-1, : seq // 4] = 0  # left padding in the last row
+    if config.is_encoder_decoder:  # T5: the decoder reads its own tokens
+        return model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": ids[:, : seq // 2 + 1]}
     return model, {"input_ids": ids, "attention_mask": mask}

@@ -242,7 +242,7 @@ def test_vision_transformers_prune_attention(name: str, tmp_path: Path) -> None:
 
 transformers = pytest.importorskip("transformers")
 
-HF_FAMILIES = ("phi3", "opt", "gpt_neox", "falcon", "distilbert", "roberta", "t5_encoder", "clip_vision", "gemma", "swin")
+HF_FAMILIES = ("phi3", "opt", "gpt_neox", "falcon", "distilbert", "roberta", "t5_encoder", "t5", "clip_vision", "gemma", "swin")
 _DEFAULT_HF = ()  # each exports three times (slow); Phi-3's rule is tested below in the default run
 _EQUAL_COUNTS = {"phi3"}  # reads config.num_attention_heads in forward: one count for all layers
 _NOT_RELOADABLE = {"gemma"}  # embed_scale = sqrt(hidden_size), see test_transformers.py (reloadable=False)

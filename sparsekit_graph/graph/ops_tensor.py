@@ -417,6 +417,11 @@ _SPATIAL_FUNCTIONS = {
     torch._C._nn._upsample_nearest_exact3d: 3, torch._C._nn.upsample_linear1d: 1, torch._C._nn.upsample_bilinear2d: 2,
     torch._C._nn.upsample_trilinear3d: 3, torch._C._nn.upsample_bicubic2d: 2, torch._C._nn._upsample_bilinear2d_aa: 2,
     torch._C._nn._upsample_bicubic2d_aa: 2,
+    # F.max_pool2d(..., return_indices=True) and kin: (values, positions), channels pass through
+    F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
+    F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2, F.adaptive_max_pool3d_with_indices: 3,
+    F.fractional_max_pool2d: 2, F.fractional_max_pool3d: 3, F.fractional_max_pool2d_with_indices: 2,
+    F.fractional_max_pool3d_with_indices: 3,
 }  # fmt: skip
 
 
@@ -527,11 +532,16 @@ def like(ctx: RuleContext) -> None:
 @register_method_rule("new_zeros", "new_ones", "new_empty", "new_full")
 def sized_tensor(ctx: RuleContext) -> None:
     """``torch.zeros(x.shape)`` / ``x.new_zeros(b, x.size(1))``: an axis whose length is read off
-    another tensor's axis follows it; an axis of literal length is pinned."""
+    another tensor's axis follows it; an axis whose literal length is a size attribute follows
+    the model (T5's ``torch.zeros((1, self.n_heads, q, k))`` position bias of cross-attention);
+    any other literal length is pinned."""
     ctx.read_all()
     out = ctx.out()
-    link_read_lengths(ctx, ctx.call.args.get("size"), out)
-    ctx.pin([o for o in out if not ctx.graph.g.degree(o)], f"fresh tensor from {ctx.where()}")
+    sizes = ctx.call.args.get("size")
+    link_read_lengths(ctx, sizes, out)
+    if isinstance(sizes, (tuple, list)) and len(sizes) == len(out):
+        ctx.fresh(o for o, n in zip(out, sizes) if not ctx.graph.g.degree(o) and ctx.size_follows_model(o, n))
+    ctx.pin([o for o in out if not ctx.graph.g.degree(o) and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")
 
 
 # -- products ------------------------------------------------------------------------------
@@ -588,12 +598,14 @@ def matmul(ctx: RuleContext) -> None:
     link_matmul(ctx, ctx.input, ctx.arg("other", ctx.arg("mat2")), ctx.out())
 
 
-@register_function_rule(torch.addmm)
+@register_function_rule(torch.addmm, torch.baddbmm)
 def addmm(ctx: RuleContext) -> None:
-    """``beta * input + alpha * mat1 @ mat2`` (``input`` broadcasts like a bias)."""
+    """``beta * input + alpha * mat1 @ mat2`` (``baddbmm``: batched ``batch1 @ batch2``;
+    ``input`` broadcasts like a bias)."""
     ctx.read_all()
     out = ctx.out()
-    link_matmul(ctx, ctx.arg("mat1"), ctx.arg("mat2"), out)
+    a, b = ("batch1", "batch2") if ctx.call.op is torch.baddbmm else ("mat1", "mat2")
+    link_matmul(ctx, ctx.arg(a), ctx.arg(b), out)
     bias = ctx.axes(ctx.input)
     if bias is not None:
         ctx.same(reversed(bias), reversed(out))
