@@ -52,7 +52,7 @@ VISION = [
     ("torchvision", "vit_b_16"), ("torchvision", "swin_t"), ("torchvision", "maxvit_t"),
     ("timm", "vit_tiny_patch16_224"), ("timm", "deit_tiny_patch16_224"), ("timm", "swin_tiny_patch4_window7_224"),
 ]  # fmt: skip
-HF = ["t5_encoder", "opt", "phi3", "gpt_neox", "falcon", "gemma", "clip_vision", "distilbert", "roberta", "swin"]
+HF = ["t5_encoder", "t5", "opt", "phi3", "gpt_neox", "falcon", "gemma", "clip_vision", "distilbert", "roberta", "swin"]
 # Attributes holding a layer's head count, for Torch-Pruning's num_heads.
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attention_heads_per_partition")
 
