@@ -221,8 +221,10 @@ class SparseBlock:
 
         Without ``conditioners``: the Euclidean prox ``w <- max(0, 1 - tau/||w||) w``. With
         them (``h > 0``, shaped like the views, e.g. Adam's ``sqrt(v) + eps``): the prox in the
-        metric ``diag(h)``, solved by a safeguarded Newton iteration until the relative change
-        of every block's multiplier is below ``rtol`` (or below ``atol`` absolute).
+        metric ``diag(h)`` (``engine/solve.py``, the kernel ``ProximalStep`` uses too), solved by a
+        safeguarded Newton iteration on every block's multiplier ``mu`` until its relative error
+        is below ``rtol``: a Newton step of at most ``rtol``, or one whose quadratic error bound is
+        8x below it (or, with ``atol > 0``, a step that moves ``mu`` by at most ``atol``).
 
         Args:
             block_thresholds: ``tau`` per block, shaped like ``grid_shape`` or flat.
@@ -230,7 +232,7 @@ class SparseBlock:
             max_iter: Newton iterations at most.
             atol: Absolute tolerance on the multiplier ``mu`` (0 = relative only).
             eps: Norms at or below ``eps`` count as zero (default: 0).
-            rtol: Relative tolerance on ``1/mu``.
+            rtol: Relative accuracy of ``mu`` (the defaults reach relative 1e-6 on the result).
         """
         tau = self._grid_arg(block_thresholds, "block_thresholds").float()
         if bool(tau.min() < 0):

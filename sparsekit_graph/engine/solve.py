@@ -8,15 +8,16 @@ distributed group), so the same code serves ``SparseBlock.soft_threshold`` and `
 Conditioned prox of one block with elements ``w``, conditioner ``h > 0``, ``y = h w``: zero if
 ``||y|| <= tau``, else ``x = y / (h + mu)`` where ``mu > 0`` solves ``mu ||y / (h + mu)|| = tau``.
 Newton runs on the secular form ``phi(mu) = 1/||y/(h + mu)|| - mu/tau`` (concave, nearly linear:
-exact in one step when ``h`` is constant); its first step comes from ``mu = 0`` with sums the setup
-pass computes anyway. A step is accepted without another pass once its quadratic error bound is
-below ``rtol``. Blocks near death (``||y|| < 2 tau``, where the root amplifies rounding) are then
-re-solved from there in float64.
+exact in one step when ``h`` is constant) from a first iterate the setup pass's sums give for free.
+A step is accepted without another pass once its quadratic error bound is below ``rtol``. Blocks
+near death (``||y|| < 2 tau``, where the root amplifies rounding) are then re-solved from there in
+float64.
 
-Speed: the work is memory-bound. No full-size temporary is made: every pass reads ``w`` and ``h``
-in cache-sized chunks into two reused buffers (``y = h w`` is recomputed there rather than stored
-and read back), one sweep gives Newton's value and slope, and the last pass multiplies ``w`` in
-place by ``h / (h + mu)``.
+Speed: the work is memory- and kernel-bound. No full-size temporary is made: every pass reads ``w``
+and ``h`` in cache-sized chunks into two reused buffers (``y = h w`` is recomputed there rather than
+stored and read back), one sweep gives Newton's value and slope, Newton moves to copies of the rows
+still unsolved once half the blocks are done, and the last pass multiplies ``w`` in place by
+``h / (h + mu)``.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _chunks(x: Tensor) -> list[tuple[slice, slice]]:
 
 
 def _buffers(p: Piece, dtype: torch.dtype) -> list[Tensor]:
-    """Three flat scratch buffers of one chunk's size, reused by every pass over ``p``."""
+    """Two flat scratch buffers of one chunk's size, reused by every pass over ``p``."""
     if not p._buf or p._buf[0].dtype != dtype:
         outer, rows, inner = p.w.shape
         n = p.w.numel() if p.w.device.type != "cpu" else min(p.w.numel(), max(_CHUNK, rows * inner if outer > 1 else inner))
@@ -199,7 +200,7 @@ def _row_sumsq(x: Tensor) -> Tensor:
 def _scale_rows(x: Tensor, m: Tensor) -> None:
     """Multiply row ``r`` of ``(A, R, P)`` by ``m[r]``, in place."""
     mult = m.to(x.dtype)[None, :, None]
-    if 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, the loop vectorises
+    if x.shape[0] > 1 and 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, it vectorises
         mult = mult.expand(1, *x.shape[1:]).contiguous()
     x.mul_(mult)
 
