@@ -44,6 +44,7 @@ TIMM_CNNS = (
 )  # fmt: skip
 
 Case = tuple[str, str, tuple[int, ...]]  # (source, model name, input shape)
+TRANSFORMERS_MARK = "<!-- transformers: benchmarks/transformers_coverage.py -->"
 
 
 def cases(only: set[str]) -> Iterator[Case]:
@@ -187,7 +188,8 @@ def main() -> None:
         *rows,
         "",
     ]
-    args.out.write_text("\n".join(text))
+    kept = args.out.read_text().partition(TRANSFORMERS_MARK)[1:] if args.out.exists() else ("", "")
+    args.out.write_text("\n".join(text) + "".join(kept))  # the transformers section has its own script
     print(f"\n{ours}/{total} pass; Torch-Pruning {theirs}/{total}; wrote {args.out}")
 
 

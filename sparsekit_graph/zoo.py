@@ -107,8 +107,11 @@ HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "DistilBertForSequenceClassification",
         dict(vocab_size=128, dim=64, hidden_dim=128, n_layers=2, n_heads=4, max_position_embeddings=64),
     ),
-    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_ENCODER, "vocab_size": 128,
-                                                                       "max_position_embeddings": 70, "pad_token_id": 1}),  # fmt: skip
+    "roberta": (
+        "RobertaConfig",
+        "RobertaForSequenceClassification",
+        {**_ENCODER, "vocab_size": 128, "max_position_embeddings": 70, "pad_token_id": 1},
+    ),
     "t5_encoder": ("T5Config", "T5EncoderModel", dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)),
     "t5": (
         "T5Config",

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from helpers import assert_close_rel, call, check_oracle, first_tensor
+from torch import nn
 
 import sparsekit_graph as skg
 from sparsekit_graph.prune.mha import PrunedMultiheadAttention
@@ -160,9 +159,7 @@ def _small_swin() -> tuple[nn.Module, torch.Tensor]:
     from torchvision.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(0)
-    model = SwinTransformer(
-        patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10
-    )
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10)
     return model.eval(), torch.randn(2, 3, 32, 32)
 
 
@@ -232,9 +229,18 @@ def test_vision_transformers_prune_attention(name: str, tmp_path: Path) -> None:
     model, x = VISION_SLOW[name]()
     result = check_oracle(model, x, tmp_path)
     assert _kept(result) <= 0.6
-    attention = [n for n, m in model.named_modules() if type(m).__name__.endswith("Attention") and hasattr(m, "num_heads" if "maxvit" not in name else "n_heads")]
+    attention = [
+        n
+        for n, m in model.named_modules()
+        if type(m).__name__.endswith("Attention") and hasattr(m, "num_heads" if "maxvit" not in name else "n_heads")
+    ]
     qkv = {n: next(a for a in ("qkv", "to_qkv") if hasattr(dict(model.named_modules())[n], a)) for n in attention}
-    covered = {n for n in attention for g in result.plan.prunable if any(m.param == f"{n}.{qkv[n]}.weight" and m.block > 1 for m in g.members)}
+    covered = {
+        n
+        for n in attention
+        for g in result.plan.prunable
+        if any(m.param == f"{n}.{qkv[n]}.weight" and m.block > 1 for m in g.members)
+    }
     assert attention and covered == set(attention), f"attention layers without prunable heads: {sorted(set(attention) - covered)}"
 
 
@@ -255,8 +261,11 @@ def _hf(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 def _attention_modules(model: nn.Module) -> list[str]:
     """Modules that own the q/k/v (or fused qkv) projections of one attention layer."""
-    return [n for n, m in model.named_modules() if type(m).__name__.endswith(("Attention", "SelfAttention", "MultiHeadSelfAttention"))
-            and any(isinstance(c, nn.Linear) for c in m.children())]  # fmt: skip
+    return [
+        n
+        for n, m in model.named_modules()
+        if type(m).__name__.endswith("Attention") and any(isinstance(c, nn.Linear) for c in m.children())
+    ]
 
 
 def _params() -> list[pytest.ParameterSet]:
@@ -293,7 +302,9 @@ def test_phi3_fused_qkv_parts_follow_head_counts() -> None:
     value rows, and the counts are rewritten on the config and the layer."""
     model, x = _hf("phi3")
     plan = skg.plan(model, x)
-    g = next(g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members))
+    g = next(
+        g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members)
+    )
     parts = sorted((m.start, m.stop, m.block) for m in g.members if m.param.endswith("qkv_proj.weight"))
     assert g.size == 2 and parts == [(0, 64, 32), (64, 96, 16), (96, 128, 16)]
     assert {(r.owner, r.attr, r.per_channel) for r in g.sizes} >= {
@@ -315,7 +326,9 @@ def test_phi3_heads_pruned_in_one_layer_only_fail_loudly() -> None:
     """Every layer reads ``config.num_attention_heads``: a per-layer count cannot be said."""
     model, x = _hf("phi3")
     plan = skg.plan(model, x)
-    g = next(g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members))
+    g = next(
+        g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members)
+    )
     with pytest.raises(skg.SparseKitError, match="nothing was changed"):
         skg.prune(model, plan, masks={g.name: torch.tensor([True, False])})
     assert model.config.num_attention_heads == 4

@@ -74,7 +74,13 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
 
 
 def _merged_mask(
-    attn_mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, heads: int, length: int, source: int, dtype: torch.dtype
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    batch: int,
+    heads: int,
+    length: int,
+    source: int,
+    dtype: torch.dtype,
 ) -> Tensor | None:
     """``attn_mask`` ((L, S) or (B*H, L, S)) and ``key_padding_mask`` ((B, S)) as one additive
     float mask broadcastable to (B, H, L, S); boolean masks mean True = not attended."""
