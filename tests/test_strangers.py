@@ -196,12 +196,34 @@ BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
     "orthogonal_param": (lambda s, h: s.oc(h), {"oc": nn.utils.parametrizations.orthogonal(nn.Conv2d(C, C, 1))}),
     "weight_norm_dim_none": (lambda s, h: s.wn(h), {"wn": nn.utils.parametrizations.weight_norm(nn.Conv2d(C, 6, 1), dim=None)}),
     "einsum_param": (lambda s, h: torch.einsum("bchw,oc->bohw", h, s.w), {"w": nn.Parameter(torch.randn(6, C))}),
+    "einsum_reduce": (lambda s, h: h * torch.einsum("bchw->bc", h)[:, :, None, None], {}),
+    "expand_size_read": (lambda s, h: h + h.sum(1, keepdim=True).expand(-1, h.shape[1], -1, -1), {}),
+    "expand_literal": (lambda s, h: h + h.sum(1, keepdim=True).expand(-1, C, -1, -1), {}),
+    "channels_last_linear": (lambda s, h: s.lin(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), {"lin": nn.Linear(C, 6)}),
+    "masked_fill_buffer": (lambda s, h: h.masked_fill(s.m, 0.0), {"m": torch.rand(1, C, 1, 1) > 0.5}),
+    "new_ones_scale": (lambda s, h: h * h.new_ones(h.shape[1])[None, :, None, None], {}),
+    "depthwise_module": (lambda s, h: s.dw(h), {"dw": nn.Conv2d(C, C, 3, padding=1, groups=C)}),
+    "conv_transpose_groups": (lambda s, h: s.ct(h), {"ct": nn.ConvTranspose2d(C, 6, 2, stride=2, groups=2)}),
+    "advanced_index": (lambda s, h: h[:, [0, 2, 4]], {}),
+    "maxpool_indices": (lambda s, h: F.max_pool2d(h, 2, return_indices=True)[0], {}),
+    "tensordot_param": (
+        lambda s, h: torch.tensordot(h, s.w, dims=([1], [1])).permute(0, 3, 1, 2),
+        {"w": nn.Parameter(torch.randn(6, C))},
+    ),
+    "fold_unfold": (lambda s, h: F.fold(F.unfold(h, 3, padding=1), h.shape[-2:], 3, padding=1), {}),
 }
 
 
 def _lstm(self, h):
     out, _ = self.rnn(h)
     return out
+
+
+def _gru_loop(self, h):
+    out = torch.zeros(h.shape[0], 6)
+    for t in range(h.shape[1]):
+        out = self.cell(h[:, t], out)
+    return out.unsqueeze(1).expand(-1, h.shape[1], -1)
 
 
 def _bmm_param(self, h):
@@ -232,6 +254,24 @@ SEQ_BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
     "cumsum_sequence": (lambda s, h: h.cumsum(dim=1), {}),
     "roll_sequence": (lambda s, h: h.roll(1, 1), {}),
     "linear_on_sequence": (lambda s, h: s.mix(h.transpose(-1, -2)).transpose(-1, -2), {"mix": nn.Linear(5, 5)}),
+    "swiglu_chunk": (lambda s, h: (lambda a, b: a * F.silu(b))(*s.up(h).chunk(2, -1)), {"up": nn.Linear(C, 12)}),
+    "gram_products": (lambda s, h: (h @ h.transpose(-1, -2)) @ h, {}),
+    "layer_norm_shape_read": (lambda s, h: F.layer_norm(h, h.shape[-1:]), {}),
+    "layer_norm_literal": (
+        lambda s, h: F.layer_norm(h, (C,), s.lw, s.lb),
+        {"lw": nn.Parameter(torch.ones(C)), "lb": nn.Parameter(torch.zeros(C))},
+    ),
+    "baddbmm_param": (
+        lambda s, h: torch.baddbmm(s.b, h, s.w.expand(h.shape[0], -1, -1)),
+        {"b": nn.Parameter(torch.zeros(5)), "w": nn.Parameter(torch.randn(1, C, 5))},
+    ),
+    "split_literal_reversed": (lambda s, h: torch.cat(h.split(4, dim=-1)[::-1], -1), {}),
+    "unbind_stack": (lambda s, h: torch.stack(h.unbind(1), 1), {}),
+    "embedding_fn_positions": (
+        lambda s, h: h + F.embedding(torch.arange(h.shape[1]), s.pos)[None],
+        {"pos": nn.Parameter(torch.randn(5, C))},
+    ),
+    "gru_cell_loop": (_gru_loop, {"cell": nn.GRUCell(C, 6)}),
 }
 
 
@@ -244,6 +284,7 @@ QUICK = {
     "chunk_residual", "module_dict", "scale_none_index", "unfold_channels", "narrow_channels", "softmax2d",
     "bmm_param", "bilinear", "lstm", "linear_sliced_weight", "conv1d_permuted", "reshape_heads", "rms_by_hand",
     "view_literal_chw", "flatten_channels_last", "view_size0", "max_values", "adaptive_view", "sum_twice",
+    "maxpool_indices", "baddbmm_param", "layer_norm_shape_read", "embedding_fn_positions", "gru_cell_loop",
 }  # fmt: skip
 
 

@@ -206,7 +206,9 @@ def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
         bound = sig.bind(*args, **kwargs)
     except TypeError:
         return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
-    passed = set(bound.arguments)
+    # an argument passed with its default value (F.embedding re-dispatched through
+    # __torch_function__ passes every default) is the same call as one that leaves it out
+    passed = {k for k, v in bound.arguments.items() if not _is_default(v, sig.parameters[k].default)}
     bound.apply_defaults()
     values: dict[str, Any] = {}
     for i, (k, v) in enumerate(bound.arguments.items()):
@@ -216,6 +218,16 @@ def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
             passed.discard(k)
             passed.add(canon)
     return Call(op, values, frozenset(passed))
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """A literal equal to the parameter's default (same type: ``True`` is not ``1``)."""
+    if default is inspect.Parameter.empty or isinstance(value, (fx.Node, Tensor)) or type(value) is not type(default):
+        return False
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - an odd type that cannot be compared: keep it as passed
+        return False
 
 
 # -- operator schemas -------------------------------------------------------------------------

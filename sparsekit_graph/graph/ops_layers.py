@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -249,9 +250,13 @@ def layer_norm_function(ctx: RuleContext) -> None:
         return
     pointwise(ctx)
     shape = ctx.arg("normalized_shape")
-    k = len(shape) if isinstance(shape, (tuple, list)) else 1
+    read = isinstance(shape, fx.Node)  # F.layer_norm(x, x.shape[-1:]): the shape follows x
+    value = ctx.meta(shape) if read else shape
+    k = len(value) if isinstance(value, (tuple, list)) else 1
     trailing = out[len(out) - k :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
+    if read:
+        return
     if k != 1 or ctx.arg("weight") is None or not ctx.size_follows_model(trailing[0], shape):
         ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
 
