@@ -89,6 +89,18 @@ def test_multihead_attention_with_padding_mask_prunes_heads_exactly(batch_first:
         assert_close_rel(call(dense, x), call(small, x))
 
 
+def test_inplace_head_pruning_swaps_the_class_of_the_users_layer() -> None:
+    model, x = _Mha(True, use_weights=False).eval(), _pad(True)
+    plan = skg.plan(model, x)
+    heads = _head_groups(plan, "attn.in_proj_weight")[0]
+    dense = copy.deepcopy(model)
+    result = skg.prune(model, plan, masks={heads.name: torch.tensor([True, False, False, True])}, inplace=True)
+    assert result.model is model and isinstance(model.attn, PrunedMultiheadAttention) and model.attn.num_heads == 2
+    skg.bind(plan, dense)[heads.name].apply_mask(torch.tensor([True, False, False, True]))
+    with torch.no_grad():
+        assert_close_rel(call(dense, x), call(model, x))
+
+
 def test_multihead_attention_weights_used_cost_zero_invariance() -> None:
     """The returned weights average over heads: a zeroed head still counts in the mean."""
     plan = skg.plan(_Mha(True, use_weights=True), _pad(True))

@@ -165,9 +165,9 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
     """Repeat on ``model`` the surgery checked on its copy ``expected``; undo it all on failure.
 
     Surgery rebinds tensors in ``_parameters``/``_buffers`` and sets layer attributes; a shallow
-    snapshot of every module's ``__dict__`` and tensor stores is enough to put them back.
+    snapshot of every module's class, ``__dict__`` and tensor stores is enough to put them back.
     """
-    snapshot = [(m, dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in model.modules()]
+    snapshot = [(m, type(m), dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in model.modules()]
     try:
         remove_channels(model, plan, masks)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -176,7 +176,8 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
             bad = next(k for k in want if got.get(k) != want[k])
             raise SparseKitError(f"inplace surgery gave {bad} shape {got.get(bad)}, its checked copy {want[bad]}")
     except Exception as e:
-        for m, params, buffers, attrs in snapshot:
+        for m, cls, params, buffers, attrs in snapshot:
+            m.__class__ = cls  # surgery may give a layer its pruned class (nn.MultiheadAttention)
             m.__dict__.clear()
             m.__dict__.update(attrs)
             m._parameters.clear()
