@@ -28,7 +28,7 @@ _ZERO_UNARY = {
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone, torch.Tensor.contiguous,
     torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double,
     torch.Tensor.type_as, torch.Tensor.detach, torch.Tensor.data, operator.neg, operator.pos, operator.abs, torch.tanh,
-    torch.detach,
+    torch.detach, F.relu_, F.leaky_relu_, F.elu_, F.rrelu, F.rrelu_, F.normalize,
 }  # fmt: skip
 _ZERO_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh,
@@ -38,7 +38,7 @@ _ZERO_MODULES = (
 _PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 _ADDITIVE = {torch.add, torch.sub, operator.add, operator.sub, operator.iadd, operator.isub}
 _PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
-_PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT}
+_PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT, torch.movedim, torch.moveaxis}
 
 
 def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int = 0) -> str | None:
@@ -65,7 +65,7 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     if node.op not in ("call_function", "call_method"):
         return node.name
     call = normalize(node)
-    changed = _changed_in_place(node, modules)
+    changed = _changed_in_place(node, modules, axis, depth)
     if changed is not None:
         return changed
     src = call.args.get("input")
@@ -78,9 +78,13 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
         return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
     if call.op in _SHAPED:
         return _walk(src, _shaped_source(call, axis, value, src), modules, depth)
+    if call.op in _CONVS:  # output channels made by a weight the group zeroes, plus its bias
+        bias = call.args.get("bias")
+        exact = axis % value.ndim == 1 and _is_parameter(call.args.get("weight"), modules)
+        return None if exact and (bias is None or _is_parameter(bias, modules)) else node.name
     if call.op in _PRODUCED:  # rows made by a weight the group zeroes, plus its bias
         weight = call.args.get("weight", call.args.get("other", call.args.get("mat2")))
-        bias = call.args.get("bias")
+        bias = call.args.get("input") if call.op is torch.addmm else call.args.get("bias")
         last = axis % value.ndim == value.ndim - 1
         exact = last and _is_parameter(weight, modules) and (bias is None or _is_parameter(bias, modules))
         return None if exact else node.name
@@ -100,7 +104,8 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     return node.name
 
 
-_PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm}
+_PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}
+_CONVS = {F.conv1d, F.conv2d, F.conv3d}
 _SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem}
 
 
@@ -160,6 +165,14 @@ def _permuted_source(call: object, axis: int, ndim: int) -> int | None:
         return dims[axis] % ndim if isinstance(dims, (tuple, list)) and len(dims) == ndim else None
     if op is torch.Tensor.T:
         return ndim - 1 - axis
+    if op in (torch.movedim, torch.moveaxis):
+        src, dst = args.get("source"), args.get("destination")
+        src, dst = ([src], [dst]) if isinstance(src, int) else (list(src or ()), list(dst or ()))
+        if not all(isinstance(d, int) for d in src + dst):
+            return None
+        src, dst = [d % ndim for d in src], [d % ndim for d in dst]
+        rest = iter(d for d in range(ndim) if d not in src)
+        return [src[dst.index(i)] if i in dst else next(rest) for i in range(ndim)][axis]
     if op in (torch.transpose, torch.t, torch.Tensor.mT):
         a, b = (args.get("dim0"), args.get("dim1")) if op is torch.transpose else (ndim - 2, ndim - 1)
         if ndim < 2 or not isinstance(a, int) or not isinstance(b, int):
@@ -187,9 +200,10 @@ def _keeps_zeros(m: nn.Module | None) -> bool:
     return isinstance(m, _ZERO_MODULES)
 
 
-def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, depth: int) -> str | None:
     """The first node that may write into ``node``'s storage with something that breaks zeros
-    (directly, through a view, or through a layer with ``inplace=True``), or None."""
+    (directly, through a view, or through a layer with ``inplace=True``), or None. Adding in
+    place a value that is itself zero on ``axis`` where the channel is (``h.add_(g)``) keeps them."""
     todo, seen = [node], {node}
     while todo:
         n = todo.pop()
@@ -205,6 +219,9 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> str | Non
             if call.args.get("input") is not n:
                 continue
             if call.inplace or (call.op in _AUGMENTED and not u.users):
+                other = call.args.get("other")
+                if n is node and call.op in _ADDITIVE and _operand(other, axis, node.meta[META], modules, depth) is None:
+                    continue
                 if call.op not in _ZERO_UNARY and call.op not in _PRODUCT:
                     return u.name
             if call.op in _VIEWS and u not in seen:
