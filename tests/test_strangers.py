@@ -539,6 +539,12 @@ PAIRS: dict[str, list[Callable[..., Tensor]]] = {
         lambda s, h: nn.Upsample(scale_factor=2)(h),
         lambda s, h: F.interpolate(input=h, scale_factor=2.0, mode="nearest"),
     ],
+    "halves": [
+        lambda s, h: h.chunk(2, 1)[1] * 2,
+        lambda s, h: torch.tensor_split(h, 2, dim=1)[1] * 2,
+        lambda s, h: h.split(h.size(1) // 2, 1)[1] * 2,
+        lambda s, h: h.split(h.shape[1] // 2, dim=1)[1] * 2,
+    ],
     "spatial_view": [
         lambda s, h: h.view(h.size(0), h.size(1), -1).view(h.shape),
         lambda s, h: h.reshape(h.shape[0], h.shape[1], h.shape[2] * h.shape[3]).reshape(h.size()),

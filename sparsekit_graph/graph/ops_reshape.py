@@ -80,7 +80,7 @@ def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
     if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
         read: list = list(ctx.axes(sizes) or [])
     elif isinstance(sizes, (tuple, list)):
-        read = [_read_axis(ctx, s) for s in sizes]
+        read = [read_axis(ctx, s) for s in sizes]
     else:
         read = _read_axes(ctx, sizes) or []
     for a, o in zip(read, out):
@@ -98,7 +98,7 @@ def _read_axes(ctx: RuleContext, x: object) -> list | None:
     return None
 
 
-def _read_axis(ctx: RuleContext, x: object) -> tuple | None:
+def read_axis(ctx: RuleContext, x: object) -> tuple | None:
     """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
     if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
         return None

@@ -18,7 +18,7 @@ from torch import Tensor
 from .context import RuleContext
 from .ops_gather import gather_by_index
 from .normalize import normalize
-from .ops_reshape import link_read_lengths
+from .ops_reshape import link_read_lengths, read_axis
 from .rules import register_function_rule, register_method_rule
 from .zeros import zero_breaker
 
@@ -253,9 +253,9 @@ def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d:
 
 @register_function_rule(torch.chunk, torch.split, torch.tensor_split)
 def split(ctx: RuleContext) -> None:
-    """Output ``k`` is a slice of the input. ``chunk(n)``, or ``split`` by a size attribute of the
-    model, gives equal parts after pruning too, so position ``p`` of every part is tied
-    together; other literal split sizes pin the axis."""
+    """Output ``k`` is a slice of the input. ``chunk(n)``, ``tensor_split(x, n)``, ``split`` by a
+    size attribute of the model or by ``x.size(dim) // n`` give equal parts after pruning too,
+    so position ``p`` of every part is tied together; other literal split sizes pin the axis."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
@@ -266,8 +266,11 @@ def split(ctx: RuleContext) -> None:
     for part in parts:
         ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
     sizes = [ctx.graph.size(p[dim]) for p in parts]
-    is_chunk = ctx.call.op is torch.chunk or (
-        isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts)
+    counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
+    is_chunk = (
+        (counted and isinstance(how, int))
+        or _length_over(ctx, how, src[dim], len(parts))
+        or (isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
@@ -277,6 +280,16 @@ def split(ctx: RuleContext) -> None:
         if part is not parts[0] and is_chunk:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
+
+
+def _length_over(ctx: RuleContext, x: object, axis: object, parts: int) -> bool:
+    """Is ``x`` the node ``t.size(d) // parts`` (or ``t.shape[d] // parts``) of this very axis?"""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return False
+    call = normalize(x)
+    if call.op is not operator.floordiv or call.args.get("other") != parts:
+        return False
+    return read_axis(ctx, call.args.get("input")) == axis
 
 
 @register_function_rule(operator.getitem)
@@ -480,8 +493,11 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
                 index = user.args[1]
                 chosen = [index % nd] if isinstance(index, int) else list(range(nd))[index] if isinstance(index, slice) else read
             value = user.meta.get("skg.value")
+            tensors = isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)  # split's parts
             if user.op == "output":
                 found.append((user, chosen))
+            elif tensors and user.op != "call_module" and _only_shapes(user, n):
+                continue
             elif not isinstance(value, Tensor):
                 todo.append((user, chosen))
             elif user.op == "call_module" or not _only_shapes(user, n):
