@@ -204,7 +204,8 @@ def section(rows: list[str], caps: argparse.Namespace) -> str:
             "identical outputs (and what `report.reloadable` claimed). Torch-Pruning 1.6: `MetaPruner` at 0.5 out",
             "of the box, then with `num_heads` handed over per q/k/v layer (`prune_num_heads=True`); whether",
             "its model runs on the example input and the parameters it keeps; for Hugging Face models",
-            "whether `from_pretrained` reproduces it (it rewrites no config).",
+            "whether `from_pretrained` reproduces it (it rewrites no config). A timeout depends on the load of",
+            "the machine it ran on; rows from several runs (`--rows`) were each measured under the caps above.",
             "",
             f"**sparsekit-graph passes the oracle on {ours}/{len(rows)}; Torch-Pruning leaves a running model on"
             f" {tp}/{len(rows)} out of the box and {tph}/{len(rows)} with hand-given head counts.**",
