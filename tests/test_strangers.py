@@ -210,6 +210,18 @@ BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
         lambda s, h: torch.tensordot(h, s.w, dims=([1], [1])).permute(0, 3, 1, 2),
         {"w": nn.Parameter(torch.randn(6, C))},
     ),
+    "div_out_channels": (lambda s, h: h * (h.sum(1, keepdim=True) / s.a.out_channels), {}),
+    "div_num_features": (lambda s, h: h / s.bn.num_features, {}),
+    "div_weight_len": (lambda s, h: h * (h.sum(1, keepdim=True) / s.a.weight.shape[0]), {}),
+    "param_norm_scale": (lambda s, h: h * s.a.weight.norm(), {}),
+    "copy_into_empty": (lambda s, h: torch.empty_like(h).copy_(h), {}),
+    "slice_mul_inplace": (lambda s, h: (lambda g: (g[:, :4].mul_(2), g)[1])(h.clone()), {}),
+    "index_fill_channels": (lambda s, h: h.clone().index_fill_(1, torch.tensor([0]), 0.0), {}),
+    "relu_inplace_then_sum": (lambda s, h: h * F.relu(h - 0.5, inplace=True).sum(1, keepdim=True), {}),
+    "module_on_two_branches": (lambda s, h: s.sh(h) + s.sh(torch.relu(-h)), {"sh": nn.Conv2d(C, C, 1)}),
+    "where_scalar_first": (lambda s, h: torch.where(h > 0.5, 1.0, h), {}),
+    "clamp_tensor_bound": (lambda s, h: h.clamp(min=s.lo[None, :, None, None]), {"lo": nn.Parameter(torch.rand(C))}),
+    "sigmoid_mean_channels": (lambda s, h: h * torch.sigmoid(h).mean(1, keepdim=True), {}),
     "fold_unfold": (lambda s, h: F.fold(F.unfold(h, 3, padding=1), h.shape[-2:], 3, padding=1), {}),
 }
 
@@ -284,6 +296,7 @@ QUICK = {
     "chunk_residual", "module_dict", "scale_none_index", "unfold_channels", "narrow_channels", "softmax2d",
     "bmm_param", "bilinear", "lstm", "linear_sliced_weight", "conv1d_permuted", "reshape_heads", "rms_by_hand",
     "view_literal_chw", "flatten_channels_last", "view_size0", "max_values", "adaptive_view", "sum_twice",
+    "div_out_channels", "div_num_features",
     "maxpool_indices", "baddbmm_param", "layer_norm_shape_read", "embedding_fn_positions", "gru_cell_loop",
 }  # fmt: skip
 

@@ -7,12 +7,12 @@ from torch import nn
 
 from . import ops_attention, ops_index, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
-from .ops_moe import follow_domains
 from .context import RuleContext
+from .ops_moe import follow_domains
 from .rules import find_rule
 from .trace import has_hooks, is_exported
 
-__all__ = ["HARMLESS_ARGUMENTS", "add_traced_graph"]
+__all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 
 # Arguments that never change which channels move together.
 HARMLESS_ARGUMENTS = frozenset(
@@ -55,6 +55,36 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
             follow_domains(ctx)
     if exported:
         _lengths_as_numbers(graph)
+    _layer_sizes_as_numbers(graph, modules)
+
+
+# Layer attributes that count channels and that surgery rewrites from the pruned weights.
+LAYER_SIZE_ATTRIBUTES = (
+    "in_channels", "out_channels", "in_features", "out_features", "in1_features", "in2_features", "num_features",
+    "num_channels", "embedding_dim", "num_parameters",
+)  # fmt: skip
+
+
+def _layer_sizes_as_numbers(graph: AxisGraph, modules: dict[str, nn.Module]) -> None:
+    """``h / self.bn.num_features``: fx writes a layer's size attribute read in ``forward`` as a
+    literal. Surgery rewrites that attribute, so a whole number that scales a tensor and equals
+    one of them may be it: the layer's parameter axes of that length are not zero-invariant.
+    Conservative: a constant that merely equals such an attribute costs those axes as well."""
+    used = {n: node.name for n, node in graph.numbers}
+    if not used:
+        return
+    for path, m in modules.items():
+        for attr in LAYER_SIZE_ATTRIBUTES:
+            size = getattr(m, attr, None)
+            if not isinstance(size, int) or isinstance(size, bool) or size not in used:
+                continue
+            prefix = f"{path}." if path else ""
+            for pname, p in m.named_parameters(recurse=False):
+                name = graph.canonical.get(id(p), prefix + pname)
+                for d, n in enumerate(p.shape):
+                    axis = ("p", name, d)
+                    if n == size and axis in graph.sizes:
+                        graph.mix(axis, f"the number {size} at node {used[size]} may be {prefix}{attr}, which pruning rewrites")
 
 
 def _lengths_as_numbers(graph: AxisGraph) -> None:
