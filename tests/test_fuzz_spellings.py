@@ -1065,7 +1065,7 @@ _FIXED = {
     "constant_pad_nd", "torch.max_pool2d", "adjoint", "F.linear-then-l2", "matmul-then-l2", "F.batch_norm-then-sum",
     "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order", "view-*shape", "slice", "narrow",
     "add_-then-sum", "F.conv2d-then-sum", "movedim-then-sum", "leaky_relu_-then-sum", "addmm-then-l2", "normalize-then-sum",
-    "tensor_split-2", "split-size//2",
+    "tensor_split-2", "split-size//2", "split_with_sizes",
 }  # fmt: skip
 
 

@@ -251,7 +251,7 @@ def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d:
         ctx.graph.link(const, out, np.arange(int((~filled).sum())), np.flatnonzero(~filled), kind="offset")
 
 
-@register_function_rule(torch.chunk, torch.split, torch.tensor_split)
+@register_function_rule(torch.chunk, torch.split, torch.tensor_split, torch.split_with_sizes)
 def split(ctx: RuleContext) -> None:
     """Output ``k`` is a slice of the input. ``chunk(n)``, ``tensor_split(x, n)``, ``split`` by a
     size attribute of the model or by ``x.size(dim) // n`` give equal parts after pruning too,
