@@ -210,6 +210,8 @@ BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
         lambda s, h: torch.tensordot(h, s.w, dims=([1], [1])).permute(0, 3, 1, 2),
         {"w": nn.Parameter(torch.randn(6, C))},
     ),
+    "zeros_like_alone": (lambda s, h: torch.zeros_like(h) + 1, {}),
+    "zeros_of_read_shape": (lambda s, h: torch.zeros(h.shape) + h.new_ones(h.size(0), h.size(1), 1, 1), {}),
     "div_out_channels": (lambda s, h: h * (h.sum(1, keepdim=True) / s.a.out_channels), {}),
     "div_num_features": (lambda s, h: h / s.bn.num_features, {}),
     "div_weight_len": (lambda s, h: h * (h.sum(1, keepdim=True) / s.a.weight.shape[0]), {}),
@@ -296,7 +298,7 @@ QUICK = {
     "chunk_residual", "module_dict", "scale_none_index", "unfold_channels", "narrow_channels", "softmax2d",
     "bmm_param", "bilinear", "lstm", "linear_sliced_weight", "conv1d_permuted", "reshape_heads", "rms_by_hand",
     "view_literal_chw", "flatten_channels_last", "view_size0", "max_values", "adaptive_view", "sum_twice",
-    "div_out_channels", "div_num_features",
+    "div_out_channels", "div_num_features", "zeros_like_alone", "zeros_of_read_shape",
     "maxpool_indices", "baddbmm_param", "layer_norm_shape_read", "embedding_fn_positions", "gru_cell_loop",
 }  # fmt: skip
 
