@@ -227,7 +227,9 @@ def _small_maxvit() -> tuple[nn.Module, torch.Tensor]:
 VISION_SLOW = {
     "timm_deit_tiny": lambda: _timm("deit_tiny_patch16_224", 224),
     "timm_vit_tiny": lambda: _timm("vit_tiny_patch16_224", 224),
-    "timm_swin_small_config": lambda: _timm("swin_tiny_patch4_window7_224", 56, depths=(2, 2), num_heads=(3, 6), embed_dim=48),
+    "timm_swin_small_config": lambda: _timm(
+        "swin_tiny_patch4_window7_224", 56, depths=(2, 2), num_heads=(3, 6), embed_dim=48, num_classes=10
+    ),  # a 1000-class head (a model output) would be a quarter of so small a model
     "timm_swin_tiny": lambda: _timm("swin_tiny_patch4_window7_224", 224),
     "maxvit_small_config": _small_maxvit,
     "maxvit_t": lambda: (tv.models.maxvit_t(weights=None).eval(), torch.randn(1, 3, 224, 224)),
