@@ -764,6 +764,8 @@ def _zero_sensitive(spec: NetSpec) -> bool:
 
 def _allowed(op: Op, zero_sensitive: bool) -> list[int]:
     bad = _DIVERGENT_PATTERNS + (_ZERO_WALK_PATTERNS if zero_sensitive else ())
+    if op.kind == "conv" and op.arg[0] > 1:
+        bad += _GROUPED_CALL_PATTERNS
     names = [n for n, _ in _spellings(op)]
     return [i for i, n in enumerate(names) if not any(b in n for b in bad)]
 
@@ -774,7 +776,14 @@ def _allowed(op: Op, zero_sensitive: bool) -> list[int]:
 _DIVERGENT_PATTERNS: tuple[str, ...] = (
     "tensor_split(2", "h.split(h.size(1) // 2", "split_with_sizes", "h[:, :a]", "narrow", "*h.shape",
     "F.conv2d(h, w.detach()", "F.conv2d(h, w.transpose(0,1)",
+    # ``h * 2``: fx writes ``h * self.fc.out_features`` as a literal too, so a whole-number scale
+    # equal to a layer's size costs that layer's zero-invariance; ``h / 0.5`` cannot be a size.
+    "0.5)",
 )  # fmt: skip
+# A grouped conv called as a function: its group count is a literal of the call (read off the
+# layer at trace time, which the graph cannot tell from a written ``groups=8``), so it is kept
+# and channels are pruned by their position in each group (safe, coarser than the layer's plan).
+_GROUPED_CALL_PATTERNS: tuple[str, ...] = ("F.conv2d(", "torch.conv2d(", "m._conv_forward")
 # ... and those that only lose zero-invariance where a channel sum / L2 norm follows them.
 _ZERO_WALK_PATTERNS: tuple[str, ...] = (
     "a.add_(b)", "F.conv2d(", "m._conv_forward", "torch.conv2d(", "movedim", "moveaxis", "F.leaky_relu_(", "torch.addmm(",
@@ -986,6 +995,13 @@ _KNOWN = [
         "h.mean((2, 3))",
         "pinned channels grouped by their first pin reason in node-name order",
     ),  # fmt: skip
+    (
+        "depthwise-functional",
+        _four(Op("conv", 3, out=8, k=3, arg=(8, False))),
+        3,
+        "F.conv2d(h, w, b",
+        "a group count read off the layer is a literal of the call: kept, channels by position",
+    ),
     (
         "conv-weight-detach",
         _four(Op("conv", 3, out=6, k=3, arg=(1, True))),

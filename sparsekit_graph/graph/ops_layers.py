@@ -77,6 +77,9 @@ def link_conv(
         ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
         ctx.pin([w_in], f"depthwise weight of {ctx.where()}") if ctx.graph.size(w_in) > 1 else None
         return co
+    if fixed_groups and per_in == 1 and groups > 1:  # every group one input channel, and the count cannot follow
+        ctx.pin([x[cx], out[co], w_in, w_out], f"depthwise call with a literal group count at {ctx.where()}")
+        return co
     if groups == 1:
         ctx.graph.link(x[cx], w_in)
         ctx.produce(w_out, out[co])
