@@ -778,7 +778,7 @@ _DIVERGENT_PATTERNS: tuple[str, ...] = (
     "F.conv2d(h, w.detach()", "F.conv2d(h, w.transpose(0,1)",
     # ``h * 2``: fx writes ``h * self.fc.out_features`` as a literal too, so a whole-number scale
     # equal to a layer's size costs that layer's zero-invariance; ``h / 0.5`` cannot be a size.
-    "0.5)",
+    "0.5",
 )  # fmt: skip
 # A grouped conv called as a function: its group count is a literal of the call (read off the
 # layer at trace time, which the graph cannot tell from a written ``groups=8``), so it is kept
