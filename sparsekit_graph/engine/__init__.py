@@ -1,6 +1,7 @@
 """The block-sparsity engine: views, block grids, couplings and their thresholding."""
 
 from ..errors import CouplingError, ShapeMismatchError, SparseKitError
+from .batch import soft_threshold_all
 from .block import BlockSpec, SparseBlock
 from .coupling import BlockCoupling
 from .view import View
@@ -13,4 +14,5 @@ __all__ = [
     "SparseBlock",
     "SparseKitError",
     "View",
+    "soft_threshold_all",
 ]

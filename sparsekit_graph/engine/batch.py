@@ -1,0 +1,254 @@
+"""The Euclidean prox of many couplings in one call: each weight read once for its norms, written once.
+
+``soft_threshold_all(couplings, thresholds)`` equals calling ``c.soft_threshold(t)`` for every
+coupling in order (up to rounding), including when a later coupling sees a parameter that an
+earlier one scaled: a conv weight is the rows of one group and the columns of the next. Calling
+them one by one visits such a weight twice (norms, then scale, for each group); here its norms for
+both groups come from one read and its two scalings are applied in one write:
+
+* a weight ``w`` seen as ``(O, I, K)`` in two couplings (rows ``o``, then columns ``i``, or the
+  reverse): with ``M[o, i] = sum_k w[o, i, k]^2`` (one read), the first coupling's norms are
+  ``M``'s row (or column) sums and the second's are ``M`` weighted by the first's scale squared, as
+  the sequential call would see them. A 1x1 weight (``K = 1``) has ``M = w^2`` and is read again
+  for the weighted sums instead of storing ``M``;
+* every weight is then multiplied once by ``r[o] c[i]`` (or its one factor).
+
+Squares and outer products go through one cache-sized scratch buffer, chunk by chunk: no
+full-size temporary. Anything outside this pattern (a parameter in a coupling twice, in three
+couplings, two slices of one parameter, pieces that need copies, non-float32 weights) falls back to
+the one-by-one calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import SparseKitError
+from .block import SparseBlock, _piece
+
+__all__ = ["soft_threshold_all"]
+
+_CHUNK = 1 << 18  # scratch elements on CPU (1 MiB of float32: stays in a core's L2 or the L3 cache)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass
+class _Use:
+    """One coupling's rows of one parameter: ``x`` is ``(A, R, P)``, row ``r`` = block ``r``."""
+
+    coupling: int
+    x: Tensor
+
+
+@dataclass
+class _Param:
+    """A parameter and its uses; ``mat`` is its ``(O, I, K)`` view when it has two (rows, columns)."""
+
+    uses: list[_Use]
+    mat: Tensor | None = None
+    m: Tensor | None = None  # (O, I) float64 sums of squares over K, when K > 1
+    factors: dict[int, Tensor] = field(default_factory=dict)  # use index -> (R,) scale
+
+
+def soft_threshold_all(couplings: Sequence[SparseBlock], thresholds: Sequence[Tensor], *, eps: float | None = None) -> None:
+    """Euclidean prox ``w <- max(0, 1 - tau/||w||) w`` of every coupling, as if called in order.
+
+    Args:
+        couplings: Couplings (or specs); one that shares a parameter with an earlier one sees
+            that parameter as the earlier call left it.
+        thresholds: ``tau`` per coupling, each shaped like its ``grid_shape`` or flat.
+        eps: Norms at or below ``tau + eps`` are zeroed (default: 0), as in ``soft_threshold``.
+    """
+    if len(couplings) != len(thresholds):
+        raise SparseKitError(f"soft_threshold_all: {len(thresholds)} thresholds for {len(couplings)} couplings")
+    taus = []
+    for c, t in zip(couplings, thresholds):
+        tau = c._grid_arg(t, "block_thresholds").float().reshape(-1)
+        if bool(tau.min() < 0):
+            raise SparseKitError(f"{c._label()}: block_thresholds must be non-negative")
+        taus.append(tau)
+    floor = 0.0 if eps is None else float(eps)
+    params = _layout(couplings)
+    with torch.no_grad():
+        if params is None:
+            for c, tau in zip(couplings, taus):
+                c._euclidean_prox(tau, floor)
+            return
+        _solve(params, couplings, taus, floor)
+
+
+def _layout(couplings: Sequence[SparseBlock]) -> list[_Param] | None:
+    """Every parameter's uses, or None when some use is outside the fused pattern."""
+    by_param: dict[int, _Param] = {}
+    for ci, c in enumerate(couplings):
+        seen = set()
+        for part in c._parts():
+            param = part.spec.view.param
+            if id(param) in seen or param.dtype != torch.float32:
+                return None
+            seen.add(id(param))
+            piece = _piece(part)
+            if piece.fetch is not None or piece.slots is not None:
+                return None
+            by_param.setdefault(id(param), _Param([])).uses.append(_Use(ci, piece.w))
+    out = list(by_param.values())
+    for p in out:
+        if len(p.uses) == 1:
+            continue
+        if len(p.uses) > 2:
+            return None
+        p.mat = _matrix(p.uses[0].x, p.uses[1].x)
+        if p.mat is None:
+            return None
+    return out
+
+
+def _matrix(a: Tensor, b: Tensor) -> Tensor | None:
+    """The ``(O, I, K)`` view when one of ``a``, ``b`` is its rows ``(1, O, I K)`` and the other its
+    columns ``(O, I, K)``, both over the same contiguous elements; else None."""
+    rows, cols = (a, b) if a.shape[0] == 1 else (b, a)
+    if rows.shape[0] != 1 or cols.shape[0] == 1 or rows.storage_offset() != cols.storage_offset():
+        return None
+    o, i, k = cols.shape
+    if rows.shape[1] != o or rows.shape[2] != i * k or rows.untyped_storage().data_ptr() != cols.untyped_storage().data_ptr():
+        return None
+    if not (_strided(cols, (i * k, k, 1)) and _strided(rows, (0, i * k, 1))):
+        return None
+    return cols.as_strided((o, i, k), (i * k, k, 1))
+
+
+def _strided(x: Tensor, strides: tuple[int, ...]) -> bool:
+    """``x`` has these strides along every dim longer than one."""
+    return all(n == 1 or st == want for n, st, want in zip(x.shape, x.stride(), strides))
+
+
+def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float) -> None:
+    scratch = _Scratch()
+    uses_of: list[list[tuple[_Param, int]]] = [[] for _ in couplings]
+    for p in params:
+        for j, u in enumerate(p.uses):
+            uses_of[u.coupling].append((p, j))
+    # one-use vectors (BatchNorm scales and shifts, biases: one element per block) in one kernel each way
+    vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
+    flat = [p.uses[0].x.view(-1) for p in vectors]
+    squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
+    for ci, tau in enumerate(taus):
+        sumsq = tau.new_zeros(tau.numel(), dtype=torch.float64)
+        for p, j in uses_of[ci]:
+            sumsq += squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch)
+        norm = sumsq.sqrt_()
+        scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
+        if floor > 0:
+            scale = torch.where(norm > tau + floor, scale, 0.0)
+        for p, j in uses_of[ci]:
+            p.factors[j] = scale
+    if flat:
+        torch._foreach_mul_(flat, [p.factors[0].float() for p in vectors])
+    for p in params:
+        if id(p) not in squares:
+            _write(p, scratch)
+
+
+class _Scratch:
+    """One flat float32 buffer of a chunk's size, reused by every chunked kernel."""
+
+    def __init__(self) -> None:
+        self.buf: Tensor | None = None
+
+    def get(self, n: int, like: Tensor) -> Tensor:
+        if self.buf is None or self.buf.numel() < n or self.buf.device != like.device:
+            self.buf = torch.empty(n, dtype=torch.float32, device=like.device)
+        return self.buf[:n]
+
+
+def _steps(rows: int, width: int, device: torch.device) -> list[slice]:
+    """Row ranges of about ``_CHUNK`` elements (one range off the CPU)."""
+    step = rows if device.type != "cpu" else max(1, _CHUNK // max(1, width))
+    return [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
+    """``(R,)`` float64 sums of squares of use ``j``'s rows, after the other use's scaling if it came first."""
+    x = p.uses[j].x
+    if p.mat is None:
+        a, r, q = x.shape
+        if a == 1:
+            return torch.linalg.vector_norm(x[0], dim=1).square_()
+        cols = _weighted_cols(x.reshape(a, r * q), None, scratch)  # (R P,)
+        return cols.view(r, q).sum(1)
+    o, i, k = p.mat.shape
+    row_use = x.shape[0] == 1
+    other = p.factors.get(1 - j)  # the other use's scale, if its coupling came first
+    if k > 1:
+        if p.m is None:
+            p.m = _block_sumsq(p.mat, scratch)  # (O, I)
+        w2 = None if other is None else other.square()
+        if row_use:
+            return p.m.sum(1) if w2 is None else p.m @ w2
+        return p.m.sum(0) if w2 is None else w2 @ p.m
+    x2 = p.mat.view(o, i)
+    if row_use:
+        if other is None:
+            return torch.linalg.vector_norm(x2, dim=1).square_()
+        return _weighted_rows(x2, other.square(), scratch)
+    return _weighted_cols(x2, None if other is None else other.square(), scratch)
+
+
+def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
+    """``(O, I, K)`` -> ``(O, I)`` float64 sums over ``K``, one read, squares chunk by chunk."""
+    o, i, k = mat.shape
+    out = torch.empty(o, i, dtype=torch.float32, device=mat.device)
+    ones = torch.ones(k, dtype=torch.float32, device=mat.device)
+    for s in _steps(o, i * k, mat.device):
+        chunk = mat[s]
+        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
+        torch.mv(sq.view(-1, k), ones, out=out[s].view(-1))
+    return out.double()
+
+
+def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: _Scratch) -> Tensor:
+    """``(rows, cols)`` -> ``(cols,)`` float64 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
+    rows, width = x2.shape
+    acc = torch.zeros(width, dtype=torch.float64, device=x2.device)
+    w = torch.ones(rows, dtype=torch.float32, device=x2.device) if weights is None else weights.float()
+    for s in _steps(rows, width, x2.device):
+        chunk = x2[s]
+        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
+        acc += w[s] @ sq
+    return acc
+
+
+def _weighted_rows(x2: Tensor, weights: Tensor, scratch: _Scratch) -> Tensor:
+    """``(rows, cols)`` -> ``(rows,)`` float32 ``sum_c x[r, c]^2 weights[c]``."""
+    rows, width = x2.shape
+    out = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    w = weights.float()
+    for s in _steps(rows, width, x2.device):
+        chunk = x2[s]
+        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
+        torch.mv(sq, w, out=out[s])
+    return out
+
+
+def _write(p: _Param, scratch: _Scratch) -> None:
+    """Every element times its scale factors, in one pass over the parameter."""
+    if p.mat is None:
+        (use,) = p.uses
+        x, m = use.x, p.factors[0].float()
+        mult = m[None, :, None]
+        if x.shape[0] > 1 and 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, it vectorises
+            mult = mult.expand(1, *x.shape[1:]).contiguous()
+        x.mul_(mult)
+        return
+    o, i, k = p.mat.shape
+    j_rows = 0 if p.uses[0].x.shape[0] == 1 else 1
+    r, c = p.factors[j_rows].float(), p.factors[1 - j_rows].float()
+    cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
+    flat = p.mat.view(o, i * k)
+    for s in _steps(o, i * k, p.mat.device):
+        chunk = flat[s]
+        chunk.mul_(torch.mul(r[s, None], cols, out=scratch.get(chunk.numel(), chunk).view(chunk.shape)))
