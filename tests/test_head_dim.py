@@ -66,14 +66,21 @@ def test_llama_head_dim_pairs_rope_channels_and_prunes_exactly(tmp_path: Path) -
 
 
 def test_llama_head_dim_ratio_prune_runs_and_reloads_with_load_pruned(tmp_path: Path) -> None:
-    """``save_pruned``/``load_pruned`` rebuild it exactly; ``from_pretrained`` cannot yet (the
-    class recomputes RoPE frequencies from head_dim), and the report says so."""
+    """``save_pruned``/``load_pruned`` rebuild it exactly, and so does ``from_pretrained``: the
+    kept rotary frequencies are stated as ``longrope`` factors (``prune/rope_fit.py``)."""
     model, x, plan = _plan("llama")
     result = skg.prune(model, plan, ratio=0.5)
     (g,) = _head_dim_groups(plan)
     assert result.report.kept[g.name] == 4
     assert result.report.params_after <= 0.6 * result.report.params_before
-    assert result.report.reloadable is False
+    assert result.report.reloadable is True
+    rope = result.model.config.rope_parameters
+    assert rope["rope_type"] == "longrope" and len(rope["short_factor"]) == 4 and rope["attention_factor"] == 1.0
+    assert model.config.rope_parameters["rope_type"] == "default"  # the user's config is untouched
+    result.model.save_pretrained(tmp_path / "hf")
+    hf = type(model).from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(result.model.eval(), x)), first_tensor(call(hf, x)))
     skg.save_pruned(result, tmp_path)
     torch.manual_seed(1)
     again = skg.load_pruned(hf_model("llama")[0], tmp_path).eval()
@@ -104,3 +111,47 @@ def test_head_dim_is_off_by_default_and_validated() -> None:
     assert not _head_dim_groups(skg.plan(model, x))
     with pytest.raises(skg.PlanError, match="head_dim='yes'"):
         skg.plan(model, x, head_dim="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", ["qwen2", "mistral"])
+def test_head_dim_on_qwen2_and_mistral_is_exact_and_reloads(spec: str, tmp_path: Path) -> None:
+    """The LLaMA recipe on its cousins: one head_dim group of RoPE pairs, masked dense ==
+    pruned, and the pruned model reloads identically (Qwen2's config gains ``head_dim``)."""
+    model, x, plan = _plan(spec)
+    (g,) = _head_dim_groups(plan)
+    assert g.prunable and g.zero_invariant and g.size == 8
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[0, 3, 5]] = True
+    dense = copy.deepcopy(model).eval()
+    skg.bind(plan, dense)[g.name].apply_mask(mask)
+    small = skg.prune(model, plan, masks={g.name: mask}).model.eval()
+    assert small.model.layers[0].self_attn.k_proj.weight.shape == (2 * 10, 64)
+    with torch.no_grad():
+        assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(small, x)))
+    result = skg.prune(model, plan, ratio=0.5)
+    assert result.report.reloadable is True and result.model.config.head_dim == 8
+    result.model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(first_tensor(call(result.model.eval(), x)), first_tensor(call(again, x)))
+
+
+def test_rope_factors_are_exact_or_absent() -> None:
+    """Each kept frequency is stated bit for bit (any positive frequencies can be: halved ones
+    get factor 2); a non-default rope type is left alone."""
+    from sparsekit_graph.prune.rope_fit import _exact_factors, fit_rope_factors
+
+    period = 10000.0 ** (torch.arange(0, 8, 2, dtype=torch.int64).float() / 8)
+    full = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.int64).float() / 16))
+    kept = full[[0, 3, 4, 7]]
+    factors = _exact_factors(kept, period)
+    assert factors is not None
+    assert torch.equal(1.0 / (torch.tensor(factors, dtype=torch.float32) * period), kept)
+    model, _ = hf_model("llama")
+    config = copy.deepcopy(model.config)
+    shifted = copy.deepcopy(model)
+    shifted.model.rotary_emb.inv_freq = shifted.model.rotary_emb.inv_freq * 0.5
+    assert fit_rope_factors(config, shifted, model) is True and config.rope_parameters["rope_type"] == "longrope"
+    assert config.rope_parameters["short_factor"] == pytest.approx([2.0] * 8, rel=1e-6)
+    config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert fit_rope_factors(config, shifted, model) is False

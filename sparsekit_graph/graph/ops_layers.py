@@ -221,15 +221,16 @@ def link_group_norm(ctx: RuleContext, out: list[AxisId], groups: int, affine: li
 
 @register_module_rule(nn.LayerNorm, nn.RMSNorm)
 def layer_norm(ctx: RuleContext) -> None:
-    """Normalised trailing axes mix (not zero-invariant); without affine parameters they pin,
-    since ``normalized_shape`` would not follow a pruned size."""
+    """Normalised trailing axes mix (not zero-invariant); without affine parameters a single
+    normalised axis follows the layer's ``normalized_shape`` (surgery rewrites it), more pin."""
     pointwise(ctx)
     out = ctx.out()
-    k = len(ctx.module.normalized_shape)  # type: ignore[union-attr]
-    trailing = out[len(out) - k :]
+    shape = tuple(ctx.module.normalized_shape)  # type: ignore[union-attr]
+    trailing = out[len(out) - len(shape) :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
     if getattr(ctx.module, "weight", None) is None:
-        ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
+        if len(shape) != 1 or not ctx.size_follows_model(trailing[0], shape):
+            ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
         return
     for attr in ("weight", "bias"):
         if getattr(ctx.module, attr, None) is not None:
@@ -239,7 +240,8 @@ def layer_norm(ctx: RuleContext) -> None:
 @register_function_rule(F.layer_norm, F.rms_norm, F.group_norm)
 def layer_norm_function(ctx: RuleContext) -> None:
     """Functional norms mix the normalised axes; a ``normalized_shape`` that is no size attribute
-    of the layer or model (or a group count) is a literal: those axes pin."""
+    of the layer or model (or a group count) is a literal: those axes pin. Without affine
+    parameters (OLMo's LayerNorm) an attribute alone sizes the axis: surgery rewrites it."""
     out = ctx.out()
     if ctx.call.op is F.group_norm:
         ctx.read_all()
@@ -260,7 +262,7 @@ def layer_norm_function(ctx: RuleContext) -> None:
     ctx.mix(trailing, f"normalised by {ctx.where()}")
     if read:
         return
-    if k != 1 or ctx.arg("weight") is None or not ctx.size_follows_model(trailing[0], shape):
+    if k != 1 or not ctx.size_follows_model(trailing[0], shape):
         ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
 
 

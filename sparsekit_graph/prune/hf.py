@@ -3,8 +3,9 @@
 ``save_pretrained`` writes the config and the weights; ``from_pretrained`` builds the model
 class from that config and loads the weights into it, so the pruned model reloads exactly when
 some config builds every parameter with its pruned shape. That holds when every layer kept
-the same counts (``prune(..., uniform=True)``, or a uniform ratio), and the head size the
-config implies did not change. ``fit_config`` searches the config's size attributes for such
+the same counts (``prune(..., uniform=True)``, or a uniform ratio); a pruned head size is
+stated by ``head_dim`` and its kept rotary frequencies by ``longrope`` factors
+(``rope_fit.py``). ``fit_config`` searches the config's size attributes for such
 values, fewest changes first: a candidate's shapes are checked on the meta device, then what
 it computes on the CPU.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..graph.ops_moe import EXPERT_COUNT_ATTRIBUTES
 from ..graph.sizes import SIZE_ATTRIBUTES
+from .rope_fit import fit_rope_factors
 
 __all__ = ["adopt_sizes", "fit_config"]
 
@@ -52,21 +54,40 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
             if (_is_size(getattr(holder, a, None)) or _is_sizes(getattr(holder, a, None))) and _settable(holder, a)
         )
         options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
+        unit = _new_head_dim(holder, original, pruned) if not sub else None
+        if unit is not None:  # Qwen2: layers read config.head_dim when it is set, else hidden // heads
+            attrs, options = [*attrs, "head_dim"], [*options, [None, unit]]
         for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
             trial = copy.deepcopy(config)
             for a, v in zip(attrs, values):
-                setattr(_at(trial, sub), a, v)
+                if v is not None:
+                    setattr(_at(trial, sub), a, v)
             built = _build(type(pruned), trial, "meta")
             if built is None or _shapes(built) != want:
                 continue
             if not _on_meta(pruned):
                 built = _build(type(pruned), trial, "cpu")  # non-persistent buffers as from_pretrained makes them
+                if built is not None and fit_rope_factors(_at(trial, sub), pruned, built):  # head_dim pruned
+                    built = _build(type(pruned), trial, "cpu")
             if built is not None and _same_function(pruned, built, inputs):
                 for a, v in zip(attrs, values):
-                    setattr(holder, a, v)
+                    if v is not None:
+                        setattr(holder, a, v)
+                if getattr(_at(trial, sub), "rope_parameters", None) != getattr(holder, "rope_parameters", None):
+                    holder.rope_parameters = _at(trial, sub).rope_parameters
                 adopt_sizes(pruned, built)
                 return True
     return False
+
+
+def _new_head_dim(config: Any, original: nn.Module, pruned: nn.Module) -> int | None:
+    """The one head size the pruned layers hold when it differs from the original layers' and
+    the config has no ``head_dim`` to say it (a candidate to add)."""
+    if hasattr(config, "head_dim"):
+        return None
+    old = {m.head_dim for m in original.modules() if _is_size(getattr(m, "head_dim", None))}
+    new = {m.head_dim for m in pruned.modules() if _is_size(getattr(m, "head_dim", None))}
+    return new.pop() if len(new) == 1 and new != old else None
 
 
 def _sub_configs(config: Any) -> list[str]:
