@@ -72,13 +72,20 @@ def soft_threshold_all(couplings: Sequence[SparseBlock], thresholds: Sequence[Te
             raise SparseKitError(f"{c._label()}: block_thresholds must be non-negative")
         taus.append(tau)
     floor = 0.0 if eps is None else float(eps)
-    params = _layout(couplings)
     with torch.no_grad():
-        if params is None:
+        if not fused(couplings, taus, floor):
             for c, tau in zip(couplings, taus):
                 c._euclidean_prox(tau, floor)
-            return
-        _solve(params, couplings, taus, floor)
+
+
+def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float) -> bool:
+    """The fused prox of ``couplings`` with flat thresholds ``taus``; False (nothing written) when
+    some parameter's uses are outside the pattern."""
+    params = _layout(couplings)
+    if params is None:
+        return False
+    _solve(params, couplings, list(taus), floor)
+    return True
 
 
 def _layout(couplings: Sequence[SparseBlock]) -> list[_Param] | None:

@@ -260,7 +260,12 @@ class SparseBlock:
         )
 
     def _euclidean_prox(self, tau: Tensor, floor: float) -> None:
-        """``w <- max(0, 1 - tau/||w||) w``, the shared kernel over every part's rows."""
+        """``w <- max(0, 1 - tau/||w||) w``: the fused kernel of ``engine/batch.py`` where the layout
+        allows (no full-size temporary), else the shared kernel over every part's rows."""
+        from .batch import fused  # batch builds on this module
+
+        if fused([self], [tau.reshape(-1)], floor):
+            return
         parts = self._parts()
         overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
         solve.euclidean([_piece(p) for p in parts], tau.reshape(-1), overlap=overlap, floor=floor)
