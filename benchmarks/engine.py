@@ -21,11 +21,21 @@ typical block's norm: a few blocks are near zero and die, the others shrink a li
   plain norms for the Euclidean prox, norms of ``h * w`` (the Adam metric) for the conditioned one.
 
 Every timed call starts from the same state: weights and conditioners (and for the Adam step
-its state) are restored, untimed, before each call. Printed per call: the fraction of blocks
-it zeroed, and (untimed, one coupling at a time from the same state) each result's largest
-per-block relative error against a float64 solution (bisection to machine precision).
+its state) are restored, untimed, before each call. The contenders are timed round robin (one
+call of each per round), so that a change of the machine's load falls on all of them alike.
+Printed per contender: the median wall time, its ratio to the Adam step and the reference's time
+over ours, the ratio of median process CPU times (all threads) to Adam's, the bytes it moves
+through memory and the aten ops it runs (``traffic.py``: counted, not timed, so no load disturbs
+them; on a server where both sides are bound by memory bandwidth the time ratio follows the byte
+ratio), the fraction of blocks it zeroed, and (untimed) each result's largest per-block relative
+error against a float64 solution (bisection to machine precision; for ``soft_threshold_all``, the
+float64 calls in order, later couplings seeing the earlier ones' writes).
 
-    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying]
+Two Euclidean rows: ``c.soft_threshold(t)`` coupling by coupling, and ``soft_threshold_all``, one
+call for the whole layout (the same result: a weight shared by two couplings is read once for both
+and written once).
+
+    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only]
 """
 
 from __future__ import annotations
@@ -39,13 +49,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torchvision
-from timing import sample_seconds
 from torch import Tensor, nn
+from traffic import count
 
 import sparsekit_graph as skg
-from sparsekit_graph.engine import BlockCoupling, BlockSpec, View
+from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, soft_threshold_all
 
 ZEROED = 0.02  # fraction of blocks one prox call should zero
+EUCLID, EUCLID_ALL = "ours: Euclidean prox", "ours: Euclidean, soft_threshold_all"
+REF_EUCLID, COND, REF_COND = (
+    "reference: Euclidean prox",
+    "ours: conditioned prox (rel 1e-6)",
+    "reference: conditioned prox (defaults)",
+)
 DYING = 0.03  # fraction of blocks scaled towards zero before measuring
 ADAM_EPS = 1e-8
 
@@ -217,20 +233,15 @@ class Bench:
     def conditioners_intact(self) -> bool:
         return all(torch.equal(self.cond[p], s) for p, s in self.cond_snapshot.items())
 
-    def time(self, go: Callable[[], None]) -> tuple[list[float], list[float]]:
-        fractions: list[float] = []
-        times = sample_seconds(go, self.repeats, setup=self.restore, after=lambda: fractions.append(self.zeroed()))
-        if not self.conditioners_intact():
-            raise RuntimeError(f"{self.lay.name}: a prox call wrote into its conditioners")
-        self.restore()
-        return times, fractions
-
-    def calls(self) -> dict[str, Callable[[], None]]:
+    def calls(self, conditioned: bool = True) -> dict[str, Callable[[], None]]:
         lay = self.lay
 
         def ours_e() -> None:
             for c, t in zip(lay.ours, self.tau_e):
                 c.soft_threshold(t)
+
+        def ours_all() -> None:  # the same prox, every coupling in one call (equal to the calls in order)
+            soft_threshold_all(lay.ours, self.tau_e)
 
         def ours_c() -> None:  # our defaults: rtol=1e-6, max_iter=50
             for c, t, h in zip(lay.ours, self.tau_c, self.h):
@@ -244,15 +255,50 @@ class Bench:
             for c, t, h in zip(lay.ref, self.tau_c, self.href):
                 c.soft_threshold(t, h)
 
-        out = {"ours: Euclidean prox": ours_e}
+        out = {EUCLID: ours_e, EUCLID_ALL: ours_all}
         if lay.ref is not None:
-            out["reference: Euclidean prox"] = ref_e
-        out["ours: conditioned prox (rel 1e-6)"] = ours_c
-        if lay.ref is not None:
-            out["reference: conditioned prox (defaults)"] = ref_c
+            out[REF_EUCLID] = ref_e
+        if conditioned:
+            out[COND] = ours_c
+            if lay.ref is not None:
+                out[REF_COND] = ref_c
         return out
 
-    def errors(self) -> dict[str, float]:
+    def sequential_truth(self) -> dict[Tensor, Tensor]:
+        """Float64 result of the Euclidean calls in order (later couplings see earlier ones' writes)."""
+        lay = self.lay
+        for p in lay.params:
+            p.data = p.data.double()
+        try:
+            for c, t in zip(lay.ours, self.tau_e):
+                c.soft_threshold(t.double())
+            return {p: p.data.clone() for p in lay.params}
+        finally:
+            for p in lay.params:
+                p.data = self.snapshot[p].clone()
+
+    def all_error(self) -> tuple[float, float]:
+        """Max per-block error of ``soft_threshold_all``, and of the float32 calls in order, against
+        the float64 calls in order (a block that an earlier coupling leaves near its threshold
+        amplifies rounding in both alike)."""
+        truth = self.sequential_truth()
+
+        def worst() -> float:
+            out = 0.0
+            for c in self.lay.ours:
+                nb = c.numblk()
+                want = c.block_view({s: s.view.window(truth[s.view.param]) for s in c.specs}).reshape(nb, -1)
+                out = max(out, _rel_error(c.block_view().reshape(nb, -1).double(), want))
+            self.restore()
+            return out
+
+        soft_threshold_all(self.lay.ours, self.tau_e)
+        fused = worst()
+        for c, t in zip(self.lay.ours, self.tau_e):
+            c.soft_threshold(t)
+        return fused, worst()
+
+    def errors(self, conditioned: bool = True) -> dict[str, float]:
         """Untimed, one coupling at a time from the snapshot: max per-block error vs float64."""
         lay = self.lay
         worst: dict[str, float] = {}
@@ -263,15 +309,15 @@ class Bench:
             h = c.block_view(self.h[i]).reshape(nb, -1).double()
             te, tc = self.tau_e[i].reshape(-1).double(), self.tau_c[i].reshape(-1).double()
             truth_e = w * (1 - te / w.norm(dim=1).clamp_min(1e-300)).clamp_min(0)[:, None]
-            truth_c = _bisect(w, h, tc)
-            runs = {
-                "ours: Euclidean prox": (lambda: c.soft_threshold(self.tau_e[i]), truth_e),
-                "ours: conditioned prox (rel 1e-6)": (lambda: c.soft_threshold(self.tau_c[i], self.h[i]), truth_c),
-            }
+            truth_c = _bisect(w, h, tc) if conditioned else truth_e
+            runs = {EUCLID: (lambda: c.soft_threshold(self.tau_e[i]), truth_e)}
+            if conditioned:
+                runs[COND] = (lambda: c.soft_threshold(self.tau_c[i], self.h[i]), truth_c)
             if lay.ref is not None:
                 r, hr = lay.ref[i], self.href[i]
-                runs["reference: Euclidean prox"] = (lambda: r.soft_threshold(self.tau_e[i]), truth_e)
-                runs["reference: conditioned prox (defaults)"] = (lambda: r.soft_threshold(self.tau_c[i], hr), truth_c)
+                runs[REF_EUCLID] = (lambda: r.soft_threshold(self.tau_e[i]), truth_e)
+                if conditioned:
+                    runs[REF_COND] = (lambda: r.soft_threshold(self.tau_c[i], hr), truth_c)
             for key, (go, truth) in runs.items():
                 go()
                 err = _rel_error(c.block_view().reshape(nb, -1).double(), truth)
@@ -286,7 +332,21 @@ def _fmt_frac(fr: list[float]) -> str:
     return f"{100 * lo:.2f}%" if hi - lo < 5e-5 else f"{100 * lo:.2f}-{100 * hi:.2f}%"
 
 
-def _adam_times(opt: torch.optim.Adam, repeats: int) -> list[float]:
+@dataclass
+class Row:
+    """One contender: its call, the untimed state restore before it, and what was measured."""
+
+    go: Callable[[], None]
+    setup: Callable[[], None]
+    after: Callable[[], None] | None = None
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    zeroed: list[float] = field(default_factory=list)
+    moved: int = 0
+    ops: int = 0
+
+
+def _adam_row(opt: torch.optim.Adam) -> Row:
     """One Adam(foreach) step on the whole model, weights and state restored before each call."""
     params = opt.param_groups[0]["params"]
     weights = [p.detach().clone() for p in params]
@@ -299,12 +359,28 @@ def _adam_times(opt: torch.optim.Adam, repeats: int) -> list[float]:
                 for k, v in st.items():
                     opt.state[p][k].copy_(v)
 
-    times = sample_seconds(opt.step, repeats, setup=setup)
-    setup()
-    return times
+    return Row(opt.step, setup)
 
 
-def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], repeats: int) -> None:
+def _interleave(rows: dict[str, Row], repeats: int) -> None:
+    """Round robin: one call of every contender per round (one warm-up round), so that a change of
+    the machine's load falls on all of them alike. Wall time and process CPU time (all threads)."""
+    for k in range(repeats + 1):
+        for row in rows.values():
+            row.setup()
+            c0, t0 = time.process_time(), time.perf_counter()
+            row.go()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if k:
+                row.wall.append(wall)
+                row.cpu.append(cpu)
+                if row.after is not None:
+                    row.after()
+    for row in rows.values():
+        row.setup()
+
+
+def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], repeats: int, conditioned: bool) -> None:
     bench = Bench(lay, cond, repeats)
     nspecs = sum(len(c.specs) for c in lay.ours)
     print(
@@ -317,28 +393,49 @@ def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], r
     )
     if lay.ref is None:
         print(f"   reference skipped: {lay.no_ref}")
-    adam = _adam_times(opt, repeats)
-    rows: list[tuple[str, list[float], list[float]]] = [("Adam(foreach) step, whole model", adam, [])]
-    for name, go in bench.calls().items():
-        rows.append((name, *bench.time(go)))
+    rows: dict[str, Row] = {"Adam(foreach) step, whole model": _adam_row(opt)}
+    for name, go in bench.calls(conditioned).items():
+        row = Row(go, bench.restore)
+        row.after = lambda row=row: row.zeroed.append(bench.zeroed())
+        rows[name] = row
+    persistent = [p for g in opt.param_groups for p in g["params"]]
+    persistent += [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
+    persistent += list(cond.values())
+    for row in rows.values():  # bytes moved, counted op by op (untimed, from the same state)
+        row.setup()
+        tr = count(row.go, persistent)
+        row.moved, row.ops = tr.total, tr.ops
+    _interleave(rows, repeats)
+    if not bench.conditioners_intact():
+        raise RuntimeError(f"{lay.name}: a prox call wrote into its conditioners")
     t0 = time.perf_counter()
-    errs = bench.errors()
+    errs = bench.errors(conditioned)
+    errs[EUCLID_ALL], in_order = bench.all_error()
     checks = time.perf_counter() - t0
-    med = {name: 1e3 * statistics.median(t) for name, t, _ in rows}
-    adam_ms = med[rows[0][0]]
-    versus = {
-        "ours: Euclidean prox": "reference: Euclidean prox",
-        "ours: conditioned prox (rel 1e-6)": "reference: conditioned prox (defaults)",
-    }
-    print(f"{'what':40s} {'ms':>9s} {'min-max ms':>15s} {'x Adam':>7s} {'ref/ours':>8s} {'zeroed':>12s} {'max err':>8s}")
-    for name, t, fr in rows:
+    adam = rows["Adam(foreach) step, whole model"]
+    med = {name: 1e3 * statistics.median(r.wall) for name, r in rows.items()}
+    cpu = {name: 1e3 * statistics.median(r.cpu) for name, r in rows.items()}
+    versus = {EUCLID: REF_EUCLID, EUCLID_ALL: REF_EUCLID, COND: REF_COND}
+    print(
+        f"{'what':38s} {'ms':>8s} {'min-max ms':>14s} {'x Adam':>6s} {'ref/ours':>8s} {'cpu x Adam':>10s} "
+        f"{'MB moved':>8s} {'x Adam':>6s} {'ops':>5s} {'zeroed':>6s} {'max err':>8s}"
+    )
+    for name, r in rows.items():
         ms = med[name]
-        spread = f"{1e3 * min(t):.1f}-{1e3 * max(t):.1f}"
+        spread = f"{1e3 * min(r.wall):.1f}-{1e3 * max(r.wall):.1f}"
         other = versus.get(name)
         sp = f"{med[other] / ms:8.2f}" if other in med else " " * 8
-        zeroed = _fmt_frac(fr) if fr else ""
+        zeroed = _fmt_frac(r.zeroed) if r.zeroed else ""
         err = f"{errs[name]:8.1e}" if name in errs else ""
-        print(f"{name:40s} {ms:9.2f} {spread:>15s} {ms / adam_ms:7.2f} {sp} {zeroed:>12s} {err:>8s}")
+        print(
+            f"{name:38s} {ms:8.2f} {spread:>14s} {ms / med[next(iter(rows))]:6.2f} {sp} "
+            f"{cpu[name] / cpu[next(iter(rows))]:10.2f} {r.moved / 1e6:8.0f} {r.moved / adam.moved:6.2f} {r.ops:5d} "
+            f"{zeroed:>6s} {err:>8s}"
+        )
+    print(
+        f"   max err of soft_threshold_all: against the float64 calls in order, where the float32 calls in order "
+        f"have {in_order:.1e}"
+    )
     print(f"   (untimed float64 checks: {checks:.0f} s; load average now {os.getloadavg()[0]:.2f})")
 
 
@@ -348,6 +445,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--adam-steps", type=int, default=4, help="real Adam steps before measuring")
     ap.add_argument("--no-dying", action="store_true", help="measure at random init, without near-death blocks")
+    ap.add_argument("--euclidean-only", action="store_true", help="skip the conditioned prox rows")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -378,7 +476,7 @@ def main() -> None:
                 p.copy_(b)
         if not args.no_dying:
             _make_dying(lay.ours, torch.Generator().manual_seed(2 + i))
-        run_layout(lay, opt, cond, args.repeats)
+        run_layout(lay, opt, cond, args.repeats, not args.euclidean_only)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
 
 
