@@ -34,6 +34,10 @@ def _bytes(t: Tensor) -> int:
     return min(t.numel(), span) * t.element_size()
 
 
+def _key(t: Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
 class Traffic(TorchDispatchMode):
     """Counts ``read``, ``written`` bytes and ``ops`` (aten ops other than views) while active.
 
@@ -68,7 +72,7 @@ class Traffic(TorchDispatchMode):
                 mutated += [x for x in tree_flatten(v)[0] if isinstance(x, Tensor)]
         written = {m.untyped_storage().data_ptr() for m in mutated}
         fresh = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor) and o.untyped_storage().data_ptr() not in written]
-        ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
+        ins = list({_key(a): a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)}.values())  # x * x reads x once
         self.read += sum(_bytes(a) for a in ins if self._counted(a))
         self.written += sum(_bytes(o) for o in mutated + fresh if self._counted(o))
         return out
