@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SparseKitError
-from .block import SparseBlock, _piece
+from .block import SparseBlock
 
 __all__ = ["soft_threshold_all"]
 
@@ -98,10 +98,10 @@ def _layout(couplings: Sequence[SparseBlock]) -> list[_Param] | None:
             if id(param) in seen or param.dtype != torch.float32:
                 return None
             seen.add(id(param))
-            piece = _piece(part)
-            if piece.fetch is not None or piece.slots is not None:
+            rows = part.arp(part.spec.data)  # in place, or None: the rows would need copying
+            if rows is None:
                 return None
-            by_param.setdefault(id(param), _Param([])).uses.append(_Use(ci, piece.w))
+            by_param.setdefault(id(param), _Param([])).uses.append(_Use(ci, rows))
     out = list(by_param.values())
     for p in out:
         if len(p.uses) == 1:
