@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import fused
+
 __all__ = ["Piece", "conditioned", "euclidean"]
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -237,13 +239,7 @@ def conditioned(
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
-        part = t.new_zeros(4, p.w.shape[1])
-        for c, wc, hc, s1, _ in _walk(p, _work_dtype(p)):
-            part[1, c[1]] += _sumsq(wc)  # ||w||^2
-            part[2, c[1]] += _dot(wc, torch.div(wc, hc, out=s1))  # sum w^2 / h
-            part[3, c[1]] += _sumsq(s1)  # sum w^2 / h^2
-            part[0, c[1]] += _sumsq(torch.mul(hc, wc, out=s1))  # ||y||^2
-        sums += p.to_blocks(part, size)
+        sums += p.to_blocks(_setup_pass(p), size)
     reduce(sums)
     norm = sums[0].sqrt()
     survive = norm > t + floor
@@ -262,8 +258,8 @@ def conditioned(
     start = (newton * halley).sqrt()
     start = torch.where(active & (start > lower) & torch.isfinite(start), start, lower)
     tol = _Tolerance(rtol, atol, max_iter)
-    mu = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
-    heavy = active & (norm < 2 * t)
+    mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
+    heavy = active & ((rho > _RHO_PRECISE) if all(_precise(p) for p in pieces if p.counted) else (norm < 2 * t))
     if bool(heavy.any()):
         mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
     # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
@@ -282,8 +278,36 @@ class _Tolerance:
     max_iter: int
 
 
+def _setup_pass(p: Piece) -> Tensor:
+    """``(4, R)`` float64: per row ``||y||^2``, ``||w||^2``, ``sum w^2/h``, ``sum w^2/h^2``."""
+    part = fused.setup_sums(p.w, p.h) if fused.wants(p.w) else None
+    if part is not None:
+        return part
+    part = p.w.new_zeros(4, p.w.shape[1], dtype=torch.float64)
+    for c, wc, hc, s1, _ in _walk(p, _work_dtype(p)):
+        part[1, c[1]] += _sumsq(wc)  # ||w||^2
+        part[2, c[1]] += _dot(wc, torch.div(wc, hc, out=s1))  # sum w^2 / h
+        part[3, c[1]] += _sumsq(s1)  # sum w^2 / h^2
+        part[0, c[1]] += _sumsq(torch.mul(hc, wc, out=s1))  # ||y||^2
+    return part
+
+
+# With sums accumulated in float64 (compiled kernels; short float32 rows), their relative error
+# ``e`` is the terms' rounding, <= ~2e-7, and ``mu`` is off by ``e / (2 (1 - rho))``: float64 is
+# needed only where ``rho > 0.8``. Otherwise (float32 partial sums) where ``||y|| < 2 tau``.
+_RHO_PRECISE = 0.8
+
+
+def _precise(p: Piece) -> bool:
+    """The piece's sums are accumulated in float64 (or are a few terms long)."""
+    return not p.w.numel() or fused.wants(p.w) or (p.w.shape[0] == 1 and p.w.shape[2] <= 16)
+
+
 def _fused_pass(p: Piece, mu_rows: Tensor) -> Tensor:
     """``(2, R)``: per row ``sum y^2/(h+mu)^2`` and ``sum y^2/(h+mu)^3``, one sweep over the chunk."""
+    part = fused.sweep_sums(p.w, p.h, mu_rows) if fused.wants(p.w) else None
+    if part is not None:
+        return part
     part = mu_rows.new_zeros(2, p.w.shape[1], dtype=torch.float64)
     mu_rows = mu_rows.to(_work_dtype(p))
     for c, wc, hc, s1, s2 in _walk(p, _work_dtype(p)):
@@ -303,16 +327,18 @@ def _newton(
     done: Tensor,
     reduce: Reduce,
     tol: _Tolerance,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Safeguarded Newton on ``phi`` for the blocks not ``done``, from ``mu`` (``lo``: a lower bound).
 
     A Newton step ``delta`` (relative) leaves an error of at most ``c delta^2`` with
     ``c = 3 rho / (2 (1 - rho))``, ``rho = tau T / q^3 in [0, 1)`` (``mu |phi''| <= 3 T / q^3`` and
     ``|phi'| = (1 - rho) / tau``): a step is accepted without another pass once ``c delta^2`` is
     8x below ``rtol``, or when ``delta <= rtol`` (or its absolute change is below ``atol``).
+    Returns ``mu`` and each block's ``rho`` at its last sweep.
     """
     size = blocks = t.numel()
     lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
+    rho_done = torch.zeros_like(mu)
     for _ in range(tol.max_iter):
         pending = int((~done).sum())
         if pending == 0:
@@ -341,8 +367,9 @@ def _newton(
         if tol.atol > 0:
             converged |= change <= tol.atol
         mu = torch.where(done, mu, step)
+        rho_done = torch.where(done, rho_done, rho)
         done |= converged
-    return mu
+    return mu, rho_done
 
 
 def _subset(p: Piece, blocks: Tensor) -> Piece:
@@ -368,7 +395,7 @@ def _refine(
         if p.counted and w.numel():
             norm2.index_add_(0, slots, (h * w).square().sum((0, 2)))
     survive = torch.where(heavy, reduce(norm2).sqrt() > t, survive)
-    return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol), survive
+    return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol)[0], survive
 
 
 def _per_row(m: Tensor, x: Tensor) -> Tensor:
@@ -384,6 +411,9 @@ def _write(p: Piece, mu: Tensor, overlap: bool) -> None:
         p.w = p.fetch()
     dtype = _work_dtype(p)
     w, m_rows = p.w, p.spread(mu).to(dtype)
+    if fused.wants(w) and fused.write_shrink(w, p.h, m_rows):
+        p.commit()
+        return
     for c, wc, hc, s1, _ in _walk(p, dtype):
         shrink = torch.div(hc, torch.add(hc, _per_row(m_rows[c[1]], hc), out=s1), out=s1)
         target = w[c]

@@ -1,0 +1,173 @@
+"""Fused kernels of the conditioned prox: one compiled loop per sweep over a piece (optional).
+
+The conditioned prox (``engine/solve.py``) sweeps every piece a few times: once for the setup sums,
+once per Newton step, once for the write. Eager torch spells each sweep as a handful of
+elementwise kernels over cache-sized chunks; ``torch.compile`` (inductor; a C++ compiler on CPU)
+fuses a sweep into one loop that reads ``w`` and ``h`` once and keeps nothing else in memory. The
+formulas are the eager path's (the write is bit-identical to it; sums agree to float32 rounding,
+which Newton's stopping test is built for).
+
+Which path runs is ``kernel_mode()``: ``"eager"`` (never compile), ``"compiled"`` (every float32 or
+half piece), ``"auto"`` (the default: pieces of at least ``MIN_NUMEL`` elements, where a sweep is long
+enough for compiling to pay back; small models never compile). Set it with ``set_kernel_mode`` or
+the environment variable ``SPARSEKIT_GRAPH_PROX_KERNELS``. If compiling fails (no compiler, an
+unsupported platform), a warning is issued once and the eager path is used from then on: nothing
+needs to be compiled at install time.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import SparseKitError
+
+__all__ = ["MIN_NUMEL", "kernel_mode", "set_kernel_mode", "setup_sums", "sweep_sums", "write_shrink"]
+
+MIN_NUMEL = 1 << 16  # "auto": pieces from this size on are compiled
+_MODES = ("auto", "eager", "compiled")
+_ENV = "SPARSEKIT_GRAPH_PROX_KERNELS"
+_RECOMPILES = 64  # layouts (outer/inner sizes of 1, reduction lengths) each get a kernel; ResNet-50 needs ~10
+
+
+def _initial_mode() -> str:
+    mode = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    return mode if mode in _MODES else "auto"
+
+
+_state: dict[str, Any] = {"mode": _initial_mode(), "broken": None, "fns": {}}
+
+
+def kernel_mode() -> str:
+    """``"auto"``, ``"eager"`` or ``"compiled"``: which kernels the conditioned prox uses."""
+    return str(_state["mode"])
+
+
+def set_kernel_mode(mode: str) -> str:
+    """Choose the conditioned prox's kernels; returns the previous mode.
+
+    Raises:
+        SparseKitError: ``mode`` is not one of ``"auto"``, ``"eager"``, ``"compiled"``.
+    """
+    if mode not in _MODES:
+        raise SparseKitError(f"kernel mode must be one of {_MODES}, got {mode!r}")
+    old, _state["mode"] = _state["mode"], mode
+    return str(old)
+
+
+def wants(w: Tensor) -> bool:
+    """Whether a piece's sweeps go through the compiled kernels."""
+    mode = _state["mode"]
+    if mode == "eager" or _state["broken"] is not None or w.dtype == torch.float64 or not w.numel():
+        return False
+    return mode == "compiled" or w.numel() >= MIN_NUMEL
+
+
+# -- the kernels, written once for eager semantics and compiled -------------------------------------
+# Three layouts, each its own compiled function (fewer recompiles): rows (A = 1, as (R, P)),
+# columns (A > 1, short P: float32 over P, float64 down A) and wide (A > 1, long P: float64 over
+# both). Elements are float32, sums accumulate in float64: a sum's error is then its terms'
+# rounding (a few float32 ulps), which the solver's float64 re-solve criterion relies on.
+def _setup_terms(w: Tensor, h: Tensor) -> list[Tensor]:
+    w, h = w.float(), h.float()
+    y, q = h * w, w / h
+    return [y * y, w * w, w * q, q * q]  # ||y||^2, ||w||^2, sum w^2/h, sum w^2/h^2
+
+
+def _sweep_terms(w: Tensor, h: Tensor, mu: Tensor) -> list[Tensor]:
+    w, h = w.float(), h.float()
+    d = h + mu
+    u = h * w / d
+    return [u * u, u * (u / d)]  # y^2/(h+mu)^2, y^2/(h+mu)^3
+
+
+def _rows_setup(w: Tensor, h: Tensor) -> Tensor:
+    return torch.stack([t.double().sum(1) for t in _setup_terms(w, h)])
+
+
+def _rows_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
+    return torch.stack([t.double().sum(1) for t in _sweep_terms(w, h, mu[:, None])])
+
+
+def _cols_setup(w: Tensor, h: Tensor) -> Tensor:
+    return torch.stack([t.sum(2).double().sum(0) for t in _setup_terms(w, h)])
+
+
+def _cols_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
+    return torch.stack([t.sum(2).double().sum(0) for t in _sweep_terms(w, h, mu[None, :, None])])
+
+
+def _wide_setup(w: Tensor, h: Tensor) -> Tensor:
+    return torch.stack([t.double().sum((0, 2)) for t in _setup_terms(w, h)])
+
+
+def _wide_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
+    return torch.stack([t.double().sum((0, 2)) for t in _sweep_terms(w, h, mu[None, :, None])])
+
+
+_SHORT = 64  # inner runs up to this long are summed in float32 first (a 3x3 kernel: 9 terms)
+_KERNELS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
+    "rows": (_rows_setup, _rows_sweep),
+    "cols": (_cols_setup, _cols_sweep),
+    "wide": (_wide_setup, _wide_sweep),
+}
+
+
+def _layout(w: Tensor) -> str:
+    return "rows" if w.shape[0] == 1 else "cols" if w.shape[2] <= _SHORT else "wide"
+
+
+def _write(w: Tensor, h: Tensor, mu: Tensor) -> None:
+    """``w <- w h / (h + mu)`` in place (``mu`` per row)."""
+    shrink = h.float() / (h.float() + mu[None, :, None])
+    if w.dtype == torch.float32:
+        w.mul_(shrink)
+    else:
+        w.copy_(w.float() * shrink)
+
+
+def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    fns = _state["fns"]
+    if name not in fns:
+        fns[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return fns[name]
+
+
+def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
+    try:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILES):
+            return _compiled(name, fn)(*args)
+    except Exception as e:  # noqa: BLE001 - any failure to compile means: use the eager kernels
+        _state["broken"] = f"{type(e).__name__}: {e}"
+        warnings.warn(f"sparsekit_graph: compiled prox kernels unavailable, using eager ones ({_state['broken']})", stacklevel=3)
+        return None
+
+
+def _sums(which: int, w: Tensor, h: Tensor, *rest: Tensor) -> Tensor | None:
+    layout = _layout(w)
+    if layout == "rows":
+        w, h = w[0], h[0]
+    return _run(f"{layout}{which}", _KERNELS[layout][which], w, h, *rest)
+
+
+def setup_sums(w: Tensor, h: Tensor) -> Tensor | None:
+    """``(4, R)`` float64 setup sums of one piece, or None (compiling failed: use eager)."""
+    return _sums(0, w, h)
+
+
+def sweep_sums(w: Tensor, h: Tensor, mu: Tensor) -> Tensor | None:
+    """``(2, R)`` float64 Newton sums at ``mu`` (per row), or None (use eager)."""
+    return _sums(1, w, h, mu.float())
+
+
+def write_shrink(w: Tensor, h: Tensor, mu: Tensor) -> bool:
+    """``w *= h / (h + mu)`` in place; False when compiling failed (``w`` untouched: use eager)."""
+    if _state["broken"] is not None:
+        return False
+    _run("write", _write, w, h, mu.float())
+    return _state["broken"] is None
