@@ -235,12 +235,15 @@ def conditioned(
     size = tau.numel()
     pieces = pieces if overlap else _merge_small(pieces)
     t = tau.double()
-    sums = t.new_zeros(4, size)
+    sums = t.new_zeros(4, size + 1)  # the last column counts pieces summed in float32 (on any rank)
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
-        sums += p.to_blocks(_setup_pass(p), size)
+        sums[:, :size] += p.to_blocks(_setup_pass(p), size)
+        sums[0, size] += not _precise(p)
     reduce(sums)
+    precise = bool(sums[0, size] == 0)
+    sums = sums[:, :size]
     norm = sums[0].sqrt()
     survive = norm > t + floor
     active = survive & (t > 0)
@@ -259,7 +262,7 @@ def conditioned(
     start = torch.where(active & (start > lower) & torch.isfinite(start), start, lower)
     tol = _Tolerance(rtol, atol, max_iter)
     mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
-    heavy = active & ((rho > _RHO_PRECISE) if all(_precise(p) for p in pieces if p.counted) else (norm < 2 * t))
+    heavy = active & ((rho > _RHO_PRECISE) if precise else (norm < 2 * t))
     if bool(heavy.any()):
         mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
     # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
