@@ -51,7 +51,7 @@ class _Param:
     uses: list[_Use]
     mat: Tensor | None = None
     m: Tensor | None = None  # (O, I) float64 sums of squares over K, when K > 1
-    factors: dict[int, Tensor] = field(default_factory=dict)  # use index -> (R,) scale
+    factors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # use index -> (R,) scale, float64 and float32
 
 
 def soft_threshold_all(couplings: Sequence[SparseBlock], thresholds: Sequence[Tensor], *, eps: float | None = None) -> None:
@@ -65,12 +65,10 @@ def soft_threshold_all(couplings: Sequence[SparseBlock], thresholds: Sequence[Te
     """
     if len(couplings) != len(thresholds):
         raise SparseKitError(f"soft_threshold_all: {len(thresholds)} thresholds for {len(couplings)} couplings")
-    taus = []
-    for c, t in zip(couplings, thresholds):
-        tau = c._grid_arg(t, "block_thresholds").float().reshape(-1)
-        if bool(tau.min() < 0):
-            raise SparseKitError(f"{c._label()}: block_thresholds must be non-negative")
-        taus.append(tau)
+    taus = [c._grid_arg(t, "block_thresholds").float().reshape(-1) for c, t in zip(couplings, thresholds)]
+    if taus and bool(torch.cat(taus).min() < 0):  # one check (one sync) for all, then name the first culprit
+        bad = next(c for c, tau in zip(couplings, taus) if bool(tau.min() < 0))
+        raise SparseKitError(f"{bad._label()}: block_thresholds must be non-negative")
     floor = 0.0 if eps is None else float(eps)
     with torch.no_grad():
         if not fused(couplings, taus, floor):
@@ -151,10 +149,11 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
         scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
         if floor > 0:
             scale = torch.where(norm > tau + floor, scale, 0.0)
+        both = (scale, scale.float())
         for p, j in uses_of[ci]:
-            p.factors[j] = scale
+            p.factors[j] = both
     if flat:
-        torch._foreach_mul_(flat, [p.factors[0].float() for p in vectors])
+        torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
     for p in params:
         if id(p) not in squares:
             _write(p, scratch)
@@ -179,7 +178,7 @@ def _steps(rows: int, width: int, device: torch.device) -> list[slice]:
 
 
 def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
-    """``(R,)`` float64 sums of squares of use ``j``'s rows, after the other use's scaling if it came first."""
+    """``(R,)`` sums of squares (float32 or float64) of use ``j``'s rows, after the other use's scaling if it came first."""
     x = p.uses[j].x
     if p.mat is None:
         a, r, q = x.shape
@@ -193,7 +192,7 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
     if k > 1:
         if p.m is None:
             p.m = _block_sumsq(p.mat, scratch)  # (O, I)
-        w2 = None if other is None else other.square()
+        w2 = None if other is None else other[0].square()
         if row_use:
             return p.m.sum(1) if w2 is None else p.m @ w2
         return p.m.sum(0) if w2 is None else w2 @ p.m
@@ -201,8 +200,8 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
     if row_use:
         if other is None:
             return torch.linalg.vector_norm(x2, dim=1).square_()
-        return _weighted_rows(x2, other.square(), scratch)
-    return _weighted_cols(x2, None if other is None else other.square(), scratch)
+        return _weighted_rows(x2, other[1].square(), scratch)
+    return _weighted_cols(x2, None if other is None else other[1].square(), scratch)
 
 
 def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
@@ -218,14 +217,14 @@ def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
 
 
 def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: _Scratch) -> Tensor:
-    """``(rows, cols)`` -> ``(cols,)`` float64 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
+    """``(rows, cols)`` -> ``(cols,)`` float32 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
     rows, width = x2.shape
-    acc = torch.zeros(width, dtype=torch.float64, device=x2.device)
-    w = torch.ones(rows, dtype=torch.float32, device=x2.device) if weights is None else weights.float()
+    acc = torch.zeros(width, dtype=torch.float32, device=x2.device)
+    w = torch.ones(rows, dtype=torch.float32, device=x2.device) if weights is None else weights
     for s in _steps(rows, width, x2.device):
         chunk = x2[s]
         sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
-        acc += w[s] @ sq
+        acc.addmv_(sq.T, w[s])
     return acc
 
 
@@ -233,7 +232,7 @@ def _weighted_rows(x2: Tensor, weights: Tensor, scratch: _Scratch) -> Tensor:
     """``(rows, cols)`` -> ``(rows,)`` float32 ``sum_c x[r, c]^2 weights[c]``."""
     rows, width = x2.shape
     out = torch.empty(rows, dtype=torch.float32, device=x2.device)
-    w = weights.float()
+    w = weights
     for s in _steps(rows, width, x2.device):
         chunk = x2[s]
         sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
@@ -245,7 +244,7 @@ def _write(p: _Param, scratch: _Scratch) -> None:
     """Every element times its scale factors, in one pass over the parameter."""
     if p.mat is None:
         (use,) = p.uses
-        x, m = use.x, p.factors[0].float()
+        x, m = use.x, p.factors[0][1]
         mult = m[None, :, None]
         if x.shape[0] > 1 and 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, it vectorises
             mult = mult.expand(1, *x.shape[1:]).contiguous()
@@ -253,7 +252,7 @@ def _write(p: _Param, scratch: _Scratch) -> None:
         return
     o, i, k = p.mat.shape
     j_rows = 0 if p.uses[0].x.shape[0] == 1 else 1
-    r, c = p.factors[j_rows].float(), p.factors[1 - j_rows].float()
+    r, c = p.factors[j_rows][1], p.factors[1 - j_rows][1]
     cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
     flat = p.mat.view(o, i * k)
     for s in _steps(o, i * k, p.mat.device):
