@@ -81,6 +81,7 @@ def check_oracle(
     min_drop: float = 0.05,
     require: bool = True,
     equal_counts: bool = False,
+    gqa: str = "kv_groups",
 ) -> skg.PruneResult:
     """Plan, round-trip, prune at 0.5, run in eval and train, and check exactness.
 
@@ -91,7 +92,7 @@ def check_oracle(
     """
     realistic_bn(model, x)
     before = fingerprint(model)
-    plan = skg.plan(model, x)
+    plan = skg.plan(model, x, gqa=gqa)
     assert_untouched(model, before, "plan")
     plan.save(tmp_path / "plan.json")
     assert skg.Plan.load(tmp_path / "plan.json") == plan

@@ -304,23 +304,49 @@ def test_llama_family_variants(name: str, tmp_path: Path) -> None:
         assert torch.equal(first_tensor(call(result.model, x)), first_tensor(call(again, x)))
 
 
-def test_reloadable_is_never_claimed_when_the_config_cannot_say_it(tmp_path: Path) -> None:
-    """Gemma scales embeddings by sqrt(hidden_size), a buffer its class recomputes: pruning the
-    hidden size keeps the original scale in the pruned model, which no config reproduces."""
+def _gemma(tied: bool) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(0)
-    config = transformers.GemmaConfig(**_BASE, head_dim=16)
-    model = transformers.GemmaForCausalLM(config).eval()
-    x = {"input_ids": torch.randint(1, 128, (2, 8))}
+    config = transformers.GemmaConfig(**_BASE, head_dim=16, tie_word_embeddings=tied)
+    return transformers.GemmaForCausalLM(config).eval(), {"input_ids": torch.randint(1, 128, (2, 8))}
+
+
+@pytest.mark.parametrize("tied", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["tied", "untied"])
+def test_gemma_with_hidden_pruned_reloads_identically(tied: bool, tmp_path: Path) -> None:
+    """Gemma scales embeddings by ``sqrt(hidden_size)``, a buffer ``from_pretrained`` recomputes:
+    surgery sets the new width's scale and folds ``sqrt(old / new)`` into the embedding weights;
+    the tied ``lm_head`` would then grow by that factor, so the final RMSNorm's ``1 + weight``
+    is divided by it. Masked dense == pruned, and the reload is bitwise the pruned model."""
+    model, x = _gemma(tied)
+    result = check_oracle(model, x, tmp_path)
+    small = result.model.eval()
+    assert small.config.hidden_size == 32 and result.report.reloadable is True
+    assert float(small.model.embed_tokens.embed_scale) == torch.tensor(32**0.5).item()
+    assert (small.lm_head.weight is small.model.embed_tokens.weight) is tied
+    small.save_pretrained(tmp_path / "hf")
+    again = transformers.GemmaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(small(**x).logits, again(**x).logits)
+    skg.save_pruned(result, tmp_path / "sk")
+    rebuilt = skg.load_pruned(_gemma(tied)[0], tmp_path / "sk").eval()  # the buffer is not saved: surgery sets it
+    with torch.no_grad():
+        assert torch.equal(small(**x).logits, rebuilt(**x).logits)
+
+
+def test_reloadable_is_never_claimed_when_the_config_cannot_say_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a compensation for its tied output, a scaled embedding keeps its old scale, which
+    no config reproduces: ``reloadable`` is False (with hidden kept it is True)."""
+    from sparsekit_graph.prune import embed_scale
+
+    embed_scale._register_known()
+    monkeypatch.delitem(embed_scale.TIED_OUTPUT_COMPENSATIONS, transformers.GemmaForCausalLM)
+    model, x = _gemma(True)
     plan = skg.plan(model, x)
-    assert skg.prune(model, plan, ratio=0.5).report.reloadable is False
+    result = skg.prune(model, plan, ratio=0.5)
+    assert result.report.reloadable is False
+    assert float(result.model.model.embed_tokens.embed_scale) == torch.tensor(64**0.5).item()
     hidden = next(g for g in plan.prunable if any(m.param == "model.embed_tokens.weight" for m in g.members))
     kept = plan.model_copy(update={"groups": [g.model_copy(update={"ratio": 0.0}) if g is hidden else g for g in plan.groups]})
-    result = skg.prune(model, kept, ratio=0.5)
-    assert result.report.reloadable is True
-    result.model.save_pretrained(tmp_path)
-    again = transformers.GemmaForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(result.model(**x).logits, again(**x).logits)
+    assert skg.prune(model, kept, ratio=0.5).report.reloadable is True
 
 
 class SdpaGqa(torch.nn.Module):

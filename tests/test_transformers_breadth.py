@@ -265,7 +265,7 @@ transformers = pytest.importorskip("transformers")
 HF_FAMILIES = ("phi3", "opt", "gpt_neox", "falcon", "distilbert", "roberta", "t5_encoder", "t5", "clip_vision", "gemma", "swin")
 _DEFAULT_HF = ()  # each exports three times (slow); Phi-3's rule is tested below in the default run
 _EQUAL_COUNTS = {"phi3"}  # reads config.num_attention_heads in forward: one count for all layers
-_NOT_RELOADABLE = {"gemma"}  # embed_scale = sqrt(hidden_size), see test_transformers.py (reloadable=False)
+_NOT_RELOADABLE: set[str] = set()  # Gemma's embed_scale follows the pruned width (prune/embed_scale.py)
 
 
 def _hf(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -336,13 +336,77 @@ def test_phi3_fused_qkv_parts_follow_head_counts() -> None:
 
 
 @pytest.mark.slow
-def test_phi3_heads_pruned_in_one_layer_only_fail_loudly() -> None:
-    """Every layer reads ``config.num_attention_heads``: a per-layer count cannot be said."""
+def test_phi3_head_counts_are_tied_across_layers() -> None:
+    """Every layer reads ``config.num_attention_heads``: the plan ties the layers' head groups
+    (equal counts), masks that break it are rejected before surgery, and a global ranking is
+    snapped to one count for all layers."""
     model, x = _hf("phi3")
     plan = skg.plan(model, x)
     g = next(
         g for g in plan.prunable if any(m.param == "model.layers.0.self_attn.qkv_proj.weight" and m.block > 1 for m in g.members)
     )
-    with pytest.raises(skg.SparseKitError, match="nothing was changed"):
+    tie = next(t for t in plan.ties if "config.num_attention_heads" in t.reason)
+    assert {p.group for p in tie.parts} == {h.name for h in plan.prunable if h.size == 2 and h.sizes}  # every layer
+    with pytest.raises(skg.PlanError, match="masks break the tie"):
         skg.prune(model, plan, masks={g.name: torch.tensor([True, False])})
     assert model.config.num_attention_heads == 4
+    small = skg.prune(model, plan, ratio=0.5, global_ranking=True).model  # ranked globally, snapped to one count
+    assert small.config.num_attention_heads == 2 and {m.self_attn.num_key_value_heads for m in small.model.layers} == {1}
+
+
+# -- Falcon's multi-query and grouped fused qkv ------------------------------------------------
+
+FALCON_MQA = {
+    "multi_query": dict(multi_query=True),  # view(b, s, num_heads + 2, head_dim); k, v = [..., [-2]], [..., [-1]]
+    "new_arch_2_groups": dict(new_decoder_architecture=True, num_kv_heads=2),  # view(b, s, -1, H // G + 2, hd)
+}
+
+
+def _falcon(extra: dict) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    base = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = transformers.FalconConfig(**{**base, **extra})
+    return transformers.FalconForCausalLM(config).eval(), {"input_ids": torch.randint(0, 128, (2, 8))}
+
+
+@pytest.mark.parametrize(
+    ("name", "gqa"),
+    [
+        ("multi_query", "query_heads"),
+        pytest.param("multi_query", "kv_groups", marks=pytest.mark.slow),
+        pytest.param("new_arch_2_groups", "kv_groups", marks=pytest.mark.slow),
+    ],
+)
+def test_falcon_fused_key_value_slots_prune_query_heads_and_reload(name: str, gqa: str, tmp_path: Path) -> None:
+    """The key and value slots Falcon picks by fixed positions (``[..., [-2], :]``) pin; the
+    query heads before them (``[..., :-2, :]``, as many as ``num_heads``) are channels, and
+    ``num_heads`` (with ``num_kv_heads`` for whole groups) follows: oracle and exact reload."""
+    model, x = _falcon(FALCON_MQA[name])
+    result = check_oracle(model, x, tmp_path, gqa=gqa)
+    assert _kept(result) <= 0.6
+    qkv = "transformer.h.0.self_attention.query_key_value.weight"
+    heads = [g for g in result.plan.prunable if g.zero_invariant and any(m.param == qkv and m.block > 1 for m in g.members)]
+    assert len(heads) == 1
+    if name == "multi_query":  # one key/value head: any number of query heads may go (one group)
+        assert heads[0].size == 4 and [(m.start, m.stop, m.block) for m in heads[0].members if m.param == qkv] == [(0, 64, 16)]
+        slots = next(g for g in result.plan.groups if any(m.param == qkv and m.start == 64 for m in g.members))
+        assert not slots.prunable and "fixed positions [-2]" in (slots.reason or "")
+    else:  # a key/value group with its 2 query heads is one channel of 64 rows
+        assert heads[0].size == 2 and {(r.attr, r.per_channel) for r in heads[0].sizes} >= {("num_heads", 2), ("num_kv_heads", 1)}
+    assert result.report.reloadable is True
+    small = result.model.eval()
+    assert small.config.num_attention_heads == 2
+    small.save_pretrained(tmp_path / "hf")
+    again = transformers.FalconForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(small(**x).logits, again(**x).logits)
+
+
+def test_falcon_grouped_slots_that_no_count_explains_pin_with_a_reason() -> None:
+    """8 heads in 2 groups: ``H // G + 2 = 6`` equals no count plus the key/value slots, so the
+    picks pin the heads (the plan cannot say how the literal would follow)."""
+    model, x = _falcon(dict(new_decoder_architecture=True, num_kv_heads=2, num_attention_heads=8, hidden_size=128))
+    plan = skg.plan(model, x)
+    qkv = "transformer.h.0.self_attention.query_key_value.weight"
+    heads = [g for g in plan.groups if any(m.param == qkv and m.axis == 0 for m in g.members)]
+    assert heads and not any(g.prunable for g in heads) and all("index" in (g.reason or "") for g in heads)

@@ -57,6 +57,7 @@ class AxisGraph:
     factors: list[tuple[AxisId, AxisId, np.ndarray, np.ndarray]] = field(default_factory=list)  # (whole, factor, iw, if)
     scales: dict[AxisId, list[Any]] = field(default_factory=dict)  # query head_dim axis -> AttentionScale sites
     follows: dict[AxisId, str] = field(default_factory=dict)  # axis whose literal size must follow -> "node:axis"
+    bounds: set[Any] = field(default_factory=set)  # SizeSources a slice's bounds are made of: the code reads them
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:

@@ -17,7 +17,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .meta import META
+from .meta import CONSTANT, META
+
+SMALL_CONSTANT = 64  # integer constants up to this many elements keep their values
 
 __all__ = ["export_graph"]
 
@@ -90,14 +92,18 @@ def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
         if node.op == "placeholder" and node.name in qualified:
             new = graph.get_attr(qualified[node.name])
         elif node.op == "placeholder" and node.name in sig.inputs_to_lifted_tensor_constants:
-            new = graph.get_attr(f"<constant {sig.inputs_to_lifted_tensor_constants[node.name]}>")
+            fqn = sig.inputs_to_lifted_tensor_constants[node.name]
+            new = graph.get_attr(f"<constant {fqn}>")
+            value = ep.constants.get(fqn)
+            if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_floating_point():
+                new.meta[CONSTANT] = value.detach().cpu().clone()  # positions a rule may read (``x[..., [-2]]``)
         elif node.op == "output":
             outs = node.args[0]
             graph.output(tuple(env[outs[i]] if isinstance(outs[i], fx.Node) else outs[i] for i in user_outputs))
             continue
         else:
             new = graph.node_copy(node, lambda n: env[n])
-        new.meta = dict(node.meta)
+        new.meta = {**node.meta, **new.meta}
         new.meta[META] = _meta_value(node.meta.get("val"))
         env[node] = new
     return graph

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "EXPORTED", "META"]
+__all__ = ["CALL", "CONSTANT", "EXPORTED", "META"]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
 EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export
+CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values

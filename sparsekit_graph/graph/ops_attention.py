@@ -15,7 +15,7 @@ from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_tensor import is_weight
 from .rules import register_function_rule
-from .sizes import product_sources
+from .sizes import COUNT_ATTRIBUTES, product_sources, size_sources
 
 # -- attention -----------------------------------------------------------------------------
 
@@ -157,7 +157,12 @@ def slice_axis(ctx: RuleContext) -> None:
         ctx.same([src[d]], [out[d]])
     elif ctx.graph.head_dim and step == 1 and isinstance(start, int) and half_slice(ctx, src[d], out[d], start, end):
         pass  # rotate_half's halves: channel i pairs with i + n/2
-    elif not (ctx.exported and step == 1 and isinstance(start, int) and _heads_part(ctx, src[d], out[d], start)):
+    elif not (
+        ctx.exported
+        and step == 1
+        and isinstance(start, int)
+        and (_heads_part(ctx, src[d], out[d], start) or _count_part(ctx, src[d], out[d], start))
+    ):
         ctx.pin([src[d], out[d]], f"slicing at {ctx.where()}")
 
 
@@ -174,8 +179,26 @@ def _heads_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
     heads = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:heads", out[2]), length // unit)
     ctx.graph.link(out, heads, i, i // unit, kind="block")
     ctx.graph.size_refs.setdefault(heads, set()).update(sources)
+    ctx.graph.bounds.update(sources)  # a bound is computed from the count: forward reads it
     for s in sources:
         ctx.graph.size_values[s] = length // unit
+    return True
+
+
+def _count_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
+    """A leading part as long as a head count of the running layer (Falcon's multi-query
+    ``qkv[..., :-2, :]``, its query heads before one key and one value slot): output index
+    ``i`` is input index ``i``, and the count follows the part. False if no count fits."""
+    length, size = ctx.graph.size(out), ctx.graph.size(src)
+    if start != 0 or not 1 < length < size:
+        return False
+    sources = [s for s in size_sources(ctx.node, length, ctx.modules) if s.attr in COUNT_ATTRIBUTES and s.owner != "config"]
+    if not sources:
+        return False
+    ctx.graph.link(src, out, np.arange(length), np.arange(length), kind="offset")
+    ctx.graph.size_refs.setdefault(out, set()).update(sources)
+    for s in sources:
+        ctx.graph.size_values[s] = length
     return True
 
 

@@ -8,13 +8,16 @@ first and handles every other indexing itself.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import Tensor
 
 from .context import RuleContext
+from .meta import CONSTANT
+from .sizes import count_plus_sources
 
-__all__ = ["gather_by_index"]
+__all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions"]
 
 
 def gather_by_index(ctx: RuleContext) -> bool:
@@ -37,4 +40,54 @@ def gather_by_index(ctx: RuleContext) -> bool:
     gathered = out[k : k + idx.ndim]
     ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
     ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + idx.ndim :])
+    return True
+
+
+def constant_positions(node: object) -> Tensor | None:
+    """The values of an integer constant ``torch.export`` lifted (through the copies it
+    makes of it), or None when ``node`` is anything else."""
+    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in _COPIES:
+        node = node.args[0]
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        value = node.meta.get(CONSTANT)
+        return value if isinstance(value, Tensor) and value.ndim == 1 and len(value) else None
+    return None
+
+
+_COPIES = (torch.ops.aten.lift_fresh_copy.default, torch.ops.aten.clone.default, torch.ops.aten.alias.default)
+
+
+def pick_fixed_positions(ctx: RuleContext) -> bool:
+    """``x[..., [-2], :]`` (Falcon's key and value slots after its query heads): one constant
+    index list on one axis of ``count + k`` slots (``sizes.count_plus_sources``), full slices
+    elsewhere. Output index ``j`` is input position
+    ``p[j]``; the picked slots pin, and so does every slot between them and the end they
+    count from (a negative position keeps its slot only if nothing after it goes, a
+    non-negative one if nothing before it goes); the other slots stay free. False, with
+    nothing linked, for any other indexing."""
+    value, out_value = ctx.meta(ctx.input), ctx.out_value
+    items = ctx.arg("indices")
+    if not isinstance(items, (list, tuple)) or not isinstance(value, Tensor) or not isinstance(out_value, Tensor):
+        return False
+    tensors = [k for k, i in enumerate(items) if i is not None]
+    if len(tensors) != 1 or len(items) > value.ndim:
+        return False
+    k = tensors[0]
+    pos = constant_positions(items[k])
+    src, out = ctx.axes(ctx.input), ctx.out()
+    if pos is None or src is None or out_value.ndim != value.ndim:
+        return False
+    n = value.shape[k]
+    p = pos.tolist()
+    if not all(-n <= i < n for i in p) or (min(p) < 0 <= max(p)) or not count_plus_sources(ctx.node, n, ctx.modules):
+        return False  # only a layout of heads plus fixed slots (n = count + k) is known to follow
+    ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + 1 :])
+    picked = np.array([i % n for i in p], dtype=np.int64)
+    where = ctx.where()
+    ctx.graph.link(src[k], out[k], picked, np.arange(len(picked)), kind="offset")
+    ctx.pin([out[k]], f"fixed positions {p} picked at {where}")
+    held = np.arange(int(picked.min()), n) if p[0] < 0 else np.arange(0, int(picked.max()) + 1)
+    anchor = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:held", k), len(held))
+    ctx.graph.link(anchor, src[k], np.arange(len(held)), held, kind="offset")
+    ctx.pin([anchor], f"positions {p} counted from the {'end' if p[0] < 0 else 'start'} at {where}")
     return True

@@ -18,6 +18,7 @@ from torch import Tensor
 from .aten import NO_EFFECT_OPS, is_aten
 from .axes import AxisId
 from .context import RuleContext
+from .ops_gather import pick_fixed_positions
 from .ops_tensor import is_weight
 from .rules import register_function_rule
 from .sizes import SizeSource, module_stack, register_size_attribute
@@ -59,6 +60,8 @@ def index(ctx: RuleContext) -> None:
     """``x[idx]`` with one integer index tensor: the output is ``idx``'s axes then ``x``'s
     others. When ``idx`` holds positions of a known axis (``topk``'s indices), ``x``'s axis 0
     is that axis; otherwise it pins (a lookup by unknown positions)."""
+    if pick_fixed_positions(ctx):  # x[..., [-2], :]: constant positions on one axis
+        return
     src, out = ctx.axes(ctx.input), ctx.out()
     idx = ctx.arg("indices")
     parts = list(idx) if isinstance(idx, (list, tuple)) else []

@@ -17,7 +17,7 @@ from .context import RuleContext
 from .factors import record_factor
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
-from .sizes import size_sources
+from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, size_sources
 
 
 @register_function_rule(torch.flatten)
@@ -62,10 +62,41 @@ def view(ctx: RuleContext) -> None:
     twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and raw.count(s) > 1}
     twice -= {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
     literal = [
-        (j in twice or ctx.constant_size(out[j], s)) and j not in kept if isinstance(s, int) and s > 1 else False
+        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, s))) and j not in kept
+        if isinstance(s, int) and s > 1
+        else False
         for j, s in enumerate(raw)
     ]
+    _inferred_group_count(ctx, raw, out)
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _count_plus_slots(ctx: RuleContext, value: int) -> bool:
+    """Under ``torch.export``: is ``value`` a head count of the running layer plus a key and a
+    value slot (Falcon's multi-query ``view(b, s, num_heads + 2, head_dim)``)? Then the axis
+    may shrink: the slice of its heads records the count (``prune`` checks it shrank), the
+    picks of its other slots pin them, and a literal that did not follow the count cannot
+    hold the pruned rows (the pruned model does not run)."""
+    return ctx.exported and bool(count_plus_sources(ctx.node, value, ctx.modules))
+
+
+def _inferred_group_count(ctx: RuleContext, raw: list, out: list) -> None:
+    """Falcon's ``view(b, s, -1, num_heads // num_kv_heads + 2, head_dim)``: in a view that
+    splits a fused projection into heads plus key and value slots, the inferred ``-1`` axis is
+    the key/value group count; a count attribute of the running layer equal to it is recorded
+    there (surgery lowers it when whole groups go)."""
+    slots = [s for s in raw if isinstance(s, int) and s > 2 and count_plus_sources(ctx.node, s, ctx.modules)]
+    if not ctx.exported or not slots or -1 not in raw:
+        return
+    j = list(raw).index(-1)
+    size = ctx.graph.size(out[j])
+    path = module_stack(ctx.node)[-1]
+    layer = ctx.modules.get(path)
+    hits = [a for a in COUNT_ATTRIBUTES if layer is not None and getattr(layer, a, None) == size]
+    if len(hits) == 1 and size > 1:
+        source = SizeSource(path, hits[0])
+        ctx.graph.size_refs.setdefault(out[j], set()).add(source)
+        ctx.graph.size_values[source] = size
 
 
 def _one_attribute(ctx: RuleContext, value: int) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "SIZE_ATTRIBUTES",
     "UNIT_ATTRIBUTES",
     "SizeSource",
+    "count_plus_sources",
     "module_stack",
     "product_sources",
     "register_size_attribute",
@@ -121,6 +122,27 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
         if hits:
             return [SizeSource(owner, a) for a in hits], unit
     return [], 1
+
+
+# A fused projection may hold its heads and one key and one value slot (Falcon's multi-query
+# ``view(b, s, num_heads + 2, head_dim)``): a literal that many more than a count follows it.
+EXTRA_SLOTS = (1, 2)
+
+
+def count_plus_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> list[SizeSource]:
+    """``value`` as ``count + k`` (``k`` in ``EXTRA_SLOTS``): the ``COUNT_ATTRIBUTES`` of the
+    innermost running module that has such a count; empty when none does. A literal that does
+    not follow the count cannot hold the pruned rows: ``prune`` fails loudly."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return []
+    for path in reversed(module_stack(node)):
+        module = modules.get(path)
+        if module is None:
+            continue
+        hits = [a for a in COUNT_ATTRIBUTES if _is_count(c := getattr(module, a, None)) and value - c in EXTRA_SLOTS]
+        if hits:
+            return [SizeSource(path, a) for a in hits]
+    return []
 
 
 def _is_count(v: Any) -> bool:

@@ -26,6 +26,7 @@ from .experts import split_experts
 from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart
+from .ties import shared_size_ties
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
 
@@ -210,7 +211,7 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             reason = "gqa='query_heads': every key/value group keeps as many query heads"
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
-    return groups, ties + expert_ties
+    return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds)  # one config count read by every layer
 
 
 def _divert_repeats(graph: AxisGraph) -> dict[AxisId, np.ndarray]:

@@ -8,23 +8,57 @@ overrides and masks against them, and snaps ranked masks to them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..errors import PlanError
+from ..graph.sizes import SizeSource
 
 if TYPE_CHECKING:  # schema imports this module; no runtime import back
-    from .schema import Group, Plan, Tie, TiePart
+    from .schema import Group, Plan, SizeRef, Tie, TiePart
 
-__all__ = ["check_tied_masks", "check_tied_overrides", "snap_tied", "validate_ties"]
+__all__ = ["check_tied_masks", "check_tied_overrides", "shared_size_ties", "snap_tied", "validate_ties"]
 
 
 def part_channels(part: TiePart, group: Group) -> list[int]:
     """The channel indices of one part."""
     return list(range(group.size)) if part.channels is None else part.channels
+
+
+def shared_size_ties(groups: list[Group], read: Collection[Any]) -> list[Tie]:
+    """Prunable groups that one config attribute in ``read`` counts (Phi-3's layers slice their
+    fused ``qkv_proj`` at ``config.num_attention_heads * head_dim``): a config holds one value,
+    so every such group must lose the same number of channels. ``read``: the ``SizeSource``s
+    the forward is known to compute with (slice bounds), not literals that merely equal them
+    (LLaMA's ``repeat_kv`` reshape equals ``num_attention_heads`` but is read off shapes, and
+    its layers may keep different counts). One tie per attribute whose groups are equally
+    sized and count it alike (otherwise ``prune`` rejects counts that disagree, as before)."""
+    from .schema import Tie, TiePart  # schema imports this module
+
+    by_attr: dict[tuple[str, str], list[Group]] = {}
+    for g in (g for g in groups if g.prunable):
+        for ref in g.sizes:
+            if (ref.owner == "config" or ref.owner.endswith(".config")) and _source(ref) in read:
+                found = by_attr.setdefault((ref.owner, ref.attr), [])
+                if g not in found:
+                    found.append(g)
+    ties, seen = [], set()
+    for (owner, attr), tied in by_attr.items():
+        names = tuple(g.name for g in tied)
+        refs = {(r.per_channel, r.every) for g in tied for r in g.sizes if (r.owner, r.attr) == (owner, attr)}
+        if len(tied) < 2 or names in seen or len({g.size for g in tied}) > 1 or len(refs) > 1:
+            continue
+        seen.add(names)
+        reason = f"{owner}.{attr} counts these channels in every group that reads it: one value for all"
+        ties.append(Tie(parts=[TiePart(group=n) for n in names], reason=reason))
+    return ties
+
+
+def _source(ref: SizeRef) -> SizeSource:
+    return SizeSource(ref.owner, ref.attr)
 
 
 def _names(tie: Tie) -> str:

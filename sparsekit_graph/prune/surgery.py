@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..errors import SparseKitError
 from ..plan.schema import Plan
 from ..registry import RESIZERS, by_type, registrar
+from .embed_scale import rescale_embeddings
 from .scales import rescale_queries
 
 __all__ = ["register_resizer", "remove_channels"]
@@ -71,6 +72,7 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
         resize = by_type(_RESIZERS, module)
         if resize is not None:
             resize(module)
+    rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
 
 
 def _cut_per_expert(name: str, t: Tensor, cuts: list[tuple[int, tuple[int, ...], np.ndarray]]) -> Tensor:
