@@ -113,7 +113,7 @@ def test_head_dim_is_off_by_default_and_validated() -> None:
         skg.plan(model, x, head_dim="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("spec", ["qwen2", "mistral"])
+@pytest.mark.parametrize("spec", ["qwen2", pytest.param("mistral", marks=pytest.mark.slow)])
 def test_head_dim_on_qwen2_and_mistral_is_exact_and_reloads(spec: str, tmp_path: Path) -> None:
     """The LLaMA recipe on its cousins: one head_dim group of RoPE pairs, masked dense ==
     pruned, and the pruned model reloads identically (Qwen2's config gains ``head_dim``)."""

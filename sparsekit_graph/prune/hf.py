@@ -55,8 +55,8 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         )
         options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
         unit = _new_head_dim(holder, original, pruned) if not sub else None
-        if unit is not None:  # Qwen2: layers read config.head_dim when it is set, else hidden // heads
-            attrs, options = [*attrs, "head_dim"], [*options, [None, unit]]
+        if unit is not None:  # Qwen2: layers read config.head_dim when set, else hidden // heads; stated first
+            attrs, options = [*attrs, "head_dim"], [*options, [unit, None]]
         for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
             trial = copy.deepcopy(config)
             for a, v in zip(attrs, values):
@@ -82,8 +82,8 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
 
 def _new_head_dim(config: Any, original: nn.Module, pruned: nn.Module) -> int | None:
     """The one head size the pruned layers hold when it differs from the original layers' and
-    the config has no ``head_dim`` to say it (a candidate to add)."""
-    if hasattr(config, "head_dim"):
+    the config has no ``head_dim`` to say it (a candidate to add; Mixtral's is None)."""
+    if getattr(config, "head_dim", None) is not None:
         return None
     old = {m.head_dim for m in original.modules() if _is_size(getattr(m, "head_dim", None))}
     new = {m.head_dim for m in pruned.modules() if _is_size(getattr(m, "head_dim", None))}
