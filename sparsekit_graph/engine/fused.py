@@ -29,7 +29,7 @@ from ..errors import SparseKitError
 
 __all__ = ["MIN_NUMEL", "kernel_mode", "set_kernel_mode", "setup_sums", "sweep_sums", "write_shrink"]
 
-MIN_NUMEL = 1 << 16  # "auto": pieces from this size on are compiled
+MIN_NUMEL = 1 << 16  # "auto": pieces from this size on are compiled (65,536 elements)
 _MODES = ("auto", "eager", "compiled")
 _ENV = "SPARSEKIT_GRAPH_PROX_KERNELS"
 _RECOMPILES = 64  # layouts (outer/inner sizes of 1, reduction lengths) each get a kernel; ResNet-50 needs ~10
