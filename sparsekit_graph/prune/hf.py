@@ -24,9 +24,14 @@ from ..graph.ops_moe import EXPERT_COUNT_ATTRIBUTES
 from ..graph.sizes import SIZE_ATTRIBUTES
 from .rope_fit import fit_rope_factors
 
-__all__ = ["adopt_sizes", "fit_config"]
+__all__ = ["CONFIG_SIZE_ATTRIBUTES", "adopt_sizes", "fit_config"]
 
 _MAX_BUILDS = 256
+# Sizes only a config holds (its layers read them as ``embed_dim``/``num_heads``/``fc1``):
+# encoder-decoder configs (Whisper, BART, Marian), Whisper's classifier projection.
+CONFIG_SIZE_ATTRIBUTES: set[str] = {
+    "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "classifier_proj_size",
+}  # fmt: skip
 
 
 def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | None:
@@ -50,7 +55,7 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
         holder, was = _at(config, sub), _at(original.config, sub)
         attrs = sorted(
             a
-            for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES
+            for a in SIZE_ATTRIBUTES | EXPERT_COUNT_ATTRIBUTES | CONFIG_SIZE_ATTRIBUTES
             if (_is_size(getattr(holder, a, None)) or _is_sizes(getattr(holder, a, None))) and _settable(holder, a)
         )
         options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
