@@ -410,3 +410,27 @@ def test_falcon_grouped_slots_that_no_count_explains_pin_with_a_reason() -> None
     qkv = "transformer.h.0.self_attention.query_key_value.weight"
     heads = [g for g in plan.groups if any(m.param == qkv and m.axis == 0 for m in g.members)]
     assert heads and not any(g.prunable for g in heads) and all("index" in (g.reason or "") for g in heads)
+
+
+class _CropByComputedBounds(nn.Module):
+    """timm Swin's patch merging: pad to even sizes, then ``x[:, :H, :W, :]`` with ``H, W``
+    read from the input's shape (torch.fx keeps the bounds as nodes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(4, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h, w, _ = x.shape
+        y = nn.functional.pad(self.inp(x), (0, 0, 0, w % 2 + 1, 0, h % 2 + 1))
+        return self.out(y[:, :h, :w, :].relu())
+
+
+def test_slices_with_computed_bounds_keep_the_other_axes(tmp_path: Path) -> None:
+    """A slice bounded by values computed in forward pins its own (spatial) axes only; before,
+    the rule failed (``slice indices must be integers``) and pinned the channels too."""
+    model = _CropByComputedBounds().eval()
+    result = check_oracle(model, torch.randn(2, 5, 7, 4), tmp_path)
+    g = next(g for g in result.plan.groups if any(m.param == "inp.weight" and m.axis == 0 for m in g.members))
+    assert g.prunable and g.zero_invariant and g.size == 16
+    assert not any("rule getitem failed" in (h.reason or "") for h in result.plan.groups)

@@ -340,9 +340,11 @@ def getitem(ctx: RuleContext) -> None:
             if it == slice(None):
                 ctx.same([src[si]], [out[oi]])
             else:  # which indices it takes (as split does), pinned: the bounds would not follow
-                picked = np.arange(ctx.graph.size(src[si]))[it]
-                if len(picked):
-                    ctx.graph.link(src[si], out[oi], picked, np.arange(len(picked)), kind="offset")
+                bounds = [ctx.meta(b) if isinstance(b, fx.Node) else b for b in (it.start, it.stop, it.step)]
+                if all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds):
+                    picked = np.arange(ctx.graph.size(src[si]))[slice(*bounds)]  # computed bounds: their values
+                    if len(picked):
+                        ctx.graph.link(src[si], out[oi], picked, np.arange(len(picked)), kind="offset")
                 ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
             si += 1
             oi += 1
