@@ -22,12 +22,13 @@ _TINY = torch.finfo(torch.float32).tiny
 class _Part:
     """One spec seen through a coupling: its grid permuted by ``order``, then reshaped."""
 
-    __slots__ = ("grid", "inverse", "order", "permuted", "spec")
+    __slots__ = ("_layouts", "grid", "inverse", "order", "permuted", "spec")
 
     def __init__(self, spec: BlockSpec, order: tuple[int, ...], grid: tuple[int, ...]) -> None:
         self.spec, self.order, self.grid = spec, order, grid  # grid: the owning block's grid_shape
         self.permuted = tuple(spec.grid_shape[i] for i in order)
         self.inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+        self._layouts: dict[tuple, tuple[list[int], list[int]] | None] = {}  # arp's answer per (shape, stride)
 
     def to_grid(self, t: Tensor) -> Tensor:
         """Spec-grid tensor -> block-grid tensor."""
@@ -48,6 +49,14 @@ class _Part:
     def arp(self, t: Tensor) -> Tensor | None:
         """View-shaped ``t`` as ``(A, R, P)`` without a copy: row ``r`` (``[:, r, :]``) holds block
         ``r``'s elements in the order of ``rows``; None when the layout does not allow it."""
+        key = (tuple(t.shape), t.stride())
+        if key not in self._layouts:
+            self._layouts[key] = self._arp_layout(t)
+        layout = self._layouts[key]
+        return None if layout is None else t.as_strided(*layout, t.storage_offset())
+
+    def _arp_layout(self, t: Tensor) -> tuple[list[int], list[int]] | None:
+        """Sizes and strides of ``arp(t)`` (they depend on ``t``'s shape and strides only)."""
         spec = self.spec
         grid_axes = [a for a in self.order if spec.grid_shape[a] > 1]
         if grid_axes != sorted(grid_axes):  # permuted grid axes: rows are not a strided walk
@@ -65,8 +74,7 @@ class _Part:
             else:
                 runs.append([role, n, st])
         out = {role: (n, st) for role, n, st in runs}
-        sizes = [out.get(r, (1, 0))[0] for r in range(3)]
-        return t.as_strided(sizes, [out.get(r, (1, 0))[1] for r in range(3)], t.storage_offset())
+        return [out.get(r, (1, 0))[0] for r in range(3)], [out.get(r, (1, 0))[1] for r in range(3)]
 
     def write_rows(self, rows: Tensor) -> None:
         """Inverse of ``rows`` on the live parameter."""
