@@ -78,7 +78,8 @@ def test_unfused_layouts_fall_back_to_calls_in_order() -> None:
     def build(w: torch.Tensor, v: torch.Tensor) -> list[BlockCoupling]:
         both = BlockCoupling([BlockSpec(w, (1, -1)), BlockSpec(w, (-1, 1))], [(0, 1), (1, 0)])
         permuted = BlockCoupling([BlockSpec(View(v, (2, 3, 4), (12, 4, 1)), (1, 1, -1))], [(1, 0, 2)])
-        return [both, permuted]
+        top, bottom = (BlockCoupling([BlockSpec(View(v, (3, 4), (4, 1), 12 * h), (1, -1))]) for h in (0, 1))
+        return [both, permuted, top, bottom]  # the last two: disjoint slices of one parameter
 
     cs, cs2 = build(w, v), build(w2, v2)
     taus = _taus(cs, 0.3)
