@@ -434,3 +434,53 @@ def test_slices_with_computed_bounds_keep_the_other_axes(tmp_path: Path) -> None
     g = next(g for g in result.plan.groups if any(m.param == "inp.weight" and m.axis == 0 for m in g.members))
     assert g.prunable and g.zero_invariant and g.size == 16
     assert not any("rule getitem failed" in (h.reason or "") for h in result.plan.groups)
+
+
+# -- LeViT attention biases, Swin V2 cosine attention -----------------------------------------
+
+
+def _levit() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return timm.create_model("levit_128s", pretrained=False, img_size=64, num_classes=10).eval(), torch.randn(2, 3, 64, 64)
+
+
+def test_levit_attention_biases_are_members_of_their_heads() -> None:
+    """timm LeViT adds ``attention_biases[:, attention_bias_idxs]`` (heads x offsets, gathered
+    by a fixed index) to the scores: row ``h`` is a member of head ``h``; the output reshape
+    reads ``val_attn_dim`` (num_heads x val_dim), which surgery lowers. 16 heads of key_dim 16
+    (stage 2's downsampling attention): a literal 16 could be either, so those heads pin."""
+    plan = skg.plan(*_levit())
+    g = next(g for g in plan.prunable if any(m.param == "stages.0.blocks.0.attn.attention_biases" for m in g.members))
+    assert g.size == 4 and g.zero_invariant
+    assert {(r.attr, r.per_channel) for r in g.sizes} >= {("num_heads", 1), ("val_attn_dim", 32)}
+    biases = "stages.2.downsample.attn_downsample.attention_biases"
+    pinned = next(g for g in plan.groups if any(m.param == biases and m.axis == 0 for m in g.members))
+    assert not pinned.prunable and "constant size" in (pinned.reason or "")
+
+
+@pytest.mark.slow
+def test_levit_oracle(tmp_path: Path) -> None:
+    """The oracle on levit_128s (the eval-mode bias cache is filled before pruning: the oracle
+    runs the dense model first); heads pruned in every attention layer but stage 2's downsampling one."""
+    model, x = _levit()
+    result = check_oracle(model, x, tmp_path)
+    assert _kept(result) <= 0.6
+    attn = result.model.stages[0].blocks[0].attn
+    assert attn.num_heads == 2 and attn.attention_biases.shape[0] == 2 and attn.val_attn_dim == 64
+
+
+def test_torchvision_swin_v2_cosine_attention_prunes_heads(tmp_path: Path) -> None:
+    """Swin V2 normalises q and k within each head and scales the scores by that head's
+    ``logit_scale`` (nH, 1, 1): a member of the head, with its q/k/v rows, residual channels,
+    ``proj`` columns and ``cpb_mlp`` output row."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                            num_classes=10, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2).eval()  # fmt: skip
+    result = check_oracle(model, torch.randn(2, 3, 32, 32), tmp_path)
+    assert _kept(result) <= 0.6
+    g = next(g for g in result.plan.prunable if any(m.param == "features.1.0.attn.logit_scale" for m in g.members))
+    params = {m.param for m in g.members}
+    assert g.size == 2 and {"features.1.0.attn.qkv.weight", "features.1.0.attn.cpb_mlp.2.weight"} <= params
+    assert result.model.features[1][0].attn.num_heads == 1 and result.model.features[1][0].attn.logit_scale.shape[0] == 1

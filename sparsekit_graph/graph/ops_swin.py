@@ -5,7 +5,9 @@ N, N), window_size, num_heads, shift_size, ...)`` pads, rolls and partitions the
 into windows and splits ``qkv`` into ``num_heads`` heads of ``C // num_heads``: the heads'
 width is the input width, so a head is ``C // num_heads`` channels of the residual stream
 together with its q, k and v rows, its ``proj`` columns and its column of the relative-position
-bias table. The spatial axes pin (windows, shifts). ``_get_relative_position_bias`` gathers the
+bias table. Swin V2's cosine attention normalises q and k within each head and scales the
+scores by that head's ``logit_scale`` (``(nH, 1, 1)``): a member of the head, whose other
+parts are unchanged. The spatial axes pin (windows, shifts). ``_get_relative_position_bias`` gathers the
 table's rows by a fixed index: its heads pass through. ``_patch_merging_pad`` concatenates the
 four 2x2 neighbours: output channel ``j`` is input channel ``j % C``.
 """
@@ -32,8 +34,12 @@ def shifted_window_attention(ctx: RuleContext) -> None:
         ctx.pin_everything(f"shifted window attention with unreadable arguments at {ctx.where()}")
         return
     width = ctx.graph.size(x[-1])
-    if width % heads_n or ctx.graph.size(qkv[0]) != 3 * width or logit_scale is not None:
-        ctx.pin_everything(f"shifted window attention at {ctx.where()}: qkv is not 3 x the input width, or cosine attention")
+    scale = None if logit_scale is None else ctx.weight_axes(logit_scale, (0,))  # Swin V2: (nH, 1, 1), one per head
+    if width % heads_n or ctx.graph.size(qkv[0]) != 3 * width:
+        ctx.pin_everything(f"shifted window attention at {ctx.where()}: qkv is not 3 x the input width")
+        return
+    if logit_scale is not None and (scale is None or ctx.graph.size(scale[0]) != heads_n):
+        ctx.pin_everything(f"shifted window attention at {ctx.where()}: a cosine-attention scale that is no parameter per head")
         return
     head_dim = width // heads_n
     ctx.same([x[0]], [out[0]])
@@ -54,6 +60,8 @@ def shifted_window_attention(ctx: RuleContext) -> None:
     ctx.graph.link(x[-1], heads, c, c // head_dim, kind="block")
     ctx.size_follows_model(heads, heads_n)
     ctx.same([bias[-3]], [heads])
+    if scale is not None:  # cosine attention: normalize(q) . normalize(k) * exp(logit_scale[h]), within each head
+        ctx.same([scale[0]], [heads])
     ctx.pin(bias[-2:], f"window positions of {ctx.where()}")
 
 

@@ -37,7 +37,7 @@ SIZE_ATTRIBUTES: set[str] = {
     "head_dim", "attention_head_size", "head_size", "hidden_size", "embed_dim", "n_embd", "d_model",
     "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
     "normalized_shape", "num_key_value_groups", "kv_heads", "hidden_dim", "dim", "word_embed_proj_dim",
-    "embedding_size", "ffn_hidden_size", "attn_dim",
+    "embedding_size", "ffn_hidden_size", "attn_dim", "val_attn_dim",
 }  # fmt: skip
 
 
