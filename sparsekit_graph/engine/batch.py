@@ -50,7 +50,7 @@ class _Param:
 
     uses: list[_Use]
     mat: Tensor | None = None
-    m: Tensor | None = None  # (O, I) float64 sums of squares over K, when K > 1
+    m: Tensor | None = None  # (O, I) float32 sums of squares over K, when K > 1
     factors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # use index -> (R,) scale, float64 and float32
 
 
@@ -142,10 +142,8 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
     for ci, tau in enumerate(taus):
-        sumsq = tau.new_zeros(tau.numel(), dtype=torch.float64)
-        for p, j in uses_of[ci]:
-            sumsq += squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch)
-        norm = sumsq.sqrt_()
+        parts = [squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch) for p, j in uses_of[ci]]
+        norm = torch.stack(parts).sum(0, dtype=torch.float64).sqrt_()  # float32 partial sums, added in float64
         scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
         if floor > 0:
             scale = torch.where(norm > tau + floor, scale, 0.0)
@@ -178,7 +176,7 @@ def _steps(rows: int, width: int, device: torch.device) -> list[slice]:
 
 
 def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
-    """``(R,)`` sums of squares (float32 or float64) of use ``j``'s rows, after the other use's scaling if it came first."""
+    """``(R,)`` float32 sums of squares of use ``j``'s rows, after the other use's scaling if it came first."""
     x = p.uses[j].x
     if p.mat is None:
         a, r, q = x.shape
@@ -192,7 +190,7 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
     if k > 1:
         if p.m is None:
             p.m = _block_sumsq(p.mat, scratch)  # (O, I)
-        w2 = None if other is None else other[0].square()
+        w2 = None if other is None else other[1].square()
         if row_use:
             return p.m.sum(1) if w2 is None else p.m @ w2
         return p.m.sum(0) if w2 is None else w2 @ p.m
@@ -205,7 +203,7 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
 
 
 def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
-    """``(O, I, K)`` -> ``(O, I)`` float64 sums over ``K``, one read, squares chunk by chunk."""
+    """``(O, I, K)`` -> ``(O, I)`` float32 sums over ``K``, one read, squares chunk by chunk."""
     o, i, k = mat.shape
     out = torch.empty(o, i, dtype=torch.float32, device=mat.device)
     ones = torch.ones(k, dtype=torch.float32, device=mat.device)
@@ -213,7 +211,7 @@ def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
         chunk = mat[s]
         sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
         torch.mv(sq.view(-1, k), ones, out=out[s].view(-1))
-    return out.double()
+    return out
 
 
 def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: _Scratch) -> Tensor:
