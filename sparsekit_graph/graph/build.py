@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from . import ops_attention, ops_index, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
@@ -28,13 +28,12 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     training and evaluation traces of one model share parameter axes.
     """
     nodes = traced.graph.nodes if isinstance(traced, fx.GraphModule) else traced.nodes
-    every = dict((*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)))
+    every, modules = _tensors_and_modules(model)
     for n, t in every.items():  # a tied tensor keeps its first name
         graph.canonical.setdefault(id(t), n)
     for n in every:  # members are listed in the model's own order, whatever order ops use them in
         graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
     aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
-    modules = dict(model.named_modules())
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
@@ -56,6 +55,24 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     if exported:
         _lengths_as_numbers(graph)
     _layer_sizes_as_numbers(graph, modules)
+
+
+def _tensors_and_modules(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:
+    """Every parameter then every buffer under each of its names (as ``named_parameters`` and
+    ``named_buffers`` with ``remove_duplicate=False``), and each module under its first name
+    (as ``named_modules()``), in one walk of the model."""
+    params: list[tuple[str, Tensor]] = []
+    buffers: list[tuple[str, Tensor]] = []
+    modules: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for path, m in model.named_modules(remove_duplicate=False):
+        if id(m) not in seen:
+            seen.add(id(m))
+            modules[path] = m
+        prefix = f"{path}." if path else ""
+        params += [(prefix + k, v) for k, v in m._parameters.items() if v is not None]
+        buffers += [(prefix + k, v) for k, v in m._buffers.items() if v is not None]
+    return dict(params + buffers), modules
 
 
 # Layer attributes that count channels and that surgery rewrites from the pruned weights.

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from ..errors import TraceError
 from .export import export_graph
@@ -45,17 +46,24 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
     while its Python code runs under the tracer)."""
     modules = list(model.modules())
     flags = [m.training for m in modules]
-    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
-    model.train(train)
+    buffers = [b for b in model.buffers() if not b.is_meta]
+    versions = [b._version for b in buffers]
+    with torch.no_grad():
+        saved = [b.clone() for b in buffers]
+    # model.train() only where it changes something: some flag differs, or a layer overrides train()
+    switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
+    if switch:
+        model.train(train)
     try:
         yield
     finally:
-        for m, flag in zip(modules, flags):
-            object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
+        if switch:
+            for m, flag in zip(modules, flags):
+                object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
         with torch.no_grad():
-            for b, version, saved in buffers:
+            for b, version, copy in zip(buffers, versions, saved):
                 if b._version != version:
-                    b.copy_(saved)
+                    b.copy_(copy)
 
 
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
@@ -142,8 +150,6 @@ class _Tracer(fx.Tracer):
 
 def has_hooks(m: nn.Module) -> bool:
     """Forward hooks change what a layer returns, and torch.fx does not trace them."""
-    from torch.nn.modules import module as _module
-
     return bool(m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
@@ -266,23 +272,23 @@ def _broadcast_only(target: Any, args: Any, kwargs: Any) -> Tensor | None:
 
 def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
     """The output of common layers from shapes alone, checking what the layer would check."""
-    cls = type(mod)
-    if cls in _PLAIN_CONVS or any(inherits_forward(cls, c) for c in _PLAIN_CONVS):
+    kind = _shape_kind(type(mod))
+    if kind == "conv":
         return _conv_shape(mod, x, target)  # type: ignore[arg-type]
-    if inherits_forward(cls, nn.Linear):
+    if kind == "linear":
         if x.shape[-1:] != mod.weight.shape[1:]:
             raise TraceError(
                 f"shape propagation failed at layer {target}: expected {mod.weight.shape[1]} features, got input {tuple(x.shape)}"
             )
         return _meta_empty((*x.shape[:-1], mod.weight.shape[0]), x)
-    if inherits_forward(cls, nn.LayerNorm) and mod.weight is not None:
+    if kind == "layer_norm" and mod.weight is not None:
         width = tuple(mod.weight.shape)
         if tuple(x.shape[-len(width) :]) != width:
             raise TraceError(
                 f"shape propagation failed at layer {target}: normalised shape {width} does not fit input {tuple(x.shape)}"
             )
         return _meta_empty(x.shape, x)
-    if _same_shape(cls):
+    if kind == "same":
         n = getattr(mod, "num_features", None)
         if n is not None and (x.ndim < 2 or x.shape[1] != n):
             raise _layer_error(target, f"expected {n} channels, got input {tuple(x.shape)}")
@@ -291,8 +297,15 @@ def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
 
 
 @cache
-def _same_shape(cls: type) -> bool:
-    return any(inherits_forward(cls, k) for k in _SAME_SHAPE)
+def _shape_kind(cls: type) -> str | None:
+    """Which shape shortcut a layer class takes: it runs that layer's ``forward`` unchanged."""
+    if any(inherits_forward(cls, c) for c in _PLAIN_CONVS):
+        return "conv"
+    if inherits_forward(cls, nn.Linear):
+        return "linear"
+    if inherits_forward(cls, nn.LayerNorm):
+        return "layer_norm"
+    return "same" if any(inherits_forward(cls, k) for k in _SAME_SHAPE) else None
 
 
 def _meta_empty(shape: tuple[int, ...] | torch.Size, like: Tensor) -> Tensor:
