@@ -6,7 +6,8 @@ parameters kept at uniform 0.5, attention heads pruned in every layer, the
 
 Every model is small and built from its config (random weights, no download): Hugging Face
 families with 2 layers, hidden 64, 4 query heads over 2 key/value heads where the family has
-GQA; timm models at their smallest variant, 32-64 px, 10 classes. Each model runs in a fresh
+GQA; timm models at their smallest variant (fewer, narrower stages where the attention
+works at any size), 28-64 px (EfficientFormer's attention biases need 224), 10 classes. Each model runs in a fresh
 spawned process under ``--seconds``. Columns: the oracle (``tests/helpers.check_oracle``, equal
 counts per group size), % of parameters kept at 0.5, attention layers with a prunable head
 group, the reload (identical outputs; what ``report.reloadable`` claimed), the oracle under
@@ -111,8 +112,8 @@ HF: dict[str, tuple[str, str, dict[str, Any]]] = {
 TIMM: dict[str, tuple[dict[str, Any], int]] = {
     "eva02_tiny_patch14_224": (dict(img_size=28, depth=2, num_classes=10), 28),
     "beit_base_patch16_224": (dict(img_size=32, depth=2, embed_dim=64, num_heads=4, num_classes=10), 32),
-    "efficientformer_l1": (dict(num_classes=10), 64),
-    "efficientformerv2_s0": (dict(num_classes=10), 64),
+    "efficientformer_l1": (dict(depths=(1, 1, 2, 2), embed_dims=(16, 32, 48, 64), num_vit=1, num_classes=10), 224),
+    "efficientformerv2_s0": (dict(depths=(1, 1, 2, 2), embed_dims=(16, 32, 48, 64), num_classes=10), 224),
     "edgenext_xx_small": (dict(num_classes=10), 64),
     "coatnet_nano_rw_224": (dict(num_classes=10, img_size=64), 64),
     "pvt_v2_b0": (dict(num_classes=10), 64),
@@ -152,7 +153,7 @@ def attention_layers(model: nn.Module) -> list[str]:
     matrix (Linear, GPT-2's Conv1D, a 1x1 conv) and is not inside another such module."""
     found: list[str] = []
     for n, m in model.named_modules():
-        if type(m).__name__.endswith(("Attention", "Attention2d")) and any(p.ndim >= 2 for p in m.parameters()):
+        if type(m).__name__.endswith(("Attention", "Attention2d", "Attn")) and any(p.ndim >= 2 for p in m.parameters()):
             if not any(n.startswith(f + ".") for f in found):
                 found.append(n)
     return found

@@ -54,6 +54,26 @@ def _timm_rules() -> None:
 
     register_module_rule(LayerNorm2d)(channels_first_norm)
     register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
+    _timm_resizers()
+
+
+def _timm_resizers() -> None:
+    """timm's relative-position biases view their gathered table by a ``bias_shape`` tuple
+    holding the head count (CoAtNet, MaxViT): it follows the table's head axis. A resizer
+    makes the layer explain its own sizes, so that count is not taken for its attention's
+    ``num_heads`` (rewritten while ``bias_shape`` kept the old count: the prune failed)."""
+    from timm.layers.pos_embed_rel import RelPosBias, RelPosBiasTf
+
+    from ..prune.surgery import register_resizer
+
+    @register_resizer(RelPosBias)
+    def _rel_pos_bias(m: RelPosBias) -> None:  # table (positions, heads)
+        m.bias_shape = (*m.bias_shape[:-1], m.relative_position_bias_table.shape[-1])
+
+    @register_resizer(RelPosBiasTf)
+    def _rel_pos_bias_tf(m: RelPosBiasTf) -> None:  # table (heads, height, width)
+        m.bias_shape = tuple(m.relative_position_bias_table.shape)
+        m.num_heads = m.bias_shape[0]
 
 
 def _transformers_layers() -> None:
