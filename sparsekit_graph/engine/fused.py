@@ -139,8 +139,9 @@ def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
     try:
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILES):
+        with torch._dynamo.config.patch(**{limit: _RECOMPILES}), torch.no_grad():
             return _compiled(name, fn)(*args)
     except Exception as e:  # noqa: BLE001 - any failure to compile means: use the eager kernels
         _state["broken"] = f"{type(e).__name__}: {e}"
