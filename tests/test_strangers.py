@@ -225,6 +225,30 @@ BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
     "clamp_tensor_bound": (lambda s, h: h.clamp(min=s.lo[None, :, None, None]), {"lo": nn.Parameter(torch.rand(C))}),
     "sigmoid_mean_channels": (lambda s, h: h * torch.sigmoid(h).mean(1, keepdim=True), {}),
     "fold_unfold": (lambda s, h: F.fold(F.unfold(h, 3, padding=1), h.shape[-2:], 3, padding=1), {}),
+    # divisors and logarithms of a channel's members: masked, 0 / 0 is NaN (were claimed zero-invariant)
+    "div_by_param": (lambda s, h: h / s.g.view(1, -1, 1, 1), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "rsqrt_param": (lambda s, h: h * s.g.rsqrt()[:, None, None], {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "log_param_shift": (lambda s, h: h + s.g.log()[:, None, None], {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "div_spatial_sum": (lambda s, h: h / h.sum((2, 3), keepdim=True), {}),
+    "div_by_param_eps": (lambda s, h: h / (s.g.abs() + 1e-3)[:, None, None], {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "div_by_buffer": (lambda s, h: h / s.g[:, None, None], {"g": torch.rand(C) + 0.5}),
+    "einsum_scale_param": (lambda s, h: torch.einsum("bchw,c->bchw", h, s.g), {"g": nn.Parameter(torch.rand(C))}),
+    "conv_padding_same": (
+        lambda s, h: F.conv2d(h, s.w, s.wb, padding="same"),
+        {"w": nn.Parameter(torch.randn(6, C, 3, 3) * 0.2), "wb": nn.Parameter(torch.randn(6))},
+    ),
+    "batch_norm_functional": (
+        lambda s, h: F.batch_norm(h, s.rm, s.rv, s.bw, s.bb, training=False),
+        {"rm": torch.randn(C), "rv": torch.rand(C) + 0.5, "bw": nn.Parameter(torch.rand(C)), "bb": nn.Parameter(torch.rand(C))},
+    ),
+    "cat_new_zeros_channels": (lambda s, h: torch.cat([h, h.new_zeros(h.shape[0], 4, h.shape[2], h.shape[3])], 1), {}),
+    "stack_sum0": (lambda s, h: torch.stack([h, h * 2]).sum(0), {}),
+    "view_star_shape": (lambda s, h: h.view(*h.shape[:2], -1).view_as(h), {}),
+    "conv_buffer_sigmoid": (lambda s, h: h * F.conv2d(h.sigmoid(), s.o), {"o": torch.ones(1, C, 1, 1)}),
+    # einsum sums: a reduction of values that are not zero for a removed channel (was zero-invariant)
+    "einsum_reduce_sigmoid": (lambda s, h: h * torch.einsum("bchw->bhw", h.sigmoid())[:, None], {}),
+    "einsum_buffer_sigmoid": (lambda s, h: h * torch.einsum("bchw,c->bhw", h.sigmoid(), s.o)[:, None], {"o": torch.rand(C)}),
+    "einsum_ellipsis_mix": (lambda s, h: torch.einsum("bc...,oc->bo...", h, s.w), {"w": nn.Parameter(torch.randn(6, C))}),
 }
 
 
@@ -286,6 +310,21 @@ SEQ_BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
         {"pos": nn.Parameter(torch.randn(5, C))},
     ),
     "gru_cell_loop": (_gru_loop, {"cell": nn.GRUCell(C, 6)}),
+    "reciprocal_param": (lambda s, h: h * s.g.reciprocal(), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "rdiv_param": (lambda s, h: h * (1 / s.g), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "pow_negative_param": (lambda s, h: h * s.g**-0.5, {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "div_inplace_param": (lambda s, h: h.clone().div_(s.g), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "addcdiv_param": (lambda s, h: torch.addcdiv(h, h, s.g), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "temperature_softmax": (lambda s, h: (h / s.t).softmax(1), {"t": nn.Parameter(torch.rand(C) + 0.5)}),
+    "div_by_exp_param": (lambda s, h: h / s.g.exp(), {"g": nn.Parameter(torch.rand(C))}),
+    "einsum_bld_hd": (lambda s, h: torch.einsum("bld,hd->blh", h, s.w), {"w": nn.Parameter(torch.randn(5, C))}),
+    "matmul_batched_param": (lambda s, h: torch.matmul(h, s.w), {"w": nn.Parameter(torch.randn(1, C, 5))}),
+    "view_star_heads": (lambda s, h: h.view(*h.shape[:2], 2, -1).flatten(2), {}),
+    # a buffer is no member masks zero: sigmoid(0) @ buffer still adds (was claimed zero-invariant)
+    "matmul_buffer_sigmoid": (lambda s, h: h * (h.sigmoid() @ s.o), {"o": torch.ones(C, 1)}),
+    "matmul_constant_reduce": (lambda s, h: h * (h.sigmoid() @ torch.ones(C, 1)), {}),
+    "matmul_constant_mean": (lambda s, h: h - h @ torch.full((C, C), 1.0 / C), {}),
+    "linear_buffer_sigmoid": (lambda s, h: h * F.linear(h.sigmoid(), s.o), {"o": torch.ones(1, C)}),
 }
 
 
@@ -300,6 +339,9 @@ QUICK = {
     "view_literal_chw", "flatten_channels_last", "view_size0", "max_values", "adaptive_view", "sum_twice",
     "div_out_channels", "div_num_features", "zeros_like_alone", "zeros_of_read_shape",
     "maxpool_indices", "baddbmm_param", "layer_norm_shape_read", "embedding_fn_positions", "gru_cell_loop",
+    "div_by_param", "rsqrt_param", "div_spatial_sum", "reciprocal_param", "pow_negative_param",
+    "matmul_buffer_sigmoid", "matmul_constant_reduce", "linear_buffer_sigmoid", "conv_buffer_sigmoid",
+    "einsum_reduce_sigmoid", "einsum_buffer_sigmoid", "einsum_ellipsis_mix",
 }  # fmt: skip
 
 
@@ -598,3 +640,55 @@ def test_group_norm_keeps_its_groups(groups: int, tmp_path: Path) -> None:
     assert group.prunable and not group.zero_invariant
     result = check_oracle(module, x, tmp_path, min_drop=0.0, require=False)
     assert result.model.gn.num_groups == groups and result.model.gn.num_channels == result.model.a.out_channels
+
+
+@pytest.mark.parametrize(
+    ("body", "zero_invariant"),
+    [
+        pytest.param(lambda s, h: h / s.g.view(1, -1, 1, 1), False, id="param"),
+        pytest.param(lambda s, h: h * s.g.rsqrt()[:, None, None], False, id="rsqrt"),
+        pytest.param(lambda s, h: h / h.sum((2, 3), keepdim=True), False, id="spatial-sum"),
+        pytest.param(lambda s, h: h / (s.g.abs() + 1e-3)[:, None, None], True, id="param-plus-eps"),
+        pytest.param(lambda s, h: h / s.g.exp()[:, None, None], True, id="exp"),
+        pytest.param(lambda s, h: h / (h.norm(dim=1, keepdim=True) + 1e-3), True, id="broadcast-norm"),
+    ],
+)
+def test_divisors_that_vanish_with_the_channel(body: Callable[..., Tensor], zero_invariant: bool) -> None:
+    """Masked, ``h / g`` with ``g`` a member is 0 / 0: prunable, but no zero-invariance claim."""
+    group = skg.plan(Body(body, g=nn.Parameter(torch.rand(C) + 0.5)), torch.randn(*X4)).group("a:out")
+    assert group.prunable and group.zero_invariant is zero_invariant, group
+
+
+@pytest.mark.parametrize(
+    "branch",
+    [
+        pytest.param(lambda s, h: h * 2 if s.a.out_channels == C else h, id="layer-attribute"),
+        pytest.param(lambda s, h: h * 2 if h.shape[1] == C else h, id="shape-read"),  # fx cannot: torch.export
+    ],
+)
+def test_branch_on_a_pruned_size_never_prunes_silently(branch: Callable[..., Tensor]) -> None:
+    """Python control flow on a channel count is invisible to both tracers: the pruned model
+    would take the other branch. ``prune`` sees it run other code and refuses, leaving the model."""
+    model, x = Body(branch), torch.randn(*X4)
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    with pytest.raises(skg.SparseKitError, match="runs other code"):
+        skg.prune(model, plan, ratio=0.5)
+    assert_untouched(model, before, "refused prune")
+
+
+def test_einsum_spellings_of_a_linear_layer_give_one_plan() -> None:
+    """With or without an ellipsis, operands as a list, or as ``F.linear`` / ``@``: one plan."""
+    spellings = [
+        lambda s, h: torch.einsum("bld,hd->blh", h, s.w),
+        lambda s, h: torch.einsum("...d,hd->...h", h, s.w),
+        lambda s, h: torch.einsum("b l d, h d -> b l h", [h, s.w]),
+        lambda s, h: F.linear(h, s.w),
+        lambda s, h: h @ s.w.T,
+    ]
+    keys = []
+    for fn in spellings:
+        torch.manual_seed(0)
+        keys.append(_key(skg.plan(Seq(fn, w=nn.Parameter(torch.randn(5, C))), torch.randn(*X3))))
+    assert all(k == keys[0] for k in keys[1:]), keys
+    assert any(prunable and zi for _, prunable, zi, _ in keys[0])

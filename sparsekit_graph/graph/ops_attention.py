@@ -3,19 +3,22 @@ embeddings, slicing and selecting, and the checks ``torch.export`` leaves in a g
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
-from .ops_tensor import is_weight
+from .ops_tensor import is_weight, zeroed_by_masks
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, product_sources, size_sources
+from .zeros import zero_breaker
 
 # -- attention -----------------------------------------------------------------------------
 
@@ -87,10 +90,11 @@ def einsum(ctx: RuleContext) -> None:
         equation, operands, _ = ctx.arg("equation"), ctx.arg("tensors"), ctx.arg("path")
     if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
         operands = list(operands[0])
-    if not isinstance(equation, str) or "..." in equation or "->" not in equation:
+    spelled = _without_ellipsis(equation, [ctx.meta(x) for x in operands]) if isinstance(equation, str) else None
+    if spelled is None:
         ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
         return
-    inputs, result = equation.replace(" ", "").split("->")
+    inputs, result = spelled
     terms = inputs.split(",")
     axes = [ctx.axes(x) for x in operands]
     out = ctx.out()
@@ -98,6 +102,7 @@ def einsum(ctx: RuleContext) -> None:
         ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
         return
     weights = [is_weight(ctx, x) for x in operands]
+    zeroed = [zeroed_by_masks(ctx, x) for x in operands]
     for letter in dict.fromkeys(inputs.replace(",", "")):
         found = [(a[t.index(letter)], w) for a, t, w in zip(axes, terms, weights) if letter in t]  # type: ignore[index]
         if letter in result:
@@ -105,10 +110,37 @@ def einsum(ctx: RuleContext) -> None:
             for axis, weight in found:
                 if ctx.graph.size(axis) == ctx.graph.size(target) > 1:
                     (ctx.produce if weight else ctx.graph.link)(axis, target)
-        else:
-            ctx.same([found[0][0]] * (len(found) - 1), [a for a, _ in found[1:]])
-            if not any(weights) and len(found) > 1:
-                ctx.mix([found[0][0]], f"einsum of activations at {ctx.where()} contracts {letter!r}")
+            continue
+        ctx.same([found[0][0]] * (len(found) - 1), [a for a, _ in found[1:]])
+        # A sum over the letter: exact where a masked channel makes some factor zero (a parameter
+        # masks zero, or an activation that keeps zeros); ``sigmoid(h)`` alone adds 0.5 per channel.
+        held = [(x, t.index(letter), z) for x, t, z in zip(operands, terms, zeroed) if letter in t]
+        if not any(z or zero_breaker(x, d, ctx.modules) is None for x, d, z in held):
+            ctx.mix([found[0][0]], f"einsum at {ctx.where()} sums {letter!r} over values not zero for removed channels")
+
+
+def _without_ellipsis(equation: str, values: list[object]) -> tuple[str, str] | None:
+    """``"...d,hd->...h"`` as ``("ABd,hd", "ABh")`` for these operands (letters unused in the
+    equation stand for the ellipsis); None without an explicit output or where operands' ellipses
+    cover different numbers of axes."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation:
+        return None
+    inputs, result = equation.split("->")
+    terms = inputs.split(",")
+    if "..." not in equation:
+        return inputs, result
+    if len(terms) != len(values) or any("..." in t and not isinstance(v, Tensor) for t, v in zip(terms, values)):
+        return None
+    spans = {v.ndim - len(t.replace("...", "")) for t, v in zip(terms, values) if "..." in t}  # type: ignore[union-attr]
+    if len(spans) != 1:
+        return None
+    n = spans.pop()
+    free = [c for c in string.ascii_letters if c not in equation]
+    if n < 0 or n > len(free):
+        return None
+    fill = "".join(free[:n])
+    return ",".join(t.replace("...", fill) for t in terms), result.replace("...", fill)
 
 
 # -- embeddings ----------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from torch import nn
 from .axes import AxisId
 from .context import RuleContext
 from .ops_reshape import flatten_axes, reshape_axes
-from .ops_tensor import link_padding, pointwise, spatial_axes
+from .ops_tensor import link_padding, pointwise, spatial_axes, zeroed_by_masks
 from .rules import register_function_rule, register_module_rule
+from .zeros import zero_breaker
 
 __all__ = ["SAME_SHAPE_MODULES"]
 
@@ -120,9 +121,21 @@ def conv_function(ctx: RuleContext) -> None:
     cx = len(x) - spatial - 1
     fixed = groups > 1 and ctx.constant_size(x[cx], groups)
     co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
+    _contracted_by_buffer(ctx, cx)
     b = ctx.axes(ctx.arg("bias"))
     if b is not None:
         ctx.same(b, [out[co]])
+
+
+def _contracted_by_buffer(ctx: RuleContext, d: int) -> None:
+    """A weight that masks do not zero (a buffer, a computed tensor) sums input axis ``d``:
+    exact only where the input itself is zero for a masked channel (``F.linear(sigmoid(h),
+    self.buf)`` still adds ``0.5 * buf``)."""
+    if zeroed_by_masks(ctx, ctx.arg("weight")):
+        return
+    breaker = zero_breaker(ctx.input, d, ctx.modules)
+    if breaker is not None:
+        ctx.mix([ctx.axes(ctx.input)[d]], f"{ctx.where()} with a weight masks leave sums values not zero (at {breaker})")
 
 
 @register_module_rule(nn.Linear)
@@ -167,6 +180,7 @@ def linear_function(ctx: RuleContext) -> None:
     ctx.same(x[:-1], out[:-1])
     ctx.graph.link(x[-1], w[1])
     ctx.produce(w[0], out[-1])
+    _contracted_by_buffer(ctx, len(x) - 1)
     if b is not None:
         ctx.same(b, out[-1:])
 

@@ -20,6 +20,7 @@ from .ops_gather import gather_by_index
 from .normalize import normalize
 from .ops_reshape import link_read_lengths, read_axis
 from .rules import register_function_rule, register_method_rule
+from .singular import singular_operands, stays_nonzero
 from .zeros import zero_breaker
 
 # -- pointwise -----------------------------------------------------------------------------
@@ -67,6 +68,10 @@ def pointwise(ctx: RuleContext) -> None:
     operands = [ctx.axes(ctx.input)] if ctx.node.op == "call_module" else ctx.tensor_axes()
     for axes in operands:
         ctx.same(reversed(axes or []), reversed(out[0]))
+    for x in singular_operands(ctx.call):  # h / g: a masked channel divides by zero
+        for d, a in enumerate(ctx.axes(x) or []):
+            if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
+                ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
 
 
 @register_method_rule("expand", "expand_as", "broadcast_to")
@@ -565,7 +570,7 @@ def sized_tensor(ctx: RuleContext) -> None:
 # -- products ------------------------------------------------------------------------------
 
 _WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torch.permute, torch.Tensor.data,
-                 torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.to,
+                 torch.Tensor.detach, torch.detach, torch.Tensor.contiguous, torch.Tensor.to,
                  torch.Tensor.index, torch.Tensor.expand, torch.Tensor.expand_as,
                  torch.broadcast_to}  # fmt: skip  (index: stacked experts gathered per token)
 
@@ -576,6 +581,20 @@ def is_weight(ctx: RuleContext, x: object) -> bool:
     while isinstance(x, fx.Node):
         if x.op == "get_attr":
             return bool(ctx.aliases and x.name in ctx.aliases)
+        if x.op not in ("call_function", "call_method") or normalize(x).op not in _WEIGHT_VIEWS:
+            return False
+        x = normalize(x).args.get("input")
+    return False
+
+
+def zeroed_by_masks(ctx: RuleContext, x: object) -> bool:
+    """A parameter, or a view of one: masking a channel zeroes it. Masks leave buffers alone,
+    so ``sigmoid(h) @ self.buffer`` still adds ``0.5 * buffer`` for a masked channel."""
+    while isinstance(x, fx.Node):
+        if x.op == "get_attr":
+            name = (ctx.aliases or {}).get(x.name)
+            owner, _, attr = (name or "").rpartition(".")
+            return name is not None and isinstance(getattr(ctx.modules.get(owner), attr, None), torch.nn.Parameter)
         if x.op not in ("call_function", "call_method") or normalize(x).op not in _WEIGHT_VIEWS:
             return False
         x = normalize(x).args.get("input")
@@ -604,7 +623,7 @@ def link_matmul(ctx: RuleContext, a_node: object, b_node: object, out: list) -> 
     batch_out = out[: len(out) - len(tail)]
     ctx.same(reversed(batch_a), reversed(batch_out))
     ctx.same(reversed(batch_b), reversed(batch_out))
-    if not (is_weight(ctx, a_node) or is_weight(ctx, b_node)):
+    if not (zeroed_by_masks(ctx, a_node) or zeroed_by_masks(ctx, b_node)):
         da, db = ctx.meta(a_node).ndim - 1, max(ctx.meta(b_node).ndim - 2, 0)
         breaks = [zero_breaker(a_node, da, ctx.modules), zero_breaker(b_node, db, ctx.modules)]  # type: ignore[arg-type]
         if None not in breaks:

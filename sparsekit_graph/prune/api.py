@@ -141,6 +141,7 @@ def prune(
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_outputs(before_gm, after_gm)
+    _same_code(before_gm, after_gm)
     _sizes_followed(plan, chosen, before_gm, after_gm)
     reloadable = fit_config(model, work, inputs)
     report = PruneReport(
@@ -254,6 +255,25 @@ def _output_shapes(graph: fx.Graph) -> list[tuple[int, ...]]:
     found: list[fx.Node] = []
     fx.node.map_arg(out.args, found.append)
     return [tuple(n.meta[META].shape) for n in found if isinstance(n.meta.get(META), Tensor)]
+
+
+def _same_code(before: fx.Graph, after: fx.Graph) -> None:
+    """The pruned model runs the same ops in the same order. A forward that branches in Python
+    on a size that pruning changes (``if h.shape[1] == 8``, ``if self.conv.out_channels > 4``)
+    traces to other code: its output would no longer equal the masked model's."""
+    a, b = _ops(before), _ops(after)
+    if a != b:
+        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        where = a[i][1] if i < len(a) else "the end of forward"
+        raise SparseKitError(
+            f"the pruned model runs other code from {getattr(where, '__name__', where)!s} on (forward branches on a "
+            "pruned size, or rebuilds a tensor of a fixed size); nothing was changed: pin the group whose size it reads"
+        )
+
+
+def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
+    """What a graph runs, in order (constants by kind: fx names them anew per trace)."""
+    return [(n.op, None if n.op == "get_attr" else n.target) for n in graph.nodes if n.op not in ("placeholder", "output")]
 
 
 def _same_outputs(before: fx.Graph, after: fx.Graph) -> None:
