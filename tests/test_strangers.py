@@ -692,3 +692,26 @@ def test_einsum_spellings_of_a_linear_layer_give_one_plan() -> None:
         keys.append(_key(skg.plan(Seq(fn, w=nn.Parameter(torch.randn(5, C))), torch.randn(*X3))))
     assert all(k == keys[0] for k in keys[1:]), keys
     assert any(prunable and zi for _, prunable, zi, _ in keys[0])
+
+
+class Caching(nn.Module):
+    """A forward that keeps state in Python attributes (a call counter, the last features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, C, 1), nn.Conv2d(C, 4, 1)
+        self.calls, self.last = 0, None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        self.last, self.calls = h, self.calls + 1
+        self.seen = True  # an attribute forward creates
+        return self.b(h)
+
+
+def test_python_attributes_set_in_forward_are_restored() -> None:
+    """Tracing ran ``forward``: it left a Proxy in ``self.last`` and counted a call."""
+    model, x = Caching(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    skg.prune(model, plan, ratio=0.5)
+    assert (model.calls, model.last, hasattr(model, "seen")) == (0, None, False)
