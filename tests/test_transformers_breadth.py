@@ -233,6 +233,7 @@ VISION_SLOW = {
     "timm_swin_tiny": lambda: _timm("swin_tiny_patch4_window7_224", 224),
     "maxvit_small_config": _small_maxvit,
     "maxvit_t": lambda: (tv.models.maxvit_t(weights=None).eval(), torch.randn(1, 3, 224, 224)),
+    "swin_v2_t": lambda: (tv.models.swin_v2_t(weights=None).eval(), torch.randn(1, 3, 256, 256)),  # cosine attention
 }
 
 
@@ -246,7 +247,8 @@ def test_vision_transformers_prune_attention(name: str, tmp_path: Path) -> None:
     attention = [
         n
         for n, m in model.named_modules()
-        if type(m).__name__.endswith("Attention") and hasattr(m, "num_heads" if "maxvit" not in name else "n_heads")
+        if type(m).__name__.removesuffix("V2").endswith("Attention")
+        and hasattr(m, "num_heads" if "maxvit" not in name else "n_heads")
     ]
     qkv = {n: next(a for a in ("qkv", "to_qkv") if hasattr(dict(model.named_modules())[n], a)) for n in attention}
     covered = {
