@@ -271,9 +271,31 @@ def _same_code(before: fx.Graph, after: fx.Graph) -> None:
         )
 
 
+# Ops that only re-view values (no arithmetic, no reordering): code that drops them when a size
+# becomes 1 computes the same (``repeat_kv`` returns its input at one query head per KV group).
+_REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, torch.ops.aten.reshape.default,
+            torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, "unsqueeze", "expand", "reshape",
+            "view"}  # fmt: skip
+
+
 def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
-    """What a graph runs, in order (constants by kind: fx names them anew per trace)."""
-    return [(n.op, None if n.op == "get_attr" else n.target) for n in graph.nodes if n.op not in ("placeholder", "output")]
+    """What a graph runs, in order (constants by kind: fx names them anew per trace), less
+    re-views and whole-axis slices."""
+    return [
+        (n.op, None if n.op == "get_attr" else n.target)
+        for n in graph.nodes
+        if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n)
+    ]
+
+
+def _whole_slice(n: fx.Node) -> bool:
+    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was."""
+    if n.target is not torch.ops.aten.slice.Tensor:
+        return False
+    start = n.args[2] if len(n.args) > 2 else n.kwargs.get("start", 0)
+    end = n.args[3] if len(n.args) > 3 else n.kwargs.get("end")
+    step = n.args[4] if len(n.args) > 4 else n.kwargs.get("step", 1)
+    return start in (0, None) and (end is None or (isinstance(end, int) and end >= 2**62)) and step == 1
 
 
 def _same_outputs(before: fx.Graph, after: fx.Graph) -> None:

@@ -97,9 +97,13 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
     ``per_channel`` for each channel its group removed. An attribute several groups count (a
     config shared by all layers, or one object several blocks hold) changes only where they
     all agree on the new value; otherwise it keeps its value and ``prune``'s structure check
-    decides whether the model still computes what the plan says."""
+    decides whether the model still computes what the plan says. A pinned group's claim (keep
+    the value) yields to prunable groups that agree: a literal a pinned axis only happened to
+    share with the attribute (StableLM's rotary slice ``q[..., :4]`` beside ``num_heads = 4``)
+    must not keep the heads' count; where the pinned axis truly reads it, the structure check
+    fails loudly."""
     modules = dict(model.named_modules())
-    proposals: dict[tuple[int, str], tuple[object, set]] = {}
+    proposals: dict[tuple[int, str], tuple[object, set, set]] = {}  # (holder, prunable's values, pinned's)
     for g in plan.groups:
         mask = masks.get(g.name)
         removed = int(mask.sum()) if mask is not None else 0
@@ -109,8 +113,9 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
             by = ref.lowered_by(removed)
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
             if new is not None:
-                proposals.setdefault((id(holder), ref.attr), (holder, set()))[1].add(new)
-    for (_, attr), (holder, values) in proposals.items():
+                proposals.setdefault((id(holder), ref.attr), (holder, set(), set()))[1 if g.prunable else 2].add(new)
+    for (_, attr), (holder, live, pinned) in proposals.items():
+        values = live or pinned
         if len(values) == 1:
             setattr(holder, attr, values.pop())
 
