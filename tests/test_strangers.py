@@ -715,3 +715,20 @@ def test_python_attributes_set_in_forward_are_restored() -> None:
     plan = skg.plan(model, x)
     skg.prune(model, plan, ratio=0.5)
     assert (model.calls, model.last, hasattr(model, "seen")) == (0, None, False)
+
+
+class StarForward(nn.Module):
+    """``forward(self, *args, **kwargs)``: the input arrives in ``args[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, C, 3, padding=1), nn.Conv2d(C, 4, 1)
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        return self.b(torch.relu(self.a(args[0])))
+
+
+def test_forward_taking_star_args(tmp_path: Path) -> None:
+    """Shape propagation gave ``*args`` every input, leaving none for ``**kwargs`` (refused)."""
+    result = check_oracle(StarForward(), torch.randn(*X4), tmp_path, min_drop=0.0)
+    assert result.plan.group("a:out").prunable

@@ -224,8 +224,11 @@ class _MetaRunner:
         if n.op == "placeholder":
             if str(n.target).startswith("**"):  # **kwargs: the dict _propagate gathered
                 return _to_meta(given.pop(0))
-            if str(n.target).startswith("*"):  # *args: everything left
-                rest, given[:] = tuple(given), []
+            if str(n.target).startswith("*"):  # *args: everything left but what later placeholders take
+                k, later = 0, n.next
+                while later.op == "placeholder":  # a **kwargs or keyword-only input after *args
+                    k, later = k + 1, later.next
+                rest, given[:] = tuple(given[: len(given) - k]), given[len(given) - k :]
                 return _to_meta(rest)
             return _to_meta(given.pop(0))
         if n.op == "get_attr":
