@@ -324,6 +324,8 @@ SEQ_BODIES: dict[str, tuple[Callable[..., Tensor], dict]] = {
     "matmul_buffer_sigmoid": (lambda s, h: h * (h.sigmoid() @ s.o), {"o": torch.ones(C, 1)}),
     "matmul_constant_reduce": (lambda s, h: h * (h.sigmoid() @ torch.ones(C, 1)), {}),
     "matmul_constant_mean": (lambda s, h: h - h @ torch.full((C, C), 1.0 / C), {}),
+    "layer_norm_size_tuple": (lambda s, h: F.layer_norm(h, (h.size(-1),)), {}),
+    "layer_norm_size_list": (lambda s, h: F.layer_norm(h, [h.shape[-1]]), {}),
     "linear_buffer_sigmoid": (lambda s, h: h * F.linear(h.sigmoid(), s.o), {"o": torch.ones(1, C)}),
 }
 
@@ -341,7 +343,7 @@ QUICK = {
     "maxpool_indices", "baddbmm_param", "layer_norm_shape_read", "embedding_fn_positions", "gru_cell_loop",
     "div_by_param", "rsqrt_param", "div_spatial_sum", "reciprocal_param", "pow_negative_param",
     "matmul_buffer_sigmoid", "matmul_constant_reduce", "linear_buffer_sigmoid", "conv_buffer_sigmoid",
-    "einsum_reduce_sigmoid", "einsum_buffer_sigmoid", "einsum_ellipsis_mix",
+    "einsum_reduce_sigmoid", "einsum_buffer_sigmoid", "einsum_ellipsis_mix", "layer_norm_size_tuple",
 }  # fmt: skip
 
 
@@ -732,3 +734,16 @@ def test_forward_taking_star_args(tmp_path: Path) -> None:
     """Shape propagation gave ``*args`` every input, leaving none for ``**kwargs`` (refused)."""
     result = check_oracle(StarForward(), torch.randn(*X4), tmp_path, min_drop=0.0)
     assert result.plan.group("a:out").prunable
+
+
+def test_layer_norm_shape_read_in_any_container_gives_one_plan() -> None:
+    """``x.shape[-1:]``, ``(x.size(-1),)`` and ``[x.shape[-1]]`` all follow x (a literal pins)."""
+    spellings = [
+        lambda s, h: F.layer_norm(h, h.shape[-1:]),
+        lambda s, h: F.layer_norm(h, (h.size(-1),)),
+        lambda s, h: F.layer_norm(h, [h.shape[-1]]),
+        lambda s, h: F.layer_norm(h, normalized_shape=h.shape[2:]),
+    ]
+    keys = [_key(skg.plan(Seq(fn), torch.randn(*X3))) for fn in spellings]
+    assert all(k == keys[0] for k in keys[1:]), keys
+    assert skg.plan(Seq(spellings[1]), torch.randn(*X3)).group("fc:out").prunable

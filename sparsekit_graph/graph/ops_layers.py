@@ -269,8 +269,11 @@ def layer_norm_function(ctx: RuleContext) -> None:
         return
     pointwise(ctx)
     shape = ctx.arg("normalized_shape")
-    read = isinstance(shape, fx.Node)  # F.layer_norm(x, x.shape[-1:]): the shape follows x
-    value = ctx.meta(shape) if read else shape
+    # F.layer_norm(x, x.shape[-1:]) or (x.size(-1),): lengths read in forward follow the model
+    parts = shape if isinstance(shape, (tuple, list)) else ()
+    lengths = bool(parts) and all(isinstance(p, fx.Node) and isinstance(ctx.meta(p), int) for p in parts)
+    read = isinstance(shape, fx.Node) or lengths
+    value = ctx.meta(shape) if isinstance(shape, fx.Node) else shape
     k = len(value) if isinstance(value, (tuple, list)) else 1
     trailing = out[len(out) - k :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
