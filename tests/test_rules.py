@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import check_oracle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import sparsekit_graph as skg
@@ -303,3 +305,18 @@ def test_negative_tuple_index_is_the_same_element(tmp_path: Path) -> None:
     tail = [g for g in plan.groups if any(m.param == "c.weight" and m.start == 4 for m in g.members)]
     assert len(tail) == 1 and not tail[0].prunable and "split" in tail[0].reason
     check_oracle(SplitLast(), torch.randn(2, 3, 4, 4), tmp_path, min_drop=0.0)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.integers(0, 3), max_size=4), st.lists(st.integers(0, 3), max_size=4))
+def test_shape_pass_broadcasts_like_torch(a: list[int], b: list[int]) -> None:
+    """The shape pass's broadcast (torch.broadcast_shapes costs ~30 us a call) agrees with torch's."""
+    from sparsekit_graph.graph.trace import _broadcast
+
+    def attempt(f):  # noqa: ANN001, ANN202
+        try:
+            return tuple(f(torch.Size(a), torch.Size(b)))
+        except RuntimeError:
+            return None
+
+    assert attempt(_broadcast) == attempt(torch.broadcast_shapes)
