@@ -320,3 +320,27 @@ def test_shape_pass_broadcasts_like_torch(a: list[int], b: list[int]) -> None:
             return None
 
     assert attempt(_broadcast) == attempt(torch.broadcast_shapes)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.sampled_from([nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d]),
+    st.lists(st.integers(0, 5), min_size=1, max_size=5),
+    st.data(),
+)
+def test_shape_pass_adaptive_pools_like_torch(cls: type[nn.Module], shape: list[int], data: st.DataObject) -> None:
+    """The shape pass's shortcut for adaptive pools gives the shape torch's meta kernel gives."""
+    from sparsekit_graph.graph.trace import _shape_only
+
+    k = int(cls.__name__[-2])
+    size = data.draw(st.one_of(st.integers(1, 4), st.tuples(*[st.one_of(st.none(), st.integers(1, 4))] * k)))
+    m, x = cls(size), torch.empty(shape, device="meta")
+    try:
+        with torch.no_grad():
+            ref = tuple(torch.func.functional_call(m, {}, (x,), {}).shape)
+    except Exception:  # noqa: BLE001 - torch refuses with several exception types
+        ref = None
+    got = _shape_only(m, x, "pool")
+    assert got is None or tuple(got.shape) == ref
+    plain = 0 not in shape and x.ndim in (k + 1, k + 2) and None not in (size if isinstance(size, tuple) else (size,))
+    assert (got is not None) == plain

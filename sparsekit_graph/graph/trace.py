@@ -318,6 +318,8 @@ def _shape_only(mod: nn.Module, x: Tensor, target: str) -> Tensor | None:
                 f"shape propagation failed at layer {target}: normalised shape {width} does not fit input {tuple(x.shape)}"
             )
         return _meta_empty(x.shape, x)
+    if kind == "adaptive_pool" and not getattr(mod, "return_indices", False):
+        return _adaptive_pool_shape(mod, x)
     if kind == "same":
         n = getattr(mod, "num_features", None)
         if n is not None and (x.ndim < 2 or x.shape[1] != n):
@@ -335,6 +337,8 @@ def _shape_kind(cls: type) -> str | None:
         return "linear"
     if inherits_forward(cls, nn.LayerNorm):
         return "layer_norm"
+    if any(inherits_forward(cls, c) for c in _ADAPTIVE_POOLS):
+        return "adaptive_pool"
     return "same" if any(inherits_forward(cls, k) for k in _SAME_SHAPE) else None
 
 
@@ -345,6 +349,10 @@ def _meta_empty(shape: tuple[int, ...] | torch.Size, like: Tensor) -> Tensor:
 
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _META_DEVICE = torch.device("meta")
+_ADAPTIVE_POOLS = {
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+}  # fmt: skip
 
 
 def _conv_shape(mod: nn.modules.conv._ConvNd, x: Tensor, target: str) -> Tensor:
@@ -363,6 +371,16 @@ def _conv_shape(mod: nn.modules.conv._ConvNd, x: Tensor, target: str) -> Tensor:
             raise _layer_error(target, f"input {tuple(x.shape)} is smaller than the kernel")
         spatial.append((n + pad - span) // mod.stride[i] + 1)
     return _meta_empty((*x.shape[: -k - 1], mod.out_channels, *spatial), x)
+
+
+def _adaptive_pool_shape(mod: nn.Module, x: Tensor) -> Tensor | None:
+    """An adaptive pool's output, its ``output_size``; None for inputs the layer may refuse and
+    sizes left to the input (``None``), which then run on meta (that kernel costs ~0.4 ms)."""
+    k = next(k for c, k in _ADAPTIVE_POOLS.items() if inherits_forward(type(mod), c))
+    size = mod.output_size if isinstance(mod.output_size, (tuple, list)) else (mod.output_size,) * k
+    if x.ndim not in (k + 1, k + 2) or len(size) != k or 0 in x.shape or None in size:
+        return None
+    return _meta_empty((*x.shape[:-k], *size), x)
 
 
 def _layer_error(target: str, detail: str) -> TraceError:
