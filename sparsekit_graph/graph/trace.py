@@ -51,6 +51,7 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
     with torch.no_grad():
         saved = [b.clone() for b in buffers]
     attributes = [(m, dict(m.__dict__)) for m in modules]
+    caches = [(v, dict(v)) for m in modules for k, v in m.__dict__.items() if type(v) is dict and not k.startswith("_")]
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
@@ -66,6 +67,10 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
                 if b._version != version:
                     b.copy_(copy)
         _restore_attributes(attributes)
+        for cache, before in caches:  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
+            if cache.keys() != before.keys() or any(cache[k] is not v for k, v in before.items()):
+                cache.clear()
+                cache.update(before)
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
