@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
+from pydantic import ValidationError
 from torch import nn
 
 import sparsekit_graph as skg
@@ -202,3 +204,22 @@ def test_failed_surgery_leaves_the_model_unchanged(planned) -> None:
         skg.prune(model, edited, ratio=0.5, inplace=True)
     assert model[0].out_channels == 8 and model[1].num_features == 8
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_planner_members_equal_pydantic_construction() -> None:
+    """The planner's fast construction gives what ``model_construct`` gives: equal objects, the
+    same fields set, a JSON round trip that validates, and frozen instances."""
+    from sparsekit_graph.plan.schema import Group, Member, constructed
+
+    plan = skg.plan(torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32))
+    for g in plan.groups:
+        assert Group.model_construct(**g.__dict__) == g
+        for m in g.members:
+            ref = Member.model_construct(**m.__dict__)
+            assert ref == m and ref.model_fields_set == m.model_fields_set and ref.model_dump() == m.model_dump()
+    assert skg.Plan.model_validate_json(plan.model_dump_json()) == plan
+    member = plan.groups[0].members[0]
+    with pytest.raises(ValidationError):
+        member.start = 1  # type: ignore[misc]
+    partial = constructed(Member, param="w", axis=0, start=0, stop=2)  # fields left out: model_construct's defaults
+    assert partial == Member.model_construct(param="w", axis=0, start=0, stop=2)

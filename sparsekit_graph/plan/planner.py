@@ -23,7 +23,7 @@ from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from .experts import split_experts
 from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
-from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart
+from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
 from .ties import shared_size_ties
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
@@ -354,7 +354,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
     name += ":head_dim" if len(nodes[primary]) > 3 else ""  # a shadow: the head size inside the rows
-    group = Group.model_construct(  # built from a consistent graph: validation is the loader's job
+    group = constructed(  # built from a consistent graph: validation is the loader's job
+        Group,
         name=name,
         size=len(pos),
         prunable=prunable,
@@ -432,7 +433,8 @@ def _members(node: AxisId, p: np.ndarray) -> list[Member]:
 
 
 def _member(node: AxisId, start: int, stop: int, block: int, indices: list[int] | None, channel_axes: int) -> Member:
-    return Member.model_construct(  # consistent by construction: validation is the loader's job
+    return constructed(  # consistent by construction: validation is the loader's job
+        Member,
         param=node[1], axis=node[2], start=start, stop=stop, block=block, indices=indices, order=view_order(channel_axes),
         fix=None, factor=FACTOR if len(node) > 3 else 0,
     )
