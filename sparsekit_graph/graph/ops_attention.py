@@ -17,7 +17,7 @@ from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_tensor import is_weight, zeroed_by_masks
 from .rules import register_function_rule
-from .sizes import COUNT_ATTRIBUTES, product_sources, size_sources
+from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
 from .zeros import zero_breaker
 
 # -- attention -----------------------------------------------------------------------------
@@ -218,14 +218,16 @@ def _heads_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
 
 
 def _count_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
-    """A leading part as long as a head count of the running layer (Falcon's multi-query
-    ``qkv[..., :-2, :]``, its query heads before one key and one value slot): output index
-    ``i`` is input index ``i``, and the count follows the part. False if no count fits."""
+    """A leading part as long as a head count of the running layer, of an axis one or two
+    slots longer than that count (Falcon's multi-query ``qkv[..., :-2, :]``, its query heads
+    before one key and one value slot): output index ``i`` is input index ``i``, and the count
+    follows the part. False otherwise (a crop of a spatial axis as long as a head count)."""
     length, size = ctx.graph.size(out), ctx.graph.size(src)
     if start != 0 or not 1 < length < size:
         return False
     sources = [s for s in size_sources(ctx.node, length, ctx.modules) if s.attr in COUNT_ATTRIBUTES and s.owner != "config"]
-    if not sources:
+    extra = count_plus_sources(ctx.node, size, ctx.modules)  # the part's axis holds the count and one or two slots
+    if not sources or not {(s.owner, s.attr) for s in sources} & {(s.owner, s.attr) for s in extra}:
         return False
     ctx.graph.link(src, out, np.arange(length), np.arange(length), kind="offset")
     ctx.graph.size_refs.setdefault(out, set()).update(sources)

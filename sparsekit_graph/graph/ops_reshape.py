@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .context import RuleContext
 from .factors import record_factor
+from .meta import META
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, size_sources
@@ -62,7 +63,7 @@ def view(ctx: RuleContext) -> None:
     twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and raw.count(s) > 1}
     twice -= {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
     literal = [
-        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, s))) and j not in kept
+        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s))) and j not in kept
         if isinstance(s, int) and s > 1
         else False
         for j, s in enumerate(raw)
@@ -71,13 +72,47 @@ def view(ctx: RuleContext) -> None:
     reshape_axes(ctx, literal=literal, groups=groups)
 
 
-def _count_plus_slots(ctx: RuleContext, value: int) -> bool:
-    """Under ``torch.export``: is ``value`` a head count of the running layer plus a key and a
-    value slot (Falcon's multi-query ``view(b, s, num_heads + 2, head_dim)``)? Then the axis
-    may shrink: the slice of its heads records the count (``prune`` checks it shrank), the
-    picks of its other slots pin them, and a literal that did not follow the count cannot
-    hold the pruned rows (the pruned model does not run)."""
-    return ctx.exported and bool(count_plus_sources(ctx.node, value, ctx.modules))
+def _count_plus_slots(ctx: RuleContext, j: int, value: int) -> bool:
+    """Under ``torch.export``: is axis ``j`` of ``value`` slots a head count of the running layer
+    plus a key and a value slot (Falcon's multi-query ``view(b, s, num_heads + 2, head_dim)``),
+    read as such: a leading slice of it and a pick of fixed positions on it use the view? Then
+    the axis may shrink: the slice of its heads records the count (``prune`` checks it shrank),
+    the picks pin the other slots, and a literal that did not follow the count cannot hold the
+    pruned rows (the pruned model does not run). A size that merely equals a count plus one or
+    two (Swin's window of 4 beside 2 heads) stays a constant."""
+    if not ctx.exported or not count_plus_sources(ctx.node, value, ctx.modules):
+        return False
+    nd = ctx.out_value.ndim
+    users = _past_whole_slices(ctx.node)
+    sliced = any(
+        u.target is torch.ops.aten.slice.Tensor and len(u.args) > 2 and u.args[1] % nd == j and u.args[2] in (0, None)
+        for u in users
+    )
+    picked = any(
+        u.target is torch.ops.aten.index.Tensor
+        and len(u.args) > 1
+        and len(u.args[1]) == j + 1
+        and all(i is None for i in u.args[1][:j])
+        and isinstance(u.args[1][j], fx.Node)
+        for u in users
+    )
+    return sliced and picked
+
+
+def _past_whole_slices(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node``, looking through slices that keep a whole axis (``x[:, :, :, :-2]``
+    is exported as one slice per axis)."""
+    found = []
+    for u in node.users:
+        value, out = node.meta.get(META), u.meta.get(META)
+        whole = (
+            u.target is torch.ops.aten.slice.Tensor
+            and isinstance(value, Tensor)
+            and isinstance(out, Tensor)
+            and tuple(value.shape) == tuple(out.shape)
+        )
+        found += _past_whole_slices(u) if whole else [u]
+    return found
 
 
 def _inferred_group_count(ctx: RuleContext, raw: list, out: list) -> None:
@@ -85,7 +120,7 @@ def _inferred_group_count(ctx: RuleContext, raw: list, out: list) -> None:
     splits a fused projection into heads plus key and value slots, the inferred ``-1`` axis is
     the key/value group count; a count attribute of the running layer equal to it is recorded
     there (surgery lowers it when whole groups go)."""
-    slots = [s for s in raw if isinstance(s, int) and s > 2 and count_plus_sources(ctx.node, s, ctx.modules)]
+    slots = [j for j, s in enumerate(raw) if isinstance(s, int) and s > 2 and _count_plus_slots(ctx, j, s)]
     if not ctx.exported or not slots or -1 not in raw:
         return
     j = list(raw).index(-1)
