@@ -175,7 +175,7 @@ OUR_STAGES = (
     ("sparsekit_graph.graph.trace", "_propagate", "shape pass (meta)"),
     ("sparsekit_graph.plan.planner", "_reads_training", "train-mode check"),
     ("sparsekit_graph.plan.planner", "add_traced_graph", "axis graph (rules)"),
-    ("sparsekit_graph.plan.planner", "resolve_groups", "resolve groups"),
+    ("sparsekit_graph.plan.planner", "resolve", "resolve groups"),
     ("sparsekit_graph.plan.planner", "_input_specs", "Plan (pydantic)"),
     ("sparsekit_graph.plan.planner", "Plan", "Plan (pydantic)"),
 )
