@@ -100,6 +100,25 @@ def test_auto_compiles_only_large_pieces() -> None:
         fused.set_kernel_mode(old)
 
 
+def test_no_compiled_kernels_under_a_dispatch_mode() -> None:
+    """An op counter (a ``TorchDispatchMode``) gets the eager kernels, without a warning, and the
+    compiled ones stay available after it (they are not marked broken)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            return func(*args, **(kwargs or {}))
+
+    old = fused.set_kernel_mode("compiled")
+    try:
+        w = torch.zeros(1, 256, 256)
+        with Counter():
+            assert not fused.wants(w)
+        assert fused.wants(w)
+    finally:
+        fused.set_kernel_mode(old)
+
+
 def test_a_failed_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """No compiler: one warning, then the eager kernels give the eager result."""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..errors import SparseKitError
 
@@ -61,9 +62,12 @@ def set_kernel_mode(mode: str) -> str:
 
 
 def wants(w: Tensor) -> bool:
-    """Whether a piece's sweeps go through the compiled kernels."""
+    """Whether a piece's sweeps go through the compiled kernels (never under a Python dispatch
+    mode, e.g. an op counter or ``FakeTensorMode``: compiled code cannot run there)."""
     mode = _state["mode"]
     if mode == "eager" or _state["broken"] is not None or w.dtype == torch.float64 or not w.numel():
+        return False
+    if _get_current_dispatch_mode() is not None:
         return False
     return mode == "compiled" or w.numel() >= MIN_NUMEL
 
