@@ -272,10 +272,11 @@ def _same_code(before: fx.Graph, after: fx.Graph) -> None:
 
 
 # Ops that only re-view values (no arithmetic, no reordering): code that drops them when a size
-# becomes 1 computes the same (``repeat_kv`` returns its input at one query head per KV group).
+# becomes 1 computes the same (``repeat_kv`` returns its input at one query head per KV group;
+# torch.export leaves out a ``contiguous`` whose input already is, e.g. a permute of one head).
 _REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, torch.ops.aten.reshape.default,
-            torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, "unsqueeze", "expand", "reshape",
-            "view"}  # fmt: skip
+            torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.contiguous.default,
+            "unsqueeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
 
 
 def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
