@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic.py lives with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # helpers.py (deep_cnn) lives with the tests
 
 
 def _one(case: str) -> dict[str, float]:
-    from synthetic import deep_cnn
+    from helpers import deep_cnn
 
     import sparsekit_graph as skg
     from sparsekit_graph.plan.planner import build_axis_graph

@@ -1,4 +1,5 @@
-"""The DESIGN.md correctness oracle, shared by the model tests."""
+"""The DESIGN.md correctness oracle, shared by the model tests, and synthetic deep CNNs of any depth
+(for the scaling tests and ``benchmarks/scaling.py``, which adds ``tests/`` to ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,31 @@ def check_oracle(
     with torch.no_grad():
         assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(pruned, x)))
     return result
+
+
+class _Deep(nn.Module):
+    """Conv-BN-ReLU layers; a residual add every 2 layers, a concat + chunk every 8."""
+
+    def __init__(self, layers: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(layers))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(layers))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        skip = x
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            x = torch.relu(bn(conv(x)))
+            if i % 2 == 1:
+                x = x + skip
+                skip = x
+            if i % 8 == 7:
+                x = torch.cat([x, skip], dim=1).chunk(2, dim=1)[0]
+        return self.head(x.mean((2, 3)))
+
+
+def deep_cnn(layers: int, width: int = 16, size: int = 8) -> tuple[nn.Module, torch.Tensor]:
+    """A ``layers``-deep CNN and an input for it."""
+    return _Deep(layers, width).eval(), torch.randn(1, 3, size, size)

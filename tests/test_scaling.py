@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synthetic import deep_cnn
+from helpers import deep_cnn
 
 import sparsekit_graph as skg
 from sparsekit_graph.plan.planner import build_axis_graph, resolve_groups
