@@ -311,7 +311,7 @@ def test_negative_tuple_index_is_the_same_element(tmp_path: Path) -> None:
 @given(st.lists(st.integers(0, 3), max_size=4), st.lists(st.integers(0, 3), max_size=4))
 def test_shape_pass_broadcasts_like_torch(a: list[int], b: list[int]) -> None:
     """The shape pass's broadcast (torch.broadcast_shapes costs ~30 us a call) agrees with torch's."""
-    from sparsekit_graph.graph.trace import _broadcast
+    from sparsekit_graph.graph.shapes import broadcast_shape
 
     def attempt(f):  # noqa: ANN001, ANN202
         try:
@@ -319,7 +319,7 @@ def test_shape_pass_broadcasts_like_torch(a: list[int], b: list[int]) -> None:
         except RuntimeError:
             return None
 
-    assert attempt(_broadcast) == attempt(torch.broadcast_shapes)
+    assert attempt(broadcast_shape) == attempt(torch.broadcast_shapes)
 
 
 @settings(deadline=None, max_examples=60)
@@ -330,7 +330,7 @@ def test_shape_pass_broadcasts_like_torch(a: list[int], b: list[int]) -> None:
 )
 def test_shape_pass_adaptive_pools_like_torch(cls: type[nn.Module], shape: list[int], data: st.DataObject) -> None:
     """The shape pass's shortcut for adaptive pools gives the shape torch's meta kernel gives."""
-    from sparsekit_graph.graph.trace import _shape_only
+    from sparsekit_graph.graph.shapes import shape_only
 
     k = int(cls.__name__[-2])
     size = data.draw(st.one_of(st.integers(1, 4), st.tuples(*[st.one_of(st.none(), st.integers(1, 4))] * k)))
@@ -340,7 +340,7 @@ def test_shape_pass_adaptive_pools_like_torch(cls: type[nn.Module], shape: list[
             ref = tuple(torch.func.functional_call(m, {}, (x,), {}).shape)
     except Exception:  # noqa: BLE001 - torch refuses with several exception types
         ref = None
-    got = _shape_only(m, x, "pool")
+    got = shape_only(m, x, "pool")
     assert got is None or tuple(got.shape) == ref
     plain = 0 not in shape and x.ndim in (k + 1, k + 2) and None not in (size if isinstance(size, tuple) else (size,))
     assert (got is not None) == plain
