@@ -5,7 +5,19 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import Tensor, nn
 
-from . import ops_attention, ops_index, ops_layers, ops_mha, ops_reshape, ops_tensor, ops_vision  # noqa: F401  (registers the built-in rules)
+from . import (  # noqa: F401  (registers the built-in rules)
+    ops_attention,
+    ops_index,
+    ops_join,
+    ops_layers,
+    ops_layout,
+    ops_matmul,
+    ops_mha,
+    ops_reshape,
+    ops_sizes,
+    ops_tensor,
+    ops_vision,
+)
 from .axes import AxisGraph
 from .context import RuleContext
 from .ops_moe import follow_domains

@@ -15,7 +15,7 @@ from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
-from .ops_tensor import is_weight, zeroed_by_masks
+from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
 from .zeros import zero_breaker

@@ -2,7 +2,7 @@
 
 The indexed axis and the index's own axes pin (positions chosen by data); every other axis of
 the source passes to the output (Swin's and MaxViT's relative-position tables keep their head
-axis: ``table[index.view(-1)]`` is ``(N*N, heads)``). ``getitem`` (``ops_tensor.py``) asks here
+axis: ``table[index.view(-1)]`` is ``(N*N, heads)``). ``getitem`` (``ops_join.py``) asks here
 first and handles every other indexing itself.
 """
 

@@ -9,8 +9,10 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
+from .ops_join import link_padding
+from .ops_matmul import zeroed_by_masks
 from .ops_reshape import flatten_axes, reshape_axes
-from .ops_tensor import link_padding, pointwise, spatial_axes, zeroed_by_masks
+from .ops_tensor import pointwise, spatial_axes
 from .rules import register_function_rule, register_module_rule
 from .zeros import zero_breaker
 

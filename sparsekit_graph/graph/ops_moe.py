@@ -19,7 +19,7 @@ from .aten import NO_EFFECT_OPS, is_aten
 from .axes import AxisId
 from .context import RuleContext
 from .ops_gather import pick_fixed_positions
-from .ops_tensor import is_weight
+from .ops_matmul import is_weight
 from .rules import register_function_rule
 from .sizes import SizeSource, module_stack, register_size_attribute
 

@@ -1,0 +1,210 @@
+"""Rules that join, pad, split and slice along an axis: cat, stack, pad, chunk/split, getitem, setitem."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor
+
+from .context import RuleContext
+from .normalize import normalize
+from .ops_gather import gather_by_index
+from .ops_reshape import read_axis
+from .rules import register_function_rule
+
+# -- concat, pad and split -----------------------------------------------------------------
+
+
+@register_function_rule(torch.cat, torch.hstack)
+def cat(ctx: RuleContext) -> None:
+    """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis
+    (``hstack``: axis 1, or 0 for 1-D tensors)."""
+    out = ctx.out()
+    default = (1 if len(out) > 1 else 0) if ctx.call.op is torch.hstack else 0
+    dim = ctx.arg("dim", default) % len(out)
+    offset = 0
+    for axes in ctx.tensor_axes("tensors"):
+        if len(axes) != len(out):  # legacy: empty 1-D tensors are skipped by torch.cat
+            continue
+        size = ctx.graph.size(axes[dim])
+        ctx.same(axes[:dim] + axes[dim + 1 :], out[:dim] + out[dim + 1 :])
+        if size:
+            ctx.graph.link(axes[dim], out[dim], np.arange(size), offset + np.arange(size), kind="offset")
+        offset += size
+
+
+@register_function_rule(torch.stack)
+def stack(ctx: RuleContext) -> None:
+    out = ctx.out()
+    dim = ctx.arg("dim", 0) % len(out)
+    ctx.pin([out[dim]], f"stack axis at {ctx.where()}")
+    for axes in ctx.tensor_axes("tensors"):
+        ctx.same(axes, out[:dim] + out[dim + 1 :])
+
+
+@register_function_rule(F.pad, torch.constant_pad_nd)
+def pad(ctx: RuleContext) -> None:
+    """Constant padding is a concat with constants: input index ``i`` lands at ``before + i``,
+    the padded slots are pinned constants. Other modes copy data into the padding: pinned."""
+    src, out = ctx.axes(ctx.input), ctx.out()
+    amounts, mode = list(ctx.arg("pad")), ctx.arg("mode", "constant")
+    ctx.arg("value")
+    if src is None or len(amounts) % 2 or len(amounts) // 2 > len(src):
+        ctx.pin_everything(f"padding by computed amounts at {ctx.where()}")
+        return
+    computed = [len(src) - 1 - k for k in range(len(amounts) // 2)
+                if not all(isinstance(p, int) for p in amounts[2 * k : 2 * k + 2])]
+    if computed:  # ``F.pad(x, (0, 0, 0, pad_r, 0, pad_b))``: only the axes padded by computed amounts pin
+        ctx.pin([src[d] for d in computed] + [out[d] for d in computed], f"padding by computed amounts at {ctx.where()}")
+        amounts = [p if isinstance(p, int) else 0 for p in amounts]
+        link_padding(ctx, src, out, amounts, mode, skip=set(computed))
+        return
+    link_padding(ctx, src, out, amounts, mode)
+
+
+def link_padding(
+    ctx: RuleContext, src: list, out: list, amounts: Sequence[int], mode: str, skip: set[int] | frozenset[int] = frozenset()
+) -> None:
+    """``amounts`` as ``F.pad`` takes them (last axis first, before/after pairs); axes in
+    ``skip`` are left alone (pinned by the caller)."""
+    nd = len(src)
+    padded = {nd - 1 - k: (amounts[2 * k], amounts[2 * k + 1]) for k in range(len(amounts) // 2)}
+    for d in range(nd):
+        if d in skip:
+            continue
+        before, after = padded.get(d, (0, 0))
+        if (before, after) == (0, 0):
+            ctx.same([src[d]], [out[d]])
+        elif mode != "constant":
+            ctx.pin([src[d], out[d]], f"{mode} padding at {ctx.where()}")
+        else:
+            _offset_link(ctx, src[d], out[d], before, d)
+
+
+def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d: int) -> None:
+    """Input index ``i`` is output index ``before + i`` (negative ``before`` crops); the
+    output slots that no input index fills are constants, pinned slot by slot."""
+    n_in, n_out = ctx.graph.size(src), ctx.graph.size(out)  # type: ignore[arg-type]
+    i = np.arange(n_in)
+    o = i + before
+    keep = (o >= 0) & (o < n_out)
+    if keep.any():
+        ctx.graph.link(src, out, i[keep], o[keep], kind="offset")  # type: ignore[arg-type]
+    if not keep.all():
+        ctx.pin([src], f"cropping at {ctx.where()}")  # type: ignore[list-item]
+    filled = np.zeros(n_out, dtype=bool)
+    filled[o[keep]] = True
+    if not filled.all():
+        const = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:constant", d), int((~filled).sum()))
+        ctx.pin([const], f"constant padding at {ctx.where()}")
+        ctx.graph.link(const, out, np.arange(int((~filled).sum())), np.flatnonzero(~filled), kind="offset")
+
+
+@register_function_rule(torch.chunk, torch.split, torch.tensor_split, torch.split_with_sizes)
+def split(ctx: RuleContext) -> None:
+    """Output ``k`` is a slice of the input. ``chunk(n)``, ``tensor_split(x, n)``, ``split`` by a
+    size attribute of the model or by ``x.size(dim) // n`` give equal parts after pruning too,
+    so position ``p`` of every part is tied together; other literal split sizes pin the axis."""
+    src = ctx.axes(ctx.input)
+    if src is None:
+        return
+    parts = ctx.outputs()
+    dim = ctx.arg("dim", 0) % len(src)
+    how = ctx.arg("chunks") if ctx.call.op is torch.chunk else ctx.arg("split_size", ctx.arg("sections", ctx.arg("indices")))
+    ctx.arg("tensor_indices_or_sections")
+    for part in parts:
+        ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
+    sizes = [ctx.graph.size(p[dim]) for p in parts]
+    counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
+    is_chunk = (
+        (counted and isinstance(how, int))
+        or _length_over(ctx, how, src[dim], len(parts))
+        or (isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
+    )  # ``split(self.split_size)``: equal parts of a size the model sets
+    if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
+        ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
+    offset = 0
+    for part, size in zip(parts, sizes):
+        ctx.graph.link(src[dim], part[dim], offset + np.arange(size), np.arange(size), kind="offset")
+        if part is not parts[0] and is_chunk:
+            ctx.graph.link(parts[0][dim], part[dim], kind="tie")
+        offset += size
+
+
+def _length_over(ctx: RuleContext, x: object, axis: object, parts: int) -> bool:
+    """Is ``x`` the node ``t.size(d) // parts`` (or ``t.shape[d] // parts``) of this very axis?"""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return False
+    call = normalize(x)
+    if call.op is not operator.floordiv or call.args.get("other") != parts:
+        return False
+    return read_axis(ctx, call.args.get("input")) == axis
+
+
+@register_function_rule(operator.getitem)
+def getitem(ctx: RuleContext) -> None:
+    """Elements of a tuple, or tensor indexing (full slices keep axes; anything else pins)."""
+    src_node, index = ctx.input, ctx.arg("index")
+    value = ctx.meta(src_node)
+    if isinstance(value, (tuple, list)):
+        if isinstance(index, int):
+            element = ctx.element_axes(src_node, index % len(value))
+            if element is not None:
+                ctx.same(element, ctx.out())
+        elif isinstance(index, slice):
+            for k, i in enumerate(range(len(value))[index]):
+                element = ctx.element_axes(src_node, i)
+                if element is not None:
+                    ctx.same(element, ctx.out(k))
+        else:
+            ctx.pin_everything(f"indexing a tuple at {ctx.where()}")
+        return
+    if isinstance(value, dict):  # forward(batch) / forward(**extra): an input of the model
+        for axes in ctx.outputs():
+            ctx.pin(axes, f"model input {ctx.where()}")
+        return
+    if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
+        return
+    if gather_by_index(ctx):  # table[index]: one integer index tensor
+        return
+    src, out = ctx.axes(src_node), ctx.out()
+    assert src is not None
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items):
+        ctx.pin(src + out, f"indexing at {ctx.where()}")
+        return
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        fill = len(src) - sum(1 for i in items if i is not None and i is not Ellipsis)
+        items = items[:k] + [slice(None)] * fill + items[k + 1 :]
+    items += [slice(None)] * (len(src) - sum(1 for i in items if i is not None))
+    si = oi = 0
+    for it in items:
+        if it is None:
+            oi += 1
+        elif isinstance(it, int):
+            ctx.pin([src[si]], f"indexing at {ctx.where()}")
+            si += 1
+        else:
+            if it == slice(None):
+                ctx.same([src[si]], [out[oi]])
+            else:  # which indices it takes (as split does), pinned: the bounds would not follow
+                bounds = [ctx.meta(b) if isinstance(b, fx.Node) else b for b in (it.start, it.stop, it.step)]
+                if all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds):
+                    picked = np.arange(ctx.graph.size(src[si]))[slice(*bounds)]  # computed bounds: their values
+                    if len(picked):
+                        ctx.graph.link(src[si], out[oi], picked, np.arange(len(picked)), kind="offset")
+                ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
+            si += 1
+            oi += 1
+
+
+@register_function_rule(operator.setitem)
+def setitem(ctx: RuleContext) -> None:
+    """``out[:, a:b] = y`` writes through a view: nothing it touches may be pruned."""
+    ctx.pin_everything(f"slice assignment at {ctx.where()}")

@@ -1,0 +1,117 @@
+"""Rules for reading axis lengths and creating tensors: size/shape/numel, ``*_like``, zeros/empty/full."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .context import RuleContext
+from .normalize import normalize
+from .ops_reshape import link_read_lengths
+from .rules import register_function_rule, register_method_rule
+
+# -- sizes and fresh tensors ----------------------------------------------------------------
+
+_SHAPE_ARGS = {"size", "shape", "split_size", "chunks", "sizes", "repeats", "normalized_shape", "output_size", "dims"}
+
+
+@register_function_rule(torch.Tensor.size, torch.Tensor.shape, torch.numel)
+@register_method_rule("numel")
+def axis_lengths(ctx: RuleContext) -> None:
+    """Reading an axis length is harmless where it only shapes tensors (``view(B, -1)``);
+    a length used as a value (``h.sum(1) / h.size(1)``) changes when channels are removed."""
+    src = ctx.axes(ctx.input)
+    if src is None:
+        return
+    dim = ctx.arg("dim")
+    nd = len(src)
+    reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd)]
+    for user, axes in reads:
+        ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")
+
+
+def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[fx.Node, list[int]]]:
+    """(tensor-valued node using a length as a value, which axes' lengths) pairs."""
+    found: list[tuple[fx.Node, list[int]]] = []
+    todo: list[tuple[fx.Node, list[int]]] = [(node, axes if axes is not None else list(range(nd)))]
+    seen: set[fx.Node] = set()
+    while todo:
+        n, read = todo.pop()
+        for user in n.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            chosen = read
+            if n is node and axes is None and user.target is operator.getitem:  # x.shape[1], x.size()[2:]
+                index = user.args[1]
+                chosen = [index % nd] if isinstance(index, int) else list(range(nd))[index] if isinstance(index, slice) else read
+            value = user.meta.get("skg.value")
+            tensors = isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)  # split's parts
+            if user.op == "output":
+                found.append((user, chosen))
+            elif tensors and user.op != "call_module" and _only_shapes(user, n):
+                continue
+            elif not isinstance(value, Tensor):
+                todo.append((user, chosen))
+            elif user.op == "call_module" or not _only_shapes(user, n):
+                found.append((user, chosen))
+    return found
+
+
+def _only_shapes(user: fx.Node, length: fx.Node) -> bool:
+
+    call = normalize(user)
+    uses = [k for k, v in call.args.items() if _contains(v, length)]
+    return call.bound and all(k in _SHAPE_ARGS for k in uses)
+
+
+def _contains(v: object, node: fx.Node) -> bool:
+    if v is node:
+        return True
+    if isinstance(v, (tuple, list)):
+        return any(_contains(e, node) for e in v)
+    if isinstance(v, dict):
+        return any(_contains(e, node) for e in v.values())
+    return False
+
+
+@register_function_rule(
+    builtins.getattr, torch.Tensor.dim, torch.Tensor.ndim, torch.Tensor.dtype, torch.Tensor.device, torch.arange,
+    torch.tensor, torch.linspace,
+)  # fmt: skip
+@register_method_rule("new_tensor")
+def fresh_tensor(ctx: RuleContext) -> None:
+    """Ops whose result carries no channel of its inputs (shapes, fresh tensors): pinned."""
+    ctx.read_all()
+    for axes in ctx.outputs():
+        ctx.pin(axes, f"fresh tensor from {ctx.where()}")
+
+
+@register_function_rule(
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
+    torch.randint_like,
+)  # fmt: skip
+def like(ctx: RuleContext) -> None:
+    """``zeros_like(x)``: a tensor shaped like ``x`` whatever ``x``'s channels become."""
+    ctx.read_all()
+    ctx.same(ctx.axes(ctx.input) or [], ctx.out())
+
+
+@register_function_rule(torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full)
+@register_method_rule("new_zeros", "new_ones", "new_empty", "new_full")
+def sized_tensor(ctx: RuleContext) -> None:
+    """``torch.zeros(x.shape)`` / ``x.new_zeros(b, x.size(1))``: an axis whose length is read off
+    another tensor's axis follows it; an axis whose literal length is a size attribute follows
+    the model (T5's ``torch.zeros((1, self.n_heads, q, k))`` position bias of cross-attention);
+    any other literal length is pinned."""
+    ctx.read_all()
+    out = ctx.out()
+    sizes = ctx.call.args.get("size")
+    link_read_lengths(ctx, sizes, out)
+    if isinstance(sizes, (tuple, list)) and len(sizes) == len(out):
+        ctx.fresh(o for o, n in zip(out, sizes) if not ctx.graph.g.degree(o) and ctx.size_follows_model(o, n))
+    ctx.pin([o for o in out if not ctx.graph.g.degree(o) and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")
