@@ -747,3 +747,29 @@ def test_layer_norm_shape_read_in_any_container_gives_one_plan() -> None:
     keys = [_key(skg.plan(Seq(fn), torch.randn(*X3))) for fn in spellings]
     assert all(k == keys[0] for k in keys[1:]), keys
     assert skg.plan(Seq(spellings[1]), torch.randn(*X3)).group("fc:out").prunable
+
+
+class Constants(nn.Module):
+    """A forward that builds tensors (``torch.tensor([...])``): torch.fx makes them attributes
+    of the model (``_tensor_constant0``) to read them from its graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, C, 1), nn.Conv2d(C, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x)) * torch.tensor([0.5, 1.5]).sum()
+        return self.b(h + torch.arange(6.0))
+
+
+def test_tensor_constants_leave_no_attributes(tmp_path: Path) -> None:
+    """``plan`` and ``prune`` leave the model's attributes as they were (no ``_tensor_constant*``)."""
+    model, x = Constants(), torch.randn(*X4)
+    attributes, before = dict(model.__dict__), fingerprint(model)
+    plan = skg.plan(model, x)
+    pruned = skg.prune(model, plan, ratio=0.5).model
+    assert model.__dict__.keys() == attributes.keys() and all(model.__dict__[k] is v for k, v in attributes.items())
+    assert not [k for k in vars(pruned) if k.startswith("_tensor_constant")]
+    assert_untouched(model, before, "plan and prune")
+    assert torch.equal(skg.trace(model, x)(x), model(x)) and model.__dict__.keys() == attributes.keys()
+    assert check_oracle(model, x, tmp_path, min_drop=0.0).plan.group("a:out").prunable

@@ -13,7 +13,7 @@ from torch.nn.modules import module as _module
 
 from ..errors import TraceError
 from .export import export_graph
-from .meta import EXPORTED, META
+from .meta import EXPORTED, META, TRACED_CONSTANT
 from .ops_vision import register_library_rules
 from .rules import module_rule_for
 from .shapes import broadcast_only, shape_only
@@ -70,11 +70,12 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
     """Python attributes that ``forward`` set while traced (``self.calls += 1``, ``self.last = h``
-    left holding a Proxy) get their values back; the plain tensors torch.fx adds to the root as
-    constants for its ``get_attr`` nodes stay."""
+    left holding a Proxy) get their values back, and the ones it created go, the tensors torch.fx
+    adds to the root for its ``get_attr`` nodes (``_tensor_constant0``) included: ``trace_graph``
+    keeps those on their nodes (``TRACED_CONSTANT``)."""
     for m, before in saved:
         now = m.__dict__
-        for k in [k for k, v in now.items() if k not in before and type(v) is not Tensor]:
+        for k in [k for k in now if k not in before]:
             del now[k]
         for k, v in before.items():
             if k not in now or now[k] is not v:
@@ -82,8 +83,24 @@ def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
 
 
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
-    """``trace_graph`` as a runnable ``GraphModule`` over ``model``."""
-    return fx.GraphModule(model, trace_graph(model, example_inputs, train=train, shapes=shapes), type(model).__name__)
+    """``trace_graph`` as a runnable ``GraphModule`` over ``model`` (which it does not change:
+    the tensor constants of the graph live in the ``GraphModule``)."""
+    graph = trace_graph(model, example_inputs, train=train, shapes=shapes)
+    root = {
+        str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else _get(model, str(n.target))
+        for n in graph.nodes
+        if n.op in ("get_attr", "call_module")
+    }
+    gm = fx.GraphModule(root, graph, type(model).__name__)
+    gm.train(model.training)
+    return gm
+
+
+def _get(model: nn.Module, target: str) -> Any:
+    obj: Any = model
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
 
 
 def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.Graph:
@@ -106,10 +123,14 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     args, kwargs = normalize_inputs(example_inputs)
     concrete = _concrete_args(model, args, kwargs)
     with _mode(model, train):
+        before = set(model.__dict__)
         try:
             graph = _Tracer().trace(model, concrete_args=concrete)
         except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
             return _exported(model, args, kwargs, fx_error)
+        for n in graph.nodes:  # tensors torch.fx made attributes of the model; _mode removes them
+            if n.op == "get_attr" and str(n.target) not in before and str(n.target) in model.__dict__:
+                n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]
         if shapes:
             _propagate(graph, model, args, kwargs)
     return graph
@@ -232,7 +253,8 @@ class _MetaRunner:
                 return _to_meta(rest)
             return _to_meta(given.pop(0))
         if n.op == "get_attr":
-            return _to_meta(self._attr(str(n.target)))
+            value = n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else self._attr(str(n.target))
+            return _to_meta(value)
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
         if n.op == "call_function":
             fast = broadcast_only(n.target, args, kwargs)
