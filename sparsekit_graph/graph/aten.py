@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NO_EFFECT_OPS", "aten_op", "is_aten"]
+__all__ = ["NO_EFFECT_OPS", "OP_ALIASES", "aten_op", "is_aten"]
+
+# Spellings of one op that torch exposes under several names.
+OP_ALIASES: dict[Any, Any] = {
+    torch.concat: torch.cat, torch.concatenate: torch.cat, torch.swapaxes: torch.transpose,
+    torch.swapdims: torch.transpose, torch.subtract: torch.sub, torch.multiply: torch.mul,
+    torch.divide: torch.div, torch.true_divide: torch.div, torch.clip: torch.clamp, torch.absolute: torch.abs,
+    torch.negative: torch.neg, torch.nn.functional.sigmoid: torch.sigmoid, torch.nn.functional.tanh: torch.tanh,
+}  # fmt: skip
 
 _ATEN_NAMES: dict[str, Hashable] = {
     "_to_copy": Tensor.to, "alias": torch.clone, "lift_fresh_copy": torch.clone, "sym_size": Tensor.size,
@@ -38,8 +46,6 @@ def is_aten(target: Any) -> bool:
 @cache
 def aten_op(target: torch._ops.OpOverload) -> tuple[Hashable, bool]:
     """(canonical op, in place?) of an ATen overload."""
-    from .normalize import _OP_ALIASES
-
     name = target.overloadpacket.__name__
     inplace = name.endswith("_") and not name.startswith("_") and not name.endswith("__")
     base = name[:-1] if inplace else name
@@ -48,6 +54,6 @@ def aten_op(target: torch._ops.OpOverload) -> tuple[Hashable, bool]:
     for namespace in (F, torch, torch._C._nn):  # _nn: upsample_nearest2d and kin, what F.interpolate calls
         fn: Callable[..., Any] | None = getattr(namespace, base, None)
         if callable(fn) and not isinstance(fn, type):
-            return _OP_ALIASES.get(fn, fn), inplace
+            return OP_ALIASES.get(fn, fn), inplace
     method = getattr(Tensor, base, None)
     return (method if method is not None else target.overloadpacket), inplace

@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from .aten import aten_op, is_aten
+from .aten import OP_ALIASES, aten_op, is_aten
 from .meta import CALL, META
 
 __all__ = ["CALL", "Call", "canonical_op", "normalize"]
@@ -35,13 +35,6 @@ __all__ = ["CALL", "Call", "canonical_op", "normalize"]
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
 _PRIMARY = ("input", "self", "tensor", "x", "a", "x1")  # names the primary tensor goes by
 _RENAME = {"self": "input", "split_size_or_sections": "split_size", "split_sizes": "split_size", "axis0": "dim0", "axis1": "dim1"}
-# Spellings of one op that torch exposes under several names.
-_OP_ALIASES: dict[Any, Any] = {
-    torch.concat: torch.cat, torch.concatenate: torch.cat, torch.swapaxes: torch.transpose,
-    torch.swapdims: torch.transpose, torch.subtract: torch.sub, torch.multiply: torch.mul,
-    torch.divide: torch.div, torch.true_divide: torch.div, torch.clip: torch.clamp, torch.absolute: torch.abs,
-    torch.negative: torch.neg, torch.nn.functional.sigmoid: torch.sigmoid, torch.nn.functional.tanh: torch.tanh,
-}  # fmt: skip
 _OPERATOR_INPLACE = {
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod, operator.ipow,
     operator.iand, operator.ior, operator.ixor, operator.imatmul, operator.ilshift, operator.irshift,
@@ -85,7 +78,7 @@ def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None
         inplace = target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target[:-1])
         base = target[:-1] if inplace else target
         fn = getattr(torch, base, None)
-        op = _OP_ALIASES.get(fn, fn) if callable(fn) and not isinstance(fn, type) else getattr(Tensor, base, target)
+        op = OP_ALIASES.get(fn, fn) if callable(fn) and not isinstance(fn, type) else getattr(Tensor, base, target)
         return op, getattr(Tensor, target, None) or target, inplace
     name = getattr(target, "__name__", "")
     method = getattr(Tensor, name, None) if isinstance(name, str) else None
@@ -95,7 +88,7 @@ def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None
         if callable(getattr(torch, name[:-1], None)):
             return canonical_op(name[:-1])[0], target, True  # torch.relu_(x): in place
     try:
-        return _OP_ALIASES.get(target, target), target, False
+        return OP_ALIASES.get(target, target), target, False
     except TypeError:  # unhashable target
         return target, target, False
 
