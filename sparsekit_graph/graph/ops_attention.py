@@ -90,6 +90,8 @@ def einsum(ctx: RuleContext) -> None:
         equation, operands, _ = ctx.arg("equation"), ctx.arg("tensors"), ctx.arg("path")
     if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
         operands = list(operands[0])
+    if not isinstance(equation, str):  # einsum(op1, sublist1, op2, sublist2, [sublist_out])
+        equation, operands = _from_sublists([equation, *operands])
     spelled = _without_ellipsis(equation, [ctx.meta(x) for x in operands]) if isinstance(equation, str) else None
     if spelled is None:
         ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
@@ -121,11 +123,13 @@ def einsum(ctx: RuleContext) -> None:
 
 def _without_ellipsis(equation: str, values: list[object]) -> tuple[str, str] | None:
     """``"...d,hd->...h"`` as ``("ABd,hd", "ABh")`` for these operands (letters unused in the
-    equation stand for the ellipsis); None without an explicit output or where operands' ellipses
-    cover different numbers of axes."""
+    equation stand for the ellipsis), an implicit output spelled out as torch reads it; None
+    where operands' ellipses cover different numbers of axes."""
     equation = equation.replace(" ", "")
-    if "->" not in equation:
-        return None
+    if "->" not in equation:  # implicit output: the letters used once, sorted (A-Z, then a-z)
+        letters = equation.replace(".", "").replace(",", "")
+        once = sorted(c for c in set(letters) if letters.count(c) == 1)
+        equation = f"{equation}->{'...' if '...' in equation else ''}{''.join(once)}"
     inputs, result = equation.split("->")
     terms = inputs.split(",")
     if "..." not in equation:
@@ -141,6 +145,33 @@ def _without_ellipsis(equation: str, values: list[object]) -> tuple[str, str] | 
         return None
     fill = "".join(free[:n])
     return ",".join(t.replace("...", fill) for t in terms), result.replace("...", fill)
+
+
+def _from_sublists(args: list[Any]) -> tuple[str | None, list[Any]]:
+    """``einsum(a, [0, 1], b, [1, 2], [0, 2])`` as ``("Ab,bC->AC", [a, b])`` (torch numbers the
+    letters A-Z then a-z, ``...`` as ``Ellipsis``); None for the equation where a sublist is not
+    a literal list of such numbers."""
+
+    def letters(sub: Any) -> str | None:
+        if not isinstance(sub, (list, tuple)):
+            return None
+        out = []
+        for i in sub:
+            if i is Ellipsis:
+                out.append("...")
+            elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 52:
+                out.append(string.ascii_uppercase[i] if i < 26 else string.ascii_lowercase[i - 26])
+            else:
+                return None
+        return "".join(out)
+
+    explicit = len(args) % 2 == 1
+    pairs = args[:-1] if explicit else args
+    operands, subs = pairs[0::2], [letters(s) for s in pairs[1::2]]
+    result = letters(args[-1]) if explicit else ""
+    if not pairs or any(s is None for s in subs) or result is None:
+        return None, operands
+    return ",".join(subs) + (f"->{result}" if explicit else ""), operands  # type: ignore[arg-type]
 
 
 # -- embeddings ----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from ..plan.bind import bind
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
+from .copying import copy_model
 from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
@@ -132,7 +132,7 @@ def prune(
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     before_gm = trace_graph(model, inputs)
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     remove_channels(work, plan, chosen)
     try:
         after_gm = trace_graph(work, inputs)
