@@ -7,11 +7,16 @@ pruned) and ``mixes`` (reasons zeroing a channel is not the same as removing it)
 A multigraph edge ``(a, b)`` carries an index map: ``a`` (which end ``ia`` indexes), ``ia``/``ib`` (index arrays of equal length,
 ``None`` meaning ``arange(size)``) and ``kind`` (``identity``, ``offset``, ``tie``, ``block``);
 index ``ia[k]`` of ``a`` moves with index ``ib[k]`` of ``b``.
+
+The graph is stored as plain dicts (a rule adds hundreds of axes and links per model, and
+networkx's bookkeeping cost as much as the rules themselves); ``AxisGraph.g`` is the same
+graph as a ``networkx.MultiGraph``, kept in step on access, for analyses and inspection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import networkx as nx
@@ -33,9 +38,10 @@ def param_axis(name: str, axis: int) -> AxisId:
 
 @dataclass
 class AxisGraph:
-    """A networkx multigraph of tensor axes plus the bookkeeping the planner needs."""
+    """A multigraph of tensor axes plus the bookkeeping the planner needs."""
 
-    g: nx.MultiGraph = field(default_factory=nx.MultiGraph)
+    nodes: dict[AxisId, dict[str, Any]] = field(default_factory=dict)  # axis -> size, pins, mixes (, producer)
+    adj: dict[AxisId, dict[AxisId, list[dict[str, Any]]]] = field(default_factory=dict)  # axis -> neighbour -> edges
     order: dict[str, int] = field(default_factory=dict)  # parameter name -> first use in graph order
     ndim: dict[str, int] = field(default_factory=dict)  # parameter name -> number of dims
     canonical: dict[int, str] = field(default_factory=dict)  # id(tensor) -> its first name (tied weights)
@@ -59,10 +65,16 @@ class AxisGraph:
     follows: dict[AxisId, str] = field(default_factory=dict)  # axis whose literal size must follow -> "node:axis"
     bounds: set[Any] = field(default_factory=set)  # SizeSources a slice's bounds are made of: the code reads them
 
+    def __post_init__(self) -> None:
+        self._edges: list[tuple[AxisId, AxisId, dict[str, Any]]] = []  # in insertion order
+        self._nx: nx.MultiGraph | None = None
+        self._synced = (0, 0)  # nodes, edges already in ``_nx``
+
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:
             self.sizes[axis] = int(size)
-            self.g.add_node(axis, size=int(size), pins=[], mixes=[])
+            self.nodes[axis] = {"size": int(size), "pins": [], "mixes": []}
+            self.adj[axis] = {}
         return axis
 
     def add_value(self, value: str, t: Tensor) -> list[AxisId]:
@@ -97,10 +109,58 @@ class AxisGraph:
             return
         if ia is None and ib is None and self.size(a) != self.size(b):
             raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
-        self.g.add_edge(a, b, a=a, ia=ia, ib=ib, kind=kind if ia is not None else "identity")
+        if a not in self.nodes or b not in self.nodes:
+            raise KeyError(f"link between axes not in the graph: {a} {b}")
+        d = {"a": a, "ia": ia, "ib": ib, "kind": kind if ia is not None else "identity"}
+        self.adj[a].setdefault(b, []).append(d)
+        if a != b:
+            self.adj[b].setdefault(a, []).append(d)
+        self._edges.append((a, b, d))
+
+    def degree(self, axis: AxisId) -> int:
+        """Number of links at ``axis`` (a link to itself counts twice, as in networkx)."""
+        return sum(len(ds) * (2 if b == axis else 1) for b, ds in self.adj[axis].items())
+
+    def edges(self, axis: AxisId) -> list[tuple[AxisId, dict[str, Any]]]:
+        """``(other end, edge data)`` for every link at ``axis``."""
+        return [(b, d) for b, ds in self.adj[axis].items() for d in ds]
+
+    def component_edges(self, nodes: list[AxisId]) -> list[tuple[AxisId, AxisId, dict[str, Any]]]:
+        """Every link of a connected component, once (as ``nx.MultiGraph.edges(nodes)``)."""
+        seen: set[AxisId] = set()
+        out = []
+        for u in nodes:
+            for v, ds in self.adj[u].items():
+                if v not in seen:
+                    out += [(u, v, d) for d in ds]
+            seen.add(u)
+        return out
+
+    def components(self) -> list[set[AxisId]]:
+        """Connected components, in the order of their first axis (as ``nx.connected_components``)."""
+        seen: set[AxisId] = set()
+        out = []
+        for start in self.nodes:
+            if start in seen:
+                continue
+            component, todo = {start}, [start]
+            while todo:
+                for b in self.adj[todo.pop()]:
+                    if b not in component:
+                        component.add(b)
+                        todo.append(b)
+            seen |= component
+            out.append(component)
+        return out
+
+    def produce(self, axis: AxisId) -> None:
+        """Mark ``axis`` as producing its channels (a parameter, or a weight passed in)."""
+        self.nodes[axis]["producer"] = True
+        if self._nx is not None and axis in self._nx:
+            self._nx.nodes[axis]["producer"] = True
 
     def pin(self, axis: AxisId, reason: str) -> None:
-        pins = self.g.nodes[axis]["pins"]
+        pins = self.nodes[axis]["pins"]
         if reason not in pins:
             pins.append(reason)
 
@@ -109,18 +169,34 @@ class AxisGraph:
         seen, todo = {axis}, [axis]
         while todo:
             a = todo.pop()
-            if self.g.nodes[a]["pins"]:
+            if self.nodes[a]["pins"]:
                 return True
-            for _, b, d in self.g.edges(a, data=True):
-                if d["ia"] is None and b not in seen:
+            for b, ds in self.adj[a].items():
+                if b not in seen and any(d["ia"] is None for d in ds):
                     seen.add(b)
                     todo.append(b)
         return False
 
     def mix(self, axis: AxisId, reason: str) -> None:
-        mixes = self.g.nodes[axis]["mixes"]
+        mixes = self.nodes[axis]["mixes"]
         if reason not in mixes:
             mixes.append(reason)
+
+    @property
+    def g(self) -> nx.MultiGraph:
+        """The axis graph as a ``networkx.MultiGraph``: node attributes ``size``, ``pins`` and
+        ``mixes`` (the same lists), ``producer``; edge attributes ``a``, ``ia``, ``ib``, ``kind``.
+        Axes and links added since the last access are added to it here; read-only by contract
+        (change the graph through ``AxisGraph``'s methods)."""
+        if self._nx is None:
+            self._nx = nx.MultiGraph()
+        n_nodes, n_edges = self._synced
+        if n_nodes < len(self.nodes):
+            self._nx.add_nodes_from(islice(self.nodes.items(), n_nodes, None))
+        if n_edges < len(self._edges):
+            self._nx.add_edges_from((a, b, d) for a, b, d in self._edges[n_edges:])
+        self._synced = (len(self.nodes), len(self._edges))
+        return self._nx
 
 
 def _arr(x: Any) -> np.ndarray | None:

@@ -152,6 +152,6 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
     g = ctx.graph
     for axes in ctx.outputs():
         for i, a in enumerate(axes):
-            if g.size(a) > 1 and not g.g.degree(a) and not g.g.nodes[a]["pins"] and a not in ctx.fresh_axes | g.diverted:
+            if g.size(a) > 1 and not g.adj[a] and not g.nodes[a]["pins"] and a not in ctx.fresh_axes | g.diverted:
                 ctx.pin_everything(f"rule {label} left axis {i} of {ctx.where()} unlinked")
                 return

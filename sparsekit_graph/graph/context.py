@@ -182,7 +182,7 @@ class RuleContext:
         """``source`` (a parameter axis, or a weight passed in) determines output axis ``out``:
         its channels are produced here. A group with no producer is never prunable."""
         self.graph.link(source, out, ia, ib, kind=kind)
-        self.graph.g.nodes[source]["producer"] = True
+        self.graph.produce(source)
 
     def fresh(self, axes: Iterable[AxisId]) -> None:
         """Output axes that follow no input on purpose (broadcast by ``expand``: size 1 -> n)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from .axes import AxisGraph, AxisId
@@ -66,7 +65,7 @@ def add_factor_shadows(graph: AxisGraph) -> None:
     to the whole axis and link the shadow to the factor; pin the rest with the reason."""
     if not graph.factors:
         return
-    component = {n: i for i, c in enumerate(nx.connected_components(graph.g)) for n in c}
+    component = {n: i for i, c in enumerate(graph.components()) for n in c}
     vouched = {component[a] for a in graph.scales if a in component}
     carriers = {w for w, *_ in graph.factors}
     for whole, factor, iw, ifac in graph.factors:
@@ -81,11 +80,11 @@ def add_factor_shadows(graph: AxisGraph) -> None:
             continue
         for node in closure:
             shadow = graph.add_axis((*node, FACTOR), graph.size(node))  # type: ignore[arg-type]
-            attrs, own = graph.g.nodes[shadow], graph.g.nodes[node]
+            attrs, own = graph.nodes[shadow], graph.nodes[node]
             attrs["pins"][:] = own["pins"]
             attrs["mixes"][:] = own["mixes"]
             if own.get("producer"):
-                attrs["producer"] = True
+                graph.produce(shadow)
             graph.link(shadow, factor, iw, ifac, kind="block")
 
 
@@ -96,7 +95,7 @@ def _identity_closure(graph: AxisGraph, whole: AxisId, carriers: set[AxisId]) ->
     odd = None
     while todo:
         a = todo.pop()
-        for _, b, d in graph.g.edges(a, data=True):
+        for b, d in graph.edges(a):
             if d["ia"] is None:
                 if b not in seen:
                     seen.add(b)

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import CodeType
 
-import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 import torch.fx as fx
@@ -149,7 +148,7 @@ def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
         hits = [t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))]
         if not hits:
             raise PlanError(f"ignore: {name!r} is neither a module nor a parameter of {type(model).__name__}")
-        for node in graph.g.nodes:
+        for node in graph.nodes:
             if node[0] == "p" and node[1] in hits:
                 graph.pin(node, f"ignored by user ({name})")
                 graph.mix(node, f"ignored by user ({name})")
@@ -179,7 +178,7 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
     count ties between them (query heads per key/value group, experts of a stacked tensor)."""
     targets = _divert_repeats(graph)
     found: list[tuple[tuple[int, int], Group, list[list[int]]]] = []
-    for component in nx.connected_components(graph.g):
+    for component in graph.components():
         nodes = sorted(component)
         if not any(n[0] == "p" for n in nodes) or all(graph.size(n) <= 1 for n in nodes):
             continue
@@ -238,13 +237,13 @@ def _tied_group(
 
 
 def _channels(graph: AxisGraph, nodes: list[AxisId], targets: dict[AxisId, np.ndarray] | None = None) -> list[_Channels]:
-    g = graph.g
+    attrs = graph.nodes
     params = [i for i, n in enumerate(nodes) if n[0] == "p"]
-    pin = next((r for n in nodes for r in g.nodes[n]["pins"]), None)
-    mix = next((r for n in nodes for r in g.nodes[n]["mixes"]), None)
-    if all(d["ia"] is None and d["ib"] is None for _, _, d in g.edges(nodes, data=True)):
-        size = g.nodes[nodes[params[0]]]["size"]  # identity links join equal sizes only
-        produced = any(g.nodes[n].get("producer", False) for n in nodes)
+    pin = next((r for n in nodes for r in attrs[n]["pins"]), None)
+    mix = next((r for n in nodes for r in attrs[n]["mixes"]), None)
+    if all(d["ia"] is None and d["ib"] is None for _, _, d in graph.component_edges(nodes)):
+        size = attrs[nodes[params[0]]]["size"]  # identity links join equal sizes only
+        produced = any(attrs[n].get("producer", False) for n in nodes)
         positions = np.repeat(np.arange(size, dtype=np.int64)[:, None], len(params), axis=1)
         at = {i: np.arange(size) for i, n in enumerate(nodes) if targets and n in targets}
         return [_Channels(tuple(params), produced, pin, mix, positions, at=at)]
@@ -255,12 +254,12 @@ def _slot_channels(
     graph: AxisGraph, nodes: list[AxisId], params: list[int], targets: dict[AxisId, np.ndarray]
 ) -> list[_Channels]:
     """Union every index that moves together; a channel is one connected set of indices."""
-    g = graph.g
+    attrs = graph.nodes
     index = {n: i for i, n in enumerate(nodes)}
-    sizes = np.array([g.nodes[n]["size"] for n in nodes], dtype=np.int64)
+    sizes = np.array([attrs[n]["size"] for n in nodes], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(sizes)])
     rows, cols = [], []
-    for u, v, d in g.edges(nodes, data=True):
+    for u, v, d in graph.component_edges(nodes):
         a, b = (u, v) if d["a"] == u else (v, u)
         ia = np.arange(sizes[index[a]]) if d["ia"] is None else d["ia"]
         ib = np.arange(sizes[index[b]]) if d["ib"] is None else d["ib"]
@@ -275,14 +274,14 @@ def _slot_channels(
     def flag(key: str) -> dict[int, str]:
         out: dict[int, str] = {}
         for i, n in enumerate(nodes):
-            for reason in g.nodes[n][key][:1]:
+            for reason in attrs[n][key][:1]:
                 for lab in np.unique(label[offset[i] : offset[i + 1]]):
                     out.setdefault(int(lab), reason)
         return out
 
     pins, mixes = flag("pins"), flag("mixes")
     produced = {
-        int(lab) for i, n in enumerate(nodes) if g.nodes[n].get("producer", False) for lab in label[offset[i] : offset[i + 1]]
+        int(lab) for i, n in enumerate(nodes) if attrs[n].get("producer", False) for lab in label[offset[i] : offset[i + 1]]
     }
     lab = np.concatenate([label[offset[i] : offset[i + 1]] for i in params])
     nid = np.concatenate([np.full(sizes[i], i) for i in params])
