@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from ..errors import SparseKitError
-from .block import SparseBlock
+from .block import BlockValues, SparseBlock
+from .waves import conditioned_all
 
 __all__ = ["soft_threshold_all"]
 
@@ -54,24 +55,42 @@ class _Param:
     factors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # use index -> (R,) scale, float64 and float32
 
 
-def soft_threshold_all(couplings: Sequence[SparseBlock], thresholds: Sequence[Tensor], *, eps: float | None = None) -> None:
-    """Euclidean prox ``w <- max(0, 1 - tau/||w||) w`` of every coupling, as if called in order.
+def soft_threshold_all(
+    couplings: Sequence[SparseBlock],
+    thresholds: Sequence[Tensor],
+    conditioners: Sequence[BlockValues] | None = None,
+    *,
+    eps: float | None = None,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    max_iter: int = 50,
+) -> None:
+    """``c.soft_threshold(tau, h)`` of every coupling, as if called in order, in few large kernels.
+
+    Without ``conditioners``, the Euclidean prox ``w <- max(0, 1 - tau/||w||) w``: each weight read
+    once for its norms and written once. With them, the conditioned prox (``engine/waves.py``):
+    couplings that share no parameter are solved as one.
 
     Args:
         couplings: Couplings (or specs); one that shares a parameter with an earlier one sees
             that parameter as the earlier call left it.
         thresholds: ``tau`` per coupling, each shaped like its ``grid_shape`` or flat.
+        conditioners: One per coupling, as ``soft_threshold`` takes them (default: Euclidean).
         eps: Norms at or below ``tau + eps`` are zeroed (default: 0), as in ``soft_threshold``.
+        rtol, atol, max_iter: The conditioned solve's accuracy, as in ``soft_threshold``.
     """
-    if len(couplings) != len(thresholds):
-        raise SparseKitError(f"soft_threshold_all: {len(thresholds)} thresholds for {len(couplings)} couplings")
+    if len(couplings) != len(thresholds) or (conditioners is not None and len(conditioners) != len(couplings)):
+        n = "" if conditioners is None else f" and {len(conditioners)} conditioners"
+        raise SparseKitError(f"soft_threshold_all: {len(thresholds)} thresholds{n} for {len(couplings)} couplings")
     taus = [c._grid_arg(t, "block_thresholds").float().reshape(-1) for c, t in zip(couplings, thresholds)]
     if taus and bool(torch.cat(taus).min() < 0):  # one check (one sync) for all, then name the first culprit
         bad = next(c for c, tau in zip(couplings, taus) if bool(tau.min() < 0))
         raise SparseKitError(f"{bad._label()}: block_thresholds must be non-negative")
     floor = 0.0 if eps is None else float(eps)
     with torch.no_grad():
-        if not fused(couplings, taus, floor):
+        if conditioners is not None:
+            conditioned_all(couplings, taus, conditioners, rtol=rtol, atol=atol, max_iter=max_iter, floor=floor)
+        elif not fused(couplings, taus, floor):
             for c, tau in zip(couplings, taus):
                 c._euclidean_prox(tau, floor)
 

@@ -249,23 +249,27 @@ class SparseBlock:
         if conditioners is None:
             self._euclidean_prox(tau, floor)
             return
-        tau = tau.reshape(-1)
+        pieces, overlap = self._conditioned_pieces(self._checked_conditioners(conditioners))
+        solve.conditioned(pieces, tau.reshape(-1), overlap=overlap, rtol=rtol, atol=atol, max_iter=max_iter, floor=floor)
+
+    def _checked_conditioners(self, conditioners: BlockValues) -> dict[BlockSpec, Tensor]:
+        """Spec -> conditioner.
+
+        Raises:
+            SparseKitError: A conditioner is not finite and strictly positive.
+        """
         resolved = self._values(conditioners)
-        for p in self._parts():
-            lo, hi = torch.aminmax(resolved[p.spec])
+        for h in resolved.values():
+            lo, hi = torch.aminmax(h)
             if not (bool(lo > 0) and bool(torch.isfinite(hi))):
                 raise SparseKitError(f"{self._label()}: conditioners must be finite and strictly positive")
+        return resolved
+
+    def _conditioned_pieces(self, resolved: Mapping[BlockSpec, Tensor]) -> tuple[list[solve.Piece], bool]:
+        """Every part's rows with their conditioners, and whether two parts share a parameter."""
         parts = self._parts()
         overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
-        solve.conditioned(
-            [_piece(p, resolved[p.spec]) for p in parts],
-            tau,
-            overlap=overlap,
-            rtol=rtol,
-            atol=atol,
-            max_iter=max_iter,
-            floor=floor,
-        )
+        return [_piece(p, resolved[p.spec]) for p in parts], overlap
 
     def _euclidean_prox(self, tau: Tensor, floor: float) -> None:
         """``w <- max(0, 1 - tau/||w||) w``: the fused kernel of ``engine/batch.py`` where the layout

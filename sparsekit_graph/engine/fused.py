@@ -114,21 +114,50 @@ def _wide_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
     return torch.stack([t.double().sum((0, 2)) for t in _sweep_terms(w, h, mu[None, :, None])])
 
 
+def _flat_setup(w: Tensor, h: Tensor) -> Tensor:
+    return torch.stack([t.double().sum(0) for t in _setup_terms(w, h)])
+
+
+def _flat_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
+    return torch.stack([t.double().sum(0) for t in _sweep_terms(w, h, mu[None, :])])
+
+
 _SHORT = 64  # inner runs up to this long are summed in float32 first (a 3x3 kernel: 9 terms)
 _KERNELS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
     "rows": (_rows_setup, _rows_sweep),
+    "flat": (_flat_setup, _flat_sweep),
     "cols": (_cols_setup, _cols_sweep),
     "wide": (_wide_setup, _wide_sweep),
 }
 
 
-def _layout(w: Tensor) -> str:
-    return "rows" if w.shape[0] == 1 else "cols" if w.shape[2] <= _SHORT else "wide"
+def _flat(x: Tensor) -> bool:
+    """Rows and their runs are one contiguous run per outer index: ``(A, R, P)`` reads as ``(A, R P)``."""
+    return (x.shape[2] == 1 or x.stride(2) == 1) and (x.shape[1] == 1 or x.stride(1) == x.shape[2])
+
+
+def _layout(w: Tensor, h: Tensor) -> str:
+    """rows: ``A = 1``; flat: ``(R, P)`` contiguous (a conv's input channels: the sums run down ``A``
+    over contiguous vectors, then over ``P``); else cols (short ``P``) or wide."""
+    if w.shape[0] == 1:
+        return "rows"
+    if w.shape[2] > 1 and _flat(w) and _flat(h):
+        return "flat"
+    return "cols" if w.shape[2] <= _SHORT else "wide"
 
 
 def _write(w: Tensor, h: Tensor, mu: Tensor) -> None:
-    """``w <- w h / (h + mu)`` in place (``mu`` per row)."""
-    shrink = h.float() / (h.float() + mu[None, :, None])
+    """``w <- w h / (h + mu)`` in place (``mu`` per row of ``(A, R, P)``)."""
+    _shrink(w, h, mu[None, :, None])
+
+
+def _write_flat(w: Tensor, h: Tensor, mu: Tensor) -> None:
+    """``w <- w h / (h + mu)`` in place for ``(A, N)`` (``mu`` per column)."""
+    _shrink(w, h, mu[None, :])
+
+
+def _shrink(w: Tensor, h: Tensor, mu: Tensor) -> None:
+    shrink = h.float() / (h.float() + mu)
     if w.dtype == torch.float32:
         w.mul_(shrink)
     else:
@@ -154,10 +183,15 @@ def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
 
 
 def _sums(which: int, w: Tensor, h: Tensor, *rest: Tensor) -> Tensor | None:
-    layout = _layout(w)
+    layout = _layout(w, h)
     if layout == "rows":
         w, h = w[0], h[0]
-    return _run(f"{layout}{which}", _KERNELS[layout][which], w, h, *rest)
+    if layout != "flat":
+        return _run(f"{layout}{which}", _KERNELS[layout][which], w, h, *rest)
+    a, r, inner = w.shape
+    mu = [m.repeat_interleave(inner) for m in rest]
+    out = _run(f"flat{which}", _KERNELS["flat"][which], w.view(a, r * inner), h.view(a, r * inner), *mu)
+    return None if out is None else out.view(-1, r, inner).sum(2)
 
 
 def setup_sums(w: Tensor, h: Tensor) -> Tensor | None:
@@ -174,5 +208,9 @@ def write_shrink(w: Tensor, h: Tensor, mu: Tensor) -> bool:
     """``w *= h / (h + mu)`` in place; False when compiling failed (``w`` untouched: use eager)."""
     if _state["broken"] is not None:
         return False
-    _run("write", _write, w, h, mu.float())
+    a, r, inner = w.shape
+    if a > 1 and inner > 1 and _flat(w) and _flat(h):  # (A, R P), mu spelled out along each run: the loop vectorises
+        _run("write_flat", _write_flat, w.view(a, r * inner), h.view(a, r * inner), mu.float().repeat_interleave(inner))
+    else:
+        _run("write", _write, w, h, mu.float())
     return _state["broken"] is None

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import fused
+from .piece import Piece, merge_small, pack
 
 __all__ = ["Piece", "conditioned", "euclidean"]
 
@@ -39,70 +40,8 @@ _CHUNK = 1 << 17  # elements per chunk on CPU: a few such buffers stay in a core
 Reduce = Callable[[Tensor], Tensor]
 
 
-@dataclass
-class Piece:
-    """Rows of one group's blocks, ``(A, R, P)``: row ``r`` is ``[:, r, :]``.
-
-    Attributes:
-        w: The weights, written in place (a live view, or a copy that ``write`` stores back).
-        h: The conditioner laid out like ``w`` (read only).
-        slots: ``(R,)`` block of each row; None: row ``r`` is block ``r``.
-        counted: Adds to the sums (False for a replica that another rank counts).
-        fetch: Re-reads ``w`` (blocks that share elements: an earlier piece wrote them).
-        write: Stores a changed copy back into the parameter.
-    """
-
-    w: Tensor
-    h: Tensor | None = None
-    slots: Tensor | None = None
-    counted: bool = True
-    fetch: Callable[[], Tensor] | None = None
-    write: Callable[[Tensor], None] | None = None
-    _buf: list[Tensor] = field(default_factory=list, repr=False)
-
-    def spread(self, per_block: Tensor) -> Tensor:
-        """``(blocks,)`` -> ``(R,)``."""
-        return per_block if self.slots is None else per_block[self.slots]
-
-    def to_blocks(self, per_row: Tensor, size: int) -> Tensor:
-        """``(k, R)`` per-row sums -> ``(k, size)`` per-block sums."""
-        if self.slots is None:
-            return per_row
-        return per_row.new_zeros(per_row.shape[0], size).index_add_(1, self.slots, per_row)
-
-    def commit(self) -> None:
-        if self.write is not None:
-            self.write(self.w)
-
-
 def _noop(t: Tensor) -> Tensor:
     return t
-
-
-_SMALL = 1 << 14  # pieces up to this many elements are solved together (per-piece overhead dominates them)
-
-
-def _merge_small(pieces: list[Piece]) -> list[Piece]:
-    """Small one-slice pieces with the same rows (BatchNorm scales and shifts, biases) as one copied
-    piece whose rows are theirs side by side, written back to each; the rest as they are."""
-    small = [
-        p for p in pieces if p.w.shape[0] == 1 and p.w.numel() <= _SMALL and p.slots is None and p.w.dtype == pieces[0].w.dtype
-    ]
-    keys = {(p.w.shape[1], p.counted, p.w.device, None if p.h is None else p.h.dtype) for p in small}
-    if len(small) < 2 or len(keys) != 1:
-        return pieces
-
-    def write(x: Tensor) -> None:
-        start = 0
-        for p in small:
-            width = p.w.shape[2]
-            p.w.copy_(x[:, :, start : start + width])
-            p.commit()
-            start += width
-
-    h = None if small[0].h is None else torch.cat([p.h for p in small], dim=2)
-    merged = Piece(torch.cat([p.w for p in small], dim=2), h, None, small[0].counted, write=write)
-    return [p for p in pieces if all(p is not q for q in small)] + [merged]
 
 
 # -- chunked elementwise work ----------------------------------------------------------------------
@@ -173,11 +112,11 @@ def euclidean(pieces: list[Piece], tau: Tensor, *, reduce: Reduce = _noop, overl
         floor: Blocks with ``||w|| <= tau + floor`` are zeroed.
     """
     size, f64 = tau.numel(), torch.float64
-    pieces = pieces if overlap else _merge_small(pieces)
+    pieces = pieces if overlap else merge_small(pieces)
     sumsq = tau.new_zeros(size, dtype=f64)
     for p in pieces:
         if p.counted and p.w.numel():
-            sumsq += p.to_blocks(_row_sumsq(p.w)[None], size)[0]
+            p.add_to(sumsq, _row_sumsq(p.w))
     reduce(sumsq)
     norm = sumsq.sqrt()
     scale = (1 - tau.double() / norm.clamp_min(_TINY)).clamp_(min=0)
@@ -233,13 +172,13 @@ def conditioned(
         floor: Blocks with ``||h w|| <= tau + floor`` are zeroed.
     """
     size = tau.numel()
-    pieces = pieces if overlap else _merge_small(pieces)
+    pieces = pieces if overlap else merge_small(pieces)
     t = tau.double()
     sums = t.new_zeros(4, size + 1)  # the last column counts pieces summed in float32 (on any rank)
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
-        sums[:, :size] += p.to_blocks(_setup_pass(p), size)
+        p.add_to(sums[:, :size], _setup_pass(p))
         sums[0, size] += not _precise(p)
     reduce(sums)
     precise = bool(sums[0, size] == 0)
@@ -348,11 +287,11 @@ def _newton(
         if pending == 0:
             break
         if 2 * pending <= blocks:  # half the blocks or fewer left: iterate on copies of their rows
-            pieces, blocks = [_subset(p, ~done) for p in pieces], pending
+            pieces, blocks = pack(pieces, ~done), pending
         st = t.new_zeros(2, size)
         for p in pieces:
             if p.counted and p.w.numel():
-                st += p.to_blocks(sweep(p, p.spread(mu)), size)
+                p.add_to(st, sweep(p, p.spread(mu)))
         reduce(st)
         q = st[0].sqrt()
         phi = 1 / q - mu / t
@@ -376,28 +315,14 @@ def _newton(
     return mu, rho_done
 
 
-def _subset(p: Piece, blocks: Tensor) -> Piece:
-    """A copy of the rows of ``p`` that belong to ``blocks`` (a ``(size,)`` mask)."""
-    rows = p.spread(blocks)
-    slots = blocks.nonzero().squeeze(1) if p.slots is None else p.slots[rows]
-    return Piece(p.w[:, rows], p.h[:, rows], slots, p.counted)
-
-
 def _refine(
     pieces: list[Piece], heavy: Tensor, survive: Tensor, t: Tensor, mu: Tensor, lower: Tensor, reduce: Reduce, tol: _Tolerance
 ) -> tuple[Tensor, Tensor]:
     """Blocks near death re-solved in float64 from ``mu`` (their rows copied out)."""
-    ids = heavy.nonzero().squeeze(1)
-    fine = []
+    fine = pack(pieces, heavy, torch.float64)
     norm2 = t.new_zeros(t.numel())
-    for p in pieces:
-        rows = p.spread(heavy)
-        h = p.h[:, rows].double()
-        w = p.w[:, rows].double()
-        slots = ids if p.slots is None else p.slots[rows]
-        fine.append(Piece(w, h, slots, p.counted))
-        if p.counted and w.numel():
-            norm2.index_add_(0, slots, (h * w).square().sum((0, 2)))
+    for p in fine:
+        p.add_to(norm2, _sumsq(p.h * p.w))
     survive = torch.where(heavy, reduce(norm2).sqrt() > t, survive)
     return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol)[0], survive
 

@@ -1,0 +1,129 @@
+"""Pieces: one group's blocks as ``(A, R, P)`` row tensors, the unit every prox kernel works on.
+
+Besides ``Piece`` itself: merging small one-slice pieces (BatchNorm scales and shifts) into one, and
+``pack``, which copies the rows of chosen blocks out of many pieces into few ``(1, R, L)`` pieces,
+one per row length ``L`` (Newton's last steps then sweep a handful of tensors, not every piece of
+every group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["Piece", "merge_small", "pack"]
+
+
+@dataclass
+class Piece:
+    """Rows of one group's blocks, ``(A, R, P)``: row ``r`` is ``[:, r, :]``.
+
+    Attributes:
+        w: The weights, written in place (a live view, or a copy that ``write`` stores back).
+        h: The conditioner laid out like ``w`` (read only).
+        slots: ``(R,)`` block of each row; None: row ``r`` is block ``start + r``.
+        counted: Adds to the sums (False for a replica that another rank counts).
+        fetch: Re-reads ``w`` (blocks that share elements: an earlier piece wrote them).
+        write: Stores a changed copy back into the parameter.
+        start: The block of row 0 when ``slots`` is None (several groups solved as one).
+    """
+
+    w: Tensor
+    h: Tensor | None = None
+    slots: Tensor | None = None
+    counted: bool = True
+    fetch: Callable[[], Tensor] | None = None
+    write: Callable[[Tensor], None] | None = None
+    start: int = 0
+    _buf: list[Tensor] = field(default_factory=list, repr=False)
+
+    def spread(self, per_block: Tensor) -> Tensor:
+        """``(blocks,)`` -> ``(R,)``."""
+        if self.slots is not None:
+            return per_block[self.slots]
+        rows = self.w.shape[1]
+        return per_block if self.start == 0 and per_block.shape[-1] == rows else per_block[self.start : self.start + rows]
+
+    def add_to(self, acc: Tensor, per_row: Tensor) -> None:
+        """``acc[..., block] += per_row`` for ``(k, R)`` (or ``(R,)``) per-row sums, ``acc`` per block."""
+        rows = self.w.shape[1]
+        if self.slots is not None:
+            acc.index_add_(acc.dim() - 1, self.slots, per_row)
+        elif self.start == 0 and acc.shape[-1] == rows:
+            acc += per_row
+        else:
+            acc[..., self.start : self.start + rows] += per_row
+
+    def block_ids(self) -> Tensor:
+        """``(R,)`` block of every row."""
+        if self.slots is not None:
+            return self.slots
+        return torch.arange(self.start, self.start + self.w.shape[1], device=self.w.device)
+
+    def commit(self) -> None:
+        if self.write is not None:
+            self.write(self.w)
+
+
+_SMALL = 1 << 14  # pieces up to this many elements are solved together (per-piece overhead dominates them)
+
+
+def merge_small(pieces: list[Piece]) -> list[Piece]:
+    """Small one-slice pieces with the same rows (BatchNorm scales and shifts, biases) as one copied
+    piece whose rows are theirs side by side, written back to each; the rest as they are."""
+    groups: dict[tuple, list[Piece]] = {}
+    rest = []
+    for p in pieces:
+        if p.w.shape[0] == 1 and p.w.numel() <= _SMALL and p.slots is None:
+            key = (p.w.shape[1], p.start, p.counted, p.w.device, p.w.dtype, None if p.h is None else p.h.dtype)
+            groups.setdefault(key, []).append(p)
+        else:
+            rest.append(p)
+    for small in groups.values():
+        rest += small if len(small) < 2 else [_merged(small)]
+    return rest
+
+
+def _merged(small: list[Piece]) -> Piece:
+    def write(x: Tensor) -> None:
+        start = 0
+        for p in small:
+            width = p.w.shape[2]
+            p.w.copy_(x[:, :, start : start + width])
+            p.commit()
+            start += width
+
+    h = None if small[0].h is None else torch.cat([p.h for p in small], dim=2)
+    return Piece(torch.cat([p.w for p in small], dim=2), h, None, small[0].counted, write=write, start=small[0].start)
+
+
+def pack(pieces: list[Piece], keep: Tensor, dtype: torch.dtype | None = None) -> list[Piece]:
+    """Copies of the counted rows of ``pieces`` whose block is in ``keep`` (a ``(blocks,)`` mask),
+    as ``(1, R, L)`` pieces (each row's elements side by side), one per row length and dtype.
+
+    Args:
+        pieces: Pieces with conditioners.
+        keep: Which blocks to copy.
+        dtype: The copies' dtype (default: each piece's own).
+    """
+    groups: dict[tuple, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    for p in pieces:
+        if not (p.counted and p.w.numel()):
+            continue
+        ids = p.spread(keep).nonzero().squeeze(1)
+        if not ids.numel():
+            continue
+        a, _, inner = p.w.shape
+        w = p.w.transpose(0, 1).index_select(0, ids).reshape(ids.numel(), a * inner)
+        h = p.h.transpose(0, 1).index_select(0, ids).reshape(ids.numel(), a * inner)
+        to = dtype or (torch.float64 if torch.float64 in (w.dtype, h.dtype) else torch.float32)
+        slots = ids + p.start if p.slots is None else p.slots[ids]
+        groups.setdefault((a * inner, to), []).append((w.to(to), h.to(to), slots))
+    out = []
+    for rows in groups.values():
+        w, h, slots = (torch.cat(x) if len(rows) > 1 else x[0] for x in zip(*rows))
+        out.append(Piece(w[None], h[None], slots))
+    return out
