@@ -9,6 +9,7 @@ one plan.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -661,22 +662,70 @@ def test_divisors_that_vanish_with_the_channel(body: Callable[..., Tensor], zero
     assert group.prunable and group.zero_invariant is zero_invariant, group
 
 
-@pytest.mark.parametrize(
-    "branch",
-    [
-        pytest.param(lambda s, h: h * 2 if s.a.out_channels == C else h, id="layer-attribute"),
-        pytest.param(lambda s, h: h * 2 if h.shape[1] == C else h, id="shape-read"),  # fx cannot: torch.export
-    ],
-)
-def test_branch_on_a_pruned_size_never_prunes_silently(branch: Callable[..., Tensor]) -> None:
-    """Python control flow on a channel count is invisible to both tracers: the pruned model
+def test_branch_on_a_layer_attribute_never_prunes_silently() -> None:
+    """Python control flow on a layer's attribute is invisible to the tracer: the pruned model
     would take the other branch. ``prune`` sees it run other code and refuses, leaving the model."""
-    model, x = Body(branch), torch.randn(*X4)
+    model, x = Body(lambda s, h: h * 2 if s.a.out_channels == C else h), torch.randn(*X4)
     before = fingerprint(model)
     plan = skg.plan(model, x)
     with pytest.raises(skg.SparseKitError, match="runs other code"):
         skg.prune(model, plan, ratio=0.5)
     assert_untouched(model, before, "refused prune")
+
+
+def _asserts_width(s: nn.Module, h: Tensor) -> Tensor:
+    assert h.shape[1] == s.a.out_channels
+    return h
+
+
+def _loops_over_width(s: nn.Module, h: Tensor) -> Tensor:
+    for _ in range(h.shape[1] // 4):
+        h = h + 1
+    return h
+
+
+def _loops_over_rows(s: nn.Module, h: Tensor) -> Tensor:
+    return torch.stack([row * 2 for row in h.transpose(0, 1)], 1)
+
+
+@pytest.mark.parametrize(
+    "branch",
+    [
+        pytest.param(lambda s, h: h * 2 if h.shape[1] == C else h, id="equal"),
+        pytest.param(lambda s, h: h * 2 if h.shape[1] == 64 else h, id="other-branch"),
+        pytest.param(lambda s, h: h * 2 if h.size(1) > 4 else h, id="greater"),
+        pytest.param(_asserts_width, id="assert"),
+        pytest.param(_loops_over_width, id="range"),
+        pytest.param(_loops_over_rows, id="iterate"),
+        pytest.param(lambda s, h: h * int(h.size(1) ** 0.5), id="int"),
+        pytest.param(lambda s, h: h * float(h.size(1)), id="float"),
+        pytest.param(lambda s, h: h * len(h.transpose(0, 1)), id="len"),
+    ],
+)
+def test_control_flow_on_a_channel_count_pins(branch: Callable[..., Tensor], tmp_path: Path) -> None:
+    """A size that decides Python control flow (or becomes a Python number) pins its axis at
+    plan time, naming the node: the traced code holds one branch, which a pruned size may not take."""
+    model, x = Body(branch), torch.randn(*X4)
+    group = skg.plan(model, x).group("a:out")
+    assert not group.prunable and "python control flow" in (group.reason or ""), group
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+@pytest.mark.parametrize(
+    "branch",
+    [
+        pytest.param(lambda s, h: h.view(h.size(0), -1).view(h.shape), id="view-batch"),
+        pytest.param(lambda s, h: h * 2 if h.shape[0] > 1 else h, id="batch-branch"),
+        pytest.param(lambda s, h: h * 2 if h.shape[-1] == 6 else h, id="spatial-branch"),
+        pytest.param(lambda s, h: h.reshape(*h.shape[:2], -1).view(h.shape), id="star-shape"),
+        pytest.param(lambda s, h: h / math.sqrt(h.size(1)), id="math-scale"),  # traced: follows, no zero-invariance
+    ],
+)
+def test_control_flow_on_other_sizes_keeps_channels(branch: Callable[..., Tensor], tmp_path: Path) -> None:
+    """Sizes only shaping a view or traced as values, and branches on batch and spatial sizes,
+    leave the channels prunable."""
+    result = check_oracle(Body(branch), torch.randn(*X4), tmp_path, min_drop=0.0, require=False)
+    assert result.plan.group("a:out").prunable
 
 
 def test_einsum_spellings_of_a_linear_layer_give_one_plan() -> None:
@@ -773,3 +822,4 @@ def test_tensor_constants_leave_no_attributes(tmp_path: Path) -> None:
     assert_untouched(model, before, "plan and prune")
     assert torch.equal(skg.trace(model, x)(x), model(x)) and model.__dict__.keys() == attributes.keys()
     assert check_oracle(model, x, tmp_path, min_drop=0.0).plan.group("a:out").prunable
+

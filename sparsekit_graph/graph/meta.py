@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "CONSTANT", "EXPORTED", "META", "TRACED_CONSTANT"]
+__all__ = ["CALL", "CONSTANT", "CONTROL", "EXPORTED", "META", "TRACED_CONSTANT"]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
 EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export
 CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
+CONTROL = "skg.control"  # a traced number Python control flow read: "branch", "loop" or "number"

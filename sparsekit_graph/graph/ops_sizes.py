@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .context import RuleContext
+from .meta import CONTROL
 from .normalize import normalize
 from .ops_reshape import link_read_lengths
 from .rules import register_function_rule, register_method_rule
@@ -31,12 +32,18 @@ def axis_lengths(ctx: RuleContext) -> None:
     nd = len(src)
     reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd)]
     for user, axes in reads:
-        ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")
+        if user.meta.get(CONTROL):  # the traced code holds one branch / count of turns: it would not follow
+            ctx.pin([src[d] for d in axes], f"python control flow on the length of an axis at node {user.name}")
+        else:
+            ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")
 
 
 def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[fx.Node, list[int]]]:
-    """(tensor-valued node using a length as a value, which axes' lengths) pairs."""
+    """(tensor-valued node using a length as a value, or a number Python control flow read
+    (``CONTROL``), which axes' lengths) pairs."""
     found: list[tuple[fx.Node, list[int]]] = []
+    if node.meta.get(CONTROL):  # ``for row in h``: the number of turns is h.size(0)
+        found.append((node, axes if axes is not None else list(range(nd))))
     todo: list[tuple[fx.Node, list[int]]] = [(node, axes if axes is not None else list(range(nd)))]
     seen: set[fx.Node] = set()
     while todo:
@@ -57,6 +64,8 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
                 continue
             elif not isinstance(value, Tensor):
                 todo.append((user, chosen))
+                if user.meta.get(CONTROL):
+                    found.append((user, chosen))
             elif user.op == "call_module" or not _only_shapes(user, n):
                 found.append((user, chosen))
     return found

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx._symbolic_trace as _symbolic_trace
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ..errors import TraceError
 from .export import export_graph
-from .meta import EXPORTED, META, TRACED_CONSTANT
+from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .ops_vision import register_library_rules
 from .rules import module_rule_for
 from .shapes import broadcast_only, shape_only
@@ -125,7 +126,7 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     with _mode(model, train):
         before = set(model.__dict__)
         try:
-            graph = _Tracer().trace(model, concrete_args=concrete)
+            graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
         except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
             return _exported(model, args, kwargs, fx_error)
         for n in graph.nodes:  # tensors torch.fx made attributes of the model; _mode removes them
@@ -178,10 +179,107 @@ def _first_line(e: Exception) -> str:
 
 
 class _Tracer(fx.Tracer):
-    """torch.nn layers and every layer type with a registered rule stay leaves."""
+    """torch.nn layers and every layer type with a registered rule stay leaves.
+
+    Python control flow on a value computed from sizes alone (``if x.shape[1] == 64``,
+    ``range(h.size(1) // 16)``, ``int(x.size(-1) ** 0.5)``) takes the branch the example's
+    sizes take: the value is computed on meta tensors and its node marked ``CONTROL`` (the
+    planner pins the axes whose lengths it reads, since the code would not follow a pruned
+    size). A condition on tensor data still fails (and the planner tries ``torch.export``)."""
+
+    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self._inputs = (model, args, kwargs)
+        self._runner: _MetaRunner | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return has_hooks(m) or module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _SizeProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self.concrete(obj, "branch")
+        if not isinstance(value, (bool, int, float)):
+            return super().to_bool(obj)
+        return bool(value)
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        value = self.concrete(obj, None)
+        if isinstance(value, Tensor) and value.ndim:  # ``for row in h``: as many turns as h.size(0)
+            self.concrete(obj.size(0), "loop")
+        elif not isinstance(value, (tuple, list)):  # ``*shape``: as many items as axes, each still traced
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(value))])
+
+    def concrete(self, obj: fx.Proxy, control: str | None) -> Any:
+        """The value of ``obj`` at the example's sizes (a Tensor when it depends on data);
+        ``control`` marks its node as deciding Python control flow."""
+        model, args, kwargs = self._inputs
+        if self._runner is None:
+            self._runner = _MetaRunner(model, self.graph)
+            self._runner.start(_flat_inputs(self.graph, args, kwargs))
+        try:
+            with torch.no_grad(), _symbolic_trace._maybe_revert_all_patches():  # layers run, not traced
+                value = self._runner.value(obj.node)
+        except TraceError:
+            return None
+        if not isinstance(value, Tensor) and not _sizes_only(obj.node):
+            return None  # ``x.device.type == "cpu"``: meta values would answer for another device
+        if control is not None and not isinstance(value, Tensor):
+            obj.node.meta.setdefault(CONTROL, control)
+        return value
+
+
+# Reads of a tensor whose value meta tensors give as the real ones would (not ``device``).
+_SIZE_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
+_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+
+
+def _sizes_only(node: fx.Node) -> bool:
+    """Is ``node`` computed from tensors only through their sizes (shape, ndim, dtype)?"""
+    todo, seen = [node], {node}
+    while todo:
+        n = todo.pop()
+        for a in n.all_input_nodes:
+            if isinstance(a.meta.get(META), Tensor):
+                size_read = (n.op == "call_method" and n.target in _SIZE_METHODS) or (
+                    n.op == "call_function" and n.target in (getattr, len) and (n.target is len or n.args[1] in _SIZE_ATTRIBUTES)
+                )
+                if not size_read:
+                    return False
+            elif a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return True
+
+
+class _SizeProxy(fx.Proxy):
+    """A Proxy that a Python number may be made of (``range(n)``, ``int(n)``, ``float(n)``):
+    the number its value has at the example's sizes (see ``_Tracer``)."""
+
+    def _number(self, kind: type) -> Any:
+        value = self.tracer.concrete(self, "number") if isinstance(self.tracer, _Tracer) else None
+        if isinstance(value, (bool, int, float)):
+            return kind(value)
+        raise TypeError(f"'Proxy' object cannot be interpreted as {kind.__name__}")
+
+    def __index__(self) -> int:
+        return self._number(int)
+
+    def __int__(self) -> int:
+        return self._number(int)
+
+    def __float__(self) -> float:
+        return self._number(float)
+
+    def __len__(self) -> int:
+        value = self.tracer.concrete(self, None) if isinstance(self.tracer, _Tracer) else None
+        if isinstance(value, Tensor) and value.ndim:
+            self.tracer.concrete(self.size(0), "number")
+        elif not isinstance(value, (tuple, list)):
+            return super().__len__()
+        return len(value)
 
 
 def has_hooks(m: nn.Module) -> bool:
@@ -228,9 +326,21 @@ class _MetaRunner:
         self._state: dict[str, dict[str, Tensor]] = {}
 
     def run(self, *inputs: Any) -> None:
-        env: dict[fx.Node, Any] = {}
-        given = list(inputs)
+        self.start(list(inputs))
+        self.value(None)
+
+    def start(self, inputs: list[Any]) -> None:
+        self._env: dict[fx.Node, Any] = {}
+        self._given = inputs
+
+    def value(self, last: fx.Node | None) -> Any:
+        """Run the nodes not run yet, up to ``last`` (every node: None); ``last``'s value."""
+        env, given = self._env, self._given
         for n in self.graph.nodes:
+            if n in env:
+                if n is last:
+                    break
+                continue
             try:
                 out = self._node(n, env, given)
             except TraceError:
@@ -240,6 +350,9 @@ class _MetaRunner:
                 raise TraceError(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
             n.meta[META] = out
             env[n] = out
+            if n is last:
+                break
+        return env.get(last) if last is not None else None
 
     def _node(self, n: fx.Node, env: dict[fx.Node, Any], given: list[Any]) -> Any:
         if n.op == "placeholder":
@@ -293,6 +406,13 @@ def _describe(n: fx.Node) -> str:
 
 
 def _propagate(graph: fx.Graph, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    flat = _flat_inputs(graph, args, kwargs)
+    with torch.no_grad():
+        _MetaRunner(model, graph).run(*flat)
+
+
+def _flat_inputs(graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """The example inputs in the order of the graph's placeholders."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     named = {n.target for n in placeholders}
     flat: list[Any] = list(args)
@@ -311,5 +431,4 @@ def _propagate(graph: fx.Graph, model: nn.Module, args: tuple[Any, ...], kwargs:
         raise TraceError(f"example inputs {sorted(unknown)} are not inputs of the model's forward")
     if len(flat) > len(placeholders):
         raise TraceError(f"{len(flat)} example inputs given, the model's forward takes {len(placeholders)}")
-    with torch.no_grad():
-        _MetaRunner(model, graph).run(*flat)
+    return flat
