@@ -1484,3 +1484,51 @@ def test_einsum_implicit_output_and_sublists_give_one_plan() -> None:
         w=nn.Parameter(torch.randn(6, C)),
     )
     assert any(prunable and zi for _, prunable, zi, _ in key)
+
+
+def test_channel_shuffle_spellings_give_one_plan(tmp_path: Path) -> None:
+    """``F.channel_shuffle`` and ``torch.native_channel_shuffle`` read like ``nn.ChannelShuffle`` and
+    the view/transpose/view of ShuffleNet (both functions pinned everything)."""
+    spellings = [
+        lambda s, h: channel_shuffle(h, 2),
+        lambda s, h: F.channel_shuffle(h, 2),
+        lambda s, h: torch.native_channel_shuffle(h, groups=2),
+        lambda s, h: nn.ChannelShuffle(2)(h),  # built in forward: traced into F.channel_shuffle
+        lambda s, h: h.unflatten(1, (2, -1)).transpose(1, 2).flatten(1, 2),
+    ]
+    key = _one_plan(spellings)
+    assert any(prunable and zi for _, prunable, zi, _ in key)
+    check_oracle(Body(spellings[1]), torch.randn(*X4), tmp_path, min_drop=0.0)
+
+
+TENSORDOTS = {
+    "pair": (lambda s, h: torch.tensordot(h, s.w, dims=([1], [1])).permute(0, 3, 1, 2), (6, C)),
+    "int": (lambda s, h: torch.tensordot(h.permute(0, 2, 3, 1), s.w.T, 1).permute(0, 3, 1, 2), (6, C)),
+    "negative": (lambda s, h: torch.tensordot(s.w, h, dims=([-1], [1])).permute(1, 0, 2, 3), (6, C)),
+    "two_axes": (lambda s, h: torch.tensordot(h, s.w, dims=([1, 3], [1, 0])).unsqueeze(1), (X4[3], C)),
+    "sigmoid": (lambda s, h: h * torch.tensordot(h.sigmoid(), s.w, dims=([1], [1]))[:, None, :, :, 0], (1, C)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TENSORDOTS))
+def test_tensordot_is_a_contraction(name: str, tmp_path: Path) -> None:
+    """``torch.tensordot`` plans as the einsum it spells (it pinned everything): the conv's
+    channels stay prunable and zero-invariant wherever ``w``'s matching axis is a member."""
+    fn, shape = TENSORDOTS[name]
+    model = Body(fn, w=nn.Parameter(torch.randn(*shape) * 0.3))
+    group = skg.plan(model, torch.randn(*X4)).group("a:out")
+    assert group.prunable and group.zero_invariant, group
+    assert "w" in {m.param for m in group.members}
+    check_oracle(model, torch.randn(*X4), tmp_path, min_drop=0.0)
+
+
+def test_tensordot_spells_a_linear_layer() -> None:
+    w = nn.Parameter(torch.randn(6, C))
+    _one_plan(
+        [
+            lambda s, h: torch.einsum("bchw,oc->bohw", h, s.w),
+            lambda s, h: torch.tensordot(h, s.w, dims=([1], [1])).permute(0, 3, 1, 2),
+            lambda s, h: torch.tensordot(h.permute(0, 2, 3, 1), s.w.T, dims=1).permute(0, 3, 1, 2),
+        ],
+        w=w,
+    )

@@ -96,12 +96,43 @@ def einsum(ctx: RuleContext) -> None:
     if spelled is None:
         ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
         return
-    inputs, result = spelled
+    _contract(ctx, *spelled, operands, f"einsum {equation!r}")
+
+
+@register_function_rule(torch.tensordot)
+def tensordot(ctx: RuleContext) -> None:
+    """``tensordot(a, b, dims)``: the einsum that contracts ``a``'s axes ``dims[0]`` with ``b``'s
+    ``dims[1]`` (an int ``n``: ``a``'s last ``n`` with ``b``'s first ``n``); the output is ``a``'s
+    other axes, then ``b``'s (tensordot pinned everything)."""
+    a, b, dims = ctx.input, ctx.arg("b"), ctx.arg("dims", 2)
+    ma, mb = ctx.meta(a), ctx.meta(b)
+    if not isinstance(ma, Tensor) or not isinstance(mb, Tensor) or ma.ndim + mb.ndim > 26:
+        ctx.pin_everything(f"tensordot with unreadable operands at {ctx.where()}")
+        return
+    if isinstance(dims, int):
+        dims = (list(range(ma.ndim - dims, ma.ndim)), list(range(dims)))
+    ok = isinstance(dims, (tuple, list)) and len(dims) == 2
+    da, db = ([d] if isinstance(d, int) else d for d in dims) if ok else ([], [1])
+    if not (isinstance(da, (tuple, list)) and isinstance(db, (tuple, list)) and len(da) == len(db)):
+        ctx.pin_everything(f"tensordot with unreadable dims {dims!r} at {ctx.where()}")
+        return
+    letters = iter(string.ascii_letters)
+    ta = [next(letters) for _ in range(ma.ndim)]
+    tb = [next(letters) for _ in range(mb.ndim)]
+    for i, j in zip(da, db):
+        tb[j % mb.ndim] = ta[i % ma.ndim]
+    shared = {ta[i % ma.ndim] for i in da}
+    result = "".join(c for c in ta + tb if c not in shared)
+    _contract(ctx, f"{''.join(ta)},{''.join(tb)}", result, [a, b], f"tensordot dims {dims!r}")
+
+
+def _contract(ctx: RuleContext, inputs: str, result: str, operands: list[Any], label: str) -> None:
+    """The links of the contraction ``inputs -> result`` (no ellipsis) of ``operands``."""
     terms = inputs.split(",")
     axes = [ctx.axes(x) for x in operands]
     out = ctx.out()
     if len(terms) != len(axes) or any(a is None or len(a) != len(t) or len(set(t)) != len(t) for a, t in zip(axes, terms)):
-        ctx.pin_everything(f"einsum {equation!r} at {ctx.where()}")
+        ctx.pin_everything(f"{label} at {ctx.where()}")
         return
     weights = [is_weight(ctx, x) for x in operands]
     zeroed = [zeroed_by_masks(ctx, x) for x in operands]
@@ -118,7 +149,7 @@ def einsum(ctx: RuleContext) -> None:
         # masks zero, or an activation that keeps zeros); ``sigmoid(h)`` alone adds 0.5 per channel.
         held = [(x, t.index(letter), z) for x, t, z in zip(operands, terms, zeroed) if letter in t]
         if not any(z or zero_breaker(x, d, ctx.modules) is None for x, d, z in held):
-            ctx.mix([found[0][0]], f"einsum at {ctx.where()} sums {letter!r} over values not zero for removed channels")
+            ctx.mix([found[0][0]], f"{label} at {ctx.where()} sums {letter!r} over values not zero for removed channels")
 
 
 def _without_ellipsis(equation: str, values: list[object]) -> tuple[str, str] | None:

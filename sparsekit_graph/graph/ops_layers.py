@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -335,11 +336,24 @@ def unflatten_module(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.ChannelShuffle)
 def channel_shuffle(ctx: RuleContext) -> None:
+    _shuffle_channels(ctx, ctx.module.groups)  # type: ignore[union-attr]
+
+
+@register_function_rule(torch.channel_shuffle, torch.native_channel_shuffle)
+def channel_shuffle_function(ctx: RuleContext) -> None:
+    """``F.channel_shuffle(x, g)``, ``torch.native_channel_shuffle``: as ``nn.ChannelShuffle``
+    (both pinned everything)."""
+    _shuffle_channels(ctx, ctx.arg("groups"))
+
+
+def _shuffle_channels(ctx: RuleContext, g: object) -> None:
     """Output channel ``b*g + a`` is input channel ``a*(C/g) + b``; position ``b`` is the channel."""
     x, out = ctx.axes(ctx.input), ctx.out()
-    assert x is not None
+    if x is None or len(x) < 2 or not isinstance(g, int) or g < 1 or ctx.graph.size(x[1]) % g:
+        ctx.pin_everything(f"channel shuffle with unreadable groups {g!r} at {ctx.where()}")
+        return
     ctx.same(x[:1] + x[2:], out[:1] + out[2:])
-    c, g = ctx.graph.size(x[1]), ctx.module.groups  # type: ignore[union-attr]
+    c = ctx.graph.size(x[1])
     src = np.arange(c)
     ctx.graph.link(x[1], out[1], src, (src % (c // g)) * g + src // (c // g), kind="permute")
     ctx.graph.link(x[1], x[1], src, src % (c // g), kind="tie")
