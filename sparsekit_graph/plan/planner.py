@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from types import CodeType
 
 import numpy as np
-import scipy.sparse as sp
 import torch.fx as fx
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
 from ..errors import PlanError
@@ -19,6 +16,7 @@ from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
+from .channels import Channels, channel_signatures
 from .experts import split_experts
 from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
@@ -154,20 +152,6 @@ def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
                 graph.mix(node, f"ignored by user ({name})")
 
 
-@dataclass
-class _Channels:
-    """Channels that share one signature: which parameter axes they touch, and how often."""
-
-    params: tuple[int, ...]  # parameter node index per occurrence, sorted
-    produced: bool  # some parameter (or weight) produces these channels
-    pin: str | None
-    mix: str | None
-    positions: list[list[int]] | np.ndarray  # (channels, len(params)): positions matching ``params``
-    labels: list[int] | None = None  # the channels' labels in the component's index union (slot path)
-    counts: dict[int, np.ndarray] | None = None  # node index -> its indices per channel, for sized axes
-    at: dict[int, np.ndarray] | None = None  # node index -> its first index per channel, for repeat targets
-
-
 def resolve_groups(graph: AxisGraph) -> list[Group]:
     """Connected components of the axis graph -> channel groups, one per signature."""
     return resolve(graph)[0]
@@ -182,7 +166,7 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
         nodes = sorted(component)
         if not any(n[0] == "p" for n in nodes) or all(graph.size(n) <= 1 for n in nodes):
             continue
-        for ch in _channels(graph, nodes, targets):
+        for ch in channel_signatures(graph, nodes, targets):
             found.append(_tied_group(graph, nodes, ch, targets))
     found.sort(key=lambda x: x[0])
     names: dict[str, int] = defaultdict(int)
@@ -211,7 +195,7 @@ def _divert_repeats(graph: AxisGraph) -> dict[AxisId, np.ndarray]:
 
 
 def _tied_group(
-    graph: AxisGraph, nodes: list[AxisId], ch: _Channels, targets: dict[AxisId, np.ndarray]
+    graph: AxisGraph, nodes: list[AxisId], ch: Channels, targets: dict[AxisId, np.ndarray]
 ) -> tuple[tuple[int, int], Group, list[list[int]]]:
     """``_group``, plus the parts of its channels a repeat target splits them into (each
     part: the channels copying one source index); a group whose channels do not split into
@@ -236,87 +220,7 @@ def _tied_group(
     return key, group.model_copy(update={"sizes": sizes}), parts
 
 
-def _channels(graph: AxisGraph, nodes: list[AxisId], targets: dict[AxisId, np.ndarray] | None = None) -> list[_Channels]:
-    attrs = graph.nodes
-    params = [i for i, n in enumerate(nodes) if n[0] == "p"]
-    pin = next((r for n in nodes for r in attrs[n]["pins"]), None)
-    mix = next((r for n in nodes for r in attrs[n]["mixes"]), None)
-    if all(d["ia"] is None and d["ib"] is None for _, _, d in graph.component_edges(nodes)):
-        size = attrs[nodes[params[0]]]["size"]  # identity links join equal sizes only
-        produced = any(attrs[n].get("producer", False) for n in nodes)
-        positions = np.repeat(np.arange(size, dtype=np.int64)[:, None], len(params), axis=1)
-        at = {i: np.arange(size) for i, n in enumerate(nodes) if targets and n in targets}
-        return [_Channels(tuple(params), produced, pin, mix, positions, at=at)]
-    return _slot_channels(graph, nodes, params, targets or {})
-
-
-def _slot_channels(
-    graph: AxisGraph, nodes: list[AxisId], params: list[int], targets: dict[AxisId, np.ndarray]
-) -> list[_Channels]:
-    """Union every index that moves together; a channel is one connected set of indices."""
-    attrs = graph.nodes
-    index = {n: i for i, n in enumerate(nodes)}
-    sizes = np.array([attrs[n]["size"] for n in nodes], dtype=np.int64)
-    offset = np.concatenate([[0], np.cumsum(sizes)])
-    rows, cols = [], []
-    for u, v, d in graph.component_edges(nodes):
-        a, b = (u, v) if d["a"] == u else (v, u)
-        ia = np.arange(sizes[index[a]]) if d["ia"] is None else d["ia"]
-        ib = np.arange(sizes[index[b]]) if d["ib"] is None else d["ib"]
-        rows.append(offset[index[a]] + ia)
-        cols.append(offset[index[b]] + ib)
-    total = int(offset[-1])
-    graph.slots_resolved += total
-    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64),) * 2
-    adj = sp.coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
-    _, label = connected_components(adj, directed=False)
-
-    def flag(key: str) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for i, n in enumerate(nodes):
-            for reason in attrs[n][key][:1]:
-                for lab in np.unique(label[offset[i] : offset[i + 1]]):
-                    out.setdefault(int(lab), reason)
-        return out
-
-    pins, mixes = flag("pins"), flag("mixes")
-    produced = {
-        int(lab) for i, n in enumerate(nodes) if attrs[n].get("producer", False) for lab in label[offset[i] : offset[i + 1]]
-    }
-    lab = np.concatenate([label[offset[i] : offset[i + 1]] for i in params])
-    nid = np.concatenate([np.full(sizes[i], i) for i in params])
-    pos = np.concatenate([np.arange(sizes[i]) for i in params])
-    order = np.lexsort((pos, nid, lab))
-    lab, nid, pos = lab[order], nid[order], pos[order]
-    cuts = (np.flatnonzero(np.diff(lab)) + 1).tolist()
-    starts, ends = [0, *cuts], [*cuts, len(lab)]
-    nid_list, pos_list = nid.tolist(), pos.tolist()
-    by_key: dict[tuple, _Channels] = {}
-    for channel, a, b in zip(lab[starts].tolist(), starts, ends):
-        pin, mix = pins.get(channel), mixes.get(channel)
-        key = (tuple(nid_list[a:b]), channel in produced, pin is None, mix is None)  # reasons do not split groups
-        if key not in by_key:
-            by_key[key] = _Channels(key[0], key[1], pin, mix, [], [])
-        by_key[key].positions.append(pos_list[a:b])
-        by_key[key].labels.append(channel)  # type: ignore[union-attr]
-    sized = {
-        i: np.bincount(label[offset[i] : offset[i + 1]], minlength=int(label.max()) + 1)
-        for i, n in enumerate(nodes)
-        if n in graph.size_refs or n in graph.scales or n in graph.follows
-    }
-    first = {}
-    for i, n in enumerate(nodes):
-        if n in targets:
-            f = np.full(int(label.max()) + 1, -1, dtype=np.int64)
-            f[label[offset[i] : offset[i + 1]][::-1]] = np.arange(sizes[i])[::-1]  # the lowest index wins
-            first[i] = f
-    for ch in by_key.values():
-        ch.counts = {i: c[ch.labels] for i, c in sized.items()}
-        ch.at = {i: f[ch.labels] for i, f in first.items()}
-    return list(by_key.values())
-
-
-def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[int, int], Group, np.ndarray]:
+def _group(graph: AxisGraph, nodes: list[AxisId], ch: Channels) -> tuple[tuple[int, int], Group, np.ndarray]:
     """Members of one channel signature, channels ordered along the primary member (and that
     order, as a permutation of ``ch``'s channels)."""
     occurrences: dict[int, list[int]] = defaultdict(list)  # node -> columns in positions
@@ -326,22 +230,14 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     rows = [n for n in occurrences if nodes[n][2] == 0 and graph.ndim[nodes[n][1]] > 1]
     producers = rows or [n for n in occurrences if nodes[n][2] == 0] or list(occurrences)
     primary = min(producers, key=order_of)
-    pos = np.asarray(ch.positions, dtype=np.int64)  # (channels, occurrences)
-    perm = np.argsort(pos[:, occurrences[primary][0]], kind="stable")
-    pos = pos[perm]
-    # Per column: first and last position, and whether the column is a contiguous range.
-    lo, hi = pos.min(0), pos.max(0)
-    contiguous = (pos - lo == np.arange(len(pos))[:, None]).all(0)
-    members = []
-    for n in sorted(occurrences, key=lambda n: (n != primary, order_of(n))):
-        cols = occurrences[n]
-        if len(cols) == 1 and contiguous[cols[0]]:  # the common case, without per-member numpy work
-            c = cols[0]
-            members.append(_member(nodes[n], int(lo[c]), int(hi[c]) + 1, 1, None, 1))
-        else:
-            members += _members(nodes[n], pos[:, cols])
-    sizes, uneven = _size_refs(graph, nodes, ch, len(pos))
-    scales, follows, split = head_dim_parts(graph, nodes, ch.counts, perm)
+    listed = sorted(occurrences, key=lambda n: (n != primary, order_of(n)))
+    if ch.positions is None:  # identity links only: every member owns its whole axis, in order
+        size, first, perm = ch.size, 0, np.arange(ch.size)
+        members = [_member(nodes[n], 0, size, 1, None, 1) for n in listed]
+    else:
+        size, first, perm, members = _slot_members(nodes, np.asarray(ch.positions, dtype=np.int64), occurrences, primary, listed)
+    sizes, uneven = _size_refs(graph, nodes, ch, size) if graph.size_refs else ([], None)
+    scales, follows, split = head_dim_parts(graph, nodes, ch.counts, perm) if graph.scales or graph.follows else ([], [], None)
     uneven = uneven or split
     as_number = _size_used_as_number(graph, sizes) if graph.numbers and sizes else None
     prunable = ch.pin is None and ch.produced and uneven is None
@@ -356,7 +252,7 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
     group = constructed(  # built from a consistent graph: validation is the loader's job
         Group,
         name=name,
-        size=len(pos),
+        size=size,
         prunable=prunable,
         reason=reason,
         zero_invariant=ch.mix is None and as_number is None,
@@ -367,10 +263,31 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: _Channels) -> tuple[tuple[
         ratio=None,
         keep=None,
     )
-    return (order_of(primary)[0], int(pos[0, occurrences[primary][0]])), group, perm
+    return (order_of(primary)[0], first), group, perm
 
 
-def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: _Channels, channels: int) -> tuple[list[SizeRef], str | None]:
+def _slot_members(
+    nodes: list[AxisId], pos: np.ndarray, occurrences: dict[int, list[int]], primary: int, listed: list[int]
+) -> tuple[int, int, np.ndarray, list[Member]]:
+    """Channels (rows of ``pos``, columns: occurrences) ordered along the primary member: their
+    count, the primary's first position, that order (a permutation of the rows) and the members."""
+    perm = np.argsort(pos[:, occurrences[primary][0]], kind="stable")
+    pos = pos[perm]
+    # Per column: first and last position, and whether the column is a contiguous range.
+    lo, hi = pos.min(0), pos.max(0)
+    contiguous = (pos - lo == np.arange(len(pos))[:, None]).all(0)
+    members = []
+    for n in listed:
+        cols = occurrences[n]
+        if len(cols) == 1 and contiguous[cols[0]]:  # the common case, without per-member numpy work
+            c = cols[0]
+            members.append(_member(nodes[n], int(lo[c]), int(hi[c]) + 1, 1, None, 1))
+        else:
+            members += _members(nodes[n], pos[:, cols])
+    return len(pos), int(pos[0, occurrences[primary][0]]), perm, members
+
+
+def _size_refs(graph: AxisGraph, nodes: list[AxisId], ch: Channels, channels: int) -> tuple[list[SizeRef], str | None]:
     """The size attributes that count these channels: an attribute shaping an axis changes by
     the axis's indices per channel for every channel removed (None if it counts them unevenly)."""
     per: dict[tuple[str, str], int] = {}
