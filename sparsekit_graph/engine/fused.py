@@ -172,9 +172,11 @@ def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    if "patch" not in _state:  # made once: building a config patch costs more than a small kernel
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        _state["patch"] = torch._dynamo.config.patch(**{limit: _RECOMPILES})
     try:
-        with torch._dynamo.config.patch(**{limit: _RECOMPILES}), torch.no_grad():
+        with _state["patch"], torch.no_grad():
             return _compiled(name, fn)(*args)
     except Exception as e:  # noqa: BLE001 - any failure to compile means: use the eager kernels
         _state["broken"] = f"{type(e).__name__}: {e}"

@@ -16,6 +16,8 @@ from torch import Tensor
 
 __all__ = ["Piece", "merge_small", "pack"]
 
+_TINY_GROUP = 1 << 14  # packed rows of one length up to this many elements join one piece of one-element rows
+
 
 @dataclass
 class Piece:
@@ -122,8 +124,21 @@ def pack(pieces: list[Piece], keep: Tensor, dtype: torch.dtype | None = None) ->
         to = dtype or (torch.float64 if torch.float64 in (w.dtype, h.dtype) else torch.float32)
         slots = ids + p.start if p.slots is None else p.slots[ids]
         groups.setdefault((a * inner, to), []).append((w.to(to), h.to(to), slots))
-    out = []
+    out, tiny = [], []
     for rows in groups.values():
         w, h, slots = (torch.cat(x) if len(rows) > 1 else x[0] for x in zip(*rows))
-        out.append(Piece(w[None], h[None], slots))
+        if w.numel() > _TINY_GROUP:
+            out.append(Piece(w[None], h[None], slots))
+        else:  # one element per row: every row length's few rows in one piece
+            tiny.append((w.reshape(-1), h.reshape(-1), slots.repeat_interleave(w.shape[1])))
+    for by_dtype in _by_dtype(tiny).values():
+        w, h, slots = (torch.cat(x) if len(by_dtype) > 1 else x[0] for x in zip(*by_dtype))
+        out.append(Piece(w[None, :, None], h[None, :, None], slots))
+    return out
+
+
+def _by_dtype(rows: list[tuple[Tensor, Tensor, Tensor]]) -> dict[torch.dtype, list[tuple[Tensor, Tensor, Tensor]]]:
+    out: dict[torch.dtype, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    for r in rows:
+        out.setdefault(r[0].dtype, []).append(r)
     return out

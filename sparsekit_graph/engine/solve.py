@@ -81,12 +81,16 @@ def _walk(p: Piece, dtype: torch.dtype) -> Iterator[tuple[tuple[slice, slice], T
 
 def _sumsq(x: Tensor) -> Tensor:
     """``(a, r, p) -> (r,)``: sums of squares over dims 0 and 2."""
-    return torch.linalg.vector_norm(x[0], dim=1).square_() if x.shape[0] == 1 else _sum02(x * x)
+    if x.shape[0] == 1:
+        return x[0, :, 0].square() if x.shape[2] == 1 else torch.linalg.vector_norm(x[0], dim=1).square_()
+    return _sum02(x * x)
 
 
 def _dot(x: Tensor, z: Tensor) -> Tensor:
     """``(a, r, p), (a, r, p) -> (r,)``: sums of products over dims 0 and 2."""
-    return torch.linalg.vecdot(x[0], z[0], dim=1) if x.shape[0] == 1 else _sum02(x * z)
+    if x.shape[0] == 1:
+        return x[0, :, 0] * z[0, :, 0] if x.shape[2] == 1 else torch.linalg.vecdot(x[0], z[0], dim=1)
+    return _sum02(x * z)
 
 
 def _sum02(x: Tensor) -> Tensor:
@@ -174,15 +178,15 @@ def conditioned(
     size = tau.numel()
     pieces = pieces if overlap else merge_small(pieces)
     t = tau.double()
-    sums = t.new_zeros(4, size + 1)  # the last column counts pieces summed in float32 (on any rank)
+    sums = t.new_zeros(5, size)  # the last row counts each block's pieces summed in float32 (on any rank)
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
-        p.add_to(sums[:, :size], _setup_pass(p))
-        sums[0, size] += not _precise(p)
+        p.add_to(sums[:4], _setup_pass(p))
+        if not _precise(p):
+            p.add_to(sums[4], sums.new_ones(p.w.shape[1]))
     reduce(sums)
-    precise = bool(sums[0, size] == 0)
-    sums = sums[:, :size]
+    precise = sums[4] == 0
     norm = sums[0].sqrt()
     survive = norm > t + floor
     active = survive & (t > 0)
@@ -201,7 +205,7 @@ def conditioned(
     start = torch.where(active & (start > lower) & torch.isfinite(start), start, lower)
     tol = _Tolerance(rtol, atol, max_iter)
     mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
-    heavy = active & ((rho > _RHO_PRECISE) if precise else (norm < 2 * t))
+    heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
     if bool(heavy.any()):
         mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
     # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
