@@ -1532,3 +1532,82 @@ def test_tensordot_spells_a_linear_layer() -> None:
         ],
         w=w,
     )
+
+
+def _t(h: Tensor) -> Tensor:
+    return torch.tanh(h - 0.5) * 0.9  # in (-0.9, 0.9): every op below is finite there
+
+
+UNARY = ["log2", "log10", "erfc", "erfinv", "sinc", "sgn", "signbit", "rad2deg", "deg2rad", "asin", "arcsin", "acos",
+         "arccos", "tan", "asinh", "arcsinh", "atanh", "arctanh", "i0", "positive", "fix", "selu", "celu", "lgamma",
+         "digamma", "special.i1", "special.i0e", "special.ndtr", "special.log_ndtr", "special.erfcx", "special.entr",
+         "special.psi", "special.gammaln", "special.erfc", "special.sinc"]  # fmt: skip
+BINARY = ["fmax", "fmin", "hypot", "atan2", "arctan2", "copysign", "logaddexp", "logaddexp2", "xlogy", "heaviside",
+          "nextafter", "ldexp", "float_power", "greater", "less", "not_equal", "greater_equal", "less_equal", "isclose",
+          "special.xlogy", "special.xlog1py"]  # fmt: skip
+
+
+_SINGULAR_AT_ZERO = {
+    "log2",
+    "log10",
+    "lgamma",
+    "digamma",
+    "special.psi",
+    "special.gammaln",
+    "xlogy",
+    "special.xlogy",
+    "float_power",
+}
+
+
+def _torch_fn(name: str) -> Callable[..., Tensor]:
+    return functools.reduce(getattr, name.split("."), torch)
+
+
+def _elementwise(name: str) -> Callable[..., Tensor]:
+    fn = _torch_fn(name)
+    domain = {
+        "log2": 1.0,
+        "log10": 1.0,
+        "lgamma": 1.0,
+        "digamma": 1.0,
+        "special.psi": 1.0,
+        "special.gammaln": 1.0,
+        "special.entr": 1.0,
+    }
+    if name in BINARY:
+        return lambda s, h: fn(
+            _t(h) + (1.0 if name in ("xlogy", "special.xlogy", "float_power") else 0.0), _t(h) * 0.5 + 0.2
+        ).float()
+    return lambda s, h: fn(_t(h) + domain.get(name, 0.0)).float()
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in ("log2", "fmax", "greater", "atan2") else pytest.mark.slow) for n in UNARY + BINARY]
+)
+def test_elementwise_ops_have_rules(name: str, tmp_path: Path) -> None:
+    """torch's elementwise functions and their aliases (``greater``, ``arctan2``, ``special.psi``)
+    broadcast like ``torch.add`` (they pinned everything as unknown ops). Logarithms and poles
+    of an operand the analysis cannot bound away from zero are prunable, not zero-invariant."""
+    model = Body(_elementwise(name))
+    group = skg.plan(model, torch.randn(*X4)).group("a:out")
+    assert group.prunable and group.zero_invariant is (name not in _SINGULAR_AT_ZERO), group
+    check_oracle(model, torch.randn(*X4), tmp_path, min_drop=0.0, require=name not in _SINGULAR_AT_ZERO)
+
+
+@pytest.mark.parametrize("name", ["logit", "digamma", "lgamma", "acosh", "special.ndtri", "special.psi"])
+def test_elementwise_ops_singular_at_zero(name: str) -> None:
+    """``f(g)`` with ``g`` a member that masking zeroes is infinite (logit, digamma, lgamma, acosh,
+    ndtri): prunable, never zero-invariant."""
+    fn = _torch_fn(name)
+    model = Body(lambda s, h: h * fn(s.g)[:, None, None], g=nn.Parameter(torch.rand(C) * 0.5 + 0.25))
+    group = skg.plan(model, torch.randn(*X4)).group("a:out")
+    assert group.prunable and not group.zero_invariant, group
+
+
+def test_elementwise_aliases_give_one_plan() -> None:
+    _one_plan([lambda s, h: h * (h > 0.5), lambda s, h: h * torch.gt(h, 0.5), lambda s, h: h * torch.greater(h, 0.5)])
+    _one_plan([lambda s, h: torch.fmax(h, h * 0.5), lambda s, h: torch.maximum(h, h * 0.5), lambda s, h: h.fmax(h * 0.5)])
+    xs = [lambda s, h: h * torch.xlogy(s.g, s.g)[:, None, None], lambda s, h: h * torch.special.xlogy(s.g, s.g)[:, None, None]]
+    key = _one_plan(xs, g=nn.Parameter(torch.rand(C) + 0.5))
+    assert key and not any(zi for _, prunable, zi, _ in key if prunable)  # log(0) where g is masked

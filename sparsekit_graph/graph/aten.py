@@ -27,6 +27,13 @@ OP_ALIASES: dict[Any, Any] = {
     torch.swapdims: torch.transpose, torch.subtract: torch.sub, torch.multiply: torch.mul,
     torch.divide: torch.div, torch.true_divide: torch.div, torch.clip: torch.clamp, torch.absolute: torch.abs,
     torch.negative: torch.neg, torch.nn.functional.sigmoid: torch.sigmoid, torch.nn.functional.tanh: torch.tanh,
+    torch.greater: torch.gt, torch.less: torch.lt, torch.greater_equal: torch.ge, torch.less_equal: torch.le,
+    torch.not_equal: torch.ne, torch.arctan2: torch.atan2, torch.fix: torch.trunc, torch.arcsin: torch.asin,
+    torch.arccos: torch.acos, torch.arctan: torch.atan, torch.arcsinh: torch.asinh, torch.arccosh: torch.acosh,
+    torch.arctanh: torch.atanh, torch.special.psi: torch.digamma, torch.special.digamma: torch.digamma,
+    torch.special.gammaln: torch.lgamma, torch.special.erfc: torch.erfc, torch.special.erfinv: torch.erfinv,
+    torch.special.logit: torch.logit, torch.special.i0: torch.i0, torch.special.sinc: torch.sinc,
+    torch.special.log1p: torch.log1p, torch.special.round: torch.round, torch.special.xlogy: torch.xlogy,
 }  # fmt: skip
 
 _ATEN_NAMES: dict[str, Hashable] = {

@@ -33,6 +33,13 @@ _POINTWISE_FUNCTIONS = [
     torch.logical_not, torch.logical_xor, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not, torch.bitwise_xor,
     operator.and_, operator.or_, operator.xor, operator.invert, operator.eq, operator.ne, operator.lt, operator.le,
     operator.gt, operator.ge, torch.isnan, torch.isinf, torch.isfinite,
+    torch.log2, torch.log10, torch.erfc, torch.erfinv, torch.sinc, torch.logit, torch.sgn, torch.signbit,
+    torch.rad2deg, torch.deg2rad, torch.asin, torch.acos, torch.tan, torch.asinh, torch.acosh, torch.atanh,
+    torch.digamma, torch.lgamma, torch.i0, torch.positive, torch.fmax, torch.fmin, torch.hypot, torch.atan2,
+    torch.copysign, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.floor_divide, torch.heaviside,
+    torch.nextafter, torch.ldexp, torch.float_power, torch.isclose, torch.special.i1, torch.special.i0e,
+    torch.special.i1e, torch.special.ndtr, torch.special.ndtri, torch.special.log_ndtr, torch.special.erfcx,
+    torch.special.entr, torch.special.xlog1py, torch.selu, torch.celu,
 ]  # fmt: skip
 _POINTWISE_METHODS = ["masked_fill", "fill_", "zero_", "bernoulli", "uniform_", "normal_", "float_power"]
 _SAME_SHAPE_METHODS = [

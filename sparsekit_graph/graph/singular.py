@@ -44,6 +44,8 @@ _SINGULAR: dict[object, Callable[[Call], list[object]]] = {
     torch.reciprocal: _input, torch.rsqrt: _input, torch.log: _input, torch.log2: _input, torch.log10: _input,
     torch.pow: _negative_power, operator.pow: _negative_power, operator.ipow: _negative_power,
     torch.addcdiv: lambda call: [call.args.get("tensor2")],
+    torch.logit: _input, torch.digamma: _input, torch.lgamma: _input, torch.acosh: _input,
+    torch.special.ndtri: _input, torch.xlogy: _other, torch.floor_divide: _other, torch.float_power: _negative_power,
 }  # fmt: skip
 
 # f(x) > 0 for every x.
