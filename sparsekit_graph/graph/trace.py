@@ -14,6 +14,7 @@ from torch.nn.modules import module as _module
 
 from ..errors import TraceError
 from .export import export_graph
+from .fast_tracer import FastTracer
 from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .ops_vision import register_library_rules
 from .rules import module_rule_for
@@ -178,7 +179,7 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else ""
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(FastTracer):
     """torch.nn layers and every layer type with a registered rule stay leaves.
 
     Python control flow on a value computed from sizes alone (``if x.shape[1] == 64``,
