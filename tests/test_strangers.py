@@ -8,6 +8,7 @@ one plan.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from helpers import assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.graph.trace import is_exported, trace_graph
 
 C = 8  # channels of the block under test
 X4 = (2, 3, 6, 6)  # (B, 3, H, W)
@@ -815,11 +817,83 @@ def test_tensor_constants_leave_no_attributes(tmp_path: Path) -> None:
     """``plan`` and ``prune`` leave the model's attributes as they were (no ``_tensor_constant*``)."""
     model, x = Constants(), torch.randn(*X4)
     attributes, before = dict(model.__dict__), fingerprint(model)
+    every = [(m, dict(vars(m))) for m in model.modules()]
     plan = skg.plan(model, x)
     pruned = skg.prune(model, plan, ratio=0.5).model
-    assert model.__dict__.keys() == attributes.keys() and all(model.__dict__[k] is v for k, v in attributes.items())
+    assert all(vars(m).keys() == d.keys() and all(vars(m)[k] is v for k, v in d.items()) for m, d in every)
     assert not [k for k in vars(pruned) if k.startswith("_tensor_constant")]
     assert_untouched(model, before, "plan and prune")
     assert torch.equal(skg.trace(model, x)(x), model(x)) and model.__dict__.keys() == attributes.keys()
     assert check_oracle(model, x, tmp_path, min_drop=0.0).plan.group("a:out").prunable
 
+
+@dataclasses.dataclass
+class WidthConfig:
+    """A user's own config object (not a Hugging Face config): nothing rewrites ``width``."""
+
+    width: int = C
+
+
+class ConfigView(nn.Module):
+    """Linear (group ``fc:out``) -> ``view(*h.shape[:-1], self.cfg.width)`` -> Linear head, on
+    (B, L, 6); ``fused`` adds a device check that torch.fx cannot trace (torch.export then runs)."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.cfg, self.fused = WidthConfig(), fused
+        self.fc, self.head = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, C)
+        if self.fused and h.is_cuda:
+            h = h.contiguous()
+        return self.head(h.view(*h.shape[:-1], self.cfg.width))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["fx", "export"])
+def test_view_by_a_config_literal_pins(fused: bool, tmp_path: Path) -> None:
+    """A literal view size equal to a channel count (``self.cfg.width``) does not follow a
+    pruned count: the axis pins (torch.export writes ``h.shape[-1]`` the same way, but a literal
+    that keeps an input axis is no longer taken for a size read)."""
+    model, x = ConfigView(fused), torch.randn(*X3)
+    assert is_exported(trace_graph(model, x)) is fused
+    group = skg.plan(model, x).group("fc:out")
+    assert not group.prunable and "constant size" in (group.reason or ""), group
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+@dataclasses.dataclass
+class TwoWidths:
+    """A plain config with two attributes of one value: surgery rewrites ``hidden_size`` only."""
+
+    hidden_size: int = C
+    width: int = C
+
+
+class ConfigAttributeView(nn.Module):
+    """``view(*h.shape[:-1], 1, self.config.<read>)``: the literal equals both attributes."""
+
+    def __init__(self, read: str, fused: bool) -> None:
+        super().__init__()
+        self.config, self.read, self.fused = TwoWidths(), read, fused
+        self.fc, self.head = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, C)
+        if self.fused and h.is_cuda:
+            h = h.contiguous()
+        size = self.config.hidden_size if self.read == "hidden_size" else self.config.width
+        return self.head(h.view(*h.shape[:-1], 1, size).flatten(2))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("read", ["hidden_size", "width"])
+def test_a_config_literal_follows_only_the_attribute_forward_reads(read: str, fused: bool, tmp_path: Path) -> None:
+    """A literal matches a size attribute of a plain config only if the forward read it: reading
+    ``hidden_size`` prunes (surgery rewrites it), reading ``width`` of the same value pins."""
+    model, x = ConfigAttributeView(read, fused), torch.randn(*X3)
+    group = skg.plan(model, x).group("fc:out")
+    assert group.prunable is (read == "hidden_size"), group
+    assert type(model.config) is TwoWidths
+    result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+    assert result.model.config.hidden_size == (C // 2 if read == "hidden_size" else C)

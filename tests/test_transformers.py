@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 from helpers import assert_close_rel, call, check_oracle, first_tensor  # noqa: E402
 
 import sparsekit_graph as skg  # noqa: E402
+from sparsekit_graph.graph.trace import is_exported, trace_graph  # noqa: E402
 from sparsekit_graph.zoo import hf_model  # noqa: E402
 
 MODELS = ["llama", "llama@eager", "qwen2", "qwen3", "mistral@eager", "bert", "gpt2", "vit"]
@@ -496,20 +497,22 @@ def test_a_config_object_shared_by_blocks_changes_only_where_they_agree(tmp_path
 
 
 class FxBreaks(torch.nn.Module):
-    """A Python branch on a shape: torch.fx fails, torch.export traces it."""
+    """A Python branch on the device: torch.fx fails, torch.export traces it (a branch on a
+    shape is traced by torch.fx, which takes the branch the example's sizes take)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
 
     def forward(self, x):
-        if x.shape[1] > 0:
+        if not x.is_cuda:
             x = x + 1
         h = torch.relu(self.fc1(x))
         return self.fc2(h) + h.sum(-1, keepdim=True) / h.shape[-1]  # a mean written by hand
 
 
 def test_under_export_a_length_used_as_a_number_costs_zero_invariance(tmp_path: Path) -> None:
+    assert is_exported(trace_graph(FxBreaks(), torch.randn(2, 8, 32)))
     result = check_oracle(FxBreaks(), torch.randn(2, 8, 32), tmp_path, min_drop=0.0, require=False)
     fc1 = next(g for g in result.plan.groups if any(m.param == "fc1.weight" and m.axis == 0 for m in g.members))
     assert fc1.prunable and not fc1.zero_invariant and "used as a value" in _mix_reason(FxBreaks(), "fc1.weight")

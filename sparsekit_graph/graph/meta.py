@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "CONSTANT", "CONTROL", "EXPORTED", "META", "TRACED_CONSTANT"]
+__all__ = ["CALL", "CONFIG_READS", "CONSTANT", "CONTROL", "EXPORTED", "META", "TRACED_CONSTANT"]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
@@ -10,3 +10,4 @@ EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.expor
 CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
 CONTROL = "skg.control"  # a traced number Python control flow read: "branch", "loop" or "number"
+CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}

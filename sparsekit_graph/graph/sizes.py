@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
+from .config_reads import read_by_forward
 
 __all__ = [
     "COUNT_ATTRIBUTES",
@@ -90,7 +91,7 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     if root is not None and getattr(root, "config", None) is not None:
         configs.append(("config", root.config))
     for owner, config in configs:
-        hits = _equal_attributes(config, value)
+        hits = [a for a in _equal_attributes(config, value) if read_by_forward(node, config, a)]
         if hits:
             return [SizeSource(owner, a) for a in hits]
     return []
@@ -119,6 +120,7 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
         owners.append(("config", shared))
     for owner, obj in owners:
         hits = [a for a in COUNT_ATTRIBUTES if _is_count(c := getattr(obj, a, None)) and c * unit == value]
+        hits = [a for a in hits if isinstance(obj, nn.Module) or read_by_forward(node, obj, a)]
         if hits:
             return [SizeSource(owner, a) for a in hits], unit
     return [], 1

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ..errors import TraceError
+from .config_reads import config_reads, recording_config_reads
 from .export import export_graph
 from .fast_tracer import FastTracer
 from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
@@ -124,15 +125,18 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
     concrete = _concrete_args(model, args, kwargs)
-    with _mode(model, train):
+    with _mode(model, train), recording_config_reads(model) as reads:
         before = set(model.__dict__)
         try:
             graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
         except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
-            return _exported(model, args, kwargs, fx_error)
+            graph = _exported(model, args, kwargs, fx_error)
+            config_reads(graph, reads)
+            return graph
         for n in graph.nodes:  # tensors torch.fx made attributes of the model; _mode removes them
             if n.op == "get_attr" and str(n.target) not in before and str(n.target) in model.__dict__:
                 n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]
+        config_reads(graph, reads)
         if shapes:
             _propagate(graph, model, args, kwargs)
     return graph
@@ -217,10 +221,10 @@ class _Tracer(FastTracer):
         """The value of ``obj`` at the example's sizes (a Tensor when it depends on data);
         ``control`` marks its node as deciding Python control flow."""
         model, args, kwargs = self._inputs
-        if self._runner is None:
-            self._runner = _MetaRunner(model, self.graph)
-            self._runner.start(_flat_inputs(self.graph, args, kwargs))
         try:
+            if self._runner is None:
+                self._runner = _MetaRunner(model, self.graph)
+                self._runner.start(_flat_inputs(self.graph, args, kwargs))
             with torch.no_grad(), _symbolic_trace._maybe_revert_all_patches():  # layers run, not traced
                 value = self._runner.value(obj.node)
         except TraceError:
@@ -281,6 +285,13 @@ class _SizeProxy(fx.Proxy):
         elif not isinstance(value, (tuple, list)):
             return super().__len__()
         return len(value)
+
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
+
+
+class _SizeAttribute(fx.proxy.Attribute, _SizeProxy):
+    """``h.shape`` and other attributes of a traced value, answering like ``_SizeProxy``."""
 
 
 def has_hooks(m: nn.Module) -> bool:
