@@ -33,7 +33,9 @@ float64 calls in order, later couplings seeing the earlier ones' writes).
 
 Two Euclidean rows: ``c.soft_threshold(t)`` coupling by coupling, and ``soft_threshold_all``, one
 call for the whole layout (the same result: a weight shared by two couplings is read once for both
-and written once).
+and written once). Two conditioned rows likewise: coupling by coupling, and
+``soft_threshold_all(couplings, taus, conditioners)`` (couplings that share no parameter solved as
+one; its error column is its largest per-block difference from the calls in order).
 
     python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only]
 """
@@ -57,6 +59,7 @@ from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, soft_threshol
 
 ZEROED = 0.02  # fraction of blocks one prox call should zero
 EUCLID, EUCLID_ALL = "ours: Euclidean prox", "ours: Euclidean, soft_threshold_all"
+COND_ALL = "ours: conditioned, soft_threshold_all"
 REF_EUCLID, COND, REF_COND = (
     "reference: Euclidean prox",
     "ours: conditioned prox (rel 1e-6)",
@@ -247,6 +250,9 @@ class Bench:
             for c, t, h in zip(lay.ours, self.tau_c, self.h):
                 c.soft_threshold(t, h)
 
+        def ours_call() -> None:  # the same prox, couplings that share no parameter solved as one
+            soft_threshold_all(lay.ours, self.tau_c, self.h)
+
         def ref_e() -> None:
             for c, t in zip(lay.ref, self.tau_e):
                 c.soft_threshold(t)
@@ -260,6 +266,7 @@ class Bench:
             out[REF_EUCLID] = ref_e
         if conditioned:
             out[COND] = ours_c
+            out[COND_ALL] = ours_call
             if lay.ref is not None:
                 out[REF_COND] = ref_c
         return out
@@ -297,6 +304,19 @@ class Bench:
         for c, t in zip(self.lay.ours, self.tau_e):
             c.soft_threshold(t)
         return fused, worst()
+
+    def cond_all_error(self) -> float:
+        """Max per-block relative difference of the conditioned ``soft_threshold_all`` from our
+        conditioned calls in order (both solve every block to relative 1e-6)."""
+        nbs = [c.numblk() for c in self.lay.ours]
+        for c, t, h in zip(self.lay.ours, self.tau_c, self.h):
+            c.soft_threshold(t, h)
+        in_order = [c.block_view().reshape(nb, -1).double() for c, nb in zip(self.lay.ours, nbs)]
+        self.restore()
+        soft_threshold_all(self.lay.ours, self.tau_c, self.h)
+        out = max(_rel_error(c.block_view().reshape(nb, -1).double(), x) for c, nb, x in zip(self.lay.ours, nbs, in_order))
+        self.restore()
+        return out
 
     def errors(self, conditioned: bool = True) -> dict[str, float]:
         """Untimed, one coupling at a time from the snapshot: max per-block error vs float64."""
@@ -411,11 +431,13 @@ def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], r
     t0 = time.perf_counter()
     errs = bench.errors(conditioned)
     errs[EUCLID_ALL], in_order = bench.all_error()
+    if conditioned:
+        errs[COND_ALL] = bench.cond_all_error()
     checks = time.perf_counter() - t0
     adam = rows["Adam(foreach) step, whole model"]
     med = {name: 1e3 * statistics.median(r.wall) for name, r in rows.items()}
     cpu = {name: 1e3 * statistics.median(r.cpu) for name, r in rows.items()}
-    versus = {EUCLID: REF_EUCLID, EUCLID_ALL: REF_EUCLID, COND: REF_COND}
+    versus = {EUCLID: REF_EUCLID, EUCLID_ALL: REF_EUCLID, COND: REF_COND, COND_ALL: REF_COND}
     print(
         f"{'what':38s} {'ms':>8s} {'min-max ms':>14s} {'x Adam':>6s} {'ref/ours':>8s} {'cpu x Adam':>10s} "
         f"{'MB moved':>8s} {'x Adam':>6s} {'ops':>5s} {'zeroed':>6s} {'max err':>8s}"
