@@ -1611,3 +1611,46 @@ def test_elementwise_aliases_give_one_plan() -> None:
     xs = [lambda s, h: h * torch.xlogy(s.g, s.g)[:, None, None], lambda s, h: h * torch.special.xlogy(s.g, s.g)[:, None, None]]
     key = _one_plan(xs, g=nn.Parameter(torch.rand(C) + 0.5))
     assert key and not any(zi for _, prunable, zi, _ in key if prunable)  # log(0) where g is masked
+
+
+ORDERED: dict[str, tuple[Callable[..., Tensor], bool, bool]] = {  # body, prunable, zero-invariant
+    "sort_spatial": (lambda s, h: torch.sort(h, -1).values, True, True),
+    "sort_channels": (lambda s, h: h.sort(dim=1, descending=True)[0], False, False),
+    "argsort_channels": (lambda s, h: h * torch.argsort(h, dim=1).float(), False, False),
+    "msort_channels": (lambda s, h: torch.msort(h.transpose(0, 1)).transpose(0, 1), False, False),
+    "tril_spatial": (lambda s, h: torch.tril(h), True, True),
+    "triu_gram": (
+        lambda s, h: torch.triu(h.flatten(2) @ h.flatten(2).transpose(1, 2)).sum(-1)[..., None, None] * h,
+        False,
+        False,
+    ),
+    "rot90_spatial": (lambda s, h: torch.rot90(h, 1, (2, 3)), True, True),
+    "rot90_channels": (lambda s, h: torch.rot90(h, 1, [1, 2]).transpose(1, 2), False, False),
+    "diff_spatial": (lambda s, h: torch.diff(h, dim=-1), True, True),
+    "diff_channels": (lambda s, h: torch.diff(h, dim=1), False, False),
+    "kthvalue_channels": (lambda s, h: h * h.kthvalue(2, 1, keepdim=True).values, True, False),
+    "kthvalue_default_dim": (lambda s, h: h * torch.kthvalue(h, 2).values.unsqueeze(-1), True, True),
+    "mode_channels": (lambda s, h: h * h.mode(1, keepdim=True).values, True, False),
+    "nanmedian_all": (lambda s, h: h * h.nanmedian(), True, False),
+    "quantile_channels": (lambda s, h: h * torch.quantile(h, 0.3, dim=1, keepdim=True), True, False),
+    "quantile_spatial": (lambda s, h: h * torch.quantile(h, 0.3, dim=-1, keepdim=True), True, True),
+    "quantile_levels": (lambda s, h: h * torch.quantile(h, torch.tensor([0.3, 0.6]), dim=-1, keepdim=True).sum(0), False, False),
+    "aminmax_channels": (lambda s, h: h * torch.aminmax(h, dim=1, keepdim=True).max, True, False),
+    "matrix_norm_fro": (lambda s, h: h / torch.linalg.matrix_norm(h, dim=(1, 2), keepdim=True).clamp_min(1e-3), True, True),
+    "matrix_norm_neg2": (lambda s, h: h / torch.linalg.matrix_norm(h, -2, dim=(1, 2), keepdim=True).clamp_min(1e-3), True, False),
+    "narrow_copy_channels": (lambda s, h: torch.narrow_copy(h, 1, 0, 4), False, False),
+    "narrow_copy_spatial": (lambda s, h: torch.narrow_copy(h, 3, 0, 4), True, True),
+}
+_ORDERED_QUICK = {"sort_channels", "sort_spatial", "kthvalue_channels", "diff_channels", "triu_gram", "quantile_levels"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in _ORDERED_QUICK else pytest.mark.slow) for n in ORDERED])
+def test_order_ops(name: str, tmp_path: Path) -> None:
+    """sort/argsort/msort, tril/triu, rot90 and diff pin the axis they order (a removed channel
+    would move the others) and pass the rest; kthvalue, mode, nanmedian, quantile, aminmax
+    reduce like median; matrix_norm like a vector norm (all pinned everything as unknown ops)."""
+    fn, prunable, zero_invariant = ORDERED[name]
+    model = Body(fn)
+    group = skg.plan(model, torch.randn(*X4)).group("a:out")
+    assert (group.prunable, group.zero_invariant) == (prunable, zero_invariant), group
+    check_oracle(model, torch.randn(*X4), tmp_path, min_drop=0.0, require=zero_invariant)

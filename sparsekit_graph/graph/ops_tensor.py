@@ -106,13 +106,13 @@ def softmax(ctx: RuleContext) -> None:
 # -- reductions ----------------------------------------------------------------------------
 
 _SUMS = {torch.sum, torch.nansum}
-_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, F.normalize}
+_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm, F.normalize}
 
 
 @register_function_rule(
     torch.mean, torch.sum, torch.nansum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp, torch.prod,
     torch.max, torch.min, torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.nanmean, torch.median,
-    torch.argmax, torch.argmin, torch.all, torch.any, torch.count_nonzero,
+    torch.argmax, torch.argmin, torch.all, torch.any, torch.count_nonzero, torch.linalg.matrix_norm,
 )  # fmt: skip
 def reduce(ctx: RuleContext) -> None:
     """Kept axes map to the output; reduced axes vanish.
