@@ -69,6 +69,7 @@ class AxisGraph:
         self._edges: list[tuple[AxisId, AxisId, dict[str, Any]]] = []  # in insertion order
         self._nx: nx.MultiGraph | None = None
         self._synced = (0, 0)  # nodes, edges already in ``_nx``
+        self._params: dict[tuple[str, tuple[int, ...] | None], list[AxisId]] = {}  # add_param's answers
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:
@@ -86,10 +87,15 @@ class AxisGraph:
 
     def add_param(self, name: str, t: Tensor, axes: tuple[int, ...] | None = None) -> list[AxisId]:
         """Axes of a parameter or buffer; ``axes`` limits which dims can carry channels."""
+        key = (name, None if axes is None else tuple(axes))
+        known = self._params.get(key)
+        if known is not None:  # rules ask for a layer's weight axes at every use
+            return list(known)
         self.order.setdefault(name, len(self.order))
         self.ndim[name] = t.ndim
         dims = range(t.ndim) if axes is None else axes
-        return [self.add_axis(param_axis(name, i), t.shape[i]) for i in dims]
+        out = self._params[key] = [self.add_axis(param_axis(name, i), t.shape[i]) for i in dims]
+        return list(out)
 
     def size(self, axis: AxisId) -> int:
         return self.sizes[axis]
@@ -98,6 +104,13 @@ class AxisGraph:
         """Index ``ia[k]`` of ``a`` moves with ``ib[k]`` of ``b`` (``None``: every index).
         A ``repeat`` link (``b[i]`` copies ``a[ia[i]]``: GQA's key/value heads) is only recorded
         when ``divert_repeats`` is set; the planner then keeps ``a`` and ties ``b``'s copies."""
+        if ia is None and ib is None:  # the common case: an identity
+            if a == b:
+                return
+            if self.sizes[a] != self.sizes[b]:
+                raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
+            self._add_edge(a, b, {"a": a, "ia": None, "ib": None, "kind": "identity"})
+            return
         ia, ib = _arr(ia), _arr(ib)
         if kind == "repeat" and self.divert_repeats and ia is not None and ib is not None:
             self.repeats.append((a, b, ia, ib))
@@ -109,9 +122,11 @@ class AxisGraph:
             return
         if ia is None and ib is None and self.size(a) != self.size(b):
             raise ValueError(f"identity link between axes of size {self.size(a)} and {self.size(b)}: {a} {b}")
+        self._add_edge(a, b, {"a": a, "ia": ia, "ib": ib, "kind": kind if ia is not None else "identity"})
+
+    def _add_edge(self, a: AxisId, b: AxisId, d: dict[str, Any]) -> None:
         if a not in self.nodes or b not in self.nodes:
             raise KeyError(f"link between axes not in the graph: {a} {b}")
-        d = {"a": a, "ia": ia, "ib": ib, "kind": kind if ia is not None else "identity"}
         self.adj[a].setdefault(b, []).append(d)
         if a != b:
             self.adj[b].setdefault(a, []).append(d)

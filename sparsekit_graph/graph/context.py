@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch.fx as fx
@@ -44,7 +45,7 @@ class RuleContext:
     fresh_axes: set[AxisId] = field(default_factory=set)
 
     # -- arguments -------------------------------------------------------------------
-    @property
+    @cached_property
     def call(self) -> Call:
         return normalize(self.node, self.module)
 
@@ -105,7 +106,7 @@ class RuleContext:
         if m is None:
             raise ValueError(f"{self.where()} has no module")
         prefix = f"{self.module_name}." if self.module_name else ""
-        if parametrize.is_parametrized(m, attr):
+        if "parametrizations" in m._modules and parametrize.is_parametrized(m, attr):  # skip its AttributeError
             return self._parametrized(attr, prefix, axes)
         t = getattr(m, attr)
         if id(t) not in self.graph.canonical:
@@ -174,8 +175,9 @@ class RuleContext:
     # -- edits -----------------------------------------------------------------------
     def same(self, a: Iterable[AxisId], b: Iterable[AxisId]) -> None:
         """Identity-link axes pairwise (skipping size-1 axes, which never couple)."""
+        sizes = self.graph.sizes
         for x, y in zip(a, b):
-            if self.graph.size(x) == self.graph.size(y) and self.graph.size(x) > 1:
+            if sizes[x] == sizes[y] and sizes[x] > 1:
                 self.graph.link(x, y)
 
     def produce(self, source: AxisId, out: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
