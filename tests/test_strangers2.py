@@ -937,6 +937,21 @@ class CallOverride(nn.Module):
         return self.b(F.relu(self.inner(self.a(x))))
 
 
+class CoordConv(nn.Module):
+    """CoordConv: coordinate channels from ``torch.linspace`` (made on the CPU) concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, C), nn.Conv2d(C + 2, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        B, _, H, W = h.shape
+        yy = torch.linspace(-1, 1, H).view(1, 1, H, 1).expand(B, 1, H, W)
+        xx = torch.linspace(-1, 1, W).view(1, 1, 1, W).expand(B, 1, H, W)
+        return self.b(torch.cat([h, xx, yy], 1))
+
+
 def with_forward_hook() -> tuple[nn.Module, Tensor]:
     model = nn.Sequential(cbr(3, C), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, 4, 1))
     model[1].register_forward_hook(lambda m, i, o: o.flip(1))
@@ -1420,6 +1435,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "call_override": lambda: (CallOverride(), torch.randn(*X4)),
     "forward_hook": with_forward_hook,
     "lazy_linear": lazy,
+    "coordconv": lambda: (CoordConv(), torch.randn(*X4)),
 }
 
 
@@ -1435,7 +1451,7 @@ def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
 
 
 # The default run checks the models that found bugs; the rest run with ``-m slow``.
-QUICK = {"einsum_implicit_out", "einsum_sublist", "old_weight_norm"}
+QUICK = {"einsum_implicit_out", "einsum_sublist", "old_weight_norm", "coordconv", "index_add_channels"}
 
 
 def _cases(names: list[str]) -> list:
@@ -1654,3 +1670,12 @@ def test_order_ops(name: str, tmp_path: Path) -> None:
     group = skg.plan(model, torch.randn(*X4)).group("a:out")
     assert (group.prunable, group.zero_invariant) == (prunable, zero_invariant), group
     check_oracle(model, torch.randn(*X4), tmp_path, min_drop=0.0, require=zero_invariant)
+
+
+def test_tensors_made_on_the_cpu_in_forward_are_planned() -> None:
+    """The shape pass ran ``cat([h, torch.linspace(...)])`` with ``h`` on meta and a CPU tensor
+    from ``forward``, and refused the model (CoordConv, ``index_add(1, torch.arange(n), h)``)."""
+    group = skg.plan(CoordConv(), torch.randn(*X4)).group("a.0:out")
+    assert group.prunable and group.zero_invariant
+    fn, extra = BODIES["index_add_channels"]
+    skg.plan(Body(fn, **extra), torch.randn(*X4))  # planned (pinned: no rule), not refused

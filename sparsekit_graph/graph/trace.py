@@ -326,6 +326,23 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
+def _meta_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``fn(*args, **kwargs)``; where it refuses a tensor ``forward`` made on the CPU beside meta
+    ones (``torch.linspace(-1, 1, H)`` in CoordConv, ``index_add(1, torch.arange(n), y)``),
+    again with every tensor on meta."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, ValueError):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if not any(isinstance(v, Tensor) and v.device.type != "meta" for v in leaves):
+            raise
+        return fn(*_to_meta(args), **_to_meta(kwargs))
+
+
+def _method(name: str) -> Any:
+    return lambda self, *args, **kwargs: getattr(self, name)(*args, **kwargs)
+
+
 class _MetaRunner:
     """Runs the graph on meta tensors; modules run with meta copies of their own state.
 
@@ -383,10 +400,10 @@ class _MetaRunner:
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
         if n.op == "call_function":
             fast = broadcast_only(n.target, args, kwargs)
-            return fast if fast is not None else n.target(*args, **kwargs)
+            return fast if fast is not None else _meta_call(n.target, args, kwargs)
         if n.op == "call_method":
             fast = broadcast_only(n.target, args, kwargs)
-            return fast if fast is not None else getattr(args[0], n.target)(*args[1:], **kwargs)
+            return fast if fast is not None else _meta_call(_method(n.target), args, kwargs)
         if n.op == "call_module":
             return self._module(str(n.target), args, kwargs)
         return args[0]  # output
@@ -394,6 +411,10 @@ class _MetaRunner:
     def _attr(self, target: str) -> Any:
         obj: Any = self.model
         for atom in target.split("."):
+            sub = obj._modules.get(atom) if isinstance(obj, nn.Module) else None
+            if sub is not None:  # a layer of the graph's path: no Module.__getattr__ (twice per atom)
+                obj = sub
+                continue
             if not hasattr(obj, atom):
                 raise TraceError(f"shape propagation failed: the model has no attribute {target!r}")
             obj = getattr(obj, atom)
