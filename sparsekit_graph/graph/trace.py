@@ -411,6 +411,10 @@ class _MetaRunner:
     def _attr(self, target: str) -> Any:
         obj: Any = self.model
         for atom in target.split("."):
+            sub = obj._modules.get(atom) if isinstance(obj, nn.Module) else None
+            if sub is not None:  # a layer of the graph's path: no Module.__getattr__ (twice per atom)
+                obj = sub
+                continue
             if not hasattr(obj, atom):
                 raise TraceError(f"shape propagation failed: the model has no attribute {target!r}")
             obj = getattr(obj, atom)
