@@ -57,7 +57,8 @@ def conditioned_all(
         rtol, atol, max_iter, floor: As in ``SparseBlock.soft_threshold``.
     """
     opts = {"rtol": rtol, "atol": atol, "max_iter": max_iter, "floor": floor}
-    resolved = [c._checked_conditioners(h) for c, h in zip(couplings, conditioners)]  # all, before any write
+    seen: set = set()  # each window checked once (a weight's rows and columns are one window in two couplings)
+    resolved = [c._checked_conditioners(h, seen) for c, h in zip(couplings, conditioners)]  # all, before any write
     for wave in waves(couplings):
         pieces: list[solve.Piece] = []
         wave_taus: list[Tensor] = []
