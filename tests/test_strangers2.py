@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint as ckpt
 from helpers import assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
@@ -973,6 +975,618 @@ def lazy() -> tuple[nn.Module, Tensor]:
     return model, x
 
 
+# -- more stateful, tied and wrapped models ------------------------------------------------
+
+
+class BNNoAffine(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.bn = nn.BatchNorm2d(C, affine=False)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.bn(self.a(x))))
+
+
+class Checkpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.blk = cbr(C, C)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = ckpt.checkpoint(self.blk, x, use_reentrant=False) + x
+        return self.b(x)
+
+
+class SegNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = cbr(3, C)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.dec = nn.Conv2d(C, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.enc(x)
+        p, idx = self.pool(h)
+        return self.dec(self.unpool(p, idx, output_size=h.size()))
+
+
+class FPN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = cbr(3, 6)
+        self.c2 = cbr(6, 8, s=2)
+        self.l1 = nn.Conv2d(6, 4, 1)
+        self.l2 = nn.Conv2d(8, 4, 1)
+        self.out = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        f1 = self.c1(x)
+        f2 = self.c2(f1)
+        p2 = self.l2(f2)
+        p1 = self.l1(f1) + F.interpolate(p2, size=f1.shape[-2:], mode="nearest")
+        return [self.out(p1), self.out(p2)]
+
+
+class QuantStubs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = torch.ao.quantization.QuantStub()
+        self.dq = torch.ao.quantization.DeQuantStub()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.ff = torch.ao.nn.quantized.FloatFunctional()
+
+    def forward(self, x):
+        x = self.q(x)
+        h = self.a(x)
+        h = self.ff.add(h, h)
+        return self.dq(self.b(h))
+
+
+class NoGradForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    @torch.no_grad()
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class FrozenBackbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        for p in self.a.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class BorrowedWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.conv = nn.Conv2d(C, C, 3, padding=1)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = F.relu(
+            F.conv2d(
+                h, self.conv.weight, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation, self.conv.groups
+            )
+        )
+        h = F.relu(self.conv._conv_forward(h, self.conv.weight, self.conv.bias))
+        return self.b(h)
+
+
+class Interleave(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 4)
+        self.c = cbr(3, 4)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.stack([self.a(x), self.c(x)], dim=2).flatten(1, 2))
+
+
+class PadModes(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.conv = nn.Conv2d(C, C, 3, padding=1, padding_mode=mode)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.conv(self.a(x))))
+
+
+class ChunkUneven(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.c = nn.Conv2d(2, 4, 1)
+
+    def forward(self, x):
+        p, q, r = self.a(x).chunk(3, 1)
+        return self.b(p) + self.b(q) + self.c(r)
+
+
+class TensorSplitIdx(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(2, 4, 1)
+        self.c = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        p, q, r = torch.tensor_split(self.a(x), [2, 5], dim=1)
+        return self.b(p) + self.c(q) + self.c(r)
+
+
+class RepeatView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(3 * C, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        B, Cc, H, W = h.shape
+        return self.b(h.unsqueeze(1).repeat(1, 3, 1, 1, 1).view(B, -1, H, W))
+
+
+class DWTranspose(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.up = nn.ConvTranspose2d(C, C, 2, stride=2, groups=C)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.up(self.a(x))))
+
+
+class Rotary(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(6, C)
+        self.k = nn.Linear(6, C)
+        self.v = nn.Linear(6, C)
+        self.o = nn.Linear(C, 3)
+        inv = 1.0 / (10000 ** (torch.arange(0, C, 2).float() / C))
+        t = torch.arange(5).float()
+        fr = torch.outer(t, inv)
+        emb = torch.cat((fr, fr), -1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    @staticmethod
+    def rot(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q * self.cos + self.rot(q) * self.sin
+        k = k * self.cos + self.rot(k) * self.sin
+        a = (
+            (q @ k.transpose(-1, -2) * C**-0.5)
+            .masked_fill(torch.triu(torch.ones(5, 5, dtype=torch.bool), 1), float("-inf"))
+            .softmax(-1)
+        )
+        return self.o(a @ v)
+
+
+class ClsToken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, C, 2, 2)
+        self.cls = nn.Parameter(torch.zeros(1, 1, C))
+        self.pos = nn.Parameter(torch.randn(1, 17, C) * 0.02)
+        self.fc1 = nn.Linear(C, 12)
+        self.fc2 = nn.Linear(12, C)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls.expand(x.shape[0], -1, -1), x), dim=1) + self.pos
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+class MaskedAttn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(6, 3 * C)
+        self.proj = nn.Linear(C, 3)
+        self.h = 2
+
+    def forward(self, x, mask=None):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * (C // self.h) ** -0.5
+        if mask is not None:
+            attn = attn.masked_fill(mask == 0, float("-inf"))
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class OrderedSeq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv", nn.Conv2d(3, C, 3, padding=1)),
+                    ("bn", nn.BatchNorm2d(C)),
+                    ("act", nn.ReLU(True)),
+                    ("out", nn.Conv2d(C, 4, 1)),
+                ]
+            )
+        )
+
+    def forward(self, x):
+        return self.f(x)
+
+
+class MultiOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.c = nn.Linear(C, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return {"seg": self.b(h), "cls": self.c(h.mean((2, 3)))}
+
+
+class SharedBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.c = nn.Conv2d(3, C, 1)
+        self.bn = nn.BatchNorm2d(C)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.bn(self.a(x))) + F.relu(self.bn(self.c(x))))
+
+
+class InstTrack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.n = nn.InstanceNorm2d(C, affine=True, track_running_stats=True)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.n(self.a(x))))
+
+
+class HelperMethod(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward_features(self, x):
+        return self.a(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return x if pre_logits else self.b(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class ScaleAttr(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.scale = C**-0.5
+
+    def forward(self, x):
+        return self.b(self.a(x) * self.scale)
+
+
+class Conv1dSeq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, C)
+        self.c1 = nn.Conv1d(C, 6, 3, padding=1)
+        self.bn = nn.BatchNorm1d(6)
+        self.c2 = nn.Conv1d(6, 6, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        h = self.emb(ids).transpose(1, 2)
+        h = F.relu(self.bn(self.c1(h)))
+        h = F.relu(self.c2(h))
+        return self.fc(F.adaptive_max_pool1d(h, 1).squeeze(-1))
+
+
+class Conv3dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(3, C, 3, padding=1)
+        self.bn = nn.BatchNorm3d(C)
+        self.b = nn.Conv3d(C, 4, (1, 3, 3), padding=(0, 1, 1), groups=4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.b(F.relu(self.bn(self.a(x))))
+        return self.fc(F.adaptive_avg_pool3d(h, 1).flatten(1))
+
+
+class EmbBagOffsets(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(20, C))
+        self.fc = nn.Linear(C, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, ids):
+        flat = ids.flatten()
+        off = torch.arange(0, flat.numel(), ids.shape[1])
+        return self.head(F.relu(self.fc(F.embedding_bag(flat, self.w, off, mode="sum"))))
+
+
+class AdaptiveMaxIdx(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.p = nn.AdaptiveMaxPool2d(2, return_indices=True)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.p(self.a(x))[0])
+
+
+class Hooked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.feats = {}
+        self.a.register_forward_hook(lambda m, i, o: self.feats.__setitem__("a", o))
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class FeatureHookScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.b.register_forward_pre_hook(lambda m, i: (i[0] * 2,))
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def dp():
+    m = nn.DataParallel(nn.Sequential(cbr(3, C), nn.Conv2d(C, 4, 1)))
+    return m, torch.randn(*X4)
+
+
+class TiedConvAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, C, 3, padding=1)
+        self.mid = nn.Conv2d(C, C, 1)
+
+    def forward(self, x):
+        h = F.relu(self.mid(F.relu(self.enc(x))))
+        return F.conv_transpose2d(h, self.enc.weight, padding=1)
+
+
+class TiedMLPAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(6, C)
+        self.mid = nn.Linear(C, C)
+
+    def forward(self, x):
+        h = F.relu(self.mid(F.relu(self.enc(x))))
+        return F.linear(h, self.enc.weight.t())
+
+
+class Accum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.convs = nn.ModuleList(nn.Conv2d(C, C, 1) for _ in range(2))
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        acc = torch.zeros(h.shape[0], self.convs[0].out_channels, h.shape[2], h.shape[3])
+        for c in self.convs:
+            acc += F.relu(c(h))
+        return self.b(acc)
+
+
+class CoordConvB(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C + 2, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        B, _, H, W = h.shape
+        yy = torch.linspace(-1, 1, H).view(1, 1, H, 1).expand(B, 1, H, W)
+        xx = torch.linspace(-1, 1, W).view(1, 1, 1, W).expand(B, 1, H, W)
+        return self.b(torch.cat([h, xx, yy], 1))
+
+
+class LearnedExtra(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.extra = nn.Parameter(torch.randn(1, 2, 1, 1))
+        self.b = nn.Conv2d(C + 2, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.cat([h, self.extra.expand(h.shape[0], -1, h.shape[2], h.shape[3])], 1))
+
+
+class EMABuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.register_buffer("ema", torch.zeros(C))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.training:
+            with torch.no_grad():
+                self.ema.mul_(0.9).add_(h.mean((0, 2, 3)), alpha=0.1)
+                self.steps += 1
+        return self.b(h - self.ema.view(1, -1, 1, 1))
+
+
+class TrainBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.aux = nn.Conv2d(C, 2, 1)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        out = self.b(h)
+        if self.training:
+            return out, self.aux(h)
+        return out
+
+
+class DropBlockish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.p = 0.1
+
+    def forward(self, x):
+        h = self.a(x)
+        if not self.training or self.p == 0:
+            return self.b(h)
+        mask = (torch.rand(h.shape[0], 1, h.shape[2], h.shape[3]) > self.p).float()
+        return self.b(h * mask * mask.numel() / mask.sum())
+
+
+class VQ(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = cbr(3, C)
+        self.codebook = nn.Embedding(16, C)
+        self.dec = nn.Conv2d(C, 3, 1)
+
+    def forward(self, x):
+        z = self.enc(x)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, C)
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.weight.t() + self.codebook.weight.pow(2).sum(1)
+        idx = d.argmin(1)
+        q = self.codebook(idx).view(z.shape[0], z.shape[2], z.shape[3], C).permute(0, 3, 1, 2)
+        q = z + (q - z).detach()
+        return self.dec(q)
+
+
+class StatefulCounter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.b(self.a(x))
+
+
+class ParamAsActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.q = nn.Parameter(torch.randn(5, C))
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.a(x).flatten(2)  # (B, C, HW)
+        att = torch.softmax(self.q @ h, -1)  # (B, 5, HW)
+        return self.head((att @ h.transpose(1, 2)).sum(-1))
+
+
+class SliceParamByAttr(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.w = nn.Parameter(torch.randn(4, C, 1, 1))
+        self.k = 4
+
+    def forward(self, x):
+        h = self.a(x)
+        return F.conv2d(h, self.w[: self.k])
+
+
+class GroupedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.heads = nn.ModuleList(nn.Conv2d(C // 2, 2, 1) for _ in range(2))
+
+    def forward(self, x):
+        h = self.a(x)
+        return torch.cat([m(p) for m, p in zip(self.heads, h.chunk(2, 1))], 1)
+
+
+class IdentityInit(nn.Module):
+    """Dirac-initialised conv plus residual: a plain conv in disguise."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.c = nn.Conv2d(C, C, 3, padding=1)
+        nn.init.dirac_(self.c.weight)
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(F.relu(self.c(h)) + h)
+
+
+class NormInLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, C)
+        self.ln = nn.LayerNorm([C, 8, 8])
+        self.b = nn.Conv2d(C, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.ln(self.a(x)))
+
+
 # -- body spellings: conv-BN-ReLU (8 channels) -> body -> 1x1 conv -----------------------
 
 
@@ -1439,6 +2053,77 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
 }
 
 
+MODELS.update(
+    {
+        "bn_no_affine": lambda: (BNNoAffine(), torch.randn(*X4)),
+        "checkpoint": lambda: (Checkpointed(), torch.randn(*X4)),
+        "segnet_unpool": lambda: (SegNet(), torch.randn(*X4)),
+        "fpn_list_out": lambda: (FPN(), torch.randn(*X4)),
+        "quant_stubs": lambda: (QuantStubs(), torch.randn(*X4)),
+        "no_grad_forward": lambda: (NoGradForward(), torch.randn(*X4)),
+        "frozen_backbone": lambda: (FrozenBackbone(), torch.randn(*X4)),
+        "borrowed_weights": lambda: (BorrowedWeights(), torch.randn(*X4)),
+        "interleave_stack": lambda: (Interleave(), torch.randn(*X4)),
+        "pad_reflect_conv": lambda: (PadModes("reflect"), torch.randn(*X4)),
+        "pad_circular_conv": lambda: (PadModes("circular"), torch.randn(*X4)),
+        "chunk_uneven": lambda: (ChunkUneven(), torch.randn(*X4)),
+        "tensor_split_idx": lambda: (TensorSplitIdx(), torch.randn(*X4)),
+        "repeat_view": lambda: (RepeatView(), torch.randn(*X4)),
+        "dw_transpose": lambda: (DWTranspose(), torch.randn(*X4)),
+        "rotary": lambda: (Rotary(), torch.randn(2, 5, 6)),
+        "cls_token": lambda: (ClsToken(), torch.randn(*X4)),
+        "masked_attn": lambda: (MaskedAttn(), torch.randn(2, 5, 6)),
+        "ordered_seq": lambda: (OrderedSeq(), torch.randn(*X4)),
+        "dict_out": lambda: (MultiOut(), torch.randn(*X4)),
+        "shared_bn": lambda: (SharedBN(), torch.randn(*X4)),
+        "instnorm_track": lambda: (InstTrack(), torch.randn(*X4)),
+        "helper_methods": lambda: (HelperMethod(), torch.randn(*X4)),
+        "scale_attr": lambda: (ScaleAttr(), torch.randn(*X4)),
+        "conv1d_text": lambda: (Conv1dSeq(), torch.randint(0, 20, (2, 7))),
+        "conv3d_video": lambda: (Conv3dNet(), torch.randn(2, 3, 4, 6, 6)),
+        "embbag_offsets": lambda: (EmbBagOffsets(), torch.randint(0, 20, (2, 5))),
+        "adaptive_max_idx": lambda: (AdaptiveMaxIdx(), torch.randn(*X4)),
+        "hook_caching_feats": lambda: (Hooked(), torch.randn(*X4)),
+        "pre_hook_scale": lambda: (FeatureHookScale(), torch.randn(*X4)),
+        "data_parallel": dp,
+        "tied_conv_ae": lambda: (TiedConvAE(), torch.randn(*X4)),
+        "tied_mlp_ae": lambda: (TiedMLPAE(), torch.randn(2, 6)),
+        "accumulator": lambda: (Accum(), torch.randn(*X4)),
+        "learned_extra": lambda: (LearnedExtra(), torch.randn(*X4)),
+        "ema_buffer": lambda: (EMABuffer(), torch.randn(*X4)),
+        "train_branch": lambda: (TrainBranch(), torch.randn(*X4)),
+        "dropblockish": lambda: (DropBlockish(), torch.randn(*X4)),
+        "vq": lambda: (VQ(), torch.randn(*X4)),
+        "stateful_counter": lambda: (StatefulCounter(), torch.randn(*X4)),
+        "param_as_activation": lambda: (ParamAsActivation(), torch.randn(*X4)),
+        "slice_param_by_attr": lambda: (SliceParamByAttr(), torch.randn(*X4)),
+        "grouped_head": lambda: (GroupedHead(), torch.randn(*X4)),
+        "identity_init": lambda: (IdentityInit(), torch.randn(*X4)),
+        "ln_chw": lambda: (NormInLoop(), torch.randn(*X4)),
+    }
+)
+
+# zero-invariance traps: a removed channel changes a min, a product, an index, a count
+BODIES.update({
+    "amin_relu": (lambda s, h: h * h.amin(1, keepdim=True), {}),
+    "amax_negative": (lambda s, h: h * (h - 0.5).amax(1, keepdim=True), {}),
+    "prod_channels": (lambda s, h: h * (h + 1).prod(1, keepdim=True), {}),
+    "norm_neginf": (lambda s, h: h * torch.linalg.vector_norm(h, float("-inf"), dim=1, keepdim=True), {}),
+    "median_channels": (lambda s, h: h * h.median(1, keepdim=True).values, {}),
+    "all_channels": (lambda s, h: h * (h > 0).all(1, keepdim=True), {}),
+    "argmax_channels": (lambda s, h: h * h.argmax(1, keepdim=True), {}),
+    "max_indices": (lambda s, h: h * h.max(1, keepdim=True).indices, {}),
+    "mean_flat": (lambda s, h: h * h.flatten(1).mean(1).view(-1, 1, 1, 1), {}),
+    "numel_div": (lambda s, h: h * h.sum() / h.numel(), {}),
+    "inplace_slice_add": (lambda s, h: (h[:, :4].add_(1), h)[1], {}),
+    "narrow_add_": (lambda s, h: (h.narrow(1, 0, 4).add_(1), h)[1], {}),
+    "bcast_param_over_H": (lambda s, h: h * s.g.view(-1, 1), {"g": nn.Parameter(torch.rand(C) + 0.5)}),
+    "transpose_1_2_conv": (lambda s, h: s.c(h.transpose(1, 2)), {"c": nn.Conv2d(C, C, 1)}),
+    "expand_literal_8": (lambda s, h: h + h.mean(1, keepdim=True).expand(-1, 8, -1, -1), {}),
+    "getitem_channel_pick": (lambda s, h: h[:, 3:4].expand(-1, 8, -1, -1) + h, {}),
+})  # fmt: skip
+
+
 def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
     """The oracle, or a clean refusal that leaves the model untouched."""
     before = fingerprint(model)
@@ -1451,7 +2136,7 @@ def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
 
 
 # The default run checks the models that found bugs; the rest run with ``-m slow``.
-QUICK = {"einsum_implicit_out", "einsum_sublist", "old_weight_norm", "coordconv", "index_add_channels"}
+QUICK = {"einsum_implicit_out", "einsum_sublist", "old_weight_norm", "coordconv", "index_add_channels", "ema_buffer", "train_branch"}
 
 
 def _cases(names: list[str]) -> list:
@@ -1679,3 +2364,18 @@ def test_tensors_made_on_the_cpu_in_forward_are_planned() -> None:
     assert group.prunable and group.zero_invariant
     fn, extra = BODIES["index_add_channels"]
     skg.plan(Body(fn, **extra), torch.randn(*X4))  # planned (pinned: no rule), not refused
+
+
+@pytest.mark.parametrize("name", _cases(["ema_buffer", "train_branch", "stateful_counter", "dropblockish", "vq"]))
+def test_train_mode_models_stay_untouched(name: str) -> None:
+    """Planned and pruned in train mode (buffers a forward updates, branches only training
+    takes): the user's model keeps every tensor, flag and hook."""
+    model, x = MODELS[name]()
+    model.train()
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan in train mode")
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert_untouched(model, before, "prune in train mode")
+    small.train()(x)
+    small.eval()(x)
