@@ -12,7 +12,7 @@ every attribute of it may match, as before.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,12 +25,12 @@ __all__ = ["config_reads", "read_by_forward", "recording_config_reads"]
 
 
 @contextmanager
-def recording_config_reads(model: nn.Module) -> Iterator[dict[int, set[str]]]:
-    """While active, every attribute read of a plain ``config`` of ``model``'s layers is
-    recorded: ``{id(config): names}``. The configs' classes are restored afterwards."""
+def recording_config_reads(modules: Iterable[nn.Module]) -> Iterator[dict[int, set[str]]]:
+    """While active, every attribute read of a plain ``config`` of these layers (a model's
+    ``modules()``) is recorded: ``{id(config): names}``. The configs' classes are restored afterwards."""
     reads: dict[int, set[str]] = {}
     swapped: list[tuple[Any, type]] = []
-    configs = {id(c): c for m in model.modules() if _plain(c := getattr(m, "config", None))}
+    configs = {id(c): c for m in modules if _plain(c := m.__dict__.get("config"))}  # no __getattr__ misses
     try:
         for c in configs.values():
             names: set[str] = reads.setdefault(id(c), set())

@@ -38,11 +38,10 @@ def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str,
 
 
 @contextmanager
-def _mode(model: nn.Module, train: bool) -> Iterator[None]:
+def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[None]:
     """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
     buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
     while its Python code runs under the tracer)."""
-    modules = list(model.modules())
     flags = [m.training for m in modules]
     buffers = [b for b in model.buffers() if not b.is_meta]
     versions = [b._version for b in buffers]
@@ -125,7 +124,8 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
     concrete = _concrete_args(model, args, kwargs)
-    with _mode(model, train), recording_config_reads(model) as reads:
+    modules = list(model.modules())
+    with _mode(model, train, modules), recording_config_reads(modules) as reads:
         before = set(model.__dict__)
         try:
             graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
