@@ -2136,7 +2136,15 @@ def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
 
 
 # The default run checks the models that found bugs; the rest run with ``-m slow``.
-QUICK = {"einsum_implicit_out", "einsum_sublist", "old_weight_norm", "coordconv", "index_add_channels", "ema_buffer", "train_branch"}
+QUICK = {
+    "einsum_implicit_out",
+    "einsum_sublist",
+    "old_weight_norm",
+    "coordconv",
+    "index_add_channels",
+    "ema_buffer",
+    "train_branch",
+}
 
 
 def _cases(names: list[str]) -> list:
@@ -2379,3 +2387,36 @@ def test_train_mode_models_stay_untouched(name: str) -> None:
     assert_untouched(model, before, "prune in train mode")
     small.train()(x)
     small.eval()(x)
+
+
+class RNNWithState(nn.Module):
+    """A GRU given its initial state, features from a conv (a CRNN)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn, self.rnn, self.fc = cbr(3, C), nn.GRU(C, 6, batch_first=True), nn.Linear(6, 5)
+        self.h0 = nn.Parameter(torch.zeros(1, 1, 6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.cnn(x).mean(2).transpose(1, 2)  # (B, W, C)
+        out, _ = self.rnn(f, self.h0.expand(-1, f.shape[0], -1).contiguous())
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize("name", ["crnn_gru", "crnn_bilstm", "crnn_rnn_relu", "crnn_lstm_proj", "lstm_seq_first", "state"])
+def test_recurrent_layers_read_pruned_features(name: str, tmp_path: Path) -> None:
+    """RNN/LSTM/GRU: the features they read are prunable and zero-invariant (the first layer's
+    input weights lose columns; ``input_size`` follows); hidden sizes and states pin. Every
+    recurrent layer pinned everything it touched (unknown op)."""
+    model, x = (RNNWithState(), torch.randn(*X4)) if name == "state" else MODELS[name]()
+    group = skg.plan(model, x).group("cnn.0:out")
+    assert group.prunable and group.zero_invariant, group
+    assert {"rnn.weight_ih_l0"} <= {m.param for m in group.members}
+    result = check_oracle(model, x, tmp_path, min_drop=0.0)
+    rnn = result.model.rnn
+    assert rnn.input_size == rnn.weight_ih_l0.shape[1] == result.model.cnn[0].out_channels == C // 2
+    skg.save_pruned(result, tmp_path / "pruned")
+    fresh = type(model)() if name == "state" else MODELS[name]()[0]
+    loaded = skg.load_pruned(fresh, tmp_path / "pruned").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model.eval()(x))

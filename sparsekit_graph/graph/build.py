@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_mha,
     ops_order,
     ops_reshape,
+    ops_rnn,
     ops_sizes,
     ops_tensor,
     ops_vision,
