@@ -37,7 +37,7 @@ and written once). Two conditioned rows likewise: coupling by coupling, and
 ``soft_threshold_all(couplings, taus, conditioners)`` (couplings that share no parameter solved as
 one; its error column is its largest per-block difference from the calls in order).
 
-    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only]
+    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan]
 """
 
 from __future__ import annotations
@@ -468,6 +468,7 @@ def main() -> None:
     ap.add_argument("--adam-steps", type=int, default=4, help="real Adam steps before measuring")
     ap.add_argument("--no-dying", action="store_true", help="measure at random init, without near-death blocks")
     ap.add_argument("--euclidean-only", action="store_true", help="skip the conditioned prox rows")
+    ap.add_argument("--layout", choices=("both", "bottleneck", "plan"), default="both", help="which layout(s) to time")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -493,6 +494,8 @@ def main() -> None:
         _layout("bind(plan(resnet50)), every prunable group", [bound[g.name] for g in plan.prunable]),
     ]
     for i, lay in enumerate(layouts):
+        if args.layout != "both" and ("bind(plan" in lay.name) != (args.layout == "plan"):
+            continue
         with torch.no_grad():
             for p, b in base.items():
                 p.copy_(b)
