@@ -122,5 +122,5 @@ def sized_tensor(ctx: RuleContext) -> None:
     sizes = ctx.call.args.get("size")
     link_read_lengths(ctx, sizes, out)
     if isinstance(sizes, (tuple, list)) and len(sizes) == len(out):
-        ctx.fresh(o for o, n in zip(out, sizes) if not ctx.graph.g.degree(o) and ctx.size_follows_model(o, n))
-    ctx.pin([o for o in out if not ctx.graph.g.degree(o) and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")
+        ctx.fresh(o for o, n in zip(out, sizes) if not ctx.graph.adj[o] and ctx.size_follows_model(o, n))
+    ctx.pin([o for o in out if not ctx.graph.adj[o] and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")
