@@ -2420,3 +2420,19 @@ def test_recurrent_layers_read_pruned_features(name: str, tmp_path: Path) -> Non
     loaded = skg.load_pruned(fresh, tmp_path / "pruned").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(lambda s, h: h[:, s.m], id="channels"),
+        pytest.param(lambda s, h: h[:, :, s.m], id="rows"),
+        pytest.param(lambda s, h: h * h[:, s.m].sum(1, keepdim=True), id="gate"),
+    ],
+)
+def test_boolean_mask_buffers_are_planned(body: Callable[..., Tensor], tmp_path: Path) -> None:
+    """``x[:, self.mask]`` with a boolean buffer: the shape pass had no values for the mask
+    (moved to meta, where indexing by a mask has no kernel) and refused the model."""
+    model = Body(body, m=torch.tensor([True, False] * (C // 2)))
+    skg.plan(model, torch.randn(*X4))  # raised TraceError
+    check_oracle(model, torch.randn(*X4), tmp_path, min_drop=0.0, require=False)

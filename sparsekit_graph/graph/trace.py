@@ -396,6 +396,8 @@ class _MetaRunner:
             return _to_meta(given.pop(0))
         if n.op == "get_attr":
             value = n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else self._attr(str(n.target))
+            if isinstance(value, Tensor) and value.dtype == torch.bool and value.device.type != "meta":
+                return value.clone()  # a mask: x[:, mask] has no meta kernel without its values
             return _to_meta(value)
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
         if n.op == "call_function":
