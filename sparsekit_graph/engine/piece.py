@@ -115,6 +115,7 @@ def pack(pieces: list[Piece], keep: Tensor, dtype: torch.dtype | None = None) ->
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
+        assert p.h is not None, "pack: pieces need conditioners"
         ids = p.spread(keep).nonzero().squeeze(1)
         if not ids.numel():
             continue
