@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -163,3 +164,29 @@ class _Deep(nn.Module):
 def deep_cnn(layers: int, width: int = 16, size: int = 8) -> tuple[nn.Module, torch.Tensor]:
     """A ``layers``-deep CNN and an input for it."""
     return _Deep(layers, width).eval(), torch.randn(1, 3, size, size)
+
+
+class Body(nn.Module):
+    """conv-BN-ReLU (group ``a:out``, 8 channels) -> ``fn(self, h)`` -> head, for stranger spellings.
+
+    ``fn`` is the spelling under test; the head (1x1 conv on 4-D output, else Linear) is sized by a
+    dry run of ``fn`` on an input of ``example_shape``; ``extra`` become attributes (tensors: buffers).
+    """
+
+    example_shape: tuple[int, ...] = (2, 3, 6, 6)
+
+    def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        for k, v in extra.items():
+            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
+                self.register_buffer(k, v)
+            else:
+                setattr(self, k, v)
+        self.fn = fn
+        with torch.no_grad():
+            out = fn(self, torch.relu(self.bn(self.a(torch.randn(*self.example_shape)))))
+        self.b = nn.Conv2d(out.shape[1], 4, 1) if out.dim() == 4 else nn.Linear(out.shape[-1], 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.fn(self, torch.relu(self.bn(self.a(x)))))

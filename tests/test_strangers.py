@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_untouched, check_oracle, fingerprint
+from helpers import Body, assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -26,30 +26,6 @@ from sparsekit_graph.graph.trace import is_exported, trace_graph
 C = 8  # channels of the block under test
 X4 = (2, 3, 6, 6)  # (B, 3, H, W)
 X3 = (2, 5, 6)  # (B, L, 6)
-
-
-class Body(nn.Module):
-    """conv-BN-ReLU (group ``a:out``, 8 channels) -> ``fn(self, h)`` -> 1x1 conv head.
-
-    ``fn`` is the spelling under test; the head's width is read off a dry run of ``fn``.
-    """
-
-    def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
-        super().__init__()
-        self.a, self.bn = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)
-        for k, v in extra.items():
-            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
-                self.register_buffer(k, v)
-            else:
-                setattr(self, k, v)
-        self.fn = fn
-        with torch.no_grad():
-            width = fn(self, torch.relu(self.bn(self.a(torch.randn(*X4))))).shape[1]
-        self.b = nn.Conv2d(width, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.bn(self.a(x)))  # (B, C, H, W)
-        return self.b(self.fn(self, h))
 
 
 class Seq(nn.Module):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as ckpt
+from helpers import Body as StrangerBody
 from helpers import assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
@@ -1590,22 +1591,8 @@ class NormInLoop(nn.Module):
 # -- body spellings: conv-BN-ReLU (8 channels) -> body -> 1x1 conv -----------------------
 
 
-class Body(nn.Module):
-    def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
-        super().__init__()
-        self.a, self.bn = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)
-        for k, v in extra.items():
-            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
-                self.register_buffer(k, v)
-            else:
-                setattr(self, k, v)
-        self.fn = fn
-        with torch.no_grad():
-            out = fn(self, torch.relu(self.bn(self.a(torch.randn(*X4)))))
-        self.b = nn.Conv2d(out.shape[1], 4, 1) if out.dim() == 4 else nn.Linear(out.shape[-1], 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.fn(self, torch.relu(self.bn(self.a(x)))))
+class Body(StrangerBody):
+    example_shape = X4
 
 
 def _cdist(s, h):
