@@ -11,7 +11,8 @@ both groups come from one read and its two scalings are applied in one write:
   ``M``'s row (or column) sums and the second's are ``M`` weighted by the first's scale squared, as
   the sequential call would see them. A 1x1 weight (``K = 1``) has ``M = w^2`` and is read again
   for the weighted sums instead of storing ``M``;
-* every weight is then multiplied once by ``r[o] c[i]`` (or its one factor).
+* every weight is then scaled in one pass: chunk by chunk, by the earlier coupling's factor, then
+  (while the chunk is in cache) the later one's, the order and rounding of the calls in order.
 
 Squares and outer products go through one cache-sized scratch buffer, chunk by chunk: no
 full-size temporary. Anything outside this pattern (a parameter in a coupling twice, in three
@@ -173,7 +174,7 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
         torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
     for p in params:
         if id(p) not in squares:
-            _write(p, scratch)
+            _write(p)
 
 
 class _Scratch:
@@ -257,7 +258,7 @@ def _weighted_rows(x2: Tensor, weights: Tensor, scratch: _Scratch) -> Tensor:
     return out
 
 
-def _write(p: _Param, scratch: _Scratch) -> None:
+def _write(p: _Param) -> None:
     """Every element times its scale factors, in one pass over the parameter."""
     if p.mat is None:
         (use,) = p.uses
@@ -268,10 +269,13 @@ def _write(p: _Param, scratch: _Scratch) -> None:
         x.mul_(mult)
         return
     o, i, k = p.mat.shape
-    j_rows = 0 if p.uses[0].x.shape[0] == 1 else 1
-    r, c = p.factors[j_rows][1], p.factors[1 - j_rows][1]
+    rows_first = p.uses[0].x.shape[0] == 1  # uses are in coupling order: scale as the calls in order do
+    r, c = p.factors[0 if rows_first else 1][1], p.factors[1 if rows_first else 0][1]
     cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
     flat = p.mat.view(o, i * k)
-    for s in _steps(o, i * k, p.mat.device):
+    for s in _steps(o, i * k, p.mat.device):  # the second factor while the chunk is still in cache
         chunk = flat[s]
-        chunk.mul_(torch.mul(r[s, None], cols, out=scratch.get(chunk.numel(), chunk).view(chunk.shape)))
+        if rows_first:
+            chunk.mul_(r[s, None]).mul_(cols)
+        else:
+            chunk.mul_(cols).mul_(r[s, None])
