@@ -215,10 +215,13 @@ def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, afte
         for f in g.follows:  # sizes torch.export wrote as literals (rotate_half's d/2)
             node, _, axis = f.use.rpartition(":")
             a, b = old.get(node), new.get(node) if node not in moved else None
-            if isinstance(a, Tensor) and isinstance(b, Tensor) and b.shape[int(axis)] != a.shape[int(axis)] - f.per_channel * removed:
+            if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+                continue
+            want = a.shape[int(axis)] - f.per_channel * removed
+            if b.shape[int(axis)] != want:
                 raise SparseKitError(
                     f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
-                    f"{a.shape[int(axis)] - f.per_channel * removed}: the model's code does not size it by these channels; "
+                    f"{want}: the model's code does not size it by these channels; "
                     "nothing was changed"
                 )
 
