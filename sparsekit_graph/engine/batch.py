@@ -34,7 +34,7 @@ from .waves import conditioned_all
 
 __all__ = ["soft_threshold_all"]
 
-_CHUNK = 1 << 18  # scratch elements on CPU (1 MiB of float32: stays in a core's L2 or the L3 cache)
+_CHUNK = 1 << 19  # scratch elements on CPU (2 MiB of float32: L3 at 1 thread, a core's 1 MiB L2 each at 2; 1 MiB was ~4% slower)
 _TINY = torch.finfo(torch.float32).tiny
 
 
