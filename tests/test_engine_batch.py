@@ -113,3 +113,23 @@ def test_bad_input_is_named() -> None:
         soft_threshold_all(cs, [taus[0], -taus[1]])
     with pytest.raises(ShapeMismatchError, match="block_thresholds"):
         soft_threshold_all(cs, [taus[0], torch.ones(3)])
+
+
+def test_repeated_calls_read_the_parameters_current_tensors() -> None:
+    """The second call reuses the first's layout (cached by coupling identity) but over the tensors
+    the parameters hold now: new storage (``p.data = ...``), then a dtype change (no longer fused)."""
+    ws, cs = _chain(3)
+    ws2, cs2 = _chain(3)
+    taus = _taus(cs, 0.1)
+    for change in (None, "storage", "dtype"):
+        if change == "storage":
+            for w in (ws[2], ws2[2]):
+                w.data = w.detach().clone().mul_(3.0)
+        elif change == "dtype":
+            for w in (ws[1], ws2[1]):
+                w.data = w.detach().double()
+        soft_threshold_all(cs, taus)
+        _one_by_one(cs2, taus)
+        for a, b in zip(ws, ws2):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ws[1].dtype == torch.float64 and bool((ws[2] == 0).any())
