@@ -128,7 +128,7 @@ class _Cached:
 
 
 _CACHE: OrderedDict[tuple[int, ...], _Cached] = OrderedDict()  # the last few calls' layouts (1.5 -> 0.4 ms on ResNet-50's plan)
-_KEEP = 4
+_KEEP = 256  # entries are small (offsets, weakrefs): room for every group of a plan called one by one, and the whole list
 
 
 def _layout(couplings: Sequence[SparseBlock]) -> list[_Param] | None:
