@@ -128,8 +128,10 @@ def test_repeated_calls_read_the_parameters_current_tensors() -> None:
         elif change == "dtype":
             for w in (ws[1], ws2[1]):
                 w.data = w.detach().double()
+        before = [w.clone() for w in ws + ws2]
         soft_threshold_all(cs, taus)
-        _one_by_one(cs2, taus)
+        _one_by_one(cs2, taus)  # the calls in order use the cache too: check both moved the live tensors
+        assert not any(torch.equal(w, b) for w, b in zip(ws + ws2, before))
         for a, b in zip(ws, ws2):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ws[1].dtype == torch.float64 and bool((ws[2] == 0).any())
