@@ -51,9 +51,11 @@ def view(ctx: RuleContext) -> None:
         raw = [raw]
     in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
     groups = _factor_groups(in_shape, out_shape)
-    # torch.export writes sizes read off tensors (``h.size(1)``) as literals, and a literal of
-    # the code (``view(*h.shape[:-1], cfg.width)``) the same way: one that keeps an input axis
-    # follows it only where a size attribute the surgery rewrites explains it (``constant_size``).
+    # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps an
+    # input axis as it is follows that axis (HF Swin's ``view(B, -1, 4 * C)`` with C read off the
+    # input). A literal of the code (``view(*h.shape[:-1], cfg.width)``) reads the same, so on
+    # this path only prune's checks catch it (torch.fx, which most such models take, pins it).
+    kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
     # One value on two axes (4 heads of 4): no attribute can say which axis it shapes.
     # One value on two axes: with 4 heads of 4 no attribute can say which axis it shapes (both
     # pin). With one attribute of that value, timm's ``reshape(B, N, 3, num_heads, head_dim)``
@@ -63,7 +65,7 @@ def view(ctx: RuleContext) -> None:
     twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and raw.count(s) > 1}
     twice -= {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
     literal = [
-        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s)))
+        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s))) and j not in kept
         if isinstance(s, int) and s > 1
         else False
         for j, s in enumerate(raw)
