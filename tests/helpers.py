@@ -178,11 +178,7 @@ class Body(nn.Module):
     def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
         super().__init__()
         self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        for k, v in extra.items():
-            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
-                self.register_buffer(k, v)
-            else:
-                setattr(self, k, v)
+        set_extras(self, extra)
         self.fn = fn
         with torch.no_grad():
             out = fn(self, torch.relu(self.bn(self.a(torch.randn(*self.example_shape)))))
@@ -190,3 +186,23 @@ class Body(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.b(self.fn(self, torch.relu(self.bn(self.a(x)))))
+
+
+def set_extras(module: nn.Module, extra: dict[str, nn.Module | nn.Parameter | Tensor]) -> None:
+    """Attach ``extra`` to ``module``: plain tensors as buffers, layers and parameters as attributes."""
+    for k, v in extra.items():
+        if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
+            module.register_buffer(k, v)
+        else:
+            setattr(module, k, v)
+
+
+def oracle_or_refusal(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
+    """The oracle, or a clean refusal (``SparseKitError``) that leaves the model untouched."""
+    before = fingerprint(model)
+    try:
+        skg.plan(model, x)
+    except skg.SparseKitError:
+        assert_untouched(model, before, "refused plan")
+        return
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)

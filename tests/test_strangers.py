@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Body, assert_untouched, check_oracle, fingerprint
+from helpers import Body, assert_untouched, check_oracle, fingerprint, oracle_or_refusal, set_extras
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -34,11 +34,7 @@ class Seq(nn.Module):
     def __init__(self, fn: Callable[..., Tensor], **extra: nn.Module | nn.Parameter | Tensor) -> None:
         super().__init__()
         self.fc = nn.Linear(6, C)
-        for k, v in extra.items():
-            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter):
-                self.register_buffer(k, v)
-            else:
-                setattr(self, k, v)
+        set_extras(self, extra)
         self.fn = fn
         with torch.no_grad():
             width = fn(self, torch.relu(self.fc(torch.randn(*X3)))).shape[-1]
@@ -330,27 +326,16 @@ def _cases(names: list[str]) -> list:
     return [pytest.param(n, id=n, marks=() if n in QUICK else pytest.mark.slow) for n in names]
 
 
-def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
-    """The oracle, or a clean refusal that leaves the model untouched."""
-    before = fingerprint(model)
-    try:
-        skg.plan(model, x)
-    except skg.SparseKitError:
-        assert_untouched(model, before, "refused plan")
-        return
-    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
-
-
 @pytest.mark.parametrize("name", _cases(sorted(BODIES)))
 def test_conv_spellings(name: str, tmp_path: Path) -> None:
     fn, extra = BODIES[name]
-    _run(Body(fn, **extra), torch.randn(*X4), tmp_path)
+    oracle_or_refusal(Body(fn, **extra), torch.randn(*X4), tmp_path)
 
 
 @pytest.mark.parametrize("name", _cases(sorted(SEQ_BODIES)))
 def test_sequence_spellings(name: str, tmp_path: Path) -> None:
     fn, extra = SEQ_BODIES[name]
-    _run(Seq(fn, **extra), torch.randn(*X3), tmp_path)
+    oracle_or_refusal(Seq(fn, **extra), torch.randn(*X3), tmp_path)
 
 
 # -- whole models --------------------------------------------------------------------------

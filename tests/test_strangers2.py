@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as ckpt
 from helpers import Body as StrangerBody
-from helpers import assert_untouched, check_oracle, fingerprint
+from helpers import assert_untouched, check_oracle, fingerprint, oracle_or_refusal
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -2111,17 +2111,6 @@ BODIES.update({
 })  # fmt: skip
 
 
-def _run(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
-    """The oracle, or a clean refusal that leaves the model untouched."""
-    before = fingerprint(model)
-    try:
-        skg.plan(model, x)
-    except skg.SparseKitError:
-        assert_untouched(model, before, "refused plan")
-        return
-    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
-
-
 # The default run checks the models that found bugs; the rest run with ``-m slow``.
 QUICK = {
     "einsum_implicit_out",
@@ -2141,13 +2130,13 @@ def _cases(names: list[str]) -> list:
 @pytest.mark.parametrize("name", _cases(sorted(MODELS)))
 def test_models(name: str, tmp_path: Path) -> None:
     model, x = MODELS[name]()
-    _run(model, x, tmp_path)
+    oracle_or_refusal(model, x, tmp_path)
 
 
 @pytest.mark.parametrize("name", _cases(sorted(BODIES)))
 def test_bodies(name: str, tmp_path: Path) -> None:
     fn, extra = BODIES[name]
-    _run(Body(fn, **extra), torch.randn(*X4), tmp_path)
+    oracle_or_refusal(Body(fn, **extra), torch.randn(*X4), tmp_path)
 
 
 def _key(plan: skg.Plan) -> list[tuple]:
