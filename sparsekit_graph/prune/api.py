@@ -7,18 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.fx as fx
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
-from ..graph.meta import META
-from ..graph.sizes import module_stack
 from ..graph.trace import is_exported, trace_graph
 from ..plan.bind import bind
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
+from .checks import check_pruned
 from .copying import copy_model
 from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
@@ -140,9 +138,10 @@ def prune(
             trace_graph(work, inputs, train=True)
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
-    _same_outputs(before_gm, after_gm)
-    _same_code(before_gm, after_gm)
-    _sizes_followed(plan, chosen, before_gm, after_gm)
+    try:
+        check_pruned(plan, chosen, before_gm, after_gm)
+    except SparseKitError as e:
+        raise SparseKitError(f"{e}; nothing was changed") from e
     reloadable = fit_config(model, work, inputs)
     report = PruneReport(
         params_before=count_params(model),
@@ -190,52 +189,6 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
         raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
-def _sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after: fx.Graph) -> None:
-    """Every axis a size attribute shaped must have shrunk by that attribute's share of the
-    removed channels (a head count 4 -> 2 makes ``view_3``'s axis 2 go 4 -> 2). A literal that
-    only equalled an attribute (``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``),
-    or one config object that blocks read while they kept different counts, fails here."""
-    old = {n.name: n.meta.get(META) for n in before.nodes}
-    new = {n.name: n.meta.get(META) for n in after.nodes}
-    moved = {n.name for n in after.nodes} - {n.name for n in _same_sites(before, after)}
-    for g in plan.groups:
-        removed = int(masks[g.name].sum()) if g.name in masks else 0
-        for ref in g.sizes:
-            for use in ref.uses:
-                node, _, axis = use.rpartition(":")
-                a, b = old.get(node), new.get(node) if node not in moved else None  # a code path gone (n_rep 1)
-                if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
-                    continue
-                want = a.shape[int(axis)] - ref.lowered_by(removed)
-                if b.shape[int(axis)] != want:
-                    raise SparseKitError(
-                        f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
-                        f"{want}: {ref.owner or 'model'}.{ref.attr} did not size it in the model's code; nothing was changed"
-                    )
-        for f in g.follows:  # sizes torch.export wrote as literals (rotate_half's d/2)
-            node, _, axis = f.use.rpartition(":")
-            a, b = old.get(node), new.get(node) if node not in moved else None
-            if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-                continue
-            want = a.shape[int(axis)] - f.per_channel * removed
-            if b.shape[int(axis)] != want:
-                raise SparseKitError(
-                    f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "
-                    f"{want}: the model's code does not size it by these channels; "
-                    "nothing was changed"
-                )
-
-
-def _same_sites(before: fx.Graph, after: fx.Graph) -> list[fx.Node]:
-    """Nodes of ``after`` that are the same op at the same source line as ``before``'s node
-    of that name (a pruned size can drop a code path: ``repeat_kv`` returns early at 1)."""
-    def where(n: fx.Node) -> tuple:
-        return n.target, n.meta.get("stack_trace"), tuple(module_stack(n))
-
-    site = {n.name: where(n) for n in before.nodes}
-    return [n for n in after.nodes if site.get(n.name) == where(n)]
-
-
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     names = {g.name: g for g in plan.groups}
     out = {}
@@ -251,59 +204,3 @@ def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]
             raise PlanError(f"masks[{name!r}]: would remove every channel")
         out[name] = mask.cpu()
     return out
-
-
-def _output_shapes(graph: fx.Graph) -> list[tuple[int, ...]]:
-    out = next(n for n in graph.nodes if n.op == "output")
-    found: list[fx.Node] = []
-    fx.node.map_arg(out.args, found.append)
-    return [tuple(n.meta[META].shape) for n in found if isinstance(n.meta.get(META), Tensor)]
-
-
-def _same_code(before: fx.Graph, after: fx.Graph) -> None:
-    """The pruned model runs the same ops in the same order. A forward that branches in Python
-    on a size that pruning changes (``if h.shape[1] == 8``, ``if self.conv.out_channels > 4``)
-    traces to other code: its output would no longer equal the masked model's."""
-    a, b = _ops(before), _ops(after)
-    if a != b:
-        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        where = a[i][1] if i < len(a) else "the end of forward"
-        raise SparseKitError(
-            f"the pruned model runs other code from {getattr(where, '__name__', where)!s} on (forward branches on a "
-            "pruned size, or rebuilds a tensor of a fixed size); nothing was changed: pin the group whose size it reads"
-        )
-
-
-# Ops that only re-view values (no arithmetic, no reordering): code that drops them when a size
-# becomes 1 computes the same (``repeat_kv`` returns its input at one query head per KV group;
-# torch.export leaves out a ``contiguous`` whose input already is, e.g. a permute of one head).
-_REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, torch.ops.aten.reshape.default,
-            torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.contiguous.default,
-            "unsqueeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
-
-
-def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
-    """What a graph runs, in order (constants by kind: fx names them anew per trace), less
-    re-views and whole-axis slices."""
-    return [
-        (n.op, None if n.op == "get_attr" else n.target)
-        for n in graph.nodes
-        if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n)
-    ]
-
-
-def _whole_slice(n: fx.Node) -> bool:
-    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was."""
-    if n.target is not torch.ops.aten.slice.Tensor:
-        return False
-    start = n.args[2] if len(n.args) > 2 else n.kwargs.get("start", 0)
-    end = n.args[3] if len(n.args) > 3 else n.kwargs.get("end")
-    step = n.args[4] if len(n.args) > 4 else n.kwargs.get("step", 1)
-    return start in (0, None) and (end is None or (isinstance(end, int) and end >= 2**62)) and step == 1
-
-
-def _same_outputs(before: fx.Graph, after: fx.Graph) -> None:
-    if _output_shapes(before) != _output_shapes(after):
-        raise SparseKitError(
-            f"pruning changed the output shapes {_output_shapes(before)} -> {_output_shapes(after)}; nothing was changed"
-        )
