@@ -49,10 +49,11 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
     aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
+    views: dict = {}  # nodes that are views of a parameter (``w.detach()``), shared by every rule
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = str(node.target) if module is not None else ""
-        ctx = RuleContext(graph, node, prefix, module, name, aliases, modules, exported=exported)
+        ctx = RuleContext(graph, node, prefix, module, name, aliases, modules, exported=exported, views=views)
         if node.op == "placeholder":
             for axes in ctx.outputs():
                 ctx.pin(axes, "model input")
@@ -152,6 +153,8 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
     if unread:
         ctx.pin_everything(f"rule {label} does not model argument(s) {', '.join(unread)} of {ctx.where()}")
     g = ctx.graph
+    if ctx.node.name in ctx.views:  # a view of a parameter has the parameter's axes
+        return
     for axes in ctx.outputs():
         for i, a in enumerate(axes):
             if g.size(a) > 1 and not g.adj[a] and not g.nodes[a]["pins"] and a not in ctx.fresh_axes | g.diverted:

@@ -41,6 +41,7 @@ class RuleContext:
     aliases: dict[str, str] | None = None  # get_attr node name -> parameter name
     modules: dict[str, nn.Module] = field(default_factory=dict)  # the model's modules by name
     exported: bool = False  # the graph comes from torch.export (ATen ops, sizes as literals)
+    views: dict[str, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)  # see ``param_view``
     read: set[str] = field(default_factory=set)
     fresh_axes: set[AxisId] = field(default_factory=set)
 
@@ -87,7 +88,32 @@ class RuleContext:
             return None
         if self.aliases and x.name in self.aliases:
             return self.graph.add_param(self.aliases[x.name], x.meta[META])
+        if x.name in self.views:  # ``w.T``: the parameter's axes, permuted
+            root, perm = self.views[x.name]
+            full = self.graph.add_param(self.aliases[root.name], root.meta[META])  # type: ignore[index]
+            return [full[p] for p in perm]
         return self.graph.add_value(self.prefix + x.name, x.meta[META])
+
+    def param_view(self, perm: list[int]) -> bool:
+        """``w.detach()``, ``w.data``, ``w.transpose(0, 1)`` of a parameter ``w`` (or of a view
+        of one): record the node as a view whose axis ``i`` is the input's axis ``perm[i]`` and
+        link nothing. Ops that use the view reach the parameter's own axes, so a kernel axis a
+        conv leaves out of the plan stays out whichever way the weight reached it.
+        False (nothing recorded) when the input is no parameter or the call is in place."""
+        x = self.input
+        if not isinstance(x, fx.Node) or self.call.inplace or not isinstance(self.out_value, Tensor):
+            return False
+        if self.aliases and x.name in self.aliases and isinstance(x.meta.get(META), Tensor):
+            root, base = x, tuple(range(x.meta[META].ndim))
+        elif x.name in self.views:
+            root, base = self.views[x.name]
+        else:
+            return False
+        if sorted(perm) != list(range(len(base))) or self.out_value.ndim != len(base):
+            return False
+        self.read_all()
+        self.views[self.node.name] = (root, tuple(base[p] for p in perm))
+        return True
 
     def out(self, i: int | None = None) -> list[AxisId]:
         """Axes of the node's output, or of element ``i`` of a tuple output."""
@@ -136,6 +162,9 @@ class RuleContext:
         kernel axes stay out of the plan); all of a computed tensor's."""
         if isinstance(x, fx.Node) and self.aliases and x.name in self.aliases and isinstance(x.meta.get(META), Tensor):
             return self.graph.add_param(self.aliases[x.name], x.meta[META], dims)
+        if isinstance(x, fx.Node) and x.name in self.views:  # ``w.detach()``: the same dims of ``w``
+            root, perm = self.views[x.name]
+            return self.graph.add_param(self.aliases[root.name], root.meta[META], tuple(perm[d] for d in dims))  # type: ignore[index]
         axes = self.axes(x)
         return None if axes is None else [axes[d] for d in dims]
 

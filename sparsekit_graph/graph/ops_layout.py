@@ -13,12 +13,15 @@ from .rules import register_function_rule
 
 
 def _linked_permutation(ctx: RuleContext, perm: Sequence[int]) -> None:
-    """Output axis ``i`` is input axis ``perm[i]``."""
+    """Output axis ``i`` is input axis ``perm[i]`` (of a parameter: a view of it, see ``param_view``)."""
+    if ctx.param_view([p % max(len(perm), 1) for p in perm]):
+        return
     src, out = ctx.axes(ctx.input), ctx.out()
     if src is None or sorted(p % len(src) for p in perm) != list(range(len(src))):
         ctx.pin_everything(f"unreadable permutation {list(perm)} at {ctx.where()}")
         return
-    ctx.same([src[p % len(src)] for p in perm], out)
+    for a, b in zip([src[p % len(src)] for p in perm], out):
+        ctx.graph.link(a, b)  # a moved axis is the same axis, size 1 included (a 1-channel conv's)
 
 
 @register_function_rule(torch.permute)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .context import RuleContext
+from .normalize import canonical_op
 from .rules import register_function_rule, register_method_rule
 from .singular import singular_operands, stays_nonzero
 from .zeros import zero_breaker
@@ -48,6 +49,8 @@ _SAME_SHAPE_METHODS = [
 ]  # fmt: skip
 
 
+# One-operand ops that keep every axis: on a parameter they are views of it (``w.detach()``).
+_VIEWS = {canonical_op(n)[0] for n in ("contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "cpu", "cuda", "requires_grad_")} | {torch.Tensor.data}  # fmt: skip
 _SCALINGS = {torch.mul, torch.div, operator.mul, operator.truediv, operator.floordiv, operator.imul, operator.itruediv}
 
 
@@ -56,6 +59,8 @@ _SCALINGS = {torch.mul, torch.div, operator.mul, operator.truediv, operator.floo
 def pointwise(ctx: RuleContext) -> None:
     """Broadcasting elementwise op: axes aligned from the right couple unless one has size 1.
     A whole number that multiplies or divides is noted: it may be a size used as a value."""
+    if ctx.call.op in _VIEWS and ctx.param_view(list(range(getattr(ctx.out_value, "ndim", 0)))):
+        return
     ctx.read_all()
     out = ctx.outputs()
     if not out:
