@@ -21,10 +21,19 @@ typical block's norm: a few blocks are near zero and die, the others shrink a li
   plain norms for the Euclidean prox, norms of ``h * w`` (the Adam metric) for the conditioned one.
 
 Every timed call starts from the same state: weights and conditioners (and for the Adam step
-its state) are restored, untimed, before each call. The contenders are timed round robin (one
-call of each per round), so that a change of the machine's load falls on all of them alike.
-Printed per contender: the median wall time, its ratio to the Adam step and the reference's time
-over ours, the ratio of median process CPU times (all threads) to Adam's, the bytes it moves
+its state) are restored, untimed, before each call. Each contender runs in a fresh process (the
+same seeded model, Adam state and layout are rebuilt there), timed round robin with an Adam step
+in that process (one call of each per round, so that a change of the machine's load falls on both
+alike): one contender's allocations, caches or compiled kernels cannot slow or speed another's.
+glibc's malloc is pinned (``--malloc steady``) to the state a training process settles in, where
+temporaries come from the heap and no timed call pays page faults for fresh pages; left alone, its
+mmap threshold depends on what the process freed before, and Adam's step took 53 or 91 ms (1
+thread), with 0 or ~20,000 page faults a call, in the same process on two layouts, moving every
+ratio with what ran before it (``docs/engine.md``). ``--isolate layout`` times
+all of a layout's contenders in one process, as the script did before.
+Printed per contender: the median wall time, the Adam step's in its process and the ratio, the
+reference's ratio to Adam over ours (each against its own process's Adam), the ratio of median
+process CPU times (all threads) to Adam's, minor page faults per call, the bytes it moves
 through memory and the aten ops it runs (``traffic.py``: counted, not timed, so no load disturbs
 them; on a server where both sides are bound by memory bandwidth the time ratio follows the byte
 ratio), the fraction of blocks it zeroed, and (untimed) each result's largest per-block relative
@@ -38,13 +47,18 @@ and written once). Two conditioned rows likewise: coupling by coupling, and
 one; its error column is its largest per-block difference from the calls in order).
 
     python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan]
+                                [--isolate row|layout] [--malloc steady|default]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -382,40 +396,53 @@ def _adam_row(opt: torch.optim.Adam) -> Row:
     return Row(opt.step, setup)
 
 
-def _interleave(rows: dict[str, Row], repeats: int) -> None:
-    """Round robin: one call of every contender per round (one warm-up round), so that a change of
-    the machine's load falls on all of them alike. Wall time and process CPU time (all threads)."""
-    for k in range(repeats + 1):
-        for row in rows.values():
-            row.setup()
-            c0, t0 = time.process_time(), time.perf_counter()
-            row.go()
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if k:
-                row.wall.append(wall)
-                row.cpu.append(cpu)
-                if row.after is not None:
-                    row.after()
-    for row in rows.values():
-        row.setup()
+ADAM = "Adam(foreach) step, whole model"
+LAYOUTS = {  # name on the command line -> printed name
+    "bottleneck": "ResNet-50 bottleneck couplings (4-D conv weights)",
+    "plan": "bind(plan(resnet50)), every prunable group",
+}
+ROW_IDS = {  # contenders as the command line names them
+    "euclid": EUCLID, "euclid-all": EUCLID_ALL, "ref-euclid": REF_EUCLID,
+    "cond": COND, "cond-all": COND_ALL, "ref-cond": REF_COND,
+}  # fmt: skip
+VERSUS = {EUCLID: REF_EUCLID, EUCLID_ALL: REF_EUCLID, COND: REF_COND, COND_ALL: REF_COND}
+# glibc's malloc, pinned to the state a training process reaches: temporaries up to 32 MiB come from
+# the heap and freed memory is kept, so no timed call pays page faults for fresh pages. Left alone,
+# glibc mmaps each allocation over 128 KiB afresh until the process has freed a large mmapped block
+# (then its threshold rises): Adam's step then faults ~20,000 pages a call and takes 1.8x as long,
+# depending on what the process ran before.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 
-def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], repeats: int, conditioned: bool) -> None:
-    bench = Bench(lay, cond, repeats)
-    nspecs = sum(len(c.specs) for c in lay.ours)
-    print(
-        f"\n== {lay.name}: {len(lay.ours)} couplings, {nspecs} specs, {bench.total} blocks, "
-        f"{sum(p.numel() for p in lay.params) / 1e6:.1f}M weights in {len(lay.params)} parameters"
-    )
-    print(
-        f"   median shrink of a surviving block (tau / norm): Euclidean {bench.shrink(False):.3f}, "
-        f"conditioned {bench.shrink(True):.3f}"
-    )
-    if lay.ref is None:
-        print(f"   reference skipped: {lay.no_ref}")
-    rows: dict[str, Row] = {"Adam(foreach) step, whole model": _adam_row(opt)}
-    for name, go in bench.calls(conditioned).items():
-        row = Row(go, bench.restore)
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _prepare(args: argparse.Namespace, layout: str) -> tuple[torch.optim.Adam, dict[Tensor, Tensor], Layout]:
+    """The model, its real Adam state and conditioners, and one layout with its near-death blocks:
+    the same in every process (seeded)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    opt = _adam_state(model, args.adam_steps, batch=8, size=128)
+    cond = _conditioners(opt)
+    if layout == "bottleneck":
+        lay = _layout(LAYOUTS[layout], _bottleneck_couplings(model))
+    else:
+        plan = skg.plan(model, torch.randn(1, 3, 224, 224))
+        bound = skg.bind(plan, model)
+        lay = _layout(LAYOUTS[layout], [bound[g.name] for g in plan.prunable])
+    if not args.no_dying:
+        _make_dying(lay.ours, torch.Generator().manual_seed(2 + list(LAYOUTS).index(layout)))
+    return opt, cond, lay
+
+
+def _time_rows(bench: Bench, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], names: list[str]) -> dict[str, dict]:
+    """Adam's step and the named contenders, round robin in this process: per row the wall and
+    process times, page faults and zeroed fraction of each timed call, and the counted traffic."""
+    calls = bench.calls(conditioned=True)
+    rows: dict[str, Row] = {ADAM: _adam_row(opt)}
+    for name in names:
+        row = Row(calls[name], bench.restore)
         row.after = lambda row=row: row.zeroed.append(bench.zeroed())
         rows[name] = row
     persistent = [p for g in opt.param_groups for p in g["params"]]
@@ -425,40 +452,128 @@ def run_layout(lay: Layout, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], r
         row.setup()
         tr = count(row.go, persistent)
         row.moved, row.ops = tr.total, tr.ops
-    _interleave(rows, repeats)
+    faults: dict[str, list[int]] = {name: [] for name in rows}
+    for k in range(bench.repeats + 1):  # round robin, one warm-up round
+        for name, row in rows.items():
+            row.setup()
+            f0, c0, t0 = _faults(), time.process_time(), time.perf_counter()
+            row.go()
+            wall, cpu, flt = time.perf_counter() - t0, time.process_time() - c0, _faults() - f0
+            if k:
+                row.wall.append(wall)
+                row.cpu.append(cpu)
+                faults[name].append(flt)
+                if row.after is not None:
+                    row.after()
+    for row in rows.values():
+        row.setup()
     if not bench.conditioners_intact():
-        raise RuntimeError(f"{lay.name}: a prox call wrote into its conditioners")
+        raise RuntimeError(f"{bench.lay.name}: a prox call wrote into its conditioners")
+    return {
+        name: {"wall": r.wall, "cpu": r.cpu, "faults": faults[name], "zeroed": r.zeroed, "moved": r.moved, "ops": r.ops}
+        for name, r in rows.items()
+    }
+
+
+def _contenders(args: argparse.Namespace, has_ref: bool) -> list[str]:
+    out = [EUCLID, EUCLID_ALL] + ([REF_EUCLID] if has_ref else [])
+    if not args.euclidean_only:
+        out += [COND, COND_ALL] + ([REF_COND] if has_ref else [])
+    return out
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One process's work: ``--child info`` (the layout's facts and the untimed float64 checks) or
+    ``--child ROW[,ROW...]`` (those contenders timed against Adam's step in this process)."""
+    torch.set_num_threads(args.threads)
+    opt, cond, lay = _prepare(args, args.layout)
+    bench = Bench(lay, cond, args.repeats)
+    if args.child != "info":
+        return {"rows": _time_rows(bench, opt, cond, [ROW_IDS[k] for k in args.child.split(",")])}
     t0 = time.perf_counter()
-    errs = bench.errors(conditioned)
+    errs = bench.errors(not args.euclidean_only)
     errs[EUCLID_ALL], in_order = bench.all_error()
-    if conditioned:
+    if not args.euclidean_only:
         errs[COND_ALL] = bench.cond_all_error()
-    checks = time.perf_counter() - t0
-    adam = rows["Adam(foreach) step, whole model"]
-    med = {name: 1e3 * statistics.median(r.wall) for name, r in rows.items()}
-    cpu = {name: 1e3 * statistics.median(r.cpu) for name, r in rows.items()}
-    versus = {EUCLID: REF_EUCLID, EUCLID_ALL: REF_EUCLID, COND: REF_COND, COND_ALL: REF_COND}
+    return {
+        "couplings": len(lay.ours),
+        "specs": sum(len(c.specs) for c in lay.ours),
+        "blocks": bench.total,
+        "weights": sum(p.numel() for p in lay.params),
+        "params": len(lay.params),
+        "shrink": [bench.shrink(False), bench.shrink(True)],
+        "ref": lay.ref is not None,
+        "no_ref": lay.no_ref,
+        "errors": errs,
+        "in_order": in_order,
+        "checks_s": time.perf_counter() - t0,
+    }
+
+
+def _spawn(args: argparse.Namespace, layout: str, what: str) -> dict:
+    """Run ``child`` in a fresh interpreter (nothing allocated, cached or compiled before it)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--layout", layout]
+    cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats), "--adam-steps", str(args.adam_steps)]
+    cmd += ["--no-dying"] * args.no_dying + ["--euclidean-only"] * args.euclidean_only
+    env = dict(os.environ)
+    if args.malloc == "steady":
+        env.update(STEADY_MALLOC)
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith(RESULT))
+    return json.loads(line[len(RESULT) :])
+
+
+RESULT = "RESULT "
+
+
+def report(args: argparse.Namespace, layout: str) -> None:
+    """Every contender of one layout, each in its own process (or all in one with
+    ``--isolate layout``), with Adam's step timed beside it in that process."""
+    info = _spawn(args, layout, "info")
     print(
-        f"{'what':38s} {'ms':>8s} {'min-max ms':>14s} {'x Adam':>6s} {'ref/ours':>8s} {'cpu x Adam':>10s} "
-        f"{'MB moved':>8s} {'x Adam':>6s} {'ops':>5s} {'zeroed':>6s} {'max err':>8s}"
+        f"\n== {LAYOUTS[layout]}: {info['couplings']} couplings, {info['specs']} specs, {info['blocks']} blocks, "
+        f"{info['weights'] / 1e6:.1f}M weights in {info['params']} parameters"
     )
-    for name, r in rows.items():
-        ms = med[name]
-        spread = f"{1e3 * min(r.wall):.1f}-{1e3 * max(r.wall):.1f}"
-        other = versus.get(name)
-        sp = f"{med[other] / ms:8.2f}" if other in med else " " * 8
-        zeroed = _fmt_frac(r.zeroed) if r.zeroed else ""
-        err = f"{errs[name]:8.1e}" if name in errs else ""
+    print(
+        f"   median shrink of a surviving block (tau / norm): Euclidean {info['shrink'][0]:.3f}, "
+        f"conditioned {info['shrink'][1]:.3f}",
+        flush=True,
+    )
+    if not info["ref"]:
+        print(f"   reference skipped: {info['no_ref']}", flush=True)
+    names = _contenders(args, info["ref"])
+    groups = [names] if args.isolate == "layout" else [[n] for n in names]
+    rows: dict[str, dict] = {}
+    for group in groups:
+        ids = {name: key for key, name in ROW_IDS.items()}
+        got = _spawn(args, layout, ",".join(ids[n] for n in group))["rows"]
+        for name in group:
+            rows[name] = got[name] | {"adam": got[ADAM]}
+    ratio = {name: statistics.median(r["wall"]) / statistics.median(r["adam"]["wall"]) for name, r in rows.items()}
+    print(
+        f"{'what':38s} {'ms':>8s} {'min-max ms':>14s} {'Adam ms':>8s} {'x Adam':>6s} {'ref/ours':>8s} "
+        f"{'cpu x Adam':>10s} {'faults':>6s} {'MB moved':>8s} {'x Adam':>6s} {'ops':>5s} {'zeroed':>6s} {'max err':>8s}"
+    )
+    first = next(iter(rows.values()))["adam"]
+    for name, r in [(ADAM, first | {"adam": first, "zeroed": []})] + list(rows.items()):
+        adam = r["adam"]
+        ms, adam_ms = 1e3 * statistics.median(r["wall"]), 1e3 * statistics.median(adam["wall"])
+        cpu = statistics.median(r["cpu"]) / statistics.median(adam["cpu"])
+        spread = f"{1e3 * min(r['wall']):.1f}-{1e3 * max(r['wall']):.1f}"
+        other = VERSUS.get(name)
+        sp = f"{ratio[other] / ratio[name]:8.2f}" if other in ratio else " " * 8
+        zeroed = _fmt_frac(r["zeroed"]) if r["zeroed"] else ""
+        err = f"{info['errors'][name]:8.1e}" if name in info["errors"] else ""
         print(
-            f"{name:38s} {ms:8.2f} {spread:>14s} {ms / med[next(iter(rows))]:6.2f} {sp} "
-            f"{cpu[name] / cpu[next(iter(rows))]:10.2f} {r.moved / 1e6:8.0f} {r.moved / adam.moved:6.2f} {r.ops:5d} "
-            f"{zeroed:>6s} {err:>8s}"
+            f"{name:38s} {ms:8.2f} {spread:>14s} {adam_ms:8.2f} {ms / adam_ms:6.2f} {sp} {cpu:10.2f} "
+            f"{statistics.median(r['faults']):6.0f} {r['moved'] / 1e6:8.0f} {r['moved'] / adam['moved']:6.2f} "
+            f"{r['ops']:5d} {zeroed:>6s} {err:>8s}"
         )
     print(
         f"   max err of soft_threshold_all: against the float64 calls in order, where the float32 calls in order "
-        f"have {in_order:.1e}"
+        f"have {info['in_order']:.1e}"
     )
-    print(f"   (untimed float64 checks: {checks:.0f} s; load average now {os.getloadavg()[0]:.2f})")
+    print(f"   (untimed float64 checks: {info['checks_s']:.0f} s; load average now {os.getloadavg()[0]:.2f})", flush=True)
 
 
 def main() -> None:
@@ -468,40 +583,33 @@ def main() -> None:
     ap.add_argument("--adam-steps", type=int, default=4, help="real Adam steps before measuring")
     ap.add_argument("--no-dying", action="store_true", help="measure at random init, without near-death blocks")
     ap.add_argument("--euclidean-only", action="store_true", help="skip the conditioned prox rows")
-    ap.add_argument("--layout", choices=("both", "bottleneck", "plan"), default="both", help="which layout(s) to time")
+    ap.add_argument("--layout", choices=("both", *LAYOUTS), default="both", help="which layout(s) to time")
+    ap.add_argument(
+        "--isolate", choices=("row", "layout"), default="row",
+        help="a fresh process per contender (row, the default) or per layout (all contenders round robin)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--malloc", choices=("steady", "default"), default="steady",
+        help="steady: glibc keeps freed memory (no page faults in timed calls); default: glibc as it comes",
+    )  # fmt: skip
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    if args.child:
+        print(RESULT + json.dumps(child(args)))
+        return
     t0 = time.perf_counter()
     print(
         f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} calls each, "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}; a fresh process per {args.isolate}, malloc {args.malloc}"
     )
-    model = torchvision.models.resnet50()
-    opt = _adam_state(model, args.adam_steps, batch=8, size=128)
-    cond = _conditioners(opt)
-    base = {p: p.detach().clone() for p in model.parameters()}
     print(
         f"Adam state after {args.adam_steps} real steps (batch 8, 128x128, cross-entropy), conditioner "
         f"sqrt(v_hat)+{ADAM_EPS:g}; "
         + ("no near-death blocks" if args.no_dying else f"{100 * DYING:g}% of blocks scaled by 10^U(-3,-1)")
         + f"; thresholds zero {100 * ZEROED:g}% of each coupling's blocks; restored before every call"
     )
-    plan = skg.plan(model, torch.randn(1, 3, 224, 224))
-    bound = skg.bind(plan, model)
-    layouts = [
-        _layout("ResNet-50 bottleneck couplings (4-D conv weights)", _bottleneck_couplings(model)),
-        _layout("bind(plan(resnet50)), every prunable group", [bound[g.name] for g in plan.prunable]),
-    ]
-    for i, lay in enumerate(layouts):
-        if args.layout != "both" and ("bind(plan" in lay.name) != (args.layout == "plan"):
-            continue
-        with torch.no_grad():
-            for p, b in base.items():
-                p.copy_(b)
-        if not args.no_dying:
-            _make_dying(lay.ours, torch.Generator().manual_seed(2 + i))
-        run_layout(lay, opt, cond, args.repeats, not args.euclidean_only)
+    for layout in LAYOUTS if args.layout == "both" else [args.layout]:
+        report(args, layout)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}")
 
 
