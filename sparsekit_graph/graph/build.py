@@ -24,6 +24,7 @@ from .axes import AxisGraph
 from .context import RuleContext
 from .ops_moe import follow_domains
 from .rules import find_rule
+from .size_reads import pin_read_sizes
 from .trace import has_hooks, is_exported
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
@@ -70,6 +71,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     if exported:
         _lengths_as_numbers(graph)
     _layer_sizes_as_numbers(graph, modules)
+    pin_read_sizes(graph, nodes, modules, prefix)
 
 
 def _tensors_and_modules(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "CONFIG_READS", "CONSTANT", "CONTROL", "EXPORTED", "META", "TRACED_CONSTANT"]
+__all__ = ["CALL", "CONFIG_READS", "CONSTANT", "CONTROL", "EXPORTED", "META", "SIZE_CONTROL", "SIZE_READS", "TRACED_CONSTANT"]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
@@ -11,3 +11,5 @@ CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
 CONTROL = "skg.control"  # a traced number Python control flow read: "branch", "loop" or "number"
 CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}
+SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer size attributes the node's arguments read
+SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}

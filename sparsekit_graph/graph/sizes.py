@@ -20,6 +20,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .config_reads import read_by_forward
+from .meta import SIZE_READS
 
 __all__ = [
     "COUNT_ATTRIBUTES",
@@ -71,6 +72,9 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
         return []
     value = tuple(value) if isinstance(value, list) else value
+    read = node.meta.get(SIZE_READS)
+    if read and value in read:  # the code wrote a layer's size attribute there (``size_reads``)
+        return [SizeSource(path, attr) for path, attr in sorted(read[value])]
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)

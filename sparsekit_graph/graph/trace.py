@@ -20,6 +20,8 @@ from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
 from .rules import module_rule_for
+from .size_reads import finish as finish_size_reads
+from .size_reads import recording_size_reads
 
 __all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
@@ -127,12 +129,17 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
     modules = list(model.modules())
     with _mode(model, train, modules), recording_config_reads(modules) as reads:
         before = set(model.__dict__)
-        try:
-            graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
-        except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
-            graph = _exported(model, args, kwargs, fx_error)
-            config_reads(graph, reads)
-            return graph
+        with recording_size_reads(model, modules) as sizes:
+            try:
+                graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
+            except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
+                sizes.made.clear()  # what the failed attempt read does not count
+                with sizes.reaching():
+                    graph = _exported(model, args, kwargs, fx_error)
+                finish_size_reads(graph, sizes)
+                config_reads(graph, reads)
+                return graph
+        finish_size_reads(graph, sizes)
         for n in graph.nodes:  # tensors torch.fx made attributes of the model; _mode removes them
             if n.op == "get_attr" and str(n.target) not in before and str(n.target) in model.__dict__:
                 n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]

@@ -1,0 +1,376 @@
+"""Which size attributes of torch.nn layers (``conv.out_channels``) the model's own code reads
+while it is traced, and what it does with them.
+
+Neither tracer sees such a read: the value is a plain int in the layer's ``__dict__``.
+``if self.conv.out_channels == 64`` silently keeps one branch, and ``h.view(b,
+self.conv.out_channels, -1)`` is recorded as the literal 64. While a forward is traced, the
+class of every such layer is swapped for a recording subclass (as ``config_reads`` does for
+configs) whose ``__getattribute__`` hands code outside torch and this package a ``SizeRead``:
+an int that remembers its attribute and records what Python makes of it. Afterwards
+(``finish``):
+
+- a ``SizeRead`` the graph holds as an argument becomes its plain value again, and its origin
+  is kept on the node (``SIZE_READS``): ``sizes.size_sources`` matches the literal to that
+  attribute, and a literal nobody read stays a constant;
+- an attribute whose value decided Python control flow (a comparison, ``bool``, ``int``, a
+  true division) or went where the graph cannot see it (``range(n)``, ``[0] * n``) is listed
+  on the output node (``SIZE_CONTROL``); ``pin_read_sizes`` pins the layer's axes it sizes.
+
+A layer's own ``forward`` (torch code) reads its attributes unrecorded: its rule models it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .axes import AxisGraph
+from .meta import SIZE_CONTROL, SIZE_READS
+
+__all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads"]
+
+# Attributes of torch.nn layers that count channels, heads or features.
+READ_ATTRIBUTES = frozenset(
+    {"in_channels", "out_channels", "in_features", "out_features", "in1_features", "in2_features", "num_features",
+     "num_channels", "num_groups", "embedding_dim", "num_embeddings", "num_parameters", "normalized_shape",
+     "embed_dim", "num_heads", "head_dim", "kdim", "vdim", "groups", "hidden_size", "input_size", "proj_size"}
+)  # fmt: skip
+
+Site = tuple[str, str]  # (layer path, attribute)
+
+_INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
+_ACTIVE: list[_Log] = []
+_RECORDERS: dict[type, type] = {}
+_LAYER_CLASSES: dict[type, bool] = {}
+
+
+def _by_user(depth: int) -> bool:
+    """Is the frame ``depth`` levels up the model's own code (not torch's, not ours)?"""
+    return not sys._getframe(depth + 1).f_code.co_filename.startswith(_INTERNAL)
+
+
+class _Log:
+    """Reads handed out during one trace."""
+
+    def __init__(self, paths: dict[int, str]) -> None:
+        self.paths = paths
+        self.made: list[SizeRead | SizeTuple] = []
+
+    def reaching(self) -> _Reaching:
+        """A torch function mode for ``torch.export``: reads passed to torch count as reached."""
+        return _Reaching(self)
+
+    def wrap(self, layer: nn.Module, name: str, value: Any) -> Any:
+        path = self.paths.get(id(layer))
+        if path is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return SizeRead(value, frozenset({(path, name)}), self)
+        if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return SizeTuple(value, frozenset({(path, name)}), self)
+        return value
+
+
+class _Reaching(TorchFunctionMode):
+    """Marks reads passed to a torch function as reached: ``torch.export`` records the call
+    with plain ints, so the graph cannot say which of its literals were reads."""
+
+    def __init__(self, log: _Log) -> None:
+        super().__init__()
+        self.log = log
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.log.made:
+            _mark_reached((args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _mark_reached(a: Any) -> None:
+    if isinstance(a, _Tracked):
+        a.reached = True
+    elif isinstance(a, (tuple, list)):
+        for e in tuple.__iter__(a) if isinstance(a, tuple) else a:
+            _mark_reached(e)
+    elif isinstance(a, dict):
+        for e in a.values():
+            _mark_reached(e)
+
+
+class _Tracked:
+    """What was done with a read: ``control`` (why it decided Python control flow), ``derived``
+    (it became another tracked value, whose fate is its own), ``reached`` (torch code took it)."""
+
+    _sites: frozenset[Site]
+    _log: _Log
+    control: str | None
+    derived: bool
+    reached: bool
+
+    def _init(self, sites: frozenset[Site], log: _Log) -> None:
+        self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
+        log.made.append(self)  # type: ignore[arg-type]
+
+    def _use(self, kind: str) -> None:
+        """A use by Python: recorded when the model's code (two frames up) made it."""
+        if _by_user(2):
+            if self.control is None:
+                self.control = kind
+        else:
+            self.reached = True
+
+
+class SizeRead(_Tracked, int):
+    """An int read from a layer's size attribute by the model's code while traced."""
+
+    def __new__(cls, value: int, sites: frozenset[Site], log: _Log) -> SizeRead:
+        obj = int.__new__(cls, value)
+        obj._init(sites, log)
+        return obj
+
+    __hash__ = int.__hash__
+
+    def __reduce__(self) -> tuple:
+        return int, (int(self),)
+
+    def __deepcopy__(self, memo: dict) -> int:
+        return int(self)
+
+    def __copy__(self) -> int:
+        return int(self)
+
+
+def _compare(op: str) -> Any:
+    base = getattr(int, op)
+
+    def compare(self: SizeRead, other: Any) -> Any:
+        self._use("a comparison")
+        return base(self, other)
+
+    return compare
+
+
+def _convert(op: str, kind: str) -> Any:
+    base = getattr(int, op)
+
+    def convert(self: SizeRead, *args: Any) -> Any:
+        self._use(kind)
+        return base(self, *args)
+
+    return convert
+
+
+def _arith(op: str) -> Any:
+    base = getattr(int, op)
+
+    def arith(self: SizeRead, *other: Any) -> Any:
+        out = base(self, *other)
+        if out is NotImplemented:  # ``n * h``: the Proxy's reflected op holds ``n``
+            return out
+        if not isinstance(out, int) or isinstance(out, bool) or not _by_user(1):
+            self._use("arithmetic outside the graph")  # a float (``1 / n``), or torch's own arithmetic
+            return out
+        sites = self._sites.union(*(o._sites for o in other if isinstance(o, _Tracked)))
+        for o in (self, *other):
+            if isinstance(o, _Tracked):
+                o.derived = True
+        return SizeRead(out, sites, self._log)
+
+    return arith
+
+
+for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(SizeRead, _op, _compare(_op))
+for _op, _kind in (("__bool__", "a truth test"), ("__int__", "a conversion"), ("__float__", "a conversion"),
+                   ("__index__", "an index"), ("__round__", "a conversion")):  # fmt: skip
+    setattr(SizeRead, _op, _convert(_op, _kind))
+for _op in ("add", "sub", "mul", "floordiv", "mod", "pow", "lshift", "rshift", "and", "or", "xor", "truediv", "divmod"):
+    setattr(SizeRead, f"__{_op}__", _arith(f"__{_op}__"))
+    setattr(SizeRead, f"__r{_op}__", _arith(f"__r{_op}__"))
+for _op in ("__neg__", "__pos__", "__abs__", "__invert__", "__trunc__", "__floor__", "__ceil__"):
+    setattr(SizeRead, _op, _arith(_op))
+
+
+class SizeTuple(_Tracked, tuple):
+    """A tuple of ints (``normalized_shape``) read by the model's code while traced."""
+
+    def __new__(cls, value: tuple[int, ...], sites: frozenset[Site], log: _Log) -> SizeTuple:
+        obj = tuple.__new__(cls, value)
+        obj._init(sites, log)
+        return obj
+
+    __hash__ = tuple.__hash__
+
+    def __getitem__(self, i: Any) -> Any:
+        out = tuple.__getitem__(self, i)
+        if not _by_user(1):
+            self.reached = True
+            return out
+        self.derived = True
+        return SizeRead(out, self._sites, self._log) if isinstance(out, int) else SizeTuple(out, self._sites, self._log)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not _by_user(1):
+            self.reached = True
+            return tuple.__iter__(self)
+        self.derived = True
+        return iter([SizeRead(v, self._sites, self._log) for v in tuple.__iter__(self)])
+
+    def __len__(self) -> int:  # the number of axes never changes with pruning
+        self.derived = self.derived or _by_user(1)
+        return tuple.__len__(self)
+
+    def __reduce__(self) -> tuple:
+        return tuple, (tuple(self),)
+
+    def __deepcopy__(self, memo: dict) -> tuple:
+        return tuple(self)
+
+    def __copy__(self) -> tuple:
+        return tuple(self)
+
+
+def _tuple_compare(op: str) -> Any:
+    base = getattr(tuple, op)
+
+    def compare(self: SizeTuple, other: Any) -> Any:
+        self._use("a comparison")
+        return base(self, other)
+
+    return compare
+
+
+for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__"):
+    setattr(SizeTuple, _op, _tuple_compare(_op))
+
+
+def _layer_class(cls: type) -> bool:
+    """Is ``cls`` a torch.nn layer (or a subclass of one)?"""
+    known = _LAYER_CLASSES.get(cls)
+    if known is None:
+        known = _LAYER_CLASSES[cls] = any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in cls.__mro__[:-1])
+    return known
+
+
+def _recorder(cls: type) -> type:
+    rec = _RECORDERS.get(cls)
+    if rec is None:
+        base: Any = cls.__getattribute__
+
+        def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
+            value = base(self, name)
+            if name in READ_ATTRIBUTES and _ACTIVE and _by_user(1):
+                return _ACTIVE[-1].wrap(self, name, value)
+            return value
+
+        ns = {"__getattribute__": __getattribute__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        rec = _RECORDERS[cls] = type(cls.__name__, (cls,), ns)
+    return rec
+
+
+@contextmanager
+def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iterator[_Log]:
+    """While active, the model's code reads ``READ_ATTRIBUTES`` of its torch.nn layers as
+    ``SizeRead``s; every layer's class is restored afterwards."""
+    layers = [m for m in modules if not READ_ATTRIBUTES.isdisjoint(m.__dict__) and _layer_class(type(m))]
+    log = _Log({})
+    if not layers:
+        yield log
+        return
+    log.paths = {id(m): p for p, m in model.named_modules()}
+    swapped: list[tuple[nn.Module, type]] = []
+    _ACTIVE.append(log)
+    try:
+        for m in layers:
+            cls = type(m)
+            object.__setattr__(m, "__class__", _recorder(cls))
+            swapped.append((m, cls))
+        yield log
+    finally:
+        for m, cls in swapped:
+            object.__setattr__(m, "__class__", cls)
+        _ACTIVE.remove(log)
+
+
+def finish(graph: fx.Graph, log: _Log) -> None:
+    """Put plain values back in ``graph`` where it holds reads (their origin on ``SIZE_READS``)
+    and list on the output node the attributes Python control flow read (``SIZE_CONTROL``)."""
+    if not log.made:
+        return
+    held: set[int] = set()
+
+    def plain(a: Any) -> Any:
+        if isinstance(a, (SizeRead, SizeTuple)):
+            held.add(id(a))
+            found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
+            return int(a) if isinstance(a, int) else tuple(a)
+        return a
+
+    out = None
+    for node in graph.nodes:
+        if node.op == "output":
+            out = node
+        found: dict[Any, set[Site]] = {}
+        args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
+        if found:
+            node.args, node.kwargs = args, kwargs
+            node.meta[SIZE_READS] = {k: frozenset(v) for k, v in found.items()}
+    control: dict[Site, str] = {}
+    for t in log.made:
+        kind = t.control
+        if kind is None and not (t.derived or t.reached or id(t) in held):
+            kind = "a use the traced graph does not hold (range, a list's length)"
+        if kind is not None:
+            for site in t._sites:
+                control.setdefault(site, kind)
+    log.made.clear()
+    if out is not None and control:
+        out.meta[SIZE_CONTROL] = control
+
+
+def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
+    """Pin the axes each attribute in ``SIZE_CONTROL`` sizes: the layer's parameter and buffer
+    axes of that length (all of them where none has it), the axes a literal of it shaped, and
+    the layer's own input and output axes of that length."""
+    out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
+    control: dict[Site, str] = out.meta.get(SIZE_CONTROL, {}) if out is not None else {}
+    if not control:
+        return
+    nodes = list(nodes)
+    for (path, attr), kind in sorted(control.items()):
+        layer = modules.get(path)
+        if layer is None:
+            continue
+        value = getattr(layer, attr, None)
+        lengths = set(value) if isinstance(value, tuple) else {value}
+        reason = f"python control flow on {path}.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
+        owned = (*layer._parameters.items(), *layer._buffers.items())
+        tensors = [(graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)]
+        axes = [("p", k, d) for k, t in tensors for d, n in enumerate(t.shape) if n in lengths]
+        if not any(a in graph.sizes for a in axes):
+            axes = [("p", k, d) for k, t in tensors for d in range(t.ndim)]
+        for node in nodes:
+            if (node.op == "call_module" and str(node.target) == path) or _innermost(node) == path:
+                for n in (node, *node.all_input_nodes):
+                    axes += [a for a in graph.values.get(prefix + n.name, []) if graph.sizes[a] in lengths]
+        axes += [a for a, refs in graph.size_refs.items() if any((s.owner, s.attr) == (path, attr) for s in refs)]
+        for a in axes:
+            if a in graph.sizes:
+                graph.pin(a, reason)
+                graph.mix(a, reason)
+
+
+def _innermost(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = str(next(reversed(stack.values()))[0])
+    return path.removeprefix("L['self'].").removeprefix("L['self']")
