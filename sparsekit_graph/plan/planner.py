@@ -20,6 +20,7 @@ from .channels import Channels, channel_signatures
 from .experts import split_experts
 from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
+from .probe import probe_plan
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
 from .ties import shared_size_ties
 
@@ -38,6 +39,11 @@ def plan(
     head_dim: bool = False,
 ) -> Plan:
     """Infer every coupling group of ``model``.
+
+    Where torch.fx cannot trace it and ``torch.export`` does, a copy of the model is pruned
+    and traced again before the plan is returned (``plan/probe.py``): a group whose pruning
+    changes the code (a Python branch on its channel count, a literal that only equals it)
+    is pinned with the reason.
 
     Args:
         model: Any ``nn.Module`` (real or meta weights); it is not modified.
@@ -63,10 +69,11 @@ def plan(
     if not isinstance(head_dim, bool):
         raise PlanError(f"head_dim={head_dim!r}: expected True or False")
     inputs = _input_specs(example_inputs)
-    graph = build_axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
+    graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     _pin_ignored(graph, model, list(ignore))
     groups, ties = resolve(graph)
-    return Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
+    found = Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
+    return probe_plan(found, model, example_inputs, traced) if is_exported(traced) else found  # export hides branches
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
@@ -98,6 +105,13 @@ def build_axis_graph(
 ) -> AxisGraph:
     """The axis graph of the eval forward, plus the train forward where it differs (graphs
     from ``torch.export`` trace the eval forward only)."""
+    return _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)[0]
+
+
+def _axis_graph(
+    model: nn.Module, example_inputs: Inputs, *, train_graph: bool, gqa: str, head_dim: bool
+) -> tuple[AxisGraph, fx.Graph]:
+    """``build_axis_graph``'s graph and the eval trace it was built from."""
     graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
@@ -107,7 +121,7 @@ def build_axis_graph(
             gm_train = trace_graph(model, example_inputs, train=True)
             add_traced_graph(graph, gm_train, model, prefix="train:")
     add_factor_shadows(graph)
-    return graph
+    return graph, gm
 
 
 def _reads_training(model: nn.Module) -> bool:

@@ -1,0 +1,148 @@
+"""The export probe: a plan traced by ``torch.export`` is tried on a pruned copy before it is returned.
+
+torch.export runs the forward's Python once, at the example's sizes: ``if h.shape[1] == 64``,
+``assert h.size(-1) % 8 == 0`` or ``range(h.shape[1] // 16)`` leave no trace of the branch, and
+``view(*h.shape[:-1], self.cfg.width)`` writes ``h.shape[-1]`` and ``cfg.width`` as one literal.
+The graph cannot tell such code from code that follows a pruned size. So the planner prunes a
+copy of the model (uninitialised weights) the way ``prune`` would, traces it again and runs
+``prune``'s own checks (same outputs, same code, sizes followed); a group whose pruning fails is
+pinned with the reason. Every group keeps a few channels (3, 5 or 7 by turns: far below any
+threshold a branch tests, odd, and different in neighbouring groups so two groups that must
+stay equal do not), all groups at once; on a failure, bisection over the groups (a tie's groups
+stay together) finds the ones to pin, and the rest is tried again until it passes. One extra
+trace when nothing fails. The user's model is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ..errors import SparseKitError, TraceError
+from ..graph.trace import Inputs, trace_graph
+from ..prune.checks import check_pruned
+from ..prune.copying import copy_model
+from ..prune.surgery import remove_channels
+from .schema import Plan
+from .ties import snap_tied
+
+__all__ = ["KEEPS", "probe_plan"]
+
+KEEPS = (3, 5, 7)  # channels a probed group keeps, by turns (fewer where the group is smaller)
+_REASON_CHARS = 400
+
+Attempt = Callable[[list[int]], str | None]
+
+
+def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph) -> Plan:
+    """``plan`` with every prunable group pinned whose pruning a retrace of ``model`` refuses.
+
+    Args:
+        plan: The plan made from ``traced``.
+        model: The model; not modified (a copy is pruned).
+        example_inputs: The inputs ``traced`` was traced with.
+        traced: The model's eval trace (torch.export), the baseline ``prune`` would compare with.
+    """
+    units = _units(plan)
+    if not units:
+        return plan
+    masks = _probe_masks(plan)
+    attempt = _attempter(plan, model, example_inputs, traced, units, masks)
+    failed: dict[int, str] = {}
+    todo = list(range(len(units)))
+    why = attempt(todo)
+    while why is not None:
+        found = _culprits(todo, why, attempt)
+        failed.update(found)
+        todo = [u for u in todo if u not in found]
+        why = attempt(todo) if todo else None
+    if not failed:
+        return plan
+    reasons = {name: failed[u] for u, names in enumerate(units) if u in failed for name in names}
+    groups = [
+        g.model_copy(update={"prunable": False, "reason": _reason(g.size, masks[g.name], reasons[g.name])})
+        if g.name in reasons
+        else g
+        for g in plan.groups
+    ]
+    return plan.model_copy(update={"groups": groups})
+
+
+def _units(plan: Plan) -> list[list[str]]:
+    """Prunable groups, those joined by ties together (they are pruned together or not at all)."""
+    names = [g.name for g in plan.prunable if g.size > 1]
+    parent = {n: n for n in names}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for tie in plan.ties:
+        tied = [p.group for p in tie.parts if p.group in parent]
+        for other in tied[1:]:
+            parent[root(other)] = root(tied[0])
+    units: dict[str, list[str]] = {}
+    for n in names:
+        units.setdefault(root(n), []).append(n)
+    return list(units.values())
+
+
+def _probe_masks(plan: Plan) -> dict[str, Tensor]:
+    """Per prunable group: all but a few of its channels removed (the last ones), ties snapped."""
+    masks = {}
+    for i, g in enumerate(g for g in plan.prunable if g.size > 1):
+        options = [k for k in KEEPS if k < g.size] or [max(1, g.size - 1)]
+        mask = torch.ones(g.size, dtype=torch.bool)
+        mask[: options[i % len(options)]] = False
+        masks[g.name] = mask
+    scores = {name: -torch.arange(len(m), dtype=torch.float32) for name, m in masks.items()}
+    return snap_tied(plan, masks, scores)
+
+
+def _attempter(
+    plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph, units: list[list[str]], masks: dict[str, Tensor]
+) -> Attempt:
+    """A function: indices of ``units`` -> why pruning those groups fails (None if it does not)."""
+
+    def attempt(chosen: list[int]) -> str | None:
+        some = {n: masks[n] for u in chosen for n in units[u] if n in masks}
+        work = copy_model(model, weights=False)
+        try:
+            remove_channels(work, plan, some)
+            check_pruned(plan, some, traced, trace_graph(work, example_inputs))
+        except TraceError as e:  # the retrace's own error, not the fx-then-export summary
+            cause = e.__cause__ or e
+            return f"the pruned model does not trace: {type(cause).__name__}: {str(cause).strip()}"
+        except SparseKitError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - whatever stops the pruned copy stops prune
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    return attempt
+
+
+def _culprits(units: list[int], why: str, attempt: Attempt) -> dict[int, str]:
+    """The units (of ``units``, which fail together with ``why``) that fail on their own, by
+    bisection; all of them when no part fails alone (groups that break only together)."""
+    if len(units) == 1:
+        return {units[0]: why}
+    found: dict[int, str] = {}
+    half = len(units) // 2
+    for part in (units[:half], units[half:]):
+        reason = attempt(part)
+        if reason is not None:
+            found.update(_culprits(part, reason, attempt))
+    together = f"pruned together with {len(units) - 1} other groups: {why}"
+    return found or {u: together for u in units}
+
+
+def _reason(size: int, mask: Tensor, why: str) -> str:
+    kept = size - int(mask.sum())
+    text = " ".join(why.split())
+    text = text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
+    return f"pruning it breaks the model's code under torch.export (tried keeping {kept} of {size} channels): {text}"
