@@ -55,7 +55,7 @@ class _Param:
     uses: list[_Use]
     mat: Tensor | None = None
     m: Tensor | None = None  # (O, I) float32 sums of squares over K, when K > 1
-    factors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # use index -> (R,) scale, float64 and float32
+    factors: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)  # use -> (R,) scale: f64, f32, f32 squared
 
 
 def soft_threshold_all(
@@ -206,6 +206,20 @@ def _strided(x: Tensor, strides: tuple[int, ...]) -> bool:
     return all(n == 1 or st == want for n, st, want in zip(x.shape, x.stride(), strides))
 
 
+def _waves(uses_of: list[list[tuple[_Param, int]]]) -> list[list[int]]:
+    """Couplings in waves: each comes after every earlier coupling it shares a parameter with, so the
+    couplings of a wave share none and all the factors their sums need are known before it."""
+    level = [0] * len(uses_of)
+    for ci, uses in enumerate(uses_of):
+        for p, j in uses:
+            if j == 1:  # uses are in coupling order: the parameter's first use is an earlier coupling's
+                level[ci] = max(level[ci], level[p.uses[0].coupling] + 1)
+    out: list[list[int]] = [[] for _ in range(max(level, default=-1) + 1)]
+    for ci, lv in enumerate(level):
+        out[lv].append(ci)
+    return out
+
+
 def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float) -> None:
     scratch = _Scratch()
     uses_of: list[list[tuple[_Param, int]]] = [[] for _ in couplings]
@@ -216,15 +230,25 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
     vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
-    for ci, tau in enumerate(taus):
-        parts = [squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch) for p, j in uses_of[ci]]
-        norm = torch.stack(parts).sum(0, dtype=torch.float64).sqrt_()  # float32 partial sums, added in float64
+    for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
+        sums = []
+        for ci in wave:
+            parts = [squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch) for p, j in uses_of[ci]]
+            sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
+        tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
+        norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
         scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
         if floor > 0:
             scale = torch.where(norm > tau + floor, scale, 0.0)
-        both = (scale, scale.float())
-        for p, j in uses_of[ci]:
-            p.factors[j] = both
+        single = scale.float()
+        square = single.square()  # the weights a later coupling's sums of a shared parameter take
+        at = 0
+        for ci, sq in zip(wave, sums):
+            cut = slice(at, at + sq.numel())
+            at = cut.stop
+            got = (scale[cut], single[cut], square[cut])
+            for p, j in uses_of[ci]:
+                p.factors[j] = got
     if flat:
         torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
     for p in params:
@@ -237,11 +261,18 @@ class _Scratch:
 
     def __init__(self) -> None:
         self.buf: Tensor | None = None
+        self.one: Tensor | None = None
 
     def get(self, n: int, like: Tensor) -> Tensor:
         if self.buf is None or self.buf.numel() < n or self.buf.device != like.device:
             self.buf = torch.empty(n, dtype=torch.float32, device=like.device)
         return self.buf[:n]
+
+    def ones(self, n: int, like: Tensor) -> Tensor:
+        """``n`` float32 ones (slices of one buffer)."""
+        if self.one is None or self.one.numel() < n or self.one.device != like.device:
+            self.one = torch.ones(max(n, 4096), dtype=torch.float32, device=like.device)
+        return self.one[:n]
 
 
 def _steps(rows: int, width: int, device: torch.device) -> list[slice]:
@@ -258,14 +289,14 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
         if a == 1:
             return torch.linalg.vector_norm(x[0], dim=1).square_()
         cols = _weighted_cols(x.reshape(a, r * q), None, scratch)  # (R P,)
-        return cols.view(r, q).sum(1)
+        return cols if q == 1 else cols.view(r, q).sum(1)
     o, i, k = p.mat.shape
     row_use = x.shape[0] == 1
     other = p.factors.get(1 - j)  # the other use's scale, if its coupling came first
     if k > 1:
         if p.m is None:
             p.m = _block_sumsq(p.mat, scratch)  # (O, I)
-        w2 = None if other is None else other[1].square()
+        w2 = None if other is None else other[2]
         if row_use:
             return p.m.sum(1) if w2 is None else p.m @ w2
         return p.m.sum(0) if w2 is None else w2 @ p.m
@@ -273,15 +304,15 @@ def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
     if row_use:
         if other is None:
             return torch.linalg.vector_norm(x2, dim=1).square_()
-        return _weighted_rows(x2, other[1].square(), scratch)
-    return _weighted_cols(x2, None if other is None else other[1].square(), scratch)
+        return _weighted_rows(x2, other[2], scratch)
+    return _weighted_cols(x2, None if other is None else other[2], scratch)
 
 
 def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
     """``(O, I, K)`` -> ``(O, I)`` float32 sums over ``K``, one read, squares chunk by chunk."""
     o, i, k = mat.shape
     out = torch.empty(o, i, dtype=torch.float32, device=mat.device)
-    ones = torch.ones(k, dtype=torch.float32, device=mat.device)
+    ones = scratch.ones(k, mat)
     for s in _steps(o, i * k, mat.device):
         chunk = mat[s]
         sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
@@ -293,7 +324,7 @@ def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: _Scratch) -> Ten
     """``(rows, cols)`` -> ``(cols,)`` float32 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
     rows, width = x2.shape
     acc = torch.zeros(width, dtype=torch.float32, device=x2.device)
-    w = torch.ones(rows, dtype=torch.float32, device=x2.device) if weights is None else weights
+    w = scratch.ones(rows, x2) if weights is None else weights
     for s in _steps(rows, width, x2.device):
         chunk = x2[s]
         sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
@@ -328,9 +359,10 @@ def _write(p: _Param) -> None:
     r, c = p.factors[0 if rows_first else 1][1], p.factors[1 if rows_first else 0][1]
     cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
     flat = p.mat.view(o, i * k)
+    rows = r[:, None]
     for s in _steps(o, i * k, p.mat.device):  # the second factor while the chunk is still in cache
         chunk = flat[s]
         if rows_first:
-            chunk.mul_(r[s, None]).mul_(cols)
+            chunk.mul_(rows[s]).mul_(cols)
         else:
-            chunk.mul_(cols).mul_(r[s, None])
+            chunk.mul_(cols).mul_(rows[s])
