@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .axes import AxisGraph
-from .meta import SIZE_CONTROL, SIZE_READS
+from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS
+from .sizes import SIZE_ATTRIBUTES
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads"]
 
@@ -45,11 +46,13 @@ READ_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 Site = tuple[str, str]  # (layer path, attribute)
+VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
 _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
 _ACTIVE: list[_Log] = []
 _RECORDERS: dict[type, type] = {}
 _LAYER_CLASSES: dict[type, bool] = {}
+_NAMES: frozenset[str] | set[str] = READ_ATTRIBUTES
 
 
 def _by_user(depth: int) -> bool:
@@ -58,11 +61,33 @@ def _by_user(depth: int) -> bool:
 
 
 class _Log:
-    """Reads handed out during one trace."""
+    """Reads during one trace: the ``SizeRead``s handed out, and which size attributes each
+    recorded module had read (by anyone)."""
 
     def __init__(self, paths: dict[int, str]) -> None:
         self.paths = paths
         self.made: list[SizeRead | SizeTuple] = []
+        self.reads: dict[int, set[str]] = {}
+        self.swapped: list[tuple[nn.Module, type]] = []
+
+    def note(self, module: nn.Module, name: str) -> None:
+        names = self.reads.get(id(module))
+        if names is not None:
+            names.add(name)
+
+    def narrow(self) -> None:
+        """Forget everything and stop recording modules other than torch.nn layers (before
+        ``torch.export``, whose literals say nothing of what the code read)."""
+        self.made.clear()
+        keep = []
+        for m, cls in self.swapped:
+            if _layer_class(cls):
+                keep.append((m, cls))
+                self.reads[id(m)] = set()
+            else:
+                object.__setattr__(m, "__class__", cls)
+                self.reads.pop(id(m), None)
+        self.swapped = keep
 
     def reaching(self) -> _Reaching:
         """A torch function mode for ``torch.export``: reads passed to torch count as reached."""
@@ -176,7 +201,7 @@ def _arith(op: str) -> Any:
         if out is NotImplemented:  # ``n * h``: the Proxy's reflected op holds ``n``
             return out
         if not isinstance(out, int) or isinstance(out, bool) or not _by_user(1):
-            self._use("arithmetic outside the graph")  # a float (``1 / n``), or torch's own arithmetic
+            self._use(VALUE)  # a float (``1 / n``), or torch's own arithmetic
             return out
         sites = self._sites.union(*(o._sites for o in other if isinstance(o, _Tracked)))
         for o in (self, *other):
@@ -267,35 +292,54 @@ def _recorder(cls: type) -> type:
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
-            if name in READ_ATTRIBUTES and _ACTIVE and _by_user(1):
-                return _ACTIVE[-1].wrap(self, name, value)
+            if name in _NAMES and _ACTIVE:
+                log = _ACTIVE[-1]
+                if name in READ_ATTRIBUTES and _by_user(1):
+                    wrapped = log.wrap(self, name, value)
+                    if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
+                        return wrapped
+                log.note(self, name)
             return value
 
         ns = {"__getattribute__": __getattribute__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
-        rec = _RECORDERS[cls] = type(cls.__name__, (cls,), ns)
+        try:
+            rec = type(cls.__name__, (cls,), ns)
+        except Exception as e:  # noqa: BLE001 - a final class, or an __init_subclass__ that refuses
+            raise TypeError(f"cannot record {cls.__name__}") from e
+        _RECORDERS[cls] = rec
     return rec
 
 
 @contextmanager
 def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iterator[_Log]:
-    """While active, the model's code reads ``READ_ATTRIBUTES`` of its torch.nn layers as
-    ``SizeRead``s; every layer's class is restored afterwards."""
-    layers = [m for m in modules if not READ_ATTRIBUTES.isdisjoint(m.__dict__) and _layer_class(type(m))]
+    """While active, the model's code reads ``READ_ATTRIBUTES`` of its layers as ``SizeRead``s,
+    and every read of a ``sizes.SIZE_ATTRIBUTES`` attribute of a module holding one is noted;
+    every class is restored afterwards."""
+    global _NAMES
+    _NAMES = READ_ATTRIBUTES | SIZE_ATTRIBUTES  # users may register more
+    chosen = [
+        m
+        for m in modules
+        if (not READ_ATTRIBUTES.isdisjoint(m.__dict__) and _layer_class(type(m))) or not SIZE_ATTRIBUTES.isdisjoint(m.__dict__)
+    ]
     log = _Log({})
-    if not layers:
+    if not chosen:
         yield log
         return
     log.paths = {id(m): p for p, m in model.named_modules()}
-    swapped: list[tuple[nn.Module, type]] = []
     _ACTIVE.append(log)
     try:
-        for m in layers:
+        for m in chosen:
             cls = type(m)
-            object.__setattr__(m, "__class__", _recorder(cls))
-            swapped.append((m, cls))
+            try:
+                object.__setattr__(m, "__class__", _recorder(cls))
+            except TypeError:  # a class that cannot be subclassed or swapped: not recorded
+                continue
+            log.swapped.append((m, cls))
+            log.reads[id(m)] = set()
         yield log
     finally:
-        for m, cls in swapped:
+        for m, cls in log.swapped:
             object.__setattr__(m, "__class__", cls)
         _ACTIVE.remove(log)
 
@@ -303,6 +347,9 @@ def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iter
 def finish(graph: fx.Graph, log: _Log) -> None:
     """Put plain values back in ``graph`` where it holds reads (their origin on ``SIZE_READS``)
     and list on the output node the attributes Python control flow read (``SIZE_CONTROL``)."""
+    out = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
+    if out is not None and log.reads and not out.meta.get(EXPORTED):  # export's literals are no reads
+        out.meta[MODULE_READS] = {log.paths[k]: frozenset(v) for k, v in log.reads.items() if k in log.paths}
     if not log.made:
         return
     held: set[int] = set()
@@ -314,10 +361,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             return int(a) if isinstance(a, int) else tuple(a)
         return a
 
-    out = None
     for node in graph.nodes:
-        if node.op == "output":
-            out = node
         found: dict[Any, set[Site]] = {}
         args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
         if found:
@@ -330,16 +374,16 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             kind = "a use the traced graph does not hold (range, a list's length)"
         if kind is not None:
             for site in t._sites:
-                control.setdefault(site, kind)
+                if control.get(site) in (None, VALUE):
+                    control[site] = kind
     log.made.clear()
     if out is not None and control:
         out.meta[SIZE_CONTROL] = control
 
 
 def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
-    """Pin the axes each attribute in ``SIZE_CONTROL`` sizes: the layer's parameter and buffer
-    axes of that length (all of them where none has it), the axes a literal of it shaped, and
-    the layer's own input and output axes of that length."""
+    """Pin the axes each attribute in ``SIZE_CONTROL`` sizes (``_sized_axes``); an attribute
+    used only as a number (``VALUE``) costs them their zero-invariance."""
     out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
     control: dict[Site, str] = out.meta.get(SIZE_CONTROL, {}) if out is not None else {}
     if not control:
@@ -350,22 +394,54 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
         if layer is None:
             continue
         value = getattr(layer, attr, None)
-        lengths = set(value) if isinstance(value, tuple) else {value}
-        reason = f"python control flow on {path}.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
-        owned = (*layer._parameters.items(), *layer._buffers.items())
-        tensors = [(graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)]
-        axes = [("p", k, d) for k, t in tensors for d, n in enumerate(t.shape) if n in lengths]
-        if not any(a in graph.sizes for a in axes):
-            axes = [("p", k, d) for k, t in tensors for d in range(t.ndim)]
-        for node in nodes:
-            if (node.op == "call_module" and str(node.target) == path) or _innermost(node) == path:
-                for n in (node, *node.all_input_nodes):
-                    axes += [a for a in graph.values.get(prefix + n.name, []) if graph.sizes[a] in lengths]
-        axes += [a for a, refs in graph.size_refs.items() if any((s.owner, s.attr) == (path, attr) for s in refs)]
-        for a in axes:
-            if a in graph.sizes:
+        if kind == VALUE:
+            reason = f"forward uses {path}.{attr} = {value} as a number: removing a channel changes it"
+        else:
+            reason = f"python control flow on {path}.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
+        for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
+            if kind != VALUE:
                 graph.pin(a, reason)
-                graph.mix(a, reason)
+            graph.mix(a, reason)
+
+
+def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: str, attr: str, prefix: str) -> list:
+    """The axes ``layer.attr`` counts: those its layer type names (``_sized``), else the
+    layer's tensors' axes of that length, plus the axes a literal of it shaped; where none
+    is found, the layer's output axes of that length, else every axis of its tensors."""
+    value = getattr(layer, attr, None)
+    lengths = set(value) if isinstance(value, tuple) else {value}
+    owned = (*layer._parameters.items(), *layer._buffers.items())
+    tensors = {k: (graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)}
+    axes = [("p", tensors[k][0], d) for k, d in _sized(layer, attr) if k in tensors and tensors[k][1].shape[d] in lengths]
+    axes = [a for a in axes if a in graph.sizes]
+    if not axes:
+        axes = [("p", k, d) for k, t in tensors.values() for d, n in enumerate(t.shape) if n in lengths]
+        axes = [a for a in axes if a in graph.sizes]
+    axes += [a for a, refs in graph.size_refs.items() if any((r.owner, r.attr) == (path, attr) for r in refs)]
+    if not axes:
+        own = [n for n in nodes if (n.op == "call_module" and str(n.target) == path) or _innermost(n) == path]
+        axes = [a for n in own for a in graph.values.get(prefix + n.name, []) if graph.sizes[a] in lengths]
+    if not axes:
+        axes = [a for k, t in tensors.values() for d in range(t.ndim) if (a := ("p", k, d)) in graph.sizes]
+    return axes
+
+
+def _sized(layer: nn.Module, attr: str) -> list[tuple[str, int]]:
+    """(tensor, axis) pairs of a layer that ``attr`` counts, where the layer type says so
+    (``in_channels`` is a conv weight's axis 1, or 0 when transposed); empty where the
+    tensors of that length are the answer (``num_features``)."""
+    t = int(bool(getattr(layer, "transposed", False)))
+    table: dict[str, list[tuple[str, int]]] = {
+        "out_channels": [("weight", t), ("bias", 0)],
+        "in_channels": [("weight", 1 - t)],
+        "out_features": [("weight", 0), ("bias", 0)],
+        "in_features": [("weight", 1)],
+        "in1_features": [("weight", 1)],
+        "in2_features": [("weight", 2)],
+        "embedding_dim": [("weight", 1)],
+        "num_embeddings": [("weight", 0)],
+    }
+    return table.get(attr, [])
 
 
 def _innermost(node: fx.Node) -> str | None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .config_reads import read_by_forward
-from .meta import SIZE_READS
+from .meta import MODULE_READS, SIZE_READS
 
 __all__ = [
     "COUNT_ATTRIBUTES",
@@ -72,9 +72,12 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
         return []
     value = tuple(value) if isinstance(value, list) else value
-    read = node.meta.get(SIZE_READS)
-    if read and value in read:  # the code wrote a layer's size attribute there (``size_reads``)
-        return [SizeSource(path, attr) for path, attr in sorted(read[value])]
+    read = (node.meta.get(SIZE_READS) or {}).get(value)
+    if read and len(read) == 1:  # the code wrote a layer's size attribute there (``size_reads``)
+        ((path, attr),) = read
+        have = getattr(modules.get(path), attr, None)
+        if have == value or (isinstance(have, tuple) and len(have) == 1 and have[0] == value):
+            return [SizeSource(path, attr)]
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)
@@ -85,7 +88,7 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         module = modules.get(path)
         if module is None:
             continue
-        hits = _equal_attributes(module, value)
+        hits = [a for a in _equal_attributes(module, value) if _read_by_module(node, path, a, value)]
         if hits:
             return [SizeSource(path, a) for a in hits]
         config = getattr(module, "config", None)
@@ -124,6 +127,7 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
         owners.append(("config", shared))
     for owner, obj in owners:
         hits = [a for a in COUNT_ATTRIBUTES if _is_count(c := getattr(obj, a, None)) and c * unit == value]
+        hits = [a for a in hits if _read_by_module(node, owner, a, value)]
         hits = [a for a in hits if isinstance(obj, nn.Module) or read_by_forward(node, obj, a)]
         if hits:
             return [SizeSource(owner, a) for a in hits], unit
@@ -149,6 +153,20 @@ def count_plus_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module])
         if hits:
             return [SizeSource(path, a) for a in hits]
     return []
+
+
+def _read_by_module(node: fx.Node, path: str, attr: str, value: Any) -> bool:
+    """Did the traced code read ``attr`` of the module at ``path`` (True where unrecorded, and
+    under torch.export, whose literals may come from anywhere)? Where the code's own reads
+    were handed out as ``SizeRead``s, only a literal made of one counts (``node``'s
+    ``SIZE_READS`` for ``value``). A literal that only equals an attribute nobody read
+    (``view(b, 64, -1)`` beside ``self.dim = 64``) stays a constant."""
+    graph = getattr(node, "graph", None)
+    out = next((n for n in reversed(graph.nodes) if n.op == "output"), None) if graph is not None else None
+    recorded = out.meta.get(MODULE_READS, {}).get(path) if out is not None else None
+    if recorded is None or attr in recorded:
+        return True
+    return (path, attr) in (node.meta.get(SIZE_READS) or {}).get(value, ())
 
 
 def _is_count(v: Any) -> bool:

@@ -133,7 +133,7 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
             try:
                 graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
-                sizes.made.clear()  # what the failed attempt read does not count
+                sizes.narrow()  # what the failed attempt read does not count
                 with sizes.reaching():
                     graph = _exported(model, args, kwargs, fx_error)
                 finish_size_reads(graph, sizes)

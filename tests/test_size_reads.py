@@ -1,0 +1,202 @@
+"""Size attributes of layers read by the model's code (``graph/size_reads.py``).
+
+Neither tracer sees ``self.conv.out_channels``: it is a plain int. A branch on one must pin
+the group it sizes at plan time (the pruned model would take another branch), and a literal
+counts as a layer's attribute only where the code read it. Each model runs on the torch.fx
+path, and with a device check in ``forward`` (torch.fx cannot trace it) on torch.export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_untouched, check_oracle, fingerprint, set_extras
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.graph.trace import is_exported, trace_graph
+
+C = 8
+X4 = (2, 3, 6, 6)
+PATHS = [pytest.param(False, id="fx"), pytest.param(True, id="export")]
+
+
+class Two(nn.Module):
+    """conv ``a`` (group ``a:out``, untouched by the spellings) -> conv ``c`` (group ``c:out``)
+    -> ``fn(self, h)`` -> head sized by a dry run; ``export`` adds a device check torch.fx
+    cannot trace."""
+
+    def __init__(self, fn: Callable[..., Tensor], export: bool, **extra: nn.Module) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)
+        self.c, self.bn2 = nn.Conv2d(C, C, 3, padding=1), nn.BatchNorm2d(C)
+        set_extras(self, extra)
+        self.fn, self.export = fn, export
+        with torch.no_grad():
+            out = fn(self, self._body(torch.randn(*X4)))
+        self.head = nn.Conv2d(out.shape[1], 4, 1) if out.dim() == 4 else nn.Linear(out.shape[-1], 4)
+
+    def _body(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn2(self.c(torch.relu(self.bn(self.a(x))))))  # (B, C, H, W)
+        if self.export and h.is_cuda:
+            h = h.contiguous()
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.fn(self, self._body(x)))
+
+
+def _asserts(s: nn.Module, h: Tensor) -> Tensor:
+    assert s.bn2.num_features == h.shape[1]
+    return h
+
+
+def _loops(s: nn.Module, h: Tensor) -> Tensor:
+    for i in range(s.c.out_channels // 4):
+        h = h + i
+    return h
+
+
+def _loops_whole(s: nn.Module, h: Tensor) -> Tensor:
+    for _ in range(s.c.out_channels):
+        h = h + 1
+    return h
+
+
+def _loops_norm(s: nn.Module, h: Tensor) -> Tensor:
+    h = s.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    for _ in range(s.norm.normalized_shape[0]):
+        h = h * 0.5
+    return h
+
+
+def _linear_branch(s: nn.Module, h: Tensor) -> Tensor:
+    h = torch.relu(s.fc(h.mean((2, 3))))
+    return h * 2 if s.fc.out_features > 4 else h
+
+
+# (spelling, extra layers, the group it must pin, the attribute its reason names)
+PINS = [
+    pytest.param(lambda s, h: h * 2 if s.c.out_channels == C else h, {}, "c:out", "c.out_channels", id="equal"),
+    pytest.param(lambda s, h: h * 2 if s.c.out_channels != 64 else h, {}, "c:out", "c.out_channels", id="other-branch"),
+    pytest.param(lambda s, h: h * 2 if s.c.in_channels == C else h, {}, "a:out", "c.in_channels", id="in-channels"),
+    pytest.param(_linear_branch, {"fc": nn.Linear(C, 6)}, "fc:out", "fc.out_features", id="linear-greater"),
+    pytest.param(_asserts, {}, "c:out", "bn2.num_features", id="assert"),
+    pytest.param(_loops, {}, "c:out", "c.out_channels", id="range-floordiv"),
+    pytest.param(_loops_whole, {}, "c:out", "c.out_channels", id="range"),
+    pytest.param(_loops_norm, {"norm": nn.LayerNorm(C)}, "c:out", "norm.normalized_shape", id="normalized-shape"),
+    pytest.param(lambda s, h: h * int(s.c.out_channels**0.5), {}, "c:out", "c.out_channels", id="int"),
+    pytest.param(lambda s, h: h if s.c.out_channels else -h, {}, "c:out", "c.out_channels", id="bool"),
+]
+
+
+@pytest.mark.parametrize("export", PATHS)
+@pytest.mark.parametrize(("fn", "extra", "group", "attr"), PINS)
+def test_control_flow_on_a_layer_size_pins_its_group(
+    fn: Callable[..., Tensor], extra: dict, group: str, attr: str, export: bool, tmp_path: Path
+) -> None:
+    """The plan pins the group the attribute sizes, naming layer and attribute; every group it
+    calls prunable prunes at 0.5 and matches the masked model; the model is left untouched."""
+    model, x = Two(fn, export, **extra), torch.randn(*X4)
+    assert is_exported(trace_graph(model, x)) is export
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    assert type(model.c) is nn.Conv2d and type(model.bn2) is nn.BatchNorm2d  # classes restored
+    g = plan.group(group)
+    assert not g.prunable and attr in (g.reason or "") and "control flow" in (g.reason or ""), g
+    assert plan.prunable, "the other conv stays prunable"
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+def _view_read(s: nn.Module, h: Tensor) -> Tensor:
+    return h.view(h.shape[0], s.c.out_channels, -1).mean(-1)  # (B, C)
+
+
+def _zeros_read(s: nn.Module, h: Tensor) -> Tensor:
+    return h.mean((2, 3)) + h.new_zeros(h.shape[0], s.c.out_channels)
+
+
+@pytest.mark.parametrize(
+    ("fn", "export"),
+    [
+        pytest.param(_view_read, False, id="view-fx"),
+        pytest.param(_view_read, True, id="view-export"),
+        pytest.param(_zeros_read, False, id="new-zeros-fx"),
+    ],
+)
+def test_a_layer_size_read_to_build_a_size_follows(fn: Callable[..., Tensor], export: bool, tmp_path: Path) -> None:
+    """``h.view(b, self.c.out_channels, -1)``: the attribute sizes a tensor that follows the
+    pruned channels, so the group stays prunable and prunes (exact on the masked model)."""
+    model, x = Two(fn, export), torch.randn(*X4)
+    plan = skg.plan(model, x)
+    assert plan.group("c:out").prunable, plan.group("c:out")
+    result = check_oracle(model, x, tmp_path, min_drop=0.0)
+    assert result.model.c.out_channels == C // 2
+
+
+def test_a_fresh_tensor_sized_by_a_layer_read_under_export_is_safe(tmp_path: Path) -> None:
+    """Known limit: torch.export writes ``new_zeros(b, self.c.out_channels)`` with a plain
+    literal, which no rule can tell from a constant: the group pins (never a failing prune)."""
+    model, x = Two(_zeros_read, True), torch.randn(*X4)
+    assert not skg.plan(model, x).group("c:out").prunable
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+def _view_literal(s: nn.Module, h: Tensor) -> Tensor:
+    return h.view(h.shape[0], C, -1).mean(-1)  # the literal 8 equals s.c.out_channels and s.dim
+
+
+@pytest.mark.parametrize("export", PATHS)
+def test_a_literal_equal_to_an_unread_size_attribute_never_prunes_wrongly(export: bool, tmp_path: Path) -> None:
+    """``view(b, 8, -1)`` written as a literal beside ``self.dim = 8`` (a size attribute the
+    forward never reads) and ``c.out_channels = 8``: the literal does not follow a pruned
+    count, so the group pins (or, under export, prunes only where the pruned model is exact)."""
+    model, x = Two(_view_literal, export), torch.randn(*X4)
+    model.dim = C
+    if not export:
+        g = skg.plan(model, x).group("c:out")
+        assert not g.prunable and "constant size" in (g.reason or ""), g
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+def test_a_size_used_as_a_number_costs_zero_invariance_only(tmp_path: Path) -> None:
+    """``h * (1 / self.c.out_channels)``: a value, not control flow; the group stays prunable
+    but is not zero-invariant (pruning changes the number)."""
+    model, x = Two(lambda s, h: h * (1 / s.c.out_channels), False), torch.randn(*X4)
+    g = skg.plan(model, x).group("c:out")
+    assert g.prunable and not g.zero_invariant, g
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+class Attention(nn.Module):
+    """A hand-written attention that branches on its own head count."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.branch = 2, 4, branch
+        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1)).softmax(-1) @ v  # (B, H, L, D)
+        if self.branch and self.num_heads > 1:
+            a = a * 2
+        return self.proj(a.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["plain", "branch"])
+def test_a_custom_layer_branching_on_its_head_count_pins_the_heads(branch: bool, tmp_path: Path) -> None:
+    """A module's own size attribute (``self.num_heads``) that decides a branch pins the heads it
+    counts; without the branch the heads prune."""
+    model, x = Attention(branch), torch.randn(2, 5, C)
+    plan = skg.plan(model, x)
+    heads = [g for g in plan.groups if any(m.param == "proj.weight" and m.axis == 1 for m in g.members)]
+    assert heads and heads[0].prunable is not branch, heads
+    if branch:
+        assert "num_heads" in (heads[0].reason or ""), heads[0]
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
