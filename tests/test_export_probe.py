@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close_rel, assert_untouched, fingerprint
+from helpers import assert_close_rel, assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -181,3 +181,53 @@ def test_plan_round_trips_with_probe_reasons(tmp_path: Path) -> None:
     again = skg.Plan.load(tmp_path / "p.json")
     saved = {g["name"]: g for g in json.loads((tmp_path / "p.json").read_text())["groups"]}
     assert again == plan and "torch.export" in saved["fc:out"]["reason"]
+
+
+class EitherWide(nn.Module):
+    """Two widths (groups ``a:out``, ``b:out``) and a branch that changes only when both
+    shrink; ``c:out`` is read by nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, W), nn.Linear(6, W), nn.Linear(6, W)
+        self.head_a, self.head_b, self.head_c = nn.Linear(W, 3), nn.Linear(W, 3), nn.Linear(W, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h1, h2, h3 = torch.relu(self.a(x)), torch.relu(self.b(x)), torch.relu(self.c(x))
+        if h1.is_cuda:
+            h1 = h1.contiguous()
+        y = self.head_a(h1) + self.head_b(h2) + self.head_c(h3)
+        return y * 2 if h1.shape[-1] > 8 or h2.shape[-1] > 8 else y
+
+
+def test_groups_that_break_only_together_are_both_pinned(tmp_path: Path) -> None:
+    """Bisection finds no group that fails alone: the probe pins them together, saying so."""
+    model, x = EitherWide(), torch.randn(*X)
+    plan = skg.plan(model, x)
+    for name in ("a:out", "b:out"):
+        g = plan.group(name)
+        assert not g.prunable and "pruned together with" in (g.reason or ""), g
+    assert plan.group("c:out").prunable
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+@pytest.mark.slow
+def test_a_branch_in_one_hugging_face_layer_pins_that_layer_only(tmp_path: Path) -> None:
+    """LLaMA (torch.export) with layer 0's MLP branching on its width: that MLP group is pinned
+    by the probe; every other group is planned as without the branch, and the rest prunes."""
+    transformers = pytest.importorskip("transformers")
+    from sparsekit_graph.zoo import hf_model
+
+    class BranchyMLP(transformers.models.llama.modeling_llama.LlamaMLP):
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.act_fn(self.gate_proj(x)) * self.up_proj(x)
+            return self.down_proj(h * 0.5 if h.shape[-1] > 64 else h)
+
+    torch.manual_seed(0)
+    model, x = hf_model("llama")
+    clean = skg.plan(model, x)
+    model.model.layers[0].mlp.__class__ = BranchyMLP
+    plan = skg.plan(model, x)
+    changed = [(a.name, b.reason) for a, b in zip(clean.groups, plan.groups) if a != b]
+    assert len(changed) == 1 and "layers.0.mlp" in changed[0][0] and "torch.export" in changed[0][1], changed
+    check_oracle(model, x, tmp_path, min_drop=0.0)

@@ -55,7 +55,7 @@ def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.
     todo = list(range(len(units)))
     why = attempt(todo)
     while why is not None:
-        found = _culprits(todo, why, attempt)
+        found = _culprits(todo, why, attempt, lambda us: ", ".join(n for u in us for n in units[u]))
         failed.update(found)
         todo = [u for u in todo if u not in found]
         why = attempt(todo) if todo else None
@@ -126,19 +126,39 @@ def _attempter(
     return attempt
 
 
-def _culprits(units: list[int], why: str, attempt: Attempt) -> dict[int, str]:
-    """The units (of ``units``, which fail together with ``why``) that fail on their own, by
-    bisection; all of them when no part fails alone (groups that break only together)."""
+def _culprits(units: list[int], why: str, attempt: Attempt, label: Callable[[list[int]], str]) -> dict[int, str]:
+    """Units of ``units`` (which fail together, with ``why``) to pin: by bisection, those that
+    fail on their own; where no half fails alone, a minimal set of units that fail together
+    (QuickXplain: the smallest part of one half that fails with the other, then the converse)."""
     if len(units) == 1:
         return {units[0]: why}
-    found: dict[int, str] = {}
     half = len(units) // 2
-    for part in (units[:half], units[half:]):
+    left, right = units[:half], units[half:]
+    found: dict[int, str] = {}
+    for part in (left, right):
         reason = attempt(part)
         if reason is not None:
-            found.update(_culprits(part, reason, attempt))
-    together = f"pruned together with {len(units) - 1} other groups: {why}"
-    return found or {u: together for u in units}
+            found.update(_culprits(part, reason, attempt, label))
+    if found:
+        return found
+    need_right = _needed(left, right, attempt)
+    conflict = _needed(need_right, left, attempt) + need_right
+    return {u: f"pruned together with {label([v for v in conflict if v != u])}: {why}" for u in conflict}
+
+
+def _needed(base: list[int], candidates: list[int], attempt: Attempt) -> list[int]:
+    """A minimal part of ``candidates`` that fails with all of ``base`` (``base`` alone passes,
+    ``base + candidates`` fails)."""
+    if len(candidates) == 1:
+        return candidates
+    half = len(candidates) // 2
+    first, second = candidates[:half], candidates[half:]
+    if attempt(base + first) is not None:
+        return _needed(base, first, attempt)
+    if attempt(base + second) is not None:
+        return _needed(base, second, attempt)
+    need_first = _needed(base + second, first, attempt)
+    return need_first + _needed(base + need_first, second, attempt)
 
 
 def _reason(size: int, mask: Tensor, why: str) -> str:
