@@ -178,15 +178,15 @@ def conditioned(
     size = tau.numel()
     pieces = pieces if overlap else merge_small(pieces)
     t = tau.double()
-    sums = t.new_zeros(5, size)  # the last row counts each block's pieces summed in float32 (on any rank)
+    sums = t.new_zeros(6, size)  # the last row counts each block's pieces summed in float32 (on any rank)
     for p in pieces:
         if not (p.counted and p.w.numel()):
             continue
-        p.add_to(sums[:4], _setup_pass(p))
+        p.add_to(sums[:5], _setup_pass(p))
         if not _precise(p):
-            p.add_to(sums[4], sums.new_ones(p.w.shape[1]))
+            p.add_to(sums[5], sums.new_ones(p.w.shape[1]))
     reduce(sums)
-    precise = sums[4] == 0
+    precise = sums[5] == 0
     norm = sums[0].sqrt()
     survive = norm > t + floor
     active = survive & (t > 0)
@@ -197,12 +197,20 @@ def conditioned(
     # concave (Cauchy-Schwarz), so Newton's step from 0 overshoots the root and Halley's lands short
     # of Newton's; their geometric mean needs the fewest sweeps in the regimes measured (conditioners
     # of a few Adam steps, spread over decades).
+    # Far from 0 (a block near death: mu large next to h) that Taylor series says nothing (Newton's
+    # step from 0 is then negative), but Jensen bounds the root from above: 1/q(mu) <= (mu + s)/||y||
+    # with s = sum y^2 h / ||y||^2 (1/(h + mu)^2 is convex in h), so phi(mu) <= 0 at
+    # mu = tau s / (||y|| - tau). Where Newton's step from 0 is valid and below that bound, start from
+    # the mean above; else from the bound (Newton then converges monotonically from the right).
     m0 = q0 * q0
     f0, f1 = 1 / q0, sums[2] / (m0 * q0) - 1 / t
     f2 = 3 * sums[2] ** 2 / (m0 * m0 * q0) - 3 * sums[3] / (m0 * q0)
     newton, halley = -f0 / f1, -2 * f0 * f1 / (2 * f1 * f1 - f0 * f2)
     start = (newton * halley).sqrt()
-    start = torch.where(active & (start > lower) & torch.isfinite(start), start, lower)
+    far = t * sums[4] / (sums[0] * (norm - t))
+    near = (newton > lower) & (newton < far) & (start > lower) & torch.isfinite(start)
+    far_ok = (far > lower) & torch.isfinite(far)
+    start = torch.where(active & near, start, torch.where(active & far_ok, far, lower))
     tol = _Tolerance(rtol, atol, max_iter)
     mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
     heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
@@ -225,16 +233,18 @@ class _Tolerance:
 
 
 def _setup_pass(p: Piece) -> Tensor:
-    """``(4, R)`` float64: per row ``||y||^2``, ``||w||^2``, ``sum w^2/h``, ``sum w^2/h^2``."""
+    """``(5, R)`` float64: per row ``||y||^2``, ``||w||^2``, ``sum w^2/h``, ``sum w^2/h^2``, ``sum y^2 h``."""
     part = fused.setup_sums(p.w, p.h) if fused.wants(p.w) else None
     if part is not None:
         return part
-    part = p.w.new_zeros(4, p.w.shape[1], dtype=torch.float64)
-    for c, wc, hc, s1, _ in _walk(p, _work_dtype(p)):
+    part = p.w.new_zeros(5, p.w.shape[1], dtype=torch.float64)
+    for c, wc, hc, s1, s2 in _walk(p, _work_dtype(p)):
         part[1, c[1]] += _sumsq(wc)  # ||w||^2
         part[2, c[1]] += _dot(wc, torch.div(wc, hc, out=s1))  # sum w^2 / h
         part[3, c[1]] += _sumsq(s1)  # sum w^2 / h^2
-        part[0, c[1]] += _sumsq(torch.mul(hc, wc, out=s1))  # ||y||^2
+        y = torch.mul(hc, wc, out=s1)
+        part[0, c[1]] += _sumsq(y)  # ||y||^2
+        part[4, c[1]] += _dot(y, torch.mul(y, hc, out=s2))  # sum y^2 h
     return part
 
 

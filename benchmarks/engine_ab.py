@@ -1,0 +1,169 @@
+"""Conditioned ``soft_threshold_all`` against one Adam step, 1-thread process time, in one process.
+
+    python benchmarks/engine_ab.py                         # both layouts, the working tree
+    python benchmarks/engine_ab.py --before 2955b20        # + the engine as of an older revision
+    python benchmarks/engine_ab.py --layout plan --profile # + where one call's time goes
+
+``engine.py`` times every contender at the issue's thread count; on a machine other processes
+share, that measures their load. This script times only what issue 10's conditioned bar compares:
+``soft_threshold_all(couplings, taus, conditioners)`` (relative 1e-6) and one Adam(foreach) step,
+in the regime of ``engine.py`` (its helpers: a real Adam state, near-death blocks, thresholds
+zeroing 2% of each coupling's blocks), weights and conditioners restored before every call, this
+process's CPU time (``time.process_time``) at one thread, contenders round robin. With
+``--before REV`` the package as of ``REV`` (``git archive``) is imported beside ours and builds its
+own couplings over the same model. Printed per layout: the median of ``--repeats`` rounds per
+contender and the ratio to Adam's median; ``--profile`` adds torch.profiler's top ops and cProfile's
+top functions of one call of ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torchvision
+from engine import ZEROED, Bench, _adam_state, _conditioners, _layout, _make_dying
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _revision(rev: str, into: Path) -> ModuleType:
+    """The package as of ``rev``, importable as ``skg_<rev>`` beside the working tree's."""
+    archive = subprocess.run(["git", "archive", rev, "sparsekit_graph"], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    name = f"skg_{rev}"
+    (into / "sparsekit_graph").rename(into / name)
+    sys.path.insert(0, str(into))
+    return importlib.import_module(name)
+
+
+def _bottlenecks(pkg: ModuleType, model: nn.Module) -> list:
+    """conv1 rows ~ conv2 columns and conv2 rows ~ conv3 columns on the 4-D weights (as engine.py)."""
+    eng = importlib.import_module(pkg.__name__ + ".engine")
+    out = []
+    for block in model.modules():
+        if isinstance(block, torchvision.models.resnet.Bottleneck):
+            for prod, cons in ((block.conv1.weight, block.conv2.weight), (block.conv2.weight, block.conv3.weight)):
+                o, k = prod.shape[0], prod[0].numel()
+                o2, k2 = cons.shape[0], cons[0, 0].numel()
+                rows = eng.BlockSpec(eng.View(prod, (o, k, 1), (k, 1, 1)), (1, -1, 1))
+                cols = eng.BlockSpec(eng.View(cons, (o2, o, k2), (o * k2, k2, 1)), (-1, 1, -1))
+                out.append(eng.BlockCoupling([rows, cols], [(0, 1, 2), (1, 0, 2)]))
+    return out
+
+
+def _couplings(pkg: ModuleType, model: nn.Module, which: str) -> list:
+    if which == "bottleneck":
+        return _bottlenecks(pkg, model)
+    plan = pkg.plan(model, torch.randn(1, 3, 224, 224))
+    bound = pkg.bind(plan, model)
+    return [bound[g.name] for g in plan.prunable]
+
+
+def _call(pkg: ModuleType, couplings: list, cond: dict[Tensor, Tensor], taus: list[Tensor]) -> Callable[[], None]:
+    eng = importlib.import_module(pkg.__name__ + ".engine")
+    hs = [{s: s.view.window(cond[s.view.param]) for s in c.specs} for c in couplings]
+    return lambda: eng.soft_threshold_all(couplings, taus, hs)
+
+
+def _profile(go: Callable[[], None], restore: Callable[[], None]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    restore()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        go()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    restore()
+    pr = cProfile.Profile()
+    pr.enable()
+    go()
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(30)
+    print(out.getvalue())
+    restore()
+
+
+def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    opt = _adam_state(model, adam_steps, batch=8, size=128)
+    cond = _conditioners(opt)
+    ours = _couplings(skg, model, which)
+    _make_dying(ours, torch.Generator().manual_seed(2 if which == "bottleneck" else 3))
+    bench = Bench(_layout(which, ours), cond, repeats)
+    calls = {name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench.tau_c) for name, pkg in contenders.items()}
+    params = opt.param_groups[0]["params"]
+    weights = [p.detach().clone() for p in params]
+    state = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+
+    def restore() -> None:
+        bench.restore()
+        with torch.no_grad():
+            for p, w, st in zip(params, weights, state):
+                p.copy_(w)
+                for k, v in st.items():
+                    opt.state[p][k].copy_(v)
+
+    calls = {"adam": opt.step, **calls}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    walls: dict[str, list[float]] = {k: [] for k in calls}
+    for k in range(repeats + 2):  # two warm-up rounds (compiling)
+        for name, go in calls.items():
+            restore()
+            t, w = time.process_time(), time.perf_counter()
+            go()
+            if k >= 2:
+                times[name].append(time.process_time() - t)
+                walls[name].append(time.perf_counter() - w)
+    restore()
+    nb = sum(c.numblk() for c in ours)
+    for label, got in (("process", times), ("wall", walls)):
+        med = {k: statistics.median(v) for k, v in got.items()}
+        cells = "  ".join(f"{k} {1e3 * v:7.2f} ms ({v / med['adam']:.2f}x)" for k, v in med.items())
+        print(f"{which} ({len(ours)} couplings, {nb} blocks), {label} time, median of {repeats}: {cells}", flush=True)
+    if profile:
+        _profile(calls["ours"], restore)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layout", choices=("both", "bottleneck", "plan"), default="both")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--adam-steps", type=int, default=4)
+    ap.add_argument("--before", default=None, help="git revision to compare against, in this process")
+    ap.add_argument("--threads", type=int, default=1, help="1: process time is the measure; more: read the wall time")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler and cProfile of one call of ours")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), process time; load average {os.getloadavg()[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = {"ours": skg}
+        if args.before:
+            contenders["before"] = _revision(args.before, Path(tmp))
+        for which in ("bottleneck", "plan"):
+            if args.layout in ("both", which):
+                run(which, contenders, args.repeats, args.adam_steps, args.profile)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
