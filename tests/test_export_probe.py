@@ -231,3 +231,20 @@ def test_a_branch_in_one_hugging_face_layer_pins_that_layer_only(tmp_path: Path)
     changed = [(a.name, b.reason) for a, b in zip(clean.groups, plan.groups) if a != b]
     assert len(changed) == 1 and "layers.0.mlp" in changed[0][0] and "torch.export" in changed[0][1], changed
     check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert", "qwen3", "vit", "swin", "t5", "gemma"])
+def test_hugging_face_plans_are_what_they_were_without_the_probe(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right plans do not change: the probe pins nothing on these families (small configs)."""
+    pytest.importorskip("transformers")
+    from sparsekit_graph.plan import planner
+    from sparsekit_graph.zoo import hf_model
+
+    torch.manual_seed(0)
+    model, x = hf_model(name)
+    before = fingerprint(model)
+    probed = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    monkeypatch.setattr(planner, "probe_plan", lambda plan, *_: plan)
+    assert skg.plan(model, x).model_dump_json() == probed.model_dump_json()
