@@ -73,9 +73,15 @@ class Piece:
 _SMALL = 1 << 14  # pieces up to this many elements are solved together (per-piece overhead dominates them)
 
 
-def merge_small(pieces: list[Piece]) -> list[Piece]:
+def merge_small(pieces: list[Piece], stack: bool = False) -> list[Piece]:
     """Small one-slice pieces with the same rows (BatchNorm scales and shifts, biases) as one copied
-    piece whose rows are theirs side by side, written back to each; the rest as they are."""
+    piece whose rows are theirs side by side, written back to each; the rest as they are.
+
+    Args:
+        pieces: A solve's pieces.
+        stack: Then also small pieces of different rows (several groups solved as one) with the
+            same row length: one copied piece, their rows stacked (``slots``: each row's block).
+    """
     groups: dict[tuple, list[Piece]] = {}
     rest = []
     for p in pieces:
@@ -84,9 +90,30 @@ def merge_small(pieces: list[Piece]) -> list[Piece]:
             groups.setdefault(key, []).append(p)
         else:
             rest.append(p)
-    for small in groups.values():
-        rest += small if len(small) < 2 else [_merged(small)]
-    return rest
+    merged = [small[0] if len(small) < 2 else _merged(small) for small in groups.values()]
+    if not stack:
+        return rest + merged
+    by_length: dict[tuple, list[Piece]] = {}
+    for p in merged:
+        key = (p.w.shape[2], p.counted, p.w.device, p.w.dtype, None if p.h is None else p.h.dtype)
+        by_length.setdefault(key, []).append(p)
+    return rest + [same[0] if len(same) < 2 else _stacked(same) for same in by_length.values()]
+
+
+def _stacked(small: list[Piece]) -> Piece:
+    """One-slice pieces of one row length as one copy, rows stacked, written back to each."""
+
+    def write(x: Tensor) -> None:
+        start = 0
+        for p in small:
+            rows = p.w.shape[1]
+            p.w.copy_(x[:, start : start + rows])
+            p.commit()
+            start += rows
+
+    h = None if small[0].h is None else torch.cat([p.h for p in small], dim=1)
+    slots = torch.cat([p.block_ids() for p in small])
+    return Piece(torch.cat([p.w for p in small], dim=1), h, slots, small[0].counted, write=write)
 
 
 def _merged(small: list[Piece]) -> Piece:

@@ -176,7 +176,7 @@ def conditioned(
         floor: Blocks with ``||h w|| <= tau + floor`` are zeroed.
     """
     size = tau.numel()
-    pieces = pieces if overlap else merge_small(pieces)
+    pieces = pieces if overlap else merge_small(pieces, stack=True)
     t = tau.double()
     sums = t.new_zeros(6, size)  # the last row counts each block's pieces summed in float32 (on any rank)
     for p in pieces:
@@ -296,12 +296,14 @@ def _newton(
     size = blocks = t.numel()
     lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
     rho_done = torch.zeros_like(mu)
+    shrink = 2  # half the blocks or fewer left: iterate on copies of their rows; once copied, an
+    # eighth (sweeping a few converged rows along costs less than copying the rest again)
     for _ in range(tol.max_iter):
         pending = int((~done).sum())
         if pending == 0:
             break
-        if 2 * pending <= blocks:  # half the blocks or fewer left: iterate on copies of their rows
-            pieces, blocks = pack(pieces, ~done), pending
+        if shrink * pending <= blocks:
+            pieces, blocks, shrink = pack(pieces, ~done), pending, 8
         st = t.new_zeros(2, size)
         for p in pieces:
             if p.counted and p.w.numel():
