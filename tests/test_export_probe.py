@@ -183,6 +183,24 @@ def test_plan_round_trips_with_probe_reasons(tmp_path: Path) -> None:
     assert again == plan and "torch.export" in saved["fc:out"]["reason"]
 
 
+NUMBERS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "inverse_sqrt_of_width": lambda m, h: h * h.shape[-1] ** -0.5,
+    "float_of_width": lambda m, h: h * (1.0 / float(h.size(-1))),
+    "mean_by_hand": lambda m, h: h - h.sum(-1, keepdim=True) / h.shape[-1],
+}
+
+
+@pytest.mark.parametrize("name", list(NUMBERS))
+def test_a_number_made_of_a_channel_count_costs_zero_invariance_under_export(name: str, tmp_path: Path) -> None:
+    """The pruned model computes with its own width (same code, other constants): prunable,
+    but not zero-invariant; the oracle then checks only that it prunes."""
+    model, x = Net(NUMBERS[name]), torch.randn(*X)
+    assert is_exported(trace_graph(model, x))
+    fc = skg.plan(model, x).group("fc:out")
+    assert fc.prunable and not fc.zero_invariant, fc
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
 class EitherWide(nn.Module):
     """Two widths (groups ``a:out``, ``b:out``) and a branch that changes only when both
     shrink; ``c:out`` is read by nothing."""

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import SparseKitError, TraceError
 from ..graph.trace import Inputs, trace_graph
-from ..prune.checks import check_pruned
+from ..prune.checks import changed_numbers, check_pruned
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
 from .schema import Plan
@@ -38,7 +38,8 @@ Attempt = Callable[[list[int]], str | None]
 
 
 def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph) -> Plan:
-    """``plan`` with every prunable group pinned whose pruning a retrace of ``model`` refuses.
+    """``plan`` with every prunable group pinned whose pruning a retrace of ``model`` refuses,
+    and every group not zero-invariant whose pruning changes a number the code computes.
 
     Args:
         plan: The plan made from ``traced``.
@@ -50,24 +51,31 @@ def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.
     if not units:
         return plan
     masks = _probe_masks(plan)
-    attempt = _attempter(plan, model, example_inputs, traced, units, masks)
+    trial = _trial(plan, model, example_inputs, traced, units, masks)
+    label = lambda us: ", ".join(n for u in us for n in units[u])  # noqa: E731
+    fails: Attempt = lambda us: trial(us)[0]  # noqa: E731
     failed: dict[int, str] = {}
     todo = list(range(len(units)))
-    why = attempt(todo)
+    why = fails(todo)
     while why is not None:
-        found = _culprits(todo, why, attempt, lambda us: ", ".join(n for u in us for n in units[u]))
+        found = _culprits(todo, why, fails, label)
         failed.update(found)
         todo = [u for u in todo if u not in found]
-        why = attempt(todo) if todo else None
-    if not failed:
+        why = fails(todo) if todo else None
+    # The rest prunes; where its code computes values from a pruned size, it is not zero-invariant.
+    computes: Attempt = lambda us: trial(us)[1] if trial(us)[0] is None else None  # noqa: E731
+    changed = computes(todo) if todo else None
+    valued = {n for u in _culprits(todo, changed, computes, label) for n in units[u]} if changed else set()
+    if not failed and not valued:
         return plan
     reasons = {name: failed[u] for u, names in enumerate(units) if u in failed for name in names}
-    groups = [
-        g.model_copy(update={"prunable": False, "reason": _reason(g.size, masks[g.name], reasons[g.name])})
-        if g.name in reasons
-        else g
-        for g in plan.groups
-    ]
+    groups = []
+    for g in plan.groups:
+        if g.name in reasons:
+            g = g.model_copy(update={"prunable": False, "reason": _reason(g.size, masks[g.name], reasons[g.name])})
+        elif g.name in valued:
+            g = g.model_copy(update={"zero_invariant": False})
+        groups.append(g)
     return plan.model_copy(update={"groups": groups})
 
 
@@ -103,27 +111,39 @@ def _probe_masks(plan: Plan) -> dict[str, Tensor]:
     return snap_tied(plan, masks, scores)
 
 
-def _attempter(
+def _trial(
     plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph, units: list[list[str]], masks: dict[str, Tensor]
-) -> Attempt:
-    """A function: indices of ``units`` -> why pruning those groups fails (None if it does not)."""
+) -> Callable[[list[int]], tuple[str | None, str | None]]:
+    """A function: indices of ``units`` -> (why pruning those groups fails, or None; which
+    numbers of the code changed with them, or None), each set traced once."""
+    seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
 
-    def attempt(chosen: list[int]) -> str | None:
-        some = {n: masks[n] for u in chosen for n in units[u] if n in masks}
-        work = copy_model(model, weights=False)
-        try:
-            remove_channels(work, plan, some)
-            check_pruned(plan, some, traced, trace_graph(work, example_inputs))
-        except TraceError as e:  # the retrace's own error, not the fx-then-export summary
-            cause = e.__cause__ or e
-            return f"the pruned model does not trace: {type(cause).__name__}: {str(cause).strip()}"
-        except SparseKitError as e:
-            return str(e)
-        except Exception as e:  # noqa: BLE001 - whatever stops the pruned copy stops prune
-            return f"{type(e).__name__}: {e}"
-        return None
+    def trial(chosen: list[int]) -> tuple[str | None, str | None]:
+        key = tuple(sorted(chosen))
+        if key not in seen:
+            seen[key] = _prune_and_trace(plan, model, example_inputs, traced, {n: masks[n] for u in key for n in units[u]})
+        return seen[key]
 
-    return attempt
+    return trial
+
+
+def _prune_and_trace(
+    plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph, masks: dict[str, Tensor]
+) -> tuple[str | None, str | None]:
+    work = copy_model(model, weights=False)
+    try:
+        remove_channels(work, plan, masks)
+        after = trace_graph(work, example_inputs)
+        check_pruned(plan, masks, traced, after)
+    except TraceError as e:  # the retrace's own error, not the fx-then-export summary
+        cause = e.__cause__ or e
+        return f"the pruned model does not trace: {type(cause).__name__}: {str(cause).strip()}", None
+    except SparseKitError as e:
+        return str(e), None
+    except Exception as e:  # noqa: BLE001 - whatever stops the pruned copy stops prune
+        return f"{type(e).__name__}: {e}", None
+    changed = changed_numbers(traced, after)
+    return None, f"numbers computed from its size changed at {', '.join(changed[:3])}" if changed else None
 
 
 def _culprits(units: list[int], why: str, attempt: Attempt, label: Callable[[list[int]], str]) -> dict[int, str]:

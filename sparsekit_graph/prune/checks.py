@@ -12,7 +12,7 @@ from ..graph.meta import META
 from ..graph.sizes import module_stack
 from ..plan.schema import Plan
 
-__all__ = ["check_pruned", "same_code", "same_outputs", "sizes_followed"]
+__all__ = ["changed_numbers", "check_pruned", "same_code", "same_outputs", "sizes_followed"]
 
 
 def check_pruned(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after: fx.Graph) -> None:
@@ -101,11 +101,7 @@ _REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, tor
 def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
     """What a graph runs, in order (constants by kind: fx names them anew per trace), less
     re-views and whole-axis slices."""
-    return [
-        (n.op, None if n.op == "get_attr" else n.target)
-        for n in graph.nodes
-        if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n)
-    ]
+    return [(n.op, None if n.op == "get_attr" else n.target) for n in _kept_nodes(graph)]
 
 
 def _whole_slice(n: fx.Node) -> bool:
@@ -122,3 +118,28 @@ def same_outputs(before: fx.Graph, after: fx.Graph) -> None:
     """The pruned model returns outputs of the shapes the model returned."""
     if _output_shapes(before) != _output_shapes(after):
         raise SparseKitError(f"pruning changed the output shapes {_output_shapes(before)} -> {_output_shapes(after)}")
+
+
+# Pointwise arithmetic whose integer operands are values, not sizes (``h / 16``, ``h * 4``).
+_ARITHMETIC = {torch.ops.aten.mul.Tensor, torch.ops.aten.mul.Scalar, torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar,
+               torch.ops.aten.add.Tensor, torch.ops.aten.add.Scalar, torch.ops.aten.sub.Tensor, torch.ops.aten.sub.Scalar,
+               torch.ops.aten.rsub.Scalar, torch.ops.aten.pow.Tensor_Scalar, torch.ops.aten.pow.Scalar}  # fmt: skip
+
+
+def changed_numbers(before: fx.Graph, after: fx.Graph) -> list[str]:
+    """Nodes of ``before`` (which runs the same code as ``after``) given a number that pruning
+    changed: a float anywhere, an int in arithmetic (``h * h.shape[-1] ** -0.5``). The model
+    computes values from a pruned size, so the pruned model is not the masked one."""
+    pairs = zip(_kept_nodes(before), _kept_nodes(after))
+    return [a.name for a, b in pairs if _numbers(a) != _numbers(b)]
+
+
+def _kept_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """The nodes ``_ops`` lists, in order."""
+    return [n for n in graph.nodes if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n)]
+
+
+def _numbers(n: fx.Node) -> list[float]:
+    values = [*n.args, *n.kwargs.values()]
+    ints = n.target in _ARITHMETIC
+    return [v for v in values if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))]
