@@ -255,22 +255,23 @@ def slice_axis(ctx: RuleContext) -> None:
         ctx.exported
         and step == 1
         and isinstance(start, int)
-        and (_heads_part(ctx, src[d], out[d], start) or _count_part(ctx, src[d], out[d], start))
+        and (heads_part(ctx, src[d], out[d], start) or _count_part(ctx, src[d], out[d], start))
     ):
         ctx.pin([src[d], out[d]], f"slicing at {ctx.where()}")
 
 
-def _heads_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
+def heads_part(ctx: RuleContext, src: AxisId, out: AxisId, start: int) -> bool:
     """A part as long as ``count * head_dim`` (Phi-3's ``num_key_value_heads * head_dim``):
     output index ``i`` is input index ``start + i``, and the part's heads are a factor axis
-    (``i // head_dim``) sized by the count, which surgery rewrites. False if no such count."""
+    (``i // head_dim``) sized by the count, which surgery rewrites. False if no such count.
+    Also the parts of ``qkv.split([num_heads * head_dim, kv, kv])`` (see ``ops_join.split``)."""
     length, size = ctx.graph.size(out), ctx.graph.size(src)
     sources, unit = product_sources(ctx.node, length, ctx.modules)
     if not sources or not 0 < length < size:
         return False
     i = np.arange(length)
     ctx.graph.link(src, out, (start % size) + i, i, kind="offset")
-    heads = ctx.graph.add_axis(("v", f"{ctx.prefix}{ctx.node.name}:heads", out[2]), length // unit)
+    heads = ctx.graph.add_axis(("v", f"{out[1]}:heads", out[2]), length // unit)  # one per part of a split
     ctx.graph.link(out, heads, i, i // unit, kind="block")
     ctx.graph.size_refs.setdefault(heads, set()).update(sources)
     ctx.graph.bounds.update(sources)  # a bound is computed from the count: forward reads it

@@ -11,11 +11,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
+from .axes import AxisId
 from .context import RuleContext
 from .normalize import normalize
+from .ops_attention import heads_part
 from .ops_gather import gather_by_index
 from .ops_reshape import read_axis
 from .rules import register_function_rule
+from .sizes import product_sources
 
 # -- concat, pad and split -----------------------------------------------------------------
 
@@ -126,6 +129,8 @@ def split(ctx: RuleContext) -> None:
         or _length_over(ctx, how, src[dim], len(parts))
         or (isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
     )  # ``split(self.split_size)``: equal parts of a size the model sets
+    if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
+        return
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
     offset = 0
@@ -134,6 +139,20 @@ def split(ctx: RuleContext) -> None:
         if part is not parts[0] and is_chunk:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
+
+
+def _head_parts(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId]) -> bool:
+    """``qkv.split([self.num_heads * self.head_dim, kv, kv], -1)``: every size a head count of
+    the running layer times its head size (``sizes.product_sources``, as a sliced part under
+    ``torch.export``): each part is an offset map whose heads follow their count attribute,
+    which surgery rewrites. False (nothing linked) when any size is not such a product."""
+    sizes = [ctx.graph.size(p) for p in parts]
+    if not isinstance(how, (list, tuple)) or list(how) != sizes or len(sizes) < 2 or sum(sizes) != ctx.graph.size(src):
+        return False
+    if not all(product_sources(ctx.node, n, ctx.modules)[0] for n in sizes):
+        return False
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return all([heads_part(ctx, src, part, start) for part, start in zip(parts, starts)])
 
 
 def _length_over(ctx: RuleContext, x: object, axis: object, parts: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from .factors import record_factor
 from .meta import META
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
-from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, size_sources
+from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
 
 
 @register_function_rule(torch.flatten)
@@ -56,22 +57,49 @@ def view(ctx: RuleContext) -> None:
     # input). A literal of the code (``view(*h.shape[:-1], cfg.width)``) reads the same, so on
     # this path only prune's checks catch it (torch.fx, which most such models take, pins it).
     kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
-    # One value on two axes (4 heads of 4): no attribute can say which axis it shapes.
-    # One value on two axes: with 4 heads of 4 no attribute can say which axis it shapes (both
-    # pin). With one attribute of that value, timm's ``reshape(B, N, 3, num_heads, head_dim)``
-    # of 3 heads, the attribute is the later one (the q/k/v split comes first); a wrong guess
-    # cannot pass silently: that axis is then pinned by the ``unbind`` of q, k and v, or
-    # ``prune`` finds it did not shrink.
-    twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and raw.count(s) > 1}
-    twice -= {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
-    literal = [
-        (j in twice or (ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s))) and j not in kept
-        if isinstance(s, int) and s > 1
-        else False
-        for j, s in enumerate(raw)
-    ]
+    twice = _repeated_sizes(ctx, raw)
+
+    def constant(j: int, s: Any) -> bool:  # (records the attributes a size follows: call once per axis)
+        if not isinstance(s, int) or s <= 1:
+            return False
+        if j in twice:
+            return j not in kept
+        fixed = ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s) and not _merged_heads(ctx, j, s, groups)
+        return fixed and j not in kept
+
+    literal = [constant(j, s) for j, s in enumerate(raw)]
     _inferred_group_count(ctx, raw, out)
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _repeated_sizes(ctx: RuleContext, raw: Sequence[Any]) -> set[int]:
+    """Positions of ``raw`` whose value is on two axes: with 4 heads of 4 no attribute can say
+    which axis it shapes (both pin). With one attribute of that value, timm's ``reshape(B, N, 3,
+    num_heads, head_dim)`` of 3 heads, the attribute is the later one (the q/k/v split comes
+    first); a wrong guess cannot pass silently: that axis is then pinned by the ``unbind`` of q,
+    k and v, or ``prune`` finds it did not shrink."""
+    twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and list(raw).count(s) > 1}
+    return twice - {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
+
+
+def _merged_heads(ctx: RuleContext, j: int, value: int, groups: list[tuple[list[int], list[int]]]) -> bool:
+    """``o.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)``: a literal output size
+    that merges a head axis and a head-size axis and equals a head count of the running layer
+    times its head size (``sizes.product_sources``) is computed from the count, which surgery
+    rewrites: it follows the heads. The count is recorded on the head axis."""
+    ga = next((a for a, b in groups if b == [j]), None)
+    src = ctx.axes(ctx.input)
+    if ga is None or src is None:
+        return False
+    big = [d for d in ga if ctx.graph.size(src[d]) > 1]
+    sources, unit = product_sources(ctx.node, value, ctx.modules)
+    if not sources or len(big) != 2 or [ctx.graph.size(src[d]) for d in big] != [value // unit, unit]:
+        return False
+    heads = src[big[0]]
+    ctx.graph.size_refs.setdefault(heads, set()).update(sources)
+    for source in sources:
+        ctx.graph.size_values[source] = value // unit
+    return True
 
 
 def _count_plus_slots(ctx: RuleContext, j: int, value: int) -> bool:
@@ -191,7 +219,8 @@ def unflatten(ctx: RuleContext) -> None:
     k = len(sizes)
     if read:
         link_read_lengths(ctx, raw, out[dim : dim + k])
-    literal = [False] * dim + [not read and ctx.constant_size(out[dim + j], s) for j, s in enumerate(sizes)]
+    twice = set() if read else _repeated_sizes(ctx, sizes)  # ``unflatten(-1, (4, 4))``: 4 heads of 4
+    literal = [False] * dim + [not read and (j in twice or ctx.constant_size(out[dim + j], s)) for j, s in enumerate(sizes)]
     literal += [False] * (nd - dim - 1)
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]

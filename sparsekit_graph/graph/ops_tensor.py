@@ -50,7 +50,10 @@ _SAME_SHAPE_METHODS = [
 
 
 # One-operand ops that keep every axis: on a parameter they are views of it (``w.detach()``).
-_VIEWS = {canonical_op(n)[0] for n in ("contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "cpu", "cuda", "requires_grad_")} | {torch.Tensor.data}  # fmt: skip
+_VIEWS = {torch.Tensor.data} | {
+    canonical_op(n)[0]
+    for n in ("contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "cpu", "cuda", "requires_grad_")
+}
 _SCALINGS = {torch.mul, torch.div, operator.mul, operator.truediv, operator.floordiv, operator.imul, operator.itruediv}
 
 

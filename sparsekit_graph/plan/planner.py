@@ -22,6 +22,7 @@ from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
 from .probe import probe_plan
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
+from .shared_sizes import pin_shared_sizes
 from .ties import shared_size_ties
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
@@ -193,6 +194,7 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             reason = "gqa='query_heads': every key/value group keeps as many query heads"
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
+    groups = pin_shared_sizes(groups)  # an attribute a pinned group holds cannot change
     return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds)  # one config count read by every layer
 
 
