@@ -779,10 +779,11 @@ _DIVERGENT_PATTERNS: tuple[str, ...] = (
     # equal to a layer's size costs that layer's zero-invariance; ``h / 0.5`` cannot be a size.
     "0.5",
 )  # fmt: skip
-# A grouped conv called as a function: its group count is a literal of the call (read off the
-# layer at trace time, which the graph cannot tell from a written ``groups=8``), so it is kept
-# and channels are pruned by their position in each group (safe, coarser than the layer's plan).
-_GROUPED_CALL_PATTERNS: tuple[str, ...] = ("F.conv2d(", "torch.conv2d(", "m._conv_forward")
+# A grouped conv called through the layer's own ``_conv_forward``: torch's code reads
+# ``self.groups`` unrecorded (``graph/size_reads.py`` records only the model's code), so the
+# count is a literal of the call, kept, and channels are pruned by their position in each group
+# (safe, coarser than the layer's plan). ``F.conv2d(..., groups=self.conv.groups)`` plans like the layer.
+_GROUPED_CALL_PATTERNS: tuple[str, ...] = ("m._conv_forward",)
 # ... and those that only lose zero-invariance where a channel sum / L2 norm follows them.
 _ZERO_WALK_PATTERNS: tuple[str, ...] = (
     "a.add_(b)", "F.conv2d(", "m._conv_forward", "torch.conv2d(", "movedim", "moveaxis", "F.leaky_relu_(", "torch.addmm(",
@@ -1081,7 +1082,7 @@ _FIXED = {
     "detach-then-sum", "getitem-then-sum", "unsqueeze-then-sum", "pin-reason-order", "view-*shape", "slice", "narrow",
     "add_-then-sum", "F.conv2d-then-sum", "movedim-then-sum", "leaky_relu_-then-sum", "addmm-then-l2", "normalize-then-sum",
     "tensor_split-2", "split-size//2", "split_with_sizes", "conv-weight-detach", "conv-weight-transpose",
-    "one-channel-pad-transposed",
+    "one-channel-pad-transposed", "depthwise-functional",
 }  # fmt: skip
 
 
