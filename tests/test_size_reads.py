@@ -8,6 +8,7 @@ path, and with a device check in ``forward`` (torch.fx cannot trace it) on torch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,4 +200,42 @@ def test_a_custom_layer_branching_on_its_head_count_pins_the_heads(branch: bool,
     assert heads and heads[0].prunable is not branch, heads
     if branch:
         assert "num_heads" in (heads[0].reason or ""), heads[0]
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+@dataclasses.dataclass
+class Width:
+    """A plain config (``config_reads``): surgery rewrites ``hidden_size`` where a view reads it."""
+
+    hidden_size: int = C
+
+
+class ConfigBranch(nn.Module):
+    """Linear (group ``fc:out``) -> ``view(..., 1, config.hidden_size)`` -> head, on (B, L, 6);
+    ``branch`` adds ``if config.hidden_size == 8``."""
+
+    def __init__(self, branch: bool, export: bool) -> None:
+        super().__init__()
+        self.config, self.branch, self.export = Width(), branch, export
+        self.fc, self.head = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, C)
+        if self.export and h.is_cuda:
+            h = h.contiguous()
+        if self.branch and self.config.hidden_size == C:
+            h = h * 2
+        return self.head(h.view(*h.shape[:-1], 1, self.config.hidden_size).flatten(2))
+
+
+@pytest.mark.parametrize("export", PATHS)
+@pytest.mark.parametrize("branch", [False, True], ids=["view-only", "branch"])
+def test_control_flow_on_a_config_size_pins_the_group_it_sizes(branch: bool, export: bool, tmp_path: Path) -> None:
+    """``config.hidden_size`` sizes the view (prunable: surgery rewrites it); a branch on it
+    as well would flip in the pruned model, so the group pins, naming the attribute."""
+    model, x = ConfigBranch(branch, export), torch.randn(2, 5, 6)
+    g = skg.plan(model, x).group("fc:out")
+    assert g.prunable is not branch, g
+    if branch:
+        assert "config.hidden_size" in (g.reason or "") and "control flow" in (g.reason or ""), g
     check_oracle(model, x, tmp_path, min_drop=0.0, require=False)

@@ -20,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from .meta import CONFIG_READS
+from .size_reads import wrap_config_read
 
 __all__ = ["config_reads", "read_by_forward", "recording_config_reads"]
 
@@ -50,7 +51,7 @@ def recording_config_reads(modules: Iterable[nn.Module]) -> Iterator[dict[int, s
 def _recorder(cls: type, names: set[str]) -> type:
     def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
         names.add(name)
-        return cls.__getattribute__(self, name)
+        return wrap_config_read(self, name, cls.__getattribute__(self, name))
 
     return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__})
 

@@ -34,9 +34,8 @@ from torch.overrides import TorchFunctionMode
 
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS
-from .sizes import SIZE_ATTRIBUTES
 
-__all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads"]
+__all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
 
 # Attributes of torch.nn layers that count channels, heads or features.
 READ_ATTRIBUTES = frozenset(
@@ -46,6 +45,7 @@ READ_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 Site = tuple[str, str]  # (layer path, attribute)
+CONFIG = "config@"  # a site's path for a plain config object: ``config@<id>``
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
 _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
@@ -102,6 +102,14 @@ class _Log:
         if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return SizeTuple(value, frozenset({(path, name)}), self)
         return value
+
+
+def wrap_config_read(config: object, name: str, value: Any) -> Any:
+    """An int the model's code read from a plain config (``config_reads``) while traced, as a
+    ``SizeRead``: control flow on a size a group's surgery rewrites pins that group."""
+    if not _ACTIVE or isinstance(value, bool) or not isinstance(value, int) or not _by_user(2):
+        return value
+    return SizeRead(value, frozenset({(f"{CONFIG}{id(config)}", name)}), _ACTIVE[-1])
 
 
 class _Reaching(TorchFunctionMode):
@@ -316,6 +324,8 @@ def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iter
     and every read of a ``sizes.SIZE_ATTRIBUTES`` attribute of a module holding one is noted;
     every class is restored afterwards."""
     global _NAMES
+    from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
+
     _NAMES = READ_ATTRIBUTES | SIZE_ATTRIBUTES  # users may register more
     chosen = [
         m
@@ -392,6 +402,7 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
     for (path, attr), kind in sorted(control.items()):
         layer = modules.get(path)
         if layer is None:
+            _pin_config_reads(graph, modules, path, attr, kind)
             continue
         value = getattr(layer, attr, None)
         if kind == VALUE:
@@ -399,6 +410,32 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
         else:
             reason = f"python control flow on {path}.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
         for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
+            if kind != VALUE:
+                graph.pin(a, reason)
+            graph.mix(a, reason)
+
+
+def _pin_config_reads(graph: AxisGraph, modules: dict[str, nn.Module], site: str, attr: str, kind: str) -> None:
+    """A plain config's attribute that decided control flow pins the axes it sizes (its
+    ``SizeSource``s, under the names ``sizes.size_sources`` gives the config)."""
+    if not site.startswith(CONFIG):
+        return
+    key = int(site.removeprefix(CONFIG))
+    root = modules.get("")
+    owners = {
+        ("config" if m is root or getattr(root, "config", None) is c else f"{p}.config")
+        for p, m in modules.items()
+        if id(c := m.__dict__.get("config")) == key
+    }
+    if not owners:
+        return
+    value = next(getattr(m.__dict__["config"], attr, None) for m in modules.values() if id(m.__dict__.get("config")) == key)
+    if kind == VALUE:
+        reason = f"forward uses config.{attr} = {value} as a number: removing a channel changes it"
+    else:
+        reason = f"python control flow on config.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
+    for a, refs in graph.size_refs.items():
+        if any(r.owner in owners and r.attr == attr for r in refs):
             if kind != VALUE:
                 graph.pin(a, reason)
             graph.mix(a, reason)
