@@ -135,3 +135,30 @@ def test_repeated_calls_read_the_parameters_current_tensors() -> None:
         for a, b in zip(ws, ws2):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ws[1].dtype == torch.float64 and bool((ws[2] == 0).any())
+
+
+def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
+    each; the big 3x3 weights in row chunks): the same bits as the one-thread path, and torch's
+    thread count is left as it was."""
+    from sparsekit_graph.engine import batch
+
+    model = torchvision.models.resnet18(num_classes=10)
+    plan = skg.plan(model, torch.randn(1, 3, 32, 32))
+    twin = torchvision.models.resnet18(num_classes=10)
+    twin.load_state_dict(model.state_dict())
+    cs, cs2 = ([skg.bind(plan, m)[g.name] for g in plan.prunable] for m in (model, twin))
+    taus = _taus(cs, 0.05)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        soft_threshold_all(cs2, taus)  # one thread: no workers
+        torch.set_num_threads(2)
+        monkeypatch.setattr(batch, "SPLIT", True)
+        soft_threshold_all(cs, taus)
+        assert torch.get_num_threads() == 2 and 2 in batch._POOLS
+    finally:
+        torch.set_num_threads(before)
+    assert any(p.numel() > batch._CHUNK and p.dim() == 4 and p.shape[-1] == 3 for p in model.parameters())
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name

@@ -22,9 +22,11 @@ the one-by-one calls.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -230,10 +232,14 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
     vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
+    pool = _pool(params)
     for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
+        reads = [(p, j) for ci in wave for p, j in uses_of[ci] if id(p) not in squares]
+        small = sum(p.uses[j].x.numel() for p, j in reads) < _CHUNK  # not worth a hand-off
+        got = _reads(reads, scratch) if pool is None or small else _reads_split(reads, pool)
         sums = []
         for ci in wave:
-            parts = [squares[id(p)] if id(p) in squares else _sumsq(p, j, scratch) for p, j in uses_of[ci]]
+            parts = [squares[id(p)] if id(p) in squares else got[id(p)] for p, j in uses_of[ci]]
             sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
         tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
         norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
@@ -251,9 +257,12 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
                 p.factors[j] = got
     if flat:
         torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
-    for p in params:
-        if id(p) not in squares:
+    writes = [p for p in params if id(p) not in squares]
+    if pool is None or sum(p.uses[0].x.numel() for p in writes) < _CHUNK:
+        for p in writes:
             _write(p)
+    else:
+        _writes_split(writes, pool)
 
 
 class _Scratch:
@@ -344,8 +353,9 @@ def _weighted_rows(x2: Tensor, weights: Tensor, scratch: _Scratch) -> Tensor:
     return out
 
 
-def _write(p: _Param) -> None:
-    """Every element times its scale factors, in one pass over the parameter."""
+def _write(p: _Param, only: slice | None = None) -> None:
+    """Every element times its scale factors, in one pass over the parameter (of a two-use
+    weight, only rows ``only`` when given)."""
     if p.mat is None:
         (use,) = p.uses
         x, m = use.x, p.factors[0][1]
@@ -360,9 +370,106 @@ def _write(p: _Param) -> None:
     cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
     flat = p.mat.view(o, i * k)
     rows = r[:, None]
-    for s in _steps(o, i * k, p.mat.device):  # the second factor while the chunk is still in cache
+    for s in [only] if only is not None else _steps(o, i * k, p.mat.device):  # the second factor while the chunk is in cache
         chunk = flat[s]
         if rows_first:
             chunk.mul_(rows[s]).mul_(cols)
         else:
             chunk.mul_(cols).mul_(rows[s])
+
+
+# -- across weights: a wave's reads and the writes on a few threads, one intra-op thread each ------------
+SPLIT = True  # with torch.get_num_threads() > 1 on CPU: spread the per-weight kernels over that many threads
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+_Task = tuple[int, Callable[[_Scratch], None]]  # (elements it reads, the work)
+
+
+def _one_thread(ready: threading.Barrier) -> None:
+    """A worker's start: its own (per-thread) OpenMP and MKL thread counts set to 1."""
+    torch.get_num_threads()  # the thread's lazy init first, at the process's count
+    torch.set_num_threads(1)  # OpenMP's and MKL's counts are per thread; torch's global one is restored by _pool
+    ready.wait()
+
+
+def _pool(params: list[_Param]) -> ThreadPoolExecutor | None:
+    """The worker threads (as many as torch's intra-op threads), or None for the one-thread path."""
+    if not SPLIT or not params or params[0].uses[0].x.device.type != "cpu":
+        return None
+    n = torch.get_num_threads()
+    if n < 2:
+        return None
+    with _POOL_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = ThreadPoolExecutor(n, thread_name_prefix="sparsekit-prox")
+            ready = threading.Barrier(n)
+            for f in [pool.submit(_one_thread, ready) for _ in range(n)]:  # n tasks that wait for each other: n threads
+                f.result()
+            torch.set_num_threads(n)  # the workers set torch's process-wide count to 1: back to n (this thread's is n)
+            _POOLS[n] = pool
+    return pool
+
+
+def _run(tasks: list[_Task], pool: ThreadPoolExecutor) -> None:
+    """``tasks`` on the pool's threads, the largest first, each to the least loaded thread."""
+    n = pool._max_workers  # noqa: SLF001 - the size it was made with
+    bins: list[list[Callable[[_Scratch], None]]] = [[] for _ in range(n)]
+    load = [0] * n
+    for size, fn in sorted(tasks, key=lambda t: -t[0]):
+        b = load.index(min(load))
+        bins[b].append(fn)
+        load[b] += size
+
+    def work(fns: list[Callable[[_Scratch], None]]) -> None:
+        scratch = _Scratch()
+        for fn in fns:
+            fn(scratch)
+
+    for f in [pool.submit(work, fns) for fns in bins if fns]:
+        f.result()
+
+
+def _reads(reads: list[tuple[_Param, int]], scratch: _Scratch) -> dict[int, Tensor]:
+    return {id(p): _sumsq(p, j, scratch) for p, j in reads}
+
+
+def _reads_split(reads: list[tuple[_Param, int]], pool: ThreadPoolExecutor) -> dict[int, Tensor]:
+    """``_reads`` on the pool: a big 3x3 weight's ``M`` in row chunks, every other read whole."""
+    got: dict[int, Tensor] = {}
+    tasks: list[_Task] = []
+    later: list[tuple[_Param, int]] = []
+    for p, j in reads:
+        if p.mat is not None and p.mat.shape[2] > 1 and p.m is None and p.mat.numel() > _CHUNK:
+            o, i, k = p.mat.shape
+            p.m = torch.empty(o, i, dtype=torch.float32)
+            for s in _steps(o, i * k, p.mat.device):
+                tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: _block_sumsq_rows(p.mat, p.m, s, sc)))
+            later.append((p, j))
+        else:
+            tasks.append((p.uses[j].x.numel(), lambda sc, p=p, j=j: got.__setitem__(id(p), _sumsq(p, j, sc))))
+    _run(tasks, pool)
+    for p, j in later:  # M's row or column sums (small)
+        got[id(p)] = _sumsq(p, j, _Scratch())
+    return got
+
+
+def _block_sumsq_rows(mat: Tensor, out: Tensor, s: slice, scratch: _Scratch) -> None:
+    """Rows ``s`` of ``_block_sumsq(mat)`` into ``out``."""
+    k = mat.shape[2]
+    chunk = mat[s]
+    sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
+    torch.mv(sq.view(-1, k), scratch.ones(k, mat), out=out[s].view(-1))
+
+
+def _writes_split(writes: list[_Param], pool: ThreadPoolExecutor) -> None:
+    """``_write`` of every parameter on the pool, big two-use weights in row chunks."""
+    tasks: list[_Task] = []
+    for p in writes:
+        if p.mat is None or p.mat.numel() <= _CHUNK:
+            tasks.append((p.uses[0].x.numel(), lambda sc, p=p: _write(p)))
+            continue
+        o, i, k = p.mat.shape
+        for s in _steps(o, i * k, p.mat.device):
+            tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: _write(p, s)))
+    _run(tasks, pool)
