@@ -40,7 +40,7 @@ class Spell:
 
     qkv: str = "separate"  # separate | split | chunk | unbind | view_permute
     heads: str = "view_transpose"  # view_transpose | reshape_permute | unflatten | kw | swapaxes
-    core: str = "matmul"  # matmul | einsum | sdpa | kw | bmm | causal
+    core: str = "matmul"  # matmul | einsum | sdpa | kw | bmm | causal | method
     gqa: str = "none"  # none | repeat_interleave | expand_reshape | none_expand | sdpa_gqa
     rope: str = "none"  # none | cat | stack
     norm: str = "ln"  # ln | rms | rms_numpy | F_rms | F_ln
@@ -184,6 +184,12 @@ class Attention(nn.Module):
             B, h, Lq, hd = q.shape
             att = torch.bmm(q.reshape(B * h, Lq, hd), k.reshape(B * h, Lq, hd).transpose(1, 2)) * self.scale
             return torch.bmm(att.softmax(-1), v.reshape(B * h, Lq, hd)).view(B, h, Lq, hd)
+        if c == "method":  # methods, in place, mT, a dtype for softmax, functional dropout
+            Lq = q.shape[-2]
+            att = q.matmul(k.mT).mul_(self.scale)
+            att.masked_fill_(self.mask[:, :, :Lq, :Lq] == 0, float("-inf"))
+            att = F.dropout(torch.softmax(att, -1, dtype=torch.float32), 0.0, self.training).to(q.dtype)
+            return att.matmul(v)
         if c == "causal":  # nanoGPT
             Lq = q.size(-2)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
@@ -628,6 +634,80 @@ class AttentionPool(nn.Module):
         return self.head(self.c(o))
 
 
+class HeadExtras(nn.Module):
+    """Per-head extras: a key/value prefix buffer concatenated along the sequence (a cache),
+    learned attention sinks concatenated to the scores and dropped after the softmax (gpt-oss),
+    and a per-head sigmoid output gate from its own Linear (gated attention)."""
+
+    def __init__(self, extra: str) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.extra = H, HD, extra
+        self.inp, self.q, self.k, self.v = nn.Linear(DIN, D), nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
+        self.o, self.gate, self.head = nn.Linear(D, D), nn.Linear(D, H), nn.Linear(D, OUT)
+        self.register_buffer("past_k", 0.1 * torch.randn(1, H, 2, HD))
+        self.register_buffer("past_v", 0.1 * torch.randn(1, H, 2, HD))
+        self.sinks = nn.Parameter(torch.randn(H))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        B, n, _ = h.shape
+        q, k, v = (t.view(B, n, self.num_heads, self.head_dim).transpose(1, 2) for t in (self.q(h), self.k(h), self.v(h)))
+        if self.extra == "cache":
+            k = torch.cat([self.past_k.expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([self.past_v.expand(B, -1, -1, -1), v], dim=2)
+        att = q @ k.transpose(-2, -1) * self.head_dim**-0.5
+        if self.extra == "sinks":
+            att = torch.cat([att, self.sinks.reshape(1, -1, 1, 1).expand(B, -1, n, 1)], dim=-1)
+            att = att.softmax(-1)[..., :-1]
+        else:
+            att = att.softmax(-1)
+        o = (att @ v).transpose(1, 2)  # (B, n, H, hd)
+        if self.extra == "gate":
+            o = o * torch.sigmoid(self.gate(h)).unsqueeze(-1)
+        return self.head(h + self.o(o.reshape(B, n, -1)))
+
+
+class SharedBlock(nn.Module):
+    """ALBERT: one block applied twice (its parameters used at two depths)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block, self.norm, self.head = (
+            nn.Linear(DIN, D),
+            Block(Spell(core="sdpa")),
+            nn.LayerNorm(D),
+            nn.Linear(D, OUT),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        for _ in range(2):
+            h = self.block(h)
+        return self.head(self.norm(h))
+
+
+class CrossCovariance(nn.Module):
+    """XCiT: attention across the head size (``q.transpose(-2, -1) @ k``, L2-normalised over the
+    tokens, a per-head temperature (H, 1, 1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = H, HD
+        self.inp, self.qkv, self.proj, self.head = nn.Linear(DIN, D), nn.Linear(D, 3 * D), nn.Linear(D, D), nn.Linear(D, OUT)
+        self.temperature = nn.Parameter(torch.ones(H, 1, 1) + 0.1 * torch.rand(H, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        B, N, C = h.shape
+        qkv = self.qkv(h).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k, v = q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1)  # (B, H, hd, N)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        att = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)  # (B, H, hd, hd)
+        o = (att @ v).permute(0, 3, 1, 2).reshape(B, N, C)
+        return self.head(h + self.proj(o))
+
+
 # -- the catalogue -------------------------------------------------------------------------
 
 FAST: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
@@ -649,6 +729,7 @@ FAST: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
 }
 SLOW: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "matmul-causal": stranger(core="causal"),
+    "methods-in-place": stranger(core="method", qkv="split", gqa="expand_reshape"),
     "bmm": stranger(core="bmm"),
     "sdpa": stranger(core="sdpa"),
     "fused-chunk": stranger(qkv="chunk"),
@@ -688,13 +769,20 @@ SLOW: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "sliced-in-proj-layerscale": lambda: (SlicedInProj(), torch.randn(*X)),
     "functional-tied-head": lambda: (FunctionalTied(), torch.randint(0, 32, (2, L))),
     "attention-pool": lambda: (AttentionPool(), torch.randn(*X)),
+    "kv-prefix-buffer": lambda: (HeadExtras("cache"), torch.randn(*X)),
+    "attention-sinks": lambda: (HeadExtras("sinks"), torch.randn(*X)),
+    "per-head-gate": lambda: (HeadExtras("gate"), torch.randn(*X)),
+    "albert-shared-block": lambda: (SharedBlock(), torch.randn(*X)),
+    "xcit-cross-covariance": lambda: (CrossCovariance(), torch.randn(*X)),
 }
 
 
 def _build(name: str) -> tuple[nn.Module, Tensor]:
     torch.manual_seed(0)
     model, x = {**FAST, **SLOW}[name]()
-    return model.eval(), x
+    with torch.no_grad():
+        model.eval()(x)  # the model itself runs: a refusal must be the planner's
+    return model, x
 
 
 @pytest.mark.parametrize("name", list(FAST))
@@ -727,7 +815,7 @@ def _plan_of(**kw: object) -> skg.Plan:
 
 # Spellings over the same parameters that compute the same function, the first the plainest.
 FAMILIES: dict[str, list[dict[str, str]]] = {
-    "core": [{"core": c} for c in ("matmul", "einsum", "sdpa", "kw", "causal")],
+    "core": [{"core": c} for c in ("matmul", "einsum", "sdpa", "kw", "causal", "method")],
     "qkv": [{"qkv": q} for q in ("chunk", "split", "unbind", "view_permute")],
     "heads": [{"heads": h} for h in ("view_transpose", "reshape_permute", "unflatten", "kw", "swapaxes")],
     "merge": [{"merge": m} for m in ("transpose_reshape", "contiguous_view", "permute_flatten", "einsum")],
