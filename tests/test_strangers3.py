@@ -914,3 +914,24 @@ def test_a_size_attribute_a_pinned_group_holds_pins_every_group_it_sizes(tmp_pat
     assert not v.prunable and "head_dim" in (v.reason or "")
     assert next(g for g in plan.groups if g.name == "w1:out").prunable
     oracle_or_refusal(model, x, tmp_path)
+
+
+class _HardMerge(Attention):
+    """Heads merged by a hard-coded ``reshape(B, L, 24)`` (equal to ``num_heads * head_dim``)."""
+
+    def merge(self, o: Tensor) -> Tensor:
+        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], 24)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["num_heads*head_dim", "literal-24"])
+def test_a_merge_literal_follows_the_heads_only_if_computed_from_them(hard: bool, tmp_path: Path) -> None:
+    """``reshape(B, L, self.num_heads * self.head_dim)`` prunes heads; a written 24 pins them."""
+    torch.manual_seed(0)
+    model, x = Stranger(Spell()), torch.randn(*X)
+    if hard:
+        for b in model.blocks:
+            b.attn.__class__ = _HardMerge
+    plan = skg.plan(model.eval(), x)
+    heads = [g for g in plan.groups if g.size == H and any(m.param.endswith("q_proj.weight") for m in g.members)]
+    assert len(heads) == 2 and all(g.prunable != hard for g in heads), [(g.name, g.reason) for g in heads]
+    oracle_or_refusal(model, x, tmp_path)

@@ -16,7 +16,7 @@ from .context import RuleContext
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index
-from .ops_reshape import read_axis
+from .ops_reshape import made_from, read_axis
 from .rules import register_function_rule
 from .sizes import product_sources
 
@@ -149,7 +149,8 @@ def _head_parts(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId])
     sizes = [ctx.graph.size(p) for p in parts]
     if not isinstance(how, (list, tuple)) or list(how) != sizes or len(sizes) < 2 or sum(sizes) != ctx.graph.size(src):
         return False
-    if not all(product_sources(ctx.node, n, ctx.modules)[0] for n in sizes):
+    found = [product_sources(ctx.node, n, ctx.modules)[0] for n in sizes]
+    if not all(f and made_from(ctx.node, n, f) for n, f in zip(sizes, found)):
         return False
     starts = np.cumsum([0, *sizes[:-1]]).tolist()
     return all([heads_part(ctx, src, part, start) for part, start in zip(parts, starts)])

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .context import RuleContext
 from .factors import record_factor
-from .meta import META
+from .meta import META, MODULE_READS, SIZE_READS
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
@@ -95,11 +95,26 @@ def _merged_heads(ctx: RuleContext, j: int, value: int, groups: list[tuple[list[
     sources, unit = product_sources(ctx.node, value, ctx.modules)
     if not sources or len(big) != 2 or [ctx.graph.size(src[d]) for d in big] != [value // unit, unit]:
         return False
+    if not made_from(ctx.node, value, sources):
+        return False
     heads = src[big[0]]
     ctx.graph.size_refs.setdefault(heads, set()).update(sources)
     for source in sources:
         ctx.graph.size_values[source] = value // unit
     return True
+
+
+def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
+    """Where the model's reads of its layers' sizes were recorded (``size_reads``, torch.fx),
+    did the code compute the literal ``value`` at ``node`` from one of ``sources`` (a hard-coded
+    ``reshape(B, L, 24)`` beside ``num_heads * head_dim == 24`` does not follow the heads)?
+    True where nothing was recorded for their owners (torch.export, other modules)."""
+    out = next((n for n in reversed(node.graph.nodes) if n.op == "output"), None)
+    recorded = out.meta.get(MODULE_READS) if out is not None else None
+    if not recorded or all(s.owner not in recorded for s in sources):
+        return True
+    sites = (node.meta.get(SIZE_READS) or {}).get(value, ())
+    return any((s.owner, s.attr) in sites for s in sources)
 
 
 def _count_plus_slots(ctx: RuleContext, j: int, value: int) -> bool:
