@@ -9,7 +9,8 @@ share, that measures their load. This script times only what issue 10's conditio
 ``soft_threshold_all(couplings, taus, conditioners)`` (relative 1e-6) and one Adam(foreach) step,
 in the regime of ``engine.py`` (its helpers: a real Adam state, near-death blocks, thresholds
 zeroing 2% of each coupling's blocks), weights and conditioners restored before every call, this
-process's CPU time (``time.process_time``) at one thread, contenders round robin. With
+process's CPU time (``time.process_time``) at one thread, contenders round robin, glibc's malloc
+pinned as in ``engine.py`` (the script re-executes itself with ``STEADY_MALLOC`` set). With
 ``--before REV`` the package as of ``REV`` (``git archive``) is imported beside ours and builds its
 own couplings over the same model. Printed per layout: the median of ``--repeats`` rounds per
 contender and the ratio to Adam's median; ``--profile`` adds torch.profiler's top ops and cProfile's
@@ -36,7 +37,7 @@ from types import ModuleType
 
 import torch
 import torchvision
-from engine import ZEROED, Bench, _adam_state, _conditioners, _layout, _make_dying
+from engine import Bench, _adam_state, _conditioners, _layout, _make_dying
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -109,7 +110,10 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
     ours = _couplings(skg, model, which)
     _make_dying(ours, torch.Generator().manual_seed(2 if which == "bottleneck" else 3))
     bench = Bench(_layout(which, ours), cond, repeats)
-    calls = {name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench.tau_c) for name, pkg in contenders.items()}
+    calls = {
+        name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench.tau_c)
+        for name, pkg in contenders.items()
+    }
     params = opt.param_groups[0]["params"]
     weights = [p.detach().clone() for p in params]
     state = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
@@ -143,7 +147,14 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
         _profile(calls["ours"], restore)
 
 
+# glibc's malloc pinned to a training process's steady state (as engine.py does): without it, Adam's
+# step faults fresh pages every call and takes up to 1.8x as long, depending on what ran before.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
 def main() -> None:
+    if any(os.environ.get(k) != v for k, v in STEADY_MALLOC.items()):  # glibc reads these at start-up
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layout", choices=("both", "bottleneck", "plan"), default="both")
     ap.add_argument("--repeats", type=int, default=9)

@@ -243,8 +243,8 @@ def write_shrink(w: Tensor, h: Tensor, mu: Tensor) -> bool:
         return False
     a, r, inner = w.shape
     if a > 1 and _flat(w) and _flat(h):  # (A, R P), mu spelled out along each run: the loop vectorises
-        m = mu.float()
-        _run("write_flat", _write_flat, w.view(a, r * inner), h.view(a, r * inner), m.repeat_interleave(inner) if inner > 1 else m)
+        m = mu.float() if inner == 1 else mu.float().repeat_interleave(inner)
+        _run("write_flat", _write_flat, w.view(a, r * inner), h.view(a, r * inner), m)
     else:
         _run("write", _write, w, h, mu.float())
     return _state["broken"] is None
