@@ -935,3 +935,12 @@ def test_a_merge_literal_follows_the_heads_only_if_computed_from_them(hard: bool
     heads = [g for g in plan.groups if g.size == H and any(m.param.endswith("q_proj.weight") for m in g.members)]
     assert len(heads) == 2 and all(g.prunable != hard for g in heads), [(g.name, g.reason) for g in heads]
     oracle_or_refusal(model, x, tmp_path)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer_pins_with_a_reason(norm_first: bool) -> None:
+    """``nn.TransformerEncoderLayer`` has no rule: its own weights pin, named, never half-planned."""
+    torch.manual_seed(0)
+    plan = skg.plan(TorchEncoder(norm_first=norm_first).eval(), torch.randn(*X))
+    inside = [g for g in plan.groups if any(m.param.startswith("enc.") for m in g.members)]
+    assert inside and all(not g.prunable and "TransformerEncoderLayer" in (g.reason or "") for g in inside)
