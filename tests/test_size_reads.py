@@ -82,20 +82,32 @@ def _linear_branch(s: nn.Module, h: Tensor) -> Tensor:
 # (spelling, extra layers, the group it must pin, the attribute its reason names)
 PINS = [
     pytest.param(lambda s, h: h * 2 if s.c.out_channels == C else h, {}, "c:out", "c.out_channels", id="equal"),
-    pytest.param(lambda s, h: h * 2 if s.c.out_channels != 64 else h, {}, "c:out", "c.out_channels", id="other-branch"),
-    pytest.param(lambda s, h: h * 2 if s.c.in_channels == C else h, {}, "a:out", "c.in_channels", id="in-channels"),
     pytest.param(_linear_branch, {"fc": nn.Linear(C, 6)}, "fc:out", "fc.out_features", id="linear-greater"),
     pytest.param(_asserts, {}, "c:out", "bn2.num_features", id="assert"),
     pytest.param(_loops, {}, "c:out", "c.out_channels", id="range-floordiv"),
-    pytest.param(_loops_whole, {}, "c:out", "c.out_channels", id="range"),
     pytest.param(_loops_norm, {"norm": nn.LayerNorm(C)}, "c:out", "norm.normalized_shape", id="normalized-shape"),
+]
+# More spellings: torch.fx in the default run, torch.export (~3 s each) in the slow step.
+SLOW_ON_EXPORT = [
+    pytest.param(lambda s, h: h * 2 if s.c.out_channels != 64 else h, {}, "c:out", "c.out_channels", id="other-branch"),
+    pytest.param(lambda s, h: h * 2 if s.c.in_channels == C else h, {}, "a:out", "c.in_channels", id="in-channels"),
+    pytest.param(_loops_whole, {}, "c:out", "c.out_channels", id="range"),
     pytest.param(lambda s, h: h * int(s.c.out_channels**0.5), {}, "c:out", "c.out_channels", id="int"),
     pytest.param(lambda s, h: h if s.c.out_channels else -h, {}, "c:out", "c.out_channels", id="bool"),
 ]
 
 
-@pytest.mark.parametrize("export", PATHS)
-@pytest.mark.parametrize(("fn", "extra", "group", "attr"), PINS)
+def _cases() -> list:
+    """Every spelling on both paths; the extra spellings' torch.export runs are slow."""
+    out = []
+    for export in (False, True):
+        for p in PINS + SLOW_ON_EXPORT:
+            marks = [pytest.mark.slow] if export and p in SLOW_ON_EXPORT else []
+            out.append(pytest.param(*p.values, export, marks=marks, id=f"{p.id}-{'export' if export else 'fx'}"))
+    return out
+
+
+@pytest.mark.parametrize(("fn", "extra", "group", "attr", "export"), _cases())
 def test_control_flow_on_a_layer_size_pins_its_group(
     fn: Callable[..., Tensor], extra: dict, group: str, attr: str, export: bool, tmp_path: Path
 ) -> None:
