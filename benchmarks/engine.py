@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from traffic import count
 
 import sparsekit_graph as skg
-from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, soft_threshold_all
+from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, batch, soft_threshold_all
 
 ZEROED = 0.02  # fraction of blocks one prox call should zero
 EUCLID, EUCLID_ALL = "ours: Euclidean prox", "ours: Euclidean, soft_threshold_all"
@@ -486,6 +486,7 @@ def child(args: argparse.Namespace) -> dict:
     """One process's work: ``--child info`` (the layout's facts and the untimed float64 checks) or
     ``--child ROW[,ROW...]`` (those contenders timed against Adam's step in this process)."""
     torch.set_num_threads(args.threads)
+    batch.SPLIT = not args.no_split
     opt, cond, lay = _prepare(args, args.layout)
     bench = Bench(lay, cond, args.repeats)
     if args.child != "info":
@@ -514,7 +515,7 @@ def _spawn(args: argparse.Namespace, layout: str, what: str) -> dict:
     """Run ``child`` in a fresh interpreter (nothing allocated, cached or compiled before it)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--layout", layout]
     cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats), "--adam-steps", str(args.adam_steps)]
-    cmd += ["--no-dying"] * args.no_dying + ["--euclidean-only"] * args.euclidean_only
+    cmd += ["--no-dying"] * args.no_dying + ["--euclidean-only"] * args.euclidean_only + ["--no-split"] * args.no_split
     env = dict(os.environ)
     if args.malloc == "steady":
         env.update(STEADY_MALLOC)
@@ -592,6 +593,10 @@ def main() -> None:
         "--malloc", choices=("steady", "default"), default="steady",
         help="steady: glibc keeps freed memory (no page faults in timed calls); default: glibc as it comes",
     )  # fmt: skip
+    ap.add_argument(
+        "--no-split", action="store_true",
+        help="soft_threshold_all's Euclidean weights on torch's intra-op threads only, not spread over worker threads",
+    )  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -600,7 +605,8 @@ def main() -> None:
     t0 = time.perf_counter()
     print(
         f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} calls each, "
-        f"load average {os.getloadavg()[0]:.2f}; a fresh process per {args.isolate}, malloc {args.malloc}"
+        f"load average {os.getloadavg()[0]:.2f}; a fresh process per {args.isolate}, malloc {args.malloc}, "
+        f"split {not args.no_split}"
     )
     print(
         f"Adam state after {args.adam_steps} real steps (batch 8, 128x128, cross-entropy), conditioner "
