@@ -251,3 +251,28 @@ def test_control_flow_on_a_config_size_pins_the_group_it_sizes(branch: bool, exp
     if branch:
         assert "config.hidden_size" in (g.reason or "") and "control flow" in (g.reason or ""), g
     check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+class Refused(nn.Module):
+    """Reads a layer's size, then branches on data: neither tracer can follow it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, C, 3, padding=1), nn.Conv2d(C, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        if self.conv.out_channels == C and h.sum() > 0:
+            h = h * 2
+        return self.head(h)
+
+
+def test_a_refused_plan_restores_every_layer_class() -> None:
+    """A trace that fails midway leaves the model as it was: classes, ``__dict__``, tensors."""
+    model, x = Refused(), torch.randn(*X4)
+    before, attrs = fingerprint(model), dict(model.conv.__dict__)
+    with pytest.raises(skg.SparseKitError):
+        skg.plan(model, x)
+    assert type(model.conv) is nn.Conv2d and model.conv.__dict__ == attrs
+    assert type(model.conv.out_channels) is int
+    assert_untouched(model, before, "refused plan")
