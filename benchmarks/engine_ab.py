@@ -26,7 +26,6 @@ import io
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,21 +37,10 @@ from types import ModuleType
 import torch
 import torchvision
 from engine import Bench, _adam_state, _conditioners, _layout, _make_dying
+from plan_margin import _revision
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _revision(rev: str, into: Path) -> ModuleType:
-    """The package as of ``rev``, importable as ``skg_<rev>`` beside the working tree's."""
-    archive = subprocess.run(["git", "archive", rev, "sparsekit_graph"], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    name = f"skg_{rev}"
-    (into / "sparsekit_graph").rename(into / name)
-    sys.path.insert(0, str(into))
-    return importlib.import_module(name)
 
 
 def _bottlenecks(pkg: ModuleType, model: nn.Module) -> list:
