@@ -55,9 +55,27 @@ _LAYER_CLASSES: dict[type, bool] = {}
 _NAMES: frozenset[str] | set[str] = READ_ATTRIBUTES
 
 
+def _stand_in_codes() -> frozenset[Any]:
+    """Code of torch functions that stand in for builtins while ``torch.export`` runs the
+    forward (``max``/``min``): a comparison they make is the model's own."""
+    try:
+        from torch._export.non_strict_utils import _tensor_min_max
+    except ImportError:  # another torch: nothing stands in
+        return frozenset()
+    code = _tensor_min_max.__code__
+    return frozenset({code, *(c for c in code.co_consts if hasattr(c, "co_filename"))})
+
+
+_STAND_INS = _stand_in_codes()
+
+
 def _by_user(depth: int) -> bool:
-    """Is the frame ``depth`` levels up the model's own code (not torch's, not ours)?"""
-    return not sys._getframe(depth + 1).f_code.co_filename.startswith(_INTERNAL)
+    """Is the frame ``depth`` levels up the model's own code (not torch's, not ours)? Frames
+    of torch's stand-ins for builtins (``_STAND_INS``) count as their caller's."""
+    frame = sys._getframe(depth + 1)
+    while frame.f_code in _STAND_INS and frame.f_back is not None:
+        frame = frame.f_back
+    return not frame.f_code.co_filename.startswith(_INTERNAL)
 
 
 class _Log:
@@ -186,6 +204,8 @@ def _compare(op: str) -> Any:
 
     def compare(self: SizeRead, other: Any) -> Any:
         self._use("a comparison")
+        if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
+            other._use("a comparison")
         return base(self, other)
 
     return compare
@@ -276,6 +296,8 @@ def _tuple_compare(op: str) -> Any:
 
     def compare(self: SizeTuple, other: Any) -> Any:
         self._use("a comparison")
+        if isinstance(other, _Tracked):
+            other._use("a comparison")
         return base(self, other)
 
     return compare
@@ -297,12 +319,13 @@ def _recorder(cls: type) -> type:
     rec = _RECORDERS.get(cls)
     if rec is None:
         base: Any = cls.__getattribute__
+        layer = _layer_class(cls)
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
             if name in _NAMES and _ACTIVE:
                 log = _ACTIVE[-1]
-                if name in READ_ATTRIBUTES and _by_user(1):
+                if (name in READ_ATTRIBUTES or not layer) and _by_user(1):  # a model's own ``self.dim`` too
                     wrapped = log.wrap(self, name, value)
                     if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
                         return wrapped
@@ -394,6 +417,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
 def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
     """Pin the axes each attribute in ``SIZE_CONTROL`` sizes (``_sized_axes``); an attribute
     used only as a number (``VALUE``) costs them their zero-invariance."""
+    _link_layer_sizes(graph, modules)
     out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
     control: dict[Site, str] = out.meta.get(SIZE_CONTROL, {}) if out is not None else {}
     if not control:
@@ -439,6 +463,25 @@ def _pin_config_reads(graph: AxisGraph, modules: dict[str, nn.Module], site: str
             if kind != VALUE:
                 graph.pin(a, reason)
             graph.mix(a, reason)
+
+
+def _link_layer_sizes(graph: AxisGraph, modules: dict[str, nn.Module]) -> None:
+    """An axis shaped by a layer attribute its layer type names (``view(b, self.a.out_channels,
+    -1)``) is linked to that layer's axis: surgery rewrites the attribute to the layer's new
+    count, so the shaped axis must lose the same channels (another group of equal size, read
+    by mistake or on purpose, is pruned with it)."""
+    for axis, sources in list(graph.size_refs.items()):
+        for src in sources:
+            layer = modules.get(src.owner)
+            if layer is None or not src.attr:
+                continue
+            for k, d in _sized(layer, src.attr):
+                t = getattr(layer, k, None)
+                if not isinstance(t, Tensor):
+                    continue
+                sized = ("p", graph.canonical.get(id(t), f"{src.owner}.{k}" if src.owner else k), d)
+                if sized in graph.sizes and axis in graph.sizes and graph.size(sized) == graph.size(axis):
+                    graph.link(axis, sized)
 
 
 def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: str, attr: str, prefix: str) -> list:
