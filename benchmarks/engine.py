@@ -448,10 +448,12 @@ def _time_rows(bench: Bench, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], 
     persistent = [p for g in opt.param_groups for p in g["params"]]
     persistent += [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
     persistent += list(cond.values())
+    split, batch.SPLIT = batch.SPLIT, False  # the counter sees this thread's ops only: the same kernels, on it
     for row in rows.values():  # bytes moved, counted op by op (untimed, from the same state)
         row.setup()
         tr = count(row.go, persistent)
         row.moved, row.ops = tr.total, tr.ops
+    batch.SPLIT = split
     faults: dict[str, list[int]] = {name: [] for name in rows}
     for k in range(bench.repeats + 1):  # round robin, one warm-up round
         for name, row in rows.items():
