@@ -15,7 +15,11 @@ both groups come from one read and its two scalings are applied in one write:
   (while the chunk is in cache) the later one's, the order and rounding of the calls in order.
 
 Squares and outer products go through one cache-sized scratch buffer, chunk by chunk: no
-full-size temporary. Anything outside this pattern (a parameter in a coupling twice, in three
+full-size temporary. With more than one torch intra-op thread on CPU (and ``SPLIT``), the
+parallelism is across weights rather than inside each kernel: a wave's reads, then all the writes,
+are spread over that many worker threads that run each kernel on one intra-op thread (the big 3x3
+weights' ``M`` and big shared weights' writes in their row chunks), so no kernel waits at an
+OpenMP barrier for a descheduled thread, and the bits are the one-thread path's. Anything outside this pattern (a parameter in a coupling twice, in three
 couplings, two slices of one parameter, pieces that need copies, non-float32 weights) falls back to
 the one-by-one calls.
 """
