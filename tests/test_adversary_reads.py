@@ -235,6 +235,35 @@ def _list_mult(s: nn.Module, h: Tensor) -> Tensor:
     return h * w
 
 
+def _zeros_add(s: nn.Module, h: Tensor) -> Tensor:
+    return h + torch.zeros(1, s.conv.out_channels, 1, 1)
+
+
+def _new_ones(s: nn.Module, h: Tensor) -> Tensor:
+    return h * h.new_ones(s.conv.out_channels).view(1, -1, 1, 1)
+
+
+def _linspace(s: nn.Module, h: Tensor) -> Tensor:
+    """Per-channel values computed from the count: a pruned count gives other values."""
+    return h * torch.linspace(0.5, 1.5, s.conv.out_channels).view(1, -1, 1, 1)
+
+
+def _arange_values(s: nn.Module, h: Tensor) -> Tensor:
+    return h + torch.arange(s.conv.out_channels, dtype=h.dtype).view(1, -1, 1, 1) * 0.01
+
+
+def _arange_shape(s: nn.Module, h: Tensor) -> Tensor:
+    return h + torch.arange(h.shape[1], dtype=h.dtype).view(1, -1, 1, 1) * 0.01
+
+
+def _equal_branches(s: nn.Module, h: Tensor) -> Tensor:
+    """Branches 0 and 3 (equal sizes, the probe's same turn) compared: another count must show."""
+    hs = [b(h) for b in s.bs]
+    if hs[0].shape[1] == hs[3].shape[1]:
+        hs[0] = hs[0] * 2
+    return torch.cat([x.mean((2, 3)) for x in hs], 1)
+
+
 class GetattrConv(nn.Conv2d):
     """A layer whose ``width`` comes through ``__getattr__``."""
 
@@ -438,6 +467,19 @@ CASES: list[Case] = [
     ("leaks_read", _leaks_read, dict, None, (False,), True),
     ("range_read", _range_read, dict, None, (False, True), False),
     ("list_mult", _list_mult, dict, None, (False,), False),
+    ("zeros_add", _zeros_add, dict, None, (False, True), False),
+    (
+        "equal_branches",
+        _equal_branches,
+        lambda: {"bs": nn.ModuleList(nn.Conv2d(C, 16, 1) for _ in range(4))},
+        None,
+        (True,),
+        True,
+    ),
+    ("new_ones", _new_ones, dict, None, (False, True), False),
+    ("linspace", _linspace, dict, None, (False, True), True),
+    ("arange_values", _arange_values, dict, None, (False, True), False),
+    ("arange_shape", _arange_shape, dict, None, (False, True), False),
     ("sub_getattribute", _sub_layer_branch, lambda: {"sub": GetattributeConv(C, C, 1)}, None, (False,), False),
     ("sub_slots", _sub_layer_branch, lambda: {"sub": SlotConv(C, C, 1)}, None, (False,), False),
     ("sub_getattr_width", _getattr_width, lambda: {"sub": GetattrConv(C, C, 1)}, None, (False, True), True),

@@ -100,12 +100,19 @@ def _units(plan: Plan) -> list[list[str]]:
 
 
 def _probe_masks(plan: Plan) -> dict[str, Tensor]:
-    """Per prunable group: all but a few of its channels removed (the last ones), ties snapped."""
+    """Per prunable group: all but a few of its channels removed (the last ones), ties snapped.
+    Groups of one size keep different counts where they can (``KEEPS`` by turns, then 6 more
+    each time a turn comes round again): ``if a.shape[1] == b.shape[1]`` must not stay true."""
     masks = {}
+    taken: dict[tuple[int, int], int] = {}  # (size, turn's count) -> groups of that size given it
     for i, g in enumerate(g for g in plan.prunable if g.size > 1):
         options = [k for k in KEEPS if k < g.size] or [max(1, g.size - 1)]
+        keep = options[i % len(options)]
+        again = taken.get((g.size, keep), 0)
+        taken[(g.size, keep)] = again + 1
+        keep = keep + 6 * again if keep + 6 * again < g.size else keep
         mask = torch.ones(g.size, dtype=torch.bool)
-        mask[: options[i % len(options)]] = False
+        mask[:keep] = False
         masks[g.name] = mask
     scores = {name: -torch.arange(len(m), dtype=torch.float32) for name, m in masks.items()}
     return snap_tied(plan, masks, scores)
