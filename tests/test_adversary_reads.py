@@ -643,3 +643,24 @@ def test_zoo_gets_no_new_pins(name: str) -> None:
 @pytest.mark.parametrize("fn", [_fstring, _logging_args, _unused_read], ids=["fstring", "logging", "unused"])
 def test_a_size_only_shown_does_not_pin(fn: Callable[..., Tensor]) -> None:
     assert group(_plan(fn, False), "conv:out").prunable
+
+
+class Compiled(nn.Module):
+    """A ``torch.compile``-d forward that branches on a layer's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C), nn.Conv2d(C, 4, 1)
+
+    @torch.compile
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        if self.conv.out_channels > 48:
+            h = h * 2
+        return self.head(h)
+
+
+@pytest.mark.slow
+def test_compiled_forward_branching_on_a_size(tmp_path: Path) -> None:
+    plan = check(Compiled(), tmp_path)
+    assert plan is None or not group(plan, "conv:out").prunable
