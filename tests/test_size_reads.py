@@ -276,3 +276,30 @@ def test_a_refused_plan_restores_every_layer_class() -> None:
     assert type(model.conv) is nn.Conv2d and model.conv.__dict__ == attrs
     assert type(model.conv.out_channels) is int
     assert_untouched(model, before, "refused plan")
+
+
+class OwnWidth(nn.Module):
+    """``view(..., 1, self.dim)`` (a module's own ``SIZE_ATTRIBUTES``); ``branch`` adds ``if self.dim == 8``."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.dim, self.branch = C, branch
+        self.fc, self.head = nn.Linear(6, C), nn.Linear(C, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, C)
+        if self.branch and self.dim == C:
+            h = h * 2
+        return self.head(h.view(*h.shape[:-1], 1, self.dim).flatten(2))
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["view-only", "branch"])
+def test_control_flow_on_a_modules_own_size_pins(branch: bool, tmp_path: Path) -> None:
+    """``self.dim`` sizes the view (prunable: surgery rewrites it); a branch on it pins."""
+    model, x = OwnWidth(branch), torch.randn(2, 5, 6)
+    g = skg.plan(model, x).group("fc:out")
+    assert g.prunable is not branch and [(r.owner, r.attr) for r in g.sizes] == [("", "dim")], g
+    if branch:
+        assert "control flow on dim = 8" in (g.reason or ""), g
+    result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+    assert result.model.dim == (C if branch else C // 2)

@@ -429,10 +429,11 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
             _pin_config_reads(graph, modules, path, attr, kind)
             continue
         value = getattr(layer, attr, None)
+        name = f"{path}.{attr}" if path else attr
         if kind == VALUE:
-            reason = f"forward uses {path}.{attr} = {value} as a number: removing a channel changes it"
+            reason = f"forward uses {name} = {value} as a number: removing a channel changes it"
         else:
-            reason = f"python control flow on {path}.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
+            reason = f"python control flow on {name} = {value} ({kind}): the traced code would not follow a pruned size"
         for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
             if kind != VALUE:
                 graph.pin(a, reason)
