@@ -126,12 +126,20 @@ _ARITHMETIC = {torch.ops.aten.mul.Tensor, torch.ops.aten.mul.Scalar, torch.ops.a
                torch.ops.aten.rsub.Scalar, torch.ops.aten.pow.Tensor_Scalar, torch.ops.aten.pow.Scalar}  # fmt: skip
 
 
-def changed_numbers(before: fx.Graph, after: fx.Graph) -> list[str]:
+def changed_numbers(
+    before: fx.Graph, after: fx.Graph, compensated: frozenset[tuple[float, float]] = frozenset()
+) -> list[str]:
     """Nodes of ``before`` (which runs the same code as ``after``) given a number that pruning
     changed: a float anywhere, an int in arithmetic (``h * h.shape[-1] ** -0.5``). The model
-    computes values from a pruned size, so the pruned model is not the masked one."""
-    pairs = zip(_kept_nodes(before), _kept_nodes(after))
-    return [a.name for a, b in pairs if _numbers(a) != _numbers(b)]
+    computes values from a pruned size, so the pruned model is not the masked one. A change
+    ``(old, new)`` in ``compensated`` is one surgery makes up for (an attention scale
+    ``head_dim ** -0.5`` whose queries ``rescale_queries`` multiplied)."""
+    changed = []
+    for a, b in zip(_kept_nodes(before), _kept_nodes(after)):
+        old, new = _numbers(a), _numbers(b)
+        if len(old) != len(new) or any(x != y and (x, y) not in compensated for x, y in zip(old, new)):
+            changed.append(a.name)
+    return changed
 
 
 def _kept_nodes(graph: fx.Graph) -> list[fx.Node]:
