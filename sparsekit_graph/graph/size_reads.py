@@ -21,19 +21,16 @@ A layer's own ``forward`` (torch code) reads its attributes unrecorded: its rule
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS
+from .size_values import VALUE, Reaching, Site, SizeRead, SizeTuple, by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
 
@@ -44,38 +41,12 @@ READ_ATTRIBUTES = frozenset(
      "embed_dim", "num_heads", "head_dim", "kdim", "vdim", "groups", "hidden_size", "input_size", "proj_size"}
 )  # fmt: skip
 
-Site = tuple[str, str]  # (layer path, attribute)
 CONFIG = "config@"  # a site's path for a plain config object: ``config@<id>``
-VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
-_INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
 _ACTIVE: list[_Log] = []
 _RECORDERS: dict[type, type] = {}
 _LAYER_CLASSES: dict[type, bool] = {}
 _NAMES: frozenset[str] | set[str] = READ_ATTRIBUTES
-
-
-def _stand_in_codes() -> frozenset[Any]:
-    """Code of torch functions that stand in for builtins while ``torch.export`` runs the
-    forward (``max``/``min``): a comparison they make is the model's own."""
-    try:
-        from torch._export.non_strict_utils import _tensor_min_max
-    except ImportError:  # another torch: nothing stands in
-        return frozenset()
-    code = _tensor_min_max.__code__
-    return frozenset({code, *(c for c in code.co_consts if hasattr(c, "co_filename"))})
-
-
-_STAND_INS = _stand_in_codes()
-
-
-def _by_user(depth: int) -> bool:
-    """Is the frame ``depth`` levels up the model's own code (not torch's, not ours)? Frames
-    of torch's stand-ins for builtins (``_STAND_INS``) count as their caller's."""
-    frame = sys._getframe(depth + 1)
-    while frame.f_code in _STAND_INS and frame.f_back is not None:
-        frame = frame.f_back
-    return not frame.f_code.co_filename.startswith(_INTERNAL)
 
 
 class _Log:
@@ -107,9 +78,9 @@ class _Log:
                 self.reads.pop(id(m), None)
         self.swapped = keep
 
-    def reaching(self) -> _Reaching:
+    def reaching(self) -> Reaching:
         """A torch function mode for ``torch.export``: reads passed to torch count as reached."""
-        return _Reaching(self)
+        return Reaching(self)
 
     def wrap(self, layer: nn.Module, name: str, value: Any) -> Any:
         path = self.paths.get(id(layer))
@@ -125,186 +96,9 @@ class _Log:
 def wrap_config_read(config: object, name: str, value: Any) -> Any:
     """An int the model's code read from a plain config (``config_reads``) while traced, as a
     ``SizeRead``: control flow on a size a group's surgery rewrites pins that group."""
-    if not _ACTIVE or isinstance(value, bool) or not isinstance(value, int) or not _by_user(2):
+    if not _ACTIVE or isinstance(value, bool) or not isinstance(value, int) or not by_user(2):
         return value
     return SizeRead(value, frozenset({(f"{CONFIG}{id(config)}", name)}), _ACTIVE[-1])
-
-
-class _Reaching(TorchFunctionMode):
-    """Marks reads passed to a torch function as reached: ``torch.export`` records the call
-    with plain ints, so the graph cannot say which of its literals were reads."""
-
-    def __init__(self, log: _Log) -> None:
-        super().__init__()
-        self.log = log
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if self.log.made:
-            _mark_reached((args, kwargs))
-        return func(*args, **kwargs)
-
-
-def _mark_reached(a: Any) -> None:
-    if isinstance(a, _Tracked):
-        a.reached = True
-    elif isinstance(a, (tuple, list)):
-        for e in tuple.__iter__(a) if isinstance(a, tuple) else a:
-            _mark_reached(e)
-    elif isinstance(a, dict):
-        for e in a.values():
-            _mark_reached(e)
-
-
-class _Tracked:
-    """What was done with a read: ``control`` (why it decided Python control flow), ``derived``
-    (it became another tracked value, whose fate is its own), ``reached`` (torch code took it)."""
-
-    _sites: frozenset[Site]
-    _log: _Log
-    control: str | None
-    derived: bool
-    reached: bool
-
-    def _init(self, sites: frozenset[Site], log: _Log) -> None:
-        self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
-        log.made.append(self)  # type: ignore[arg-type]
-
-    def _use(self, kind: str) -> None:
-        """A use by Python: recorded when the model's code (two frames up) made it."""
-        if _by_user(2):
-            if self.control is None:
-                self.control = kind
-        else:
-            self.reached = True
-
-
-class SizeRead(_Tracked, int):
-    """An int read from a layer's size attribute by the model's code while traced."""
-
-    def __new__(cls, value: int, sites: frozenset[Site], log: _Log) -> SizeRead:
-        obj = int.__new__(cls, value)
-        obj._init(sites, log)
-        return obj
-
-    __hash__ = int.__hash__
-
-    def __reduce__(self) -> tuple:
-        return int, (int(self),)
-
-    def __deepcopy__(self, memo: dict) -> int:
-        return int(self)
-
-    def __copy__(self) -> int:
-        return int(self)
-
-
-def _compare(op: str) -> Any:
-    base = getattr(int, op)
-
-    def compare(self: SizeRead, other: Any) -> Any:
-        self._use("a comparison")
-        if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
-            other._use("a comparison")
-        return base(self, other)
-
-    return compare
-
-
-def _convert(op: str, kind: str) -> Any:
-    base = getattr(int, op)
-
-    def convert(self: SizeRead, *args: Any) -> Any:
-        self._use(kind)
-        return base(self, *args)
-
-    return convert
-
-
-def _arith(op: str) -> Any:
-    base = getattr(int, op)
-
-    def arith(self: SizeRead, *other: Any) -> Any:
-        out = base(self, *other)
-        if out is NotImplemented:  # ``n * h``: the Proxy's reflected op holds ``n``
-            return out
-        if not isinstance(out, int) or isinstance(out, bool) or not _by_user(1):
-            self._use(VALUE)  # a float (``1 / n``), or torch's own arithmetic
-            return out
-        sites = self._sites.union(*(o._sites for o in other if isinstance(o, _Tracked)))
-        for o in (self, *other):
-            if isinstance(o, _Tracked):
-                o.derived = True
-        return SizeRead(out, sites, self._log)
-
-    return arith
-
-
-for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
-    setattr(SizeRead, _op, _compare(_op))
-for _op, _kind in (("__bool__", "a truth test"), ("__int__", "a conversion"), ("__float__", "a conversion"),
-                   ("__index__", "an index"), ("__round__", "a conversion")):  # fmt: skip
-    setattr(SizeRead, _op, _convert(_op, _kind))
-for _op in ("add", "sub", "mul", "floordiv", "mod", "pow", "lshift", "rshift", "and", "or", "xor", "truediv", "divmod"):
-    setattr(SizeRead, f"__{_op}__", _arith(f"__{_op}__"))
-    setattr(SizeRead, f"__r{_op}__", _arith(f"__r{_op}__"))
-for _op in ("__neg__", "__pos__", "__abs__", "__invert__", "__trunc__", "__floor__", "__ceil__"):
-    setattr(SizeRead, _op, _arith(_op))
-
-
-class SizeTuple(_Tracked, tuple):
-    """A tuple of ints (``normalized_shape``) read by the model's code while traced."""
-
-    def __new__(cls, value: tuple[int, ...], sites: frozenset[Site], log: _Log) -> SizeTuple:
-        obj = tuple.__new__(cls, value)
-        obj._init(sites, log)
-        return obj
-
-    __hash__ = tuple.__hash__
-
-    def __getitem__(self, i: Any) -> Any:
-        out = tuple.__getitem__(self, i)
-        if not _by_user(1):
-            self.reached = True
-            return out
-        self.derived = True
-        return SizeRead(out, self._sites, self._log) if isinstance(out, int) else SizeTuple(out, self._sites, self._log)
-
-    def __iter__(self) -> Iterator[Any]:
-        if not _by_user(1):
-            self.reached = True
-            return tuple.__iter__(self)
-        self.derived = True
-        return iter([SizeRead(v, self._sites, self._log) for v in tuple.__iter__(self)])
-
-    def __len__(self) -> int:  # the number of axes never changes with pruning
-        self.derived = self.derived or _by_user(1)
-        return tuple.__len__(self)
-
-    def __reduce__(self) -> tuple:
-        return tuple, (tuple(self),)
-
-    def __deepcopy__(self, memo: dict) -> tuple:
-        return tuple(self)
-
-    def __copy__(self) -> tuple:
-        return tuple(self)
-
-
-def _tuple_compare(op: str) -> Any:
-    base = getattr(tuple, op)
-
-    def compare(self: SizeTuple, other: Any) -> Any:
-        self._use("a comparison")
-        if isinstance(other, _Tracked):
-            other._use("a comparison")
-        return base(self, other)
-
-    return compare
-
-
-for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__"):
-    setattr(SizeTuple, _op, _tuple_compare(_op))
 
 
 def _layer_class(cls: type) -> bool:
@@ -325,7 +119,7 @@ def _recorder(cls: type) -> type:
             value = base(self, name)
             if name in _NAMES and _ACTIVE:
                 log = _ACTIVE[-1]
-                if (name in READ_ATTRIBUTES or not layer) and _by_user(1):  # a model's own ``self.dim`` too
+                if (name in READ_ATTRIBUTES or not layer) and by_user(1):  # a model's own ``self.dim`` too
                     wrapped = log.wrap(self, name, value)
                     if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
                         return wrapped
