@@ -19,13 +19,15 @@ full-size temporary. With more than one torch intra-op thread on CPU (and ``SPLI
 parallelism is across weights rather than inside each kernel: a wave's reads, then all the writes,
 are spread over that many worker threads that run each kernel on one intra-op thread (the big 3x3
 weights' ``M`` and big shared weights' writes in their row chunks), so no kernel waits at an
-OpenMP barrier for a descheduled thread, and the bits are the one-thread path's. Anything outside this pattern (a parameter in a coupling twice, in three
+OpenMP barrier for a descheduled thread, and the bits are the one-thread path's.
+Anything outside this pattern (a parameter in a coupling twice, in three
 couplings, two slices of one parameter, pieces that need copies, non-float32 weights) falls back to
 the one-by-one calls.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -384,7 +386,7 @@ def _write(p: _Param, only: slice | None = None) -> None:
 
 # -- across weights: a wave's reads and the writes on a few threads, one intra-op thread each ------------
 SPLIT = True  # with torch.get_num_threads() > 1 on CPU: spread the per-weight kernels over that many threads
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads): a forked child's copy has no threads
 _POOL_LOCK = threading.Lock()
 _Task = tuple[int, Callable[[_Scratch], None]]  # (elements it reads, the work)
 
@@ -404,14 +406,14 @@ def _pool(params: list[_Param]) -> ThreadPoolExecutor | None:
     if n < 2:
         return None
     with _POOL_LOCK:
-        pool = _POOLS.get(n)
+        pool = _POOLS.get((os.getpid(), n))
         if pool is None:
             pool = ThreadPoolExecutor(n, thread_name_prefix="sparsekit-prox")
             ready = threading.Barrier(n)
             for f in [pool.submit(_one_thread, ready) for _ in range(n)]:  # n tasks that wait for each other: n threads
                 f.result()
             torch.set_num_threads(n)  # the workers set torch's process-wide count to 1: back to n (this thread's is n)
-            _POOLS[n] = pool
+            _POOLS[os.getpid(), n] = pool
     return pool
 
 
