@@ -143,7 +143,7 @@ def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.Mon
     """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
     each; the big 3x3 weights in row chunks): the same bits as the one-thread path, and torch's
     thread count is left as it was."""
-    from sparsekit_graph.engine import batch
+    from sparsekit_graph.engine import batch, workers
 
     model = torchvision.models.resnet18(num_classes=10)
     plan = skg.plan(model, torch.randn(1, 3, 32, 32))
@@ -158,7 +158,7 @@ def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.Mon
         torch.set_num_threads(2)
         monkeypatch.setattr(batch, "SPLIT", True)
         soft_threshold_all(cs, taus)
-        assert torch.get_num_threads() == 2 and (os.getpid(), 2) in batch._POOLS
+        assert torch.get_num_threads() == 2 and (os.getpid(), 2) in workers._POOLS
     finally:
         torch.set_num_threads(before)
     assert any(p.numel() > batch._CHUNK and p.dim() == 4 and p.shape[-1] == 3 for p in model.parameters())

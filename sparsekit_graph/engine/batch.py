@@ -27,11 +27,9 @@ the one-by-one calls.
 
 from __future__ import annotations
 
-import os
-import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,6 +39,7 @@ from torch import Tensor
 from ..errors import SparseKitError
 from .block import BlockValues, SparseBlock
 from .waves import conditioned_all
+from .workers import Task, run_balanced, worker_pool
 
 __all__ = ["soft_threshold_all"]
 
@@ -386,16 +385,7 @@ def _write(p: _Param, only: slice | None = None) -> None:
 
 # -- across weights: a wave's reads and the writes on a few threads, one intra-op thread each ------------
 SPLIT = True  # with torch.get_num_threads() > 1 on CPU: spread the per-weight kernels over that many threads
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads): a forked child's copy has no threads
-_POOL_LOCK = threading.Lock()
-_Task = tuple[int, Callable[[_Scratch], None]]  # (elements it reads, the work)
-
-
-def _one_thread(ready: threading.Barrier) -> None:
-    """A worker's start: its own (per-thread) OpenMP and MKL thread counts set to 1."""
-    torch.get_num_threads()  # the thread's lazy init first, at the process's count
-    torch.set_num_threads(1)  # OpenMP's and MKL's counts are per thread; torch's global one is restored by _pool
-    ready.wait()
+_Task = Task[_Scratch]
 
 
 def _pool(params: list[_Param]) -> ThreadPoolExecutor | None:
@@ -403,37 +393,11 @@ def _pool(params: list[_Param]) -> ThreadPoolExecutor | None:
     if not SPLIT or not params or params[0].uses[0].x.device.type != "cpu":
         return None
     n = torch.get_num_threads()
-    if n < 2:
-        return None
-    with _POOL_LOCK:
-        pool = _POOLS.get((os.getpid(), n))
-        if pool is None:
-            pool = ThreadPoolExecutor(n, thread_name_prefix="sparsekit-prox")
-            ready = threading.Barrier(n)
-            for f in [pool.submit(_one_thread, ready) for _ in range(n)]:  # n tasks that wait for each other: n threads
-                f.result()
-            torch.set_num_threads(n)  # the workers set torch's process-wide count to 1: back to n (this thread's is n)
-            _POOLS[os.getpid(), n] = pool
-    return pool
+    return worker_pool(n) if n >= 2 else None
 
 
 def _run(tasks: list[_Task], pool: ThreadPoolExecutor) -> None:
-    """``tasks`` on the pool's threads, the largest first, each to the least loaded thread."""
-    n = pool._max_workers  # noqa: SLF001 - the size it was made with
-    bins: list[list[Callable[[_Scratch], None]]] = [[] for _ in range(n)]
-    load = [0] * n
-    for size, fn in sorted(tasks, key=lambda t: -t[0]):
-        b = load.index(min(load))
-        bins[b].append(fn)
-        load[b] += size
-
-    def work(fns: list[Callable[[_Scratch], None]]) -> None:
-        scratch = _Scratch()
-        for fn in fns:
-            fn(scratch)
-
-    for f in [pool.submit(work, fns) for fns in bins if fns]:
-        f.result()
+    run_balanced(tasks, pool, _Scratch)
 
 
 def _reads(reads: list[tuple[_Param, int]], scratch: _Scratch) -> dict[int, Tensor]:

@@ -1,0 +1,66 @@
+"""Worker threads for torch kernels, each on one intra-op thread.
+
+On a CPU with few cores, a mid-size kernel split over every intra-op thread waits at an OpenMP
+barrier for whichever thread was descheduled; running whole kernels side by side, one thread
+each, does not. ``worker_pool(n)`` gives ``n`` such threads (one pool per process and size: a
+forked child's copy of a pool has no threads), ``run_balanced`` spreads tasks over them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+__all__ = ["Task", "run_balanced", "worker_pool"]
+
+S = TypeVar("S")
+Task = tuple[int, Callable[[S], None]]  # (elements it reads, the work, given its thread's state)
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads)
+_LOCK = threading.Lock()
+
+
+def _one_thread(ready: threading.Barrier) -> None:
+    """A worker's start: its own (per-thread) OpenMP and MKL thread counts set to 1."""
+    torch.get_num_threads()  # the thread's lazy init first, at the process's count
+    torch.set_num_threads(1)  # OpenMP's and MKL's counts are per thread; torch's global one is restored by worker_pool
+    ready.wait()
+
+
+def worker_pool(n: int) -> ThreadPoolExecutor:
+    """``n`` worker threads that run torch kernels on one intra-op thread each."""
+    with _LOCK:
+        pool = _POOLS.get((os.getpid(), n))
+        if pool is None:
+            pool = ThreadPoolExecutor(n, thread_name_prefix="sparsekit-prox")
+            ready = threading.Barrier(n)
+            for f in [pool.submit(_one_thread, ready) for _ in range(n)]:  # n tasks that wait for each other: n threads
+                f.result()
+            torch.set_num_threads(n)  # the workers set torch's process-wide count to 1: back to n (this thread's is n)
+            _POOLS[os.getpid(), n] = pool
+    return pool
+
+
+def run_balanced(tasks: list[Task[S]], pool: ThreadPoolExecutor, state: Callable[[], S]) -> None:
+    """``tasks`` on the pool's threads, the largest first, each to the least loaded thread; the
+    tasks of one thread share one ``state()`` (a scratch buffer)."""
+    n = pool._max_workers  # noqa: SLF001 - the size it was made with
+    bins: list[list[Callable[[S], None]]] = [[] for _ in range(n)]
+    load = [0] * n
+    for size, fn in sorted(tasks, key=lambda t: -t[0]):
+        b = load.index(min(load))
+        bins[b].append(fn)
+        load[b] += size
+
+    def work(fns: list[Callable[[S], None]]) -> None:
+        own = state()
+        for fn in fns:
+            fn(own)
+
+    for f in [pool.submit(work, fns) for fns in bins if fns]:
+        f.result()
