@@ -50,6 +50,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
     aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
+    graph.exported = graph.exported or exported
     views: dict = {}  # nodes that are views of a parameter (``w.detach()``), shared by every rule
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None

@@ -194,7 +194,8 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             reason = "gqa='query_heads': every key/value group keeps as many query heads"
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
-    groups = pin_shared_sizes(groups)  # an attribute a pinned group holds cannot change
+    if not graph.exported:  # export's literals match attributes by value only: the export probe decides there
+        groups = pin_shared_sizes(groups)  # an attribute a pinned group holds cannot change
     return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds)  # one config count read by every layer
 
 

@@ -3,7 +3,10 @@
 A layer's ``self.head_dim`` may size the heads of q and k (pinned: rotated, contracted) and
 those of v (free): pruning v's head size rewrites ``head_dim``, and q's ``view`` then breaks.
 Every prunable group that counts its channels by an attribute some pinned group also counts
-by is pinned too, with the reason, until no such group is left.
+by is pinned too, with the reason, until no such group is left. Only on torch.fx graphs, where
+an attribute sizes an axis because the code read it: torch.export writes sizes as literals
+matched by value (StableLM's partial-rotary slice of 2 equals its ``num_key_value_heads``), and
+there the export probe prunes a copy and pins what actually breaks.
 """
 
 from __future__ import annotations
