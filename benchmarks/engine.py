@@ -62,6 +62,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torchvision
@@ -70,6 +71,8 @@ from traffic import count
 
 import sparsekit_graph as skg
 from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, batch, soft_threshold_all
+
+_View, _BlockSpec, _BlockCoupling = View, BlockSpec, BlockCoupling
 
 ZEROED = 0.02  # fraction of blocks one prox call should zero
 EUCLID, EUCLID_ALL = "ours: Euclidean prox", "ours: Euclidean, soft_threshold_all"
@@ -121,8 +124,10 @@ def _conditioners(opt: torch.optim.Adam) -> dict[Tensor, Tensor]:
 
 
 # -- layouts -----------------------------------------------------------------------------------
-def _bottleneck_couplings(model: nn.Module) -> list[BlockCoupling]:
-    """conv1 rows ~ conv2 columns and conv2 rows ~ conv3 columns, on the 4-D weights."""
+def _bottleneck_couplings(model: nn.Module, eng: ModuleType | None = None) -> list[BlockCoupling]:
+    """conv1 rows ~ conv2 columns and conv2 rows ~ conv3 columns, on the 4-D weights (built by
+    ``eng``, another revision's ``sparsekit_graph.engine``, where given)."""
+    View, BlockSpec, BlockCoupling = (eng.View, eng.BlockSpec, eng.BlockCoupling) if eng else (_View, _BlockSpec, _BlockCoupling)  # noqa: N806
     out = []
     for block in model.modules():
         if isinstance(block, torchvision.models.resnet.Bottleneck):

@@ -36,7 +36,7 @@ from types import ModuleType
 
 import torch
 import torchvision
-from engine import Bench, _adam_state, _conditioners, _layout, _make_dying
+from engine import Bench, _adam_state, _bottleneck_couplings, _conditioners, _layout, _make_dying
 from plan_margin import _revision
 from torch import Tensor, nn
 
@@ -44,18 +44,8 @@ import sparsekit_graph as skg
 
 
 def _bottlenecks(pkg: ModuleType, model: nn.Module) -> list:
-    """conv1 rows ~ conv2 columns and conv2 rows ~ conv3 columns on the 4-D weights (as engine.py)."""
-    eng = importlib.import_module(pkg.__name__ + ".engine")
-    out = []
-    for block in model.modules():
-        if isinstance(block, torchvision.models.resnet.Bottleneck):
-            for prod, cons in ((block.conv1.weight, block.conv2.weight), (block.conv2.weight, block.conv3.weight)):
-                o, k = prod.shape[0], prod[0].numel()
-                o2, k2 = cons.shape[0], cons[0, 0].numel()
-                rows = eng.BlockSpec(eng.View(prod, (o, k, 1), (k, 1, 1)), (1, -1, 1))
-                cols = eng.BlockSpec(eng.View(cons, (o2, o, k2), (o * k2, k2, 1)), (-1, 1, -1))
-                out.append(eng.BlockCoupling([rows, cols], [(0, 1, 2), (1, 0, 2)]))
-    return out
+    """``engine.py``'s bottleneck couplings, built by ``pkg``'s engine."""
+    return _bottleneck_couplings(model, importlib.import_module(pkg.__name__ + ".engine"))
 
 
 def _couplings(pkg: ModuleType, model: nn.Module, which: str) -> list:
