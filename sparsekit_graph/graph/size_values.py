@@ -118,10 +118,11 @@ class SizeRead(_Tracked, int):
         return int(self)
 
 
-def _compare(op: str) -> Any:
-    base = getattr(int, op)
+def _compare(kind: type, op: str) -> Any:
+    """``kind``'s comparison ``op``, which marks both sides as deciding control flow."""
+    base = getattr(kind, op)
 
-    def compare(self: SizeRead, other: Any) -> Any:
+    def compare(self: _Tracked, other: Any) -> Any:
         self._use("a comparison")
         if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
             other._use("a comparison")
@@ -160,7 +161,7 @@ def _arith(op: str) -> Any:
 
 
 for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
-    setattr(SizeRead, _op, _compare(_op))
+    setattr(SizeRead, _op, _compare(int, _op))
 for _op, _kind in (("__bool__", "a truth test"), ("__int__", "a conversion"), ("__float__", "a conversion"),
                    ("__index__", "an index"), ("__round__", "a conversion")):  # fmt: skip
     setattr(SizeRead, _op, _convert(_op, _kind))
@@ -210,17 +211,5 @@ class SizeTuple(_Tracked, tuple):
         return tuple(self)
 
 
-def _tuple_compare(op: str) -> Any:
-    base = getattr(tuple, op)
-
-    def compare(self: SizeTuple, other: Any) -> Any:
-        self._use("a comparison")
-        if isinstance(other, _Tracked):
-            other._use("a comparison")
-        return base(self, other)
-
-    return compare
-
-
 for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__"):
-    setattr(SizeTuple, _op, _tuple_compare(_op))
+    setattr(SizeTuple, _op, _compare(tuple, _op))
