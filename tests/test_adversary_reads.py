@@ -509,13 +509,7 @@ CASES: list[Case] = [
     ("view_used_twice", _view_used_twice, lambda: {"w": _w()}, None, (False,), False),
 ]
 
-XFAIL: dict[str, str] = {
-    "heads-export": (
-        "under torch.export a user module's own size attributes are not recorded (size_reads narrows to torch.nn "
-        "layers), so `if self.num_heads > 2` leaves no trace; the probe keeps 3 of 4 heads, which does not cross 2; "
-        "plan says attn.qkv:out prunable, prune at 0.5 refuses ('runs other code from mul.Tensor on')"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 
 def _params() -> list:

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["CALL", "CONFIG_READS", "CONSTANT", "CONTROL", "EXPORTED", "META", "MODULE_READS", "SIZE_CONTROL", "SIZE_READS", "TRACED_CONSTANT"]
+__all__ = [
+    "CALL",
+    "CONFIG_READS",
+    "CONSTANT",
+    "CONTROL",
+    "EXPORTED",
+    "META",
+    "MODULE_READS",
+    "SIZE_CONTROL",
+    "SIZE_READS",
+    "SIZE_TESTS",
+    "TRACED_CONSTANT",
+]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
@@ -13,4 +25,5 @@ CONTROL = "skg.control"  # a traced number Python control flow read: "branch", "
 CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}
 SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer size attributes the node's arguments read
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
+SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
 MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path: size attributes its forward read}

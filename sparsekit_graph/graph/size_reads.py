@@ -14,7 +14,9 @@ an int that remembers its attribute and records what Python makes of it. Afterwa
   attribute, and a literal nobody read stays a constant;
 - an attribute whose value decided Python control flow (a comparison, ``bool``, ``int``, a
   true division) or went where the graph cannot see it (``range(n)``, ``[0] * n``) is listed
-  on the output node (``SIZE_CONTROL``); ``pin_read_sizes`` pins the layer's axes it sizes.
+  on the output node (``SIZE_CONTROL``); ``pin_read_sizes`` pins the layer's axes it sizes;
+- each decision on one attribute is listed as a ``SizeTest`` (``SIZE_TESTS``): under
+  ``torch.export`` the probe (``plan/probe.py``) prunes to a count that flips it.
 
 A layer's own ``forward`` (torch code) reads its attributes unrecorded: its rule models it.
 """
@@ -29,8 +31,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .axes import AxisGraph
-from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS
-from .size_values import VALUE, Reaching, Site, SizeRead, SizeTuple, by_user
+from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS
+from .size_values import VALUE, Reaching, Site, SizeRead, SizeTest, SizeTuple, by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
 
@@ -56,6 +58,8 @@ class _Log:
     def __init__(self, paths: dict[int, str]) -> None:
         self.paths = paths
         self.made: list[SizeRead | SizeTuple] = []
+        self.tests: list[SizeTest] = []  # decisions on one attribute each (``SizeTest``)
+        self.probed: set[str] = set()  # module paths whose decisions the export probe tries, not pins
         self.reads: dict[int, set[str]] = {}
         self.swapped: list[tuple[nn.Module, type]] = []
 
@@ -65,18 +69,17 @@ class _Log:
             names.add(name)
 
     def narrow(self) -> None:
-        """Forget everything and stop recording modules other than torch.nn layers (before
-        ``torch.export``, whose literals say nothing of what the code read)."""
+        """Forget everything before ``torch.export``, whose literals say nothing of what the
+        code read. Modules other than torch.nn layers stay recorded for their tests only
+        (``probed``): Python deciding on ``self.num_heads`` is tried by the export probe at a
+        count that flips it, not pinned here (``repeat_kv``'s ``n_rep == 1`` computes the
+        same either way)."""
         self.made.clear()
-        keep = []
+        self.tests.clear()
         for m, cls in self.swapped:
-            if _layer_class(cls):
-                keep.append((m, cls))
-                self.reads[id(m)] = set()
-            else:
-                object.__setattr__(m, "__class__", cls)
-                self.reads.pop(id(m), None)
-        self.swapped = keep
+            self.reads[id(m)] = set()
+            if not _layer_class(cls) and id(m) in self.paths:
+                self.probed.add(self.paths[id(m)])
 
     def reaching(self) -> Reaching:
         """A torch function mode for ``torch.export``: reads passed to torch count as reached."""
@@ -87,10 +90,14 @@ class _Log:
         if path is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return SizeRead(value, frozenset({(path, name)}), self)
+            return SizeRead(value, frozenset({(path, name)}), self, ((path, name), value, _same))
         if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return SizeTuple(value, frozenset({(path, name)}), self)
         return value
+
+
+def _same(v: int) -> int:
+    return v
 
 
 def wrap_config_read(config: object, name: str, value: Any) -> Any:
@@ -177,6 +184,9 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     out = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
     if out is not None and log.reads and not out.meta.get(EXPORTED):  # export's literals are no reads
         out.meta[MODULE_READS] = {log.paths[k]: frozenset(v) for k, v in log.reads.items() if k in log.paths}
+    if out is not None and log.tests:
+        out.meta[SIZE_TESTS] = tuple(log.tests)
+    log.tests.clear()
     if not log.made:
         return
     held: set[int] = set()
@@ -201,6 +211,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             kind = "a use the traced graph does not hold (range, a list's length)"
         if kind is not None:
             for site in t._sites:
+                if site[0] in log.probed:  # the export probe tries it (``narrow``)
+                    continue
                 if control.get(site) in (None, VALUE):
                     control[site] = kind
     log.made.clear()

@@ -2,14 +2,18 @@
 (``normalized_shape``), which remember the size attributes they came from and record what
 Python does with them: a comparison, a truth test or a conversion by the model's own code is
 control flow (``_Tracked.control``); arithmetic gives another tracked value (``derived``); a
-value torch's code takes (a view's size) is ``reached``.
+value torch's code takes (a view's size) is ``reached``. A comparison or truth test of a value
+made from one attribute is kept as a ``SizeTest`` (``self.num_heads > 2``): the export probe
+prunes to a count that flips it.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,9 +22,46 @@ from torch.overrides import TorchFunctionMode
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["VALUE", "Reaching", "Site", "SizeRead", "SizeTuple", "by_user"]
+__all__ = ["VALUE", "Reaching", "Site", "SizeRead", "SizeTest", "SizeTuple", "by_user"]
 
 Site = tuple[str, str]  # (layer path, attribute)
+Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
+
+_TESTS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "truth": lambda v, _: bool(v),
+}  # fmt: skip
+_DUNDER_TESTS = {"__eq__": "==", "__ne__": "!=", "__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">="}
+
+
+@dataclass(frozen=True)
+class SizeTest:
+    """A decision of the model's code on one attribute: ``fn(site) op other`` (``op`` a
+    comparison, or ``"truth"``), first made with the attribute at ``value``."""
+
+    site: Site
+    value: int
+    fn: Callable[[int], Any]
+    op: str
+    other: Any = None
+
+    def outcome(self, value: int) -> bool:
+        """What the code decides with the attribute at ``value`` (False where it cannot say)."""
+        try:
+            return bool(_TESTS[self.op](self.fn(value), self.other))
+        except Exception:  # noqa: BLE001 - a count the code's arithmetic rejects (``n // 0``)
+            return False
+
+    def flips(self, value: int) -> bool:
+        """Does the code decide otherwise with the attribute at ``value``?"""
+        return self.outcome(value) != self.outcome(self.value)
+
+    def __str__(self) -> str:
+        path, attr = self.site
+        name = f"{path}.{attr}" if path else attr
+        return f"a test of {name} = {self.value}" + (f" ({self.op} {self.other})" if self.op != "truth" else "")
+
+
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
 _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
@@ -81,29 +122,38 @@ class _Tracked:
 
     _sites: frozenset[Site]
     _log: _Log
+    _origin: Origin | None
     control: str | None
     derived: bool
     reached: bool
 
-    def _init(self, sites: frozenset[Site], log: _Log) -> None:
+    def _init(self, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> None:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
+        self._origin = origin
         log.made.append(self)  # type: ignore[arg-type]
 
-    def _use(self, kind: str) -> None:
+    def _use(self, kind: str) -> bool:
         """A use by Python: recorded when the model's code (two frames up) made it."""
         if by_user(2):
             if self.control is None:
                 self.control = kind
-        else:
-            self.reached = True
+            return True
+        self.reached = True
+        return False
+
+    def _test(self, op: str, other: Any = None) -> None:
+        """Keep the model's decision on this value as a ``SizeTest`` (one attribute's value only)."""
+        if self._origin is not None and not isinstance(other, _Tracked):
+            site, value, fn = self._origin
+            self._log.tests.append(SizeTest(site, value, fn, op, other))
 
 
 class SizeRead(_Tracked, int):
     """An int read from a layer's size attribute by the model's code while traced."""
 
-    def __new__(cls, value: int, sites: frozenset[Site], log: _Log) -> SizeRead:
+    def __new__(cls, value: int, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> SizeRead:
         obj = int.__new__(cls, value)
-        obj._init(sites, log)
+        obj._init(sites, log, origin)
         return obj
 
     __hash__ = int.__hash__
@@ -123,7 +173,8 @@ def _compare(kind: type, op: str) -> Any:
     base = getattr(kind, op)
 
     def compare(self: _Tracked, other: Any) -> Any:
-        self._use("a comparison")
+        if self._use("a comparison") and op in _DUNDER_TESTS and isinstance(other, (int, float)):
+            self._test(_DUNDER_TESTS[op], other)
         if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
             other._use("a comparison")
         return base(self, other)
@@ -135,7 +186,8 @@ def _convert(op: str, kind: str) -> Any:
     base = getattr(int, op)
 
     def convert(self: SizeRead, *args: Any) -> Any:
-        self._use(kind)
+        if self._use(kind) and op == "__bool__":
+            self._test("truth")
         return base(self, *args)
 
     return convert
@@ -155,9 +207,19 @@ def _arith(op: str) -> Any:
         for o in (self, *other):
             if isinstance(o, _Tracked):
                 o.derived = True
-        return SizeRead(out, sites, self._log)
+        return SizeRead(out, sites, self._log, _derived_origin(self, base, other))
 
     return arith
+
+
+def _derived_origin(value: _Tracked, base: Callable[..., Any], other: tuple[Any, ...]) -> Origin | None:
+    """``base(value, *other)`` as a function of ``value``'s one attribute (None where another
+    tracked value takes part: two attributes decide)."""
+    if value._origin is None or any(isinstance(o, _Tracked) for o in other):
+        return None
+    site, first, fn = value._origin
+    plain = tuple(other)
+    return site, first, lambda v: base(fn(v), *plain)
 
 
 for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):

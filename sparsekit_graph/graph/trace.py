@@ -107,7 +107,9 @@ def _get(model: nn.Module, target: str) -> Any:
     return obj
 
 
-def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.Graph:
+def trace_graph(
+    model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True, dynamic: bool = True
+) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
     Every node gets ``node.meta["skg.value"]``: its output as meta tensors (or a structure
@@ -118,6 +120,8 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
         example_inputs: Real or meta tensors: a tensor, a tuple or a dict of keyword inputs.
         train: Trace the training-mode forward (auxiliary heads, stochastic depth).
         shapes: Propagate shapes (skip to only compare graph structure).
+        dynamic: Under ``torch.export``, batch and length as dynamic dimensions (False: static,
+            cheaper, for a graph compared with one that has them: ``prune.checks``).
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
@@ -135,7 +139,7 @@ def trace_graph(model: nn.Module, example_inputs: Inputs, *, train: bool = False
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 with sizes.reaching():
-                    graph = _exported(model, args, kwargs, fx_error)
+                    graph = _exported(model, args, kwargs, fx_error, dynamic)
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph
@@ -154,12 +158,12 @@ def is_exported(graph: fx.Graph) -> bool:
     return any(n.op == "output" and n.meta.get(EXPORTED) for n in reversed(graph.nodes))
 
 
-def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception) -> fx.Graph:
+def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception, dynamic: bool) -> fx.Graph:
     """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
     try:
         with torch.no_grad():
             place = to_meta if _on_meta(model) else _materialize
-            graph = export_graph(model, place(args), place(kwargs))
+            graph = export_graph(model, place(args), place(kwargs), dynamic=dynamic)
     except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
         raise TraceError(
             f"could not trace {type(model).__name__}: torch.fx: {type(fx_error).__name__}: {_first_line(fx_error)}; "

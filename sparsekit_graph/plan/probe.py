@@ -8,7 +8,10 @@ copy of the model (uninitialised weights) the way ``prune`` would, traces it aga
 ``prune``'s own checks (same outputs, same code, sizes followed); a group whose pruning fails is
 pinned with the reason. Every group keeps a few channels (3, 5 or 7 by turns: far below any
 threshold a branch tests, odd, and different in neighbouring groups so two groups that must
-stay equal do not), all groups at once; on a failure, bisection over the groups (a tie's groups
+stay equal do not), all groups at once. Where the model's code decided on an attribute surgery
+rewrites (``if self.num_heads > 2``: a ``SizeTest`` recorded while traced), the group keeps a
+count that flips that decision instead, so prune's checks see the other branch's code (HF's
+``if n_rep == 1: return x`` drops only re-views: the same code). On a failure, bisection over the groups (a tie's groups
 stay together) finds the ones to pin, and the rest is tried again until it passes. One extra
 trace when nothing fails. The user's model is never touched.
 """
@@ -22,11 +25,13 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import SparseKitError, TraceError
+from ..graph.meta import SIZE_TESTS
+from ..graph.size_values import SizeTest
 from ..graph.trace import Inputs, trace_graph
 from ..prune.checks import changed_numbers, check_pruned
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
-from .schema import Plan
+from .schema import Group, Plan
 from .ties import snap_tied
 
 __all__ = ["KEEPS", "probe_plan"]
@@ -50,13 +55,13 @@ def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.
     units = _units(plan)
     if not units:
         return plan
-    masks = _probe_masks(plan)
+    masks, untried = _probe_masks(plan, _tests(traced))
     trial = _trial(plan, model, example_inputs, traced, units, masks)
     label = lambda us: ", ".join(n for u in us for n in units[u])  # noqa: E731
     fails: Attempt = lambda us: trial(us)[0]  # noqa: E731
-    failed: dict[int, str] = {}
-    todo = list(range(len(units)))
-    why = fails(todo)
+    failed = {u: untried[n] for u, names in enumerate(units) for n in names if n in untried}
+    todo = [u for u in range(len(units)) if u not in failed]
+    why = fails(todo) if todo else None
     while why is not None:
         found = _culprits(todo, why, fails, label)
         failed.update(found)
@@ -71,7 +76,9 @@ def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.
     reasons = {name: failed[u] for u, names in enumerate(units) if u in failed for name in names}
     groups = []
     for g in plan.groups:
-        if g.name in reasons:
+        if g.name in untried:
+            g = g.model_copy(update={"prunable": False, "reason": f"under torch.export, {untried[g.name]}"})
+        elif g.name in reasons:
             g = g.model_copy(update={"prunable": False, "reason": _reason(g.size, masks[g.name], reasons[g.name])})
         elif g.name in valued:
             g = g.model_copy(update={"zero_invariant": False})
@@ -99,11 +106,19 @@ def _units(plan: Plan) -> list[list[str]]:
     return list(units.values())
 
 
-def _probe_masks(plan: Plan) -> dict[str, Tensor]:
-    """Per prunable group: all but a few of its channels removed (the last ones), ties snapped.
+def _tests(traced: fx.Graph) -> tuple[SizeTest, ...]:
+    out = next((n for n in reversed(traced.nodes) if n.op == "output"), None)
+    return out.meta.get(SIZE_TESTS, ()) if out is not None else ()
+
+
+def _probe_masks(plan: Plan, tests: tuple[SizeTest, ...] = ()) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Per prunable group: all but a few of its channels removed (the last ones), ties snapped;
+    and the groups to pin untried, with the reason (decisions no one count flips together).
     Groups of one size keep different counts where they can (``KEEPS`` by turns, then 6 more
-    each time a turn comes round again): ``if a.shape[1] == b.shape[1]`` must not stay true."""
+    each time a turn comes round again): ``if a.shape[1] == b.shape[1]`` must not stay true.
+    A group whose attributes the code decided on (``tests``) keeps a count that flips them."""
     masks = {}
+    untried: dict[str, str] = {}
     taken: dict[tuple[int, int], int] = {}  # (size, turn's count) -> groups of that size given it
     for i, g in enumerate(g for g in plan.prunable if g.size > 1):
         options = [k for k in KEEPS if k < g.size] or [max(1, g.size - 1)]
@@ -111,11 +126,36 @@ def _probe_masks(plan: Plan) -> dict[str, Tensor]:
         again = taken.get((g.size, keep), 0)
         taken[(g.size, keep)] = again + 1
         keep = keep + 6 * again if keep + 6 * again < g.size else keep
+        keep, why = _flipping(g, keep, tests)
+        if why is not None:
+            untried[g.name] = why
         mask = torch.ones(g.size, dtype=torch.bool)
         mask[:keep] = False
         masks[g.name] = mask
     scores = {name: -torch.arange(len(m), dtype=torch.float32) for name, m in masks.items()}
-    return snap_tied(plan, masks, scores)
+    return snap_tied(plan, masks, scores), untried
+
+
+def _flipping(g: Group, keep: int, tests: tuple[SizeTest, ...]) -> tuple[int, str | None]:
+    """The count ``g`` keeps so that the code's decisions on the attributes surgery rewrites
+    for it (``g.sizes``) go the other way: ``keep`` where it does, else the nearest count that
+    flips the most (whole ties' steps only). Returns it, and why the group must be pinned
+    untried where some decision that a count flips stays as it was."""
+    refs = {(r.owner, r.attr): r for r in g.sizes}
+    mine = [t for t in tests if t.site in refs]
+    if not mine:
+        return keep, None
+
+    def flipped(k: int) -> list[SizeTest]:
+        return [t for t in mine if t.flips(t.value - refs[t.site].lowered_by(g.size - k))]
+
+    steps = [k for k in range(1, g.size) if all((g.size - k) % r.every == 0 for r in refs.values())] or [keep]
+    best = max(steps, key=lambda k: (len(flipped(k)), -abs(k - keep)))
+    best = keep if len(flipped(keep)) >= len(flipped(best)) else best
+    left = [t for t in mine if t not in flipped(best) and any(t in flipped(k) for k in steps)]
+    if not left:
+        return best, None
+    return best, f"the code decides on sizes no one count flips together: {'; '.join(sorted({str(t) for t in left}))}"
 
 
 def _trial(
@@ -140,7 +180,7 @@ def _prune_and_trace(
     work = copy_model(model, weights=False)
     try:
         remove_channels(work, plan, masks)
-        after = trace_graph(work, example_inputs)
+        after = trace_graph(work, example_inputs, dynamic=False)  # static: half the time, same code
         check_pruned(plan, masks, traced, after)
     except TraceError as e:  # the retrace's own error, not the fx-then-export summary
         cause = e.__cause__ or e

@@ -3,6 +3,8 @@ model back, and the planner's export probe (``plan/probe.py``) runs on a pruned 
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 import torch.fx as fx
 from torch import Tensor
@@ -29,14 +31,13 @@ def sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after
     only equalled an attribute (``view(b, n, 4, -1)`` beside an unused ``self.num_heads = 4``),
     or one config object that blocks read while they kept different counts, fails here."""
     old = {n.name: n.meta.get(META) for n in before.nodes}
-    new = {n.name: n.meta.get(META) for n in after.nodes}
-    moved = {n.name for n in after.nodes} - {n.name for n in _same_sites(before, after)}
+    new = {name: n.meta.get(META) for name, n in _same_sites(before, after).items()}  # a code path gone (n_rep 1)
     for g in plan.groups:
         removed = int(masks[g.name].sum()) if g.name in masks else 0
         for ref in g.sizes:
             for use in ref.uses:
                 node, _, axis = use.rpartition(":")
-                a, b = old.get(node), new.get(node) if node not in moved else None  # a code path gone (n_rep 1)
+                a, b = old.get(node), new.get(node)
                 if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
                     continue
                 want = a.shape[int(axis)] - ref.lowered_by(removed)
@@ -47,7 +48,7 @@ def sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after
                     )
         for f in g.follows:  # sizes torch.export wrote as literals (rotate_half's d/2)
             node, _, axis = f.use.rpartition(":")
-            a, b = old.get(node), new.get(node) if node not in moved else None
+            a, b = old.get(node), new.get(node)
             if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
                 continue
             want = a.shape[int(axis)] - f.per_channel * removed
@@ -58,15 +59,26 @@ def sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after
                 )
 
 
-def _same_sites(before: fx.Graph, after: fx.Graph) -> list[fx.Node]:
-    """Nodes of ``after`` that are the same op at the same source line as ``before``'s node
-    of that name (a pruned size can drop a code path: ``repeat_kv`` returns early at 1)."""
+def _same_sites(before: fx.Graph, after: fx.Graph) -> dict[str, fx.Node]:
+    """``before``'s node names -> the nodes of ``after`` that are the same op at the same source
+    line, paired in order (a pruned size can drop a code path: ``repeat_kv`` returns early at 1;
+    a trace with static sizes lacks the symbolic size nodes, and names shift)."""
 
     def where(n: fx.Node) -> tuple:
         return n.target, n.meta.get("stack_trace"), tuple(module_stack(n))
 
-    site = {n.name: where(n) for n in before.nodes}
-    return [n for n in after.nodes if site.get(n.name) == where(n)]
+    a = [n for n in before.nodes if not _symbolic(n)]
+    b = [n for n in after.nodes if not _symbolic(n)]
+    if [n.name for n in a] == [n.name for n in b] and all(where(x) == where(y) for x, y in zip(a, b)):
+        return {x.name: y for x, y in zip(a, b)}
+    match = difflib.SequenceMatcher(None, [where(n) for n in a], [where(n) for n in b], autojunk=False)
+    return {a[i + k].name: b[j + k] for i, j, size in match.get_matching_blocks() for k in range(size)}
+
+
+def _symbolic(n: fx.Node) -> bool:
+    """A size computation torch.export writes only where sizes are dynamic (``sym_size``,
+    arithmetic on them): the same code traced with static sizes has plain ints instead."""
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool))
 
 
 def _output_shapes(graph: fx.Graph) -> list[tuple[int, ...]]:
@@ -95,7 +107,7 @@ def same_code(before: fx.Graph, after: fx.Graph) -> None:
 # torch.export leaves out a ``contiguous`` whose input already is, e.g. a permute of one head).
 _REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, torch.ops.aten.reshape.default,
             torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.contiguous.default,
-            "unsqueeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
+            torch.ops.aten.alias.default, "unsqueeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
 
 
 def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
@@ -137,17 +149,35 @@ def changed_numbers(
     changed = []
     for a, b in zip(_kept_nodes(before), _kept_nodes(after)):
         old, new = _numbers(a), _numbers(b)
-        if len(old) != len(new) or any(x != y and (x, y) not in compensated for x, y in zip(old, new)):
+        if old.keys() != new.keys() and not _sized_by_symbol(a, b, old, new):
+            changed.append(a.name)
+        elif any(x != new[k] and (x, new[k]) not in compensated for k, x in old.items() if k in new):
             changed.append(a.name)
     return changed
 
 
+def _sized_by_symbol(a: fx.Node, b: fx.Node, old: dict, new: dict) -> bool:
+    """Do ``a``'s and ``b``'s numbers differ only where one holds a symbolic size (a node) and
+    the other the plain int a static trace writes for it?"""
+    args = dict(_arguments(a))
+    other = dict(_arguments(b))
+    return all(isinstance(args.get(k), fx.Node) or isinstance(other.get(k), fx.Node) for k in old.keys() ^ new.keys())
+
+
 def _kept_nodes(graph: fx.Graph) -> list[fx.Node]:
     """The nodes ``_ops`` lists, in order."""
-    return [n for n in graph.nodes if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n)]
+    return [
+        n
+        for n in graph.nodes
+        if n.op not in ("placeholder", "output") and n.target not in _REVIEWS and not _whole_slice(n) and not _symbolic(n)
+    ]
 
 
-def _numbers(n: fx.Node) -> list[float]:
-    values = [*n.args, *n.kwargs.values()]
+def _arguments(n: fx.Node) -> list[tuple[object, object]]:
+    return [*enumerate(n.args), *n.kwargs.items()]
+
+
+def _numbers(n: fx.Node) -> dict[object, float]:
+    """The node's numbers by argument position or keyword."""
     ints = n.target in _ARITHMETIC
-    return [v for v in values if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))]
+    return {k: v for k, v in _arguments(n) if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))}
