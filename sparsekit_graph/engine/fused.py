@@ -195,7 +195,7 @@ def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return fns[name]
 
 
-def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
+def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
     if "patch" not in _state:  # made once: building a config patch costs more than a small kernel
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
         _state["patch"] = torch._dynamo.config.patch(**{limit: _RECOMPILES})
@@ -206,6 +206,18 @@ def _run(name: str, fn: Callable[..., Any], *args: Tensor) -> Any:
         _state["broken"] = f"{type(e).__name__}: {e}"
         warnings.warn(f"sparsekit_graph: compiled prox kernels unavailable, using eager ones ({_state['broken']})", stacklevel=3)
         return None
+
+
+def per_block(name: str, fn: Callable[..., Any], compiled: bool, *args: Any) -> Any:
+    """``fn(*args)``: the solver's elementwise arithmetic on ``(blocks,)`` vectors (a Newton step,
+    the first iterate), compiled into one kernel when ``compiled`` (the solve's sweeps are: dozens
+    of small eager ops cost more than one compiled call), else eager; eager also after a failed
+    compile. ``fn`` must be pure (its outputs are new tensors)."""
+    if compiled and _state["broken"] is None and _get_current_dispatch_mode() is None:
+        out = _run(name, fn, *args)
+        if out is not None:
+            return out
+    return fn(*args)
 
 
 def _sums(which: int, w: Tensor, h: Tensor, *rest: Tensor) -> Tensor | None:

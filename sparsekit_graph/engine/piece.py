@@ -147,8 +147,10 @@ def pack(pieces: list[Piece], keep: Tensor, dtype: torch.dtype | None = None) ->
         if not ids.numel():
             continue
         a, _, inner = p.w.shape
-        w = p.w.transpose(0, 1).index_select(0, ids).reshape(ids.numel(), a * inner)
-        h = p.h.transpose(0, 1).index_select(0, ids).reshape(ids.numel(), a * inner)
+        # select along dim 1, then transpose the few rows: index_select on the transposed view
+        # copies the whole tensor first (400 us instead of 14 for 11 rows of a 1024x2048 weight)
+        w = p.w.index_select(1, ids).transpose(0, 1).reshape(ids.numel(), a * inner)
+        h = p.h.index_select(1, ids).transpose(0, 1).reshape(ids.numel(), a * inner)
         to = dtype or (torch.float64 if torch.float64 in (w.dtype, h.dtype) else torch.float32)
         slots = ids + p.start if p.slots is None else p.slots[ids]
         groups.setdefault((a * inner, to), []).append((w.to(to), h.to(to), slots))

@@ -187,6 +187,33 @@ def conditioned(
             p.add_to(sums[5], sums.new_ones(p.w.shape[1]))
     reduce(sums)
     precise = sums[5] == 0
+    compiled = any(fused.wants(p.w) for p in pieces)  # then the per-block arithmetic is compiled too
+    norm, survive, active, lower, start = fused.per_block("start", _start, compiled, sums, t, floor)
+    tol = _Tolerance(rtol, atol, max_iter, compiled)
+    mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
+    heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
+    if bool(heavy.any()):
+        mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
+    # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
+    mu = torch.where(active, mu, torch.where(survive, 0.0, math.inf))
+    for p in pieces:
+        _write(p, mu, overlap)
+    for p in pieces:
+        p._buf = []
+    return ~survive & (sums[1] > 0)
+
+
+@dataclass(frozen=True)
+class _Tolerance:
+    rtol: float
+    atol: float
+    max_iter: int
+    compiled: bool = False  # the per-block arithmetic as compiled kernels (``fused.per_block``)
+
+
+def _start(sums: Tensor, t: Tensor, floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """From the setup sums: each block's norm, whether it survives, whether it shrinks (``active``),
+    the lower bound ``tau / ||w||`` of ``mu`` and Newton's first iterate."""
     norm = sums[0].sqrt()
     survive = norm > t + floor
     active = survive & (t > 0)
@@ -211,25 +238,7 @@ def conditioned(
     near = (newton > lower) & (newton < far) & (start > lower) & torch.isfinite(start)
     far_ok = (far > lower) & torch.isfinite(far)
     start = torch.where(active & near, start, torch.where(active & far_ok, far, lower))
-    tol = _Tolerance(rtol, atol, max_iter)
-    mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
-    heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
-    if bool(heavy.any()):
-        mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
-    # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
-    mu = torch.where(active, mu, torch.where(survive, 0.0, math.inf))
-    for p in pieces:
-        _write(p, mu, overlap)
-    for p in pieces:
-        p._buf = []
-    return ~survive & (sums[1] > 0)
-
-
-@dataclass(frozen=True)
-class _Tolerance:
-    rtol: float
-    atol: float
-    max_iter: int
+    return norm, survive, active, lower, start
 
 
 def _setup_pass(p: Piece) -> Tensor:
@@ -318,26 +327,33 @@ def _newton(
             if p.counted and p.w.numel():
                 p.add_to(st, sweep(p, p.spread(mu)))
         reduce(st)
-        q = st[0].sqrt()
-        phi = 1 / q - mu / t
-        slope = st[1] / (st[0] * q) - 1 / t  # d/dmu 1/q = sum y^2 / (h + mu)^3 / q^3
-        step = mu - phi / slope
-        lo = torch.where(phi > 0, mu, lo)
-        hi = torch.where(phi < 0, mu, hi)
-        fallback = torch.where(torch.isinf(hi), 2 * lo, 0.5 * (lo + hi))
-        newton = (step > lo) & (step < hi)  # also false for nan
-        step = torch.where(newton, step, fallback)
-        change = (step - mu).abs()
-        delta = change / step
-        rho = (t * st[1] / (st[0] * q)).clamp(0.0, 1.0)
-        c = 1.5 * rho / (1 - rho).clamp_min(_TINY)
-        converged = (delta <= tol.rtol) | (newton & (delta <= 1e-2) & (_MARGIN * c * delta * delta <= tol.rtol))
-        if tol.atol > 0:
-            converged |= change <= tol.atol
-        mu = torch.where(done, mu, step)
-        rho_done = torch.where(done, rho_done, rho)
-        done |= converged
+        state = (mu, lo, hi, done, rho_done)
+        mu, lo, hi, done, rho_done = fused.per_block("step", _step, tol.compiled, st, t, *state, tol.rtol, tol.atol)
     return mu, rho_done
+
+
+def _step(
+    st: Tensor, t: Tensor, mu: Tensor, lo: Tensor, hi: Tensor, done: Tensor, rho_done: Tensor, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One safeguarded Newton step from the sweep's sums ``st`` at ``mu``: the new ``mu``, bracket
+    ``lo``/``hi``, ``done`` and ``rho`` (blocks already done keep their ``mu`` and ``rho``)."""
+    q = st[0].sqrt()
+    phi = 1 / q - mu / t
+    slope = st[1] / (st[0] * q) - 1 / t  # d/dmu 1/q = sum y^2 / (h + mu)^3 / q^3
+    step = mu - phi / slope
+    lo = torch.where(phi > 0, mu, lo)
+    hi = torch.where(phi < 0, mu, hi)
+    fallback = torch.where(hi == math.inf, 2 * lo, 0.5 * (lo + hi))  # hi is inf or a past mu
+    newton = (step > lo) & (step < hi)  # also false for nan
+    step = torch.where(newton, step, fallback)
+    change = (step - mu).abs()
+    delta = change / step
+    rho = (t * st[1] / (st[0] * q)).clamp(0.0, 1.0)
+    c = 1.5 * rho / (1 - rho).clamp_min(_TINY)
+    converged = (delta <= rtol) | (newton & (delta <= 1e-2) & (_MARGIN * c * delta * delta <= rtol))
+    if atol > 0:
+        converged = converged | (change <= atol)
+    return torch.where(done, mu, step), lo, hi, done | converged, torch.where(done, rho_done, rho)
 
 
 def _refine(
