@@ -11,9 +11,11 @@ threshold a branch tests, odd, and different in neighbouring groups so two group
 stay equal do not), all groups at once. Where the model's code decided on an attribute surgery
 rewrites (``if self.num_heads > 2``: a ``SizeTest`` recorded while traced), the group keeps a
 count that flips that decision instead, so prune's checks see the other branch's code (HF's
-``if n_rep == 1: return x`` drops only re-views: the same code). On a failure, bisection over the groups (a tie's groups
-stay together) finds the ones to pin, and the rest is tried again until it passes. One extra
-trace when nothing fails. The user's model is never touched.
+``if n_rep == 1: return x`` drops only re-views: the same code). On a failure, bisection over
+the groups (a tie's groups stay together) finds the ones to pin, and the rest is tried again
+until it passes. One extra trace when nothing fails, with static batch and length (about half
+a dynamic export's cost; the checks pair it with the plan's dynamic trace). The user's model
+is never touched.
 """
 
 from __future__ import annotations
