@@ -626,16 +626,10 @@ def test_zoo_gets_no_new_pins(name: str) -> None:
     assert not lost, {g.name: g.reason for g in new.groups if g.name in lost}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "over-pin (safe, not a wrong plan): a read that Python only formats, or never uses, cannot be told "
-        "from range(n) / [0] * n, which take an int subclass's value without calling any hook, so finish() "
-        "lists it as 'a use the traced graph does not hold' and conv:out is pinned"
-    ),
-)
 @pytest.mark.parametrize("fn", [_fstring, _logging_args, _unused_read], ids=["fstring", "logging", "unused"])
 def test_a_size_only_shown_does_not_pin(fn: Callable[..., Tensor]) -> None:
+    """A read Python only formats or never uses (``graph/size_flow.py`` proves it from the
+    bytecode) plans as if it were not there."""
     assert group(_plan(fn, False), "conv:out").prunable
 
 

@@ -838,7 +838,6 @@ def test_spellings_of_one_block_give_one_plan(family: str) -> None:
         assert _key(_plan_of(**spelling)) == _key(base), f"{spelling} plans differently from {first}"
 
 
-@pytest.mark.xfail(strict=True, reason="bmm over (B * heads) batches: the head axis merged into the batch pins")
 def test_bmm_over_merged_batch_and_heads_plans_like_matmul() -> None:
     """BART/OPT's ``q.view(bsz * self.num_heads, -1, self.head_dim)`` then ``torch.bmm``."""
     assert _key(_plan_of(core="bmm")) == _key(_plan_of(core="matmul"))
@@ -887,7 +886,6 @@ class _UnusedCount(Attention):
         return t.view(t.shape[0], t.shape[1], -1, self.head_dim).transpose(1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="size_reads: a head count read but unused counts as control flow and pins the heads")
 def test_an_unused_read_of_the_head_count_does_not_pin() -> None:
     torch.manual_seed(0)
     model = Stranger(Spell())

@@ -65,6 +65,7 @@ class AxisGraph:
     follows: dict[AxisId, str] = field(default_factory=dict)  # axis whose literal size must follow -> "node:axis"
     bounds: set[Any] = field(default_factory=set)  # SizeSources a slice's bounds are made of: the code reads them
     exported: bool = False  # built from a torch.export graph: literal sizes matched by value, not by reads
+    merged: dict[AxisId, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # (B*H) axis -> (B, H), carrier
 
     def __post_init__(self) -> None:
         self._edges: list[tuple[AxisId, AxisId, dict[str, Any]]] = []  # in insertion order

@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .factors import record_factor
 from .meta import META, MODULE_READS, SIZE_READS
@@ -291,7 +292,10 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
             ctx.pin([src[d] for d in big_a], f"reshape with constant size at {where}")
             continue
         free_a = [d for d in big_a if not ctx.graph.pinned(src[d])] if len(big_a) > 1 else big_a
-        ca, cb = (free_a or big_a)[0], carriers_b[0]
+        ca = _merge_carrier(ctx.graph, src, free_a or big_a) if len(big_b) == 1 else (free_a or big_a)[0]
+        cb = _split_carrier(ctx.graph, src[ca], out_shape, big_b, carriers_b) if len(big_a) == 1 else carriers_b[0]
+        if len(big_b) == 1 and ca != big_a[0]:  # ``(B, H) -> B * H``: the split back finds H again
+            ctx.graph.merged[out[cb]] = (tuple(in_shape[d] for d in big_a), big_a.index(ca))
         if not record_factor(ctx, src, out, (ga, ca, big_a), (gb, cb, big_b)):
             ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
             ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
@@ -303,6 +307,48 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
         if copies:
             ctx.graph.repeat_factors[out[cb]] = [src[d] for d in big_a[1:]]
         ctx.graph.link(src[ca], out[cb], ia, ib, kind="repeat" if copies else "block")
+
+
+def _merge_carrier(graph: AxisGraph, src: list[AxisId], candidates: list[int]) -> int:
+    """The input axis that carries a merge's channels: the first candidate, unless nothing
+    linked to it so far is a parameter axis and a later one's is (``q.reshape(B * H, L, d)``
+    before ``bmm``: the heads, not the batch, carry; the other factors pin). Either choice is
+    exact (the others pin); this one keeps the channels."""
+    if len(candidates) > 1 and not _reaches_param(graph, src[candidates[0]]):
+        return next((d for d in candidates[1:] if _reaches_param(graph, src[d])), candidates[0])
+    return candidates[0]
+
+
+def _split_carrier(graph: AxisGraph, whole: AxisId, out_shape: list[int], big_b: list[int], carriers: list[int]) -> int:
+    """The output axis that carries a split's channels: where ``whole`` (through identity
+    links) was merged from the same factors with another carrier (``_merge_carrier``), that
+    factor (``view(B, H, L, d)`` after ``bmm``); else the first carrier."""
+    if graph.merged and len(big_b) > 1:
+        seen, todo = {whole}, [whole]
+        while todo:
+            a = todo.pop()
+            found = graph.merged.get(a)
+            if found is not None and list(found[0]) == [out_shape[d] for d in big_b] and big_b[found[1]] in carriers:
+                return big_b[found[1]]
+            for b, ds in graph.adj[a].items():
+                if b not in seen and any(d["ia"] is None for d in ds):
+                    seen.add(b)
+                    todo.append(b)
+    return carriers[0]
+
+
+def _reaches_param(graph: AxisGraph, axis: AxisId) -> bool:
+    """Is a parameter axis linked to ``axis`` (by any path) so far?"""
+    seen, todo = {axis}, [axis]
+    while todo:
+        a = todo.pop()
+        if a[0] == "p" or graph.nodes[a].get("producer"):
+            return True
+        for b in graph.adj[a]:
+            if b not in seen:
+                seen.add(b)
+                todo.append(b)
+    return False
 
 
 def _merges_copies(ctx: RuleContext, src: list, ca: int, big_a: list[int], big_b: list[int]) -> bool:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS
+from .size_flow import flows_nowhere
 from .size_values import VALUE, Reaching, Site, SizeRead, SizeTest, SizeTuple, by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
@@ -206,8 +207,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             node.meta[SIZE_READS] = {k: frozenset(v) for k, v in found.items()}
     control: dict[Site, str] = {}
     for t in log.made:
-        kind = t.control
-        if kind is None and not (t.derived or t.reached or id(t) in held):
+        kind, where, t.made_at = t.control, t.made_at, ()
+        if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where):
             kind = "a use the traced graph does not hold (range, a list's length)"
         if kind is not None:
             for site in t._sites:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .size_flow import Where, where_made
+
 if TYPE_CHECKING:
     from .size_reads import _Log
 
@@ -126,9 +128,11 @@ class _Tracked:
     control: str | None
     derived: bool
     reached: bool
+    made_at: Where  # the model's frames that made it (``size_flow``)
 
     def _init(self, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> None:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
+        self.made_at = where_made(sys._getframe(2))  # for ``size_flow``; ``finish`` empties it
         self._origin = origin
         log.made.append(self)  # type: ignore[arg-type]
 

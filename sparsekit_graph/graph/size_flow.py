@@ -1,0 +1,372 @@
+"""Where a size read went when no hook saw it: a static walk of the model's bytecode.
+
+A ``SizeRead`` is an int, so much of what Python does with one calls no hook: ``range(n)``,
+``lst[:n]``, ``"%d" % n``, ``str(n)``, ``n in {32, 64}`` all take its value silently. A read
+that nothing recorded is therefore pinned unless ``flows_nowhere`` proves, from the bytecode
+of the frame that made it (and of its direct callers, for a read a helper returns), that the
+value could only be:
+
+- dropped (an expression statement, a local stored and never loaded again);
+- shown: formatted into a string (f-string, ``str``/``repr``/``format``/``ascii``,
+  ``"...".format``, ``"%d" % n``, ``+`` with another string), the string in turn only dropped
+  or shown;
+- given to ``print`` or a logging call (``logger.debug``, ``logging.info``, ...), whose output
+  the model never reads back.
+
+Anything else the value (or a string or tuple made from it) meets, on any path from where it
+was made, fails the proof: a call, a subscript, a comparison, an attribute, a branch, an
+opcode this walk does not model. A frame that reads its own locals by name (``locals()``,
+``sys._getframe``) proves nothing. What the walk cannot see: a callee that inspects its
+caller's frame for a dead local.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dis
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from functools import lru_cache
+from types import CodeType, FrameType
+from typing import Any
+
+import torch
+
+__all__ = ["Where", "flows_nowhere", "where_made"]
+
+Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
+Sym = tuple[Any, ...]  # an abstract stack value
+
+_DEPTH = 4  # caller frames kept, for a read a helper returns
+_INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
+T: Sym = ("T",)  # the read, or a string / tuple made from it
+S: Sym = ("S",)  # a string made without the read
+U: Sym = ("U",)  # anything else
+NULL: Sym = ("NULL",)
+
+_LOG_NAMES = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
+_SINKS: frozenset[Any] = frozenset(
+    {builtins.print}
+    | {getattr(logging, n) for n in _LOG_NAMES}
+    | {f for k in (logging.Logger, logging.LoggerAdapter) for n in _LOG_NAMES if (f := getattr(k, n, None)) is not None}
+)
+_FORMATTERS: frozenset[Any] = frozenset({builtins.str, builtins.repr, builtins.format, builtins.ascii})
+_INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
+_CREATORS = frozenset({"LOAD_ATTR", "BINARY_OP", "BINARY_SUBSCR", "UNARY_NEGATIVE", "UNARY_POSITIVE", "UNARY_INVERT"})
+_CALLS = frozenset({"CALL", "CALL_KW"})
+_SHOWN = {"FORMAT_VALUE": None, "FORMAT_SIMPLE": 1, "FORMAT_WITH_SPEC": 2, "CONVERT_VALUE": 1}
+_BUILDS = frozenset({"BUILD_STRING", "BUILD_TUPLE", "BUILD_LIST"})
+_NOTHING = frozenset({"NOP", "RESUME", "CACHE", "EXTENDED_ARG", "PRECALL", "KW_NAMES", "COPY_FREE_VARS", "MAKE_CELL"})
+_GOTO = frozenset({"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP", "JUMP_NO_INTERRUPT"})
+_BRANCH = frozenset({f"POP_JUMP_{d}IF_{c}" for d in ("", "FORWARD_", "BACKWARD_") for c in ("TRUE", "FALSE", "NONE", "NOT_NONE")})
+_ENDS = frozenset({"RAISE_VARARGS", "RERAISE"})
+_METHOD_BIT = sys.version_info >= (3, 12)  # LOAD_ATTR's low bit: a method load
+_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR", "LOAD_FAST_LOAD_FAST", "DELETE_FAST"})
+
+
+class _Fail(Exception):
+    """The walk met something it cannot prove harmless."""
+
+
+def where_made(frame: FrameType | None) -> Where:
+    """The model's frame nearest ``frame`` (the one whose instruction made a read) and its
+    direct callers that are the model's code too, each with the offset it is running."""
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+    out = []
+    while frame is not None and len(out) < _DEPTH and not frame.f_code.co_filename.startswith(_INTERNAL):
+        out.append((frame, frame.f_lasti))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def flows_nowhere(where: Where) -> bool:
+    """Is the value the instruction at ``where[0]`` made only dropped, shown or logged?"""
+    try:
+        return bool(where) and _walk_from(where, 0, made=True)
+    except _Fail:
+        return False
+    except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
+        return False
+
+
+def _walk_from(where: Where, level: int, made: bool) -> bool:
+    frame, lasti = where[level]
+    code = frame.f_code
+    ins, index = _code_table(code)
+    i = _at(ins, lasti)
+    if made and ins[i].opname not in _CREATORS:
+        return False
+    if not made and (ins[i].opname not in _CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
+        return False
+    before = _stacks(frame).get(ins[i].offset)
+    if before is None:
+        raise _Fail
+    stack = list(_step(frame, ins, i, list(before), taint=False)[0][1])
+    stack[-1] = T
+    returned = _taint_walk(frame, ins, index, i + 1, stack)
+    if returned:  # a helper's result: follow it in the caller
+        return level + 1 < len(where) and _walk_from(where, level + 1, made=False)
+    return True
+
+
+def _calls_code(frame: FrameType, ins: list[dis.Instruction], i: int, callee: CodeType) -> bool:
+    """Does the call at ``ins[i]`` call the function whose code is ``callee`` directly?"""
+    stack = _stacks(frame).get(ins[i].offset)
+    argc = ins[i].arg or 0
+    extra = 1 if ins[i].opname == "CALL_KW" else 0
+    if stack is None or len(stack) < argc + 2 + extra:
+        return False
+    a, b = stack[len(stack) - argc - 2 - extra : len(stack) - argc - extra]
+    target = b if a == NULL else a if b == NULL else a[1] if a[0] == "CALLEE" else None
+    fn = _resolve(frame, target, own=True) if target is not None else None
+    fn = getattr(fn, "__func__", fn)
+    return getattr(fn, "__code__", None) is callee
+
+
+def _taint_walk(frame: FrameType, ins: list[dis.Instruction], index: dict[int, int], start: int, stack: list[Sym]) -> bool:
+    """Walk every path from ``ins[start]`` until no tainted value is left on the stack; True if
+    some path returns one (the caller continues), raises ``_Fail`` where a use is not harmless."""
+    returned = False
+    todo, seen = [(start, tuple(stack))], set()
+    while todo:
+        i, st = todo.pop()
+        if (i, st) in seen or T not in st:
+            continue
+        seen.add((i, st))
+        if i >= len(ins):
+            raise _Fail
+        for nxt, after in _step(frame, ins, i, list(st), taint=True):
+            if nxt == "return":
+                returned = True
+            elif nxt is not None:
+                todo.append((index[nxt], tuple(after)))
+    return returned
+
+
+@lru_cache(maxsize=256)
+def _code_table(code: CodeType) -> tuple[list[dis.Instruction], dict[int, int]]:
+    ins = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
+    return ins, {x.offset: k for k, x in enumerate(ins)}
+
+
+def _at(ins: list[dis.Instruction], lasti: int) -> int:
+    """The instruction running at ``lasti`` (a caller's ``f_lasti`` may point into its call's
+    inline cache)."""
+    k = max((k for k, x in enumerate(ins) if x.offset <= lasti), default=None)
+    if k is None:
+        raise _Fail
+    return k
+
+
+def _stacks(frame: FrameType) -> dict[int, tuple[Sym, ...]]:
+    """The abstract stack before each reachable instruction of ``frame``'s code (merged over
+    paths: values that differ become ``U``); exception handlers start from unknown values."""
+    code = frame.f_code
+    ins, index = _code_table(code)
+    found: dict[int, tuple[Sym, ...]] = {}
+    todo: list[tuple[int, tuple[Sym, ...]]] = [(0, ())]
+    for start, depth in _handlers(code):
+        if start in index:
+            todo.append((index[start], (U,) * depth))
+    while todo:
+        i, st = todo.pop()
+        if i >= len(ins):
+            continue
+        off = ins[i].offset
+        old = found.get(off)
+        if old is not None:
+            if len(old) != len(st):
+                raise _Fail
+            merged = tuple(a if a == b else U for a, b in zip(old, st))
+            if merged == old:
+                continue
+            st = merged
+        found[off] = st
+        for nxt, after in _step(frame, ins, i, list(st), taint=False):
+            if nxt is not None and nxt != "return":
+                todo.append((index[nxt], tuple(after)))
+    return found
+
+
+def _handlers(code: CodeType) -> Iterator[tuple[int, int]]:
+    """(handler offset, stack depth at its start) for each exception table entry."""
+    parse = getattr(dis, "_parse_exception_table", None)
+    if parse is None:
+        return
+    for e in parse(code):
+        yield e.target, e.depth + 1 + int(e.lasti)
+
+
+def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: bool) -> list[tuple[Any, list[Sym]]]:
+    """``ins[i]``'s successors ``(offset | "return" | None, stack after)``. With ``taint``, a
+    use of ``T`` that is not harmless raises ``_Fail``."""
+    x = ins[i]
+    op, nxt = x.opname, ins[i + 1].offset if i + 1 < len(ins) else None
+
+    def pop(n: int) -> list[Sym]:
+        if n > len(st):
+            raise _Fail
+        out = st[len(st) - n :] if n else []
+        del st[len(st) - n :]
+        return out
+
+    def used(*vals: Sym) -> None:  # a use this walk cannot vouch for
+        if taint and any(v == T for v in vals):
+            raise _Fail
+
+    if op in _NOTHING:
+        return [(nxt, st)]
+    if op == "LOAD_CONST":
+        return [(nxt, [*st, ("C", x.argval)])]
+    if op in ("LOAD_FAST", "LOAD_FAST_CHECK"):
+        return [(nxt, [*st, ("L", x.argval)])]
+    if op == "LOAD_FAST_LOAD_FAST":
+        return [(nxt, [*st, *(("L", n) for n in x.argval)])]
+    if op == "LOAD_GLOBAL":
+        g: Sym = ("G", x.argval)
+        return [(nxt, [*st, *((NULL, g) if (x.arg or 0) & 1 else (g,))])]
+    if op == "PUSH_NULL":
+        return [(nxt, [*st, NULL])]
+    if op in ("LOAD_ATTR", "LOAD_METHOD"):
+        (base,) = pop(1)
+        used(base)
+        attr: Sym = ("A", base, x.argval)
+        method = op == "LOAD_METHOD" or (_METHOD_BIT and bool((x.arg or 0) & 1))
+        return [(nxt, [*st, *((("CALLEE", attr), ("SELF", base)) if method else (attr,))])]
+    if op == "POP_TOP":
+        pop(1)
+        return [(nxt, st)]
+    if op == "STORE_FAST":
+        (v,) = pop(1)
+        if taint and v == T and not _dead(frame, x.argval):
+            raise _Fail
+        return [(nxt, st)]
+    if op in _SHOWN:
+        n = _SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
+        out = T if T in pop(n) else S
+        return [(nxt, [*st, out])]
+    if op in _BUILDS:
+        out = T if T in pop(x.arg or 0) else S if op == "BUILD_STRING" else U
+        return [(nxt, [*st, out])]
+    if op == "BINARY_OP":
+        lhs, rhs = pop(2)
+        shown = (x.argrepr == "+" and _text(lhs) and _text(rhs)) or (x.argrepr == "%" and _text(lhs) and lhs != T)
+        used(*(() if shown else (lhs, rhs)))
+        return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
+    if op in _CALLS:
+        out = _call(frame, pop((x.arg or 0) + 2 + (op == "CALL_KW")))
+        return [(nxt, [*st, out])]
+    if op == "COPY":
+        return [(nxt, [*st, st[-x.arg]])]
+    if op == "SWAP":
+        st[-1], st[-x.arg] = st[-x.arg], st[-1]
+        return [(nxt, st)]
+    if op == "RETURN_VALUE":
+        (v,) = pop(1)
+        return [("return" if v == T else None, st)]
+    if op == "RETURN_CONST":
+        return [(None, st)]
+    if op in _GOTO:
+        return [(x.argval, st)]
+    if op in _BRANCH:
+        (v,) = pop(1)
+        used(v)
+        return [(nxt, list(st)), (x.argval, st)]
+    if taint and T in st:  # an opcode this walk does not model, with the read on the stack
+        raise _Fail
+    return _unknown(x, st, nxt)
+
+
+def _text(v: Sym) -> bool:
+    """Is ``v`` a string (a constant, or made by formatting)?"""
+    return v in (T, S) or (v[0] == "C" and isinstance(v[1], str))
+
+
+def _call(frame: FrameType | None, vals: list[Sym]) -> Sym:
+    """The result of a call whose stack slots (callable and self or NULL, then arguments) are
+    ``vals``: a string from a formatter (``T`` if given ``T``), ``U`` from a sink; ``_Fail``
+    where anything else is given ``T``."""
+    tainted = T in vals
+    if frame is None:
+        return U
+    a, b = vals[0], vals[1]
+    if a == NULL or b == NULL:
+        target, self_ = (b if a == NULL else a), None
+    elif a[0] == "CALLEE" and b[0] == "SELF":
+        target, self_ = a[1], b[1]
+    else:
+        target = self_ = None
+    if target is None or target == T or self_ == T:
+        if tainted:
+            raise _Fail
+        return U
+    if self_ is not None and self_[0] == "C" and isinstance(self_[1], str) and target[0] == "A" and target[2] == "format":
+        return T if tainted else S  # "{}".format(n)
+    fn = _resolve(frame, target, own=False)
+    if any(fn is f for f in _FORMATTERS):
+        return T if tainted else S
+    if not tainted:
+        return U
+    fn = getattr(fn, "__func__", fn)
+    if any(fn is f for f in _SINKS):
+        return U
+    raise _Fail
+
+
+def _resolve(frame: FrameType | None, s: Sym, own: bool) -> Any:
+    """The object an abstract value names (a global, a constant, an attribute of one read
+    without running code; with ``own``, the frame's locals as they are now too), or None."""
+    if frame is None:
+        return None
+    kind = s[0]
+    if kind == "G":
+        return frame.f_globals.get(s[1], frame.f_builtins.get(s[1]))
+    if kind == "L" and own:
+        return frame.f_locals.get(s[1])
+    if kind == "C":
+        return s[1]
+    if kind == "A":
+        base = _resolve(frame, s[1], own)
+        if base is None:
+            return None
+        try:
+            found = inspect.getattr_static(base, s[2])
+        except AttributeError:
+            return None
+        if isinstance(found, (staticmethod, classmethod)):
+            return found.__func__
+        return found
+    return None
+
+
+def _dead(frame: FrameType | None, name: str) -> bool:
+    """Is local ``name`` never loaded (nor deleted) in the frame's code, which does not read
+    its locals by name?"""
+    if frame is None:
+        return False
+    code = frame.f_code
+    if name in code.co_cellvars or not _INTROSPECTION.isdisjoint(code.co_names):
+        return False
+    for x in _code_table(code)[0]:
+        if x.opname in _LOADS and (x.argval == name or (isinstance(x.argval, tuple) and name in x.argval)):
+            return False
+    return True
+
+
+def _unknown(x: dis.Instruction, st: list[Sym], nxt: int | None) -> list[tuple[Any, list[Sym]]]:
+    """An opcode without a precise model: every value on the stack becomes ``U``, as deep as
+    ``dis.stack_effect`` says, on each way out (none after a raise)."""
+    if x.opname in _ENDS:
+        return []
+    out = []
+    jumps = x.opcode in dis.hasjrel or x.opcode in dis.hasjabs
+    for jump, target in ((False, nxt), (True, x.argval)) if jumps else ((False, nxt),):
+        depth = len(st) + dis.stack_effect(x.opcode, x.arg if x.opcode >= dis.HAVE_ARGUMENT else None, jump=jump)
+        if depth < 0:
+            raise _Fail
+        out.append((target, [U] * depth))
+    return out
