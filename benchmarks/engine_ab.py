@@ -1,12 +1,14 @@
-"""Conditioned ``soft_threshold_all`` against one Adam step, 1-thread process time, in one process.
+"""``soft_threshold_all`` (conditioned, or ``--prox euclidean``) against one Adam step, in one process.
 
     python benchmarks/engine_ab.py                         # both layouts, the working tree
     python benchmarks/engine_ab.py --before 2955b20        # + the engine as of an older revision
     python benchmarks/engine_ab.py --layout plan --profile # + where one call's time goes
+    python benchmarks/engine_ab.py --prox euclidean --threads 2 --before HEAD  # the Euclidean prox, read the wall time
 
 ``engine.py`` times every contender at the issue's thread count; on a machine other processes
 share, that measures their load. This script times only what issue 10's conditioned bar compares:
-``soft_threshold_all(couplings, taus, conditioners)`` (relative 1e-6) and one Adam(foreach) step,
+``soft_threshold_all(couplings, taus, conditioners)`` (relative 1e-6; with ``--prox euclidean`` the
+Euclidean ``soft_threshold_all(couplings, taus)``) and one Adam(foreach) step,
 in the regime of ``engine.py`` (its helpers: a real Adam state, near-death blocks, thresholds
 zeroing 2% of each coupling's blocks), weights and conditioners restored before every call, this
 process's CPU time (``time.process_time``) at one thread, contenders round robin, glibc's malloc
@@ -56,10 +58,12 @@ def _couplings(pkg: ModuleType, model: nn.Module, which: str) -> list:
     return [bound[g.name] for g in plan.prunable]
 
 
-def _call(pkg: ModuleType, couplings: list, cond: dict[Tensor, Tensor], taus: list[Tensor]) -> Callable[[], None]:
+def _call(pkg: ModuleType, couplings: list, cond: dict[Tensor, Tensor], bench: Bench, prox: str) -> Callable[[], None]:
     eng = importlib.import_module(pkg.__name__ + ".engine")
+    if prox == "euclidean":
+        return lambda: eng.soft_threshold_all(couplings, bench.tau_e)
     hs = [{s: s.view.window(cond[s.view.param]) for s in c.specs} for c in couplings]
-    return lambda: eng.soft_threshold_all(couplings, taus, hs)
+    return lambda: eng.soft_threshold_all(couplings, bench.tau_c, hs)
 
 
 def _profile(go: Callable[[], None], restore: Callable[[], None]) -> None:
@@ -80,7 +84,7 @@ def _profile(go: Callable[[], None], restore: Callable[[], None]) -> None:
     restore()
 
 
-def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool) -> None:
+def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool, prox: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
     opt = _adam_state(model, adam_steps, batch=8, size=128)
@@ -89,7 +93,7 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
     _make_dying(ours, torch.Generator().manual_seed(2 if which == "bottleneck" else 3))
     bench = Bench(_layout(which, ours), cond, repeats)
     calls = {
-        name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench.tau_c)
+        name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench, prox)
         for name, pkg in contenders.items()
     }
     params = opt.param_groups[0]["params"]
@@ -120,7 +124,7 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
     for label, got in (("process", times), ("wall", walls)):
         med = {k: statistics.median(v) for k, v in got.items()}
         cells = "  ".join(f"{k} {1e3 * v:7.2f} ms ({v / med['adam']:.2f}x)" for k, v in med.items())
-        print(f"{which} ({len(ours)} couplings, {nb} blocks), {label} time, median of {repeats}: {cells}", flush=True)
+        print(f"{which} ({len(ours)} couplings, {nb} blocks), {prox}, {label} time, median of {repeats}: {cells}", flush=True)
     if profile:
         _profile(calls["ours"], restore)
 
@@ -140,6 +144,7 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="git revision to compare against, in this process")
     ap.add_argument("--threads", type=int, default=1, help="1: process time is the measure; more: read the wall time")
     ap.add_argument("--profile", action="store_true", help="torch.profiler and cProfile of one call of ours")
+    ap.add_argument("--prox", choices=("conditioned", "euclidean"), default="conditioned", help="which soft_threshold_all")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -150,7 +155,7 @@ def main() -> None:
             contenders["before"] = _revision(args.before, Path(tmp))
         for which in ("bottleneck", "plan"):
             if args.layout in ("both", which):
-                run(which, contenders, args.repeats, args.adam_steps, args.profile)
+                run(which, contenders, args.repeats, args.adam_steps, args.profile, args.prox)
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

@@ -141,9 +141,13 @@ def test_repeated_calls_read_the_parameters_current_tensors() -> None:
 
 def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
-    each; the big 3x3 weights in row chunks): the same bits as the one-thread path, and torch's
-    thread count is left as it was."""
-    from sparsekit_graph.engine import batch, workers
+    each; the big 3x3 weights in row chunks), the calling thread's own kernels on one intra-op
+    thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was."""
+    from sparsekit_graph.engine import batch, sweeps, workers
+
+    seen: list[int] = []  # the calling thread's intra-op threads while it hands the reads to the workers
+    split = sweeps.sums_split
+    monkeypatch.setattr(sweeps, "sums_split", lambda *a: (seen.append(torch.get_num_threads()), split(*a))[1])
 
     model = torchvision.models.resnet18(num_classes=10)
     plan = skg.plan(model, torch.randn(1, 3, 32, 32))
@@ -159,8 +163,9 @@ def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.Mon
         monkeypatch.setattr(batch, "SPLIT", True)
         soft_threshold_all(cs, taus)
         assert torch.get_num_threads() == 2 and (os.getpid(), 2) in workers._POOLS
+        assert seen and set(seen) == {1}
     finally:
         torch.set_num_threads(before)
-    assert any(p.numel() > batch._CHUNK and p.dim() == 4 and p.shape[-1] == 3 for p in model.parameters())
+    assert any(p.numel() > sweeps.CHUNK and p.dim() == 4 and p.shape[-1] == 3 for p in model.parameters())
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name

@@ -14,12 +14,15 @@ both groups come from one read and its two scalings are applied in one write:
 * every weight is then scaled in one pass: chunk by chunk, by the earlier coupling's factor, then
   (while the chunk is in cache) the later one's, the order and rounding of the calls in order.
 
-Squares and outer products go through one cache-sized scratch buffer, chunk by chunk: no
-full-size temporary. With more than one torch intra-op thread on CPU (and ``SPLIT``), the
+The per-weight kernels (``engine/sweeps.py``) square chunk by chunk into one cache-sized scratch
+buffer: no full-size temporary. With more than one torch intra-op thread on CPU (and ``SPLIT``), the
 parallelism is across weights rather than inside each kernel: a wave's reads, then all the writes,
 are spread over that many worker threads that run each kernel on one intra-op thread (the big 3x3
 weights' ``M`` and big shared weights' writes in their row chunks), so no kernel waits at an
-OpenMP barrier for a descheduled thread, and the bits are the one-thread path's.
+OpenMP barrier for a descheduled thread, and the bits are the one-thread path's. Meanwhile the
+calling thread's own kernels (sums of ``M``, shrink factors) run on one intra-op thread too: at
+more, each would wake its OpenMP team, whose threads then spin on the cores the workers need
+(on the project's 2-core machine under other jobs' load, 3.2-6.9x the wall time, A/B in one process).
 Anything outside this pattern (a parameter in a coupling twice, in three
 couplings, two slices of one parameter, pieces that need copies, non-float32 weights) falls back to
 the one-by-one calls.
@@ -31,38 +34,21 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import SparseKitError
+from . import sweeps
 from .block import BlockValues, SparseBlock
+from .sweeps import Param, Use
 from .waves import conditioned_all
-from .workers import Task, run_balanced, worker_pool
+from .workers import caller_on_one_thread, worker_pool
 
 __all__ = ["soft_threshold_all"]
 
-_CHUNK = 1 << 19  # scratch elements on CPU (2 MiB of float32: L3 at 1 thread, a core's 1 MiB L2 each at 2; 1 MiB was ~4% slower)
 _TINY = torch.finfo(torch.float32).tiny
-
-
-@dataclass
-class _Use:
-    """One coupling's rows of one parameter: ``x`` is ``(A, R, P)``, row ``r`` = block ``r``."""
-
-    coupling: int
-    x: Tensor
-
-
-@dataclass
-class _Param:
-    """A parameter and its uses; ``mat`` is its ``(O, I, K)`` view when it has two (rows, columns)."""
-
-    uses: list[_Use]
-    mat: Tensor | None = None
-    m: Tensor | None = None  # (O, I) float32 sums of squares over K, when K > 1
-    factors: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)  # use -> (R,) scale: f64, f32, f32 squared
 
 
 def soft_threshold_all(
@@ -111,7 +97,9 @@ def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float
     params = _layout(couplings)
     if params is None:
         return False
-    _solve(params, couplings, list(taus), floor)
+    pool = _pool(params)
+    with caller_on_one_thread(pool is not None):
+        _solve(params, couplings, list(taus), floor, pool)
     return True
 
 
@@ -123,14 +111,14 @@ class _Cached:
     refs: list[weakref.ref]  # the couplings: the key's ids are still theirs while these point to them
     params: list[tuple[tuple[int, int], tuple, list[tuple[int, tuple]], tuple | None]]
 
-    def rebuild(self, couplings: Sequence[SparseBlock]) -> list[_Param] | None:
+    def rebuild(self, couplings: Sequence[SparseBlock]) -> list[Param] | None:
         """The layout over the parameters' current tensors; None if one's shape or layout changed."""
         out = []
         for (ci, pi), meta, uses, mat in self.params:
             t = couplings[ci]._parts()[pi].spec.view.param.data
             if (t.shape, t.stride(), t.storage_offset(), t.dtype) != meta:
                 return None
-            out.append(_Param([_Use(c, t.as_strided(*a)) for c, a in uses], None if mat is None else t.as_strided(*mat)))
+            out.append(Param([Use(c, t.as_strided(*a)) for c, a in uses], None if mat is None else t.as_strided(*mat)))
         return out
 
 
@@ -138,7 +126,7 @@ _CACHE: OrderedDict[tuple[int, ...], _Cached] = OrderedDict()  # the last few ca
 _KEEP = 256  # entries are small (offsets, weakrefs): room for every group of a plan called one by one, and the whole list
 
 
-def _layout(couplings: Sequence[SparseBlock]) -> list[_Param] | None:
+def _layout(couplings: Sequence[SparseBlock]) -> list[Param] | None:
     """Every parameter's uses, or None when some use is outside the fused pattern (cached by coupling identity)."""
     key = tuple(map(id, couplings))
     hit = _CACHE.get(key)
@@ -160,9 +148,9 @@ def _args(x: Tensor) -> tuple:
     return (tuple(x.shape), x.stride(), x.storage_offset())
 
 
-def _build(couplings: Sequence[SparseBlock]) -> tuple[list[_Param], list] | None:
+def _build(couplings: Sequence[SparseBlock]) -> tuple[list[Param], list] | None:
     """The layout and its ``_Cached.params``, or None when some use is outside the fused pattern."""
-    by_param: dict[int, _Param] = {}
+    by_param: dict[int, Param] = {}
     where: dict[int, tuple[int, int]] = {}
     for ci, c in enumerate(couplings):
         seen = set()
@@ -174,7 +162,7 @@ def _build(couplings: Sequence[SparseBlock]) -> tuple[list[_Param], list] | None
             rows = part.arp(part.spec.data)  # in place, or None: the rows would need copying
             if rows is None:
                 return None
-            by_param.setdefault(id(param), _Param([])).uses.append(_Use(ci, rows))
+            by_param.setdefault(id(param), Param([])).uses.append(Use(ci, rows))
             where.setdefault(id(param), (ci, pi))
     out = list(by_param.values())
     for p in out:
@@ -213,7 +201,7 @@ def _strided(x: Tensor, strides: tuple[int, ...]) -> bool:
     return all(n == 1 or st == want for n, st, want in zip(x.shape, x.stride(), strides))
 
 
-def _waves(uses_of: list[list[tuple[_Param, int]]]) -> list[list[int]]:
+def _waves(uses_of: list[list[tuple[Param, int]]]) -> list[list[int]]:
     """Couplings in waves: each comes after every earlier coupling it shares a parameter with, so the
     couplings of a wave share none and all the factors their sums need are known before it."""
     level = [0] * len(uses_of)
@@ -227,9 +215,11 @@ def _waves(uses_of: list[list[tuple[_Param, int]]]) -> list[list[int]]:
     return out
 
 
-def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float) -> None:
-    scratch = _Scratch()
-    uses_of: list[list[tuple[_Param, int]]] = [[] for _ in couplings]
+def _solve(
+    params: list[Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float, pool: ThreadPoolExecutor | None
+) -> None:
+    scratch = sweeps.Scratch()
+    uses_of: list[list[tuple[Param, int]]] = [[] for _ in couplings]
     for p in params:
         for j, u in enumerate(p.uses):
             uses_of[u.coupling].append((p, j))
@@ -237,11 +227,10 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
     vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
-    pool = _pool(params)
     for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
         reads = [(p, j) for ci in wave for p, j in uses_of[ci] if id(p) not in squares]
-        small = sum(p.uses[j].x.numel() for p, j in reads) < _CHUNK  # not worth a hand-off
-        got = _reads(reads, scratch) if pool is None or small else _reads_split(reads, pool)
+        small = sum(p.uses[j].x.numel() for p, j in reads) < sweeps.CHUNK  # not worth a hand-off
+        got = sweeps.sums(reads, scratch) if pool is None or small else sweeps.sums_split(reads, pool)
         sums = []
         for ci in wave:
             parts = [squares[id(p)] if id(p) in squares else got[id(p)] for p, j in uses_of[ci]]
@@ -257,189 +246,26 @@ def _solve(params: list[_Param], couplings: Sequence[SparseBlock], taus: list[Te
         for ci, sq in zip(wave, sums):
             cut = slice(at, at + sq.numel())
             at = cut.stop
-            got = (scale[cut], single[cut], square[cut])
+            factors = (scale[cut], single[cut], square[cut])
             for p, j in uses_of[ci]:
-                p.factors[j] = got
+                p.factors[j] = factors
     if flat:
         torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
     writes = [p for p in params if id(p) not in squares]
-    if pool is None or sum(p.uses[0].x.numel() for p in writes) < _CHUNK:
+    if pool is None or sum(p.uses[0].x.numel() for p in writes) < sweeps.CHUNK:
         for p in writes:
-            _write(p)
+            sweeps.write(p)
     else:
-        _writes_split(writes, pool)
-
-
-class _Scratch:
-    """One flat float32 buffer of a chunk's size, reused by every chunked kernel."""
-
-    def __init__(self) -> None:
-        self.buf: Tensor | None = None
-        self.one: Tensor | None = None
-
-    def get(self, n: int, like: Tensor) -> Tensor:
-        if self.buf is None or self.buf.numel() < n or self.buf.device != like.device:
-            self.buf = torch.empty(n, dtype=torch.float32, device=like.device)
-        return self.buf[:n]
-
-    def ones(self, n: int, like: Tensor) -> Tensor:
-        """``n`` float32 ones (slices of one buffer)."""
-        if self.one is None or self.one.numel() < n or self.one.device != like.device:
-            self.one = torch.ones(max(n, 4096), dtype=torch.float32, device=like.device)
-        return self.one[:n]
-
-
-def _steps(rows: int, width: int, device: torch.device) -> list[slice]:
-    """Row ranges of about ``_CHUNK`` elements (one range off the CPU)."""
-    step = rows if device.type != "cpu" else max(1, _CHUNK // max(1, width))
-    return [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
-
-
-def _sumsq(p: _Param, j: int, scratch: _Scratch) -> Tensor:
-    """``(R,)`` float32 sums of squares of use ``j``'s rows, after the other use's scaling if it came first."""
-    x = p.uses[j].x
-    if p.mat is None:
-        a, r, q = x.shape
-        if a == 1:
-            return torch.linalg.vector_norm(x[0], dim=1).square_()
-        cols = _weighted_cols(x.reshape(a, r * q), None, scratch)  # (R P,)
-        return cols if q == 1 else cols.view(r, q).sum(1)
-    o, i, k = p.mat.shape
-    row_use = x.shape[0] == 1
-    other = p.factors.get(1 - j)  # the other use's scale, if its coupling came first
-    if k > 1:
-        if p.m is None:
-            p.m = _block_sumsq(p.mat, scratch)  # (O, I)
-        w2 = None if other is None else other[2]
-        if row_use:
-            return p.m.sum(1) if w2 is None else p.m @ w2
-        return p.m.sum(0) if w2 is None else w2 @ p.m
-    x2 = p.mat.view(o, i)
-    if row_use:
-        if other is None:
-            return torch.linalg.vector_norm(x2, dim=1).square_()
-        return _weighted_rows(x2, other[2], scratch)
-    return _weighted_cols(x2, None if other is None else other[2], scratch)
-
-
-def _block_sumsq(mat: Tensor, scratch: _Scratch) -> Tensor:
-    """``(O, I, K)`` -> ``(O, I)`` float32 sums over ``K``, one read, squares chunk by chunk."""
-    o, i, k = mat.shape
-    out = torch.empty(o, i, dtype=torch.float32, device=mat.device)
-    ones = scratch.ones(k, mat)
-    for s in _steps(o, i * k, mat.device):
-        chunk = mat[s]
-        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
-        torch.mv(sq.view(-1, k), ones, out=out[s].view(-1))
-    return out
-
-
-def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: _Scratch) -> Tensor:
-    """``(rows, cols)`` -> ``(cols,)`` float32 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
-    rows, width = x2.shape
-    acc = torch.zeros(width, dtype=torch.float32, device=x2.device)
-    w = scratch.ones(rows, x2) if weights is None else weights
-    for s in _steps(rows, width, x2.device):
-        chunk = x2[s]
-        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
-        acc.addmv_(sq.T, w[s])
-    return acc
-
-
-def _weighted_rows(x2: Tensor, weights: Tensor, scratch: _Scratch) -> Tensor:
-    """``(rows, cols)`` -> ``(rows,)`` float32 ``sum_c x[r, c]^2 weights[c]``."""
-    rows, width = x2.shape
-    out = torch.empty(rows, dtype=torch.float32, device=x2.device)
-    w = weights
-    for s in _steps(rows, width, x2.device):
-        chunk = x2[s]
-        sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
-        torch.mv(sq, w, out=out[s])
-    return out
-
-
-def _write(p: _Param, only: slice | None = None) -> None:
-    """Every element times its scale factors, in one pass over the parameter (of a two-use
-    weight, only rows ``only`` when given)."""
-    if p.mat is None:
-        (use,) = p.uses
-        x, m = use.x, p.factors[0][1]
-        mult = m[None, :, None]
-        if x.shape[0] > 1 and 1 < x.shape[2] <= 64:  # a short inner run (a 3x3 kernel): spelled out, it vectorises
-            mult = mult.expand(1, *x.shape[1:]).contiguous()
-        x.mul_(mult)
-        return
-    o, i, k = p.mat.shape
-    rows_first = p.uses[0].x.shape[0] == 1  # uses are in coupling order: scale as the calls in order do
-    r, c = p.factors[0 if rows_first else 1][1], p.factors[1 if rows_first else 0][1]
-    cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
-    flat = p.mat.view(o, i * k)
-    rows = r[:, None]
-    for s in [only] if only is not None else _steps(o, i * k, p.mat.device):  # the second factor while the chunk is in cache
-        chunk = flat[s]
-        if rows_first:
-            chunk.mul_(rows[s]).mul_(cols)
-        else:
-            chunk.mul_(cols).mul_(rows[s])
+        sweeps.writes_split(writes, pool)
 
 
 # -- across weights: a wave's reads and the writes on a few threads, one intra-op thread each ------------
 SPLIT = True  # with torch.get_num_threads() > 1 on CPU: spread the per-weight kernels over that many threads
-_Task = Task[_Scratch]
 
 
-def _pool(params: list[_Param]) -> ThreadPoolExecutor | None:
+def _pool(params: list[Param]) -> ThreadPoolExecutor | None:
     """The worker threads (as many as torch's intra-op threads), or None for the one-thread path."""
     if not SPLIT or not params or params[0].uses[0].x.device.type != "cpu":
         return None
     n = torch.get_num_threads()
     return worker_pool(n) if n >= 2 else None
-
-
-def _run(tasks: list[_Task], pool: ThreadPoolExecutor) -> None:
-    run_balanced(tasks, pool, _Scratch)
-
-
-def _reads(reads: list[tuple[_Param, int]], scratch: _Scratch) -> dict[int, Tensor]:
-    return {id(p): _sumsq(p, j, scratch) for p, j in reads}
-
-
-def _reads_split(reads: list[tuple[_Param, int]], pool: ThreadPoolExecutor) -> dict[int, Tensor]:
-    """``_reads`` on the pool: a big 3x3 weight's ``M`` in row chunks, every other read whole."""
-    got: dict[int, Tensor] = {}
-    tasks: list[_Task] = []
-    later: list[tuple[_Param, int]] = []
-    for p, j in reads:
-        if p.mat is not None and p.mat.shape[2] > 1 and p.m is None and p.mat.numel() > _CHUNK:
-            o, i, k = p.mat.shape
-            p.m = torch.empty(o, i, dtype=torch.float32)
-            for s in _steps(o, i * k, p.mat.device):
-                tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: _block_sumsq_rows(p.mat, p.m, s, sc)))
-            later.append((p, j))
-        else:
-            tasks.append((p.uses[j].x.numel(), lambda sc, p=p, j=j: got.__setitem__(id(p), _sumsq(p, j, sc))))
-    _run(tasks, pool)
-    for p, j in later:  # M's row or column sums (small)
-        got[id(p)] = _sumsq(p, j, _Scratch())
-    return got
-
-
-def _block_sumsq_rows(mat: Tensor, out: Tensor, s: slice, scratch: _Scratch) -> None:
-    """Rows ``s`` of ``_block_sumsq(mat)`` into ``out``."""
-    k = mat.shape[2]
-    chunk = mat[s]
-    sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
-    torch.mv(sq.view(-1, k), scratch.ones(k, mat), out=out[s].view(-1))
-
-
-def _writes_split(writes: list[_Param], pool: ThreadPoolExecutor) -> None:
-    """``_write`` of every parameter on the pool, big two-use weights in row chunks."""
-    tasks: list[_Task] = []
-    for p in writes:
-        if p.mat is None or p.mat.numel() <= _CHUNK:
-            tasks.append((p.uses[0].x.numel(), lambda sc, p=p: _write(p)))
-            continue
-        o, i, k = p.mat.shape
-        for s in _steps(o, i * k, p.mat.device):
-            tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: _write(p, s)))
-    _run(tasks, pool)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
-__all__ = ["Task", "run_balanced", "worker_pool"]
+__all__ = ["Task", "caller_on_one_thread", "run_balanced", "worker_pool"]
 
 S = TypeVar("S")
 Task = tuple[int, Callable[[S], None]]  # (elements it reads, the work, given its thread's state)
@@ -64,3 +65,20 @@ def run_balanced(tasks: list[Task[S]], pool: ThreadPoolExecutor, state: Callable
 
     for f in [pool.submit(work, fns) for fns in bins if fns]:
         f.result()
+
+
+@contextmanager
+def caller_on_one_thread(active: bool = True) -> Iterator[None]:
+    """While ``active``, the calling thread's own kernels run on one intra-op thread (torch's count
+    is restored on exit). Between the workers' tasks the caller runs small kernels (sums of ``M``,
+    shrink factors); at more threads each could wake its OpenMP team, whose threads then spin
+    (libgomp's default wait policy) on the cores the workers need."""
+    if not active:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
