@@ -202,18 +202,6 @@ def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-def per_block(name: str, fn: Callable[..., Any], compiled: bool, *args: Any) -> Any:
-    """``fn(*args)``: the solver's elementwise arithmetic on ``(blocks,)`` vectors (a Newton step,
-    the first iterate), compiled into one kernel when ``compiled`` (the solve's sweeps are: dozens
-    of small eager ops cost more than one compiled call), else eager; eager also after a failed
-    compile. ``fn`` must be pure (its outputs are new tensors)."""
-    if compiled and _state["broken"] is None and _get_current_dispatch_mode() is None:
-        out = _run(name, fn, *args)
-        if out is not None:
-            return out
-    return fn(*args)
-
-
 def _sums(which: int, w: Tensor, h: Tensor, *rest: Tensor) -> Tensor | None:
     layout = _layout(w, h)
     a, r, inner = w.shape

@@ -187,9 +187,8 @@ def conditioned(
             p.add_to(sums[5], sums.new_ones(p.w.shape[1]))
     reduce(sums)
     precise = sums[5] == 0
-    compiled = any(fused.wants(p.w) for p in pieces)  # then the per-block arithmetic is compiled too
-    norm, survive, active, lower, start = fused.per_block("start", _start, compiled, sums, t, floor)
-    tol = _Tolerance(rtol, atol, max_iter, compiled)
+    norm, survive, active, lower, start = _start(sums, t, floor)
+    tol = _Tolerance(rtol, atol, max_iter)
     mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
     heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
     if bool(heavy.any()):
@@ -208,7 +207,6 @@ class _Tolerance:
     rtol: float
     atol: float
     max_iter: int
-    compiled: bool = False  # the per-block arithmetic as compiled kernels (``fused.per_block``)
 
 
 def _start(sums: Tensor, t: Tensor, floor: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -327,8 +325,7 @@ def _newton(
             if p.counted and p.w.numel():
                 p.add_to(st, sweep(p, p.spread(mu)))
         reduce(st)
-        state = (mu, lo, hi, done, rho_done)
-        mu, lo, hi, done, rho_done = fused.per_block("step", _step, tol.compiled, st, t, *state, tol.rtol, tol.atol)
+        mu, lo, hi, done, rho_done = _step(st, t, mu, lo, hi, done, rho_done, tol.rtol, tol.atol)
     return mu, rho_done
 
 
