@@ -169,8 +169,18 @@ def scan(ctx: RuleContext) -> None:
 def glu(ctx: RuleContext) -> None:
     """``a * sigmoid(b)`` with ``a, b = x.chunk(2, dim)``: output index ``i`` is input indices
     ``i`` and ``n/2 + i`` (one channel); a zeroed ``a`` zeroes the output."""
+    _glu(ctx, ctx.arg("dim", -1))
+
+
+@register_module_rule(nn.GLU)
+def glu_module(ctx: RuleContext) -> None:
+    """``nn.GLU(dim)``: ``F.glu`` over the layer's ``dim``."""
+    _glu(ctx, ctx.module.dim)  # type: ignore[union-attr]
+
+
+def _glu(ctx: RuleContext, dim: int) -> None:
     nd = ctx.meta(ctx.input).ndim
-    d = ctx.arg("dim", -1) % max(nd, 1)
+    d = dim % max(nd, 1)
 
     def halves(a: AxisId, o: AxisId, _: int) -> None:
         half = ctx.graph.size(o)

@@ -213,6 +213,8 @@ def getitem(ctx: RuleContext) -> None:
         else:
             if it == slice(None):
                 ctx.same([src[si]], [out[oi]])
+            elif (half := _half(ctx, it, src[si])) is not None:
+                ctx.graph.link(src[si], out[oi], half, np.arange(len(half)), kind="offset")
             else:  # which indices it takes (as split does), pinned: the bounds would not follow
                 bounds = [ctx.meta(b) if isinstance(b, fx.Node) else b for b in (it.start, it.stop, it.step)]
                 if all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds):
@@ -222,6 +224,23 @@ def getitem(ctx: RuleContext) -> None:
                 ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
             si += 1
             oi += 1
+
+
+def _half(ctx: RuleContext, it: slice, axis: AxisId) -> np.ndarray | None:
+    """``t[:, : n // 2]`` or ``t[:, n // 2 :]`` with ``n`` this axis's length read off the tensor:
+    a half that ``chunk(2)`` would make, so index ``p`` of each half is tied (even ``n`` only);
+    the indices it takes, or ``None`` for any other slice."""
+    n = ctx.graph.size(axis)
+    if it.step is not None or n % 2:
+        return None
+    if it.start is None and _length_over(ctx, it.stop, axis, 2):
+        picked = np.arange(n // 2)
+    elif it.stop is None and _length_over(ctx, it.start, axis, 2):
+        picked = n // 2 + np.arange(n // 2)
+    else:
+        return None
+    ctx.graph.link(axis, axis, np.arange(n // 2), n // 2 + np.arange(n // 2), kind="offset")
+    return picked
 
 
 @register_function_rule(operator.setitem)

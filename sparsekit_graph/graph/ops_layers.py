@@ -172,6 +172,28 @@ def bilinear(ctx: RuleContext) -> None:
         ctx.same(ctx.param("bias"), out[-1:])
 
 
+@register_function_rule(F.bilinear)
+def bilinear_function(ctx: RuleContext) -> None:
+    """``F.bilinear(x1, x2, weight, bias)``: as ``nn.Bilinear``, the weight a parameter or a view of one."""
+    x1, x2, w, out = ctx.axes(ctx.arg("input1")), ctx.axes(ctx.arg("input2")), ctx.axes(ctx.arg("weight")), ctx.out()
+    b = ctx.axes(ctx.arg("bias"))
+    if x1 is None or x2 is None or w is None or len(w) != 3:
+        ctx.pin_everything(f"bilinear with a computed weight at {ctx.where()}")
+        return
+    ctx.same(x1[:-1], out[:-1])
+    ctx.same(x2[:-1], out[:-1])
+    ctx.graph.link(x1[-1], w[1])
+    ctx.graph.link(x2[-1], w[2])
+    ctx.produce(w[0], out[-1])
+    if b is not None:
+        ctx.same(b, out[-1:])
+    if not zeroed_by_masks(ctx, ctx.arg("weight")):  # a buffer weight: each input's masked features must be zero
+        for node, axes in ((ctx.arg("input1"), x1), (ctx.arg("input2"), x2)):
+            breaker = zero_breaker(node, len(axes) - 1, ctx.modules)
+            if breaker is not None:
+                ctx.mix([axes[-1]], f"{ctx.where()} with a weight masks leave sums values not zero (at {breaker})")
+
+
 @register_function_rule(F.linear)
 def linear_function(ctx: RuleContext) -> None:
     """``F.linear(x, weight, bias)``: the weight may be a parameter or a view of one (``w.T``)."""

@@ -240,11 +240,18 @@ class _Tracer(FastTracer):
                 value = self._runner.value(obj.node)
         except TraceError:
             return None
-        if not isinstance(value, Tensor) and not _sizes_only(obj.node):
+        if not _tensors(value) and not _sizes_only(obj.node):
             return None  # ``x.device.type == "cpu"``: meta values would answer for another device
         if control is not None and not isinstance(value, Tensor):
             obj.node.meta.setdefault(CONTROL, control)
         return value
+
+
+def _tensors(value: object) -> bool:
+    """A tensor, or a tuple / list of them (``*x.chunk(2, 1)``: as many parts as meta tensors give)."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, Tensor) for v in value)
+    return isinstance(value, Tensor)
 
 
 # Reads of a tensor whose value meta tensors give as the real ones would (not ``device``).
