@@ -49,9 +49,7 @@ NULL: Sym = ("NULL",)
 
 _LOG_NAMES = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
 _SINKS: frozenset[Any] = frozenset(
-    {builtins.print}
-    | {getattr(logging, n) for n in _LOG_NAMES}
-    | {f for k in (logging.Logger, logging.LoggerAdapter) for n in _LOG_NAMES if (f := getattr(k, n, None)) is not None}
+    {builtins.print} | {getattr(logging, n) for n in _LOG_NAMES} | {getattr(logging.Logger, n) for n in _LOG_NAMES}
 )
 _FORMATTERS: frozenset[Any] = frozenset({builtins.str, builtins.repr, builtins.format, builtins.ascii})
 _INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
@@ -258,7 +256,13 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
         used(*(() if shown else (lhs, rhs)))
         return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
     if op in _CALLS:
-        out = _call(frame, pop((x.arg or 0) + 2 + (op == "CALL_KW")))
+        vals = pop((x.arg or 0) + 2 + (op == "CALL_KW"))
+        if op == "CALL_KW":
+            names, vals = (vals[-1][1] if vals[-1][0] == "C" else None), vals[:-1]
+        else:
+            j = i - 1 if i and ins[i - 1].opname != "PRECALL" else i - 2
+            names = _kw_names(frame, ins[j]) if j >= 0 and ins[j].opname == "KW_NAMES" else ()
+        out = _call(frame, vals, names)
         return [(nxt, [*st, out])]
     if op == "COPY":
         return [(nxt, [*st, st[-x.arg]])]
@@ -281,15 +285,23 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
     return _unknown(x, st, nxt)
 
 
+def _kw_names(frame: FrameType | None, x: dis.Instruction) -> tuple[str, ...] | None:
+    """The keyword names ``KW_NAMES`` gives the next call (3.11's ``dis`` leaves them unresolved)."""
+    if isinstance(x.argval, tuple):
+        return x.argval
+    names = frame.f_code.co_consts[x.arg] if frame is not None and x.arg is not None else None
+    return names if isinstance(names, tuple) else None
+
+
 def _text(v: Sym) -> bool:
     """Is ``v`` a string (a constant, or made by formatting)?"""
     return v in (T, S) or (v[0] == "C" and isinstance(v[1], str))
 
 
-def _call(frame: FrameType | None, vals: list[Sym]) -> Sym:
-    """The result of a call whose stack slots (callable and self or NULL, then arguments) are
-    ``vals``: a string from a formatter (``T`` if given ``T``), ``U`` from a sink; ``_Fail``
-    where anything else is given ``T``."""
+def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | None) -> Sym:
+    """The result of a call whose stack slots (callable and self or NULL, then arguments, the
+    last ``names`` by keyword) are ``vals``: a string from a formatter (``T`` if given ``T``),
+    ``U`` from a sink; ``_Fail`` where anything else is given ``T``."""
     tainted = T in vals
     if frame is None:
         return U
@@ -312,9 +324,22 @@ def _call(frame: FrameType | None, vals: list[Sym]) -> Sym:
     if not tainted:
         return U
     fn = getattr(fn, "__func__", fn)
+    if names is None or (fn is builtins.print and not _to_terminal(frame, dict(zip(names[::-1], vals[::-1])))):
+        raise _Fail
     if any(fn is f for f in _SINKS):
         return U
     raise _Fail
+
+
+def _to_terminal(frame: FrameType, kw: dict[str, Sym]) -> bool:
+    """Does ``print(..., **kw)`` write to ``sys.stdout`` or ``sys.stderr`` (not to an object
+    the model could read back)?"""
+    out = kw.get("file")
+    if out is None:
+        return True
+    return (
+        out[0] == "A" and out[1] == ("G", "sys") and out[2] in ("stdout", "stderr") and _resolve(frame, out[1], own=False) is sys
+    )
 
 
 def _resolve(frame: FrameType | None, s: Sym, own: bool) -> Any:

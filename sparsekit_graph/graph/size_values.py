@@ -203,7 +203,7 @@ def _arith(op: str) -> Any:
     def arith(self: SizeRead, *other: Any) -> Any:
         out = base(self, *other)
         if out is NotImplemented:  # ``n * h``: the Proxy's reflected op holds ``n``
-            return out
+            return _symbolic(self, op, other)
         if not isinstance(out, int) or isinstance(out, bool) or not by_user(1):
             self._use(VALUE)  # a float (``1 / n``), or torch's own arithmetic
             return out
@@ -214,6 +214,17 @@ def _arith(op: str) -> Any:
         return SizeRead(out, sites, self._log, _derived_origin(self, base, other))
 
     return arith
+
+
+def _symbolic(value: _Tracked, op: str, other: tuple[Any, ...]) -> Any:
+    """``bsz * self.num_heads`` with ``bsz`` a ``torch.SymInt`` (``torch.export``'s dynamic
+    batch): torch's symbolic arithmetic takes exact ints only, so it gets the plain value and the
+    read counts as reached (the traced size holds it). Anything else: ``NotImplemented``."""
+    if len(other) != 1 or not isinstance(other[0], (torch.SymInt, torch.SymFloat)):
+        return NotImplemented
+    value.reached = True
+    mirror = f"__{op[3:]}" if op.startswith("__r") else f"__r{op[2:]}"  # n * s -> s.__rmul__(n)
+    return getattr(other[0], mirror)(int.__int__(value))  # type: ignore[call-overload]
 
 
 def _derived_origin(value: _Tracked, base: Callable[..., Any], other: tuple[Any, ...]) -> Origin | None:
