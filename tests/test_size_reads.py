@@ -303,3 +303,84 @@ def test_control_flow_on_a_modules_own_size_pins(branch: bool, tmp_path: Path) -
         assert "control flow on dim = 8" in (g.reason or ""), g
     result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
     assert result.model.dim == (C if branch else C // 2)
+
+
+class TupleNorm(nn.Module):
+    """OLMo's weightless LayerNorm: ``F.layer_norm`` by its own ``normalized_shape`` tuple;
+    ``branch`` adds ``if self.normalized_shape == (8,)``."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.normalized_shape, self.branch = (C,), branch
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * 2 if self.branch and self.normalized_shape == (C,) else x
+        return nn.functional.layer_norm(x, self.normalized_shape)
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["plain", "branch"])
+def test_a_size_tuple_read_stays_on_the_fx_path(branch: bool, tmp_path: Path) -> None:
+    """A tuple read (``SizeTuple``) reaches torch.fx's graph as its elements (torch.fx cannot
+    rebuild the subclass: the model fell back to torch.export): the width prunes with the
+    attribute rewritten, or pins where the code branches on it."""
+    model, x = nn.Sequential(nn.Linear(6, C), TupleNorm(branch), nn.Linear(C, 3)), torch.randn(2, 5, 6)
+    assert not is_exported(trace_graph(model, x))
+    g = skg.plan(model, x).group("0:out")
+    assert g.prunable is not branch and {(r.owner, r.attr) for r in g.sizes} == {("1", "normalized_shape")}, g
+    if branch:
+        assert "control flow on 1.normalized_shape" in (g.reason or ""), g
+    result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+    assert result.model[1].normalized_shape == ((C,) if branch else (C // 2,))
+
+
+class PairBias(nn.Module):
+    """timm's ``RelPosBias`` in small: a table (positions, heads) gathered and viewed by its
+    ``bias_shape`` (tokens, tokens, heads), which its resizer recomputes from the table."""
+
+    def __init__(self, tokens: int, heads: int) -> None:
+        super().__init__()
+        self.bias_shape = (tokens, tokens, heads)
+        self.table = nn.Parameter(torch.randn(2 * tokens - 1, heads))
+        self.register_buffer("index", torch.randint(0, 2 * tokens - 1, (tokens * tokens,)))
+
+    def get_bias(self, literal: bool) -> Tensor:
+        shape = (self.bias_shape[0], self.bias_shape[1], 2) if literal else self.bias_shape
+        return self.table[self.index].view(shape).permute(2, 0, 1)  # (heads, tokens, tokens)
+
+
+@skg.register_resizer(PairBias)
+def _pair_bias(m: PairBias) -> None:
+    m.bias_shape = (*m.bias_shape[:-1], m.table.shape[-1])
+
+
+class BiasedAttention(nn.Module):
+    """Attention adding ``self.bias.get_bias()``, a method call (no module call: torch.fx's
+    module stack never names the bias layer); ``literal`` views it by a hard-coded head count."""
+
+    def __init__(self, literal: bool) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.literal = 2, 4, literal
+        self.qkv, self.proj, self.bias = nn.Linear(C, 3 * C), nn.Linear(C, C), PairBias(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1) + self.bias.get_bias(self.literal)).softmax(-1) @ v  # (B, H, L, D)
+        return self.proj(a.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["read", "literal"])
+def test_a_size_read_from_a_resizing_layer_follows_it(literal: bool, tmp_path: Path) -> None:
+    """``view(self.bias_shape)`` in a layer with a resizer: the head count it holds follows the
+    table (CoAtNet's heads pinned while this read was lost); the same view by a hard-coded 2
+    beside ``num_heads = 2`` still pins the heads."""
+    model, x = BiasedAttention(literal), torch.randn(2, 4, C)
+    plan = skg.plan(model, x)
+    heads = next(g for g in plan.groups if any(m.param == "proj.weight" and m.axis == 1 for m in g.members))
+    assert heads.prunable is not literal, heads
+    if literal:
+        assert "constant size" in (heads.reason or ""), heads
+    else:
+        assert any(m.param == "bias.table" and m.axis == 1 for m in heads.members), heads
+    result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+    assert result.model.bias.bias_shape[-1] == result.model.bias.table.shape[-1] == (2 if literal else 1)

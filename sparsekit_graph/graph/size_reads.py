@@ -30,6 +30,7 @@ from typing import Any
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS
 from .size_flow import flows_nowhere
@@ -62,6 +63,7 @@ class _Log:
         self.tests: list[SizeTest] = []  # decisions on one attribute each (``SizeTest``)
         self.probed: set[str] = set()  # module paths whose decisions the export probe tries, not pins
         self.reads: dict[int, set[str]] = {}
+        self.own: dict[int, frozenset[str]] = {}  # resizing layers' attributes their tensors size
         self.swapped: list[tuple[nn.Module, type]] = []
 
     def note(self, module: nn.Module, name: str) -> None:
@@ -125,7 +127,7 @@ def _recorder(cls: type) -> type:
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
-            if name in _NAMES and _ACTIVE:
+            if _ACTIVE and (name in _NAMES or name in _ACTIVE[-1].own.get(id(self), ())):
                 log = _ACTIVE[-1]
                 if (name in READ_ATTRIBUTES or not layer) and by_user(1):  # a model's own ``self.dim`` too
                     wrapped = log.wrap(self, name, value)
@@ -143,21 +145,45 @@ def _recorder(cls: type) -> type:
     return rec
 
 
+def _own_sizes(module: nn.Module) -> frozenset[str]:
+    """Attributes of a layer with a registered resizer (not a torch.nn layer: those have
+    ``READ_ATTRIBUTES``) that hold a length of its own parameters, alone or in a tuple: timm's
+    ``RelPosBias.bias_shape`` (window, window, heads) beside its table (positions, heads). The
+    resizer recomputes them from the sliced weights, so a literal read from one follows the
+    layer (``sizes.size_sources``)."""
+    if _layer_class(type(module)) or by_type(RESIZERS, module) is None:
+        return frozenset()
+    lengths = {n for p in module.parameters(recurse=False) for n in p.shape}
+
+    def sized(v: Any) -> bool:
+        if isinstance(v, tuple):
+            return any(sized(e) for e in v)
+        return isinstance(v, int) and not isinstance(v, bool) and v in lengths
+
+    return frozenset(k for k, v in module.__dict__.items() if not k.startswith("_") and sized(v))
+
+
 @contextmanager
 def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iterator[_Log]:
-    """While active, the model's code reads ``READ_ATTRIBUTES`` of its layers as ``SizeRead``s,
-    and every read of a ``sizes.SIZE_ATTRIBUTES`` attribute of a module holding one is noted;
-    every class is restored afterwards."""
+    """While active, the model's code reads ``READ_ATTRIBUTES`` of its layers, the
+    ``sizes.SIZE_ATTRIBUTES`` of other modules and the sizes a resizing layer keeps of its own
+    tensors (``_own_sizes``) as ``SizeRead``s, and every read of a ``sizes.SIZE_ATTRIBUTES``
+    attribute of a module holding one is noted; every class is restored afterwards."""
     global _NAMES
     from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
 
     _NAMES = READ_ATTRIBUTES | SIZE_ATTRIBUTES  # users may register more
+    modules = list(modules)
+    own = {id(m): names for m in modules if (names := _own_sizes(m))}
     chosen = [
         m
         for m in modules
-        if (not READ_ATTRIBUTES.isdisjoint(m.__dict__) and _layer_class(type(m))) or not SIZE_ATTRIBUTES.isdisjoint(m.__dict__)
+        if (not READ_ATTRIBUTES.isdisjoint(m.__dict__) and _layer_class(type(m)))
+        or not SIZE_ATTRIBUTES.isdisjoint(m.__dict__)
+        or id(m) in own
     ]
     log = _Log({})
+    log.own = own
     if not chosen:
         yield log
         return
@@ -201,6 +227,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
 
     for node in graph.nodes:
         found: dict[Any, set[Site]] = {}
+        _read_tuples((node.args, node.kwargs), found)
         args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
         if found:
             node.args, node.kwargs = args, kwargs
@@ -219,6 +246,19 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     log.made.clear()
     if out is not None and control:
         out.meta[SIZE_CONTROL] = control
+
+
+def _read_tuples(a: Any, found: dict[Any, set[Site]]) -> None:
+    """Record in ``found`` each tuple of reads only in ``a`` as one read of its attributes
+    (a ``SizeTuple`` reaches the graph as its elements: ``view(self.bias_shape)``)."""
+    if isinstance(a, dict):
+        a = tuple(a.values())
+    if not isinstance(a, (tuple, list)):
+        return
+    if a and all(isinstance(e, SizeRead) for e in a):
+        found.setdefault(tuple(int.__int__(e) for e in a), set()).update(*(e._sites for e in a))
+    for e in a:
+        _read_tuples(e, found)
 
 
 def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:

@@ -274,6 +274,14 @@ class SizeTuple(_Tracked, tuple):
         self.derived = True
         return iter([SizeRead(v, self._sites, self._log) for v in tuple.__iter__(self)])
 
+    def __fx_create_arg__(self, tracer: Any) -> tuple[SizeRead, ...]:
+        """What torch.fx stores for it in a node's arguments (``view(self.bias_shape)``,
+        ``F.layer_norm(x, self.normalized_shape)``): its elements, each a read of the same
+        attribute, which ``finish`` records as one tuple. torch.fx would otherwise rebuild it
+        by ``type(self)(elements)``, which fails, and the model would leave the torch.fx path."""
+        self.derived = True
+        return tuple(SizeRead(v, self._sites, self._log) for v in tuple.__iter__(self))
+
     def __len__(self) -> int:  # the number of axes never changes with pruning
         self.derived = self.derived or by_user(1)
         return tuple.__len__(self)

@@ -75,9 +75,12 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
     read = (node.meta.get(SIZE_READS) or {}).get(value)
     if read and len(read) == 1:  # the code wrote a layer's size attribute there (``size_reads``)
         ((path, attr),) = read
-        have = getattr(modules.get(path), attr, None)
+        owner = modules.get(path)
+        have = getattr(owner, attr, None)
         if have == value or (isinstance(have, tuple) and len(have) == 1 and have[0] == value):
             return [SizeSource(path, attr)]
+        if owner is not None and by_type(RESIZERS, owner) is not None and _own_size(owner, value):
+            return [SizeSource(path, "")]  # read from a layer that resizes itself (``bias_shape``)
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)
