@@ -10,6 +10,7 @@ from .ops_layers import link_conv
 from .ops_swin import register_swin_rules
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
+from .sizes import register_size_attribute
 
 
 def channels_first_norm(ctx: RuleContext) -> None:
@@ -54,6 +55,9 @@ def _timm_rules() -> None:
 
     register_module_rule(LayerNorm2d)(channels_first_norm)
     register_module_rule(StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)(standardized_conv)
+    # EfficientFormerV2's attention views its values by ``self.dh`` (heads x value size, set in
+    # ``__init__``): a size attribute, so surgery rewrites it with the heads (else they pin).
+    register_size_attribute("dh")
     _timm_resizers()
 
 
