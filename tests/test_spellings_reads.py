@@ -288,3 +288,21 @@ def test_a_read_that_reaches_python_pins(fn: Callable[[nn.Module, Tensor], Tenso
     conv = next(g for g in plan.groups if g.name == "conv:out")
     assert not conv.prunable and "conv.out_channels" in (conv.reason or ""), conv.reason
     oracle_or_refusal(model, torch.randn(*X4), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gqa", ["expand_reshape", "repeat_interleave"])
+def test_bmm_with_grouped_query_heads_plans_like_matmul(gqa: str, tmp_path: Path) -> None:
+    """Key/value heads repeated (HF ``repeat_kv``, ``repeat_interleave``) before the ``(B * H)``
+    merge: one plan with the ``matmul`` spelling, and the oracle."""
+    from test_strangers3 import Spell, Stranger
+    from test_strangers3 import X as X3
+
+    plans = []
+    for core in ("matmul", "bmm"):
+        torch.manual_seed(0)
+        model = Stranger(Spell(gqa=gqa, core=core)).eval()
+        plans.append(skg.plan(model, torch.randn(*X3)))
+    assert dump(plans[1]) == dump(plans[0])
+    assert any(g.prunable and g.zero_invariant and g.size == 2 for g in plans[1].groups)
+    check_oracle(model, torch.randn(*X3), tmp_path)
