@@ -136,13 +136,16 @@ _SINK = io.StringIO()
 class Reads(nn.Module):
     """conv ``a`` -> BN -> conv ``conv`` -> BN -> ``fn(self, h)`` -> 1x1 head."""
 
-    def __init__(self, fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    def __init__(self, fn: Callable[[nn.Module, Tensor], Tensor], export: bool = False) -> None:
         super().__init__()
+        self.export = export
         self.a, self.bn, self.conv = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C), nn.Conv2d(C, C, 3)
         self.bn2, self.head, self.fn = nn.BatchNorm2d(C), nn.Conv2d(C, 4, 1), fn
 
     def forward(self, x: Tensor) -> Tensor:
         h = torch.relu(self.bn2(self.conv(torch.relu(self.bn(self.a(x))))))
+        if self.export and h.is_cuda:  # torch.export plans it
+            h = h.contiguous()
         return self.head(self.fn(self, h))
 
 
@@ -267,9 +270,9 @@ REACHING = [_range, _repeat, _str_branch, _int_of_fstring, _set_membership, _ind
 REACHING += [_shown_to_code, _shown_to_attribute, _printed_to_a_buffer]
 
 
-def _reads_plan(fn: Callable[[nn.Module, Tensor], Tensor]) -> tuple[nn.Module, skg.Plan]:
+def _reads_plan(fn: Callable[[nn.Module, Tensor], Tensor], export: bool = False) -> tuple[nn.Module, skg.Plan]:
     torch.manual_seed(0)
-    model = Reads(fn).eval()
+    model = Reads(fn, export).eval()
     return model, skg.plan(model, torch.randn(*X4))
 
 
@@ -306,3 +309,16 @@ def test_bmm_with_grouped_query_heads_plans_like_matmul(gqa: str, tmp_path: Path
     assert dump(plans[1]) == dump(plans[0])
     assert any(g.prunable and g.zero_invariant and g.size == 2 for g in plans[1].groups)
     check_oracle(model, torch.randn(*X3), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fn", [_fstring, _percent_args, _unused, _helper_dropped, _range, _str_branch], ids=lambda f: f.__name__)
+def test_reads_under_export(fn: Callable[[nn.Module, Tensor], Tensor], tmp_path: Path) -> None:
+    """The same proofs where ``torch.export`` traces (the forward runs as Python there too)."""
+    _, base = _reads_plan(_plain, export=True)
+    model, plan = _reads_plan(fn, export=True)
+    if fn in SHOWN:
+        assert dump(plan) == dump(base)
+    else:
+        assert not next(g for g in plan.groups if g.name == "conv:out").prunable
+    oracle_or_refusal(model, torch.randn(*X4), tmp_path)
