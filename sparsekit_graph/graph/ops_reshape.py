@@ -311,11 +311,11 @@ def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[
 
 def _merge_carrier(graph: AxisGraph, src: list[AxisId], candidates: list[int]) -> int:
     """The input axis that carries a merge's channels: the first candidate, unless nothing
-    linked to it so far is a parameter axis and a later one's is (``q.reshape(B * H, L, d)``
-    before ``bmm``: the heads, not the batch, carry; the other factors pin). Either choice is
-    exact (the others pin); this one keeps the channels."""
-    if len(candidates) > 1 and not _reaches_param(graph, src[candidates[0]]):
-        return next((d for d in candidates[1:] if _reaches_param(graph, src[d])), candidates[0])
+    linked to it so far is a parameter axis or pinned (a batch axis) and a later one reaches a
+    parameter (``q.reshape(B * H, L, d)`` before ``bmm``: the heads, not the batch, carry; the
+    other factors pin). Either choice is exact (the others pin); this one keeps the channels."""
+    if len(candidates) > 1 and _bare(graph, src[candidates[0]]):
+        return next((d for d in candidates[1:] if not _bare(graph, src[d], pins=False)), candidates[0])
     return candidates[0]
 
 
@@ -337,18 +337,20 @@ def _split_carrier(graph: AxisGraph, whole: AxisId, out_shape: list[int], big_b:
     return carriers[0]
 
 
-def _reaches_param(graph: AxisGraph, axis: AxisId) -> bool:
-    """Is a parameter axis linked to ``axis`` (by any path) so far?"""
+def _bare(graph: AxisGraph, axis: AxisId, pins: bool = True) -> bool:
+    """Is nothing linked to ``axis`` (by any path) so far a parameter axis (or, with ``pins``,
+    pinned)?"""
     seen, todo = {axis}, [axis]
     while todo:
         a = todo.pop()
-        if a[0] == "p" or graph.nodes[a].get("producer"):
-            return True
+        node = graph.nodes[a]
+        if a[0] == "p" or node.get("producer") or (pins and node["pins"]):
+            return False
         for b in graph.adj[a]:
             if b not in seen:
                 seen.add(b)
                 todo.append(b)
-    return False
+    return True
 
 
 def _merges_copies(ctx: RuleContext, src: list, ca: int, big_a: list[int], big_b: list[int]) -> bool:
