@@ -15,6 +15,7 @@ not prunable, ``refuse``: plan raises), so an over-pin fails as surely as a wron
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1402,12 +1403,100 @@ class FBilinearBuffer(nn.Module):
 CASES["f_bilinear_buffer_weight"] = (lambda: (FBilinearBuffer(), torch.randn(2, 6)), {"fa:out": "prune", "fb:out": "zi"})
 
 
+# -- layer subclasses that keep ``forward`` but change what it computes ---------------------------
+
+
+class MaskedConv(nn.Conv2d):
+    """SparseML-style: ``_conv_forward`` multiplies the weight by a mask buffer (``forward`` is Conv2d's).
+    Given Conv2d's rule, the mask was no member and the pruned model failed (mask of 8 rows, weight of 5)."""
+
+    def __init__(self, *args: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", (torch.rand_like(self.weight) > 0.3).float())
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return super()._conv_forward(input, weight * self.mask, bias)
+
+
+class FlipConv(nn.Conv2d):
+    """``_conv_forward`` reverses the input channels: given Conv2d's rule, zero-invariance was claimed falsely."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return super()._conv_forward(input.flip(1), weight, bias)
+
+
+class FrozenBN(nn.BatchNorm2d):
+    """Detection code's frozen BatchNorm: ``train()`` keeps it in eval mode (its computation is BatchNorm's)."""
+
+    def train(self, mode: bool = True) -> FrozenBN:
+        return super().train(False)
+
+
+class _Fusable:
+    """A mixin with a method ``forward`` never calls."""
+
+    def fuse(self) -> None:
+        return None
+
+
+class FusableConv(_Fusable, nn.Conv2d):
+    pass
+
+
+class Sub(nn.Module):
+    """cbr ``a`` -> ``layer`` (C -> 6) -> ReLU -> conv ``b``; ``norm`` after ``a``'s conv."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.a, self.norm, self.c, self.b = nn.Conv2d(3, C, 3, padding=1), norm or nn.BatchNorm2d(C), layer, nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.c(torch.relu(self.norm(self.a(x))))))
+
+
+SUBCLASS_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = {
+    "masked_conv_subclass": (lambda: (Sub(MaskedConv(C, 6, 3, padding=1)), torch.randn(*X4)), {"a:out": "zi", "c:out": "zi"}),
+    "flip_conv_subclass": (lambda: (Sub(FlipConv(C, 6, 3, padding=1)), torch.randn(*X4)), {"a:out": "pin", "c:out": "zi"}),
+    "frozen_bn_subclass": (lambda: (Sub(nn.Conv2d(C, 6, 1), FrozenBN(C)).train(), torch.randn(*X4)), {"a:out": "zi"}),
+    "mixin_conv_subclass": (lambda: (Sub(FusableConv(C, 6, 3, padding=1)), torch.randn(*X4)), {"a:out": "zi", "c:out": "zi"}),
+}
+
+
+def instance_forward(kind: str) -> tuple[nn.Module, Tensor]:
+    """A conv whose ``forward`` is replaced on the instance (LoRA-injection style): it reverses its
+    input channels, or multiplies its weight by a mask buffer. Conv2d's rule was used for it."""
+    model = Sub(nn.Conv2d(C, 6, 3, padding=1))
+    conv = model.c
+    if kind == "flip":
+
+        def forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+            return self._conv_forward(x.flip(1), self.weight, self.bias)
+
+    else:
+        conv.register_buffer("mask", (torch.rand_like(conv.weight) > 0.3).float())
+
+        def forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+            return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    conv.forward = types.MethodType(forward, conv)
+    return model, torch.randn(*X4)
+
+
+SUBCLASS_CASES.update(
+    {
+        "instance_forward_flip": (lambda: instance_forward("flip"), {"a:out": "pin", "c:out": "zi"}),
+        "instance_forward_mask": (lambda: instance_forward("mask"), {"a:out": "zi", "c:out": "zi"}),
+    }
+)
+CASES.update(SUBCLASS_CASES)
+
 # The default run checks these (one per family, the ones that found bugs first); ``-m slow`` the rest.
 QUICK = {
     "glu_by_size_slices", "special_softmax", "f_bilinear", "cat_then_chunk_uneven", "cat_group_norm_misaligned",
     "lora_merged", "dora", "max_norm_embedding", "weight_clip_in_forward",
     "freeze_in_forward", "spectral_norm_train", "bn_train_momentum_none", "patchify_mae", "pad_replicate_features",
     "threshold_value", "ones_like_count", "param_over_its_mean", "external_gate", "half_slices_of_a_cat",
+    "masked_conv_subclass", "flip_conv_subclass", "instance_forward_mask",
     "torch_prune_masks", "spatial_layer_norm_sum", "flatten_tokens_seq",
 }  # fmt: skip
 
@@ -1421,3 +1510,9 @@ def test_cases_are_many_and_named() -> None:
     """At least 40 models, each with an expected outcome; every quick case exists."""
     assert len(CASES) >= 40 and QUICK <= set(CASES)
     assert all(expect for _, expect in CASES.values())
+
+
+def test_a_subclass_with_an_unused_method_plans_like_its_parent() -> None:
+    """Traced through (it overrides a method), ``FusableConv`` gives the plan ``nn.Conv2d`` gets by its rule."""
+    plain, mixed = Sub(nn.Conv2d(C, 6, 3, padding=1)), Sub(FusableConv(C, 6, 3, padding=1))
+    assert _key(skg.plan(plain, torch.randn(*X4))) == _key(skg.plan(mixed, torch.randn(*X4)))

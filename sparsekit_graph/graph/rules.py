@@ -93,14 +93,41 @@ def rule_clashes() -> list[tuple[Hashable, str, str]]:
     return [(k, _label(old), _label(new)) for k, old, new in _CLASHES]
 
 
+# What a subclass may define and still run its parent's computation: set-up, printing, state
+# loading and train/eval switches (a frozen BatchNorm overriding ``train``).
+_HARMLESS_OVERRIDES = frozenset(
+    {"__init__", "extra_repr", "reset_parameters", "__repr__", "__setstate__", "__getstate__", "_load_from_state_dict",
+     "_save_to_state_dict", "train", "eval", "__init_subclass__", "__class_getitem__", "__dict__", "__weakref__",
+     "__annotate__"}
+)  # fmt: skip
+
+
 def inherits_forward(cls: type, base: type) -> bool:
-    """``cls`` is ``base`` or a subclass that runs ``base.forward`` unchanged."""
-    return issubclass(cls, base) and cls.forward is base.forward  # type: ignore[attr-defined]
+    """``cls`` is ``base`` or a subclass that runs ``base.forward`` unchanged: it overrides
+    neither ``forward`` nor any method or property ``forward`` may call (``_conv_forward``
+    multiplying the weight by a mask buffer, a ``weight`` property). Classes of torch itself
+    (``BatchNorm2d._check_input_dim``) and the planner's own read recorders (``__getattribute__``
+    of ``size_reads`` / ``config_reads``) are trusted; any other override is traced through."""
+    if not issubclass(cls, base) or cls.forward is not base.forward:  # type: ignore[attr-defined]
+        return False
+    mro = cls.__mro__
+    for klass in mro[: mro.index(base)]:
+        if klass.__module__.split(".")[0] == "torch":
+            continue
+        for name, value in vars(klass).items():
+            if name in _HARMLESS_OVERRIDES or getattr(value, "__module__", "").startswith(__package__ + "."):
+                continue
+            if callable(value) or hasattr(value, "__get__"):
+                return False
+    return True
 
 
 def module_rule(module: nn.Module) -> Rule | None:
     """The rule that applies to this layer as it is: registered for its type, or for the
-    nearest base class whose ``forward`` it does not override. Such layers are traced as leaves."""
+    nearest base class whose ``forward`` it does not override. Such layers are traced as leaves.
+    None for a layer whose own ``forward`` was replaced (``conv.forward = MethodType(f, conv)``)."""
+    if "forward" in vars(module):
+        return None
     return module_rule_for(type(module))
 
 

@@ -209,7 +209,11 @@ class _Tracer(FastTracer):
         self._runner: MetaRunner | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return has_hooks(m) or module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+        if has_hooks(m):
+            return True
+        if "forward" in vars(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
+            return False
+        return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _SizeProxy(node, self)
