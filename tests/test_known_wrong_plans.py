@@ -1,0 +1,158 @@
+"""Wrong plans an adversary round found and not yet fixed (issue 7), kept as strict xfails.
+
+Each test asserts the guarantee (prunable groups prune to a model that runs; a zero-invariance
+claim holds), so it passes, and must leave this file, once the planner is fixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from tests.helpers import check_oracle
+
+
+class _CountGate(nn.Module):
+    """conv-BN-ReLU (``a:out``, 8 channels), scaled by a constant chosen from ``count()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        return self.b(h * (2.0 if self.count() == 8 else 3.0))
+
+
+class _RedirectedPrint(_CountGate):
+    """``print`` counts as a sink, but stdout is redirected into a buffer the model reads back."""
+
+    def count(self) -> int:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            print(self.a.out_channels)
+        return int(buf.getvalue())
+
+
+class _ExportShapeDecision(nn.Module):
+    """torch.export path (``is_cuda`` defeats torch.fx); a constant flips only at 4 channels,
+    which the export probe (3/5/7 kept) never tries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if h.is_cuda:
+            h = h.contiguous()
+        return self.b(h * (2.0 if h.shape[1] != 4 else 3.0))
+
+
+class _SharedHeadCount(nn.Module):
+    """One ``self.num_heads`` sizes q's heads (tied to a (B*H)-batched parameter) and k's heads
+    (averaged away): two groups, no tie, so unequal counts break the views."""
+
+    def __init__(self, b: int = 2, e: int = 16, h: int = 4, d: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = h, d
+        self.q, self.k = nn.Linear(e, h * d), nn.Linear(e, h * d)
+        self.pw = nn.Parameter(torch.randn(b * h, d, d))
+        self.o = nn.Linear(h * d, e)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, n, self.num_heads, self.head_dim).mean(2)
+        y = torch.bmm(q.reshape(b * self.num_heads, n, self.head_dim), self.pw)
+        y = y.view(b, self.num_heads, n, self.head_dim) + k.unsqueeze(1)
+        return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+class _Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        return self.fc(torch.relu(self.c(h)).mean((2, 3)))
+
+
+def _flipped_conv_forward() -> nn.Module:
+    """An instance's ``_conv_forward`` (called by the kept ``forward``) flips the filters."""
+    m = _Small()
+    m.a._conv_forward = types.MethodType(  # type: ignore[method-assign]
+        lambda self, i, w, b: nn.Conv2d._conv_forward(self, i, w.flip(0), b), m.a
+    )
+    return m
+
+
+def _scaling_bn_check() -> nn.Module:
+    """An instance's ``_check_input_dim`` scales the input per channel in place."""
+    m = _Small()
+    m.bn._check_input_dim = lambda t: t.mul_(torch.arange(1.0, 9.0).view(1, -1, 1, 1))  # type: ignore[method-assign]
+    return m
+
+
+def _xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        pytest.param(_RedirectedPrint, (2, 3, 6, 6), id="print-redirected",
+                     marks=_xfail("size_flow takes print for a sink without checking where stdout goes")),
+        pytest.param(_flipped_conv_forward, (2, 3, 6, 6), id="instance-conv-forward",
+                     marks=_xfail("only a replaced instance forward is traced, not the methods it calls")),
+        pytest.param(_scaling_bn_check, (2, 3, 6, 6), id="instance-bn-check",
+                     marks=_xfail("only a replaced instance forward is traced, not the methods it calls")),
+    ],
+)  # fmt: skip
+def test_oracle_holds(make: type[nn.Module], x: tuple[int, ...], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    check_oracle(make().eval(), torch.randn(*x), tmp_path, min_drop=0.0, require=False)
+
+
+@_xfail("export probe: a decision on a channel count that flips between the original and probed counts")
+def test_export_decision_between_probed_counts() -> None:
+    torch.manual_seed(0)
+    m, x = _ExportShapeDecision().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(m, x)
+    group = next(g for g in plan.groups if g.name == "a:out")
+    if not (group.prunable and group.zero_invariant):
+        return
+    mask = torch.arange(8) >= 4
+    small = skg.prune(m, plan, masks={"a:out": mask}).model.eval()
+    dense = copy.deepcopy(m)
+    skg.bind(plan, dense)["a:out"].apply_mask(mask)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+@_xfail("two groups sized by one num_heads attribute are not tied")
+def test_one_head_count_two_groups() -> None:
+    torch.manual_seed(0)
+    m, x = _SharedHeadCount().eval(), torch.randn(2, 5, 16)
+    plan = skg.plan(m, x)
+    names = {"pw:0", "k:out"}
+    if not all(g.prunable for g in plan.groups if g.name in names):
+        return  # pinned: safe
+    if any(names <= {p.group for p in tie.parts} for tie in plan.ties):
+        return  # tied: prune keeps the counts equal
+    masks = {"pw:0": torch.tensor([True, False, False, False]), "k:out": torch.zeros(4, dtype=torch.bool)}
+    skg.prune(m, plan, masks=masks).model(x)
