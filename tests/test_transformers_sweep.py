@@ -35,7 +35,9 @@ PINNED_HEADS = {
     "pvt_v2_b0": "stage 1 has one head per layer (its width is head_dim)",
     "edgenext_xx_small": "stage 3's width 88 is chunked in 3 unequal parts: the residual stream pins",
 }
-QUERY_HEADS_FAIL = {"stablelm": "num_key_value_heads == num_key_value_groups == 2: which one a literal is stays ambiguous"}
+# StableLM (num_key_value_heads == num_key_value_groups == 2) was refused here until the export probe
+# tried decisions at a flipping count (2089801): now it prunes, and the oracle holds with gqa="query_heads".
+QUERY_HEADS_FAIL: dict[str, str] = {}
 ORACLE_FAIL: dict[str, str] = {}  # refused loudly, never pruned wrong (none today)
 
 
