@@ -1,7 +1,7 @@
-"""Wrong plans an adversary round found and not yet fixed (issue 7), kept as strict xfails.
+"""Wrong plans an adversary round found (issue 7): strict xfails until fixed, plain tests after.
 
 Each test asserts the guarantee (prunable groups prune to a model that runs; a zero-invariance
-claim holds), so it passes, and must leave this file, once the planner is fixed.
+claim holds), so a strict xfail fails, and loses its mark, once the planner is fixed.
 """
 
 from __future__ import annotations
@@ -117,10 +117,8 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
     [
         pytest.param(_RedirectedPrint, (2, 3, 6, 6), id="print-redirected",
                      marks=_xfail("size_flow takes print for a sink without checking where stdout goes")),
-        pytest.param(_flipped_conv_forward, (2, 3, 6, 6), id="instance-conv-forward",
-                     marks=_xfail("only a replaced instance forward is traced, not the methods it calls")),
-        pytest.param(_scaling_bn_check, (2, 3, 6, 6), id="instance-bn-check",
-                     marks=_xfail("only a replaced instance forward is traced, not the methods it calls")),
+        pytest.param(_flipped_conv_forward, (2, 3, 6, 6), id="instance-conv-forward"),
+        pytest.param(_scaling_bn_check, (2, 3, 6, 6), id="instance-bn-check"),
     ],
 )  # fmt: skip
 def test_oracle_holds(make: type[nn.Module], x: tuple[int, ...], tmp_path: Path) -> None:

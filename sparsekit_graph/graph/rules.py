@@ -125,10 +125,17 @@ def inherits_forward(cls: type, base: type) -> bool:
 def module_rule(module: nn.Module) -> Rule | None:
     """The rule that applies to this layer as it is: registered for its type, or for the
     nearest base class whose ``forward`` it does not override. Such layers are traced as leaves.
-    None for a layer whose own ``forward`` was replaced (``conv.forward = MethodType(f, conv)``)."""
-    if "forward" in vars(module):
+    None for a layer whose instance replaces a method of its class (``patched_on_instance``)."""
+    if patched_on_instance(module):
         return None
     return module_rule_for(type(module))
+
+
+def patched_on_instance(module: nn.Module) -> bool:
+    """The instance replaces a method of its class (``conv.forward = MethodType(f, conv)``,
+    ``bn._check_input_dim = f``): its own computation, traced through, never given a rule."""
+    cls = type(module)
+    return any(callable(v) and callable(getattr(cls, k, None)) for k, v in vars(module).items())
 
 
 @cache

@@ -19,7 +19,7 @@ from .fast_tracer import FastTracer
 from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
-from .rules import module_rule_for
+from .rules import module_rule_for, patched_on_instance
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
 
@@ -211,7 +211,7 @@ class _Tracer(FastTracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if has_hooks(m):
             return True
-        if "forward" in vars(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
+        if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
             return False
         return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
 
