@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
+import sys
 import types
 from pathlib import Path
 
@@ -42,6 +44,111 @@ class _RedirectedPrint(_CountGate):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             print(self.a.out_channels)
+        return int(buf.getvalue())
+
+
+class _AssignedStdout(_CountGate):
+    """``sys.stdout`` swapped by hand around the ``print``."""
+
+    def count(self) -> int:
+        buf, old = io.StringIO(), sys.stdout
+        sys.stdout = buf
+        try:
+            print(self.a.out_channels)
+        finally:
+            sys.stdout = old
+        return int(buf.getvalue())
+
+
+class _RedirectedStderr(_CountGate):
+    """``print(..., file=sys.stderr)`` into a redirected stderr."""
+
+    def count(self) -> int:
+        buf = io.StringIO()
+        with contextlib.redirect_stderr(buf):
+            print(self.a.out_channels, file=sys.stderr)
+        return int(buf.getvalue())
+
+
+class _Spy:
+    """An object whose ``__format__`` keeps the spec it was given."""
+
+    seen = ""
+
+    def __format__(self, spec: str) -> str:
+        self.seen = spec
+        return ""
+
+
+class _FormatSpec(_CountGate):
+    """The read is a format spec: ``_Spy.__format__`` is given it."""
+
+    def count(self) -> int:
+        spy = _Spy()
+        f"{spy:{self.a.out_channels}}"  # noqa: B021 - an f-string statement: formatted, dropped
+        return int(spy.seen)
+
+
+class _FormatCall(_CountGate):
+    """``format(obj, str(n))``: the same, by the builtin."""
+
+    def count(self) -> int:
+        spy = _Spy()
+        format(spy, str(self.a.out_channels))
+        return int(spy.seen)
+
+
+class _NestedFormat(_CountGate):
+    """``"{:{}}".format(obj, n)``: the same, by ``str.format``."""
+
+    def count(self) -> int:
+        spy = _Spy()
+        "{:{}}".format(spy, self.a.out_channels)  # noqa: B018
+        return int(spy.seen)
+
+
+class _Keeper(logging.Handler):
+    """A handler that keeps every message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_KEEPER = _Keeper()
+_kept = logging.getLogger("known_wrong_plans.kept")
+_kept.addHandler(_KEEPER)
+_kept.setLevel(logging.INFO)
+_kept.propagate = False
+
+
+class _KeptLog(_CountGate):
+    """``logger.info`` to a handler that keeps the message, which the model reads back."""
+
+    def count(self) -> int:
+        _kept.info("%d", self.a.out_channels)
+        return int(_KEEPER.messages[-1])
+
+
+_scoped = logging.getLogger("known_wrong_plans.scoped")
+
+
+class _ScopedBufferLog(_CountGate):
+    """A ``StreamHandler`` into a buffer, attached only while the count is logged."""
+
+    def count(self) -> int:
+        buf = io.StringIO()
+        handler = logging.StreamHandler(buf)
+        _scoped.addHandler(handler)
+        _scoped.setLevel(logging.INFO)
+        try:
+            _scoped.warning(self.a.out_channels)
+        finally:
+            _scoped.removeHandler(handler)
+            _scoped.setLevel(logging.NOTSET)
         return int(buf.getvalue())
 
 
@@ -115,8 +222,14 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
 @pytest.mark.parametrize(
     "make, x",
     [
-        pytest.param(_RedirectedPrint, (2, 3, 6, 6), id="print-redirected",
-                     marks=_xfail("size_flow takes print for a sink without checking where stdout goes")),
+        pytest.param(_RedirectedPrint, (2, 3, 6, 6), id="print-redirected"),
+        pytest.param(_AssignedStdout, (2, 3, 6, 6), id="print-assigned-stdout"),
+        pytest.param(_RedirectedStderr, (2, 3, 6, 6), id="print-redirected-stderr"),
+        pytest.param(_FormatSpec, (2, 3, 6, 6), id="format-spec"),
+        pytest.param(_FormatCall, (2, 3, 6, 6), id="format-builtin-spec"),
+        pytest.param(_NestedFormat, (2, 3, 6, 6), id="str-format-nested-spec"),
+        pytest.param(_KeptLog, (2, 3, 6, 6), id="logging-handler-keeps"),
+        pytest.param(_ScopedBufferLog, (2, 3, 6, 6), id="logging-scoped-buffer-handler"),
         pytest.param(_flipped_conv_forward, (2, 3, 6, 6), id="instance-conv-forward"),
         pytest.param(_scaling_bn_check, (2, 3, 6, 6), id="instance-bn-check"),
     ],

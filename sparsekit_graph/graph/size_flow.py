@@ -10,8 +10,13 @@ value could only be:
 - shown: formatted into a string (f-string, ``str``/``repr``/``format``/``ascii``,
   ``"...".format``, ``"%d" % n``, ``+`` with another string), the string in turn only dropped
   or shown;
-- given to ``print`` or a logging call (``logger.debug``, ``logging.info``, ...), whose output
-  the model never reads back.
+- given to ``print`` or a logging call (``logger.debug``, ``logging.info``, ...) that
+  ``size_sinks`` trusts: its output provably does not come back (not a redirected stdout, not
+  a handler that keeps records), judged by the state of the moment the read was made.
+
+A format spec is a use of the value it formats: ``f"{obj:{n}}"``, ``format(obj, n)`` and
+``"{:{}}".format(obj, n)`` hand ``n`` to ``obj.__format__`` and fail the proof (a read
+formatted with a constant spec, ``f"{n:>4}"``, is shown).
 
 Anything else the value (or a string or tuple made from it) meets, on any path from where it
 was made, fails the proof: a call, a subscript, a comparison, an attribute, a branch, an
@@ -27,6 +32,7 @@ import dis
 import inspect
 import logging
 import os
+import string
 import sys
 from collections.abc import Iterator
 from functools import lru_cache
@@ -35,10 +41,13 @@ from typing import Any
 
 import torch
 
+from .size_sinks import Sinks, log_trusted, print_trusted
+
 __all__ = ["Where", "flows_nowhere", "where_made"]
 
 Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
 Sym = tuple[Any, ...]  # an abstract stack value
+Trust = tuple[Sinks, Sinks]  # the state when the read was made, and when planning began
 
 _DEPTH = 4  # caller frames kept, for a read a helper returns
 _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
@@ -48,9 +57,8 @@ U: Sym = ("U",)  # anything else
 NULL: Sym = ("NULL",)
 
 _LOG_NAMES = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
-_SINKS: frozenset[Any] = frozenset(
-    {builtins.print} | {getattr(logging, n) for n in _LOG_NAMES} | {getattr(logging.Logger, n) for n in _LOG_NAMES}
-)
+_ROOT_LOGS: frozenset[Any] = frozenset(getattr(logging, n) for n in _LOG_NAMES)  # ``logging.info``: the root logger's
+_SINKS: frozenset[Any] = frozenset({builtins.print} | _ROOT_LOGS | {getattr(logging.Logger, n) for n in _LOG_NAMES})
 _FORMATTERS: frozenset[Any] = frozenset({builtins.str, builtins.repr, builtins.format, builtins.ascii})
 _INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
 _CREATORS = frozenset({"LOAD_ATTR", "BINARY_OP", "BINARY_SUBSCR", "UNARY_NEGATIVE", "UNARY_POSITIVE", "UNARY_INVERT"})
@@ -81,17 +89,18 @@ def where_made(frame: FrameType | None) -> Where:
     return tuple(out)
 
 
-def flows_nowhere(where: Where) -> bool:
-    """Is the value the instruction at ``where[0]`` made only dropped, shown or logged?"""
+def flows_nowhere(where: Where, at: Sinks, base: Sinks) -> bool:
+    """Is the value the instruction at ``where[0]`` made only dropped, shown or logged (to a
+    sink trusted in the state ``at`` of the moment it was made; planning began at ``base``)?"""
     try:
-        return bool(where) and _walk_from(where, 0, made=True)
+        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base))
     except _Fail:
         return False
     except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
         return False
 
 
-def _walk_from(where: Where, level: int, made: bool) -> bool:
+def _walk_from(where: Where, level: int, made: bool, trust: Trust) -> bool:
     frame, lasti = where[level]
     code = frame.f_code
     ins, index = _code_table(code)
@@ -103,11 +112,11 @@ def _walk_from(where: Where, level: int, made: bool) -> bool:
     before = _stacks(frame).get(ins[i].offset)
     if before is None:
         raise _Fail
-    stack = list(_step(frame, ins, i, list(before), taint=False)[0][1])
+    stack = list(_step(frame, ins, i, list(before), taint=None)[0][1])
     stack[-1] = T
-    returned = _taint_walk(frame, ins, index, i + 1, stack)
+    returned = _taint_walk(frame, ins, index, i + 1, stack, trust)
     if returned:  # a helper's result: follow it in the caller
-        return level + 1 < len(where) and _walk_from(where, level + 1, made=False)
+        return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust)
     return True
 
 
@@ -125,7 +134,9 @@ def _calls_code(frame: FrameType, ins: list[dis.Instruction], i: int, callee: Co
     return getattr(fn, "__code__", None) is callee
 
 
-def _taint_walk(frame: FrameType, ins: list[dis.Instruction], index: dict[int, int], start: int, stack: list[Sym]) -> bool:
+def _taint_walk(
+    frame: FrameType, ins: list[dis.Instruction], index: dict[int, int], start: int, stack: list[Sym], trust: Trust
+) -> bool:
     """Walk every path from ``ins[start]`` until no tainted value is left on the stack; True if
     some path returns one (the caller continues), raises ``_Fail`` where a use is not harmless."""
     returned = False
@@ -137,7 +148,7 @@ def _taint_walk(frame: FrameType, ins: list[dis.Instruction], index: dict[int, i
         seen.add((i, st))
         if i >= len(ins):
             raise _Fail
-        for nxt, after in _step(frame, ins, i, list(st), taint=True):
+        for nxt, after in _step(frame, ins, i, list(st), taint=trust):
             if nxt == "return":
                 returned = True
             elif nxt is not None:
@@ -184,7 +195,7 @@ def _stacks(frame: FrameType) -> dict[int, tuple[Sym, ...]]:
                 continue
             st = merged
         found[off] = st
-        for nxt, after in _step(frame, ins, i, list(st), taint=False):
+        for nxt, after in _step(frame, ins, i, list(st), taint=None):
             if nxt is not None and nxt != "return":
                 todo.append((index[nxt], tuple(after)))
     return found
@@ -199,9 +210,11 @@ def _handlers(code: CodeType) -> Iterator[tuple[int, int]]:
         yield e.target, e.depth + 1 + int(e.lasti)
 
 
-def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: bool) -> list[tuple[Any, list[Sym]]]:
-    """``ins[i]``'s successors ``(offset | "return" | None, stack after)``. With ``taint``, a
-    use of ``T`` that is not harmless raises ``_Fail``."""
+def _step(
+    frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: Trust | None
+) -> list[tuple[Any, list[Sym]]]:
+    """``ins[i]``'s successors ``(offset | "return" | None, stack after)``. With ``taint`` (the
+    sinks' states), a use of ``T`` that is not harmless raises ``_Fail``."""
     x = ins[i]
     op, nxt = x.opname, ins[i + 1].offset if i + 1 < len(ins) else None
 
@@ -213,7 +226,7 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
         return out
 
     def used(*vals: Sym) -> None:  # a use this walk cannot vouch for
-        if taint and any(v == T for v in vals):
+        if taint is not None and any(v == T for v in vals):
             raise _Fail
 
     if op in _NOTHING:
@@ -240,12 +253,15 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
         return [(nxt, st)]
     if op == "STORE_FAST":
         (v,) = pop(1)
-        if taint and v == T and not _dead(frame, x.argval):
+        if taint is not None and v == T and not _dead(frame, x.argval):
             raise _Fail
         return [(nxt, st)]
     if op in _SHOWN:
         n = _SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
-        out = T if T in pop(n) else S
+        vals = pop(n)
+        if n == 2 and op != "CONVERT_VALUE" and vals[0] != T:
+            used(vals[1])  # ``f"{obj:{n}}"``: obj.__format__ is given the read
+        out = T if T in vals else S
         return [(nxt, [*st, out])]
     if op in _BUILDS:
         out = T if T in pop(x.arg or 0) else S if op == "BUILD_STRING" else U
@@ -262,7 +278,7 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
         else:
             j = i - 1 if i and ins[i - 1].opname != "PRECALL" else i - 2
             names = _kw_names(frame, ins[j]) if j >= 0 and ins[j].opname == "KW_NAMES" else ()
-        out = _call(frame, vals, names)
+        out = _call(frame, vals, names, taint)
         return [(nxt, [*st, out])]
     if op == "COPY":
         return [(nxt, [*st, st[-x.arg]])]
@@ -280,7 +296,7 @@ def _step(frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[
         (v,) = pop(1)
         used(v)
         return [(nxt, list(st)), (x.argval, st)]
-    if taint and T in st:  # an opcode this walk does not model, with the read on the stack
+    if taint is not None and T in st:  # an opcode this walk does not model, with the read on the stack
         raise _Fail
     return _unknown(x, st, nxt)
 
@@ -298,10 +314,10 @@ def _text(v: Sym) -> bool:
     return v in (T, S) or (v[0] == "C" and isinstance(v[1], str))
 
 
-def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | None) -> Sym:
+def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | None, trust: Trust | None) -> Sym:
     """The result of a call whose stack slots (callable and self or NULL, then arguments, the
     last ``names`` by keyword) are ``vals``: a string from a formatter (``T`` if given ``T``),
-    ``U`` from a sink; ``_Fail`` where anything else is given ``T``."""
+    ``U`` from a trusted sink; ``_Fail`` where anything else is given ``T``."""
     tainted = T in vals
     if frame is None:
         return U
@@ -317,29 +333,49 @@ def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | Non
             raise _Fail
         return U
     if self_ is not None and self_[0] == "C" and isinstance(self_[1], str) and target[0] == "A" and target[2] == "format":
+        if tainted and _nested_spec(self_[1]):
+            raise _Fail  # "{:{}}".format(obj, n): obj.__format__ is given the read
         return T if tainted else S  # "{}".format(n)
     fn = _resolve(frame, target, own=False)
     if any(fn is f for f in _FORMATTERS):
+        if tainted and fn is builtins.format and T in vals[3:] and vals[2] != T:
+            raise _Fail  # format(obj, n): obj.__format__ is given the read
         return T if tainted else S
     if not tainted:
         return U
     fn = getattr(fn, "__func__", fn)
-    if names is None or (fn is builtins.print and not _to_terminal(frame, dict(zip(names[::-1], vals[::-1])))):
+    if names is None or trust is None or not any(fn is f for f in _SINKS):
         raise _Fail
-    if any(fn is f for f in _SINKS):
+    at, base = trust
+    if fn is builtins.print:
+        stream = _print_stream(frame, dict(zip(names[::-1], vals[::-1])))
+        if stream is None or not print_trusted(stream, at, base):
+            raise _Fail
         return U
-    raise _Fail
+    logger = None if any(fn is f for f in _ROOT_LOGS) else _resolve(frame, self_, own=False) if self_ is not None else None
+    if (logger is None and not any(fn is f for f in _ROOT_LOGS)) or not log_trusted(fn, logger, at, base):
+        raise _Fail
+    return U
 
 
-def _to_terminal(frame: FrameType, kw: dict[str, Sym]) -> bool:
-    """Does ``print(..., **kw)`` write to ``sys.stdout`` or ``sys.stderr`` (not to an object
-    the model could read back)?"""
+def _nested_spec(text: str) -> bool:
+    """Does format string ``text`` take a field's spec from an argument (``"{:{}}"``), or can
+    it not be parsed?"""
+    try:
+        return any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(text))
+    except ValueError:
+        return True
+
+
+def _print_stream(frame: FrameType, kw: dict[str, Sym]) -> str | None:
+    """Which of ``sys.stdout`` / ``sys.stderr`` ``print(..., **kw)`` writes to (None: another
+    object, which the model could read back)."""
     out = kw.get("file")
     if out is None:
-        return True
-    return (
-        out[0] == "A" and out[1] == ("G", "sys") and out[2] in ("stdout", "stderr") and _resolve(frame, out[1], own=False) is sys
-    )
+        return "stdout"
+    if out[0] == "A" and out[1] == ("G", "sys") and out[2] in ("stdout", "stderr") and _resolve(frame, out[1], own=False) is sys:
+        return str(out[2])
+    return None
 
 
 def _resolve(frame: FrameType | None, s: Sym, own: bool) -> Any:

@@ -34,6 +34,7 @@ from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS
 from .size_flow import flows_nowhere
+from .size_sinks import sinks_now
 from .size_values import VALUE, Reaching, Site, SizeRead, SizeTest, SizeTuple, by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
@@ -65,6 +66,7 @@ class _Log:
         self.reads: dict[int, set[str]] = {}
         self.own: dict[int, frozenset[str]] = {}  # resizing layers' attributes their tensors size
         self.swapped: list[tuple[nn.Module, type]] = []
+        self.sinks = sinks_now()  # streams and logging as planning found them (``size_sinks``)
 
     def note(self, module: nn.Module, name: str) -> None:
         names = self.reads.get(id(module))
@@ -235,7 +237,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     control: dict[Site, str] = {}
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
-        if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where):
+        if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where, t.sinks, log.sinks):
             kind = "a use the traced graph does not hold (range, a list's length)"
         if kind is not None:
             for site in t._sites:

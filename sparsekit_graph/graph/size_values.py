@@ -20,6 +20,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .size_flow import Where, where_made
+from .size_sinks import Sinks, sinks_now
 
 if TYPE_CHECKING:
     from .size_reads import _Log
@@ -129,10 +130,12 @@ class _Tracked:
     derived: bool
     reached: bool
     made_at: Where  # the model's frames that made it (``size_flow``)
+    sinks: Sinks  # the output streams and logging as they were then (``size_sinks``)
 
     def _init(self, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> None:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
         self.made_at = where_made(sys._getframe(2))  # for ``size_flow``; ``finish`` empties it
+        self.sinks = sinks_now()
         self._origin = origin
         log.made.append(self)  # type: ignore[arg-type]
 
