@@ -167,6 +167,28 @@ class _ExportShapeDecision(nn.Module):
         return self.b(h * (2.0 if h.shape[1] != 4 else 3.0))
 
 
+class _ExportSizeMembership(_ExportShapeDecision):
+    """The same decision spelled ``h.size(1) in (4, 6)``, through an int in the arithmetic."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if h.is_cuda:
+            h = h.contiguous()
+        return self.b(h * (1 + int(h.size(1) in (4, 6))))
+
+
+class _ExportBranchOps(_ExportShapeDecision):
+    """A branch that adds an op only at 4 channels: other code, not another number."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if h.is_cuda:
+            h = h.contiguous()
+        if h.shape[-3] == 4:
+            h = h.flip(1)
+        return self.b(h)
+
+
 class _SharedHeadCount(nn.Module):
     """One ``self.num_heads`` sizes q's heads (tied to a (B*H)-batched parameter) and k's heads
     (averaged away): two groups, no tie, so unequal counts break the views."""
@@ -185,6 +207,25 @@ class _SharedHeadCount(nn.Module):
         y = torch.bmm(q.reshape(b * self.num_heads, n, self.head_dim), self.pw)
         y = y.view(b, self.num_heads, n, self.head_dim) + k.unsqueeze(1)
         return self.o(y.transpose(1, 2).reshape(b, n, -1))
+
+
+class _SharedNHead(nn.Module):
+    """The same hazard spelled ``unflatten`` and ``reshape(..., -1)`` with ``self.n_head``:
+    q's heads feed a (B*H)-batched parameter, k's are summed over."""
+
+    def __init__(self, b: int = 2, e: int = 16, h: int = 4, d: int = 8) -> None:
+        super().__init__()
+        self.n_head = h
+        self.q, self.k = nn.Linear(e, h * d), nn.Linear(e, h * d)
+        self.pw = nn.Parameter(torch.randn(b * h, d, d))
+        self.o = nn.Linear(h * d, e)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).unflatten(-1, (self.n_head, -1)).transpose(1, 2)
+        k = self.k(x).reshape(b, n, self.n_head, -1).sum(2)
+        y = torch.bmm(q.flatten(0, 1), self.pw).view(b, self.n_head, n, -1) + k.unsqueeze(1)
+        return self.o(y.transpose(1, 2).flatten(2))
 
 
 class _Small(nn.Module):
@@ -239,31 +280,47 @@ def test_oracle_holds(make: type[nn.Module], x: tuple[int, ...], tmp_path: Path)
     check_oracle(make().eval(), torch.randn(*x), tmp_path, min_drop=0.0, require=False)
 
 
-@_xfail("export probe: a decision on a channel count that flips between the original and probed counts")
-def test_export_decision_between_probed_counts() -> None:
+@pytest.mark.parametrize("make", [_ExportShapeDecision, _ExportSizeMembership, _ExportBranchOps],
+                         ids=["constant", "membership-int", "branch-ops"])  # fmt: skip
+def test_export_decision_between_probed_counts(make: type[nn.Module]) -> None:
+    """Kept at 4 (the probe tried 3/5/7), the code decides otherwise: ``prune`` refuses (the
+    model unchanged), or the pruned model equals the masked one."""
     torch.manual_seed(0)
-    m, x = _ExportShapeDecision().eval(), torch.randn(2, 3, 6, 6)
+    m, x = make().eval(), torch.randn(2, 3, 6, 6)
     plan = skg.plan(m, x)
     group = next(g for g in plan.groups if g.name == "a:out")
     if not (group.prunable and group.zero_invariant):
         return
     mask = torch.arange(8) >= 4
-    small = skg.prune(m, plan, masks={"a:out": mask}).model.eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    try:
+        small = skg.prune(m, plan, masks={"a:out": mask}).model.eval()
+    except skg.SparseKitError as e:
+        assert "a:out" in str(e) and "nothing was changed" in str(e), e
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+        return
     dense = copy.deepcopy(m)
     skg.bind(plan, dense)["a:out"].apply_mask(mask)
     with torch.no_grad():
         torch.testing.assert_close(small(x), dense(x), rtol=1e-4, atol=1e-5)
 
 
-@_xfail("two groups sized by one num_heads attribute are not tied")
-def test_one_head_count_two_groups() -> None:
+@pytest.mark.parametrize("make, attr", [(_SharedHeadCount, "num_heads"), (_SharedNHead, "n_head")],
+                         ids=["view", "unflatten"])  # fmt: skip
+def test_one_head_count_two_groups(make: type[nn.Module], attr: str) -> None:
+    """Groups sized by one attribute are tied (prune keeps the attribute one value) or pinned."""
     torch.manual_seed(0)
-    m, x = _SharedHeadCount().eval(), torch.randn(2, 5, 16)
+    m, x = make().eval(), torch.randn(2, 5, 16)
     plan = skg.plan(m, x)
-    names = {"pw:0", "k:out"}
-    if not all(g.prunable for g in plan.groups if g.name in names):
-        return  # pinned: safe
-    if any(names <= {p.group for p in tie.parts} for tie in plan.ties):
-        return  # tied: prune keeps the counts equal
-    masks = {"pw:0": torch.tensor([True, False, False, False]), "k:out": torch.zeros(4, dtype=torch.bool)}
-    skg.prune(m, plan, masks=masks).model(x)
+    sized = [g for g in plan.groups if any(r.attr == attr for r in g.sizes)]
+    assert len(sized) >= 2, [g.name for g in plan.groups]
+    names = {g.name for g in sized if g.prunable}
+    if len(names) < 2:
+        return  # at most one may change it: the others are pinned
+    assert any(names <= {p.group for p in tie.parts} for tie in plan.ties), plan.ties
+    result = skg.prune(m, plan, ratio=0.5)
+    kept = {result.report.kept[n] for n in names}
+    assert kept == {2} and getattr(result.model, attr) == 2, (result.report.kept, getattr(result.model, attr))
+    assert result.model(x).shape == m(x).shape
+    with pytest.raises(skg.SparseKitError, match="break the tie"):
+        skg.prune(m, plan, masks={sorted(names)[0]: torch.tensor([True, False, False, False])})

@@ -22,7 +22,7 @@ from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
 from .probe import probe_plan
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
-from .shared_sizes import pin_shared_sizes
+from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
@@ -195,8 +195,9 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
     if not graph.exported:  # export's literals match attributes by value only: the export probe decides there
-        groups = pin_shared_sizes(groups)  # an attribute a pinned group holds cannot change
-    return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds)  # one config count read by every layer
+        groups = pin_shared_sizes(pin_untied_sizes(groups))  # an attribute a pinned group holds cannot change
+    # one config count read by every layer; one module attribute the code read for several groups (torch.fx)
+    return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds, exported=graph.exported)
 
 
 def _divert_repeats(graph: AxisGraph) -> dict[AxisId, np.ndarray]:

@@ -30,7 +30,7 @@ from ..errors import SparseKitError, TraceError
 from ..graph.meta import SIZE_TESTS
 from ..graph.size_values import SizeTest
 from ..graph.trace import Inputs, trace_graph
-from ..prune.checks import changed_numbers, check_pruned
+from ..prune.checks import changed_numbers, check_pruned, compensated
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
 from .schema import Group, Plan
@@ -191,18 +191,8 @@ def _prune_and_trace(
         return str(e), None
     except Exception as e:  # noqa: BLE001 - whatever stops the pruned copy stops prune
         return f"{type(e).__name__}: {e}", None
-    changed = changed_numbers(traced, after, _compensated(plan, masks))
+    changed = changed_numbers(traced, after, compensated(plan, masks))
     return None, f"numbers computed from its size changed at {', '.join(changed[:3])}" if changed else None
-
-
-def _compensated(plan: Plan, masks: dict[str, Tensor]) -> frozenset[tuple[float, float]]:
-    """The attention scales surgery compensates: ``(head_dim ** -0.5, pruned ** -0.5)``."""
-    pairs = set()
-    for g in plan.groups:
-        removed = int(masks[g.name].sum()) if g.name in masks else 0
-        for s in g.scales if removed else ():
-            pairs.add((float(s.head_dim) ** -0.5, float(s.factor(removed)[0]) ** -0.5))
-    return frozenset(pairs)
 
 
 def _culprits(units: list[int], why: str, attempt: Attempt, label: Callable[[list[int]], str]) -> dict[int, str]:

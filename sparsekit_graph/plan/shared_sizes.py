@@ -7,13 +7,17 @@ by is pinned too, with the reason, until no such group is left. Only on torch.fx
 an attribute sizes an axis because the code read it: torch.export writes sizes as literals
 matched by value (StableLM's partial-rotary slice of 2 equals its ``num_key_value_heads``), and
 there the export probe prunes a copy and pins what actually breaks.
+
+A module's own attribute (``self.num_heads``) that sizes several prunable groups holds one
+value for all of them: ``ties.shared_size_ties`` ties them where they are equally sized and
+count it alike; ``pin_untied_sizes`` pins them where they cannot be tied.
 """
 
 from __future__ import annotations
 
 from .schema import Group
 
-__all__ = ["pin_shared_sizes"]
+__all__ = ["pin_shared_sizes", "pin_untied_sizes"]
 
 
 def pin_shared_sizes(groups: list[Group]) -> list[Group]:
@@ -35,3 +39,26 @@ def pin_shared_sizes(groups: list[Group]) -> list[Group]:
             out.append(g)
         groups = out
     return groups
+
+
+def pin_untied_sizes(groups: list[Group]) -> list[Group]:
+    """``groups`` with the prunable groups pinned that share a module's own size attribute (not
+    a config's: ``ties.shared_size_ties`` handles those) but differ in size or in how they count
+    it, so no count tie keeps the attribute one value."""
+    by_attr: dict[tuple[str, str], list[tuple[Group, tuple[int, int]]]] = {}
+    for g in groups:
+        for r in g.sizes if g.prunable else ():
+            if not (r.owner == "config" or r.owner.endswith(".config")):
+                by_attr.setdefault((r.owner, r.attr), []).append((g, (r.per_channel, r.every)))
+    reasons: dict[str, str] = {}
+    for (owner, attr), found in by_attr.items():
+        names = sorted({g.name for g, _ in found})
+        if len(names) > 1 and len({(g.size, how) for g, how in found}) > 1:
+            for n in names:
+                others = ", ".join(m for m in names if m != n)
+                reasons.setdefault(
+                    n, f"size attribute {owner or 'model'}.{attr} also sizes group {others}, which no count tie can keep equal"
+                )
+    if not reasons:
+        return groups
+    return [g.model_copy(update={"prunable": False, "reason": reasons[g.name]}) if g.name in reasons else g for g in groups]

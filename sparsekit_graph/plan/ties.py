@@ -28,20 +28,23 @@ def part_channels(part: TiePart, group: Group) -> list[int]:
     return list(range(group.size)) if part.channels is None else part.channels
 
 
-def shared_size_ties(groups: list[Group], read: Collection[Any]) -> list[Tie]:
+def shared_size_ties(groups: list[Group], read: Collection[Any], exported: bool = True) -> list[Tie]:
     """Prunable groups that one config attribute in ``read`` counts (Phi-3's layers slice their
     fused ``qkv_proj`` at ``config.num_attention_heads * head_dim``): a config holds one value,
     so every such group must lose the same number of channels. ``read``: the ``SizeSource``s
     the forward is known to compute with (slice bounds), not literals that merely equal them
     (LLaMA's ``repeat_kv`` reshape equals ``num_attention_heads`` but is read off shapes, and
-    its layers may keep different counts). One tie per attribute whose groups are equally
-    sized and count it alike (otherwise ``prune`` rejects counts that disagree, as before)."""
+    its layers may keep different counts). Unless ``exported``, a module's own attribute
+    (``self.num_heads``) counts every group whose axes the code sized by reading it, and ties
+    them too. One tie per attribute whose groups are equally sized and count it alike
+    (otherwise ``shared_sizes.pin_untied_sizes`` pins them on torch.fx graphs, and ``prune``
+    rejects counts that disagree under torch.export, as before)."""
     from .schema import Tie, TiePart  # schema imports this module
 
     by_attr: dict[tuple[str, str], list[Group]] = {}
     for g in (g for g in groups if g.prunable):
         for ref in g.sizes:
-            if (ref.owner == "config" or ref.owner.endswith(".config")) and _source(ref) in read:
+            if (_is_config(ref.owner) and _source(ref) in read) or not (_is_config(ref.owner) or exported):
                 found = by_attr.setdefault((ref.owner, ref.attr), [])
                 if g not in found:
                     found.append(g)
@@ -52,9 +55,13 @@ def shared_size_ties(groups: list[Group], read: Collection[Any]) -> list[Tie]:
         if len(tied) < 2 or names in seen or len({g.size for g in tied}) > 1 or len(refs) > 1:
             continue
         seen.add(names)
-        reason = f"{owner}.{attr} counts these channels in every group that reads it: one value for all"
+        reason = f"{owner or 'model'}.{attr} counts these channels in every group that reads it: one value for all"
         ties.append(Tie(parts=[TiePart(group=n) for n in names], reason=reason))
     return ties
+
+
+def _is_config(owner: str) -> bool:
+    return owner == "config" or owner.endswith(".config")
 
 
 def _source(ref: SizeRef) -> SizeSource:

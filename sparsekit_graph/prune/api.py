@@ -17,6 +17,7 @@ from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
 from .checks import check_pruned
+from .claims import check_claims
 from .copying import copy_model
 from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
@@ -140,8 +141,11 @@ def prune(
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     try:
         check_pruned(plan, chosen, before_gm, after_gm)
+        if is_exported(after_gm):  # the probe tried other counts: zero-invariance at these (``claims``)
+            check_claims(plan, model, chosen, inputs, before_gm, after_gm)
     except SparseKitError as e:
-        raise SparseKitError(f"{e}; nothing was changed") from e
+        cut = ", ".join(n for n, m in chosen.items() if bool(m.any()))
+        raise SparseKitError(f"pruning {cut}: {e}; nothing was changed") from e
     reloadable = fit_config(model, work, inputs)
     report = PruneReport(
         params_before=count_params(model),

@@ -14,7 +14,7 @@ from ..graph.meta import META
 from ..graph.sizes import module_stack
 from ..plan.schema import Plan
 
-__all__ = ["changed_numbers", "check_pruned", "same_code", "same_outputs", "sizes_followed"]
+__all__ = ["changed_numbers", "check_pruned", "compensated", "same_code", "same_outputs", "sizes_followed"]
 
 
 def check_pruned(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after: fx.Graph) -> None:
@@ -154,6 +154,16 @@ def changed_numbers(
         elif any(x != new[k] and (x, new[k]) not in compensated for k, x in old.items() if k in new):
             changed.append(a.name)
     return changed
+
+
+def compensated(plan: Plan, masks: dict[str, Tensor]) -> frozenset[tuple[float, float]]:
+    """The attention scales surgery compensates: ``(head_dim ** -0.5, pruned ** -0.5)``."""
+    pairs = set()
+    for g in plan.groups:
+        removed = int(masks[g.name].sum()) if g.name in masks else 0
+        for s in g.scales if removed else ():
+            pairs.add((float(s.head_dim) ** -0.5, float(s.factor(removed)[0]) ** -0.5))
+    return frozenset(pairs)
 
 
 def _sized_by_symbol(a: fx.Node, b: fx.Node, old: dict, new: dict) -> bool:
