@@ -19,6 +19,9 @@ import torch
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.plan.schema import Group, Member, SizeRef
+from sparsekit_graph.plan.shared_sizes import pin_untied_sizes
+from sparsekit_graph.plan.ties import shared_size_ties
 from tests.helpers import check_oracle
 
 
@@ -324,3 +327,22 @@ def test_one_head_count_two_groups(make: type[nn.Module], attr: str) -> None:
     assert result.model(x).shape == m(x).shape
     with pytest.raises(skg.SparseKitError, match="break the tie"):
         skg.prune(m, plan, masks={sorted(names)[0]: torch.tensor([True, False, False, False])})
+
+
+def _group(name: str, size: int, per_channel: int, owner: str = "attn") -> Group:
+    member = Member(param=f"{name}.weight", axis=0, start=0, stop=size, order=[0, 1, 2, 3])
+    ref = SizeRef(owner=owner, attr="num_heads", per_channel=per_channel)
+    return Group(name=name, size=size, prunable=True, zero_invariant=True, members=[member], sizes=[ref])
+
+
+@pytest.mark.parametrize("sizes", [((4, 1), (8, 1)), ((4, 1), (4, 2))], ids=["other-size", "other-count"])
+def test_an_attribute_no_tie_keeps_equal_pins(sizes: tuple[tuple[int, int], ...]) -> None:
+    """Groups counting one module attribute that no count tie can keep one value are pinned,
+    naming the attribute; a config's attribute and a lone group are left to the ties."""
+    (na, pa), (nb, pb) = sizes
+    groups = [_group("a", na, pa), _group("b", nb, pb), _group("c", 4, 1, owner="attn.config"), _group("d", 4, 1, owner="other")]
+    out = {g.name: g for g in pin_untied_sizes(groups)}
+    assert not out["a"].prunable and not out["b"].prunable
+    assert "attn.num_heads" in (out["a"].reason or "") and "group b" in (out["a"].reason or "")
+    assert out["c"].prunable and out["d"].prunable
+    assert not shared_size_ties(list(out.values()), (), exported=False)
