@@ -788,8 +788,8 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "patchify_mae": (lambda: (PatchifyMAE(), torch.randn(*X4)), {"proj:out": "zi"}),
     "unpatchify_mae": (lambda: (UnpatchifyMAE(), torch.randn(2, 16, 6)), {"pred:out": "pin"}),
     "flatten_tokens_seq": (lambda: (FlattenTokens(), torch.randn(*X4)), {"seq.0.0:out": "prune", "seq.4:out": "zi"}),
-    "unflatten_linear_to_map": (unflatten_seq, {"0:out": "pin"}),  # see the xfail below
-    "unflatten_dcgan": (unflatten_map_seq, {"0:out": "pin"}),
+    "unflatten_linear_to_map": (unflatten_seq, {"0:out": "zi"}),  # surgery lowers unflattened_size[0]
+    "unflatten_dcgan": (unflatten_map_seq, {"0:out": "zi"}),
     "interleave_slice_assign": (lambda: (Interleave(), torch.randn(*X4)), {"a.0:out": "pin", "b.0:out": "pin"}),
     "index_assign_list": (lambda: (IndexAssign(), torch.randn(*X4)), {"a.0:out": "pin"}),
     "index_copy_halves": (lambda: (HalvesIntoSlots(), torch.randn(*X4)), {"a.0:out": "pin"}),
@@ -797,7 +797,7 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "pad_reflect_features": (lambda: (EdgePad("reflect"), torch.randn(*SEQ)), {"fc1:out": "pin"}),
     "pad_circular_features": (lambda: (EdgePad("circular"), torch.randn(*SEQ)), {"fc1:out": "pin"}),
     "constant_pad_features": (lambda: (ConstantPadSeq(), torch.randn(*SEQ)), {"fc1:out": "zi"}),
-    "groups_from_shape": (lambda: (GroupsFromShape(), torch.randn(*X4)), {"a.0:out": "pin"}),  # see the xfail below
+    "groups_from_shape": (lambda: (GroupsFromShape(), torch.randn(*X4)), {"dw:0": "zi"}),  # groups follows h
     "external_gate": (lambda: (ExternalGate(), {"x": torch.randn(*X4), "gate": torch.rand(2, C)}), {"a.0:out": "pin"}),
     "convT_output_size": (lambda: (ConvTOutputSize(), torch.randn(*X4)), {"up.bias:0": "zi", "enc.0:out": "prune"}),
     "einsum_spatial_attention": (lambda: (EinsumSpatialAttn(), torch.randn(*X4)), {"q:out": "prune", "v:out": "zi"}),
@@ -1367,25 +1367,23 @@ class Depthwise(nn.Module):
             marks=pytest.mark.xfail(strict=True, reason="torch.fx runs an op on a buffer alone eagerly (proxy_buffer_attributes "
                                     "is off): buf[:, None, None] is a constant tensor, which pins"),
         ),
-        pytest.param(
-            ToMap, (2, 6), "fc:out", id="nn-unflatten",
-            marks=pytest.mark.xfail(strict=True, reason="surgery does not rewrite nn.Unflatten.unflattened_size: "
-                                    "its literal sizes pin"),
-        ),
-        pytest.param(
-            Depthwise, X4, "a.0:out", id="groups-read",
-            marks=pytest.mark.xfail(strict=True, reason="size_reads pins a channel count read off the input and passed as "
-                                    "F.conv2d's groups (the one spelling that follows pruning)"),
-        ),
+        pytest.param(ToMap, (2, 6), "fc:out", id="nn-unflatten"),
+        pytest.param(Depthwise, X4, "a.0:out", id="groups-read"),
     ],
 )  # fmt: skip
-def test_two_spellings_of_one_layer_give_one_plan(build: Callable[[bool], nn.Module], x: tuple[int, ...], group: str) -> None:
-    """The second spelling plans like the first, whose ``group`` is prunable and zero-invariant."""
+def test_two_spellings_of_one_layer_give_one_plan(
+    build: Callable[[bool], nn.Module], x: tuple[int, ...], group: str, tmp_path: Path
+) -> None:
+    """The second spelling plans like the first, whose ``group`` is prunable and zero-invariant,
+    and passes the oracle."""
     plain, other = build(False), build(True)
     other.load_state_dict(plain.state_dict(), strict=False)
     first = skg.plan(plain, torch.randn(*x))
     assert first.group(group).prunable and first.group(group).zero_invariant, first.group(group)
-    assert skg.plan(other, torch.randn(*x)).group(group).prunable, "the other spelling pins"
+    second = skg.plan(other, torch.randn(*x)).group(group)
+    assert second.prunable, f"the other spelling pins: {second.reason}"
+    assert second.zero_invariant and second.size == first.group(group).size
+    check_oracle(other.eval(), torch.randn(*x), tmp_path, min_drop=0.0)
 
 
 class FBilinearBuffer(nn.Module):

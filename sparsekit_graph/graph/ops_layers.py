@@ -12,9 +12,11 @@ from .axes import AxisId
 from .context import RuleContext
 from .ops_join import link_padding
 from .ops_matmul import zeroed_by_masks
-from .ops_reshape import flatten_axes, reshape_axes
+from .ops_reshape import flatten_axes, read_axis, reshape_axes
+from .ops_sizes import register_length_args
 from .ops_tensor import pointwise, spatial_axes
 from .rules import register_function_rule, register_module_rule
+from .sizes import SizeSource
 from .zeros import zero_breaker
 
 __all__ = ["SAME_SHAPE_MODULES"]
@@ -116,18 +118,39 @@ def conv_function(ctx: RuleContext) -> None:
     ctx.read_all()
     x, w, out = ctx.axes(ctx.input), ctx.weight_axes(ctx.arg("weight"), (0, 1)), ctx.out()
     groups = ctx.arg("groups", 1)
+    read = read_axis(ctx, groups) if isinstance(groups, fx.Node) else None  # groups=h.shape[1]
+    transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+    if read is not None and not _depthwise_read(ctx, x, read, transposed):
+        ctx.pin([read], f"group count read off an axis at {ctx.where()}")
+        read = None
+    if read is not None:
+        groups = ctx.graph.size(read)  # a depthwise count that follows pruning, as a layer's does
     if x is None or w is None or not isinstance(groups, int):
         ctx.pin_everything(f"convolution with unreadable arguments at {ctx.where()}")
         return
-    transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
     spatial = ctx.meta(ctx.arg("weight")).ndim - 2
     cx = len(x) - spatial - 1
-    fixed = groups > 1 and ctx.constant_size(x[cx], groups)
+    if read is not None and read != x[cx]:
+        ctx.graph.link(read, x[cx])  # the read axis and the input channels: one count
+    fixed = read is None and groups > 1 and ctx.constant_size(x[cx], groups)
     co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
     _contracted_by_buffer(ctx, cx)
     b = ctx.axes(ctx.arg("bias"))
     if b is not None:
         ctx.same(b, [out[co]])
+
+
+register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d)
+
+
+def _depthwise_read(ctx: RuleContext, x: list[AxisId] | None, read: AxisId, transposed: bool) -> bool:
+    """``groups`` read off an axis as long as the input's channels (``groups=h.shape[1]``) of
+    a plain convolution: depthwise, and it stays so when both are pruned together. Any other
+    read count (a transposed or partly grouped conv) would change what is computed."""
+    if x is None or transposed or not isinstance(ctx.meta(ctx.arg("weight")), torch.Tensor):
+        return False
+    cx = len(x) - (ctx.meta(ctx.arg("weight")).ndim - 2) - 1
+    return 0 <= cx < len(x) and ctx.graph.size(read) == ctx.graph.size(x[cx]) > 1
 
 
 def _contracted_by_buffer(ctx: RuleContext, d: int) -> None:
@@ -346,14 +369,35 @@ def flatten_module(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.Unflatten)
 def unflatten_module(ctx: RuleContext) -> None:
+    """``nn.Unflatten(dim, sizes)``: a reshape of one axis. Without a ``-1``, the outermost size
+    is the layer's attribute, as ``view(b, -1, 2, 2)``'s ``-1`` is the tensor's: it follows
+    the carried channels (surgery lowers ``unflattened_size[0]``); the other sizes are literals."""
     m = ctx.module
+    assert isinstance(m, nn.Unflatten)
     nd = ctx.meta(ctx.input).ndim
-    dim = m.dim % nd  # type: ignore[union-attr]
-    k = len(m.unflattened_size)  # type: ignore[union-attr]
-    literal = [False] * dim + [s != -1 for s in m.unflattened_size] + [False] * (nd - dim - 1)  # type: ignore[union-attr]
+    dim = m.dim % nd  # type: ignore[operator]
+    sizes = m.unflattened_size
+    k = len(sizes)
+    follows = _unflatten_follows(sizes)
+    literal = [False] * dim + [s != -1 and not (j == 0 and follows) for j, s in enumerate(sizes)] + [False] * (nd - dim - 1)  # type: ignore[misc]
+    if follows:
+        source = SizeSource(ctx.module_name, "unflattened_size")
+        ctx.graph.size_refs.setdefault(ctx.out()[dim], set()).add(source)
+        ctx.graph.size_values[source] = sizes[0]  # type: ignore[assignment]
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _unflatten_follows(sizes: object) -> bool:
+    """Can surgery rewrite ``sizes[0]`` (a plain tuple of ints, no ``-1``, the first > 1)?"""
+    return (
+        isinstance(sizes, tuple)
+        and bool(sizes)
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in sizes)
+        and -1 not in sizes
+        and sizes[0] > 1
+    )
 
 
 @register_module_rule(nn.ChannelShuffle)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
@@ -18,6 +19,15 @@ from .rules import register_function_rule, register_method_rule
 # -- sizes and fresh tensors ----------------------------------------------------------------
 
 _SHAPE_ARGS = {"size", "shape", "split_size", "chunks", "sizes", "repeats", "normalized_shape", "output_size", "dims"}
+# Per op, further arguments whose rule reads a length passed there off its axis, and links or
+# pins that axis itself (``F.conv2d(h, w, groups=h.shape[1])``): the length is no value there.
+_LENGTH_ARGS: dict[object, frozenset[str]] = {}
+
+
+def register_length_args(names: Iterable[str], *ops: object) -> None:
+    """Declare that the rules of ``ops`` model a length passed as argument ``names``."""
+    for op in ops:
+        _LENGTH_ARGS[op] = _LENGTH_ARGS.get(op, frozenset()) | frozenset(names)
 
 
 @register_function_rule(torch.Tensor.size, torch.Tensor.shape, torch.numel)
@@ -66,16 +76,26 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
                 todo.append((user, chosen))
                 if user.meta.get(CONTROL):
                     found.append((user, chosen))
-            elif user.op == "call_module" or not _only_shapes(user, n):
+            elif user.op == "call_module" or not _only_shapes(user, n, direct=_direct(n, node, axes)):
                 found.append((user, chosen))
     return found
 
 
-def _only_shapes(user: fx.Node, length: fx.Node) -> bool:
+def _direct(n: fx.Node, read: fx.Node, dims: list[int] | None) -> bool:
+    """Is ``n`` one axis's length as read: ``read`` itself with a ``dim`` (``h.size(1)``), or
+    ``read[i]`` of a whole shape (``h.shape[1]``; not ``numel``)?"""
+    if n is read:
+        return dims is not None
+    return dims is None and n.target is operator.getitem and n.args[0] is read and isinstance(n.args[1], int)
 
+
+def _only_shapes(user: fx.Node, length: fx.Node, *, direct: bool = False) -> bool:
+    """Does ``user`` take ``length`` only as sizes? ``direct``: ``length`` is the read itself
+    (``h.size(1)``, ``h.shape[1]``), which a rule of ``_LENGTH_ARGS`` traces to its axis."""
     call = normalize(user)
     uses = [k for k, v in call.args.items() if _contains(v, length)]
-    return call.bound and all(k in _SHAPE_ARGS for k in uses)
+    modelled = _LENGTH_ARGS.get(call.op, frozenset()) if direct else frozenset()
+    return call.bound and all(k in _SHAPE_ARGS or k in modelled for k in uses)
 
 
 def _contains(v: object, node: fx.Node) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -201,12 +203,57 @@ class _Tracer(FastTracer):
     ``range(h.size(1) // 16)``, ``int(x.size(-1) ** 0.5)``) takes the branch the example's
     sizes take: the value is computed on meta tensors and its node marked ``CONTROL`` (the
     planner pins the axes whose lengths it reads, since the code would not follow a pruned
-    size). A condition on tensor data still fails (and the planner tries ``torch.export``)."""
+    size). A condition on tensor data still fails (and the planner tries ``torch.export``).
+
+    torch's argument parser asks a Proxy passed as an int argument for ``__index__`` before it
+    hands the call to ``__torch_function__`` (``F.conv2d(h, w, groups=h.shape[1])``): that
+    number is tentative (``_parsed``), and unmarked when the call is recorded right after with
+    the Proxy itself as an argument, from the same bytecode instruction of the same frame. The
+    call's rule then reads the length, as ``view(b, h.shape[1])``'s does."""
 
     def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         super().__init__()
         self._inputs = (model, args, kwargs)
         self._runner: MetaRunner | None = None
+        self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            self._parsed.clear()  # no frame outlives the trace
+
+    def create_node(
+        self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None
+    ) -> fx.Node:
+        if self._parsed and kind in ("call_function", "call_method"):
+            self._unmark_parsed((args, kwargs))
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
+
+    def _unmark_parsed(self, arguments: Any) -> None:
+        """Numbers torch's parser read for the call now recorded (same frame, same instruction)
+        are arguments of that call, not Python control flow."""
+        taken: list[fx.Node] = []
+        fx.node.map_arg(arguments, taken.append)
+        for n in taken:
+            asked = self._parsed.get(n)
+            if asked is None:
+                continue
+            frame: FrameType | None = sys._getframe(1)
+            while frame is not None and frame is not asked[0]:
+                frame = frame.f_back
+            if frame is not None and frame.f_lasti == asked[1]:
+                del self._parsed[n]
+                n.meta.pop(CONTROL, None)
+
+    def parsed_number(self, obj: fx.Proxy, frame: FrameType) -> Any:
+        """``obj.__index__()`` asked from ``frame``: its value, marked a number, tentatively
+        where the mark is new (see the class docstring)."""
+        new = CONTROL not in obj.node.meta
+        value = self.concrete(obj, "number")
+        if new and obj.node.meta.get(CONTROL) == "number":
+            self._parsed[obj.node] = (frame, frame.f_lasti)
+        return value
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if has_hooks(m):
@@ -248,6 +295,7 @@ class _Tracer(FastTracer):
             return None  # ``x.device.type == "cpu"``: meta values would answer for another device
         if control is not None and not isinstance(value, Tensor):
             obj.node.meta.setdefault(CONTROL, control)
+            self._parsed.pop(obj.node, None)  # asked again: Python decides on it, whatever the parser did
         return value
 
 
@@ -292,6 +340,10 @@ class _SizeProxy(fx.Proxy):
         raise TypeError(f"'Proxy' object cannot be interpreted as {kind.__name__}")
 
     def __index__(self) -> int:
+        if isinstance(self.tracer, _Tracer):  # perhaps torch's parser, for an int argument (see ``_Tracer``)
+            value = self.tracer.parsed_number(self, sys._getframe(1))
+            if isinstance(value, (bool, int)):
+                return int(value)
         return self._number(int)
 
     def __int__(self) -> int:
