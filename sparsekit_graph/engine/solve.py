@@ -189,10 +189,15 @@ def conditioned(
     precise = sums[5] == 0
     norm, survive, active, lower, start = _start(sums, t, floor)
     tol = _Tolerance(rtol, atol, max_iter)
-    mu, rho = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol)
+    mu, rho, exact, fine = _newton(pieces, _fused_pass, t, start, lower, ~active, reduce, tol, torch.float64)
     heavy = active & torch.where(precise, rho > _RHO_PRECISE, norm < 2 * t)
     if bool(heavy.any()):
-        mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
+        if exact is not None:  # solved in float64 since Newton's rows were copied: only their survival to check
+            survive = _recheck(fine, heavy & exact, survive, t, reduce)
+            heavy &= ~exact
+        if bool(heavy.any()):
+            mu, survive = _refine(pieces, heavy, survive, t, mu, lower, reduce, tol)
+        active &= survive  # a block whose float64 norm is at most tau is zeroed
     # tau = 0: h / (h + 0) = 1 leaves a block exactly as it is; a dead one gets h / (h + inf) = 0
     mu = torch.where(active, mu, torch.where(survive, 0.0, math.inf))
     for p in pieces:
@@ -299,7 +304,8 @@ def _newton(
     done: Tensor,
     reduce: Reduce,
     tol: _Tolerance,
-) -> tuple[Tensor, Tensor]:
+    fine: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, list[Piece]]:
     """Safeguarded Newton on ``phi`` for the blocks not ``done``, from ``mu`` (``lo``: a lower bound).
 
     A Newton step ``delta`` (relative) leaves an error of at most ``c delta^2`` with
@@ -307,11 +313,18 @@ def _newton(
     ``|phi'| = (1 - rho) / tau``): a step is accepted without another pass once ``c delta^2`` is
     ``_MARGIN`` times below ``rtol``, or when ``delta <= rtol`` (or its absolute change is below
     ``atol``).
-    Returns ``mu`` and each block's ``rho`` at its last sweep.
+
+    Once at most half the blocks are left, their rows are copied (in ``fine``, if given: the blocks
+    near death, which need float64, are then among them; their bracket restarts from ``lo``, as a
+    float32 sign of ``phi`` may have set it wrongly).
+    Returns ``mu``, each block's ``rho`` at its last sweep, the blocks swept in ``fine`` from the
+    first copy on (None: no copy in ``fine``) and that copy's pieces.
     """
     size = blocks = t.numel()
-    lo, hi, done = lo.clone(), torch.full_like(mu, math.inf), done.clone()
+    lo0, lo, hi, done = lo, lo.clone(), torch.full_like(mu, math.inf), done.clone()
     rho_done = torch.zeros_like(mu)
+    exact: Tensor | None = None
+    copied: list[Piece] = []
     shrink = 2  # half the blocks or fewer left: iterate on copies of their rows; once copied, an
     # eighth (sweeping a few converged rows along costs less than copying the rest again)
     for _ in range(tol.max_iter):
@@ -319,14 +332,17 @@ def _newton(
         if pending == 0:
             break
         if shrink * pending <= blocks:
-            pieces, blocks, shrink = pack(pieces, ~done), pending, 8
+            pieces, blocks, shrink = pack(pieces, ~done, fine if shrink == 2 else None), pending, 8
+            if fine is not None and exact is None:
+                exact, copied = ~done, pieces
+                lo, hi = torch.where(exact, lo0, lo), torch.where(exact, math.inf, hi)
         st = t.new_zeros(2, size)
         for p in pieces:
             if p.counted and p.w.numel():
                 p.add_to(st, sweep(p, p.spread(mu)))
         reduce(st)
         mu, lo, hi, done, rho_done = _step(st, t, mu, lo, hi, done, rho_done, tol.rtol, tol.atol)
-    return mu, rho_done
+    return mu, rho_done, exact, copied
 
 
 def _step(
@@ -358,11 +374,16 @@ def _refine(
 ) -> tuple[Tensor, Tensor]:
     """Blocks near death re-solved in float64 from ``mu`` (their rows copied out)."""
     fine = pack(pieces, heavy, torch.float64)
+    survive = _recheck(fine, heavy, survive, t, reduce)
+    return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol)[0], survive
+
+
+def _recheck(fine: list[Piece], which: Tensor, survive: Tensor, t: Tensor, reduce: Reduce) -> Tensor:
+    """``survive`` with the blocks ``which`` decided by their float64 norm (their rows are in ``fine``)."""
     norm2 = t.new_zeros(t.numel())
     for p in fine:
         p.add_to(norm2, _sumsq(p.h * p.w))
-    survive = torch.where(heavy, reduce(norm2).sqrt() > t, survive)
-    return _newton(fine, _fused_pass, t, mu, lower, ~(heavy & survive), reduce, tol)[0], survive
+    return torch.where(which, reduce(norm2).sqrt() > t, survive)
 
 
 def _per_row(m: Tensor, x: Tensor) -> Tensor:
