@@ -5,6 +5,11 @@ not follow a pruned count stay pinned."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +125,124 @@ def test_unflatten_with_an_inferred_size_plans_like_the_method() -> None:
     assert [(g.name, g.prunable, g.zero_invariant, g.size) for g in a.groups] == [
         (g.name, g.prunable, g.zero_invariant, g.size) for g in b.groups
     ]
+
+
+# -- a size read kept in a local, then only shown --------------------------------------------------
+
+_log = logging.getLogger("overpins")
+_BUF = io.StringIO()
+
+
+def _print_local(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    print(n)
+    return h
+
+
+def _print_local_stderr(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    label = f"conv width {n}"
+    print(label, n, file=sys.stderr)
+    return h
+
+
+def _log_local(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    _log.debug("conv width %d", n)
+    return h
+
+
+def _write_stdout(s: nn.Module, h: Tensor) -> Tensor:
+    sys.stdout.write(str(s.conv.out_channels))
+    return h
+
+
+def _write_local(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    sys.stderr.write(f"{n}\n")
+    return h
+
+
+LOCAL_SHOWN = [_print_local, _print_local_stderr, _log_local, _write_stdout, _write_local]
+
+
+def _print_then_index(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    print(n)
+    return h * ((0.5,) * 100)[n]
+
+
+def _redirect_then_print(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    with contextlib.redirect_stdout(_BUF):  # printed into a buffer the model reads back
+        print(n)
+    return h * 2 if _BUF.getvalue().endswith("64\n") else h
+
+
+def _call_then_print(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    _swap_stdout()  # any call while the local holds the read may redirect the output
+    print(n)
+    sys.stdout = sys.__stdout__
+    return h * 2 if _BUF.getvalue().endswith("64\n") else h
+
+
+def _swap_stdout() -> None:
+    sys.stdout = _BUF
+
+
+def _write_count_used(s: nn.Module, h: Tensor) -> Tensor:
+    k = sys.stdout.write(str(s.conv.out_channels))  # the count written is the read's length
+    return h * 2 if k == 2 else h
+
+
+def _warn_local(s: nn.Module, h: Tensor) -> Tensor:
+    n = s.conv.out_channels
+    warnings.warn(f"conv width {n}", stacklevel=1)  # the default action keeps the text in __warningregistry__
+    return h
+
+
+LOCAL_REACHING = [_print_then_index, _redirect_then_print, _call_then_print, _write_count_used, _warn_local]
+
+
+class Reads(nn.Module):
+    """conv ``a`` -> BN -> conv ``conv`` (64 channels) -> BN -> ``fn(self, h)`` -> 1x1 head."""
+
+    def __init__(self, fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.bn, self.conv = nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3)
+        self.bn2, self.head, self.fn = nn.BatchNorm2d(64), nn.Conv2d(64, 4, 1), fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.fn(self, torch.relu(self.bn2(self.conv(torch.relu(self.bn(self.a(x))))))))
+
+
+def _conv_group(fn: Callable[[nn.Module, Tensor], Tensor]) -> tuple[nn.Module, skg.Group]:
+    torch.manual_seed(0)
+    model = Reads(fn).eval()
+    return model, skg.plan(model, torch.randn(2, 3, 6, 6)).group("conv:out")
+
+
+@pytest.mark.parametrize("fn", LOCAL_SHOWN, ids=lambda f: f.__name__.strip("_"))
+def test_a_read_kept_in_a_local_and_shown_does_not_pin(fn: Callable[[nn.Module, Tensor], Tensor], tmp_path: Path) -> None:
+    """``n = conv.out_channels; print(n)``, ``sys.stdout.write(str(n))``: planned as with no read."""
+    _, base = _conv_group(lambda s, h: h)
+    model, group = _conv_group(fn)
+    assert group.prunable and group.zero_invariant, group.reason
+    assert group == base
+    check_oracle(model, torch.randn(2, 3, 6, 6), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:conv width")
+@pytest.mark.parametrize("fn", LOCAL_REACHING, ids=lambda f: f.__name__.strip("_"))
+def test_a_read_kept_in_a_local_that_may_come_back_pins(fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    """Used after it was shown, shown into a redirected stdout, a call between the read and the
+    print, the count ``write`` returns used, or given to ``warnings.warn``: pinned."""
+    before = sys.stdout
+    try:
+        _, group = _conv_group(fn)
+    finally:
+        sys.stdout = before
+        _BUF.seek(0)
+        _BUF.truncate()
+    assert not group.prunable and "conv.out_channels" in (group.reason or ""), group.reason

@@ -30,6 +30,7 @@ from __future__ import annotations
 import builtins
 import dis
 import inspect
+import io
 import logging
 import os
 import string
@@ -140,20 +141,122 @@ def _taint_walk(
     """Walk every path from ``ins[start]`` until no tainted value is left on the stack; True if
     some path returns one (the caller continues), raises ``_Fail`` where a use is not harmless."""
     returned = False
-    todo, seen = [(start, tuple(stack))], set()
+    todo: list[tuple[int, tuple[Sym, ...], frozenset[str]]] = [(start, tuple(stack), frozenset())]
+    seen = set()
     while todo:
-        i, st = todo.pop()
-        if (i, st) in seen or T not in st:
+        i, st, held = todo.pop()
+        if (i, st, held) in seen or (T not in st and not held):
             continue
-        seen.add((i, st))
-        if i >= len(ins):
+        seen.add((i, st, held))
+        if i >= len(ins) or (held and not _quiet(frame, ins[i], st)):
             raise _Fail
-        for nxt, after in _step(frame, ins, i, list(st), taint=trust):
+        local = _local_step(frame, ins, i, list(st), held)
+        steps = [local] if local is not None else [(n, a, held) for n, a in _step(frame, ins, i, list(st), taint=trust)]
+        for nxt, after, kept in steps:
             if nxt == "return":
                 returned = True
             elif nxt is not None:
-                todo.append((index[nxt], tuple(after)))
+                k = index[nxt]
+                todo.append((k, tuple(after), frozenset(n for n in kept if _live(frame.f_code, n, k))))
     return returned
+
+
+# -- a read kept in a local (``n = conv.out_channels; print(n)``) ------------------------------
+# The local is tainted (``held``) while it may still be loaded (``_live``); a load pushes ``T``.
+# The sinks are judged by the state when the read was made, so while a local holds it only
+# code that cannot change that state runs (``_quiet``): loads, strings, formatting of strings
+# and constants, and the formatters and sinks themselves on such values.
+
+
+def _local_step(
+    frame: FrameType, ins: list[dis.Instruction], i: int, st: list[Sym], held: frozenset[str]
+) -> tuple[Any, list[Sym], frozenset[str]] | None:
+    """``ins[i]`` if it stores, loads or deletes a local the read is (or goes) in; else None."""
+    x = ins[i]
+    nxt = ins[i + 1].offset if i + 1 < len(ins) else None
+    op, name = x.opname, x.argval
+    if op == "STORE_FAST" and st and (st[-1] == T or name in held):
+        if st.pop() != T:
+            return nxt, st, held - {name}
+        if _dead(frame, name):
+            return nxt, st, held
+        if name in frame.f_code.co_cellvars or not _INTROSPECTION.isdisjoint(frame.f_code.co_names):
+            raise _Fail
+        return nxt, st, held | {name}
+    if op in ("LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR") and name in held:
+        return nxt, [*st, T], held - {name} if op == "LOAD_FAST_AND_CLEAR" else held
+    if op == "LOAD_FAST_LOAD_FAST" and not held.isdisjoint(name):
+        return nxt, [*st, *(T if n in held else ("L", n) for n in name)], held
+    if op == "DELETE_FAST" and name in held:
+        return nxt, st, held - {name}
+    return None
+
+
+def _quiet(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> bool:
+    """Can ``x`` run no code that changes where output goes (a local holds the read)?"""
+    op = x.opname
+    if op in _QUIET or op in _NOTHING or op in _GOTO or op in _BUILDS:
+        return True
+    if op in ("LOAD_ATTR", "LOAD_METHOD"):
+        return bool(st) and (_plain_attribute(frame, st[-1], x.argval) or (x.argval == "write" and _std(frame, st[-1])))
+    if op in _SHOWN:
+        return all(_text(v) or v[0] == "C" for v in st[-(_SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)) :])
+    if op == "BINARY_OP":
+        return len(st) >= 2 and _text(st[-1]) and _text(st[-2])
+    if op in _CALLS:
+        argc = (x.arg or 0) + (op == "CALL_KW")
+        vals = st[len(st) - argc - 2 :] if len(st) >= argc + 2 else []
+        a, b = (vals[0], vals[1]) if vals else (U, U)
+        target = b if a == NULL else a if b == NULL else a[1] if a[0] == "CALLEE" else None
+        fn = _resolve(frame, target, own=False) if target is not None and target != T else None
+        fn = getattr(fn, "__func__", fn)
+        sink = any(fn is f for f in (*_FORMATTERS, *_SINKS)) or _stream_write(frame, target) is not None
+        return bool(vals) and sink and all(v in (T, S, NULL) or v[0] == "C" or _std(frame, v) for v in vals[2:])
+    return False
+
+
+_QUIET = frozenset({"LOAD_CONST", "LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_LOAD_FAST", "LOAD_GLOBAL", "PUSH_NULL",
+                    "POP_TOP", "STORE_FAST", "DELETE_FAST", "COPY", "SWAP", "RETURN_VALUE", "RETURN_CONST"})  # fmt: skip
+
+
+def _plain_attribute(frame: FrameType, base: Sym, name: str) -> bool:
+    """Is ``base.name`` a module's or a logger's attribute that runs no code when read?"""
+    obj = _resolve(frame, base, own=False)
+    if not isinstance(obj, (type(sys), logging.Logger)):
+        return False
+    try:
+        found = inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return not hasattr(type(found), "__get__") or inspect.isroutine(found) or isinstance(found, (type(sys), logging.Logger))
+
+
+@lru_cache(maxsize=1024)
+def _live(code: CodeType, name: str, k: int) -> bool:
+    """May local ``name`` be loaded on some path from instruction ``k`` before it is stored
+    again? Exception handlers count as reachable from every instruction."""
+    ins, index = _code_table(code)
+    handlers = [index[t] for t, _ in _handlers(code) if t in index]
+    todo, seen = [k, *handlers], set()
+    while todo:
+        j = todo.pop()
+        if j in seen or j >= len(ins):
+            continue
+        seen.add(j)
+        x = ins[j]
+        names = x.argval if isinstance(x.argval, tuple) else (x.argval,)
+        if name in names and x.opname != "STORE_FAST":  # a load, a delete, or a name that looks alike
+            return True
+        if x.opname == "STORE_FAST" and x.argval == name:
+            continue
+        if x.opname in _ENDS or x.opname in ("RETURN_VALUE", "RETURN_CONST"):
+            continue
+        if x.opcode in dis.hasjrel or x.opcode in dis.hasjabs:
+            todo.append(index.get(x.argval, len(ins)))
+            if x.opname in _GOTO:
+                continue
+        todo.append(j + 1)
+    return False
 
 
 @lru_cache(maxsize=256)
@@ -344,6 +447,11 @@ def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | Non
     if not tainted:
         return U
     fn = getattr(fn, "__func__", fn)
+    stream = _stream_write(frame, target)
+    if stream is not None and trust is not None and names == () and len(vals) == 3:  # sys.stdout.write(s)
+        if vals[2] != T or not print_trusted(stream, *trust) or not _plain_write(getattr(trust[0], stream)):
+            raise _Fail
+        return T  # the count of characters written: a length of the shown read
     if names is None or trust is None or not any(fn is f for f in _SINKS):
         raise _Fail
     at, base = trust
@@ -376,6 +484,23 @@ def _print_stream(frame: FrameType, kw: dict[str, Sym]) -> str | None:
     if out[0] == "A" and out[1] == ("G", "sys") and out[2] in ("stdout", "stderr") and _resolve(frame, out[1], own=False) is sys:
         return str(out[2])
     return None
+
+
+def _stream_write(frame: FrameType | None, target: Sym | None) -> str | None:
+    """``sys.stdout.write`` / ``sys.stderr.write``: which stream (None: another callable)."""
+    if target is None or target[0] != "A" or target[2] != "write" or not _std(frame, target[1]):
+        return None
+    return str(target[1][2])
+
+
+def _std(frame: FrameType | None, v: Sym) -> bool:
+    """Is ``v`` ``sys.stdout`` or ``sys.stderr`` (of the real ``sys``)?"""
+    return v[0] == "A" and v[1] == ("G", "sys") and v[2] in ("stdout", "stderr") and _resolve(frame, v[1], own=False) is sys
+
+
+def _plain_write(stream: Any) -> bool:
+    """Is ``stream.write`` the io class's own (no Python override that could keep the text)?"""
+    return getattr(type(stream), "write", None) in (io.TextIOWrapper.write, io.BufferedWriter.write, io.FileIO.write)
 
 
 def _resolve(frame: FrameType | None, s: Sym, own: bool) -> Any:
