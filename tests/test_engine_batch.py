@@ -169,3 +169,24 @@ def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.Mon
     assert any(p.numel() > sweeps.CHUNK and p.dim() == 4 and p.shape[-1] == 3 for p in model.parameters())
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_nap_team_leaves_torch_thread_count(n: int) -> None:
+    """Putting the caller's OpenMP team to sleep (a fill on n + 1 threads where n fill the CPUs)
+    leaves torch's thread count as it was, and kernels after it still run and agree."""
+    from sparsekit_graph.engine import workers
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n)
+        x = torch.randn(1 << 18)
+        want = x.square().sum()
+        workers.nap_team(n)
+        assert torch.get_num_threads() == n
+        torch.testing.assert_close(x.square().sum(), want)
+        with workers.caller_on_one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)

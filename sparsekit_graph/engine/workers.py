@@ -17,13 +17,15 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["Task", "caller_on_one_thread", "run_balanced", "worker_pool"]
+__all__ = ["NAP", "Task", "caller_on_one_thread", "nap_team", "run_balanced", "worker_pool"]
 
 S = TypeVar("S")
 Task = tuple[int, Callable[[S], None]]  # (elements it reads, the work, given its thread's state)
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads)
 _LOCK = threading.Lock()
+NAP = True  # caller_on_one_thread first puts the caller's idle OpenMP team to sleep (see nap_team)
+_GRAIN = 32768  # at::internal::GRAIN_SIZE: a kernel over more elements than this runs on several threads
 
 
 def _one_thread(ready: threading.Barrier) -> None:
@@ -67,16 +69,48 @@ def run_balanced(tasks: list[Task[S]], pool: ThreadPoolExecutor, state: Callable
         f.result()
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def nap_team(n: int) -> None:
+    """Make the calling thread's idle OpenMP helpers sleep now instead of spinning on the cores.
+
+    After each parallel kernel, libgomp's idle threads spin (default wait policy: 300,000 spins,
+    about 7 ms here) before they sleep; the kernels just before a prox call (the optimizer step,
+    a restore) leave them spinning on cores the workers need for the call's first milliseconds.
+    libgomp spins only 100 times when it manages more threads than there are CPUs (its documented
+    ``GOMP_SPINCOUNT`` rule), so one tiny kernel on ``n + 1`` threads, where ``n`` threads already
+    fill the CPUs, ends the current spin and leaves every helper asleep after it; the next
+    ``n``-thread kernel wakes ``n - 1`` of them (and retires the extra one). Elsewhere (fewer
+    threads than CPUs, another OpenMP runtime) it is one small parallel fill, nothing else.
+    """
+    if n < 2 or n < _cpus():
+        return
+    buf = torch.empty(2 * (n + 1) * _GRAIN)
+    torch.set_num_threads(n + 1)
+    try:
+        buf.fill_(0.0)  # (n + 1) threads: one each for 2 * (n + 1) grains
+    finally:
+        torch.set_num_threads(n)
+
+
 @contextmanager
 def caller_on_one_thread(active: bool = True) -> Iterator[None]:
     """While ``active``, the calling thread's own kernels run on one intra-op thread (torch's count
     is restored on exit). Between the workers' tasks the caller runs small kernels (sums of ``M``,
     shrink factors); at more threads each could wake its OpenMP team, whose threads then spin
-    (libgomp's default wait policy) on the cores the workers need."""
+    (libgomp's default wait policy) on the cores the workers need. With ``NAP``, the team still
+    spinning from the kernels before the call is put to sleep first (``nap_team``)."""
     if not active:
         yield
         return
     n = torch.get_num_threads()
+    if NAP:
+        nap_team(n)
     torch.set_num_threads(1)
     try:
         yield
