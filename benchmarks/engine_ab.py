@@ -3,6 +3,7 @@
     python benchmarks/engine_ab.py                         # both layouts, the working tree
     python benchmarks/engine_ab.py --before 2955b20        # + the engine as of an older revision
     python benchmarks/engine_ab.py --layout plan --profile # + where one call's time goes
+    python benchmarks/engine_ab.py --each --before HEAD    # c.soft_threshold coupling by coupling instead
     python benchmarks/engine_ab.py --prox euclidean --threads 2 --before HEAD  # the Euclidean prox, read the wall time
 
 ``engine.py`` times every contender at the issue's thread count; on a machine other processes
@@ -58,11 +59,17 @@ def _couplings(pkg: ModuleType, model: nn.Module, which: str) -> list:
     return [bound[g.name] for g in plan.prunable]
 
 
-def _call(pkg: ModuleType, couplings: list, cond: dict[Tensor, Tensor], bench: Bench, prox: str) -> Callable[[], None]:
+def _call(
+    pkg: ModuleType, couplings: list, cond: dict[Tensor, Tensor], bench: Bench, prox: str, each: bool
+) -> Callable[[], None]:
     eng = importlib.import_module(pkg.__name__ + ".engine")
     if prox == "euclidean":
+        if each:
+            return lambda: [c.soft_threshold(t) for c, t in zip(couplings, bench.tau_e)]
         return lambda: eng.soft_threshold_all(couplings, bench.tau_e)
     hs = [{s: s.view.window(cond[s.view.param]) for s in c.specs} for c in couplings]
+    if each:
+        return lambda: [c.soft_threshold(t, h) for c, t, h in zip(couplings, bench.tau_c, hs)]
     return lambda: eng.soft_threshold_all(couplings, bench.tau_c, hs)
 
 
@@ -84,7 +91,9 @@ def _profile(go: Callable[[], None], restore: Callable[[], None]) -> None:
     restore()
 
 
-def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool, prox: str) -> None:
+def run(
+    which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool, prox: str, each: bool = False
+) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
     opt = _adam_state(model, adam_steps, batch=8, size=128)
@@ -93,7 +102,7 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
     _make_dying(ours, torch.Generator().manual_seed(2 if which == "bottleneck" else 3))
     bench = Bench(_layout(which, ours), cond, repeats)
     calls = {
-        name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench, prox)
+        name: _call(pkg, ours if pkg is skg else _couplings(pkg, model, which), cond, bench, prox, each)
         for name, pkg in contenders.items()
     }
     params = opt.param_groups[0]["params"]
@@ -124,7 +133,10 @@ def run(which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps:
     for label, got in (("process", times), ("wall", walls)):
         med = {k: statistics.median(v) for k, v in got.items()}
         cells = "  ".join(f"{k} {1e3 * v:7.2f} ms ({v / med['adam']:.2f}x)" for k, v in med.items())
-        print(f"{which} ({len(ours)} couplings, {nb} blocks), {prox}, {label} time, median of {repeats}: {cells}", flush=True)
+        how = "c.soft_threshold in order" if each else "soft_threshold_all"
+        print(
+            f"{which} ({len(ours)} couplings, {nb} blocks), {prox} {how}, {label} time, median of {repeats}: {cells}", flush=True
+        )
     if profile:
         _profile(calls["ours"], restore)
 
@@ -145,6 +157,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="1: process time is the measure; more: read the wall time")
     ap.add_argument("--profile", action="store_true", help="torch.profiler and cProfile of one call of ours")
     ap.add_argument("--prox", choices=("conditioned", "euclidean"), default="conditioned", help="which soft_threshold_all")
+    ap.add_argument("--each", action="store_true", help="time c.soft_threshold coupling by coupling, not soft_threshold_all")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -155,7 +168,7 @@ def main() -> None:
             contenders["before"] = _revision(args.before, Path(tmp))
         for which in ("bottleneck", "plan"):
             if args.layout in ("both", which):
-                run(which, contenders, args.repeats, args.adam_steps, args.profile, args.prox)
+                run(which, contenders, args.repeats, args.adam_steps, args.profile, args.prox, args.each)
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
