@@ -26,6 +26,7 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads)
 _LOCK = threading.Lock()
 NAP = True  # caller_on_one_thread first puts the caller's idle OpenMP team to sleep (see nap_team)
 _GRAIN = 32768  # at::internal::GRAIN_SIZE: a kernel over more elements than this runs on several threads
+_NAP_BUFS: dict[int, torch.Tensor] = {}
 
 
 def _one_thread(ready: threading.Barrier) -> None:
@@ -90,10 +91,12 @@ def nap_team(n: int) -> None:
     """
     if n < 2 or n < _cpus():
         return
-    buf = torch.empty(2 * (n + 1) * _GRAIN)
+    buf = _NAP_BUFS.get(n)
+    if buf is None:  # kept: a fresh one each call would fault its pages in
+        buf = _NAP_BUFS[n] = torch.empty((n + 2) * _GRAIN)
     torch.set_num_threads(n + 1)
     try:
-        buf.fill_(0.0)  # (n + 1) threads: one each for 2 * (n + 1) grains
+        buf.fill_(0.0)  # n + 2 grains: n + 1 threads
     finally:
         torch.set_num_threads(n)
 
