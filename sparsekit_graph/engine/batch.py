@@ -15,14 +15,18 @@ both groups come from one read and its two scalings are applied in one write:
   (while the chunk is in cache) the later one's, the order and rounding of the calls in order.
 
 The per-weight kernels (``engine/sweeps.py``) square chunk by chunk into one cache-sized scratch
-buffer: no full-size temporary. With more than one torch intra-op thread on CPU (and ``SPLIT``), the
-parallelism is across weights rather than inside each kernel: a wave's reads, then all the writes,
+buffer: no full-size temporary. Nothing is written before the end, so every parameter's first read
+(its norms for its first coupling, or ``M``) needs no factor and all of them go in one batch; each
+wave then adds only the later couplings' weighted sums (from ``M``, or a 1x1 weight read again).
+With more than one torch intra-op thread on CPU (and ``SPLIT``), the parallelism is across weights
+rather than inside each kernel: the first reads, each wave's re-reads, then all the writes,
 are spread over that many worker threads that run each kernel on one intra-op thread (the big 3x3
 weights' ``M`` and big shared weights' writes in their row chunks), so no kernel waits at an
 OpenMP barrier for a descheduled thread, and the bits are the one-thread path's. Meanwhile the
 calling thread's own kernels (sums of ``M``, shrink factors) run on one intra-op thread too: at
 more, each would wake its OpenMP team, whose threads then spin on the cores the workers need
-(on the project's 2-core machine under other jobs' load, 3.2-6.9x the wall time, A/B in one process).
+(on the project's 2-core machine under other jobs' load, 3.2-6.9x the wall time, A/B in one process);
+the team still spinning from the kernels before the call is put to sleep first (``workers.nap_team``).
 Anything outside this pattern (a parameter in a coupling twice, in three
 couplings, two slices of one parameter, pieces that need copies, non-float32 weights) falls back to
 the one-by-one calls.
@@ -227,13 +231,15 @@ def _solve(
     vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
+    # every parameter's first use needs no factor (nothing is written before the end): all of them at once
+    first = _sums([(p, 0) for p in params if id(p) not in squares], scratch, pool)
     for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
-        reads = [(p, j) for ci in wave for p, j in uses_of[ci] if id(p) not in squares]
-        small = sum(p.uses[j].x.numel() for p, j in reads) < sweeps.CHUNK  # not worth a hand-off
-        got = sweeps.sums(reads, scratch) if pool is None or small else sweeps.sums_split(reads, pool)
+        later = [(p, j) for ci in wave for p, j in uses_of[ci] if j == 1 and id(p) not in squares]
+        got = {id(p): sweeps.sumsq(p, j, scratch) for p, j in later if p.m is not None}  # from M: small
+        got.update(_sums([(p, j) for p, j in later if p.m is None], scratch, pool))  # a 1x1 weight read again
         sums = []
         for ci in wave:
-            parts = [squares[id(p)] if id(p) in squares else got[id(p)] for p, j in uses_of[ci]]
+            parts = [squares[id(p)] if id(p) in squares else (got if j else first)[id(p)] for p, j in uses_of[ci]]
             sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
         tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
         norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
@@ -259,7 +265,14 @@ def _solve(
         sweeps.writes_split(writes, pool)
 
 
-# -- across weights: a wave's reads and the writes on a few threads, one intra-op thread each ------------
+def _sums(reads: list[tuple[Param, int]], scratch: sweeps.Scratch, pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:
+    """``sweeps.sumsq`` of each read, keyed by parameter: on the pool unless too small to hand off."""
+    if pool is None or sum(p.uses[j].x.numel() for p, j in reads) < sweeps.CHUNK:
+        return sweeps.sums(reads, scratch)
+    return sweeps.sums_split(reads, pool)
+
+
+# -- across weights: the reads and the writes on a few threads, one intra-op thread each ------------
 SPLIT = True  # with torch.get_num_threads() > 1 on CPU: spread the per-weight kernels over that many threads
 
 
