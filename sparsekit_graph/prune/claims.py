@@ -45,11 +45,18 @@ def check_claims(
         return
     changed = changed_numbers(before, after, compensated(plan, masks))
     if changed and not all(cut.values()):  # a group making no claim lost channels too: try the claims alone
-        alone = {n: masks[n] for n in claimed}
-        work = copy_model(model, weights=False)
-        remove_channels(work, plan, alone)
-        retraced = trace_graph(work, inputs, dynamic=False)
-        check_pruned(plan, alone, before, retraced)
+        alone = {n: masks[n] for n in _with_tied(plan, claimed)}
+        if not all(cut.get(n, True) for n in alone):
+            return  # tied to groups that make no claim: their numbers cannot be told apart
+        try:
+            work = copy_model(model, weights=False)
+            remove_channels(work, plan, alone)
+            retraced = trace_graph(work, inputs, dynamic=False)
+            check_pruned(plan, alone, before, retraced)
+        except SparseKitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever stops the retrace leaves the claims unproven
+            raise SparseKitError(f"zero-invariant group(s) {', '.join(claimed)} pruned alone do not retrace: {e}") from e
         changed = changed_numbers(before, retraced, compensated(plan, alone))
     if changed:
         raise SparseKitError(
@@ -57,3 +64,17 @@ def check_claims(
             f"group(s) {', '.join(claimed)} promise the masked model's: the forward decides on a pruned channel count "
             "at a count the plan's export probe did not try; keep other counts or pin the group"
         )
+
+
+def _with_tied(plan: Plan, names: list[str]) -> list[str]:
+    """``names`` and every group a tie joins to them (a tie's parts are pruned together)."""
+    out = set(names)
+    grew = True
+    while grew:
+        grew = False
+        for tie in plan.ties:
+            parts = {p.group for p in tie.parts}
+            if parts & out and not parts <= out:
+                out |= parts
+                grew = True
+    return sorted(out)
