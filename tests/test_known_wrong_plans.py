@@ -346,3 +346,38 @@ def test_an_attribute_no_tie_keeps_equal_pins(sizes: tuple[tuple[int, int], ...]
     assert "attn.num_heads" in (out["a"].reason or "") and "group b" in (out["a"].reason or "")
     assert out["c"].prunable and out["d"].prunable
     assert not shared_size_ties(list(out.values()), (), exported=False)
+
+
+class _ExportScaledBranch(nn.Module):
+    """Two groups under torch.export: ``a:out`` zero-invariant with a constant that flips at 4
+    channels; ``c:out`` scaled by ``c.shape[1] ** -0.5`` (a number from its size: not
+    zero-invariant), so its pruning changes numbers by right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if h.is_cuda:
+            h = h.contiguous()
+        c = self.c(h * (2.0 if h.shape[1] != 4 else 3.0))
+        return self.b(c * c.shape[1] ** -0.5)
+
+
+@pytest.mark.parametrize("keep_a, refused", [(4, True), (3, False)], ids=["flipping", "probed"])
+def test_export_claims_checked_beside_groups_without_claims(keep_a: int, refused: bool) -> None:
+    """Pruned with a group whose numbers change by right, the zero-invariant group is retraced
+    alone: refused where its own count flips a number, pruned where it does not."""
+    torch.manual_seed(0)
+    m, x = _ExportScaledBranch().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(m, x)
+    a, c = plan.group("a:out"), plan.group("c:out")
+    assert a.prunable and a.zero_invariant and c.prunable and not c.zero_invariant, (a, c)
+    masks = {"a:out": torch.arange(8) >= keep_a, "c:out": torch.arange(8) >= 5}
+    if refused:
+        with pytest.raises(skg.SparseKitError, match="zero-invariant group.*a:out"):
+            skg.prune(m, plan, masks=masks)
+    else:
+        assert skg.prune(m, plan, masks=masks).model(x).shape == (2, 4, 6, 6)

@@ -45,7 +45,7 @@ def check_claims(
         return
     changed = changed_numbers(before, after, compensated(plan, masks))
     if changed and not all(cut.values()):  # a group making no claim lost channels too: try the claims alone
-        alone = {n: masks[n] for n in _with_tied(plan, claimed)}
+        alone = {n: masks[n] for n in _with_tied(plan, claimed) if n in masks}
         if not all(cut.get(n, True) for n in alone):
             return  # tied to groups that make no claim: their numbers cannot be told apart
         try:
