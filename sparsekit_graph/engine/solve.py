@@ -10,8 +10,9 @@ Conditioned prox of one block with elements ``w``, conditioner ``h > 0``, ``y = 
 Newton runs on the secular form ``phi(mu) = 1/||y/(h + mu)|| - mu/tau`` (concave, nearly linear:
 exact in one step when ``h`` is constant) from a first iterate the setup pass's sums give for free.
 A step is accepted without another pass once its quadratic error bound is below ``rtol``. Blocks
-near death (``||y|| < 2 tau``, where the root amplifies rounding) are then re-solved from there in
-float64.
+near death (``||y|| < 2 tau``, where the root amplifies rounding) are solved in float64: Newton's
+copy of its unsolved rows (made once half the blocks are solved) is float64, and such blocks solved
+before it are re-solved from there in float64 on a copy of their own.
 
 Speed: the work is memory- and kernel-bound. No full-size temporary is made: every pass reads ``w``
 and ``h`` in cache-sized chunks into two reused buffers (``y = h w`` is recomputed there rather than
