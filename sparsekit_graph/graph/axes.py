@@ -66,6 +66,7 @@ class AxisGraph:
     bounds: set[Any] = field(default_factory=set)  # SizeSources a slice's bounds are made of: the code reads them
     exported: bool = False  # built from a torch.export graph: literal sizes matched by value, not by reads
     merged: dict[AxisId, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # (B*H) axis -> (B, H), carrier
+    modelled_lengths: set[tuple[Any, Any]] = field(default_factory=set)  # (fx node, length node its rule follows)
 
     def __post_init__(self) -> None:
         self._edges: list[tuple[AxisId, AxisId, dict[str, Any]]] = []  # in insertion order
@@ -133,6 +134,15 @@ class AxisGraph:
         if a != b:
             self.adj[b].setdefault(a, []).append(d)
         self._edges.append((a, b, d))
+
+    @property
+    def link_count(self) -> int:
+        """How many links were made so far (a watermark for ``links``)."""
+        return len(self._edges)
+
+    def links(self, start: int = 0, stop: int | None = None) -> list[tuple[AxisId, AxisId]]:
+        """The ends of the links made ``start``-th to ``stop``-th, in the order they were made."""
+        return [(a, b) for a, b, _ in self._edges[start:stop]]
 
     def degree(self, axis: AxisId) -> int:
         """Number of links at ``axis`` (a link to itself counts twice, as in networkx)."""

@@ -234,6 +234,12 @@ class RuleContext:
         layer or model: the code would not follow a pruned size there."""
         return isinstance(size, int) and size not in (-1, 1) and not self.size_follows_model(axis, size)
 
+    def model_length(self, x: fx.Node) -> None:
+        """Declare that this rule follows the axis length ``x`` it was passed (``t[:, : n // 2]``,
+        a half that shrinks with the axis). An axis length reaching an op's argument that no
+        rule declared, and that sizes no output axis linked to it, pins that axis."""
+        self.graph.modelled_lengths.add((self.node, x))
+
     def pin(self, axes: Iterable[AxisId], reason: str) -> None:
         for a in axes:
             self.graph.pin(a, reason)

@@ -20,8 +20,11 @@ from torch import Tensor, nn
 from .meta import CONSTANT, META
 
 SMALL_CONSTANT = 64  # integer constants up to this many elements keep their values
+# On a lifted constant of at most ``SMALL_CONSTANT`` elements, any dtype: its value, which the
+# export probe compares between traces (``torch.tensor(h.size(-1))`` is a number of the model).
+CONSTANT_VALUE = "skg.constant_value"
 
-__all__ = ["export_graph"]
+__all__ = ["CONSTANT_VALUE", "export_graph"]
 
 
 def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, dynamic: bool = True) -> fx.Graph:
@@ -101,6 +104,8 @@ def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
             value = ep.constants.get(fqn)
             if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_floating_point():
                 new.meta[CONSTANT] = value.detach().cpu().clone()  # positions a rule may read (``x[..., [-2]]``)
+            if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_meta:
+                new.meta[CONSTANT_VALUE] = value.detach().cpu().clone()  # ``torch.tensor(h.size(-1))``: the probe compares
         elif node.op == "output":
             outs = node.args[0]
             graph.output(tuple(env[outs[i]] if isinstance(outs[i], fx.Node) else outs[i] for i in user_outputs))

@@ -163,7 +163,10 @@ def _length_over(ctx: RuleContext, x: object, axis: object, parts: int) -> bool:
     call = normalize(x)
     if call.op is not operator.floordiv or call.args.get("other") != parts:
         return False
-    return read_axis(ctx, call.args.get("input")) == axis
+    if read_axis(ctx, call.args.get("input")) != axis:
+        return False
+    ctx.model_length(x)
+    return True
 
 
 @register_function_rule(operator.getitem)

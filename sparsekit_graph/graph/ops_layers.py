@@ -51,6 +51,25 @@ def prelu(ctx: RuleContext) -> None:
         ctx.same(ctx.param("weight"), [ctx.out()[1 if ctx.out_value.ndim > 1 else 0]])
 
 
+@register_function_rule(torch.prelu)
+def prelu_function(ctx: RuleContext) -> None:
+    """``F.prelu(x, w)`` / ``torch.prelu``: elementwise in ``x``; ``w`` holds one slope per
+    channel (axis 1, axis 0 of a 1-D input), or one slope for all (a single element broadcasts).
+    Any other weight shape is not modelled: pinned."""
+    x, w = ctx.axes(ctx.input), ctx.axes(ctx.arg("weight"))
+    out = ctx.out()
+    if x is None or w is None:
+        ctx.pin_everything(f"{ctx.where()}: input and weight must be tensors")
+        return
+    channel = out[1 if len(out) > 1 else 0] if out else None
+    sizes = [ctx.graph.size(a) for a in w]
+    if channel is None or (len(w) != 1 and sizes) or (sizes and sizes[0] not in (1, ctx.graph.size(channel))):
+        ctx.pin_everything(f"{ctx.where()}: a weight of shape {tuple(sizes)} is not one slope per channel")
+        return
+    ctx.same(x, out)
+    ctx.same(w, [channel])  # a single slope (size 1) couples nothing
+
+
 def link_conv(
     ctx: RuleContext,
     x: list[AxisId],

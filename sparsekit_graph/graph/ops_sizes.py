@@ -30,6 +30,11 @@ def register_length_args(names: Iterable[str], *ops: object) -> None:
         _LENGTH_ARGS[op] = _LENGTH_ARGS.get(op, frozenset()) | frozenset(names)
 
 
+def length_args(op: object) -> frozenset[str]:
+    """The arguments of ``op`` whose rule models a length passed there (``register_length_args``)."""
+    return _LENGTH_ARGS.get(op, frozenset())
+
+
 @register_function_rule(torch.Tensor.size, torch.Tensor.shape, torch.numel)
 @register_method_rule("numel")
 def axis_lengths(ctx: RuleContext) -> None:
@@ -110,7 +115,7 @@ def _contains(v: object, node: fx.Node) -> bool:
 
 @register_function_rule(
     builtins.getattr, torch.Tensor.dim, torch.Tensor.ndim, torch.Tensor.dtype, torch.Tensor.device, torch.arange,
-    torch.tensor, torch.linspace,
+    torch.tensor, torch.as_tensor, torch.asarray, torch.scalar_tensor, torch.linspace,
 )  # fmt: skip
 @register_method_rule("new_tensor")
 def fresh_tensor(ctx: RuleContext) -> None:

@@ -28,7 +28,7 @@ _POINTWISE_FUNCTIONS = [
     torch.trunc, torch.frac, torch.fmod, torch.remainder, torch.nan_to_num, torch.sinh, torch.cosh, torch.atan,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
     F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
-    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.prelu, F.leaky_relu_,
+    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.leaky_relu_,
     F.elu_, F.hardtanh_, F.rrelu_, torch.special.expit, torch.special.erf, torch.special.exp2, torch.special.expm1,
     torch.rsub, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or,
     torch.logical_not, torch.logical_xor, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not, torch.bitwise_xor,
@@ -85,7 +85,9 @@ def pointwise(ctx: RuleContext) -> None:
 @register_function_rule(torch.broadcast_to)
 def expand(ctx: RuleContext) -> None:
     """Axes kept, or new ones broadcast from size 1: fresh when their size follows the model
-    (``x.size(1)``, ``expand_as``), pinned when it is a literal of the call."""
+    (``x.size(1)``, ``expand_as``), pinned when it is a literal of the call. A kept axis whose
+    size the call writes as a literal (``g.expand(2, 8, 6, 6)``) is pinned too, unless the
+    literal is a size attribute surgery rewrites: the code would not follow a pruned size."""
     src, out = ctx.axes(ctx.input), ctx.out()
     other = ctx.axes(ctx.arg("other"))
     sizes = ctx.arg("size", ctx.arg("shape"))
@@ -94,6 +96,8 @@ def expand(ctx: RuleContext) -> None:
         i = j - lead
         if src is not None and i >= 0 and ctx.graph.size(src[i]) == ctx.graph.size(o):
             ctx.same([src[i]], [o])
+            if isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]):  # g.expand(2, 8, 6, 6)
+                ctx.pin([o], f"expand keeps an axis at a constant size at {ctx.where()}")
         elif other is not None:
             ctx.same([other[j]], [o])
         elif isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]):

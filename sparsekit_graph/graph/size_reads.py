@@ -23,7 +23,7 @@ A layer's own ``forward`` (torch code) reads its attributes unrecorded: its rule
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -129,6 +129,8 @@ def _recorder(cls: type) -> type:
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
+            if name == "__dict__" and _ACTIVE and by_user(1):  # ``vars(m)["out_channels"]``
+                return _DictReads(self, value, layer)
             if _ACTIVE and (name in _NAMES or name in _ACTIVE[-1].own.get(id(self), ())):
                 log = _ACTIVE[-1]
                 if (name in READ_ATTRIBUTES or not layer) and by_user(1):  # a model's own ``self.dim`` too
@@ -145,6 +147,39 @@ def _recorder(cls: type) -> type:
             raise TypeError(f"cannot record {cls.__name__}") from e
         _RECORDERS[cls] = rec
     return rec
+
+
+class _DictReads(MutableMapping):
+    """A recorded module's ``__dict__`` as the model's code sees it (``vars(m)``, ``m.__dict__``):
+    reads of size attributes through it are ``SizeRead``s as attribute reads are; writes go to
+    the module's own dictionary."""
+
+    def __init__(self, module: nn.Module, d: dict[str, Any], layer: bool) -> None:
+        self._module, self._d, self._layer = module, d, layer
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._d[name]
+        if _ACTIVE and (name in _NAMES or name in _ACTIVE[-1].own.get(id(self._module), ())):
+            log = _ACTIVE[-1]
+            if name in READ_ATTRIBUTES or not self._layer:
+                return log.wrap(self._module, name, value)
+            log.note(self._module, name)
+        return value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._d[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._d[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._d
 
 
 def _own_sizes(module: nn.Module) -> frozenset[str]:

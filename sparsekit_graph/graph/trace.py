@@ -21,9 +21,11 @@ from .fast_tracer import FastTracer
 from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
+from .param_reads import recording_param_reads
 from .rules import module_rule_for, patched_on_instance
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
+from .tensor_data import recording_tensor_data
 
 __all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
@@ -137,7 +139,8 @@ def trace_graph(
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:
-                graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
+                with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
+                    graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 with sizes.reaching():
@@ -219,7 +222,8 @@ class _Tracer(FastTracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
-            return super().trace(root, concrete_args)
+            with recording_tensor_data(self):  # ``torch.tensor(h.size(1))``: a node, not a failure
+                return super().trace(root, concrete_args)
         finally:
             self._parsed.clear()  # no frame outlives the trace
 

@@ -16,6 +16,7 @@ from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
+from ..model_state import kept
 from .channels import Channels, channel_signatures
 from .experts import split_experts
 from .head_dim import head_dim_parts
@@ -70,11 +71,12 @@ def plan(
     if not isinstance(head_dim, bool):
         raise PlanError(f"head_dim={head_dim!r}: expected True or False")
     inputs = _input_specs(example_inputs)
-    graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
-    _pin_ignored(graph, model, list(ignore))
-    groups, ties = resolve(graph)
-    found = Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
-    return probe_plan(found, model, example_inputs, traced) if is_exported(traced) else found  # export hides branches
+    with kept(model, values=False):  # a forward that freezes a layer or registers a hook
+        graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
+        _pin_ignored(graph, model, list(ignore))
+        groups, ties = resolve(graph)
+        found = Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
+        return probe_plan(found, model, example_inputs, traced) if is_exported(traced) else found  # export hides branches
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:

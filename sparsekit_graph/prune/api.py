@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.trace import is_exported, trace_graph
+from ..model_state import kept
 from ..plan.bind import bind
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
@@ -130,7 +131,8 @@ def prune(
         chosen = _checked_masks(plan, masks)
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
-    before_gm = trace_graph(model, inputs)
+    with kept(model, values=False):  # tracing runs forward's Python on the user's modules
+        before_gm = trace_graph(model, inputs)
     work = copy_model(model)
     remove_channels(work, plan, chosen)
     try:

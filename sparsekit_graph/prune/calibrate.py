@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PlanError
+from ..model_state import kept
 
 __all__ = ["Batch", "batches", "call_model", "compute_loss", "load_calibration", "model_device", "preserved"]
 
@@ -27,26 +28,12 @@ Batch = tuple[Any, Any]  # (inputs, target or None)
 
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; afterwards training flags, ``requires_grad``, ``.grad`` and buffers
-    (BatchNorm statistics and ``num_batches_tracked`` included) are as they were."""
-    flags = [(m, m.training) for m in model.modules()]
-    params = list(model.parameters())
-    requires = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]  # a forward may update buffers even in eval
-    model.eval()
-    try:
+    """Eval mode inside; afterwards the model is as it was (``model_state.kept``): training
+    flags, hooks, ``requires_grad``, ``.grad``, buffers (BatchNorm statistics included) and the
+    parameters' values, which a forward may change (weight clipping, ``w.data = ...``)."""
+    with kept(model, values=True):
+        model.eval()
         yield
-    finally:
-        for m, training in flags:
-            m.training = training
-        for p, r, g in zip(params, requires, grads):
-            p.requires_grad_(r)
-            p.grad = g
-        with torch.no_grad():
-            for b, saved in buffers:
-                if not torch.equal(b, saved):
-                    b.copy_(saved)
 
 
 def _to(x: Any, device: torch.device) -> Any:

@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from ..errors import SparseKitError
+from ..graph.export import CONSTANT_VALUE
 from ..graph.meta import META
 from ..graph.sizes import module_stack
 from ..plan.schema import Plan
@@ -187,7 +188,14 @@ def _arguments(n: fx.Node) -> list[tuple[object, object]]:
     return [*enumerate(n.args), *n.kwargs.items()]
 
 
-def _numbers(n: fx.Node) -> dict[object, float]:
-    """The node's numbers by argument position or keyword."""
+def _numbers(n: fx.Node) -> dict[object, object]:
+    """The node's numbers by argument position or keyword; a small constant tensor's values
+    (``torch.tensor(h.size(-1))``, which torch.export lifts) under ``"value"``."""
     ints = n.target in _ARITHMETIC
-    return {k: v for k, v in _arguments(n) if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))}
+    found: dict[object, object] = {
+        k: v for k, v in _arguments(n) if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))
+    }
+    value = n.meta.get(CONSTANT_VALUE) if n.op == "get_attr" else None
+    if isinstance(value, Tensor):
+        found["value"] = (tuple(value.shape), tuple(value.reshape(-1).tolist()))
+    return found

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import BlockCoupling
-from ..errors import PlanError
+from ..errors import PlanError, SparseKitError
 from ..plan.bind import member_spec
 from ..registry import by_type, registrar
 from .calibrate import batches, call_model, compute_loss, model_device, preserved
@@ -84,6 +84,8 @@ def taylor(ctx: ImportanceContext) -> dict[str, Tensor]:
             "importance 'taylor' needs loss_fn= (loss_fn(output, target) -> scalar tensor) and calibration= (input, target) pairs"
         )
     params = list({id(s.view.param): s.view.param for c in ctx.couplings.values() for s in c.specs}.values())
+    if not params:  # nothing to prune: no gradient to take
+        return {}
     acc = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
     device = model_device(ctx.model)
     with preserved(ctx.model), torch.enable_grad():
@@ -91,12 +93,25 @@ def taylor(ctx: ImportanceContext) -> dict[str, Tensor]:
             p.requires_grad_(True)
         for i, (inputs, target) in enumerate(batches(ctx.calibration, ctx.loss_fn, device, who="taylor")):
             loss = compute_loss(ctx.loss_fn, call_model(ctx.model, inputs, i), target, i)
+            _check_not_frozen(ctx.model, params)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for a, g in zip(acc, grads):
                 if g is not None:
                     a.add_(g.float())
     saliency = {id(p): (p.detach().float() * a).abs_() for p, a in zip(params, acc)}
     return {name: c.norms({s: saliency[id(s.view.param)] for s in c.specs}, p=1).reshape(-1) for name, c in ctx.couplings.items()}
+
+
+def _check_not_frozen(model: nn.Module, params: list[nn.Parameter]) -> None:
+    """A parameter the model's forward froze (``requires_grad_(False)`` inside ``forward``) has
+    no gradient, so its channels would score zero: refuse, naming it."""
+    frozen = {id(p) for p in params if not p.requires_grad}
+    if frozen:
+        name = next((n for n, p in model.named_parameters() if id(p) in frozen), "?")
+        raise SparseKitError(
+            f"importance 'taylor': the model's forward turned off requires_grad of parameter {name}, so it gets no "
+            "gradient; use importance='l2' or 'activation', or leave requires_grad alone in forward"
+        )
 
 
 class _Recorder:

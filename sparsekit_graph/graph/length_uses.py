@@ -1,0 +1,231 @@
+"""Fail closed on axis lengths that size something no rule ties to their axis.
+
+``h.topk(h.shape[1] // 2, 1)``, ``h.new_zeros(B, C // 2, H, W)``, ``F.pad(h, (0, C // 4))``,
+``F.adaptive_avg_pool2d(h, C // 2)``: a length read off an axis (under torch.fx a graph node),
+possibly turned into another number, reaches an argument that shapes the op's result. When the
+axis loses channels the length changes and so does the result's shape, which only works where
+a rule linked the shaped axis to the read one (``view(B, C, -1)``, a channel shuffle's
+``view(B, g, C // g, H, W)``) by the time the op's own rule has run: a link made later
+(``cat([h, h.new_zeros(B, C // 2, H, W)], 1)`` joins the fresh axis to ``h``'s) does not make
+the shaped length follow. This pass runs after every rule, follows each read through the
+numbers computed from it, and for every tensor op that takes one:
+
+- a number used as a value (``h * C``, ``fill_value``): left to ``axis_lengths`` (it costs the
+  axis its zero-invariance);
+- an argument a rule declared it models (``register_length_args``: conv's ``groups``), or a
+  length it declared it follows (``RuleContext.model_length``: ``t[:, : n // 2]``): trusted;
+- a size list (``size``, ``shape``, ``sizes``, ``normalized_shape``, ``output_size``): each
+  position shapes one output axis (the trailing ones, or from ``dim`` for ``unflatten``); the
+  read axis must be connected to that axis by the links made up to the op's rule, else it is
+  pinned;
+- any other argument (``k``, ``kernel_size``, ``stride``, ``pad``, an index): pinned.
+
+The reason names the node, so the pin is traceable to the line that made it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .axes import AxisGraph, AxisId
+from .meta import META
+from .normalize import normalize
+from .ops_sizes import length_args
+
+__all__ = ["pin_unmodelled_lengths"]
+
+Lineage = frozenset | tuple  # the axes a number depends on, or one such set per element of a size tuple
+
+_READS = (torch.Tensor.size, torch.Tensor.shape, torch.numel)
+# Arguments where a number is an operand, not a size: ``axis_lengths`` judges those uses.
+_VALUE_ARGS = frozenset(
+    {"input", "other", "exponent", "alpha", "beta", "value", "fill_value", "scalar", "min", "max", "scale", "data",
+     "weight", "eps", "p"}
+)  # fmt: skip
+# Arguments listing sizes, one output axis per position.
+_SIZE_LISTS = frozenset({"size", "shape", "sizes", "normalized_shape", "output_size"})
+
+
+def pin_unmodelled_lengths(
+    graph: AxisGraph,
+    nodes: Iterable[fx.Node],
+    axes_of: Callable[[fx.Node], list[AxisId] | None],
+    made: dict[fx.Node, int],
+) -> None:
+    """Pin every axis whose length shapes an op's result in a way no rule linked back to it.
+
+    Args:
+        graph: The axis graph, every rule applied.
+        nodes: The traced nodes, in graph order.
+        axes_of: The axes of a tensor-valued node (``RuleContext.axes``), None otherwise.
+        made: Per node, ``graph.link_count`` right after its rule ran.
+    """
+    lineage: dict[fx.Node, Lineage] = {}
+    uses: list[fx.Node] = []
+    for node in nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        if node.op != "call_module" and (read := _read(node, axes_of)) is not None:
+            lineage[node] = read
+            continue
+        carried = any(n in lineage for n in node.all_input_nodes)
+        if not carried:
+            continue
+        value = node.meta.get(META)
+        if _has_tensor(value):
+            uses.append(node)
+        elif node.op != "call_module":
+            lineage[node] = _derive(node, value, lineage)
+    joined = _Joined()
+    done = 0
+    for user in uses:  # in graph order: the links grow as the rules made them
+        upto = made.get(user, graph.link_count)
+        for a, b in graph.links(done, upto):
+            joined.union(a, b)
+        done = max(done, upto)
+        _check(graph, user, lineage, joined, axes_of)
+
+
+def _read(node: fx.Node, axes_of: Callable[[fx.Node], list[AxisId] | None]) -> Lineage | None:
+    """The lineage of a length read (``h.size(1)``, ``h.shape``, ``h.numel()``), else None."""
+    call = normalize(node)
+    if call.op not in _READS:
+        return None
+    src = call.args.get("input")
+    axes = axes_of(src) if isinstance(src, fx.Node) else None
+    if not axes:
+        return None
+    dim = call.args.get("dim")
+    if call.op is torch.numel:
+        return frozenset(axes)
+    if isinstance(dim, int) and -len(axes) <= dim < len(axes):
+        return frozenset({axes[dim]})
+    if dim is None:
+        return tuple(frozenset({a}) for a in axes)
+    return frozenset(axes)
+
+
+def _derive(node: fx.Node, value: Any, lineage: dict[fx.Node, Lineage]) -> Lineage:
+    """The lineage of a number (or size tuple) computed from carried ones."""
+    call = normalize(node)
+    src = call.args.get("input")
+    if call.op is operator.getitem and isinstance(src, fx.Node) and isinstance(lineage.get(src), tuple):
+        parts = lineage[src]
+        index = call.args.get("index")
+        if isinstance(index, int) and -len(parts) <= index < len(parts):
+            return parts[index]
+        if isinstance(index, slice):
+            return parts[index]
+    if call.op is operator.add and isinstance(value, tuple):  # ``h.shape[:2] + (4, -1)``
+        a, b = _positions(src, lineage), _positions(call.args.get("other"), lineage)
+        if a is not None and b is not None and len(a) + len(b) == len(value):
+            return a + b
+    every = _union(node.args, lineage) | _union(node.kwargs, lineage)
+    if isinstance(value, (tuple, list)):
+        return tuple(every for _ in value)
+    return every
+
+
+def _positions(v: Any, lineage: dict[fx.Node, Lineage]) -> tuple | None:
+    """Per-element lineage of a size list argument (a tuple node or a literal list)."""
+    if isinstance(v, fx.Node):
+        lin = lineage.get(v)
+        if isinstance(lin, tuple):
+            return lin
+        if lin is not None:
+            return (lin,)
+        return None if not isinstance(v.meta.get(META), (tuple, list)) else tuple(frozenset() for _ in v.meta[META])
+    if isinstance(v, (tuple, list)):
+        return tuple(_union(e, lineage) for e in v)
+    return (frozenset(),)
+
+
+def _union(v: Any, lineage: dict[fx.Node, Lineage], skip: set[fx.Node] | None = None) -> frozenset:
+    """Every axis the numbers in ``v`` depend on (but those of ``skip``, which a rule follows)."""
+    found: set[AxisId] = set()
+
+    def visit(n: fx.Node) -> fx.Node:
+        lin = lineage.get(n) if not skip or n not in skip else None
+        if isinstance(lin, tuple):
+            for part in lin:
+                found.update(part)
+        elif lin is not None:
+            found.update(lin)
+        return n
+
+    fx.node.map_arg(v, visit)
+    return frozenset(found)
+
+
+def _check(
+    graph: AxisGraph,
+    user: fx.Node,
+    lineage: dict[fx.Node, Lineage],
+    joined: _Joined,
+    axes_of: Callable[[fx.Node], list[AxisId] | None],
+) -> None:
+    """Pin the read axes ``user``'s arguments carry where nothing ties them to what they shape."""
+    call = normalize(user)
+    out = user.meta.get(META)
+    out_axes = axes_of(user) if isinstance(out, Tensor) else None
+    modelled = length_args(call.op)
+    for k, v in call.args.items():
+        if k in _VALUE_ARGS or k in modelled:
+            continue
+        carried = _union(v, lineage, {n for u, n in graph.modelled_lengths if u is user})
+        if not carried:
+            continue
+        if k in _SIZE_LISTS and out_axes is not None:
+            parts = _positions(v, lineage) or ()
+            dim = call.args.get("dim") if k == "sizes" else None
+            start = dim % len(out_axes) if isinstance(dim, int) and out_axes else len(out_axes) - len(parts)
+            for i, part in enumerate(parts):
+                j = start + i
+                shaped = out_axes[j] if 0 <= j < len(out_axes) else None
+                for a in part:
+                    if shaped is None or not joined.same(a, shaped):
+                        _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
+            continue
+        for a in carried:
+            _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
+
+
+def _pin(graph: AxisGraph, axis: AxisId, reason: str) -> None:
+    if graph.size(axis) > 1 and not graph.nodes[axis]["pins"]:
+        graph.pin(axis, reason)
+        graph.mix(axis, reason)
+
+
+class _Joined:
+    """Union-find over axes: which are connected by the links seen so far."""
+
+    def __init__(self) -> None:
+        self._up: dict[AxisId, AxisId] = {}
+
+    def find(self, a: AxisId) -> AxisId:
+        root = a
+        while (up := self._up.get(root, root)) != root:
+            root = up
+        while a != root:  # path compression
+            a, self._up[a] = self._up.get(a, a), root
+        return root
+
+    def union(self, a: AxisId, b: AxisId) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._up[ra] = rb
+
+    def same(self, a: AxisId, b: AxisId) -> bool:
+        return a == b or self.find(a) == self.find(b)
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)

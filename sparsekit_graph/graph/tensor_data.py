@@ -1,0 +1,68 @@
+"""Tensors made from traced numbers: ``torch.tensor(h.size(-1))`` recorded as a node.
+
+torch's tensor constructors (``torch.tensor``, ``torch.as_tensor``, ``torch.asarray``) take
+no ``__torch_function__``: given a Proxy (an axis length read while torch.fx traces) they fail,
+and the model went to ``torch.export``, where the length becomes a constant tensor that no rule
+sees (the tutorial attention's ``scores / torch.sqrt(torch.tensor(d_k))`` was claimed
+zero-invariant). While the model is traced, ``recording_tensor_data`` makes each constructor
+record a ``call_function`` node (target: torch's own function) when its data holds a Proxy, as
+``torch.full((), n)`` already does: the length's rule (``ops_sizes.axis_lengths``) then sees a
+length used as a value. A layer size attribute read into such a tensor
+(``torch.tensor(self.conv.out_channels)``, a ``SizeRead``) is used as a number (``VALUE``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .size_values import VALUE, SizeRead, SizeTuple
+
+__all__ = ["CONSTRUCTORS", "recording_tensor_data"]
+
+CONSTRUCTORS: tuple[str, ...] = ("tensor", "as_tensor", "asarray")  # attributes of ``torch``
+
+
+def _walk(a: Any, found: list[Any]) -> None:
+    """Proxies and size reads in ``a`` (nested tuples, lists and dicts)."""
+    if isinstance(a, (fx.Proxy, SizeRead, SizeTuple)):
+        found.append(a)
+    if isinstance(a, (tuple, list)):
+        for e in tuple.__iter__(a) if isinstance(a, tuple) else a:
+            _walk(e, found)
+    elif isinstance(a, dict):
+        for e in a.values():
+            _walk(e, found)
+
+
+def _recording(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def constructor(*args: Any, **kwargs: Any) -> Any:
+        found: list[Any] = []
+        _walk((args, kwargs), found)
+        for v in found:
+            if isinstance(v, (SizeRead, SizeTuple)):
+                v._use(VALUE)  # a number inside a tensor: pruning changes it
+        if any(isinstance(v, fx.Proxy) for v in found):
+            return tracer.create_proxy("call_function", fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return constructor
+
+
+@contextmanager
+def recording_tensor_data(tracer: fx.Tracer) -> Iterator[None]:
+    """While active, ``torch.tensor`` and its relatives record a node for data holding a Proxy."""
+    saved = {name: getattr(torch, name) for name in CONSTRUCTORS}
+    try:
+        for name, fn in saved.items():
+            setattr(torch, name, _recording(fn, tracer))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)

@@ -1,0 +1,80 @@
+"""Put a model back as it was after the library ran its ``forward``.
+
+A user's ``forward`` may change its own model: freeze a layer (``requires_grad_(False)``),
+register a hook once, clip its weights (``w.clamp_()`` under ``no_grad``), replace a weight's
+data (``w.data = F.normalize(w)``), swap a submodule or a parameter. ``kept(model)`` records
+what a forward can reach and puts it back afterwards: every module's training flag, hook
+dictionaries and ``_parameters`` / ``_buffers`` / ``_modules``, and every parameter's and
+buffer's data, ``requires_grad`` and ``.grad``. With ``values=True`` the tensors' contents are
+copied first and written back where they changed (calibration runs real batches through the
+user's weights); with ``values=False`` only what costs no copy is restored (planning traces
+without running the weights' in-place ops, so their contents never change there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["kept"]
+
+# A module's dictionaries a forward may edit in place.
+_DICTS = (
+    "_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)  # fmt: skip
+
+
+@dataclass
+class _TensorState:
+    tensor: Tensor
+    data: Tensor  # ``tensor.detach()``: the storage it held (``.data = ...`` swaps it)
+    requires_grad: bool
+    grad: Tensor | None
+    copy: Tensor | None  # its contents, where ``values=True``
+
+
+@contextmanager
+def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
+    """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
+    dicts = [(d, dict(d)) for m in modules for name in _DICTS if isinstance(d := m.__dict__.get(name), dict)]
+    tensors = [_record(t, values) for t in (*model.parameters(), *model.buffers())]
+    try:
+        yield
+    finally:
+        for d, before in dicts:
+            if d.keys() != before.keys() or any(d[k] is not v for k, v in before.items()):
+                d.clear()
+                d.update(before)
+        for m, flag in zip(modules, flags):
+            if m.training != flag:
+                object.__setattr__(m, "training", flag)
+        for s in tensors:
+            _restore(s)
+
+
+def _record(t: Tensor, values: bool) -> _TensorState:
+    with torch.no_grad():
+        copy = t.detach().clone() if values and not t.is_meta else None
+    return _TensorState(t, t.detach(), t.requires_grad, t.grad, copy)
+
+
+def _restore(s: _TensorState) -> None:
+    t = s.tensor
+    with torch.no_grad():
+        if t.data_ptr() != s.data.data_ptr() or t.shape != s.data.shape or t.dtype != s.data.dtype:
+            t.data = s.data  # ``w.data = ...`` in forward
+        if s.copy is not None and not torch.equal(t, s.copy):
+            t.copy_(s.copy)
+    if t.is_leaf and t.requires_grad != s.requires_grad:
+        t.requires_grad_(s.requires_grad)
+    if t.grad is not s.grad:
+        t.grad = s.grad
