@@ -81,7 +81,10 @@ def pin_unmodelled_lengths(
         if _has_tensor(value):
             uses.append(node)
         elif node.op != "call_module":
-            lineage[node] = _derive(node, value, lineage)
+            try:
+                lineage[node] = _derive(node, value, lineage)
+            except Exception:  # noqa: BLE001 - an unreadable computation depends on everything it took
+                lineage[node] = _union((node.args, node.kwargs), lineage)
     joined = _Joined()
     done = 0
     for user in uses:  # in graph order: the links grow as the rules made them
@@ -89,7 +92,12 @@ def pin_unmodelled_lengths(
         for a, b in graph.links(done, upto):
             joined.union(a, b)
         done = max(done, upto)
-        _check(graph, user, lineage, joined, axes_of)
+        try:
+            _check(graph, user, lineage, joined, axes_of)
+        except Exception as e:  # noqa: BLE001 - what cannot be judged fails closed
+            why = f"the length of this axis reaches node {user.name}, which could not be judged ({type(e).__name__})"
+            for a in _union((user.args, user.kwargs), lineage):
+                _pin(graph, a, why)
 
 
 def _read(node: fx.Node, axes_of: Callable[[fx.Node], list[AxisId] | None]) -> Lineage | None:

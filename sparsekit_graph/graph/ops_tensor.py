@@ -14,6 +14,7 @@ from .context import RuleContext
 from .normalize import canonical_op
 from .rules import register_function_rule, register_method_rule
 from .singular import singular_operands, stays_nonzero
+from .sizes import size_sources
 from .zeros import zero_breaker
 
 # -- pointwise -----------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def expand(ctx: RuleContext) -> None:
         i = j - lead
         if src is not None and i >= 0 and ctx.graph.size(src[i]) == ctx.graph.size(o):
             ctx.same([src[i]], [o])
-            if isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]):  # g.expand(2, 8, 6, 6)
+            if isinstance(sizes, (tuple, list)) and _literal_size(ctx, sizes[j]):  # g.expand(2, 8, 6, 6)
                 ctx.pin([o], f"expand keeps an axis at a constant size at {ctx.where()}")
         elif other is not None:
             ctx.same([other[j]], [o])
@@ -104,6 +105,18 @@ def expand(ctx: RuleContext) -> None:
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
+
+
+def _literal_size(ctx: RuleContext, size: object) -> bool:
+    """A literal (not ``-1``/``1``) that no size attribute explains. Nothing is recorded: the
+    axis is linked to its input, whose own rules record what surgery rewrites (under
+    torch.export a literal equal to several attributes would name the wrong one)."""
+    return (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and size not in (-1, 1)
+        and not size_sources(ctx.node, size, ctx.modules)
+    )
 
 
 @register_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.softmin)
