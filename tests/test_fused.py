@@ -149,3 +149,20 @@ def test_a_failed_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -
 def test_bad_kernel_mode() -> None:
     with pytest.raises(SparseKitError, match="kernel mode"):
         fused.set_kernel_mode("fast")
+
+
+def test_float64_copies_sweep_compiled_as_exactly_as_eager(compiled: None) -> None:
+    """Newton's float64 copies of rows take the compiled float64 sweep, with eager's sums (float64 rounding)."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(1, 37, 150, generator=g, dtype=torch.float64)
+    h = torch.exp(torch.randn(1, 37, 150, generator=g, dtype=torch.float64) * 3)
+    mu = torch.rand(37, generator=g, dtype=torch.float64)
+    assert fused.wants_exact(w, h) and not fused.wants(w)
+    assert not fused.wants_exact(w.float(), h.float()) and not fused.wants_exact(w.expand(2, 37, 150), h.expand(2, 37, 150))
+    got = solve._fused_pass(solve.Piece(w, h), mu)
+    d = h[0] + mu[:, None]
+    u = h[0] * w[0] / d
+    want = torch.stack([(u * u).sum(1), (u * u / d).sum(1)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    fused.set_kernel_mode("eager")
+    assert not fused.wants_exact(w, h)

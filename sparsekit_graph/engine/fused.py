@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..errors import SparseKitError
 
-__all__ = ["MIN_NUMEL", "kernel_mode", "set_kernel_mode", "setup_sums", "sweep_sums", "write_shrink"]
+__all__ = ["MIN_NUMEL", "kernel_mode", "set_kernel_mode", "setup_sums", "sweep_sums", "sweep_sums_exact", "write_shrink"]
 
 MIN_NUMEL = 1 << 16  # "auto": pieces from this size on are compiled (65,536 elements)
 _MODES = ("auto", "eager", "compiled")
@@ -70,6 +70,18 @@ def wants(w: Tensor) -> bool:
     if _get_current_dispatch_mode() is not None:
         return False
     return mode == "compiled" or w.numel() >= MIN_NUMEL
+
+
+def wants_exact(w: Tensor, h: Tensor) -> bool:
+    """Whether a float64 copy of rows ``(1, R, P)`` (Newton's copies of the blocks near death) sweeps
+    through the compiled float64 kernel: in ``"compiled"`` mode, and in ``"auto"`` once some piece
+    has compiled in this process (the copies are small, but swept a few times every call)."""
+    mode = _state["mode"]
+    if mode == "eager" or _state["broken"] is not None or not w.numel() or w.shape[0] != 1:
+        return False
+    if w.dtype != torch.float64 or h.dtype != torch.float64 or _get_current_dispatch_mode() is not None:
+        return False
+    return mode == "compiled" or bool(_state["fns"])
 
 
 # -- the kernels, written once for eager semantics and compiled -------------------------------------
@@ -129,6 +141,12 @@ def _flat_sweep(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:
 # two reductions two loops with float32 partial sums in memory between them, and over a row that
 # costs more than the conversions it saves (setup 7.2 -> 5.4 ms, sweep 5.4 -> 3.4 ms on a 2048 x
 # 4608 piece, 1 thread; the flat layout keeps its tiles: 2048 x 512 setup 1.25 tiled, 2.38 not).
+def _rows_sweep64(w: Tensor, h: Tensor, mu: Tensor) -> Tensor:  # float64 throughout: Newton's float64 copies
+    d = h + mu[:, None]
+    u = h * w / d
+    return torch.stack([(u * u).sum(1), (u * (u / d)).sum(1)])
+
+
 def _flat8_setup(w: Tensor, h: Tensor) -> Tensor:  # (A / TILE, TILE, N)
     return torch.stack([t.sum(1).double().sum(0) for t in _setup_terms(w, h)])
 
@@ -226,6 +244,11 @@ def setup_sums(w: Tensor, h: Tensor) -> Tensor | None:
 def sweep_sums(w: Tensor, h: Tensor, mu: Tensor) -> Tensor | None:
     """``(2, R)`` float64 Newton sums at ``mu`` (per row), or None (use eager)."""
     return _sums(1, w, h, mu.float())
+
+
+def sweep_sums_exact(w: Tensor, h: Tensor, mu: Tensor) -> Tensor | None:
+    """``(2, R)`` float64 Newton sums of a float64 ``(1, R, P)`` piece at ``mu``, or None (use eager)."""
+    return _run("rows64", _rows_sweep64, w[0], h[0], mu.double())
 
 
 def write_shrink(w: Tensor, h: Tensor, mu: Tensor) -> bool:

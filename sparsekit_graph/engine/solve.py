@@ -283,7 +283,10 @@ def _precise(p: Piece) -> bool:
 
 def _fused_pass(p: Piece, mu_rows: Tensor) -> Tensor:
     """``(2, R)``: per row ``sum y^2/(h+mu)^2`` and ``sum y^2/(h+mu)^3``, one sweep over the chunk."""
-    part = fused.sweep_sums(p.w, p.h, mu_rows) if fused.wants(p.w) else None
+    if fused.wants(p.w):
+        part = fused.sweep_sums(p.w, p.h, mu_rows)
+    else:
+        part = fused.sweep_sums_exact(p.w, p.h, mu_rows) if fused.wants_exact(p.w, p.h) else None
     if part is not None:
         return part
     part = mu_rows.new_zeros(2, p.w.shape[1], dtype=torch.float64)
