@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import oracle_or_refusal
+from helpers import check_oracle, oracle_or_refusal
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -848,7 +848,8 @@ def test_bmm_over_merged_batch_and_heads_plans_like_matmul() -> None:
 
 class Unflatten44(nn.Module):
     """Heads split by ``unflatten(-1, (self.num_heads, self.head_dim))`` with 4 heads of 4: the
-    literal (4, 4) cannot say which 4 is the head count (planned prunable, prune failed)."""
+    literal (4, 4) cannot say which 4 is the head count (planned prunable, prune failed, then
+    pinned); each 4 carries the attribute it was read from, which can."""
 
     def __init__(self, heads: int = 4, head_dim: int = 4) -> None:
         super().__init__()
@@ -867,15 +868,18 @@ class Unflatten44(nn.Module):
 
 @pytest.mark.parametrize("heads, head_dim", [(4, 4), (4, 6)])
 def test_unflatten_heads(heads: int, head_dim: int, tmp_path: Path) -> None:
-    """4 heads of 4 pin (and prune runs); 4 heads of 6 prune their heads."""
+    """4 heads of 4 prune their heads as 4 heads of 6 do: the sizes' provenance, not their values,
+    says which axis is the heads'."""
     torch.manual_seed(0)
     model, x = Unflatten44(heads, head_dim).eval(), torch.randn(*X)
     plan = skg.plan(model, x)
     q_rows = next(g for g in plan.groups if any(m.param == "q.weight" and m.axis == 0 for m in g.members))
-    assert q_rows.prunable == (heads != head_dim), q_rows.reason
+    assert q_rows.prunable and q_rows.zero_invariant and q_rows.size == heads, q_rows.reason
+    assert [(r.attr, r.per_channel) for r in q_rows.sizes] == [("num_heads", 1)]
     mlp = next(g for g in plan.groups if g.name == "fc1:out")
     assert mlp.prunable and mlp.zero_invariant
-    oracle_or_refusal(model, x, tmp_path)
+    result = check_oracle(model, x, tmp_path)
+    assert result.model.num_heads == result.report.kept[q_rows.name] < heads
 
 
 class _UnusedCount(Attention):

@@ -237,10 +237,15 @@ def test_einsum_attention_with_attribute_sizes_prunes_heads(tmp_path: Path) -> N
     assert result.model.num_heads == 2 and result.model.head_dim == 8
 
 
-def test_a_size_shared_by_heads_and_head_dim_pins() -> None:
-    """4 heads of 4: a literal 4 could be either attribute, so neither axis may follow it."""
-    plan = skg.plan(EinsumAttention(4, 4), torch.randn(2, 5, 16))
-    assert not any(m.param == "q.weight" for g in plan.prunable for m in g.members)
+def test_a_size_shared_by_heads_and_head_dim_follows_where_it_was_read(tmp_path: Path) -> None:
+    """4 heads of 4: by value a 4 could be either attribute; each 4 of ``view(b, n,
+    self.num_heads, self.head_dim)`` was read from one, so the heads prune as 4 heads of 8 do."""
+    model = EinsumAttention(4, 4)
+    result = check_oracle(model, torch.randn(2, 5, 16), tmp_path, min_drop=0.0)
+    heads = next(g for g in result.plan.prunable if any(m.param == "q.weight" for m in g.members))
+    assert heads.size == 4 and heads.zero_invariant
+    assert [(r.owner, r.attr, r.per_channel) for r in heads.sizes] == [("", "num_heads", 1)]
+    assert result.model.num_heads == 2 and result.model.head_dim == 4
 
 
 def test_gqa_policy_is_validated() -> None:

@@ -450,20 +450,22 @@ def test_levit_attention_biases_are_members_of_their_heads() -> None:
     """timm LeViT adds ``attention_biases[:, attention_bias_idxs]`` (heads x offsets, gathered
     by a fixed index) to the scores: row ``h`` is a member of head ``h``; the output reshape
     reads ``val_attn_dim`` (num_heads x val_dim), which surgery lowers. 16 heads of key_dim 16
-    (stage 2's downsampling attention): a literal 16 could be either, so those heads pin."""
+    (stage 2's downsampling attention): by value a 16 could be either, but each was read from its
+    attribute, so those heads prune too (they pinned while sizes were matched by value)."""
     plan = skg.plan(*_levit())
     g = next(g for g in plan.prunable if any(m.param == "stages.0.blocks.0.attn.attention_biases" for m in g.members))
     assert g.size == 4 and g.zero_invariant
     assert {(r.attr, r.per_channel) for r in g.sizes} >= {("num_heads", 1), ("val_attn_dim", 32)}
     biases = "stages.2.downsample.attn_downsample.attention_biases"
-    pinned = next(g for g in plan.groups if any(m.param == biases and m.axis == 0 for m in g.members))
-    assert not pinned.prunable and "constant size" in (pinned.reason or "")
+    down = next(g for g in plan.groups if any(m.param == biases and m.axis == 0 for m in g.members))
+    assert down.prunable and down.zero_invariant and down.size == 16, down.reason
+    assert {(r.attr, r.per_channel) for r in down.sizes} == {("num_heads", 1), ("val_attn_dim", 64)}
 
 
 @pytest.mark.slow
 def test_levit_oracle(tmp_path: Path) -> None:
     """The oracle on levit_128s (the eval-mode bias cache is filled before pruning: the oracle
-    runs the dense model first); heads pruned in every attention layer but stage 2's downsampling one."""
+    runs the dense model first); heads pruned in every attention layer, stage 2's downsampling one too."""
     model, x = _levit()
     result = check_oracle(model, x, tmp_path)
     assert _kept(result) <= 0.6

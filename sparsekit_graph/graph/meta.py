@@ -10,6 +10,7 @@ __all__ = [
     "EXPORTED",
     "META",
     "MODULE_READS",
+    "ReadInt",
     "SIZE_CONTROL",
     "SIZE_READS",
     "SIZE_TESTS",
@@ -27,3 +28,19 @@ SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer siz
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
 SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
 MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path: size attributes its forward read}
+
+
+class ReadInt(int):
+    """An int argument of a node that the model's code read from one size attribute: ``site``
+    is (layer path, attribute). Where two attributes have one value (4 heads of 4), its
+    position in the call says which one it is; ``SIZE_READS`` (by value) cannot."""
+
+    site: tuple[str, str]
+
+    def __new__(cls, value: int, site: tuple[str, str]) -> ReadInt:
+        obj = int.__new__(cls, value)
+        obj.site = site
+        return obj
+
+    def __getnewargs__(self) -> tuple[int, tuple[str, str]]:  # copies and pickles keep the site
+        return int(self), self.site

@@ -17,7 +17,7 @@ from torch import Tensor
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .factors import record_factor
-from .meta import META, MODULE_READS, SIZE_READS
+from .meta import META, MODULE_READS, SIZE_READS, ReadInt
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
@@ -80,7 +80,18 @@ def _repeated_sizes(ctx: RuleContext, raw: Sequence[Any]) -> set[int]:
     first); a wrong guess cannot pass silently: that axis is then pinned by the ``unbind`` of q,
     k and v, or ``prune`` finds it did not shrink."""
     twice = {j for j, s in enumerate(raw) if isinstance(s, int) and s > 1 and list(raw).count(s) > 1}
-    return twice - {max(j for j in twice if raw[j] == s) for s in {raw[j] for j in twice} if _one_attribute(ctx, s)}
+    known = _told_apart(ctx, raw, twice)
+    rest, read = twice - known, {raw[j] for j in known}  # a plain size beside a read of its value: not that read
+    return rest - {max(j for j in rest if raw[j] == s) for s in {raw[j] for j in rest} - read if _one_attribute(ctx, s)}
+
+
+def _told_apart(ctx: RuleContext, raw: Sequence[Any], twice: set[int]) -> set[int]:
+    """Positions among ``twice`` whose size the code read from a module's attribute of that
+    value that no other position was read from (``unflatten(-1, (self.num_heads,
+    self.head_dim))`` with 4 heads of 4: each 4 says which attribute it is)."""
+    owns = [isinstance(s, ReadInt) and getattr(ctx.modules.get(s.site[0]), s.site[1], None) == s for s in raw]
+    sites = [s.site if own else None for s, own in zip(raw, owns)]
+    return {j for j in twice if sites[j] is not None and sum(raw[k] == raw[j] and sites[k] == sites[j] for k in twice) == 1}
 
 
 def _merged_heads(ctx: RuleContext, j: int, value: int, groups: list[tuple[list[int], list[int]]]) -> bool:

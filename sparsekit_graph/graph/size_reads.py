@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
-from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS
+from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .size_flow import flows_nowhere
 from .size_sinks import sinks_now
 from .size_values import VALUE, Reaching, Site, SizeRead, SizeTest, SizeTuple, by_user
@@ -259,6 +259,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
+            if isinstance(a, int) and len(a._sites) == 1:  # its position says which attribute it is
+                return ReadInt(int(a), next(iter(a._sites)))
             return int(a) if isinstance(a, int) else tuple(a)
         return a
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .config_reads import read_by_forward
-from .meta import MODULE_READS, SIZE_READS
+from .meta import MODULE_READS, SIZE_READS, ReadInt
 
 __all__ = [
     "COUNT_ATTRIBUTES",
@@ -73,6 +73,8 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         return []
     value = tuple(value) if isinstance(value, list) else value
     read = (node.meta.get(SIZE_READS) or {}).get(value)
+    if isinstance(value, ReadInt):  # read from one attribute at this very position
+        read = {value.site}
     if read and len(read) == 1:  # the code wrote a layer's size attribute there (``size_reads``)
         ((path, attr),) = read
         owner = modules.get(path)
