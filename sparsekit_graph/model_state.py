@@ -70,7 +70,7 @@ def _record(t: Tensor, values: bool) -> _TensorState:
 def _restore(s: _TensorState) -> None:
     t = s.tensor
     with torch.no_grad():
-        if t.data_ptr() != s.data.data_ptr() or t.shape != s.data.shape or t.dtype != s.data.dtype:
+        if _swapped(t, s.data):
             t.data = s.data  # ``w.data = ...`` in forward
         if s.copy is not None and not torch.equal(t, s.copy):
             t.copy_(s.copy)
@@ -78,3 +78,14 @@ def _restore(s: _TensorState) -> None:
         t.requires_grad_(s.requires_grad)
     if t.grad is not s.grad:
         t.grad = s.grad
+
+
+def _swapped(t: Tensor, before: Tensor) -> bool:
+    """Does ``t`` hold other data than ``before`` (``.data`` assigned)? False where a layout
+    has no data pointer to compare (sparse)."""
+    if t.shape != before.shape or t.dtype != before.dtype or t.device != before.device:
+        return True
+    try:
+        return t.data_ptr() != before.data_ptr()
+    except RuntimeError:
+        return False
