@@ -140,9 +140,9 @@ class AxisGraph:
         """How many links were made so far (a watermark for ``links``)."""
         return len(self._edges)
 
-    def links(self, start: int = 0, stop: int | None = None) -> list[tuple[AxisId, AxisId]]:
-        """The ends of the links made ``start``-th to ``stop``-th, in the order they were made."""
-        return [(a, b) for a, b, _ in self._edges[start:stop]]
+    def links(self, start: int = 0, stop: int | None = None) -> list[tuple[AxisId, AxisId, str]]:
+        """``(end, end, kind)`` of the links made ``start``-th to ``stop``-th, in the order made."""
+        return [(a, b, d["kind"]) for a, b, d in self._edges[start:stop]]
 
     def degree(self, axis: AxisId) -> int:
         """Number of links at ``axis`` (a link to itself counts twice, as in networkx)."""

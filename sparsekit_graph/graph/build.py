@@ -54,7 +54,6 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
     graph.exported = graph.exported or exported
     views: dict = {}  # nodes that are views of a parameter (``w.detach()``), shared by every rule
-    made: dict[fx.Node, int] = {}  # node -> links made up to and including its rule
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = str(node.target) if module is not None else ""
@@ -72,14 +71,13 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         else:
             _apply(ctx, module)
             follow_domains(ctx)
-        made[node] = graph.link_count
     if exported:
         _lengths_as_numbers(graph)
     _layer_sizes_as_numbers(graph, modules)
     pin_read_sizes(graph, nodes, modules, prefix)
     pin_param_reads(graph, nodes, every)
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
-    pin_unmodelled_lengths(graph, nodes, reader.axes, made)
+    pin_unmodelled_lengths(graph, nodes, reader.axes)
 
 
 def _tensors_and_modules(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:

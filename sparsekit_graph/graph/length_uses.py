@@ -4,10 +4,11 @@
 ``F.adaptive_avg_pool2d(h, C // 2)``: a length read off an axis (under torch.fx a graph node),
 possibly turned into another number, reaches an argument that shapes the op's result. When the
 axis loses channels the length changes and so does the result's shape, which only works where
-a rule linked the shaped axis to the read one (``view(B, C, -1)``, a channel shuffle's
-``view(B, g, C // g, H, W)``) by the time the op's own rule has run: a link made later
-(``cat([h, h.new_zeros(B, C // 2, H, W)], 1)`` joins the fresh axis to ``h``'s) does not make
-the shaped length follow. This pass runs after every rule, follows each read through the
+the rules linked the shaped axis to the read one (``view(B, C, -1)``, a channel shuffle's
+``view(B, g, C // g, H, W)``, ``k.reshape(B * h, n, d)`` with ``B, h`` read off ``q`` whose heads
+``bmm`` joins to ``k``'s) through whole axes: a part of an axis (an ``offset`` link of cat, slice
+or pad: ``cat([h, h.new_zeros(B, C // 2, H, W)], 1)``) does not make the shaped length follow
+the read one. This pass runs after every rule, follows each read through the
 numbers computed from it, and for every tensor op that takes one:
 
 - a number used as a value (``h * C``, ``fill_value``): left to ``axis_lengths`` (it costs the
@@ -16,8 +17,7 @@ numbers computed from it, and for every tensor op that takes one:
   length it declared it follows (``RuleContext.model_length``: ``t[:, : n // 2]``): trusted;
 - a size list (``size``, ``shape``, ``sizes``, ``normalized_shape``, ``output_size``): each
   position shapes one output axis (the trailing ones, or from ``dim`` for ``unflatten``); the
-  read axis must be connected to that axis by the links made up to the op's rule, else it is
-  pinned;
+  read axis must be connected to that axis by links other than ``offset``, else it is pinned;
 - any other argument (``k``, ``kernel_size``, ``stride``, ``pad``, an index): pinned.
 
 The reason names the node, so the pin is traceable to the line that made it.
@@ -56,7 +56,6 @@ def pin_unmodelled_lengths(
     graph: AxisGraph,
     nodes: Iterable[fx.Node],
     axes_of: Callable[[fx.Node], list[AxisId] | None],
-    made: dict[fx.Node, int],
 ) -> None:
     """Pin every axis whose length shapes an op's result in a way no rule linked back to it.
 
@@ -64,7 +63,6 @@ def pin_unmodelled_lengths(
         graph: The axis graph, every rule applied.
         nodes: The traced nodes, in graph order.
         axes_of: The axes of a tensor-valued node (``RuleContext.axes``), None otherwise.
-        made: Per node, ``graph.link_count`` right after its rule ran.
     """
     lineage: dict[fx.Node, Lineage] = {}
     uses: list[fx.Node] = []
@@ -86,12 +84,10 @@ def pin_unmodelled_lengths(
             except Exception:  # noqa: BLE001 - an unreadable computation depends on everything it took
                 lineage[node] = _union((node.args, node.kwargs), lineage)
     joined = _Joined()
-    done = 0
-    for user in uses:  # in graph order: the links grow as the rules made them
-        upto = made.get(user, graph.link_count)
-        for a, b in graph.links(done, upto):
+    for a, b, kind in graph.links():
+        if kind != "offset":  # a part of an axis (cat, slice, pad) does not follow its length
             joined.union(a, b)
-        done = max(done, upto)
+    for user in uses:
         try:
             _check(graph, user, lineage, joined, axes_of)
         except Exception as e:  # noqa: BLE001 - what cannot be judged fails closed
