@@ -31,6 +31,9 @@ _DICTS = (
 )  # fmt: skip
 
 
+_GONE = object()
+
+
 @dataclass
 class _TensorState:
     tensor: Tensor
@@ -45,19 +48,22 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
     modules = list(model.modules())
     flags = [m.training for m in modules]
-    dicts = [(d, dict(d)) for m in modules for name in _DICTS if isinstance(d := m.__dict__.get(name), dict)]
+    dicts = [(d, tuple(d.items()) if d else ()) for m in modules for name in _DICTS if (d := m.__dict__.get(name)) is not None]
     tensors = [_record(t, values) for t in (*model.parameters(), *model.buffers())]
     try:
         yield
     finally:
         for d, before in dicts:
-            if d.keys() != before.keys() or any(d[k] is not v for k, v in before.items()):
+            if len(d) != len(before) or any(d.get(k, _GONE) is not v for k, v in before):
                 d.clear()
                 d.update(before)
         for m, flag in zip(modules, flags):
             if m.training != flag:
                 object.__setattr__(m, "training", flag)
         for s in tensors:
+            t = s.tensor
+            if s.copy is None and t.requires_grad == s.requires_grad and t.grad is s.grad and _same_data(t, s.data):
+                continue  # the common case, checked cheaply
             _restore(s)
 
 
@@ -78,6 +84,13 @@ def _restore(s: _TensorState) -> None:
         t.requires_grad_(s.requires_grad)
     if t.grad is not s.grad:
         t.grad = s.grad
+
+
+def _same_data(t: Tensor, before: Tensor) -> bool:
+    try:
+        return t.data_ptr() == before.data_ptr() and t.shape == before.shape and t.dtype == before.dtype
+    except RuntimeError:
+        return True
 
 
 def _swapped(t: Tensor, before: Tensor) -> bool:

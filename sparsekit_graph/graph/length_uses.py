@@ -83,6 +83,8 @@ def pin_unmodelled_lengths(
                 lineage[node] = _derive(node, value, lineage)
             except Exception:  # noqa: BLE001 - an unreadable computation depends on everything it took
                 lineage[node] = _union((node.args, node.kwargs), lineage)
+    if not uses:
+        return
     joined = _Joined()
     for a, b, kind in graph.links():
         if kind != "offset":  # a part of an axis (cat, slice, pad) does not follow its length
