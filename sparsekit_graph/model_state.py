@@ -48,8 +48,8 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
     modules = list(model.modules())
     flags = [m.training for m in modules]
-    dicts = [(d, tuple(d.items()) if d else ()) for m in modules for name in _DICTS if (d := m.__dict__.get(name)) is not None]
-    tensors = [_record(t, values) for t in (*model.parameters(), *model.buffers())]
+    dicts = [(d, tuple(d.items())) for m in modules for d in map(m.__dict__.get, _DICTS) if d is not None]
+    tensors = _record(modules, values)
     try:
         yield
     finally:
@@ -67,10 +67,21 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
             _restore(s)
 
 
-def _record(t: Tensor, values: bool) -> _TensorState:
+def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:
+    """Every parameter and buffer of ``modules`` once (a shared one is one state)."""
+    seen: dict[int, Tensor] = {}
+    for m in modules:
+        for d in (m._parameters, m._buffers):
+            for t in d.values():
+                if t is not None:
+                    seen.setdefault(id(t), t)
+    if not values:
+        return [_TensorState(t, t.detach(), t.requires_grad, t.grad, None) for t in seen.values()]
     with torch.no_grad():
-        copy = t.detach().clone() if values and not t.is_meta else None
-    return _TensorState(t, t.detach(), t.requires_grad, t.grad, copy)
+        return [
+            _TensorState(t, t.detach(), t.requires_grad, t.grad, None if t.is_meta else t.detach().clone())
+            for t in seen.values()
+        ]
 
 
 def _restore(s: _TensorState) -> None:
