@@ -260,3 +260,28 @@ def test_calibrated_prune_leaves_the_model_as_it_was(make: type[nn.Module], impo
         pass
     assert_untouched(m, before, f"prune({importance})")
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())
+
+
+class _UpSizedBy(nn.Module):
+    """A transposed conv whose ``output_size`` is a full shape (torch reads only its spatial
+    entries) or a spatial size made of a channel count."""
+
+    def __init__(self, spatial_from_channels: bool) -> None:
+        super().__init__()
+        self.spatial_from_channels = spatial_from_channels
+        self.a, self.down, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, 2, 1), nn.ConvTranspose2d(8, 4, 3, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        size = (h.shape[1], h.shape[1]) if self.spatial_from_channels else h.shape
+        return self.up(self.down(h), output_size=size)
+
+
+@pytest.mark.parametrize("spatial_from_channels", [False, True], ids=["full-shape", "spatial-from-channels"])
+def test_transposed_conv_output_size_reads_only_its_spatial_entries(spatial_from_channels: bool) -> None:
+    torch.manual_seed(0)
+    m, x = _UpSizedBy(spatial_from_channels).eval(), torch.randn(2, 3, 8, 8)
+    g = skg.plan(m, x).group("a:out")
+    assert g.prunable is not spatial_from_channels, g
+    if spatial_from_channels:
+        assert "output_size" in (g.reason or ""), g.reason

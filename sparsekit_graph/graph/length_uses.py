@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch import Tensor
+from torch import Tensor, nn
 
 from .axes import AxisGraph, AxisId
 from .meta import META
@@ -188,7 +188,7 @@ def _check(
         if not carried:
             continue
         if k in _SIZE_LISTS and out_axes is not None:
-            parts = _positions(v, lineage) or ()
+            parts = _used_positions(call.op, k, _positions(v, lineage) or (), len(out_axes))
             dim = call.args.get("dim") if k == "sizes" else None
             start = dim % len(out_axes) if isinstance(dim, int) and out_axes else len(out_axes) - len(parts)
             for i, part in enumerate(parts):
@@ -200,6 +200,20 @@ def _check(
             continue
         for a in carried:
             _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
+
+
+# A transposed conv's ``output_size`` may name the batch and channel lengths too; torch drops
+# them (``_ConvTransposeNd._output_padding``) and reads only the spatial ones.
+_SPATIAL_DIMS = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
+
+
+def _used_positions(op: object, arg: str, parts: tuple, out_rank: int) -> tuple:
+    """The entries of size list ``arg`` that ``op`` reads (all but what it drops unread)."""
+    if arg == "output_size" and isinstance(op, type):
+        spatial = next((n for cls, n in _SPATIAL_DIMS.items() if issubclass(op, cls)), None)
+        if spatial is not None and len(parts) == out_rank > spatial:
+            return parts[len(parts) - spatial :]
+    return parts
 
 
 def _pin(graph: AxisGraph, axis: AxisId, reason: str) -> None:
