@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import assert_untouched, fingerprint
+from test_derived_sizes import FreezesHead
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -185,16 +186,6 @@ def test_taylor_with_nothing_prunable_is_a_no_op() -> None:
     assert not plan.prunable
     res = skg.prune(model, plan, ratio=0.5, importance="taylor", calibration=[(x, torch.zeros(2, 4, 6, 6))], loss_fn=_loss)
     assert res.model is not model and res.report.params_after == res.report.params_before
-
-
-class FreezesHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c, self.d = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.d.requires_grad_(False)
-        return self.d(torch.relu(self.c(x)))
 
 
 def test_taylor_refuses_a_forward_that_freezes_a_parameter() -> None:
