@@ -135,11 +135,6 @@ class AxisGraph:
             self.adj[b].setdefault(a, []).append(d)
         self._edges.append((a, b, d))
 
-    @property
-    def link_count(self) -> int:
-        """How many links were made so far (a watermark for ``links``)."""
-        return len(self._edges)
-
     def links(self, start: int = 0, stop: int | None = None) -> list[tuple[AxisId, AxisId, str]]:
         """``(end, end, kind)`` of the links made ``start``-th to ``stop``-th, in the order made."""
         return [(a, b, d["kind"]) for a, b, d in self._edges[start:stop]]
