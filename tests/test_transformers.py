@@ -228,24 +228,16 @@ class EinsumAttention(torch.nn.Module):
         return self.o(torch.einsum("bhqk,bkhd->bqhd", a, v).reshape(b, n, -1))
 
 
-def test_einsum_attention_with_attribute_sizes_prunes_heads(tmp_path: Path) -> None:
-    model = EinsumAttention(4, 8)
+@pytest.mark.parametrize("head_dim", [8, 4], ids=["heads-4-of-8", "heads-4-of-4"])
+def test_einsum_attention_with_attribute_sizes_prunes_heads(head_dim: int, tmp_path: Path) -> None:
+    """Heads prune by ``self.num_heads``; with 4 heads of 4 a 4 could be either attribute by value,
+    but each 4 of ``view(b, n, self.num_heads, self.head_dim)`` was read from one, so it follows."""
+    model = EinsumAttention(4, head_dim)
     result = check_oracle(model, torch.randn(2, 5, 16), tmp_path, min_drop=0.0)
     heads = next(g for g in result.plan.prunable if any(m.param == "q.weight" for m in g.members))
     assert heads.size == 4 and heads.zero_invariant
     assert [(r.owner, r.attr, r.per_channel) for r in heads.sizes] == [("", "num_heads", 1)]
-    assert result.model.num_heads == 2 and result.model.head_dim == 8
-
-
-def test_a_size_shared_by_heads_and_head_dim_follows_where_it_was_read(tmp_path: Path) -> None:
-    """4 heads of 4: by value a 4 could be either attribute; each 4 of ``view(b, n,
-    self.num_heads, self.head_dim)`` was read from one, so the heads prune as 4 heads of 8 do."""
-    model = EinsumAttention(4, 4)
-    result = check_oracle(model, torch.randn(2, 5, 16), tmp_path, min_drop=0.0)
-    heads = next(g for g in result.plan.prunable if any(m.param == "q.weight" for m in g.members))
-    assert heads.size == 4 and heads.zero_invariant
-    assert [(r.owner, r.attr, r.per_channel) for r in heads.sizes] == [("", "num_heads", 1)]
-    assert result.model.num_heads == 2 and result.model.head_dim == 4
+    assert result.model.num_heads == 2 and result.model.head_dim == head_dim
 
 
 def test_gqa_policy_is_validated() -> None:
