@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from operator import is_not, ne
 
 import torch
 from torch import Tensor, nn
@@ -31,16 +31,9 @@ _DICTS = (
 )  # fmt: skip
 
 
-_GONE = object()
-
-
-@dataclass
-class _TensorState:
-    tensor: Tensor
-    data: Tensor  # ``tensor.detach()``: the storage it held (``.data = ...`` swaps it)
-    requires_grad: bool
-    grad: Tensor | None
-    copy: Tensor | None  # its contents, where ``values=True``
+# A parameter or buffer as it was: the tensor, ``tensor.detach()`` (the storage it held:
+# ``.data = ...`` swaps it), ``requires_grad``, ``.grad``, and its contents where ``values=True``.
+_TensorState = tuple[Tensor, Tensor, bool, "Tensor | None", "Tensor | None"]
 
 
 @contextmanager
@@ -48,23 +41,32 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
     modules = list(model.modules())
     flags = [m.training for m in modules]
-    dicts = [(d, tuple(d.items())) for m in modules for d in map(m.__dict__.get, _DICTS) if d is not None]
+    empty, full = _dicts(modules)
     tensors = _record(modules, values)
     try:
         yield
     finally:
-        for d, before in dicts:
-            if len(d) != len(before) or any(d.get(k, _GONE) is not v for k, v in before):
+        if any(empty):  # most hook dictionaries are empty, and stay so
+            for d in empty:
                 d.clear()
-                d.update(before)
+        for d, keys, before in full:
+            if len(d) != len(keys) or any(map(is_not, d.values(), before)) or any(map(ne, d, keys)):
+                d.clear()
+                d.update(zip(keys, before))
         for m, flag in zip(modules, flags):
             if m.training != flag:
                 object.__setattr__(m, "training", flag)
         for s in tensors:
-            t = s.tensor
-            if s.copy is None and t.requires_grad == s.requires_grad and t.grad is s.grad and _same_data(t, s.data):
+            t, data, requires_grad, grad, copy = s
+            if copy is None and t.requires_grad == requires_grad and t.grad is grad and _same_data(t, data):
                 continue  # the common case, checked cheaply
             _restore(s)
+
+
+def _dicts(modules: list[nn.Module]) -> tuple[list[dict], list[tuple[dict, tuple, tuple]]]:
+    """The ``_DICTS`` of ``modules``: the empty ones, and each other one with its keys and values."""
+    every = [d for m in modules for d in map(m.__dict__.get, _DICTS) if d is not None]
+    return [d for d in every if not d], [(d, tuple(d), tuple(d.values())) for d in every if d]
 
 
 def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:
@@ -76,25 +78,22 @@ def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:
                 if t is not None:
                     seen.setdefault(id(t), t)
     if not values:
-        return [_TensorState(t, t.detach(), t.requires_grad, t.grad, None) for t in seen.values()]
+        return [(t, t.detach(), t.requires_grad, t.grad, None) for t in seen.values()]
     with torch.no_grad():
-        return [
-            _TensorState(t, t.detach(), t.requires_grad, t.grad, None if t.is_meta else t.detach().clone())
-            for t in seen.values()
-        ]
+        return [(t, t.detach(), t.requires_grad, t.grad, None if t.is_meta else t.detach().clone()) for t in seen.values()]
 
 
 def _restore(s: _TensorState) -> None:
-    t = s.tensor
+    t, data, requires_grad, grad, copy = s
     with torch.no_grad():
-        if _swapped(t, s.data):
-            t.data = s.data  # ``w.data = ...`` in forward
-        if s.copy is not None and not torch.equal(t, s.copy):
-            t.copy_(s.copy)
-    if t.is_leaf and t.requires_grad != s.requires_grad:
-        t.requires_grad_(s.requires_grad)
-    if t.grad is not s.grad:
-        t.grad = s.grad
+        if _swapped(t, data):
+            t.data = data  # ``w.data = ...`` in forward
+        if copy is not None and not torch.equal(t, copy):
+            t.copy_(copy)
+    if t.is_leaf and t.requires_grad != requires_grad:
+        t.requires_grad_(requires_grad)
+    if t.grad is not grad:
+        t.grad = grad
 
 
 def _same_data(t: Tensor, before: Tensor) -> bool:
