@@ -134,8 +134,11 @@ def module_rule(module: nn.Module) -> Rule | None:
 def patched_on_instance(module: nn.Module) -> bool:
     """The instance replaces a method of its class (``conv.forward = MethodType(f, conv)``,
     ``bn._check_input_dim = f``): its own computation, traced through, never given a rule."""
+    attributes = vars(module)
+    if not any(map(callable, attributes.values())):  # the common case, checked in C
+        return False
     cls = type(module)
-    return any(callable(v) and callable(getattr(cls, k, None)) for k, v in vars(module).items())
+    return any(callable(v) and callable(getattr(cls, k, None)) for k, v in attributes.items())
 
 
 @cache
