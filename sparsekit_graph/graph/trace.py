@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from operator import eq, is_
 from types import FrameType
 from typing import Any
 
@@ -49,12 +50,12 @@ def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[N
     buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
     while its Python code runs under the tracer)."""
     flags = [m.training for m in modules]
-    buffers = [b for b in model.buffers() if not b.is_meta]
+    buffers = [b for b in {id(b): b for m in modules for b in m._buffers.values() if b is not None}.values() if not b.is_meta]
     versions = [b._version for b in buffers]
     with torch.no_grad():
         saved = [b.clone() for b in buffers]
     attributes = [(m, dict(m.__dict__)) for m in modules]
-    caches = [(v, dict(v)) for m in modules for k, v in m.__dict__.items() if type(v) is dict and not k.startswith("_")]
+    caches = [(v, dict(v)) for _, d in attributes for k, v in d.items() if type(v) is dict and not k.startswith("_")]
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
@@ -83,6 +84,8 @@ def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
     keeps those on their nodes (``TRACED_CONSTANT``)."""
     for m, before in saved:
         now = m.__dict__
+        if len(now) == len(before) and all(map(is_, now.values(), before.values())) and all(map(eq, now, before)):
+            continue  # the common case: nothing set, checked in C
         for k in [k for k in now if k not in before]:
             del now[k]
         for k, v in before.items():
