@@ -11,8 +11,8 @@ or pad: ``cat([h, h.new_zeros(B, C // 2, H, W)], 1)``) does not make the shaped 
 the read one. This pass runs after every rule, follows each read through the
 numbers computed from it, and for every tensor op that takes one:
 
-- a number used as a value (``h * C``, ``fill_value``): left to ``axis_lengths`` (it costs the
-  axis its zero-invariance);
+- a number used as a value (``h * C``, ``fill_value``, the data of ``torch.tensor(C)``): left to
+  ``axis_lengths`` (it costs the axis its zero-invariance);
 - an argument a rule declared it models (``register_length_args``: conv's ``groups``), or a
   length it declared it follows (``RuleContext.model_length``: ``t[:, : n // 2]``): trusted;
 - a size list (``size``, ``shape``, ``sizes``, ``normalized_shape``, ``output_size``): each
@@ -37,6 +37,7 @@ from .axes import AxisGraph, AxisId
 from .meta import META
 from .normalize import normalize
 from .ops_sizes import length_args
+from .tensor_data import DATA_OPS
 
 __all__ = ["pin_unmodelled_lengths"]
 
@@ -178,6 +179,8 @@ def _check(
 ) -> None:
     """Pin the read axes ``user``'s arguments carry where nothing ties them to what they shape."""
     call = normalize(user)
+    if call.op in DATA_OPS:  # ``torch.tensor(C)``: the length is data, judged by ``axis_lengths``
+        return
     out = user.meta.get(META)
     out_axes = axes_of(user) if isinstance(out, Tensor) else None
     modelled = length_args(call.op)

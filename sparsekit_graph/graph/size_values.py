@@ -4,7 +4,9 @@ Python does with them: a comparison, a truth test or a conversion by the model's
 control flow (``_Tracked.control``); arithmetic gives another tracked value (``derived``); a
 value torch's code takes (a view's size) is ``reached``. A comparison or truth test of a value
 made from one attribute is kept as a ``SizeTest`` (``self.num_heads > 2``): the export probe
-prunes to a count that flips it.
+prunes to a count that flips it. A float made from reads (``n ** -0.5``, ``n * 0.5``,
+``math.sqrt(n)``: ``size_math``) is a ``SizeFloat``: the same record, and the graph holding it
+uses a count-dependent number (``VALUE``: zero-invariance lost, not a pin).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .size_sinks import Sinks, sinks_now
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["VALUE", "Reaching", "Site", "SizeRead", "SizeTest", "SizeTuple", "by_user"]
+__all__ = ["VALUE", "Reaching", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "tracked"]
 
 Site = tuple[str, str]  # (layer path, attribute)
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
@@ -71,14 +73,20 @@ _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys
 
 
 def _stand_in_codes() -> frozenset[Any]:
-    """Code of torch functions that stand in for builtins while ``torch.export`` runs the
-    forward (``max``/``min``): a comparison they make is the model's own."""
+    """Code of torch functions that stand in for builtins while the forward is traced:
+    ``torch.export``'s ``max``/``min``, torch.fx's wrapper of a ``math`` function it patched
+    (``from math import sqrt`` in the model's module): a use they make is the model's own."""
+    codes: set[Any] = set()
     try:
         from torch._export.non_strict_utils import _tensor_min_max
     except ImportError:  # another torch: nothing stands in
-        return frozenset()
-    code = _tensor_min_max.__code__
-    return frozenset({code, *(c for c in code.co_consts if hasattr(c, "co_filename"))})
+        pass
+    else:
+        codes |= {_tensor_min_max.__code__, *(c for c in _tensor_min_max.__code__.co_consts if hasattr(c, "co_filename"))}
+    wrap = getattr(torch.fx._symbolic_trace, "_create_wrapped_func", None)
+    if wrap is not None:
+        codes.add(wrap(abs).__code__)
+    return frozenset(codes)
 
 
 _STAND_INS = _stand_in_codes()
@@ -110,7 +118,7 @@ class Reaching(TorchFunctionMode):
 
 def _mark_reached(a: Any) -> None:
     if isinstance(a, _Tracked):
-        a.reached = True
+        a._reach()
     elif isinstance(a, (tuple, list)):
         for e in tuple.__iter__(a) if isinstance(a, tuple) else a:
             _mark_reached(e)
@@ -145,8 +153,12 @@ class _Tracked:
             if self.control is None:
                 self.control = kind
             return True
-        self.reached = True
+        self._reach()
         return False
+
+    def _reach(self) -> None:
+        """torch's code took it (a size: its rule or the graph's literal holds it)."""
+        self.reached = True
 
     def _test(self, op: str, other: Any = None) -> None:
         """Keep the model's decision on this value as a ``SizeTest`` (one attribute's value only)."""
@@ -189,10 +201,10 @@ def _compare(kind: type, op: str) -> Any:
     return compare
 
 
-def _convert(op: str, kind: str) -> Any:
-    base = getattr(int, op)
+def _convert(op: str, kind: str, number: type = int) -> Any:
+    base = getattr(number, op)
 
-    def convert(self: SizeRead, *args: Any) -> Any:
+    def convert(self: _Tracked, *args: Any) -> Any:
         if self._use(kind) and op == "__bool__":
             self._test("truth")
         return base(self, *args)
@@ -200,23 +212,39 @@ def _convert(op: str, kind: str) -> Any:
     return convert
 
 
-def _arith(op: str) -> Any:
-    base = getattr(int, op)
+def _arith(op: str, kind: type = int) -> Any:
+    base = getattr(kind, op)
 
-    def arith(self: SizeRead, *other: Any) -> Any:
+    def arith(self: _Tracked, *other: Any) -> Any:
         out = base(self, *other)
+        if out is NotImplemented and kind is int and len(other) == 1 and type(other[0]) is float:
+            out = getattr(float, op)(float(int.__int__(self)), other[0])  # type: ignore[arg-type]  # ``n * 0.5``
         if out is NotImplemented:  # ``n * h``: the Proxy's reflected op holds ``n``
             return _symbolic(self, op, other)
-        if not isinstance(out, int) or isinstance(out, bool) or not by_user(1):
-            self._use(VALUE)  # a float (``1 / n``), or torch's own arithmetic
+        if not by_user(1):
+            self._use(VALUE)  # torch's own arithmetic
             return out
-        sites = self._sites.union(*(o._sites for o in other if isinstance(o, _Tracked)))
-        for o in (self, *other):
-            if isinstance(o, _Tracked):
-                o.derived = True
-        return SizeRead(out, sites, self._log, _derived_origin(self, base, other))
+        return tracked(out, (self, *other), _derived_origin(self, base, other) if isinstance(out, int) else None)
 
     return arith
+
+
+def tracked(out: Any, inputs: tuple[Any, ...], origin: Origin | None = None) -> Any:
+    """``out``, computed by the model's code from ``inputs``, as a tracked value where it is a
+    number made from tracked ones (each then ``derived``); otherwise ``out`` itself, and a
+    tracked input decided it (``bool``, a tuple: ``math.isclose``, ``divmod``)."""
+    given = [v for v in inputs if isinstance(v, _Tracked)]
+    if not given:
+        return out
+    log = given[0]._log
+    sites = frozenset().union(*(v._sites for v in given))
+    if isinstance(out, bool) or not isinstance(out, (int, float)):
+        for v in given:
+            v._use("a conversion")
+        return out
+    for v in given:
+        v.derived = True
+    return SizeRead(out, sites, log, origin) if isinstance(out, int) else SizeFloat(out, sites, log)
 
 
 def _symbolic(value: _Tracked, op: str, other: tuple[Any, ...]) -> Any:
@@ -225,9 +253,10 @@ def _symbolic(value: _Tracked, op: str, other: tuple[Any, ...]) -> Any:
     read counts as reached (the traced size holds it). Anything else: ``NotImplemented``."""
     if len(other) != 1 or not isinstance(other[0], (torch.SymInt, torch.SymFloat)):
         return NotImplemented
-    value.reached = True
+    value._reach()
     mirror = f"__{op[3:]}" if op.startswith("__r") else f"__r{op[2:]}"  # n * s -> s.__rmul__(n)
-    return getattr(other[0], mirror)(int.__int__(value))  # type: ignore[call-overload]
+    plain = int.__int__(value) if isinstance(value, int) else float.__float__(value)  # type: ignore[arg-type]
+    return getattr(other[0], mirror)(plain)
 
 
 def _derived_origin(value: _Tracked, base: Callable[..., Any], other: tuple[Any, ...]) -> Origin | None:
@@ -250,6 +279,50 @@ for _op in ("add", "sub", "mul", "floordiv", "mod", "pow", "lshift", "rshift", "
     setattr(SizeRead, f"__r{_op}__", _arith(f"__r{_op}__"))
 for _op in ("__neg__", "__pos__", "__abs__", "__invert__", "__trunc__", "__floor__", "__ceil__"):
     setattr(SizeRead, _op, _arith(_op))
+
+
+class SizeFloat(_Tracked, float):
+    """A float the model's code computed from size reads (``self.head_dim ** -0.5``): tracked as
+    a ``SizeRead`` is; the graph holding it, or torch's code taking it, uses it as a number."""
+
+    def __new__(cls, value: float, sites: frozenset[Site], log: _Log) -> SizeFloat:
+        obj = float.__new__(cls, value)
+        obj._init(sites, log)
+        return obj
+
+    __hash__ = float.__hash__
+
+    def _reach(self) -> None:
+        """torch's code took it: a number that changes with the count (``VALUE``)."""
+        self.reached = True
+        if self.control is None:
+            self.control = VALUE
+
+    def __fx_create_arg__(self, tracer: Any) -> float:
+        """What torch.fx stores in a node's arguments (``q * (self.head_dim ** -0.5)``): the
+        plain number, which the graph uses as a value."""
+        self._reach()
+        return float.__float__(self)
+
+    def __reduce__(self) -> tuple:
+        return float, (float.__float__(self),)
+
+    def __deepcopy__(self, memo: dict) -> float:
+        return float.__float__(self)
+
+    def __copy__(self) -> float:
+        return float.__float__(self)
+
+
+for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(SizeFloat, _op, _compare(float, _op))
+for _op in ("__bool__", "__int__", "__float__", "__round__", "__trunc__", "__floor__", "__ceil__"):
+    setattr(SizeFloat, _op, _convert(_op, "a truth test" if _op == "__bool__" else "a conversion", float))
+for _op in ("add", "sub", "mul", "floordiv", "mod", "pow", "truediv", "divmod"):
+    setattr(SizeFloat, f"__{_op}__", _arith(f"__{_op}__", float))
+    setattr(SizeFloat, f"__r{_op}__", _arith(f"__r{_op}__", float))
+for _op in ("__neg__", "__pos__", "__abs__"):
+    setattr(SizeFloat, _op, _arith(_op, float))
 
 
 class SizeTuple(_Tracked, tuple):

@@ -9,6 +9,8 @@ record a ``call_function`` node (target: torch's own function) when its data hol
 ``torch.full((), n)`` already does: the length's rule (``ops_sizes.axis_lengths``) then sees a
 length used as a value. A layer size attribute read into such a tensor
 (``torch.tensor(self.conv.out_channels)``, a ``SizeRead``) is used as a number (``VALUE``).
+A size given as varargs with a Proxy among them (``torch.zeros(B * h, L, L)``: Bloom's
+attention bias) is handed to torch as one tuple, which torch.fx records.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ import torch.fx as fx
 
 from .size_values import VALUE, SizeRead, SizeTuple
 
-__all__ = ["CONSTRUCTORS", "recording_tensor_data"]
+__all__ = ["CONSTRUCTORS", "DATA_OPS", "SIZED", "recording_tensor_data"]
 
 CONSTRUCTORS: tuple[str, ...] = ("tensor", "as_tensor", "asarray")  # attributes of ``torch``
+SIZED: tuple[str, ...] = ("zeros", "ones", "empty", "rand", "randn")  # take a size as varargs
+# Ops whose number arguments are all data of the tensor they make (``torch.tensor(h.size(1))``):
+# a length there is a value (it costs its axis zero-invariance), never a size of the result.
+DATA_OPS: frozenset[object] = frozenset(
+    {*(getattr(torch, name) for name in CONSTRUCTORS), torch.scalar_tensor, torch.Tensor.new_tensor}
+)
 
 
 def _walk(a: Any, found: list[Any]) -> None:
@@ -55,13 +63,26 @@ def _recording(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
     return constructor
 
 
+def _packing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def constructor(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+            return fn(args, **kwargs)  # torch.fx takes a Proxy in a size tuple, not among varargs
+        return fn(*args, **kwargs)
+
+    return constructor
+
+
 @contextmanager
 def recording_tensor_data(tracer: fx.Tracer) -> Iterator[None]:
-    """While active, ``torch.tensor`` and its relatives record a node for data holding a Proxy."""
-    saved = {name: getattr(torch, name) for name in CONSTRUCTORS}
+    """While active, ``torch.tensor`` and its relatives record a node for data holding a Proxy,
+    and ``torch.zeros(B * h, L, L)`` (a size given as varargs, a Proxy among them) is recorded
+    as ``torch.zeros((B * h, L, L))`` (torch.fx failed it: the model went to ``torch.export``,
+    whose literal sizes pin every head)."""
+    saved = {name: getattr(torch, name) for name in (*CONSTRUCTORS, *SIZED)}
     try:
         for name, fn in saved.items():
-            setattr(torch, name, _recording(fn, tracer))
+            setattr(torch, name, _recording(fn, tracer) if name in CONSTRUCTORS else _packing(fn))
         yield
     finally:
         for name, fn in saved.items():

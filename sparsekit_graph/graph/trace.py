@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ..errors import TraceError
+from .buffer_views import buffer_view
 from .config_reads import config_reads, recording_config_reads
 from .export import export_graph
 from .fast_tracer import FastTracer
@@ -24,6 +25,7 @@ from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
 from .rules import module_rule_for, patched_on_instance
+from .size_math import recording_math
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
 from .tensor_data import recording_tensor_data
@@ -222,13 +224,23 @@ class _Tracer(FastTracer):
         self._inputs = (model, args, kwargs)
         self._runner: MetaRunner | None = None
         self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
+        self._buffers: dict[int, str] | None = None  # buffer id -> its path (``buffer_view``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
-            with recording_tensor_data(self):  # ``torch.tensor(h.size(1))``: a node, not a failure
+            with recording_tensor_data(self), recording_math():  # ``torch.tensor(h.size(1))``: a node, not a failure
                 return super().trace(root, concrete_args)
         finally:
             self._parsed.clear()  # no frame outlives the trace
+
+    def create_arg(self, a: Any) -> Any:
+        if type(a) is Tensor and a._is_view():  # ``self.scale[:, None, None]``: ops on the buffer, not a constant
+            if self._buffers is None:
+                self._buffers = {id(b): name for name, b in self.root.named_buffers()}
+            node = buffer_view(self, a, self._buffers)
+            if node is not None:
+                return node
+        return super().create_arg(a)
 
     def create_node(
         self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None
