@@ -10,9 +10,10 @@ value could only be:
 - shown: formatted into a string (f-string, ``str``/``repr``/``format``/``ascii``,
   ``"...".format``, ``"%d" % n``, ``+`` with another string), the string in turn only dropped
   or shown;
-- given to ``print`` or a logging call (``logger.debug``, ``logging.info``, ...) that
-  ``size_sinks`` trusts: its output provably does not come back (not a redirected stdout, not
-  a handler that keeps records), judged by the state of the moment the read was made.
+- given to ``print``, a logging call (``logger.debug``, ``logging.info``, ...) or, as its
+  message, to ``warnings.warn``, that ``size_sinks`` trusts: its output provably does not come
+  back (not a redirected stdout, not a handler that keeps records, not a warning recorded or
+  raised), judged by the state of the moment the read was made.
 
 A format spec is a use of the value it formats: ``f"{obj:{n}}"``, ``format(obj, n)`` and
 ``"{:{}}".format(obj, n)`` hand ``n`` to ``obj.__format__`` and fail the proof (a read
@@ -30,11 +31,11 @@ from __future__ import annotations
 import builtins
 import dis
 import inspect
-import io
 import logging
 import os
 import string
 import sys
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from types import CodeType, FrameType
@@ -42,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .size_sinks import Sinks, log_trusted, print_trusted
+from .size_sinks import Sinks, log_trusted, plain_write, print_trusted, warn_trusted
 
 __all__ = ["Where", "flows_nowhere", "where_made"]
 
@@ -59,7 +60,8 @@ NULL: Sym = ("NULL",)
 
 _LOG_NAMES = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
 _ROOT_LOGS: frozenset[Any] = frozenset(getattr(logging, n) for n in _LOG_NAMES)  # ``logging.info``: the root logger's
-_SINKS: frozenset[Any] = frozenset({builtins.print} | _ROOT_LOGS | {getattr(logging.Logger, n) for n in _LOG_NAMES})
+_LOGGER_LOGS: frozenset[Any] = frozenset(getattr(logging.Logger, n) for n in _LOG_NAMES)
+_SINKS: frozenset[Any] = frozenset({builtins.print, warnings.warn}) | _ROOT_LOGS | _LOGGER_LOGS
 _FORMATTERS: frozenset[Any] = frozenset({builtins.str, builtins.repr, builtins.format, builtins.ascii})
 _INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
 _CREATORS = frozenset({"LOAD_ATTR", "BINARY_OP", "BINARY_SUBSCR", "UNARY_NEGATIVE", "UNARY_POSITIVE", "UNARY_INVERT"})
@@ -449,7 +451,7 @@ def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | Non
     fn = getattr(fn, "__func__", fn)
     stream = _stream_write(frame, target)
     if stream is not None and trust is not None and names == () and len(vals) == 3:  # sys.stdout.write(s)
-        if vals[2] != T or not print_trusted(stream, *trust) or not _plain_write(getattr(trust[0], stream)):
+        if vals[2] != T or not print_trusted(stream, *trust) or not plain_write(getattr(trust[0], stream)):
             raise _Fail
         return T  # the count of characters written: a length of the shown read
     if names is None or trust is None or not any(fn is f for f in _SINKS):
@@ -458,6 +460,12 @@ def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | Non
     if fn is builtins.print:
         stream = _print_stream(frame, dict(zip(names[::-1], vals[::-1])))
         if stream is None or not print_trusted(stream, at, base):
+            raise _Fail
+        return U
+    if fn is warnings.warn:  # the read only in the message: not the category, nor the stacklevel
+        positional = len(vals) - 2 - len(names)
+        message = 2 if positional else 2 + names.index("message") if "message" in names else -1
+        if any(v == T for i, v in enumerate(vals) if i >= 2 and i != message) or not warn_trusted(at, base):
             raise _Fail
         return U
     logger = None if any(fn is f for f in _ROOT_LOGS) else _resolve(frame, self_, own=False) if self_ is not None else None
@@ -496,11 +504,6 @@ def _stream_write(frame: FrameType | None, target: Sym | None) -> str | None:
 def _std(frame: FrameType | None, v: Sym) -> bool:
     """Is ``v`` ``sys.stdout`` or ``sys.stderr`` (of the real ``sys``)?"""
     return v[0] == "A" and v[1] == ("G", "sys") and v[2] in ("stdout", "stderr") and _resolve(frame, v[1], own=False) is sys
-
-
-def _plain_write(stream: Any) -> bool:
-    """Is ``stream.write`` the io class's own (no Python override that could keep the text)?"""
-    return getattr(type(stream), "write", None) in (io.TextIOWrapper.write, io.BufferedWriter.write, io.FileIO.write)
 
 
 def _resolve(frame: FrameType | None, s: Sym, own: bool) -> Any:

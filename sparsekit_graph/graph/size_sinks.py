@@ -13,7 +13,11 @@ when planning began:
   filters and with the default record factory, only to handlers of known kinds (a plain
   ``StreamHandler`` to a trusted stream with a plain ``Formatter``, ``NullHandler``, the
   last-resort stderr handler). A handler that keeps records (pytest's capture, a list) or
-  writes to a file or a buffer is not trusted.
+  writes to a file or a buffer is not trusted;
+- ``warnings.warn``: the warnings configuration is the one planning began with, no filter turns
+  a warning into an error (an exception is control flow), and a warning is shown by warnings'
+  own code (not recorded by ``catch_warnings(record=True)``, not routed to logging by
+  ``logging.captureWarnings``), on a ``sys.stderr`` that ``print`` may use.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Sinks", "log_trusted", "print_trusted", "sinks_now"]
+__all__ = ["Sinks", "log_trusted", "plain_write", "print_trusted", "sinks_now", "warn_trusted"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
            "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL,
@@ -40,6 +45,7 @@ class Sinks:
     stdout: Any
     stderr: Any
     logging: tuple[Any, ...]
+    warnings: tuple[Any, ...] = ()
 
     def same_streams(self, other: Sinks, name: str) -> bool:
         """Is stream ``name`` (``stdout``/``stderr``) the same object in both?"""
@@ -48,13 +54,39 @@ class Sinks:
 
 def sinks_now() -> Sinks:
     """The streams and the logging configuration as they are now."""
-    return Sinks(sys.stdout, sys.stderr, _logging_state())
+    return Sinks(sys.stdout, sys.stderr, _logging_state(), _warnings_state())
 
 
 def print_trusted(stream: str, at: Sinks, base: Sinks) -> bool:
     """Is ``print`` to ``sys.<stream>`` when the state was ``at`` (planning began at ``base``)
     output the model cannot read back?"""
     return at.same_streams(base, stream) and _os_stream(getattr(at, stream))
+
+
+def warn_trusted(at: Sinks, base: Sinks) -> bool:
+    """Is ``warnings.warn`` of a message made when the state was ``at`` (planning began at
+    ``base``) output the model cannot read back, and no exception?"""
+    if at.warnings != base.warnings or not at.warnings:
+        return False
+    show, impl, fmt, filters = at.warnings
+    stock = show is getattr(warnings, "_showwarning_orig", None) and fmt is getattr(warnings, "_formatwarning_orig", None)
+    own = getattr(getattr(impl, "__code__", None), "co_filename", None) == warnings.__file__  # not a recording list
+    return stock and own and not _may_raise(filters) and print_trusted("stderr", at, base)
+
+
+def _may_raise(filters: tuple[Any, ...]) -> bool:
+    """May a warning meet an ``error`` filter before one that takes every warning?"""
+    for action, message, category, module, lineno in filters:
+        if action == "error":
+            return True
+        if message is None and category is Warning and module is None and not lineno:
+            return False
+    return False
+
+
+def plain_write(stream: Any) -> bool:
+    """Is ``stream.write`` the io class's own (no Python override that could keep the text)?"""
+    return getattr(type(stream), "write", None) in (io.TextIOWrapper.write, io.BufferedWriter.write, io.FileIO.write)
 
 
 def log_trusted(fn: Any, logger: Any, at: Sinks, base: Sinks) -> bool:
@@ -97,6 +129,11 @@ def _os_stream(s: Any) -> bool:
     except (OSError, ValueError, io.UnsupportedOperation):
         return False
     return True
+
+
+def _warnings_state() -> tuple[Any, ...]:
+    """What decides whether a warning is shown, where, and whether it raises."""
+    return (warnings.showwarning, getattr(warnings, "_showwarnmsg_impl", None), warnings.formatwarning, tuple(warnings.filters))
 
 
 def _logging_state() -> tuple[Any, ...]:
