@@ -273,3 +273,41 @@ def test_plan_leaves_user_tensor_cache_alone(export: bool) -> None:
         pass
     assert len(model.outs) == len(before), [type(t).__name__ for t in model.outs]
     assert all(a is b for a, b in zip(model.outs, before))
+
+
+# --- over-pins: a plain spelling of the same computation prunes -----------------------------------------
+
+
+def _weight_shape(s: nn.Module, h: Tensor) -> Tensor:
+    return s.conv(h) / s.conv.weight.shape[0]
+
+
+def _len_weight(s: nn.Module, h: Tensor) -> Tensor:
+    return s.conv(h) / len(s.conv.weight)
+
+
+def _weight_numel(s: nn.Module, h: Tensor) -> Tensor:
+    return s.conv(h) / s.conv.weight.numel()
+
+
+def _weight_nelement(s: nn.Module, h: Tensor) -> Tensor:
+    return s.conv(h) / s.conv.weight.nelement()
+
+
+def _pinned(fn: Callable[..., Tensor]) -> set[str]:
+    model = Net(fn, conv=nn.Conv2d(C, C, 1)).eval()
+    return {g.name for g in skg.plan(model, torch.randn(*X)).groups if not g.prunable}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="over-pin: len(w) / w.nelement() are not size reads (graph/param_reads.py): "
+    "'python control flow on the length of an axis' / 'unknown op nelement'",
+)
+@pytest.mark.parametrize(
+    ("plain", "other"), [(_weight_shape, _len_weight), (_weight_numel, _weight_nelement)], ids=["len", "nelement"]
+)
+def test_size_read_spellings_plan_alike(plain: Callable[..., Tensor], other: Callable[..., Tensor]) -> None:
+    """``len(w)`` is ``w.shape[0]`` and ``w.nelement()`` is ``w.numel()``: the same pins. Root cause:
+    ``param_reads`` models ``shape``/``size``/``numel`` but not ``len`` or ``nelement``."""
+    assert _pinned(other) == _pinned(plain)
