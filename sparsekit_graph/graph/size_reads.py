@@ -129,10 +129,12 @@ def _recorder(cls: type) -> type:
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
-            if name == "__dict__" and _ACTIVE and by_user(1):  # ``vars(m)["out_channels"]``
-                return _DictReads(self, value, layer)
-            if _ACTIVE and (name in _NAMES or name in _ACTIVE[-1].own.get(id(self), ())):
-                log = _ACTIVE[-1]
+            if not _ACTIVE:
+                return value
+            if name == "__dict__":  # ``vars(m)["out_channels"]``
+                return _DictReads(self, value, layer) if by_user(1) else value
+            log = _ACTIVE[-1]
+            if name in _NAMES or (log.own and name in log.own.get(id(self), ())):
                 if (name in READ_ATTRIBUTES or not layer) and by_user(1):  # a model's own ``self.dim`` too
                     wrapped = log.wrap(self, name, value)
                     if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
