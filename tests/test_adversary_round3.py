@@ -119,11 +119,6 @@ def _state_dict_numel(s: nn.Module, h: Tensor) -> Tensor:
     return s.conv(h) / s.conv.state_dict()["weight"].numel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graph/param_reads.py: numel() of parameters reached through "
-    "module.parameters() / state_dict() is not a size read; zero-invariance claimed",
-)
 @pytest.mark.parametrize("fn", [_params_numel, _state_dict_numel], ids=["parameters", "state_dict"])
 @pytest.mark.parametrize("group", ["a:out", "conv:out"])
 def test_numel_over_parameters(fn: Callable[..., Tensor], group: str) -> None:
@@ -229,15 +224,10 @@ class _History(nn.Module):
         return self.head(h)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model_state.kept restores attributes by identity, not a mutable "
-    "container's contents: a torch.fx Proxy is left in the user's list",
-)
 def test_plan_leaves_user_lists_alone() -> None:
     """After ``plan``, the model's list holds what it held (no ``Proxy`` appended by the trace).
-    Root cause: ``model_state.kept`` snapshots ``__dict__`` values by identity, so a list, dict or
-    set the forward mutates keeps what tracing put in it."""
+    Was: ``model_state.kept`` snapshotted ``__dict__`` values by identity, so a list, dict or set
+    the forward mutates kept what tracing put in it (``containers`` now records contents)."""
     model = _History()
     x = torch.randn(*X)
     model(x)
@@ -251,17 +241,12 @@ def _keep_outputs(s: nn.Module, h: Tensor) -> Tensor:
     return h * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracing leaves Proxy/FakeTensor in a list the forward appends to; under "
-    "torch.export plan then crashes with RuntimeError (deepcopy of a FakeTensor)",
-)
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
 def test_plan_leaves_user_tensor_cache_alone(export: bool) -> None:
     """``self.outs.append(h.detach())``: ``plan`` returns or refuses with ``SparseKitError``, and the
-    list holds the same real tensors after. Root cause: ``model_state.kept`` does not restore a
-    mutated container; the torch.fx trace's Proxy / torch.export's FakeTensor stays in it, and the
-    export path's deepcopy of the model then fails (RuntimeError: data pointer of a FakeTensor)."""
+    list holds the same real tensors after. Was: ``model_state.kept`` did not restore a mutated
+    container; the torch.fx trace's Proxy / torch.export's FakeTensor stayed in it, and the export
+    path's deepcopy of the model then failed (RuntimeError: data pointer of a FakeTensor)."""
     model = Net(_keep_outputs, export=export, outs=[])
     model.outs = []
     x = torch.randn(*X)

@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .axes import AxisGraph
-from .meta import SIZE_CONTROL
+from .meta import SIZE_CONTROL, SIZE_READS
 from .size_values import VALUE, Site, SizeRead, SizeTuple, by_user
 
 if TYPE_CHECKING:
@@ -185,9 +185,13 @@ def recording_param_reads(model: nn.Module, log: _Log) -> Iterator[None]:
 
 def pin_param_reads(graph: AxisGraph, nodes: Any, tensors: dict[str, Tensor]) -> None:
     """The axes of the model's tensors whose sizes the code read (``recording_param_reads``):
-    pinned where Python control flow used one, not zero-invariant where it became a number."""
+    pinned where Python control flow used one, not zero-invariant where it became a number
+    (``VALUE``, or a literal the graph holds where it scales a tensor: ``graph.numbers``)."""
     out = next((n for n in reversed(list(nodes)) if isinstance(n, fx.Node) and n.op == "output"), None)
-    control: dict[Site, str] = out.meta.get(SIZE_CONTROL, {}) if out is not None else {}
+    control: dict[Site, str] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
+    for n, node in graph.numbers:  # held as a literal that scales a tensor (``h / sum(p.numel() for p in ...)``)
+        for site in (node.meta.get(SIZE_READS) or {}).get(n, ()):
+            control.setdefault(site, VALUE)
     for (path, attr), kind in sorted(control.items()):
         t = tensors.get(path)
         if t is None or not attr.startswith("shape["):
