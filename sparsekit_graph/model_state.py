@@ -4,10 +4,11 @@ A user's ``forward`` may change its own model: freeze a layer (``requires_grad_(
 register a hook once, clip its weights (``w.clamp_()`` under ``no_grad``), replace a weight's
 data (``w.data = F.normalize(w)``), swap a submodule or a parameter. ``kept(model)`` records
 what a forward can reach and puts it back afterwards: every module's training flag, hook
-dictionaries and ``_parameters`` / ``_buffers`` / ``_modules``, and every parameter's and
-buffer's data, ``requires_grad`` and ``.grad``. With ``values=True`` the tensors' contents are
-copied first and written back where they changed (calibration runs real batches through the
-user's weights); with ``values=False`` only what costs no copy is restored (planning traces
+dictionaries and ``_parameters`` / ``_buffers`` / ``_modules``, the contents of every list, dict,
+set and deque a module holds (``self.hist.append(...)``, a feature cache: ``containers``), and
+every parameter's and buffer's data, ``requires_grad`` and ``.grad``. With ``values=True`` the
+tensors' contents are copied first and written back where they changed (calibration runs real
+batches through the user's weights); with ``values=False`` only what costs no copy is restored (planning traces
 without running the weights' in-place ops, so their contents never change there).
 """
 
@@ -15,21 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from operator import is_not, ne
+from itertools import chain
+from operator import attrgetter, methodcaller
 
 import torch
 from torch import Tensor, nn
 
+from .containers import record, restore
+
 __all__ = ["kept"]
-
-# A module's dictionaries a forward may edit in place.
-_DICTS = (
-    "_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)  # fmt: skip
-
 
 # A parameter or buffer as it was: the tensor, ``tensor.detach()`` (the storage it held:
 # ``.data = ...`` swaps it), ``requires_grad``, ``.grad``, and its contents where ``values=True``.
@@ -41,18 +36,12 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
     modules = list(model.modules())
     flags = [m.training for m in modules]
-    empty, full = _dicts(modules)
+    held = record(list(chain.from_iterable(map(methodcaller("values"), map(attrgetter("__dict__"), modules)))))
     tensors = _record(modules, values)
     try:
         yield
     finally:
-        if any(empty):  # most hook dictionaries are empty, and stay so
-            for d in empty:
-                d.clear()
-        for d, keys, before in full:
-            if len(d) != len(keys) or any(map(is_not, d.values(), before)) or any(map(ne, d, keys)):
-                d.clear()
-                d.update(zip(keys, before))
+        restore(held)  # hook dictionaries, _parameters / _buffers / _modules, the user's lists
         for m, flag in zip(modules, flags):
             if m.training != flag:
                 object.__setattr__(m, "training", flag)
@@ -61,12 +50,6 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
             if copy is None and t.requires_grad == requires_grad and t.grad is grad and _same_data(t, data):
                 continue  # the common case, checked cheaply
             _restore(s)
-
-
-def _dicts(modules: list[nn.Module]) -> tuple[list[dict], list[tuple[dict, tuple, tuple]]]:
-    """The ``_DICTS`` of ``modules``: the empty ones, and each other one with its keys and values."""
-    every = [d for m in modules for d in map(m.__dict__.get, _DICTS) if d is not None]
-    return [d for d in every if not d], [(d, tuple(d), tuple(d.values())) for d in every if d]
 
 
 def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:

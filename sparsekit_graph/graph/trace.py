@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import eq, is_
 from types import FrameType
@@ -15,6 +15,7 @@ import torch.fx._symbolic_trace as _symbolic_trace
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from ..containers import CONTAINERS, record, restore
 from ..errors import TraceError
 from .buffer_views import buffer_view
 from .config_reads import config_reads, recording_config_reads
@@ -34,6 +35,8 @@ __all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "t
 
 Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
+
 
 def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Tensor, tuple/list or dict of tensors -> (args, kwargs)."""
@@ -47,23 +50,26 @@ def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str,
 
 
 @contextmanager
-def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[None]:
+def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[Callable[[], None]]:
     """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
     buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
-    while its Python code runs under the tracer)."""
+    while its Python code runs under the tracer). Yields a function that puts the modules'
+    attributes and containers back at once (between a failed trace and the next)."""
     flags = [m.training for m in modules]
     buffers = [b for b in {id(b): b for m in modules for b in m._buffers.values() if b is not None}.values() if not b.is_meta]
     versions = [b._version for b in buffers]
     with torch.no_grad():
         saved = [b.clone() for b in buffers]
     attributes = [(m, dict(m.__dict__)) for m in modules]
-    caches = [(v, dict(v)) for _, d in attributes for k, v in d.items() if type(v) is dict and not k.startswith("_")]
+    # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
+    # to hold a Proxy or a FakeTensor after the trace; torch's own dictionaries are left to ``kept``
+    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in _MODULE_KEYS])
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
         model.train(train)
     try:
-        yield
+        yield lambda: (_restore_attributes(attributes), restore(held))
     finally:
         if switch:
             for m, flag in zip(modules, flags):
@@ -73,10 +79,7 @@ def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[N
                 if b._version != version:
                     b.copy_(copy)
         _restore_attributes(attributes)
-        for cache, before in caches:  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
-            if cache.keys() != before.keys() or any(cache[k] is not v for k, v in before.items()):
-                cache.clear()
-                cache.update(before)
+        restore(held)  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
@@ -140,7 +143,7 @@ def trace_graph(
     args, kwargs = normalize_inputs(example_inputs)
     concrete = _concrete_args(model, args, kwargs)
     modules = list(model.modules())
-    with _mode(model, train, modules), recording_config_reads(modules) as reads:
+    with _mode(model, train, modules) as undo, recording_config_reads(modules) as reads:
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:
@@ -148,6 +151,7 @@ def trace_graph(
                     graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
+                undo()  # nor what it left in the model (a Proxy appended to a list)
                 with sizes.reaching():
                     graph = _exported(model, args, kwargs, fx_error, dynamic)
                 finish_size_reads(graph, sizes)
