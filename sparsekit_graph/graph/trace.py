@@ -68,8 +68,13 @@ def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[C
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
         model.train(train)
+
+    def undo() -> None:
+        _restore_attributes(attributes)
+        restore(held)
+
     try:
-        yield lambda: (_restore_attributes(attributes), restore(held))
+        yield undo
     finally:
         if switch:
             for m, flag in zip(modules, flags):

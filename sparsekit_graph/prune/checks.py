@@ -105,10 +105,13 @@ def same_code(before: fx.Graph, after: fx.Graph) -> None:
 
 # Ops that only re-view values (no arithmetic, no reordering): code that drops them when a size
 # becomes 1 computes the same (``repeat_kv`` returns its input at one query head per KV group;
-# torch.export leaves out a ``contiguous`` whose input already is, e.g. a permute of one head).
+# torch.export leaves out a ``contiguous`` whose input already is, e.g. a permute of one head;
+# ``buffer_view`` spells a 1-channel buffer's ``view(1, -1, 1, 1)`` as a ``squeeze`` and four
+# ``unsqueeze``s, where 16 channels need no ``squeeze``).
 _REVIEWS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.expand.default, torch.ops.aten.reshape.default,
             torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.contiguous.default,
-            torch.ops.aten.alias.default, "unsqueeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
+            torch.ops.aten.alias.default, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims,
+            torch.ops.aten.squeeze.default, "unsqueeze", "squeeze", "expand", "reshape", "view", "contiguous"}  # fmt: skip
 
 
 def _ops(graph: fx.Graph) -> list[tuple[str, object]]:

@@ -38,7 +38,9 @@ def copy_model(model: nn.Module, *, weights: bool = True) -> nn.Module:
     try:
         return copy.deepcopy(model, memo)
     except Exception as e:  # noqa: BLE001 - name what could not be copied
-        raise TraceError(f"cannot copy {type(model).__name__} to prune it: {_culprit(model, memo)}: {type(e).__name__}: {e}") from e
+        raise TraceError(
+            f"cannot copy {type(model).__name__} to prune it: {_culprit(model, memo)}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _held(values: Iterable[object], depth: int = 0) -> Iterator[object]:
