@@ -15,6 +15,7 @@ graph as a ``networkx.MultiGraph``, kept in step on access, for analyses and ins
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -188,16 +189,18 @@ class AxisGraph:
 
     def pinned(self, axis: AxisId) -> bool:
         """Is this axis, or one identity-linked to it so far, pinned?"""
+        return any(self.nodes[a]["pins"] for a in self.identity_linked(axis))
+
+    def identity_linked(self, axis: AxisId) -> Iterator[AxisId]:
+        """``axis`` and every axis identity-linked to it so far (one axis in all but name)."""
         seen, todo = {axis}, [axis]
         while todo:
             a = todo.pop()
-            if self.nodes[a]["pins"]:
-                return True
+            yield a
             for b, ds in self.adj[a].items():
                 if b not in seen and any(d["ia"] is None for d in ds):
                     seen.add(b)
                     todo.append(b)
-        return False
 
     def mix(self, axis: AxisId, reason: str) -> None:
         mixes = self.nodes[axis]["mixes"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,28 +16,51 @@ from .context import RuleContext
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index
-from .ops_reshape import made_from, read_axis
 from .rules import register_function_rule
+from .size_args import made_from, read_axis
 from .sizes import product_sources
 
 # -- concat, pad and split -----------------------------------------------------------------
 
 
-@register_function_rule(torch.cat, torch.hstack)
+# How the stacking spellings of ``torch.cat`` lift an input of ``n`` axes before concatenating:
+# the positions of its axes among the output's (the others are new axes of size 1).
+_LIFTS: dict[object, Callable[[int], list[int | None]]] = {
+    torch.hstack: lambda n: [None] if n == 0 else list(range(n)),  # atleast_1d
+    torch.vstack: lambda n: {0: [None, None], 1: [None, 0]}.get(n, list(range(n))),  # atleast_2d
+    torch.dstack: lambda n: {0: [None] * 3, 1: [None, 0, None], 2: [0, 1, None]}.get(n, list(range(n))),  # atleast_3d
+    torch.column_stack: lambda n: {0: [None, None], 1: [0, None]}.get(n, list(range(n))),  # a 1-D input: a column
+}
+
+
+@register_function_rule(torch.cat, *_LIFTS)
 def cat(ctx: RuleContext) -> None:
-    """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis
-    (``hstack``: axis 1, or 0 for 1-D tensors)."""
+    """Input ``k`` occupies ``[offset_k, offset_k + n_k)`` of the output's concat axis. The
+    stacking spellings (``_LIFTS``) first give an input its missing axes (size 1) and then
+    concatenate along axis 0 (``vstack``), 1 (``hstack``, ``column_stack``; ``hstack`` of 1-D
+    tensors: 0) or 2 (``dstack``); a concat axis made of such new axes is a stack axis: pinned."""
     out = ctx.out()
-    default = (1 if len(out) > 1 else 0) if ctx.call.op is torch.hstack else 0
+    op = ctx.call.op
+    lift = _LIFTS.get(op)
+    default = {torch.vstack: 0, torch.dstack: 2, torch.column_stack: 1}.get(op, 0)
+    if op is torch.hstack:
+        default = 1 if len(out) > 1 else 0
     dim = ctx.arg("dim", default) % len(out)
     offset = 0
-    for axes in ctx.tensor_axes("tensors"):
+    for given in ctx.tensor_axes("tensors"):
+        axes = [None if p is None else given[p] for p in lift(len(given))] if lift is not None else list(given)
         if len(axes) != len(out):  # legacy: empty 1-D tensors are skipped by torch.cat
             continue
-        size = ctx.graph.size(axes[dim])
-        ctx.same(axes[:dim] + axes[dim + 1 :], out[:dim] + out[dim + 1 :])
+        pairs = [(a, o) for d, (a, o) in enumerate(zip(axes, out)) if d != dim and a is not None]
+        ctx.same([a for a, _ in pairs], [o for _, o in pairs])
+        along = axes[dim]
+        if along is None:  # a new axis of size 1: one slot no input axis fills
+            ctx.pin([out[dim]], f"stack axis at {ctx.where()}")
+            offset += 1
+            continue
+        size = ctx.graph.size(along)
         if size:
-            ctx.graph.link(axes[dim], out[dim], np.arange(size), offset + np.arange(size), kind="offset")
+            ctx.graph.link(along, out[dim], np.arange(size), offset + np.arange(size), kind="offset")
         offset += size
 
 
@@ -126,7 +149,7 @@ def split(ctx: RuleContext) -> None:
     counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
     is_chunk = (
         (counted and isinstance(how, int))
-        or _length_over(ctx, how, src[dim], len(parts))
+        or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
         or (isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):

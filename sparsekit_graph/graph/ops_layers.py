@@ -12,10 +12,11 @@ from .axes import AxisId
 from .context import RuleContext
 from .ops_join import link_padding
 from .ops_matmul import zeroed_by_masks
-from .ops_reshape import flatten_axes, read_axis, reshape_axes
+from .ops_reshape import flatten_axes, reshape_axes
 from .ops_sizes import register_length_args
 from .ops_tensor import pointwise, spatial_axes
 from .rules import register_function_rule, register_module_rule
+from .size_args import read_axis
 from .sizes import SizeSource
 from .zeros import zero_breaker
 
@@ -131,20 +132,25 @@ def conv(ctx: RuleContext) -> None:
         ctx.same(ctx.param("bias"), [out[co]])
 
 
-@register_function_rule(F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+_TRANSPOSED = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+
+
+@register_function_rule(F.conv1d, F.conv2d, F.conv3d, *_TRANSPOSED, torch.convolution)
 def conv_function(ctx: RuleContext) -> None:
-    """``F.conv2d(x, weight, bias, ...)`` with a weight fetched or computed in ``forward``."""
+    """``F.conv2d(x, weight, bias, ...)`` with a weight fetched or computed in ``forward``
+    (``aten.convolution``: any of them, its ``transposed`` flag says which)."""
     ctx.read_all()
     x, w, out = ctx.axes(ctx.input), ctx.weight_axes(ctx.arg("weight"), (0, 1)), ctx.out()
     groups = ctx.arg("groups", 1)
     read = read_axis(ctx, groups) if isinstance(groups, fx.Node) else None  # groups=h.shape[1]
-    transposed = ctx.call.op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+    flag = ctx.arg("transposed", False)
+    transposed = ctx.call.op in _TRANSPOSED or flag is True
     if read is not None and not _depthwise_read(ctx, x, read, transposed):
         ctx.pin([read], f"group count read off an axis at {ctx.where()}")
         read = None
     if read is not None:
         groups = ctx.graph.size(read)  # a depthwise count that follows pruning, as a layer's does
-    if x is None or w is None or not isinstance(groups, int):
+    if x is None or w is None or not isinstance(groups, int) or not isinstance(flag, bool):
         ctx.pin_everything(f"convolution with unreadable arguments at {ctx.where()}")
         return
     spatial = ctx.meta(ctx.arg("weight")).ndim - 2
@@ -159,7 +165,7 @@ def conv_function(ctx: RuleContext) -> None:
         ctx.same(b, [out[co]])
 
 
-register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d)
+register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d, torch.convolution)
 
 
 def _depthwise_read(ctx: RuleContext, x: list[AxisId] | None, read: AxisId, transposed: bool) -> bool:

@@ -5,7 +5,6 @@ sizes follow the model only where an attribute explains them (see ``sizes.py``).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,9 +16,9 @@ from torch import Tensor
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .factors import record_factor
-from .meta import META, MODULE_READS, SIZE_READS, ReadInt
-from .normalize import normalize
+from .meta import META, ReadInt
 from .rules import register_function_rule, register_method_rule
+from .size_args import link_read_lengths, literal_dims, made_from
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
 
 
@@ -68,9 +67,24 @@ def view(ctx: RuleContext) -> None:
         fixed = ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s) and not _merged_heads(ctx, j, s, groups)
         return fixed and j not in kept
 
-    literal = [constant(j, s) for j, s in enumerate(raw)]
+    literal = [constant(j, s) or _computed_constant(ctx, j, s, groups) for j, s in enumerate(raw)]
     _inferred_group_count(ctx, raw, out)
     reshape_axes(ctx, literal=literal, groups=groups)
+
+
+def _computed_constant(ctx: RuleContext, j: int, size: Any, groups: list[tuple[list[int], list[int]]]) -> bool:
+    """A size computed with a literal factor (``q.reshape(b * 4, n, d)``) does not follow the
+    model in that factor: the input axes it sizes are pinned (the heads; ``b`` reads the batch).
+    True (the output axis is a constant) where the literal cannot be placed on input axes."""
+    if not isinstance(size, fx.Node):
+        return False
+    src = ctx.axes(ctx.input) or []
+    ga = next((a for a, b in groups if b == [j]), [])  # the input axes merged into axis j (none: a split)
+    dims = literal_dims(ctx, size, [d for d in ga if d < len(src) and ctx.graph.size(src[d]) > 1])
+    if dims is None:
+        return True
+    ctx.pin([src[d] for d in dims], f"reshape with a constant factor in a computed size at {ctx.where()}")
+    return False
 
 
 def _repeated_sizes(ctx: RuleContext, raw: Sequence[Any]) -> set[int]:
@@ -114,19 +128,6 @@ def _merged_heads(ctx: RuleContext, j: int, value: int, groups: list[tuple[list[
     for source in sources:
         ctx.graph.size_values[source] = value // unit
     return True
-
-
-def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
-    """Where the model's reads of its layers' sizes were recorded (``size_reads``, torch.fx),
-    did the code compute the literal ``value`` at ``node`` from one of ``sources`` (a hard-coded
-    ``reshape(B, L, 24)`` beside ``num_heads * head_dim == 24`` does not follow the heads)?
-    True where nothing was recorded for their owners (torch.export, other modules)."""
-    out = next((n for n in reversed(node.graph.nodes) if n.op == "output"), None)
-    recorded = out.meta.get(MODULE_READS) if out is not None else None
-    if not recorded or all(s.owner not in recorded for s in sources):
-        return True
-    sites = (node.meta.get(SIZE_READS) or {}).get(value, ())
-    return any((s.owner, s.attr) in sites for s in sources)
 
 
 def _count_plus_slots(ctx: RuleContext, j: int, value: int) -> bool:
@@ -194,45 +195,6 @@ def _inferred_group_count(ctx: RuleContext, raw: list, out: list) -> None:
 def _one_attribute(ctx: RuleContext, value: int) -> bool:
     """Does ``value`` equal exactly one size attribute (by name) of the layer or model?"""
     return len({src.attr for src in size_sources(ctx.node, value, ctx.modules)}) == 1
-
-
-def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
-    """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
-    output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
-    of attention heads by the input's width ties the heads' width to the residual stream)."""
-    if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
-        read: list = list(ctx.axes(sizes) or [])
-    elif isinstance(sizes, (tuple, list)):
-        read = [read_axis(ctx, s) for s in sizes]
-    else:
-        read = _read_axes(ctx, sizes) or []
-    for a, o in zip(read, out):
-        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1:
-            ctx.graph.link(a, o)
-
-
-def _read_axes(ctx: RuleContext, x: object) -> list | None:
-    """Axes of ``t`` for ``t.shape`` / ``t.size()``."""
-    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
-        return None
-    call = normalize(x)
-    if call.op in (torch.Tensor.shape, torch.Tensor.size) and call.args.get("dim") is None:
-        return ctx.axes(call.args.get("input"))
-    return None
-
-
-def read_axis(ctx: RuleContext, x: object) -> tuple | None:
-    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
-    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
-        return None
-    call = normalize(x)
-    if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
-        axes = ctx.axes(call.args.get("input"))
-        return axes[call.args["dim"]] if axes else None
-    if call.op is operator.getitem and isinstance(call.args.get("index"), int):
-        axes = _read_axes(ctx, call.args.get("input"))
-        return axes[call.args["index"]] if axes and -len(axes) <= call.args["index"] < len(axes) else None
-    return None
 
 
 @register_function_rule(torch.unflatten)
@@ -369,12 +331,7 @@ def _merges_copies(ctx: RuleContext, src: list, ca: int, big_a: list[int], big_b
     output's index ``i`` is a copy of the carrier's ``i // r`` when every inner factor was
     broadcast by the ``expand`` just before (fresh: linked to nothing)."""
     producer = ctx.input.target if hasattr(ctx.input, "target") else None
-    return (
-        producer in _EXPANDS
-        and len(big_b) == 1
-        and ca == big_a[0]
-        and all(not ctx.graph.adj[src[d]] for d in big_a[1:])
-    )
+    return producer in _EXPANDS and len(big_b) == 1 and ca == big_a[0] and all(not ctx.graph.adj[src[d]] for d in big_a[1:])
 
 
 _EXPANDS = (torch.ops.aten.expand.default, "expand", torch.broadcast_to)

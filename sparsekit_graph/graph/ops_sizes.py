@@ -13,8 +13,8 @@ from torch import Tensor
 from .context import RuleContext
 from .meta import CONTROL
 from .normalize import normalize
-from .ops_reshape import link_read_lengths
 from .rules import register_function_rule, register_method_rule
+from .size_args import link_read_lengths
 
 # -- sizes and fresh tensors ----------------------------------------------------------------
 

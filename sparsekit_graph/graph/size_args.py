@@ -1,0 +1,128 @@
+"""Size arguments of reshapes and fresh tensors: which of their numbers follow the model.
+
+A size may be read off a tensor's axis (``x.size(2)``, ``x.shape``: that axis's length), be a
+literal made from a layer's size attribute (``made_from``: surgery rewrites the attribute), or
+be computed in the graph from such numbers. A product (``b * self.num_heads``) is split into
+its factors (``product_terms``): the reads and attributes follow the model, the literals the
+code wrote (``b * 4``) do not, and ``literal_dims`` says which input axes such a literal sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .context import RuleContext
+from .meta import MODULE_READS, SIZE_READS
+from .normalize import normalize
+from .sizes import SizeSource, size_sources
+
+__all__ = ["link_read_lengths", "literal_dims", "made_from", "product_terms", "read_axis"]
+
+
+def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
+    """Where the model's reads of its layers' sizes were recorded (``size_reads``, torch.fx),
+    did the code compute the literal ``value`` at ``node`` from one of ``sources`` (a hard-coded
+    ``reshape(B, L, 24)`` beside ``num_heads * head_dim == 24`` does not follow the heads)?
+    True where nothing was recorded for their owners (torch.export, other modules)."""
+    out = next((n for n in reversed(node.graph.nodes) if n.op == "output"), None)
+    recorded = out.meta.get(MODULE_READS) if out is not None else None
+    if not recorded or all(s.owner not in recorded for s in sources):
+        return True
+    sites = (node.meta.get(SIZE_READS) or {}).get(value, ())
+    return any((s.owner, s.attr) in sites for s in sources)
+
+
+def product_terms(ctx: RuleContext, x: Any) -> tuple[list[Any], int] | None:
+    """``x`` as a product computed in the graph (``b * 4``, ``4 * b * n``, ``b *
+    self.num_heads``): its factors that follow the model (nodes, and ints made from a size
+    attribute: ``made_from``) and the product of the literals the code wrote. None where ``x``
+    is no product of numbers."""
+    if not isinstance(x, fx.Node) or x.op != "call_function" or normalize(x).op is not operator.mul:
+        return None
+    terms: list[Any] = []
+    literal = 1
+    for a in (normalize(x).args.get("input"), normalize(x).args.get("other")):
+        inner = product_terms(ctx, a)
+        if inner is not None:
+            terms += inner[0]
+            literal *= inner[1]
+        elif isinstance(a, fx.Node):
+            terms.append(a)
+        elif isinstance(a, int) and not isinstance(a, bool):
+            sources = size_sources(x, a, ctx.modules)
+            if sources and made_from(x, a, sources):
+                terms.append(a)
+            else:
+                literal *= a
+        else:
+            return None
+    return terms, literal
+
+
+def literal_dims(ctx: RuleContext, size: fx.Node, dims: Sequence[int]) -> list[int] | None:
+    """The input axes among ``dims`` (the non-unit axes a reshape merges into the output axis
+    ``size`` shapes) that a literal factor of the computed ``size`` sizes: ``q.reshape(b * 4,
+    n, d)`` reads the batch, so the 4 sizes the heads. Empty where ``size`` holds no literal
+    above 1 (or is no product); None where the literal cannot be placed (the whole output axis
+    is then a constant): no factor is a read of one of ``dims`` whose rest is that literal."""
+    found = product_terms(ctx, size)
+    if found is None or found[1] == 1:
+        return []
+    terms, literal = found
+    src = ctx.axes(ctx.input) or []
+    read = [read_axis(ctx, t) for t in terms if not isinstance(t, int)]
+    if None in read:  # a number computed otherwise (``(n // 2) * 4``): nothing says what it follows
+        return None
+    covered = {d for d in dims if any(src[d] in ctx.graph.identity_linked(a) for a in read)}
+    rest = [d for d in dims if d not in covered]
+    followed = math.prod(t for t in terms if isinstance(t, int))  # with the literal: the rest (both pin)
+    return rest if rest and math.prod(ctx.graph.size(src[d]) for d in rest) == literal * followed else None
+
+
+def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
+    """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
+    output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
+    of attention heads by the input's width ties the heads' width to the residual stream)."""
+    if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
+        read: list = list(ctx.axes(sizes) or [])
+    elif isinstance(sizes, (tuple, list)):
+        read = [read_axis(ctx, s) for s in sizes]
+    else:
+        read = _read_axes(ctx, sizes) or []
+    for a, o in zip(read, out):
+        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1:
+            ctx.graph.link(a, o)
+
+
+def _read_axes(ctx: RuleContext, x: object) -> list | None:
+    """Axes of ``t`` for ``t.shape`` / ``t.size()`` (and ``t.shape[:2]``: those axes)."""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(x)
+    if call.op in (torch.Tensor.shape, torch.Tensor.size) and call.args.get("dim") is None:
+        return ctx.axes(call.args.get("input"))
+    if call.op is operator.getitem and isinstance(call.args.get("index"), slice):
+        axes = _read_axes(ctx, call.args.get("input"))
+        return axes[call.args["index"]] if axes is not None else None
+    return None
+
+
+def read_axis(ctx: RuleContext, x: object) -> tuple | None:
+    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
+    if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(x)
+    if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
+        axes = ctx.axes(call.args.get("input"))
+        return axes[call.args["dim"]] if axes else None
+    if call.op is operator.getitem and isinstance(call.args.get("index"), int):
+        axes = _read_axes(ctx, call.args.get("input"))
+        return axes[call.args["index"]] if axes and -len(axes) <= call.args["index"] < len(axes) else None
+    return None
