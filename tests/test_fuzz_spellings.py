@@ -196,6 +196,10 @@ SPELL: dict[str, list[Spelling]] = {
             lambda c: F.conv2d(c.h, c.m.weight.transpose(0, 1).transpose(0, 1), c.m.bias, padding=c.m.padding, groups=c.m.groups),
         ),
         ("torch.conv2d(h, w, b, 1, p, 1, g)", lambda c: torch.conv2d(c.h, c.m.weight, c.m.bias, 1, c.m.padding, 1, c.m.groups)),
+        (
+            "aten.convolution(h, w, b, s, p, d, False, [0, 0], g)",
+            lambda c: torch.ops.aten.convolution(c.h, c.m.weight, c.m.bias, [1, 1], list(c.m.padding), [1, 1], False, [0, 0], c.m.groups),
+        ),
     ],
     "bn": [
         ("m(h)", lambda c: c.m(c.h)),
@@ -215,6 +219,10 @@ SPELL: dict[str, list[Spelling]] = {
                 momentum=0.1,
                 eps=c.m.eps,
             ),  # fmt: skip
+        ),
+        (
+            "torch.batch_norm(h, w, b, rm, rv, training, 0.1, eps, False)",
+            lambda c: torch.batch_norm(c.h, c.m.weight, c.m.bias, c.m.running_mean, c.m.running_var, c.m.training, 0.1, c.m.eps, False),
         ),
     ],
     "scale": [
@@ -253,6 +261,7 @@ SPELL: dict[str, list[Spelling]] = {
         ("torch.cat(tensors=[a, b], dim=1)", lambda c: torch.cat(tensors=[c.h, c.o], dim=1)),
         ("torch.cat([a, b], dim=1-nd)", lambda c: torch.cat([c.h, c.o], dim=1 - c.nd)),
         ("torch.hstack([a, b])", lambda c: torch.hstack([c.h, c.o])),
+        ("torch.column_stack([a, b])", lambda c: torch.column_stack([c.h, c.o])),
     ],
     "chunk": [
         ("h.chunk(2, 1)[k]", lambda c: c.h.chunk(2, 1)[c.op.k]),

@@ -35,7 +35,12 @@ OP_ALIASES: dict[Any, Any] = {
     torch.special.logit: torch.logit, torch.special.i0: torch.i0, torch.special.sinc: torch.sinc,
     torch.special.log1p: torch.log1p, torch.special.round: torch.round, torch.special.xlogy: torch.xlogy,
     torch.narrow_copy: torch.narrow, torch.special.softmax: torch.softmax, torch.special.log_softmax: torch.log_softmax,
+    torch._softmax: torch.softmax, torch._log_softmax: torch.log_softmax, torch.linalg.matmul: torch.matmul,
+    torch.row_stack: torch.vstack, torch.layer_norm: F.layer_norm, torch.group_norm: F.group_norm,
+    torch.batch_norm: F.batch_norm, torch.instance_norm: F.instance_norm, torch._convolution: torch.convolution,
 }  # fmt: skip
+# ATen names of ops torch keeps in a submodule: ``linalg_vector_norm`` is ``torch.linalg.vector_norm``.
+_SUBMODULES = {"linalg_": torch.linalg, "special_": torch.special, "fft_": torch.fft}
 
 _ATEN_NAMES: dict[str, Hashable] = {
     "_to_copy": Tensor.to, "alias": torch.clone, "lift_fresh_copy": torch.clone, "sym_size": Tensor.size,
@@ -52,16 +57,21 @@ def is_aten(target: Any) -> bool:
 
 
 @cache
-def aten_op(target: torch._ops.OpOverload) -> tuple[Hashable, bool]:
-    """(canonical op, in place?) of an ATen overload."""
-    name = target.overloadpacket.__name__
+def aten_op(target: torch._ops.OpOverload | torch._ops.OpOverloadPacket) -> tuple[Hashable, bool]:
+    """(canonical op, in place?) of an ATen overload (or of its packet, ``torch.ops.aten.add``)."""
+    packet = target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
+    name = packet.__name__
     inplace = name.endswith("_") and not name.startswith("_") and not name.endswith("__")
     base = name[:-1] if inplace else name
     if base in _ATEN_NAMES:
         return _ATEN_NAMES[base], inplace
+    for prefix, module in _SUBMODULES.items():
+        fn = getattr(module, base.removeprefix(prefix), None) if base.startswith(prefix) else None
+        if callable(fn):
+            return OP_ALIASES.get(fn, fn), inplace
     for namespace in (F, torch, torch._C._nn):  # _nn: upsample_nearest2d and kin, what F.interpolate calls
         fn: Callable[..., Any] | None = getattr(namespace, base, None)
         if callable(fn) and not isinstance(fn, type):
             return OP_ALIASES.get(fn, fn), inplace
     method = getattr(Tensor, base, None)
-    return (method if method is not None else target.overloadpacket), inplace
+    return (method if method is not None else packet), inplace

@@ -118,8 +118,40 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         args = dict(zip(names, node.args))
         inplace = node.target in _OPERATOR_INPLACE
         return Call(op, args, frozenset(args), inplace)
-    call = _bind(op, against, node.args, dict(node.kwargs))
+    if _aten_packet(node.target):  # torch.ops.aten.convolution(...): the overload whose schema fits
+        op, inplace = aten_op(node.target)
+        against = node.target.__name__
+    kwargs = dict(node.kwargs)
+    written = kwargs.pop("out") if isinstance(kwargs.get("out"), fx.Node) else None  # torch.add(a, b, out=buf)
+    call = _same_as(_bind(op, against, node.args, kwargs))
+    if written is not None and call.bound:  # bound without it (no schema takes ``out``); rules do not model it
+        return Call(call.op, {**call.args, "out": written}, call.passed | {"out"}, inplace)
     return Call(call.op, call.args, call.passed, inplace, call.bound)
+
+
+def _aten_packet(target: Any) -> bool:
+    """``torch.ops.aten.<name>`` called without choosing an overload."""
+    return isinstance(target, torch._ops.OpOverloadPacket) and target._qualified_op_name.startswith("aten::")
+
+
+# Ops that are another op with arguments renamed and some fixed: ``torch.inner(a, b)`` contracts
+# the last axes of both, ``torch.tensordot(a, b, ([-1], [-1]))``.
+_SAME_AS: dict[Hashable, tuple[Hashable, dict[str, str], dict[str, Any]]] = {
+    torch.inner: (torch.tensordot, {"other": "b"}, {"dims": ([-1], [-1])}),
+}
+
+
+def _same_as(call: Call) -> Call:
+    """``call`` in the spelling of the op it is a case of (``_SAME_AS``), else itself."""
+    try:
+        found = _SAME_AS.get(call.op)
+    except TypeError:  # unhashable target
+        return call
+    if found is None or not call.bound:
+        return call
+    op, names, fixed = found
+    args = {names.get(k, k): v for k, v in call.args.items()} | fixed
+    return Call(op, args, frozenset(names.get(k, k) for k in call.passed), call.inplace)
 
 
 def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:

@@ -103,7 +103,7 @@ def einsum(ctx: RuleContext) -> None:
 def tensordot(ctx: RuleContext) -> None:
     """``tensordot(a, b, dims)``: the einsum that contracts ``a``'s axes ``dims[0]`` with ``b``'s
     ``dims[1]`` (an int ``n``: ``a``'s last ``n`` with ``b``'s first ``n``); the output is ``a``'s
-    other axes, then ``b``'s (tensordot pinned everything)."""
+    other axes, then ``b``'s (tensordot pinned everything). ``torch.inner`` normalises to it."""
     a, b, dims = ctx.input, ctx.arg("b"), ctx.arg("dims", 2)
     ma, mb = ctx.meta(a), ctx.meta(b)
     if not isinstance(ma, Tensor) or not isinstance(mb, Tensor) or ma.ndim + mb.ndim > 26:
@@ -113,7 +113,10 @@ def tensordot(ctx: RuleContext) -> None:
         dims = (list(range(ma.ndim - dims, ma.ndim)), list(range(dims)))
     ok = isinstance(dims, (tuple, list)) and len(dims) == 2
     da, db = ([d] if isinstance(d, int) else d for d in dims) if ok else ([], [1])
-    if not (isinstance(da, (tuple, list)) and isinstance(db, (tuple, list)) and len(da) == len(db)):
+    if not (isinstance(da, (tuple, list)) and isinstance(db, (tuple, list)) and len(da) == len(db)) or not (
+        all(isinstance(i, int) and -ma.ndim <= i < ma.ndim for i in da)
+        and all(isinstance(j, int) and -mb.ndim <= j < mb.ndim for j in db)
+    ):
         ctx.pin_everything(f"tensordot with unreadable dims {dims!r} at {ctx.where()}")
         return
     letters = iter(string.ascii_letters)

@@ -105,7 +105,7 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
 
 
 _PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}
-_CONVS = {F.conv1d, F.conv2d, F.conv3d}
+_CONVS = {F.conv1d, F.conv2d, F.conv3d, torch.convolution}  # aten.convolution: transposed too (axis 1 either way)
 _SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem}
 
 
