@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
 )
 from .axes import AxisGraph
 from .context import RuleContext
+from .folded_sizes import folded_products
 from .length_uses import pin_unmodelled_lengths
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads
@@ -72,7 +73,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
             _apply(ctx, module)
             follow_domains(ctx)
     if exported:
-        _lengths_as_numbers(graph)
+        _lengths_as_numbers(graph, nodes)
     _layer_sizes_as_numbers(graph, modules)
     pin_read_sizes(graph, nodes, modules, prefix)
     pin_param_reads(graph, nodes, every)
@@ -127,15 +128,20 @@ def _layer_sizes_as_numbers(graph: AxisGraph, modules: dict[str, nn.Module]) -> 
                         graph.mix(axis, f"the number {size} at node {used[size]} may be {prefix}{attr}, which pruning rewrites")
 
 
-def _lengths_as_numbers(graph: AxisGraph) -> None:
+def _lengths_as_numbers(graph: AxisGraph, nodes: list[fx.Node]) -> None:
     """torch.export writes a length used as a value (``h.sum(-1) / h.shape[-1]``) as a literal:
     a whole number that scales a tensor may be the length of any axis of that size, whose
     channels then do not vanish with their members (not zero-invariant). Conservative: a
-    constant that happens to equal an axis's length costs that axis its zero-invariance."""
+    constant that happens to equal an axis's length costs that axis its zero-invariance, and
+    a product of lengths folded into symbolic-size arithmetic (``h.numel()`` with a dynamic
+    batch: ``folded_products``) costs every axis whose length divides it."""
     used = {n: node.name for n, node in graph.numbers}
+    folded = folded_products(list(nodes))
     for axis, size in graph.sizes.items():
         if axis[0] == "v" and size in used:
             graph.mix(axis, f"the number {size} at node {used[size]} may be this axis's length used as a value")
+        elif axis[0] == "v" and size > 1 and (hit := next((k for k in folded if k % size == 0), None)) is not None:
+            graph.mix(axis, f"the number {hit} at node {folded[hit]} may be a product of sizes including this axis's length")
 
 
 def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
