@@ -189,16 +189,12 @@ class _EmaBuffer(_BufferMask):
         return self.head(h - self.mask.view(1, -1, 1, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prune refuses a one-channel mask on a group with a per-channel buffer "
-    "('runs other code'): the one-channel retrace differs (broadcast of size 1)",
-)
 @pytest.mark.parametrize("make", [_BufferMask, _EmaBuffer], ids=["buffer_mask", "ema_buffer"])
 def test_buffer_group_pruned_to_one_channel(make: type[nn.Module]) -> None:
     """A prunable group with a per-channel buffer prunes to 3 channels but refuses 1 (SparseKitError
-    'the pruned model runs other code'). Root cause (suspected): the pruned model's retrace check
-    (``prune``'s code-change guard) sees a size-1 channel axis broadcast as other code."""
+    'the pruned model runs other code'). Was: ``buffer_view`` traces a 1-element buffer's
+    ``view(1, -1, 1, 1)`` as ``squeeze`` + ``unsqueeze``s, and ``prune.checks.same_code`` counted
+    the ``squeeze`` (a re-view, like ``unsqueeze``) as other code."""
     _holds(make(), "a:out", keep=1)
 
 
