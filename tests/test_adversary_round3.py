@@ -155,10 +155,6 @@ def _chunk_count(s: nn.Module, h: Tensor) -> Tensor:
     return sum(h.chunk(h.shape[1] // 4, 1))  # 4 chunks of 4 at 16 channels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graph/length_uses.py: chunk's count from a shape is not modelled; plan says prunable, prune refuses every mask",
-)
 def test_chunk_count_from_shape() -> None:
     """``sum(h.chunk(h.shape[1] // 4, 1))``: the plan offers ``a:out`` (4 channels of 4) as
     prunable and zero-invariant, but prune refuses (head expects the chunk width it was planned
