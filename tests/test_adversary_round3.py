@@ -89,11 +89,6 @@ def _conv() -> dict[str, nn.Module]:
     return {"conv": nn.Conv2d(C, C, 1)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a traced size's __str__/__hash__ is no use of it (graph/trace.py _SizeProxy, "
-    "graph/size_values.py SizeRead): str(), hash() and dict lookups of a channel count go unseen",
-)
 @pytest.mark.parametrize(
     ("fn", "extra", "group"),
     [(_str_len, dict, "a:out"), (_param_str_len, _conv, "a:out"), (_hash_key, dict, "a:out"), (_dict_get, dict, "a:out")],

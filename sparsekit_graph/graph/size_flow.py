@@ -45,7 +45,7 @@ import torch
 
 from .size_sinks import Sinks, log_trusted, plain_write, print_trusted, warn_trusted
 
-__all__ = ["Where", "flows_nowhere", "where_made"]
+__all__ = ["Where", "converted_nowhere", "flows_nowhere", "where_made"]
 
 Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
 Sym = tuple[Any, ...]  # an abstract stack value
@@ -53,6 +53,7 @@ Trust = tuple[Sinks, Sinks]  # the state when the read was made, and when planni
 
 _DEPTH = 4  # caller frames kept, for a read a helper returns
 _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
+_STDLIB_SINKS = (os.path.dirname(logging.__file__) + os.sep, warnings.__file__)  # a lazy "%s" of a log record
 T: Sym = ("T",)  # the read, or a string / tuple made from it
 S: Sym = ("S",)  # a string made without the read
 U: Sym = ("U",)  # anything else
@@ -80,10 +81,10 @@ class _Fail(Exception):
     """The walk met something it cannot prove harmless."""
 
 
-def where_made(frame: FrameType | None) -> Where:
+def where_made(frame: FrameType | None, skip: tuple[str, ...] = _INTERNAL) -> Where:
     """The model's frame nearest ``frame`` (the one whose instruction made a read) and its
     direct callers that are the model's code too, each with the offset it is running."""
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
     out = []
     while frame is not None and len(out) < _DEPTH and not frame.f_code.co_filename.startswith(_INTERNAL):
@@ -103,11 +104,50 @@ def flows_nowhere(where: Where, at: Sinks, base: Sinks) -> bool:
         return False
 
 
-def _walk_from(where: Where, level: int, made: bool, trust: Trust) -> bool:
+def converted_nowhere(frame: FrameType, at: Sinks, base: Sinks) -> bool:
+    """Is the text or hash-free value that the instruction ``frame`` runs makes of a read
+    (``str(n)``, ``f"{n}"``, ``"%s" % n``, ``print(n)``; inside ``logging`` or ``warnings``, the
+    model's call into them) only dropped, shown or logged to a trusted sink? Fail closed."""
+    try:
+        where = where_made(frame, _INTERNAL + _STDLIB_SINKS)
+        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base), converted=True)
+    except _Fail:
+        return False
+    except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
+        return False
+
+
+def _converted_operands(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> list[Sym]:
+    """The stack before ``x`` with the operands it may convert (the read among them) as ``T``."""
+    op = x.opname
+    if op in _SHOWN:
+        n = _SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
+        st[-n] = T  # the value formatted (a read given as the spec was made text before)
+    elif op == "BINARY_OP" and x.argrepr == "%":
+        st[-1] = T
+    elif op in _CALLS:
+        kw = int(op == "CALL_KW")
+        for k in range(len(st) - kw - (x.arg or 0), len(st) - kw):
+            v = st[k]
+            obj = _resolve(frame, v, own=False) if v[0] in ("G", "A") else None
+            if v[0] != "C" and not _std(frame, v) and not isinstance(obj, type):
+                st[k] = T
+    else:
+        raise _Fail
+    return st
+
+
+def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bool = False) -> bool:
     frame, lasti = where[level]
     code = frame.f_code
     ins, index = _code_table(code)
     i = _at(ins, lasti)
+    if made and converted:
+        before = _stacks(frame).get(ins[i].offset)
+        if before is None:
+            raise _Fail
+        returned = _taint_walk(frame, ins, index, i, _converted_operands(frame, ins[i], list(before)), trust)
+        return not returned or (level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust))
     if made and ins[i].opname not in _CREATORS:
         return False
     if not made and (ins[i].opname not in _CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
@@ -376,6 +416,9 @@ def _step(
         shown = (x.argrepr == "+" and _text(lhs) and _text(rhs)) or (x.argrepr == "%" and _text(lhs) and lhs != T)
         used(*(() if shown else (lhs, rhs)))
         return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
+    if op == "BINARY_SUBSCR":  # ``h.shape[1]``: a value this walk does not know
+        used(*pop(2))
+        return [(nxt, [*st, U])]
     if op in _CALLS:
         vals = pop((x.arg or 0) + 2 + (op == "CALL_KW"))
         if op == "CALL_KW":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .size_flow import Where, where_made
+from .size_flow import Where, converted_nowhere, where_made
 from .size_sinks import Sinks, sinks_now
 
 if TYPE_CHECKING:
@@ -175,7 +175,6 @@ class SizeRead(_Tracked, int):
         obj._init(sites, log, origin)
         return obj
 
-    __hash__ = int.__hash__
 
     def __reduce__(self) -> tuple:
         return int, (int(self),)
@@ -210,6 +209,33 @@ def _convert(op: str, kind: str, number: type = int) -> Any:
         return base(self, *args)
 
     return convert
+
+
+def _hashed(kind: type) -> Any:
+    """``kind``'s hash, which the model's code takes as a value we cannot follow (``hash(n)``,
+    ``{16: 1.0}.get(n)``, ``n in {32, 64}``): a use."""
+    base = kind.__hash__
+
+    def hash_(self: _Tracked) -> int:
+        if by_user(1):
+            self._use("a hash or a lookup")
+        return base(self)
+
+    return hash_
+
+
+def _text(op: str, kind: type) -> Any:
+    """``kind``'s ``str``/``repr``/``format``: text made of the read by the model's code is a use
+    unless it is only shown (``size_flow.converted_nowhere``: print, trusted logging, dropped)."""
+    base = getattr(kind, "__repr__" if op == "__str__" else op)
+    plain = {int: int.__int__, float: float.__float__}.get(kind, lambda t: tuple(tuple.__iter__(t)))
+
+    def text(self: _Tracked, *args: Any) -> Any:
+        if by_user(1) and not converted_nowhere(sys._getframe(1), sinks_now(), self._log.sinks):
+            self._use("a conversion to text")
+        return base(plain(self), *args)  # the plain value's text: no second hook
+
+    return text
 
 
 def _arith(op: str, kind: type = int) -> Any:
@@ -290,7 +316,6 @@ class SizeFloat(_Tracked, float):
         obj._init(sites, log)
         return obj
 
-    __hash__ = float.__hash__
 
     def _reach(self) -> None:
         """torch's code took it: a number that changes with the count (``VALUE``)."""
@@ -333,7 +358,6 @@ class SizeTuple(_Tracked, tuple):
         obj._init(sites, log)
         return obj
 
-    __hash__ = tuple.__hash__
 
     def __getitem__(self, i: Any) -> Any:
         out = tuple.__getitem__(self, i)
@@ -374,3 +398,9 @@ class SizeTuple(_Tracked, tuple):
 
 for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__"):
     setattr(SizeTuple, _op, _compare(tuple, _op))
+
+
+for _cls, _kind in ((SizeRead, int), (SizeFloat, float), (SizeTuple, tuple)):
+    _cls.__hash__ = _hashed(_kind)  # type: ignore[method-assign]
+    for _op in ("__str__", "__repr__", "__format__"):
+        setattr(_cls, _op, _text(_op, _kind))

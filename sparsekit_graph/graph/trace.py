@@ -26,9 +26,12 @@ from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
 from .rules import module_rule_for, patched_on_instance
+from .size_flow import converted_nowhere
 from .size_math import recording_math
+from .size_sinks import Sinks, sinks_now
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
+from .size_values import by_user
 from .tensor_data import recording_tensor_data
 
 __all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "trace_graph"]
@@ -153,7 +156,7 @@ def trace_graph(
         with recording_size_reads(model, modules) as sizes:
             try:
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
-                    graph = _Tracer(model, args, kwargs).trace(model, concrete_args=concrete)
+                    graph = _Tracer(model, args, kwargs, sizes.sinks).trace(model, concrete_args=concrete)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
@@ -228,12 +231,13 @@ class _Tracer(FastTracer):
     the Proxy itself as an argument, from the same bytecode instruction of the same frame. The
     call's rule then reads the length, as ``view(b, h.shape[1])``'s does."""
 
-    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sinks: Sinks) -> None:
         super().__init__()
         self._inputs = (model, args, kwargs)
         self._runner: MetaRunner | None = None
         self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
         self._buffers: dict[int, str] | None = None  # buffer id -> its path (``buffer_view``)
+        self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -390,6 +394,44 @@ class _SizeProxy(fx.Proxy):
 
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
+
+    def _converted(self, use: str, text: bool) -> Any:
+        """The number (or shape) of sizes this proxy has where the model's code (two frames
+        up) makes a hash or text of it, else None. Its node is marked ``CONTROL`` (``use``)
+        unless it is text only shown (``size_flow.converted_nowhere``): ``hash(C)``,
+        ``len(str(C))`` and ``{16: 1.0}.get(C)`` would not follow a pruned size."""
+        tracer = self.tracer
+        if not isinstance(tracer, _Tracer) or not by_user(2):
+            return None
+        value = tracer.concrete(self, None)
+        if not _numeric(value):
+            return None
+        if not (text and converted_nowhere(sys._getframe(2), sinks_now(), tracer.sinks)):
+            tracer.concrete(self, use)
+        return value
+
+    def __hash__(self) -> int:
+        value = self._converted("a hash or a lookup", text=False)
+        return object.__hash__(self) if value is None else hash(value)
+
+    def __repr__(self) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return super().__repr__() if value is None else repr(value)
+
+    def __str__(self) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return super().__repr__() if value is None else str(value)
+
+    def __format__(self, spec: str) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return object.__format__(self, spec) if value is None else format(value, spec)
+
+
+def _numeric(value: object) -> bool:
+    """A number, or a tuple of numbers (a shape): what a size read gives."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, (int, float)) for v in value)
+    return isinstance(value, (int, float))
 
 
 class _SizeAttribute(fx.proxy.Attribute, _SizeProxy):
