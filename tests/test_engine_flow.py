@@ -47,24 +47,3 @@ def test_a_failed_task_is_raised_and_the_loops_end() -> None:
         assert done.result(timeout=5) == 7
     finally:
         pool.shutdown()
-
-
-def test_a_key_queued_again_after_its_tasks_ran_is_waited_for_again() -> None:
-    pool = ThreadPoolExecutor(1)
-    try:
-        flow = Flow(pool)
-        gate, ran = threading.Event(), []
-        flow.put(0, "k", lambda sc: ran.append(1))
-        flow.wait("k")
-        assert ran == [1]
-        flow.put(0, "k", lambda sc: (gate.wait(5), ran.append(2)))
-        waiter = threading.Thread(target=flow.wait, args=("k",))
-        waiter.start()
-        waiter.join(0.2)
-        assert waiter.is_alive()  # the second task has not run: wait("k") still waits
-        gate.set()
-        waiter.join(5)
-        assert not waiter.is_alive() and ran == [1, 2]
-        flow.close()
-    finally:
-        pool.shutdown()

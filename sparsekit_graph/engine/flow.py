@@ -35,31 +35,24 @@ class Flow:
     def __init__(self, pool: ThreadPoolExecutor) -> None:
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
-        self._lock = threading.Lock()
-        self._pending: dict[Hashable, list] = {}  # key -> [tasks not yet run, set when none]: only its waiter wakes
+        self._cond = threading.Condition()
+        self._pending: dict[Hashable, int] = {}
         self._errors: list[BaseException] = []
         self._cancelled = False
         self._loops: list[Future] = [pool.submit(self._loop) for _ in range(pool._max_workers)]  # noqa: SLF001
 
     def put(self, priority: int, key: Hashable, fn: Callable[[Scratch], None]) -> None:
         """Queue ``fn`` (given its thread's scratch); ``wait(key)`` returns once every task of ``key`` ran."""
-        with self._lock:
-            entry = self._pending.get(key)
-            if entry is None:
-                self._pending[key] = [1, threading.Event()]
-            else:
-                if not entry[0]:  # its earlier tasks already ran (a worker took them while more were queued)
-                    entry[1].clear()
-                entry[0] += 1
+        with self._cond:
+            self._pending[key] = self._pending.get(key, 0) + 1
         self._queue.put((priority, next(self._order), key, fn))
 
     def wait(self, key: Hashable) -> None:
         """Until every task queued under ``key`` has run; raises the first task's error, if any."""
-        entry = self._pending.get(key)
-        if entry is not None:
-            entry[1].wait()
-        if self._errors:
-            raise self._errors[0]
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending.get(key) or bool(self._errors))
+            if self._errors:
+                raise self._errors[0]
 
     def close(self, cancel: bool = False) -> None:
         """Run what is queued (skip it if ``cancel``), stop the loops, raise the first task's error."""
@@ -81,13 +74,10 @@ class Flow:
                 if not (self._errors or self._cancelled):
                     fn(scratch)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                with self._lock:
+                with self._cond:
                     self._errors.append(e)
-                    for entry in self._pending.values():  # every waiter wakes to raise it
-                        entry[1].set()
             finally:
-                with self._lock:
-                    entry = self._pending[key]
-                    entry[0] -= 1
-                    if not entry[0]:
-                        entry[1].set()
+                with self._cond:
+                    self._pending[key] -= 1
+                    if not self._pending[key]:
+                        self._cond.notify_all()
