@@ -16,8 +16,8 @@ process's CPU time (``time.process_time``) at one thread, contenders round robin
 pinned as in ``engine.py`` (the script re-executes itself with ``STEADY_MALLOC`` set). With
 ``--before REV`` the package as of ``REV`` (``git archive``) is imported beside ours and builds its
 own couplings over the same model. Printed per layout: the median of ``--repeats`` rounds per
-contender and the ratio to Adam's median (and of the minima, and of the 25th percentiles);
-``--profile`` adds torch.profiler's top ops and cProfile's top functions of one call of ours.
+contender and the ratio to Adam's median; ``--profile`` adds torch.profiler's top ops and cProfile's
+top functions of one call of ours.
 """
 
 from __future__ import annotations
@@ -132,10 +132,7 @@ def run(
     nb = sum(c.numblk() for c in ours)
     for label, got in (("process", times), ("wall", walls)):
         med = {k: statistics.median(v) for k, v in got.items()}
-        low = {k: sorted(v)[: max(1, len(v) // 4 + 1)] for k, v in got.items()}  # min .. p25
-        ratio = {k: (v / med["adam"], low[k][0] / low["adam"][0], low[k][-1] / low["adam"][-1]) for k, v in med.items()}
-        form = "{} {:7.2f} ms ({:.2f}x; min {:.2f}x, p25 {:.2f}x)"
-        cells = "  ".join(form.format(k, 1e3 * v, *ratio[k]) for k, v in med.items())
+        cells = "  ".join(f"{k} {1e3 * v:7.2f} ms ({v / med['adam']:.2f}x)" for k, v in med.items())
         how = "c.soft_threshold in order" if each else "soft_threshold_all"
         print(
             f"{which} ({len(ours)} couplings, {nb} blocks), {prox} {how}, {label} time, median of {repeats}: {cells}", flush=True

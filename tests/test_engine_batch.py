@@ -140,14 +140,14 @@ def test_repeated_calls_read_the_parameters_current_tensors() -> None:
 
 
 def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With 2 intra-op threads the weights' reads and writes run on 2 workers as one stream (one
-    intra-op thread each; the big 3x3 weights in row chunks), the calling thread's own kernels on one
-    intra-op thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was."""
+    """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
+    each; the big 3x3 weights in row chunks), the calling thread's own kernels on one intra-op
+    thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was."""
     from sparsekit_graph.engine import batch, sweeps, workers
 
-    seen: list[int] = []  # the calling thread's intra-op threads while it waits for the workers' sums
-    sums = batch._Flowing.sums
-    monkeypatch.setattr(batch._Flowing, "sums", lambda *a: (seen.append(torch.get_num_threads()), sums(*a))[1])
+    seen: list[int] = []  # the calling thread's intra-op threads while it hands the reads to the workers
+    split = sweeps.sums_split
+    monkeypatch.setattr(sweeps, "sums_split", lambda *a: (seen.append(torch.get_num_threads()), split(*a))[1])
 
     model = torchvision.models.resnet18(num_classes=10)
     plan = skg.plan(model, torch.randn(1, 3, 32, 32))

@@ -15,19 +15,14 @@ both groups come from one read and its two scalings are applied in one write:
   (while the chunk is in cache) the later one's, the order and rounding of the calls in order.
 
 The per-weight kernels (``engine/sweeps.py``) square chunk by chunk into one cache-sized scratch
-buffer: no full-size temporary. A weight is written only once every read of it is done, so every
-parameter's first read (its norms for its first coupling, or ``M``) needs no factor and all of them
-can start at once; each wave then adds only the later couplings' weighted sums (from ``M``, or a
-1x1 weight read again).
+buffer: no full-size temporary. Nothing is written before the end, so every parameter's first read
+(its norms for its first coupling, or ``M``) needs no factor and all of them go in one batch; each
+wave then adds only the later couplings' weighted sums (from ``M``, or a 1x1 weight read again).
 With more than one torch intra-op thread on CPU (and ``SPLIT``), the parallelism is across weights
-rather than inside each kernel: worker threads, as many as torch's intra-op threads, run each kernel
-on one intra-op thread (the big 3x3 weights' ``M`` and big shared weights' writes in their row
-chunks), so no kernel waits at an OpenMP barrier for a descheduled thread, and the bits are the
-one-thread path's. They take the kernels as one stream (``engine/flow.py``), not three batches: the
-first reads are queued at once in the order the waves need them, a 1x1 weight's re-read as soon as
-the factor it weighs by is known, a weight's write as soon as both of its factors are, so the
-workers read and write other weights while the calling thread computes a wave's factors, and there
-is one barrier (the end) instead of one per batch and wave. Meanwhile the
+rather than inside each kernel: the first reads, each wave's re-reads, then all the writes,
+are spread over that many worker threads that run each kernel on one intra-op thread (the big 3x3
+weights' ``M`` and big shared weights' writes in their row chunks), so no kernel waits at an
+OpenMP barrier for a descheduled thread, and the bits are the one-thread path's. Meanwhile the
 calling thread's own kernels (sums of ``M``, shrink factors) run on one intra-op thread too: at
 more, each would wake its OpenMP team, whose threads then spin on the cores the workers need
 (on the project's 2-core machine under other jobs' load, 3.2-6.9x the wall time, A/B in one process);
@@ -51,7 +46,6 @@ from torch import Tensor
 from ..errors import SparseKitError
 from . import sweeps
 from .block import BlockValues, SparseBlock
-from .flow import Flow
 from .sweeps import Param, Use
 from .waves import conditioned_all
 from .workers import caller_on_one_thread, worker_pool
@@ -237,97 +231,45 @@ def _solve(
     vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
     flat = [p.uses[0].x.view(-1) for p in vectors]
     squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
-    heavy = [p for p in params if id(p) not in squares]
-    waves = _waves(uses_of)
-    if pool is None or sum(p.uses[0].x.numel() for p in heavy) < sweeps.CHUNK:
-        run: _Serial | _Flowing = _Serial(heavy, scratch)
+    # every parameter's first use needs no factor (nothing is written before the end): all of them at once
+    first = _sums([(p, 0) for p in params if id(p) not in squares], scratch, pool)
+    for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
+        later = [(p, j) for ci in wave for p, j in uses_of[ci] if j == 1 and id(p) not in squares]
+        got = {id(p): sweeps.sumsq(p, j, scratch) for p, j in later if p.m is not None}  # from M: small
+        got.update(_sums([(p, j) for p, j in later if p.m is None], scratch, pool))  # a 1x1 weight read again
+        sums = []
+        for ci in wave:
+            parts = [squares[id(p)] if id(p) in squares else (got if j else first)[id(p)] for p, j in uses_of[ci]]
+            sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
+        tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
+        norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
+        scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
+        if floor > 0:
+            scale = torch.where(norm > tau + floor, scale, 0.0)
+        single = scale.float()
+        square = single.square()  # the weights a later coupling's sums of a shared parameter take
+        at = 0
+        for ci, sq in zip(wave, sums):
+            cut = slice(at, at + sq.numel())
+            at = cut.stop
+            factors = (scale[cut], single[cut], square[cut])
+            for p, j in uses_of[ci]:
+                p.factors[j] = factors
+    if flat:
+        torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
+    writes = [p for p in params if id(p) not in squares]
+    if pool is None or sum(p.uses[0].x.numel() for p in writes) < sweeps.CHUNK:
+        for p in writes:
+            sweeps.write(p)
     else:
-        first_wave = {ci: k for k, wave in enumerate(waves) for ci in wave}
-        run = _Flowing(heavy, pool, [first_wave[p.uses[0].coupling] for p in heavy], scratch)
-    try:
-        for wave in waves:  # a wave's shrink factors in one set of kernels
-            sums = []
-            for ci in wave:
-                parts = [squares[id(p)] if id(p) in squares else run.sums(p, j) for p, j in uses_of[ci]]
-                sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
-            tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
-            norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
-            scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
-            if floor > 0:
-                scale = torch.where(norm > tau + floor, scale, 0.0)
-            single = scale.float()
-            square = single.square()  # the weights a later coupling's sums of a shared parameter take
-            at = 0
-            for ci, sq in zip(wave, sums):
-                cut = slice(at, at + sq.numel())
-                at = cut.stop
-                factors = (scale[cut], single[cut], square[cut])
-                for p, j in uses_of[ci]:
-                    p.factors[j] = factors
-                    if id(p) not in squares:
-                        run.factored(p, j)
-        if flat:
-            torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
-    except BaseException:
-        run.close(cancel=True)
-        raise
-    run.close()
+        sweeps.writes_split(writes, pool)
 
 
-class _Serial:
-    """Every weight's kernels on the calling thread: first reads at once, re-reads as asked, writes at the end."""
-
-    def __init__(self, heavy: list[Param], scratch: sweeps.Scratch) -> None:
-        self.heavy, self.scratch = heavy, scratch
-        self.first = sweeps.sums([(p, 0) for p in heavy], scratch)  # nothing is written before the end: no factor
-
-    def sums(self, p: Param, j: int) -> Tensor:
-        return self.first[id(p)] if j == 0 else sweeps.sumsq(p, j, self.scratch)  # a later use: from M, or read again
-
-    def factored(self, p: Param, j: int) -> None:
-        pass
-
-    def close(self, cancel: bool = False) -> None:
-        if not cancel:
-            for p in self.heavy:
-                sweeps.write(p)
-
-
-_REREAD, _WRITE = 0, 1 << 20  # queue priorities: re-reads first, then first reads by wave (1 + wave), then writes
-
-
-class _Flowing:
-    """Every weight's kernels on the worker threads as one stream (``engine/flow.py``): first reads
-    queued at the start in the order the waves need them (a big 3x3 weight's ``M`` in row chunks), a
-    1x1 weight's re-read as soon as its first coupling's factors are known, a write as soon as both
-    are; the caller waits only for the sums of the wave it is at, and computes ``M``'s on itself."""
-
-    def __init__(self, heavy: list[Param], pool: ThreadPoolExecutor, waves: list[int], scratch: sweeps.Scratch) -> None:
-        self.flow, self.scratch = Flow(pool), scratch
-        self.got: dict[tuple[int, int], Tensor] = {}
-        for wave, p in sorted(zip(waves, heavy), key=lambda wp: wp[0]):
-            for fn in sweeps.first_read(p, self._keep):
-                self.flow.put(1 + wave, (id(p), 0), fn)
-
-    def _keep(self, p: Param, j: int, sums: Tensor) -> None:
-        self.got[id(p), j] = sums
-
-    def sums(self, p: Param, j: int) -> Tensor:
-        if j == 1 and p.mat is not None and p.mat.shape[2] > 1:
-            return sweeps.sumsq(p, j, self.scratch)  # from M, complete since the first use's wave
-        self.flow.wait((id(p), j))
-        got = self.got.get((id(p), j))
-        return got if got is not None else sweeps.sumsq(p, j, self.scratch)  # M's row or column sums (M in chunks)
-
-    def factored(self, p: Param, j: int) -> None:
-        if len(p.factors) == len(p.uses):  # every read of it is done: its write
-            for fn in sweeps.write_tasks(p):
-                self.flow.put(_WRITE, (id(p), "write"), fn)
-        elif p.mat is not None and p.mat.shape[2] == 1:  # a 1x1 weight's later use, weighted by this factor
-            self.flow.put(_REREAD, (id(p), 1), lambda sc, p=p: self._keep(p, 1, sweeps.sumsq(p, 1, sc)))
-
-    def close(self, cancel: bool = False) -> None:
-        self.flow.close(cancel)
+def _sums(reads: list[tuple[Param, int]], scratch: sweeps.Scratch, pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:
+    """``sweeps.sumsq`` of each read, keyed by parameter: on the pool unless too small to hand off."""
+    if pool is None or sum(p.uses[j].x.numel() for p, j in reads) < sweeps.CHUNK:
+        return sweeps.sums(reads, scratch)
+    return sweeps.sums_split(reads, pool)
 
 
 # -- across weights: the reads and the writes on a few threads, one intra-op thread each ------------

@@ -5,20 +5,22 @@ that is one coupling's rows and a later one's columns also has its ``(O, I, K)``
 gives ``M[o, i] = sum_k w[o, i, k]^2`` (a 1x1 weight is read again for the later coupling's weighted
 sums instead of storing ``M``), and its write applies both couplings' factors chunk by chunk, the
 earlier one's first. Squares go through one cache-sized scratch buffer per thread: no full-size
-temporary. ``first_read`` and ``write_tasks`` cut the same kernels into jobs for worker threads of
-one intra-op thread each (``engine/flow.py``; a big 3x3 weight's ``M`` and a big shared weight's
-write in row chunks), with the one-thread path's bits.
+temporary. ``sums_split`` and ``writes_split`` spread the same kernels over worker threads of one
+intra-op thread each (a big 3x3 weight's ``M`` and a big shared weight's write in row chunks), with
+the one-thread path's bits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "Job", "Param", "Scratch", "Use", "first_read", "sums", "sumsq", "write", "write_tasks"]
+from .workers import Task, run_balanced
+
+__all__ = ["CHUNK", "Param", "Scratch", "Use", "sums", "sums_split", "sumsq", "write", "writes_split"]
 
 CHUNK = 1 << 19  # scratch elements on CPU (2 MiB of float32: L3 at 1 thread, a core's 1 MiB L2 each at 2; 1 MiB was ~4% slower)
 
@@ -154,21 +156,35 @@ def write(p: Param, only: slice | None = None) -> None:
             chunk.mul_(cols).mul_(rows[s])
 
 
-Job = Callable[[Scratch], None]  # one kernel's work, given its thread's scratch
+_Task = Task[Scratch]
+
+
+def _run(tasks: list[_Task], pool: ThreadPoolExecutor) -> None:
+    run_balanced(tasks, pool, Scratch)
 
 
 def sums(reads: list[tuple[Param, int]], scratch: Scratch) -> dict[int, Tensor]:
     return {id(p): sumsq(p, j, scratch) for p, j in reads}
 
 
-def first_read(p: Param, keep: Callable[[Param, int, Tensor], None]) -> list[Job]:
-    """The jobs of ``p``'s first read: a big 3x3 weight's ``M`` in row chunks (its sums are then
-    ``M``'s, taken by the caller), else one job that hands ``keep`` the sums."""
-    if p.mat is not None and p.mat.shape[2] > 1 and p.mat.numel() > CHUNK:
-        o, i, k = p.mat.shape
-        p.m = m = torch.empty(o, i, dtype=torch.float32, device=p.mat.device)
-        return [lambda sc, s=s: _block_sumsq_rows(p.mat, m, s, sc) for s in _steps(o, i * k, p.mat.device)]
-    return [lambda sc: keep(p, 0, sumsq(p, 0, sc))]
+def sums_split(reads: list[tuple[Param, int]], pool: ThreadPoolExecutor) -> dict[int, Tensor]:
+    """``reads`` on the pool: a big 3x3 weight's ``M`` in row chunks, every other read whole."""
+    got: dict[int, Tensor] = {}
+    tasks: list[_Task] = []
+    later: list[tuple[Param, int]] = []
+    for p, j in reads:
+        if p.mat is not None and p.mat.shape[2] > 1 and p.m is None and p.mat.numel() > CHUNK:
+            o, i, k = p.mat.shape
+            p.m = torch.empty(o, i, dtype=torch.float32)
+            for s in _steps(o, i * k, p.mat.device):
+                tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: _block_sumsq_rows(p.mat, p.m, s, sc)))
+            later.append((p, j))
+        else:
+            tasks.append((p.uses[j].x.numel(), lambda sc, p=p, j=j: got.__setitem__(id(p), sumsq(p, j, sc))))
+    _run(tasks, pool)
+    for p, j in later:  # M's row or column sums (small)
+        got[id(p)] = sumsq(p, j, Scratch())
+    return got
 
 
 def _block_sumsq_rows(mat: Tensor, out: Tensor, s: slice, scratch: Scratch) -> None:
@@ -179,9 +195,14 @@ def _block_sumsq_rows(mat: Tensor, out: Tensor, s: slice, scratch: Scratch) -> N
     torch.mv(sq.view(-1, k), scratch.ones(k, mat), out=out[s].view(-1))
 
 
-def write_tasks(p: Param) -> list[Job]:
-    """The jobs of ``write(p)``: a big two-use weight in row chunks."""
-    if p.mat is None or p.mat.numel() <= CHUNK:
-        return [lambda sc: write(p)]
-    o, i, k = p.mat.shape
-    return [lambda sc, s=s: write(p, s) for s in _steps(o, i * k, p.mat.device)]
+def writes_split(writes: list[Param], pool: ThreadPoolExecutor) -> None:
+    """``write`` of every parameter on the pool, big two-use weights in row chunks."""
+    tasks: list[_Task] = []
+    for p in writes:
+        if p.mat is None or p.mat.numel() <= CHUNK:
+            tasks.append((p.uses[0].x.numel(), lambda sc, p=p: write(p)))
+            continue
+        o, i, k = p.mat.shape
+        for s in _steps(o, i * k, p.mat.device):
+            tasks.append((i * k * (s.stop - s.start), lambda sc, p=p, s=s: write(p, s)))
+    _run(tasks, pool)

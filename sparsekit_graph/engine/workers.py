@@ -3,20 +3,24 @@
 On a CPU with few cores, a mid-size kernel split over every intra-op thread waits at an OpenMP
 barrier for whichever thread was descheduled; running whole kernels side by side, one thread
 each, does not. ``worker_pool(n)`` gives ``n`` such threads (one pool per process and size: a
-forked child's copy of a pool has no threads); ``engine/flow.py`` feeds them.
+forked child's copy of a pool has no threads), ``run_balanced`` spreads tasks over them.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
-__all__ = ["NAP", "caller_on_one_thread", "nap_team", "worker_pool"]
+__all__ = ["NAP", "Task", "caller_on_one_thread", "nap_team", "run_balanced", "worker_pool"]
+
+S = TypeVar("S")
+Task = tuple[int, Callable[[S], None]]  # (elements it reads, the work, given its thread's state)
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads)
 _LOCK = threading.Lock()
@@ -44,6 +48,26 @@ def worker_pool(n: int) -> ThreadPoolExecutor:
             torch.set_num_threads(n)  # the workers set torch's process-wide count to 1: back to n (this thread's is n)
             _POOLS[os.getpid(), n] = pool
     return pool
+
+
+def run_balanced(tasks: list[Task[S]], pool: ThreadPoolExecutor, state: Callable[[], S]) -> None:
+    """``tasks`` on the pool's threads, the largest first, each to the least loaded thread; the
+    tasks of one thread share one ``state()`` (a scratch buffer)."""
+    n = pool._max_workers  # noqa: SLF001 - the size it was made with
+    bins: list[list[Callable[[S], None]]] = [[] for _ in range(n)]
+    load = [0] * n
+    for size, fn in sorted(tasks, key=lambda t: -t[0]):
+        b = load.index(min(load))
+        bins[b].append(fn)
+        load[b] += size
+
+    def work(fns: list[Callable[[S], None]]) -> None:
+        own = state()
+        for fn in fns:
+            fn(own)
+
+    for f in [pool.submit(work, fns) for fns in bins if fns]:
+        f.result()
 
 
 def _cpus() -> int:
