@@ -150,12 +150,26 @@ def _chunk_count(s: nn.Module, h: Tensor) -> Tensor:
     return sum(h.chunk(h.shape[1] // 4, 1))  # 4 chunks of 4 at 16 channels
 
 
-def test_chunk_count_from_shape() -> None:
-    """``sum(h.chunk(h.shape[1] // 4, 1))``: the plan offers ``a:out`` (4 channels of 4) as
-    prunable and zero-invariant, but prune refuses (head expects the chunk width it was planned
-    with). Root cause: ``length_uses`` ties the chunk *count* to the length but the planner groups
-    it as if the chunk *width* were fixed; the same with ``split_size`` works."""
-    _holds(Net(_chunk_count), "a:out", keep=2)
+def _chunk_count_of_layer(s: nn.Module, h: Tensor) -> Tensor:
+    return sum(h.chunk(s.a.out_channels // 4, 1))  # the count read off the layer, not the tensor
+
+
+@pytest.mark.parametrize("fn", [_chunk_count, _chunk_count_of_layer], ids=["shape", "layer_attribute"])
+def test_chunk_count_from_shape(fn: Callable[..., Tensor]) -> None:
+    """``sum(h.chunk(h.shape[1] // 4, 1))`` (or ``conv.out_channels // 4``): the plan offered
+    ``a:out`` (4 channels of 4) as prunable and zero-invariant, but prune refused (head expects
+    the chunk width it was planned with): a count made from a length changes with pruning, so the
+    parts are not equal parts of a fixed count; the same with ``split_size`` works."""
+    _holds(Net(fn), "a:out", keep=2)
+
+
+def test_a_literal_or_attribute_chunk_count_still_prunes() -> None:
+    """``chunk(4)`` and ``chunk(self.n)`` (a plain attribute, no layer size) keep equal parts of
+    a fixed count: position ``p`` of every part prunes together."""
+    for fn in (lambda s, h: sum(h.chunk(4, 1)), lambda s, h: sum(h.chunk(s.n, dim=1))):
+        plan = skg.plan(Net(fn, n=4).eval(), torch.randn(*X))
+        assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant
+        _holds(Net(fn, n=4), "a:out", keep=2)
 
 
 class _BufferMask(nn.Module):

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .axes import AxisId
 from .context import RuleContext
+from .meta import SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index
@@ -148,9 +149,9 @@ def split(ctx: RuleContext) -> None:
     sizes = [ctx.graph.size(p[dim]) for p in parts]
     counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
     is_chunk = (
-        (counted and isinstance(how, int))
+        (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
-        or (isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
+        or (not counted and isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
         return
@@ -177,6 +178,12 @@ def _head_parts(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId])
         return False
     starts = np.cumsum([0, *sizes[:-1]]).tolist()
     return all([heads_part(ctx, src, part, start) for part, start in zip(parts, starts)])
+
+
+def _read_count(ctx: RuleContext, count: int) -> bool:
+    """Was the part count computed from a layer's size (``chunk(conv.out_channels // 4)``)? Then
+    pruning changes how many parts there are, not their width: not equal parts of a fixed count."""
+    return isinstance(count, ReadInt) or bool((ctx.node.meta.get(SIZE_READS) or {}).get(count))
 
 
 def _length_over(ctx: RuleContext, x: object, axis: object, parts: int) -> bool:
