@@ -292,3 +292,18 @@ def test_size_read_spellings_plan_alike(plain: Callable[..., Tensor], other: Cal
     """``len(w)`` is ``w.shape[0]`` and ``w.nelement()`` is ``w.numel()``: the same pins. Root cause:
     ``param_reads`` models ``shape``/``size``/``numel`` but not ``len`` or ``nelement``."""
     assert _pinned(other) == _pinned(plain)
+
+
+def _scale_by_width(s: nn.Module, h: Tensor) -> Tensor:
+    return nn.functional.interpolate(h, scale_factor=s.a.out_channels / 8)  # 2x at 16 channels
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a float made from a layer size (SizeFloat) reaching an op costs zero-invariance only "
+    "(size_values.VALUE), even where the op takes it as a size (interpolate's scale_factor)",
+)
+def test_a_scale_factor_from_a_layer_size_pins() -> None:
+    """``interpolate(h, scale_factor=conv.out_channels / 8)``: pruning ``a`` changes the output's
+    spatial size, so ``a:out`` must pin (today it is planned prunable and prune refuses)."""
+    _holds(Net(_scale_by_width), "a:out", keep=8)
