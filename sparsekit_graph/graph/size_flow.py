@@ -416,7 +416,7 @@ def _step(
         shown = (x.argrepr == "+" and _text(lhs) and _text(rhs)) or (x.argrepr == "%" and _text(lhs) and lhs != T)
         used(*(() if shown else (lhs, rhs)))
         return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
-    if op == "BINARY_SUBSCR":  # ``h.shape[1]``: a value this walk does not know
+    if op in ("BINARY_SUBSCR", "COMPARE_OP", "IS_OP", "CONTAINS_OP"):  # ``h.shape[1]``, ``h == n``: a value unknown here
         used(*pop(2))
         return [(nxt, [*st, U])]
     if op in _CALLS:
@@ -497,6 +497,12 @@ def _call(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...] | Non
         if vals[2] != T or not print_trusted(stream, *trust) or not plain_write(getattr(trust[0], stream)):
             raise _Fail
         return T  # the count of characters written: a length of the shown read
+    if names is not None and getattr(fn, "__wrapped__", fn) is torch._assert:  # the message shows only if the check fails
+        positional = len(vals) - 2 - len(names)
+        message = 3 if positional >= 2 else 2 + positional + names.index("message") if "message" in names else -1
+        if any(v == T for i, v in enumerate(vals) if i >= 2 and i != message):
+            raise _Fail
+        return U
     if names is None or trust is None or not any(fn is f for f in _SINKS):
         raise _Fail
     at, base = trust
