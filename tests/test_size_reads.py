@@ -384,3 +384,44 @@ def test_a_size_read_from_a_resizing_layer_follows_it(literal: bool, tmp_path: P
         assert any(m.param == "bias.table" and m.axis == 1 for m in heads.members), heads
     result = check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
     assert result.model.bias.bias_shape[-1] == result.model.bias.table.shape[-1] == (2 if literal else 1)
+
+
+class Segments(nn.Module):
+    """Two convs (and ``pad`` constant channels) concatenated into one depthwise conv called
+    functionally with ``groups=self.dw.groups``: the attribute is the sum of the segments."""
+
+    def __init__(self, pad: int, export: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.pad, self.export = pad, export
+        self.dw = nn.Conv2d(10 + pad, 10 + pad, 3, padding=1, groups=10 + pad)
+        self.head = nn.Conv2d(10 + pad, 5, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.cat([self.a(x), self.b(x)], dim=1)
+        if self.pad:
+            h = nn.functional.pad(h, (0, 0, 0, 0, 0, self.pad))
+        if self.export and h.is_cuda:
+            h = h.contiguous()
+        h = nn.functional.conv2d(h, self.dw.weight, self.dw.bias, padding=self.dw.padding, groups=self.dw.groups)
+        return self.head(torch.relu(h))
+
+
+@pytest.mark.parametrize("pad", [0, 2])
+@pytest.mark.parametrize("export", PATHS)
+def test_a_size_attribute_summing_segments_of_one_axis_prunes_each(pad: int, export: bool, tmp_path: Path) -> None:
+    """``F.conv2d(cat([a, b, pad]), w, groups=self.dw.groups)``: ``groups`` counts one axis made
+    of segments; each segment lowers it by what it removes (a pinned one by nothing), so neither
+    a pinned padding nor a segment of another size pins the rest (``shared_sizes.segment_sizes``).
+    Before, the padding's pin spread to ``a`` and ``b`` through the shared attribute. Under
+    torch.export the count is a literal no rule can follow: the depthwise call pins (safe)."""
+    model, x = Segments(pad, export), torch.randn(*X4)
+    plan = skg.plan(model, x)
+    if export:
+        assert "literal group count" in (plan.group("a:out").reason or ""), plan.group("a:out")
+        return
+    assert plan.group("a:out").prunable and plan.group("b:out").prunable, plan.groups
+    assert not [t for t in plan.ties if {p.group for p in t.parts} >= {"a:out", "b:out"}], plan.ties
+    result = check_oracle(model, x, tmp_path)
+    kept = result.model.a.out_channels + result.model.b.out_channels + pad
+    assert result.model.dw.groups == kept == result.model.dw.in_channels < 10 + pad

@@ -11,21 +11,56 @@ there the export probe prunes a copy and pins what actually breaks.
 A module's own attribute (``self.num_heads``) that sizes several prunable groups holds one
 value for all of them: ``ties.shared_size_ties`` ties them where they are equally sized and
 count it alike; ``pin_untied_sizes`` pins them where they cannot be tied.
+
+Except where the groups are segments of the same axes (``segment_sizes``): ``F.conv2d(torch.cat
+([a, pad]), w, groups=self.dw.groups)`` sizes one axis by ``groups``, the sum of both segments.
+Each segment lowers it by what it removes; a pinned one lowers it by nothing.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
 from .schema import Group
 
-__all__ = ["pin_shared_sizes", "pin_untied_sizes"]
+__all__ = ["pin_shared_sizes", "pin_untied_sizes", "segment_sizes", "size_drops"]
+
+
+def segment_sizes(groups: Iterable[Group]) -> set[tuple[str, str]]:
+    """The size attributes (owner, attr) that only size axes every group counting them is a
+    segment of: all list the same traced axes as ``uses``. Such an attribute is the sum of its
+    groups' channels on each axis, so each group lowers it by its own share, independently."""
+    uses: dict[tuple[str, str], set[tuple[str, ...]]] = defaultdict(set)
+    for g in groups:
+        for r in g.sizes:
+            uses[(r.owner, r.attr)].add(tuple(sorted(r.uses)))
+    return {key for key, found in uses.items() if len(found) == 1 and all(found)}
+
+
+def size_drops(groups: list[Group], removed: Mapping[str, int]) -> dict[tuple[str, str, str], int]:
+    """How much each group's size attributes drop, keyed (group, owner, attr), when the groups
+    lose ``removed`` channels (by group name): the group's own share, or for a sum of segments
+    (``segment_sizes``) all their shares."""
+    summed = segment_sizes(groups)
+    total: dict[tuple[str, str], int] = defaultdict(int)
+    for g in groups:
+        for r in g.sizes:
+            total[(r.owner, r.attr)] += r.lowered_by(removed.get(g.name, 0))
+    return {
+        (g.name, r.owner, r.attr): total[(r.owner, r.attr)] if (r.owner, r.attr) in summed else r.lowered_by(removed.get(g.name, 0))
+        for g in groups
+        for r in g.sizes
+    }
 
 
 def pin_shared_sizes(groups: list[Group]) -> list[Group]:
     """``groups`` with every prunable group that shares a size attribute with a pinned one pinned."""
+    summed = segment_sizes(groups)
     changed = True
     while changed:
         changed = False
-        fixed = {(r.owner, r.attr): g.name for g in groups if not g.prunable for r in g.sizes}
+        fixed = {(r.owner, r.attr): g.name for g in groups if not g.prunable for r in g.sizes if (r.owner, r.attr) not in summed}
         if not fixed:
             return groups
         out = []
@@ -45,10 +80,11 @@ def pin_untied_sizes(groups: list[Group]) -> list[Group]:
     """``groups`` with the prunable groups pinned that share a module's own size attribute (not
     a config's: ``ties.shared_size_ties`` handles those) but differ in size or in how they count
     it, so no count tie keeps the attribute one value."""
+    summed = segment_sizes(groups)
     by_attr: dict[tuple[str, str], list[tuple[Group, tuple[int, int]]]] = {}
     for g in groups:
         for r in g.sizes if g.prunable else ():
-            if not (r.owner == "config" or r.owner.endswith(".config")):
+            if not (r.owner == "config" or r.owner.endswith(".config") or (r.owner, r.attr) in summed):
                 by_attr.setdefault((r.owner, r.attr), []).append((g, (r.per_channel, r.every)))
     reasons: dict[str, str] = {}
     for (owner, attr), found in by_attr.items():

@@ -40,10 +40,14 @@ def shared_size_ties(groups: list[Group], read: Collection[Any], exported: bool 
     (otherwise ``shared_sizes.pin_untied_sizes`` pins them on torch.fx graphs, and ``prune``
     rejects counts that disagree under torch.export, as before)."""
     from .schema import Tie, TiePart  # schema imports this module
+    from .shared_sizes import segment_sizes
 
+    summed = segment_sizes(groups)  # segments of one axis: each lowers the sum by its own share
     by_attr: dict[tuple[str, str], list[Group]] = {}
     for g in (g for g in groups if g.prunable):
         for ref in g.sizes:
+            if (ref.owner, ref.attr) in summed:
+                continue
             if (_is_config(ref.owner) and _source(ref) in read) or not (_is_config(ref.owner) or exported):
                 found = by_attr.setdefault((ref.owner, ref.attr), [])
                 if g not in found:

@@ -14,6 +14,7 @@ from ..graph.export import CONSTANT_VALUE
 from ..graph.meta import META
 from ..graph.sizes import module_stack
 from ..plan.schema import Plan
+from ..plan.shared_sizes import size_drops
 
 __all__ = ["changed_numbers", "check_pruned", "compensated", "same_code", "same_outputs", "sizes_followed"]
 
@@ -33,6 +34,7 @@ def sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after
     or one config object that blocks read while they kept different counts, fails here."""
     old = {n.name: n.meta.get(META) for n in before.nodes}
     new = {name: n.meta.get(META) for name, n in _same_sites(before, after).items()}  # a code path gone (n_rep 1)
+    drops = size_drops(plan.groups, {name: int(m.sum()) for name, m in masks.items()})
     for g in plan.groups:
         removed = int(masks[g.name].sum()) if g.name in masks else 0
         for ref in g.sizes:
@@ -41,7 +43,7 @@ def sizes_followed(plan: Plan, masks: dict[str, Tensor], before: fx.Graph, after
                 a, b = old.get(node), new.get(node)
                 if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or int(axis) >= min(a.ndim, b.ndim):
                     continue
-                want = a.shape[int(axis)] - ref.lowered_by(removed)
+                want = a.shape[int(axis)] - drops[(g.name, ref.owner, ref.attr)]
                 if b.shape[int(axis)] != want:
                     raise SparseKitError(
                         f"after pruning group {g.name}, axis {axis} of node {node} has size {b.shape[int(axis)]}, not "

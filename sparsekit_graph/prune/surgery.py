@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import SparseKitError
 from ..plan.schema import Plan
+from ..plan.shared_sizes import size_drops
 from ..registry import RESIZERS, by_type, registrar
 from .embed_scale import rescale_embeddings
 from .scales import rescale_queries
@@ -101,16 +102,16 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
     the value) yields to prunable groups that agree: a literal a pinned axis only happened to
     share with the attribute (StableLM's rotary slice ``q[..., :4]`` beside ``num_heads = 4``)
     must not keep the heads' count; where the pinned axis truly reads it, the structure check
-    fails loudly."""
+    fails loudly. An attribute that sums segments of one axis (``shared_sizes.segment_sizes``)
+    drops by every segment's share."""
     modules = dict(model.named_modules())
+    drops = size_drops(plan.groups, {name: int(m.sum()) for name, m in masks.items()})
     proposals: dict[tuple[int, str], tuple[object, set, set]] = {}  # (holder, prunable's values, pinned's)
     for g in plan.groups:
-        mask = masks.get(g.name)
-        removed = int(mask.sum()) if mask is not None else 0
         for ref in g.sizes:
             holder = _owner(model, modules, ref.owner)
             old = getattr(holder, ref.attr, None)
-            by = ref.lowered_by(removed)
+            by = drops[(g.name, ref.owner, ref.attr)]
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
             if new is not None:
                 proposals.setdefault((id(holder), ref.attr), (holder, set(), set()))[1 if g.prunable else 2].add(new)
