@@ -2,8 +2,8 @@
 
 From one CPU state (ResNet-50 by default, two real training steps of SGD(momentum) or AdamW on random
 images), the model and optimizer are copied to the device; ``ProximalStep.step()`` (SGD:
-Euclidean, AdamW: conditioned) and ``soft_threshold`` over ``bind(plan)`` (Euclidean, and
-conditioned with Adam's denominator) run on both from the same state. Printed per case: the
+Euclidean, AdamW: conditioned), and ``soft_threshold`` coupling by coupling and ``soft_threshold_all``
+over ``bind(plan)`` (Euclidean, and conditioned with Adam's denominator) run on both from the same state. Printed per case: the
 largest per-parameter relative difference ``||x_dev - x_cpu|| / ||x_cpu||`` (bar: 1e-5) and the
 median time of the call on each side (weights and optimizer state restored before every call),
 next to one training step (forward + backward + ``optimizer.step()``) at batch 16, 224x224 on the
@@ -25,6 +25,7 @@ import torchvision
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.engine import soft_threshold_all
 
 BAR = 1e-5
 
@@ -141,13 +142,16 @@ def main() -> None:
                 call = lambda gs=groups, ts=taus, hs=hs: [c.soft_threshold(t, h) for c, t, h in zip(gs, ts, hs)]  # noqa: E731
                 what = "soft_threshold(h), bind(plan)"
             else:
+                hs = None
                 call = lambda gs=groups, ts=taus: [c.soft_threshold(t) for c, t in zip(gs, ts)]  # noqa: E731
                 what = "soft_threshold, bind(plan)"
-            t = _time(call, s.restore, d, args.repeats)
-            s.restore()
-            call()
-            rows.setdefault(f"{what}, {label.split()[0]} state", {})[d] = (t, copy.deepcopy(s.model).cpu())
-            s.restore()
+            batched = lambda gs=groups, ts=taus, hs=hs: soft_threshold_all(gs, ts, hs)  # noqa: E731
+            for case, fn in ((what, call), (f"soft_threshold_all{what[len('soft_threshold'):]}", batched)):
+                t = _time(fn, s.restore, d, args.repeats)
+                s.restore()
+                fn()
+                rows.setdefault(f"{case}, {label.split()[0]} state", {})[d] = (t, copy.deepcopy(s.model).cpu())
+                s.restore()
         for case, by in rows.items():
             diff = _worst(by[cpu][1], by[dev][1])
             verdicts.append(diff <= BAR)
