@@ -280,17 +280,12 @@ def _pinned(fn: Callable[..., Tensor]) -> set[str]:
     return {g.name for g in skg.plan(model, torch.randn(*X)).groups if not g.prunable}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="over-pin: len(w) / w.nelement() are not size reads (graph/param_reads.py): "
-    "'python control flow on the length of an axis' / 'unknown op nelement'",
-)
 @pytest.mark.parametrize(
     ("plain", "other"), [(_weight_shape, _len_weight), (_weight_numel, _weight_nelement)], ids=["len", "nelement"]
 )
 def test_size_read_spellings_plan_alike(plain: Callable[..., Tensor], other: Callable[..., Tensor]) -> None:
-    """``len(w)`` is ``w.shape[0]`` and ``w.nelement()`` is ``w.numel()``: the same pins. Root cause:
-    ``param_reads`` models ``shape``/``size``/``numel`` but not ``len`` or ``nelement``."""
+    """``len(w)`` is ``w.shape[0]`` and ``w.nelement()`` is ``w.numel()``: the same pins
+    (``param_reads._len``; ``nelement`` an alias of ``numel``). More: test_size_read_spellings."""
     assert _pinned(other) == _pinned(plain)
 
 

@@ -38,6 +38,7 @@ OP_ALIASES: dict[Any, Any] = {
     torch._softmax: torch.softmax, torch._log_softmax: torch.log_softmax, torch.linalg.matmul: torch.matmul,
     torch.row_stack: torch.vstack, torch.layer_norm: F.layer_norm, torch.group_norm: F.group_norm,
     torch.batch_norm: F.batch_norm, torch.instance_norm: F.instance_norm, torch._convolution: torch.convolution,
+    Tensor.nelement: torch.numel, Tensor.ndimension: Tensor.dim,
 }  # fmt: skip
 # ATen names of ops torch keeps in a submodule: ``linalg_vector_norm`` is ``torch.linalg.vector_norm``.
 _SUBMODULES = {"linalg_": torch.linalg, "special_": torch.special, "fft_": torch.fft}

@@ -78,7 +78,9 @@ def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None
         inplace = target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target[:-1])
         base = target[:-1] if inplace else target
         fn = getattr(torch, base, None)
-        op = OP_ALIASES.get(fn, fn) if callable(fn) and not isinstance(fn, type) else getattr(Tensor, base, target)
+        if not callable(fn) or isinstance(fn, type):
+            fn = getattr(Tensor, base, target)  # a method torch has no function of (``nelement``)
+        op = OP_ALIASES.get(fn, fn)
         return op, getattr(Tensor, target, None) or target, inplace
     name = getattr(target, "__name__", "")
     method = getattr(Tensor, name, None) if isinstance(name, str) else None

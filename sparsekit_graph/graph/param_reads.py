@@ -11,11 +11,17 @@ per axis, with the site ``(qualified tensor name, "shape[d]")``. ``size_reads.fi
 what Python made of them (``SIZE_CONTROL``) as for layer attributes; ``pin_param_reads`` turns
 those into pins (control flow) or lost zero-invariance (a number, ``VALUE``) on the tensor's
 axes. A view of the tensor (``w.T``) reads as every axis of the same length (fail closed).
-``len(w)`` cannot be tracked (Python makes it a plain int) and stays unseen.
+
+``len(t)`` is ``t.shape[0]``, but Python makes whatever ``__len__`` returns a plain int: while
+active, ``builtins.len`` is replaced by ``_len``, which answers the model's own code with the
+read of axis 0 (a ``SizeRead`` of a model tensor; for a traced value, whatever its
+``traced_length`` gives: ``trace._SizeProxy`` returns ``h.shape[0]`` as a Proxy), and anything
+else with the builtin's plain int.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +43,7 @@ __all__ = ["pin_param_reads", "recording_param_reads"]
 _AXIS = "shape[{}]"  # a site's attribute: an axis of the tensor its path names
 _PATCHED = ("shape", "size", "numel", "nelement")
 _BASE = torch._C.TensorBase
+_LEN = builtins.len
 
 
 def _key(t: Tensor) -> int | None:
@@ -141,12 +148,30 @@ def _size(self: Tensor, *args: Any, **kwargs: Any) -> Any:
         return out
     if isinstance(out, torch.Size):
         return _wrap_shape(self, out)
-    shape = _BASE.shape.__get__(self)  # type: ignore[attr-defined]
-    axes = _ACTIVE[-1].axes(self, tuple(shape))
     dim = args[0] if args else kwargs.get("dim")
+    return _axis_read(self, dim, out)
+
+
+def _axis_read(t: Tensor, dim: Any, out: int) -> Any:
+    """``out``, the length of axis ``dim`` of ``t``, as a ``SizeRead`` where ``t`` is a model tensor."""
+    shape = _BASE.shape.__get__(t)  # type: ignore[attr-defined]
+    axes = _ACTIVE[-1].axes(t, tuple(shape))
     if axes is None or not isinstance(dim, int) or not -len(axes) <= dim < len(axes) or not axes[dim]:
         return out
     return SizeRead(out, axes[dim], _ACTIVE[-1].log)
+
+
+def _len(obj: Any, /) -> Any:
+    """``builtins.len`` while recording: ``len(t)`` of a tensor, asked by the model's code, is the
+    read of its axis 0 (``t.shape[0]``), not a plain int that hides where it came from."""
+    if isinstance(obj, Tensor) and _ACTIVE and obj.ndim and by_user(1):
+        return _axis_read(obj, 0, _LEN(obj))
+    traced = getattr(type(obj), "traced_length", None)  # a Proxy: ``trace._SizeProxy``
+    if traced is not None and by_user(1):
+        length = traced(obj)
+        if length is not None:
+            return length
+    return _LEN(obj)
 
 
 def _count(base: Any) -> Any:
@@ -167,15 +192,18 @@ def recording_param_reads(model: nn.Module, log: _Log) -> Iterator[None]:
     """While active, the model's code reads its own tensors' sizes as ``SizeRead``s into ``log``."""
     reads = _Reads(model, log)
     saved = {name: torch.Tensor.__dict__[name] for name in _PATCHED if name in torch.Tensor.__dict__}
+    saved_len = builtins.len
     _ACTIVE.append(reads)
     try:
         torch.Tensor.shape = property(_shape)  # type: ignore[method-assign,assignment]
         torch.Tensor.size = _size  # type: ignore[method-assign,assignment]
         torch.Tensor.numel = _count(_BASE.numel)  # type: ignore[method-assign]
         torch.Tensor.nelement = _count(_BASE.nelement)  # type: ignore[method-assign]
+        builtins.len = _len
         yield
     finally:
         _ACTIVE.remove(reads)
+        builtins.len = saved_len
         for name in _PATCHED:
             if name in saved:
                 setattr(torch.Tensor, name, saved[name])

@@ -392,6 +392,12 @@ class _SizeProxy(fx.Proxy):
             return super().__len__()
         return len(value)
 
+    def traced_length(self) -> fx.Proxy | None:
+        """``len(h)`` in the model's code (``param_reads._len``): ``h.shape[0]`` of a tensor, a
+        Proxy like that spelling's (else None: ``len`` of a shape is its fixed number of axes)."""
+        value = self.tracer.concrete(self, None) if isinstance(self.tracer, _Tracer) else None
+        return self.shape[0] if isinstance(value, Tensor) and value.ndim else None  # type: ignore[index]
+
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
