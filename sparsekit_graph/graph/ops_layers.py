@@ -157,7 +157,11 @@ def conv_function(ctx: RuleContext) -> None:
     cx = len(x) - spatial - 1
     if read is not None and read != x[cx]:
         ctx.graph.link(read, x[cx])  # the read axis and the input channels: one count
-    fixed = read is None and groups > 1 and ctx.constant_size(x[cx], groups)
+    # Only a depthwise count (as long as the channels) may follow them; any other count stays
+    # (``groups=self.g.groups`` of a 3-group conv is no size of the axis: recording it as one
+    # had surgery lower it per pruned channel).
+    depthwise = groups == ctx.graph.size(x[cx])
+    fixed = read is None and groups > 1 and (not depthwise or ctx.constant_size(x[cx], groups))
     co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
     _contracted_by_buffer(ctx, cx)
     b = ctx.axes(ctx.arg("bias"))
