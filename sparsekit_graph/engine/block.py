@@ -211,11 +211,9 @@ class SparseBlock:
         if not isinstance(t, Tensor):
             raise SparseKitError(f"{self._label()}: {what} must be a tensor, got {type(t).__name__}")
         grid = self.grid_shape
-        if tuple(t.shape) == grid:
-            return t
-        if tuple(t.shape) == (math.prod(grid),):
-            return t.reshape(grid)
-        raise ShapeMismatchError(grid, tuple(t.shape), f"{self._label()}: {what}")
+        if tuple(t.shape) not in (grid, (math.prod(grid),)):
+            raise ShapeMismatchError(grid, tuple(t.shape), f"{self._label()}: {what}")
+        return t.reshape(grid).to(self.specs[0].data.device)  # a CPU mask for a model on a GPU
 
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from operator import eq, is_
 from types import FrameType
 from typing import Any
@@ -184,7 +185,9 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], f
     """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
     try:
         with torch.no_grad():
-            place = to_meta if _on_meta(model) else _materialize
+            devices = [p.device for p in model.parameters()] or [torch.device("cpu")]
+            meta = any(d.type == "meta" for d in devices)
+            place = to_meta if meta else partial(_materialize, device=devices[0])
             graph = export_graph(model, place(args), place(kwargs), dynamic=dynamic)
     except Exception as e:  # noqa: BLE001 - every tracing failure becomes a TraceError
         raise TraceError(
@@ -196,19 +199,16 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], f
     return graph
 
 
-def _materialize(x: Any) -> Any:
-    """Meta inputs as zeros beside real weights (export runs on fake copies of both)."""
+def _materialize(x: Any, device: torch.device) -> Any:
+    """Meta inputs as zeros on the device of the model's real weights (export runs on fake
+    copies of both, which must agree on the device)."""
     if isinstance(x, Tensor):
-        return torch.zeros(x.shape, dtype=x.dtype) if x.device.type == "meta" else x
+        return torch.zeros(x.shape, dtype=x.dtype, device=device) if x.device.type == "meta" else x
     if isinstance(x, (tuple, list)):
-        return type(x)(_materialize(v) for v in x)
+        return type(x)(_materialize(v, device) for v in x)
     if isinstance(x, dict):
-        return {k: _materialize(v) for k, v in x.items()}
+        return {k: _materialize(v, device) for k, v in x.items()}
     return x
-
-
-def _on_meta(model: nn.Module) -> bool:
-    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def _first_line(e: Exception) -> str:

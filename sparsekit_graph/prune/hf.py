@@ -217,8 +217,9 @@ def _same_function(pruned: nn.Module, built: nn.Module, inputs: Any) -> bool:
     twin = copy.deepcopy(pruned).eval()
     twin.load_state_dict(state)
     dtype = next((t.dtype for t in saved.values() if t.is_floating_point()), torch.float32)
-    built.to(dtype).load_state_dict(state)
-    args, kwargs = _random_like(inputs)
+    device = next((t.device for t in saved.values()), torch.device("cpu"))  # a model on a GPU runs there
+    built.to(device=device, dtype=dtype).load_state_dict(state)
+    args, kwargs = _random_like(inputs, device)
     try:
         with torch.no_grad():
             a, b = _first(twin(*args, **kwargs)).float(), _first(built(*args, **kwargs)).float()
@@ -236,20 +237,20 @@ def _random_weight(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (torch.randn(t.shape, generator=g) / t.shape[-1] ** 0.5).to(t.dtype)
 
 
-def _random_like(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Real tensors shaped like the (meta) example inputs: floats ~ N(0, 1); integers 0 or 1
-    with every row's first entry 1 (valid token ids, type ids and attention masks)."""
+def _random_like(inputs: Any, device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Real tensors on ``device`` shaped like the (meta) example inputs: floats ~ N(0, 1);
+    integers 0 or 1 with every row's first entry 1 (valid token ids, type ids and attention masks)."""
     g = torch.Generator().manual_seed(0)
 
     def real(t: Any) -> Any:
         if not isinstance(t, torch.Tensor):
             return t
         if t.is_floating_point():
-            return torch.randn(t.shape, generator=g, dtype=t.dtype)
+            return torch.randn(t.shape, generator=g, dtype=t.dtype).to(device)
         x = torch.randint(0, 2, t.shape, generator=g, dtype=t.dtype)
         if x.ndim:
             x[..., 0] = 1
-        return x
+        return x.to(device)
 
     if isinstance(inputs, dict):
         return (), {k: real(v) for k, v in inputs.items()}

@@ -36,7 +36,7 @@ def fit_rope_factors(config: Any, pruned: nn.Module, built: nn.Module) -> bool:
         if isinstance(getattr(p, "inv_freq", None), Tensor) and isinstance(getattr(b, "inv_freq", None), Tensor)
     ]
     wanted = {_key(p.inv_freq) for p, _ in pairs}
-    if not pairs or len(wanted) != 1 or all(torch.equal(p.inv_freq, b.inv_freq) for p, b in pairs):
+    if not pairs or len(wanted) != 1 or all(_key(p.inv_freq) == _key(b.inv_freq) for p, b in pairs):
         return False
     target = pairs[0][0].inv_freq.detach().float().cpu()  # (d' / 2,)
     params = getattr(config, "rope_parameters", None)
