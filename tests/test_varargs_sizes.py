@@ -35,7 +35,8 @@ class BiasedAttention(nn.Module):
         if self.bias == "plain":
             att = torch.bmm(q, k.transpose(1, 2)) * self.head_dim**-0.5
         else:
-            size = (b * self.num_heads, n, n) if self.bias == "model_size" else (q.shape[0], n, n)
+            sizes = {"model_size": (b * self.num_heads, n, n), "literal_size": (b * 4, n, n)}
+            size = sizes.get(self.bias, (q.shape[0], n, n))
             bias = torch.zeros(*size, dtype=q.dtype) if self.bias != "read_size" else torch.zeros(*size)
             att = torch.baddbmm(bias, q, k.transpose(1, 2), beta=0.0, alpha=self.head_dim**-0.5)
         out = torch.bmm(att.softmax(-1), v).view(b, self.num_heads, n, self.head_dim)
@@ -58,9 +59,16 @@ def test_a_zeros_bias_sized_by_reads_plans_like_no_bias(tmp_path: Path) -> None:
     check_oracle(BiasedAttention("read_size").eval(), torch.randn(*X), tmp_path, min_drop=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="sized_tensor does not follow a size computed from a read and an attribute (b * self.num_heads)"
-)
-def test_a_zeros_bias_sized_by_batch_times_heads_plans_like_no_bias() -> None:
+def test_a_zeros_bias_sized_by_batch_times_heads_plans_like_no_bias(tmp_path: Path) -> None:
+    """``torch.zeros(b * self.num_heads, n, n)``: a product of a read and a size attribute
+    follows the model (``size_args.product_follows``), as ``q.shape[0]`` does."""
     plain, biased = _heads(BiasedAttention("plain").eval()), _heads(BiasedAttention("model_size").eval())
-    assert (biased.prunable, biased.zero_invariant) == (plain.prunable, plain.zero_invariant)
+    assert plain.prunable and (biased.prunable, biased.zero_invariant, biased.size) == (True, plain.zero_invariant, plain.size)
+    check_oracle(BiasedAttention("model_size").eval(), torch.randn(*X), tmp_path, min_drop=0.0)
+
+
+def test_a_zeros_bias_sized_by_batch_times_a_literal_pins_the_heads() -> None:
+    """``torch.zeros(b * 4, n, n)``: the 4 the code wrote stays 4 when heads go, so the bias
+    cannot follow the pruned heads: they pin (a fresh tensor of a constant length)."""
+    heads = _heads(BiasedAttention("literal_size").eval())
+    assert not heads.prunable and "fresh tensor" in (heads.reason or "")

@@ -14,7 +14,7 @@ from .context import RuleContext
 from .meta import CONTROL
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
-from .size_args import link_read_lengths
+from .size_args import link_read_lengths, product_follows
 
 # -- sizes and fresh tensors ----------------------------------------------------------------
 
@@ -140,12 +140,14 @@ def like(ctx: RuleContext) -> None:
 def sized_tensor(ctx: RuleContext) -> None:
     """``torch.zeros(x.shape)`` / ``x.new_zeros(b, x.size(1))``: an axis whose length is read off
     another tensor's axis follows it; an axis whose literal length is a size attribute follows
-    the model (T5's ``torch.zeros((1, self.n_heads, q, k))`` position bias of cross-attention);
-    any other literal length is pinned."""
+    the model (T5's ``torch.zeros((1, self.n_heads, q, k))`` position bias of cross-attention),
+    as does a product of such reads and attributes (``torch.zeros(b * self.num_heads, n, n)``:
+    ``size_args.product_follows``); any other length (a literal factor: ``b * 4``) is pinned."""
     ctx.read_all()
     out = ctx.out()
     sizes = ctx.call.args.get("size")
     link_read_lengths(ctx, sizes, out)
     if isinstance(sizes, (tuple, list)) and len(sizes) == len(out):
-        ctx.fresh(o for o, n in zip(out, sizes) if not ctx.graph.adj[o] and ctx.size_follows_model(o, n))
+        follows = [not ctx.graph.adj[o] and (ctx.size_follows_model(o, n) or product_follows(ctx, n)) for o, n in zip(out, sizes)]
+        ctx.fresh(o for o, f in zip(out, follows) if f)
     ctx.pin([o for o in out if not ctx.graph.adj[o] and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")

@@ -23,7 +23,7 @@ from .meta import MODULE_READS, SIZE_READS
 from .normalize import normalize
 from .sizes import SizeSource, size_sources
 
-__all__ = ["link_read_lengths", "literal_dims", "made_from", "product_terms", "read_axis"]
+__all__ = ["link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis"]
 
 
 def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
@@ -64,6 +64,18 @@ def product_terms(ctx: RuleContext, x: Any) -> tuple[list[Any], int] | None:
         else:
             return None
     return terms, literal
+
+
+def product_follows(ctx: RuleContext, size: object) -> bool:
+    """Is ``size`` a product computed in the graph whose every factor follows the model: a read
+    of an axis (``b`` of ``b, n, _ = x.shape``) or an int made from a size attribute
+    (``self.num_heads``)? A literal the code wrote (``b * 4``) or any other number (``n // 2``)
+    among them: no (``torch.zeros(b * self.num_heads, n, n)`` follows, ``torch.zeros(b * 4, n, n)``
+    does not)."""
+    found = product_terms(ctx, size)
+    if found is None or found[1] != 1:
+        return False
+    return all(isinstance(t, int) or read_axis(ctx, t) is not None for t in found[0])
 
 
 def literal_dims(ctx: RuleContext, size: fx.Node, dims: Sequence[int]) -> list[int] | None:
