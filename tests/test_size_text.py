@@ -44,7 +44,22 @@ def _assert_message(s: nn.Module, h: Tensor) -> Tensor:
 
 
 def _assert_on_text(s: nn.Module, h: Tensor) -> Tensor:
-    torch._assert(len(f"{h.shape[1]}") == 2, "two digits")  # the text is the condition: a use
+    torch._assert(len(f"{h.shape[1]}") == 1, "one digit")  # the text is the condition: a use (8 channels)
+    return h
+
+
+def _assert_on_str(s: nn.Module, h: Tensor) -> Tensor:
+    torch._assert(str(h.shape[1]) == "8", "eight channels")  # pruned to 6: the check fails
+    return h
+
+
+def _assert_on_fstring(s: nn.Module, h: Tensor) -> Tensor:
+    torch._assert(condition=f"{h.shape[1]}" == "8", message="eight channels")
+    return h
+
+
+def _assert_message_by_name(s: nn.Module, h: Tensor) -> Tensor:
+    torch._assert(condition=h.dim() == 4, message="got " + str(h.shape[1]) + " channels")
     return h
 
 
@@ -63,7 +78,11 @@ def _group(fn: Callable[[nn.Module, Tensor], Tensor]) -> skg.Group:
     return skg.plan(Body(fn).eval(), torch.randn(2, 3, 6, 6)).group("a:out")
 
 
-@pytest.mark.parametrize("fn", [_printed, _logged, _dropped, _assert_message], ids=["print", "log", "dropped", "assert_message"])
+@pytest.mark.parametrize(
+    "fn",
+    [_printed, _logged, _dropped, _assert_message, _assert_message_by_name],
+    ids=["print", "log", "dropped", "assert_message", "assert_message_by_name"],
+)
 def test_a_count_shown_as_text_is_no_use(fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
     g = _group(fn)
     assert g.prunable and g.zero_invariant, g
@@ -74,12 +93,11 @@ def test_a_count_shown_as_text_is_no_use(fn: Callable[[nn.Module, Tensor], Tenso
     [
         _read_back,
         _hashed,
-        pytest.param(
-            _assert_on_text,
-            marks=pytest.mark.xfail(strict=True, reason="a text made of an fx size inside torch._assert's condition is not seen"),
-        ),
+        _assert_on_text,
+        _assert_on_str,
+        _assert_on_fstring,
     ],
-    ids=["read_back", "set_membership", "assert_on_text"],
+    ids=["read_back", "set_membership", "assert_on_text", "assert_on_str", "assert_on_fstring"],
 )
 def test_a_count_as_text_kept_or_as_a_key_pins(fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
     g = _group(fn)
