@@ -64,6 +64,7 @@ def _group_row(g: Any) -> dict[str, Any]:
     return {
         "name": g.name, "size": g.size, "prunable": g.prunable, "reason": g.reason, "zero_invariant": g.zero_invariant,
         "members": len(g.members), "ratio": g.ratio, "keep": g.keep,
+        "min_keep": g.min_keep, "min_keep_reason": g.min_keep_reason,
     }  # fmt: skip
 
 
@@ -83,12 +84,13 @@ def show(
             return
         table = Table(title=f"{p.model}: {len(p.groups)} groups")
         table.add_column("group", no_wrap=True)
-        for col in ("size", "prunable", "zero-inv", "members", "ratio", "keep", "reason"):
+        for col in ("size", "prunable", "zero-inv", "members", "ratio", "keep", "min-keep", "reason"):
             table.add_column(col)
         for g in p.groups:
             table.add_row(
                 g.name, str(g.size), "yes" if g.prunable else "no", "yes" if g.zero_invariant else "no", str(len(g.members)),
-                "" if g.ratio is None else str(g.ratio), "" if g.keep is None else str(g.keep), g.reason or "",
+                "" if g.ratio is None else str(g.ratio), "" if g.keep is None else str(g.keep),
+                "" if g.min_keep is None else str(g.min_keep), g.reason or g.min_keep_reason or "",
             )  # fmt: skip
         s.print(table)
 

@@ -68,6 +68,7 @@ class AxisGraph:
     exported: bool = False  # built from a torch.export graph: literal sizes matched by value, not by reads
     merged: dict[AxisId, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # (B*H) axis -> (B, H), carrier
     modelled_lengths: set[tuple[Any, Any]] = field(default_factory=set)  # (fx node, length node its rule follows)
+    floors: dict[AxisId, tuple[int, str]] = field(default_factory=dict)  # axis -> (fewest indices an op needs, why)
 
     def __post_init__(self) -> None:
         self._edges: list[tuple[AxisId, AxisId, dict[str, Any]]] = []  # in insertion order
@@ -206,6 +207,11 @@ class AxisGraph:
         mixes = self.nodes[axis]["mixes"]
         if reason not in mixes:
             mixes.append(reason)
+
+    def at_least(self, axis: AxisId, n: int, reason: str) -> None:
+        """An op needs ``n`` indices of ``axis`` (``topk(n)`` along it); the highest need wins."""
+        if n > self.floors.get(axis, (1, ""))[0]:
+            self.floors[axis] = (n, reason)
 
     @property
     def g(self) -> nx.MultiGraph:

@@ -250,6 +250,21 @@ class RuleContext:
         for a in axes:
             self.graph.mix(a, reason)
 
+    def needs(self, axis: AxisId, count: str, label: str) -> None:
+        """The op needs as many indices of ``axis`` as its argument ``count`` says (``topk``'s
+        ``k``): the plan's group keeps at least its share of them (``Group.min_keep``). A count
+        computed in forward (not a constant of the graph) pins the axis."""
+        n = self.arg(count)
+        if not isinstance(n, int) or isinstance(n, bool):
+            self.pin([axis], f"{label} by a {count} computed in forward at {self.where()}")
+        else:
+            self.at_least(axis, n, f"{label} ({count}={n}) at {self.where()}")
+
+    def at_least(self, axis: AxisId, n: int, reason: str) -> None:
+        """The op needs ``n`` indices of ``axis`` to compute what it does (``Group.min_keep``)."""
+        if n > 1:
+            self.graph.at_least(axis, n, reason)
+
     def pin_everything(self, reason: str) -> None:
         """The safe default: no axis this op touches (or its module owns) may be pruned."""
         for axes in self.tensor_axes():

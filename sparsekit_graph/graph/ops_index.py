@@ -16,7 +16,7 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .ops_tensor import pointwise, reduce
+from .ops_tensor import pointwise
 from .rules import register_function_rule, register_method_rule, register_module_rule
 from .zeros import zero_breaker
 
@@ -229,5 +229,4 @@ def softmax2d(ctx: RuleContext) -> None:
     ctx.mix([ctx.out()[-3]], f"softmax at {ctx.where()}")
 
 
-register_function_rule(torch.var_mean, torch.std_mean)(reduce)
 register_function_rule(torch.clamp_min, torch.clamp_max)(pointwise)

@@ -39,13 +39,15 @@ _READ_SHAPE = {torch.Tensor.size, torch.Tensor.numel, torch.Tensor.dim}
 @register_function_rule(torch.topk)
 def topk(ctx: RuleContext) -> None:
     """``values, indices = x.topk(k, dim)``: the other axes pass to both outputs; the ``k``
-    picks follow no input axis; selecting mixes ``dim`` (not zero-invariant) and the indices'
-    values range over it (their domain)."""
+    picks follow no input axis; selecting mixes ``dim`` (not zero-invariant: a removed channel's
+    zero can be picked over negative values), needs ``k`` indices of it (``min_keep``), and the
+    indices' values range over it (their domain)."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
     d = ctx.arg("dim", -1) % len(src)
-    ctx.arg("k"), ctx.arg("largest"), ctx.arg("sorted")
+    ctx.arg("largest"), ctx.arg("sorted")
+    ctx.needs(src[d], "k", "top-k selection")
     values, indices = ctx.out(0), ctx.out(1)
     for o in (values, indices):
         ctx.same(src[:d] + src[d + 1 :], o[:d] + o[d + 1 :])

@@ -5,11 +5,13 @@ by position, ``rot90`` turns two axes, ``diff`` subtracts neighbours: the positi
 those axes mean something after the op, so those axes pin (a removed channel would move the
 others), and every other axis passes through. Order statistics (``kthvalue``, ``mode``,
 ``nanmedian``, ``quantile``, ``aminmax``) reduce their axis like ``median`` does: prunable,
-never zero-invariant there.
+never zero-invariant there; ``kthvalue(k)`` keeps at least ``k`` values of it. A variance or
+standard deviation with a correction ``c`` keeps more than ``c`` values (else it is inf or nan).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -85,10 +87,21 @@ def diff(ctx: RuleContext) -> None:
     ctx.pin([src[d], out[d]], f"difference of neighbours along axis {d} at {ctx.where()}")
 
 
-@register_function_rule(torch.kthvalue, torch.mode, torch.nanmedian, torch.aminmax)
+@register_function_rule(torch.mode, torch.nanmedian, torch.aminmax)
 def order_statistic(ctx: RuleContext) -> None:
     """(values, indices) or (min, max) reduced over ``dim`` (all axes without one): as ``median``."""
     reduce(ctx)
+
+
+@register_function_rule(torch.kthvalue)
+def kthvalue(ctx: RuleContext) -> None:
+    """``x.kthvalue(k, dim)``: reduced as ``median``; the ``k``-th smallest needs ``k`` values
+    along ``dim`` (the group keeps at least that many: ``min_keep``)."""
+    reduce(ctx)
+    src = ctx.axes(ctx.input)
+    dim = _int(ctx.arg("dim", -1))
+    if src and dim is not None:
+        ctx.needs(src[dim % len(src)], "k", "k-th value")
 
 
 @register_function_rule(torch.quantile, torch.nanquantile)
@@ -99,3 +112,22 @@ def quantile(ctx: RuleContext) -> None:
         reduce(ctx)
         return
     ctx.pin_everything(f"quantiles of a tensor of levels at {ctx.where()}")
+
+
+@register_function_rule(torch.var, torch.std, torch.var_mean, torch.std_mean)
+def spread(ctx: RuleContext) -> None:
+    """``x.var(dim, correction=c)`` (``unbiased``: ``c`` = 1): reduced as ``median``; it divides by
+    ``n - c`` for the ``n`` values reduced, so each reduced axis keeps enough of them that
+    ``n > c`` at the other reduced axes' sizes (``min_keep``)."""
+    reduce(ctx)
+    src = ctx.axes(ctx.input)
+    c = ctx.arg("correction")
+    c = (1 if ctx.arg("unbiased", True) else 0) if c is None else c
+    dim = ctx.arg("dim")
+    dims = range(len(src or ())) if dim is None or dim == [] or dim == () else dim if isinstance(dim, (list, tuple)) else [dim]
+    if not src or not isinstance(c, (int, float)) or c < 1 or any(_int(d) is None for d in dims):
+        return
+    axes = [src[d % len(src)] for d in dims]
+    for a in axes:
+        others = math.prod(ctx.graph.size(b) for b in axes if b != a)
+        ctx.at_least(a, math.ceil((math.floor(c) + 1) / others), f"variance with correction {c} at {ctx.where()}")

@@ -135,7 +135,7 @@ _NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.
 
 
 @register_function_rule(
-    torch.mean, torch.sum, torch.nansum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp, torch.prod,
+    torch.mean, torch.sum, torch.nansum, torch.amax, torch.amin, torch.logsumexp, torch.prod,
     torch.max, torch.min, torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.nanmean, torch.median,
     torch.argmax, torch.argmin, torch.all, torch.any, torch.count_nonzero, torch.linalg.matrix_norm,
 )  # fmt: skip

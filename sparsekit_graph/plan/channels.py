@@ -95,7 +95,7 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int], tar
     sized = {
         i: np.bincount(label[offset[i] : offset[i + 1]], minlength=int(label.max()) + 1)
         for i, n in enumerate(nodes)
-        if n in graph.size_refs or n in graph.scales or n in graph.follows
+        if n in graph.size_refs or n in graph.scales or n in graph.follows or n in graph.floors
     }
     first = {}
     for i, n in enumerate(nodes):

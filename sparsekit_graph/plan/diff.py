@@ -9,7 +9,7 @@ from .schema import Group, Plan
 
 __all__ = ["Change", "diff_plans"]
 
-_FIELDS = ("size", "prunable", "reason", "zero_invariant", "ratio", "keep")
+_FIELDS = ("size", "prunable", "reason", "zero_invariant", "ratio", "keep", "min_keep", "min_keep_reason")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # schema imports check, which imports this module
 __all__ = ["STRUCTURE_FIELDS", "check_against", "check_edits", "pin_ignored"]
 
 # Fields the planner owns; an edited plan must keep them as planned.
-STRUCTURE_FIELDS = ("size", "members", "sizes", "zero_invariant")
+STRUCTURE_FIELDS = ("size", "members", "sizes", "zero_invariant", "min_keep")
 
 
 def check_edits(plan: Plan) -> None:
@@ -43,6 +43,8 @@ def check_edits(plan: Plan) -> None:
             )
         if g.ratio is not None and g.size - int(g.size * g.ratio) < 1:
             raise PlanError(f"group {g.name!r} field ratio: {g.ratio} would remove every one of its {g.size} channels")
+        if g.keep is not None and g.keep < g.fewest:
+            raise PlanError(f"group {g.name!r} field keep: {g.keep} is below min_keep {g.min_keep} ({g.min_keep_reason})")
 
 
 def _no_override_on_pinned(g: Group) -> None:

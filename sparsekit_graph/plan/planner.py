@@ -21,6 +21,7 @@ from .channels import Channels, channel_signatures
 from .experts import split_experts
 from .head_dim import head_dim_parts
 from .layout import strided_layout, view_order
+from .min_keep import min_keep
 from .probe import probe_plan
 from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
@@ -265,6 +266,9 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: Channels) -> tuple[tuple[i
     odd = next((m for m in members if m.indices is not None and strided_layout(m.positions()) is None), None)
     if odd is not None and prunable:
         prunable, reason = False, f"channel order of {odd.param} axis {odd.axis} is not a strided view"
+    floor = min_keep(graph, nodes, ch, size) if graph.floors and prunable else None
+    if floor is not None and floor[0] >= size:
+        prunable, reason, floor = False, f"{floor[1]} needs all {size} channels", None
     param, axis = nodes[primary][1], nodes[primary][2]
     module, _, attr = param.rpartition(".")
     name = f"{module}:{'out' if axis == 0 else 'in'}" if attr == "weight" and axis < 2 else f"{param}:{axis}"
@@ -282,6 +286,8 @@ def _group(graph: AxisGraph, nodes: list[AxisId], ch: Channels) -> tuple[tuple[i
         follows=follows,
         ratio=None,
         keep=None,
+        min_keep=None if floor is None else floor[0],
+        min_keep_reason=None if floor is None else floor[1],
     )
     return (order_of(primary)[0], first), group, perm
 

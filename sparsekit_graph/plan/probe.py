@@ -123,7 +123,7 @@ def _probe_masks(plan: Plan, tests: tuple[SizeTest, ...] = ()) -> tuple[dict[str
     untried: dict[str, str] = {}
     taken: dict[tuple[int, int], int] = {}  # (size, turn's count) -> groups of that size given it
     for i, g in enumerate(g for g in plan.prunable if g.size > 1):
-        options = [k for k in KEEPS if k < g.size] or [max(1, g.size - 1)]
+        options = [k for k in KEEPS if g.fewest <= k < g.size] or [max(g.fewest, g.size - 1)]
         keep = options[i % len(options)]
         again = taken.get((g.size, keep), 0)
         taken[(g.size, keep)] = again + 1

@@ -13,7 +13,7 @@ from .ties import check_tied_overrides, validate_ties
 
 __all__ = ["SCHEMA_VERSION", "AttentionScale", "AxisFollow", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
 
-SCHEMA_VERSION = 4  # 4: head_dim (factor members, attention scales, followed axes); 3: ties, fixed members; 2: sizes
+SCHEMA_VERSION = 5  # 5: min_keep; 4: head_dim (factor members, attention scales, followed axes); 3: ties, fixed members; 2: sizes
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
 Positive = Annotated[int, Field(ge=1, le=2**40)]
 
@@ -143,7 +143,12 @@ class AxisFollow(_Frozen):
 
 
 class Group(_Frozen):
-    """A channel space: slices of parameters that must be pruned together."""
+    """A channel space: slices of parameters that must be pruned together.
+
+    ``min_keep`` is the fewest channels the model still runs with, as it computes, where an op
+    needs that many (``h.topk(3, dim=1)``: 3); ``min_keep_reason`` names the op. ``prune``
+    never keeps fewer (a ratio is clamped; a mask or ``keep`` below it is refused).
+    """
 
     name: str = Field(min_length=1)
     size: Positive
@@ -156,6 +161,8 @@ class Group(_Frozen):
     follows: list[AxisFollow] = Field(default_factory=list)
     ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     keep: Positive | None = None
+    min_keep: Positive | None = None
+    min_keep_reason: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Group:
@@ -168,7 +175,23 @@ class Group(_Frozen):
             raise ValueError(f"group {self.name}: keep {self.keep} exceeds size {self.size}")
         if not self.prunable and not self.reason:
             raise ValueError(f"group {self.name}: a pinned group needs a reason")
+        if self.min_keep is not None:
+            if self.min_keep > self.size:
+                raise ValueError(f"group {self.name}: min_keep {self.min_keep} exceeds size {self.size}")
+            if not self.min_keep_reason:
+                raise ValueError(f"group {self.name}: min_keep needs a min_keep_reason (the op that needs the channels)")
+            if self.keep is not None and self.keep < self.min_keep:
+                raise ValueError(
+                    f"group {self.name}: keep {self.keep} is below min_keep {self.min_keep} ({self.min_keep_reason})"
+                )
+        elif self.min_keep_reason is not None:
+            raise ValueError(f"group {self.name}: min_keep_reason without min_keep")
         return self
+
+    @property
+    def fewest(self) -> int:
+        """The fewest channels a pruned model may keep of this group (``min_keep``, else 1)."""
+        return self.min_keep or 1
 
 
 class TiePart(_Frozen):
@@ -219,7 +242,7 @@ class Plan(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.schema_version not in (1, 2, 3, SCHEMA_VERSION):  # 1: no size attributes; 2: no ties; 3: no head_dim
+        if self.schema_version not in (1, 2, 3, 4, SCHEMA_VERSION):  # 1: no sizes; 2: no ties; 3: no head_dim; 4: no min_keep
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
         seen: dict[str, Group] = {}
         for g in self.groups:

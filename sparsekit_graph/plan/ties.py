@@ -135,7 +135,8 @@ def check_tied_masks(plan: Plan, masks: Mapping[str, Tensor]) -> None:
 
 def snap_tied(plan: Plan, masks: dict[str, Tensor], scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Masks where every tie's parts lose the same number of channels (the rounded mean of
-    what ranking gave them), each part its lowest-scored channels; never a whole group."""
+    what ranking gave them), each part its lowest-scored channels; never a whole group, nor
+    fewer channels than a group's ``min_keep`` where its parts cover it."""
     groups = {g.name: g for g in plan.groups}
     out = dict(masks)
     for tie in plan.ties:
@@ -144,11 +145,12 @@ def snap_tied(plan: Plan, masks: dict[str, Tensor], scores: Mapping[str, Tensor]
         removed = _removed(tie, groups, out)
         if len(set(removed)) == 1:
             continue
-        per_group = {}
+        per_group: dict[str, int] = {}
         for p in tie.parts:
             per_group[p.group] = per_group.get(p.group, 0) + 1
         size = len(part_channels(tie.parts[0], groups[tie.parts[0].group]))
         cap = min(size - (1 if per_group[p.group] * size == groups[p.group].size else 0) for p in tie.parts)
+        cap = min([cap] + [(groups[g].size - groups[g].fewest) // n for g, n in per_group.items()])  # min_keep
         target = max(0, min(cap, round(sum(removed) / len(removed))))
         for p in tie.parts:
             chans = torch.as_tensor(part_channels(p, groups[p.group]))

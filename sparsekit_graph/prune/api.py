@@ -14,6 +14,7 @@ from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
+from ..plan.min_keep import check_min_keep
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
@@ -129,6 +130,7 @@ def prune(
         chosen = snap_tied(plan, chosen, scores)  # tied parts (experts, query heads per KV group) lose equally
     else:
         chosen = _checked_masks(plan, masks)
+    check_min_keep(plan, chosen)
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     with kept(model, values=False):  # tracing runs forward's Python on the user's modules

@@ -108,7 +108,8 @@ def group_scores(importance: str | Criterion, ctx: ImportanceContext) -> dict[st
 
 
 def keep_count(group: Group, ratio: float, round_to: int | None) -> int:
-    """Channels a group keeps: its own ``keep``/``ratio`` override the uniform ``ratio``."""
+    """Channels a group keeps: its own ``keep``/``ratio`` override the uniform ``ratio``;
+    never fewer than its ``min_keep``."""
     if group.keep is not None:
         keep = group.keep
     else:
@@ -116,7 +117,7 @@ def keep_count(group: Group, ratio: float, round_to: int | None) -> int:
         keep = group.size - int(group.size * r)
     if round_to:
         keep = math.ceil(keep / round_to) * round_to
-    return max(1, min(group.size, keep))
+    return max(group.fewest, min(group.size, keep))
 
 
 def masks_from_scores(
@@ -129,7 +130,7 @@ def masks_from_scores(
     uniform: bool = False,
 ) -> dict[str, Tensor]:
     """``True`` = removed. Per group: each group drops its lowest channels. Global: the lowest
-    channels across all groups without an override, each group keeping at least one.
+    channels across all groups without an override, each group keeping at least its ``min_keep``.
     ``uniform``: groups of one shape (the same layer in every block) then keep one count, the
     rounded mean of theirs, each its own best channels (so a config can describe the model)."""
     keep = {g.name: keep_count(g, ratio, round_to) for g in groups}
@@ -144,7 +145,7 @@ def masks_from_scores(
                 if budget == 0:
                     break
                 i = int(owner[idx])
-                if left[i] > 1:
+                if left[i] > free[i].fewest:
                     left[i] -= 1
                     budget -= 1
             for g, n in zip(free, left):
@@ -170,6 +171,6 @@ def _snapped(groups: list[Group], keep: dict[str, int]) -> dict[str, int]:
             classes.setdefault((g.size, shape), []).append(g)
     out = {}
     for like in classes.values():
-        n = max(1, round(sum(keep[g.name] for g in like) / len(like)))
+        n = max(max(g.fewest for g in like), round(sum(keep[g.name] for g in like) / len(like)))
         out.update({g.name: n for g in like})
     return out

@@ -47,7 +47,7 @@ function keptOf(g) {
   let k = g.keep !== null && g.keep !== undefined ? g.keep : g.size - Math.floor(g.size * r);
   const rt = parseInt($('round-to').value || '0');
   if (rt > 0) k = Math.ceil(k / rt) * rt;
-  return Math.max(1, Math.min(g.size, k));
+  return Math.max(g.min_keep ?? 1, Math.min(g.size, k));
 }
 function stateOf(g) { return g.prunable ? 'prunable' : 'pinned: ' + g.reason; }
 function cell(v) { const td = document.createElement('td'); td.textContent = v; return td; }
@@ -103,7 +103,8 @@ function details() {
   const h = document.createElement('div');
   h.innerHTML = '<b></b> <span class="muted"></span>';
   h.children[0].textContent = g.name;
-  h.children[1].textContent = g.size + ' channels, ' + (g.zero_invariant ? 'zero-invariant' : 'not zero-invariant');
+  h.children[1].textContent = g.size + ' channels, ' + (g.zero_invariant ? 'zero-invariant' : 'not zero-invariant') +
+    (g.min_keep ? ', keeps at least ' + g.min_keep + ' (' + g.min_keep_reason + ')' : '');
   d.appendChild(h);
   const ed = document.createElement('div');
   ed.innerHTML = '<label>ratio <input id="edit-ratio" type="number" min="0" max="0.99" step="0.05"></label> ' +
@@ -111,6 +112,7 @@ function details() {
     '<label><input id="edit-prunable" type="checkbox"> prunable</label> <span id="edit-note" class="muted"></span>';
   d.appendChild(ed);
   $('edit-ratio').value = g.ratio ?? ''; $('edit-keep').value = g.keep ?? ''; $('edit-keep').max = g.size;
+  $('edit-keep').min = g.min_keep ?? 1;
   $('edit-prunable').checked = g.prunable;
   $('edit-prunable').disabled = locked;
   $('edit-ratio').disabled = $('edit-keep').disabled = !g.prunable;
@@ -139,7 +141,7 @@ function edit(field, value) {
     if (g.ratio !== null) g.keep = null;
   } else if (field === 'keep') {
     const k = value === '' ? null : parseInt(value);
-    g.keep = (k === null || isNaN(k)) ? null : Math.min(g.size, Math.max(1, k));
+    g.keep = (k === null || isNaN(k)) ? null : Math.min(g.size, Math.max(g.min_keep ?? 1, k));
     if (g.keep !== null) g.ratio = null;
   }
   render(); details();
