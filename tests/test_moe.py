@@ -133,6 +133,19 @@ def test_a_mask_that_breaks_an_expert_tie_names_the_groups() -> None:
         assert_close_rel(first_tensor(call(dense, x)), first_tensor(call(small, x)))
 
 
+def test_router_topk_keeps_as_many_experts_as_each_token_picks() -> None:
+    """The router's ``topk(num_experts_per_tok)`` gives the experts group ``min_keep`` 2: at
+    ratio 0.9 every layer keeps 2 of its 4 experts and runs (it kept 1 and failed, 'k not in range')."""
+    model, x, plan = _mixtral_plan()
+    for layer in range(2):
+        whole, _ = _expert_groups(plan, layer)
+        assert whole.min_keep == 2 and "top-k" in (whole.min_keep_reason or ""), whole
+    result = skg.prune(model, plan, ratio=0.9)
+    assert [result.report.kept[_expert_groups(plan, i)[0].name] for i in range(2)] == [2, 2]
+    with torch.no_grad():
+        assert first_tensor(call(result.model, x)).shape == first_tensor(call(model, x)).shape
+
+
 def test_check_rejects_overrides_that_break_a_tie(tmp_path: Path) -> None:
     model, _, plan = _mixtral_plan()
     _, width = _expert_groups(plan, 1)

@@ -151,7 +151,7 @@ def _flipping(g: Group, keep: int, tests: tuple[SizeTest, ...]) -> tuple[int, st
     def flipped(k: int) -> list[SizeTest]:
         return [t for t in mine if t.flips(t.value - refs[t.site].lowered_by(g.size - k))]
 
-    steps = [k for k in range(1, g.size) if all((g.size - k) % r.every == 0 for r in refs.values())] or [keep]
+    steps = [k for k in range(g.fewest, g.size) if all((g.size - k) % r.every == 0 for r in refs.values())] or [keep]
     best = max(steps, key=lambda k: (len(flipped(k)), -abs(k - keep)))
     best = keep if len(flipped(keep)) >= len(flipped(best)) else best
     left = [t for t in mine if t not in flipped(best) and any(t in flipped(k) for k in steps)]
