@@ -126,3 +126,56 @@ def test_grouped_conv_spellings_give_one_plan() -> None:
     """The layer call, a literal group count and the layer's own ``groups`` plan alike."""
     plans = [_signature(skg.plan(Net(f, **_layers()).eval(), torch.randn(*X))) for f in (_groups_module, _groups_literal, _groups_attr)]
     assert plans[0] == plans[1] == plans[2]
+
+
+# --- finding 2: v's head size prunable where heads are pinned, its attribute also viewing k --------
+
+
+class _PinnedHeads(nn.Module):
+    """Attention whose heads are pinned (v is viewed by a literal head count), so v's head size
+    is a group of its own; ``self.head_dim`` sizes v's view and k's (``view(b, n, -1, hd)``)."""
+
+    def __init__(self, k_heads: int) -> None:
+        super().__init__()
+        self.k_heads, self.num_heads, self.head_dim = k_heads, 4, 4
+        self.q, self.k, self.v, self.proj = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)
+        k = self.k(x).view(b, n, self.k_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, n, 4, self.head_dim).transpose(1, 2)
+        o = ((q @ k.transpose(-2, -1)) * 0.5).softmax(-1) @ v
+        return self.proj(o.transpose(1, 2).reshape(b, n, -1))
+
+
+def _every_group_prunes(model: nn.Module, x: Tensor) -> None:
+    plan = skg.plan(model.eval(), x)
+    for g in plan.prunable:
+        mask = torch.ones(g.size, dtype=torch.bool)
+        mask[-1] = False
+        skg.prune(model, plan, masks={g.name: mask})  # raises SparseKitError where the plan was wrong
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=skg.SparseKitError,
+    reason="a size attribute (head_dim) that sizes an axis of no emitted group (k's head size: a component "
+    "without parameters, skipped by planner.resolve) is not seen by shared_sizes.pin_shared_sizes, "
+    "so v's head-size group that also counts it stays prunable and surgery breaks k's view",
+)
+def test_head_dim_of_v_shared_with_an_ungrouped_view() -> None:
+    """``k.view(b, n, -1, self.head_dim)``, ``v.view(b, n, 4, self.head_dim)``, heads pinned by the
+    literal 4: ``v:out`` (v's head size, size 4) is planned prunable with a SizeRef on
+    ``head_dim``; pruning it lowers ``head_dim`` and k's view fails ('the pruned model does not
+    run'). Written ``k.view(b, n, 4, self.head_dim)`` the same model pins ``v:out`` ('also sizes
+    pinned group k:out'). Also hit by hand-written attention whose heads pin for any reason
+    (a branch on ``num_heads``, a literal head count)."""
+    _every_group_prunes(_PinnedHeads(k_heads=-1), torch.randn(2, 5, 8))
+
+
+def test_head_dim_of_v_shared_with_a_pinned_group_pins() -> None:
+    """The same model with k viewed by the literal head count: ``v:out`` pins with the reason."""
+    plan = skg.plan(_PinnedHeads(k_heads=4).eval(), torch.randn(2, 5, 8))
+    assert not plan.group("v:out").prunable and "head_dim" in (plan.group("v:out").reason or "")
+    _every_group_prunes(_PinnedHeads(k_heads=4), torch.randn(2, 5, 8))
