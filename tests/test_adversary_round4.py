@@ -179,3 +179,54 @@ def test_head_dim_of_v_shared_with_a_pinned_group_pins() -> None:
     plan = skg.plan(_PinnedHeads(k_heads=4).eval(), torch.randn(2, 5, 8))
     assert not plan.group("v:out").prunable and "head_dim" in (plan.group("v:out").reason or "")
     _every_group_prunes(_PinnedHeads(k_heads=4), torch.randn(2, 5, 8))
+
+
+# --- finding 3 (fixed): torchvision's FrozenBatchNorm2d pinned every channel it normalises -------
+
+
+def test_frozen_batch_norm_plans_like_batch_norm() -> None:
+    """``torchvision.ops.FrozenBatchNorm2d`` (detection backbones) keeps its affine and statistics
+    as buffers and computes ``x * w * (rv + eps).rsqrt() + ...``: traced, that scale of buffers
+    alone ran at trace time and became a constant, pinning the channels ('constant tensor').
+    It now has BatchNorm's rule: the channels prune, exactly, with its four buffers."""
+    tv_ops = pytest.importorskip("torchvision.ops")
+
+    def frozen() -> nn.Module:
+        m = tv_ops.FrozenBatchNorm2d(C)
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5), m.bias.normal_(), m.running_mean.normal_(), m.running_var.uniform_(0.5, 1.5)
+        return m
+
+    plan = _holds(Net(lambda s, h: s.fbn(h - 0.5), fbn=frozen()), keep=3)
+    group = plan.group("a:out")
+    assert group.prunable and group.zero_invariant
+    assert {f"fbn.{b}" for b in ("weight", "bias", "running_mean", "running_var")} <= {m.param for m in group.members}
+    small = skg.prune(Net(lambda s, h: s.fbn(h - 0.5), fbn=frozen()).eval(), plan, ratio=0.5).model
+    assert small.fbn.running_var.shape == (C // 2,)
+
+
+# --- finding 4: arithmetic on a buffer alone is folded into a constant -----------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch.fx hands buffers to forward as real tensors: an op on a buffer alone ((g * 2), g.rsqrt(), "
+    "~mask, mask.float()) runs at trace time and its result is a constant no rule ties to the buffer "
+    "(graph/buffer_views.py recovers only unit reshapes), so the channels it scales pin",
+)
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, h: h * (s.g * 2).view(1, -1, 1, 1),
+        lambda s, h: h * s.g.rsqrt()[:, None, None],
+        lambda s, h: h * s.m.float().view(1, -1, 1, 1),
+        lambda s, h: h / (s.bn.running_var.view(1, -1, 1, 1) + 1),
+    ],
+    ids=["times_two", "rsqrt", "mask_float", "bn_running_var"],
+)
+def test_an_op_on_a_buffer_alone_plans_like_the_buffer(fn: Callable[..., Tensor]) -> None:
+    """``h * (g * 2).view(1, -1, 1, 1)`` with a per-channel buffer ``g`` plans like
+    ``h * g.view(1, -1, 1, 1)`` (prunable, the buffer a member); today 'constant tensor' pins it."""
+    extra = {"g": torch.rand(C) + 0.5, "m": torch.arange(C) % 4 != 0}
+    plan = skg.plan(Net(fn, **extra).eval(), torch.randn(*X))
+    assert plan.group("a:out").prunable

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from .context import RuleContext
-from .ops_layers import link_conv
+from .ops_layers import channel_norm, link_conv
 from .ops_swin import register_swin_rules
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
@@ -46,6 +46,9 @@ def _torchvision_rules() -> None:
 
     register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
     register_module_rule(LayerNorm2d)(channels_first_norm)
+    # Detection backbones' BatchNorm with its affine and statistics as buffers: BatchNorm in eval
+    # (traced, its ``(running_var + eps).rsqrt()`` of buffers alone was a constant that pinned).
+    register_module_rule(torchvision.ops.FrozenBatchNorm2d)(channel_norm)
     register_swin_rules()
 
 
