@@ -230,3 +230,26 @@ def test_an_op_on_a_buffer_alone_plans_like_the_buffer(fn: Callable[..., Tensor]
     extra = {"g": torch.rand(C) + 0.5, "m": torch.arange(C) % 4 != 0}
     plan = skg.plan(Net(fn, **extra).eval(), torch.randn(*X))
     assert plan.group("a:out").prunable
+
+
+# --- finding 5 (fixed): a 1x1 weight-standardised conv refused a keep-one input mask ---------------
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("cls", ["StdConv2d", "ScaledStdConv2d"])
+def test_weight_standardised_1x1_conv_keeps_two_inputs(cls: str, kernel: int) -> None:
+    """timm's ``StdConv2d`` / ``ScaledStdConv2d`` standardise each weight row with
+    ``F.batch_norm(..., training=True)`` over its fan-in: a 1x1 conv left with one input channel
+    has one value per row, and the pruned model fails ('Expected more than 1 value per channel';
+    NF-ResNet, NF-RegNet, NFNet refused a keep-one mask). Its input group now keeps at least 2
+    (``min_keep``); a 3x3 kernel has fan-in 9 per channel and keeps no floor."""
+    std_conv = pytest.importorskip("timm.layers.std_conv")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), getattr(std_conv, cls)(8, 4, kernel, padding=kernel // 2))
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model.eval(), x)
+    group = plan.group("0:out")
+    assert group.prunable and group.min_keep == (2 if kernel == 1 else None)
+    mask = torch.ones(group.size, dtype=torch.bool)  # True: removed; keep the fewest the plan allows
+    mask[: group.min_keep or 1] = False
+    small = skg.prune(model, plan, masks={"0:out": mask}).model
+    assert small(x).shape == (2, 4, 6, 6)

@@ -3,6 +3,7 @@ layers of transformers resize themselves after surgery."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 from .context import RuleContext
@@ -35,6 +36,9 @@ def standardized_conv(ctx: RuleContext) -> None:
     w = ctx.param("weight", (0, 1))
     co = link_conv(ctx, x, w, out, spatial=len(m.kernel_size), groups=m.groups, transposed=False)  # type: ignore[arg-type]
     ctx.mix([w[1]], f"weight standardisation over the fan-in of {ctx.where()}")
+    if math.prod(m.kernel_size) == 1:  # type: ignore[arg-type]
+        # ``F.batch_norm(w.reshape(1, out, -1), training=True)`` needs two fan-in values per row
+        ctx.at_least(w[1], 2, f"weight standardisation (batch statistics over the fan-in) at {ctx.where()}")
     for attr in ("bias", "gain"):
         if getattr(m, attr, None) is not None:
             ctx.same(ctx.param(attr, (0,)), [out[co]])
