@@ -75,6 +75,7 @@ class AxisGraph:
         self._nx: nx.MultiGraph | None = None
         self._synced = (0, 0)  # nodes, edges already in ``_nx``
         self._params: dict[tuple[str, tuple[int, ...] | None], list[AxisId]] = {}  # add_param's answers
+        self._sliced: set[AxisId] = set()  # ends of links that map indices (not identities)
 
     def add_axis(self, axis: AxisId, size: int) -> AxisId:
         if axis not in self.sizes:
@@ -136,6 +137,8 @@ class AxisGraph:
         if a != b:
             self.adj[b].setdefault(a, []).append(d)
         self._edges.append((a, b, d))
+        if d["ia"] is not None or d["ib"] is not None:
+            self._sliced.update((a, b))
 
     def links(self, start: int = 0, stop: int | None = None) -> list[tuple[AxisId, AxisId, str]]:
         """``(end, end, kind)`` of the links made ``start``-th to ``stop``-th, in the order made."""
@@ -159,6 +162,11 @@ class AxisGraph:
                     out += [(u, v, d) for d in ds]
             seen.add(u)
         return out
+
+    def identity_only(self, nodes: list[AxisId]) -> bool:
+        """Is every link at ``nodes`` an identity (``ia`` and ``ib`` None)? One set check,
+        instead of listing ``component_edges``."""
+        return self._sliced.isdisjoint(nodes)
 
     def components(self) -> list[set[AxisId]]:
         """Connected components, in the order of their first axis (as ``nx.connected_components``)."""

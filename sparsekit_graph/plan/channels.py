@@ -37,7 +37,7 @@ def channel_signatures(graph: AxisGraph, nodes: list[AxisId], targets: dict[Axis
     params = [i for i, n in enumerate(nodes) if n[0] == "p"]
     pin = next((r for n in nodes for r in attrs[n]["pins"]), None)
     mix = next((r for n in nodes for r in attrs[n]["mixes"]), None)
-    if all(d["ia"] is None and d["ib"] is None for _, _, d in graph.component_edges(nodes)):
+    if graph.identity_only(nodes):
         size = attrs[nodes[params[0]]]["size"]  # identity links join equal sizes only
         produced = any(attrs[n].get("producer", False) for n in nodes)
         at = {i: np.arange(size) for i, n in enumerate(nodes) if targets and n in targets}
