@@ -253,3 +253,28 @@ def test_weight_standardised_1x1_conv_keeps_two_inputs(cls: str, kernel: int) ->
     mask[: group.min_keep or 1] = False
     small = skg.prune(model, plan, masks={"0:out": mask}).model
     assert small(x).shape == (2, 4, 6, 6)
+
+
+# --- finding 6 (fixed): dropout spellings without a rule pinned ------------------------------------
+
+
+_DROPOUTS = {
+    "F.dropout": lambda s, h: F.dropout(h - 0.5, 0.3, training=s.training),
+    "F.feature_alpha_dropout": lambda s, h: F.feature_alpha_dropout(h - 0.5, 0.3, training=s.training),
+    "torch.dropout": lambda s, h: torch.dropout(h - 0.5, 0.3, s.training),
+    "torch.feature_dropout": lambda s, h: torch.feature_dropout(h - 0.5, 0.3, s.training),
+    "torch.alpha_dropout": lambda s, h: torch.alpha_dropout(h - 0.5, 0.3, s.training),
+    "torch.feature_alpha_dropout": lambda s, h: torch.feature_alpha_dropout(h - 0.5, 0.3, s.training),
+}
+
+
+def test_dropout_spellings_plan_like_f_dropout() -> None:
+    """``F.feature_alpha_dropout`` and the ``torch.*dropout`` functions (``aten.feature_dropout`` is
+    what ``F.dropout2d`` becomes under ``torch.export``) were unknown ops that pinned the channels
+    ('unknown op feature_alpha_dropout'); ``F.alpha_dropout`` and the modules prune. Identity in
+    eval, channel-wise in training: the same plan as ``F.dropout``, exact."""
+    base = _signature(skg.plan(Net(_DROPOUTS["F.dropout"]).eval(), torch.randn(*X)))
+    for name, fn in _DROPOUTS.items():
+        assert _signature(skg.plan(Net(fn).eval(), torch.randn(*X))) == base, name
+    plan = _holds(Net(_DROPOUTS["torch.feature_dropout"]), keep=2)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant

@@ -29,6 +29,7 @@ _POINTWISE_FUNCTIONS = [
     torch.trunc, torch.frac, torch.fmod, torch.remainder, torch.nan_to_num, torch.sinh, torch.cosh, torch.atan,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
     F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
+    F.feature_alpha_dropout, torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
     F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.leaky_relu_,
     F.elu_, F.hardtanh_, F.rrelu_, torch.special.expit, torch.special.erf, torch.special.exp2, torch.special.expm1,
     torch.rsub, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or,

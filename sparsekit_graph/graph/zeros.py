@@ -26,6 +26,7 @@ _ZERO_UNARY = {
     torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
     F.hardtanh, torch.tanh, torch.neg, torch.abs, torch.sin, torch.sqrt, torch.square, torch.erf, torch.sign,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone, torch.Tensor.contiguous,
+    F.feature_alpha_dropout, torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
     torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.double,
     torch.Tensor.type_as, torch.Tensor.detach, torch.Tensor.data, operator.neg, operator.pos, operator.abs, torch.tanh,
     torch.detach, F.relu_, F.leaky_relu_, F.elu_, F.rrelu, F.rrelu_, F.normalize,
