@@ -293,11 +293,6 @@ def _scale_by_width(s: nn.Module, h: Tensor) -> Tensor:
     return nn.functional.interpolate(h, scale_factor=s.a.out_channels / 8)  # 2x at 16 channels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a float made from a layer size (SizeFloat) reaching an op costs zero-invariance only "
-    "(size_values.VALUE), even where the op takes it as a size (interpolate's scale_factor)",
-)
 def test_a_scale_factor_from_a_layer_size_pins() -> None:
     """``interpolate(h, scale_factor=conv.out_channels / 8)``: pruning ``a`` changes the output's
     spatial size, so ``a:out`` must pin (today it is planned prunable and prune refuses)."""

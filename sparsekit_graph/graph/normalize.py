@@ -29,7 +29,7 @@ from torch import Tensor
 from .aten import OP_ALIASES, aten_op, is_aten
 from .meta import CALL, META
 
-__all__ = ["CALL", "Call", "canonical_op", "normalize"]
+__all__ = ["CALL", "Call", "bind_call", "canonical_op", "normalize"]
 
 
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
@@ -114,18 +114,23 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         if bound is None:
             return Call(op, {"input": node.args[0]} if node.args else {}, frozenset(), inplace, bound=False)
         return Call(op, bound[0], bound[1], inplace)
-    op, against, inplace = canonical_op(node.target)
-    if node.target in _OPERATOR_NAMES or getattr(node.target, "__module__", None) == "_operator":
-        names = _OPERATOR_NAMES.get(node.target, ("input", "other", "third"))
-        args = dict(zip(names, node.args))
-        inplace = node.target in _OPERATOR_INPLACE
-        return Call(op, args, frozenset(args), inplace)
-    if _aten_packet(node.target):  # torch.ops.aten.convolution(...): the overload whose schema fits
-        op, inplace = aten_op(node.target)
-        against = node.target.__name__
-    kwargs = dict(node.kwargs)
+    return bind_call(node.target, node.args, dict(node.kwargs))
+
+
+def bind_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    """The ``Call`` of a call to ``target`` (a function or a method name) with these arguments,
+    which may be nodes or the values themselves (``size_reaching.Reaching`` binds the calls it sees)."""
+    op, against, inplace = canonical_op(target)
+    if target in _OPERATOR_NAMES or getattr(target, "__module__", None) == "_operator":
+        names = _OPERATOR_NAMES.get(target, ("input", "other", "third"))
+        bound = dict(zip(names, args))
+        return Call(op, bound, frozenset(bound), target in _OPERATOR_INPLACE)
+    if _aten_packet(target):  # torch.ops.aten.convolution(...): the overload whose schema fits
+        op, inplace = aten_op(target)
+        against = target.__name__
+    kwargs = dict(kwargs)
     written = kwargs.pop("out") if isinstance(kwargs.get("out"), fx.Node) else None  # torch.add(a, b, out=buf)
-    call = _same_as(_bind(op, against, node.args, kwargs))
+    call = _same_as(_bind(op, against, args, kwargs))
     if written is not None and call.bound:  # bound without it (no schema takes ``out``); rules do not model it
         return Call(call.op, {**call.args, "out": written}, call.passed | {"out"}, inplace)
     return Call(call.op, call.args, call.passed, inplace, call.bound)

@@ -33,9 +33,12 @@ from torch import Tensor, nn
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
+from .number_args import ReadFloat, SizeUse
+from .number_uses import size_arguments
 from .size_flow import flows_nowhere
+from .size_reaching import Reaching
 from .size_sinks import sinks_now
-from .size_values import VALUE, Reaching, Site, SizeRead, SizeTest, SizeTuple, by_user
+from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple, by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
 
@@ -87,7 +90,7 @@ class _Log:
                 self.probed.add(self.paths[id(m)])
 
     def reaching(self) -> Reaching:
-        """A torch function mode for ``torch.export``: reads passed to torch count as reached."""
+        """A torch function mode for ``torch.export``: classifies the reads passed to torch."""
         return Reaching(self)
 
     def wrap(self, layer: nn.Module, name: str, value: Any) -> Any:
@@ -258,6 +261,10 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     held: set[int] = set()
 
     def plain(a: Any) -> Any:
+        if isinstance(a, SizeFloat):  # classified by the argument it is (``number_uses``)
+            held.add(id(a))
+            floats.append(a)
+            return ReadFloat(float.__float__(a), a._sites)
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
@@ -268,10 +275,12 @@ def finish(graph: fx.Graph, log: _Log) -> None:
 
     for node in graph.nodes:
         found: dict[Any, set[Site]] = {}
+        floats: list[SizeFloat] = []
         _read_tuples((node.args, node.kwargs), found)
         args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
-        if found:
+        if found or floats:
             node.args, node.kwargs = args, kwargs
+        if found:
             node.meta[SIZE_READS] = {k: frozenset(v) for k, v in found.items()}
     control: dict[Site, str] = {}
     for t in log.made:
@@ -307,10 +316,13 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
     used only as a number (``VALUE``) costs them their zero-invariance."""
     _link_layer_sizes(graph, modules)
     out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
-    control: dict[Site, str] = out.meta.get(SIZE_CONTROL, {}) if out is not None else {}
+    nodes = list(nodes)
+    control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
+    for site, use in size_arguments(nodes, modules).items():  # torch.fx: the ops taking floats made from sizes
+        if control.get(site) in (None, VALUE):
+            control[site] = use
     if not control:
         return
-    nodes = list(nodes)
     for (path, attr), kind in sorted(control.items()):
         layer = modules.get(path)
         if layer is None:
@@ -318,10 +330,7 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
             continue
         value = getattr(layer, attr, None)
         name = f"{path}.{attr}" if path else attr
-        if kind == VALUE:
-            reason = f"forward uses {name} = {value} as a number: removing a channel changes it"
-        else:
-            reason = f"python control flow on {name} = {value} ({kind}): the traced code would not follow a pruned size"
+        reason = _reason(name, value, kind)
         for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
             if kind != VALUE:
                 graph.pin(a, reason)
@@ -343,15 +352,21 @@ def _pin_config_reads(graph: AxisGraph, modules: dict[str, nn.Module], site: str
     if not owners:
         return
     value = next(getattr(m.__dict__["config"], attr, None) for m in modules.values() if id(m.__dict__.get("config")) == key)
-    if kind == VALUE:
-        reason = f"forward uses config.{attr} = {value} as a number: removing a channel changes it"
-    else:
-        reason = f"python control flow on config.{attr} = {value} ({kind}): the traced code would not follow a pruned size"
+    reason = _reason(f"config.{attr}", value, kind)
     for a, refs in graph.size_refs.items():
         if any(r.owner in owners and r.attr == attr for r in refs):
             if kind != VALUE:
                 graph.pin(a, reason)
             graph.mix(a, reason)
+
+
+def _reason(name: str, value: Any, kind: Any) -> str:
+    """Why the axes ``name`` sizes pin (or, ``VALUE``, are not zero-invariant)."""
+    if kind == VALUE:
+        return f"forward uses {name} = {value} as a number: removing a channel changes it"
+    if isinstance(kind, SizeUse):
+        return f"forward passes a number made from {name} = {value} as a size ({kind}): pruning changes the shape it gives"
+    return f"python control flow on {name} = {value} ({kind}): the traced code would not follow a pruned size"
 
 
 def _link_layer_sizes(graph: AxisGraph, modules: dict[str, nn.Module]) -> None:

@@ -5,8 +5,14 @@ control flow (``_Tracked.control``); arithmetic gives another tracked value (``d
 value torch's code takes (a view's size) is ``reached``. A comparison or truth test of a value
 made from one attribute is kept as a ``SizeTest`` (``self.num_heads > 2``): the export probe
 prunes to a count that flips it. A float made from reads (``n ** -0.5``, ``n * 0.5``,
-``math.sqrt(n)``: ``size_math``) is a ``SizeFloat``: the same record, and the graph holding it
-uses a count-dependent number (``VALUE``: zero-invariance lost, not a pin).
+``math.sqrt(n)``: ``size_math``) is a ``SizeFloat``: the same record. Where an op takes it as a
+value (``h * n ** -0.5``, ``scaled_dot_product_attention(scale=...)``) it is a count-dependent
+number (``VALUE``: zero-invariance lost, not a pin); where it takes it as a size
+(``interpolate(scale_factor=n / 8)``) or an argument nothing classifies, the group pins
+(``number_args``: by the argument's normalised name). Under ``torch.export`` ``size_reaching``
+classifies each call the model makes; under torch.fx the node keeps a ``ReadFloat`` that
+``number_uses`` classifies once the graph has shapes. torch's own code converting it outside
+such a call (``nn.Upsample(scale_factor=n / 8)`` built in forward) loses it: a pin.
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
+from .number_args import SizeUse
 from .size_flow import Where, converted_nowhere, where_made
 from .size_sinks import Sinks, sinks_now
 
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["VALUE", "Reaching", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "tracked"]
+__all__ = ["VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "tracked"]
 
 Site = tuple[str, str]  # (layer path, attribute)
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
@@ -101,32 +107,6 @@ def by_user(depth: int) -> bool:
     return not frame.f_code.co_filename.startswith(_INTERNAL)
 
 
-class Reaching(TorchFunctionMode):
-    """Marks reads passed to a torch function as reached: ``torch.export`` records the call
-    with plain ints, so the graph cannot say which of its literals were reads."""
-
-    def __init__(self, log: _Log) -> None:
-        super().__init__()
-        self.log = log
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if self.log.made:
-            _mark_reached((args, kwargs))
-        return func(*args, **kwargs)
-
-
-def _mark_reached(a: Any) -> None:
-    if isinstance(a, _Tracked):
-        a._reach()
-    elif isinstance(a, (tuple, list)):
-        for e in tuple.__iter__(a) if isinstance(a, tuple) else a:
-            _mark_reached(e)
-    elif isinstance(a, dict):
-        for e in a.values():
-            _mark_reached(e)
-
-
 class _Tracked:
     """What was done with a read: ``control`` (why it decided Python control flow), ``derived``
     (it became another tracked value, whose fate is its own), ``reached`` (torch code took it)."""
@@ -153,12 +133,22 @@ class _Tracked:
             if self.control is None:
                 self.control = kind
             return True
-        self._reach()
+        self._taken(kind)
         return False
+
+    def _taken(self, kind: str) -> None:
+        """torch's code used it (``kind``)."""
+        self._reach()
 
     def _reach(self) -> None:
         """torch's code took it (a size: its rule or the graph's literal holds it)."""
         self.reached = True
+
+    def _size(self, use: SizeUse | str) -> None:
+        """An op takes it as a size (``use``): pruning the attribute changes a shape."""
+        self.reached = True
+        if self.control in (None, VALUE):
+            self.control = use
 
     def _test(self, op: str, other: Any = None) -> None:
         """Keep the model's decision on this value as a ``SizeTest`` (one attribute's value only)."""
@@ -202,13 +192,22 @@ def _compare(kind: type, op: str) -> Any:
 
 def _convert(op: str, kind: str, number: type = int) -> Any:
     base = getattr(number, op)
+    loses = number is float and op != "__bool__"  # a plain number nobody follows
 
     def convert(self: _Tracked, *args: Any) -> Any:
+        if loses and self.control is None and not by_user(1):  # outside any call ``Reaching`` classified
+            self._size(SizeUse(f"a conversion in {_caller(sys._getframe(1))}"))
         if self._use(kind) and op == "__bool__":
             self._test("truth")
         return base(self, *args)
 
     return convert
+
+
+def _caller(frame: Any) -> str:
+    """Where torch's code converted a number: ``Upsample.__init__``."""
+    code = frame.f_code
+    return f"{getattr(code, 'co_qualname', code.co_name)} ({os.path.basename(code.co_filename)}:{frame.f_lineno})"
 
 
 def _hashed(kind: type) -> Any:
@@ -323,11 +322,19 @@ class SizeFloat(_Tracked, float):
         if self.control is None:
             self.control = VALUE
 
-    def __fx_create_arg__(self, tracer: Any) -> float:
-        """What torch.fx stores in a node's arguments (``q * (self.head_dim ** -0.5)``): the
-        plain number, which the graph uses as a value."""
-        self._reach()
-        return float.__float__(self)
+    def _taken(self, kind: str) -> None:
+        """torch's code checked it (``if scale_factor``, ``p < 0``: it keeps the number, whose
+        use is yet to come), else took it as a number."""
+        if kind in ("a comparison", "a truth test"):
+            self.reached = True
+        else:
+            self._reach()
+
+    def __fx_create_arg__(self, tracer: Any) -> SizeFloat:
+        """What torch.fx stores in a node's arguments (``q * (self.head_dim ** -0.5)``): itself,
+        which ``size_reads.finish`` makes a ``ReadFloat`` for ``number_uses`` to classify."""
+        self.reached = True
+        return self
 
     def __reduce__(self) -> tuple:
         return float, (float.__float__(self),)

@@ -1,0 +1,70 @@
+"""Under ``torch.export``: the size reads the model's code passes to torch, each classified.
+
+``torch.export`` records a call with plain ints, so its graph cannot say which of its literals
+were reads. While the forward is exported, ``Reaching`` (a torch function mode) sees every call
+the model makes to torch and binds it to torch's argument names (``normalize.bind_call``): a
+tracked number (``size_values``) at an argument that takes it as a value is reached; at one that
+takes it as a size (``number_args.takes_as_size``) it pins the group the attribute counts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch.overrides import TorchFunctionMode
+
+from .normalize import bind_call
+from .number_args import SizeUse, takes_as_size
+from .size_values import _Tracked
+
+if TYPE_CHECKING:
+    from .size_reads import _Log
+
+__all__ = ["Reaching"]
+
+
+class Reaching(TorchFunctionMode):
+    """Classifies the tracked numbers passed to each torch function (see the module docstring)."""
+
+    def __init__(self, log: _Log) -> None:
+        super().__init__()
+        self.log = log
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.log.made:
+            _classify(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _classify(func: Any, args: tuple, kwargs: dict) -> None:
+    """Each tracked number passed to ``func``, taken as a value (reached) or as a size
+    (``number_args.takes_as_size``, by the argument's normalised name)."""
+    given = _walk((args, kwargs))
+    if not given:
+        return
+    call = bind_call(func, args, kwargs)
+    name = getattr(func, "__name__", type(func).__name__)
+    for arg, value in call.args.items() if call.bound else ():
+        for v in _walk(value):
+            if takes_as_size(call.op, arg, v):
+                v._size(SizeUse(f"argument {arg} of {name}"))
+    for v in given:  # a value, an int the rules judge, or an argument of a call that did not bind
+        if not call.bound and isinstance(v, float):
+            v._size(SizeUse(f"an argument of {name}, which does not bind"))
+        v._reach()
+
+
+def _walk(a: Any) -> list[_Tracked]:
+    """The tracked numbers in ``a`` (through tuples, lists and dicts; a ``SizeTuple`` whole)."""
+    found: list[_Tracked] = []
+    todo = [a]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, _Tracked):
+            found.append(x)
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (tuple, list)):
+            todo.extend(tuple.__iter__(x) if isinstance(x, tuple) else x)
+    return found
