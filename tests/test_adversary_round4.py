@@ -106,9 +106,7 @@ def _layers() -> dict[str, nn.Module]:
     }
 
 
-@pytest.mark.parametrize(
-    "fn", [_groups_attr, _groups_literal, _groups_module, _transposed_groups_attr, _depthwise_groups_attr]
-)
+@pytest.mark.parametrize("fn", [_groups_attr, _groups_literal, _groups_module, _transposed_groups_attr, _depthwise_groups_attr])
 def test_grouped_conv_with_groups_read_off_its_layer(fn: Callable[..., Tensor]) -> None:
     """``F.conv2d(h, g.weight, g.bias, groups=g.groups)`` of a 3-group conv: ``a:out`` was
     planned prunable with a size reference saying ``g.groups`` drops by 3 per pruned channel,
@@ -124,7 +122,9 @@ def test_grouped_conv_with_groups_read_off_its_layer(fn: Callable[..., Tensor]) 
 
 def test_grouped_conv_spellings_give_one_plan() -> None:
     """The layer call, a literal group count and the layer's own ``groups`` plan alike."""
-    plans = [_signature(skg.plan(Net(f, **_layers()).eval(), torch.randn(*X))) for f in (_groups_module, _groups_literal, _groups_attr)]
+    plans = [
+        _signature(skg.plan(Net(f, **_layers()).eval(), torch.randn(*X))) for f in (_groups_module, _groups_literal, _groups_attr)
+    ]
     assert plans[0] == plans[1] == plans[2]
 
 
