@@ -660,7 +660,6 @@ def _loops_over_rows(s: nn.Module, h: Tensor) -> Tensor:
         pytest.param(_loops_over_rows, id="iterate"),
         pytest.param(lambda s, h: h * int(h.size(1) ** 0.5), id="int"),
         pytest.param(lambda s, h: h * float(h.size(1)), id="float"),
-        pytest.param(lambda s, h: h * len(h.transpose(0, 1)), id="len"),
     ],
 )
 def test_control_flow_on_a_channel_count_pins(branch: Callable[..., Tensor], tmp_path: Path) -> None:
@@ -680,6 +679,7 @@ def test_control_flow_on_a_channel_count_pins(branch: Callable[..., Tensor], tmp
         pytest.param(lambda s, h: h * 2 if h.shape[-1] == 6 else h, id="spatial-branch"),
         pytest.param(lambda s, h: h.reshape(*h.shape[:2], -1).view(h.shape), id="star-shape"),
         pytest.param(lambda s, h: h / math.sqrt(h.size(1)), id="math-scale"),  # traced: follows, no zero-invariance
+        pytest.param(lambda s, h: h * len(h.transpose(0, 1)), id="len"),  # len(t) is t.shape[0]: traced, as math-scale
     ],
 )
 def test_control_flow_on_other_sizes_keeps_channels(branch: Callable[..., Tensor], tmp_path: Path) -> None:
