@@ -2,7 +2,8 @@
 
 From one CPU state (ResNet-50 by default, two real training steps of SGD(momentum) or AdamW on random
 images), the model and optimizer are copied to the device; ``ProximalStep.step()`` (SGD:
-Euclidean, AdamW: conditioned), and ``soft_threshold`` coupling by coupling and ``soft_threshold_all``
+Euclidean, AdamW: conditioned; batched, and group by group as under torch.distributed), and
+``soft_threshold`` coupling by coupling and ``soft_threshold_all``
 over ``bind(plan)`` (Euclidean, and conditioned with Adam's denominator) run on both from the same state. Printed per case: the
 largest per-parameter relative difference ``||x_dev - x_cpu|| / ||x_cpu||`` (bar: 1e-5) and the
 median time of the call on each side (weights and optimizer state restored before every call),
@@ -123,13 +124,14 @@ def main() -> None:
         t_train = _time(train_step, dside.restore, dev, args.repeats)
         rows: dict[str, dict[torch.device, tuple[float, nn.Module]]] = {}
         for d, s in sides.items():
-            prox = skg.ProximalStep(plan, s.model, s.opt, lam=lam)
-            t = _time(lambda p=prox: p.step(force=True), s.restore, d, args.repeats)
-            s.restore()
-            prox.step(force=True)
-            rows.setdefault(f"ProximalStep, {label}", {})[d] = (t, copy.deepcopy(s.model).cpu())
-            prox.remove()
-            s.restore()
+            for path, batched in (("", True), (" group", False)):  # batched (one process) and group by group (distributed)
+                prox = skg.ProximalStep(plan, s.model, s.opt, lam=lam, batched=batched)
+                t = _time(lambda p=prox: p.step(force=True), s.restore, d, args.repeats)
+                s.restore()
+                prox.step(force=True)
+                rows.setdefault(f"ProximalStep{path}, {label}", {})[d] = (t, copy.deepcopy(s.model).cpu())
+                prox.remove()
+                s.restore()
             bound = skg.bind(plan, s.model)
             groups = [bound[g.name] for g in plan.prunable]
             if d == cpu:  # thresholds from the CPU state, the same on both sides: ~2% of blocks die

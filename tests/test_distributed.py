@@ -237,6 +237,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                     assert ref_prox.step()
                     errors.append(_max_rel(_full(sharded), _full(ref)))
                 result[f"{key}/gathers"] = (forward.gathers, counter.gathers, counter.reduces)
+                result[f"{key}/batched"] = (single_prox.batched, ddp_prox.batched, prox.batched, ref_prox.batched)
                 result[f"{key}/errors"] = errors
                 result[f"{key}/fsdp_masks"], result[f"{key}/ref_masks"] = masks, ref_prox.masks()
                 result[f"{key}/fsdp_stats"], result[f"{key}/ref_stats"] = stats.model_dump(), ref_prox.stats().model_dump()
@@ -317,6 +318,12 @@ def test_fsdp2_step_never_gathers_a_parameter(runs: list[dict[str, Any]], scenar
         assert forward_gathers > 0  # the counter sees FSDP2's own all-gathers
         assert prox_gathers == 0
         assert prox_reduces > 0  # partial sums were all-reduced
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_running_process_group_takes_the_group_by_group_path(runs: list[dict[str, Any]], scenario: str) -> None:
+    """Under torch.distributed every step (plain tensors included) is the per-group, all-reducing one."""
+    assert all(runs[r][f"{scenario}/batched"] == (False,) * 4 for r in range(WORLD))
 
 
 def _lists(masks: dict[str, Tensor]) -> dict[str, list[bool]]:

@@ -64,7 +64,7 @@ def soft_threshold_all(
     rtol: float = 1e-6,
     atol: float = 0.0,
     max_iter: int = 50,
-) -> None:
+) -> list[Tensor]:
     """``c.soft_threshold(tau, h)`` of every coupling, as if called in order, in few large kernels.
 
     Without ``conditioners``, the Euclidean prox ``w <- max(0, 1 - tau/||w||) w``: each weight read
@@ -74,37 +74,44 @@ def soft_threshold_all(
     Args:
         couplings: Couplings (or specs); one that shares a parameter with an earlier one sees
             that parameter as the earlier call left it.
-        thresholds: ``tau`` per coupling, each shaped like its ``grid_shape`` or flat.
+        thresholds: ``tau`` per coupling, each shaped like its ``grid_shape`` or flat (float64
+            thresholds are used in float64: a block near death amplifies their rounding).
         conditioners: One per coupling, as ``soft_threshold`` takes them (default: Euclidean).
         eps: Norms at or below ``tau + eps`` are zeroed (default: 0), as in ``soft_threshold``.
         rtol, atol, max_iter: The conditioned solve's accuracy, as in ``soft_threshold``.
+
+    Returns:
+        Per coupling, the blocks its call zeroed (flat, bool): nonzero as its turn found them,
+        zero after.
     """
     if len(couplings) != len(thresholds) or (conditioners is not None and len(conditioners) != len(couplings)):
         n = "" if conditioners is None else f" and {len(conditioners)} conditioners"
         raise SparseKitError(f"soft_threshold_all: {len(thresholds)} thresholds{n} for {len(couplings)} couplings")
-    taus = [c._grid_arg(t, "block_thresholds").float().reshape(-1) for c, t in zip(couplings, thresholds)]
+    wide = any(t.dtype == torch.float64 for t in thresholds if isinstance(t, Tensor))  # near death, mu needs tau's bits
+    taus = [
+        c._grid_arg(t, "block_thresholds").to(torch.float64 if wide else torch.float32).reshape(-1)
+        for c, t in zip(couplings, thresholds)
+    ]
     if taus and bool(torch.cat(taus).min() < 0):  # one check (one sync) for all, then name the first culprit
         bad = next(c for c, tau in zip(couplings, taus) if bool(tau.min() < 0))
         raise SparseKitError(f"{bad._label()}: block_thresholds must be non-negative")
     floor = 0.0 if eps is None else float(eps)
     with torch.no_grad():
         if conditioners is not None:
-            conditioned_all(couplings, taus, conditioners, rtol=rtol, atol=atol, max_iter=max_iter, floor=floor)
-        elif not fused(couplings, taus, floor):
-            for c, tau in zip(couplings, taus):
-                c._euclidean_prox(tau, floor)
+            return conditioned_all(couplings, taus, conditioners, rtol=rtol, atol=atol, max_iter=max_iter, floor=floor)
+        killed = fused(couplings, taus, floor)
+        return killed if killed is not None else [c._euclidean_prox(tau, floor) for c, tau in zip(couplings, taus)]
 
 
-def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float) -> bool:
-    """The fused prox of ``couplings`` with flat thresholds ``taus``; False (nothing written) when
-    some parameter's uses are outside the pattern."""
+def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float) -> list[Tensor] | None:
+    """The fused prox of ``couplings`` with flat thresholds ``taus`` and the blocks each zeroed; None
+    (nothing written) when some parameter's uses are outside the pattern."""
     params = _layout(couplings)
     if params is None:
-        return False
+        return None
     pool = _pool(params)
     with caller_on_one_thread(pool is not None):
-        _solve(params, couplings, list(taus), floor, pool)
-    return True
+        return _solve(params, couplings, list(taus), floor, pool)
 
 
 @dataclass
@@ -221,8 +228,10 @@ def _waves(uses_of: list[list[tuple[Param, int]]]) -> list[list[int]]:
 
 def _solve(
     params: list[Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float, pool: ThreadPoolExecutor | None
-) -> None:
+) -> list[Tensor]:
+    """The prox of every coupling; returns the blocks each zeroed (nonzero norm, zero scale)."""
     scratch = sweeps.Scratch()
+    killed: dict[int, Tensor] = {}
     uses_of: list[list[tuple[Param, int]]] = [[] for _ in couplings]
     for p in params:
         for j, u in enumerate(p.uses):
@@ -252,6 +261,7 @@ def _solve(
         for ci, sq in zip(wave, sums):
             cut = slice(at, at + sq.numel())
             at = cut.stop
+            killed[ci] = (scale[cut] == 0) & (sq > 0)
             factors = (scale[cut], single[cut], square[cut])
             for p, j in uses_of[ci]:
                 p.factors[j] = factors
@@ -263,6 +273,7 @@ def _solve(
             sweeps.write(p)
     else:
         sweeps.writes_split(writes, pool)
+    return [killed[ci] for ci in range(len(couplings))]
 
 
 def _sums(reads: list[tuple[Param, int]], scratch: sweeps.Scratch, pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:

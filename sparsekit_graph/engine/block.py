@@ -195,16 +195,18 @@ class SparseBlock:
         overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
         return [_piece(p, resolved[p.spec]) for p in parts], overlap
 
-    def _euclidean_prox(self, tau: Tensor, floor: float) -> None:
+    def _euclidean_prox(self, tau: Tensor, floor: float) -> Tensor:
         """``w <- max(0, 1 - tau/||w||) w``: the fused kernel of ``engine/batch.py`` where the layout
-        allows (no full-size temporary), else the shared kernel over every part's rows."""
+        allows (no full-size temporary), else the shared kernel over every part's rows; returns the
+        blocks it zeroed (flat)."""
         from .batch import fused  # batch builds on this module
 
-        if fused([self], [tau.reshape(-1)], floor):
-            return
+        killed = fused([self], [tau.reshape(-1)], floor)
+        if killed is not None:
+            return killed[0]
         parts = self._parts()
         overlap = len({id(p.spec.view.param) for p in parts}) < len(parts)
-        solve.euclidean([_piece(p) for p in parts], tau.reshape(-1), overlap=overlap, floor=floor)
+        return solve.euclidean([_piece(p) for p in parts], tau.reshape(-1), overlap=overlap, floor=floor)
 
     # -- helpers ---------------------------------------------------------------------
     def _grid_arg(self, t: Tensor, what: str) -> Tensor:

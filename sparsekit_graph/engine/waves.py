@@ -47,8 +47,9 @@ def conditioned_all(
     atol: float,
     max_iter: int,
     floor: float,
-) -> None:
-    """``c.soft_threshold(tau, h)`` for every coupling, in order, one solve per wave.
+) -> list[Tensor]:
+    """``c.soft_threshold(tau, h)`` for every coupling, in order, one solve per wave; returns the
+    blocks each zeroed (flat).
 
     Args:
         couplings: The couplings (or specs).
@@ -59,18 +60,22 @@ def conditioned_all(
     opts = {"rtol": rtol, "atol": atol, "max_iter": max_iter, "floor": floor}
     seen: set = set()  # each window checked once (a weight's rows and columns are one window in two couplings)
     resolved = [c._checked_conditioners(h, seen) for c, h in zip(couplings, conditioners)]  # all, before any write
+    killed: dict[int, Tensor] = {}
     for wave in waves(couplings):
         pieces: list[solve.Piece] = []
-        wave_taus: list[Tensor] = []
+        solved: list[int] = []
         for k in wave:
             own, overlap = couplings[k]._conditioned_pieces(resolved[k])
             if overlap:  # a parameter twice in one coupling: its pieces see each other's writes
-                solve.conditioned(own, taus[k], overlap=True, **opts)
+                killed[k] = solve.conditioned(own, taus[k], overlap=True, **opts)
                 continue
-            start = sum(t.numel() for t in wave_taus)
+            start = sum(taus[j].numel() for j in solved)
             for p in own:
                 p.start = start
             pieces += own
-            wave_taus.append(taus[k])
-        if pieces:
-            solve.conditioned(pieces, torch.cat(wave_taus) if len(wave_taus) > 1 else wave_taus[0], **opts)
+            solved.append(k)
+        if solved:
+            tau = torch.cat([taus[k] for k in solved]) if len(solved) > 1 else taus[solved[0]]
+            dead = solve.conditioned(pieces, tau, **opts)
+            killed.update(zip(solved, dead.split([taus[k].numel() for k in solved])))
+    return [killed[k] for k in range(len(couplings))]

@@ -49,6 +49,11 @@ class AdamDenominators:
             h = self._held[id(p)] = _denominator(self._state[p], self._owner[id(p)])
         return h
 
+    def nbytes(self, p: Tensor) -> int:
+        """Bytes of parameter ``p``'s denominator (its local ``exp_avg_sq``'s)."""
+        v = local_tensor(self._state[p]["exp_avg_sq"])
+        return v.numel() * v.element_size()
+
     def release(self, g: ProxGroup) -> None:
         """``g`` is done: drop what no later group needs."""
         for key in {id(s.param) for s in g.segments}:

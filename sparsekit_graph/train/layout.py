@@ -58,17 +58,19 @@ def member_numel(m: Member, p: Tensor) -> int:
     return p.numel() // p.shape[m.axis] * m.block
 
 
-def plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[Segment], Any]:
-    """Segments of one group on this rank, and the process group its partial sums need."""
+def plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[Segment], Any, BlockCoupling | None]:
+    """Segments of one group on this rank, the process group its partial sums need, and the
+    engine coupling the segments are the parts of (None when some parameter is sharded)."""
     members = [m for m in g.members if m.param in params]
     shards = {m.param: shard_info(params[m.param], m.param) for m in members}
     groups = {id(s[0]): s for s in shards.values() if s is not None}
     if not groups:  # every parameter whole on this rank (single process, DDP): one engine coupling
         coupling = BlockCoupling([member_spec(m, params[m.param]) for m in members], [m.order for m in members], name=g.name)
-        return [
+        segments: list[Segment] = [
             PartSegment(part, params[m.param], m.param, natural=natural_view(m, params[m.param]))
             for m, part in zip(members, coupling._parts())
-        ], None
+        ]
+        return segments, None, coupling
     if len(groups) > 1:
         raise SparseKitError(f"group {g.name!r}: its parameters are sharded over different device meshes")
     pg, rank, _ = next(iter(groups.values()))
@@ -87,4 +89,4 @@ def plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[Segment]
         elif local.numel():  # every channel, over this rank's rows (or a whole replicated parameter)
             part = BlockCoupling([member_spec(m, local)], [m.order], name=g.name)._parts()[0]
             out.append(PartSegment(part, p, m.param, counted=info is not None or rank == 0, natural=natural_view(m, local)))
-    return out, pg
+    return out, pg, None

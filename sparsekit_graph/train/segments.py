@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..engine import View
+from ..engine import SparseBlock, View
 from ..engine.block import _Part
 
 __all__ = ["PartSegment", "ProxGroup", "RowSegment", "Segment", "is_dtensor", "local_tensor", "shares_storage"]
@@ -148,6 +148,7 @@ class ProxGroup:
     segments: list[Segment]
     weight: Tensor  # (size,) float32
     pg: Any  # process group the partial sums are all-reduced over, or None
+    coupling: SparseBlock | None = None  # the engine coupling whose parts the segments are (whole tensors on this rank)
 
     def __post_init__(self) -> None:
         params = [id(s.param) for s in self.segments]

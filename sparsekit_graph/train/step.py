@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..engine import BlockCoupling, SparseBlock, solve
 from ..errors import SparseKitError
 from ..plan.schema import Plan
+from .batched import distributed, eligible, prox_all
 from .conditioner import AdamDenominators
 from .layout import member_numel, plan_segments
 from .schedule import LamSchedule, ProxStats
@@ -55,6 +56,13 @@ def _weights(given: Mapping[str, float | Tensor] | None, groups: list[ProxGroup]
         g.weight = t.clone()
 
 
+def _flags(flags: list[Tensor]) -> list[bool]:
+    """0-d bool tensors as Python bools, in one transfer where they share a device."""
+    if len({f.device for f in flags}) == 1:
+        return [bool(f) for f in torch.stack(flags).tolist()]
+    return [bool(f) for f in flags]
+
+
 def _on_step(ref: weakref.ref[ProximalStep]) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         prox = ref()
@@ -89,6 +97,9 @@ class ProximalStep:
             ``sqrt(elements per channel)``.
         schedule: A ``LamSchedule`` or ``t -> factor`` (``t`` = optimizer steps seen, from 1).
         reset_state: Zero the optimizer momentum of channels the prox kills.
+        batched: Solve every group in few engine calls (``soft_threshold_all``, the same result)
+            where that applies: one process, no ``torch.distributed`` process group, no DTensor.
+            False: group by group, as the distributed path does.
 
     Raises:
         SparseKitError: An unsupported optimizer or option (amsgrad, maximize), a frozen parameter
@@ -105,6 +116,7 @@ class ProximalStep:
         weights: Mapping[str, float | Tensor] | None = None,
         schedule: LamSchedule | Callable[[int], float] | None = None,
         reset_state: bool = True,
+        batched: bool = True,
     ) -> None:
         if not isinstance(plan, Plan):
             raise SparseKitError(f"plan must be a Plan, got {type(plan).__name__} (engine couplings: use from_couplings)")
@@ -115,9 +127,9 @@ class ProximalStep:
         groups = []
         for g in plan.groups:
             if g.prunable and g.zero_invariant and any(m.param in params for m in g.members):
-                segments, pg = plan_segments(g, params)
+                segments, pg, coupling = plan_segments(g, params)
                 numel = sum(member_numel(m, params[m.param]) for m in g.members if m.param in params)
-                groups.append(ProxGroup(g.name, g.size, segments, torch.full((g.size,), math.sqrt(numel)), pg))
+                groups.append(ProxGroup(g.name, g.size, segments, torch.full((g.size,), math.sqrt(numel)), pg, coupling))
 
         def why_not(name: str) -> str | None:
             if not any(g.name == name for g in plan.groups):
@@ -127,7 +139,7 @@ class ProximalStep:
                 return f"group {name!r} is pinned ({g.reason})"
             return f"group {name!r} is not zero-invariant" if not g.zero_invariant else f"group {name!r} has no parameters"
 
-        self._setup(groups, optimizer, lam, weights, schedule, reset_state, why_not)
+        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, why_not)
 
     @classmethod
     def from_couplings(
@@ -139,6 +151,7 @@ class ProximalStep:
         weights: Mapping[str, float | Tensor] | None = None,
         schedule: LamSchedule | Callable[[int], float] | None = None,
         reset_state: bool = True,
+        batched: bool = True,
     ) -> ProximalStep:
         """The same step over engine couplings (e.g. ``bind(plan, model)``), keyed by group name.
 
@@ -153,9 +166,10 @@ class ProximalStep:
                 PartSegment(part, part.spec.view.param, part.spec.name or f"<spec {i} of {name}>")
                 for i, part in enumerate(c._parts())
             ]
-            groups.append(ProxGroup(name, c.numblk(), segments, torch.full((c.numblk(),), math.sqrt(c.numel_per_block())), None))
+            weight = torch.full((c.numblk(),), math.sqrt(c.numel_per_block()))
+            groups.append(ProxGroup(name, c.numblk(), segments, weight, None, c))
         self = cls.__new__(cls)
-        self._setup(groups, optimizer, lam, weights, schedule, reset_state, lambda name: None)
+        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, lambda name: None)
         return self
 
     def _setup(
@@ -166,6 +180,7 @@ class ProximalStep:
         weights: Mapping[str, float | Tensor] | None,
         schedule: LamSchedule | Callable[[int], float] | None,
         reset_state: bool,
+        batched: bool,
         why_not: Callable[[str], str | None],
     ) -> None:
         if schedule is not None and not (isinstance(schedule, LamSchedule) or callable(schedule)):
@@ -186,6 +201,7 @@ class ProximalStep:
             g.weight = g.weight.to(device)
         self._groups, self._optimizer, self._owner = groups, optimizer, owner
         self.lam, self.schedule, self.reset_state = lam, schedule, reset_state
+        self._batched = batched and eligible(groups)
         self._steps, self._last_lam, self._pending = 0, 0.0, False
         self._handle = optimizer.register_step_post_hook(_on_step(weakref.ref(self)))
 
@@ -200,6 +216,11 @@ class ProximalStep:
         if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
             raise SparseKitError(f"lam must be a non-negative finite number, got {lam!r}")
         self._lam = float(lam)
+
+    @property
+    def batched(self) -> bool:
+        """Whether ``step()`` solves all groups in few engine calls (else group by group)."""
+        return self._batched and not distributed()
 
     @property
     def steps(self) -> int:
@@ -231,18 +252,17 @@ class ProximalStep:
         with torch.no_grad():
             taus = [g.weight.double() * (lam * self._lr(g)) for g in self._groups]
             denoms = None if self._kind == "sgd" else AdamDenominators(self._groups, self._optimizer.state, self._owner)
-            for g, tau in zip(self._groups, taus):
-                if not bool(tau.any()):
-                    if denoms is not None:
-                        denoms.release(g)
-                    continue
-                dead = self._euclidean(g, tau) if denoms is None else self._conditioned(g, tau, denoms)
-                if dead is not None and self.reset_state and bool(dead.any()):
-                    key = "momentum_buffer" if self._kind == "sgd" else "exp_avg"
-                    for s in g.segments:
-                        buf = self._optimizer.state.get(s.param, {}).get(key)
-                        if isinstance(buf, Tensor):
-                            s.zero(buf, dead)
+            work = []
+            for g, tau, live in zip(self._groups, taus, _flags([t.any() for t in taus])):
+                if live:
+                    work.append((g, tau))
+                elif denoms is not None:  # a group with tau == 0 is skipped
+                    denoms.release(g)
+            if self.batched:
+                self._reset(work, prox_all(work, denoms))
+            else:  # group by group (the distributed path): each group's momentum reset before the next
+                for g, tau in work:
+                    self._reset([(g, tau)], [self._euclidean(g, tau) if denoms is None else self._conditioned(g, tau, denoms)])
         return True
 
     def masks(self) -> dict[str, Tensor]:
@@ -299,6 +319,18 @@ class ProximalStep:
         if len(lrs) > 1:
             raise SparseKitError(f"group {g.name!r}: its parameters have different learning rates {sorted(lrs)}")
         return lrs.pop() if lrs else 0.0
+
+    def _reset(self, work: list[tuple[ProxGroup, Tensor]], dead: list[Tensor]) -> None:
+        """Zero the optimizer momentum (SGD ``momentum_buffer``, Adam ``exp_avg``) of the killed channels."""
+        if not self.reset_state:
+            return
+        key = "momentum_buffer" if self._kind == "sgd" else "exp_avg"
+        for (g, _), d, any_dead in zip(work, dead, _flags([d.any() for d in dead])):
+            if any_dead:
+                for s in g.segments:
+                    buf = self._optimizer.state.get(s.param, {}).get(key)
+                    if isinstance(buf, Tensor):
+                        s.zero(buf, d)
 
     def _zero(self, g: ProxGroup) -> Tensor:
         amax = torch.zeros(g.size, device=g.weight.device)
