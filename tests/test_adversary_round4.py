@@ -157,20 +157,16 @@ def _every_group_prunes(model: nn.Module, x: Tensor) -> None:
         skg.prune(model, plan, masks={g.name: mask})  # raises SparseKitError where the plan was wrong
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=skg.SparseKitError,
-    reason="a size attribute (head_dim) that sizes an axis of no emitted group (k's head size: a component "
-    "without parameters, skipped by planner.resolve) is not seen by shared_sizes.pin_shared_sizes, "
-    "so v's head-size group that also counts it stays prunable and surgery breaks k's view",
-)
 def test_head_dim_of_v_shared_with_an_ungrouped_view() -> None:
     """``k.view(b, n, -1, self.head_dim)``, ``v.view(b, n, 4, self.head_dim)``, heads pinned by the
     literal 4: ``v:out`` (v's head size, size 4) is planned prunable with a SizeRef on
     ``head_dim``; pruning it lowers ``head_dim`` and k's view fails ('the pruned model does not
     run'). Written ``k.view(b, n, 4, self.head_dim)`` the same model pins ``v:out`` ('also sizes
-    pinned group k:out'). Also hit by hand-written attention whose heads pin for any reason
+    pinned group k:out'). Fixed: an attribute sizing an axis of no group (k's head size has no
+    parameter of its own) cannot change either (``pin_shared_sizes``'s ``ungrouped``). Also hit by hand-written attention whose heads pin for any reason
     (a branch on ``num_heads``, a literal head count)."""
+    plan = skg.plan(_PinnedHeads(k_heads=-1).eval(), torch.randn(2, 5, 8))
+    assert not plan.group("v:out").prunable and "head_dim" in (plan.group("v:out").reason or "")
     _every_group_prunes(_PinnedHeads(k_heads=-1), torch.randn(2, 5, 8))
 
 

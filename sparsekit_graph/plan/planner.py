@@ -180,9 +180,14 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
     count ties between them (query heads per key/value group, experts of a stacked tensor)."""
     targets = _divert_repeats(graph)
     found: list[tuple[tuple[int, int], Group, list[list[int]]]] = []
+    ungrouped: dict[tuple[str, str], str] = {}  # attributes sizing an axis no group shrinks -> that axis
     for component in graph.components():
         nodes = sorted(component)
         if not any(n[0] == "p" for n in nodes) or all(graph.size(n) <= 1 for n in nodes):
+            for n in nodes:
+                for src in graph.size_refs.get(n, ()):
+                    if src.attr:
+                        ungrouped.setdefault((src.owner, src.attr), f"axis {n[2]} of node {n[1]}")
             continue
         for ch in channel_signatures(graph, nodes, targets):
             found.append(_tied_group(graph, nodes, ch, targets))
@@ -198,7 +203,8 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
     if not graph.exported:  # export's literals match attributes by value only: the export probe decides there
-        groups = pin_shared_sizes(pin_untied_sizes(groups))  # an attribute a pinned group holds cannot change
+        # an attribute a pinned group, or an axis of no group, holds cannot change
+        groups = pin_shared_sizes(pin_untied_sizes(groups), ungrouped)
     # one config count read by every layer; one module attribute the code read for several groups (torch.fx)
     return groups, ties + expert_ties + shared_size_ties(groups, graph.bounds, exported=graph.exported)
 

@@ -54,13 +54,17 @@ def size_drops(groups: list[Group], removed: Mapping[str, int]) -> dict[tuple[st
     }
 
 
-def pin_shared_sizes(groups: list[Group]) -> list[Group]:
-    """``groups`` with every prunable group that shares a size attribute with a pinned one pinned."""
-    summed = segment_sizes(groups)
+def pin_shared_sizes(groups: list[Group], ungrouped: Mapping[tuple[str, str], str] | None = None) -> list[Group]:
+    """``groups`` with every prunable group that shares a size attribute with a pinned one pinned,
+    or with an axis of no group (``ungrouped``: (owner, attr) -> the axis, which nothing shrinks:
+    ``k.view(b, n, -1, self.head_dim)`` where k's head size has no parameter of its own)."""
+    ungrouped = ungrouped or {}
+    summed = segment_sizes(groups) - set(ungrouped)
     changed = True
     while changed:
         changed = False
-        fixed = {(r.owner, r.attr): g.name for g in groups if not g.prunable for r in g.sizes if (r.owner, r.attr) not in summed}
+        fixed = {key: f"the ungrouped {where}" for key, where in ungrouped.items()}
+        fixed |= {(r.owner, r.attr): g.name for g in groups if not g.prunable for r in g.sizes if (r.owner, r.attr) not in summed}
         if not fixed:
             return groups
         out = []
@@ -68,12 +72,16 @@ def pin_shared_sizes(groups: list[Group]) -> list[Group]:
             hit = next(((r.owner, r.attr) for r in g.sizes if (r.owner, r.attr) in fixed), None) if g.prunable else None
             if hit is not None:
                 owner, attr = hit
-                reason = f"size attribute {owner or 'model'}.{attr} also sizes pinned group {fixed[hit]}: it cannot change"
+                reason = f"size attribute {owner or 'model'}.{attr} also sizes {_named(fixed[hit])}: it cannot change"
                 g = g.model_copy(update={"prunable": False, "reason": reason})
                 changed = True
             out.append(g)
         groups = out
     return groups
+
+
+def _named(fixed: str) -> str:
+    return fixed if fixed.startswith("the ungrouped") else f"pinned group {fixed}"
 
 
 def pin_untied_sizes(groups: list[Group]) -> list[Group]:
