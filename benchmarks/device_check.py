@@ -148,7 +148,7 @@ def main() -> None:
                 call = lambda gs=groups, ts=taus: [c.soft_threshold(t) for c, t in zip(gs, ts)]  # noqa: E731
                 what = "soft_threshold, bind(plan)"
             batched = lambda gs=groups, ts=taus, hs=hs: soft_threshold_all(gs, ts, hs)  # noqa: E731
-            for case, fn in ((what, call), (f"soft_threshold_all{what[len('soft_threshold'):]}", batched)):
+            for case, fn in ((what, call), (f"soft_threshold_all{what[len('soft_threshold') :]}", batched)):
                 t = _time(fn, s.restore, d, args.repeats)
                 s.restore()
                 fn()

@@ -346,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--regs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None, help="Run only this seed (seeds in parallel processes; merge their --json files with --report).")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Run only this seed (seeds in parallel processes; merge their --json files with --report).",
+    )
     p.add_argument("--quick", action="store_true", help="1 seed, 2+1 epochs, one lam/reg (CI smoke run)")
     p.add_argument("--json", type=Path, default=None, help="Write the runs here (one JSON object per line).")
     p.add_argument("--report", type=Path, default=None, help="Only print the table (and plot) of a saved run's JSON lines.")

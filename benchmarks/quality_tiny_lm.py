@@ -198,7 +198,7 @@ def table(rows: list[dict]) -> str:
         for method in ("dense", *METHODS, *TP_METHODS):
             rs = [r for r in rows if r["ratio"] == ratio and r["method"] == method]
             if rs:
-                kept = ", ".join(f"{p:,} ({100 * p / dense:.1f}%)" for p in sorted({r['params'] for r in rs}))
+                kept = ", ".join(f"{p:,} ({100 * p / dense:.1f}%)" for p in sorted({r["params"] for r in rs}))
                 out.append(f"| {ratio:.2g} | {method} | {kept} | {_ms([r['one_shot'] for r in rs])} | "
                            f"{_ms([r['final'] for r in rs])} |")  # fmt: skip
     return "\n".join(out)
@@ -215,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None, help="Run only this seed (seeds in parallel processes; merge their --json files with --report).")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Run only this seed (seeds in parallel processes; merge their --json files with --report).",
+    )
     p.add_argument("--tp", action="store_true", help="Also run Torch-Pruning (slow to build its groups here, see docs).")
     p.add_argument("--quick", action="store_true", help="1 seed, 20 training steps (CI smoke run)")
     p.add_argument("--json", type=Path, default=None, help="Write the runs here (one JSON object per line).")

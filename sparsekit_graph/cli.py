@@ -173,9 +173,7 @@ def prune(
             s.print("per-layer counts differ: no config describes the model (try --uniform); load it with load_pruned")
 
 
-@app.command(
-    epilog="Examples: sparsekit-graph graph torchvision:resnet18 -o g.svg; sparsekit-graph graph hf:llama -o llama.png"
-)
+@app.command(epilog="Examples: sparsekit-graph graph torchvision:resnet18 -o g.svg; sparsekit-graph graph hf:llama -o llama.png")
 def graph(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     out: Path = typer.Option(Path("graph.svg"), "-o", "--out", help="Output file: .svg, .png, .html (explorer) or .dot."),

@@ -96,12 +96,22 @@ HF_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "opt": (
         "OPTConfig",
         "OPTForCausalLM",
-        dict(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=64, word_embed_proj_dim=64),
+        dict(
+            vocab_size=128,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            word_embed_proj_dim=64,
+        ),
     ),  # fmt: skip
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**_ENCODER, "vocab_size": 128, "max_position_embeddings": 64}),
-    "falcon": ("FalconConfig", "FalconForCausalLM", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2,
-                                                          num_attention_heads=4, multi_query=False)),  # fmt: skip
+    "falcon": (
+        "FalconConfig",
+        "FalconForCausalLM",
+        dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=False),
+    ),  # fmt: skip
     "distilbert": (
         "DistilBertConfig",
         "DistilBertForSequenceClassification",

@@ -163,8 +163,9 @@ def test_head_dim_of_v_shared_with_an_ungrouped_view() -> None:
     ``head_dim``; pruning it lowers ``head_dim`` and k's view fails ('the pruned model does not
     run'). Written ``k.view(b, n, 4, self.head_dim)`` the same model pins ``v:out`` ('also sizes
     pinned group k:out'). Fixed: an attribute sizing an axis of no group (k's head size has no
-    parameter of its own) cannot change either (``pin_shared_sizes``'s ``ungrouped``). Also hit by hand-written attention whose heads pin for any reason
-    (a branch on ``num_heads``, a literal head count)."""
+    parameter of its own) cannot change either (``pin_shared_sizes``'s ``ungrouped``). Also hit
+    by hand-written attention whose heads pin for any reason (a branch on ``num_heads``, a
+    literal head count)."""
     plan = skg.plan(_PinnedHeads(k_heads=-1).eval(), torch.randn(2, 5, 8))
     assert not plan.group("v:out").prunable and "head_dim" in (plan.group("v:out").reason or "")
     _every_group_prunes(_PinnedHeads(k_heads=-1), torch.randn(2, 5, 8))

@@ -198,7 +198,9 @@ SPELL: dict[str, list[Spelling]] = {
         ("torch.conv2d(h, w, b, 1, p, 1, g)", lambda c: torch.conv2d(c.h, c.m.weight, c.m.bias, 1, c.m.padding, 1, c.m.groups)),
         (
             "aten.convolution(h, w, b, s, p, d, False, [0, 0], g)",
-            lambda c: torch.ops.aten.convolution(c.h, c.m.weight, c.m.bias, [1, 1], list(c.m.padding), [1, 1], False, [0, 0], c.m.groups),
+            lambda c: torch.ops.aten.convolution(
+                c.h, c.m.weight, c.m.bias, [1, 1], list(c.m.padding), [1, 1], False, [0, 0], c.m.groups
+            ),
         ),
     ],
     "bn": [
@@ -222,7 +224,9 @@ SPELL: dict[str, list[Spelling]] = {
         ),
         (
             "torch.batch_norm(h, w, b, rm, rv, training, 0.1, eps, False)",
-            lambda c: torch.batch_norm(c.h, c.m.weight, c.m.bias, c.m.running_mean, c.m.running_var, c.m.training, 0.1, c.m.eps, False),
+            lambda c: torch.batch_norm(
+                c.h, c.m.weight, c.m.bias, c.m.running_mean, c.m.running_var, c.m.training, 0.1, c.m.eps, False
+            ),
         ),
     ],
     "scale": [

@@ -98,7 +98,9 @@ def test_query_heads_are_tried_at_one_per_key_value_group(monkeypatch: pytest.Mo
         assert int((~tried[0][g.name]).sum()) == g.size // n_rep, (g.name, tried[0][g.name])
 
 
-@pytest.mark.parametrize("name", ["llama", pytest.param("swin", marks=pytest.mark.slow), pytest.param("t5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["llama", pytest.param("swin", marks=pytest.mark.slow), pytest.param("t5", marks=pytest.mark.slow)]
+)
 def test_a_static_retrace_passes_every_check_against_the_dynamic_trace(name: str) -> None:
     """The probe's retrace keeps batch and length static: same code, no symbolic size nodes,
     other node names (Swin's ``mul`` on sizes); nothing pruned, every check passes."""

@@ -136,9 +136,7 @@ FAMILIES: dict[str, list[Fn]] = {
 
 
 def _key(plan: skg.Plan) -> list[tuple]:
-    return [
-        (g.name, g.prunable, g.zero_invariant, g.size, sorted((m.param, m.axis) for m in g.members)) for g in plan.groups
-    ]
+    return [(g.name, g.prunable, g.zero_invariant, g.size, sorted((m.param, m.axis) for m in g.members)) for g in plan.groups]
 
 
 def _body(fn: Fn) -> nn.Module:

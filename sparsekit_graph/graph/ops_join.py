@@ -84,8 +84,9 @@ def pad(ctx: RuleContext) -> None:
     if src is None or len(amounts) % 2 or len(amounts) // 2 > len(src):
         ctx.pin_everything(f"padding by computed amounts at {ctx.where()}")
         return
-    computed = [len(src) - 1 - k for k in range(len(amounts) // 2)
-                if not all(isinstance(p, int) for p in amounts[2 * k : 2 * k + 2])]
+    computed = [
+        len(src) - 1 - k for k in range(len(amounts) // 2) if not all(isinstance(p, int) for p in amounts[2 * k : 2 * k + 2])
+    ]
     if computed:  # ``F.pad(x, (0, 0, 0, pad_r, 0, pad_b))``: only the axes padded by computed amounts pin
         ctx.pin([src[d] for d in computed] + [out[d] for d in computed], f"padding by computed amounts at {ctx.where()}")
         amounts = [p if isinstance(p, int) else 0 for p in amounts]
@@ -151,7 +152,12 @@ def split(ctx: RuleContext) -> None:
     is_chunk = (
         (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
-        or (not counted and isinstance(how, int) and not isinstance(how, bool) and all(not ctx.constant_size(p[dim], how) for p in parts))
+        or (
+            not counted
+            and isinstance(how, int)
+            and not isinstance(how, bool)
+            and all(not ctx.constant_size(p[dim], how) for p in parts)
+        )
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
         return

@@ -14,10 +14,22 @@ from .zeros import zero_breaker
 
 # -- products ------------------------------------------------------------------------------
 
-_WEIGHT_VIEWS = {torch.Tensor.T, torch.Tensor.mT, torch.t, torch.transpose, torch.permute, torch.Tensor.data,
-                 torch.Tensor.detach, torch.detach, torch.Tensor.contiguous, torch.Tensor.to,
-                 torch.Tensor.index, torch.Tensor.expand, torch.Tensor.expand_as,
-                 torch.broadcast_to}  # fmt: skip  (index: stacked experts gathered per token)
+_WEIGHT_VIEWS = {
+    torch.Tensor.T,
+    torch.Tensor.mT,
+    torch.t,
+    torch.transpose,
+    torch.permute,
+    torch.Tensor.data,
+    torch.Tensor.detach,
+    torch.detach,
+    torch.Tensor.contiguous,
+    torch.Tensor.to,
+    torch.Tensor.index,
+    torch.Tensor.expand,
+    torch.Tensor.expand_as,
+    torch.broadcast_to,
+}  # fmt: skip  (index: stacked experts gathered per token)
 
 
 def is_weight(ctx: RuleContext, x: object) -> bool:

@@ -165,7 +165,6 @@ class SizeRead(_Tracked, int):
         obj._init(sites, log, origin)
         return obj
 
-
     def __reduce__(self) -> tuple:
         return int, (int(self),)
 
@@ -315,7 +314,6 @@ class SizeFloat(_Tracked, float):
         obj._init(sites, log)
         return obj
 
-
     def _reach(self) -> None:
         """torch's code took it: a number that changes with the count (``VALUE``)."""
         self.reached = True
@@ -364,7 +362,6 @@ class SizeTuple(_Tracked, tuple):
         obj = tuple.__new__(cls, value)
         obj._init(sites, log)
         return obj
-
 
     def __getitem__(self, i: Any) -> Any:
         out = tuple.__getitem__(self, i)

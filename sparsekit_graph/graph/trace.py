@@ -29,9 +29,9 @@ from .param_reads import recording_param_reads
 from .rules import module_rule_for, patched_on_instance
 from .size_flow import converted_nowhere
 from .size_math import recording_math
-from .size_sinks import Sinks, sinks_now
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
+from .size_sinks import Sinks, sinks_now
 from .size_values import by_user
 from .tensor_data import recording_tensor_data
 

@@ -383,6 +383,13 @@ def _members(node: AxisId, p: np.ndarray) -> list[Member]:
 def _member(node: AxisId, start: int, stop: int, block: int, indices: list[int] | None, channel_axes: int) -> Member:
     return constructed(  # consistent by construction: validation is the loader's job
         Member,
-        param=node[1], axis=node[2], start=start, stop=stop, block=block, indices=indices, order=view_order(channel_axes),
-        fix=None, factor=FACTOR if len(node) > 3 else 0,
+        param=node[1],
+        axis=node[2],
+        start=start,
+        stop=stop,
+        block=block,
+        indices=indices,
+        order=view_order(channel_axes),
+        fix=None,
+        factor=FACTOR if len(node) > 3 else 0,
     )

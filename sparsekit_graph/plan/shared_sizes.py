@@ -48,7 +48,9 @@ def size_drops(groups: list[Group], removed: Mapping[str, int]) -> dict[tuple[st
         for r in g.sizes:
             total[(r.owner, r.attr)] += r.lowered_by(removed.get(g.name, 0))
     return {
-        (g.name, r.owner, r.attr): total[(r.owner, r.attr)] if (r.owner, r.attr) in summed else r.lowered_by(removed.get(g.name, 0))
+        (g.name, r.owner, r.attr): total[(r.owner, r.attr)]
+        if (r.owner, r.attr) in summed
+        else r.lowered_by(removed.get(g.name, 0))
         for g in groups
         for r in g.sizes
     }

@@ -144,9 +144,7 @@ _ARITHMETIC = {torch.ops.aten.mul.Tensor, torch.ops.aten.mul.Scalar, torch.ops.a
                torch.ops.aten.rsub.Scalar, torch.ops.aten.pow.Tensor_Scalar, torch.ops.aten.pow.Scalar}  # fmt: skip
 
 
-def changed_numbers(
-    before: fx.Graph, after: fx.Graph, compensated: frozenset[tuple[float, float]] = frozenset()
-) -> list[str]:
+def changed_numbers(before: fx.Graph, after: fx.Graph, compensated: frozenset[tuple[float, float]] = frozenset()) -> list[str]:
     """Nodes of ``before`` (which runs the same code as ``after``) given a number that pruning
     changed: a float anywhere, an int in arithmetic (``h * h.shape[-1] ** -0.5``). The model
     computes values from a pruned size, so the pruned model is not the masked one. A change

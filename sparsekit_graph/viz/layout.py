@@ -78,9 +78,7 @@ def layered_layout(nodes: Sequence[str], edges: Sequence[tuple[str, str]], sizes
     for r in sorted(rows):
         _place_row(rows[r], flow, width, index, cx)
     left = min(cx[v] - width[v] / 2 for v in cx)
-    boxes = {
-        n: Box(cx[n] - width[n] / 2 - left, rank[n] * (height + _GAP_Y), width[n], sizes[n][1]) for n in nodes
-    }
+    boxes = {n: Box(cx[n] - width[n] / 2 - left, rank[n] * (height + _GAP_Y), width[n], sizes[n][1]) for n in nodes}
     routes = {}
     for (s, t), path in chains.items():
         points = [(boxes[s].cx, boxes[s].y + boxes[s].h)]
