@@ -45,7 +45,7 @@ def view(ctx: RuleContext) -> None:
         return
     raw = ctx.arg("shape", ctx.arg("size"))
     out = ctx.out()
-    link_read_lengths(ctx, ctx.arg("other") if ctx.arg("other") is not None else raw, out)
+    read = ctx.arg("other") if ctx.arg("other") is not None else raw
     if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
         raw = [None] * ctx.out_value.ndim
     if not isinstance(raw, (tuple, list)):
@@ -70,6 +70,7 @@ def view(ctx: RuleContext) -> None:
     literal = [constant(j, s) or _computed_constant(ctx, j, s, groups) for j, s in enumerate(raw)]
     _inferred_group_count(ctx, raw, out)
     reshape_axes(ctx, literal=literal, groups=groups)
+    link_read_lengths(ctx, read, out)  # after the reshape's own links, which may carry the read channels
 
 
 def _computed_constant(ctx: RuleContext, j: int, size: Any, groups: list[tuple[list[int], list[int]]]) -> bool:
@@ -206,14 +207,14 @@ def unflatten(ctx: RuleContext) -> None:
     read = isinstance(raw, fx.Node)  # sizes read off a tensor (``x.shape[2:]``) follow the model
     sizes = list(ctx.meta(raw)) if read else list(raw)
     k = len(sizes)
-    if read:
-        link_read_lengths(ctx, raw, out[dim : dim + k])
     twice = set() if read else _repeated_sizes(ctx, sizes)  # ``unflatten(-1, (4, 4))``: 4 heads of 4
     literal = [False] * dim + [not read and (j in twice or ctx.constant_size(out[dim + j], s)) for j, s in enumerate(sizes)]
     literal += [False] * (nd - dim - 1)
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
     reshape_axes(ctx, literal=literal, groups=groups)
+    if read:
+        link_read_lengths(ctx, raw, out[dim : dim + k])
 
 
 def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:

@@ -18,12 +18,13 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .meta import MODULE_READS, SIZE_READS
 from .normalize import normalize
 from .sizes import SizeSource, size_sources
 
-__all__ = ["link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis"]
+__all__ = ["counted_alike", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis"]
 
 
 def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
@@ -101,7 +102,12 @@ def literal_dims(ctx: RuleContext, size: fx.Node, dims: Sequence[int]) -> list[i
 def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
     """A size read off a tensor's axis (``x.size(2)``, ``x.shape``, ``view_as(x)``) makes the
     output axis as long as that axis: they are one channel space (timm's ``reshape(B, N, C)``
-    of attention heads by the input's width ties the heads' width to the residual stream)."""
+    of attention heads by the input's width ties the heads' width to the residual stream).
+    Where the op's own links already carry the read axis's channels to the output axis with
+    their count (a channel shuffle's closing ``view(b, c, H, W)`` of ``c = h.shape[1]``: the
+    same channels, permuted), the lengths follow each other and no identity is added (it
+    would tie each channel to its shuffled copy: one block of all of them). Call it after
+    the op's other links."""
     if isinstance(sizes, fx.Node) and isinstance(ctx.meta(sizes), Tensor):  # view_as / reshape_as
         read: list = list(ctx.axes(sizes) or [])
     elif isinstance(sizes, (tuple, list)):
@@ -109,8 +115,34 @@ def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
     else:
         read = _read_axes(ctx, sizes) or []
     for a, o in zip(read, out):
-        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1:
+        if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1 and not counted_alike(ctx.graph, a, o):
             ctx.graph.link(a, o)
+
+
+# Links whose index maps are whole and uniform: every index of the smaller axis moves with as
+# many of the larger one, so two axes of one length joined by them keep equal counts whatever
+# is pruned (not ``offset``: a part of an axis; not ``repeat``: copies an expand broadcast).
+_COUNTED = frozenset({"identity", "permute", "block", "tie"})
+
+
+def counted_alike(graph: AxisGraph, a: AxisId, b: AxisId) -> bool:
+    """Are ``a`` and ``b`` joined by ``_COUNTED`` links alone (so, being of one length, they
+    keep one count)? Searched from both ends at once: the cost is the smaller side's."""
+    if a == b:
+        return True
+    seen = ({a}, {b})
+    todo: tuple[list[AxisId], list[AxisId]] = ([a], [b])
+    while todo[0] and todo[1]:
+        side = 0 if len(todo[0]) <= len(todo[1]) else 1
+        x = todo[side].pop()
+        for y, ds in graph.adj[x].items():
+            if y in seen[side] or not any(d["kind"] in _COUNTED for d in ds):
+                continue
+            if y in seen[1 - side]:
+                return True
+            seen[side].add(y)
+            todo[side].append(y)
+    return False
 
 
 def _read_axes(ctx: RuleContext, x: object) -> list | None:

@@ -1,0 +1,85 @@
+"""Spellings of one op that planned differently through the size reads (issue 7, adversary round 4,
+"Found, left"): each spelling must give the plan of the others, whose prunable groups prune at
+ratio 0.5 and, where zero-invariance is claimed, match the masked dense model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from test_adversary_round4 import Net, _holds, _signature
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+X = (2, 3, 6, 6)
+Fn = Callable[[nn.Module, Tensor], Tensor]
+
+
+def _plan_and_prune(fn: Fn, keep: int, **extra: object) -> skg.Plan:
+    """The plan of ``Net(fn)``; every prunable group pruned to ``keep`` channels (ratio 0.5 here)
+    runs, and matches the masked dense model where it claims zero-invariance (``_holds``)."""
+    return _holds(Net(fn, **extra), keep=keep)
+
+
+# --- 1. channel shuffle: a length read divided by a literal, and the closing view by that length -----
+
+
+def _shuffle_module(s: nn.Module, h: Tensor) -> Tensor:
+    return nn.functional.channel_shuffle(h, 3)
+
+
+def _shuffle_shape(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, ww = h.shape
+    return h.view(b, 3, c // 3, hh, ww).transpose(1, 2).contiguous().view(b, c, hh, ww)
+
+
+def _shuffle_size(s: nn.Module, h: Tensor) -> Tensor:
+    c = h.size(1)
+    return h.view(h.size(0), 3, c // 3, h.size(2), h.size(3)).transpose(1, 2).contiguous().view(h.size(0), c, 6, 6)
+
+
+def _shuffle_attribute(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, ww = h.shape
+    return h.view(b, s.groups, c // s.groups, hh, ww).transpose(1, 2).contiguous().view(b, c, hh, ww)
+
+
+def _shuffle_inferred_then_read(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, ww = h.shape
+    return h.view(b, 3, -1, hh, ww).transpose(1, 2).reshape(b, c, hh, ww)
+
+
+def _shuffle_reshape(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, ww = h.size()
+    return h.reshape(b, 3, -1, hh, ww).permute(0, 2, 1, 3, 4).reshape(b, -1, hh, ww)
+
+
+def _shuffle_unflatten(s: nn.Module, h: Tensor) -> Tensor:
+    return h.unflatten(1, (3, -1)).transpose(1, 2).flatten(1, 2)
+
+
+def _shuffle_unflatten_read(s: nn.Module, h: Tensor) -> Tensor:
+    return h.unflatten(1, (3, h.shape[1] // 3)).transpose(1, 2).reshape(h.shape)
+
+
+SHUFFLES = [_shuffle_shape, _shuffle_size, _shuffle_attribute, _shuffle_inferred_then_read, _shuffle_reshape,
+            _shuffle_unflatten, _shuffle_unflatten_read]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shuffle_plan() -> set[tuple]:
+    plan = _plan_and_prune(_shuffle_module, keep=2)
+    group = plan.group("a:out")
+    assert group.size == 4 and group.prunable and group.zero_invariant  # blocks of 3 channels, one per shuffle group
+    return _signature(plan)
+
+
+@pytest.mark.parametrize("fn", SHUFFLES, ids=lambda f: f.__name__)
+def test_channel_shuffle_spellings_plan_alike(fn: Fn, shuffle_plan: set[tuple]) -> None:
+    """``view(b, g, c // g, H, W).transpose(1, 2).contiguous().view(b, c, H, W)`` with ``c`` read
+    off ``h`` gave ``a:out`` one block of 12 channels (nothing to prune): the closing view's
+    length read linked each channel to its shuffled copy as an identity, beside the reshape's
+    own block links. The read no longer adds an identity where the reshape already carries
+    the channels with their count (``size_args.counted_alike``)."""
+    assert _signature(_plan_and_prune(fn, keep=2, groups=3)) == shuffle_plan
