@@ -47,7 +47,7 @@ _ATEN_NAMES: dict[str, Hashable] = {
     "_to_copy": Tensor.to, "alias": torch.clone, "lift_fresh_copy": torch.clone, "sym_size": Tensor.size,
     "sym_numel": Tensor.numel, "__and__": operator.and_, "__or__": operator.or_, "__xor__": operator.xor,
     "split_with_sizes": torch.split, "view_copy": Tensor.view, "_unsafe_view": Tensor.view, "numpy_T": Tensor.T,
-    "mT": Tensor.mT, "mH": Tensor.mH, "matrix_H": Tensor.mH,
+    "mT": Tensor.mT, "mH": Tensor.mH, "matrix_H": Tensor.mH, "fill": torch.fill_, "zero": torch.zero_, "copy": Tensor.copy_,
 }  # fmt: skip
 # Checks that export records in the graph; they compute nothing.
 NO_EFFECT_OPS = ("_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range_for_size")

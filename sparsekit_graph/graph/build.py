@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_sizes,
     ops_tensor,
     ops_vision,
+    ops_write,
 )
 from .axes import AxisGraph
 from .context import RuleContext

@@ -40,6 +40,14 @@ _OPERATOR_INPLACE = {
     operator.iand, operator.ior, operator.ixor, operator.imatmul, operator.ilshift, operator.irshift,
 }  # fmt: skip
 _OPERATOR_NAMES = {operator.getitem: ("input", "index"), operator.setitem: ("input", "index", "value")}
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
+# ``g.__iadd__(t)``, ``g.__add__(t)``, ``g.__neg__()``: the operator Python calls for ``g += t``, ``g + t``, ``-g``.
+_DUNDERS: dict[str, Callable[..., Any]] = {
+    f"__{n}__": getattr(operator, f"{n}_" if n in ("and", "or") else n)
+    for n in (*_BINARY, *(f"i{b}" for b in _BINARY), "neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne")
+}
+# ``g.__radd__(t)`` is ``t + g``: the operator with its operands swapped.
+_REFLECTED: dict[str, Callable[..., Any]] = {f"__r{b}__": _DUNDERS[f"__{b}__"] for b in _BINARY}
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,8 @@ def normalize(node: fx.Node, module: torch.nn.Module | None = None) -> Call:
 def canonical_op(target: Any) -> tuple[Hashable, Callable[..., Any] | str | None, bool]:
     """(canonical op, what to bind arguments against, in-place?) for a call target or method name."""
     if isinstance(target, str):  # a method name
-        inplace = target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target[:-1])
-        base = target[:-1] if inplace else target
+        inplace = target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target)  # fill_, copy_ too
+        base = target[:-1] if inplace and hasattr(Tensor, target[:-1]) else target
         fn = getattr(torch, base, None)
         if not callable(fn) or isinstance(fn, type):
             fn = getattr(Tensor, base, target)  # a method torch has no function of (``nelement``)
@@ -120,6 +128,10 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
 def bind_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     """The ``Call`` of a call to ``target`` (a function or a method name) with these arguments,
     which may be nodes or the values themselves (``size_reaching.Reaching`` binds the calls it sees)."""
+    if isinstance(target, str) and target in _REFLECTED and len(args) == 2:
+        target, args = _REFLECTED[target], args[::-1]
+    elif isinstance(target, str):
+        target = _DUNDERS.get(target, target)
     op, against, inplace = canonical_op(target)
     if target in _OPERATOR_NAMES or getattr(target, "__module__", None) == "_operator":
         names = _OPERATOR_NAMES.get(target, ("input", "other", "third"))
@@ -164,6 +176,7 @@ def _same_as(call: Call) -> Call:
 def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     kwargs = {_KW_ALIASES.get(k, k): v for k, v in kwargs.items()}
     fn = against if callable(against) else None
+    fn = _SIGNATURE_OF.get(fn, fn) if isinstance(fn, Hashable) else fn
     if fn is not None and _python_signature(fn) is not None:
         return _bind_python(op, fn, args, kwargs)
     name = getattr(fn, "__name__", against if isinstance(against, str) else None)
@@ -177,6 +190,17 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
     if len(args) == 1 and not kwargs:  # x.float(): nothing to bind but the tensor itself
         return Call(op, {"input": args[0]}, frozenset({"input"}))
     return Call(op, {"input": args[0]} if args else {}, frozenset(), bound=False)
+
+
+def _new_tensor(
+    self: Tensor, data: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False, layout: Any = None,
+    pin_memory: bool = False,
+) -> None:
+    """The signature of ``Tensor.new_tensor``, a builtin with neither a Python signature nor a schema."""
+
+
+# Builtins bound against a Python function of the same signature (``h.new_tensor(h.size(1))``).
+_SIGNATURE_OF: dict[Any, Callable[..., Any]] = {Tensor.new_tensor: _new_tensor}
 
 
 @cache
@@ -292,8 +316,9 @@ def _bind_schema(
     if args is None:
         return None
     given: dict[str, Any] = {p.name: v for p, v in zip(positional, args)}
+    primary = next((n for n in names if n in _PRIMARY), None)  # where(condition, self, other): not the first
     for k, v in kwargs.items():
-        key = k if k in names else (names[0] if k in _PRIMARY and names and names[0] in _PRIMARY else None)
+        key = k if k in names else (primary if k in _PRIMARY else None)
         if key is None or key in given:
             return None
         given[key] = v

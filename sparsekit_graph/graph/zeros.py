@@ -188,7 +188,9 @@ _VIEWS = {
     torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT, torch.Tensor.data, torch.Tensor.detach,
     torch.Tensor.view, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.Tensor.expand,
     torch.Tensor.expand_as, torch.Tensor.contiguous, torch.Tensor.to, operator.getitem, torch.chunk, torch.split,
-    torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as,
+    torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as, torch.narrow, torch.select,
+    torch.ops.aten.slice, torch.movedim, torch.moveaxis, torch.unbind, torch.diagonal, torch.as_strided,
+    torch.Tensor.unfold, torch.tensor_split,
 }  # fmt: skip
 # ``g = h; g += 1`` is traced as an out-of-place add whose result nobody uses: assume it was in place.
 _AUGMENTED = {operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow}
