@@ -5,9 +5,12 @@ ratio 0.5 and, where zero-invariance is claimed, match the masked dense model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
+import torch
+import torch.nn.functional as F
 from test_adversary_round4 import Net, _holds, _signature
 from torch import Tensor, nn
 
@@ -83,3 +86,87 @@ def test_channel_shuffle_spellings_plan_alike(fn: Fn, shuffle_plan: set[tuple]) 
     own block links. The read no longer adds an identity where the reshape already carries
     the channels with their count (``size_args.counted_alike``)."""
     assert _signature(_plan_and_prune(fn, keep=2, groups=3)) == shuffle_plan
+
+
+# --- 2. a length made a Python number: a value of tensor arithmetic, not control flow ---------------
+
+
+def _scale_power(s: nn.Module, h: Tensor) -> Tensor:
+    return h / h.shape[1] ** 0.5
+
+
+def _scale_log_tensor(s: nn.Module, h: Tensor) -> Tensor:
+    return h * torch.log(torch.tensor(float(h.shape[1])))
+
+
+def _scale_float(s: nn.Module, h: Tensor) -> Tensor:
+    return h / float(h.shape[1])
+
+
+def _scale_float_local(s: nn.Module, h: Tensor) -> Tensor:
+    n = float(h.size(1))
+    h = h * 2
+    return h / n
+
+
+def _scale_float_math(s: nn.Module, h: Tensor) -> Tensor:
+    return h / math.sqrt(float(h.size(1)))
+
+
+def _scale_int(s: nn.Module, h: Tensor) -> Tensor:
+    return h * int(h.size(1) ** 0.5)
+
+
+def _scale_in_place(s: nn.Module, h: Tensor) -> Tensor:
+    h = h + 1
+    h /= float(h.shape[1])
+    return h
+
+
+@pytest.fixture(scope="module")
+def scale_plan() -> set[tuple]:
+    plan = _plan_and_prune(_scale_power, keep=6)
+    group = plan.group("a:out")
+    assert group.size == 12 and group.prunable and not group.zero_invariant
+    return _signature(plan)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_scale_log_tensor, _scale_float, _scale_float_local, _scale_float_math, _scale_int, _scale_in_place],
+    ids=lambda f: f.__name__,
+)
+def test_a_length_converted_to_a_number_plans_like_its_power(fn: Fn, scale_plan: set[tuple]) -> None:
+    """``torch.log(torch.tensor(float(h.shape[1])))`` pinned ("python control flow on the
+    length") where ``h.shape[1] ** 0.5`` only costs zero-invariance: Python's ``float``/``int``
+    hid the number. ``flow_values`` follows it through the model's bytecode: only arithmetic,
+    pure functions and a tensor op taking it as an operand, so it is a value."""
+    assert _signature(_plan_and_prune(fn, keep=6)) == scale_plan
+
+
+def _helper(t: Tensor) -> float:
+    return float(t.shape[1])
+
+
+def _times_batch(s: nn.Module, h: Tensor) -> Tensor:
+    m = h.shape[0] * int(h.shape[1] / 3)  # a node of lengths holds the number: Python decides on it
+    return h * 2 if m > 5 else h
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, h: h * 2 if float(h.shape[1]) > 8 else h,
+        lambda s, h: h * (float(h.shape[1]) > 3),
+        lambda s, h: h / _helper(h),  # returned: the caller's use is not followed
+        lambda s, h: F.interpolate(h, scale_factor=float(h.shape[1]) / 6),
+        lambda s, h: h * 2 if torch.tensor(float(h.shape[1])).item() > 3 else h,
+        lambda s, h: h.view(h.size(0), 3, int(h.size(1) / 3), -1).view(h.shape),
+        _times_batch,
+    ],
+    ids=["branch", "comparison", "returned", "scale_factor", "item", "view_size", "times_batch"],
+)
+def test_a_converted_length_that_decides_or_sizes_still_pins(fn: Fn) -> None:
+    """The same conversions deciding a branch, sizing a result or leaving the frame pin."""
+    group = skg.plan(Net(fn), torch.randn(*X)).group("a:out")
+    assert not group.prunable and "python control flow" in (group.reason or ""), group

@@ -658,8 +658,8 @@ def _loops_over_rows(s: nn.Module, h: Tensor) -> Tensor:
         pytest.param(_asserts_width, id="assert"),
         pytest.param(_loops_over_width, id="range"),
         pytest.param(_loops_over_rows, id="iterate"),
-        pytest.param(lambda s, h: h * int(h.size(1) ** 0.5), id="int"),
-        pytest.param(lambda s, h: h * float(h.size(1)), id="float"),
+        pytest.param(lambda s, h: h * 2 if float(h.size(1)) > 4 else h, id="float-branch"),
+        pytest.param(lambda s, h: h.view(h.size(0), int(h.size(1) / 3), -1), id="int-size"),
     ],
 )
 def test_control_flow_on_a_channel_count_pins(branch: Callable[..., Tensor], tmp_path: Path) -> None:
@@ -680,6 +680,8 @@ def test_control_flow_on_a_channel_count_pins(branch: Callable[..., Tensor], tmp
         pytest.param(lambda s, h: h.reshape(*h.shape[:2], -1).view(h.shape), id="star-shape"),
         pytest.param(lambda s, h: h / math.sqrt(h.size(1)), id="math-scale"),  # traced: follows, no zero-invariance
         pytest.param(lambda s, h: h * len(h.transpose(0, 1)), id="len"),  # len(t) is t.shape[0]: traced, as math-scale
+        pytest.param(lambda s, h: h * int(h.size(1) ** 0.5), id="int"),  # a number only tensor arithmetic takes
+        pytest.param(lambda s, h: h * float(h.size(1)), id="float"),  # (``flow_values``): as math-scale
     ],
 )
 def test_control_flow_on_other_sizes_keeps_channels(branch: Callable[..., Tensor], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .context import RuleContext
+from .flow_values import VALUE
 from .meta import CONTROL
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
@@ -47,7 +48,7 @@ def axis_lengths(ctx: RuleContext) -> None:
     nd = len(src)
     reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd)]
     for user, axes in reads:
-        if user.meta.get(CONTROL):  # the traced code holds one branch / count of turns: it would not follow
+        if user.meta.get(CONTROL) not in (None, VALUE):  # the traced code holds one branch / count of turns
             ctx.pin([src[d] for d in axes], f"python control flow on the length of an axis at node {user.name}")
         else:
             ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")

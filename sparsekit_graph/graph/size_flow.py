@@ -47,7 +47,7 @@ from .flow_code import ENDS, GOTO, INTROSPECTION, code_table, dead, exception_ha
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 from .size_sinks import Sinks
 
-__all__ = ["Where", "converted_nowhere", "flows_nowhere", "where_made"]
+__all__ = ["Where", "converted_nowhere", "flows_nowhere", "stack_after", "where_made"]
 
 Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
 
@@ -135,15 +135,20 @@ def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bo
         return False
     if not made and (ins[i].opname not in _CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
         return False
+    returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i), trust)
+    if returned:  # a helper's result: follow it in the caller
+        return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust)
+    return True
+
+
+def stack_after(frame: FrameType, ins: list[dis.Instruction], i: int) -> list[Sym]:
+    """The abstract stack after ``ins[i]``, with the value it pushed (the one followed) as ``T``."""
     before = _stacks(frame).get(ins[i].offset)
     if before is None:
         raise Fail
     stack = list(_step(frame, ins, i, list(before), taint=None)[0][1])
     stack[-1] = T
-    returned = _taint_walk(frame, ins, index, i + 1, stack, trust)
-    if returned:  # a helper's result: follow it in the caller
-        return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust)
-    return True
+    return stack
 
 
 def _calls_code(frame: FrameType, ins: list[dis.Instruction], i: int, callee: CodeType) -> bool:

@@ -18,10 +18,11 @@ from torch.nn.modules import module as _module
 
 from ..containers import CONTAINERS, record, restore
 from ..errors import TraceError
-from .buffer_views import buffer_view
+from .buffer_views import BufferOps
 from .config_reads import config_reads, recording_config_reads
 from .export import export_graph
 from .fast_tracer import FastTracer
+from .flow_values import Conversions
 from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
 from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
@@ -236,21 +237,22 @@ class _Tracer(FastTracer):
         self._inputs = (model, args, kwargs)
         self._runner: MetaRunner | None = None
         self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
-        self._buffers: dict[int, str] | None = None  # buffer id -> its path (``buffer_view``)
+        self.buffer_ops = BufferOps(model)  # ops on buffers alone, rebuilt as nodes (``buffer_views``)
         self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
+        self.conversions = Conversions(sinks, lambda n: not _sizes_only(n))  # ``float(h.shape[1])`` (``flow_values``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
-            with recording_tensor_data(self), recording_math():  # ``torch.tensor(h.size(1))``: a node, not a failure
-                return super().trace(root, concrete_args)
+            with recording_tensor_data(self), recording_math(), self.buffer_ops:  # ``torch.tensor(h.size(1))``: a node, not a failure
+                graph = super().trace(root, concrete_args)
+            self.conversions.resolve("number")
+            return graph
         finally:
             self._parsed.clear()  # no frame outlives the trace
 
     def create_arg(self, a: Any) -> Any:
-        if type(a) is Tensor and a._is_view():  # ``self.scale[:, None, None]``: ops on the buffer, not a constant
-            if self._buffers is None:
-                self._buffers = {id(b): name for name, b in self.root.named_buffers()}
-            node = buffer_view(self, a, self._buffers)
+        if type(a) is Tensor:  # ``self.scale[:, None, None]``, ``(g * 2).view(...)``: ops on the buffer, not a constant
+            node = self.buffer_ops.node(self, a)
             if node is not None:
                 return node
         return super().create_arg(a)
@@ -260,7 +262,9 @@ class _Tracer(FastTracer):
     ) -> fx.Node:
         if self._parsed and kind in ("call_function", "call_method"):
             self._unmark_parsed((args, kwargs))
-        return super().create_node(kind, target, args, kwargs, name, type_expr)
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        self.conversions.recorded(node)
+        return node
 
     def _unmark_parsed(self, arguments: Any) -> None:
         """Numbers torch's parser read for the call now recorded (same frame, same instruction)
@@ -328,6 +332,7 @@ class _Tracer(FastTracer):
         if control is not None and not isinstance(value, Tensor):
             obj.node.meta.setdefault(CONTROL, control)
             self._parsed.pop(obj.node, None)  # asked again: Python decides on it, whatever the parser did
+            self.conversions.decided(obj.node)
         return value
 
 
@@ -379,10 +384,19 @@ class _SizeProxy(fx.Proxy):
         return self._number(int)
 
     def __int__(self) -> int:
-        return self._number(int)
+        return self._converted_number(int)
 
     def __float__(self) -> float:
-        return self._number(float)
+        return self._converted_number(float)
+
+    def _converted_number(self, kind: type) -> Any:
+        """``int(n)`` / ``float(n)`` in the model's code, where ``n`` is new to Python: a number
+        ``flow_values`` follows (a value of tensor arithmetic, or control flow)."""
+        new = isinstance(self.tracer, _Tracer) and CONTROL not in self.node.meta
+        value = self._number(kind)
+        if new and by_user(2) and self.node.meta.get(CONTROL) == "number":
+            self.tracer.conversions.note(self.node, sys._getframe(2))  # type: ignore[attr-defined]
+        return value
 
     def __len__(self) -> int:
         value = self.tracer.concrete(self, None) if isinstance(self.tracer, _Tracer) else None

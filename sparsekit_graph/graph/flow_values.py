@@ -1,0 +1,183 @@
+"""Where a plain number made from an axis length went: a value of tensor arithmetic, or more.
+
+``float(h.shape[1])`` hands the model's code a plain float (Python converts whatever
+``__float__`` returns to one), so nothing sees what the code does with it: under torch.fx its
+length node is marked as deciding control flow, and the axis pins. ``flows_as_value`` proves,
+from the bytecode of the frame that made the number, that on every path it is only:
+
+- turned into more such numbers: arithmetic that recorded no node (``n / 2``, ``-n``), a
+  ``math`` function, a pure torch function or constructor of a tensor from it
+  (``torch.log(torch.tensor(n))``), ``float``/``int`` again; a local holding it (each load is
+  followed);
+- an operand of arithmetic that recorded a graph node at that instruction of that frame, a
+  node of the tensors' data (``h / n``, ``h * torch.log(...)``; not ``b * n`` with ``b`` a
+  length, a number the code may still size or decide with): a tensor op took it as a value
+  (the axis only loses its zero-invariance);
+- dropped, shown or logged (``size_flow``'s rules).
+
+Anything else fails the proof (a comparison, a branch, a call that recorded a node, whose
+argument it might size, a return, a subscript, an opcode not modelled): the axis stays pinned.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import sys
+from collections.abc import Callable, Collection
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .flow_calls import Trust, resolve
+from .flow_code import INTROSPECTION, code_table, dead, instruction_at, live
+from .flow_symbols import NULL, Fail, Sym, T, U
+from .meta import CONTROL
+from .size_flow import _step, stack_after
+from .size_sinks import Sinks, sinks_now
+
+__all__ = ["VALUE", "Conversions", "Made", "flows_as_value"]
+
+VALUE = "value"  # a ``CONTROL`` mark: the length's number only flowed into tensor arithmetic
+_Sites = tuple[Collection[tuple[int, int]], Collection[tuple[int, int]]]  # where any node / a tensor op was recorded
+
+Made = dict[tuple[int, int], list[fx.Node]]  # (id of a watched frame, offset) -> the nodes recorded there
+
+_ARITH = frozenset({"+", "-", "*", "/", "//", "%", "**", "+=", "-=", "*=", "/=", "//=", "%=", "**="})
+_PURE_TORCH = ("tensor", "as_tensor", "scalar_tensor", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "exp",
+               "reciprocal", "abs", "neg", "square")  # fmt: skip
+_PURE: frozenset[Any] = frozenset(
+    {*(v for k, v in vars(math).items() if not k.startswith("_") and callable(v)), builtins.float, builtins.int,
+     builtins.abs, *(getattr(torch, k) for k in _PURE_TORCH)}
+)  # fmt: skip
+
+
+def flows_as_value(frame: FrameType, lasti: int, made: Made, data: Callable[[fx.Node], bool], trust: Trust) -> bool:
+    """Is the number the instruction at ``lasti`` of ``frame`` makes (a call: ``float(c)``) only
+    used as a value of tensor arithmetic (a node ``data`` calls one of the tensors' data), or not
+    used (see the module docstring)?"""
+    tensor_ops = {k for k, nodes in made.items() if data(nodes[-1])}  # the op's node (its constants come first)
+    try:
+        return _walk(frame, lasti, (made.keys(), tensor_ops), trust)
+    except Fail:
+        return False
+    except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
+        return False
+
+
+def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust) -> bool:
+    code = frame.f_code
+    if not INTROSPECTION.isdisjoint(code.co_names) or code.co_cellvars:
+        raise Fail
+    ins, index = code_table(code)
+    i = instruction_at(ins, lasti)
+    if ins[i].opname not in ("CALL", "CALL_KW"):
+        raise Fail
+    todo: list[tuple[int, tuple[Sym, ...], frozenset[str]]] = [(i + 1, tuple(stack_after(frame, ins, i)), frozenset())]
+    seen: set[tuple[int, tuple[Sym, ...], frozenset[str]]] = set()
+    while todo:
+        k, st, held = todo.pop()
+        if (k, st, held) in seen or (T not in st and not held):
+            continue
+        seen.add((k, st, held))
+        if k >= len(ins):
+            raise Fail
+        for nxt, after, kept in _next(frame, ins, k, list(st), held, made, trust):
+            if nxt == "return":
+                raise Fail  # a helper's result: the caller's use is not followed
+            if nxt is not None:
+                j = index[nxt]
+                todo.append((j, tuple(after), frozenset(n for n in kept if live(code, n, j))))
+    return True
+
+
+def _next(
+    frame: FrameType, ins: list[Any], k: int, st: list[Sym], held: frozenset[str], made: _Sites, trust: Trust
+) -> list[tuple[Any, list[Sym], frozenset[str]]]:
+    """``ins[k]``'s successors with the number (``T``) followed."""
+    x = ins[k]
+    op, name = x.opname, x.argval
+    nxt = ins[k + 1].offset if k + 1 < len(ins) else None
+    if op == "STORE_FAST" and st and (st[-1] == T or name in held):
+        kept = held | {name} if st.pop() == T and not dead(frame, name) else held - {name}
+        return [(nxt, st, kept)]
+    if op in ("LOAD_FAST", "LOAD_FAST_CHECK") and name in held:
+        return [(nxt, [*st, T], held)]
+    if op in ("LOAD_FAST_AND_CLEAR", "LOAD_FAST_LOAD_FAST", "DELETE_FAST") and not held.isdisjoint(
+        name if isinstance(name, tuple) else (name,)
+    ):
+        raise Fail
+    if op in ("BINARY_OP", "UNARY_NEGATIVE", "UNARY_POSITIVE") and T in st[-(2 if op == "BINARY_OP" else 1) :]:
+        if op == "BINARY_OP" and x.argrepr not in _ARITH:
+            raise Fail
+        del st[-(2 if op == "BINARY_OP" else 1) :]
+        site = (id(frame), x.offset)
+        if site in made[1]:  # a tensor op took the number as an operand
+            return [(nxt, [*st, U], held)]
+        if site in made[0]:  # a node of lengths holds it: not followed
+            raise Fail
+        return [(nxt, [*st, T], held)]
+    if op in ("CALL", "CALL_KW"):
+        argc = (x.arg or 0) + 2 + (op == "CALL_KW")
+        if len(st) < argc:
+            raise Fail
+        vals = st[len(st) - argc :]
+        if T in vals[1:]:
+            return [(nxt, [*st[: len(st) - argc], _pure_call(frame, x.offset, vals, made)], held)]
+    return [(n, a, held) for n, a in _step(frame, ins, k, st, taint=trust)]
+
+
+def _pure_call(frame: FrameType, offset: int, vals: list[Sym], made: _Sites) -> Sym:
+    """The result of a call given the number: another such number where the callee is pure
+    (``_PURE``) and recorded no node; else ``Fail``."""
+    a, b = vals[0], vals[1]
+    target = b if a == NULL else a[1] if a[0] == "CALLEE" and b[0] == "SELF" else None
+    if target is None or target == T or (id(frame), offset) in made[0]:
+        raise Fail
+    fn = resolve(frame, target, own=False)
+    if not any(fn is f for f in _PURE):
+        raise Fail
+    return T
+
+
+class Conversions:
+    """The ``float(...)`` of traced lengths the model's code made during one torch.fx trace, and
+    the graph nodes recorded meanwhile at an instruction of a frame that made one (``Made``).
+    ``resolve`` marks a length node ``"value"`` (not control flow) where every conversion of it
+    only flows into tensor arithmetic (``flows_as_value``) and nothing else decided on it."""
+
+    def __init__(self, sinks: Sinks, data: Callable[[fx.Node], bool]) -> None:
+        self._base, self._data = sinks, data
+        self._found: dict[fx.Node, tuple[FrameType, int, Sinks]] = {}
+        self._frames: set[int] = set()
+        self._made: Made = {}
+
+    def note(self, node: fx.Node, frame: FrameType) -> None:
+        """``frame`` (the model's code) converted ``node``, a length newly marked ``"number"``."""
+        self._found[node] = (frame, frame.f_lasti, sinks_now())
+        self._frames.add(id(frame))
+
+    def decided(self, node: fx.Node) -> None:
+        """Python decided on ``node`` otherwise too: it stays marked."""
+        self._found.pop(node, None)
+
+    def recorded(self, node: fx.Node) -> None:
+        """``node`` was just recorded: note where each watched frame on the stack is."""
+        if not self._frames:
+            return
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None:
+            if id(frame) in self._frames:
+                self._made.setdefault((id(frame), frame.f_lasti), []).append(node)
+            frame = frame.f_back
+
+    def resolve(self, control: str) -> None:
+        """Unmark (``"value"``) the nodes marked ``control`` whose conversions flow as values."""
+        for node, (frame, lasti, at) in self._found.items():
+            if node.meta.get(CONTROL) == control and flows_as_value(frame, lasti, self._made, self._data, (at, self._base)):
+                node.meta[CONTROL] = VALUE
+        self._found.clear()
+        self._frames.clear()
+        self._made.clear()
