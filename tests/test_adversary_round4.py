@@ -202,31 +202,29 @@ def test_frozen_batch_norm_plans_like_batch_norm() -> None:
     assert small.fbn.running_var.shape == (C // 2,)
 
 
-# --- finding 4: arithmetic on a buffer alone is folded into a constant -----------------------------
+# --- finding 4 (fixed): arithmetic on a buffer alone was folded into a constant --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.fx hands buffers to forward as real tensors: an op on a buffer alone ((g * 2), g.rsqrt(), "
-    "~mask, mask.float()) runs at trace time and its result is a constant no rule ties to the buffer "
-    "(graph/buffer_views.py recovers only unit reshapes), so the channels it scales pin",
-)
 @pytest.mark.parametrize(
-    "fn",
+    ("fn", "plain"),
     [
-        lambda s, h: h * (s.g * 2).view(1, -1, 1, 1),
-        lambda s, h: h * s.g.rsqrt()[:, None, None],
-        lambda s, h: h * s.m.float().view(1, -1, 1, 1),
-        lambda s, h: h / (s.bn.running_var.view(1, -1, 1, 1) + 1),
+        (lambda s, h: h * (s.g * 2).view(1, -1, 1, 1), lambda s, h: h * s.g.view(1, -1, 1, 1)),
+        (lambda s, h: h * s.g.rsqrt()[:, None, None], lambda s, h: h * s.g.view(1, -1, 1, 1)),
+        (lambda s, h: h * s.m.float().view(1, -1, 1, 1), lambda s, h: h * s.m.view(1, -1, 1, 1)),
+        (lambda s, h: h / (s.bn.running_var.view(1, -1, 1, 1) + 1), lambda s, h: h * s.bn.running_var.view(1, -1, 1, 1)),
     ],
     ids=["times_two", "rsqrt", "mask_float", "bn_running_var"],
 )
-def test_an_op_on_a_buffer_alone_plans_like_the_buffer(fn: Callable[..., Tensor]) -> None:
+def test_an_op_on_a_buffer_alone_plans_like_the_buffer(fn: Callable[..., Tensor], plain: Callable[..., Tensor]) -> None:
     """``h * (g * 2).view(1, -1, 1, 1)`` with a per-channel buffer ``g`` plans like
-    ``h * g.view(1, -1, 1, 1)`` (prunable, the buffer a member); today 'constant tensor' pins it."""
+    ``h * g.view(1, -1, 1, 1)`` (prunable, the buffer a member). torch.fx hands buffers to
+    forward as real tensors, so an op on a buffer alone ran at trace time and its result was a
+    constant ('constant tensor' pinned the channels); ``buffer_views.BufferOps`` records those ops
+    and rebuilds the result as nodes over the buffer."""
     extra = {"g": torch.rand(C) + 0.5, "m": torch.arange(C) % 4 != 0}
-    plan = skg.plan(Net(fn, **extra).eval(), torch.randn(*X))
-    assert plan.group("a:out").prunable
+    plan = _holds(Net(fn, **extra), keep=3)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant
+    assert _signature(plan) == _signature(skg.plan(Net(plain, **extra).eval(), torch.randn(*X)))
 
 
 # --- finding 5 (fixed): a 1x1 weight-standardised conv refused a keep-one input mask ---------------

@@ -150,3 +150,56 @@ def test_an_explicit_dunder_plans_like_the_operator(dunder: str) -> None:
     plan = _holds(Net(spelled(_DUNDERS[dunder]), **_extra()))
     group = plan.group("a:out")
     assert group.prunable and "bias" in {m.param for m in group.members}
+
+
+# --- ops on buffers alone: rebuilt as nodes over the buffer (buffer_views.BufferOps) -------------
+
+
+def _buffers() -> dict[str, object]:
+    torch.manual_seed(2)
+    return {"g": torch.rand(C) + 0.5, "w": torch.rand(1, C) + 0.5}
+
+
+def _scaled_after_an_in_place_write(s: nn.Module, h: Tensor) -> Tensor:
+    t = s.g * 2
+    t.add_(1)  # its record no longer holds: a constant again, which pins
+    return h * t.view(1, -1, 1, 1)
+
+
+def _branch_on_buffer_data(s: nn.Module, h: Tensor) -> Tensor:
+    return h * (s.g * 2).view(1, -1, 1, 1) if (s.g * 2).sum() > 0 else h
+
+
+def test_ops_on_buffers_are_nodes_and_control_flow_on_their_data_still_runs() -> None:
+    """``(w * 2).mT`` (an attribute of a buffer op), a branch on a buffer op's value, and a
+    softmax-like normalisation of a buffer over its channels: the buffer is a member, and the
+    normalisation (a sum over the channels) is not zero-invariant."""
+    for fn in (lambda s, h: h * (s.w * 2).mT.reshape(1, -1, 1, 1), _branch_on_buffer_data):
+        plan = _holds(Net(fn, **_buffers()), keep=2)
+        group = plan.group("a:out")
+        assert group.prunable and group.zero_invariant and {"g", "w"} & {m.param for m in group.members}
+    plan = _holds(Net(lambda s, h: h * (s.g.exp() / s.g.exp().sum()).view(1, -1, 1, 1), **_buffers()), keep=2)
+    assert plan.group("a:out").prunable and not plan.group("a:out").zero_invariant
+
+
+def test_a_buffer_op_written_in_place_after_stays_a_constant() -> None:
+    """``t = g * 2; t.add_(1)``: the recorded op no longer makes ``t``, so it is not rebuilt (a
+    constant, pinned with the reason) rather than planned from a wrong op chain."""
+    plan = _holds(Net(_scaled_after_an_in_place_write, **_buffers()))
+    assert not plan.group("a:out").prunable and "constant" in (plan.group("a:out").reason or "")
+
+
+def test_buffer_ops_plan_alike_on_meta_and_leave_the_model_untouched() -> None:
+    """Planned on the meta device, the plan equals the real one; planning adds no attribute (no
+    ``_tensor_constant``) and leaves every buffer the same object with the same values."""
+    fn = lambda s, h: h * (s.g * 2).view(1, -1, 1, 1) / (s.bn.running_var.view(1, -1, 1, 1) + 1)  # noqa: E731
+    with torch.device("meta"):
+        meta = Net(fn, **_buffers())
+    model = Net(fn, **_buffers()).eval()
+    before = {k: (v, v.clone()) for k, v in model.named_buffers()}
+    keys = {name: set(m.__dict__) for name, m in model.named_modules()}
+    plan = skg.plan(model, torch.randn(*X))
+    assert _signature(skg.plan(meta, torch.randn(*X, device="meta"))) == _signature(plan)
+    assert plan.group("a:out").prunable
+    assert all(b is before[k][0] and torch.equal(b, before[k][1]) for k, b in model.named_buffers())
+    assert keys == {name: set(m.__dict__) for name, m in model.named_modules()}

@@ -8,15 +8,109 @@ where the same scale kept as a ``(1, C, 1, 1)`` buffer prunes. ``buffer_view`` g
 result back as graph ops on the buffer where it is the buffer with unit axes added or dropped
 (indexing with ``None``, ``unsqueeze``, ``view(1, -1, 1, 1)``, ``squeeze``): a ``get_attr``
 then ``squeeze`` / ``unsqueeze`` nodes, which the rules link to the buffer's axes and the
-pruner slices. Any other view (a slice, a transpose, an expand) stays a constant.
+pruner slices.
+
+Other ops on buffers alone (``(g * 2).view(1, -1, 1, 1)``, ``g.rsqrt()[:, None, None]``,
+``m.float()``, ``bn.running_var.view(1, -1, 1, 1) + 1``) are recorded while the model is traced
+(``BufferOps``, a ``TorchFunctionMode``): a floating-point result that reaches the graph is
+rebuilt as the ops that made it from ``get_attr`` nodes of its buffers, so the rules see the
+buffer's axes as they do for ``g.view(1, -1, 1, 1)``. The values stay real (control flow on a
+buffer's data still runs); integer and boolean results (indices, masks read by value) stay
+constants, and so does a result something later changed in place.
 """
 
 from __future__ import annotations
 
-import torch.fx as fx
-from torch import Tensor
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["buffer_view"]
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["BufferOps", "buffer_view"]
+
+
+class BufferOps(TorchFunctionMode):
+    """While active: the call that made each tensor computed from the model's buffers (and
+    numbers, and other such tensors) with no traced value among its arguments."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._model = model
+        self.buffers: dict[int, str] = {}  # buffer id -> its path
+        self._made: dict[int, tuple[Tensor, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
+
+    def __enter__(self) -> BufferOps:
+        self.buffers = {id(b): name for name, b in self._model.named_buffers()}
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._made.clear()  # no tensor outlives the trace
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.buffers:
+            return out
+        found = _tensors((args, kwargs))
+        if found is None or not found:
+            return out
+        if "out" in kwargs or any(t is out for t in found):  # written in place: its record no longer holds
+            for t in found:
+                self._made.pop(id(t), None)
+        elif (
+            type(out) is Tensor
+            and id(out) not in self._made  # ``a._base``: a tensor already made keeps how it was made
+            and id(out) not in self.buffers
+            and all(id(t) in self.buffers or id(t) in self._made for t in found)
+        ):
+            self._made[id(out)] = (out, func, args, kwargs)
+        return out
+
+    def node(self, tracer: fx.Tracer, a: Tensor) -> fx.Node | None:
+        """``a`` as graph nodes over the buffers it was made from, or None (a constant)."""
+        view = buffer_view(tracer, a, self.buffers) if a._is_view() else None
+        if view is not None or id(a) not in self._made or not (a.is_floating_point() or a.is_complex()):
+            return view
+        return self._rebuild(tracer, a)
+
+    def _rebuild(self, tracer: fx.Tracer, a: Tensor) -> fx.Node:
+        _, func, args, kwargs = self._made[id(a)]
+
+        def arg(x: Any) -> Any:
+            if type(x) is Tensor and id(x) in self._made:
+                return self._rebuild(tracer, x)
+            if isinstance(x, (tuple, list)):
+                return type(x)(arg(e) for e in x)
+            if isinstance(x, dict):
+                return {k: arg(v) for k, v in x.items()}
+            return tracer.create_arg(x)  # a buffer: its get_attr; anything else as torch.fx makes it
+
+        name = getattr(func, "__name__", "")
+        owner = getattr(func, "__self__", None)
+        if name == "__get__" and owner is not None:  # ``g.T``, ``g.mT``: the attribute, as torch.fx reads it
+            return tracer.create_node("call_function", getattr, (arg(args[0]), owner.__name__), {})
+        kind = "call_method" if getattr(Tensor, name, None) is func else "call_function"
+        return tracer.create_node(kind, name if kind == "call_method" else func, arg(args), arg(kwargs))
+
+
+def _tensors(a: Any) -> list[Tensor] | None:
+    """The tensors among ``a`` (nested tuples, lists and dicts), or None if a traced value is."""
+    found: list[Tensor] = []
+    todo = [a]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, Tensor):
+            found.append(x)
+        elif isinstance(x, (tuple, list)):
+            todo.extend(x)
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, fx.Proxy):
+            return None
+    return found
 
 
 def buffer_view(tracer: fx.Tracer, a: Tensor, names: dict[int, str]) -> fx.Node | None:
