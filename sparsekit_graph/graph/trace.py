@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
 from functools import partial
-from operator import eq, is_
 from types import FrameType
 from typing import Any
 
@@ -16,7 +14,6 @@ import torch.fx._symbolic_trace as _symbolic_trace
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-from ..containers import CONTAINERS, record, restore
 from ..errors import TraceError
 from .buffer_views import BufferOps
 from .config_reads import config_reads, recording_config_reads
@@ -35,77 +32,10 @@ from .size_reads import recording_size_reads
 from .size_sinks import Sinks, sinks_now
 from .size_values import by_user
 from .tensor_data import recording_tensor_data
+from .trace_inputs import Inputs, fixed_forward_args, flat_inputs, normalize_inputs, propagate
+from .trace_mode import model_mode
 
 __all__ = ["Inputs", "has_hooks", "is_exported", "normalize_inputs", "trace", "trace_graph"]
-
-Inputs = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
-
-_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
-
-
-def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Tensor, tuple/list or dict of tensors -> (args, kwargs)."""
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    raise TraceError(f"example_inputs must be a tensor, tuple or dict of tensors, got {type(example_inputs).__name__}")
-
-
-@contextmanager
-def _mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[Callable[[], None]]:
-    """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
-    buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
-    while its Python code runs under the tracer). Yields a function that puts the modules'
-    attributes and containers back at once (between a failed trace and the next)."""
-    flags = [m.training for m in modules]
-    buffers = [b for b in {id(b): b for m in modules for b in m._buffers.values() if b is not None}.values() if not b.is_meta]
-    versions = [b._version for b in buffers]
-    with torch.no_grad():
-        saved = [b.clone() for b in buffers]
-    attributes = [(m, dict(m.__dict__)) for m in modules]
-    # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
-    # to hold a Proxy or a FakeTensor after the trace; torch's own dictionaries are left to ``kept``
-    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in _MODULE_KEYS])
-    # model.train() only where it changes something: some flag differs, or a layer overrides train()
-    switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
-    if switch:
-        model.train(train)
-
-    def undo() -> None:
-        _restore_attributes(attributes)
-        restore(held)
-
-    try:
-        yield undo
-    finally:
-        if switch:
-            for m, flag in zip(modules, flags):
-                object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
-        with torch.no_grad():
-            for b, version, copy in zip(buffers, versions, saved):
-                if b._version != version:
-                    b.copy_(copy)
-        _restore_attributes(attributes)
-        restore(held)  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
-
-
-def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    """Python attributes that ``forward`` set while traced (``self.calls += 1``, ``self.last = h``
-    left holding a Proxy) get their values back, and the ones it created go, the tensors torch.fx
-    adds to the root for its ``get_attr`` nodes (``_tensor_constant0``) included: ``trace_graph``
-    keeps those on their nodes (``TRACED_CONSTANT``)."""
-    for m, before in saved:
-        now = m.__dict__
-        if len(now) == len(before) and all(map(is_, now.values(), before.values())) and all(map(eq, now, before)):
-            continue  # the common case: nothing set, checked in C
-        for k in [k for k in now if k not in before]:
-            del now[k]
-        for k, v in before.items():
-            if k not in now or now[k] is not v:
-                now[k] = v
 
 
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
@@ -151,9 +81,9 @@ def trace_graph(
     """
     register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
-    concrete = _concrete_args(model, args, kwargs)
+    concrete = fixed_forward_args(model, args, kwargs)
     modules = list(model.modules())
-    with _mode(model, train, modules) as undo, recording_config_reads(modules) as reads:
+    with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads:
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:
@@ -168,12 +98,12 @@ def trace_graph(
                 config_reads(graph, reads)
                 return graph
         finish_size_reads(graph, sizes)
-        for n in graph.nodes:  # tensors torch.fx made attributes of the model; _mode removes them
+        for n in graph.nodes:  # tensors torch.fx made attributes of the model; model_mode removes them
             if n.op == "get_attr" and str(n.target) not in before and str(n.target) in model.__dict__:
                 n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]
         config_reads(graph, reads)
         if shapes:
-            _propagate(graph, model, args, kwargs)
+            propagate(graph, model, args, kwargs)
     return graph
 
 
@@ -322,7 +252,7 @@ class _Tracer(FastTracer):
         try:
             if self._runner is None:
                 self._runner = MetaRunner(model, self.graph)
-                self._runner.start(_flat_inputs(self.graph, args, kwargs))
+                self._runner.start(flat_inputs(self.graph, args, kwargs))
             with torch.no_grad(), _symbolic_trace._maybe_revert_all_patches():  # layers run, not traced
                 value = self._runner.value(obj.node)
         except TraceError:
@@ -461,49 +391,3 @@ class _SizeAttribute(fx.proxy.Attribute, _SizeProxy):
 def has_hooks(m: nn.Module) -> bool:
     """Forward hooks change what a layer returns, and torch.fx does not trace them."""
     return bool(m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks)
-
-
-def _concrete_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """Fix the forward parameters the caller does not pass (e.g. HF's many optional kwargs)."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    passed = {p.name for p in params[: len(args)]} | set(kwargs)
-    fixed = {
-        p.name: p.default
-        for p in params
-        if p.name not in passed and p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    return fixed or None
-
-
-def _propagate(graph: fx.Graph, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    flat = _flat_inputs(graph, args, kwargs)
-    with torch.no_grad():
-        MetaRunner(model, graph).run(*flat)
-
-
-def _flat_inputs(graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    """The example inputs in the order of the graph's placeholders."""
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    named = {n.target for n in placeholders}
-    flat: list[Any] = list(args)
-    for n in placeholders[len(args) :]:
-        if n.target in kwargs:
-            flat.append(kwargs[n.target])
-        elif str(n.target).startswith("**"):  # forward(x, **extra): the keyword inputs no parameter takes
-            flat.append({k: v for k, v in kwargs.items() if k not in named})
-            named |= set(kwargs)
-        elif n.args:
-            flat.append(n.args[0])
-        else:
-            raise TraceError(f"no example input for model input {n.target!r}")
-    unknown = set(kwargs) - named
-    if unknown:
-        raise TraceError(f"example inputs {sorted(unknown)} are not inputs of the model's forward")
-    if len(flat) > len(placeholders):
-        raise TraceError(f"{len(flat)} example inputs given, the model's forward takes {len(placeholders)}")
-    return flat

@@ -1,0 +1,71 @@
+"""The model as tracing needs it, and as it was after: train/eval flags, buffers, attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from operator import eq, is_
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..containers import CONTAINERS, record, restore
+
+__all__ = ["model_mode"]
+
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
+
+
+@contextmanager
+def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[Callable[[], None]]:
+    """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
+    buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
+    while its Python code runs under the tracer). Yields a function that puts the modules'
+    attributes and containers back at once (between a failed trace and the next)."""
+    flags = [m.training for m in modules]
+    buffers = [b for b in {id(b): b for m in modules for b in m._buffers.values() if b is not None}.values() if not b.is_meta]
+    versions = [b._version for b in buffers]
+    with torch.no_grad():
+        saved = [b.clone() for b in buffers]
+    attributes = [(m, dict(m.__dict__)) for m in modules]
+    # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
+    # to hold a Proxy or a FakeTensor after the trace; torch's own dictionaries are left to ``kept``
+    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in _MODULE_KEYS])
+    # model.train() only where it changes something: some flag differs, or a layer overrides train()
+    switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
+    if switch:
+        model.train(train)
+
+    def undo() -> None:
+        _restore_attributes(attributes)
+        restore(held)
+
+    try:
+        yield undo
+    finally:
+        if switch:
+            for m, flag in zip(modules, flags):
+                object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
+        with torch.no_grad():
+            for b, version, copy in zip(buffers, versions, saved):
+                if b._version != version:
+                    b.copy_(copy)
+        _restore_attributes(attributes)
+        restore(held)  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
+
+
+def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Python attributes that ``forward`` set while traced (``self.calls += 1``, ``self.last = h``
+    left holding a Proxy) get their values back, and the ones it created go, the tensors torch.fx
+    adds to the root for its ``get_attr`` nodes (``_tensor_constant0``) included: ``trace_graph``
+    keeps those on their nodes (``TRACED_CONSTANT``)."""
+    for m, before in saved:
+        now = m.__dict__
+        if len(now) == len(before) and all(map(is_, now.values(), before.values())) and all(map(eq, now, before)):
+            continue  # the common case: nothing set, checked in C
+        for k in [k for k in now if k not in before]:
+            del now[k]
+        for k, v in before.items():
+            if k not in now or now[k] is not v:
+                now[k] = v
