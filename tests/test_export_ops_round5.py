@@ -203,3 +203,16 @@ def test_buffer_ops_plan_alike_on_meta_and_leave_the_model_untouched() -> None:
     assert plan.group("a:out").prunable
     assert all(b is before[k][0] and torch.equal(b, before[k][1]) for k, b in model.named_buffers())
     assert keys == {name: set(m.__dict__) for name, m in model.named_modules()}
+
+
+def _written_through_a_view(s: nn.Module, h: Tensor) -> Tensor:
+    t = s.g * 2
+    t[:1].mul_(0)  # through a view of t
+    t[1] = 5.0  # __setitem__, which returns nothing
+    return h * t.view(1, -1, 1, 1)
+
+
+def test_a_buffer_op_written_through_a_view_or_setitem_stays_a_constant() -> None:
+    """A write into a view of the result, or ``t[1] = 5``, also drops the record: pinned."""
+    plan = _holds(Net(_written_through_a_view, **_buffers()))
+    assert not plan.group("a:out").prunable and "constant" in (plan.group("a:out").reason or "")

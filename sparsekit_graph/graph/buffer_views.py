@@ -57,9 +57,11 @@ class BufferOps(TorchFunctionMode):
         found = _tensors((args, kwargs))
         if found is None or not found:
             return out
-        if "out" in kwargs or any(t is out for t in found):  # written in place: its record no longer holds
-            for t in found:
+        if out is None or "out" in kwargs or any(t is out for t in found):  # written in place (``t[0] = 5`` too)
+            for t in found:  # and what it views: ``t[:1].mul_(0)`` changes ``t``
                 self._made.pop(id(t), None)
+                if t._base is not None:
+                    self._made.pop(id(t._base), None)
         elif (
             type(out) is Tensor
             and id(out) not in self._made  # ``a._base``: a tensor already made keeps how it was made
