@@ -8,6 +8,7 @@ zero-invariance), prune, and match the masked dense model where zero-invariance 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -216,3 +217,34 @@ def test_a_buffer_op_written_through_a_view_or_setitem_stays_a_constant() -> Non
     """A write into a view of the result, or ``t[1] = 5``, also drops the record: pinned."""
     plan = _holds(Net(_written_through_a_view, **_buffers()))
     assert not plan.group("a:out").prunable and "constant" in (plan.group("a:out").reason or "")
+
+
+class _Tokens(nn.Module):
+    """Tokens plus a slice of a positional table kept as a buffer, scaled by a buffer op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.register_buffer("pe", torch.randn(1, 10, 16))
+        self.register_buffer("scale", torch.rand(16) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu((self.a(x) + self.pe[:, :5]) * (self.scale * 2)))
+
+
+def test_a_slice_of_a_buffer_table_is_a_member() -> None:
+    """``self.pe[:, :5]`` (a constant slice of a float buffer, rebuilt as ``operator.getitem`` as
+    torch.fx writes it) makes ``pe`` a member of the hidden group, sliced by prune; exact."""
+    model, x = _Tokens().eval(), torch.randn(2, 5, 8)
+    plan = skg.plan(model, x)
+    group = plan.group("a:out")
+    assert group.prunable and group.zero_invariant and {"pe", "scale"} <= {m.param for m in group.members}
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[::2] = True
+    small = skg.prune(model, plan, masks={"a:out": mask}).model
+    dense = copy.deepcopy(model)
+    skg.bind(plan, dense)["a:out"].apply_mask(mask)
+    assert small.pe.shape == (1, 10, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), dense(x), rtol=1e-4, atol=1e-5)

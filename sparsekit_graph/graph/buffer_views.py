@@ -21,6 +21,7 @@ constants, and so does a result something later changed in place.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,8 @@ class BufferOps(TorchFunctionMode):
         owner = getattr(func, "__self__", None)
         if name == "__get__" and owner is not None:  # ``g.T``, ``g.mT``: the attribute, as torch.fx reads it
             return tracer.create_node("call_function", getattr, (arg(args[0]), owner.__name__), {})
+        if getattr(operator, name, None) is not None and name.startswith("__"):  # ``g[:, None]``, ``g * 2``: as torch.fx
+            return tracer.create_node("call_function", getattr(operator, name), arg(args), arg(kwargs))
         kind = "call_method" if getattr(Tensor, name, None) is func else "call_function"
         return tracer.create_node(kind, name if kind == "call_method" else func, arg(args), arg(kwargs))
 

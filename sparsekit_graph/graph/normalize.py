@@ -44,7 +44,7 @@ _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "
 # ``g.__iadd__(t)``, ``g.__add__(t)``, ``g.__neg__()``: the operator Python calls for ``g += t``, ``g + t``, ``-g``.
 _DUNDERS: dict[str, Callable[..., Any]] = {
     f"__{n}__": getattr(operator, f"{n}_" if n in ("and", "or") else n)
-    for n in (*_BINARY, *(f"i{b}" for b in _BINARY), "neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne")
+    for n in (*_BINARY, *(f"i{b}" for b in _BINARY), "neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq", "ne", "getitem")
 }
 # ``g.__radd__(t)`` is ``t + g``: the operator with its operands swapped.
 _REFLECTED: dict[str, Callable[..., Any]] = {f"__r{b}__": _DUNDERS[f"__{b}__"] for b in _BINARY}
