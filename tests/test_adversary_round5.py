@@ -118,3 +118,43 @@ def test_new_tensor_of_a_length_plans_like_torch_tensor() -> None:
     plan = _plans_alike(_mean_torch_tensor, _mean_new_tensor, _mean_new_tensor_kw)
     group = plan.group("a:out")
     assert group.prunable and not group.zero_invariant
+
+
+# --- finding 3 (fixed): a head size computed from another layer's width (timm SwinV2-CR) ------------
+
+
+class _WidthHeads(nn.Module):
+    """timm ``swinv2_cr``'s attention: ``qkv(x).view(B, L, 3, heads, C // heads)`` with ``C`` read
+    off the input ``x``, not off ``qkv``'s output (``"-1"``: the head size left to torch)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.emb, self.qkv, self.proj = nn.Linear(5, 16), nn.Linear(16, 48), nn.Linear(16, 16)
+        self.heads, self.how = 2, how
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.emb(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, c // self.heads if self.how == "C" else -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        a = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("how", ["C", "-1"])
+def test_head_size_read_off_another_width_pins(how: str) -> None:
+    """``view(B, L, 3, heads, C // heads)`` with ``C`` the residual width: ``qkv:out`` (the head
+    size) was planned prunable and prune refused every mask ('shape [2, 4, 3, 2, 8] is invalid').
+    Root cause: ``length_uses._check`` pinned the read axis (``emb:out``: nothing links it to
+    the view's head axis) but left the head axis, whose length that fixed number sets. Both
+    pin now; with ``-1`` both stay prunable."""
+    torch.manual_seed(0)
+    model, x = _WidthHeads(how).eval(), torch.randn(2, 4, 5)
+    plan = skg.plan(model, x)
+    assert plan.group("qkv:out").prunable is (how == "-1")
+    assert plan.group("emb:out").prunable is (how == "-1")
+    for g in plan.prunable:
+        mask = torch.ones(g.size, dtype=torch.bool)
+        mask[1:] = False
+        skg.prune(model, plan, masks={g.name: mask}).model(x)
+    skg.prune(model, plan, ratio=0.5).model(x)

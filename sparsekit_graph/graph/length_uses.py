@@ -25,6 +25,7 @@ The reason names the node, so the pin is traceable to the line that made it.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -197,9 +198,13 @@ def _check(
             for i, part in enumerate(parts):
                 j = start + i
                 shaped = out_axes[j] if 0 <= j < len(out_axes) else None
-                for a in part:
-                    if shaped is None or not joined.same(a, shaped):
-                        _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
+                loose = [a for a in part if shaped is None or not joined.same(a, shaped)]
+                for a in loose:
+                    _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
+                # ``C // heads`` of a width ``C`` nothing links here: a length no pruning of this axis
+                # changes (a whole multiple, ``b * heads``, is left to the factors' own rules)
+                if loose and shaped is not None and graph.size(shaped) % math.prod(graph.size(a) for a in loose):
+                    _pin(graph, shaped, f"this axis of node {user.name} is as long as argument {k} says, a number made from a length read off an axis nothing links it to")
             continue
         for a in carried:
             _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
