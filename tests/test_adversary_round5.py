@@ -158,3 +158,28 @@ def test_head_size_read_off_another_width_pins(how: str) -> None:
         mask[1:] = False
         skg.prune(model, plan, masks={g.name: mask}).model(x)
     skg.prune(model, plan, ratio=0.5).model(x)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="heads prunable while C // num_heads (C read off the input) sizes the head axis")
+def test_swinv2_cr_heads_prune() -> None:
+    """timm ``swinv2_cr``: ``qkv(x).view(Bw, L, 3, self.num_heads, C // self.num_heads)``. With the
+    head size pinned (finding 3), the heads group (``qkv:out``, 3 heads of 32, with
+    ``logit_scale``) is still prunable with ``num_heads`` following it, but ``C // num_heads``
+    then grows (96 // 2 = 48) while each head keeps 32 channels: 'shape [32, 16, 3, 2, 48] is
+    invalid'. Root cause: the number sizing the head axis is made from a size attribute
+    (``num_heads``) and a read of an axis nothing links (``C``); the attribute is then a size of
+    a pinned axis, so it cannot change (``shared_sizes``), but the graph records no size
+    reference for an attribute read inside arithmetic. Planner-level (size attributes), left."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swinv2_cr_tiny_224", pretrained=False, num_classes=10, img_size=64, depths=(1, 1, 1, 1), window_size=4
+    ).eval()
+    x = torch.randn(2, 3, 64, 64)
+    plan = skg.plan(model, x)
+    heads = plan.group("stages.0.blocks.0.attn.qkv:out")
+    assert heads.prunable
+    mask = torch.ones(heads.size, dtype=torch.bool)
+    mask[1:] = False
+    skg.prune(model, plan, masks={heads.name: mask}).model(x)
