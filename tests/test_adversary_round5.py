@@ -9,59 +9,14 @@ findings: ``/tmp/adv5/REPORT.md`` (round 5).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import pytest
 import torch
+from test_adversary_round4 import Net, _holds, _signature
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
-
-C = 12
-X = (2, 3, 6, 6)
-
-
-class Net(nn.Module):
-    """conv ``a`` (group ``a:out``, 12 channels) -> BN -> ReLU -> ``fn(self, h)`` -> 1x1 conv head."""
-
-    def __init__(self, fn: Callable[..., Tensor]) -> None:
-        super().__init__()
-        self.a, self.bn = nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)
-        self.fn = fn
-        self.head = nn.Conv2d(C, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.fn(self, torch.relu(self.bn(self.a(x)))))
-
-
-def _holds(model: nn.Module) -> skg.Plan:
-    """Every prunable group, alone, pruned to one channel: the model runs, matches the masked
-    dense model where zero-invariance is claimed, and is untouched."""
-    torch.manual_seed(0)
-    x = torch.randn(*X)
-    model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = skg.plan(model, x)
-    for g in plan.prunable:
-        mask = torch.ones(g.size, dtype=torch.bool)
-        mask[g.size - max(1, g.keep or 1) :] = False
-        pruned = skg.prune(model, plan, masks={g.name: mask}).model.eval()
-        with torch.no_grad():
-            out = pruned(x)
-            if g.zero_invariant:
-                dense = copy.deepcopy(model).eval()
-                skg.bind(plan, dense)[g.name].apply_mask(mask)
-                torch.testing.assert_close(out, dense(x), rtol=1e-4, atol=1e-5)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    return plan
-
-
-def _signature(plan: skg.Plan) -> set[tuple]:
-    return {
-        (g.size, g.prunable, g.zero_invariant, frozenset((m.param, m.axis, m.start, m.stop) for m in g.members))
-        for g in plan.groups
-    }
 
 
 def _plans_alike(*fns: Callable[..., Tensor]) -> skg.Plan:

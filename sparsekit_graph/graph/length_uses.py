@@ -204,7 +204,8 @@ def _check(
                 # ``C // heads`` of a width ``C`` nothing links here: a length no pruning of this axis
                 # changes (a whole multiple, ``b * heads``, is left to the factors' own rules)
                 if loose and shaped is not None and graph.size(shaped) % math.prod(graph.size(a) for a in loose):
-                    _pin(graph, shaped, f"this axis of node {user.name} is as long as argument {k} says, a number made from a length read off an axis nothing links it to")
+                    why = f"this axis of node {user.name} is as long as argument {k}, made from a length nothing links it to"
+                    _pin(graph, shaped, why)
             continue
         for a in carried:
             _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
