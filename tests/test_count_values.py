@@ -88,8 +88,8 @@ def test_a_count_number_that_decides_or_sizes_pins(name: str) -> None:
     assert "a.out_channels" in (g.reason or "") or "node" in (g.reason or ""), g.reason
 
 
-@pytest.mark.xfail(
-    strict=True, reason="float.__truediv__ reads an int subclass without a hook: 1.0 / n is a use nothing sees, a pin"
-)
 def test_a_float_on_the_left_of_a_count_plans_like_h_over_its_length() -> None:
+    """float.__truediv__ reads an int subclass without a hook: ``flow_values`` follows the
+    number from the read through the bytecode (``1.0 / n`` then ``h * ...``: a value)."""
     assert _outcome(lambda s, h: h * (1.0 / s.a.out_channels)) == _outcome(_plain)
+    assert _outcome(lambda s, h: h * (0.5 * s.a.out_channels)) == _outcome(_plain)

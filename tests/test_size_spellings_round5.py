@@ -170,3 +170,27 @@ def test_a_converted_length_that_decides_or_sizes_still_pins(fn: Fn) -> None:
     """The same conversions deciding a branch, sizing a result or leaving the frame pin."""
     group = skg.plan(Net(fn), torch.randn(*X)).group("a:out")
     assert not group.prunable and "python control flow" in (group.reason or ""), group
+
+
+# --- 3. a float on the left of a layer's size attribute ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, h: h * (1.0 / s.a.out_channels),
+        lambda s, h: h * (0.5 * s.a.out_channels),
+        lambda s, h: h / (2.0 + s.bn.num_features) * 14.0,
+    ],
+    ids=["reciprocal", "times", "sum"],
+)
+def test_a_float_on_the_left_of_an_attribute_plans_like_its_power(fn: Fn, scale_plan: set[tuple]) -> None:
+    """``1.0 / s.a.out_channels``: float's arithmetic reads the int subclass without a hook, so
+    nothing saw the use and the attribute pinned. The read's number is followed like a
+    converted length's (``flow_values``): an operand of tensor arithmetic, a value."""
+    assert _signature(_plan_and_prune(fn, keep=6)) == scale_plan
+
+
+def test_a_float_on_the_left_of_an_attribute_that_decides_still_pins() -> None:
+    group = skg.plan(Net(lambda s, h: h * 2 if 1.0 / s.a.out_channels > 0.05 else h), torch.randn(*X)).group("a:out")
+    assert not group.prunable and "a.out_channels" in (group.reason or ""), group

@@ -33,9 +33,9 @@ import torch.fx as fx
 
 from .flow_calls import Trust, resolve
 from .flow_code import INTROSPECTION, code_table, dead, instruction_at, live
+from .flow_stack import stack_after, step
 from .flow_symbols import NULL, Fail, Sym, T, U
 from .meta import CONTROL
-from .size_flow import _step, stack_after
 from .size_sinks import Sinks, sinks_now
 
 __all__ = ["VALUE", "Conversions", "Made", "flows_as_value"]
@@ -73,7 +73,7 @@ def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust) -> bool:
         raise Fail
     ins, index = code_table(code)
     i = instruction_at(ins, lasti)
-    if ins[i].opname not in ("CALL", "CALL_KW"):
+    if ins[i].opname not in ("CALL", "CALL_KW", "LOAD_ATTR", "BINARY_SUBSCR"):  # float(n), m.width, vars(m)["width"]
         raise Fail
     todo: list[tuple[int, tuple[Sym, ...], frozenset[str]]] = [(i + 1, tuple(stack_after(frame, ins, i)), frozenset())]
     seen: set[tuple[int, tuple[Sym, ...], frozenset[str]]] = set()
@@ -126,7 +126,7 @@ def _next(
         vals = st[len(st) - argc :]
         if T in vals[1:]:
             return [(nxt, [*st[: len(st) - argc], _pure_call(frame, x.offset, vals, made)], held)]
-    return [(n, a, held) for n, a in _step(frame, ins, k, st, taint=trust)]
+    return [(n, a, held) for n, a in step(frame, ins, k, st, taint=trust)]
 
 
 def _pure_call(frame: FrameType, offset: int, vals: list[Sym], made: _Sites) -> Sym:
@@ -142,22 +142,59 @@ def _pure_call(frame: FrameType, offset: int, vals: list[Sym], made: _Sites) -> 
     return T
 
 
+_SIZE_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
+_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+
+
+def of_data(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """Does ``node`` depend on the tensors' data (a forward input or a layer's output) other
+    than through their sizes? Constants and parameters count as no data (fail closed: a number
+    made from lengths times a constant tensor may still size or decide)."""
+    if node not in memo:
+        for n in node.graph.nodes:  # in topological order: inputs first
+            if n not in memo:
+                memo[n] = n.op in ("placeholder", "call_module") or (
+                    not _reads_size(n) and any(memo.get(a, False) for a in n.all_input_nodes)
+                )
+            if n is node:
+                break
+    return memo.get(node, False)
+
+
+def _reads_size(n: fx.Node) -> bool:
+    """``t.size()``, ``t.shape``, ``len(t)`` and the like: a number, whatever ``t`` holds."""
+    return (n.op == "call_method" and n.target in _SIZE_METHODS) or (
+        n.op == "call_function" and (n.target is builtins.len or (n.target is getattr and n.args[1] in _SIZE_ATTRIBUTES))
+    )
+
+
 class Conversions:
     """The ``float(...)`` of traced lengths the model's code made during one torch.fx trace, and
-    the graph nodes recorded meanwhile at an instruction of a frame that made one (``Made``).
-    ``resolve`` marks a length node ``"value"`` (not control flow) where every conversion of it
-    only flows into tensor arithmetic (``flows_as_value``) and nothing else decided on it."""
+    the graph nodes recorded meanwhile at an instruction of a watched frame (one that made such
+    a number, or a read of a size attribute: ``watch``; ``Made``). ``resolve`` marks a length
+    node ``"value"`` (not control flow) where every conversion of it only flows into tensor
+    arithmetic (``flows_as_value``) and nothing else decided on it; ``value`` asks the same of
+    a size attribute's read (``1.0 / n``: float's arithmetic takes an int without a hook)."""
 
-    def __init__(self, sinks: Sinks, data: Callable[[fx.Node], bool]) -> None:
-        self._base, self._data = sinks, data
+    def __init__(self, sinks: Sinks) -> None:
+        self._base = sinks
+        self._data: dict[fx.Node, bool] = {}  # ``of_data`` memo
         self._found: dict[fx.Node, tuple[FrameType, int, Sinks]] = {}
-        self._frames: set[int] = set()
+        self._frames: dict[int, FrameType] = {}  # held: no other frame takes a watched one's id
         self._made: Made = {}
 
     def note(self, node: fx.Node, frame: FrameType) -> None:
         """``frame`` (the model's code) converted ``node``, a length newly marked ``"number"``."""
         self._found[node] = (frame, frame.f_lasti, sinks_now())
-        self._frames.add(id(frame))
+        self.watch(frame)
+
+    def watch(self, frame: FrameType) -> None:
+        """Note the nodes ``frame`` records from now on, and where."""
+        self._frames[id(frame)] = frame
+
+    def value(self, frame: FrameType, lasti: int, at: Sinks) -> bool:
+        """Does the number the instruction at ``lasti`` of watched ``frame`` made flow as a value?"""
+        return flows_as_value(frame, lasti, self._made, lambda n: of_data(n, self._data), (at, self._base))
 
     def decided(self, node: fx.Node) -> None:
         """Python decided on ``node`` otherwise too: it stays marked."""
@@ -176,8 +213,13 @@ class Conversions:
     def resolve(self, control: str) -> None:
         """Unmark (``"value"``) the nodes marked ``control`` whose conversions flow as values."""
         for node, (frame, lasti, at) in self._found.items():
-            if node.meta.get(CONTROL) == control and flows_as_value(frame, lasti, self._made, self._data, (at, self._base)):
+            if node.meta.get(CONTROL) == control and self.value(frame, lasti, at):
                 node.meta[CONTROL] = VALUE
+        self._found.clear()
+
+    def clear(self) -> None:
+        """Forget every frame and node (the trace is over, or failed)."""
         self._found.clear()
         self._frames.clear()
         self._made.clear()
+        self._data.clear()

@@ -25,8 +25,8 @@ opcode this walk does not model. A frame that reads its own locals by name (``lo
 ``sys._getframe``) proves nothing. What the walk cannot see: a callee that inspects its
 caller's frame for a dead local.
 
-The walk's symbols are ``flow_symbols``'s, what a call does with them ``flow_calls``'s, and
-the facts it reads off a code object ``flow_code``'s.
+The walk's symbols are ``flow_symbols``'s, its stack machine ``flow_stack``'s, what a call does with
+them ``flow_calls``'s, and the facts it reads off a code object ``flow_code``'s.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ from typing import Any
 
 import torch
 
-from .flow_calls import FORMATTERS, SINKS, Trust, call_result, resolve, std_stream, stream_write
-from .flow_code import ENDS, GOTO, INTROSPECTION, code_table, dead, exception_handlers, instruction_at, live
+from .flow_calls import FORMATTERS, SINKS, Trust, resolve, std_stream, stream_write
+from .flow_code import GOTO, INTROSPECTION, code_table, dead, instruction_at, live
+from .flow_stack import BUILDS, CALLS, NOTHING, SHOWN, stack_after, stacks, step, text
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 from .size_sinks import Sinks
 
-__all__ = ["Where", "converted_nowhere", "flows_nowhere", "stack_after", "where_made"]
+__all__ = ["Where", "converted_nowhere", "flows_nowhere", "where_made"]
 
 Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
 
@@ -56,12 +57,6 @@ _INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys
 _STDLIB_SINKS = (os.path.dirname(logging.__file__) + os.sep, warnings.__file__)  # a lazy "%s" of a log record
 
 _CREATORS = frozenset({"LOAD_ATTR", "BINARY_OP", "BINARY_SUBSCR", "UNARY_NEGATIVE", "UNARY_POSITIVE", "UNARY_INVERT"})
-_CALLS = frozenset({"CALL", "CALL_KW"})
-_SHOWN = {"FORMAT_VALUE": None, "FORMAT_SIMPLE": 1, "FORMAT_WITH_SPEC": 2, "CONVERT_VALUE": 1}
-_BUILDS = frozenset({"BUILD_STRING", "BUILD_TUPLE", "BUILD_LIST"})
-_NOTHING = frozenset({"NOP", "RESUME", "CACHE", "EXTENDED_ARG", "PRECALL", "KW_NAMES", "COPY_FREE_VARS", "MAKE_CELL"})
-_BRANCH = frozenset({f"POP_JUMP_{d}IF_{c}" for d in ("", "FORWARD_", "BACKWARD_") for c in ("TRUE", "FALSE", "NONE", "NOT_NONE")})
-_METHOD_BIT = sys.version_info >= (3, 12)  # LOAD_ATTR's low bit: a method load
 
 
 def where_made(frame: FrameType | None, skip: tuple[str, ...] = _INTERNAL) -> Where:
@@ -103,12 +98,12 @@ def converted_nowhere(frame: FrameType, at: Sinks, base: Sinks) -> bool:
 def _converted_operands(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> list[Sym]:
     """The stack before ``x`` with the operands it may convert (the read among them) as ``T``."""
     op = x.opname
-    if op in _SHOWN:
-        n = _SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
+    if op in SHOWN:
+        n = SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
         st[-n] = T  # the value formatted (a read given as the spec was made text before)
     elif op == "BINARY_OP" and x.argrepr == "%":
         st[-1] = T
-    elif op in _CALLS:
+    elif op in CALLS:
         kw = int(op == "CALL_KW")
         for k in range(len(st) - kw - (x.arg or 0), len(st) - kw):
             v = st[k]
@@ -126,14 +121,14 @@ def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bo
     ins, index = code_table(code)
     i = instruction_at(ins, lasti)
     if made and converted:
-        before = _stacks(frame).get(ins[i].offset)
+        before = stacks(frame).get(ins[i].offset)
         if before is None:
             raise Fail
         returned = _taint_walk(frame, ins, index, i, _converted_operands(frame, ins[i], list(before)), trust)
         return not returned or (level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust))
     if made and ins[i].opname not in _CREATORS:
         return False
-    if not made and (ins[i].opname not in _CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
+    if not made and (ins[i].opname not in CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
         return False
     returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i), trust)
     if returned:  # a helper's result: follow it in the caller
@@ -141,19 +136,9 @@ def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bo
     return True
 
 
-def stack_after(frame: FrameType, ins: list[dis.Instruction], i: int) -> list[Sym]:
-    """The abstract stack after ``ins[i]``, with the value it pushed (the one followed) as ``T``."""
-    before = _stacks(frame).get(ins[i].offset)
-    if before is None:
-        raise Fail
-    stack = list(_step(frame, ins, i, list(before), taint=None)[0][1])
-    stack[-1] = T
-    return stack
-
-
 def _calls_code(frame: FrameType, ins: list[dis.Instruction], i: int, callee: CodeType) -> bool:
     """Does the call at ``ins[i]`` call the function whose code is ``callee`` directly?"""
-    stack = _stacks(frame).get(ins[i].offset)
+    stack = stacks(frame).get(ins[i].offset)
     argc = ins[i].arg or 0
     extra = 1 if ins[i].opname == "CALL_KW" else 0
     if stack is None or len(stack) < argc + 2 + extra:
@@ -181,7 +166,7 @@ def _taint_walk(
         if i >= len(ins) or (held and not _quiet(frame, ins[i], st)):
             raise Fail
         local = _local_step(frame, ins, i, list(st), held)
-        steps = [local] if local is not None else [(n, a, held) for n, a in _step(frame, ins, i, list(st), taint=trust)]
+        steps = [local] if local is not None else [(n, a, held) for n, a in step(frame, ins, i, list(st), taint=trust)]
         for nxt, after, kept in steps:
             if nxt == "return":
                 returned = True
@@ -225,15 +210,15 @@ def _local_step(
 def _quiet(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> bool:
     """Can ``x`` run no code that changes where output goes (a local holds the read)?"""
     op = x.opname
-    if op in _QUIET or op in _NOTHING or op in GOTO or op in _BUILDS:
+    if op in _QUIET or op in NOTHING or op in GOTO or op in BUILDS:
         return True
     if op in ("LOAD_ATTR", "LOAD_METHOD"):
         return bool(st) and (_plain_attribute(frame, st[-1], x.argval) or (x.argval == "write" and std_stream(frame, st[-1])))
-    if op in _SHOWN:
-        return all(_text(v) or v[0] == "C" for v in st[-(_SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)) :])
+    if op in SHOWN:
+        return all(text(v) or v[0] == "C" for v in st[-(SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)) :])
     if op == "BINARY_OP":
-        return len(st) >= 2 and _text(st[-1]) and _text(st[-2])
-    if op in _CALLS:
+        return len(st) >= 2 and text(st[-1]) and text(st[-2])
+    if op in CALLS:
         argc = (x.arg or 0) + (op == "CALL_KW")
         vals = st[len(st) - argc - 2 :] if len(st) >= argc + 2 else []
         a, b = (vals[0], vals[1]) if vals else (U, U)
@@ -259,155 +244,3 @@ def _plain_attribute(frame: FrameType, base: Sym, name: str) -> bool:
     except AttributeError:
         return False
     return not hasattr(type(found), "__get__") or inspect.isroutine(found) or isinstance(found, (type(sys), logging.Logger))
-
-
-def _stacks(frame: FrameType) -> dict[int, tuple[Sym, ...]]:
-    """The abstract stack before each reachable instruction of ``frame``'s code (merged over
-    paths: values that differ become ``U``); exception handlers start from unknown values."""
-    code = frame.f_code
-    ins, index = code_table(code)
-    found: dict[int, tuple[Sym, ...]] = {}
-    todo: list[tuple[int, tuple[Sym, ...]]] = [(0, ())]
-    for start, depth in exception_handlers(code):
-        if start in index:
-            todo.append((index[start], (U,) * depth))
-    while todo:
-        i, st = todo.pop()
-        if i >= len(ins):
-            continue
-        off = ins[i].offset
-        old = found.get(off)
-        if old is not None:
-            if len(old) != len(st):
-                raise Fail
-            merged = tuple(a if a == b else U for a, b in zip(old, st))
-            if merged == old:
-                continue
-            st = merged
-        found[off] = st
-        for nxt, after in _step(frame, ins, i, list(st), taint=None):
-            if nxt is not None and nxt != "return":
-                todo.append((index[nxt], tuple(after)))
-    return found
-
-
-def _step(
-    frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: Trust | None
-) -> list[tuple[Any, list[Sym]]]:
-    """``ins[i]``'s successors ``(offset | "return" | None, stack after)``. With ``taint`` (the
-    sinks' states), a use of ``T`` that is not harmless raises ``Fail``."""
-    x = ins[i]
-    op, nxt = x.opname, ins[i + 1].offset if i + 1 < len(ins) else None
-
-    def pop(n: int) -> list[Sym]:
-        if n > len(st):
-            raise Fail
-        out = st[len(st) - n :] if n else []
-        del st[len(st) - n :]
-        return out
-
-    def used(*vals: Sym) -> None:  # a use this walk cannot vouch for
-        if taint is not None and any(v == T for v in vals):
-            raise Fail
-
-    if op in _NOTHING:
-        return [(nxt, st)]
-    if op == "LOAD_CONST":
-        return [(nxt, [*st, ("C", x.argval)])]
-    if op in ("LOAD_FAST", "LOAD_FAST_CHECK"):
-        return [(nxt, [*st, ("L", x.argval)])]
-    if op == "LOAD_FAST_LOAD_FAST":
-        return [(nxt, [*st, *(("L", n) for n in x.argval)])]
-    if op == "LOAD_GLOBAL":
-        g: Sym = ("G", x.argval)
-        return [(nxt, [*st, *((NULL, g) if (x.arg or 0) & 1 else (g,))])]
-    if op == "PUSH_NULL":
-        return [(nxt, [*st, NULL])]
-    if op in ("LOAD_ATTR", "LOAD_METHOD"):
-        (base,) = pop(1)
-        used(base)
-        attr: Sym = ("A", base, x.argval)
-        method = op == "LOAD_METHOD" or (_METHOD_BIT and bool((x.arg or 0) & 1))
-        return [(nxt, [*st, *((("CALLEE", attr), ("SELF", base)) if method else (attr,))])]
-    if op == "POP_TOP":
-        pop(1)
-        return [(nxt, st)]
-    if op == "STORE_FAST":
-        (v,) = pop(1)
-        if taint is not None and v == T and not dead(frame, x.argval):
-            raise Fail
-        return [(nxt, st)]
-    if op in _SHOWN:
-        n = _SHOWN[op] or (2 if (x.arg or 0) & 4 else 1)
-        vals = pop(n)
-        if n == 2 and op != "CONVERT_VALUE" and vals[0] != T:
-            used(vals[1])  # ``f"{obj:{n}}"``: obj.__format__ is given the read
-        out = T if T in vals else S
-        return [(nxt, [*st, out])]
-    if op in _BUILDS:
-        out = T if T in pop(x.arg or 0) else S if op == "BUILD_STRING" else U
-        return [(nxt, [*st, out])]
-    if op == "BINARY_OP":
-        lhs, rhs = pop(2)
-        shown = (x.argrepr == "+" and _text(lhs) and _text(rhs)) or (x.argrepr == "%" and _text(lhs) and lhs != T)
-        used(*(() if shown else (lhs, rhs)))
-        return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
-    if op in ("BINARY_SUBSCR", "COMPARE_OP", "IS_OP", "CONTAINS_OP"):  # ``h.shape[1]``, ``h == n``: a value unknown here
-        used(*pop(2))
-        return [(nxt, [*st, U])]
-    if op in _CALLS:
-        vals = pop((x.arg or 0) + 2 + (op == "CALL_KW"))
-        if op == "CALL_KW":
-            names, vals = (vals[-1][1] if vals[-1][0] == "C" else None), vals[:-1]
-        else:
-            j = i - 1 if i and ins[i - 1].opname != "PRECALL" else i - 2
-            names = _kw_names(frame, ins[j]) if j >= 0 and ins[j].opname == "KW_NAMES" else ()
-        out = call_result(frame, vals, names, taint)
-        return [(nxt, [*st, out])]
-    if op == "COPY":
-        return [(nxt, [*st, st[-x.arg]])]
-    if op == "SWAP":
-        st[-1], st[-x.arg] = st[-x.arg], st[-1]
-        return [(nxt, st)]
-    if op == "RETURN_VALUE":
-        (v,) = pop(1)
-        return [("return" if v == T else None, st)]
-    if op == "RETURN_CONST":
-        return [(None, st)]
-    if op in GOTO:
-        return [(x.argval, st)]
-    if op in _BRANCH:
-        (v,) = pop(1)
-        used(v)
-        return [(nxt, list(st)), (x.argval, st)]
-    if taint is not None and T in st:  # an opcode this walk does not model, with the read on the stack
-        raise Fail
-    return _unknown(x, st, nxt)
-
-
-def _kw_names(frame: FrameType | None, x: dis.Instruction) -> tuple[str, ...] | None:
-    """The keyword names ``KW_NAMES`` gives the next call (3.11's ``dis`` leaves them unresolved)."""
-    if isinstance(x.argval, tuple):
-        return x.argval
-    names = frame.f_code.co_consts[x.arg] if frame is not None and x.arg is not None else None
-    return names if isinstance(names, tuple) else None
-
-
-def _text(v: Sym) -> bool:
-    """Is ``v`` a string (a constant, or made by formatting)?"""
-    return v in (T, S) or (v[0] == "C" and isinstance(v[1], str))
-
-
-def _unknown(x: dis.Instruction, st: list[Sym], nxt: int | None) -> list[tuple[Any, list[Sym]]]:
-    """An opcode without a precise model: every value on the stack becomes ``U``, as deep as
-    ``dis.stack_effect`` says, on each way out (none after a raise)."""
-    if x.opname in ENDS:
-        return []
-    out = []
-    jumps = x.opcode in dis.hasjrel or x.opcode in dis.hasjabs
-    for jump, target in ((False, nxt), (True, x.argval)) if jumps else ((False, nxt),):
-        depth = len(st) + dis.stack_effect(x.opcode, x.arg if x.opcode >= dis.HAVE_ARGUMENT else None, jump=jump)
-        if depth < 0:
-            raise Fail
-        out.append((target, [U] * depth))
-    return out

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
+from .flow_values import Conversions
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .number_args import ReadFloat, SizeUse
 from .number_uses import size_arguments
@@ -70,6 +71,7 @@ class _Log:
         self.own: dict[int, frozenset[str]] = {}  # resizing layers' attributes their tensors size
         self.swapped: list[tuple[nn.Module, type]] = []
         self.sinks = sinks_now()  # streams and logging as planning found them (``size_sinks``)
+        self.conversions: Conversions | None = None  # the torch.fx tracer's: reads' frames watched (``flow_values``)
 
     def note(self, module: nn.Module, name: str) -> None:
         names = self.reads.get(id(module))
@@ -84,6 +86,8 @@ class _Log:
         same either way)."""
         self.made.clear()
         self.tests.clear()
+        if self.conversions is not None:
+            self.conversions.clear()
         for m, cls in self.swapped:
             self.reads[id(m)] = set()
             if not _layer_class(cls) and id(m) in self.paths:
@@ -286,7 +290,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
         if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where, t.sinks, log.sinks):
-            kind = "a use the traced graph does not hold (range, a list's length)"
+            value = where and log.conversions is not None and log.conversions.value(*where[0], t.sinks)  # ``h * (1.0 / n)``
+            kind = VALUE if value else "a use the traced graph does not hold (range, a list's length)"
         if kind is not None:
             for site in t._sites:
                 if site[0] in log.probed:  # the export probe tries it (``narrow``)
@@ -294,6 +299,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
                 if control.get(site) in (None, VALUE):
                     control[site] = kind
     log.made.clear()
+    if log.conversions is not None:
+        log.conversions.clear()
     if out is not None and control:
         out.meta[SIZE_CONTROL] = control
 

@@ -124,6 +124,8 @@ class _Tracked:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
         self.made_at = where_made(sys._getframe(2))  # for ``size_flow``; ``finish`` empties it
         self.sinks = sinks_now()
+        if log.conversions is not None and self.made_at:  # the nodes its frame records (``flow_values``)
+            log.conversions.watch(self.made_at[0][0])
         self._origin = origin
         log.made.append(self)  # type: ignore[arg-type]
 

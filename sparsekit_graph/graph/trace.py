@@ -88,7 +88,9 @@ def trace_graph(
         with recording_size_reads(model, modules) as sizes:
             try:
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
-                    graph = _Tracer(model, args, kwargs, sizes.sinks).trace(model, concrete_args=concrete)
+                    tracer = _Tracer(model, args, kwargs, sizes.sinks)
+                    sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
+                    graph = tracer.trace(model, concrete_args=concrete)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
@@ -169,7 +171,7 @@ class _Tracer(FastTracer):
         self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
         self.buffer_ops = BufferOps(model)  # ops on buffers alone, rebuilt as nodes (``buffer_views``)
         self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
-        self.conversions = Conversions(sinks, lambda n: not _sizes_only(n))  # ``float(h.shape[1])`` (``flow_values``)
+        self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
