@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -143,6 +144,7 @@ def prune(
             trace_graph(work, inputs, train=True)
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
+    _same_tracer(before_gm, after_gm)
     try:
         check_pruned(plan, chosen, before_gm, after_gm)
         if is_exported(after_gm):  # the probe tried other counts: zero-invariance at these (``claims``)
@@ -167,6 +169,20 @@ def prune(
         work = model
     full = {g.name: chosen.get(g.name, torch.zeros(g.size, dtype=torch.bool)) for g in plan.groups}
     return PruneResult(model=work, masks=full, report=report, plan=plan)
+
+
+def _same_tracer(before: fx.Graph, after: fx.Graph) -> None:
+    """Raise where the model and its pruned copy were traced by different tracers: torch.fx
+    failed on one of them (an exception raised inside its forward while traced, a signal
+    handler's included) and ``trace_graph`` fell back to torch.export, so their ops cannot be
+    compared (``checks.same_code`` would name the first node, an ATen op or constant)."""
+    if is_exported(before) != is_exported(after):
+        failed = "pruned model" if is_exported(after) else "model"
+        raise SparseKitError(
+            f"torch.fx could not trace the {failed} where it traced the other (torch.export traced it instead), "
+            "so their code cannot be compared; nothing was changed (an exception its forward raised while traced, "
+            "or an interruption such as a signal handler's, stopped torch.fx)"
+        )
 
 
 def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[str, Tensor], *, expected: nn.Module) -> None:
