@@ -17,11 +17,9 @@ such a call (``nn.Upsample(scale_factor=n / 8)`` built in forward) loses it: a p
 
 from __future__ import annotations
 
-import operator
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,49 +27,14 @@ import torch
 from .number_args import SizeUse
 from .size_flow import Where, converted_nowhere, where_made
 from .size_sinks import Sinks, sinks_now
+from .size_tests import DUNDER_TESTS, Site, SizeTest
 
 if TYPE_CHECKING:
     from .size_reads import _Log
 
 __all__ = ["VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "tracked"]
 
-Site = tuple[str, str]  # (layer path, attribute)
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
-
-_TESTS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "truth": lambda v, _: bool(v),
-}  # fmt: skip
-_DUNDER_TESTS = {"__eq__": "==", "__ne__": "!=", "__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">="}
-
-
-@dataclass(frozen=True)
-class SizeTest:
-    """A decision of the model's code on one attribute: ``fn(site) op other`` (``op`` a
-    comparison, or ``"truth"``), first made with the attribute at ``value``."""
-
-    site: Site
-    value: int
-    fn: Callable[[int], Any]
-    op: str
-    other: Any = None
-
-    def outcome(self, value: int) -> bool:
-        """What the code decides with the attribute at ``value`` (False where it cannot say)."""
-        try:
-            return bool(_TESTS[self.op](self.fn(value), self.other))
-        except Exception:  # noqa: BLE001 - a count the code's arithmetic rejects (``n // 0``)
-            return False
-
-    def flips(self, value: int) -> bool:
-        """Does the code decide otherwise with the attribute at ``value``?"""
-        return self.outcome(value) != self.outcome(self.value)
-
-    def __str__(self) -> str:
-        path, attr = self.site
-        name = f"{path}.{attr}" if path else attr
-        return f"a test of {name} = {self.value}" + (f" ({self.op} {self.other})" if self.op != "truth" else "")
-
 
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
@@ -182,8 +145,8 @@ def _compare(kind: type, op: str) -> Any:
     base = getattr(kind, op)
 
     def compare(self: _Tracked, other: Any) -> Any:
-        if self._use("a comparison") and op in _DUNDER_TESTS and isinstance(other, (int, float)):
-            self._test(_DUNDER_TESTS[op], other)
+        if self._use("a comparison") and op in DUNDER_TESTS and isinstance(other, (int, float)):
+            self._test(DUNDER_TESTS[op], other)
         if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
             other._use("a comparison")
         return base(self, other)
