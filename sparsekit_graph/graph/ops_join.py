@@ -156,7 +156,7 @@ def split(ctx: RuleContext) -> None:
             not counted
             and isinstance(how, int)
             and not isinstance(how, bool)
-            and all(not ctx.constant_size(p[dim], how) for p in parts)
+            and all(not ctx.constant_size(p[dim], how, plain=True) for p in parts)
         )
     )  # ``split(self.split_size)``: equal parts of a size the model sets
     if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):

@@ -31,6 +31,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..registry import RESIZERS, by_type
+from .attribute_sizes import PLAIN_READS, PlainRead, pin_unfollowed_reads, plain_int_attributes, read_only_where_literal
+from .attribute_sizes import torch_layer as _layer_class
 from .axes import AxisGraph
 from .flow_values import Conversions
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
@@ -54,7 +56,6 @@ CONFIG = "config@"  # a site's path for a plain config object: ``config@<id>``
 
 _ACTIVE: list[_Log] = []
 _RECORDERS: dict[type, type] = {}
-_LAYER_CLASSES: dict[type, bool] = {}
 _NAMES: frozenset[str] | set[str] = READ_ATTRIBUTES
 
 
@@ -68,7 +69,8 @@ class _Log:
         self.tests: list[SizeTest] = []  # decisions on one attribute each (``SizeTest``)
         self.probed: set[str] = set()  # module paths whose decisions the export probe tries, not pins
         self.reads: dict[int, set[str]] = {}
-        self.own: dict[int, frozenset[str]] = {}  # resizing layers' attributes their tensors size
+        self.own: dict[int, frozenset[str]] = {}  # resizing layers' sizes of their tensors, modules' ints
+        self.sizes: frozenset[str] = frozenset()  # ``sizes.SIZE_ATTRIBUTES`` while recording
         self.swapped: list[tuple[nn.Module, type]] = []
         self.sinks = sinks_now()  # streams and logging as planning found them (``size_sinks``)
         self.conversions: Conversions | None = None  # the torch.fx tracer's: reads' frames watched (``flow_values``)
@@ -102,7 +104,8 @@ class _Log:
         if path is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return SizeRead(value, frozenset({(path, name)}), self, ((path, name), value, _same))
+            kind = PlainRead if read_only_where_literal(layer, name, _NAMES, self.sizes) else SizeRead
+            return kind(value, frozenset({(path, name)}), self, ((path, name), value, _same))
         if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return SizeTuple(value, frozenset({(path, name)}), self)
         return value
@@ -118,14 +121,6 @@ def wrap_config_read(config: object, name: str, value: Any) -> Any:
     if not _ACTIVE or isinstance(value, bool) or not isinstance(value, int) or not by_user(2):
         return value
     return SizeRead(value, frozenset({(f"{CONFIG}{id(config)}", name)}), _ACTIVE[-1])
-
-
-def _layer_class(cls: type) -> bool:
-    """Is ``cls`` a torch.nn layer (or a subclass of one)?"""
-    known = _LAYER_CLASSES.get(cls)
-    if known is None:
-        known = _LAYER_CLASSES[cls] = any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in cls.__mro__[:-1])
-    return known
 
 
 def _recorder(cls: type) -> type:
@@ -220,7 +215,7 @@ def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iter
 
     _NAMES = READ_ATTRIBUTES | SIZE_ATTRIBUTES  # users may register more
     modules = list(modules)
-    own = {id(m): names for m in modules if (names := _own_sizes(m))}
+    own = {id(m): names for m in modules if (names := _own_sizes(m) | plain_int_attributes(m))}
     chosen = [
         m
         for m in modules
@@ -228,8 +223,14 @@ def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iter
         or not SIZE_ATTRIBUTES.isdisjoint(m.__dict__)
         or id(m) in own
     ]
+    # modules read only for their plain ints (``attribute_sizes``) record no reads: their literals
+    # say which attribute they are, and ``sizes.made_from`` keeps judging their owners unrecorded
+    unlisted = {
+        id(m) for m in chosen if SIZE_ATTRIBUTES.isdisjoint(m.__dict__) and not _own_sizes(m) and not _layer_class(type(m))
+    }
     log = _Log({})
     log.own = own
+    log.sizes = frozenset(SIZE_ATTRIBUTES)
     if not chosen:
         yield log
         return
@@ -243,7 +244,8 @@ def recording_size_reads(model: nn.Module, modules: Iterable[nn.Module]) -> Iter
             except TypeError:  # a class that cannot be subclassed or swapped: not recorded
                 continue
             log.swapped.append((m, cls))
-            log.reads[id(m)] = set()
+            if id(m) not in unlisted:
+                log.reads[id(m)] = set()
         yield log
     finally:
         for m, cls in log.swapped:
@@ -269,6 +271,10 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             held.add(id(a))
             floats.append(a)
             return ReadFloat(float.__float__(a), a._sites)
+        if isinstance(a, PlainRead):  # for a split size only (``attribute_sizes``): no other rule sees it
+            held.add(id(a))
+            plain_found.setdefault(int.__int__(a), set()).update(a._sites)
+            return int.__int__(a)
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
@@ -280,12 +286,15 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     for node in graph.nodes:
         found: dict[Any, set[Site]] = {}
         floats: list[SizeFloat] = []
+        plain_found: dict[int, set[Site]] = {}
         _read_tuples((node.args, node.kwargs), found)
         args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
-        if found or floats:
+        if found or floats or plain_found:
             node.args, node.kwargs = args, kwargs
         if found:
             node.meta[SIZE_READS] = {k: frozenset(v) for k, v in found.items()}
+        if plain_found:
+            node.meta[PLAIN_READS] = {k: frozenset(v) for k, v in plain_found.items()}
     control: dict[Site, str] = {}
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
@@ -321,9 +330,12 @@ def _read_tuples(a: Any, found: dict[Any, set[Site]]) -> None:
 def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
     """Pin the axes each attribute in ``SIZE_CONTROL`` sizes (``_sized_axes``); an attribute
     used only as a number (``VALUE``) costs them their zero-invariance."""
+    from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
+
     _link_layer_sizes(graph, modules)
     out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
     nodes = list(nodes)
+    pin_unfollowed_reads(graph, nodes, modules, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES, prefix)
     control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
     for site, use in size_arguments(nodes, modules).items():  # torch.fx: the ops taking floats made from sizes
         if control.get(site) in (None, VALUE):
@@ -338,8 +350,9 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
         value = getattr(layer, attr, None)
         name = f"{path}.{attr}" if path else attr
         reason = _reason(name, value, kind)
+        plain = read_only_where_literal(layer, attr, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES)  # its value changes too
         for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
-            if kind != VALUE:
+            if kind != VALUE or plain:
                 graph.pin(a, reason)
             graph.mix(a, reason)
 
@@ -399,6 +412,11 @@ def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: 
     """The axes ``layer.attr`` counts: those its layer type names (``_sized``), else the
     layer's tensors' axes of that length, plus the axes a literal of it shaped; where none
     is found, the layer's output axes of that length, else every axis of its tensors."""
+    from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
+
+    referenced = [a for a, refs in graph.size_refs.items() if any((r.owner, r.attr) == (path, attr) for r in refs)]
+    if read_only_where_literal(layer, attr, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES):
+        return referenced
     value = getattr(layer, attr, None)
     lengths = set(value) if isinstance(value, tuple) else {value}
     owned = (*layer._parameters.items(), *layer._buffers.items())
@@ -408,7 +426,7 @@ def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: 
     if not axes:
         axes = [("p", k, d) for k, t in tensors.values() for d, n in enumerate(t.shape) if n in lengths]
         axes = [a for a in axes if a in graph.sizes]
-    axes += [a for a, refs in graph.size_refs.items() if any((r.owner, r.attr) == (path, attr) for r in refs)]
+    axes += referenced
     if not axes:
         own = [n for n in nodes if (n.op == "call_module" and str(n.target) == path) or _innermost(n) == path]
         axes = [a for n in own for a in graph.values.get(prefix + n.name, []) if graph.sizes[a] in lengths]

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
+from .attribute_sizes import PLAIN_READS
 from .config_reads import read_by_forward
 from .meta import MODULE_READS, SIZE_READS, ReadInt
 
@@ -66,9 +67,12 @@ class SizeSource:
     attr: str
 
 
-def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> list[SizeSource]:
+def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module], *, plain: bool = False) -> list[SizeSource]:
     """The attributes ``value`` (an int, or a tuple of ints) equals, innermost owner first;
-    empty when nothing explains it."""
+    empty when nothing explains it. ``plain``: a literal read from a module's own int attribute
+    of no listed name (``attribute_sizes``) explains it too: a split size, which would pin
+    otherwise (a reshape's constant factor, ``view(b, self.num_paths, -1)``, is no count that
+    follows pruning)."""
     if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
         return []
     value = tuple(value) if isinstance(value, list) else value
@@ -83,6 +87,11 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
             return [SizeSource(path, attr)]
         if owner is not None and by_type(RESIZERS, owner) is not None and _own_size(owner, value):
             return [SizeSource(path, "")]  # read from a layer that resizes itself (``bias_shape``)
+    plain_read = (node.meta.get(PLAIN_READS) or {}).get(value) if plain else None
+    if plain_read and len(plain_read) == 1:  # read from one module's own int attribute (``attribute_sizes``)
+        ((path, attr),) = plain_read
+        if getattr(modules.get(path), attr, None) == value:
+            return [SizeSource(path, attr)]
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)
