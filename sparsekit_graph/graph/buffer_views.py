@@ -51,6 +51,11 @@ class BufferOps(TorchFunctionMode):
         self._made.clear()  # no tensor outlives the trace
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if any(issubclass(t, fx.Proxy) for t in types):
+            # a traced value: torch hands the call to the Proxy as if no mode were active (calling
+            # it here would parse its arguments again, asking ``h.shape[1]`` for ``__index__`` from
+            # this frame: ``F.conv2d(h, w, groups=h.shape[1])`` read as control flow)
+            return NotImplemented
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if not self.buffers:
