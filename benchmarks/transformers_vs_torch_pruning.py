@@ -230,7 +230,7 @@ def _tp_example_patch(model: nn.Module, pruner: Any) -> None:
     example sets a derived value from no longer exists (``num_key_value_heads``: from the config)."""
     c = model.config
     lm_head = getattr(model, "lm_head", None)
-    for m, projs in _attn_projections(model):
+    for m, _projs in _attn_projections(model):
         if hasattr(m, "q_proj") and lm_head is not None:  # prune_llm.py
             gqa = c.num_attention_heads != (getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
             m.hidden_size = m.q_proj.out_features

@@ -175,7 +175,11 @@ class _Tracer(FastTracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
-            with recording_tensor_data(self), recording_math(), self.buffer_ops:  # ``torch.tensor(h.size(1))``: a node, not a failure
+            with (
+                recording_tensor_data(self),
+                recording_math(),
+                self.buffer_ops,
+            ):  # ``torch.tensor(h.size(1))``: a node, not a failure
                 graph = super().trace(root, concrete_args)
             self.conversions.resolve("number")
             return graph
