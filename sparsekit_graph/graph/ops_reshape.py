@@ -18,7 +18,7 @@ from .context import RuleContext
 from .factors import record_factor
 from .meta import META, ReadInt
 from .rules import register_function_rule, register_method_rule
-from .size_args import link_read_lengths, literal_dims, made_from
+from .size_args import link_read_lengths, literal_dims, made_from, size_element, size_elements
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
 
 
@@ -46,10 +46,13 @@ def view(ctx: RuleContext) -> None:
     raw = ctx.arg("shape", ctx.arg("size"))
     out = ctx.out()
     read = ctx.arg("other") if ctx.arg("other") is not None else raw
+    if isinstance(raw, fx.Node) and ctx.arg("other") is None:  # a size tuple: h.shape, h.size()[:-2] + (16,)
+        raw = size_elements(ctx, raw) or raw
     if ctx.arg("other") is not None or isinstance(raw, fx.Node):  # sizes of another tensor: all follow the model
         raw = [None] * ctx.out_value.ndim
     if not isinstance(raw, (tuple, list)):
         raw = [raw]
+    raw = [size_element(ctx, s) for s in raw]
     in_shape, out_shape = list(ctx.meta(ctx.input).shape), list(ctx.out_value.shape)
     groups = _factor_groups(in_shape, out_shape)
     # torch.export writes sizes read off tensors (``h.size(1)``) as literals: one that keeps an

@@ -24,7 +24,10 @@ from .meta import MODULE_READS, SIZE_READS
 from .normalize import normalize
 from .sizes import SizeSource, size_sources
 
-__all__ = ["counted_alike", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis"]
+__all__ = [
+    "counted_alike", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis",
+    "size_element", "size_elements",
+]  # fmt: skip
 
 
 def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
@@ -146,9 +149,15 @@ def counted_alike(graph: AxisGraph, a: AxisId, b: AxisId) -> bool:
 
 
 def _read_axes(ctx: RuleContext, x: object) -> list | None:
-    """Axes of ``t`` for ``t.shape`` / ``t.size()`` (and ``t.shape[:2]``: those axes)."""
+    """Axes of ``t`` for ``t.shape`` / ``t.size()`` (and ``t.shape[:2]``: those axes); a
+    concatenation with numbers (``t.size()[:-2] + (16,)``) has None where a number stands."""
+    if isinstance(x, (tuple, list)):
+        return [None] * len(x)
     if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
         return None
+    if x.op == "call_function" and x.target is operator.add and _is_sizes(ctx, x):
+        parts = [_read_axes(ctx, a) for a in x.args]
+        return None if any(p is None for p in parts) else [a for p in parts for a in p]
     call = normalize(x)
     if call.op in (torch.Tensor.shape, torch.Tensor.size) and call.args.get("dim") is None:
         return ctx.axes(call.args.get("input"))
@@ -170,3 +179,35 @@ def read_axis(ctx: RuleContext, x: object) -> tuple | None:
         axes = _read_axes(ctx, call.args.get("input"))
         return axes[call.args["index"]] if axes and -len(axes) <= call.args["index"] < len(axes) else None
     return None
+
+
+def _is_sizes(ctx: RuleContext, x: fx.Node) -> bool:
+    """Is ``x``'s traced value a tuple of sizes (``torch.Size``, a tuple of ints)?"""
+    return isinstance(ctx.meta(x), tuple) and len(x.args) == 2
+
+
+def size_elements(ctx: RuleContext, seq: object) -> list | None:
+    """The sizes of a size tuple ``seq``: the numbers (and nodes) the code wrote, None where
+    one is read off a tensor (``h.size()[:-2] + (16,)``: ``[None, None, 16]``); None where
+    ``seq`` is no such tuple."""
+    if isinstance(seq, (tuple, list)):
+        return list(seq)
+    if isinstance(seq, fx.Node) and seq.op == "call_function" and seq.target is operator.add and _is_sizes(ctx, seq):
+        parts = [size_elements(ctx, a) for a in seq.args]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]  # type: ignore[union-attr]
+    axes = _read_axes(ctx, seq)
+    return None if axes is None else [None] * len(axes)
+
+
+def size_element(ctx: RuleContext, x: object) -> object:
+    """``x`` with the tuple arithmetic of a size expression undone: in
+    ``view(*(h.size()[:-2] + (self.all_head_size,)))`` the last size is the number the code
+    wrote (a literal like any other: it follows a size attribute or pins), not a node computed
+    from a read of ``h``; other values are returned as they are."""
+    if not (isinstance(x, fx.Node) and x.op == "call_function" and x.target is operator.getitem):
+        return x
+    seq, index = x.args
+    sizes = size_elements(ctx, seq) if isinstance(index, int) and not isinstance(seq, (tuple, list)) else None
+    if sizes is None or not -len(sizes) <= index < len(sizes) or sizes[index] is None:
+        return x
+    return sizes[index]
