@@ -40,10 +40,12 @@ class BufferOps(TorchFunctionMode):
         super().__init__()
         self._model = model
         self.buffers: dict[int, str] = {}  # buffer id -> its path
+        self.written: set[str] = set()  # paths of buffers forward wrote (``out=``, in place)
         self._made: dict[int, tuple[Tensor, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
 
     def __enter__(self) -> BufferOps:
         self.buffers = {id(b): name for name, b in self._model.named_buffers()}
+        self.written = set()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
@@ -64,6 +66,9 @@ class BufferOps(TorchFunctionMode):
         if found is None or not found:
             return out
         if out is None or "out" in kwargs or any(t is out for t in found):  # written in place (``t[0] = 5`` too)
+            target = kwargs["out"] if "out" in kwargs else out if out is not None else args[0] if args else None
+            for t in _tensors(target) or []:
+                self.written.update(self.buffers[id(b)] for b in (t, t._base) if b is not None and id(b) in self.buffers)
             for t in found:  # and what it views: ``t[:1].mul_(0)`` changes ``t``
                 self._made.pop(id(t), None)
                 if t._base is not None:
@@ -79,10 +84,9 @@ class BufferOps(TorchFunctionMode):
 
     def node(self, tracer: fx.Tracer, a: Tensor) -> fx.Node | None:
         """``a`` as graph nodes over the buffers it was made from, or None (a constant)."""
-        view = buffer_view(tracer, a, self.buffers) if a._is_view() else None
-        if view is not None or id(a) not in self._made or not (a.is_floating_point() or a.is_complex()):
-            return view
-        return self._rebuild(tracer, a)
+        if id(a) in self._made and (a._is_view() or a.is_floating_point() or a.is_complex()):
+            return self._rebuild(tracer, a)  # the call as written: ``g.view(1, 12, 1, 1)`` keeps its literal
+        return buffer_view(tracer, a, self.buffers) if a._is_view() else None
 
     def _rebuild(self, tracer: fx.Tracer, a: Tensor) -> fx.Node:
         _, func, args, kwargs = self._made[id(a)]

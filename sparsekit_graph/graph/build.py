@@ -25,6 +25,7 @@ from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
 from .length_uses import pin_unmodelled_lengths
+from .meta import WRITTEN_BUFFER
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads
 from .rules import find_rule
@@ -52,7 +53,11 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         graph.canonical.setdefault(id(t), n)
     for n in every:  # members are listed in the model's own order, whatever order ops use them in
         graph.order.setdefault(graph.canonical[id(every[n])], len(graph.order))
-    aliases = {n.name: graph.canonical[id(every[str(n.target)])] for n in nodes if n.op == "get_attr" and str(n.target) in every}
+    aliases = {
+        n.name: graph.canonical[id(every[str(n.target)])]
+        for n in nodes
+        if n.op == "get_attr" and str(n.target) in every and not n.meta.get(WRITTEN_BUFFER)  # written: a constant
+    }
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
     graph.exported = graph.exported or exported
     views: dict = {}  # nodes that are views of a parameter (``w.detach()``), shared by every rule
@@ -68,8 +73,9 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
                 ctx.pin(axes, "model output")
         elif node.op == "get_attr":  # a parameter's axes appear where an op uses them
             if node.name not in aliases:
+                what = "buffer {} written in forward" if node.meta.get(WRITTEN_BUFFER) else "constant tensor {}"
                 for axes in ctx.outputs():
-                    ctx.pin(axes, f"constant tensor {node.target}")
+                    ctx.pin(axes, what.format(node.target))
         else:
             _apply(ctx, module)
             follow_domains(ctx)

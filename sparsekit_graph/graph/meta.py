@@ -21,6 +21,7 @@ META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
 EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export
 CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values
+WRITTEN_BUFFER = "skg.written_buffer"  # on a get_attr node: forward writes this buffer (``out=``, in place)
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
 CONTROL = "skg.control"  # a traced number Python read: "branch", "loop", "number", or "value" (``flow_values``)
 CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}

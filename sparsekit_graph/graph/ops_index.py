@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -18,6 +19,7 @@ from .axes import AxisId
 from .context import RuleContext
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_method_rule, register_module_rule
+from .size_args import read_axis
 from .zeros import zero_breaker
 
 __all__: list[str] = []
@@ -114,8 +116,7 @@ def select_along(ctx: RuleContext) -> None:
     d = ctx.arg("dim") % max(nd, 1)
     start, length, _ = ctx.arg("start"), ctx.arg("length"), ctx.arg("index")
     src = ctx.axes(ctx.input)
-    whole = ctx.call.op is torch.narrow and start == 0 and src is not None and length == ctx.graph.size(src[d])
-    if whole:
+    if ctx.call.op is torch.narrow and start == 0 and src is not None and _whole_length(ctx, length, src[d]):
         _each_axis(ctx, [], None)
         return
 
@@ -125,6 +126,18 @@ def select_along(ctx: RuleContext) -> None:
         ctx.pin([a, o], f"selecting by position at {ctx.where()}")
 
     _each_axis(ctx, [d], pick)
+
+
+def _whole_length(ctx: RuleContext, length: object, axis: AxisId) -> bool:
+    """Does ``length`` keep the whole ``axis`` whatever is pruned: a read of its length
+    (``h.size(1)``) or a literal a size attribute explains, not a number the code wrote
+    (``h.narrow(1, 0, 12)`` would cut a grown-back axis, and fails on a pruned one)?"""
+    if isinstance(length, fx.Node):
+        if read_axis(ctx, length) != axis:
+            return False
+        ctx.model_length(length)
+        return True
+    return length == ctx.graph.size(axis) and not ctx.constant_size(axis, length)
 
 
 @register_method_rule("unfold")

@@ -211,7 +211,11 @@ def unflatten(ctx: RuleContext) -> None:
     sizes = list(ctx.meta(raw)) if read else list(raw)
     k = len(sizes)
     twice = set() if read else _repeated_sizes(ctx, sizes)  # ``unflatten(-1, (4, 4))``: 4 heads of 4
-    literal = [False] * dim + [not read and (j in twice or ctx.constant_size(out[dim + j], s)) for j, s in enumerate(sizes)]
+    # numbers the code wrote beside the reads (``(12,) + x.shape[2:]``) are literals all the same
+    written = (size_elements(ctx, raw) or [None] * k) if read else sizes
+    literal = [False] * dim + [
+        (j in twice or ctx.constant_size(out[dim + j], w)) if isinstance(w, int) else False for j, w in enumerate(written)
+    ]
     literal += [False] * (nd - dim - 1)
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 
 from .context import RuleContext
 from .normalize import canonical_op
 from .rules import register_function_rule, register_method_rule
 from .singular import singular_operands, stays_nonzero
+from .size_args import size_elements
 from .sizes import size_sources
 from .zeros import zero_breaker
 
@@ -93,6 +95,8 @@ def expand(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     other = ctx.axes(ctx.arg("other"))
     sizes = ctx.arg("size", ctx.arg("shape"))
+    if isinstance(sizes, fx.Node):  # ``h.shape[:1] + (12,) + h.shape[2:]``: the 12 is a literal
+        sizes = size_elements(ctx, sizes) or sizes
     lead = len(out) - len(src or [])
     for j, o in enumerate(out):
         i = j - lead

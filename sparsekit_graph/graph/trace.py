@@ -20,7 +20,7 @@ from .config_reads import config_reads, recording_config_reads
 from .export import export_graph
 from .fast_tracer import FastTracer
 from .flow_values import Conversions
-from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT
+from .meta import CONTROL, EXPORTED, META, TRACED_CONSTANT, WRITTEN_BUFFER
 from .meta_pass import MetaRunner, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -181,6 +181,9 @@ class _Tracer(FastTracer):
                 self.buffer_ops,
             ):  # ``torch.tensor(h.size(1))``: a node, not a failure
                 graph = super().trace(root, concrete_args)
+            for n in graph.nodes:  # values no link explains, whenever the write came
+                if n.op == "get_attr" and n.target in self.buffer_ops.written:
+                    n.meta[WRITTEN_BUFFER] = True
             self.conversions.resolve("number")
             return graph
         finally:

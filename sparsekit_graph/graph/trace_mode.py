@@ -50,6 +50,8 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
         with torch.no_grad():
             for b, version, copy in zip(buffers, versions, saved):
                 if b._version != version:
+                    if b.shape != copy.shape:  # resized by ``out=``
+                        b.resize_(copy.shape)
                     b.copy_(copy)
         _restore_attributes(attributes)
         restore(held)  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
