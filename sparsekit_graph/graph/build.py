@@ -29,7 +29,7 @@ from .meta import WRITTEN_BUFFER
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads
 from .rules import find_rule
-from .size_reads import pin_read_sizes
+from .size_pins import pin_read_sizes
 from .trace import has_hooks, is_exported
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]

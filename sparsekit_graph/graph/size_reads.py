@@ -14,7 +14,7 @@ an int that remembers its attribute and records what Python makes of it. Afterwa
   attribute, and a literal nobody read stays a constant;
 - an attribute whose value decided Python control flow (a comparison, ``bool``, ``int``, a
   true division) or went where the graph cannot see it (``range(n)``, ``[0] * n``) is listed
-  on the output node (``SIZE_CONTROL``); ``pin_read_sizes`` pins the layer's axes it sizes;
+  on the output node (``SIZE_CONTROL``); ``size_pins.pin_read_sizes`` pins the layer's axes it sizes;
 - each decision on one attribute is listed as a ``SizeTest`` (``SIZE_TESTS``): under
   ``torch.export`` the probe (``plan/probe.py``) prunes to a count that flips it.
 
@@ -28,22 +28,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch.fx as fx
-from torch import Tensor, nn
+from torch import nn
 
 from ..registry import RESIZERS, by_type
-from .attribute_sizes import PLAIN_READS, PlainRead, pin_unfollowed_reads, plain_int_attributes, read_only_where_literal
+from .attribute_sizes import PLAIN_READS, PlainRead, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
-from .axes import AxisGraph
 from .flow_values import Conversions
 from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
-from .number_args import ReadFloat, SizeUse
-from .number_uses import size_arguments
+from .number_args import ReadFloat
 from .size_flow import flows_nowhere
 from .size_reaching import Reaching
 from .size_sinks import sinks_now
 from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple, by_user
 
-__all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "pin_read_sizes", "recording_size_reads", "wrap_config_read"]
+__all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "recording_size_reads", "wrap_config_read"]
 
 # Attributes of torch.nn layers that count channels, heads or features.
 READ_ATTRIBUTES = frozenset(
@@ -325,137 +323,3 @@ def _read_tuples(a: Any, found: dict[Any, set[Site]]) -> None:
         found.setdefault(tuple(int.__int__(e) for e in a), set()).update(*(e._sites for e in a))
     for e in a:
         _read_tuples(e, found)
-
-
-def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
-    """Pin the axes each attribute in ``SIZE_CONTROL`` sizes (``_sized_axes``); an attribute
-    used only as a number (``VALUE``) costs them their zero-invariance."""
-    from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
-
-    _link_layer_sizes(graph, modules)
-    out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
-    nodes = list(nodes)
-    pin_unfollowed_reads(graph, nodes, modules, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES, prefix)
-    control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
-    for site, use in size_arguments(nodes, modules).items():  # torch.fx: the ops taking floats made from sizes
-        if control.get(site) in (None, VALUE):
-            control[site] = use
-    if not control:
-        return
-    for (path, attr), kind in sorted(control.items()):
-        layer = modules.get(path)
-        if layer is None:
-            _pin_config_reads(graph, modules, path, attr, kind)
-            continue
-        value = getattr(layer, attr, None)
-        name = f"{path}.{attr}" if path else attr
-        reason = _reason(name, value, kind)
-        plain = read_only_where_literal(layer, attr, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES)  # its value changes too
-        for a in _sized_axes(graph, nodes, layer, path, attr, prefix):
-            if kind != VALUE or plain:
-                graph.pin(a, reason)
-            graph.mix(a, reason)
-
-
-def _pin_config_reads(graph: AxisGraph, modules: dict[str, nn.Module], site: str, attr: str, kind: str) -> None:
-    """A plain config's attribute that decided control flow pins the axes it sizes (its
-    ``SizeSource``s, under the names ``sizes.size_sources`` gives the config)."""
-    if not site.startswith(CONFIG):
-        return
-    key = int(site.removeprefix(CONFIG))
-    root = modules.get("")
-    owners = {
-        ("config" if m is root or getattr(root, "config", None) is c else f"{p}.config")
-        for p, m in modules.items()
-        if id(c := m.__dict__.get("config")) == key
-    }
-    if not owners:
-        return
-    value = next(getattr(m.__dict__["config"], attr, None) for m in modules.values() if id(m.__dict__.get("config")) == key)
-    reason = _reason(f"config.{attr}", value, kind)
-    for a, refs in graph.size_refs.items():
-        if any(r.owner in owners and r.attr == attr for r in refs):
-            if kind != VALUE:
-                graph.pin(a, reason)
-            graph.mix(a, reason)
-
-
-def _reason(name: str, value: Any, kind: Any) -> str:
-    """Why the axes ``name`` sizes pin (or, ``VALUE``, are not zero-invariant)."""
-    if kind == VALUE:
-        return f"forward uses {name} = {value} as a number: removing a channel changes it"
-    if isinstance(kind, SizeUse):
-        return f"forward passes a number made from {name} = {value} as a size ({kind}): pruning changes the shape it gives"
-    return f"python control flow on {name} = {value} ({kind}): the traced code would not follow a pruned size"
-
-
-def _link_layer_sizes(graph: AxisGraph, modules: dict[str, nn.Module]) -> None:
-    """An axis shaped by a layer attribute its layer type names (``view(b, self.a.out_channels,
-    -1)``) is linked to that layer's axis: surgery rewrites the attribute to the layer's new
-    count, so the shaped axis must lose the same channels (another group of equal size, read
-    by mistake or on purpose, is pruned with it)."""
-    for axis, sources in list(graph.size_refs.items()):
-        for src in sources:
-            layer = modules.get(src.owner)
-            if layer is None or not src.attr:
-                continue
-            for k, d in _sized(layer, src.attr):
-                t = getattr(layer, k, None)
-                if not isinstance(t, Tensor):
-                    continue
-                sized = ("p", graph.canonical.get(id(t), f"{src.owner}.{k}" if src.owner else k), d)
-                if sized in graph.sizes and axis in graph.sizes and graph.size(sized) == graph.size(axis):
-                    graph.link(axis, sized)
-
-
-def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: str, attr: str, prefix: str) -> list:
-    """The axes ``layer.attr`` counts: those its layer type names (``_sized``), else the
-    layer's tensors' axes of that length, plus the axes a literal of it shaped; where none
-    is found, the layer's output axes of that length, else every axis of its tensors."""
-    from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
-
-    referenced = [a for a, refs in graph.size_refs.items() if any((r.owner, r.attr) == (path, attr) for r in refs)]
-    if read_only_where_literal(layer, attr, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES):
-        return referenced
-    value = getattr(layer, attr, None)
-    lengths = set(value) if isinstance(value, tuple) else {value}
-    owned = (*layer._parameters.items(), *layer._buffers.items())
-    tensors = {k: (graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)}
-    axes = [("p", tensors[k][0], d) for k, d in _sized(layer, attr) if k in tensors and tensors[k][1].shape[d] in lengths]
-    axes = [a for a in axes if a in graph.sizes]
-    if not axes:
-        axes = [("p", k, d) for k, t in tensors.values() for d, n in enumerate(t.shape) if n in lengths]
-        axes = [a for a in axes if a in graph.sizes]
-    axes += referenced
-    if not axes:
-        own = [n for n in nodes if (n.op == "call_module" and str(n.target) == path) or _innermost(n) == path]
-        axes = [a for n in own for a in graph.values.get(prefix + n.name, []) if graph.sizes[a] in lengths]
-    if not axes:
-        axes = [a for k, t in tensors.values() for d in range(t.ndim) if (a := ("p", k, d)) in graph.sizes]
-    return axes
-
-
-def _sized(layer: nn.Module, attr: str) -> list[tuple[str, int]]:
-    """(tensor, axis) pairs of a layer that ``attr`` counts, where the layer type says so
-    (``in_channels`` is a conv weight's axis 1, or 0 when transposed); empty where the
-    tensors of that length are the answer (``num_features``)."""
-    t = int(bool(getattr(layer, "transposed", False)))
-    table: dict[str, list[tuple[str, int]]] = {
-        "out_channels": [("weight", t), ("bias", 0)],
-        "in_channels": [("weight", 1 - t)],
-        "out_features": [("weight", 0), ("bias", 0)],
-        "in_features": [("weight", 1)],
-        "in1_features": [("weight", 1)],
-        "in2_features": [("weight", 2)],
-        "embedding_dim": [("weight", 1)],
-        "num_embeddings": [("weight", 0)],
-    }
-    return table.get(attr, [])
-
-
-def _innermost(node: fx.Node) -> str | None:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    path = str(next(reversed(stack.values()))[0])
-    return path.removeprefix("L['self'].").removeprefix("L['self']")
