@@ -1,0 +1,63 @@
+"""Wrong plans adversary round 7 found in hand-written models (issue 7): fixed here, or strict xfails.
+
+Most models are ``tests/test_adversary_round4.Net``: a conv ``a`` (group ``a:out``, 12 channels)
+-> BN -> ReLU -> the spelling -> a 1x1 conv head. ``_holds`` prunes every prunable group and checks
+a zero-invariance claim against the masked dense model. Harness and full list: /tmp/adv7/REPORT.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_adversary_round4 import Net, _holds
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+# --- norms whose statistics run over another layer's channels ---------------------------------------
+
+
+def _channels_inside(norm: Callable[[nn.Module, Tensor], Tensor]) -> Callable[[nn.Module, Tensor], Tensor]:
+    """``norm`` applied to (B, W, C, H): the conv's channels lie on a statistics axis of the norm."""
+    return lambda s, h: norm(s, h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+_NORMS: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], dict[str, object]]] = {
+    "InstanceNorm2d": (lambda s, h: s.n(h), {"n": nn.InstanceNorm2d(6, affine=True)}),
+    "F.instance_norm": (lambda s, h: F.instance_norm(h), {}),
+    "GroupNorm": (lambda s, h: s.n(h), {"n": nn.GroupNorm(2, 6)}),
+    "F.group_norm": (lambda s, h: F.group_norm(h, 3), {}),
+    "BatchNorm2d without running stats": (lambda s, h: s.n(h), {"n": nn.BatchNorm2d(6, track_running_stats=False)}),
+    "F.batch_norm training": (lambda s, h: F.batch_norm(h, None, None, training=True), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(_NORMS))
+def test_norm_statistics_over_channels_are_not_zero_invariant(name: str) -> None:
+    """Instance, group and batch-statistics norms reduce over axes 2+: channels of ``a`` lying
+    there were claimed zero-invariant (a zeroed channel still moves the mean and variance)."""
+    norm, extra = _NORMS[name]
+    plan = _holds(Net(_channels_inside(norm), **extra))
+    group = plan.group("a:out")
+    assert group.prunable and not group.zero_invariant, group
+
+
+def test_norm_statistics_in_eval_with_running_stats_stay_zero_invariant() -> None:
+    """A BatchNorm in eval mode with running statistics is per-element: nothing mixes."""
+    model = Net(_channels_inside(lambda s, h: s.n(h)), n=nn.BatchNorm2d(6)).eval()
+    assert _holds(model).group("a:out").zero_invariant
+
+
+def test_instance_norm_over_channels_alone_keeps_two() -> None:
+    """InstanceNorm1d over (B, HW, C): the channels are its only statistics axis, and torch refuses
+    statistics of one element (keep-one prune failed to run)."""
+    model = Net(lambda s, h: s.n(h.flatten(2).mT).mT.reshape(h.shape), n=nn.InstanceNorm1d(36))
+    plan = _holds(model, keep=2)
+    assert plan.group("a:out").min_keep == 2
+    with pytest.raises(skg.PlanError):
+        mask = torch.ones(12, dtype=torch.bool)
+        mask[0] = False
+        skg.prune(model, plan, masks={"a:out": mask})
