@@ -93,3 +93,84 @@ def test_scope_restored_after_a_failing_layer() -> None:
     with pytest.raises(ValueError, match="no"):
         tracer.trace(Outer())
     assert (tracer.scope.module_path, tracer.scope.module_type) == ("", None)
+
+
+
+class _Lookup(nn.Module):
+    """A class with its own ``__getattr__`` (it calls ``nn.Module``'s, which fx patches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def __getattr__(self, name: str) -> Any:
+        return super().__getattr__(name)
+
+
+class _Called(nn.Linear):
+    """A class with its own ``__call__`` around ``nn.Module.__call__``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs) * 2
+
+
+class _OwnDunders(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.called = _Lookup(), _Called(4, 4)
+        self.gain = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.block.inner(x) * self.gain + self.block.inner.weight.sum()
+        return self.called(h)
+
+
+class _Unregistered(nn.Module):
+    """A layer the root does not hold: fx refuses it (``path_of_module``), and so must we."""
+
+    def __init__(self, made_in_forward: bool) -> None:
+        super().__init__()
+        self.fc, self.made_in_forward = nn.Linear(4, 4), made_in_forward
+        self.plain = [nn.ReLU()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.ReLU()(self.fc(x)) if self.made_in_forward else self.plain[0](self.fc(x))
+
+
+def test_same_graph_as_fx_tracer_with_own_dunders() -> None:
+    torch.manual_seed(0)
+    fast = _record(FastTracer(), _OwnDunders().eval())
+    torch.manual_seed(0)
+    assert fast == _record(fx.Tracer(), _OwnDunders().eval())
+    assert [t for op, _, t, *_ in fast[0] if op == "call_module"] == ["block.inner"]  # `called` is traced through
+
+
+@pytest.mark.parametrize("made_in_forward", [False, True])
+def test_unregistered_layer_refused_as_fx_refuses(made_in_forward: bool) -> None:
+    errors = []
+    for tracer in (FastTracer(), fx.Tracer()):
+        with pytest.raises(NameError) as info:
+            tracer.trace(_Unregistered(made_in_forward))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
+def test_no_module_class_written_while_tracing() -> None:
+    """fx's trace writes ``nn.Module.__call__`` and ``__getattr__`` (a slot update of every
+    subclass); FastTracer writes neither, and leaves every class as it found it."""
+    model = torchvision.models.resnet18().eval()
+    classes = (*{type(m) for m in model.modules()}, nn.Module)
+    before = {c: dict(vars(c)) for c in classes}
+    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
+    tracer = FastTracer()
+    seen: list[tuple[Any, Any]] = []
+    call_module = tracer.call_module
+
+    def spy(*args: Any) -> Any:
+        seen.append((nn.Module.__call__, nn.Module.__getattr__))
+        return call_module(*args)
+
+    tracer.call_module = spy  # type: ignore[method-assign]
+    tracer.trace(model)
+    assert seen and all(c is call and g is getattr_ for c, g in seen)
+    assert {c: dict(vars(c)) for c in classes} == before

@@ -6,8 +6,14 @@ on every plain number and Proxy before torch's own fast path, and ``call_module`
 scope object (``copy.copy``) on every module call. Together they were ~20% of tracing a
 ResNet-50. A third: every node gets ``copy.copy`` of the module stack, an ``OrderedDict`` that
 ``copy`` rebuilds through ``__reduce_ex__`` (~10% of tracing); the stack here copies itself
-directly into an equal ``OrderedDict``. ``tests/test_fast_tracer.py`` checks graphs and node
-metadata against ``fx.Tracer``.
+directly into an equal ``OrderedDict``. A fourth grows with the process, not the model:
+``fx.Tracer.trace`` sets ``nn.Module.__call__`` and ``__getattr__`` and restores them, and CPython
+updates a slot of every subclass of ``nn.Module`` on each of those four writes (~0.3 ms per 1,000
+subclasses: ~5 ms a trace once timm is imported, 3,600 subclasses with transformers' models). Here
+calls are caught one level down, at ``nn.Module._call_impl`` (no slot, so no walk), and
+``__getattr__`` is set on the root's own module classes only, wherever that is the same
+(``_CheapPatcher``). ``tests/test_fast_tracer.py`` checks graphs and node metadata against
+``fx.Tracer``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx import _symbolic_trace
 
 __all__ = ["FastTracer"]
 
@@ -43,6 +50,23 @@ class FastTracer(fx.Tracer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.module_stack = _ModuleStack()
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """``fx.Tracer.trace``, its ``nn.Module`` patches made by ``_CheapPatcher`` where that is the same."""
+        made = getattr(_symbolic_trace, "_Patcher", None)
+        if not isinstance(root, nn.Module) or not isinstance(made, type):
+            return super().trace(root, concrete_args)
+        calls, classes = _catchable_calls(root), _getattr_classes(root)
+
+        def cheap() -> _CheapPatcher:  # fx makes one patcher per trace; nested traces get fx's own
+            _symbolic_trace._Patcher = made
+            return _CheapPatcher(self, calls, classes)
+
+        _symbolic_trace._Patcher = cheap
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            _symbolic_trace._Patcher = made
 
     def create_arg(self, a: Any) -> Any:
         """Literals, Proxies and plain tuples/lists of them directly; everything else as ``fx.Tracer``."""
@@ -81,3 +105,78 @@ class FastTracer(fx.Tracer):
         finally:
             scope.module_path, scope.module_type = before
         return out
+
+
+_ORIG_CALL_IMPL = nn.Module._call_impl
+_MISSING = object()
+
+
+class _OwnAttr(_symbolic_trace._PatchedFn):
+    """``cls.name = new_fn``, reverted to the class's own entry (or its absence) as it was."""
+
+    def patch(self) -> None:
+        setattr(self.frame_dict, self.fn_name, self.new_fn)
+
+    def revert(self) -> None:
+        if self.orig_fn is _MISSING:
+            delattr(self.frame_dict, self.fn_name)
+        else:
+            setattr(self.frame_dict, self.fn_name, self.orig_fn)
+
+
+def _catchable_calls(root: nn.Module) -> bool:
+    """Whether catching ``_call_impl`` sees every call ``nn.Module.__call__`` would: no
+    compiled module (its ``__call__`` skips ``_call_impl``), no class with its own ``_call_impl``."""
+    return nn.Module.__call__ is nn.Module._wrapped_call_impl and all(
+        m._compiled_call_impl is None and type(m)._call_impl is _ORIG_CALL_IMPL for m in root.modules()
+    )
+
+
+def _getattr_classes(root: nn.Module) -> tuple[type, ...] | None:
+    """The root's module classes, if none of them has a ``__getattr__`` of its own (which would
+    call ``nn.Module.__getattr__`` itself, so only patching that one catches its reads)."""
+    classes = tuple({type(m): None for m in root.modules()})
+    if any(c.__getattr__ is not nn.Module.__getattr__ for c in classes):
+        return None
+    return classes
+
+
+class _CheapPatcher(_symbolic_trace._Patcher):
+    """fx's patcher, placing its two ``nn.Module`` patches where no subclass walk follows.
+
+    ``__call__``: ``nn.Module._call_impl`` becomes fx's module call wrapper (``__call__`` runs
+    ``self._call_impl``). ``__getattr__``: set on each of the root's module classes; a module
+    of another class (made in forward, kept in a plain list) then reads its attributes as they
+    are, which is what fx's wrapper returns for tensors the root does not hold, and ``create_arg``
+    still finds the root's own parameters and buffers by identity."""
+
+    def __init__(self, tracer: fx.Tracer, calls: bool, classes: tuple[type, ...] | None) -> None:
+        super().__init__()
+        self.tracer, self.calls, self.classes = tracer, calls, classes
+
+    def patch_method(self, cls: type, name: str, new_fn: Any, deduplicate: bool = True) -> None:
+        if cls is nn.Module and name == "__call__" and self.calls:
+            self._own(nn.Module, "_call_impl", self._call_wrapper())
+        elif cls is nn.Module and name == "__getattr__" and self.classes is not None:
+            for c in self.classes:
+                self._own(c, name, new_fn)
+        else:
+            super().patch_method(cls, name, new_fn, deduplicate)
+
+    def _own(self, cls: type, name: str, new_fn: Any) -> None:
+        self.patches_made.append(_OwnAttr(cls, name, cls.__dict__.get(name, _MISSING), new_fn))
+        self.patches_made[-1].patch()
+
+    def _call_wrapper(self) -> Callable[..., Any]:
+        """fx's module call wrapper, one level down: the module's own ``_call_impl`` is its forward."""
+        tracer, patcher = self.tracer, self
+
+        def call_impl(mod: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                return _ORIG_CALL_IMPL(mod, *args, **kwargs)
+
+            scope = getattr(getattr(mod, "forward", mod), "__globals__", {})
+            _symbolic_trace._autowrap_check(patcher, scope, tracer._autowrap_function_ids)
+            return tracer.call_module(mod, forward, args, kwargs)
+
+        return call_impl
