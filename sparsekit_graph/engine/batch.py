@@ -50,7 +50,7 @@ from .sweeps import Param, Use
 from .waves import conditioned_all
 from .workers import caller_on_one_thread, worker_pool
 
-__all__ = ["soft_threshold_all"]
+__all__ = ["SYNC_FREE", "euclidean_all", "soft_threshold_all", "sync_free"]
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -81,8 +81,14 @@ def soft_threshold_all(
         rtol, atol, max_iter: The conditioned solve's accuracy, as in ``soft_threshold``.
 
     Returns:
-        Per coupling, the blocks its call zeroed (flat, bool): nonzero as its turn found them,
-        zero after.
+        Per coupling, the blocks its call zeroed (flat, bool tensors on the couplings' device):
+        nonzero as its turn found them, zero after.
+
+    Raises:
+        SparseKitError: A negative threshold, checked on the host; on CUDA tensors (``sync_free``)
+            the check is a device-side assert instead (``torch._assert_async``), so that the
+            Euclidean call reads nothing back to the host once its layout is cached (the first call
+            builds it); a failed assert surfaces as a CUDA error at the next synchronisation.
     """
     if len(couplings) != len(thresholds) or (conditioners is not None and len(conditioners) != len(couplings)):
         n = "" if conditioners is None else f" and {len(conditioners)} conditioners"
@@ -92,15 +98,47 @@ def soft_threshold_all(
         c._grid_arg(t, "block_thresholds").to(torch.float64 if wide else torch.float32).reshape(-1)
         for c, t in zip(couplings, thresholds)
     ]
-    if taus and bool(torch.cat(taus).min() < 0):  # one check (one sync) for all, then name the first culprit
-        bad = next(c for c, tau in zip(couplings, taus) if bool(tau.min() < 0))
-        raise SparseKitError(f"{bad._label()}: block_thresholds must be non-negative")
+    if taus:
+        _check_thresholds(couplings, taus)
     floor = 0.0 if eps is None else float(eps)
     with torch.no_grad():
         if conditioners is not None:
             return conditioned_all(couplings, taus, conditioners, rtol=rtol, atol=atol, max_iter=max_iter, floor=floor)
+        return euclidean_all(couplings, taus, floor)
+
+
+def euclidean_all(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float = 0.0) -> list[Tensor]:
+    """The Euclidean prox of ``soft_threshold_all`` without its checks: ``taus`` flat, non-negative and
+    on the couplings' device (``ProximalStep`` builds them so). No host synchronisation once the
+    layout is cached (on a CUDA device: every kernel is queued, nothing is read back)."""
+    with torch.no_grad():
         killed = fused(couplings, taus, floor)
         return killed if killed is not None else [c._euclidean_prox(tau, floor) for c, tau in zip(couplings, taus)]
+
+
+SYNC_FREE: bool | None = None  # None: the sync-free checks on CUDA tensors only; True: everywhere (tests); False: never
+
+
+def sync_free(device: torch.device) -> bool:
+    """Whether calls on ``device`` take the checks that never read a value back to the host."""
+    return device.type == "cuda" if SYNC_FREE is None else SYNC_FREE
+
+
+def _check_thresholds(couplings: Sequence[SparseBlock], taus: Sequence[Tensor]) -> None:
+    """Non-negative thresholds. On the sync-free path (CUDA tensors) a device-side assert
+    (``torch._assert_async``: queued, no host synchronisation; a failure surfaces as a CUDA error at
+    the next synchronisation); elsewhere one host check for all, then the first culprit named.
+
+    Raises:
+        SparseKitError: A threshold is negative (host check).
+    """
+    low = torch.cat(list(taus)).min() if len(taus) > 1 else taus[0].min()
+    if sync_free(low.device):
+        torch._assert_async(~(low < 0), "soft_threshold_all: block_thresholds must be non-negative")
+        return
+    if bool(low < 0):
+        bad = next(c for c, tau in zip(couplings, taus) if bool(tau.min() < 0))
+        raise SparseKitError(f"{bad._label()}: block_thresholds must be non-negative")
 
 
 def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float) -> list[Tensor] | None:

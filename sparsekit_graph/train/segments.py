@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..engine import SparseBlock, View
+from ..engine.batch import sync_free
 from ..engine.block import _Part
 
 __all__ = ["PartSegment", "ProxGroup", "RowSegment", "Segment", "is_dtensor", "local_tensor", "shares_storage"]
@@ -104,6 +105,9 @@ class PartSegment(Segment):
 
     def zero(self, t: Tensor, mask: Tensor) -> None:
         rows = self.part.arp(self._window(t)) if self.natural is None else self.natural.window(local_tensor(t))
+        if rows is not None and sync_free(mask.device):  # every row rewritten, nothing read back to the host
+            rows.masked_fill_(mask[None, :, None], 0)
+            return
         if rows is not None:  # only the dead rows are touched
             rows.index_fill_(1, mask.nonzero().squeeze(1), 0)
             return

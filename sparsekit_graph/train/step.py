@@ -12,10 +12,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..engine import BlockCoupling, SparseBlock, solve
+from ..engine.batch import sync_free
 from ..errors import SparseKitError
 from ..plan.schema import Plan
 from .batched import distributed, eligible, prox_all
 from .conditioner import AdamDenominators
+from .graphed import GraphedStep, check_graphable
 from .layout import member_numel, plan_segments
 from .schedule import LamSchedule, ProxStats
 from .segments import PartSegment, ProxGroup, Segment, local_tensor
@@ -100,10 +102,18 @@ class ProximalStep:
         batched: Solve every group in few engine calls (``soft_threshold_all``, the same result)
             where that applies: one process, no ``torch.distributed`` process group, no DTensor.
             False: group by group, as the distributed path does.
+        cuda_graph: SGD on CUDA only: from the second step on, the whole step (thresholds, prox,
+            momentum reset) replays one captured ``torch.cuda.CUDAGraph`` (recaptured when a
+            parameter or momentum buffer is replaced); see ``train/graphed.py``.
+
+    On CUDA tensors the batched SGD step never reads a value back to the host after its first call
+    (the engine's layout is then cached): thresholds are non-negative by construction, groups with
+    zero weights are found once, and momentum resets rewrite every group's rows with a mask.
 
     Raises:
         SparseKitError: An unsupported optimizer or option (amsgrad, maximize), a frozen parameter
-            or one the optimizer does not hold, a bad ``lam``/``weights``/``schedule``.
+            or one the optimizer does not hold, a bad ``lam``/``weights``/``schedule``;
+            ``cuda_graph=True`` off CUDA, with Adam, or where the step is not batched.
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class ProximalStep:
         schedule: LamSchedule | Callable[[int], float] | None = None,
         reset_state: bool = True,
         batched: bool = True,
+        cuda_graph: bool = False,
     ) -> None:
         if not isinstance(plan, Plan):
             raise SparseKitError(f"plan must be a Plan, got {type(plan).__name__} (engine couplings: use from_couplings)")
@@ -139,7 +150,7 @@ class ProximalStep:
                 return f"group {name!r} is pinned ({g.reason})"
             return f"group {name!r} is not zero-invariant" if not g.zero_invariant else f"group {name!r} has no parameters"
 
-        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, why_not)
+        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, why_not, cuda_graph)
 
     @classmethod
     def from_couplings(
@@ -152,6 +163,7 @@ class ProximalStep:
         schedule: LamSchedule | Callable[[int], float] | None = None,
         reset_state: bool = True,
         batched: bool = True,
+        cuda_graph: bool = False,
     ) -> ProximalStep:
         """The same step over engine couplings (e.g. ``bind(plan, model)``), keyed by group name.
 
@@ -169,7 +181,7 @@ class ProximalStep:
             weight = torch.full((c.numblk(),), math.sqrt(c.numel_per_block()))
             groups.append(ProxGroup(name, c.numblk(), segments, weight, None, c))
         self = cls.__new__(cls)
-        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, lambda name: None)
+        self._setup(groups, optimizer, lam, weights, schedule, reset_state, batched, lambda name: None, cuda_graph)
         return self
 
     def _setup(
@@ -182,6 +194,7 @@ class ProximalStep:
         reset_state: bool,
         batched: bool,
         why_not: Callable[[str], str | None],
+        cuda_graph: bool = False,
     ) -> None:
         if schedule is not None and not (isinstance(schedule, LamSchedule) or callable(schedule)):
             raise SparseKitError(f"schedule must be a LamSchedule or a callable, got {type(schedule).__name__}")
@@ -202,7 +215,11 @@ class ProximalStep:
         self._groups, self._optimizer, self._owner = groups, optimizer, owner
         self.lam, self.schedule, self.reset_state = lam, schedule, reset_state
         self._batched = batched and eligible(groups)
+        if cuda_graph:
+            check_graphable(self._kind, self._batched, groups)
         self._steps, self._last_lam, self._pending = 0, 0.0, False
+        self._weights_live: list[bool] | None = None
+        self._graphed = GraphedStep(self, groups) if cuda_graph else None
         self._handle = optimizer.register_step_post_hook(_on_step(weakref.ref(self)))
 
     # -- public API ------------------------------------------------------------------------------
@@ -250,12 +267,15 @@ class ProximalStep:
         if lam == 0:
             return True
         with torch.no_grad():
-            taus = [g.weight.double() * (lam * self._lr(g)) for g in self._groups]
+            if self._graphed is not None and self.batched:
+                self._graphed.step(lam, [self._lr(g) for g in self._graphed.groups])
+                return True
             denoms = None if self._kind == "sgd" else AdamDenominators(self._groups, self._optimizer.state, self._owner)
             work = []
-            for g, tau, live in zip(self._groups, taus, _flags([t.any() for t in taus])):
-                if live:
-                    work.append((g, tau))
+            for g, live in zip(self._groups, self._live()):
+                lr = self._lr(g)
+                if live and lr != 0:  # tau = weight * lam * lr has a nonzero entry (weights are checked once)
+                    work.append((g, g.weight.double() * (lam * lr)))
                 elif denoms is not None:  # a group with tau == 0 is skipped
                     denoms.release(g)
             if self.batched:
@@ -318,14 +338,24 @@ class ProximalStep:
         lrs = {float(self._owner[id(s.param)]["lr"]) for s in g.segments}
         if len(lrs) > 1:
             raise SparseKitError(f"group {g.name!r}: its parameters have different learning rates {sorted(lrs)}")
-        return lrs.pop() if lrs else 0.0
+        lr = lrs.pop() if lrs else 0.0
+        if lr < 0:  # thresholds are then non-negative by construction: the engine need not check them
+            raise SparseKitError(f"group {g.name!r}: learning rate {lr} is negative")
+        return lr
+
+    def _live(self) -> list[bool]:
+        """Per group, whether its weights have a nonzero entry (read back once, on the first step)."""
+        if self._weights_live is None:
+            self._weights_live = _flags([g.weight.any() for g in self._groups])
+        return self._weights_live
 
     def _reset(self, work: list[tuple[ProxGroup, Tensor]], dead: list[Tensor]) -> None:
         """Zero the optimizer momentum (SGD ``momentum_buffer``, Adam ``exp_avg``) of the killed channels."""
         if not self.reset_state:
             return
         key = "momentum_buffer" if self._kind == "sgd" else "exp_avg"
-        for (g, _), d, any_dead in zip(work, dead, _flags([d.any() for d in dead])):
+        free = bool(dead) and sync_free(dead[0].device)  # then every group's buffers are rewritten, no flag read back
+        for (g, _), d, any_dead in zip(work, dead, [True] * len(dead) if free else _flags([d.any() for d in dead])):
             if any_dead:
                 for s in g.segments:
                     buf = self._optimizer.state.get(s.param, {}).get(key)
