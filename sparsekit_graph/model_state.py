@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .containers import record, restore
+from .errors import TraceError
 
 __all__ = ["kept"]
 
@@ -34,6 +35,7 @@ _TensorState = tuple[Tensor, Tensor, bool, "Tensor | None", "Tensor | None"]
 @contextmanager
 def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
+    _refuse_lazy(model)
     modules = list(model.modules())
     flags = [m.training for m in modules]
     held = record(list(chain.from_iterable(map(methodcaller("values"), map(attrgetter("__dict__"), modules)))))
@@ -50,6 +52,14 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
             if copy is None and t.requires_grad == requires_grad and t.grad is grad and _same_data(t, data):
                 continue  # the common case, checked cheaply
             _restore(s)
+
+
+def _refuse_lazy(model: nn.Module) -> None:
+    """A lazy module's weight has no shape until a forward runs; initialising it here would
+    change the user's model, so planning and pruning refuse it by name."""
+    for name, t in chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        if nn.parameter.is_lazy(t):
+            raise TraceError(f"{name} of a lazy module is not initialized: run the model once on an example input first")
 
 
 def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:

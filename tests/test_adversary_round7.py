@@ -61,3 +61,16 @@ def test_instance_norm_over_channels_alone_keeps_two() -> None:
         mask = torch.ones(12, dtype=torch.bool)
         mask[0] = False
         skg.prune(model, plan, masks={"a:out": mask})
+
+
+# --- a lazy module not yet run ----------------------------------------------------------------------
+
+
+def test_an_uninitialized_lazy_module_is_refused_by_name_and_left_lazy() -> None:
+    """``plan`` raised torch's ValueError from the state snapshot (a non-SparseKitError crash)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.LazyConv2d(4, 1), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(skg.TraceError, match=r"2\.weight of a lazy module is not initialized"):
+        skg.plan(model, torch.randn(2, 3, 6, 6))
+    assert isinstance(model[2], nn.LazyConv2d) and nn.parameter.is_lazy(model[2].weight)
+    model(torch.randn(2, 3, 6, 6))  # once run, it plans
+    assert skg.plan(model, torch.randn(2, 3, 6, 6)).group("0:out").prunable
