@@ -10,7 +10,10 @@ median time of the call on each side (weights and optimizer state restored befor
 next to one training step (forward + backward + ``optimizer.step()``) at batch 16, 224x224 on the
 device.
 
-    python benchmarks/device_check.py [--device cuda] [--threads 2] [--repeats 5] [--model resnet50]
+Each device time is also a ratio to one ``optimizer.step()`` alone (SGD, AdamW(foreach)); then the
+steady-state rows of ``benchmarks/device_steady.py`` (the sync-free and CUDA-graph paths).
+
+    python benchmarks/device_check.py [--device cuda] [--threads 2] [--repeats 5] [--model resnet50] [--no-steady | --steady-only]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import device_steady  # benchmarks/: the steady-state rows, next to optimizer steps alone
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -88,6 +92,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="resnet50", help="a torchvision model name")
+    ap.add_argument("--no-steady", action="store_true", help="skip the steady-state rows (device_steady.py)")
+    ap.add_argument("--steady-only", action="store_true", help="only the optimizer steps and the steady-state rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -103,7 +109,13 @@ def main() -> None:
         "SGD (euclidean)": (lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), 0.2),
         "AdamW (conditioned)": (lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3), 2e-2),
     }
-    print(f"{'case':44s} {'max rel diff':>12s} {'cpu ms':>9s} {'dev ms':>9s} {'dev train ms':>12s}")
+    steps = device_steady.optimizer_steps(model, dev, x_small, y_small, args.repeats)
+    sgd, adam = steps["SGD"], steps["AdamW(foreach)"]
+    print(f"optimizer.step() alone on the device: SGD {1e3 * sgd:.2f} ms, AdamW(foreach) {1e3 * adam:.2f} ms")
+    if args.steady_only:
+        device_steady.run(model, plan, dev, x_small, y_small, args.repeats, steps)
+        return
+    print(f"{'case':44s} {'max rel diff':>12s} {'cpu ms':>9s} {'dev ms':>9s} {'dev train ms':>12s} {'x SGD':>7s} {'x Adam':>7s}")
     verdicts = []
     for label, (make, lam) in makers.items():
         base = copy.deepcopy(model).train()
@@ -157,8 +169,12 @@ def main() -> None:
         for case, by in rows.items():
             diff = _worst(by[cpu][1], by[dev][1])
             verdicts.append(diff <= BAR)
-            print(f"{case:44s} {diff:12.2e} {1e3 * by[cpu][0]:9.1f} {1e3 * by[dev][0]:9.1f} {1e3 * t_train:12.1f}", flush=True)
+            t_dev = by[dev][0]
+            times = f"{1e3 * by[cpu][0]:9.1f} {1e3 * t_dev:9.1f} {1e3 * t_train:12.1f}"
+            print(f"{case:44s} {diff:12.2e} {times} {t_dev / sgd:7.2f} {t_dev / adam:7.2f}", flush=True)
     print(f"agreement <= {BAR:g}: {'met' if all(verdicts) else 'NOT met'}")
+    if not args.no_steady:
+        device_steady.run(model, plan, dev, x_small, y_small, args.repeats, steps)
 
 
 if __name__ == "__main__":
