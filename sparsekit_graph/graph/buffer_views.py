@@ -21,13 +21,14 @@ constants, and so does a result something later changed in place.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from .normalize import traced_call
 
 __all__ = ["BufferOps", "buffer_view"]
 
@@ -59,13 +60,15 @@ class BufferOps(TorchFunctionMode):
             # this frame: ``F.conv2d(h, w, groups=h.shape[1])`` read as control flow)
             return NotImplemented
         kwargs = kwargs or {}
+        found = _tensors((args, kwargs)) if self.buffers else None
+        versions = [_version(t) for t in found or ()]
         out = func(*args, **kwargs)
-        if not self.buffers:
+        if not found:
             return out
-        found = _tensors((args, kwargs))
-        if found is None or not found:
-            return out
-        if out is None or "out" in kwargs or any(t is out for t in found):  # written in place (``t[0] = 5`` too)
+        # written in place (``t[0] = 5``, ``t.mul_(2)``, ``out=``): torch counts each write on the
+        # tensor's version; ``(g * 2).contiguous()`` hands back its input unwritten
+        changed = any(v is None or _version(t) != v for t, v in zip(found, versions))
+        if out is None or "out" in kwargs or changed:
             target = kwargs["out"] if "out" in kwargs else out if out is not None else args[0] if args else None
             for t in _tensors(target) or []:
                 self.written.update(self.buffers[id(b)] for b in (t, t._base) if b is not None and id(b) in self.buffers)
@@ -100,14 +103,19 @@ class BufferOps(TorchFunctionMode):
                 return {k: arg(v) for k, v in x.items()}
             return tracer.create_arg(x)  # a buffer: its get_attr; anything else as torch.fx makes it
 
-        name = getattr(func, "__name__", "")
         owner = getattr(func, "__self__", None)
-        if name == "__get__" and owner is not None:  # ``g.T``, ``g.mT``: the attribute, as torch.fx reads it
+        if getattr(func, "__name__", "") == "__get__" and owner is not None:  # ``g.T``, ``g.mT``: as torch.fx reads it
             return tracer.create_node("call_function", getattr, (arg(args[0]), owner.__name__), {})
-        if getattr(operator, name, None) is not None and name.startswith("__"):  # ``g[:, None]``, ``g * 2``: as torch.fx
-            return tracer.create_node("call_function", getattr(operator, name), arg(args), arg(kwargs))
-        kind = "call_method" if getattr(Tensor, name, None) is func else "call_function"
-        return tracer.create_node(kind, name if kind == "call_method" else func, arg(args), arg(kwargs))
+        kind, target, args = traced_call(func, args)  # ``g[:, None]``, ``1 / g``, ``g ** 2``: as torch.fx records them
+        return tracer.create_node(kind, target, arg(args), arg(kwargs))
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s count of in-place writes (None for an inference tensor, which keeps none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _tensors(a: Any) -> list[Tensor] | None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from .aten import OP_ALIASES, aten_op, is_aten
 from .meta import CALL, META
 
-__all__ = ["CALL", "Call", "bind_call", "canonical_op", "normalize"]
+__all__ = ["CALL", "Call", "bind_call", "canonical_op", "normalize", "traced_call"]
 
 
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
@@ -48,6 +48,9 @@ _DUNDERS: dict[str, Callable[..., Any]] = {
 }
 # ``g.__radd__(t)`` is ``t + g``: the operator with its operands swapped.
 _REFLECTED: dict[str, Callable[..., Any]] = {f"__r{b}__": _DUNDERS[f"__{b}__"] for b in _BINARY}
+# torch keeps Python 2's ``__div__``, ``__idiv__`` and ``__rdiv__`` as true division (``1 / g`` calls ``__rdiv__``).
+_DUNDERS.update(__div__=operator.truediv, __idiv__=operator.itruediv)
+_REFLECTED["__rdiv__"] = operator.truediv
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,33 @@ def bind_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Cal
     if written is not None and call.bound:  # bound without it (no schema takes ``out``); rules do not model it
         return Call(call.op, {**call.args, "out": written}, call.passed | {"out"}, inplace)
     return Call(call.op, call.args, call.passed, inplace, call.bound)
+
+
+def traced_call(func: Any, args: tuple[Any, ...]) -> tuple[str, Any, tuple[Any, ...]]:
+    """(node kind, target, arguments) torch.fx records for ``func(*args)`` as a
+    ``TorchFunctionMode`` sees it: ``g ** 2`` hands the mode ``Tensor.__pow__`` (named ``pow``),
+    ``1 / g`` hands it ``Tensor.__rdiv__``; torch.fx writes them ``operator.pow(g, 2)`` and
+    ``operator.truediv(1, g)``. A tensor method is a ``call_method`` by its name, anything else
+    the function itself."""
+    name = _tensor_attributes().get(id(func))
+    if name in _REFLECTED and len(args) == 2:
+        return "call_function", _REFLECTED[name], args[::-1]
+    if name in _DUNDERS:
+        return "call_function", _DUNDERS[name], args
+    if name is not None:
+        return "call_method", name, args
+    return "call_function", func, args
+
+
+@cache
+def _tensor_attributes() -> dict[int, str]:
+    """id of each function ``torch.Tensor`` holds -> its name (an operator's name where it has several)."""
+    names: dict[int, str] = {}
+    for cls in reversed(Tensor.__mro__):
+        for name, value in vars(cls).items():
+            if callable(value) and (id(value) not in names or name in _DUNDERS or name in _REFLECTED):
+                names[id(value)] = name
+    return names
 
 
 def _aten_packet(target: Any) -> bool:
