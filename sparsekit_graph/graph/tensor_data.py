@@ -63,14 +63,22 @@ def _recording(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
     return constructor
 
 
-def _packing(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _packing(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
     @functools.wraps(fn)
     def constructor(*args: Any, **kwargs: Any) -> Any:
         if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
             return fn(args, **kwargs)  # torch.fx takes a Proxy in a size tuple, not among varargs
+        if len(args) == 1 and isinstance(args[0], fx.Proxy) and isinstance(_value(tracer, args[0]), tuple):
+            return tracer.create_proxy("call_function", fn, args, kwargs)  # ``torch.zeros(h.shape[:2] + (1, 1))``
         return fn(*args, **kwargs)
 
     return constructor
+
+
+def _value(tracer: fx.Tracer, proxy: fx.Proxy) -> Any:
+    """The proxy's value at the example's sizes, where the tracer computes them (else None)."""
+    concrete = getattr(tracer, "concrete", None)
+    return concrete(proxy, None) if concrete is not None else None
 
 
 @contextmanager
@@ -78,11 +86,12 @@ def recording_tensor_data(tracer: fx.Tracer) -> Iterator[None]:
     """While active, ``torch.tensor`` and its relatives record a node for data holding a Proxy,
     and ``torch.zeros(B * h, L, L)`` (a size given as varargs, a Proxy among them) is recorded
     as ``torch.zeros((B * h, L, L))`` (torch.fx failed it: the model went to ``torch.export``,
-    whose literal sizes pin every head)."""
+    whose literal sizes pin every head); a size that is one traced tuple (``h.shape[:2] + (1, 1)``)
+    is recorded as that tuple, as ``h.new_zeros`` records it."""
     saved = {name: getattr(torch, name) for name in (*CONSTRUCTORS, *SIZED)}
     try:
         for name, fn in saved.items():
-            setattr(torch, name, _recording(fn, tracer) if name in CONSTRUCTORS else _packing(fn))
+            setattr(torch, name, _recording(fn, tracer) if name in CONSTRUCTORS else _packing(fn, tracer))
         yield
     finally:
         for name, fn in saved.items():

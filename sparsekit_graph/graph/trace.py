@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -210,6 +211,8 @@ class _Tracer(FastTracer):
         are arguments of that call, not Python control flow."""
         taken: list[fx.Node] = []
         fx.node.map_arg(arguments, taken.append)
+        for n in list(taken):  # and the items the parser read of a traced tuple (``h.shape[:2] + (1, 1)``)
+            taken.extend(u for u in n.users if u.target is operator.getitem and u.args[0] is n)
         for n in taken:
             asked = self._parsed.get(n)
             if asked is None:
@@ -305,6 +308,10 @@ def _sizes_only(node: fx.Node) -> bool:
     return True
 
 
+# Protocol methods a Proxy does not have: torch.fx has no node for a write into a traced value.
+_WRITES = frozenset({"__setitem__", "__delitem__"})
+
+
 class _SizeProxy(fx.Proxy):
     """A Proxy that a Python number may be made of (``range(n)``, ``int(n)``, ``float(n)``):
     the number its value has at the example's sizes (see ``_Tracer``)."""
@@ -320,6 +327,8 @@ class _SizeProxy(fx.Proxy):
             value = self.tracer.parsed_number(self, sys._getframe(1))
             if isinstance(value, (bool, int)):
                 return int(value)
+            if isinstance(value, tuple):  # a traced size tuple, which the parser reads as a sequence next
+                raise TypeError("'Proxy' object of a tuple cannot be interpreted as an integer")
         return self._number(int)
 
     def __int__(self) -> int:
@@ -352,6 +361,8 @@ class _SizeProxy(fx.Proxy):
         return self.shape[0] if isinstance(value, Tensor) and value.ndim else None  # type: ignore[index]
 
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        if k in _WRITES:  # ``h.__setitem__(i, v)`` is ``h[i] = v``, which torch.fx cannot record: fails alike
+            raise AttributeError(f"'Proxy' object has no attribute {k!r}")
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
     def _converted(self, use: str, text: bool) -> Any:
