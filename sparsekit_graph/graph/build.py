@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_layout,
     ops_matmul,
     ops_mha,
+    ops_norms,
     ops_order,
     ops_reshape,
     ops_rnn,

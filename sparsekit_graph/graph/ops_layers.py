@@ -369,12 +369,6 @@ def layer_norm_function(ctx: RuleContext) -> None:
         ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
 
 
-@register_module_rule(nn.LocalResponseNorm)
-def local_response_norm(ctx: RuleContext) -> None:
-    pointwise(ctx)
-    ctx.pin([ctx.out()[1]], f"cross-channel {ctx.where()}")
-
-
 _SPATIAL = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
     nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,

@@ -29,7 +29,9 @@ _WEIGHT_VIEWS = {
     torch.Tensor.expand,
     torch.Tensor.expand_as,
     torch.broadcast_to,
-}  # fmt: skip  (index: stacked experts gathered per token)
+    torch.unsqueeze,
+    torch.squeeze,
+}  # fmt: skip  (index: stacked experts gathered per token; unsqueeze: ``w.unsqueeze(0).expand(b, -1, -1)``)
 
 
 def is_weight(ctx: RuleContext, x: object) -> bool:

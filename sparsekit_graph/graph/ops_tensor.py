@@ -23,7 +23,7 @@ from .zeros import zero_breaker
 
 _POINTWISE_FUNCTIONS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pos,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow, operator.abs, operator.mod,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow, operator.ipow, operator.abs, operator.mod,
     torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.pow, torch.sigmoid, torch.tanh, torch.relu, torch.clamp, torch.where, torch.maximum, torch.minimum,
     torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal, torch.sign, torch.lerp, torch.addcmul,
@@ -136,7 +136,7 @@ def softmax(ctx: RuleContext) -> None:
 # -- reductions ----------------------------------------------------------------------------
 
 _SUMS = {torch.sum, torch.nansum}
-_NORMS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm, F.normalize}
+_NORMS = {torch.renorm, torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm, F.normalize}
 
 
 @register_function_rule(
@@ -168,7 +168,7 @@ def reduce(ctx: RuleContext) -> None:
         dims = {d % max(nd, 1) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
     keep = bool(ctx.arg("keepdim", False))
     for d in dims:
-        reason = _reduction_mix(ctx, d)
+        reason = reduction_mix(ctx, d)
         if reason:
             ctx.mix([src[d]], reason)
     kept = [src[d] for d in range(nd) if d not in dims]
@@ -176,7 +176,8 @@ def reduce(ctx: RuleContext) -> None:
         ctx.same(kept, [out[d] for d in range(nd) if d not in dims] if keep else out)
 
 
-def _reduction_mix(ctx: RuleContext, d: int) -> str | None:
+def reduction_mix(ctx: RuleContext, d: int) -> str | None:
+    """Why zeroing channels of axis ``d`` that this reduction (or norm) sums over is not removing them, or None."""
     op = ctx.call.op
     label = getattr(op, "__name__", str(op))
     if op in _NORMS:
@@ -196,7 +197,7 @@ def normalize_vectors(ctx: RuleContext) -> None:
     """``x / ||x||_p`` along ``dim``: zero-invariant there like the norm itself."""
     pointwise(ctx)
     d = ctx.arg("dim", 1) % ctx.meta(ctx.input).ndim
-    reason = _reduction_mix(ctx, d)
+    reason = reduction_mix(ctx, d)
     if reason:
         ctx.mix([ctx.out()[d]], reason)
 

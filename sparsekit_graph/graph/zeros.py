@@ -74,7 +74,7 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
         return node.name
     if call.op in _ZERO_UNARY:
         return _walk(src, axis, modules, depth)
-    if call.op in (torch.pow, operator.pow):  # x ** p with p > 0 keeps zeros
+    if call.op in (torch.pow, operator.pow, operator.ipow):  # x ** p with p > 0 keeps zeros
         p = call.args.get("exponent", call.args.get("other"))
         return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
     if call.op in _SHAPED:

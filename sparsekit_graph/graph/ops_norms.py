@@ -1,0 +1,89 @@
+"""Rules for ops that relate the entries of an axis: local response norm, renorm, cdist, diag_embed.
+
+What each keeps exact when channels are removed:
+
+- ``local_response_norm`` divides channel ``c`` by a power of the mean of ``a**2`` over a window
+  of ``size`` neighbouring channels (zero-padded at both ends). Removing a channel moves the
+  window of every channel after it onto other neighbours, so with ``size > 1`` no channel of that
+  axis can be removed exactly, zero or not: the channel axis is pinned. With ``size == 1`` each
+  channel sees only itself and the op is elementwise. Every other axis passes through.
+- ``renorm(p, dim, maxnorm)`` rescales each slice along ``dim`` by its own p-norm over the other
+  axes: slices along ``dim`` are independent (exact), and on another axis a removed channel whose
+  values are zero adds nothing to any norm, as for ``F.normalize``.
+- ``cdist(x1, x2, p)`` sums ``|x1 - x2|**p`` over the feature axis both share (p = inf: a max of
+  them): the two feature axes move together, and a removed channel changes no distance where it
+  is zero in both operands. Row axes and broadcast batch axes pass to the output.
+- ``diag_embed(t)`` puts the last axis of ``t`` on the diagonal of two new axes: both follow it
+  (row ``i`` and column ``i`` hold channel ``i`` alone, zeros elsewhere). An offset diagonal
+  makes the new axes one longer per step: pinned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .context import RuleContext
+from .ops_tensor import pointwise, reduction_mix
+from .rules import register_function_rule, register_module_rule
+from .zeros import zero_breaker
+
+__all__: list[str] = []
+
+
+@register_module_rule(nn.LocalResponseNorm)
+@register_function_rule(F.local_response_norm)
+def local_response_norm(ctx: RuleContext) -> None:
+    """Elementwise on every axis but the channels (axis 1), which a window wider than one mixes."""
+    pointwise(ctx)
+    size = ctx.module.size if isinstance(ctx.module, nn.LocalResponseNorm) else ctx.arg("size")
+    if size != 1:
+        ctx.pin([ctx.out()[1]], f"cross-channel window of {size} at {ctx.where()}")
+
+
+@register_function_rule(torch.renorm)
+def renorm(ctx: RuleContext) -> None:
+    """Slices along ``dim`` rescaled by their own norm: a norm over every other axis."""
+    pointwise(ctx)
+    out = ctx.out()
+    dim = ctx.arg("dim") % len(out)
+    for d in range(len(out)):
+        reason = None if d == dim else reduction_mix(ctx, d)
+        if reason:
+            ctx.mix([out[d]], reason)
+
+
+@register_function_rule(torch.cdist)
+def cdist(ctx: RuleContext) -> None:
+    """(..., P, M) and (..., R, M) -> (..., P, R): the feature axes ``M`` are contracted."""
+    ctx.read_all()
+    x1, x2, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("x2")), ctx.out()
+    if x1 is None or x2 is None:
+        ctx.pin_everything(f"cdist of a non-tensor at {ctx.where()}")
+        return
+    ctx.graph.link(x1[-1], x2[-1])
+    ctx.same([x1[-2], x2[-2]], out[-2:])
+    ctx.same(reversed(x1[:-2]), reversed(out[:-2]))
+    ctx.same(reversed(x2[:-2]), reversed(out[:-2]))
+    for x, axes in ((ctx.input, x1), (ctx.arg("x2"), x2)):
+        breaker = zero_breaker(x, len(axes) - 1, ctx.modules)
+        if breaker is not None:
+            ctx.mix([axes[-1]], f"distance over an axis at {ctx.where()} of values not zero for removed channels (at {breaker})")
+
+
+@register_function_rule(torch.diag_embed)
+def diag_embed(ctx: RuleContext) -> None:
+    """The last axis of the input becomes both diagonal axes (``dim1``, ``dim2``) of the output."""
+    ctx.read_all()
+    src, out = ctx.axes(ctx.input), ctx.out()
+    if src is None:
+        return
+    nd = len(out)
+    d1, d2 = ctx.arg("dim1", -2) % nd, ctx.arg("dim2", -1) % nd
+    rest = [a for d, a in enumerate(out) if d not in (d1, d2)]
+    ctx.same(src[:-1], rest)
+    if ctx.arg("offset", 0) != 0:
+        ctx.pin([src[-1], out[d1], out[d2]], f"diagonal at an offset at {ctx.where()}")
+        return
+    ctx.same([src[-1], src[-1]], [out[d1], out[d2]])
