@@ -174,3 +174,45 @@ def test_no_module_class_written_while_tracing() -> None:
     tracer.trace(model)
     assert seen and all(c is call and g is getattr_ for c, g in seen)
     assert {c: dict(vars(c)) for c in classes} == before
+
+
+class _MyLN(nn.LayerNorm):
+    """Keeps its parent's forward: a leaf with LayerNorm's rule (issue 7: one lookup for subclasses)."""
+
+
+class _Subclassed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(6, 8), _MyLN(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.fc(x))
+        return self.head(self.attn(h, h, h, need_weights=False)[0] + h)
+
+
+@pytest.mark.parametrize("pruned_mha", [False, True])
+def test_plans_equal_with_fx_patches(monkeypatch: pytest.MonkeyPatch, pruned_mha: bool) -> None:
+    """The planner inspects classes while tracing (a subclass that keeps its parent's forward is
+    a leaf): the patches on the root's classes must not read as an override of theirs."""
+    import sparsekit_graph as skg
+    from sparsekit_graph.graph.rules import module_rule_for
+    from sparsekit_graph.graph.trace import trace_graph
+    from sparsekit_graph.prune.mha import PrunedMultiheadAttention
+
+    x = torch.randn(2, 5, 6)
+
+    def planned() -> tuple[str, list[str]]:
+        module_rule_for.cache_clear()  # the leaf decision is cached per class
+        torch.manual_seed(0)
+        model = _Subclassed().eval()
+        if pruned_mha:
+            model.attn.__class__ = PrunedMultiheadAttention
+        leaves = [str(n.target) for n in trace_graph(model, (x,)).nodes if n.op == "call_module"]
+        return skg.plan(model, x).model_dump_json(), leaves
+
+    cheap = planned()
+    monkeypatch.setattr(FastTracer, "trace", lambda self, root, concrete_args=None: fx.Tracer.trace(self, root, concrete_args))
+    assert cheap == planned()
+    assert cheap[1] == ["fc", "norm", "attn", "head"]

@@ -158,8 +158,12 @@ class _CheapPatcher(_symbolic_trace._Patcher):
         if cls is nn.Module and name == "__call__" and self.calls:
             self._own(nn.Module, "_call_impl", self._call_wrapper())
         elif cls is nn.Module and name == "__getattr__" and self.classes is not None:
+
+            def module_getattr(mod: nn.Module, attr: str) -> Any:  # the planner's own: no override (``rules.inherits_forward``)
+                return new_fn(mod, attr)
+
             for c in self.classes:
-                self._own(c, name, new_fn)
+                self._own(c, name, module_getattr)
         else:
             super().patch_method(cls, name, new_fn, deduplicate)
 
