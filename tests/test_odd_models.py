@@ -114,6 +114,7 @@ class WeightNormed(nn.Module):
         wrap = {
             "weight_norm": nn.utils.parametrizations.weight_norm,
             "spectral_norm": nn.utils.parametrizations.spectral_norm,
+            "orthogonal": nn.utils.parametrizations.orthogonal,
         }[how]
         self.a, self.b = wrap(nn.Conv2d(3, 8, 3, padding=1)), wrap(nn.Conv2d(8, 8, 3, padding=1))
         self.head = nn.Linear(8, 2)
@@ -136,9 +137,17 @@ def test_weight_norm_is_planned_through(tmp_path: Path) -> None:
 
 
 def test_other_parametrizations_pin_with_the_reason() -> None:
-    plan = skg.plan(WeightNormed("spectral_norm"), torch.randn(2, 3, 6, 6))
+    plan = skg.plan(WeightNormed("orthogonal"), torch.randn(2, 3, 6, 6))
     assert not plan.prunable
-    assert any("_SpectralNorm" in (g.reason or "") for g in plan.groups)
+    assert any("_Orthogonal" in (g.reason or "") for g in plan.groups)
+
+
+def test_spectral_norm_is_planned_through() -> None:
+    """``u`` and ``v`` are members beside the weight (``graph/spectral.py``)."""
+    plan = skg.plan(WeightNormed("spectral_norm"), torch.randn(2, 3, 6, 6))
+    group = next(g for g in plan.groups if ("a.parametrizations.weight.original", 0) in {(m.param, m.axis) for m in g.members})
+    assert group.prunable and group.zero_invariant
+    assert {"a.parametrizations.weight.0._u", "b.parametrizations.weight.0._v"} <= {m.param for m in group.members}
 
 
 def test_weight_standardised_convolutions(tmp_path: Path) -> None:

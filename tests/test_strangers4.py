@@ -781,7 +781,7 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "shared_sliced_weight": (lambda: (SharedSliced(), torch.randn(*SEQ)), {"fc1:out": "pin", "w:0": "zi"}),  # w[:, :6]: literal
     "max_norm_embedding": (lambda: (MaxNormEmbed(), torch.randint(0, 20, (2, 5))), {"fc:out": "zi"}),
     "spectral_norm_train": (lambda: spectral_train(False), {"0:out": "pin"}),  # hooks are not traced
-    "spectral_param_train": (lambda: spectral_train(True), {"0:out": "pin"}),  # _SpectralNorm has no rule
+    "spectral_param_train": (lambda: spectral_train(True), {"0:out": "zi"}),  # u, v sliced with the weight
     "torch_prune_masks": (torch_pruned, {"0.0:out": "pin"}),
     "bn_train_momentum_none": (lambda: (BNTrainMomentumNone().train(), torch.randn(*X4)), {"body.0:out": "zi"}),
     "patchify_unfold": (lambda: (PatchifyUnfold(), torch.randn(*X4)), {"a:out": "zi", "proj:out": "zi"}),

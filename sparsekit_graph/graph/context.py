@@ -10,12 +10,13 @@ from typing import Any
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 
 from .axes import AxisGraph, AxisId
 from .meta import META
 from .normalize import Call, normalize
 from .sizes import size_sources
+from .spectral import spectral_norm_axes
 
 __all__ = ["RuleContext"]
 
@@ -142,6 +143,9 @@ class RuleContext:
     def _parametrized(self, attr: str, prefix: str, axes: tuple[int, ...] | None) -> list[AxisId]:
         plist = self.module.parametrizations[attr]  # type: ignore[union-attr, index]
         norm = plist[0] if len(plist) == 1 else None
+        if isinstance(norm, _SpectralNorm) and plist.original.ndim > 1:
+            axes_of = spectral_norm_axes(self.graph, plist, f"{prefix}parametrizations.{attr}")  # type: ignore[arg-type]
+            return axes_of if axes is None else [axes_of[a] for a in axes]
         if not isinstance(norm, _WeightNorm) or norm.dim is None:
             kinds = ", ".join(type(p).__name__ for p in plist)
             raise ValueError(f"parametrization {kinds} of {prefix}{attr} is not modelled")
