@@ -9,6 +9,7 @@ Spellings that keep a pin on purpose assert its reason (docs/planner.md says why
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -197,12 +198,35 @@ class _Heads(nn.Module):
         return self.head(self.out(self.merge(a, b, length)) + h)
 
 
-@pytest.mark.xfail(strict=True, reason="cat of all of an unbind's items is not read as a merge of the two axes: heads pin")
-def test_heads_merged_by_cat_of_unbind_plan_as_reshape() -> None:
+@pytest.mark.parametrize("merge", [lambda a, b, n: torch.cat(a.unbind(1), -1), lambda a, b, n: torch.cat(a.unbind(dim=1), dim=2)])
+def test_heads_merged_by_cat_of_unbind_plan_as_reshape(merge: Callable[[Tensor, int, int], Tensor]) -> None:
+    """``torch.cat(o.unbind(1), -1)`` is ``o.transpose(1, 2).reshape(b, l, -1)``: the heads prune."""
+    torch.manual_seed(0)
     x = torch.randn(2, 7, 5)
     plain = skg.plan(_Heads(lambda a, b, n: a.transpose(1, 2).reshape(b, n, -1)).eval(), x)
-    other = skg.plan(_Heads(lambda a, b, n: torch.cat(a.unbind(1), -1)).eval(), x)
-    assert plain.group("q:out").prunable and _signature(plain) == _signature(other)
+    model = _Heads(merge).eval()
+    plan = skg.plan(model, x)
+    assert plain.group("q:out").prunable and _signature(plain) == _signature(plan)
+    heads = plan.group("q:out")
+    mask = torch.tensor([False, True, False])
+    pruned = skg.prune(model, plan, masks={heads.name: mask}).model.eval()
+    dense = copy.deepcopy(model).eval()
+    skg.bind(plan, dense)[heads.name].apply_mask(mask)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), dense(x), rtol=1e-4, atol=1e-5)
+    assert pruned.q.out_features == 8 and skg.prune(model, plan, ratio=0.5).model(x).shape == (2, 7, 3)
+
+
+@pytest.mark.parametrize(
+    "merge",
+    [lambda a, b, n: torch.cat(a.unbind(1)[::-1], -1), lambda a, b, n: torch.cat([t for t in a.unbind(1)], -1)],
+    ids=["reversed", "parts-one-by-one"],
+)
+def test_parts_of_an_unbind_taken_apart_keep_their_pin(merge: Callable[[Tensor, int, int], Tensor]) -> None:
+    """Parts joined out of order are no merge; parts taken one by one come from a Python loop over
+    the heads, which the pruned model would run fewer times."""
+    plan = skg.plan(_Heads(merge).eval(), torch.randn(2, 7, 5))
+    assert not plan.group("q:out").prunable and "unbinding" in (plan.group("q:out").reason or "")
 
 
 class _Hooked(nn.Module):

@@ -18,6 +18,7 @@ from .head_dim import attention_scale, half_slice
 from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
+from .unbind_merge import rejoined
 from .zeros import zero_breaker
 
 # -- attention -----------------------------------------------------------------------------
@@ -321,7 +322,8 @@ def unbind(ctx: RuleContext) -> None:
     if src is None:
         return
     d = ctx.arg("dim", 0) % len(src)
-    ctx.pin([src[d]], f"unbinding at {ctx.where()}")
+    if not rejoined(ctx.node):  # parts joined again in order: ``cat`` merges the axis (``unbind_merge``)
+        ctx.pin([src[d]], f"unbinding at {ctx.where()}")
     for part in ctx.outputs():
         ctx.same(src[:d] + src[d + 1 :], part)
 

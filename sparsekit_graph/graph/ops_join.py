@@ -20,6 +20,7 @@ from .ops_gather import gather_by_index
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
+from .unbind_merge import joined_unbind, merge_unbound, rejoined
 
 # -- concat, pad and split -----------------------------------------------------------------
 
@@ -47,6 +48,10 @@ def cat(ctx: RuleContext) -> None:
     if op is torch.hstack:
         default = 1 if len(out) > 1 else 0
     dim = ctx.arg("dim", default) % len(out)
+    joined = joined_unbind(ctx.arg("tensors")) if lift is None else None
+    if joined is not None and rejoined(joined):  # ``torch.cat(o.unbind(1), -1)``: heads merged
+        merge_unbound(ctx, joined, dim)
+        return
     offset = 0
     for given in ctx.tensor_axes("tensors"):
         axes = [None if p is None else given[p] for p in lift(len(given))] if lift is not None else list(given)

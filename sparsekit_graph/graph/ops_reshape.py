@@ -245,16 +245,19 @@ def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], 
     return groups
 
 
-def reshape_axes(ctx: RuleContext, literal: list[bool], groups: list[tuple[list[int], list[int]]]) -> None:
+def reshape_axes(
+    ctx: RuleContext, literal: list[bool], groups: list[tuple[list[int], list[int]]], src: list[AxisId] | None = None
+) -> None:
     """Couple input and output axes of a reshape, group by group.
 
     In each group one non-unit input axis carries the channels into the outermost non-unit
     output axis whose size is not a literal of the call: the outermost input axis that is not
     already pinned (channels-last layouts carry the channel axis, not a spatial one). The
     other axes of the group are pinned (head_dim, spatial or literal group counts). Output
-    axes given as literal sizes are pinned: the call would not follow a pruned size.
+    axes given as literal sizes are pinned: the call would not follow a pruned size. ``src``: the
+    input's axes where the input is not the call's ``input`` (``cat`` of an ``unbind``'s parts).
     """
-    src, out = ctx.axes(ctx.input), ctx.out()
+    src, out = ctx.axes(ctx.input) if src is None else src, ctx.out()
     if src is None:
         return
     where = ctx.where()
