@@ -123,13 +123,25 @@ def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
 
 
 def _whole_slice(n: fx.Node) -> bool:
-    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was."""
+    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was. Also a
+    slice from 0 whose output has its input's shape at the traced sizes: a dynamic trace keeps
+    DeBERTa's ``rel[:query_size, :]`` (``slice(rel, 0, 0, s)``, not provably whole), a static one
+    of the same code drops it."""
     if n.target is not torch.ops.aten.slice.Tensor:
         return False
     start = n.args[2] if len(n.args) > 2 else n.kwargs.get("start", 0)
     end = n.args[3] if len(n.args) > 3 else n.kwargs.get("end")
     step = n.args[4] if len(n.args) > 4 else n.kwargs.get("step", 1)
-    return start in (0, None) and (end is None or (isinstance(end, int) and end >= 2**62)) and step == 1
+    if start not in (0, None) or step != 1:
+        return False
+    return end is None or (isinstance(end, int) and end >= 2**62) or _keeps_shape(n)
+
+
+def _keeps_shape(n: fx.Node) -> bool:
+    """Has ``n``'s output the shape of its first argument (both traced values)?"""
+    src = n.args[0].meta.get(META) if isinstance(n.args[0], fx.Node) else None
+    out = n.meta.get(META)
+    return isinstance(src, Tensor) and isinstance(out, Tensor) and src.shape == out.shape
 
 
 def same_outputs(before: fx.Graph, after: fx.Graph) -> None:
