@@ -87,7 +87,7 @@ def test_unflatten_by_reads_alone_prunes() -> None:
     assert _holds(Net(lambda s, h: h.flatten(2).unflatten(2, h.shape[2:]))).group("a:out").prunable
 
 
-# --- a layer's size attribute sizing another group (known limit, docs/planner.md Open work) ---------
+# --- a layer's size attribute sizing another group --------------------------------------------------
 
 
 class _MergedByNorm(nn.Module):
@@ -108,15 +108,19 @@ class _MergedByNorm(nn.Module):
         return self.head(self.out(c.view(c.size()[:-2] + self.ln.normalized_shape)) + h)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a literal equal to a layer's size attribute follows it by value: the heads' merge width follows "
-    "ln.normalized_shape (the residual's), so pruning heads or the residual refuses",
-)
 def test_heads_merged_by_a_norm_width_never_fail_to_prune() -> None:
+    """``c.view(c.size()[:-2] + self.ln.normalized_shape)``: the merge width was matched to the
+    LayerNorm's attribute but not linked to its axis, so pruning heads or the residual refused.
+    A layer's size attribute now links the axis it sizes to the layer's axis it counts
+    (``graph/layer_counts.py``). Every prunable group is pruned at once (query and value share
+    ``head_dim``: a count tie, one mask each would break it) and at 0.5."""
     model, x = _MergedByNorm().eval(), torch.randn(2, 7, 5)
     plan = skg.plan(model, x)
+    assert plan.prunable
+    masks = {}
     for group in plan.prunable:
         mask = torch.ones(group.size, dtype=torch.bool)
         mask[-1] = False
-        skg.prune(model, plan, masks={group.name: mask})
+        masks[group.name] = mask
+    skg.prune(model, plan, masks=masks).model(x)
+    skg.prune(model, plan, ratio=0.5).model(x)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
-from .size_values import SizeRead
+from .size_values import SizeRead, by_user, identity
 
 __all__ = ["PLAIN_READS", "PlainRead", "pin_unfollowed_reads", "plain_int_attributes", "read_only_where_literal", "torch_layer"]
 
@@ -37,14 +37,23 @@ class PlainRead(SizeRead):
     """A read of such an attribute: a literal of its own (a split size) carries its origin, but
     arithmetic on it gives a plain int, as it did before (``c // self.groups`` stays the length
     expression other rules model); the read itself then counts as a use the graph does not
-    hold, which pins the axes it sizes."""
+    hold, which pins the axes it sizes. Arithmetic that leaves its value whatever the count
+    (``self.width * 1``, ``self.width + 0``: ``size_values.identity``) gives the read again."""
 
 
 def _plain(op: str) -> Any:
     base = getattr(int, op)
 
     def arith(self: PlainRead, *other: Any) -> Any:
-        return base(int(int.__int__(self)), *other)
+        out = base(int(int.__int__(self)), *other)
+        if self._origin is None or type(out) is not int or any(isinstance(o, SizeRead) for o in other) or not by_user(1):
+            return out
+        site, first, fn = self._origin
+        origin = (site, first, lambda v: base(fn(v), *other))
+        if not identity(origin):
+            return out
+        self.derived = True  # ``self.width * 1``, ``self.width + 0``: still the read, held where it goes
+        return PlainRead(out, self._sites, self._log, origin)
 
     return arith
 

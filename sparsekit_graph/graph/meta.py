@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CALL",
+    "COMPUTED_READS",
     "CONFIG_READS",
     "CONSTANT",
     "CONTROL",
@@ -25,6 +26,7 @@ WRITTEN_BUFFER = "skg.written_buffer"  # on a get_attr node: forward writes this
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
 CONTROL = "skg.control"  # a traced number Python read: "branch", "loop", "number", or "value" (``flow_values``)
 CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}
+COMPUTED_READS = "skg.computed_reads"  # {(layer path, attribute)}: numbers the node's arguments computed from them
 SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer size attributes the node's arguments read
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
 SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
@@ -34,14 +36,16 @@ MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path
 class ReadInt(int):
     """An int argument of a node that the model's code read from one size attribute: ``site``
     is (layer path, attribute). Where two attributes have one value (4 heads of 4), its
-    position in the call says which one it is; ``SIZE_READS`` (by value) cannot."""
+    position in the call says which one it is; ``SIZE_READS`` (by value) cannot. ``derived``:
+    a number the code computed from the attribute (``c // 2``), not its value."""
 
     site: tuple[str, str]
+    derived: bool
 
-    def __new__(cls, value: int, site: tuple[str, str]) -> ReadInt:
+    def __new__(cls, value: int, site: tuple[str, str], derived: bool = False) -> ReadInt:
         obj = int.__new__(cls, value)
-        obj.site = site
+        obj.site, obj.derived = site, derived
         return obj
 
-    def __getnewargs__(self) -> tuple[int, tuple[str, str]]:  # copies and pickles keep the site
-        return int(self), self.site
+    def __getnewargs__(self) -> tuple[int, tuple[str, str], bool]:  # copies and pickles keep the site
+        return int(self), self.site, self.derived

@@ -9,8 +9,10 @@ from typing import Any
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .attribute_sizes import pin_unfollowed_reads, read_only_where_literal
-from .axes import AxisGraph
+from .attribute_sizes import pin_unfollowed_reads, read_only_where_literal, torch_layer
+from .axes import AxisGraph, AxisId
+from .computed_sizes import computed_sizes
+from .layer_counts import counted_axes, sized_tensors
 from .meta import SIZE_CONTROL
 from .number_args import SizeUse
 from .number_uses import size_arguments
@@ -25,14 +27,16 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
     used only as a number (``VALUE``) costs them their zero-invariance."""
     from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
 
-    _link_layer_sizes(graph, modules)
-    out = next((n for n in reversed(nodes) if n.op == "output"), None)  # type: ignore[call-overload]
     nodes = list(nodes)
+    out = next((n for n in reversed(nodes) if n.op == "output"), None)
+    unknown = _link_layer_sizes(graph, nodes, modules, prefix)
     pin_unfollowed_reads(graph, nodes, modules, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES, prefix)
     control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
-    for site, use in size_arguments(nodes, modules).items():  # torch.fx: the ops taking floats made from sizes
-        if control.get(site) in (None, VALUE):
-            control[site] = use
+    uses = size_arguments(nodes, modules)  # torch.fx: the ops taking floats made from sizes
+    for found in (uses, computed_sizes(graph, nodes, prefix), unknown):
+        for site, use in found.items():
+            if control.get(site) in (None, VALUE):
+                control[site] = use
     if not control:
         return
     for (path, attr), kind in sorted(control.items()):
@@ -82,23 +86,65 @@ def _reason(name: str, value: Any, kind: Any) -> str:
     return f"python control flow on {name} = {value} ({kind}): the traced code would not follow a pruned size"
 
 
-def _link_layer_sizes(graph: AxisGraph, modules: dict[str, nn.Module]) -> None:
-    """An axis shaped by a layer attribute its layer type names (``view(b, self.a.out_channels,
-    -1)``) is linked to that layer's axis: surgery rewrites the attribute to the layer's new
-    count, so the shaped axis must lose the same channels (another group of equal size, read
-    by mistake or on purpose, is pruned with it)."""
+def _link_layer_sizes(graph: AxisGraph, nodes: list[fx.Node], modules: dict[str, nn.Module], prefix: str) -> dict[Site, Any]:
+    """An axis shaped by a layer attribute (``view(b, self.a.out_channels, -1)``) is linked to
+    the layer's axes it counts (``layer_counts``): surgery rewrites the attribute to the
+    layer's new count, so the shaped axis must lose the same channels (another group of equal
+    size, read by mistake or on purpose, is pruned with it). A torch.nn layer's attribute that
+    counts no axis known to be its own (``mha.embed_dim``, ``conv.groups``, a grouped conv's
+    ``in_channels``) is returned, to pin both sides (the layer's own rule may size its output
+    by it: those axes are its business)."""
+    unknown: dict[Site, Any] = {}
+    own: dict[str, set] = {}
     for axis, sources in list(graph.size_refs.items()):
         for src in sources:
             layer = modules.get(src.owner)
-            if layer is None or not src.attr:
+            if layer is None or not src.attr or axis not in graph.sizes:
                 continue
-            for k, d in _sized(layer, src.attr):
-                t = getattr(layer, k, None)
-                if not isinstance(t, Tensor):
-                    continue
-                sized = ("p", graph.canonical.get(id(t), f"{src.owner}.{k}" if src.owner else k), d)
-                if sized in graph.sizes and axis in graph.sizes and graph.size(sized) == graph.size(axis):
-                    graph.link(axis, sized)
+            counted = counted_axes(graph, nodes, layer, src.owner, src.attr, graph.size(axis), prefix)
+            for sized in counted:
+                graph.link(axis, sized)
+            if counted or not torch_layer(type(layer)) or src.attr not in READ_ATTRIBUTES:
+                continue
+            if src.owner not in own:
+                runs = [n for n in nodes if n.op == "call_module" and str(n.target) == src.owner]
+                own[src.owner] = {a for n in runs for a in _axes_of(graph, prefix + n.name)}
+            if axis not in own[src.owner] and not _reaches(graph, axis, _tensor_axes(graph, layer, src.owner)):
+                unknown[(src.owner, src.attr)] = SizeUse(f"of another axis: no axis of {src.owner} it counts is known")
+    return unknown
+
+
+def _tensor_axes(graph: AxisGraph, layer: nn.Module, path: str) -> set[AxisId]:
+    """Every axis of the layer's own parameters and buffers."""
+    owned = (*layer._parameters.items(), *layer._buffers.items())
+    names = [(graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)]
+    return {a for name, t in names for d in range(t.ndim) if (a := ("p", name, d)) in graph.sizes}
+
+
+def _reaches(graph: AxisGraph, axis: AxisId, targets: set[AxisId]) -> bool:
+    """Is ``axis`` linked, through any chain of links, to one of ``targets`` (a rule that knew
+    the layer linked them: ``F.conv2d(h, dw.weight, groups=dw.groups)``)?"""
+    if not targets:
+        return False
+    seen, todo = {axis}, [axis]
+    while todo:
+        for b in graph.adj.get(todo.pop(), ()):
+            if b in targets:
+                return True
+            if b not in seen:
+                seen.add(b)
+                todo.append(b)
+    return False
+
+
+def _axes_of(graph: AxisGraph, name: str) -> list[AxisId]:
+    """The axes of node ``name``'s value (every tensor of a tuple)."""
+    found = list(graph.values.get(name, ()))
+    i = 0
+    while (f"{name}.{i}") in graph.values:
+        found += graph.values[f"{name}.{i}"]
+        i += 1
+    return found
 
 
 def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: str, attr: str, prefix: str) -> list:
@@ -114,7 +160,7 @@ def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: 
     lengths = set(value) if isinstance(value, tuple) else {value}
     owned = (*layer._parameters.items(), *layer._buffers.items())
     tensors = {k: (graph.canonical.get(id(t), f"{path}.{k}" if path else k), t) for k, t in owned if isinstance(t, Tensor)}
-    axes = [("p", tensors[k][0], d) for k, d in _sized(layer, attr) if k in tensors and tensors[k][1].shape[d] in lengths]
+    axes = [("p", tensors[k][0], d) for k, d in sized_tensors(layer, attr) if k in tensors and tensors[k][1].shape[d] in lengths]
     axes = [a for a in axes if a in graph.sizes]
     if not axes:
         axes = [("p", k, d) for k, t in tensors.values() for d, n in enumerate(t.shape) if n in lengths]
@@ -126,24 +172,6 @@ def _sized_axes(graph: AxisGraph, nodes: list[fx.Node], layer: nn.Module, path: 
     if not axes:
         axes = [a for k, t in tensors.values() for d in range(t.ndim) if (a := ("p", k, d)) in graph.sizes]
     return axes
-
-
-def _sized(layer: nn.Module, attr: str) -> list[tuple[str, int]]:
-    """(tensor, axis) pairs of a layer that ``attr`` counts, where the layer type says so
-    (``in_channels`` is a conv weight's axis 1, or 0 when transposed); empty where the
-    tensors of that length are the answer (``num_features``)."""
-    t = int(bool(getattr(layer, "transposed", False)))
-    table: dict[str, list[tuple[str, int]]] = {
-        "out_channels": [("weight", t), ("bias", 0)],
-        "in_channels": [("weight", 1 - t)],
-        "out_features": [("weight", 0), ("bias", 0)],
-        "in_features": [("weight", 1)],
-        "in1_features": [("weight", 1)],
-        "in2_features": [("weight", 2)],
-        "embedding_dim": [("weight", 1)],
-        "num_embeddings": [("weight", 0)],
-    }
-    return table.get(attr, [])
 
 
 def _innermost(node: fx.Node) -> str | None:

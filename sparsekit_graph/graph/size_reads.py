@@ -34,7 +34,7 @@ from ..registry import RESIZERS, by_type
 from .attribute_sizes import PLAIN_READS, PlainRead, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
-from .meta import EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
+from .meta import COMPUTED_READS, EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .number_args import ReadFloat
 from .size_flow import flows_nowhere
 from .size_reaching import Reaching
@@ -275,9 +275,11 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             return int.__int__(a)
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
+            if isinstance(a, SizeRead) and not a.exact:  # a number computed from reads (``computed_sizes``)
+                computed.update(a._sites)
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
             if isinstance(a, int) and len(a._sites) == 1:  # its position says which attribute it is
-                return ReadInt(int(a), next(iter(a._sites)))
+                return ReadInt(int(a), next(iter(a._sites)), not a.exact)
             return int(a) if isinstance(a, int) else tuple(a)
         return a
 
@@ -285,6 +287,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
         found: dict[Any, set[Site]] = {}
         floats: list[SizeFloat] = []
         plain_found: dict[int, set[Site]] = {}
+        computed: set[Site] = set()
         _read_tuples((node.args, node.kwargs), found)
         args, kwargs = fx.node.map_aggregate(node.args, plain), fx.node.map_aggregate(node.kwargs, plain)
         if found or floats or plain_found:
@@ -293,6 +296,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             node.meta[SIZE_READS] = {k: frozenset(v) for k, v in found.items()}
         if plain_found:
             node.meta[PLAIN_READS] = {k: frozenset(v) for k, v in plain_found.items()}
+        if computed:
+            node.meta[COMPUTED_READS] = frozenset(computed)
     control: dict[Site, str] = {}
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()

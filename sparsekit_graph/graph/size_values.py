@@ -32,7 +32,7 @@ from .size_tests import DUNDER_TESTS, Site, SizeTest
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "tracked"]
+__all__ = ["VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "identity", "tracked"]
 
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
 
@@ -80,11 +80,13 @@ class _Tracked:
     control: str | None
     derived: bool
     reached: bool
+    exact: bool  # its attribute's value itself (a read, or ``n * 1``), not a number computed from it
     made_at: Where  # the model's frames that made it (``size_flow``)
     sinks: Sinks  # the output streams and logging as they were then (``size_sinks``)
 
     def _init(self, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> None:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
+        self.exact = True
         self.made_at = where_made(sys._getframe(2))  # for ``size_flow``; ``finish`` empties it
         self.sinks = sinks_now()
         if log.conversions is not None and self.made_at:  # the nodes its frame records (``flow_values``)
@@ -233,7 +235,24 @@ def tracked(out: Any, inputs: tuple[Any, ...], origin: Origin | None = None) -> 
         return out
     for v in given:
         v.derived = True
-    return SizeRead(out, sites, log, origin) if isinstance(out, int) else SizeFloat(out, sites, log)
+    if not isinstance(out, int):
+        return SizeFloat(out, sites, log)
+    made = SizeRead(out, sites, log, origin)
+    made.exact = identity(origin)
+    return made
+
+
+def identity(origin: Origin | None) -> bool:
+    """Is ``origin``'s value its attribute's own at every count pruning can leave (``n * 1``,
+    ``n + 0``, ``n // 1``)? Then it is a read of the attribute, not a number computed from it."""
+    if origin is None:
+        return False
+    _, value, fn = origin
+    counts = range(1, value + 1) if value <= 64 else sorted({*range(1, 33), *range(value - 31, value + 1), value // 2})
+    try:
+        return all(fn(v) == v and type(fn(v)) is int for v in counts)
+    except Exception:  # noqa: BLE001 - a count it cannot take: not the attribute's value
+        return False
 
 
 def _symbolic(value: _Tracked, op: str, other: tuple[Any, ...]) -> Any:

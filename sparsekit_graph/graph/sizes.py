@@ -78,6 +78,8 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module], *, pl
     value = tuple(value) if isinstance(value, list) else value
     read = (node.meta.get(SIZE_READS) or {}).get(value)
     if isinstance(value, ReadInt):  # read from one attribute at this very position
+        if value.derived:  # a number computed from it (``c // 2``): no attribute's value
+            return []
         read = {value.site}
     if read and len(read) == 1:  # the code wrote a layer's size attribute there (``size_reads``)
         ((path, attr),) = read
