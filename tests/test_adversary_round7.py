@@ -80,6 +80,22 @@ def test_instance_norm_over_channels_alone_keeps_two() -> None:
         skg.prune(model, plan, masks={"a:out": mask})
 
 
+@pytest.mark.parametrize(
+    ("name", "norm"),
+    [
+        ("channels as features", lambda s, h: torch.stack([s.n(t.flatten(1)).view_as(t) for t in h.unbind(0)])),
+        ("channels as length", lambda s, h: s.m(h[0].flatten(1).T).T.reshape(h.shape[1:]) + h),
+    ],
+)
+def test_unbatched_instance_norm_takes_channels_first(name: str, norm: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    """An unbatched (C, L) input: the norm's channels are axis 0 and its statistics run over axis 1.
+    The rule took axis 1 as channels: its affine weight was linked to the length (prune did not
+    run), and the conv's channels on the length axis were claimed zero-invariant."""
+    plan = _holds(Net(norm, n=nn.InstanceNorm1d(12, affine=True), m=nn.InstanceNorm1d(36)), keep=2)
+    group = plan.group("a:out")
+    assert group.prunable and group.zero_invariant == (name == "channels as features"), group
+
+
 # --- a lazy module not yet run ----------------------------------------------------------------------
 
 

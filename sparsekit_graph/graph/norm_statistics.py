@@ -12,15 +12,19 @@ import math
 from .axes import AxisId
 from .context import RuleContext
 
-__all__ = ["mix_statistics"]
+__all__ = ["mix_statistics", "statistics_axes"]
 
 
-def mix_statistics(ctx: RuleContext, out: list[AxisId], *, batch: bool, counted: bool) -> None:
-    """Mark the axes the statistics run over (``out[2:]``, and ``out[0]`` where ``batch``) as
-    not zero-invariant. ``counted``: torch refuses statistics over a single element (batch and
-    instance norms), so an axis alone in carrying more than one element keeps at least two."""
-    axes = ([out[0]] if batch and out else []) + list(out[2:])
+def mix_statistics(ctx: RuleContext, axes: list[AxisId], *, counted: bool) -> None:
+    """Mark the axes the statistics run over as not zero-invariant. ``counted``: torch refuses
+    statistics over a single element (batch and instance norms), so an axis alone in carrying
+    more than one element keeps at least two."""
     for a in axes:
         ctx.mix([a], f"statistics of {ctx.where()}")
         if counted and math.prod(ctx.graph.size(b) for b in axes if b != a) == 1:
             ctx.at_least(a, 2, f"statistics over at least two elements at {ctx.where()}")
+
+
+def statistics_axes(out: list[AxisId], *, batch: bool) -> list[AxisId]:
+    """A batched input's statistics axes: 2+, and the batch axis for batch statistics."""
+    return ([out[0]] if batch and out else []) + list(out[2:])

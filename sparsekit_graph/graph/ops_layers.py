@@ -10,7 +10,7 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .norm_statistics import mix_statistics
+from .norm_statistics import mix_statistics, statistics_axes
 from .ops_join import link_padding
 from .ops_matmul import zeroed_by_masks
 from .ops_reshape import flatten_axes, reshape_axes
@@ -267,11 +267,12 @@ def linear_function(ctx: RuleContext) -> None:
 def channel_norm(ctx: RuleContext) -> None:
     """BatchNorm / InstanceNorm: per-channel statistics and affine parameters on axis 1."""
     pointwise(ctx)
-    out = ctx.out()
-    channel = [out[1 if len(out) > 1 else 0]]
-    m = ctx.module
+    out, m = ctx.out(), ctx.module
+    instance = isinstance(m, nn.modules.instancenorm._InstanceNorm)
+    unbatched = instance and len(out) == m._get_no_batch_dim()  # type: ignore[union-attr]  # (C, L): channels first
+    channel = [out[0 if unbatched or len(out) == 1 else 1]]
     if m.training or not m.track_running_stats:  # type: ignore[union-attr]
-        mix_statistics(ctx, out, batch=not isinstance(m, nn.modules.instancenorm._InstanceNorm), counted=True)
+        mix_statistics(ctx, out[1:] if unbatched else statistics_axes(out, batch=not instance), counted=True)
     for attr in ("weight", "bias", "running_mean", "running_var"):
         if getattr(ctx.module, attr, None) is not None:
             ctx.same(ctx.param(attr), channel)
@@ -288,7 +289,7 @@ def batch_norm_function(ctx: RuleContext) -> None:
     instance = ctx.call.op is F.instance_norm
     stats = ctx.arg("use_input_stats", True) if instance else ctx.arg("training", False)
     if stats is not False:  # True, or a value the rule cannot read: statistics, fail closed
-        mix_statistics(ctx, out, batch=not instance, counted=True)
+        mix_statistics(ctx, statistics_axes(out, batch=not instance), counted=True)
     for name in ("running_mean", "running_var", "weight", "bias"):
         axes = ctx.axes(ctx.arg(name))
         if axes is not None and len(axes) == 1:
@@ -309,7 +310,7 @@ def link_group_norm(ctx: RuleContext, out: list[AxisId], groups: int, affine: li
     channel per group the count would have to change: pinned."""
     for axes in affine:
         ctx.same(axes, [out[1]])
-    mix_statistics(ctx, out, batch=False, counted=False)
+    mix_statistics(ctx, statistics_axes(out, batch=False), counted=False)
     c = ctx.graph.size(out[1])
     if groups > 1 and c // groups == 1:
         ctx.pin([out[1]], f"one channel per group of {ctx.where()}")
