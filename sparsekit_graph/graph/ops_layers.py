@@ -265,13 +265,15 @@ def linear_function(ctx: RuleContext) -> None:
 
 @register_module_rule(nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm, nn.modules.instancenorm._InstanceNorm)
 def channel_norm(ctx: RuleContext) -> None:
-    """BatchNorm / InstanceNorm: per-channel statistics and affine parameters on axis 1."""
+    """BatchNorm / InstanceNorm (and torchvision's FrozenBatchNorm2d, stored statistics only):
+    per-channel statistics and affine parameters on axis 1."""
     pointwise(ctx)
     out, m = ctx.out(), ctx.module
     instance = isinstance(m, nn.modules.instancenorm._InstanceNorm)
     unbatched = instance and len(out) == m._get_no_batch_dim()  # type: ignore[union-attr]  # (C, L): channels first
     channel = [out[0 if unbatched or len(out) == 1 else 1]]
-    if m.training or not m.track_running_stats:  # type: ignore[union-attr]
+    computed = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
+    if computed and (m.training or not m.track_running_stats):  # type: ignore[union-attr]
         mix_statistics(ctx, out[1:] if unbatched else statistics_axes(out, batch=not instance), counted=True)
     for attr in ("weight", "bias", "running_mean", "running_var"):
         if getattr(ctx.module, attr, None) is not None:
