@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.fx import _symbolic_trace
 
 from sparsekit_graph.graph.fast_tracer import FastTracer
 
@@ -216,3 +217,88 @@ def test_plans_equal_with_fx_patches(monkeypatch: pytest.MonkeyPatch, pruned_mha
     monkeypatch.setattr(FastTracer, "trace", lambda self, root, concrete_args=None: fx.Tracer.trace(self, root, concrete_args))
     assert cheap == planned()
     assert cheap[1] == ["fc", "norm", "attn", "head"]
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.fc = nn.Parameter(torch.randn(4, 4)), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x @ self.w.t())
+
+
+class _TracesInForward(nn.Module):
+    """A forward that traces a submodule (and a fresh one) itself: that trace is fx's alone, as
+    under fx, where the inner trace's patches shadow the outer's. ``box`` holds a parameter: a
+    plain ``nn.Module`` (``nn.Module`` itself is then one of the patched classes) or a layer."""
+
+    def __init__(self, inner: str, box: bool) -> None:
+        super().__init__()
+        self.sub, self.head, self.box = _Inner(), nn.Linear(4, 4), nn.Module() if box else nn.Identity()
+        self.box.p = nn.Parameter(torch.ones(4))
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for target in (self.sub, _Inner()):
+            if self.inner == "symbolic_trace":
+                graph = fx.symbolic_trace(target).graph
+            else:
+                graph = (FastTracer if self.inner == "fast" else fx.Tracer)().trace(target)
+            self.seen.append([(n.op, str(n.target), str(n.args), n.meta.get("nn_module_stack")) for n in graph.nodes])
+        return self.head(self.sub(x)) * self.box.p
+
+
+@pytest.mark.parametrize("box", [False, True])
+@pytest.mark.parametrize("inner", ["fx", "fast", "symbolic_trace"])
+def test_nested_trace_same_as_under_fx(inner: str, box: bool) -> None:
+    records = []
+    for tracer in (FastTracer(), fx.Tracer()):
+        torch.manual_seed(0)
+        model = _TracesInForward(inner, box)
+        records.append((_record(tracer, model), model.seen))
+        assert _symbolic_trace.CURRENT_PATCHER is None and "__getattr__" not in vars(_Inner)
+    assert records[0] == records[1]
+    fresh = [op for op, *_ in records[0][1][1]]  # the fresh layer's own graph: its parameter read as fx reads it
+    assert fresh == ["placeholder", "get_attr", "call_method", "call_function", "call_module", "output"]
+
+
+class _ImplCaller(nn.Linear):
+    """Its own ``__call__`` runs ``_call_impl`` directly: fx (which catches ``nn.Module.__call__``) traces it through."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call_impl(*args, **kwargs)
+
+
+class _CallPaths(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct, self.own = _ImplCaller(4, 4), nn.Linear(4, 4)
+        self.own._call_impl = lambda *args, **kwargs: self.own.forward(*args, **kwargs) * 2  # fx catches it before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.own(self.direct(x))
+
+
+class _Frozen(type(nn.Module)):  # type: ignore[misc]
+    """A metaclass refusing writes to its classes once frozen (fx writes only ``nn.Module``)."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if getattr(cls, "frozen", False):
+            raise TypeError(f"{cls.__name__} is frozen")
+        super().__setattr__(name, value)
+
+
+class _FrozenLayer(_Inner, metaclass=_Frozen):
+    frozen = True
+
+
+@pytest.mark.parametrize(
+    "build", [_CallPaths, lambda: nn.Sequential(nn.Linear(4, 4), _FrozenLayer())], ids=["call_paths", "frozen"]
+)
+def test_call_paths_and_metaclasses_as_fx(build: Any) -> None:
+    torch.manual_seed(0)
+    fast = _record(FastTracer(), build())
+    torch.manual_seed(0)
+    assert fast == _record(fx.Tracer(), build())
+    assert _symbolic_trace.CURRENT_PATCHER is None and "__getattr__" not in vars(nn.Linear)

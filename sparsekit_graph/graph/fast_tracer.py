@@ -18,6 +18,7 @@ calls are caught one level down, at ``nn.Module._call_impl`` (no slot, so no wal
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -108,11 +109,13 @@ class FastTracer(fx.Tracer):
 
 
 _ORIG_CALL_IMPL = nn.Module._call_impl
+_WRAPPED_CALL = nn.Module._wrapped_call_impl.__code__  # ``nn.Module.__call__``: the one caller fx sees
 _MISSING = object()
 
 
 class _OwnAttr(_symbolic_trace._PatchedFn):
-    """``cls.name = new_fn``, reverted to the class's own entry (or its absence) as it was."""
+    """``cls.name = new_fn``, reverted to the class's own entry (or its absence) as it was.
+    Recorded once made (``_CheapPatcher._own``): a refused write is not undone."""
 
     def patch(self) -> None:
         setattr(self.frame_dict, self.fn_name, self.new_fn)
@@ -126,17 +129,24 @@ class _OwnAttr(_symbolic_trace._PatchedFn):
 
 def _catchable_calls(root: nn.Module) -> bool:
     """Whether catching ``_call_impl`` sees every call ``nn.Module.__call__`` would: no
-    compiled module (its ``__call__`` skips ``_call_impl``), no class with its own ``_call_impl``."""
+    compiled module (its ``__call__`` skips ``_call_impl``), no class or module with its own ``_call_impl``."""
     return nn.Module.__call__ is nn.Module._wrapped_call_impl and all(
-        m._compiled_call_impl is None and type(m)._call_impl is _ORIG_CALL_IMPL for m in root.modules()
+        m._compiled_call_impl is None and type(m)._call_impl is _ORIG_CALL_IMPL and "_call_impl" not in vars(m)
+        for m in root.modules()
     )
 
 
 def _getattr_classes(root: nn.Module) -> tuple[type, ...] | None:
     """The root's module classes, if none of them has a ``__getattr__`` of its own (which would
-    call ``nn.Module.__getattr__`` itself, so only patching that one catches its reads)."""
+    call ``nn.Module.__getattr__`` itself, so only patching that one catches its reads) or a
+    metaclass that sees writes to the class (``__setattr__`` refusing them, counting them)."""
     classes = tuple({type(m): None for m in root.modules()})
-    if any(c.__getattr__ is not nn.Module.__getattr__ for c in classes):
+    if any(
+        c.__getattr__ is not nn.Module.__getattr__
+        or type(c).__setattr__ is not type.__setattr__
+        or type(c).__delattr__ is not type.__delattr__
+        for c in classes
+    ):
         return None
     return classes
 
@@ -160,7 +170,10 @@ class _CheapPatcher(_symbolic_trace._Patcher):
         elif cls is nn.Module and name == "__getattr__" and self.classes is not None:
 
             def module_getattr(mod: nn.Module, attr: str) -> Any:  # the planner's own: no override (``rules.inherits_forward``)
-                return new_fn(mod, attr)
+                if _symbolic_trace.CURRENT_PATCHER is self:
+                    return new_fn(mod, attr)
+                now = nn.Module.__getattr__  # a trace nested in this one: its patch, as under fx's
+                return (_symbolic_trace._orig_module_getattr if now is module_getattr else now)(mod, attr)
 
             for c in self.classes:
                 self._own(c, name, module_getattr)
@@ -168,14 +181,20 @@ class _CheapPatcher(_symbolic_trace._Patcher):
             super().patch_method(cls, name, new_fn, deduplicate)
 
     def _own(self, cls: type, name: str, new_fn: Any) -> None:
-        self.patches_made.append(_OwnAttr(cls, name, cls.__dict__.get(name, _MISSING), new_fn))
-        self.patches_made[-1].patch()
+        patch = _OwnAttr(cls, name, cls.__dict__.get(name, _MISSING), new_fn)
+        patch.patch()
+        self.patches_made.append(patch)
 
     def _call_wrapper(self) -> Callable[..., Any]:
-        """fx's module call wrapper, one level down: the module's own ``_call_impl`` is its forward."""
+        """fx's module call wrapper, one level down: the module's own ``_call_impl`` is its forward.
+        Only a call through ``nn.Module.__call__`` is caught, as fx catches it (not a class's own
+        ``__call__`` running ``self._call_impl``), and only in this trace (not one nested in it)."""
         tracer, patcher = self.tracer, self
 
         def call_impl(mod: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if _symbolic_trace.CURRENT_PATCHER is not patcher or sys._getframe(1).f_code is not _WRAPPED_CALL:
+                return _ORIG_CALL_IMPL(mod, *args, **kwargs)
+
             def forward(*args: Any, **kwargs: Any) -> Any:
                 return _ORIG_CALL_IMPL(mod, *args, **kwargs)
 
