@@ -158,7 +158,11 @@ class _CheapPatcher(_symbolic_trace._Patcher):
     ``self._call_impl``). ``__getattr__``: set on each of the root's module classes; a module
     of another class (made in forward, kept in a plain list) then reads its attributes as they
     are, which is what fx's wrapper returns for tensors the root does not hold, and ``create_arg``
-    still finds the root's own parameters and buffers by identity."""
+    still finds the root's own parameters and buffers by identity. Not the same as fx (known,
+    left): such a module holding one of the root's parameters (fx reads it as a ``get_attr``,
+    here it is the tensor: ``.t()`` on it becomes a constant); a class whose ``__getattribute__``
+    calls ``nn.Module.__getattr__`` by name; a compiled module the root does not hold (both
+    refuse it, with other errors)."""
 
     def __init__(self, tracer: fx.Tracer, calls: bool, classes: tuple[type, ...] | None) -> None:
         super().__init__()
