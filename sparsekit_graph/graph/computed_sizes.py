@@ -1,5 +1,5 @@
 """Sizes the model's code computed from a size attribute rather than read (``C //
-self.num_heads``, ``self.a.out_channels // 2``, ``self.num_heads * self.head_size``).
+self.num_heads``, ``self.a.out_channels // 2``).
 
 Surgery rewrites an attribute to its layer's new count; a number computed from it then changes
 too, but by its own formula: ``C // num_heads`` grows while each kept head keeps its width. So
@@ -8,7 +8,9 @@ that modelled it, such as a merge of heads), is a use of the attribute as a size
 attribute counts pin (``size_pins``). Kept apart from reads: a number computed from a read
 is never its value (``sizes.size_sources``), only the identity (``n * 1``, ``n + 0``) is.
 A division or remainder of lengths by a read (``C // self.num_heads`` with ``C`` a traced
-length) is one as well: the quotient moves against the count.
+length) is one as well: the quotient moves against the count. A number of two attributes
+(``self.num_heads // self.num_kv_heads``, a GQA repeat that whole KV groups keep) is left to the
+rules, as a literal.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             return int.__int__(a)
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
-            if isinstance(a, SizeRead) and not a.exact:  # a number computed from reads (``computed_sizes``)
+            if isinstance(a, SizeRead) and not a.exact and len(a._sites) == 1:  # computed from one (``computed_sizes``)
                 computed.update(a._sites)
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
             if isinstance(a, int) and len(a._sites) == 1:  # its position says which attribute it is
