@@ -5,7 +5,7 @@
 (with or without an overload) the softmax and convolution, ``torch.linalg.matmul`` the matmul,
 ``torch.inner`` a ``tensordot`` of the last axes, ``vstack`` / ``dstack`` / ``column_stack`` a
 ``cat`` after lifting their inputs, and ``linalg_vector_norm`` under torch.export the vector norm
-of torch.fx. Each spelling gives the plain spelling's plan and passes the oracle; ``out=``
+of torch.fx, ``torch.div(1.0, h)`` (a number where the function takes a tensor) ``1.0 / h``. Each spelling gives the plain spelling's plan and passes the oracle; ``out=``
 (a buffer written in place, which no rule models) pins, saying so.
 """
 
@@ -122,6 +122,11 @@ FAMILIES: dict[str, list[Fn]] = {
         lambda s, h: torch.column_stack([h, h * 2]),
     ],
     "cat_rows": [lambda s, h: torch.cat([h, h * 2], 2), lambda s, h: torch.dstack([h, h * 2])],
+    "number_first": [  # a Python number where the function takes a tensor: torch wraps it
+        lambda s, h: 1.0 / (2 + h.abs()) - 1 * h + 2 * h,
+        lambda s, h: torch.div(1.0, 2 + h.abs()) - torch.mul(1, h) + torch.multiply(2, h),
+        lambda s, h: torch.true_divide(1.0, torch.add(2, h.abs())) + torch.sub(0, h) + torch.mul(2, h),
+    ],
     "l2_norm": [
         lambda s, h: h / (1 + h.pow(2).sum(1, keepdim=True).sqrt()),
         lambda s, h: h / (1 + torch.linalg.vector_norm(h, dim=1, keepdim=True)),

@@ -361,7 +361,7 @@ def _bind_schema(
     values: dict[str, Any] = {}
     for p in params:
         if p.name in given:
-            if check_types and not _fits(p, given[p.name]):
+            if check_types and not (_fits(p, given[p.name]) or lenient and _wrapped_number(p, given[p.name])):
                 return None
             values[p.name] = given[p.name]
         elif p.has_default_value():
@@ -418,6 +418,11 @@ def _fits(param: Any, x: Any) -> bool:
             return all(_fits_type(elem, e) for e in v)
         return param.N is not None and elem in ("int", "SymInt") and _is_int(x)  # int[1] also takes an int
     return _fits_type(t, x)
+
+
+def _wrapped_number(param: Any, x: Any) -> bool:
+    """A Python number for a tensor argument, which torch wraps (``torch.div(1.0, h)``, ``torch.sub(1, h)``)."""
+    return str(param.real_type) == "Tensor" and type(x) in (int, float, bool)
 
 
 def _fits_type(t: str, x: Any) -> bool:
