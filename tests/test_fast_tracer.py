@@ -96,7 +96,6 @@ def test_scope_restored_after_a_failing_layer() -> None:
     assert (tracer.scope.module_path, tracer.scope.module_type) == ("", None)
 
 
-
 class _Lookup(nn.Module):
     """A class with its own ``__getattr__`` (it calls ``nn.Module``'s, which fx patches)."""
 

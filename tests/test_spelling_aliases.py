@@ -5,7 +5,8 @@
 (with or without an overload) the softmax and convolution, ``torch.linalg.matmul`` the matmul,
 ``torch.inner`` a ``tensordot`` of the last axes, ``vstack`` / ``dstack`` / ``column_stack`` a
 ``cat`` after lifting their inputs, and ``linalg_vector_norm`` under torch.export the vector norm
-of torch.fx, ``torch.div(1.0, h)`` (a number where the function takes a tensor) ``1.0 / h``. Each spelling gives the plain spelling's plan and passes the oracle; ``out=``
+of torch.fx, ``torch.div(1.0, h)`` (a number where the function takes a tensor) ``1.0 / h``.
+Each spelling gives the plain spelling's plan and passes the oracle; ``out=``
 (a buffer written in place, which no rule models) pins, saying so.
 """
 
