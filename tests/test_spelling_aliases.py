@@ -123,6 +123,11 @@ FAMILIES: dict[str, list[Fn]] = {
         lambda s, h: torch.column_stack([h, h * 2]),
     ],
     "cat_rows": [lambda s, h: torch.cat([h, h * 2], 2), lambda s, h: torch.dstack([h, h * 2])],
+    "ravel": [
+        lambda s, h: h.flatten().view_as(h),
+        lambda s, h: h.ravel().view_as(h),
+        lambda s, h: torch.ravel(h).view_as(h),
+    ],
     "number_first": [  # a Python number where the function takes a tensor: torch wraps it
         lambda s, h: 1.0 / (2 + h.abs()) - 1 * h + 2 * h,
         lambda s, h: torch.div(1.0, 2 + h.abs()) - torch.mul(1, h) + torch.multiply(2, h),

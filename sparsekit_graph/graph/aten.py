@@ -36,7 +36,7 @@ OP_ALIASES: dict[Any, Any] = {
     torch.special.log1p: torch.log1p, torch.special.round: torch.round, torch.special.xlogy: torch.xlogy,
     torch.narrow_copy: torch.narrow, torch.special.softmax: torch.softmax, torch.special.log_softmax: torch.log_softmax,
     torch._softmax: torch.softmax, torch._log_softmax: torch.log_softmax, torch.linalg.matmul: torch.matmul,
-    torch.row_stack: torch.vstack, torch.layer_norm: F.layer_norm, torch.group_norm: F.group_norm,
+    torch.row_stack: torch.vstack, torch.ravel: torch.flatten, torch.layer_norm: F.layer_norm, torch.group_norm: F.group_norm,
     torch.batch_norm: F.batch_norm, torch.instance_norm: F.instance_norm, torch._convolution: torch.convolution,
     Tensor.nelement: torch.numel, Tensor.ndimension: Tensor.dim,
 }  # fmt: skip
