@@ -9,12 +9,12 @@ pins it.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import pytest
 import torch
 from test_adversary_round4 import C, Net, X, _holds
+from test_layer_attribute_sizes import _Merge
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -90,31 +90,13 @@ def test_unflatten_by_reads_alone_prunes() -> None:
 # --- a layer's size attribute sizing another group --------------------------------------------------
 
 
-class _MergedByNorm(nn.Module):
-    """Heads merged with the width of a LayerNorm of the residual stream (equal by value)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.heads, self.head_dim = 3, 4
-        self.query, self.key, self.value = (nn.Linear(12, 12) for _ in range(3))
-        self.out, self.ln, self.inp, self.head = nn.Linear(12, 12), nn.LayerNorm(12), nn.Linear(5, 12), nn.Linear(12, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.ln(torch.relu(self.inp(x)))
-        q, k, v = (
-            f(h).view(h.size()[:-1] + (self.heads, self.head_dim)).transpose(1, 2) for f in (self.query, self.key, self.value)
-        )
-        c = ((q @ k.transpose(-1, -2) / math.sqrt(4)).softmax(-1) @ v).transpose(1, 2).contiguous()
-        return self.head(self.out(c.view(c.size()[:-2] + self.ln.normalized_shape)) + h)
-
-
 def test_heads_merged_by_a_norm_width_never_fail_to_prune() -> None:
     """``c.view(c.size()[:-2] + self.ln.normalized_shape)``: the merge width was matched to the
     LayerNorm's attribute but not linked to its axis, so pruning heads or the residual refused.
     A layer's size attribute now links the axis it sizes to the layer's axis it counts
     (``graph/layer_counts.py``). Every prunable group is pruned at once (query and value share
     ``head_dim``: a count tie, one mask each would break it) and at 0.5."""
-    model, x = _MergedByNorm().eval(), torch.randn(2, 7, 5)
+    model, x = _Merge("norm_tuple").eval(), torch.randn(2, 7, 5)  # heads merged with a LayerNorm of the residual's width
     plan = skg.plan(model, x)
     assert plan.prunable
     masks = {}
