@@ -43,7 +43,7 @@ def _leaky_keywords_reordered(s: nn.Module, h: Tensor) -> Tensor:
 
 def test_where_with_keywords_plans_like_positional() -> None:
     """``torch.where(condition=c, input=x, other=y)`` pinned ``a:out`` ('arguments of where could
-    not be read') while the positional call prunes. Root cause: ``normalize._bind_schema`` mapped
+    not be read') while the positional call prunes. Root cause: ``schema_args.bind_schema`` mapped
     the primary-tensor keyword (``input``) only onto the schema's first argument, and
     ``where.self(condition, self, other)`` has ``self`` second."""
     plan = _plans_alike(_leaky_positional, _leaky_keywords, _leaky_keywords_reordered)

@@ -27,14 +27,13 @@ import torch.fx as fx
 from torch import Tensor
 
 from .aten import OP_ALIASES, aten_op, is_aten
-from .meta import CALL, META
+from .meta import CALL
+from .schema_args import PRIMARY, RENAME, bind_schema, schemas, traced_value
 
 __all__ = ["CALL", "Call", "bind_call", "canonical_op", "normalize", "traced_call"]
 
 
 _KW_ALIASES = {"axis": "dim", "keepdims": "keepdim", "x2": "other"}
-_PRIMARY = ("input", "self", "tensor", "x", "a", "x1")  # names the primary tensor goes by
-_RENAME = {"self": "input", "split_size_or_sections": "split_size", "split_sizes": "split_size", "axis0": "dim0", "axis1": "dim1"}
 _OPERATOR_INPLACE = {
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod, operator.ipow,
     operator.iand, operator.ior, operator.ixor, operator.imatmul, operator.ilshift, operator.irshift,
@@ -111,17 +110,17 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         return _bind_module(type(module), node.args, node.kwargs)
     if node.op == "call_function" and node.target is builtins.getattr and len(node.args) == 2:
         obj, attr = node.args
-        if isinstance(attr, str) and isinstance(_value(obj), Tensor) and hasattr(Tensor, attr):
+        if isinstance(attr, str) and isinstance(traced_value(obj), Tensor) and hasattr(Tensor, attr):
             return Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
-        fields = getattr(type(_value(obj)), "__match_args__", ())  # x.max(1).values: a named element
-        if isinstance(_value(obj), tuple) and attr in fields:
+        fields = getattr(type(traced_value(obj)), "__match_args__", ())  # x.max(1).values: a named element
+        if isinstance(traced_value(obj), tuple) and attr in fields:
             return Call(operator.getitem, {"input": obj, "index": fields.index(attr)}, frozenset({"input", "index"}))
         return Call(builtins.getattr, {"input": obj, "name": attr}, frozenset({"input", "name"}))
     if node.op not in ("call_function", "call_method"):
         return Call(node.target, {}, frozenset(), bound=False)
     if is_aten(node.target):
         op, inplace = aten_op(node.target)
-        bound = _bind_schema(node.target._schema, node.args, dict(node.kwargs), check_types=False)
+        bound = bind_schema(node.target._schema, node.args, dict(node.kwargs), check_types=False)
         if bound is None:
             return Call(op, {"input": node.args[0]} if node.args else {}, frozenset(), inplace, bound=False)
         return Call(op, bound[0], bound[1], inplace)
@@ -212,8 +211,8 @@ def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, A
     name = getattr(fn, "__name__", against if isinstance(against, str) else None)
     if name:
         for lenient in (False, True):  # x.flip(1): an int for a list only where nothing else fits
-            for schema in _schemas(name):
-                bound = _bind_schema(schema, args, kwargs, lenient=lenient)
+            for schema in schemas(name):
+                bound = bind_schema(schema, args, kwargs, lenient=lenient)
                 if bound is not None:
                     values, passed = bound
                     return Call(op, values, passed)
@@ -293,7 +292,7 @@ def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
     first = params[0].name if params else None
     kwargs = {_KW_ALIASES.get(k, k): v for k, v in kwargs.items()}
     if first is not None:
-        kwargs = {(first if k in _PRIMARY and k not in sig.parameters else k): v for k, v in kwargs.items()}
+        kwargs = {(first if k in PRIMARY and k not in sig.parameters else k): v for k, v in kwargs.items()}
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError:
@@ -304,7 +303,7 @@ def _bind_python(op: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str,
     bound.apply_defaults()
     values: dict[str, Any] = {}
     for i, (k, v) in enumerate(bound.arguments.items()):
-        canon = "input" if i == 0 and (k in _PRIMARY or first_is_input) else _RENAME.get(k, k)
+        canon = "input" if i == 0 and (k in PRIMARY or first_is_input) else RENAME.get(k, k)
         values[canon] = v
         if k in passed:
             passed.discard(k)
@@ -323,127 +322,3 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 # -- operator schemas -------------------------------------------------------------------------
-
-
-@cache
-def _schemas(name: str) -> tuple[Any, ...]:
-    """Overloads of ``aten::name`` without ``out=`` arguments or named dimensions."""
-    try:
-        found = torch._C._jit_get_schemas_for_operator(f"aten::{name}")
-    except RuntimeError:
-        return ()
-    keep = []
-    for s in found:
-        if any(a.is_out for a in s.arguments) or "Dimname" in str(s):
-            continue
-        keep.append(s)
-    return tuple(keep)
-
-
-def _bind_schema(
-    schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, check_types: bool = True, lenient: bool = False
-) -> tuple[dict[str, Any], frozenset[str]] | None:
-    """Arguments by the schema's names, or None if they do not fit it (``check_types``: also
-    the argument types, to choose among overloads; an ATen node's overload is already chosen)."""
-    params = list(schema.arguments)
-    positional = [p for p in params if not p.kwarg_only]
-    names = [p.name for p in params]
-    args = _pack_varargs(positional, args, lenient)
-    if args is None:
-        return None
-    given: dict[str, Any] = {p.name: v for p, v in zip(positional, args)}
-    primary = next((n for n in names if n in _PRIMARY), None)  # where(condition, self, other): not the first
-    for k, v in kwargs.items():
-        key = k if k in names else (primary if k in _PRIMARY else None)
-        if key is None or key in given:
-            return None
-        given[key] = v
-    values: dict[str, Any] = {}
-    for p in params:
-        if p.name in given:
-            if check_types and not (_fits(p, given[p.name]) or lenient and _wrapped_number(p, given[p.name])):
-                return None
-            values[p.name] = given[p.name]
-        elif p.has_default_value():
-            values[p.name] = p.default_value
-        else:
-            return None
-    out = {("input" if i == 0 and k in _PRIMARY else _RENAME.get(k, k)): v for i, (k, v) in enumerate(values.items())}
-    passed = frozenset(("input" if names.index(k) == 0 and k in _PRIMARY else _RENAME.get(k, k)) for k in given)
-    return out, passed
-
-
-def _pack_varargs(positional: list[Any], args: tuple[Any, ...], lenient: bool = False) -> tuple[Any, ...] | None:
-    """``x.view(2, 3)`` / ``x.permute(0, 2, 1)``: trailing ints fill one list argument.
-    ``lenient``: ``x.view(-1)`` / ``x.flip(1)``, a lone int last is that list of one."""
-    if len(args) <= len(positional):
-        k = len(args) - 1
-        if lenient and k >= 1 and _is_int(args[k]):
-            p = positional[k]
-            if str(p.real_type) in ("List[int]", "List[SymInt]") and p.N is None:
-                return (*args[:k], (args[k],))
-        return args
-    for k, p in enumerate(positional):
-        if str(p.real_type).startswith("List["):
-            if len(positional) == k + 1 and all(_is_int(a) for a in args[k:]):
-                return (*args[:k], tuple(args[k:]))
-            return None
-    return None
-
-
-def _value(x: Any) -> Any:
-    return x.meta.get(META) if isinstance(x, fx.Node) else x
-
-
-def _is_int(x: Any) -> bool:
-    v = _value(x)
-    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, torch.SymInt)
-
-
-def _fits(param: Any, x: Any) -> bool:
-    """Could this traced value be passed for a schema argument?"""
-    t = str(param.real_type)
-    if t.startswith("Optional["):
-        if x is None:
-            return True
-        t = t[len("Optional[") : -1]
-    if t.startswith("List["):
-        elem = t[len("List[") : -1]
-        v = _value(x)
-        if isinstance(v, torch.Size):
-            return elem in ("int", "SymInt")
-        if isinstance(x, (tuple, list)):
-            return all(_fits_type(elem, e) for e in x)
-        if isinstance(v, (tuple, list)):  # a node holding a tuple, e.g. the parts of chunk()
-            return all(_fits_type(elem, e) for e in v)
-        return param.N is not None and elem in ("int", "SymInt") and _is_int(x)  # int[1] also takes an int
-    return _fits_type(t, x)
-
-
-def _wrapped_number(param: Any, x: Any) -> bool:
-    """A Python number for a tensor argument, which torch wraps (``torch.div(1.0, h)``, ``torch.sub(1, h)``)."""
-    return str(param.real_type) == "Tensor" and type(x) in (int, float, bool)
-
-
-def _fits_type(t: str, x: Any) -> bool:
-    v = _value(x)
-    if t == "Tensor":
-        return isinstance(v, Tensor)
-    if isinstance(v, Tensor):
-        return False
-    if t in ("int", "SymInt"):
-        return _is_int(x)
-    check = _SCALAR_CHECKS.get(t)
-    return check(v) if check is not None else True
-
-
-_SCALAR_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "bool": lambda v: isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float, bool, complex)),
-    "ScalarType": lambda v: isinstance(v, torch.dtype),
-    "str": lambda v: isinstance(v, str),
-    "MemoryFormat": lambda v: isinstance(v, torch.memory_format),
-    "Layout": lambda v: isinstance(v, torch.layout),
-    "Device": lambda v: isinstance(v, (torch.device, str, int)),
-}
