@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_layout,
     ops_matmul,
     ops_mha,
+    ops_norm_layers,
     ops_norms,
     ops_order,
     ops_reshape,
@@ -31,7 +32,8 @@ from .ops_moe import follow_domains
 from .param_reads import pin_param_reads
 from .rules import find_rule
 from .size_pins import pin_read_sizes
-from .trace import has_hooks, is_exported
+from .size_tracer import has_hooks
+from .trace import is_exported
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 

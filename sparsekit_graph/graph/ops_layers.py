@@ -1,4 +1,5 @@
-"""Rules for standard layers: convolutions, linear, normalisation, pooling, activations."""
+"""Rules for standard layers: activations, convolutions, linear, pooling, padding, reshaping, embeddings
+(normalisation layers: ``ops_norm_layers``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
-from .norm_statistics import mix_statistics, statistics_axes
 from .ops_join import link_padding
 from .ops_matmul import zeroed_by_masks
 from .ops_reshape import flatten_axes, reshape_axes
@@ -261,115 +261,6 @@ def linear_function(ctx: RuleContext) -> None:
     _contracted_by_buffer(ctx, len(x) - 1)
     if b is not None:
         ctx.same(b, out[-1:])
-
-
-@register_module_rule(nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm, nn.modules.instancenorm._InstanceNorm)
-def channel_norm(ctx: RuleContext) -> None:
-    """BatchNorm / InstanceNorm (and torchvision's FrozenBatchNorm2d, stored statistics only):
-    per-channel statistics and affine parameters on axis 1."""
-    pointwise(ctx)
-    out, m = ctx.out(), ctx.module
-    instance = isinstance(m, nn.modules.instancenorm._InstanceNorm)
-    unbatched = instance and len(out) == m._get_no_batch_dim()  # type: ignore[union-attr]  # (C, L): channels first
-    channel = [out[0 if unbatched or len(out) == 1 else 1]]
-    computed = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
-    if computed and (m.training or not m.track_running_stats):  # type: ignore[union-attr]
-        mix_statistics(ctx, out[1:] if unbatched else statistics_axes(out, batch=not instance), counted=True)
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(ctx.module, attr, None) is not None:
-            ctx.same(ctx.param(attr), channel)
-
-
-@register_function_rule(F.batch_norm, F.instance_norm)
-def batch_norm_function(ctx: RuleContext) -> None:
-    """Functional batch/instance norm (e.g. timm's BatchNormAct2d): 1-D tensors follow axis 1."""
-    ctx.read_all()
-    x, out = ctx.axes(ctx.input), ctx.out()
-    if x is None:
-        return
-    ctx.same(x, out)
-    instance = ctx.call.op is F.instance_norm
-    stats = ctx.arg("use_input_stats", True) if instance else ctx.arg("training", False)
-    if stats is not False:  # True, or a value the rule cannot read: statistics, fail closed
-        mix_statistics(ctx, statistics_axes(out, batch=not instance), counted=True)
-    for name in ("running_mean", "running_var", "weight", "bias"):
-        axes = ctx.axes(ctx.arg(name))
-        if axes is not None and len(axes) == 1:
-            ctx.same(axes, [out[1]])
-
-
-@register_module_rule(nn.GroupNorm)
-def group_norm(ctx: RuleContext) -> None:
-    pointwise(ctx)
-    m = ctx.module
-    affine = [ctx.param(attr) for attr in ("weight", "bias") if getattr(m, attr, None) is not None]
-    link_group_norm(ctx, ctx.out(), m.num_groups, affine)  # type: ignore[union-attr]
-
-
-def link_group_norm(ctx: RuleContext, out: list[AxisId], groups: int, affine: list[list[AxisId]]) -> None:
-    """GroupNorm keeps its group count: channel ``k`` of every group is one channel (groups lose
-    equally, like a grouped conv's). Its statistics change (not zero-invariant); with one
-    channel per group the count would have to change: pinned."""
-    for axes in affine:
-        ctx.same(axes, [out[1]])
-    mix_statistics(ctx, statistics_axes(out, batch=False), counted=False)
-    c = ctx.graph.size(out[1])
-    if groups > 1 and c // groups == 1:
-        ctx.pin([out[1]], f"one channel per group of {ctx.where()}")
-        return
-    ctx.mix([out[1]], f"normalised by {ctx.where()}")
-    if groups > 1:
-        ctx.graph.link(out[1], out[1], np.arange(c), np.arange(c) % (c // groups), kind="tie")
-
-
-@register_module_rule(nn.LayerNorm, nn.RMSNorm)
-def layer_norm(ctx: RuleContext) -> None:
-    """Normalised trailing axes mix (not zero-invariant); without affine parameters a single
-    normalised axis follows the layer's ``normalized_shape`` (surgery rewrites it), more pin."""
-    pointwise(ctx)
-    out = ctx.out()
-    shape = tuple(ctx.module.normalized_shape)  # type: ignore[union-attr]
-    trailing = out[len(out) - len(shape) :]
-    ctx.mix(trailing, f"normalised by {ctx.where()}")
-    if getattr(ctx.module, "weight", None) is None:
-        if len(shape) != 1 or not ctx.size_follows_model(trailing[0], shape):
-            ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
-        return
-    for attr in ("weight", "bias"):
-        if getattr(ctx.module, attr, None) is not None:
-            ctx.same(ctx.param(attr), trailing)
-
-
-@register_function_rule(F.layer_norm, F.rms_norm, F.group_norm)
-def layer_norm_function(ctx: RuleContext) -> None:
-    """Functional norms mix the normalised axes; a ``normalized_shape`` that is no size attribute
-    of the layer or model (or a group count) is a literal: those axes pin. Without affine
-    parameters (OLMo's LayerNorm) an attribute alone sizes the axis: surgery rewrites it."""
-    out = ctx.out()
-    if ctx.call.op is F.group_norm:
-        ctx.read_all()
-        ctx.same(ctx.axes(ctx.input) or [], out)
-        affine = [a for k in ("weight", "bias") if (a := ctx.axes(ctx.arg(k))) is not None]
-        groups = ctx.arg("num_groups")
-        if not isinstance(groups, int) or any(len(a) != 1 for a in affine):
-            ctx.pin_everything(f"group norm with unreadable arguments at {ctx.where()}")
-            return
-        link_group_norm(ctx, out, groups, affine)
-        return
-    pointwise(ctx)
-    shape = ctx.arg("normalized_shape")
-    # F.layer_norm(x, x.shape[-1:]) or (x.size(-1),): lengths read in forward follow the model
-    parts = shape if isinstance(shape, (tuple, list)) else ()
-    lengths = bool(parts) and all(isinstance(p, fx.Node) and isinstance(ctx.meta(p), int) for p in parts)
-    read = isinstance(shape, fx.Node) or lengths
-    value = ctx.meta(shape) if isinstance(shape, fx.Node) else shape
-    k = len(value) if isinstance(value, (tuple, list)) else 1
-    trailing = out[len(out) - k :]
-    ctx.mix(trailing, f"normalised by {ctx.where()}")
-    if read:
-        return
-    if k != 1 or not ctx.size_follows_model(trailing[0], shape):
-        ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
 
 
 _SPATIAL = {

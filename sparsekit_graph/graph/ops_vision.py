@@ -7,7 +7,8 @@ import math
 import sys
 
 from .context import RuleContext
-from .ops_layers import channel_norm, link_conv
+from .ops_layers import link_conv
+from .ops_norm_layers import channel_norm
 from .ops_swin import register_swin_rules
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule

@@ -1,0 +1,299 @@
+"""The tracer ``trace_graph`` uses: torch.fx symbolic tracing where Python may ask a traced size for its value.
+
+``SizeTracer`` keeps torch.nn layers and layers with a registered rule as leaves, and answers
+control flow, conversions and lengths on values made of sizes from a meta-tensor run of the graph
+so far; ``SizeProxy`` is the Proxy whose ``int``, ``len``, ``hash`` and text ask it.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.fx._symbolic_trace as _symbolic_trace
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
+
+from ..errors import TraceError
+from .buffer_views import BufferOps
+from .fast_tracer import FastTracer
+from .flow_values import Conversions
+from .meta import CONTROL, META, WRITTEN_BUFFER
+from .meta_pass import MetaRunner
+from .rules import module_rule_for, patched_on_instance
+from .size_flow import converted_nowhere
+from .size_math import recording_math
+from .size_sinks import Sinks, sinks_now
+from .size_values import by_user
+from .tensor_data import recording_tensor_data
+from .trace_inputs import flat_inputs
+
+__all__ = ["SizeProxy", "SizeTracer", "has_hooks"]
+
+
+class SizeTracer(FastTracer):
+    """torch.nn layers and every layer type with a registered rule stay leaves.
+
+    Python control flow on a value computed from sizes alone (``if x.shape[1] == 64``,
+    ``range(h.size(1) // 16)``, ``int(x.size(-1) ** 0.5)``) takes the branch the example's
+    sizes take: the value is computed on meta tensors and its node marked ``CONTROL`` (the
+    planner pins the axes whose lengths it reads, since the code would not follow a pruned
+    size). A condition on tensor data still fails (and the planner tries ``torch.export``).
+
+    torch's argument parser asks a Proxy passed as an int argument for ``__index__`` before it
+    hands the call to ``__torch_function__`` (``F.conv2d(h, w, groups=h.shape[1])``): that
+    number is tentative (``_parsed``), and unmarked when the call is recorded right after with
+    the Proxy itself as an argument, from the same bytecode instruction of the same frame. The
+    call's rule then reads the length, as ``view(b, h.shape[1])``'s does."""
+
+    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sinks: Sinks) -> None:
+        super().__init__()
+        self._inputs = (model, args, kwargs)
+        self._runner: MetaRunner | None = None
+        self._parsed: dict[fx.Node, tuple[FrameType, int]] = {}  # node -> the asking frame and instruction
+        self.buffer_ops = BufferOps(model)  # ops on buffers alone, rebuilt as nodes (``buffer_views``)
+        self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
+        self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        try:
+            with (
+                recording_tensor_data(self),
+                recording_math(),
+                self.buffer_ops,
+            ):  # ``torch.tensor(h.size(1))``: a node, not a failure
+                graph = super().trace(root, concrete_args)
+            for n in graph.nodes:  # values no link explains, whenever the write came
+                if n.op == "get_attr" and n.target in self.buffer_ops.written:
+                    n.meta[WRITTEN_BUFFER] = True
+            self.conversions.resolve("number")
+            return graph
+        finally:
+            self._parsed.clear()  # no frame outlives the trace
+
+    def create_arg(self, a: Any) -> Any:
+        if type(a) is Tensor:  # ``self.scale[:, None, None]``, ``(g * 2).view(...)``: ops on the buffer, not a constant
+            node = self.buffer_ops.node(self, a)
+            if node is not None:
+                return node
+        return super().create_arg(a)
+
+    def create_node(
+        self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None, type_expr: Any = None
+    ) -> fx.Node:
+        if self._parsed and kind in ("call_function", "call_method"):
+            self._unmark_parsed((args, kwargs))
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        self.conversions.recorded(node)
+        return node
+
+    def _unmark_parsed(self, arguments: Any) -> None:
+        """Numbers torch's parser read for the call now recorded (same frame, same instruction)
+        are arguments of that call, not Python control flow."""
+        taken: list[fx.Node] = []
+        fx.node.map_arg(arguments, taken.append)
+        for n in list(taken):  # and the items the parser read of a traced tuple (``h.shape[:2] + (1, 1)``)
+            taken.extend(u for u in n.users if u.target is operator.getitem and u.args[0] is n)
+        for n in taken:
+            asked = self._parsed.get(n)
+            if asked is None:
+                continue
+            frame: FrameType | None = sys._getframe(1)
+            while frame is not None and frame is not asked[0]:
+                frame = frame.f_back
+            if frame is not None and frame.f_lasti == asked[1]:
+                del self._parsed[n]
+                n.meta.pop(CONTROL, None)
+
+    def parsed_number(self, obj: fx.Proxy, frame: FrameType) -> Any:
+        """``obj.__index__()`` asked from ``frame``: its value, marked a number, tentatively
+        where the mark is new (see the class docstring)."""
+        new = CONTROL not in obj.node.meta
+        value = self.concrete(obj, "number")
+        if new and obj.node.meta.get(CONTROL) == "number":
+            self._parsed[obj.node] = (frame, frame.f_lasti)
+        return value
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if has_hooks(m):
+            return True
+        if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
+            return False
+        return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return SizeProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self.concrete(obj, "branch")
+        if not isinstance(value, (bool, int, float)):
+            return super().to_bool(obj)
+        return bool(value)
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        value = self.concrete(obj, None)
+        if isinstance(value, Tensor) and value.ndim:  # ``for row in h``: as many turns as h.size(0)
+            self.concrete(obj.size(0), "loop")
+        elif not isinstance(value, (tuple, list)):  # ``*shape``: as many items as axes, each still traced
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(value))])
+
+    def concrete(self, obj: fx.Proxy, control: str | None) -> Any:
+        """The value of ``obj`` at the example's sizes (a Tensor when it depends on data);
+        ``control`` marks its node as deciding Python control flow."""
+        model, args, kwargs = self._inputs
+        try:
+            if self._runner is None:
+                self._runner = MetaRunner(model, self.graph)
+                self._runner.start(flat_inputs(self.graph, args, kwargs))
+            with torch.no_grad(), _symbolic_trace._maybe_revert_all_patches():  # layers run, not traced
+                value = self._runner.value(obj.node)
+        except TraceError:
+            return None
+        if not _tensors(value) and not _sizes_only(obj.node):
+            return None  # ``x.device.type == "cpu"``: meta values would answer for another device
+        if control is not None and not isinstance(value, Tensor):
+            obj.node.meta.setdefault(CONTROL, control)
+            self._parsed.pop(obj.node, None)  # asked again: Python decides on it, whatever the parser did
+            self.conversions.decided(obj.node)
+        return value
+
+
+def _tensors(value: object) -> bool:
+    """A tensor, or a tuple / list of them (``*x.chunk(2, 1)``: as many parts as meta tensors give)."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, Tensor) for v in value)
+    return isinstance(value, Tensor)
+
+
+# Reads of a tensor whose value meta tensors give as the real ones would (not ``device``).
+_SIZE_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
+_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+
+
+def _sizes_only(node: fx.Node) -> bool:
+    """Is ``node`` computed from tensors only through their sizes (shape, ndim, dtype)?"""
+    todo, seen = [node], {node}
+    while todo:
+        n = todo.pop()
+        for a in n.all_input_nodes:
+            if isinstance(a.meta.get(META), Tensor):
+                size_read = (n.op == "call_method" and n.target in _SIZE_METHODS) or (
+                    n.op == "call_function" and n.target in (getattr, len) and (n.target is len or n.args[1] in _SIZE_ATTRIBUTES)
+                )
+                if not size_read:
+                    return False
+            elif a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return True
+
+
+# Protocol methods a Proxy does not have: torch.fx has no node for a write into a traced value.
+_WRITES = frozenset({"__setitem__", "__delitem__"})
+
+
+class SizeProxy(fx.Proxy):
+    """A Proxy that a Python number may be made of (``range(n)``, ``int(n)``, ``float(n)``):
+    the number its value has at the example's sizes (see ``SizeTracer``)."""
+
+    def _number(self, kind: type) -> Any:
+        value = self.tracer.concrete(self, "number") if isinstance(self.tracer, SizeTracer) else None
+        if isinstance(value, (bool, int, float)):
+            return kind(value)
+        raise TypeError(f"'Proxy' object cannot be interpreted as {kind.__name__}")
+
+    def __index__(self) -> int:
+        if isinstance(self.tracer, SizeTracer):  # perhaps torch's parser, for an int argument (see ``SizeTracer``)
+            value = self.tracer.parsed_number(self, sys._getframe(1))
+            if isinstance(value, (bool, int)):
+                return int(value)
+            if isinstance(value, tuple):  # a traced size tuple, which the parser reads as a sequence next
+                raise TypeError("'Proxy' object of a tuple cannot be interpreted as an integer")
+        return self._number(int)
+
+    def __int__(self) -> int:
+        return self._converted_number(int)
+
+    def __float__(self) -> float:
+        return self._converted_number(float)
+
+    def _converted_number(self, kind: type) -> Any:
+        """``int(n)`` / ``float(n)`` in the model's code, where ``n`` is new to Python: a number
+        ``flow_values`` follows (a value of tensor arithmetic, or control flow)."""
+        new = isinstance(self.tracer, SizeTracer) and CONTROL not in self.node.meta
+        value = self._number(kind)
+        if new and by_user(2) and self.node.meta.get(CONTROL) == "number":
+            self.tracer.conversions.note(self.node, sys._getframe(2))  # type: ignore[attr-defined]
+        return value
+
+    def __len__(self) -> int:
+        value = self.tracer.concrete(self, None) if isinstance(self.tracer, SizeTracer) else None
+        if isinstance(value, Tensor) and value.ndim:
+            self.tracer.concrete(self.size(0), "number")
+        elif not isinstance(value, (tuple, list)):
+            return super().__len__()
+        return len(value)
+
+    def traced_length(self) -> fx.Proxy | None:
+        """``len(h)`` in the model's code (``param_reads._len``): ``h.shape[0]`` of a tensor, a
+        Proxy like that spelling's (else None: ``len`` of a shape is its fixed number of axes)."""
+        value = self.tracer.concrete(self, None) if isinstance(self.tracer, SizeTracer) else None
+        return self.shape[0] if isinstance(value, Tensor) and value.ndim else None  # type: ignore[index]
+
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        if k in _WRITES:  # ``h.__setitem__(i, v)`` is ``h[i] = v``, which torch.fx cannot record: fails alike
+            raise AttributeError(f"'Proxy' object has no attribute {k!r}")
+        return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
+
+    def _converted(self, use: str, text: bool) -> Any:
+        """The number (or shape) of sizes this proxy has where the model's code (two frames
+        up) makes a hash or text of it, else None. Its node is marked ``CONTROL`` (``use``)
+        unless it is text only shown (``size_flow.converted_nowhere``): ``hash(C)``,
+        ``len(str(C))`` and ``{16: 1.0}.get(C)`` would not follow a pruned size."""
+        tracer = self.tracer
+        if not isinstance(tracer, SizeTracer) or not by_user(2):
+            return None
+        value = tracer.concrete(self, None)
+        if not _numeric(value):
+            return None
+        if not (text and converted_nowhere(sys._getframe(2), sinks_now(), tracer.sinks)):
+            tracer.concrete(self, use)
+        return value
+
+    def __hash__(self) -> int:
+        value = self._converted("a hash or a lookup", text=False)
+        return object.__hash__(self) if value is None else hash(value)
+
+    def __repr__(self) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return super().__repr__() if value is None else repr(value)
+
+    def __str__(self) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return super().__repr__() if value is None else str(value)
+
+    def __format__(self, spec: str) -> str:
+        value = self._converted("a conversion to text", text=True)
+        return object.__format__(self, spec) if value is None else format(value, spec)
+
+
+def _numeric(value: object) -> bool:
+    """A number, or a tuple of numbers (a shape): what a size read gives."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, (int, float)) for v in value)
+    return isinstance(value, (int, float))
+
+
+class _SizeAttribute(fx.proxy.Attribute, SizeProxy):
+    """``h.shape`` and other attributes of a traced value, answering like ``SizeProxy``."""
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Forward hooks change what a layer returns, and torch.fx does not trace them."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks)
