@@ -295,6 +295,8 @@ class BlockSpec(SparseBlock):
         coalesced and reduced one at a time, outermost first: one multi-dim strided reduction is
         several times slower on CPU than a chain of single-dim ones.
         """
+        if t.is_complex() and how in ("powsum", "absmax"):  # norms of complex blocks: of their moduli
+            t = t.abs()
         x, reduced = _coalesce(interleave(t, self.shape), self._reduced)
         wide = torch.float32 if t.dtype != torch.float64 else t.dtype
         if how == "powsum":
