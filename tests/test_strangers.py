@@ -594,15 +594,21 @@ def test_spellings_give_one_plan(op: str) -> None:
 
 @pytest.mark.parametrize("groups", [1, 2, 4, 8])
 def test_group_norm_keeps_its_groups(groups: int, tmp_path: Path) -> None:
-    """GroupNorm (module or function): groups lose channels equally, never zero-invariant."""
+    """GroupNorm (module or function): groups lose channels equally, never zero-invariant. With
+    one channel per group the statistics are per channel (zero-invariant, as InstanceNorm's): the
+    layer's group count follows its weight in surgery, a literal count in a call does not (pinned)."""
     module = Body(lambda s, h: s.gn(h), gn=nn.GroupNorm(groups, C))
     function = Body(lambda s, h: F.group_norm(h, groups, s.gn.weight, s.gn.bias), gn=nn.GroupNorm(groups, C))
     x = torch.randn(*X4)
     group = skg.plan(module, x).group("a:out")
-    assert _key(skg.plan(module, x)) == _key(skg.plan(function, x))
     if groups == C:
-        assert not group.prunable and "one channel per group" in (group.reason or "")
+        called = skg.plan(function, x).group("a:out")
+        assert not called.prunable and "one channel per group" in (called.reason or "")
+        assert group.prunable and group.zero_invariant
+        result = check_oracle(module, x, tmp_path, min_drop=0.0, require=False)
+        assert result.model.gn.num_groups == result.model.gn.num_channels == result.model.a.out_channels
         return
+    assert _key(skg.plan(module, x)) == _key(skg.plan(function, x))
     assert group.prunable and not group.zero_invariant
     result = check_oracle(module, x, tmp_path, min_drop=0.0, require=False)
     assert result.model.gn.num_groups == groups and result.model.gn.num_channels == result.model.a.out_channels

@@ -134,10 +134,63 @@ def _derive(node: fx.Node, value: Any, lineage: dict[fx.Node, Lineage]) -> Linea
         a, b = _positions(src, lineage), _positions(call.args.get("other"), lineage)
         if a is not None and b is not None and len(a) + len(b) == len(value):
             return a + b
+    rest = _numel_part(node, lineage) if call.op is operator.floordiv else None
+    if rest is not None:
+        return rest
     every = _union(node.args, lineage) | _union(node.kwargs, lineage)
     if isinstance(value, (tuple, list)):
         return tuple(every for _ in value)
     return every
+
+
+def _numel_part(node: fx.Node, lineage: dict[fx.Node, Lineage]) -> frozenset | None:
+    """The axes ``h.numel() // (b * c)`` depends on, ``b`` and ``c`` lengths read off distinct
+    axes of ``h`` (times positive literals; or ``h.numel() // b // c``): those of ``h``'s other
+    lengths, whose product it is (over the literals) whatever ``b`` and ``c`` become. None for
+    anything else."""
+    call = normalize(node)
+    whole = lineage.get(node)
+    if call.op is torch.numel:
+        return whole if isinstance(whole, frozenset) else None
+    src = call.args.get("input")
+    if call.op is not operator.floordiv or not isinstance(src, fx.Node):
+        return None
+    part = _numel_part(src, lineage)
+    return None if part is None else _over_lengths(part, call.args.get("other"), lineage)
+
+
+def _over_lengths(whole: frozenset, divisor: Any, lineage: dict[fx.Node, Lineage]) -> frozenset | None:
+    """``whole`` less the axes whose lengths ``divisor`` multiplies, each once; None if it is no such product."""
+    read: list[AxisId] = []
+    todo = [divisor]
+    while todo:
+        f = todo.pop()
+        if isinstance(f, int) and not isinstance(f, bool) and f > 0:
+            continue
+        if not isinstance(f, fx.Node):
+            return None
+        call = normalize(f)
+        if call.op is operator.mul:
+            todo += [call.args.get("input"), call.args.get("other")]
+            continue
+        if not _one_length(f):
+            return None
+        read += list(lineage.get(f) or ())
+    if len(set(read)) != len(read) or not set(read) <= whole:
+        return None
+    return whole - set(read)
+
+
+def _one_length(n: fx.Node) -> bool:
+    """Is ``n`` one axis's length as read: ``h.size(d)`` or ``h.shape[d]`` / ``h.size()[d]``?"""
+    call = normalize(n)
+    if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
+        return True
+    src = call.args.get("input")
+    if call.op is not operator.getitem or not isinstance(call.args.get("index"), int) or not isinstance(src, fx.Node):
+        return False
+    whole = normalize(src)
+    return whole.op in (torch.Tensor.size, torch.Tensor.shape) and whole.args.get("dim") is None
 
 
 def _positions(v: Any, lineage: dict[fx.Node, Lineage]) -> tuple | None:
@@ -193,8 +246,9 @@ def _check(
             continue
         if k in _SIZE_LISTS and out_axes is not None:
             parts = _used_positions(call.op, k, _positions(v, lineage) or (), len(out_axes))
-            dim = call.args.get("dim") if k == "sizes" else None
-            start = dim % len(out_axes) if isinstance(dim, int) and out_axes else len(out_axes) - len(parts)
+            dim = call.args.get("dim") if k == "sizes" else None  # unflatten's: an axis of the input
+            rank_in = len(out_axes) - len(parts) + 1
+            start = dim % rank_in if isinstance(dim, int) and rank_in > 0 else len(out_axes) - len(parts)
             for i, part in enumerate(parts):
                 j = start + i
                 shaped = out_axes[j] if 0 <= j < len(out_axes) else None

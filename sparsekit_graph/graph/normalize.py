@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .aten import OP_ALIASES, aten_op, is_aten
 from .meta import CALL
+from .same_as import same_as
 from .schema_args import PRIMARY, RENAME, bind_schema, schemas, traced_value
 
 __all__ = ["CALL", "Call", "bind_call", "canonical_op", "normalize", "traced_call"]
@@ -144,7 +145,10 @@ def bind_call(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Cal
         against = target.__name__
     kwargs = dict(kwargs)
     written = kwargs.pop("out") if isinstance(kwargs.get("out"), fx.Node) else None  # torch.add(a, b, out=buf)
-    call = _same_as(_bind(op, against, args, kwargs))
+    call = _bind(op, against, args, kwargs)
+    case = same_as(call.op, call.args, call.passed) if call.bound else None  # torch.hsplit: tensor_split
+    if case is not None:
+        call = Call(*case)
     if written is not None and call.bound:  # bound without it (no schema takes ``out``); rules do not model it
         return Call(call.op, {**call.args, "out": written}, call.passed | {"out"}, inplace)
     return Call(call.op, call.args, call.passed, inplace, call.bound)
@@ -180,26 +184,6 @@ def _tensor_attributes() -> dict[int, str]:
 def _aten_packet(target: Any) -> bool:
     """``torch.ops.aten.<name>`` called without choosing an overload."""
     return isinstance(target, torch._ops.OpOverloadPacket) and target._qualified_op_name.startswith("aten::")
-
-
-# Ops that are another op with arguments renamed and some fixed: ``torch.inner(a, b)`` contracts
-# the last axes of both, ``torch.tensordot(a, b, ([-1], [-1]))``.
-_SAME_AS: dict[Hashable, tuple[Hashable, dict[str, str], dict[str, Any]]] = {
-    torch.inner: (torch.tensordot, {"other": "b"}, {"dims": ([-1], [-1])}),
-}
-
-
-def _same_as(call: Call) -> Call:
-    """``call`` in the spelling of the op it is a case of (``_SAME_AS``), else itself."""
-    try:
-        found = _SAME_AS.get(call.op)
-    except TypeError:  # unhashable target
-        return call
-    if found is None or not call.bound:
-        return call
-    op, names, fixed = found
-    args = {names.get(k, k): v for k, v in call.args.items()} | fixed
-    return Call(op, args, frozenset(names.get(k, k) for k in call.passed), call.inplace)
 
 
 def _bind(op: Hashable, against: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:

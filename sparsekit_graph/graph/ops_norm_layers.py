@@ -60,19 +60,24 @@ def group_norm(ctx: RuleContext) -> None:
     pointwise(ctx)
     m = ctx.module
     affine = [ctx.param(attr) for attr in ("weight", "bias") if getattr(m, attr, None) is not None]
-    link_group_norm(ctx, ctx.out(), m.num_groups, affine)  # type: ignore[union-attr]
+    link_group_norm(ctx, ctx.out(), m.num_groups, affine, resized=bool(affine))  # type: ignore[union-attr]
 
 
-def link_group_norm(ctx: RuleContext, out: list[AxisId], groups: int, affine: list[list[AxisId]]) -> None:
+def link_group_norm(
+    ctx: RuleContext, out: list[AxisId], groups: int, affine: list[list[AxisId]], *, resized: bool = False
+) -> None:
     """GroupNorm keeps its group count: channel ``k`` of every group is one channel (groups lose
-    equally, like a grouped conv's). Its statistics change (not zero-invariant); with one
-    channel per group the count would have to change: pinned."""
+    equally, like a grouped conv's). Its statistics change (not zero-invariant). With one
+    channel per group the statistics are per channel, as InstanceNorm's: zero-invariant where
+    the group count follows the channels (``resized``: a layer whose surgery rewrites
+    ``num_groups`` from its affine weight), else pinned."""
     for axes in affine:
         ctx.same(axes, [out[1]])
     mix_statistics(ctx, statistics_axes(out, batch=False), counted=False)
     c = ctx.graph.size(out[1])
     if groups > 1 and c // groups == 1:
-        ctx.pin([out[1]], f"one channel per group of {ctx.where()}")
+        if not resized:
+            ctx.pin([out[1]], f"one channel per group of {ctx.where()}")
         return
     ctx.mix([out[1]], f"normalised by {ctx.where()}")
     if groups > 1:

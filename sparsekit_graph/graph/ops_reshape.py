@@ -220,8 +220,7 @@ def unflatten(ctx: RuleContext) -> None:
     groups = [([d], [d]) for d in range(dim)] + [([dim], list(range(dim, dim + k)))]
     groups += [([d], [d + k - 1]) for d in range(dim + 1, nd)]
     reshape_axes(ctx, literal=literal, groups=groups)
-    if read:
-        link_read_lengths(ctx, raw, out[dim : dim + k])
+    link_read_lengths(ctx, raw, out[dim : dim + k])  # ``x.shape[2:]``, or ``(h.size(1), -1)`` as view's
 
 
 def _factor_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:

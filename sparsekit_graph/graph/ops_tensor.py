@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .context import RuleContext
 from .normalize import canonical_op
+from .pool_windows import one_index_windows
 from .rules import register_function_rule, register_method_rule
 from .singular import singular_operands, stays_nonzero
 from .size_args import size_elements
@@ -233,11 +234,13 @@ def spatial_function(ctx: RuleContext) -> None:
 
 
 def spatial_axes(ctx: RuleContext, k: int) -> None:
-    """Leading axes pass through; the ``k`` trailing (spatial) axes, in and out, are pinned."""
+    """Leading axes pass through; the ``k`` trailing (spatial) axes, in and out, are pinned,
+    except a pooled axis whose window is one index (``pool_windows``): it passes through too."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
-    ctx.pin(src[len(src) - k :], f"spatial axis of {ctx.where()}")
+    lead, through = len(src) - k, sorted(one_index_windows(ctx, k))
     for out in ctx.outputs():
-        ctx.same(src[: len(src) - k], out[: len(out) - k])
-        ctx.pin(out[len(out) - k :], f"spatial axis of {ctx.where()}")
+        ctx.same(src[:lead] + [src[lead + j] for j in through], out[:lead] + [out[lead + j] for j in through])
+        ctx.pin([a for j, a in enumerate(out[lead:]) if j not in through], f"spatial axis of {ctx.where()}")
+    ctx.pin([a for j, a in enumerate(src[lead:]) if j not in through], f"spatial axis of {ctx.where()}")

@@ -69,10 +69,10 @@ def bind_schema(
 
 def _pack_varargs(positional: list[Any], args: tuple[Any, ...], lenient: bool = False) -> tuple[Any, ...] | None:
     """``x.view(2, 3)`` / ``x.permute(0, 2, 1)``: trailing ints fill one list argument.
-    ``lenient``: ``x.view(-1)`` / ``x.flip(1)``, a lone int last is that list of one."""
+    ``lenient``: ``x.view(-1)`` / ``x.flip(1)`` / ``torch.zeros(n)``, a lone int last is that list of one."""
     if len(args) <= len(positional):
         k = len(args) - 1
-        if lenient and k >= 1 and is_int(args[k]):
+        if lenient and k >= 0 and is_int(args[k]):
             p = positional[k]
             if str(p.real_type) in ("List[int]", "List[SymInt]") and p.N is None:
                 return (*args[:k], (args[k],))

@@ -164,6 +164,8 @@ def _norm(m: nn.Module) -> None:
 @register_resizer(nn.GroupNorm)
 def _group_norm(m: nn.Module) -> None:
     if m.weight is not None:
+        if m.num_groups == m.num_channels:  # one channel per group: the groups go with the channels
+            m.num_groups = m.weight.shape[0]
         m.num_channels = m.weight.shape[0]
 
 
