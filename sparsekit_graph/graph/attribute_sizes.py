@@ -2,10 +2,11 @@
 
 timm's Res2Net splits by ``self.width``, GhostNet slices ``out[:, :self.out_chs]``: sizes held
 in attributes whose names no list (``sizes.SIZE_ATTRIBUTES``) could foresee. While a forward is
-traced, every plain int attribute of a module that is no torch.nn layer is handed to the
-model's code as a ``SizeRead`` (``size_reads``), so a literal made of exactly one such read
-carries its origin: ``sizes.size_sources`` explains it by that attribute, the axis it shapes
-may be pruned, and surgery rewrites the attribute as it does a listed one.
+traced, every int attribute of a module that is no torch.nn layer (or of its class) is handed
+to the model's code as a ``PlainRead`` (``size_reads``), and a number computed from such reads
+keeps its formula, so a split size or slice bound made of them carries its origin:
+``split_sizes`` follows it where it stays exact, the axis it shapes may be pruned, and surgery
+rewrites the attribute as it does a listed one.
 
 Such an attribute counts only the axes a literal read from it shaped (``size_refs``): one that
 also decided control flow, or sized an op argument (``stride``, ``kernel_size``), pins those
@@ -15,30 +16,102 @@ A listed name keeps its wider reach (``size_reads._sized_axes``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
-from .size_values import SizeRead, by_user, identity
+from .size_values import Site, SizeRead, by_user, identity
 
-__all__ = ["PLAIN_READS", "PlainRead", "pin_unfollowed_reads", "plain_int_attributes", "read_only_where_literal", "torch_layer"]
+__all__ = [
+    "PLAIN_FOLLOWED",
+    "PLAIN_READS",
+    "Formula",
+    "PlainInt",
+    "PlainRead",
+    "pin_unfollowed_reads",
+    "plain_int_attributes",
+    "read_only_where_literal",
+    "torch_layer",
+]
 
 
-# {literal: {(module path, attribute)}}: a node's arguments read from such attributes, kept apart
-# from ``meta.SIZE_READS`` so that only a split size (``sizes.size_sources(plain=True)``) sees them
+# {literal: {(module path, attribute)}}: a node's arguments made from such attributes, kept apart
+# from ``meta.SIZE_READS`` so that no rule but a split's or a slice's (``split_sizes``) sees them
 PLAIN_READS = "skg.plain_reads"
+# {(module path, attribute)}: those the node's rule made its sizes follow (``split_sizes``), on
+# whichever axes they count (a split's input: the attribute counts the whole axis)
+PLAIN_FOLLOWED = "skg.plain_followed"
+
+
+# One or more attributes, their values when read, and a number as a function of them
+# ({site: value} -> int): ``self.in_channels // self.num_paths``.
+Formula = tuple[tuple[Site, ...], tuple[int, ...], Callable[[Mapping[Site, int]], int]]
 
 
 class PlainRead(SizeRead):
-    """A read of such an attribute: a literal of its own (a split size) carries its origin, but
-    arithmetic on it gives a plain int, as it did before (``c // self.groups`` stays the length
-    expression other rules model); the read itself then counts as a use the graph does not
-    hold, which pins the axes it sizes. Arithmetic that leaves its value whatever the count
-    (``self.width * 1``, ``self.width + 0``: ``size_values.identity``) gives the read again."""
+    """A read of such an attribute, or a number the model's code computed from such reads and
+    plain ints (``self.expand_chs // 2``, ``self.in_channels // self.num_paths``): ``formula``
+    says how, so a split size can check that it follows the pruned attributes
+    (``split_sizes``). Arithmetic that leaves its value whatever the count (``self.width * 1``,
+    ``self.width + 0``: ``size_values.identity``) gives the read again. No rule but a split's or
+    a slice's sees it: the graph holds it as a ``PlainInt``, a plain int to everyone else."""
+
+    formula: Formula
+
+    def __new__(
+        cls, value: int, sites: frozenset[Site], log: Any, origin: Any = None, formula: Formula | None = None
+    ) -> PlainRead:
+        obj = cast(PlainRead, super().__new__(cls, value, sites, log, origin))
+        if formula is None and origin is not None:
+            site, first, fn = origin
+            formula = ((site,), (first,), _of_one(site, fn))
+        obj.formula = formula if formula is not None else ((), (), _constant(int(value)))
+        return obj
+
+
+def _of_one(site: Site, fn: Callable[[int], int]) -> Callable[[Mapping[Site, int]], int]:
+    return lambda m: fn(m[site])
+
+
+def _constant(v: int) -> Callable[[Mapping[Site, int]], int]:
+    return lambda m: v
+
+
+class PlainInt(int):
+    """A ``PlainRead`` the graph holds as an argument: an int with its ``formula``."""
+
+    formula: Formula
+
+    def __new__(cls, value: int, formula: Formula) -> PlainInt:
+        obj = int.__new__(cls, value)
+        obj.formula = formula
+        return obj
+
+    def __reduce__(self) -> tuple:
+        return int, (int(self),)
+
+    def __deepcopy__(self, memo: dict) -> PlainInt:
+        return self
+
+    def __copy__(self) -> PlainInt:
+        return self
+
+
+def _joined(base: Callable[..., Any], operands: tuple[Any, ...]) -> Formula | None:
+    """The formula of ``base(*operands)``, operands ``PlainRead``s or plain ints (None where
+    another tracked value takes part: a layer's size, a float)."""
+    if any(isinstance(o, SizeRead) and not isinstance(o, PlainRead) or isinstance(o, float) for o in operands):
+        return None
+    sites: dict[Site, int] = {}
+    for o in operands:
+        if isinstance(o, PlainRead):
+            sites.update(zip(*o.formula[:2]))
+    parts = [o.formula[2] if isinstance(o, PlainRead) else _constant(o) for o in operands]
+    return tuple(sites), tuple(sites.values()), lambda m: base(*(f(m) for f in parts))
 
 
 def _plain(op: str) -> Any:
@@ -46,14 +119,19 @@ def _plain(op: str) -> Any:
 
     def arith(self: PlainRead, *other: Any) -> Any:
         out = base(int(int.__int__(self)), *other)
-        if self._origin is None or type(out) is not int or any(isinstance(o, SizeRead) for o in other) or not by_user(1):
+        if not self.formula[0] or type(out) is not int or not by_user(1):
             return out
-        site, first, fn = self._origin
-        origin = (site, first, lambda v: base(fn(v), *other))
-        if not identity(origin):
+        formula = _joined(base, (self, *other))
+        if formula is None:
             return out
-        self.derived = True  # ``self.width * 1``, ``self.width + 0``: still the read, held where it goes
-        return PlainRead(out, self._sites, self._log, origin)
+        (sites, _, fn) = formula
+        origin = (sites[0], formula[1][0], lambda v: fn({sites[0]: v})) if len(sites) == 1 else None
+        for o in (self, *other):
+            if isinstance(o, PlainRead):
+                o.derived = True  # its fate is the number's: held where it goes, or used by Python
+        made = PlainRead(out, frozenset(sites), self._log, origin, formula)
+        made.exact = identity(origin)  # ``self.width * 1``, ``self.width + 0``: still the read
+        return made
 
     return arith
 
@@ -76,11 +154,26 @@ def torch_layer(cls: type) -> bool:
 
 
 def plain_int_attributes(module: nn.Module) -> frozenset[str]:
-    """The public attributes holding a plain int (not a bool) of ``module``, unless it is a
-    torch.nn layer (its sizes are listed) or resizes itself (its resizer recomputes them)."""
-    if torch_layer(type(module)) or by_type(RESIZERS, module) is not None:
+    """The attributes holding a plain int (not a bool) of ``module``, its own or its class's
+    (``width = 4`` in the class body; ``self._width`` behind a ``@property``), unless it is a
+    torch.nn layer (its sizes are listed) or resizes itself (its resizer recomputes them).
+    Surgery rewrites one on the instance, shadowing the class's."""
+    cls = type(module)
+    if torch_layer(cls) or by_type(RESIZERS, module) is not None:
         return frozenset()
-    return frozenset(k for k, v in module.__dict__.items() if not k.startswith("_") and _plain_int(v))
+    found = _CLASS_INTS.get(cls)
+    if found is None:
+        user = [c for c in cls.__mro__ if not c.__module__.startswith("torch.") and c is not object]
+        found = _CLASS_INTS[cls] = frozenset(k for c in user for k, v in vars(c).items() if _name(k) and _plain_int(v))
+    return found | frozenset(k for k, v in module.__dict__.items() if _name(k) and _plain_int(v))
+
+
+_CLASS_INTS: dict[type, frozenset[str]] = {}
+
+
+def _name(k: str) -> bool:
+    """A public name or a private one (``_width``), not a dunder (``__slots__``)."""
+    return not k.startswith("__")
 
 
 def read_only_where_literal(module: Any, attr: str, names: frozenset[str] | set[str], sizes: frozenset[str] | set[str]) -> bool:
@@ -113,9 +206,10 @@ def pin_unfollowed_reads(
         return
     for n in nodes:
         name = prefix + n.name
+        followed = n.meta.get(PLAIN_FOLLOWED) or ()
         for sites in (n.meta.get(PLAIN_READS) or {}).values():
             for site in sites:
-                axes = sized.get(site, [])
+                axes = sized.get(site, []) if site not in followed else []
                 if axes and not any(a[1] == name or a[1].startswith(name + ".") for a in axes):
                     reason = f"size attribute {site[0] or 'model'}.{site[1]} also sizes node {n.name}, which does not follow it"
                     for a in axes:

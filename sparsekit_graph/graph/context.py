@@ -223,21 +223,20 @@ class RuleContext:
         """Output axes that follow no input on purpose (broadcast by ``expand``: size 1 -> n)."""
         self.fresh_axes.update(axes)
 
-    def size_follows_model(self, axis: AxisId, value: Any, *, plain: bool = False) -> bool:
+    def size_follows_model(self, axis: AxisId, value: Any) -> bool:
         """Is ``value``, a literal size shaping ``axis``, an attribute of the layer or model?
-        If so it is recorded on the axis (surgery rewrites it) and the axis may be pruned.
-        ``plain``: a module's own int attribute of no listed name counts (``size_sources``)."""
-        sources = size_sources(self.node, value, self.modules, plain=plain)
+        If so it is recorded on the axis (surgery rewrites it) and the axis may be pruned."""
+        sources = size_sources(self.node, value, self.modules)
         if sources:
             self.graph.size_refs.setdefault(axis, set()).update(sources)
             for src in sources:
                 self.graph.size_values[src] = value if isinstance(value, int) else value[0]
         return bool(sources)
 
-    def constant_size(self, axis: AxisId, size: Any, *, plain: bool = False) -> bool:
+    def constant_size(self, axis: AxisId, size: Any) -> bool:
         """A literal size in the call (not ``-1`` or ``1``) that is no size attribute of the
         layer or model: the code would not follow a pruned size there."""
-        return isinstance(size, int) and size not in (-1, 1) and not self.size_follows_model(axis, size, plain=plain)
+        return isinstance(size, int) and size not in (-1, 1) and not self.size_follows_model(axis, size)
 
     def model_length(self, x: fx.Node) -> None:
         """Declare that this rule follows the axis length ``x`` it was passed (``t[:, : n // 2]``,

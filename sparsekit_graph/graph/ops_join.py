@@ -20,6 +20,7 @@ from .ops_gather import gather_by_index
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
+from .split_sizes import followed_prefix, followed_split, followed_suffix
 from .unbind_merge import joined_unbind, merge_unbound, rejoined
 
 # -- concat, pad and split -----------------------------------------------------------------
@@ -141,8 +142,9 @@ def _offset_link(ctx: RuleContext, src: int | tuple, out: tuple, before: int, d:
 @register_function_rule(torch.chunk, torch.split, torch.tensor_split, torch.split_with_sizes)
 def split(ctx: RuleContext) -> None:
     """Output ``k`` is a slice of the input. ``chunk(n)``, ``tensor_split(x, n)``, ``split`` by a
-    size attribute of the model or by ``x.size(dim) // n`` give equal parts after pruning too,
-    so position ``p`` of every part is tied together; other literal split sizes pin the axis."""
+    size attribute of the model, by sizes made from a module's own attributes (``split_sizes``)
+    or by ``x.size(dim) // n`` give equal parts after pruning too, so position ``p`` of every
+    part is tied together; other literal split sizes pin the axis."""
     src = ctx.axes(ctx.input)
     if src is None:
         return
@@ -157,13 +159,14 @@ def split(ctx: RuleContext) -> None:
     is_chunk = (
         (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
+        or (not counted and followed_split(ctx, how, src[dim], [p[dim] for p in parts]))  # ``split(self.width)``
         or (
             not counted
             and isinstance(how, int)
             and not isinstance(how, bool)
-            and all(not ctx.constant_size(p[dim], how, plain=True) for p in parts)
-        )
-    )  # ``split(self.split_size)``: equal parts of a size the model sets
+            and all(not ctx.constant_size(p[dim], how) for p in parts)
+        )  # ``split(self.split_size)``: equal parts of a size attribute the model sets
+    )
     if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
         return
     if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
@@ -257,7 +260,7 @@ def getitem(ctx: RuleContext) -> None:
         else:
             if it == slice(None):
                 ctx.same([src[si]], [out[oi]])
-            elif (half := _half(ctx, it, src[si])) is not None:
+            elif (half := _followed(ctx, it, src[si], out[oi], si)) is not None:
                 ctx.graph.link(src[si], out[oi], half, np.arange(len(half)), kind="offset")
             else:  # which indices it takes (as split does), pinned: the bounds would not follow
                 bounds = [ctx.meta(b) if isinstance(b, fx.Node) else b for b in (it.start, it.stop, it.step)]
@@ -268,6 +271,17 @@ def getitem(ctx: RuleContext) -> None:
                 ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
             si += 1
             oi += 1
+
+
+def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) -> np.ndarray | None:
+    """The indices a slice takes whose bounds follow pruning (a half of the axis, or bounds
+    read from attributes: ``split_sizes``); None for any other slice."""
+    found = _half(ctx, it, axis)
+    if found is None:
+        found = followed_prefix(ctx, it, axis, out)
+    if found is None:
+        found = followed_suffix(ctx, it, axis, ctx.input, dim)
+    return found
 
 
 def _half(ctx: RuleContext, it: slice, axis: AxisId) -> np.ndarray | None:

@@ -20,9 +20,9 @@ from torch import Tensor
 
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
-from .meta import MODULE_READS, SIZE_READS
+from .meta import MODULE_READS
 from .normalize import normalize
-from .sizes import SizeSource, size_sources
+from .sizes import SizeSource, read_sites, size_sources
 
 __all__ = [
     "counted_alike", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis",
@@ -39,7 +39,7 @@ def made_from(node: fx.Node, value: int, sources: list[SizeSource]) -> bool:
     recorded = out.meta.get(MODULE_READS) if out is not None else None
     if not recorded or all(s.owner not in recorded for s in sources):
         return True
-    sites = (node.meta.get(SIZE_READS) or {}).get(value, ())
+    sites = read_sites(node, value)
     return any((s.owner, s.attr) in sites for s in sources)
 
 

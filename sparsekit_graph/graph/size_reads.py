@@ -31,7 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
-from .attribute_sizes import PLAIN_READS, PlainRead, plain_int_attributes, read_only_where_literal
+from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
 from .meta import COMPUTED_READS, EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
@@ -269,10 +269,10 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             held.add(id(a))
             floats.append(a)
             return ReadFloat(float.__float__(a), a._sites)
-        if isinstance(a, PlainRead):  # for a split size only (``attribute_sizes``): no other rule sees it
+        if isinstance(a, PlainRead):  # for a split size or slice only (``split_sizes``): no other rule sees it
             held.add(id(a))
             plain_found.setdefault(int.__int__(a), set()).update(a._sites)
-            return int.__int__(a)
+            return PlainInt(int.__int__(a), a.formula)
         if isinstance(a, (SizeRead, SizeTuple)):
             held.add(id(a))
             if isinstance(a, SizeRead) and not a.exact and len(a._sites) == 1:  # computed from one (``computed_sizes``)

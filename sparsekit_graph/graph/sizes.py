@@ -12,6 +12,7 @@ nothing pins its axis, since the code would not follow a pruned size.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,9 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
-from .attribute_sizes import PLAIN_READS
 from .config_reads import read_by_forward
-from .meta import MODULE_READS, SIZE_READS, ReadInt
+from .meta import META, MODULE_READS, SIZE_READS, ReadInt
+from .size_tests import Site
 
 __all__ = [
     "COUNT_ATTRIBUTES",
@@ -31,6 +32,7 @@ __all__ = [
     "count_plus_sources",
     "module_stack",
     "product_sources",
+    "read_sites",
     "register_size_attribute",
     "size_sources",
 ]
@@ -67,12 +69,12 @@ class SizeSource:
     attr: str
 
 
-def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module], *, plain: bool = False) -> list[SizeSource]:
+def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> list[SizeSource]:
     """The attributes ``value`` (an int, or a tuple of ints) equals, innermost owner first;
-    empty when nothing explains it. ``plain``: a literal read from a module's own int attribute
-    of no listed name (``attribute_sizes``) explains it too: a split size, which would pin
-    otherwise (a reshape's constant factor, ``view(b, self.num_paths, -1)``, is no count that
-    follows pruning)."""
+    empty when nothing explains it. A literal read from a module's own int attribute of no
+    listed name (``attribute_sizes``) explains nothing here: only a split's or a slice's rule
+    follows one (``split_sizes``); a reshape's constant factor, ``view(b, self.num_paths, -1)``,
+    is no count that follows pruning."""
     if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
         return []
     value = tuple(value) if isinstance(value, list) else value
@@ -89,11 +91,6 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module], *, pl
             return [SizeSource(path, attr)]
         if owner is not None and by_type(RESIZERS, owner) is not None and _own_size(owner, value):
             return [SizeSource(path, "")]  # read from a layer that resizes itself (``bias_shape``)
-    plain_read = (node.meta.get(PLAIN_READS) or {}).get(value) if plain else None
-    if plain_read and len(plain_read) == 1:  # read from one module's own int attribute (``attribute_sizes``)
-        ((path, attr),) = plain_read
-        if getattr(modules.get(path), attr, None) == value:
-            return [SizeSource(path, attr)]
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)
@@ -182,7 +179,27 @@ def _read_by_module(node: fx.Node, path: str, attr: str, value: Any) -> bool:
     recorded = out.meta.get(MODULE_READS, {}).get(path) if out is not None else None
     if recorded is None or attr in recorded:
         return True
-    return (path, attr) in (node.meta.get(SIZE_READS) or {}).get(value, ())
+    return (path, attr) in read_sites(node, value)
+
+
+def read_sites(node: fx.Node, value: Any) -> set[Site]:
+    """The attributes the code read to write ``value`` at ``node`` (``SIZE_READS``), or in the
+    size tuple it passes: ``view(c.size()[:-2] + (self.num_heads * self.head_size,))`` records
+    them on the ``add`` that concatenates the tuples, whose element reaches ``view``."""
+    found: set[Site] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        found.update((n.meta.get(SIZE_READS) or {}).get(value, ()))
+        todo += [
+            a
+            for a in n.all_input_nodes
+            if a.op == "call_function" and a.target in _TUPLE_OPS and isinstance(a.meta.get(META), tuple)
+        ]
+    return found
+
+
+_TUPLE_OPS = (operator.add, operator.getitem)  # concatenating size tuples, taking one element
 
 
 def _is_count(v: Any) -> bool:

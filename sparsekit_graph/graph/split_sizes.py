@@ -1,0 +1,157 @@
+"""Split sizes and slice bounds made from a module's own int attributes (``attribute_sizes``).
+
+timm writes them many ways: ``torch.split(out, self.width, 1)`` (Res2Net), ``[self.width] *
+scale``, ``x.split(self.expand_chs // 2, 1)`` (CSPNet), ``split(x, self.in_channels //
+self.num_paths, 1)`` (SKNet), ``out[:, :self.out_chs]`` (GhostNet), ``x[:, 0:self.in_channels]``
+and ``x[:, self.in_channels:]`` (ReXNet). Each reaches the graph as a ``PlainInt`` whose
+formula says how it was computed from which attributes. Surgery rewrites an attribute that
+counts an axis (``SizeSource`` on it), so a size is exact after pruning where, for every count
+pruning can leave, the formula evaluated at the rewritten values is the pruned size. Each
+attribute of the formula is given a role (``_roles``): it counts one part (its value is a
+part's size, lowered by what each part loses), the whole split axis (lowered by what all parts
+lose), or nothing (kept; where it also sizes another axis, ``pin_unfollowed_reads`` pins that
+one). The first assignment, fewest rewritten attributes first, that verifies is recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+
+from .attribute_sizes import PLAIN_FOLLOWED, Formula, PlainInt
+from .axes import AxisId
+from .context import RuleContext
+from .size_values import Site
+from .sizes import SizeSource
+
+__all__ = ["followed_prefix", "followed_split", "followed_suffix"]
+
+_FIXED, _PART, _WHOLE = "fixed", "part", "whole"
+_MOST_SITES = 4  # more attributes in one size: left to pin (3 ** 4 assignments at most)
+
+
+def followed_split(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId]) -> bool:
+    """``split`` into equal parts by sizes made from attributes (one size, or a list with one
+    per part): True, with the attributes recorded on the axes they count, where every size
+    follows them; False (nothing recorded) otherwise."""
+    elements = list(how) if isinstance(how, (list, tuple)) else [how]
+    sizes = [ctx.graph.size(p) for p in parts]
+    total = ctx.graph.size(src)
+    if len(parts) < 2 or len(set(sizes)) != 1 or sum(sizes) != total:
+        return False
+    if isinstance(how, (list, tuple)) and len(elements) != len(parts):
+        return False
+    formulas = [e.formula for e in elements if isinstance(e, PlainInt) and e == sizes[0]]
+    if len(formulas) != len(elements):
+        return False
+    roles = _roles(formulas, sizes[0], total, len(parts))
+    if roles is None:
+        return False
+    for site, role in roles.items():
+        for axis in parts if role == _PART else [src] if role == _WHOLE else []:
+            _record(ctx, axis, site)
+    return True
+
+
+def followed_prefix(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.ndarray | None:
+    """``t[:, :self.out_chs]``, ``t[:, 0:self.in_channels]``: the first ``n`` indices, ``n``
+    made from attributes that count the slice (all of the axis, or a segment another rule
+    ties). The indices it takes, with the attributes recorded on ``out``; None otherwise."""
+    stop = it.stop
+    if it.step is not None or it.start not in (None, 0) or not isinstance(stop, PlainInt) or not 0 < stop <= ctx.graph.size(axis):
+        return None
+    roles = _roles([stop.formula], int(stop), int(stop), 1)
+    if roles is None:
+        return None
+    for site, role in roles.items():
+        if role != _FIXED:
+            _record(ctx, out, site)
+    return np.arange(int(stop))
+
+
+def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: int) -> np.ndarray | None:
+    """``t[:, self.in_channels:]`` beside ``t[:, 0:self.in_channels]`` of the same tensor (ReXNet's
+    partial residual): the attribute counts the prefix, which that slice records, so the start
+    moves with it. The indices it takes; None where no such prefix slice reads the same one
+    attribute (or the start is a number computed from it)."""
+    start = it.start
+    if it.step is not None or it.stop is not None or not isinstance(start, PlainInt) or not _one_read(start):
+        return None
+    if not 0 < start < ctx.graph.size(axis) or not any(_prefix_of(u, start, dim) for u in src.users):
+        return None
+    _follow(ctx, start.formula[0][0])
+    return int(start) + np.arange(ctx.graph.size(axis) - int(start))
+
+
+def _prefix_of(user: fx.Node, start: PlainInt, dim: int) -> bool:
+    """Is ``user`` a getitem taking ``[:start]`` (or ``[0:start]``) of axis ``dim``, read from
+    the same attribute as ``start``?"""
+    if user.op != "call_function" or len(user.args) != 2:
+        return False
+    index = user.args[1]
+    items: Sequence[Any] = index if isinstance(index, tuple) else (index,)
+    if dim >= len(items) or any(i is Ellipsis or i is None for i in items[:dim]):
+        return False
+    it = items[dim]
+    return (
+        isinstance(it, slice)
+        and it.start in (None, 0)
+        and it.step is None
+        and isinstance(it.stop, PlainInt)
+        and _one_read(it.stop)
+        and it.stop.formula[0] == start.formula[0]
+    )
+
+
+def _one_read(x: PlainInt) -> bool:
+    """Is ``x`` one attribute's value itself (its read, ``n * 1``), not computed from it?"""
+    sites, values, fn = x.formula
+    return len(sites) == 1 and _verified(x.formula, {sites[0]: _PART}, values[0], values[0], 1)
+
+
+def _roles(formulas: list[Formula], size: int, total: int, parts: int) -> dict[Site, str] | None:
+    """Which attribute counts what (``_PART``: one part of ``size``; ``_WHOLE``: the ``total``
+    of ``parts`` parts; ``_FIXED``: nothing) so that every formula is the pruned part's size,
+    fewest counting attributes first; None where no assignment does."""
+    values: dict[Site, int] = {}
+    for sites, found, _ in formulas:
+        values.update(zip(sites, found))
+    if not values or len(values) > _MOST_SITES:
+        return None
+    options = [[_FIXED] + [r for r, n in ((_PART, size), (_WHOLE, total)) if v == n] for v in values.values()]
+    for choice in sorted(itertools.product(*options), key=lambda c: sum(r != _FIXED for r in c)):
+        roles = dict(zip(values, choice))
+        if any(r != _FIXED for r in choice) and all(_verified(f, roles, size, total, parts) for f in formulas):
+            return roles
+    return None
+
+
+def _verified(formula: Formula, roles: dict[Site, str], size: int, total: int, parts: int) -> bool:
+    """Is ``formula`` the part's size at every count pruning can leave (each part losing ``r``),
+    its attributes rewritten as ``roles`` say?"""
+    sites, values, fn = formula
+    drop = {_PART: 1, _WHOLE: parts, _FIXED: 0}
+    try:
+        return (
+            all(fn({s: v - drop[roles.get(s, _FIXED)] * r for s, v in zip(sites, values)}) == size - r for r in range(size))
+            and total == size * parts
+        )
+    except Exception:  # noqa: BLE001 - a count it cannot take (a division by zero): not followed
+        return False
+
+
+def _record(ctx: RuleContext, axis: AxisId, site: Site) -> None:
+    """Attribute ``site`` counts ``axis``: surgery rewrites it with the axis's group."""
+    src = SizeSource(*site)
+    ctx.graph.size_refs.setdefault(axis, set()).add(src)
+    ctx.graph.size_values[src] = int(getattr(ctx.modules.get(site[0]), site[1]))
+    _follow(ctx, site)
+
+
+def _follow(ctx: RuleContext, site: Site) -> None:
+    """This node follows ``site`` (``attribute_sizes.pin_unfollowed_reads`` leaves it)."""
+    ctx.node.meta.setdefault(PLAIN_FOLLOWED, set()).add(site)
