@@ -123,18 +123,20 @@ def _ops(graph: fx.Graph) -> list[tuple[str, object]]:
 
 
 def _whole_slice(n: fx.Node) -> bool:
-    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was. Also a
-    slice from 0 whose output has its input's shape at the traced sizes: a dynamic trace keeps
-    DeBERTa's ``rel[:query_size, :]`` (``slice(rel, 0, 0, s)``, not provably whole), a static one
-    of the same code drops it."""
+    """``x[:, :, None]``'s ``aten.slice(x, d, 0, INT64_MAX)``: every element, as it was. Also any
+    slice whose output has its input's shape at the traced sizes (it picks all ``L`` of ``L``
+    positions in order: the identity), however its bounds are written: a dynamic trace keeps
+    DeBERTa's ``rel[:query_size, :]`` (``slice(rel, 0, 0, s)``) and MPT's ALiBi
+    ``bias[:, max(0, 1 - s):]`` (``slice(bias, 1, sym_max)``), not provably whole, where a
+    static trace of the same code drops them."""
     if n.target is not torch.ops.aten.slice.Tensor:
         return False
     start = n.args[2] if len(n.args) > 2 else n.kwargs.get("start", 0)
     end = n.args[3] if len(n.args) > 3 else n.kwargs.get("end")
     step = n.args[4] if len(n.args) > 4 else n.kwargs.get("step", 1)
-    if start not in (0, None) or step != 1:
-        return False
-    return end is None or (isinstance(end, int) and end >= 2**62) or _keeps_shape(n)
+    if start in (0, None) and step == 1 and (end is None or (isinstance(end, int) and end >= 2**62)):
+        return True
+    return _keeps_shape(n)
 
 
 def _keeps_shape(n: fx.Node) -> bool:

@@ -1,0 +1,75 @@
+"""Adversary round 8 (issue 7): timm and Hugging Face families beyond round 7 and the sweep.
+
+Each finding of ``/tmp/adv8hf`` (models built from small configs, no download) in miniature where
+one exists, else on the small library model (``@pytest.mark.slow``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import check_oracle
+from torch import Tensor, nn
+
+from sparsekit_graph.graph.trace import is_exported, trace_graph
+
+
+class AlibiSlice(nn.Module):
+    """MPT's attention bias: a ``(heads, 1, max_len)`` table cut to the keys with
+    ``bias[:, max(0, bias.size(1) - q):, max(0, bias.size(2) - k):]``. The first cut is the whole
+    axis; a slice assignment sends the model to torch.export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.bias = nn.Embedding(16, 8), nn.Parameter(torch.randn(2, 1, 12))
+        self.up, self.down, self.out = nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.emb(ids)  # (B, L, 8)
+        length = ids.shape[1]
+        bias = self.bias[:, max(0, self.bias.size(1) - length) :, max(0, self.bias.size(2) - length) :]  # (2, 1, L)
+        h = h + bias.mean(0).transpose(0, 1)  # (L, 1) over the width
+        g = torch.relu(self.up(h)).clone()
+        g[:, 0] = 0.0
+        return self.out(h + self.down(g))
+
+
+def test_slice_whole_from_a_computed_start_is_the_same_code(tmp_path: Path) -> None:
+    """The dynamic trace keeps ``slice(bias, 1, sym_max)`` (``max(0, 1 - s)`` is not provably 0),
+    the probe's static retrace drops the whole slice: the unpruned model "ran other code" and
+    every group pinned (MPT: nothing prunable). A slice that keeps its input's shape picks every
+    position in order, whatever its bounds: the identity, on both sides."""
+    torch.manual_seed(0)
+    model, ids = AlibiSlice().eval(), torch.randint(0, 16, (2, 8))
+    assert is_exported(trace_graph(model, {"ids": ids}))
+    result = check_oracle(model, {"ids": ids}, tmp_path)
+    assert {g.name for g in result.plan.prunable} >= {"up:out"}
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _hf(config_cls: str, model_cls: str, **fields: object) -> nn.Module:
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(**fields)
+    return getattr(transformers, model_cls)(config).eval()
+
+
+def _ids(batch: int = 2, seq: int = 8) -> dict[str, Tensor]:
+    ids = torch.randint(1, 100, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, : seq // 4] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.slow
+def test_mpt_prunes_its_mlp_and_width(tmp_path: Path) -> None:
+    """MPT (ALiBi) planned nothing prunable: its MLP and hidden width prune now; heads stay
+    pinned (the ALiBi slopes are computed from the head count)."""
+    model = _hf("MptConfig", "MptForCausalLM", vocab_size=100, d_model=64, n_heads=4, n_layers=2, expansion_ratio=2,
+                max_seq_len=64)  # fmt: skip
+    result = check_oracle(model, _ids(), tmp_path)
+    up = [g for g in result.plan.prunable if any(m.param.endswith("ffn.up_proj.weight") and m.axis == 0 for m in g.members)]
+    assert len(up) == 2 and result.report.params_ratio <= 0.4
