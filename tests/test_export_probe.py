@@ -203,7 +203,8 @@ def test_a_number_made_of_a_channel_count_costs_zero_invariance_under_export(nam
 
 class EitherWide(nn.Module):
     """Two widths (groups ``a:out``, ``b:out``) and a branch that changes only when both
-    shrink; ``c:out`` is read by nothing."""
+    shrink; ``c:out`` is read by nothing. The branch reads strides (``h.stride(1)`` is the
+    width here), which no length read tracks: only the probe's retrace sees it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,7 +216,7 @@ class EitherWide(nn.Module):
         if h1.is_cuda:
             h1 = h1.contiguous()
         y = self.head_a(h1) + self.head_b(h2) + self.head_c(h3)
-        return y * 2 if h1.shape[-1] > 8 or h2.shape[-1] > 8 else y
+        return y * 2 if h1.stride(1) > 8 or h2.stride(1) > 8 else y
 
 
 def test_groups_that_break_only_together_are_both_pinned(tmp_path: Path) -> None:

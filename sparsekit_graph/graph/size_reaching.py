@@ -4,7 +4,9 @@
 were reads. While the forward is exported, ``Reaching`` (a torch function mode) sees every call
 the model makes to torch and binds it to torch's argument names (``normalize.bind_call``): a
 tracked number (``size_values``) at an argument that takes it as a value is reached; at one that
-takes it as a size (``number_args.takes_as_size``) it pins the group the attribute counts.
+takes it as a size (``number_args.takes_as_size``) it pins the group the attribute counts. A
+length the model's code reads (``h.shape``, ``h.size(1)``) is handed to it tracked
+(``length_reads``); one in a slice (``h[:, : h.shape[1] // 2]``) is reached as an index.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.overrides import TorchFunctionMode
 
+from .length_reads import is_length, read_lengths
 from .normalize import bind_call
 from .number_args import SizeUse, takes_as_size
 from .size_values import _Tracked
@@ -34,7 +37,7 @@ class Reaching(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.log.made:
             _classify(func, args, kwargs)
-        return func(*args, **kwargs)
+        return read_lengths(func, func(*args, **kwargs), self.log)
 
 
 def _classify(func: Any, args: tuple, kwargs: dict) -> None:
@@ -56,7 +59,8 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> None:
 
 
 def _walk(a: Any) -> list[_Tracked]:
-    """The tracked numbers in ``a`` (through tuples, lists and dicts; a ``SizeTuple`` whole)."""
+    """The tracked numbers in ``a`` (through tuples, lists and dicts; a ``SizeTuple`` whole),
+    and the lengths in its slices (``h[:, :n]``: an index the graph holds)."""
     found: list[_Tracked] = []
     todo = [a]
     while todo:
@@ -67,4 +71,6 @@ def _walk(a: Any) -> list[_Tracked]:
             todo.extend(x.values())
         elif isinstance(x, (tuple, list)):
             todo.extend(tuple.__iter__(x) if isinstance(x, tuple) else x)
+        elif isinstance(x, slice):
+            found.extend(v for v in (x.start, x.stop, x.step) if isinstance(v, _Tracked) and is_length(v))
     return found

@@ -34,6 +34,7 @@ from ..registry import RESIZERS, by_type
 from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
+from .length_reads import LENGTH, LENGTH_DECISIONS, SYMBOLIC_READS, Decision, decision, is_length
 from .meta import COMPUTED_READS, EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .number_args import ReadFloat
 from .size_flow import flows_nowhere
@@ -72,6 +73,7 @@ class _Log:
         self.swapped: list[tuple[nn.Module, type]] = []
         self.sinks = sinks_now()  # streams and logging as planning found them (``size_sinks``)
         self.conversions: Conversions | None = None  # the torch.fx tracer's: reads' frames watched (``flow_values``)
+        self.symbolic: set[str] = set()  # reads of symbolic lengths under torch.export (``length_reads``)
 
     def note(self, module: nn.Module, name: str) -> None:
         names = self.reads.get(id(module))
@@ -260,6 +262,9 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     if out is not None and log.tests:
         out.meta[SIZE_TESTS] = tuple(log.tests)
     log.tests.clear()
+    if out is not None and log.symbolic:
+        out.meta[SYMBOLIC_READS] = frozenset(log.symbolic)
+    log.symbolic.clear()
     if not log.made:
         return
     held: set[int] = set()
@@ -299,14 +304,17 @@ def finish(graph: fx.Graph, log: _Log) -> None:
         if computed:
             node.meta[COMPUTED_READS] = frozenset(computed)
     control: dict[Site, str] = {}
+    decisions: list[Decision] = []  # on lengths read under torch.export (``length_reads``)
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
         if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where, t.sinks, log.sinks):
             value = where and log.conversions is not None and log.conversions.value(*where[0], t.sinks)  # ``h * (1.0 / n)``
             kind = VALUE if value else "a use the traced graph does not hold (range, a list's length)"
+        if isinstance(kind, str) and kind != VALUE and is_length(t):
+            decisions.append(decision(t, where, kind))
         if kind is not None:
             for site in t._sites:
-                if site[0] in log.probed:  # the export probe tries it (``narrow``)
+                if site[0] in log.probed or site[0] == LENGTH:  # the export probe tries it (``narrow``)
                     continue
                 if control.get(site) in (None, VALUE):
                     control[site] = kind
@@ -315,6 +323,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
         log.conversions.clear()
     if out is not None and control:
         out.meta[SIZE_CONTROL] = control
+    if out is not None and decisions:
+        out.meta[LENGTH_DECISIONS] = tuple(decisions)
 
 
 def _read_tuples(a: Any, found: dict[Any, set[Site]]) -> None:

@@ -32,9 +32,11 @@ from .size_tests import DUNDER_TESTS, Site, SizeTest
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "identity", "tracked"]
+__all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "identity", "tracked"]
 
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
+
+LENGTH = "length@"  # the path of the site of a tensor's length read under torch.export (``length_reads``)
 
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
@@ -163,6 +165,9 @@ def _convert(op: str, kind: str, number: type = int) -> Any:
     def convert(self: _Tracked, *args: Any) -> Any:
         if loses and self.control is None and not by_user(1):  # outside any call ``Reaching`` classified
             self._size(SizeUse(f"a conversion in {_caller(sys._getframe(1))}"))
+        if op == "__float__" and number is int and any(s[0] == LENGTH for s in self._sites) and by_user(1):
+            self.derived = True  # ``float(h.size(-1))``: a number (Python makes any float plain), as under torch.fx
+            return base(self)
         if self._use(kind) and op == "__bool__":
             self._test("truth")
         return base(self, *args)

@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import SparseKitError, TraceError
+from ..graph.length_reads import unmatched
 from ..graph.meta import SIZE_TESTS
 from ..graph.size_values import SizeTest
 from ..graph.trace import Inputs, trace_graph
@@ -42,6 +43,7 @@ KEEPS = (3, 5, 7)  # channels a probed group keeps, by turns (fewer where the gr
 _REASON_CHARS = 400
 
 Attempt = Callable[[list[int]], str | None]
+Baselines = tuple[fx.Graph, Callable[[], fx.Graph]]  # the model's traces: the plan's, and a static one made on demand
 
 
 def probe_plan(plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph) -> Plan:
@@ -166,24 +168,36 @@ def _trial(
     """A function: indices of ``units`` -> (why pruning those groups fails, or None; which
     numbers of the code changed with them, or None), each set traced once."""
     seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
+    static: list[fx.Graph] = []
+
+    def baseline() -> fx.Graph:
+        """The model's static trace, made once where needed (``length_reads.unmatched``)."""
+        if not static:
+            static.append(trace_graph(model, example_inputs, dynamic=False))
+        return static[0]
 
     def trial(chosen: list[int]) -> tuple[str | None, str | None]:
         key = tuple(sorted(chosen))
         if key not in seen:
-            seen[key] = _prune_and_trace(plan, model, example_inputs, traced, {n: masks[n] for u in key for n in units[u]})
+            masked = {n: masks[n] for u in key for n in units[u]}
+            seen[key] = _prune_and_trace(plan, model, example_inputs, (traced, baseline), masked)
         return seen[key]
 
     return trial
 
 
 def _prune_and_trace(
-    plan: Plan, model: nn.Module, example_inputs: Inputs, traced: fx.Graph, masks: dict[str, Tensor]
+    plan: Plan, model: nn.Module, example_inputs: Inputs, baselines: Baselines, masks: dict[str, Tensor]
 ) -> tuple[str | None, str | None]:
+    traced, static = baselines
     work = copy_model(model, weights=False)
     try:
         remove_channels(work, plan, masks)
         after = trace_graph(work, example_inputs, dynamic=False)  # static: half the time, same code
         check_pruned(plan, masks, traced, after)
+        decided = unmatched(traced, after, static)  # ``if h.shape[1] != 8``: the same code at this count only
+        if decided is not None:
+            return decided, None
     except TraceError as e:  # the retrace's own error, not the fx-then-export summary
         cause = e.__cause__ or e
         return f"the pruned model does not trace: {type(cause).__name__}: {str(cause).strip()}", None

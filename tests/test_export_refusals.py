@@ -1,0 +1,232 @@
+"""Under torch.export, ``plan`` never returns a plan whose ``prune`` refuses (issue 7).
+
+A model that goes to torch.export for another reason (here a device check, ``if h.is_cuda``)
+and decides in Python on a channel count: ``if h.shape[-1] != 8`` takes the same branch at the
+export probe's count (3) and another at ``prune(ratio=0.5)`` (8), so the probe's retrace alone
+passed it and ``prune`` refused ("runs other code"). The lengths the model's code reads are
+tracked while exported (``graph/length_reads.py``): a decision on one that pruning changes pins
+the group, naming the line, at any count; code that only passes the length to torch stays
+prunable and prunes exactly."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from helpers import assert_close_rel, assert_untouched, fingerprint
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.graph.trace import is_exported, trace_graph
+
+W = 16  # channels of group fc:out
+X = (2, 4, 6)  # (B, L, 6)
+RATIOS = (0.5, 0.9)  # 0.5 keeps 8 (``!= 8`` flips), 0.9 keeps 2 (``> 2`` flips)
+
+
+def _not_8(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if h.shape[-1] != 8 else h
+
+
+def _above_2(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if h.size(-1) > 2 else h
+
+
+def _assert_dim(m: nn.Module, h: Tensor) -> Tensor:
+    assert h.size(-1) == m.dim, "width"
+    return h
+
+
+def _loop(m: nn.Module, h: Tensor) -> Tensor:
+    for _ in range(h.shape[-1]):
+        h = h + 0.0
+    return h
+
+
+def _numel(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if h.numel() != 64 else h
+
+
+def _len(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if len(h[0, 0]) != 8 else h
+
+
+def _shape_tuple(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if h.shape[1:] != (4, 8) else h
+
+
+def _unpacked(m: nn.Module, h: Tensor) -> Tensor:
+    b, n, c = h.shape
+    return h * 2 if c // 2 != 4 else h
+
+
+def _helper_below(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if _wide(h) else h
+
+
+def _wide(t: Tensor) -> bool:
+    return t.size(-1) >= 3
+
+
+# Python decides on the width of fc:out: the width the pruned model has decides again, and only
+# some counts take the branch the example took; the plan pins fc:out at once.
+DECISIONS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "if_not_8": _not_8,
+    "if_above_2": _above_2,
+    "assert_equals_attribute": _assert_dim,
+    "for_range": _loop,
+    "numel": _numel,
+    "len": _len,
+    "shape_tuple": _shape_tuple,
+    "unpacked_then_halved": _unpacked,
+    "helper_function": _helper_below,
+}
+
+
+SLOW = ("assert_equals_attribute", "len", "unpacked_then_halved", "helper_function", "slice_to_the_end", "formatted_and_dropped")
+
+
+def _slow(name: str) -> object:
+    return pytest.param(name, marks=pytest.mark.slow)
+
+
+NAMED = ("if_not_8", "if_above_2", "numel", "shape_tuple", "helper_function")  # decisions the probe's count keeps
+
+
+def _attribute_branch(m: nn.Module, h: Tensor) -> Tensor:
+    return h * 2 if m.fc.out_features > 8 else h
+
+
+def _follows(m: nn.Module, h: Tensor) -> Tensor:
+    return h.view(*h.shape[:-1], h.shape[-1])
+
+
+def _unpack_reshape(m: nn.Module, h: Tensor) -> Tensor:
+    b, n, c = h.shape
+    return h.reshape(b * n, c).reshape(b, n, c)
+
+
+def _sliced(m: nn.Module, h: Tensor) -> Tensor:
+    return h[..., : h.shape[-1]] + h[..., : h.size(-1)]
+
+
+def _shown(m: nn.Module, h: Tensor) -> Tensor:
+    _ = f"width {h.shape[-1]}"
+    return h
+
+
+# The width only reaches torch (a view, a slice to the end) or text nobody reads: exact.
+FOLLOWS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "view": _follows,
+    "unpacked_reshape": _unpack_reshape,
+    "slice_to_the_end": _sliced,
+    "formatted_and_dropped": _shown,
+}
+
+
+class Net(nn.Module):
+    """fc (group ``fc:out``) -> ReLU -> ``fn`` -> mid (group ``mid:out``) -> ReLU -> head, on
+    (B, L, 6); ``if h.is_cuda`` is a device check torch.fx cannot trace (torch.export runs)."""
+
+    def __init__(self, fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.dim, self.fn = W, fn
+        self.fc, self.mid, self.head = nn.Linear(6, W), nn.Linear(W, 12), nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))  # (B, L, W)
+        if h.is_cuda:
+            h = h.contiguous()
+        h = self.fn(self, h)
+        return self.head(torch.relu(self.mid(h)))
+
+
+def _planned(fn: Callable[[nn.Module, Tensor], Tensor]) -> tuple[nn.Module, Tensor, skg.Plan]:
+    torch.manual_seed(0)
+    model, x = Net(fn).eval(), torch.randn(*X)
+    assert is_exported(trace_graph(model, x))
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    assert plan.group("mid:out").prunable, plan.group("mid:out")  # only what the code reads is pinned
+    return model, x, plan
+
+
+def _prunes_at_every_ratio(model: nn.Module, x: Tensor, plan: skg.Plan) -> None:
+    """``prune`` succeeds at each ratio (the bar), leaves ``model`` untouched, and at 0.5 the
+    pruned model equals the dense one with the same masks (every prunable group here is
+    zero-invariant)."""
+    before = fingerprint(model)
+    results = {ratio: skg.prune(model, plan, ratio=ratio) for ratio in RATIOS}
+    assert_untouched(model, before, "prune")
+    for result in results.values():
+        assert result.report.params_after < result.report.params_before
+    dense = copy.deepcopy(model).eval()
+    couplings = skg.bind(plan, dense)
+    for g in plan.prunable:
+        assert g.zero_invariant, g
+        couplings[g.name].apply_mask(results[0.5].masks[g.name])
+    with torch.no_grad():
+        assert_close_rel(dense(x), results[0.5].model.eval()(x))
+
+
+@pytest.mark.parametrize("name", [_slow(n) if n in SLOW else n for n in DECISIONS])
+def test_a_decision_on_a_channel_count_pins_under_export(name: str) -> None:
+    """The group is pinned with the reason; where no probe count flips the decision (``!= 8``,
+    ``> 2``) the reason says what Python did with which length, where."""
+    model, x, plan = _planned(DECISIONS[name])
+    fc = plan.group("fc:out")
+    reason = fc.reason or ""
+    assert not fc.prunable and "torch.export" in reason, fc
+    if name in NAMED:
+        assert "python control flow on a length of" in reason and "(a comparison)" in reason, reason
+        assert "test_export_refusals.py:" in reason, reason
+    _prunes_at_every_ratio(model, x, plan)
+
+
+def test_a_branch_on_a_layer_attribute_pins_under_export() -> None:
+    """``if self.fc.out_features > 8``: the attribute read is recorded under torch.export too."""
+    model, x, plan = _planned(_attribute_branch)
+    fc = plan.group("fc:out")
+    assert not fc.prunable and "python control flow on fc.out_features = 16 (a comparison)" in (fc.reason or ""), fc
+    _prunes_at_every_ratio(model, x, plan)
+
+
+@pytest.mark.parametrize("name", [_slow(n) if n in SLOW else n for n in FOLLOWS])
+def test_code_that_passes_the_width_to_torch_stays_prunable(name: str) -> None:
+    model, x, plan = _planned(FOLLOWS[name])
+    fc = plan.group("fc:out")
+    assert fc.prunable and fc.zero_invariant, fc
+    _prunes_at_every_ratio(model, x, plan)
+
+
+class _ByBatch(nn.Module):
+    """Python decides on the batch (symbolic under torch.export) and the product of batch and
+    width: the first is no channel count; the second is."""
+
+    def __init__(self, on_width: bool) -> None:
+        super().__init__()
+        self.on_width = on_width
+        self.fc, self.mid, self.head = nn.Linear(6, W), nn.Linear(W, 12), nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))
+        if h.is_cuda:
+            h = h.contiguous()
+        n = h.shape[0] * h.shape[-1] if self.on_width else h.shape[0]
+        if n > 1:
+            h = h * 2
+        return self.head(torch.relu(self.mid(h)))
+
+
+@pytest.mark.parametrize("on_width", [False, True], ids=["batch", "batch_times_width"])
+def test_a_decision_on_the_dynamic_batch_is_not_a_channel_count(on_width: bool) -> None:
+    torch.manual_seed(0)
+    model, x = _ByBatch(on_width).eval(), torch.randn(*X)
+    plan = skg.plan(model, x)
+    fc = plan.group("fc:out")
+    assert fc.prunable != on_width, fc
+    assert plan.group("mid:out").prunable
+    _prunes_at_every_ratio(model, x, plan)
