@@ -6,10 +6,11 @@ Harness and the full list of models tried: /tmp/adv8/REPORT.md.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import sparsekit_graph as skg
 
@@ -51,3 +52,64 @@ def test_complex_layers_prune_by_ratio(dtype: torch.dtype, importance: str) -> N
     dense = copy.deepcopy(model)
     skg.bind(plan, dense)["l1:out"].apply_mask(removed)
     torch.testing.assert_close(result.model(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+# --- torch.export: the channel count used as a value is a literal in the exported graph --------------
+
+
+def _count_spellings() -> dict[str, Callable[[Tensor], Tensor]]:
+    """``h.sum(1)`` divided by (or combined with) the channel count, made into a tensor's contents."""
+    return {
+        "new_full": lambda h: h.sum(1) / h.new_full((), h.shape[1]),
+        "full": lambda h: h.sum(1) / torch.full((1,), h.shape[1]),
+        "scalar_tensor": lambda h: h.sum(1) / torch.scalar_tensor(h.size(dim=1)),
+        "fill_": lambda h: h.sum(1) / torch.empty(1).fill_(h.shape[1]),
+        "where": lambda h: torch.where(h.sum(1) > 0, h.sum(1), h.shape[1]),
+        "addcmul value": lambda h: torch.addcmul(h.sum(1), h.sum(1), h.sum(1), value=h.shape[1]),
+        "ones(shape).sum": lambda h: h.sum(1) / torch.ones(h.shape).sum(1),
+        "new_ones(shape).sum": lambda h: h.sum(1) / h.new_ones(h.shape).sum(1),
+        "(zeros + 1).sum": lambda h: h.sum(1) / (torch.zeros(h.shape) + 1).sum(1),
+        "arange(C)[-1]": lambda h: h.sum(1) / (torch.arange(h.shape[1])[-1] + 1),
+        "linspace(1, C)": lambda h: h.sum(1) / torch.linspace(1, h.shape[1], 2)[-1],
+        "rand(C) counted": lambda h: h.sum(1) / (torch.rand(h.shape[1]) * 0 + 1).sum(),
+    }
+
+
+class _CountUnderExport(nn.Module):
+    """A conv's channel sum combined with the channel count, behind a device check that
+    symbolic_trace cannot follow (so the planner takes the torch.export path)."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.a = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.head = nn.Conv2d(1, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if h.is_cuda:
+            h = h.contiguous()
+        return self.head(_count_spellings()[self.spelling](h).unsqueeze(1))
+
+
+@pytest.mark.parametrize("spelling", list(_count_spellings()))
+def test_channel_count_as_value_under_export_is_not_zero_invariant(spelling: str) -> None:
+    """Under torch.export ``h.shape[1]`` is the literal 8; only a literal scaling (``h * 8``) was
+    noted as a possible length, so a count made into a tensor (fill values, fresh tensors' sizes,
+    arange ends) or taken as an operand (``where``, ``addcmul(value=)``) left ``a:out`` claimed
+    zero-invariant: masked and pruned outputs differed by ~1 at 11b1ada. It is prunable, not
+    zero-invariant, and prunes to a model that runs."""
+    torch.manual_seed(0)
+    model = _CountUnderExport(spelling).eval()
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    group = plan.group("a:out")
+    assert group.prunable and not group.zero_invariant, group
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[4:] = True
+    pruned = skg.prune(model, plan, masks={"a:out": mask}).model.eval()
+    dense = copy.deepcopy(model)
+    skg.bind(plan, dense)["a:out"].apply_mask(mask)
+    with torch.no_grad():
+        assert pruned(x).shape == dense(x).shape
+        assert not torch.allclose(pruned(x), dense(x), rtol=1e-4, atol=1e-5)  # the claim would be false
