@@ -313,29 +313,39 @@ class Rex(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.stem(x).relu()
         y = self.conv(shortcut)
+        n = shortcut.size(1)  # the same width, read off the shortcut
         if self.spelling == "suffix only":
             y = torch.cat([y[:, :8] + shortcut, y[:, self.in_channels :]], 1)
+        elif self.spelling == "read suffix only":
+            y = torch.cat([y[:, :8] + shortcut, y[:, n:]], 1)
+        elif self.spelling == "read":
+            y = torch.cat([y[:, :n] + shortcut, y[:, n:]], 1)
         else:
             y = torch.cat([y[:, 0 : self.in_channels] + shortcut, y[:, self.in_channels :]], dim=1)
         return self.head(y)
 
 
-def test_a_partial_residual_sliced_by_an_attribute_prunes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelling", ["attr", "read"])
+def test_a_partial_residual_sliced_by_an_attribute_prunes_exactly(spelling: str, tmp_path: Path) -> None:
+    """``read``: the bound is the shortcut's width (``graph/read_bounds.py``), linked to it."""
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6, 6)
-    plan = _plan(Rex("attr").eval(), x)  # the stem's channels (the prefix) and the block's own
+    plan = _plan(Rex(spelling).eval(), x)  # the stem's channels (the prefix) and the block's own
     assert [(g.name, g.prunable, g.size) for g in plan.groups] == [
         ("stem.0:in", False, 4), ("stem.0:out", True, 8), ("conv.0:out", True, 4), ("head:out", False, 4)
     ]  # fmt: skip
-    result = check_oracle(Rex("attr").eval(), x, tmp_path)
-    assert result.model.in_channels == result.model.stem[0].out_channels < 8
+    result = check_oracle(Rex(spelling).eval(), x, tmp_path)
+    small = result.model
+    assert small.stem[0].out_channels < 8
+    assert small.in_channels == (small.stem[0].out_channels if spelling == "attr" else 8)  # read only by "attr"
 
 
-def test_a_suffix_without_its_prefix_slice_pins() -> None:
-    """``y[:, self.in_channels:]`` beside a literal prefix: nothing says the attribute counts
-    the prefix, so the start would not move with it."""
+@pytest.mark.parametrize("spelling", ["suffix only", "read suffix only"])
+def test_a_suffix_without_its_prefix_slice_pins(spelling: str) -> None:
+    """``y[:, self.in_channels:]`` (or ``y[:, n:]``) beside a literal prefix: nothing says the
+    start counts the prefix, so it would not move with it."""
     torch.manual_seed(0)
-    plan = _plan(Rex("suffix only").eval(), torch.randn(2, 4, 6, 6))
+    plan = _plan(Rex(spelling).eval(), torch.randn(2, 4, 6, 6))
     assert not any(g.prunable for g in plan.groups if g.name.startswith("conv.0")), [(g.name, g.reason) for g in plan.groups]
 
 

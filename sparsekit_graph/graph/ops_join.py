@@ -17,6 +17,7 @@ from .meta import SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index
+from .read_bounds import read_prefix, read_suffix
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
@@ -274,13 +275,18 @@ def getitem(ctx: RuleContext) -> None:
 
 
 def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) -> np.ndarray | None:
-    """The indices a slice takes whose bounds follow pruning (a half of the axis, or bounds
-    read from attributes: ``split_sizes``); None for any other slice."""
+    """The indices a slice takes whose bounds follow pruning (a half of the axis, bounds read
+    from attributes: ``split_sizes``, or off another tensor's axis: ``read_bounds``); None for
+    any other slice."""
     found = _half(ctx, it, axis)
     if found is None:
         found = followed_prefix(ctx, it, axis, out)
     if found is None:
         found = followed_suffix(ctx, it, axis, ctx.input, dim)
+    if found is None:
+        found = read_prefix(ctx, it, axis, out)
+    if found is None:
+        found = read_suffix(ctx, it, axis, ctx.input, dim)
     return found
 
 

@@ -16,6 +16,7 @@ one). The first assignment, fewest rewritten attributes first, that verifies is 
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from .context import RuleContext
 from .size_values import Site
 from .sizes import SizeSource
 
-__all__ = ["followed_prefix", "followed_split", "followed_suffix"]
+__all__ = ["followed_prefix", "followed_split", "followed_suffix", "prefix_stop"]
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
 _MOST_SITES = 4  # more attributes in one size: left to pin (3 ** 4 assignments at most)
@@ -90,21 +91,21 @@ def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim
 def _prefix_of(user: fx.Node, start: PlainInt, dim: int) -> bool:
     """Is ``user`` a getitem taking ``[:start]`` (or ``[0:start]``) of axis ``dim``, read from
     the same attribute as ``start``?"""
-    if user.op != "call_function" or len(user.args) != 2:
-        return False
+    stop = prefix_stop(user, dim)
+    return isinstance(stop, PlainInt) and _one_read(stop) and stop.formula[0] == start.formula[0]
+
+
+def prefix_stop(user: fx.Node, dim: int) -> Any:
+    """The stop of ``user``'s slice of axis ``dim`` where it is a getitem taking ``[:stop]``
+    (or ``[0:stop]``) there; None otherwise."""
+    if user.op != "call_function" or user.target is not operator.getitem or len(user.args) != 2:
+        return None
     index = user.args[1]
     items: Sequence[Any] = index if isinstance(index, tuple) else (index,)
     if dim >= len(items) or any(i is Ellipsis or i is None for i in items[:dim]):
-        return False
+        return None
     it = items[dim]
-    return (
-        isinstance(it, slice)
-        and it.start in (None, 0)
-        and it.step is None
-        and isinstance(it.stop, PlainInt)
-        and _one_read(it.stop)
-        and it.stop.formula[0] == start.formula[0]
-    )
+    return it.stop if isinstance(it, slice) and it.start in (None, 0) and it.step is None else None
 
 
 def _one_read(x: PlainInt) -> bool:
