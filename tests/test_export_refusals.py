@@ -11,6 +11,7 @@ prunable and prunes exactly."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -85,7 +86,16 @@ DECISIONS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
-SLOW = ("assert_equals_attribute", "len", "unpacked_then_halved", "helper_function", "slice_to_the_end", "formatted_and_dropped")
+SLOW = (  # kept out of the default run (its budget): relatives of the cases there
+    "assert_equals_attribute",
+    "for_range",
+    "len",
+    "unpacked_then_halved",
+    "helper_function",
+    "slice_to_the_end",
+    "formatted_and_dropped",
+    "flat_literal",
+)
 
 
 def _slow(name: str) -> object:
@@ -126,13 +136,35 @@ FOLLOWS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
+def _flat_config(m: nn.Module, h: Tensor) -> Tensor:
+    return h.view(-1, m.cfg.width).view(h.shape)
+
+
+def _flat_literal(m: nn.Module, h: Tensor) -> Tensor:
+    return h.reshape(-1, 16).reshape(h.shape)
+
+
+# A literal that keeps the input's axis (``cfg.width``, nothing rewrites it; or a written 16):
+# torch.export records it as it records ``h.shape[-1]``. With 16 rows (B * L) the view runs at
+# every count the probe or ``prune`` takes (3 * 16 and 8 * 16 are multiples of 16), so only the
+# probe's check that the literal follows the pruned count sees it.
+LITERALS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {"flat_config": _flat_config, "flat_literal": _flat_literal}
+
+
+@dataclasses.dataclass
+class WidthConfig:
+    """A user's own config: nothing rewrites ``width``."""
+
+    width: int = W
+
+
 class Net(nn.Module):
     """fc (group ``fc:out``) -> ReLU -> ``fn`` -> mid (group ``mid:out``) -> ReLU -> head, on
     (B, L, 6); ``if h.is_cuda`` is a device check torch.fx cannot trace (torch.export runs)."""
 
     def __init__(self, fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
         super().__init__()
-        self.dim, self.fn = W, fn
+        self.dim, self.fn, self.cfg = W, fn, WidthConfig()
         self.fc, self.mid, self.head = nn.Linear(6, W), nn.Linear(W, 12), nn.Linear(12, 3)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,9 +175,9 @@ class Net(nn.Module):
         return self.head(torch.relu(self.mid(h)))
 
 
-def _planned(fn: Callable[[nn.Module, Tensor], Tensor]) -> tuple[nn.Module, Tensor, skg.Plan]:
+def _planned(fn: Callable[[nn.Module, Tensor], Tensor], shape: tuple[int, ...] = X) -> tuple[nn.Module, Tensor, skg.Plan]:
     torch.manual_seed(0)
-    model, x = Net(fn).eval(), torch.randn(*X)
+    model, x = Net(fn).eval(), torch.randn(*shape)
     assert is_exported(trace_graph(model, x))
     before = fingerprint(model)
     plan = skg.plan(model, x)
@@ -199,6 +231,17 @@ def test_code_that_passes_the_width_to_torch_stays_prunable(name: str) -> None:
     model, x, plan = _planned(FOLLOWS[name])
     fc = plan.group("fc:out")
     assert fc.prunable and fc.zero_invariant, fc
+    _prunes_at_every_ratio(model, x, plan)
+
+
+@pytest.mark.parametrize("name", [_slow(n) if n in SLOW else n for n in LITERALS])
+def test_a_literal_that_keeps_the_axis_pins_under_export(name: str) -> None:
+    """The literal stays 16 whatever the count: pinned, saying that the pruned size did not
+    follow, and every ratio prunes."""
+    model, x, plan = _planned(LITERALS[name], (4, 4, 6))
+    fc = plan.group("fc:out")
+    reason = fc.reason or ""
+    assert not fc.prunable and "torch.export" in reason and "has size 16, not 3" in reason, fc
     _prunes_at_every_ratio(model, x, plan)
 
 

@@ -16,18 +16,16 @@ count flips it.
 
 from __future__ import annotations
 
-import bisect
-import dis
-import functools
 import math
 import sys
 from collections.abc import Callable, Iterator
-from types import CodeType, FrameType
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 
+from .flow_code import code_table, instruction_at, live
 from .size_flow import Where, where_made
 from .size_values import _INTERNAL, LENGTH, SizeRead, SizeTuple, _Tracked, by_user
 
@@ -100,13 +98,19 @@ def _at(frame: FrameType, offset: int) -> At:
     """Where ``frame`` runs the instruction at ``offset``: its start, which the adaptive
     interpreter does not move (a specialised ``__getitem__`` call reports its last cache entry)."""
     code = frame.f_code
-    starts = _starts(code)
-    return code.co_filename, code.co_name, starts[max(bisect.bisect_right(starts, offset) - 1, 0)]
+    ins, _ = code_table(code)
+    return code.co_filename, code.co_name, ins[instruction_at(ins, offset)].offset
 
 
-@functools.lru_cache(maxsize=512)
-def _starts(code: CodeType) -> list[int]:
-    return [i.offset for i in dis.get_instructions(code)]
+def _unused(frame: FrameType, count: int) -> set[int]:
+    """Where ``frame`` unpacks ``count`` lengths into locals (``_, h, w, _ = x.shape``): the
+    positions stored into a local that is never loaded before it is stored again."""
+    ins, _ = code_table(frame.f_code)
+    i = instruction_at(ins, frame.f_lasti)
+    if ins[i].opname != "UNPACK_SEQUENCE" or ins[i].arg != count or i + count >= len(ins):
+        return set()
+    stores = ins[i + 1 : i + 1 + count]  # the first length is stored first
+    return {j for j, x in enumerate(stores) if x.opname == "STORE_FAST" and not live(frame.f_code, x.argval, i + 2 + j)}
 
 
 class LengthTuple(SizeTuple):
@@ -139,7 +143,8 @@ class LengthTuple(SizeTuple):
             self.reached = True
             return tuple.__iter__(self)
         self.derived = True
-        return iter([self._one(v, i) for i, v in enumerate(tuple.__iter__(self))])
+        unused = _unused(sys._getframe(1), tuple.__len__(self))  # nothing to follow there
+        return iter([v if i in unused else self._one(v, i) for i, v in enumerate(tuple.__iter__(self))])
 
     def __add__(self, other: Any) -> Any:
         if not isinstance(other, tuple):
