@@ -72,6 +72,9 @@ def _count_spellings() -> dict[str, Callable[[Tensor], Tensor]]:
         "arange(C)[-1]": lambda h: h.sum(1) / (torch.arange(h.shape[1])[-1] + 1),
         "linspace(1, C)": lambda h: h.sum(1) / torch.linspace(1, h.shape[1], 2)[-1],
         "rand(C) counted": lambda h: h.sum(1) / (torch.rand(h.shape[1]) * 0 + 1).sum(),
+        "ones.expand(C).sum": lambda h: h.sum(1) / torch.ones(1, 1).expand(1, h.shape[1]).sum(),
+        "ones.repeat(C).sum": lambda h: h.sum(1) / torch.ones(1).repeat(h.shape[1]).sum(),
+        "eye(C).trace": lambda h: h.sum(1) / torch.eye(h.shape[1]).trace(),
     }
 
 
@@ -96,8 +99,9 @@ class _CountUnderExport(nn.Module):
 def test_channel_count_as_value_under_export_is_not_zero_invariant(spelling: str) -> None:
     """Under torch.export ``h.shape[1]`` is the literal 8; only a literal scaling (``h * 8``) was
     noted as a possible length, so a count made into a tensor (fill values, fresh tensors' sizes,
-    arange ends) or taken as an operand (``where``, ``addcmul(value=)``) left ``a:out`` claimed
-    zero-invariant: masked and pruned outputs differed by ~1 at 11b1ada. It is prunable, not
+    arange ends, any literal of a constant: ``expand``, ``repeat``, ``eye``) or taken as an operand
+    (``where``, ``addcmul(value=)``) left ``a:out`` claimed zero-invariant: masked and pruned
+    outputs differed by ~1 at 11b1ada. It is prunable, not
     zero-invariant, and prunes to a model that runs."""
     torch.manual_seed(0)
     model = _CountUnderExport(spelling).eval()
