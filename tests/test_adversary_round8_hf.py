@@ -48,6 +48,35 @@ def test_slice_whole_from_a_computed_start_is_the_same_code(tmp_path: Path) -> N
     assert {g.name for g in result.plan.prunable} >= {"up:out"}
 
 
+class TopKRows(nn.Module):
+    """JetMoE's expert dispatch: a buffer of ``bsz * length * self.top_k`` rows, a plain int
+    attribute times torch.export's symbolic batch and length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.top_k = 2
+        self.up, self.down = nn.Linear(8, 12), nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bsz, length = x.shape[:2]
+        h = torch.relu(self.up(x)).clone()  # (B, L, 12)
+        h[:, 0] = 0.0  # a slice assignment: torch.export
+        rows = h.new_ones((bsz * length * self.top_k, 1)) * h.reshape(-1, h.shape[-1]).repeat(self.top_k, 1)
+        return self.down(rows.reshape(self.top_k, bsz, length, -1).sum(0))
+
+
+def test_a_plain_attribute_times_a_symbolic_size_traces(tmp_path: Path) -> None:
+    """``SymInt * self.top_k`` raised TypeError inside our tracing (the attribute's tracked int
+    gave up on the SymInt instead of handing it its plain value), so ``plan`` refused a model
+    torch.export traces (JetMoE, Longformer: 'unsupported operand type(s) for *: SymInt and
+    PlainRead')."""
+    torch.manual_seed(0)
+    model, x = TopKRows().eval(), torch.randn(2, 4, 8)
+    assert is_exported(trace_graph(model, x))
+    result = check_oracle(model, x, tmp_path)
+    assert {g.name for g in result.plan.prunable} == {"up:out"}
+
+
 transformers = pytest.importorskip("transformers")
 
 

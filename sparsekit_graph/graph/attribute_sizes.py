@@ -119,6 +119,8 @@ def _plain(op: str) -> Any:
 
     def arith(self: PlainRead, *other: Any) -> Any:
         out = base(int(int.__int__(self)), *other)
+        if out is NotImplemented:  # ``bsz * self.top_k`` with ``bsz`` a SymInt: as a ``SizeRead`` (plain value)
+            return getattr(SizeRead, op)(self, *other)
         if not self.formula[0] or type(out) is not int or not by_user(1):
             return out
         formula = _joined(base, (self, *other))
