@@ -940,9 +940,9 @@ def test_a_merge_literal_follows_the_heads_only_if_computed_from_them(hard: bool
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_transformer_encoder_layer_pins_with_a_reason(norm_first: bool) -> None:
-    """``nn.TransformerEncoderLayer`` has no rule: its own weights pin, named, never half-planned."""
+def test_transformer_encoder_layer_plans_its_parts(norm_first: bool) -> None:
+    """``nn.TransformerEncoderLayer`` is traced through (``size_tracer.TRACED_TORCH_LAYERS``):
+    its heads, its feed-forward width and the model width plan (``tests/test_transformer_layers.py``)."""
     torch.manual_seed(0)
     plan = skg.plan(TorchEncoder(norm_first=norm_first).eval(), torch.randn(*X))
-    inside = [g for g in plan.groups if any(m.param.startswith("enc.") for m in g.members)]
-    assert inside and all(not g.prunable and "TransformerEncoderLayer" in (g.reason or "") for g in inside)
+    assert {g.name for g in plan.prunable} == {"inp:out", "enc.self_attn.in_proj_weight:0", "enc.linear1:out"}

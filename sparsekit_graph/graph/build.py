@@ -20,6 +20,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_rnn,
     ops_sizes,
     ops_tensor,
+    ops_transformer,
     ops_vision,
     ops_write,
 )

@@ -33,7 +33,13 @@ from .size_values import by_user
 from .tensor_data import recording_tensor_data
 from .trace_inputs import flat_inputs
 
-__all__ = ["SizeProxy", "SizeTracer", "has_hooks"]
+__all__ = ["TRACED_TORCH_LAYERS", "SizeProxy", "SizeTracer", "has_hooks"]
+
+# torch.nn layers traced through rather than kept as leaves: made of layers with rules
+# (``nn.MultiheadAttention``, linears, norms, dropout) joined by residual adds.
+TRACED_TORCH_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer,
+)  # fmt: skip
 
 
 class SizeTracer(FastTracer):
@@ -124,7 +130,9 @@ class SizeTracer(FastTracer):
             return True
         if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
             return False
-        return module_rule_for(type(m)) is not None or super().is_leaf_module(m, qualname)
+        if module_rule_for(type(m)) is not None:
+            return True
+        return not isinstance(m, TRACED_TORCH_LAYERS) and super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return SizeProxy(node, self)
@@ -172,19 +180,21 @@ def _tensors(value: object) -> bool:
 
 
 # Reads of a tensor whose value meta tensors give as the real ones would (not ``device``).
-_SIZE_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension"})
-_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+_SIZE_METHODS = frozenset({"size", "dim", "numel", "nelement", "ndimension", "is_floating_point"})
+_SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "is_nested"})
+_SIZE_FUNCTIONS = frozenset({len, torch.is_floating_point})  # a mask's dtype, as F._canonical_mask asks it
 
 
 def _sizes_only(node: fx.Node) -> bool:
-    """Is ``node`` computed from tensors only through their sizes (shape, ndim, dtype)?"""
+    """Is ``node`` computed from tensors only through their sizes (shape, ndim, dtype, layout)?"""
     todo, seen = [node], {node}
     while todo:
         n = todo.pop()
         for a in n.all_input_nodes:
             if isinstance(a.meta.get(META), Tensor):
                 size_read = (n.op == "call_method" and n.target in _SIZE_METHODS) or (
-                    n.op == "call_function" and n.target in (getattr, len) and (n.target is len or n.args[1] in _SIZE_ATTRIBUTES)
+                    n.op == "call_function"
+                    and (n.target in _SIZE_FUNCTIONS or (n.target is getattr and n.args[1] in _SIZE_ATTRIBUTES))
                 )
                 if not size_read:
                     return False

@@ -20,7 +20,7 @@ from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
 from .size_tracer import SizeTracer
 from .trace_inputs import Inputs, fixed_forward_args, normalize_inputs, propagate
-from .trace_mode import model_mode
+from .trace_mode import model_mode, unfused_attention
 
 __all__ = ["Inputs", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
@@ -70,7 +70,7 @@ def trace_graph(
     args, kwargs = normalize_inputs(example_inputs)
     concrete = fixed_forward_args(model, args, kwargs)
     modules = list(model.modules())
-    with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads:
+    with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads, unfused_attention():
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:

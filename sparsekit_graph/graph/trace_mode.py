@@ -12,7 +12,7 @@ from torch import nn
 
 from ..containers import CONTAINERS, record, restore
 
-__all__ = ["model_mode"]
+__all__ = ["model_mode", "unfused_attention"]
 
 _MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
 
@@ -71,3 +71,18 @@ def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
         for k, v in before.items():
             if k not in now or now[k] is not v:
                 now[k] = v
+
+
+@contextmanager
+def unfused_attention() -> Iterator[None]:
+    """torch's transformer layers and ``nn.MultiheadAttention`` take their plain path while
+    traced, never the fused eval fast path (``torch._transformer_encoder_layer_fwd``,
+    ``_native_multi_head_attention``, nested tensors): the graph is then the computation the
+    fast path fuses, the same whatever the fast path's own conditions (an odd head count,
+    hooks, a padding mask) say, in the model and in its pruned copy."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)

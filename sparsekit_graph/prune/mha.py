@@ -112,3 +112,14 @@ def _resize(m: nn.MultiheadAttention) -> None:
     m.embed_dim = m.kdim = m.vdim = width
     if inner != width and type(m) is nn.MultiheadAttention:
         m.__class__ = PrunedMultiheadAttention
+
+
+@registrar(RESIZERS)(nn.TransformerEncoderLayer)
+def _resize_encoder_layer(m: nn.TransformerEncoderLayer) -> None:
+    """torch's fused eval path (``torch._transformer_encoder_layer_fwd``) splits ``embed_dim``
+    into ``num_heads`` heads: a layer whose heads' width no longer equals its width takes the
+    plain path, which computes the same. ``activation_relu_or_gelu`` is the flag the fast path
+    checks; the plain path calls ``activation`` itself and never reads it."""
+    w = m.self_attn.in_proj_weight
+    if w is not None and w.shape[0] != 3 * w.shape[1]:
+        m.activation_relu_or_gelu = 0
