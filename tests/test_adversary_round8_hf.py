@@ -77,6 +77,36 @@ def test_a_plain_attribute_times_a_symbolic_size_traces(tmp_path: Path) -> None:
     assert {g.name for g in result.plan.prunable} == {"up:out"}
 
 
+class SpanMin(nn.Module):
+    """DeBERTa's and CANINE's ``min(length, self.max_relative_positions)``: under torch.export a
+    ``torch.sym_min`` of the symbolic length and a tracked attribute read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_span = 6
+        self.emb, self.table = nn.Embedding(16, 8), nn.Parameter(torch.randn(12, 8))
+        self.up, self.down, self.out = nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.emb(ids)  # (B, L, 8)
+        span = min(ids.shape[1], self.max_span)
+        h = h + self.table[:span].mean(0)
+        g = torch.relu(self.up(h)).clone()
+        g[:, 0] = 0.0  # a slice assignment: torch.export
+        return self.out(h + self.down(g))
+
+
+def test_sym_min_of_a_length_and_an_attribute_traces(tmp_path: Path) -> None:
+    """``torch.sym_min(SymInt, read)`` returned NotImplemented (a SymInt takes exact ints only)
+    inside the torch function mode that classifies reads, so ``plan`` refused ("no
+    implementation found for 'torch.sym_min'"): CANINE refused, 12/18 groups prunable now."""
+    torch.manual_seed(0)
+    model, ids = SpanMin().eval(), torch.randint(0, 16, (2, 8))
+    assert is_exported(trace_graph(model, {"ids": ids}))
+    result = check_oracle(model, {"ids": ids}, tmp_path)
+    assert {g.name for g in result.plan.prunable} >= {"up:out"}
+
+
 transformers = pytest.importorskip("transformers")
 
 

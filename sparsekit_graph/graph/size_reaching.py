@@ -37,7 +37,10 @@ class Reaching(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.log.made:
             _classify(func, args, kwargs)
-        return read_lengths(func, func(*args, **kwargs), self.log)
+        out = func(*args, **kwargs)
+        if out is NotImplemented:  # ``torch.sym_min(s, self.n)``: a SymInt takes exact ints only
+            out = func(*_plain(args), **_plain(kwargs))
+        return read_lengths(func, out, self.log)
 
 
 def _classify(func: Any, args: tuple, kwargs: dict) -> None:
@@ -56,6 +59,18 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> None:
         if not call.bound and isinstance(v, float):
             v._size(SizeUse(f"an argument of {name}, which does not bind"))
         v._reach()
+
+
+def _plain(a: Any) -> Any:
+    """``a`` with each tracked number its plain value (through tuples, lists and dicts; a
+    ``SizeTuple`` becomes a tuple)."""
+    if isinstance(a, _Tracked) and isinstance(a, (int, float)):
+        return int.__int__(a) if isinstance(a, int) else float.__float__(a)
+    if isinstance(a, dict):
+        return {k: _plain(v) for k, v in a.items()}
+    if isinstance(a, _Tracked) or type(a) in (tuple, list):
+        return (list if type(a) is list else tuple)(_plain(v) for v in (tuple.__iter__(a) if isinstance(a, tuple) else a))
+    return a
 
 
 def _walk(a: Any) -> list[_Tracked]:
