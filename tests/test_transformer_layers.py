@@ -42,6 +42,7 @@ class EncoderLayer(nn.Module):
                                               norm_first=norm_first)  # fmt: skip
         masked = torch.rand(L, L, generator=torch.Generator().manual_seed(0)) > 0.6
         self.register_buffer("mask", torch.zeros(L, L).masked_fill(masked.fill_diagonal_(False), float("-inf")))
+        self.register_buffer("bool_mask", masked)  # F._canonical_mask makes it a float mask on the CPU in tracing
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(L))
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
@@ -50,6 +51,8 @@ class EncoderLayer(nn.Module):
             h = self.enc(h, src_key_padding_mask=pad)
         elif self.inputs == "attn_mask":
             h = self.enc(h, src_mask=self.mask)
+        elif self.inputs == "bool_mask":
+            h = self.enc(h, src_mask=self.bool_mask)
         elif self.inputs == "causal":
             h = self.enc(h, src_mask=self.causal, is_causal=True)
         else:
@@ -172,7 +175,7 @@ def test_encoder_layer_activations(activation: str | Callable) -> None:
     _check(EncoderLayer(activation=activation), ENCODER)
 
 
-@pytest.mark.parametrize("inputs", ["padding", "attn_mask", "causal"])
+@pytest.mark.parametrize("inputs", ["padding", "attn_mask", "bool_mask", "causal"])
 def test_encoder_layer_masks(inputs: str) -> None:
     _check(EncoderLayer(inputs=inputs), ENCODER)
 

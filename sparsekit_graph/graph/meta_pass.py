@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -132,7 +133,14 @@ class MetaRunner:
         if state is None:
             state = {k: to_meta(v) for k, v in (*mod.named_parameters(), *mod.named_buffers())}
             self._state[target] = state
-        return torch.func.functional_call(mod, state, args, kwargs, tie_weights=False, strict=False)
+        # a tensor made on the CPU from a boolean buffer (kept real above: ``zeros_like(self.mask)``
+        # as an attention mask) beside meta ones: as for functions, again all on meta
+        return _meta_call(partial(_call_with, mod, state), args, kwargs)
+
+
+def _call_with(mod: nn.Module, state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """``mod(*args, **kwargs)`` with ``state`` (meta copies) for its parameters and buffers."""
+    return torch.func.functional_call(mod, state, args, kwargs, tie_weights=False, strict=False)
 
 
 def _describe(n: fx.Node) -> str:
