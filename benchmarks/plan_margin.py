@@ -109,12 +109,13 @@ def _timed_context(acc: dict[str, float], label: str, fn: Callable[..., Any]) ->
 def stages(pkg: ModuleType, name: str, res: int, n: int) -> dict[str, float]:
     """Minimum per stage of ``plan()`` over ``n`` fresh models (the wrappers are removed after)."""
     trace = importlib.import_module(pkg.__name__ + ".graph.trace")
+    tracer = importlib.import_module(pkg.__name__ + ".graph.size_tracer").SizeTracer
     planner = importlib.import_module(pkg.__name__ + ".plan.planner")
     acc: dict[str, float] = {}
     patches = [
-        (trace, "_mode", _timed_context(acc, "mode switch + snapshot", trace._mode)),
-        (trace._Tracer, "trace", _timed(acc, "symbolic trace", trace._Tracer.trace)),
-        (trace, "_propagate", _timed(acc, "meta shape pass", trace._propagate)),
+        (trace, "model_mode", _timed_context(acc, "mode switch + snapshot", trace.model_mode)),
+        (tracer, "trace", _timed(acc, "symbolic trace", tracer.trace)),
+        (trace, "propagate", _timed(acc, "meta shape pass", trace.propagate)),
         (planner, "add_traced_graph", _timed(acc, "axis graph (rules)", planner.add_traced_graph)),
         (planner, "resolve", _timed(acc, "groups", planner.resolve)),
     ]
@@ -165,7 +166,10 @@ def main() -> None:
             for name in args.models.split(","):
                 both = {"ours": stages(skg, name, args.res, args.stages)}
                 if old is not None:
-                    both["before"] = stages(old, name, args.res, args.stages)
+                    try:
+                        both["before"] = stages(old, name, args.res, args.stages)
+                    except AttributeError as e:  # a revision from before the stages' current names
+                        print(f"  (no stage breakdown for --before: {e})")
                 print(f"{name} {args.res}x{args.res} stages (ms, min of {args.stages}):")
                 for label in both["ours"]:
                     cells = "  ".join(f"{k} {v.get(label, 0.0) * 1e3:6.2f}" for k, v in both.items())
