@@ -39,12 +39,14 @@ class _Keeper(nn.Module):
         h = torch.relu(self.a(x))
         if self.export and h.is_cuda:
             h = h.contiguous()
-        self.stats["sizes"].append(h.shape[1])
+        # the input's sizes: a pruned length kept where the graph cannot follow it pins under
+        # torch.export (``length_reads``: Python may take an int's value silently)
+        self.stats["sizes"].append(x.shape[1])
         self.stats["feats"].append(h.detach())
         self.recent.append(h.detach())
         self.seen.add(len(self.recent))  # (a size hashed into a set is a use of it: pins)
         self.counts["calls"] += 1
-        self._private.append(h.shape)
+        self._private.append(x.shape)
         return self.head(h)
 
 
