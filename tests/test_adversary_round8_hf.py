@@ -107,6 +107,37 @@ def test_sym_min_of_a_length_and_an_attribute_traces(tmp_path: Path) -> None:
     assert {g.name for g in result.plan.prunable} >= {"up:out"}
 
 
+class GrowingTable(nn.Module):
+    """XGLM's sinusoidal positions: ``if max_pos > self.weights.size(0)`` rebuilds the table,
+    ``max_pos`` made from torch.export's symbolic length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.randn(16, 8), persistent=False)
+        self.emb = nn.Embedding(16, 8)
+        self.up, self.down, self.out = nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        max_pos = 2 + ids.shape[1]
+        if max_pos > self.weights.size(0):
+            raise ValueError("longer than the table")
+        h = self.emb(ids) + self.weights.index_select(0, torch.arange(ids.shape[1]))  # (B, L, 8)
+        g = torch.relu(self.up(h)).clone()
+        g[:, 0] = 0.0  # a slice assignment: torch.export
+        return self.out(h + self.down(g))
+
+
+def test_a_symbolic_length_compared_with_a_buffer_length_traces(tmp_path: Path) -> None:
+    """``SymInt > self.weights.size(0)``: the tracked length read returned NotImplemented to the
+    SymInt's reflected comparison, and ``plan`` refused XGLM ("'>' not supported between
+    instances of 'SymInt' and 'SizeRead'"); it plans now (5/7 groups prunable)."""
+    torch.manual_seed(0)
+    model, ids = GrowingTable().eval(), torch.randint(0, 16, (2, 8))
+    assert is_exported(trace_graph(model, {"ids": ids}))
+    result = check_oracle(model, {"ids": ids}, tmp_path)
+    assert {g.name for g in result.plan.prunable} >= {"up:out"}
+
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -153,9 +153,16 @@ def _compare(kind: type, op: str) -> Any:
             self._test(DUNDER_TESTS[op], other)
         if isinstance(other, _Tracked):  # ``a.out_channels == b.out_channels``: both decide
             other._use("a comparison")
-        return base(self, other)
+        out = base(self, other)
+        if out is NotImplemented and kind in (int, float) and isinstance(other, (torch.SymInt, torch.SymFloat)):
+            return getattr(other, _SWAPPED[op])(int.__int__(self) if kind is int else float.__float__(self))  # ``s > n``
+        return out
 
     return compare
+
+
+# ``a < b`` is ``b > a``: the comparison a SymInt makes with the plain value it takes
+_SWAPPED = {"__eq__": "__eq__", "__ne__": "__ne__", "__lt__": "__gt__", "__le__": "__ge__", "__gt__": "__lt__", "__ge__": "__le__"}
 
 
 def _convert(op: str, kind: str, number: type = int) -> Any:
