@@ -163,3 +163,26 @@ def test_mpt_prunes_its_mlp_and_width(tmp_path: Path) -> None:
     result = check_oracle(model, _ids(), tmp_path)
     up = [g for g in result.plan.prunable if any(m.param.endswith("ffn.up_proj.weight") and m.axis == 0 for m in g.members)]
     assert len(up) == 2 and result.report.params_ratio <= 0.4
+
+
+_ENC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+# Refused by our own tracing under torch.export before this round: name -> (config class, model
+# class, fields, largest fraction of parameters kept at 0.5, as measured).
+_REFUSED: dict[str, tuple[str, str, dict[str, object], float]] = {
+    "canine": ("CanineConfig", "CanineForSequenceClassification", {**_ENC, "downsampling_rate": 2, "num_hash_functions": 2,
+               "num_hash_buckets": 64, "max_position_embeddings": 64, "local_transformer_stride": 4}, 0.3),
+    "xglm": ("XGLMConfig", "XGLMForCausalLM", dict(vocab_size=100, d_model=64, ffn_dim=128, num_layers=2,
+             attention_heads=4, max_position_embeddings=64), 0.3),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _REFUSED)
+def test_refused_family_plans(name: str, tmp_path: Path) -> None:
+    """The oracle and the measured kept fraction."""
+    config_cls, model_cls, fields, kept = _REFUSED[name]
+    model, x = _hf(config_cls, model_cls, **fields), _ids()
+    if name == "canine":
+        x["input_ids"] = torch.randint(1, 1000, (2, 8))
+    result = check_oracle(model, x, tmp_path)
+    assert result.report.params_ratio <= kept
