@@ -95,6 +95,12 @@ class _CountUnderExport(nn.Module):
         return self.head(_count_spellings()[self.spelling](h).unsqueeze(1))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: under torch.export the count is a literal; noting every literal a tensor is made from "
+    "(d9b7f44, 93ea204, reverted) also cost T5's and HF Swin's head groups their zero-invariance (literal "
+    "n_heads in T5's position bias, window-mask thresholds in Swin), see /tmp/adv8/REPORT.md",
+)
 @pytest.mark.parametrize("spelling", list(_count_spellings()))
 def test_channel_count_as_value_under_export_is_not_zero_invariant(spelling: str) -> None:
     """Under torch.export ``h.shape[1]`` is the literal 8; only a literal scaling (``h * 8``) was

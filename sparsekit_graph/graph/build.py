@@ -27,7 +27,6 @@ from . import (  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
-from .literal_values import value_literals
 from .length_uses import pin_unmodelled_lengths
 from .meta import WRITTEN_BUFFER
 from .ops_moe import follow_domains
@@ -147,7 +146,7 @@ def _lengths_as_numbers(graph: AxisGraph, nodes: list[fx.Node]) -> None:
     constant that happens to equal an axis's length costs that axis its zero-invariance, and
     a product of lengths folded into symbolic-size arithmetic (``h.numel()`` with a dynamic
     batch: ``folded_products``) costs every axis whose length divides it."""
-    used = {n: node.name for n, node in graph.numbers + value_literals(nodes)}
+    used = {n: node.name for n, node in graph.numbers}
     folded = folded_products(list(nodes))
     for axis, size in graph.sizes.items():
         if axis[0] == "v" and size in used:

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from .context import RuleContext
 from .flow_values import VALUE
-from .literal_values import made_from
 from .meta import CONTROL
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
@@ -121,11 +120,8 @@ def _contains(v: object, node: fx.Node) -> bool:
 )  # fmt: skip
 @register_method_rule("new_tensor")
 def fresh_tensor(ctx: RuleContext) -> None:
-    """Ops whose result carries no channel of its inputs (shapes, fresh tensors): pinned. Under
-    torch.export their literal arguments may be lengths used as values (``literal_values``)."""
+    """Ops whose result carries no channel of its inputs (shapes, fresh tensors): pinned."""
     ctx.read_all()
-    if ctx.exported:
-        ctx.graph.numbers += made_from(ctx.node)
     for axes in ctx.outputs():
         ctx.pin(axes, f"fresh tensor from {ctx.where()}")
 
@@ -147,12 +143,8 @@ def sized_tensor(ctx: RuleContext) -> None:
     another tensor's axis follows it; an axis whose literal length is a size attribute follows
     the model (T5's ``torch.zeros((1, self.n_heads, q, k))`` position bias of cross-attention),
     as does a product of such reads and attributes (``torch.zeros(b * self.num_heads, n, n)``:
-    ``size_args.product_follows``); any other length (a literal factor: ``b * 4``) is pinned.
-    Under torch.export a literal length or fill may be a length used as a value: summing
-    ``torch.ones(h.shape)`` over an axis counts it (``literal_values``)."""
+    ``size_args.product_follows``); any other length (a literal factor: ``b * 4``) is pinned."""
     ctx.read_all()
-    if ctx.exported:
-        ctx.graph.numbers += made_from(ctx.node)
     out = ctx.out()
     sizes = ctx.call.args.get("size")
     link_read_lengths(ctx, sizes, out)
