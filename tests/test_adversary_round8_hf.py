@@ -139,26 +139,14 @@ def test_a_symbolic_length_compared_with_a_buffer_length_traces(tmp_path: Path) 
 
 
 transformers = pytest.importorskip("transformers")
-
-
-def _hf(config_cls: str, model_cls: str, **fields: object) -> nn.Module:
-    torch.manual_seed(0)
-    config = getattr(transformers, config_cls)(**fields)
-    return getattr(transformers, model_cls)(config).eval()
-
-
-def _ids(batch: int = 2, seq: int = 8) -> dict[str, Tensor]:
-    ids = torch.randint(1, 100, (batch, seq))
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[-1, : seq // 4] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+from test_adversary_round7_hf import _hf, _ids  # noqa: E402  (tiny configs, vocab 128)
 
 
 @pytest.mark.slow
 def test_mpt_prunes_its_mlp_and_width(tmp_path: Path) -> None:
     """MPT (ALiBi) planned nothing prunable: its MLP and hidden width prune now; heads stay
     pinned (the ALiBi slopes are computed from the head count)."""
-    model = _hf("MptConfig", "MptForCausalLM", vocab_size=100, d_model=64, n_heads=4, n_layers=2, expansion_ratio=2,
+    model = _hf("MptConfig", "MptForCausalLM", vocab_size=128, d_model=64, n_heads=4, n_layers=2, expansion_ratio=2,
                 max_seq_len=64)  # fmt: skip
     result = check_oracle(model, _ids(), tmp_path)
     up = [g for g in result.plan.prunable if any(m.param.endswith("ffn.up_proj.weight") and m.axis == 0 for m in g.members)]
@@ -171,7 +159,7 @@ _ENC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 _REFUSED: dict[str, tuple[str, str, dict[str, object], float]] = {
     "canine": ("CanineConfig", "CanineForSequenceClassification", {**_ENC, "downsampling_rate": 2, "num_hash_functions": 2,
                "num_hash_buckets": 64, "max_position_embeddings": 64, "local_transformer_stride": 4}, 0.3),
-    "xglm": ("XGLMConfig", "XGLMForCausalLM", dict(vocab_size=100, d_model=64, ffn_dim=128, num_layers=2,
+    "xglm": ("XGLMConfig", "XGLMForCausalLM", dict(vocab_size=128, d_model=64, ffn_dim=128, num_layers=2,
              attention_heads=4, max_position_embeddings=64), 0.3),
 }  # fmt: skip
 
@@ -181,8 +169,5 @@ _REFUSED: dict[str, tuple[str, str, dict[str, object], float]] = {
 def test_refused_family_plans(name: str, tmp_path: Path) -> None:
     """The oracle and the measured kept fraction."""
     config_cls, model_cls, fields, kept = _REFUSED[name]
-    model, x = _hf(config_cls, model_cls, **fields), _ids()
-    if name == "canine":
-        x["input_ids"] = torch.randint(1, 1000, (2, 8))
-    result = check_oracle(model, x, tmp_path)
+    result = check_oracle(_hf(config_cls, model_cls, **fields), _ids(), tmp_path)
     assert result.report.params_ratio <= kept
