@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.graph.trace import is_exported, trace_graph
+from sparsekit_graph.prune.checks import changed_numbers
 
 # --- complex parameters: importance norms of complex blocks -----------------------------------------
 
@@ -95,19 +97,15 @@ class _CountUnderExport(nn.Module):
         return self.head(_count_spellings()[self.spelling](h).unsqueeze(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: under torch.export the count is a literal; noting every literal a tensor is made from "
-    "(d9b7f44, 93ea204, reverted) also cost T5's and HF Swin's head groups their zero-invariance (literal "
-    "n_heads in T5's position bias, window-mask thresholds in Swin), see /tmp/adv8/REPORT.md",
-)
 @pytest.mark.parametrize("spelling", list(_count_spellings()))
 def test_channel_count_as_value_under_export_is_not_zero_invariant(spelling: str) -> None:
     """Under torch.export ``h.shape[1]`` is the literal 8; only a literal scaling (``h * 8``) was
     noted as a possible length, so a count made into a tensor (fill values, fresh tensors' sizes,
     arange ends, any literal of a constant: ``expand``, ``repeat``, ``eye``) or taken as an operand
     (``where``, ``addcmul(value=)``) left ``a:out`` claimed zero-invariant: masked and pruned
-    outputs differed by ~1 at 11b1ada. It is prunable, not
+    outputs differed by ~1 at 11b1ada. The export probe's number check (``prune/checks``) now
+    also compares ints at ``Scalar`` arguments and finds tensors made from no input that fold a
+    pruned extent into their values. It is prunable, not
     zero-invariant, and prunes to a model that runs."""
     torch.manual_seed(0)
     model = _CountUnderExport(spelling).eval()
@@ -123,3 +121,27 @@ def test_channel_count_as_value_under_export_is_not_zero_invariant(spelling: str
     with torch.no_grad():
         assert pruned(x).shape == dense(x).shape
         assert not torch.allclose(pruned(x), dense(x), rtol=1e-4, atol=1e-5)  # the claim would be false
+
+
+class _Fresh(nn.Module):
+    """``x`` combined with a tensor made from no input, of ``c`` channels, under torch.export."""
+
+    def __init__(self, c: int, fold: bool) -> None:
+        super().__init__()
+        self.c, self.fold = c, fold
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:
+            x = x.contiguous()
+        fresh = torch.ones(1, self.c, 1, 1)
+        return x * fresh.sum(1, keepdim=True) if self.fold else x[:, : self.c] * fresh
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_only_a_fresh_tensor_that_folds_the_count_into_values_is_a_changed_number(fold: bool) -> None:
+    """The converse of the above: ``ones(1, C, 1, 1)`` whose shape follows the count (T5's
+    ``zeros(1, n_heads, q, k)`` position bias) computes the same numbers; its sum over ``C`` does not."""
+    x = torch.randn(2, 8, 3, 3)
+    before, after = (trace_graph(_Fresh(c, fold), x, dynamic=False) for c in (8, 3))
+    assert is_exported(before)
+    assert bool(changed_numbers(before, after)) is fold

@@ -165,8 +165,12 @@ def changed_numbers(before: fx.Graph, after: fx.Graph, compensated: frozenset[tu
     ``(old, new)`` in ``compensated`` is one surgery makes up for (an attention scale
     ``head_dim ** -0.5`` whose queries ``rescale_queries`` multiplied)."""
     changed = []
+    made_before, made_after = _constant_part(before), _constant_part(after)
     for a, b in zip(_kept_nodes(before), _kept_nodes(after)):
         old, new = _numbers(a), _numbers(b)
+        if a in made_before and b in made_after and _folds_a_changed_extent(a, b):
+            changed.append(a.name)
+            continue
         if old.keys() != new.keys() and not _sized_by_symbol(a, b, old, new):
             changed.append(a.name)
         elif any(x != new[k] and (x, new[k]) not in compensated for k, x in old.items() if k in new):
@@ -187,8 +191,8 @@ def compensated(plan: Plan, masks: dict[str, Tensor]) -> frozenset[tuple[float, 
 def _sized_by_symbol(a: fx.Node, b: fx.Node, old: dict, new: dict) -> bool:
     """Do ``a``'s and ``b``'s numbers differ only where one holds a symbolic size (a node) and
     the other the plain int a static trace writes for it?"""
-    args = dict(_arguments(a))
-    other = dict(_arguments(b))
+    args = dict(_flat_arguments(a))
+    other = dict(_flat_arguments(b))
     return all(isinstance(args.get(k), fx.Node) or isinstance(other.get(k), fx.Node) for k in old.keys() ^ new.keys())
 
 
@@ -206,13 +210,78 @@ def _arguments(n: fx.Node) -> list[tuple[object, object]]:
 
 
 def _numbers(n: fx.Node) -> dict[object, object]:
-    """The node's numbers by argument position or keyword; a small constant tensor's values
+    """The node's numbers by argument position or keyword: floats; ints in arithmetic or at an
+    argument ATen types ``Scalar`` (a value: ``full``'s ``fill_value``, ``where``'s ``other``,
+    ``addcmul``'s ``value``, ``arange``'s ``end``); a small constant tensor's values
     (``torch.tensor(h.size(-1))``, which torch.export lifts) under ``"value"``."""
-    ints = n.target in _ARITHMETIC
+    scalars = _scalar_arguments(n)
     found: dict[object, object] = {
-        k: v for k, v in _arguments(n) if isinstance(v, float) or (ints and isinstance(v, int) and not isinstance(v, bool))
+        k: v
+        for k, v in _flat_arguments(n)
+        if isinstance(v, float)
+        or (isinstance(v, int) and not isinstance(v, bool) and (k in scalars or n.target in _ARITHMETIC))
     }
     value = n.meta.get(CONSTANT_VALUE) if n.op == "get_attr" else None
     if isinstance(value, Tensor):
         found["value"] = (tuple(value.shape), tuple(value.reshape(-1).tolist()))
     return found
+
+
+def _flat_arguments(n: fx.Node) -> list[tuple[object, object]]:
+    """``_arguments``, each element of a list or tuple argument under ``(key, index)``."""
+    return [
+        item
+        for k, v in _arguments(n)
+        for item in ([((k, i), x) for i, x in enumerate(v)] if isinstance(v, (list, tuple)) else [(k, v)])
+    ]
+
+
+def _scalar_arguments(n: fx.Node) -> set[object]:
+    """Positions and names of ``n``'s arguments that its ATen schema types ``Scalar``."""
+    schema = getattr(n.target, "_schema", None)
+    if schema is None:
+        return set()
+    return {
+        key
+        for i, a in enumerate(schema.arguments)
+        if isinstance(a.type, torch.NumberType)
+        for key in ((a.name,) if a.kwarg_only else (a.name, i))
+    }
+
+
+def _folds_a_changed_extent(a: fx.Node, b: fx.Node) -> bool:
+    """Does ``a`` (``b`` in the pruned trace), a tensor made from no input, fold an extent that
+    pruning changed into its values (``ones([2, C]).sum(1)``, ``eye(C).trace()``,
+    ``ones(1).expand(C).sum()``): an input whose element count changed by another factor than
+    the output's? A fresh tensor that only changed shape (T5's ``zeros(1, n_heads, q, k)``)
+    does not."""
+    out_a, out_b = _numel(a), _numel(b)
+    ins = zip(a.all_input_nodes, b.all_input_nodes)
+    return any(_numel(x) * out_b != _numel(y) * out_a for x, y in ins if isinstance(x.meta.get(META), Tensor))
+
+
+def _numel(n: fx.Node) -> int:
+    value = n.meta.get(META)
+    return int(value.numel()) if isinstance(value, Tensor) else 1
+
+
+# ``h.new_ones(size)``: ``h`` gives only the dtype and device.
+_FRESH = {torch.ops.aten.new_ones.default, torch.ops.aten.new_zeros.default, torch.ops.aten.new_full.default,
+          torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default}  # fmt: skip
+
+
+def _constant_part(graph: fx.Graph) -> set[fx.Node]:
+    """Tensors of ``graph`` computed from no input, parameter or buffer (sizes may come from
+    inputs: ``ones(h.shape)``; ``new_ones``' tensor gives only the dtype); a lifted constant
+    counts as made."""
+    data: set[fx.Node] = set()
+    made: set[fx.Node] = set()
+    for n in graph.nodes:
+        tensor = isinstance(n.meta.get(META), Tensor)
+        if n.op == "placeholder" or (n.op == "get_attr" and CONSTANT_VALUE not in n.meta):
+            data.add(n)
+        elif n.target not in _FRESH and any(m in data for m in n.all_input_nodes if isinstance(m.meta.get(META), Tensor)):
+            data.add(n)
+        elif tensor and n.op != "output":
+            made.add(n)
+    return made
