@@ -168,7 +168,7 @@ def changed_numbers(before: fx.Graph, after: fx.Graph, compensated: frozenset[tu
     made_before, made_after = _constant_part(before), _constant_part(after)
     for a, b in zip(_kept_nodes(before), _kept_nodes(after)):
         old, new = _numbers(a), _numbers(b)
-        if a in made_before and b in made_after and _folds_a_changed_extent(a, b):
+        if a in made_before and b in made_after and _folds_a_changed_extent(a, b, made_before):
             changed.append(a.name)
             continue
         if old.keys() != new.keys() and not _sized_by_symbol(a, b, old, new):
@@ -249,15 +249,15 @@ def _scalar_arguments(n: fx.Node) -> set[object]:
     }
 
 
-def _folds_a_changed_extent(a: fx.Node, b: fx.Node) -> bool:
+def _folds_a_changed_extent(a: fx.Node, b: fx.Node, made: set[fx.Node]) -> bool:
     """Does ``a`` (``b`` in the pruned trace), a tensor made from no input, fold an extent that
     pruning changed into its values (``ones([2, C]).sum(1)``, ``eye(C).trace()``,
     ``ones(1).expand(C).sum()``): an input whose element count changed by another factor than
     the output's? A fresh tensor that only changed shape (T5's ``zeros(1, n_heads, q, k)``)
-    does not."""
+    does not; nor does ``h.new_ones(size)``, whose ``h`` gives only the dtype (not in ``made``)."""
     out_a, out_b = _numel(a), _numel(b)
     ins = zip(a.all_input_nodes, b.all_input_nodes)
-    return any(_numel(x) * out_b != _numel(y) * out_a for x, y in ins if isinstance(x.meta.get(META), Tensor))
+    return any(_numel(x) * out_b != _numel(y) * out_a for x, y in ins if x in made)
 
 
 def _numel(n: fx.Node) -> int:
