@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 from collections.abc import Callable
 
 import pytest
@@ -273,3 +274,43 @@ def test_a_decision_on_the_dynamic_batch_is_not_a_channel_count(on_width: bool) 
     assert fc.prunable != on_width, fc
     assert plan.group("mid:out").prunable
     _prunes_at_every_ratio(model, x, plan)
+
+
+def _padded(x: Tensor, block: int) -> Tensor:
+    """LongT5's ``_pad_to_multiple``: a truth test of lengths (here the spatial ones, which
+    pruning keeps), then a pad of the last axis."""
+    if not all(x.shape[2:]):
+        return x
+    return torch.nn.functional.pad(x, (0, -x.shape[-1] % block))
+
+
+class _PadsOften(nn.Module):
+    """A helper with ``all(x.shape)`` run many times per forward (so Python 3.11 specialises its
+    call), behind the device check that sends the model to torch.export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.pad = types.FunctionType(_padded.__code__.replace(), globals())  # its own code: cold
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:
+            x = x.contiguous()
+        h = self.a(x)
+        for _ in range(12):
+            h = self.pad(h[..., :6], 4)[..., :6]
+        return self.b(h)
+
+
+def test_a_decision_is_matched_across_a_warm_and_a_cold_interpreter() -> None:
+    """The same truth test made at ``all(...)``'s CALL in one trace and at its specialised PRECALL
+    (which runs a builtin's call itself on Python 3.11) in the next is one decision; LongT5 pinned
+    every group: 'the pruned copy decides on no such decision'."""
+    model, x = _PadsOften().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)  # first: the helper's code runs cold in the model's trace
+    assert is_exported(trace_graph(model, x))
+    group = plan.group("a:out")
+    assert group.prunable, group.reason
+    pruned = skg.prune(model, plan, ratio=0.5).model
+    with torch.no_grad():
+        assert pruned(x).shape == model(x).shape

@@ -99,7 +99,10 @@ def _at(frame: FrameType, offset: int) -> At:
     interpreter does not move (a specialised ``__getitem__`` call reports its last cache entry)."""
     code = frame.f_code
     ins, _ = code_table(code)
-    return code.co_filename, code.co_name, ins[instruction_at(ins, offset)].offset
+    k = instruction_at(ins, offset)
+    if ins[k].opname == "PRECALL" and k + 1 < len(ins) and ins[k + 1].opname == "CALL":
+        k += 1  # Python 3.11: a builtin's specialised PRECALL runs the call itself (``all(x.shape)``)
+    return code.co_filename, code.co_name, ins[k].offset
 
 
 def _unused(frame: FrameType, count: int) -> set[int]:
