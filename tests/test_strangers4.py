@@ -1080,7 +1080,7 @@ def _shift_sum(make: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
 
 BODY_CASES.update(
     {
-        "ones_of_size_shift": (body(_shift_sum(lambda h: torch.ones(h.shape[1])[:, None, None])), {"a:out": "pin"}),
+        "ones_of_size_shift": (body(_shift_sum(lambda h: torch.ones(h.shape[1])[:, None, None])), {"a:out": "prune"}),
         "new_full_shift": (body(_shift_sum(lambda h: h.new_full((h.shape[1], 1, 1), 0.3))), {"a:out": "prune"}),
         "full_like_shift": (body(_shift_sum(lambda h: torch.full_like(h, 0.1))), {"a:out": "prune"}),
         "norm_minus_const": (body(lambda s, h: h / (1 + (h - 0.5).norm(dim=1, keepdim=True))), {"a:out": "prune"}),
