@@ -24,7 +24,8 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
-from .size_values import Site, SizeRead, by_user, identity
+from .size_values import Site, SizeRead, identity
+from .user_code import by_user
 
 __all__ = [
     "PLAIN_FOLLOWED",

@@ -27,7 +27,8 @@ import torch.fx as fx
 
 from .flow_code import code_table, instruction_at, live
 from .size_flow import Where, where_made
-from .size_values import _INTERNAL, LENGTH, SizeRead, SizeTuple, _Tracked, by_user
+from .size_values import LENGTH, SizeRead, SizeTuple, _Tracked
+from .user_code import INTERNAL, by_user
 
 if TYPE_CHECKING:
     from .size_reads import _Log
@@ -87,7 +88,7 @@ def _user_caller(func: Any) -> FrameType | None:
     the caller is the model's code."""
     frame: FrameType | None = sys._getframe(3)  # _user_caller <- read_lengths <- Reaching.__torch_function__ <- its caller
     own = getattr(func, "__code__", None)  # ``Tensor.__len__``: torch's Python, which dispatched to the modes
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+    while frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
         if frame.f_code.co_name not in _DISPATCH and frame.f_code is not own:
             return None
         frame = frame.f_back

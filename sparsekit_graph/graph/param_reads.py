@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from .axes import AxisGraph
 from .meta import SIZE_CONTROL, SIZE_READS
-from .size_values import VALUE, Site, SizeRead, SizeTuple, by_user
+from .size_values import VALUE, Site, SizeRead, SizeTuple
+from .user_code import by_user
 
 if TYPE_CHECKING:
     from .size_reads import _Log

@@ -40,32 +40,30 @@ import warnings
 from types import CodeType, FrameType
 from typing import Any
 
-import torch
-
 from .flow_calls import FORMATTERS, SINKS, Trust, resolve, std_stream, stream_write
 from .flow_code import GOTO, INTROSPECTION, code_table, dead, instruction_at, live
 from .flow_stack import BUILDS, CALLS, NOTHING, SHOWN, stack_after, stacks, step, text
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 from .size_sinks import Sinks
+from .user_code import INTERNAL
 
 __all__ = ["Where", "converted_nowhere", "flows_nowhere", "where_made"]
 
 Where = tuple[tuple[FrameType, int], ...]  # (frame, offset of its current instruction), creator first
 
 _DEPTH = 4  # caller frames kept, for a read a helper returns
-_INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
 _STDLIB_SINKS = (os.path.dirname(logging.__file__) + os.sep, warnings.__file__)  # a lazy "%s" of a log record
 
 _CREATORS = frozenset({"LOAD_ATTR", "BINARY_OP", "BINARY_SUBSCR", "UNARY_NEGATIVE", "UNARY_POSITIVE", "UNARY_INVERT"})
 
 
-def where_made(frame: FrameType | None, skip: tuple[str, ...] = _INTERNAL) -> Where:
+def where_made(frame: FrameType | None, skip: tuple[str, ...] = INTERNAL) -> Where:
     """The model's frame nearest ``frame`` (the one whose instruction made a read) and its
     direct callers that are the model's code too, each with the offset it is running."""
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame = frame.f_back
     out = []
-    while frame is not None and len(out) < _DEPTH and not frame.f_code.co_filename.startswith(_INTERNAL):
+    while frame is not None and len(out) < _DEPTH and not frame.f_code.co_filename.startswith(INTERNAL):
         out.append((frame, frame.f_lasti))
         frame = frame.f_back
     return tuple(out)
@@ -87,7 +85,7 @@ def converted_nowhere(frame: FrameType, at: Sinks, base: Sinks) -> bool:
     (``str(n)``, ``f"{n}"``, ``"%s" % n``, ``print(n)``; inside ``logging`` or ``warnings``, the
     model's call into them) only dropped, shown or logged to a trusted sink? Fail closed."""
     try:
-        where = where_made(frame, _INTERNAL + _STDLIB_SINKS)
+        where = where_made(frame, INTERNAL + _STDLIB_SINKS)
         return bool(where) and _walk_from(where, 0, made=True, trust=(at, base), converted=True)
     except Fail:
         return False

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch.fx as fx
 
-from .size_values import SizeFloat, SizeRead, SizeTuple, by_user, tracked
+from .size_values import SizeFloat, SizeRead, SizeTuple, tracked
+from .user_code import by_user
 
 __all__ = ["recording_math"]
 

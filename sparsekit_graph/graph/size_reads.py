@@ -40,7 +40,8 @@ from .number_args import ReadFloat
 from .size_flow import flows_nowhere
 from .size_reaching import Reaching
 from .size_sinks import sinks_now
-from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple, by_user
+from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple
+from .user_code import by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "recording_size_reads", "wrap_config_read"]
 

@@ -29,9 +29,9 @@ from .rules import module_rule_for, patched_on_instance
 from .size_flow import converted_nowhere
 from .size_math import recording_math
 from .size_sinks import Sinks, sinks_now
-from .size_values import by_user
 from .tensor_data import recording_tensor_data
 from .trace_inputs import flat_inputs
+from .user_code import by_user
 
 __all__ = ["TRACED_TORCH_LAYERS", "SizeProxy", "SizeTracer", "has_hooks"]
 

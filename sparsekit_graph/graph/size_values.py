@@ -17,7 +17,6 @@ such a call (``nn.Upsample(scale_factor=n / 8)`` built in forward) loses it: a p
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -28,48 +27,18 @@ from .number_args import SizeUse
 from .size_flow import Where, converted_nowhere, where_made
 from .size_sinks import Sinks, sinks_now
 from .size_tests import DUNDER_TESTS, Site, SizeTest
+from .user_code import by_user, caller
 
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "by_user", "identity", "tracked"]
+__all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "identity", "tracked"]
 
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
 
 LENGTH = "length@"  # the path of the site of a tensor's length read under torch.export (``length_reads``)
 
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
-
-_INTERNAL = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (torch, sys.modules[__package__.rpartition(".")[0]]))
-
-
-def _stand_in_codes() -> frozenset[Any]:
-    """Code of torch functions that stand in for builtins while the forward is traced:
-    ``torch.export``'s ``max``/``min``, torch.fx's wrapper of a ``math`` function it patched
-    (``from math import sqrt`` in the model's module): a use they make is the model's own."""
-    codes: set[Any] = set()
-    try:
-        from torch._export.non_strict_utils import _tensor_min_max
-    except ImportError:  # another torch: nothing stands in
-        pass
-    else:
-        codes |= {_tensor_min_max.__code__, *(c for c in _tensor_min_max.__code__.co_consts if hasattr(c, "co_filename"))}
-    wrap = getattr(torch.fx._symbolic_trace, "_create_wrapped_func", None)
-    if wrap is not None:
-        codes.add(wrap(abs).__code__)
-    return frozenset(codes)
-
-
-_STAND_INS = _stand_in_codes()
-
-
-def by_user(depth: int) -> bool:
-    """Is the frame ``depth`` levels up the model's own code (not torch's, not ours)? Frames
-    of torch's stand-ins for builtins (``_STAND_INS``) count as their caller's."""
-    frame = sys._getframe(depth + 1)
-    while frame.f_code in _STAND_INS and frame.f_back is not None:
-        frame = frame.f_back
-    return not frame.f_code.co_filename.startswith(_INTERNAL)
 
 
 class _Tracked:
@@ -162,7 +131,14 @@ def _compare(kind: type, op: str) -> Any:
 
 
 # ``a < b`` is ``b > a``: the comparison a SymInt makes with the plain value it takes
-_SWAPPED = {"__eq__": "__eq__", "__ne__": "__ne__", "__lt__": "__gt__", "__le__": "__ge__", "__gt__": "__lt__", "__ge__": "__le__"}
+_SWAPPED = {
+    "__eq__": "__eq__",
+    "__ne__": "__ne__",
+    "__lt__": "__gt__",
+    "__le__": "__ge__",
+    "__gt__": "__lt__",
+    "__ge__": "__le__",
+}
 
 
 def _convert(op: str, kind: str, number: type = int) -> Any:
@@ -171,7 +147,7 @@ def _convert(op: str, kind: str, number: type = int) -> Any:
 
     def convert(self: _Tracked, *args: Any) -> Any:
         if loses and self.control is None and not by_user(1):  # outside any call ``Reaching`` classified
-            self._size(SizeUse(f"a conversion in {_caller(sys._getframe(1))}"))
+            self._size(SizeUse(f"a conversion in {caller(sys._getframe(1))}"))
         if op == "__float__" and number is int and any(s[0] == LENGTH for s in self._sites) and by_user(1):
             self.derived = True  # ``float(h.size(-1))``: a number (Python makes any float plain), as under torch.fx
             return base(self)
@@ -180,12 +156,6 @@ def _convert(op: str, kind: str, number: type = int) -> Any:
         return base(self, *args)
 
     return convert
-
-
-def _caller(frame: Any) -> str:
-    """Where torch's code converted a number: ``Upsample.__init__``."""
-    code = frame.f_code
-    return f"{getattr(code, 'co_qualname', code.co_name)} ({os.path.basename(code.co_filename)}:{frame.f_lineno})"
 
 
 def _hashed(kind: type) -> Any:
