@@ -16,9 +16,11 @@ count flips it.
 
 from __future__ import annotations
 
+import builtins
 import math
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ import torch.fx as fx
 from .flow_code import code_table, instruction_at, live
 from .size_flow import Where, where_made
 from .size_values import LENGTH, SizeRead, SizeTuple, _Tracked
-from .user_code import INTERNAL, by_user
+from .user_code import INTERNAL, by_user, is_stand_in, stand_in
 
 if TYPE_CHECKING:
     from .size_reads import _Log
@@ -42,6 +44,7 @@ __all__ = [
     "decision",
     "is_length",
     "read_lengths",
+    "reading_len",
     "unmatched",
 ]
 
@@ -51,6 +54,7 @@ _SHAPE = torch._C.TensorBase.shape  # ``Tensor.shape``'s descriptor: its ``__get
 _NUMEL = torch._C.TensorBase.numel
 _COUNTS = frozenset({torch._C.TensorBase.size, _NUMEL, torch.Tensor.__len__})  # ints of lengths
 
+_LEN = builtins.len
 _DISPATCH = frozenset({"__torch_function__", "handle_torch_function"})  # torch's frames between a call and the modes
 At = tuple[str, str, int]  # (file, function, instruction offset) of the model's code
 # where the value was made, how Python used it, its value (``None`` for a length that was
@@ -78,6 +82,27 @@ def read_lengths(func: Any, out: Any, log: _Log) -> Any:
     return out
 
 
+@stand_in
+def _len(obj: Any, /) -> Any:
+    """``builtins.len`` while exported: ``len(t)`` of a tensor, asked by the model's code, is the
+    tracked length ``Tensor.__len__`` hands it (``read_lengths``), which CPython's ``len()``
+    would make a plain int; anything else, and torch's own calls, the builtin's."""
+    if isinstance(obj, torch.Tensor) and by_user(1):
+        return torch.Tensor.__len__(obj)
+    return _LEN(obj)
+
+
+@contextmanager
+def reading_len() -> Iterator[None]:
+    """While active, ``len(t)`` in the model's code keeps the length it read tracked (``_len``)."""
+    saved = builtins.len
+    builtins.len = _len
+    try:
+        yield
+    finally:
+        builtins.len = saved
+
+
 def _read(at: At, part: str) -> str:
     """A read's name: where the model's code made it, and which part of a shape it is."""
     return f"{at[0]}:{at[1]}:{at[2]}:{part}"
@@ -85,11 +110,11 @@ def _read(at: At, part: str) -> str:
 
 def _user_caller(func: Any) -> FrameType | None:
     """The model's frame that called ``func`` (past torch's modes and its dispatch to them), if
-    the caller is the model's code."""
+    the caller is the model's code; ``_len`` stands in for ``len()``)."""
     frame: FrameType | None = sys._getframe(3)  # _user_caller <- read_lengths <- Reaching.__torch_function__ <- its caller
     own = getattr(func, "__code__", None)  # ``Tensor.__len__``: torch's Python, which dispatched to the modes
     while frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
-        if frame.f_code.co_name not in _DISPATCH and frame.f_code is not own:
+        if frame.f_code.co_name not in _DISPATCH and frame.f_code is not own and not is_stand_in(frame):
             return None
         frame = frame.f_back
     return frame

@@ -34,7 +34,7 @@ from ..registry import RESIZERS, by_type
 from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
-from .length_reads import LENGTH, LENGTH_DECISIONS, SYMBOLIC_READS, Decision, decision, is_length
+from .length_reads import LENGTH, LENGTH_DECISIONS, SYMBOLIC_READS, Decision, decision, is_length, reading_len
 from .meta import COMPUTED_READS, EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .number_args import ReadFloat
 from .size_flow import flows_nowhere
@@ -96,9 +96,12 @@ class _Log:
             if not _layer_class(cls) and id(m) in self.paths:
                 self.probed.add(self.paths[id(m)])
 
-    def reaching(self) -> Reaching:
-        """A torch function mode for ``torch.export``: classifies the reads passed to torch."""
-        return Reaching(self)
+    @contextmanager
+    def reaching(self) -> Iterator[None]:
+        """While ``torch.export`` runs: a torch function mode that classifies the reads passed to
+        torch, and ``len()`` that keeps a tensor's length tracked (``length_reads.reading_len``)."""
+        with Reaching(self), reading_len():
+            yield
 
     def wrap(self, layer: nn.Module, name: str, value: Any) -> Any:
         path = self.paths.get(id(layer))
