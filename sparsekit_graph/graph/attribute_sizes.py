@@ -24,6 +24,7 @@ from torch import nn
 
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
+from .list_attributes import base_name, int_list
 from .size_values import Site, SizeRead, identity
 from .user_code import by_user
 
@@ -146,21 +147,25 @@ for _op in ("__neg__", "__pos__", "__abs__", "__invert__", "__trunc__", "__floor
     setattr(PlainRead, _op, _plain(_op))
 
 _LAYER_CLASSES: dict[type, bool] = {}
+# containers hold layers but compute nothing of their own: a subclass's forward is the model's code
+_CONTAINERS = frozenset({nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict})
 
 
 def torch_layer(cls: type) -> bool:
-    """Is ``cls`` a torch.nn layer (or a subclass of one)?"""
+    """Is ``cls`` a torch.nn layer (or a subclass of one)? A subclass of a container
+    (timm's ``MixedConv2d(nn.ModuleDict)``) is not: its attributes are the model's own."""
     known = _LAYER_CLASSES.get(cls)
     if known is None:
-        known = _LAYER_CLASSES[cls] = any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in cls.__mro__[:-1])
+        known = _LAYER_CLASSES[cls] = any(c.__module__.startswith("torch.nn.") and c not in _CONTAINERS for c in cls.__mro__[:-1])
     return known
 
 
 def plain_int_attributes(module: nn.Module) -> frozenset[str]:
     """The attributes holding a plain int (not a bool) of ``module``, its own or its class's
-    (``width = 4`` in the class body; ``self._width`` behind a ``@property``), unless it is a
-    torch.nn layer (its sizes are listed) or resizes itself (its resizer recomputes them).
-    Surgery rewrites one on the instance, shadowing the class's."""
+    (``width = 4`` in the class body; ``self._width`` behind a ``@property``), or a list of
+    them (MixNet's ``splits``: ``list_attributes``), unless it is a torch.nn layer (its sizes
+    are listed) or resizes itself (its resizer recomputes them). Surgery rewrites one on the
+    instance, shadowing the class's."""
     cls = type(module)
     if torch_layer(cls) or by_type(RESIZERS, module) is not None:
         return frozenset()
@@ -168,7 +173,7 @@ def plain_int_attributes(module: nn.Module) -> frozenset[str]:
     if found is None:
         user = [c for c in cls.__mro__ if not c.__module__.startswith("torch.") and c is not object]
         found = _CLASS_INTS[cls] = frozenset(k for c in user for k, v in vars(c).items() if _name(k) and _plain_int(v))
-    return found | frozenset(k for k, v in module.__dict__.items() if _name(k) and _plain_int(v))
+    return found | frozenset(k for k, v in module.__dict__.items() if _name(k) and (_plain_int(v) or int_list(v)))
 
 
 _CLASS_INTS: dict[type, frozenset[str]] = {}
@@ -182,7 +187,9 @@ def _name(k: str) -> bool:
 def read_only_where_literal(module: Any, attr: str, names: frozenset[str] | set[str], sizes: frozenset[str] | set[str]) -> bool:
     """Is ``module.attr`` counted only by the literals read from it (``plain_int_attributes``)?
     So is every int of a module holding none of ``sizes`` (``sizes.SIZE_ATTRIBUTES``: such a
-    module was never recorded), and any int not in ``names`` of one that holds some."""
+    module was never recorded), and any int not in ``names`` of one that holds some. An
+    element of a list attribute (``splits[0]``) is its list's."""
+    attr = base_name(attr)
     if not isinstance(module, nn.Module) or attr not in plain_int_attributes(module):
         return False
     return attr not in names or sizes.isdisjoint(module.__dict__)

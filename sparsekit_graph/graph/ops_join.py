@@ -21,7 +21,7 @@ from .read_bounds import read_prefix, read_suffix
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
-from .split_sizes import followed_prefix, followed_split, followed_suffix
+from .split_sizes import followed_prefix, followed_segments, followed_split, followed_suffix
 from .unbind_merge import joined_unbind, merge_unbound, rejoined
 
 # -- concat, pad and split -----------------------------------------------------------------
@@ -157,7 +157,9 @@ def split(ctx: RuleContext) -> None:
         ctx.same(src[:dim] + src[dim + 1 :], part[:dim] + part[dim + 1 :])
     sizes = [ctx.graph.size(p[dim]) for p in parts]
     counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
-    is_chunk = (
+    # MixNet's ``split(x, self.splits, 1)``: each part an offset segment counted by its own element
+    segments = not counted and followed_segments(ctx, how, src[dim], [p[dim] for p in parts])
+    is_chunk = not segments and (
         (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
         or (not counted and followed_split(ctx, how, src[dim], [p[dim] for p in parts]))  # ``split(self.width)``
@@ -168,9 +170,9 @@ def split(ctx: RuleContext) -> None:
             and all(not ctx.constant_size(p[dim], how) for p in parts)
         )  # ``split(self.split_size)``: equal parts of a size attribute the model sets
     )
-    if not is_chunk and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
+    if not is_chunk and not segments and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
         return
-    if not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim]):
+    if not segments and (not is_chunk or len(set(sizes)) != 1 or sum(sizes) != ctx.graph.size(src[dim])):
         ctx.pin([src[dim]] + [p[dim] for p in parts], f"split with fixed sizes {how} at {ctx.where()}")
     offset = 0
     for part, size in zip(parts, sizes):

@@ -35,6 +35,7 @@ from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, plain_int_attribu
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
 from .length_reads import LENGTH, LENGTH_DECISIONS, SYMBOLIC_READS, Decision, decision, is_length, reading_len
+from .list_attributes import int_list, wrapped_list
 from .meta import COMPUTED_READS, EXPORTED, MODULE_READS, SIZE_CONTROL, SIZE_READS, SIZE_TESTS, ReadInt
 from .number_args import ReadFloat
 from .size_flow import flows_nowhere
@@ -112,6 +113,8 @@ class _Log:
             return kind(value, frozenset({(path, name)}), self, ((path, name), value, _same))
         if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return SizeTuple(value, frozenset({(path, name)}), self)
+        if int_list(value) and read_only_where_literal(layer, name, _NAMES, self.sizes):  # MixNet's ``splits``
+            return wrapped_list(value, name, lambda site, v: PlainRead(v, frozenset({(path, site)}), self, ((path, site), v, _same)))
         return value
 
 

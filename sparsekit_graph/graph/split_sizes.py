@@ -26,10 +26,11 @@ import torch.fx as fx
 from .attribute_sizes import PLAIN_FOLLOWED, Formula, PlainInt
 from .axes import AxisId
 from .context import RuleContext
+from .list_attributes import read_size
 from .size_values import Site
 from .sizes import SizeSource
 
-__all__ = ["followed_prefix", "followed_split", "followed_suffix", "prefix_stop"]
+__all__ = ["followed_prefix", "followed_segments", "followed_split", "followed_suffix", "prefix_stop"]
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
 _MOST_SITES = 4  # more attributes in one size: left to pin (3 ** 4 assignments at most)
@@ -55,6 +56,30 @@ def followed_split(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisI
     for site, role in roles.items():
         for axis in parts if role == _PART else [src] if role == _WHOLE else []:
             _record(ctx, axis, site)
+    return True
+
+
+def followed_segments(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId]) -> bool:
+    """``torch.split(x, self.splits, 1)`` with ``splits = [16, 8, 8]`` a list attribute (MixNet,
+    ``list_attributes``): each size made only from attributes no other size reads, each
+    counting its own part (``splits[k]``), so every part is an offset segment pruned on its own
+    and surgery lowers each element by what its part lost. True, with the attributes recorded on
+    the parts they count; False (nothing recorded) otherwise."""
+    sizes = [ctx.graph.size(p) for p in parts]
+    if not isinstance(how, (list, tuple)) or len(how) != len(parts) or len(parts) < 2 or sum(sizes) != ctx.graph.size(src):
+        return False
+    if not all(isinstance(e, PlainInt) and e == n for e, n in zip(how, sizes)):
+        return False
+    sites = [set(e.formula[0]) for e in how]
+    if any(not a or any(a & b for b in sites[:k]) for k, a in enumerate(sites)):
+        return False  # a size of no attribute, or one attribute sizing two parts: not on their own
+    found = [_roles([e.formula], n, n, 1) for e, n in zip(how, sizes)]
+    if any(roles is None for roles in found):
+        return False
+    for part, roles in zip(parts, found):
+        for site, role in (roles or {}).items():
+            if role != _FIXED:
+                _record(ctx, part, site)
     return True
 
 
@@ -149,7 +174,7 @@ def _record(ctx: RuleContext, axis: AxisId, site: Site) -> None:
     """Attribute ``site`` counts ``axis``: surgery rewrites it with the axis's group."""
     src = SizeSource(*site)
     ctx.graph.size_refs.setdefault(axis, set()).add(src)
-    ctx.graph.size_values[src] = int(getattr(ctx.modules.get(site[0]), site[1]))
+    ctx.graph.size_values[src] = int(read_size(ctx.modules.get(site[0]), site[1]))
     _follow(ctx, site)
 
 

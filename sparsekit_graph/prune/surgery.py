@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SparseKitError
+from ..graph.list_attributes import read_size, write_size
 from ..plan.schema import Plan
 from ..plan.shared_sizes import size_drops
 from ..registry import RESIZERS, by_type, registrar
@@ -110,7 +111,7 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
     for g in plan.groups:
         for ref in g.sizes:
             holder = _owner(model, modules, ref.owner)
-            old = getattr(holder, ref.attr, None)
+            old = read_size(holder, ref.attr)  # ``splits[0]``: an element of a list attribute
             by = drops[(g.name, ref.owner, ref.attr)]
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
             if new is not None:
@@ -118,7 +119,7 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
     for (_, attr), (holder, live, pinned) in proposals.items():
         values = live or pinned
         if len(values) == 1:
-            setattr(holder, attr, values.pop())
+            write_size(holder, attr, values.pop())
 
 
 def _owner(model: nn.Module, modules: dict[str, nn.Module], owner: str) -> object:

@@ -1,0 +1,145 @@
+"""Needless pins of round 9 (issue 7): spellings that pinned where their plain twin prunes.
+
+1. A list attribute of split sizes (timm MixNet's ``MixedConv2d.splits = [16, 8, 8]``, an
+   ``nn.ModuleDict``): each part is an offset segment of the input's group, pruned on its own,
+   and surgery lowers ``splits[k]`` by what segment ``k`` lost. A list that also sizes another
+   axis still pins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import check_oracle, realistic_bn
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+# --- 1: a list attribute of split sizes (MixNet) -------------------------------------------------
+
+SPLITS = [16, 8, 8]
+
+
+class MixedConv(nn.ModuleDict):
+    """timm's ``MixedConv2d``: depthwise convs of growing kernels over parts of the channels."""
+
+    def __init__(self, splits: list[int]) -> None:
+        super().__init__()
+        for i, s in enumerate(splits):
+            self.add_module(str(i), nn.Conv2d(s, s, 3 + 2 * i, padding=1 + i, groups=s))
+        self.splits = list(splits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([c(parts[i]) for i, c in enumerate(self.values())], 1)
+
+
+class PlainMixed(nn.Module):
+    """The same on a plain module, its convs in a ``ModuleList``; ``spelling`` says how the
+    split sizes are also used: ``"view"`` sizes the model input's channels by ``splits[0]``
+    (which cannot shrink), ``"tuple"`` splits by a tuple of the attribute's elements."""
+
+    def __init__(self, splits: list[int], spelling: str = "plain") -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(s, s, 3 + 2 * i, padding=1 + i, groups=s) for i, s in enumerate(splits))
+        self.splits, self.spelling = list(splits), spelling
+
+    def forward(self, x: Tensor) -> Tensor:
+        sizes = tuple(self.splits) if self.spelling == "tuple" else self.splits
+        parts = torch.split(x, sizes, 1)
+        return torch.cat([c(p) for c, p in zip(self.convs, parts)], 1)
+
+
+class MixBlock(nn.Module):
+    """MixNet's inverted residual: 1x1 expansion, BN, ReLU, the mixed depthwise conv, BN, ReLU,
+    1x1 projection. ``"view"``: the input (16 channels) is also viewed as ``(b, splits[0], -1)``."""
+
+    def __init__(self, mixed: nn.Module, spelling: str = "plain") -> None:
+        super().__init__()
+        width = sum(SPLITS)
+        self.pw, self.bn1 = nn.Conv2d(16, width, 1), nn.BatchNorm2d(width)
+        self.mixed, self.bn2 = mixed, nn.BatchNorm2d(width)
+        self.pwl = nn.Conv2d(width, 16, 1)
+        self.spelling = spelling
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn2(self.mixed(torch.relu(self.bn1(self.pw(x))))))
+        y = self.pwl(h) + x
+        if self.spelling == "view":
+            y = y + x.view(x.shape[0], self.mixed.splits[0], -1).mean(-1)[..., None, None]
+        return y
+
+
+X = (2, 16, 8, 8)
+
+
+def _segments(plan: skg.Plan) -> list[skg.Group]:
+    return [g for g in plan.groups if g.name.startswith("pw:out")]
+
+
+@pytest.mark.parametrize("make", [MixedConv, PlainMixed, lambda s: PlainMixed(s, "tuple")], ids=["moduledict", "plain", "tuple"])
+def test_list_split_sizes_prune_each_segment(make: object, tmp_path: Path) -> None:
+    """Each part of the split is its own group, zero-invariant and pruned exactly; surgery
+    lowers each element of ``splits`` by what its part lost, on the copy only."""
+    torch.manual_seed(0)
+    model = MixBlock(make(SPLITS)).eval()  # type: ignore[operator]
+    result = check_oracle(model, torch.randn(*X), tmp_path)
+    segments = _segments(result.plan)
+    assert sorted(g.size for g in segments) == [8, 8, 16]
+    assert all(g.prunable and g.zero_invariant for g in segments), [(g.name, g.reason) for g in segments]
+    assert result.model.mixed.splits == [8, 4, 4]
+    assert model.mixed.splits == SPLITS  # the user's model keeps its list
+
+
+def test_list_split_sizes_prune_unevenly() -> None:
+    """Explicit masks that take different counts from each part: every element follows its own."""
+    torch.manual_seed(0)
+    model, x = MixBlock(MixedConv(SPLITS)).eval(), torch.randn(*X)
+    realistic_bn(model, x)
+    plan = skg.plan(model, x)
+    masks = {}
+    for g, drop in zip(sorted(_segments(plan), key=lambda g: g.members[0].start), (3, 5, 1)):
+        m = torch.zeros(g.size, dtype=torch.bool)
+        m[torch.randperm(g.size)[:drop]] = True
+        masks[g.name] = m
+    pruned = skg.prune(model, plan, masks=masks).model.eval()
+    assert pruned.mixed.splits == [13, 3, 7]
+    dense = MixBlock(MixedConv(SPLITS)).eval()
+    dense.load_state_dict(model.state_dict())
+    couplings = skg.bind(plan, dense)
+    for name, m in masks.items():
+        couplings[name].apply_mask(m)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_list_split_sizes_that_also_size_another_axis_pin() -> None:
+    """``x.view(b, self.mixed.splits[0], -1)`` on the model input: lowering ``splits[0]`` would
+    break that view, so the part it counts stays pinned, naming the attribute."""
+    torch.manual_seed(0)
+    model, x = MixBlock(PlainMixed(SPLITS), "view").eval(), torch.randn(*X)
+    plan = skg.plan(model, x)
+    first = next(g for g in _segments(plan) if g.members[0].start == 0)
+    assert not first.prunable and "splits[0]" in (first.reason or ""), first.reason
+    small = skg.prune(model, plan, ratio=0.5).model.eval()
+    assert small.mixed.splits[0] == 16
+    with torch.no_grad():
+        assert small(x).shape == model(x).shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
+def test_timm_mixnet_prunes_its_mixed_convs(name: str, tmp_path: Path) -> None:
+    """timm's MixNet: no group pinned by a split (all of its mixed convolutions' parts were),
+    far fewer parameters kept at 0.5, exact."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    result = check_oracle(model, x, tmp_path)
+    plan = skg.plan(model, x)
+    split = [(g.name, g.reason) for g in plan.groups if "split" in (g.reason or "")]
+    assert not split and sum(g.prunable for g in plan.groups) >= 60, split
+    assert result.report.params_after < 0.45 * result.report.params_before  # 0.56 with the splits pinned
