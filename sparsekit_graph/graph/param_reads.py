@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .axes import AxisGraph
 from .meta import SIZE_CONTROL, SIZE_READS
 from .size_values import VALUE, Site, SizeRead, SizeTuple
-from .user_code import by_user
+from .user_code import by_user, stand_in
 
 if TYPE_CHECKING:
     from .size_reads import _Log
@@ -162,9 +162,11 @@ def _axis_read(t: Tensor, dim: Any, out: int) -> Any:
     return SizeRead(out, axes[dim], _ACTIVE[-1].log)
 
 
+@stand_in
 def _len(obj: Any, /) -> Any:
     """``builtins.len`` while recording: ``len(t)`` of a tensor, asked by the model's code, is the
-    read of its axis 0 (``t.shape[0]``), not a plain int that hides where it came from."""
+    read of its axis 0 (``t.shape[0]``), not a plain int that hides where it came from. A stand-in
+    for the builtin: ``len(self.normalized_shape)`` is the model's own use (``SizeTuple.__len__``)."""
     if isinstance(obj, Tensor) and _ACTIVE and obj.ndim and by_user(1):
         return _axis_read(obj, 0, _LEN(obj))
     traced = getattr(type(obj), "traced_length", None)  # a Proxy: ``size_tracer.SizeProxy``
