@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .fresh_sizes import carry
 from .meta import CONSTANT, META
 
 SMALL_CONSTANT = 64  # integer constants up to this many elements keep their values
@@ -95,6 +96,7 @@ def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
     user_outputs = [i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
+    tokens: dict[int, fx.Node] = {}  # the nodes whose axes fresh tensors' sizes were read off (``fresh_sizes``)
     for node in ep.graph_module.graph.nodes:
         if node.op == "placeholder" and node.name in qualified:
             new = graph.get_attr(qualified[node.name])
@@ -114,6 +116,7 @@ def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
             new = graph.node_copy(node, lambda n: env[n])
         new.meta = {**node.meta, **new.meta}
         new.meta[META] = _meta_value(node.meta.get("val"))
+        carry(node, new, tokens)
         env[node] = new
     return graph
 

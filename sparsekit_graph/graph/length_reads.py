@@ -28,6 +28,7 @@ import torch
 import torch.fx as fx
 
 from .flow_code import code_table, instruction_at, live
+from .fresh_sizes import sourced
 from .size_flow import Where, where_made
 from .size_values import LENGTH, SizeRead, SizeTuple, _Tracked
 from .user_code import INTERNAL, by_user, is_stand_in, stand_in
@@ -146,6 +147,8 @@ class LengthTuple(SizeTuple):
     """A tensor's shape read by the model's code under ``torch.export``: a ``SizeTuple`` whose
     lengths may be symbolic (kept as they are), with ``torch.Size``'s ``numel``."""
 
+    tensor: torch.Tensor | None = None  # whose whole shape it is (``size_reaching``): its lengths' axes
+
     def _one(self, v: Any, i: int) -> Any:
         """Its ``i``-th length, taken by the model's code: a read of its own, where symbolic noted."""
         if isinstance(v, _Tracked):  # a tracked value joined in (``h.shape[:-1] + (n,)``)
@@ -153,7 +156,7 @@ class LengthTuple(SizeTuple):
         where = where_made(sys._getframe(2))  # the model's instruction taking it
         read = _read(_at(*where[0]) if where else ("?", "?", -1), str(i))
         if isinstance(v, int):
-            return SizeRead(v, frozenset({(LENGTH, read)}), self._log)
+            return sourced(SizeRead(v, frozenset({(LENGTH, read)}), self._log), self.tensor, i)
         self._log.symbolic.add(read)
         return v
 

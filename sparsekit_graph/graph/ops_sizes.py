@@ -12,10 +12,11 @@ from torch import Tensor
 
 from .context import RuleContext
 from .flow_values import VALUE
+from .fresh_sizes import read_axes
 from .meta import CONTROL
 from .normalize import normalize
 from .rules import register_function_rule, register_method_rule
-from .size_args import link_read_lengths, product_follows
+from .size_args import link_lengths, link_read_lengths, product_follows
 
 # -- sizes and fresh tensors ----------------------------------------------------------------
 
@@ -148,6 +149,7 @@ def sized_tensor(ctx: RuleContext) -> None:
     out = ctx.out()
     sizes = ctx.call.args.get("size")
     link_read_lengths(ctx, sizes, out)
+    link_lengths(ctx, read_axes(ctx, len(out)), out)  # under torch.export: the literals read off an axis
     if isinstance(sizes, (tuple, list)) and len(sizes) == len(out):
         follows = [not ctx.graph.adj[o] and (ctx.size_follows_model(o, n) or product_follows(ctx, n)) for o, n in zip(out, sizes)]
         ctx.fresh(o for o, f in zip(out, follows) if f)

@@ -25,8 +25,8 @@ from .normalize import normalize
 from .sizes import SizeSource, read_sites, size_sources
 
 __all__ = [
-    "counted_alike", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms", "read_axis",
-    "size_element", "size_elements",
+    "counted_alike", "link_lengths", "link_read_lengths", "literal_dims", "made_from", "product_follows", "product_terms",
+    "read_axis", "size_element", "size_elements",
 ]  # fmt: skip
 
 
@@ -117,6 +117,12 @@ def link_read_lengths(ctx: RuleContext, sizes: object, out: list) -> None:
         read = [read_axis(ctx, s) for s in sizes]
     else:
         read = _read_axes(ctx, sizes) or []
+    link_lengths(ctx, read, out)
+
+
+def link_lengths(ctx: RuleContext, read: Sequence[AxisId | None], out: Sequence[AxisId]) -> None:
+    """Link each output axis to the axis its length was read off (``read``, None where none
+    was), as ``link_read_lengths`` does; ``fresh_sizes.read_axes`` gives them under torch.export."""
     for a, o in zip(read, out):
         if a is not None and ctx.graph.size(a) == ctx.graph.size(o) > 1 and not counted_alike(ctx.graph, a, o):
             ctx.graph.link(a, o)

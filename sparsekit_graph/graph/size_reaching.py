@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .length_reads import is_length, read_lengths
-from .normalize import bind_call
+from .fresh_sizes import note_fresh, sourced
+from .length_reads import LengthTuple, is_length, read_lengths
+from .normalize import Call, bind_call
 from .number_args import SizeUse, takes_as_size
 from .size_values import _Tracked
 
@@ -35,20 +38,21 @@ class Reaching(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if self.log.made:
-            _classify(func, args, kwargs)
+        call = _classify(func, args, kwargs) if self.log.made else None
         out = func(*args, **kwargs)
         if out is NotImplemented:  # ``torch.sym_min(s, self.n)``: a SymInt takes exact ints only
             out = func(*_plain(args), **_plain(kwargs))
-        return read_lengths(func, out, self.log)
+        note_fresh(func, call, out)
+        return _axis_read(func, args, kwargs, read_lengths(func, out, self.log))
 
 
-def _classify(func: Any, args: tuple, kwargs: dict) -> None:
+def _classify(func: Any, args: tuple, kwargs: dict) -> Call | None:
     """Each tracked number passed to ``func``, taken as a value (reached) or as a size
-    (``number_args.takes_as_size``, by the argument's normalised name)."""
+    (``number_args.takes_as_size``, by the argument's normalised name); the call, bound, where
+    it took any."""
     given = _walk((args, kwargs))
     if not given:
-        return
+        return None
     call = bind_call(func, args, kwargs)
     name = getattr(func, "__name__", type(func).__name__)
     for arg, value in call.args.items() if call.bound else ():
@@ -59,6 +63,22 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> None:
         if not call.bound and isinstance(v, float):
             v._size(SizeUse(f"an argument of {name}, which does not bind"))
         v._reach()
+    return call
+
+
+def _axis_read(func: Any, args: tuple, kwargs: dict, read: Any) -> Any:
+    """``read`` (what ``read_lengths`` handed the model's code), marked with the tensor axis it
+    is the length of (``fresh_sizes.sourced``): ``h.size(1)``, ``len(h)``; a whole shape
+    (``LengthTuple``) keeps its tensor for the lengths taken from it."""
+    if not isinstance(read, _Tracked) or not args or not isinstance(args[0], Tensor):
+        return read
+    if isinstance(read, LengthTuple):
+        read.tensor = args[0]
+    elif func is torch.Tensor.__len__:
+        sourced(read, args[0], 0)
+    elif func is torch._C.TensorBase.size and isinstance(dim := (args[1] if len(args) > 1 else kwargs.get("dim")), int):
+        sourced(read, args[0], dim)
+    return read
 
 
 def _plain(a: Any) -> Any:
