@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,142 @@ def test_timm_mixnet_prunes_its_mixed_convs(name: str, tmp_path: Path) -> None:
     split = [(g.name, g.reason) for g in plan.groups if "split" in (g.reason or "")]
     assert not split and sum(g.prunable for g in plan.groups) >= 60, split
     assert result.report.params_after < 0.45 * result.report.params_before  # 0.56 with the splits pinned
+
+
+# --- 3: dtype conversions are ``to(dtype)`` however they are spelled ------------------------------
+
+_DTYPES = {
+    "type": (
+        lambda s, h: h.to(torch.float64).relu().to(torch.float32),
+        lambda s, h: h.type(torch.float64).relu().type(torch.float32),
+    ),
+    "type-kw": (
+        lambda s, h: h.to(torch.float64).relu().to(torch.float32),
+        lambda s, h: h.type(dtype=torch.float64).relu().type(dtype=torch.float32),
+    ),
+    "type-f16": (
+        lambda s, h: h.to(torch.float16).to(torch.float32) * 2,
+        lambda s, h: h.type(torch.float16).type(torch.float32) * 2,
+    ),
+    "double": (lambda s, h: h.to(torch.float64).relu().to(torch.float32), lambda s, h: h.double().relu().float()),
+    "half": (lambda s, h: h.to(torch.float16).to(torch.float32) * 2, lambda s, h: h.half().float() * 2),
+}
+
+
+@pytest.mark.parametrize("spelling", list(_DTYPES))
+def test_dtype_spellings_plan_as_to(spelling: str) -> None:
+    """``.type(torch.float64)`` pinned ("arguments could not be read") where ``.to(torch.float64)``
+    prunes; ``.double()`` / ``.half()`` are the same call."""
+    from test_spelling_pins_round8 import _same_plan
+
+    plain, other = _DTYPES[spelling]
+    _same_plan(plain, other)
+
+
+def _calls(fn: object) -> list[object]:
+    """The normalised ops of ``fn(self, h)`` traced on a (2, 12, 6, 6) input."""
+    import torch.fx as fx
+
+    from sparsekit_graph.graph.normalize import normalize
+
+    class F(nn.Module):
+        def forward(self, h: Tensor) -> object:
+            return fn(self, h)  # type: ignore[operator]
+
+    gm = fx.symbolic_trace(F())
+    for n in gm.graph.nodes:
+        n.meta["skg.value"] = n.meta.get("skg.value")
+    return [normalize(n).op for n in gm.graph.nodes if n.op == "call_method"]
+
+
+def test_dtype_spellings_normalise_to_one_op() -> None:
+    """Every spelling binds as ``Tensor.to`` with its dtype; ``.type()`` (the type's name, a
+    string) and a type named by a string stay ``Tensor.type``: no dtype to read."""
+    for fn in (lambda s, h: h.type(torch.float64), lambda s, h: h.double(), lambda s, h: h.half(), lambda s, h: h.bfloat16()):
+        assert _calls(fn) == [Tensor.to]
+    assert _calls(lambda s, h: h.type()) == [Tensor.type]
+    assert _calls(lambda s, h: h.type("torch.DoubleTensor")) == [Tensor.type]
+
+
+def test_dtype_spelling_twins_still_pin() -> None:
+    """A conversion before an op with no rule pins as before (the spelling is no way around it),
+    and ``h.type()`` compared in Python computes the same at every count: nothing pinned."""
+    from test_adversary_round4 import Net, X
+
+    twin = Net(lambda s, h: torch.fft.fft(h.type(torch.float64), dim=1).real.float()).eval()
+    g = skg.plan(twin, torch.randn(*X)).group("a:out")
+    assert not g.prunable and "fft" in (g.reason or ""), g.reason
+    named = Net(lambda s, h: h * (2.0 if h.type() == "torch.FloatTensor" else 1.0)).eval()
+    assert skg.plan(named, torch.randn(*X)).group("a:out").prunable
+
+
+# --- 4: weight norm (torch._weight_norm, nn.utils.weight_norm and its parametrization) -----------
+
+
+class WeightNormed(nn.Module):
+    """conv ``a`` -> BN -> ReLU -> a weight-normed 3x3 conv (``how``: ``"param"`` the
+    parametrization, ``"hook"`` the pre-hook API, ``"fn"`` ``torch._weight_norm`` in forward) ->
+    ReLU -> 1x1 head. ``dim`` as torch takes it (None: one norm over the whole weight)."""
+
+    def __init__(self, how: str, dim: int | None) -> None:
+        super().__init__()
+        self.a, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        c = nn.Conv2d(8, 8, 3, padding=1)
+        self.how, self.dim = how, -1 if dim is None else dim
+        if how == "param":
+            c = nn.utils.parametrizations.weight_norm(c, dim=dim)
+        elif how == "hook":
+            with warnings.catch_warnings():  # deprecated, still in use (WavLM, SEW checkpoints)
+                warnings.simplefilter("ignore", FutureWarning)
+                c = nn.utils.weight_norm(c, dim=dim)
+        else:
+            self.v = nn.Parameter(torch.randn(8, 8, 3, 3))
+            self.g = nn.Parameter(torch.rand(tuple([8, 8, 3, 3][d] if d == self.dim else 1 for d in range(4))) + 0.5)
+        self.c = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if self.how == "fn":
+            h = torch.nn.functional.conv2d(h, torch._weight_norm(self.v, self.g, self.dim), self.c.bias, padding=1)
+        else:
+            h = self.c(h)
+        return self.head(torch.relu(h))
+
+
+def _channel_groups(plan: skg.Plan) -> list[tuple[int, bool, bool]]:
+    return sorted((g.size, g.prunable, g.zero_invariant) for g in plan.groups if g.prunable)
+
+
+@pytest.mark.parametrize("dim", [0, 2, None], ids=["dim0", "dim2", "whole"])
+@pytest.mark.parametrize("how", ["param", "hook", "fn"])
+def test_weight_norm_prunes_exactly(how: str, dim: int | None, tmp_path: Path) -> None:
+    """Each spelling plans alike: the input channels (norms over them: a zeroed channel adds
+    nothing) zero-invariant; the output rows prunable, zero-invariant unless they are the norm's
+    own axis (``dim=0``: a zeroed row divides by a zero norm); pruned at 0.5 and exact."""
+    torch.manual_seed(0)
+    model = WeightNormed(how, dim).eval()
+    result = check_oracle(model, torch.randn(2, 3, 6, 6), tmp_path)
+    assert _channel_groups(result.plan) == sorted([(8, True, True), (8, True, dim != 0)])
+    if how == "hook":
+        assert result.model.c.weight.shape[:2] == result.model.c.weight_v.shape[:2]
+
+
+class Shifted(WeightNormed):
+    """``torch._weight_norm(self.v + 1, ...)``: the direction is not zero where its channels are."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        return self.head(torch.nn.functional.conv2d(h, torch._weight_norm(self.v + 1, self.g, 2), padding=1))
+
+
+def test_weight_norm_twins_still_pin() -> None:
+    """Another pre-hook beside weight norm's is not modelled: the layer pins; a direction that is
+    not zero where its channels are (``v + 1``) keeps the input channels prunable, not exact."""
+    torch.manual_seed(0)
+    hooked = WeightNormed("hook", 0).eval()
+    hooked.c.register_forward_pre_hook(lambda m, args: None)
+    plan = skg.plan(hooked, torch.randn(2, 3, 6, 6))
+    assert not plan.group("a:out").prunable and "hooks" in (plan.group("a:out").reason or "")
+    shifted = Shifted("fn", 2).eval()
+    g = skg.plan(shifted, torch.randn(2, 3, 6, 6)).group("a:out")
+    assert not g.zero_invariant, g

@@ -17,6 +17,7 @@ from .meta import META
 from .normalize import Call, normalize
 from .sizes import size_sources
 from .spectral import spectral_norm_axes
+from .weight_norms import weight_norm_hook
 
 __all__ = ["RuleContext"]
 
@@ -135,6 +136,10 @@ class RuleContext:
         prefix = f"{self.module_name}." if self.module_name else ""
         if "parametrizations" in m._modules and parametrize.is_parametrized(m, attr):  # skip its AttributeError
             return self._parametrized(attr, prefix, axes)
+        hook = weight_norm_hook(m, attr)
+        if hook is not None:  # ``nn.utils.weight_norm``: ``attr_g`` and ``attr_v``, joined by a pre-hook
+            g, v = getattr(m, f"{attr}_g"), getattr(m, f"{attr}_v")
+            return self._weight_normed(g, v, hook.dim, f"{prefix}{attr}_g", f"{prefix}{attr}_v", f"{prefix}{attr}", axes)
         t = getattr(m, attr)
         if id(t) not in self.graph.canonical:
             raise ValueError(f"{prefix}{attr} is computed by the layer, not a parameter or buffer")
@@ -149,16 +154,22 @@ class RuleContext:
         if not isinstance(norm, _WeightNorm) or norm.dim is None:
             kinds = ", ".join(type(p).__name__ for p in plist)
             raise ValueError(f"parametrization {kinds} of {prefix}{attr} is not modelled")
-        g, v = plist.original0, plist.original1
         base = f"{prefix}parametrizations.{attr}"
-        direction = self.graph.add_param(self.graph.canonical.get(id(v), f"{base}.original1"), v)
-        if g.ndim == 0:  # weight_norm(dim=None): one norm over the whole weight
-            self.mix(direction, f"weight norm of {prefix}{attr} over the whole weight: every channel changes it")
-            return direction if axes is None else [direction[a] for a in axes]
-        magnitude = self.graph.add_param(self.graph.canonical.get(id(g), f"{base}.original0"), g, (norm.dim % v.ndim,))
-        row = direction[norm.dim % v.ndim]
-        self.same(magnitude, [row])
-        self.graph.mix(row, f"weight norm of {prefix}{attr}: a zeroed row divides by a zero norm")
+        g, v = plist.original0, plist.original1
+        return self._weight_normed(g, v, norm.dim, f"{base}.original0", f"{base}.original1", f"{prefix}{attr}", axes)
+
+    def _weight_normed(
+        self, g: Tensor, v: Tensor, dim: int, g_name: str, v_name: str, label: str, axes: tuple[int, ...] | None
+    ) -> list[AxisId]:
+        """The axes of ``_weight_norm(v, g, dim)``: those of the direction ``v``; the magnitude ``g``
+        follows axis ``dim``, where a zeroed row divides by a zero norm (not zero-invariant). With
+        one norm over the whole weight (``dim=-1``: ``g`` is a scalar) a zeroed channel keeps it."""
+        direction = self.graph.add_param(self.graph.canonical.get(id(v), v_name), v)
+        if g.ndim > 0:
+            magnitude = self.graph.add_param(self.graph.canonical.get(id(g), g_name), g, (dim % v.ndim,))
+            row = direction[dim % v.ndim]
+            self.same(magnitude, [row])
+            self.graph.mix(row, f"weight norm of {label}: a zeroed row divides by a zero norm")
         return direction if axes is None else [direction[a] for a in axes]
 
     def weight_axes(self, x: Any, dims: tuple[int, ...]) -> list[AxisId] | None:

@@ -218,8 +218,12 @@ def _new_tensor(
     """The signature of ``Tensor.new_tensor``, a builtin with neither a Python signature nor a schema."""
 
 
+def _type(self: Tensor, dtype: Any = None, non_blocking: bool = False) -> None:
+    """The signature of ``Tensor.type`` (``x.type(torch.float16)``; ``x.type()`` names the type)."""
+
+
 # Builtins bound against a Python function of the same signature (``h.new_tensor(h.size(1))``).
-_SIGNATURE_OF: dict[Any, Callable[..., Any]] = {Tensor.new_tensor: _new_tensor}
+_SIGNATURE_OF: dict[Any, Callable[..., Any]] = {Tensor.new_tensor: _new_tensor, Tensor.type: _type}
 
 
 @cache

@@ -13,6 +13,11 @@ What each keeps exact when channels are removed:
 - ``cdist(x1, x2, p)`` sums ``|x1 - x2|**p`` over the feature axis both share (p = inf: a max of
   them): the two feature axes move together, and a removed channel changes no distance where it
   is zero in both operands. Row axes and broadcast batch axes pass to the output.
+- ``torch._weight_norm(v, g, dim)`` (``nn.utils.weight_norm`` and its parametrization: WavLM's
+  and SEW's positional conv) is ``v * g / ||v||`` with one 2-norm per slice along ``dim`` over
+  every other axis (over all of ``v`` for ``dim=-1``). Along ``dim`` slices are independent, but a
+  zeroed slice divides by a zero norm: prunable, not zero-invariant; ``g`` follows that axis. On
+  any other axis a removed channel whose values are zero adds nothing to any norm: exact.
 - ``diag_embed(t)`` puts the last axis of ``t`` on the diagonal of two new axes: both follow it
   (row ``i`` and column ``i`` hold channel ``i`` alone, zeros elsewhere). An offset diagonal
   makes the new axes one longer per step: pinned.
@@ -87,3 +92,19 @@ def diag_embed(ctx: RuleContext) -> None:
         ctx.pin([src[-1], out[d1], out[d2]], f"diagonal at an offset at {ctx.where()}")
         return
     ctx.same([src[-1], src[-1]], [out[d1], out[d2]])
+
+
+@register_function_rule(torch._weight_norm)
+def weight_norm(ctx: RuleContext) -> None:
+    """``v * g / norm_except_dim(v, 2, dim)``: elementwise, with a norm over every axis but ``dim``."""
+    pointwise(ctx)
+    v, out = ctx.arg("v"), ctx.out()
+    dim = ctx.arg("dim", 0)
+    kept = None if dim == -1 else dim % len(out)  # -1: one norm over the whole tensor
+    for d, axis in enumerate(out):
+        if d == kept:
+            ctx.mix([axis], f"weight norm along axis {d} at {ctx.where()}: a zeroed slice divides by a zero norm")
+            continue
+        breaker = zero_breaker(v, d, ctx.modules)
+        if breaker is not None:
+            ctx.mix([axis], f"weight norm over an axis at {ctx.where()} of values not zero for removed channels (at {breaker})")

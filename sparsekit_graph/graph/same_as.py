@@ -5,7 +5,9 @@
 and 2. ``atleast_1d`` is ``flatten(x, 0, 0)`` (itself, or a 0-d tensor as ``(1,)``);
 ``atleast_2d`` / ``atleast_3d`` add axes of size 1 as torch does: ``unsqueeze`` where one is
 missing, ``reshape(x, (1, -1, 1))`` for a 1-D tensor made 3-D, ``flatten(x, 0, 0)`` where none is.
-Where the axes a form depends on are the input's rank, the traced value gives it.
+Where the axes a form depends on are the input's rank, the traced value gives it. A dtype
+conversion is ``to(dtype)`` however it is spelled: ``x.double()``, ``x.half()``,
+``x.type(torch.float64)``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ def _atleast(k: int) -> _Case:
     return case
 
 
+def _to_dtype(dtype: torch.dtype | None) -> _Case:
+    """``x.double()`` is ``x.to(torch.float64)``; ``x.type(torch.float16)`` is ``x.to(torch.float16)``
+    (``dtype`` None: read from the call). ``x.type()`` with no type returns the type's name, a
+    string: left as it is, as is a type named by a string (``"torch.DoubleTensor"``: a device too)."""
+
+    def case(args: _Args, rank: int) -> tuple[Hashable, _Args] | None:
+        rest = {k: v for k, v in args.items() if k not in ("input", "dtype", "non_blocking")}
+        want = args.get("dtype") if dtype is None else dtype
+        if not isinstance(want, torch.dtype) or any(v is not None for v in rest.values()):
+            return None
+        new = {"input": args.get("input"), "dtype": want}
+        return Tensor.to, new | ({"non_blocking": args["non_blocking"]} if "non_blocking" in args else {})
+
+    return case
+
+
 _CASES: dict[Hashable, _Case] = {
     torch.inner: _inner,
     torch.hsplit: _split_along(lambda rank: 1 if rank > 1 else 0),
@@ -65,6 +83,11 @@ _CASES: dict[Hashable, _Case] = {
     torch.atleast_1d: _atleast(1),
     torch.atleast_2d: _atleast(2),
     torch.atleast_3d: _atleast(3),
+    Tensor.type: _to_dtype(None),
+    Tensor.double: _to_dtype(torch.float64),
+    Tensor.float: _to_dtype(torch.float32),
+    Tensor.half: _to_dtype(torch.float16),
+    Tensor.bfloat16: _to_dtype(torch.bfloat16),
 }
 _ONE_OF = {torch.atleast_1d, torch.atleast_2d, torch.atleast_3d}  # bound as ``(*tensors)``
 

@@ -32,6 +32,7 @@ from .size_sinks import Sinks, sinks_now
 from .tensor_data import recording_tensor_data
 from .trace_inputs import flat_inputs
 from .user_code import by_user
+from .weight_norms import only_weight_norm_pre_hooks
 
 __all__ = ["TRACED_TORCH_LAYERS", "SizeProxy", "SizeTracer", "has_hooks"]
 
@@ -305,5 +306,8 @@ class _SizeAttribute(fx.proxy.Attribute, SizeProxy):
 
 
 def has_hooks(m: nn.Module) -> bool:
-    """Forward hooks change what a layer returns, and torch.fx does not trace them."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks)
+    """Forward hooks change what a layer returns, and torch.fx does not trace them. The pre-hooks
+    of ``nn.utils.weight_norm`` are modelled (``weight_norms``): the layer's rule reads the weight
+    they compute."""
+    pre = m._forward_pre_hooks and not only_weight_norm_pre_hooks(m)
+    return bool(m._forward_hooks or pre or _module._global_forward_hooks or _module._global_forward_pre_hooks)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import SparseKitError
 from ..graph.list_attributes import read_size, write_size
+from ..graph.weight_norms import refresh_weight_norms
 from ..plan.schema import Plan
 from ..plan.shared_sizes import size_drops
 from ..registry import RESIZERS, by_type, registrar
@@ -68,6 +69,7 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
             for attr, t in store.items():
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
+    refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
     _rewrite_sizes(model, plan, masks)
     rescale_queries(model, plan, masks)
     for module in model.modules():
