@@ -283,3 +283,49 @@ def test_weight_norm_twins_still_pin() -> None:
     shifted = Shifted("fn", 2).eval()
     g = skg.plan(shifted, torch.randn(2, 3, 6, 6)).group("a:out")
     assert not g.zero_invariant, g
+
+
+# --- 5: index_add / index_copy / scatter along an axis that is not the channels ------------------
+
+_IDX = torch.tensor([0, 2, 1, 3, 5, 4])
+_WRITES = {
+    "index_add": lambda s, h: h.index_add(2, s.idx, h * 2),
+    "index_add_fn": lambda s, h: torch.index_add(torch.zeros_like(h), 3, s.idx, h, alpha=2),
+    "index_copy": lambda s, h: h.index_copy(3, s.idx, h * 2),
+    "index_fill": lambda s, h: h.index_fill(2, s.idx[:2], 0.5),
+    "scatter": lambda s, h: torch.zeros_like(h).scatter(3, s.idx.view(1, 1, 1, 6).expand_as(h), h),
+    "scatter_add": lambda s, h: h.scatter_add(2, s.idx.view(1, 1, 6, 1).expand_as(h), h),
+    "scatter_reduce": lambda s, h: h.scatter_reduce(3, s.idx.view(1, 1, 1, 6).expand_as(h), h, "amax"),
+}
+
+
+@pytest.mark.parametrize("spelling", list(_WRITES))
+def test_writes_along_another_axis_pass_the_channels(spelling: str, tmp_path: Path) -> None:
+    """The channels pass through a write along a spatial axis (they pinned: "unknown op"): the
+    group prunes at 0.5 and matches the masked dense model."""
+    from test_adversary_round4 import Net, X
+
+    torch.manual_seed(0)
+    model = Net(_WRITES[spelling], idx=_IDX).eval()
+    result = check_oracle(model, torch.randn(*X), tmp_path)
+    assert result.plan.group("a:out").prunable and result.model.a.out_channels == 6
+
+
+_FLIP = torch.arange(12).flip(0)
+_CHANNEL_WRITES = {
+    "index_add": lambda s, h: h.index_add(1, s.flip, h * 2),
+    "index_copy": lambda s, h: torch.zeros_like(h).index_copy(1, s.flip, h),
+    "scatter": lambda s, h: torch.zeros_like(h).scatter(1, s.flip.view(1, 12, 1, 1).expand_as(h), h),
+    "scatter_part": lambda s, h: h.scatter(3, s.idx.view(1, 1, 1, 6).expand(2, 6, 6, 6), h),
+}
+
+
+@pytest.mark.parametrize("spelling", list(_CHANNEL_WRITES))
+def test_writes_along_the_channels_still_pin(spelling: str) -> None:
+    """Along the channel axis the written positions are data: pinned; so is a scatter whose
+    index covers only part of the channels (the rest keep the input's values)."""
+    from test_adversary_round4 import Net, X
+
+    plan = skg.plan(Net(_CHANNEL_WRITES[spelling], idx=_IDX, flip=_FLIP).eval(), torch.randn(*X))
+    g = plan.group("a:out")
+    assert not g.prunable and ("index" in (g.reason or "") or "lengths" in (g.reason or "")), g.reason

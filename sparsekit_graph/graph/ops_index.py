@@ -3,8 +3,9 @@
 ``flip`` reverses an axis (a permutation that survives pruning); ``repeat`` / ``tile`` lay
 copies side by side (a concat of the input with itself); ``glu`` and ``pixel_shuffle`` map
 blocks of indices to one index; ``roll``, ``narrow``, ``index_select`` and ``unfold`` move
-indices by amounts that would not follow a pruned length (those axes pin); scans
-(``cumsum``) keep every axis. Every other axis passes through unchanged.
+indices by amounts that would not follow a pruned length (those axes pin), as do the writes
+``index_add`` / ``index_copy`` / ``scatter`` along their ``dim``; scans (``cumsum``) keep every
+axis. Every other axis passes through unchanged.
 """
 
 from __future__ import annotations
@@ -243,3 +244,42 @@ def softmax2d(ctx: RuleContext) -> None:
 
 
 register_function_rule(torch.clamp_min, torch.clamp_max)(pointwise)
+
+
+_WRITES = (torch.index_add, torch.index_copy, torch.index_fill, torch.scatter, torch.scatter_add, torch.scatter_reduce)
+
+
+@register_function_rule(*_WRITES)
+def write_along(ctx: RuleContext) -> None:
+    """``index_add(x, dim, index, source)``, ``index_copy``, ``index_fill`` and ``scatter(x, dim,
+    index, src)``, ``scatter_add``, ``scatter_reduce``: the positions written along ``dim`` are
+    chosen by data, so that axis pins in every operand; on every other axis each index is
+    written from the same index of the source (and of scatter's index tensor), whatever the
+    others hold: channels pass through, as in an elementwise op. An operand axis shorter than
+    the output's (scatter reads only ``index``'s extent of ``src``) is pinned."""
+    ctx.read_all()
+    x, out = ctx.axes(ctx.input), ctx.out()
+    if x is None or not out:
+        ctx.pin_everything(f"write into a non-tensor at {ctx.where()}")
+        return
+    d = ctx.arg("dim") % len(out)
+    where = f"positions chosen by an index along axis {d} at {ctx.where()}"
+    ctx.pin([x[d], out[d]], where)
+    ctx.same(x[:d] + x[d + 1 :], out[:d] + out[d + 1 :])
+    index = ctx.axes(ctx.arg("index"))
+    scatter = ctx.call.op in (torch.scatter, torch.scatter_add, torch.scatter_reduce)
+    if not scatter:  # ``index_*``: a 1-D index, one position along ``dim`` per source index
+        ctx.pin(index or [], where)
+    for axes in [ctx.axes(ctx.arg("source", ctx.arg("src")))] + ([index] if scatter else []):
+        if axes is None:  # a scalar value (``index_fill``, ``scatter(..., value=...)``)
+            continue
+        if len(axes) != len(out):
+            ctx.pin_everything(f"operand of another rank at {ctx.where()}")
+            return
+        for k, (a, o) in enumerate(zip(axes, out)):
+            if k == d:
+                ctx.pin([a], where)
+            elif ctx.graph.size(a) != ctx.graph.size(o):  # scatter writes only ``index``'s extent
+                ctx.pin([a, o], f"operand and output of different lengths along axis {k} at {ctx.where()}")
+            else:
+                ctx.same([a], [o])
