@@ -49,3 +49,39 @@ def test_len_of_a_size_tuple_is_no_control_flow_on_its_sizes(tmp_path: Path) -> 
     result = check_oracle(LenNormNet().eval(), torch.randn(2, 3, 8, 8), tmp_path)
     groups = {g.name: g for g in result.plan.groups}
     assert groups["stem:out"].prunable and not groups["stem:out"].zero_invariant  # an RMS over the channels: not zero-invariant
+
+
+class Blur(nn.Module):
+    """timm's ``BlurPool2d``: a fixed binomial filter per channel, a buffer, and the group count
+    read from ``self.channels``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        filt = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (filt[:, None] * filt[None, :] / 16).repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.filt, stride=2, groups=self.channels)
+
+
+class BlurNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.blur, self.fc = nn.Conv2d(3, 16, 3, padding=1), Blur(16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.blur(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_depthwise_group_count_from_an_attribute_follows_pruning(tmp_path: Path) -> None:
+    """``F.conv2d(x, self.filt, groups=self.channels)`` pinned its channels: "depthwise call with a
+    literal group count" (timm resnetblur18: 8 of 22 groups prunable). The count is the
+    module's own attribute, which surgery rewrites with the channels it counts."""
+    torch.manual_seed(0)
+    model = BlurNet().eval()
+    result = check_oracle(model, torch.randn(2, 3, 8, 8), tmp_path, require=False)
+    assert [g.name for g in result.plan.prunable] == ["stem:out"]
+    blur = result.model.get_submodule("blur")
+    assert blur.channels == blur.filt.shape[0] == 8 and model.blur.channels == 16

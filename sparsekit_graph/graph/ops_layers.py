@@ -19,6 +19,7 @@ from .ops_tensor import pointwise, spatial_axes
 from .rules import register_function_rule, register_module_rule
 from .size_args import read_axis
 from .sizes import SizeSource
+from .split_sizes import followed_count
 from .zeros import zero_breaker
 
 __all__ = ["SAME_SHAPE_MODULES"]
@@ -163,6 +164,8 @@ def conv_function(ctx: RuleContext) -> None:
     # had surgery lower it per pruned channel).
     depthwise = groups == ctx.graph.size(x[cx])
     fixed = read is None and groups > 1 and (not depthwise or ctx.constant_size(x[cx], groups))
+    if fixed and depthwise and followed_count(ctx, groups, x[cx]):  # ``groups=self.channels``: surgery rewrites it
+        fixed = False
     co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
     _contracted_by_buffer(ctx, cx)
     b = ctx.axes(ctx.arg("bias"))

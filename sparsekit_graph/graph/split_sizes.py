@@ -30,7 +30,7 @@ from .list_attributes import read_size
 from .size_values import Site
 from .sizes import SizeSource
 
-__all__ = ["followed_prefix", "followed_segments", "followed_split", "followed_suffix", "prefix_stop"]
+__all__ = ["followed_count", "followed_prefix", "followed_segments", "followed_split", "followed_suffix", "prefix_stop"]
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
 _MOST_SITES = 4  # more attributes in one size: left to pin (3 ** 4 assignments at most)
@@ -90,13 +90,28 @@ def followed_prefix(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> n
     stop = it.stop
     if it.step is not None or it.start not in (None, 0) or not isinstance(stop, PlainInt) or not 0 < stop <= ctx.graph.size(axis):
         return None
-    roles = _roles([stop.formula], int(stop), int(stop), 1)
+    return np.arange(int(stop)) if _counts(ctx, stop, out) is not None else None
+
+
+def followed_count(ctx: RuleContext, n: object, axis: AxisId) -> bool:
+    """``F.conv2d(x, self.filt, groups=self.channels)`` (timm ``BlurPool2d``): a count of the
+    whole ``axis`` made from attributes that follow it. True, with them recorded on ``axis``;
+    False (nothing recorded) where it is no such count or none of them would follow."""
+    if not isinstance(n, PlainInt) or int(n) != ctx.graph.size(axis):
+        return False
+    return bool(_counts(ctx, n, axis))
+
+
+def _counts(ctx: RuleContext, n: PlainInt, out: AxisId) -> int | None:
+    """Record on ``out`` the attributes of ``n`` that count it (``_roles``): how many; None
+    where no assignment verifies."""
+    roles = _roles([n.formula], int(n), int(n), 1)
     if roles is None:
         return None
-    for site, role in roles.items():
-        if role != _FIXED:
-            _record(ctx, out, site)
-    return np.arange(int(stop))
+    counting = [site for site, role in roles.items() if role != _FIXED]
+    for site in counting:
+        _record(ctx, out, site)
+    return len(counting)
 
 
 def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: int) -> np.ndarray | None:
