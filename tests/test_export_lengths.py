@@ -82,3 +82,116 @@ def test_len_of_the_channels_decided_on_pins(fn: Fn) -> None:
 def test_len_of_a_plain_list_is_the_builtin() -> None:
     """``len()`` of anything but a tensor is the builtin's (a list of parts: no read)."""
     _prunes(lambda s, h: torch.cat(list(h.chunk(2, 1))[: len([0, 1])], 1))
+
+
+# -- a truth test of a count ------------------------------------------------------------------
+
+
+def _if_length(s: nn.Module, h: Tensor) -> Tensor:
+    if h.shape[1]:
+        h = h * 2
+    return h
+
+
+def _if_length_minus_one(s: nn.Module, h: Tensor) -> Tensor:
+    if h.shape[1] - 1:  # 0 at one channel: pruning flips it
+        h = h * 2
+    return h
+
+
+def _if_length_above_one(s: nn.Module, h: Tensor) -> Tensor:
+    if h.shape[1] > 1:
+        h = h * 2
+    return h
+
+
+def _all_of_shape(s: nn.Module, h: Tensor) -> Tensor:
+    if not all(h.shape):  # LongT5's ``_pad_to_multiple``
+        return h
+    return h * 2
+
+
+def _tested_then_looped(s: nn.Module, h: Tensor) -> Tensor:
+    n = h.shape[1]
+    if n:
+        h = h * 2
+    return sum(h[:, i : i + 1] for i in range(n))
+
+
+def _if_attribute(s: nn.Module, h: Tensor) -> Tensor:
+    if s.conv.out_channels:
+        h = s.conv(h)
+    return h
+
+
+def _if_attribute_minus_one(s: nn.Module, h: Tensor) -> Tensor:
+    if s.conv.out_channels - 1:
+        h = s.conv(h)
+    return h
+
+
+def _if_attribute_above_one(s: nn.Module, h: Tensor) -> Tensor:
+    if s.conv.out_channels > 1:
+        h = s.conv(h)
+    return h
+
+
+@pytest.mark.parametrize("fn", [_if_length, _all_of_shape], ids=["if_length", "all_of_shape"])
+def test_a_truth_test_of_a_length_is_no_decision(fn: Fn) -> None:
+    _prunes(fn)
+
+
+@pytest.mark.parametrize(
+    "fn", [_if_length_minus_one, _if_length_above_one, _tested_then_looped], ids=["minus_one", "above_one", "then_range"]
+)
+def test_a_length_pruning_flips_still_pins(fn: Fn) -> None:
+    _pins(fn)
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["export", "fx"])
+def test_a_truth_test_of_a_layer_attribute_is_no_decision(export: bool) -> None:
+    _prunes(_if_attribute, export, "conv:out")
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["export", "fx"])
+@pytest.mark.parametrize("fn", [_if_attribute_minus_one, _if_attribute_above_one], ids=["minus_one", "above_one"])
+def test_a_layer_attribute_pruning_flips_still_pins(fn: Fn, export: bool) -> None:
+    _pins(fn, export, "conv:out", why="control flow")
+
+
+def _zero_in_joined_shape(s: nn.Module, h: Tensor) -> Tensor:
+    shape = h.shape[:1] + (h.shape[2] // 2, 2) + h.shape[3:]  # LongT5's ``_split_into_blocks``
+    if 0 in shape:
+        return h
+    return h * 2
+
+
+def _zero_in_joined_channels(s: nn.Module, h: Tensor) -> Tensor:
+    shape = h.shape[:0] + (h.shape[0],) + h.shape[1:]  # the channels in the tail: one shape
+    if 0 in shape:
+        return h
+    return h.reshape(shape) * 2
+
+
+def _one_in_shape(s: nn.Module, h: Tensor) -> Tensor:
+    shape = h.shape[:0] + (h.shape[0],) + h.shape[1:]
+    if 1 in shape:  # true at one channel
+        return h
+    return h.reshape(shape) * 2
+
+
+def _zero_in_computed(s: nn.Module, h: Tensor) -> Tensor:
+    shape = h.shape[:1] + (h.shape[1] - 1,) + h.shape[2:]  # 0 at one channel
+    if 0 in shape:
+        return h
+    return h * 2
+
+
+@pytest.mark.parametrize("fn", [_zero_in_joined_shape, _zero_in_joined_channels], ids=["blocks", "channels_in_tail"])
+def test_zero_in_a_shape_is_no_decision(fn: Fn) -> None:
+    _prunes(fn)
+
+
+@pytest.mark.parametrize("fn", [_one_in_shape, _zero_in_computed], ids=["one_in", "zero_in_computed"])
+def test_membership_pruning_flips_still_pins(fn: Fn) -> None:
+    _pins(fn, why="control flow")

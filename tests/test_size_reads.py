@@ -93,7 +93,8 @@ SLOW_ON_EXPORT = [
     pytest.param(lambda s, h: h * 2 if s.c.in_channels == C else h, {}, "a:out", "c.in_channels", id="in-channels"),
     pytest.param(_loops_whole, {}, "c:out", "c.out_channels", id="range"),
     pytest.param(lambda s, h: h * int(s.c.out_channels**0.5), {}, "c:out", "c.out_channels", id="int"),
-    pytest.param(lambda s, h: h if s.c.out_channels else -h, {}, "c:out", "c.out_channels", id="bool"),
+    # ``h if s.c.out_channels else -h`` decides nothing (a count stays >= 1): tests/test_export_lengths.py
+    pytest.param(lambda s, h: h if s.c.out_channels - 1 else -h, {}, "c:out", "c.out_channels", id="bool-minus-one"),
 ]
 
 

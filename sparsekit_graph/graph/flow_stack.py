@@ -16,13 +16,13 @@ from .flow_calls import Trust, call_result
 from .flow_code import ENDS, GOTO, code_table, dead, exception_handlers
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 
-__all__ = ["BUILDS", "CALLS", "NOTHING", "SHOWN", "stack_after", "stacks", "step", "text"]
+__all__ = ["BRANCHES", "BUILDS", "CALLS", "NOTHING", "SHOWN", "stack_after", "stacks", "step", "text"]
 
 CALLS = frozenset({"CALL", "CALL_KW"})
 SHOWN = {"FORMAT_VALUE": None, "FORMAT_SIMPLE": 1, "FORMAT_WITH_SPEC": 2, "CONVERT_VALUE": 1}  # operands formatted
 BUILDS = frozenset({"BUILD_STRING", "BUILD_TUPLE", "BUILD_LIST"})
 NOTHING = frozenset({"NOP", "RESUME", "CACHE", "EXTENDED_ARG", "PRECALL", "KW_NAMES", "COPY_FREE_VARS", "MAKE_CELL"})
-_BRANCH = frozenset({f"POP_JUMP_{d}IF_{c}" for d in ("", "FORWARD_", "BACKWARD_") for c in ("TRUE", "FALSE", "NONE", "NOT_NONE")})
+BRANCHES = frozenset({f"POP_JUMP_{d}IF_{c}" for d in ("", "FORWARD_", "BACKWARD_") for c in ("TRUE", "FALSE", "NONE", "NOT_NONE")})
 _METHOD_BIT = sys.version_info >= (3, 12)  # LOAD_ATTR's low bit: a method load
 
 
@@ -67,10 +67,11 @@ def stacks(frame: FrameType) -> dict[int, tuple[Sym, ...]]:
 
 
 def step(
-    frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: Trust | None
+    frame: FrameType | None, ins: list[dis.Instruction], i: int, st: list[Sym], taint: Trust | None, tests: bool = False
 ) -> list[tuple[Any, list[Sym]]]:
     """``ins[i]``'s successors ``(offset | "return" | None, stack after)``. With ``taint`` (the
-    sinks' states), a use of ``T`` that is not harmless raises ``Fail``."""
+    sinks' states), a use of ``T`` that is not harmless raises ``Fail``; with ``tests``, a
+    branch on ``T`` is harmless (a count whose truth no pruning flips: ``if n:``)."""
     x = ins[i]
     op, nxt = x.opname, ins[i + 1].offset if i + 1 < len(ins) else None
 
@@ -151,9 +152,10 @@ def step(
         return [(None, st)]
     if op in GOTO:
         return [(x.argval, st)]
-    if op in _BRANCH:
+    if op in BRANCHES:
         (v,) = pop(1)
-        used(v)
+        if not tests:
+            used(v)
         return [(nxt, list(st)), (x.argval, st)]
     if taint is not None and T in st:  # an opcode this walk does not model, with the read on the stack
         raise Fail

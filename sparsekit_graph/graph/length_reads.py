@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
+from .flow_calls import resolve
 from .flow_code import code_table, instruction_at, live
+from .flow_stack import stacks
+from .flow_symbols import NULL, Fail
 from .fresh_sizes import sourced
 from .size_flow import Where, where_made
 from .size_values import LENGTH, SizeRead, SizeTuple, _Tracked
@@ -143,6 +146,28 @@ def _unused(frame: FrameType, count: int) -> set[int]:
     return {j for j, x in enumerate(stores) if x.opname == "STORE_FAST" and not live(frame.f_code, x.argval, i + 2 + j)}
 
 
+def _truth_only(frame: FrameType) -> bool:
+    """Is ``frame`` (the model's) calling ``all(x.shape)`` or ``any(x.shape)`` (LongT5's
+    ``_pad_to_multiple``)? Its lengths are then only tested for truth, and a length no pruning
+    makes 0 (a count keeps >= 1 channel) never flips one: no decision (``size_values.truth_free``)."""
+    ins, _ = code_table(frame.f_code)
+    k = instruction_at(ins, frame.f_lasti)
+    if ins[k].opname == "PRECALL" and k + 1 < len(ins):
+        k += 1
+    if ins[k].opname != "CALL" or ins[k].arg != 1:
+        return False
+    try:
+        stack = stacks(frame).get(ins[k].offset)
+    except Fail:
+        return False
+    if stack is None or len(stack) < 3:
+        return False
+    a, b, arg = stack[-3:]
+    target = b if a == NULL else a if b == NULL else None
+    fn = resolve(frame, target, own=False) if target is not None else None
+    return (fn is builtins.all or fn is builtins.any) and arg[0] == "A" and arg[2] == "shape"  # the tensor's shape itself
+
+
 class LengthTuple(SizeTuple):
     """A tensor's shape read by the model's code under ``torch.export``: a ``SizeTuple`` whose
     lengths may be symbolic (kept as they are), with ``torch.Size``'s ``numel``."""
@@ -175,24 +200,29 @@ class LengthTuple(SizeTuple):
             self.reached = True
             return tuple.__iter__(self)
         self.derived = True
+        if _truth_only(sys._getframe(1)):  # ``all(x.shape)``: tested for truth only, which no count flips
+            return tuple.__iter__(self)
         unused = _unused(sys._getframe(1), tuple.__len__(self))  # nothing to follow there
         return iter([v if i in unused else self._one(v, i) for i, v in enumerate(tuple.__iter__(self))])
 
     def __add__(self, other: Any) -> Any:
         if not isinstance(other, tuple):
             return NotImplemented
-        return self._joined(tuple(tuple.__iter__(self)) + _absorbed(other))
+        return self._joined(tuple(tuple.__iter__(self)) + _absorbed(other), other)
 
     def __radd__(self, other: Any) -> Any:
         if not isinstance(other, tuple):
             return NotImplemented
-        return self._joined(_absorbed(other) + tuple(tuple.__iter__(self)))
+        return self._joined(_absorbed(other) + tuple(tuple.__iter__(self)), other)
 
-    def _joined(self, values: tuple[Any, ...]) -> LengthTuple:
-        """``h.shape[:-1] + (n,)``: one shape, whose fate is its parts' (``view(output_shape)``)."""
+    def _joined(self, values: tuple[Any, ...], other: tuple[Any, ...]) -> LengthTuple:
+        """``h.shape[:-1] + (n,)``: one shape, whose fate is its parts' (``view(output_shape)``);
+        ``other`` a tracked tuple too (``x.shape[:1] + (n,) + x.shape[2:]``: LongT5) is one of them."""
         self.derived = True
-        sites = self._sites.union(*(v._sites for v in values if isinstance(v, _Tracked)))
-        return LengthTuple(values, sites, self._log)
+        parts = [v for v in (*values, other) if isinstance(v, _Tracked)]
+        for v in parts:
+            v.derived = True
+        return LengthTuple(values, self._sites.union(*(v._sites for v in parts)), self._log)
 
     def numel(self) -> Any:
         """The product of the lengths (tracked where all are static)."""

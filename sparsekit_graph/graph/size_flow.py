@@ -42,7 +42,7 @@ from typing import Any
 
 from .flow_calls import FORMATTERS, SINKS, Trust, resolve, std_stream, stream_write
 from .flow_code import GOTO, INTROSPECTION, code_table, dead, instruction_at, live
-from .flow_stack import BUILDS, CALLS, NOTHING, SHOWN, stack_after, stacks, step, text
+from .flow_stack import BRANCHES, BUILDS, CALLS, NOTHING, SHOWN, stack_after, stacks, step, text
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 from .size_sinks import Sinks
 from .user_code import INTERNAL
@@ -69,11 +69,12 @@ def where_made(frame: FrameType | None, skip: tuple[str, ...] = INTERNAL) -> Whe
     return tuple(out)
 
 
-def flows_nowhere(where: Where, at: Sinks, base: Sinks) -> bool:
+def flows_nowhere(where: Where, at: Sinks, base: Sinks, tests: bool = False) -> bool:
     """Is the value the instruction at ``where[0]`` made only dropped, shown or logged (to a
-    sink trusted in the state ``at`` of the moment it was made; planning began at ``base``)?"""
+    sink trusted in the state ``at`` of the moment it was made; planning began at ``base``), or,
+    with ``tests`` (a count no pruning makes 0: ``size_values.truth_free``), tested for truth?"""
     try:
-        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base))
+        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base), tests=tests)
     except Fail:
         return False
     except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
@@ -113,7 +114,7 @@ def _converted_operands(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> 
     return st
 
 
-def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bool = False) -> bool:
+def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bool = False, tests: bool = False) -> bool:
     frame, lasti = where[level]
     code = frame.f_code
     ins, index = code_table(code)
@@ -128,9 +129,9 @@ def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bo
         return False
     if not made and (ins[i].opname not in CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
         return False
-    returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i), trust)
+    returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i), trust, tests)
     if returned:  # a helper's result: follow it in the caller
-        return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust)
+        return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust, tests=tests)
     return True
 
 
@@ -149,7 +150,13 @@ def _calls_code(frame: FrameType, ins: list[dis.Instruction], i: int, callee: Co
 
 
 def _taint_walk(
-    frame: FrameType, ins: list[dis.Instruction], index: dict[int, int], start: int, stack: list[Sym], trust: Trust
+    frame: FrameType,
+    ins: list[dis.Instruction],
+    index: dict[int, int],
+    start: int,
+    stack: list[Sym],
+    trust: Trust,
+    tests: bool = False,
 ) -> bool:
     """Walk every path from ``ins[start]`` until no tainted value is left on the stack; True if
     some path returns one (the caller continues), raises ``Fail`` where a use is not harmless."""
@@ -161,10 +168,10 @@ def _taint_walk(
         if (i, st, held) in seen or (T not in st and not held):
             continue
         seen.add((i, st, held))
-        if i >= len(ins) or (held and not _quiet(frame, ins[i], st)):
+        if i >= len(ins) or (held and not _quiet(frame, ins[i], st, tests)):
             raise Fail
         local = _local_step(frame, ins, i, list(st), held)
-        steps = [local] if local is not None else [(n, a, held) for n, a in step(frame, ins, i, list(st), taint=trust)]
+        steps = [local] if local is not None else [(n, a, held) for n, a in step(frame, ins, i, list(st), trust, tests)]
         for nxt, after, kept in steps:
             if nxt == "return":
                 returned = True
@@ -205,10 +212,13 @@ def _local_step(
     return None
 
 
-def _quiet(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> bool:
-    """Can ``x`` run no code that changes where output goes (a local holds the read)?"""
+def _quiet(frame: FrameType, x: dis.Instruction, st: list[Sym], tests: bool = False) -> bool:
+    """Can ``x`` run no code that changes where output goes (a local holds the read)? With
+    ``tests``, a branch on the read (an int's truth) is quiet."""
     op = x.opname
     if op in _QUIET or op in NOTHING or op in GOTO or op in BUILDS:
+        return True
+    if tests and op in BRANCHES and bool(st) and st[-1] == T:
         return True
     if op in ("LOAD_ATTR", "LOAD_METHOD"):
         return bool(st) and (_plain_attribute(frame, st[-1], x.argval) or (x.argval == "write" and std_stream(frame, st[-1])))

@@ -41,7 +41,7 @@ from .number_args import ReadFloat
 from .size_flow import flows_nowhere
 from .size_reaching import Reaching
 from .size_sinks import sinks_now
-from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple
+from .size_values import VALUE, Site, SizeFloat, SizeRead, SizeTest, SizeTuple, truth_free
 from .user_code import by_user
 
 __all__ = ["READ_ATTRIBUTES", "SizeRead", "finish", "recording_size_reads", "wrap_config_read"]
@@ -314,7 +314,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     decisions: list[Decision] = []  # on lengths read under torch.export (``length_reads``)
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
-        if kind is None and not (t.derived or t.reached or id(t) in held) and not flows_nowhere(where, t.sinks, log.sinks):
+        unused = kind is None and not (t.derived or t.reached or id(t) in held)
+        if unused and not flows_nowhere(where, t.sinks, log.sinks, tests=truth_free(t)):
             value = where and log.conversions is not None and log.conversions.value(*where[0], t.sinks)  # ``h * (1.0 / n)``
             kind = VALUE if value else "a use the traced graph does not hold (range, a list's length)"
         if isinstance(kind, str) and kind != VALUE and is_length(t):

@@ -32,7 +32,7 @@ from .user_code import by_user, caller
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "identity", "tracked"]
+__all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "identity", "tracked", "truth_free"]
 
 Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
 
@@ -151,6 +151,8 @@ def _convert(op: str, kind: str, number: type = int) -> Any:
         if op == "__float__" and number is int and any(s[0] == LENGTH for s in self._sites) and by_user(1):
             self.derived = True  # ``float(h.size(-1))``: a number (Python makes any float plain), as under torch.fx
             return base(self)
+        if op == "__bool__" and truth_free(self) and by_user(1):
+            return base(self)  # no decision: its fate is its other uses' (``size_flow``: ``if n:`` is no use)
         if self._use(kind) and op == "__bool__":
             self._test("truth")
         return base(self, *args)
@@ -200,6 +202,13 @@ def _arith(op: str, kind: type = int) -> Any:
         return tracked(out, (self, *other), _derived_origin(self, base, other) if isinstance(out, int) else None)
 
     return arith
+
+
+def truth_free(t: _Tracked) -> bool:
+    """Is ``t`` a count read as it is (a length, a layer's or module's size attribute, ``n * 1``),
+    whose truth no pruning flips (a count keeps >= 1 channel; a 0 is no group's)? ``n - 1`` is
+    not (0 at one channel), nor a float."""
+    return isinstance(t, SizeRead) and t.exact
 
 
 def tracked(out: Any, inputs: tuple[Any, ...], origin: Origin | None = None) -> Any:
@@ -366,8 +375,26 @@ class SizeTuple(_Tracked, tuple):
         return tuple(self)
 
 
-for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__"):
+for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
     setattr(SizeTuple, _op, _compare(tuple, _op))
+
+
+def _contains(self: SizeTuple, other: Any) -> bool:
+    """``x in t``: a comparison, except ``0 in t`` (LongT5's ``if 0 in output_shape``), which a
+    count no pruning makes 0 never flips: only its computed elements decide (``n // 4 == 0``)."""
+    values = tuple(tuple.__iter__(self))
+    if type(other) is int and other <= 0 and by_user(1):
+        for v in values:
+            if isinstance(v, _Tracked) and not truth_free(v):
+                v._use("a comparison")
+        return other in tuple(int.__int__(v) if isinstance(v, SizeRead) else v for v in values)
+    self._use("a comparison")
+    if isinstance(other, _Tracked):
+        other._use("a comparison")
+    return tuple.__contains__(self, other)
+
+
+SizeTuple.__contains__ = _contains  # type: ignore[method-assign,assignment]
 
 
 for _cls, _kind in ((SizeRead, int), (SizeFloat, float), (SizeTuple, tuple)):
