@@ -161,7 +161,8 @@ def _times_batch(s: nn.Module, h: Tensor) -> Tensor:
         lambda s, h: h / _helper(h),  # returned: the caller's use is not followed
         lambda s, h: F.interpolate(h, scale_factor=float(h.shape[1]) / 6),
         lambda s, h: h * 2 if torch.tensor(float(h.shape[1])).item() > 3 else h,
-        lambda s, h: h.view(h.size(0), 3, int(h.size(1) / 3), -1).view(h.shape),
+        # ``int(h.size(1) / 3)`` alone as the size is ``h.size(1) // 3`` (round 9); a number made from it is not
+        lambda s, h: h.view(h.size(0), 3, int(h.size(1) / 3) % 5, -1).view(h.shape),
         _times_batch,
     ],
     ids=["branch", "comparison", "returned", "scale_factor", "item", "view_size", "times_batch"],

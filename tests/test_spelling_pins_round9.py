@@ -329,3 +329,65 @@ def test_writes_along_the_channels_still_pin(spelling: str) -> None:
     plan = skg.plan(Net(_CHANNEL_WRITES[spelling], idx=_IDX, flip=_FLIP).eval(), torch.randn(*X))
     g = plan.group("a:out")
     assert not g.prunable and ("index" in (g.reason or "") or "lengths" in (g.reason or "")), g.reason
+
+
+# --- 2: ``int(c / g)`` as a view size is ``c // g`` --------------------------------------------
+
+
+def _shuffle_floor(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, w = h.shape
+    return h.view(b, 3, c // 3, hh * w).transpose(1, 2).reshape(b, c, hh, w)
+
+
+def _shuffle_int(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, w = h.shape
+    return h.view(b, 3, int(c / 3), hh * w).transpose(1, 2).reshape(b, c, hh, w)
+
+
+def _shuffle_int_size(s: nn.Module, h: Tensor) -> Tensor:
+    return h.view(h.size(0), 3, int(h.size(1) / 3), -1).transpose(1, 2).reshape(h.shape)
+
+
+def _shuffle_int_local(s: nn.Module, h: Tensor) -> Tensor:
+    b, c, hh, w = h.shape
+    n = int(c / 3)
+    return h.reshape(b, 3, n, hh * w).transpose(1, 2).reshape(b, c, hh, w)
+
+
+@pytest.mark.parametrize("other", [_shuffle_int, _shuffle_int_size, _shuffle_int_local], ids=["shape", "size", "local"])
+def test_int_of_a_quotient_as_a_view_size_plans_as_floor_division(other: object) -> None:
+    """``int(c / g)`` pinned ("python control flow") where ``c // g`` follows: a number only
+    passed as one size of one ``view`` is held there as ``c // g`` (``flow_values``)."""
+    from test_spelling_pins_round8 import _same_plan
+
+    _same_plan(_shuffle_floor, other)  # type: ignore[arg-type]
+
+
+def _twice(s: nn.Module, h: Tensor) -> Tensor:  # the number is also a value
+    b, c, hh, w = h.shape
+    n = int(c / 3)
+    return h.view(b, 3, n, hh * w).transpose(1, 2).reshape(b, c, hh, w) * n
+
+
+def _modulo(s: nn.Module, h: Tensor) -> Tensor:  # another number at the example's count only
+    b, c, hh, w = h.shape
+    return h.view(b, 3, int(c / 3) % 5, hh * w).transpose(1, 2).reshape(b, c, hh, w)
+
+
+def _negative(s: nn.Module, h: Tensor) -> Tensor:  # truncation is not flooring below zero
+    b, c, hh, w = h.shape
+    return h.view(b, 3, -int(c / -3), hh * w).transpose(1, 2).reshape(b, c, hh, w)
+
+
+def _two_views(s: nn.Module, h: Tensor) -> Tensor:  # one number, two sizes
+    b, c, hh, w = h.shape
+    n = int(c / 3)
+    return h.view(b, 3, n, hh * w).transpose(1, 2).reshape(b, c, hh, w) + h.view(b, n, 3, hh * w).reshape(b, c, hh, w)
+
+
+@pytest.mark.parametrize("fn", [_twice, _modulo, _negative, _two_views], ids=["value", "modulo", "negative", "two-views"])
+def test_int_of_a_quotient_elsewhere_still_pins(fn: object) -> None:
+    from test_adversary_round4 import Net, X
+
+    g = skg.plan(Net(fn).eval(), torch.randn(*X)).group("a:out")  # type: ignore[arg-type]
+    assert not g.prunable and "control flow" in (g.reason or ""), g.reason

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 import sys
 from collections.abc import Callable, Collection
 from types import FrameType
@@ -38,7 +39,7 @@ from .flow_symbols import NULL, Fail, Sym, T, U
 from .meta import CONTROL
 from .size_sinks import Sinks, sinks_now
 
-__all__ = ["VALUE", "Conversions", "Made", "flows_as_value"]
+__all__ = ["VALUE", "Conversions", "Made", "flows_as_size", "flows_as_value"]
 
 VALUE = "value"  # a ``CONTROL`` mark: the length's number only flowed into tensor arithmetic
 _Sites = tuple[Collection[tuple[int, int]], Collection[tuple[int, int]]]  # where any node / a tensor op was recorded
@@ -67,7 +68,46 @@ def flows_as_value(frame: FrameType, lasti: int, made: Made, data: Callable[[fx.
         return False
 
 
-def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust) -> bool:
+def flows_as_size(frame: FrameType, lasti: int, made: Made, trust: Trust) -> tuple[fx.Node, int] | None:
+    """Where the number the instruction at ``lasti`` of ``frame`` makes (``int(c / g)``) goes,
+    if it is only one positional size of one ``view`` / ``reshape`` call of a traced tensor
+    (``h.view(b, g, int(c / g), hw)``) and otherwise only dropped or shown: that call's node
+    and the index of its argument holding the number; None otherwise."""
+    sized = _Sized(made)
+    try:
+        _walk(frame, lasti, (made.keys(), ()), trust, sized)
+    except Fail:
+        return None
+    except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
+        return None
+    return sized.found[0] if len(sized.found) == 1 else None
+
+
+class _Sized:
+    """The calls a followed number sized (``flows_as_size``)."""
+
+    def __init__(self, made: Made) -> None:
+        self.made, self.found = made, []  # type: list[tuple[fx.Node, int]]
+
+    def call(self, frame: FrameType, ins: list[Any], k: int, vals: list[Sym]) -> bool:
+        """Is ``ins[k]`` a method call recording ``view`` / ``reshape`` with the number as one
+        positional size (noted), not as its callee or tensor?"""
+        if ins[k].opname != "CALL" or vals.count(T) != 1 or vals.index(T) < 2 or vals[0][0] != "CALLEE":
+            return False
+        offsets = (ins[k].offset, ins[k - 1].offset if k and ins[k - 1].opname == "PRECALL" else None)
+        nodes = next((self.made[(id(frame), o)] for o in offsets if (id(frame), o) in self.made), None)
+        node = nodes[-1] if nodes else None
+        at = vals.index(T) - 1  # (callee, self, *args) -> node.args = (self, *args)
+        if node is None or node.op != "call_method" or node.target not in _SIZED or at >= len(node.args):
+            return False
+        self.found.append((node, at))
+        return True
+
+
+_SIZED = frozenset({"view", "reshape"})
+
+
+def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust, sized: _Sized | None = None) -> bool:
     code = frame.f_code
     if not INTROSPECTION.isdisjoint(code.co_names) or code.co_cellvars:
         raise Fail
@@ -84,7 +124,7 @@ def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust) -> bool:
         seen.add((k, st, held))
         if k >= len(ins):
             raise Fail
-        for nxt, after, kept in _next(frame, ins, k, list(st), held, made, trust):
+        for nxt, after, kept in _next(frame, ins, k, list(st), held, made, trust, sized):
             if nxt == "return":
                 raise Fail  # a helper's result: the caller's use is not followed
             if nxt is not None:
@@ -94,7 +134,14 @@ def _walk(frame: FrameType, lasti: int, made: _Sites, trust: Trust) -> bool:
 
 
 def _next(
-    frame: FrameType, ins: list[Any], k: int, st: list[Sym], held: frozenset[str], made: _Sites, trust: Trust
+    frame: FrameType,
+    ins: list[Any],
+    k: int,
+    st: list[Sym],
+    held: frozenset[str],
+    made: _Sites,
+    trust: Trust,
+    sized: _Sized | None = None,
 ) -> list[tuple[Any, list[Sym], frozenset[str]]]:
     """``ins[k]``'s successors with the number (``T``) followed."""
     x = ins[k]
@@ -110,7 +157,7 @@ def _next(
     ):
         raise Fail
     if op in ("BINARY_OP", "UNARY_NEGATIVE", "UNARY_POSITIVE") and T in st[-(2 if op == "BINARY_OP" else 1) :]:
-        if op == "BINARY_OP" and x.argrepr not in _ARITH:
+        if sized is not None or (op == "BINARY_OP" and x.argrepr not in _ARITH):  # a size is followed as it is
             raise Fail
         del st[-(2 if op == "BINARY_OP" else 1) :]
         site = (id(frame), x.offset)
@@ -124,7 +171,11 @@ def _next(
         if len(st) < argc:
             raise Fail
         vals = st[len(st) - argc :]
+        if sized is not None and sized.call(frame, ins, k, vals):  # ``h.view(b, g, int(c / g), hw)``
+            return [(nxt, [*st[: len(st) - argc], U], held)]
         if T in vals[1:]:
+            if sized is not None:  # ``math.floor(n)``, ``int(n)``: another number, not the one followed
+                raise Fail
             return [(nxt, [*st[: len(st) - argc], _pure_call(frame, x.offset, vals, made)], held)]
     return [(n, a, held) for n, a in step(frame, ins, k, st, taint=trust)]
 
@@ -211,10 +262,15 @@ class Conversions:
             frame = frame.f_back
 
     def resolve(self, control: str) -> None:
-        """Unmark (``"value"``) the nodes marked ``control`` whose conversions flow as values."""
+        """Unmark (``"value"``) the nodes marked ``control`` whose conversions flow as values;
+        ``int(c / g)`` that only sizes a ``view`` becomes ``c // g`` there (``_as_floordiv``)."""
         for node, (frame, lasti, at) in self._found.items():
-            if node.meta.get(CONTROL) == control and self.value(frame, lasti, at):
+            if node.meta.get(CONTROL) != control:
+                continue
+            if self.value(frame, lasti, at):
                 node.meta[CONTROL] = VALUE
+            elif _quotient(node) and (hit := flows_as_size(frame, lasti, self._made, (at, self._base))) is not None:
+                _as_floordiv(node, *hit)
         self._found.clear()
 
     def clear(self) -> None:
@@ -223,3 +279,38 @@ class Conversions:
         self._frames.clear()
         self._made.clear()
         self._data.clear()
+
+
+def _quotient(node: fx.Node) -> bool:
+    """Is ``node`` ``c / g`` of a length ``c`` (or a product or sum of lengths and non-negative
+    ints) and a positive int or length ``g``, unused by the graph? Then ``int()`` of it, which
+    truncates, is ``c // g``, which floors, at every count (both are at least zero)."""
+    if node.op != "call_function" or node.target is not operator.truediv or node.users or len(node.args) != 2:
+        return False
+    c, g = node.args
+    return _length(c) and (_length(g) or (type(g) is int and g > 0))
+
+
+def _length(n: object, depth: int = 0) -> bool:
+    """A non-negative number made of axis lengths: ``h.shape[1]``, ``h.size(1)``, ``b * c``."""
+    if type(n) is int:
+        return n >= 0
+    if not isinstance(n, fx.Node) or n.op != "call_function" or depth > 8:
+        return isinstance(n, fx.Node) and n.op == "call_method" and n.target == "size" and len(n.args) == 2
+    if n.target is operator.getitem:
+        return isinstance(n.args[0], fx.Node) and _reads_size(n.args[0])
+    return n.target in (operator.mul, operator.add, operator.floordiv) and all(_length(a, depth + 1) for a in n.args)
+
+
+def _as_floordiv(node: fx.Node, user: fx.Node, at: int) -> None:
+    """Hold ``c // g`` at argument ``at`` of ``user``, where Python wrote ``int(c / g)``'s value,
+    and drop the quotient (nothing else used it)."""
+    graph = node.graph
+    if type(user.args[at]) is not int:  # not the number Python made
+        return
+    with graph.inserting_before(user):
+        floor = graph.call_function(operator.floordiv, node.args)
+    args = list(user.args)
+    args[at] = floor
+    user.args = tuple(args)
+    graph.erase_node(node)
