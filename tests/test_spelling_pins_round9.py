@@ -4,6 +4,12 @@
    ``nn.ModuleDict``): each part is an offset segment of the input's group, pruned on its own,
    and surgery lowers ``splits[k]`` by what segment ``k`` lost. A list that also sizes another
    axis still pins.
+2. ``int(c / g)`` as a view size is ``c // g`` (``flow_values.flows_as_size``).
+3. ``.type(torch.float64)``, ``.double()``, ``.half()``: ``.to(dtype)``.
+4. Weight norm (``torch._weight_norm``, ``nn.utils.weight_norm``, its parametrization), ``dim`` 0, 2
+   and None, exact at 0.5.
+5. ``index_add`` / ``index_copy`` / ``scatter`` along an axis that is not the channels pass them.
+Each unpinned spelling has a twin that still pins.
 """
 
 from __future__ import annotations

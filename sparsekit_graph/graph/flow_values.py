@@ -17,6 +17,11 @@ from the bytecode of the frame that made the number, that on every path it is on
 
 Anything else fails the proof (a comparison, a branch, a call that recorded a node, whose
 argument it might size, a return, a subscript, an opcode not modelled): the axis stays pinned.
+
+``flows_as_size`` asks the other question of ``int(c / g)``: is the number only one positional
+size of one ``view`` / ``reshape`` (no arithmetic on it, no other use)? There the graph holds
+``c // g`` instead (``Conversions.resolve``): the same number at every count, lengths being
+non-negative and the divisor positive.
 """
 
 from __future__ import annotations
