@@ -46,7 +46,7 @@ and written once). Two conditioned rows likewise: coupling by coupling, and
 ``soft_threshold_all(couplings, taus, conditioners)`` (couplings that share no parameter solved as
 one; its error column is its largest per-block difference from the calls in order).
 
-    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan]
+    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan] [--native]
                                 [--isolate row|layout] [--malloc steady|default]
 """
 
@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from traffic import count
 
 import sparsekit_graph as skg
-from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, batch, soft_threshold_all
+from sparsekit_graph.engine import BlockCoupling, BlockSpec, View, batch, native, soft_threshold_all
 
 _View, _BlockSpec, _BlockCoupling = View, BlockSpec, BlockCoupling
 
@@ -454,11 +454,13 @@ def _time_rows(bench: Bench, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], 
     persistent += [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
     persistent += list(cond.values())
     split, batch.SPLIT = batch.SPLIT, False  # the counter sees this thread's ops only: the same kernels, on it
+    cpp = native.set_native(False)  # and aten ops only: the eager kernels' bytes (the C++ loops move no more)
     for row in rows.values():  # bytes moved, counted op by op (untimed, from the same state)
         row.setup()
         tr = count(row.go, persistent)
         row.moved, row.ops = tr.total, tr.ops
     batch.SPLIT = split
+    native.set_native(cpp)
     faults: dict[str, list[int]] = {name: [] for name in rows}
     for k in range(bench.repeats + 1):  # round robin, one warm-up round
         for name, row in rows.items():
@@ -494,6 +496,7 @@ def child(args: argparse.Namespace) -> dict:
     ``--child ROW[,ROW...]`` (those contenders timed against Adam's step in this process)."""
     torch.set_num_threads(args.threads)
     batch.SPLIT = not args.no_split
+    native.set_native(args.native)
     opt, cond, lay = _prepare(args, args.layout)
     bench = Bench(lay, cond, args.repeats)
     if args.child != "info":
@@ -523,6 +526,7 @@ def _spawn(args: argparse.Namespace, layout: str, what: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--layout", layout]
     cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats), "--adam-steps", str(args.adam_steps)]
     cmd += ["--no-dying"] * args.no_dying + ["--euclidean-only"] * args.euclidean_only + ["--no-split"] * args.no_split
+    cmd += ["--native"] * args.native
     env = dict(os.environ)
     if args.malloc == "steady":
         env.update(STEADY_MALLOC)
@@ -604,6 +608,10 @@ def main() -> None:
         "--no-split", action="store_true",
         help="soft_threshold_all's Euclidean weights on torch's intra-op threads only, not spread over worker threads",
     )  # fmt: skip
+    ap.add_argument(
+        "--native", action="store_true",
+        help="the Euclidean passes in engine/native.py's C++ loops (built at the first call, untimed; ops/MB columns: eager's)",
+    )  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -613,7 +621,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} calls each, "
         f"load average {os.getloadavg()[0]:.2f}; a fresh process per {args.isolate}, malloc {args.malloc}, "
-        f"split {not args.no_split}"
+        f"split {not args.no_split}, native {args.native}"
     )
     print(
         f"Adam state after {args.adam_steps} real steps (batch 8, 128x128, cross-entropy), conditioner "

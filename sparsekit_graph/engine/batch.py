@@ -44,15 +44,13 @@ import torch
 from torch import Tensor
 
 from ..errors import SparseKitError
-from . import sweeps
+from . import sweeps, wave_plan
 from .block import BlockValues, SparseBlock
 from .sweeps import Param, Use
 from .waves import conditioned_all
 from .workers import caller_on_one_thread, worker_pool
 
 __all__ = ["SYNC_FREE", "euclidean_all", "soft_threshold_all", "sync_free"]
-
-_TINY = torch.finfo(torch.float32).tiny
 
 
 def soft_threshold_all(
@@ -144,12 +142,15 @@ def _check_thresholds(couplings: Sequence[SparseBlock], taus: Sequence[Tensor]) 
 def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float) -> list[Tensor] | None:
     """The fused prox of ``couplings`` with flat thresholds ``taus`` and the blocks each zeroed; None
     (nothing written) when some parameter's uses are outside the pattern."""
-    params = _layout(couplings)
-    if params is None:
+    if not couplings:
+        return []
+    found = _layout(couplings)
+    if found is None:
         return None
+    params, plan = found
     pool = _pool(params)
     with caller_on_one_thread(pool is not None):
-        return _solve(params, couplings, list(taus), floor, pool)
+        return _solve(params, plan, list(taus), floor, pool)
 
 
 @dataclass
@@ -159,6 +160,7 @@ class _Cached:
 
     refs: list[weakref.ref]  # the couplings: the key's ids are still theirs while these point to them
     params: list[tuple[tuple[int, int], tuple, list[tuple[int, tuple]], tuple | None]]
+    plan: wave_plan.Plan
 
     def rebuild(self, couplings: Sequence[SparseBlock]) -> list[Param] | None:
         """The layout over the parameters' current tensors; None if one's shape or layout changed."""
@@ -175,22 +177,24 @@ _CACHE: OrderedDict[tuple[int, ...], _Cached] = OrderedDict()  # the last few ca
 _KEEP = 256  # entries are small (offsets, weakrefs): room for every group of a plan called one by one, and the whole list
 
 
-def _layout(couplings: Sequence[SparseBlock]) -> list[Param] | None:
-    """Every parameter's uses, or None when some use is outside the fused pattern (cached by coupling identity)."""
+def _layout(couplings: Sequence[SparseBlock]) -> tuple[list[Param], wave_plan.Plan] | None:
+    """Every parameter's uses and the call's plan, or None when some use is outside the fused
+    pattern (cached by coupling identity)."""
     key = tuple(map(id, couplings))
     hit = _CACHE.get(key)
     if hit is not None and all(r() is c for r, c in zip(hit.refs, couplings)):
         params = hit.rebuild(couplings)
         if params is not None:
-            return params
+            return params, hit.plan
     found = _build(couplings)
     if found is None:
         return None
     params, where = found
-    _CACHE[key] = _Cached([weakref.ref(c) for c in couplings], where)
+    plan = wave_plan.build(params, len(couplings), params[0].uses[0].x.device)
+    _CACHE[key] = _Cached([weakref.ref(c) for c in couplings], where, plan)
     while len(_CACHE) > _KEEP:
         _CACHE.popitem(last=False)
-    return params
+    return params, plan
 
 
 def _args(x: Tensor) -> tuple:
@@ -250,68 +254,39 @@ def _strided(x: Tensor, strides: tuple[int, ...]) -> bool:
     return all(n == 1 or st == want for n, st, want in zip(x.shape, x.stride(), strides))
 
 
-def _waves(uses_of: list[list[tuple[Param, int]]]) -> list[list[int]]:
-    """Couplings in waves: each comes after every earlier coupling it shares a parameter with, so the
-    couplings of a wave share none and all the factors their sums need are known before it."""
-    level = [0] * len(uses_of)
-    for ci, uses in enumerate(uses_of):
-        for p, j in uses:
-            if j == 1:  # uses are in coupling order: the parameter's first use is an earlier coupling's
-                level[ci] = max(level[ci], level[p.uses[0].coupling] + 1)
-    out: list[list[int]] = [[] for _ in range(max(level, default=-1) + 1)]
-    for ci, lv in enumerate(level):
-        out[lv].append(ci)
-    return out
-
-
 def _solve(
-    params: list[Param], couplings: Sequence[SparseBlock], taus: list[Tensor], floor: float, pool: ThreadPoolExecutor | None
+    params: list[Param], plan: wave_plan.Plan, taus: list[Tensor], floor: float, pool: ThreadPoolExecutor | None
 ) -> list[Tensor]:
     """The prox of every coupling; returns the blocks each zeroed (nonzero norm, zero scale)."""
     scratch = sweeps.Scratch()
-    killed: dict[int, Tensor] = {}
-    uses_of: list[list[tuple[Param, int]]] = [[] for _ in couplings]
-    for p in params:
-        for j, u in enumerate(p.uses):
-            uses_of[u.coupling].append((p, j))
+    killed: list[Tensor | None] = [None] * len(taus)
     # one-use vectors (BatchNorm scales and shifts, biases: one element per block) in one kernel each way
-    vectors = [p for p in params if p.mat is None and p.uses[0].x.shape[0] == 1 and p.uses[0].x.shape[2] == 1]
-    flat = [p.uses[0].x.view(-1) for p in vectors]
-    squares = dict(zip(map(id, vectors), torch._foreach_mul(flat, flat))) if flat else {}
+    flat = [params[k].uses[0].x.view(-1) for k in plan.vectors]
+    squares = dict(zip(plan.vectors, torch._foreach_mul(flat, flat))) if flat else {}
     # every parameter's first use needs no factor (nothing is written before the end): all of them at once
-    first = _sums([(p, 0) for p in params if id(p) not in squares], scratch, pool)
-    for wave in _waves(uses_of):  # a wave's shrink factors in one set of kernels
-        later = [(p, j) for ci in wave for p, j in uses_of[ci] if j == 1 and id(p) not in squares]
-        got = {id(p): sweeps.sumsq(p, j, scratch) for p, j in later if p.m is not None}  # from M: small
-        got.update(_sums([(p, j) for p, j in later if p.m is None], scratch, pool))  # a 1x1 weight read again
-        sums = []
-        for ci in wave:
-            parts = [squares[id(p)] if id(p) in squares else (got if j else first)[id(p)] for p, j in uses_of[ci]]
-            sums.append(torch.stack(parts).sum(0, dtype=torch.float64))  # float32 partial sums, added in float64
-        tau = taus[wave[0]] if len(wave) == 1 else torch.cat([taus[ci] for ci in wave])
-        norm = (sums[0] if len(wave) == 1 else torch.cat(sums)).sqrt_()
-        scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
-        if floor > 0:
-            scale = torch.where(norm > tau + floor, scale, 0.0)
-        single = scale.float()
-        square = single.square()  # the weights a later coupling's sums of a shared parameter take
-        at = 0
-        for ci, sq in zip(wave, sums):
-            cut = slice(at, at + sq.numel())
-            at = cut.stop
-            killed[ci] = (scale[cut] == 0) & (sq > 0)
-            factors = (scale[cut], single[cut], square[cut])
-            for p, j in uses_of[ci]:
-                p.factors[j] = factors
+    first = _sums([(params[k], 0) for k, _ in plan.first], scratch, pool)
+    tau_all = torch.cat([taus[ci] for ci in plan.order]) if len(taus) > 1 else taus[0]
+    at = 0
+    for wave in plan.waves:  # a wave's shrink factors in one set of kernels
+        got = {id(params[k]): sweeps.sumsq(params[k], j, scratch) for k, j in wave.from_m}  # from M: small
+        got.update(_sums([(params[k], j) for k, j in wave.reread], scratch, pool))  # a 1x1 weight read again
+        parts = [squares[k] if k in squares else (got if j else first)[id(params[k])] for k, j in wave.parts]
+        n = sum(wave.sizes)
+        factors, dead = wave_plan.factors(wave, parts, tau_all[at : at + n], floor)
+        at += n
+        for ci, f, d in zip(wave.couplings, factors, dead):
+            killed[ci] = d
+            for k, j in plan.uses_of[ci]:
+                params[k].factors[j] = f
     if flat:
-        torch._foreach_mul_(flat, [p.factors[0][1] for p in vectors])
-    writes = [p for p in params if id(p) not in squares]
+        torch._foreach_mul_(flat, [params[k].factors[0][1] for k in plan.vectors])
+    writes = [params[k] for k in plan.writes]
     if pool is None or sum(p.uses[0].x.numel() for p in writes) < sweeps.CHUNK:
         for p in writes:
             sweeps.write(p)
     else:
         sweeps.writes_split(writes, pool)
-    return [killed[ci] for ci in range(len(couplings))]
+    return killed  # type: ignore[return-value]  # every coupling is in one wave
 
 
 def _sums(reads: list[tuple[Param, int]], scratch: sweeps.Scratch, pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import native
 from .workers import Task, run_balanced
 
 __all__ = ["CHUNK", "Param", "Scratch", "Use", "sums", "sums_split", "sumsq", "write", "writes_split"]
@@ -99,6 +100,9 @@ def _block_sumsq(mat: Tensor, scratch: Scratch) -> Tensor:
     """``(O, I, K)`` -> ``(O, I)`` float32 sums over ``K``, one read, squares chunk by chunk."""
     o, i, k = mat.shape
     out = torch.empty(o, i, dtype=torch.float32, device=mat.device)
+    if mat.is_contiguous() and native.enabled(out):
+        native.m_sums(mat, out)
+        return out
     ones = scratch.ones(k, mat)
     for s in _steps(o, i * k, mat.device):
         chunk = mat[s]
@@ -110,6 +114,8 @@ def _block_sumsq(mat: Tensor, scratch: Scratch) -> Tensor:
 def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: Scratch) -> Tensor:
     """``(rows, cols)`` -> ``(cols,)`` float32 ``sum_r weights[r] x[r, c]^2`` (weights default 1)."""
     rows, width = x2.shape
+    if native.enabled(x2):
+        return native.weighted_cols(x2, weights)
     acc = torch.zeros(width, dtype=torch.float32, device=x2.device)
     w = scratch.ones(rows, x2) if weights is None else weights
     for s in _steps(rows, width, x2.device):
@@ -122,6 +128,8 @@ def _weighted_cols(x2: Tensor, weights: Tensor | None, scratch: Scratch) -> Tens
 def _weighted_rows(x2: Tensor, weights: Tensor, scratch: Scratch) -> Tensor:
     """``(rows, cols)`` -> ``(rows,)`` float32 ``sum_c x[r, c]^2 weights[c]``."""
     rows, width = x2.shape
+    if native.enabled(x2):
+        return native.weighted_rows(x2, weights)
     out = torch.empty(rows, dtype=torch.float32, device=x2.device)
     w = weights
     for s in _steps(rows, width, x2.device):
@@ -147,6 +155,9 @@ def write(p: Param, only: slice | None = None) -> None:
     r, c = p.factors[0 if rows_first else 1][1], p.factors[1 if rows_first else 0][1]
     cols = c.repeat_interleave(k)[None] if k > 1 else c[None]  # (1, I K): the inner run is a whole row
     flat = p.mat.view(o, i * k)
+    if native.enabled(flat):
+        native.write_two(flat if only is None else flat[only], r if only is None else r[only], cols[0], rows_first)
+        return
     rows = r[:, None]
     for s in [only] if only is not None else _steps(o, i * k, p.mat.device):  # the second factor while the chunk is in cache
         chunk = flat[s]
@@ -191,6 +202,9 @@ def _block_sumsq_rows(mat: Tensor, out: Tensor, s: slice, scratch: Scratch) -> N
     """Rows ``s`` of ``_block_sumsq(mat)`` into ``out``."""
     k = mat.shape[2]
     chunk = mat[s]
+    if chunk.is_contiguous() and native.enabled(out):
+        native.m_sums(chunk, out[s])
+        return
     sq = torch.mul(chunk, chunk, out=scratch.get(chunk.numel(), chunk).view(chunk.shape))
     torch.mv(sq.view(-1, k), scratch.ones(k, mat), out=out[s].view(-1))
 
