@@ -85,3 +85,42 @@ def test_depthwise_group_count_from_an_attribute_follows_pruning(tmp_path: Path)
     assert [g.name for g in result.plan.prunable] == ["stem:out"]
     blur = result.model.get_submodule("blur")
     assert blur.channels == blur.filt.shape[0] == 8 and model.blur.channels == 16
+
+
+timm = pytest.importorskip("timm")
+
+
+class _TimmLayer(nn.Module):
+    """A ``timm.layers`` block alone between a stem conv and a head."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.block, self.fc = nn.Conv2d(3, 16, 3, padding=1), block, nn.Linear(16, 4)
+        self.up, self.down = nn.Conv2d(16, 24, 1), nn.Conv2d(24, 16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.block(self.stem(x))
+        return self.fc(self.down(torch.relu(self.up(h))).mean((2, 3)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["RmsNorm2d", "SimpleNorm2d", "BlurPool2d"])
+def test_timm_layer_alone_prunes_its_input_width(layer: str, tmp_path: Path) -> None:
+    """The real timm layers behind the two fixes above: each pinned the stem's width; now it
+    prunes, not zero-invariant (an RMS / variance over the
+    channels; a filter buffer that is no parameter)."""
+    torch.manual_seed(0)
+    block = getattr(timm.layers, layer)(16)
+    result = check_oracle(_TimmLayer(block).eval(), torch.randn(2, 3, 8, 8), tmp_path)
+    stem = next(g for g in result.plan.prunable if g.name == "stem:out")
+    assert not stem.zero_invariant
+
+
+@pytest.mark.slow
+def test_timm_resnetblur18_prunes_its_blurred_stages(tmp_path: Path) -> None:
+    """resnetblur18 (BlurPool2d with ``groups=self.channels`` in the stem and every downsample):
+    8 of 22 groups prunable (43% kept at 0.5) before, 12 of 14 now."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnetblur18", pretrained=False, num_classes=10).eval()
+    result = check_oracle(model, torch.randn(2, 3, 64, 64), tmp_path)
+    assert len(result.plan.prunable) >= 12 and result.report.params_ratio <= 0.3
