@@ -92,14 +92,15 @@ class _Sized:
     """The calls a followed number sized (``flows_as_size``)."""
 
     def __init__(self, made: Made) -> None:
-        self.made, self.found = made, []  # type: list[tuple[fx.Node, int]]
+        self.made = made
+        self.found: list[tuple[fx.Node, int]] = []
 
     def call(self, frame: FrameType, ins: list[Any], k: int, vals: list[Sym]) -> bool:
         """Is ``ins[k]`` a method call recording ``view`` / ``reshape`` with the number as one
         positional size (noted), not as its callee or tensor?"""
         if ins[k].opname != "CALL" or vals.count(T) != 1 or vals.index(T) < 2 or vals[0][0] != "CALLEE":
             return False
-        offsets = (ins[k].offset, ins[k - 1].offset if k and ins[k - 1].opname == "PRECALL" else None)
+        offsets: list[int] = [ins[k].offset] + ([ins[k - 1].offset] if k and ins[k - 1].opname == "PRECALL" else [])
         nodes = next((self.made[(id(frame), o)] for o in offsets if (id(frame), o) in self.made), None)
         node = nodes[-1] if nodes else None
         at = vals.index(T) - 1  # (callee, self, *args) -> node.args = (self, *args)
