@@ -10,6 +10,7 @@ something pruning flips (``n > 1``, ``n - 1``, ``range(n)``, ``== C``), and the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +196,46 @@ def test_zero_in_a_shape_is_no_decision(fn: Fn) -> None:
 @pytest.mark.parametrize("fn", [_one_in_shape, _zero_in_computed], ids=["one_in", "zero_in_computed"])
 def test_membership_pruning_flips_still_pins(fn: Fn) -> None:
     _pins(fn, why="control flow")
+
+
+@pytest.mark.slow
+def test_longt5_heads_prune_and_reload(tmp_path: Path) -> None:
+    """LongT5 (local attention) pinned its encoder heads on ``_pad_to_multiple``'s ``all(x.shape)``
+    and ``_split_into_blocks``' ``0 in output_shape``: now prunable, exact at 0.5, and the pruned
+    model reloads from its config with equal outputs."""
+    transformers = pytest.importorskip("transformers")
+    from helpers import check_oracle
+    from test_adversary_round7_hf import _hf, _ids
+
+    assert transformers
+    model = _hf("LongT5Config", "LongT5Model", vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                num_decoder_layers=2, num_heads=4, local_radius=2, encoder_attention_type="local")  # fmt: skip
+    x = {**_ids(), "decoder_input_ids": _ids()["input_ids"][:, :5]}
+    result = check_oracle(model, x, tmp_path)
+    heads = result.plan.group("encoder.block.0.layer.0.LocalSelfAttention.q:out")
+    assert heads.prunable, heads.reason
+    assert result.report.reloadable
+    result.model.save_pretrained(tmp_path / "small")
+    again = type(model).from_pretrained(tmp_path / "small").eval()
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(**x).last_hidden_state, again(**x).last_hidden_state)
+
+
+def _kept_then_view(s: nn.Module, h: Tensor) -> Tensor:
+    n = h.shape[1]
+    h = torch.relu(h * 2)
+    return h.reshape(h.shape[0], n, -1).reshape(h.shape)  # the kept read reaches the view
+
+
+def _kept_then_listed(s: nn.Module, h: Tensor) -> Tensor:
+    n = h.shape[1]
+    h = torch.relu(h * 2)
+    return h * torch.tensor([1.0] * n).view(1, -1, 1, 1)  # ``[1.0] * n`` takes its value silently
+
+
+def test_a_length_kept_in_a_local_then_a_size_prunes() -> None:
+    _prunes(_kept_then_view)
+
+
+def test_a_length_kept_in_a_local_then_taken_silently_pins() -> None:
+    _pins(_kept_then_listed)
