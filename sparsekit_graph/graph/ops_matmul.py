@@ -9,6 +9,7 @@ import torch.fx as fx
 
 from .context import RuleContext
 from .normalize import normalize
+from .param_values import from_parameters
 from .rules import register_function_rule
 from .zeros import zero_breaker
 
@@ -35,13 +36,14 @@ _WEIGHT_VIEWS = {
 
 
 def is_weight(ctx: RuleContext, x: object) -> bool:
-    """A parameter, or a view of one (``w.T``): its axes are members, zeroed with the group."""
+    """A parameter, a view of one (``w.T``), or a weight computed from parameters alone
+    (``w * mask``, ``w + b @ a``, as ``F.linear`` takes it): its axes produce a product's."""
 
     while isinstance(x, fx.Node):
         if x.op == "get_attr":
             return bool(ctx.aliases and x.name in ctx.aliases)
         if x.op not in ("call_function", "call_method") or normalize(x).op not in _WEIGHT_VIEWS:
-            return False
+            return from_parameters(x, ctx.aliases)
         x = normalize(x).args.get("input")
     return False
 
