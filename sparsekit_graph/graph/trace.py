@@ -78,6 +78,7 @@ def trace_graph(
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
                     graph = tracer.trace(model, concrete_args=concrete)
+                    _refuse_data_reads(graph)
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
@@ -94,6 +95,17 @@ def trace_graph(
         if shapes:
             propagate(graph, model, args, kwargs)
     return graph
+
+
+_DATA_READS = frozenset({"item", "tolist"})  # a tensor's values as Python numbers
+
+
+def _refuse_data_reads(graph: fx.Graph) -> None:
+    """``h * h.max().item()`` traces under torch.fx, but meta tensors hold no values to read,
+    so shapes cannot propagate; torch.export gives the number a symbol and traces on."""
+    for n in graph.nodes:
+        if n.op == "call_method" and n.target in _DATA_READS:
+            raise TraceError(f"{n.name}: Tensor.{n.target}() reads a tensor's values, which meta shapes do not hold")
 
 
 def is_exported(graph: fx.Graph) -> bool:
