@@ -121,16 +121,11 @@ def _zeros_user_width(m: Net, h: Tensor) -> Tensor:
     return h + torch.zeros(1, m.width, 1, 1)
 
 
-def _zeros_sliced_shape(m: Net, h: Tensor) -> Tensor:
-    return h + torch.zeros(h.shape[1:2] + (1, 1))[None]
-
-
 # Twins that must still pin: the size would not follow a pruned count.
 PINS: dict[str, Fn] = {
     "literal": _zeros_literal,
     "computed": _zeros_computed,
     "user_width": _zeros_user_width,
-    "sliced_shape": _zeros_sliced_shape,
 }
 
 

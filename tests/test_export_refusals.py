@@ -14,10 +14,11 @@ import copy
 import dataclasses
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close_rel, assert_untouched, fingerprint
+from helpers import assert_close_rel, assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -314,3 +315,85 @@ def test_a_decision_is_matched_across_a_warm_and_a_cold_interpreter() -> None:
     pruned = skg.prune(model, plan, ratio=0.5).model
     with torch.no_grad():
         assert pruned(x).shape == model(x).shape
+
+
+# -- sizes torch.export cannot hint: data-dependent (unbacked) symbols --------------------------------
+
+
+class _ItemSpan(nn.Module):
+    """A length computed from the data (``.item()``: XLM's ``lengths.max().item()``, DeBERTa's
+    ``torch.tensor(min(...))`` span, BART's count of ``eos`` tokens) slices the sequence: its
+    size is an unbacked symbol with no example value in the exported graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.up, self.down, self.out = nn.Linear(8, W), nn.Linear(W, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.emb(ids)  # (B, L, 8)
+        if h.is_cuda:
+            h = h.contiguous()
+        n = (ids >= 0).sum(1).max().item()  # L, from the data: an unbacked size
+        h = h[:, :n]
+        return self.out(h + self.down(torch.relu(self.up(h))))
+
+
+def test_a_size_from_the_data_plans_and_prunes(tmp_path: Path) -> None:
+    """``int()`` of the unbacked size raised GuardOnDataDependentSymNode in our conversion of the
+    exported graph, and ``plan`` refused the model; the graph's values on the example size it
+    (``graph/export_sizes.py``). The MLP prunes exactly, the width is pinned by nothing of it."""
+    torch.manual_seed(0)
+    model, ids = _ItemSpan().eval(), torch.randint(0, 16, (2, 8))
+    assert is_exported(trace_graph(model, {"ids": ids}))
+    result = check_oracle(model, {"ids": ids}, tmp_path)
+    assert result.plan.group("up:out").prunable and result.plan.group("up:out").zero_invariant
+
+
+transformers = pytest.importorskip("transformers")
+
+# Refused by our conversion of the exported graph (``int()`` of a data-dependent size) in round 8:
+# name -> (config class, model class, fields, groups that must prune, largest fraction of parameters
+# kept at 0.5 (measured: XLM 0.59, DeBERTa 0.85, BART 0.58), whether the config describes the pruned
+# model: XLM's FFN width is ``4 * emb_dim`` and BART's classification head's width ``d_model``, no
+# field of their own).
+_TINY = dict(vocab_size=100, max_position_embeddings=64)
+_UNBACKED: dict[str, tuple[str, str, dict[str, object], tuple[str, ...], float, bool]] = {
+    "xlm": ("XLMConfig", "XLMModel", dict(**_TINY, emb_dim=32, n_layers=2, n_heads=2), ("ffns.0.lin1:out",
+            "attentions.0.q_lin:out"), 0.65, False),
+    "deberta": ("DebertaConfig", "DebertaModel", dict(**_TINY, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=16),
+                ("encoder.layer.0.intermediate.dense:out",), 0.9, True),
+    "bart_classification": ("BartConfig", "BartForSequenceClassification", dict(**_TINY, d_model=32, encoder_layers=2,
+                            decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, num_labels=3), ("model.encoder.layers.0.fc1:out",
+                            "model.decoder.layers.0.encoder_attn.k_proj:out"), 0.65, False),
+}  # fmt: skip
+CHEAP = "xlm"
+
+
+def _tiny(name: str) -> tuple[nn.Module, dict[str, Tensor]]:
+    config_cls, model_cls, fields, *_ = _UNBACKED[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(**fields)
+    ids = torch.randint(3, 100, (2, 8))
+    ids[:, -1] = getattr(config, "eos_token_id", 2) or 2  # BART classifies at each row's last eos
+    return getattr(transformers, model_cls)(config).eval(), {"input_ids": ids}
+
+
+@pytest.mark.parametrize("name", [n if n == CHEAP else pytest.param(n, marks=pytest.mark.slow) for n in _UNBACKED])
+def test_a_library_model_with_a_size_from_the_data_plans(name: str, tmp_path: Path) -> None:
+    """DeBERTa (v1), XLM and BART for classification plan, prune at 0.5, and equal the masked
+    dense model on their zero-invariant groups (``check_oracle``); DeBERTa reloads equal."""
+    model, inputs = _tiny(name)
+    _, _, _, groups, kept, reloadable = _UNBACKED[name]
+    result = check_oracle(model, inputs, tmp_path)
+    prunable = {g.name for g in result.plan.prunable}
+    assert set(groups) <= prunable, prunable
+    assert result.report.params_ratio <= kept
+    assert result.report.reloadable is reloadable
+    if reloadable:
+        result.model.save_pretrained(tmp_path / "small")
+        reloaded = type(result.model).from_pretrained(tmp_path / "small").eval()
+        with torch.no_grad():  # ``check_oracle`` left the pruned model in train mode
+            assert_close_rel(result.model.eval()(**inputs)[0], reloaded(**inputs)[0])

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .export_sizes import meta_value, real_run
 from .fresh_sizes import carry
 from .meta import CONSTANT, META
 
@@ -38,12 +39,13 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     kwargs = {**kwargs, **_no_cache(model, kwargs)}
     with _batched_experts(model):
         if not dynamic:
-            return _as_model_graph(torch.export.export(model, args, kwargs, strict=False))
+            ep = torch.export.export(model, args, kwargs, strict=False)
+            return _as_model_graph(ep, real_run(ep, args, kwargs))
         try:
             ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
         except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
             ep = torch.export.export(model, args, kwargs, strict=False)
-    return _as_model_graph(ep)
+        return _as_model_graph(ep, real_run(ep, args, kwargs))
 
 
 @contextmanager
@@ -90,7 +92,9 @@ def _dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return {k: spec(v) for k, v in kwargs.items()} if kwargs else tuple(spec(a) for a in args)
 
 
-def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
+def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> fx.Graph:
+    """``ep``'s graph as the planner reads it; ``real``: values of nodes of unbacked sizes
+    (``export_sizes.real_run``)."""
     sig = ep.graph_signature
     qualified = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     user_outputs = [i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
@@ -115,25 +119,7 @@ def _as_model_graph(ep: torch.export.ExportedProgram) -> fx.Graph:
         else:
             new = graph.node_copy(node, lambda n: env[n])
         new.meta = {**node.meta, **new.meta}
-        new.meta[META] = _meta_value(node.meta.get("val"))
+        new.meta[META] = meta_value(node.meta.get("val"), real.get(node.name))
         carry(node, new, tokens)
         env[node] = new
     return graph
-
-
-def _meta_value(v: Any) -> Any:
-    """A fake value as meta tensors with concrete sizes (symbolic sizes take their example's)."""
-    if isinstance(v, Tensor):
-        return torch.empty([_int(s) for s in v.shape], dtype=v.dtype, device="meta")
-    if isinstance(v, (tuple, list)):
-        return type(v)(_meta_value(x) for x in v)
-    if isinstance(v, torch.SymInt):
-        return _int(v)
-    return v
-
-
-def _int(s: Any) -> int:
-    if isinstance(s, torch.SymInt):
-        hint = s.node.hint
-        return int(hint) if hint is not None else int(s)
-    return int(s)

@@ -31,7 +31,7 @@ from ..graph.length_reads import unmatched
 from ..graph.meta import SIZE_TESTS
 from ..graph.size_values import SizeTest
 from ..graph.trace import Inputs, trace_graph
-from ..prune.checks import changed_numbers, check_pruned, compensated
+from ..prune.checks import changed_numbers, compensated, same_code, same_outputs, sizes_followed
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
 from .schema import Group, Plan
@@ -194,7 +194,9 @@ def _prune_and_trace(
     try:
         remove_channels(work, plan, masks)
         after = trace_graph(work, example_inputs, dynamic=False)  # static: half the time, same code
-        check_pruned(plan, masks, traced, after)
+        same_outputs(traced, after)
+        baseline = _same_code_as(traced, after, static)
+        sizes_followed(plan, masks, traced, after)
         decided = unmatched(traced, after, static)  # ``if h.shape[1] != 8``: the same code at this count only
         if decided is not None:
             return decided, None
@@ -205,8 +207,22 @@ def _prune_and_trace(
         return str(e), None
     except Exception as e:  # noqa: BLE001 - whatever stops the pruned copy stops prune
         return f"{type(e).__name__}: {e}", None
-    changed = changed_numbers(traced, after, compensated(plan, masks))
+    changed = changed_numbers(baseline, after, compensated(plan, masks))
     return None, f"numbers computed from its size changed at {', '.join(changed[:3])}" if changed else None
+
+
+def _same_code_as(traced: fx.Graph, after: fx.Graph, static: Callable[[], fx.Graph]) -> fx.Graph:
+    """The model's trace that ``after`` (a pruned copy's static trace) runs the same code as:
+    ``traced``, else the model's static trace (``static()``): torch.export writes some code
+    otherwise at dynamic sizes (DeBERTa's ``torch.tensor(min(...))`` of a symbolic length is a
+    ``scalar_tensor``, of a static one a lifted constant). Raises where neither is."""
+    try:
+        same_code(traced, after)
+        return traced
+    except SparseKitError:
+        baseline = static()
+        same_code(baseline, after)
+        return baseline
 
 
 def _culprits(units: list[int], why: str, attempt: Attempt, label: Callable[[list[int]], str]) -> dict[int, str]:

@@ -78,10 +78,17 @@ def _same_sites(before: fx.Graph, after: fx.Graph) -> dict[str, fx.Node]:
     return {a[i + k].name: b[j + k] for i, j, size in match.get_matching_blocks() for k in range(size)}
 
 
+# torch.export's runtime checks of what it assumed of symbolic sizes (``u1 <= 16``): a dynamic and
+# a static trace of one code assume different things of a data-dependent size (BART's count of
+# ``eos`` tokens) and check them in different numbers; no value of the model's comes from them.
+_SIZE_ASSERTS = {torch.ops.aten._assert_scalar.default, torch.ops.aten.sym_constrain_range_for_size.default}
+
+
 def _symbolic(n: fx.Node) -> bool:
     """A size computation torch.export writes only where sizes are dynamic (``sym_size``,
-    arithmetic on them): the same code traced with static sizes has plain ints instead."""
-    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool))
+    arithmetic on them, checks of them): the same code traced with static sizes has plain ints
+    instead."""
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)) or n.target in _SIZE_ASSERTS
 
 
 def _output_shapes(graph: fx.Graph) -> list[tuple[int, ...]]:
