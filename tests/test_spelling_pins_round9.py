@@ -136,6 +136,24 @@ def test_list_split_sizes_that_also_size_another_axis_pin() -> None:
         assert small(x).shape == model(x).shape
 
 
+class Appends(PlainMixed):
+    """Writes to its list while running: the traced copy would not see it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.splits.append(0)
+        self.splits.pop()
+        return super().forward(x)
+
+
+def test_a_list_attribute_written_in_forward_is_refused() -> None:
+    """The model's code gets a copy of the list: a write to it is refused, never traced as
+    other code than the model runs; the user's list is untouched."""
+    model = MixBlock(Appends(SPLITS)).eval()
+    with pytest.raises(skg.SparseKitError, match="written while traced"):
+        skg.plan(model, torch.randn(*X))
+    assert model.mixed.splits == SPLITS
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mixnet_s", "tf_mixnet_s"])
 def test_timm_mixnet_prunes_its_mixed_convs(name: str, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ timm's MixNet keeps the widths of its mixed convolution's parts in a list, ``Mix
 such a list is handed to the model's code as a copy whose elements are ``PlainRead``s of their
 own sites, ``(path, "splits[0]")`` (``element``), so each split size carries the element it was
 read from; ``split_sizes`` follows them part by part and surgery lowers each element by what
-its part lost (``write_size``). The module's own list is never written while planning.
+its part lost (``write_size``). The module's own list is never written while planning; code
+that writes to the copy is refused (it would trace other code than the model runs).
 """
 
 from __future__ import annotations
@@ -61,6 +62,24 @@ def write_size(holder: object, attr: str, value: int) -> None:
     setattr(holder, name, new)
 
 
+class _ReadList(list):
+    """A copy of a list attribute handed to the model's code. Writing to it would change only
+    the copy, so the traced code would not be the model's: it refuses (the trace fails)."""
+
+
+def _refuse(name: str) -> Callable[..., Any]:
+    def write(self: _ReadList, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"a list attribute of sizes is written while traced ({name}): not modelled")
+
+    return write
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):  # fmt: skip
+    setattr(_ReadList, _name, _refuse(_name))
+
+
 def wrapped_list(value: list[int], attr: str, wrap: Callable[[str, int], Any]) -> list[Any]:
-    """A copy of ``value`` whose element ``k`` is ``wrap(element(attr, k), value[k])``."""
-    return [wrap(element(attr, k), v) for k, v in enumerate(value)]
+    """A copy of ``value`` whose element ``k`` is ``wrap(element(attr, k), value[k])``; writes to
+    it raise (``_ReadList``)."""
+    return _ReadList(wrap(element(attr, k), v) for k, v in enumerate(value))
