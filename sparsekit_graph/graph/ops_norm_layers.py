@@ -128,7 +128,10 @@ def layer_norm_function(ctx: RuleContext) -> None:
     k = len(value) if isinstance(value, (tuple, list)) else 1
     trailing = out[len(out) - k :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
-    if read:
+    # torch.export writes ``x.shape[-1:]`` as a literal: it must equal the input's trailing axes,
+    # so it follows them as a reshape's kept literal does; a literal of the code fails prune's
+    # re-trace of the pruned copy (``plan/probe.py``), which pins it there.
+    if read or ctx.exported:
         return
     if k != 1 or not ctx.size_follows_model(trailing[0], shape):
         ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
