@@ -140,6 +140,7 @@ def _zeros_read(s: nn.Module, h: Tensor) -> Tensor:
         pytest.param(_view_read, False, id="view-fx"),
         pytest.param(_view_read, True, id="view-export"),
         pytest.param(_zeros_read, False, id="new-zeros-fx"),
+        pytest.param(_zeros_read, True, id="new-zeros-export"),  # graph/fresh_sizes.py
     ],
 )
 def test_a_layer_size_read_to_build_a_size_follows(fn: Callable[..., Tensor], export: bool, tmp_path: Path) -> None:
@@ -150,14 +151,6 @@ def test_a_layer_size_read_to_build_a_size_follows(fn: Callable[..., Tensor], ex
     assert plan.group("c:out").prunable, plan.group("c:out")
     result = check_oracle(model, x, tmp_path, min_drop=0.0)
     assert result.model.c.out_channels == C // 2
-
-
-def test_a_fresh_tensor_sized_by_a_layer_read_under_export_is_safe(tmp_path: Path) -> None:
-    """Known limit: torch.export writes ``new_zeros(b, self.c.out_channels)`` with a plain
-    literal, which no rule can tell from a constant: the group pins (never a failing prune)."""
-    model, x = Two(_zeros_read, True), torch.randn(*X4)
-    assert not skg.plan(model, x).group("c:out").prunable
-    check_oracle(model, x, tmp_path, min_drop=0.0)
 
 
 def _view_literal(s: nn.Module, h: Tensor) -> Tensor:
