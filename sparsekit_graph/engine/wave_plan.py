@@ -102,9 +102,11 @@ def factors(
     """The wave's shrink factors from its partial sums (float32, in ``wave.parts`` order) and its
     thresholds (its couplings' concatenated): per coupling ``(scale f64, scale f32, scale f32
     squared)`` and the blocks it zeroed (nonzero norm, zero scale)."""
-    flat = torch.cat(list(parts)) if len(parts) > 1 else parts[0]
-    sums = torch.zeros(tau.numel(), dtype=torch.float64, device=tau.device)
-    sums.index_add_(0, wave.index, flat.to(torch.float64))  # float32 partial sums, added in float64
+    if len(wave.sizes) == 1:  # one coupling (every call of c.soft_threshold): two kernels
+        sums = torch.stack(list(parts)).sum(0, dtype=torch.float64)  # float32 partial sums, added in float64
+    else:
+        sums = torch.zeros(tau.numel(), dtype=torch.float64, device=tau.device)
+        sums.index_add_(0, wave.index, torch.cat(list(parts)).to(torch.float64))
     norm = sums.sqrt()
     scale = (1 - tau / norm.clamp_min(_TINY)).clamp_(min=0)
     if floor > 0:
