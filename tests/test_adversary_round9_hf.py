@@ -124,3 +124,27 @@ def test_timm_resnetblur18_prunes_its_blurred_stages(tmp_path: Path) -> None:
     model = timm.create_model("resnetblur18", pretrained=False, num_classes=10).eval()
     result = check_oracle(model, torch.randn(2, 3, 64, 64), tmp_path)
     assert len(result.plan.prunable) >= 12 and result.report.params_ratio <= 0.3
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open: Hiera's attention heads (1 head in stage 0) plan prunable, prune fails")
+def test_hf_hiera_every_prunable_group_prunes() -> None:
+    """HF Hiera (mask-unit attention, ``reshape(batch, -1, self.hidden_size_output)`` after the
+    heads): ``stages.0...attn.qkv:out`` (one head, 16 channels) and ``stages.3...attn.qkv:out``
+    plan prunable, and pruning either is refused ("the pruned model does not run ... expected
+    8 features, got input (2, 128, 16)"): the ``-1`` absorbs the pruned width."""
+    import sparsekit_graph as skg
+
+    torch.manual_seed(0)
+    config = transformers.HieraConfig(image_size=[64, 64], embed_dim=16, num_heads=[1, 2, 4, 8], depths=[1, 1, 1, 1],
+                                      num_labels=10, patch_stride=[4, 4], patch_size=[7, 7], patch_padding=[3, 3],
+                                      masked_unit_size=[8, 8], query_stride=[2, 2])  # fmt: skip
+    model, x = transformers.HieraForImageClassification(config).eval(), torch.randn(2, 3, 64, 64)
+    plan = skg.plan(model, {"pixel_values": x})
+    for g in plan.prunable:
+        mask = torch.zeros(g.size, dtype=torch.bool)
+        mask[1::2] = True
+        skg.prune(model, plan, masks={g.name: mask})
