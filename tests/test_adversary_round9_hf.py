@@ -130,12 +130,12 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: Hiera's attention heads (1 head in stage 0) plan prunable, prune fails")
 def test_hf_hiera_every_prunable_group_prunes() -> None:
     """HF Hiera (mask-unit attention, ``reshape(batch, -1, self.hidden_size_output)`` after the
     heads): ``stages.0...attn.qkv:out`` (one head, 16 channels) and ``stages.3...attn.qkv:out``
-    plan prunable, and pruning either is refused ("the pruned model does not run ... expected
-    8 features, got input (2, 128, 16)"): the ``-1`` absorbs the pruned width."""
+    planned prunable and pruning either was refused ("expected 8 features, got input (2, 128,
+    16)"): the module's own ``hidden_size_output`` (16, 128) was explained by the config's equal
+    ``embed_dim`` / ``hidden_size`` (``graph/sizes._plain_read``). Now they pin as stages 1-2 do."""
     import sparsekit_graph as skg
 
     torch.manual_seed(0)
@@ -148,3 +148,5 @@ def test_hf_hiera_every_prunable_group_prunes() -> None:
         mask = torch.zeros(g.size, dtype=torch.bool)
         mask[1::2] = True
         skg.prune(model, plan, masks={g.name: mask})
+    for stage in (0, 3):
+        assert not plan.group(f"hiera.encoder.stages.{stage}.layers.0.attn.qkv:out").prunable

@@ -20,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
+from .attribute_sizes import PLAIN_READS
 from .config_reads import read_by_forward
 from .meta import META, MODULE_READS, SIZE_READS, ReadInt
 from .size_tests import Site
@@ -83,6 +84,8 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         if value.derived:  # a number computed from it (``c // 2``): no attribute's value
             return []
         read = {value.site}
+    elif _plain_read(node, value):
+        return []
     if read and len(read) == 1:  # the code wrote a layer's size attribute there (``size_reads``)
         ((path, attr),) = read
         owner = modules.get(path)
@@ -122,7 +125,7 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
     (``UNIT_ATTRIBUTES``), the counts are ``COUNT_ATTRIBUTES`` of the innermost owner that has
     one matching (modules, then the model's config). Returns the counts and the unit, or
     ``([], 1)`` when nothing explains it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or _plain_read(node, value):
         return [], 1
     running = [(p, m) for p in reversed(module_stack(node)) if (m := modules.get(p)) is not None]
     unit = next((u for _, m in running for a in UNIT_ATTRIBUTES if _is_count(u := getattr(m, a, None))), None)
@@ -156,7 +159,7 @@ def count_plus_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module])
     """``value`` as ``count + k`` (``k`` in ``EXTRA_SLOTS``): the ``COUNT_ATTRIBUTES`` of the
     innermost running module that has such a count; empty when none does. A literal that does
     not follow the count cannot hold the pruned rows: ``prune`` fails loudly."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int) or _plain_read(node, value):
         return []
     for path in reversed(module_stack(node)):
         module = modules.get(path)
@@ -166,6 +169,13 @@ def count_plus_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module])
         if hits:
             return [SizeSource(path, a) for a in hits]
     return []
+
+
+def _plain_read(node: fx.Node, value: Any) -> bool:
+    """Did the code write a module's own int attribute (``attribute_sizes``) where ``node`` holds
+    ``value``? Then that attribute explains it, and no other of equal value does: HF Hiera's
+    ``reshape(b, -1, self.hidden_size_output)`` is not its config's ``embed_dim`` of 16."""
+    return isinstance(value, int) and value in (node.meta.get(PLAIN_READS) or {})
 
 
 def _read_by_module(node: fx.Node, path: str, attr: str, value: Any) -> bool:
