@@ -137,7 +137,7 @@ def test_list_split_sizes_that_also_size_another_axis_pin() -> None:
 
 
 class Appends(PlainMixed):
-    """Writes to its list while running: the traced copy would not see it."""
+    """Writes to its list while running (and reads it after)."""
 
     def forward(self, x: Tensor) -> Tensor:
         self.splits.append(0)
@@ -145,12 +145,19 @@ class Appends(PlainMixed):
         return super().forward(x)
 
 
-def test_a_list_attribute_written_in_forward_is_refused() -> None:
-    """The model's code gets a copy of the list: a write to it is refused, never traced as
-    other code than the model runs; the user's list is untouched."""
-    model = MixBlock(Appends(SPLITS)).eval()
-    with pytest.raises(skg.SparseKitError, match="written while traced"):
-        skg.plan(model, torch.randn(*X))
+def test_a_list_attribute_written_in_forward_pins_what_it_sizes(tmp_path: Path) -> None:
+    """The model's code gets one copy of the list per trace and writes to it as it would to its
+    own: a list the forward writes is no list of sizes, so the parts it sizes pin (naming the
+    write); the plan holds (prune exact where it claims to be) and the user's list is untouched."""
+    torch.manual_seed(0)
+    model, x = MixBlock(Appends(SPLITS)).eval(), torch.randn(*X)
+    plan = skg.plan(model, x)
+    assert model.mixed.splits == SPLITS
+    parts = [g for g in plan.groups if any(m.param.startswith("mixed.") for m in g.members)]
+    assert parts and not any(g.prunable for g in parts if "write to its list" in (g.reason or "")) and any(
+        "write to its list" in (g.reason or "") for g in parts
+    ), [(g.name, g.reason) for g in parts]
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
     assert model.mixed.splits == SPLITS
 
 

@@ -5,8 +5,10 @@ timm's MixNet keeps the widths of its mixed convolution's parts in a list, ``Mix
 such a list is handed to the model's code as a copy whose elements are ``PlainRead``s of their
 own sites, ``(path, "splits[0]")`` (``element``), so each split size carries the element it was
 read from; ``split_sizes`` follows them part by part and surgery lowers each element by what
-its part lost (``write_size``). The module's own list is never written while planning; code
-that writes to the copy is refused (it would trace other code than the model runs).
+its part lost (``write_size``). The module's own list is never written while planning: the
+code writes to its copy, one per trace (the tracer keeps it), so a later read sees the write as
+the model would. A list the forward writes (``self.hist.append(n)``) is no list of sizes: each
+element handed out is then a use that pins what it sized.
 """
 
 from __future__ import annotations
@@ -63,23 +65,27 @@ def write_size(holder: object, attr: str, value: int) -> None:
 
 
 class _ReadList(list):
-    """A copy of a list attribute handed to the model's code. Writing to it would change only
-    the copy, so the traced code would not be the model's: it refuses (the trace fails)."""
+    """A copy of a list attribute handed to the model's code, written in place of the module's."""
 
 
-def _refuse(name: str) -> Callable[..., Any]:
+def _written(name: str) -> Callable[..., Any]:
+    base = getattr(list, name)
+
     def write(self: _ReadList, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"a list attribute of sizes is written while traced ({name}): not modelled")
+        for e in list.__iter__(self):
+            if getattr(e, "control", False) is None:  # a tracked element not yet used otherwise
+                e.control = f"a write to its list ({name})"
+        return base(self, *args, **kwargs)
 
     return write
 
 
 for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
               "clear", "sort", "reverse"):  # fmt: skip
-    setattr(_ReadList, _name, _refuse(_name))
+    setattr(_ReadList, _name, _written(_name))
 
 
 def wrapped_list(value: list[int], attr: str, wrap: Callable[[str, int], Any]) -> list[Any]:
-    """A copy of ``value`` whose element ``k`` is ``wrap(element(attr, k), value[k])``; writes to
-    it raise (``_ReadList``)."""
+    """A copy of ``value`` whose element ``k`` is ``wrap(element(attr, k), value[k])``; a write
+    to it makes its elements uses (``_ReadList``)."""
     return _ReadList(wrap(element(attr, k), v) for k, v in enumerate(value))

@@ -76,6 +76,7 @@ class _Log:
         self.sinks = sinks_now()  # streams and logging as planning found them (``size_sinks``)
         self.conversions: Conversions | None = None  # the torch.fx tracer's: reads' frames watched (``flow_values``)
         self.symbolic: set[str] = set()  # reads of symbolic lengths under torch.export (``length_reads``)
+        self.lists: dict[tuple[int, str], list[Any]] = {}  # list attributes' copies, one per trace (``list_attributes``)
 
     def note(self, module: nn.Module, name: str) -> None:
         names = self.reads.get(id(module))
@@ -90,6 +91,7 @@ class _Log:
         same either way)."""
         self.made.clear()
         self.tests.clear()
+        self.lists.clear()
         if self.conversions is not None:
             self.conversions.clear()
         for m, cls in self.swapped:
@@ -114,7 +116,12 @@ class _Log:
         if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return SizeTuple(value, frozenset({(path, name)}), self)
         if int_list(value) and read_only_where_literal(layer, name, _NAMES, self.sizes):  # MixNet's ``splits``
-            return wrapped_list(value, name, lambda site, v: PlainRead(v, frozenset({(path, site)}), self, ((path, site), v, _same)))
+            key = (id(layer), name)
+            if key not in self.lists:
+                self.lists[key] = wrapped_list(
+                    value, name, lambda site, v: PlainRead(v, frozenset({(path, site)}), self, ((path, site), v, _same))
+                )
+            return self.lists[key]
         return value
 
 
