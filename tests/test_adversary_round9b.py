@@ -1,0 +1,86 @@
+"""Adversary round 9b (issue 7): guards on the mechanisms that unpin under torch.export and in
+products with computed weights. No wrong plan was found; these pin down the plans that were
+checked exact, so a later change that makes them wrong fails here.
+
+Harness and the full list of models tried: /tmp/adv9b/REPORT.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from tests.helpers import check_oracle
+
+_C = 8
+
+
+class _Stem(nn.Module):
+    """A conv stem pooled to (batch, channels), ``tail`` of it, a head; the device test makes
+    the fx trace fail, so the model is planned under torch.export."""
+
+    def __init__(self, tail: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, _C, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(_C, _C) * 0.3)
+        self.head = nn.Linear(_C, 4)
+        self.tail = tail
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.stem(x))
+        if h.device.type != "cpu":
+            h = h * 1
+        return self.head(self.tail(self, h))
+
+
+def _group(plan: skg.Plan, name: str) -> skg.Group:
+    return next(g for g in plan.groups if g.name == name)
+
+
+def test_len_of_a_tensor_as_a_scale_is_a_count_not_zero_invariant(tmp_path: Path) -> None:
+    """``v * len(h[0])`` under export: the count scales the output, so pruning changes it."""
+    model = _Stem(lambda m, h: h.mean((2, 3)) * len(h[0]))
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    stem = _group(plan, "stem:out")
+    assert stem.prunable and not stem.zero_invariant
+    check_oracle(model, x, tmp_path, require=False)  # no zero-invariant group to mask
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_cumsum_of_a_weight_in_a_product_is_exact(axis: int, tmp_path: Path) -> None:
+    """``v @ w.cumsum(axis).T``: a removed row of ``w`` drops out of every later row's sum
+    in the dense model as in the pruned one, so its group is zero-invariant and exact."""
+    model = _Stem(lambda m, h: h.mean((2, 3)) @ m.w.cumsum(axis).T)
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert _group(plan, "w:0").zero_invariant
+    check_oracle(model, x, tmp_path)
+
+
+class _WeightNormed(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, _C, 3, padding=1)
+        lin = nn.Linear(_C, _C)
+        if spelling == "old":
+            lin = nn.utils.weight_norm(lin, dim=-1)
+        else:
+            lin = nn.utils.parametrizations.weight_norm(lin, dim=-1)
+        self.lin = lin
+        self.head = nn.Linear(_C, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.lin(F.relu(self.stem(x)).mean((2, 3)))))
+
+
+@pytest.mark.parametrize("spelling", ["old", "parametrizations"])
+def test_weight_norm_over_the_whole_tensor_is_exact(spelling: str, tmp_path: Path) -> None:
+    """``dim=-1``: one norm over the whole weight (not per column); both spellings prune exactly."""
+    check_oracle(_WeightNormed(spelling), torch.randn(2, 3, 6, 6), tmp_path)
