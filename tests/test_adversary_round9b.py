@@ -22,11 +22,12 @@ _C = 8
 
 
 class _Stem(nn.Module):
-    """A conv stem pooled to (batch, channels), ``tail`` of it, a head; the device test makes
-    the fx trace fail, so the model is planned under torch.export."""
+    """A conv stem pooled to (batch, channels), ``tail`` of it, a head; with ``export`` the
+    device test makes the fx trace fail, so the model is planned under torch.export."""
 
-    def __init__(self, tail: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    def __init__(self, tail: Callable[[nn.Module, Tensor], Tensor], export: bool = True) -> None:
         super().__init__()
+        self.export = export
         self.stem = nn.Conv2d(3, _C, 3, padding=1)
         self.w = nn.Parameter(torch.randn(_C, _C) * 0.3)
         self.head = nn.Linear(_C, 4)
@@ -34,7 +35,7 @@ class _Stem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.stem(x))
-        if h.device.type != "cpu":
+        if self.export and h.device.type != "cpu":
             h = h * 1
         return self.head(self.tail(self, h))
 
@@ -84,3 +85,30 @@ class _WeightNormed(nn.Module):
 def test_weight_norm_over_the_whole_tensor_is_exact(spelling: str, tmp_path: Path) -> None:
     """``dim=-1``: one norm over the whole weight (not per column); both spellings prune exactly."""
     check_oracle(_WeightNormed(spelling), torch.randn(2, 3, 6, 6), tmp_path)
+
+
+# --- a random tensor sized by the count: prunable, but its kept channels draw other values ---------
+
+_RANDOM: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "rand_generator": lambda m, h: h.mean((2, 3)) * torch.rand(h.shape[1], generator=torch.Generator().manual_seed(0)),
+    "randn_seeded": lambda m, h: _seeded(lambda: h.mean((2, 3)) + torch.randn(h.shape[1])),
+    "randn_like_seeded": lambda m, h: _seeded(lambda: h.mean((2, 3)) + torch.randn_like(h.mean((2, 3)))),
+}
+
+
+def _seeded(f: Callable[[], Tensor]) -> Tensor:
+    torch.manual_seed(1)
+    return f()
+
+
+@pytest.mark.parametrize("name", list(_RANDOM))
+def test_random_values_sized_by_the_count_are_not_zero_invariant(name: str, tmp_path: Path) -> None:
+    """Was a wrong plan: ``torch.rand(C, generator=g)`` (fx) / ``torch.randn(C)`` after a seed
+    (export) planned ``stem:out`` zero-invariant, but the pruned model draws 4 values where
+    the masked dense one keeps 4 of 8 others (mismatch up to 0.5)."""
+    model = _Stem(_RANDOM[name], export=name != "rand_generator")  # torch.export refuses a generator
+    x = torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert not _group(plan, "stem:out").zero_invariant
+    if _group(plan, "stem:out").prunable:
+        check_oracle(model, x, tmp_path, require=False)
