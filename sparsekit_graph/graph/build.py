@@ -31,6 +31,7 @@ from .length_uses import pin_unmodelled_lengths
 from .meta import WRITTEN_BUFFER
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads
+from .random_draws import draws_random
 from .rules import find_rule
 from .size_pins import pin_read_sizes
 from .size_tracer import has_hooks
@@ -181,6 +182,8 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
     unread = sorted(k for k in ctx.call.passed - ctx.read if k not in HARMLESS_ARGUMENTS)
     if unread:
         ctx.pin_everything(f"rule {label} does not model argument(s) {', '.join(unread)} of {ctx.where()}")
+    if ctx.node.op != "call_module" and draws_random(ctx.call, ctx.node.target):
+        ctx.mix([a for axes in ctx.outputs() for a in axes], f"random values drawn per channel at {ctx.where()}")
     g = ctx.graph
     if ctx.node.name in ctx.views:  # a view of a parameter has the parameter's axes
         return

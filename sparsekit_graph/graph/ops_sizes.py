@@ -135,18 +135,6 @@ def like(ctx: RuleContext) -> None:
     """``zeros_like(x)``: a tensor shaped like ``x`` whatever ``x``'s channels become."""
     ctx.read_all()
     ctx.same(ctx.axes(ctx.input) or [], ctx.out())
-    _random_values(ctx)
-
-
-# Factories that draw their values: a pruned model draws fewer, so the kept channels get other
-# values than the dense model's (seeded: ``torch.manual_seed``, a ``generator``)
-_RANDOM = frozenset({torch.rand, torch.randn, torch.rand_like, torch.randn_like, torch.randint_like})
-
-
-def _random_values(ctx: RuleContext) -> None:
-    """A random factory's output axes: prunable, but zeroing a channel is not removing it."""
-    if ctx.call.op in _RANDOM:
-        ctx.mix(ctx.out(), f"random values drawn per channel at {ctx.where()}")
 
 
 @register_function_rule(torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full)
@@ -166,4 +154,3 @@ def sized_tensor(ctx: RuleContext) -> None:
         follows = [not ctx.graph.adj[o] and (ctx.size_follows_model(o, n) or product_follows(ctx, n)) for o, n in zip(out, sizes)]
         ctx.fresh(o for o, f in zip(out, follows) if f)
     ctx.pin([o for o in out if not ctx.graph.adj[o] and o not in ctx.fresh_axes], f"fresh tensor from {ctx.where()}")
-    _random_values(ctx)
