@@ -25,6 +25,7 @@ import torch
 
 from .number_args import SizeUse
 from .size_flow import Where, converted_nowhere, where_made
+from .size_origins import Origin, identity
 from .size_sinks import Sinks, sinks_now
 from .size_tests import DUNDER_TESTS, Site, SizeTest
 from .user_code import by_user, caller
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LENGTH", "VALUE", "Site", "SizeFloat", "SizeRead", "SizeTest", "SizeTuple", "identity", "tracked", "truth_free"]
 
-Origin = tuple[Site, int, Callable[[int], Any]]  # one attribute, its value, and this value as a function of it
 
 LENGTH = "length@"  # the path of the site of a tensor's length read under torch.export (``length_reads``)
 
@@ -231,19 +231,6 @@ def tracked(out: Any, inputs: tuple[Any, ...], origin: Origin | None = None) -> 
     made = SizeRead(out, sites, log, origin)
     made.exact = identity(origin)
     return made
-
-
-def identity(origin: Origin | None) -> bool:
-    """Is ``origin``'s value its attribute's own at every count pruning can leave (``n * 1``,
-    ``n + 0``, ``n // 1``)? Then it is a read of the attribute, not a number computed from it."""
-    if origin is None:
-        return False
-    _, value, fn = origin
-    counts = range(1, value + 1) if value <= 64 else sorted({*range(1, 33), *range(value - 31, value + 1), value // 2})
-    try:
-        return all(fn(v) == v and type(fn(v)) is int for v in counts)
-    except Exception:  # noqa: BLE001 - a count it cannot take: not the attribute's value
-        return False
 
 
 def _symbolic(value: _Tracked, op: str, other: tuple[Any, ...]) -> Any:
