@@ -139,15 +139,23 @@ def test_repeated_calls_read_the_parameters_current_tensors() -> None:
     assert ws[1].dtype == torch.float64 and bool((ws[2] == 0).any())
 
 
-def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernels", ["eager", "native"])
+def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.MonkeyPatch, kernels: str) -> None:
     """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
     each; the big 3x3 weights in row chunks), the calling thread's own kernels on one intra-op
-    thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was."""
-    from sparsekit_graph.engine import batch, sweeps, workers
+    thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was.
+    Eager kernels (``sweeps.sums_split``) and the native tables (``native_plan``) alike."""
+    from sparsekit_graph.engine import batch, native, native_plan, sweeps, workers
 
     seen: list[int] = []  # the calling thread's intra-op threads while it hands the reads to the workers
-    split = sweeps.sums_split
-    monkeypatch.setattr(sweeps, "sums_split", lambda *a: (seen.append(torch.get_num_threads()), split(*a))[1])
+    monkeypatch.setattr(native, "_state", {**native._state, "on": kernels == "native"})
+    if kernels == "native":
+        assert native.enabled(torch.zeros(2, 2)), native._state["broken"]
+        hand = native_plan.run_balanced
+        monkeypatch.setattr(native_plan, "run_balanced", lambda *a: (seen.append(torch.get_num_threads()), hand(*a))[1])
+    else:
+        split = sweeps.sums_split
+        monkeypatch.setattr(sweeps, "sums_split", lambda *a: (seen.append(torch.get_num_threads()), split(*a))[1])
 
     model = torchvision.models.resnet18(num_classes=10)
     plan = skg.plan(model, torch.randn(1, 3, 32, 32))

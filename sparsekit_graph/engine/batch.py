@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SparseKitError
-from . import sweeps, wave_plan
+from . import native_plan, sweeps, wave_plan
 from .block import BlockValues, SparseBlock
 from .sweeps import Param, Use
 from .waves import conditioned_all
@@ -264,7 +264,11 @@ def _solve(
     flat = [params[k].uses[0].x.view(-1) for k in plan.vectors]
     squares = dict(zip(plan.vectors, torch._foreach_mul(flat, flat))) if flat else {}
     # every parameter's first use needs no factor (nothing is written before the end): all of them at once
-    first = _sums([(params[k], 0) for k, _ in plan.first], scratch, pool)
+    tables = native_plan.usable(params)  # the native loops: the first reads, then the writes, as one table each
+    if tables:
+        first = native_plan.first_sums(params, [k for k, _ in plan.first], pool)
+    else:
+        first = _sums([(params[k], 0) for k, _ in plan.first], scratch, pool)
     tau_all = torch.cat([taus[ci] for ci in plan.order]) if len(taus) > 1 else taus[0]
     at = 0
     for wave in plan.waves:  # a wave's shrink factors in one set of kernels
@@ -280,6 +284,9 @@ def _solve(
                 params[k].factors[j] = f
     if flat:
         torch._foreach_mul_(flat, [params[k].factors[0][1] for k in plan.vectors])
+    if tables:
+        native_plan.write_all(params, plan.writes, pool)
+        return killed  # type: ignore[return-value]
     writes = [params[k] for k in plan.writes]
     if pool is None or sum(p.uses[0].x.numel() for p in writes) < sweeps.CHUNK:
         for p in writes:

@@ -1,139 +1,216 @@
-"""Optional C++ loops for the Euclidean prox's per-weight passes (``engine/sweeps.py``), built at run time.
+"""Native loops for the Euclidean prox's per-weight passes (``engine/sweeps.py``): plain C, built once.
 
-Off by default: nothing is compiled at install time, and the pure-torch kernels run. With
-``set_native(True)`` or ``SPARSEKIT_GRAPH_EUCLID_KERNELS=native``, the first call builds four plain
-loops with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler at run time; minutes on a busy
-2-core machine, then cached on disk by torch) and the CPU float32 passes take them: weighted column
-and row sums of squares, ``M[o, i] = sum_k w[o, i, k]^2`` and the two-factor write, each one pass
-over the weight with no scratch buffer (the eager kernels square into scratch, then run a GEMV).
-They release the GIL, so the worker threads of ``engine/workers.py`` run them side by side. Sums
-are float32 as in the eager path (in another order: equal to rounding); the write multiplies in the
-eager order, so it is bit-identical. If building fails, one warning, and the eager kernels from then on.
+On by default on CPU: the first call builds four plain C loops with the system C compiler (no torch
+or Python headers: about a second, see ``engine/cbuild.py``), caches the shared library per user and
+loads it with ``ctypes``; later processes only load it. The CPU float32 passes then take them:
+weighted column and row sums of squares, ``M[o, i] = sum_k w[o, i, k]^2`` and the two-factor write,
+each one pass over the weight with no scratch buffer (the eager kernels square into scratch, then run
+a GEMV). ``ctypes`` releases the GIL during each call, so the worker threads of ``engine/workers.py``
+run them side by side. Sums are float32 as in the eager path (in another order: equal to rounding);
+the write multiplies in the eager order, so it is bit-identical. No compiler, or a failed build: one
+warning, and the eager kernels from then on. ``set_native(False)`` or
+``SPARSEKIT_GRAPH_EUCLID_KERNELS=eager`` forces the eager kernels, ``native`` (or ``set_native(True)``)
+the loops.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import warnings
-from types import ModuleType
-from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "m_sums", "set_native", "weighted_cols", "weighted_rows", "write_two"]
+from . import cbuild
+
+__all__ = ["SOURCE", "enabled", "m_sums", "set_native", "weighted_cols", "weighted_rows", "write_two"]
 
 _ENV = "SPARSEKIT_GRAPH_EUCLID_KERNELS"
-_state: dict[str, object] = {"on": os.environ.get(_ENV, "eager") == "native", "ext": None, "broken": None}
+_state: dict[str, object] = {"on": os.environ.get(_ENV, "native") != "eager", "lib": None, "broken": None}
 _LOCK = threading.Lock()  # worker threads may ask first: one build
 
-_SRC = r"""
-#include <torch/extension.h>
-// acc[c] += v[r] x[r, c]^2 over rows r (v empty: ones); rows at stride ld, columns contiguous
-void wcols(torch::Tensor x, torch::Tensor v, torch::Tensor acc) {
-  const int64_t R = x.size(0), C = x.size(1), ld = x.stride(0);
-  const float* __restrict xp = x.data_ptr<float>();
-  const float* vp = v.numel() ? v.data_ptr<float>() : nullptr;
-  float* __restrict a = acc.data_ptr<float>();
+SOURCE = r"""
+#include <stdint.h>
+/* acc[c] += v[r] x[r, c]^2 over rows r (v NULL: ones); rows at stride ld, columns contiguous */
+void sk_wcols(const float* restrict x, int64_t R, int64_t C, int64_t ld, const float* v, float* restrict acc) {
   for (int64_t r = 0; r < R; ++r) {
-    const float w = vp ? vp[r] : 1.0f;
-    const float* row = xp + r * ld;
-    for (int64_t c = 0; c < C; ++c) a[c] += w * row[c] * row[c];
+    const float w = v ? v[r] : 1.0f;
+    const float* restrict row = x + r * ld;
+    for (int64_t c = 0; c < C; ++c) acc[c] += w * row[c] * row[c];
   }
 }
-// out[r] = sum_c v[c] x[r, c]^2
-void wrows(torch::Tensor x, torch::Tensor v, torch::Tensor out) {
-  const int64_t R = x.size(0), C = x.size(1), ld = x.stride(0);
-  const float* __restrict xp = x.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+/* out[r] = sum_c v[c] x[r, c]^2 */
+void sk_wrows(const float* restrict x, int64_t R, int64_t C, int64_t ld, const float* restrict v, float* out) {
   for (int64_t r = 0; r < R; ++r) {
-    const float* row = xp + r * ld;
+    const float* restrict row = x + r * ld;
     float s[16] = {0};
     int64_t c = 0;
     for (; c + 16 <= C; c += 16)
-      for (int j = 0; j < 16; ++j) s[j] += vp[c + j] * row[c + j] * row[c + j];
+      for (int j = 0; j < 16; ++j) s[j] += v[c + j] * row[c + j] * row[c + j];
     float t = 0;
     for (int j = 0; j < 16; ++j) t += s[j];
-    for (; c < C; ++c) t += vp[c] * row[c] * row[c];
-    o[r] = t;
+    for (; c < C; ++c) t += v[c] * row[c] * row[c];
+    out[r] = t;
   }
 }
-// m[n] = sum_k x[n, k]^2 over a contiguous (N, K)
-void msum(torch::Tensor x, torch::Tensor m) {
-  const int64_t N = m.numel(), K = x.numel() / std::max<int64_t>(N, 1);
-  const float* __restrict xp = x.data_ptr<float>();
-  float* __restrict mp = m.data_ptr<float>();
+/* m[n] = sum_k x[n, k]^2 over a contiguous (N, K) */
+void sk_msum(const float* restrict x, int64_t N, int64_t K, float* restrict m) {
   if (K == 9) {
     for (int64_t n = 0; n < N; ++n) {
-      const float* p = xp + n * 9;
-      mp[n] = p[0] * p[0] + p[1] * p[1] + p[2] * p[2] + p[3] * p[3] + p[4] * p[4] + p[5] * p[5] + p[6] * p[6] +
-              p[7] * p[7] + p[8] * p[8];
+      const float* p = x + n * 9;
+      m[n] = p[0] * p[0] + p[1] * p[1] + p[2] * p[2] + p[3] * p[3] + p[4] * p[4] + p[5] * p[5] + p[6] * p[6] +
+             p[7] * p[7] + p[8] * p[8];
     }
     return;
   }
   for (int64_t n = 0; n < N; ++n) {
     float s = 0;
-    for (int64_t k = 0; k < K; ++k) s += xp[n * K + k] * xp[n * K + k];
-    mp[n] = s;
+    for (int64_t k = 0; k < K; ++k) s += x[n * K + k] * x[n * K + k];
+    m[n] = s;
   }
 }
-// x[r, c] = (x[r, c] * f[r]) * g[c] (rows_first) or (x[r, c] * g[c]) * f[r]: the eager order
-void scale2(torch::Tensor x, torch::Tensor f, torch::Tensor g, bool rows_first) {
-  const int64_t R = x.size(0), C = x.size(1), ld = x.stride(0);
-  float* __restrict xp = x.data_ptr<float>();
-  const float* fp = f.data_ptr<float>();
-  const float* __restrict gp = g.data_ptr<float>();
+/* x[r, c] = (x[r, c] * f[r]) * g[c] (rows_first) or (x[r, c] * g[c]) * f[r]: the eager order */
+void sk_scale2(float* restrict x, int64_t R, int64_t C, int64_t ld, const float* f, const float* restrict g, int rows_first) {
   for (int64_t r = 0; r < R; ++r) {
-    float* row = xp + r * ld;
-    const float a = fp[r];
-    if (rows_first) for (int64_t c = 0; c < C; ++c) row[c] = (row[c] * a) * gp[c];
-    else for (int64_t c = 0; c < C; ++c) row[c] = (row[c] * gp[c]) * a;
+    float* restrict row = x + r * ld;
+    const float a = f[r];
+    if (rows_first) for (int64_t c = 0; c < C; ++c) row[c] = (row[c] * a) * g[c];
+    else for (int64_t c = 0; c < C; ++c) row[c] = (row[c] * g[c]) * a;
   }
 }
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("wcols", &wcols, py::call_guard<py::gil_scoped_release>());
-  m.def("wrows", &wrows, py::call_guard<py::gil_scoped_release>());
-  m.def("msum", &msum, py::call_guard<py::gil_scoped_release>());
-  m.def("scale2", &scale2, py::call_guard<py::gil_scoped_release>());
+static float sq_free_sum(const float* restrict p, int64_t n) {
+  float acc[16] = {0}, t = 0;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int q = 0; q < 16; ++q) acc[q] += p[j + q];
+  for (int q = 0; q < 16; ++q) t += acc[q];
+  for (; j < n; ++j) t += p[j];
+  return t;
+}
+/* Tables: one row of W int64 per entry, so a whole call's reads (or writes) are one C call:
+   x, kind, n0, n1, n2, s0, s1, s2, lo, hi, f (or out), g (or M), flag. */
+enum { W = 13 };
+static float sq_run(const float* restrict p, int64_t n, int64_t s) {
+  float acc[16] = {0}, t = 0;
+  int64_t j = 0;
+  if (s == 1)
+    for (; j + 16 <= n; j += 16)
+      for (int q = 0; q < 16; ++q) acc[q] += p[j + q] * p[j + q];
+  for (int q = 0; q < 16; ++q) t += acc[q];
+  for (; j < n; ++j) t += p[j * s] * p[j * s];
+  return t;
+}
+/* kinds: 0 rows of (1, R, P): out[r] = sum_p x^2; 1 columns of (A, R, P): out[r] = sum_{a,p} x^2;
+   2 M of a contiguous (O, I, K), rows lo..hi: g[o I + i] = sum_k x^2; 3 sums of M (g, (O, I)): flag 0
+   out[o] = sum_i M, flag 1 out[i] = sum_o M */
+void sk_reads(const int64_t* t, int64_t n) {
+  for (int64_t e = 0; e < n; ++e, t += W) {
+    const float* x = (const float*)t[0];
+    const int64_t A = t[2], R = t[3], P = t[4], s0 = t[5], s1 = t[6], s2 = t[7], lo = t[8], hi = t[9];
+    float* out = (float*)t[10];
+    float* m = (float*)t[11];
+    if (t[1] == 0) {
+      for (int64_t r = lo; r < hi; ++r) out[r] = sq_run(x + r * s1, P, s2);
+    } else if (t[1] == 1) {
+      for (int64_t r = 0; r < R; ++r) out[r] = 0;
+      for (int64_t a = 0; a < A; ++a) {
+        const float* restrict row = x + a * s0;
+        if (P == 1 && s1 == 1) for (int64_t r = 0; r < R; ++r) out[r] += row[r] * row[r];
+        else for (int64_t r = 0; r < R; ++r) out[r] += sq_run(row + r * s1, P, s2);
+      }
+    } else if (t[1] == 2) {
+      sk_msum(x + lo * R * P, (hi - lo) * R, P, m + lo * R);
+    } else if (t[1] == 3) {
+      if (t[12] == 0) for (int64_t o = 0; o < A; ++o) out[o] = sq_free_sum(m + o * R, R);
+      else {
+        for (int64_t i = 0; i < R; ++i) out[i] = 0;
+        for (int64_t o = 0; o < A; ++o) for (int64_t i = 0; i < R; ++i) out[i] += m[o * R + i];
+      }
+    }
+  }
+}
+/* kinds: 0 one use (A, R, P) strided, rows lo..hi: x *= f[r]; 1 two uses, a contiguous (O, I, K), rows
+   lo..hi: x[o, i, k] = (x f[o]) g[i] (flag 1: rows first) or (x g[i]) f[o], the eager order */
+void sk_writes(const int64_t* t, int64_t n) {
+  for (int64_t e = 0; e < n; ++e, t += W) {
+    float* x = (float*)t[0];
+    const int64_t A = t[2], R = t[3], P = t[4], s0 = t[5], s1 = t[6], s2 = t[7], lo = t[8], hi = t[9];
+    const float* f = (const float*)t[10];
+    const float* g = (const float*)t[11];
+    if (t[1] == 0) {
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t r = lo; r < hi; ++r) {
+          float* restrict p = x + a * s0 + r * s1;
+          const float v = f[r];
+          if (s2 == 1) for (int64_t j = 0; j < P; ++j) p[j] *= v;
+          else for (int64_t j = 0; j < P; ++j) p[j * s2] *= v;
+        }
+    } else if (P == 1) {
+      sk_scale2(x + lo * R, hi - lo, R, R, f + lo, g, (int)t[12]);
+    } else {
+      float cols[4096];
+      for (int64_t i0 = 0; i0 < R; i0 += 4096 / P) {  /* columns expanded over the run, a slab at a time */
+        const int64_t i1 = i0 + 4096 / P < R ? i0 + 4096 / P : R;
+        for (int64_t i = i0; i < i1; ++i) for (int64_t k = 0; k < P; ++k) cols[(i - i0) * P + k] = g[i];
+        sk_scale2(x + lo * R * P + i0 * P, hi - lo, (i1 - i0) * P, R * P, f + lo, cols, (int)t[12]);
+      }
+    }
+  }
 }
 """
 
+_P, _N = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "sk_wcols": [_P, _N, _N, _N, _P, _P],
+    "sk_wrows": [_P, _N, _N, _N, _P, _P],
+    "sk_msum": [_P, _N, _N, _P],
+    "sk_scale2": [_P, _N, _N, _N, _P, _P, ctypes.c_int],
+    "sk_reads": [_P, _N],
+    "sk_writes": [_P, _N],
+}
+
+
+def flags() -> list[str]:
+    """The compiler flags (``-march=native`` on x86-64: the AVX the loops are written for)."""
+    return ["-O3", "-std=gnu11"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
+
 
 def set_native(on: bool) -> bool:
-    """Turn the C++ kernels on or off; returns the previous setting."""
+    """Turn the native loops on or off; returns the previous setting."""
     was = bool(_state["on"])
     _state["on"] = bool(on)
     return was
 
 
-def _ext() -> ModuleType | None:
+def _lib() -> ctypes.CDLL | None:
     if not _state["on"] or _state["broken"] is not None:
         return None
-    if _state["ext"] is not None:
-        return _state["ext"]  # type: ignore[return-value]
+    if _state["lib"] is not None:
+        return _state["lib"]  # type: ignore[return-value]
     with _LOCK:
-        return _state["ext"] if _state["ext"] is not None else _build()  # type: ignore[return-value]
+        return _state["lib"] if _state["lib"] is not None else _build()  # type: ignore[return-value]
 
 
-def _build() -> ModuleType | None:
+def _build() -> ctypes.CDLL | None:
     if _state["broken"] is None:
         try:
-            from torch.utils.cpp_extension import load_inline
-
-            flags = ["-O3"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
-            _state["ext"] = load_inline("sparsekit_graph_euclid", cpp_sources=[_SRC], extra_cflags=flags, verbose=False)
-        except Exception as exc:  # noqa: BLE001 - no compiler, headers, or platform support: eager from now on
+            lib = cbuild.load("sparsekit_graph_euclid", SOURCE, flags())
+            for name, args in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, None
+            _state["lib"] = lib
+        except (cbuild.BuildError, OSError, AttributeError) as exc:  # no compiler or a failed build: eager from now on
             _state["broken"] = f"{type(exc).__name__}: {exc}"
             warnings.warn(
                 f"sparsekit_graph: native Euclidean kernels unavailable, using eager ones ({_state['broken']})", stacklevel=4
             )
-    return _state["ext"]  # type: ignore[return-value]
+    return _state["lib"]  # type: ignore[return-value]
 
 
-def _loaded() -> Any:
-    return _state["ext"]
+def _loaded() -> ctypes.CDLL:
+    return _state["lib"]  # type: ignore[return-value]
 
 
 def _fits(x: Tensor) -> bool:
@@ -141,30 +218,36 @@ def _fits(x: Tensor) -> bool:
 
 
 def enabled(x: Tensor) -> bool:
-    """Whether the native kernels take ``x`` (CPU float32, rows of contiguous columns), building them first."""
-    return bool(_state["on"]) and _fits(x) and _ext() is not None
+    """Whether the native loops take ``x`` (CPU float32, rows of contiguous columns), building them first."""
+    return bool(_state["on"]) and _fits(x) and _lib() is not None
 
 
 def weighted_cols(x2: Tensor, weights: Tensor | None) -> Tensor:
     """``sum_r weights[r] x[r, c]^2`` (weights default 1) of an ``enabled`` ``(rows, cols)``."""
-    acc = torch.zeros(x2.shape[1], dtype=torch.float32)
-    w = torch.empty(0) if weights is None else weights.contiguous()
-    _loaded().wcols(x2, w, acc)
+    rows, cols = x2.shape
+    acc = torch.zeros(cols, dtype=torch.float32)
+    w = None if weights is None else weights.contiguous()  # held: the pointer must outlive the call
+    _loaded().sk_wcols(x2.data_ptr(), rows, cols, x2.stride(0), None if w is None else w.data_ptr(), acc.data_ptr())
     return acc
 
 
 def weighted_rows(x2: Tensor, weights: Tensor) -> Tensor:
     """``sum_c x[r, c]^2 weights[c]`` of an ``enabled`` ``(rows, cols)``."""
-    out = torch.empty(x2.shape[0], dtype=torch.float32)
-    _loaded().wrows(x2, weights.contiguous(), out)
+    rows, cols = x2.shape
+    out = torch.empty(rows, dtype=torch.float32)
+    w = weights.contiguous()
+    _loaded().sk_wrows(x2.data_ptr(), rows, cols, x2.stride(0), w.data_ptr(), out.data_ptr())
     return out
 
 
 def m_sums(chunk: Tensor, out: Tensor) -> None:
     """``out[o, i] = sum_k chunk[o, i, k]^2`` of a contiguous ``(O, I, K)`` into a contiguous ``(O, I)``."""
-    _loaded().msum(chunk, out)
+    n = out.numel()
+    _loaded().sk_msum(chunk.data_ptr(), n, chunk.numel() // max(n, 1), out.data_ptr())
 
 
 def write_two(x2: Tensor, rows: Tensor, cols: Tensor, rows_first: bool) -> None:
     """``x2 *= rows[:, None] * cols[None, :]`` in place, multiplied in the eager kernels' order."""
-    _loaded().scale2(x2, rows.contiguous(), cols.contiguous(), rows_first)
+    r, c = rows.contiguous(), cols.contiguous()
+    n, width = x2.shape
+    _loaded().sk_scale2(x2.data_ptr(), n, width, x2.stride(0), r.data_ptr(), c.data_ptr(), int(rows_first))
