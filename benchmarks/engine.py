@@ -46,7 +46,7 @@ and written once). Two conditioned rows likewise: coupling by coupling, and
 ``soft_threshold_all(couplings, taus, conditioners)`` (couplings that share no parameter solved as
 one; its error column is its largest per-block difference from the calls in order).
 
-    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan] [--native]
+    python benchmarks/engine.py [--repeats 5] [--threads 2] [--no-dying] [--euclidean-only] [--layout plan] [--native | --eager]
                                 [--isolate row|layout] [--malloc steady|default]
 """
 
@@ -454,7 +454,7 @@ def _time_rows(bench: Bench, opt: torch.optim.Adam, cond: dict[Tensor, Tensor], 
     persistent += [v for st in opt.state.values() for v in st.values() if isinstance(v, Tensor)]
     persistent += list(cond.values())
     split, batch.SPLIT = batch.SPLIT, False  # the counter sees this thread's ops only: the same kernels, on it
-    cpp = native.set_native(False)  # and aten ops only: the eager kernels' bytes (the C++ loops move no more)
+    cpp = native.set_native(False)  # and aten ops only: the eager kernels' bytes (the C loops move no more)
     for row in rows.values():  # bytes moved, counted op by op (untimed, from the same state)
         row.setup()
         tr = count(row.go, persistent)
@@ -496,7 +496,8 @@ def child(args: argparse.Namespace) -> dict:
     ``--child ROW[,ROW...]`` (those contenders timed against Adam's step in this process)."""
     torch.set_num_threads(args.threads)
     batch.SPLIT = not args.no_split
-    native.set_native(args.native)
+    if args.native or args.eager:  # else the library's default (native, eager if it cannot build)
+        native.set_native(args.native)
     opt, cond, lay = _prepare(args, args.layout)
     bench = Bench(lay, cond, args.repeats)
     if args.child != "info":
@@ -526,7 +527,7 @@ def _spawn(args: argparse.Namespace, layout: str, what: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", what, "--layout", layout]
     cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats), "--adam-steps", str(args.adam_steps)]
     cmd += ["--no-dying"] * args.no_dying + ["--euclidean-only"] * args.euclidean_only + ["--no-split"] * args.no_split
-    cmd += ["--native"] * args.native
+    cmd += ["--native"] * args.native + ["--eager"] * args.eager
     env = dict(os.environ)
     if args.malloc == "steady":
         env.update(STEADY_MALLOC)
@@ -608,10 +609,12 @@ def main() -> None:
         "--no-split", action="store_true",
         help="soft_threshold_all's Euclidean weights on torch's intra-op threads only, not spread over worker threads",
     )  # fmt: skip
-    ap.add_argument(
+    kernels = ap.add_mutually_exclusive_group()
+    kernels.add_argument(
         "--native", action="store_true",
-        help="the Euclidean passes in engine/native.py's C++ loops (built at the first call, untimed; ops/MB columns: eager's)",
+        help="force engine/native.py's C loops for the Euclidean passes (the default unless they cannot build; ops/MB columns: eager's)",
     )  # fmt: skip
+    kernels.add_argument("--eager", action="store_true", help="force the eager (torch) kernels for the Euclidean passes")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -621,7 +624,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} calls each, "
         f"load average {os.getloadavg()[0]:.2f}; a fresh process per {args.isolate}, malloc {args.malloc}, "
-        f"split {not args.no_split}, native {args.native}"
+        f"split {not args.no_split}, kernels {'eager' if args.eager else 'native' if args.native else 'default'}"
     )
     print(
         f"Adam state after {args.adam_steps} real steps (batch 8, 128x128, cross-entropy), conditioner "

@@ -5,6 +5,7 @@
     python benchmarks/engine_ab.py --layout plan --profile # + where one call's time goes
     python benchmarks/engine_ab.py --each --before HEAD    # c.soft_threshold coupling by coupling instead
     python benchmarks/engine_ab.py --prox euclidean --threads 2 --before HEAD  # the Euclidean prox, read the wall time
+    python benchmarks/engine_ab.py --prox euclidean --eager-too  # + ours with the native loops off
 
 ``engine.py`` times every contender at the issue's thread count; on a machine other processes
 share, that measures their load. This script times only what issue 10's conditioned bar compares:
@@ -92,7 +93,14 @@ def _profile(go: Callable[[], None], restore: Callable[[], None]) -> None:
 
 
 def run(
-    which: str, contenders: dict[str, ModuleType], repeats: int, adam_steps: int, profile: bool, prox: str, each: bool = False
+    which: str,
+    contenders: dict[str, ModuleType],
+    repeats: int,
+    adam_steps: int,
+    profile: bool,
+    prox: str,
+    each: bool = False,
+    eager_too: bool = False,
 ) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
@@ -117,6 +125,18 @@ def run(
                 for k, v in st.items():
                     opt.state[p][k].copy_(v)
 
+    if eager_too:  # ours again with the native loops off (engine/native.py): native against eager, same code
+        native = importlib.import_module(skg.__name__ + ".engine.native")
+        go_native = calls["ours"]
+
+        def go_eager() -> None:
+            was = native.set_native(False)
+            try:
+                go_native()
+            finally:
+                native.set_native(was)
+
+        calls["ours-eager"] = go_eager
     calls = {"adam": opt.step, **calls}
     times: dict[str, list[float]] = {k: [] for k in calls}
     walls: dict[str, list[float]] = {k: [] for k in calls}
@@ -158,6 +178,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="torch.profiler and cProfile of one call of ours")
     ap.add_argument("--prox", choices=("conditioned", "euclidean"), default="conditioned", help="which soft_threshold_all")
     ap.add_argument("--each", action="store_true", help="time c.soft_threshold coupling by coupling, not soft_threshold_all")
+    ap.add_argument("--eager-too", action="store_true", help="also ours with engine/native.py's loops off ('ours-eager')")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -168,7 +189,7 @@ def main() -> None:
             contenders["before"] = _revision(args.before, Path(tmp))
         for which in ("bottleneck", "plan"):
             if args.layout in ("both", which):
-                run(which, contenders, args.repeats, args.adam_steps, args.profile, args.prox, args.each)
+                run(which, contenders, args.repeats, args.adam_steps, args.profile, args.prox, args.each, args.eager_too)
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

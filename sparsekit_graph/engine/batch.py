@@ -272,11 +272,15 @@ def _solve(
     tau_all = torch.cat([taus[ci] for ci in plan.order]) if len(taus) > 1 else taus[0]
     at = 0
     for wave in plan.waves:  # a wave's shrink factors in one set of kernels
-        got = {id(params[k]): sweeps.sumsq(params[k], j, scratch) for k, j in wave.from_m}  # from M: small
-        got.update(_sums([(params[k], j) for k, j in wave.reread], scratch, pool))  # a 1x1 weight read again
+        if tables:
+            got = native_plan.later_sums(params, wave.from_m + wave.reread, pool)
+        else:
+            got = {id(params[k]): sweeps.sumsq(params[k], j, scratch) for k, j in wave.from_m}  # from M: small
+            got.update(_sums([(params[k], j) for k, j in wave.reread], scratch, pool))  # a 1x1 weight read again
         parts = [squares[k] if k in squares else (got if j else first)[id(params[k])] for k, j in wave.parts]
         n = sum(wave.sizes)
-        factors, dead = wave_plan.factors(wave, parts, tau_all[at : at + n], floor)
+        done = native_plan.wave_factors(wave, parts, tau_all[at : at + n], floor) if tables else None
+        factors, dead = done if done is not None else wave_plan.factors(wave, parts, tau_all[at : at + n], floor)
         at += n
         for ci, f, d in zip(wave.couplings, factors, dead):
             killed[ci] = d

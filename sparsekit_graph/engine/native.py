@@ -33,6 +33,8 @@ _LOCK = threading.Lock()  # worker threads may ask first: one build
 
 SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
 /* acc[c] += v[r] x[r, c]^2 over rows r (v NULL: ones); rows at stride ld, columns contiguous */
 void sk_wcols(const float* restrict x, int64_t R, int64_t C, int64_t ld, const float* v, float* restrict acc) {
   for (int64_t r = 0; r < R; ++r) {
@@ -104,7 +106,8 @@ static float sq_run(const float* restrict p, int64_t n, int64_t s) {
 }
 /* kinds: 0 rows of (1, R, P): out[r] = sum_p x^2; 1 columns of (A, R, P): out[r] = sum_{a,p} x^2;
    2 M of a contiguous (O, I, K), rows lo..hi: g[o I + i] = sum_k x^2; 3 sums of M (g, (O, I)): flag 0
-   out[o] = sum_i M, flag 1 out[i] = sum_o M */
+   out[o] = sum_i M, flag 1 out[i] = sum_o M; 4 and 5: a contiguous (O, I) x, squared (flag 1) or not
+   (M, flag 0), weighted by g: 4 out[o] = sum_i g[i] x, 5 out[i] = sum_o g[o] x */
 void sk_reads(const int64_t* t, int64_t n) {
   for (int64_t e = 0; e < n; ++e, t += W) {
     const float* x = (const float*)t[0];
@@ -122,6 +125,28 @@ void sk_reads(const int64_t* t, int64_t n) {
       }
     } else if (t[1] == 2) {
       sk_msum(x + lo * R * P, (hi - lo) * R, P, m + lo * R);
+    } else if (t[1] == 4 || t[1] == 5) {  /* a later use of (O, I) = x (flag 1: squared) or M (flag 0), weighted by g */
+      const float* v = (const float*)t[11];
+      if (t[1] == 4) {
+        for (int64_t o = 0; o < A; ++o) {
+          const float* restrict row = x + o * R;
+          float acc[16] = {0}, s = 0;
+          int64_t i = 0;
+          if (t[12]) for (; i + 16 <= R; i += 16) for (int q = 0; q < 16; ++q) acc[q] += v[i + q] * row[i + q] * row[i + q];
+          else for (; i + 16 <= R; i += 16) for (int q = 0; q < 16; ++q) acc[q] += v[i + q] * row[i + q];
+          for (int q = 0; q < 16; ++q) s += acc[q];
+          for (; i < R; ++i) s += t[12] ? v[i] * row[i] * row[i] : v[i] * row[i];
+          out[o] = s;
+        }
+      } else {
+        for (int64_t i = 0; i < R; ++i) out[i] = 0;
+        for (int64_t o = 0; o < A; ++o) {
+          const float* restrict row = x + o * R;
+          const float w = v[o];
+          if (t[12]) for (int64_t i = 0; i < R; ++i) out[i] += w * row[i] * row[i];
+          else for (int64_t i = 0; i < R; ++i) out[i] += w * row[i];
+        }
+      }
     } else if (t[1] == 3) {
       if (t[12] == 0) for (int64_t o = 0; o < A; ++o) out[o] = sq_free_sum(m + o * R, R);
       else {
@@ -139,7 +164,13 @@ void sk_writes(const int64_t* t, int64_t n) {
     const int64_t A = t[2], R = t[3], P = t[4], s0 = t[5], s1 = t[6], s2 = t[7], lo = t[8], hi = t[9];
     const float* f = (const float*)t[10];
     const float* g = (const float*)t[11];
-    if (t[1] == 0) {
+    if (t[1] == 0 && P == 1) {  /* columns of a matrix (a Linear's inputs): one factor per element of a row */
+      for (int64_t a = 0; a < A; ++a) {
+        float* restrict p = x + a * s0;
+        if (s1 == 1) for (int64_t r = lo; r < hi; ++r) p[r] *= f[r];
+        else for (int64_t r = lo; r < hi; ++r) p[r * s1] *= f[r];
+      }
+    } else if (t[1] == 0) {
       for (int64_t a = 0; a < A; ++a)
         for (int64_t r = lo; r < hi; ++r) {
           float* restrict p = x + a * s0 + r * s1;
@@ -150,13 +181,44 @@ void sk_writes(const int64_t* t, int64_t n) {
     } else if (P == 1) {
       sk_scale2(x + lo * R, hi - lo, R, R, f + lo, g, (int)t[12]);
     } else {
-      float cols[4096];
-      for (int64_t i0 = 0; i0 < R; i0 += 4096 / P) {  /* columns expanded over the run, a slab at a time */
-        const int64_t i1 = i0 + 4096 / P < R ? i0 + 4096 / P : R;
-        for (int64_t i = i0; i < i1; ++i) for (int64_t k = 0; k < P; ++k) cols[(i - i0) * P + k] = g[i];
-        sk_scale2(x + lo * R * P + i0 * P, hi - lo, (i1 - i0) * P, R * P, f + lo, cols, (int)t[12]);
+      float* cols = (float*)malloc(sizeof(float) * R * P);  /* the column factors spelled out over the run */
+      if (!cols) {  /* out of memory: the same products, one run at a time */
+        for (int64_t o = lo; o < hi; ++o) for (int64_t i = 0; i < R; ++i) for (int64_t k = 0; k < P; ++k) {
+          float* v = x + (o * R + i) * P + k;
+          *v = t[12] ? (*v * f[o]) * g[i] : (*v * g[i]) * f[o];
+        }
+        continue;
       }
+      for (int64_t i = 0; i < R; ++i) for (int64_t k = 0; k < P; ++k) cols[i * P + k] = g[i];
+      sk_scale2(x + lo * R * P, hi - lo, R * P, R * P, f + lo, cols, (int)t[12]);
+      free(cols);
     }
+  }
+}
+/* A wave's shrink factors (engine/wave_plan.py's factors): parts[e] (float32, lens[e] long) add to the
+   wave's blocks offs[e].. in float64, in order; then scale = max(0, 1 - tau / max(norm, tiny)), zero
+   where norm <= tau + floor (floor > 0), its float32 value and square, and the blocks it zeroed. */
+void sk_factors(const int64_t* parts, const int64_t* offs, const int64_t* lens, int64_t n_parts, const void* tau,
+                int tau64, int64_t n, double floor, double tiny, double* sums, float* single, float* square,
+                unsigned char* killed) {
+  for (int64_t b = 0; b < n; ++b) sums[b] = 0.0;
+  for (int64_t e = 0; e < n_parts; ++e) {
+    const float* p = (const float*)parts[e];
+    double* s = sums + offs[e];
+    for (int64_t r = 0; r < lens[e]; ++r) s[r] += (double)p[r];
+  }
+  for (int64_t b = 0; b < n; ++b) {
+    const double norm = sqrt(sums[b]);
+    const double t = tau64 ? ((const double*)tau)[b] : (double)((const float*)tau)[b];
+    double scale = 1.0 - t / (norm > tiny ? norm : tiny);
+    if (scale < 0.0) scale = 0.0;
+    if (floor > 0) {
+      const double edge = tau64 ? t + floor : (double)(((const float*)tau)[b] + (float)floor);
+      if (!(norm > edge)) scale = 0.0;
+    }
+    single[b] = (float)scale;
+    square[b] = single[b] * single[b];
+    killed[b] = scale == 0.0 && sums[b] > 0.0;
   }
 }
 """
@@ -169,12 +231,13 @@ _SIGNATURES = {
     "sk_scale2": [_P, _N, _N, _N, _P, _P, ctypes.c_int],
     "sk_reads": [_P, _N],
     "sk_writes": [_P, _N],
+    "sk_factors": [_P, _P, _P, _N, _P, ctypes.c_int, _N, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P],
 }
 
 
 def flags() -> list[str]:
     """The compiler flags (``-march=native`` on x86-64: the AVX the loops are written for)."""
-    return ["-O3", "-std=gnu11"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
+    return ["-O3", "-std=gnu11", "-fno-math-errno"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
 
 
 def set_native(on: bool) -> bool:

@@ -21,12 +21,13 @@ from torch import Tensor
 
 from . import native
 from .sweeps import CHUNK, Param, Scratch, _steps
+from .wave_plan import _TINY, Wave
 from .workers import Task, run_balanced
 
-__all__ = ["first_sums", "usable", "write_all"]
+__all__ = ["first_sums", "later_sums", "usable", "wave_factors", "write_all"]
 
 _W = 13  # int64 per table row (see native.SOURCE)
-_ROWS, _COLS, _M, _M_SUMS = 0, 1, 2, 3  # read kinds
+_ROWS, _COLS, _M, _M_SUMS, _W_ROWS, _W_COLS = 0, 1, 2, 3, 4, 5  # read kinds
 _ONE, _TWO = 0, 1  # write kinds
 
 
@@ -83,6 +84,28 @@ def first_sums(params: list[Param], reads: list[int], pool: ThreadPoolExecutor |
     return got
 
 
+def later_sums(params: list[Param], reads: list[tuple[int, int]], pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:
+    """``sweeps.sumsq(p, 1)`` of every read (parameter index, 1) in one table, keyed by ``id(p)``:
+    a weight's later use weighted by its earlier use's scale squared, from ``M`` (a run ``K > 1``)
+    or the weight read again (a 1x1)."""
+    rows: list[list[int]] = []
+    sizes: list[int] = []
+    got: dict[int, Tensor] = {}
+    for k, j in reads:
+        p = params[k]
+        o, i, kk = p.mat.shape  # type: ignore[union-attr]  # a later use is always of a two-use weight
+        row_use = p.uses[j].x.shape[0] == 1
+        squared = kk == 1
+        src = p.mat if squared else p.m
+        out = torch.empty(o if row_use else i, dtype=torch.float32)
+        rows.append([src.data_ptr(), _W_ROWS if row_use else _W_COLS, o, i, 1, 0, 0, 0, 0, 0])  # type: ignore[union-attr]
+        rows[-1] += [out.data_ptr(), p.factors[1 - j][2].data_ptr(), int(squared)]
+        sizes.append(o * i)
+        got[id(p)] = out
+    _run(native._loaded().sk_reads, rows, sizes, pool)
+    return got
+
+
 def _first_len(p: Param) -> int:
     x = p.uses[0].x
     if p.mat is not None and p.mat.shape[2] > 1:
@@ -125,3 +148,40 @@ def _run(fn: object, rows: list[list[int]], sizes: list[int], pool: ThreadPoolEx
         return
     tasks: list[Task[Scratch]] = [(n, lambda sc, at=base + 8 * _W * e: fn(at, 1)) for e, n in enumerate(sizes)]  # type: ignore[misc]
     run_balanced(tasks, pool, Scratch)
+
+
+def wave_factors(
+    wave: Wave, parts: list[Tensor], tau: Tensor, floor: float
+) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[Tensor]] | None:
+    """``wave_plan.factors`` in one C call: per coupling ``(scale f32, scale f32, scale f32 squared)``
+    (the float64 scale is not kept: nothing after the factors reads it) and the blocks it zeroed;
+    None when ``tau`` is neither float32 nor float64 (``wave_plan.factors`` then)."""
+    if tau.dtype not in (torch.float32, torch.float64) or not tau.is_contiguous():
+        return None
+    n = tau.numel()
+    spans = torch.tensor(
+        [t.data_ptr() for t in parts] + wave.offsets + [t.numel() for t in parts], dtype=torch.int64
+    )  # every part is a contiguous float32 vector (first-read slices, row or column sums, vectors' squares)
+    base, k = spans.data_ptr(), len(parts)
+    out = torch.empty(2, n, dtype=torch.float32)
+    dead = torch.empty(n, dtype=torch.bool)
+    sums = torch.empty(n, dtype=torch.float64)
+    native._loaded().sk_factors(
+        base,
+        base + 8 * k,
+        base + 16 * k,
+        k,
+        tau.data_ptr(),
+        int(tau.dtype == torch.float64),
+        n,
+        float(floor),
+        _TINY,
+        sums.data_ptr(),
+        out[0].data_ptr(),
+        out[1].data_ptr(),
+        dead.data_ptr(),
+    )
+    if len(wave.sizes) == 1:
+        return [(out[0], out[0], out[1])], [dead]
+    single, square = out[0].split(wave.sizes), out[1].split(wave.sizes)
+    return list(zip(single, single, square)), list(dead.split(wave.sizes))

@@ -37,6 +37,7 @@ class Wave:
     index: Tensor  # (sum of the parts' lengths,) int64: the block of the wave each entry adds to
     from_m: list[Read]  # later uses of a weight whose M was kept (small: no read of the weight)
     reread: list[Read]  # later uses of a weight read again (a 1x1 conv), weighted by the earlier scale
+    offsets: list[int]  # per entry of ``parts``: the wave's block it starts at (its coupling's first)
 
 
 @dataclass
@@ -69,10 +70,12 @@ def build(params: list[Param], n: int, device: torch.device) -> Plan:
     for wave in by_level:
         parts = [r for ci in wave for r in uses_of[ci]]
         sizes = [params[uses_of[ci][0][0]].uses[uses_of[ci][0][1]].x.shape[1] for ci in wave]
-        index = []
+        index: list[int] = []
+        offsets: list[int] = []
         start = 0
         for ci, size in zip(wave, sizes):
             index += [start + b for _ in uses_of[ci] for b in range(size)]
+            offsets += [start] * len(uses_of[ci])
             start += size
         later = [(k, j) for k, j in parts if j == 1 and k not in vec]
         kept_m = [_kept_m(params[k]) for k, _ in later]
@@ -84,6 +87,7 @@ def build(params: list[Param], n: int, device: torch.device) -> Plan:
                 torch.tensor(index, dtype=torch.int64, device=device),
                 [r for r, m in zip(later, kept_m) if m],
                 [r for r, m in zip(later, kept_m) if not m],
+                offsets,
             )
         )
     first = [(k, 0) for k in range(len(params)) if k not in vec]
