@@ -224,12 +224,14 @@ def _calls(fn: object) -> list[object]:
 
 
 def test_dtype_spellings_normalise_to_one_op() -> None:
-    """Every spelling binds as ``Tensor.to`` with its dtype; ``.type()`` (the type's name, a
-    string) and a type named by a string stay ``Tensor.type``: no dtype to read."""
+    """Every spelling binds as ``Tensor.to`` with its dtype, a type named by a string too (round
+    10: ``"torch.DoubleTensor"`` is float64); ``.type()`` (the type's name, a string) stays
+    ``Tensor.type``: no dtype to read."""
     for fn in (lambda s, h: h.type(torch.float64), lambda s, h: h.double(), lambda s, h: h.half(), lambda s, h: h.bfloat16()):
         assert _calls(fn) == [Tensor.to]
     assert _calls(lambda s, h: h.type()) == [Tensor.type]
-    assert _calls(lambda s, h: h.type("torch.DoubleTensor")) == [Tensor.type]
+    assert _calls(lambda s, h: h.type("torch.DoubleTensor")) == [Tensor.to]
+    assert _calls(lambda s, h: h.type("torch.NoSuchTensor")) == [Tensor.type]
 
 
 def test_dtype_spelling_twins_still_pin() -> None:

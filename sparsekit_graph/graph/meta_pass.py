@@ -13,8 +13,22 @@ from torch import Tensor, nn
 from ..errors import TraceError
 from .meta import META, TRACED_CONSTANT
 from .shapes import broadcast_only, shape_only
+from .tensor_types import move_on_meta
 
-__all__ = ["MetaRunner", "to_meta"]
+__all__ = ["MetaRunner", "NoMetaKernel", "to_meta"]
+
+
+class NoMetaKernel(TraceError):
+    """An op of the graph has no meta kernel: its output's shape depends on its input's values
+    (``nonzero``, ``masked_select``, ``unique``), which meta tensors do not hold."""
+
+
+# what torch raises for an op whose meta output would depend on values
+_NO_KERNEL: tuple[type[Exception], ...] = (
+    NotImplementedError,
+    torch._subclasses.fake_tensor.DynamicOutputShapeException,
+    torch._subclasses.fake_tensor.DataDependentOutputException,
+)
 
 
 def to_meta(x: Any) -> Any:
@@ -77,7 +91,8 @@ class MetaRunner:
                 raise
             except Exception as e:  # noqa: BLE001
                 where = f"layer {n.target}" if n.op == "call_module" else f"node {n.name} ({_describe(n)})"
-                raise TraceError(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
+                error = NoMetaKernel if isinstance(e, _NO_KERNEL) else TraceError
+                raise error(f"shape propagation failed at {where}: {type(e).__name__}: {e}") from e
             n.meta[META] = out
             env[n] = out
             if n is last:
@@ -106,6 +121,8 @@ class MetaRunner:
             return fast if fast is not None else _meta_call(n.target, args, kwargs)
         if n.op == "call_method":
             fast = broadcast_only(n.target, args, kwargs)
+            if fast is None and args and isinstance(args[0], Tensor) and args[0].device.type == "meta":
+                fast = move_on_meta(str(n.target), args[0], args[1:], kwargs)
             return fast if fast is not None else _meta_call(_method(n.target), args, kwargs)
         if n.op == "call_module":
             return self._module(str(n.target), args, kwargs)

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
+from .computed_repeats import ratio_repeats
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_matmul import is_weight, zeroed_by_masks
@@ -331,10 +333,13 @@ def unbind(ctx: RuleContext) -> None:
 @register_function_rule(torch.repeat_interleave)
 def repeat_interleave(ctx: RuleContext) -> None:
     """``x.repeat_interleave(r, dim)``: output index ``i`` is input index ``i // r`` (GQA's
-    key/value heads repeated for their query heads); a tensor of repeats pins."""
+    key/value heads repeated for their query heads); ``q.shape[1] // k.shape[1]`` as its value
+    (``computed_repeats``); a tensor of repeats pins."""
     src, out = ctx.axes(ctx.input), ctx.out()
     r, d = ctx.arg("repeats"), ctx.arg("dim")
     ctx.arg("output_size")
+    if src is not None and isinstance(d, int) and -len(src) <= d < len(src) and isinstance(r, fx.Node):
+        r = ratio_repeats(ctx, r, src[d], out[d]) or r  # ``q.shape[1] // k.shape[1]``: two head counts' ratio
     if src is None or d is None or not isinstance(r, int) or isinstance(r, bool) or r < 1:
         ctx.pin_everything(f"repeat_interleave with computed repeats or no dim at {ctx.where()}")
         return

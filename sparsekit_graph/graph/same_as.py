@@ -7,7 +7,7 @@ and 2. ``atleast_1d`` is ``flatten(x, 0, 0)`` (itself, or a 0-d tensor as ``(1,)
 missing, ``reshape(x, (1, -1, 1))`` for a 1-D tensor made 3-D, ``flatten(x, 0, 0)`` where none is.
 Where the axes a form depends on are the input's rank, the traced value gives it. A dtype
 conversion is ``to(dtype)`` however it is spelled: ``x.double()``, ``x.half()``,
-``x.type(torch.float64)``.
+``x.type(torch.float64)``, ``x.type("torch.DoubleTensor")``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .schema_args import traced_value
+from .tensor_types import dtype_named
 
 __all__ = ["same_as"]
 
@@ -62,11 +63,13 @@ def _atleast(k: int) -> _Case:
 def _to_dtype(dtype: torch.dtype | None) -> _Case:
     """``x.double()`` is ``x.to(torch.float64)``; ``x.type(torch.float16)`` is ``x.to(torch.float16)``
     (``dtype`` None: read from the call). ``x.type()`` with no type returns the type's name, a
-    string: left as it is, as is a type named by a string (``"torch.DoubleTensor"``: a device too)."""
+    string: left as it is. A type named by a string (``"torch.DoubleTensor"``) is its dtype: the
+    device it also names changes no shape."""
 
     def case(args: _Args, rank: int) -> tuple[Hashable, _Args] | None:
         rest = {k: v for k, v in args.items() if k not in ("input", "dtype", "non_blocking")}
         want = args.get("dtype") if dtype is None else dtype
+        want = dtype_named(want) or want  # ``"torch.DoubleTensor"``: float64 (and a device)
         if not isinstance(want, torch.dtype) or any(v is not None for v in rest.values()):
             return None
         new = {"input": args.get("input"), "dtype": want}

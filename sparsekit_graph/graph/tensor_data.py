@@ -10,7 +10,9 @@ record a ``call_function`` node (target: torch's own function) when its data hol
 length used as a value. A layer size attribute read into such a tensor
 (``torch.tensor(self.conv.out_channels)``, a ``SizeRead``) is used as a number (``VALUE``).
 A size given as varargs with a Proxy among them (``torch.zeros(B * h, L, L)``: Bloom's
-attention bias) is handed to torch as one tuple, which torch.fx records.
+attention bias) is handed to torch as one tuple, which torch.fx records. A size holding a
+layer's size attribute and no Proxy (``torch.zeros(1, self.conv.out_channels, 1, 1)``) is
+recorded too, as ``h.new_zeros`` is: the graph holds the read, linked as under ``torch.export``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = ["CONSTRUCTORS", "DATA_OPS", "SIZED", "recording_tensor_data"]
 
 CONSTRUCTORS: tuple[str, ...] = ("tensor", "as_tensor", "asarray")  # attributes of ``torch``
 SIZED: tuple[str, ...] = ("zeros", "ones", "empty", "rand", "randn")  # take a size as varargs
+FILLED: tuple[str, ...] = ("full",)  # take a size as one tuple
 # Ops whose number arguments are all data of the tensor they make (``torch.tensor(h.size(1))``):
 # a length there is a value (it costs its axis zero-invariance), never a size of the result.
 DATA_OPS: frozenset[object] = frozenset(
@@ -70,7 +73,28 @@ def _packing(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
             return fn(args, **kwargs)  # torch.fx takes a Proxy in a size tuple, not among varargs
         if len(args) == 1 and isinstance(args[0], fx.Proxy) and isinstance(_value(tracer, args[0]), tuple):
             return tracer.create_proxy("call_function", fn, args, kwargs)  # ``torch.zeros(h.shape[:2] + (1, 1))``
+        return _sized_by_read(fn, tracer, args, kwargs)
+
+    return constructor
+
+
+def _sized_by_read(fn: Callable[..., Any], tracer: fx.Tracer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``torch.zeros(1, self.conv.out_channels, 1, 1)``, ``torch.full((c,), 0.5)`` with ``c`` a
+    size read: no Proxy among the arguments, so torch.fx would run the call and the graph would
+    not hold the read (its axis pinned: a use the graph does not hold). Recorded as a node, its
+    size one tuple, as ``h.new_zeros(1, self.conv.out_channels, 1, 1)`` is."""
+    found: list[Any] = []
+    _walk((args, kwargs), found)
+    if not any(isinstance(v, (SizeRead, SizeTuple)) for v in found):
         return fn(*args, **kwargs)
+    packed = (args,) if fn.__name__ in SIZED and len(args) > 1 else args  # varargs: one size tuple
+    return tracer.create_proxy("call_function", fn, packed, kwargs)
+
+
+def _sized(fn: Callable[..., Any], tracer: fx.Tracer) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def constructor(*args: Any, **kwargs: Any) -> Any:
+        return _sized_by_read(fn, tracer, args, kwargs)
 
     return constructor
 
@@ -88,10 +112,11 @@ def recording_tensor_data(tracer: fx.Tracer) -> Iterator[None]:
     as ``torch.zeros((B * h, L, L))`` (torch.fx failed it: the model went to ``torch.export``,
     whose literal sizes pin every head); a size that is one traced tuple (``h.shape[:2] + (1, 1)``)
     is recorded as that tuple, as ``h.new_zeros`` records it."""
-    saved = {name: getattr(torch, name) for name in (*CONSTRUCTORS, *SIZED)}
+    saved = {name: getattr(torch, name) for name in (*CONSTRUCTORS, *SIZED, *FILLED)}
+    wrap = {**dict.fromkeys(CONSTRUCTORS, _recording), **dict.fromkeys(SIZED, _packing), **dict.fromkeys(FILLED, _sized)}
     try:
         for name, fn in saved.items():
-            setattr(torch, name, _recording(fn, tracer) if name in CONSTRUCTORS else _packing(fn, tracer))
+            setattr(torch, name, wrap[name](fn, tracer))
         yield
     finally:
         for name, fn in saved.items():

@@ -13,7 +13,7 @@ from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
 from .export import export_graph
 from .meta import EXPORTED, TRACED_CONSTANT
-from .meta_pass import to_meta
+from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
 from .size_reads import finish as finish_size_reads
@@ -66,6 +66,17 @@ def trace_graph(
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
             names the failing node or layer.
     """
+    try:
+        return _traced(model, example_inputs, train, shapes, dynamic, None)
+    except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
+        return _traced(model, example_inputs, train, shapes, dynamic, e)
+
+
+def _traced(
+    model: nn.Module, example_inputs: Inputs, train: bool, shapes: bool, dynamic: bool, no_meta: NoMetaKernel | None
+) -> fx.Graph:
+    """``trace_graph``; with ``no_meta`` (the shape pass of torch.fx's graph failed there), by
+    ``torch.export`` at once."""
     register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
     concrete = fixed_forward_args(model, args, kwargs)
@@ -74,6 +85,8 @@ def trace_graph(
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:
+                if no_meta is not None:
+                    raise no_meta
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
