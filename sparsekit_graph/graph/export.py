@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .export_bound import EXPORT_SECONDS, timed_export
 from .export_sizes import meta_value, real_run
 from .fresh_sizes import carry
 from .meta import CONSTANT, META
@@ -38,14 +39,20 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """
     kwargs = {**kwargs, **_no_cache(model, kwargs)}
     with _batched_experts(model):
-        if not dynamic:
-            ep = torch.export.export(model, args, kwargs, strict=False)
-            return _as_model_graph(ep, real_run(ep, args, kwargs))
-        try:
-            ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
-        except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
-            ep = torch.export.export(model, args, kwargs, strict=False)
-        return _as_model_graph(ep, real_run(ep, args, kwargs))
+        with timed_export() as seconds:  # a pruned copy's is stopped where the model's code runs away
+            ep = _exported(model, args, kwargs, dynamic)
+        graph = _as_model_graph(ep, real_run(ep, args, kwargs))
+    next(n for n in reversed(graph.nodes) if n.op == "output").meta[EXPORT_SECONDS] = seconds[0]
+    return graph
+
+
+def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> torch.export.ExportedProgram:
+    if not dynamic:
+        return torch.export.export(model, args, kwargs, strict=False)
+    try:
+        return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
+    except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
+        return torch.export.export(model, args, kwargs, strict=False)
 
 
 @contextmanager

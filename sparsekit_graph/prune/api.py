@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
+from ..graph.export_bound import bounded_by
 from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
@@ -139,7 +140,8 @@ def prune(
     work = copy_model(model)
     remove_channels(work, plan, chosen)
     try:
-        after_gm = trace_graph(work, inputs)
+        with bounded_by(before_gm):  # under torch.export, the model's own loop may not end at these counts
+            after_gm = trace_graph(work, inputs)
         if not is_exported(after_gm):
             trace_graph(work, inputs, train=True)
     except TraceError as e:

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import SparseKitError
+from ..graph.export_bound import bounded_by
 from ..graph.trace import Inputs, trace_graph
 from ..plan.schema import Plan
 from .checks import changed_numbers, check_pruned, compensated
@@ -51,7 +52,8 @@ def check_claims(
         try:
             work = copy_model(model, weights=False)
             remove_channels(work, plan, alone)
-            retraced = trace_graph(work, inputs, dynamic=False)
+            with bounded_by(before):
+                retraced = trace_graph(work, inputs, dynamic=False)
             check_pruned(plan, alone, before, retraced)
         except SparseKitError:
             raise

@@ -1,0 +1,70 @@
+"""Export-path pins of adversary round 10 (issue 7): a model that goes to torch.export (a
+device check) plans as its torch.fx twin does, and trying a pruned copy never hangs.
+
+``Net`` (``test_adversary_round3``) goes to torch.export with ``export=True``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from test_adversary_round3 import C, Net, X
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.graph import export_bound
+from sparsekit_graph.graph.export_bound import RunawayError, bounded_by, timed_export
+
+
+def _plan(fn, export: bool) -> skg.Plan:  # type: ignore[no-untyped-def]
+    return skg.plan(Net(fn, export=export, conv=nn.Conv2d(C, C, 1)).eval(), torch.randn(*X))
+
+
+# -- a loop that ends at the model's count and not at the probe's ----------------------------
+
+
+def _count_down(s: nn.Module, h: Tensor) -> Tensor:
+    n = h.shape[1]
+    while n:  # 16, 12, 8, 4: ends; at 3 (the probe's count) it never does
+        n -= 4
+    return h
+
+
+def test_a_loop_that_runs_away_at_the_probed_count_pins_and_ends() -> None:
+    """``while n: n -= 4`` pins ``a:out`` on both paths; under torch.export the probe's trial
+    is stopped (``RunawayError``), in seconds, instead of growing until the process is killed."""
+    start = time.process_time()
+    exported = _plan(_count_down, export=True).group("a:out")
+    assert time.process_time() - start < 60
+    assert not exported.prunable and "RunawayError" in (exported.reason or ""), exported.reason
+    assert "_count_down" in (exported.reason or ""), exported.reason  # names where the model's code was
+    traced = _plan(_count_down, export=False).group("a:out")
+    assert not traced.prunable, traced.reason
+
+
+def test_the_bound_stops_only_exports_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``bounded_by``, an export running past the bound raises ``RunawayError``; one
+    within it finishes and is timed; outside, nothing is bounded."""
+    monkeypatch.setattr(export_bound, "SLACK", 0.3)
+    graph = torch.fx.Graph()
+    graph.output(None)
+    graph.output_node().meta["skg.export_seconds"] = 0.0  # bound: SLACK seconds of CPU (0.3)
+    with timed_export() as spent:
+        sum(range(1000))
+    assert spent[0] >= 0.0
+    with bounded_by(graph), timed_export() as spent:
+        sum(range(1000))
+    assert spent[0] < 0.3
+    try:
+        with bounded_by(graph), timed_export():
+            while True:
+                try:
+                    sum(range(10))
+                except Exception:  # noqa: BLE001 - the model's own handler must not swallow the stop
+                    continue
+    except RunawayError as e:
+        assert "test_the_bound_stops_only_exports_past_it" in str(e), e
+    else:
+        raise AssertionError("not stopped")
