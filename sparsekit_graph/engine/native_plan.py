@@ -29,12 +29,13 @@ __all__ = ["first_sums", "later_sums", "usable", "wave_factors", "write_all"]
 _W = 13  # int64 per table row (see native.SOURCE)
 _ROWS, _COLS, _M, _M_SUMS, _W_ROWS, _W_COLS = 0, 1, 2, 3, 4, 5  # read kinds
 _ONE, _TWO = 0, 1  # write kinds
+_PROBE = torch.zeros(1, 1)  # what native.enabled asks about: CPU float32 rows
 
 
 def usable(params: list[Param]) -> bool:
     """Whether the tables take this call: the native loops on and built, every weight on the CPU."""
-    x = params[0].uses[0].x
-    return x.device.type == "cpu" and native.enabled(x.reshape(-1)[:1].view(1, 1))
+    on_cpu = all(u.x.device.type == "cpu" and u.x.dtype == torch.float32 for p in params for u in p.uses)
+    return on_cpu and native.enabled(_PROBE)  # C dereferences these pointers: host memory only
 
 
 def _row(x: Tensor, kind: int, shape: tuple[int, int, int], strides: tuple[int, ...], lo: int, hi: int) -> list[int]:
@@ -156,7 +157,7 @@ def wave_factors(
     """``wave_plan.factors`` in one C call: per coupling ``(scale f32, scale f32, scale f32 squared)``
     (the float64 scale is not kept: nothing after the factors reads it) and the blocks it zeroed;
     None when ``tau`` is neither float32 nor float64 (``wave_plan.factors`` then)."""
-    if tau.dtype not in (torch.float32, torch.float64) or not tau.is_contiguous():
+    if tau.dtype not in (torch.float32, torch.float64) or not tau.is_contiguous() or tau.device.type != "cpu":
         return None
     n = tau.numel()
     spans = torch.tensor(
