@@ -7,9 +7,12 @@ device check) plans as its torch.fx twin does, and trying a pruned copy never ha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import check_oracle
 from test_adversary_round3 import C, Net, X
 from torch import Tensor, nn
 
@@ -68,3 +71,30 @@ def test_the_bound_stops_only_exports_past_it(monkeypatch: pytest.MonkeyPatch) -
         assert "test_the_bound_stops_only_exports_past_it" in str(e), e
     else:
         raise AssertionError("not stopped")
+
+
+# -- ``.data`` ----------------------------------------------------------------------------------
+
+
+def _data_scale(s: nn.Module, h: Tensor) -> Tensor:
+    return h * s.conv.weight.data.sum((1, 2, 3)).view(1, -1, 1, 1)
+
+
+def _data_input(s: nn.Module, h: Tensor) -> Tensor:
+    return s.conv(h.data)
+
+
+def _groups(plan: skg.Plan) -> list[tuple[str, bool, bool]]:
+    return [(g.name, g.prunable, g.zero_invariant) for g in plan.groups]
+
+
+@pytest.mark.parametrize("fn", [_data_scale, _data_input])
+def test_data_plans_as_on_torch_fx(fn: Callable[[nn.Module, Tensor], Tensor], tmp_path: Path) -> None:
+    """``w.data`` / ``h.data`` under torch.export: the plan refused ("a fake tensor in the
+    exported program constant's list"); now it reads as ``detach()``, the torch.fx twin's plan,
+    and prunes exactly at 0.5. ``Tensor.data`` is torch's own again after."""
+    traced = _plan(fn, export=False)
+    result = check_oracle(Net(fn, export=True, conv=nn.Conv2d(C, C, 1)).eval(), torch.randn(*X), tmp_path)
+    assert _groups(result.plan) == _groups(traced)
+    assert result.plan.group("a:out").prunable
+    assert "data" not in torch.Tensor.__dict__

@@ -38,7 +38,7 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``.
     """
     kwargs = {**kwargs, **_no_cache(model, kwargs)}
-    with _batched_experts(model):
+    with _batched_experts(model), _data_as_detach():
         with timed_export() as seconds:  # a pruned copy's is stopped where the model's code runs away
             ep = _exported(model, args, kwargs, dynamic)
         graph = _as_model_graph(ep, real_run(ep, args, kwargs))
@@ -53,6 +53,26 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], d
         return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
     except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
         return torch.export.export(model, args, kwargs, strict=False)
+
+
+_DATA = torch._C.TensorBase.data  # the getset descriptor of ``Tensor.data``
+
+
+@contextmanager
+def _data_as_detach() -> Iterator[None]:
+    """While exporting, ``t.data`` reads as ``t.detach()`` (the same values, no autograd
+    history): non-strict export refuses the fake tensor ``.data`` of a parameter hands back
+    ("a fake tensor in the exported program constant's list"), where torch.fx traces it as a
+    read of the parameter. Writes (``p.data = x``) are ``Tensor.data``'s own."""
+    saved = torch.Tensor.__dict__.get("data")
+    torch.Tensor.data = property(lambda t: t.detach(), _DATA.__set__)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del torch.Tensor.data
+        else:
+            torch.Tensor.data = saved  # type: ignore[method-assign]
 
 
 @contextmanager
