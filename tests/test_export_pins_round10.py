@@ -98,3 +98,35 @@ def test_data_plans_as_on_torch_fx(fn: Callable[[nn.Module, Tensor], Tensor], tm
     assert _groups(result.plan) == _groups(traced)
     assert result.plan.group("a:out").prunable
     assert "data" not in torch.Tensor.__dict__
+
+
+# -- ``torch.autocast`` blocks --------------------------------------------------------------------
+
+
+def _autocast_off(s: nn.Module, h: Tensor) -> Tensor:
+    with torch.autocast("cpu", enabled=False):
+        return s.conv(torch.relu(h))
+
+
+def _autocast_bf16(s: nn.Module, h: Tensor) -> Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = s.conv(h)
+        with torch.autocast("cpu", enabled=False):  # nested: a block inside a block's body
+            h = h.float() * 2
+    return h.float()
+
+
+def test_an_autocast_block_plans_as_on_torch_fx(tmp_path: Path) -> None:
+    """torch.export writes a ``with torch.autocast`` block as ``wrap_with_autocast`` of a
+    subgraph, which pinned 'unknown op' what it touched; its body is inlined now: the torch.fx
+    twin's groups, exact at 0.5 (float32 block)."""
+    traced = _plan(_autocast_off, export=False)
+    result = check_oracle(Net(_autocast_off, export=True, conv=nn.Conv2d(C, C, 1)).eval(), torch.randn(*X), tmp_path)
+    assert _groups(result.plan) == _groups(traced)
+    assert result.plan.group("conv:out").prunable and result.plan.group("a:out").prunable
+
+
+def test_nested_bfloat16_autocast_blocks_plan_as_on_torch_fx() -> None:
+    traced, exported = _plan(_autocast_bf16, export=False), _plan(_autocast_bf16, export=True)
+    assert _groups(exported) == _groups(traced)
+    assert exported.group("conv:out").prunable

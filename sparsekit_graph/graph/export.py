@@ -9,6 +9,7 @@ Batch and sequence axes are exported as dynamic dimensions, so a literal size le
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -126,7 +127,7 @@ def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> f
     qualified = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     user_outputs = [i for i, s in enumerate(sig.output_specs) if s.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
     graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
+    env: Env = {}
     tokens: dict[int, fx.Node] = {}  # the nodes whose axes fresh tensors' sizes were read off (``fresh_sizes``)
     for node in ep.graph_module.graph.nodes:
         if node.op == "placeholder" and node.name in qualified:
@@ -144,9 +145,43 @@ def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> f
             graph.output(tuple(env[outs[i]] if isinstance(outs[i], fx.Node) else outs[i] for i in user_outputs))
             continue
         else:
-            new = graph.node_copy(node, lambda n: env[n])
+            _copy(graph, node, ep.graph_module, env, tokens, real)
+            continue
         new.meta = {**node.meta, **new.meta}
         new.meta[META] = meta_value(node.meta.get("val"), real.get(node.name))
         carry(node, new, tokens)
         env[node] = new
     return graph
+
+
+_AUTOCAST = torch.ops.higher_order.wrap_with_autocast  # ``with torch.autocast(...)``: its body as a subgraph
+Env = dict[fx.Node, Any]  # a node of the exported graph -> its copy (a tuple of them for an inlined body's outputs)
+
+
+def _copy(
+    graph: fx.Graph, node: fx.Node, owner: fx.GraphModule, env: Env, tokens: dict[int, fx.Node], real: dict[str, Any]
+) -> None:
+    """Copy ``node`` (of ``owner``'s graph, not a placeholder or output) into ``graph``; the
+    body of an autocast block inlined where it is called, as on the torch.fx path (autocast
+    changes the dtype ops compute in, not what they compute or which channels they read)."""
+    if node.op == "get_attr" and isinstance(getattr(owner, str(node.target), None), fx.GraphModule):
+        return  # a block's body: copied where the block is called
+    if node.target is _AUTOCAST:
+        body = getattr(owner, str(node.args[4].target))  # type: ignore[union-attr]
+        inner: Env = dict(
+            zip((n for n in body.graph.nodes if n.op == "placeholder"), (env[a] for a in node.args[5:]), strict=True)
+        )
+        for n in body.graph.nodes:
+            if n.op == "output":
+                env[node] = tuple(inner[o] for o in n.args[0])
+            elif n.op != "placeholder":
+                _copy(graph, n, body, inner, tokens, {})  # ``real`` names the outer graph's nodes
+        return
+    if node.target is operator.getitem and isinstance(env.get(node.args[0]), tuple):  # type: ignore[arg-type]
+        env[node] = env[node.args[0]][node.args[1]]  # type: ignore[index]
+        return
+    new = graph.node_copy(node, lambda n: env[n])
+    new.meta = {**node.meta, **new.meta}
+    new.meta[META] = meta_value(node.meta.get("val"), real.get(node.name))
+    carry(node, new, tokens)
+    env[node] = new
