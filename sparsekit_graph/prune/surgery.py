@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -69,14 +70,30 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
             for attr, t in store.items():
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
-    refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
-    _rewrite_sizes(model, plan, masks)
-    rescale_queries(model, plan, masks)
-    for module in model.modules():
-        resize = by_type(_RESIZERS, module)
-        if resize is not None:
-            resize(module)
-    rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
+    with _in_eval(model):
+        refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
+        _rewrite_sizes(model, plan, masks)
+        rescale_queries(model, plan, masks)
+        for module in model.modules():
+            resize = by_type(_RESIZERS, module)
+            if resize is not None:
+                resize(module)
+        rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
+
+
+@contextmanager
+def _in_eval(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside, its own flag restored after. The resizers read
+    ``m.weight``; for a parametrized layer in training mode that runs the parametrization's
+    training step (spectral norm's power iteration writes ``_u`` and ``_v``), so the pruned
+    model would start one step ahead of the dense one."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def _cut_per_expert(name: str, t: Tensor, cuts: list[tuple[int, tuple[int, ...], np.ndarray]]) -> Tensor:
