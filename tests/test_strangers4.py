@@ -766,7 +766,7 @@ BODY_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = {
 MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = {
     "lora_merged": (lambda: (MLP(fc1=LoRALinear(6, 12)), torch.randn(*SEQ)), {"fc1:out": "zi", "fc2:out": "zi"}),
     "lora_branch": (lambda: (MLP(fc1=LoRABranch(6, 12)), torch.randn(*SEQ)), {"fc1.down:out": "zi", "fc1.base:out": "zi"}),
-    "lora_parametrize": (lora_parametrized, {"fc1:out": "pin"}),  # a parametrization without a rule
+    "lora_parametrize": (lora_parametrized, {"fc1:out": "zi"}),  # traced: W + B @ A, a column of both
     "dora": (lambda: (MLP(fc2=DoRA(12, 10)), torch.randn(*SEQ)), {"fc1:out": "zi", "fc2.v:0": "prune"}),  # a zeroed row is 0 / 0
     "ws_conv_by_hand": (
         lambda: (WSNet(), torch.randn(*X4)),

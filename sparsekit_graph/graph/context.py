@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import torch.fx as fx
 from torch import Tensor, nn
@@ -15,6 +15,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 from .axes import AxisGraph, AxisId
 from .meta import META
 from .normalize import Call, normalize
+from .parametrized import modelled
 from .sizes import size_sources
 from .spectral import spectral_norm_axes
 from .weight_norms import weight_norm_hook
@@ -146,16 +147,17 @@ class RuleContext:
         return self.graph.add_param(self.graph.canonical[id(t)], t, axes)
 
     def _parametrized(self, attr: str, prefix: str, axes: tuple[int, ...] | None) -> list[AxisId]:
-        plist = self.module.parametrizations[attr]  # type: ignore[union-attr, index]
-        norm = plist[0] if len(plist) == 1 else None
-        if isinstance(norm, _SpectralNorm) and plist.original.ndim > 1:
-            axes_of = spectral_norm_axes(self.graph, plist, f"{prefix}parametrizations.{attr}")  # type: ignore[arg-type]
-            return axes_of if axes is None else [axes_of[a] for a in axes]
-        if not isinstance(norm, _WeightNorm) or norm.dim is None:
+        plist = cast(parametrize.ParametrizationList, self.module.parametrizations[attr])  # type: ignore[union-attr, index]
+        if not modelled(plist):  # the tracer traces such a layer; a rule reaching one pins
             kinds = ", ".join(type(p).__name__ for p in plist)
             raise ValueError(f"parametrization {kinds} of {prefix}{attr} is not modelled")
+        norm = plist[0]
+        if isinstance(norm, _SpectralNorm):
+            axes_of = spectral_norm_axes(self.graph, plist, f"{prefix}parametrizations.{attr}")  # type: ignore[arg-type]
+            return axes_of if axes is None else [axes_of[a] for a in axes]
+        assert isinstance(norm, _WeightNorm) and norm.dim is not None  # what ``modelled`` leaves
         base = f"{prefix}parametrizations.{attr}"
-        g, v = plist.original0, plist.original1
+        g, v = cast(Tensor, plist.original0), cast(Tensor, plist.original1)
         return self._weight_normed(g, v, norm.dim, f"{base}.original0", f"{base}.original1", f"{prefix}{attr}", axes)
 
     def _weight_normed(

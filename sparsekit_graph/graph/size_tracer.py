@@ -25,6 +25,7 @@ from .fast_tracer import FastTracer
 from .flow_values import Conversions
 from .meta import CONTROL, META, WRITTEN_BUFFER
 from .meta_pass import MetaRunner
+from .parametrized import traced_through
 from .rules import module_rule_for, patched_on_instance
 from .size_flow import converted_nowhere
 from .size_math import recording_math
@@ -130,6 +131,8 @@ class SizeTracer(FastTracer):
         if has_hooks(m):
             return True
         if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
+            return False
+        if traced_through(m):  # a parametrization no rule models: the ops that compute the weight
             return False
         if module_rule_for(type(m)) is not None:
             return True
