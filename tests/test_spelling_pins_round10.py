@@ -10,6 +10,10 @@ its twin does.
    layer attribute, as ``h.new_zeros`` is (``tensor_data``); a module's own int still pins.
 4. GQA by ``k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)`` plans as the literal repeat
    (``computed_repeats``), under both ``gqa`` policies.
+5. Split sizes in a tuple attribute (``self.splits = (3, 5)``) follow as a list's do, and a list
+   split whose parts nothing else tells apart (``cat([b, a])``) is one group per segment
+   (``channels.segments_counted``) instead of one group ``splits[0]`` counts unevenly. A nested
+   list still pins.
 """
 
 from __future__ import annotations
@@ -179,3 +183,36 @@ def test_gqa_repeats_of_unrelated_lengths_still_pin(tmp_path: Path) -> None:
     assert "computed repeats" in _reasons(skg.plan(Gqa("half"), x))
     result = check_oracle(Gqa("other"), x, tmp_path, min_drop=0.0, require=False)  # the head size tied to the heads
     assert not result.plan.prunable
+
+
+class Split(nn.Module):
+    """A stem's pooled channels split by an attribute, joined again by ``cat``."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.stem, self.head, self.spelling = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 4), spelling
+        self.splits = {"tuple": (3, 5), "nested": [[3, 5]]}.get(spelling, [3, 5])
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = F.relu(self.stem(x)).mean((2, 3))
+        a, b = v.split(self.splits[0] if self.spelling == "nested" else self.splits, 1)
+        if self.spelling == "literal":
+            a, b = v.split([3, 5], 1)
+        return self.head(torch.cat([b, a] if self.spelling in ("swapped", "tuple", "literal") else [a, b], 1))
+
+
+@pytest.mark.parametrize("spelling", ["in_order", "swapped", "tuple"])
+def test_split_by_a_list_or_tuple_attribute_prunes_each_segment(spelling: str, tmp_path: Path) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    result = check_oracle(Split(spelling), x, tmp_path)
+    assert _groups(result.plan) == [("stem:out", 3, True), ("stem:out#2", 5, True)]
+    kept = result.model.splits
+    assert type(kept) is type(Split(spelling).splits) and sum(kept) == result.model.stem.out_channels < C
+    a = next(g for g in result.plan.prunable if g.size == 3)
+    assert [r.attr for r in a.sizes] == ["splits[0]"]
+
+
+@pytest.mark.parametrize("spelling", ["nested", "literal"])
+def test_split_by_a_nested_list_or_literals_still_pins(spelling: str) -> None:
+    plan = skg.plan(Split(spelling), torch.randn(2, 3, 6, 6))
+    assert not plan.prunable and "split with fixed sizes" in _reasons(plan)

@@ -1,7 +1,7 @@
 """List attributes of ints that a model's own module sizes tensors with, element by element.
 
 timm's MixNet keeps the widths of its mixed convolution's parts in a list, ``MixedConv2d.splits
-= [16, 8, 8]``, and splits by it: ``torch.split(x, self.splits, 1)``. While a forward is traced,
+= [16, 8, 8]``, and splits by it: ``torch.split(x, self.splits, 1)`` (a tuple the same). While a forward is traced,
 such a list is handed to the model's code as a copy whose elements are ``PlainRead``s of their
 own sites, ``(path, "splits[0]")`` (``element``), so each split size carries the element it was
 read from; ``split_sizes`` follows them part by part and surgery lowers each element by what
@@ -23,8 +23,8 @@ _ELEMENT = re.compile(r"^(?P<name>[A-Za-z_]\w*)\[(?P<index>\d+)\]$")
 
 
 def int_list(v: Any) -> bool:
-    """Is ``v`` a non-empty list of plain ints (not bools)?"""
-    return type(v) is list and bool(v) and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+    """Is ``v`` a non-empty list or tuple of plain ints (not bools)?"""
+    return type(v) in (list, tuple) and bool(v) and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
 
 
 def element(attr: str, k: int) -> str:
@@ -49,19 +49,20 @@ def read_size(holder: object, attr: str, default: Any = None) -> Any:
     value = getattr(holder, name, default)
     if k is None:
         return value
-    return value[k] if isinstance(value, list) and k < len(value) else default
+    return value[k] if isinstance(value, (list, tuple)) and k < len(value) else default
 
 
 def write_size(holder: object, attr: str, value: int) -> None:
-    """Set ``holder.attr``; for ``name[k]`` a new list with element ``k`` replaced (the old list
-    may be shared with another model)."""
+    """Set ``holder.attr``; for ``name[k]`` a new list (or tuple) with element ``k`` replaced (the
+    old one may be shared with another model)."""
     name, k = _parts(attr)
     if k is None:
         setattr(holder, name, value)
         return
-    new = list(getattr(holder, name))
+    old = getattr(holder, name)
+    new = list(old)
     new[k] = value
-    setattr(holder, name, new)
+    setattr(holder, name, tuple(new) if isinstance(old, tuple) else new)
 
 
 class _ReadList(list):
@@ -85,7 +86,9 @@ for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "e
     setattr(_ReadList, _name, _written(_name))
 
 
-def wrapped_list(value: list[int], attr: str, wrap: Callable[[str, int], Any]) -> list[Any]:
+def wrapped_list(value: list[int] | tuple[int, ...], attr: str, wrap: Callable[[str, int], Any]) -> list[Any] | tuple[Any, ...]:
     """A copy of ``value`` whose element ``k`` is ``wrap(element(attr, k), value[k])``; a write
-    to it makes its elements uses (``_ReadList``)."""
-    return _ReadList(wrap(element(attr, k), v) for k, v in enumerate(value))
+    to a list makes its elements uses (``_ReadList``); a tuple stays a tuple (``self.splits =
+    (16, 8, 8)``: no write to follow)."""
+    wrapped = (wrap(element(attr, k), v) for k, v in enumerate(value))
+    return tuple(wrapped) if isinstance(value, tuple) else _ReadList(wrapped)

@@ -113,8 +113,6 @@ class _Log:
         if isinstance(value, int):
             kind = PlainRead if read_only_where_literal(layer, name, _NAMES, self.sizes) else SizeRead
             return kind(value, frozenset({(path, name)}), self, ((path, name), value, _same))
-        if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return SizeTuple(value, frozenset({(path, name)}), self)
         if int_list(value) and read_only_where_literal(layer, name, _NAMES, self.sizes):  # MixNet's ``splits``
             key = (id(layer), name)
             if key not in self.lists:
@@ -122,6 +120,8 @@ class _Log:
                     value, name, lambda site, v: PlainRead(v, frozenset({(path, site)}), self, ((path, site), v, _same))
                 )
             return self.lists[key]
+        if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return SizeTuple(value, frozenset({(path, name)}), self)
         return value
 
 

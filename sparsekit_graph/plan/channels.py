@@ -3,6 +3,7 @@ parameter axes a channel touches, whether a parameter produces it, pinned or mix
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,19 +85,21 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int], tar
     cuts = (np.flatnonzero(np.diff(lab)) + 1).tolist()
     starts, ends = [0, *cuts], [*cuts, len(lab)]
     nid_list, pos_list = nid.tolist(), pos.tolist()
-    by_key: dict[tuple, Channels] = {}
-    for channel, a, b in zip(lab[starts].tolist(), starts, ends):
-        pin, mix = pins.get(channel), mixes.get(channel)
-        key = (tuple(nid_list[a:b]), channel in produced, pin is None, mix is None)  # reasons do not split groups
-        if key not in by_key:
-            by_key[key] = Channels(key[0], key[1], pin, mix, [], [])
-        by_key[key].positions.append(pos_list[a:b])
-        by_key[key].labels.append(channel)  # type: ignore[union-attr]
     sized = {
         i: np.bincount(label[offset[i] : offset[i + 1]], minlength=int(label.max()) + 1)
         for i, n in enumerate(nodes)
         if n in graph.size_refs or n in graph.scales or n in graph.follows or n in graph.floors
     }
+    counted = segments_counted(graph, nodes, sized)
+    by_key: dict[tuple, Channels] = {}
+    for channel, a, b in zip(lab[starts].tolist(), starts, ends):
+        pin, mix = pins.get(channel), mixes.get(channel)
+        # reasons do not split groups; the segments an attribute counts do
+        key = (tuple(nid_list[a:b]), channel in produced, pin is None, mix is None, counted(channel))
+        if key not in by_key:
+            by_key[key] = Channels(key[0], key[1], pin, mix, [], [])
+        by_key[key].positions.append(pos_list[a:b])
+        by_key[key].labels.append(channel)  # type: ignore[union-attr]
     first = {}
     for i, n in enumerate(nodes):
         if n in targets:
@@ -107,3 +110,14 @@ def _slot_channels(graph: AxisGraph, nodes: list[AxisId], params: list[int], tar
         ch.counts = {i: c[ch.labels] for i, c in sized.items()}
         ch.at = {i: f[ch.labels] for i, f in first.items()}
     return list(by_key.values())
+
+
+def segments_counted(graph: AxisGraph, nodes: list[AxisId], sized: dict[int, np.ndarray]) -> Callable[[int], tuple[bool, ...]]:
+    """Per channel: which axes sized by an attribute hold it. A list attribute's elements count
+    the segments of one axis (``v.split(self.splits, 1)``, then ``cat([b, a])``): channels no
+    parameter tells apart would be one group that ``splits[0]`` counts unevenly (pinned); split
+    by what counts them, each segment is a group of its own, as it is where the segments run
+    through layers of their own (MixNet). How many times a segment's channels are counted is
+    left to the group's size references: uneven counts within one still pin."""
+    refs = [i for i, n in enumerate(nodes) if n in graph.size_refs and i in sized]
+    return lambda channel: tuple(bool(sized[i][channel]) for i in refs)
