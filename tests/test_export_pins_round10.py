@@ -130,3 +130,25 @@ def test_nested_bfloat16_autocast_blocks_plan_as_on_torch_fx() -> None:
     traced, exported = _plan(_autocast_bf16, export=False), _plan(_autocast_bf16, export=True)
     assert _groups(exported) == _groups(traced)
     assert exported.group("conv:out").prunable
+
+
+# -- a slice of a shape -------------------------------------------------------------------------
+
+
+def _shape_slice(s: nn.Module, h: Tensor) -> Tensor:
+    return h + torch.zeros(h.shape[1:2] + (1, 1))
+
+
+def _shape_slice_range(s: nn.Module, h: Tensor) -> Tensor:
+    return h + sum(range(h.shape[1:2][0])) * 0.0  # the count as a loop bound: a decision
+
+
+def test_a_slice_of_a_shape_sizes_a_fresh_tensor_as_on_torch_fx(tmp_path: Path) -> None:
+    """``torch.zeros(h.shape[1:2] + (1, 1))`` under torch.export pinned 'fresh tensor from
+    zeros'; a slice's lengths are reads of their axes, as ``h.shape[1]`` is: the torch.fx
+    twin's groups, exact at 0.5. A length of the slice used as a loop bound still pins."""
+    traced = _plan(_shape_slice, export=False)
+    result = check_oracle(Net(_shape_slice, export=True, conv=nn.Conv2d(C, C, 1)).eval(), torch.randn(*X), tmp_path)
+    assert _groups(result.plan) == _groups(traced)
+    assert result.plan.group("a:out").prunable
+    assert not _plan(_shape_slice_range, export=True).group("a:out").prunable
