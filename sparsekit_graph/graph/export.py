@@ -56,7 +56,7 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], d
         return torch.export.export(model, args, kwargs, strict=False)
 
 
-_DATA = torch._C.TensorBase.data  # the getset descriptor of ``Tensor.data``
+_DATA: Any = torch._C.TensorBase.data  # the getset descriptor of ``Tensor.data``
 
 
 @contextmanager
@@ -169,7 +169,7 @@ def _copy(
     if node.target is _AUTOCAST:
         body = getattr(owner, str(node.args[4].target))  # type: ignore[union-attr]
         inner: Env = dict(
-            zip((n for n in body.graph.nodes if n.op == "placeholder"), (env[a] for a in node.args[5:]), strict=True)
+            zip((n for n in body.graph.nodes if n.op == "placeholder"), (env[a] for a in node.args[5:]), strict=True)  # type: ignore[index]
         )
         for n in body.graph.nodes:
             if n.op == "output":
