@@ -16,6 +16,7 @@ from .context import RuleContext
 from .norm_statistics import mix_statistics, statistics_axes
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
+from .sizes import SizeSource
 
 __all__ = ["channel_norm", "link_group_norm"]
 
@@ -87,15 +88,20 @@ def link_group_norm(
 @register_module_rule(nn.LayerNorm, nn.RMSNorm)
 def layer_norm(ctx: RuleContext) -> None:
     """Normalised trailing axes mix (not zero-invariant); without affine parameters a single
-    normalised axis follows the layer's ``normalized_shape`` (surgery rewrites it), more pin."""
+    normalised axis is counted by the layer's own ``normalized_shape`` (recorded: surgery
+    rewrites it; timm's ``LayerNorm(dim, affine=False)``), more pin."""
     pointwise(ctx)
     out = ctx.out()
     shape = tuple(ctx.module.normalized_shape)  # type: ignore[union-attr]
     trailing = out[len(out) - len(shape) :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
     if getattr(ctx.module, "weight", None) is None:
-        if len(shape) != 1 or not ctx.size_follows_model(trailing[0], shape):
+        if len(shape) != 1:
             ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
+            return
+        source = SizeSource(ctx.module_name, "normalized_shape")
+        ctx.graph.size_refs.setdefault(trailing[0], set()).add(source)
+        ctx.graph.size_values[source] = shape[0]
         return
     for attr in ("weight", "bias"):
         if getattr(ctx.module, attr, None) is not None:

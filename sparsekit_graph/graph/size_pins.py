@@ -107,11 +107,19 @@ def _link_layer_sizes(graph: AxisGraph, nodes: list[fx.Node], modules: dict[str,
             if counted or not torch_layer(type(layer)) or src.attr not in READ_ATTRIBUTES:
                 continue
             if src.owner not in own:
-                runs = [n for n in nodes if n.op == "call_module" and str(n.target) == src.owner]
-                own[src.owner] = {a for n in runs for a in _axes_of(graph, prefix + n.name)}
+                own[src.owner] = {a for n in _runs(nodes, src.owner) for a in _axes_of(graph, prefix + n.name)}
             if axis not in own[src.owner] and not _reaches(graph, axis, _tensor_axes(graph, layer, src.owner)):
                 unknown[(src.owner, src.attr)] = SizeUse(f"of another axis: no axis of {src.owner} it counts is known")
     return unknown
+
+
+def _runs(nodes: list[fx.Node], path: str) -> list[fx.Node]:
+    """The nodes computing layer ``path``: its calls, or, for a layer traced through (a subclass
+    with its own forward: timm's ``LayerNorm``), the nodes its forward runs directly."""
+    from .sizes import module_stack  # sizes -> config_reads -> this module
+
+    calls = [n for n in nodes if n.op == "call_module" and str(n.target) == path]
+    return calls or [n for n in nodes if n.op == "call_function" and module_stack(n)[-1] == path]
 
 
 def _tensor_axes(graph: AxisGraph, layer: nn.Module, path: str) -> set[AxisId]:
