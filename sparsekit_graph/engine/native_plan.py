@@ -14,6 +14,7 @@ the C calls run side by side: ``ctypes`` releases the GIL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -123,7 +124,8 @@ def write_all(params: list[Param], writes: list[int], pool: ThreadPoolExecutor |
         if p.mat is None:
             x = p.uses[0].x
             f = p.factors[0][1]
-            rows.append(_row(x, _ONE, tuple(x.shape), x.stride(), 0, x.shape[1]))
+            a, n, q = x.shape
+            rows.append(_row(x, _ONE, (a, n, q), x.stride(), 0, n))
             rows[-1][10] = f.data_ptr()
             sizes.append(x.numel())
             continue
@@ -138,16 +140,16 @@ def write_all(params: list[Param], writes: list[int], pool: ThreadPoolExecutor |
     _run(native._loaded().sk_writes, rows, sizes, pool)
 
 
-def _run(fn: object, rows: list[list[int]], sizes: list[int], pool: ThreadPoolExecutor | None) -> None:
+def _run(fn: Callable[[int, int], None], rows: list[list[int]], sizes: list[int], pool: ThreadPoolExecutor | None) -> None:
     """The table in one C call, or (on the pool) one call per row, balanced by size."""
     if not rows:
         return
     table = torch.tensor(rows, dtype=torch.int64)
     base = table.data_ptr()
     if pool is None or sum(sizes) < CHUNK:
-        fn(base, len(rows))  # type: ignore[operator]
+        fn(base, len(rows))
         return
-    tasks: list[Task[Scratch]] = [(n, lambda sc, at=base + 8 * _W * e: fn(at, 1)) for e, n in enumerate(sizes)]  # type: ignore[misc]
+    tasks: list[Task[Scratch]] = [(n, _one_row(fn, base + 8 * _W * e)) for e, n in enumerate(sizes)]
     run_balanced(tasks, pool, Scratch)
 
 
@@ -186,3 +188,8 @@ def wave_factors(
         return [(out[0], out[0], out[1])], [dead]
     single, square = out[0].split(wave.sizes), out[1].split(wave.sizes)
     return list(zip(single, single, square)), list(dead.split(wave.sizes))
+
+
+def _one_row(fn: Callable[[int, int], None], at: int) -> Callable[[Scratch], None]:
+    """A worker task: the table row at address ``at``."""
+    return lambda _: fn(at, 1)
