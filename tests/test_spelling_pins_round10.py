@@ -178,6 +178,17 @@ def test_gqa_computed_repeats_follow_query_heads_pruning(tmp_path: Path) -> None
     assert result.model.num_kv_heads == 2 and result.model.num_heads < 4
 
 
+def test_gqa_literal_repeats_pin_under_query_heads(tmp_path: Path) -> None:
+    """``gqa="query_heads"`` changes the number of query heads per key/value head, which the
+    literal ``2`` cannot follow: the heads pin there (before, the plan was prunable and its prune
+    refused), and plan as the other spellings do under ``"kv_groups"``."""
+    x = torch.randn(2, 5, 16)
+    assert "literal 2" in _reasons(skg.plan(Gqa("literal"), x, gqa="query_heads"))
+    result = check_oracle(Gqa("literal"), x, tmp_path, min_drop=0.0, require=False, gqa="query_heads")
+    assert not any(g.prunable and g.name == "q:out" for g in result.plan.groups)
+    assert _groups(skg.plan(Gqa("literal"), x)) == [("q:out", 2, True)]
+
+
 def test_gqa_repeats_of_unrelated_lengths_still_pin(tmp_path: Path) -> None:
     x = torch.randn(2, 5, 16)
     assert "computed repeats" in _reasons(skg.plan(Gqa("half"), x))

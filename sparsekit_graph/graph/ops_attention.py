@@ -19,6 +19,7 @@ from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
+from .size_args import made_from
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
 from .unbind_merge import rejoined
 from .zeros import zero_breaker
@@ -337,6 +338,7 @@ def repeat_interleave(ctx: RuleContext) -> None:
     (``computed_repeats``); a tensor of repeats pins."""
     src, out = ctx.axes(ctx.input), ctx.out()
     r, d = ctx.arg("repeats"), ctx.arg("dim")
+    given = r
     ctx.arg("output_size")
     if src is not None and isinstance(d, int) and -len(src) <= d < len(src) and isinstance(r, fx.Node):
         r = ratio_repeats(ctx, r, src[d], out[d]) or r  # ``q.shape[1] // k.shape[1]``: two head counts' ratio
@@ -345,8 +347,20 @@ def repeat_interleave(ctx: RuleContext) -> None:
         return
     d %= len(src)
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
+    if r > 1 and ctx.graph.divert_repeats and not _follows(ctx, given):  # query heads per group change: r must follow
+        ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")
     i = np.arange(ctx.graph.size(out[d]))
     ctx.graph.link(src[d], out[d], i // r, i, kind="repeat")
+
+
+def _follows(ctx: RuleContext, r: object) -> bool:
+    """Is the repeat count ``r`` as the call got it computed from lengths (``computed_repeats``) or
+    made from size attributes (``self.num_heads // self.num_kv_heads``, rewritten by surgery)?
+    A literal is not."""
+    if not isinstance(r, int):
+        return True
+    sources = size_sources(ctx.node, r, ctx.modules)
+    return bool(sources) and made_from(ctx.node, r, sources)
 
 
 # -- checks ---------------------------------------------------------------------------------
