@@ -189,6 +189,28 @@ def test_gqa_literal_repeats_pin_under_query_heads(tmp_path: Path) -> None:
     assert _groups(skg.plan(Gqa("literal"), x)) == [("q:out", 2, True)]
 
 
+class GqaExpand(Gqa):
+    """Key/value heads repeated by ``expand`` with a literal count per group, then merged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (f(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2) for f in (self.k, self.v))
+        k, v = (t[:, :, None].expand(-1, -1, 2, -1, -1).flatten(1, 2) for t in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, -1)) + x
+
+
+def test_gqa_literal_expand_pins_under_query_heads(tmp_path: Path) -> None:
+    """The same literal count, spelled as ``expand``: prunable under ``"kv_groups"``, pinned
+    under ``"query_heads"`` (before, its prune refused: "the pruned model does not run")."""
+    x = torch.randn(2, 5, 16)
+    assert ("q:out", 2, True) in _groups(check_oracle(GqaExpand("literal"), x, tmp_path, min_drop=0.0).plan)
+    (tmp_path / "qh").mkdir()
+    plan = check_oracle(GqaExpand("literal"), x, tmp_path / "qh", min_drop=0.0, require=False, gqa="query_heads").plan
+    assert not any(g.prunable for g in plan.groups) and "literal number of query heads" in _reasons(plan)
+
+
 def test_gqa_repeats_of_unrelated_lengths_still_pin(tmp_path: Path) -> None:
     x = torch.randn(2, 5, 16)
     assert "computed repeats" in _reasons(skg.plan(Gqa("half"), x))

@@ -239,8 +239,12 @@ def _tied_group(
     if -1 in labels or len({len(p) for p in parts}) > 1:
         reason = "gqa='query_heads': query heads do not split evenly into key/value groups"
         return key, group.model_copy(update={"prunable": False, "reason": group.reason or reason}), []
+    factors = graph.repeat_factors.get(nodes[i], [])
+    if any(not graph.size_refs.get(f) for f in factors):  # ``expand(-1, -1, 2, ...)``: a literal count per group
+        reason = "gqa='query_heads': a literal number of query heads per key/value group"
+        return key, group.model_copy(update={"prunable": False, "reason": group.reason or reason}), []
     sizes = list(group.sizes)
-    for f in graph.repeat_factors.get(nodes[i], []):
+    for f in factors:
         for src in sorted(graph.size_refs.get(f, ()), key=str):
             uses = [f"{f[1]}:{f[2]}"] if f[0] == "v" and ":" not in f[1] else []
             sizes.append(SizeRef(owner=src.owner, attr=src.attr, per_channel=1, every=len(parts), uses=uses))
