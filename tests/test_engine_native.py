@@ -20,6 +20,8 @@ import torchvision
 import sparsekit_graph as skg
 from sparsekit_graph.engine import cbuild, native, soft_threshold_all
 
+needs_cc = pytest.mark.skipif(cbuild.compiler() is None, reason="no C compiler (CI installs one)")
+
 
 def test_on_by_default_and_forced_off_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert native._state["on"] == (os.environ.get("SPARSEKIT_GRAPH_EUCLID_KERNELS", "native") != "eager")
@@ -30,6 +32,7 @@ def test_on_by_default_and_forced_off_builds_nothing(monkeypatch: pytest.MonkeyP
     assert native._state["lib"] is None  # asking while off builds nothing
 
 
+@needs_cc
 def test_cold_build_is_seconds_and_releases_the_gil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPARSEKIT_GRAPH_CACHE", str(tmp_path))
     t = time.perf_counter()
@@ -45,6 +48,7 @@ def test_cold_build_is_seconds_and_releases_the_gil(tmp_path: Path, monkeypatch:
     assert list(tmp_path.iterdir()) == [built] and time.perf_counter() - t < took
 
 
+@needs_cc
 def test_builders_at_once_load_whole_libraries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four builders racing on an empty cache (threads here: each compiles to its own temporary name
     and renames it into place, which is what keeps separate processes apart too): every one loads a
@@ -82,6 +86,7 @@ def test_no_compiler_warns_once_and_runs_eager(monkeypatch: pytest.MonkeyPatch) 
     assert torch.equal(w, twin)  # the eager kernels ran
 
 
+@needs_cc
 def test_bad_source_is_a_build_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPARSEKIT_GRAPH_CACHE", str(tmp_path))
     with pytest.raises(cbuild.BuildError, match="failed"):
@@ -98,6 +103,7 @@ def _taus(couplings: list, zeroed: float) -> list[torch.Tensor]:
     return out
 
 
+@needs_cc
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_kernels_match_eager_over_a_plan(threads: int) -> None:
     """ResNet-18's plan: 3x3 weights shared by two groups (M), 1x1 rows and columns, fc columns."""
