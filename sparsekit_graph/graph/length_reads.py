@@ -191,11 +191,8 @@ class LengthTuple(SizeTuple):
             self.reached = True
             return torch.Size(out) if isinstance(out, tuple) else out
         self.derived = True
-        if isinstance(out, tuple):  # ``h.shape[1:2]``: each length a read of its axis, as one taken alone
-            lengths = []
-            for v, j in zip(out, range(tuple.__len__(self))[i], strict=True):  # a loop: ``_one`` reads its caller's caller
-                lengths.append(self._one(v, j))
-            return LengthTuple(tuple(lengths), self._sites, self._log)
+        if isinstance(out, tuple):
+            return LengthTuple(out, self._sites, self._log)
         return self._one(out, i if i >= 0 else i + tuple.__len__(self))
 
     def __iter__(self) -> Iterator[Any]:
