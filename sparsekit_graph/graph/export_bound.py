@@ -86,15 +86,14 @@ def timed_export() -> Iterator[list[float]]:
     state = {"inside": True, "fired": False, "where": ""}
     done = threading.Event()
 
-    def watch() -> None:
+    def watch() -> None:  # fires again every poll: torch may catch one stop and carry on
         while not done.wait(_POLL):
             if clock() - start > bound:
                 with lock:
                     if state["inside"]:
-                        state["where"] = _model_line(ident)
+                        state["where"] = _model_line(ident)  # the last stop sent is the one that lands
                         state["fired"] = True
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_Stop))
-                return
 
     watchdog = threading.Thread(target=watch, name="skg-export-bound", daemon=True)
     try:
