@@ -236,13 +236,16 @@ def _tied_group(
     part = np.where(at >= 0, targets[nodes[i]][np.maximum(at, 0)], -1)
     labels = sorted(set(part.tolist()))
     parts = [np.flatnonzero(part == p).tolist() for p in labels]
-    if -1 in labels or len({len(p) for p in parts}) > 1:
-        reason = "gqa='query_heads': query heads do not split evenly into key/value groups"
-        return key, group.model_copy(update={"prunable": False, "reason": group.reason or reason}), []
     factors = graph.repeat_factors.get(nodes[i], [])
-    if any(not graph.size_refs.get(f) for f in factors):  # ``expand(-1, -1, 2, ...)``: a literal count per group
-        reason = "gqa='query_heads': a literal number of query heads per key/value group"
-        return key, group.model_copy(update={"prunable": False, "reason": group.reason or reason}), []
+    if -1 in labels or len({len(p) for p in parts}) > 1:
+        reason = "query heads do not split evenly into key/value groups"
+    elif any(not graph.size_refs.get(f) for f in factors):  # ``expand(-1, -1, 2, ...)``: a literal count per group
+        reason = "a literal number of query heads per key/value group"
+    else:
+        reason = ""
+    if reason:
+        update = {"prunable": False, "reason": group.reason or f"gqa='query_heads': {reason}"}
+        return key, group.model_copy(update=update), []
     sizes = list(group.sizes)
     for f in factors:
         for src in sorted(graph.size_refs.get(f, ()), key=str):
