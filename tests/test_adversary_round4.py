@@ -63,7 +63,8 @@ def _holds(model: nn.Module, keep: int = 1) -> skg.Plan:
             if g.zero_invariant:
                 dense = copy.deepcopy(model).eval()
                 skg.bind(plan, dense)[g.name].apply_mask(mask)
-                torch.testing.assert_close(out, dense(x), rtol=1e-4, atol=1e-5)
+                expected = dense(x)  # float32 rounding scales with the outputs (435 after a spectral norm's sigma shrinks)
+                torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(expected.abs().max())))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     return plan
 
