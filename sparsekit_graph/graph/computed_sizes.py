@@ -64,5 +64,5 @@ def _number(n: fx.Node) -> bool:
 def _reads(n: fx.Node) -> set[Site]:
     """Sites of the ``ReadInt``s among the node's arguments."""
     out: set[Site] = set()
-    fx.node.map_aggregate((n.args, n.kwargs), lambda x: out.add(x.site) if isinstance(x, ReadInt) else None)
+    fx.node.map_aggregate((n.args, n.kwargs), lambda x: out.update(x.sites) if isinstance(x, ReadInt) else None)
     return out

@@ -37,15 +37,20 @@ class ReadInt(int):
     """An int argument of a node that the model's code read from one size attribute: ``site``
     is (layer path, attribute). Where two attributes have one value (4 heads of 4), its
     position in the call says which one it is; ``SIZE_READS`` (by value) cannot. ``derived``:
-    a number the code computed from the attribute (``c // 2``), not its value."""
+    a number the code computed from the attribute (``c // 2``), not its value. ``sites``: every
+    attribute it was computed from (``self.num_heads // self.num_kv_heads``: both, derived;
+    ``site`` is then the first of them and names no attribute of its value)."""
 
     site: tuple[str, str]
     derived: bool
+    sites: frozenset[tuple[str, str]]
 
-    def __new__(cls, value: int, site: tuple[str, str], derived: bool = False) -> ReadInt:
+    def __new__(
+        cls, value: int, site: tuple[str, str], derived: bool = False, sites: frozenset[tuple[str, str]] | None = None
+    ) -> ReadInt:
         obj = int.__new__(cls, value)
-        obj.site, obj.derived = site, derived
+        obj.site, obj.derived, obj.sites = site, derived, sites or frozenset({site})
         return obj
 
-    def __getnewargs__(self) -> tuple[int, tuple[str, str], bool]:  # copies and pickles keep the site
-        return int(self), self.site, self.derived
+    def __getnewargs__(self) -> tuple[int, tuple[str, str], bool, frozenset[tuple[str, str]]]:  # copies and pickles keep the sites
+        return int(self), self.site, self.derived, self.sites

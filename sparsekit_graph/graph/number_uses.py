@@ -58,11 +58,9 @@ def _holds_read(node: fx.Node) -> bool:
 
 
 def _sites(v: Any) -> frozenset[Site]:
-    """The attributes number ``v`` was made from (none for a literal: a value of two attributes
-    is a plain int, whose ``SIZE_READS`` entry may be another literal of the same value)."""
-    if isinstance(v, ReadFloat):
-        return v.sites
-    return frozenset({v.site}) if isinstance(v, ReadInt) else frozenset()
+    """The attributes number ``v`` was made from (none for a literal: a value equal to two
+    attributes is a plain int, whose ``SIZE_READS`` entry may be another literal of that value)."""
+    return v.sites if isinstance(v, (ReadFloat, ReadInt)) else frozenset()
 
 
 def _numbers(a: Any) -> list[Any]:

@@ -17,6 +17,7 @@ from .axes import AxisId
 from .computed_repeats import ratio_repeats
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
+from .meta import ReadInt
 from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
 from .size_args import made_from
@@ -347,7 +348,10 @@ def repeat_interleave(ctx: RuleContext) -> None:
         return
     d %= len(src)
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
-    if r > 1 and ctx.graph.divert_repeats and not _follows(ctx, given):  # query heads per group change: r must follow
+    stale = _uncounted(ctx, given)
+    if stale:  # surgery rewrites the other attributes only: the code's count would change
+        ctx.pin([src[d], out[d]], f"repeat count computed from {stale}, which counts no axis, at {ctx.where()}")
+    elif r > 1 and ctx.graph.divert_repeats and not _follows(ctx, given):  # query heads per group change: r must follow
         ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")
     i = np.arange(ctx.graph.size(out[d]))
     ctx.graph.link(src[d], out[d], i // r, i, kind="repeat")
@@ -357,10 +361,20 @@ def _follows(ctx: RuleContext, r: object) -> bool:
     """Is the repeat count ``r`` as the call got it computed from lengths (``computed_repeats``) or
     made from size attributes (``self.num_heads // self.num_kv_heads``, rewritten by surgery)?
     A literal is not."""
-    if not isinstance(r, int):
-        return True
+    if not isinstance(r, int) or (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1):
+        return True  # attributes some axis counts each (``_uncounted``)
     sources = size_sources(ctx.node, r, ctx.modules)
     return bool(sources) and made_from(ctx.node, r, sources)
+
+
+def _uncounted(ctx: RuleContext, r: object) -> str:
+    """The first attribute a count made from several (``self.num_heads // self.num_kv_heads``)
+    was computed from that no rule has counted an axis by: surgery leaves it as it is while it
+    rewrites the others (``q.view(b, n, -1, d)`` counts no query heads). Empty where none."""
+    if not (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1):
+        return ""
+    counted = {(s.owner, s.attr) for refs in ctx.graph.size_refs.values() for s in refs}
+    return next((f"{path or 'model'}.{attr}" for path, attr in sorted(r.sites - counted)), "")
 
 
 # -- checks ---------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def _told_apart(ctx: RuleContext, raw: Sequence[Any], twice: set[int]) -> set[in
     """Positions among ``twice`` whose size the code read from a module's attribute of that
     value that no other position was read from (``unflatten(-1, (self.num_heads,
     self.head_dim))`` with 4 heads of 4: each 4 says which attribute it is)."""
-    owns = [isinstance(s, ReadInt) and getattr(ctx.modules.get(s.site[0]), s.site[1], None) == s for s in raw]
+    owns = [isinstance(s, ReadInt) and not s.derived and getattr(ctx.modules.get(s.site[0]), s.site[1], None) == s for s in raw]
     sites = [s.site if own else None for s, own in zip(raw, owns)]
     return {j for j in twice if sites[j] is not None and sum(raw[k] == raw[j] and sites[k] == sites[j] for k in twice) == 1}
 

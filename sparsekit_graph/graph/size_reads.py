@@ -299,6 +299,8 @@ def finish(graph: fx.Graph, log: _Log) -> None:
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
             if isinstance(a, int) and len(a._sites) == 1:  # its position says which attribute it is
                 return ReadInt(int(a), next(iter(a._sites)), not a.exact)
+            if isinstance(a, int) and not a.exact:  # computed from several: no attribute's value, whatever it equals
+                return ReadInt(int(a), min(a._sites), True, frozenset(a._sites))
             return int(a) if isinstance(a, int) else tuple(a)
         return a
 
