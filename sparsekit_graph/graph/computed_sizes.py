@@ -8,9 +8,11 @@ that modelled it, such as a merge of heads), is a use of the attribute as a size
 attribute counts pin (``size_pins``). Kept apart from reads: a number computed from a read
 is never its value (``sizes.size_sources``), only the identity (``n * 1``, ``n + 0``) is.
 A division or remainder of lengths by a read (``C // self.num_heads`` with ``C`` a traced
-length) is one as well: the quotient moves against the count. A number of two attributes
+length) is one as well: the quotient moves against the count. A number of several attributes
 (``self.num_heads // self.num_kv_heads``, a GQA repeat that whole KV groups keep) is left to the
-rules, as a literal.
+rules where some axis counts each of them; where one counts none (``q.view(b, n, -1, d)``),
+surgery leaves it as it is while it rewrites the others, and the number moves: a use of the
+others.
 """
 
 from __future__ import annotations
@@ -51,7 +53,23 @@ def computed_sizes(graph: AxisGraph, nodes: Iterable[fx.Node], prefix: str) -> d
         followed = {s for name in near for a in graph.values.get(name, ()) for s in refs.get(a, ())}
         for site in sorted(sites - followed):
             found.setdefault(site, SizeUse(f"a number computed from it at node {n.name}"))
+    if refs is None:
+        refs = {axis: {(s.owner, s.attr) for s in sources} for axis, sources in graph.size_refs.items()}
+    counted = set().union(*refs.values())
+    for n in nodes:
+        for r in _reads_of_several(n):
+            stale = sorted(r.sites - counted)
+            for site in sorted(r.sites & counted) if stale else ():
+                why = f"a number computed from it and {stale[0][0] or 'model'}.{stale[0][1]}, which counts no axis, at node {n.name}"
+                found.setdefault(site, SizeUse(why))
     return found
+
+
+def _reads_of_several(n: fx.Node) -> list[ReadInt]:
+    """The numbers among the node's arguments computed from several attributes."""
+    out: list[ReadInt] = []
+    fx.node.map_aggregate((n.args, n.kwargs), lambda x: out.append(x) if isinstance(x, ReadInt) and len(x.sites) > 1 else None)
+    return out
 
 
 def _number(n: fx.Node) -> bool:

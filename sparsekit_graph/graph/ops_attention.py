@@ -349,7 +349,7 @@ def repeat_interleave(ctx: RuleContext) -> None:
     d %= len(src)
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
     stale = _uncounted(ctx, given)
-    if stale:  # surgery rewrites the other attributes only: the code's count would change
+    if stale:  # surgery leaves it while it rewrites the others: the count the code computes moves
         ctx.pin([src[d], out[d]], f"repeat count computed from {stale}, which counts no axis, at {ctx.where()}")
     elif r > 1 and ctx.graph.divert_repeats and not _follows(ctx, given):  # query heads per group change: r must follow
         ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")
@@ -362,16 +362,16 @@ def _follows(ctx: RuleContext, r: object) -> bool:
     made from size attributes (``self.num_heads // self.num_kv_heads``, rewritten by surgery)?
     A literal is not."""
     if not isinstance(r, int) or (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1):
-        return True  # attributes some axis counts each (``_uncounted``)
+        return True  # where one counts no axis, the repeat pins (``_uncounted``)
     sources = size_sources(ctx.node, r, ctx.modules)
     return bool(sources) and made_from(ctx.node, r, sources)
 
 
 def _uncounted(ctx: RuleContext, r: object) -> str:
     """The first attribute a count made from several (``self.num_heads // self.num_kv_heads``)
-    was computed from that no rule has counted an axis by: surgery leaves it as it is while it
-    rewrites the others (``q.view(b, n, -1, d)`` counts no query heads). Empty where none."""
-    if not (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1):
+    was computed from that no rule so far counted an axis by (``q.view(b, n, -1, d)``), named;
+    empty where none. The axes the others count pin as well (``computed_sizes``)."""
+    if not (isinstance(r, ReadInt) and len(r.sites) > 1):
         return ""
     counted = {(s.owner, s.attr) for refs in ctx.graph.size_refs.values() for s in refs}
     return next((f"{path or 'model'}.{attr}" for path, attr in sorted(r.sites - counted)), "")
