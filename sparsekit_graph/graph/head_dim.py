@@ -13,8 +13,11 @@ offset map whose size prune checks afterwards (``half_slice``).
 
 from __future__ import annotations
 
+import dis
+import inspect
 import operator
 from dataclasses import dataclass
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,15 +80,42 @@ def attention_scale(ctx: RuleContext, query: Any, scale: Any, head_dim: int) -> 
 
 
 def _scale_attribute(ctx: RuleContext, value: float) -> tuple[str, str] | None:
-    """The innermost running module with a float attribute equal to ``value`` (``scaling``)."""
+    """The float attribute equal to ``value`` (``scaling``) of the innermost running module that
+    has one; None where that module has two (which one the code passed cannot be told) or the
+    value is a number of a node other than an attention (the code may have read it there:
+    rewriting it would change that use)."""
     for path in reversed(module_stack(ctx.node)):
         module = ctx.modules.get(path)
         if module is None:
             continue
-        for attr, v in vars(module).items():
-            if isinstance(v, float) and not attr.startswith("_") and v == value:
-                return path, attr
+        hits = [a for a, v in vars(module).items() if isinstance(v, float) and not a.startswith("_") and v == value]
+        if hits:
+            elsewhere = any(n.target != ctx.node.target and value in _floats(n) for n in ctx.node.graph.nodes)
+            once = len(hits) == 1 and _reads_in_methods(type(module), hits[0]) == 1
+            return (path, hits[0]) if once and not elsewhere else None
     return None
+
+
+def _reads_in_methods(cls: type, attr: str) -> int:
+    """How often the class's methods (``__init__`` aside) read ``self.<attr>``: the scale's one
+    read, or also ``out * self.scale``, which rewriting the attribute would change."""
+    seen: set[CodeType] = set()
+
+    def count(code: CodeType) -> int:
+        if code in seen:
+            return 0
+        seen.add(code)
+        own = sum(i.opname in ("LOAD_ATTR", "LOAD_METHOD") and i.argval == attr for i in dis.get_instructions(code))
+        return own + sum(count(c) for c in code.co_consts if isinstance(c, CodeType))
+
+    methods = [inspect.unwrap(f) for k in cls.__mro__ if k.__module__.split(".")[0] != "torch" for n, f in vars(k).items() if n != "__init__"]
+    return sum(count(f.__code__) for f in methods if hasattr(f, "__code__"))
+
+
+def _floats(n: fx.Node) -> list[float]:
+    out: list[float] = []
+    fx.node.map_aggregate((n.args, n.kwargs), lambda a: out.append(a) if isinstance(a, float) else None)
+    return out
 
 
 def _query_parameters(ctx: RuleContext, query: Any) -> list[str]:
@@ -97,7 +127,26 @@ def _query_parameters(ctx: RuleContext, query: Any) -> list[str]:
         return []
     if any(u not in path and u is not ctx.node for n in path for u in n.users if not _no_effect(u)):
         return []  # the projection's output (or a step of the chain) is read elsewhere too
+    others: list[fx.Node] = []
+    fx.node.map_arg((ctx.node.args, ctx.node.kwargs), others.append)
+    others.remove(query)
+    if any(a in path for a in others):
+        return []  # the chain is the key or value as well (``sdpa(qk, qk, v)``, ``cat([q, k])`` as the query)
+    if _read_elsewhere(ctx, path, set(found)):
+        return []
     return sorted(set(found))
+
+
+def _read_elsewhere(ctx: RuleContext, path: set[fx.Node], params: set[str]) -> bool:
+    """Do nodes off the chain read the parameters to multiply (the projection called twice)?"""
+    for n in ctx.node.graph.nodes:
+        if n in path:
+            continue
+        if n.op == "call_module" and any(p.rpartition(".")[0] == str(n.target) for p in params):
+            return True
+        if n.op == "get_attr" and ctx.aliases and ctx.aliases.get(n.name) in params and any(u not in path for u in n.users):
+            return True
+    return False
 
 
 def _walk(ctx: RuleContext, n: fx.Node, path: set[fx.Node], found: list[str]) -> bool:
@@ -113,6 +162,8 @@ def _walk(ctx: RuleContext, n: fx.Node, path: set[fx.Node], found: list[str]) ->
         return False
     call = normalize(n)
     tensors = [v for v in _tensor_args(call.args) if v is not None]
+    if call.op in _SUMS and any(_number(v) for k, v in call.args.items() if k != "alpha"):
+        return False  # ``q + 0.5``: a constant term does not scale with the query
     if call.op in _REARRANGE or call.op in _SUMS:
         ok = bool(tensors) and all(_walk(ctx, t, path, found) for t in tensors)
     elif call.op in _PRODUCTS:
@@ -147,6 +198,10 @@ def _param_name(ctx: RuleContext, x: Any) -> str | None:
     if isinstance(x, fx.Node) and x.op == "get_attr" and ctx.aliases and x.name in ctx.aliases:
         return ctx.aliases[x.name]
     return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
 
 
 def _tensor_args(args: dict[str, Any]) -> list[fx.Node | None]:
