@@ -34,6 +34,7 @@ OP_ALIASES: dict[Any, Any] = {
     torch.special.gammaln: torch.lgamma, torch.special.erfc: torch.erfc, torch.special.erfinv: torch.erfinv,
     torch.special.logit: torch.logit, torch.special.i0: torch.i0, torch.special.sinc: torch.sinc,
     torch.special.log1p: torch.log1p, torch.special.round: torch.round, torch.special.xlogy: torch.xlogy,
+    torch.special.logsumexp: torch.logsumexp,
     torch.narrow_copy: torch.narrow, torch.special.softmax: torch.softmax, torch.special.log_softmax: torch.log_softmax,
     torch._softmax: torch.softmax, torch._log_softmax: torch.log_softmax, torch.linalg.matmul: torch.matmul,
     torch.row_stack: torch.vstack, torch.ravel: torch.flatten, torch.layer_norm: F.layer_norm, torch.group_norm: F.group_norm,

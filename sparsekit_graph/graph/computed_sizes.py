@@ -60,7 +60,8 @@ def computed_sizes(graph: AxisGraph, nodes: Iterable[fx.Node], prefix: str) -> d
         for r in _reads_of_several(n):
             stale = sorted(r.sites - counted)
             for site in sorted(r.sites & counted) if stale else ():
-                why = f"a number computed from it and {stale[0][0] or 'model'}.{stale[0][1]}, which counts no axis, at node {n.name}"
+                other = f"{stale[0][0] or 'model'}.{stale[0][1]}"
+                why = f"a number computed from it and {other}, which counts no axis, at node {n.name}"
                 found.setdefault(site, SizeUse(why))
     return found
 

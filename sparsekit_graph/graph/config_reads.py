@@ -19,7 +19,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from .meta import CONFIG_READS
+from .meta import CONFIG_READS, EXPORTED
 from .size_reads import wrap_config_read
 
 __all__ = ["config_reads", "read_by_forward", "recording_config_reads"]
@@ -73,8 +73,13 @@ def config_reads(graph: fx.Graph, reads: dict[int, set[str]]) -> None:
 
 
 def read_by_forward(node: fx.Node, config: object, attr: str) -> bool:
-    """Did the forward that ``node`` belongs to read ``config.attr`` (True where unrecorded)?"""
+    """Did the forward that ``node`` belongs to read ``config.attr``? Where unrecorded: True
+    under torch.export (its literals may come from anywhere; Hugging Face configs are rewritten
+    by their own surgery), False under torch.fx (a ``SimpleNamespace`` or Hugging Face config of
+    a user's module: a literal ``4`` beside ``config.num_attention_heads = 4`` is no read)."""
     graph = getattr(node, "graph", None)
     out = next((n for n in reversed(graph.nodes) if n.op == "output"), None) if graph is not None else None
     recorded = out.meta.get(CONFIG_READS, {}).get(id(config)) if out is not None else None
-    return recorded is None or attr in recorded
+    if recorded is None:
+        return out is None or bool(out.meta.get(EXPORTED))
+    return attr in recorded

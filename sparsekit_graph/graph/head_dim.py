@@ -108,7 +108,8 @@ def _reads_in_methods(cls: type, attr: str) -> int:
         own = sum(i.opname in ("LOAD_ATTR", "LOAD_METHOD") and i.argval == attr for i in dis.get_instructions(code))
         return own + sum(count(c) for c in code.co_consts if isinstance(c, CodeType))
 
-    methods = [inspect.unwrap(f) for k in cls.__mro__ if k.__module__.split(".")[0] != "torch" for n, f in vars(k).items() if n != "__init__"]
+    classes = [k for k in cls.__mro__ if k.__module__.split(".")[0] != "torch"]
+    methods = [inspect.unwrap(f) for k in classes for n, f in vars(k).items() if n != "__init__"]
     return sum(count(f.__code__) for f in methods if hasattr(f, "__code__"))
 
 

@@ -52,5 +52,5 @@ class ReadInt(int):
         obj.site, obj.derived, obj.sites = site, derived, sites or frozenset({site})
         return obj
 
-    def __getnewargs__(self) -> tuple[int, tuple[str, str], bool, frozenset[tuple[str, str]]]:  # copies and pickles keep the sites
+    def __getnewargs__(self) -> tuple[int, tuple[str, str], bool, frozenset[tuple[str, str]]]:  # copies keep the sites
         return int(self), self.site, self.derived, self.sites

@@ -20,7 +20,6 @@ from .head_dim import attention_scale, half_slice
 from .meta import ReadInt
 from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
-from .size_args import made_from
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
 from .unbind_merge import rejoined
 from .zeros import zero_breaker
@@ -359,12 +358,10 @@ def repeat_interleave(ctx: RuleContext) -> None:
 
 def _follows(ctx: RuleContext, r: object) -> bool:
     """Is the repeat count ``r`` as the call got it computed from lengths (``computed_repeats``) or
-    made from size attributes (``self.num_heads // self.num_kv_heads``, rewritten by surgery)?
-    A literal is not."""
-    if not isinstance(r, int) or (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1):
-        return True  # where one counts no axis, the repeat pins (``_uncounted``)
-    sources = size_sources(ctx.node, r, ctx.modules)
-    return bool(sources) and made_from(ctx.node, r, sources)
+    from size attributes (``self.num_heads // self.num_kv_heads``: surgery rewrites the counts;
+    where one counts no axis, the repeat pins: ``_uncounted``)? A literal is not, nor an
+    attribute holding the ratio itself (``self.num_key_value_groups``: nothing rewrites it)."""
+    return not isinstance(r, int) or (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1)
 
 
 def _uncounted(ctx: RuleContext, r: object) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 from ..registry import RESIZERS, by_type
 from .attribute_sizes import PLAIN_READS
 from .config_reads import read_by_forward
-from .meta import META, MODULE_READS, SIZE_READS, ReadInt
+from .meta import EXPORTED, META, MODULE_READS, SIZE_READS, ReadInt
 from .size_tests import Site
 
 __all__ = [
@@ -104,13 +104,12 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         module = modules.get(path)
         if module is None:
             continue
-        hits = [a for a in _equal_attributes(module, value) if _read_by_module(node, path, a, value)]
+        hits = [a for a in _equal_attributes(module, value) if _read_by_module(node, path, a, value, module)]
         if hits:
             return [SizeSource(path, a) for a in hits]
         config = getattr(module, "config", None)
         if config is not None and not isinstance(config, nn.Module):
-            shared = root is not None and getattr(root, "config", None) is config
-            configs.append(("config" if shared else f"{path}.config", config))
+            configs.append((config_owner(config, modules), config))
     if root is not None and getattr(root, "config", None) is not None:
         configs.append(("config", root.config))
     for owner, config in configs:
@@ -118,6 +117,16 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         if hits:
             return [SizeSource(owner, a) for a in hits]
     return []
+
+
+def config_owner(config: object, modules: dict[str, nn.Module]) -> str:
+    """One name per config object: ``"config"`` for the model's own, else ``"<path>.config"`` of
+    the first module holding it, so blocks that share one config count one attribute (tied)."""
+    root = modules.get("")
+    if root is not None and getattr(root, "config", None) is config:
+        return "config"
+    path = next((p for p, m in modules.items() if m.__dict__.get("config") is config), "")
+    return f"{path}.config" if path else "config"
 
 
 def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> tuple[list[SizeSource], int]:
@@ -138,12 +147,12 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
         owners.append((path, module))
         config = getattr(module, "config", None)
         if config is not None and not isinstance(config, nn.Module):
-            owners.append(("config" if config is shared else f"{path}.config", config))
+            owners.append((config_owner(config, modules), config))
     if shared is not None and not isinstance(shared, nn.Module):
         owners.append(("config", shared))
     for owner, obj in owners:
         hits = [a for a in COUNT_ATTRIBUTES if _is_count(c := getattr(obj, a, None)) and c * unit == value]
-        hits = [a for a in hits if _read_by_module(node, owner, a, value)]
+        hits = [a for a in hits if not isinstance(obj, nn.Module) or _read_by_module(node, owner, a, value, obj)]
         hits = [a for a in hits if isinstance(obj, nn.Module) or read_by_forward(node, obj, a)]
         if hits:
             return [SizeSource(owner, a) for a in hits], unit
@@ -178,18 +187,26 @@ def _plain_read(node: fx.Node, value: Any) -> bool:
     return isinstance(value, int) and value in (node.meta.get(PLAIN_READS) or {})
 
 
-def _read_by_module(node: fx.Node, path: str, attr: str, value: Any) -> bool:
-    """Did the traced code read ``attr`` of the module at ``path`` (True where unrecorded, and
-    under torch.export, whose literals may come from anywhere)? Where the code's own reads
-    were handed out as ``SizeRead``s, only a literal made of one counts (``node``'s
-    ``SIZE_READS`` for ``value``). A literal that only equals an attribute nobody read
-    (``view(b, 64, -1)`` beside ``self.dim = 64``) stays a constant."""
+def _read_by_module(node: fx.Node, path: str, attr: str, value: Any, module: Any = None) -> bool:
+    """Did the traced code read ``attr`` of the module at ``path`` (True under torch.export,
+    whose literals may come from anywhere, and where unrecorded but ``attr`` is the module's
+    own: a class that could not be swapped)? Where the code's own reads were handed out as
+    ``SizeRead``s, only a literal made of one counts (``node``'s ``SIZE_READS`` for ``value``).
+    A literal that only equals an attribute nobody read (``view(b, 64, -1)`` beside ``self.dim
+    = 64``), or a class attribute or property no trace records (surgery's instance attribute
+    would not change what the code reads), stays a constant."""
     graph = getattr(node, "graph", None)
     out = next((n for n in reversed(graph.nodes) if n.op == "output"), None) if graph is not None else None
     recorded = out.meta.get(MODULE_READS, {}).get(path) if out is not None else None
-    if recorded is None or attr in recorded:
+    if recorded is None:
+        return _exported(out) or module is None or attr in getattr(module, "__dict__", {})
+    if attr in recorded:
         return True
     return (path, attr) in read_sites(node, value)
+
+
+def _exported(out: fx.Node | None) -> bool:
+    return out is not None and bool(out.meta.get(EXPORTED))
 
 
 def read_sites(node: fx.Node, value: Any) -> set[Site]:

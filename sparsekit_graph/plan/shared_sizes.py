@@ -87,14 +87,14 @@ def _named(fixed: str) -> str:
 
 
 def pin_untied_sizes(groups: list[Group]) -> list[Group]:
-    """``groups`` with the prunable groups pinned that share a module's own size attribute (not
-    a config's: ``ties.shared_size_ties`` handles those) but differ in size or in how they count
-    it, so no count tie keeps the attribute one value."""
+    """``groups`` (torch.fx) with the prunable groups pinned that share a size attribute of a
+    module or config but differ in size or in how they count it, so no count tie
+    (``ties.shared_size_ties``) keeps the attribute one value."""
     summed = segment_sizes(groups)
     by_attr: dict[tuple[str, str], list[tuple[Group, tuple[int, int]]]] = {}
     for g in groups:
         for r in g.sizes if g.prunable else ():
-            if not (r.owner == "config" or r.owner.endswith(".config") or (r.owner, r.attr) in summed):
+            if (r.owner, r.attr) not in summed:
                 by_attr.setdefault((r.owner, r.attr), []).append((g, (r.per_channel, r.every)))
     reasons: dict[str, str] = {}
     for (owner, attr), found in by_attr.items():

@@ -35,10 +35,11 @@ def shared_size_ties(groups: list[Group], read: Collection[Any], exported: bool 
     the forward is known to compute with (slice bounds), not literals that merely equal them
     (LLaMA's ``repeat_kv`` reshape equals ``num_attention_heads`` but is read off shapes, and
     its layers may keep different counts). Unless ``exported``, a module's own attribute
-    (``self.num_heads``) counts every group whose axes the code sized by reading it, and ties
-    them too. One tie per attribute whose groups are equally sized and count it alike
-    (otherwise ``shared_sizes.pin_untied_sizes`` pins them on torch.fx graphs, and ``prune``
-    rejects counts that disagree under torch.export, as before)."""
+    (``self.num_heads``) or a config's (``self.config.n_heads``, one object shared by blocks)
+    counts every group whose axes the code sized by reading it, and ties them too. One tie per
+    attribute whose groups are equally sized and count it alike (otherwise
+    ``shared_sizes.pin_untied_sizes`` pins them on torch.fx graphs, and ``prune`` rejects counts
+    that disagree under torch.export, as before)."""
     from .schema import Tie, TiePart  # schema imports this module
     from .shared_sizes import segment_sizes
 
@@ -48,7 +49,7 @@ def shared_size_ties(groups: list[Group], read: Collection[Any], exported: bool 
         for ref in g.sizes:
             if (ref.owner, ref.attr) in summed:
                 continue
-            if (_is_config(ref.owner) and _source(ref) in read) or not (_is_config(ref.owner) or exported):
+            if not exported or (_is_config(ref.owner) and _source(ref) in read):
                 found = by_attr.setdefault((ref.owner, ref.attr), [])
                 if g not in found:
                     found.append(g)
