@@ -159,3 +159,21 @@ def test_special_logsumexp_plans_as_logsumexp(dim: int | tuple[int, int]) -> Non
     x = torch.randn(2, 3, 8, 8)
     signature = lambda fn: [(g.name, g.prunable, g.zero_invariant) for g in skg.plan(Net(fn), x).groups]  # noqa: E731
     assert signature(torch.special.logsumexp) == signature(torch.logsumexp)
+
+
+def test_a_cached_method_gives_one_graph_before_and_after_an_eager_call() -> None:
+    """Data2VecVision caches its relative position index (``compile_compatible_method_lru_cache``):
+    after an eager forward torch.fx traced through the cached tensor where it had failed before,
+    and a plan made before the call named nodes that ``prune``'s retrace did not have (its
+    prune raised)."""
+    config = transformers.Data2VecVisionConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+        patch_size=8, num_labels=4, use_relative_position_bias=True, attn_implementation="sdpa",
+    )  # fmt: skip
+    model, x = transformers.Data2VecVisionForImageClassification(config).eval(), {"pixel_values": torch.randn(2, 3, 16, 16)}
+    plan = skg.plan(model, x)
+    with torch.no_grad():
+        model(**x)
+    assert skg.plan(model, x) == plan
+    heads = next(g for g in plan.prunable if g.name.endswith("attention.attention.query:out"))
+    skg.prune(model, plan, masks={heads.name: torch.tensor([False, False, True, True])})

@@ -28,7 +28,7 @@ SMALL_CONSTANT = 64  # integer constants up to this many elements keep their val
 # export probe compares between traces (``torch.tensor(h.size(-1))`` is a number of the model).
 CONSTANT_VALUE = "skg.constant_value"
 
-__all__ = ["CONSTANT_VALUE", "export_graph"]
+__all__ = ["CONSTANT_VALUE", "clear_method_caches", "export_graph"]
 
 
 def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, dynamic: bool = True) -> fx.Graph:
@@ -39,6 +39,7 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``.
     """
     kwargs = {**kwargs, **_no_cache(model, kwargs)}
+    clear_method_caches(model)
     with _batched_experts(model), _data_as_detach():
         with timed_export() as seconds:  # a pruned copy's is stopped where the model's code runs away
             ep = _exported(model, args, kwargs, dynamic)
@@ -54,6 +55,31 @@ def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], d
         return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_dynamic(args, kwargs))
     except Exception:  # noqa: BLE001 - a model that cannot take dynamic sizes is exported as it is
         return torch.export.export(model, args, kwargs, strict=False)
+
+
+def clear_method_caches(model: nn.Module) -> None:
+    """Empty the ``functools`` caches of the model's methods (Hugging Face's
+    ``compile_compatible_method_lru_cache``: BEiT's relative position index), so every trace
+    runs what they compute: after an eager call, a cached tensor let torch.fx trace code it
+    otherwise fails on, and a plan made before the call named nodes of another graph than
+    ``prune``'s retrace after it. A cache only recomputes."""
+    seen: set[int] = set()
+    for cls in {c for m in model.modules() for c in type(m).__mro__ if not c.__module__.startswith("torch.")}:
+        for attr in vars(cls).values():
+            fn = getattr(attr, "__func__", attr)
+            cells = [c.cell_contents for c in getattr(fn, "__closure__", None) or () if _cell_filled(c)]
+            for cache in (fn, *cells):
+                if callable(getattr(cache, "cache_clear", None)) and hasattr(cache, "cache_info") and id(cache) not in seen:
+                    seen.add(id(cache))
+                    cache.cache_clear()
+
+
+def _cell_filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell
+        return False
+    return True
 
 
 _DATA: Any = torch._C.TensorBase.data  # the getset descriptor of ``Tensor.data``

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
-from .export import export_graph
+from .export import clear_method_caches, export_graph
 from .meta import EXPORTED, TRACED_CONSTANT
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
@@ -81,6 +81,7 @@ def _traced(
     args, kwargs = normalize_inputs(example_inputs)
     concrete = fixed_forward_args(model, args, kwargs)
     modules = list(model.modules())
+    clear_method_caches(model)  # one graph whatever the model ran before
     with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads, unfused_attention():
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:

@@ -225,8 +225,7 @@ def _numbers(n: fx.Node) -> dict[object, object]:
     found: dict[object, object] = {
         k: v
         for k, v in _flat_arguments(n)
-        if isinstance(v, float)
-        or (isinstance(v, int) and not isinstance(v, bool) and (k in scalars or n.target in _ARITHMETIC))
+        if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and (k in scalars or n.target in _ARITHMETIC))
     }
     value = n.meta.get(CONSTANT_VALUE) if n.op == "get_attr" else None
     if isinstance(value, Tensor):
