@@ -255,14 +255,23 @@ def _check(
                 loose = [a for a in part if shaped is None or not joined.same(a, shaped)]
                 for a in loose:
                     _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
-                # ``C // heads`` of a width ``C`` nothing links here: a length no pruning of this axis
-                # changes (a whole multiple, ``b * heads``, is left to the factors' own rules)
-                if loose and shaped is not None and graph.size(shaped) % math.prod(graph.size(a) for a in loose):
+                # made of loose reads alone, the shaped axis keeps their lengths, which their pins keep:
+                # it cannot lose channels either (``y.expand(x.shape)``, ``F.layer_norm(y, (C,))``
+                # with ``C`` read off ``x``); a view's sizes, or a whole multiple of several, are left
+                # to the factors' own rules
+                size = math.prod(graph.size(a) for a in loose)
+                alone = len(loose) == 1 and set(loose) == set(part) and not _reshapes(call.op)
+                if loose and shaped is not None and (alone or graph.size(shaped) % size):
                     why = f"this axis of node {user.name} is as long as argument {k}, made from a length nothing links it to"
                     _pin(graph, shaped, why)
             continue
         for a in carried:
             _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
+
+
+def _reshapes(op: object) -> bool:
+    """A view or reshape: its sizes regroup the input's axes, whose links the factor rules make."""
+    return getattr(op, "__name__", "").split(".")[0] in ("view", "reshape", "unflatten", "_unsafe_view")
 
 
 # A transposed conv's ``output_size`` may name the batch and channel lengths too; torch drops

@@ -90,7 +90,8 @@ def pointwise(ctx: RuleContext) -> None:
 @register_function_rule(torch.broadcast_to)
 def expand(ctx: RuleContext) -> None:
     """Axes kept, or new ones broadcast from size 1: fresh when their size follows the model
-    (``x.size(1)``, ``expand_as``), pinned when it is a literal of the call. A kept axis whose
+    (``x.size(1)``), linked to ``other``'s under ``expand_as`` (kept ones too: the result is as
+    long as ``other``), pinned when it is a literal of the call. A kept axis whose
     size the call writes as a literal (``g.expand(2, 8, 6, 6)``) is pinned too, unless the
     literal is a size attribute surgery rewrites: the code would not follow a pruned size."""
     src, out = ctx.axes(ctx.input), ctx.out()
@@ -103,6 +104,8 @@ def expand(ctx: RuleContext) -> None:
         i = j - lead
         if src is not None and i >= 0 and ctx.graph.size(src[i]) == ctx.graph.size(o):
             ctx.same([src[i]], [o])
+            if other is not None:  # ``y.expand_as(x)``: x's length too, so x's channels as well
+                ctx.same([other[j]], [o])
             if isinstance(sizes, (tuple, list)) and _literal_size(ctx, sizes[j]):  # g.expand(2, 8, 6, 6)
                 ctx.pin([o], f"expand keeps an axis at a constant size at {ctx.where()}")
         elif other is not None:
