@@ -59,7 +59,7 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
             if (_is_size(getattr(holder, a, None)) or _is_sizes(getattr(holder, a, None))) and _settable(holder, a)
         )
         options = [_candidates(getattr(holder, a), getattr(was, a, None), before, want) for a in attrs]
-        unit = _new_head_dim(holder, original, pruned) if not sub else None
+        unit = _new_head_dim(holder, pruned) if not sub else None
         if unit is not None:  # Qwen2: layers read config.head_dim when set, else hidden // heads; stated first
             attrs, options = [*attrs, "head_dim"], [*options, [unit, None]]
         for values in itertools.islice(_fewest_changes_first(options), _MAX_BUILDS):
@@ -85,14 +85,14 @@ def fit_config(original: nn.Module, pruned: nn.Module, inputs: Any) -> bool | No
     return False
 
 
-def _new_head_dim(config: Any, original: nn.Module, pruned: nn.Module) -> int | None:
-    """The one head size the pruned layers hold when it differs from the original layers' and
-    the config has no ``head_dim`` to say it (a candidate to add; Mixtral's is None)."""
+def _new_head_dim(config: Any, pruned: nn.Module) -> int | None:
+    """The one head size the pruned layers hold where the config has no ``head_dim`` to say it
+    (a candidate to add; Mixtral's is None): it changed (Qwen2), or the heads did, and the
+    layers' default ``hidden_size // num_attention_heads`` would change it (OLMo)."""
     if getattr(config, "head_dim", None) is not None:
         return None
-    old = {m.head_dim for m in original.modules() if _is_size(getattr(m, "head_dim", None))}
     new = {m.head_dim for m in pruned.modules() if _is_size(getattr(m, "head_dim", None))}
-    return new.pop() if len(new) == 1 and new != old else None
+    return new.pop() if len(new) == 1 else None
 
 
 def _sub_configs(config: Any) -> list[str]:
