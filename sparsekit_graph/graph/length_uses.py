@@ -255,12 +255,12 @@ def _check(
                 loose = [a for a in part if shaped is None or not joined.same(a, shaped)]
                 for a in loose:
                     _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
-                # made of loose reads alone, the shaped axis keeps their lengths, which their pins keep:
+                # exactly a loose read's length, the shaped axis keeps it, which the read's pin keeps:
                 # it cannot lose channels either (``y.expand(x.shape)``, ``F.layer_norm(y, (C,))``
-                # with ``C`` read off ``x``); a view's sizes, or a whole multiple of several, are left
-                # to the factors' own rules
+                # with ``C`` read off ``x``); a view's sizes, or a whole multiple (``b *
+                # self.num_heads``, whose attribute surgery rewrites), are left to the factors' rules
                 size = math.prod(graph.size(a) for a in loose)
-                alone = len(loose) == 1 and set(loose) == set(part) and not _reshapes(call.op)
+                alone = shaped is not None and set(loose) == set(part) and graph.size(shaped) == size and not _reshapes(call.op)
                 if loose and shaped is not None and (alone or graph.size(shaped) % size):
                     why = f"this axis of node {user.name} is as long as argument {k}, made from a length nothing links it to"
                     _pin(graph, shaped, why)
