@@ -83,3 +83,20 @@ class OwnWidth(nn.Module):
 def test_a_length_read_off_the_tensor_itself_still_prunes(tmp_path: Path) -> None:
     result = check_oracle(OwnWidth().eval(), torch.randn(2, 5, WIDTH), tmp_path, require=False)
     assert [g.name for g in result.plan.prunable] == ["a:out"]  # not zero-invariant: the norm's statistics
+
+
+class WideNorm(nn.Module):
+    """An MLP's hidden normalised by ``(4 * C,)``, ``C`` read off the input: a literal multiple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.b(F.layer_norm(F.gelu(self.a(x)), (4 * x.shape[-1],)))
+
+
+def test_a_literal_multiple_of_a_read_length_pins_too(tmp_path: Path) -> None:
+    model, x = WideNorm().eval(), torch.randn(2, 5, WIDTH)
+    assert not skg.plan(model, x).prunable
+    check_oracle(model, x, tmp_path, min_drop=0.0, require=False)

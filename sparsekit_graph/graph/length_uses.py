@@ -35,7 +35,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .axes import AxisGraph, AxisId
-from .meta import META
+from .meta import META, SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_sizes import length_args
 from .tensor_data import DATA_OPS
@@ -255,18 +255,38 @@ def _check(
                 loose = [a for a in part if shaped is None or not joined.same(a, shaped)]
                 for a in loose:
                     _pin(graph, a, f"the length of this axis sizes argument {k} of node {user.name}, and nothing links them")
-                # exactly a loose read's length, the shaped axis keeps it, which the read's pin keeps:
-                # it cannot lose channels either (``y.expand(x.shape)``, ``F.layer_norm(y, (C,))``
-                # with ``C`` read off ``x``); a view's sizes, or a whole multiple (``b *
-                # self.num_heads``, whose attribute surgery rewrites), are left to the factors' rules
+                # a loose read's length, or a literal multiple of it (``4 * C``), the shaped axis keeps,
+                # as the read's pin keeps it: it cannot lose channels either (``y.expand(x.shape)``,
+                # ``F.layer_norm(y, (C,))`` with ``C`` read off ``x``); a view's sizes, or a multiple
+                # by a size attribute surgery rewrites (``b * self.num_heads``), are the factors' rules
                 size = math.prod(graph.size(a) for a in loose)
-                alone = shaped is not None and set(loose) == set(part) and graph.size(shaped) == size and not _reshapes(call.op)
+                exact = graph.size(shaped) == size or not _reads_attribute(v) if shaped is not None else False
+                alone = exact and set(loose) == set(part) and not _reshapes(call.op)
                 if loose and shaped is not None and (alone or graph.size(shaped) % size):
                     why = f"this axis of node {user.name} is as long as argument {k}, made from a length nothing links it to"
                     _pin(graph, shaped, why)
             continue
         for a in carried:
             _pin(graph, a, f"the length of this axis reaches argument {k} of node {user.name}, which no rule models")
+
+
+def _reads_attribute(v: Any) -> bool:
+    """Was a number in ``v`` made with a size attribute's read (``b * self.num_heads``)?"""
+    seen: set[fx.Node] = set()
+    found = False
+
+    def visit(a: Any) -> Any:
+        nonlocal found
+        if isinstance(a, ReadInt):
+            found = True
+        elif isinstance(a, fx.Node) and a not in seen and not isinstance(a.meta.get(META), Tensor):
+            seen.add(a)
+            found = found or bool(a.meta.get(SIZE_READS))
+            fx.node.map_aggregate((a.args, a.kwargs), visit)
+        return a
+
+    fx.node.map_aggregate(v, visit)
+    return found
 
 
 def _reshapes(op: object) -> bool:
