@@ -186,7 +186,10 @@ def _candidates(current: Any, original: Any, before: dict, after: dict) -> list:
 
 
 def _build(cls: type, config: Any, device: str) -> nn.Module | None:
+    """The model ``config`` builds, or None where the class rejects it or the config would not
+    load again as saved (``from_pretrained`` validates it: Swin's ``embed_dim`` and heads)."""
     try:
+        type(config).from_dict(config.to_dict())
         with torch.device(device):
             return cls(config).eval()
     except Exception:  # noqa: BLE001 - a config the class rejects builds nothing
