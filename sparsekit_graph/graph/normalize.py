@@ -112,7 +112,8 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
     if node.op == "call_function" and node.target is builtins.getattr and len(node.args) == 2:
         obj, attr = node.args
         if isinstance(attr, str) and isinstance(traced_value(obj), Tensor) and hasattr(Tensor, attr):
-            return Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
+            case = same_as(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))  # x.mH of a real x: x.mT
+            return Call(*case) if case else Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
         fields = getattr(type(traced_value(obj)), "__match_args__", ())  # x.max(1).values: a named element
         if isinstance(traced_value(obj), tuple) and attr in fields:
             return Call(operator.getitem, {"input": obj, "index": fields.index(attr)}, frozenset({"input", "index"}))

@@ -7,7 +7,9 @@ and 2. ``atleast_1d`` is ``flatten(x, 0, 0)`` (itself, or a 0-d tensor as ``(1,)
 missing, ``reshape(x, (1, -1, 1))`` for a 1-D tensor made 3-D, ``flatten(x, 0, 0)`` where none is.
 Where the axes a form depends on are the input's rank, the traced value gives it. A dtype
 conversion is ``to(dtype)`` however it is spelled: ``x.double()``, ``x.half()``,
-``x.type(torch.float64)``, ``x.type("torch.DoubleTensor")``.
+``x.type(torch.float64)``, ``x.type("torch.DoubleTensor")``. On a real tensor conjugation is
+the identity: ``x.mH``, ``x.adjoint()`` are ``x.mT``, ``x.H`` is ``x.T``, and ``x.conj()``,
+``resolve_conj``, ``resolve_neg`` and ``conj_physical`` are ``x.contiguous()`` (same values).
 """
 
 from __future__ import annotations
@@ -92,15 +94,25 @@ _CASES: dict[Hashable, _Case] = {
     Tensor.half: _to_dtype(torch.float16),
     Tensor.bfloat16: _to_dtype(torch.bfloat16),
 }
+# On a real tensor (complex ones keep their op): the op conjugation leaves.
+_ON_REAL: dict[Hashable, Hashable] = {
+    Tensor.mH: Tensor.mT, torch.adjoint: Tensor.mT, Tensor.H: Tensor.T, torch.conj: Tensor.contiguous,
+    torch.resolve_conj: Tensor.contiguous, torch.resolve_neg: Tensor.contiguous, torch.conj_physical: Tensor.contiguous,
+}  # fmt: skip
 _ONE_OF = {torch.atleast_1d, torch.atleast_2d, torch.atleast_3d}  # bound as ``(*tensors)``
 
 
 def same_as(op: Hashable, given: Mapping[str, Any], passed: frozenset[str]) -> tuple[Hashable, _Args, frozenset[str]] | None:
     """(op, arguments, passed names) of the op a bound call is a case of, or None."""
     try:
-        case = _CASES.get(op)
+        case, real = _CASES.get(op), _ON_REAL.get(op)
     except TypeError:  # unhashable target
         return None
+    if real is not None:
+        value = traced_value(given.get("input"))
+        if not isinstance(value, Tensor) or value.is_complex() or set(given) != {"input"}:
+            return None
+        return real, {"input": given["input"]}, frozenset({"input"})
     if case is None:
         return None
     args = dict(given)
