@@ -3,17 +3,26 @@
 - Conjugation on a real tensor is the identity: ``W.mH``, ``W.H``, ``W.adjoint()``,
   ``W.conj().T``, ``resolve_conj`` / ``resolve_neg`` / ``conj_physical`` plan as ``W.mT`` /
   ``W.T`` / the tensor itself (``graph/same_as.py``); on a complex tensor they keep their op.
+- Attention whose head count is no attribute the planner follows (``self.n_local_heads``): the
+  head size carries the view's channels. Written with SDPA it pinned (``head_dim=False``) and
+  written by hand it was prunable, and pruning rewrote ``self.head_dim``, the temperature of
+  ``/ math.sqrt(self.head_dim)``. An axis a head_dim attribute sizes is a head size wherever
+  it carries (``factors.unit_carrier``): both spellings pin it by default, and with
+  ``head_dim=True`` both release it only where an attention proved its scale (SDPA).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import check_oracle
+from helpers import assert_close_rel, check_oracle
 from test_spellings_reads import dump
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -65,3 +74,59 @@ def test_conjugation_of_a_complex_tensor_keeps_its_op() -> None:
     assert bind_call("conj", (z,), {}).op is torch.conj
     assert bind_call(torch.adjoint, (torch.randn(3, 4),), {}).op is torch.Tensor.mT
     assert bind_call("conj", (torch.randn(3, 4),), {}).op is torch.Tensor.contiguous
+
+
+class LocalHeads(nn.Module):
+    """LLaMA reference code's attention: the head count under a name no list holds."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.n_local_heads, self.head_dim = how, 4, 8
+        self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        q, k, v = (p(x).view(B, N, self.n_local_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.how == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif self.how == "sqrt":
+            y = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1) @ v
+        elif self.how == "pow":
+            y = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+        else:
+            y = (q @ k.mT / math.sqrt(q.size(-1))).softmax(-1) @ v
+        return self.head(self.o(y.transpose(1, 2).reshape(B, N, -1)))
+
+
+def _head_size_groups(plan: skg.Plan) -> dict[str, bool]:
+    return {g.name: g.prunable for g in plan.groups if g.name in ("q:out", "v:out", "k:out")}
+
+
+@pytest.mark.parametrize("how", ["sqrt", "pow", "size"])
+def test_unlisted_head_count_hand_written_attention_plans_as_sdpa(how: str, tmp_path: Path) -> None:
+    x = torch.randn(2, 5, 32)
+    sdpa = _head_size_groups(skg.plan(LocalHeads("sdpa"), x))
+    eager = _head_size_groups(skg.plan(LocalHeads(how), x))
+    assert not any(eager.values()) and not any(sdpa.values())
+    assert eager.keys() == sdpa.keys()
+    check_oracle(LocalHeads(how), x, tmp_path, min_drop=0.0)
+
+
+@pytest.mark.parametrize("how", ["sdpa", "sqrt"])
+def test_unlisted_head_count_head_dim_true_releases_only_a_proved_scale(how: str, tmp_path: Path) -> None:
+    x = torch.randn(2, 5, 32)
+    plan = skg.plan(LocalHeads(how), x, head_dim=True)
+    groups = {g.name: g for g in plan.groups}
+    if how == "sdpa":  # the scale 1/sqrt(E) is compensated: q/k/v's head size is one exact group
+        assert groups["q:out"].prunable and groups["q:out"].zero_invariant
+        torch.manual_seed(0)
+        model, mask = LocalHeads(how).eval(), torch.ones(8, dtype=torch.bool)
+        mask[[1, 5]] = False
+        dense = copy.deepcopy(model)
+        skg.bind(plan, dense)["q:out"].apply_mask(mask)
+        pruned = skg.prune(model, plan, masks={"q:out": mask}).model.eval()
+        with torch.no_grad():
+            assert_close_rel(dense(x), pruned(x))
+    else:  # no attention rule saw the hand-written scale
+        assert not groups["q:out"].prunable and "no attention proved its scale" in (groups["q:out"].reason or "")

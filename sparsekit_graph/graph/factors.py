@@ -10,6 +10,12 @@ and surgery removes the union (kept rows are kept heads x kept head_dim indices)
 
 A factor is released only where an attention rule proved what head_dim pruning needs (the
 attention scale compensated: ``AxisGraph.scales``); anywhere else it pins as before.
+
+Where the head count is no attribute the planner follows (``view(B, L, self.n_local_heads,
+self.head_dim)``: the count is a constant of the call and pins), the head size itself carries
+the reshape's channels. An axis a head_dim attribute (``sizes.UNIT_ATTRIBUTES``) sizes is a head
+size wherever it carries: it pins unless ``head_dim=True`` (``unit_carrier``), and then it is
+released only where an attention vouched for it, as a factor is.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .axes import AxisGraph, AxisId
+from .sizes import UNIT_ATTRIBUTES
 
 if TYPE_CHECKING:
     from .context import RuleContext
 
-__all__ = ["FACTOR", "add_factor_shadows", "record_factor"]
+__all__ = ["FACTOR", "add_factor_shadows", "record_factor", "unit_carrier"]
 
 FACTOR = 1  # the last element of a shadow node: ``(kind, name, axis, FACTOR)``
 
@@ -54,6 +61,18 @@ def record_factor(ctx: RuleContext, src: list[AxisId], out: list[AxisId], a: Run
     return True
 
 
+def unit_carrier(ctx: RuleContext, axis: AxisId) -> None:
+    """A reshape's channels are carried by ``axis``: if a head_dim attribute sized it, pin it
+    (``head_dim=False``) or record it for ``add_factor_shadows`` to release or pin."""
+    units = sorted({s.attr for s in ctx.graph.size_refs.get(axis, ()) if getattr(s, "attr", None) in UNIT_ATTRIBUTES})
+    if not units:
+        return
+    if ctx.graph.head_dim:
+        ctx.graph.head_dims.append(axis)
+    else:
+        ctx.pin([axis], f"head_dim at {ctx.where()}: sized by {units[0]}, it carries the channels (plan(head_dim=True) to prune it)")
+
+
 def _digits(shape: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat index over ``shape`` and its digit ``k`` (the factor's index)."""
     flat = np.arange(math.prod(shape), dtype=np.int64)
@@ -63,10 +82,14 @@ def _digits(shape: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
 def add_factor_shadows(graph: AxisGraph) -> None:
     """Release the recorded factors an attention vouched for: shadow every node identity-linked
     to the whole axis and link the shadow to the factor; pin the rest with the reason."""
-    if not graph.factors:
+    if not graph.factors and not graph.head_dims:
         return
     component = {n: i for i, c in enumerate(graph.components()) for n in c}
     vouched = {component[a] for a in graph.scales if a in component}
+    for axis in graph.head_dims:
+        if component.get(axis) not in vouched:
+            graph.pin(axis, f"head_dim: {axis[1]} axis {axis[2]} (head_dim=True: no attention proved its scale here)")
+            graph.mix(axis, "head_dim")
     carriers = {w for w, *_ in graph.factors}
     for whole, factor, iw, ifac in graph.factors:
         if component.get(factor) not in vouched:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
-from .factors import record_factor
+from .factors import record_factor, unit_carrier
 from .meta import META, ReadInt
 from .rules import register_function_rule, register_method_rule
 from .size_args import link_read_lengths, literal_dims, made_from, size_element, size_elements
@@ -279,6 +279,7 @@ def reshape_axes(
         cb = _split_carrier(ctx.graph, src[ca], out_shape, big_b, carriers_b) if len(big_a) == 1 else carriers_b[0]
         if len(big_b) == 1 and ca != big_a[0]:  # ``(B, H) -> B * H``: the split back finds H again
             ctx.graph.merged[out[cb]] = (tuple(in_shape[d] for d in big_a), big_a.index(ca))
+        unit_carrier(ctx, out[cb])
         if not record_factor(ctx, src, out, (ga, ca, big_a), (gb, cb, big_b)):
             ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
             ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
