@@ -9,6 +9,8 @@
   ``/ math.sqrt(self.head_dim)``. An axis a head_dim attribute sizes is a head size wherever
   it carries (``factors.unit_carrier``): both spellings pin it by default, and with
   ``head_dim=True`` both release it only where an attention proved its scale (SDPA).
+- ``torch.split(qkv, [self.dim] * 3)`` follows ``self.dim`` as ``qkv.split(self.dim)`` does
+  (it pinned); literal sizes (``[32, 32, 32]``) still pin.
 """
 
 from __future__ import annotations
@@ -130,3 +132,41 @@ def test_unlisted_head_count_head_dim_true_releases_only_a_proved_scale(how: str
             assert_close_rel(dense(x), pruned(x))
     else:  # no attention rule saw the hand-written scale
         assert not groups["q:out"].prunable and "no attention proved its scale" in (groups["q:out"].reason or "")
+
+
+class FusedQKV(nn.Module):
+    """A fused projection split three ways; ``how`` spells the split."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.dim, self.num_heads, self.head_dim = how, 32, 4, 8
+        self.inp, self.qkv, self.o, self.head = nn.Linear(16, 32), nn.Linear(32, 96), nn.Linear(32, 32), nn.Linear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.inp(x)
+        B, N, _ = x.shape
+        t = self.qkv(x)
+        parts = {
+            "int": lambda: t.split(self.dim, dim=-1),
+            "list": lambda: torch.split(t, [self.dim] * 3, dim=-1),
+            "listed": lambda: torch.split(t, split_size_or_sections=[self.dim, self.dim, self.dim], dim=-1),
+            "chunk": lambda: t.chunk(3, dim=-1),
+            "literal": lambda: torch.split(t, [32, 32, 32], -1),
+        }[self.how]()
+        q, k, v = (u.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for u in parts)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.head(x + self.o(y.transpose(1, 2).reshape(B, N, -1)))
+
+
+@pytest.mark.parametrize("how", ["list", "listed"])
+def test_split_by_a_list_of_size_attributes_plans_as_by_one(how: str, tmp_path: Path) -> None:
+    x = torch.randn(2, 5, 16)
+    assert dump(skg.plan(FusedQKV(how), x)) == dump(skg.plan(FusedQKV("int"), x))
+    assert {g.name: g.prunable for g in skg.plan(FusedQKV(how), x).groups}["qkv:out"]
+    check_oracle(FusedQKV(how), x, tmp_path, min_drop=0.0)
+
+
+def test_split_by_literal_sizes_still_pins(tmp_path: Path) -> None:
+    plan = skg.plan(FusedQKV("literal"), torch.randn(2, 5, 16))
+    qkv = {g.name: g for g in plan.groups}["qkv:out"]
+    assert not qkv.prunable and "split with fixed sizes" in (qkv.reason or "")

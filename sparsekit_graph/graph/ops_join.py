@@ -163,12 +163,7 @@ def split(ctx: RuleContext) -> None:
         (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
         or (not counted and followed_split(ctx, how, src[dim], [p[dim] for p in parts]))  # ``split(self.width)``
-        or (
-            not counted
-            and isinstance(how, int)
-            and not isinstance(how, bool)
-            and all(not ctx.constant_size(p[dim], how) for p in parts)
-        )  # ``split(self.split_size)``: equal parts of a size attribute the model sets
+        or (not counted and _attribute_sizes(ctx, how, [p[dim] for p in parts]))
     )
     if not is_chunk and not segments and _head_parts(ctx, how, src[dim], [p[dim] for p in parts]):
         return
@@ -180,6 +175,17 @@ def split(ctx: RuleContext) -> None:
         if part is not parts[0] and is_chunk:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
+
+
+def _attribute_sizes(ctx: RuleContext, how: object, parts: list[AxisId]) -> bool:
+    """``split(self.split_size)`` or ``split([self.dim] * 3)``: every part's size is a size
+    attribute the model sets (recorded on the part: surgery rewrites it)."""
+    sizes = [how] * len(parts) if isinstance(how, int) else how
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(parts):
+        return False
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
+        return False
+    return all(not ctx.constant_size(p, n) for p, n in zip(parts, sizes))
 
 
 def _head_parts(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId]) -> bool:
