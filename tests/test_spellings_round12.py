@@ -3,7 +3,7 @@
 - Conjugation on a real tensor is the identity: ``W.mH``, ``W.H``, ``W.adjoint()``,
   ``W.conj().T``, ``resolve_conj`` / ``resolve_neg`` / ``conj_physical`` plan as ``W.mT`` /
   ``W.T`` / the tensor itself (``graph/same_as.py``); on a complex tensor they keep their op.
-- Attention whose head count is no attribute the planner follows (``self.n_local_heads``): the
+- Attention whose head count is no attribute the planner follows (``self.nh``): the
   head size carries the view's channels. Written with SDPA it pinned (``head_dim=False``) and
   written by hand it was prunable, and pruning rewrote ``self.head_dim``, the temperature of
   ``/ math.sqrt(self.head_dim)``. An axis a head_dim attribute sizes is a head size wherever
@@ -79,17 +79,17 @@ def test_conjugation_of_a_complex_tensor_keeps_its_op() -> None:
 
 
 class LocalHeads(nn.Module):
-    """LLaMA reference code's attention: the head count under a name no list holds."""
+    """Attention with its head count under a name no list holds."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
-        self.how, self.n_local_heads, self.head_dim = how, 4, 8
+        self.how, self.nh, self.head_dim = how, 4, 8
         self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
         self.head = nn.Linear(32, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
-        q, k, v = (p(x).view(B, N, self.n_local_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k, v = (p(x).view(B, N, self.nh, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         if self.how == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v)
         elif self.how == "sqrt":
@@ -170,3 +170,63 @@ def test_split_by_literal_sizes_still_pins(tmp_path: Path) -> None:
     plan = skg.plan(FusedQKV("literal"), torch.randn(2, 5, 16))
     qkv = {g.name: g for g in plan.groups}["qkv:out"]
     assert not qkv.prunable and "split with fixed sizes" in (qkv.reason or "")
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    bs, slen, n_kv_heads, head_dim = x.shape
+    if n_rep == 1:
+        return x
+    return x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim).reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+
+
+class LlamaReference(nn.Module):
+    """The attention of LLaMA's reference code (``n_local_heads``, ``n_local_kv_heads``,
+    ``repeat_kv``), without caches and RoPE."""
+
+    def __init__(self, dim: int = 32, n_heads: int = 4, n_kv_heads: int = 2) -> None:
+        super().__init__()
+        self.n_kv_heads, self.n_local_heads, self.n_local_kv_heads = n_kv_heads, n_heads, n_kv_heads
+        self.n_rep, self.head_dim = n_heads // n_kv_heads, dim // n_heads
+        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
+        self.wo, self.head = nn.Linear(n_heads * self.head_dim, dim, bias=False), nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bsz, seqlen, _ = x.shape
+        xq = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        xk = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        xv = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        keys, values = _repeat_kv(xk, self.n_rep), _repeat_kv(xv, self.n_rep)
+        xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        scores = F.softmax((torch.matmul(xq, keys.transpose(2, 3)) / math.sqrt(self.head_dim)).float(), dim=-1)
+        out = torch.matmul(scores.type_as(xq), values).transpose(1, 2).contiguous().view(bsz, seqlen, -1)
+        return self.head(x + self.wo(out))
+
+
+class LucidAttention(nn.Module):
+    """lucidrains' ``vit-pytorch`` attention (``self.heads``, ``reshape(b, n, self.heads, -1)``)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, dim_head: int = 8) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, dim_head**-0.5
+        self.norm, self.to_qkv = nn.LayerNorm(dim), nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out, self.head = nn.Linear(heads * dim_head, dim), nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)
+        b, n, _ = h.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(h).chunk(3, dim=-1))
+        attn = (torch.matmul(q, k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+        return self.head(x + self.to_out(torch.matmul(attn, v).transpose(1, 2).reshape(b, n, -1)))
+
+
+@pytest.mark.parametrize(("make", "group", "channels"), [(LlamaReference, "wq:out", 2), (LucidAttention, "to_qkv:out", 4)])
+def test_reference_code_head_counts_prune_heads(make: Callable[[], nn.Module], group: str, channels: int, tmp_path: Path) -> None:
+    """``heads``, ``n_local_heads`` and ``n_local_kv_heads`` are head counts (``sizes.COUNT_ATTRIBUTES``):
+    LLaMA's KV groups and lucidrains' heads prune exactly (both pinned their heads before)."""
+    x = torch.randn(2, 5, 32)
+    found = {g.name: g for g in skg.plan(make(), x).groups}[group]
+    assert found.prunable and found.zero_invariant and found.size == channels
+    result = check_oracle(make(), x, tmp_path, min_drop=0.0)
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in make().parameters())

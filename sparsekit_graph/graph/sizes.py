@@ -43,7 +43,7 @@ SIZE_ATTRIBUTES: set[str] = {
     "head_dim", "attention_head_size", "head_size", "hidden_size", "embed_dim", "n_embd", "d_model",
     "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
     "normalized_shape", "num_key_value_groups", "kv_heads", "hidden_dim", "dim", "word_embed_proj_dim",
-    "embedding_size", "ffn_hidden_size", "attn_dim", "val_attn_dim",
+    "embedding_size", "ffn_hidden_size", "attn_dim", "val_attn_dim", "heads", "n_local_heads", "n_local_kv_heads",
 }  # fmt: skip
 
 
@@ -51,7 +51,7 @@ SIZE_ATTRIBUTES: set[str] = {
 # its fused ``qkv_proj``); the count follows the channels, the unit never changes.
 COUNT_ATTRIBUTES: tuple[str, ...] = (
     "num_attention_heads", "num_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
-    "kv_heads",
+    "kv_heads", "heads", "n_local_heads", "n_local_kv_heads",  # lucidrains' and LLaMA's reference code
 )  # fmt: skip
 UNIT_ATTRIBUTES: tuple[str, ...] = ("head_dim", "attention_head_size", "head_size", "d_kv")
 
