@@ -230,3 +230,52 @@ def test_reference_code_head_counts_prune_heads(make: Callable[[], nn.Module], g
     assert found.prunable and found.zero_invariant and found.size == channels
     result = check_oracle(make(), x, tmp_path, min_drop=0.0)
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in make().parameters())
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 2, 8
+        self.q, self.k, self.v, self.o = (nn.Linear(16, 16) for _ in range(4))
+
+
+class SharedScale(nn.Module):
+    """Two attentions pass one scale attribute of the model (read once, in a loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 8**-0.5
+        self.blocks = nn.ModuleList(_Block() for _ in range(2))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        for b in self.blocks:
+            q, k, v = (p(x).view(B, N, b.num_heads, b.head_dim).transpose(1, 2) for p in (b.q, b.k, b.v))
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            x = torch.relu(b.o(y.transpose(1, 2).reshape(B, N, -1)))
+        return self.head(x)
+
+
+def test_one_scale_attribute_set_by_two_attentions_ties_their_head_dims() -> None:
+    """``plan(head_dim=True)`` released each block's head size as its own group; ``prune``
+    set ``model.scale`` once, so blocks pruned by different amounts got one block's scale
+    (2% off the masked model). The groups that set one scale attribute are tied now."""
+    torch.manual_seed(0)
+    model, x = SharedScale().eval(), torch.randn(2, 5, 16) * 3
+    plan = skg.plan(model, x, head_dim=True)
+    names = sorted(g.name for g in plan.groups if g.scales)
+    assert names == ["blocks.0.q:out:head_dim", "blocks.1.q:out:head_dim"]
+    assert any(sorted(p.group for p in t.parts) == names for t in plan.ties)
+    unequal = {n: torch.arange(8) >= k for n, k in zip(names, (2, 6))}
+    with pytest.raises(skg.SparseKitError, match="model.scale"):
+        skg.prune(model, plan, masks=unequal)
+    masks = {n: torch.arange(8) % 4 == 1 for n in names}  # True: removed
+    dense = copy.deepcopy(model)
+    bound = skg.bind(plan, dense)
+    for n, m in masks.items():
+        bound[n].apply_mask(m)
+    pruned = skg.prune(model, plan, masks=masks).model.eval()
+    assert pruned.scale == pytest.approx(6**-0.5)
+    with torch.no_grad():
+        assert_close_rel(dense(x), pruned(x))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.axes import AxisGraph, AxisId
-from .schema import AttentionScale, AxisFollow
+from .schema import AttentionScale, AxisFollow, Group, Tie, TiePart
 
-__all__ = ["head_dim_parts"]
+__all__ = ["head_dim_parts", "tie_shared_scales"]
 
 
 def head_dim_parts(
@@ -37,3 +37,27 @@ def head_dim_parts(
                 AttentionScale(head_dim=site.head_dim, per_channel=per, query=list(site.query), owner=site.owner, attr=site.attr)
             )
     return scales, follows, None
+
+
+def tie_shared_scales(groups: list[Group]) -> tuple[list[Group], list[Tie]]:
+    """One scale attribute set by several groups (two blocks' attentions passing the model's
+    ``self.scale``) holds one value: equally sized groups that count it alike are tied (they
+    lose the same number of channels); otherwise, or where one of them is pinned, all pin."""
+    by_attr: dict[tuple[str, str], list[tuple[Group, tuple[int, int]]]] = {}
+    for g in groups:
+        for s in g.scales:
+            if s.owner is not None and s.attr:
+                by_attr.setdefault((s.owner, s.attr), []).append((g, (s.head_dim, s.per_channel)))
+    ties: list[Tie] = []
+    reasons: dict[str, str] = {}
+    for (owner, attr), found in by_attr.items():
+        names = list(dict.fromkeys(g.name for g, _ in found))
+        if len(names) < 2:
+            continue
+        label = f"attention scale {owner or 'model'}.{attr} is set by {', '.join(names)}"
+        if all(g.prunable for g, _ in found) and len({(g.size, how) for g, how in found}) == 1:
+            ties.append(Tie(parts=[TiePart(group=n) for n in names], reason=f"{label}: one value for all"))
+        else:
+            reasons.update({n: f"{label}, which no count tie can keep equal" for n in names})
+    pinned = [g.model_copy(update={"prunable": False, "reason": reasons[g.name]}) if g.name in reasons and g.prunable else g for g in groups]
+    return pinned, ties

@@ -19,7 +19,7 @@ from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from ..model_state import kept
 from .channels import Channels, channel_signatures
 from .experts import split_experts
-from .head_dim import head_dim_parts
+from .head_dim import head_dim_parts, tie_shared_scales
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
 from .probe import probe_plan
@@ -202,6 +202,8 @@ def resolve(graph: AxisGraph) -> tuple[list[Group], list[Tie]]:
             reason = "gqa='query_heads': every key/value group keeps as many query heads"
             ties.append(Tie(parts=[TiePart(group=g.name, channels=p) for p in parts], reason=reason))
     groups, expert_ties = split_experts(graph, groups)
+    groups, scale_ties = tie_shared_scales(groups)
+    ties += scale_ties
     if not graph.exported:  # export's literals match attributes by value only: the export probe decides there
         # an attribute a pinned group, or an axis of no group, holds cannot change
         groups = pin_shared_sizes(pin_untied_sizes(groups), ungrouped)
