@@ -90,14 +90,18 @@ class LocalHeads(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = (p(x).view(B, N, self.nh, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.how == "split":  # the heads as parts of head_dim each, stacked
+            q, k, v = (torch.stack(p(x).split(self.head_dim, -1), 1) for p in (self.q, self.k, self.v))
         if self.how == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v)
         elif self.how == "sqrt":
             y = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1) @ v
         elif self.how == "pow":
             y = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
-        else:
+        elif self.how == "size":
             y = (q @ k.mT / math.sqrt(q.size(-1))).softmax(-1) @ v
+        else:
+            y = (q @ k.mT / math.sqrt(self.head_dim)).softmax(-1) @ v
         return self.head(self.o(y.transpose(1, 2).reshape(B, N, -1)))
 
 
@@ -105,7 +109,7 @@ def _head_size_groups(plan: skg.Plan) -> dict[str, bool]:
     return {g.name: g.prunable for g in plan.groups if g.name in ("q:out", "v:out", "k:out")}
 
 
-@pytest.mark.parametrize("how", ["sqrt", "pow", "size"])
+@pytest.mark.parametrize("how", ["sqrt", "pow", "size", "split"])
 def test_unlisted_head_count_hand_written_attention_plans_as_sdpa(how: str, tmp_path: Path) -> None:
     x = torch.randn(2, 5, 32)
     sdpa = _head_size_groups(skg.plan(LocalHeads("sdpa"), x))
@@ -279,3 +283,26 @@ def test_one_scale_attribute_set_by_two_attentions_ties_their_head_dims() -> Non
     assert pruned.scale == pytest.approx(6**-0.5)
     with torch.no_grad():
         assert_close_rel(dense(x), pruned(x))
+
+
+class ExportedConj(nn.Module):
+    """A data read (``.item()``) sends planning to torch.export, whose graph spells
+    conjugation as ``aten.conj_physical`` / ``aten.resolve_neg``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.lin, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        h = h * (h.amax().item() * 0.0 + 1.0)
+        p = h.mean((2, 3))
+        p = torch.conj_physical(p) if self.how == "conj_physical" else torch.resolve_neg(p)
+        return self.head(self.lin(p))
+
+
+@pytest.mark.parametrize("how", ["conj_physical", "resolve_neg"])
+def test_exported_conjugation_of_a_real_tensor_is_the_identity(how: str) -> None:
+    plan = skg.plan(ExportedConj(how).eval(), X)
+    assert {g.name: g for g in plan.groups}["a:out"].prunable

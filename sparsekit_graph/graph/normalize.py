@@ -125,7 +125,8 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         bound = bind_schema(node.target._schema, node.args, dict(node.kwargs), check_types=False)
         if bound is None:
             return Call(op, {"input": node.args[0]} if node.args else {}, frozenset(), inplace, bound=False)
-        return Call(op, bound[0], bound[1], inplace)
+        case = same_as(op, bound[0], bound[1])  # aten.conj_physical of a real tensor: contiguous
+        return Call(*case, inplace) if case else Call(op, bound[0], bound[1], inplace)
     return bind_call(node.target, node.args, dict(node.kwargs))
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .axes import AxisId
 from .context import RuleContext
+from .factors import unit_carrier
 from .meta import SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
@@ -175,6 +176,7 @@ def split(ctx: RuleContext) -> None:
         if part is not parts[0] and is_chunk:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
+        unit_carrier(ctx, part[dim])  # ``split(self.head_dim)``: the parts are heads, each a head size
 
 
 def _attribute_sizes(ctx: RuleContext, how: object, parts: list[AxisId]) -> bool:
