@@ -306,3 +306,41 @@ class ExportedConj(nn.Module):
 def test_exported_conjugation_of_a_real_tensor_is_the_identity(how: str) -> None:
     plan = skg.plan(ExportedConj(how).eval(), X)
     assert {g.name: g for g in plan.groups}["a:out"].prunable
+
+
+class Rearranged(nn.Module):
+    """SDPA whose query goes through rearrangements first (degree one in the query)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.num_heads, self.head_dim = how, 4, 8
+        self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        q, k, v = (p(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q = {
+            "mH": lambda: q.mH.mH,
+            "mT": lambda: q.mT.mT,
+            "movedim": lambda: q.movedim(-1, -2).movedim(-2, -1),
+            "flatten": lambda: q.flatten(0, 1).unflatten(0, (B, self.num_heads)),
+        }[self.how]()
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.head(self.o(y.transpose(1, 2).reshape(B, N, -1)))
+
+
+@pytest.mark.parametrize("how", ["mH", "mT", "movedim", "flatten"])
+def test_head_dim_true_releases_through_query_rearrangements(how: str) -> None:
+    torch.manual_seed(0)
+    model, x = Rearranged(how).eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x, head_dim=True)
+    group = {g.name: g for g in plan.groups}["q:out:head_dim"]
+    assert group.prunable and group.zero_invariant
+    mask = torch.zeros(group.size, dtype=torch.bool)
+    mask[[1, 5]] = True
+    dense = copy.deepcopy(model)
+    skg.bind(plan, dense)[group.name].apply_mask(mask)
+    pruned = skg.prune(model, plan, masks={group.name: mask}).model.eval()
+    with torch.no_grad():
+        assert_close_rel(dense(x), pruned(x))

@@ -45,7 +45,8 @@ def _ops(*targets: Any) -> frozenset:
 # Ops whose output is a rearrangement (or negation) of their tensor input: q -> c q passes through.
 _REARRANGE = _ops(
     "view", torch.reshape, torch.transpose, torch.permute, "contiguous", torch.clone, "to", torch.unsqueeze,
-    torch.squeeze, "expand", torch.ops.aten.slice, torch.neg, torch.select, torch.cat,
+    torch.squeeze, "expand", torch.ops.aten.slice, torch.neg, torch.select, torch.cat, torch.Tensor.mT, torch.Tensor.T,
+    torch.t, torch.movedim, torch.flatten, torch.unflatten,
 )  # fmt: skip
 _SUMS = _ops(torch.add, torch.sub, operator.add, operator.sub)
 _PRODUCTS = _ops(torch.mul, operator.mul, torch.div, operator.truediv)
