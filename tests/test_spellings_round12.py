@@ -90,6 +90,8 @@ class LocalHeads(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = (p(x).view(B, N, self.nh, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.how == "minus1":  # the head size inferred: as long as the layer's head_dim
+            q, k, v = (p(x).view(B, N, self.nh, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
         if self.how == "split":  # the heads as parts of head_dim each, stacked
             q, k, v = (torch.stack(p(x).split(self.head_dim, -1), 1) for p in (self.q, self.k, self.v))
         if self.how == "sdpa":
@@ -109,7 +111,7 @@ def _head_size_groups(plan: skg.Plan) -> dict[str, bool]:
     return {g.name: g.prunable for g in plan.groups if g.name in ("q:out", "v:out", "k:out")}
 
 
-@pytest.mark.parametrize("how", ["sqrt", "pow", "size", "split"])
+@pytest.mark.parametrize("how", ["sqrt", "pow", "size", "split", "minus1"])
 def test_unlisted_head_count_hand_written_attention_plans_as_sdpa(how: str, tmp_path: Path) -> None:
     x = torch.randn(2, 5, 32)
     sdpa = _head_size_groups(skg.plan(LocalHeads("sdpa"), x))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .axes import AxisGraph, AxisId
-from .sizes import UNIT_ATTRIBUTES
+from .sizes import UNIT_ATTRIBUTES, running_unit
 
 if TYPE_CHECKING:
     from .context import RuleContext
@@ -61,10 +61,14 @@ def record_factor(ctx: RuleContext, src: list[AxisId], out: list[AxisId], a: Run
     return True
 
 
-def unit_carrier(ctx: RuleContext, axis: AxisId) -> None:
-    """A reshape's channels are carried by ``axis``: if a head_dim attribute sized it, pin it
-    (``head_dim=False``) or record it for ``add_factor_shadows`` to release or pin."""
+def unit_carrier(ctx: RuleContext, axis: AxisId, split: bool = False) -> None:
+    """A reshape's channels are carried by ``axis``: if a head_dim attribute sized it, or it is
+    the inner part of a ``split`` of one axis as long as the running layer's head size
+    (``view(B, N, self.nh, -1)``), pin it (``head_dim=False``) or record it for
+    ``add_factor_shadows`` to release or pin."""
     units = sorted({s.attr for s in ctx.graph.size_refs.get(axis, ()) if getattr(s, "attr", None) in UNIT_ATTRIBUTES})
+    if not units and split and ctx.graph.size(axis) == running_unit(ctx.node, ctx.modules):
+        units = ["the running layer's head size"]
     if not units:
         return
     if ctx.graph.head_dim:

@@ -35,6 +35,7 @@ __all__ = [
     "product_sources",
     "read_sites",
     "register_size_attribute",
+    "running_unit",
     "size_sources",
 ]
 
@@ -129,6 +130,12 @@ def config_owner(config: object, modules: dict[str, nn.Module]) -> str:
     return f"{path}.config" if path else "config"
 
 
+def running_unit(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """The head size (``UNIT_ATTRIBUTES``) of the innermost module running ``node`` that has one."""
+    running = (m for p in reversed(module_stack(node)) if (m := modules.get(p)) is not None)
+    return next((u for m in running for a in UNIT_ATTRIBUTES if _is_count(u := getattr(m, a, None))), None)
+
+
 def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> tuple[list[SizeSource], int]:
     """``value`` as ``count * unit``: the unit is the innermost running module's head size
     (``UNIT_ATTRIBUTES``), the counts are ``COUNT_ATTRIBUTES`` of the innermost owner that has
@@ -137,7 +144,7 @@ def product_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) ->
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or _plain_read(node, value):
         return [], 1
     running = [(p, m) for p in reversed(module_stack(node)) if (m := modules.get(p)) is not None]
-    unit = next((u for _, m in running for a in UNIT_ATTRIBUTES if _is_count(u := getattr(m, a, None))), None)
+    unit = running_unit(node, modules)
     if unit is None or unit >= value or value % unit:
         return [], 1
     root = modules.get("")
