@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aten import NO_EFFECT_OPS
-from .axes import AxisId
+from .axes import AxisGraph, AxisId
 from .meta import META
 from .normalize import canonical_op, normalize
 from .sizes import module_stack
@@ -35,7 +35,7 @@ from .sizes import module_stack
 if TYPE_CHECKING:
     from .context import RuleContext
 
-__all__ = ["ScaleSite", "attention_scale", "half_slice"]
+__all__ = ["ScaleSite", "attention_scale", "drop_partial_scales", "half_slice"]
 
 
 def _ops(*targets: Any) -> frozenset:
@@ -62,11 +62,14 @@ class ScaleSite:
     owner: str | None
     attr: str | None
     head_dim: int
+    node: str = ""  # the attention's node
+    shared: frozenset[str] = frozenset()  # every attention node passing the attribute's value
 
 
 def attention_scale(ctx: RuleContext, query: Any, scale: Any, head_dim: int) -> tuple[ScaleSite | None, str]:
     """The site that compensates this attention's scale when head_dim shrinks, or None and why."""
     owner = attr = None
+    shared: frozenset[str] = frozenset()
     if scale is not None:
         if not isinstance(scale, float) or not np.isclose(scale, head_dim**-0.5, rtol=1e-6):
             return None, f"the attention scale {scale!r} is not 1/sqrt({head_dim})"
@@ -74,10 +77,37 @@ def attention_scale(ctx: RuleContext, query: Any, scale: Any, head_dim: int) -> 
         if found is None:
             return None, f"the attention scale {scale!r} is no attribute of a running module"
         owner, attr = found
+        shared = frozenset(
+            f"{ctx.prefix}{n.name}"
+            for n in ctx.node.graph.nodes
+            if n.target == ctx.node.target and scale in _floats(n) and _holder(ctx, n, scale)[0] == owner
+        )
     params = _query_parameters(ctx, query)
     if not params:
         return None, "no projection found whose scaling scales the query (a norm or a nonlinear op between)"
-    return ScaleSite(tuple(params), owner, attr, head_dim), ""
+    return ScaleSite(tuple(params), owner, attr, head_dim, f"{ctx.prefix}{ctx.node.name}", shared), ""
+
+
+def drop_partial_scales(graph: AxisGraph) -> None:
+    """A scale attribute several attentions pass (``scale=self.scale`` in a loop over blocks)
+    holds one value for all: rewriting it is exact only if every one of them proved its site
+    (their groups are then tied, ``plan.head_dim.tie_shared_scales``). Where one did not (another
+    head_dim, a norm on its query), the others' sites are dropped: their head_dim pins."""
+    sites: dict[tuple[str, str], list[ScaleSite]] = {}
+    for found in graph.scales.values():
+        for site in found:
+            if site.attr is not None:
+                sites.setdefault((site.owner, site.attr), []).append(site)
+    partial = set()
+    for key, found in sites.items():
+        if set().union(*(s.shared for s in found)) - {s.node for s in found}:
+            partial.add(key)
+    for axis in list(graph.scales):
+        kept = [s for s in graph.scales[axis] if (s.owner, s.attr) not in partial]
+        if kept:
+            graph.scales[axis] = kept
+        else:
+            del graph.scales[axis]
 
 
 def _scale_attribute(ctx: RuleContext, value: float) -> tuple[str, str] | None:
@@ -85,16 +115,24 @@ def _scale_attribute(ctx: RuleContext, value: float) -> tuple[str, str] | None:
     has one; None where that module has two (which one the code passed cannot be told) or the
     value is a number of a node other than an attention (the code may have read it there:
     rewriting it would change that use)."""
-    for path in reversed(module_stack(ctx.node)):
+    path, hits = _holder(ctx, ctx.node, value)
+    if not hits:
+        return None
+    elsewhere = any(n.target != ctx.node.target and value in _floats(n) for n in ctx.node.graph.nodes)
+    once = len(hits) == 1 and _reads_in_methods(type(ctx.modules[path]), hits[0]) == 1
+    return (path, hits[0]) if once and not elsewhere else None
+
+
+def _holder(ctx: RuleContext, node: fx.Node, value: float) -> tuple[str | None, list[str]]:
+    """The innermost module running ``node`` with float attributes equal to ``value``, and their names."""
+    for path in reversed(module_stack(node)):
         module = ctx.modules.get(path)
         if module is None:
             continue
         hits = [a for a, v in vars(module).items() if isinstance(v, float) and not a.startswith("_") and v == value]
         if hits:
-            elsewhere = any(n.target != ctx.node.target and value in _floats(n) for n in ctx.node.graph.nodes)
-            once = len(hits) == 1 and _reads_in_methods(type(module), hits[0]) == 1
-            return (path, hits[0]) if once and not elsewhere else None
-    return None
+            return path, hits
+    return None, []
 
 
 def _reads_in_methods(cls: type, attr: str) -> int:
@@ -106,12 +144,24 @@ def _reads_in_methods(cls: type, attr: str) -> int:
         if code in seen:
             return 0
         seen.add(code)
-        own = sum(i.opname in ("LOAD_ATTR", "LOAD_METHOD") and i.argval == attr for i in dis.get_instructions(code))
-        return own + sum(count(c) for c in code.co_consts if isinstance(c, CodeType))
+        steps = list(dis.get_instructions(code))
+        reads = [k for k, i in enumerate(steps) if i.opname in ("LOAD_ATTR", "LOAD_METHOD") and i.argval == attr]
+        if any(not _of_self(code, steps[k - 1]) for k in reads if k > 0) or reads[:1] == [0]:
+            return 2  # ``self.config.scale``: another object's attribute of that name, not this one's
+        return len(reads) + sum(count(c) for c in code.co_consts if isinstance(c, CodeType))
 
     classes = [k for k in cls.__mro__ if k.__module__.split(".")[0] != "torch"]
     methods = [inspect.unwrap(f) for k in classes for n, f in vars(k).items() if n != "__init__"]
     return sum(count(f.__code__) for f in methods if hasattr(f, "__code__"))
+
+
+def _of_self(code: CodeType, step: dis.Instruction) -> bool:
+    """Does ``step`` load the method's first argument (``self``)?"""
+    if not code.co_argcount or not step.opname.startswith(("LOAD_FAST", "LOAD_DEREF")):
+        return False
+    me = code.co_varnames[0]
+    names = step.argval if isinstance(step.argval, tuple) else (step.argval,)
+    return names[-1] in (me, "self")
 
 
 def _floats(n: fx.Node) -> list[float]:

@@ -14,6 +14,7 @@ from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
+from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from ..model_state import kept
@@ -124,6 +125,7 @@ def _axis_graph(
         if _calls(gm_train) != _calls(gm):
             gm_train = trace_graph(model, example_inputs, train=True)
             add_traced_graph(graph, gm_train, model, prefix="train:")
+    drop_partial_scales(graph)
     add_factor_shadows(graph)
     return graph, gm
 
