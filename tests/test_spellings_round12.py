@@ -317,7 +317,7 @@ class Rearranged(nn.Module):
         super().__init__()
         self.how, self.num_heads, self.head_dim = how, 4, 8
         self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
-        self.head = nn.Linear(32, 3)
+        self.head, self.q_norm = nn.Linear(32, 3), nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
@@ -327,12 +327,13 @@ class Rearranged(nn.Module):
             "mT": lambda: q.mT.mT,
             "movedim": lambda: q.movedim(-1, -2).movedim(-2, -1),
             "flatten": lambda: q.flatten(0, 1).unflatten(0, (B, self.num_heads)),
+            "identity": lambda: self.q_norm(q),  # timm's slot for a qk-norm, off
         }[self.how]()
         y = F.scaled_dot_product_attention(q, k, v)
         return self.head(self.o(y.transpose(1, 2).reshape(B, N, -1)))
 
 
-@pytest.mark.parametrize("how", ["mH", "mT", "movedim", "flatten"])
+@pytest.mark.parametrize("how", ["mH", "mT", "movedim", "flatten", "identity"])
 def test_head_dim_true_releases_through_query_rearrangements(how: str) -> None:
     torch.manual_seed(0)
     model, x = Rearranged(how).eval(), torch.randn(2, 5, 32)

@@ -210,6 +210,11 @@ def _walk(ctx: RuleContext, n: fx.Node, path: set[fx.Node], found: list[str]) ->
         path.add(n)
         found += params
         return True
+    if n.op == "call_module" and type(ctx.modules.get(str(n.target))) is nn.Identity and n.args:  # timm's q_norm slot
+        ok = isinstance(n.args[0], fx.Node) and _walk(ctx, n.args[0], path, found)
+        if ok:
+            path.add(n)
+        return ok
     if n.op not in ("call_function", "call_method"):
         return False
     call = normalize(n)
