@@ -907,14 +907,18 @@ class _PlainRopeLlama(MetaLlama):
 
 
 def test_a_size_attribute_a_pinned_group_holds_pins_every_group_it_sizes(tmp_path: Path) -> None:
-    """``self.head_dim`` sizes q's pinned heads and v's free head size: v's was planned
-    prunable, and prune failed (rewriting ``head_dim`` breaks q's ``view``)."""
+    """While ``n_local_heads`` was a name no table knew, ``self.head_dim`` sized q's pinned heads
+    and v's free head size: v's was planned prunable, and prune failed (rewriting ``head_dim``
+    breaks q's ``view``); that case lives on in ``test_adversary_round4`` (heads pinned by a
+    literal). Since round 12 ``n_local_heads`` / ``n_local_kv_heads`` are head counts: the KV
+    groups prune exactly, and no head size is free."""
     torch.manual_seed(0)
     model, x = _PlainRopeLlama().eval(), torch.randn(*X)
     plan = skg.plan(model, x)
-    v = next(g for g in plan.groups if g.name == "wv:out")
-    assert not v.prunable and "head_dim" in (v.reason or "")
-    assert next(g for g in plan.groups if g.name == "w1:out").prunable
+    heads = plan.group("wq:out")
+    assert heads.prunable and heads.zero_invariant and heads.size == KV
+    assert not any(g.prunable for g in plan.groups if g.name == "wv:out")
+    assert plan.group("w1:out").prunable
     oracle_or_refusal(model, x, tmp_path)
 
 
