@@ -63,11 +63,13 @@ def record_factor(ctx: RuleContext, src: list[AxisId], out: list[AxisId], a: Run
 
 def unit_carrier(ctx: RuleContext, axis: AxisId, split: bool = False) -> None:
     """A reshape's channels are carried by ``axis``: if a head_dim attribute sized it, or it is
-    the inner part of a ``split`` of one axis as long as the running layer's head size
-    (``view(B, N, self.nh, -1)``), pin it (``head_dim=False``) or record it for
-    ``add_factor_shadows`` to release or pin."""
-    units = sorted({s.attr for s in ctx.graph.size_refs.get(axis, ()) if getattr(s, "attr", None) in UNIT_ATTRIBUTES})
-    if not units and split and ctx.graph.size(axis) == running_unit(ctx.node, ctx.modules):
+    the innermost part of a ``split`` of one axis, sized by no attribute (``-1``) and as long as
+    the running layer's head size (``view(B, N, self.nh, -1)``), pin it (``head_dim=False``) or
+    record it for ``add_factor_shadows`` to release or pin."""
+    refs = ctx.graph.size_refs.get(axis, set())
+    attrs = {getattr(s, "attr", None) for s in refs}
+    units = sorted(attrs) if attrs and attrs <= set(UNIT_ATTRIBUTES) else []  # 4 heads of 4 by value: not only units
+    if not refs and split and ctx.graph.size(axis) == running_unit(ctx.node, ctx.modules):
         units = ["the running layer's head size"]
     if not units:
         return

@@ -279,7 +279,7 @@ def reshape_axes(
         cb = _split_carrier(ctx.graph, src[ca], out_shape, big_b, carriers_b) if len(big_a) == 1 else carriers_b[0]
         if len(big_b) == 1 and ca != big_a[0]:  # ``(B, H) -> B * H``: the split back finds H again
             ctx.graph.merged[out[cb]] = (tuple(in_shape[d] for d in big_a), big_a.index(ca))
-        unit_carrier(ctx, out[cb], split=len(big_a) == 1 and len(big_b) > 1 and cb != big_b[0])
+        unit_carrier(ctx, out[cb], split=len(big_a) == 1 and len(big_b) > 1 and cb == big_b[-1] != big_b[0])
         if not record_factor(ctx, src, out, (ga, ca, big_a), (gb, cb, big_b)):
             ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
             ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
