@@ -58,6 +58,18 @@ def assert_close_rel(a: Tensor, b: Tensor, rtol: float = 1e-4) -> None:
     assert err <= rtol * scale + 1e-6, f"max abs error {err:.3g} vs output scale {scale:.3g}"
 
 
+def assert_masked_is_pruned(model: nn.Module, plan: skg.Plan, masks: dict[str, Tensor], x: Tensor) -> nn.Module:
+    """Masking ``masks`` (True: removed) on a copy of ``model`` gives the pruned model's outputs."""
+    dense = copy.deepcopy(model)
+    bound = skg.bind(plan, dense)
+    for name, mask in masks.items():
+        bound[name].apply_mask(mask)
+    pruned = skg.prune(model, plan, masks=masks).model.eval()
+    with torch.no_grad():
+        assert_close_rel(dense(x), pruned(x))
+    return pruned
+
+
 def fingerprint(model: nn.Module) -> tuple:
     """Everything plan/prune must leave alone: tensors (bitwise), flags, hooks, requires_grad."""
     state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}

@@ -15,16 +15,15 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close_rel, check_oracle
-from test_spellings_reads import dump
 import torch.nn.functional as F
+from helpers import assert_masked_is_pruned, check_oracle
+from test_spellings_reads import dump
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -129,13 +128,9 @@ def test_unlisted_head_count_head_dim_true_releases_only_a_proved_scale(how: str
     if how == "sdpa":  # the scale 1/sqrt(E) is compensated: q/k/v's head size is one exact group
         assert groups["q:out"].prunable and groups["q:out"].zero_invariant
         torch.manual_seed(0)
-        model, mask = LocalHeads(how).eval(), torch.ones(8, dtype=torch.bool)
+        mask = torch.ones(8, dtype=torch.bool)
         mask[[1, 5]] = False
-        dense = copy.deepcopy(model)
-        skg.bind(plan, dense)["q:out"].apply_mask(mask)
-        pruned = skg.prune(model, plan, masks={"q:out": mask}).model.eval()
-        with torch.no_grad():
-            assert_close_rel(dense(x), pruned(x))
+        assert_masked_is_pruned(LocalHeads(how).eval(), plan, {"q:out": mask}, x)
     else:  # no attention rule saw the hand-written scale
         assert not groups["q:out"].prunable and "no attention proved its scale" in (groups["q:out"].reason or "")
 
@@ -276,15 +271,8 @@ def test_one_scale_attribute_set_by_two_attentions_ties_their_head_dims() -> Non
     unequal = {n: torch.arange(8) >= k for n, k in zip(names, (2, 6))}
     with pytest.raises(skg.SparseKitError, match="model.scale"):
         skg.prune(model, plan, masks=unequal)
-    masks = {n: torch.arange(8) % 4 == 1 for n in names}  # True: removed
-    dense = copy.deepcopy(model)
-    bound = skg.bind(plan, dense)
-    for n, m in masks.items():
-        bound[n].apply_mask(m)
-    pruned = skg.prune(model, plan, masks=masks).model.eval()
+    pruned = assert_masked_is_pruned(model, plan, {n: torch.arange(8) % 4 == 1 for n in names}, x)
     assert pruned.scale == pytest.approx(6**-0.5)
-    with torch.no_grad():
-        assert_close_rel(dense(x), pruned(x))
 
 
 class ExportedConj(nn.Module):
@@ -342,11 +330,7 @@ def test_head_dim_true_releases_through_query_rearrangements(how: str) -> None:
     assert group.prunable and group.zero_invariant
     mask = torch.zeros(group.size, dtype=torch.bool)
     mask[[1, 5]] = True
-    dense = copy.deepcopy(model)
-    skg.bind(plan, dense)[group.name].apply_mask(mask)
-    pruned = skg.prune(model, plan, masks={group.name: mask}).model.eval()
-    with torch.no_grad():
-        assert_close_rel(dense(x), pruned(x))
+    assert_masked_is_pruned(model, plan, {group.name: mask}, x)
 
 
 class _ScaledAttn(nn.Module):
