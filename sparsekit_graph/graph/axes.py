@@ -62,7 +62,7 @@ class AxisGraph:
     gathered: dict[str, AxisId] = field(default_factory=dict)  # parameter gathered on axis 0 by indices of that axis
     head_dim: bool = False  # plan(head_dim=True): inner reshape factors are recorded (factors), not pinned
     factors: list[tuple[AxisId, AxisId, np.ndarray, np.ndarray]] = field(default_factory=list)  # (whole, factor, iw, if)
-    head_dims: list[AxisId] = field(default_factory=list)  # channel carriers that are head sizes (head_dim=True: released where vouched)
+    head_dims: list[AxisId] = field(default_factory=list)  # head-size carriers (head_dim=True)
     scales: dict[AxisId, list[Any]] = field(default_factory=dict)  # query head_dim axis -> AttentionScale sites
     follows: dict[AxisId, str] = field(default_factory=dict)  # axis whose literal size must follow -> "node:axis"
     bounds: set[Any] = field(default_factory=set)  # SizeSources a slice's bounds are made of: the code reads them

@@ -76,7 +76,8 @@ def unit_carrier(ctx: RuleContext, axis: AxisId, split: bool = False) -> None:
     if ctx.graph.head_dim:
         ctx.graph.head_dims.append(axis)
     else:
-        ctx.pin([axis], f"head_dim at {ctx.where()}: sized by {units[0]}, it carries the channels (plan(head_dim=True) to prune it)")
+        reason = f"head_dim at {ctx.where()}: sized by {units[0]}, it carries the channels (plan(head_dim=True) to prune it)"
+        ctx.pin([axis], reason)
 
 
 def _digits(shape: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,5 +59,8 @@ def tie_shared_scales(groups: list[Group]) -> tuple[list[Group], list[Tie]]:
             ties.append(Tie(parts=[TiePart(group=n) for n in names], reason=f"{label}: one value for all"))
         else:
             reasons.update({n: f"{label}, which no count tie can keep equal" for n in names})
-    pinned = [g.model_copy(update={"prunable": False, "reason": reasons[g.name]}) if g.name in reasons and g.prunable else g for g in groups]
-    return pinned, ties
+
+    def pin(g: Group) -> Group:
+        return g.model_copy(update={"prunable": False, "reason": reasons[g.name]}) if g.name in reasons and g.prunable else g
+
+    return [pin(g) for g in groups], ties
