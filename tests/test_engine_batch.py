@@ -144,15 +144,21 @@ def test_threads_across_weights_give_the_one_thread_bits(monkeypatch: pytest.Mon
     """With 2 intra-op threads the weights' reads and writes run on 2 workers (one intra-op thread
     each; the big 3x3 weights in row chunks), the calling thread's own kernels on one intra-op
     thread meanwhile: the same bits as the one-thread path, and torch's thread count is left as it was.
-    Eager kernels (``sweeps.sums_split``) and the native tables (``native_plan``) alike."""
+    Eager kernels (``sweeps.sums_split``) and the native program (``native_plan``, its own 2 threads) alike."""
     from sparsekit_graph.engine import batch, native, native_plan, sweeps, workers
 
     seen: list[int] = []  # the calling thread's intra-op threads while it hands the reads to the workers
     monkeypatch.setattr(native, "_state", {**native._state, "on": kernels == "native"})
     if kernels == "native":
         assert native.enabled(torch.zeros(2, 2)), native._state["broken"]
-        hand = native_plan.run_balanced
-        monkeypatch.setattr(native_plan, "run_balanced", lambda *a: (seen.append(torch.get_num_threads()), hand(*a))[1])
+        run = native_plan.Program.run
+
+        def spy(self: native_plan.Program, taus: list, floor: float, threads: int) -> torch.Tensor:
+            if threads == 2:  # the 2-thread call: the caller's own kernels on one intra-op thread meanwhile
+                seen.append(torch.get_num_threads())
+            return run(self, taus, floor, threads)
+
+        monkeypatch.setattr(native_plan.Program, "run", spy)
     else:
         split = sweeps.sums_split
         monkeypatch.setattr(sweeps, "sums_split", lambda *a: (seen.append(torch.get_num_threads()), split(*a))[1])

@@ -132,3 +132,54 @@ def test_native_kernels_match_eager_over_a_plan(threads: int) -> None:
         assert torch.equal(k, k2)
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _resnet18_call(threads: int, wide: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """ResNet-18's plan, one ``soft_threshold_all`` on ``threads`` threads: the weights after it and
+    the blocks it zeroed (same seed: the same model and thresholds every time)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    plan = skg.plan(model, torch.randn(1, 3, 32, 32))
+    bound = skg.bind(plan, model)
+    cs = [bound[g.name] for g in plan.prunable]
+    taus = [t.double() if wide else t for t in _taus(cs, 0.1)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        killed = soft_threshold_all(cs, taus, eps=1e-7 if wide else None)
+    finally:
+        torch.set_num_threads(before)
+    return [p.detach().clone() for p in model.parameters()], killed
+
+
+@needs_cc
+@pytest.mark.parametrize(("threads", "wide"), [(2, False), (3, False), (5, True)])
+def test_the_program_gives_the_one_thread_bits_on_any_thread_count(threads: int, wide: bool) -> None:
+    """Rows are taken by whichever thread is free, so which thread runs a pass changes from call
+    to call; the bits must not (more threads than this machine's cores included)."""
+    assert native.enabled(torch.zeros(2, 2)), native._state["broken"]
+    want, want_killed = _resnet18_call(1, wide)
+    got, killed = _resnet18_call(threads, wide)
+    assert sum(int(k.sum()) for k in killed) > 0
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    for a, b in zip(killed, want_killed):
+        assert torch.equal(a, b)
+
+
+@needs_cc
+def test_a_cached_program_keeps_no_model_alive() -> None:
+    """The compiled call points into the weights but holds none of them: a model dropped after a
+    call is freed (its program stays cached with its own small buffers only)."""
+    import gc
+    import weakref
+
+    model = torchvision.models.resnet18(num_classes=10)
+    plan = skg.plan(model, torch.randn(1, 3, 32, 32))
+    bound = skg.bind(plan, model)
+    cs = [bound[g.name] for g in plan.prunable]
+    soft_threshold_all(cs, _taus(cs, 0.1))
+    gone = weakref.ref(model.layer4[1].conv2.weight)
+    del model, bound, cs
+    gc.collect()
+    assert gone() is None

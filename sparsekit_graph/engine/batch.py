@@ -147,54 +147,84 @@ def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float
     found = _layout(couplings)
     if found is None:
         return None
-    params, plan = found
+    entry, tensors = found
+    plan = entry.plan
+    if native_plan.usable(tensors):  # one C program: the layout's whole call, on this many threads
+        ptrs = [t.data_ptr() for t in tensors]
+        if entry.program is None or entry.program_for != ptrs:
+            entry.program, entry.program_for = native_plan.build(entry.rebuild(tensors), plan), ptrs
+        threads = torch.get_num_threads() if SPLIT else 1
+        with caller_on_one_thread(threads > 1):
+            dead = entry.program.run([taus[ci] for ci in plan.order], floor, threads)
+        killed: list[Tensor] = [dead] * len(couplings)
+        for ci, d in zip(plan.order, dead.split([n for w in plan.waves for n in w.sizes])):
+            killed[ci] = d
+        return killed
+    params = entry.rebuild(tensors)
     pool = _pool(params)
     with caller_on_one_thread(pool is not None):
         return _solve(params, plan, list(taus), floor, pool)
 
 
+Meta = tuple[torch.Size, tuple[int, ...], int, torch.dtype]
+
+
+def _meta(t: Tensor) -> Meta:
+    return (t.shape, t.stride(), t.storage_offset(), t.dtype)
+
+
 @dataclass
 class _Cached:
     """A layout of the same couplings, as offsets: per parameter, where to find it (coupling, part),
-    its ``(shape, stride, storage offset, dtype)`` then, and each use's and ``mat``'s as_strided args."""
+    its ``(shape, stride, storage offset, dtype)`` then, and each use's and ``mat``'s as_strided args;
+    with the native loops, its compiled call and the parameters' addresses that call points into."""
 
     refs: list[weakref.ref]  # the couplings: the key's ids are still theirs while these point to them
-    params: list[tuple[tuple[int, int], tuple, list[tuple[int, tuple]], tuple | None]]
+    params: list[tuple[tuple[int, int], Meta, list[tuple[int, tuple]], tuple | None]]
     plan: wave_plan.Plan
+    program: native_plan.Program | None = None
+    program_for: list[int] | None = None
 
-    def rebuild(self, couplings: Sequence[SparseBlock]) -> list[Param] | None:
-        """The layout over the parameters' current tensors; None if one's shape or layout changed."""
+    def tensors(self, couplings: Sequence[SparseBlock]) -> list[Tensor] | None:
+        """The parameters' current tensors; None if one's shape or layout changed."""
         out = []
-        for (ci, pi), meta, uses, mat in self.params:
+        for (ci, pi), meta, _, _ in self.params:
             t = couplings[ci]._parts()[pi].spec.view.param.data
-            if (t.shape, t.stride(), t.storage_offset(), t.dtype) != meta:
+            if _meta(t) != meta:
                 return None
-            out.append(Param([Use(c, t.as_strided(*a)) for c, a in uses], None if mat is None else t.as_strided(*mat)))
+            out.append(t)
         return out
+
+    def rebuild(self, tensors: list[Tensor]) -> list[Param]:
+        """The layout over the parameters' current tensors (``tensors``)."""
+        return [
+            Param([Use(c, t.as_strided(*a)) for c, a in uses], None if mat is None else t.as_strided(*mat))
+            for t, (_, _, uses, mat) in zip(tensors, self.params)
+        ]
 
 
 _CACHE: OrderedDict[tuple[int, ...], _Cached] = OrderedDict()  # the last few calls' layouts (1.5 -> 0.4 ms on ResNet-50's plan)
-_KEEP = 256  # entries are small (offsets, weakrefs): room for every group of a plan called one by one, and the whole list
+_KEEP = 256  # entries are small (offsets, weakrefs, a program's buffers): room for every group of a plan called one by one
 
 
-def _layout(couplings: Sequence[SparseBlock]) -> tuple[list[Param], wave_plan.Plan] | None:
-    """Every parameter's uses and the call's plan, or None when some use is outside the fused
-    pattern (cached by coupling identity)."""
+def _layout(couplings: Sequence[SparseBlock]) -> tuple[_Cached, list[Tensor]] | None:
+    """The couplings' layout and their parameters' current tensors, or None when some use is
+    outside the fused pattern (cached by coupling identity)."""
     key = tuple(map(id, couplings))
     hit = _CACHE.get(key)
     if hit is not None and all(r() is c for r, c in zip(hit.refs, couplings)):
-        params = hit.rebuild(couplings)
-        if params is not None:
-            return params, hit.plan
+        tensors = hit.tensors(couplings)
+        if tensors is not None:
+            return hit, tensors
     found = _build(couplings)
     if found is None:
         return None
     params, where = found
     plan = wave_plan.build(params, len(couplings), params[0].uses[0].x.device)
-    _CACHE[key] = _Cached([weakref.ref(c) for c in couplings], where, plan)
+    entry = _CACHE[key] = _Cached([weakref.ref(c) for c in couplings], where, plan)
     while len(_CACHE) > _KEEP:
         _CACHE.popitem(last=False)
-    return params, plan
+    return entry, entry.tensors(couplings)  # type: ignore[return-value]  # just built over these
 
 
 def _args(x: Tensor) -> tuple:
@@ -230,8 +260,7 @@ def _build(couplings: Sequence[SparseBlock]) -> tuple[list[Param], list] | None:
     for pid, p in by_param.items():
         ci, pi = where[pid]
         t = couplings[ci]._parts()[pi].spec.view.param.data
-        meta = (t.shape, t.stride(), t.storage_offset(), t.dtype)
-        cached.append(((ci, pi), meta, [(u.coupling, _args(u.x)) for u in p.uses], None if p.mat is None else _args(p.mat)))
+        cached.append(((ci, pi), _meta(t), [(u.coupling, _args(u.x)) for u in p.uses], None if p.mat is None else _args(p.mat)))
     return out, cached
 
 
@@ -264,23 +293,15 @@ def _solve(
     flat = [params[k].uses[0].x.view(-1) for k in plan.vectors]
     squares = dict(zip(plan.vectors, torch._foreach_mul(flat, flat))) if flat else {}
     # every parameter's first use needs no factor (nothing is written before the end): all of them at once
-    tables = native_plan.usable(params)  # the native loops: the first reads, then the writes, as one table each
-    if tables:
-        first = native_plan.first_sums(params, [k for k, _ in plan.first], pool)
-    else:
-        first = _sums([(params[k], 0) for k, _ in plan.first], scratch, pool)
+    first = _sums([(params[k], 0) for k, _ in plan.first], scratch, pool)
     tau_all = torch.cat([taus[ci] for ci in plan.order]) if len(taus) > 1 else taus[0]
     at = 0
     for wave in plan.waves:  # a wave's shrink factors in one set of kernels
-        if tables:
-            got = native_plan.later_sums(params, wave.from_m + wave.reread, pool)
-        else:
-            got = {id(params[k]): sweeps.sumsq(params[k], j, scratch) for k, j in wave.from_m}  # from M: small
-            got.update(_sums([(params[k], j) for k, j in wave.reread], scratch, pool))  # a 1x1 weight read again
+        got = {id(params[k]): sweeps.sumsq(params[k], j, scratch) for k, j in wave.from_m}  # from M: small
+        got.update(_sums([(params[k], j) for k, j in wave.reread], scratch, pool))  # a 1x1 weight read again
         parts = [squares[k] if k in squares else (got if j else first)[id(params[k])] for k, j in wave.parts]
         n = sum(wave.sizes)
-        done = native_plan.wave_factors(wave, parts, tau_all[at : at + n], floor) if tables else None
-        factors, dead = done if done is not None else wave_plan.factors(wave, parts, tau_all[at : at + n], floor)
+        factors, dead = wave_plan.factors(wave, parts, tau_all[at : at + n], floor)
         at += n
         for ci, f, d in zip(wave.couplings, factors, dead):
             killed[ci] = d
@@ -288,9 +309,6 @@ def _solve(
                 params[k].factors[j] = f
     if flat:
         torch._foreach_mul_(flat, [params[k].factors[0][1] for k in plan.vectors])
-    if tables:
-        native_plan.write_all(params, plan.writes, pool)
-        return killed  # type: ignore[return-value]
     writes = [params[k] for k in plan.writes]
     if pool is None or sum(p.uses[0].x.numel() for p in writes) < sweeps.CHUNK:
         for p in writes:

@@ -35,6 +35,12 @@ SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 /* acc[c] += v[r] x[r, c]^2 over rows r (v NULL: ones); rows at stride ld, columns contiguous */
 void sk_wcols(const float* restrict x, int64_t R, int64_t C, int64_t ld, const float* v, float* restrict acc) {
   for (int64_t r = 0; r < R; ++r) {
@@ -60,7 +66,24 @@ void sk_wrows(const float* restrict x, int64_t R, int64_t C, int64_t ld, const f
 /* m[n] = sum_k x[n, k]^2 over a contiguous (N, K) */
 void sk_msum(const float* restrict x, int64_t N, int64_t K, float* restrict m) {
   if (K == 9) {
-    for (int64_t n = 0; n < N; ++n) {
+    int64_t n = 0;
+#ifdef __AVX2__
+    for (; n + 8 <= N; n += 8) {  /* 8 runs: 8 loads of their first 8 squares, summed by a transposing tree */
+      const float* p = x + n * 9;
+      __m256 v[8];
+      for (int j = 0; j < 8; ++j) {
+        const __m256 a = _mm256_loadu_ps(p + 9 * j);
+        v[j] = _mm256_mul_ps(a, a);
+      }
+      const __m256 q0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+      const __m256 q1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+      __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+      const __m256 last = _mm256_set_ps(p[71], p[62], p[53], p[44], p[35], p[26], p[17], p[8]);
+      s = _mm256_add_ps(s, _mm256_mul_ps(last, last));
+      _mm256_storeu_ps(m + n, s);
+    }
+#endif
+    for (; n < N; ++n) {
       const float* p = x + n * 9;
       m[n] = p[0] * p[0] + p[1] * p[1] + p[2] * p[2] + p[3] * p[3] + p[4] * p[4] + p[5] * p[5] + p[6] * p[6] +
              p[7] * p[7] + p[8] * p[8];
@@ -221,6 +244,75 @@ void sk_factors(const int64_t* parts, const int64_t* offs, const int64_t* lens, 
     killed[b] = scale == 0.0 && sums[b] > 0.0;
   }
 }
+/* A whole call as one program (engine/native_plan.py): phases of table rows (reads, writes, or a wave's
+   factors), each phase's rows taken one at a time by whichever thread is free, a barrier between phases.
+   A factors row: parts, offs, lens, n_parts, tau base, its first element, n, sums, single, square, killed. */
+enum { PH_READS = 0, PH_WRITES = 1, PH_FACTORS = 2 };
+typedef struct {
+  const int64_t* rows;
+  const int64_t* phases; /* per phase: first row, rows, kind */
+  int64_t n_phases, threads;
+  int tau64;
+  double floor, tiny;
+  _Atomic int64_t* next; /* per phase: the next row to take */
+  _Atomic int64_t arrived, generation, started;
+} program_t;
+static void wait_all(program_t* g) {
+  const int64_t gen = atomic_load(&g->generation);
+  if (atomic_fetch_add(&g->arrived, 1) == g->threads - 1) {
+    atomic_store(&g->arrived, 0);
+    atomic_fetch_add(&g->generation, 1);
+    return;
+  }
+  for (int64_t spin = 0; atomic_load(&g->generation) == gen; ++spin)
+    if (spin > 2048) sched_yield(); /* a descheduled partner: give the core back */
+}
+static void factors_row(const program_t* g, const int64_t* t) {
+  const void* tau = g->tau64 ? (const void*)((const double*)t[4] + t[5]) : (const void*)((const float*)t[4] + t[5]);
+  sk_factors((const int64_t*)t[0], (const int64_t*)t[1], (const int64_t*)t[2], t[3], tau, g->tau64, t[6], g->floor,
+             g->tiny, (double*)t[7], (float*)t[8], (float*)t[9], (unsigned char*)t[10]);
+}
+static void* run_program(void* arg) {
+  program_t* g = (program_t*)arg;
+  while (atomic_load(&g->started) == 0) sched_yield();
+  for (int64_t p = 0; p < g->n_phases; ++p) {
+    const int64_t first = g->phases[3 * p], count = g->phases[3 * p + 1], kind = g->phases[3 * p + 2];
+    for (int64_t e; (e = atomic_fetch_add(&g->next[p], 1)) < count;) {
+      const int64_t* row = g->rows + (first + e) * W;
+      if (kind == PH_READS) sk_reads(row, 1);
+      else if (kind == PH_WRITES) sk_writes(row, 1);
+      else factors_row(g, row);
+    }
+    if (g->threads > 1) wait_all(g);
+  }
+  return NULL;
+}
+/* Runs the program on the calling thread and up to threads - 1 more; returns the threads it ran on
+   (0: out of memory, nothing ran). */
+int64_t sk_program(const int64_t* rows, const int64_t* phases, int64_t n_phases, int64_t threads, int tau64,
+                   double floor, double tiny) {
+  program_t g = {rows, phases, n_phases, 1, tau64, floor, tiny, NULL};
+  g.next = (_Atomic int64_t*)calloc(n_phases > 0 ? n_phases : 1, sizeof(_Atomic int64_t));
+  pthread_t* helpers = (pthread_t*)calloc(threads > 1 ? threads - 1 : 1, sizeof(pthread_t));
+  if (!g.next || !helpers) {
+    free((void*)g.next);
+    free(helpers);
+    return 0;
+  }
+  atomic_init(&g.arrived, 0);
+  atomic_init(&g.generation, 0);
+  atomic_init(&g.started, 0);
+  int64_t made = 0;
+  for (; made + 1 < threads; ++made)
+    if (pthread_create(&helpers[made], NULL, run_program, &g) != 0) break; /* fewer threads: the same rows */
+  g.threads = made + 1;
+  atomic_store(&g.started, 1);
+  run_program(&g);
+  for (int64_t e = 0; e < made; ++e) pthread_join(helpers[e], NULL);
+  free((void*)g.next);
+  free(helpers);
+  return made + 1;
+}
 """
 
 _P, _N = ctypes.c_void_p, ctypes.c_int64
@@ -232,12 +324,14 @@ _SIGNATURES = {
     "sk_reads": [_P, _N],
     "sk_writes": [_P, _N],
     "sk_factors": [_P, _P, _P, _N, _P, ctypes.c_int, _N, ctypes.c_double, ctypes.c_double, _P, _P, _P, _P],
+    "sk_program": [_P, _P, _N, _N, ctypes.c_int, ctypes.c_double, ctypes.c_double],
 }
+_RETURNS = {"sk_program": ctypes.c_int64}
 
 
 def flags() -> list[str]:
     """The compiler flags (``-march=native`` on x86-64: the AVX the loops are written for)."""
-    return ["-O3", "-std=gnu11", "-fno-math-errno"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
+    return ["-O3", "-std=gnu11", "-fno-math-errno", "-pthread"] + (["-march=native"] if os.uname().machine == "x86_64" else [])
 
 
 def set_native(on: bool) -> bool:
@@ -262,7 +356,7 @@ def _build() -> ctypes.CDLL | None:
             lib = cbuild.load("sparsekit_graph_euclid", SOURCE, flags())
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, None
+                fn.argtypes, fn.restype = args, _RETURNS.get(name)
             _state["lib"] = lib
         except (cbuild.BuildError, OSError, AttributeError) as exc:  # no compiler or a failed build: eager from now on
             _state["broken"] = f"{type(exc).__name__}: {exc}"

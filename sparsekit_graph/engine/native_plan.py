@@ -1,195 +1,191 @@
-"""A whole call's first reads, and then all its writes, as two tables for the native loops (``engine/native.py``).
+"""A whole fused Euclidean call as one native program (``engine/native.py``'s ``sk_program``).
 
-``engine/batch.py`` calls the per-weight kernels of ``engine/sweeps.py`` once per parameter: on
-``bind(plan(resnet50))`` about 55 reads and 55 writes, each a few small torch ops (views, a
-``repeat_interleave`` of a 3x3 weight's column factors, ``contiguous``, the kernel) whose dispatch
-costs more than many of the small weights' passes. Here each pass is one row of an ``int64`` table
-(pointer, kind, sizes, strides, a row range, the factor or output pointers) and one C call runs the
-whole table: the first reads (row or column sums of squares, a 3x3 weight's ``M`` and its row or
-column sums) write into one float32 buffer, the writes multiply every weight by its factors in the
-eager kernels' order (bit-identical). With worker threads, each table row is a task (big weights'
-``M`` and writes in row chunks, as ``sweeps.sums_split`` and ``sweeps.writes_split`` cut them) and
-the C calls run side by side: ``ctypes`` releases the GIL.
+``engine/batch.py`` works a call out once per layout (``wave_plan``): every parameter's first read,
+then wave by wave the later couplings' weighted sums and shrink factors, then every write. Here that
+is compiled once into an ``int64`` table (one row per pass: pointer, kind, sizes, strides, a row
+range, its inputs' and outputs' pointers) cut into phases, over buffers the program owns (first and
+later sums, each weight's ``M``, the factors, the thresholds in wave order). A call then copies its
+thresholds in and makes one C call: the phases in order, each phase's rows taken one at a time by
+whichever of the call's threads is free (big weights' passes in row chunks of about ``sweeps.CHUNK``
+elements), a barrier between phases. No Python runs between the passes, and which thread takes a
+row never changes its bits: a call gives the same bits on one thread or several. The writes multiply
+in the eager kernels' order (bit-identical); sums are float32 in another order (equal to rounding).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from . import native
-from .sweeps import CHUNK, Param, Scratch, _steps
-from .wave_plan import _TINY, Wave
-from .workers import Task, run_balanced
+from .sweeps import Param, _steps
+from .wave_plan import _TINY, Plan
 
-__all__ = ["first_sums", "later_sums", "usable", "wave_factors", "write_all"]
+__all__ = ["Program", "build", "usable"]
 
 _W = 13  # int64 per table row (see native.SOURCE)
 _ROWS, _COLS, _M, _M_SUMS, _W_ROWS, _W_COLS = 0, 1, 2, 3, 4, 5  # read kinds
 _ONE, _TWO = 0, 1  # write kinds
+_READS, _WRITES, _FACTORS = 0, 1, 2  # phase kinds
+_NO = (0, 0, 0)  # the strides of a contiguous (O, I, K) row: unused
+_CPU = torch.device("cpu")
 _PROBE = torch.zeros(1, 1)  # what native.enabled asks about: CPU float32 rows
 
 
-def usable(params: list[Param]) -> bool:
-    """Whether the tables take this call: the native loops on and built, every weight on the CPU."""
-    on_cpu = all(u.x.device.type == "cpu" and u.x.dtype == torch.float32 for p in params for u in p.uses)
+def usable(tensors: list[Tensor]) -> bool:
+    """Whether a program takes a call over these parameters: the native loops on and built, every
+    parameter a CPU float32 tensor."""
+    on_cpu = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
     return on_cpu and native.enabled(_PROBE)  # C dereferences these pointers: host memory only
 
 
-def _row(x: Tensor, kind: int, shape: tuple[int, int, int], strides: tuple[int, ...], lo: int, hi: int) -> list[int]:
-    return [x.data_ptr(), kind, *shape, *strides, lo, hi, 0, 0, 0]
+def _row(x: Tensor, kind: int, shape: tuple[int, ...], strides: tuple[int, ...], lo: int, hi: int, *tail: int) -> list[int]:
+    return [x.data_ptr(), kind, *shape, *strides, lo, hi, *tail, *[0] * (3 - len(tail))]
 
 
-def _reads(params: list[Param], reads: list[int], out: Tensor) -> tuple[list[list[int]], list[list[int]], list[int], dict]:
-    """Table rows for the first reads (then the rows that sum ``M``s, which need every chunk of
-    ``M``), each row's elements read, and each parameter's slice of ``out``."""
-    rows: list[list[int]] = []
-    after: list[list[int]] = []
-    sizes: list[int] = []
-    got: dict[int, Tensor] = {}
-    at, base = 0, out.data_ptr()
+@dataclass
+class _Builder:
+    """The table being written, phase by phase, and the tensors its pointers point into."""
+
+    rows: list[list[int]] = field(default_factory=list)
+    phases: list[list[int]] = field(default_factory=list)
+    keep: list[Tensor] = field(default_factory=list)
+
+    def phase(self, kind: int, rows: list[tuple[int, list[int]]]) -> None:
+        """A phase of ``(elements, row)``: the largest first, so the last rows taken are short."""
+        if rows:
+            self.phases.append([len(self.rows), len(rows), kind])
+            self.rows += [r for _, r in sorted(rows, key=lambda sr: -sr[0])]
+
+    def buffer(self, n: int, dtype: torch.dtype) -> Tensor:
+        """A zeroed buffer the program owns."""
+        self.keep.append(torch.zeros(max(n, 1), dtype=dtype))
+        return self.keep[-1]
+
+
+@dataclass
+class Program:
+    """One layout's call, compiled: call ``run`` with its thresholds in wave order."""
+
+    table: Tensor  # (rows, _W) int64
+    phases: Tensor  # (phases, 3) int64: first row, rows, kind
+    keep: list[Tensor]  # the buffers the table points into (not the weights: the caller checks their pointers)
+    tau: Tensor  # uint8 (8 n,): a call's thresholds, as float32 or float64
+    killed: Tensor  # uint8 (n,): the blocks the call zeroed, in wave order
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, taus: list[Tensor], floor: float, threads: int) -> Tensor:
+        """The call over ``taus`` (flat, wave order, one dtype): the weights scaled in place; returns
+        the blocks it zeroed (bool, wave order)."""
+        wide = taus[0].dtype == torch.float64
+        n = self.killed.numel()
+        with self.lock:
+            torch.cat(taus, out=self.tau[: (8 if wide else 4) * n].view(torch.float64 if wide else torch.float32))
+            done = native._loaded().sk_program(
+                self.table.data_ptr(), self.phases.data_ptr(), self.phases.shape[0], threads, int(wide), floor, _TINY
+            )
+            if done == 0:
+                raise MemoryError("sparsekit_graph: the native prox could not allocate its thread state")
+            return self.killed.clone().view(torch.bool)
+
+
+def build(params: list[Param], plan: Plan) -> Program:
+    """The program of a layout (``params`` as ``batch._layout`` gives them, ``plan`` its wave plan)."""
+    b = _Builder()
+    sizes = {ci: n for w in plan.waves for ci, n in zip(w.couplings, w.sizes)}
+    at, start = {}, 0
+    for ci in plan.order:
+        at[ci], start = start, start + sizes[ci]
+    n = start
+    single, square, sums, killed = (b.buffer(n, t) for t in (torch.float32, torch.float32, torch.float64, torch.uint8))
+    tau = b.buffer(8 * n, torch.uint8)
+
+    def factor(k: int, j: int, which: Tensor) -> int:
+        """Where use ``j`` of parameter ``k`` finds its coupling's factors in ``which``."""
+        return _address(which, at[params[k].uses[j].coupling])
+
+    first = _first_reads(params, [k for k, _ in plan.first] + plan.vectors, b)
+    later: dict[tuple[int, int], Tensor] = {}
+    for wave in plan.waves:
+        b.phase(_READS, [_later_read(params, k, j, later, b, factor(k, 1 - j, square)) for k, j in wave.from_m + wave.reread])
+        parts = [(first if j == 0 else later)[k, j] for k, j in wave.parts]
+        spans = b.buffer(3 * len(parts), torch.int64)
+        spans.copy_(torch.tensor([t.data_ptr() for t in parts] + wave.offsets + [t.numel() for t in parts]))
+        base, ci0 = spans.data_ptr(), wave.couplings[0]
+        row = [base, base + 8 * len(parts), base + 16 * len(parts), len(parts), tau.data_ptr(), at[ci0], sum(wave.sizes)]
+        row += [_address(which, at[ci0]) for which in (sums, single, square, killed)] + [0, 0]
+        b.phase(_FACTORS, [(0, row)])
+    b.phase(_WRITES, [w for k in plan.writes + plan.vectors for w in _writes(params[k], k, factor, single)])
+    table = torch.tensor(b.rows, dtype=torch.int64).reshape(-1, _W)
+    return Program(table, torch.tensor(b.phases, dtype=torch.int64).reshape(-1, 3), b.keep, tau, killed)
+
+
+def _address(t: Tensor, e: int) -> int:
+    """The address of element ``e`` of ``t``."""
+    return t.data_ptr() + t.element_size() * e
+
+
+def _first_reads(params: list[Param], reads: list[int], b: _Builder) -> dict[tuple[int, int], Tensor]:
+    """Two phases: every parameter's first read (a run ``K > 1``: its ``M``, in row chunks), then the
+    sums of those ``M``; returns each parameter's first sums, keyed ``(k, 0)``."""
+    rows: list[tuple[int, list[int]]] = []
+    after: list[tuple[int, list[int]]] = []
+    got: dict[tuple[int, int], Tensor] = {}
     for k in reads:
         p = params[k]
         x = p.uses[0].x
         if p.mat is not None and p.mat.shape[2] > 1:
             o, i, kk = p.mat.shape
-            p.m = torch.empty(o, i, dtype=torch.float32)
-            for s in _steps(o, i * kk, x.device) if p.mat.numel() > CHUNK else [slice(0, o)]:
-                rows.append(_row(p.mat, _M, (o, i, kk), (0, 0, 0), s.start, s.stop))
-                rows[-1][11] = p.m.data_ptr()
-                sizes.append((s.stop - s.start) * i * kk)
-            row_use = x.shape[0] == 1
-            n = o if row_use else i
-            after.append(_row(p.mat, _M_SUMS, (o, i, kk), (0, 0, 0), 0, 0))
-            after[-1][10:13] = [base + 4 * at, p.m.data_ptr(), 0 if row_use else 1]
-        else:
-            a, n, q = x.shape
-            rows.append(_row(x, _ROWS if a == 1 else _COLS, (a, n, q), x.stride(), 0, n))
-            rows[-1][10] = base + 4 * at
-            sizes.append(x.numel())
-        got[id(p)] = out[at : at + n]
-        at += n
-    return rows, after, sizes, got
-
-
-def first_sums(params: list[Param], reads: list[int], pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:
-    """``sweeps.sumsq(p, 0)`` of every parameter ``reads`` lists (by index), keyed by ``id(p)``;
-    sets ``p.m`` of the weights with a run ``K > 1``."""
-    total = sum(_first_len(params[k]) for k in reads)
-    out = torch.empty(total, dtype=torch.float32)
-    rows, after, sizes, got = _reads(params, reads, out)
-    _run(native._loaded().sk_reads, rows, sizes, pool)
-    _run(native._loaded().sk_reads, after, [], None)
-    return got
-
-
-def later_sums(params: list[Param], reads: list[tuple[int, int]], pool: ThreadPoolExecutor | None) -> dict[int, Tensor]:
-    """``sweeps.sumsq(p, 1)`` of every read (parameter index, 1) in one table, keyed by ``id(p)``:
-    a weight's later use weighted by its earlier use's scale squared, from ``M`` (a run ``K > 1``)
-    or the weight read again (a 1x1)."""
-    rows: list[list[int]] = []
-    sizes: list[int] = []
-    got: dict[int, Tensor] = {}
-    for k, j in reads:
-        p = params[k]
-        o, i, kk = p.mat.shape  # type: ignore[union-attr]  # a later use is always of a two-use weight
-        row_use = p.uses[j].x.shape[0] == 1
-        squared = kk == 1
-        src = p.mat if squared else p.m
-        out = torch.empty(o if row_use else i, dtype=torch.float32)
-        rows.append([src.data_ptr(), _W_ROWS if row_use else _W_COLS, o, i, 1, 0, 0, 0, 0, 0])  # type: ignore[union-attr]
-        rows[-1] += [out.data_ptr(), p.factors[1 - j][2].data_ptr(), int(squared)]
-        sizes.append(o * i)
-        got[id(p)] = out
-    _run(native._loaded().sk_reads, rows, sizes, pool)
-    return got
-
-
-def _first_len(p: Param) -> int:
-    x = p.uses[0].x
-    if p.mat is not None and p.mat.shape[2] > 1:
-        return p.mat.shape[0] if x.shape[0] == 1 else p.mat.shape[1]
-    return x.shape[1]
-
-
-def write_all(params: list[Param], writes: list[int], pool: ThreadPoolExecutor | None) -> None:
-    """``sweeps.write`` of every parameter ``writes`` lists (by index), one table."""
-    rows: list[list[int]] = []
-    sizes: list[int] = []
-    for k in writes:
-        p = params[k]
-        if p.mat is None:
-            x = p.uses[0].x
-            f = p.factors[0][1]
-            a, n, q = x.shape
-            rows.append(_row(x, _ONE, (a, n, q), x.stride(), 0, n))
-            rows[-1][10] = f.data_ptr()
-            sizes.append(x.numel())
+            p.m = b.buffer(o * i, torch.float32)
+            m = p.m.data_ptr()
+            for s in _steps(o, i * kk, _CPU):
+                rows.append(((s.stop - s.start) * i * kk, _row(p.mat, _M, p.mat.shape, _NO, s.start, s.stop, 0, m)))
+            rows_first = x.shape[0] == 1
+            out = got[k, 0] = b.buffer(o if rows_first else i, torch.float32)
+            after.append((o * i, _row(p.mat, _M_SUMS, p.mat.shape, _NO, 0, 0, out.data_ptr(), m, int(not rows_first))))
             continue
-        o, i, kk = p.mat.shape
-        rows_first = p.uses[0].x.shape[0] == 1
-        r, c = p.factors[0 if rows_first else 1][1], p.factors[1 if rows_first else 0][1]
-        split = pool is not None and p.mat.numel() > CHUNK
-        for s in _steps(o, i * kk, p.mat.device) if split else [slice(0, o)]:
-            rows.append(_row(p.mat, _TWO, (o, i, kk), (0, 0, 0), s.start, s.stop))
-            rows[-1][10:13] = [r.data_ptr(), c.data_ptr(), int(rows_first)]
-            sizes.append((s.stop - s.start) * i * kk)
-    _run(native._loaded().sk_writes, rows, sizes, pool)
+        a, r, q = x.shape
+        out = got[k, 0] = b.buffer(r, torch.float32)
+        if a == 1:  # rows: split into row ranges
+            for s in _steps(r, q, _CPU):
+                rows.append(((s.stop - s.start) * q, _row(x, _ROWS, (a, r, q), x.stride(), s.start, s.stop, out.data_ptr())))
+        else:  # columns accumulate over every row: one task
+            rows.append((x.numel(), _row(x, _COLS, (a, r, q), x.stride(), 0, r, out.data_ptr())))
+    b.phase(_READS, rows)
+    b.phase(_READS, after)
+    return got
 
 
-def _run(fn: Callable[[int, int], None], rows: list[list[int]], sizes: list[int], pool: ThreadPoolExecutor | None) -> None:
-    """The table in one C call, or (on the pool) one call per row, balanced by size."""
-    if not rows:
-        return
-    table = torch.tensor(rows, dtype=torch.int64)
-    base = table.data_ptr()
-    if pool is None or sum(sizes) < CHUNK:
-        fn(base, len(rows))
-        return
-    tasks: list[Task[Scratch]] = [(n, _one_row(fn, base + 8 * _W * e)) for e, n in enumerate(sizes)]
-    run_balanced(tasks, pool, Scratch)
+def _later_read(params: list[Param], k: int, j: int, got: dict, b: _Builder, weights: int) -> tuple[int, list[int]]:
+    """A later use's sums: the weight weighted by its earlier use's scale squared (at ``weights``),
+    from ``M`` (a run ``K > 1``) or the weight read again (a 1x1)."""
+    p = params[k]
+    o, i, kk = p.mat.shape  # type: ignore[union-attr]  # a later use is always of a two-use weight
+    rows_use = p.uses[j].x.shape[0] == 1
+    squared = kk == 1
+    src = p.mat if squared else p.m
+    out = got[k, j] = b.buffer(o if rows_use else i, torch.float32)
+    kind = _W_ROWS if rows_use else _W_COLS
+    return o * i, _row(src, kind, (o, i, 1), _NO, 0, 0, out.data_ptr(), weights, int(squared))  # type: ignore[arg-type]
 
 
-def wave_factors(
-    wave: Wave, parts: list[Tensor], tau: Tensor, floor: float
-) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[Tensor]] | None:
-    """``wave_plan.factors`` in one C call: per coupling ``(scale f32, scale f32, scale f32 squared)``
-    (the float64 scale is not kept: nothing after the factors reads it) and the blocks it zeroed;
-    None when ``tau`` is neither float32 nor float64 (``wave_plan.factors`` then)."""
-    if tau.dtype not in (torch.float32, torch.float64) or not tau.is_contiguous() or tau.device.type != "cpu":
-        return None
-    n = tau.numel()
-    spans = torch.tensor(
-        [t.data_ptr() for t in parts] + wave.offsets + [t.numel() for t in parts], dtype=torch.int64
-    )  # every part is a contiguous float32 vector (first-read slices, row or column sums, vectors' squares)
-    base, k = spans.data_ptr(), len(parts)
-    out = torch.empty(2, n, dtype=torch.float32)
-    dead = torch.empty(n, dtype=torch.bool)
-    sums = torch.empty(n, dtype=torch.float64)
-    native._loaded().sk_factors(
-        base,
-        base + 8 * k,
-        base + 16 * k,
-        k,
-        tau.data_ptr(),
-        int(tau.dtype == torch.float64),
-        n,
-        float(floor),
-        _TINY,
-        sums.data_ptr(),
-        out[0].data_ptr(),
-        out[1].data_ptr(),
-        dead.data_ptr(),
-    )
-    if len(wave.sizes) == 1:
-        return [(out[0], out[0], out[1])], [dead]
-    single, square = out[0].split(wave.sizes), out[1].split(wave.sizes)
-    return list(zip(single, single, square)), list(dead.split(wave.sizes))
-
-
-def _one_row(fn: Callable[[int, int], None], at: int) -> Callable[[Scratch], None]:
-    """A worker task: the table row at address ``at``."""
-    return lambda _: fn(at, 1)
+def _writes(p: Param, k: int, factor: Callable[[int, int, Tensor], int], single: Tensor) -> list[tuple[int, list[int]]]:
+    """The rows that scale ``p`` by its factors (``single`` of its couplings), in row chunks."""
+    if p.mat is None:
+        x = p.uses[0].x
+        a, r, q = x.shape
+        return [
+            ((s.stop - s.start) * a * q, _row(x, _ONE, (a, r, q), x.stride(), s.start, s.stop, factor(k, 0, single)))
+            for s in _steps(r, a * q, _CPU)
+        ]
+    o, i, kk = p.mat.shape
+    rows_first = p.uses[0].x.shape[0] == 1
+    f, g = factor(k, 0 if rows_first else 1, single), factor(k, 1 if rows_first else 0, single)
+    return [
+        ((s.stop - s.start) * i * kk, _row(p.mat, _TWO, (o, i, kk), (0, 0, 0), s.start, s.stop, f, g, int(rows_first)))
+        for s in _steps(o, i * kk, _CPU)
+    ]
