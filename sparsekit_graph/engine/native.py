@@ -127,10 +127,11 @@ static float sq_run(const float* restrict p, int64_t n, int64_t s) {
   for (; j < n; ++j) t += p[j * s] * p[j * s];
   return t;
 }
-/* kinds: 0 rows of (1, R, P): out[r] = sum_p x^2; 1 columns of (A, R, P): out[r] = sum_{a,p} x^2;
-   2 M of a contiguous (O, I, K), rows lo..hi: g[o I + i] = sum_k x^2; 3 sums of M (g, (O, I)): flag 0
-   out[o] = sum_i M, flag 1 out[i] = sum_o M; 4 and 5: a contiguous (O, I) x, squared (flag 1) or not
-   (M, flag 0), weighted by g: 4 out[o] = sum_i g[i] x, 5 out[i] = sum_o g[o] x */
+/* kinds, each over its outputs lo..hi (a range's sums are the whole call's bits): 0 rows of (1, R, P):
+   out[r] = sum_p x^2; 1 columns of (A, R, P): out[r] = sum_{a,p} x^2; 2 M of a contiguous (O, I, K), rows
+   lo..hi: g[o I + i] = sum_k x^2; 3 sums of M (g, (O, I)): flag 0 out[o] = sum_i M, flag 1 out[i] = sum_o M;
+   4 and 5: a contiguous (O, I) x, squared (flag 1) or not (M, flag 0), weighted by g: 4 out[o] = sum_i g[i] x,
+   5 out[i] = sum_o g[o] x */
 void sk_reads(const int64_t* t, int64_t n) {
   for (int64_t e = 0; e < n; ++e, t += W) {
     const float* x = (const float*)t[0];
@@ -140,18 +141,18 @@ void sk_reads(const int64_t* t, int64_t n) {
     if (t[1] == 0) {
       for (int64_t r = lo; r < hi; ++r) out[r] = sq_run(x + r * s1, P, s2);
     } else if (t[1] == 1) {
-      for (int64_t r = 0; r < R; ++r) out[r] = 0;
+      for (int64_t r = lo; r < hi; ++r) out[r] = 0;
       for (int64_t a = 0; a < A; ++a) {
         const float* restrict row = x + a * s0;
-        if (P == 1 && s1 == 1) for (int64_t r = 0; r < R; ++r) out[r] += row[r] * row[r];
-        else for (int64_t r = 0; r < R; ++r) out[r] += sq_run(row + r * s1, P, s2);
+        if (P == 1 && s1 == 1) for (int64_t r = lo; r < hi; ++r) out[r] += row[r] * row[r];
+        else for (int64_t r = lo; r < hi; ++r) out[r] += sq_run(row + r * s1, P, s2);
       }
     } else if (t[1] == 2) {
       sk_msum(x + lo * R * P, (hi - lo) * R, P, m + lo * R);
     } else if (t[1] == 4 || t[1] == 5) {  /* a later use of (O, I) = x (flag 1: squared) or M (flag 0), weighted by g */
       const float* v = (const float*)t[11];
       if (t[1] == 4) {
-        for (int64_t o = 0; o < A; ++o) {
+        for (int64_t o = lo; o < hi; ++o) {
           const float* restrict row = x + o * R;
           float acc[16] = {0}, s = 0;
           int64_t i = 0;
@@ -162,19 +163,19 @@ void sk_reads(const int64_t* t, int64_t n) {
           out[o] = s;
         }
       } else {
-        for (int64_t i = 0; i < R; ++i) out[i] = 0;
+        for (int64_t i = lo; i < hi; ++i) out[i] = 0;
         for (int64_t o = 0; o < A; ++o) {
           const float* restrict row = x + o * R;
           const float w = v[o];
-          if (t[12]) for (int64_t i = 0; i < R; ++i) out[i] += w * row[i] * row[i];
-          else for (int64_t i = 0; i < R; ++i) out[i] += w * row[i];
+          if (t[12]) for (int64_t i = lo; i < hi; ++i) out[i] += w * row[i] * row[i];
+          else for (int64_t i = lo; i < hi; ++i) out[i] += w * row[i];
         }
       }
     } else if (t[1] == 3) {
-      if (t[12] == 0) for (int64_t o = 0; o < A; ++o) out[o] = sq_free_sum(m + o * R, R);
+      if (t[12] == 0) for (int64_t o = lo; o < hi; ++o) out[o] = sq_free_sum(m + o * R, R);
       else {
-        for (int64_t i = 0; i < R; ++i) out[i] = 0;
-        for (int64_t o = 0; o < A; ++o) for (int64_t i = 0; i < R; ++i) out[i] += m[o * R + i];
+        for (int64_t i = lo; i < hi; ++i) out[i] = 0;
+        for (int64_t o = 0; o < A; ++o) for (int64_t i = lo; i < hi; ++i) out[i] += m[o * R + i];
       }
     }
   }

@@ -111,7 +111,8 @@ def build(params: list[Param], plan: Plan) -> Program:
     first = _first_reads(params, [k for k, _ in plan.first] + plan.vectors, b)
     later: dict[tuple[int, int], Tensor] = {}
     for wave in plan.waves:
-        b.phase(_READS, [_later_read(params, k, j, later, b, factor(k, 1 - j, square)) for k, j in wave.from_m + wave.reread])
+        reads = wave.from_m + wave.reread
+        b.phase(_READS, [r for k, j in reads for r in _later_read(params, k, j, later, b, factor(k, 1 - j, square))])
         parts = [(first if j == 0 else later)[k, j] for k, j in wave.parts]
         spans = b.buffer(3 * len(parts), torch.int64)
         spans.copy_(torch.tensor([t.data_ptr() for t in parts] + wave.offsets + [t.numel() for t in parts]))
@@ -146,21 +147,29 @@ def _first_reads(params: list[Param], reads: list[int], b: _Builder) -> dict[tup
                 rows.append(((s.stop - s.start) * i * kk, _row(p.mat, _M, p.mat.shape, _NO, s.start, s.stop, 0, m)))
             rows_first = x.shape[0] == 1
             out = got[k, 0] = b.buffer(o if rows_first else i, torch.float32)
-            after.append((o * i, _row(p.mat, _M_SUMS, p.mat.shape, _NO, 0, 0, out.data_ptr(), m, int(not rows_first))))
+            n, width = (o, i) if rows_first else (i, o)
+            for s in _steps(n, width, _CPU):
+                after.append(
+                    (
+                        (s.stop - s.start) * width,
+                        _row(p.mat, _M_SUMS, p.mat.shape, _NO, s.start, s.stop, out.data_ptr(), m, int(not rows_first)),
+                    )
+                )
             continue
         a, r, q = x.shape
         out = got[k, 0] = b.buffer(r, torch.float32)
         if a == 1:  # rows: split into row ranges
             for s in _steps(r, q, _CPU):
                 rows.append(((s.stop - s.start) * q, _row(x, _ROWS, (a, r, q), x.stride(), s.start, s.stop, out.data_ptr())))
-        else:  # columns accumulate over every row: one task
-            rows.append((x.numel(), _row(x, _COLS, (a, r, q), x.stride(), 0, r, out.data_ptr())))
+        else:  # columns, each summed down every row: column ranges
+            for s in _steps(r, a * q, _CPU):
+                rows.append(((s.stop - s.start) * a * q, _row(x, _COLS, (a, r, q), x.stride(), s.start, s.stop, out.data_ptr())))
     b.phase(_READS, rows)
     b.phase(_READS, after)
     return got
 
 
-def _later_read(params: list[Param], k: int, j: int, got: dict, b: _Builder, weights: int) -> tuple[int, list[int]]:
+def _later_read(params: list[Param], k: int, j: int, got: dict, b: _Builder, weights: int) -> list[tuple[int, list[int]]]:
     """A later use's sums: the weight weighted by its earlier use's scale squared (at ``weights``),
     from ``M`` (a run ``K > 1``) or the weight read again (a 1x1)."""
     p = params[k]
@@ -169,8 +178,11 @@ def _later_read(params: list[Param], k: int, j: int, got: dict, b: _Builder, wei
     squared = kk == 1
     src = p.mat if squared else p.m
     out = got[k, j] = b.buffer(o if rows_use else i, torch.float32)
-    kind = _W_ROWS if rows_use else _W_COLS
-    return o * i, _row(src, kind, (o, i, 1), _NO, 0, 0, out.data_ptr(), weights, int(squared))  # type: ignore[arg-type]
+    kind, n, width = (_W_ROWS, o, i) if rows_use else (_W_COLS, i, o)
+    return [
+        ((s.stop - s.start) * width, _row(src, kind, (o, i, 1), _NO, s.start, s.stop, out.data_ptr(), weights, int(squared)))  # type: ignore[arg-type]
+        for s in _steps(n, width, _CPU)
+    ]
 
 
 def _writes(p: Param, k: int, factor: Callable[[int, int, Tensor], int], single: Tensor) -> list[tuple[int, list[int]]]:
