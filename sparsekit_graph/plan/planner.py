@@ -65,9 +65,11 @@ def plan(
 
     Raises:
         TraceError: The model cannot be traced with these inputs.
-        PlanError: A name in ``ignore`` is not in the model, ``gqa`` is not a policy, or
-            ``head_dim`` is not a bool.
+        PlanError: ``model`` is not an ``nn.Module``, a name in ``ignore`` is not in the model,
+            ``gqa`` is not a policy, or ``head_dim`` is not a bool.
     """
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"model must be an nn.Module, got {type(model).__name__}")
     if gqa not in GQA_POLICIES:
         raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
     if not isinstance(head_dim, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,7 @@ def prune(
         SparseKitError: The pruned model would not run or changes the output shapes. The
             model is unchanged.
     """
+    ratio, round_to, seed = _checked_args(model, plan, ratio, masks, round_to, seed)
     plan.check(model)
     if masks is None:
         if ratio is None or not 0.0 <= ratio < 1.0:
@@ -215,6 +217,36 @@ def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[s
         raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
+def _checked_args(
+    model: Any, plan: Any, ratio: Any, masks: Any, round_to: Any, seed: Any
+) -> tuple[float | None, int | None, int]:
+    """``prune``'s arguments of the wrong kind, named; returns ``ratio``, ``round_to`` and ``seed`` as
+    Python numbers (numpy and 0-d tensor numbers included).
+
+    Raises:
+        PlanError: The argument named in the message has the wrong type.
+    """
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, Plan):
+        raise PlanError(f"plan must be a Plan (sparsekit_graph.plan(model, inputs)), got {type(plan).__name__}")
+    if masks is not None and not isinstance(masks, Mapping):
+        raise PlanError(f"masks must map group names to bool tensors, got {type(masks).__name__}")
+    ratio = None if ratio is None else _number("ratio", ratio, float, "a number in [0, 1)")
+    round_to = None if round_to is None else _number("round_to", round_to, operator.index, "a positive integer")
+    return ratio, round_to, _number("seed", seed, operator.index, "an integer")
+
+
+def _number(name: str, x: Any, convert: Callable[[Any], Any], what: str) -> Any:
+    """``convert(x)`` (numpy and 0-d tensor numbers included; never a bool or a string)."""
+    try:
+        if isinstance(x, (str, bytes, bool)):
+            raise TypeError
+        return convert(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise PlanError(f"{name} must be {what}, got {x!r}") from None
+
+
 def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     names = {g.name: g for g in plan.groups}
     out = {}
@@ -224,6 +256,8 @@ def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]
             raise PlanError(f"masks: plan has no group named {name!r}")
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (g.size,):
             raise PlanError(f"masks[{name!r}]: expected a bool tensor of shape ({g.size},)")
+        if mask.is_meta:
+            raise PlanError(f"masks[{name!r}]: a mask on the meta device holds no values (make it on the CPU)")
         if bool(mask.any()) and not g.prunable:
             raise PlanError(f"masks[{name!r}]: group is pinned ({g.reason})")
         if bool(mask.all()):

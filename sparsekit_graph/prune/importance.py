@@ -92,6 +92,8 @@ def group_scores(importance: str | Criterion, ctx: ImportanceContext) -> dict[st
         if criterion is None:
             raise PlanError(f"importance must be one of {sorted(IMPORTANCE)} or a callable, got {importance!r}")
     got = criterion(ctx)
+    if not isinstance(got, Mapping):
+        raise PlanError(f"importance {label!r} must return a dict of group name -> scores, got {type(got).__name__}")
     out = {}
     for g in ctx.plan.prunable:
         s = got.get(g.name)
