@@ -10,7 +10,7 @@ from types import CodeType, FrameType
 
 from .flow_symbols import Fail
 
-__all__ = ["ENDS", "GOTO", "INTROSPECTION", "code_table", "dead", "exception_handlers", "instruction_at", "live"]
+__all__ = ["ENDS", "GOTO", "INTROSPECTION", "asks_class", "code_table", "dead", "exception_handlers", "instruction_at", "live"]
 
 INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
 GOTO = frozenset({"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP", "JUMP_NO_INTERRUPT"})
@@ -32,6 +32,25 @@ def instruction_at(ins: list[dis.Instruction], lasti: int) -> int:
     if k is None:
         raise Fail
     return k
+
+
+_CLASS_ASKS = frozenset({"isinstance", "is_tensor", "__class__"})
+
+
+def asks_class(frame: FrameType) -> bool:
+    """Does the instruction ``frame`` runs, or one before it on its line, name ``isinstance``,
+    ``is_tensor`` or ``__class__`` (not torch's argument parser checking an argument's type)?"""
+    ins, _ = code_table(frame.f_code)
+    try:
+        k = instruction_at(ins, frame.f_lasti)
+    except Fail:
+        return False
+    line = frame.f_lineno
+    while k >= 0 and (ins[k].positions is None or ins[k].positions.lineno in (None, line)):
+        if ins[k].argval in _CLASS_ASKS:
+            return True
+        k -= 1
+    return False
 
 
 def exception_handlers(code: CodeType) -> Iterator[tuple[int, int]]:

@@ -22,6 +22,7 @@ from torch.nn.modules import module as _module
 from ..errors import TraceError
 from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
+from .flow_code import asks_class
 from .flow_values import Conversions
 from .meta import CONTROL, META, WRITTEN_BUFFER
 from .meta_pass import MetaRunner
@@ -32,7 +33,7 @@ from .size_math import recording_math
 from .size_sinks import Sinks, sinks_now
 from .tensor_data import recording_tensor_data
 from .trace_inputs import flat_inputs
-from .user_code import by_user
+from .user_code import INTERNAL, by_user, caller
 from .weight_norms import only_weight_norm_pre_hooks
 
 __all__ = ["TRACED_TORCH_LAYERS", "SizeProxy", "SizeTracer", "has_hooks"]
@@ -67,6 +68,7 @@ class SizeTracer(FastTracer):
         self.buffer_ops = BufferOps(model)  # ops on buffers alone, rebuilt as nodes (``buffer_views``)
         self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
         self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
+        self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -76,6 +78,8 @@ class SizeTracer(FastTracer):
                 self.buffer_ops,
             ):  # ``torch.tensor(h.size(1))``: a node, not a failure
                 graph = super().trace(root, concrete_args)
+            if self.classes_asked:  # a branch on ``isinstance(h, torch.Tensor)``: torch.fx took the other one
+                raise TraceError(f"the forward asks a traced value's class at {self.classes_asked[0]}: a Proxy is not a Tensor")
             for n in graph.nodes:  # values no link explains, whenever the write came
                 if n.op == "get_attr" and n.target in self.buffer_ops.written:
                     n.meta[WRITTEN_BUFFER] = True
@@ -260,9 +264,28 @@ class SizeProxy(fx.Proxy):
         value = self.tracer.concrete(self, None) if isinstance(self.tracer, SizeTracer) else None
         return self.shape[0] if isinstance(value, Tensor) and value.ndim else None  # type: ignore[index]
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: PLE0307 - what isinstance() asks once the type check failed
+        """A Proxy, truthfully; where the model's code asks (``isinstance(h, torch.Tensor)``,
+        ``torch.is_tensor(h)``, ``h.__class__``) the eager forward would get another answer: noted,
+        and the trace given up for ``torch.export``'s (see ``SizeTracer.trace``)."""
+        if isinstance(self.tracer, SizeTracer):
+            frame = sys._getframe(1)
+            if frame.f_code is torch.is_tensor.__code__ and frame.f_back is not None:
+                frame = frame.f_back
+            elif not asks_class(frame):
+                return type(self)
+            if not frame.f_code.co_filename.startswith(INTERNAL):
+                self.tracer.classes_asked.append(caller(frame))
+        return type(self)
+
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
         if k in _WRITES:  # ``h.__setitem__(i, v)`` is ``h[i] = v``, which torch.fx cannot record: fails alike
             raise AttributeError(f"'Proxy' object has no attribute {k!r}")
+        if not hasattr(Tensor, k) and isinstance(self.tracer, SizeTracer) and by_user(1):  # ``hasattr(h, "items")``
+            value = self.tracer.concrete(self, None)
+            if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
+                raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
     def _converted(self, use: str, text: bool) -> Any:

@@ -25,6 +25,7 @@ def _stand_in_codes() -> frozenset[Any]:
         pass
     else:
         codes |= {_tensor_min_max.__code__, *(c for c in _tensor_min_max.__code__.co_consts if hasattr(c, "co_filename"))}
+    codes.add(torch.is_tensor.__code__)  # ``isinstance(obj, torch.Tensor)`` on the model's behalf
     wrap = getattr(torch.fx._symbolic_trace, "_create_wrapped_func", None)
     if wrap is not None:
         codes.add(wrap(abs).__code__)
