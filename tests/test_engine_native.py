@@ -183,3 +183,46 @@ def test_a_cached_program_keeps_no_model_alive() -> None:
     del model, bound, cs
     gc.collect()
     assert gone() is None
+
+
+@needs_cc
+def test_two_python_threads_on_a_first_call_give_two_calls_in_turn() -> None:
+    """Two Python threads calling on the same couplings before anything is cached: one layout,
+    one program, and the calls in turn (each trial against two serial calls on a twin)."""
+    torch.manual_seed(0)
+    for _ in range(4):
+        model = torchvision.models.resnet18(num_classes=10)
+        twin = copy.deepcopy(model)
+        plan = skg.plan(model, torch.randn(1, 3, 32, 32))
+        cs, cs2 = ([skg.bind(plan, m)[g.name] for g in plan.prunable] for m in (model, twin))
+        taus = _taus(cs, 0.05)
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(soft_threshold_all, cs, taus) for _ in range(2)]:
+                f.result()
+        soft_threshold_all(cs2, taus)
+        soft_threshold_all(cs2, taus)
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(a, b)
+
+
+@needs_cc
+def test_a_nan_weight_gives_the_eager_nans() -> None:
+    """A NaN norm keeps its block's factor NaN (torch's ``clamp_min`` keeps it), native or eager."""
+    out = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 4, 1))
+        with torch.no_grad():
+            model[2].weight[1, 3] = float("nan")  # one block of the conv's input channels, one of the BN group's
+        plan = skg.plan(model, torch.randn(1, 8, 6, 6))
+        cs = [skg.bind(plan, model)[g.name] for g in plan.prunable]
+        was = native.set_native(on)
+        try:
+            soft_threshold_all(cs, _taus(cs, 0.25))
+        finally:
+            native.set_native(was)
+        out.append([p.detach().clone() for p in model.parameters()])
+    assert any(bool(a.isnan().any()) for a in out[0])
+    for a, b in zip(*out):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a.nan_to_num(), b.nan_to_num(), rtol=1e-5, atol=1e-7)  # sums equal to rounding

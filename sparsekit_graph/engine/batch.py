@@ -34,6 +34,7 @@ the one-by-one calls.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -144,26 +145,27 @@ def fused(couplings: Sequence[SparseBlock], taus: Sequence[Tensor], floor: float
     (nothing written) when some parameter's uses are outside the pattern."""
     if not couplings:
         return []
-    found = _layout(couplings)
-    if found is None:
-        return None
-    entry, tensors = found
-    plan = entry.plan
-    if native_plan.usable(tensors):  # one C program: the layout's whole call, on this many threads
-        ptrs = [t.data_ptr() for t in tensors]
-        if entry.program is None or entry.program_for != ptrs:
-            entry.program, entry.program_for = native_plan.build(entry.rebuild(tensors), plan), ptrs
-        threads = torch.get_num_threads() if SPLIT else 1
-        with caller_on_one_thread(threads > 1):
-            dead = entry.program.run([taus[ci] for ci in plan.order], floor, threads)
-        killed: list[Tensor] = [dead] * len(couplings)
-        for ci, d in zip(plan.order, dead.split([n for w in plan.waves for n in w.sizes])):
-            killed[ci] = d
-        return killed
-    params = entry.rebuild(tensors)
-    pool = _pool(params)
-    with caller_on_one_thread(pool is not None):
-        return _solve(params, plan, list(taus), floor, pool)
+    with _LOCK:  # one layout and one program per key, and one native call at a time: Python threads calling at once
+        found = _layout(couplings)
+        if found is None:
+            return None
+        entry, tensors = found
+        plan = entry.plan
+        if native_plan.usable(tensors):  # one C program: the layout's whole call, on this many threads
+            ptrs = [t.data_ptr() for t in tensors]
+            if entry.program is None or entry.program_for != ptrs:
+                entry.program, entry.program_for = native_plan.build(entry.rebuild(tensors), plan), ptrs
+            threads = torch.get_num_threads() if SPLIT else 1
+            with caller_on_one_thread(threads > 1):
+                dead = entry.program.run([taus[ci] for ci in plan.order], floor, threads)
+            killed: list[Tensor] = [dead] * len(couplings)
+            for ci, d in zip(plan.order, dead.split([n for w in plan.waves for n in w.sizes])):
+                killed[ci] = d
+            return killed
+        params = entry.rebuild(tensors)
+        pool = _pool(params)
+        with caller_on_one_thread(pool is not None):
+            return _solve(params, plan, list(taus), floor, pool)
 
 
 Meta = tuple[torch.Size, tuple[int, ...], int, torch.dtype]
@@ -203,6 +205,7 @@ class _Cached:
         ]
 
 
+_LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple[int, ...], _Cached] = OrderedDict()  # the last few calls' layouts (1.5 -> 0.4 ms on ResNet-50's plan)
 _KEEP = 256  # entries are small (offsets, weakrefs, a program's buffers): room for every group of a plan called one by one
 

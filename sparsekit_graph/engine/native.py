@@ -234,7 +234,7 @@ void sk_factors(const int64_t* parts, const int64_t* offs, const int64_t* lens, 
   for (int64_t b = 0; b < n; ++b) {
     const double norm = sqrt(sums[b]);
     const double t = tau64 ? ((const double*)tau)[b] : (double)((const float*)tau)[b];
-    double scale = 1.0 - t / (norm > tiny ? norm : tiny);
+    double scale = 1.0 - t / (isnan(norm) || norm > tiny ? norm : tiny); /* a NaN stays NaN, as torch's clamp_min */
     if (scale < 0.0) scale = 0.0;
     if (floor > 0) {
       const double edge = tau64 ? t + floor : (double)(((const float*)tau)[b] + (float)floor);

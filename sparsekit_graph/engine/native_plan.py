@@ -14,7 +14,6 @@ in the eager kernels' order (bit-identical); sums are float32 in another order (
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,21 +75,19 @@ class Program:
     keep: list[Tensor]  # the buffers the table points into (not the weights: the caller checks their pointers)
     tau: Tensor  # uint8 (8 n,): a call's thresholds, as float32 or float64
     killed: Tensor  # uint8 (n,): the blocks the call zeroed, in wave order
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, taus: list[Tensor], floor: float, threads: int) -> Tensor:
         """The call over ``taus`` (flat, wave order, one dtype): the weights scaled in place; returns
-        the blocks it zeroed (bool, wave order)."""
+        the blocks it zeroed (bool, wave order). Not reentrant: ``batch.fused`` holds its lock."""
         wide = taus[0].dtype == torch.float64
         n = self.killed.numel()
-        with self.lock:
-            torch.cat(taus, out=self.tau[: (8 if wide else 4) * n].view(torch.float64 if wide else torch.float32))
-            done = native._loaded().sk_program(
-                self.table.data_ptr(), self.phases.data_ptr(), self.phases.shape[0], threads, int(wide), floor, _TINY
-            )
-            if done == 0:
-                raise MemoryError("sparsekit_graph: the native prox could not allocate its thread state")
-            return self.killed.clone().view(torch.bool)
+        torch.cat(taus, out=self.tau[: (8 if wide else 4) * n].view(torch.float64 if wide else torch.float32))
+        done = native._loaded().sk_program(
+            self.table.data_ptr(), self.phases.data_ptr(), self.phases.shape[0], threads, int(wide), floor, _TINY
+        )
+        if done == 0:
+            raise MemoryError("sparsekit_graph: the native prox could not allocate its thread state")
+        return self.killed.clone().view(torch.bool)
 
 
 def build(params: list[Param], plan: Plan) -> Program:

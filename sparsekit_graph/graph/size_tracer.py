@@ -275,8 +275,8 @@ class SizeProxy(fx.Proxy):
                 frame = frame.f_back
             elif not asks_class(frame):
                 return type(self)
-            if not frame.f_code.co_filename.startswith(INTERNAL):
-                self.tracer.classes_asked.append(caller(frame))
+            if not frame.f_code.co_filename.startswith(INTERNAL) and _a_tensor_or_unknown(self.tracer.concrete(self, None)):
+                self.tracer.classes_asked.append(caller(frame))  # a size (timm's ``get_same_padding``) is no Tensor either way
         return type(self)
 
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
@@ -318,6 +318,11 @@ class SizeProxy(fx.Proxy):
     def __format__(self, spec: str) -> str:
         value = self._converted("a conversion to text", text=True)
         return object.__format__(self, spec) if value is None else format(value, spec)
+
+
+def _a_tensor_or_unknown(value: object) -> bool:
+    """Would the eager forward find a Tensor here (or is it not known)? A size read is a number."""
+    return value is None or isinstance(value, Tensor)
 
 
 def _numeric(value: object) -> bool:
