@@ -174,11 +174,16 @@ def _branch_on_buffer_data(s: nn.Module, h: Tensor) -> Tensor:
 def test_ops_on_buffers_are_nodes_and_control_flow_on_their_data_still_runs() -> None:
     """``(w * 2).mT`` (an attribute of a buffer op), a branch on a buffer op's value, and a
     softmax-like normalisation of a buffer over its channels: the buffer is a member, and the
-    normalisation (a sum over the channels) is not zero-invariant."""
-    for fn in (lambda s, h: h * (s.w * 2).mT.reshape(1, -1, 1, 1), _branch_on_buffer_data):
-        plan = _holds(Net(fn, **_buffers()), keep=2)
-        group = plan.group("a:out")
-        assert group.prunable and group.zero_invariant and {"g", "w"} & {m.param for m in group.members}
+    normalisation (a sum over the channels) is not zero-invariant. The branch traces, and pins
+    the channels whose values it reads (pruned, the sum could take the other branch:
+    ``value_reads``, round 14)."""
+    plan = _holds(Net(lambda s, h: h * (s.w * 2).mT.reshape(1, -1, 1, 1), **_buffers()), keep=2)
+    group = plan.group("a:out")
+    assert group.prunable and group.zero_invariant and "w" in {m.param for m in group.members}
+    plan = _holds(Net(_branch_on_buffer_data, **_buffers()), keep=2)
+    group = plan.group("a:out")
+    assert not group.prunable and "values of g (python control flow)" in (group.reason or "")
+    assert "g" in {m.param for m in group.members}
     plan = _holds(Net(lambda s, h: h * (s.g.exp() / s.g.exp().sum()).view(1, -1, 1, 1), **_buffers()), keep=2)
     assert plan.group("a:out").prunable and not plan.group("a:out").zero_invariant
 

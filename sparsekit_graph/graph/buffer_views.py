@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .normalize import traced_call
+from .value_reads import ValueReads
 
 __all__ = ["BufferOps", "buffer_view"]
 
@@ -43,15 +44,18 @@ class BufferOps(TorchFunctionMode):
         self.buffers: dict[int, str] = {}  # buffer id -> its path
         self.written: set[str] = set()  # paths of buffers forward wrote (``out=``, in place)
         self._made: dict[int, tuple[Tensor, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
+        self.values = ValueReads(model)  # what the code read of the values of the model's tensors
 
     def __enter__(self) -> BufferOps:
         self.buffers = {id(b): name for name, b in self._model.named_buffers()}
         self.written = set()
+        self.values = ValueReads(self._model)
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         self._made.clear()  # no tensor outlives the trace
+        self.values.clear()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         if any(issubclass(t, fx.Proxy) for t in types):
@@ -60,10 +64,13 @@ class BufferOps(TorchFunctionMode):
             # this frame: ``F.conv2d(h, w, groups=h.shape[1])`` read as control flow)
             return NotImplemented
         kwargs = kwargs or {}
-        found = _tensors((args, kwargs)) if self.buffers else None
+        found = _tensors((args, kwargs))
         versions = [_version(t) for t in found or ()]
         out = func(*args, **kwargs)
         if not found:
+            return out
+        self.values.called(func, found, out)
+        if not self.buffers:
             return out
         # written in place (``t[0] = 5``, ``t.mul_(2)``, ``out=``): torch counts each write on the
         # tensor's version; ``(g * 2).contiguous()`` hands back its input unwritten
@@ -89,7 +96,10 @@ class BufferOps(TorchFunctionMode):
         """``a`` as graph nodes over the buffers it was made from, or None (a constant)."""
         if id(a) in self._made and (a._is_view() or a.is_floating_point() or a.is_complex()):
             return self._rebuild(tracer, a)  # the call as written: ``g.view(1, 12, 1, 1)`` keeps its literal
-        return buffer_view(tracer, a, self.buffers) if a._is_view() else None
+        node = buffer_view(tracer, a, self.buffers) if a._is_view() else None
+        if node is None:
+            self.values.constant(a)
+        return node
 
     def _rebuild(self, tracer: fx.Tracer, a: Tensor) -> fx.Node:
         _, func, args, kwargs = self._made[id(a)]

@@ -36,6 +36,7 @@ from .rules import find_rule
 from .size_pins import pin_read_sizes
 from .size_tracer import has_hooks
 from .trace import is_exported
+from .value_reads import pin_value_reads
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 
@@ -89,6 +90,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     _layer_sizes_as_numbers(graph, modules)
     pin_read_sizes(graph, nodes, modules, prefix)
     pin_param_reads(graph, nodes, every)
+    pin_value_reads(graph, nodes, every)
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
     pin_unmodelled_lengths(graph, nodes, reader.axes)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch.fx as fx
+
 __all__ = [
     "CALL",
     "COMPUTED_READS",
@@ -9,6 +11,7 @@ __all__ = [
     "CONSTANT",
     "CONTROL",
     "EXPORTED",
+    "GRAD_MODE_READ",
     "META",
     "MODULE_READS",
     "ReadInt",
@@ -16,11 +19,14 @@ __all__ = [
     "SIZE_READS",
     "SIZE_TESTS",
     "TRACED_CONSTANT",
+    "VALUE_READS",
+    "is_exported",
 ]
 
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
 EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export
+GRAD_MODE_READ = "skg.grad_mode_read"  # on the output node (torch.fx): the forward asked torch.is_grad_enabled()
 CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values
 WRITTEN_BUFFER = "skg.written_buffer"  # on a get_attr node: forward writes this buffer (``out=``, in place)
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)
@@ -30,7 +36,13 @@ COMPUTED_READS = "skg.computed_reads"  # {(layer path, attribute)}: numbers the 
 SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer size attributes the node's arguments read
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
 SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
+VALUE_READS = "skg.value_reads"  # on the output node (torch.fx): {model tensor path: how forward used its values}
 MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path: size attributes its forward read}
+
+
+def is_exported(graph: fx.Graph) -> bool:
+    """Was this graph traced by ``torch.export`` (ATen ops, eval forward only)?"""
+    return any(n.op == "output" and n.meta.get(EXPORTED) for n in reversed(graph.nodes))
 
 
 class ReadInt(int):

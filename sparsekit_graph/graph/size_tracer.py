@@ -24,7 +24,7 @@ from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
 from .flow_code import asks_class
 from .flow_values import Conversions
-from .meta import CONTROL, META, WRITTEN_BUFFER
+from .meta import CONTROL, META, VALUE_READS, WRITTEN_BUFFER
 from .meta_pass import MetaRunner
 from .parametrized import traced_through
 from .rules import module_rule_for, patched_on_instance
@@ -83,6 +83,8 @@ class SizeTracer(FastTracer):
             for n in graph.nodes:  # values no link explains, whenever the write came
                 if n.op == "get_attr" and n.target in self.buffer_ops.written:
                     n.meta[WRITTEN_BUFFER] = True
+            if self.buffer_ops.values.read:  # ``self.amax.max().item()``: a number no rule sees (``value_reads``)
+                next(n for n in reversed(graph.nodes) if n.op == "output").meta[VALUE_READS] = dict(self.buffer_ops.values.read)
             self.conversions.resolve("number")
             return graph
         finally:

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
 from .export import clear_method_caches, export_graph
-from .meta import EXPORTED, TRACED_CONSTANT
+from .forward_modes import recording_grad_reads
+from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -47,7 +48,13 @@ def _get(model: nn.Module, target: str) -> Any:
 
 
 def trace_graph(
-    model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True, dynamic: bool = True
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    train: bool = False,
+    shapes: bool = True,
+    dynamic: bool = True,
+    grad: bool | None = None,
 ) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
@@ -61,19 +68,32 @@ def trace_graph(
         shapes: Propagate shapes (skip to only compare graph structure).
         dynamic: Under ``torch.export``, batch and length as dynamic dimensions (False: static,
             cheaper, for a graph compared with one that has them: ``prune.checks``).
+        grad: Trace the forward with autograd on or off (``torch.is_grad_enabled()`` answers
+            that); None: torch.fx in the caller's grad mode, torch.export with autograd off.
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
             names the failing node or layer.
     """
-    try:
-        return _traced(model, example_inputs, train, shapes, dynamic, None)
-    except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
-        return _traced(model, example_inputs, train, shapes, dynamic, e)
+    asked: list[str] = []  # the model's calls of ``torch.is_grad_enabled()``, by either tracer
+    with torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad), recording_grad_reads(asked):
+        try:
+            graph = _traced(model, example_inputs, train, shapes, dynamic, grad, None)
+        except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
+            graph = _traced(model, example_inputs, train, shapes, dynamic, grad, e)
+    if asked:  # the graph is this grad mode's forward: ``forward_modes`` has the other one traced too
+        next(n for n in reversed(graph.nodes) if n.op == "output").meta[GRAD_MODE_READ] = True
+    return graph
 
 
 def _traced(
-    model: nn.Module, example_inputs: Inputs, train: bool, shapes: bool, dynamic: bool, no_meta: NoMetaKernel | None
+    model: nn.Module,
+    example_inputs: Inputs,
+    train: bool,
+    shapes: bool,
+    dynamic: bool,
+    grad: bool | None,
+    no_meta: NoMetaKernel | None,
 ) -> fx.Graph:
     """``trace_graph``; with ``no_meta`` (the shape pass of torch.fx's graph failed there), by
     ``torch.export`` at once."""
@@ -97,14 +117,19 @@ def _traced(
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
                 with sizes.reaching():
-                    graph = _exported(model, args, kwargs, fx_error, dynamic)
+                    graph = _exported(model, args, kwargs, fx_error, dynamic, bool(grad))
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph
         finish_size_reads(graph, sizes)
-        for n in graph.nodes:  # tensors torch.fx made attributes of the model; model_mode removes them
-            if n.op == "get_attr" and str(n.target) not in before and str(n.target) in model.__dict__:
+        created = undo.created()  # ``register_buffer`` on a first call: made again, at its literal size, by each call
+        for n in graph.nodes:  # tensors torch.fx (or the forward) made attributes of the model; model_mode removes them
+            if n.op != "get_attr":
+                continue
+            if str(n.target) not in before and str(n.target) in model.__dict__:
                 n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]
+            elif created and id(value := _get(model, str(n.target))) in created:
+                n.meta[TRACED_CONSTANT] = value
         config_reads(graph, reads)
         if shapes:
             propagate(graph, model, args, kwargs)
@@ -122,15 +147,12 @@ def _refuse_data_reads(graph: fx.Graph) -> None:
             raise TraceError(f"{n.name}: Tensor.{n.target}() reads a tensor's values, which meta shapes do not hold")
 
 
-def is_exported(graph: fx.Graph) -> bool:
-    """Was this graph traced by ``torch.export`` (ATen ops, eval forward only)?"""
-    return any(n.op == "output" and n.meta.get(EXPORTED) for n in reversed(graph.nodes))
-
-
-def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception, dynamic: bool) -> fx.Graph:
+def _exported(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception, dynamic: bool, grad: bool
+) -> fx.Graph:
     """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             devices = [p.device for p in model.parameters()] or [torch.device("cpu")]
             meta = any(d.type == "meta" for d in devices)
             place = to_meta if meta else partial(_materialize, device=devices[0])

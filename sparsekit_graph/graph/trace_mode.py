@@ -8,21 +8,48 @@ from operator import eq, is_
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..containers import CONTAINERS, record, restore
 
-__all__ = ["model_mode", "unfused_attention"]
+__all__ = ["Undo", "model_mode", "unfused_attention"]
 
 _MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
 
 
+class Undo:
+    """Puts the modules' attributes and containers back at once (between a failed trace and the
+    next); ``created()``: the parameters and buffers the forward registered while traced."""
+
+    def __init__(self, modules: list[nn.Module], put_back: Callable[[], None]) -> None:
+        self._stores = [(m, set(m._parameters), set(m._buffers)) for m in modules]
+        self._put_back = put_back
+
+    def __call__(self) -> None:
+        self._put_back()
+        for m, params, buffers in self._stores:  # ``self.register_buffer("scale", ...)`` on a first call
+            for store, before in ((m._parameters, params), (m._buffers, buffers)):
+                for k in [k for k in store if k not in before]:
+                    del store[k]
+
+    def created(self) -> dict[int, Tensor]:
+        """id -> tensor of each parameter and buffer registered since the trace began."""
+        return {
+            id(t): t
+            for m, params, buffers in self._stores
+            for store, before in ((m._parameters, params), (m._buffers, buffers))
+            for k, t in store.items()
+            if k not in before and t is not None
+        }
+
+
 @contextmanager
-def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[Callable[[], None]]:
-    """Put every submodule in train/eval mode; afterwards restore each one's own flag, and any
+def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Iterator[Undo]:
+    """Put every submodule in train/eval mode; afterwards restore each one's own flag, any
     buffer that tracing changed in place (e.g. a norm layer counting ``num_batches_tracked``
-    while its Python code runs under the tracer). Yields a function that puts the modules'
-    attributes and containers back at once (between a failed trace and the next)."""
+    while its Python code runs under the tracer), and the attributes, containers, parameters and
+    buffers the forward set or registered (a buffer made on a first call). Yields the ``Undo``
+    that does the last at once."""
     flags = [m.training for m in modules]
     buffers = [b for b in {id(b): b for m in modules for b in m._buffers.values() if b is not None}.values() if not b.is_meta]
     versions = [b._version for b in buffers]
@@ -37,10 +64,11 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     if switch:
         model.train(train)
 
-    def undo() -> None:
+    def put_back() -> None:
         _restore_attributes(attributes)
         restore(held)
 
+    undo = Undo(modules, put_back)
     try:
         yield undo
     finally:
@@ -53,8 +81,7 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
                     if b.shape != copy.shape:  # resized by ``out=``
                         b.resize_(copy.shape)
                     b.copy_(copy)
-        _restore_attributes(attributes)
-        restore(held)  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
+        undo()  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:

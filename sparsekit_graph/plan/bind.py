@@ -11,7 +11,7 @@ from ..errors import CouplingError
 from .layout import strided_layout
 from .schema import Member, Plan
 
-__all__ = ["bind", "member_spec"]
+__all__ = ["bind", "member_order", "member_spec"]
 
 
 def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> dict[str, BlockCoupling]:
@@ -32,27 +32,58 @@ def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> dict[str, Block
         for m in g.members:
             if m.param in params:
                 specs.append(member_spec(m, params[m.param]))
-                orders.append(m.order)
+                orders.append(member_order(m, params[m.param]))
         if specs:
             out[g.name] = BlockCoupling(specs, orders, name=g.name)
     return out
 
 
 def member_spec(m: Member, p: Tensor) -> BlockSpec:
-    """A ``(pre, *channels, block, post)`` view of the member's slice, tiled one channel per block."""
-    if not p.is_contiguous():
-        raise CouplingError(f"member {m.param}: parameter must be contiguous to be viewed")
+    """A ``(pre, *channels, block, post)`` view of the member's slice, tiled one channel per block;
+    ``pre`` and ``post`` as one axis each where the parameter's strides let them be (always for a
+    contiguous one), else as the axes they are (a channels_last weight's ``(in, kh, kw)``): then
+    ``member_order`` gives the member's order over them."""
     layout = strided_layout(m.positions())
     if layout is None:
         raise CouplingError(f"member {m.param}: indices are not a strided pattern")
-    shape = tuple(p.shape)
-    lead = len(m.fix or ())  # leading axes held at one index (one expert): a contiguous sub-tensor
-    base = sum(i * p.stride(a) for a, i in m.fix or ())
-    pre, post = math.prod(shape[lead : m.axis]), math.prod(shape[m.axis + 1 :])
-    size = shape[m.axis]
-    view_shape = (pre, *layout.sizes, m.block, post)
-    stride = (size * post, *(s * m.block * post for s in layout.strides), post, 1)
-    view = View(p, view_shape, stride, offset=base + layout.base * m.block * post)
-    block = (-1, *(1 for _ in layout.sizes), -1, -1)
+    pre, post = _outer_axes(m, p)
+    step = p.stride(m.axis)  # one index along the channel axis
+    view_shape = (*(n for n, _ in pre), *layout.sizes, m.block, *(n for n, _ in post))
+    stride = (*(s for _, s in pre), *(s * m.block * step for s in layout.strides), step, *(s for _, s in post))
+    base = sum(i * p.stride(a) for a, i in m.fix or ())  # leading axes held at one index (one expert)
+    view = View(p, view_shape, stride, offset=base + layout.base * m.block * step)
+    block = (*(-1 for _ in pre), *(1 for _ in layout.sizes), -1, *(-1 for _ in post))
     at = "".join(f"[{i}]" for _, i in m.fix or ())
     return BlockSpec(view, block, name=f"{m.param}{at}[axis {m.axis}]")
+
+
+def member_order(m: Member, p: Tensor) -> list[int]:
+    """``m.order`` (over ``(pre, *channels, block, post)``) over the axes of ``member_spec``'s view."""
+    pre, post = _outer_axes(m, p)
+    channels = len(m.order) - 3
+    axes = [list(range(len(pre)))]
+    axes += [[len(pre) + i] for i in range(channels + 1)]  # the channel axes, then the block
+    axes.append(list(range(len(pre) + channels + 1, len(pre) + channels + 1 + len(post))))
+    return [a for i in m.order for a in axes[i]]
+
+
+def _outer_axes(m: Member, p: Tensor) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The ``(size, stride)`` axes before the channel axis (past the fixed ones) and after it."""
+    shape, strides = tuple(p.shape), p.stride()
+    post = _merged([(shape[a], strides[a]) for a in range(m.axis + 1, len(shape))], empty=1)
+    pre_empty = shape[m.axis] * math.prod(shape[m.axis + 1 :])
+    return _merged([(shape[a], strides[a]) for a in range(len(m.fix or ()), m.axis)], empty=pre_empty), post
+
+
+def _merged(axes: list[tuple[int, int]], empty: int) -> list[tuple[int, int]]:
+    """``(size, stride)`` axes, each run that steps through memory as one axis merged into it
+    (unit axes dropped); no axis left: one of size 1 (stride ``empty``)."""
+    out: list[tuple[int, int]] = []
+    for n, s in axes:
+        if n == 1:
+            continue
+        if out and out[-1][1] == n * s:
+            out[-1] = (out[-1][0] * n, s)
+        else:
+            out.append((n, s))
+    return out or [(1, empty)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from types import CodeType
 
 import numpy as np
 import torch.fx as fx
@@ -14,6 +13,7 @@ from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
+from ..graph.forward_modes import other_modes
 from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
@@ -53,8 +53,9 @@ def plan(
         model: Any ``nn.Module`` (real or meta weights); it is not modified.
         example_inputs: A tensor, tuple or dict of tensors (real or meta) for ``forward``.
         ignore: Module or parameter names whose axes must never be pruned.
-        train_graph: Also trace the training-mode forward (e.g. auxiliary heads) and couple
-            what it uses.
+        train_graph: Also trace the training-mode forward (e.g. auxiliary heads), and the
+            forward under the other grad mode where the code asks ``torch.is_grad_enabled()``,
+            and couple what they use.
         gqa: How grouped-query attention is pruned: ``"kv_groups"`` (a key/value head with its
             query heads is one channel) or ``"query_heads"`` (key/value heads stay; a channel
             is one query head, and a tie makes every key/value group lose as many).
@@ -110,8 +111,8 @@ def _leaves(x: object) -> list[object]:
 def build_axis_graph(
     model: nn.Module, example_inputs: Inputs, *, train_graph: bool = True, gqa: str = "kv_groups", head_dim: bool = False
 ) -> AxisGraph:
-    """The axis graph of the eval forward, plus the train forward where it differs (graphs
-    from ``torch.export`` trace the eval forward only)."""
+    """The axis graph of the eval forward, plus the train forward and the other grad mode's
+    where they differ (graphs from ``torch.export`` trace the eval forward only)."""
     return _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)[0]
 
 
@@ -122,37 +123,14 @@ def _axis_graph(
     graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
-    if train_graph and not is_exported(gm) and _reads_training(model):
-        gm_train = trace_graph(model, example_inputs, train=True, shapes=False)
-        if _calls(gm_train) != _calls(gm):
-            gm_train = trace_graph(model, example_inputs, train=True)
-            add_traced_graph(graph, gm_train, model, prefix="train:")
+    for mode in other_modes(model, gm) if train_graph else ():
+        other = trace_graph(model, example_inputs, train=mode.train, shapes=False, grad=mode.grad)
+        if _calls(other) != _calls(gm):
+            other = trace_graph(model, example_inputs, train=mode.train, grad=mode.grad)
+            add_traced_graph(graph, other, model, prefix=mode.prefix)
     drop_partial_scales(graph)
     add_factor_shadows(graph)
     return graph, gm
-
-
-def _reads_training(model: nn.Module) -> bool:
-    """Could the traced graph depend on train/eval mode? True if any method of a non-torch.nn
-    layer class reads an attribute named ``training`` (torch.nn layers are leaves)."""
-    seen: set[type] = set()
-    for m in model.modules():
-        cls = type(m)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        for klass in cls.__mro__:
-            if klass.__module__.startswith("torch.nn") or klass is object:
-                continue
-            for fn in vars(klass).values():
-                code = getattr(fn, "__code__", None)
-                if code is not None and _code_reads(code, "training"):
-                    return True
-    return False
-
-
-def _code_reads(code: CodeType, name: str) -> bool:
-    return name in code.co_names or any(isinstance(c, CodeType) and _code_reads(c, name) for c in code.co_consts)
 
 
 def _calls(graph: fx.Graph) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.export_bound import bounded_by
+from ..graph.forward_modes import other_modes
 from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
@@ -144,8 +145,8 @@ def prune(
     try:
         with bounded_by(before_gm):  # under torch.export, the model's own loop may not end at these counts
             after_gm = trace_graph(work, inputs)
-        if not is_exported(after_gm):
-            trace_graph(work, inputs, train=True)
+        for mode in other_modes(work, after_gm):  # train mode, the other grad mode
+            trace_graph(work, inputs, train=mode.train, grad=mode.grad)
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_tracer(before_gm, after_gm)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..engine import BlockCoupling
 from ..errors import PlanError, SparseKitError
-from ..plan.bind import member_spec
+from ..plan.bind import member_order, member_spec
 from ..registry import by_type, registrar
 from .calibrate import batches, call_model, compute_loss, model_device, preserved
 from .importance import ImportanceContext, register_importance
@@ -177,7 +177,7 @@ def activation(ctx: ImportanceContext) -> dict[str, Tensor]:
             if id(w) not in scaled:
                 scaled[id(w)] = w.detach().float().abs() * (stats[0] / max(stats[1], 1)).sqrt()
             specs.append(member_spec(m, scaled[id(w)]))
-            orders.append(m.order)
+            orders.append(member_order(m, scaled[id(w)]))
         if specs:
             out[g.name] = BlockCoupling(specs, orders, name=g.name).norms(p=2).reshape(-1)
         else:  # nothing reads these channels through a known layer: weight norms

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..engine import BlockCoupling, View
 from ..errors import SparseKitError
-from ..plan.bind import member_spec
+from ..plan.bind import member_order, member_spec
 from ..plan.layout import strided_layout
 from ..plan.schema import Group, Member
 from .segments import PartSegment, RowSegment, Segment, is_dtensor, local_tensor
@@ -44,9 +44,10 @@ def shard_info(p: Tensor, name: str) -> tuple[Any, int, int] | None:
 
 
 def natural_view(m: Member, p: Tensor) -> View | None:
-    """The member as a ``(pre, channels, block * post)`` view of ``p`` (one channel axis only)."""
+    """The member as a ``(pre, channels, block * post)`` view of ``p`` (one channel axis of a
+    contiguous tensor only)."""
     layout = strided_layout(m.positions())
-    if layout is None or len(layout.sizes) != 1:
+    if layout is None or len(layout.sizes) != 1 or not p.is_contiguous():
         return None
     pre, post, size = math.prod(p.shape[: m.axis]), math.prod(p.shape[m.axis + 1 :]), p.shape[m.axis]
     shape = (pre, layout.sizes[0], m.block * post)
@@ -65,7 +66,8 @@ def plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[Segment]
     shards = {m.param: shard_info(params[m.param], m.param) for m in members}
     groups = {id(s[0]): s for s in shards.values() if s is not None}
     if not groups:  # every parameter whole on this rank (single process, DDP): one engine coupling
-        coupling = BlockCoupling([member_spec(m, params[m.param]) for m in members], [m.order for m in members], name=g.name)
+        specs = [member_spec(m, params[m.param]) for m in members]
+        coupling = BlockCoupling(specs, [member_order(m, params[m.param]) for m in members], name=g.name)
         segments: list[Segment] = [
             PartSegment(part, params[m.param], m.param, natural=natural_view(m, params[m.param]))
             for m, part in zip(members, coupling._parts())
@@ -87,6 +89,6 @@ def plan_segments(g: Group, params: Mapping[str, Tensor]) -> tuple[list[Segment]
             order = rows.argsort()
             out.append(RowSegment(p, m.param, rows[order], slots[order], g.size))
         elif local.numel():  # every channel, over this rank's rows (or a whole replicated parameter)
-            part = BlockCoupling([member_spec(m, local)], [m.order], name=g.name)._parts()[0]
+            part = BlockCoupling([member_spec(m, local)], [member_order(m, local)], name=g.name)._parts()[0]
             out.append(PartSegment(part, p, m.param, counted=info is not None or rank == 0, natural=natural_view(m, local)))
     return out, pg, None
