@@ -26,7 +26,7 @@ from .wave_plan import _TINY, Plan
 
 __all__ = ["Program", "build", "usable"]
 
-_W = 13  # int64 per table row (see native.SOURCE)
+_W = 13  # int64 per table row (see native_source.SOURCE)
 _ROWS, _COLS, _M, _M_SUMS, _W_ROWS, _W_COLS = 0, 1, 2, 3, 4, 5  # read kinds
 _ONE, _TWO = 0, 1  # write kinds
 _READS, _WRITES, _FACTORS = 0, 1, 2  # phase kinds
