@@ -7,7 +7,9 @@ pruned model failed there. The other grad mode's forward is traced too, where th
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Callable
+from itertools import product
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from torch import is_grad_enabled as grad_on
 
 import sparsekit_graph as skg
 from sparsekit_graph.engine import soft_threshold_all
-from sparsekit_graph.graph.forward_modes import Mode, other_modes
+from sparsekit_graph.graph.forward_modes import Mode, autograd_mode, other_modes
 from sparsekit_graph.graph.trace import trace_graph
 
 
@@ -83,10 +85,59 @@ def test_planning_under_either_grad_mode_gives_one_plan(planning_grad: bool) -> 
 def test_only_a_forward_that_asks_gets_a_second_trace() -> None:
     x = torch.randn(2, 8)
     plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    assert other_modes(plain, trace_graph(plain, x)) == []
+    assert other_modes(plain, [trace_graph(plain, x)]) == []
     asking = _Net(_helper_asks, False)
-    grad = torch.is_grad_enabled()
-    assert other_modes(asking, trace_graph(asking, x)) == [Mode("grad:", False, not grad)]
+    assert torch.is_grad_enabled()
+    assert other_modes(asking, [trace_graph(asking, x)]) == [Mode(False, "off")]
+    assert Mode(True, "inference").prefix == "train+inference:"
+
+
+# a user's utility module, imported as ``utils``: the query under another name
+_utils = types.ModuleType("user_utils")
+exec("from torch import is_grad_enabled as grad_on\ndef in_inference():\n    return not grad_on()", _utils.__dict__)
+
+
+class _Checks:  # a plain class of static helpers
+    ready = staticmethod(torch._C.is_grad_enabled)
+
+
+class _Asks(nn.Module):
+    """``c`` joins ``a``'s output only where ``asks(self, h)`` is true."""
+
+    def __init__(self, asks: Callable[[nn.Module, Tensor], bool]) -> None:
+        super().__init__()
+        self.asks = asks
+        self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(8, 16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.asks(self, h):
+            h = h + self.c(x)
+        return self.b(torch.relu(h))
+
+
+_ASKS: dict[str, Callable[[nn.Module, Tensor], bool]] = {
+    "module_helper": lambda m, h: _utils.in_inference(),
+    "static_helper": lambda m, h: not _Checks.ready(),
+    "checkpointing": lambda m, h: m.training and torch.is_grad_enabled(),  # only training with autograd
+    "inference_mode": lambda m, h: torch.is_inference_mode_enabled(),
+    "requires_grad": lambda m, h: h.requires_grad,  # torch.fx cannot branch on it: torch.export
+    "grad_fn": lambda m, h: h.grad_fn is not None,
+}
+
+
+@pytest.mark.parametrize("planning", ["on", "off", "inference"])
+@pytest.mark.parametrize("asks", list(_ASKS))
+def test_every_autograd_mode_the_forward_asks_about_is_planned(asks: str, planning: str) -> None:
+    model, x = _Asks(_ASKS[asks]), torch.randn(2, 8)
+    with autograd_mode(planning):
+        plan = skg.plan(model, x)
+    assert {"c.weight", "c.bias"} <= {m.param for m in plan.group("a:out").members}
+    small = skg.prune(model, plan, ratio=0.5).model
+    for train, state in product((False, True), ("on", "off", "inference")):
+        small.train(train)
+        with autograd_mode(state):
+            assert small(x).shape == (2, 4)
 
 
 def test_torch_code_asking_grad_mode_does_not_count() -> None:
@@ -104,7 +155,7 @@ def test_torch_code_asking_grad_mode_does_not_count() -> None:
 
     x = torch.randn(2, 5, 16)
     model = Attend().eval()
-    assert other_modes(model, trace_graph(model, x)) == []
+    assert other_modes(model, [trace_graph(model, x)]) == []
 
 
 # --- values of the model's own tensors read as Python numbers while torch.fx traces ---
@@ -300,3 +351,63 @@ def test_a_buffer_made_on_the_first_call(make: Callable[[_Lazy, Tensor], Tensor]
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), dense(x))
     assert pruned.scale.shape == (13,)
+
+
+def test_an_expanded_parameter_is_refused_by_bind_with_its_name() -> None:
+    """``nn.Parameter(torch.ones(1).expand(16))``: its 16 entries are one float, so no channel's
+    block is its own to zero (torch refuses the in-place write, as an optimizer's would be)."""
+
+    class Expanded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+            self.scale = nn.Parameter(torch.full((1,), 2.0).expand(16))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(torch.relu(self.a(x)) * self.scale)
+
+    model, x = Expanded(), torch.randn(3, 8)
+    plan = skg.plan(model, x)
+    assert "scale" in {m.param for m in plan.group("a:out").members}
+    with pytest.raises(skg.CouplingError, match="member scale: an expanded tensor"):
+        skg.bind(plan, model)
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[:4] = True
+    pruned = skg.prune(model, plan, masks={"a:out": mask}).model
+    assert pruned.scale.shape == (12,) and pruned(x).shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda m: 2.0 if torch.equal(m.amax, m.amax.sort(descending=True).values) else 1.0,
+        lambda m: 2.0 if torch.allclose(m.amax, m.amax.flip(0).flip(0)) and m.amax[0] > 2 else 1.0,
+        lambda m: 2.0 if torch.is_nonzero(m.amax.max() > 2.9) else 1.0,
+    ],
+    ids=["equal", "allclose", "is_nonzero"],
+)
+def test_torch_functions_that_answer_a_bool_read_values(read: Callable[[_Scaled], object]) -> None:
+    group = skg.plan(_Scaled(read).eval(), torch.randn(3, 8)).group("a:out")
+    assert not group.prunable and "values of amax (python control flow)" in (group.reason or "")
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        lambda m: 1.0 + (m.amax > 1.0).nonzero().shape[0] / 10,
+        lambda m: 1.0 + m.amax[m.amax > 2.0].numel() / 10,
+        lambda m: 1.0 + torch.argwhere(m.amax > 2).size(0) / 10,
+        lambda m: 1.0 + len(torch.masked_select(m.amax, m.amax > 1.0)) / 10,
+    ],
+    ids=["nonzero", "mask_index", "argwhere", "masked_select"],
+)
+def test_a_length_the_values_decide_is_a_number_read_from_them(count: Callable[[_Scaled], object]) -> None:
+    model, x = _Scaled(count).eval(), torch.randn(3, 8)
+    plan = skg.plan(model, x)
+    group = plan.group("a:out")
+    assert group.prunable and not group.zero_invariant
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[[0, 1, 2]] = True  # the largest entries of ``amax``: pruned, the count drops
+    pruned = skg.prune(model, plan, masks={"a:out": mask}).model
+    with torch.no_grad():
+        assert not torch.allclose(_masked(model, plan, mask)(x), pruned(x), rtol=1e-4)

@@ -69,7 +69,7 @@ class BufferOps(TorchFunctionMode):
         out = func(*args, **kwargs)
         if not found:
             return out
-        self.values.called(func, found, out)
+        self.values.called(func, args, found, out)
         if not self.buffers:
             return out
         # written in place (``t[0] = 5``, ``t.mul_(2)``, ``out=``): torch counts each write on the

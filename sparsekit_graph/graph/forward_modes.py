@@ -1,14 +1,25 @@
 """The forwards a model may take besides the one traced first (eval mode; torch.fx in the
-caller's grad mode, torch.export with autograd off): in train mode, and under the other grad
-mode, where its code reads either."""
+caller's autograd mode, torch.export with autograd off): in train mode, with autograd on or
+off, under ``torch.inference_mode()``, where the model's code asks about them.
+
+What the code asks is found two ways. While traced, the model's own calls of
+``torch.is_grad_enabled()`` and ``torch.is_inference_mode_enabled()`` (as ``torch.*`` or
+``torch._C.*``) are recorded (on the output node: ``GRAD_MODE_READ``), and each new trace (the
+train forward reaches ``self.training and torch.is_grad_enabled()``) may ask for more. And the
+code is read, for what no patch sees: those functions bound under a name of the code's own
+(``from torch import is_grad_enabled as on``, a static method), ``training`` in any method of
+the model's layer classes outside torch.nn, and, in code the forward reaches through functions,
+modules and classes (``utils.in_inference()``), the autograd attributes a branch may test
+(``h.requires_grad``, ``h.grad_fn``: only torch.export can branch on them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import CodeType, FunctionType
-from typing import Any
+from itertools import product
+from types import CodeType, FunctionType, ModuleType
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx
@@ -17,98 +28,147 @@ from torch import nn
 from .meta import GRAD_MODE_READ, is_exported
 from .user_code import by_user
 
-__all__ = ["GRAD_READS", "Mode", "other_modes", "recording_grad_reads"]
+__all__ = ["Autograd", "Mode", "autograd_mode", "other_modes", "recording_grad_reads", "traced_modes"]
 
-GRAD_READS = ("is_grad_enabled", "is_inference_mode_enabled")  # torch functions whose answer a branch may take
+Autograd = Literal["on", "off", "inference"]
+_INFERENCE = "is_inference_mode_enabled"
+_QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while traced
+_TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
+_NAMES = frozenset({"training", *_QUERIES, *_TESTS})
 
 
 @dataclass(frozen=True)
 class Mode:
-    """A forward to trace besides the first (``trace_graph``'s ``train`` and ``grad``), and the
-    prefix its axis-graph nodes get (``train:``, ``grad:``)."""
+    """A forward to trace besides the first (``trace_graph``'s ``train`` and ``autograd``); its
+    axis-graph nodes get the prefix ``train:``, ``off:``, ``train+inference:``, ..."""
 
-    prefix: str
     train: bool
-    grad: bool
+    autograd: Autograd
 
-
-def other_modes(model: nn.Module, first: fx.Graph) -> list[Mode]:
-    """The modes whose forward may differ from ``first``'s (``trace_graph``'s eval forward):
-    train mode where a layer's code reads ``training`` (torch.fx only: an exported graph is the
-    eval forward's); the other grad mode where it asks ``torch.is_grad_enabled()`` (while traced,
-    or by name in a layer's code)."""
-    exported = is_exported(first)
-    grad = not exported and torch.is_grad_enabled()
-    read = _reads(model, ("training", *GRAD_READS))
-    modes = [Mode("train:", True, grad)] if not exported and "training" in read else []
-    output = next((n for n in reversed(first.nodes) if n.op == "output"), None)
-    if (output is not None and output.meta.get(GRAD_MODE_READ)) or read & set(GRAD_READS):
-        modes.append(Mode("grad:", False, not grad))
-    return modes
+    @property
+    def prefix(self) -> str:
+        return "+".join(["train"] * self.train + [self.autograd]) + ":"
 
 
 @contextmanager
-def recording_grad_reads(read: list[str]) -> Iterator[None]:
-    """While active, the model's own calls of ``torch.is_grad_enabled()`` (and the inference-mode
-    query) append the function's name to ``read``; torch's and ours do not."""
-    saved = {name: getattr(torch, name) for name in GRAD_READS}
+def autograd_mode(state: Autograd) -> Iterator[None]:
+    """Autograd in ``state`` (out of inference mode for ``"on"`` and ``"off"``)."""
+    with torch.inference_mode(state == "inference"), torch.set_grad_enabled(state == "on"):
+        yield
+
+
+def other_modes(model: nn.Module, traced: list[fx.Graph]) -> list[Mode]:
+    """The modes whose forward may differ from ``traced[0]``'s (``trace_graph``'s eval forward in
+    the caller's autograd mode, or with autograd off under torch.export): each combination of
+    train or eval (where the code reads ``training``; torch.fx only, an exported graph is the
+    eval forward's) and the autograd states it asks about (while any of ``traced`` was traced,
+    or in its code), but the first's own."""
+    exported = is_exported(traced[0])
+    now: Autograd = "inference" if torch.is_inference_mode_enabled() else "on" if torch.is_grad_enabled() else "off"
+    start: Autograd = "off" if exported else now
+    read = _reads(model, _NAMES)
+    for graph in traced:
+        output = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
+        read |= set(output.meta.get(GRAD_MODE_READ, ()) if output is not None else ())
+    states: set[Autograd] = {start}
+    # ``h.requires_grad`` of a traced value is a Proxy torch.fx cannot branch on: asked, if at all, by an exported forward
+    if read & {*_QUERIES, *(_TESTS if exported else ())}:
+        states |= {"on", "off"}
+    if _INFERENCE in read:
+        states.add("inference")
+    trains = (False, True) if not exported and "training" in read else (False,)
+    order: tuple[Autograd, ...] = ("on", "off", "inference")
+    return [Mode(t, a) for t, a in product(trains, sorted(states, key=order.index)) if (t, a) != (False, start)]
+
+
+def traced_modes(model: nn.Module, first: fx.Graph, trace: Callable[[Mode], fx.Graph]) -> list[tuple[Mode, fx.Graph]]:
+    """``trace`` of each mode of ``other_modes``, and of those the new traces ask about in turn
+    (the train forward reaches ``self.training and torch.is_grad_enabled()``'s question)."""
+    done: list[tuple[Mode, fx.Graph]] = []
+    while todo := [m for m in other_modes(model, [first, *(g for _, g in done)]) if m not in {d for d, _ in done}]:
+        done += [(mode, trace(mode)) for mode in todo]
+    return done
+
+
+@contextmanager
+def recording_grad_reads(read: set[str]) -> Iterator[None]:
+    """While active, the model's own calls of ``torch.is_grad_enabled()`` and
+    ``torch.is_inference_mode_enabled()`` (as ``torch.*`` or ``torch._C.*``) add the function's
+    name to ``read``; torch's and ours do not."""
+    saved = {(owner, name): getattr(owner, name) for owner in (torch, torch._C) for name in _QUERIES}
 
     def recorded(name: str, fn: Any) -> Any:
         def query() -> bool:
             if by_user(1):
-                read.append(name)
+                read.add(name)
             return fn()
 
         return query
 
     try:
-        for name, fn in saved.items():
-            setattr(torch, name, recorded(name, fn))
+        for (owner, name), fn in saved.items():
+            setattr(owner, name, recorded(name, fn))
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
+        for (owner, name), fn in saved.items():
+            setattr(owner, name, fn)
 
 
-def _reads(model: nn.Module, names: tuple[str, ...]) -> set[str]:
-    """Which of ``names`` the model's own code names (an attribute, a global), or calls under an
-    alias (``from torch import is_grad_enabled as on``: the function torch has by that name).
-    Read: the methods of layer classes outside torch.nn (torch.nn layers are leaves), functions
-    held by a layer, and the model's functions they reach by global name."""
+def _reads(model: nn.Module, names: frozenset[str]) -> set[str]:
+    """Which of ``names`` the model's own code names, or calls bound to a name of its own (the
+    function torch has by that name: ``from torch import is_grad_enabled as on``). ``training``
+    counts in any method; the rest only in code the forward reaches (``forward``, ``__call__``,
+    what they call: a ``freeze()`` that sets ``p.requires_grad`` is no branch of the forward).
+    A plain ``torch.is_grad_enabled()`` is seen while traced, where the forward calls it."""
     targets = {id(f): n for n in names if callable(f := getattr(torch, n, None))}
-    todo = [(fn.__code__, fn.__globals__) for fn in _user_functions(model)]
-    seen: set[CodeType] = set()
+    todo = [(fn.__code__, fn.__globals__, klass, reached) for fn, klass, reached in _user_functions(model)]
+    seen: set[tuple[CodeType, bool]] = set()
     found: set[str] = set()
     while todo:
-        code, scope = todo.pop()
-        if code in seen:
+        code, scope, klass, reached = todo.pop()
+        if (code, reached) in seen:
             continue
-        seen.add(code)
+        seen.add((code, reached))
+        found |= set(code.co_names) & (names - {*_QUERIES} if reached else {"training"})
+        owners = [klass] if klass is not None else []  # ``self.check()``: the class's own
+        owners += [v for n in code.co_names if isinstance(v := scope.get(n), (ModuleType, type)) and not _torch(v)]
         for name in code.co_names:
-            value = scope.get(name)
-            if name in names:
-                found.add(name)
-            elif id(value) in targets:
-                found.add(targets[id(value)])
-            elif isinstance(value, FunctionType) and not (value.__module__ or "").startswith("torch"):
-                todo.append((value.__code__, value.__globals__))
-        todo.extend((c, scope) for c in code.co_consts if isinstance(c, CodeType))
+            for value in (scope.get(name), *(_static_attr(o, name) for o in owners)):
+                if reached and id(value) in targets:
+                    found.add(targets[id(value)])
+                elif isinstance(value, FunctionType) and not _torch(value):
+                    todo.append((value.__code__, value.__globals__, klass, reached))
+        todo.extend((c, scope, klass, reached) for c in code.co_consts if isinstance(c, CodeType))
     return found
 
 
-def _user_functions(model: nn.Module) -> Iterator[FunctionType]:
-    """Methods (properties' getters too) of the model's layer classes outside torch.nn, and
-    functions the layers hold as attributes."""
+def _static_attr(owner: ModuleType | type, name: str) -> Any:
+    """``owner``'s attribute ``name`` as stored (no descriptor, no lazy module import runs): a
+    static or class method's function, a property's getter."""
+    stores = [vars(owner)] if isinstance(owner, ModuleType) else [vars(c) for c in owner.__mro__]
+    value = next((d[name] for d in stores if name in d), None)
+    return value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+
+
+def _torch(obj: Any) -> bool:
+    module = obj.__name__ if isinstance(obj, ModuleType) else getattr(obj, "__module__", None) or ""
+    return module == "torch" or module.startswith("torch.")
+
+
+def _user_functions(model: nn.Module) -> Iterator[tuple[FunctionType, type | None, bool]]:
+    """Methods (properties' getters too; ``__init__`` aside) of the model's layer classes outside
+    torch.nn, each with its class and whether a call of the layer runs it (``forward``,
+    ``__call__``), and functions the layers hold as attributes (run, if called)."""
     seen: set[type] = set()
     for m in model.modules():
-        yield from (f for f in vars(m).values() if isinstance(f, FunctionType))
+        yield from ((f, None, True) for f in vars(m).values() if isinstance(f, FunctionType))
         if type(m) in seen:
             continue
         seen.add(type(m))
         for klass in type(m).__mro__:
             if klass.__module__.startswith("torch.nn") or klass is object:
                 continue
-            for attr in vars(klass).values():
+            for name, attr in vars(klass).items():
                 fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
-                if isinstance(fn, FunctionType):
-                    yield fn
+                if isinstance(fn, FunctionType) and name != "__init__":
+                    yield fn, type(m), name in ("forward", "__call__")

@@ -26,7 +26,7 @@ __all__ = [
 META = "skg.value"  # the node's value computed on the meta device
 CALL = "skg.call"  # the node's normalised Call (see normalize.py)
 EXPORTED = "skg.exported"  # on the output node of a graph traced by torch.export
-GRAD_MODE_READ = "skg.grad_mode_read"  # on the output node (torch.fx): the forward asked torch.is_grad_enabled()
+GRAD_MODE_READ = "skg.grad_mode_read"  # on the output node: the autograd queries the forward made (``forward_modes``)
 CONSTANT = "skg.constant"  # a small integer constant tensor torch.export lifted: its real values
 WRITTEN_BUFFER = "skg.written_buffer"  # on a get_attr node: forward writes this buffer (``out=``, in place)
 TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``torch.tensor(...)`` in forward)

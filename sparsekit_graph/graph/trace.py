@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
 from .export import clear_method_caches, export_graph
-from .forward_modes import recording_grad_reads
+from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
@@ -54,7 +55,7 @@ def trace_graph(
     train: bool = False,
     shapes: bool = True,
     dynamic: bool = True,
-    grad: bool | None = None,
+    autograd: Autograd | None = None,
 ) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
@@ -68,21 +69,22 @@ def trace_graph(
         shapes: Propagate shapes (skip to only compare graph structure).
         dynamic: Under ``torch.export``, batch and length as dynamic dimensions (False: static,
             cheaper, for a graph compared with one that has them: ``prune.checks``).
-        grad: Trace the forward with autograd on or off (``torch.is_grad_enabled()`` answers
-            that); None: torch.fx in the caller's grad mode, torch.export with autograd off.
+        autograd: Trace the forward with autograd ``"on"``, ``"off"`` or under
+            ``torch.inference_mode()`` (what ``torch.is_grad_enabled()`` and its kin answer);
+            None: torch.fx in the caller's mode, torch.export with autograd off.
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
             names the failing node or layer.
     """
-    asked: list[str] = []  # the model's calls of ``torch.is_grad_enabled()``, by either tracer
-    with torch.set_grad_enabled(torch.is_grad_enabled() if grad is None else grad), recording_grad_reads(asked):
+    asked: set[str] = set()  # the model's calls of ``torch.is_grad_enabled()`` and kin, by either tracer
+    with autograd_mode(autograd) if autograd else nullcontext(), recording_grad_reads(asked):
         try:
-            graph = _traced(model, example_inputs, train, shapes, dynamic, grad, None)
+            graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, None)
         except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
-            graph = _traced(model, example_inputs, train, shapes, dynamic, grad, e)
-    if asked:  # the graph is this grad mode's forward: ``forward_modes`` has the other one traced too
-        next(n for n in reversed(graph.nodes) if n.op == "output").meta[GRAD_MODE_READ] = True
+            graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, e)
+    if asked:  # the graph is this autograd mode's forward: ``forward_modes`` has the others traced too
+        next(n for n in reversed(graph.nodes) if n.op == "output").meta[GRAD_MODE_READ] = tuple(sorted(asked))
     return graph
 
 
@@ -92,7 +94,7 @@ def _traced(
     train: bool,
     shapes: bool,
     dynamic: bool,
-    grad: bool | None,
+    autograd: Autograd | None,
     no_meta: NoMetaKernel | None,
 ) -> fx.Graph:
     """``trace_graph``; with ``no_meta`` (the shape pass of torch.fx's graph failed there), by
@@ -117,7 +119,7 @@ def _traced(
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
                 with sizes.reaching():
-                    graph = _exported(model, args, kwargs, fx_error, dynamic, bool(grad))
+                    graph = _exported(model, args, kwargs, fx_error, dynamic, autograd or "off")
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph
@@ -148,11 +150,11 @@ def _refuse_data_reads(graph: fx.Graph) -> None:
 
 
 def _exported(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception, dynamic: bool, grad: bool
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fx_error: Exception, dynamic: bool, autograd: Autograd
 ) -> fx.Graph:
     """``torch.export`` of the model in its current mode, or a ``TraceError`` naming both failures."""
     try:
-        with torch.set_grad_enabled(grad):
+        with autograd_mode(autograd):
             devices = [p.device for p in model.parameters()] or [torch.device("cpu")]
             meta = any(d.type == "meta" for d in devices)
             place = to_meta if meta else partial(_materialize, device=devices[0])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -24,14 +25,18 @@ from .meta import VALUE_READS
 
 __all__ = ["ValueReads", "pin_value_reads"]
 
-# Tensor methods that hand Python a tensor's values, and what the code can do with them.
+# Calls that hand Python a tensor's values, and what the code can do with them.
 _NUMBER = "a number"
 _CONTROL = "python control flow"
+_SIZE = "a size its values decide"
 _READS = {
     "item": _NUMBER, "tolist": _NUMBER, "numpy": _NUMBER, "__float__": _NUMBER, "__int__": _NUMBER,
     "__complex__": _NUMBER, "__format__": _NUMBER, "__array__": _NUMBER,
-    "__bool__": _CONTROL, "__index__": _CONTROL, "__contains__": _CONTROL,
+    "__bool__": _CONTROL, "__index__": _CONTROL, "__contains__": _CONTROL, "equal": _CONTROL,
+    "allclose": _CONTROL, "is_nonzero": _CONTROL,
 }  # fmt: skip
+# Ops whose result's length the values decide (``(g > t).nonzero().shape[0]``, ``g[g > t].numel()``).
+_SIZED = frozenset({"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "repeat_interleave"})
 
 
 class ValueReads:
@@ -47,17 +52,22 @@ class ValueReads:
     def clear(self) -> None:
         self._made.clear()  # no tensor outlives the trace
 
-    def called(self, func: Any, tensors: list[Tensor], out: Any) -> None:
-        """A call on real tensors alone: note a read of values, or where ``out`` came from."""
+    def called(self, func: Any, args: tuple[Any, ...], tensors: list[Tensor], out: Any) -> None:
+        """A call on real tensors alone (``tensors``, among ``args``): note a read of values, and
+        where ``out`` came from."""
         sources = frozenset().union(*(self._sources(t) for t in tensors))
         if not sources:
             return
-        kind = _READS.get(getattr(func, "__name__", ""))
+        name = getattr(func, "__name__", "")
+        kind = _READS.get(name)
+        if kind is None and (name in _SIZED or (name == "__getitem__" and _masked(args))):
+            kind = _SIZE  # and the result is a tensor too, made from them
         if kind is not None:
             for path in sources:
                 if self.read.get(path) != _CONTROL:
                     self.read[path] = kind
-            return
+            if kind != _SIZE:
+                return
         for t in _flat(out):
             self._made[id(t)] = (t, sources)
 
@@ -91,6 +101,12 @@ def _storage(t: Tensor) -> int | None:
         return int(t.untyped_storage()._cdata)
     except Exception:  # noqa: BLE001 - no storage (a subclass, a fake)
         return None
+
+
+def _masked(args: tuple[Any, ...]) -> bool:
+    """Is ``t[index]`` indexed by a boolean mask (its result as long as the mask has True)?"""
+    index = args[1] if len(args) > 1 else None
+    return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in (index if isinstance(index, tuple) else (index,)))
 
 
 def _flat(out: Any) -> list[Tensor]:

@@ -46,6 +46,8 @@ def member_spec(m: Member, p: Tensor) -> BlockSpec:
     layout = strided_layout(m.positions())
     if layout is None:
         raise CouplingError(f"member {m.param}: indices are not a strided pattern")
+    if any(s == 0 and n > 1 for n, s in zip(p.shape, p.stride())):
+        raise CouplingError(f"member {m.param}: an expanded tensor (stride 0): its elements share memory, no block is its own")
     pre, post = _outer_axes(m, p)
     step = p.stride(m.axis)  # one index along the channel axis
     view_shape = (*(n for n, _ in pre), *layout.sizes, m.block, *(n for n, _ in post))

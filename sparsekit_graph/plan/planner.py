@@ -13,7 +13,7 @@ from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
-from ..graph.forward_modes import other_modes
+from ..graph.forward_modes import Mode, traced_modes
 from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
@@ -123,10 +123,13 @@ def _axis_graph(
     graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
     gm = trace_graph(model, example_inputs, train=False)
     add_traced_graph(graph, gm, model)
-    for mode in other_modes(model, gm) if train_graph else ():
-        other = trace_graph(model, example_inputs, train=mode.train, shapes=False, grad=mode.grad)
+
+    def structure(mode: Mode) -> fx.Graph:  # the ops alone: shapes only where they differ from the first's
+        return trace_graph(model, example_inputs, train=mode.train, shapes=False, autograd=mode.autograd)
+
+    for mode, other in traced_modes(model, gm, structure) if train_graph else ():
         if _calls(other) != _calls(gm):
-            other = trace_graph(model, example_inputs, train=mode.train, grad=mode.grad)
+            other = trace_graph(model, example_inputs, train=mode.train, autograd=mode.autograd)
             add_traced_graph(graph, other, model, prefix=mode.prefix)
     drop_partial_scales(graph)
     add_factor_shadows(graph)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.export_bound import bounded_by
-from ..graph.forward_modes import other_modes
+from ..graph.forward_modes import traced_modes
 from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
@@ -145,8 +145,7 @@ def prune(
     try:
         with bounded_by(before_gm):  # under torch.export, the model's own loop may not end at these counts
             after_gm = trace_graph(work, inputs)
-        for mode in other_modes(work, after_gm):  # train mode, the other grad mode
-            trace_graph(work, inputs, train=mode.train, grad=mode.grad)
+        traced_modes(work, after_gm, lambda m: trace_graph(work, inputs, train=m.train, autograd=m.autograd))  # each runs
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
     _same_tracer(before_gm, after_gm)
