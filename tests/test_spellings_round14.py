@@ -411,3 +411,26 @@ def test_a_length_the_values_decide_is_a_number_read_from_them(count: Callable[[
     pruned = skg.prune(model, plan, masks={"a:out": mask}).model
     with torch.no_grad():
         assert not torch.allclose(_masked(model, plan, mask)(x), pruned(x), rtol=1e-4)
+
+
+def test_a_no_grad_block_in_a_forward_exported_with_autograd_on() -> None:
+    """torch.export keeps ``with torch.no_grad():`` as a subgraph when it traces with autograd on
+    (the other mode of a forward that asks): inlined as an autocast block is."""
+
+    class Blocked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(8, 16)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            h = h * (1 + 0 * h.abs().max().item())  # torch.export
+            with torch.no_grad():
+                s = self.c(x)
+            return self.b(torch.relu(h + s if torch.is_grad_enabled() else h))
+
+    model, x = Blocked(), torch.randn(2, 8)
+    plan = skg.plan(model, x)
+    assert {"c.weight", "c.bias"} <= {m.param for m in plan.group("a:out").members}
+    small = skg.prune(model, plan, ratio=0.5).model
+    _runs_in_both_modes(small, x)

@@ -180,7 +180,9 @@ def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> f
     return graph
 
 
-_AUTOCAST = torch.ops.higher_order.wrap_with_autocast  # ``with torch.autocast(...)``: its body as a subgraph
+# Blocks torch.export keeps as a subgraph called in place, and the position of the body among
+# the call's arguments (its inputs follow): ``with torch.autocast(...)``, ``with torch.no_grad()``.
+_BLOCKS = {torch.ops.higher_order.wrap_with_autocast: 4, torch.ops.higher_order.wrap_with_set_grad_enabled: 1}
 Env = dict[fx.Node, Any]  # a node of the exported graph -> its copy (a tuple of them for an inlined body's outputs)
 
 
@@ -188,14 +190,16 @@ def _copy(
     graph: fx.Graph, node: fx.Node, owner: fx.GraphModule, env: Env, tokens: dict[int, fx.Node], real: dict[str, Any]
 ) -> None:
     """Copy ``node`` (of ``owner``'s graph, not a placeholder or output) into ``graph``; the
-    body of an autocast block inlined where it is called, as on the torch.fx path (autocast
-    changes the dtype ops compute in, not what they compute or which channels they read)."""
+    body of an autocast or grad-mode block inlined where it is called, as on the torch.fx path
+    (autocast changes the dtype ops compute in, grad mode what autograd records: neither what
+    they compute or which channels they read)."""
     if node.op == "get_attr" and isinstance(getattr(owner, str(node.target), None), fx.GraphModule):
         return  # a block's body: copied where the block is called
-    if node.target is _AUTOCAST:
-        body = getattr(owner, str(node.args[4].target))  # type: ignore[union-attr]
+    at = _BLOCKS.get(node.target)  # type: ignore[call-overload]
+    if at is not None:
+        body = getattr(owner, str(node.args[at].target))  # type: ignore[union-attr]
         inner: Env = dict(
-            zip((n for n in body.graph.nodes if n.op == "placeholder"), (env[a] for a in node.args[5:]), strict=True)  # type: ignore[index]
+            zip((n for n in body.graph.nodes if n.op == "placeholder"), (env[a] for a in node.args[at + 1 :]), strict=True)  # type: ignore[index]
         )
         for n in body.graph.nodes:
             if n.op == "output":
