@@ -1,8 +1,13 @@
-"""Adversary round 14: a forward that branches on grad mode. The planner traced the caller's grad
-mode only (torch.export: autograd off), so a layer used only under the other mode (inference
-under ``torch.no_grad()``, training with autograd on) was left out of the coupling, and the
-pruned model failed there. The other grad mode's forward is traced too, where the code asks
-``torch.is_grad_enabled()``: while traced, or by name in a layer's code."""
+"""Adversary round 14: wrong plans round 13 left.
+
+- A forward that branches on autograd (``torch.is_grad_enabled()``, inference mode,
+  ``h.requires_grad``): every train/eval x autograd mode the code asks about is traced, so a
+  layer used in one mode only is coupled and the pruned model runs in all of them.
+- Values of the model's own tensors read as Python numbers while traced: not zero-invariant
+  (a number), pinned (a branch).
+- Parameters that are not contiguous (channels_last, stored transposed) bind and prune.
+- A buffer registered on the first call is the constant it is.
+"""
 
 from __future__ import annotations
 
