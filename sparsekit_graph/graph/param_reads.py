@@ -39,7 +39,7 @@ from .user_code import by_user, stand_in
 if TYPE_CHECKING:
     from .size_reads import _Log
 
-__all__ = ["pin_param_reads", "recording_param_reads"]
+__all__ = ["pin_param_reads", "recording_param_reads", "storage_key"]
 
 _AXIS = "shape[{}]"  # a site's attribute: an axis of the tensor its path names
 _PATCHED = ("shape", "size", "numel", "nelement")
@@ -47,7 +47,7 @@ _BASE = torch._C.TensorBase
 _LEN = builtins.len
 
 
-def _key(t: Tensor) -> int | None:
+def storage_key(t: Tensor) -> int | None:
     """The tensor's storage (shared by its views, ``detach()`` and ``state_dict()``'s entries)."""
     try:
         return int(t.untyped_storage()._cdata)
@@ -67,14 +67,14 @@ class _Reads:
         if self._by_storage is None:
             self._by_storage = {}
             for name, t in (*self.model.named_parameters(), *self.model.named_buffers()):
-                key = _key(t)
+                key = storage_key(t)
                 if key is not None and t.ndim:
                     self._by_storage.setdefault(key, (name, t.shape))
         return self._by_storage
 
     def axes(self, t: Tensor, shape: tuple[int, ...]) -> tuple[frozenset[Site], ...] | None:
         """Per axis of ``t``, the model tensor's axes it is (None: not the model's tensor)."""
-        key = _key(t)
+        key = storage_key(t)
         found = self.by_storage().get(key) if key is not None else None
         if found is None:
             return None

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .axes import AxisGraph
 from .meta import VALUE_READS
+from .param_reads import storage_key
 
 __all__ = ["ValueReads", "pin_value_reads"]
 
@@ -82,7 +83,7 @@ class ValueReads:
         made = self._made.get(id(t))
         if made is not None and made[0] is t:
             return made[1]
-        path = self._storages().get(_storage(t))
+        path = self._storages().get(storage_key(t))
         return frozenset({path}) if path is not None else frozenset()
 
     def _storages(self) -> dict[int, str]:
@@ -90,17 +91,10 @@ class ValueReads:
             self._own = {}
             for path, t in (*self._model.named_parameters(), *self._model.named_buffers()):
                 self._ids.add(id(t))
-                key = _storage(t)
+                key = storage_key(t)
                 if key is not None and t.ndim and not t.is_meta:
                     self._own.setdefault(key, path)
         return self._own
-
-
-def _storage(t: Tensor) -> int | None:
-    try:
-        return int(t.untyped_storage()._cdata)
-    except Exception:  # noqa: BLE001 - no storage (a subclass, a fake)
-        return None
 
 
 def _masked(args: tuple[Any, ...]) -> bool:
