@@ -8,7 +8,9 @@ an export inside ``bounded_by(graph)`` (a pruned copy's) is stopped past ``FACTO
 model's own, plus ``SLACK`` seconds: a ``RunawayError`` naming the line the model's code was on,
 which pins the groups tried, not a hang. A pruned copy's export runs the same code at fewer
 channels; the model's own export paid the first call's warm-up, so the bound only stops what
-does not end. CPU time of the exporting thread, so a loaded machine does not trip it; a stop
+does not end. CPU time of the exporting thread, less what its garbage collections took (a
+long-lived process's full collection can take seconds), so neither a loaded machine nor a big
+heap trips it; a stop
 is delivered as an asynchronous exception (``PyThreadState_SetAsyncExc``) by a watchdog
 thread, which costs the export nothing (``sys.settrace`` made it three times slower).
 """
@@ -16,6 +18,7 @@ thread, which costs the export nothing (``sys.settrace`` made it three times slo
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 import threading
@@ -33,7 +36,7 @@ __all__ = ["EXPORT_SECONDS", "FACTOR", "SLACK", "RunawayError", "bounded_by", "t
 
 EXPORT_SECONDS = "skg.export_seconds"  # on an exported graph's output node: CPU seconds its export took
 FACTOR = 4.0
-SLACK = 3.0  # seconds
+SLACK = 10.0  # seconds: the first export of a new shape may pay caches the model's own had warm
 _POLL = 0.05  # seconds between the watchdog's looks
 
 _MODEL_SECONDS: ContextVar[float | None] = ContextVar("skg_model_export_seconds", default=None)  # set by ``bounded_by``
@@ -69,18 +72,44 @@ def _model_line(ident: int) -> str:
 
 
 @contextmanager
+def _less_collections(clock: Callable[[], float]) -> Iterator[Callable[[], float]]:
+    """``clock``, less the time garbage collections took in the calling thread inside."""
+    ident = threading.get_ident()
+    spent, began = [0.0], [0.0]
+
+    def note(phase: str, _info: dict[str, int]) -> None:
+        if threading.get_ident() == ident:
+            if phase == "start":
+                began[0] = clock()
+            else:
+                spent[0] += clock() - began[0]
+
+    gc.callbacks.append(note)
+    try:
+        yield lambda: clock() - spent[0]
+    finally:
+        gc.callbacks.remove(note)
+
+
+@contextmanager
 def timed_export() -> Iterator[list[float]]:
     """Time the export inside (``[seconds]``, filled in on exit); inside ``bounded_by``, stop
     it with a ``RunawayError`` past the bound."""
-    clock = _cpu_clock()
-    start = clock()
     spent = [0.0]
-    model = _MODEL_SECONDS.get()
-    if model is None:
-        yield spent
+    with _less_collections(_cpu_clock()) as clock:
+        start = clock()
+        model = _MODEL_SECONDS.get()
+        if model is None:
+            yield spent
+        else:
+            with _watched(clock, start, FACTOR * model + SLACK, model):
+                yield spent
         spent[0] = clock() - start
-        return
-    bound = FACTOR * model + SLACK
+
+
+@contextmanager
+def _watched(clock: Callable[[], float], start: float, bound: float, model: float) -> Iterator[None]:
+    """Stop the calling thread with a ``RunawayError`` once ``clock() - start`` passes ``bound``."""
     ident = threading.get_ident()
     lock = threading.Lock()
     state = {"inside": True, "fired": False, "where": ""}
@@ -99,7 +128,7 @@ def timed_export() -> Iterator[list[float]]:
     try:
         try:
             watchdog.start()
-            yield spent
+            yield
         finally:
             with lock:
                 state["inside"] = False
@@ -107,7 +136,6 @@ def timed_export() -> Iterator[list[float]]:
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
             done.set()
             watchdog.join()
-            spent[0] = clock() - start
     except BaseException:  # ``_Stop``, or what torch made of it
         if not state["fired"]:
             raise
