@@ -28,7 +28,7 @@ SMALL_CONSTANT = 64  # integer constants up to this many elements keep their val
 # export probe compares between traces (``torch.tensor(h.size(-1))`` is a number of the model).
 CONSTANT_VALUE = "skg.constant_value"
 
-__all__ = ["CONSTANT_VALUE", "clear_method_caches", "export_graph"]
+__all__ = ["CONSTANT_VALUE", "clear_method_caches", "export_graph", "no_cache"]
 
 
 def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, dynamic: bool = True) -> fx.Graph:
@@ -38,7 +38,7 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     and no symbolic size nodes, in about half the time (the export probe's retrace).
     Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``.
     """
-    kwargs = {**kwargs, **_no_cache(model, kwargs)}
+    kwargs = {**kwargs, **no_cache(model, kwargs)}
     clear_method_caches(model)
     with _batched_experts(model), _data_as_detach():
         with timed_export() as seconds:  # a pruned copy's is stopped where the model's code runs away
@@ -119,7 +119,7 @@ def _batched_experts(model: nn.Module) -> Iterator[None]:
             c._experts_implementation_internal = saved[k]
 
 
-def _no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+def no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``use_cache=False`` for models whose forward takes it (no KV cache in the graph)."""
     import inspect
 

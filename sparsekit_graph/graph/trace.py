@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
+from .eager_check import disagreement, graph_module, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
@@ -30,22 +31,7 @@ __all__ = ["Inputs", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shapes: bool = True) -> fx.GraphModule:
     """``trace_graph`` as a runnable ``GraphModule`` over ``model`` (which it does not change:
     the tensor constants of the graph live in the ``GraphModule``)."""
-    graph = trace_graph(model, example_inputs, train=train, shapes=shapes)
-    root = {
-        str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else _get(model, str(n.target))
-        for n in graph.nodes
-        if n.op in ("get_attr", "call_module")
-    }
-    gm = fx.GraphModule(root, graph, type(model).__name__)
-    gm.train(model.training)
-    return gm
-
-
-def _get(model: nn.Module, target: str) -> Any:
-    obj: Any = model
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    return obj
+    return graph_module(model, trace_graph(model, example_inputs, train=train, shapes=shapes))
 
 
 def trace_graph(
@@ -56,6 +42,7 @@ def trace_graph(
     shapes: bool = True,
     dynamic: bool = True,
     autograd: Autograd | None = None,
+    verify: bool = False,
 ) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
@@ -72,6 +59,10 @@ def trace_graph(
         autograd: Trace the forward with autograd ``"on"``, ``"off"`` or under
             ``torch.inference_mode()`` (what ``torch.is_grad_enabled()`` and its kin answer);
             None: torch.fx in the caller's mode, torch.export with autograd off.
+        verify: Run the graph and the eager forward on the example (real weights and inputs):
+            where torch.fx's graph computes another output, trace with torch.export; where
+            that one does too, raise (``eager_check``: the forward asked a traced value
+            something only a real tensor answers, ``type(h) is torch.Tensor``).
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
@@ -83,9 +74,37 @@ def trace_graph(
             graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, None)
         except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
             graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, e)
+        if verify:
+            graph = _verified(graph, model, example_inputs, train, shapes, dynamic, autograd)
     if asked:  # the graph is this autograd mode's forward: ``forward_modes`` has the others traced too
         next(n for n in reversed(graph.nodes) if n.op == "output").meta[GRAD_MODE_READ] = tuple(sorted(asked))
     return graph
+
+
+def _verified(
+    graph: fx.Graph, model: nn.Module, example_inputs: Inputs, train: bool, shapes: bool, dynamic: bool, autograd: Autograd | None
+) -> fx.Graph:
+    """``graph`` where it computes the eager forward's output; else torch.export's trace where
+    that one does; else a ``TraceError`` naming the output that differs."""
+    args, kwargs = normalize_inputs(example_inputs)
+    differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
+    if differs is None:
+        return graph
+    if not is_exported(graph):
+        graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, Unfaithful(f"its graph computes {differs}"))
+        differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
+        if differs is None:
+            return graph
+    raise TraceError(
+        f"the traced graph of {type(model).__name__} does not compute what its forward computes on the example "
+        f"({differs}): the forward asks a traced value something only a real tensor answers, such as "
+        "type(h) is torch.Tensor, type(h).__name__ or callable(h); ask isinstance(h, torch.Tensor), or make that "
+        "part a leaf module"
+    )
+
+
+class Unfaithful(Exception):
+    """torch.fx's graph computes another output than the eager forward (``_verified``)."""
 
 
 def _traced(
@@ -95,10 +114,10 @@ def _traced(
     shapes: bool,
     dynamic: bool,
     autograd: Autograd | None,
-    no_meta: NoMetaKernel | None,
+    skip_fx: Exception | None,
 ) -> fx.Graph:
-    """``trace_graph``; with ``no_meta`` (the shape pass of torch.fx's graph failed there), by
-    ``torch.export`` at once."""
+    """``trace_graph``; with ``skip_fx`` (why torch.fx's graph will not do: its shape pass
+    failed, or it computes another output), by ``torch.export`` at once."""
     register_library_rules()  # torchvision/timm layers become leaves once those libraries are loaded
     args, kwargs = normalize_inputs(example_inputs)
     concrete = fixed_forward_args(model, args, kwargs)
@@ -108,8 +127,8 @@ def _traced(
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
             try:
-                if no_meta is not None:
-                    raise no_meta
+                if skip_fx is not None:
+                    raise skip_fx
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
@@ -130,7 +149,7 @@ def _traced(
                 continue
             if str(n.target) not in before and str(n.target) in model.__dict__:
                 n.meta[TRACED_CONSTANT] = model.__dict__[str(n.target)]
-            elif created and id(value := _get(model, str(n.target))) in created:
+            elif created and id(value := model_attribute(model, str(n.target))) in created:
                 n.meta[TRACED_CONSTANT] = value
         config_reads(graph, reads)
         if shapes:

@@ -121,7 +121,7 @@ def _axis_graph(
 ) -> tuple[AxisGraph, fx.Graph]:
     """``build_axis_graph``'s graph and the eval trace it was built from."""
     graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
-    gm = trace_graph(model, example_inputs, train=False)
+    gm = trace_graph(model, example_inputs, train=False, verify=True)  # the graph computes the forward's output
     add_traced_graph(graph, gm, model)
 
     def structure(mode: Mode) -> fx.Graph:  # the ops alone: shapes only where they differ from the first's

@@ -139,12 +139,12 @@ def prune(
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     with kept(model, values=False):  # tracing runs forward's Python on the user's modules
-        before_gm = trace_graph(model, inputs)
+        before_gm = trace_graph(model, inputs, verify=True)
     work = copy_model(model)
     remove_channels(work, plan, chosen)
     try:
         with bounded_by(before_gm):  # under torch.export, the model's own loop may not end at these counts
-            after_gm = trace_graph(work, inputs)
+            after_gm = trace_graph(work, inputs, verify=True)
         traced_modes(work, after_gm, lambda m: trace_graph(work, inputs, train=m.train, autograd=m.autograd))  # each runs
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
