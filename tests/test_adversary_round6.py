@@ -56,7 +56,10 @@ def test_a_buffer_written_with_out_pins(start: int) -> None:
     model = Net(fn, g=torch.rand(C) + 0.5, tmp=torch.zeros(start)).eval()
     model.tmp = torch.zeros(start)  # the dry run in Net's __init__ resized it
     group = skg.plan(model, torch.randn(*X)).group("a:out")
-    assert not group.prunable and "buffer tmp written in forward" in (group.reason or "")
+    # torch.fx runs the write at trace time (its graph reads tmp's old values: the eager check sends
+    # the same-size model to torch.export, which records the ``out=`` write)
+    reasons = ("buffer tmp written in forward", "writes its result into a given tensor (out=)")
+    assert not group.prunable and any(r in (group.reason or "") for r in reasons), group.reason
     assert model.tmp.shape == (start,)
 
 

@@ -7,8 +7,9 @@ branch is wrong however well its rules hold. No list of spellings closes that, s
 is run on the example and compared with the eager forward, with the model's weights, the same
 train flags, autograd mode and random seed. Where they differ the graph is not the model's.
 
-The comparison is skipped (None) where it cannot be made without changing the model or
-running it for nothing: weights or inputs on the meta device, a forward that writes its own
+Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. The comparison
+is skipped (None) where it cannot be made without changing the model or running it for
+nothing: weights on the meta device, a forward that writes its own
 parameters in place (``w.clamp_()``: stopped before the write), a forward or graph that fails
 on the example, an output that depends on random draws the two make in a different order.
 """
@@ -87,8 +88,10 @@ def disagreement(
     """Where ``graph`` (a trace of ``model`` on ``args`` / ``kwargs``) computes another output
     than the eager forward: a sentence naming the first output that differs; None where they
     agree or cannot be compared (see the module docstring). The model is left as it was."""
-    if _on_meta(model, args, kwargs):
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
         return None
+    args, kwargs = _real(args, kwargs, tensors[0].device if tensors else torch.device("cpu"))
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
     autograd = autograd or ("off" if is_exported(graph) else None)  # None: the caller's, as torch.fx traced
@@ -139,9 +142,19 @@ def _leaves(out: Any) -> list[Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
 
 
-def _on_meta(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    tensors = [*model.parameters(), *model.buffers(), *_leaves((args, kwargs))]
-    return any(t.device.type == "meta" for t in tensors)
+def _real(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Meta inputs (a plan's ``example_inputs()``) as real ones on the weights' device: floats
+    drawn from a seeded normal, integers and booleans zero."""
+    generator = torch.Generator().manual_seed(_SEED)
+
+    def real(v: Any) -> Any:
+        if not isinstance(v, Tensor) or not v.is_meta:
+            return v
+        if v.is_floating_point():
+            return torch.randn(v.shape, generator=generator, dtype=v.dtype).to(device)
+        return torch.zeros(v.shape, dtype=v.dtype, device=device)
+
+    return torch.utils._pytree.tree_map(real, (args, kwargs))
 
 
 def _first_difference(eager: list[Tensor], traced: list[Tensor]) -> str | None:

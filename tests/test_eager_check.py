@@ -1,0 +1,145 @@
+"""A forward that asks a traced value what only a real tensor answers (issue 7, round 15).
+
+Neither tracer's value is a plain tensor (a Proxy under torch.fx, a fake tensor under
+torch.export), so ``type(h) is torch.Tensor`` and its kin were traced down the branch the
+eager forward does not take: a plan of the wrong branch (``a:out`` zero-invariant beside a
+``h - h.mean(1)`` the forward runs). ``plan`` and ``prune`` now run the graph and the eager
+forward on the example (``graph/eager_check.py``): torch.fx's graph that computes another
+output gives way to torch.export's, and where that one does too the plan is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_untouched, check_oracle, fingerprint
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.errors import TraceError
+from sparsekit_graph.graph.eager_check import disagreement
+from sparsekit_graph.graph.meta import is_exported
+from sparsekit_graph.graph.trace import trace_graph
+
+
+def _is_plain(h: Tensor) -> bool:  # a helper in another function: no line of forward asks
+    return type(h) is torch.Tensor
+
+
+_ASKS: dict[str, Callable[[Tensor], bool]] = {
+    "type_is": lambda h: type(h) is torch.Tensor,
+    "type_eq": lambda h: type(h) == torch.Tensor,  # noqa: E721 - the spelling under test
+    "type_name": lambda h: type(h).__name__ == "Tensor",
+    "class_name": lambda h: h.__class__.__name__ == "Tensor",
+    "type_in": lambda h: type(h) in (torch.Tensor, nn.Parameter),
+    "helper": _is_plain,
+    "not_callable": lambda h: not callable(h),
+    "issubclass": lambda h: issubclass(type(h), torch.Tensor),
+    "type_mro": lambda h: torch.Tensor in type(h).__mro__,
+}
+_REFUSED = {"type_is", "type_eq", "type_name", "class_name", "type_in", "helper"}  # torch.export's fake asks alike
+
+
+class _Asks(nn.Module):
+    """``h - h.mean(1)`` (not zero-invariant over ``a``'s channels) where the forward's answer
+    is True, as it is eagerly."""
+
+    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.ask(h):
+            h = h - h.mean(1, keepdim=True)
+        return self.c(torch.relu(self.b(h)))
+
+
+X = (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("name", sorted(_ASKS))
+def test_a_forward_that_asks_a_value_its_class_plans_its_eager_branch_or_is_refused(name: str, tmp_path: Path) -> None:
+    model, x = _Asks(_ASKS[name]).eval(), torch.randn(*X)
+    assert _ASKS[name](model.a(x)), "eagerly the forward takes the mean branch"
+    before = fingerprint(model)
+    if name in _REFUSED:
+        with pytest.raises(TraceError, match=r"does not compute what its forward computes.*type\(h\) is torch\.Tensor"):
+            skg.plan(model, x)
+        assert_untouched(model, before, "a refused plan")
+        return
+    plan = skg.plan(model, x)
+    assert not plan.group("a:out").zero_invariant, "the mean over a's channels runs"
+    check_oracle(model, x, tmp_path)  # the pruned model equals the masked dense one
+
+
+def test_prune_refuses_what_plan_refuses() -> None:
+    """A plan made elsewhere (or edited) does not get a model the tracers cannot follow pruned."""
+    plain = _Asks(lambda h: True).eval()
+    plan = skg.plan(plain, torch.randn(*X))
+    model = _Asks(_ASKS["type_is"]).eval()
+    model.load_state_dict(plain.state_dict())
+    before = fingerprint(model)
+    with pytest.raises(TraceError, match="does not compute what its forward computes"):
+        skg.prune(model, plan, ratio=0.5)
+    assert_untouched(model, before, "a refused prune")
+
+
+# -- what the check must not refuse ---------------------------------------------------------
+
+
+class _Writes(nn.Module):
+    """A forward that clips its own weight and rectifies its input in place, counts its calls
+    in a buffer and adds noise: the check runs it without changing the model or the example."""
+
+    def __init__(self, noise: bool) -> None:
+        super().__init__()
+        self.noise = noise
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x.relu_()
+        self.calls += 1
+        with torch.no_grad():
+            self.a.weight.clamp_(-0.2, 0.2)
+        h = torch.relu(self.a(x))
+        if self.noise:
+            h = h + 0.1 * torch.randn_like(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_a_forward_that_writes_draws_or_mutates_its_input_still_plans(noise: bool) -> None:
+    model, x = _Writes(noise).eval(), torch.randn(*X)
+    with torch.no_grad():
+        model.a.weight.mul_(10)  # the clamp would change it
+    before, given = fingerprint(model), x.clone()
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable
+    assert_untouched(model, before, "plan")
+    assert torch.equal(x, given), "the example input was written"
+
+
+def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph() -> None:
+    model, x = _Asks(_ASKS["type_is"]).eval(), torch.randn(*X)
+    fx_graph = trace_graph(model, x)  # torch.fx, unverified: the branch not taken eagerly
+    assert not is_exported(fx_graph)
+    differs = disagreement(model, fx_graph, (x,), {}, train=False, autograd=None)
+    assert differs is not None and differs.startswith("output 0 differs by up to"), differs
+    faithful = _Asks(lambda h: False).eval()
+    assert disagreement(faithful, trace_graph(faithful, x), (x,), {}, train=False, autograd=None) is None
+    on_meta = _Asks(_ASKS["type_is"]).to("meta").eval()  # no values: nothing to compare
+    assert disagreement(on_meta, trace_graph(on_meta, x.to("meta")), (x.to("meta"),), {}, train=False, autograd=None) is None
+
+
+def test_torch_fx_graphs_that_ask_nothing_stay_torch_fx() -> None:
+    """The check keeps a faithful torch.fx graph (no fall back to torch.export)."""
+    import torchvision
+
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    assert not is_exported(trace_graph(model, x, verify=True))
