@@ -143,3 +143,36 @@ def test_torch_fx_graphs_that_ask_nothing_stay_torch_fx() -> None:
 
     model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
     assert not is_exported(trace_graph(model, x, verify=True))
+
+
+class _TrainModeExport(nn.Module):
+    """In train mode, with a device check torch.fx cannot trace (torch.export plans it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if h.is_cuda:
+            h = h.contiguous()
+        return self.b(self.drop(h))
+
+
+def test_a_train_mode_model_torch_fx_cannot_trace_is_planned_in_eval_mode() -> None:
+    """Found by the check: after torch.fx failed, undoing its attempt put the layers back in the
+    caller's train mode, so torch.export traced batch statistics and dropout into the eval plan
+    (and its graph, run, moved the running statistics)."""
+    model, x = _TrainModeExport(), torch.randn(*X)
+    graph = trace_graph(model, x, train=False)
+    assert is_exported(graph)
+    norms = [n for n in graph.nodes if "batch_norm" in str(n.target)]
+    assert norms and all(n.args[5] is False for n in norms), [n.args for n in norms]
+    drops = [n for n in graph.nodes if "dropout" in str(n.target)]
+    assert all(n.args[2] is False for n in drops), [n.args for n in drops]  # dropout(h, p, train)
+    assert model.training and model.bn.training and model.drop.training, "the caller's flags are back"
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    assert plan.group("a:out").zero_invariant, "eval: no dropout draws on a's channels"

@@ -154,8 +154,10 @@ def test_a_list_attribute_written_in_forward_pins_what_it_sizes(tmp_path: Path) 
     plan = skg.plan(model, x)
     assert model.mixed.splits == SPLITS
     parts = [g for g in plan.groups if any(m.param.startswith("mixed.") for m in g.members)]
-    assert parts and not any(g.prunable for g in parts if "write to its list" in (g.reason or "")) and any(
-        "write to its list" in (g.reason or "") for g in parts
+    assert (
+        parts
+        and not any(g.prunable for g in parts if "write to its list" in (g.reason or ""))
+        and any("write to its list" in (g.reason or "") for g in parts)
     ), [(g.name, g.reason) for g in parts]
     check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
     assert model.mixed.splits == SPLITS

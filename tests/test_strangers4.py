@@ -1138,7 +1138,10 @@ MORE_BODIES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "glu_by_size_slices": (body(_glu_by_slices), {"a:out": "zi"}),
     "copy_half_over_half": (body(_copy_half), {"a:out": "pin"}),
     "select_channel": (body(lambda s, h: h * h.select(1, 0).unsqueeze(1)), {"a:out": "pin"}),
-    "bool_list_index": (body(lambda s, h: h[:, [True, False] * 4]), {"a:out": "pin"}),  # a fixed-length mask over the channels (nonzero: export)  # noqa: E501
+    "bool_list_index": (
+        body(lambda s, h: h[:, [True, False] * 4]),
+        {"a:out": "pin"},
+    ),  # a fixed-length mask over the channels (nonzero: export)  # noqa: E501
     "softmax_over_flat": (body(lambda s, h: h.flatten(1).softmax(-1).view_as(h)), {"a:out": "prune"}),
     "einsum_square_sum": (body(lambda s, h: h * torch.einsum("bchw,bchw->bhw", h, h)[:, None]), {"a:out": "zi"}),
     "einsum_square_residual": (

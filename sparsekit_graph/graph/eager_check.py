@@ -16,6 +16,7 @@ on the example, an output that depends on random draws the two make in a differe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -61,16 +62,20 @@ class _NoParameterWrites(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def graph_module(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+def graph_module(model: nn.Module, graph: fx.Graph, *, train: bool | None = None) -> fx.GraphModule:
     """``graph`` as a runnable ``GraphModule`` over ``model``'s layers, parameters and buffers
-    (the tensor constants the trace made live in the ``GraphModule``)."""
+    (the tensor constants the trace made live in the ``GraphModule``); ``train``: its own flag
+    only (the layers keep theirs), else all of them set to ``model.training``."""
     root = {
         str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else model_attribute(model, str(n.target))
         for n in graph.nodes
         if n.op in ("get_attr", "call_module")
     }
     gm = fx.GraphModule(root, graph, type(model).__name__)
-    gm.train(model.training)
+    if train is None:
+        gm.train(model.training)
+    else:
+        object.__setattr__(gm, "training", train)
     return gm
 
 
@@ -94,41 +99,55 @@ def disagreement(
     args, kwargs = _real(args, kwargs, tensors[0].device if tensors else torch.device("cpu"))
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
-    autograd = autograd or ("off" if is_exported(graph) else None)  # None: the caller's, as torch.fx traced
-    eager = _eager(model, args, kwargs, train, autograd)
-    if eager is None:
-        return None
-    try:
-        gm = graph_module(model, graph)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(_SEED)
-            traced = _leaves(fx.Interpreter(gm).run(*flat_inputs(graph, *_fresh(args, kwargs))))
-    except Exception:  # noqa: BLE001 - a graph that cannot run here is not judged by its output
+    run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
+    gm = graph_module(model, graph, train=train)
+
+    def traced_forward(*a: Any, **k: Any) -> Any:
+        return fx.Interpreter(gm).run(*flat_inputs(graph, a, k))
+
+    eager, traced = run(model, args, kwargs), run(traced_forward, args, kwargs)
+    if eager is None or traced is None:
         return None
     differs = _first_difference(eager, traced)
     if differs is None:
         return None
-    again = _eager(model, args, kwargs, train, autograd, seed=_SEED + 1)
-    if again is None or _first_difference(eager, again) is not None:
-        return None  # the output depends on random draws: the order the two make them in may differ
+    for forward, first in ((model, eager), (traced_forward, traced)):  # output changing with the seed: random draws,
+        again = run(forward, args, kwargs, seed=_SEED + 1)  # which the two may make in another order
+        if again is None or _first_difference(first, again) is not None:
+            return None
     return differs
 
 
-def _eager(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], train: bool, autograd: Autograd | None, seed: int = _SEED
-) -> list[Tensor] | None:
-    """The eager forward's output tensors, or None where it fails or would write a parameter."""
-    modules = list(model.modules())
-    storages = {k for p in model.parameters() if (k := storage_key(p)) is not None}
-    try:
-        with model_mode(model, train, modules), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            with autograd_mode(autograd) if autograd else nullcontext(), _NoParameterWrites(storages):
-                fresh_args, fresh_kwargs = _fresh(args, kwargs)
-                out = model(*fresh_args, **fresh_kwargs)
-    except Exception:  # noqa: BLE001 - nothing to compare with
-        return None
-    return [t.detach() for t in _leaves(out)]
+class _Runs:
+    """Runs of the model's forward or its graph on the example: the graph's train flags and
+    autograd mode, one seed, the model left as it was (its parameters never written)."""
+
+    def __init__(self, model: nn.Module, train: bool, autograd: Autograd | None) -> None:
+        self.model, self.train, self.autograd = model, train, autograd
+        self.modules = list(model.modules())
+        self.storages = {k for p in model.parameters() if (k := storage_key(p)) is not None}
+
+    def __call__(
+        self, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seed: int = _SEED
+    ) -> list[Tensor] | None:
+        """The output tensors of ``forward``, or None where it fails or would write a parameter."""
+        buffers = [b for b in self.model.buffers() if b.numel()]
+        with torch.no_grad():
+            saved = [b.clone() for b in buffers]  # written by ops that bump no version (``aten.batch_norm`` training)
+        try:
+            with model_mode(self.model, self.train, self.modules), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                with autograd_mode(self.autograd) if self.autograd else nullcontext(), _NoParameterWrites(self.storages):
+                    fresh_args, fresh_kwargs = _fresh(args, kwargs)
+                    out = forward(*fresh_args, **fresh_kwargs)
+        except Exception:  # noqa: BLE001 - nothing to compare with
+            return None
+        finally:
+            with torch.no_grad():
+                for b, copy in zip(buffers, saved):
+                    if b.shape == copy.shape and not torch.equal(b, copy):
+                        b.copy_(copy)
+        return [t.detach() for t in _leaves(out)]
 
 
 def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

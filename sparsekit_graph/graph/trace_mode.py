@@ -63,16 +63,20 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
         model.train(train)
+    # what a failed trace is undone to: the mode asked for (torch.export, after torch.fx failed, in it too)
+    switched = [(m, dict(m.__dict__)) for m in modules] if switch else attributes
 
     def put_back() -> None:
-        _restore_attributes(attributes)
+        _restore_attributes(switched)
         restore(held)
 
     undo = Undo(modules, put_back)
     try:
         yield undo
     finally:
+        undo()  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
         if switch:
+            _restore_attributes(attributes)  # what the layers' own ``train()`` set too
             for m, flag in zip(modules, flags):
                 object.__setattr__(m, "training", flag)  # a plain attribute: skip Module.__setattr__
         with torch.no_grad():
@@ -81,7 +85,6 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
                     if b.shape != copy.shape:  # resized by ``out=``
                         b.resize_(copy.shape)
                     b.copy_(copy)
-        undo()  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
