@@ -3,8 +3,9 @@
 Neither tracer's value is a plain tensor (a Proxy under torch.fx, a fake tensor under
 torch.export), so ``type(h) is torch.Tensor`` and its kin were traced down the branch the
 eager forward does not take: a plan of the wrong branch (``a:out`` zero-invariant beside a
-``h - h.mean(1)`` the forward runs). ``plan`` and ``prune`` now run the graph and the eager
-forward on the example (``graph/eager_check.py``): torch.fx's graph that computes another
+``h - h.mean(1)`` the forward runs). Where the forward's code asks a value what it is,
+``plan`` and ``prune`` now run the graph and the eager forward on the example
+(``graph/eager_check.py``): torch.fx's graph that computes another
 output gives way to torch.export's, and where that one does too the plan is refused by name.
 """
 
@@ -29,6 +30,9 @@ def _is_plain(h: Tensor) -> bool:  # a helper in another function: no line of fo
     return type(h) is torch.Tensor
 
 
+_kind = type  # an alias: the code never names ``type``
+
+
 _ASKS: dict[str, Callable[[Tensor], bool]] = {
     "type_is": lambda h: type(h) is torch.Tensor,
     "type_eq": lambda h: type(h) == torch.Tensor,  # noqa: E721 - the spelling under test
@@ -36,11 +40,12 @@ _ASKS: dict[str, Callable[[Tensor], bool]] = {
     "class_name": lambda h: h.__class__.__name__ == "Tensor",
     "type_in": lambda h: type(h) in (torch.Tensor, nn.Parameter),
     "helper": _is_plain,
+    "alias": lambda h: _kind(h) is torch.Tensor,
     "not_callable": lambda h: not callable(h),
     "issubclass": lambda h: issubclass(type(h), torch.Tensor),
     "type_mro": lambda h: torch.Tensor in type(h).__mro__,
 }
-_REFUSED = {"type_is", "type_eq", "type_name", "class_name", "type_in", "helper"}  # torch.export's fake asks alike
+_REFUSED = {"type_is", "type_eq", "type_name", "class_name", "type_in", "helper", "alias"}  # torch.export's fake asks alike
 
 
 class _Asks(nn.Module):
@@ -137,12 +142,24 @@ def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph() -
     assert disagreement(on_meta, trace_graph(on_meta, x.to("meta")), (x.to("meta"),), {}, train=False, autograd=None) is None
 
 
-def test_torch_fx_graphs_that_ask_nothing_stay_torch_fx() -> None:
-    """The check keeps a faithful torch.fx graph (no fall back to torch.export)."""
+def test_a_forward_that_asks_nothing_is_not_run_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two forwards cost three times a ResNet-18's planning at 32x32: code that asks no value
+    what it is (``code_reads``: none of ``type``, ``callable``, ``__class__``, ... reached from
+    forward) is not checked; code that does and traces faithfully stays on torch.fx."""
     import torchvision
 
+    import sparsekit_graph.graph.trace as trace_module
+    from sparsekit_graph.graph.eager_check import asks_what_values_are
+
     model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
-    assert not is_exported(trace_graph(model, x, verify=True))
+    assert not asks_what_values_are(model)
+    assert asks_what_values_are(_Asks(_ASKS["alias"])) and asks_what_values_are(_Asks(_ASKS["class_name"]))
+    runs: list[str] = []
+    real = trace_module.disagreement
+    monkeypatch.setattr(trace_module, "disagreement", lambda *a, **k: runs.append("run") or real(*a, **k))
+    assert not is_exported(trace_graph(model, x, verify=True)) and not runs
+    faithful = _Asks(lambda h: type(h) is not torch.Tensor or True).eval()  # asks, and either answer does the same
+    assert not is_exported(trace_graph(faithful, torch.randn(*X), verify=True)) and runs == ["run"]
 
 
 class _TrainModeExport(nn.Module):

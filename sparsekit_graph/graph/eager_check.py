@@ -3,9 +3,10 @@
 Neither tracer's value is a plain tensor: under torch.fx it is a Proxy, under torch.export a
 fake tensor. A forward that asks (``type(h) is torch.Tensor``, ``type(h).__name__``,
 ``callable(h)``) is traced down a branch the eager forward does not take, and a plan of that
-branch is wrong however well its rules hold. No list of spellings closes that, so the graph
-is run on the example and compared with the eager forward, with the model's weights, the same
-train flags, autograd mode and random seed. Where they differ the graph is not the model's.
+branch is wrong however well its rules hold. No list of spellings closes that, so where the
+code the forward reaches asks a value what it is (``asks_what_values_are``) the graph is run
+on the example and compared with the eager forward, with the model's weights, the same train
+flags, autograd mode and random seed. Where they differ the graph is not the model's.
 
 Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. The comparison
 is skipped (None) where it cannot be made without changing the model or running it for
@@ -27,16 +28,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .export import no_cache
-from .forward_modes import Autograd, autograd_mode
+from .forward_modes import Autograd, autograd_mode, code_reads
 from .meta import TRACED_CONSTANT, is_exported
 from .param_reads import storage_key
 from .trace_inputs import flat_inputs
 from .trace_mode import model_mode
 
-__all__ = ["disagreement", "graph_module", "model_attribute"]
+__all__ = ["asks_what_values_are", "disagreement", "graph_module", "model_attribute"]
 
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}  # of the output's largest magnitude; 5e-2 for the rest
 _SEED = 0x5EED
+# What a value answers about itself, other than a tensor's shape and data: named, or called under any alias
+_INTROSPECTION = frozenset({"__class__", "__mro__", "__bases__", "__dict__"})
+_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, id, hash)
 
 
 class _WritesParameter(Exception):
@@ -60,6 +64,13 @@ class _NoParameterWrites(TorchDispatchMode):
                 if written and isinstance(v, Tensor) and storage_key(v) in self.storages:
                     raise _WritesParameter(a.name)
         return func(*args, **kwargs)
+
+
+def asks_what_values_are(model: nn.Module) -> bool:
+    """Does the code the forward reaches ask a value what it is (``type(h)``, ``callable(h)``,
+    ``h.__class__``, ``issubclass``, ``__mro__``, ``dir``, ``repr``, ``id``)? Only then is the
+    graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32)."""
+    return bool(code_reads(model, _INTROSPECTION, functions=_INTROSPECTING))
 
 
 def graph_module(model: nn.Module, graph: fx.Graph, *, train: bool | None = None) -> fx.GraphModule:

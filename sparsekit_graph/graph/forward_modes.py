@@ -14,7 +14,8 @@ modules and classes (``utils.in_inference()``), the autograd attributes a branch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import builtins
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
@@ -28,13 +29,14 @@ from torch import nn
 from .meta import GRAD_MODE_READ, is_exported
 from .user_code import by_user
 
-__all__ = ["Autograd", "Mode", "autograd_mode", "other_modes", "recording_grad_reads", "traced_modes"]
+__all__ = ["Autograd", "Mode", "autograd_mode", "code_reads", "other_modes", "recording_grad_reads", "traced_modes"]
 
 Autograd = Literal["on", "off", "inference"]
 _INFERENCE = "is_inference_mode_enabled"
 _QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while traced
 _TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
-_NAMES = frozenset({"training", *_QUERIES, *_TESTS})
+_BUILTINS = vars(builtins)  # what a name the module does not bind is
+_QUERY_FUNCTIONS = tuple(getattr(torch, n) for n in _QUERIES)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def other_modes(model: nn.Module, traced: list[fx.Graph]) -> list[Mode]:
     exported = is_exported(traced[0])
     now: Autograd = "inference" if torch.is_inference_mode_enabled() else "on" if torch.is_grad_enabled() else "off"
     start: Autograd = "off" if exported else now
-    read = _reads(model, _NAMES)
+    # a plain ``torch.is_grad_enabled()`` is seen while traced, where the forward calls it
+    read = code_reads(model, frozenset(_TESTS), anywhere=frozenset({"training"}), functions=_QUERY_FUNCTIONS)
     for graph in traced:
         output = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
         read |= set(output.meta.get(GRAD_MODE_READ, ()) if output is not None else ())
@@ -114,13 +117,15 @@ def recording_grad_reads(read: set[str]) -> Iterator[None]:
             setattr(owner, name, fn)
 
 
-def _reads(model: nn.Module, names: frozenset[str]) -> set[str]:
-    """Which of ``names`` the model's own code names, or calls bound to a name of its own (the
-    function torch has by that name: ``from torch import is_grad_enabled as on``). ``training``
-    counts in any method; the rest only in code the forward reaches (``forward``, ``__call__``,
-    what they call: a ``freeze()`` that sets ``p.requires_grad`` is no branch of the forward).
-    A plain ``torch.is_grad_enabled()`` is seen while traced, where the forward calls it."""
-    targets = {id(f): n for n in names if callable(f := getattr(torch, n, None))}
+def code_reads(
+    model: nn.Module, names: frozenset[str], *, anywhere: frozenset[str] = frozenset(), functions: Iterable[Any] = ()
+) -> set[str]:
+    """Which of ``names`` the code the model's forward reaches names (``forward``, ``__call__``,
+    what they call, through modules and classes: a ``freeze()`` that sets ``p.requires_grad`` is
+    no branch of the forward), ``anywhere`` names in any method of its layers (``__init__`` aside),
+    and which of ``functions`` that code calls by a name of its own (an alias:
+    ``from torch import is_grad_enabled as on``; counted by ``__name__``)."""
+    targets = {id(f): f.__name__ for f in functions}
     todo = [(fn.__code__, fn.__globals__, klass, reached) for fn, klass, reached in _user_functions(model)]
     seen: set[tuple[CodeType, bool]] = set()
     found: set[str] = set()
@@ -129,11 +134,11 @@ def _reads(model: nn.Module, names: frozenset[str]) -> set[str]:
         if (code, reached) in seen:
             continue
         seen.add((code, reached))
-        found |= set(code.co_names) & (names - {*_QUERIES} if reached else {"training"})
+        found |= set(code.co_names) & (names | anywhere if reached else anywhere)
         owners = [klass] if klass is not None else []  # ``self.check()``: the class's own
         owners += [v for n in code.co_names if isinstance(v := scope.get(n), (ModuleType, type)) and not _torch(v)]
         for name in code.co_names:
-            for value in (scope.get(name), *(_static_attr(o, name) for o in owners)):
+            for value in (scope.get(name, _BUILTINS.get(name)), *(_static_attr(o, name) for o in owners)):
                 if reached and id(value) in targets:
                     found.add(targets[id(value)])
                 elif isinstance(value, FunctionType) and not _torch(value):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
-from .eager_check import disagreement, graph_module, model_attribute
+from .eager_check import asks_what_values_are, disagreement, graph_module, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
@@ -59,10 +59,11 @@ def trace_graph(
         autograd: Trace the forward with autograd ``"on"``, ``"off"`` or under
             ``torch.inference_mode()`` (what ``torch.is_grad_enabled()`` and its kin answer);
             None: torch.fx in the caller's mode, torch.export with autograd off.
-        verify: Run the graph and the eager forward on the example (real weights and inputs):
-            where torch.fx's graph computes another output, trace with torch.export; where
-            that one does too, raise (``eager_check``: the forward asked a traced value
-            something only a real tensor answers, ``type(h) is torch.Tensor``).
+        verify: Where the forward's code asks a value what it is (``type(h)``,
+            ``callable(h)``), run the graph and the eager forward on the example: where
+            torch.fx's graph computes another output, trace with torch.export; where that one
+            does too, raise (``eager_check``: ``type(h) is torch.Tensor`` is False for either
+            tracer's value).
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
@@ -86,6 +87,8 @@ def _verified(
 ) -> fx.Graph:
     """``graph`` where it computes the eager forward's output; else torch.export's trace where
     that one does; else a ``TraceError`` naming the output that differs."""
+    if not asks_what_values_are(model):
+        return graph
     args, kwargs = normalize_inputs(example_inputs)
     differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
     if differs is None:
