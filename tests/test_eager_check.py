@@ -11,6 +11,7 @@ output gives way to torch.export's, and where that one does too the plan is refu
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -193,3 +194,41 @@ def test_a_train_mode_model_torch_fx_cannot_trace_is_planned_in_eval_mode() -> N
     plan = skg.plan(model, x)
     assert_untouched(model, before, "plan")
     assert plan.group("a:out").zero_invariant, "eval: no dropout draws on a's channels"
+
+
+class _EmaAsks(nn.Module):
+    """A running mean of ``a``'s channels the forward updates under ``torch.no_grad()`` (torch.fx
+    runs ``self.mask.mul_(0.9)`` at trace time: its graph decays nothing), and a question only
+    a real tensor answers, so the check runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("mask", (torch.arange(8) % 3 != 0).float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        with torch.no_grad():
+            self.mask.mul_(0.9).add_(0.1 * h.mean((0, 2, 3)))
+        assert callable(h) or not callable(h)  # asked, and answered alike either way
+        return self.head(h - self.mask.view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("keep", [1, 5])
+def test_a_pruned_copy_is_traced_by_the_model_s_tracer_and_buffers_stay_leaves(keep: int) -> None:
+    """torch.fx's graph of the model lacks the decay (planned by torch.export); its pruned copy
+    must be traced by torch.export too, whatever the check says of its torch.fx graph (at one
+    kept channel whose mean is 0 the decay changes nothing: the graphs agree). Running the graph
+    with autograd on must not leave the buffer a non-leaf (``deepcopy`` refused it)."""
+    model, x = _EmaAsks().eval(), torch.randn(*X)
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert is_exported(trace_graph(model, x, verify=True))
+    mask = torch.ones(8, dtype=torch.bool)
+    mask[:keep] = False
+    pruned = skg.prune(model, plan, masks={"a:out": mask}).model
+    assert_untouched(model, before, "prune")
+    assert model.mask.grad_fn is None and model.mask.is_leaf
+    copy.deepcopy(model)
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 4, 8, 8)

@@ -73,21 +73,30 @@ def asks_what_values_are(model: nn.Module) -> bool:
     return bool(code_reads(model, _INTROSPECTION, functions=_INTROSPECTING))
 
 
-def graph_module(model: nn.Module, graph: fx.Graph, *, train: bool | None = None) -> fx.GraphModule:
+def graph_module(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     """``graph`` as a runnable ``GraphModule`` over ``model``'s layers, parameters and buffers
-    (the tensor constants the trace made live in the ``GraphModule``); ``train``: its own flag
-    only (the layers keep theirs), else all of them set to ``model.training``."""
+    (the tensor constants the trace made live in the ``GraphModule``)."""
     root = {
         str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else model_attribute(model, str(n.target))
         for n in graph.nodes
         if n.op in ("get_attr", "call_module")
     }
     gm = fx.GraphModule(root, graph, type(model).__name__)
-    if train is None:
-        gm.train(model.training)
-    else:
-        object.__setattr__(gm, "training", train)
+    gm.train(model.training)
     return gm
+
+
+class _GraphRun(fx.Interpreter):
+    """``graph`` run over the model's own layers, parameters and buffers (their flags as they
+    are), the constants the trace made from their nodes."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(model, graph=graph)
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "get_attr" and TRACED_CONSTANT in n.meta:
+            return n.meta[TRACED_CONSTANT]
+        return super().run_node(n)
 
 
 def model_attribute(model: nn.Module, target: str) -> Any:
@@ -111,10 +120,10 @@ def disagreement(
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
     run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
-    gm = graph_module(model, graph, train=train)
 
-    def traced_forward(*a: Any, **k: Any) -> Any:
-        return fx.Interpreter(gm).run(*flat_inputs(graph, a, k))
+    def traced_forward(*a: Any, **k: Any) -> Any:  # no autograd: the graph holds no ``torch.no_grad()`` block
+        with torch.no_grad():
+            return _GraphRun(model, graph).run(*flat_inputs(graph, a, k))
 
     eager, traced = run(model, args, kwargs), run(traced_forward, args, kwargs)
     if eager is None or traced is None:
@@ -158,6 +167,8 @@ class _Runs:
                 for b, copy in zip(buffers, saved):
                     if b.shape == copy.shape and not torch.equal(b, copy):
                         b.copy_(copy)
+                    if b.grad_fn is not None:  # written in place from values that need grad
+                        b.detach_()
         return [t.detach() for t in _leaves(out)]
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .export_bound import EXPORT_SECONDS, timed_export
 from .export_sizes import meta_value, real_run
 from .fresh_sizes import carry
-from .meta import CONSTANT, META
+from .meta import CONSTANT, META, TRACED_CONSTANT
 
 SMALL_CONSTANT = 64  # integer constants up to this many elements keep their values
 # On a lifted constant of at most ``SMALL_CONSTANT`` elements, any dtype: its value, which the
@@ -162,6 +162,8 @@ def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> f
             fqn = sig.inputs_to_lifted_tensor_constants[node.name]
             new = graph.get_attr(f"<constant {fqn}>")
             value = ep.constants.get(fqn)
+            if isinstance(value, Tensor) and not value.is_meta:
+                new.meta[TRACED_CONSTANT] = value  # what the graph reads there (``eager_check`` runs it)
             if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_floating_point():
                 new.meta[CONSTANT] = value.detach().cpu().clone()  # positions a rule may read (``x[..., [-2]]``)
             if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_meta:

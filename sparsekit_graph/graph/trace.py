@@ -43,6 +43,7 @@ def trace_graph(
     dynamic: bool = True,
     autograd: Autograd | None = None,
     verify: bool = False,
+    export: bool = False,
 ) -> fx.Graph:
     """Symbolically trace ``model`` (standard layers are leaves) and propagate shapes on meta.
 
@@ -64,6 +65,8 @@ def trace_graph(
             torch.fx's graph computes another output, trace with torch.export; where that one
             does too, raise (``eager_check``: ``type(h) is torch.Tensor`` is False for either
             tracer's value).
+        export: Trace with torch.export at once (a pruned copy of a model torch.export
+            traced: the two graphs are compared op by op).
 
     Raises:
         TraceError: The model cannot be traced, or the inputs do not fit it; the message
@@ -72,7 +75,8 @@ def trace_graph(
     asked: set[str] = set()  # the model's calls of ``torch.is_grad_enabled()`` and kin, by either tracer
     with autograd_mode(autograd) if autograd else nullcontext(), recording_grad_reads(asked):
         try:
-            graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, None)
+            skip = _ExportAsked("torch.export was asked for") if export else None
+            graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, skip)
         except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
             graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, e)
         if verify:
@@ -94,7 +98,8 @@ def _verified(
     if differs is None:
         return graph
     if not is_exported(graph):
-        graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, Unfaithful(f"its graph computes {differs}"))
+        unfaithful = Unfaithful(f"its graph is not the forward's: {differs}")
+        graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, unfaithful)
         differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
         if differs is None:
             return graph
@@ -108,6 +113,10 @@ def _verified(
 
 class Unfaithful(Exception):
     """torch.fx's graph computes another output than the eager forward (``_verified``)."""
+
+
+class _ExportAsked(Exception):
+    """``trace_graph(..., export=True)``: torch.fx is not tried."""
 
 
 def _traced(

@@ -144,7 +144,7 @@ def prune(
     remove_channels(work, plan, chosen)
     try:
         with bounded_by(before_gm):  # under torch.export, the model's own loop may not end at these counts
-            after_gm = trace_graph(work, inputs, verify=True)
+            after_gm = trace_graph(work, inputs, verify=True, export=is_exported(before_gm))  # the same tracer's
         traced_modes(work, after_gm, lambda m: trace_graph(work, inputs, train=m.train, autograd=m.autograd))  # each runs
     except TraceError as e:
         raise SparseKitError(f"the pruned model does not run; nothing was changed: {e}") from e
