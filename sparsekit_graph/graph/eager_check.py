@@ -17,8 +17,11 @@ on the example, an output that depends on random draws the two make in a differe
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+import dataclasses
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -39,8 +42,13 @@ __all__ = ["asks_what_values_are", "disagreement", "graph_module", "model_attrib
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}  # of the output's largest magnitude; 5e-2 for the rest
 _SEED = 0x5EED
 # What a value answers about itself, other than a tensor's shape and data: named, or called under any alias
-_INTROSPECTION = frozenset({"__class__", "__mro__", "__bases__", "__dict__"})
-_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, id, hash)
+_INTROSPECTION = frozenset({
+    "__class__", "__mro__", "__bases__", "__dict__", "Proxy",  # ``isinstance(h, torch.fx.Proxy)``
+    # tracing and compiling asked of torch (HF's ``is_torchdynamo_compiling()``)
+    "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting", "is_scripting", "is_tracing",
+    "is_torchdynamo_compiling", "is_torchdynamo_exporting",
+})  # fmt: skip
+_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, id, hash, getattr, hasattr)  # ``hasattr(h, "node")``
 
 
 class _WritesParameter(Exception):
@@ -68,8 +76,9 @@ class _NoParameterWrites(TorchDispatchMode):
 
 def asks_what_values_are(model: nn.Module) -> bool:
     """Does the code the forward reaches ask a value what it is (``type(h)``, ``callable(h)``,
-    ``h.__class__``, ``issubclass``, ``__mro__``, ``dir``, ``repr``, ``id``)? Only then is the
-    graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32)."""
+    ``h.__class__``, ``getattr`` / ``hasattr``, ``issubclass``, ``__mro__``, ``dir``, ``repr``,
+    ``id``), or torch whether it is traced (``is_fx_tracing``, ``is_compiling``)? Only then is
+    the graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32)."""
     return bool(code_reads(model, _INTROSPECTION, functions=_INTROSPECTING))
 
 
@@ -155,8 +164,7 @@ class _Runs:
         with torch.no_grad():
             saved = [b.clone() for b in buffers]  # written by ops that bump no version (``aten.batch_norm`` training)
         try:
-            with model_mode(self.model, self.train, self.modules), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with model_mode(self.model, self.train, self.modules), _seeded(seed, self.model):
                 with autograd_mode(self.autograd) if self.autograd else nullcontext(), _NoParameterWrites(self.storages):
                     fresh_args, fresh_kwargs = _fresh(args, kwargs)
                     out = forward(*fresh_args, **fresh_kwargs)
@@ -179,8 +187,40 @@ def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ..
     return torch.utils._pytree.tree_map(copy, (args, kwargs))
 
 
-def _leaves(out: Any) -> list[Tensor]:
-    return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+def _leaves(out: Any, depth: int = 4) -> list[Tensor]:
+    """The output's tensors, a dataclass's fields' too (pytree sees one opaque leaf)."""
+    found: list[Tensor] = []
+    for v in tree_flatten(out)[0]:
+        if isinstance(v, Tensor):
+            found.append(v)
+        elif depth and dataclasses.is_dataclass(v) and not isinstance(v, type):
+            found += _leaves([getattr(v, f.name) for f in dataclasses.fields(v)], depth - 1)
+    return found
+
+
+@contextmanager
+def _seeded(seed: int, model: nn.Module) -> Iterator[None]:
+    """Inside, the CPU's and the model's GPUs' default generators start from ``seed``; after,
+    they, Python's and numpy's global states and the generators the model's layers hold are
+    as they were (``torch.manual_seed`` would reseed every GPU, saved or not)."""
+    gpus = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"})
+    own = [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Generator)]
+    states = [g.get_state() for g in own]
+    python = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        with torch.random.fork_rng(devices=gpus, device_type="cuda"):
+            torch.random.default_generator.manual_seed(seed)
+            for i in gpus:
+                torch.cuda.default_generators[i].manual_seed(seed)
+            yield
+    finally:
+        for g, state in zip(own, states):
+            g.set_state(state)
+        random.setstate(python)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
 
 
 def _real(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -126,7 +126,7 @@ def code_reads(
     and which of ``functions`` that code calls by a name of its own (an alias:
     ``from torch import is_grad_enabled as on``; counted by ``__name__``)."""
     targets = {id(f): f.__name__ for f in functions}
-    todo = [(fn.__code__, fn.__globals__, klass, reached) for fn, klass, reached in _user_functions(model)]
+    todo = [(f.__code__, f.__globals__, klass, reached) for fn, klass, reached in _user_functions(model) for f in _run_by(fn)]
     seen: set[tuple[CodeType, bool]] = set()
     found: set[str] = set()
     while todo:
@@ -141,8 +141,8 @@ def code_reads(
             for value in (scope.get(name, _BUILTINS.get(name)), *(_static_attr(o, name) for o in owners)):
                 if reached and id(value) in targets:
                     found.add(targets[id(value)])
-                elif isinstance(value, FunctionType) and not _torch(value):
-                    todo.append((value.__code__, value.__globals__, klass, reached))
+                elif not _torch(value):
+                    todo += [(f.__code__, f.__globals__, klass, reached) for f in _run_by(value)]
         todo.extend((c, scope, klass, reached) for c in code.co_consts if isinstance(c, CodeType))
     return found
 
@@ -160,20 +160,62 @@ def _torch(obj: Any) -> bool:
     return module == "torch" or module.startswith("torch.")
 
 
+def _run_by(value: Any, depth: int = 2) -> list[FunctionType]:
+    """The Python functions a call of ``value`` may run that its code does not name: the
+    function itself, a closure's (``chk = lambda h: ...; return lambda s, h: chk(h)``), a
+    decorator's wrapped one (``__wrapped__``), a partial's or a bound method's, the functions
+    a list, tuple or dict holds (``self.fns[0](h)``)."""
+    if depth < 0:
+        return []
+    if isinstance(value, (list, tuple)) or type(value) is dict:
+        return [f for v in (value.values() if isinstance(value, dict) else value) for f in _run_by(v, depth - 1)]
+    value = getattr(value, "__func__", None) or getattr(value, "func", None) if not isinstance(value, FunctionType) else value
+    if not isinstance(value, FunctionType):
+        return []
+    inner = [c.cell_contents for c in value.__closure__ or () if _filled(c)]
+    inner.append(getattr(value, "__wrapped__", None))
+    return [value, *(f for v in inner for f in _run_by(v, depth - 1))]
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
 def _user_functions(model: nn.Module) -> Iterator[tuple[FunctionType, type | None, bool]]:
     """Methods (properties' getters too; ``__init__`` aside) of the model's layer classes outside
     torch.nn, each with its class and whether a call of the layer runs it (``forward``,
-    ``__call__``), and functions the layers hold as attributes (run, if called)."""
+    ``__call__``), and what the layers hold as attributes (run, if called): functions, and the
+    methods of helper objects of the user's classes (``self.helper.check(h)``)."""
     seen: set[type] = set()
     for m in model.modules():
-        yield from ((f, None, True) for f in vars(m).values() if isinstance(f, FunctionType))
+        for v in vars(m).values():
+            yield from ((f, None, True) for f in _run_by(v))
+            if _helper(v) and type(v) not in seen:
+                seen.add(type(v))
+                yield from ((f, None, True) for f, _ in _methods(type(v)))
         if type(m) in seen:
             continue
         seen.add(type(m))
-        for klass in type(m).__mro__:
-            if klass.__module__.startswith("torch.nn") or klass is object:
-                continue
-            for name, attr in vars(klass).items():
-                fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
-                if isinstance(fn, FunctionType) and name != "__init__":
-                    yield fn, type(m), name in ("forward", "__call__")
+        yield from ((f, type(m), name in ("forward", "__call__")) for f, name in _methods(type(m)))
+
+
+def _methods(cls: type) -> Iterator[tuple[FunctionType, str]]:
+    """The functions of ``cls`` and its bases outside torch.nn (``__init__`` aside), by name."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.nn") or klass is object:
+            continue
+        for name, attr in vars(klass).items():
+            fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
+            if name != "__init__":
+                yield from ((f, name) for f in _run_by(fn))
+
+
+def _helper(value: Any) -> bool:
+    """An object of a user's class (not a layer, tensor, function, class, module or torch's)."""
+    if isinstance(value, (nn.Module, torch.Tensor, type, ModuleType, FunctionType)) or not hasattr(value, "__dict__"):
+        return False
+    return type(value).__module__ not in ("builtins", "functools", "collections") and not _torch(type(value))
