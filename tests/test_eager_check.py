@@ -12,9 +12,14 @@ output gives way to torch.export's, and where that one does too the plan is refu
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import random
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_untouched, check_oracle, fingerprint
@@ -232,3 +237,170 @@ def test_a_pruned_copy_is_traced_by_the_model_s_tracer_and_buffers_stay_leaves(k
     copy.deepcopy(model)
     with torch.no_grad():
         assert pruned(x).shape == (2, 4, 8, 8)
+
+
+# -- round 15's adversary: routes to a question the gate must follow -------------------------
+
+
+class _Helper:
+    def check(self, h: Tensor) -> bool:
+        return type(h) is torch.Tensor
+
+
+def _closure() -> Callable[[nn.Module, Tensor], bool]:
+    chk = lambda h: type(h) is torch.Tensor  # noqa: E731 - a closure's own
+    return lambda s, h: chk(h)
+
+
+def _wrapped(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    @functools.wraps(f)
+    def wrapper(*args: object, **kwargs: object) -> Tensor:
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+class _Routed(nn.Module):
+    """``h - h.mean(1)`` where ``self.ask(self, h)`` is True, as it is eagerly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.ask(self, h):
+            h = h - h.mean(1, keepdim=True)
+        return self.c(torch.relu(self.b(h)))
+
+
+class _Decorated(_Routed):
+    @_wrapped
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if type(h) is torch.Tensor:
+            h = h - h.mean(1, keepdim=True)
+        return self.c(torch.relu(self.b(h)))
+
+
+def _routed(route: str) -> nn.Module:
+    model = _Decorated() if route == "decorated_forward" else _Routed()
+    asks = {
+        "helper_object": lambda s, h: s.helper.check(h),
+        "lambda_in_a_list": lambda s, h: s.fns[0](h),
+        "partial": lambda s, h: s.part(h),
+        "closure": _closure(),
+        "getattr_class": lambda s, h: getattr(h, "__class__") is torch.Tensor,  # noqa: B009 - the spelling under test
+        "not_hasattr": lambda s, h: not hasattr(h, "node"),
+        "is_fx_tracing": lambda s, h: not torch.fx._symbolic_trace.is_fx_tracing(),
+        "isinstance_proxy": lambda s, h: not isinstance(h, torch.fx.Proxy),
+        "decorated_forward": lambda s, h: False,
+    }
+    model.ask = asks[route]
+    model.helper, model.fns, model.part = _Helper(), [lambda h: type(h) is torch.Tensor], functools.partial(_is_plain)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["helper_object", "lambda_in_a_list", "partial", "closure", "getattr_class", "not_hasattr", "is_fx_tracing",
+     "isinstance_proxy", "decorated_forward"],
+)  # fmt: skip
+def test_a_question_reached_by_any_route_is_checked(route: str) -> None:
+    """Each was planned zero-invariant (0.05-0.14 off the masked model) with the check never run:
+    the gate's walk did not reach the question. Now refused, or planned by torch.export right."""
+    model, x = _routed(route), torch.randn(*X)
+    from sparsekit_graph.graph.eager_check import asks_what_values_are
+
+    assert asks_what_values_are(model)
+    try:
+        plan = skg.plan(model, x)
+    except TraceError as e:
+        assert "does not compute what its forward computes" in str(e) or "Unfaithful" in str(e), e
+        return
+    assert not plan.group("a:out").zero_invariant
+
+
+@dataclasses.dataclass
+class _Out:
+    y: Tensor
+
+
+class _DataclassOut(_Asks):
+    def forward(self, x: Tensor) -> _Out:  # type: ignore[override]
+        return _Out(super().forward(x))
+
+
+def test_a_dataclass_output_is_compared_field_by_field() -> None:
+    """pytree sees a plain dataclass as one opaque leaf: both runs "agreed" on no tensors."""
+    model, x = _DataclassOut(_ASKS["type_is"]).eval(), torch.randn(*X)
+    with pytest.raises(TraceError):
+        skg.plan(model, x)
+
+
+class _Draws(nn.Module):
+    """Draws from Python's, numpy's and its own generator, and asks (so the check runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.gen = torch.Generator().manual_seed(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert callable(self.b)
+        noise = random.random() + float(np.random.rand()) + float(torch.rand((), generator=self.gen))
+        return self.b(torch.relu(self.a(x))) + 0 * noise
+
+
+def test_the_check_leaves_every_random_state_as_the_trace_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs seed the CPU's generator and the model's GPUs' only (``torch.manual_seed`` reset
+    every GPU's stream and a queued CUDA seed); Python's, numpy's and the model's own generator
+    end where the trace alone leaves them."""
+    import sparsekit_graph.graph.trace as trace_module
+
+    def states(model: _Draws) -> tuple:
+        return random.getstate(), np.random.get_state()[1].tolist(), model.gen.get_state(), torch.get_rng_state()
+
+    ends = []
+    for check in (False, True):
+        monkeypatch.setattr(trace_module, "asks_what_values_are", lambda m, check=check: check)
+        random.seed(1), np.random.seed(1), torch.manual_seed(123)
+        model = _Draws().eval()
+        skg.plan(model, torch.randn(*X))
+        ends.append(states(model))
+    assert all(a == b if not isinstance(a, Tensor) else torch.equal(a, b) for a, b in zip(*ends))
+    if not torch.cuda.is_available():  # the seed torch queues for CUDA's first use is the caller's
+        queued = torch.cuda._lazy_seed_tracker.manual_seed_all_cb
+        assert queued is None or queued[0].__closure__[0].cell_contents == 123
+
+
+class _ReassignedBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("ema", torch.zeros(8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        self.ema = 0.9 * self.ema + 0.1 * h.detach().mean((0, 2, 3))
+        return self.b(h)
+
+
+def test_a_buffer_the_forward_replaces_plans_without_hanging() -> None:
+    """``self.ema = 0.9 * self.ema + ...`` left a Proxy in ``_buffers`` for the shape pass, which
+    ran it as the buffer and grew the graph it walked: planning never ended."""
+    model, x = _ReassignedBuffer().eval(), torch.randn(*X)
+    before = fingerprint(model)
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("planning did not end")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)  # a regression fails here, not by hanging the run
+    try:
+        plan = skg.plan(model, x)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert_untouched(model, before, "plan")
+    assert plan.group("a:out").prunable

@@ -164,6 +164,7 @@ def _traced(
             elif created and id(value := model_attribute(model, str(n.target))) in created:
                 n.meta[TRACED_CONSTANT] = value
         config_reads(graph, reads)
+        undo.replaced()
         if shapes:
             propagate(graph, model, args, kwargs)
     return graph

@@ -22,15 +22,25 @@ class Undo:
     next); ``created()``: the parameters and buffers the forward registered while traced."""
 
     def __init__(self, modules: list[nn.Module], put_back: Callable[[], None]) -> None:
-        self._stores = [(m, set(m._parameters), set(m._buffers)) for m in modules]
+        self._stores = [(m, dict(m._parameters), dict(m._buffers)) for m in modules]
         self._put_back = put_back
 
     def __call__(self) -> None:
         self._put_back()
+        self.replaced()
         for m, params, buffers in self._stores:  # ``self.register_buffer("scale", ...)`` on a first call
             for store, before in ((m._parameters, params), (m._buffers, buffers)):
                 for k in [k for k in store if k not in before]:
                     del store[k]
+
+    def replaced(self) -> None:
+        """Put back the parameters and buffers the forward replaced (``self.ema = 0.9 * self.ema
+        + ...``: a Proxy while traced, which the shape pass would run as the buffer)."""
+        for m, params, buffers in self._stores:
+            for store, before in ((m._parameters, params), (m._buffers, buffers)):
+                for k, v in before.items():
+                    if k in store and store[k] is not v:
+                        store[k] = v
 
     def created(self) -> dict[int, Tensor]:
         """id -> tensor of each parameter and buffer registered since the trace began."""
