@@ -45,7 +45,8 @@ _SEED = 0x5EED
 _INTROSPECTION = frozenset({
     "__class__", "__mro__", "__bases__", "__dict__", "Proxy",  # ``isinstance(h, torch.fx.Proxy)``
     # tracing and compiling asked of torch (HF's ``is_torchdynamo_compiling()``)
-    "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting", "is_scripting", "is_tracing",
+    # (``torch.jit.is_scripting()`` / ``is_tracing()``: False under both tracers, as in eager)
+    "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting",
     "is_torchdynamo_compiling", "is_torchdynamo_exporting",
 })  # fmt: skip
 _INTROSPECTING = (type, callable, issubclass, dir, vars, repr, id, hash, getattr, hasattr)  # ``hasattr(h, "node")``
