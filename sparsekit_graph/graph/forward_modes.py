@@ -35,6 +35,7 @@ Autograd = Literal["on", "off", "inference"]
 _INFERENCE = "is_inference_mode_enabled"
 _QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while traced
 _TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
 _BUILTINS = vars(builtins)  # what a name the module does not bind is
 _QUERY_FUNCTIONS = tuple(getattr(torch, n) for n in _QUERIES)
 
@@ -192,7 +193,9 @@ def _user_functions(model: nn.Module) -> Iterator[tuple[FunctionType, type | Non
     methods of helper objects of the user's classes (``self.helper.check(h)``)."""
     seen: set[type] = set()
     for m in model.modules():
-        for v in vars(m).values():
+        for k, v in vars(m).items():
+            if k in _MODULE_KEYS or isinstance(v, (bool, int, float, str, torch.Tensor)):
+                continue
             yield from ((f, None, True) for f in _run_by(v))
             if _helper(v) and type(v) not in seen:
                 seen.add(type(v))
