@@ -37,7 +37,7 @@ from .param_reads import storage_key
 from .trace_inputs import flat_inputs
 from .trace_mode import model_mode
 
-__all__ = ["asks_what_values_are", "disagreement", "graph_module", "model_attribute"]
+__all__ = ["asks_what_values_are", "disagreement", "model_attribute"]
 
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}  # of the output's largest magnitude; 5e-2 for the rest
 _SEED = 0x5EED
@@ -81,19 +81,6 @@ def asks_what_values_are(model: nn.Module) -> bool:
     ``id``), or torch whether it is traced (``is_fx_tracing``, ``is_compiling``)? Only then is
     the graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32)."""
     return bool(code_reads(model, _INTROSPECTION, functions=_INTROSPECTING))
-
-
-def graph_module(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
-    """``graph`` as a runnable ``GraphModule`` over ``model``'s layers, parameters and buffers
-    (the tensor constants the trace made live in the ``GraphModule``)."""
-    root = {
-        str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else model_attribute(model, str(n.target))
-        for n in graph.nodes
-        if n.op in ("get_attr", "call_module")
-    }
-    gm = fx.GraphModule(root, graph, type(model).__name__)
-    gm.train(model.training)
-    return gm
 
 
 class _GraphRun(fx.Interpreter):

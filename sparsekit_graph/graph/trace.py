@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
-from .eager_check import asks_what_values_are, disagreement, graph_module, model_attribute
+from .eager_check import asks_what_values_are, disagreement, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
@@ -32,6 +32,19 @@ def trace(model: nn.Module, example_inputs: Inputs, *, train: bool = False, shap
     """``trace_graph`` as a runnable ``GraphModule`` over ``model`` (which it does not change:
     the tensor constants of the graph live in the ``GraphModule``)."""
     return graph_module(model, trace_graph(model, example_inputs, train=train, shapes=shapes))
+
+
+def graph_module(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    """``graph`` as a runnable ``GraphModule`` over ``model``'s layers, parameters and buffers
+    (the tensor constants the trace made live in the ``GraphModule``)."""
+    root = {
+        str(n.target): n.meta[TRACED_CONSTANT] if TRACED_CONSTANT in n.meta else model_attribute(model, str(n.target))
+        for n in graph.nodes
+        if n.op in ("get_attr", "call_module")
+    }
+    gm = fx.GraphModule(root, graph, type(model).__name__)
+    gm.train(model.training)
+    return gm
 
 
 def trace_graph(
