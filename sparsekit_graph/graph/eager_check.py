@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .export import no_cache
 from .forward_modes import Autograd, autograd_mode, code_reads
@@ -172,7 +172,7 @@ def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ..
     """Copies of the example's tensors: a forward that writes its input in place (``x.relu_()``)
     must not change what the other run sees."""
     copy = lambda v: v.clone() if isinstance(v, Tensor) else v  # noqa: E731
-    return torch.utils._pytree.tree_map(copy, (args, kwargs))
+    return tree_map(copy, (args, kwargs))
 
 
 def _leaves(out: Any, depth: int = 4) -> list[Tensor]:
@@ -223,7 +223,7 @@ def _real(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -
             return torch.randn(v.shape, generator=generator, dtype=v.dtype).to(device)
         return torch.zeros(v.shape, dtype=v.dtype, device=device)
 
-    return torch.utils._pytree.tree_map(real, (args, kwargs))
+    return tree_map(real, (args, kwargs))
 
 
 def _first_difference(eager: list[Tensor], traced: list[Tensor]) -> str | None:

@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from .meta import GRAD_MODE_READ, is_exported
+from .trace_mode import MODULE_KEYS
 from .user_code import by_user
 
 __all__ = ["Autograd", "Mode", "autograd_mode", "code_reads", "other_modes", "recording_grad_reads", "traced_modes"]
@@ -35,7 +36,6 @@ Autograd = Literal["on", "off", "inference"]
 _INFERENCE = "is_inference_mode_enabled"
 _QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while traced
 _TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
-_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
 _BUILTINS = vars(builtins)  # what a name the module does not bind is
 _QUERY_FUNCTIONS = tuple(getattr(torch, n) for n in _QUERIES)
 
@@ -194,7 +194,7 @@ def _user_functions(model: nn.Module) -> Iterator[tuple[FunctionType, type | Non
     seen: set[type] = set()
     for m in model.modules():
         for k, v in vars(m).items():
-            if k in _MODULE_KEYS or isinstance(v, (bool, int, float, str, torch.Tensor)):
+            if k in MODULE_KEYS or isinstance(v, (bool, int, float, str, torch.Tensor)):
                 continue
             yield from ((f, None, True) for f in _run_by(v))
             if _helper(v) and type(v) not in seen:

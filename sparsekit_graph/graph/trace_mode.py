@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from ..containers import CONTAINERS, record, restore
 
-__all__ = ["Undo", "model_mode", "unfused_attention"]
+__all__ = ["MODULE_KEYS", "Undo", "model_mode", "unfused_attention"]
 
-_MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
+MODULE_KEYS = frozenset(nn.Module().__dict__)  # torch's own: hook dictionaries, _parameters, ...
 
 
 class Undo:
@@ -68,7 +68,7 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     attributes = [(m, dict(m.__dict__)) for m in modules]
     # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
     # to hold a Proxy or a FakeTensor after the trace; torch's own dictionaries are left to ``kept``
-    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in _MODULE_KEYS])
+    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in MODULE_KEYS])
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
