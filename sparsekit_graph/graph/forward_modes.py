@@ -17,10 +17,11 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import product
 from types import CodeType, FunctionType, ModuleType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 import torch.fx as fx
@@ -30,12 +31,22 @@ from .meta import GRAD_MODE_READ, is_exported
 from .trace_mode import MODULE_KEYS
 from .user_code import by_user
 
-__all__ = ["Autograd", "Mode", "autograd_mode", "code_reads", "other_modes", "recording_grad_reads", "traced_modes"]
+__all__ = [
+    "Autograd",
+    "Mode",
+    "autograd_mode",
+    "code_reads",
+    "one_code_scan",
+    "other_modes",
+    "recording_grad_reads",
+    "traced_modes",
+]
 
 Autograd = Literal["on", "off", "inference"]
 _INFERENCE = "is_inference_mode_enabled"
 _QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while traced
 _TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
+_T = TypeVar("_T")
 _BUILTINS = vars(builtins)  # what a name the module does not bind is
 _QUERY_FUNCTIONS = tuple(getattr(torch, n) for n in _QUERIES)
 
@@ -126,34 +137,87 @@ def code_reads(
     no branch of the forward), ``anywhere`` names in any method of its layers (``__init__`` aside),
     and which of ``functions`` that code calls by a name of its own (an alias:
     ``from torch import is_grad_enabled as on``; counted by ``__name__``)."""
-    targets = {id(f): f.__name__ for f in functions}
-    todo = [(f.__code__, f.__globals__, klass, reached) for fn, klass, reached in _user_functions(model) for f in _run_by(fn)]
+    scan = _scan(model)
+    return (scan.reached & names) | (scan.anywhere & anywhere) | {f.__name__ for f in functions if id(f) in scan.reached_values}
+
+
+@contextmanager
+def one_code_scan() -> Iterator[None]:
+    """While active, models whose layers start from the same functions share one scan of the
+    code (a plan's or a prune's traces, a pruned copy: the code does not change meanwhile)."""
+    token = _SCANS.set({})
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    reached: frozenset[str]  # names in the code a call of a layer runs
+    anywhere: frozenset[str]  # names in any method of the layers
+    reached_values: frozenset[int]  # what the reached code's names are (by id; torch's and builtins live on)
+
+
+_SCANS: ContextVar[dict[tuple[tuple[FunctionType, type | None, bool], ...], _Scan] | None] = ContextVar("scans", default=None)
+
+
+def _scan(model: nn.Module) -> _Scan:
+    starts = tuple(_user_functions(model))
+    scans = _SCANS.get()
+    if scans is None:
+        return _walk(starts)
+    if starts not in scans:
+        scans[starts] = _walk(starts)
+    return scans[starts]
+
+
+def _walk(starts: tuple[tuple[FunctionType, type | None, bool], ...]) -> _Scan:
+    """The code reached from ``starts`` (each a function, its class, whether a layer's call runs
+    it) through the functions, modules and classes its names are."""
+    run_by = _Memo(_run_by)  # a global dict named by many functions is walked once
+    stored = _Memo(_stored)
+    todo = [(f.__code__, f.__globals__, klass, reached) for fn, klass, reached in starts for f in run_by(fn)]
     seen: set[tuple[CodeType, bool]] = set()
-    found: set[str] = set()
+    names: dict[bool, set[str]] = {True: set(), False: set()}
+    values: set[int] = set()
     while todo:
         code, scope, klass, reached = todo.pop()
         if (code, reached) in seen:
             continue
         seen.add((code, reached))
-        found |= set(code.co_names) & (names | anywhere if reached else anywhere)
+        names[reached] |= set(code.co_names)
         owners = [klass] if klass is not None else []  # ``self.check()``: the class's own
         owners += [v for n in code.co_names if isinstance(v := scope.get(n), (ModuleType, type)) and not _torch(v)]
         for name in code.co_names:
-            for value in (scope.get(name, _BUILTINS.get(name)), *(_static_attr(o, name) for o in owners)):
-                if reached and id(value) in targets:
-                    found.add(targets[id(value)])
-                elif not _torch(value):
-                    todo += [(f.__code__, f.__globals__, klass, reached) for f in _run_by(value)]
+            for value in (scope.get(name, _BUILTINS.get(name)), *(stored(o).get(name) for o in owners)):
+                if reached:
+                    values.add(id(value))
+                if not _torch(value):
+                    todo += [(f.__code__, f.__globals__, klass, reached) for f in run_by(value)]
         todo.extend((c, scope, klass, reached) for c in code.co_consts if isinstance(c, CodeType))
-    return found
+    return _Scan(frozenset(names[True]), frozenset(names[True] | names[False]), frozenset(values))
 
 
-def _static_attr(owner: ModuleType | type, name: str) -> Any:
-    """``owner``'s attribute ``name`` as stored (no descriptor, no lazy module import runs): a
-    static or class method's function, a property's getter."""
-    stores = [vars(owner)] if isinstance(owner, ModuleType) else [vars(c) for c in owner.__mro__]
-    value = next((d[name] for d in stores if name in d), None)
-    return value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+class _Memo(Generic[_T]):
+    """``fn``'s answers by the identity of its argument (held, so no id is reused meanwhile)."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.answers: dict[int, tuple[Any, _T]] = {}
+
+    def __call__(self, value: Any) -> _T:
+        if (hit := self.answers.get(id(value))) is None:
+            hit = self.answers[id(value)] = (value, self.fn(value))
+        return hit[1]
+
+
+def _stored(owner: ModuleType | type) -> dict[str, Any]:
+    """``owner``'s attributes as stored (no descriptor, no lazy module import runs): a static or
+    class method's function, a property's getter; a class's own before its bases'."""
+    stores = [vars(owner)] if isinstance(owner, ModuleType) else [vars(c) for c in reversed(owner.__mro__)]
+    merged = {k: v for d in stores for k, v in d.items()}
+    return {k: v.fget if isinstance(v, property) else getattr(v, "__func__", v) for k, v in merged.items()}
 
 
 def _torch(obj: Any) -> bool:

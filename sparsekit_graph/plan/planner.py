@@ -13,7 +13,7 @@ from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
-from ..graph.forward_modes import Mode, traced_modes
+from ..graph.forward_modes import Mode, one_code_scan, traced_modes
 from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
@@ -33,6 +33,7 @@ __all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_group
 GQA_POLICIES = ("kv_groups", "query_heads")
 
 
+@one_code_scan()  # its traces and the copies it prunes share one scan of the code
 def plan(
     model: nn.Module,
     example_inputs: Inputs,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import PlanError, SparseKitError, TraceError
 from ..graph.export_bound import bounded_by
-from ..graph.forward_modes import traced_modes
+from ..graph.forward_modes import one_code_scan, traced_modes
 from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
@@ -65,6 +65,7 @@ class PruneResult:
     plan: Plan
 
 
+@one_code_scan()  # its traces and the copies it prunes share one scan of the code
 def prune(
     model: nn.Module,
     plan: Plan,
