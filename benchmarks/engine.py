@@ -612,7 +612,8 @@ def main() -> None:
     kernels = ap.add_mutually_exclusive_group()
     kernels.add_argument(
         "--native", action="store_true",
-        help="force engine/native.py's C loops for the Euclidean passes (the default unless they cannot build; ops/MB columns: eager's)",
+        help="force engine/native.py's C loops for the Euclidean passes "
+        "(the default unless they cannot build; ops/MB columns: eager's)",
     )  # fmt: skip
     kernels.add_argument("--eager", action="store_true", help="force the eager (torch) kernels for the Euclidean passes")
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -91,6 +91,39 @@ def test_garbage_collections_do_not_count_against_the_bound(monkeypatch: pytest.
     del heap
 
 
+def _allocating_loop() -> None:
+    junk: list[list[int]] = []
+    while True:  # a loop of the model's that allocates: collections, and their callbacks, run inside
+        junk.append([len(junk)])
+        if len(junk) > 10_000:
+            junk = []
+
+
+def test_stops_wait_for_another_librarys_gc_callback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hypothesis registers a ``gc.callbacks`` entry; a stop sent while it ran was swallowed
+    ("Exception ignored in gc_callback"), again and again, and the stop that landed named it.
+    Stops wait for the collection to end, and name the model's line where they land."""
+    import gc
+    import sys
+
+    def foreign(phase: str, info: dict[str, int]) -> None:  # another library's slow callback
+        sum(range(100_000))
+
+    swallowed: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.object))
+    monkeypatch.setattr(export_bound, "SLACK", 0.02)
+    graph = torch.fx.Graph()
+    graph.output(None)
+    graph.output_node().meta["skg.export_seconds"] = 0.0
+    gc.callbacks.append(foreign)
+    try:
+        with pytest.raises(RunawayError, match=r"in _allocating_loop \("), bounded_by(graph), timed_export():
+            _allocating_loop()
+    finally:
+        gc.callbacks.remove(foreign)
+    assert len(swallowed) <= 1, swallowed  # one sent just before a collection began may land in it
+
+
 # -- ``.data`` ----------------------------------------------------------------------------------
 
 

@@ -10,9 +10,10 @@ which pins the groups tried, not a hang. A pruned copy's export runs the same co
 channels; the model's own export paid the first call's warm-up, so the bound only stops what
 does not end. CPU time of the exporting thread, less what its garbage collections took (a
 long-lived process's full collection can take seconds), so neither a loaded machine nor a big
-heap trips it; a stop
-is delivered as an asynchronous exception (``PyThreadState_SetAsyncExc``) by a watchdog
-thread, which costs the export nothing (``sys.settrace`` made it three times slower).
+heap trips it; a stop is delivered as an asynchronous exception (``PyThreadState_SetAsyncExc``)
+by a watchdog thread, which costs the export nothing (``sys.settrace`` made it three times
+slower), never while a collection runs (another library's ``gc.callbacks``, Hypothesis's, would
+swallow it), and names the line where it landed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import FrameType, TracebackType
 
 import torch.fx as fx
 
@@ -61,34 +63,62 @@ def _cpu_clock() -> Callable[[], float]:
     return lambda: time.clock_gettime(clock)
 
 
-def _model_line(ident: int) -> str:
-    """Where the model's code (not torch's, not ours) is in thread ``ident``."""
-    frame = sys._current_frames().get(ident)
-    while frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
+def _model_line(frames: Iterator[FrameType]) -> str | None:
+    """Where the model's code (not torch's, not ours) is: the first of ``frames`` (innermost
+    first) outside them."""
+    frame = next((f for f in frames if not f.f_code.co_filename.startswith(INTERNAL)), None)
+    return None if frame is None else f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
+
+
+def _outward(frame: FrameType | None) -> Iterator[FrameType]:
+    while frame is not None:
+        yield frame
         frame = frame.f_back
-    if frame is None:
-        return "torch's code"
-    return f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
 
 
-@contextmanager
-def _less_collections(clock: Callable[[], float]) -> Iterator[Callable[[], float]]:
-    """``clock``, less the time garbage collections took in the calling thread inside."""
-    ident = threading.get_ident()
-    spent, began = [0.0], [0.0]
+def _inward(error: BaseException) -> Iterator[FrameType]:
+    """The frames ``error``'s ``_Stop`` (it, its cause or its context) was raised through,
+    innermost first."""
+    while error is not None and not isinstance(error, _Stop):
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    frames = [tb.tb_frame for tb in _tracebacks(error.__traceback__ if error is not None else None)]
+    return reversed(frames)
 
-    def note(phase: str, _info: dict[str, int]) -> None:
-        if threading.get_ident() == ident:
-            if phase == "start":
-                began[0] = clock()
-            else:
-                spent[0] += clock() - began[0]
 
-    gc.callbacks.append(note)
-    try:
-        yield lambda: clock() - spent[0]
-    finally:
-        gc.callbacks.remove(note)
+def _tracebacks(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+class _Collections:
+    """The calling thread's garbage collections while active: their time, and whether one is
+    running (the model's code is not; another library's ``gc.callbacks`` may be, which would
+    swallow a stop). One callback first and one last, so the others run inside."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.ident, self.raw, self.spent, self.began, self.running = threading.get_ident(), clock, 0.0, 0.0, False
+
+    def clock(self) -> float:
+        """The raw clock, less the collections' time."""
+        return self.raw() - self.spent
+
+    def _first(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start" and threading.get_ident() == self.ident:
+            self.began, self.running = self.raw(), True
+
+    def _last(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "stop" and threading.get_ident() == self.ident and self.running:
+            self.spent, self.running = self.spent + self.raw() - self.began, False
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.insert(0, self._first)
+        gc.callbacks.append(self._last)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._first)
+        gc.callbacks.remove(self._last)
 
 
 @contextmanager
@@ -96,20 +126,21 @@ def timed_export() -> Iterator[list[float]]:
     """Time the export inside (``[seconds]``, filled in on exit); inside ``bounded_by``, stop
     it with a ``RunawayError`` past the bound."""
     spent = [0.0]
-    with _less_collections(_cpu_clock()) as clock:
-        start = clock()
+    with _Collections(_cpu_clock()) as collections:
+        start = collections.clock()
         model = _MODEL_SECONDS.get()
         if model is None:
             yield spent
         else:
-            with _watched(clock, start, FACTOR * model + SLACK, model):
+            with _watched(collections, start, FACTOR * model + SLACK, model):
                 yield spent
-        spent[0] = clock() - start
+        spent[0] = collections.clock() - start
 
 
 @contextmanager
-def _watched(clock: Callable[[], float], start: float, bound: float, model: float) -> Iterator[None]:
-    """Stop the calling thread with a ``RunawayError`` once ``clock() - start`` passes ``bound``."""
+def _watched(collections: _Collections, start: float, bound: float, model: float) -> Iterator[None]:
+    """Stop the calling thread with a ``RunawayError`` once its clock passes ``start + bound``
+    (never inside a garbage collection)."""
     ident = threading.get_ident()
     lock = threading.Lock()
     state = {"inside": True, "fired": False, "where": ""}
@@ -117,10 +148,11 @@ def _watched(clock: Callable[[], float], start: float, bound: float, model: floa
 
     def watch() -> None:  # fires again every poll: torch may catch one stop and carry on
         while not done.wait(_POLL):
-            if clock() - start > bound:
+            if collections.clock() - start > bound and not collections.running:
                 with lock:
                     if state["inside"]:
-                        state["where"] = _model_line(ident)  # the last stop sent is the one that lands
+                        here = _model_line(_outward(sys._current_frames().get(ident)))
+                        state["where"] = here or "torch's code"
                         state["fired"] = True
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_Stop))
 
@@ -136,12 +168,13 @@ def _watched(clock: Callable[[], float], start: float, bound: float, model: floa
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
             done.set()
             watchdog.join()
-    except BaseException:  # ``_Stop``, or what torch made of it
+    except BaseException as e:  # ``_Stop``, or what torch made of it
         if not state["fired"]:
             raise
+        where = _model_line(_inward(e)) or state["where"]  # where it landed, else where it was sent
         raise RunawayError(
             f"its export ran past {bound:.1f} s of CPU ({FACTOR:g} times the model's own {model:.1f} s, plus "
-            f"{SLACK:g} s), in {state['where']}: a loop on a pruned size that does not end?"
+            f"{SLACK:g} s), in {where}: a loop on a pruned size that does not end?"
         ) from None
 
 
