@@ -8,11 +8,15 @@ code the forward reaches asks a value what it is (``asks_what_values_are``) the 
 on the example and compared with the eager forward, with the model's weights, the same train
 flags, autograd mode and random seed. Where they differ the graph is not the model's.
 
-Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. The comparison
-is skipped (None) where it cannot be made without changing the model or running it for
-nothing: weights on the meta device, a forward that writes its own
-parameters in place (``w.clamp_()``: stopped before the write), a forward or graph that fails
-on the example, an output that depends on random draws the two make in a different order.
+Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. With weights
+on the meta device there are no values to compare: a torch.fx graph is compared with the
+forward by the ATen ops each runs on tensors (views, copies and constants aside), in order,
+and by its outputs' shapes (``h - h.mean(1)`` taken eagerly and not traced runs a ``mean`` and
+a ``sub`` the graph does not). The comparison is skipped (None) where it cannot be made
+without changing the model or running it for nothing: an exported graph on meta weights (it
+runs decomposed, functional ops of its own), a forward that writes its own parameters in place
+(``w.clamp_()``: stopped before the write), a forward or graph that fails on the example, an
+output that depends on random draws the two make in a different order.
 """
 
 from __future__ import annotations
@@ -111,9 +115,11 @@ def disagreement(
     than the eager forward: a sentence naming the first output that differs; None where they
     agree or cannot be compared (see the module docstring). The model is left as it was."""
     tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_meta for t in tensors):
+    meta = any(t.is_meta for t in tensors)
+    if meta and is_exported(graph):
         return None
-    args, kwargs = _real(args, kwargs, tensors[0].device if tensors else torch.device("cpu"))
+    device = torch.device("meta") if meta else tensors[0].device if tensors else torch.device("cpu")
+    args, kwargs = _on(args, kwargs, device)
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
     run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
@@ -125,14 +131,55 @@ def disagreement(
     eager, traced = run(model, args, kwargs), run(traced_forward, args, kwargs)
     if eager is None or traced is None:
         return None
-    differs = _first_difference(eager, traced)
+    if meta:
+        return _first_difference(eager.outputs, traced.outputs) or _first_other_op(eager.ops, traced.ops)
+    differs = _first_difference(eager.outputs, traced.outputs)
     if differs is None:
         return None
     for forward, first in ((model, eager), (traced_forward, traced)):  # output changing with the seed: random draws,
         again = run(forward, args, kwargs, seed=_SEED + 1)  # which the two may make in another order
-        if again is None or _first_difference(first, again) is not None:
+        if again is None or _first_difference(first.outputs, again.outputs) is not None:
             return None
     return differs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    outputs: list[Tensor]
+    ops: list[str]  # the ATen ops run on tensors (views, copies, constants aside), in order
+
+
+class _OpLog(TorchDispatchMode):
+    """Note the ATen ops run on tensors (in-place ones as their out-of-place twins), but views,
+    copies and the making of constants (a torch.fx graph holds a constant the forward makes
+    anew each call)."""
+
+    _ASIDE = frozenset({"detach", "clone", "copy_", "_to_copy", "lift_fresh", "lift_fresh_copy", "alias", "contiguous"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        name = _out_of_place(func.overloadpacket.__name__)  # ``+=`` may be traced as ``+``
+        if not func.is_view and name not in self._ASIDE and any(isinstance(v, Tensor) for v in tree_flatten((args, kwargs))[0]):
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _out_of_place(op: str) -> str:
+    """``add`` for ``add_``, ``__and__`` for ``__iand__``."""
+    if op.startswith("__") and op.endswith("__"):
+        return f"__{op[3:]}" if op.startswith("__i") else op
+    return op.removesuffix("_")
+
+
+def _first_other_op(eager: list[str], traced: list[str]) -> str | None:
+    i = next((i for i, (e, t) in enumerate(zip(eager, traced)) if e != t), min(len(eager), len(traced)))
+    if i == len(eager) == len(traced):
+        return None
+    said = lambda ops: ", ".join(ops[i : i + 3]) or "nothing more"  # noqa: E731
+    return f"after {i} ops alike, the forward runs {said(eager)} where the traced graph runs {said(traced)}"
 
 
 class _Runs:
@@ -143,11 +190,14 @@ class _Runs:
         self.model, self.train, self.autograd = model, train, autograd
         self.modules = list(model.modules())
         self.storages = {k for p in model.parameters() if (k := storage_key(p)) is not None}
+        self.meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
     def __call__(
         self, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seed: int = _SEED
-    ) -> list[Tensor] | None:
-        """The output tensors of ``forward``, or None where it fails or would write a parameter."""
+    ) -> _Run | None:
+        """The output tensors of ``forward`` and the ops it ran, or None where it fails or would
+        write a parameter."""
+        log = _OpLog()
         buffers = [b for b in self.model.buffers() if b.numel()]
         with torch.no_grad():
             saved = [b.clone() for b in buffers]  # written by ops that bump no version (``aten.batch_norm`` training)
@@ -155,17 +205,18 @@ class _Runs:
             with model_mode(self.model, self.train, self.modules), _seeded(seed, self.model):
                 with autograd_mode(self.autograd) if self.autograd else nullcontext(), _NoParameterWrites(self.storages):
                     fresh_args, fresh_kwargs = _fresh(args, kwargs)
-                    out = forward(*fresh_args, **fresh_kwargs)
+                    with log if self.meta else nullcontext():
+                        out = forward(*fresh_args, **fresh_kwargs)
         except Exception:  # noqa: BLE001 - nothing to compare with
             return None
         finally:
             with torch.no_grad():
                 for b, copy in zip(buffers, saved):
-                    if b.shape == copy.shape and not torch.equal(b, copy):
+                    if b.shape == copy.shape and not b.is_meta and not torch.equal(b, copy):
                         b.copy_(copy)
                     if b.grad_fn is not None:  # written in place from values that need grad
                         b.detach_()
-        return [t.detach() for t in _leaves(out)]
+        return _Run([t.detach() for t in _leaves(out)], log.ops)
 
 
 def _fresh(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -211,19 +262,24 @@ def _seeded(seed: int, model: nn.Module) -> Iterator[None]:
             numpy.random.set_state(numpy_state)
 
 
-def _real(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Meta inputs (a plan's ``example_inputs()``) as real ones on the weights' device: floats
-    drawn from a seeded normal, integers and booleans zero."""
+def _on(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The example's tensors for weights on ``device``: all on the meta device for meta weights;
+    else meta ones (a plan's ``example_inputs()``) made real on ``device``, floats drawn from a
+    seeded normal, integers and booleans zero."""
     generator = torch.Generator().manual_seed(_SEED)
 
-    def real(v: Any) -> Any:
-        if not isinstance(v, Tensor) or not v.is_meta:
+    def moved(v: Any) -> Any:
+        if not isinstance(v, Tensor) or v.device == device:
+            return v
+        if device.type == "meta":
+            return v.to(device)
+        if not v.is_meta:
             return v
         if v.is_floating_point():
             return torch.randn(v.shape, generator=generator, dtype=v.dtype).to(device)
         return torch.zeros(v.shape, dtype=v.dtype, device=device)
 
-    return tree_map(real, (args, kwargs))
+    return tree_map(moved, (args, kwargs))
 
 
 def _first_difference(eager: list[Tensor], traced: list[Tensor]) -> str | None:
@@ -232,6 +288,8 @@ def _first_difference(eager: list[Tensor], traced: list[Tensor]) -> str | None:
     for i, (e, t) in enumerate(zip(eager, traced)):
         if e.shape != t.shape or e.dtype != t.dtype:
             return f"output {i} is {e.dtype} {list(e.shape)} in the forward, {t.dtype} {list(t.shape)} in the traced graph"
+        if e.is_meta or t.is_meta:
+            continue
         if not (e.is_floating_point() or e.is_complex()):
             if not torch.equal(e, t):
                 return f"output {i} differs"

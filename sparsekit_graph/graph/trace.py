@@ -111,6 +111,11 @@ def _verified(
     if differs is None:
         return graph
     if not is_exported(graph):
+        if any(t.is_meta for t in model.parameters()):  # nothing to run an exported graph's ops against
+            raise TraceError(
+                f"torch.fx's graph of {type(model).__name__} does not compute what its forward computes ({differs}), "
+                "and torch.export's cannot be checked on meta weights: plan it with real weights"
+            )
         unfaithful = Unfaithful(f"its graph is not the forward's: {differs}")
         graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, unfaithful)
         differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
