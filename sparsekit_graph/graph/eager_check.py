@@ -114,15 +114,14 @@ def disagreement(
     """Where ``graph`` (a trace of ``model`` on ``args`` / ``kwargs``) computes another output
     than the eager forward: a sentence naming the first output that differs; None where they
     agree or cannot be compared (see the module docstring). The model is left as it was."""
-    tensors = [*model.parameters(), *model.buffers()]
-    meta = any(t.is_meta for t in tensors)
+    run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
+    meta = run.meta
     if meta and is_exported(graph):
         return None
-    device = torch.device("meta") if meta else tensors[0].device if tensors else torch.device("cpu")
-    args, kwargs = _on(args, kwargs, device)
+    tensors = [*model.parameters(), *model.buffers()]
+    args, kwargs = _on(args, kwargs, tensors[0].device if tensors else torch.device("cpu"))
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
-    run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
 
     def traced_forward(*a: Any, **k: Any) -> Any:  # no autograd: the graph holds no ``torch.no_grad()`` block
         with torch.no_grad():
