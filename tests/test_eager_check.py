@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import sparsekit_graph as skg
 from sparsekit_graph.errors import TraceError
+from sparsekit_graph.graph import eager_check
 from sparsekit_graph.graph.eager_check import disagreement
 from sparsekit_graph.graph.meta import is_exported
 from sparsekit_graph.graph.trace import trace_graph
@@ -136,7 +137,7 @@ def test_a_forward_that_writes_draws_or_mutates_its_input_still_plans(noise: boo
     assert torch.equal(x, given), "the example input was written"
 
 
-def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph() -> None:
+def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _Asks(_ASKS["type_is"]).eval(), torch.randn(*X)
     fx_graph = trace_graph(model, x)  # torch.fx, unverified: the branch not taken eagerly
     assert not is_exported(fx_graph)
@@ -144,8 +145,12 @@ def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph() -
     assert differs is not None and differs.startswith("output 0 differs by up to"), differs
     faithful = _Asks(lambda h: False).eval()
     assert disagreement(faithful, trace_graph(faithful, x), (x,), {}, train=False, autograd=None) is None
-    on_meta = _Asks(_ASKS["type_is"]).to("meta").eval()  # no values: the ops each runs are compared
-    differs = disagreement(on_meta, trace_graph(on_meta, x.to("meta")), (x.to("meta"),), {}, train=False, autograd=None)
+    on_meta = _Asks(_ASKS["type_is"]).to("meta").eval()  # small: compared by value on a real copy
+    meta_graph = trace_graph(on_meta, x.to("meta"))
+    differs = disagreement(on_meta, meta_graph, (x.to("meta"),), {}, train=False, autograd=None)
+    assert differs is not None and differs.startswith("output 0 differs by up to"), differs
+    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)  # too large to copy: the ops each runs are compared
+    differs = disagreement(on_meta, meta_graph, (x.to("meta"),), {}, train=False, autograd=None)
     assert (
         differs
         == "after 1 ops alike, the forward runs mean, sub, convolution where the traced graph runs convolution, relu, convolution"
@@ -418,38 +423,50 @@ def test_a_buffer_the_forward_replaces_plans_without_hanging() -> None:
 # -- weights on the meta device -----------------------------------------------------------------
 
 
-_EXPORTED_FIRST = "class_name"  # torch.fx cannot trace ``h.__class__.__name__``: torch.export traces it first
+def _plan_or_refusal(model: nn.Module, x: Tensor) -> skg.Plan | str:
+    try:
+        return skg.plan(model, x)
+    except TraceError as e:
+        return str(e)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="left: an exported graph is not checked on meta weights"))
-        if n == _EXPORTED_FIRST
-        else n
-        for n in sorted(_ASKS)
-    ],
-)
-def test_on_meta_weights_a_forward_that_asks_plans_its_eager_branch_or_is_refused(name: str) -> None:
-    """No values to compare: torch.fx's graph is compared with the forward by the ATen ops each
-    runs (the forward's ``mean`` and ``sub`` are missing from a graph of the other branch), and
-    where it differs the plan is refused (torch.export's graph cannot be checked on meta, so a
-    forward only torch.export traces is planned unchecked there: ``class_name``)."""
-    torch.manual_seed(0)
+@pytest.mark.parametrize("name", sorted(_ASKS))
+def test_on_meta_weights_a_forward_that_asks_plans_as_on_real_weights(name: str) -> None:
+    """A small model on meta weights is checked on a real copy (seeded random weights): it is
+    planned, or refused, as the same model with real weights is, torch.export's graph (the
+    only trace of ``h.__class__.__name__``) included."""
     real = _Asks(_ASKS[name]).eval()
     with torch.device("meta"):
         model = _Asks(_ASKS[name]).eval()
-    x = torch.randn(*X, device="meta")
-    try:
-        real_plan = skg.plan(real, torch.randn(*X))
-    except TraceError:
-        real_plan = None
-    try:
-        meta_plan = skg.plan(model, x)
-    except TraceError as e:
-        assert "cannot be checked on meta weights" in str(e) and "runs mean, sub" in str(e), e
+    real_plan, meta_plan = _plan_or_refusal(real, torch.randn(*X)), _plan_or_refusal(model, torch.randn(*X, device="meta"))
+    if isinstance(real_plan, str):
+        assert name in _REFUSED and isinstance(meta_plan, str) and "does not compute what its forward computes" in meta_plan
         return
-    assert real_plan is not None and meta_plan.groups == real_plan.groups
+    assert isinstance(meta_plan, skg.Plan) and meta_plan.groups == real_plan.groups
+    assert not meta_plan.group("a:out").zero_invariant, "the mean over a's channels runs"
+
+
+@pytest.mark.parametrize("name", sorted(_ASKS))
+def test_on_meta_weights_too_large_to_copy_a_torch_fx_graph_is_compared_by_its_ops(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too large to copy: torch.fx's graph is compared with the forward by the ATen ops each
+    runs (the forward's ``mean`` and ``sub`` are missing from a graph of the other branch), and
+    where it differs the plan is refused; torch.export's graph is not checked there (its ops
+    are decomposed and functional), so a forward only torch.export traces is planned
+    unchecked (``class_name``, left)."""
+    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
+    real = _Asks(_ASKS[name]).eval()
+    with torch.device("meta"):
+        model = _Asks(_ASKS[name]).eval()
+    real_plan, meta_plan = _plan_or_refusal(real, torch.randn(*X)), _plan_or_refusal(model, torch.randn(*X, device="meta"))
+    if isinstance(meta_plan, str):
+        assert "cannot be checked on meta weights of this size" in meta_plan and "runs mean, sub" in meta_plan, meta_plan
+        return
+    if name == "class_name":  # left: planned from the branch not taken, as the docs say
+        assert isinstance(real_plan, str) and meta_plan.group("a:out").zero_invariant
+        return
+    assert isinstance(real_plan, skg.Plan) and meta_plan.groups == real_plan.groups
     assert not meta_plan.group("a:out").zero_invariant, "the mean over a's channels runs"
 
 
@@ -472,3 +489,40 @@ def test_ops_are_compared_out_of_place() -> None:
     assert [_out_of_place(op) for op in ("add_", "add", "__iand__", "__and__", "relu_")] == [
         "add", "add", "__and__", "__and__", "relu"
     ]  # fmt: skip
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+def test_a_real_copy_keeps_ties_and_leaves_the_meta_model_alone() -> None:
+    with torch.device("meta"):
+        model = _Tied()
+    real = eager_check.real_copy(model)
+    assert real is not None and real.head.weight is real.emb.weight, "a tie broken draws two weights the graph reads as one"
+    assert not real.emb.weight.is_meta and isinstance(real.emb.weight, nn.Parameter) and real.steps.item() == 0
+    assert model.emb.weight.is_meta and model.head.weight is model.emb.weight
+    again = eager_check.real_copy(model)
+    assert again is not None and torch.equal(again.emb.weight, real.emb.weight), "seeded"
+
+
+def test_a_small_hugging_face_model_on_meta_weights_is_checked_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-2 (tied embeddings) is exported, and its exported graph names ``device=meta``: on
+    a real copy both run, and agree, so the meta plan is the real one."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32)
+    real = GPT2LMHeadModel(config).eval()
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config).eval()
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    compared: list[bool] = []
+    run = eager_check._Runs.__call__
+    monkeypatch.setattr(eager_check._Runs, "__call__", lambda *a, **k: compared.append((r := run(*a, **k)) is not None) or r)
+    meta_plan = skg.plan(model, {"input_ids": ids.to("meta")})
+    assert compared == [True, True], "the forward and the exported graph both ran on the real copy"
+    assert meta_plan.groups == skg.plan(real, {"input_ids": ids}).groups

@@ -8,19 +8,22 @@ code the forward reaches asks a value what it is (``asks_what_values_are``) the 
 on the example and compared with the eager forward, with the model's weights, the same train
 flags, autograd mode and random seed. Where they differ the graph is not the model's.
 
-Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. With weights
-on the meta device there are no values to compare: a torch.fx graph is compared with the
-forward by the ATen ops each runs on tensors (views, copies and constants aside), in order,
-and by its outputs' shapes (``h - h.mean(1)`` taken eagerly and not traced runs a ``mean`` and
-a ``sub`` the graph does not). The comparison is skipped (None) where it cannot be made
-without changing the model or running it for nothing: an exported graph on meta weights (it
-runs decomposed, functional ops of its own), a forward that writes its own parameters in place
-(``w.clamp_()``: stopped before the write), a forward or graph that fails on the example, an
-output that depends on random draws the two make in a different order.
+Meta inputs (a plan's example) are drawn from a seeded normal (floats) or zero. Weights on the
+meta device have no values: a model of up to ``REAL_COPY_ELEMENTS`` values is compared on a
+real copy (``real_copy``: seeded random weights, ties kept; the graph's ``device=meta`` read
+as the copy's). A larger one's torch.fx graph is compared with the forward by the ATen ops
+each runs on tensors (views, copies and constants aside), in order, and by its outputs' shapes
+(``h - h.mean(1)`` taken eagerly and not traced runs a ``mean`` and a ``sub`` the graph does
+not). The comparison is skipped (None) where it cannot be made without changing the model or
+running it for nothing: a larger model's exported graph on meta weights (it runs decomposed,
+functional ops of its own), a forward that writes its own parameters in place (``w.clamp_()``:
+stopped before the write), a forward or graph that fails on the example, an output that
+depends on random draws the two make in a different order.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import sys
@@ -41,8 +44,9 @@ from .param_reads import storage_key
 from .trace_inputs import flat_inputs
 from .trace_mode import model_mode
 
-__all__ = ["asks_what_values_are", "disagreement", "model_attribute"]
+__all__ = ["REAL_COPY_ELEMENTS", "asks_what_values_are", "copied_to_check", "disagreement", "model_attribute", "real_copy"]
 
+REAL_COPY_ELEMENTS = 1 << 25  # a model on meta weights up to this size is checked on a real copy
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}  # of the output's largest magnitude; 5e-2 for the rest
 _SEED = 0x5EED
 # What a value answers about itself, other than a tensor's shape and data: named, or called under any alias
@@ -89,15 +93,24 @@ def asks_what_values_are(model: nn.Module) -> bool:
 
 class _GraphRun(fx.Interpreter):
     """``graph`` run over the model's own layers, parameters and buffers (their flags as they
-    are), the constants the trace made from their nodes."""
+    are), the constants the trace made from their nodes; a graph traced on meta weights run
+    over a real copy names the copy's device where it named ``meta`` (``arange(device=...)``)."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+    def __init__(self, model: nn.Module, graph: fx.Graph, device: torch.device) -> None:
         super().__init__(model, graph=graph)
+        self.device = device
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "get_attr" and TRACED_CONSTANT in n.meta:
             return n.meta[TRACED_CONSTANT]
         return super().run_node(n)
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if self.device.type == "meta":
+            return args, kwargs
+        here = lambda v: self.device if isinstance(v, torch.device) and v.type == "meta" else v  # noqa: E731
+        return tree_map(here, (args, kwargs))
 
 
 def model_attribute(model: nn.Module, target: str) -> Any:
@@ -116,16 +129,19 @@ def disagreement(
     agree or cannot be compared (see the module docstring). The model is left as it was."""
     run = _Runs(model, train, autograd or ("off" if is_exported(graph) else None))  # None: the caller's, as torch.fx traced
     meta = run.meta
+    if meta and (real := real_copy(model)) is not None:
+        return disagreement(real, graph, args, kwargs, train=train, autograd=autograd)
     if meta and is_exported(graph):
         return None
     tensors = [*model.parameters(), *model.buffers()]
-    args, kwargs = _on(args, kwargs, tensors[0].device if tensors else torch.device("cpu"))
+    device = tensors[0].device if tensors else torch.device("cpu")
+    args, kwargs = _on(args, kwargs, device)
     if is_exported(graph):  # the export's own inputs (``use_cache=False``) for both
         kwargs = kwargs | no_cache(model, kwargs)
 
     def traced_forward(*a: Any, **k: Any) -> Any:  # no autograd: the graph holds no ``torch.no_grad()`` block
         with torch.no_grad():
-            return _GraphRun(model, graph).run(*flat_inputs(graph, a, k))
+            return _GraphRun(model, graph, device).run(*flat_inputs(graph, a, k))
 
     eager, traced = run(model, args, kwargs), run(traced_forward, args, kwargs)
     if eager is None or traced is None:
@@ -140,6 +156,45 @@ def disagreement(
         if again is None or _first_difference(first.outputs, again.outputs) is not None:
             return None
     return differs
+
+
+def copied_to_check(model: nn.Module) -> bool:
+    """Is ``model``, on meta weights, small enough to be checked on a real copy?"""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    return sum(t.numel() for t in tensors) <= REAL_COPY_ELEMENTS
+
+
+def real_copy(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` on the CPU, its meta tensors made real (tied ones stay tied): floats
+    drawn from a seeded normal scaled by the fan-in (activations stay of order one), integers
+    zero (an index in range), booleans True; None where the model holds more than
+    ``REAL_COPY_ELEMENTS`` values or cannot be copied. The graph and the forward are compared
+    by value on it."""
+    if not copied_to_check(model):
+        return None
+    try:
+        real = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a layer that cannot be copied: the check is skipped
+        return None
+    generator = torch.Generator().manual_seed(_SEED)
+    made: dict[int, Tensor] = {}
+    for m in real.modules():
+        for store in (m._parameters, m._buffers):
+            for k, t in store.items():
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in made:
+                    v = _drawn(t, generator)
+                    made[id(t)] = nn.Parameter(v, t.requires_grad) if isinstance(t, nn.Parameter) else v
+                store[k] = made[id(t)]
+    return real
+
+
+def _drawn(t: Tensor, generator: torch.Generator) -> Tensor:
+    if t.is_floating_point() or t.is_complex():
+        fan_in = t[0].numel() if t.dim() > 1 else 1
+        return (torch.randn(t.shape, generator=generator) / fan_in**0.5).to(t.dtype)
+    return torch.full(t.shape, t.dtype == torch.bool, dtype=t.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +265,9 @@ class _Runs:
             return None
         finally:
             with torch.no_grad():
-                for b, copy in zip(buffers, saved):
-                    if b.shape == copy.shape and not b.is_meta and not torch.equal(b, copy):
-                        b.copy_(copy)
+                for b, kept in zip(buffers, saved):
+                    if b.shape == kept.shape and not b.is_meta and not torch.equal(b, kept):
+                        b.copy_(kept)
                     if b.grad_fn is not None:  # written in place from values that need grad
                         b.detach_()
         return _Run([t.detach() for t in _leaves(out)], log.ops)
