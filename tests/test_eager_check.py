@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import operator
 import random
 import signal
 from collections.abc import Callable
@@ -40,6 +41,19 @@ def _is_plain(h: Tensor) -> bool:  # a helper in another function: no line of fo
 _kind = type  # an alias: the code never names ``type``
 
 
+def _exec_asks(h: Tensor) -> bool:
+    scope = {"h": h, "torch": torch}
+    exec("plain = type(h) is torch.Tensor", scope)  # noqa: S102 - the spelling under test
+    return scope["plain"]
+
+
+def _dunder_builtins() -> dict[str, object]:
+    return __builtins__ if isinstance(__builtins__, dict) else vars(__builtins__)
+
+
+_BUILTINS_DICT = __builtins__ if isinstance(__builtins__, dict) else vars(__builtins__)  # ``__builtins__["type"]``
+
+
 _ASKS: dict[str, Callable[[Tensor], bool]] = {
     "type_is": lambda h: type(h) is torch.Tensor,
     "type_eq": lambda h: type(h) == torch.Tensor,  # noqa: E721 - the spelling under test
@@ -51,8 +65,18 @@ _ASKS: dict[str, Callable[[Tensor], bool]] = {
     "not_callable": lambda h: not callable(h),
     "issubclass": lambda h: issubclass(type(h), torch.Tensor),
     "type_mro": lambda h: torch.Tensor in type(h).__mro__,
+    # round 17: questions the gate's walk of the code did not see (planned from the other branch)
+    "eval": lambda h: eval("type(h) is torch.Tensor"),  # noqa: S307 - the spelling under test
+    "exec": _exec_asks,
+    "builtins_dict": lambda h: _BUILTINS_DICT["type"](h) is torch.Tensor,  # a dict of builtins, by another name
+    "dunder_builtins": lambda h: _dunder_builtins()["type"](h) is torch.Tensor,
+    "attrgetter": lambda h: operator.attrgetter("__class__")(h) is torch.Tensor,
+    "getattribute": lambda h: object.__getattribute__(h, "__class__") is torch.Tensor,
+    "str": lambda h: str(h).startswith("tensor"),
+    "f_string": lambda h: f"{h}".startswith("tensor"),
 }
 _REFUSED = {"type_is", "type_eq", "type_name", "class_name", "type_in", "helper", "alias"}  # torch.export's fake asks alike
+_REFUSED |= {"eval", "exec", "builtins_dict", "dunder_builtins", "attrgetter", "getattribute", "str", "f_string"}
 
 
 class _Asks(nn.Module):
@@ -454,7 +478,7 @@ def test_on_meta_weights_too_large_to_copy_a_torch_fx_graph_is_compared_by_its_o
     runs (the forward's ``mean`` and ``sub`` are missing from a graph of the other branch), and
     where it differs the plan is refused; torch.export's graph is not checked there (its ops
     are decomposed and functional), so a forward only torch.export traces is planned
-    unchecked (``class_name``, left)."""
+    unchecked (``h.__class__.__name__``, ``attrgetter("__class__")``: left)."""
     monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
     real = _Asks(_ASKS[name]).eval()
     with torch.device("meta"):
@@ -463,7 +487,7 @@ def test_on_meta_weights_too_large_to_copy_a_torch_fx_graph_is_compared_by_its_o
     if isinstance(meta_plan, str):
         assert "cannot be checked on meta weights of this size" in meta_plan and "runs mean, sub" in meta_plan, meta_plan
         return
-    if name == "class_name":  # left: planned from the branch not taken, as the docs say
+    if name in {"class_name", "attrgetter", "getattribute"}:  # only torch.export traces them: left, as the docs say
         assert isinstance(real_plan, str) and meta_plan.group("a:out").zero_invariant
         return
     assert isinstance(real_plan, skg.Plan) and meta_plan.groups == real_plan.groups

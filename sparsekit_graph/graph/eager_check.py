@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .export import no_cache
-from .forward_modes import Autograd, autograd_mode, code_reads
+from .forward_modes import FORMATS, Autograd, autograd_mode, code_reads
 from .meta import TRACED_CONSTANT, is_exported
 from .param_reads import storage_key
 from .trace_inputs import flat_inputs
@@ -52,12 +52,13 @@ _SEED = 0x5EED
 # What a value answers about itself, other than a tensor's shape and data: named, or called under any alias
 _INTROSPECTION = frozenset({
     "__class__", "__mro__", "__bases__", "__dict__", "Proxy",  # ``isinstance(h, torch.fx.Proxy)``
+    "__builtins__", "__str__", "__repr__", "__format__", FORMATS,  # ``__builtins__["type"]``, ``f"{h}"``
     # tracing and compiling asked of torch (HF's ``is_torchdynamo_compiling()``)
     # (``torch.jit.is_scripting()`` / ``is_tracing()``: False under both tracers, as in eager)
     "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting",
     "is_torchdynamo_compiling", "is_torchdynamo_exporting",
 })  # fmt: skip
-_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, id, hash, getattr, hasattr)  # ``hasattr(h, "node")``
+_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile)
 
 
 class _WritesParameter(Exception):

@@ -15,6 +15,7 @@ modules and classes (``utils.in_inference()``), the autograd attributes a branch
 from __future__ import annotations
 
 import builtins
+import dis
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +36,7 @@ __all__ = [
     "Autograd",
     "Mode",
     "autograd_mode",
+    "FORMATS",
     "code_reads",
     "one_code_scan",
     "other_modes",
@@ -48,6 +50,7 @@ _QUERIES = ("is_grad_enabled", _INFERENCE)  # torch's functions, patched while t
 _TESTS = ("requires_grad", "grad_fn")  # a tensor's attributes that follow autograd on/off
 _T = TypeVar("_T")
 _BUILTINS = vars(builtins)  # what a name the module does not bind is
+FORMATS = "<f-string>"  # the name ``code_reads`` gives a formatted value
 _QUERY_FUNCTIONS = tuple(getattr(torch, n) for n in _QUERIES)
 
 
@@ -186,17 +189,31 @@ def _walk(starts: tuple[tuple[FunctionType, type | None, bool], ...]) -> _Scan:
         if (code, reached) in seen:
             continue
         seen.add((code, reached))
-        names[reached] |= set(code.co_names)
+        names[reached] |= set(code.co_names) | _spelled(code)
         owners = [klass] if klass is not None else []  # ``self.check()``: the class's own
         owners += [v for n in code.co_names if isinstance(v := scope.get(n), (ModuleType, type)) and not _torch(v)]
         for name in code.co_names:
             for value in (scope.get(name, _BUILTINS.get(name)), *(stored(o).get(name) for o in owners)):
                 if reached:
                     values.add(id(value))
+                    if isinstance(value, (list, tuple)) or type(value) is dict:  # ``fns["type"](h)``
+                        values.update(map(id, value.values() if isinstance(value, dict) else value))
                 if not _torch(value):
                     todo += [(f.__code__, f.__globals__, klass, reached) for f in run_by(value)]
         todo.extend((c, scope, klass, reached) for c in code.co_consts if isinstance(c, CodeType))
     return _Scan(frozenset(names[True]), frozenset(names[True] | names[False]), frozenset(values))
+
+
+_FORMATS = frozenset(dis.opmap[op] for op in ("FORMAT_VALUE", "FORMAT_SIMPLE", "FORMAT_WITH_SPEC") if op in dis.opmap)
+
+
+def _spelled(code: CodeType) -> set[str]:
+    """Names the code spells as strings (``getattr(h, "__class__")``, ``attrgetter("__class__")``)
+    and ``FORMATS`` where it formats a value (``f"{h}"``)."""
+    spelled = {c for c in code.co_consts if isinstance(c, str) and c.isidentifier()}
+    if not _FORMATS.isdisjoint(code.co_code[::2]):
+        spelled.add(FORMATS)
+    return spelled
 
 
 class _Memo(Generic[_T]):
