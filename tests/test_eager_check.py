@@ -454,43 +454,28 @@ def _plan_or_refusal(model: nn.Module, x: Tensor) -> skg.Plan | str:
         return str(e)
 
 
+@pytest.mark.parametrize("copied", [True, False], ids=["copied", "too_large_to_copy"])
 @pytest.mark.parametrize("name", sorted(_ASKS))
-def test_on_meta_weights_a_forward_that_asks_plans_as_on_real_weights(name: str) -> None:
-    """A small model on meta weights is checked on a real copy (seeded random weights): it is
-    planned, or refused, as the same model with real weights is, torch.export's graph (the
-    only trace of ``h.__class__.__name__``) included."""
+def test_on_meta_weights_a_forward_that_asks_plans_as_on_real_weights(
+    name: str, copied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On meta weights a model is planned, or refused, as the same model with real weights is.
+    A small one is checked on a real copy (seeded random weights); a larger one by the ATen
+    ops each runs (the forward's ``mean`` and ``sub`` are missing from a graph of the other
+    branch), torch.export's graph (the only trace of ``h.__class__.__name__``) included: the
+    forward then runs as torch.export sees it (``is_compiling()`` True)."""
+    if not copied:
+        monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
     real = _Asks(_ASKS[name]).eval()
     with torch.device("meta"):
         model = _Asks(_ASKS[name]).eval()
     real_plan, meta_plan = _plan_or_refusal(real, torch.randn(*X)), _plan_or_refusal(model, torch.randn(*X, device="meta"))
     if isinstance(real_plan, str):
         assert name in _REFUSED and isinstance(meta_plan, str) and "does not compute what its forward computes" in meta_plan
+        if not copied:
+            assert "the forward runs mean, sub" in meta_plan, meta_plan
         return
     assert isinstance(meta_plan, skg.Plan) and meta_plan.groups == real_plan.groups
-    assert not meta_plan.group("a:out").zero_invariant, "the mean over a's channels runs"
-
-
-@pytest.mark.parametrize("name", sorted(_ASKS))
-def test_on_meta_weights_too_large_to_copy_a_torch_fx_graph_is_compared_by_its_ops(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Too large to copy: torch.fx's graph is compared with the forward by the ATen ops each
-    runs (the forward's ``mean`` and ``sub`` are missing from a graph of the other branch), and
-    where it differs the plan is refused; torch.export's graph is not checked there (its ops
-    are decomposed and functional), so a forward only torch.export traces is planned
-    unchecked (``h.__class__.__name__``, ``attrgetter("__class__")``: left)."""
-    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
-    real = _Asks(_ASKS[name]).eval()
-    with torch.device("meta"):
-        model = _Asks(_ASKS[name]).eval()
-    real_plan, meta_plan = _plan_or_refusal(real, torch.randn(*X)), _plan_or_refusal(model, torch.randn(*X, device="meta"))
-    if isinstance(meta_plan, str):
-        assert "cannot be checked on meta weights of this size" in meta_plan and "runs mean, sub" in meta_plan, meta_plan
-        return
-    if name in {"class_name", "attrgetter", "getattribute"}:  # only torch.export traces them: left, as the docs say
-        assert isinstance(real_plan, str) and meta_plan.group("a:out").zero_invariant
-        return
-    assert isinstance(real_plan, skg.Plan) and meta_plan.groups == real_plan.groups
     assert not meta_plan.group("a:out").zero_invariant, "the mean over a's channels runs"
 
 

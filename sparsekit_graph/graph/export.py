@@ -162,7 +162,7 @@ def _as_model_graph(ep: torch.export.ExportedProgram, real: dict[str, Any]) -> f
             fqn = sig.inputs_to_lifted_tensor_constants[node.name]
             new = graph.get_attr(f"<constant {fqn}>")
             value = ep.constants.get(fqn)
-            if isinstance(value, Tensor) and not value.is_meta:
+            if isinstance(value, Tensor):
                 new.meta[TRACED_CONSTANT] = value  # what the graph reads there (``eager_check`` runs it)
             if isinstance(value, Tensor) and value.numel() <= SMALL_CONSTANT and not value.is_floating_point():
                 new.meta[CONSTANT] = value.detach().cpu().clone()  # positions a rule may read (``x[..., [-2]]``)

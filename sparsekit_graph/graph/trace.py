@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
-from .eager_check import asks_what_values_are, copied_to_check, disagreement, model_attribute
+from .eager_check import asks_what_values_are, disagreement, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .meta import EXPORTED, GRAD_MODE_READ, TRACED_CONSTANT, is_exported
@@ -111,11 +111,6 @@ def _verified(
     if differs is None:
         return graph
     if not is_exported(graph):
-        if any(t.is_meta for t in model.parameters()) and not copied_to_check(model):  # exported graphs unchecked
-            raise TraceError(
-                f"torch.fx's graph of {type(model).__name__} does not compute what its forward computes ({differs}), "
-                "and torch.export's cannot be checked on meta weights of this size: plan it with real weights"
-            )
         unfaithful = Unfaithful(f"its graph is not the forward's: {differs}")
         graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, unfaithful)
         differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)

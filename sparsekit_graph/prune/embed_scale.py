@@ -49,20 +49,28 @@ def rescale_embeddings(model: nn.Module) -> None:
         if scale_of is None or not isinstance(old_scale, torch.Tensor):
             continue
         new = scale_of(module.weight.shape[1])
-        old = float(old_scale)
+        old = _value(module, old_scale)
         if new == old:
             continue
-        c = old / new
-        if _is_tied(model, module):
-            compensate = by_type(TIED_OUTPUT_COMPENSATIONS, model)
-            if compensate is None:
-                continue  # no exact compensation: the old scale stays (not reloadable)
-            compensate(model, c)
-        with torch.no_grad():
-            module.weight.mul_(c)
+        compensate = by_type(TIED_OUTPUT_COMPENSATIONS, model) if _is_tied(model, module) else lambda _model, _c: None
+        if compensate is None:
+            continue  # no exact compensation: the old scale stays (not reloadable)
+        if old is not None:  # on meta weights there is nothing to fold
+            compensate(model, old / new)
+            with torch.no_grad():
+                module.weight.mul_(old / new)
         module._buffers["embed_scale"] = torch.tensor(new, dtype=old_scale.dtype, device=old_scale.device)
         if hasattr(module, "scalar_embed_scale"):
             module.scalar_embed_scale = new
+
+
+def _value(module: nn.Module, scale: torch.Tensor) -> float | None:
+    """The scale a layer holds: its buffer's value, or on the meta device the Python number
+    it keeps beside it (``scalar_embed_scale``), if any."""
+    if not scale.is_meta:
+        return float(scale)
+    kept = getattr(module, "scalar_embed_scale", None)
+    return float(kept) if isinstance(kept, (int, float)) else None
 
 
 def _is_tied(model: nn.Module, embedding: nn.Module) -> bool:
