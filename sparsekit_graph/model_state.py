@@ -35,7 +35,7 @@ _TensorState = tuple[Tensor, Tensor, bool, "Tensor | None", "Tensor | None"]
 @contextmanager
 def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
     """Run the body, then restore what it changed of ``model`` (see the module docstring)."""
-    _refuse_lazy(model)
+    _refuse_unreadable(model)
     modules = list(model.modules())
     flags = [m.training for m in modules]
     held = record(list(chain.from_iterable(map(methodcaller("values"), map(attrgetter("__dict__"), modules)))))
@@ -54,9 +54,15 @@ def kept(model: nn.Module, *, values: bool = True) -> Iterator[None]:
             _restore(s)
 
 
-def _refuse_lazy(model: nn.Module) -> None:
+def _refuse_unreadable(model: nn.Module) -> None:
     """A lazy module's weight has no shape until a forward runs; initialising it here would
-    change the user's model, so planning and pruning refuse it by name."""
+    change the user's model, so planning and pruning refuse it by name. A TorchScript module
+    (``torch.jit.script`` / ``trace``) runs compiled code neither tracer can follow."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            raise TraceError(
+                f"{name or 'the model'!r} is a TorchScript module ({type(m).__name__}): plan the eager module it was made from"
+            )
     for name, t in chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
         if nn.parameter.is_lazy(t):
             raise TraceError(f"{name} of a lazy module is not initialized: run the model once on an example input first")

@@ -37,6 +37,7 @@ from .size_pins import pin_read_sizes
 from .size_tracer import has_hooks
 from .trace import is_exported
 from .value_reads import pin_value_reads
+from .zeros import write_keeps_zeros
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 
@@ -186,6 +187,10 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
         ctx.pin_everything(f"rule {label} does not model argument(s) {', '.join(unread)} of {ctx.where()}")
     if ctx.node.op != "call_module" and draws_random(ctx.call, ctx.node.target):
         ctx.mix([a for axes in ctx.outputs() for a in axes], f"random values drawn per channel at {ctx.where()}")
+    written = ctx.input
+    if ctx.call.inplace and isinstance(written, fx.Node) and (written.name in ctx.aliases or written.name in ctx.views):
+        if not write_keeps_zeros(ctx.call):  # the layers that read the parameter see the write
+            ctx.mix(ctx.axes(written) or [], f"a parameter written in place at {ctx.where()} by an op that does not keep zeros")
     g = ctx.graph
     if ctx.node.name in ctx.views:  # a view of a parameter has the parameter's axes
         return

@@ -10,6 +10,7 @@ The walk is conservative: anything it does not know breaks zeros.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -17,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .meta import META
-from .normalize import normalize
+from .normalize import Call, normalize
 
-__all__ = ["zero_breaker"]
+__all__ = ["write_keeps_zeros", "zero_breaker"]
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -231,3 +232,29 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, d
                 seen.add(u)
                 todo.append(u)
     return None
+
+
+# In-place writes that leave a zero entry zero whatever their other operand (``w.mul_(s)``).
+_ZERO_WRITES = frozenset({"mul", "relu", "zero", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "hardtanh"})
+
+
+def write_keeps_zeros(call: Call) -> bool:
+    """Does an in-place write (``call.inplace``) keep zero entries of what it writes zero? A
+    forward that runs ``w.clamp_(min=0.1)`` on a member turns a masked channel back on, so the
+    group's zeroed and removed channels differ; ``w.clamp_(-c, c)`` and ``w.mul_(s)`` do not."""
+    name = getattr(call.op, "__name__", "")
+    given = call.args.get
+
+    def number(key: str, test: Callable[[float], bool]) -> bool:  # absent: no bound
+        v = given(key)
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and test(v))
+
+    if name in ("clamp", "clip"):
+        return number("min", lambda v: v <= 0) and number("max", lambda v: v >= 0)
+    if name in ("clamp_min", "clamp_max"):
+        return number(name[-3:], lambda v: v <= 0 if name == "clamp_min" else v >= 0)
+    if name in ("fill", "masked_fill"):
+        return given("value") == 0 and isinstance(given("value"), (int, float))
+    if name == "div":
+        return isinstance(given("other"), (int, float)) and given("other") != 0
+    return name in _ZERO_WRITES

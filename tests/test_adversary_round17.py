@@ -1,0 +1,87 @@
+"""Adversary round 17: wrong plans found on real weights.
+
+- A forward that writes a member in place with an op that does not keep zeros
+  (``self.bn.weight.clamp_(min=0.1)`` under ``no_grad``, ``.data.clamp_``, ``copy_``,
+  ``add_``) turns a masked channel back on: the group is not zero-invariant (it was claimed,
+  0.03-0.09 off); writes that keep zeros (``clamp_(-c, c)``, ``mul_``) keep it.
+- A TorchScript submodule (``torch.jit.script`` / ``torch.jit.trace``) made ``plan`` raise
+  torch's ``TypeError`` from our own bookkeeping: it is refused with a ``TraceError`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_masked_is_pruned, assert_untouched, check_oracle, fingerprint
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.errors import TraceError
+
+_WRITES: dict[str, tuple[Callable[[Tensor], object], bool]] = {  # the write, does it keep zeros
+    "clamp_min": (lambda w: w.clamp_(min=0.1), False),
+    "data_clamp_min": (lambda w: w.data.clamp_(min=0.1), False),
+    "copy_clamped": (lambda w: w.copy_(w.clamp(min=0.1)), False),
+    "add": (lambda w: w.add_(0.05), False),
+    "clamp_positive_range": (lambda w: w.clamp_(0.2, 2.0), False),
+    "clamp_both_ways": (lambda w: w.clamp_(-1.0, 1.0), True),
+    "clamp_max": (lambda w: w.clamp_(max=2.0), True),
+    "mul": (lambda w: w.mul_(0.5), True),
+    "div": (lambda w: w.div_(2.0), True),
+}
+
+
+class _Writes(nn.Module):
+    def __init__(self, write: Callable[[Tensor], object]) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.write = write
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.write(self.bn.weight)
+        h = torch.relu(self.bn(self.a(x)))
+        return self.b(F.normalize(h, dim=1))  # exact over the channels only where masked ones are zero
+
+
+@pytest.mark.parametrize("name", sorted(_WRITES))
+def test_a_member_written_in_place_is_zero_invariant_only_if_the_write_keeps_zeros(name: str, tmp_path: Path) -> None:
+    write, keeps = _WRITES[name]
+    model, x = _Writes(write).eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.bn.weight.uniform_(0.5, 1.5)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant == keeps
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[1, 4, 6]] = True
+    if keeps:
+        assert_masked_is_pruned(model, plan, {"a:out": mask}, x)
+    check_oracle(model, x, tmp_path, require=False)
+
+
+class _Centre(nn.Module):
+    def forward(self, h: Tensor) -> Tensor:
+        return h - h.mean(1, keepdim=True)
+
+
+class _HoldsScript(nn.Module):
+    def __init__(self, mid: nn.Module) -> None:
+        super().__init__()
+        self.a, self.bn, self.mid, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), mid, nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.mid(torch.relu(self.bn(self.a(x)))))
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_torchscript_submodule_is_refused_by_name(how: str) -> None:
+    mid = torch.jit.script(_Centre()) if how == "script" else torch.jit.trace(_Centre(), torch.randn(2, 8, 6, 6))
+    model, x = _HoldsScript(mid).train(), torch.randn(2, 3, 6, 6)
+    before = fingerprint(model)
+    with pytest.raises(TraceError, match=r"'mid' is a TorchScript module"):
+        skg.plan(model, x)
+    assert_untouched(model, before, "a refused plan")
