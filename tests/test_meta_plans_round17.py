@@ -3,6 +3,10 @@
 - A model too large to copy that torch.export traces (every Hugging Face model) is compared
   with its graph by the ATen ops each runs, the forward run as torch.export sees it: an LLM's
   forward that asks ``h.__class__.__name__`` is refused on meta as with real weights.
+- Parameters whose values the forward reads past ``self.g`` (``next(self.bn.parameters())``,
+  ``state_dict()``, a plain list or helper object holding them) were followed on real weights
+  only (round 14): on meta the group was claimed zero-invariant (0.33 off on real weights).
+- A real copy whose output is NaN (a BatchNorm's drawn variance) compared nothing.
 - Gemma's scaled embeddings on meta: the export probe's pruned copies read the scale's value
   (``float`` of a meta buffer) and every group the probe tried was pinned.
 """
@@ -10,6 +14,8 @@
 from __future__ import annotations
 
 import sys
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,3 +124,35 @@ def test_a_real_copy_whose_output_is_nan_is_checked_by_its_ops(rooted: bool) -> 
         model = _NormThenAsks(nn.BatchNorm2d(8), rooted).eval()
     with pytest.raises(TraceError, match="does not compute what its forward computes"):
         skg.plan(model, x.to("meta"))
+
+
+_READS: dict[str, Callable[[nn.Module], Tensor]] = {
+    "parameters": lambda s: next(s.bn.parameters()),
+    "state_dict": lambda s: s.state_dict()["bn.weight"],
+    "_parameters": lambda s: s.bn._parameters["weight"],
+    "named_parameters": lambda s: dict(s.named_parameters())["bn.weight"],
+    "list": lambda s: s.held[0],
+    "helper": lambda s: s.helper.w,
+}
+
+
+class _ReadsValues(nn.Module):
+    def __init__(self, read: Callable[[nn.Module], Tensor]) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.held, self.helper, self.read = [self.bn.weight], types.SimpleNamespace(w=self.bn.weight), read
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        return self.b(h * self.read(self).mean())  # a number the pruned model takes from fewer channels
+
+
+@pytest.mark.parametrize("name", sorted(_READS))
+def test_values_read_past_the_attribute_cost_zero_invariance_on_meta_as_on_real_weights(name: str) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    real_plan = skg.plan(_ReadsValues(_READS[name]).eval(), x)
+    with torch.device("meta"):
+        model = _ReadsValues(_READS[name]).eval()
+    meta_plan = skg.plan(model, x.to("meta"))
+    assert not real_plan.group("a:out").zero_invariant
+    assert meta_plan.groups == real_plan.groups

@@ -92,7 +92,7 @@ class ValueReads:
             for path, t in (*self._model.named_parameters(), *self._model.named_buffers()):
                 self._ids.add(id(t))
                 key = storage_key(t)
-                if key is not None and t.ndim and not t.is_meta:
+                if key is not None and t.ndim:
                     self._own.setdefault(key, path)
         return self._own
 

@@ -234,8 +234,12 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, d
     return None
 
 
-# In-place writes that leave a zero entry zero whatever their other operand (``w.mul_(s)``).
-_ZERO_WRITES = frozenset({"mul", "relu", "zero", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "hardtanh"})
+# In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
+# write no value (``requires_grad_``).
+_ZERO_WRITES = frozenset({
+    "mul", "relu", "zero_", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "hardtanh",
+    "requires_grad", "detach", "share_memory_",
+})  # fmt: skip
 
 
 def write_keeps_zeros(call: Call) -> bool:
