@@ -6,6 +6,7 @@
   0.03-0.09 off); writes that keep zeros (``clamp_(-c, c)``, ``mul_``) keep it.
 - A TorchScript submodule (``torch.jit.script`` / ``torch.jit.trace``) made ``plan`` raise
   torch's ``TypeError`` from our own bookkeeping: it is refused with a ``TraceError`` naming it.
+- ``F.group_norm(h, h.shape[1], w, b)`` pinned where ``nn.GroupNorm(8, 8)`` prunes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_masked_is_pruned, assert_untouched, check_oracle, fingerprint
+from helpers import Body, assert_masked_is_pruned, assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -85,3 +86,25 @@ def test_a_torchscript_submodule_is_refused_by_name(how: str) -> None:
     with pytest.raises(TraceError, match=r"'mid' is a TorchScript module"):
         skg.plan(model, x)
     assert_untouched(model, before, "a refused plan")
+
+
+_GROUP_NORMS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "module": lambda s, h: s.gn(h),
+    "shape": lambda s, h: F.group_norm(h, h.shape[1], s.gn.weight, s.gn.bias),
+    "size": lambda s, h: F.group_norm(h, h.size(1), s.gn.weight, s.gn.bias),
+    "negative_dim": lambda s, h: F.group_norm(h, h.size(-3), s.gn.weight, s.gn.bias),
+    "keyword": lambda s, h: F.group_norm(h, num_groups=h.shape[1], weight=s.gn.weight, bias=s.gn.bias),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_GROUP_NORMS))
+def test_a_group_norm_with_one_channel_per_group_plans_alike_in_every_spelling(name: str, tmp_path: Path) -> None:
+    """``F.group_norm(h, h.shape[1], w, b)`` (the count read off the channels it normalises, so
+    one channel per group whatever is pruned) pinned "unreadable arguments" where
+    ``nn.GroupNorm(8, 8)`` prunes, zero-invariant."""
+    model, x = Body(_GROUP_NORMS[name], gn=nn.GroupNorm(8, 8)).eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.gn.weight.uniform_(0.5, 1.5)
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and group.zero_invariant, group
+    check_oracle(model, x, tmp_path)

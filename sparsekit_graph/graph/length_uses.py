@@ -40,7 +40,7 @@ from .normalize import normalize
 from .ops_sizes import length_args
 from .tensor_data import DATA_OPS
 
-__all__ = ["pin_unmodelled_lengths"]
+__all__ = ["pin_unmodelled_lengths", "read_axis"]
 
 Lineage = frozenset | tuple  # the axes a number depends on, or one such set per element of a size tuple
 
@@ -98,6 +98,17 @@ def pin_unmodelled_lengths(
             why = f"the length of this axis reaches node {user.name}, which could not be judged ({type(e).__name__})"
             for a in _union((user.args, user.kwargs), lineage):
                 _pin(graph, a, why)
+
+
+def read_axis(node: fx.Node, axes_of: Callable[[fx.Node], list[AxisId] | None]) -> AxisId | None:
+    """The axis whose length ``node`` is, as read in forward (``h.size(1)``, ``h.shape[1]``);
+    None for anything else (arithmetic on lengths included)."""
+    read = _read(node, axes_of)
+    call = normalize(node)
+    if read is None and call.op is operator.getitem and isinstance(src := call.args.get("input"), fx.Node):
+        shape = _read(src, axes_of)
+        read = _derive(node, node.meta.get(META), {src: shape}) if isinstance(shape, tuple) else None
+    return next(iter(read)) if isinstance(read, frozenset) and len(read) == 1 and call.op is not torch.numel else None
 
 
 def _read(node: fx.Node, axes_of: Callable[[fx.Node], list[AxisId] | None]) -> Lineage | None:

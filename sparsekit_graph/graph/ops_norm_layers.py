@@ -13,7 +13,9 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
+from .length_uses import read_axis
 from .norm_statistics import mix_statistics, statistics_axes
+from .ops_sizes import register_length_args
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
 from .sizes import SizeSource
@@ -108,6 +110,9 @@ def layer_norm(ctx: RuleContext) -> None:
             ctx.same(ctx.param(attr), trailing)
 
 
+register_length_args({"num_groups"}, F.group_norm)  # read off the channel axis it follows, else pinned
+
+
 @register_function_rule(F.layer_norm, F.rms_norm, F.group_norm)
 def layer_norm_function(ctx: RuleContext) -> None:
     """Functional norms mix the normalised axes; a ``normalized_shape`` that is no size attribute
@@ -119,6 +124,11 @@ def layer_norm_function(ctx: RuleContext) -> None:
         ctx.same(ctx.axes(ctx.input) or [], out)
         affine = [a for k in ("weight", "bias") if (a := ctx.axes(ctx.arg(k))) is not None]
         groups = ctx.arg("num_groups")
+        channels = (ctx.axes(ctx.input) or [None, None])[1]
+        if isinstance(groups, fx.Node) and channels is not None and read_axis(groups, ctx.axes) == channels:
+            ctx.model_length(groups)  # ``F.group_norm(h, h.shape[1])``: one channel per group, whatever the count
+            link_group_norm(ctx, out, ctx.meta(groups), affine, resized=True)
+            return
         if not isinstance(groups, int) or any(len(a) != 1 for a in affine):
             ctx.pin_everything(f"group norm with unreadable arguments at {ctx.where()}")
             return
