@@ -58,14 +58,15 @@ def _refuse_unreadable(model: nn.Module) -> None:
     """A lazy module's weight has no shape until a forward runs; initialising it here would
     change the user's model, so planning and pruning refuse it by name. A TorchScript module
     (``torch.jit.script`` / ``trace``) runs compiled code neither tracer can follow."""
-    for name, m in model.named_modules():
+    for prefix, m in model.named_modules():
         if isinstance(m, torch.jit.ScriptModule):
             raise TraceError(
-                f"{name or 'the model'!r} is a TorchScript module ({type(m).__name__}): plan the eager module it was made from"
+                f"{prefix or 'the model'!r} is a TorchScript module ({type(m).__name__}): plan the eager module it was made from"
             )
-    for name, t in chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
-        if nn.parameter.is_lazy(t):
-            raise TraceError(f"{name} of a lazy module is not initialized: run the model once on an example input first")
+        for name, t in chain(m._parameters.items(), m._buffers.items()):
+            if t is not None and nn.parameter.is_lazy(t):
+                where = f"{prefix}.{name}" if prefix else name
+                raise TraceError(f"{where} of a lazy module is not initialized: run the model once on an example input first")
 
 
 def _record(modules: list[nn.Module], values: bool) -> list[_TensorState]:

@@ -19,7 +19,7 @@ import dis
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from types import CodeType, FunctionType, ModuleType
 from typing import Any, Generic, Literal, TypeVar
@@ -148,7 +148,7 @@ def code_reads(
 def one_code_scan() -> Iterator[None]:
     """While active, models whose layers start from the same functions share one scan of the
     code (a plan's or a prune's traces, a pruned copy: the code does not change meanwhile)."""
-    token = _SCANS.set({})
+    token = _SCANS.set(_Scans())
     try:
         yield
     finally:
@@ -162,17 +162,29 @@ class _Scan:
     reached_values: frozenset[int]  # what the reached code's names are (by id; torch's and builtins live on)
 
 
-_SCANS: ContextVar[dict[tuple[tuple[FunctionType, type | None, bool], ...], _Scan] | None] = ContextVar("scans", default=None)
+@dataclass
+class _Scans:
+    """The scans of one ``one_code_scan``: by the functions they start from, and by model (held,
+    so no id is reused meanwhile)."""
+
+    by_starts: dict[tuple[tuple[FunctionType, type | None, bool], ...], _Scan] = field(default_factory=dict)
+    by_model: dict[int, tuple[nn.Module, _Scan]] = field(default_factory=dict)
+
+
+_SCANS: ContextVar[_Scans | None] = ContextVar("scans", default=None)
 
 
 def _scan(model: nn.Module) -> _Scan:
-    starts = tuple(_user_functions(model))
     scans = _SCANS.get()
     if scans is None:
-        return _walk(starts)
-    if starts not in scans:
-        scans[starts] = _walk(starts)
-    return scans[starts]
+        return _walk(tuple(_user_functions(model)))
+    if (held := scans.by_model.get(id(model))) is not None:
+        return held[1]
+    starts = tuple(_user_functions(model))
+    if starts not in scans.by_starts:
+        scans.by_starts[starts] = _walk(starts)
+    scans.by_model[id(model)] = (model, scans.by_starts[starts])
+    return scans.by_starts[starts]
 
 
 def _walk(starts: tuple[tuple[FunctionType, type | None, bool], ...]) -> _Scan:
