@@ -108,3 +108,32 @@ def test_a_group_norm_with_one_channel_per_group_plans_alike_in_every_spelling(n
     group = skg.plan(model, x).group("a:out")
     assert group.prunable and group.zero_invariant, group
     check_oracle(model, x, tmp_path)
+
+
+class _Encoder(nn.Module):
+    """torch's TransformerEncoder with a padding mask; ``fstring``: an assert message that opens
+    the eager check's gate (a formatted value)."""
+
+    def __init__(self, fstring: bool) -> None:
+        super().__init__()
+        self.fstring = fstring
+        self.inp, self.out = nn.Linear(16, 32), nn.Linear(32, 5)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.fstring:
+            assert x.shape[-1] == 16, f"expected 16 features, got {x.shape[-1]}"
+        return self.out(self.enc(self.inp(x), src_key_padding_mask=mask))
+
+
+def test_the_eager_check_runs_torchs_transformer_layers_as_traced() -> None:
+    """Under ``no_grad`` with a padding mask the encoder's fast path returns zeros at padded
+    positions where its traced layers return values: the check ran it and refused the model
+    (differs by 1.4) once an f-string opened the gate. It runs without the fast path."""
+    x, mask = torch.randn(2, 10, 16), torch.zeros(2, 10, dtype=torch.bool)
+    mask[1, 6:] = True
+    plain, checked = _Encoder(fstring=False).eval(), _Encoder(fstring=True).eval()
+    checked.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert skg.plan(checked, (x, mask)).groups == skg.plan(plain, (x, mask)).groups
+    assert torch.backends.mha.get_fastpath_enabled(), "the fast path is left on"

@@ -301,6 +301,7 @@ class _Runs:
                     autograd_mode(self.autograd) if self.autograd else nullcontext(),
                     _NoParameterWrites(self.storages),
                     _as_exported() if as_exported else nullcontext(),
+                    _no_fast_path(),
                 ):
                     fresh_args, fresh_kwargs = _fresh(args, kwargs)
                     with log if self.meta else nullcontext():
@@ -315,6 +316,19 @@ class _Runs:
                     if b.grad_fn is not None:  # written in place from values that need grad
                         b.detach_()
         return _Run([t.detach() for t in _leaves(out)], log.ops)
+
+
+@contextmanager
+def _no_fast_path() -> Iterator[None]:
+    """torch's transformer layers without their inference fast path, as traced: under
+    ``no_grad`` with a padding mask it runs nested tensors and returns zeros at padded
+    positions, where the traced layers return the layers' values (the same function elsewhere)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 @contextmanager
