@@ -7,6 +7,10 @@
 - A TorchScript submodule (``torch.jit.script`` / ``torch.jit.trace``) made ``plan`` raise
   torch's ``TypeError`` from our own bookkeeping: it is refused with a ``TraceError`` naming it.
 - ``F.group_norm(h, h.shape[1], w, b)`` pinned where ``nn.GroupNorm(8, 8)`` prunes.
+- ``h.dtype is torch.float32`` (a Proxy's dtype was a Proxy) and a branch on data whose refusal
+  the forward catches were traced down the branch the eager forward does not take.
+- An f-string in forward opened the eager check's gate, which ran torch's transformer encoder
+  down its inference fast path and refused it.
 """
 
 from __future__ import annotations
@@ -137,3 +141,47 @@ def test_the_eager_check_runs_torchs_transformer_layers_as_traced() -> None:
     with torch.no_grad():
         assert skg.plan(checked, (x, mask)).groups == skg.plan(plain, (x, mask)).groups
     assert torch.backends.mha.get_fastpath_enabled(), "the fast path is left on"
+
+
+_DATA_ASKS: dict[str, Callable[[Tensor], bool]] = {
+    "dtype_is": lambda h: h.dtype is torch.float32,  # a Proxy's dtype was a Proxy: ``is`` said False
+    "dtype_in": lambda h: h.dtype in (torch.float32, torch.float64),
+    "dtype_eq": lambda h: h.dtype == torch.float32,
+    "caught_refusal": lambda h: _centred_unless_refused(h),
+}
+_CAUGHT = {"caught_refusal"}  # torch.export's fake values refuse alike: refused
+
+
+def _centred_unless_refused(h: Tensor) -> bool:
+    try:
+        return bool(h.sum() > -1e9)  # torch.fx refuses a branch on data: the forward went on
+    except Exception:  # noqa: BLE001 - the spelling under test
+        return False
+
+
+class _AsksData(nn.Module):
+    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if self.ask(h):
+            h = h - h.mean(1, keepdim=True)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("name", sorted(_DATA_ASKS))
+def test_a_branch_torch_fx_would_take_wrongly_plans_the_eager_branch_or_is_refused(name: str, tmp_path: Path) -> None:
+    """``h.dtype is torch.float32`` (a Proxy's dtype answers now) and a refused branch the forward
+    catches (torch.fx's graph takes the ``except`` path: the graph is checked) planned ``a:out``
+    zero-invariant beside the ``h - h.mean(1)`` the forward runs."""
+    model, x = _AsksData(_DATA_ASKS[name]).eval(), torch.randn(2, 3, 6, 6)
+    if name in _CAUGHT:
+        with pytest.raises(TraceError, match="caught torch.fx's refusal to branch on a traced value"):
+            skg.plan(model, x)
+        return
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable and not plan.group("a:out").zero_invariant, "the mean over a's channels runs"
+    check_oracle(model, x, tmp_path, require=False)

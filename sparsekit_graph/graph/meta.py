@@ -18,6 +18,7 @@ __all__ = [
     "SIZE_CONTROL",
     "SIZE_READS",
     "SIZE_TESTS",
+    "TO_CHECK",
     "TRACED_CONSTANT",
     "VALUE_READS",
     "is_exported",
@@ -37,6 +38,7 @@ SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer siz
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
 SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
 VALUE_READS = "skg.value_reads"  # on the output node (torch.fx): {model tensor path: how forward used its values}
+TO_CHECK = "skg.to_check"  # on the output node: why the graph is checked against the eager forward, whatever it asks
 MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path: size attributes its forward read}
 
 

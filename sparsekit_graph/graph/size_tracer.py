@@ -36,7 +36,7 @@ from .trace_inputs import flat_inputs
 from .user_code import INTERNAL, by_user, caller
 from .weight_norms import only_weight_norm_pre_hooks
 
-__all__ = ["TRACED_TORCH_LAYERS", "SizeProxy", "SizeTracer", "has_hooks"]
+__all__ = ["TRACED_TORCH_LAYERS", "CaughtRefusal", "SizeProxy", "SizeTracer", "has_hooks"]
 
 # torch.nn layers traced through rather than kept as leaves: made of layers with rules
 # (``nn.MultiheadAttention``, linears, norms, dropout) joined by residual adds.
@@ -69,6 +69,7 @@ class SizeTracer(FastTracer):
         self.sinks = sinks  # output streams and logging as planning found them (``size_sinks``)
         self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
         self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
+        self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -80,6 +81,8 @@ class SizeTracer(FastTracer):
                 graph = super().trace(root, concrete_args)
             if self.classes_asked:  # a branch on ``isinstance(h, torch.Tensor)``: torch.fx took the other one
                 raise TraceError(f"the forward asks a traced value's class at {self.classes_asked[0]}: a Proxy is not a Tensor")
+            if self.refused:  # ``try: bool(h.sum() > 0) except ...``: the forward went on down the other branch
+                raise CaughtRefusal(f"the forward caught torch.fx's refusal to branch on a traced value at {self.refused[0]}")
             for n in graph.nodes:  # values no link explains, whenever the write came
                 if n.op == "get_attr" and n.target in self.buffer_ops.written:
                     n.meta[WRITTEN_BUFFER] = True
@@ -150,6 +153,10 @@ class SizeTracer(FastTracer):
     def to_bool(self, obj: fx.Proxy) -> bool:
         value = self.concrete(obj, "branch")
         if not isinstance(value, (bool, int, float)):
+            frame = sys._getframe(1)
+            while frame.f_back is not None and frame.f_code.co_filename.startswith(INTERNAL):
+                frame = frame.f_back  # the model's line
+            self.refused.append(caller(frame))  # raised next: if the trace ends, the forward caught it
             return super().to_bool(obj)
         return bool(value)
 
@@ -216,6 +223,11 @@ def _sizes_only(node: fx.Node) -> bool:
 
 # Protocol methods a Proxy does not have: torch.fx has no node for a write into a traced value.
 _WRITES = frozenset({"__setitem__", "__delitem__"})
+
+
+class CaughtRefusal(TraceError):
+    """The forward caught torch.fx's refusal to branch on a value's data and went on: the
+    graph holds the branch the eager forward does not take (torch.export's is checked)."""
 
 
 class SizeProxy(fx.Proxy):
@@ -288,6 +300,10 @@ class SizeProxy(fx.Proxy):
             value = self.tracer.concrete(self, None)
             if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
                 raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
+        if k == "dtype" and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: ``is`` asks no Proxy
+            value = self.tracer.concrete(self, None)
+            if isinstance(value, Tensor):
+                return value.dtype  # type: ignore[return-value]
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
     def _converted(self, use: str, text: bool) -> Any:
