@@ -28,9 +28,9 @@ from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
 from .length_uses import pin_unmodelled_lengths
-from .meta import WRITTEN_BUFFER
+from .meta import META, WRITTEN_BUFFER
 from .ops_moe import follow_domains
-from .param_reads import pin_param_reads
+from .param_reads import pin_param_reads, storage_key
 from .random_draws import draws_random
 from .rules import find_rule
 from .size_pins import pin_read_sizes
@@ -68,6 +68,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     exported = is_exported(traced.graph if isinstance(traced, fx.GraphModule) else traced)
     graph.exported = graph.exported or exported
     views: dict = {}  # nodes that are views of a parameter (``w.detach()``), shared by every rule
+    params: dict[int, fx.Node] = {}  # the storage of a parameter's meta value -> its node
     for node in nodes:
         module = modules.get(str(node.target)) if node.op == "call_module" else None
         name = str(node.target) if module is not None else ""
@@ -79,12 +80,14 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
             for axes in ctx.tensor_axes():
                 ctx.pin(axes, "model output")
         elif node.op == "get_attr":  # a parameter's axes appear where an op uses them
+            if node.name in aliases and isinstance(value := node.meta.get(META), Tensor):
+                params[storage_key(value)] = node  # what its views and in-place results share
             if node.name not in aliases:
                 what = "buffer {} written in forward" if node.meta.get(WRITTEN_BUFFER) else "constant tensor {}"
                 for axes in ctx.outputs():
                     ctx.pin(axes, what.format(node.target))
         else:
-            _apply(ctx, module)
+            _apply(ctx, module, params)
             follow_domains(ctx)
     if exported:
         _lengths_as_numbers(graph, nodes)
@@ -94,6 +97,17 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     pin_value_reads(graph, nodes, every)
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
     pin_unmodelled_lengths(graph, nodes, reader.axes)
+
+
+def _written_parameter(ctx: RuleContext, params: dict[int, fx.Node]) -> fx.Node | None:
+    """The parameter an in-place call writes, through any views of it or earlier in-place
+    results (``w[:].clamp_(...)``, ``w.abs_().add_(0.1)``): its meta value shares the storage."""
+    name = getattr(ctx.call.op, "__name__", "")
+    in_place = ctx.call.inplace or ctx.call.args.get("inplace") is True or (name.endswith("_") and not name.startswith("_"))
+    if not in_place or ctx.node.op == "call_module":  # ``F.hardtanh_``: torch's own in-place functions
+        return None
+    value = ctx.meta(ctx.input)
+    return params.get(storage_key(value)) if isinstance(value, Tensor) else None  # type: ignore[arg-type]
 
 
 def _tensors_and_modules(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:
@@ -159,7 +173,7 @@ def _lengths_as_numbers(graph: AxisGraph, nodes: list[fx.Node]) -> None:
             graph.mix(axis, f"the number {hit} at node {folded[hit]} may be a product of sizes including this axis's length")
 
 
-def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
+def _apply(ctx: RuleContext, module: nn.Module | None, params: dict[int, fx.Node]) -> None:
     """Run the node's rule, then enforce what every rule must guarantee (see ``RuleContext``)."""
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
@@ -187,10 +201,9 @@ def _apply(ctx: RuleContext, module: nn.Module | None) -> None:
         ctx.pin_everything(f"rule {label} does not model argument(s) {', '.join(unread)} of {ctx.where()}")
     if ctx.node.op != "call_module" and draws_random(ctx.call, ctx.node.target):
         ctx.mix([a for axes in ctx.outputs() for a in axes], f"random values drawn per channel at {ctx.where()}")
-    written = ctx.input
-    if ctx.call.inplace and isinstance(written, fx.Node) and (written.name in ctx.aliases or written.name in ctx.views):
-        if not write_keeps_zeros(ctx.call):  # the layers that read the parameter see the write
-            ctx.mix(ctx.axes(written) or [], f"a parameter written in place at {ctx.where()} by an op that does not keep zeros")
+    written = _written_parameter(ctx, params)
+    if written is not None and not write_keeps_zeros(ctx.call):  # the layers that read the parameter see the write
+        ctx.mix(ctx.axes(written) or [], f"a parameter written in place at {ctx.where()} by an op that does not keep zeros")
     g = ctx.graph
     if ctx.node.name in ctx.views:  # a view of a parameter has the parameter's axes
         return

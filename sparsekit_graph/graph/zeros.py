@@ -237,8 +237,8 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, d
 # In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
 # write no value (``requires_grad_``).
 _ZERO_WRITES = frozenset({
-    "mul", "relu", "zero_", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "hardtanh",
-    "requires_grad", "detach", "share_memory_",
+    "mul", "relu", "zero", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "leaky_relu", "elu", "relu6",
+    "requires_grad", "detach", "share_memory",
 })  # fmt: skip
 
 
@@ -246,7 +246,7 @@ def write_keeps_zeros(call: Call) -> bool:
     """Does an in-place write (``call.inplace``) keep zero entries of what it writes zero? A
     forward that runs ``w.clamp_(min=0.1)`` on a member turns a masked channel back on, so the
     group's zeroed and removed channels differ; ``w.clamp_(-c, c)`` and ``w.mul_(s)`` do not."""
-    name = getattr(call.op, "__name__", "")
+    name = getattr(call.op, "__name__", "").removesuffix("_")  # ``F.hardtanh_``, ``zero_``
     given = call.args.get
 
     def number(key: str, test: Callable[[float], bool]) -> bool:  # absent: no bound
@@ -255,6 +255,8 @@ def write_keeps_zeros(call: Call) -> bool:
 
     if name in ("clamp", "clip"):
         return number("min", lambda v: v <= 0) and number("max", lambda v: v >= 0)
+    if name == "hardtanh":
+        return number("min_val", lambda v: v <= 0) and number("max_val", lambda v: v >= 0)
     if name in ("clamp_min", "clamp_max"):
         return number(name[-3:], lambda v: v <= 0 if name == "clamp_min" else v >= 0)
     if name in ("fill", "masked_fill"):
