@@ -156,7 +156,16 @@ _DATA_ASKS: dict[str, Callable[[Tensor], bool]] = {
     "dtype_eq": lambda h: h.dtype == torch.float32,
     "caught_refusal": lambda h: _centred_unless_refused(h),
 }
+_DATA_ASKS["match_class"] = lambda h: _matches_tensor(h)  # ``case torch.Tensor():`` asks the class unseen
 _CAUGHT = {"caught_refusal"}  # torch.export's fake values refuse alike: refused
+
+
+def _matches_tensor(h: Tensor) -> bool:
+    match h:
+        case torch.Tensor():
+            return True
+        case _:
+            return False
 
 
 def _centred_unless_refused(h: Tensor) -> bool:
@@ -192,3 +201,37 @@ def test_a_branch_torch_fx_would_take_wrongly_plans_the_eager_branch_or_is_refus
     plan = skg.plan(model, x)
     assert plan.group("a:out").prunable and not plan.group("a:out").zero_invariant, "the mean over a's channels runs"
     check_oracle(model, x, tmp_path, require=False)
+
+
+class _AsksAndMore(nn.Module):
+    """``type(h) is torch.Tensor`` (refused) beside a forward the check could not run twice:
+    one that clips its own weights in place, or one that adds noise drawn in forward."""
+
+    def __init__(self, extra: str) -> None:
+        super().__init__()
+        self.extra = extra
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.extra == "weight_clip":
+            with torch.no_grad():
+                self.b.weight.clamp_(-1.0, 1.0)
+        h = torch.relu(self.bn(self.a(x)))
+        if type(h) is torch.Tensor:
+            h = h - h.mean(1, keepdim=True)
+        out = self.b(h)
+        return out + 0.01 * torch.randn_like(out) if self.extra == "noise" else out
+
+
+@pytest.mark.parametrize("extra", ["weight_clip", "noise"])
+def test_the_check_runs_forwards_that_write_their_weights_or_draw_noise(extra: str) -> None:
+    """Both were skipped (a forward that writes a parameter was stopped, an output that changes
+    with the seed not compared), so the branch torch.fx did not take was planned: the weights
+    are now copied and put back around each run, and noisy outputs compared by their ops."""
+    model, x = _AsksAndMore(extra).eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.b.weight.mul_(10)  # the clip changes it
+    before = fingerprint(model)
+    with pytest.raises(TraceError, match="does not compute what its forward computes"):
+        skg.plan(model, x)
+    assert_untouched(model, before, "a refused plan")

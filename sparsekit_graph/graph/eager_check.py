@@ -17,10 +17,10 @@ its outputs' shapes (``h - h.mean(1)`` taken eagerly and not traced runs a ``mea
 ``sub`` the graph does not). Against an exported graph the forward runs as torch.export sees
 it (``torch.compiler.is_compiling()`` and ``is_exporting()`` True: Hugging Face's code builds
 its masks there without reading values), so a forward that computes otherwise when exported
-is not caught on meta weights. The comparison is skipped (None) where it cannot be made
-without changing the model or running it for nothing: a forward that writes its own
-parameters in place (``w.clamp_()``: stopped before the write), a forward or graph that fails
-on the example, an output that depends on random draws the two make in a different order.
+is not caught on meta weights. A forward that writes its own parameters in place
+(``w.clamp_()``) runs with them copied first and put back after; an output that changes with
+the seed (noise drawn in forward) is compared by the ATen ops each runs. The comparison is
+skipped (None) where a forward or graph fails on the example.
 """
 
 from __future__ import annotations
@@ -178,10 +178,12 @@ def _compared(
     differs = _first_difference(eager.outputs, traced.outputs)
     if differs is None:
         return None
-    for forward, first in ((model, eager), (traced_forward, traced)):  # output changing with the seed: random draws,
-        again = run(forward, args, kwargs, seed=_SEED + 1)  # which the two may make in another order
-        if again is None or _first_difference(first.outputs, again.outputs) is not None:
-            return _UNCOMPARED
+    for forward, first in ((model, eager), (traced_forward, traced)):  # output changing with the seed: random draws
+        again = run(forward, args, kwargs, seed=_SEED + 1)
+        if again is None or _first_difference(first.outputs, again.outputs) is not None:  # compared by the ops they run
+            eager = run(model, args, kwargs, as_exported=is_exported(graph), log_ops=True)
+            traced = run(traced_forward, args, kwargs, log_ops=True)
+            return _UNCOMPARED if eager is None or traced is None else _first_other_op(eager.ops, traced.ops)
     return differs
 
 
@@ -279,6 +281,7 @@ class _Runs:
         self.modules = list(model.modules())
         self.storages = {k for p in model.parameters() if (k := storage_key(p)) is not None}
         self.meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        self.writes = False  # the forward writes its parameters (``w.clamp_()``): they are restored after each run
 
     def __call__(
         self,
@@ -287,34 +290,40 @@ class _Runs:
         kwargs: dict[str, Any],
         seed: int = _SEED,
         as_exported: bool = False,
+        log_ops: bool = False,
     ) -> _Run | None:
-        """The output tensors of ``forward`` and the ops it ran, or None where it fails or would
-        write a parameter; ``as_exported``: with torch's tracing questions answered as under
-        torch.export."""
+        """The output tensors of ``forward`` and the ATen ops it ran (on meta, or ``log_ops``),
+        or None where it fails; ``as_exported``: with torch's tracing questions answered as
+        under torch.export. A forward that writes the model's parameters is stopped before the
+        write, then run again with the parameters copied first and put back after."""
         log = _OpLog()
         buffers = [b for b in self.model.buffers() if b.numel()]
+        params = [p for p in self.model.parameters() if not p.is_meta] if self.writes else []
         with torch.no_grad():
-            saved = [b.clone() for b in buffers]  # written by ops that bump no version (``aten.batch_norm`` training)
+            saved = [t.clone() for t in (*buffers, *params)]  # buffers: ops that bump no version (``batch_norm``)
         try:
             with model_mode(self.model, self.train, self.modules), _seeded(seed, self.model):
                 with (
                     autograd_mode(self.autograd) if self.autograd else nullcontext(),
-                    _NoParameterWrites(self.storages),
+                    _NoParameterWrites(set() if self.writes else self.storages),
                     _as_exported() if as_exported else nullcontext(),
                     _no_fast_path(),
                 ):
                     fresh_args, fresh_kwargs = _fresh(args, kwargs)
-                    with log if self.meta else nullcontext():
+                    with log if self.meta or log_ops else nullcontext():
                         out = forward(*fresh_args, **fresh_kwargs)
+        except _WritesParameter:
+            self.writes = True
+            return self(forward, args, kwargs, seed, as_exported, log_ops)
         except Exception:  # noqa: BLE001 - nothing to compare with
             return None
         finally:
             with torch.no_grad():
-                for b, kept in zip(buffers, saved):
-                    if b.shape == kept.shape and not b.is_meta and not torch.equal(b, kept):
-                        b.copy_(kept)
-                    if b.grad_fn is not None:  # written in place from values that need grad
-                        b.detach_()
+                for t, kept in zip((*buffers, *params), saved):
+                    if t.shape == kept.shape and not t.is_meta and not torch.equal(t, kept):
+                        t.copy_(kept)
+                    if t.grad_fn is not None:  # written in place from values that need grad
+                        t.detach_()
         return _Run([t.detach() for t in _leaves(out)], log.ops)
 
 

@@ -39,7 +39,8 @@ _CLASS_ASKS = frozenset({"isinstance", "is_tensor", "__class__"})
 
 def asks_class(frame: FrameType) -> bool:
     """Does the instruction ``frame`` runs, or one before it on its line, name ``isinstance``,
-    ``is_tensor`` or ``__class__`` (not torch's argument parser checking an argument's type)?"""
+    ``is_tensor`` or ``__class__``, or match a class pattern (not torch's argument parser
+    checking an argument's type)?"""
     ins, _ = code_table(frame.f_code)
     try:
         k = instruction_at(ins, frame.f_lasti)
@@ -47,7 +48,7 @@ def asks_class(frame: FrameType) -> bool:
         return False
     line = frame.f_lineno
     while k >= 0 and (ins[k].positions is None or ins[k].positions.lineno in (None, line)):
-        if ins[k].argval in _CLASS_ASKS:
+        if ins[k].argval in _CLASS_ASKS or ins[k].opname == "MATCH_CLASS":  # ``case torch.Tensor():``
             return True
         k -= 1
     return False
