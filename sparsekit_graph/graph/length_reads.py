@@ -32,6 +32,7 @@ from .flow_code import code_table, instruction_at, live
 from .flow_stack import stacks
 from .flow_symbols import NULL, Fail
 from .fresh_sizes import sourced
+from .meta import output_node
 from .size_flow import Where, where_made
 from .size_values import LENGTH, SizeRead, SizeTuple, _Tracked
 from .user_code import INTERNAL, by_user, is_stand_in, stand_in
@@ -264,7 +265,7 @@ def unmatched(traced: fx.Graph, pruned: fx.Graph, static: Callable[[], fx.Graph]
     that were not all symbolic in ``traced`` (``h.shape[0] * h.shape[1]``, ``h.numel()``),
     ``static()`` (the model's static trace) is the baseline."""
     why, extra = _compare(_decisions(traced), _decisions(pruned))
-    symbolic = _output(traced).meta.get(SYMBOLIC_READS, frozenset())
+    symbolic = output_node(traced).meta.get(SYMBOLIC_READS, frozenset())
     if why is None and any(not d[4] <= symbolic for d in extra):  # made from a length static in ``traced`` too
         why, _ = _compare(_decisions(static()), _decisions(pruned))
     return why
@@ -287,12 +288,8 @@ def _compare(before: tuple[Decision, ...], after: tuple[Decision, ...]) -> tuple
     return None, [d for ds in made.values() for d in ds]
 
 
-def _output(graph: fx.Graph) -> fx.Node:
-    return next(n for n in reversed(graph.nodes) if n.op == "output")
-
-
 def _decisions(graph: fx.Graph) -> tuple[Decision, ...]:
-    return _output(graph).meta.get(LENGTH_DECISIONS, ())
+    return output_node(graph).meta.get(LENGTH_DECISIONS, ())
 
 
 def _same(before: tuple[int | None, ...], after: tuple[int | None, ...]) -> bool:

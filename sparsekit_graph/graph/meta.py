@@ -22,6 +22,7 @@ __all__ = [
     "TRACED_CONSTANT",
     "VALUE_READS",
     "is_exported",
+    "output_node",
 ]
 
 META = "skg.value"  # the node's value computed on the meta device
@@ -68,3 +69,8 @@ class ReadInt(int):
 
     def __getnewargs__(self) -> tuple[int, tuple[str, str], bool, frozenset[tuple[str, str]]]:  # copies keep the sites
         return int(self), self.site, self.derived, self.sites
+
+
+def output_node(graph: fx.Graph) -> fx.Node:
+    """The graph's output node (where whole-graph notes live)."""
+    return next(n for n in reversed(graph.nodes) if n.op == "output")

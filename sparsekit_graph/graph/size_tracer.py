@@ -24,7 +24,7 @@ from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
 from .flow_code import asks_class
 from .flow_values import Conversions
-from .meta import CONTROL, META, VALUE_READS, WRITTEN_BUFFER
+from .meta import CONTROL, META, TO_CHECK, VALUE_READS, WRITTEN_BUFFER, output_node
 from .meta_pass import MetaRunner
 from .parametrized import traced_through
 from .rules import module_rule_for, patched_on_instance
@@ -70,6 +70,7 @@ class SizeTracer(FastTracer):
         self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
         self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
+        self.texts: list[str] = []  # where a traced tensor was made text (``SizeProxy._converted``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -82,12 +83,17 @@ class SizeTracer(FastTracer):
             if self.classes_asked:  # a branch on ``isinstance(h, torch.Tensor)``: torch.fx took the other one
                 raise TraceError(f"the forward asks a traced value's class at {self.classes_asked[0]}: a Proxy is not a Tensor")
             if self.refused:  # ``try: bool(h.sum() > 0) except ...``: the forward went on down the other branch
-                raise CaughtRefusal(f"the forward caught torch.fx's refusal to branch on a traced value at {self.refused[0]}")
+                raise CaughtRefusal(
+                    f"the forward caught torch.fx's refusal to branch on a traced value at {self.refused[0]}: "
+                    "branch on values outside a try block"
+                )
             for n in graph.nodes:  # values no link explains, whenever the write came
                 if n.op == "get_attr" and n.target in self.buffer_ops.written:
                     n.meta[WRITTEN_BUFFER] = True
+            if self.texts:  # the forward may go on from the text of a Proxy: the graph is checked
+                output_node(graph).meta[TO_CHECK] = f"the forward made text of a traced value at {self.texts[0]}"
             if self.buffer_ops.values.read:  # ``self.amax.max().item()``: a number no rule sees (``value_reads``)
-                next(n for n in reversed(graph.nodes) if n.op == "output").meta[VALUE_READS] = dict(self.buffer_ops.values.read)
+                output_node(graph).meta[VALUE_READS] = dict(self.buffer_ops.values.read)
             self.conversions.resolve("number")
             return graph
         finally:
@@ -315,6 +321,8 @@ class SizeProxy(fx.Proxy):
         if not isinstance(tracer, SizeTracer) or not by_user(2):
             return None
         value = tracer.concrete(self, None)
+        if text and _a_tensor_or_unknown(value):  # ``print(h, file=buf)``: eagerly "tensor(...)", here "Proxy(...)"
+            tracer.texts.append(caller(sys._getframe(2)))
         if not _numeric(value):
             return None
         if not (text and converted_nowhere(sys._getframe(2), sinks_now(), tracer.sinks)):

@@ -15,7 +15,7 @@ from .config_reads import config_reads, recording_config_reads
 from .eager_check import asks_what_values_are, disagreement, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
-from .meta import EXPORTED, GRAD_MODE_READ, TO_CHECK, TRACED_CONSTANT, is_exported
+from .meta import EXPORTED, GRAD_MODE_READ, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -95,12 +95,8 @@ def trace_graph(
         if verify:
             graph = _verified(graph, model, example_inputs, train, shapes, dynamic, autograd)
     if asked:  # the graph is this autograd mode's forward: ``forward_modes`` has the others traced too
-        _output(graph).meta[GRAD_MODE_READ] = tuple(sorted(asked))
+        output_node(graph).meta[GRAD_MODE_READ] = tuple(sorted(asked))
     return graph
-
-
-def _output(graph: fx.Graph) -> fx.Node:
-    return next(n for n in reversed(graph.nodes) if n.op == "output")
 
 
 def _verified(
@@ -108,7 +104,8 @@ def _verified(
 ) -> fx.Graph:
     """``graph`` where it computes the eager forward's output; else torch.export's trace where
     that one does; else a ``TraceError`` naming the output that differs."""
-    if TO_CHECK not in _output(graph).meta and not asks_what_values_are(model):
+    reason = output_node(graph).meta.get(TO_CHECK)  # a dynamic sign the trace went astray, else the code's questions
+    if reason is None and not asks_what_values_are(model):
         return graph
     args, kwargs = normalize_inputs(example_inputs)
     differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
@@ -120,15 +117,13 @@ def _verified(
         differs = disagreement(model, graph, args, kwargs, train=train, autograd=autograd)
         if differs is None:
             return graph
-    caught = _output(graph).meta.get(TO_CHECK)
-    why = (
-        f"{caught}: branch on values outside a try block, or make that part a leaf module"
-        if caught
-        else "the forward asks a traced value something only a real tensor answers, such as type(h) is torch.Tensor, "
-        "type(h).__name__ or callable(h); ask isinstance(h, torch.Tensor), or make that part a leaf module"
+    why = reason or (
+        "the forward asks a traced value something only a real tensor answers, such as type(h) is torch.Tensor, "
+        "type(h).__name__ or callable(h); ask isinstance(h, torch.Tensor)"
     )
     raise TraceError(
-        f"the traced graph of {type(model).__name__} does not compute what its forward computes on the example ({differs}): {why}"
+        f"the traced graph of {type(model).__name__} does not compute what its forward computes on the example "
+        f"({differs}): {why}, or make that part a leaf module"
     )
 
 
@@ -173,7 +168,7 @@ def _traced(
                 with sizes.reaching():
                     graph = _exported(model, args, kwargs, fx_error, dynamic, autograd or "off")
                 if isinstance(fx_error, CaughtRefusal):  # torch.export's fake values refuse alike, perhaps caught alike
-                    _output(graph).meta[TO_CHECK] = str(fx_error)
+                    output_node(graph).meta[TO_CHECK] = str(fx_error)
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph
