@@ -154,6 +154,7 @@ _DATA_ASKS: dict[str, Callable[[Tensor], bool]] = {
     "dtype_is": lambda h: h.dtype is torch.float32,  # a Proxy's dtype was a Proxy: ``is`` said False
     "dtype_in": lambda h: h.dtype in (torch.float32, torch.float64),
     "dtype_eq": lambda h: h.dtype == torch.float32,
+    "layout_is": lambda h: h.layout is torch.strided,
     "caught_refusal": lambda h: _centred_unless_refused(h),
 }
 _DATA_ASKS["match_class"] = lambda h: _matches_tensor(h)  # ``case torch.Tensor():`` asks the class unseen

@@ -306,10 +306,10 @@ class SizeProxy(fx.Proxy):
             value = self.tracer.concrete(self, None)
             if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
                 raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
-        if k == "dtype" and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: ``is`` asks no Proxy
-            value = self.tracer.concrete(self, None)
+        if k in ("dtype", "layout") and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
+            value = self.tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
             if isinstance(value, Tensor):
-                return value.dtype  # type: ignore[return-value]
+                return getattr(value, k)
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
     def _converted(self, use: str, text: bool) -> Any:
