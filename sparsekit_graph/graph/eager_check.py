@@ -44,7 +44,7 @@ from .forward_modes import FORMATS, Autograd, autograd_mode, code_reads
 from .meta import TRACED_CONSTANT, is_exported
 from .param_reads import storage_key
 from .trace_inputs import flat_inputs
-from .trace_mode import model_mode
+from .trace_mode import model_mode, unfused_attention
 
 __all__ = ["REAL_COPY_ELEMENTS", "asks_what_values_are", "disagreement", "model_attribute", "real_copy"]
 
@@ -307,7 +307,7 @@ class _Runs:
                     autograd_mode(self.autograd) if self.autograd else nullcontext(),
                     _NoParameterWrites(set() if self.writes else self.storages),
                     _as_exported() if as_exported else nullcontext(),
-                    _no_fast_path(),
+                    unfused_attention(),  # as traced: the fast path zeroes padded positions
                 ):
                     fresh_args, fresh_kwargs = _fresh(args, kwargs)
                     with log if self.meta or log_ops else nullcontext():
@@ -325,19 +325,6 @@ class _Runs:
                     if t.grad_fn is not None:  # written in place from values that need grad
                         t.detach_()
         return _Run([t.detach() for t in _leaves(out)], log.ops)
-
-
-@contextmanager
-def _no_fast_path() -> Iterator[None]:
-    """torch's transformer layers without their inference fast path, as traced: under
-    ``no_grad`` with a padding mask it runs nested tensors and returns zeros at padded
-    positions, where the traced layers return the layers' values (the same function elsewhere)."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
 
 
 @contextmanager
