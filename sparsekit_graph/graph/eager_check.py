@@ -194,10 +194,9 @@ def _meta_constants(graph: fx.Graph) -> bool:
 
 
 def real_copy(model: nn.Module) -> nn.Module | None:
-    """A copy of ``model`` on the CPU, its meta tensors made real (tied ones stay tied) from a
-    seeded generator (``_drawn``), integers zero (an index in range), booleans True; None where the model holds more than
-    ``REAL_COPY_ELEMENTS`` values or cannot be copied. The graph and the forward are compared
-    by value on it."""
+    """A copy of ``model`` on the CPU, its meta tensors made real (``_drawn``; tied ones stay
+    tied); None where the model holds more than ``REAL_COPY_ELEMENTS`` values or cannot be
+    copied. The graph and the forward are compared by value on it."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
     if sum(t.numel() for t in tensors) > REAL_COPY_ELEMENTS:
         return None
@@ -220,8 +219,9 @@ def real_copy(model: nn.Module) -> nn.Module | None:
 
 
 def _drawn(t: Tensor, generator: torch.Generator) -> Tensor:
-    """A parameter's values from a normal scaled by its fan-in; a buffer's from [0.5, 1.5)
-    (a variance, a scale: ``sqrt`` and ``log`` of it stay finite)."""
+    """A parameter's values from a seeded normal scaled by its fan-in; a buffer's from
+    [0.5, 1.5) (a variance, a scale: ``sqrt`` and ``log`` of it stay finite); integers zero (an
+    index in range), booleans True."""
     if not (t.is_floating_point() or t.is_complex()):
         return torch.full(t.shape, t.dtype == torch.bool, dtype=t.dtype)
     if not isinstance(t, nn.Parameter):
