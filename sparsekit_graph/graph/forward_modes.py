@@ -254,12 +254,15 @@ def _torch(obj: Any) -> bool:
     return module == "torch" or module.startswith("torch.")
 
 
+_PLAIN = frozenset({int, float, bool, str, bytes, type(None), torch.dtype, torch.device})  # no function runs there
+
+
 def _run_by(value: Any, depth: int = 2) -> list[FunctionType]:
     """The Python functions a call of ``value`` may run that its code does not name: the
     function itself, a closure's (``chk = lambda h: ...; return lambda s, h: chk(h)``), a
     decorator's wrapped one (``__wrapped__``), a partial's or a bound method's, the functions
     a list, tuple or dict holds (``self.fns[0](h)``)."""
-    if depth < 0:
+    if depth < 0 or type(value) in _PLAIN:
         return []
     if isinstance(value, (list, tuple)) or type(value) is dict:
         return [f for v in (value.values() if isinstance(value, dict) else value) for f in _run_by(v, depth - 1)]
