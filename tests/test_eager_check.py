@@ -506,7 +506,7 @@ def test_a_faithful_graph_on_meta_weights_plans_as_on_real_ones(name: str) -> No
 
 
 def test_ops_are_compared_out_of_place() -> None:
-    from sparsekit_graph.graph.eager_check import _out_of_place
+    from sparsekit_graph.graph.op_log import out_of_place as _out_of_place
 
     assert [_out_of_place(op) for op in ("add_", "add", "__iand__", "__and__", "relu_")] == [
         "add", "add", "__and__", "__and__", "relu"

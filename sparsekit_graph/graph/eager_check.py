@@ -42,6 +42,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .export import no_cache
 from .forward_modes import FORMATS, Autograd, autograd_mode, code_reads
 from .meta import TRACED_CONSTANT, is_exported
+from .op_log import OpLog, first_other_op
 from .param_reads import storage_key
 from .trace_inputs import flat_inputs
 from .trace_mode import model_mode, unfused_attention
@@ -174,7 +175,7 @@ def _compared(
     if eager is None or traced is None or (copied and not all(bool(t.isfinite().all()) for t in eager.outputs)):
         return _UNCOMPARED
     if run.meta:
-        return _first_difference(eager.outputs, traced.outputs) or _first_other_op(eager.ops, traced.ops)
+        return _first_difference(eager.outputs, traced.outputs) or first_other_op(eager.ops, traced.ops)
     differs = _first_difference(eager.outputs, traced.outputs)
     if differs is None:
         return None
@@ -183,7 +184,7 @@ def _compared(
         if again is None or _first_difference(first.outputs, again.outputs) is not None:  # compared by the ops they run
             eager = run(model, args, kwargs, as_exported=is_exported(graph), log_ops=True)
             traced = run(traced_forward, args, kwargs, log_ops=True)
-            return _UNCOMPARED if eager is None or traced is None else _first_other_op(eager.ops, traced.ops)
+            return _UNCOMPARED if eager is None or traced is None else first_other_op(eager.ops, traced.ops)
     return differs
 
 
@@ -236,42 +237,6 @@ class _Run:
     ops: list[str]  # the ATen ops run on tensors (views, copies, constants aside), in order
 
 
-class _OpLog(TorchDispatchMode):
-    """Note the ATen ops run on tensors (in-place ones as their out-of-place twins), but views,
-    copies and the making of constants (a torch.fx graph holds a constant the forward makes
-    anew each call)."""
-
-    _ASIDE = frozenset({
-        "detach", "clone", "copy_", "_to_copy", "lift_fresh", "lift_fresh_copy", "alias", "contiguous",
-        "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range", "sym_constrain_range_for_size",
-    })  # fmt: skip
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        name = _out_of_place(func.overloadpacket.__name__)  # ``+=`` may be traced as ``+``
-        if not func.is_view and name not in self._ASIDE and any(isinstance(v, Tensor) for v in tree_flatten((args, kwargs))[0]):
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-def _out_of_place(op: str) -> str:
-    """``add`` for ``add_``, ``__and__`` for ``__iand__``."""
-    if op.startswith("__") and op.endswith("__"):
-        return f"__{op[3:]}" if op.startswith("__i") else op
-    return op.removesuffix("_")
-
-
-def _first_other_op(eager: list[str], traced: list[str]) -> str | None:
-    i = next((i for i, (e, t) in enumerate(zip(eager, traced)) if e != t), min(len(eager), len(traced)))
-    if i == len(eager) == len(traced):
-        return None
-    said = lambda ops: ", ".join(ops[i : i + 3]) or "nothing more"  # noqa: E731
-    return f"after {i} ops alike, the forward runs {said(eager)} where the traced graph runs {said(traced)}"
-
-
 class _Runs:
     """Runs of the model's forward or its graph on the example: the graph's train flags and
     autograd mode, one seed, the model left as it was (its parameters never written)."""
@@ -296,7 +261,7 @@ class _Runs:
         or None where it fails; ``as_exported``: with torch's tracing questions answered as
         under torch.export. A forward that writes the model's parameters is stopped before the
         write, then run again with the parameters copied first and put back after."""
-        log = _OpLog()
+        log = OpLog()
         buffers = [b for b in self.model.buffers() if b.numel()]
         params = [p for p in self.model.parameters() if not p.is_meta] if self.writes else []
         with torch.no_grad():
