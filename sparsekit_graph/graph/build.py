@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from . import (  # noqa: F401  (registers the built-in rules)
@@ -79,6 +80,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         elif node.op == "output":
             for axes in ctx.tensor_axes():
                 ctx.pin(axes, "model output")
+            graph.numbers += [(v, node) for v in _returned_numbers(node)]  # ``return y, self.a.out_channels``
         elif node.op == "get_attr":  # a parameter's axes appear where an op uses them
             if node.name in aliases and isinstance(value := node.meta.get(META), Tensor):
                 params[storage_key(value)] = node  # what its views and in-place results share
@@ -97,6 +99,12 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     pin_value_reads(graph, nodes, every)
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
     pin_unmodelled_lengths(graph, nodes, reader.axes)
+
+
+def _returned_numbers(output: fx.Node) -> list[int]:
+    """The whole numbers a forward returns as they are, which may be sizes pruning changes."""
+    leaves = pytree.tree_leaves(output.args)
+    return [v for v in leaves if isinstance(v, int) and not isinstance(v, bool) and v >= 2]
 
 
 def _written_parameter(ctx: RuleContext, params: dict[int, fx.Node]) -> fx.Node | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -59,12 +60,16 @@ _SEED = 0x5EED
 _INTROSPECTION = frozenset({
     "__class__", "__mro__", "__bases__", "__dict__", "Proxy",  # ``isinstance(h, torch.fx.Proxy)``
     "__builtins__", "__str__", "__repr__", "__format__", FORMATS,  # ``__builtins__["type"]``, ``f"{h}"``
+    "__getattribute__", "node", "tracer",  # a Proxy's own attributes, which a tensor lacks (``try: h.node``)
     # tracing and compiling asked of torch (HF's ``is_torchdynamo_compiling()``)
     # (``torch.jit.is_scripting()`` / ``is_tracing()``: False under both tracers, as in eager)
     "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting",
     "is_torchdynamo_compiling", "is_torchdynamo_exporting",
 })  # fmt: skip
-_INTROSPECTING = (type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile)
+_INTROSPECTING = (
+    type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile,
+    operator.attrgetter, operator.methodcaller,  # ``attrgetter("".join(["__cl", "ass__"]))(h)``
+)  # fmt: skip
 
 
 class _WritesParameter(Exception):

@@ -3,8 +3,8 @@
 ``call_result`` is the stack value a call leaves, given the symbols of its callable and
 arguments: a formatter (``str``, ``format``, ``"{}".format``) makes text of the read; a trusted
 sink (``print`` to ``sys.stdout``/``sys.stderr``, ``warnings.warn``'s message, a logging call,
-``sys.stdout.write``, ``torch._assert``'s message) only shows it; any other call given the read
-raises ``Fail``. ``resolve`` finds the object a symbol names without running code, and
+``sys.stdout.write``, ``torch._assert``'s message) only shows it; ``isinstance`` asks its class
+alone; any other call given the read raises ``Fail``. ``resolve`` finds the object a symbol names without running code, and
 ``print_stream`` / ``stream_write`` / ``std_stream`` tell the standard streams apart from other
 objects the model could read back.
 """
@@ -65,6 +65,8 @@ def call_result(frame: FrameType | None, vals: list[Sym], names: tuple[str, ...]
         return T if tainted else S
     if not tainted:
         return U
+    if fn is builtins.isinstance and names == () and vals[3:] != [T]:  # ``isinstance(h.shape, torch.Size)``: a class,
+        return U  # which no count changes
     fn = getattr(fn, "__func__", fn)
     stream = stream_write(frame, target)
     if stream is not None and trust is not None and names == () and len(vals) == 3:  # sys.stdout.write(s)

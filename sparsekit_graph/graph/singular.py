@@ -103,6 +103,8 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         if isinstance(low, (int, float)) and not isinstance(low, bool):
             return "+" if low > 0 else ">=0" if low == 0 else None
         return None
+    if (call.op is torch.sqrt or _power(call) is not None) and _sign(src, modules, depth + 1) == "+":
+        return "+"  # ``(var + eps).sqrt()``, ``(var + eps) ** 0.5``
     if call.op in _NONNEGATIVE or _even_power(call):
         return ">=0"
     if call.op in _VIEWS:
@@ -128,12 +130,18 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
     return None
 
 
+def _power(call: Call) -> float | None:
+    """The exponent of ``x ** p`` with a number ``p``."""
+    if call.op not in (torch.pow, operator.pow):
+        return None
+    p = call.args.get("exponent", call.args.get("other"))
+    return float(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else None
+
+
 def _even_power(call: Call) -> bool:
     """``x ** 2``, ``x.pow(4)``: never negative."""
-    if call.op not in (torch.pow, operator.pow):
-        return False
-    p = call.args.get("exponent", call.args.get("other"))
-    return isinstance(p, (int, float)) and not isinstance(p, bool) and float(p).is_integer() and int(p) % 2 == 0
+    p = _power(call)
+    return p is not None and p.is_integer() and int(p) % 2 == 0
 
 
 def _constant(x: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -70,7 +70,7 @@ class SizeTracer(FastTracer):
         self.conversions = Conversions(sinks)  # ``float(h.shape[1])``: control flow, or a value (``flow_values``)
         self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
-        self.texts: list[str] = []  # where a traced tensor was made text (``SizeProxy._converted``)
+        self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -90,8 +90,8 @@ class SizeTracer(FastTracer):
             for n in graph.nodes:  # values no link explains, whenever the write came
                 if n.op == "get_attr" and n.target in self.buffer_ops.written:
                     n.meta[WRITTEN_BUFFER] = True
-            if self.texts:  # the forward may go on from the text of a Proxy: the graph is checked
-                output_node(graph).meta[TO_CHECK] = f"the forward made text of a traced value at {self.texts[0]}"
+            if self.to_check:  # the forward may go on from what a Proxy answered: the graph is checked
+                output_node(graph).meta[TO_CHECK] = self.to_check[0]
             if self.buffer_ops.values.read:  # ``self.amax.max().item()``: a number no rule sees (``value_reads``)
                 output_node(graph).meta[VALUE_READS] = dict(self.buffer_ops.values.read)
             self.conversions.resolve("number")
@@ -295,8 +295,11 @@ class SizeProxy(fx.Proxy):
                 frame = frame.f_back
             elif not asks_class(frame):
                 return type(self)
-            if not frame.f_code.co_filename.startswith(INTERNAL) and _a_tensor_or_unknown(self.tracer.concrete(self, None)):
-                self.tracer.classes_asked.append(caller(frame))  # a size (timm's ``get_same_padding``) is no Tensor either way
+            if not frame.f_code.co_filename.startswith(INTERNAL):
+                if _a_tensor_or_unknown(self.tracer.concrete(self, None)):
+                    self.tracer.classes_asked.append(caller(frame))
+                else:  # a size is no Tensor either way (timm's ``get_same_padding``), but a torch.Size and an int
+                    self.tracer.to_check.append(f"the forward asks the class of a traced size at {caller(frame)}")
         return type(self)
 
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
@@ -306,10 +309,12 @@ class SizeProxy(fx.Proxy):
             value = self.tracer.concrete(self, None)
             if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
                 raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
-        if k in ("dtype", "layout") and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
+        if k in _ANSWERED and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
             value = self.tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
             if isinstance(value, Tensor):
                 return getattr(value, k)
+        elif k.startswith("is_") and isinstance(self.tracer, SizeTracer) and by_user(1):  # ``h.is_cuda is False``
+            self.tracer.to_check.append(f"the forward asks a traced value {k} at {caller(sys._getframe(1))}")
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
 
     def _converted(self, use: str, text: bool) -> Any:
@@ -322,7 +327,7 @@ class SizeProxy(fx.Proxy):
             return None
         value = tracer.concrete(self, None)
         if text and _a_tensor_or_unknown(value):  # ``print(h, file=buf)``: eagerly "tensor(...)", here "Proxy(...)"
-            tracer.texts.append(caller(sys._getframe(2)))
+            tracer.to_check.append(f"the forward made text of a traced value at {caller(sys._getframe(2))}")
         if not _numeric(value):
             return None
         if not (text and converted_nowhere(sys._getframe(2), sinks_now(), tracer.sinks)):
@@ -344,6 +349,13 @@ class SizeProxy(fx.Proxy):
     def __format__(self, spec: str) -> str:
         value = self._converted("a conversion to text", text=True)
         return object.__format__(self, spec) if value is None else format(value, spec)
+
+
+# What a traced tensor answers as the tensor does: its dtype, layout and number of axes, which
+# pruning keeps (``h.is_floating_point() is True``, ``isinstance(h.dim(), int)``); a Proxy would not
+_ANSWERED = frozenset({
+    "dtype", "layout", "ndim", "dim", "ndimension", "is_floating_point", "is_complex", "is_signed", "element_size", "itemsize",
+})  # fmt: skip
 
 
 def _a_tensor_or_unknown(value: object) -> bool:

@@ -35,7 +35,16 @@ _ZERO_UNARY = {
 _ZERO_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh,
     nn.Hardtanh, nn.Tanhshrink, nn.Softsign, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
+    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,  # a channel of zeros pools to zeros, in place
 )  # fmt: skip
+# Over spatial axes (the channel axis in place): a channel of zeros pools to zeros.
+_POOLS = {
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.lp_pool1d, F.lp_pool2d,
+}  # fmt: skip
+# Of zeros, zero: over other axes than the channel's, a channel of zeros reduces to zeros.
+_REDUCTIONS = {torch.sum, torch.mean, torch.nansum, torch.nanmean, torch.amax, torch.amin, torch.std, torch.var}
 # Outputs whose channels are made by parameters that the group zeroes (rows and bias).
 _PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 _ADDITIVE = {torch.add, torch.sub, operator.add, operator.sub, operator.iadd, operator.isub}
@@ -80,6 +89,10 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
         return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
     if call.op in _SHAPED:
         return _walk(src, _shaped_source(call, axis, value, src), modules, depth)
+    if call.op in _POOLS and not isinstance(call.args.get("return_indices"), fx.Node):
+        return _walk(src, axis % value.ndim, modules, depth)
+    if call.op in _REDUCTIONS:
+        return _walk(src, _reduced_source(call, axis, value, src), modules, depth)
     if call.op in _CONVS:  # output channels made by a weight the group zeroes, plus its bias
         bias = call.args.get("bias")
         exact = axis % value.ndim == 1 and _is_parameter(call.args.get("weight"), modules)
@@ -108,7 +121,7 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
 
 _PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}
 _CONVS = {F.conv1d, F.conv2d, F.conv3d, torch.convolution}  # aten.convolution: transposed too (axis 1 either way)
-_SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem}
+_SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem, torch.flatten, torch.reshape, torch.Tensor.view}
 
 
 def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
@@ -125,7 +138,8 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
 
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
-    """The input axis that output ``axis`` of an unsqueeze/squeeze/full-slice getitem comes from."""
+    """The input axis that output ``axis`` of an unsqueeze/squeeze/full-slice getitem comes
+    from, or of a reshape that only adds or drops axes of length 1 (``flatten`` of ``(B, C, 1, 1)``)."""
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
     if not isinstance(before, Tensor):
         return None
@@ -138,9 +152,22 @@ def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | N
         return axis if full and before.ndim == out.ndim else None
     big_in = [d for d in range(before.ndim) if before.shape[d] != 1]
     big_out = [d for d in range(out.ndim) if out.shape[d] != 1]
-    if out.shape[axis] == 1 or len(big_in) != len(big_out):
+    if out.shape[axis] == 1 or [before.shape[d] for d in big_in] != [out.shape[d] for d in big_out]:
         return None
     return big_in[big_out.index(axis)]
+
+
+def _reduced_source(call: Call, axis: int, out: Tensor, src: object) -> int | None:
+    """The input axis that output ``axis`` of a reduction over other axes comes from (None:
+    reduced itself, or all axes)."""
+    before = src.meta.get(META) if isinstance(src, fx.Node) else None
+    dims = call.args.get("dim")
+    if not isinstance(before, Tensor) or dims is None or before.ndim == 0:
+        return None
+    reduced = {d % before.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
+    kept = [d for d in range(before.ndim) if d not in reduced or before.ndim == out.ndim]  # keepdim: every axis stays
+    source = kept[axis % out.ndim] if len(kept) == out.ndim else None
+    return None if source in reduced else source
 
 
 def _operand(x: object, axis: int, out: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:

@@ -1,0 +1,176 @@
+"""Adversary round 18: what a traced value answers where the eager tensor answers otherwise.
+
+Each forward below takes a branch on a question a torch.fx Proxy answered unlike the tensor,
+unseen by the eager check's gate, so the branch not taken was planned: ``a:out`` claimed
+zero-invariant beside the ``h - h.mean(1)`` the forward runs (0.32 off).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import check_oracle, realistic_bn
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+from sparsekit_graph.errors import TraceError
+
+
+def _has_node(h: Tensor) -> bool:
+    try:
+        h.node  # noqa: B018 - a Proxy has one, a tensor raises
+        return False
+    except AttributeError:
+        return True
+
+
+_ASKS: dict[str, Callable[[Tensor], bool]] = {
+    "is_floating_point_is": lambda h: h.is_floating_point() is True,
+    "is_cuda_is": lambda h: h.is_cuda is False,
+    "is_contiguous_is": lambda h: h.is_contiguous() is True,
+    "element_size_is_int": lambda h: isinstance(h.element_size(), int),
+    "nbytes_is_int": lambda h: isinstance(h.nbytes, int),
+    "dim_is_int": lambda h: isinstance(h.dim(), int),
+    "ndim_is_int": lambda h: isinstance(h.ndim, int),
+    "shape_is_size": lambda h: isinstance(h.shape, torch.Size),
+    "size_is_int": lambda h: isinstance(h.shape[1], int),
+    "no_node": _has_node,
+    "class_name_built": lambda h: operator.attrgetter("".join(["__cl", "ass__"]))(h).__name__ == "Tensor",
+}
+_REFUSED = {  # the refusal expected
+    "class_name_built": "does not compute what its forward computes",  # fake tensors are no ``Tensor`` by name either
+    "nbytes_is_int": "Cannot call numel",  # torch.export cannot count the bytes of a dynamic batch
+}
+
+
+class _Asks(nn.Module):
+    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.a(x)))
+        if self.ask(h):
+            h = h - h.mean(1, keepdim=True)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("name", sorted(_ASKS))
+def test_a_branch_on_what_a_value_answers_plans_the_eager_branch_or_is_refused(name: str, tmp_path: Path) -> None:
+    model, x = _Asks(_ASKS[name]).eval(), torch.randn(2, 3, 6, 6)
+    assert _ASKS[name](x), "the eager forward takes the branch"
+    if name in _REFUSED:
+        with pytest.raises(TraceError, match=_REFUSED[name]):
+            skg.plan(model, x)
+        return
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and not group.zero_invariant, "the mean over a's channels runs"
+    check_oracle(model, x, tmp_path, require=False)
+
+
+def test_rank_and_dtype_questions_answer_as_numbers_in_the_graph() -> None:
+    """``h.dim()`` and ``h.is_floating_point()`` answer as the tensor's (pruning keeps both):
+    no node for them, and a branch on them needs no eager check."""
+    from sparsekit_graph.graph.meta import TO_CHECK, output_node
+    from sparsekit_graph.graph.trace import trace_graph
+
+    class Rank(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return h.mean(h.dim() - 1) if h.is_floating_point() else h
+
+    graph = trace_graph(Rank(), torch.randn(1, 3, 4, 4))
+    assert not [n for n in graph.nodes if n.target in ("dim", "is_floating_point")]
+    assert TO_CHECK not in output_node(graph).meta
+
+
+class _ReturnsCount(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int] | dict[str, object]:
+        h = torch.relu(self.bn(self.a(x)))
+        if self.how == "attribute":
+            return self.b(h), self.a.out_channels
+        if self.how == "length":
+            return self.b(h), h.shape[1]
+        return {"y": self.b(h), "n": self.bn.num_features}
+
+
+@pytest.mark.parametrize("how", ["attribute", "length", "dict"])
+def test_a_channel_count_the_forward_returns_is_not_zero_invariant(how: str) -> None:
+    """Pruning changes the count returned beside the output; ``self.a.out_channels`` was
+    claimed zero-invariant where ``h.shape[1]`` was not."""
+    model, x = _ReturnsCount(how).eval(), torch.randn(2, 3, 6, 6)
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and not group.zero_invariant
+    masks = {"a:out": torch.tensor([True, False] * 4)}
+    out = skg.prune(model, skg.plan(model, x), masks=masks).model(x)
+    assert (out[1] if isinstance(out, tuple) else out["n"]) == 4, "the returned count follows the pruning"
+
+
+def _pooled(h: Tensor) -> Tensor:
+    return h.mean((2, 3))
+
+
+def _instance_norm(h: Tensor) -> Tensor:
+    return (h - h.mean((2, 3), keepdim=True)) / (h.var((2, 3), keepdim=True, unbiased=False) + 1e-5).sqrt()
+
+
+# name -> (what runs after ``relu(bn(a(x)))``, is a:out zero-invariant); ``buf`` and ``wc`` are buffers
+_AFTER: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], bool]] = {
+    "linear_buffer": (lambda m, h: F.linear(_pooled(h), m.buf), True),
+    "matmul_buffer": (lambda m, h: _pooled(h) @ m.buf.T, True),
+    "einsum_buffer": (lambda m, h: torch.einsum("bc,oc->bo", _pooled(h), m.buf), True),
+    "sum_keepdim_linear_buffer": (lambda m, h: F.linear(h.sum(3, keepdim=True).sum(2).squeeze(-1), m.buf), True),
+    "amax_linear_buffer": (lambda m, h: F.linear(h.amax((-1, -2)), m.buf), True),
+    "pool_linear_buffer": (lambda m, h: F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), m.buf), True),
+    "max_pool_conv_buffer": (lambda m, h: F.conv2d(F.max_pool2d(h, 2), m.wc), True),
+    "conv_buffer": (lambda m, h: F.conv2d(h, m.wc), True),
+    "instance_norm_by_hand": (lambda m, h: m.c(_instance_norm(h)), True),
+    "instance_norm_pow": (lambda m, h: m.c((h - h.mean((2, 3), True)) / (h.var((2, 3), keepdim=True) + 1e-5) ** 0.5), True),
+    # not zero-invariant: a masked channel is no longer zero where the buffer sums it
+    "sigmoid_linear_buffer": (lambda m, h: F.linear(_pooled(torch.sigmoid(h)), m.buf), False),
+    "mean_over_channels": (lambda m, h: F.linear(h.mean(1).flatten(1), m.buf2), False),
+    "added_linear_buffer": (lambda m, h: F.linear(_pooled(h) + 0.1, m.buf), False),
+    "instance_norm_no_eps": (lambda m, h: m.c((h - h.mean((2, 3), keepdim=True)) / h.std((2, 3), keepdim=True)), False),
+}
+
+
+class _After(nn.Module):
+    def __init__(self, after: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.after = after
+        self.a, self.bn, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.register_buffer("buf", torch.randn(5, 8))
+        self.register_buffer("buf2", torch.randn(5, 36))
+        self.register_buffer("wc", torch.randn(5, 8, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.after(self, torch.relu(self.bn(self.a(x))))
+
+
+@pytest.mark.parametrize("name", sorted(_AFTER))
+def test_zeros_survive_pools_reductions_and_positive_divisors(name: str, tmp_path: Path) -> None:
+    """A masked channel stays zero through a pool or a reduction over other axes, so a buffer
+    weight that sums it adds nothing (``F.linear(h.mean((2, 3)), buf)`` was not zero-invariant
+    where ``F.conv2d(h, buf)`` was); ``sqrt(var + eps)`` never vanishes, so a hand-written
+    instance norm divides a masked channel's zeros by a positive number, as ``F.instance_norm``."""
+    after, exact = _AFTER[name]
+    model, x = _After(after).eval(), torch.randn(2, 3, 6, 6)
+    realistic_bn(model, x)
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and group.zero_invariant == exact
+    check_oracle(model, x, tmp_path, require=False)
