@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import check_oracle, realistic_bn
+from helpers import assert_untouched, check_oracle, fingerprint, realistic_bn
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -174,3 +174,104 @@ def test_zeros_survive_pools_reductions_and_positive_divisors(name: str, tmp_pat
     group = skg.plan(model, x).group("a:out")
     assert group.prunable and group.zero_invariant == exact
     check_oracle(model, x, tmp_path, require=False)
+
+
+# What the forward does to ``h`` before a sum over its channels: does a masked channel stay zero?
+_WRITES_INTO_H: dict[str, tuple[Callable[[nn.Module, Tensor], object], bool]] = {
+    "detach_add": (lambda m, h: h.detach().add_(0.5), False),
+    "dropout_add": (lambda m, h: m.drop(h).add_(0.5), False),
+    "identity_add": (lambda m, h: m.idn(h).add_(0.5), False),
+    "as_tensor_add": (lambda m, h: torch.as_tensor(h).add_(0.5), False),
+    "positive_add": (lambda m, h: h.positive().add_(0.5), False),
+    "detach_setitem": (lambda m, h: h.detach().__setitem__(slice(None), 0.5), False),
+    "chained": (lambda m, h: h.relu_().add_(0.5), False),
+    "chained_module": (lambda m, h: m.relu(h).add_(0.5), False),
+    "hardsigmoid_inplace": (lambda m, h: F.hardsigmoid(h, inplace=True), False),
+    "threshold_inplace": (lambda m, h: F.threshold(h, 0.5, 0.3, inplace=True), False),
+    "hardtanh_inplace": (lambda m, h: F.hardtanh(h, 0.1, 1.0, inplace=True), False),
+    "augmented_alias": (lambda m, h: _augment(h), False),
+    # keep zeros
+    "detach_mul": (lambda m, h: h.detach().mul_(2.0), True),
+    "relu_inplace": (lambda m, h: F.relu(h, inplace=True), True),
+    "hardtanh_inplace_around_zero": (lambda m, h: F.hardtanh(h, -1.0, 1.0, inplace=True), True),
+}
+
+
+def _augment(h: Tensor) -> None:
+    y = h
+    y += 0.5  # writes into h
+
+
+class _WritesIntoH(nn.Module):
+    def __init__(self, write: Callable[[nn.Module, Tensor], object]) -> None:
+        super().__init__()
+        self.write = write
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.drop, self.idn, self.relu = nn.Dropout(0.1), nn.Identity(), nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        self.write(self, h)
+        return self.b(h + h.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", sorted(_WRITES_INTO_H))
+def test_a_write_through_what_shares_the_storage_costs_zero_invariance(name: str, tmp_path: Path) -> None:
+    """Writes through an alias no view rule names (``detach()``, an eval dropout, an identity
+    layer, ``torch.as_tensor``), after another in-place op, by ``inplace=True`` of a function,
+    or by ``y = h; y += c``, turned masked channels back on before the sum: claimed
+    zero-invariant, 0.06-0.32 off."""
+    write, keeps = _WRITES_INTO_H[name]
+    model, x = _WritesIntoH(write).eval(), torch.randn(2, 3, 6, 6)
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and group.zero_invariant == keeps
+    check_oracle(model, x, tmp_path, require=False)
+
+
+# A forward that writes its own parameters past their attributes (WGAN-style clipping)
+_PARAMETER_WRITES: dict[str, tuple[Callable[[nn.Module], object], bool | None]] = {
+    "parameters_clamp_min": (lambda m: [p.data.clamp_(min=0.1) for p in m.bn.parameters()], False),
+    "parameters_clip": (lambda m: [p.data.clamp_(-5.0, 5.0) for p in m.parameters()], True),
+    "named_parameters_add": (lambda m: [p.data.add_(0.1) for n, p in m.named_parameters() if n == "bn.bias"], False),
+    "state_dict_add": (lambda m: m.state_dict()["bn.bias"].add_(0.1), False),
+    "private_parameters_add": (lambda m: m.bn._parameters["bias"].data.add_(0.1), False),
+    "data_assigned": (lambda m: setattr(m.bn.weight, "data", m.bn.weight.data.clamp(min=0.1)), None),
+    "data_literal": (lambda m: setattr(m.bn.bias, "data", torch.full((8,), 0.1)), None),
+    "data_augmented": (lambda m: _add_to_data(m.bn.bias), False),
+    "data_setitem": (lambda m: m.bn.bias.data.__setitem__(slice(None), 0.1), False),
+    "identity_add": (lambda m: m.idn(m.bn.bias).add_(0.1), False),
+}
+
+
+def _add_to_data(p: Tensor) -> None:
+    p.data += 0.1
+
+
+class _WritesParameters(nn.Module):
+    def __init__(self, write: Callable[[nn.Module], object]) -> None:
+        super().__init__()
+        self.write = write
+        self.a, self.bn, self.b, self.idn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.write(self)
+        h = torch.relu(self.bn(self.a(x)))
+        return self.b(h + h.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", sorted(_PARAMETER_WRITES))
+def test_parameters_written_past_their_attributes_are_planned_and_left_untouched(name: str, tmp_path: Path) -> None:
+    """The forward's real writes ran on the user's weights while traced (``plan`` changed them)
+    and no node showed them (claimed zero-invariant, 0.02-0.07 off); ``.data = torch.full(...)``
+    made the pruned model fail. Now undone and planned: a write that keeps zeros keeps
+    zero-invariance, one that does not costs it, a swap of ``.data`` pins."""
+    write, keeps = _PARAMETER_WRITES[name]
+    model, x = _WritesParameters(write).eval(), torch.randn(2, 3, 6, 6)
+    before = fingerprint(model)
+    group = skg.plan(model, x).group("a:out")
+    assert_untouched(model, before, "plan")
+    assert group.prunable == (keeps is not None)
+    if keeps is not None:
+        assert group.zero_invariant == keeps
+        check_oracle(model, x, tmp_path, require=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
@@ -28,8 +30,9 @@ from . import (  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
+from .hidden_writes import pin_hidden_writes
 from .length_uses import pin_unmodelled_lengths
-from .meta import META, WRITTEN_BUFFER
+from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads, storage_key
 from .random_draws import draws_random
@@ -38,7 +41,7 @@ from .size_pins import pin_read_sizes
 from .size_tracer import has_hooks
 from .trace import is_exported
 from .value_reads import pin_value_reads
-from .zeros import write_keeps_zeros
+from .zeros import aliased_input, write_keeps_zeros
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 
@@ -97,8 +100,18 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     pin_read_sizes(graph, nodes, modules, prefix)
     pin_param_reads(graph, nodes, every)
     pin_value_reads(graph, nodes, every)
+    pin_hidden_writes(graph, nodes, every, _data_swaps(nodes, params, modules))
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
     pin_unmodelled_lengths(graph, nodes, reader.axes)
+
+
+def _data_swaps(nodes: Any, params: dict[int, fx.Node], modules: dict[str, nn.Module]) -> dict[str, str]:
+    """The parameters whose ``.data`` the forward set (``DATA_SWAPPED``), by path -> where."""
+    swaps = {}
+    for n in nodes:
+        if DATA_SWAPPED in n.meta and (param := _parameter_of(n, params, modules)) is not None:
+            swaps[str(param.target)] = n.meta[DATA_SWAPPED]
+    return swaps
 
 
 def _returned_numbers(output: fx.Node) -> list[int]:
@@ -114,8 +127,20 @@ def _written_parameter(ctx: RuleContext, params: dict[int, fx.Node]) -> fx.Node 
     in_place = ctx.call.inplace or ctx.call.args.get("inplace") is True or (name.endswith("_") and not name.startswith("_"))
     if not in_place or ctx.node.op == "call_module":  # ``F.hardtanh_``: torch's own in-place functions
         return None
-    value = ctx.meta(ctx.input)
-    return params.get(storage_key(value)) if isinstance(value, Tensor) else None  # type: ignore[arg-type]
+    return _parameter_of(ctx.input, params, ctx.modules)
+
+
+def _parameter_of(node: object, params: dict[int, fx.Node], modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The parameter node whose storage ``node``'s value is: by its meta value's storage (the
+    torch.fx path), or up the views and identity layers it was made by (torch.export's meta
+    values share no storage)."""
+    while isinstance(node, fx.Node):
+        value = node.meta.get(META)
+        found = params.get(storage_key(value)) if isinstance(value, Tensor) else None  # type: ignore[arg-type]
+        if found is not None:
+            return found
+        node = aliased_input(node, modules)
+    return None
 
 
 def _tensors_and_modules(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:

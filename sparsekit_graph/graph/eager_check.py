@@ -65,6 +65,9 @@ _INTROSPECTION = frozenset({
     # (``torch.jit.is_scripting()`` / ``is_tracing()``: False under both tracers, as in eager)
     "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting",
     "is_torchdynamo_compiling", "is_torchdynamo_exporting",
+    # whether a value overrides torch functions (a Proxy does): ``torch.overrides.has_torch_function((h,))``
+    "has_torch_function", "has_torch_function_unary", "has_torch_function_variadic",
+    "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
 })  # fmt: skip
 _INTROSPECTING = (
     type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile,

@@ -10,8 +10,10 @@ __all__ = [
     "CONFIG_READS",
     "CONSTANT",
     "CONTROL",
+    "DATA_SWAPPED",
     "EXPORTED",
     "GRAD_MODE_READ",
+    "HIDDEN_WRITES",
     "META",
     "MODULE_READS",
     "ReadInt",
@@ -41,6 +43,10 @@ SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on
 VALUE_READS = "skg.value_reads"  # on the output node (torch.fx): {model tensor path: how forward used its values}
 TO_CHECK = "skg.to_check"  # on the output node: why the graph is checked against the eager forward, whatever it asks
 MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path: size attributes its forward read}
+# On the output node (torch.fx): {model tensor path: True where every write the forward made into it past the graph
+# kept zeros, False where one did not, None where it swapped the tensor's data} (``hidden_writes``)
+HIDDEN_WRITES = "skg.hidden_writes"
+DATA_SWAPPED = "skg.data_swapped"  # on a node: the forward set its ``.data`` (where, in words)
 
 
 def is_exported(graph: fx.Graph) -> bool:

@@ -35,9 +35,13 @@ def channel_norm(ctx: RuleContext) -> None:
     computed = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
     if computed and (m.training or not m.track_running_stats):  # type: ignore[union-attr]
         mix_statistics(ctx, out[1:] if unbatched else statistics_axes(out, batch=not instance), counted=True)
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(ctx.module, attr, None) is not None:
-            ctx.same(ctx.param(attr), channel)
+    tensors = [attr for attr in ("weight", "bias", "running_mean", "running_var") if getattr(m, attr, None) is not None]
+    for attr in tensors:
+        ctx.same(ctx.param(attr), channel)
+    if not tensors and isinstance(count := getattr(m, "num_features", None), int):  # nothing resized counts them:
+        source = SizeSource(ctx.module_name, "num_features")  # surgery rewrites the count its check reads
+        ctx.graph.size_refs.setdefault(channel[0], set()).add(source)
+        ctx.graph.size_values[source] = count
 
 
 @register_function_rule(F.batch_norm, F.instance_norm)

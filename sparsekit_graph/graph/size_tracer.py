@@ -24,8 +24,9 @@ from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
 from .flow_code import asks_class
 from .flow_values import Conversions
-from .meta import CONTROL, META, TO_CHECK, VALUE_READS, WRITTEN_BUFFER, output_node
+from .meta import CONTROL, DATA_SWAPPED, META, TO_CHECK, VALUE_READS, WRITTEN_BUFFER, output_node
 from .meta_pass import MetaRunner
+from .normalize import normalize
 from .parametrized import traced_through
 from .rules import module_rule_for, patched_on_instance
 from .size_flow import converted_nowhere
@@ -71,6 +72,7 @@ class SizeTracer(FastTracer):
         self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
+        self.on_meta = any(p.is_meta for p in model.parameters())
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -313,9 +315,23 @@ class SizeProxy(fx.Proxy):
             value = self.tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
             if isinstance(value, Tensor):
                 return getattr(value, k)
-        elif k.startswith("is_") and isinstance(self.tracer, SizeTracer) and by_user(1):  # ``h.is_cuda is False``
-            self.tracer.to_check.append(f"the forward asks a traced value {k} at {caller(sys._getframe(1))}")
+        elif isinstance(tracer := self.tracer, SizeTracer) and (k.startswith("is_") or (k in _DEVICE and tracer.on_meta)):
+            if by_user(1):  # ``h.is_cuda is False``
+                tracer.to_check.append(f"the forward asks a traced value {k} at {caller(sys._getframe(1))}")
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
+
+    @property
+    def data(self) -> Any:
+        return self.__getattr__("data")
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        """``p.data = ...`` in the model's code swaps what the tensor holds, which no node
+        records: noted on its node (``DATA_SWAPPED``), unless it sets back what an in-place op
+        on it returned (``p.data += 1``)."""
+        if isinstance(value, fx.Proxy) and normalize(value.node).inplace:
+            return
+        self.node.meta[DATA_SWAPPED] = caller(sys._getframe(1))
 
     def _converted(self, use: str, text: bool) -> Any:
         """The number (or shape) of sizes this proxy has where the model's code (two frames
@@ -356,6 +372,8 @@ class SizeProxy(fx.Proxy):
 _ANSWERED = frozenset({
     "dtype", "layout", "ndim", "dim", "ndimension", "is_floating_point", "is_complex", "is_signed", "element_size", "itemsize",
 })  # fmt: skip
+# Where a model on meta weights runs: its values answer ``h.device != torch.device("meta")`` unlike the real model's
+_DEVICE = frozenset({"device", "get_device"})
 
 
 def _a_tensor_or_unknown(value: object) -> bool:
@@ -368,6 +386,22 @@ def _numeric(value: object) -> bool:
     if isinstance(value, (tuple, list)):
         return bool(value) and all(isinstance(v, (int, float)) for v in value)
     return isinstance(value, (int, float))
+
+
+def _in_place(op: Any) -> Any:
+    def method(self: SizeProxy, other: Any) -> Any:
+        """``g += t`` writes into a tensor ``g`` (``g = h; g += 1`` changes ``h``): recorded as the
+        in-place operator, not torch.fx's out-of-place one; a number's stays out of place."""
+        value = self.tracer.concrete(self, None) if isinstance(self.tracer, SizeTracer) else None
+        if not isinstance(value, Tensor):
+            return NotImplemented
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    return method
+
+
+for _name in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor", "imatmul"):
+    setattr(SizeProxy, f"__{_name}__", _in_place(getattr(operator, _name)))
 
 
 class _SizeAttribute(fx.proxy.Attribute, SizeProxy):

@@ -15,7 +15,8 @@ from .config_reads import config_reads, recording_config_reads
 from .eager_check import asks_what_values_are, disagreement, model_attribute
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
-from .meta import EXPORTED, GRAD_MODE_READ, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
+from .hidden_writes import HiddenWrites
+from .meta import EXPORTED, GRAD_MODE_READ, HIDDEN_WRITES, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -154,14 +155,18 @@ def _traced(
     with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads, unfused_attention():
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
+            tracer: SizeTracer | None = None
             try:
                 if skip_fx is not None:
                     raise skip_fx
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
-                    graph = tracer.trace(model, concrete_args=concrete)
+                    with HiddenWrites(model, modules) as hidden:  # ``for p in self.parameters(): p.clamp_(...)``
+                        graph = tracer.trace(model, concrete_args=concrete)
                     _refuse_data_reads(graph)
+                    if hidden.written:
+                        output_node(graph).meta[HIDDEN_WRITES] = hidden.written
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)
@@ -169,6 +174,8 @@ def _traced(
                     graph = _exported(model, args, kwargs, fx_error, dynamic, autograd or "off")
                 if isinstance(fx_error, CaughtRefusal):  # torch.export's fake values refuse alike, perhaps caught alike
                     output_node(graph).meta[TO_CHECK] = str(fx_error)
+                elif tracer is not None and tracer.to_check:  # ``if not h.is_meta``: a fake tensor on meta says True
+                    output_node(graph).meta[TO_CHECK] = tracer.to_check[0]
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph

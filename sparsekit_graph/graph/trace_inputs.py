@@ -29,7 +29,8 @@ def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str,
 
 
 def fixed_forward_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """Fix the forward parameters the caller does not pass (e.g. HF's many optional kwargs)."""
+    """Fix the forward parameters the caller does not pass (e.g. HF's many optional kwargs),
+    and the keyword inputs it passes as None."""
     import inspect
 
     try:
@@ -42,6 +43,7 @@ def fixed_forward_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
         for p in params
         if p.name not in passed and p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
+    fixed |= {name: None for name, v in kwargs.items() if v is None}  # ``if scale is not None``: no Proxy answers it
     return fixed or None
 
 
@@ -66,7 +68,7 @@ def flat_inputs(graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) 
             flat.append(n.args[0])
         else:
             raise TraceError(f"no example input for model input {n.target!r}")
-    unknown = set(kwargs) - named
+    unknown = {k for k, v in kwargs.items() if v is not None} - named  # a None is fixed (``fixed_forward_args``)
     if unknown:
         raise TraceError(f"example inputs {sorted(unknown)} are not inputs of the model's forward")
     if len(flat) > len(placeholders):

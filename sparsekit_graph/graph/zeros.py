@@ -9,6 +9,7 @@ The walk is conservative: anything it does not know breaks zeros.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -19,8 +20,9 @@ from torch import Tensor, nn
 
 from .meta import META
 from .normalize import Call, normalize
+from .param_reads import storage_key
 
-__all__ = ["write_keeps_zeros", "zero_breaker"]
+__all__ = ["aliased_input", "write_keeps_zeros", "zero_breaker"]
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -138,23 +140,24 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
 
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
-    """The input axis that output ``axis`` of an unsqueeze/squeeze/full-slice getitem comes
-    from, or of a reshape that only adds or drops axes of length 1 (``flatten`` of ``(B, C, 1, 1)``)."""
+    """The input axis that output ``axis`` of a full-slice getitem comes from, or of a reshape
+    (``view``, ``flatten``, ``squeeze``...) that keeps it whole: as long, after as many elements
+    (``flatten(2)`` keeps the channels of ``(B, C, H, W)``)."""
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
     if not isinstance(before, Tensor):
         return None
-    op, args = call.op, call.args  # type: ignore[attr-defined]
     axis %= out.ndim
-    if op is operator.getitem:
-        index = args.get("index")
+    if call.op is operator.getitem:  # type: ignore[attr-defined]
+        index = call.args.get("index")  # type: ignore[attr-defined]
         items = index if isinstance(index, tuple) else (index,)
         full = all(i == slice(None) or i is Ellipsis for i in items)
         return axis if full and before.ndim == out.ndim else None
-    big_in = [d for d in range(before.ndim) if before.shape[d] != 1]
-    big_out = [d for d in range(out.ndim) if out.shape[d] != 1]
-    if out.shape[axis] == 1 or [before.shape[d] for d in big_in] != [out.shape[d] for d in big_out]:
+    if out.shape[axis] == 1:
         return None
-    return big_in[big_out.index(axis)]
+    prefix = math.prod(out.shape[:axis])
+    return next(
+        (d for d in range(before.ndim) if before.shape[d] == out.shape[axis] and math.prod(before.shape[:d]) == prefix), None
+    )
 
 
 def _reduced_source(call: Call, axis: int, out: Tensor, src: object) -> int | None:
@@ -214,14 +217,14 @@ def _permuted_source(call: object, axis: int, ndim: int) -> int | None:
 # Ops whose result shares storage with their input: writing into the result changes the input.
 _VIEWS = {
     torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT, torch.Tensor.data, torch.Tensor.detach,
-    torch.Tensor.view, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.Tensor.expand,
+    torch.detach, torch.Tensor.view, torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.Tensor.expand,
     torch.Tensor.expand_as, torch.Tensor.contiguous, torch.Tensor.to, operator.getitem, torch.chunk, torch.split,
     torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as, torch.narrow, torch.select,
     torch.ops.aten.slice, torch.movedim, torch.moveaxis, torch.unbind, torch.diagonal, torch.as_strided,
     torch.Tensor.unfold, torch.tensor_split,
 }  # fmt: skip
-# ``g = h; g += 1`` is traced as an out-of-place add whose result nobody uses: assume it was in place.
-_AUGMENTED = {operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow}
+# Layers that return their input, or a view of it (an eval dropout returns it as it is).
+_PASSED_ON = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 
 
 def _keeps_zeros(m: nn.Module | None) -> bool:
@@ -233,32 +236,61 @@ def _keeps_zeros(m: nn.Module | None) -> bool:
 
 def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, depth: int) -> str | None:
     """The first node that may write into ``node``'s storage with something that breaks zeros
-    (directly, through a view, or through a layer with ``inplace=True``), or None. Adding in
-    place a value that is itself zero on ``axis`` where the channel is (``h.add_(g)``) keeps them."""
+    (directly, or through what shares it: a view, ``detach()``, an identity layer, an earlier
+    in-place result; a layer or function with ``inplace=True``), or None. Adding in place a
+    value that is itself zero on ``axis`` where the channel is (``h.add_(g)``) keeps them."""
+    key = _storage(node)
     todo, seen = [node], {node}
     while todo:
         n = todo.pop()
         for u in n.users:
+            if u in seen or not u.args or (u.op == "call_module" and u.args[0] is not n):
+                continue
             if u.op == "call_module":
                 m = modules.get(str(u.target))
-                if getattr(m, "inplace", False) and u.args and u.args[0] is n and not _keeps_zeros(m):
+                written = bool(getattr(m, "inplace", False))
+                if written and not _keeps_zeros(m):
                     return u.name
-                continue
-            if u.op not in ("call_function", "call_method"):
-                continue
-            call = normalize(u)
-            if call.args.get("input") is not n:
-                continue
-            if call.inplace or (call.op in _AUGMENTED and not u.users):
-                other = call.args.get("other")
-                if n is node and call.op in _ADDITIVE and _operand(other, axis, node.meta[META], modules, depth) is None:
+                written = written or isinstance(m, _PASSED_ON)
+            elif u.op in ("call_function", "call_method"):
+                call = normalize(u)
+                if call.args.get("input") is not n and u.args[0] is not n:  # ``torch.as_tensor(data=h)``
                     continue
-                if call.op not in _ZERO_UNARY and call.op not in _PRODUCT:
+                written = call.inplace or call.args.get("inplace") is True  # ``g += t``: ``operator.iadd``
+                if written and not _write_keeps(call, node, n, axis, modules, depth):
                     return u.name
-            if call.op in _VIEWS and u not in seen:
+                written = written or call.op in _VIEWS
+            else:
+                continue
+            if written or (key is not None and _storage(u) == key):  # what it returns is ``node``'s storage
                 seen.add(u)
                 todo.append(u)
     return None
+
+
+def aliased_input(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The input whose storage ``node``'s value shares: of a view, an in-place op, or a layer
+    that returns its input (None for anything else)."""
+    if node.op == "call_module":
+        first = node.args[0] if node.args else None
+        return first if isinstance(modules.get(str(node.target)), _PASSED_ON) and isinstance(first, fx.Node) else None
+    if node.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(node)
+    src = call.args.get("input")
+    return src if isinstance(src, fx.Node) and (call.inplace or call.op in _VIEWS) else None
+
+
+def _write_keeps(call: Call, node: fx.Node, n: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int) -> bool:
+    """Does the in-place ``call`` on ``n`` (``node`` or what shares its storage) keep zeros?"""
+    if n is node and call.op in _ADDITIVE and _operand(call.args.get("other"), axis, node.meta[META], modules, depth) is None:
+        return True
+    return write_keeps_zeros(call) or call.op in _PRODUCT or (call.op in _ZERO_UNARY and call.op is not F.hardtanh)
+
+
+def _storage(n: fx.Node) -> int | None:
+    value = n.meta.get(META)
+    return storage_key(value) if isinstance(value, Tensor) else None
 
 
 # In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
