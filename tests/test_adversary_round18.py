@@ -275,3 +275,76 @@ def test_parameters_written_past_their_attributes_are_planned_and_left_untouched
     if keeps is not None:
         assert group.zero_invariant == keeps
         check_oracle(model, x, tmp_path, require=False)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        lambda: nn.BatchNorm2d(8, affine=False, track_running_stats=False),
+        lambda: nn.InstanceNorm2d(8),
+    ],
+    ids=["batch_norm_bare", "instance_norm"],
+)
+def test_a_norm_layer_without_tensors_follows_its_channels(norm: Callable[[], nn.Module], tmp_path: Path) -> None:
+    """No weight or statistics to resize counts the channels, so ``num_features`` kept its
+    value: the pruned BatchNorm failed its channel check and ``prune`` refused."""
+    model, x = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norm(), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(2, 3, 6, 6)
+    pruned = check_oracle(model, x, tmp_path).model
+    assert pruned[1].num_features == pruned[0].out_channels < 8
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor, scale: Tensor | None = torch.ones(1)) -> Tensor:  # noqa: B008 - the default differs
+        h = torch.relu(self.a(x))
+        return self.b(h if scale is None else h * scale.view(1, -1, 1, 1))
+
+
+def test_a_keyword_input_given_as_none_is_fixed() -> None:
+    """``{"x": x, "scale": None}`` was traced with a Proxy for None (``'NoneType' object has no
+    attribute 'view'``): a None keyword input is fixed, as an omitted one is."""
+    model, x = _Scaled().eval(), torch.randn(2, 3, 6, 6)
+    assert skg.plan(model, {"x": x, "scale": None}).group("a:out").zero_invariant
+
+
+class _AsksDevice(nn.Module):
+    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if self.ask(h):
+            h = h - h.mean(1, keepdim=True)
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    "ask", [lambda h: not h.is_meta, lambda h: h.device != torch.device("meta")], ids=["is_meta", "device_ne"]
+)
+def test_a_branch_on_the_device_plans_on_meta_as_on_real_weights_or_refuses(ask: Callable[[Tensor], bool]) -> None:
+    """On meta weights torch.export's fake tensors are on meta, and the branch the real model
+    takes was not planned (``a:out`` zero-invariant where the real plan says it is not)."""
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    real = skg.plan(_AsksDevice(ask).eval(), x)
+    with torch.device("meta"):
+        model = _AsksDevice(ask).eval()
+    assert not real.group("a:out").zero_invariant
+    try:
+        meta = skg.plan(model, x.to("meta"))
+    except TraceError:
+        return
+    assert meta.group("a:out").zero_invariant == real.group("a:out").zero_invariant
+
+
+def test_a_branch_on_torch_function_overrides_is_checked() -> None:
+    """``torch.overrides.has_torch_function((h,))`` is True of a Proxy, False of a tensor: the
+    branch the eager forward takes was not planned (0.26 off)."""
+    model = _AsksDevice(lambda h: not torch.overrides.has_torch_function((h,))).eval()
+    with pytest.raises(TraceError, match="does not compute what its forward computes"):
+        skg.plan(model, torch.randn(2, 3, 6, 6))

@@ -392,12 +392,31 @@ def _in_place(op: Any) -> Any:
     def method(self: SizeProxy, other: Any) -> Any:
         """``g += t`` writes into a tensor ``g`` (``g = h; g += 1`` changes ``h``): recorded as the
         in-place operator, not torch.fx's out-of-place one; a number's stays out of place."""
-        value = self.tracer.concrete(self, None) if isinstance(self.tracer, SizeTracer) else None
-        if not isinstance(value, Tensor):
+        if _traced_number(self.node):
             return NotImplemented
         return self.tracer.create_proxy("call_function", op, (self, other), {})
 
     return method
+
+
+_NUMBER_METHODS = frozenset({"size", "numel", "nelement", "dim", "ndimension", "item", "tolist", "element_size"})
+
+
+def _traced_number(node: fx.Node) -> bool:
+    """Is ``node``, as torch.fx records it, a Python number: a size or a value read, or
+    Python arithmetic on them?"""
+    if node.op == "call_method":
+        return node.target in _NUMBER_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1] in ("shape", "ndim")
+    if node.target is len:
+        return True
+    if getattr(node.target, "__module__", None) in ("_operator", "math", "builtins"):
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(_traced_number(a) for a in inputs)
+    return False
 
 
 for _name in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor", "imatmul"):

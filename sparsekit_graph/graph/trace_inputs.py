@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import _assert_is_none
 
 from ..errors import TraceError
 from .meta_pass import MetaRunner
@@ -64,6 +65,8 @@ def flat_inputs(graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         elif str(n.target).startswith("**"):  # forward(x, **extra): the keyword inputs no parameter takes
             flat.append({k: v for k, v in kwargs.items() if k not in named})
             named |= set(kwargs)
+        elif any(u.target is _assert_is_none for u in n.users):  # a keyword input fixed as None (``scale_1``)
+            flat.append(None)
         elif n.args:
             flat.append(n.args[0])
         else:
