@@ -237,6 +237,7 @@ _PARAMETER_WRITES: dict[str, tuple[Callable[[nn.Module], object], bool | None]] 
     "private_parameters_add": (lambda m: m.bn._parameters["bias"].data.add_(0.1), False),
     "data_assigned": (lambda m: setattr(m.bn.weight, "data", m.bn.weight.data.clamp(min=0.1)), None),
     "data_literal": (lambda m: setattr(m.bn.bias, "data", torch.full((8,), 0.1)), None),
+    "parameters_data_assigned": (lambda m: [setattr(p, "data", p.data.clamp(min=0.1)) for p in m.bn.parameters()], None),
     "data_augmented": (lambda m: _add_to_data(m.bn.bias), False),
     "data_setitem": (lambda m: m.bn.bias.data.__setitem__(slice(None), 0.1), False),
     "identity_add": (lambda m: m.idn(m.bn.bias).add_(0.1), False),

@@ -35,14 +35,23 @@ class HiddenWrites(TorchDispatchMode):
     """While active, writes into ``model``'s parameters and buffers are noted (``written``) and
     undone at exit; swapped data (``.data = ...``) is found and put back at exit too."""
 
-    def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self._model = model
         self._tensors: dict[int, tuple[str, Tensor]] | None = None  # storage -> (name, tensor), made at the first write
         self._saved: list[tuple[Tensor, Tensor]] = []  # (tensor, its contents before the first write)
-        tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
-        self._data = [(t, _held(t), t.shape) for t in tensors]  # what ``.data = ...`` would swap
+        self._swapped: list[Tensor] = []  # tensors whose ``.data`` was set
+        self._data: Any = None  # ``torch.Tensor.data`` as it was (torch's own: none on the Python class)
         self.written: dict[str, bool | None] = {}
+
+    def __enter__(self) -> HiddenWrites:
+        self._data = torch.Tensor.__dict__.get("data")
+        torch.Tensor.data = property(_DATA.__get__, self._set_data)  # type: ignore[method-assign,assignment]
+        return super().__enter__()
+
+    def _set_data(self, t: Tensor, value: Tensor) -> None:
+        self._swapped.append(t)
+        _DATA.__set__(t, value)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
@@ -73,18 +82,19 @@ class HiddenWrites(TorchDispatchMode):
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
+        if self._data is None:
+            del torch.Tensor.data
+        else:
+            torch.Tensor.data = self._data  # type: ignore[method-assign]
         with torch.no_grad():
             for t, copy in self._saved:
                 t.copy_(copy)
-        swapped = [t for t, held, shape in self._data if _held(t) != held or t.shape != shape]
-        if swapped:  # ``p.data = torch.full(...)`` of a tensor reached past its attribute; ``kept`` puts it back
+        if self._swapped:  # ``p.data = torch.full(...)`` of a tensor reached past its attribute; ``kept`` puts it back
             names = {id(v): k for k, v in chain(self._model.named_parameters(), self._model.named_buffers())}
-            self.written |= {names.get(id(t), "?"): None for t in swapped}
+            self.written |= {names[id(t)]: None for t in self._swapped if id(t) in names}
 
 
-def _held(t: Tensor) -> int | None:
-    """What ``t`` holds: its data (a meta tensor's has no address: its storage)."""
-    return storage_key(t) if t.is_meta else t.data_ptr()
+_DATA = torch._C.TensorBase.data  # the descriptor of ``t.data``
 
 
 def pin_hidden_writes(graph: AxisGraph, nodes: Any, tensors: dict[str, Tensor], swapped: dict[str, str]) -> None:

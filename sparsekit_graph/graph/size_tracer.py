@@ -72,7 +72,7 @@ class SizeTracer(FastTracer):
         self.classes_asked: list[str] = []  # where the model's code asked a traced value's class (``SizeProxy.__class__``)
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
-        self.on_meta = any(p.is_meta for p in model.parameters())
+        self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:

@@ -162,7 +162,7 @@ def _traced(
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
-                    with HiddenWrites(model, modules) as hidden:  # ``for p in self.parameters(): p.clamp_(...)``
+                    with HiddenWrites(model) as hidden:  # ``for p in self.parameters(): p.clamp_(...)``
                         graph = tracer.trace(model, concrete_args=concrete)
                     _refuse_data_reads(graph)
                     if hidden.written:
