@@ -106,19 +106,25 @@ class _ReturnsCount(nn.Module):
             return self.b(h), self.a.out_channels
         if self.how == "length":
             return self.b(h), h.shape[1]
+        if self.how == "shape":
+            return self.b(h), tuple(h.shape)
+        if self.how == "constant":
+            return self.b(h), 8  # as many as a's channels, but no count of them
         return {"y": self.b(h), "n": self.bn.num_features}
 
 
-@pytest.mark.parametrize("how", ["attribute", "length", "dict"])
+@pytest.mark.parametrize("how", ["attribute", "length", "shape", "dict", "constant"])
 def test_a_channel_count_the_forward_returns_is_not_zero_invariant(how: str) -> None:
-    """Pruning changes the count returned beside the output; ``self.a.out_channels`` was
-    claimed zero-invariant where ``h.shape[1]`` was not."""
+    """Pruning changes the count returned beside the output; ``self.a.out_channels`` and
+    ``tuple(h.shape)`` were claimed zero-invariant where ``h.shape[1]`` was not. A number
+    that is no count of them (``8``, ``len(self.blocks)``) keeps zero-invariance."""
     model, x = _ReturnsCount(how).eval(), torch.randn(2, 3, 6, 6)
     group = skg.plan(model, x).group("a:out")
-    assert group.prunable and not group.zero_invariant
+    assert group.prunable and group.zero_invariant == (how == "constant")
     masks = {"a:out": torch.tensor([True, False] * 4)}
     out = skg.prune(model, skg.plan(model, x), masks=masks).model(x)
-    assert (out[1] if isinstance(out, tuple) else out["n"]) == 4, "the returned count follows the pruning"
+    count = out[1] if isinstance(out, tuple) else out["n"]
+    assert count == {"shape": (2, 4, 6, 6), "constant": 8}.get(how, 4), "the returned count follows the pruning"
 
 
 def _pooled(h: Tensor) -> Tensor:
@@ -145,6 +151,10 @@ _AFTER: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], bool]] = {
     "sigmoid_linear_buffer": (lambda m, h: F.linear(_pooled(torch.sigmoid(h)), m.buf), False),
     "mean_over_channels": (lambda m, h: F.linear(h.mean(1).flatten(1), m.buf2), False),
     "added_linear_buffer": (lambda m, h: F.linear(_pooled(h) + 0.1, m.buf), False),
+    "instance_norm_eps_underflows": (
+        lambda m, h: m.c((h - h.mean((2, 3), True)) / (h.var((2, 3), keepdim=True) + 1e-50).sqrt()),
+        False,
+    ),
     "instance_norm_no_eps": (lambda m, h: m.c((h - h.mean((2, 3), keepdim=True)) / h.std((2, 3), keepdim=True)), False),
 }
 
@@ -190,6 +200,8 @@ _WRITES_INTO_H: dict[str, tuple[Callable[[nn.Module, Tensor], object], bool]] = 
     "threshold_inplace": (lambda m, h: F.threshold(h, 0.5, 0.3, inplace=True), False),
     "hardtanh_inplace": (lambda m, h: F.hardtanh(h, 0.1, 1.0, inplace=True), False),
     "augmented_alias": (lambda m, h: _augment(h), False),
+    "split_with_sizes_add": (lambda m, h: h.split_with_sizes([3, 3], 2)[0].add_(0.5), False),
+    "layer_output_add": (lambda m, h: m.idn(h).add_(0.5), False),
     # keep zeros
     "detach_mul": (lambda m, h: h.detach().mul_(2.0), True),
     "relu_inplace": (lambda m, h: F.relu(h, inplace=True), True),
@@ -241,6 +253,7 @@ _PARAMETER_WRITES: dict[str, tuple[Callable[[nn.Module], object], bool | None]] 
     "data_augmented": (lambda m: _add_to_data(m.bn.bias), False),
     "data_setitem": (lambda m: m.bn.bias.data.__setitem__(slice(None), 0.1), False),
     "identity_add": (lambda m: m.idn(m.bn.bias).add_(0.1), False),
+    "foreach_clamp_min": (lambda m: torch._foreach_clamp_min_(list(m.bn.parameters()), 0.05), False),
 }
 
 
@@ -349,3 +362,47 @@ def test_a_branch_on_torch_function_overrides_is_checked() -> None:
     model = _AsksDevice(lambda h: not torch.overrides.has_torch_function((h,))).eval()
     with pytest.raises(TraceError, match="does not compute what its forward computes"):
         skg.plan(model, torch.randn(2, 3, 6, 6))
+
+
+class _Cast(nn.Module):
+    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.c, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.c(h)
+        if self.ask(y):
+            y = y - y.mean(1, keepdim=True)
+        return self.b(y.float())
+
+
+@pytest.mark.parametrize("ask", [lambda y: y.element_size() == 2, lambda y: y.dtype != torch.float32], ids=["size", "dtype"])
+def test_a_dtype_question_under_autocast_is_checked(ask: Callable[[Tensor], bool]) -> None:
+    """Meta values are not cast: inside a forward that autocasts, ``y.dtype`` answered float32
+    where the forward has bfloat16, and the branch not taken was planned (0.16 off)."""
+    group = skg.plan(_Cast(ask).eval(), torch.randn(2, 3, 6, 6)).group("c:out")
+    assert group.prunable and not group.zero_invariant
+
+
+class _AsksWeightDevice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if not next(self.parameters()).is_meta:  # a real tensor's question, no traced value's
+            h = h - h.mean(1, keepdim=True)
+        return self.b(h)
+
+
+def test_a_weight_device_question_on_meta_is_checked() -> None:
+    """The meta plan took the ``is_meta`` branch: zero-invariant where the real plan is not."""
+    assert not skg.plan(_AsksWeightDevice().eval(), torch.randn(2, 3, 6, 6)).group("a:out").zero_invariant
+    with torch.device("meta"):
+        model = _AsksWeightDevice().eval()
+    with pytest.raises(TraceError, match="does not compute what its forward computes"):
+        skg.plan(model, torch.randn(2, 3, 6, 6, device="meta"))

@@ -32,7 +32,7 @@ from .context import RuleContext
 from .folded_sizes import folded_products
 from .hidden_writes import pin_hidden_writes
 from .length_uses import pin_unmodelled_lengths
-from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER
+from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
 from .ops_moe import follow_domains
 from .param_reads import pin_param_reads, storage_key
 from .random_draws import draws_random
@@ -115,9 +115,9 @@ def _data_swaps(nodes: Any, params: dict[int, fx.Node], modules: dict[str, nn.Mo
 
 
 def _returned_numbers(output: fx.Node) -> list[int]:
-    """The whole numbers a forward returns as they are, which may be sizes pruning changes."""
-    leaves = pytree.tree_leaves(output.args)
-    return [v for v in leaves if isinstance(v, int) and not isinstance(v, bool) and v >= 2]
+    """The layer sizes a forward returns as they are (``self.a.out_channels``: a ``ReadInt``),
+    which pruning changes; other numbers (``len(self.blocks)``, a step count) it does not."""
+    return [v for v in pytree.tree_leaves(output.args) if isinstance(v, ReadInt)]
 
 
 def _written_parameter(ctx: RuleContext, params: dict[int, fx.Node]) -> fx.Node | None:

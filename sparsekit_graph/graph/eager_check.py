@@ -69,6 +69,7 @@ _INTROSPECTION = frozenset({
     "has_torch_function", "has_torch_function_unary", "has_torch_function_variadic",
     "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
 })  # fmt: skip
+_DEVICE = frozenset({"device", "is_meta", "get_device", "data_ptr"})  # what a meta tensor answers unlike the real one
 _INTROSPECTING = (
     type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile,
     operator.attrgetter, operator.methodcaller,  # ``attrgetter("".join(["__cl", "ass__"]))(h)``
@@ -102,8 +103,11 @@ def asks_what_values_are(model: nn.Module) -> bool:
     """Does the code the forward reaches ask a value what it is (``type(h)``, ``callable(h)``,
     ``h.__class__``, ``getattr`` / ``hasattr``, ``issubclass``, ``__mro__``, ``dir``, ``repr``,
     ``id``), or torch whether it is traced (``is_fx_tracing``, ``is_compiling``)? Only then is
-    the graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32)."""
-    return bool(code_reads(model, _INTROSPECTION, functions=_INTROSPECTING))
+    the graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32).
+    On meta weights, also: does it ask a tensor's device (``next(self.parameters()).is_meta``),
+    which the real model answers otherwise?"""
+    on_meta = getattr(next(model.parameters(), None), "is_meta", False)
+    return bool(code_reads(model, _INTROSPECTION | _DEVICE if on_meta else _INTROSPECTION, functions=_INTROSPECTING))
 
 
 class _GraphRun(fx.Interpreter):

@@ -59,9 +59,11 @@ class HiddenWrites(TorchDispatchMode):
         if schema.is_mutable:
             given = dict(zip((a.name for a in schema.arguments), args)) | kwargs
             for a in schema.arguments:
-                v = given.get(a.name)
-                if a.alias_info is not None and a.alias_info.is_write and isinstance(v, Tensor):
-                    self._note(v, func, args, kwargs)
+                if a.alias_info is not None and a.alias_info.is_write:
+                    v = given.get(a.name)  # a tensor, or a list of them (``torch._foreach_clamp_min_(params, c)``)
+                    for t in v if isinstance(v, (list, tuple)) else (v,):
+                        if isinstance(t, Tensor):
+                            self._note(t, func, args, kwargs)
         return func(*args, **kwargs)
 
     def _note(self, written: Tensor, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

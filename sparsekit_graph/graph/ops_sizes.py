@@ -62,17 +62,17 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
     if node.meta.get(CONTROL):  # ``for row in h``: the number of turns is h.size(0)
         found.append((node, axes if axes is not None else list(range(nd))))
     todo: list[tuple[fx.Node, list[int]]] = [(node, axes if axes is not None else list(range(nd)))]
-    seen: set[fx.Node] = set()
+    seen: set[tuple[fx.Node, tuple[int, ...]]] = set()  # a node reached with each length: ``tuple(h.shape)``
     while todo:
         n, read = todo.pop()
         for user in n.users:
-            if user in seen:
-                continue
-            seen.add(user)
             chosen = read
             if n is node and axes is None and user.target is operator.getitem:  # x.shape[1], x.size()[2:]
                 index = user.args[1]
                 chosen = [index % nd] if isinstance(index, int) else list(range(nd))[index] if isinstance(index, slice) else read
+            if (user, tuple(chosen)) in seen:
+                continue
+            seen.add((user, tuple(chosen)))
             value = user.meta.get("skg.value")
             tensors = isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)  # split's parts
             if user.op == "output":

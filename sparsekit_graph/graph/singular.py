@@ -114,7 +114,8 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         return inner if inner in ("+", ">=0") else None
     if call.op in (torch.neg, operator.neg):
         return "!0" if _sign(src, modules, depth + 1) in ("+", "!0") else None
-    signs = [_sign(call.args.get(k), modules, depth + 1) for k in ("input", "other")]
+    dtype = x.meta[META].dtype  # ``var + 1e-8`` in float16: the constant rounds to zero
+    signs = [_sign(_in_dtype(call.args.get(k), dtype), modules, depth + 1) for k in ("input", "other")]
     if call.op in _ADD and call.args.get("alpha", 1) == 1:  # positive + nonnegative, e.g. ``var + eps``
         if "+" in signs and all(t in ("+", ">=0") for t in signs):
             return "+"
@@ -128,6 +129,13 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
             return "!0"
         return ">=0" if all(t in ("+", ">=0") for t in signs) else None
     return None
+
+
+def _in_dtype(v: object, dtype: torch.dtype) -> object:
+    """A Python number as ``dtype`` holds it (``1e-50`` is 0 in float32), else ``v``."""
+    if isinstance(v, float) and dtype.is_floating_point:
+        return torch.tensor(v, dtype=dtype).item()
+    return v
 
 
 def _power(call: Call) -> float | None:

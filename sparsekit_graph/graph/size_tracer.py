@@ -7,6 +7,7 @@ so far; ``SizeProxy`` is the Proxy whose ``int``, ``len``, ``hash`` and text ask
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
 from .flow_code import asks_class
 from .flow_values import Conversions
+from .forward_modes import code_reads
 from .meta import CONTROL, DATA_SWAPPED, META, TO_CHECK, VALUE_READS, WRITTEN_BUFFER, output_node
 from .meta_pass import MetaRunner
 from .normalize import normalize
@@ -73,6 +75,12 @@ class SizeTracer(FastTracer):
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
         self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
+
+    @functools.cached_property
+    def casts(self) -> bool:
+        """Does the forward run under autocast (``torch.autocast``, ``torch.amp.autocast``), which
+        casts values their meta values do not show?"""
+        return any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(self._inputs[0], _AUTOCAST))
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
@@ -311,11 +319,13 @@ class SizeProxy(fx.Proxy):
             value = self.tracer.concrete(self, None)
             if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
                 raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
-        if k in _ANSWERED and isinstance(self.tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
-            value = self.tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
+        tracer = self.tracer
+        cast = k in _CAST and isinstance(tracer, SizeTracer) and tracer.casts  # meta values are not cast
+        if k in _ANSWERED and not cast and isinstance(tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
+            value = tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
             if isinstance(value, Tensor):
                 return getattr(value, k)
-        elif isinstance(tracer := self.tracer, SizeTracer) and (k.startswith("is_") or (k in _DEVICE and tracer.on_meta)):
+        elif isinstance(tracer, SizeTracer) and (k.startswith("is_") or cast or (k in _DEVICE and tracer.on_meta)):
             if by_user(1):  # ``h.is_cuda is False``
                 tracer.to_check.append(f"the forward asks a traced value {k} at {caller(sys._getframe(1))}")
         return _SizeAttribute(self, k)  # ``*h.shape`` asks the attribute for its length
@@ -372,6 +382,8 @@ class SizeProxy(fx.Proxy):
 _ANSWERED = frozenset({
     "dtype", "layout", "ndim", "dim", "ndimension", "is_floating_point", "is_complex", "is_signed", "element_size", "itemsize",
 })  # fmt: skip
+_CAST = frozenset({"dtype", "element_size", "itemsize"})  # what autocast changes
+_AUTOCAST = frozenset({"autocast"})
 # Where a model on meta weights runs: its values answer ``h.device != torch.device("meta")`` unlike the real model's
 _DEVICE = frozenset({"device", "get_device"})
 

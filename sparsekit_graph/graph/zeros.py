@@ -65,6 +65,9 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     if node.op == "get_attr":  # a parameter on this axis is a member, zeroed with it; a buffer is not
         owner, _, attr = str(node.target).rpartition(".")
         return None if isinstance(getattr(modules.get(owner), attr, None), nn.Parameter) else node.name
+    changed = _changed_in_place(node, modules, axis, depth)  # ``y = self.conv(x); y.add_(0.5)``
+    if changed is not None:
+        return changed
     if node.op == "call_module":
         m = modules.get(str(node.target))
         if isinstance(m, _PRODUCERS):
@@ -78,9 +81,6 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     if node.op not in ("call_function", "call_method"):
         return node.name
     call = normalize(node)
-    changed = _changed_in_place(node, modules, axis, depth)
-    if changed is not None:
-        return changed
     src = call.args.get("input")
     if call.op is F.hardtanh and not call.args.get("min_val", -1.0) <= 0 <= call.args.get("max_val", 1.0):
         return node.name
@@ -221,7 +221,7 @@ _VIEWS = {
     torch.Tensor.expand_as, torch.Tensor.contiguous, torch.Tensor.to, operator.getitem, torch.chunk, torch.split,
     torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as, torch.narrow, torch.select,
     torch.ops.aten.slice, torch.movedim, torch.moveaxis, torch.unbind, torch.diagonal, torch.as_strided,
-    torch.Tensor.unfold, torch.tensor_split,
+    torch.Tensor.unfold, torch.tensor_split, torch.split_with_sizes, torch.unsafe_split, torch.unsafe_chunk,
 }  # fmt: skip
 # Layers that return their input, or a view of it (an eval dropout returns it as it is).
 _PASSED_ON = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
