@@ -145,6 +145,8 @@ _AFTER: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], bool]] = {
     "pool_linear_buffer": (lambda m, h: F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), m.buf), True),
     "max_pool_conv_buffer": (lambda m, h: F.conv2d(F.max_pool2d(h, 2), m.wc), True),
     "conv_buffer": (lambda m, h: F.conv2d(h, m.wc), True),
+    "flatten_layer_linear_buffer": (lambda m, h: F.linear(m.flat(F.adaptive_avg_pool2d(h, 1)), m.buf), True),
+    "none_index_conv_buffer": (lambda m, h: F.conv2d(h.mean((-1, -2))[..., None, None], m.wc), True),
     "instance_norm_by_hand": (lambda m, h: m.c(_instance_norm(h)), True),
     "instance_norm_pow": (lambda m, h: m.c((h - h.mean((2, 3), True)) / (h.var((2, 3), keepdim=True) + 1e-5) ** 0.5), True),
     # not zero-invariant: a masked channel is no longer zero where the buffer sums it
@@ -164,6 +166,7 @@ class _After(nn.Module):
         super().__init__()
         self.after = after
         self.a, self.bn, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        self.flat = nn.Flatten()
         self.register_buffer("buf", torch.randn(5, 8))
         self.register_buffer("buf2", torch.randn(5, 36))
         self.register_buffer("wc", torch.randn(5, 8, 1, 1))
@@ -317,11 +320,12 @@ class _Scaled(nn.Module):
         return self.b(h if scale is None else h * scale.view(1, -1, 1, 1))
 
 
-def test_a_keyword_input_given_as_none_is_fixed() -> None:
-    """``{"x": x, "scale": None}`` was traced with a Proxy for None (``'NoneType' object has no
-    attribute 'view'``): a None keyword input is fixed, as an omitted one is."""
+def test_an_input_given_as_none_is_fixed() -> None:
+    """``{"x": x, "scale": None}`` and ``(x, None)`` were traced with a Proxy for None
+    (``'NoneType' object has no attribute 'view'``): a None input is fixed, as an omitted one is."""
     model, x = _Scaled().eval(), torch.randn(2, 3, 6, 6)
     assert skg.plan(model, {"x": x, "scale": None}).group("a:out").zero_invariant
+    assert skg.plan(model, (x, None)).group("a:out").zero_invariant
 
 
 class _AsksDevice(nn.Module):

@@ -31,7 +31,7 @@ def normalize_inputs(example_inputs: Inputs) -> tuple[tuple[Any, ...], dict[str,
 
 def fixed_forward_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """Fix the forward parameters the caller does not pass (e.g. HF's many optional kwargs),
-    and the keyword inputs it passes as None."""
+    and the inputs it passes as None (a Proxy cannot answer ``is None``)."""
     import inspect
 
     try:
@@ -44,7 +44,10 @@ def fixed_forward_args(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str
         for p in params
         if p.name not in passed and p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
-    fixed |= {name: None for name, v in kwargs.items() if v is None}  # ``if scale is not None``: no Proxy answers it
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    given = dict(zip(positional, args)) | kwargs
+    fixed |= {name: None for name, v in given.items() if v is None and name in named}  # ``if scale is not None``
     return fixed or None
 
 

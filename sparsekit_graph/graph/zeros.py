@@ -77,6 +77,9 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
             return node.name
         if _keeps_zeros(m):
             return _walk(node.args[0], axis, modules, depth)
+        before = node.args[0].meta.get(META) if node.args and isinstance(node.args[0], fx.Node) else None
+        if isinstance(m, (nn.Flatten, nn.Unflatten)) and isinstance(before, Tensor):
+            return _walk(node.args[0], _kept_axis(before, value, axis), modules, depth)
         return node.name
     if node.op not in ("call_function", "call_method"):
         return node.name
@@ -140,18 +143,22 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
 
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
-    """The input axis that output ``axis`` of a full-slice getitem comes from, or of a reshape
-    (``view``, ``flatten``, ``squeeze``...) that keeps it whole: as long, after as many elements
-    (``flatten(2)`` keeps the channels of ``(B, C, H, W)``)."""
+    """The input axis that output ``axis`` of a reshape (``view``, ``flatten``, ``squeeze``, a
+    getitem of full slices and ``None``: ``h[..., None, None]``) comes from, where it keeps it whole."""
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
     if not isinstance(before, Tensor):
         return None
-    axis %= out.ndim
     if call.op is operator.getitem:  # type: ignore[attr-defined]
         index = call.args.get("index")  # type: ignore[attr-defined]
-        items = index if isinstance(index, tuple) else (index,)
-        full = all(i == slice(None) or i is Ellipsis for i in items)
-        return axis if full and before.ndim == out.ndim else None
+        if not all(i == slice(None) or i is Ellipsis or i is None for i in (index if isinstance(index, tuple) else (index,))):
+            return None
+    return _kept_axis(before, out, axis)
+
+
+def _kept_axis(before: Tensor, out: Tensor, axis: int) -> int | None:
+    """The axis of ``before`` that axis ``axis`` of ``out``, the same elements in the same order,
+    is: as long, after as many elements (``flatten(2)`` keeps the channels of ``(B, C, H, W)``)."""
+    axis %= out.ndim
     if out.shape[axis] == 1:
         return None
     prefix = math.prod(out.shape[:axis])
