@@ -410,3 +410,35 @@ def test_a_weight_device_question_on_meta_is_checked() -> None:
         model = _AsksWeightDevice().eval()
     with pytest.raises(TraceError, match="does not compute what its forward computes"):
         skg.plan(model, torch.randn(2, 3, 6, 6, device="meta"))
+
+
+_AUTOGRAD_ASKS: dict[str, Callable[[nn.Module, Tensor, Tensor], bool]] = {
+    "value_grad_fn": lambda m, x, h: h.grad_fn is None,  # None under no_grad only
+    "input_grad_fn": lambda m, x, h: x.grad_fn is None,  # always None
+    "weight_grad_fn": lambda m, x, h: m.a.weight.grad_fn is None,  # a leaf: always None
+    "value_requires_grad": lambda m, x, h: not h.requires_grad,
+}
+
+
+class _AsksAutograd(nn.Module):
+    def __init__(self, ask: Callable[[nn.Module, Tensor, Tensor], bool]) -> None:
+        super().__init__()
+        self.ask = ask
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if self.ask(self, x, h):
+            h = h - h.mean(1, keepdim=True)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("name", sorted(_AUTOGRAD_ASKS))
+def test_a_branch_on_autograd_state_plans_both_modes(name: str, tmp_path: Path) -> None:
+    """``if h.grad_fn is None`` is a grad-mode question: torch.fx's Proxy was never None, so the
+    branch ``torch.no_grad()`` takes was not planned (0.26 off there). A traced value answers
+    as the tensor would in the mode traced, and both modes are traced."""
+    model, x = _AsksAutograd(_AUTOGRAD_ASKS[name]).eval(), torch.randn(2, 3, 6, 6)
+    group = skg.plan(model, x).group("a:out")
+    assert group.prunable and not group.zero_invariant
+    check_oracle(model, x, tmp_path, require=False)

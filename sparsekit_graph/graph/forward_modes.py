@@ -89,8 +89,8 @@ def other_modes(model: nn.Module, traced: list[fx.Graph]) -> list[Mode]:
         output = next((n for n in reversed(graph.nodes) if n.op == "output"), None)
         read |= set(output.meta.get(GRAD_MODE_READ, ()) if output is not None else ())
     states: set[Autograd] = {start}
-    # ``h.requires_grad`` of a traced value is a Proxy torch.fx cannot branch on: asked, if at all, by an exported forward
-    if read & {*_QUERIES, *(_TESTS if exported else ())}:
+    # ``h.requires_grad``, ``h.grad_fn is None``: a traced value answers as the tensor would in each mode (``SizeProxy``)
+    if read & {*_QUERIES, *_TESTS}:
         states |= {"on", "off"}
     if _INFERENCE in read:
         states.add("inference")

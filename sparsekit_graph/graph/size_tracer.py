@@ -76,6 +76,32 @@ class SizeTracer(FastTracer):
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
         self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
 
+    def autograd_state(self, node: fx.Node) -> tuple[bool, bool]:
+        """(``requires_grad``, has a ``grad_fn``) of ``node``'s value: a parameter's flag and no
+        ``grad_fn`` (a leaf); else both where autograd is on and a parameter upstream needs a gradient."""
+        if node.op == "get_attr":
+            return self._attribute_needs_grad(node), False
+        needs = torch.is_grad_enabled() and self._upstream_needs_grad(node)
+        return needs, needs
+
+    def _attribute_needs_grad(self, node: fx.Node) -> bool:
+        value = functools.reduce(getattr, str(node.target).split("."), self._inputs[0])
+        return bool(getattr(value, "requires_grad", False))
+
+    def _upstream_needs_grad(self, node: fx.Node) -> bool:
+        todo, seen = [node], {node}
+        while todo:
+            n = todo.pop()
+            if n.op == "get_attr" and self._attribute_needs_grad(n):
+                return True
+            if n.op == "call_module" and any(p.requires_grad for p in self._inputs[0].get_submodule(str(n.target)).parameters()):
+                return True
+            for a in n.all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    todo.append(a)
+        return False
+
     @functools.cached_property
     def casts(self) -> bool:
         """Does the forward run under autocast (``torch.autocast``, ``torch.amp.autocast``), which
@@ -320,6 +346,12 @@ class SizeProxy(fx.Proxy):
             if value is not None and not hasattr(value, k):  # as the eager forward would find it: no such attribute
                 raise AttributeError(f"{type(value).__name__!r} object has no attribute {k!r}")
         tracer = self.tracer
+        if k in _AUTOGRAD and isinstance(tracer, SizeTracer):  # ``if h.grad_fn is None``, in the mode traced
+            needs, recorded = tracer.autograd_state(self.node)  # (``forward_modes`` traces the other)
+            if k == "requires_grad":
+                return needs
+            if not recorded:
+                return None  # a leaf's, or none recorded
         cast = k in _CAST and isinstance(tracer, SizeTracer) and tracer.casts  # meta values are not cast
         if k in _ANSWERED and not cast and isinstance(tracer, SizeTracer):  # ``h.dtype is torch.float32``: no Proxy
             value = tracer.concrete(self, None)  # answers ``is`` (a meta value's device is not the tensor's)
@@ -383,6 +415,7 @@ _ANSWERED = frozenset({
     "dtype", "layout", "ndim", "dim", "ndimension", "is_floating_point", "is_complex", "is_signed", "element_size", "itemsize",
 })  # fmt: skip
 _CAST = frozenset({"dtype", "element_size", "itemsize"})  # what autocast changes
+_AUTOGRAD = frozenset({"grad_fn", "requires_grad"})  # None and False where autograd records nothing
 _AUTOCAST = frozenset({"autocast"})
 # Where a model on meta weights runs: its values answer ``h.device != torch.device("meta")`` unlike the real model's
 _DEVICE = frozenset({"device", "get_device"})
