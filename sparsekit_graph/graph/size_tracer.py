@@ -75,6 +75,9 @@ class SizeTracer(FastTracer):
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
         self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
+        # does the forward run under autocast, which casts values their meta values do not show? (scanned
+        # before the trace: while traced, the model's attributes may hold Proxies)
+        self.casts = any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(model, _AUTOCAST))
 
     def autograd_state(self, node: fx.Node) -> tuple[bool, bool]:
         """(``requires_grad``, has a ``grad_fn``) of ``node``'s value: a parameter's flag and no
@@ -101,12 +104,6 @@ class SizeTracer(FastTracer):
                     seen.add(a)
                     todo.append(a)
         return False
-
-    @functools.cached_property
-    def casts(self) -> bool:
-        """Does the forward run under autocast (``torch.autocast``, ``torch.amp.autocast``), which
-        casts values their meta values do not show?"""
-        return any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(self._inputs[0], _AUTOCAST))
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         try:
