@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_untouched, check_oracle, fingerprint, realistic_bn
+from test_adversary_round17 import _AsksData as _Asks  # branches on ``ask(h)`` before a mean over a's channels
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -46,19 +47,6 @@ _REFUSED = {  # the refusal expected
     "class_name_built": "does not compute what its forward computes",  # fake tensors are no ``Tensor`` by name either
     "nbytes_is_int": "Cannot call numel",  # torch.export cannot count the bytes of a dynamic batch
 }
-
-
-class _Asks(nn.Module):
-    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
-        super().__init__()
-        self.ask = ask
-        self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.bn(self.a(x)))
-        if self.ask(h):
-            h = h - h.mean(1, keepdim=True)
-        return self.b(h)
 
 
 @pytest.mark.parametrize("name", sorted(_ASKS))
@@ -328,19 +316,6 @@ def test_an_input_given_as_none_is_fixed() -> None:
     assert skg.plan(model, (x, None)).group("a:out").zero_invariant
 
 
-class _AsksDevice(nn.Module):
-    def __init__(self, ask: Callable[[Tensor], bool]) -> None:
-        super().__init__()
-        self.ask = ask
-        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.a(x))
-        if self.ask(h):
-            h = h - h.mean(1, keepdim=True)
-        return self.b(h)
-
-
 @pytest.mark.parametrize(
     "ask", [lambda h: not h.is_meta, lambda h: h.device != torch.device("meta")], ids=["is_meta", "device_ne"]
 )
@@ -349,9 +324,9 @@ def test_a_branch_on_the_device_plans_on_meta_as_on_real_weights_or_refuses(ask:
     takes was not planned (``a:out`` zero-invariant where the real plan says it is not)."""
     x = torch.randn(2, 3, 6, 6)
     torch.manual_seed(0)
-    real = skg.plan(_AsksDevice(ask).eval(), x)
+    real = skg.plan(_Asks(ask).eval(), x)
     with torch.device("meta"):
-        model = _AsksDevice(ask).eval()
+        model = _Asks(ask).eval()
     assert not real.group("a:out").zero_invariant
     try:
         meta = skg.plan(model, x.to("meta"))
@@ -363,7 +338,7 @@ def test_a_branch_on_the_device_plans_on_meta_as_on_real_weights_or_refuses(ask:
 def test_a_branch_on_torch_function_overrides_is_checked() -> None:
     """``torch.overrides.has_torch_function((h,))`` is True of a Proxy, False of a tensor: the
     branch the eager forward takes was not planned (0.26 off)."""
-    model = _AsksDevice(lambda h: not torch.overrides.has_torch_function((h,))).eval()
+    model = _Asks(lambda h: not torch.overrides.has_torch_function((h,))).eval()
     with pytest.raises(TraceError, match="does not compute what its forward computes"):
         skg.plan(model, torch.randn(2, 3, 6, 6))
 
