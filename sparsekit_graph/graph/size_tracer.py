@@ -63,7 +63,9 @@ class SizeTracer(FastTracer):
     the Proxy itself as an argument, from the same bytecode instruction of the same frame. The
     call's rule then reads the length, as ``view(b, h.shape[1])``'s does."""
 
-    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sinks: Sinks) -> None:
+    def __init__(
+        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sinks: Sinks, *, casts: bool = False
+    ) -> None:
         super().__init__()
         self._inputs = (model, args, kwargs)
         self._runner: MetaRunner | None = None
@@ -75,9 +77,7 @@ class SizeTracer(FastTracer):
         self.refused: list[str] = []  # where a branch on a traced value's data was refused (``to_bool``)
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
         self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
-        # does the forward run under autocast, which casts values their meta values do not show? (scanned
-        # before the trace: while traced, the model's attributes may hold Proxies)
-        self.casts = any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(model, _AUTOCAST))
+        self.casts = casts  # the forward runs under autocast, which casts values their meta values do not show
 
     def autograd_state(self, node: fx.Node) -> tuple[bool, bool]:
         """(``requires_grad``, has a ``grad_fn``) of ``node``'s value: a parameter's flag and no
@@ -416,6 +416,12 @@ _AUTOGRAD = frozenset({"grad_fn", "requires_grad"})  # None and False where auto
 _AUTOCAST = frozenset({"autocast"})
 # Where a model on meta weights runs: its values answer ``h.device != torch.device("meta")`` unlike the real model's
 _DEVICE = frozenset({"device", "get_device"})
+
+
+def runs_autocast(model: nn.Module) -> bool:
+    """Does ``model``'s forward run under autocast (``torch.autocast``, ``torch.amp.autocast``)?
+    Asked before the trace: while traced, the model's attributes may hold Proxies."""
+    return any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(model, _AUTOCAST))
 
 
 def _a_tensor_or_unknown(value: object) -> bool:

@@ -22,7 +22,7 @@ from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
 from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
-from .size_tracer import CaughtRefusal, SizeTracer
+from .size_tracer import CaughtRefusal, SizeTracer, runs_autocast
 from .trace_inputs import Inputs, fixed_forward_args, normalize_inputs, propagate
 from .trace_mode import model_mode, unfused_attention
 
@@ -152,6 +152,7 @@ def _traced(
     concrete = fixed_forward_args(model, args, kwargs)
     modules = list(model.modules())
     clear_method_caches(model)  # one graph whatever the model ran before
+    casts = skip_fx is None and runs_autocast(model)
     with model_mode(model, train, modules) as undo, recording_config_reads(modules) as reads, unfused_attention():
         before = set(model.__dict__)
         with recording_size_reads(model, modules) as sizes:
@@ -160,7 +161,7 @@ def _traced(
                 if skip_fx is not None:
                     raise skip_fx
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
-                    tracer = SizeTracer(model, args, kwargs, sizes.sinks)
+                    tracer = SizeTracer(model, args, kwargs, sizes.sinks, casts=casts)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
                     with HiddenWrites(model) as hidden:  # ``for p in self.parameters(): p.clamp_(...)``
                         graph = tracer.trace(model, concrete_args=concrete)
