@@ -770,10 +770,10 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "dora": (lambda: (MLP(fc2=DoRA(12, 10)), torch.randn(*SEQ)), {"fc1:out": "zi", "fc2.v:0": "prune"}),  # a zeroed row is 0 / 0
     "ws_conv_by_hand": (
         lambda: (WSNet(), torch.randn(*X4)),
-        {"a:out": "prune", "ws:out": "prune"},
-    ),  # sqrt(var + eps): unbounded to the rule
+        {"a:out": "prune", "ws:out": "zi"},
+    ),  # a masked filter standardises to 0 / sqrt(0 + eps) = 0; the fan-in statistics change with a:out
     "linear_as_conv": (lambda: (LinearAsConv(), torch.randn(*X4)), {"a:out": "zi", "fc:out": "pin"}),
-    "conv_as_linear": (lambda: (ConvAsLinear(), torch.randn(*X4)), {"a:out": "prune", "c:out": "zi"}),
+    "conv_as_linear": (lambda: (ConvAsLinear(), torch.randn(*X4)), {"a:out": "zi", "c:out": "zi"}),  # zeros survive the mean
     "im2col": (lambda: (Im2Col(), torch.randn(*X4)), {"a:out": "pin"}),  # F.unfold has no rule
     "soup_weights": (lambda: (SoupConv(), torch.randn(*X4)), {"a:out": "zi"}),
     "block_diag": (lambda: (BlockDiag(), torch.randn(*SEQ)), {"fc1:out": "pin"}),
@@ -800,7 +800,7 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "groups_from_shape": (lambda: (GroupsFromShape(), torch.randn(*X4)), {"dw:0": "zi"}),  # groups follows h
     "external_gate": (lambda: (ExternalGate(), {"x": torch.randn(*X4), "gate": torch.rand(2, C)}), {"a.0:out": "pin"}),
     "convT_output_size": (lambda: (ConvTOutputSize(), torch.randn(*X4)), {"up.bias:0": "zi", "enc.0:out": "prune"}),
-    "einsum_spatial_attention": (lambda: (EinsumSpatialAttn(), torch.randn(*X4)), {"q:out": "prune", "v:out": "zi"}),
+    "einsum_spatial_attention": (lambda: (EinsumSpatialAttn(), torch.randn(*X4)), {"q:out": "zi", "v:out": "zi"}),  # flatten(2)
     "einsum_bilinear": (lambda: (EinsumBilinear(), torch.randn(2, 6)), {"fa:out": "zi", "fb:out": "zi"}),
     "f_bilinear": (lambda: (FBilinear(), torch.randn(2, 6)), {"fa:out": "zi", "fb:out": "zi"}),
     "multi_dot": (lambda: (MultiDot(), torch.randn(2, 6)), {"*": "any"}),

@@ -126,7 +126,10 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
 
 _PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}
 _CONVS = {F.conv1d, F.conv2d, F.conv3d, torch.convolution}  # aten.convolution: transposed too (axis 1 either way)
-_SHAPED = {torch.unsqueeze, torch.squeeze, operator.getitem, torch.flatten, torch.reshape, torch.Tensor.view}
+_SHAPED = {
+    torch.unsqueeze, torch.squeeze, operator.getitem, torch.flatten, torch.unflatten, torch.reshape, torch.Tensor.view,
+    torch.Tensor.view_as, torch.Tensor.reshape_as,
+}  # fmt: skip
 
 
 def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
@@ -144,13 +147,16 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
     """The input axis that output ``axis`` of a reshape (``view``, ``flatten``, ``squeeze``, a
-    getitem of full slices and ``None``: ``h[..., None, None]``) comes from, where it keeps it whole."""
+    getitem that keeps every element: ``h[..., None, None]``, ``h[:, :, 0, 0]`` of (B, C, 1, 1))
+    comes from, where it keeps it whole."""
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
     if not isinstance(before, Tensor):
         return None
     if call.op is operator.getitem:  # type: ignore[attr-defined]
         index = call.args.get("index")  # type: ignore[attr-defined]
-        if not all(i == slice(None) or i is Ellipsis or i is None for i in (index if isinstance(index, tuple) else (index,))):
+        items = index if isinstance(index, tuple) else (index,)
+        plain = all(i == slice(None) or i is Ellipsis or i is None or type(i) is int for i in items)
+        if not plain or out.numel() != before.numel():  # a selection, not a reshape (``[:, :, 0, 0]`` of (B, C, 1, 1) is)
             return None
     return _kept_axis(before, out, axis)
 
