@@ -9,8 +9,8 @@ it keeps a copy of each tensor before its first write, puts it back afterwards, 
 which tensors were written and whether every write kept zero entries zero
 (``zeros.write_keeps_zeros``: a clamp to ``[-c, c]`` does, a clamp to ``min=0.1`` does not).
 A write the planner cannot follow (``p.data = torch.full(...)``, which swaps the tensor's data
-instead of writing it) is noted by the tracer (``SizeProxy.__setattr__``) or found swapped
-afterwards; it pins.
+instead of writing it) is noted by the tracer on a Proxy (``SizeProxy.data``), and on a real
+tensor by a ``data`` property on ``torch.Tensor`` while traced; it pins.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["HiddenWrites", "pin_hidden_writes"]
 
 class HiddenWrites(TorchDispatchMode):
     """While active, writes into ``model``'s parameters and buffers are noted (``written``) and
-    undone at exit; swapped data (``.data = ...``) is found and put back at exit too."""
+    undone at exit; a swap of their data (``.data = ...``) is noted (``kept`` puts it back)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
