@@ -28,7 +28,7 @@ import torchvision
 
 import sparsekit_graph as skg
 import sparsekit_graph.graph.trace as trace_module
-from sparsekit_graph.graph.eager_check import asks_what_values_are
+from sparsekit_graph.graph.eager_gate import asks_what_values_are
 from sparsekit_graph.zoo import hf_model
 
 Build = Callable[[], tuple[torch.nn.Module, Any]]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 import sparsekit_graph as skg
 from sparsekit_graph.errors import TraceError
-from sparsekit_graph.graph import eager_check
+from sparsekit_graph.graph import eager_check, real_weights
 from sparsekit_graph.graph.eager_check import disagreement
 from sparsekit_graph.graph.meta import is_exported
 from sparsekit_graph.graph.trace import trace_graph
@@ -186,7 +186,7 @@ def test_the_check_names_the_output_that_differs_and_passes_a_faithful_graph(mon
     meta_graph = trace_graph(on_meta, x.to("meta"))
     differs = disagreement(on_meta, meta_graph, (x.to("meta"),), {}, train=False, autograd=None)
     assert differs is not None and differs.startswith("output 0 differs by up to"), differs
-    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)  # too large to copy: the ops each runs are compared
+    monkeypatch.setattr(real_weights, "REAL_COPY_ELEMENTS", 0)  # too large to copy: the ops each runs are compared
     differs = disagreement(on_meta, meta_graph, (x.to("meta"),), {}, train=False, autograd=None)
     assert (
         differs
@@ -206,7 +206,7 @@ def test_a_forward_that_asks_nothing_is_not_run_twice(monkeypatch: pytest.Monkey
     import torchvision
 
     import sparsekit_graph.graph.trace as trace_module
-    from sparsekit_graph.graph.eager_check import asks_what_values_are
+    from sparsekit_graph.graph.eager_gate import asks_what_values_are
 
     model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
     assert not asks_what_values_are(model)
@@ -361,7 +361,7 @@ def test_a_question_reached_by_any_route_is_checked(route: str) -> None:
     """Each was planned zero-invariant (0.05-0.14 off the masked model) with the check never run:
     the gate's walk did not reach the question. Now refused, or planned by torch.export right."""
     model, x = _routed(route), torch.randn(*X)
-    from sparsekit_graph.graph.eager_check import asks_what_values_are
+    from sparsekit_graph.graph.eager_gate import asks_what_values_are
 
     assert asks_what_values_are(model)
     try:
@@ -478,7 +478,7 @@ def test_on_meta_weights_a_forward_that_asks_plans_as_on_real_weights(
     branch), torch.export's graph (the only trace of ``h.__class__.__name__``) included: the
     forward then runs as torch.export sees it (``is_compiling()`` True)."""
     if not copied:
-        monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
+        monkeypatch.setattr(real_weights, "REAL_COPY_ELEMENTS", 0)
     real = _Asks(_ASKS[name]).eval()
     with torch.device("meta"):
         model = _Asks(_ASKS[name]).eval()
@@ -524,11 +524,11 @@ class _Tied(nn.Module):
 def test_a_real_copy_keeps_ties_and_leaves_the_meta_model_alone() -> None:
     with torch.device("meta"):
         model = _Tied()
-    real = eager_check.real_copy(model)
+    real = real_weights.real_copy(model)
     assert real is not None and real.head.weight is real.emb.weight, "a tie broken draws two weights the graph reads as one"
     assert not real.emb.weight.is_meta and isinstance(real.emb.weight, nn.Parameter) and real.steps.item() == 0
     assert model.emb.weight.is_meta and model.head.weight is model.emb.weight
-    again = eager_check.real_copy(model)
+    again = real_weights.real_copy(model)
     assert again is not None and torch.equal(again.emb.weight, real.emb.weight), "seeded"
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import sparsekit_graph as skg
 from sparsekit_graph.errors import TraceError
-from sparsekit_graph.graph import eager_check
+from sparsekit_graph.graph import eager_check, real_weights
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -61,7 +61,7 @@ def _checked_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def test_an_llm_on_meta_weights_too_large_to_copy_is_checked_by_its_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)  # as a 7B model is
+    monkeypatch.setattr(real_weights, "REAL_COPY_ELEMENTS", 0)  # as a 7B model is
     ran = _checked_runs(monkeypatch)
     real = _llama()
     with torch.device("meta"):
@@ -73,7 +73,7 @@ def test_an_llm_on_meta_weights_too_large_to_copy_is_checked_by_its_ops(monkeypa
 
 
 def test_an_llm_forward_that_asks_is_refused_on_meta_weights_as_on_real_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eager_check, "REAL_COPY_ELEMENTS", 0)
+    monkeypatch.setattr(real_weights, "REAL_COPY_ELEMENTS", 0)
     ids = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(TraceError, match="does not compute what its forward computes"):
         skg.plan(_AsksAfterLlama(), {"input_ids": ids})

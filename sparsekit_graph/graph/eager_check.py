@@ -25,9 +25,7 @@ skipped (None) where a forward or graph fails on the example.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import operator
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -41,39 +39,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .export import no_cache
-from .forward_modes import FORMATS, Autograd, autograd_mode, code_reads
+from .forward_modes import Autograd, autograd_mode
 from .meta import TRACED_CONSTANT, is_exported
 from .op_log import OpLog, first_other_op
 from .param_reads import storage_key
+from .real_weights import real_copy
 from .trace_inputs import flat_inputs
 from .trace_mode import model_mode, unfused_attention
 
-__all__ = ["REAL_COPY_ELEMENTS", "asks_what_values_are", "disagreement", "model_attribute", "real_copy"]
+__all__ = ["disagreement", "model_attribute"]
 
-REAL_COPY_ELEMENTS = 1 << 25  # a model on meta weights up to this size is checked on a real copy
 # Of the output's largest magnitude (5e-2 for other dtypes). Graphs of 28 HF, 7 timm and 4 torchvision models
 # differ from their forwards by <= 3e-7 of it in float32; a branch not traced may change it by little
 # (a mean taken off LayerNorm-ed states: 8e-3 of it), so nothing looser.
 _TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
 _SEED = 0x5EED
-# What a value answers about itself, other than a tensor's shape and data: named, or called under any alias
-_INTROSPECTION = frozenset({
-    "__class__", "__mro__", "__bases__", "__dict__", "Proxy",  # ``isinstance(h, torch.fx.Proxy)``
-    "__builtins__", "__str__", "__repr__", "__format__", FORMATS,  # ``__builtins__["type"]``, ``f"{h}"``
-    "__getattribute__", "node", "tracer",  # a Proxy's own attributes, which a tensor lacks (``try: h.node``)
-    # tracing and compiling asked of torch (HF's ``is_torchdynamo_compiling()``)
-    # (``torch.jit.is_scripting()`` / ``is_tracing()``: False under both tracers, as in eager)
-    "is_fx_tracing", "is_fx_symbolic_tracing", "is_compiling", "is_exporting",
-    "is_torchdynamo_compiling", "is_torchdynamo_exporting",
-    # whether a value overrides torch functions (a Proxy does): ``torch.overrides.has_torch_function((h,))``
-    "has_torch_function", "has_torch_function_unary", "has_torch_function_variadic",
-    "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
-})  # fmt: skip
-_DEVICE = frozenset({"device", "is_meta", "get_device", "data_ptr"})  # what a meta tensor answers unlike the real one
-_INTROSPECTING = (
-    type, callable, issubclass, dir, vars, repr, str, format, id, hash, getattr, hasattr, eval, exec, compile,
-    operator.attrgetter, operator.methodcaller,  # ``attrgetter("".join(["__cl", "ass__"]))(h)``
-)  # fmt: skip
 
 
 class _WritesParameter(Exception):
@@ -97,17 +77,6 @@ class _NoParameterWrites(TorchDispatchMode):
                 if written and isinstance(v, Tensor) and storage_key(v) in self.storages:
                     raise _WritesParameter(a.name)
         return func(*args, **kwargs)
-
-
-def asks_what_values_are(model: nn.Module) -> bool:
-    """Does the code the forward reaches ask a value what it is (``type(h)``, ``callable(h)``,
-    ``h.__class__``, ``getattr`` / ``hasattr``, ``issubclass``, ``__mro__``, ``dir``, ``repr``,
-    ``id``), or torch whether it is traced (``is_fx_tracing``, ``is_compiling``)? Only then is
-    the graph run beside the forward (two forwards: three times a ResNet-18's planning at 32x32).
-    On meta weights, also: does it ask a tensor's device (``next(self.parameters()).is_meta``),
-    which the real model answers otherwise?"""
-    on_meta = getattr(next(model.parameters(), None), "is_meta", False)
-    return bool(code_reads(model, _INTROSPECTION | _DEVICE if on_meta else _INTROSPECTION, functions=_INTROSPECTING))
 
 
 class _GraphRun(fx.Interpreter):
@@ -204,43 +173,6 @@ def _meta_constants(graph: fx.Graph) -> bool:
     """Does ``graph`` hold a constant traced on meta (``torch.tensor(0.5)`` in forward, lifted
     by torch.export)? A real copy cannot run it: its value is unknown."""
     return any(isinstance(v := n.meta.get(TRACED_CONSTANT), Tensor) and v.is_meta for n in graph.nodes if n.op == "get_attr")
-
-
-def real_copy(model: nn.Module) -> nn.Module | None:
-    """A copy of ``model`` on the CPU, its meta tensors made real (``_drawn``; tied ones stay
-    tied); None where the model holds more than ``REAL_COPY_ELEMENTS`` values or cannot be
-    copied. The graph and the forward are compared by value on it."""
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
-    if sum(t.numel() for t in tensors) > REAL_COPY_ELEMENTS:
-        return None
-    try:
-        real = copy.deepcopy(model)
-    except Exception:  # noqa: BLE001 - a layer that cannot be copied: the check is skipped
-        return None
-    generator = torch.Generator().manual_seed(_SEED)
-    made: dict[int, Tensor] = {}
-    for m in real.modules():
-        for store in (m._parameters, m._buffers):
-            for k, t in store.items():
-                if t is None or not t.is_meta:
-                    continue
-                if id(t) not in made:
-                    v = _drawn(t, generator)
-                    made[id(t)] = nn.Parameter(v, t.requires_grad) if isinstance(t, nn.Parameter) else v
-                store[k] = made[id(t)]
-    return real
-
-
-def _drawn(t: Tensor, generator: torch.Generator) -> Tensor:
-    """A parameter's values from a seeded normal scaled by its fan-in; a buffer's from
-    [0.5, 1.5) (a variance, a scale: ``sqrt`` and ``log`` of it stay finite); integers zero (an
-    index in range), booleans True."""
-    if not (t.is_floating_point() or t.is_complex()):
-        return torch.full(t.shape, t.dtype == torch.bool, dtype=t.dtype)
-    if not isinstance(t, nn.Parameter):
-        return (torch.rand(t.shape, generator=generator) + 0.5).to(t.dtype)
-    fan_in = t[0].numel() if t.dim() > 1 else 1
-    return (torch.randn(t.shape, generator=generator) / fan_in**0.5).to(t.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

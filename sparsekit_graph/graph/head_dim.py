@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .aten import NO_EFFECT_OPS
 from .axes import AxisGraph, AxisId
-from .meta import META
+from .meta import META, upstream
 from .normalize import canonical_op, normalize
 from .sizes import module_stack
 
@@ -269,15 +269,7 @@ def _tensor_args(args: dict[str, Any]) -> list[fx.Node | None]:
 
 def _depends(n: fx.Node, on: set[fx.Node]) -> bool:
     """Does ``n`` read any node of ``on`` (transitively)?"""
-    seen, todo = set(), [n]
-    while todo:
-        x = todo.pop()
-        if x in on:
-            return True
-        if x not in seen:
-            seen.add(x)
-            todo += [a for a in x.all_input_nodes]
-    return False
+    return any(x in on for x in upstream(n))
 
 
 def _no_effect(n: fx.Node) -> bool:

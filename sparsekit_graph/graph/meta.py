@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch.fx as fx
 
 __all__ = [
@@ -80,3 +82,15 @@ class ReadInt(int):
 def output_node(graph: fx.Graph) -> fx.Node:
     """The graph's output node (where whole-graph notes live)."""
     return next(n for n in reversed(graph.nodes) if n.op == "output")
+
+
+def upstream(node: fx.Node) -> Iterator[fx.Node]:
+    """``node`` and every node it reads, transitively, each once."""
+    todo, seen = [node], {node}
+    while todo:
+        n = todo.pop()
+        yield n
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)

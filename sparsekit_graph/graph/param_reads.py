@@ -15,7 +15,7 @@ axes. A view of the tensor (``w.T``) reads as every axis of the same length (fai
 ``len(t)`` is ``t.shape[0]``, but Python makes whatever ``__len__`` returns a plain int: while
 active, ``builtins.len`` is replaced by ``_len``, which answers the model's own code with the
 read of axis 0 (a ``SizeRead`` of a model tensor; for a traced value, whatever its
-``traced_length`` gives: ``size_tracer.SizeProxy`` returns ``h.shape[0]`` as a Proxy), and anything
+``traced_length`` gives: ``size_proxy.SizeProxy`` returns ``h.shape[0]`` as a Proxy), and anything
 else with the builtin's plain int.
 """
 
@@ -169,7 +169,7 @@ def _len(obj: Any, /) -> Any:
     for the builtin: ``len(self.normalized_shape)`` is the model's own use (``SizeTuple.__len__``)."""
     if isinstance(obj, Tensor) and _ACTIVE and obj.ndim and by_user(1):
         return _axis_read(obj, 0, _LEN(obj))
-    traced = getattr(type(obj), "traced_length", None)  # a Proxy: ``size_tracer.SizeProxy``
+    traced = getattr(type(obj), "traced_length", None)  # a Proxy: ``size_proxy.SizeProxy``
     if traced is not None and by_user(1):
         length = traced(obj)
         if length is not None:

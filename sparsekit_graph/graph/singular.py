@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .meta import META
+from .meta import META, upstream
 from .normalize import Call, normalize
 
 __all__ = ["singular_operands", "stays_nonzero"]
@@ -154,17 +154,11 @@ def _even_power(call: Call) -> bool:
 
 def _constant(x: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """No input, layer or parameter upstream (``torch.arange``, a buffer, a literal)."""
-    todo, seen = [x], {x}
-    while todo:
-        n = todo.pop()
-        if n.op in ("placeholder", "call_module"):
-            return False
-        if n.op == "get_attr":
-            owner, _, attr = str(n.target).rpartition(".")
-            if isinstance(getattr(modules.get(owner), attr, None), nn.Parameter):
-                return False
-        for a in n.all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
-    return True
+    return not any(_varies(n, modules) for n in upstream(x))
+
+
+def _varies(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if n.op in ("placeholder", "call_module"):
+        return True
+    owner, _, attr = str(n.target).rpartition(".")
+    return n.op == "get_attr" and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from ..errors import TraceError
 from .config_reads import config_reads, recording_config_reads
-from .eager_check import asks_what_values_are, disagreement, model_attribute
+from .eager_check import disagreement, model_attribute
+from .eager_gate import asks_what_values_are
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .hidden_writes import HiddenWrites
