@@ -18,6 +18,7 @@ from .norm_statistics import mix_statistics, statistics_axes
 from .ops_sizes import register_length_args
 from .ops_tensor import pointwise
 from .rules import register_function_rule, register_module_rule
+from .singular import in_dtype
 from .sizes import SizeSource
 
 __all__ = ["channel_norm", "link_group_norm"]
@@ -68,6 +69,8 @@ def group_norm(ctx: RuleContext) -> None:
     m = ctx.module
     affine = [ctx.param(attr) for attr in ("weight", "bias") if getattr(m, attr, None) is not None]
     link_group_norm(ctx, ctx.out(), m.num_groups, affine, resized=bool(affine))  # type: ignore[union-attr]
+    if m.num_groups == m.num_channels:  # type: ignore[union-attr]
+        eps_guard(ctx, ctx.out()[1:2], m.eps)  # type: ignore[union-attr]
 
 
 def link_group_norm(
@@ -101,6 +104,7 @@ def layer_norm(ctx: RuleContext) -> None:
     shape = tuple(ctx.module.normalized_shape)  # type: ignore[union-attr]
     trailing = out[len(out) - len(shape) :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
+    eps_guard(ctx, out[: len(out) - len(shape)], ctx.module.eps)
     if getattr(ctx.module, "weight", None) is None:
         if len(shape) != 1:
             ctx.pin(trailing, f"{ctx.where()} has no affine parameters to resize")
@@ -132,11 +136,14 @@ def layer_norm_function(ctx: RuleContext) -> None:
         if isinstance(groups, fx.Node) and channels is not None and read_axis(groups, ctx.axes) == channels:
             ctx.model_length(groups)  # ``F.group_norm(h, h.shape[1])``: one channel per group, whatever the count
             link_group_norm(ctx, out, ctx.meta(groups), affine, resized=True)
+            eps_guard(ctx, out[1:2], ctx.arg("eps"))
             return
         if not isinstance(groups, int) or any(len(a) != 1 for a in affine):
             ctx.pin_everything(f"group norm with unreadable arguments at {ctx.where()}")
             return
         link_group_norm(ctx, out, groups, affine)
+        if groups == ctx.graph.size(out[1]):
+            eps_guard(ctx, out[1:2], ctx.arg("eps"))
         return
     pointwise(ctx)
     shape = ctx.arg("normalized_shape")
@@ -148,6 +155,7 @@ def layer_norm_function(ctx: RuleContext) -> None:
     k = len(value) if isinstance(value, (tuple, list)) else 1
     trailing = out[len(out) - k :]
     ctx.mix(trailing, f"normalised by {ctx.where()}")
+    eps_guard(ctx, out[: len(out) - k], ctx.arg("eps"))
     # torch.export writes ``x.shape[-1:]`` as a literal: it must equal the input's trailing axes,
     # so it follows them as a reshape's kept literal does; a literal of the code fails prune's
     # re-trace of the pruned copy (``plan/probe.py``), which pins it there.
@@ -155,3 +163,16 @@ def layer_norm_function(ctx: RuleContext) -> None:
         return
     if k != 1 or not ctx.size_follows_model(trailing[0], shape):
         ctx.pin(trailing, f"literal normalized_shape at {ctx.where()}")
+
+
+def eps_guard(ctx: RuleContext, kept: list[AxisId], eps: object) -> None:
+    """A channel of ``kept`` axes that the layer normalises on its own is ``0 * rsqrt(0 + eps)``
+    once masked: NaN where ``eps`` is 0 in the value's dtype (``eps=0.0``, ``1e-50`` in float32),
+    which the next layer's zeroed columns do not remove. RMS norm's default eps (None) is the
+    dtype's own."""
+    dtype = ctx.meta(ctx.input).dtype
+    if eps is None and ctx.call.op is not F.layer_norm:
+        return
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and in_dtype(float(eps), dtype) != 0:
+        return
+    ctx.mix(kept, f"normalised by {ctx.where()} with eps {eps}, which a removed channel divides by")

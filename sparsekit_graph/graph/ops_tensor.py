@@ -12,7 +12,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .context import RuleContext
+from .masked_values import FINITE_FOR_FINITE, stays_finite
 from .normalize import canonical_op
+from .pointwise_ops import POINTWISE_FUNCTIONS
 from .pool_windows import one_index_windows
 from .rules import register_function_rule, register_method_rule
 from .singular import singular_operands, stays_nonzero
@@ -22,31 +24,6 @@ from .zeros import zero_breaker
 
 # -- pointwise -----------------------------------------------------------------------------
 
-_POINTWISE_FUNCTIONS = [
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pos,
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow, operator.ipow, operator.abs, operator.mod,
-    torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
-    torch.pow, torch.sigmoid, torch.tanh, torch.relu, torch.clamp, torch.where, torch.maximum, torch.minimum,
-    torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal, torch.sign, torch.lerp, torch.addcmul,
-    torch.addcdiv, torch.masked_fill, torch.log1p, torch.expm1, torch.exp2, torch.floor, torch.ceil, torch.round,
-    torch.trunc, torch.frac, torch.fmod, torch.remainder, torch.nan_to_num, torch.sinh, torch.cosh, torch.atan,
-    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.celu, F.mish,
-    F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.logsigmoid,
-    F.feature_alpha_dropout, torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
-    F.softsign, F.relu_, F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.rrelu, F.leaky_relu_,
-    F.elu_, F.hardtanh_, F.rrelu_, torch.special.expit, torch.special.erf, torch.special.exp2, torch.special.expm1,
-    torch.rsub, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or,
-    torch.logical_not, torch.logical_xor, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not, torch.bitwise_xor,
-    operator.and_, operator.or_, operator.xor, operator.invert, operator.eq, operator.ne, operator.lt, operator.le,
-    operator.gt, operator.ge, torch.isnan, torch.isinf, torch.isfinite,
-    torch.log2, torch.log10, torch.erfc, torch.erfinv, torch.sinc, torch.logit, torch.sgn, torch.signbit,
-    torch.rad2deg, torch.deg2rad, torch.asin, torch.acos, torch.tan, torch.asinh, torch.acosh, torch.atanh,
-    torch.digamma, torch.lgamma, torch.i0, torch.positive, torch.fmax, torch.fmin, torch.hypot, torch.atan2,
-    torch.copysign, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.floor_divide, torch.heaviside,
-    torch.nextafter, torch.ldexp, torch.float_power, torch.isclose, torch.special.i1, torch.special.i0e,
-    torch.special.i1e, torch.special.ndtr, torch.special.ndtri, torch.special.log_ndtr, torch.special.erfcx,
-    torch.special.entr, torch.special.xlog1py, torch.selu, torch.celu,
-]  # fmt: skip
 _POINTWISE_METHODS = ["masked_fill", "fill_", "zero_", "bernoulli", "uniform_", "normal_", "float_power"]
 _SAME_SHAPE_METHODS = [
     "contiguous", "clone", "detach", "to", "float", "half", "bfloat16", "double", "type", "type_as", "cpu",
@@ -62,7 +39,7 @@ _VIEWS = {torch.Tensor.data} | {
 _SCALINGS = {torch.mul, torch.div, operator.mul, operator.truediv, operator.floordiv, operator.imul, operator.itruediv}
 
 
-@register_function_rule(*_POINTWISE_FUNCTIONS, torch.Tensor.data)
+@register_function_rule(*POINTWISE_FUNCTIONS, torch.Tensor.data)
 @register_method_rule(*_POINTWISE_METHODS, *_SAME_SHAPE_METHODS)
 def pointwise(ctx: RuleContext) -> None:
     """Broadcasting elementwise op: axes aligned from the right couple unless one has size 1.
@@ -84,6 +61,10 @@ def pointwise(ctx: RuleContext) -> None:
         for d, a in enumerate(ctx.axes(x) or []):
             if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
                 ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
+    if ctx.call.op not in FINITE_FOR_FINITE:  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
+        for d, a in enumerate(out[0]):
+            if ctx.graph.size(a) > 1 and not stays_finite(ctx.node, d, ctx.modules):
+                ctx.mix([a], f"a removed channel's value is inf or NaN at {ctx.where()}")
 
 
 @register_method_rule("expand", "expand_as", "broadcast_to")

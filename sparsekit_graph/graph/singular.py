@@ -10,6 +10,7 @@ unless the operand provably stays nonzero (``+ eps``, ``exp``, a buffer, a const
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -18,10 +19,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .masked_values import masked_value
 from .meta import META, upstream
 from .normalize import Call, normalize
 
-__all__ = ["singular_operands", "stays_nonzero"]
+__all__ = ["in_dtype", "singular_operands", "stays_nonzero"]
 
 
 def _other(call: Call) -> list[object]:
@@ -72,12 +74,17 @@ def singular_operands(call: Call) -> list[object]:
 
 
 def stays_nonzero(x: object, axis: int, modules: dict[str, nn.Module]) -> bool:
-    """True if ``x`` is provably not zero along ``axis`` when a channel's members are zeroed:
-    one value for every channel (size 1 there), or nonzero whatever the members are
-    (``g.abs() + eps``, ``exp(g)``, a buffer, a constant). Anything else may vanish."""
+    """True if ``x`` is provably not zero (nor inf or NaN) along ``axis`` when a channel's
+    members are zeroed: one value for every channel (size 1 there); a nonzero value that the
+    masked channel holds in the model's dtype (``masked_values``: ``var + 1e-5`` is, ``var +
+    1e-50`` in float32 is not); else, where that is not known, nonzero whatever the members
+    are (``g.abs() + eps``, ``exp(g.abs())``, a buffer, a constant). Anything else may vanish."""
     value = x.meta.get(META) if isinstance(x, fx.Node) else None
     if isinstance(value, Tensor) and value.ndim and value.shape[axis % value.ndim] == 1:
         return True
+    masked = masked_value(x, axis, modules)
+    if masked is not None:
+        return masked != 0 and math.isfinite(masked)
     return _sign(x, modules, 0) in ("+", "!0")
 
 
@@ -96,15 +103,16 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         return None
     call = normalize(x)
     src = call.args.get("input")
-    if call.op in _POSITIVE:
-        return "+"
+    if call.op in _POSITIVE:  # ``exp(x)`` of a very negative x is 0 in floating point
+        return "+" if call.op is torch.cosh or _sign(src, modules, depth + 1) in ("+", ">=0") else ">=0"
     if call.op in (torch.clamp, torch.clamp_min):
-        low = call.args.get("min")
+        low = in_dtype(call.args.get("min"), x.meta[META].dtype)  # ``clamp(min=1e-12)`` is 0 in float16
         if isinstance(low, (int, float)) and not isinstance(low, bool):
             return "+" if low > 0 else ">=0" if low == 0 else None
         return None
-    if (call.op is torch.sqrt or _power(call) is not None) and _sign(src, modules, depth + 1) == "+":
-        return "+"  # ``(var + eps).sqrt()``, ``(var + eps) ** 0.5``
+    p = 0.5 if call.op is torch.sqrt else _power(call)
+    if p is not None and p <= 1 and _sign(src, modules, depth + 1) == "+":
+        return "+"  # ``(var + eps).sqrt()``, ``(var + eps) ** -0.5``: no underflow (``** 2`` may)
     if call.op in _NONNEGATIVE or _even_power(call):
         return ">=0"
     if call.op in _VIEWS:
@@ -115,7 +123,7 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
     if call.op in (torch.neg, operator.neg):
         return "!0" if _sign(src, modules, depth + 1) in ("+", "!0") else None
     dtype = x.meta[META].dtype  # ``var + 1e-8`` in float16: the constant rounds to zero
-    signs = [_sign(_in_dtype(call.args.get(k), dtype), modules, depth + 1) for k in ("input", "other")]
+    signs = [_sign(in_dtype(call.args.get(k), dtype), modules, depth + 1) for k in ("input", "other")]
     if call.op in _ADD and call.args.get("alpha", 1) == 1:  # positive + nonnegative, e.g. ``var + eps``
         if "+" in signs and all(t in ("+", ">=0") for t in signs):
             return "+"
@@ -123,15 +131,13 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
     if call.op in _PRODUCTS:
         if call.args.get("input") is call.args.get("other"):  # x * x
             return ">=0"
-        if all(t == "+" for t in signs):
-            return "+"
-        if all(t in ("+", "!0") for t in signs):
-            return "!0"
+        if all(t in ("+", "!0") for t in signs):  # tiny times tiny underflows to zero
+            return ">=0" if all(t == "+" for t in signs) else None
         return ">=0" if all(t in ("+", ">=0") for t in signs) else None
     return None
 
 
-def _in_dtype(v: object, dtype: torch.dtype) -> object:
+def in_dtype(v: object, dtype: torch.dtype) -> object:
     """A Python number as ``dtype`` holds it (``1e-50`` is 0 in float32), else ``v``."""
     if isinstance(v, float) and dtype.is_floating_point:
         return torch.tensor(v, dtype=dtype).item()

@@ -22,7 +22,7 @@ from .meta import META
 from .normalize import Call, normalize
 from .param_reads import storage_key
 
-__all__ = ["aliased_input", "write_keeps_zeros", "zero_breaker"]
+__all__ = ["aliased_input", "kept_source", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker"]
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -97,7 +97,7 @@ def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth:
     if call.op in _POOLS and not isinstance(call.args.get("return_indices"), fx.Node):
         return _walk(src, axis % value.ndim, modules, depth)
     if call.op in _REDUCTIONS:
-        return _walk(src, _reduced_source(call, axis, value, src), modules, depth)
+        return _walk(src, reduced_source(call, axis, value, src), modules, depth)
     if call.op in _CONVS:  # output channels made by a weight the group zeroes, plus its bias
         bias = call.args.get("bias")
         exact = axis % value.ndim == 1 and _is_parameter(call.args.get("weight"), modules)
@@ -173,7 +173,7 @@ def _kept_axis(before: Tensor, out: Tensor, axis: int) -> int | None:
     )
 
 
-def _reduced_source(call: Call, axis: int, out: Tensor, src: object) -> int | None:
+def reduced_source(call: Call, axis: int, out: Tensor, src: object) -> int | None:
     """The input axis that output ``axis`` of a reduction over other axes comes from (None:
     reduced itself, or all axes)."""
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
@@ -184,6 +184,28 @@ def _reduced_source(call: Call, axis: int, out: Tensor, src: object) -> int | No
     kept = [d for d in range(before.ndim) if d not in reduced or before.ndim == out.ndim]  # keepdim: every axis stays
     source = kept[axis % out.ndim] if len(kept) == out.ndim else None
     return None if source in reduced else source
+
+
+_COPIES = {torch.clone, torch.Tensor.contiguous, torch.Tensor.detach, torch.detach}
+
+
+def kept_source(node: fx.Node, axis: int) -> tuple[fx.Node, int] | None:
+    """The input, and its axis, whose entries ``node``'s entries along ``axis`` are unchanged
+    (a reshape, a permute, a copy); None for any other op."""
+    value = node.meta.get(META)
+    if node.op not in ("call_function", "call_method") or not isinstance(value, Tensor) or not value.ndim:
+        return None
+    call = normalize(node)
+    src = call.args.get("input")
+    if call.op in _SHAPED:
+        k = _shaped_source(call, axis, value, src)
+    elif call.op in _PERMUTES:
+        k = _permuted_source(call, axis, value.ndim)
+    elif call.op in _COPIES:
+        k = axis % value.ndim
+    else:
+        return None
+    return (src, k) if k is not None and isinstance(src, fx.Node) else None
 
 
 def _operand(x: object, axis: int, out: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:
@@ -247,11 +269,19 @@ def _keeps_zeros(m: nn.Module | None) -> bool:
     return isinstance(m, _ZERO_MODULES)
 
 
-def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, depth: int) -> str | None:
+def written_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """May any op write into ``node``'s storage (see ``_changed_in_place``)?"""
+    return _changed_in_place(node, modules, 0, 0, any_write=True) is not None
+
+
+def _changed_in_place(
+    node: fx.Node, modules: dict[str, nn.Module], axis: int, depth: int, *, any_write: bool = False
+) -> str | None:
     """The first node that may write into ``node``'s storage with something that breaks zeros
     (directly, or through what shares it: a view, ``detach()``, an identity layer, an earlier
     in-place result; a layer or function with ``inplace=True``), or None. Adding in place a
-    value that is itself zero on ``axis`` where the channel is (``h.add_(g)``) keeps them."""
+    value that is itself zero on ``axis`` where the channel is (``h.add_(g)``) keeps them,
+    unless ``any_write``."""
     key = _storage(node)
     todo, seen = [node], {node}
     while todo:
@@ -262,7 +292,7 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, d
             if u.op == "call_module":
                 m = modules.get(str(u.target))
                 written = bool(getattr(m, "inplace", False))
-                if written and not _keeps_zeros(m):
+                if written and (any_write or not _keeps_zeros(m)):
                     return u.name
                 written = written or isinstance(m, _PASSED_ON)
             elif u.op in ("call_function", "call_method"):
@@ -270,7 +300,7 @@ def _changed_in_place(node: fx.Node, modules: dict[str, nn.Module], axis: int, d
                 if call.args.get("input") is not n and u.args[0] is not n:  # ``torch.as_tensor(data=h)``
                     continue
                 written = call.inplace or call.args.get("inplace") is True  # ``g += t``: ``operator.iadd``
-                if written and not _write_keeps(call, node, n, axis, modules, depth):
+                if written and (any_write or not _write_keeps(call, node, n, axis, modules, depth)):
                     return u.name
                 written = written or call.op in _VIEWS
             else:

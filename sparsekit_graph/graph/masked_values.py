@@ -1,0 +1,143 @@
+"""The value a masked channel holds, computed in the model's dtype.
+
+Zeroing a channel's members makes the channel zero where it is made (a conv, a linear, an
+affine norm). Ops that act on each channel alone (elementwise ops with numbers, reductions and
+normalisations over other axes) then give the channel one value each, which only floating
+point knows: ``var + 1e-50`` is 0 in float32, ``1 / (var + 1e-5)`` is inf in float16,
+``exp(-1 / (m + 1e-6))`` is 0 and ``log1p(-exp(-|h|))`` is -inf. ``masked_value`` runs the
+node's own op on one-channel tensors holding those values: every spelling is computed as torch
+computes it. Where another tensor enters on the channel's axis (a buffer, an input), the value
+is not known (None) and ``singular``'s signs decide.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .meta import META
+from .normalize import normalize
+from .pointwise_ops import POINTWISE_FUNCTIONS
+from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
+
+__all__ = ["FINITE_FOR_FINITE", "masked_value", "stays_finite"]
+
+_PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
+    torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
+    torch.logsumexp, torch.norm, torch.linalg.vector_norm, F.normalize, torch.softmax, F.softmax, torch.log_softmax,
+    F.log_softmax, F.softmin,
+}  # fmt: skip
+# Finite for finite operands, whatever they are: not worth computing (a product's overflow aside).
+FINITE_FOR_FINITE = {
+    operator.add, operator.sub, operator.mul, operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub,
+    operator.imul, torch.add, torch.sub, torch.mul, torch.neg, torch.abs, torch.relu, F.relu, F.relu6, F.relu_,
+    torch.sigmoid, torch.tanh, torch.erf, torch.sin, torch.cos, torch.atan, torch.clamp, torch.where, torch.maximum,
+    torch.minimum, torch.sign, torch.floor, torch.ceil, torch.round, torch.trunc, F.gelu, F.silu, F.hardswish,
+    F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.mish, F.softplus, F.hardtanh,
+    F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, torch.special.expit,
+    torch.special.erf, torch.masked_fill, torch.nan_to_num, torch.lerp, torch.addcmul,
+}  # fmt: skip
+_LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
+_ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's extent)
+
+
+def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> bool:
+    """False where ``node``'s masked channel along ``axis`` is known to hold inf or NaN."""
+    v = masked_value(node, axis, modules)
+    return v is None or math.isfinite(v)
+
+
+def masked_value(x: object, axis: int, modules: dict[str, nn.Module]) -> float | None:
+    """The one value ``x`` holds along ``axis`` at a channel whose members are zeroed, or None
+    where it is not known; a number is its own value."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    if not isinstance(x, fx.Node) or not isinstance(value := x.meta.get(META), Tensor) or not value.ndim:
+        return None
+    axis %= value.ndim
+    if written_in_place(x, modules):  # ``v = h.abs() + 1; v.sub_(1)``: not the value its op made
+        return None
+    computed = _computed(x, axis, value, modules)
+    if computed is not None:
+        return computed
+    source = kept_source(x, axis)  # ``h.flatten(2)``, ``v[:, :, None, None]``: the same values
+    if source is not None:
+        return masked_value(*source, modules)
+    return 0.0 if zero_breaker(x, axis, modules) is None else None
+
+
+def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> float | None:
+    """``x``'s op run on the masked channel's values of its operands."""
+    if x.op not in ("call_function", "call_method"):
+        return None
+    call = normalize(x)
+    if call.op in _PER_SLICE:
+        src = call.args.get("input")
+        k = reduced_source(call, axis, value, src)
+        if k is None or not isinstance(src, fx.Node):
+            return None  # over the channel's axis
+        ndim = src.meta[META].ndim
+        operands = {src: (k, set(range(ndim)) - set(_dims(call.args.get("dim"), ndim)))}
+    elif call.op in _LIKE:  # ``torch.ones_like(h)``: its value, whatever h holds
+        src = call.args.get("input")
+        slices = {n: torch.zeros((1,) * n.meta[META].ndim, dtype=n.meta[META].dtype) for n in [src] if isinstance(src, fx.Node)}
+        return _run(x, slices) if set(slices) == set(x.all_input_nodes) else None
+    elif call.op in POINTWISE_FUNCTIONS or call.op is torch.Tensor.to:
+        tensors = [n for n in x.all_input_nodes if isinstance(n.meta.get(META), Tensor)]
+        operands = {n: (axis - value.ndim + n.meta[META].ndim, set(range(n.meta[META].ndim))) for n in tensors}
+    else:
+        return None
+    slices = _slices(x, operands, modules)
+    return None if slices is None else _run(x, slices)
+
+
+def _slices(
+    x: fx.Node, operands: dict[fx.Node, tuple[int, set[int]]], modules: dict[str, nn.Module]
+) -> dict[fx.Node, Any] | None:
+    """Each input of ``x`` as it is at the masked channel: a tensor of its value, of length 1
+    on the ``single`` axes of its operand entry, whole along the axes ``x`` reduces over; a
+    size read as its number."""
+    slices: dict[fx.Node, Any] = {}
+    for n in x.all_input_nodes:
+        value = n.meta.get(META)
+        if n not in operands:
+            if not isinstance(value, (int, float)):
+                return None
+            slices[n] = value
+            continue
+        axis, single = operands[n]
+        if axis < 0 or value.shape[axis] == 1:
+            return None  # one value for every channel, the same masked or not: not known here
+        v = masked_value(n, axis, modules)
+        shape = [1 if d in single else value.shape[d] for d in range(value.ndim)]
+        if v is None or math.prod(shape) > _ELEMENTS:
+            return None
+        slices[n] = torch.full(shape, v, dtype=value.dtype)
+    return slices
+
+
+def _run(x: fx.Node, slices: dict[fx.Node, Any]) -> float | None:
+    args, kwargs = fx.node.map_arg((x.args, x.kwargs), slices.__getitem__)
+    try:
+        with torch.no_grad():
+            out = getattr(args[0], x.target)(*args[1:], **kwargs) if x.op == "call_method" else x.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an op that will not run on a slice: not known
+        return None
+    if not isinstance(out, Tensor) or not out.numel() or not out.is_floating_point():
+        return None
+    if bool(out.isnan().all()):
+        return math.nan
+    first = out.reshape(-1)[0]
+    return float(first) if bool((out == first).all()) else None
+
+
+def _dims(dim: object, ndim: int) -> list[int]:
+    if dim is None or dim == () or dim == []:
+        return list(range(ndim))
+    return [d % ndim for d in (dim if isinstance(dim, (tuple, list)) else [dim]) if isinstance(d, int)]
