@@ -88,34 +88,69 @@ def _digits(shape: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def add_factor_shadows(graph: AxisGraph) -> None:
     """Release the recorded factors an attention vouched for: shadow every node identity-linked
-    to the whole axis and link the shadow to the factor; pin the rest with the reason."""
+    to the whole axis and link the shadow to the factor. A factor of a released whole axis
+    (``o.flatten(2) * self.scale.flatten()``, ``scale`` of shape (heads, head_dim)) is that
+    head_dim too: linked to its shadow; and one that this links to a vouched head_dim (heads
+    merged, split and merged again) is released in turn. Pin the rest with the reason."""
     if not graph.factors and not graph.head_dims:
         return
-    component = {n: i for i, c in enumerate(graph.components()) for n in c}
-    vouched = {component[a] for a in graph.scales if a in component}
+    component, vouched = _vouched(graph)
     for axis in graph.head_dims:
         if component.get(axis) not in vouched:
             graph.pin(axis, f"head_dim: {axis[1]} axis {axis[2]} (head_dim=True: no attention proved its scale here)")
             graph.mix(axis, "head_dim")
     carriers = {w for w, *_ in graph.factors}
-    for whole, factor, iw, ifac in graph.factors:
-        if component.get(factor) not in vouched:
-            graph.pin(factor, f"reshape factor at {factor[1]} (head_dim=True: no attention proved its scale here)")
-            graph.mix(factor, "reshape factor")
-            continue
-        closure, odd = _identity_closure(graph, whole, carriers)
-        if odd is not None:
-            graph.pin(factor, f"head_dim: axis {odd[2]} of {odd[1]} is also sliced or tiled, not only split into heads")
-            graph.mix(factor, "head_dim")
-            continue
-        for node in closure:
-            shadow = graph.add_axis((*node, FACTOR), graph.size(node))  # type: ignore[arg-type]
-            attrs, own = graph.nodes[shadow], graph.nodes[node]
-            attrs["pins"][:] = own["pins"]
-            attrs["mixes"][:] = own["mixes"]
-            if own.get("producer"):
-                graph.produce(shadow)
-            graph.link(shadow, factor, iw, ifac, kind="block")
+    shadows: dict[AxisId, AxisId] = {}  # node of a released whole axis -> its shadow
+    pending = list(graph.factors)
+    while pending:
+        waiting = []
+        for whole, factor, iw, ifac in pending:
+            if component.get(factor) in vouched:
+                _release(graph, whole, factor, iw, ifac, carriers, shadows)
+            elif whole in shadows:
+                graph.link(shadows[whole], factor, iw, ifac, kind="block")
+            else:
+                waiting.append((whole, factor, iw, ifac))
+        if len(waiting) == len(pending):
+            break
+        pending = waiting
+        component, vouched = _vouched(graph)
+    for _, factor, _, _ in pending:
+        graph.pin(factor, f"reshape factor at {factor[1]} (head_dim=True: no attention proved its scale here)")
+        graph.mix(factor, "reshape factor")
+
+
+def _vouched(graph: AxisGraph) -> tuple[dict[AxisId, int], set[int]]:
+    """Each node's component, and the components an attention's scale is in."""
+    component = {n: i for i, c in enumerate(graph.components()) for n in c}
+    return component, {component[a] for a in graph.scales if a in component}
+
+
+def _release(
+    graph: AxisGraph,
+    whole: AxisId,
+    factor: AxisId,
+    iw: np.ndarray,
+    ifac: np.ndarray,
+    carriers: set[AxisId],
+    shadows: dict[AxisId, AxisId],
+) -> None:
+    """Shadow each node identity-linked to ``whole`` and link it to ``factor`` (or pin the
+    factor where the whole axis is also sliced or tiled)."""
+    closure, odd = _identity_closure(graph, whole, carriers)
+    if odd is not None:
+        graph.pin(factor, f"head_dim: axis {odd[2]} of {odd[1]} is also sliced or tiled, not only split into heads")
+        graph.mix(factor, "head_dim")
+        return
+    for node in closure:
+        shadow = graph.add_axis((*node, FACTOR), graph.size(node))  # type: ignore[arg-type]
+        attrs, own = graph.nodes[shadow], graph.nodes[node]
+        attrs["pins"][:] = own["pins"]
+        attrs["mixes"][:] = own["mixes"]
+        if own.get("producer"):
+            graph.produce(shadow)
+        graph.link(shadow, factor, iw, ifac, kind="block")
+        shadows[node] = shadow
 
 
 def _identity_closure(graph: AxisGraph, whole: AxisId, carriers: set[AxisId]) -> tuple[list[AxisId], AxisId | None]:

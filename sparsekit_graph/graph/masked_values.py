@@ -33,17 +33,22 @@ _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where 
     torch.logsumexp, torch.norm, torch.linalg.vector_norm, F.normalize, torch.softmax, F.softmax, torch.log_softmax,
     F.log_softmax, F.softmin,
 }  # fmt: skip
-# Finite for finite operands, whatever they are: not worth computing (a product's overflow aside).
+# Finite for finite operands whatever they are, and no larger (``relu``, ``tanh``): not worth
+# computing. Sums and products are computed: ``1e6 * 1e33`` is inf in float32.
 FINITE_FOR_FINITE = {
-    operator.add, operator.sub, operator.mul, operator.neg, operator.pos, operator.abs, operator.iadd, operator.isub,
-    operator.imul, torch.add, torch.sub, torch.mul, torch.neg, torch.abs, torch.relu, F.relu, F.relu6, F.relu_,
+    operator.neg, operator.pos, operator.abs, torch.neg, torch.abs, torch.relu, F.relu, F.relu6, F.relu_,
     torch.sigmoid, torch.tanh, torch.erf, torch.sin, torch.cos, torch.atan, torch.clamp, torch.where, torch.maximum,
-    torch.minimum, torch.sign, torch.floor, torch.ceil, torch.round, torch.trunc, F.gelu, F.silu, F.hardswish,
-    F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.mish, F.softplus, F.hardtanh,
-    F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, torch.special.expit,
-    torch.special.erf, torch.masked_fill, torch.nan_to_num, torch.lerp, torch.addcmul,
+    torch.minimum, torch.sign, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu,
+    F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink,
+    F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
 }  # fmt: skip
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
+_CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity,
+)  # fmt: skip
+_MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
 _ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's extent)
 
 
@@ -55,12 +60,20 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
 
 def masked_value(x: object, axis: int, modules: dict[str, nn.Module]) -> float | None:
     """The one value ``x`` holds along ``axis`` at a channel whose members are zeroed, or None
-    where it is not known; a number is its own value."""
+    where it is not known; a number is its own value. Kept on the node: a chain of residual
+    blocks asks each block once."""
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return float(x)
     if not isinstance(x, fx.Node) or not isinstance(value := x.meta.get(META), Tensor) or not value.ndim:
         return None
     axis %= value.ndim
+    known = x.meta.setdefault(_MASKED, {})
+    if axis not in known:
+        known[axis] = _masked_value(x, axis, value, modules)
+    return known[axis]
+
+
+def _masked_value(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> float | None:
     if written_in_place(x, modules):  # ``v = h.abs() + 1; v.sub_(1)``: not the value its op made
         return None
     computed = _computed(x, axis, value, modules)
@@ -74,6 +87,13 @@ def masked_value(x: object, axis: int, modules: dict[str, nn.Module]) -> float |
 
 def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> float | None:
     """``x``'s op run on the masked channel's values of its operands."""
+    if x.op == "call_module":  # an activation layer: the same as its function
+        layer = modules.get(str(x.target))
+        src = x.args[0] if x.args else None
+        if not isinstance(layer, _ELEMENTWISE_MODULES) or not isinstance(src, fx.Node) or len(x.all_input_nodes) != 1:
+            return None
+        slices = _slices(x, {src: (axis, set(range(value.ndim)))}, modules)
+        return None if slices is None else _run(x, slices, layer)
     if x.op not in ("call_function", "call_method"):
         return None
     call = normalize(x)
@@ -88,7 +108,7 @@ def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module
         src = call.args.get("input")
         slices = {n: torch.zeros((1,) * n.meta[META].ndim, dtype=n.meta[META].dtype) for n in [src] if isinstance(src, fx.Node)}
         return _run(x, slices) if set(slices) == set(x.all_input_nodes) else None
-    elif call.op in POINTWISE_FUNCTIONS or call.op is torch.Tensor.to:
+    elif call.op in POINTWISE_FUNCTIONS or call.op in _CASTS:
         tensors = [n for n in x.all_input_nodes if isinstance(n.meta.get(META), Tensor)]
         operands = {n: (axis - value.ndim + n.meta[META].ndim, set(range(n.meta[META].ndim))) for n in tensors}
     else:
@@ -122,11 +142,16 @@ def _slices(
     return slices
 
 
-def _run(x: fx.Node, slices: dict[fx.Node, Any]) -> float | None:
+def _run(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None) -> float | None:
     args, kwargs = fx.node.map_arg((x.args, x.kwargs), slices.__getitem__)
     try:
         with torch.no_grad():
-            out = getattr(args[0], x.target)(*args[1:], **kwargs) if x.op == "call_method" else x.target(*args, **kwargs)
+            if layer is not None:
+                out = layer(*args, **kwargs)
+            elif x.op == "call_method":
+                out = getattr(args[0], x.target)(*args[1:], **kwargs)
+            else:
+                out = x.target(*args, **kwargs)
     except Exception:  # noqa: BLE001 - an op that will not run on a slice: not known
         return None
     if not isinstance(out, Tensor) or not out.numel() or not out.is_floating_point():

@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from .axes import AxisId
 from .context import RuleContext
 from .masked_values import FINITE_FOR_FINITE, stays_finite
 from .normalize import canonical_op
@@ -62,9 +63,15 @@ def pointwise(ctx: RuleContext) -> None:
             if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
                 ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
     if ctx.call.op not in FINITE_FOR_FINITE:  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
-        for d, a in enumerate(out[0]):
-            if ctx.graph.size(a) > 1 and not stays_finite(ctx.node, d, ctx.modules):
-                ctx.mix([a], f"a removed channel's value is inf or NaN at {ctx.where()}")
+        _finite_when_masked(ctx, out[0])
+
+
+def _finite_when_masked(ctx: RuleContext, out: list[AxisId]) -> None:
+    """Mix the axes of ``out`` along which a masked channel's value is inf or NaN here: the
+    next layer's zeroed columns do not remove it (``0 * inf``)."""
+    for d, a in enumerate(out):
+        if ctx.graph.size(a) > 1 and not stays_finite(ctx.node, d, ctx.modules):
+            ctx.mix([a], f"a removed channel's value is inf or NaN at {ctx.where()}")
 
 
 @register_method_rule("expand", "expand_as", "broadcast_to")
@@ -159,6 +166,7 @@ def reduce(ctx: RuleContext) -> None:
     kept = [src[d] for d in range(nd) if d not in dims]
     for out in outs:
         ctx.same(kept, [out[d] for d in range(nd) if d not in dims] if keep else out)
+    _finite_when_masked(ctx, outs[0] if len(outs) == 1 else [])  # ``(1 / (h.abs() + 1e-37)).sum((2, 3))``: inf
 
 
 def reduction_mix(ctx: RuleContext, d: int) -> str | None:

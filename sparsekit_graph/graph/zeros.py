@@ -56,12 +56,26 @@ _PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tens
 
 def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int = 0) -> str | None:
     """None if ``node``'s entries along ``axis`` are zero where the channel's members are; else
-    the name of the first node on the way that breaks it."""
+    the name of the first node on the way that breaks it. A proof (None) is kept on the node:
+    a chain of residual blocks is walked once."""
     if depth > 64:
         return node.name
     value = node.meta.get(META)
     if not isinstance(value, Tensor):
         return None  # a Python scalar: multiplies or divides, handled by the caller
+    proved = node.meta.setdefault(_ZEROS, set())
+    if axis % max(value.ndim, 1) in proved:
+        return None
+    breaker = _zero_breaker(node, axis, value, modules, depth)
+    if breaker is None:
+        proved.add(axis % max(value.ndim, 1))
+    return breaker
+
+
+_ZEROS = "skg.zeros"  # node.meta: the axes along which a masked channel is proved zero
+
+
+def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:
     if node.op == "get_attr":  # a parameter on this axis is a member, zeroed with it; a buffer is not
         owner, _, attr = str(node.target).rpartition(".")
         return None if isinstance(getattr(modules.get(owner), attr, None), nn.Parameter) else node.name
@@ -270,8 +284,13 @@ def _keeps_zeros(m: nn.Module | None) -> bool:
 
 
 def written_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """May any op write into ``node``'s storage (see ``_changed_in_place``)?"""
-    return _changed_in_place(node, modules, 0, 0, any_write=True) is not None
+    """May any op write into ``node``'s storage (see ``_changed_in_place``)? Asked once a node."""
+    if _WRITTEN not in node.meta:
+        node.meta[_WRITTEN] = _changed_in_place(node, modules, 0, 0, any_write=True) is not None
+    return node.meta[_WRITTEN]
+
+
+_WRITTEN = "skg.written"  # node.meta: whether any op writes into its storage
 
 
 def _changed_in_place(
@@ -332,8 +351,13 @@ def _write_keeps(call: Call, node: fx.Node, n: fx.Node, axis: int, modules: dict
 
 
 def _storage(n: fx.Node) -> int | None:
-    value = n.meta.get(META)
-    return storage_key(value) if isinstance(value, Tensor) else None
+    if _STORAGE not in n.meta:
+        value = n.meta.get(META)
+        n.meta[_STORAGE] = storage_key(value) if isinstance(value, Tensor) else None
+    return n.meta[_STORAGE]
+
+
+_STORAGE = "skg.storage"  # node.meta: its meta value's storage, asked once
 
 
 # In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
