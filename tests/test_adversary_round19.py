@@ -82,14 +82,16 @@ _IMAGE, _TOKENS = (2, 3, 6, 6), (2, 6, 5)
 _NAN_WHEN_MASKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], torch.dtype]] = {
     "normalize_eps_underflows_f16": (lambda: _Scaled(lambda h: F.normalize(h.flatten(2), dim=-1).view_as(h)), _IMAGE, F16),
     "normalize_eps_underflows_f32": (
-        lambda: _Scaled(lambda h: F.normalize(h.flatten(2), dim=-1, eps=1e-50).view_as(h)), _IMAGE, F32
+        lambda: _Scaled(lambda h: F.normalize(h.flatten(2), dim=-1, eps=1e-50).view_as(h)),
+        _IMAGE,
+        F32,
     ),
     "clamp_min_eps_f16": (
-        lambda: _Scaled(lambda h: h * torch.rsqrt(h.pow(2).mean((2, 3), keepdim=True).clamp(min=1e-12))), _IMAGE, F16
+        lambda: _Scaled(lambda h: h * torch.rsqrt(h.pow(2).mean((2, 3), keepdim=True).clamp(min=1e-12))),
+        _IMAGE,
+        F16,
     ),
-    "clamp_min_norm_f16": (
-        lambda: _Scaled(lambda h: h / h.norm(dim=(2, 3), keepdim=True).clamp_min(1e-12)), _IMAGE, F16
-    ),
+    "clamp_min_norm_f16": (lambda: _Scaled(lambda h: h / h.norm(dim=(2, 3), keepdim=True).clamp_min(1e-12)), _IMAGE, F16),
     "reciprocal_overflows_f16": (lambda: _Scaled(lambda h: h * (_var(h) + 1e-5).reciprocal()), _IMAGE, F16),
     "one_over_overflows_f16": (lambda: _Scaled(lambda h: h * (1.0 / (_var(h) + 1e-5))), _IMAGE, F16),
     "power_minus_one_overflows_f16": (lambda: _Scaled(lambda h: h * (_var(h) + 1e-5) ** -1), _IMAGE, F16),
@@ -107,13 +109,15 @@ _NAN_WHEN_MASKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], torc
     "xlog1py_ones_like": (lambda: _Scaled(lambda h: torch.special.xlog1py(torch.ones_like(h), -_e(h))), _IMAGE, F32),
     "half_cast_of_eps": (lambda: _Scaled(lambda h: h / (h.float().var((2, 3), keepdim=True) + 1e-10).half()), _IMAGE, F16),
     "to_cast_of_eps": (
-        lambda: _Scaled(lambda h: h / (h.float().var((2, 3), keepdim=True) + 1e-10).to(torch.float16)), _IMAGE, F16
+        lambda: _Scaled(lambda h: h / (h.float().var((2, 3), keepdim=True) + 1e-10).to(torch.float16)),
+        _IMAGE,
+        F16,
     ),
-    "type_as_cast_of_eps": (
-        lambda: _Scaled(lambda h: h / (h.float().var((2, 3), keepdim=True) + 1e-10).type_as(h)), _IMAGE, F16
-    ),
+    "type_as_cast_of_eps": (lambda: _Scaled(lambda h: h / (h.float().var((2, 3), keepdim=True) + 1e-10).type_as(h)), _IMAGE, F16),
     "cast_overflows": (
-        lambda: _Scaled(lambda h: h * torch.rsqrt(h.float().var((2, 3), keepdim=True) + 1e-10).half()), _IMAGE, F16
+        lambda: _Scaled(lambda h: h * torch.rsqrt(h.float().var((2, 3), keepdim=True) + 1e-10).half()),
+        _IMAGE,
+        F16,
     ),
     "group_norm_eps_0": (_GroupNorm, _IMAGE, F32),
     "layer_norm_eps_0_over_tokens": (lambda: _OverTokens(nn.LayerNorm(6, eps=0.0)), _TOKENS, F32),
@@ -126,7 +130,9 @@ _NAN_WHEN_MASKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], torc
 _FINITE_WHEN_MASKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], torch.dtype]] = {
     "instance_norm_by_hand": (lambda: _Scaled(lambda h: h / (_var(h) + 1e-5).sqrt()), _IMAGE, F32),
     "rms_scale_clamp_f32": (
-        lambda: _Scaled(lambda h: h * torch.rsqrt(h.pow(2).mean((2, 3), keepdim=True).clamp(min=1e-12))), _IMAGE, F32
+        lambda: _Scaled(lambda h: h * torch.rsqrt(h.pow(2).mean((2, 3), keepdim=True).clamp(min=1e-12))),
+        _IMAGE,
+        F32,
     ),
     "normalize_f32": (lambda: _Scaled(lambda h: F.normalize(h.flatten(2), dim=-1).view_as(h)), _IMAGE, F32),
     "reciprocal_f32": (lambda: _Scaled(lambda h: h * (_var(h) + 1e-5).reciprocal()), _IMAGE, F32),
@@ -221,3 +227,29 @@ def test_a_head_dim_group_prunes_with_a_per_head_dim_tensor_flattened_onto_the_m
             d, p = dense(x), pruned(x)
         assert (d - p).abs().max() <= 1e-4 * d.abs().max()
     skg.prune(model, plan, ratio=0.5)  # every group at once
+
+
+# -- transformers' output-capturing hooks -------------------------------------------------
+
+
+def test_output_hidden_states_plans_as_without_and_leaves_no_hooks() -> None:
+    """transformers installs its output-capturing hooks on the first call that asks, with a
+    flag attribute. The trace took the flag back but left the hooks, so the probe's copy
+    installed them twice: hidden states counted twice, every group pinned for "pruning changed
+    the output shapes"."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    torch.manual_seed(0)
+    model, ids = transformers.LlamaForCausalLM(config).eval(), torch.randint(1, 97, (2, 6))
+    hooks = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    plain = {g.name for g in skg.plan(model, {"input_ids": ids}).prunable}
+    hidden = skg.plan(model, {"input_ids": ids, "output_hidden_states": True})
+    assert hooks() == 0
+    assert {g.name for g in hidden.prunable} == plain - {"model.layers.0.self_attn.o_proj:out"}, "the hidden size is an output"
+    name = "model.layers.0.mlp.gate_proj:out"
+    small = skg.prune(model, hidden, masks={name: torch.arange(48) % 3 == 1}).model
+    with torch.no_grad():
+        assert len(small(input_ids=ids, output_hidden_states=True).hidden_states) == 3
+        assert len(model(input_ids=ids, output_hidden_states=True).hidden_states) == 3

@@ -67,8 +67,11 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
         saved = [b.clone() for b in buffers]
     attributes = [(m, dict(m.__dict__)) for m in modules]
     # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
-    # to hold a Proxy or a FakeTensor after the trace; torch's own dictionaries are left to ``kept``
-    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and k not in MODULE_KEYS])
+    # to hold a Proxy or a FakeTensor after the trace; and hook dictionaries (transformers installs
+    # its output-capturing hooks on a first call, with a flag attribute that goes with the rest:
+    # the hooks must go too, or the next call installs them twice). torch's other dictionaries
+    # are left to ``kept``.
+    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and _held_key(k)])
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     if switch:
@@ -95,6 +98,10 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
                     if b.shape != copy.shape:  # resized by ``out=``
                         b.resize_(copy.shape)
                     b.copy_(copy)
+
+
+def _held_key(key: str) -> bool:
+    return key not in MODULE_KEYS or "hooks" in key
 
 
 def _restore_attributes(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
