@@ -253,3 +253,29 @@ def test_output_hidden_states_plans_as_without_and_leaves_no_hooks() -> None:
     with torch.no_grad():
         assert len(small(input_ids=ids, output_hidden_states=True).hidden_states) == 3
         assert len(model(input_ids=ids, output_hidden_states=True).hidden_states) == 3
+
+
+# -- two spellings, one plan ----------------------------------------------------------------
+
+_SAME_VALUE: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "var_mean": (lambda h: h / (_var(h) + 1e-5).sqrt(), lambda h: h / (torch.var_mean(h, (2, 3), keepdim=True)[0] + 1e-5).sqrt()),
+    "max_values": (
+        lambda h: h / (h.abs().amax((2, 3), keepdim=True) + 1e-5),
+        lambda h: h / (h.abs().flatten(2).max(-1, keepdim=True).values[..., None] + 1e-5),
+    ),
+    "tensor_eps": (lambda h: h / (_var(h) + 1e-5).sqrt(), lambda h: h / (_var(h) + torch.tensor(1e-5)).sqrt()),
+    "sum_over_count": (
+        lambda h: h / (h.pow(2).mean((2, 3), keepdim=True) + 1e-5).sqrt(),
+        lambda h: h / (h.pow(2).sum((2, 3), keepdim=True) / 36 + 1e-5).sqrt(),
+    ),
+    "square": (lambda h: h / (_m(h) + 1e-4) ** 2, lambda h: h / (_m(h) + 1e-4).square()),
+    "narrow_whole": (lambda h: torch.relu(h)[:, 0 : h.shape[1]], lambda h: torch.relu(h).narrow(1, 0, h.shape[1])),
+    "narrow_copy_whole": (lambda h: torch.relu(h)[:, 0 : h.shape[1]], lambda h: torch.relu(h).narrow_copy(1, 0, h.shape[1])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SAME_VALUE))
+def test_two_spellings_of_one_divisor_or_slice_give_one_plan(name: str) -> None:
+    x = torch.randn(*_IMAGE)
+    one, other = (skg.plan(_Scaled(f).eval(), x).group("a:out") for f in _SAME_VALUE[name])
+    assert (one.prunable, one.zero_invariant) == (other.prunable, other.zero_invariant) == (True, True)

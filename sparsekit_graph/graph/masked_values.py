@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .meta import META
+from .meta import META, TRACED_CONSTANT
 from .normalize import normalize
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
@@ -31,7 +31,7 @@ __all__ = ["FINITE_FOR_FINITE", "masked_value", "stays_finite"]
 _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
     torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
     torch.logsumexp, torch.norm, torch.linalg.vector_norm, F.normalize, torch.softmax, F.softmax, torch.log_softmax,
-    F.log_softmax, F.softmin,
+    F.log_softmax, F.softmin, torch.var_mean, torch.std_mean, torch.max, torch.min, torch.aminmax,
 }  # fmt: skip
 # Finite for finite operands whatever they are, and no larger (``relu``, ``tanh``): not worth
 # computing. Sums and products are computed: ``1e6 * 1e33`` is inf in float32.
@@ -43,6 +43,7 @@ FINITE_FOR_FINITE = {
     F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
 }  # fmt: skip
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
+_LITERALS = {torch.tensor, torch.as_tensor, torch.scalar_tensor, torch.full, torch.ones, torch.zeros}
 _CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
@@ -93,28 +94,38 @@ def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module
         if not isinstance(layer, _ELEMENTWISE_MODULES) or not isinstance(src, fx.Node) or len(x.all_input_nodes) != 1:
             return None
         slices = _slices(x, {src: (axis, set(range(value.ndim)))}, modules)
-        return None if slices is None else _run(x, slices, layer)
+        return None if slices is None else _one_value(_call(x, slices, layer))
     if x.op not in ("call_function", "call_method"):
         return None
     call = normalize(x)
+    src = call.args.get("input")
+    if call.op is operator.getitem and isinstance(src, fx.Node) and isinstance(src.meta.get(META), tuple):
+        index = call.args.get("index")  # ``h.var_mean((2, 3))[0]``, ``h.max(-1).values``
+        parts = _per_slice(src, axis, value, modules) if isinstance(index, int) else None
+        return None if parts is None or not isinstance(parts, tuple) else _one_value(parts[index])
     if call.op in _PER_SLICE:
-        src = call.args.get("input")
-        k = reduced_source(call, axis, value, src)
-        if k is None or not isinstance(src, fx.Node):
-            return None  # over the channel's axis
-        ndim = src.meta[META].ndim
-        operands = {src: (k, set(range(ndim)) - set(_dims(call.args.get("dim"), ndim)))}
-    elif call.op in _LIKE:  # ``torch.ones_like(h)``: its value, whatever h holds
-        src = call.args.get("input")
+        return _one_value(_per_slice(x, axis, value, modules))
+    if call.op in _LIKE:  # ``torch.ones_like(h)``: its value, whatever h holds
         slices = {n: torch.zeros((1,) * n.meta[META].ndim, dtype=n.meta[META].dtype) for n in [src] if isinstance(src, fx.Node)}
-        return _run(x, slices) if set(slices) == set(x.all_input_nodes) else None
-    elif call.op in POINTWISE_FUNCTIONS or call.op in _CASTS:
+        return _one_value(_call(x, slices)) if set(slices) == set(x.all_input_nodes) else None
+    if call.op in POINTWISE_FUNCTIONS or call.op in _CASTS:
         tensors = [n for n in x.all_input_nodes if isinstance(n.meta.get(META), Tensor)]
-        operands = {n: (axis - value.ndim + n.meta[META].ndim, set(range(n.meta[META].ndim))) for n in tensors}
-    else:
-        return None
-    slices = _slices(x, operands, modules)
-    return None if slices is None else _run(x, slices)
+        slices = _slices(x, {n: (axis - value.ndim + n.meta[META].ndim, set(range(n.meta[META].ndim))) for n in tensors}, modules)
+        return None if slices is None else _one_value(_call(x, slices))
+    return None
+
+
+def _per_slice(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> Any:
+    """What a reduction or normalisation over other axes than ``axis`` gives at the masked
+    channel (``value``: one of its outputs)."""
+    call = normalize(x)
+    src = call.args.get("input")
+    k = reduced_source(call, axis, value, src) if call.op in _PER_SLICE else None
+    if k is None or not isinstance(src, fx.Node):
+        return None  # over the channel's axis
+    ndim = src.meta[META].ndim
+    slices = _slices(x, {src: (k, set(range(ndim)) - set(_dims(call.args.get("dim"), ndim)))}, modules)
+    return None if slices is None else _call(x, slices)
 
 
 def _slices(
@@ -122,7 +133,7 @@ def _slices(
 ) -> dict[fx.Node, Any] | None:
     """Each input of ``x`` as it is at the masked channel: a tensor of its value, of length 1
     on the ``single`` axes of its operand entry, whole along the axes ``x`` reduces over; a
-    size read as its number."""
+    size read as its number; a constant that is one value for every channel as it is."""
     slices: dict[fx.Node, Any] = {}
     for n in x.all_input_nodes:
         value = n.meta.get(META)
@@ -132,8 +143,12 @@ def _slices(
             slices[n] = value
             continue
         axis, single = operands[n]
-        if axis < 0 or value.shape[axis] == 1:
-            return None  # one value for every channel, the same masked or not: not known here
+        if axis < 0 or value.shape[axis] == 1:  # one value for every channel, the same masked or not
+            constant = _constant(n, modules)
+            if constant is None:
+                return None
+            slices[n] = constant
+            continue
         v = masked_value(n, axis, modules)
         shape = [1 if d in single else value.shape[d] for d in range(value.ndim)]
         if v is None or math.prod(shape) > _ELEMENTS:
@@ -142,19 +157,38 @@ def _slices(
     return slices
 
 
-def _run(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None) -> float | None:
+def _constant(n: fx.Node, modules: dict[str, nn.Module]) -> Tensor | None:
+    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``) or a buffer or
+    parameter read whole (``self.eps``), where it has one (not on meta); else None."""
+    if n.op == "get_attr":
+        owner, _, attr = str(n.target).rpartition(".")
+        value = n.meta.get(TRACED_CONSTANT, getattr(modules.get(owner), attr, None))
+    elif n.op == "call_function" and not n.all_input_nodes and normalize(n).op in _LITERALS:
+        value = _call(n, {})
+    else:
+        return None
+    if not isinstance(value, Tensor) or value.is_meta or value.numel() > _ELEMENTS:
+        return None
+    return value.detach().cpu()
+
+
+def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None) -> Any:
+    """``x``'s op on ``slices`` in place of its inputs (None where it fails there)."""
     args, kwargs = fx.node.map_arg((x.args, x.kwargs), slices.__getitem__)
     try:
         with torch.no_grad():
             if layer is not None:
-                out = layer(*args, **kwargs)
-            elif x.op == "call_method":
-                out = getattr(args[0], x.target)(*args[1:], **kwargs)
-            else:
-                out = x.target(*args, **kwargs)
+                return layer(*args, **kwargs)
+            if x.op == "call_method":
+                return getattr(args[0], x.target)(*args[1:], **kwargs)
+            return x.target(*args, **kwargs)
     except Exception:  # noqa: BLE001 - an op that will not run on a slice: not known
         return None
-    if not isinstance(out, Tensor) or not out.numel() or not out.is_floating_point():
+
+
+def _one_value(out: Any) -> float | None:
+    """The one value a floating-point ``out`` holds everywhere (NaN where all are), else None."""
+    if not isinstance(out, Tensor) or out.is_meta or not out.numel() or not out.is_floating_point():
         return None
     if bool(out.isnan().all()):
         return math.nan

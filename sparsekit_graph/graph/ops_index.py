@@ -18,7 +18,9 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
+from .ops_sizes import register_length_args
 from .ops_tensor import pointwise
+from .read_bounds import read_prefix
 from .rules import register_function_rule, register_method_rule, register_module_rule
 from .size_args import read_axis
 from .zeros import zero_breaker
@@ -122,11 +124,18 @@ def select_along(ctx: RuleContext) -> None:
         return
 
     def pick(a: AxisId, o: AxisId, _: int) -> None:
+        taken = read_prefix(ctx, slice(0, length), a, o) if ctx.call.op is torch.narrow and start == 0 else None
+        if taken is not None:  # ``h.narrow(1, 0, g.shape[1])``: as ``h[:, : g.shape[1]]``
+            ctx.graph.link(a, o, taken, np.arange(len(taken)), kind="offset")
+            return
         if ctx.call.op is torch.narrow and isinstance(start, int) and isinstance(length, int):  # as split does
             ctx.graph.link(a, o, start % ctx.graph.size(a) + np.arange(length), np.arange(length), kind="offset")
         ctx.pin([a, o], f"selecting by position at {ctx.where()}")
 
     _each_axis(ctx, [d], pick)
+
+
+register_length_args({"length"}, torch.narrow)  # ``h.narrow(1, 0, h.shape[1])``: read off its axis
 
 
 def _whole_length(ctx: RuleContext, length: object, axis: AxisId) -> bool:
