@@ -144,7 +144,7 @@ def _slices(
             continue
         axis, single = operands[n]
         if axis < 0 or value.shape[axis] == 1:  # one value for every channel, the same masked or not
-            constant = _constant(n, modules)
+            constant = _constant(n)
             if constant is None:
                 return None
             slices[n] = constant
@@ -157,12 +157,12 @@ def _slices(
     return slices
 
 
-def _constant(n: fx.Node, modules: dict[str, nn.Module]) -> Tensor | None:
-    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``) or a buffer or
-    parameter read whole (``self.eps``), where it has one (not on meta); else None."""
+def _constant(n: fx.Node) -> Tensor | None:
+    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``), else None. A
+    buffer's or parameter's value is not read: on meta weights there is none, and the plan on
+    meta weights is the plan on real ones."""
     if n.op == "get_attr":
-        owner, _, attr = str(n.target).rpartition(".")
-        value = n.meta.get(TRACED_CONSTANT, getattr(modules.get(owner), attr, None))
+        value = n.meta.get(TRACED_CONSTANT)
     elif n.op == "call_function" and not n.all_input_nodes and normalize(n).op in _LITERALS:
         value = _call(n, {})
     else:
