@@ -279,3 +279,107 @@ def test_two_spellings_of_one_divisor_or_slice_give_one_plan(name: str) -> None:
     x = torch.randn(*_IMAGE)
     one, other = (skg.plan(_Scaled(f).eval(), x).group("a:out") for f in _SAME_VALUE[name])
     assert (one.prunable, one.zero_invariant) == (other.prunable, other.zero_invariant) == (True, True)
+
+
+# -- round 19's own changes, attacked: an unknown value is no finite one ----------------------
+
+
+class _ExpOfBuffer(nn.Module):
+    """``exp(k - 1000 m)`` with a buffer ``k = 190``: exp(190) is inf once m is masked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("k", torch.tensor(190.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        return self.b(h * torch.exp(self.k - 1000 * _m(h)))
+
+
+def _inplace_reciprocal(h: Tensor) -> Tensor:
+    d = _var(h) + 1e-5
+    d.reciprocal_()
+    return h * d
+
+
+def _inplace_square(h: Tensor) -> Tensor:
+    d = 8 * _m(h) - 256.0  # masked: 256 ** 2 = 65536, inf in float16; kept: (256 - 8 m) ** 2 <= 65504
+    d *= d
+    return h * (d * 1e-4)
+
+
+_ATTACKED: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], torch.dtype]] = {
+    "cumprod_of_a_large_value": (lambda: _Scaled(lambda h: h * (1 / (_m(h) + 1e-7)).expand_as(h).cumprod(-1)), _IMAGE, F32),
+    "inplace_reciprocal_f16": (lambda: _Scaled(_inplace_reciprocal), _IMAGE, F16),
+    "inplace_square_f16": (lambda: _Scaled(_inplace_square), _IMAGE, F16),
+    "exp_of_a_buffer_minus_m": (_ExpOfBuffer, _IMAGE, F32),
+    "exp_inf_at_one_position": (
+        lambda: _Scaled(lambda h: h * torch.exp(torch.tensor([0.0, 0, 0, 0, 0, 100]) - 1000 * _m(h))),
+        _IMAGE,
+        F32,
+    ),
+    "expand_as_then_sum_f16": (
+        lambda: _Scaled(lambda h: h * (1 / (_m(h) + 2e-5)).expand_as(h).sum((2, 3), keepdim=True)),
+        _IMAGE,
+        F16,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ATTACKED))
+def test_a_value_not_known_finite_costs_zero_invariance(name: str) -> None:
+    """Values ``masked_values`` did not compute were taken as finite: a cumulative product, an
+    in-place write, ``exp`` of what a buffer holds, an inf at one position, an ``expand_as``
+    that dropped a known value."""
+    model, x = _built(_ATTACKED[name])
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all(), "the model itself is finite"
+    plan = skg.plan(model, x)
+    group = plan.group("a:out")
+    assert group.prunable and not group.zero_invariant, group
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert not torch.isfinite(masked).all() and torch.isfinite(pruned).all(), "the case computes inf or NaN masked"
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda h: h / (_var(h).clamp_min(1e-5)).sqrt(),
+        lambda h: h / torch.clamp_min(_var(h), 1e-5).sqrt(),
+        lambda h: h / h.norm(dim=(2, 3), keepdim=True).clamp_min(1e-12),
+        lambda h: h / (_var(h).clamp(min=1e-5)).sqrt(),
+    ],
+    ids=["clamp_min_method", "clamp_min_function", "norm_clamp_min", "clamp"],
+)
+def test_every_spelling_of_a_clamped_divisor_stays_zero_invariant(f: Callable[[Tensor], Tensor]) -> None:
+    model, x = _Scaled(f).eval(), torch.randn(*_IMAGE)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert (masked - pruned).abs().max() <= 1e-4 * masked.abs().max()
+
+
+class _Chain(nn.Module):
+    def __init__(self, blocks: int) -> None:
+        super().__init__()
+        self.a, self.b, self.blocks = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        for _ in range(self.blocks):
+            h = h + 0.1 * torch.tanh(h)
+        return self.b(h)
+
+
+def test_a_chain_of_residual_blocks_is_walked_once_per_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``h = h + 0.1 * tanh(h)`` twenty times took 109 s: each add walked both its operands
+    again (2^20 walks), as only proofs were kept on the nodes."""
+    from sparsekit_graph.graph import zeros
+
+    walked = []
+    walk = zeros._zero_breaker
+    monkeypatch.setattr(zeros, "_zero_breaker", lambda *a: walked.append(a[0]) or walk(*a))
+    plan = skg.plan(_Chain(20).eval(), torch.randn(1, 3, 8, 8))
+    assert plan.group("a:out").zero_invariant
+    assert len(walked) <= 8 * len({id(n) for n in walked}), "a node walked again and again"

@@ -22,26 +22,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .meta import META, TRACED_CONSTANT
-from .normalize import normalize
+from .normalize import Call, normalize
+from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
 
-__all__ = ["FINITE_FOR_FINITE", "masked_value", "stays_finite"]
+__all__ = ["FINITE_FOR_FINITE", "masked_value", "stays_finite", "unchanged_by_masks"]
 
 _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
     torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
     torch.logsumexp, torch.norm, torch.linalg.vector_norm, F.normalize, torch.softmax, F.softmax, torch.log_softmax,
-    F.log_softmax, F.softmin, torch.var_mean, torch.std_mean, torch.max, torch.min, torch.aminmax,
+    F.log_softmax, F.softmin, torch.var_mean, torch.std_mean, torch.max, torch.min, torch.aminmax, torch.cumsum,
+    torch.cumprod, torch.logcumsumexp,
 }  # fmt: skip
 # Finite for finite operands whatever they are, and no larger (``relu``, ``tanh``): not worth
 # computing. Sums and products are computed: ``1e6 * 1e33`` is inf in float32.
 FINITE_FOR_FINITE = {
     operator.neg, operator.pos, operator.abs, torch.neg, torch.abs, torch.relu, F.relu, F.relu6, F.relu_,
-    torch.sigmoid, torch.tanh, torch.erf, torch.sin, torch.cos, torch.atan, torch.clamp, torch.where, torch.maximum,
+    torch.sigmoid, torch.tanh, torch.erf, torch.sin, torch.cos, torch.atan, torch.clamp, torch.clamp_min, torch.clamp_max,
+    torch.where, torch.maximum,
     torch.minimum, torch.sign, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu,
     F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink,
     F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
 }  # fmt: skip
+# Finite for finite operands but for an overflow, which takes a value as large as only an op
+# outside these sets makes (checked where it is made): assumed finite where their value is not known.
+_SUMS_AND_PRODUCTS = {
+    operator.add, operator.sub, operator.mul, operator.iadd, operator.isub, operator.imul, torch.add, torch.sub, torch.mul,
+    torch.addcmul, torch.lerp, torch.sum, torch.mean, torch.amax, torch.amin, torch.nansum, torch.nanmean, torch.max,
+    torch.min, torch.logsumexp, torch.norm, torch.linalg.vector_norm, torch.std, torch.var, torch.cumsum,
+    torch.softmax, F.softmax, torch.log_softmax, F.log_softmax, F.softmin, F.normalize, F.dropout, F.dropout1d,
+    F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout, torch.feature_dropout,
+    torch.alpha_dropout, torch.feature_alpha_dropout,
+}  # fmt: skip
+_COPIES_AND_CASTS = {
+    torch.Tensor.to, torch.Tensor.type_as, torch.clone, torch.Tensor.contiguous, torch.detach, torch.Tensor.detach,
+    torch.Tensor.data, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.requires_grad_, torch.Tensor.requires_grad,
+}  # fmt: skip
+_DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
+_RESHAPES = {torch.Tensor.view, torch.reshape, torch.flatten, torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as}
+_EXPANDS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
 _LITERALS = {torch.tensor, torch.as_tensor, torch.scalar_tensor, torch.full, torch.ones, torch.zeros}
 _CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
@@ -50,13 +70,60 @@ _ELEMENTWISE_MODULES = (
     nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity,
 )  # fmt: skip
 _MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
+_UNCHANGED = "skg.unchanged_by_masks"  # node.meta: no input, layer or parameter upstream
 _ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's extent)
 
 
 def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> bool:
-    """False where ``node``'s masked channel along ``axis`` is known to hold inf or NaN."""
+    """Is ``node``'s masked channel along ``axis`` provably finite? Its value where it is known;
+    else where its op keeps finite values finite (``FINITE_FOR_FINITE``, sums and products: their
+    operands are checked where they are made), takes nothing masking changes (no input, layer or
+    parameter upstream), or divides a zero by what stays nonzero. Anything else (``exp`` of an
+    unknown value: ``exp(self.k - m)`` with ``k = 190``) may overflow."""
     v = masked_value(node, axis, modules)
-    return v is None or math.isfinite(v)
+    if v is not None:
+        return math.isfinite(v)
+    value = node.meta.get(META)
+    if not isinstance(value, Tensor) or not value.is_floating_point():  # ``h > 0``: no inf
+        return True
+    if node.op not in ("call_function", "call_method") or unchanged_by_masks(node, modules):
+        return True
+    call = normalize(node)
+    if call.op in FINITE_FOR_FINITE or call.op in _SUMS_AND_PRODUCTS or _positive_power(call):
+        return True
+    if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
+        before = getattr(call.args.get("input"), "meta", {}).get(META)
+        return isinstance(before, Tensor) and _range(node.meta[META].dtype) >= _range(before.dtype)
+    if call.op not in _DIVISIONS:
+        return False
+    # A product by the divisor's reciprocal, unless the masked channel's own divisor is not known
+    # (``g / (h.abs() + 1e-30)``: may overflow), where only 0 / nonzero is finite (a divisor that
+    # vanishes mixes the axis there: ``singular``).
+    divisor, value = call.args.get("other"), node.meta[META]
+    d = axis - value.ndim + divisor.meta[META].ndim if isinstance(divisor, fx.Node) and _tensor(divisor) else -1
+    on_channel = d >= 0 and divisor.meta[META].shape[d] > 1
+    return (
+        not on_channel
+        or masked_value(divisor, d, modules) is not None
+        or (masked_value(call.args.get("input"), axis, modules) == 0)
+    )
+
+
+def unchanged_by_masks(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """No input, layer or parameter upstream of ``node`` (``torch.arange``, a buffer, a
+    literal): masking cannot change its value. Found for the whole graph at the first call."""
+    if _UNCHANGED not in node.meta:
+        for n in node.graph.nodes:  # inputs first
+            if _UNCHANGED not in n.meta:
+                n.meta[_UNCHANGED] = not _varies(n, modules) and all(a.meta[_UNCHANGED] for a in n.all_input_nodes)
+    return node.meta[_UNCHANGED]
+
+
+def _varies(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if n.op in ("placeholder", "call_module"):
+        return True
+    owner, _, attr = str(n.target).rpartition(".")
+    return n.op == "get_attr" and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)
 
 
 def masked_value(x: object, axis: int, modules: dict[str, nn.Module]) -> float | None:
@@ -74,16 +141,55 @@ def masked_value(x: object, axis: int, modules: dict[str, nn.Module]) -> float |
     return known[axis]
 
 
-def _masked_value(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> float | None:
-    if written_in_place(x, modules):  # ``v = h.abs() + 1; v.sub_(1)``: not the value its op made
+def _masked_value(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module], *, as_made: bool = False) -> float | None:
+    """``as_made``: the value ``x``'s op made, before any write into it (what its first
+    in-place writer reads)."""
+    if not as_made and written_in_place(x, modules):  # ``v = h.abs() + 1; v.sub_(1)``: not the value its op made
         return None
     computed = _computed(x, axis, value, modules)
     if computed is not None:
         return computed
-    source = kept_source(x, axis)  # ``h.flatten(2)``, ``v[:, :, None, None]``: the same values
+    source = kept_source(x, axis) or _expanded_source(x, axis, value)  # ``h.flatten(2)``, ``s.expand_as(h)``
     if source is not None:
         return masked_value(*source, modules)
+    parts = _reshaped_sources(x, axis, value)  # ``q.view(b, t, heads, head_dim)``: a masked head is its rows
+    if parts:
+        values = {masked_value(src, k, modules) for src, k in parts}
+        return values.pop() if len(values) == 1 else None
     return 0.0 if zero_breaker(x, axis, modules) is None else None
+
+
+def _expanded_source(x: fx.Node, axis: int, value: Tensor) -> tuple[fx.Node, int] | None:
+    """``s.expand_as(h)``, ``s.expand(-1, -1, 6, 6)``: the input and axis whose values ``x``'s
+    masked channel repeats (right-aligned), where that axis is as long as ``axis``."""
+    if x.op not in ("call_function", "call_method") or normalize(x).op not in _EXPANDS:
+        return None
+    src = normalize(x).args.get("input")
+    before = src.meta.get(META) if isinstance(src, fx.Node) else None
+    k = axis - value.ndim + before.ndim if isinstance(before, Tensor) else -1
+    return (src, k) if k >= 0 and before.shape[k] == value.shape[axis] else None
+
+
+def _reshaped_sources(x: fx.Node, axis: int, value: Tensor) -> list[tuple[fx.Node, int]]:
+    """The input axis a reshape splits into output ``axis`` (``(B, T, H * D) -> (B, T, H, D)``),
+    or the input axes it merges into it; a masked channel of ``axis`` is made of masked channels
+    of each. Empty for any other op, or where the axes do not nest so."""
+    if x.op not in ("call_function", "call_method") or normalize(x).op not in _RESHAPES:
+        return []
+    src = normalize(x).args.get("input")
+    before = src.meta.get(META) if isinstance(src, fx.Node) else None
+    if not isinstance(before, Tensor) or before.numel() != value.numel():
+        return []
+    lo = math.prod(value.shape[:axis])
+    hi = lo * value.shape[axis]
+    prefix = [math.prod(before.shape[:k]) for k in range(before.ndim + 1)]
+    spans = [(k, prefix[k], prefix[k + 1]) for k in range(before.ndim) if before.shape[k] > 1]
+    split = [k for k, a, b in spans if a <= lo and hi <= b and lo % a == 0 and b % hi == 0]
+    if split:
+        return [(src, split[0])]
+    merged = [k for k, a, b in spans if lo <= a and b <= hi]
+    whole = merged and math.prod(before.shape[k] for k in merged) == value.shape[axis]
+    return [(src, k) for k in merged] if whole and math.prod(before.shape[: merged[0]]) == lo else []
 
 
 def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module]) -> float | None:
@@ -149,12 +255,43 @@ def _slices(
                 return None
             slices[n] = constant
             continue
-        v = masked_value(n, axis, modules)
+        if _first_writer(n, modules) is x:  # ``d.reciprocal_()``, ``d *= d``: d as it was made
+            v = _masked_value(n, axis % value.ndim, value, modules, as_made=True)
+        else:
+            v = masked_value(n, axis, modules)
         shape = [1 if d in single else value.shape[d] for d in range(value.ndim)]
         if v is None or math.prod(shape) > _ELEMENTS:
             return None
         slices[n] = torch.full(shape, v, dtype=value.dtype)
     return slices
+
+
+def _positive_power(call: Call) -> bool:
+    """``h ** 3``, ``h.pow(2)``: a product."""
+    p = call.args.get("exponent", call.args.get("other"))
+    return call.op in (torch.pow, operator.pow, operator.ipow) and isinstance(p, (int, float)) and p > 0
+
+
+def _tensor(n: fx.Node) -> bool:
+    return isinstance(n.meta.get(META), Tensor)
+
+
+def _range(dtype: torch.dtype) -> float:
+    """The largest value ``dtype`` holds."""
+    if dtype.is_floating_point:
+        return torch.finfo(dtype).max
+    return 1.0 if dtype is torch.bool else float(torch.iinfo(dtype).max)
+
+
+def _first_writer(n: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The op that writes into ``n`` in place, where it is the one op that does and nothing
+    else shares ``n``'s storage (no view that a write could reach first)."""
+    if not written_in_place(n, modules):
+        return None
+    writers = [u for u in n.users if u.op in ("call_function", "call_method") and u.args[:1] == (n,) and normalize(u).inplace]
+    key = storage_key(n.meta[META])
+    shared = [u for u in n.users if u not in writers and isinstance(v := u.meta.get(META), Tensor) and storage_key(v) == key]
+    return writers[0] if len(writers) == 1 and not shared else None
 
 
 def _constant(n: fx.Node) -> Tensor | None:
@@ -187,10 +324,11 @@ def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None
 
 
 def _one_value(out: Any) -> float | None:
-    """The one value a floating-point ``out`` holds everywhere (NaN where all are), else None."""
+    """The one value a floating-point ``out`` holds everywhere (NaN where any entry is not
+    finite), else None."""
     if not isinstance(out, Tensor) or out.is_meta or not out.numel() or not out.is_floating_point():
         return None
-    if bool(out.isnan().all()):
+    if not bool(out.isfinite().all()):  # inf at one position (``exp(pos - 1000 * m)``) is inf there
         return math.nan
     first = out.reshape(-1)[0]
     return float(first) if bool((out == first).all()) else None

@@ -19,7 +19,7 @@ from torch import nn
 from .axes import AxisId
 from .context import RuleContext
 from .ops_sizes import register_length_args
-from .ops_tensor import pointwise
+from .ops_tensor import finite_when_masked, pointwise
 from .read_bounds import read_prefix
 from .rules import register_function_rule, register_method_rule, register_module_rule
 from .size_args import read_axis
@@ -183,6 +183,7 @@ def scan(ctx: RuleContext) -> None:
         return
     for out in ctx.outputs():
         ctx.same(src, out)
+    finite_when_masked(ctx, ctx.outputs()[0])  # ``(1 / (m + 1e-7)).expand_as(h).cumprod(-1)``: inf
     breaker = zero_breaker(ctx.input, d, ctx.modules) if ctx.call.op in _SUM_SCANS else ctx.where()
     if breaker is not None:
         ctx.mix([src[d]], f"running reduction over axis {d} at {ctx.where()} (at {breaker})")
@@ -250,9 +251,6 @@ def softmax2d(ctx: RuleContext) -> None:
     """Softmax over the channel axis (-3)."""
     pointwise(ctx)
     ctx.mix([ctx.out()[-3]], f"softmax at {ctx.where()}")
-
-
-register_function_rule(torch.clamp_min, torch.clamp_max)(pointwise)
 
 
 _WRITES = (torch.index_add, torch.index_copy, torch.index_fill, torch.scatter, torch.scatter_add, torch.scatter_reduce)

@@ -63,10 +63,10 @@ def pointwise(ctx: RuleContext) -> None:
             if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
                 ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
     if ctx.call.op not in FINITE_FOR_FINITE:  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
-        _finite_when_masked(ctx, out[0])
+        finite_when_masked(ctx, out[0])
 
 
-def _finite_when_masked(ctx: RuleContext, out: list[AxisId]) -> None:
+def finite_when_masked(ctx: RuleContext, out: list[AxisId]) -> None:
     """Mix the axes of ``out`` along which a masked channel's value is inf or NaN here: the
     next layer's zeroed columns do not remove it (``0 * inf``)."""
     for d, a in enumerate(out):
@@ -166,7 +166,7 @@ def reduce(ctx: RuleContext) -> None:
     kept = [src[d] for d in range(nd) if d not in dims]
     for out in outs:
         ctx.same(kept, [out[d] for d in range(nd) if d not in dims] if keep else out)
-    _finite_when_masked(ctx, outs[0] if len(outs) == 1 else [])  # ``(1 / (h.abs() + 1e-37)).sum((2, 3))``: inf
+    finite_when_masked(ctx, outs[0] if len(outs) == 1 else [])  # ``(1 / (h.abs() + 1e-37)).sum((2, 3))``: inf
 
 
 def reduction_mix(ctx: RuleContext, d: int) -> str | None:

@@ -19,8 +19,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .masked_values import masked_value
-from .meta import META, upstream
+from .masked_values import masked_value, unchanged_by_masks
+from .meta import META
 from .normalize import Call, normalize
 
 __all__ = ["in_dtype", "singular_operands", "stays_nonzero"]
@@ -97,7 +97,7 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         return "+" if x > 0 else "!0" if x != 0 else ">=0"
     if not isinstance(x.meta.get(META), Tensor) or depth > 32:
         return "!0" if not isinstance(x.meta.get(META), Tensor) else None  # a length read in forward
-    if _constant(x, modules):
+    if unchanged_by_masks(x, modules):
         return "!0"  # no member upstream: masking cannot change it
     if x.op not in ("call_function", "call_method"):
         return None
@@ -156,15 +156,3 @@ def _even_power(call: Call) -> bool:
     """``x ** 2``, ``x.pow(4)``: never negative."""
     p = _power(call)
     return p is not None and p.is_integer() and int(p) % 2 == 0
-
-
-def _constant(x: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """No input, layer or parameter upstream (``torch.arange``, a buffer, a literal)."""
-    return not any(_varies(n, modules) for n in upstream(x))
-
-
-def _varies(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if n.op in ("placeholder", "call_module"):
-        return True
-    owner, _, attr = str(n.target).rpartition(".")
-    return n.op == "get_attr" and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)

@@ -56,23 +56,28 @@ _PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tens
 
 def zero_breaker(node: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int = 0) -> str | None:
     """None if ``node``'s entries along ``axis`` are zero where the channel's members are; else
-    the name of the first node on the way that breaks it. A proof (None) is kept on the node:
-    a chain of residual blocks is walked once."""
+    the name of the first node on the way that breaks it. Kept on the node: a chain of
+    residual blocks is walked once."""
     if depth > 64:
-        return node.name
+        return _Deep(node.name)
     value = node.meta.get(META)
     if not isinstance(value, Tensor):
         return None  # a Python scalar: multiplies or divides, handled by the caller
-    proved = node.meta.setdefault(_ZEROS, set())
-    if axis % max(value.ndim, 1) in proved:
-        return None
-    breaker = _zero_breaker(node, axis, value, modules, depth)
-    if breaker is None:
-        proved.add(axis % max(value.ndim, 1))
-    return breaker
+    known = node.meta.setdefault(_ZEROS, {})
+    key = axis % max(value.ndim, 1)
+    if key not in known:
+        breaker = _zero_breaker(node, axis, value, modules, depth)
+        if isinstance(breaker, _Deep):
+            return breaker  # the walk stopped short: asked again from nearer, it may prove more
+        known[key] = breaker
+    return known[key]
 
 
-_ZEROS = "skg.zeros"  # node.meta: the axes along which a masked channel is proved zero
+_ZEROS = "skg.zeros"  # node.meta: axis -> its breaker (None: proved zero), kept: each node is walked once
+
+
+class _Deep(str):
+    """The breaker named where the walk went too deep (not kept: not the node's own answer)."""
 
 
 def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module], depth: int) -> str | None:
