@@ -383,3 +383,27 @@ def test_a_chain_of_residual_blocks_is_walked_once_per_node(monkeypatch: pytest.
     plan = skg.plan(_Chain(20).eval(), torch.randn(1, 3, 8, 8))
     assert plan.group("a:out").zero_invariant
     assert len(walked) <= 8 * len({id(n) for n in walked}), "a node walked again and again"
+
+
+def test_torchvision_stochastic_depth_keeps_zero_invariance() -> None:
+    """torchvision's EfficientNet: ``StochasticDepth`` calls ``torchvision.ops.stochastic_depth``,
+    which the fail-closed check took for an op that may overflow (5 groups lost their claim)."""
+    torchvision = pytest.importorskip("torchvision")
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.c = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+            self.sd = torchvision.ops.StochasticDepth(0.2, "row")
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return self.b(self.sd(self.c(h)) + h)
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(1, 3, 8, 8)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert (masked - pruned).abs().max() <= 1e-4 * masked.abs().max()

@@ -27,7 +27,7 @@ from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
 
-__all__ = ["FINITE_FOR_FINITE", "masked_value", "stays_finite", "unchanged_by_masks"]
+__all__ = ["FINITE_FOR_FINITE", "SCALINGS", "masked_value", "stays_finite", "unchanged_by_masks"]
 
 _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
     torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
@@ -44,10 +44,15 @@ FINITE_FOR_FINITE = {
     torch.minimum, torch.sign, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu,
     F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink,
     F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
+    # values they write (finite), draws, and norms whose eps their rules check (``eps_guard``)
+    torch.Tensor.copy_, torch.fill_, torch.zero_, torch.bernoulli, torch.Tensor.uniform_, torch.Tensor.normal_,
+    F.layer_norm, F.rms_norm, F.group_norm, F.local_response_norm, torch.renorm,
+    torch._weight_norm,  # ``weight_norms`` models a weight's masked rows
 }  # fmt: skip
 # Finite for finite operands but for an overflow, which takes a value as large as only an op
-# outside these sets makes (checked where it is made): assumed finite where their value is not known.
-_SUMS_AND_PRODUCTS = {
+# outside these sets makes (checked where it is made): assumed finite where their value is not
+# known. Rules of other libraries' ops add theirs (``torchvision.ops.stochastic_depth``).
+SCALINGS = {
     operator.add, operator.sub, operator.mul, operator.iadd, operator.isub, operator.imul, torch.add, torch.sub, torch.mul,
     torch.addcmul, torch.lerp, torch.sum, torch.mean, torch.amax, torch.amin, torch.nansum, torch.nanmean, torch.max,
     torch.min, torch.logsumexp, torch.norm, torch.linalg.vector_norm, torch.std, torch.var, torch.cumsum,
@@ -75,11 +80,15 @@ _ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's ext
 
 
 def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> bool:
-    """Is ``node``'s masked channel along ``axis`` provably finite? Its value where it is known;
-    else where its op keeps finite values finite (``FINITE_FOR_FINITE``, sums and products: their
-    operands are checked where they are made), takes nothing masking changes (no input, layer or
-    parameter upstream), or divides a zero by what stays nonzero. Anything else (``exp`` of an
-    unknown value: ``exp(self.k - m)`` with ``k = 190``) may overflow."""
+    """Is ``node``'s masked channel along ``axis`` provably finite? A layer's output is (its
+    rule checks its eps: ``ops_norm_layers.eps_guard``), and a sum of layers' outputs; else its
+    value where it is known; else where its op keeps finite values finite
+    (``FINITE_FOR_FINITE``; sums and products: their operands are checked where they are made),
+    takes nothing masking changes (no input, layer or parameter upstream), or divides a zero by
+    what stays nonzero. Anything else (``exp`` of an unknown value: ``exp(self.k - m)`` with
+    ``k = 190``) may overflow."""
+    if node.op not in ("call_function", "call_method") or _of_layers(node):
+        return True
     v = masked_value(node, axis, modules)
     if v is not None:
         return math.isfinite(v)
@@ -89,7 +98,7 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     if node.op not in ("call_function", "call_method") or unchanged_by_masks(node, modules):
         return True
     call = normalize(node)
-    if call.op in FINITE_FOR_FINITE or call.op in _SUMS_AND_PRODUCTS or _positive_power(call):
+    if call.op in FINITE_FOR_FINITE or call.op in SCALINGS or _positive_power(call):
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
@@ -106,6 +115,14 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
         not on_channel
         or masked_value(divisor, d, modules) is not None
         or (masked_value(call.args.get("input"), axis, modules) == 0)
+    )
+
+
+def _of_layers(node: fx.Node) -> bool:
+    """A sum or product of layers' outputs (``out += identity``): a masked channel is zero in
+    each, or not known; no op between makes a value large enough to overflow."""
+    return normalize(node).op in SCALINGS and all(
+        a.op in ("call_module", "get_attr", "placeholder") for a in node.all_input_nodes
     )
 
 

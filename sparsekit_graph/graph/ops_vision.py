@@ -7,6 +7,7 @@ import math
 import sys
 
 from .context import RuleContext
+from .masked_values import SCALINGS
 from .ops_layers import link_conv
 from .ops_norm_layers import channel_norm
 from .ops_swin import register_swin_rules
@@ -50,6 +51,7 @@ def _torchvision_rules() -> None:
     from torchvision.models.convnext import LayerNorm2d
 
     register_function_rule(torchvision.ops.stochastic_depth)(pointwise)
+    SCALINGS.add(torchvision.ops.stochastic_depth)  # a dropout: finite noise over the survival rate
     register_module_rule(LayerNorm2d)(channels_first_norm)
     # Detection backbones' BatchNorm with its affine and statistics as buffers: BatchNorm in eval
     # (traced, its ``(running_var + eps).rsqrt()`` of buffers alone was a constant that pinned).
