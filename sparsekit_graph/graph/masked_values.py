@@ -7,7 +7,8 @@ point knows: ``var + 1e-50`` is 0 in float32, ``1 / (var + 1e-5)`` is inf in flo
 ``exp(-1 / (m + 1e-6))`` is 0 and ``log1p(-exp(-|h|))`` is -inf. ``masked_value`` runs the
 node's own op on one-channel tensors holding those values: every spelling is computed as torch
 computes it. Where another tensor enters on the channel's axis (a buffer, an input), the value
-is not known (None) and ``singular``'s signs decide.
+is not known (None): ``singular``'s signs decide whether a divisor vanishes, and ``stays_finite``
+fails closed on ops that may overflow.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where 
 FINITE_FOR_FINITE = {
     operator.neg, operator.pos, operator.abs, torch.neg, torch.abs, torch.relu, F.relu, F.relu6, F.relu_,
     torch.sigmoid, torch.tanh, torch.erf, torch.sin, torch.cos, torch.atan, torch.clamp, torch.clamp_min, torch.clamp_max,
-    torch.where, torch.maximum,
-    torch.minimum, torch.sign, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.leaky_relu_, F.elu,
-    F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink,
-    F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
+    torch.where, torch.maximum, torch.minimum, torch.sign, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu,
+    F.leaky_relu_, F.elu, F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink,
+    F.hardshrink, F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
     # values they write (finite), draws, and norms whose eps their rules check (``eps_guard``)
     torch.Tensor.copy_, torch.fill_, torch.zero_, torch.bernoulli, torch.Tensor.uniform_, torch.Tensor.normal_,
     F.layer_norm, F.rms_norm, F.group_norm, F.local_response_norm, torch.renorm,
@@ -95,20 +95,20 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     value = node.meta.get(META)
     if not isinstance(value, Tensor) or not value.is_floating_point():  # ``h > 0``: no inf
         return True
-    if node.op not in ("call_function", "call_method") or unchanged_by_masks(node, modules):
+    if unchanged_by_masks(node, modules):
         return True
     call = normalize(node)
     if call.op in FINITE_FOR_FINITE or call.op in SCALINGS or _positive_power(call):
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
-        return isinstance(before, Tensor) and _range(node.meta[META].dtype) >= _range(before.dtype)
+        return isinstance(before, Tensor) and _range(value.dtype) >= _range(before.dtype)
     if call.op not in _DIVISIONS:
         return False
     # A product by the divisor's reciprocal, unless the masked channel's own divisor is not known
     # (``g / (h.abs() + 1e-30)``: may overflow), where only 0 / nonzero is finite (a divisor that
     # vanishes mixes the axis there: ``singular``).
-    divisor, value = call.args.get("other"), node.meta[META]
+    divisor = call.args.get("other")
     d = axis - value.ndim + divisor.meta[META].ndim if isinstance(divisor, fx.Node) and _tensor(divisor) else -1
     on_channel = d >= 0 and divisor.meta[META].shape[d] > 1
     return (
