@@ -45,7 +45,8 @@ FINITE_FOR_FINITE = {
     F.leaky_relu_, F.elu, F.elu_, F.mish, F.hardtanh, F.hardtanh_, F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink,
     F.hardshrink, F.threshold, torch.special.expit, torch.special.erf, torch.masked_fill, torch.nan_to_num,
     # values they write (finite), draws, and norms whose eps their rules check (``eps_guard``)
-    torch.Tensor.copy_, torch.fill_, torch.zero_, torch.bernoulli, torch.Tensor.uniform_, torch.Tensor.normal_,
+    torch.Tensor.copy_, torch.index_put, torch.fill_, torch.zero_, torch.bernoulli, torch.Tensor.uniform_,
+    torch.Tensor.normal_,
     F.layer_norm, F.rms_norm, F.group_norm, F.local_response_norm, torch.renorm,
     torch._weight_norm,  # ``weight_norms`` models a weight's masked rows
 }  # fmt: skip
