@@ -48,6 +48,9 @@ FINITE_FOR_FINITE = {
     torch.Tensor.copy_, torch.index_put, torch.fill_, torch.zero_, torch.bernoulli, torch.Tensor.uniform_,
     torch.Tensor.normal_,
     F.layer_norm, F.rms_norm, F.group_norm, F.local_response_norm, torch.renorm,
+    # order statistics: values among their inputs'
+    torch.quantile, torch.nanquantile, torch.median, torch.nanmedian, torch.kthvalue, torch.mode, torch.sort, torch.msort,
+    torch.topk, torch.aminmax, torch.cummax, torch.cummin,
     torch._weight_norm,  # ``weight_norms`` models a weight's masked rows
 }  # fmt: skip
 # Finite for finite operands but for an overflow, which takes a value as large as only an op
@@ -56,7 +59,8 @@ FINITE_FOR_FINITE = {
 SCALINGS = {
     operator.add, operator.sub, operator.mul, operator.iadd, operator.isub, operator.imul, torch.add, torch.sub, torch.mul,
     torch.addcmul, torch.lerp, torch.sum, torch.mean, torch.amax, torch.amin, torch.nansum, torch.nanmean, torch.max,
-    torch.min, torch.logsumexp, torch.norm, torch.linalg.vector_norm, torch.std, torch.var, torch.cumsum,
+    torch.min, torch.logsumexp, torch.norm, torch.linalg.vector_norm, torch.linalg.matrix_norm, torch.linalg.norm,
+    torch.std, torch.var, torch.cumsum,
     torch.softmax, F.softmax, torch.log_softmax, F.log_softmax, F.softmin, F.normalize, F.dropout, F.dropout1d,
     F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout, torch.feature_dropout,
     torch.alpha_dropout, torch.feature_alpha_dropout,
