@@ -28,7 +28,7 @@ from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
 
-__all__ = ["FINITE_FOR_FINITE", "SCALINGS", "masked_value", "stays_finite", "unchanged_by_masks"]
+__all__ = ["FINITE_FOR_FINITE", "SCALINGS", "masked_value", "power", "stays_finite", "unchanged_by_masks"]
 
 _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
     torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
@@ -103,7 +103,7 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     if unchanged_by_masks(node, modules):
         return True
     call = normalize(node)
-    if call.op in FINITE_FOR_FINITE or call.op in SCALINGS or _positive_power(call):
+    if call.op in FINITE_FOR_FINITE or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
@@ -288,10 +288,12 @@ def _slices(
     return slices
 
 
-def _positive_power(call: Call) -> bool:
-    """``h ** 3``, ``h.pow(2)``: a product."""
+def power(call: Call) -> float | None:
+    """The exponent of ``x ** p`` with a number ``p``."""
+    if call.op not in (torch.pow, operator.pow, operator.ipow):
+        return None
     p = call.args.get("exponent", call.args.get("other"))
-    return call.op in (torch.pow, operator.pow, operator.ipow) and isinstance(p, (int, float)) and p > 0
+    return float(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else None
 
 
 def _tensor(n: fx.Node) -> bool:

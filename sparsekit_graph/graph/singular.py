@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .masked_values import masked_value, unchanged_by_masks
+from .masked_values import masked_value, power, unchanged_by_masks
 from .meta import META
 from .normalize import Call, normalize
 
@@ -110,7 +110,7 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         if isinstance(low, (int, float)) and not isinstance(low, bool):
             return "+" if low > 0 else ">=0" if low == 0 else None
         return None
-    p = 0.5 if call.op is torch.sqrt else _power(call)
+    p = 0.5 if call.op is torch.sqrt else power(call)
     if p is not None and p <= 1 and _sign(src, modules, depth + 1) == "+":
         return "+"  # ``(var + eps).sqrt()``, ``(var + eps) ** -0.5``: no underflow (``** 2`` may)
     if call.op in _NONNEGATIVE or _even_power(call):
@@ -144,15 +144,7 @@ def in_dtype(v: object, dtype: torch.dtype) -> object:
     return v
 
 
-def _power(call: Call) -> float | None:
-    """The exponent of ``x ** p`` with a number ``p``."""
-    if call.op not in (torch.pow, operator.pow):
-        return None
-    p = call.args.get("exponent", call.args.get("other"))
-    return float(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else None
-
-
 def _even_power(call: Call) -> bool:
     """``x ** 2``, ``x.pow(4)``: never negative."""
-    p = _power(call)
+    p = power(call)
     return p is not None and p.is_integer() and int(p) % 2 == 0
