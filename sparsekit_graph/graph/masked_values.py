@@ -74,6 +74,7 @@ _RESHAPES = {torch.Tensor.view, torch.reshape, torch.flatten, torch.unflatten, t
 _EXPANDS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
 _LITERALS = {torch.tensor, torch.as_tensor, torch.scalar_tensor, torch.full, torch.ones, torch.zeros}
+_NEW_LITERALS = {Tensor.new_tensor, Tensor.new_full, Tensor.new_ones, Tensor.new_zeros}  # ``h.new_tensor(1e-5)``
 _CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
@@ -81,6 +82,7 @@ _ELEMENTWISE_MODULES = (
 )  # fmt: skip
 _MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
 _UNCHANGED = "skg.unchanged_by_masks"  # node.meta: no input, layer or parameter upstream
+_CONSTANT = "skg.constant"  # node.meta: the tensor a node makes of literals, or None
 _ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's extent)
 
 
@@ -319,18 +321,52 @@ def _first_writer(n: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
 
 
 def _constant(n: fx.Node) -> Tensor | None:
-    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``), else None. A
-    buffer's or parameter's value is not read: on meta weights there is none, and the plan on
-    meta weights is the plan on real ones."""
+    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``,
+    ``torch.tensor(1e-5, device=h.device)``, ``h.new_ones(()) * 1e-5``), else None. A buffer's
+    or parameter's value is not read: on meta weights there is none, and the plan on meta
+    weights is the plan on real ones."""
     if n.op == "get_attr":
         value = n.meta.get(TRACED_CONSTANT)
-    elif n.op == "call_function" and not n.all_input_nodes and normalize(n).op in _LITERALS:
-        value = _call(n, {})
-    else:
+    elif n.op not in ("call_function", "call_method"):
         return None
+    elif _CONSTANT in n.meta:
+        return n.meta[_CONSTANT]
+    else:
+        operands = _constant_operands(n)
+        value = n.meta[_CONSTANT] = None if operands is None else _call(n, operands)
     if not isinstance(value, Tensor) or value.is_meta or value.numel() > _ELEMENTS:
         return None
     return value.detach().cpu()
+
+
+def _constant_operands(n: fx.Node) -> dict[fx.Node, Any] | None:
+    """The operands of a tensor made of literals, as they are made on the CPU: a device read
+    off a tensor (``device=h.device``) is the CPU; a tensor only its dtype is read from (``h``
+    in ``h.new_tensor(1e-5)`` and ``c.to(h)``) an empty one of that dtype; a tensor operand a
+    constant. None where anything else enters (``h.new_tensor(h.size(1))``, ``h * 2``)."""
+    call = normalize(n)
+    if call.op in _NEW_LITERALS:
+        typed = [call.args.get("input")]
+    elif call.op in _CASTS:
+        typed = [v for k, v in call.args.items() if k != "input"]
+    elif call.op in _LITERALS or call.op in POINTWISE_FUNCTIONS:
+        typed = []
+    else:
+        return None
+    others: list[fx.Node] = []
+    fx.node.map_arg([v for v in call.args.values() if not any(v is t for t in typed)], others.append)
+    operands: dict[fx.Node, Any] = {}
+    for a in n.all_input_nodes:
+        value = a.meta.get(META)
+        if a in typed and a not in others and isinstance(value, Tensor):
+            operands[a] = torch.empty((), dtype=value.dtype)
+        elif isinstance(value, (torch.device, torch.dtype)):
+            operands[a] = torch.device("cpu") if isinstance(value, torch.device) else value
+        elif (constant := _constant(a)) is not None:
+            operands[a] = constant
+        else:
+            return None
+    return operands
 
 
 def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None) -> Any:

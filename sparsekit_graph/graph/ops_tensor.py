@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from .axes import AxisId
 from .context import RuleContext
 from .masked_values import FINITE_FOR_FINITE, stays_finite
-from .normalize import canonical_op
+from .meta import is_exported
+from .normalize import canonical_op, normalize
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .pool_windows import one_index_windows
 from .rules import register_function_rule, register_method_rule
@@ -98,10 +99,23 @@ def expand(ctx: RuleContext) -> None:
                 ctx.pin([o], f"expand keeps an axis at a constant size at {ctx.where()}")
         elif other is not None:
             ctx.same([other[j]], [o])
-        elif isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]):
+        elif isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]) and not _written_into_under_export(ctx):
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
+
+
+def _written_into_under_export(ctx: RuleContext) -> bool:
+    """``y[:, :, 0] = 1.0`` on meta weights exports as ``copy_(select(y, 2, 0), expand(t, [2, 6,
+    4]))``: torch broadcast the value to the target's shape itself (as a literal, like every
+    size under torch.export), and the write links the new axes to the target's. A literal the
+    code wrote there is the export probe's to catch."""
+    users = list(ctx.node.users)
+    return (
+        is_exported(ctx.node.graph)
+        and bool(users)
+        and all(normalize(u).op is torch.Tensor.copy_ and normalize(u).args.get("src") is ctx.node for u in users)
+    )
 
 
 def _literal_size(ctx: RuleContext, size: object) -> bool:

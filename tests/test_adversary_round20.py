@@ -1,0 +1,148 @@
+"""Adversary round 20."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+F16, F32 = torch.float16, torch.float32
+
+
+class _Scaled(nn.Module):
+    """``b(f(a(x)))``: ``f`` acts on each of a's channels alone."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.b, self.f = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.f(self.a(x)))
+
+
+def _masked_and_pruned(model: nn.Module, plan: skg.Plan, x: Tensor, group: str = "a:out") -> tuple[Tensor, Tensor]:
+    mask = torch.zeros(plan.group(group).size, dtype=torch.bool)
+    mask[[1, 4, 6]] = True
+    dense = copy.deepcopy(model)
+    skg.bind(plan, dense)[group].apply_mask(mask)
+    pruned = skg.prune(model, plan, masks={group: mask}).model.eval()
+    with torch.no_grad():
+        return dense(x).float(), pruned(x).float()
+
+
+def _signature(plan: skg.Plan) -> list[tuple[str, int, bool, bool]]:
+    return [(g.name, g.size, g.prunable, g.zero_invariant) for g in plan.groups]
+
+
+def _built(f: Callable[[Tensor], Tensor], dtype: torch.dtype) -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(0)
+    return _Scaled(f).to(dtype).eval(), torch.randn(2, 3, 6, 6).to(dtype)
+
+
+# -- an eps made on the input's device is the constant it holds -----------------------------
+
+
+def _amax(h: Tensor) -> Tensor:
+    return h.abs().amax((2, 3), keepdim=True)
+
+
+_EPS: dict[str, Callable[[Tensor, float], Tensor | float]] = {
+    "number": lambda h, e: e,
+    "tensor": lambda h, e: torch.tensor(e),
+    "tensor_on_device": lambda h, e: torch.tensor(e, device=h.device),
+    "tensor_on_device_in_dtype": lambda h, e: torch.tensor(e, device=h.device, dtype=h.dtype),
+    "as_tensor_on_device": lambda h, e: torch.as_tensor(e, dtype=h.dtype, device=h.device),
+    "scalar_tensor_on_device": lambda h, e: torch.scalar_tensor(e, device=h.device),
+    "full_on_device": lambda h, e: torch.full((), e, device=h.device),
+    "new_tensor": lambda h, e: h.new_tensor(e),
+    "new_full": lambda h, e: h.new_full((1,), e),
+    "new_ones_scaled": lambda h, e: h.new_ones(()) * e,
+    "cast_to_the_input": lambda h, e: torch.tensor(e, device=h.device).to(h),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EPS))
+def test_every_spelling_of_an_eps_keeps_a_clamped_divisor_zero_invariant(name: str) -> None:
+    model, x = _built(lambda h: h / (_amax(h) + _EPS[name](h, 1e-5)), F32)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant, plan.group("a:out")
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+    meta = skg.plan(copy.deepcopy(model).to("meta"), x.to("meta"))
+    assert meta.group("a:out").zero_invariant
+
+
+@pytest.mark.parametrize("name", sorted(set(_EPS) - {"number", "tensor"}))
+def test_an_eps_on_the_device_that_rounds_to_zero_in_float16_is_not_zero_invariant(name: str) -> None:
+    model, x = _built(lambda h: h / (_amax(h) + _EPS[name](h, 1e-9)), F16)
+    plan = skg.plan(model, x)
+    masked, _ = _masked_and_pruned(model, plan, x)
+    assert not torch.isfinite(masked).all()  # 0 / (0 + 0) on the masked channel
+    assert not plan.group("a:out").zero_invariant
+
+
+def test_a_number_made_of_the_channel_count_is_not_a_constant() -> None:
+    model, x = _built(lambda h: h / (_amax(h) + h.new_tensor(h.shape[1]) * 1e-6), F32)
+    plan = skg.plan(model, x)
+    assert not plan.group("a:out").zero_invariant  # the pruned model adds another number
+
+
+# -- a number written into a slice plans alike on real and meta weights ---------------------
+
+
+class _WrittenRow(nn.Module):
+    def __init__(self, write: Callable[[nn.Module, Tensor], None]) -> None:
+        super().__init__()
+        self.a, self.b, self.write = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), write
+        self.register_buffer("t", torch.rand(6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x).clone()
+        self.write(self, y)
+        return self.b(y)
+
+
+def _set_number(m: nn.Module, y: Tensor) -> None:
+    y[:, :, 0] = 1.0
+
+
+def _set_last_row(m: nn.Module, y: Tensor) -> None:
+    y[..., -1, :] = 0.0
+
+
+def _set_buffer(m: nn.Module, y: Tensor) -> None:
+    y[:, :, 0] = m.t
+
+
+def _set_buffer_expanded_to_the_channel_count(m: nn.Module, y: Tensor) -> None:
+    y[:, :, 0] = m.t.expand(y.shape[0], y.shape[1], 6)
+
+
+def _set_buffer_expanded_to_a_literal(m: nn.Module, y: Tensor) -> None:
+    y[:, :, 0] = m.t.expand(2, 8, 6)
+
+
+@pytest.mark.parametrize(
+    "write", [_set_number, _set_last_row, _set_buffer, _set_buffer_expanded_to_the_channel_count], ids=lambda f: f.__name__
+)
+def test_a_value_written_into_a_row_plans_alike_on_real_and_meta_weights(write: Callable[[nn.Module, Tensor], None]) -> None:
+    torch.manual_seed(0)
+    model, x = _WrittenRow(write).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    meta = skg.plan(copy.deepcopy(model).to("meta"), x.to("meta"))
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant
+    assert _signature(meta) == _signature(plan)
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+def test_a_value_expanded_to_a_literal_channel_count_before_the_write_is_pinned_on_meta_weights() -> None:
+    torch.manual_seed(0)
+    model, x = _WrittenRow(_set_buffer_expanded_to_a_literal).eval(), torch.randn(2, 3, 6, 6)
+    for plan in (skg.plan(model, x), skg.plan(copy.deepcopy(model).to("meta"), x.to("meta"))):
+        assert not plan.group("a:out").prunable  # the pruned model would expand to 8 channels
