@@ -27,7 +27,7 @@ class _Scaled(nn.Module):
 
 def _masked_and_pruned(model: nn.Module, plan: skg.Plan, x: Tensor, group: str = "a:out") -> tuple[Tensor, Tensor]:
     mask = torch.zeros(plan.group(group).size, dtype=torch.bool)
-    mask[[1, 4, 6]] = True
+    mask[1::3] = True
     dense = copy.deepcopy(model)
     skg.bind(plan, dense)[group].apply_mask(mask)
     pruned = skg.prune(model, plan, masks={group: mask}).model.eval()
@@ -153,3 +153,127 @@ def test_a_pruned_copy_that_fails_under_torch_export_logs_no_traceback(capfd: py
     model, x = _WrittenRow(_set_buffer_expanded_to_a_literal).eval(), torch.randn(2, 3, 6, 6)
     assert not skg.plan(model, x).group("a:out").prunable
     assert "Traceback" not in capfd.readouterr().err  # the probe's failure is the pin's reason
+
+
+# -- multi-query attention written by hand: one key/value head serves every query head ------
+
+
+class _MultiQuery(nn.Module):
+    """Attention with ``num_kv_heads`` key/value heads repeated for 4 query heads."""
+
+    def __init__(self, repeat: Callable[[nn.Module, Tensor, Tensor], Tensor], num_kv_heads: int = 1) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim, self.repeat = 4, num_kv_heads, 8, repeat
+        self.q, self.o = nn.Linear(32, 32), nn.Linear(32, 32)
+        self.k, self.v = nn.Linear(32, 8 * num_kv_heads), nn.Linear(32, 8 * num_kv_heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (p(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2) for p in (self.k, self.v))
+        o = torch.nn.functional.scaled_dot_product_attention(q, self.repeat(self, k, q), self.repeat(self, v, q))
+        return self.o(o.transpose(1, 2).reshape(b, t, -1))
+
+
+_REPEATS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
+    "repeat_interleave_ratio_of_counts": lambda m, k, q: k.repeat_interleave(m.num_heads // m.num_kv_heads, dim=1),
+    "repeat_interleave_ratio_of_lengths": lambda m, k, q: k.repeat_interleave(q.shape[1] // k.shape[1], dim=1),
+    "expand_and_reshape": lambda m, k, q: (
+        k[:, :, None]
+        .expand(k.shape[0], m.num_kv_heads, m.num_heads // m.num_kv_heads, k.shape[2], m.head_dim)
+        .reshape(k.shape[0], m.num_heads, k.shape[2], m.head_dim)
+    ),
+}
+
+
+@pytest.mark.parametrize("gqa", ["kv_groups", "query_heads"])
+@pytest.mark.parametrize("name", sorted(_REPEATS))
+def test_one_key_value_head_lets_every_query_head_be_pruned(name: str, gqa: str) -> None:
+    torch.manual_seed(0)
+    model, x = _MultiQuery(_REPEATS[name]).eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x, gqa=gqa)
+    heads = plan.group("q:out")
+    assert heads.prunable and heads.size == 4 and heads.zero_invariant, heads
+    masked, pruned = _masked_and_pruned(model, plan, x, "q:out")
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+    two = skg.prune(model, plan, masks={"q:out": torch.tensor([True, False, True, False])}).model
+    assert two.num_heads == 2 and two.q.out_features == 16
+
+
+@pytest.mark.parametrize("name", sorted(_REPEATS))
+def test_two_key_value_heads_still_prune_whole_groups(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _MultiQuery(_REPEATS[name], num_kv_heads=2).eval(), torch.randn(2, 5, 32)
+    heads = skg.plan(model, x).group("q:out")
+    assert heads.prunable and heads.size == 2, heads
+
+
+_LITERAL_REPEATS: dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
+    "repeat_interleave_by_4": lambda m, k, q: k.repeat_interleave(4, dim=1),
+    "expand_to_4": lambda m, k, q: k[:, :, None].expand(k.shape[0], 1, 4, k.shape[2], 8).reshape(k.shape[0], 4, k.shape[2], 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LITERAL_REPEATS))
+def test_one_key_value_head_repeated_a_literal_number_of_times_keeps_the_query_heads(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _MultiQuery(_LITERAL_REPEATS[name]).eval(), torch.randn(2, 5, 32)
+    heads = skg.plan(model, x).group("q:out")
+    assert not heads.prunable or heads.size == 1, heads  # 4 copies whatever the heads pruning keeps
+
+
+# -- one functional conv per row of a weight, concatenated: no parameter produces the rows ---
+
+
+class _ConvPerRow(nn.Module):
+    def __init__(self, convs: Callable[[nn.Module, Tensor], list[Tensor]]) -> None:
+        super().__init__()
+        self.a, self.b, self.convs = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(6, 4, 1), convs
+        self.w = nn.Parameter(torch.randn(6, 8, 3, 3) * 0.3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.cat(self.convs(self, torch.relu(self.a(x))), 1))
+
+
+def _conv(h: Tensor, w: Tensor) -> Tensor:
+    return torch.nn.functional.conv2d(h, w, padding=1)
+
+
+_PER_ROW: dict[str, Callable[[nn.Module, Tensor], list[Tensor]]] = {
+    "unbind_unsqueeze": lambda m, h: [_conv(h, w.unsqueeze(0)) for w in m.w.unbind(0)],
+    "index_unsqueeze": lambda m, h: [_conv(h, m.w[i].unsqueeze(0)) for i in range(6)],
+    "iterate_none": lambda m, h: [_conv(h, w[None]) for w in m.w],
+    "split_by_one": lambda m, h: [_conv(h, w) for w in m.w.split(1, 0)],
+    "slices": lambda m, h: [_conv(h, m.w[i : i + 1]) for i in range(6)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PER_ROW))
+def test_convs_per_weight_row_concatenated_never_plan_a_group_that_cannot_prune(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _ConvPerRow(_PER_ROW[name]).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    for group in plan.prunable:  # b:in was prunable with no parameter to lose its channels
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[1] = True
+        assert skg.prune(model, plan, masks={group.name: mask}).model(x).shape == (2, 4, 6, 6)
+    columns = next(g for g in plan.groups if any(m.param == "b.weight" and m.axis == 1 for m in g.members))
+    assert not columns.prunable, columns
+    skg.prune(model, plan, ratio=0.25)
+
+
+def test_one_channel_conv_layers_concatenated_still_plan_their_weights() -> None:
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(6, 4, 1)
+            self.heads = nn.ModuleList(nn.Conv2d(8, 1, 1) for _ in range(6))
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return self.b(torch.cat([head(h) for head in self.heads], 1))
+
+    plan = skg.plan(Heads().eval(), torch.randn(2, 3, 6, 6))
+    assert plan.group("a:out").prunable
+    head = plan.group("heads.0:out")  # a parameter produces each of b's columns
+    assert {"heads.0.weight", "b.weight"} <= {m.param for m in head.members}, head

@@ -19,9 +19,10 @@ import torch.fx as fx
 
 from .axes import AxisId
 from .context import RuleContext
+from .meta import ReadInt
 from .size_args import read_axis
 
-__all__ = ["ratio_repeats"]
+__all__ = ["follows_counts", "ratio_repeats", "uncounted"]
 
 
 def ratio_repeats(ctx: RuleContext, repeats: object, repeated: AxisId, out: AxisId) -> int | None:
@@ -45,3 +46,23 @@ def ratio_repeats(ctx: RuleContext, repeats: object, repeated: AxisId, out: Axis
             ctx.graph.link(a, b)  # one channel space each: both lengths follow what pruning leaves
     ctx.model_length(repeats)
     return r
+
+
+def follows_counts(ctx: RuleContext, r: object) -> bool:
+    """Is the count ``r`` as the call got it computed from lengths (``ratio_repeats``) or from
+    size attributes each of which counts an axis (``self.num_heads // self.num_kv_heads``:
+    surgery rewrites the counts)? A literal is not, nor an attribute holding the ratio itself
+    (``self.num_key_value_groups``: nothing rewrites it)."""
+    if not isinstance(r, int):
+        return True
+    return isinstance(r, ReadInt) and r.derived and len(r.sites) > 1 and not uncounted(ctx, r)
+
+
+def uncounted(ctx: RuleContext, r: object) -> str:
+    """The first attribute a count made from several (``self.num_heads // self.num_kv_heads``)
+    was computed from that no rule so far counted an axis by (``q.view(b, n, -1, d)``), named;
+    empty where none. The axes the others count pin as well (``computed_sizes``)."""
+    if not (isinstance(r, ReadInt) and len(r.sites) > 1):
+        return ""
+    counted = {(s.owner, s.attr) for refs in ctx.graph.size_refs.values() for s in refs}
+    return next((f"{path or 'model'}.{attr}" for path, attr in sorted(r.sites - counted)), "")

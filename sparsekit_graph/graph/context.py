@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 
 from .axes import AxisGraph, AxisId
-from .meta import META
+from .meta import META, ReadInt
 from .normalize import Call, normalize
 from .parametrized import modelled
 from .sizes import size_sources
@@ -228,9 +228,12 @@ class RuleContext:
 
     def produce(self, source: AxisId, out: AxisId, ia: Any = None, ib: Any = None, kind: str = "identity") -> None:
         """``source`` (a parameter axis, or a weight passed in) determines output axis ``out``:
-        its channels are produced here. A group with no producer is never prunable."""
+        its channels are produced here. A group with no producer is never prunable. A weight's
+        unit axis that no link ties to a parameter (``F.conv2d(h, w[i].unsqueeze(0))``, one conv
+        per row of ``w``: ``unsqueeze`` made it) produces nothing a parameter could lose."""
         self.graph.link(source, out, ia, ib, kind=kind)
-        self.graph.produce(source)
+        if source[0] == "p" or self.graph.size(source) > 1 or len(self.graph.adj[source]) > 1:
+            self.graph.produce(source)
 
     def fresh(self, axes: Iterable[AxisId]) -> None:
         """Output axes that follow no input on purpose (broadcast by ``expand``: size 1 -> n)."""
@@ -248,7 +251,11 @@ class RuleContext:
 
     def constant_size(self, axis: AxisId, size: Any) -> bool:
         """A literal size in the call (not ``-1`` or ``1``) that is no size attribute of the
-        layer or model: the code would not follow a pruned size there."""
+        layer or model: the code would not follow a pruned size there. An attribute read as 1
+        (``view(b, t, self.num_kv_heads, d)`` with one KV head) is recorded: it counts this axis,
+        so a number computed from it (``num_heads // num_kv_heads``) follows."""
+        if isinstance(size, ReadInt) and size == 1:
+            self.size_follows_model(axis, size)
         return isinstance(size, int) and size not in (-1, 1) and not self.size_follows_model(axis, size)
 
     def model_length(self, x: fx.Node) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
-from .computed_repeats import ratio_repeats
+from .computed_repeats import follows_counts, ratio_repeats, uncounted
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .meta import ReadInt
@@ -347,31 +347,16 @@ def repeat_interleave(ctx: RuleContext) -> None:
         return
     d %= len(src)
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
-    stale = _uncounted(ctx, given)
+    stale = uncounted(ctx, given)
     if stale:  # surgery leaves it while it rewrites the others: the count the code computes moves
         ctx.pin([src[d], out[d]], f"repeat count computed from {stale}, which counts no axis, at {ctx.where()}")
-    elif r > 1 and ctx.graph.divert_repeats and not _follows(ctx, given):  # query heads per group change: r must follow
+    elif r > 1 and ctx.graph.divert_repeats and not follows_counts(ctx, given):  # query heads per group change: r must follow
         ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")
+    if ctx.graph.size(src[d]) == 1 and (r is not given or isinstance(given, ReadInt)) and follows_counts(ctx, given):
+        ctx.fresh([out[d]])  # one KV head for all, as many copies as query heads: a broadcast that follows them
+        return
     i = np.arange(ctx.graph.size(out[d]))
     ctx.graph.link(src[d], out[d], i // r, i, kind="repeat")
-
-
-def _follows(ctx: RuleContext, r: object) -> bool:
-    """Is the repeat count ``r`` as the call got it computed from lengths (``computed_repeats``) or
-    from size attributes (``self.num_heads // self.num_kv_heads``: surgery rewrites the counts;
-    where one counts no axis, the repeat pins: ``_uncounted``)? A literal is not, nor an
-    attribute holding the ratio itself (``self.num_key_value_groups``: nothing rewrites it)."""
-    return not isinstance(r, int) or (isinstance(r, ReadInt) and r.derived and len(r.sites) > 1)
-
-
-def _uncounted(ctx: RuleContext, r: object) -> str:
-    """The first attribute a count made from several (``self.num_heads // self.num_kv_heads``)
-    was computed from that no rule so far counted an axis by (``q.view(b, n, -1, d)``), named;
-    empty where none. The axes the others count pin as well (``computed_sizes``)."""
-    if not (isinstance(r, ReadInt) and len(r.sites) > 1):
-        return ""
-    counted = {(s.owner, s.attr) for refs in ctx.graph.size_refs.values() for s in refs}
-    return next((f"{path or 'model'}.{attr}" for path, attr in sorted(r.sites - counted)), "")
 
 
 # -- checks ---------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def view(ctx: RuleContext) -> None:
 
     def constant(j: int, s: Any) -> bool:  # (records the attributes a size follows: call once per axis)
         if not isinstance(s, int) or s <= 1:
-            return False
+            return isinstance(s, int) and ctx.constant_size(out[j], s)  # records an attribute read as 1
         if j in twice:
             return j not in kept
         fixed = ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s) and not _merged_heads(ctx, j, s, groups)

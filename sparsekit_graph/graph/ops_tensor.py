@@ -12,9 +12,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .axes import AxisId
+from .computed_repeats import follows_counts
 from .context import RuleContext
 from .masked_values import FINITE_FOR_FINITE, stays_finite
-from .meta import is_exported
+from .meta import ReadInt, is_exported
 from .normalize import canonical_op, normalize
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .pool_windows import one_index_windows
@@ -99,7 +100,12 @@ def expand(ctx: RuleContext) -> None:
                 ctx.pin([o], f"expand keeps an axis at a constant size at {ctx.where()}")
         elif other is not None:
             ctx.same([other[j]], [o])
-        elif isinstance(sizes, (tuple, list)) and ctx.constant_size(o, sizes[j]) and not _written_into_under_export(ctx):
+        elif (
+            isinstance(sizes, (tuple, list))
+            and ctx.constant_size(o, sizes[j])
+            and not _written_into_under_export(ctx)
+            and not (isinstance(sizes[j], ReadInt) and follows_counts(ctx, sizes[j]))  # num_heads // num_kv_heads
+        ):
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:
             ctx.fresh([o])
