@@ -277,3 +277,78 @@ def test_one_channel_conv_layers_concatenated_still_plan_their_weights() -> None
     assert plan.group("a:out").prunable
     head = plan.group("heads.0:out")  # a parameter produces each of b's columns
     assert {"heads.0.weight", "b.weight"} <= {m.param for m in head.members}, head
+
+
+# -- a layer's own counts read as arguments of its functional form ------------------------
+
+
+class _FunctionalDepthwise(nn.Module):
+    def __init__(self, groups: Callable[[nn.Module], int]) -> None:
+        super().__init__()
+        self.a, self.dw, self.pw, self.groups = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8),
+            nn.Conv2d(8, 4, 1),
+            groups,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        h = torch.nn.functional.conv2d(h, self.dw.weight, self.dw.bias, padding=1, groups=self.groups(self))
+        return self.pw(torch.relu(h))
+
+
+_GROUPS: dict[str, Callable[[nn.Module], int]] = {
+    "groups": lambda m: m.dw.groups,
+    "in_channels": lambda m: m.dw.in_channels,
+    "out_channels": lambda m: m.dw.out_channels,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_GROUPS))
+def test_a_functional_depthwise_conv_with_its_group_count_read_off_the_layer_prunes(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _FunctionalDepthwise(_GROUPS[name]).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant
+    masked, pruned = _masked_and_pruned(model, plan, x)  # the resizer saw in_channels rewritten and took it for no depthwise conv
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert small.dw.groups == small.dw.in_channels == small.dw.out_channels == 4
+
+
+# -- a length read as numel() ---------------------------------------------------------------
+
+
+class _NumelReshape(nn.Module):
+    def __init__(self, width: Callable[[nn.Module], int]) -> None:
+        super().__init__()
+        self.fc1, self.g, self.fc2, self.width = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 6), width
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc1(x)).reshape(-1, self.width(self)).view(x.shape[0], x.shape[1], -1)
+        return self.fc2(h) + self.g(x).sum(-1, keepdim=True)
+
+
+_WIDTHS: dict[str, Callable[[nn.Module], int]] = {
+    "len": lambda m: len(m.g.bias),
+    "shape": lambda m: m.g.bias.shape[0],
+    "numel": lambda m: m.g.bias.numel(),
+    "torch_numel": lambda m: torch.numel(m.g.bias),
+    "numel_of_a_matrix": lambda m: m.g.weight.numel() // 8,
+    "numel_of_a_matrix_whole": lambda m: m.g.weight.numel(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_WIDTHS))
+def test_a_width_read_off_another_layer_never_leaves_a_group_that_cannot_prune(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _NumelReshape(_WIDTHS[name]).eval(), torch.randn(2, 8, 8)
+    plan = skg.plan(model, x)
+    for group in plan.prunable:
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[1::3] = True
+        skg.prune(model, plan, masks={group.name: mask}).model(x)
+    if name in ("len", "shape", "numel", "torch_numel"):  # the bias's length: both layers shrink together
+        assert plan.group("fc1:out").prunable
+        assert any(m.param == "g.bias" for m in plan.group("fc1:out").members)

@@ -249,6 +249,8 @@ def _check(
     out = user.meta.get(META)
     out_axes = axes_of(user) if isinstance(out, Tensor) else None
     modelled = length_args(call.op)
+    source = call.args.get("input")
+    in_axes = (axes_of(source) or []) if isinstance(source, fx.Node) else []
     for k, v in call.args.items():
         if k in _VALUE_ARGS or k in modelled:
             continue
@@ -272,7 +274,8 @@ def _check(
                 # by a size attribute surgery rewrites (``b * self.num_heads``), are the factors' rules
                 size = math.prod(graph.size(a) for a in loose)
                 exact = graph.size(shaped) == size or not _reads_attribute(v) if shaped is not None else False
-                alone = exact and set(loose) == set(part) and not _reshapes(call.op)
+                regroups = _reshapes(call.op) and any(joined.same(a, i) for a in loose for i in in_axes)
+                alone = exact and set(loose) == set(part) and not regroups
                 if loose and shaped is not None and (alone or graph.size(shaped) % size):
                     why = f"this axis of node {user.name} is as long as argument {k}, made from a length nothing links it to"
                     _pin(graph, shaped, why)

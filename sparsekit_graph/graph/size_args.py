@@ -174,10 +174,14 @@ def _read_axes(ctx: RuleContext, x: object) -> list | None:
 
 
 def read_axis(ctx: RuleContext, x: object) -> tuple | None:
-    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``."""
+    """The axis whose length ``x`` is: ``t.size(d)``, ``t.shape[d]``, ``aten.sym_size(t, d)``,
+    ``t.numel()`` of a tensor with one axis longer than 1 (``self.g.bias.numel()``)."""
     if not isinstance(x, fx.Node) or x.op not in ("call_function", "call_method"):
         return None
     call = normalize(x)
+    if call.op is torch.numel:
+        long = [a for a in ctx.axes(call.args.get("input")) or [] if ctx.graph.size(a) > 1]
+        return long[0] if len(long) == 1 else None
     if call.op is torch.Tensor.size and isinstance(call.args.get("dim"), int):
         axes = ctx.axes(call.args.get("input"))
         return axes[call.args["dim"]] if axes else None

@@ -72,12 +72,20 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
                     store[attr] = replaced[id(t)]
     with _in_eval(model):
         refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
-        _rewrite_sizes(model, plan, masks)
+        sizes = _new_sizes(model, plan, masks)
         rescale_queries(model, plan, masks)
+        # Layers resize from their sliced weights and their attributes as they were (a depthwise
+        # conv is one whose groups equal its input channels); an attribute a resizer sets is
+        # its own, whatever a count the code read off the layer says (``groups=self.dw.in_channels``).
+        watched = {(id(h), attr): (h, read_size(h, attr)) for h, attr, _ in sizes if by_type(_RESIZERS, h) is not None}
         for module in model.modules():
             resize = by_type(_RESIZERS, module)
             if resize is not None:
                 resize(module)
+        for holder, attr, value in sizes:
+            key = (id(holder), attr)
+            if key not in watched or read_size(holder, attr) == watched[key][1]:
+                write_size(holder, attr, value)
         rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
 
 
@@ -113,8 +121,9 @@ def _cut_per_expert(name: str, t: Tensor, cuts: list[tuple[int, tuple[int, ...],
     return torch.stack(list(experts.values())).reshape(*t.shape[:lead], *shapes.pop())
 
 
-def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
-    """Set every attribute that counts channels (``SizeRef``) to its new value: its value less
+def _new_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> list[tuple[object, str, object]]:
+    """The new value of every attribute that counts channels (``SizeRef``), as (holder,
+    attribute, value), read before anything changes: its value less
     ``per_channel`` for each channel its group removed. An attribute several groups count (a
     config shared by all layers, or one object several blocks hold) changes only where they
     all agree on the new value; otherwise it keeps its value and ``prune``'s structure check
@@ -135,10 +144,12 @@ def _rewrite_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> No
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
             if new is not None:
                 proposals.setdefault((id(holder), ref.attr), (holder, set(), set()))[1 if g.prunable else 2].add(new)
+    out: list[tuple[object, str, object]] = []
     for (_, attr), (holder, live, pinned) in proposals.items():
         values = live or pinned
         if len(values) == 1:
-            write_size(holder, attr, values.pop())
+            out.append((holder, attr, values.pop()))
+    return out
 
 
 def _owner(model: nn.Module, modules: dict[str, nn.Module], owner: str) -> object:
