@@ -352,3 +352,115 @@ def test_a_width_read_off_another_layer_never_leaves_a_group_that_cannot_prune(n
     if name in ("len", "shape", "numel", "torch_numel"):  # the bias's length: both layers shrink together
         assert plan.group("fc1:out").prunable
         assert any(m.param == "g.bias" for m in plan.group("fc1:out").members)
+
+
+# -- what a removed channel holds, continued: numbers, layers, complex values, in-place ----
+
+
+def _m(h: Tensor) -> Tensor:
+    return h.abs().mean((2, 3), keepdim=True)
+
+
+def _v(h: Tensor) -> Tensor:
+    return h.var((2, 3), keepdim=True)
+
+
+def _sub_in_place(h: Tensor) -> Tensor:
+    d = _v(h) + 1.0
+    d.sub_(1.0)  # var again, written into the node made as var + 1
+    return h / d
+
+
+def _copy_in_place(h: Tensor) -> Tensor:
+    d = _v(h) + 1.0
+    d.copy_(_v(h))
+    return h / d
+
+
+def _log_in_place(h: Tensor) -> Tensor:
+    s = _m(h) + 1.0
+    s.log_()
+    return h / s
+
+
+class _CosineLayer(nn.Module):
+    """``F.linear(x, F.normalize(w))``: a classifier over unit rows."""
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.w, self.b, self.eps = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Conv2d(8, 4, 1), eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.nn.functional.normalize(self.w.flatten(1), dim=1, eps=self.eps).view_as(self.w)
+        return self.b(torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def _layer(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda h: layer(_m(h))
+
+
+F_ = torch.nn.functional
+# name -> (model maker, dtype, group): each computes inf or NaN on a masked channel
+_NOT_FINITE: dict[str, tuple[Callable[[], nn.Module], torch.dtype, str]] = {
+    "masked_fill_minus_inf_then_softmax": (
+        lambda: _Scaled(lambda h: h * torch.softmax(h.masked_fill(h == 0, float("-inf")).flatten(2), -1).view_as(h)),
+        F32,
+        "a:out",
+    ),
+    "where_minus_inf": (lambda: _Scaled(lambda h: torch.where(h != 0, h, float("-inf"))), F32, "a:out"),
+    "where_1e5_f16": (lambda: _Scaled(lambda h: torch.where(h != 0, h, 1e5)), F16, "a:out"),
+    "threshold_value_inf": (lambda: _Scaled(lambda h: F_.threshold(_m(h), 1e-6, float("inf"))), F32, "a:out"),
+    "leaky_relu_slope_overflows_f16": (lambda: _Scaled(lambda h: F_.leaky_relu(_v(h) - 1e-2, negative_slope=1e7)), F16, "a:out"),
+    "normalize_layer_output_eps_0": (lambda: _Scaled(lambda h: F_.normalize(h, dim=-1, eps=0.0)), F32, "a:out"),
+    "normalize_layer_output_f16": (lambda: _Scaled(lambda h: F_.normalize(h, dim=-1)), F16, "a:out"),
+    "cosine_layer_f16": (_CosineLayer, F16, "w:0"),
+    "cosine_layer_eps_0": (lambda: _CosineLayer(eps=0.0), F32, "w:0"),
+    "complex_exp_overflows": (
+        lambda: _Scaled(lambda h: h * torch.exp((100 - 1000 * _m(h)).to(torch.complex64)).abs()),
+        F32,
+        "a:out",
+    ),
+    "complex_eps_vanishes": (
+        lambda: _Scaled(lambda h: (h.to(torch.complex64) / (_v(h).to(torch.complex64) + 1e-50)).abs()),
+        F32,
+        "a:out",
+    ),
+    "softplus_layer_overflows_f16": (lambda: _Scaled(_layer(nn.Softplus(beta=1e-5, threshold=1e-6))), F16, "a:out"),
+    "threshold_layer_value_inf": (lambda: _Scaled(_layer(nn.Threshold(1e-6, float("inf")))), F32, "a:out"),
+    "divisor_written_by_sub_": (lambda: _Scaled(_sub_in_place), F32, "a:out"),
+    "divisor_written_by_copy_": (lambda: _Scaled(_copy_in_place), F32, "a:out"),
+    "divisor_written_by_log_": (lambda: _Scaled(_log_in_place), F32, "a:out"),
+    "local_response_norm_layer_k_0": (lambda: _Scaled(nn.LocalResponseNorm(1, k=0.0)), F32, "a:out"),
+    "local_response_norm_k_0": (lambda: _Scaled(lambda h: F_.local_response_norm(h, 1, k=0.0)), F32, "a:out"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NOT_FINITE))
+def test_a_removed_channel_that_holds_inf_or_nan_is_not_zero_invariant(name: str) -> None:
+    make, dtype, group = _NOT_FINITE[name]
+    torch.manual_seed(0)
+    model, x = make().to(dtype).eval(), torch.randn(2, 3, 6, 6).to(dtype)
+    plan = skg.plan(model, x)
+    masked, pruned = _masked_and_pruned(model, plan, x, group)
+    assert torch.isfinite(pruned).all() and not torch.isfinite(masked).all()  # the case is what it claims
+    assert not plan.group(group).zero_invariant
+
+
+_STILL_FINITE: dict[str, Callable[[], nn.Module]] = {
+    "normalize_over_two_axes": lambda: _Scaled(lambda h: F_.normalize(h, dim=(2, 3))),
+    "local_response_norm_k_1": lambda: _Scaled(nn.LocalResponseNorm(1)),
+    "where_zero": lambda: _Scaled(lambda h: torch.where(h > 0, h, 0.0)),
+    "cosine_layer": _CosineLayer,
+    "threshold_layer": lambda: _Scaled(_layer(nn.Threshold(0.1, 20.0))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STILL_FINITE))
+def test_a_removed_channel_that_stays_finite_stays_zero_invariant(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _STILL_FINITE[name]().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    group = "w:0" if name == "cosine_layer" else "a:out"
+    assert plan.group(group).zero_invariant, plan.group(group)
+    masked, pruned = _masked_and_pruned(model, plan, x, group)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)

@@ -28,7 +28,7 @@ from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 from .zeros import kept_source, reduced_source, written_in_place, zero_breaker
 
-__all__ = ["FINITE_FOR_FINITE", "SCALINGS", "masked_value", "power", "stays_finite", "unchanged_by_masks"]
+__all__ = ["FINITE_FOR_FINITE", "SCALINGS", "finite_for_finite", "masked_value", "power", "stays_finite", "unchanged_by_masks"]
 
 _PER_SLICE = {  # ops that reduce or normalise along ``dim``: per channel where ``dim`` is another axis
     torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch.std, torch.nansum, torch.nanmean, torch.prod,
@@ -70,6 +70,17 @@ _COPIES_AND_CASTS = {
     torch.Tensor.data, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.requires_grad_, torch.Tensor.requires_grad,
 }  # fmt: skip
 _DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
+_ARITHMETIC = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
 _RESHAPES = {torch.Tensor.view, torch.reshape, torch.flatten, torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as}
 _EXPANDS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
@@ -78,7 +89,8 @@ _NEW_LITERALS = {Tensor.new_tensor, Tensor.new_full, Tensor.new_ones, Tensor.new
 _CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
-    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Threshold,
+    nn.Softshrink, nn.Hardshrink,
 )  # fmt: skip
 _MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
 _UNCHANGED = "skg.unchanged_by_masks"  # node.meta: no input, layer or parameter upstream
@@ -94,18 +106,20 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     takes nothing masking changes (no input, layer or parameter upstream), or divides a zero by
     what stays nonzero. Anything else (``exp`` of an unknown value: ``exp(self.k - m)`` with
     ``k = 190``) may overflow."""
-    if node.op not in ("call_function", "call_method") or _of_layers(node):
+    if node.op not in ("call_function", "call_method", "call_module") or _of_layers(node):
+        return True
+    if node.op == "call_module" and not isinstance(modules.get(str(node.target)), _ELEMENTWISE_MODULES):
         return True
     v = masked_value(node, axis, modules)
     if v is not None:
         return math.isfinite(v)
     value = node.meta.get(META)
-    if not isinstance(value, Tensor) or not value.is_floating_point():  # ``h > 0``: no inf
+    if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):  # ``h > 0``: no inf
         return True
-    if unchanged_by_masks(node, modules):
+    if unchanged_by_masks(node, modules) or node.op == "call_module":  # an activation of a value not known
         return True
     call = normalize(node)
-    if call.op in FINITE_FOR_FINITE or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
+    if finite_for_finite(call, value) or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
@@ -127,10 +141,22 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
 
 def _of_layers(node: fx.Node) -> bool:
     """A sum or product of layers' outputs (``out += identity``): a masked channel is zero in
-    each, or not known; no op between makes a value large enough to overflow."""
-    return normalize(node).op in SCALINGS and all(
+    each, or not known; no op between makes a value large enough to overflow. (Not a
+    normalisation: ``F.normalize(self.w)`` in float16 divides by an eps that is 0.)"""
+    return normalize(node).op in _ARITHMETIC and all(
         a.op in ("call_module", "get_attr", "placeholder") for a in node.all_input_nodes
     )
+
+
+def finite_for_finite(call: Call, value: object) -> bool:
+    """Does ``call`` keep finite values finite in ``value``'s dtype (``FINITE_FOR_FINITE``, with
+    every number it takes finite there: not ``masked_fill(m, -inf)`` nor ``where(m, h, 1e5)``
+    in float16)?"""
+    if call.op not in FINITE_FOR_FINITE:
+        return False
+    limit = _range(value.dtype) if isinstance(value, Tensor) else math.inf
+    numbers = [v for v in call.args.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return all(math.isfinite(v) and abs(v) <= limit for v in numbers)
 
 
 def unchanged_by_masks(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -304,7 +330,7 @@ def _tensor(n: fx.Node) -> bool:
 
 def _range(dtype: torch.dtype) -> float:
     """The largest value ``dtype`` holds."""
-    if dtype.is_floating_point:
+    if dtype.is_floating_point or dtype.is_complex:
         return torch.finfo(dtype).max
     return 1.0 if dtype is torch.bool else float(torch.iinfo(dtype).max)
 
@@ -386,10 +412,12 @@ def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None
 def _one_value(out: Any) -> float | None:
     """The one value a floating-point ``out`` holds everywhere (NaN where any entry is not
     finite), else None."""
-    if not isinstance(out, Tensor) or out.is_meta or not out.numel() or not out.is_floating_point():
+    if not isinstance(out, Tensor) or out.is_meta or not out.numel() or not (out.is_floating_point() or out.is_complex()):
         return None
     if not bool(out.isfinite().all()):  # inf at one position (``exp(pos - 1000 * m)``) is inf there
         return math.nan
+    if out.is_complex():  # finite, but no one real value
+        return None
     first = out.reshape(-1)[0]
     return float(first) if bool((out == first).all()) else None
 

@@ -42,9 +42,16 @@ __all__: list[str] = []
 def local_response_norm(ctx: RuleContext) -> None:
     """Elementwise on every axis but the channels (axis 1), which a window wider than one mixes."""
     pointwise(ctx)
-    size = ctx.module.size if isinstance(ctx.module, nn.LocalResponseNorm) else ctx.arg("size")
+    layer = ctx.module if isinstance(ctx.module, nn.LocalResponseNorm) else None
+    size, k, beta = (
+        (layer.size, layer.k, layer.beta) if layer is not None else (ctx.arg("size"), ctx.arg("k", 1.0), ctx.arg("beta", 0.75))
+    )
     if size != 1:
         ctx.pin([ctx.out()[1]], f"cross-channel window of {size} at {ctx.where()}")
+        return
+    divisor = torch.tensor(float(k), dtype=ctx.meta(ctx.input).dtype) ** float(beta)  # a removed channel: 0 / k ** beta
+    if not (bool(divisor.isfinite()) and bool(divisor != 0)):
+        ctx.mix([ctx.out()[1]], f"a removed channel divides by k ** beta = {float(divisor)} at {ctx.where()}")
 
 
 @register_function_rule(torch.renorm)

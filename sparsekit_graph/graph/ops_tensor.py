@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .axes import AxisId
 from .computed_repeats import follows_counts
 from .context import RuleContext
-from .masked_values import FINITE_FOR_FINITE, stays_finite
+from .masked_values import finite_for_finite, stays_finite
 from .meta import ReadInt, is_exported
 from .normalize import canonical_op, normalize
 from .pointwise_ops import POINTWISE_FUNCTIONS
@@ -64,7 +64,7 @@ def pointwise(ctx: RuleContext) -> None:
         for d, a in enumerate(ctx.axes(x) or []):
             if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
                 ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
-    if ctx.call.op not in FINITE_FOR_FINITE:  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
+    if not finite_for_finite(ctx.call, ctx.out_value):  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
         finite_when_masked(ctx, out[0])
 
 
@@ -207,12 +207,13 @@ def reduction_mix(ctx: RuleContext, d: int) -> str | None:
 
 @register_function_rule(F.normalize)
 def normalize_vectors(ctx: RuleContext) -> None:
-    """``x / ||x||_p`` along ``dim``: zero-invariant there like the norm itself."""
+    """``x / ||x||_p`` along ``dim`` (one axis or several): zero-invariant there like the norm itself."""
     pointwise(ctx)
-    d = ctx.arg("dim", 1) % ctx.meta(ctx.input).ndim
-    reason = reduction_mix(ctx, d)
-    if reason:
-        ctx.mix([ctx.out()[d]], reason)
+    dim, ndim = ctx.arg("dim", 1), ctx.meta(ctx.input).ndim
+    for d in {k % ndim for k in (dim if isinstance(dim, (tuple, list)) else [dim])}:
+        reason = reduction_mix(ctx, d)
+        if reason:
+            ctx.mix([ctx.out()[d]], reason)
 
 
 # -- spatial ops ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .masked_values import masked_value, power, unchanged_by_masks
 from .meta import META
 from .normalize import Call, normalize
+from .zeros import written_in_place
 
 __all__ = ["in_dtype", "singular_operands", "stays_nonzero"]
 
@@ -99,7 +100,7 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
         return "!0" if not isinstance(x.meta.get(META), Tensor) else None  # a length read in forward
     if unchanged_by_masks(x, modules):
         return "!0"  # no member upstream: masking cannot change it
-    if x.op not in ("call_function", "call_method"):
+    if x.op not in ("call_function", "call_method") or written_in_place(x, modules):  # ``d = v + 1; d.sub_(1)``
         return None
     call = normalize(x)
     src = call.args.get("input")
@@ -139,8 +140,9 @@ def _sign(x: object, modules: dict[str, nn.Module], depth: int) -> str | None:
 
 def in_dtype(v: object, dtype: torch.dtype) -> object:
     """A Python number as ``dtype`` holds it (``1e-50`` is 0 in float32), else ``v``."""
-    if isinstance(v, float) and dtype.is_floating_point:
-        return torch.tensor(v, dtype=dtype).item()
+    if isinstance(v, float) and (dtype.is_floating_point or dtype.is_complex):
+        held = torch.tensor(v, dtype=dtype)
+        return (held.real if held.is_complex() else held).item()
     return v
 
 
