@@ -464,3 +464,84 @@ def test_a_removed_channel_that_stays_finite_stays_zero_invariant(name: str) -> 
     assert plan.group(group).zero_invariant, plan.group(group)
     masked, pruned = _masked_and_pruned(model, plan, x, group)
     assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+# -- two spellings, one plan: functions that are zero at zero, boolean masks of buffers ------
+
+
+def _plus_channel_sum(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda h: h + f(h).sum(1, keepdim=True)  # a removed channel adds f(0) to every channel
+
+
+def _trunc_in_place(h: Tensor) -> Tensor:
+    t = h * 3.0
+    t.trunc_()
+    return t
+
+
+_ZERO_AT_ZERO: dict[str, Callable[[Tensor], Tensor]] = {
+    "sign": torch.sign,
+    "sgn": torch.sgn,
+    "special_erf": torch.special.erf,
+    "tanhshrink": F_.tanhshrink,
+    "softsign": F_.softsign,
+    "positive": torch.positive,
+    "deg2rad": torch.deg2rad,
+    "fmod_by_3": lambda h: torch.fmod(h, 3.0),
+    "expm1": torch.expm1,
+    "real": torch.real,
+    "trunc_in_place": _trunc_in_place,
+    "log1p_in_place": lambda h: h.abs().log1p_(),
+}
+_NONZERO_AT_ZERO: dict[str, Callable[[Tensor], Tensor]] = {
+    "cos": torch.cos,
+    "sigmoid": torch.sigmoid,
+    "exp_in_place": lambda h: (h * 1.0).exp_(),
+    "fmod_by_0": lambda h: torch.fmod(h, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ZERO_AT_ZERO))
+def test_a_function_that_is_zero_at_zero_keeps_a_sum_over_channels_zero_invariant(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _Scaled(_plus_channel_sum(_ZERO_AT_ZERO[name])).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant, plan.group("a:out")
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(_NONZERO_AT_ZERO))
+def test_a_function_that_is_not_zero_at_zero_makes_a_sum_over_channels_not_zero_invariant(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _Scaled(_plus_channel_sum(_NONZERO_AT_ZERO[name])).eval(), torch.randn(2, 3, 6, 6)
+    assert not skg.plan(model, x).group("a:out").zero_invariant
+
+
+class _MaskBuffer(nn.Module):
+    def __init__(self, apply: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.b, self.apply_mask = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), apply
+        self.register_buffer("mk", torch.tensor([1, 0, 1, 1, 0, 1, 1, 1]).bool())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.apply_mask(self, torch.relu(self.a(x))))
+
+
+_MASKINGS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "invert": lambda m, h: h.masked_fill(~m.mk.view(1, -1, 1, 1), 0.0),
+    "equals_zero": lambda m, h: h.masked_fill(m.mk.view(1, -1, 1, 1) == 0, 0.0),
+    "where_invert": lambda m, h: torch.where(~m.mk.view(1, -1, 1, 1), 0.0, h),
+    "logical_not": lambda m, h: h.masked_fill(m.mk.logical_not().view(1, -1, 1, 1), 0.0),
+    "where": lambda m, h: torch.where(m.mk.view(1, -1, 1, 1), h, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MASKINGS))
+def test_every_spelling_of_a_channel_mask_buffer_plans_alike(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _MaskBuffer(_MASKINGS[name]).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant, plan.group("a:out")
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)

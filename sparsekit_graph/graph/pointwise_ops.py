@@ -34,5 +34,5 @@ POINTWISE_FUNCTIONS = [
     torch.copysign, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.floor_divide, torch.heaviside,
     torch.nextafter, torch.ldexp, torch.float_power, torch.isclose, torch.special.i1, torch.special.i0e,
     torch.special.i1e, torch.special.ndtr, torch.special.ndtri, torch.special.log_ndtr, torch.special.erfcx,
-    torch.special.entr, torch.special.xlog1py, torch.selu, torch.celu,
+    torch.special.entr, torch.special.xlog1py, torch.selu, torch.celu, torch.real, torch.imag,
 ]  # fmt: skip

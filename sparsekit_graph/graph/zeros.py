@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .meta import META
 from .normalize import Call, normalize
 from .param_reads import storage_key
+from .pointwise_ops import POINTWISE_FUNCTIONS
 
 __all__ = ["aliased_input", "kept_source", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker"]
 
@@ -140,7 +141,32 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
         if call.op in _PRODUCT:  # a / b: zero where a is
             return reasons[0]
         return next((r for r in reasons if r is not None), None)
+    if _zero_at_zero(node, call):  # ``torch.sgn``, ``deg2rad``, ``fmod(h, 3)``, ``h.trunc_()``
+        return _walk(src, axis, modules, depth)
     return node.name
+
+
+def _zero_at_zero(node: fx.Node, call: Call) -> bool:
+    """An elementwise op of one tensor (its input; numbers besides) that gives exactly 0 at 0,
+    run on a zero of the input's dtype."""
+    src = call.args.get("input")
+    before = src.meta.get(META) if isinstance(src, fx.Node) else None
+    if call.op not in POINTWISE_FUNCTIONS or not isinstance(before, Tensor):
+        return False
+    if any(isinstance(n.meta.get(META), Tensor) for n in node.all_input_nodes if n is not src):
+        return False
+    zero = torch.zeros((), dtype=before.dtype)
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: zero if n is src else n.meta.get(META))
+    try:
+        with torch.no_grad():
+            out = (
+                getattr(args[0], str(node.target))(*args[1:], **kwargs)
+                if node.op == "call_method"
+                else node.target(*args, **kwargs)
+            )
+    except Exception:  # noqa: BLE001 - an op that will not run on a number: not known
+        return False
+    return isinstance(out, Tensor) and out.numel() == 1 and bool(out == 0)
 
 
 _PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}
@@ -324,7 +350,7 @@ def _changed_in_place(
                 if call.args.get("input") is not n and u.args[0] is not n:  # ``torch.as_tensor(data=h)``
                     continue
                 written = call.inplace or call.args.get("inplace") is True  # ``g += t``: ``operator.iadd``
-                if written and (any_write or not _write_keeps(call, node, n, axis, modules, depth)):
+                if written and (any_write or not _write_keeps(u, call, node, n, axis, modules, depth)):
                     return u.name
                 written = written or call.op in _VIEWS
             else:
@@ -348,11 +374,18 @@ def aliased_input(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | Non
     return src if isinstance(src, fx.Node) and (call.inplace or call.op in _VIEWS) else None
 
 
-def _write_keeps(call: Call, node: fx.Node, n: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int) -> bool:
+def _write_keeps(
+    user: fx.Node, call: Call, node: fx.Node, n: fx.Node, axis: int, modules: dict[str, nn.Module], depth: int
+) -> bool:
     """Does the in-place ``call`` on ``n`` (``node`` or what shares its storage) keep zeros?"""
     if n is node and call.op in _ADDITIVE and _operand(call.args.get("other"), axis, node.meta[META], modules, depth) is None:
         return True
-    return write_keeps_zeros(call) or call.op in _PRODUCT or (call.op in _ZERO_UNARY and call.op is not F.hardtanh)
+    return (
+        write_keeps_zeros(call)
+        or call.op in _PRODUCT
+        or (call.op in _ZERO_UNARY and call.op is not F.hardtanh)
+        or _zero_at_zero(user, call)
+    )
 
 
 def _storage(n: fx.Node) -> int | None:
