@@ -545,3 +545,69 @@ def test_every_spelling_of_a_channel_mask_buffer_plans_alike(name: str) -> None:
     assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant, plan.group("a:out")
     masked, pruned = _masked_and_pruned(model, plan, x)
     assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+class _BatchNormByHand(nn.Module):
+    """Eval-mode batch norm written out over an ``nn.BatchNorm2d``'s statistics and affine."""
+
+    def __init__(self, normalise: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.bn, self.b, self.normalise = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), normalise
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        h = self.a(x) - _per_channel(bn.running_mean)
+        return self.b(self.normalise(h, _per_channel(bn.running_var) + 1e-5) * _per_channel(bn.weight) + _per_channel(bn.bias))
+
+
+def _per_channel(t: Tensor) -> Tensor:
+    return t[:, None, None]
+
+
+@pytest.mark.parametrize(
+    "normalise",
+    [lambda h, v: h / torch.sqrt(v), lambda h, v: h * torch.rsqrt(v), lambda h, v: h / v.sqrt(), lambda h, v: h * v.pow(-0.5)],
+    ids=["div_sqrt", "mul_rsqrt", "div_method_sqrt", "mul_pow"],
+)
+def test_batch_norm_by_hand_is_zero_invariant_in_every_spelling(normalise: Callable[[Tensor, Tensor], Tensor]) -> None:
+    torch.manual_seed(0)
+    model, x = _BatchNormByHand(normalise).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant, plan.group("a:out")
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+class _RawParameter(nn.Module):
+    def __init__(self, read: Callable[[nn.Module], Tensor]) -> None:
+        super().__init__()
+        self.a, self.b, self.read = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 4, 1), read
+        self.bias = nn.Parameter(torch.randn(8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.a(x) + self.read(self)[:, None, None]))
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda m: m.bias,
+        lambda m: m._parameters["bias"],
+        lambda m: dict(m.named_parameters())["bias"],
+        lambda m: m.get_parameter("bias"),
+    ],
+    ids=["attribute", "parameters_dict", "named_parameters", "get_parameter"],
+)
+def test_a_parameter_read_past_torch_fx_plans_as_the_attribute(read: Callable[[nn.Module], Tensor]) -> None:
+    torch.manual_seed(0)
+    model, x = _RawParameter(read).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant, plan.group("a:out")
+    assert any(m.param == "bias" for m in plan.group("a:out").members)
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)

@@ -49,7 +49,11 @@ class BufferOps(TorchFunctionMode):
         self.values = ValueReads(model)  # what the code read of the values of the model's tensors
 
     def __enter__(self) -> BufferOps:
-        self.buffers = {id(b): name for name, b in self._model.named_buffers()}
+        # parameters too where the code reaches them past torch.fx (``self._parameters["bias"]``)
+        tensors = [*self._model.named_parameters(remove_duplicate=False), *self._model.named_buffers(remove_duplicate=False)]
+        self.buffers = {}
+        for name, t in tensors:
+            self.buffers.setdefault(id(t), name)
         self.written = set()
         self.values = ValueReads(self._model)
         return super().__enter__()

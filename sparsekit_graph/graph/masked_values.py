@@ -135,6 +135,7 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     return (
         not on_channel
         or masked_value(divisor, d, modules) is not None
+        or unchanged_by_masks(divisor, modules)  # ``/ sqrt(running_var + eps)``: as ``* rsqrt(...)``
         or (masked_value(call.args.get("input"), axis, modules) == 0)
     )
 
