@@ -611,3 +611,17 @@ def test_a_parameter_read_past_torch_fx_plans_as_the_attribute(read: Callable[[n
     assert any(m.param == "bias" for m in plan.group("a:out").members)
     masked, pruned = _masked_and_pruned(model, plan, x)
     assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hugging_face_model_that_takes_use_cache_through_kwargs_plans_without_its_cache() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GraniteMoeConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, ids = transformers.GraniteMoeForCausalLM(config).eval(), torch.randint(1, 128, (2, 8))
+    plan = skg.plan(model, {"input_ids": ids})  # refused before: "Found DynamicCache in output"
+    assert plan.group("model.layers.0.self_attn.q_proj:out").prunable
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert small(input_ids=ids).logits.shape == (2, 8, 128)

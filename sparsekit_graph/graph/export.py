@@ -140,14 +140,17 @@ def _batched_experts(model: nn.Module) -> Iterator[None]:
 
 
 def no_cache(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``use_cache=False`` for models whose forward takes it (no KV cache in the graph)."""
+    """``use_cache=False`` for models whose forward takes it (no KV cache in the graph): by
+    name, or through ``**kwargs`` where the model's config has ``use_cache`` (GraniteMoe)."""
     import inspect
 
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return {}
-    return {"use_cache": False} if "use_cache" in params and "use_cache" not in kwargs else {}
+    config = getattr(model, "config", None)
+    through_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values()) and hasattr(config, "use_cache")
+    return {"use_cache": False} if ("use_cache" in params or through_kwargs) and "use_cache" not in kwargs else {}
 
 
 def _dynamic(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
