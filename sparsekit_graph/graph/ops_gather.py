@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.fx as fx
-from torch import Tensor
+from torch import Tensor, nn
 
+from .axes import AxisId
 from .context import RuleContext
 from .meta import CONSTANT
 from .sizes import count_plus_sources
 
-__all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions"]
+__all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows"]
 
 
 def gather_by_index(ctx: RuleContext) -> bool:
@@ -40,7 +41,17 @@ def gather_by_index(ctx: RuleContext) -> bool:
     gathered = out[k : k + idx.ndim]
     ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
     ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + idx.ndim :])
+    produced_by_rows(ctx, src[:k] + src[k + 1 :])
     return True
+
+
+def produced_by_rows(ctx: RuleContext, kept: list[AxisId]) -> None:
+    """A parameter's rows gathered by data (``self.emb.weight[ids]``, as ``nn.Embedding`` does):
+    its kept axes produce the output's channels."""
+    for a in kept:
+        owner, _, attr = a[1].rpartition(".") if a[0] == "p" else ("", "", "")
+        if isinstance(getattr(ctx.modules.get(owner), attr, None), nn.Parameter) and ctx.graph.size(a) > 1:
+            ctx.graph.produce(a)
 
 
 def constant_positions(node: object) -> Tensor | None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from .axes import AxisId
 from .context import RuleContext
+from .ops_gather import produced_by_rows
 from .ops_sizes import register_length_args
 from .ops_tensor import finite_when_masked, pointwise
 from .read_bounds import read_prefix
@@ -133,6 +134,8 @@ def select_along(ctx: RuleContext) -> None:
         ctx.pin([a, o], f"selecting by position at {ctx.where()}")
 
     _each_axis(ctx, [d], pick)
+    if ctx.call.op is torch.index_select and src is not None:  # ``w.index_select(0, ids)``: an embedding
+        produced_by_rows(ctx, src[:d] + src[d + 1 :])
 
 
 register_length_args({"length"}, torch.narrow)  # ``h.narrow(1, 0, h.shape[1])``: read off its axis
