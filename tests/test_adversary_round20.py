@@ -625,3 +625,67 @@ def test_a_hugging_face_model_that_takes_use_cache_through_kwargs_plans_without_
     assert plan.group("model.layers.0.self_attn.q_proj:out").prunable
     small = skg.prune(model, plan, ratio=0.5).model
     assert small(input_ids=ids).logits.shape == (2, 8, 128)
+
+
+# -- two spellings, one plan: fused projections and embedding tables ---------------------------
+
+
+class _FusedQKV(nn.Module):
+    def __init__(self, split: Callable[[nn.Module, Tensor], tuple[Tensor, ...]]) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.split = 4, 8, split
+        self.inp, self.qkv, self.o, self.out = nn.Linear(5, 32), nn.Linear(32, 96), nn.Linear(32, 32), nn.Linear(32, 7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        b, t, _ = h.shape
+        parts = self.split(self, self.qkv(h))
+        q, k, v = (p.view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for p in parts)
+        y = F_.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        return self.out(h + self.o(y))
+
+
+_QKV_SPLITS: dict[str, Callable[[nn.Module, Tensor], tuple[Tensor, ...]]] = {
+    "chunk": lambda m, t: t.chunk(3, dim=-1),
+    "split_list_of_products": lambda m, t: t.split([m.num_heads * m.head_dim] * 3, dim=-1),
+    "split_product": lambda m, t: t.split(m.num_heads * m.head_dim, dim=-1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_QKV_SPLITS))
+def test_every_split_of_a_fused_projection_prunes_its_heads(name: str) -> None:
+    torch.manual_seed(0)
+    model, x = _FusedQKV(_QKV_SPLITS[name]).double().eval(), torch.randn(2, 6, 5, dtype=torch.float64)
+    plan = skg.plan(model, x)
+    heads = plan.group("qkv:out")
+    assert heads.prunable and heads.size == 4, heads
+    masked, pruned = _masked_and_pruned(model, plan, x, "qkv:out")
+    assert torch.allclose(masked, pruned, rtol=1e-6, atol=1e-8)
+
+
+class _Table(nn.Module):
+    def __init__(self, look_up: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.emb, self.fc, self.look_up = nn.Embedding(20, 8), nn.Linear(8, 3), look_up
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.fc(torch.relu(self.look_up(self, ids)))
+
+
+_LOOK_UPS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "module": lambda m, ids: m.emb(ids),
+    "functional": lambda m, ids: F_.embedding(ids, m.emb.weight),
+    "index": lambda m, ids: m.emb.weight[ids],
+    "index_select": lambda m, ids: m.emb.weight.index_select(0, ids.flatten()).view(*ids.shape, -1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOOK_UPS))
+def test_every_spelling_of_an_embedding_look_up_prunes_its_width(name: str) -> None:
+    torch.manual_seed(0)
+    model, ids = _Table(_LOOK_UPS[name]).eval(), torch.randint(0, 20, (2, 5))
+    plan = skg.plan(model, ids)
+    width = plan.group("emb:in")  # the table's columns
+    assert width.prunable and width.zero_invariant and width.size == 8, width
+    masked, pruned = _masked_and_pruned(model, plan, ids, width.name)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)

@@ -191,11 +191,14 @@ def _attribute_sizes(ctx: RuleContext, how: object, parts: list[AxisId]) -> bool
 
 
 def _head_parts(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisId]) -> bool:
-    """``qkv.split([self.num_heads * self.head_dim, kv, kv], -1)``: every size a head count of
+    """``qkv.split([self.num_heads * self.head_dim, kv, kv], -1)`` (or one such size for equal
+    parts): every size a head count of
     the running layer times its head size (``sizes.product_sources``, as a sliced part under
     ``torch.export``): each part is an offset map whose heads follow their count attribute,
     which surgery rewrites. False (nothing linked) when any size is not such a product."""
     sizes = [ctx.graph.size(p) for p in parts]
+    if isinstance(how, int) and not isinstance(how, bool):  # ``split(self.num_heads * self.head_dim)``: equal parts
+        how = [how] * len(parts)
     if not isinstance(how, (list, tuple)) or list(how) != sizes or len(sizes) < 2 or sum(sizes) != ctx.graph.size(src):
         return False
     found = [product_sources(ctx.node, n, ctx.modules)[0] for n in sizes]
