@@ -92,6 +92,9 @@ _ELEMENTWISE_MODULES = (
     nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Threshold,
     nn.Softshrink, nn.Hardshrink,
 )  # fmt: skip
+# Activation layers whose numbers may take a finite value to inf (``nn.Softplus(beta=1e-5)``
+# and ``nn.LeakyReLU(1e7)`` in float16, ``nn.Threshold(t, inf)``): their masked value is computed.
+_NUMERIC_ACTIVATIONS = (nn.Softplus, nn.Threshold, nn.LeakyReLU, nn.ELU, nn.CELU, nn.Softshrink, nn.Hardshrink)
 _MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
 _UNCHANGED = "skg.unchanged_by_masks"  # node.meta: no input, layer or parameter upstream
 _CONSTANT = "skg.constant"  # node.meta: the tensor a node makes of literals, or None
@@ -108,8 +111,8 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     ``k = 190``) may overflow."""
     if node.op not in ("call_function", "call_method", "call_module") or _of_layers(node):
         return True
-    if node.op == "call_module" and not isinstance(modules.get(str(node.target)), _ELEMENTWISE_MODULES):
-        return True
+    if node.op == "call_module" and not isinstance(modules.get(str(node.target)), _NUMERIC_ACTIVATIONS):
+        return True  # a layer's output, or an activation finite for finite values (ReLU, GELU, ...)
     v = masked_value(node, axis, modules)
     if v is not None:
         return math.isfinite(v)
