@@ -689,3 +689,164 @@ def test_every_spelling_of_an_embedding_look_up_prunes_its_width(name: str) -> N
     assert width.prunable and width.zero_invariant and width.size == 8, width
     masked, pruned = _masked_and_pruned(model, plan, ids, width.name)
     assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+# -- attacks on this round's changes -------------------------------------------------------
+
+
+def _ri_count_of_other_attributes(m: nn.Module, k: Tensor, q: Tensor) -> Tensor:
+    return k.repeat_interleave(m.head_dim // 2 * m.num_kv_heads, dim=1)  # 4 as well, but no head count
+
+
+_MORE_REPEATS: dict[str, tuple[Callable[[nn.Module, Tensor, Tensor], Tensor], bool]] = {
+    "num_heads": (lambda m, k, q: k.repeat_interleave(m.num_heads, dim=1), True),
+    "query_length": (lambda m, k, q: k.repeat_interleave(q.shape[1], dim=1), True),
+    "expand_to_num_heads": (lambda m, k, q: k.expand(-1, m.num_heads, -1, -1), True),
+    "count_of_other_attributes": (_ri_count_of_other_attributes, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MORE_REPEATS))
+def test_one_key_value_head_repeated_by_a_head_count_prunes_and_any_other_count_does_not(name: str) -> None:
+    repeat, follows = _MORE_REPEATS[name]
+    torch.manual_seed(0)
+    model, x = _MultiQuery(repeat).eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x)
+    heads = plan.group("q:out")
+    if not follows:  # pruning heads would leave 4 copies for fewer query heads
+        assert not heads.prunable or heads.size == 1, heads
+        return
+    assert heads.prunable and heads.size == 4, heads
+    masked, pruned = _masked_and_pruned(model, plan, x, "q:out")
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)
+
+
+class _CountShared(_MultiQuery):
+    """``num_heads`` counts another layer's axis; the query heads are viewed with -1."""
+
+    def __init__(self) -> None:
+        super().__init__(_REPEATS["repeat_interleave_ratio_of_counts"])
+        self.g = nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k, v = (p(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2) for p in (self.k, self.v))
+        o = F_.scaled_dot_product_attention(q, self.repeat(self, k, q), self.repeat(self, v, q))
+        gate = self.g(x).view(b, t, self.num_heads, 1).sum(2)
+        return self.o(o.transpose(1, 2).reshape(b, t, -1)) + gate
+
+
+def test_a_repeat_count_made_from_an_attribute_another_layer_counts_pins_that_layer() -> None:
+    torch.manual_seed(0)
+    model, x = _CountShared().eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x)
+    for group in plan.prunable:
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[1] = True
+        skg.prune(model, plan, masks={group.name: mask}).model(x)  # g:out was prunable: its num_heads moves the repeat
+    assert not plan.group("g:out").prunable
+
+
+class _GatheredConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(6, 4, 1)
+        self.w = nn.Parameter(torch.randn(6, 8, 3, 3) * 0.3)
+        self.register_buffer("rows", torch.arange(6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(F_.conv2d(torch.relu(self.a(x)), self.w.index_select(0, self.rows), padding=1))
+
+
+def test_a_conv_weight_gathered_by_rows_keeps_its_kernel_axes() -> None:
+    torch.manual_seed(0)
+    model, x = _GatheredConv().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert not plan.group("w:2").prunable and not plan.group("w:3").prunable  # a kernel was prunable
+
+
+def test_a_resizer_a_user_registers_sees_the_counts_surgery_rewrote() -> None:
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_heads, self.head_dim = 4, 8
+            self.q, self.o = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, t, _ = x.shape
+            return self.o(torch.relu(self.q(x).view(b, t, self.num_heads, self.head_dim)).reshape(b, t, -1))
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = Heads()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.attn(x)
+
+    seen: list[int] = []
+    skg.register_resizer(Heads)(lambda m: seen.append(m.num_heads))
+    torch.manual_seed(0)
+    model, x = Outer().eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x)
+    assert plan.group("attn.q:out").prunable and plan.group("attn.q:out").size == 4, plan.group("attn.q:out")
+    small = skg.prune(model, plan, masks={"attn.q:out": torch.tensor([True, False, True, False])}).model
+    assert seen[-1] == 2 and small.attn.num_heads == 2  # the resizer ran on the rewritten count
+
+
+class _WithBuffer(nn.Module):
+    """``b(f(a(x), buffer))`` with a per-model buffer ``t``."""
+
+    def __init__(self, f: Callable[[nn.Module, Tensor], Tensor], t: float, layer: nn.Module | None = None) -> None:
+        super().__init__()
+        self.a, self.b, self.f, self.layer = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), f, layer or nn.Identity()
+        self.register_buffer("t", torch.tensor(t))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.f(self, self.a(x)))
+
+
+def _live_one(h: Tensor, masked: float) -> Tensor:
+    return torch.where(h == 0, masked, h * 0 + 1)  # ``masked`` on a removed channel, 1 on live ones
+
+
+# name -> (model maker, dtype): each computes inf or NaN (or another value) on a masked channel
+_ATTACKED_20: dict[str, tuple[Callable[[], nn.Module], torch.dtype]] = {
+    "signbit_of_negated": (lambda: _Scaled(lambda h: h + torch.signbit(-h).float().sum(1, keepdim=True)), F32),
+    "where_buffer_inf": (lambda: _WithBuffer(lambda m, h: h * torch.where(h == 0, m.t, h), float("inf")), F32),
+    "where_buffer_large_f16": (lambda: _WithBuffer(lambda m, h: h * torch.where(h == 0, m.t, h), 1e5), F16),
+    "where_new_full_inf": (lambda: _Scaled(lambda h: h * torch.where(h == 0, h.new_full((), float("inf")), h)), F32),
+    "where_large_then_scaled": (lambda: _Scaled(lambda h: h * (torch.where(h == 0, 1e38, h) * 1e3)), F32),
+    "elu_layer_alpha_overflows_f16": (
+        lambda: _WithBuffer(lambda m, h: h * m.layer(_live_one(h, -30.0)), 0.0, nn.ELU(alpha=1e6)),
+        F16,
+    ),
+    "division_by_a_small_buffer": (lambda: _WithBuffer(lambda m, h: h * ((h == 0).float() / m.t), 1e-39), F32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ATTACKED_20))
+def test_a_removed_channel_that_holds_another_value_is_not_zero_invariant(name: str) -> None:
+    make, dtype = _ATTACKED_20[name]
+    torch.manual_seed(0)
+    model, x = make().to(dtype).eval(), torch.randn(2, 3, 6, 6).to(dtype)
+    plan = skg.plan(model, x)
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    with torch.no_grad():
+        assert torch.isfinite(model(x).float()).all() and torch.isfinite(pruned).all()
+    assert not torch.isfinite(masked).all() or not torch.allclose(masked, pruned, rtol=1e-3, atol=1e-3)  # a real case
+    assert not plan.group("a:out").zero_invariant
+
+
+@pytest.mark.parametrize("part", ["real", "imag"])
+def test_real_and_imag_read_as_attributes_plan_as_the_functions(part: str) -> None:
+    plans = []
+    for f in (
+        lambda h: getattr(torch, part)(torch.view_as_complex(h.view(2, 8, 18, 2))),
+        lambda h: getattr(torch.view_as_complex(h.view(2, 8, 18, 2)), part),
+    ):
+        torch.manual_seed(0)
+        model, x = _Scaled(lambda h, f=f: f(h).view(2, 8, 3, 6).repeat(1, 1, 2, 1)).eval(), torch.randn(2, 3, 6, 6)
+        plans.append(_signature(skg.plan(model, x)))
+    assert plans[0] == plans[1]

@@ -14,6 +14,7 @@ the repeated one (``v`` repeated by ``q.shape[1] // k.shape[1]``): it is linked 
 from __future__ import annotations
 
 import operator
+from itertools import permutations
 
 import torch.fx as fx
 
@@ -21,8 +22,9 @@ from .axes import AxisId
 from .context import RuleContext
 from .meta import ReadInt
 from .size_args import read_axis
+from .sizes import SizeSource
 
-__all__ = ["follows_counts", "ratio_repeats", "uncounted"]
+__all__ = ["counted_copies", "follows_counts", "ratio_repeats", "record_copies", "uncounted"]
 
 
 def ratio_repeats(ctx: RuleContext, repeats: object, repeated: AxisId, out: AxisId) -> int | None:
@@ -30,6 +32,11 @@ def ratio_repeats(ctx: RuleContext, repeats: object, repeated: AxisId, out: Axis
     ``repeated`` and ``n`` the length of one as long as it (itself, or ``k``'s heads repeating
     ``v``); then ``a``'s axis is linked to ``out`` (the output's repeated axis), ``n``'s to
     ``repeated``, and the rule follows the number. None otherwise."""
+    whole = read_axis(ctx, repeats)  # ``k.repeat_interleave(q.shape[1], 1)`` of one KV head: ``a // 1``
+    if whole is not None and ctx.graph.size(repeated) == 1 and ctx.graph.size(whole) == ctx.graph.size(out):
+        ctx.graph.link(whole, out)
+        ctx.model_length(repeats)
+        return ctx.graph.size(out)
     if not (isinstance(repeats, fx.Node) and repeats.op == "call_function" and repeats.target is operator.floordiv):
         return None
     if len(repeats.args) != 2 or repeats.kwargs:
@@ -49,13 +56,45 @@ def ratio_repeats(ctx: RuleContext, repeats: object, repeated: AxisId, out: Axis
 
 
 def follows_counts(ctx: RuleContext, r: object) -> bool:
-    """Is the count ``r`` as the call got it computed from lengths (``ratio_repeats``) or from
-    size attributes each of which counts an axis (``self.num_heads // self.num_kv_heads``:
-    surgery rewrites the counts)? A literal is not, nor an attribute holding the ratio itself
-    (``self.num_key_value_groups``: nothing rewrites it)."""
+    """Is the count ``r`` as the call got it computed from lengths (``ratio_repeats``) or a ratio
+    of two size attributes each of which counts an axis (``self.num_heads //
+    self.num_kv_heads``: surgery rewrites the counts)? A literal is not, nor an attribute holding
+    the ratio itself (``self.num_key_value_groups``: nothing rewrites it), nor another formula
+    of two attributes (``self.head_dim // 2 * self.num_kv_heads``)."""
     if not isinstance(r, int):
         return True
-    return isinstance(r, ReadInt) and r.derived and len(r.sites) > 1 and not uncounted(ctx, r)
+    return isinstance(r, ReadInt) and r.derived and counted_copies(ctx, r) is not None
+
+
+def counted_copies(ctx: RuleContext, r: object) -> tuple[SizeSource, int] | None:
+    """The attribute a number of copies ``r`` is counted by, with its value: ``self.num_heads``
+    read as it is, or the numerator of ``self.num_heads // self.num_kv_heads`` (two attributes
+    that count axes, whose values divide to ``r``). None for anything else."""
+    if not isinstance(r, ReadInt):
+        return None
+    if not r.derived:
+        return SizeSource(*r.site), int(r)
+    if len(r.sites) != 2 or uncounted(ctx, r):
+        return None
+    for top, bottom in permutations(sorted(r.sites)):
+        a, b = (getattr(ctx.modules.get(path), attr, None) for path, attr in (top, bottom))
+        if isinstance(a, int) and isinstance(b, int) and b > 0 and r * b == a:
+            return SizeSource(*top), a
+    return None
+
+
+def record_copies(ctx: RuleContext, r: object, axis: AxisId) -> bool:
+    """Does ``axis``, as long as ``r`` copies, follow the counts (``counted_copies``)? Where it
+    holds every copy the numerator counts (one KV head: ``num_heads // 1``), the numerator is
+    recorded on it, so that surgery rewrites it with the axis's group."""
+    counted = counted_copies(ctx, r)
+    if counted is None:
+        return False
+    source, value = counted
+    if value == ctx.graph.size(axis):
+        ctx.graph.size_refs.setdefault(axis, set()).add(source)
+        ctx.graph.size_values[source] = value
+    return True
 
 
 def uncounted(ctx: RuleContext, r: object) -> str:

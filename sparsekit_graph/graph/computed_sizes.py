@@ -55,9 +55,13 @@ def computed_sizes(graph: AxisGraph, nodes: Iterable[fx.Node], prefix: str) -> d
             found.setdefault(site, SizeUse(f"a number computed from it at node {n.name}"))
     if refs is None:
         refs = {axis: {(s.owner, s.attr) for s in sources} for axis, sources in graph.size_refs.items()}
-    counted = set().union(*refs.values())
+    # an attribute that counts only axes of length 1 (one KV head) is one surgery never rewrites
+    counted = set().union(*(sites for axis, sites in refs.items() if graph.size(axis) > 1))
     for n in nodes:
+        own = {s for a in graph.values.get(prefix + n.name, ()) for s in refs.get(a, ())}
         for r in _reads_of_several(n):
+            if r.sites & own:  # its own axis follows the count (``record_copies``: one KV head's copies)
+                continue
             stale = sorted(r.sites - counted)
             for site in sorted(r.sites & counted) if stale else ():
                 other = f"{stale[0][0] or 'model'}.{stale[0][1]}"

@@ -22,7 +22,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .meta import META, TRACED_CONSTANT
+from .meta import META, TRACED_CONSTANT, upstream
 from .normalize import Call, normalize
 from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
@@ -119,28 +119,31 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     value = node.meta.get(META)
     if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):  # ``h > 0``: no inf
         return True
-    if unchanged_by_masks(node, modules) or node.op == "call_module":  # an activation of a value not known
+    if unchanged_by_masks(node, modules):
         return True
+    if node.op == "call_module":  # an activation of a value not known: its numbers as its function's
+        return _finite_numbers(modules[str(node.target)], value.dtype)
     call = normalize(node)
-    if finite_for_finite(call, value) or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
+    if finite_for_finite(node, value, modules) or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
         return isinstance(before, Tensor) and _range(value.dtype) >= _range(before.dtype)
     if call.op not in _DIVISIONS:
         return False
-    # A product by the divisor's reciprocal, unless the masked channel's own divisor is not known
-    # (``g / (h.abs() + 1e-30)``: may overflow), where only 0 / nonzero is finite (a divisor that
-    # vanishes mixes the axis there: ``singular``).
+    # 0 / nonzero is 0 (a divisor that vanishes mixes the axis there: ``singular``). A numerator
+    # the masked channel holds that live channels may hold too (not known) divides as the model
+    # does: a product by the divisor's reciprocal, unless the channel's own divisor is not known
+    # (``g / (h.abs() + 1e-30)``: may overflow); ``(h - mean) / sqrt(running_var + eps)`` is as
+    # ``* rsqrt(...)``. A known nonzero one (``(h == 0).float() / t``: 1 / t) over a divisor not
+    # known may overflow where the live channels' 0 / t does not.
+    numerator = masked_value(call.args.get("input"), axis, modules)
     divisor = call.args.get("other")
     d = axis - value.ndim + divisor.meta[META].ndim if isinstance(divisor, fx.Node) and _tensor(divisor) else -1
     on_channel = d >= 0 and divisor.meta[META].shape[d] > 1
-    return (
-        not on_channel
-        or masked_value(divisor, d, modules) is not None
-        or unchanged_by_masks(divisor, modules)  # ``/ sqrt(running_var + eps)``: as ``* rsqrt(...)``
-        or (masked_value(call.args.get("input"), axis, modules) == 0)
-    )
+    if numerator == 0 or (on_channel and masked_value(divisor, d, modules) is not None):
+        return True
+    return numerator is None and (not on_channel or unchanged_by_masks(divisor, modules))
 
 
 def _of_layers(node: fx.Node) -> bool:
@@ -152,15 +155,38 @@ def _of_layers(node: fx.Node) -> bool:
     )
 
 
-def finite_for_finite(call: Call, value: object) -> bool:
-    """Does ``call`` keep finite values finite in ``value``'s dtype (``FINITE_FOR_FINITE``, with
-    every number it takes finite there: not ``masked_fill(m, -inf)`` nor ``where(m, h, 1e5)``
-    in float16)?"""
+def finite_for_finite(node: fx.Node, value: object, modules: dict[str, nn.Module]) -> bool:
+    """Does ``node``'s op keep finite values finite in ``value``'s dtype (``FINITE_FOR_FINITE``)
+    with every number it takes finite there (not ``masked_fill(m, -inf)`` nor ``where(m, h,
+    1e5)`` in float16) and no tensor it takes of values not known (a buffer: ``where(h == 0,
+    self.fill, h)`` writes what it holds; a constant must be finite)? Other tensors are checked
+    where they are made."""
+    call = normalize(node)
     if call.op not in FINITE_FOR_FINITE:
         return False
-    limit = _range(value.dtype) if isinstance(value, Tensor) else math.inf
+    dtype = value.dtype if isinstance(value, Tensor) else torch.float64
     numbers = [v for v in call.args.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return all(math.isfinite(v) and abs(v) <= limit for v in numbers)
+    if not all(math.isfinite(v) and abs(v) <= _range(dtype) for v in numbers):
+        return False
+    for a in node.all_input_nodes:
+        if not isinstance(a.meta.get(META), Tensor) or not a.meta[META].is_floating_point():
+            continue
+        constant = _constant(a)
+        if constant is not None:
+            if not bool(constant.to(dtype).isfinite().all()):
+                return False
+        elif unchanged_by_masks(a, modules) and any(n.op == "get_attr" for n in upstream(a)):  # a buffer's values
+            return False
+    return True
+
+
+def _finite_numbers(layer: nn.Module, dtype: torch.dtype) -> bool:
+    """An activation layer finite for finite values whose numbers are finite in ``dtype``
+    (``nn.ELU(alpha=1e6)`` is not in float16; ``nn.Softplus`` divides by its ``beta``)."""
+    if isinstance(layer, (nn.Softplus, nn.CELU)):
+        return False
+    numbers = [v for v in vars(layer).values() if isinstance(v, float)]
+    return all(math.isfinite(v) and abs(v) <= _range(dtype) for v in numbers)
 
 
 def unchanged_by_masks(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -379,7 +405,7 @@ def _constant_operands(n: fx.Node) -> dict[fx.Node, Any] | None:
         typed = [call.args.get("input")]
     elif call.op in _CASTS:
         typed = [v for k, v in call.args.items() if k != "input"]
-    elif call.op in _LITERALS or call.op in POINTWISE_FUNCTIONS:
+    elif call.op in _LITERALS or call.op in POINTWISE_FUNCTIONS or call.op in _COPIES_AND_CASTS:  # ``lift_fresh_copy``
         typed = []
     else:
         return None
@@ -414,8 +440,10 @@ def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None
 
 
 def _one_value(out: Any) -> float | None:
-    """The one value a floating-point ``out`` holds everywhere (NaN where any entry is not
-    finite), else None."""
+    """The one value a floating-point or boolean ``out`` holds everywhere (NaN where any entry is
+    not finite), else None."""
+    if isinstance(out, Tensor) and out.dtype is torch.bool and not out.is_meta and out.numel():  # ``h == 0``
+        return float(out.reshape(-1)[0]) if bool((out == out.reshape(-1)[0]).all()) else None
     if not isinstance(out, Tensor) or out.is_meta or not out.numel() or not (out.is_floating_point() or out.is_complex()):
         return None
     if not bool(out.isfinite().all()):  # inf at one position (``exp(pos - 1000 * m)``) is inf there

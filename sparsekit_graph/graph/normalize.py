@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import operator
+import types
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -113,7 +114,9 @@ def _normalize(node: fx.Node, module: torch.nn.Module | None) -> Call:
         obj, attr = node.args
         if isinstance(attr, str) and isinstance(traced_value(obj), Tensor) and hasattr(Tensor, attr):
             case = same_as(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))  # x.mH of a real x: x.mT
-            return Call(*case) if case else Call(getattr(Tensor, attr), {"input": obj}, frozenset({"input"}))
+            fn = getattr(torch, attr, None)  # ``x.real`` is ``torch.real(x)``
+            op = fn if isinstance(fn, types.BuiltinFunctionType) else getattr(Tensor, attr)
+            return Call(*case) if case else Call(op, {"input": obj}, frozenset({"input"}))
         fields = getattr(type(traced_value(obj)), "__match_args__", ())  # x.max(1).values: a named element
         if isinstance(traced_value(obj), tuple) and attr in fields:
             return Call(operator.getitem, {"input": obj, "index": fields.index(attr)}, frozenset({"input", "index"}))

@@ -14,10 +14,9 @@ from torch import Tensor
 
 from .aten import NO_EFFECT_OPS, aten_op
 from .axes import AxisId
-from .computed_repeats import follows_counts, ratio_repeats, uncounted
+from .computed_repeats import follows_counts, ratio_repeats, record_copies, uncounted
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
-from .meta import ReadInt
 from .ops_matmul import is_weight, zeroed_by_masks
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
@@ -352,11 +351,18 @@ def repeat_interleave(ctx: RuleContext) -> None:
         ctx.pin([src[d], out[d]], f"repeat count computed from {stale}, which counts no axis, at {ctx.where()}")
     elif r > 1 and ctx.graph.divert_repeats and not follows_counts(ctx, given):  # query heads per group change: r must follow
         ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")
-    if ctx.graph.size(src[d]) == 1 and (r is not given or isinstance(given, ReadInt)) and follows_counts(ctx, given):
+    if ctx.graph.size(src[d]) == 1 and _copies_follow(ctx, given, r, out[d]):
         ctx.fresh([out[d]])  # one KV head for all, as many copies as query heads: a broadcast that follows them
         return
     i = np.arange(ctx.graph.size(out[d]))
     ctx.graph.link(src[d], out[d], i // r, i, kind="repeat")
+
+
+def _copies_follow(ctx: RuleContext, given: object, r: int, out: AxisId) -> bool:
+    """As many copies of one head as query heads, by a count that follows them: read off their
+    lengths (``q.shape[1] // k.shape[1]``, linked already), or an attribute that counts them
+    (``self.num_heads``, ``self.num_heads // self.num_kv_heads``: ``record_copies``)."""
+    return given is not r or record_copies(ctx, given, out)
 
 
 # -- checks ---------------------------------------------------------------------------------

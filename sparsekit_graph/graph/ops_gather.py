@@ -46,12 +46,13 @@ def gather_by_index(ctx: RuleContext) -> bool:
 
 
 def produced_by_rows(ctx: RuleContext, kept: list[AxisId]) -> None:
-    """A parameter's rows gathered by data (``self.emb.weight[ids]``, as ``nn.Embedding`` does):
-    its kept axes produce the output's channels."""
-    for a in kept:
-        owner, _, attr = a[1].rpartition(".") if a[0] == "p" else ("", "", "")
-        if isinstance(getattr(ctx.modules.get(owner), attr, None), nn.Parameter) and ctx.graph.size(a) > 1:
-            ctx.graph.produce(a)
+    """A table's rows gathered by data (``self.emb.weight[ids]``, as ``nn.Embedding`` does): a
+    2-D parameter's kept axis produces the output's channels (not a conv weight's kernel axes)."""
+    if len(kept) != 1 or kept[0][0] != "p" or ctx.graph.size(kept[0]) < 2:
+        return
+    owner, _, attr = kept[0][1].rpartition(".")
+    if isinstance(getattr(ctx.modules.get(owner), attr, None), nn.Parameter):
+        ctx.graph.produce(kept[0])
 
 
 def constant_positions(node: object) -> Tensor | None:

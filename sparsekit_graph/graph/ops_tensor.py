@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .axes import AxisId
-from .computed_repeats import follows_counts
+from .computed_repeats import record_copies
 from .context import RuleContext
 from .masked_values import finite_for_finite, stays_finite
 from .meta import ReadInt, is_exported
@@ -64,7 +64,7 @@ def pointwise(ctx: RuleContext) -> None:
         for d, a in enumerate(ctx.axes(x) or []):
             if ctx.graph.size(a) > 1 and not stays_nonzero(x, d, ctx.modules):
                 ctx.mix([a], f"divisor or logarithm that vanishes with its channel at {ctx.where()}")
-    if not finite_for_finite(ctx.call, ctx.out_value):  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
+    if not finite_for_finite(ctx.node, ctx.out_value, ctx.modules):  # ``log1p(-exp(-h.abs()))``: -inf where h is masked
         finite_when_masked(ctx, out[0])
 
 
@@ -104,7 +104,7 @@ def expand(ctx: RuleContext) -> None:
             isinstance(sizes, (tuple, list))
             and ctx.constant_size(o, sizes[j])
             and not _written_into_under_export(ctx)
-            and not (isinstance(sizes[j], ReadInt) and follows_counts(ctx, sizes[j]))  # num_heads // num_kv_heads
+            and not (isinstance(sizes[j], ReadInt) and sizes[j].derived and record_copies(ctx, sizes[j], o))  # heads // kv
         ):
             ctx.pin([o], f"expand to a constant size at {ctx.where()}")
         else:

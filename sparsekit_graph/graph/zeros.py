@@ -147,26 +147,29 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
 
 
 def _zero_at_zero(node: fx.Node, call: Call) -> bool:
-    """An elementwise op of one tensor (its input; numbers besides) that gives exactly 0 at 0,
-    run on a zero of the input's dtype."""
+    """An elementwise op of one tensor (its input; numbers besides) that gives exactly 0 at 0
+    and at -0, run on them in the input's dtype."""
     src = call.args.get("input")
     before = src.meta.get(META) if isinstance(src, fx.Node) else None
     if call.op not in POINTWISE_FUNCTIONS or not isinstance(before, Tensor):
         return False
     if any(isinstance(n.meta.get(META), Tensor) for n in node.all_input_nodes if n is not src):
         return False
-    zero = torch.zeros((), dtype=before.dtype)
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: zero if n is src else n.meta.get(META))
-    try:
-        with torch.no_grad():
-            out = (
-                getattr(args[0], str(node.target))(*args[1:], **kwargs)
-                if node.op == "call_method"
-                else node.target(*args, **kwargs)
-            )
-    except Exception:  # noqa: BLE001 - an op that will not run on a number: not known
-        return False
-    return isinstance(out, Tensor) and out.numel() == 1 and bool(out == 0)
+    for zero in (0.0, -0.0):  # a removed channel may hold either (``-h``): ``signbit(-0.0)`` is 1
+        held = torch.full((), zero, dtype=before.dtype)
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n, held=held: held if n is src else n.meta.get(META))
+        try:
+            with torch.no_grad():
+                out = (
+                    getattr(args[0], str(node.target))(*args[1:], **kwargs)
+                    if node.op == "call_method"
+                    else node.target(*args, **kwargs)
+                )
+        except Exception:  # noqa: BLE001 - an op that will not run on a number: not known
+            return False
+        if not (isinstance(out, Tensor) and out.numel() == 1 and bool(out == 0)):
+            return False
+    return True
 
 
 _PRODUCED = {F.linear, torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm}

@@ -72,20 +72,17 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
                     store[attr] = replaced[id(t)]
     with _in_eval(model):
         refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
-        sizes = _new_sizes(model, plan, masks)
+        # A torch layer's own sizes are its resizer's to derive from the sliced weights and the
+        # sizes as they were (a depthwise conv is one whose groups equal its input channels),
+        # whatever a count the code read off the layer says (``groups=self.dw.in_channels``).
+        for holder, attr, value in _new_sizes(model, plan, masks):
+            if attr not in _DERIVED.get(by_type(_RESIZERS, holder), ()):
+                write_size(holder, attr, value)
         rescale_queries(model, plan, masks)
-        # Layers resize from their sliced weights and their attributes as they were (a depthwise
-        # conv is one whose groups equal its input channels); an attribute a resizer sets is
-        # its own, whatever a count the code read off the layer says (``groups=self.dw.in_channels``).
-        watched = {(id(h), attr): (h, read_size(h, attr)) for h, attr, _ in sizes if by_type(_RESIZERS, h) is not None}
         for module in model.modules():
             resize = by_type(_RESIZERS, module)
             if resize is not None:
                 resize(module)
-        for holder, attr, value in sizes:
-            key = (id(holder), attr)
-            if key not in watched or read_size(holder, attr) == watched[key][1]:
-                write_size(holder, attr, value)
         rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
 
 
@@ -214,3 +211,16 @@ def _embedding(m: nn.Module) -> None:
 @register_resizer(nn.PReLU)
 def _prelu(m: nn.Module) -> None:
     m.num_parameters = m.weight.numel()
+
+
+# The attributes each of torch's layers derives from its weights (and nothing else sets).
+_DERIVED: dict[Resizer | None, frozenset[str]] = {
+    _conv: frozenset({"in_channels", "out_channels", "groups"}),
+    _linear: frozenset({"in_features", "out_features"}),
+    _bilinear: frozenset({"in1_features", "in2_features", "out_features"}),
+    _norm: frozenset({"num_features"}),
+    _group_norm: frozenset({"num_groups", "num_channels"}),
+    _layer_norm: frozenset({"normalized_shape"}),
+    _embedding: frozenset({"num_embeddings", "embedding_dim"}),
+    _prelu: frozenset({"num_parameters"}),
+}
