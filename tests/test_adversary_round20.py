@@ -850,3 +850,40 @@ def test_real_and_imag_read_as_attributes_plan_as_the_functions(part: str) -> No
         model, x = _Scaled(lambda h, f=f: f(h).view(2, 8, 3, 6).repeat(1, 1, 2, 1)).eval(), torch.randn(2, 3, 6, 6)
         plans.append(_signature(skg.plan(model, x)))
     assert plans[0] == plans[1]
+
+
+class _WidthConv(nn.Conv2d):
+    """A conv that keeps its width in an attribute of its own and reshapes with it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.dim = self.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        b, _, h, w = y.shape
+        return y.view(b, self.dim, h * w).view(b, self.dim, h, w)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_a_torch_layer_subclass_that_keeps_its_width_in_its_own_attribute_prunes(groups: int) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.conv, self.b = (
+                nn.Conv2d(3, 8, 3, padding=1),
+                _WidthConv(8, 8, 3, padding=1, groups=groups),
+                nn.Conv2d(8, 4, 1),
+            )
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(self.conv(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    for group in plan.prunable:  # the conv's resizer was taken to rewrite self.dim
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[1] = True
+        small = skg.prune(model, plan, masks={group.name: mask}).model
+        assert small.conv.dim == small.conv.out_channels == 7

@@ -19,7 +19,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from ..registry import RESIZERS, by_type
+from ..registry import RESIZERS
 from .attribute_sizes import PLAIN_READS
 from .config_reads import read_by_forward
 from .meta import EXPORTED, META, MODULE_READS, SIZE_READS, ReadInt
@@ -93,13 +93,13 @@ def size_sources(node: fx.Node, value: Any, modules: dict[str, nn.Module]) -> li
         have = getattr(owner, attr, None)
         if have == value or (isinstance(have, tuple) and len(have) == 1 and have[0] == value):
             return [SizeSource(path, attr)]
-        if owner is not None and by_type(RESIZERS, owner) is not None and _own_size(owner, value):
+        if owner is not None and _resizes_itself(owner) and _own_size(owner, value):
             return [SizeSource(path, "")]  # read from a layer that resizes itself (``bias_shape``)
     root = modules.get("")
     configs: list[tuple[str, Any]] = []
     stack = module_stack(node)
     innermost = modules.get(stack[-1]) if stack else None
-    if innermost is not None and by_type(RESIZERS, innermost) is not None and _own_size(innermost, value):
+    if innermost is not None and _resizes_itself(innermost) and _own_size(innermost, value):
         return [SizeSource(stack[-1], "")]  # the layer resizes itself from its weights
     for path in reversed(stack):
         module = modules.get(path)
@@ -238,6 +238,14 @@ _TUPLE_OPS = (operator.add, operator.getitem)  # concatenating size tuples, taki
 
 def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _resizes_itself(module: nn.Module) -> bool:
+    """A layer whose registered resizer recomputes the sizes its own forward uses (timm's
+    ``RelPosBias.bias_shape``). Not a subclass of a torch layer: its resizer sets torch's
+    attributes only, and a size the subclass keeps (``self.dim``) is no concern of it."""
+    cls = next((c for c in type(module).__mro__ if c in RESIZERS), None)
+    return cls is not None and not cls.__module__.startswith("torch.")
 
 
 def _own_size(module: nn.Module, value: int | tuple[int, ...]) -> bool:
