@@ -886,4 +886,5 @@ def test_a_torch_layer_subclass_that_keeps_its_width_in_its_own_attribute_prunes
         mask = torch.zeros(group.size, dtype=torch.bool)
         mask[1] = True
         small = skg.prune(model, plan, masks={group.name: mask}).model
-        assert small.conv.dim == small.conv.out_channels == 7
+        assert small.conv.dim == small.conv.out_channels and small(x).shape == (2, 4, 6, 6)
+    assert plan.group("a:out").prunable
