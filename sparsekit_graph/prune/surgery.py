@@ -74,15 +74,23 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
         refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
         # A torch layer's own sizes are its resizer's to derive from the sliced weights and the
         # sizes as they were (a depthwise conv is one whose groups equal its input channels),
-        # whatever a count the code read off the layer says (``groups=self.dw.in_channels``).
+        # whatever a count the code read off the layer says (``groups=self.dw.in_channels``);
+        # where it derives none (a LayerNorm without weight), the count stands.
+        held: dict[int, list[tuple[str, object]]] = {}
         for holder, attr, value in _new_sizes(model, plan, masks):
-            if attr not in _DERIVED.get(by_type(_RESIZERS, holder), ()):
+            if attr in _DERIVED.get(by_type(_RESIZERS, holder), ()):
+                held.setdefault(id(holder), []).append((attr, value))
+            else:
                 write_size(holder, attr, value)
         rescale_queries(model, plan, masks)
         for module in model.modules():
             resize = by_type(_RESIZERS, module)
             if resize is not None:
+                before = {attr: read_size(module, attr) for attr, _ in held.get(id(module), ())}
                 resize(module)
+                for attr, value in held.get(id(module), ()):
+                    if read_size(module, attr) == before[attr]:
+                        write_size(module, attr, value)
         rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
 
 
