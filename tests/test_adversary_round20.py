@@ -888,3 +888,50 @@ def test_a_torch_layer_subclass_that_keeps_its_width_in_its_own_attribute_prunes
         small = skg.prune(model, plan, masks={group.name: mask}).model
         assert small.conv.dim == small.conv.out_channels and small(x).shape == (2, 4, 6, 6)
     assert plan.group("a:out").prunable
+
+
+def test_a_model_planned_in_float32_and_then_made_float64_prunes_under_torch_export() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = torch.relu(self.a(x))
+            return self.b(h[0] if isinstance(h, list) else h)  # torch.fx refuses: torch.export traces it
+
+    torch.manual_seed(0)
+    model, x = Branchy().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    model.double()  # the plan records float32 inputs; prune traces with inputs in the model's dtype
+    small = skg.prune(model, plan, ratio=0.5).model
+    assert small(x.double()).dtype == torch.float64 and small.a.out_channels == 4
+
+
+class _ForwardCalls(nn.Module):
+    def __init__(self, call: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.dw, self.gn, self.b = (
+            nn.Conv2d(3, 8, 1),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8),
+            nn.GroupNorm(2, 8),
+            nn.Conv2d(8, 4, 1),
+        )
+        self.call = call
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.call(self, torch.relu(self.a(x))))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda m, h: m.gn(m.dw(h)), lambda m, h: m.gn.forward(m.dw.forward(h)), lambda m, h: m.gn.__call__(m.dw.__call__(h))],
+    ids=["call", "forward", "dunder_call"],
+)
+def test_a_layer_called_through_its_forward_plans_as_a_call(call: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    torch.manual_seed(0)
+    model, x = _ForwardCalls(call).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable, plan.group("a:out")  # dw.forward traced into F.conv2d(groups=8): pinned
+    assert "forward" not in model.dw.__dict__  # the tracer's stand-in is gone
+    skg.prune(model, plan, ratio=0.5).model(x)

@@ -28,6 +28,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx import _symbolic_trace
 
+from .forward_modes import code_reads
+
 __all__ = ["FastTracer"]
 
 # Values ``fx.Tracer.create_arg`` returns unchanged: none of them is a tensor, parameter,
@@ -64,10 +66,25 @@ class FastTracer(fx.Tracer):
             return _CheapPatcher(self, calls, classes)
 
         _symbolic_trace._Patcher = cheap
+        leaves = self._catch_forward_calls(root)
         try:
             return super().trace(root, concrete_args)
         finally:
             _symbolic_trace._Patcher = made
+            for m in leaves:
+                m.__dict__.pop("forward", None)
+
+    def _catch_forward_calls(self, root: nn.Module) -> list[nn.Module]:
+        """``self.norm.forward(h)`` calls a leaf layer as ``self.norm(h)`` does: while traced,
+        each leaf's ``forward`` is its module call (an instance attribute, removed after)."""
+        leaves: list[nn.Module] = []
+        if "forward" not in code_reads(root, frozenset({"forward"})):  # the common case: no code to catch
+            return leaves
+        for path, m in root.named_modules():
+            if m is not root and "forward" not in m.__dict__ and self.is_leaf_module(m, path):
+                m.__dict__["forward"] = _LeafForward(self, m)
+                leaves.append(m)
+        return leaves
 
     def create_arg(self, a: Any) -> Any:
         """Literals, Proxies and plain tuples/lists of them directly; everything else as ``fx.Tracer``."""
@@ -106,6 +123,19 @@ class FastTracer(fx.Tracer):
         finally:
             scope.module_path, scope.module_type = before
         return out
+
+
+class _LeafForward:
+    """``leaf.forward`` while traced: the tracer's module call of the leaf."""
+
+    skg_traced_call = True  # ``rules.TRACED_CALL``: not the instance's own forward (``patched_on_instance``)
+
+    def __init__(self, tracer: FastTracer, module: nn.Module) -> None:
+        self.tracer, self.module = tracer, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.module
+        return self.tracer.call_module(module, type(module).forward.__get__(module), args, kwargs)
 
 
 _ORIG_CALL_IMPL = nn.Module._call_impl

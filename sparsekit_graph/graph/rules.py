@@ -138,7 +138,10 @@ def patched_on_instance(module: nn.Module) -> bool:
     if not any(map(callable, attributes.values())):  # the common case, checked in C
         return False
     cls = type(module)
-    return any(callable(v) and callable(getattr(cls, k, None)) for k, v in attributes.items())
+    return any(callable(v) and callable(getattr(cls, k, None)) and not hasattr(v, TRACED_CALL) for k, v in attributes.items())
+
+
+TRACED_CALL = "skg_traced_call"  # marks the tracer's own ``forward`` of a leaf while traced (``fast_tracer``)
 
 
 @cache
