@@ -15,9 +15,8 @@ Other ops on buffers alone (``(g * 2).view(1, -1, 1, 1)``, ``g.rsqrt()[:, None, 
 (``BufferOps``, a ``TorchFunctionMode``): a floating-point result that reaches the graph is
 rebuilt as the ops that made it from ``get_attr`` nodes of its buffers, so the rules see the
 buffer's axes as they do for ``g.view(1, -1, 1, 1)``. The values stay real (control flow on a
-buffer's data still runs); integer results (indices read by value) stay constants, and so
-does a result something later changed in place. A boolean result (``~self.mask``, ``self.mask
-== 0``) is rebuilt as well, as ``self.mask.logical_not().view(...)`` already was.
+buffer's data still runs); integer and boolean results (indices, masks read by value) stay
+constants, and so does a result something later changed in place.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -100,7 +98,7 @@ class BufferOps(TorchFunctionMode):
 
     def node(self, tracer: fx.Tracer, a: Tensor) -> fx.Node | None:
         """``a`` as graph nodes over the buffers it was made from, or None (a constant)."""
-        if id(a) in self._made and (a._is_view() or a.is_floating_point() or a.is_complex() or a.dtype is torch.bool):
+        if id(a) in self._made and (a._is_view() or a.is_floating_point() or a.is_complex()):
             return self._rebuild(tracer, a)  # the call as written: ``g.view(1, 12, 1, 1)`` keeps its literal
         node = buffer_view(tracer, a, self.buffers) if a._is_view() else None
         if node is None:

@@ -126,6 +126,8 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     call = normalize(node)
     if finite_for_finite(node, value, modules) or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
         return True
+    if _filled_alike(call, axis, value):  # ``att.masked_fill(causal == 0, -inf)``: every head alike
+        return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
         return isinstance(before, Tensor) and _range(value.dtype) >= _range(before.dtype)
@@ -178,6 +180,22 @@ def finite_for_finite(node: fx.Node, value: object, modules: dict[str, nn.Module
         elif unchanged_by_masks(a, modules) and any(n.op == "get_attr" for n in upstream(a)):  # a buffer's values
             return False
     return True
+
+
+def _filled_alike(call: Call, axis: int, value: Tensor) -> bool:
+    """A fill (``masked_fill``, ``where``) whose condition is one for every channel along
+    ``axis``: what it writes (``-inf`` where a causal mask is 0) lands on a removed channel
+    exactly where it lands on live ones, which the model's own next ops handle (a softmax);
+    what it keeps is checked where it is made."""
+    condition = call.args.get(_CONDITIONS.get(call.op, ""))
+    held = condition.meta.get(META) if isinstance(condition, fx.Node) else None
+    if not isinstance(held, Tensor):
+        return False
+    d = axis - value.ndim + held.ndim
+    return d < 0 or held.shape[d] == 1
+
+
+_CONDITIONS = {torch.masked_fill: "mask", torch.where: "condition"}
 
 
 def _finite_numbers(layer: nn.Module, dtype: torch.dtype) -> bool:
