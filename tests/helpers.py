@@ -218,3 +218,14 @@ def oracle_or_refusal(model: nn.Module, x: Tensor, tmp_path: Path) -> None:
         assert_untouched(model, before, "refused plan")
         return
     check_oracle(model, x, tmp_path, min_drop=0.0, require=False)
+
+
+class PerChannel(nn.Module):
+    """``b(f(a(x)))`` over (B, 3, H, W): ``f`` acts on each of a's 8 channels alone."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.b, self.f = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.f(self.a(x)))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import PerChannel as _Scaled
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -35,17 +36,6 @@ def _m(h: Tensor) -> Tensor:
 
 def _e(h: Tensor) -> Tensor:
     return torch.exp(-h.abs())
-
-
-class _Scaled(nn.Module):
-    """``b(f(a(x)))``: ``f`` acts on each of a's channels alone."""
-
-    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.a, self.b, self.f = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), f
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.f(self.a(x)))
 
 
 class _OverTokens(nn.Module):

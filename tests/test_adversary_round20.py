@@ -7,22 +7,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import PerChannel as _Scaled
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
 
 F16, F32 = torch.float16, torch.float32
-
-
-class _Scaled(nn.Module):
-    """``b(f(a(x)))``: ``f`` acts on each of a's channels alone."""
-
-    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.a, self.b, self.f = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), f
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.f(self.a(x)))
 
 
 def _masked_and_pruned(model: nn.Module, plan: skg.Plan, x: Tensor, group: str = "a:out") -> tuple[Tensor, Tensor]:
