@@ -71,16 +71,8 @@ _COPIES_AND_CASTS = {
 }  # fmt: skip
 _DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
 _ARITHMETIC = {
-    operator.add,
-    operator.iadd,
-    operator.sub,
-    operator.isub,
-    operator.mul,
-    operator.imul,
-    torch.add,
-    torch.sub,
-    torch.mul,
-}
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, torch.add, torch.sub, torch.mul,
+}  # fmt: skip
 _RESHAPES = {torch.Tensor.view, torch.reshape, torch.flatten, torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as}
 _EXPANDS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
@@ -400,14 +392,17 @@ def _constant(n: fx.Node) -> Tensor | None:
     or parameter's value is not read: on meta weights there is none, and the plan on meta
     weights is the plan on real ones."""
     if n.op == "get_attr":
-        value = n.meta.get(TRACED_CONSTANT)
-    elif n.op not in ("call_function", "call_method"):
+        return _held(n.meta.get(TRACED_CONSTANT))
+    if n.op not in ("call_function", "call_method"):
         return None
-    elif _CONSTANT in n.meta:
-        return n.meta[_CONSTANT]
-    else:
+    if _CONSTANT not in n.meta:
         operands = _constant_operands(n)
-        value = n.meta[_CONSTANT] = None if operands is None else _call(n, operands)
+        n.meta[_CONSTANT] = None if operands is None else _held(_call(n, operands))
+    return n.meta[_CONSTANT]
+
+
+def _held(value: object) -> Tensor | None:
+    """A constant's value on the CPU, where it is one small enough to compute with."""
     if not isinstance(value, Tensor) or value.is_meta or value.numel() > _ELEMENTS:
         return None
     return value.detach().cpu()
