@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
@@ -885,7 +886,7 @@ def test_a_torch_layer_subclass_that_keeps_its_width_in_its_own_attribute_prunes
     assert plan.group("a:out").prunable
 
 
-def test_a_model_planned_in_float32_and_then_made_float64_prunes_under_torch_export() -> None:
+def test_a_model_made_float64_after_planning_in_float32_is_refused_under_torch_export() -> None:
     class Branchy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -898,9 +899,11 @@ def test_a_model_planned_in_float32_and_then_made_float64_prunes_under_torch_exp
     torch.manual_seed(0)
     model, x = Branchy().eval(), torch.randn(2, 3, 6, 6)
     plan = skg.plan(model, x)
-    model.double()  # the plan records float32 inputs; prune traces with inputs in the model's dtype
-    small = skg.prune(model, plan, ratio=0.5).model
-    assert small(x.double()).dtype == torch.float64 and small.a.out_channels == 4
+    model.double()  # the plan's claims are float32's (a forward may branch on the dtype): plan again
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(skg.SparseKitError):
+        skg.prune(model, plan, ratio=0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 class _ForwardCalls(nn.Module):
@@ -930,3 +933,86 @@ def test_a_layer_called_through_its_forward_plans_as_a_call(call: Callable[[nn.M
     assert plan.group("a:out").prunable, plan.group("a:out")  # dw.forward traced into F.conv2d(groups=8): pinned
     assert "forward" not in model.dw.__dict__  # the tracer's stand-in is gone
     skg.prune(model, plan, ratio=0.5).model(x)
+
+
+class _Filled(nn.Module):
+    """Scores (B, 4, T, T) from a 1x1 conv, filled where a causal mask (1, 1, T, T) is 0."""
+
+    def __init__(self, after: Callable[[nn.Module, Tensor], Tensor], value: float = float("-inf")) -> None:
+        super().__init__()
+        self.a, self.bn, self.b, self.after, self.value = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), after, value
+        self.gamma = nn.Parameter(torch.rand(4, 1, 1) + 0.5)
+        self.register_buffer("causal", torch.tril(torch.ones(1, 1, 5, 5)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.after(self, self.a(x).masked_fill(self.causal == 0, self.value)))
+
+
+_FILLED_THEN: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], float, bool]] = {
+    "softmax": (lambda m, s: torch.softmax(s, -1), float("-inf"), True),
+    "cast_softmax": (lambda m, s: s.double().softmax(dim=-1), float("-inf"), True),
+    "layer_scale_then_exp": (lambda m, s: torch.exp(s * m.gamma), float("-inf"), False),
+    "batch_norm_then_sigmoid": (lambda m, s: torch.sigmoid(m.bn(s)), float("-inf"), False),
+    "conv_then_nan_to_num": (lambda m, s: torch.nan_to_num(m.b(s.relu()).repeat(1, 2, 1, 1)), float("inf"), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FILLED_THEN))
+def test_a_causal_fill_keeps_zero_invariance_only_into_a_softmax(name: str) -> None:
+    after, value, exact = _FILLED_THEN[name]
+    torch.manual_seed(0)
+    model, x = _Filled(after, value).double().eval(), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    plan = skg.plan(model, x)
+    scores = next(g for g in plan.groups if any(m.param == "a.weight" and m.axis == 0 for m in g.members))
+    assert scores.zero_invariant is exact, scores
+    if exact:
+        masked, pruned = _masked_and_pruned(model, plan, x)
+        assert torch.allclose(masked, pruned, rtol=1e-6, atol=1e-8)
+
+
+def test_a_forward_called_directly_keeps_its_signature_and_a_hooked_one_is_traced_through() -> None:
+    import inspect
+
+    class Net(_ForwardCalls):
+        def forward(self, x: Tensor) -> Tensor:
+            h = torch.relu(self.a(x))
+            if "input" in inspect.signature(self.gn.forward).parameters:  # GroupNorm.forward(self, input)
+                h = h * 2.0
+            return self.b(self.gn.forward(self.dw.forward(h)))
+
+    torch.manual_seed(0)
+    model, x = Net(lambda m, h: h).eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    with torch.no_grad():
+        assert torch.allclose(plan_run := skg.prune(model, plan, masks={}).model(x), model(x))  # the same branch
+    assert plan_run.shape == (2, 4, 6, 6)
+    model.a.register_forward_hook(lambda m, i, o: o * 1.0)
+    model.dw.register_forward_hook(lambda m, i, o: o + 1.0)  # never run: dw.forward bypasses it
+    hooked = skg.plan(model, x)
+    assert hooked.group("a:out").prunable or "hook" in hooked.group("a:out").reason
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+class _ScaledWidth(_WidthConv):
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) / math.sqrt(self.dim)  # a value that changes with the width
+
+
+def test_a_subclass_width_used_as_a_value_is_not_zero_invariant() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.conv, self.b = nn.Conv2d(3, 8, 1), _ScaledWidth(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(self.conv(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    model, x = Net().double().eval(), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    plan = skg.plan(model, x)
+    group = plan.group("conv:out")
+    assert not group.zero_invariant, group
+    if group.prunable:
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[2] = True
+        assert skg.prune(model, plan, masks={"conv:out": mask}).model.conv.dim == 7

@@ -18,6 +18,7 @@ calls are caught one level down, at ``nn.Module._call_impl`` (no slot, so no wal
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from torch import nn
 from torch.fx import _symbolic_trace
 
 from .forward_modes import code_reads
+from .rules import TRACED_CALL
 
 __all__ = ["FastTracer"]
 
@@ -81,8 +83,9 @@ class FastTracer(fx.Tracer):
         if "forward" not in code_reads(root, frozenset({"forward"})):  # the common case: no code to catch
             return leaves
         for path, m in root.named_modules():
-            if m is not root and "forward" not in m.__dict__ and self.is_leaf_module(m, path):
-                m.__dict__["forward"] = _LeafForward(self, m)
+            hooked = m._forward_hooks or m._forward_pre_hooks  # its forward runs no hook: traced through, as before
+            if m is not root and "forward" not in m.__dict__ and not hooked and self.is_leaf_module(m, path):
+                m.__dict__["forward"] = _leaf_forward(self, m)
                 leaves.append(m)
         return leaves
 
@@ -125,17 +128,17 @@ class FastTracer(fx.Tracer):
         return out
 
 
-class _LeafForward:
-    """``leaf.forward`` while traced: the tracer's module call of the leaf."""
+def _leaf_forward(tracer: FastTracer, module: nn.Module) -> Callable[..., Any]:
+    """``leaf.forward`` while traced: the tracer's module call of the leaf, with the signature of
+    the forward it stands for (``inspect.signature(layer.forward)`` reads the same)."""
+    forward = type(module).forward.__get__(module)
 
-    skg_traced_call = True  # ``rules.TRACED_CALL``: not the instance's own forward (``patched_on_instance``)
+    @functools.wraps(forward)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return tracer.call_module(module, forward, args, kwargs)
 
-    def __init__(self, tracer: FastTracer, module: nn.Module) -> None:
-        self.tracer, self.module = tracer, module
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module = self.module
-        return self.tracer.call_module(module, type(module).forward.__get__(module), args, kwargs)
+    setattr(call, TRACED_CALL, True)  # not the instance's own forward (``rules.patched_on_instance``)
+    return call
 
 
 _ORIG_CALL_IMPL = nn.Module._call_impl

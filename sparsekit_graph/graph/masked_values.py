@@ -118,7 +118,7 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
     call = normalize(node)
     if finite_for_finite(node, value, modules) or call.op in SCALINGS or (power(call) or 0) > 0:  # ``h ** 3``: a product
         return True
-    if _filled_alike(call, axis, value):  # ``att.masked_fill(causal == 0, -inf)``: every head alike
+    if _filled_alike(node, call, axis, value):  # ``att.masked_fill(causal == 0, -inf)``: every head alike
         return True
     if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
@@ -174,19 +174,39 @@ def finite_for_finite(node: fx.Node, value: object, modules: dict[str, nn.Module
     return True
 
 
-def _filled_alike(call: Call, axis: int, value: Tensor) -> bool:
+def _filled_alike(node: fx.Node, call: Call, axis: int, value: Tensor) -> bool:
     """A fill (``masked_fill``, ``where``) whose condition is one for every channel along
-    ``axis``: what it writes (``-inf`` where a causal mask is 0) lands on a removed channel
-    exactly where it lands on live ones, which the model's own next ops handle (a softmax);
-    what it keeps is checked where it is made."""
+    ``axis`` and whose result goes straight into a softmax over another axis (nanoGPT's
+    ``att.masked_fill(causal == 0, -inf)``): the ``-inf`` lands on a removed head where it lands
+    on live ones, and the softmax makes it 0 for both. Anything else may meet a zeroed weight
+    first (``0 * -inf``)."""
+    if not _alike_condition(call, axis, value):
+        return False
+    target = call.args.get("input") if call.inplace else node  # ``att.masked_fill_(...)``: what reads ``att`` next
+    readers = [u for u in target.users if u is not node] if isinstance(target, fx.Node) else []
+    return bool(readers) and all(_softmax_over_other(u, axis % value.ndim) for u in readers)
+
+
+def _alike_condition(call: Call, axis: int, value: Tensor) -> bool:
+    """A fill whose condition is one for every channel along ``axis`` (size 1 there)."""
     condition = call.args.get(_CONDITIONS.get(call.op, ""))
     held = condition.meta.get(META) if isinstance(condition, fx.Node) else None
-    if not isinstance(held, Tensor):
+    return isinstance(held, Tensor) and not (0 <= (d := axis - value.ndim + held.ndim) and held.shape[d] > 1)
+
+
+def _softmax_over_other(node: fx.Node, axis: int) -> bool:
+    """A softmax along another axis than ``axis`` (through casts: ``att.float().softmax(-1)``)."""
+    if node.op not in ("call_function", "call_method"):
         return False
-    d = axis - value.ndim + held.ndim
-    return d < 0 or held.shape[d] == 1
+    call = normalize(node)
+    if call.op in _COPIES_AND_CASTS:
+        return bool(node.users) and all(_softmax_over_other(u, axis) for u in node.users)
+    dim = call.args.get("dim")
+    ndim = getattr(node.meta.get(META), "ndim", 0)
+    return call.op in _SOFTMAXES and isinstance(dim, int) and ndim > 0 and dim % ndim != axis
 
 
+_SOFTMAXES = {torch.softmax, F.softmax, torch.log_softmax, F.log_softmax}
 _CONDITIONS = {torch.masked_fill: "mask", torch.where: "condition"}
 
 
@@ -236,6 +256,8 @@ def _masked_value(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Mo
     in-place writer reads)."""
     if not as_made and written_in_place(x, modules):  # ``v = h.abs() + 1; v.sub_(1)``: not the value its op made
         return None
+    if x.op in ("call_function", "call_method") and _alike_condition(normalize(x), axis, value):
+        return None  # a causal fill: the fill value at some positions, the channel's own elsewhere
     computed = _computed(x, axis, value, modules)
     if computed is not None:
         return computed

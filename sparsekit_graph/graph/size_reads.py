@@ -141,7 +141,7 @@ def _recorder(cls: type) -> type:
     rec = _RECORDERS.get(cls)
     if rec is None:
         base: Any = cls.__getattribute__
-        layer = _layer_class(cls)
+        layer = _layer_class(cls) and cls.__module__.split(".")[0] == "torch"  # a user's subclass: its own reads too
 
         def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
             value = base(self, name)
@@ -151,7 +151,8 @@ def _recorder(cls: type) -> type:
                 return _DictReads(self, value, layer) if by_user(1) else value
             log = _ACTIVE[-1]
             if name in _NAMES or (log.own and name in log.own.get(id(self), ())):
-                if (name in READ_ATTRIBUTES or not layer) and by_user(1):  # a model's own ``self.dim`` too
+                # a model's own ``self.dim`` too; a subclass's layer sizes read by torch's forward it runs
+                if (name in READ_ATTRIBUTES or not layer) and (by_user(1) or not layer):
                     wrapped = log.wrap(self, name, value)
                     if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
                         return wrapped

@@ -140,13 +140,7 @@ def prune(
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs()
     with kept(model, values=False):  # tracing runs forward's Python on the user's modules
-        try:
-            before_gm = trace_graph(model, inputs, verify=True)
-        except TraceError:  # planned in float32, then ``model.double()``: the inputs in its dtype
-            inputs = _in_dtype_of(model, inputs)
-            if inputs is None:
-                raise
-            before_gm = trace_graph(model, inputs, verify=True)
+        before_gm = trace_graph(model, inputs, verify=True)
     work = copy_model(model)
     remove_channels(work, plan, chosen)
     try:
@@ -271,19 +265,3 @@ def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]
             raise PlanError(f"masks[{name!r}]: would remove every channel")
         out[name] = mask.cpu()
     return out
-
-
-def _in_dtype_of(model: nn.Module, inputs: Any) -> Any:
-    """``inputs`` with their floating tensors in the one floating dtype of ``model``'s
-    parameters, or None where that changes nothing (or the model has no one such dtype)."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if len(dtypes) != 1:
-        return None
-    (dtype,) = dtypes
-    given = dict(inputs) if isinstance(inputs, dict) else dict(enumerate(inputs))
-    cast = {
-        k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != dtype else v for k, v in given.items()
-    }
-    if all(cast[k] is v for k, v in given.items()):  # ``.to`` of its own dtype is the tensor itself
-        return None
-    return cast if isinstance(inputs, dict) else tuple(cast.values())
