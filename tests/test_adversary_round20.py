@@ -1016,3 +1016,23 @@ def test_a_subclass_width_used_as_a_value_is_not_zero_invariant() -> None:
         mask = torch.zeros(8, dtype=torch.bool)
         mask[2] = True
         assert skg.prune(model, plan, masks={"conv:out": mask}).model.conv.dim == 7
+
+
+def test_a_depthwise_conv_under_torch_export_keeps_its_channels_prunable() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.device.type == "cpu":  # torch.fx refuses: torch.export traces it, groups a literal
+                x = x * 1.0
+            return self.b(self.dw(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 6, 6)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").prunable and plan.group("a:out").zero_invariant, plan.group("a:out")
+    masked, pruned = _masked_and_pruned(model, plan, x)
+    assert torch.allclose(masked, pruned, rtol=1e-4, atol=1e-5)

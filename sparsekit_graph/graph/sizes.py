@@ -241,11 +241,15 @@ def _is_count(v: Any) -> bool:
 
 
 def _resizes_itself(module: nn.Module) -> bool:
-    """A layer whose registered resizer recomputes the sizes its own forward uses (timm's
-    ``RelPosBias.bias_shape``). Not a subclass of a torch layer: its resizer sets torch's
-    attributes only, and a size the subclass keeps (``self.dim``) is no concern of it."""
+    """A layer whose registered resizer recomputes the sizes its forward uses: timm's
+    ``RelPosBias.bias_shape``, a torch layer running torch's forward (a depthwise conv's literal
+    ``groups`` under torch.export). Not a subclass of a torch layer with a forward of its own:
+    the resizer sets torch's attributes only, and a size the subclass keeps (``self.dim``) is no
+    concern of it."""
     cls = next((c for c in type(module).__mro__ if c in RESIZERS), None)
-    return cls is not None and not cls.__module__.startswith("torch.")
+    if cls is None:
+        return False
+    return not cls.__module__.startswith("torch.") or getattr(type(module).forward, "__module__", "").startswith("torch.")
 
 
 def _own_size(module: nn.Module, value: int | tuple[int, ...]) -> bool:
