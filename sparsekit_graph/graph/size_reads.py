@@ -152,7 +152,7 @@ def _recorder(cls: type) -> type:
             log = _ACTIVE[-1]
             if name in _NAMES or (log.own and name in log.own.get(id(self), ())):
                 # a model's own ``self.dim`` too; a subclass's layer sizes read by torch's forward it runs
-                if (name in READ_ATTRIBUTES or not layer) and (by_user(1) or not layer):
+                if not layer or (name in READ_ATTRIBUTES and by_user(1)):
                     wrapped = log.wrap(self, name, value)
                     if wrapped is not value:  # its literals carry their origin (``SIZE_READS``)
                         return wrapped
