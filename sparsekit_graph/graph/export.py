@@ -9,7 +9,6 @@ Batch and sequence axes are exported as dynamic dimensions, so a literal size le
 
 from __future__ import annotations
 
-import logging
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,25 +49,6 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> torch.export.ExportedProgram:
-    with _quiet(_FAKE_TENSOR_LOG):  # an op that fails on fake tensors is our TraceError, not a logged traceback
-        return _export(model, args, kwargs, dynamic)
-
-
-_FAKE_TENSOR_LOG = "torch._subclasses.fake_tensor"
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> torch.export.ExportedProgram:
     if not dynamic:
         return torch.export.export(model, args, kwargs, strict=False)
     try:
