@@ -22,7 +22,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .meta import META, TRACED_CONSTANT, upstream
+from .literal_values import CASTS, COPIES_AND_CASTS, ELEMENTS, constant, run_op
+from .meta import META, upstream
 from .normalize import Call, normalize
 from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
@@ -65,10 +66,6 @@ SCALINGS = {
     F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout, torch.feature_dropout,
     torch.alpha_dropout, torch.feature_alpha_dropout,
 }  # fmt: skip
-_COPIES_AND_CASTS = {
-    torch.Tensor.to, torch.Tensor.type_as, torch.clone, torch.Tensor.contiguous, torch.detach, torch.Tensor.detach,
-    torch.Tensor.data, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.requires_grad_, torch.Tensor.requires_grad,
-}  # fmt: skip
 _DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
 _ARITHMETIC = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, torch.add, torch.sub, torch.mul,
@@ -76,9 +73,6 @@ _ARITHMETIC = {
 _RESHAPES = {torch.Tensor.view, torch.reshape, torch.flatten, torch.unflatten, torch.Tensor.view_as, torch.Tensor.reshape_as}
 _EXPANDS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to}
 _LIKE = {torch.ones_like, torch.zeros_like, torch.full_like}
-_LITERALS = {torch.tensor, torch.as_tensor, torch.scalar_tensor, torch.full, torch.ones, torch.zeros}
-_NEW_LITERALS = {Tensor.new_tensor, Tensor.new_full, Tensor.new_ones, Tensor.new_zeros}  # ``h.new_tensor(1e-5)``
-_CASTS = {torch.Tensor.to, torch.Tensor.type_as}  # ``.half()``, ``.type(torch.float16)``: ``to``
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
     nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Identity, nn.Threshold,
@@ -89,8 +83,6 @@ _ELEMENTWISE_MODULES = (
 _NUMERIC_ACTIVATIONS = (nn.Softplus, nn.Threshold, nn.LeakyReLU, nn.ELU, nn.CELU, nn.Softshrink, nn.Hardshrink)
 _MASKED = "skg.masked_value"  # node.meta: axis -> the masked channel's value
 _UNCHANGED = "skg.unchanged_by_masks"  # node.meta: no input, layer or parameter upstream
-_CONSTANT = "skg.constant"  # node.meta: the tensor a node makes of literals, or None
-_ELEMENTS = 1 << 20  # the largest one-channel slice computed (a reduction's extent)
 
 
 def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> bool:
@@ -120,7 +112,7 @@ def stays_finite(node: fx.Node, axis: int, modules: dict[str, nn.Module]) -> boo
         return True
     if _filled_alike(node, call, axis, value):  # ``att.masked_fill(causal == 0, -inf)``: every head alike
         return True
-    if call.op in _COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
+    if call.op in COPIES_AND_CASTS:  # ``h.float()``, ``h.detach()``; ``.half()`` of 1e5 is inf
         before = getattr(call.args.get("input"), "meta", {}).get(META)
         return isinstance(before, Tensor) and _range(value.dtype) >= _range(before.dtype)
     if call.op not in _DIVISIONS:
@@ -165,9 +157,9 @@ def finite_for_finite(node: fx.Node, value: object, modules: dict[str, nn.Module
     for a in node.all_input_nodes:
         if not isinstance(a.meta.get(META), Tensor) or not a.meta[META].is_floating_point():
             continue
-        constant = _constant(a)
-        if constant is not None:
-            if not bool(constant.to(dtype).isfinite().all()):
+        known = constant(a)
+        if known is not None:
+            if not bool(known.to(dtype).isfinite().all()):
                 return False
         elif unchanged_by_masks(a, modules) and any(n.op == "get_attr" for n in upstream(a)):  # a buffer's values
             return False
@@ -199,7 +191,7 @@ def _softmax_over_other(node: fx.Node, axis: int) -> bool:
     if node.op not in ("call_function", "call_method"):
         return False
     call = normalize(node)
-    if call.op in _COPIES_AND_CASTS:
+    if call.op in COPIES_AND_CASTS:
         return bool(node.users) and all(_softmax_over_other(u, axis) for u in node.users)
     dim = call.args.get("dim")
     ndim = getattr(node.meta.get(META), "ndim", 0)
@@ -312,7 +304,7 @@ def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module
         if not isinstance(layer, _ELEMENTWISE_MODULES) or not isinstance(src, fx.Node) or len(x.all_input_nodes) != 1:
             return None
         slices = _slices(x, {src: (axis, set(range(value.ndim)))}, modules)
-        return None if slices is None else _one_value(_call(x, slices, layer))
+        return None if slices is None else _one_value(run_op(x, slices, layer))
     if x.op not in ("call_function", "call_method"):
         return None
     call = normalize(x)
@@ -325,11 +317,11 @@ def _computed(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Module
         return _one_value(_per_slice(x, axis, value, modules))
     if call.op in _LIKE:  # ``torch.ones_like(h)``: its value, whatever h holds
         slices = {n: torch.zeros((1,) * n.meta[META].ndim, dtype=n.meta[META].dtype) for n in [src] if isinstance(src, fx.Node)}
-        return _one_value(_call(x, slices)) if set(slices) == set(x.all_input_nodes) else None
-    if call.op in POINTWISE_FUNCTIONS or call.op in _CASTS:
+        return _one_value(run_op(x, slices)) if set(slices) == set(x.all_input_nodes) else None
+    if call.op in POINTWISE_FUNCTIONS or call.op in CASTS:
         tensors = [n for n in x.all_input_nodes if isinstance(n.meta.get(META), Tensor)]
         slices = _slices(x, {n: (axis - value.ndim + n.meta[META].ndim, set(range(n.meta[META].ndim))) for n in tensors}, modules)
-        return None if slices is None else _one_value(_call(x, slices))
+        return None if slices is None else _one_value(run_op(x, slices))
     return None
 
 
@@ -343,7 +335,7 @@ def _per_slice(x: fx.Node, axis: int, value: Tensor, modules: dict[str, nn.Modul
         return None  # over the channel's axis
     ndim = src.meta[META].ndim
     slices = _slices(x, {src: (k, set(range(ndim)) - set(_dims(call.args.get("dim"), ndim)))}, modules)
-    return None if slices is None else _call(x, slices)
+    return None if slices is None else run_op(x, slices)
 
 
 def _slices(
@@ -362,17 +354,17 @@ def _slices(
             continue
         axis, single = operands[n]
         if axis < 0 or value.shape[axis] == 1:  # one value for every channel, the same masked or not
-            constant = _constant(n)
-            if constant is None:
+            known = constant(n)
+            if known is None:
                 return None
-            slices[n] = constant
+            slices[n] = known
             continue
         if _first_writer(n, modules) is x:  # ``d.reciprocal_()``, ``d *= d``: d as it was made
             v = _masked_value(n, axis % value.ndim, value, modules, as_made=True)
         else:
             v = masked_value(n, axis, modules)
         shape = [1 if d in single else value.shape[d] for d in range(value.ndim)]
-        if v is None or math.prod(shape) > _ELEMENTS:
+        if v is None or math.prod(shape) > ELEMENTS:
             return None
         slices[n] = torch.full(shape, v, dtype=value.dtype)
     return slices
@@ -406,72 +398,6 @@ def _first_writer(n: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     key = storage_key(n.meta[META])
     shared = [u for u in n.users if u not in writers and isinstance(v := u.meta.get(META), Tensor) and storage_key(v) == key]
     return writers[0] if len(writers) == 1 and not shared else None
-
-
-def _constant(n: fx.Node) -> Tensor | None:
-    """The value of a tensor the code made of literals (``torch.tensor(1e-5)``,
-    ``torch.tensor(1e-5, device=h.device)``, ``h.new_ones(()) * 1e-5``), else None. A buffer's
-    or parameter's value is not read: on meta weights there is none, and the plan on meta
-    weights is the plan on real ones."""
-    if n.op == "get_attr":
-        return _held(n.meta.get(TRACED_CONSTANT))
-    if n.op not in ("call_function", "call_method"):
-        return None
-    if _CONSTANT not in n.meta:
-        operands = _constant_operands(n)
-        n.meta[_CONSTANT] = None if operands is None else _held(_call(n, operands))
-    return n.meta[_CONSTANT]
-
-
-def _held(value: object) -> Tensor | None:
-    """A constant's value on the CPU, where it is one small enough to compute with."""
-    if not isinstance(value, Tensor) or value.is_meta or value.numel() > _ELEMENTS:
-        return None
-    return value.detach().cpu()
-
-
-def _constant_operands(n: fx.Node) -> dict[fx.Node, Any] | None:
-    """The operands of a tensor made of literals, as they are made on the CPU: a device read
-    off a tensor (``device=h.device``) is the CPU; a tensor only its dtype is read from (``h``
-    in ``h.new_tensor(1e-5)`` and ``c.to(h)``) an empty one of that dtype; a tensor operand a
-    constant. None where anything else enters (``h.new_tensor(h.size(1))``, ``h * 2``)."""
-    call = normalize(n)
-    if call.op in _NEW_LITERALS:
-        typed = [call.args.get("input")]
-    elif call.op in _CASTS:
-        typed = [v for k, v in call.args.items() if k != "input"]
-    elif call.op in _LITERALS or call.op in POINTWISE_FUNCTIONS or call.op in _COPIES_AND_CASTS:  # ``lift_fresh_copy``
-        typed = []
-    else:
-        return None
-    others: list[fx.Node] = []
-    fx.node.map_arg([v for v in call.args.values() if not any(v is t for t in typed)], others.append)
-    operands: dict[fx.Node, Any] = {}
-    for a in n.all_input_nodes:
-        value = a.meta.get(META)
-        if a in typed and a not in others and isinstance(value, Tensor):
-            operands[a] = torch.empty((), dtype=value.dtype)
-        elif isinstance(value, (torch.device, torch.dtype)):
-            operands[a] = torch.device("cpu") if isinstance(value, torch.device) else value
-        elif (constant := _constant(a)) is not None:
-            operands[a] = constant
-        else:
-            return None
-    return operands
-
-
-def _call(x: fx.Node, slices: dict[fx.Node, Any], layer: nn.Module | None = None) -> Any:
-    """``x``'s op on ``slices`` in place of its inputs (None where it fails there)."""
-    args, kwargs = fx.node.map_arg((x.args, x.kwargs), slices.__getitem__)
-    try:
-        with torch.no_grad():
-            if layer is not None:
-                return layer(*args, **kwargs)
-            if x.op == "call_method":
-                return getattr(args[0], x.target)(*args[1:], **kwargs)
-            return x.target(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an op that will not run on a slice: not known
-        return None
 
 
 def _one_value(out: Any) -> float | None:

@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .literal_values import run_op
 from .meta import META
 from .normalize import Call, normalize
 from .param_reads import storage_key
@@ -156,17 +157,8 @@ def _zero_at_zero(node: fx.Node, call: Call) -> bool:
     if any(isinstance(n.meta.get(META), Tensor) for n in node.all_input_nodes if n is not src):
         return False
     for zero in (0.0, -0.0):  # a removed channel may hold either (``-h``): ``signbit(-0.0)`` is 1
-        held = torch.full((), zero, dtype=before.dtype)
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n, held=held: held if n is src else n.meta.get(META))
-        try:
-            with torch.no_grad():
-                out = (
-                    getattr(args[0], str(node.target))(*args[1:], **kwargs)
-                    if node.op == "call_method"
-                    else node.target(*args, **kwargs)
-                )
-        except Exception:  # noqa: BLE001 - an op that will not run on a number: not known
-            return False
+        held = {n: n.meta.get(META) for n in node.all_input_nodes} | {src: torch.full((), zero, dtype=before.dtype)}
+        out = run_op(node, held)
         if not (isinstance(out, Tensor) and out.numel() == 1 and bool(out == 0)):
             return False
     return True
