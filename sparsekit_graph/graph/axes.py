@@ -59,6 +59,7 @@ class AxisGraph:
     diverted: set[AxisId] = field(default_factory=set)  # targets of diverted repeat links
     repeat_factors: dict[AxisId, list[AxisId]] = field(default_factory=dict)  # dst -> broadcast factor axes
     domains: dict[str, AxisId] = field(default_factory=dict)  # integer activation -> the axis its values index
+    domain_reads: set[str] = field(default_factory=set)  # nodes whose rule linked the positions they index by
     gathered: dict[str, AxisId] = field(default_factory=dict)  # parameter gathered on axis 0 by indices of that axis
     head_dim: bool = False  # plan(head_dim=True): inner reshape factors are recorded (factors), not pinned
     factors: list[tuple[AxisId, AxisId, np.ndarray, np.ndarray]] = field(default_factory=list)  # (whole, factor, iw, if)

@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
     ops_layout,
     ops_matmul,
     ops_mha,
+    ops_moe,
     ops_norm_layers,
     ops_norms,
     ops_order,
@@ -33,8 +34,8 @@ from .folded_sizes import folded_products
 from .hidden_writes import pin_hidden_writes
 from .length_uses import pin_unmodelled_lengths
 from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
-from .ops_moe import follow_domains
 from .param_reads import pin_param_reads, storage_key
+from .positions import follow_domains, record_positions
 from .random_draws import draws_random
 from .rules import find_rule
 from .size_pins import pin_read_sizes
@@ -83,6 +84,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
         elif node.op == "output":
             for axes in ctx.tensor_axes():
                 ctx.pin(axes, "model output")
+            follow_domains(ctx)
             graph.numbers += [(v, node) for v in _returned_numbers(node)]  # ``return y, self.a.out_channels``
         elif node.op == "get_attr":  # a parameter's axes appear where an op uses them
             if node.name in aliases and isinstance(value := node.meta.get(META), Tensor):
@@ -93,6 +95,7 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
                     ctx.pin(axes, what.format(node.target))
         else:
             _apply(ctx, module, params)
+            record_positions(ctx)
             follow_domains(ctx)
     if exported:
         _lengths_as_numbers(graph, nodes)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["base_name", "element", "int_list", "read_size", "wrapped_list", "write_size"]
+__all__ = ["base_name", "element", "int_list", "read_size", "size_holder", "wrapped_list", "write_size"]
 
 _ELEMENT = re.compile(r"^(?P<name>[A-Za-z_]\w*)\[(?P<index>\d+)\]$")
 
@@ -50,6 +50,15 @@ def read_size(holder: object, attr: str, default: Any = None) -> Any:
     if k is None:
         return value
     return value[k] if isinstance(value, (list, tuple)) and k < len(value) else default
+
+
+def size_holder(modules: dict[str, Any], owner: str) -> object | None:
+    """The object holding a size attribute: the module named ``owner``, or a config a module
+    holds (``"layers.0.attn.config"``, ``"config"``); None where there is none."""
+    if owner in modules:
+        return modules[owner]
+    path, _, attr = owner.rpartition(".")
+    return getattr(modules[path], attr, None) if path in modules else None
 
 
 def write_size(holder: object, attr: str, value: int) -> None:

@@ -18,6 +18,7 @@ from .computed_repeats import follows_counts, ratio_repeats, record_copies, unco
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_matmul import is_weight, zeroed_by_masks
+from .positions import index_by_positions
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
 from .unbind_merge import rejoined
@@ -214,7 +215,7 @@ def _from_sublists(args: list[Any]) -> tuple[str | None, list[Any]]:
 # -- embeddings ----------------------------------------------------------------------------
 
 
-@register_function_rule(F.embedding)
+@register_function_rule(F.embedding, torch.embedding)
 def embedding_function(ctx: RuleContext) -> None:
     """``F.embedding(ids, weight)`` / ``aten.embedding(weight, indices)``: rows are looked up
     (the vocabulary pins), columns produce the output's last axis."""
@@ -227,7 +228,10 @@ def embedding_function(ctx: RuleContext) -> None:
         return
     ctx.same(ids or [], out[:-1])
     ctx.produce(w[1], out[-1])
-    ctx.pin([w[0]], f"vocabulary of {ctx.where()}")
+    index = ctx.arg("indices") if "indices" in ctx.call.args else ctx.input
+    unpadded = ctx.arg("padding_idx") == (None if ctx.call.op is F.embedding else -1)  # aten's -1: none
+    if not (unpadded and index_by_positions(ctx, index, w[0])):  # as ``w[ids]``
+        ctx.pin([w[0]], f"vocabulary of {ctx.where()}")
 
 
 # -- slicing -------------------------------------------------------------------------------

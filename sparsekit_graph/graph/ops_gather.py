@@ -1,6 +1,7 @@
 """Indexing one axis by an integer tensor (``table[index]``, ``x[:, idx]``): a gather.
 
-The indexed axis and the index's own axes pin (positions chosen by data); every other axis of
+The indexed axis and the index's own axes pin (positions chosen by data), unless the index holds
+positions along an axis of the indexed one's length (``positions.py``); every other axis of
 the source passes to the output (Swin's and MaxViT's relative-position tables keep their head
 axis: ``table[index.view(-1)]`` is ``(N*N, heads)``). ``getitem`` (``ops_join.py``) asks here
 first and handles every other indexing itself.
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from .axes import AxisId
 from .context import RuleContext
 from .meta import CONSTANT
+from .positions import index_by_positions
 from .sizes import count_plus_sources
 
 __all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows"]
@@ -39,7 +41,10 @@ def gather_by_index(ctx: RuleContext) -> bool:
     if src is None or tuple(ctx.out_value.shape) != (*value.shape[:k], *idx.shape, *value.shape[k + 1 :]):
         return False
     gathered = out[k : k + idx.ndim]
-    ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
+    if index_by_positions(ctx, items[k], src[k]):  # ``w[logits.topk(2).indices]``: one axis with the router's
+        ctx.same(ctx.axes(items[k]) or [], gathered)
+    else:
+        ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
     ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + idx.ndim :])
     produced_by_rows(ctx, src[:k] + src[k + 1 :])
     return True

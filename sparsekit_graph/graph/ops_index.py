@@ -21,6 +21,7 @@ from .context import RuleContext
 from .ops_gather import produced_by_rows
 from .ops_sizes import register_length_args
 from .ops_tensor import finite_when_masked, pointwise
+from .positions import index_by_positions
 from .read_bounds import read_prefix
 from .rules import register_function_rule, register_method_rule, register_module_rule
 from .size_args import read_axis
@@ -125,6 +126,9 @@ def select_along(ctx: RuleContext) -> None:
         return
 
     def pick(a: AxisId, o: AxisId, _: int) -> None:
+        if ctx.call.op is torch.index_select and index_by_positions(ctx, ctx.arg("index"), a):  # as ``w[idx]``
+            ctx.same(ctx.axes(ctx.arg("index")) or [], [o])
+            return
         taken = read_prefix(ctx, slice(0, length), a, o) if ctx.call.op is torch.narrow and start == 0 else None
         if taken is not None:  # ``h.narrow(1, 0, g.shape[1])``: as ``h[:, : g.shape[1]]``
             ctx.graph.link(a, o, taken, np.arange(len(taken)), kind="offset")

@@ -16,6 +16,7 @@ from .ops_matmul import zeroed_by_masks
 from .ops_reshape import flatten_axes, reshape_axes
 from .ops_sizes import register_length_args
 from .ops_tensor import pointwise, spatial_axes
+from .positions import index_by_positions
 from .rules import register_function_rule, register_module_rule
 from .size_args import read_axis
 from .sizes import SizeSource
@@ -356,7 +357,12 @@ def _shuffle_channels(ctx: RuleContext, g: object) -> None:
 
 @register_module_rule(nn.Embedding)
 def embedding(ctx: RuleContext) -> None:
+    """Rows looked up by the ids (the vocabulary pins, unless the ids are positions along an
+    axis of its length: ``self.emb(h.argmax(1))``), columns produce the output's last axis."""
     ids, out = ctx.axes(ctx.input), ctx.out()
     ctx.same(ids or [], out[:-1])
     ctx.produce(ctx.param("weight", (1,))[0], out[-1])
-    ctx.pin(ctx.param("weight", (0,)), f"vocabulary of {ctx.where()}")
+    vocabulary = ctx.param("weight", (0,))
+    plain = ctx.module.padding_idx is None and ctx.module.max_norm is None  # type: ignore[union-attr]
+    if not (plain and index_by_positions(ctx, ctx.input, vocabulary[0])):
+        ctx.pin(vocabulary, f"vocabulary of {ctx.where()}")

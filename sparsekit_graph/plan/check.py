@@ -8,6 +8,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import PlanError
+from ..graph.list_attributes import int_list, read_size, size_holder
 from .edits import check_edits
 from .layout import strided_layout
 
@@ -74,3 +75,20 @@ def check_plan(plan: Plan, model: object) -> None:
                 f"{first[key]}: the plan covers {int(mask.sum())} of {mask.size} indices of this axis "
                 "(is it a plan for another model?)"
             )
+    _check_attributes(plan, model, tensors)
+
+
+def _check_attributes(plan: Plan, model: nn.Module, tensors: dict[str, object]) -> None:
+    """Every size attribute and attention scale a group names exists in ``model``."""
+    modules = dict(model.named_modules())
+    for g in plan.groups:
+        for ref in g.sizes:
+            holder = size_holder(modules, ref.owner)
+            value = read_size(holder, ref.attr) if holder is not None else None
+            if not (isinstance(value, int) or int_list(value)) or isinstance(value, bool):
+                raise PlanError(f"group {g.name!r} size {ref.owner or 'model'}.{ref.attr}: the model has no such count")
+        for s in g.scales:
+            missing = [q for q in s.query if q not in tensors]
+            if missing or (s.owner is not None and s.owner not in modules):
+                what = f"tensor {missing[0]!r}" if missing else f"module {s.owner!r}"
+                raise PlanError(f"group {g.name!r} attention scale: the model has no {what}")

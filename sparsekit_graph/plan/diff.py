@@ -52,4 +52,4 @@ def _summary(g: Group) -> str:
 
 
 def _inputs(p: Plan) -> str:
-    return ", ".join(f"{i.name}{i.shape}" for i in p.inputs)
+    return ", ".join(f"{i.name}{i.shape}" if i.tensor else f"{i.name}={i.value!r}" for i in p.inputs)

@@ -13,7 +13,9 @@ from .ties import check_tied_overrides, validate_ties
 
 __all__ = ["SCHEMA_VERSION", "AttentionScale", "AxisFollow", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
 
-SCHEMA_VERSION = 5  # 5: min_keep; 4: head_dim (factor members, attention scales, followed axes); 3: ties, fixed members; 2: sizes
+# 6: plain-value inputs; 5: min_keep; 4: head_dim (factor members, attention scales, followed axes);
+# 3: ties, fixed members; 2: sizes
+SCHEMA_VERSION = 6
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
 Positive = Annotated[int, Field(ge=1, le=2**40)]
 
@@ -211,13 +213,32 @@ class Tie(_Frozen):
     reason: str = Field(min_length=1)
 
 
+PlainValue = bool | int | float | str | None
+
+
 class InputSpec(_Frozen):
-    """Shape and dtype of one example input the plan was made with."""
+    """One example input the plan was made with: a tensor's shape and dtype, or a plain value
+    (``forward(x, use_b=False)``: ``None``, a bool, number or string) that ``prune`` passes as
+    it was, since the forward may branch on it."""
 
     name: str
-    shape: list[NonNeg]
-    dtype: str
+    shape: list[NonNeg] = Field(default_factory=list)
+    dtype: str = ""
     keyword: bool = False
+    tensor: bool = True  # False: the input is ``value``
+    value: PlainValue = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> InputSpec:
+        if self.tensor and (not self.dtype or self.value is not None):
+            raise ValueError(f"input {self.name}: a tensor input has a dtype and no value")
+        if not self.tensor and (self.shape or self.dtype):
+            raise ValueError(f"input {self.name}: a plain value has no shape or dtype")
+        return self
+
+    def example(self) -> Any:
+        """A meta tensor shaped like the input, or its plain value."""
+        return self.meta() if self.tensor else self.value
 
     def meta(self) -> Any:
         import torch
@@ -242,7 +263,7 @@ class Plan(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.schema_version not in (1, 2, 3, 4, SCHEMA_VERSION):  # 1: no sizes; 2: no ties; 3: no head_dim; 4: no min_keep
+        if self.schema_version not in (1, 2, 3, 4, 5, SCHEMA_VERSION):  # 1: no sizes; ... 5: tensor inputs only
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
         seen: dict[str, Group] = {}
         for g in self.groups:
@@ -259,10 +280,10 @@ class Plan(_Frozen):
         raise PlanError(f"plan has no group named {name!r}")
 
     def example_inputs(self) -> tuple[Any, ...] | dict[str, Any]:
-        """Meta tensors shaped like the inputs the plan was made with."""
+        """The inputs the plan was made with: meta tensors of their shapes, plain values as they were."""
         if any(i.keyword for i in self.inputs):
-            return {i.name: i.meta() for i in self.inputs}
-        return tuple(i.meta() for i in self.inputs)
+            return {i.name: i.example() for i in self.inputs}
+        return tuple(i.example() for i in self.inputs)
 
     @property
     def prunable(self) -> list[Group]:

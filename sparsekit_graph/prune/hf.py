@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.ops_moe import EXPERT_COUNT_ATTRIBUTES
+from ..graph.positions import EXPERT_COUNT_ATTRIBUTES
 from ..graph.sizes import SIZE_ATTRIBUTES
 from .rope_fit import fit_rope_factors
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SparseKitError
-from ..graph.list_attributes import read_size, write_size
+from ..graph.list_attributes import read_size, size_holder, write_size
 from ..graph.weight_norms import refresh_weight_norms
 from ..plan.schema import Plan
 from ..plan.shared_sizes import size_drops
@@ -143,7 +143,7 @@ def _new_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> list[t
     proposals: dict[tuple[int, str], tuple[object, set, set]] = {}  # (holder, prunable's values, pinned's)
     for g in plan.groups:
         for ref in g.sizes:
-            holder = _owner(model, modules, ref.owner)
+            holder = size_holder(modules, ref.owner)
             old = read_size(holder, ref.attr)  # ``splits[0]``: an element of a list attribute
             by = drops[(g.name, ref.owner, ref.attr)]
             new = (old[0] - by, *old[1:]) if isinstance(old, tuple) and old else old - by if isinstance(old, int) else None
@@ -155,15 +155,6 @@ def _new_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> list[t
         if len(values) == 1:
             out.append((holder, attr, values.pop()))
     return out
-
-
-def _owner(model: nn.Module, modules: dict[str, nn.Module], owner: str) -> object:
-    """The object holding a ``SizeRef``'s attribute: a layer, the model's config, or a config
-    a layer holds (``"layers.0.attn.config"``)."""
-    if owner in modules:
-        return modules[owner]
-    path, _, attr = owner.rpartition(".")  # "layers.0.attn.config": a config a layer holds
-    return getattr(modules[path], attr)
 
 
 @register_resizer(nn.modules.conv._ConvNd)

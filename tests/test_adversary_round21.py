@@ -1,0 +1,216 @@
+"""Round 21 of the adversaries (issue 7): positions read as values, plain-value inputs, plan
+attributes checked against the model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import sparsekit_graph as skg
+
+# -- positions along a channel axis (argmax, topk's indices, ...) --------------------------
+
+PICKS: dict[str, Callable[[Tensor], Tensor]] = {
+    "argmax": lambda h: h.argmax(1),
+    "max.indices": lambda h: h.max(1).indices,
+    "max[1]": lambda h: torch.max(h, dim=1)[1],
+    "min(-h)[1]": lambda h: (-h).min(dim=1)[1],
+    "topk(1).indices": lambda h: h.topk(1, 1).indices.squeeze(1),
+    "topk(1)[1][:, 0]": lambda h: h.topk(1, 1)[1][:, 0],
+    "sort.indices[:, 0]": lambda h: h.sort(1, descending=True).indices[:, 0],
+    "argsort[:, -1]": lambda h: h.argsort(1)[:, -1],
+}
+LOOKUPS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "embedding": lambda m, i: m.e(i),
+    "weight[i]": lambda m, i: m.e.weight[i],
+    "F.embedding": lambda m, i: F.embedding(i, m.e.weight),
+    "index_select": lambda m, i: m.e.weight.index_select(0, i.flatten()).view(*i.shape, -1),
+    "one_hot @ weight": lambda m, i: F.one_hot(i, 8).float() @ m.e.weight,
+    "i == 3": lambda m, i: (i == 3).float().unsqueeze(-1).expand(*i.shape, 4),
+}
+
+
+class Lookup(nn.Module):
+    """A conv's channels pick rows of a table by their argmax (channel 0 can never win)."""
+
+    def __init__(self, pick: Callable[[Tensor], Tensor], lookup: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.e, self.pick, self.lookup = nn.Conv2d(3, 8, 1), nn.Embedding(8, 4), pick, lookup
+        with torch.no_grad():
+            self.a.bias[0] = -1e4
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lookup(self, self.pick(self.a(x))).permute(0, 3, 1, 2)
+
+
+def _dead_channel_is_exact(model: nn.Module, x: Tensor, group_of: str) -> bool:
+    """Plan; where the group of ``group_of`` is prunable, removing its never-chosen channel 0
+    must leave the output as it was (a renumbered position would read another row)."""
+    plan = skg.plan(model, x)
+    group = next(g for g in plan.groups if any(m.param == group_of and m.axis == 0 for m in g.members))
+    if not group.prunable:
+        return False
+    mask = torch.zeros(group.size, dtype=torch.bool)
+    mask[0] = True
+    pruned = skg.prune(model, plan, masks={group.name: mask}).model
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=0, atol=1e-5)
+    return True
+
+
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
+@pytest.mark.parametrize("pick", list(PICKS))
+def test_positions_read_by_a_lookup_stay_theirs(pick: str, lookup: str) -> None:
+    torch.manual_seed(0)
+    model = Lookup(PICKS[pick], LOOKUPS[lookup]).eval()
+    linked = _dead_channel_is_exact(model, torch.randn(2, 3, 5, 5), "a.weight")
+    # a table indexed by the positions goes with the channels (whole rows); a comparison with a
+    # literal, one_hot with a literal count or a sort pins them
+    ordered = pick.startswith(("sort", "argsort"))
+    assert linked == (not ordered and lookup in ("embedding", "weight[i]", "F.embedding", "index_select"))
+
+
+class Router(nn.Module):
+    """Top-k routing over stacked experts, written as strangers do."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling, self.router = spelling, nn.Linear(6, 4)
+        self.w = nn.Parameter(torch.randn(4, 6, 6) * 0.2)
+        self.experts = nn.ModuleList(nn.Linear(6, 6) for _ in range(4))
+        with torch.no_grad():
+            self.router.bias[0] = -1e4  # expert 0 is never chosen
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.router(x)
+        if self.spelling == "loop ==":  # ``idx == e`` compares with literal positions: pinned
+            idx = logits.topk(2, -1).indices
+            return sum((idx == e).float().sum(-1, keepdim=True) * expert(x) for e, expert in enumerate(self.experts))
+        if self.spelling == "w[topk[1]]":
+            return torch.einsum("btd,btkde->bte", x, self.w[logits.topk(2, -1)[1]])
+        if self.spelling == "w[argmax]":
+            return torch.einsum("btd,btde->bte", x, self.w[logits.argmax(-1)])
+        if self.spelling == "w.index_select":
+            idx = logits.max(-1).indices
+            return torch.einsum("btd,btde->bte", x, self.w.index_select(0, idx.flatten()).view(*idx.shape, 6, 6))
+        return torch.einsum("btd,btde->bte", x, self.w[logits.argmax(-1)]), logits.argmax(-1)  # positions returned
+
+
+@pytest.mark.parametrize("spelling", ["loop ==", "w[topk[1]]", "w[argmax]", "w.index_select", "returned"])
+def test_router_positions(spelling: str) -> None:
+    torch.manual_seed(0)
+    model = Router(spelling).eval()
+    x = torch.randn(2, 5, 6)
+    if spelling == "returned":
+        plan = skg.plan(model, x)
+        router = next(g for g in plan.groups if any(m.param == "router.weight" and m.axis == 0 for m in g.members))
+        assert not router.prunable, "the model returns positions along the router's axis"
+        return
+    linked = _dead_channel_is_exact(model, x, "router.weight")
+    assert linked == (spelling != "loop ==")
+
+
+def test_positions_under_torch_export() -> None:
+    """The same rules on torch.export's graph (``isinstance`` sends the trace there)."""
+
+    class Exported(Lookup):
+        def forward(self, x: Tensor) -> Tensor:
+            assert isinstance(x, torch.Tensor)
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    assert _dead_channel_is_exact(Exported(PICKS["max[1]"], LOOKUPS["weight[i]"]).eval(), x, "a.weight")
+    assert not _dead_channel_is_exact(Exported(PICKS["argmax"], LOOKUPS["i == 3"]).eval(), x, "a.weight")
+
+
+def test_flattened_positions_pin_every_axis() -> None:
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.table = nn.Linear(4, 6), nn.Parameter(torch.randn(12, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.table[self.a(x).argmax().view(1)]
+
+    plan = skg.plan(Flat().eval(), torch.randn(2, 4))
+    assert not plan.group("a:out").prunable
+
+
+# -- plain-value inputs --------------------------------------------------------------------
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor, use_b: bool = True, y: Tensor | None = None, s: float = 1.0, mode: str = "a") -> Tensor:
+        h = torch.relu(self.a(x))
+        if use_b:
+            h = torch.relu(self.b(h))
+        if y is not None:
+            h = h + y.sum() * s
+        return self.c(h) * (2 if mode == "lite" else 1)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"x": torch.randn(4, 6), "use_b": False},
+        (torch.randn(4, 6), False, torch.randn(3), 0.5, "lite"),
+        (torch.randn(4, 6), True, None, 2),
+    ],
+    ids=["keyword flag", "values between tensors", "None and int"],
+)
+def test_plain_inputs_are_part_of_the_plan(inputs: object) -> None:
+    """``prune`` runs the forward the plan saw: a flag or number the plan was made with is
+    recorded (before, it was dropped: the default branch ran, or later inputs moved left)."""
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    plan = skg.Plan.from_json(skg.plan(model, inputs).model_dump_json())
+    assert [i.value for i in plan.inputs if not i.tensor] == [v for v in _values(inputs) if not isinstance(v, Tensor)]
+    pruned = skg.prune(model, plan, masks={"a:out": torch.arange(16) % 4 == 1}).model
+    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    with torch.no_grad():
+        assert pruned(*args, **kwargs).shape == model(*args, **kwargs).shape
+
+
+def _values(inputs: object) -> list[object]:
+    return list(inputs.values()) if isinstance(inputs, dict) else list(inputs)  # type: ignore[union-attr]
+
+
+def test_inputs_a_plan_cannot_record_are_refused() -> None:
+    with pytest.raises(skg.PlanError, match="input4 is a list"):
+        skg.plan(Branchy().eval(), (torch.randn(4, 6), True, None, 1, [1, 2]))
+
+
+# -- a plan's attributes exist in the model --------------------------------------------------
+
+
+class Attn(nn.Module):
+    def __init__(self, d: int = 16, h: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = h, d // h
+        self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.parametrize("owner, attr", [("attn", "num_heads"), ("", "heads"), ("qkv", "weight")])
+def test_size_attributes_the_model_lacks_are_refused(owner: str, attr: str) -> None:
+    model = Attn().eval()
+    data = json.loads(skg.plan(model, torch.randn(2, 5, 16)).model_dump_json())
+    group = next(g for g in data["groups"] if g["sizes"])
+    group["sizes"][0].update(owner=owner, attr=attr)
+    edited = skg.Plan.from_json(json.dumps(data))
+    with pytest.raises(skg.PlanError, match=f"size {owner or 'model'}.{attr}: the model has no such count"):
+        skg.prune(model, edited, masks={group["name"]: torch.arange(group["size"]) == 1})
