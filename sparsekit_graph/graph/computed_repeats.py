@@ -97,11 +97,14 @@ def record_copies(ctx: RuleContext, r: object, axis: AxisId) -> bool:
     return True
 
 
-def uncounted(ctx: RuleContext, r: object) -> str:
+def uncounted(ctx: RuleContext, r: object, *, partly: bool = False) -> str:
     """The first attribute a count made from several (``self.num_heads // self.num_kv_heads``)
     was computed from that no rule so far counted an axis by (``q.view(b, n, -1, d)``), named;
-    empty where none. The axes the others count pin as well (``computed_sizes``)."""
+    empty where none. The axes the others count pin as well (``computed_sizes``). ``partly``:
+    empty also where no rule counted any of them (surgery rewrites none: the count stays)."""
     if not (isinstance(r, ReadInt) and len(r.sites) > 1):
         return ""
     counted = {(s.owner, s.attr) for refs in ctx.graph.size_refs.values() for s in refs}
+    if partly and not r.sites & counted:
+        return ""
     return next((f"{path or 'model'}.{attr}" for path, attr in sorted(r.sites - counted)), "")

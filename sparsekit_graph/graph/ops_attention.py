@@ -350,8 +350,10 @@ def repeat_interleave(ctx: RuleContext) -> None:
         return
     d %= len(src)
     ctx.same(src[:d] + src[d + 1 :], out[:d] + out[d + 1 :])
-    stale = uncounted(ctx, given)
-    if stale:  # surgery leaves it while it rewrites the others: the count the code computes moves
+    # surgery leaves it while it rewrites the others: the count the code computes moves (where it
+    # rewrites none, pruning whole key/value groups keeps the ratio)
+    stale = uncounted(ctx, given, partly=not ctx.graph.divert_repeats)
+    if stale:
         ctx.pin([src[d], out[d]], f"repeat count computed from {stale}, which counts no axis, at {ctx.where()}")
     elif r > 1 and ctx.graph.divert_repeats and not follows_counts(ctx, given):  # query heads per group change: r must follow
         ctx.pin([src[d], out[d]], f"gqa='query_heads': repeat_interleave by the literal {r} at {ctx.where()}")

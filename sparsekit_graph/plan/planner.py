@@ -19,16 +19,18 @@ from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
 from ..model_state import kept
 from .channels import Channels, channel_signatures
+from .edits import check_against
 from .experts import split_experts
 from .head_dim import head_dim_parts, tie_shared_scales
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
 from .probe import probe_plan
-from .schema import Group, InputSpec, Member, Plan, SizeRef, Tie, TiePart, constructed
+from .provenance import made_for, remember
+from .schema import Group, InputSpec, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
 
-__all__ = ["GQA_POLICIES", "build_axis_graph", "plan", "resolve", "resolve_groups"]
+__all__ = ["GQA_POLICIES", "build_axis_graph", "check_planned", "plan", "resolve", "resolve_groups"]
 
 GQA_POLICIES = ("kv_groups", "query_heads")
 
@@ -77,12 +79,27 @@ def plan(
     if not isinstance(head_dim, bool):
         raise PlanError(f"head_dim={head_dim!r}: expected True or False")
     inputs = _input_specs(example_inputs)
+    options = PlanOptions(ignore=list(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     with kept(model, values=False):  # a forward that freezes a layer or registers a hook
         graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
-        _pin_ignored(graph, model, list(ignore))
+        _pin_ignored(graph, model, options.ignore)
         groups, ties = resolve(graph)
-        found = Plan(model=type(model).__name__, inputs=inputs, groups=groups, ties=ties)
-        return probe_plan(found, model, example_inputs, traced) if is_exported(traced) else found  # export hides branches
+        found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
+        if is_exported(traced):  # export hides branches
+            found = probe_plan(found, model, example_inputs, traced)
+    remember(found, model)
+    return found
+
+
+def check_planned(given: Plan, model: nn.Module) -> None:
+    """Raise ``PlanError`` unless ``given`` is the planner's plan of ``model`` or that plan with
+    edits that apply (``edits.check_against``): a plan the planner did not make for this model
+    (loaded, edited, made for another model or dtype) is planned again with its options."""
+    if made_for(given, model):
+        return
+    o = given.options
+    base = plan(model, given.example_inputs(), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
+    check_against(given, base)
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:

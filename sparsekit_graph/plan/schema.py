@@ -11,9 +11,21 @@ from ..errors import PlanError
 from .check import check_plan
 from .ties import check_tied_overrides, validate_ties
 
-__all__ = ["SCHEMA_VERSION", "AttentionScale", "AxisFollow", "Group", "InputSpec", "Member", "Plan", "SizeRef", "Tie", "TiePart"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttentionScale",
+    "AxisFollow",
+    "Group",
+    "InputSpec",
+    "Member",
+    "Plan",
+    "PlanOptions",
+    "SizeRef",
+    "Tie",
+    "TiePart",
+]
 
-# 6: plain-value inputs; 5: min_keep; 4: head_dim (factor members, attention scales, followed axes);
+# 6: plain-value inputs, options; 5: min_keep; 4: head_dim (factor members, attention scales, followed axes);
 # 3: ties, fixed members; 2: sizes
 SCHEMA_VERSION = 6
 NonNeg = Annotated[int, Field(ge=0, le=2**40)]
@@ -249,6 +261,16 @@ class InputSpec(_Frozen):
         return torch.empty(self.shape, dtype=dtype, device="meta")
 
 
+class PlanOptions(_Frozen):
+    """The options ``plan`` was called with, which ``prune`` plans with again to check a plan
+    it did not make (loaded, edited)."""
+
+    ignore: list[str] = Field(default_factory=list)
+    train_graph: bool = True
+    gqa: str = "kv_groups"
+    head_dim: bool = False
+
+
 class Plan(_Frozen):
     """Every coupling group of a model, with why some are pinned.
 
@@ -258,6 +280,7 @@ class Plan(_Frozen):
     schema_version: int = SCHEMA_VERSION
     model: str = ""
     inputs: list[InputSpec] = Field(default_factory=list)
+    options: PlanOptions = Field(default_factory=PlanOptions)
     groups: list[Group] = Field(default_factory=list)
     ties: list[Tie] = Field(default_factory=list)
 

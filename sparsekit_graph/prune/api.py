@@ -19,6 +19,7 @@ from ..graph.trace import is_exported, trace_graph
 from ..model_state import kept
 from ..plan.bind import bind
 from ..plan.min_keep import check_min_keep
+from ..plan.planner import check_planned
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks, snap_tied
 from . import data_importance as _data_importance  # noqa: F401  (registers taylor, activation)
@@ -119,6 +120,7 @@ def prune(
     """
     ratio, round_to, seed = _checked_args(model, plan, ratio, masks, round_to, seed)
     plan.check(model)
+    check_planned(plan, model)  # a plan loaded or edited: the planner's structure, edits that apply
     if masks is None:
         if ratio is None or not 0.0 <= ratio < 1.0:
             raise PlanError(f"ratio must be in [0, 1), got {ratio!r}")
