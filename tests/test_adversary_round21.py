@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import check_oracle
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -214,3 +215,175 @@ def test_size_attributes_the_model_lacks_are_refused(owner: str, attr: str) -> N
     edited = skg.Plan.from_json(json.dumps(data))
     with pytest.raises(skg.PlanError, match=f"size {owner or 'model'}.{attr}: the model has no such count"):
         skg.prune(model, edited, masks={group["name"]: torch.arange(group["size"]) == 1})
+
+
+# -- two spellings, one plan (round 21's CNN and attention reference code) -----------------
+
+
+def _claims(model: nn.Module, x: Tensor, **options: object) -> list[tuple[int, bool]]:
+    """(size, zero-invariant) of each prunable group."""
+    return [(g.size, g.zero_invariant) for g in skg.plan(model, x, **options).prunable]
+
+
+class UNetUp(nn.Module):
+    def __init__(self, whole_size: bool) -> None:
+        super().__init__()
+        self.whole_size = whole_size
+        self.e1, self.e2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)
+        self.up, self.d = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = F.relu(self.e1(x))
+        size = e1.size() if self.whole_size else e1.shape[-2:]  # torch reads only the spatial sizes
+        return self.d(torch.cat([self.up(F.relu(self.e2(e1)), output_size=size), e1], 1))
+
+
+class EqualConv(nn.Module):
+    """StyleGAN's equalized learning rate: the weight scaled in forward."""
+
+    def __init__(self, ci: int, co: int, spelling: str) -> None:
+        super().__init__()
+        self.spelling, self.scale = spelling, 1 / (ci * 9) ** 0.5
+        self.weight, self.bias = nn.Parameter(torch.randn(co, ci, 3, 3)), nn.Parameter(torch.zeros(co))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.spelling == "weight * scale":
+            return F.conv2d(x, self.weight * self.scale, self.bias, padding=1)
+        if self.spelling == "scale * weight / 2":
+            return F.conv2d(x, self.scale * self.weight / 2, self.bias, padding=1)
+        return F.conv2d(x * self.scale, self.weight, self.bias, padding=1)
+
+
+class EqualNet(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.c1, self.c2, self.out = EqualConv(3, 8, spelling), EqualConv(8, 8, spelling), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(F.leaky_relu(self.c2(F.leaky_relu(self.c1(x), 0.2)), 0.2))
+
+
+class BlurPool(nn.Module):
+    """antialiased-cnns: a fixed depthwise filter (a buffer), padded inside or before the conv."""
+
+    def __init__(self, pad: str) -> None:
+        super().__init__()
+        self.pad = pad
+        self.register_buffer("filt", torch.full((8, 1, 3, 3), 1 / 9.0))
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.c1(x))
+        if self.pad == "conv":
+            h = F.conv2d(h, self.filt, stride=2, padding=1, groups=h.shape[1])
+        else:
+            h = F.conv2d(F.pad(h, (1, 1, 1, 1), mode=self.pad), self.filt, stride=2, groups=h.shape[1])
+        return self.c2(h)
+
+
+class NonLocal(nn.Module):
+    """The non-local block as its reference code writes it: views by ``self.inter_channels``."""
+
+    def __init__(self, by_attribute: bool, c: int = 8) -> None:
+        super().__init__()
+        self.by_attribute, self.inter_channels = by_attribute, c // 2
+        self.stem, self.W = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c // 2, c, 1)
+        self.g, self.theta, self.phi = (nn.Conv2d(c, c // 2, 1) for _ in range(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        b, n = x.size(0), self.inter_channels
+
+        def rows(h: Tensor) -> Tensor:
+            return h.view(b, n, -1) if self.by_attribute else h.flatten(2)
+
+        g, theta, phi = rows(self.g(x)).permute(0, 2, 1), rows(self.theta(x)).permute(0, 2, 1), rows(self.phi(x))
+        y = torch.matmul(F.softmax(torch.matmul(theta, phi), -1), g).permute(0, 2, 1).contiguous()
+        return self.W(y.view(b, n if self.by_attribute else -1, *x.size()[2:])) + x
+
+
+class Octave(nn.Module):
+    """Octave convolution's high/low split, counted from either end."""
+
+    def __init__(self, from_end: bool) -> None:
+        super().__init__()
+        self.from_end, self.lo_ch, self.hi_ch = from_end, 4, 12
+        self.stem, self.hh, self.ll = (
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.Conv2d(12, 8, 3, padding=1),
+            nn.Conv2d(4, 8, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        if self.from_end:
+            high, low = x[:, : -self.lo_ch], x[:, -self.lo_ch :]
+        else:
+            high, low = x[:, : self.hi_ch], x[:, self.hi_ch :]
+        return self.hh(high) + F.interpolate(self.ll(F.avg_pool2d(low, 2)), scale_factor=2)
+
+
+SPELLING_PAIRS: dict[str, tuple[Callable[[bool], nn.Module], Tensor]] = {
+    "ConvTranspose2d output_size=e1.size()": (lambda a: UNetUp(a), torch.randn(2, 3, 8, 8)),
+    "F.conv2d(x, weight * scale)": (lambda a: EqualNet("weight * scale" if a else "x * scale"), torch.randn(2, 3, 8, 8)),
+    "F.conv2d(x, scale * weight / 2)": (lambda a: EqualNet("scale * weight / 2" if a else "x * scale"), torch.randn(2, 3, 8, 8)),
+    "F.pad before a buffer's depthwise conv": (lambda a: BlurPool("constant" if a else "conv"), torch.randn(2, 3, 8, 8)),
+    "reflect pad before it": (lambda a: BlurPool("reflect" if a else "conv"), torch.randn(2, 3, 8, 8)),
+    "view(b, self.inter_channels, -1)": (lambda a: NonLocal(a), torch.randn(2, 3, 6, 6)),
+    "x[:, :-self.lo_ch], x[:, -self.lo_ch:]": (lambda a: Octave(a), torch.randn(2, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(SPELLING_PAIRS))
+def test_two_spellings_one_plan(name: str, tmp_path) -> None:
+    make, x = SPELLING_PAIRS[name]
+    torch.manual_seed(0)
+    model = make(True).eval()
+    assert _claims(model, x) == _claims(make(False).eval(), x)
+    check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+def test_an_attribute_a_view_splits_by_stays_a_constant() -> None:
+    """``view(b, self.num_paths, -1)`` splits the channels into paths: the count of paths does
+    not follow pruning, and the attribute that only keeps an axis whole (above) is not this."""
+
+    class Paths(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_paths, self.a, self.b = 2, nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return self.b(h.view(h.shape[0], self.num_paths, -1, *h.shape[2:]).sum(1))
+
+    plan = skg.plan(Paths().eval(), torch.randn(2, 3, 5, 5))
+    assert [(g.name, g.size) for g in plan.prunable] == [("a:out", 4)]  # within a path, not the paths
+    assert not plan.group("a:out").sizes
+
+
+def test_gqa_repeat_count_of_attributes_no_view_reads() -> None:
+    """``repeat_interleave(self.num_heads // self.num_key_value_heads)`` with heads viewed by
+    ``-1``: surgery rewrites neither count, and pruning whole KV groups keeps their ratio."""
+
+    class Attn(nn.Module):
+        def __init__(self, ratio: bool) -> None:
+            super().__init__()
+            self.ratio, self.num_heads, self.num_key_value_heads, self.head_dim = ratio, 4, 2, 8
+            self.num_key_value_groups = 2
+            self.q, self.k, self.v, self.o = nn.Linear(32, 32), nn.Linear(32, 16), nn.Linear(32, 16), nn.Linear(32, 32)
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, t, _ = x.shape
+            q, k, v = (p(x).view(b, t, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+            r = self.num_heads // self.num_key_value_heads if self.ratio else self.num_key_value_groups
+            k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
+            return self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1))
+
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(0)
+    model = Attn(True).eval()
+    assert _claims(model, x) == _claims(Attn(False).eval(), x) == [(2, True)]
+    assert not skg.plan(model, x, gqa="query_heads").group("q:out").prunable  # the ratio there would move
+    pruned = skg.prune(model, skg.plan(model, x), masks={"q:out": torch.tensor([True, False])}).model
+    assert (pruned.num_heads, pruned.num_key_value_heads) == (4, 2)  # neither rewritten: the ratio stays
+    assert pruned(x).shape == x.shape

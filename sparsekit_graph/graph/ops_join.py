@@ -22,7 +22,14 @@ from .read_bounds import read_prefix, read_suffix
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
-from .split_sizes import followed_prefix, followed_segments, followed_split, followed_suffix
+from .split_sizes import (
+    followed_head,
+    followed_prefix,
+    followed_segments,
+    followed_split,
+    followed_suffix,
+    followed_tail,
+)
 from .unbind_merge import joined_unbind, merge_unbound, rejoined
 
 # -- concat, pad and split -----------------------------------------------------------------
@@ -296,6 +303,10 @@ def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) 
         found = followed_prefix(ctx, it, axis, out)
     if found is None:
         found = followed_suffix(ctx, it, axis, ctx.input, dim)
+    if found is None:
+        found = followed_tail(ctx, it, axis, out)
+    if found is None:
+        found = followed_head(ctx, it, axis, ctx.input, dim)
     if found is None:
         found = read_prefix(ctx, it, axis, out)
     if found is None:

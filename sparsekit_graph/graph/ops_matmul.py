@@ -11,7 +11,7 @@ from .context import RuleContext
 from .normalize import normalize
 from .param_values import from_parameters
 from .rules import register_function_rule
-from .zeros import zero_breaker
+from .zeros import number_scaled, zero_breaker
 
 # -- products ------------------------------------------------------------------------------
 
@@ -49,16 +49,18 @@ def is_weight(ctx: RuleContext, x: object) -> bool:
 
 
 def zeroed_by_masks(ctx: RuleContext, x: object) -> bool:
-    """A parameter, or a view of one: masking a channel zeroes it. Masks leave buffers alone,
-    so ``sigmoid(h) @ self.buffer`` still adds ``0.5 * buffer`` for a masked channel."""
+    """A parameter, a view of one or one scaled by a number (``w.T``, ``w * self.scale``):
+    masking a channel zeroes it. Masks leave buffers alone, so ``sigmoid(h) @ self.buffer``
+    still adds ``0.5 * buffer`` for a masked channel."""
     while isinstance(x, fx.Node):
         if x.op == "get_attr":
             name = (ctx.aliases or {}).get(x.name)
             owner, _, attr = (name or "").rpartition(".")
             return name is not None and isinstance(getattr(ctx.modules.get(owner), attr, None), torch.nn.Parameter)
-        if x.op not in ("call_function", "call_method") or normalize(x).op not in _WEIGHT_VIEWS:
+        if x.op not in ("call_function", "call_method"):
             return False
-        x = normalize(x).args.get("input")
+        call = normalize(x)
+        x = call.args.get("input") if call.op in _WEIGHT_VIEWS else number_scaled(call)
     return False
 
 

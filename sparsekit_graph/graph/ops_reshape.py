@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from .attribute_sizes import PlainInt
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .factors import record_factor, unit_carrier
@@ -20,6 +21,7 @@ from .meta import META, ReadInt
 from .rules import register_function_rule, register_method_rule
 from .size_args import link_read_lengths, literal_dims, made_from, size_element, size_elements
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
+from .split_sizes import followed_count
 
 
 @register_function_rule(torch.flatten)
@@ -59,12 +61,15 @@ def view(ctx: RuleContext) -> None:
     # input axis as it is follows that axis (HF Swin's ``view(B, -1, 4 * C)`` with C read off the
     # input). A literal of the code (``view(*h.shape[:-1], cfg.width)``) reads the same, so on
     # this path only prune's checks catch it (torch.fx, which most such models take, pins it).
-    kept = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1} if ctx.exported else set()
+    whole = {gb[0] for ga, gb in groups if len(ga) == len(gb) == 1}  # output axes that keep an input axis
+    kept = whole if ctx.exported else set()
     twice = _repeated_sizes(ctx, raw)
 
     def constant(j: int, s: Any) -> bool:  # (records the attributes a size follows: call once per axis)
         if not isinstance(s, int) or s <= 1:
             return isinstance(s, int) and ctx.constant_size(out[j], s)  # records an attribute read as 1
+        if isinstance(s, PlainInt) and j in whole and j not in twice and followed_count(ctx, s, out[j]):
+            return False  # ``view(b, self.inter_channels, -1)``: a module's own count of the axis it keeps
         if j in twice:
             return j not in kept
         fixed = ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s) and not _merged_heads(ctx, j, s, groups)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
-from torch import Tensor
+from torch import Tensor, nn
 
 from .context import RuleContext
 from .flow_values import VALUE
@@ -47,7 +47,7 @@ def axis_lengths(ctx: RuleContext) -> None:
         return
     dim = ctx.arg("dim")
     nd = len(src)
-    reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd)]
+    reads = [(n, axes) for n, axes in _length_uses(ctx.node, None if dim is None else [dim % max(nd, 1)], nd, ctx.modules)]
     for user, axes in reads:
         if user.meta.get(CONTROL) not in (None, VALUE):  # the traced code holds one branch / count of turns
             ctx.pin([src[d] for d in axes], f"python control flow on the length of an axis at node {user.name}")
@@ -55,7 +55,9 @@ def axis_lengths(ctx: RuleContext) -> None:
             ctx.mix([src[d] for d in axes], f"length of an axis used as a value at node {user.name}")
 
 
-def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[fx.Node, list[int]]]:
+def _length_uses(
+    node: fx.Node, axes: list[int] | None, nd: int, modules: dict[str, nn.Module]
+) -> list[tuple[fx.Node, list[int]]]:
     """(tensor-valued node using a length as a value, or a number Python control flow read
     (``CONTROL``), which axes' lengths) pairs."""
     found: list[tuple[fx.Node, list[int]]] = []
@@ -83,9 +85,18 @@ def _length_uses(node: fx.Node, axes: list[int] | None, nd: int) -> list[tuple[f
                 todo.append((user, chosen))
                 if user.meta.get(CONTROL):
                     found.append((user, chosen))
+            elif user.op == "call_module" and _output_size_only(user, n, modules):
+                continue  # ``self.up(h, output_size=skip.size())``: sizes (``length_uses`` checks them)
             elif user.op == "call_module" or not _only_shapes(user, n, direct=_direct(n, node, axes)):
                 found.append((user, chosen))
     return found
+
+
+def _output_size_only(user: fx.Node, length: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Does a transposed conv take ``length`` as its ``output_size`` only?"""
+    if not isinstance(modules.get(str(user.target)), nn.modules.conv._ConvTransposeNd) or _contains(user.args[:1], length):
+        return False
+    return all(k == "output_size" for k, v in user.kwargs.items() if _contains(v, length))
 
 
 def _direct(n: fx.Node, read: fx.Node, dims: list[int] | None) -> bool:

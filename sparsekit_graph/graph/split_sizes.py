@@ -30,7 +30,10 @@ from .list_attributes import read_size
 from .size_values import Site
 from .sizes import SizeSource
 
-__all__ = ["followed_count", "followed_prefix", "followed_segments", "followed_split", "followed_suffix", "prefix_stop"]
+__all__ = [
+    "followed_count", "followed_head", "followed_prefix", "followed_segments", "followed_split", "followed_suffix",
+    "followed_tail", "prefix_stop", "tail_start",
+]  # fmt: skip
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
 _MOST_SITES = 4  # more attributes in one size: left to pin (3 ** 4 assignments at most)
@@ -128,6 +131,44 @@ def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim
     return int(start) + np.arange(ctx.graph.size(axis) - int(start))
 
 
+def followed_tail(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.ndarray | None:
+    """``t[:, -self.lo_ch:]`` (octave convolution's low-frequency part): the last ``n`` indices,
+    ``n`` made from attributes that count the slice. The indices it takes, with the attributes
+    recorded on ``out``; None otherwise."""
+    start, size = it.start, ctx.graph.size(axis)
+    if it.step is not None or it.stop is not None or not isinstance(start, PlainInt) or not -size <= start < 0:
+        return None
+    return size + np.arange(int(start), 0) if _counts(ctx, _negated(start), out) is not None else None
+
+
+def followed_head(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: int) -> np.ndarray | None:
+    """``t[:, :-self.lo_ch]`` beside ``t[:, -self.lo_ch:]`` of the same tensor: the attribute counts
+    the tail, which that slice records, so the stop moves with it (``followed_suffix`` from the end)."""
+    stop, size = it.stop, ctx.graph.size(axis)
+    if it.step is not None or it.start not in (None, 0) or not isinstance(stop, PlainInt) or not -size < stop < 0:
+        return None
+    if not _one_read(_negated(stop)) or not any(_same_read(tail_start(u, dim), stop) for u in src.users):
+        return None
+    _follow(ctx, stop.formula[0][0])
+    return np.arange(size + int(stop))
+
+
+def _negated(x: PlainInt) -> PlainInt:
+    sites, values, fn = x.formula
+    return PlainInt(-int(x), (sites, values, lambda m: -fn(m)))
+
+
+def _same_read(a: object, b: PlainInt) -> bool:
+    return isinstance(a, PlainInt) and a.formula[:2] == b.formula[:2] and int(a) == int(b)
+
+
+def tail_start(user: fx.Node, dim: int) -> Any:
+    """The start of ``user``'s slice of axis ``dim`` where it is a getitem taking ``[start:]``
+    there; None otherwise."""
+    it = _slice_of(user, dim)
+    return it.start if it is not None and it.stop is None and it.step is None else None
+
+
 def _prefix_of(user: fx.Node, start: PlainInt, dim: int) -> bool:
     """Is ``user`` a getitem taking ``[:start]`` (or ``[0:start]``) of axis ``dim``, read from
     the same attribute as ``start``?"""
@@ -138,14 +179,19 @@ def _prefix_of(user: fx.Node, start: PlainInt, dim: int) -> bool:
 def prefix_stop(user: fx.Node, dim: int) -> Any:
     """The stop of ``user``'s slice of axis ``dim`` where it is a getitem taking ``[:stop]``
     (or ``[0:stop]``) there; None otherwise."""
+    it = _slice_of(user, dim)
+    return it.stop if it is not None and it.start in (None, 0) and it.step is None else None
+
+
+def _slice_of(user: fx.Node, dim: int) -> slice | None:
+    """The slice ``user`` (a getitem) takes of axis ``dim``; None otherwise."""
     if user.op != "call_function" or user.target is not operator.getitem or len(user.args) != 2:
         return None
     index = user.args[1]
     items: Sequence[Any] = index if isinstance(index, tuple) else (index,)
     if dim >= len(items) or any(i is Ellipsis or i is None for i in items[:dim]):
         return None
-    it = items[dim]
-    return it.stop if isinstance(it, slice) and it.start in (None, 0) and it.step is None else None
+    return items[dim] if isinstance(items[dim], slice) else None
 
 
 def _one_read(x: PlainInt) -> bool:

@@ -24,7 +24,9 @@ from .normalize import Call, normalize
 from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 
-__all__ = ["aliased_input", "kept_source", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker"]
+__all__ = [
+    "aliased_input", "kept_source", "number_scaled", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker",
+]  # fmt: skip
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -115,6 +117,8 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
         return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
     if call.op in _SHAPED:
         return _walk(src, _shaped_source(call, axis, value, src), modules, depth)
+    if call.op in (F.pad, torch.constant_pad_nd) and _pads_beside(call, axis, value.ndim):
+        return _walk(src, axis, modules, depth)  # ``F.pad(h, (1, 1, 1, 1))``: zeros, or copies of the channel's own
     if call.op in _POOLS and not isinstance(call.args.get("return_indices"), fx.Node):
         return _walk(src, axis % value.ndim, modules, depth)
     if call.op in _REDUCTIONS:
@@ -173,16 +177,43 @@ _SHAPED = {
 
 
 def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
-    """A parameter, possibly through views (``w.T``): masking zeroes it."""
+    """A parameter, possibly through views or a scaling (``w.T``, ``w * self.scale``): masking zeroes it."""
     while isinstance(x, fx.Node) and x.op in ("call_function", "call_method"):
         call = normalize(x)
-        if call.op not in _PERMUTES and call.op not in _ZERO_UNARY:
+        if call.op in _PERMUTES or call.op in _ZERO_UNARY:
+            x = call.args.get("input")
+        elif (x := number_scaled(call)) is None:
             return False
-        x = call.args.get("input")
     if not isinstance(x, fx.Node) or x.op != "get_attr":
         return False
     owner, _, attr = str(x.target).rpartition(".")
     return isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)
+
+
+def _pads_beside(call: Call, axis: int, ndim: int) -> bool:
+    """Does the pad leave ``axis`` alone and fill with zeros or values of the channel itself
+    (reflect, replicate, circular)?"""
+    amounts = call.args.get("pad")
+    if not isinstance(amounts, (tuple, list)) or len(amounts) % 2:
+        return False
+    zero = call.args.get("mode", "constant") != "constant" or call.args.get("value") in (None, 0, 0.0)
+    return zero and axis % ndim < ndim - len(amounts) // 2
+
+
+def number_scaled(call: Call) -> object | None:
+    """The tensor ``w`` of ``w * 0.5``, ``2 * w``, ``w / 3`` (equalized learning rate's
+    ``self.weight * self.scale``): scaled by a finite number (a divisor also nonzero), which
+    keeps its zeros; None for any other call."""
+    if call.op not in _PRODUCT:
+        return None
+    a, b = call.args.get("input"), call.args.get("other")
+    if call.op in (torch.div, operator.truediv, operator.itruediv):
+        return a if _finite(b) and b != 0 and call.args.get("rounding_mode") is None else None
+    return a if _finite(b) else b if _finite(a) else None
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
