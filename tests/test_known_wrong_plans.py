@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.plan.provenance import remember
 from sparsekit_graph.plan.schema import Group, Member, SizeRef
 from sparsekit_graph.plan.shared_sizes import pin_untied_sizes
 from sparsekit_graph.plan.ties import shared_size_ties
@@ -371,7 +372,7 @@ def test_export_claims_checked_beside_groups_without_claims(keep_a: int, refused
     """Pruned with a group whose numbers change by right, the zero-invariant group is retraced
     alone: refused where its own count flips a number, pruned where it does not. The planner
     pins ``a:out`` (Python decides on its length: ``length_reads``); a hand-edited plan that
-    claims it anyway meets prune's own checks."""
+    claims it anyway (which ``prune`` refuses first, planning again) meets prune's own checks."""
     torch.manual_seed(0)
     m, x = _ExportScaledBranch().eval(), torch.randn(2, 3, 6, 6)
     plan = skg.plan(m, x)
@@ -380,6 +381,7 @@ def test_export_claims_checked_beside_groups_without_claims(keep_a: int, refused
     assert c.prunable and not c.zero_invariant, c
     a = a.model_copy(update={"prunable": True, "zero_invariant": True, "reason": None})
     plan = plan.model_copy(update={"groups": [a if g.name == "a:out" else g for g in plan.groups]})
+    remember(plan, m)  # as if the planner had made it: prune's own checks, behind check_planned
     masks = {"a:out": torch.arange(8) >= keep_a, "c:out": torch.arange(8) >= 5}
     if refused:
         with pytest.raises(skg.SparseKitError, match="zero-invariant group.*a:out"):

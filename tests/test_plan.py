@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from torch import nn
 
 import sparsekit_graph as skg
+from sparsekit_graph.plan.provenance import remember
 
 
 def _net() -> nn.Module:
@@ -187,7 +188,8 @@ def test_bind_channel_index_matches_masks(planned) -> None:
 
 
 def test_failed_surgery_leaves_the_model_unchanged(planned) -> None:
-    """A hand-edited plan that forgets the BatchNorm: the pruned model cannot run, nothing changes."""
+    """A hand-edited plan that forgets the BatchNorm: ``prune`` plans again and refuses it; let
+    through as the planner's own, the pruned model cannot run. Nothing changes either way."""
     model, plan, _ = planned
     group = plan.group("0:out")
     edited = plan.model_copy(
@@ -200,6 +202,9 @@ def test_failed_surgery_leaves_the_model_unchanged(planned) -> None:
     )
     edited.check(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(skg.PlanError, match="group '0:out' field members: differs from the planner's"):
+        skg.prune(model, edited, ratio=0.5, inplace=True)
+    remember(edited, model)  # prune's own checks, behind check_planned
     with pytest.raises(skg.SparseKitError, match="does not run.*layer 1"):
         skg.prune(model, edited, ratio=0.5, inplace=True)
     assert model[0].out_channels == 8 and model[1].num_features == 8

@@ -86,7 +86,11 @@ def prune(
 
     Args:
         model: The model the plan was made for.
-        plan: Its plan (checked against the model first).
+        plan: Its plan, checked against the model first: it must fit, and a plan that
+            ``plan()`` did not return for a model of this structure (loaded from a file,
+            edited, made for another model or dtype) is planned again with its recorded
+            ``options`` and must be that plan with edits that apply (``ratio``, ``keep``,
+            groups pinned by hand).
         ratio: Fraction of each prunable group's channels to remove (a group's own
             ``ratio``/``keep`` override it). Ignored when ``masks`` is given.
         masks: Explicit masks by group name (``True`` = remove), applied exactly; groups
@@ -114,7 +118,8 @@ def prune(
         ``PruneResult`` with the pruned model (``model`` itself if ``inplace``).
 
     Raises:
-        PlanError: The plan does not fit, or masks/ratio are invalid. The model is unchanged.
+        PlanError: The plan does not fit, is not the planner's plan of this model (with edits
+            that apply), or masks/ratio are invalid. The model is unchanged.
         SparseKitError: The pruned model would not run or changes the output shapes. The
             model is unchanged.
     """
