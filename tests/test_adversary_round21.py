@@ -387,3 +387,103 @@ def test_gqa_repeat_count_of_attributes_no_view_reads() -> None:
     pruned = skg.prune(model, skg.plan(model, x), masks={"q:out": torch.tensor([True, False])}).model
     assert (pruned.num_heads, pruned.num_key_value_heads) == (4, 2)  # neither rewritten: the ratio stays
     assert pruned(x).shape == x.shape
+
+
+class StatsPool(nn.Module):
+    """ECAPA-TDNN's attentive statistics pooling: the mean over time repeated back along it."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.c, self.att, self.out = nn.Conv1d(20, 16, 1), nn.Conv1d(32, 16, 1), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.c(x))
+        m = h.mean(dim=2, keepdim=True)
+        if self.spelling == "repeat":
+            m = m.repeat(1, 1, h.size(-1))
+        elif self.spelling == "tile":
+            m = m.tile((1, 1, h.shape[2]))
+        else:
+            m = m.expand(-1, -1, h.size(-1))
+        w = torch.softmax(self.att(torch.cat([h, m], 1)), dim=2)
+        return self.out((h * w).sum(2))
+
+
+class GraphReadout(nn.Module):
+    """Nodes of each graph picked by a boolean mask of a batch vector, or by their indices."""
+
+    def __init__(self, by_mask: bool) -> None:
+        super().__init__()
+        self.by_mask, self.a, self.b = by_mask, nn.Linear(7, 16), nn.Linear(16, 3)
+        self.register_buffer("batch", torch.tensor([0] * 5 + [1] * 5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.a(x))
+        if self.by_mask:
+            return self.b(torch.stack([h[self.batch == g].mean(0) for g in range(2)]))
+        return self.b(torch.stack([h[(self.batch == g).nonzero(as_tuple=True)[0]].mean(0) for g in range(2)]))
+
+
+class GatedSlices(nn.Module):
+    """TabNet's GLU by slicing at an attribute, with or without an Ellipsis."""
+
+    def __init__(self, ellipsis: bool) -> None:
+        super().__init__()
+        self.ellipsis, self.o, self.fc, self.out = ellipsis, 8, nn.Linear(6, 16), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.ellipsis:
+            return self.out(h[..., : self.o] * torch.sigmoid(h[..., self.o :]))
+        return self.out(h[:, : self.o] * torch.sigmoid(h[:, self.o :]))
+
+
+class Bags(nn.Module):
+    def __init__(self, bag: bool) -> None:
+        super().__init__()
+        self.bag = bag
+        self.e = nn.EmbeddingBag(10, 8, mode="sum") if bag else nn.Embedding(10, 8)
+        self.proj, self.fc = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, c: Tensor) -> Tensor:
+        e = self.e(c[:, None]) if self.bag else self.e(c)
+        return self.fc(e + self.proj(torch.ones(c.shape[0], 4)))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: bool) -> None:
+        super().__init__()
+        self.cell, self.inp, self.fc = cell, nn.Linear(10, 16), nn.Linear(24, 5)
+        self.rnn = nn.LSTMCell(16, 24) if cell else nn.LSTM(16, 24, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = F.relu(self.inp(x))
+        if not self.cell:
+            return self.fc(self.rnn(xs)[0][:, -1])
+        h = c = torch.zeros(x.size(0), 24)
+        for t in range(x.size(1)):
+            h, c = self.rnn(xs[:, t], (h, c))
+        return self.fc(h)
+
+
+MORE_PAIRS: dict[str, tuple[Callable[[bool], nn.Module], Tensor]] = {
+    "m.repeat(1, 1, h.size(-1))": (lambda a: StatsPool("repeat" if a else "expand"), torch.randn(4, 20, 12)),
+    "m.tile((1, 1, h.shape[2]))": (lambda a: StatsPool("tile" if a else "expand"), torch.randn(4, 20, 12)),
+    "h[batch == g]": (lambda a: GraphReadout(a), torch.randn(10, 7)),
+    "h[..., :self.o]": (lambda a: GatedSlices(a), torch.randn(5, 6)),
+    "nn.EmbeddingBag": (lambda a: Bags(a), torch.randint(0, 10, (6,))),
+    "nn.LSTMCell in a loop": (lambda a: Recurrent(a), torch.randn(3, 5, 10)),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_PAIRS))
+def test_two_spellings_one_plan_beyond_images(name: str, tmp_path) -> None:
+    make, x = MORE_PAIRS[name]
+    torch.manual_seed(0)
+    model = make(True).eval()
+    assert _claims(model, x) == _claims(make(False).eval(), x)
+    with torch.device("meta"):
+        on_meta = make(True).eval()
+    assert _claims(on_meta, x.to("meta")) == _claims(model, x)
+    check_oracle(model, x, tmp_path, min_drop=0.0)

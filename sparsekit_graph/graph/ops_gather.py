@@ -20,7 +20,7 @@ from .meta import CONSTANT
 from .positions import index_by_positions
 from .sizes import count_plus_sources
 
-__all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows"]
+__all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows", "select_by_mask"]
 
 
 def gather_by_index(ctx: RuleContext) -> bool:
@@ -47,6 +47,23 @@ def gather_by_index(ctx: RuleContext) -> bool:
         ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
     ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + idx.ndim :])
     produced_by_rows(ctx, src[:k] + src[k + 1 :])
+    return True
+
+
+def select_by_mask(ctx: RuleContext, items: list[object]) -> bool:
+    """``h[mask]``, ``h[mask, :]`` (a graph's nodes of one batch: ``h[batch == g]``; ``items``:
+    the index, full slices as ``slice(None)``): a boolean mask over the leading axes picks rows
+    by data (those axes and the picked rows pin); the trailing axes pass through. False, with
+    nothing linked, for any other indexing."""
+    value = ctx.meta(ctx.input)
+    mask = ctx.meta(items[0]) if items and isinstance(items[0], fx.Node) else None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or any(i != slice(None) for i in items[1:]):
+        return False
+    src, out, k = ctx.axes(ctx.input), ctx.out(), mask.ndim
+    if src is None or not isinstance(value, Tensor) or tuple(ctx.out_value.shape[1:]) != tuple(value.shape[k:]):
+        return False
+    ctx.pin([*src[:k], out[0], *(ctx.axes(items[0]) or [])], f"rows picked by a mask at {ctx.where()}")
+    ctx.same(src[k:], out[1:])
     return True
 
 

@@ -92,7 +92,7 @@ def repeat(ctx: RuleContext) -> None:
     axes, and size-1 axes repeated to a literal length, pin."""
     src, out = ctx.axes(ctx.input), ctx.out()
     reps = ctx.arg("repeats") if ctx.call.op is not torch.tile else ctx.arg("dims")
-    if src is None or not isinstance(reps, (tuple, list)) or not all(isinstance(r, int) for r in reps):
+    if src is None or not isinstance(reps, (tuple, list)) or not all(isinstance(r, (int, fx.Node)) for r in reps):
         ctx.pin_everything(f"repeat by computed counts at {ctx.where()}")
         return
     reps = [1] * (len(src) - len(reps)) + list(reps)  # tile pads on the left
@@ -100,7 +100,14 @@ def repeat(ctx: RuleContext) -> None:
     ctx.pin(out[:lead], f"new axis of {ctx.where()}")
     for a, o, r in zip(src, out[lead:], reps[lead:]):
         n = ctx.graph.size(a)
-        if r == 1:
+        if isinstance(r, fx.Node):  # ``m.repeat(1, 1, h.size(2))`` of one index: ``expand`` to that length
+            read = read_axis(ctx, r) if n == 1 else None
+            if read is None:
+                ctx.pin([a, o], f"repeat by a computed count at {ctx.where()}")
+            else:
+                ctx.graph.link(read, o)
+                ctx.model_length(r)
+        elif r == 1:
             ctx.same([a], [o])
         elif n == 1:
             if ctx.constant_size(o, r):

@@ -17,7 +17,7 @@ from .factors import unit_carrier
 from .meta import SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
-from .ops_gather import gather_by_index
+from .ops_gather import gather_by_index, select_by_mask
 from .read_bounds import read_prefix, read_suffix
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
@@ -258,8 +258,8 @@ def getitem(ctx: RuleContext) -> None:
         return
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
         return
-    if gather_by_index(ctx):  # table[index]: one integer index tensor
-        return
+    if gather_by_index(ctx) or select_by_mask(ctx, list(index) if isinstance(index, tuple) else [index]):
+        return  # table[index]: one integer index tensor; h[mask]
     src, out = ctx.axes(src_node), ctx.out()
     assert src is not None
     items = list(index) if isinstance(index, tuple) else [index]

@@ -366,3 +366,20 @@ def embedding(ctx: RuleContext) -> None:
     plain = ctx.module.padding_idx is None and ctx.module.max_norm is None  # type: ignore[union-attr]
     if not (plain and index_by_positions(ctx, ctx.input, vocabulary[0])):
         ctx.pin(vocabulary, f"vocabulary of {ctx.where()}")
+
+
+@register_module_rule(nn.EmbeddingBag)
+def embedding_bag(ctx: RuleContext) -> None:
+    """Each bag sums, averages or takes the max of rows (the vocabulary pins): columns produce
+    the output's last axis, exactly (a removed column is zero in every row)."""
+    m = ctx.module
+    assert isinstance(m, nn.EmbeddingBag)
+    ctx.read_all()
+    vocabulary, columns = ctx.param("weight")
+    out = ctx.out()
+    if m.max_norm is not None:  # rows renormalised in forward by their norm over every column
+        ctx.pin_everything(f"{ctx.where()} with max_norm")
+        return
+    ctx.produce(columns, out[-1])
+    ctx.pin([vocabulary], f"vocabulary of {ctx.where()}")
+    ctx.pin(out[:-1], f"bags of {ctx.where()}")

@@ -1,4 +1,4 @@
-"""Recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) fed by pruned features (a CRNN).
+"""Recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` and their cells) fed by pruned features (a CRNN).
 
 The input features are read only by the first layer's input weights (``weight_ih_l0`` and,
 bidirectional, ``weight_ih_l0_reverse``), columns like a ``Linear``'s: a removed feature that
@@ -43,6 +43,27 @@ def recurrent(ctx: RuleContext) -> None:
         ctx.pin(axes, why)
 
 
+@register_module_rule(nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+def recurrent_cell(ctx: RuleContext) -> None:
+    """One step, ``h = cell(x, h)`` in a loop over time: the input features are the input
+    weights' columns, as the whole layer's; the hidden size and the states pin."""
+    x = ctx.axes(ctx.input)
+    if x is None or ctx.meta(ctx.input).ndim not in (1, 2):
+        ctx.pin_everything(f"{ctx.where()} with an input it does not read as (batch, features)")
+        return
+    why = f"hidden size of {ctx.where()}"
+    for name, _ in ctx.module.named_parameters():  # type: ignore[union-attr]
+        axes = ctx.param(name)
+        if name == "weight_ih":
+            ctx.graph.link(x[-1], axes[1])
+            ctx.pin([axes[0]], why)
+        else:
+            ctx.pin(axes, why)
+    ctx.pin(x[:-1], f"batch of {ctx.where()}")
+    for axes in [*ctx.tensor_axes("hx"), *ctx.outputs()]:
+        ctx.pin(axes, why)
+
+
 def _all_outputs(ctx: RuleContext) -> list[list]:
     """Axes of ``output`` and of every state in ``h_n`` / ``(h_n, c_n)``."""
     out = ctx.out_value
@@ -62,3 +83,8 @@ def _resize(m: nn.RNNBase) -> None:
     (surgery replaced the parameters behind ``RNNBase.__setattr__``)."""
     m.input_size = m.weight_ih_l0.shape[1]
     m._init_flat_weights()
+
+
+@registrar(RESIZERS)(nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+def _resize_cell(m: nn.RNNCellBase) -> None:
+    m.input_size = m.weight_ih.shape[1]

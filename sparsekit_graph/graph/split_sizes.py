@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch.fx as fx
+from torch import Tensor
 
 from .attribute_sizes import PLAIN_FOLLOWED, Formula, PlainInt
 from .axes import AxisId
 from .context import RuleContext
 from .list_attributes import read_size
+from .meta import META
 from .size_values import Site
 from .sizes import SizeSource
 
@@ -189,6 +191,10 @@ def _slice_of(user: fx.Node, dim: int) -> slice | None:
         return None
     index = user.args[1]
     items: Sequence[Any] = index if isinstance(index, tuple) else (index,)
+    value = user.args[0].meta.get(META) if isinstance(user.args[0], fx.Node) else None
+    if Ellipsis in items and isinstance(value, Tensor):  # ``h[..., :n]``: as many full slices as it stands for
+        k = items.index(Ellipsis)
+        items = [*items[:k], *[slice(None)] * (value.ndim - len(items) + 1), *items[k + 1 :]]
     if dim >= len(items) or any(i is Ellipsis or i is None for i in items[:dim]):
         return None
     return items[dim] if isinstance(items[dim], slice) else None

@@ -202,7 +202,7 @@ def _layer_norm(m: nn.Module) -> None:
         m.normalized_shape = tuple(m.weight.shape)
 
 
-@register_resizer(nn.Embedding)
+@register_resizer(nn.Embedding, nn.EmbeddingBag)
 def _embedding(m: nn.Module) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
