@@ -467,7 +467,29 @@ class Recurrent(nn.Module):
         return self.fc(h)
 
 
+class Neighbours(nn.Module):
+    """PointNet++ / DGCNN: features of each point's k nearest neighbours."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling, self.a, self.b = spelling, nn.Linear(3, 16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.a(x))
+        b, n, c = h.shape
+        idx = torch.cdist(x, x).topk(4, dim=-1, largest=False)[1]
+        if self.spelling == "h[batch_ids, idx]":
+            g = h[torch.arange(b)[:, None, None], idx]
+        elif self.spelling == "gather":
+            g = torch.gather(h, 1, idx.reshape(b, -1, 1).expand(-1, -1, c)).view(b, n, 4, c)
+        else:
+            g = h.reshape(b * n, -1)[(idx + torch.arange(b).view(-1, 1, 1) * n).view(-1)].view(b, n, 4, -1)
+        return self.b(g.max(dim=2)[0])
+
+
 MORE_PAIRS: dict[str, tuple[Callable[[bool], nn.Module], Tensor]] = {
+    "points[batch_ids, idx]": (lambda a: Neighbours("h[batch_ids, idx]" if a else "flat"), torch.randn(2, 12, 3)),
+    "torch.gather(h, 1, idx.expand(-1, -1, C))": (lambda a: Neighbours("gather" if a else "flat"), torch.randn(2, 12, 3)),
     "m.repeat(1, 1, h.size(-1))": (lambda a: StatsPool("repeat" if a else "expand"), torch.randn(4, 20, 12)),
     "m.tile((1, 1, h.shape[2]))": (lambda a: StatsPool("tile" if a else "expand"), torch.randn(4, 20, 12)),
     "h[batch == g]": (lambda a: GraphReadout(a), torch.randn(10, 7)),

@@ -18,36 +18,44 @@ from .axes import AxisId
 from .context import RuleContext
 from .meta import CONSTANT
 from .positions import index_by_positions
+from .rules import register_function_rule
 from .sizes import count_plus_sources
 
 __all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows", "select_by_mask"]
 
 
 def gather_by_index(ctx: RuleContext) -> bool:
-    """Link ``x[idx]``/``x[:, idx]`` (one integer index tensor, full slices elsewhere);
-    False, with nothing linked, for any other indexing."""
+    """Link ``x[idx]``/``x[:, idx]`` (integer index tensors on adjacent axes, full slices
+    elsewhere: PointNet++'s ``points[batch_ids, idx]`` too); False, with nothing linked, for
+    any other indexing."""
     value, index = ctx.meta(ctx.input), ctx.arg("index")
     items = list(index) if isinstance(index, tuple) else [index]
     tensors = [k for k, i in enumerate(items) if isinstance(i, fx.Node)]
-    if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor) or len(tensors) != 1:
+    if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor) or not tensors:
         return False
-    k = tensors[0]
-    idx = ctx.meta(items[k])
-    if not isinstance(idx, Tensor) or idx.dtype in (torch.bool, torch.uint8) or idx.is_floating_point():
+    k, last = tensors[0], tensors[-1]
+    idx = [ctx.meta(items[j]) for j in tensors]
+    if last - k + 1 != len(tensors) or not all(_integer(i) for i in idx):
         return False
-    if any(i != slice(None) for i in items[:k] + items[k + 1 :]) or len(items) > value.ndim:
+    if any(i != slice(None) for i in items[:k] + items[last + 1 :]) or len(items) > value.ndim:
         return False
     src, out = ctx.axes(ctx.input), ctx.out()
-    if src is None or tuple(ctx.out_value.shape) != (*value.shape[:k], *idx.shape, *value.shape[k + 1 :]):
+    shape = torch.broadcast_shapes(*(i.shape for i in idx))
+    if src is None or tuple(ctx.out_value.shape) != (*value.shape[:k], *shape, *value.shape[last + 1 :]):
         return False
-    gathered = out[k : k + idx.ndim]
-    if index_by_positions(ctx, items[k], src[k]):  # ``w[logits.topk(2).indices]``: one axis with the router's
+    gathered, kept = out[k : k + len(shape)], src[:k] + src[last + 1 :]
+    if len(tensors) == 1 and index_by_positions(ctx, items[k], src[k]):  # ``w[logits.topk(2).indices]``
         ctx.same(ctx.axes(items[k]) or [], gathered)
     else:
-        ctx.pin([src[k], *gathered, *(ctx.axes(items[k]) or [])], f"gathering by an index tensor at {ctx.where()}")
-    ctx.same(src[:k] + src[k + 1 :], out[:k] + out[k + idx.ndim :])
-    produced_by_rows(ctx, src[:k] + src[k + 1 :])
+        index_axes = [a for j in tensors for a in ctx.axes(items[j]) or []]
+        ctx.pin([*src[k : last + 1], *gathered, *index_axes], f"gathering by an index tensor at {ctx.where()}")
+    ctx.same(kept, out[:k] + out[k + len(shape) :])
+    produced_by_rows(ctx, kept)
     return True
+
+
+def _integer(t: object) -> bool:
+    return isinstance(t, Tensor) and t.dtype not in (torch.bool, torch.uint8) and not t.is_floating_point() and not t.is_complex()
 
 
 def select_by_mask(ctx: RuleContext, items: list[object]) -> bool:
@@ -65,6 +73,31 @@ def select_by_mask(ctx: RuleContext, items: list[object]) -> bool:
     ctx.pin([*src[:k], out[0], *(ctx.axes(items[0]) or [])], f"rows picked by a mask at {ctx.where()}")
     ctx.same(src[k:], out[1:])
     return True
+
+
+@register_function_rule(torch.gather)
+def gather(ctx: RuleContext) -> None:
+    """``torch.gather(x, dim, idx)``: ``out[..., j, ...] = x[..., idx[..., j, ...], ...]`` along
+    ``dim``; every other axis pairs index ``i`` of ``x``, ``idx`` and the output (PointNet++'s
+    neighbours gathered with ``idx.expand(-1, -1, C)``). Along ``dim`` the positions are chosen
+    by data (pinned), unless they are positions along that very axis (``positions.py``)."""
+    src, idx, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("index")), ctx.out()
+    value, index, dim = ctx.meta(ctx.input), ctx.meta(ctx.arg("index")), ctx.arg("dim")
+    ctx.arg("sparse_grad")
+    if src is None or idx is None or not isinstance(dim, int) or not isinstance(index, Tensor) or index.ndim != value.ndim:
+        ctx.pin_everything(f"gather with unreadable arguments at {ctx.where()}")
+        return
+    d = dim % max(value.ndim, 1)
+    for k in range(value.ndim):
+        if k == d:
+            continue
+        if value.shape[k] == index.shape[k]:
+            ctx.same([src[k], idx[k]], [out[k], out[k]])
+        else:  # a part of the axis, by position
+            ctx.pin([src[k], idx[k], out[k]], f"gather of part of axis {k} at {ctx.where()}")
+    ctx.same([idx[d]], [out[d]])
+    if not index_by_positions(ctx, ctx.arg("index"), src[d]):
+        ctx.pin([src[d], out[d]], f"gathering by an index tensor at {ctx.where()}")
 
 
 def produced_by_rows(ctx: RuleContext, kept: list[AxisId]) -> None:
