@@ -509,3 +509,94 @@ def test_two_spellings_one_plan_beyond_images(name: str, tmp_path) -> None:
         on_meta = make(True).eval()
     assert _claims(on_meta, x.to("meta")) == _claims(model, x)
     check_oracle(model, x, tmp_path, min_drop=0.0)
+
+
+# -- a plan is the planner's for this model, as it is ----------------------------------------
+
+
+class Flagged(nn.Module):
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.norm, self.f1, self.f2 = norm, nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.f1(x)
+        return self.f2(h.softmax(-1) if self.norm else torch.relu(h))
+
+
+def test_a_plan_of_another_flag_is_planned_again() -> None:
+    """Same modules and shapes, a flag that changes forward: the plan of one is checked on the other."""
+    x, mask = torch.randn(4, 8), {"f1:out": torch.arange(16) % 5 == 1}
+    plan = skg.plan(Flagged(False).eval(), x)
+    with pytest.raises(skg.PlanError, match="field zero_invariant: differs from the planner's"):
+        skg.prune(Flagged(True).eval(), plan, masks=mask)
+    model = Flagged(False).eval()
+    plan = skg.plan(model, x)
+    model.norm = True  # flipped after planning
+    with pytest.raises(skg.PlanError, match="planned again"):
+        skg.prune(model, plan, masks=mask)
+
+
+def test_a_plan_edited_in_place_is_planned_again() -> None:
+    x = torch.randn(4, 8)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    plan = skg.plan(model, x)
+    i = [g.name for g in plan.groups].index("0:out")
+    group = plan.groups[i]
+    plan.groups[i] = group.model_copy(update={"members": [m for m in group.members if m.param != "0.bias"] + [group.members[1]]})
+    with pytest.raises(skg.PlanError, match="field members"):
+        skg.prune(model, plan, masks={"0:out": torch.arange(16) % 4 == 1})
+
+
+def test_a_fresh_plan_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second plan for the planner's own plan, nor for a deep copy of its model."""
+    import copy
+    import importlib
+
+    planner = importlib.import_module("sparsekit_graph.plan.planner")
+    x = torch.randn(4, 8)
+    model = Flagged(False).eval()
+    plan = skg.plan(model, x)
+    calls = []
+    monkeypatch.setattr(planner, "check_against", lambda *a: calls.append(a))
+    skg.prune(model, plan, ratio=0.5)
+    skg.prune(copy.deepcopy(model), plan, ratio=0.5)
+    assert not calls
+    skg.prune(model, skg.Plan.from_json(plan.model_dump_json()), ratio=0.5)
+    assert len(calls) == 1
+
+
+def test_infinite_plain_inputs_survive_json() -> None:
+    class Clamped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f1, self.f2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x: Tensor, top: float = 1.0) -> Tensor:
+            return self.f2(torch.relu(self.f1(x)).clamp(max=top))
+
+    model = Clamped().eval()
+    loaded = skg.Plan.from_json(skg.plan(model, (torch.randn(4, 8), float("inf"))).model_dump_json())
+    assert loaded.inputs[1].value == float("inf")
+    assert skg.prune(model, loaded, masks={"f1:out": torch.arange(16) % 4 == 1}).model.f1.out_features == 12
+
+
+@pytest.mark.parametrize("cast", ["long", "int", "detach", "to(int64)"])
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_positions_through_casts(cast: str, export: bool) -> None:
+    class Cast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.e = nn.Linear(6, 8), nn.Embedding(8, 4)
+            with torch.no_grad():
+                self.a.bias[0] = -1e4
+
+        def forward(self, x: Tensor) -> Tensor:
+            if export:
+                assert isinstance(x, torch.Tensor)  # sends tracing to torch.export
+            i = self.a(x).argmax(1)
+            i = {"long": i.long, "int": i.int, "detach": i.detach, "to(int64)": lambda: i.to(torch.int64)}[cast]()
+            return self.e(i)
+
+    torch.manual_seed(0)
+    assert _dead_channel_is_exact(Cast().eval(), torch.randn(5, 6), "a.weight")

@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
-from .aten import NO_EFFECT_OPS, aten_op
+from .aten import NO_EFFECT_OPS, aten_op, is_aten
 from .axes import AxisId
 from .computed_repeats import follows_counts, ratio_repeats, record_copies, uncounted
 from .context import RuleContext
@@ -229,7 +229,8 @@ def embedding_function(ctx: RuleContext) -> None:
     ctx.same(ids or [], out[:-1])
     ctx.produce(w[1], out[-1])
     index = ctx.arg("indices") if "indices" in ctx.call.args else ctx.input
-    unpadded = ctx.arg("padding_idx") == (None if ctx.call.op is F.embedding else -1)  # aten's -1: none
+    aten = ctx.call.op is torch.embedding or is_aten(ctx.node.target)  # their -1: no padding row
+    unpadded = ctx.arg("padding_idx") == (-1 if aten else None)
     if not (unpadded and index_by_positions(ctx, index, w[0])):  # as ``w[ids]``
         ctx.pin([w[0]], f"vocabulary of {ctx.where()}")
 

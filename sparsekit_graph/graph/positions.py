@@ -40,8 +40,9 @@ _DEFAULT_LAST = {torch.topk, torch.sort, torch.argsort, torch.mode, torch.kthval
 # Ops that move integer positions around without reading them as numbers (``torch.export``'s slices too).
 _PASS = {torch.Tensor.view, torch.reshape, torch.Tensor.reshape, torch.flatten, torch.clone, torch.Tensor.to,
          torch.Tensor.contiguous, torch.unsqueeze, torch.squeeze, torch.Tensor.unsqueeze, torch.Tensor.squeeze,
-         torch.select, torch.ops.aten.slice, torch.Tensor.expand}  # fmt: skip
-_READ_SHAPE = {torch.Tensor.size, torch.Tensor.numel, torch.Tensor.dim}
+         torch.select, torch.ops.aten.slice, torch.Tensor.expand, torch.Tensor.long, torch.Tensor.int,
+         torch.Tensor.detach, torch.detach}  # fmt: skip
+_READ_SHAPE = {torch.Tensor.size, torch.Tensor.numel, torch.numel, torch.Tensor.dim}
 _METADATA = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}  # ``idx.shape``: no value read
 _FIELDS = {"values": 0, "indices": 1}  # ``h.max(1).indices``
 

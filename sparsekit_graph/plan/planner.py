@@ -99,7 +99,10 @@ def check_planned(given: Plan, model: nn.Module) -> None:
         return
     o = given.options
     base = plan(model, given.example_inputs(), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
-    check_against(given, base)
+    try:
+        check_against(given, base)
+    except PlanError as e:
+        raise PlanError(f"{e}; the plan was not made by plan() for this model as it is, so it was planned again") from e
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:

@@ -33,7 +33,7 @@ Positive = Annotated[int, Field(ge=1, le=2**40)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")  # an input of inf stays inf
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
