@@ -323,7 +323,21 @@ class Octave(nn.Module):
         return self.hh(high) + F.interpolate(self.ll(F.avg_pool2d(low, 2)), scale_factor=2)
 
 
+class LayerScale(nn.Module):
+    """timm's metaformer ``LayerScale2d``: the scale viewed by a tuple attribute ``(dim, 1, 1)``."""
+
+    def __init__(self, by_attribute: bool) -> None:
+        super().__init__()
+        self.by_attribute, self.shape = by_attribute, (8, 1, 1)
+        self.conv, self.scale, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Parameter(torch.rand(8) + 0.5), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        return self.out(h * (self.scale.view(self.shape) if self.by_attribute else self.scale[:, None, None]))
+
+
 SPELLING_PAIRS: dict[str, tuple[Callable[[bool], nn.Module], Tensor]] = {
+    "scale.view(self.shape)": (lambda a: LayerScale(a), torch.randn(2, 3, 6, 6)),
     "ConvTranspose2d output_size=e1.size()": (lambda a: UNetUp(a), torch.randn(2, 3, 8, 8)),
     "F.conv2d(x, weight * scale)": (lambda a: EqualNet("weight * scale" if a else "x * scale"), torch.randn(2, 3, 8, 8)),
     "F.conv2d(x, scale * weight / 2)": (lambda a: EqualNet("scale * weight / 2" if a else "x * scale"), torch.randn(2, 3, 8, 8)),
