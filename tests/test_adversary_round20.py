@@ -879,7 +879,11 @@ def test_a_torch_layer_subclass_that_keeps_its_width_in_its_own_attribute_prunes
     assert plan.group("a:out").prunable
 
 
-def test_a_model_made_float64_after_planning_in_float32_is_refused_under_torch_export() -> None:
+def test_a_model_cast_after_planning_is_planned_again_in_its_dtype() -> None:
+    """``prune`` plans again a plan made before ``.double()`` / ``.half()`` (its inputs in the
+    model's dtype): pruned where the claims hold in the new dtype (torch.export's trace too),
+    refused where they do not (an eps of 1e-9 is 0 in float16), the model untouched."""
+
     class Branchy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -892,9 +896,14 @@ def test_a_model_made_float64_after_planning_in_float32_is_refused_under_torch_e
     torch.manual_seed(0)
     model, x = Branchy().eval(), torch.randn(2, 3, 6, 6)
     plan = skg.plan(model, x)
-    model.double()  # the plan's claims are float32's (a forward may branch on the dtype): plan again
+    model.double()
+    assert skg.prune(model, plan, ratio=0.5).model(x.double()).shape == (2, 4, 6, 6)
+    model, x = _built(lambda h: h / (_amax(h) + h.new_tensor(1e-9)), F32)
+    plan = skg.plan(model, x)
+    assert plan.group("a:out").zero_invariant
+    model.half()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(skg.SparseKitError):
+    with pytest.raises(skg.PlanError, match="group 'a:out' field zero_invariant: differs"):
         skg.prune(model, plan, ratio=0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -98,7 +98,7 @@ def check_planned(given: Plan, model: nn.Module) -> None:
     if made_for(given, model):
         return
     o = given.options
-    base = plan(model, given.example_inputs(), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
+    base = plan(model, given.example_inputs(model), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
     try:
         check_against(given, base)
     except PlanError as e:

@@ -302,11 +302,17 @@ class Plan(_Frozen):
                 return g
         raise PlanError(f"plan has no group named {name!r}")
 
-    def example_inputs(self) -> tuple[Any, ...] | dict[str, Any]:
-        """The inputs the plan was made with: meta tensors of their shapes, plain values as they were."""
-        if any(i.keyword for i in self.inputs):
-            return {i.name: i.example() for i in self.inputs}
-        return tuple(i.example() for i in self.inputs)
+    def example_inputs(self, model: object = None) -> tuple[Any, ...] | dict[str, Any]:
+        """The inputs the plan was made with: meta tensors of their shapes, plain values as they
+        were. With ``model``, floating-point inputs take the dtype of its floating-point
+        parameters where they all have one other than the inputs' (a model made ``.double()``
+        after planning runs on double inputs)."""
+        found = {i.name: i.example() for i in self.inputs}
+        dtypes = {p.dtype for p in getattr(model, "parameters", list)() if p.is_floating_point()}
+        if len(dtypes) == 1:
+            (dtype,) = dtypes
+            found = {k: v.to(dtype) if getattr(v, "is_floating_point", bool)() else v for k, v in found.items()}
+        return found if any(i.keyword for i in self.inputs) else tuple(found.values())
 
     @property
     def prunable(self) -> list[Group]:

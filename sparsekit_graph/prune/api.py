@@ -145,7 +145,7 @@ def prune(
         chosen = _checked_masks(plan, masks)
     check_min_keep(plan, chosen)
     check_tied_masks(plan, chosen)
-    inputs = plan.example_inputs()
+    inputs = plan.example_inputs(model)
     with kept(model, values=False):  # tracing runs forward's Python on the user's modules
         before_gm = trace_graph(model, inputs, verify=True)
     work = copy_model(model)
