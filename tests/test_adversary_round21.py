@@ -614,3 +614,27 @@ def test_positions_through_casts(cast: str, export: bool) -> None:
 
     torch.manual_seed(0)
     assert _dead_channel_is_exact(Cast().eval(), torch.randn(5, 6), "a.weight")
+
+
+def test_a_number_computed_and_never_used_sizes_nothing() -> None:
+    """``head_dim = k.shape[-1] // self.heads`` left unused pinned the heads ("a number computed
+    from it"); a quotient the forward uses in a loop still pins."""
+
+    class Attn(nn.Module):
+        def __init__(self, loop: bool) -> None:
+            super().__init__()
+            self.loop, self.heads = loop, 2
+            self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, n, _ = x.shape
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            head_dim = k.shape[-1] // self.heads
+            for _ in range(head_dim if self.loop else 0):
+                pass
+            q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)) + x
+
+    x = torch.randn(2, 5, 8)
+    assert skg.plan(Attn(False).eval(), x).group("q:out").prunable
+    assert not skg.plan(Attn(True).eval(), x).group("q:out").prunable
