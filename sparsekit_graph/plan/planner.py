@@ -25,7 +25,6 @@ from .head_dim import head_dim_parts, tie_shared_scales
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
 from .probe import probe_plan
-from .provenance import made_for, remember
 from .schema import Group, InputSpec, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
@@ -87,22 +86,21 @@ def plan(
         found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
         if is_exported(traced):  # export hides branches
             found = probe_plan(found, model, example_inputs, traced)
-    remember(found, model)
     return found
 
 
 def check_planned(given: Plan, model: nn.Module) -> None:
-    """Raise ``PlanError`` unless ``given`` is the planner's plan of ``model`` or that plan with
-    edits that apply (``edits.check_against``): a plan the planner did not make for this model
-    (loaded, edited, made for another model or dtype) is planned again with its options."""
-    if made_for(given, model):
-        return
+    """Raise ``PlanError`` unless ``given`` is the planner's plan of ``model`` as it is now, or
+    that plan with edits that apply (``edits.check_against``): the model is planned again with
+    the plan's options and inputs. A plan loaded, edited, made for another model, or made
+    before the forward changed (a flag, a config, a global, ``.half()``) is refused where its
+    structure or claims differ."""
     o = given.options
     base = plan(model, given.example_inputs(model), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
     try:
         check_against(given, base)
     except PlanError as e:
-        raise PlanError(f"{e}; the plan was not made by plan() for this model as it is, so it was planned again") from e
+        raise PlanError(f"{e}; the plan is not the planner's plan of this model as it is now") from e
 
 
 def _input_specs(example_inputs: Inputs) -> list[InputSpec]:

@@ -86,11 +86,11 @@ def prune(
 
     Args:
         model: The model the plan was made for.
-        plan: Its plan, checked against the model first: it must fit, and a plan that
-            ``plan()`` did not return for a model of this structure (loaded from a file,
-            edited, made for another model or dtype) is planned again with its recorded
-            ``options`` and must be that plan with edits that apply (``ratio``, ``keep``,
-            groups pinned by hand).
+        plan: Its plan, checked against the model first: it must fit, and the model is
+            planned again with the plan's recorded ``options`` and inputs: the plan must be
+            that plan with edits that apply (``ratio``, ``keep``, groups pinned by hand). A
+            plan loaded from a file, edited, made for another model, or made before the
+            forward changed (a flag, a config, ``.half()``) is refused where it differs.
         ratio: Fraction of each prunable group's channels to remove (a group's own
             ``ratio``/``keep`` override it). Ignored when ``masks`` is given.
         masks: Explicit masks by group name (``True`` = remove), applied exactly; groups
@@ -125,7 +125,7 @@ def prune(
     """
     ratio, round_to, seed = _checked_args(model, plan, ratio, masks, round_to, seed)
     plan.check(model)
-    check_planned(plan, model)  # a plan loaded or edited: the planner's structure, edits that apply
+    check_planned(plan, model)  # the planner's plan of the model as it is now, with edits that apply
     if masks is None:
         if ratio is None or not 0.0 <= ratio < 1.0:
             raise PlanError(f"ratio must be in [0, 1), got {ratio!r}")
