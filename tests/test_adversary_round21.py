@@ -643,3 +643,24 @@ def test_a_number_computed_and_never_used_sizes_nothing() -> None:
     x = torch.randn(2, 5, 8)
     assert skg.plan(Attn(False).eval(), x).group("q:out").prunable
     assert not skg.plan(Attn(True).eval(), x).group("q:out").prunable
+
+
+@pytest.mark.parametrize("spelling", ["h[:, idx]", "h[batch_ids, idx]"])
+def test_integer_indexing_alike_on_both_tracers(spelling: str) -> None:
+    class Indexed(nn.Module):
+        def __init__(self, export: bool) -> None:
+            super().__init__()
+            self.export, self.a, self.b = export, nn.Linear(3, 16), nn.Linear(16, 4)
+            self.register_buffer("jj", torch.tensor([3, 5, 7, 11]))
+
+        def forward(self, x: Tensor) -> Tensor:
+            if self.export:
+                assert isinstance(x, torch.Tensor)  # sends tracing to torch.export
+            h = F.relu(self.a(x))
+            if spelling == "h[:, idx]":
+                return self.b(h[:, self.jj])
+            idx = torch.cdist(x, x).topk(4, dim=-1, largest=False)[1]
+            return self.b(h[torch.arange(2)[:, None, None], idx].max(2)[0])
+
+    x = torch.randn(2, 12, 3)
+    assert _claims(Indexed(False).eval(), x) == _claims(Indexed(True).eval(), x) == [(16, True)]

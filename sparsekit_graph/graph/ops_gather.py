@@ -24,12 +24,11 @@ from .sizes import count_plus_sources
 __all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "produced_by_rows", "select_by_mask"]
 
 
-def gather_by_index(ctx: RuleContext) -> bool:
+def gather_by_index(ctx: RuleContext, items: list[object]) -> bool:
     """Link ``x[idx]``/``x[:, idx]`` (integer index tensors on adjacent axes, full slices
-    elsewhere: PointNet++'s ``points[batch_ids, idx]`` too); False, with nothing linked, for
-    any other indexing."""
-    value, index = ctx.meta(ctx.input), ctx.arg("index")
-    items = list(index) if isinstance(index, tuple) else [index]
+    elsewhere: PointNet++'s ``points[batch_ids, idx]`` too; ``items``: the index, full slices as
+    ``slice(None)``); False, with nothing linked, for any other indexing."""
+    value = ctx.meta(ctx.input)
     tensors = [k for k, i in enumerate(items) if isinstance(i, fx.Node)]
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor) or not tensors:
         return False

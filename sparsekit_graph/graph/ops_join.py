@@ -258,11 +258,11 @@ def getitem(ctx: RuleContext) -> None:
         return
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor):
         return
-    if gather_by_index(ctx) or select_by_mask(ctx, list(index) if isinstance(index, tuple) else [index]):
-        return  # table[index]: one integer index tensor; h[mask]
+    items = list(index) if isinstance(index, tuple) else [index]
+    if gather_by_index(ctx, items) or select_by_mask(ctx, items):  # table[index], h[i, j]; h[mask]
+        return
     src, out = ctx.axes(src_node), ctx.out()
     assert src is not None
-    items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, fx.Node) or (i is not None and not isinstance(i, (int, slice, type(Ellipsis)))) for i in items):
         ctx.pin(src + out, f"indexing at {ctx.where()}")
         return

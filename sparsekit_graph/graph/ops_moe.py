@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .context import RuleContext
-from .ops_gather import pick_fixed_positions, select_by_mask
+from .ops_gather import gather_by_index, pick_fixed_positions, select_by_mask
 from .ops_matmul import is_weight
 from .positions import count_experts, index_by_positions
 from .rules import register_function_rule
@@ -50,7 +50,8 @@ def index(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     idx = ctx.arg("indices")
     parts = list(idx) if isinstance(idx, (list, tuple)) else []
-    if select_by_mask(ctx, [slice(None) if p is None else p for p in parts]):  # ``h[mask]``
+    items = [slice(None) if p is None else p for p in parts]  # aten's None: a whole axis
+    if select_by_mask(ctx, items) or (len(parts) > 1 and gather_by_index(ctx, items)):  # ``h[mask]``, ``h[:, idx]``
         return
     value = ctx.meta(parts[0]) if len(parts) == 1 else None
     if src is None or not isinstance(value, Tensor) or value.dtype in (torch.bool, torch.uint8) or value.is_floating_point():
