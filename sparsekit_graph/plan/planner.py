@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch.fx as fx
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import PlanError
 from ..graph.axes import AxisGraph, AxisId
@@ -16,16 +16,17 @@ from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.forward_modes import Mode, one_code_scan, traced_modes
 from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
-from ..graph.trace import Inputs, is_exported, normalize_inputs, trace_graph
+from ..graph.trace import Inputs, is_exported, trace_graph
 from ..model_state import kept
 from .channels import Channels, channel_signatures
 from .edits import check_against
 from .experts import split_experts
 from .head_dim import head_dim_parts, tie_shared_scales
+from .inputs import input_specs
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
 from .probe import probe_plan
-from .schema import Group, InputSpec, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
+from .schema import Group, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
 
@@ -77,7 +78,7 @@ def plan(
         raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
     if not isinstance(head_dim, bool):
         raise PlanError(f"head_dim={head_dim!r}: expected True or False")
-    inputs = _input_specs(example_inputs)
+    inputs = input_specs(example_inputs)
     options = PlanOptions(ignore=list(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     with kept(model, values=False):  # a forward that freezes a layer or registers a hook
         graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
@@ -101,38 +102,6 @@ def check_planned(given: Plan, model: nn.Module) -> None:
         check_against(given, base)
     except PlanError as e:
         raise PlanError(f"{e}; the plan is not the planner's plan of this model as it is now") from e
-
-
-def _input_specs(example_inputs: Inputs) -> list[InputSpec]:
-    """What ``prune`` needs to run the forward as ``plan`` did: each tensor's shape and dtype,
-    each plain value (``use_b=False``) as it is."""
-    args, kwargs = normalize_inputs(example_inputs)
-    specs = [(f"input{i}", t, False) for i, t in enumerate(args)] + [(k, t, True) for k, t in kwargs.items()]
-    found = []
-    for name, t, keyword in specs:
-        if isinstance(t, Tensor):
-            found.append(InputSpec(name=name, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."), keyword=keyword))
-        elif t is None or type(t) in (bool, int, float, str):
-            found.append(InputSpec(name=name, keyword=keyword, tensor=False, value=t))
-        elif any(isinstance(v, Tensor) for v in _leaves(t)):  # prune could not rebuild a nested input
-            raise PlanError(
-                f"example input {name} is a {type(t).__name__} holding tensors: pass its tensors as separate "
-                "inputs (a tuple) or keyword inputs (a dict)"
-            )
-        else:
-            raise PlanError(
-                f"example input {name} is a {type(t).__name__}: a plan records tensors and plain values "
-                "(None, bool, int, float, str), which prune passes to forward again"
-            )
-    return found
-
-
-def _leaves(x: object) -> list[object]:
-    if isinstance(x, dict):
-        return [v for e in x.values() for v in _leaves(e)]
-    if isinstance(x, (tuple, list)):
-        return [v for e in x for v in _leaves(e)]
-    return [x]
 
 
 def build_axis_graph(
