@@ -664,3 +664,23 @@ def test_integer_indexing_alike_on_both_tracers(spelling: str) -> None:
 
     x = torch.randn(2, 12, 3)
     assert _claims(Indexed(False).eval(), x) == _claims(Indexed(True).eval(), x) == [(16, True)]
+
+
+def test_a_head_width_read_off_another_tensor_pins_the_heads() -> None:
+    """``hd = x.shape[-1] // self.heads`` with ``x`` the residual stream: pruning heads leaves the
+    residual's width, so the pruned code would compute another width (a view by ``32 // 3``):
+    the heads pin (as diffusers' ``k.shape[-1] // attn.heads`` does, which would be exact)."""
+
+    class Other(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = 4
+            self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, t, _ = x.shape
+            hd = x.shape[-1] // self.heads
+            q, k, v = (p(x).view(b, -1, self.heads, hd).transpose(1, 2) for p in (self.q, self.k, self.v))
+            return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)) + x
+
+    assert not skg.plan(Other().eval(), torch.randn(2, 5, 32)).group("q:out").prunable
