@@ -684,3 +684,26 @@ def test_a_head_width_read_off_another_tensor_pins_the_heads() -> None:
             return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)) + x
 
     assert not skg.plan(Other().eval(), torch.randn(2, 5, 32)).group("q:out").prunable
+
+
+def test_a_forward_run_many_times_plans_as_a_fresh_one() -> None:
+    """Python 3.11 specialises a call after a few runs and then runs it inside its ``PRECALL``:
+    ``print(self.conv.out_channels)`` read as a conversion at an unknown instruction pinned
+    (found when ``prune`` planned a model again after its eager runs)."""
+
+    class Shown(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = torch.relu(self.conv(torch.relu(self.a(x))))
+            print(self.conv.out_channels)
+            return self.head(h)
+
+    x, model = torch.randn(2, 3, 6, 6), Shown().eval()
+    fresh = skg.plan(model, x).group("conv:out")
+    with torch.no_grad():
+        for _ in range(30):
+            model(x)
+    assert skg.plan(model, x).group("conv:out") == fresh and fresh.prunable and fresh.zero_invariant

@@ -27,10 +27,13 @@ def code_table(code: CodeType) -> tuple[list[dis.Instruction], dict[int, int]]:
 
 def instruction_at(ins: list[dis.Instruction], lasti: int) -> int:
     """The instruction running at ``lasti`` (a caller's ``f_lasti`` may point into its call's
-    inline cache)."""
+    inline cache). Python 3.11 runs a call its adaptive interpreter specialised (a builtin such
+    as ``print`` after a few runs) inside the ``PRECALL`` before it: that is the ``CALL``."""
     k = max((k for k, x in enumerate(ins) if x.offset <= lasti), default=None)
     if k is None:
         raise Fail
+    if ins[k].opname == "PRECALL" and k + 1 < len(ins) and ins[k + 1].opname == "CALL":
+        return k + 1
     return k
 
 
