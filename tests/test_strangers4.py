@@ -799,7 +799,7 @@ MODEL_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], Expect]] = 
     "constant_pad_features": (lambda: (ConstantPadSeq(), torch.randn(*SEQ)), {"fc1:out": "zi"}),
     "groups_from_shape": (lambda: (GroupsFromShape(), torch.randn(*X4)), {"dw:0": "zi"}),  # groups follows h
     "external_gate": (lambda: (ExternalGate(), {"x": torch.randn(*X4), "gate": torch.rand(2, C)}), {"a.0:out": "pin"}),
-    "convT_output_size": (lambda: (ConvTOutputSize(), torch.randn(*X4)), {"up.bias:0": "zi", "enc.0:out": "prune"}),
+    "convT_output_size": (lambda: (ConvTOutputSize(), torch.randn(*X4)), {"up.bias:0": "zi", "enc.0:out": "zi"}),
     "einsum_spatial_attention": (lambda: (EinsumSpatialAttn(), torch.randn(*X4)), {"q:out": "zi", "v:out": "zi"}),  # flatten(2)
     "einsum_bilinear": (lambda: (EinsumBilinear(), torch.randn(2, 6)), {"fa:out": "zi", "fb:out": "zi"}),
     "f_bilinear": (lambda: (FBilinear(), torch.randn(2, 6)), {"fa:out": "zi", "fb:out": "zi"}),
