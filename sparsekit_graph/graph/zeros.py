@@ -98,7 +98,7 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
             if axis % value.ndim == channel and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine):
                 return None
             return node.name
-        if _keeps_zeros(m):
+        if _keeps_zeros(m) or _pad_layer_beside(m, axis, value.ndim):
             return _walk(node.args[0], axis, modules, depth)
         before = node.args[0].meta.get(META) if node.args and isinstance(node.args[0], fx.Node) else None
         if isinstance(m, (nn.Flatten, nn.Unflatten)) and isinstance(before, Tensor):
@@ -198,6 +198,21 @@ def _pads_beside(call: Call, axis: int, ndim: int) -> bool:
         return False
     zero = call.args.get("mode", "constant") != "constant" or call.args.get("value") in (None, 0, 0.0)
     return zero and axis % ndim < ndim - len(amounts) // 2
+
+
+_PAD_MODULES = (
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)  # fmt: skip
+
+
+def _pad_layer_beside(m: object, axis: int, ndim: int) -> bool:
+    """``nn.ZeroPad2d``, ``nn.ReflectionPad2d`` and kin, as ``F.pad`` (``_pads_beside``)."""
+    padding = getattr(m, "padding", None)
+    if not isinstance(m, _PAD_MODULES) or not isinstance(padding, tuple):
+        return False
+    zero = not isinstance(m, nn.modules.padding._ConstantPadNd) or m.value == 0
+    return zero and axis % ndim < ndim - len(padding) // 2
 
 
 def number_scaled(call: Call) -> object | None:
