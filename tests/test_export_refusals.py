@@ -363,7 +363,7 @@ _UNBACKED: dict[str, tuple[str, str, dict[str, object], tuple[str, ...], float, 
             "attentions.0.q_lin:out"), 0.65, False),
     "deberta": ("DebertaConfig", "DebertaModel", dict(**_TINY, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=16),
-                ("encoder.layer.0.intermediate.dense:out",), 0.9, True),
+                ("encoder.layer.0.intermediate.dense:out", "encoder.layer.0.attention.self.in_proj:out"), 0.9, False),
     "bart_classification": ("BartConfig", "BartForSequenceClassification", dict(**_TINY, d_model=32, encoder_layers=2,
                             decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                             decoder_ffn_dim=64, num_labels=3), ("model.encoder.layers.0.fc1:out",
@@ -384,7 +384,10 @@ def _tiny(name: str) -> tuple[nn.Module, dict[str, Tensor]]:
 @pytest.mark.parametrize("name", [n if n == CHEAP else pytest.param(n, marks=pytest.mark.slow) for n in _UNBACKED])
 def test_a_library_model_with_a_size_from_the_data_plans(name: str, tmp_path: Path) -> None:
     """DeBERTa (v1), XLM and BART for classification plan, prune at 0.5, and equal the masked
-    dense model on their zero-invariant groups (``check_oracle``); DeBERTa reloads equal."""
+    dense model on their zero-invariant groups (``check_oracle``). DeBERTa's heads prune since
+    round 21 (its relative-position ``torch.gather`` has a rule): one head of two left, its
+    config (head size = hidden size // heads) no longer describes the model, which
+    ``report.reloadable`` says."""
     model, inputs = _tiny(name)
     _, _, _, groups, kept, reloadable = _UNBACKED[name]
     result = check_oracle(model, inputs, tmp_path)
