@@ -8,10 +8,11 @@ import torch
 import torch.fx as fx
 
 from .context import RuleContext
+from .kept_zeros import number_scaled
 from .normalize import normalize
 from .param_values import from_parameters
 from .rules import register_function_rule
-from .zeros import number_scaled, zero_breaker
+from .zeros import zero_breaker
 
 # -- products ------------------------------------------------------------------------------
 

@@ -18,15 +18,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kept_zeros import PRODUCT, number_scaled, pad_layer_beside, pads_beside
 from .literal_values import run_op
 from .meta import META
 from .normalize import Call, normalize
 from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 
-__all__ = [
-    "aliased_input", "kept_source", "number_scaled", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker",
-]  # fmt: skip
+__all__ = ["aliased_input", "kept_source", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker"]
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -54,7 +53,6 @@ _REDUCTIONS = {torch.sum, torch.mean, torch.nansum, torch.nanmean, torch.amax, t
 # Outputs whose channels are made by parameters that the group zeroes (rows and bias).
 _PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 _ADDITIVE = {torch.add, torch.sub, operator.add, operator.sub, operator.iadd, operator.isub}
-_PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
 _PERMUTES = {torch.permute, torch.transpose, torch.t, torch.Tensor.T, torch.Tensor.mT, torch.movedim, torch.moveaxis}
 
 
@@ -98,7 +96,7 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
             if axis % value.ndim == channel and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine):
                 return None
             return node.name
-        if _keeps_zeros(m) or _pad_layer_beside(m, axis, value.ndim):
+        if _keeps_zeros(m) or pad_layer_beside(m, axis, value.ndim):
             return _walk(node.args[0], axis, modules, depth)
         before = node.args[0].meta.get(META) if node.args and isinstance(node.args[0], fx.Node) else None
         if isinstance(m, (nn.Flatten, nn.Unflatten)) and isinstance(before, Tensor):
@@ -117,7 +115,7 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
         return _walk(src, axis, modules, depth) if isinstance(p, (int, float)) and p > 0 else node.name
     if call.op in _SHAPED:
         return _walk(src, _shaped_source(call, axis, value, src), modules, depth)
-    if call.op in (F.pad, torch.constant_pad_nd) and _pads_beside(call, axis, value.ndim):
+    if call.op in (F.pad, torch.constant_pad_nd) and pads_beside(call, axis, value.ndim):
         return _walk(src, axis, modules, depth)  # ``F.pad(h, (1, 1, 1, 1))``: zeros, or copies of the channel's own
     if call.op in _POOLS and not isinstance(call.args.get("return_indices"), fx.Node):
         return _walk(src, axis % value.ndim, modules, depth)
@@ -138,12 +136,12 @@ def _zero_breaker(node: fx.Node, axis: int, value: Tensor, modules: dict[str, nn
         return None if affine and axis % value.ndim == 1 else node.name
     if call.op in _PERMUTES:
         return _walk(src, _permuted_source(call, axis, value.ndim), modules, depth)
-    if call.op in _ADDITIVE or call.op in _PRODUCT:
+    if call.op in _ADDITIVE or call.op in PRODUCT:
         operands = [call.args.get("input"), call.args.get("other")]
         reasons = [_operand(x, axis, value, modules, depth) for x in operands]
-        if call.op in _PRODUCT and call.op not in (torch.div, operator.truediv, operator.itruediv):
+        if call.op in PRODUCT and call.op not in (torch.div, operator.truediv, operator.itruediv):
             return None if None in reasons else reasons[0]
-        if call.op in _PRODUCT:  # a / b: zero where a is
+        if call.op in PRODUCT:  # a / b: zero where a is
             return reasons[0]
         return next((r for r in reasons if r is not None), None)
     if _zero_at_zero(node, call):  # ``torch.sgn``, ``deg2rad``, ``fmod(h, 3)``, ``h.trunc_()``
@@ -188,47 +186,6 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
         return False
     owner, _, attr = str(x.target).rpartition(".")
     return isinstance(getattr(modules.get(owner), attr, None), nn.Parameter)
-
-
-def _pads_beside(call: Call, axis: int, ndim: int) -> bool:
-    """Does the pad leave ``axis`` alone and fill with zeros or values of the channel itself
-    (reflect, replicate, circular)?"""
-    amounts = call.args.get("pad")
-    if not isinstance(amounts, (tuple, list)) or len(amounts) % 2:
-        return False
-    zero = call.args.get("mode", "constant") != "constant" or call.args.get("value") in (None, 0, 0.0)
-    return zero and axis % ndim < ndim - len(amounts) // 2
-
-
-_PAD_MODULES = (
-    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
-    nn.modules.padding._CircularPadNd,
-)  # fmt: skip
-
-
-def _pad_layer_beside(m: object, axis: int, ndim: int) -> bool:
-    """``nn.ZeroPad2d``, ``nn.ReflectionPad2d`` and kin, as ``F.pad`` (``_pads_beside``)."""
-    padding = getattr(m, "padding", None)
-    if not isinstance(m, _PAD_MODULES) or not isinstance(padding, tuple):
-        return False
-    zero = not isinstance(m, nn.modules.padding._ConstantPadNd) or m.value == 0
-    return zero and axis % ndim < ndim - len(padding) // 2
-
-
-def number_scaled(call: Call) -> object | None:
-    """The tensor ``w`` of ``w * 0.5``, ``2 * w``, ``w / 3`` (equalized learning rate's
-    ``self.weight * self.scale``): scaled by a finite number (a divisor also nonzero), which
-    keeps its zeros; None for any other call."""
-    if call.op not in _PRODUCT:
-        return None
-    a, b = call.args.get("input"), call.args.get("other")
-    if call.op in (torch.div, operator.truediv, operator.itruediv):
-        return a if _finite(b) and b != 0 and call.args.get("rounding_mode") is None else None
-    return a if _finite(b) else b if _finite(a) else None
-
-
-def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _shaped_source(call: object, axis: int, out: Tensor, src: object) -> int | None:
@@ -423,7 +380,7 @@ def _write_keeps(
         return True
     return (
         write_keeps_zeros(call)
-        or call.op in _PRODUCT
+        or call.op in PRODUCT
         or (call.op in _ZERO_UNARY and call.op is not F.hardtanh)
         or _zero_at_zero(user, call)
     )

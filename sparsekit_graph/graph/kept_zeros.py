@@ -1,0 +1,57 @@
+"""Ops that keep a removed channel's zeros on their way: padding beside the channel axis
+(zeros, or copies of the channel's own values) and scaling by a finite number."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+from torch import nn
+
+from .normalize import Call
+
+__all__ = ["PRODUCT", "number_scaled", "pad_layer_beside", "pads_beside"]
+
+PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
+
+
+def pads_beside(call: Call, axis: int, ndim: int) -> bool:
+    """Does the pad leave ``axis`` alone and fill with zeros or values of the channel itself
+    (reflect, replicate, circular)?"""
+    amounts = call.args.get("pad")
+    if not isinstance(amounts, (tuple, list)) or len(amounts) % 2:
+        return False
+    zero = call.args.get("mode", "constant") != "constant" or call.args.get("value") in (None, 0, 0.0)
+    return zero and axis % ndim < ndim - len(amounts) // 2
+
+
+_PAD_MODULES = (
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)  # fmt: skip
+
+
+def pad_layer_beside(m: object, axis: int, ndim: int) -> bool:
+    """``nn.ZeroPad2d``, ``nn.ReflectionPad2d`` and kin, as ``F.pad`` (``pads_beside``)."""
+    padding = getattr(m, "padding", None)
+    if not isinstance(m, _PAD_MODULES) or not isinstance(padding, tuple):
+        return False
+    zero = not isinstance(m, nn.modules.padding._ConstantPadNd) or m.value == 0
+    return zero and axis % ndim < ndim - len(padding) // 2
+
+
+def number_scaled(call: Call) -> object | None:
+    """The tensor ``w`` of ``w * 0.5``, ``2 * w``, ``w / 3`` (equalized learning rate's
+    ``self.weight * self.scale``): scaled by a finite number (a divisor also nonzero), which
+    keeps its zeros; None for any other call."""
+    if call.op not in PRODUCT:
+        return None
+    a, b = call.args.get("input"), call.args.get("other")
+    if call.op in (torch.div, operator.truediv, operator.itruediv):
+        return a if _finite(b) and b != 0 and call.args.get("rounding_mode") is None else None
+    return a if _finite(b) else b if _finite(a) else None
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
