@@ -198,13 +198,16 @@ def test_a_view_by_another_layers_count_prunes_that_layer_too() -> None:
     assert group.prunable and any(m.param == "fc.weight" and m.axis == 0 for m in group.members), group
 
 
-def test_a_split_by_half_a_layer_count_pins_like_its_literal() -> None:
-    """``self.a.out_channels // 2`` halves as ``a`` loses channels: the halves would not stay
-    whole parts of the kept ones. It pins, naming the attribute, as the literal 6 does."""
-    computed = _holds(Net(lambda s, h: torch.cat(torch.split(h, s.a.out_channels // 2, 1)[::-1], 1)))
+def test_a_split_by_half_a_layer_count_plans_as_chunk() -> None:
+    """``self.a.out_channels // 2`` halves as ``a`` loses channels two at a time, one of each
+    half (round 22: the halves are tied, as ``chunk(2)`` ties them), so it plans as ``chunk(2)``;
+    the literal 6 does not follow and pins."""
+    computed = _alike(
+        Net(lambda s, h: torch.cat(torch.split(h, s.a.out_channels // 2, 1)[::-1], 1)),
+        Net(lambda s, h: torch.cat(h.chunk(2, 1)[::-1], 1)),
+    )
     literal = _holds(Net(lambda s, h: torch.cat(torch.split(h, 6, 1)[::-1], 1)))
-    group = computed.group("a:out")
-    assert not group.prunable and "a.out_channels" in (group.reason or ""), group
+    assert computed.group("a:out").prunable and computed.group("a:out").size == C // 2
     assert not literal.group("a:out").prunable
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from ..registry import RESIZERS, by_type
 from .axes import AxisGraph
 from .list_attributes import base_name, int_list
+from .size_origins import Origin
 from .size_values import Site, SizeRead, identity
 from .user_code import by_user
 
@@ -36,6 +37,7 @@ __all__ = [
     "PlainRead",
     "pin_unfollowed_reads",
     "plain_int_attributes",
+    "of_origin",
     "read_only_where_literal",
     "torch_layer",
 ]
@@ -68,15 +70,16 @@ class PlainRead(SizeRead):
         cls, value: int, sites: frozenset[Site], log: Any, origin: Any = None, formula: Formula | None = None
     ) -> PlainRead:
         obj = cast(PlainRead, super().__new__(cls, value, sites, log, origin))
-        if formula is None and origin is not None:
-            site, first, fn = origin
-            formula = ((site,), (first,), _of_one(site, fn))
-        obj.formula = formula if formula is not None else ((), (), _constant(int(value)))
+        obj.formula = formula or of_origin(origin) or ((), (), _constant(int(value)))
         return obj
 
 
-def _of_one(site: Site, fn: Callable[[int], int]) -> Callable[[Mapping[Site, int]], int]:
-    return lambda m: fn(m[site])
+def of_origin(origin: Origin | None) -> Formula | None:
+    """The formula of a number made from one attribute (``size_origins.Origin``)."""
+    if origin is None:
+        return None
+    site, first, fn = origin
+    return (site,), (first,), lambda m: fn(m[site])
 
 
 def _constant(v: int) -> Callable[[Mapping[Site, int]], int]:

@@ -39,8 +39,8 @@ from .positions import follow_domains, record_positions
 from .random_draws import draws_random
 from .rules import find_rule
 from .size_pins import pin_read_sizes
-from .size_tracer import has_hooks
 from .trace import is_exported
+from .untraced_hooks import hooked
 from .value_reads import pin_value_reads
 from .zeros import aliased_input, write_keeps_zeros
 
@@ -213,7 +213,7 @@ def _apply(ctx: RuleContext, module: nn.Module | None, params: dict[int, fx.Node
     """Run the node's rule, then enforce what every rule must guarantee (see ``RuleContext``)."""
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
-    if module is not None and has_hooks(module):
+    if hooked(ctx.node, module):
         ctx.pin_everything(f"forward hooks of {ctx.where()} are not traced")
         return
     if rule is None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch.fx as fx
 
 from .axes import AxisGraph
-from .meta import COMPUTED_READS, CONTROL, META, SIZE_READS, ReadInt
+from .meta import COMPUTED_READS, CONTROL, FOLLOWED_BY, META, SIZE_READS, ReadInt
 from .normalize import normalize
 from .number_args import SizeUse
 from .size_tests import Site
@@ -40,8 +40,8 @@ def computed_sizes(graph: AxisGraph, nodes: Iterable[fx.Node], prefix: str) -> d
     found: dict[Site, SizeUse] = {}
     refs: dict[Any, set[Site]] | None = None
     for n in nodes:
-        if not n.users and CONTROL not in n.meta:  # computed and never used (``head_dim = C // self.heads``)
-            continue
+        if set(n.users) <= n.meta.get(FOLLOWED_BY, set()) and CONTROL not in n.meta:
+            continue  # never used (``head_dim = C // self.heads``), or only where a rule follows it (``ops_reshape``)
         sites = set(n.meta.get(COMPUTED_READS, ()))
         if _number(n) and (SIZE_READS in n.meta or _reads(n)) and normalize(n).op in _QUOTIENTS:
             sites |= _reads(n) | {s for v in (n.meta.get(SIZE_READS) or {}).values() for s in v}

@@ -142,7 +142,7 @@ def _derive(node: fx.Node, value: Any, lineage: dict[fx.Node, Lineage]) -> Linea
         if isinstance(index, slice):
             return parts[index]
     if call.op is operator.add and isinstance(value, tuple):  # ``h.shape[:2] + (4, -1)``
-        a, b = _positions(src, lineage), _positions(call.args.get("other"), lineage)
+        a, b = _positions(src, lineage, set()), _positions(call.args.get("other"), lineage, set())
         if a is not None and b is not None and len(a) + len(b) == len(value):
             return a + b
     rest = _numel_part(node, lineage) if call.op is operator.floordiv else None
@@ -204,8 +204,9 @@ def _one_length(n: fx.Node) -> bool:
     return whole.op in (torch.Tensor.size, torch.Tensor.shape) and whole.args.get("dim") is None
 
 
-def _positions(v: Any, lineage: dict[fx.Node, Lineage]) -> tuple | None:
-    """Per-element lineage of a size list argument (a tuple node or a literal list)."""
+def _positions(v: Any, lineage: dict[fx.Node, Lineage], skip: set[fx.Node]) -> tuple | None:
+    """Per-element lineage of a size list argument (a tuple node or a literal list), but of
+    the numbers in ``skip`` (which a rule follows)."""
     if isinstance(v, fx.Node):
         lin = lineage.get(v)
         if isinstance(lin, tuple):
@@ -214,7 +215,7 @@ def _positions(v: Any, lineage: dict[fx.Node, Lineage]) -> tuple | None:
             return (lin,)
         return None if not isinstance(v.meta.get(META), (tuple, list)) else tuple(frozenset() for _ in v.meta[META])
     if isinstance(v, (tuple, list)):
-        return tuple(_union(e, lineage) for e in v)
+        return tuple(_union(e, lineage, skip) for e in v)
     return (frozenset(),)
 
 
@@ -254,11 +255,12 @@ def _check(
     for k, v in call.args.items():
         if k in _VALUE_ARGS or k in modelled:
             continue
-        carried = _union(v, lineage, {n for u, n in graph.modelled_lengths if u is user})
+        followed = {n for u, n in graph.modelled_lengths if u is user}
+        carried = _union(v, lineage, followed)
         if not carried:
             continue
         if k in _SIZE_LISTS and out_axes is not None:
-            parts = _used_positions(call.op, k, _positions(v, lineage) or (), len(out_axes))
+            parts = _used_positions(call.op, k, _positions(v, lineage, followed) or (), len(out_axes))
             dim = call.args.get("dim") if k == "sizes" else None  # unflatten's: an axis of the input
             rank_in = len(out_axes) - len(parts) + 1
             start = dim % rank_in if isinstance(dim, int) and rank_in > 0 else len(out_axes) - len(parts)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch.fx as fx
 
 __all__ = [
     "CALL",
     "COMPUTED_READS",
+    "FOLLOWED_BY",
     "CONFIG_READS",
     "CONSTANT",
     "CONTROL",
@@ -39,6 +41,7 @@ TRACED_CONSTANT = "skg.traced_constant"  # a tensor torch.fx made a constant (``
 CONTROL = "skg.control"  # a traced number Python read: "branch", "loop", "number", or "value" (``flow_values``)
 CONFIG_READS = "skg.config_reads"  # on the output node: {id(config): attributes the forward read}
 COMPUTED_READS = "skg.computed_reads"  # {(layer path, attribute)}: numbers the node's arguments computed from them
+FOLLOWED_BY = "skg.followed_by"  # on a number: the users whose rules made the size it gives follow pruning (``C // heads``)
 SIZE_READS = "skg.size_reads"  # {literal: {(layer path, attribute)}}: layer size attributes the node's arguments read
 SIZE_CONTROL = "skg.size_control"  # on the output node: {(layer path, attribute): how Python control flow used it}
 SIZE_TESTS = "skg.size_tests"  # on the output node: the SizeTests (decisions on one attribute) of the forward
@@ -62,11 +65,14 @@ class ReadInt(int):
     position in the call says which one it is; ``SIZE_READS`` (by value) cannot. ``derived``:
     a number the code computed from the attribute (``c // 2``), not its value. ``sites``: every
     attribute it was computed from (``self.num_heads // self.num_kv_heads``: both, derived;
-    ``site`` is then the first of them and names no attribute of its value)."""
+    ``site`` is then the first of them and names no attribute of its value). ``formula``: for a
+    number computed from one attribute, how (``attribute_sizes.Formula``), so a split size or
+    slice bound can check that it follows the pruned attribute (``split_sizes``); None otherwise."""
 
     site: tuple[str, str]
     derived: bool
     sites: frozenset[tuple[str, str]]
+    formula: Any = None
 
     def __new__(
         cls, value: int, site: tuple[str, str], derived: bool = False, sites: frozenset[tuple[str, str]] | None = None
@@ -77,6 +83,12 @@ class ReadInt(int):
 
     def __getnewargs__(self) -> tuple[int, tuple[str, str], bool, frozenset[tuple[str, str]]]:  # copies keep the sites
         return int(self), self.site, self.derived, self.sites
+
+    def __getstate__(self) -> dict[str, Any]:  # a formula is a function: copies share it, pickles drop it
+        return {k: v for k, v in vars(self).items() if k != "formula"}
+
+    def __deepcopy__(self, memo: dict) -> ReadInt:
+        return self
 
 
 def output_node(graph: fx.Graph) -> fx.Node:

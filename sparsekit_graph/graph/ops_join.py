@@ -23,6 +23,7 @@ from .rules import register_function_rule
 from .size_args import made_from, read_axis
 from .sizes import product_sources
 from .split_sizes import (
+    followed_half,
     followed_head,
     followed_prefix,
     followed_segments,
@@ -298,7 +299,7 @@ def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) 
     """The indices a slice takes whose bounds follow pruning (a half of the axis, bounds read
     from attributes: ``split_sizes``, or off another tensor's axis: ``read_bounds``); None for
     any other slice."""
-    found = _half(ctx, it, axis)
+    found = _half(ctx, it, axis, out)
     if found is None:
         found = followed_prefix(ctx, it, axis, out)
     if found is None:
@@ -314,10 +315,11 @@ def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) 
     return found
 
 
-def _half(ctx: RuleContext, it: slice, axis: AxisId) -> np.ndarray | None:
-    """``t[:, : n // 2]`` or ``t[:, n // 2 :]`` with ``n`` this axis's length read off the tensor:
-    a half that ``chunk(2)`` would make, so index ``p`` of each half is tied (even ``n`` only);
-    the indices it takes, or ``None`` for any other slice."""
+def _half(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.ndarray | None:
+    """``t[:, : n // 2]`` or ``t[:, n // 2 :]`` with ``n`` this axis's length read off the tensor,
+    or bounds made from attributes that count it (``followed_half``: ``t[:, o : 2 * o]``): a half
+    that ``chunk(2)`` would make, so index ``p`` of each half is tied (even ``n`` only); the
+    indices it takes, or ``None`` for any other slice."""
     n = ctx.graph.size(axis)
     if it.step is not None or n % 2:
         return None
@@ -325,7 +327,7 @@ def _half(ctx: RuleContext, it: slice, axis: AxisId) -> np.ndarray | None:
         picked = np.arange(n // 2)
     elif it.stop is None and _length_over(ctx, it.start, axis, 2):
         picked = n // 2 + np.arange(n // 2)
-    else:
+    elif (picked := followed_half(ctx, it, axis, out)) is None:
         return None
     ctx.graph.link(axis, axis, np.arange(n // 2), n // 2 + np.arange(n // 2), kind="offset")
     return picked

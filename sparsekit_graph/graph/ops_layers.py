@@ -89,7 +89,8 @@ def link_conv(
 
     Plain: input channels ~ weight columns, weight rows produce output channels.
     Depthwise-like (one input channel per group): input channel ``j`` ~ output channels
-    ``[j*m, (j+1)*m)``. Grouped: pruning must keep the groups equal, so position ``k``
+    ``[j*m, (j+1)*m)`` (transposed: ~ weight row ``j``, which produces them). Grouped: pruning
+    must keep the groups equal, so position ``k``
     within every group is one channel, on the input and the output side alike.
     Spatial output axes are pinned. ``w`` holds the weight's first two axes.
     ``fixed_groups``: the group count is a literal of the call (``F.conv2d(x, w, groups=8)``)
@@ -105,6 +106,11 @@ def link_conv(
         ctx.produce(w_out, out[co])
         ctx.graph.link(x[cx], out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
         ctx.pin([w_in], f"depthwise weight of {ctx.where()}") if ctx.graph.size(w_in) > 1 else None
+        return co
+    if per_in == 1 and groups > 1 and not fixed_groups:  # depthwise transposed: weight (in, multiplier, ...)
+        ctx.graph.link(x[cx], w_in)
+        ctx.produce(w_in, out[co], np.arange(c_out) // per_out, np.arange(c_out), kind="block")
+        ctx.pin([w_out], f"depthwise weight of {ctx.where()}") if ctx.graph.size(w_out) > 1 else None
         return co
     if fixed_groups and per_in == 1 and groups > 1:  # every group one input channel, and the count cannot follow
         ctx.pin([x[cx], out[co], w_in, w_out], f"depthwise call with a literal group count at {ctx.where()}")
@@ -148,7 +154,7 @@ def conv_function(ctx: RuleContext) -> None:
     read = read_axis(ctx, groups) if isinstance(groups, fx.Node) else None  # groups=h.shape[1]
     flag = ctx.arg("transposed", False)
     transposed = ctx.call.op in _TRANSPOSED or flag is True
-    if read is not None and not _depthwise_read(ctx, x, read, transposed):
+    if read is not None and not _depthwise_read(ctx, x, read):
         ctx.pin([read], f"group count read off an axis at {ctx.where()}")
         read = None
     if read is not None:
@@ -174,14 +180,14 @@ def conv_function(ctx: RuleContext) -> None:
         ctx.same(b, [out[co]])
 
 
-register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d, torch.convolution)
+register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d, *_TRANSPOSED, torch.convolution)
 
 
-def _depthwise_read(ctx: RuleContext, x: list[AxisId] | None, read: AxisId, transposed: bool) -> bool:
-    """``groups`` read off an axis as long as the input's channels (``groups=h.shape[1]``) of
-    a plain convolution: depthwise, and it stays so when both are pruned together. Any other
-    read count (a transposed or partly grouped conv) would change what is computed."""
-    if x is None or transposed or not isinstance(ctx.meta(ctx.arg("weight")), torch.Tensor):
+def _depthwise_read(ctx: RuleContext, x: list[AxisId] | None, read: AxisId) -> bool:
+    """``groups`` read off an axis as long as the input's channels (``groups=h.shape[1]``):
+    depthwise, and it stays so when both are pruned together. Any other read count (a partly
+    grouped conv) would change what is computed."""
+    if x is None or not isinstance(ctx.meta(ctx.arg("weight")), torch.Tensor):
         return False
     cx = len(x) - (ctx.meta(ctx.arg("weight")).ndim - 2) - 1
     return 0 <= cx < len(x) and ctx.graph.size(read) == ctx.graph.size(x[cx]) > 1

@@ -31,7 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..registry import RESIZERS, by_type
-from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, plain_int_attributes, read_only_where_literal
+from .attribute_sizes import PLAIN_READS, PlainInt, PlainRead, of_origin, plain_int_attributes, read_only_where_literal
 from .attribute_sizes import torch_layer as _layer_class
 from .flow_values import Conversions
 from .length_reads import LENGTH, LENGTH_DECISIONS, SYMBOLIC_READS, Decision, decision, is_length, reading_len
@@ -299,7 +299,9 @@ def finish(graph: fx.Graph, log: _Log) -> None:
                 computed.update(a._sites)
             found.setdefault(int(a) if isinstance(a, int) else tuple(a), set()).update(a._sites)
             if isinstance(a, int) and len(a._sites) == 1:  # its position says which attribute it is
-                return ReadInt(int(a), next(iter(a._sites)), not a.exact)
+                read = ReadInt(int(a), next(iter(a._sites)), not a.exact)
+                read.formula = of_origin(a._origin)
+                return read
             if isinstance(a, int) and not a.exact:  # computed from several: no attribute's value, whatever it equals
                 return ReadInt(int(a), min(a._sites), True, frozenset(a._sites))
             return int(a) if isinstance(a, int) else tuple(a)

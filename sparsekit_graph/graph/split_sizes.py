@@ -28,13 +28,13 @@ from .attribute_sizes import PLAIN_FOLLOWED, Formula, PlainInt
 from .axes import AxisId
 from .context import RuleContext
 from .list_attributes import read_size
-from .meta import META
+from .meta import META, ReadInt
 from .size_values import Site
 from .sizes import SizeSource
 
 __all__ = [
-    "followed_count", "followed_head", "followed_prefix", "followed_segments", "followed_split", "followed_suffix",
-    "followed_tail", "prefix_stop", "tail_start",
+    "followed_count", "followed_half", "followed_head", "followed_prefix", "followed_segments", "followed_split",
+    "followed_suffix", "followed_tail", "prefix_stop", "tail_start",
 ]  # fmt: skip
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
@@ -45,7 +45,7 @@ def followed_split(ctx: RuleContext, how: object, src: AxisId, parts: list[AxisI
     """``split`` into equal parts by sizes made from attributes (one size, or a list with one
     per part): True, with the attributes recorded on the axes they count, where every size
     follows them; False (nothing recorded) otherwise."""
-    elements = list(how) if isinstance(how, (list, tuple)) else [how]
+    elements = [_plain(e) for e in how] if isinstance(how, (list, tuple)) else [_plain(how)]
     sizes = [ctx.graph.size(p) for p in parts]
     total = ctx.graph.size(src)
     if len(parts) < 2 or len(set(sizes)) != 1 or sum(sizes) != total:
@@ -73,6 +73,7 @@ def followed_segments(ctx: RuleContext, how: object, src: AxisId, parts: list[Ax
     sizes = [ctx.graph.size(p) for p in parts]
     if not isinstance(how, (list, tuple)) or len(how) != len(parts) or len(parts) < 2 or sum(sizes) != ctx.graph.size(src):
         return False
+    how = [_plain(e) for e in how]
     if not all(isinstance(e, PlainInt) and e == n for e, n in zip(how, sizes)):
         return False
     sites = [set(e.formula[0]) for e in how]
@@ -92,7 +93,7 @@ def followed_prefix(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> n
     """``t[:, :self.out_chs]``, ``t[:, 0:self.in_channels]``: the first ``n`` indices, ``n``
     made from attributes that count the slice (all of the axis, or a segment another rule
     ties). The indices it takes, with the attributes recorded on ``out``; None otherwise."""
-    stop = it.stop
+    stop = _plain(it.stop)
     if it.step is not None or it.start not in (None, 0) or not isinstance(stop, PlainInt) or not 0 < stop <= ctx.graph.size(axis):
         return None
     return np.arange(int(stop)) if _counts(ctx, stop, out) is not None else None
@@ -102,6 +103,7 @@ def followed_count(ctx: RuleContext, n: object, axis: AxisId) -> bool:
     """``F.conv2d(x, self.filt, groups=self.channels)`` (timm ``BlurPool2d``): a count of the
     whole ``axis`` made from attributes that follow it. True, with them recorded on ``axis``;
     False (nothing recorded) where it is no such count or none of them would follow."""
+    n = _plain(n)
     if not isinstance(n, PlainInt) or int(n) != ctx.graph.size(axis):
         return False
     return bool(_counts(ctx, n, axis))
@@ -124,7 +126,7 @@ def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim
     partial residual): the attribute counts the prefix, which that slice records, so the start
     moves with it. The indices it takes; None where no such prefix slice reads the same one
     attribute (or the start is a number computed from it)."""
-    start = it.start
+    start = _plain(it.start)
     if it.step is not None or it.stop is not None or not isinstance(start, PlainInt) or not _one_read(start):
         return None
     if not 0 < start < ctx.graph.size(axis) or not any(_prefix_of(u, start, dim) for u in src.users):
@@ -137,7 +139,7 @@ def followed_tail(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.
     """``t[:, -self.lo_ch:]`` (octave convolution's low-frequency part): the last ``n`` indices,
     ``n`` made from attributes that count the slice. The indices it takes, with the attributes
     recorded on ``out``; None otherwise."""
-    start, size = it.start, ctx.graph.size(axis)
+    start, size = _plain(it.start), ctx.graph.size(axis)
     if it.step is not None or it.stop is not None or not isinstance(start, PlainInt) or not -size <= start < 0:
         return None
     return size + np.arange(int(start), 0) if _counts(ctx, _negated(start), out) is not None else None
@@ -146,7 +148,7 @@ def followed_tail(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.
 def followed_head(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: int) -> np.ndarray | None:
     """``t[:, :-self.lo_ch]`` beside ``t[:, -self.lo_ch:]`` of the same tensor: the attribute counts
     the tail, which that slice records, so the stop moves with it (``followed_suffix`` from the end)."""
-    stop, size = it.stop, ctx.graph.size(axis)
+    stop, size = _plain(it.stop), ctx.graph.size(axis)
     if it.step is not None or it.start not in (None, 0) or not isinstance(stop, PlainInt) or not -size < stop < 0:
         return None
     if not _one_read(_negated(stop)) or not any(_same_read(tail_start(u, dim), stop) for u in src.users):
@@ -155,12 +157,22 @@ def followed_head(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: 
     return np.arange(size + int(stop))
 
 
+def _plain(x: object) -> object:
+    """A number computed from a layer's size attribute (``self.conv.out_channels // 2``: a
+    ``ReadInt`` with its formula) as the ``PlainInt`` a module's own attribute gives; others as
+    they are."""
+    if isinstance(x, ReadInt) and x.derived and x.formula is not None:
+        return PlainInt(int(x), x.formula)
+    return x
+
+
 def _negated(x: PlainInt) -> PlainInt:
     sites, values, fn = x.formula
     return PlainInt(-int(x), (sites, values, lambda m: -fn(m)))
 
 
 def _same_read(a: object, b: PlainInt) -> bool:
+    a = _plain(a)
     return isinstance(a, PlainInt) and a.formula[:2] == b.formula[:2] and int(a) == int(b)
 
 
@@ -174,8 +186,45 @@ def tail_start(user: fx.Node, dim: int) -> Any:
 def _prefix_of(user: fx.Node, start: PlainInt, dim: int) -> bool:
     """Is ``user`` a getitem taking ``[:start]`` (or ``[0:start]``) of axis ``dim``, read from
     the same attribute as ``start``?"""
-    stop = prefix_stop(user, dim)
+    stop = _plain(prefix_stop(user, dim))
     return isinstance(stop, PlainInt) and _one_read(stop) and stop.formula[0] == start.formula[0]
+
+
+def followed_half(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.ndarray | None:
+    """``t[:, :o]``, ``t[:, o:]``, ``t[:, o : 2 * o]`` with ``o = self.conv.out_channels // 2``:
+    a half of the axis (as ``chunk(2)`` makes), its bounds made from attributes that count the
+    axis or a half, so they follow pruning that keeps the halves equal (the caller ties them).
+    The indices it takes, with the attributes recorded; None otherwise."""
+    n = ctx.graph.size(axis)
+    start, stop = _plain(it.start), _plain(it.stop)
+    first = start in (None, 0) and isinstance(stop, PlainInt) and stop == n // 2
+    middle = start if isinstance(start, PlainInt) and start == n // 2 else None
+    if not first and (middle is None or (stop is not None and not (isinstance(stop, PlainInt) and stop == n))):
+        return None
+    half = stop if first else middle
+    roles = _roles([half.formula], n // 2, n, 2)  # type: ignore[union-attr]
+    if roles is None:
+        return None
+    if not first and stop is not None and not _verified_total(stop.formula, roles, n, 2):  # type: ignore[union-attr]
+        return None
+    for site, role in roles.items():
+        for counted in [out] if role == _PART else [axis] if role == _WHOLE else []:
+            _record(ctx, counted, site)
+    return np.arange(n // 2) + (0 if first else n // 2)
+
+
+def _verified_total(formula: Formula, roles: dict[Site, str], total: int, parts: int) -> bool:
+    """Is ``formula`` the pruned axis's length (``2 * o``: each of ``parts`` parts losing ``r``)
+    with its attributes rewritten as ``roles`` say?"""
+    sites, values, fn = formula
+    drop = {_PART: 1, _WHOLE: parts, _FIXED: 0}
+    try:
+        return all(
+            fn({s: v - drop[roles.get(s, _FIXED)] * r for s, v in zip(sites, values)}) == total - parts * r
+            for r in range(total // parts)
+        )
+    except Exception:  # noqa: BLE001 - a count it cannot take: not followed
+        return False
 
 
 def prefix_stop(user: fx.Node, dim: int) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..errors import PlanError
+from ..errors import PlanError, TraceError
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
@@ -17,6 +17,7 @@ from ..graph.forward_modes import Mode, one_code_scan, traced_modes
 from ..graph.head_dim import drop_partial_scales
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, trace_graph
+from ..graph.untraced_hooks import pin_model_hooks
 from ..model_state import kept
 from .channels import Channels, channel_signatures
 from .edits import check_against
@@ -117,7 +118,12 @@ def _axis_graph(
 ) -> tuple[AxisGraph, fx.Graph]:
     """``build_axis_graph``'s graph and the eval trace it was built from."""
     graph = AxisGraph(divert_repeats=gqa == "query_heads", head_dim=head_dim)
-    gm = trace_graph(model, example_inputs, train=False, verify=True)  # the graph computes the forward's output
+    try:
+        gm = trace_graph(model, example_inputs, train=False, verify=True)  # the graph computes the forward's output
+    except TraceError as e:
+        if model._forward_pre_hooks:
+            raise TraceError(f"{e} (forward pre-hooks of the model itself do not run while it is traced)") from e
+        raise
     add_traced_graph(graph, gm, model)
 
     def structure(mode: Mode) -> fx.Graph:  # the ops alone: shapes only where they differ from the first's
@@ -127,6 +133,7 @@ def _axis_graph(
         if _calls(other) != _calls(gm):
             other = trace_graph(model, example_inputs, train=mode.train, autograd=mode.autograd)
             add_traced_graph(graph, other, model, prefix=mode.prefix)
+    pin_model_hooks(graph, model)
     drop_partial_scales(graph)
     add_factor_shadows(graph)
     return graph, gm

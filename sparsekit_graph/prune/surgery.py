@@ -160,12 +160,9 @@ def _new_sizes(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> list[t
 @register_resizer(nn.modules.conv._ConvNd)
 def _conv(m: nn.Module) -> None:
     w, g = m.weight, m.groups
-    if not m.transposed and g > 1 and m.in_channels == g:  # depthwise: groups follow the channels
-        multiplier = m.out_channels // g
-        m.groups = w.shape[0] // multiplier
-        m.in_channels = m.groups
-        m.out_channels = w.shape[0]
-    elif m.transposed:
+    if g > 1 and m.in_channels == g:  # depthwise: groups follow the channels
+        g = m.groups = w.shape[0] if m.transposed else w.shape[0] // (m.out_channels // g)
+    if m.transposed:
         m.in_channels, m.out_channels = w.shape[0], w.shape[1] * g
     else:
         m.in_channels, m.out_channels = w.shape[1] * g, w.shape[0]
