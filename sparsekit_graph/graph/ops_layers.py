@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.fx as fx
@@ -84,6 +87,7 @@ def link_conv(
     groups: int,
     transposed: bool,
     fixed_groups: bool = False,
+    same_positions: Sequence[bool] = (),
 ) -> int:
     """Couple a (possibly grouped) convolution; returns the output channel axis.
 
@@ -92,13 +96,19 @@ def link_conv(
     ``[j*m, (j+1)*m)`` (transposed: ~ weight row ``j``, which produces them). Grouped: pruning
     must keep the groups equal, so position ``k``
     within every group is one channel, on the input and the output side alike.
-    Spatial output axes are pinned. ``w`` holds the weight's first two axes.
+    Spatial output axes are pinned, but where ``same_positions`` says the conv maps each position to
+    itself (kernel 1, stride 1, no padding: gMLP's ``Conv1d(n, n, 1)`` over tokens, the features
+    its spatial axis). ``w`` holds the weight's first two axes.
     ``fixed_groups``: the group count is a literal of the call (``F.conv2d(x, w, groups=8)``)
     that would not follow pruned channels: even a depthwise conv keeps its groups, by position.
     """
     cx, co = len(x) - spatial - 1, len(out) - spatial - 1
     ctx.same(x[:cx], out[:co])  # batch
-    ctx.pin(out[co + 1 :] + x[cx + 1 :], f"spatial axis of {ctx.where()}")
+    for i, (a, b) in enumerate(zip(x[cx + 1 :], out[co + 1 :])):
+        if i < len(same_positions) and same_positions[i]:
+            ctx.same([a], [b])
+        else:
+            ctx.pin([a, b], f"spatial axis of {ctx.where()}")
     w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])
     c_in, c_out = ctx.graph.size(x[cx]), ctx.graph.size(out[co])
     per_in, per_out = c_in // groups, c_out // groups
@@ -136,7 +146,8 @@ def conv(ctx: RuleContext) -> None:
         ctx.pin_everything(f"{ctx.where()} without a tensor input")
         return
     w = ctx.param("weight", (0, 1))
-    co = link_conv(ctx, x, w, out, spatial=len(m.kernel_size), groups=m.groups, transposed=m.transposed)
+    same = same_positions(m.kernel_size, m.stride, m.padding, m.output_padding)
+    co = link_conv(ctx, x, w, out, spatial=len(m.kernel_size), groups=m.groups, transposed=m.transposed, same_positions=same)
     if m.bias is not None:
         ctx.same(ctx.param("bias"), [out[co]])
 
@@ -173,7 +184,10 @@ def conv_function(ctx: RuleContext) -> None:
     fixed = read is None and groups > 1 and (not depthwise or ctx.constant_size(x[cx], groups))
     if fixed and depthwise and followed_count(ctx, groups, x[cx]):  # ``groups=self.channels``: surgery rewrites it
         fixed = False
-    co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed)
+    kernel = ctx.meta(ctx.arg("weight")).shape[2:]
+    same = same_positions(kernel, ctx.arg("stride", 1), ctx.arg("padding", 0), ctx.arg("output_padding", 0))
+    co = link_conv(ctx, x, w, out, spatial=spatial, groups=groups, transposed=transposed, fixed_groups=fixed, same_positions=same)
+    _pin_kernel_axes(ctx, ctx.arg("weight"))
     _contracted_by_buffer(ctx, cx)
     b = ctx.axes(ctx.arg("bias"))
     if b is not None:
@@ -181,6 +195,29 @@ def conv_function(ctx: RuleContext) -> None:
 
 
 register_length_args({"groups"}, F.conv1d, F.conv2d, F.conv3d, *_TRANSPOSED, torch.convolution)
+
+
+def same_positions(kernel: Sequence[int], stride: Any, padding: Any, output_padding: Any) -> list[bool]:
+    """Per spatial axis of a convolution: does it map each position to itself (kernel 1, stride
+    1, no padding)? All False where an argument is not a number, a tuple of them or a padding
+    word (``"valid"``, ``"same"``)."""
+    n = len(kernel)
+
+    def each(v: Any) -> list[Any]:
+        return list(v) if isinstance(v, (tuple, list)) and len(v) == n else [v] * n
+
+    pads = [0] * n if padding in ("valid", "same") else each(padding)
+    rows = zip(kernel, each(stride), pads, each(output_padding))
+    return [all(type(v) is int for v in row) and row == (1, 1, 0, 0) for row in rows]
+
+
+def _pin_kernel_axes(ctx: RuleContext, weight: object) -> None:
+    """A weight computed in forward (``kh @ kw``, ``w + einsum(...)``) brings its kernel axes
+    along, linked to what made them: no channels (pruning one would shrink the kernel)."""
+    if isinstance(weight, fx.Node) and weight.name not in (ctx.aliases or {}) and weight.name not in ctx.views:
+        axes = ctx.axes(weight)
+        if axes:
+            ctx.pin(axes[2:], f"kernel axis of {ctx.where()}")
 
 
 def _depthwise_read(ctx: RuleContext, x: list[AxisId] | None, read: AxisId) -> bool:

@@ -4,10 +4,12 @@ model back, and the planner's export probe (``plan/probe.py``) runs on a pruned 
 from __future__ import annotations
 
 import difflib
+import math
 
 import torch
 import torch.fx as fx
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from ..errors import SparseKitError
 from ..graph.export import CONSTANT_VALUE
@@ -267,8 +269,14 @@ def _folds_a_changed_extent(a: fx.Node, b: fx.Node, made: set[fx.Node]) -> bool:
 
 
 def _numel(n: fx.Node) -> int:
-    value = n.meta.get(META)
-    return int(value.numel()) if isinstance(value, Tensor) else 1
+    """``n``'s element count, but of the extents torch.export left data-dependent (an unbacked
+    size, ``x[torch.where(idx == e)[0]]``): on meta inputs those are guesses, not the example's."""
+    value, fake = n.meta.get(META), n.meta.get("val")
+    if not isinstance(value, Tensor):
+        return 1
+    if isinstance(fake, Tensor) and fake.dim() == value.dim():
+        return math.prod(int(d) for d, f in zip(value.shape, fake.shape) if not free_unbacked_symbols(f))
+    return int(value.numel())
 
 
 # ``h.new_ones(size)``: ``h`` gives only the dtype and device.
