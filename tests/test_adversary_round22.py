@@ -357,3 +357,88 @@ def test_data_dependent_sizes_plan_alike_every_time(tmp_path: Path) -> None:
         torch.manual_seed(seed)
         assert skg.plan(model, plan.example_inputs(model)).groups == plan.groups
     check_oracle(model, x, tmp_path)
+
+
+# -- a slice read only for its shape -------------------------------------------------------
+
+TIME_CHANNELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "ones_like(y[:, :1])": lambda y: torch.ones_like(y[:, :1]),
+    "full_like(y[:, 0:1])": lambda y: torch.full_like(y[:, 0:1], 1.0),
+    "ones_like(y[:, 0])": lambda y: torch.ones_like(y[:, 0]).unsqueeze(1),
+    "y.new_ones(...)": lambda y: y.new_ones(y.shape[0], 1, *y.shape[2:]),
+}
+
+
+class ConcatTime(nn.Module):
+    """torchdiffeq's ``ConcatConv2d``: a time channel ``ones_like(y[:, :1]) * t`` joins ``y``."""
+
+    def __init__(self, spelling: str, export: bool = False) -> None:
+        super().__init__()
+        self.spelling, self.export = spelling, export
+        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(9, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            assert isinstance(x, torch.Tensor)  # sends tracing to torch.export
+        y = F.relu(self.stem(x))
+        return self.head(F.relu(self.conv(torch.cat([TIME_CHANNELS[self.spelling](y) * 0.5, y], 1))))
+
+
+@pytest.mark.parametrize("export", [False, True])
+@pytest.mark.parametrize("spelling", list(TIME_CHANNELS))
+def test_a_slice_read_for_its_shape_leaves_the_channels(spelling: str, export: bool, tmp_path: Path) -> None:
+    """``ones_like(y[:, :1])`` pinned ``y``'s channels ("slicing"); any channel gives its shape."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    assert _claims(ConcatTime(spelling, export), x) == [(8, True), (8, True)]
+    check_oracle(ConcatTime(spelling, export).eval(), x, tmp_path)
+
+
+class Wide(nn.Module):
+    def __init__(self, value: bool) -> None:
+        super().__init__()
+        self.value, self.stem, self.head = value, nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(12, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.stem(x))
+        return self.head(torch.cat([y, y[:, :4] * 0 + 1 if self.value else torch.ones_like(y[:, :4])], 1))
+
+
+def test_a_shape_read_keeps_as_many_channels_and_a_value_read_pins() -> None:
+    x = torch.randn(2, 3, 6, 6)
+    shaped = skg.plan(Wide(False).eval(), x).group("stem:out")
+    assert shaped.prunable and shaped.min_keep == 4
+    assert not skg.plan(Wide(True).eval(), x).group("stem:out").prunable
+
+
+# -- heads split back after bmm --------------------------------------------------------------
+
+
+class BmmAttention(nn.Module):
+    """Heads merged into the batch for ``bmm`` and split back (``view(B, H, N, N)``), with a
+    ``head_dim`` attribute the forward never reads."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, 16 // heads
+        self.q, self.k, self.v, self.proj = (nn.Linear(16, 16) for _ in range(4))
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = (
+            t.reshape(t.shape[0], t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x))
+        )
+        b, h, n, d = q.shape
+        a = torch.bmm(q.reshape(b * h, n, d), k.reshape(b * h, n, d).transpose(1, 2)).view(b, h, n, n)
+        o = torch.bmm(a.softmax(-1).flatten(0, 1), v.flatten(0, 1)).view(b, h, n, d)
+        return self.out(x + self.proj(o.transpose(1, 2).reshape(b, n, -1)))
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_heads_split_back_after_bmm_are_heads_whatever_a_head_size_equals(heads: int, tmp_path: Path) -> None:
+    """With 4 heads of 4, ``view(B, H, N, N)``'s H equalled the layer's head size and pinned as
+    one ("head_dim at view"); it is the heads merged before ``bmm``."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    assert _claims(BmmAttention(heads), x) == [(heads, True)]
+    check_oracle(BmmAttention(heads).eval(), x, tmp_path, min_drop=0.0)

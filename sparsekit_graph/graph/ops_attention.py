@@ -18,6 +18,7 @@ from .computed_repeats import follows_counts, ratio_repeats, record_copies, unco
 from .context import RuleContext
 from .head_dim import attention_scale, half_slice
 from .ops_matmul import is_weight, zeroed_by_masks
+from .ops_sizes import read_for_shape_only
 from .positions import index_by_positions
 from .rules import register_function_rule
 from .sizes import COUNT_ATTRIBUTES, count_plus_sources, product_sources, size_sources
@@ -262,6 +263,9 @@ def slice_axis(ctx: RuleContext) -> None:
         ctx.same([src[d]], [out[d]])
     elif ctx.graph.head_dim and step == 1 and isinstance(start, int) and half_slice(ctx, src[d], out[d], start, end):
         pass  # rotate_half's halves: channel i pairs with i + n/2
+    elif start in (None, 0) and step == 1 and type(end) is int and 0 < end < size and read_for_shape_only(ctx.node):
+        ctx.at_least(src[d], end, f"slicing at {ctx.where()}")  # ``ones_like(h[:, :1])``: a shape
+        ctx.pin([out[d]], f"slicing at {ctx.where()}")
     elif not (
         ctx.exported
         and step == 1
@@ -316,9 +320,11 @@ def select(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
-    d = ctx.arg("dim") % len(src)
-    ctx.arg("index")
-    ctx.pin([src[d]], f"indexing at {ctx.where()}")
+    d, i = ctx.arg("dim") % len(src), ctx.arg("index")
+    if type(i) is int and i >= 0 and read_for_shape_only(ctx.node):  # ``ones_like(h[:, 0])``: a shape
+        ctx.at_least(src[d], i + 1, f"indexing at {ctx.where()}")
+    else:
+        ctx.pin([src[d]], f"indexing at {ctx.where()}")
     ctx.same(src[:d] + src[d + 1 :], out)
 
 

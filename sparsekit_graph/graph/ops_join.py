@@ -18,6 +18,7 @@ from .meta import SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index, select_by_mask
+from .ops_sizes import read_for_shape_only
 from .read_bounds import read_prefix, read_suffix
 from .rules import register_function_rule
 from .size_args import made_from, read_axis
@@ -272,16 +273,23 @@ def getitem(ctx: RuleContext) -> None:
         fill = len(src) - sum(1 for i in items if i is not None and i is not Ellipsis)
         items = items[:k] + [slice(None)] * fill + items[k + 1 :]
     items += [slice(None)] * (len(src) - sum(1 for i in items if i is not None))
+    shape_only = read_for_shape_only(ctx.node)
     si = oi = 0
     for it in items:
         if it is None:
             oi += 1
         elif isinstance(it, int):
-            ctx.pin([src[si]], f"indexing at {ctx.where()}")
+            if shape_only and it >= 0:  # ``ones_like(h[:, 0])``: any channel gives the shape
+                ctx.at_least(src[si], it + 1, f"indexing at {ctx.where()}")
+            else:
+                ctx.pin([src[si]], f"indexing at {ctx.where()}")
             si += 1
         else:
             if it == slice(None):
                 ctx.same([src[si]], [out[oi]])
+            elif shape_only and it.start in (None, 0) and it.step is None and type(it.stop) is int and it.stop > 0:
+                ctx.at_least(src[si], it.stop, f"slicing at {ctx.where()}")  # ``ones_like(h[:, :1])``: a shape
+                ctx.pin([out[oi]], f"slicing at {ctx.where()}")
             elif (half := _followed(ctx, it, src[si], out[oi], si)) is not None:
                 ctx.graph.link(src[si], out[oi], half, np.arange(len(half)), kind="offset")
             else:  # which indices it takes (as split does), pinned: the bounds would not follow

@@ -317,10 +317,13 @@ def reshape_axes(
             continue
         free_a = [d for d in big_a if not ctx.graph.pinned(src[d])] if len(big_a) > 1 else big_a
         ca = _merge_carrier(ctx.graph, src, free_a or big_a) if len(big_b) == 1 else (free_a or big_a)[0]
-        cb = _split_carrier(ctx.graph, src[ca], out_shape, big_b, carriers_b) if len(big_a) == 1 else carriers_b[0]
+        cb, remerged = (carriers_b[0], False)
+        if len(big_a) == 1:
+            cb, remerged = _split_carrier(ctx.graph, src[ca], out_shape, big_b, carriers_b)
         if len(big_b) == 1 and ca != big_a[0]:  # ``(B, H) -> B * H``: the split back finds H again
             ctx.graph.merged[out[cb]] = (tuple(in_shape[d] for d in big_a), big_a.index(ca))
-        unit_carrier(ctx, out[cb], split=len(big_a) == 1 and len(big_b) > 1 and cb == big_b[-1] != big_b[0])
+        inner = len(big_a) == 1 and len(big_b) > 1 and cb == big_b[-1] != big_b[0] and not remerged
+        unit_carrier(ctx, out[cb], split=inner)
         if not record_factor(ctx, src, out, (ga, ca, big_a), (gb, cb, big_b)):
             ctx.pin([src[d] for d in big_a if d != ca], f"reshape factor at {where}")
             ctx.pin([out[d] for d in big_b if d != cb], f"reshape factor at {where}")
@@ -344,22 +347,24 @@ def _merge_carrier(graph: AxisGraph, src: list[AxisId], candidates: list[int]) -
     return candidates[0]
 
 
-def _split_carrier(graph: AxisGraph, whole: AxisId, out_shape: list[int], big_b: list[int], carriers: list[int]) -> int:
-    """The output axis that carries a split's channels: where ``whole`` (through identity
-    links) was merged from the same factors with another carrier (``_merge_carrier``), that
-    factor (``view(B, H, L, d)`` after ``bmm``); else the first carrier."""
+def _split_carrier(
+    graph: AxisGraph, whole: AxisId, out_shape: list[int], big_b: list[int], carriers: list[int]
+) -> tuple[int, bool]:
+    """The output axis that carries a split's channels, and whether ``whole`` (through identity
+    links) was merged from the same factors with that carrier (``_merge_carrier``: the heads of
+    ``view(B, H, L, L)`` after ``bmm``, whatever a head size equals); else the first carrier."""
     if graph.merged and len(big_b) > 1:
         seen, todo = {whole}, [whole]
         while todo:
             a = todo.pop()
             found = graph.merged.get(a)
             if found is not None and list(found[0]) == [out_shape[d] for d in big_b] and big_b[found[1]] in carriers:
-                return big_b[found[1]]
+                return big_b[found[1]], True
             for b, ds in graph.adj[a].items():
                 if b not in seen and any(d["ia"] is None for d in ds):
                     seen.add(b)
                     todo.append(b)
-    return carriers[0]
+    return carriers[0], False
 
 
 def _bare(graph: AxisGraph, axis: AxisId, pins: bool = True) -> bool:

@@ -138,6 +138,20 @@ def fresh_tensor(ctx: RuleContext) -> None:
         ctx.pin(axes, f"fresh tensor from {ctx.where()}")
 
 
+# Ops that read only their input's shape (and dtype, device): ``torch.ones_like(h[:, :1])``.
+_SHAPE_READERS = frozenset(
+    {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
+     torch.randint_like, torch.Tensor.size, torch.Tensor.shape, torch.Tensor.dim, torch.Tensor.new_zeros,
+     torch.Tensor.new_ones, torch.Tensor.new_empty, torch.Tensor.new_full}
+)  # fmt: skip
+
+
+def read_for_shape_only(node: fx.Node) -> bool:
+    """Does every user of ``node`` read only its shape (``torchdiffeq``'s time channel
+    ``torch.ones_like(x[:, :1]) * t``)? Then which channels it holds does not matter."""
+    return bool(node.users) and all(u.op != "output" and normalize(u).op in _SHAPE_READERS for u in node.users)
+
+
 @register_function_rule(
     torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
     torch.randint_like,
