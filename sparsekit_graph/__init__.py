@@ -1,6 +1,6 @@
 """sparsekit-graph: structured pruning that understands the model's graph."""
 
-from .errors import CouplingError, PlanError, ShapeMismatchError, SparseKitError, TraceError
+from .errors import CouplingError, PlanError, ShapeMismatchError, SparseKitError, TraceError, UnreadParameters
 from .graph.context import RuleContext
 from .graph.rules import register_function_rule, register_method_rule, register_module_rule
 from .graph.sizes import register_size_attribute
@@ -32,6 +32,7 @@ __all__ = [
     "SizeRef",
     "SparseKitError",
     "TraceError",
+    "UnreadParameters",
     "bind",
     "load_pruned",
     "plan",

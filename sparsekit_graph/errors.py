@@ -1,4 +1,4 @@
-"""The exception hierarchy: one root, one subclass per failure domain."""
+"""The exception hierarchy: one root, one subclass per failure domain; and the warnings."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ __all__ = [
     "ShapeMismatchError",
     "SparseKitError",
     "TraceError",
+    "UnreadParameters",
 ]
 
 
@@ -35,3 +36,7 @@ class PlanError(SparseKitError):
 
 class TraceError(SparseKitError):
     """A model could not be traced or its shapes could not be propagated."""
+
+
+class UnreadParameters(UserWarning):
+    """``plan``: some parameters of the model are read on no path the example inputs take."""

@@ -5,6 +5,7 @@ pointwise convolutions over tokens, data-dependent routing planned alike."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -442,3 +443,31 @@ def test_heads_split_back_after_bmm_are_heads_whatever_a_head_size_equals(heads:
     x = torch.randn(2, 5, 16)
     assert _claims(BmmAttention(heads), x) == [(heads, True)]
     check_oracle(BmmAttention(heads).eval(), x, tmp_path, min_drop=0.0)
+
+
+# -- parameters no traced path reads ---------------------------------------------------------
+
+
+class Routed(nn.Module):
+    """An ``nn.ModuleDict`` routed by a string input: one route per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.heads = nn.ModuleDict({"a": nn.Conv2d(8, 6, 1), "b": nn.Conv2d(8, 6, 3, padding=1)})
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: Tensor, route: str = "a") -> Tensor:
+        return self.fc(self.heads[route](F.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_parameters_no_traced_path_reads_are_named() -> None:
+    """The plan saw route ``a`` only; pruning ``stem`` left ``heads.b`` reading 8 channels of 6,
+    without a word. ``plan`` warns, naming them (once: ``prune``'s second plan is quiet)."""
+    model, inputs = Routed().eval(), {"x": torch.randn(2, 3, 8, 8), "route": "a"}
+    with pytest.warns(skg.UnreadParameters, match=r"heads\.b\.weight, heads\.b\.bias"):
+        plan = skg.plan(model, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", skg.UnreadParameters)
+        skg.prune(model, plan, ratio=0.5)
+        skg.plan(Gate("chunk").eval(), torch.randn(2, 3, 6, 6))  # every parameter read: quiet

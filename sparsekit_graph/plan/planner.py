@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..errors import PlanError, TraceError
+from ..errors import PlanError, TraceError, UnreadParameters
 from ..graph.axes import AxisGraph, AxisId
 from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
@@ -88,7 +89,24 @@ def plan(
         found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
         if is_exported(traced):  # export hides branches
             found = probe_plan(found, model, example_inputs, traced)
+    _warn_unread(model, found)
     return found
+
+
+def _warn_unread(model: nn.Module, found: Plan) -> None:
+    """Warn where the forward read some parameters of ``model`` on no traced path (a route of an
+    ``nn.ModuleDict`` the example inputs did not take): the plan holds none of them and prune
+    leaves them whole, so such a path may not fit the pruned layers."""
+    read = {m.param for g in found.groups for m in g.members}
+    unread = [n for n, p in model.named_parameters() if n not in read and p.numel() > 1]
+    if unread:
+        more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
+        warnings.warn(
+            f"no path of {type(model).__name__}'s forward that the example inputs take reads {', '.join(unread[:3])}{more}: "
+            "prune leaves them whole, so another path (a route, a branch) may not fit the pruned layers",
+            UnreadParameters,
+            stacklevel=3,
+        )
 
 
 def check_planned(given: Plan, model: nn.Module) -> None:
@@ -98,7 +116,11 @@ def check_planned(given: Plan, model: nn.Module) -> None:
     before the forward changed (a flag, a config, a global, ``.half()``) is refused where its
     structure or claims differ."""
     o = given.options
-    base = plan(model, given.example_inputs(model), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreadParameters)  # ``plan`` said so already
+        base = plan(
+            model, given.example_inputs(model), ignore=o.ignore, train_graph=o.train_graph, gqa=o.gqa, head_dim=o.head_dim
+        )
     try:
         check_against(given, base)
     except PlanError as e:
