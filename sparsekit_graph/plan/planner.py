@@ -69,6 +69,10 @@ def plan(
             attention scale ``1/sqrt(head_dim)`` is compensated by scaling the query
             projection. Where the graph cannot prove this, head_dim stays pinned with the reason.
 
+    Warns:
+        UnreadParameters: Some parameters are read on no path the example inputs take (a route
+            of an ``nn.ModuleDict``); the plan holds none of them.
+
     Raises:
         TraceError: The model cannot be traced with these inputs.
         PlanError: ``model`` is not an ``nn.Module``, a name in ``ignore`` is not in the model,
