@@ -80,7 +80,8 @@ def normalize(node: fx.Node, module: torch.nn.Module | None = None) -> Call:
     call = node.meta.get(CALL)
     if call is None:
         call = _normalize(node, module)
-        node.meta[CALL] = call
+        if node.op != "call_module" or module is not None:  # a layer's, bound without it, is asked again
+            node.meta[CALL] = call
     return call
 
 

@@ -146,10 +146,13 @@ _SHAPE_READERS = frozenset(
 )  # fmt: skip
 
 
+_CALLS = ("call_function", "call_method")  # not a layer: ``normalize`` binds those with their module
+
+
 def read_for_shape_only(node: fx.Node) -> bool:
     """Does every user of ``node`` read only its shape (``torchdiffeq``'s time channel
     ``torch.ones_like(x[:, :1]) * t``)? Then which channels it holds does not matter."""
-    return bool(node.users) and all(u.op != "output" and normalize(u).op in _SHAPE_READERS for u in node.users)
+    return bool(node.users) and all(u.op in _CALLS and normalize(u).op in _SHAPE_READERS for u in node.users)
 
 
 @register_function_rule(
