@@ -471,3 +471,20 @@ def test_parameters_no_traced_path_reads_are_named() -> None:
         warnings.simplefilter("error", skg.UnreadParameters)
         skg.prune(model, plan, ratio=0.5)
         skg.plan(Gate("chunk").eval(), torch.randn(2, 3, 6, 6))  # every parameter read: quiet
+
+
+class SliceIntoLayer(nn.Module):
+    """A slice fed to a layer: asking whether its users read only its shape bound the layer's
+    call without its module, and the layer pinned ("arguments could not be read")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 6, 1), nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.b(F.relu(self.a(x))[:, :4]))
+
+
+def test_a_slice_fed_to_a_layer_leaves_the_layer_readable() -> None:
+    plan = skg.plan(SliceIntoLayer().eval(), torch.randn(2, 3, 5, 5))
+    assert not any("could not be read" in (g.reason or "") for g in plan.groups), plan.groups
