@@ -488,3 +488,81 @@ class SliceIntoLayer(nn.Module):
 def test_a_slice_fed_to_a_layer_leaves_the_layer_readable() -> None:
     plan = skg.plan(SliceIntoLayer().eval(), torch.randn(2, 3, 5, 5))
     assert not any("could not be read" in (g.reason or "") for g in plan.groups), plan.groups
+
+
+class SelectedMean(nn.Module):
+    """A mean over rows a gate selects, flattened with the channels: a size that depends on
+    the data (torch.export), which folds the channel count into the value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.w1, self.w2 = nn.Linear(16, 3), nn.Linear(16, 24), nn.Linear(24, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.w1(x))
+        return self.w2(h).sum() + h[self.gate(x)[:, 0] > 0].flatten().mean()
+
+
+def test_prune_plans_again_on_the_inputs_plan_was_given() -> None:
+    """``prune`` planned again on meta inputs, where data-dependent sizes are torch's guesses:
+    the plan differed from ``plan``'s and ``prune`` refused every plan of the unchanged model.
+    A plan keeps the inputs it was made with, in this process (no part of its value)."""
+    torch.manual_seed(0)
+    model, x = SelectedMean().eval(), torch.randn(12, 16)
+    plan = skg.plan(model, x)
+    assert [(g.name, g.zero_invariant) for g in plan.prunable] == [("w1:out", False), ("w2:out", True)]
+    assert plan.example_inputs(model)[0] is x and skg.Plan.from_json(plan.model_dump_json()) == plan
+    mask = torch.zeros(24, dtype=torch.bool)
+    mask[::3] = True
+    skg.prune(model, plan, masks={"w1:out": mask}).model(x)
+
+
+def test_a_hook_registered_and_removed_around_a_layer_pins_it() -> None:
+    class Around(Net):
+        def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+            handle = self.c1.register_forward_hook(lambda m, a, o: o - o.mean(1, keepdim=True))
+            h = F.relu(self.c1(x))
+            handle.remove()
+            return self.fc(F.relu(self.c2(h)).mean((2, 3)))
+
+    plan = skg.plan(Around().eval(), torch.randn(2, 3, 6, 6))
+    assert not plan.group("c1:out").prunable and "hooks of Conv2d c1" in (plan.group("c1:out").reason or "")
+
+
+class SideBound(nn.Module):
+    """A slice at another layer's count: pruning ``side`` would move the bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.side = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.out, self.out2 = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, o = self.conv(x), self.side.out_channels
+        return self.out(h[:, :o] * torch.sigmoid(h[:, o:])) + self.out2(F.relu(self.side(x)))
+
+
+def test_a_slice_bound_read_off_another_layer_pins_that_layer() -> None:
+    plan = skg.plan(SideBound().eval(), torch.randn(2, 3, 6, 6))
+    side = plan.group("side:out")
+    assert not side.prunable and "side.out_channels" in (side.reason or "")
+
+
+def test_a_mask_broadcast_over_the_heads_folds_no_head_count() -> None:
+    """GPT-2 without an ``attention_mask``: its causal mask ``(B, 1, L, L)`` broadcast over the
+    heads kept its extent while the scores lost a head, which the export probe read as the head
+    count folded into values (zero-invariance lost; masked and pruned agree exactly)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=1, n_head=4, vocab_size=100, n_positions=64)
+    model, ids = transformers.GPT2LMHeadModel(config).eval(), torch.randint(3, 100, (2, 8))
+    plan = skg.plan(model, {"input_ids": ids})
+    heads = plan.group("transformer.h.0.attn.c_proj:out")
+    assert heads.prunable and heads.zero_invariant
+    mask = torch.zeros(4, dtype=torch.bool)
+    mask[1] = True
+    dense = copy.deepcopy(model)
+    skg.bind(plan, dense)[heads.name].apply_mask(mask)
+    pruned = skg.prune(model, plan, masks={heads.name: mask}).model
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids).logits, dense(ids).logits, rtol=1e-5, atol=1e-5)

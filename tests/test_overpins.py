@@ -61,14 +61,14 @@ GROUPS_READ: dict[str, tuple[Callable[[Tensor, Tensor], object], dict[str, objec
     "other_tensor": (lambda h, g: g.shape[1], {}, True),  # g's channels and h's become one count
     "decided_in_python": (_decided, {}, False),
     "half_the_channels": (lambda h, g: h.shape[1] // 2, {"per_group": 2}, False),
-    "transposed": (lambda h, g: h.shape[1], {"transposed": True}, False),
+    "transposed": (lambda h, g: h.shape[1], {"transposed": True}, True),  # depthwise as well (round 22)
 }
 
 
 @pytest.mark.parametrize("name", sorted(GROUPS_READ))
 def test_groups_read_off_the_input(name: str, tmp_path: Path) -> None:
-    """``groups=h.shape[1]`` of a depthwise conv follows the pruned count (prunable, the oracle
-    holds); a count Python decided on, a grouped (not depthwise) or a transposed conv pins."""
+    """``groups=h.shape[1]`` of a depthwise conv, plain or transposed, follows the pruned count
+    (prunable, the oracle holds); a count Python decided on or a grouped (not depthwise) conv pins."""
     count, kw, prunable = GROUPS_READ[name]
     torch.manual_seed(0)
     model, x = DepthwiseRead(count, **kw).eval(), torch.randn(*X4)  # type: ignore[arg-type]

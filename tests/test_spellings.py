@@ -338,11 +338,12 @@ def test_slice_assignment_pins_what_it_writes() -> None:
 
 
 class LinearIntoLength(nn.Module):
-    """A Linear makes the length axis of a Conv1d or a pool: that axis is spatial, never a group."""
+    """A Linear makes the length axis of a Conv1d or a pool: that axis is spatial, never a group (a
+    kernel-1 conv maps each position to itself: that one passes it through, round 22)."""
 
     def __init__(self, pool: bool) -> None:
         super().__init__()
-        self.lin, self.conv, self.pool = nn.Linear(6, 10), nn.Conv1d(3, 4, 1), pool
+        self.lin, self.conv, self.pool = nn.Linear(6, 10), nn.Conv1d(3, 4, 3, padding=1), pool
 
     def forward(self, x):  # (B, 3, 6)
         h = self.lin(x)

@@ -14,7 +14,7 @@ from torch import Tensor
 from .axes import AxisId
 from .context import RuleContext
 from .factors import unit_carrier
-from .meta import SIZE_READS, ReadInt
+from .meta import COMPUTED_READS, SIZE_READS, ReadInt
 from .normalize import normalize
 from .ops_attention import heads_part
 from .ops_gather import gather_by_index, select_by_mask
@@ -299,8 +299,18 @@ def getitem(ctx: RuleContext) -> None:
                     if len(picked):
                         ctx.graph.link(src[si], out[oi], picked, np.arange(len(picked)), kind="offset")
                 ctx.pin([src[si], out[oi]], f"slicing at {ctx.where()}")
+                _unfollowed_bounds(ctx, it)
             si += 1
             oi += 1
+
+
+def _unfollowed_bounds(ctx: RuleContext, it: slice) -> None:
+    """A bound read from a layer's count (``h[:, : self.side.out_channels]``) that the slice
+    does not follow: surgery would rewrite the count with its own axes and move the bound, so
+    those axes pin too (``computed_sizes``, as for a number computed from the count)."""
+    sites = {s for b in (it.start, it.stop, it.step) if isinstance(b, ReadInt) for s in b.sites}
+    if sites:
+        ctx.node.meta[COMPUTED_READS] = frozenset(ctx.node.meta.get(COMPUTED_READS, ())) | sites
 
 
 def _followed(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId, dim: int) -> np.ndarray | None:

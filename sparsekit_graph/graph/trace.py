@@ -26,7 +26,7 @@ from .size_reads import recording_size_reads
 from .size_tracer import CaughtRefusal, SizeTracer, runs_autocast
 from .trace_inputs import Inputs, fixed_forward_args, normalize_inputs, propagate
 from .trace_mode import model_mode, unfused_attention
-from .untraced_hooks import mark_hooked_layers
+from .untraced_hooks import mark_hooked_layers, recording_hooks
 
 __all__ = ["Inputs", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
@@ -165,9 +165,9 @@ def _traced(
                 with recording_param_reads(model, sizes):  # ``next(m.parameters()).shape[0]``
                     tracer = SizeTracer(model, args, kwargs, sizes.sinks, casts=casts)
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
-                    with HiddenWrites(model) as hidden:  # ``for p in self.parameters(): p.clamp_(...)``
+                    with HiddenWrites(model) as hidden, recording_hooks() as hooked:  # ``p.clamp_(...)``; hooks
                         graph = tracer.trace(model, concrete_args=concrete)
-                    mark_hooked_layers(graph, model)  # before ``model_mode`` removes hooks the forward registered
+                    mark_hooked_layers(graph, model, hooked)  # before ``model_mode`` removes hooks the forward registered
                     _refuse_data_reads(graph)
                     if hidden.written:
                         output_node(graph).meta[HIDDEN_WRITES] = hidden.written

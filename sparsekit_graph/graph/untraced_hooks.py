@@ -3,12 +3,16 @@ naming its module:
 
 - a layer's hooks (a leaf of torch.fx's trace): that layer's node pins everything it touches
   (``build._apply``), whether the hooks were there before planning or the forward registered
-  them while traced (on a first call; planning removes them again, the user's first call
-  leaves them in place);
+  them while traced (on a first call: planning removes them again, the user's first call
+  leaves them in place; or around the layer's call, removed again at once);
 - the model's own hooks (the tracers trace ``forward``, not ``__call__``): every axis pins.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch.fx as fx
 from torch import nn
@@ -16,17 +20,45 @@ from torch import nn
 from .axes import AxisGraph
 from .size_tracer import has_hooks
 
-__all__ = ["hooked", "mark_hooked_layers", "pin_model_hooks"]
+__all__ = ["hooked", "mark_hooked_layers", "pin_model_hooks", "recording_hooks"]
 
 _HOOKED = "skg.hooked"  # on a call_module node: its layer had forward hooks when the trace ended
 
 
-def mark_hooked_layers(graph: fx.Graph, model: nn.Module) -> None:
-    """Mark the layers of ``graph`` that have forward hooks now, at the end of the trace (the
-    forward may have registered them)."""
+@contextmanager
+def recording_hooks() -> Iterator[set[int]]:
+    """Run the body; the set it yields then holds the ids of the modules a forward hook or
+    pre-hook was registered on meanwhile (whether it is still there or not)."""
+    found: set[int] = set()
+    originals = {name: getattr(nn.Module, name) for name in _REGISTER}
+
+    def recorded(register: Callable[..., Any]) -> Callable[..., Any]:
+        def record(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            found.add(id(self))
+            return register(self, *args, **kwargs)
+
+        return record
+
+    for name, register in originals.items():
+        setattr(nn.Module, name, recorded(register))
+    try:
+        yield found
+    finally:
+        for name, register in originals.items():
+            setattr(nn.Module, name, register)
+
+
+_REGISTER = ("register_forward_hook", "register_forward_pre_hook")
+
+
+def mark_hooked_layers(graph: fx.Graph, model: nn.Module, registered: set[int]) -> None:
+    """Mark the layers of ``graph`` that have forward hooks now, at the end of the trace, or
+    that the forward registered some on (``recording_hooks``)."""
     for n in graph.nodes:
-        if n.op == "call_module" and has_hooks(model.get_submodule(str(n.target))):
-            n.meta[_HOOKED] = True
+        if n.op == "call_module":
+            layer = model.get_submodule(str(n.target))
+            if has_hooks(layer) or id(layer) in registered:
+                n.meta[_HOOKED] = True
 
 
 def hooked(node: fx.Node, module: nn.Module | None) -> bool:

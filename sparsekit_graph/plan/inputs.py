@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from ..errors import PlanError
 from ..graph.trace import Inputs, normalize_inputs
 from .schema import InputSpec
 
-__all__ = ["input_specs"]
+__all__ = ["input_specs", "input_values"]
+
+
+def input_values(example_inputs: Inputs) -> dict[str, Any]:
+    """The example inputs by the names their ``InputSpec``s take."""
+    args, kwargs = normalize_inputs(example_inputs)
+    return {f"input{i}": t for i, t in enumerate(args)} | dict(kwargs)
 
 
 def input_specs(example_inputs: Inputs) -> list[InputSpec]:

@@ -24,11 +24,11 @@ from .channels import Channels, channel_signatures
 from .edits import check_against
 from .experts import split_experts
 from .head_dim import head_dim_parts, tie_shared_scales
-from .inputs import input_specs
+from .inputs import input_specs, input_values
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
 from .probe import probe_plan
-from .schema import Group, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
+from .schema import Given, Group, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
 
@@ -93,6 +93,7 @@ def plan(
         found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
         if is_exported(traced):  # export hides branches
             found = probe_plan(found, model, example_inputs, traced)
+    found._given = Given(input_values(example_inputs))  # ``prune`` plans again on them (``check_planned``)
     _warn_unread(model, found)
     return found
 

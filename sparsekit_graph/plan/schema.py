@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from torch import Tensor
 
 from ..errors import PlanError
 from .check import check_plan
@@ -271,6 +272,20 @@ class PlanOptions(_Frozen):
     head_dim: bool = False
 
 
+class Given:
+    """The example inputs ``plan`` was given, by name, for ``prune`` in the same process: no part
+    of the plan's value (plans equal whatever they hold; a plan read from a file holds none)."""
+
+    __slots__ = ("values",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values = values
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
 class Plan(_Frozen):
     """Every coupling group of a model, with why some are pinned.
 
@@ -283,6 +298,7 @@ class Plan(_Frozen):
     options: PlanOptions = Field(default_factory=PlanOptions)
     groups: list[Group] = Field(default_factory=list)
     ties: list[Tie] = Field(default_factory=list)
+    _given: Given = PrivateAttr(default_factory=lambda: Given())
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -303,12 +319,20 @@ class Plan(_Frozen):
         raise PlanError(f"plan has no group named {name!r}")
 
     def example_inputs(self, model: object = None) -> tuple[Any, ...] | dict[str, Any]:
-        """The inputs the plan was made with: meta tensors of their shapes, plain values as they
-        were. With ``model``, floating-point inputs take the dtype of its floating-point
-        parameters where they all have one other than the inputs' (a model made ``.double()``
-        after planning runs on double inputs)."""
-        found = {i.name: i.example() for i in self.inputs}
-        dtypes = {p.dtype for p in getattr(model, "parameters", list)() if p.is_floating_point()}
+        """The inputs the plan was made with: the tensors ``plan`` was given, in the process that
+        made it and where they are on ``model``'s device (a forward whose sizes depend on the
+        data, ``torch.where(idx == e)``, plans alike only on them), else meta tensors of their
+        shapes; plain values as they were. With ``model``, floating-point inputs take the dtype
+        of its floating-point parameters where they all have one other than the inputs' (a model
+        made ``.double()`` after planning runs on double inputs)."""
+        params = list(getattr(model, "parameters", list)())
+        given = self._given.values
+        devices = {p.device for p in params[:1]} | {v.device for v in (given or {}).values() if isinstance(v, Tensor)}
+        if given is not None and len(devices) <= 1:
+            found = dict(given)
+        else:
+            found = {i.name: i.example() for i in self.inputs}
+        dtypes = {p.dtype for p in params if p.is_floating_point()}
         if len(dtypes) == 1:
             (dtype,) = dtypes
             found = {k: v.to(dtype) if getattr(v, "is_floating_point", bool)() else v for k, v in found.items()}

@@ -262,10 +262,11 @@ def _folds_a_changed_extent(a: fx.Node, b: fx.Node, made: set[fx.Node]) -> bool:
     pruning changed into its values (``ones([2, C]).sum(1)``, ``eye(C).trace()``,
     ``ones(1).expand(C).sum()``): an input whose element count changed by another factor than
     the output's? A fresh tensor that only changed shape (T5's ``zeros(1, n_heads, q, k)``)
-    does not; nor does ``h.new_ones(size)``, whose ``h`` gives only the dtype (not in ``made``)."""
+    does not; nor does ``h.new_ones(size)``, whose ``h`` gives only the dtype (not in ``made``),
+    nor an input that kept its extent (a causal mask broadcast over the heads pruning removed)."""
     out_a, out_b = _numel(a), _numel(b)
     ins = zip(a.all_input_nodes, b.all_input_nodes)
-    return any(_numel(x) * out_b != _numel(y) * out_a for x, y in ins if x in made)
+    return any(_numel(x) != _numel(y) and _numel(x) * out_b != _numel(y) * out_a for x, y in ins if x in made)
 
 
 def _numel(n: fx.Node) -> int:
