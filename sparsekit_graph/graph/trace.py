@@ -167,7 +167,6 @@ def _traced(
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
                     with HiddenWrites(model) as hidden, recording_hooks() as hooked:  # ``p.clamp_(...)``; hooks
                         graph = tracer.trace(model, concrete_args=concrete)
-                    mark_hooked_layers(graph, model, hooked)  # before ``model_mode`` removes hooks the forward registered
                     _refuse_data_reads(graph)
                     if hidden.written:
                         output_node(graph).meta[HIDDEN_WRITES] = hidden.written
@@ -183,6 +182,7 @@ def _traced(
                 finish_size_reads(graph, sizes)
                 config_reads(graph, reads)
                 return graph
+        mark_hooked_layers(graph, model, hooked)  # before ``model_mode`` removes hooks the forward registered
         finish_size_reads(graph, sizes)
         created = undo.created()  # ``register_buffer`` on a first call: made again, at its literal size, by each call
         for n in graph.nodes:  # tensors torch.fx (or the forward) made attributes of the model; model_mode removes them
