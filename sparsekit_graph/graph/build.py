@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import (  # noqa: F401  (registers the built-in rules)
     ops_attention,
+    ops_conv,
     ops_index,
     ops_join,
     ops_layers,

@@ -5,7 +5,6 @@ sizes follow the model only where an attribute explains them (see ``sizes.py``).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +17,10 @@ from .attribute_sizes import PlainInt
 from .axes import AxisGraph, AxisId
 from .context import RuleContext
 from .factors import record_factor, unit_carrier
-from .meta import FOLLOWED_BY, META, ReadInt
-from .normalize import normalize
+from .head_quotients import head_quotients
+from .meta import META, ReadInt
 from .rules import register_function_rule, register_method_rule
-from .size_args import link_read_lengths, literal_dims, made_from, read_axis, size_element, size_elements
+from .size_args import link_read_lengths, literal_dims, made_from, size_element, size_elements
 from .sizes import COUNT_ATTRIBUTES, SizeSource, count_plus_sources, module_stack, product_sources, size_sources
 from .split_sizes import followed_count
 
@@ -77,44 +76,11 @@ def view(ctx: RuleContext) -> None:
         fixed = ctx.constant_size(out[j], s) and not _count_plus_slots(ctx, j, s) and not _merged_heads(ctx, j, s, groups)
         return fixed and j not in kept
 
-    quotients = _head_quotients(ctx, raw, groups)
+    quotients = head_quotients(ctx, raw, groups)
     literal = [j not in quotients and (constant(j, s) or _computed_constant(ctx, j, s, groups)) for j, s in enumerate(raw)]
     _inferred_group_count(ctx, raw, out)
     reshape_axes(ctx, literal=literal, groups=groups)
     link_read_lengths(ctx, read, out)  # after the reshape's own links, which may carry the read channels
-
-
-def _head_quotients(ctx: RuleContext, raw: Sequence[Any], groups: list[tuple[list[int], list[int]]]) -> set[int]:
-    """``t.view(B, N, self.num_heads, C // self.num_heads)`` with ``C`` the length of the very
-    axis split into heads (or of one as long, which it then links: diffusers' ``head_dim =
-    key.shape[-1] // attn.heads`` for the query too): whatever is pruned, heads or head size,
-    the quotient is the head size, as ``-1`` would be. The positions of such quotients (the
-    length they read is followed: ``length_uses``)."""
-    src = ctx.axes(ctx.input) or []
-    found: set[int] = set()
-    for ga, gb in groups:
-        if len(ga) != 1 or len(gb) != 2 or ga[0] >= len(src) or not isinstance(q := raw[gb[1]], fx.Node):
-            continue
-        call = normalize(q)
-        count, read = call.args.get("other"), read_axis(ctx, call.args.get("input"))
-        if call.op is not operator.floordiv or read is None or not _same_count(raw[gb[0]], count):
-            continue
-        axis = src[ga[0]]
-        if ctx.graph.size(read) != ctx.graph.size(axis):
-            continue
-        if read != axis:
-            ctx.graph.link(read, axis)
-        ctx.model_length(q)
-        q.meta.setdefault(FOLLOWED_BY, set()).add(ctx.node)
-        found.add(gb[1])
-    return found
-
-
-def _same_count(a: Any, b: Any) -> bool:
-    """Are ``a`` and ``b`` one read of one count attribute (the heads of a view, its divisor)?"""
-    if isinstance(a, ReadInt) and isinstance(b, ReadInt):
-        return not a.derived and not b.derived and a.site == b.site and int(a) == int(b) > 1
-    return isinstance(a, PlainInt) and isinstance(b, PlainInt) and a.formula[:2] == b.formula[:2] and int(a) == int(b) > 1
 
 
 def _computed_constant(ctx: RuleContext, j: int, size: Any, groups: list[tuple[list[int], list[int]]]) -> bool:

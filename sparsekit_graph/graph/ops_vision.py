@@ -8,7 +8,7 @@ import sys
 
 from .context import RuleContext
 from .masked_values import SCALINGS
-from .ops_layers import link_conv
+from .ops_conv import link_conv
 from .ops_norm_layers import channel_norm
 from .ops_swin import register_swin_rules
 from .ops_tensor import pointwise

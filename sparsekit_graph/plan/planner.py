@@ -31,6 +31,7 @@ from .probe import probe_plan
 from .schema import Given, Group, Member, Plan, PlanOptions, SizeRef, Tie, TiePart, constructed
 from .shared_sizes import pin_shared_sizes, pin_untied_sizes
 from .ties import shared_size_ties
+from .unread import warn_unread
 
 __all__ = ["GQA_POLICIES", "build_axis_graph", "check_planned", "plan", "resolve", "resolve_groups"]
 
@@ -94,24 +95,8 @@ def plan(
         if is_exported(traced):  # export hides branches
             found = probe_plan(found, model, example_inputs, traced)
     found._given = Given(input_values(example_inputs))  # ``prune`` plans again on them (``check_planned``)
-    _warn_unread(model, found)
+    warn_unread(model, found)
     return found
-
-
-def _warn_unread(model: nn.Module, found: Plan) -> None:
-    """Warn where the forward read some parameters of ``model`` on no traced path (a route of an
-    ``nn.ModuleDict`` the example inputs did not take): the plan holds none of them and prune
-    leaves them whole, so such a path may not fit the pruned layers."""
-    read = {m.param for g in found.groups for m in g.members}
-    unread = [n for n, p in model.named_parameters() if n not in read and p.numel() > 1]
-    if unread:
-        more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
-        warnings.warn(
-            f"no path of {type(model).__name__}'s forward that the example inputs take reads {', '.join(unread[:3])}{more}: "
-            "prune leaves them whole, so another path (a route, a branch) may not fit the pruned layers",
-            UnreadParameters,
-            stacklevel=3,
-        )
 
 
 def check_planned(given: Plan, model: nn.Module) -> None:
