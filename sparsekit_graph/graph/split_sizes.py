@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,26 +205,12 @@ def followed_half(ctx: RuleContext, it: slice, axis: AxisId, out: AxisId) -> np.
     roles = _roles([half.formula], n // 2, n, 2)  # type: ignore[union-attr]
     if roles is None:
         return None
-    if not first and stop is not None and not _verified_total(stop.formula, roles, n, 2):  # type: ignore[union-attr]
+    if not first and stop is not None and not _follows(stop.formula, roles, 2, lambda r: n - 2 * r, n // 2):  # type: ignore[union-attr]
         return None
     for site, role in roles.items():
         for counted in [out] if role == _PART else [axis] if role == _WHOLE else []:
             _record(ctx, counted, site)
     return np.arange(n // 2) + (0 if first else n // 2)
-
-
-def _verified_total(formula: Formula, roles: dict[Site, str], total: int, parts: int) -> bool:
-    """Is ``formula`` the pruned axis's length (``2 * o``: each of ``parts`` parts losing ``r``)
-    with its attributes rewritten as ``roles`` say?"""
-    sites, values, fn = formula
-    drop = {_PART: 1, _WHOLE: parts, _FIXED: 0}
-    try:
-        return all(
-            fn({s: v - drop[roles.get(s, _FIXED)] * r for s, v in zip(sites, values)}) == total - parts * r
-            for r in range(total // parts)
-        )
-    except Exception:  # noqa: BLE001 - a count it cannot take: not followed
-        return False
 
 
 def prefix_stop(user: fx.Node, dim: int) -> Any:
@@ -275,12 +261,17 @@ def _roles(formulas: list[Formula], size: int, total: int, parts: int) -> dict[S
 def _verified(formula: Formula, roles: dict[Site, str], size: int, total: int, parts: int) -> bool:
     """Is ``formula`` the part's size at every count pruning can leave (each part losing ``r``),
     its attributes rewritten as ``roles`` say?"""
+    return total == size * parts and _follows(formula, roles, parts, lambda r: size - r, size)
+
+
+def _follows(formula: Formula, roles: dict[Site, str], parts: int, expected: Callable[[int], int], counts: int) -> bool:
+    """Is ``formula`` ``expected(r)`` for each ``r < counts`` channels every part loses, its
+    attributes rewritten as ``roles`` say (a whole count loses ``parts * r``)?"""
     sites, values, fn = formula
     drop = {_PART: 1, _WHOLE: parts, _FIXED: 0}
     try:
-        return (
-            all(fn({s: v - drop[roles.get(s, _FIXED)] * r for s, v in zip(sites, values)}) == size - r for r in range(size))
-            and total == size * parts
+        return all(
+            fn({s: v - drop[roles.get(s, _FIXED)] * r for s, v in zip(sites, values)}) == expected(r) for r in range(counts)
         )
     except Exception:  # noqa: BLE001 - a count it cannot take (a division by zero): not followed
         return False

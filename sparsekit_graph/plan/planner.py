@@ -24,6 +24,7 @@ from .channels import Channels, channel_signatures
 from .edits import check_against
 from .experts import split_experts
 from .head_dim import head_dim_parts, tie_shared_scales
+from .ignored import pin_ignored
 from .inputs import input_specs, input_values
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
@@ -89,7 +90,7 @@ def plan(
     options = PlanOptions(ignore=list(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     with kept(model, values=False):  # a forward that freezes a layer or registers a hook
         graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
-        _pin_ignored(graph, model, options.ignore)
+        pin_ignored(graph, model, options.ignore)
         groups, ties = resolve(graph)
         found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
         if is_exported(traced):  # export hides branches
@@ -153,21 +154,6 @@ def _axis_graph(
 
 def _calls(graph: fx.Graph) -> list[tuple[str, str]]:
     return [(n.op, str(n.target)) for n in graph.nodes]
-
-
-def _pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
-    if not names:
-        return
-    tensors = [n for n, _ in (*model.named_parameters(), *model.named_buffers())]
-    modules = {n for n, _ in model.named_modules()}
-    for name in names:
-        hits = [t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))]
-        if not hits:
-            raise PlanError(f"ignore: {name!r} is neither a module nor a parameter of {type(model).__name__}")
-        for node in graph.nodes:
-            if node[0] == "p" and node[1] in hits:
-                graph.pin(node, f"ignored by user ({name})")
-                graph.mix(node, f"ignored by user ({name})")
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:

@@ -1,0 +1,26 @@
+"""``plan(..., ignore=[...])``: modules or tensors whose axes are never pruned."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import PlanError
+from ..graph.axes import AxisGraph
+
+__all__ = ["pin_ignored"]
+
+
+def pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
+    """Pin every axis of the parameters and buffers ``names`` lists (modules or tensors of ``model``)."""
+    if not names:
+        return
+    tensors = [n for n, _ in (*model.named_parameters(), *model.named_buffers())]
+    modules = {n for n, _ in model.named_modules()}
+    for name in names:
+        hits = [t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))]
+        if not hits:
+            raise PlanError(f"ignore: {name!r} is neither a module nor a parameter of {type(model).__name__}")
+        for node in graph.nodes:
+            if node[0] == "p" and node[1] in hits:
+                graph.pin(node, f"ignored by user ({name})")
+                graph.mix(node, f"ignored by user ({name})")
