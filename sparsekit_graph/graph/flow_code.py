@@ -10,7 +10,18 @@ from types import CodeType, FrameType
 
 from .flow_symbols import Fail
 
-__all__ = ["ENDS", "GOTO", "INTROSPECTION", "asks_class", "code_table", "dead", "exception_handlers", "instruction_at", "live"]
+__all__ = [
+    "ENDS",
+    "GOTO",
+    "INTROSPECTION",
+    "asks_class",
+    "code_table",
+    "dead",
+    "exception_handlers",
+    "fixed_arguments",
+    "instruction_at",
+    "live",
+]
 
 INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "f_locals", "stack", "trace"})
 GOTO = frozenset({"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP", "JUMP_NO_INTERRUPT"})
@@ -106,3 +117,17 @@ def dead(frame: FrameType | None, name: str) -> bool:
         if x.opname in _LOADS and (x.argval == name or (isinstance(x.argval, tuple) and name in x.argval)):
             return False
     return True
+
+
+@lru_cache(maxsize=256)
+def fixed_arguments(code: CodeType) -> frozenset[str]:
+    """The arguments the code never stores to nor deletes (nor shares with a closure, nor reads
+    by name): each holds, for the whole call, the value it was passed."""
+    if not INTROSPECTION.isdisjoint(code.co_names):
+        return frozenset()
+    count = code.co_argcount + code.co_kwonlyargcount
+    arguments = set(code.co_varnames[:count]) - set(code.co_cellvars)
+    for x in code_table(code)[0]:
+        if x.opname.startswith(("STORE_FAST", "DELETE_FAST")) or x.opname == "LOAD_FAST_AND_CLEAR":
+            arguments -= set(x.argval) if isinstance(x.argval, tuple) else {x.argval}
+    return frozenset(arguments)

@@ -8,15 +8,16 @@ a use it cannot vouch for), and the stack after an instruction that made the fol
 from __future__ import annotations
 
 import dis
+import operator
 import sys
 from types import FrameType
 from typing import Any
 
 from .flow_calls import Trust, call_result
-from .flow_code import ENDS, GOTO, code_table, dead, exception_handlers
-from .flow_symbols import NULL, Fail, S, Sym, T, U
+from .flow_code import ENDS, GOTO, code_table, dead, exception_handlers, fixed_arguments
+from .flow_symbols import NULL, Fail, Recorded, S, Sym, T, U
 
-__all__ = ["BRANCHES", "BUILDS", "CALLS", "NOTHING", "SHOWN", "stack_after", "stacks", "step", "text"]
+__all__ = ["BRANCHES", "BUILDS", "CALLS", "NOTHING", "SHOWN", "compared", "stack_after", "stacks", "step", "text", "value_of"]
 
 CALLS = frozenset({"CALL", "CALL_KW"})
 SHOWN = {"FORMAT_VALUE": None, "FORMAT_SIMPLE": 1, "FORMAT_WITH_SPEC": 2, "CONVERT_VALUE": 1}  # operands formatted
@@ -28,13 +29,17 @@ BRANCHES = frozenset(
 _METHOD_BIT = sys.version_info >= (3, 12)  # LOAD_ATTR's low bit: a method load
 
 
-def stack_after(frame: FrameType, ins: list[dis.Instruction], i: int) -> list[Sym]:
-    """The abstract stack after ``ins[i]``, with the value it pushed (the one followed) as ``T``."""
+def stack_after(frame: FrameType, ins: list[dis.Instruction], i: int, part: int = 0) -> list[Sym]:
+    """The abstract stack after ``ins[i]``, with the value it pushed (the one followed) as ``T``;
+    ``part``: the one of the values it pushed, counted from the top (``UNPACK_SEQUENCE``'s
+    ``part``-th item)."""
     before = stacks(frame).get(ins[i].offset)
     if before is None:
         raise Fail
     stack = list(step(frame, ins, i, list(before), taint=None)[0][1])
-    stack[-1] = T
+    if part >= len(stack):
+        raise Fail
+    stack[-1 - part] = T
     return stack
 
 
@@ -131,8 +136,9 @@ def step(
         used(*(() if shown else (lhs, rhs)))
         return [(nxt, [*st, (T if T in (lhs, rhs) else S) if shown else U])]
     if op in ("BINARY_SUBSCR", "COMPARE_OP", "IS_OP", "CONTAINS_OP"):  # ``h.shape[1]``, ``h == n``: a value unknown here
-        used(*pop(2))
-        return [(nxt, [*st, U])]
+        lhs, rhs = pop(2)
+        used(lhs, rhs)
+        return [(nxt, [*st, compared(frame, x, lhs, rhs)])]
     if op in CALLS:
         vals = pop((x.arg or 0) + 2 + (op == "CALL_KW"))
         if op == "CALL_KW":
@@ -158,6 +164,9 @@ def step(
         (v,) = pop(1)
         if not tests:
             used(v)
+        known = value_of(frame, v)
+        if known:  # a branch this call's arguments decide: only the way it went
+            return [(x.argval if _jumps(op, known[0]) else nxt, st)]
         return [(nxt, list(st)), (x.argval, st)]
     if taint is not None and T in st:  # an opcode this walk does not model, with the read on the stack
         raise Fail
@@ -170,6 +179,49 @@ def _kw_names(frame: FrameType | None, x: dis.Instruction) -> tuple[str, ...] | 
         return x.argval
     names = frame.f_code.co_consts[x.arg] if frame is not None and x.arg is not None else None
     return names if isinstance(names, tuple) else None
+
+
+_PLAIN = (int, float, str, bool, type(None))  # values whose comparisons run no model code
+_COMPARE = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge}
+
+
+def value_of(frame: FrameType | None, v: Sym) -> tuple[Any] | tuple[()]:
+    """``(value,)`` where ``v`` is a plain constant, or an argument of ``frame``'s call that its
+    code never reassigns (its value now is the one every instruction saw); else ``()``. A
+    tracked read stands for its value (its uses are its own to record)."""
+    if v[0] == "C":
+        value = v[1]
+    elif v[0] == "L" and frame is not None and v[1] in fixed_arguments(frame.f_code):
+        value = frame.f_locals.get(v[1], U)
+    else:
+        return ()
+    if isinstance(value, Recorded):
+        value = float.__float__(value) if isinstance(value, float) else int.__int__(value) if isinstance(value, int) else U
+    return (value,) if type(value) in _PLAIN else ()
+
+
+def compared(frame: FrameType | None, x: dis.Instruction, lhs: Sym, rhs: Sym) -> Sym:
+    """The constant a comparison of two known plain values gives (``n_rep == 1`` on an
+    argument), else ``U``."""
+    a, b = value_of(frame, lhs), value_of(frame, rhs)
+    if not (a and b):
+        return U
+    if x.opname == "IS_OP":
+        return ("C", (a[0] is b[0]) != bool(x.arg))
+    how = _COMPARE.get(str(x.argval).removeprefix("bool(").removesuffix(")")) if x.opname == "COMPARE_OP" else None
+    try:
+        return U if how is None else ("C", bool(how(a[0], b[0])))
+    except TypeError:  # ``"a" < 1``: the call raised there
+        return U
+
+
+def _jumps(op: str, value: Any) -> bool:
+    """Does the conditional jump ``op`` jump on ``value``?"""
+    if op.endswith("NOT_NONE"):
+        return value is not None
+    if op.endswith("NONE"):
+        return value is None
+    return bool(value) == op.endswith("TRUE")
 
 
 def text(v: Sym) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NULL", "S", "T", "U", "Fail", "Sym"]
+__all__ = ["NULL", "S", "T", "U", "Fail", "Recorded", "Sym"]
 
 Sym = tuple[Any, ...]  # an abstract stack value
 T: Sym = ("T",)  # the read, or a string / tuple made from it
@@ -23,3 +23,8 @@ NULL: Sym = ("NULL",)
 
 class Fail(Exception):
     """The walk met something it cannot prove harmless."""
+
+
+class Recorded:
+    """A number the model's code was handed in place of an int or a float (a tracked read):
+    it records its own uses, and compares as its value does."""

@@ -181,14 +181,17 @@ class LengthTuple(SizeTuple):
         cannot be subclassed), the truth to ours."""
         return torch.Size if by_user(1) else type(self)
 
-    def _one(self, v: Any, i: int) -> Any:
-        """Its ``i``-th length, taken by the model's code: a read of its own, where symbolic noted."""
+    def _one(self, v: Any, i: int, unpacked: bool = False) -> Any:
+        """Its ``i``-th length, taken by the model's code (``unpacked``: with the others, by an
+        unpacking): a read of its own, where symbolic noted."""
         if isinstance(v, _Tracked):  # a tracked value joined in (``h.shape[:-1] + (n,)``)
             return v
         where = where_made(sys._getframe(2))  # the model's instruction taking it
         read = _read(_at(*where[0]) if where else ("?", "?", -1), str(i))
         if isinstance(v, int):
-            return sourced(SizeRead(v, frozenset({(LENGTH, read)}), self._log), self.tensor, i)
+            length = SizeRead(v, frozenset({(LENGTH, read)}), self._log)
+            length.unpacked = i if unpacked else None
+            return sourced(length, self.tensor, i)
         self._log.symbolic.add(read)
         return v
 
@@ -210,7 +213,7 @@ class LengthTuple(SizeTuple):
         if _truth_only(sys._getframe(1)):  # ``all(x.shape)``: tested for truth only, which no count flips
             return tuple.__iter__(self)
         unused = _unused(sys._getframe(1), tuple.__len__(self))  # nothing to follow there
-        return iter([v if i in unused else self._one(v, i) for i, v in enumerate(tuple.__iter__(self))])
+        return iter([v if i in unused else self._one(v, i, True) for i, v in enumerate(tuple.__iter__(self))])
 
     def __add__(self, other: Any) -> Any:
         if not isinstance(other, tuple):

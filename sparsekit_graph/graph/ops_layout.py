@@ -73,5 +73,10 @@ def squeeze(ctx: RuleContext) -> None:
     src, out = ctx.axes(ctx.input), ctx.out()
     if src is None:
         return
-    ctx.arg("dim")  # whichever dims are squeezed, they have size 1 and never couple
+    dims = ctx.arg("dim")  # whichever dims are squeezed, they have size 1 and never couple
     ctx.same([a for a in src if ctx.graph.size(a) != 1], [a for a in out if ctx.graph.size(a) != 1])
+    named = dims if isinstance(dims, (tuple, list)) else (dims,)
+    if dims is not None and all(isinstance(d, int) for d in named):
+        src = [src[d % len(src)] for d in named]  # else any (``squeeze()``): each one that is 1
+    for a in src:  # a channel pruned to one would be squeezed too
+        ctx.at_least(a, 2, f"squeeze at {ctx.where()} drops the axis where it keeps one channel")

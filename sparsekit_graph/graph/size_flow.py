@@ -42,7 +42,7 @@ from typing import Any
 
 from .flow_calls import FORMATTERS, SINKS, Trust, resolve, std_stream, stream_write
 from .flow_code import GOTO, INTROSPECTION, code_table, dead, instruction_at, live
-from .flow_stack import BRANCHES, BUILDS, CALLS, NOTHING, SHOWN, stack_after, stacks, step, text
+from .flow_stack import BRANCHES, BUILDS, CALLS, NOTHING, SHOWN, compared, stack_after, stacks, step, text, value_of
 from .flow_symbols import NULL, Fail, S, Sym, T, U
 from .size_sinks import Sinks
 from .user_code import INTERNAL
@@ -69,12 +69,13 @@ def where_made(frame: FrameType | None, skip: tuple[str, ...] = INTERNAL) -> Whe
     return tuple(out)
 
 
-def flows_nowhere(where: Where, at: Sinks, base: Sinks, tests: bool = False) -> bool:
+def flows_nowhere(where: Where, at: Sinks, base: Sinks, tests: bool = False, unpacked: int | None = None) -> bool:
     """Is the value the instruction at ``where[0]`` made only dropped, shown or logged (to a
     sink trusted in the state ``at`` of the moment it was made; planning began at ``base``), or,
-    with ``tests`` (a count no pruning makes 0: ``size_values.truth_free``), tested for truth?"""
+    with ``tests`` (a count no pruning makes 0: ``size_values.truth_free``), tested for truth?
+    ``unpacked``: it is that item of a shape the instruction unpacks (``b, c, h, w = x.shape``)."""
     try:
-        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base), tests=tests)
+        return bool(where) and _walk_from(where, 0, made=True, trust=(at, base), tests=tests, unpacked=unpacked)
     except Fail:
         return False
     except Exception:  # noqa: BLE001 - bytecode this walk does not know: no proof
@@ -114,7 +115,9 @@ def _converted_operands(frame: FrameType, x: dis.Instruction, st: list[Sym]) -> 
     return st
 
 
-def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bool = False, tests: bool = False) -> bool:
+def _walk_from(
+    where: Where, level: int, made: bool, trust: Trust, converted: bool = False, tests: bool = False, unpacked: int | None = None
+) -> bool:
     frame, lasti = where[level]
     code = frame.f_code
     ins, index = code_table(code)
@@ -125,11 +128,12 @@ def _walk_from(where: Where, level: int, made: bool, trust: Trust, converted: bo
             raise Fail
         returned = _taint_walk(frame, ins, index, i, _converted_operands(frame, ins[i], list(before)), trust)
         return not returned or (level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust))
-    if made and ins[i].opname not in _CREATORS:
+    unpacking = made and unpacked is not None and ins[i].opname == "UNPACK_SEQUENCE"
+    if made and ins[i].opname not in _CREATORS and not unpacking:
         return False
     if not made and (ins[i].opname not in CALLS or not _calls_code(frame, ins, i, where[level - 1][0].f_code)):
         return False
-    returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i), trust, tests)
+    returned = _taint_walk(frame, ins, index, i + 1, stack_after(frame, ins, i, unpacked if unpacking else 0), trust, tests)
     if returned:  # a helper's result: follow it in the caller
         return level + 1 < len(where) and _walk_from(where, level + 1, made=False, trust=trust, tests=tests)
     return True
@@ -220,6 +224,10 @@ def _quiet(frame: FrameType, x: dis.Instruction, st: list[Sym], tests: bool = Fa
         return True
     if tests and op in BRANCHES and bool(st) and st[-1] == T:
         return True
+    if op in BRANCHES:  # on a value this call's arguments decide
+        return bool(st) and bool(value_of(frame, st[-1]))
+    if op in ("COMPARE_OP", "IS_OP"):  # of two plain values: no model code runs
+        return len(st) >= 2 and compared(frame, x, st[-2], st[-1]) != U
     if op in ("LOAD_ATTR", "LOAD_METHOD"):
         return bool(st) and (_plain_attribute(frame, st[-1], x.argval) or (x.argval == "write" and std_stream(frame, st[-1])))
     if op in SHOWN:

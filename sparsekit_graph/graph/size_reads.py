@@ -327,7 +327,7 @@ def finish(graph: fx.Graph, log: _Log) -> None:
     for t in log.made:
         kind, where, t.made_at = t.control, t.made_at, ()
         unused = kind is None and not (t.derived or t.reached or id(t) in held)
-        if unused and not flows_nowhere(where, t.sinks, log.sinks, tests=truth_free(t)):
+        if unused and not flows_nowhere(where, t.sinks, log.sinks, tests=truth_free(t), unpacked=t.unpacked):
             value = where and log.conversions is not None and log.conversions.value(*where[0], t.sinks)  # ``h * (1.0 / n)``
             kind = VALUE if value else "a use the traced graph does not hold (range, a list's length)"
         if isinstance(kind, str) and kind != VALUE and is_length(t):

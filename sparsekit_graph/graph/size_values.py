@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .flow_symbols import Recorded
 from .number_args import SizeUse
 from .size_flow import Where, converted_nowhere, where_made
 from .size_origins import Origin, identity
@@ -41,7 +42,7 @@ LENGTH = "length@"  # the path of the site of a tensor's length read under torch
 VALUE = "a number outside the graph"  # ``h * (1 / n)``: a value, not control flow: zero-invariance only
 
 
-class _Tracked:
+class _Tracked(Recorded):
     """What was done with a read: ``control`` (why it decided Python control flow), ``derived``
     (it became another tracked value, whose fate is its own), ``reached`` (torch code took it)."""
 
@@ -53,12 +54,14 @@ class _Tracked:
     reached: bool
     exact: bool  # its attribute's value itself (a read, or ``n * 1``), not a number computed from it
     made_at: Where  # the model's frames that made it (``size_flow``)
+    unpacked: int | None  # the item it is of a shape that instruction unpacks (``b, c, h, w = x.shape``)
     sinks: Sinks  # the output streams and logging as they were then (``size_sinks``)
 
     def _init(self, sites: frozenset[Site], log: _Log, origin: Origin | None = None) -> None:
         self._sites, self._log, self.control, self.derived, self.reached = sites, log, None, False, False
         self.exact = True
         self.made_at = where_made(sys._getframe(2))  # for ``size_flow``; ``finish`` empties it
+        self.unpacked = None
         self.sinks = sinks_now()
         if log.conversions is not None and self.made_at:  # the nodes its frame records (``flow_values``)
             log.conversions.watch(self.made_at[0][0])
