@@ -3,12 +3,14 @@ did not take, plans edited by hand, positions returned whole, options and saved 
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import check_oracle
+from helpers import assert_untouched, check_oracle, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -144,3 +146,261 @@ def test_squeeze_keeps_two_channels_of_an_axis_it_may_drop(spelling: str, tmp_pa
         with pytest.raises(skg.PlanError, match="min_keep"):
             skg.prune(SqueezeExcite(spelling), plan, masks={group.name: torch.arange(6) > 0})
     check_oracle(SqueezeExcite(spelling), x, tmp_path)
+
+
+# -- a plan edited by hand: the attention scale and the followed axes are structure ------------
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        return self.o(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.parametrize("edit", ["no scales", "another head_dim", "a made-up follow"])
+def test_an_edited_attention_scale_is_refused(edit: str) -> None:
+    """A plan file whose head_dim group lost its attention scale (or had it changed, or gained
+    a followed axis) was accepted: the pruned model then differed from the masked one by 5%,
+    on a group claimed zero-invariant. ``scales`` and ``follows`` are structure: refused."""
+    torch.manual_seed(0)
+    model, x = Attention().eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x, head_dim=True)
+    data = json.loads(plan.model_dump_json())
+    group = next(g for g in data["groups"] if g["name"] == "q:out:head_dim")
+    assert group["scales"], "the head_dim group compensates the attention scale"
+    if edit == "no scales":
+        group["scales"] = []
+    elif edit == "another head_dim":
+        group["scales"][0]["head_dim"] = 4
+    else:
+        group["follows"].append({"use": "abc:1"})
+    edited = skg.Plan.from_json(json.dumps(data))
+    with pytest.raises(skg.PlanError, match="field (scales|follows)"):
+        skg.prune(model, edited, masks={"q:out:head_dim": torch.arange(8) % 3 == 1})
+
+
+# -- positions returned whole (``logits.max(1)``) ----------------------------------------------
+
+RETURNS = {
+    "max(1)": lambda logits: logits.max(1),
+    "topk(2, 1)": lambda logits: logits.topk(2, 1),
+    "[min(1)]": lambda logits: [logits.min(1)],
+    "v, i = max(1)": lambda logits: tuple(logits.max(1)),
+}
+
+
+class Classifier(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> object:
+        return RETURNS[self.spelling](self.fc(torch.relu(self.conv(x)).mean((2, 3))))
+
+
+@pytest.mark.parametrize("spelling", list(RETURNS))
+def test_positions_returned_whole_pin_their_axis(spelling: str) -> None:
+    """``return logits.max(1)`` (a ``torch.return_types`` tuple, indices included) left the
+    class axis prunable: the pruned model's predicted ids were renumbered. Every spelling
+    pins it now, as unpacking it first did."""
+    torch.manual_seed(0)
+    plan = skg.plan(Classifier(spelling).eval(), torch.randn(2, 3, 8, 8))
+    assert not plan.group("fc:out").prunable
+    assert "positions along it" in (plan.group("fc:out").reason or "")
+    assert [(g.name, g.size) for g in plan.prunable] == [("conv:out", 8)]
+
+
+# -- plan()'s options and load_pruned()'s files, checked ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ignore": [0]}, "0 is not a module or parameter name"),
+        ({"ignore": [None]}, "None is not a module or parameter name"),
+        ({"ignore": 5}, "ignore=5"),
+        ({"train_graph": None}, "train_graph=None"),
+        ({"train_graph": "no"}, "train_graph='no'"),
+    ],
+)
+def test_bad_plan_options_are_named(options: dict[str, object], message: str) -> None:
+    """``ignore`` and ``train_graph`` of the wrong kind raised pydantic's ValidationError or a
+    TypeError (``train_graph="no"`` traced as true, recorded as false)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with pytest.raises(skg.PlanError, match=re.escape(message)):
+        skg.plan(model, torch.randn(1, 3, 8, 8), **options)
+
+
+def test_one_ignored_name_may_be_given_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert skg.plan(model, x, ignore="0") == skg.plan(model, x, ignore=["0"])
+    assert skg.plan(model, x, ignore=None) == skg.plan(model, x)
+
+
+DAMAGE = {
+    "removed is a list": ("masks.json", '{"removed": [1, 2]}'),
+    "removed is null": ("masks.json", '{"removed": null}'),
+    "a list at the top": ("masks.json", "[1]"),
+    "indices are a number": ("masks.json", '{"removed": {"0:out": 5}}'),
+    "an index is a bool": ("masks.json", '{"removed": {"0:out": [true]}}'),
+    "a pinned group": ("masks.json", '{"removed": {"2:out": [1]}}'),
+    "another mask": ("masks.json", '{"removed": {"0:out": [1]}}'),
+    "weights not safetensors": ("model.safetensors", "garbage"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_load_pruned_refuses_damaged_files_and_leaves_the_model(damage: str, tmp_path: Path) -> None:
+    """A damaged ``masks.json`` or weights file raised AttributeError, TypeError, IndexError
+    or safetensors' own error, some after the fresh model was cut: a ``PlanError`` now,
+    the model as it was."""
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+
+    model = fresh()
+    plan = skg.plan(model, torch.randn(1, 3, 8, 8))
+    skg.save_pruned(skg.prune(model, plan, masks={"0:out": torch.arange(8) >= 6}), tmp_path)
+    name, text = DAMAGE[damage]
+    (tmp_path / name).write_text(text)
+    target = fresh()
+    before = fingerprint(target)
+    with pytest.raises(skg.PlanError):
+        skg.load_pruned(target, tmp_path)
+    assert_untouched(target, before, "load_pruned")
+
+
+# -- the export probe traces the pruned copies with the model's tracer ----------------------
+
+
+class BufferDevice(nn.Module):
+    """torch.fx folds ``self.t * ones(device=self.t.device)`` into a constant (buffers are not
+    proxied): its graph is not the forward's, and torch.export plans it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("t", torch.tensor([0.1, 0.2]))
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.c1(x))
+        _, c, _, _ = h.shape
+        e = self.t * torch.ones(1, device=self.t.device)
+        return self.c2(h * c**-0.5) + e[:, None, None, None]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_probe_retraces_with_the_models_tracer(device: str) -> None:
+    """On meta weights, the model went to torch.export (torch.fx's graph was not the
+    forward's) but the probe traced its pruned copies with torch.fx, where ``c ** -0.5`` is
+    a node, not a number: the changed scale went unseen and ``c1:out`` was claimed
+    zero-invariant (7% off)."""
+    torch.manual_seed(0)
+    model = BufferDevice().to(device).eval()
+    assert _claims(model, torch.randn(2, 3, 6, 6, device=device)) == [(16, False)]
+
+
+# -- spellings: literal index lists, take_along_dim, similarity functions --------------------
+
+FIELDS = {
+    "list": lambda v, r, c: v[:, r] * v[:, c],
+    "tensor": lambda v, r, c: v[:, torch.tensor(r)] * v[:, torch.tensor(c)],
+    "tuple": lambda v, r, c: v[:, tuple(r), :] * v[:, tuple(c), :],
+    "index_select": lambda v, r, c: v.index_select(1, torch.tensor(r)) * v.index_select(1, torch.tensor(c)),
+}
+
+
+class FieldPairs(nn.Module):
+    """pytorch-fm's inner-product network: embeddings of field pairs, by index lists."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling, self.row, self.col = spelling, [0, 0, 1], [1, 2, 2]
+        self.emb, self.fc = nn.Embedding(10, 8), nn.Linear(8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(FIELDS[self.spelling](self.emb(x), self.row, self.col).sum(1))
+
+
+@pytest.mark.parametrize("spelling", list(FIELDS))
+def test_a_list_of_positions_indexes_one_axis(spelling: str, tmp_path: Path) -> None:
+    """``v[:, [0, 0, 1]]`` pinned every axis (the embedding width too); an index tensor did
+    not. A list of ints indexes its axis as the tensor would: that axis pins, the rest pass."""
+    x = torch.randint(0, 10, (4, 3))
+    torch.manual_seed(0)
+    assert _claims(FieldPairs(spelling), x) == [(8, True)]
+    check_oracle(FieldPairs(spelling), x, tmp_path)
+
+
+PEAKS = {
+    "gather": lambda f, i: torch.gather(f, 2, i),
+    "take_along_dim": lambda f, i: torch.take_along_dim(f, i, 2),
+    "Tensor.take_along_dim": lambda f, i: f.take_along_dim(i, dim=-1),
+}
+
+
+class Peak(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.c1(x))
+        f = h.flatten(2)
+        return self.c2(h * PEAKS[self.spelling](f, f.argmax(-1, keepdim=True))[..., None])
+
+
+@pytest.mark.parametrize("spelling", list(PEAKS))
+def test_take_along_dim_plans_as_gather(spelling: str, tmp_path: Path) -> None:
+    """``torch.take_along_dim`` had no rule (pinned); with an index as long as the input off
+    ``dim`` it is ``gather``."""
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    assert _claims(Peak(spelling), x) == [(8, True)]
+    check_oracle(Peak(spelling), x, tmp_path)
+
+
+SIMILARITIES = {
+    "normalize, sum": lambda s, a, b: (nn.functional.normalize(a, dim=1) * nn.functional.normalize(b, dim=1)).sum(1),
+    "F.cosine_similarity": lambda s, a, b: nn.functional.cosine_similarity(a, b, dim=1),
+    "keywords": lambda s, a, b: torch.cosine_similarity(x1=a, x2=b),
+    "nn.CosineSimilarity": lambda s, a, b: s.cos(a, b),
+    "all pairs": lambda s, a, b: nn.functional.cosine_similarity(a[:, None], b[None], dim=-1),
+}
+
+
+class Siamese(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling, self.cos, self.dist = spelling, nn.CosineSimilarity(), nn.PairwiseDistance()
+        self.enc = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.enc(x[:, :10]), self.enc(x[:, 10:])
+        if self.spelling == "nn.PairwiseDistance":
+            return self.dist(a, b)
+        if self.spelling == "F.pairwise_distance":
+            return nn.functional.pairwise_distance(a, b)
+        return SIMILARITIES[self.spelling](self, a, b)
+
+
+@pytest.mark.parametrize("spelling", [*SIMILARITIES, "F.pairwise_distance", "nn.PairwiseDistance"])
+def test_similarity_functions_plan_as_written_by_hand(spelling: str, tmp_path: Path) -> None:
+    """``F.cosine_similarity`` (and its module, and its keywords) had no rule: the encoder's
+    output pinned, where the hand-written normalize-and-sum prunes exactly. A pairwise
+    distance adds ``eps`` to every channel's difference: prunable, not zero-invariant."""
+    x = torch.randn(4, 20)
+    torch.manual_seed(0)
+    claims = _claims(Siamese(spelling), x)
+    assert claims == [(32, True), (16, "distance" not in spelling.lower())]
+    check_oracle(Siamese(spelling), x, tmp_path)

@@ -25,15 +25,15 @@ __all__ = ["constant_positions", "gather_by_index", "pick_fixed_positions", "pro
 
 
 def gather_by_index(ctx: RuleContext, items: list[object]) -> bool:
-    """Link ``x[idx]``/``x[:, idx]`` (integer index tensors on adjacent axes, full slices
-    elsewhere: PointNet++'s ``points[batch_ids, idx]`` too; ``items``: the index, full slices as
-    ``slice(None)``); False, with nothing linked, for any other indexing."""
+    """Link ``x[idx]``/``x[:, idx]`` (integer index tensors, or lists of ints, on adjacent axes,
+    full slices elsewhere: PointNet++'s ``points[batch_ids, idx]`` too; ``items``: the index,
+    full slices as ``slice(None)``); False, with nothing linked, for any other indexing."""
     value = ctx.meta(ctx.input)
-    tensors = [k for k, i in enumerate(items) if isinstance(i, fx.Node)]
+    tensors = [k for k, i in enumerate(items) if isinstance(i, fx.Node) or _literal(i)]
     if not isinstance(value, Tensor) or not isinstance(ctx.out_value, Tensor) or not tensors:
         return False
     k, last = tensors[0], tensors[-1]
-    idx = [ctx.meta(items[j]) for j in tensors]
+    idx = [ctx.meta(items[j]) if isinstance(items[j], fx.Node) else torch.as_tensor(items[j]) for j in tensors]
     if last - k + 1 != len(tensors) or not all(_integer(i) for i in idx):
         return False
     if any(i != slice(None) for i in items[:k] + items[last + 1 :]) or len(items) > value.ndim:
@@ -46,11 +46,18 @@ def gather_by_index(ctx: RuleContext, items: list[object]) -> bool:
     if len(tensors) == 1 and index_by_positions(ctx, items[k], src[k]):  # ``w[logits.topk(2).indices]``
         ctx.same(ctx.axes(items[k]) or [], gathered)
     else:
-        index_axes = [a for j in tensors for a in ctx.axes(items[j]) or []]
+        index_axes = [a for j in tensors if isinstance(items[j], fx.Node) for a in ctx.axes(items[j]) or []]
         ctx.pin([*src[k : last + 1], *gathered, *index_axes], f"gathering by an index tensor at {ctx.where()}")
     ctx.same(kept, out[:k] + out[k + len(shape) :])
     produced_by_rows(ctx, kept)
     return True
+
+
+def _literal(index: object) -> bool:
+    """A list (or tuple) of ints written in the code: ``h[:, [0, 0, 1]]`` (pytorch-fm's field pairs)."""
+    if not isinstance(index, (list, tuple)) or not index:
+        return False
+    return all(_literal(i) if isinstance(i, (list, tuple)) else isinstance(i, int) and not isinstance(i, bool) for i in index)
 
 
 def _integer(t: object) -> bool:
@@ -80,11 +87,29 @@ def gather(ctx: RuleContext) -> None:
     ``dim``; every other axis pairs index ``i`` of ``x``, ``idx`` and the output (PointNet++'s
     neighbours gathered with ``idx.expand(-1, -1, C)``). Along ``dim`` the positions are chosen
     by data (pinned), unless they are positions along that very axis (``positions.py``)."""
-    src, idx, out = ctx.axes(ctx.input), ctx.axes(ctx.arg("index")), ctx.out()
-    value, index, dim = ctx.meta(ctx.input), ctx.meta(ctx.arg("index")), ctx.arg("dim")
     ctx.arg("sparse_grad")
+    _gather(ctx, "index", "gather")
+
+
+@register_function_rule(torch.take_along_dim)
+def take_along_dim(ctx: RuleContext) -> None:
+    """``torch.take_along_dim(x, idx, dim)``: ``gather`` where ``idx`` is as long as ``x`` off
+    ``dim``; a broadcast index (or none of ``dim``: the flattened input) pins."""
+    value, index, dim = ctx.meta(ctx.input), ctx.meta(ctx.arg("indices")), ctx.arg("dim")
+    same = isinstance(value, Tensor) and isinstance(index, Tensor) and index.shape == ctx.out_value.shape
+    if same and isinstance(dim, int):
+        same = all(index.shape[k] == value.shape[k] for k in range(value.ndim) if k != dim % value.ndim)
+    if not same or not isinstance(dim, int):
+        ctx.pin_everything(f"take_along_dim with a broadcast index at {ctx.where()}")
+        return
+    _gather(ctx, "indices", "take_along_dim")
+
+
+def _gather(ctx: RuleContext, index_arg: str, label: str) -> None:
+    src, idx, out = ctx.axes(ctx.input), ctx.axes(ctx.arg(index_arg)), ctx.out()
+    value, index, dim = ctx.meta(ctx.input), ctx.meta(ctx.arg(index_arg)), ctx.arg("dim")
     if src is None or idx is None or not isinstance(dim, int) or not isinstance(index, Tensor) or index.ndim != value.ndim:
-        ctx.pin_everything(f"gather with unreadable arguments at {ctx.where()}")
+        ctx.pin_everything(f"{label} with unreadable arguments at {ctx.where()}")
         return
     d = dim % max(value.ndim, 1)
     for k in range(value.ndim):
@@ -95,7 +120,7 @@ def gather(ctx: RuleContext) -> None:
         else:  # a part of the axis, by position
             ctx.pin([src[k], idx[k], out[k]], f"gather of part of axis {k} at {ctx.where()}")
     ctx.same([idx[d]], [out[d]])
-    if not index_by_positions(ctx, ctx.arg("index"), src[d]):
+    if not index_by_positions(ctx, ctx.arg(index_arg), src[d]):
         ctx.pin([src[d], out[d]], f"gathering by an index tensor at {ctx.where()}")
 
 

@@ -1,4 +1,5 @@
-"""Rules for ops that relate the entries of an axis: local response norm, renorm, cdist, diag_embed.
+"""Rules for ops that relate the entries of an axis: local response norm, renorm, cdist, cosine
+similarity and pairwise distance, diag_embed.
 
 What each keeps exact when channels are removed:
 
@@ -18,6 +19,10 @@ What each keeps exact when channels are removed:
   every other axis (over all of ``v`` for ``dim=-1``). Along ``dim`` slices are independent, but a
   zeroed slice divides by a zero norm: prunable, not zero-invariant; ``g`` follows that axis. On
   any other axis a removed channel whose values are zero adds nothing to any norm: exact.
+- ``cosine_similarity(x1, x2, dim)`` is ``x1 . x2 / max(||x1|| ||x2||, eps)`` along ``dim``: a
+  removed channel zero in both adds nothing to the product or the norms (exact).
+  ``pairwise_distance`` is ``||x1 - x2 + eps||_p`` over the last axis: ``eps`` is added to every
+  channel, so a removed one still counts (prunable, not zero-invariant).
 - ``diag_embed(t)`` puts the last axis of ``t`` on the diagonal of two new axes: both follow it
   (row ``i`` and column ``i`` hold channel ``i`` alone, zeros elsewhere). An offset diagonal
   makes the new axes one longer per step: pinned.
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .axes import AxisId
 from .context import RuleContext
 from .ops_tensor import pointwise, reduction_mix
 from .rules import register_function_rule, register_module_rule
@@ -82,6 +88,35 @@ def cdist(ctx: RuleContext) -> None:
         breaker = zero_breaker(x, len(axes) - 1, ctx.modules)
         if breaker is not None:
             ctx.mix([axes[-1]], f"distance over an axis at {ctx.where()} of values not zero for removed channels (at {breaker})")
+
+
+@register_module_rule(nn.CosineSimilarity, nn.PairwiseDistance)
+@register_function_rule(F.cosine_similarity, F.pairwise_distance)
+def similarity(ctx: RuleContext) -> None:
+    """Two operands broadcast together and contracted along ``dim`` (the last axis for a
+    distance): their axes there link; every other axis passes to the output."""
+    ctx.read_all()
+    layer = ctx.module
+    operands = [ctx.input, ctx.arg("x2")] if layer is None else list(ctx.node.args[:2])
+    axes = [ctx.axes(x) for x in operands]
+    out = ctx.out()
+    if any(a is None for a in axes):
+        ctx.pin_everything(f"{ctx.where()} of a non-tensor")
+        return
+    distance = isinstance(layer, nn.PairwiseDistance) or ctx.call.op is F.pairwise_distance
+    nd = len(out) + 1
+    dim = (-1 if distance else layer.dim if isinstance(layer, nn.CosineSimilarity) else ctx.arg("dim", 1)) % nd
+    full: list[AxisId | None] = [*out[:dim], None, *out[dim:]]
+    for x, a in zip(operands, axes):
+        lead = nd - len(a)
+        ctx.same([b for k, b in enumerate(a) if k + lead != dim], [o for o in full[lead:] if o is not None])
+        if len(a) + (dim - nd) >= 0:  # it has the contracted axis
+            ctx.same([a[dim - nd]], [axes[0][dim - nd]] if len(axes[0]) >= nd - dim else [])
+            breaker = zero_breaker(x, len(a) + dim - nd, ctx.modules)
+            if breaker is not None:
+                ctx.mix([a[dim - nd]], f"{ctx.where()} over channels not zero where removed (at {breaker})")
+            if distance:  # ``||x1 - x2 + eps||``: every channel adds eps
+                ctx.mix([a[dim - nd]], f"{ctx.where()} adds eps to every channel's difference")
 
 
 @register_function_rule(torch.diag_embed)

@@ -35,6 +35,7 @@ _POSITIONS: dict[Callable[..., Any], int | None] = {
     torch.min: 1, torch.median: 1, torch.nanmedian: 1, torch.mode: 1, torch.kthvalue: 1, torch.cummax: 1,
     torch.cummin: 1,
 }  # fmt: skip
+_PARTS = {k for k in _POSITIONS.values() if k is not None}  # the outputs of a tuple that may hold positions
 _DEFAULT_LAST = {torch.topk, torch.sort, torch.argsort, torch.mode, torch.kthvalue}  # ``dim`` defaults to -1
 
 # Ops that move integer positions around without reading them as numbers (``torch.export``'s slices too).
@@ -98,7 +99,8 @@ def follow_domains(ctx: RuleContext) -> None:
         if key in graph.domains:
             graph.domains[prefix + node.name] = graph.domains[key]
         return
-    found = [graph.domains[prefix + n.name] for n in inputs if prefix + n.name in graph.domains]
+    held = {prefix + n.name for n in inputs} | {f"{prefix}{n.name}.{k}" for n in inputs for k in _PARTS}  # a tuple read whole too
+    found = [graph.domains[key] for key in held if key in graph.domains]
     if not found or prefix + node.name in graph.domain_reads or (node.target is getattr and node.args[1] in _METADATA):
         return
     if node.op != "output":

@@ -16,6 +16,7 @@ from .meta import META
 __all__ = ["PRIMARY", "RENAME", "bind_schema", "is_int", "schemas", "traced_value"]
 
 PRIMARY = ("input", "self", "tensor", "x", "a", "x1")  # names the primary tensor goes by
+_SECOND = {"other": "x2"}  # ``x2=`` (read as ``other``) of ``cosine_similarity(x1, x2)``, ``cdist``: its own name there
 RENAME = {"self": "input", "split_size_or_sections": "split_size", "split_sizes": "split_size", "axis0": "dim0", "axis1": "dim1"}
 
 
@@ -48,7 +49,7 @@ def bind_schema(
     given: dict[str, Any] = {p.name: v for p, v in zip(positional, args)}
     primary = next((n for n in names if n in PRIMARY), None)  # where(condition, self, other): not the first
     for k, v in kwargs.items():
-        key = k if k in names else (primary if k in PRIMARY else None)
+        key = k if k in names else (primary if k in PRIMARY else _SECOND.get(k) if _SECOND.get(k) in names else None)
         if key is None or key in given:
             return None
         given[key] = v

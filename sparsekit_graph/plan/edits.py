@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # schema imports check, which imports this module
 __all__ = ["STRUCTURE_FIELDS", "check_against", "check_edits", "pin_ignored"]
 
 # Fields the planner owns; an edited plan must keep them as planned.
-STRUCTURE_FIELDS = ("size", "members", "sizes", "zero_invariant", "min_keep")
+STRUCTURE_FIELDS = ("size", "members", "sizes", "scales", "follows", "zero_invariant", "min_keep")
 
 
 def check_edits(plan: Plan) -> None:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import nn
 
 from ..errors import PlanError
 from ..graph.axes import AxisGraph
 
-__all__ = ["pin_ignored"]
+__all__ = ["ignored_names", "pin_ignored"]
+
+
+def ignored_names(ignore: Iterable[str] | str | None) -> list[str]:
+    """``ignore`` as a list of names (one name alone, or None, accepted)."""
+    if ignore is None or isinstance(ignore, str):
+        return [ignore] if ignore else []
+    try:
+        names = list(ignore)
+    except TypeError:
+        raise PlanError(f"ignore={ignore!r}: expected module or parameter names") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise PlanError(f"ignore: {bad[0]!r} is not a module or parameter name")
+    return names
 
 
 def pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:

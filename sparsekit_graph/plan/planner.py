@@ -24,7 +24,7 @@ from .channels import Channels, channel_signatures
 from .edits import check_against
 from .experts import split_experts
 from .head_dim import head_dim_parts, tie_shared_scales
-from .ignored import pin_ignored
+from .ignored import ignored_names, pin_ignored
 from .inputs import input_specs, input_values
 from .layout import strided_layout, view_order
 from .min_keep import min_keep
@@ -59,7 +59,7 @@ def plan(
     Args:
         model: Any ``nn.Module`` (real or meta weights); it is not modified.
         example_inputs: A tensor, tuple or dict of tensors (real or meta) for ``forward``.
-        ignore: Module or parameter names whose axes must never be pruned.
+        ignore: Module or parameter names whose axes must never be pruned (one name, or several).
         train_graph: Also trace the training-mode forward (e.g. auxiliary heads), and the
             forward under the other grad mode where the code asks ``torch.is_grad_enabled()``,
             and couple what they use.
@@ -77,17 +77,18 @@ def plan(
 
     Raises:
         TraceError: The model cannot be traced with these inputs.
-        PlanError: ``model`` is not an ``nn.Module``, a name in ``ignore`` is not in the model,
-            ``gqa`` is not a policy, or ``head_dim`` is not a bool.
+        PlanError: ``model`` is not an ``nn.Module``, a name in ``ignore`` is not in the model
+            (or not a name), ``gqa`` is not a policy, or ``head_dim`` or ``train_graph`` is not a bool.
     """
     if not isinstance(model, nn.Module):
         raise PlanError(f"model must be an nn.Module, got {type(model).__name__}")
     if gqa not in GQA_POLICIES:
         raise PlanError(f"gqa={gqa!r}: expected one of {', '.join(map(repr, GQA_POLICIES))}")
-    if not isinstance(head_dim, bool):
-        raise PlanError(f"head_dim={head_dim!r}: expected True or False")
+    for name, flag in (("head_dim", head_dim), ("train_graph", train_graph)):
+        if not isinstance(flag, bool):
+            raise PlanError(f"{name}={flag!r}: expected True or False")
     inputs = input_specs(example_inputs)
-    options = PlanOptions(ignore=list(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
+    options = PlanOptions(ignore=ignored_names(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     with kept(model, values=False):  # a forward that freezes a layer or registers a hook
         graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
         pin_ignored(graph, model, options.ignore)

@@ -174,7 +174,7 @@ def _trial(
     def baseline() -> fx.Graph:
         """The model's static trace, made once where needed (``length_reads.unmatched``)."""
         if not static:
-            static.append(trace_graph(model, example_inputs, dynamic=False))
+            static.append(trace_graph(model, example_inputs, dynamic=False, export=True))
         return static[0]
 
     def trial(chosen: list[int]) -> tuple[str | None, str | None]:
@@ -195,7 +195,7 @@ def _prune_and_trace(
     try:
         remove_channels(work, plan, masks)
         with bounded_by(traced):  # the model's own loop may not end at the count kept
-            after = trace_graph(work, example_inputs, dynamic=False)  # static: half the time, same code
+            after = trace_graph(work, example_inputs, dynamic=False, export=True)  # static: half the time; the model's tracer
         same_outputs(traced, after)
         baseline = _same_code_as(traced, after, static)
         sizes_followed(plan, masks, traced, after)

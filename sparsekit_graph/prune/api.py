@@ -29,9 +29,9 @@ from .copying import copy_model
 from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
-from .surgery import remove_channels
+from .surgery import remove_channels, undone_on_failure
 
-__all__ = ["PruneReport", "PruneResult", "prune"]
+__all__ = ["PruneReport", "PruneResult", "checked_masks", "prune"]
 
 
 class PruneReport(BaseModel):
@@ -142,7 +142,7 @@ def prune(
         )
         chosen = snap_tied(plan, chosen, scores)  # tied parts (experts, query heads per KV group) lose equally
     else:
-        chosen = _checked_masks(plan, masks)
+        chosen = checked_masks(plan, masks)
     check_min_keep(plan, chosen)
     check_tied_masks(plan, chosen)
     inputs = plan.example_inputs(model)
@@ -198,31 +198,14 @@ def _same_tracer(before: fx.Graph, after: fx.Graph) -> None:
 
 
 def _remove_channels_transactionally(model: nn.Module, plan: Plan, masks: dict[str, Tensor], *, expected: nn.Module) -> None:
-    """Repeat on ``model`` the surgery checked on its copy ``expected``; undo it all on failure.
-
-    Surgery rebinds tensors in ``_parameters``/``_buffers`` and sets layer attributes; a shallow
-    snapshot of every module's class, ``__dict__`` and tensor stores is enough to put them back.
-    """
-    snapshot = [(m, type(m), dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in model.modules()]
-    try:
+    """Repeat on ``model`` the surgery checked on its copy ``expected``; undo it all on failure."""
+    with undone_on_failure(model):
         remove_channels(model, plan, masks)
         got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         want = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
         if got != want:
             bad = next(k for k in want if got.get(k) != want[k])
             raise SparseKitError(f"inplace surgery gave {bad} shape {got.get(bad)}, its checked copy {want[bad]}")
-    except Exception as e:
-        for m, cls, params, buffers, attrs in snapshot:
-            m.__class__ = cls  # surgery may give a layer its pruned class (nn.MultiheadAttention)
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-            m._parameters.clear()
-            m._parameters.update(params)
-            m._buffers.clear()
-            m._buffers.update(buffers)
-        if isinstance(e, SparseKitError):
-            raise SparseKitError(f"{e}; nothing was changed") from e
-        raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
 def _checked_args(
@@ -255,7 +238,9 @@ def _number(name: str, x: Any, convert: Callable[[Any], Any], what: str) -> Any:
         raise PlanError(f"{name} must be {what}, got {x!r}") from None
 
 
-def _checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def checked_masks(plan: Plan, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``masks`` checked against ``plan`` (known groups, bool of the group's size, none of a
+    pinned group, never every channel), on the CPU."""
     names = {g.name: g for g in plan.groups}
     out = {}
     for name, mask in masks.items():

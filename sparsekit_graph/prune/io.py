@@ -10,9 +10,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import PlanError
+from ..plan.min_keep import check_min_keep
 from ..plan.schema import Plan
-from .api import PruneResult
-from .surgery import remove_channels
+from ..plan.ties import check_tied_masks
+from .api import PruneResult, checked_masks
+from .surgery import remove_channels, undone_on_failure
 
 __all__ = ["load_pruned", "save_pruned"]
 
@@ -29,28 +31,51 @@ def save_pruned(result: PruneResult, directory: str | Path) -> None:
 
 
 def load_pruned(fresh_model: nn.Module, directory: str | Path) -> nn.Module:
-    """Rebuild the pruned structure on a freshly constructed model and load its weights."""
+    """Rebuild the pruned structure on a freshly constructed model and load its weights.
+
+    Raises:
+        PlanError: A file is missing or damaged, or does not fit ``fresh_model``; the model
+            is unchanged.
+    """
     d = Path(directory)
     plan = Plan.load(d / "plan.json")
     plan.check(fresh_model)
+    masks = _read_masks(d / "masks.json", plan)
+    check_min_keep(plan, masks)
+    check_tied_masks(plan, masks)
     try:
-        removed = json.loads((d / "masks.json").read_text())["removed"]
-    except (OSError, ValueError, KeyError) as e:
-        raise PlanError(f"cannot read masks from {d / 'masks.json'}: {e}") from e
-    masks = {}
-    for g in plan.groups:
-        mask = torch.zeros(g.size, dtype=torch.bool)
-        idx = removed.get(g.name, [])
-        if any(not isinstance(i, int) or not 0 <= i < g.size for i in idx):
-            raise PlanError(f"masks.json: group {g.name!r} has channel indices outside 0..{g.size - 1}")
-        mask[idx] = True
-        masks[g.name] = mask
-    remove_channels(fresh_model, plan, masks)
-    try:
-        fresh_model.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
-    except (OSError, RuntimeError) as e:
-        raise PlanError(f"cannot load weights from {d / 'model.safetensors'}: {e}") from e
+        state = load_file(str(d / "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors (a damaged header) included
+        raise PlanError(f"cannot read weights from {d / 'model.safetensors'}: {type(e).__name__}: {e}") from e
+    with undone_on_failure(fresh_model):
+        remove_channels(fresh_model, plan, masks)
+        try:
+            fresh_model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise PlanError(f"the weights in {d / 'model.safetensors'} do not fit the pruned model: {e}") from e
     return fresh_model
+
+
+def _read_masks(path: Path, plan: Plan) -> dict[str, torch.Tensor]:
+    """``masks.json``'s removed channels as bool masks by group, checked against ``plan``."""
+    try:
+        removed = json.loads(path.read_text())["removed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlanError(f"cannot read masks from {path}: {e}") from e
+    if not isinstance(removed, dict):
+        raise PlanError(f"{path.name} field removed: expected an object of group names, got {type(removed).__name__}")
+    groups = {g.name: g for g in plan.groups}
+    masks = {}
+    for name, idx in removed.items():
+        g = groups.get(name)
+        if g is None:
+            raise PlanError(f"{path.name}: the plan has no group named {name!r}")
+        if not isinstance(idx, list) or any(type(i) is not int or not 0 <= i < g.size for i in idx):
+            raise PlanError(f"{path.name}: group {name!r} needs a list of channel indices in 0..{g.size - 1}")
+        mask = torch.zeros(g.size, dtype=torch.bool)
+        mask[idx] = True
+        masks[name] = mask
+    return checked_masks(plan, masks)
 
 
 def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import SparseKitError
+from ..errors import PlanError, SparseKitError
 from ..graph.list_attributes import read_size, size_holder, write_size
 from ..graph.weight_norms import refresh_weight_norms
 from ..plan.schema import Plan
@@ -18,7 +18,7 @@ from ..registry import RESIZERS, by_type, registrar
 from .embed_scale import rescale_embeddings
 from .scales import rescale_queries
 
-__all__ = ["register_resizer", "remove_channels"]
+__all__ = ["register_resizer", "remove_channels", "undone_on_failure"]
 
 Resizer = Callable[[nn.Module], None]
 _RESIZERS: dict[type, Resizer] = RESIZERS
@@ -47,6 +47,31 @@ def removed_elements(
                 drop[key] = np.zeros(shapes[m.param][m.axis], dtype=bool)
             drop[key][idx] = True
     return drop
+
+
+@contextmanager
+def undone_on_failure(model: nn.Module) -> Iterator[None]:
+    """Run surgery on ``model`` (and what follows it: loading weights); where the body raises,
+    put every module back and raise ``SparseKitError`` saying nothing was changed.
+
+    Surgery rebinds tensors in ``_parameters``/``_buffers`` and sets layer attributes; a shallow
+    snapshot of every module's class, ``__dict__`` and tensor stores is enough to put them back.
+    """
+    snapshot = [(m, type(m), dict(m._parameters), dict(m._buffers), dict(m.__dict__)) for m in model.modules()]
+    try:
+        yield
+    except Exception as e:
+        for m, cls, params, buffers, attrs in snapshot:
+            m.__class__ = cls  # surgery may give a layer its pruned class (nn.MultiheadAttention)
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+        if isinstance(e, SparseKitError):
+            raise (PlanError if isinstance(e, PlanError) else SparseKitError)(f"{e}; nothing was changed") from e
+        raise SparseKitError(f"inplace surgery failed; nothing was changed: {e}") from e
 
 
 def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> None:
