@@ -404,3 +404,96 @@ def test_similarity_functions_plan_as_written_by_hand(spelling: str, tmp_path: P
     claims = _claims(Siamese(spelling), x)
     assert claims == [(32, True), (16, "distance" not in spelling.lower())]
     check_oracle(Siamese(spelling), x, tmp_path)
+
+
+# -- recurrent layers under torch.export; Mamba's names; a fan-in read off one row --------------
+
+
+class Recurrent(nn.Module):
+    """``hn = hn[0] if isinstance(hn, tuple) else hn`` (code serving LSTM and GRU alike) sends
+    planning to torch.export, where the layer is ``aten.gru`` / ``aten.lstm`` / ``aten.rnn_tanh``."""
+
+    def __init__(self, kind: type[nn.RNNBase], bidirectional: bool) -> None:
+        super().__init__()
+        self.pre = nn.Linear(16, 24)
+        self.rnn = kind(24, 12, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(12 * (1 + bidirectional), 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # torch.export plans it
+            x = x.contiguous()
+        out, hn = self.rnn(self.pre(x))
+        hn = hn[0] if isinstance(hn, tuple) else hn
+        return self.head(out[:, -1]) + hn[-1].sum() * 0
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM, nn.RNN])
+def test_recurrent_layers_under_export_read_their_features(kind: type[nn.RNNBase], bidirectional: bool, tmp_path: Path) -> None:
+    """``aten.gru`` had no rule: every axis pinned ("unknown op gru"), the features a Linear
+    feeds the layer included; as ``nn.GRU`` under torch.fx they are its input weights' columns."""
+    x = torch.randn(2, 7, 16)
+    torch.manual_seed(0)
+    assert _claims(Recurrent(kind, bidirectional), x) == [(24, True)]
+    check_oracle(Recurrent(kind, bidirectional), x, tmp_path)
+
+
+class ScanState(nn.Module):
+    """A selective scan's state, ``torch.zeros(b, self.<count>, self.d_state)``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.d_state = name, 4
+        setattr(self, name, 24)
+        self.in_proj, self.b_proj, self.out_proj = nn.Linear(16, 24), nn.Linear(16, 4), nn.Linear(24, 5)
+        self.A_log = nn.Parameter(torch.rand(24, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        u, b = self.in_proj(x), self.b_proj(x)
+        h = torch.zeros(x.shape[0], getattr(self, self.name), self.d_state)
+        ys = []
+        for t in range(x.shape[1]):
+            h = torch.exp(-self.A_log.exp()) * h + u[:, t, :, None] * b[:, t, None, :]
+            ys.append(h.sum(-1))
+        return self.out_proj(torch.stack(ys, 1))
+
+
+def test_mamba_names_are_size_attributes() -> None:
+    """``self.d_inner`` (Mamba's reference code) pinned where ``self.intermediate_size``
+    pruned; so did Mamba-2's ``nheads`` / ``headdim``."""
+    x = torch.randn(2, 5, 16)
+    torch.manual_seed(0)
+    assert _claims(ScanState("d_inner"), x) == _claims(ScanState("intermediate_size"), x) == [(24, True)]
+
+
+FAN_IN = {
+    "w[0].numel()": lambda w: w[0].numel(),
+    "w.size(1) * w[0][0].numel()": lambda w: w.size(1) * w[0][0].numel(),
+    "w.numel() // w.size(0)": lambda w: w.numel() // w.size(0),
+}
+
+
+class EqualConv(nn.Module):
+    """StyleGAN's equalized learning rate, the fan-in read at run time."""
+
+    def __init__(self, cin: int, cout: int, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.weight, self.bias = nn.Parameter(torch.randn(cout, cin, 3, 3)), nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        return nn.functional.conv2d(x, w * (2 / FAN_IN[self.spelling](w)) ** 0.5, self.bias, padding=1)
+
+
+@pytest.mark.parametrize("spelling", list(FAN_IN))
+def test_a_fan_in_read_off_one_row_plans_as_the_quotient(spelling: str) -> None:
+    """``w[0].numel()`` pinned the output channels ("indexing at getitem"): only the shape of
+    the row is read. Every spelling plans as ``w.numel() // w.size(0)``."""
+
+    def net() -> nn.Module:
+        return nn.Sequential(EqualConv(3, 16, spelling), nn.LeakyReLU(0.2), EqualConv(16, 3, spelling))
+
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    assert _claims(net(), x) == [(16, False)]

@@ -8,11 +8,12 @@ is zero adds exactly nothing to the gates. The hidden size, the gates and the st
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import RESIZERS, registrar
 from .context import RuleContext
-from .rules import register_module_rule
+from .rules import register_function_rule, register_module_rule
 
 __all__: list[str] = []
 
@@ -40,6 +41,32 @@ def recurrent(ctx: RuleContext) -> None:
     for axes in ctx.tensor_axes("hx"):  # the initial state(s), if passed
         ctx.pin(axes, why)
     for axes in _all_outputs(ctx):
+        ctx.pin(axes, why)
+
+
+@register_function_rule(torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu)
+def recurrent_aten(ctx: RuleContext) -> None:
+    """The layer as ``torch.export`` writes it: ``aten.gru(input, hx, params, has_biases,
+    num_layers, dropout, train, bidirectional, batch_first)``, ``params`` the flat weights in
+    ``nn.RNNBase``'s order (per layer and direction: ``w_ih``, ``w_hh``, then the biases). The
+    first layer's input weights (one per direction) read the features, as above."""
+    ctx.read_all()
+    x, params = ctx.axes(ctx.input), ctx.arg("params")
+    per = 4 if ctx.arg("has_biases") else 2
+    if x is None or not isinstance(params, (list, tuple)) or ctx.meta(ctx.input).ndim not in (2, 3):
+        ctx.pin_everything(f"{ctx.where()} with arguments it does not read")
+        return
+    why = f"hidden size of {ctx.where()}"
+    inputs = {0, per} if ctx.arg("bidirectional") else {0}
+    for k, p in enumerate(params):
+        axes = ctx.axes(p) or []
+        if k in inputs and len(axes) == 2:
+            ctx.graph.link(x[-1], axes[1])
+            ctx.pin([axes[0]], why)
+        else:
+            ctx.pin(axes, why)
+    ctx.pin(x[:-1], f"sequence of {ctx.where()}")
+    for axes in (*ctx.tensor_axes("hx"), *ctx.outputs()):
         ctx.pin(axes, why)
 
 

@@ -142,7 +142,7 @@ def fresh_tensor(ctx: RuleContext) -> None:
 _SHAPE_READERS = frozenset(
     {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like,
      torch.randint_like, torch.Tensor.size, torch.Tensor.shape, torch.Tensor.dim, torch.Tensor.new_zeros,
-     torch.Tensor.new_ones, torch.Tensor.new_empty, torch.Tensor.new_full}
+     torch.Tensor.new_ones, torch.Tensor.new_empty, torch.Tensor.new_full, torch.numel, torch.Tensor.numel}
 )  # fmt: skip
 
 
@@ -152,7 +152,21 @@ _CALLS = ("call_function", "call_method")  # not a layer: ``normalize`` binds th
 def read_for_shape_only(node: fx.Node) -> bool:
     """Does every user of ``node`` read only its shape (``torchdiffeq``'s time channel
     ``torch.ones_like(x[:, :1]) * t``)? Then which channels it holds does not matter."""
-    return bool(node.users) and all(u.op in _CALLS and normalize(u).op in _SHAPE_READERS for u in node.users)
+    return bool(node.users) and all(u.op in _CALLS and _reads_shape(u) for u in node.users)
+
+
+def _reads_shape(user: fx.Node) -> bool:
+    """Does ``user`` read only its input's shape: a shape reader, or an index by numbers and
+    slices whose own users do (``w[0][0].numel()``)?"""
+    call = normalize(user)
+    if call.op in _SHAPE_READERS:
+        return True
+    index = call.args.get("index")
+    items = index if isinstance(index, tuple) else (index,)
+    plain = all(
+        i is None or i is Ellipsis or isinstance(i, slice) or (isinstance(i, int) and not isinstance(i, bool)) for i in items
+    )
+    return call.op is operator.getitem and plain and read_for_shape_only(user)
 
 
 @register_function_rule(

@@ -45,6 +45,7 @@ SIZE_ATTRIBUTES: set[str] = {
     "all_head_size", "inner_dim", "intermediate_size", "n_inner", "ffn_dim", "d_ff", "split_size", "nf", "nx",
     "normalized_shape", "num_key_value_groups", "kv_heads", "hidden_dim", "dim", "word_embed_proj_dim",
     "embedding_size", "ffn_hidden_size", "attn_dim", "val_attn_dim", "heads", "n_local_heads", "n_local_kv_heads",
+    "d_inner", "nheads", "headdim", "dim_head", "d_head",  # Mamba's reference code, lucidrains'
 }  # fmt: skip
 
 
@@ -52,9 +53,9 @@ SIZE_ATTRIBUTES: set[str] = {
 # its fused ``qkv_proj``); the count follows the channels, the unit never changes.
 COUNT_ATTRIBUTES: tuple[str, ...] = (
     "num_attention_heads", "num_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads",
-    "kv_heads", "heads", "n_local_heads", "n_local_kv_heads",  # lucidrains' and LLaMA's reference code
+    "kv_heads", "heads", "n_local_heads", "n_local_kv_heads", "nheads",  # lucidrains', LLaMA's, Mamba-2's reference code
 )  # fmt: skip
-UNIT_ATTRIBUTES: tuple[str, ...] = ("head_dim", "attention_head_size", "head_size", "d_kv")
+UNIT_ATTRIBUTES: tuple[str, ...] = ("head_dim", "attention_head_size", "head_size", "d_kv", "headdim", "dim_head", "d_head")
 
 
 def register_size_attribute(*names: str) -> None:
