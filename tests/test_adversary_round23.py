@@ -497,3 +497,30 @@ def test_a_fan_in_read_off_one_row_plans_as_the_quotient(spelling: str) -> None:
     x = torch.randn(2, 3, 6, 6)
     torch.manual_seed(0)
     assert _claims(net(), x) == [(16, False)]
+
+
+class ProbeAttention(nn.Module):
+    """SigLIP's pooling head: ``nn.MultiheadAttention(probe, h, h)`` under torch.export, whose
+    packed input projection splits ``[E, 2E]`` (by the layer's ``embed_dim``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.attn = nn.Linear(8, 32), nn.MultiheadAttention(32, 4, batch_first=True)
+        self.probe = nn.Parameter(torch.randn(1, 1, 32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # torch.export plans it
+            x = x.contiguous()
+        h = self.inp(x)
+        return self.attn(self.probe.repeat(x.shape[0], 1, 1), h, h)[0]
+
+
+def test_a_split_into_unequal_attribute_sizes_pins_only_its_axis() -> None:
+    """The split rule tied parts of unequal sizes and failed ("rule split failed": every axis
+    the split touches pinned, the embedding's channels of SigLIP's vision tower included). The
+    split axis pins; the others link as for any split."""
+    torch.manual_seed(0)
+    plan = skg.plan(ProbeAttention().eval(), torch.randn(2, 5, 8))
+    reasons = [g.reason or "" for g in plan.groups]
+    assert not any("failed" in r for r in reasons), reasons
+    assert any(r.startswith("split with fixed sizes") for r in reasons)

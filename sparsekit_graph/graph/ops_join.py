@@ -182,7 +182,7 @@ def split(ctx: RuleContext) -> None:
     offset = 0
     for part, size in zip(parts, sizes):
         ctx.graph.link(src[dim], part[dim], offset + np.arange(size), np.arange(size), kind="offset")
-        if part is not parts[0] and is_chunk:
+        if part is not parts[0] and is_chunk and len(set(sizes)) == 1:  # parts of unequal sizes pinned above
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
         unit_carrier(ctx, part[dim])  # ``split(self.head_dim)``: the parts are heads, each a head size
