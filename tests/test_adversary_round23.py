@@ -524,3 +524,37 @@ def test_a_split_into_unequal_attribute_sizes_pins_only_its_axis() -> None:
     reasons = [g.reason or "" for g in plan.groups]
     assert not any("failed" in r for r in reasons), reasons
     assert any(r.startswith("split with fixed sizes") for r in reasons)
+
+
+PARTS = {
+    "slices": lambda s, h: (h[:, : s.n_d], h[:, s.n_d :]),
+    "split([n, shape - n])": lambda s, h: torch.split(h, [s.n_d, h.shape[1] - s.n_d], dim=1),
+    "split([n, size(-1) - n])": lambda s, h: h.split([s.n_d, h.size(-1) - s.n_d], -1),
+}
+
+
+class DecisionAttention(nn.Module):
+    """TabNet's split of a layer's output into its decision and attention parts."""
+
+    def __init__(self, spelling: str, n_d: int) -> None:
+        super().__init__()
+        self.spelling, self.n_d = spelling, n_d
+        self.fc, self.decide, self.attend = nn.Linear(10, 16), nn.Linear(n_d, 2), nn.Linear(16 - n_d, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d, a = PARTS[self.spelling](self, self.fc(x))
+        return self.decide(torch.relu(d)) + self.attend(a)
+
+
+@pytest.mark.parametrize("n_d", [6, 8])
+@pytest.mark.parametrize("spelling", list(PARTS))
+def test_a_split_into_a_counted_part_and_the_rest_plans_as_slices(spelling: str, n_d: int, tmp_path: Path) -> None:
+    """``torch.split(h, [self.n_d, h.shape[1] - self.n_d])`` pinned ("fixed sizes [8, sub]")
+    where ``h[:, :self.n_d], h[:, self.n_d:]`` prune: the first size counts its part, the
+    second is the rest of the axis and moves with it (tied halves where ``n_d`` is half)."""
+    x = torch.randn(4, 10)
+    torch.manual_seed(0)
+    claims = _claims(DecisionAttention(spelling, n_d), x)
+    assert claims == _claims(DecisionAttention("slices", n_d), x)
+    assert claims == ([(8, True)] if n_d == 8 else [(6, True), (10, True)])
+    check_oracle(DecisionAttention(spelling, n_d), x, tmp_path)

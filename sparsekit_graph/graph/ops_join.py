@@ -27,6 +27,7 @@ from .split_sizes import (
     followed_half,
     followed_head,
     followed_prefix,
+    followed_remainder,
     followed_segments,
     followed_split,
     followed_suffix,
@@ -168,9 +169,11 @@ def split(ctx: RuleContext) -> None:
     sizes = [ctx.graph.size(p[dim]) for p in parts]
     counted = ctx.call.op is torch.chunk or (ctx.call.op is torch.tensor_split and "sections" in ctx.call.args)
     # MixNet's ``split(x, self.splits, 1)``: each part an offset segment counted by its own element
-    segments = not counted and followed_segments(ctx, how, src[dim], [p[dim] for p in parts])
+    rest = None if counted else _remainder(ctx, how, src[dim], [p[dim] for p in parts])
+    segments = rest == "rest" or (not counted and not rest and followed_segments(ctx, how, src[dim], [p[dim] for p in parts]))
     is_chunk = not segments and (
-        (counted and isinstance(how, int) and not _read_count(ctx, how))
+        rest == "half"
+        or (counted and isinstance(how, int) and not _read_count(ctx, how))
         or (not counted and _length_over(ctx, how, src[dim], len(parts)))  # a count from a length: not equal parts
         or (not counted and followed_split(ctx, how, src[dim], [p[dim] for p in parts]))  # ``split(self.width)``
         or (not counted and _attribute_sizes(ctx, how, [p[dim] for p in parts]))
@@ -186,6 +189,15 @@ def split(ctx: RuleContext) -> None:
             ctx.graph.link(parts[0][dim], part[dim], kind="tie")
         offset += size
         unit_carrier(ctx, part[dim])  # ``split(self.head_dim)``: the parts are heads, each a head size
+
+
+def _remainder(ctx: RuleContext, how: object, axis: AxisId, parts: list[AxisId]) -> str | None:
+    """``split(h, [self.n, h.shape[1] - self.n])``: a part counted by an attribute and the rest of
+    the axis (``split_sizes.followed_remainder``), the length read off this very axis."""
+    found = followed_remainder(ctx, how, axis, parts, lambda x: read_axis(ctx, x) == axis)
+    if found:
+        ctx.model_length(how[1])  # type: ignore[index]
+    return found
 
 
 def _attribute_sizes(ctx: RuleContext, how: object, parts: list[AxisId]) -> bool:

@@ -29,12 +29,13 @@ from .axes import AxisId
 from .context import RuleContext
 from .list_attributes import read_size
 from .meta import META, ReadInt
+from .normalize import normalize
 from .size_values import Site
 from .sizes import SizeSource
 
 __all__ = [
-    "followed_count", "followed_half", "followed_head", "followed_prefix", "followed_segments", "followed_split",
-    "followed_suffix", "followed_tail", "prefix_stop", "tail_start",
+    "followed_count", "followed_half", "followed_head", "followed_prefix", "followed_remainder", "followed_segments",
+    "followed_split", "followed_suffix", "followed_tail", "prefix_stop", "tail_start",
 ]  # fmt: skip
 
 _FIXED, _PART, _WHOLE = "fixed", "part", "whole"
@@ -119,6 +120,34 @@ def _counts(ctx: RuleContext, n: PlainInt, out: AxisId) -> int | None:
     for site in counting:
         _record(ctx, out, site)
     return len(counting)
+
+
+def followed_remainder(
+    ctx: RuleContext, how: object, axis: AxisId, parts: list[AxisId], rest_of: Callable[[object], bool]
+) -> str | None:
+    """``torch.split(h, [self.n_d, h.shape[1] - self.n_d], 1)`` (TabNet's decision and attention
+    parts): the first size counts the first part (as ``h[:, :self.n_d]``), the second is the
+    rest of the axis (``rest_of``: the axis length read off the tensor, less the same attribute),
+    which moves with it (as ``h[:, self.n_d:]``). ``"rest"``, with the attribute recorded, or,
+    where the first part is a half, ``"half"`` (the halves tied, as the two slices are:
+    ``followed_half``); None (nothing recorded) otherwise."""
+    if not isinstance(how, (list, tuple)) or len(how) != 2 or len(parts) != 2:
+        return None
+    first, rest = _plain(how[0]), how[1]
+    if not isinstance(first, PlainInt) or not _one_read(first) or not isinstance(rest, fx.Node):
+        return None
+    call = normalize(rest)
+    if call.op is not operator.sub or not rest_of(call.args.get("input")) or not _same_read(call.args.get("other"), first):
+        return None
+    if 2 * int(first) == ctx.graph.size(axis):
+        halves = [followed_half(ctx, it, axis, p) for it, p in zip((slice(None, first), slice(first, None)), parts)]
+        found = "half" if all(h is not None for h in halves) else None
+    else:
+        found = "rest" if followed_prefix(ctx, slice(None, first), axis, parts[0]) is not None else None
+    if found:
+        _follow(ctx, first.formula[0][0])
+        rest.meta.setdefault(PLAIN_FOLLOWED, set()).add(first.formula[0][0])  # ``h.shape[1] - self.n_d`` moves with it
+    return found
 
 
 def followed_suffix(ctx: RuleContext, it: slice, axis: AxisId, src: fx.Node, dim: int) -> np.ndarray | None:
