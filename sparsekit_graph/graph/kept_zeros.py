@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Mapping
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from .normalize import Call
 
-__all__ = ["PRODUCT", "number_scaled", "pad_layer_beside", "pads_beside"]
+__all__ = ["PRODUCT", "finite_buffer", "number_scaled", "pad_layer_beside", "pads_beside"]
 
 PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
 
@@ -41,16 +43,30 @@ def pad_layer_beside(m: object, axis: int, ndim: int) -> bool:
     return zero and axis % ndim < ndim - len(padding) // 2
 
 
-def number_scaled(call: Call) -> object | None:
+def number_scaled(call: Call, finite: Callable[[object], bool] = lambda x: False) -> object | None:
     """The tensor ``w`` of ``w * 0.5``, ``2 * w``, ``w / 3`` (equalized learning rate's
     ``self.weight * self.scale``): scaled by a finite number (a divisor also nonzero), which
-    keeps its zeros; None for any other call."""
+    keeps its zeros, or multiplied by a tensor ``finite`` vouches for (``w * self.mask``:
+    MADE's and PixelCNN's masked weights); None for any other call."""
     if call.op not in PRODUCT:
         return None
     a, b = call.args.get("input"), call.args.get("other")
     if call.op in (torch.div, operator.truediv, operator.itruediv):
         return a if _finite(b) and b != 0 and call.args.get("rounding_mode") is None else None
-    return a if _finite(b) else b if _finite(a) else None
+    return a if _finite(b) or finite(b) else b if _finite(a) or finite(a) else None
+
+
+def finite_buffer(x: object, modules: Mapping[str, nn.Module], name: str | None = None) -> bool:
+    """Is ``x`` a buffer of the model (``name``: its qualified name, where the node does not say
+    it) whose values are all finite? A parameter is not (masks zero it), nor a meta tensor (no
+    values to tell)."""
+    if not isinstance(x, fx.Node) or x.op != "get_attr":
+        return False
+    owner, _, attr = (name or str(x.target)).rpartition(".")
+    value = getattr(modules.get(owner), attr, None)
+    if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter) or value.is_meta:
+        return False
+    return bool(torch.isfinite(value).all()) if value.is_floating_point() else True
 
 
 def _finite(x: object) -> bool:

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from .context import RuleContext
-from .kept_zeros import number_scaled
+from .kept_zeros import finite_buffer, number_scaled
 from .normalize import normalize
 from .param_values import from_parameters
 from .rules import register_function_rule
@@ -61,8 +61,13 @@ def zeroed_by_masks(ctx: RuleContext, x: object) -> bool:
         if x.op not in ("call_function", "call_method"):
             return False
         call = normalize(x)
-        x = call.args.get("input") if call.op in _WEIGHT_VIEWS else number_scaled(call)
+        x = call.args.get("input") if call.op in _WEIGHT_VIEWS else number_scaled(call, lambda t: _finite_buffer(ctx, t))
     return False
+
+
+def _finite_buffer(ctx: RuleContext, x: object) -> bool:
+    name = (ctx.aliases or {}).get(x.name) if isinstance(x, fx.Node) else None
+    return finite_buffer(x, ctx.modules, name)
 
 
 def link_matmul(ctx: RuleContext, a_node: object, b_node: object, out: list) -> None:

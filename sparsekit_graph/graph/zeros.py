@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kept_zeros import PRODUCT, number_scaled, pad_layer_beside, pads_beside
+from .kept_zeros import PRODUCT, finite_buffer, number_scaled, pad_layer_beside, pads_beside
 from .literal_values import run_op
 from .meta import META
 from .normalize import Call, normalize
@@ -180,7 +180,7 @@ def _is_parameter(x: object, modules: dict[str, nn.Module]) -> bool:
         call = normalize(x)
         if call.op in _PERMUTES or call.op in _ZERO_UNARY:
             x = call.args.get("input")
-        elif (x := number_scaled(call)) is None:
+        elif (x := number_scaled(call, lambda t: finite_buffer(t, modules))) is None:
             return False
     if not isinstance(x, fx.Node) or x.op != "get_attr":
         return False
