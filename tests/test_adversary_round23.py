@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_untouched, check_oracle, fingerprint
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -31,10 +32,10 @@ def _repeat(t: Tensor, n_rep: int) -> Tensor:
     return t[:, :, None].expand(batch, heads, n_rep, length, dim).reshape(batch, heads * n_rep, length, dim)
 
 
-def _widen(t: Tensor, wide: bool) -> Tensor:
-    """Uses the unpacked width, where ``wide``, as no traced graph holds it (a list's length)."""
+def _widen(t: Tensor, copies: int) -> Tensor:
+    """Uses the unpacked width, where ``copies > 1``, as no traced graph holds it (a list's length)."""
     batch, width = t.shape
-    if wide:
+    if copies > 1:
         return t * len([0] * width)
     return t
 
@@ -85,7 +86,7 @@ def test_the_branch_taken_decides_whether_an_unpacked_length_is_used(wide: bool)
         def forward(self, x: Tensor) -> Tensor:
             if x.is_cuda:  # torch.export plans it
                 x = x.contiguous()
-            return self.b(_widen(torch.relu(self.a(x)), wide))
+            return self.b(_widen(torch.relu(self.a(x)), 2 if wide else 1))
 
     torch.manual_seed(0)
     claims = _claims(Net(), torch.randn(3, 8))
@@ -277,6 +278,52 @@ def test_load_pruned_refuses_damaged_files_and_leaves_the_model(damage: str, tmp
     with pytest.raises(skg.PlanError):
         skg.load_pruned(target, tmp_path)
     assert_untouched(target, before, "load_pruned")
+
+
+@pytest.mark.parametrize("damage", ["a tensor more", "a tensor less", "a tensor of another shape"])
+def test_load_pruned_writes_no_weight_before_they_all_fit(damage: str, tmp_path: Path) -> None:
+    """``load_state_dict`` copies every matching tensor before it raises on a missing or extra
+    key: the layers surgery had not cut held the saved weights after the refusal. Keys and
+    shapes are checked first."""
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+
+    model = fresh()
+    plan = skg.plan(model, torch.randn(1, 3, 8, 8))
+    for p in model.parameters():
+        p.data.normal_()  # trained: the saved weights differ from a fresh model's
+    skg.save_pruned(skg.prune(model, plan, masks={"0:out": torch.arange(8) >= 6}), tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    if damage == "a tensor more":
+        state["junk"] = torch.zeros(1)
+    elif damage == "a tensor less":
+        del state["4.bias"]
+    else:
+        state["0.bias"] = torch.zeros(7)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    target = fresh()
+    before = fingerprint(target)
+    with pytest.raises(skg.PlanError, match="do not fit the pruned model"):
+        skg.load_pruned(target, tmp_path)
+    assert_untouched(target, before, "load_pruned")
+
+
+def test_load_pruned_refuses_an_edited_attention_scale(tmp_path: Path) -> None:
+    """``prune`` refused a plan file whose head_dim group lost its attention scale, but
+    ``load_pruned`` rebuilt the model from it (its attention temperature off by 15%): the
+    loaded plan is checked against the planner's as ``prune`` checks it."""
+    torch.manual_seed(0)
+    model, x = Attention().eval(), torch.randn(2, 5, 32)
+    plan = skg.plan(model, x, head_dim=True)
+    skg.save_pruned(skg.prune(model, plan, masks={"q:out:head_dim": torch.arange(8) % 3 == 1}), tmp_path)
+    data = json.loads((tmp_path / "plan.json").read_text())
+    next(g for g in data["groups"] if g["name"] == "q:out:head_dim")["scales"] = []
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    torch.manual_seed(0)
+    with pytest.raises(skg.PlanError, match="field scales"):
+        skg.load_pruned(Attention().eval(), tmp_path)
 
 
 # -- the export probe traces the pruned copies with the model's tracer ----------------------
@@ -586,3 +633,106 @@ def test_weights_multiplied_by_a_finite_buffer_keep_their_zeros(tmp_path: Path) 
     assert _claims(net(), x) == [(8, True), (8, True)]
     assert _claims(net().to("meta"), x.to("meta")) == [(8, False), (8, False)]
     check_oracle(net(), x, tmp_path)
+
+
+# -- the adversary of this round's own changes ------------------------------------------------
+
+
+def _pool_groups(t: Tensor, training: bool) -> Tensor:
+    """A helper handed the mode: in training it reads the width it unpacked."""
+    b, c = t.shape
+    if training:
+        return t.view(b, c // 4, 4).mean(-1).repeat(1, 4)
+    return t
+
+
+class ModeArgument(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # torch.export plans it (the eval forward only)
+            x = x.contiguous()
+        return self.b(_pool_groups(torch.relu(self.a(x)), self.training))
+
+
+def test_a_flag_argument_is_not_folded() -> None:
+    """A first version folded ``if training:`` on the argument ``self.training``: the width the
+    train branch reads counted as unused, the group pruned, and the pruned model failed in
+    ``train()``. Only ints and None are folded (a flag, a rate or a string differs by mode)."""
+    torch.manual_seed(0)
+    assert _claims(ModeArgument(), torch.randn(3, 8)) == []
+
+
+@pytest.mark.parametrize("layer", ["F.pairwise_distance", "nn.PairwiseDistance"])
+def test_a_distance_keeping_its_axis_links_the_rest(layer: str) -> None:
+    """``pairwise_distance(..., keepdim=True)`` put the axes one place off: the rule left an
+    output axis unlinked and everything pinned."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.dist = nn.Linear(4, 8), nn.Linear(4, 8), nn.PairwiseDistance(keepdim=True)
+
+        def forward(self, x: Tensor) -> Tensor:
+            u, v = torch.relu(self.a(x)), self.b(x)
+            d = nn.functional.pairwise_distance(u, v, keepdim=True) if layer.startswith("F.") else self.dist(u, v)
+            return d.view(-1)
+
+    torch.manual_seed(0)
+    assert _claims(Net(), torch.randn(3, 4)) == [(8, False)]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_projected_lstm_under_export_reads_its_features(bidirectional: bool, tmp_path: Path) -> None:
+    """An LSTM with ``proj_size`` has five weights per direction (``w_hr`` last): the rule took
+    the reverse direction's input weight from the wrong place and failed (every axis pinned)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre = nn.Linear(16, 24)
+            self.rnn = nn.LSTM(24, 12, num_layers=2, batch_first=True, bidirectional=bidirectional, proj_size=6)
+            self.head = nn.Linear(6 * (1 + bidirectional), 5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.is_cuda:  # torch.export plans it
+                x = x.contiguous()
+            return self.head(self.rnn(self.pre(x))[0][:, -1])
+
+    x = torch.randn(2, 7, 16)
+    torch.manual_seed(0)
+    assert _claims(Net(), x) == [(24, True)]
+    check_oracle(Net(), x, tmp_path)
+
+
+class SharedQuery(nn.Module):
+    """Two attention layers; ``tie`` shares a query weight across them or with the keys."""
+
+    def __init__(self, tie: str) -> None:
+        super().__init__()
+        self.inp, self.b1, self.b2, self.out = nn.Linear(16, 32), Attention(), Attention(), nn.Linear(32, 10)
+        if tie == "layers":
+            self.b2.q.weight = self.b1.q.weight
+        elif tie == "keys":
+            self.b1.k.weight = self.b1.q.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.b2(self.b1(self.inp(x))))
+
+
+@pytest.mark.parametrize("tie", ["layers", "keys"])
+def test_a_tied_query_weight_keeps_its_head_size(tie: str) -> None:
+    """With ``head_dim=True`` a query weight shared by two layers made every prune fail (the
+    scale named a tensor under its second name); one tied to the keys was untied by the
+    compensation (the pruned model grew). Scaling a tied tensor scales the other: that
+    attention's head size pins (no head_dim group), and every prune shrinks the model."""
+    torch.manual_seed(0)
+    model, x = SharedQuery(tie).eval(), torch.randn(2, 5, 16)
+    plan = skg.plan(model, x, head_dim=True)
+    head_sizes = [g.name for g in plan.prunable if g.name.endswith(":head_dim")]
+    assert head_sizes == ([] if tie == "layers" else ["b2.q:out:head_dim"])
+    for g in plan.prunable:
+        result = skg.prune(model, plan, masks={g.name: torch.arange(g.size) == 1})
+        assert result.report.params_after < result.report.params_before, g.name

@@ -181,23 +181,25 @@ def _kw_names(frame: FrameType | None, x: dis.Instruction) -> tuple[str, ...] | 
     return names if isinstance(names, tuple) else None
 
 
-_PLAIN = (int, float, str, bool, type(None))  # values whose comparisons run no model code
+_PLAIN = (int, float, str, bool, type(None))  # constants whose comparisons run no model code
+_ARGUMENTS = (int, type(None))  # arguments folded: no flag (``training``: the other mode differs)
 _COMPARE = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge}
 
 
 def value_of(frame: FrameType | None, v: Sym) -> tuple[Any] | tuple[()]:
-    """``(value,)`` where ``v`` is a plain constant, or an argument of ``frame``'s call that its
-    code never reassigns (its value now is the one every instruction saw); else ``()``. A
-    tracked read stands for its value (its uses are its own to record)."""
+    """``(value,)`` where ``v`` is an int or None, a constant or an argument of ``frame``'s call
+    that its code never reassigns (its value now is the one every instruction saw); else ``()``.
+    A tracked read stands for its value (its uses are its own to record). Bools, floats and
+    strings are not folded: a flag passed down (``training``, a dropout rate) takes the other
+    branch in the other mode, which torch.export does not trace."""
     if v[0] == "C":
-        value = v[1]
-    elif v[0] == "L" and frame is not None and v[1] in fixed_arguments(frame.f_code):
-        value = frame.f_locals.get(v[1], U)
-    else:
+        return (v[1],) if type(v[1]) in _PLAIN else ()
+    if v[0] != "L" or frame is None or v[1] not in fixed_arguments(frame.f_code):
         return ()
+    value = frame.f_locals.get(v[1], U)
     if isinstance(value, Recorded):
-        value = float.__float__(value) if isinstance(value, float) else int.__int__(value) if isinstance(value, int) else U
-    return (value,) if type(value) in _PLAIN else ()
+        value = int.__int__(value) if isinstance(value, int) and not isinstance(value, bool) else U
+    return (value,) if type(value) in _ARGUMENTS else ()
 
 
 def compared(frame: FrameType | None, x: dis.Instruction, lhs: Sym, rhs: Sym) -> Sym:

@@ -85,6 +85,9 @@ def attention_scale(ctx: RuleContext, query: Any, scale: Any, head_dim: int) -> 
     params = _query_parameters(ctx, query)
     if not params:
         return None, "no projection found whose scaling scales the query (a norm or a nonlinear op between)"
+    tied = _tied(ctx, params)
+    if tied:
+        return None, f"the query's {tied} is tied to another tensor of the model (scaling it would scale that one too)"
     return ScaleSite(tuple(params), owner, attr, head_dim, f"{ctx.prefix}{ctx.node.name}", shared), ""
 
 
@@ -187,6 +190,21 @@ def _query_parameters(ctx: RuleContext, query: Any) -> list[str]:
     if _read_elsewhere(ctx, path, set(found)):
         return []
     return sorted(set(found))
+
+
+def _tied(ctx: RuleContext, params: list[str]) -> str | None:
+    """The first of ``params`` that another name of the model holds too (``k.weight = q.weight``,
+    a query weight shared by two layers), or None."""
+    held: dict[int, int] = {}
+    for m in ctx.modules.values():
+        for t in m._parameters.values():
+            if t is not None:
+                held[id(t)] = held.get(id(t), 0) + 1
+    for name in params:
+        owner, _, attr = name.rpartition(".")
+        if held.get(id(getattr(ctx.modules.get(owner), attr, None)), 0) > 1:
+            return name
+    return None
 
 
 def _read_elsewhere(ctx: RuleContext, path: set[fx.Node], params: set[str]) -> bool:

@@ -304,6 +304,9 @@ def getitem(ctx: RuleContext) -> None:
                 ctx.pin([out[oi]], f"slicing at {ctx.where()}")
             elif (half := _followed(ctx, it, src[si], out[oi], si)) is not None:
                 ctx.graph.link(src[si], out[oi], half, np.arange(len(half)), kind="offset")
+            elif (step := _every(it, ctx.graph.size(src[si]))) is not None:  # ``h[..., ::2]``, ``h[..., 1::2]``
+                units = np.arange(ctx.graph.size(src[si]))
+                ctx.graph.link(src[si], out[oi], units, units // step, kind="block")
             else:  # which indices it takes (as split does), pinned: the bounds would not follow
                 bounds = [ctx.meta(b) if isinstance(b, fx.Node) else b for b in (it.start, it.stop, it.step)]
                 if all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds):
@@ -314,6 +317,16 @@ def getitem(ctx: RuleContext) -> None:
                 _unfollowed_bounds(ctx, it)
             si += 1
             oi += 1
+
+
+def _every(it: slice, size: int) -> int | None:
+    """The step of a slice taking one index in every ``step`` of the whole axis (GPT-J's
+    ``x[..., ::2]``, ``x[..., 1::2]``), as ``view(..., -1, step)[..., start]`` does: the axis is
+    pruned in blocks of ``step``, output index ``j`` one of block ``j``'s. None for any other."""
+    step, start, stop = it.step, 0 if it.start is None else it.start, it.stop
+    if type(step) is not int or type(start) is not int or step < 2 or not 0 <= start < step or size % step:
+        return None
+    return step if stop is None or (type(stop) is int and stop >= size) else None
 
 
 def _unfollowed_bounds(ctx: RuleContext, it: slice) -> None:

@@ -104,9 +104,10 @@ def similarity(ctx: RuleContext) -> None:
         ctx.pin_everything(f"{ctx.where()} of a non-tensor")
         return
     distance = isinstance(layer, nn.PairwiseDistance) or ctx.call.op is F.pairwise_distance
-    nd = len(out) + 1
+    kept = distance and bool(layer.keepdim if isinstance(layer, nn.PairwiseDistance) else ctx.arg("keepdim", False))
+    nd = len(out) + (not kept)
     dim = (-1 if distance else layer.dim if isinstance(layer, nn.CosineSimilarity) else ctx.arg("dim", 1)) % nd
-    full: list[AxisId | None] = [*out[:dim], None, *out[dim:]]
+    full: list[AxisId | None] = [*out[:dim], None, *out[dim + kept :]]  # the contracted axis: gone, or kept as 1
     for x, a in zip(operands, axes):
         lead = nd - len(a)
         ctx.same([b for k, b in enumerate(a) if k + lead != dim], [o for o in full[lead:] if o is not None])

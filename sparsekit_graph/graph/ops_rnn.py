@@ -48,16 +48,17 @@ def recurrent(ctx: RuleContext) -> None:
 def recurrent_aten(ctx: RuleContext) -> None:
     """The layer as ``torch.export`` writes it: ``aten.gru(input, hx, params, has_biases,
     num_layers, dropout, train, bidirectional, batch_first)``, ``params`` the flat weights in
-    ``nn.RNNBase``'s order (per layer and direction: ``w_ih``, ``w_hh``, then the biases). The
-    first layer's input weights (one per direction) read the features, as above."""
+    ``nn.RNNBase``'s order (per layer and direction: ``w_ih``, ``w_hh``, the biases, an LSTM's
+    ``w_hr``). The first layer's input weights (one per direction) read the features, as above."""
     ctx.read_all()
     x, params = ctx.axes(ctx.input), ctx.arg("params")
-    per = 4 if ctx.arg("has_biases") else 2
-    if x is None or not isinstance(params, (list, tuple)) or ctx.meta(ctx.input).ndim not in (2, 3):
+    directions = 2 if ctx.arg("bidirectional") else 1
+    cells = ctx.arg("num_layers") * directions  # each with its weights: 2, 4 with biases, one more with ``proj_size``
+    if x is None or not isinstance(params, (list, tuple)) or len(params) % cells or ctx.meta(ctx.input).ndim not in (2, 3):
         ctx.pin_everything(f"{ctx.where()} with arguments it does not read")
         return
     why = f"hidden size of {ctx.where()}"
-    inputs = {0, per} if ctx.arg("bidirectional") else {0}
+    inputs = set(range(0, directions * len(params) // cells, len(params) // cells))  # ``weight_ih_l0`` of each direction
     for k, p in enumerate(params):
         axes = ctx.axes(p) or []
         if k in inputs and len(axes) == 2:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..plan.min_keep import check_min_keep
+from ..plan.planner import check_planned
 from ..plan.schema import Plan
 from ..plan.ties import check_tied_masks
 from .api import PruneResult, checked_masks
@@ -40,6 +41,7 @@ def load_pruned(fresh_model: nn.Module, directory: str | Path) -> nn.Module:
     d = Path(directory)
     plan = Plan.load(d / "plan.json")
     plan.check(fresh_model)
+    check_planned(plan, fresh_model)  # a hand-edited plan file (an attention scale removed) is refused, as by ``prune``
     masks = _read_masks(d / "masks.json", plan)
     check_min_keep(plan, masks)
     check_tied_masks(plan, masks)
@@ -49,11 +51,22 @@ def load_pruned(fresh_model: nn.Module, directory: str | Path) -> nn.Module:
         raise PlanError(f"cannot read weights from {d / 'model.safetensors'}: {type(e).__name__}: {e}") from e
     with undone_on_failure(fresh_model):
         remove_channels(fresh_model, plan, masks)
-        try:
-            fresh_model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise PlanError(f"the weights in {d / 'model.safetensors'} do not fit the pruned model: {e}") from e
+        _check_fits(state, fresh_model, d / "model.safetensors")  # before ``load_state_dict`` writes any tensor
+        fresh_model.load_state_dict(state, strict=True)
     return fresh_model
+
+
+def _check_fits(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Raise ``PlanError`` unless ``state`` holds every tensor of ``model``'s state dict, at its shape, and no other."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if got[k] != want[k])
+    if bad:
+        k = bad[0]
+        raise PlanError(
+            f"the weights in {path} do not fit the pruned model: tensor {k!r} is {got.get(k, 'missing')} there, "
+            f"{want.get(k, 'absent')} in the model"
+        )
 
 
 def _read_masks(path: Path, plan: Plan) -> dict[str, torch.Tensor]:
