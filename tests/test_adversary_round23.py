@@ -736,3 +736,85 @@ def test_a_tied_query_weight_keeps_its_head_size(tie: str) -> None:
     for g in plan.prunable:
         result = skg.prune(model, plan, masks={g.name: torch.arange(g.size) == 1})
         assert result.report.params_after < result.report.params_before, g.name
+
+
+ROTATIONS = {
+    "x[..., ::2], x[..., 1::2]": lambda h: (h[..., ::2], h[..., 1::2]),
+    "x[..., 0::2], x[..., 1:16:2]": lambda h: (h[..., 0::2], h[..., 1:16:2]),
+    "unflatten(-1, (-1, 2)).unbind(-1)": lambda h: h.unflatten(-1, (-1, 2)).unbind(-1),
+}
+
+
+class RotateEveryTwo(nn.Module):
+    """GPT-J's ``rotate_every_two`` on a layer's channels."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.l1(x)
+        x1, x2 = ROTATIONS[self.spelling](h)
+        return self.l2(h * 0.5 + torch.stack((-x2, x1), dim=-1).flatten(-2))
+
+
+@pytest.mark.parametrize("spelling", list(ROTATIONS))
+def test_strided_slices_prune_in_blocks(spelling: str, tmp_path: Path) -> None:
+    """``h[..., ::2]`` and ``h[..., 1::2]`` pinned ("slicing at getitem") where the
+    ``unflatten`` spelling pruned channel pairs: a slice taking one index in every ``step`` of
+    the whole axis prunes it in blocks of ``step``, as ``view(..., -1, step)[..., start]``."""
+    x = torch.randn(2, 5, 6)
+    torch.manual_seed(0)
+    assert _claims(RotateEveryTwo(spelling), x) == [(8, True)]
+    check_oracle(RotateEveryTwo(spelling), x, tmp_path)
+
+
+@pytest.mark.parametrize(("index", "claims"), [("::3", [(4, True)]), ("1::3", [(4, True)]), ("1:10:3", []), ("2::2", [])])
+def test_only_a_slice_of_the_whole_axis_in_steps_prunes_in_blocks(index: str, claims: list, tmp_path: Path) -> None:
+    """``h[:, 1::3]`` of 12 channels is one of each block of 3; ``h[:, 2::2]`` skips the first
+    block and ``h[:, 1:10:3]`` stops short (their bounds would not follow): those pin."""
+    start, stop, step = (int(v) if v else None for v in index.split(":"))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            width = len(range(12)[start:stop:step])
+            self.c1, self.c2 = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(width, 5, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.c2(torch.relu(self.c1(x))[:, start:stop:step])
+
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    assert _claims(Net(), x) == claims
+    if claims:
+        check_oracle(Net(), x, tmp_path)
+
+
+class TrainOnlyCode(nn.Module):
+    """Code only the train forward runs, reading the width it unpacks there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # torch.export plans it (the eval forward only)
+            x = x.contiguous()
+        h = torch.relu(self.a(x))
+        if self.training:
+            b, c = h.shape
+            h = h.view(b, c // 4, 4).mean(-1).repeat(1, 4)
+        return self.b(h)
+
+
+def test_code_only_training_runs_is_tried_under_export() -> None:
+    """torch.export traces the eval forward only: ``if self.training: h.view(b, c // 4, 4)``
+    was never planned, the group pruned, and the pruned model failed in ``train()``. The export
+    probe runs the pruned copies' train forwards (on meta copies) and pins where only they
+    fail; ``prune`` checks the same before it returns."""
+    torch.manual_seed(0)
+    plan = skg.plan(TrainOnlyCode().eval(), torch.randn(3, 8))
+    assert plan.prunable == []
+    assert "train forward fails" in (plan.group("a:out").reason or "")

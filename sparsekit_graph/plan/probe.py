@@ -35,6 +35,7 @@ from ..graph.trace import Inputs, trace_graph
 from ..prune.checks import changed_numbers, compensated, same_code, same_outputs, sizes_followed
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
+from ..prune.train_mode import train_failure
 from .schema import Group, Plan
 from .ties import snap_tied
 
@@ -170,6 +171,7 @@ def _trial(
     numbers of the code changed with them, or None), each set traced once."""
     seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
     static: list[fx.Graph] = []
+    runs: list[bool] = []  # does the model's own train forward run (``train_failure``), once asked
 
     def baseline() -> fx.Graph:
         """The model's static trace, made once where needed (``length_reads.unmatched``)."""
@@ -181,14 +183,14 @@ def _trial(
         key = tuple(sorted(chosen))
         if key not in seen:
             masked = {n: masks[n] for u in key for n in units[u]}
-            seen[key] = _prune_and_trace(plan, model, example_inputs, (traced, baseline), masked)
+            seen[key] = _prune_and_trace(plan, model, example_inputs, (traced, baseline), masked, runs)
         return seen[key]
 
     return trial
 
 
 def _prune_and_trace(
-    plan: Plan, model: nn.Module, example_inputs: Inputs, baselines: Baselines, masks: dict[str, Tensor]
+    plan: Plan, model: nn.Module, example_inputs: Inputs, baselines: Baselines, masks: dict[str, Tensor], runs: list[bool]
 ) -> tuple[str | None, str | None]:
     traced, static = baselines
     work = copy_model(model, weights=False)
@@ -200,6 +202,8 @@ def _prune_and_trace(
         baseline = _same_code_as(traced, after, static)
         sizes_followed(plan, masks, traced, after)
         decided = unmatched(traced, after, static)  # ``if h.shape[1] != 8``: the same code at this count only
+        if decided is None:
+            decided = train_failure(work, example_inputs, model, runs)  # code only training runs
         if decided is not None:
             return decided, None
     except TraceError as e:  # the retrace's own error, not the fx-then-export summary
