@@ -792,12 +792,8 @@ def test_only_a_slice_of_the_whole_axis_in_steps_prunes_in_blocks(index: str, cl
         check_oracle(Net(), x, tmp_path)
 
 
-class TrainOnlyCode(nn.Module):
+class TrainOnlyCode(ModeArgument):
     """Code only the train forward runs, reading the width it unpacks there."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda:  # torch.export plans it (the eval forward only)
