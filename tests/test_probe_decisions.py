@@ -88,7 +88,9 @@ def test_query_heads_are_tried_at_one_per_key_value_group(monkeypatch: pytest.Mo
 
     tried: list[dict[str, Tensor]] = []
     real = probe._prune_and_trace
-    monkeypatch.setattr(probe, "_prune_and_trace", lambda p, m, x, t, masks: tried.append(masks) or real(p, m, x, t, masks))
+    monkeypatch.setattr(
+        probe, "_prune_and_trace", lambda p, m, x, t, masks, *rest: tried.append(masks) or real(p, m, x, t, masks, *rest)
+    )
     model, x = hf_model("llama")
     plan = skg.plan(model, x, gqa="query_heads")
     heads = [g for g in plan.groups if g.name.endswith("q_proj:out")]
