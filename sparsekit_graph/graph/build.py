@@ -33,6 +33,7 @@ from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
 from .hidden_writes import pin_hidden_writes
+from .kept_zeros import write_keeps_zeros
 from .length_uses import pin_unmodelled_lengths
 from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
 from .param_reads import pin_param_reads, storage_key
@@ -43,7 +44,7 @@ from .size_pins import pin_read_sizes
 from .trace import is_exported
 from .untraced_hooks import hooked
 from .value_reads import pin_value_reads
-from .zeros import aliased_input, write_keeps_zeros
+from .zeros import aliased_input
 
 __all__ = ["HARMLESS_ARGUMENTS", "LAYER_SIZE_ATTRIBUTES", "add_traced_graph"]
 

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .axes import AxisGraph
+from .kept_zeros import write_keeps_zeros
 from .meta import HIDDEN_WRITES
 from .normalize import bind_call
 from .param_reads import storage_key
-from .zeros import write_keeps_zeros
 
 __all__ = ["HiddenWrites", "pin_hidden_writes"]
 

@@ -1,5 +1,6 @@
 """Ops that keep a removed channel's zeros on their way: padding beside the channel axis
-(zeros, or copies of the channel's own values) and scaling by a finite number."""
+(zeros, or copies of the channel's own values), scaling by a finite number, and in-place
+writes that leave a zero entry zero."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from .normalize import Call
 
-__all__ = ["PRODUCT", "finite_buffer", "number_scaled", "pad_layer_beside", "pads_beside"]
+__all__ = ["PRODUCT", "finite_buffer", "number_scaled", "pad_layer_beside", "pads_beside", "write_keeps_zeros"]
 
 PRODUCT = {torch.mul, operator.mul, operator.imul, torch.div, operator.truediv, operator.itruediv}
 
@@ -71,3 +72,35 @@ def finite_buffer(x: object, modules: Mapping[str, nn.Module], name: str | None 
 
 def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
+# write no value (``requires_grad_``).
+_ZERO_WRITES = frozenset({
+    "mul", "relu", "zero", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "leaky_relu", "elu", "relu6",
+    "requires_grad", "detach", "share_memory",
+})  # fmt: skip
+
+
+def write_keeps_zeros(call: Call) -> bool:
+    """Does an in-place write (``call.inplace``) keep zero entries of what it writes zero? A
+    forward that runs ``w.clamp_(min=0.1)`` on a member turns a masked channel back on, so the
+    group's zeroed and removed channels differ; ``w.clamp_(-c, c)`` and ``w.mul_(s)`` do not."""
+    name = getattr(call.op, "__name__", "").removesuffix("_")  # ``F.hardtanh_``, ``zero_``
+    given = call.args.get
+
+    def number(key: str, test: Callable[[float], bool]) -> bool:  # absent: no bound
+        v = given(key)
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and test(v))
+
+    if name in ("clamp", "clip"):
+        return number("min", lambda v: v <= 0) and number("max", lambda v: v >= 0)
+    if name == "hardtanh":
+        return number("min_val", lambda v: v <= 0) and number("max_val", lambda v: v >= 0)
+    if name in ("clamp_min", "clamp_max"):
+        return number(name[-3:], lambda v: v <= 0 if name == "clamp_min" else v >= 0)
+    if name in ("fill", "masked_fill"):
+        return given("value") == 0 and isinstance(given("value"), (int, float))
+    if name == "div":
+        return isinstance(given("other"), (int, float)) and given("other") != 0
+    return name in _ZERO_WRITES

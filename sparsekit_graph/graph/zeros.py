@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kept_zeros import PRODUCT, finite_buffer, number_scaled, pad_layer_beside, pads_beside
+from .kept_zeros import PRODUCT, finite_buffer, number_scaled, pad_layer_beside, pads_beside, write_keeps_zeros
 from .literal_values import run_op
 from .meta import META
 from .normalize import Call, normalize
 from .param_reads import storage_key
 from .pointwise_ops import POINTWISE_FUNCTIONS
 
-__all__ = ["aliased_input", "kept_source", "reduced_source", "write_keeps_zeros", "written_in_place", "zero_breaker"]
+__all__ = ["aliased_input", "kept_source", "reduced_source", "written_in_place", "zero_breaker"]
 
 # f(0) == 0 elementwise, one tensor operand.
 _ZERO_UNARY = {
@@ -394,35 +393,3 @@ def _storage(n: fx.Node) -> int | None:
 
 
 _STORAGE = "skg.storage"  # node.meta: its meta value's storage, asked once
-
-
-# In-place calls that leave a zero entry zero whatever their other operand (``w.mul_(s)``), or
-# write no value (``requires_grad_``).
-_ZERO_WRITES = frozenset({
-    "mul", "relu", "zero", "neg", "abs", "sign", "tanh", "sin", "sqrt", "square", "erf", "leaky_relu", "elu", "relu6",
-    "requires_grad", "detach", "share_memory",
-})  # fmt: skip
-
-
-def write_keeps_zeros(call: Call) -> bool:
-    """Does an in-place write (``call.inplace``) keep zero entries of what it writes zero? A
-    forward that runs ``w.clamp_(min=0.1)`` on a member turns a masked channel back on, so the
-    group's zeroed and removed channels differ; ``w.clamp_(-c, c)`` and ``w.mul_(s)`` do not."""
-    name = getattr(call.op, "__name__", "").removesuffix("_")  # ``F.hardtanh_``, ``zero_``
-    given = call.args.get
-
-    def number(key: str, test: Callable[[float], bool]) -> bool:  # absent: no bound
-        v = given(key)
-        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and test(v))
-
-    if name in ("clamp", "clip"):
-        return number("min", lambda v: v <= 0) and number("max", lambda v: v >= 0)
-    if name == "hardtanh":
-        return number("min_val", lambda v: v <= 0) and number("max_val", lambda v: v >= 0)
-    if name in ("clamp_min", "clamp_max"):
-        return number(name[-3:], lambda v: v <= 0 if name == "clamp_min" else v >= 0)
-    if name in ("fill", "masked_fill"):
-        return given("value") == 0 and isinstance(given("value"), (int, float))
-    if name == "div":
-        return isinstance(given("other"), (int, float)) and given("other") != 0
-    return name in _ZERO_WRITES
