@@ -171,7 +171,7 @@ def _trial(
     numbers of the code changed with them, or None), each set traced once."""
     seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
     static: list[fx.Graph] = []
-    runs: list[bool] = []  # does the model's own train forward run (``train_failure``), once asked
+    runs: list[str | None] = []  # where the model's own train forward runs (``train_failure``), once asked
 
     def baseline() -> fx.Graph:
         """The model's static trace, made once where needed (``length_reads.unmatched``)."""
@@ -190,7 +190,12 @@ def _trial(
 
 
 def _prune_and_trace(
-    plan: Plan, model: nn.Module, example_inputs: Inputs, baselines: Baselines, masks: dict[str, Tensor], runs: list[bool]
+    plan: Plan,
+    model: nn.Module,
+    example_inputs: Inputs,
+    baselines: Baselines,
+    masks: dict[str, Tensor],
+    runs: list[str | None],
 ) -> tuple[str | None, str | None]:
     traced, static = baselines
     work = copy_model(model, weights=False)
@@ -203,7 +208,7 @@ def _prune_and_trace(
         sizes_followed(plan, masks, traced, after)
         decided = unmatched(traced, after, static)  # ``if h.shape[1] != 8``: the same code at this count only
         if decided is None:
-            decided = train_failure(work, example_inputs, model, runs)  # code only training runs
+            decided = train_failure(work, example_inputs, model, runs, lambda: _weighted(plan, model, masks))  # training only
         if decided is not None:
             return decided, None
     except TraceError as e:  # the retrace's own error, not the fx-then-export summary
@@ -215,6 +220,13 @@ def _prune_and_trace(
         return f"{type(e).__name__}: {e}", None
     changed = changed_numbers(baseline, after, compensated(plan, masks))
     return None, f"numbers computed from its size changed at {', '.join(changed[:3])}" if changed else None
+
+
+def _weighted(plan: Plan, model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+    """A copy of ``model`` with its weights, pruned by ``masks``."""
+    work = copy_model(model)
+    remove_channels(work, plan, masks)
+    return work
 
 
 def _same_code_as(traced: fx.Graph, after: fx.Graph, static: Callable[[], fx.Graph]) -> fx.Graph:
