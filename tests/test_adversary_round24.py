@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import assert_untouched, fingerprint
 from torch import Tensor, nn
 
 import sparsekit_graph as skg
@@ -65,3 +71,197 @@ def test_prune_tries_train_only_code_with_weights() -> None:
         skg.prune(model, plan, masks={"a:out": torch.arange(18) < 7})
     small = skg.prune(model, plan, masks={"a:out": torch.arange(18) < 9}).model.train()  # keeps 9
     assert small(torch.randn(3, 8)).shape == (3, 4)
+
+
+# -- a momentum encoder updated past the graph --------------------------------------------------
+
+
+class MomentumEncoder(nn.Module):
+    """MoCo/BYOL: the key encoder follows the query encoder's weights, written in forward."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.q = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.k = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        with torch.no_grad():
+            pairs = list(zip(self.k.parameters(), self.q.parameters()))
+            if self.spelling == "add":
+                for pk, pq in pairs:
+                    pk.mul_(0.99).add_(pq, alpha=0.01)
+            elif self.spelling == "lerp":
+                for pk, pq in pairs:
+                    pk.lerp_(pq, 0.01)
+            elif self.spelling == "foreach":
+                ks, qs = [p for p, _ in pairs], [p for _, p in pairs]
+                torch._foreach_mul_(ks, 0.99)
+                torch._foreach_add_(ks, qs, alpha=0.01)
+            elif self.spelling == "data":
+                for pk, pq in pairs:
+                    pk.data = pk.data * 0.99 + pq.data * 0.01
+            else:  # "transposed": a value computed from the other on the way
+                for pk, pq in pairs:
+                    pk.add_(pq.flip(0) * 0.01)
+            k = F.normalize(self.k(b), dim=1)
+        return F.normalize(self.q(a), dim=1) @ k.T / 0.07
+
+
+@pytest.mark.parametrize("spelling", ["add", "lerp", "foreach", "data", "transposed"])
+def test_a_write_from_another_parameter_links_or_pins_them(spelling: str) -> None:
+    """``for pk, pq in zip(k.parameters(), q.parameters()): pk.mul_(m).add_(pq, ...)`` carried
+    ``q``'s weights into ``k``'s past the graph: ``q``'s hidden group was prunable (and
+    zero-invariant) without ``k``'s, and a prune kept ``k`` whole, the pruned ``q`` broadcast
+    into it (15% off its masked model) or failed. Read as they are, the two move together;
+    computed on the way (or swapped in through ``.data``), both pin."""
+    torch.manual_seed(0)
+    model, x = MomentumEncoder(spelling).eval(), (torch.randn(4, 10), torch.randn(4, 10))
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    linked = spelling in ("add", "lerp", "foreach")
+    groups = {g.name: g for g in plan.groups}
+    assert groups["q.0:out"].prunable == linked
+    assert not any(m.param.startswith("k.") for g in plan.prunable for m in g.members) or linked
+    if linked:
+        assert {m.param for m in groups["q.0:out"].members} >= {"q.0.weight", "k.0.weight"}
+        for keep in (16, 1):
+            mask = torch.arange(32) >= keep
+            dense = copy.deepcopy(model)
+            skg.bind(plan, dense)["q.0:out"].apply_mask(mask)
+            small = skg.prune(model, plan, masks={"q.0:out": mask}).model
+            assert small.k[0].weight.shape == small.q[0].weight.shape == (keep, 10)
+            with torch.no_grad():
+                assert torch.allclose(dense(*x), small(*x), atol=1e-5)
+
+
+# -- a parameter's size as a float --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["n / 1000", "n * 0.001", "1 / n"])
+@pytest.mark.parametrize("route", ["parameters", "sum"])
+def test_a_parameter_size_made_a_float_costs_the_claim(route: str, number: str) -> None:
+    """``sum(p.numel() for p in self.parameters())`` then ``out * (n / 1000)``: the float an op
+    took was followed only for a layer's attributes, and the group was claimed zero-invariant
+    (masked and pruned 50% apart)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.o = nn.Linear(10, 32), nn.Linear(32, 5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            n = sum(p.numel() for p in self.parameters()) if route == "sum" else next(self.a.parameters()).shape[0]
+            scale = {"n / 1000": lambda: n / 1000.0, "n * 0.001": lambda: n * 0.001, "1 / n": lambda: 1.0 / n}[number]()
+            return self.o(F.relu(self.a(x))) * scale
+
+    plan = skg.plan(Net().eval(), torch.randn(4, 10))
+    assert not plan.group("a:out").zero_invariant
+
+
+# -- the model's own __call__ -------------------------------------------------------------------
+
+
+class CentredByCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor, center: bool = False) -> Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h - h.mean(-1, keepdim=True) if center else h)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return super().__call__(x, center=True)
+
+
+class CentredByPartial(CentredByCall):
+    __call__ = functools.partialmethod(nn.Module.__call__, center=True)  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("model", [CentredByCall, CentredByPartial])
+def test_the_models_own_call_pins(model: type[nn.Module]) -> None:
+    """The tracers trace ``forward``; an override of the model's ``__call__`` passing
+    ``center=True`` ran a centring no plan saw (a zero-invariance claim 25% off). Every axis
+    pins, naming it; the same class as a submodule is traced through its ``__call__``."""
+    plan = skg.plan(model().eval(), torch.randn(3, 8))
+    assert plan.prunable == []
+    assert "__call__" in (plan.group("a:out").reason or "")
+    inner = nn.Sequential(model(), nn.Linear(4, 4)).eval()
+    check = skg.plan(inner, torch.randn(3, 8))
+    assert check.group("0.a:out").prunable and not check.group("0.a:out").zero_invariant
+
+
+# -- layers and tensors held past the module tree ------------------------------------------------
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.g = nn.Parameter(torch.rand(16) + 0.5)
+        self.act: Callable[[Tensor], Tensor] = torch.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.act(torch.relu(self.a(x))))
+
+
+def _scaled(kind: str) -> nn.Module:
+    m = Scaled()
+    g = m.g
+    if kind == "closure_self":
+        m.act = lambda t: t * m.g
+    elif kind == "closure_param":
+        m.act = lambda t: t * g
+    elif kind == "partial":
+        m.act = functools.partial(torch.mul, other=g)
+    elif kind == "default":
+        m.act = lambda t, w=g: t * w
+    elif kind == "dict":
+        m.extra = {"g": m.g}
+        m.act = lambda t: t * m.extra["g"]
+    elif kind == "list":
+        m.extra = [m.g]
+        m.act = lambda t: t * m.extra[0]
+    else:  # "instance_forward"
+        m.forward = lambda x: m.b(torch.tanh(m.a(x)) * m.g)
+    return m
+
+
+CLOSURES = ["closure_self", "closure_param", "partial", "default", "dict", "list", "instance_forward"]
+
+
+@pytest.mark.parametrize("kind", CLOSURES)
+def test_layers_held_in_closures_and_containers_follow_the_copy(kind: str) -> None:
+    """``m.forward = lambda x: m.b(m.a(x))`` and ``self.act = lambda t: t * self.g``: deepcopy
+    copies functions as themselves, so the pruned model ran the user's dense layers (its
+    outputs equal to the unpruned model's, whatever its own weights), or held the old ``g``
+    and failed. Functions, partials and containers holding the model's layers and tensors
+    follow the copy, and surgery's new tensors."""
+    torch.manual_seed(0)
+    model, x = _scaled(kind).eval(), torch.randn(3, 8)
+    plan = skg.plan(model, x)
+    assert [g.name for g in plan.prunable] == ["a:out"]
+    mask = torch.arange(16) % 3 == 0
+    torch.manual_seed(0)
+    dense = _scaled(kind).eval()  # a deep copy's lambda would run ``model``
+    skg.bind(plan, dense)["a:out"].apply_mask(mask)
+    small = skg.prune(model, plan, masks={"a:out": mask}).model
+    with torch.no_grad():
+        assert torch.allclose(dense(x), small(x), atol=1e-6)
+        for p in small.parameters():
+            p.zero_()
+        assert small(x).abs().max() == 0  # the small model computes with its own weights
+        assert model(x).abs().max() > 0
+
+
+def test_a_layer_with_a_forward_of_its_own_instance_pins() -> None:
+    """``lin.forward = lambda x: F.linear(x.flip(-1), ...)``: ``lin(x)`` runs it, but a leaf's
+    rule models its class's forward: what it touches pins."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    lin = model[2]
+    lin.forward = lambda x: F.linear(x.flip(-1), lin.weight, lin.bias)
+    plan = skg.plan(model, torch.randn(3, 8))
+    assert plan.prunable == []
+    assert "instance" in (plan.group("0:out").reason or "")

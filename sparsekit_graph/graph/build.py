@@ -36,6 +36,7 @@ from .hidden_writes import pin_hidden_writes
 from .kept_zeros import write_keeps_zeros
 from .length_uses import pin_unmodelled_lengths
 from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
+from .number_uses import size_arguments
 from .param_reads import pin_param_reads, storage_key
 from .positions import follow_domains, record_positions
 from .random_draws import draws_random
@@ -102,8 +103,9 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
     if exported:
         _lengths_as_numbers(graph, nodes)
     _layer_sizes_as_numbers(graph, modules)
-    pin_read_sizes(graph, nodes, modules, prefix)
-    pin_param_reads(graph, nodes, every)
+    uses = size_arguments(nodes, modules)  # torch.fx: the ops taking floats made from sizes
+    pin_read_sizes(graph, nodes, modules, uses, prefix)
+    pin_param_reads(graph, nodes, every, uses)
     pin_value_reads(graph, nodes, every)
     pin_hidden_writes(graph, nodes, every, _data_swaps(nodes, params, modules))
     reader = RuleContext(graph, next(iter(nodes)), prefix, None, "", aliases, modules, exported=exported, views=views)
@@ -216,7 +218,7 @@ def _apply(ctx: RuleContext, module: nn.Module | None, params: dict[int, fx.Node
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
     if hooked(ctx.node, module):
-        ctx.pin_everything(f"forward hooks of {ctx.where()} are not traced")
+        ctx.pin_everything(f"forward hooks or a forward set on the instance of {ctx.where()} are not traced")
         return
     if rule is None:
         ctx.pin_everything(f"unknown op {ctx.where()}")

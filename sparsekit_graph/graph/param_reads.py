@@ -214,12 +214,16 @@ def recording_param_reads(model: nn.Module, log: _Log) -> Iterator[None]:
                 delattr(torch.Tensor, name)
 
 
-def pin_param_reads(graph: AxisGraph, nodes: Any, tensors: dict[str, Tensor]) -> None:
+def pin_param_reads(graph: AxisGraph, nodes: Any, tensors: dict[str, Tensor], uses: dict[Site, Any]) -> None:
     """The axes of the model's tensors whose sizes the code read (``recording_param_reads``):
     pinned where Python control flow used one, not zero-invariant where it became a number
-    (``VALUE``, or a literal the graph holds where it scales a tensor: ``graph.numbers``)."""
+    (``VALUE``, a float an op takes: ``uses``, from ``number_uses.size_arguments``, or a
+    literal the graph holds where it scales a tensor: ``graph.numbers``)."""
     out = next((n for n in reversed(list(nodes)) if isinstance(n, fx.Node) and n.op == "output"), None)
-    control: dict[Site, str] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
+    control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
+    for site, use in uses.items():  # ``h * (n / 1000)``: a float made from a parameter's size
+        if control.get(site) in (None, VALUE):
+            control[site] = use
     for n, node in graph.numbers:  # held as a literal that scales a tensor (``h / sum(p.numel() for p in ...)``)
         for site in (node.meta.get(SIZE_READS) or {}).get(n, ()):
             control.setdefault(site, VALUE)

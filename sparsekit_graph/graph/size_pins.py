@@ -15,16 +15,18 @@ from .computed_sizes import computed_sizes
 from .layer_counts import counted_axes, sized_tensors
 from .meta import SIZE_CONTROL
 from .number_args import SizeUse
-from .number_uses import size_arguments
 from .size_reads import CONFIG, READ_ATTRIBUTES
 from .size_values import VALUE, Site
 
 __all__ = ["pin_read_sizes"]
 
 
-def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], prefix: str = "") -> None:
+def pin_read_sizes(
+    graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], uses: dict[Site, SizeUse | str], prefix: str = ""
+) -> None:
     """Pin the axes each attribute in ``SIZE_CONTROL`` sizes (``_sized_axes``); an attribute
-    used only as a number (``VALUE``) costs them their zero-invariance."""
+    used only as a number (``VALUE``) costs them their zero-invariance. ``uses``: how ops take
+    the numbers made from sizes (``number_uses.size_arguments``)."""
     from .sizes import SIZE_ATTRIBUTES  # sizes -> config_reads -> this module
 
     nodes = list(nodes)
@@ -32,7 +34,6 @@ def pin_read_sizes(graph: AxisGraph, nodes: Any, modules: dict[str, nn.Module], 
     unknown = _link_layer_sizes(graph, nodes, modules, prefix)
     pin_unfollowed_reads(graph, nodes, modules, READ_ATTRIBUTES | SIZE_ATTRIBUTES, SIZE_ATTRIBUTES, prefix)
     control: dict[Site, Any] = dict(out.meta.get(SIZE_CONTROL, {})) if out is not None else {}
-    uses = size_arguments(nodes, modules)  # torch.fx: the ops taking floats made from sizes
     for found in (uses, computed_sizes(graph, nodes, prefix), unknown):
         for site, use in found.items():
             if control.get(site) in (None, VALUE):

@@ -17,7 +17,7 @@ from .eager_gate import asks_what_values_are
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .hidden_writes import HiddenWrites
-from .meta import EXPORTED, GRAD_MODE_READ, HIDDEN_WRITES, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
+from .meta import EXPORTED, GRAD_MODE_READ, HIDDEN_SOURCES, HIDDEN_WRITES, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -26,7 +26,7 @@ from .size_reads import recording_size_reads
 from .size_tracer import CaughtRefusal, SizeTracer, runs_autocast
 from .trace_inputs import Inputs, fixed_forward_args, normalize_inputs, propagate
 from .trace_mode import model_mode, unfused_attention
-from .untraced_hooks import mark_hooked_layers, recording_hooks
+from .untraced_hooks import mark_hooked_layers, own_forward, recording_hooks
 
 __all__ = ["Inputs", "is_exported", "normalize_inputs", "trace", "trace_graph"]
 
@@ -92,6 +92,8 @@ def trace_graph(
     with autograd_mode(autograd) if autograd else nullcontext(), recording_grad_reads(asked):
         try:
             skip = _ExportAsked("torch.export was asked for") if export else None
+            if skip is None and own_forward(model):  # torch.fx traces ``type(model).forward``
+                skip = _ExportAsked(f"{type(model).__name__} has a forward set on the instance, which torch.fx does not trace")
             graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, skip)
         except NoMetaKernel as e:  # ``nonzero``: its shape needs values; torch.export gives it a symbol
             graph = _traced(model, example_inputs, train, shapes, dynamic, autograd, e)
@@ -170,6 +172,8 @@ def _traced(
                     _refuse_data_reads(graph)
                     if hidden.written:
                         output_node(graph).meta[HIDDEN_WRITES] = hidden.written
+                    if hidden.fed:
+                        output_node(graph).meta[HIDDEN_SOURCES] = hidden.fed
             except Exception as fx_error:  # noqa: BLE001 - fall back to torch.export
                 sizes.narrow()  # what the failed attempt read does not count
                 undo()  # nor what it left in the model (a Proxy appended to a list)

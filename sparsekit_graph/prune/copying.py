@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..containers import CONTAINERS
 from ..errors import TraceError
+from .held_refs import rebind
 
 __all__ = ["copy_model"]
 
@@ -20,7 +21,9 @@ def copy_model(model: nn.Module, *, weights: bool = True) -> nn.Module:
     A tensor a layer computes and keeps as a plain attribute (``module.weight`` under the old
     ``nn.utils.weight_norm``, recomputed by a pre-hook before every forward), or in a list or
     dict it holds (a feature cache), is no graph leaf, and torch refuses to deep-copy it: it is
-    copied detached. Nothing of ``model`` changes.
+    copied detached. A function a layer holds whose closure or defaults hold the model's layers
+    or tensors (``self.act = lambda t: t * self.g``) is rebuilt around the copy's
+    (``held_refs.rebind``; deepcopy copies functions as themselves). Nothing of ``model`` changes.
     ``weights=False``: parameters are uninitialised tensors of their shapes, dtypes and devices
     (nothing copied; enough to trace the copy), buffers are copied.
 
@@ -36,11 +39,13 @@ def copy_model(model: nn.Module, *, weights: bool = True) -> nn.Module:
             if isinstance(v, Tensor) and not v.is_leaf:
                 memo[id(v)] = v.detach().clone()
     try:
-        return copy.deepcopy(model, memo)
+        copied = copy.deepcopy(model, memo)
     except Exception as e:  # noqa: BLE001 - name what could not be copied
         raise TraceError(
             f"cannot copy {type(model).__name__} to prune it: {_culprit(model, memo)}: {type(e).__name__}: {e}"
         ) from e
+    rebind(copied, {k: v for k, v in memo.items() if isinstance(v, (nn.Module, Tensor))})  # a lambda's closure
+    return copied
 
 
 def _held(values: Iterable[object], depth: int = 0) -> Iterator[object]:

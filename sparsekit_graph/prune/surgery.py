@@ -16,6 +16,7 @@ from ..plan.schema import Plan
 from ..plan.shared_sizes import size_drops
 from ..registry import RESIZERS, by_type, registrar
 from .embed_scale import rescale_embeddings
+from .held_refs import rebind
 from .scales import rescale_queries
 
 __all__ = ["register_resizer", "remove_channels", "undone_on_failure"]
@@ -95,6 +96,7 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
             for attr, t in store.items():
                 if t is not None and id(t) in replaced:
                     store[attr] = replaced[id(t)]
+    rebind(model, replaced)  # a list, dict or closure holding the old tensor
     with _in_eval(model):
         refresh_weight_norms(model)  # ``nn.utils.weight_norm``'s weight, from the sliced ``_v`` and ``_g``
         # A torch layer's own sizes are its resizer's to derive from the sliced weights and the
