@@ -264,3 +264,123 @@ def test_a_layer_with_a_forward_of_its_own_instance_pins() -> None:
     lin.forward = lambda x: F.linear(x.flip(-1), lin.weight, lin.bias)
     plan = skg.plan(model, torch.randn(3, 8))
     assert plan.prunable == []
+
+
+# -- the model as it was: its own train(), plain objects it holds --------------------------------
+
+
+class Options:
+    def __init__(self) -> None:
+        self.deploy = False
+        self.seen: dict[object, int] = {}
+
+
+class FoldsOnEval(nn.Module):
+    """A ``train()`` that folds a scale into the conv on the first ``eval()``, and a plain
+    object whose dict the forward fills."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("scale", torch.full((8,), 2.0))
+        self.opts, self.folded = Options(), False
+
+    def train(self, mode: bool = True) -> FoldsOnEval:
+        super().train(mode)
+        if not mode and not self.folded:
+            with torch.no_grad():
+                self.conv.weight.mul_(self.scale.view(-1, 1, 1, 1))
+                self.conv.bias.mul_(self.scale)
+            self.folded = self.opts.deploy = True
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        self.opts.seen[h.shape[1]] = 1
+        if not self.folded:
+            h = h * self.scale.view(1, -1, 1, 1)
+        return self.head(F.relu(h))
+
+
+def test_plan_and_prune_leave_what_the_models_own_train_and_forward_change() -> None:
+    """``plan`` switches the model to eval with ``model.train(False)``: a ``train()`` of the
+    user's that folds a scale into a weight in place left the weight doubled (and the flag
+    saying so put back: the user's outputs 1.8 off), and the forward's write into a plain
+    object's dict left a Proxy there (the model no longer deep-copied). Both are put back."""
+    torch.manual_seed(0)
+    model, x = FoldsOnEval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    model.opts.seen.clear()
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    assert not model.folded and not model.opts.deploy and model.opts.seen == {}
+    skg.prune(model, plan, ratio=0.5)
+    assert_untouched(model, before, "prune")
+    assert not model.opts.deploy and model.opts.seen == {}
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    copy.deepcopy(model)
+
+
+# -- features returned in training only ----------------------------------------------------------
+
+
+class TrainFeature(nn.Module):
+    def __init__(self, export: bool) -> None:
+        super().__init__()
+        self.export = export
+        self.a, self.b, self.o = nn.Linear(10, 32), nn.Linear(32, 16), nn.Linear(16, 5)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.export and x.is_cuda:  # torch.export plans it (the eval forward only)
+            x = x.contiguous()
+        g = F.relu(self.b(F.relu(self.a(x))))
+        y = self.o(g)
+        if self.training:
+            return y, g  # for a loss on the features
+        return y
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_a_feature_returned_in_training_only_pins(export: bool) -> None:
+    """``if self.training: return y, g``: the train forward runs the same ops, so its graph was
+    not added to the plan, and ``g``'s channels were prunable: the pruned model's train outputs
+    changed shape. Torch.fx's train graph is added where it returns other values; under
+    torch.export, the probe compares the train outputs' shapes."""
+    plan = skg.plan(TrainFeature(export).eval(), torch.randn(4, 10))
+    assert [g.name for g in plan.prunable] == ["a:out"]
+    assert not plan.group("b:out").prunable
+
+
+# -- batch statistics of one value ---------------------------------------------------------------
+
+
+def test_a_batch_norm_over_another_layers_features_keeps_two() -> None:
+    """``BatchNorm1d(points)`` over ``(1, points, features)``: traced in eval (stored
+    statistics), nothing kept a second feature, and the pruned model failed in ``train()``
+    keeping one (batch statistics over one value per channel)."""
+
+    class PointNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.bn, self.out = nn.Linear(3, 16), nn.BatchNorm1d(4), nn.Linear(16, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(F.relu(self.bn(self.lin(x))))
+
+    plan = skg.plan(PointNorm().eval(), torch.randn(1, 4, 3))
+    assert plan.group("lin:out").prunable and plan.group("lin:out").min_keep == 2
+    small = skg.prune(PointNorm().eval(), plan, masks={"lin:out": torch.arange(16) >= 2}).model.train()
+    assert small(torch.randn(1, 4, 3)).shape == (1, 4, 2)
+
+
+def test_ignore_a_layer_without_parameters_pins_what_it_computes() -> None:
+    """``ignore=["1"]`` naming a layer without parameters was refused ("neither a module nor a
+    parameter"): it pins the values the layer computes."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    plan = skg.plan(model, torch.randn(2, 4), ignore=["1"])
+    assert plan.prunable == [] and "ignored by user (1)" in (plan.group("0:out").reason or "")
+    with pytest.raises(skg.PlanError, match="'9' is neither"):
+        skg.plan(model, torch.randn(2, 4), ignore=["9"])

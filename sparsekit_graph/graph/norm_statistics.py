@@ -15,12 +15,14 @@ from .context import RuleContext
 __all__ = ["mix_statistics", "statistics_axes"]
 
 
-def mix_statistics(ctx: RuleContext, axes: list[AxisId], *, counted: bool) -> None:
-    """Mark the axes the statistics run over as not zero-invariant. ``counted``: torch refuses
-    statistics over a single element (batch and instance norms), so an axis alone in carrying
-    more than one element keeps at least two."""
+def mix_statistics(ctx: RuleContext, axes: list[AxisId], *, counted: bool, mix: bool = True) -> None:
+    """Mark the axes the statistics run over as not zero-invariant (``mix``; not where the norm
+    uses stored statistics, as a batch norm in eval). ``counted``: torch refuses statistics over
+    a single element (batch and instance norms, in training), so an axis alone in carrying more
+    than one element keeps at least two, whatever mode it was traced in."""
     for a in axes:
-        ctx.mix([a], f"statistics of {ctx.where()}")
+        if mix:
+            ctx.mix([a], f"statistics of {ctx.where()}")
         if counted and math.prod(ctx.graph.size(b) for b in axes if b != a) == 1:
             ctx.at_least(a, 2, f"statistics over at least two elements at {ctx.where()}")
 

@@ -34,8 +34,9 @@ def channel_norm(ctx: RuleContext) -> None:
     unbatched = instance and len(out) == m._get_no_batch_dim()  # type: ignore[union-attr]  # (C, L): channels first
     channel = [out[0 if unbatched or len(out) == 1 else 1]]
     computed = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
-    if computed and (m.training or not m.track_running_stats):  # type: ignore[union-attr]
-        mix_statistics(ctx, out[1:] if unbatched else statistics_axes(out, batch=not instance), counted=True)
+    if computed:  # in eval, stored statistics (if tracked); in training, the batch's: two values at least
+        stats = out[1:] if unbatched else statistics_axes(out, batch=not instance)
+        mix_statistics(ctx, stats, counted=True, mix=m.training or not m.track_running_stats)  # type: ignore[union-attr]
     tensors = [attr for attr in ("weight", "bias", "running_mean", "running_var") if getattr(m, attr, None) is not None]
     for attr in tensors:
         ctx.same(ctx.param(attr), channel)
@@ -55,8 +56,9 @@ def batch_norm_function(ctx: RuleContext) -> None:
     ctx.same(x, out)
     instance = ctx.call.op is F.instance_norm
     stats = ctx.arg("use_input_stats", True) if instance else ctx.arg("training", False)
-    if stats is not False:  # True, or a value the rule cannot read: statistics, fail closed
-        mix_statistics(ctx, statistics_axes(out, batch=not instance), counted=True)
+    # True, or a value the rule cannot read: statistics, fail closed; ``training=self.training``
+    # is False in eval, and the train forward needs two values
+    mix_statistics(ctx, statistics_axes(out, batch=not instance), counted=True, mix=stats is not False)
     for name in ("running_mean", "running_var", "weight", "bias"):
         axes = ctx.axes(ctx.arg(name))
         if axes is not None and len(axes) == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from operator import eq, is_
@@ -9,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..containers import CONTAINERS, record, restore
 
@@ -65,7 +68,8 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     versions = [b._version for b in buffers]
     with torch.no_grad():
         saved = [b.clone() for b in buffers]
-    attributes = [(m, dict(m.__dict__)) for m in modules]
+    owners = [*modules, *_plain_objects(modules)]  # a config, a stats record: their attributes are state too
+    attributes = [(m, dict(m.__dict__)) for m in owners]
     # lists, dicts, sets, deques forward fills (a bias cache, ``self.hist.append(h.shape[1])``): not
     # to hold a Proxy or a FakeTensor after the trace; and hook dictionaries (transformers installs
     # its output-capturing hooks on a first call, with a flag attribute that goes with the rest:
@@ -74,10 +78,12 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and _held_key(k)])
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
+    written = _Written(model)
     if switch:
-        model.train(train)
+        with written:  # a layer's own ``train()`` may fold a scale into its weight
+            model.train(train)
     # what a failed trace is undone to: the mode asked for (torch.export, after torch.fx failed, in it too)
-    switched = [(m, dict(m.__dict__)) for m in modules] if switch else attributes
+    switched = [(m, dict(m.__dict__)) for m in owners] if switch else attributes
 
     def put_back() -> None:
         _restore_attributes(switched)
@@ -88,6 +94,7 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
         yield undo
     finally:
         undo()  # filled in place while traced (timm LeViT's bias cache, holding a Proxy)
+        written.put_back()
         if switch:
             _restore_attributes(attributes)  # what the layers' own ``train()`` set too
             for m, flag in zip(modules, flags):
@@ -98,6 +105,48 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
                     if b.shape != copy.shape:  # resized by ``out=``
                         b.resize_(copy.shape)
                     b.copy_(copy)
+
+
+class _Written(TorchDispatchMode):
+    """While active, each parameter of ``model`` written in place is copied first; ``put_back``
+    restores them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._model = model
+        self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func._schema.is_mutable:
+            given = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
+            written = [given.get(a.name) for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+            if any(isinstance(t, Tensor) for t in written):
+                own = {t.untyped_storage().data_ptr(): t for t in self._model.parameters() if not t.is_meta}
+                for t in written:
+                    p = own.get(t.untyped_storage().data_ptr()) if isinstance(t, Tensor) and not t.is_meta else None
+                    if p is not None and id(p) not in self._saved:
+                        self._saved[id(p)] = (p, p.detach().clone())
+        return func(*args, **kwargs)
+
+    def put_back(self) -> None:
+        with torch.no_grad():
+            for p, copy in self._saved.values():
+                p.copy_(copy)
+
+
+def _plain_objects(modules: list[nn.Module]) -> list[object]:
+    """The plain Python objects (not layers, tensors, containers, classes or functions) the
+    modules hold as attributes, once each."""
+    found: dict[int, object] = {}
+    for m in modules:
+        for k, v in m.__dict__.items():
+            if k not in MODULE_KEYS and isinstance(getattr(v, "__dict__", None), dict) and not isinstance(v, _NOT_PLAIN):
+                found.setdefault(id(v), v)
+    return list(found.values())
+
+
+_NOT_PLAIN = (nn.Module, Tensor, type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial)
 
 
 def _held_key(key: str) -> bool:

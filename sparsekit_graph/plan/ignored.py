@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch.fx as fx
 from torch import nn
 
 from ..errors import PlanError
 from ..graph.axes import AxisGraph
+from ..graph.sizes import module_stack
 
 __all__ = ["ignored_names", "pin_ignored"]
 
@@ -26,17 +28,21 @@ def ignored_names(ignore: Iterable[str] | str | None) -> list[str]:
     return names
 
 
-def pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str]) -> None:
-    """Pin every axis of the parameters and buffers ``names`` lists (modules or tensors of ``model``)."""
+def pin_ignored(graph: AxisGraph, model: nn.Module, names: list[str], traced: fx.Graph) -> None:
+    """Pin every axis of the parameters and buffers ``names`` lists (modules or tensors of
+    ``model``), and of the values a listed module computes in ``traced`` (a layer without
+    parameters: its inputs and outputs)."""
     if not names:
         return
     tensors = [n for n, _ in (*model.named_parameters(), *model.named_buffers())]
     modules = {n for n, _ in model.named_modules()}
     for name in names:
-        hits = [t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))]
-        if not hits:
+        if name not in modules and name not in tensors:
             raise PlanError(f"ignore: {name!r} is neither a module nor a parameter of {type(model).__name__}")
+        hits = {t for t in tensors if t == name or (name in modules and t.startswith(f"{name}." if name else ""))}
+        runs = {n.name for n in traced.nodes if name in modules and name in module_stack(n)}
+        why = f"ignored by user ({name})"
         for node in graph.nodes:
-            if node[0] == "p" and node[1] in hits:
-                graph.pin(node, f"ignored by user ({name})")
-                graph.mix(node, f"ignored by user ({name})")
+            if (node[0] == "p" and node[1] in hits) or (node[0] == "v" and node[1] in runs):
+                graph.pin(node, why)
+                graph.mix(node, why)

@@ -91,7 +91,7 @@ def plan(
     options = PlanOptions(ignore=ignored_names(ignore), train_graph=train_graph, gqa=gqa, head_dim=head_dim)
     with kept(model, values=False):  # a forward that freezes a layer or registers a hook
         graph, traced = _axis_graph(model, example_inputs, train_graph=train_graph, gqa=gqa, head_dim=head_dim)
-        pin_ignored(graph, model, options.ignore)
+        pin_ignored(graph, model, options.ignore, traced)
         groups, ties = resolve(graph)
         found = Plan(model=type(model).__name__, inputs=inputs, options=options, groups=groups, ties=ties)
         if is_exported(traced):  # export hides branches
@@ -153,8 +153,9 @@ def _axis_graph(
     return graph, gm
 
 
-def _calls(graph: fx.Graph) -> list[tuple[str, str]]:
-    return [(n.op, str(n.target)) for n in graph.nodes]
+def _calls(graph: fx.Graph) -> list[tuple[str, str, str]]:
+    """The ops, and what the graph returns (``if self.training: return y, g``: a feature more)."""
+    return [(n.op, str(n.target), str(n.args) if n.op == "output" else "") for n in graph.nodes]
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:

@@ -35,7 +35,7 @@ from ..graph.trace import Inputs, trace_graph
 from ..prune.checks import changed_numbers, compensated, same_code, same_outputs, sizes_followed
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
-from ..prune.train_mode import train_failure
+from ..prune.train_mode import Ran, train_failure
 from .schema import Group, Plan
 from .ties import snap_tied
 
@@ -171,7 +171,7 @@ def _trial(
     numbers of the code changed with them, or None), each set traced once."""
     seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
     static: list[fx.Graph] = []
-    runs: list[str | None] = []  # where the model's own train forward runs (``train_failure``), once asked
+    runs: list[Ran | None] = []  # where the model's own train forward runs (``train_failure``), once asked
 
     def baseline() -> fx.Graph:
         """The model's static trace, made once where needed (``length_reads.unmatched``)."""
@@ -195,7 +195,7 @@ def _prune_and_trace(
     example_inputs: Inputs,
     baselines: Baselines,
     masks: dict[str, Tensor],
-    runs: list[str | None],
+    runs: list[Ran | None],
 ) -> tuple[str | None, str | None]:
     traced, static = baselines
     work = copy_model(model, weights=False)
