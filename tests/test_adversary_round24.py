@@ -384,3 +384,12 @@ def test_ignore_a_layer_without_parameters_pins_what_it_computes() -> None:
     assert plan.prunable == [] and "ignored by user (1)" in (plan.group("0:out").reason or "")
     with pytest.raises(skg.PlanError, match="'9' is neither"):
         skg.plan(model, torch.randn(2, 4), ignore=["9"])
+
+
+def test_bind_names_a_group_it_has_no_coupling_for() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    couplings = skg.bind(skg.plan(model, torch.randn(2, 4)), model)
+    with pytest.raises(skg.PlanError, match="no coupling for group 'nope'.*0:out"):
+        couplings["nope"]
+    with pytest.raises(KeyError):  # a mapping's error too
+        couplings["nope"]

@@ -7,14 +7,27 @@ import math
 from torch import Tensor, nn
 
 from ..engine import BlockCoupling, BlockSpec, View
-from ..errors import CouplingError
+from ..errors import CouplingError, PlanError
 from .layout import strided_layout
 from .schema import Member, Plan
 
 __all__ = ["bind", "member_order", "member_spec"]
 
 
-def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> dict[str, BlockCoupling]:
+class Couplings(dict[str, BlockCoupling]):
+    """``bind``'s couplings by group name; a name with none raises a ``PlanError`` (a ``KeyError``
+    too) naming the groups that have one."""
+
+    def __missing__(self, name: str) -> BlockCoupling:
+        raise _NoCoupling(f"no coupling for group {name!r}; the plan's couplings: {', '.join(self) or 'none'}")
+
+
+class _NoCoupling(PlanError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> Couplings:
     """One coupling per group, keyed by group name; ``numblk() == group.size``.
 
     Buffers (e.g. BatchNorm running statistics) are pruned by surgery but are not part of
@@ -24,7 +37,7 @@ def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> dict[str, Block
     if check:
         plan.check(model)
     params = dict(model.named_parameters())
-    out = {}
+    out = Couplings()
     for g in plan.groups:
         if not g.prunable and any(strided_layout(m.positions()) is None for m in g.members if m.indices is not None):
             continue  # a pinned group whose channel order no strided view expresses: nothing to bind
