@@ -393,3 +393,52 @@ def test_bind_names_a_group_it_has_no_coupling_for() -> None:
         couplings["nope"]
     with pytest.raises(KeyError):  # a mapping's error too
         couplings["nope"]
+
+
+# -- Hugging Face: the kernels and caches the plan's graph does not hold ------------------------
+
+
+def test_experts_pruned_to_an_unaligned_width_run() -> None:
+    """transformers' default experts kernel (``grouped_mm``) needs 16-byte strides: a plan
+    made of ``batched_mm`` pruned expert widths to 13 of 32, and the pruned model failed at its
+    first call. Such a model runs ``batched_mm``; aligned widths keep ``grouped_mm``."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen3MoeConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=128, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, x = transformers.Qwen3MoeModel(config).eval(), {"input_ids": torch.randint(0, 100, (2, 8))}
+    plan = skg.plan(model, x)
+    experts = [f"layers.0.mlp.experts.gate_up_proj:1@{e}" for e in range(4)]
+    assert all(plan.group(n).prunable for n in experts)
+    for keep, kernel in ((16, "grouped_mm"), (13, "batched_mm")):
+        masks = {n: torch.arange(32) >= keep for n in experts}
+        small = skg.prune(model, plan, masks=masks).model.eval()
+        assert small.config._experts_implementation == kernel
+        dense = copy.deepcopy(model)
+        couplings = skg.bind(plan, dense)
+        for n, m in masks.items():
+            couplings[n].apply_mask(m)
+        with torch.no_grad():
+            assert torch.allclose(dense(**x).last_hidden_state, small(**x).last_hidden_state, atol=1e-5)
+    assert model.config._experts_implementation == "grouped_mm"
+
+
+def test_a_state_sized_by_the_config_pins_what_it_holds() -> None:
+    """RWKV in eval allocates its recurrent state from ``config.hidden_size`` when the cache is
+    on (its config's default), a forward the plan (``use_cache=False``) did not hold: pruning
+    the attention's width made the pruned model fail in eval. The probe runs the eval forward
+    with its cache too."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.RwkvConfig(
+        hidden_size=32, num_hidden_layers=2, vocab_size=128, attention_hidden_size=32, intermediate_size=64, context_length=16
+    )
+    torch.manual_seed(0)
+    model, x = transformers.RwkvModel(config).eval(), {"input_ids": torch.randint(0, 100, (2, 8))}
+    plan = skg.plan(model, x)
+    assert not plan.group("blocks.0.attention.key:out").prunable
+    assert "eval forward with its cache" in (plan.group("blocks.0.attention.key:out").reason or "")
+    small = skg.prune(model, plan, ratio=0.5).model.eval()
+    with torch.no_grad():
+        assert small(**x).last_hidden_state.shape == (2, 8, 32)

@@ -43,7 +43,7 @@ from .random_draws import draws_random
 from .rules import find_rule
 from .size_pins import pin_read_sizes
 from .trace import is_exported
-from .untraced_hooks import hooked
+from .untraced_hooks import hooked, own_forward
 from .value_reads import pin_value_reads
 from .zeros import aliased_input
 
@@ -218,7 +218,8 @@ def _apply(ctx: RuleContext, module: nn.Module | None, params: dict[int, fx.Node
     rule = find_rule(ctx.node, module)
     ctx.graph.rule_applications += 1
     if hooked(ctx.node, module):
-        ctx.pin_everything(f"forward hooks or a forward set on the instance of {ctx.where()} are not traced")
+        what = "a forward set on the instance" if own_forward(module) else "forward hooks"  # type: ignore[arg-type]
+        ctx.pin_everything(f"{what} of {ctx.where()} are not traced")
         return
     if rule is None:
         ctx.pin_everything(f"unknown op {ctx.where()}")

@@ -28,7 +28,7 @@ SMALL_CONSTANT = 64  # integer constants up to this many elements keep their val
 # export probe compares between traces (``torch.tensor(h.size(-1))`` is a number of the model).
 CONSTANT_VALUE = "skg.constant_value"
 
-__all__ = ["CONSTANT_VALUE", "clear_method_caches", "export_graph", "no_cache"]
+__all__ = ["CONSTANT_VALUE", "batched_experts", "clear_method_caches", "export_graph", "no_cache"]
 
 
 def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, dynamic: bool = True) -> fx.Graph:
@@ -40,7 +40,7 @@ def export_graph(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """
     kwargs = {**kwargs, **no_cache(model, kwargs)}
     clear_method_caches(model)
-    with _batched_experts(model), _data_as_detach():
+    with batched_experts(model), _data_as_detach():
         with timed_export() as seconds:  # a pruned copy's is stopped where the model's code runs away
             ep = _exported(model, args, kwargs, dynamic)
         graph = _as_model_graph(ep, real_run(ep, args, kwargs))
@@ -103,7 +103,7 @@ def _data_as_detach() -> Iterator[None]:
 
 
 @contextmanager
-def _batched_experts(model: nn.Module) -> Iterator[None]:
+def batched_experts(model: nn.Module) -> Iterator[None]:
     """Hugging Face mixture-of-experts layers read ``config._experts_implementation`` at every
     call. The eager loop (``nonzero`` over routed tokens) and ``grouped_mm`` (offsets) do not
     export as plain tensor algebra; ``batched_mm`` gathers each token's expert weights

@@ -35,7 +35,7 @@ from ..graph.trace import Inputs, trace_graph
 from ..prune.checks import changed_numbers, compensated, same_code, same_outputs, sizes_followed
 from ..prune.copying import copy_model
 from ..prune.surgery import remove_channels
-from ..prune.train_mode import Ran, train_failure
+from ..prune.untraced_forwards import Ran, untraced_failure
 from .schema import Group, Plan
 from .ties import snap_tied
 
@@ -171,7 +171,7 @@ def _trial(
     numbers of the code changed with them, or None), each set traced once."""
     seen: dict[tuple[int, ...], tuple[str | None, str | None]] = {}
     static: list[fx.Graph] = []
-    runs: list[Ran | None] = []  # where the model's own train forward runs (``train_failure``), once asked
+    runs: dict[bool, Ran | None] = {}  # where the model's own forwards run (``untraced_failure``), once asked
 
     def baseline() -> fx.Graph:
         """The model's static trace, made once where needed (``length_reads.unmatched``)."""
@@ -195,7 +195,7 @@ def _prune_and_trace(
     example_inputs: Inputs,
     baselines: Baselines,
     masks: dict[str, Tensor],
-    runs: list[Ran | None],
+    runs: dict[bool, Ran | None],
 ) -> tuple[str | None, str | None]:
     traced, static = baselines
     work = copy_model(model, weights=False)
@@ -208,7 +208,7 @@ def _prune_and_trace(
         sizes_followed(plan, masks, traced, after)
         decided = unmatched(traced, after, static)  # ``if h.shape[1] != 8``: the same code at this count only
         if decided is None:
-            decided = train_failure(work, example_inputs, model, runs, lambda: _weighted(plan, model, masks))  # training only
+            decided = untraced_failure(work, example_inputs, model, runs, lambda: _weighted(plan, model, masks))
         if decided is not None:
             return decided, None
     except TraceError as e:  # the retrace's own error, not the fx-then-export summary

@@ -30,7 +30,7 @@ from .hf import adopt_sizes, fit_config
 from .importance import Criterion, ImportanceContext, group_scores, masks_from_scores
 from .macs import count_macs, count_params
 from .surgery import remove_channels, undone_on_failure
-from .train_mode import check_train_forward
+from .untraced_forwards import check_untraced_forwards
 
 __all__ = ["PruneReport", "PruneResult", "checked_masks", "prune"]
 
@@ -162,7 +162,7 @@ def prune(
         check_pruned(plan, chosen, before_gm, after_gm)
         if is_exported(after_gm):  # the probe tried other counts: zero-invariance at these (``claims``)
             check_claims(plan, model, chosen, inputs, before_gm, after_gm)
-            check_train_forward(model, work, inputs)
+            check_untraced_forwards(model, work, inputs)
     except SparseKitError as e:
         cut = ", ".join(n for n, m in chosen.items() if bool(m.any()))
         raise SparseKitError(f"pruning {cut}: {e}; nothing was changed") from e

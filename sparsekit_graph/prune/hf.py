@@ -24,7 +24,7 @@ from ..graph.positions import EXPERT_COUNT_ATTRIBUTES
 from ..graph.sizes import SIZE_ATTRIBUTES
 from .rope_fit import fit_rope_factors
 
-__all__ = ["CONFIG_SIZE_ATTRIBUTES", "adopt_sizes", "fit_config"]
+__all__ = ["CONFIG_SIZE_ATTRIBUTES", "adopt_sizes", "fit_config", "fit_experts_kernel"]
 
 _MAX_BUILDS = 256
 # Sizes only a config holds (its layers read them as ``embed_dim``/``num_heads``/``fc1``):
@@ -266,3 +266,18 @@ def _first(out: Any) -> torch.Tensor:
     if isinstance(out, dict) or hasattr(out, "values"):
         return _first(next(iter(out.values())))
     return _first(out[0])
+
+
+def fit_experts_kernel(model: nn.Module) -> None:
+    """Hugging Face's ``grouped_mm`` experts kernel (the default) needs every stride of its
+    operands a multiple of 16 bytes: an expert width pruned to another count (13 of 32 in
+    float32) fails it at the first call. Such a model's experts run ``batched_mm``, the
+    computation the plan was made of (``graph.export.batched_experts``); set
+    ``model.set_experts_implementation(...)`` again after ``from_pretrained``."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if getattr(config, "_experts_implementation_internal", None) != "grouped_mm":
+            continue
+        stacked = [p for p in m.parameters(recurse=False) if p.ndim == 3]
+        if any(n * p.element_size() % 16 for p in stacked for n in p.shape[1:]):
+            config._experts_implementation_internal = "batched_mm"  # type: ignore[union-attr]

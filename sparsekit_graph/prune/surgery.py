@@ -17,6 +17,7 @@ from ..plan.shared_sizes import size_drops
 from ..registry import RESIZERS, by_type, registrar
 from .embed_scale import rescale_embeddings
 from .held_refs import rebind
+from .hf import fit_experts_kernel
 from .scales import rescale_queries
 
 __all__ = ["register_resizer", "remove_channels", "undone_on_failure"]
@@ -119,6 +120,7 @@ def remove_channels(model: nn.Module, plan: Plan, masks: dict[str, Tensor]) -> N
                     if read_size(module, attr) == before[attr]:
                         write_size(module, attr, value)
         rescale_embeddings(model)  # Gemma's embed_scale = sqrt(width): the class's scale for the new width
+    fit_experts_kernel(model)  # Hugging Face's grouped_mm needs aligned expert widths
 
 
 @contextmanager
