@@ -442,3 +442,73 @@ def test_a_state_sized_by_the_config_pins_what_it_holds() -> None:
     small = skg.prune(model, plan, ratio=0.5).model.eval()
     with torch.no_grad():
         assert small(**x).last_hidden_state.shape == (2, 8, 32)
+
+
+# -- torch.func.functional_call over a container -------------------------------------------------
+
+
+def _mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+class Substituted(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.net, self.other = kind, _mlp(), _mlp()
+        self.register_buffer("shift", torch.rand(16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = dict(self.net.named_parameters())
+        if self.kind == "plus_one":
+            p = {k: v + 1 for k, v in p.items()}
+        elif self.kind == "transposed":
+            p["2.weight"] = p["2.weight"].T
+        elif self.kind == "bias_shift":
+            p["0.bias"] = p["0.bias"] + self.shift
+        else:  # "soup": the average of two models' weights
+            q = dict(self.other.named_parameters())
+            p = {k: (v + q[k]) / 2 for k, v in p.items()}
+        return torch.func.functional_call(self.net, p, (x,))
+
+
+@pytest.mark.parametrize("kind", ["plus_one", "transposed", "bias_shift", "soup"])
+def test_functional_call_over_a_container_plans_the_tensors_it_is_given(kind: str) -> None:
+    """``functional_call(self.net, {k: v + 1 ...}, x)``: the leaves of ``net`` planned as if they
+    ran their own parameters (a zero-invariance claim 50% off; ``W.T`` for a square layer's
+    weight, or a model soup ``(a + b) / 2``, a prune that failed or broadcast). A layer whose
+    tensors were swapped is traced through, with the tensors it is given."""
+    torch.manual_seed(0)
+    model, x = Substituted(kind).eval(), torch.randn(4, 8)
+    before = fingerprint(model)
+    plan = skg.plan(model, x)
+    assert_untouched(model, before, "plan")
+    assert kind != "plus_one" or not any(g.zero_invariant for g in plan.prunable)
+    for g in plan.prunable:
+        mask = torch.arange(g.size) >= max(g.min_keep or 1, g.size // 3)
+        small = skg.prune(model, plan, masks={g.name: mask}).model.eval()
+        assert small(x).shape == (4, 4)
+        if g.zero_invariant:
+            torch.manual_seed(0)
+            dense = copy.deepcopy(model)
+            skg.bind(plan, dense)[g.name].apply_mask(mask)
+            with torch.no_grad():
+                assert torch.allclose(dense(x), small(x), atol=1e-5)
+
+
+def test_bind_leaves_out_an_empty_member() -> None:
+    """A ``Linear(16, 0)`` head reads the hidden channels: ``bind`` divided by its zero size."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.empty = nn.Linear(4, 16), nn.Linear(16, 2), nn.Linear(16, 0)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            h = torch.relu(self.a(x))
+            return self.b(h), self.empty(h)
+
+    model = Net().eval()
+    plan = skg.plan(model, torch.randn(3, 4))
+    couplings = skg.bind(plan, model)
+    couplings["a:out"].apply_mask(torch.arange(16) < 4)
+    assert model.a.weight[:4].abs().sum() == 0 and model.b.weight[:, :4].abs().sum() == 0

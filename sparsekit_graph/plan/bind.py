@@ -43,7 +43,7 @@ def bind(plan: Plan, model: nn.Module, *, check: bool = True) -> Couplings:
             continue  # a pinned group whose channel order no strided view expresses: nothing to bind
         specs, orders = [], []
         for m in g.members:
-            if m.param in params:
+            if m.param in params and params[m.param].numel():  # an empty tensor has nothing to threshold
                 specs.append(member_spec(m, params[m.param]))
                 orders.append(member_order(m, params[m.param]))
         if specs:
