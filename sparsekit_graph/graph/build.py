@@ -32,7 +32,7 @@ from . import (  # noqa: F401  (registers the built-in rules)
 from .axes import AxisGraph
 from .context import RuleContext
 from .folded_sizes import folded_products
-from .hidden_writes import pin_hidden_writes
+from .hidden_writes import RESHAPES, pin_hidden_writes
 from .kept_zeros import write_keeps_zeros
 from .length_uses import pin_unmodelled_lengths
 from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
@@ -243,7 +243,10 @@ def _apply(ctx: RuleContext, module: nn.Module | None, params: dict[int, fx.Node
     if ctx.node.op != "call_module" and draws_random(ctx.call, ctx.node.target):
         ctx.mix([a for axes in ctx.outputs() for a in axes], f"random values drawn per channel at {ctx.where()}")
     written = _written_parameter(ctx, params)
-    if written is not None and not write_keeps_zeros(ctx.call):  # the layers that read the parameter see the write
+    reshaped = f"{getattr(ctx.call.op, '__name__', '').removesuffix('_')}_" in RESHAPES  # ``w.t_()``: normalised to ``t``
+    if written is not None and reshaped:  # later readers see other axes
+        ctx.pin(ctx.axes(written) or [], f"a parameter's axes changed in place at {ctx.where()}")
+    elif written is not None and not write_keeps_zeros(ctx.call):  # the layers that read the parameter see the write
         ctx.mix(ctx.axes(written) or [], f"a parameter written in place at {ctx.where()} by an op that does not keep zeros")
     g = ctx.graph
     if ctx.node.name in ctx.views:  # a view of a parameter has the parameter's axes

@@ -72,11 +72,15 @@ class _NoParameterWrites(TorchDispatchMode):
         if func._schema.is_mutable:
             given = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
             for a in func._schema.arguments:
-                v = given.get(a.name)
+                v = given.get(a.name)  # a tensor, or a list of them (``torch._foreach_mul_(params, m)``)
                 written = a.alias_info is not None and a.alias_info.is_write
-                if written and isinstance(v, Tensor) and storage_key(v) in self.storages:
+                if written and any(isinstance(t, Tensor) and storage_key(t) in self.storages for t in _listed(v)):
                     raise _WritesParameter(a.name)
         return func(*args, **kwargs)
+
+
+def _listed(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 class _GraphRun(fx.Interpreter):

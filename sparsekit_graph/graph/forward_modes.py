@@ -266,12 +266,22 @@ def _run_by(value: Any, depth: int = 2) -> list[FunctionType]:
         return []
     if isinstance(value, (list, tuple)) or type(value) is dict:
         return [f for v in (value.values() if isinstance(value, dict) else value) for f in _run_by(v, depth - 1)]
-    value = getattr(value, "__func__", None) or getattr(value, "func", None) if not isinstance(value, FunctionType) else value
+    if not isinstance(value, FunctionType):
+        value = _attribute(value, "__func__") or _attribute(value, "func")
     if not isinstance(value, FunctionType):
         return []
     inner = [c.cell_contents for c in value.__closure__ or () if _filled(c)]
     inner.append(getattr(value, "__wrapped__", None))
     return [value, *(f for v in inner for f in _run_by(v, depth - 1))]
+
+
+def _attribute(value: Any, name: str) -> Any:
+    """``getattr(value, name, None)``, also where a lookup raises otherwise (an ``AttrDict``'s
+    ``__getattr__ = dict.__getitem__`` raises ``KeyError``)."""
+    try:
+        return getattr(value, name, None)
+    except Exception:  # noqa: BLE001 - whatever the object's own lookup raises
+        return None
 
 
 def _filled(cell: Any) -> bool:

@@ -34,7 +34,7 @@ from .meta import HIDDEN_SOURCES, HIDDEN_WRITES
 from .normalize import bind_call
 from .param_reads import storage_key
 
-__all__ = ["HiddenWrites", "pin_hidden_writes"]
+__all__ = ["RESHAPES", "HiddenWrites", "pin_hidden_writes"]
 
 
 class HiddenWrites(TorchDispatchMode):
@@ -45,7 +45,7 @@ class HiddenWrites(TorchDispatchMode):
         super().__init__()
         self._model = model
         self._tensors: dict[int, tuple[str, Tensor]] | None = None  # storage -> (name, tensor), made at the first write
-        self._saved: list[tuple[Tensor, Tensor]] = []  # (tensor, its contents before the first write)
+        self._saved: list[tuple[Tensor, Tensor, Any]] = []  # (tensor, its contents and layout before the first write)
         self._swapped: list[Tensor] = []  # tensors whose ``.data`` was set
         self._data: Any = None  # ``torch.Tensor.data`` as it was (torch's own: none on the Python class)
         self._made: dict[int, tuple[Tensor, frozenset[str]]] = {}  # id -> (tensor, the model tensors it came from)
@@ -117,9 +117,14 @@ class HiddenWrites(TorchDispatchMode):
         name, t = found
         if name not in self.written and not t.is_meta:
             with torch.no_grad():
-                self._saved.append((t, t.detach().clone()))
+                self._saved.append((t, t.detach().clone(), (t.size(), t.stride(), t.storage_offset())))
+        if func.overloadpacket.__name__ in RESHAPES:  # ``w.t_()``: its axes are others now, whatever fed them
+            self.written[name] = None
+            self.fed[name] = dict.fromkeys(self.fed.get(name, ()), False)
+            return
         keeps = write_keeps_zeros(bind_call(func.overloadpacket, args, kwargs))
-        self.written[name] = self.written.get(name, True) is True and keeps
+        before = self.written.get(name, True)
+        self.written[name] = None if before is None else before and keeps
         self._feed(name, values, direct=True)
 
     def __exit__(self, *exc: Any) -> None:
@@ -130,7 +135,9 @@ class HiddenWrites(TorchDispatchMode):
         else:
             torch.Tensor.data = self._data  # type: ignore[method-assign]
         with torch.no_grad():
-            for t, copy in self._saved:
+            for t, copy, layout in self._saved:
+                if (t.size(), t.stride(), t.storage_offset()) != layout:  # ``w.t_()``
+                    t.as_strided_(*layout)
                 t.copy_(copy)
         if self._swapped:  # ``p.data = torch.full(...)`` of a tensor reached past its attribute; ``kept`` puts it back
             names = {id(v): k for k, v in chain(self._model.named_parameters(), self._model.named_buffers())}
@@ -138,6 +145,10 @@ class HiddenWrites(TorchDispatchMode):
 
 
 _DATA = torch._C.TensorBase.data  # the descriptor of ``t.data``
+# In-place ops that change a tensor's shape or strides, not its values: a swap of its axes.
+RESHAPES = frozenset({
+    "t_", "transpose_", "swapdims_", "swapaxes_", "squeeze_", "unsqueeze_", "as_strided_", "resize_", "resize_as_", "set_",
+})  # fmt: skip
 
 
 def _tensors(values: Any) -> list[Tensor]:

@@ -16,6 +16,7 @@ from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.forward_modes import Mode, one_code_scan, traced_modes
 from ..graph.head_dim import drop_partial_scales
+from ..graph.meta import HIDDEN_SOURCES, HIDDEN_WRITES
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, trace_graph
 from ..graph.untraced_hooks import pin_model_hooks
@@ -154,8 +155,10 @@ def _axis_graph(
 
 
 def _calls(graph: fx.Graph) -> list[tuple[str, str, str]]:
-    """The ops, and what the graph returns (``if self.training: return y, g``: a feature more)."""
-    return [(n.op, str(n.target), str(n.args) if n.op == "output" else "") for n in graph.nodes]
+    """The ops, what the graph returns (``if self.training: return y, g``: a feature more) and
+    the writes it made past the graph (an EMA update in training only)."""
+    hidden = (HIDDEN_WRITES, HIDDEN_SOURCES)
+    return [(n.op, str(n.target), str((n.args, *map(n.meta.get, hidden))) if n.op == "output" else "") for n in graph.nodes]
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:

@@ -11,6 +11,7 @@ changed in place)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 from typing import Any
@@ -54,7 +55,7 @@ def _mapped(v: Any, mapping: dict[int, Any], depth: int) -> Any:
         items = {k: deeper(e) for k, e in v.items()}
         return items if any(items[k] is not e for k, e in v.items()) else v
     if isinstance(v, types.FunctionType):
-        return _function(v, deeper)
+        return _function(v, mapping, deeper)
     if isinstance(v, functools.partial):
         func, args, keywords = deeper(v.func), tuple(deeper(a) for a in v.args), {k: deeper(a) for k, a in v.keywords.items()}
         changed = (
@@ -66,15 +67,36 @@ def _mapped(v: Any, mapping: dict[int, Any], depth: int) -> Any:
     if isinstance(v, types.MethodType):
         func, owner = deeper(v.__func__), deeper(v.__self__)
         return types.MethodType(func, owner) if func is not v.__func__ or owner is not v.__self__ else v
-    return v
+    return _plain(v, deeper)
 
 
-def _function(f: types.FunctionType, deeper: Any) -> types.FunctionType:
+def _plain(v: Any, deeper: Any) -> Any:
+    """A plain object (a helper or record of the user's classes), or a shallow copy of it whose
+    attributes hold the mapped references."""
+    attrs = getattr(v, "__dict__", None)
+    if type(attrs) is not dict or isinstance(v, _NOT_PLAIN) or type(v).__module__ in ("builtins", "torch"):
+        return v
+    items = {k: deeper(a) for k, a in attrs.items()}
+    changed = {k: a for k, a in items.items() if a is not attrs[k]}
+    if not changed:
+        return v
+    try:
+        new = copy.copy(v)
+        new.__dict__.update(changed)
+    except Exception:  # noqa: BLE001 - an object that does not copy: left as it is
+        return v
+    return new
+
+
+_NOT_PLAIN = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial, nn.Module)
+
+
+def _function(f: types.FunctionType, mapping: dict[int, Any], deeper: Any) -> types.FunctionType:
     """``f``, or a new function whose closure, defaults and globals (a script's ``m.forward =
     lambda x: m.c(x)`` reads the global ``m``) hold the mapped references; its globals are
     then a copy of its module's, taken now."""
-    names = {n: deeper(f.__globals__[n]) for n in f.__code__.co_names if n in f.__globals__}
-    changed = {n: v for n, v in names.items() if v is not f.__globals__[n]}
+    scope = f.__globals__  # a global is taken as it is (a module's may be large): the script's ``m``
+    changed = {n: mapping[id(scope[n])] for n in f.__code__.co_names if n in scope and id(scope[n]) in mapping}
     cells = f.__closure__ or ()
     contents = [_content(c) for c in cells]
     closure = [deeper(c) for c in contents]
@@ -89,8 +111,9 @@ def _function(f: types.FunctionType, deeper: Any) -> types.FunctionType:
     if same:
         return f
     cells_out = tuple(c if a is b else types.CellType(a) for c, a, b in zip(cells, closure, contents))
-    scope = {**f.__globals__, **changed} if changed else f.__globals__
-    new = types.FunctionType(f.__code__, scope, f.__name__, defaults or None, cells_out or None)
+    new = types.FunctionType(
+        f.__code__, {**scope, **changed} if changed else scope, f.__name__, defaults or None, cells_out or None
+    )
     new.__kwdefaults__ = kwdefaults or None
     new.__dict__.update(f.__dict__)
     new.__qualname__, new.__doc__, new.__module__ = f.__qualname__, f.__doc__, f.__module__
