@@ -512,3 +512,113 @@ def test_bind_leaves_out_an_empty_member() -> None:
     couplings = skg.bind(plan, model)
     couplings["a:out"].apply_mask(torch.arange(16) < 4)
     assert model.a.weight[:4].abs().sum() == 0 and model.b.weight[:, :4].abs().sum() == 0
+
+
+# -- found by the adversary of this round's changes ----------------------------------------------
+
+
+class ForeachMomentum(nn.Module):
+    """A momentum update with ``torch._foreach_*`` in a ``@torch.no_grad()`` method."""
+
+    def __init__(self, train_only: bool = False) -> None:
+        super().__init__()
+        self.train_only = train_only
+        self.q = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.k = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        ks, qs = list(self.k.parameters()), list(self.q.parameters())
+        torch._foreach_mul_(ks, 0.99)
+        torch._foreach_add_(ks, qs, alpha=0.01)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training or not self.train_only:
+            self.update()
+        return self.q(x), self.k(x)
+
+
+@pytest.mark.parametrize("train_only", [False, True])
+def test_a_foreach_momentum_update_leaves_the_model_and_ties_the_encoders(train_only: bool) -> None:
+    """The eager check stopped a forward before writing a parameter, but a ``_foreach_*`` write
+    takes a list: it ran, and ``plan`` left one momentum step in the user's key encoder. Done
+    in training only, the train graph (the same ops) was not added, and the writes it made
+    past the graph were lost: the encoders planned as separate zero-invariant groups."""
+    torch.manual_seed(0)
+    model = ForeachMomentum(train_only).eval()
+    before = fingerprint(model)
+    plan = skg.plan(model, torch.randn(4, 8))
+    assert_untouched(model, before, "plan")
+    group = plan.group("q.0:out")  # pinned (torch.export: no rule for ``_foreach_*``), or tied to the key encoder
+    assert not group.prunable or ({"q.0.weight", "k.0.weight"} <= {m.param for m in group.members} and not group.zero_invariant)
+
+
+def test_a_parameter_transposed_in_place_pins() -> None:
+    """``b.weight.copy_(a.weight); b.weight.t_()``: ``t_`` was read as a transposed copy, and the
+    layers reading ``b.weight`` later got the unswapped axes (a prune that failed)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                self.b.weight.copy_(self.a.weight)
+                self.b.weight.t_()
+            return self.c(torch.relu(self.a(x))), self.d(torch.relu(self.b(x)))
+
+    model = Net().eval()
+    before = fingerprint(model)
+    assert skg.plan(model, torch.randn(4, 8)).prunable == []
+    assert_untouched(model, before, "plan")
+
+
+def test_a_list_a_closure_holds_is_put_back() -> None:
+    """``cache = []; self.act = lambda t: cache.append(t.detach()) or t``: the trace left a
+    Proxy in the user's list, and ``prune`` failed with torch.fx's own error."""
+    cache: list[Tensor] = []
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    model[1].forward = lambda t: cache.append(t.detach()) or torch.relu(t)
+    plan = skg.plan(model, torch.randn(3, 4))
+    assert cache == []
+    skg.prune(model, plan, ratio=0.5)
+    assert cache == []
+
+
+def test_a_train_override_that_fails_on_the_pruned_copy_is_refused_cleanly() -> None:
+    """A ``train()`` writing ``a.weight.flip(0)`` into a buffer: surgery switched the pruned
+    copy to eval with ``eval()``, running it on the cut sizes (a raw ``RuntimeError``)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c = nn.Linear(8, 16), nn.Linear(16, 4)
+            self.register_buffer("eff", torch.zeros(16, 8))
+
+        def train(self, mode: bool = True) -> Net:
+            super().train(mode)
+            with torch.no_grad():
+                self.eff.copy_(self.a.weight.flip(0))
+            return self
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.c(torch.relu(F.linear(x, self.eff, self.a.bias)))
+
+    model = Net().eval()
+    plan = skg.plan(model, torch.randn(4, 8))
+    with pytest.raises(skg.SparseKitError, match=r"train\(False\) raised"):
+        skg.prune(model, plan, ratio=0.5)
+
+
+def test_attribute_dicts_and_the_empty_name() -> None:
+    """A layer holding an ``AttrDict`` (``__getattr__ = dict.__getitem__``) made ``plan`` raise
+    ``KeyError('__func__')``; ``ignore=""`` pinned nothing where ``ignore=[""]`` pins all."""
+
+    class AttrDict(dict):
+        __getattr__ = dict.__getitem__
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    model[0].cfg = AttrDict(hidden=8)
+    assert [g.name for g in skg.plan(model, torch.randn(3, 4)).prunable] == ["0:out"]
+    assert skg.plan(model, torch.randn(3, 4), ignore="").prunable == []

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..containers import CONTAINERS, record, restore
+from ..errors import TraceError
 
 __all__ = ["MODULE_KEYS", "Undo", "model_mode", "unfused_attention"]
 
@@ -75,13 +76,19 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
     # its output-capturing hooks on a first call, with a flag attribute that goes with the rest:
     # the hooks must go too, or the next call installs them twice). torch's other dictionaries
     # are left to ``kept``.
-    held = record([v for _, d in attributes for k, v in d.items() if type(v) in CONTAINERS and _held_key(k)])
+    values = [v for _, d in attributes for k, v in d.items() if _held_key(k)]
+    held = record([v for v in (*values, *_closed_over(values)) if type(v) in CONTAINERS])
     # model.train() only where it changes something: some flag differs, or a layer overrides train()
     switch = any(flag != train or type(m).train is not nn.Module.train for m, flag in zip(modules, flags))
     written = _Written(model)
     if switch:
-        with written:  # a layer's own ``train()`` may fold a scale into its weight
-            model.train(train)
+        try:
+            with written:  # a layer's own ``train()`` may fold a scale into its weight
+                model.train(train)
+        except Exception as e:  # noqa: BLE001 - the user's own ``train()``
+            written.put_back()
+            _restore_attributes(attributes)
+            raise TraceError(f"{type(model).__name__}.train({train}) raised {type(e).__name__}: {e}") from e
     # what a failed trace is undone to: the mode asked for (torch.export, after torch.fx failed, in it too)
     switched = [(m, dict(m.__dict__)) for m in owners] if switch else attributes
 
@@ -133,6 +140,20 @@ class _Written(TorchDispatchMode):
         with torch.no_grad():
             for p, copy in self._saved.values():
                 p.copy_(copy)
+
+
+def _closed_over(values: list[Any]) -> list[Any]:
+    """What the closures of the functions among ``values`` hold (``cache = []; self.act =
+    lambda t: cache.append(t) or t``)."""
+    found = []
+    for v in values:
+        f = v.__func__ if isinstance(v, types.MethodType) else v.func if isinstance(v, functools.partial) else v
+        for cell in f.__closure__ or () if isinstance(f, types.FunctionType) else ():
+            try:
+                found.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+    return found
 
 
 def _plain_objects(modules: list[nn.Module]) -> list[object]:

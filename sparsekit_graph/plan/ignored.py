@@ -16,8 +16,10 @@ __all__ = ["ignored_names", "pin_ignored"]
 
 def ignored_names(ignore: Iterable[str] | str | None) -> list[str]:
     """``ignore`` as a list of names (one name alone, or None, accepted)."""
-    if ignore is None or isinstance(ignore, str):
-        return [ignore] if ignore else []
+    if ignore is None:
+        return []
+    if isinstance(ignore, str):
+        return [ignore]  # ``""``: the model itself, as ``[""]``
     try:
         names = list(ignore)
     except TypeError:

@@ -130,7 +130,8 @@ def _in_eval(model: nn.Module) -> Iterator[None]:
     training step (spectral norm's power iteration writes ``_u`` and ``_v``), so the pruned
     model would start one step ahead of the dense one."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    for m, _ in flags:  # the flags alone: a layer's own ``train()`` may compute with the sizes being cut
+        object.__setattr__(m, "training", False)
     try:
         yield
     finally:
