@@ -75,7 +75,7 @@ class SizeTracer(FastTracer):
         self.to_check: list[str] = []  # what the eager forward may answer otherwise: its graph is checked (``TO_CHECK``)
         self.on_meta = getattr(next(model.parameters(), None), "is_meta", False)
         self.casts = casts  # the forward runs under autocast, which casts values their meta values do not show
-        self._own = {id(m): _tensors(m) for m in model.modules()}  # each layer's own, before the forward runs
+        self._own = {id(m): _layer_tensors(m) for m in model.modules()}  # each layer's own, before the forward runs
 
     @property
     def model(self) -> nn.Module:
@@ -156,7 +156,7 @@ class SizeTracer(FastTracer):
             return True
         if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
             return False
-        if _tensors(m) != self._own.get(id(m)):  # ``functional_call(net, {k: v + 1 ...})``: the tensors it is given
+        if _layer_tensors(m) != self._own.get(id(m)):  # ``functional_call(net, {k: v + 1 ...})``: the tensors it is given
             return False
         if traced_through(m):  # a parametrization no rule models: the ops that compute the weight
             return False
@@ -252,7 +252,7 @@ def runs_autocast(model: nn.Module) -> bool:
     return any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(model, _AUTOCAST))
 
 
-def _tensors(m: nn.Module) -> dict[str, int]:
+def _layer_tensors(m: nn.Module) -> dict[str, int]:
     """The ids of a layer's parameters and buffers, by name (``functional_call`` swaps them)."""
     return {k: id(v) for store in (m._parameters, m._buffers) for k, v in store.items()}
 
