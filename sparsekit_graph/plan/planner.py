@@ -16,7 +16,7 @@ from ..graph.build import add_traced_graph
 from ..graph.factors import FACTOR, add_factor_shadows
 from ..graph.forward_modes import Mode, one_code_scan, traced_modes
 from ..graph.head_dim import drop_partial_scales
-from ..graph.meta import HIDDEN_SOURCES, HIDDEN_WRITES
+from ..graph.meta import HIDDEN_SOURCES
 from ..graph.sizes import SizeSource, module_stack
 from ..graph.trace import Inputs, is_exported, trace_graph
 from ..graph.untraced_hooks import pin_model_hooks
@@ -156,9 +156,9 @@ def _axis_graph(
 
 def _calls(graph: fx.Graph) -> list[tuple[str, str, str]]:
     """The ops, what the graph returns (``if self.training: return y, g``: a feature more) and
-    the writes it made past the graph (an EMA update in training only)."""
-    hidden = (HIDDEN_WRITES, HIDDEN_SOURCES)
-    return [(n.op, str(n.target), str((n.args, *map(n.meta.get, hidden))) if n.op == "output" else "") for n in graph.nodes]
+    the model tensors it wrote into others past the graph (an EMA update in training only; a
+    batch norm's own counter is no such write)."""
+    return [(n.op, str(n.target), str((n.args, n.meta.get(HIDDEN_SOURCES))) if n.op == "output" else "") for n in graph.nodes]
 
 
 def resolve_groups(graph: AxisGraph) -> list[Group]:
