@@ -622,3 +622,33 @@ def test_attribute_dicts_and_the_empty_name() -> None:
     model[0].cfg = AttrDict(hidden=8)
     assert [g.name for g in skg.plan(model, torch.randn(3, 4)).prunable] == ["0:out"]
     assert skg.plan(model, torch.randn(3, 4), ignore="").prunable == []
+
+
+class StatefulCell(nn.Module):
+    """A recurrent state kept as a plain tensor attribute between calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.rec, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.h: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.h if self.h is not None else torch.zeros(x.shape[0], 16)
+        h = torch.tanh(self.inp(x) + self.rec(h))
+        self.h = h.detach()
+        return self.out(h)
+
+
+def test_a_state_kept_as_a_tensor_attribute_plans() -> None:
+    """Once the model had run, ``self.h`` held a tensor, torch.fx read it as a ``get_attr``, and
+    the shape pass read the attribute after the forward had set it to a traced value: it
+    traced the forward again at every node, and ``plan`` never returned. The value read is
+    kept on its node; the state's channels pin (a constant of the trace)."""
+    torch.manual_seed(0)
+    model, x = StatefulCell().eval(), torch.randn(4, 8)
+    with torch.no_grad():
+        model(x)
+    state = model.h
+    plan = skg.plan(model, x)
+    assert model.h is state
+    assert not plan.group("inp:out").prunable

@@ -24,7 +24,7 @@ from .buffer_views import BufferOps
 from .fast_tracer import FastTracer
 from .flow_values import Conversions
 from .forward_modes import code_reads
-from .meta import CONTROL, META, TO_CHECK, VALUE_READS, WRITTEN_BUFFER, output_node
+from .meta import CONTROL, META, TO_CHECK, TRACED_CONSTANT, VALUE_READS, WRITTEN_BUFFER, output_node
 from .meta_pass import MetaRunner
 from .parametrized import traced_through
 from .rules import module_rule_for, patched_on_instance
@@ -122,6 +122,8 @@ class SizeTracer(FastTracer):
             self._unmark_parsed((args, kwargs))
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         self.conversions.recorded(node)
+        if kind == "get_attr" and isinstance(value := _plain_tensor(self.model, str(target)), Tensor):
+            node.meta[TRACED_CONSTANT] = value  # as read: the forward may set it to a traced value next (``self.h = h``)
         return node
 
     def _unmark_parsed(self, arguments: Any) -> None:
@@ -250,6 +252,19 @@ def runs_autocast(model: nn.Module) -> bool:
     """Does ``model``'s forward run under autocast (``torch.autocast``, ``torch.amp.autocast``)?
     Asked before the trace: while traced, the model's attributes may hold Proxies."""
     return any(map(torch.is_autocast_enabled, ("cpu", "cuda"))) or bool(code_reads(model, _AUTOCAST))
+
+
+def _plain_tensor(model: nn.Module, target: str) -> object:
+    """The tensor attribute ``target`` names, where it is no parameter or buffer (else None)."""
+    *path, attr = target.split(".")
+    owner = model
+    for p in path:
+        owner = owner.__dict__.get("_modules", {}).get(p)
+        if owner is None:
+            return None
+    if attr in owner._parameters or attr in owner._buffers:
+        return None
+    return owner.__dict__.get(attr)
 
 
 def _layer_tensors(m: nn.Module) -> dict[str, int]:
