@@ -35,7 +35,7 @@ from .folded_sizes import folded_products
 from .hidden_writes import RESHAPES, pin_hidden_writes
 from .kept_zeros import write_keeps_zeros
 from .length_uses import pin_unmodelled_lengths
-from .meta import DATA_SWAPPED, META, WRITTEN_BUFFER, ReadInt
+from .meta import DATA_SWAPPED, KEPT_STATE, META, WRITTEN_BUFFER, ReadInt
 from .number_uses import size_arguments
 from .param_reads import pin_param_reads, storage_key
 from .positions import follow_domains, record_positions
@@ -100,6 +100,9 @@ def add_traced_graph(graph: AxisGraph, traced: fx.Graph | fx.GraphModule, model:
             _apply(ctx, module, params)
             record_positions(ctx)
             follow_domains(ctx)
+        if kept := node.meta.get(KEPT_STATE):  # ``self.h = h``: read by the next call, as the model's output
+            for axes in ctx.tensor_axes():
+                ctx.pin(axes, f"kept by the forward as {kept} for its next call")
     if exported:
         _lengths_as_numbers(graph, nodes)
     _layer_sizes_as_numbers(graph, modules)

@@ -19,6 +19,7 @@ __all__ = [
     "GRAD_MODE_READ",
     "HIDDEN_SOURCES",
     "HIDDEN_WRITES",
+    "KEPT_STATE",
     "META",
     "MODULE_READS",
     "ReadInt",
@@ -52,6 +53,7 @@ MODULE_READS = "skg.module_reads"  # on the output node (torch.fx): {module path
 # On the output node (torch.fx): {model tensor path: True where every write the forward made into it past the graph
 # kept zeros, False where one did not, None where it swapped the tensor's data} (``hidden_writes``)
 HIDDEN_WRITES = "skg.hidden_writes"
+KEPT_STATE = "skg.kept_state"  # on a node (torch.fx): the model attribute the forward kept it in (``self.h = h``)
 HIDDEN_SOURCES = "skg.hidden_sources"  # on the output node: {written path: {model tensor path written into it: read as is}}
 DATA_SWAPPED = "skg.data_swapped"  # on a node: the forward set its ``.data`` (where, in words)
 

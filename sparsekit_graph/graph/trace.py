@@ -17,7 +17,17 @@ from .eager_gate import asks_what_values_are
 from .export import clear_method_caches, export_graph
 from .forward_modes import Autograd, autograd_mode, recording_grad_reads
 from .hidden_writes import HiddenWrites
-from .meta import EXPORTED, GRAD_MODE_READ, HIDDEN_SOURCES, HIDDEN_WRITES, TO_CHECK, TRACED_CONSTANT, is_exported, output_node
+from .meta import (
+    EXPORTED,
+    GRAD_MODE_READ,
+    HIDDEN_SOURCES,
+    HIDDEN_WRITES,
+    KEPT_STATE,
+    TO_CHECK,
+    TRACED_CONSTANT,
+    is_exported,
+    output_node,
+)
 from .meta_pass import NoMetaKernel, to_meta
 from .ops_vision import register_library_rules
 from .param_reads import recording_param_reads
@@ -169,6 +179,7 @@ def _traced(
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
                     with HiddenWrites(model) as hidden, recording_hooks() as hooked:  # ``p.clamp_(...)``; hooks
                         graph = tracer.trace(model, concrete_args=concrete)
+                    _mark_kept_state(model)
                     _refuse_data_reads(graph)
                     if hidden.written:
                         output_node(graph).meta[HIDDEN_WRITES] = hidden.written
@@ -201,6 +212,17 @@ def _traced(
         if shapes:
             propagate(graph, model, args, kwargs)
     return graph
+
+
+def _mark_kept_state(model: nn.Module) -> None:
+    """Mark the traced values the forward left in the model's attributes (``self.h = h``, a
+    state for its next call; ``model_mode`` puts the attributes back): their channels leave
+    the graph as an output's do."""
+    for path, m in model.named_modules():
+        for k, v in m.__dict__.items():
+            for p in (v,) if isinstance(v, fx.Proxy) else v if type(v) in (list, tuple) else ():
+                if isinstance(p, fx.Proxy):
+                    p.node.meta[KEPT_STATE] = f"{path}.{k}" if path else k
 
 
 _DATA_READS = frozenset({"item", "tolist"})  # a tensor's values as Python numbers
