@@ -134,14 +134,22 @@ class HiddenWrites(TorchDispatchMode):
             del torch.Tensor.data
         else:
             torch.Tensor.data = self._data  # type: ignore[method-assign]
+        reshaped = False
         with torch.no_grad():
             for t, copy, layout in self._saved:
-                if (t.size(), t.stride(), t.storage_offset()) != layout:  # ``w.t_()``
+                if (t.size(), t.stride(), t.storage_offset()) != layout:  # ``w.t_()``, a resize by ``out=``
                     t.as_strided_(*layout)
+                    reshaped = True
                 t.copy_(copy)
         if self._swapped:  # ``p.data = torch.full(...)`` of a tensor reached past its attribute; ``kept`` puts it back
             names = {id(v): k for k, v in chain(self._model.named_parameters(), self._model.named_buffers())}
             self.written |= {names[id(t)]: None for t in self._swapped if id(t) in names}
+        if reshaped and exc[0] is None:  # the graph read its other shape: torch.export traces the writes
+            raise Reshaped("the forward changes the shape of a model tensor in place, past the traced graph")
+
+
+class Reshaped(Exception):
+    """A model tensor's shape changed in place while torch.fx traced (``HiddenWrites``)."""
 
 
 _DATA = torch._C.TensorBase.data  # the descriptor of ``t.data``
