@@ -35,7 +35,7 @@ from .size_reads import finish as finish_size_reads
 from .size_reads import recording_size_reads
 from .size_tracer import CaughtRefusal, SizeTracer, runs_autocast
 from .trace_inputs import Inputs, fixed_forward_args, normalize_inputs, propagate
-from .trace_mode import model_mode, unfused_attention
+from .trace_mode import Undo, model_mode, unfused_attention
 from .untraced_hooks import mark_hooked_layers, own_forward, recording_hooks
 
 __all__ = ["Inputs", "is_exported", "normalize_inputs", "trace", "trace_graph"]
@@ -179,7 +179,7 @@ def _traced(
                     sizes.conversions = tracer.conversions  # ``h * (1.0 / n)``: a read's number followed too
                     with HiddenWrites(model) as hidden, recording_hooks() as hooked:  # ``p.clamp_(...)``; hooks
                         graph = tracer.trace(model, concrete_args=concrete)
-                    _mark_kept_state(model)
+                    _mark_kept_state(undo)
                     _refuse_data_reads(graph)
                     if hidden.written:
                         output_node(graph).meta[HIDDEN_WRITES] = hidden.written
@@ -214,15 +214,14 @@ def _traced(
     return graph
 
 
-def _mark_kept_state(model: nn.Module) -> None:
+def _mark_kept_state(undo: Undo) -> None:
     """Mark the traced values the forward left in the model's attributes (``self.h = h``, a
     state for its next call; ``model_mode`` puts the attributes back): their channels leave
     the graph as an output's do."""
-    for path, m in model.named_modules():
-        for k, v in m.__dict__.items():
-            for p in (v,) if isinstance(v, fx.Proxy) else v if type(v) in (list, tuple) else ():
-                if isinstance(p, fx.Proxy):
-                    p.node.meta[KEPT_STATE] = f"{path}.{k}" if path else k
+    for m, k, v in undo.set_attributes():
+        for p in v if type(v) in (list, tuple) else (v,):
+            if isinstance(p, fx.Proxy):
+                p.node.meta[KEPT_STATE] = f"{type(m).__name__}.{k}"
 
 
 _DATA_READS = frozenset({"item", "tolist"})  # a tensor's values as Python numbers

@@ -25,9 +25,20 @@ class Undo:
     """Puts the modules' attributes and containers back at once (between a failed trace and the
     next); ``created()``: the parameters and buffers the forward registered while traced."""
 
-    def __init__(self, modules: list[nn.Module], put_back: Callable[[], None]) -> None:
+    def __init__(
+        self, modules: list[nn.Module], put_back: Callable[[], None], attributes: list[tuple[Any, dict[str, Any]]]
+    ) -> None:
         self._stores = [(m, dict(m._parameters), dict(m._buffers)) for m in modules]
         self._put_back = put_back
+        self._attributes = attributes
+
+    def set_attributes(self) -> Iterator[tuple[Any, str, Any]]:
+        """(owner, name, value) of each attribute the forward set since the trace began."""
+        for m, before in self._attributes:
+            now = m.__dict__
+            if len(now) == len(before) and all(map(is_, now.values(), before.values())):
+                continue  # the common case: nothing set, checked in C
+            yield from ((m, k, v) for k, v in now.items() if k not in before or before[k] is not v)
 
     def __call__(self) -> None:
         self._put_back()
@@ -96,7 +107,7 @@ def model_mode(model: nn.Module, train: bool, modules: list[nn.Module]) -> Itera
         _restore_attributes(switched)
         restore(held)
 
-    undo = Undo(modules, put_back)
+    undo = Undo(modules, put_back, switched)
     try:
         yield undo
     finally:
@@ -147,12 +158,14 @@ def _closed_over(values: list[Any]) -> list[Any]:
     lambda t: cache.append(t) or t``)."""
     found = []
     for v in values:
-        f = v.__func__ if isinstance(v, types.MethodType) else v.func if isinstance(v, functools.partial) else v
-        for cell in f.__closure__ or () if isinstance(f, types.FunctionType) else ():
-            try:
-                found.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
+        kind = type(v)
+        f = v.__func__ if kind is types.MethodType else v.func if kind is functools.partial else v
+        if type(f) is types.FunctionType and f.__closure__:
+            for cell in f.__closure__:
+                try:
+                    found.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
     return found
 
 
