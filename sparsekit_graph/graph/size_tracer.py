@@ -158,7 +158,7 @@ class SizeTracer(FastTracer):
             return True
         if patched_on_instance(m):  # ``layer.forward = MethodType(f, layer)``: its own computation, traced
             return False
-        if _layer_tensors(m) != self._own.get(id(m)):  # ``functional_call(net, {k: v + 1 ...})``: the tensors it is given
+        if not _same_tensors(m, self._own.get(id(m))):  # ``functional_call(net, {k: v + 1 ...})``: the tensors it is given
             return False
         if traced_through(m):  # a parametrization no rule models: the ops that compute the weight
             return False
@@ -267,9 +267,14 @@ def _plain_tensor(model: nn.Module, target: str) -> object:
     return owner.__dict__.get(attr)
 
 
-def _layer_tensors(m: nn.Module) -> dict[str, int]:
-    """The ids of a layer's parameters and buffers, by name (``functional_call`` swaps them)."""
-    return {k: id(v) for store in (m._parameters, m._buffers) for k, v in store.items()}
+def _layer_tensors(m: nn.Module) -> tuple[Any, ...]:
+    """A layer's parameters and buffers, in order (``functional_call`` swaps them)."""
+    return (*m._parameters.values(), *m._buffers.values())
+
+
+def _same_tensors(m: nn.Module, before: tuple[Any, ...] | None) -> bool:
+    now = _layer_tensors(m)
+    return before is not None and len(now) == len(before) and all(map(operator.is_, now, before))
 
 
 def has_hooks(m: nn.Module) -> bool:
