@@ -175,9 +175,17 @@ def _plain_objects(modules: list[nn.Module]) -> list[object]:
     found: dict[int, object] = {}
     for m in modules:
         for k, v in m.__dict__.items():
-            if k not in MODULE_KEYS and isinstance(getattr(v, "__dict__", None), dict) and not isinstance(v, _NOT_PLAIN):
+            if k not in MODULE_KEYS and not isinstance(v, _NOT_PLAIN) and type(_own_dict(v)) is dict:
                 found.setdefault(id(v), v)
     return list(found.values())
+
+
+def _own_dict(v: object) -> object:
+    """``v.__dict__``, or None (an object with slots whose ``__getattr__`` raises ``KeyError``)."""
+    try:
+        return object.__getattribute__(v, "__dict__")
+    except Exception:  # noqa: BLE001 - no instance dictionary
+        return None
 
 
 _NOT_PLAIN = (nn.Module, Tensor, type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial)
