@@ -16,11 +16,14 @@ import functools
 import types
 from typing import Any
 
+import torch
 from torch import nn
+
+from ..graph.trace_mode import MODULE_KEYS
 
 __all__ = ["rebind"]
 
-_STORES = frozenset({"_parameters", "_buffers", "_modules"})
+_ATOMS = frozenset({str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device})
 _DEPTH = 4
 
 
@@ -30,21 +33,30 @@ def rebind(model: nn.Module, mapping: dict[int, Any]) -> None:
     methods, a few levels deep)."""
     if not mapping:
         return
+    done: dict[int, Any] = {}  # an object many layers hold (a config) is looked through once
     for m in model.modules():
         for key, v in list(m.__dict__.items()):
-            if key not in _STORES:
-                new = _mapped(v, mapping, 0)
+            if key not in MODULE_KEYS:  # torch's own: stores, hook dictionaries, flags
+                new = _mapped(v, mapping, 0, done)
                 if new is not v:
                     m.__dict__[key] = new
 
 
-def _mapped(v: Any, mapping: dict[int, Any], depth: int) -> Any:
+def _mapped(v: Any, mapping: dict[int, Any], depth: int, done: dict[int, Any]) -> Any:
     """``v``, or a new object holding the mapped references where it holds one."""
     if id(v) in mapping:
         return mapping[id(v)]
-    if depth >= _DEPTH or isinstance(v, (nn.Module, str, bytes, int, float, bool, type(None))):
+    if type(v) in _ATOMS or depth >= _DEPTH or isinstance(v, nn.Module):
         return v
-    deeper = functools.partial(_mapped, mapping=mapping, depth=depth + 1)
+    if id(v) in done:
+        return done[id(v)][1]
+    new = _looked_through(v, mapping, depth, done)
+    done[id(v)] = (v, new)  # keeps ``v`` alive: its id stays its own
+    return new
+
+
+def _looked_through(v: Any, mapping: dict[int, Any], depth: int, done: dict[int, Any]) -> Any:
+    deeper = functools.partial(_mapped, mapping=mapping, depth=depth + 1, done=done)
     if isinstance(v, list) and type(v) is list:
         items = [deeper(e) for e in v]
         return items if any(a is not b for a, b in zip(items, v)) else v
