@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .export import no_cache
 from .forward_modes import Autograd, autograd_mode
+from .hidden_writes import written_tensors
 from .meta import TRACED_CONSTANT, is_exported
 from .op_log import OpLog, first_other_op
 from .param_reads import storage_key
@@ -71,16 +72,10 @@ class _NoParameterWrites(TorchDispatchMode):
         kwargs = kwargs or {}
         if func._schema.is_mutable:
             given = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
-            for a in func._schema.arguments:
-                v = given.get(a.name)  # a tensor, or a list of them (``torch._foreach_mul_(params, m)``)
-                written = a.alias_info is not None and a.alias_info.is_write
-                if written and any(isinstance(t, Tensor) and storage_key(t) in self.storages for t in _listed(v)):
-                    raise _WritesParameter(a.name)
+            for name, _, t in written_tensors(func, given):
+                if storage_key(t) in self.storages:
+                    raise _WritesParameter(name)
         return func(*args, **kwargs)
-
-
-def _listed(v: Any) -> list[Any]:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 class _GraphRun(fx.Interpreter):

@@ -34,7 +34,7 @@ from .meta import HIDDEN_SOURCES, HIDDEN_WRITES
 from .normalize import bind_call
 from .param_reads import storage_key
 
-__all__ = ["RESHAPES", "HiddenWrites", "pin_hidden_writes"]
+__all__ = ["RESHAPES", "HiddenWrites", "pin_hidden_writes", "written_tensors"]
 
 
 class HiddenWrites(TorchDispatchMode):
@@ -68,13 +68,8 @@ class HiddenWrites(TorchDispatchMode):
         kwargs = kwargs or {}
         schema = func._schema
         given = dict(zip((a.name for a in schema.arguments), args)) | kwargs
-        if schema.is_mutable:
-            for a in schema.arguments:
-                if a.alias_info is not None and a.alias_info.is_write:
-                    v = given.get(a.name)  # a tensor, or a list of them (``torch._foreach_clamp_min_(params, c)``)
-                    for i, t in enumerate(v if isinstance(v, (list, tuple)) else (v,)):
-                        if isinstance(t, Tensor):
-                            self._note(t, func, args, kwargs, _paired(given, a.name, i))
+        for name, i, t in written_tensors(func, given):
+            self._note(t, func, args, kwargs, _paired(given, name, i))
         out = func(*args, **kwargs)
         sources = frozenset().union(*(self._sources(t) for t in _tensors(given.values())))
         if sources:
@@ -157,6 +152,19 @@ _DATA = torch._C.TensorBase.data  # the descriptor of ``t.data``
 RESHAPES = frozenset({
     "t_", "transpose_", "swapdims_", "swapaxes_", "squeeze_", "unsqueeze_", "as_strided_", "resize_", "resize_as_", "set_",
 })  # fmt: skip
+
+
+def written_tensors(func: Any, given: dict[str, Any]) -> list[tuple[str, int, Tensor]]:
+    """(argument, position, tensor) of each tensor an ATen op writes in place; ``given``: its
+    arguments by name. An argument may be a list (``torch._foreach_mul_(params, m)``)."""
+    if not func._schema.is_mutable:
+        return []
+    found = []
+    for a in func._schema.arguments:
+        if a.alias_info is not None and a.alias_info.is_write:
+            v = given.get(a.name)
+            found += [(a.name, i, t) for i, t in enumerate(v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, Tensor)]
+    return found
 
 
 def _tensors(values: Any) -> list[Tensor]:

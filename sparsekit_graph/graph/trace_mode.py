@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..containers import CONTAINERS, record, restore
 from ..errors import TraceError
+from .hidden_writes import written_tensors
 
 __all__ = ["MODULE_KEYS", "Undo", "model_mode", "unfused_attention"]
 
@@ -137,14 +138,12 @@ class _Written(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if func._schema.is_mutable:
-            given = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
-            written = [given.get(a.name) for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
-            if any(isinstance(t, Tensor) for t in written):
-                own = {t.untyped_storage().data_ptr(): t for t in self._model.parameters() if not t.is_meta}
-                for t in written:
-                    p = own.get(t.untyped_storage().data_ptr()) if isinstance(t, Tensor) and not t.is_meta else None
-                    if p is not None and id(p) not in self._saved:
-                        self._saved[id(p)] = (p, p.detach().clone())
+            written = written_tensors(func, dict(zip((a.name for a in func._schema.arguments), args)) | kwargs)
+            own = {t.untyped_storage().data_ptr(): t for t in self._model.parameters() if not t.is_meta} if written else {}
+            for _, _, t in written:
+                p = None if t.is_meta else own.get(t.untyped_storage().data_ptr())
+                if p is not None and id(p) not in self._saved:
+                    self._saved[id(p)] = (p, p.detach().clone())
         return func(*args, **kwargs)
 
     def put_back(self) -> None:
